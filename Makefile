@@ -1,0 +1,48 @@
+# pgporter — the two commands: `make demo` and `make test`.
+# Each installs what it needs first (scripts/setup), then builds.
+
+GO      ?= go
+BIN     := bin/pgporter
+PKGS    := ./...
+# Packages whose tests also run under the race detector.
+CORE    := ./chunkstore/... ./protocol/... ./mover/... ./orchestrator/... ./staging/...
+FUZZTIME ?= 10s
+
+.PHONY: all setup build test unit race vet fmt-check fuzz bench demo clean
+
+all: build
+
+setup:
+	@scripts/setup
+
+build:
+	$(GO) build -o $(BIN) ./cmd/pgporter
+
+# Every test, with the real PostgreSQL, FUSE and QUIC; then the race detector
+# on the core packages and a short run of every fuzz target.
+test: setup build fmt-check vet
+	$(GO) test -count=1 -timeout 20m $(PKGS)
+	$(GO) test -count=1 -race -timeout 20m $(CORE)
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# Runs each Fuzz* target for FUZZTIME.
+fuzz:
+	@scripts/fuzz $(FUZZTIME)
+
+# Benchmarks; figures go to docs/BENCHMARKS.md.
+bench: setup build
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./chunkstore/... ./protocol/... ./mover/...
+	scripts/bench-pgdump
+
+demo: setup build
+	scripts/demo
+
+clean:
+	rm -rf bin

@@ -1,0 +1,161 @@
+package chunkstore
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Codec says how a chunk's bytes are encoded at rest or on the wire.
+type Codec uint8
+
+const (
+	CodecNone Codec = 0 // plain bytes
+	CodecZstd Codec = 1 // one zstd frame
+)
+
+func (c Codec) String() string {
+	switch c {
+	case CodecNone:
+		return "none"
+	case CodecZstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("codec(%d)", uint8(c))
+}
+
+// Valid reports whether c is a codec this build decodes.
+func (c Codec) Valid() bool { return c == CodecNone || c == CodecZstd }
+
+// Level is a compression effort. LevelNone stores chunks as they are.
+type Level int
+
+const (
+	LevelNone    Level = iota // no compression
+	LevelFastest              // zstd fastest (~level 1)
+	LevelDefault              // zstd default (~level 3)
+	LevelBetter               // zstd better (~level 7)
+	LevelBest                 // zstd best (~level 11)
+)
+
+func (l Level) String() string {
+	switch l {
+	case LevelNone:
+		return "none"
+	case LevelFastest:
+		return "fastest"
+	case LevelDefault:
+		return "default"
+	case LevelBetter:
+		return "better"
+	case LevelBest:
+		return "best"
+	}
+	return fmt.Sprintf("level(%d)", int(l))
+}
+
+// ParseLevel parses the names printed by Level.String.
+func ParseLevel(s string) (Level, error) {
+	for l := LevelNone; l <= LevelBest; l++ {
+		if l.String() == s {
+			return l, nil
+		}
+	}
+	return 0, fmt.Errorf("chunkstore: unknown compression level %q (want none, fastest, default, better or best)", s)
+}
+
+var (
+	encodersMu sync.Mutex // guards encoders
+	encoders   [LevelBest + 1]*zstd.Encoder
+
+	decoderOnce sync.Once
+	decoder     *zstd.Decoder
+)
+
+func encoder(l Level) *zstd.Encoder {
+	encodersMu.Lock()
+	defer encodersMu.Unlock()
+	if encoders[l] == nil {
+		zl := map[Level]zstd.EncoderLevel{
+			LevelFastest: zstd.SpeedFastest, LevelDefault: zstd.SpeedDefault,
+			LevelBetter: zstd.SpeedBetterCompression, LevelBest: zstd.SpeedBestCompression,
+		}[l]
+		// Chunks are at most a few MiB: a window beyond that buys nothing and
+		// costs memory per concurrent encoder. No CRC: BLAKE3 covers content.
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zl), zstd.WithWindowSize(MaxChunkCeil),
+			zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true), zstd.WithLowerEncoderMem(true))
+		if err != nil {
+			panic(fmt.Sprintf("chunkstore: creating zstd encoder: %v", err)) // options are constant
+		}
+		encoders[l] = e
+	}
+	return encoders[l]
+}
+
+func sharedDecoder() *zstd.Decoder {
+	decoderOnce.Do(func() {
+		d, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(MaxChunkCeil),
+			zstd.WithDecoderMaxWindow(MaxChunkCeil), zstd.WithDecoderConcurrency(0), zstd.IgnoreChecksum(true))
+		if err != nil {
+			panic(fmt.Sprintf("chunkstore: creating zstd decoder: %v", err))
+		}
+		decoder = d
+	})
+	return decoder
+}
+
+// Compress appends src, encoded at level l, to dst. It returns CodecNone and
+// dst+src when compression does not save at least 1/32 of the size: such
+// chunks cost decode time for nothing. It is safe for concurrent use.
+func Compress(dst, src []byte, l Level) ([]byte, Codec) {
+	if l == LevelNone || len(src) < 128 {
+		return append(dst, src...), CodecNone
+	}
+	if l < LevelNone || l > LevelBest {
+		l = LevelDefault
+	}
+	n := len(dst)
+	out := encoder(l).EncodeAll(src, dst)
+	if len(out)-n >= len(src)-len(src)/32 {
+		return append(out[:n], src...), CodecNone
+	}
+	return out, CodecZstd
+}
+
+// ErrTooLarge is returned when a chunk's plain size is above MaxChunkCeil or
+// above what its record claims.
+var ErrTooLarge = errors.New("chunkstore: chunk too large")
+
+// Decompress appends the plain form of src to dst. plainLen is the plain size
+// the caller expects; decoding never produces more than that, nor more than
+// MaxChunkCeil, whatever src says. It is safe for concurrent use.
+func Decompress(dst, src []byte, c Codec, plainLen int) ([]byte, error) {
+	if plainLen < 0 || plainLen > MaxChunkCeil {
+		return dst, fmt.Errorf("%w: %d bytes", ErrTooLarge, plainLen)
+	}
+	switch c {
+	case CodecNone:
+		if len(src) != plainLen {
+			return dst, fmt.Errorf("chunkstore: plain chunk is %d bytes, expected %d", len(src), plainLen)
+		}
+		return append(dst, src...), nil
+	case CodecZstd:
+		if cap(dst)-len(dst) < plainLen {
+			nd := make([]byte, len(dst), len(dst)+plainLen)
+			copy(nd, dst)
+			dst = nd
+		}
+		n := len(dst)
+		out, err := sharedDecoder().DecodeAll(src, dst)
+		if err != nil {
+			return dst[:n], fmt.Errorf("chunkstore: zstd: %w", err)
+		}
+		if len(out)-n != plainLen {
+			return out[:n], fmt.Errorf("chunkstore: zstd chunk decoded to %d bytes, expected %d", len(out)-n, plainLen)
+		}
+		return out, nil
+	}
+	return dst, fmt.Errorf("chunkstore: unknown codec %d", uint8(c))
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+)
+
+// globals are the flags every command accepts.
+type globals struct {
+	home     string
+	logLevel string
+	stdout   io.Writer
+	stderr   io.Writer
+	log      *slog.Logger
+}
+
+func defaultHome() string {
+	if h := os.Getenv("PGPORTER_HOME"); h != "" {
+		return h
+	}
+	return "/var/lib/pgporter"
+}
+
+// run executes the CLI with args and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := newRootCmd(g)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if g.log == nil {
+		g.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return exitCode(err, stderr, g.log)
+}
+
+func newRootCmd(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pgporter",
+		Short: "Export PostgreSQL databases out of backups and move the dumps between hosts",
+		Long: `pgporter exports PostgreSQL databases out of backups and moves the dumps
+between Linux hosts: fast, safely and resumably.
+
+One binary plays every role: repository, staging and target movers
+('pgporter mover serve') and the orchestrator ('pgporter export').`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+				return usagef("--log-level: %v", err)
+			}
+			g.log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
+			if abs, err := filepath.Abs(g.home); err == nil {
+				g.home = abs
+			}
+			return nil
+		},
+	}
+	root.PersistentFlags().StringVar(&g.home, "home", defaultHome(), "state directory (identity, trust, journals); default $PGPORTER_HOME or /var/lib/pgporter")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.CompletionOptions.DisableDefaultCmd = true
+
+	root.AddCommand(
+		newMoverCmd(g),
+		newSendCmd(g),
+		newVerifyCmd(g),
+		newBackupCmd(g),
+		newRestorePointsCmd(g),
+		newMountCmd(g),
+		newExportCmd(g),
+		newSessionsCmd(g),
+		newRetryCmd(g),
+		newCancelCmd(g),
+		newPublishCmd(g),
+		newPublishedCmd(g),
+		newUnpublishCmd(g),
+		newRestoreCmd(g),
+		newDemoCmd(g),
+		newChunkCmd(g),
+	)
+	return root
+}
+
+// stub returns a command of the CLI contract that this build does not
+// implement yet: it is listed in --help and fails with exit code 3.
+func stub(use, short string, args cobra.PositionalArgs) *cobra.Command {
+	c := &cobra.Command{Use: use, Short: short + " (not built yet)", Args: args}
+	c.RunE = func(cmd *cobra.Command, _ []string) error { return notBuilt(cmd.CommandPath()[len("pgporter "):]) }
+	c.DisableFlagParsing = true
+	return c
+}
+
+// writeJSONLine prints v as one JSON object on the last line of stdout.
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding JSON: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
