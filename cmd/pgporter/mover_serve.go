@@ -1,7 +1,73 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
 
-func newMoverServeCmd(_ *globals) *cobra.Command {
-	return stub("serve --listen ADDR [--root DIR]... [--repo DIR]", "Serve transfers, repository reads and orchestration", cobra.ArbitraryArgs)
+	"github.com/pgporter/pgporter/mover"
+	"github.com/spf13/cobra"
+)
+
+type serveOpts struct {
+	listen, metrics, reserve, repo string
+	roots                          []string
+}
+
+func newMoverServeCmd(g *globals) *cobra.Command {
+	var so serveOpts
+	c := &cobra.Command{
+		Use:   "serve --listen ADDR [--root DIR]... [--repo DIR] [--metrics ADDR]",
+		Short: "Serve transfers, repository reads and orchestration",
+		Long: `Run the mover daemon in the foreground: accept QUIC connections (mutual TLS,
+only from peers in this mover's trust list) and receive transfers into the
+--root directories. SIGINT or SIGTERM stops it gracefully: data already
+received is made durable so that the sender's rerun resumes.
+
+Example:
+  pgporter mover serve --listen :7448 --root /srv/dumps --metrics 127.0.0.1:9448`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), g, so) },
+	}
+	f := c.Flags()
+	f.StringVar(&so.listen, "listen", ":7448", "UDP address to listen on")
+	f.StringArrayVar(&so.roots, "root", nil, "directory that transfers may write into (repeatable)")
+	f.StringVar(&so.repo, "repo", "", "backup repository to serve to peers trusted with read")
+	f.StringVar(&so.metrics, "metrics", "", "address for Prometheus metrics over HTTP (e.g. 127.0.0.1:9448)")
+	f.StringVar(&so.reserve, "reserve", "64M", "free space every transfer must leave on a root's filesystem")
+	return c
+}
+
+func runServe(ctx context.Context, g *globals, so serveOpts) error {
+	if so.repo != "" {
+		return notBuilt("mover serve --repo")
+	}
+	reserve, err := parseSize(so.reserve)
+	if err != nil {
+		return usageError{fmt.Errorf("--reserve: %w", err)}
+	}
+	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Reserve: reserve, Log: g.log})
+	if err != nil {
+		return err
+	}
+	if so.metrics != "" {
+		ln, err := net.Listen("tcp", so.metrics)
+		if err != nil {
+			return fmt.Errorf("--metrics: %w", err)
+		}
+		hs := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go hs.Serve(ln)
+		defer hs.Close()
+		g.log.Info("metrics", "addr", ln.Addr().String())
+	}
+	// Scripts and tests read the address (useful with port 0) from stdout.
+	fmt.Fprintf(g.stdout, "listening on %s as %s\n", srv.Addr(), srv.ID())
+	err = srv.Serve(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
 }

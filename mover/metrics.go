@@ -1,0 +1,43 @@
+package mover
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the daemon's Prometheus series, served on --metrics.
+type metrics struct {
+	reg            *prometheus.Registry
+	connections    prometheus.Counter
+	refused        prometheus.Counter
+	transfersOpen  prometheus.Gauge
+	transfersDone  prometheus.Counter
+	transfersFail  prometheus.Counter
+	chunksReceived prometheus.Counter
+	wireBytes      prometheus.Counter
+	durableBytes   prometheus.Counter
+	localChunks    prometheus.Counter
+	dedupedChunks  prometheus.Counter
+	corruptChunks  prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	c := func(name, help string) prometheus.Counter {
+		x := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "pgporter", Subsystem: "mover", Name: name, Help: help})
+		m.reg.MustRegister(x)
+		return x
+	}
+	m.connections = c("connections_total", "Connections accepted after the TLS handshake.")
+	m.refused = c("requests_refused_total", "Requests refused (permission, path, space, conflict).")
+	m.transfersDone = c("transfers_committed_total", "Transfers verified and renamed into place.")
+	m.transfersFail = c("transfers_failed_total", "Transfer connections that ended in an error.")
+	m.chunksReceived = c("chunks_received_total", "Chunks received from senders and verified.")
+	m.wireBytes = c("chunk_wire_bytes_total", "Chunk payload bytes received, as sent (compressed).")
+	m.durableBytes = c("durable_bytes_total", "Plain bytes made durable (fsynced and recorded).")
+	m.localChunks = c("chunks_copied_local_total", "Chunks copied from elsewhere in the same transfer instead of sent.")
+	m.dedupedChunks = c("chunks_deduped_total", "Chunks copied from earlier committed transfers instead of sent.")
+	m.corruptChunks = c("chunks_corrupt_total", "Chunks whose content did not match their BLAKE3 ID.")
+	m.transfersOpen = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "transfers_active", Help: "Transfers in progress."})
+	m.reg.MustRegister(m.transfersOpen, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}

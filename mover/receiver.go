@@ -1,0 +1,747 @@
+package mover
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sys/unix"
+)
+
+// Receiver state keys in the mover's pebble store:
+//
+//	t/<tid>/meta            JSON transferMeta
+//	t/<tid>/p/<path>\0<idx> ID(32) off(8) len(4): a chunk position durable in DEST.partial
+//	t/<tid>/done            JSON transferDone
+//	d/<dest>                the transfer that owns DEST.partial
+//	x/<ID>                  abs path(len-prefixed) off(8) len(4): a copy in a committed tree (dedupe)
+func keyMeta(tid string) []byte      { return []byte("t/" + tid + "/meta") }
+func keyDone(tid string) []byte      { return []byte("t/" + tid + "/done") }
+func keyPosPrefix(tid string) []byte { return []byte("t/" + tid + "/p/") }
+func keyPos(tid, p string, idx uint32) []byte {
+	return binary.BigEndian.AppendUint32([]byte("t/"+tid+"/p/"+p+"\x00"), idx)
+}
+func keyDest(dest string) []byte        { return []byte("d/" + dest) }
+func keyDedupe(id chunkstore.ID) []byte { return append([]byte("x/"), id[:]...) }
+
+type transferMeta struct {
+	Dest    string            `json:"dest"`
+	Peer    string            `json:"peer"`
+	Params  chunkstore.Params `json:"params"`
+	Files   uint64            `json:"files"`
+	Bytes   uint64            `json:"bytes"`
+	Started time.Time         `json:"started"`
+}
+
+type transferDone struct {
+	Dest         string    `json:"dest"`
+	Files        uint64    `json:"files"`
+	Bytes        uint64    `json:"bytes"`
+	ManifestHash Hash      `json:"manifest_blake3"`
+	Committed    time.Time `json:"committed"`
+}
+
+// loc is where a verified copy of a chunk can be read in DEST.partial.
+type loc struct {
+	path string // relative to the partial dir
+	off  int64
+	n    uint32
+}
+
+// pos is one chunk position of the manifest being received.
+type pos struct{ file, chunk uint32 }
+
+type rfile struct {
+	hdr     protocol.FileHeader
+	chunks  []protocol.ChunkRef
+	offsets []int64
+	hash    [32]byte
+	ended   bool
+}
+
+// receiver is the receiving side of one transfer on one connection.
+type receiver struct {
+	s       *Server
+	log     *slog.Logger
+	tid     string
+	peer    PeerID
+	meta    transferMeta
+	root    *os.Root // the --root that holds DEST
+	rootDir string
+	rel     string // DEST relative to rootDir (OS separators)
+	partial string // rel + ".partial"
+	cs      *controlStream
+	cancel  context.CancelCauseFunc
+
+	files   []*rfile
+	stored  map[string]map[uint32]posRecord // positions durable before this connection
+	fc      *fileCache
+	kick    chan struct{} // asks the sync loop to sync now
+	arrived chan struct{} // a chunk was processed
+
+	mu            sync.Mutex // guards everything below
+	pending       map[chunkstore.ID][]pos
+	copies        map[chunkstore.ID]loc
+	written       []pos
+	durableBytes  int64
+	durableChunks int64
+	unsynced      int64
+	received      uint64
+	writeErr      error
+}
+
+type posRecord struct {
+	id  chunkstore.ID
+	off int64
+	n   uint32
+}
+
+func encodePos(r posRecord) []byte {
+	b := make([]byte, 0, 44)
+	b = append(b, r.id[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.off))
+	return binary.BigEndian.AppendUint32(b, r.n)
+}
+
+func decodePos(b []byte) (posRecord, bool) {
+	if len(b) != 44 {
+		return posRecord{}, false
+	}
+	var r posRecord
+	copy(r.id[:], b)
+	r.off = int64(binary.BigEndian.Uint64(b[32:]))
+	r.n = binary.BigEndian.Uint32(b[40:])
+	return r, true
+}
+
+// loadStored reads the durable positions of this transfer.
+func (r *receiver) loadStored() error {
+	r.stored = map[string]map[uint32]posRecord{}
+	prefix := keyPosPrefix(r.tid)
+	it, err := r.s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[len(prefix):]
+		if len(k) < 5 || k[len(k)-5] != 0 {
+			continue
+		}
+		p := string(k[:len(k)-5])
+		idx := binary.BigEndian.Uint32(k[len(k)-4:])
+		rec, ok := decodePos(it.Value())
+		if !ok {
+			continue
+		}
+		if r.stored[p] == nil {
+			r.stored[p] = map[uint32]posRecord{}
+		}
+		r.stored[p][idx] = rec
+		if _, ok := r.copies[rec.id]; !ok {
+			r.copies[rec.id] = loc{path: p, off: rec.off, n: rec.n}
+		}
+		r.durableBytes += int64(rec.n)
+		r.durableChunks++
+	}
+	return it.Error()
+}
+
+func (r *receiver) fail(err error) { r.cancel(err) }
+
+// run drives the transfer from the first manifest message to Committed.
+func (r *receiver) run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.syncLoop(ctx)
+	}()
+	err := r.control(ctx)
+	if err != nil {
+		r.fail(err)
+	}
+	wg.Wait()
+	r.fc.closeAll()
+	return err
+}
+
+// syncLoop makes written chunks durable: fsync the files, then record the
+// positions in pebble. It runs until ctx ends, then syncs once more so that
+// everything already written survives the interruption.
+func (r *receiver) syncLoop(ctx context.Context) {
+	t := time.NewTicker(r.s.o.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := r.sync(); err != nil {
+				r.log.Warn("final sync failed", "transfer", r.tid, "err", err)
+			}
+			return
+		case <-t.C:
+		case <-r.kick:
+		}
+		if err := r.sync(); err != nil {
+			r.fail(err)
+			return
+		}
+	}
+}
+
+// sync is the durability barrier: data first, then the index that points at it.
+func (r *receiver) sync() error {
+	r.mu.Lock()
+	batch := r.written
+	r.written = nil
+	r.unsynced = 0
+	werr := r.writeErr
+	r.mu.Unlock()
+	if len(batch) == 0 {
+		return werr
+	}
+	touched := map[string]bool{}
+	for _, p := range batch {
+		touched[r.files[p.file].hdr.Path] = true
+	}
+	for p := range touched {
+		if err := r.fc.sync(p); err != nil {
+			return fmt.Errorf("syncing %s: %w", p, err)
+		}
+	}
+	b := r.s.db.NewBatch()
+	defer b.Close()
+	var n int64
+	for _, p := range batch {
+		f := r.files[p.file]
+		ref := f.chunks[p.chunk]
+		if err := b.Set(keyPos(r.tid, f.hdr.Path, p.chunk), encodePos(posRecord{id: ref.ID, off: f.offsets[p.chunk], n: ref.Len}), nil); err != nil {
+			return err
+		}
+		n += int64(ref.Len)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("recording durable chunks: %w", err)
+	}
+	r.mu.Lock()
+	r.durableBytes += n
+	r.durableChunks += int64(len(batch))
+	db, dc := r.durableBytes, r.durableChunks
+	r.mu.Unlock()
+	r.s.metrics.durableBytes.Add(float64(n))
+	if r.s.o.OnDurable != nil {
+		r.s.o.OnDurable(r.tid, db)
+	}
+	_ = r.cs.write(&protocol.Progress{DurableChunks: uint64(dc), DurableBytes: uint64(db)})
+	return werr
+}
+
+// control reads the manifest, answers Need, and commits when every chunk is
+// durable.
+func (r *receiver) control(ctx context.Context) error {
+	var sendDone *protocol.SendDone
+	manifestDone := false
+	for {
+		if manifestDone && sendDone != nil {
+			return r.finish(ctx, sendDone)
+		}
+		m, err := r.cs.next()
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+				return cause
+			}
+			return err
+		}
+		switch m := m.(type) {
+		case *protocol.FileHeader:
+			if manifestDone || int(m.Index) != len(r.files) || (len(r.files) > 0 && !r.files[len(r.files)-1].ended) {
+				return fmt.Errorf("%w: file header %d out of order", protocol.ErrProtocol, m.Index)
+			}
+			if err := r.checkHeader(m); err != nil {
+				return err
+			}
+			r.files = append(r.files, &rfile{hdr: *m, chunks: make([]protocol.ChunkRef, 0, min(m.NumChunks, 1<<16))})
+		case *protocol.FileChunks:
+			f, err := r.current(m.Index)
+			if err != nil {
+				return err
+			}
+			if int(m.First) != len(f.chunks) || len(f.chunks)+len(m.Chunks) > int(f.hdr.NumChunks) {
+				return fmt.Errorf("%w: chunk list of %s out of order", protocol.ErrProtocol, f.hdr.Path)
+			}
+			for _, c := range m.Chunks {
+				if c.Len == 0 || int(c.Len) > r.meta.Params.Max {
+					return fmt.Errorf("%w: chunk of %d bytes in %s (max %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Max)
+				}
+			}
+			f.chunks = append(f.chunks, m.Chunks...)
+		case *protocol.FileEnd:
+			f, err := r.current(m.Index)
+			if err != nil {
+				return err
+			}
+			if err := r.endFile(ctx, f, m.Hash); err != nil {
+				return err
+			}
+		case *protocol.ManifestEnd:
+			if int(m.Files) != len(r.files) || int(m.Files) != int(r.meta.Files) || (len(r.files) > 0 && !r.files[len(r.files)-1].ended) {
+				return fmt.Errorf("%w: manifest ended after %d files, expected %d", protocol.ErrProtocol, len(r.files), r.meta.Files)
+			}
+			manifestDone = true
+			if err := r.cs.write(&protocol.NeedEnd{}); err != nil {
+				return err
+			}
+		case *protocol.SendDone:
+			if !manifestDone {
+				return fmt.Errorf("%w: SendDone before the manifest ended", protocol.ErrProtocol)
+			}
+			sendDone = m
+		default:
+			return fmt.Errorf("%w: unexpected %s during a transfer", protocol.ErrProtocol, m.Type())
+		}
+	}
+}
+
+func (r *receiver) checkHeader(h *protocol.FileHeader) error {
+	if err := protocol.ValidPath(h.Path); err != nil {
+		return fmt.Errorf("file %q: %w", h.Path, err)
+	}
+	if h.Path == ManifestName {
+		return fmt.Errorf("%w: %s is reserved for the receiver's manifest", protocol.ErrBadPath, ManifestName)
+	}
+	for _, f := range r.files {
+		if f.hdr.Path == h.Path {
+			return fmt.Errorf("%w: %s listed twice", protocol.ErrBadPath, h.Path)
+		}
+	}
+	if h.Size > r.meta.Bytes || uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size || uint64(h.NumChunks) > h.Size {
+		return fmt.Errorf("%w: %s: %d chunks cannot make %d bytes", protocol.ErrProtocol, h.Path, h.NumChunks, h.Size)
+	}
+	return nil
+}
+
+func (r *receiver) current(idx uint32) (*rfile, error) {
+	if len(r.files) == 0 || int(idx) != len(r.files)-1 || r.files[idx].ended {
+		return nil, fmt.Errorf("%w: message for file %d out of order", protocol.ErrProtocol, idx)
+	}
+	return r.files[idx], nil
+}
+
+// endFile prepares a fully described file in DEST.partial and asks for the
+// chunks that are neither durable there already nor copyable locally.
+func (r *receiver) endFile(ctx context.Context, f *rfile, hash [32]byte) error {
+	if len(f.chunks) != int(f.hdr.NumChunks) {
+		return fmt.Errorf("%w: %s has %d of %d chunks", protocol.ErrProtocol, f.hdr.Path, len(f.chunks), f.hdr.NumChunks)
+	}
+	f.offsets = make([]int64, len(f.chunks))
+	var off int64
+	for i, c := range f.chunks {
+		f.offsets[i] = off
+		off += int64(c.Len)
+	}
+	if off != int64(f.hdr.Size) {
+		return fmt.Errorf("%w: %s chunks add up to %d bytes, header says %d", protocol.ErrProtocol, f.hdr.Path, off, f.hdr.Size)
+	}
+	f.hash, f.ended = hash, true
+	if _, err := r.fc.create(f.hdr.Path, int64(f.hdr.Size)); err != nil {
+		return err
+	}
+	idx := uint32(len(r.files) - 1)
+	stored := r.stored[f.hdr.Path]
+	stale := r.s.db.NewBatch()
+	defer stale.Close()
+	for i, rec := range stored {
+		if int(i) >= len(f.chunks) || rec.id != f.chunks[i].ID || rec.off != f.offsets[i] {
+			// The source changed since that position was written.
+			stale.Delete(keyPos(r.tid, f.hdr.Path, i), nil)
+			delete(stored, i)
+			r.mu.Lock()
+			r.durableBytes -= int64(rec.n)
+			r.durableChunks--
+			r.mu.Unlock()
+		}
+	}
+	if !stale.Empty() {
+		if err := stale.Commit(pebble.Sync); err != nil {
+			return err
+		}
+	}
+	var need []uint32
+	for i, ref := range f.chunks {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+		if _, ok := stored[uint32(i)]; ok {
+			continue
+		}
+		p := pos{file: idx, chunk: uint32(i)}
+		r.mu.Lock()
+		if w, ok := r.pending[ref.ID]; ok {
+			r.pending[ref.ID] = append(w, p)
+			r.mu.Unlock()
+			continue
+		}
+		l, haveCopy := r.copies[ref.ID]
+		r.mu.Unlock()
+		if haveCopy && r.copyLocal(l, p, ref) {
+			continue
+		}
+		if r.copyDeduped(p, ref) {
+			continue
+		}
+		r.mu.Lock()
+		r.pending[ref.ID] = []pos{p}
+		r.mu.Unlock()
+		need = append(need, uint32(i))
+	}
+	if len(need) == 0 {
+		return nil
+	}
+	const perMsg = 1 << 16
+	for len(need) > 0 {
+		n := min(len(need), perMsg)
+		if err := r.cs.write(&protocol.Need{Index: idx, Chunks: need[:n]}); err != nil {
+			return err
+		}
+		need = need[n:]
+	}
+	return nil
+}
+
+var plainPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkstore.MaxChunkCeil); return &b }}
+
+// copyLocal copies a chunk already in DEST.partial to position p, after
+// checking its hash. It reports whether it did.
+func (r *receiver) copyLocal(l loc, p pos, ref protocol.ChunkRef) bool {
+	bp := plainPool.Get().(*[]byte)
+	defer plainPool.Put(bp)
+	buf := (*bp)[:ref.Len]
+	if err := r.fc.readAt(l.path, buf, l.off); err != nil || chunkstore.Sum(buf) != ref.ID {
+		return false
+	}
+	if err := r.writeChunk(buf, []pos{p}); err != nil {
+		r.fail(err)
+		return false
+	}
+	r.s.metrics.localChunks.Inc()
+	return true
+}
+
+// copyDeduped copies a chunk from a tree committed by an earlier transfer.
+func (r *receiver) copyDeduped(p pos, ref protocol.ChunkRef) bool {
+	v, ok, err := dbGet(r.s.db, keyDedupe(ref.ID))
+	if err != nil || !ok {
+		return false
+	}
+	abs, off, n, ok := decodeDedupe(v)
+	if !ok || n != ref.Len {
+		return false
+	}
+	root, rel := r.s.rootFor(abs)
+	if root == nil {
+		return false
+	}
+	f, err := root.Open(rel)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	bp := plainPool.Get().(*[]byte)
+	defer plainPool.Put(bp)
+	buf := (*bp)[:ref.Len]
+	if _, err := f.ReadAt(buf, off); err != nil || chunkstore.Sum(buf) != ref.ID {
+		return false
+	}
+	if err := r.writeChunk(buf, []pos{p}); err != nil {
+		r.fail(err)
+		return false
+	}
+	r.s.metrics.dedupedChunks.Inc()
+	return true
+}
+
+func encodeDedupe(abs string, off int64, n uint32) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(abs)))
+	b = append(b, abs...)
+	b = binary.BigEndian.AppendUint64(b, uint64(off))
+	return binary.BigEndian.AppendUint32(b, n)
+}
+
+func decodeDedupe(b []byte) (string, int64, uint32, bool) {
+	l, k := binary.Uvarint(b)
+	if k <= 0 || l > uint64(len(b)-k) || len(b)-k-int(l) != 12 {
+		return "", 0, 0, false
+	}
+	abs := string(b[k : k+int(l)])
+	b = b[k+int(l):]
+	return abs, int64(binary.BigEndian.Uint64(b)), binary.BigEndian.Uint32(b[8:]), true
+}
+
+// writeChunk writes verified plain content at every position in ps.
+func (r *receiver) writeChunk(plain []byte, ps []pos) error {
+	for _, p := range ps {
+		f := r.files[p.file]
+		if err := r.fc.writeAt(f.hdr.Path, plain, f.offsets[p.chunk]); err != nil {
+			if errors.Is(err, unix.ENOSPC) {
+				err = fmt.Errorf("%w: writing %s: %v", protocol.ErrNoSpace, f.hdr.Path, err)
+			}
+			r.mu.Lock()
+			r.writeErr = err
+			r.mu.Unlock()
+			return err
+		}
+	}
+	r.mu.Lock()
+	r.written = append(r.written, ps...)
+	r.unsynced += int64(len(plain) * len(ps))
+	kick := r.unsynced >= r.s.o.SyncBytes
+	first := ps[0]
+	if _, ok := r.copies[r.files[first.file].chunks[first.chunk].ID]; !ok {
+		f := r.files[first.file]
+		r.copies[f.chunks[first.chunk].ID] = loc{path: f.hdr.Path, off: f.offsets[first.chunk], n: uint32(len(plain))}
+	}
+	r.mu.Unlock()
+	if kick {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// readData handles one data stream: verify every chunk, write it wherever
+// the manifest needs it.
+func (r *receiver) readData(ctx context.Context, st io.Reader) error {
+	rd := protocol.NewReader(st, protocol.MaxFrameSize)
+	bp := plainPool.Get().(*[]byte)
+	defer plainPool.Put(bp)
+	for {
+		m, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("reading data stream: %w", err)
+		}
+		cd, ok := m.(*protocol.ChunkData)
+		if !ok {
+			return fmt.Errorf("%w: %s on a data stream", protocol.ErrProtocol, m.Type())
+		}
+		if int(cd.PlainLen) > r.meta.Params.Max {
+			return fmt.Errorf("%w: chunk %s of %d bytes exceeds the transfer's max %d", protocol.ErrProtocol, cd.ID.Short(), cd.PlainLen, r.meta.Params.Max)
+		}
+		plain, err := chunkstore.Decompress((*bp)[:0], cd.Payload, cd.Codec, int(cd.PlainLen))
+		if err != nil {
+			return &chunkstore.CorruptChunkError{ID: cd.ID, Err: err}
+		}
+		if err := chunkstore.VerifyContent(cd.ID, plain); err != nil {
+			r.s.metrics.corruptChunks.Inc()
+			return fmt.Errorf("sender sent bad data: %w", err)
+		}
+		r.mu.Lock()
+		ps, ok := r.pending[cd.ID]
+		delete(r.pending, cd.ID)
+		r.received++
+		r.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("%w: chunk %s was not asked for", protocol.ErrProtocol, cd.ID.Short())
+		}
+		if err := r.writeChunk(plain, ps); err != nil {
+			return err
+		}
+		r.s.metrics.chunksReceived.Inc()
+		r.s.metrics.wireBytes.Add(float64(len(cd.Payload)))
+		select {
+		case r.arrived <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// finish waits for the last chunks, then verifies and commits the tree.
+func (r *receiver) finish(ctx context.Context, done *protocol.SendDone) error {
+	for {
+		r.mu.Lock()
+		missing, received := len(r.pending), r.received
+		r.mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if received >= done.Chunks {
+			return fmt.Errorf("%w: sender finished sending but %d chunks are missing", protocol.ErrProtocol, missing)
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-r.arrived:
+		}
+	}
+	if err := r.sync(); err != nil {
+		return err
+	}
+	return r.commit(ctx)
+}
+
+// commit verifies every file, writes the manifest, and renames DEST.partial
+// to DEST, durably.
+func (r *receiver) commit(ctx context.Context) error {
+	man := Manifest{Format: ManifestFormat, Transfer: r.tid, Created: time.Now().UTC(), Chunking: r.meta.Params}
+	for _, f := range r.files {
+		p := filepath.Join(r.partial, filepath.FromSlash(f.hdr.Path))
+		fh, err := r.root.Open(p)
+		if err != nil {
+			return err
+		}
+		h, n, err := HashFile(ctx, fh)
+		fh.Close()
+		if err != nil {
+			return fmt.Errorf("verifying %s: %w", f.hdr.Path, err)
+		}
+		if n != int64(f.hdr.Size) || h != f.hash {
+			r.forgetFile(f)
+			return fmt.Errorf("%w: %s did not verify after transfer; rerun to resend it", protocol.ErrCorrupt, f.hdr.Path)
+		}
+		if err := r.fc.sync(f.hdr.Path); err != nil {
+			return fmt.Errorf("syncing %s: %w", f.hdr.Path, err)
+		}
+		mt := time.Unix(0, f.hdr.MTime)
+		if err := r.root.Chmod(p, fs.FileMode(f.hdr.Mode&0o777)); err != nil {
+			return err
+		}
+		if err := r.root.Chtimes(p, mt, mt); err != nil {
+			return err
+		}
+		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(f.hdr.Mode & 0o777), MTime: mt.UTC(), BLAKE3: h})
+		man.Bytes += n
+	}
+	r.fc.closeAll()
+	body, err := json.MarshalIndent(&man, "", "  ")
+	if err != nil {
+		return err
+	}
+	body = append(body, '\n')
+	if err := writeRootFileSync(r.root, filepath.Join(r.partial, ManifestName), body, 0o644); err != nil {
+		return fmt.Errorf("writing manifest: %w", err)
+	}
+	if err := syncDirs(r.root, r.partial); err != nil {
+		return err
+	}
+	if err := r.root.Rename(r.partial, r.rel); err != nil {
+		return fmt.Errorf("renaming into place: %w", err)
+	}
+	if err := syncRootDir(r.root, filepath.Dir(r.rel)); err != nil {
+		return err
+	}
+	mh := Hash(chunkstore.Sum(body))
+	if err := r.recordDone(man, mh); err != nil {
+		return err
+	}
+	r.log.Info("transfer committed", "transfer", r.tid, "dest", r.meta.Dest, "files", len(man.Files), "bytes", man.Bytes)
+	r.s.metrics.transfersDone.Inc()
+	return r.cs.write(&protocol.Committed{Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
+}
+
+// forgetFile drops the durable positions of a file that failed verification.
+func (r *receiver) forgetFile(f *rfile) {
+	start := keyPos(r.tid, f.hdr.Path, 0)
+	end := prefixEnd([]byte("t/" + r.tid + "/p/" + f.hdr.Path + "\x00"))
+	_ = r.s.db.DeleteRange(start, end, pebble.Sync)
+}
+
+// recordDone marks the transfer complete, indexes its chunks for dedupe by
+// later transfers, and drops its per-position state.
+func (r *receiver) recordDone(man Manifest, mh Hash) error {
+	b := r.s.db.NewBatch()
+	defer b.Close()
+	done, _ := json.Marshal(transferDone{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh, Committed: time.Now().UTC()})
+	b.Set(keyDone(r.tid), done, nil)
+	b.Delete(keyDest(r.meta.Dest), nil)
+	prefix := keyPosPrefix(r.tid)
+	b.DeleteRange(prefix, prefixEnd(prefix), nil)
+	seen := map[chunkstore.ID]bool{}
+	for _, f := range r.files {
+		abs := filepath.Join(r.meta.Dest, filepath.FromSlash(f.hdr.Path))
+		for i, c := range f.chunks {
+			if seen[c.ID] {
+				continue
+			}
+			seen[c.ID] = true
+			b.Set(keyDedupe(c.ID), encodeDedupe(abs, f.offsets[i], c.Len), nil)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("recording completion: %w", err)
+	}
+	return nil
+}
+
+// writeRootFileSync writes name inside root via a temporary file, fsyncs it and
+// renames it into place.
+func writeRootFileSync(root *os.Root, name string, data []byte, mode fs.FileMode) error {
+	tmp := name + ".tmp"
+	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return root.Rename(tmp, name)
+}
+
+func syncRootDir(root *os.Root, dir string) error {
+	d, err := root.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// syncDirs fsyncs dir and every directory below it, so that the names of
+// the files in them are durable before the tree is renamed into place.
+func syncDirs(root *os.Root, dir string) error {
+	return fs.WalkDir(root.FS(), filepath.ToSlash(dir), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return syncRootDir(root, filepath.FromSlash(p))
+		}
+		return nil
+	})
+}
+
+// closeStream ends a stream the other side may still write to.
+func closeStream(st *quic.Stream) {
+	st.CancelRead(0)
+	st.Close()
+}

@@ -1,0 +1,564 @@
+package mover
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/quic-go/quic-go"
+	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+)
+
+// Software is sent in Hello.
+const Software = "pgporter"
+
+// SendOptions configure one Send. The zero value of every field but Src and
+// Dest is a sensible default.
+type SendOptions struct {
+	Src         string            // local directory to send
+	Dest        string            // absolute path on the receiver, inside one of its roots
+	TransferID  string            // default: derived from Src, Dest and the receiver's peer ID
+	Params      chunkstore.Params // default chunkstore.DefaultParams
+	Streams     int               // parallel data streams, default 4
+	Compression string            // "auto" (default) or a chunkstore level name
+	BWLimit     int64             // aggregate wire bytes per second; 0 means no limit
+	RetryFor    time.Duration     // reconnect budget after a network failure; default 2m, negative disables
+	IdleTimeout time.Duration     // a connection silent this long is dead; default 30s
+	// Progress, if set, is called from one goroutine as the receiver reports
+	// durable progress.
+	Progress func(SendProgress)
+}
+
+func (o SendOptions) withDefaults() SendOptions {
+	if o.Params == (chunkstore.Params{}) {
+		o.Params = chunkstore.DefaultParams
+	}
+	if o.Streams <= 0 {
+		o.Streams = 4
+	}
+	if o.Compression == "" {
+		o.Compression = "auto"
+	}
+	if o.RetryFor == 0 {
+		o.RetryFor = 2 * time.Minute
+	}
+	return o
+}
+
+// Validate reports the first problem with o.
+func (o SendOptions) Validate() error {
+	o = o.withDefaults()
+	switch {
+	case o.Src == "":
+		return errors.New("mover: no source directory")
+	case !filepath.IsAbs(o.Dest) || filepath.Clean(o.Dest) != o.Dest:
+		return fmt.Errorf("mover: destination %q must be a clean absolute path on the receiver", o.Dest)
+	case o.Streams > 64:
+		return fmt.Errorf("mover: %d streams is more than 64", o.Streams)
+	case o.BWLimit < 0:
+		return errors.New("mover: negative bandwidth limit")
+	}
+	if o.TransferID != "" && !validTransferID(o.TransferID) {
+		return fmt.Errorf("mover: transfer ID %q: use 1-128 of [A-Za-z0-9._-]", o.TransferID)
+	}
+	if _, err := newLevelController(o.Compression); err != nil {
+		return err
+	}
+	return o.Params.Validate()
+}
+
+func validTransferID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// TransferIDFor derives the ID that makes a rerun of the same send resume:
+// the same source, destination and receiver give the same ID.
+func TransferIDFor(srcAbs, dest string, peer PeerID) string {
+	h := blake3.New()
+	h.Write([]byte(srcAbs + "\x00" + dest + "\x00"))
+	h.Write(peer[:])
+	return "t-" + hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+// SendProgress is a snapshot of a running Send.
+type SendProgress struct {
+	Total      int64 // plain bytes in the tree
+	Durable    int64 // plain bytes the receiver holds durably
+	WireBytes  int64 // bytes of chunk frames sent
+	ChunksSent int64
+	Level      chunkstore.Level
+}
+
+// SendResult is what Send did. Its JSON form is the contract of
+// 'pgporter send --json'.
+type SendResult struct {
+	TransferID      string  `json:"transfer"`
+	Dest            string  `json:"dest"`
+	Files           int     `json:"files"`
+	Bytes           int64   `json:"bytes"`
+	ChunksTotal     int64   `json:"chunks_total"`
+	ChunksSent      int64   `json:"chunks_sent"`
+	ChunksSkipped   int64   `json:"chunks_skipped"`
+	WireBytes       int64   `json:"wire_bytes"`
+	Seconds         float64 `json:"seconds"`
+	Reconnects      int     `json:"reconnects"`
+	ResumedBytes    int64   `json:"resumed_bytes"`  // durable at the receiver when the first connection opened
+	ResumedChunks   int64   `json:"resumed_chunks"` // chunk positions durable then
+	AlreadyComplete bool    `json:"already_complete"`
+	ManifestBLAKE3  string  `json:"manifest_blake3,omitempty"`
+}
+
+// Sender sends trees to receiving movers. It owns the sender's pebble state
+// (chunk lists of sent files, keyed by transfer).
+type Sender struct {
+	id  *Identity
+	db  *pebble.DB
+	log *slog.Logger
+}
+
+// NewSender loads the identity under home and opens the sender state.
+func NewSender(home string, log *slog.Logger) (*Sender, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	id, err := LoadIdentity(home)
+	if err != nil {
+		return nil, err
+	}
+	db, err := openDB(filepath.Join(home, "sender"), log)
+	if err != nil {
+		return nil, err
+	}
+	return &Sender{id: id, db: db, log: log}, nil
+}
+
+// Close releases the sender state.
+func (s *Sender) Close() error { return s.db.Close() }
+
+// Send transfers o.Src to o.Dest on the mover at addr, which must present
+// peer's identity. Rerunning the same Send after any failure resumes: only
+// chunks the receiver does not hold durably are sent. Short network drops
+// are ridden out by reconnecting for up to o.RetryFor.
+func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptions) (*SendResult, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o = o.withDefaults()
+	src, err := filepath.Abs(o.Src)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(src); err != nil {
+		return nil, err
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("mover: %s is not a directory", src)
+	}
+	tid := o.TransferID
+	if tid == "" {
+		tid = TransferIDFor(src, o.Dest, peer)
+	}
+	start := time.Now()
+	files, err := scanTree(src)
+	if err != nil {
+		return nil, err
+	}
+	res := &SendResult{TransferID: tid, Dest: o.Dest, Files: len(files)}
+	for _, f := range files {
+		res.Bytes += f.Size
+	}
+	lc, _ := newLevelController(o.Compression)
+	t := &sendTransfer{
+		s: s, o: o, tid: tid, peer: peer, addr: addr, res: res, lc: lc,
+		src:     newSource(files),
+		handles: map[uint32]*os.File{},
+	}
+	if o.BWLimit > 0 {
+		t.limiter = rate.NewLimiter(rate.Limit(o.BWLimit), int(min(max(o.BWLimit/20, 64<<10), 1<<20)))
+	}
+	defer t.closeHandles()
+
+	chunkCtx, stopChunking := context.WithCancel(ctx)
+	var chunkErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		chunkErr = t.src.run(chunkCtx, &chunkCache{db: s.db, tid: tid}, o.Params)
+	}()
+	err = t.loop(ctx)
+	stopChunking()
+	wg.Wait()
+	if err == nil && !res.AlreadyComplete && chunkErr != nil {
+		err = chunkErr
+	}
+	res.ChunksSent = t.chunksSent.Load()
+	res.WireBytes = t.wireBytes.Load()
+	for _, f := range files {
+		res.ChunksTotal += int64(len(f.Chunks))
+	}
+	res.ChunksSkipped = max(res.ChunksTotal-res.ChunksSent, 0)
+	res.Seconds = time.Since(start).Seconds()
+	return res, err
+}
+
+// sendTransfer is the state of one Send across its connections.
+type sendTransfer struct {
+	s       *Sender
+	o       SendOptions
+	tid     string
+	peer    PeerID
+	addr    string
+	res     *SendResult
+	src     *source
+	lc      *levelController
+	limiter *rate.Limiter // nil: no limit
+	opened  bool          // a connection got as far as TransferState
+
+	chunksSent atomic.Int64
+	wireBytes  atomic.Int64
+	durable    atomic.Int64
+
+	handlesMu sync.Mutex // guards handles
+	handles   map[uint32]*os.File
+}
+
+// errPermanent marks attempt errors that reconnecting cannot fix.
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// retryable reports whether a failed attempt is worth reconnecting for:
+// everything but what the receiver refused, what our own data caused, and
+// cancellation.
+func retryable(err error) bool {
+	var pe permanentError
+	var re *protocol.RemoteError
+	switch {
+	case errors.Is(err, context.Canceled), errors.As(err, &pe), errors.Is(err, ErrUntrusted):
+		return false
+	case errors.As(err, &re):
+		return protocol.Retryable(err)
+	}
+	return true
+}
+
+func (t *sendTransfer) loop(ctx context.Context) error {
+	const maxBackoff = 10 * time.Second
+	backoff := 250 * time.Millisecond
+	var failingSince time.Time
+	for {
+		before := t.durable.Load()
+		err := t.attempt(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !retryable(err) || t.o.RetryFor < 0 {
+			return err
+		}
+		if t.durable.Load() > before {
+			failingSince, backoff = time.Time{}, 250*time.Millisecond // it made progress: a fresh budget
+		}
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
+		if time.Since(failingSince) > t.o.RetryFor {
+			return fmt.Errorf("giving up after %s of failed reconnects (rerun the same command to resume): %w", t.o.RetryFor, err)
+		}
+		t.s.log.Warn("transfer interrupted; reconnecting", "transfer", t.tid, "peer", t.peer.Short(), "err", err, "retry_in", backoff)
+		t.res.Reconnects++
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// dialMover connects to a mover and exchanges Hello on a new control stream.
+func dialMover(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration) (*quic.Conn, *controlStream, error) {
+	qc := QUICConfig()
+	if idle > 0 {
+		qc.MaxIdleTimeout = idle
+		qc.KeepAlivePeriod = min(qc.KeepAlivePeriod, idle/3)
+	}
+	conn, err := quic.DialAddr(ctx, addr, ClientTLSConfig(id, peer), qc)
+	if err != nil {
+		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, PermSend)
+	}
+	// In TLS 1.3 the server checks our certificate after our side of the
+	// handshake is done: a refusal shows up on the first stream.
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
+		return nil, nil, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, PermSend)
+	}
+	cs := newControlStream(st)
+	if err := cs.clientHello(); err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
+		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, PermSend)
+	}
+	return conn, cs, nil
+}
+
+func (t *sendTransfer) attempt(ctx context.Context) error {
+	conn, cs, err := dialMover(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout)
+	if err != nil {
+		return err
+	}
+	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Reads on QUIC streams do not take a context: closing the connection is
+	// what unblocks them.
+	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "cancelled") })
+	defer stop()
+
+	err = cs.write(&protocol.OpenTransfer{TransferID: t.tid, Dest: t.o.Dest, Params: t.o.Params, Files: uint64(len(t.src.files)), Bytes: uint64(t.res.Bytes)})
+	if err != nil {
+		return err
+	}
+	m, err := cs.next()
+	if err != nil {
+		return err
+	}
+	ts, ok := m.(*protocol.TransferState)
+	if !ok {
+		return permanentError{fmt.Errorf("%w: expected TransferState, got %s", protocol.ErrProtocol, m.Type())}
+	}
+	t.durable.Store(int64(ts.DurableBytes))
+	if !t.opened {
+		t.opened = true
+		t.res.ResumedBytes, t.res.ResumedChunks = int64(ts.DurableBytes), int64(ts.DurableChunks)
+	}
+	t.report()
+	if ts.State == protocol.StateComplete {
+		t.res.AlreadyComplete = true
+		t.s.log.Info("transfer already complete at the receiver; nothing to send", "transfer", t.tid, "dest", t.o.Dest)
+		return nil
+	}
+	t.s.log.Debug("transfer opened", "transfer", t.tid, "state", ts.State, "durable_bytes", ts.DurableBytes)
+
+	jobs := newJobQueue()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return t.writeManifest(gctx, cs) })
+	var workers sync.WaitGroup
+	var sentHere atomic.Int64
+	for range t.o.Streams {
+		workers.Add(1)
+		g.Go(func() error {
+			defer workers.Done()
+			return t.dataWorker(gctx, conn, jobs, &sentHere)
+		})
+	}
+	g.Go(func() error {
+		workers.Wait()
+		if gctx.Err() != nil {
+			return nil
+		}
+		return cs.write(&protocol.SendDone{Chunks: uint64(sentHere.Load())})
+	})
+	g.Go(func() error {
+		defer jobs.close()
+		return t.readControl(gctx, cs, jobs)
+	})
+	return g.Wait()
+}
+
+// writeManifest offers every file's chunk list as soon as it is known.
+func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) error {
+	const perMsg = 16384
+	for i := range t.src.files {
+		f, err := t.src.wait(ctx, i)
+		if err != nil {
+			return permanentError{err}
+		}
+		err = cs.write(&protocol.FileHeader{Index: f.Index, Path: f.Path, Mode: f.Mode, Size: uint64(f.Size), MTime: f.MTime, NumChunks: uint32(len(f.Chunks))})
+		if err != nil {
+			return err
+		}
+		for first := 0; first < len(f.Chunks); first += perMsg {
+			end := min(first+perMsg, len(f.Chunks))
+			if err := cs.write(&protocol.FileChunks{Index: f.Index, First: uint32(first), Chunks: f.Chunks[first:end]}); err != nil {
+				return err
+			}
+		}
+		if err := cs.write(&protocol.FileEnd{Index: f.Index, Hash: f.Hash}); err != nil {
+			return err
+		}
+	}
+	return cs.write(&protocol.ManifestEnd{Files: uint32(len(t.src.files))})
+}
+
+// readControl handles the receiver's messages until it commits.
+func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs *jobQueue) error {
+	for {
+		m, err := cs.next()
+		if err != nil {
+			return err
+		}
+		switch m := m.(type) {
+		case *protocol.Need:
+			if int(m.Index) >= len(t.src.files) {
+				return permanentError{fmt.Errorf("%w: need for file %d of %d", protocol.ErrProtocol, m.Index, len(t.src.files))}
+			}
+			f := t.src.files[m.Index]
+			js := make([]job, 0, len(m.Chunks))
+			for _, c := range m.Chunks {
+				if int(c) >= len(f.Chunks) {
+					return permanentError{fmt.Errorf("%w: need for chunk %d of %d in %s", protocol.ErrProtocol, c, len(f.Chunks), f.Path)}
+				}
+				js = append(js, job{file: m.Index, chunk: c})
+			}
+			jobs.push(js...)
+		case *protocol.NeedEnd:
+			jobs.close()
+		case *protocol.Progress:
+			t.durable.Store(int64(m.DurableBytes))
+			t.report()
+		case *protocol.Committed:
+			t.durable.Store(t.res.Bytes)
+			t.report()
+			t.res.ManifestBLAKE3 = hex.EncodeToString(m.ManifestHash[:])
+			t.res.AlreadyComplete = m.AlreadyDone
+			t.s.log.Debug("transfer committed", "transfer", t.tid, "files", m.Files, "bytes", m.Bytes)
+			return nil
+		default:
+			return permanentError{fmt.Errorf("%w: unexpected %s from receiver", protocol.ErrProtocol, m.Type())}
+		}
+	}
+}
+
+func (t *sendTransfer) report() {
+	if t.o.Progress != nil {
+		t.o.Progress(SendProgress{Total: t.res.Bytes, Durable: t.durable.Load(), WireBytes: t.wireBytes.Load(), ChunksSent: t.chunksSent.Load(), Level: t.lc.current()})
+	}
+}
+
+func (t *sendTransfer) handle(f *srcFile) (*os.File, error) {
+	t.handlesMu.Lock()
+	defer t.handlesMu.Unlock()
+	if h, ok := t.handles[f.Index]; ok {
+		return h, nil
+	}
+	h, err := os.Open(f.Abs)
+	if err != nil {
+		return nil, err
+	}
+	if len(t.handles) >= 64 {
+		for k, old := range t.handles {
+			old.Close()
+			delete(t.handles, k)
+			break
+		}
+	}
+	t.handles[f.Index] = h
+	return h, nil
+}
+
+func (t *sendTransfer) closeHandles() {
+	t.handlesMu.Lock()
+	defer t.handlesMu.Unlock()
+	for k, h := range t.handles {
+		h.Close()
+		delete(t.handles, k)
+	}
+}
+
+var chunkBufPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkstore.MaxChunkCeil); return &b }}
+
+// dataWorker sends needed chunks on its own data stream.
+func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jobQueue, sent *atomic.Int64) error {
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fmt.Errorf("opening data stream: %w", err)
+	}
+	if _, err := st.Write([]byte{byte(protocol.StreamData)}); err != nil {
+		return fmt.Errorf("writing data stream kind: %w", err)
+	}
+	plainP := chunkBufPool.Get().(*[]byte)
+	defer chunkBufPool.Put(plainP)
+	packedP := chunkBufPool.Get().(*[]byte)
+	defer chunkBufPool.Put(packedP)
+	frame := make([]byte, 0, 64<<10)
+	for {
+		j, ok := jobs.pop(ctx)
+		if !ok {
+			break
+		}
+		f := t.src.files[j.file]
+		ref := f.Chunks[j.chunk]
+		t0 := time.Now()
+		h, err := t.handle(f)
+		if err != nil {
+			return permanentError{fmt.Errorf("reading %s: %w", f.Path, err)}
+		}
+		plain := (*plainP)[:ref.Len]
+		if _, err := h.ReadAt(plain, f.Offsets[j.chunk]); err != nil {
+			return permanentError{fmt.Errorf("reading %s at %d: %w", f.Path, f.Offsets[j.chunk], err)}
+		}
+		if chunkstore.Sum(plain) != ref.ID {
+			// Forget the cached chunk list so that a rerun re-reads the file.
+			t.s.db.Delete((&chunkCache{tid: t.tid}).key(f.Path), pebble.Sync)
+			return permanentError{fmt.Errorf("%s changed after it was chunked; rerun to send its new content", f.Path)}
+		}
+		packed, codec := chunkstore.Compress((*packedP)[:0], plain, t.lc.current())
+		cpu := time.Since(t0)
+		frame = protocol.AppendFrame(frame[:0], &protocol.ChunkData{ID: ref.ID, Codec: codec, PlainLen: ref.Len, Payload: packed})
+		t1 := time.Now()
+		if t.limiter != nil {
+			if err := waitN(ctx, t.limiter, len(frame)); err != nil {
+				return err
+			}
+		}
+		if _, err := st.Write(frame); err != nil {
+			return fmt.Errorf("writing chunk: %w", err)
+		}
+		t.lc.observe(cpu, time.Since(t1))
+		t.chunksSent.Add(1)
+		sent.Add(1)
+		t.wireBytes.Add(int64(len(frame)))
+	}
+	if err := st.Close(); err != nil {
+		return fmt.Errorf("closing data stream: %w", err)
+	}
+	return nil
+}
+
+// waitN waits for n tokens, in pieces no larger than the limiter's burst.
+func waitN(ctx context.Context, l *rate.Limiter, n int) error {
+	for n > 0 {
+		k := min(n, l.Burst())
+		if err := l.WaitN(ctx, k); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}

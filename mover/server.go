@@ -1,0 +1,521 @@
+package mover
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sys/unix"
+)
+
+// ServerOptions configure a mover daemon. Zero values are defaults.
+type ServerOptions struct {
+	Home         string        // identity, trust list, state
+	Listen       string        // UDP address, default ":7448"
+	Roots        []string      // directories transfers may write into
+	Reserve      int64         // bytes of free space a transfer must leave; default 64 MiB
+	SyncBytes    int64         // make chunks durable after this many bytes; default 64 MiB
+	SyncInterval time.Duration // ... or after this long; default 1s
+	Log          *slog.Logger
+	// OnDurable, if set, is called after each durability barrier with the
+	// transfer's durable byte count (tests use it to interrupt at a point).
+	OnDurable func(transferID string, durableBytes int64)
+}
+
+func (o ServerOptions) withDefaults() ServerOptions {
+	if o.Listen == "" {
+		o.Listen = ":7448"
+	}
+	if o.Reserve == 0 {
+		o.Reserve = 64 << 20
+	}
+	if o.SyncBytes <= 0 {
+		o.SyncBytes = 64 << 20
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+type serveRoot struct {
+	dir  string // absolute, symlinks resolved
+	root *os.Root
+}
+
+// Server is a mover daemon: it accepts QUIC connections from trusted peers
+// and serves transfers into its roots.
+type Server struct {
+	o       ServerOptions
+	log     *slog.Logger
+	id      *Identity
+	trust   *TrustStore
+	db      *pebble.DB
+	roots   []serveRoot
+	ln      *quic.Listener
+	metrics *metrics
+
+	mu     sync.Mutex // guards active
+	active map[string]*activeTransfer
+
+	conns sync.WaitGroup // connection handlers
+}
+
+type activeTransfer struct {
+	dest   string
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// errPreempted ends a transfer whose sender reconnected.
+var errPreempted = errors.New("mover: the sender reconnected; this connection is superseded")
+
+// NewServer loads the identity and trust list under o.Home, opens the state,
+// checks the roots and starts listening.
+func NewServer(o ServerOptions) (*Server, error) {
+	o = o.withDefaults()
+	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, metrics: newMetrics()}
+	var err error
+	if s.id, err = LoadIdentity(o.Home); err != nil {
+		return nil, err
+	}
+	if s.trust, err = OpenTrust(o.Home); err != nil {
+		return nil, err
+	}
+	for _, r := range o.Roots {
+		abs, err := filepath.Abs(r)
+		if err == nil {
+			abs, err = filepath.EvalSymlinks(abs)
+		}
+		if err != nil {
+			s.closeRoots()
+			return nil, fmt.Errorf("root %s: %w", r, err)
+		}
+		rt, err := os.OpenRoot(abs)
+		if err != nil {
+			s.closeRoots()
+			return nil, fmt.Errorf("root %s: %w", r, err)
+		}
+		s.roots = append(s.roots, serveRoot{dir: abs, root: rt})
+	}
+	if s.db, err = openDB(filepath.Join(o.Home, "mover"), s.log); err != nil {
+		s.closeRoots()
+		return nil, err
+	}
+	s.ln, err = quic.ListenAddr(o.Listen, ServerTLSConfig(s.id, s.trust, s.log), QUICConfig())
+	if err != nil {
+		s.db.Close()
+		s.closeRoots()
+		return nil, fmt.Errorf("listening on %s: %w", o.Listen, err)
+	}
+	return s, nil
+}
+
+func (s *Server) closeRoots() {
+	for _, r := range s.roots {
+		r.root.Close()
+	}
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// ID is the server's peer ID.
+func (s *Server) ID() PeerID { return s.id.ID }
+
+// MetricsHandler serves the Prometheus metrics.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
+}
+
+// Serve accepts connections until ctx ends, then closes every connection,
+// waits for their handlers (which make written data durable) and releases
+// the server. It always returns a non-nil error: ctx's on shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	s.log.Info("mover serving", "listen", s.ln.Addr().String(), "peer_id", s.id.ID.String(), "roots", len(s.roots))
+	defer s.close()
+	for {
+		conn, err := s.ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("accepting: %w", err)
+		}
+		s.metrics.connections.Inc()
+		s.conns.Add(1)
+		go func() {
+			defer s.conns.Done()
+			s.handleConn(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) close() {
+	s.ln.Close()
+	s.conns.Wait()
+	s.db.Close()
+	s.closeRoots()
+}
+
+// handleConn serves one peer connection: a control stream first, then data
+// streams for the transfer it opens.
+func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
+	peer, err := PeerFromState(conn.ConnectionState().TLS)
+	if err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseRefused), "no peer certificate")
+		return
+	}
+	log := s.log.With("peer", peer.Short(), "remote", conn.RemoteAddr().String())
+	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "mover shutting down") })
+	defer stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+
+	st, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return
+	}
+	var kind [1]byte
+	if _, err := st.Read(kind[:]); err != nil || protocol.StreamKind(kind[0]) != protocol.StreamControl {
+		log.Warn("first stream is not a control stream; closing")
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "expected control stream")
+		return
+	}
+	cs := newControlStream(st)
+	if err := cs.serverHello(); err != nil {
+		log.Warn("hello failed", "err", err)
+		return
+	}
+
+	// Data streams wait for the transfer this connection opens.
+	var (
+		rmu   sync.Mutex // guards rcv
+		rcv   *receiver
+		ready = make(chan struct{})
+		wg    sync.WaitGroup
+	)
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			ds, err := conn.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var k [1]byte
+				if _, err := ds.Read(k[:]); err != nil || protocol.StreamKind(k[0]) != protocol.StreamData {
+					closeStream(ds)
+					return
+				}
+				select {
+				case <-ready:
+				case <-ctx.Done():
+					return
+				}
+				rmu.Lock()
+				r := rcv
+				rmu.Unlock()
+				if err := r.readData(ctx, ds); err != nil {
+					r.fail(err)
+				}
+				closeStream(ds)
+			}()
+		}
+	}()
+
+	for {
+		m, err := cs.next()
+		if err != nil {
+			return
+		}
+		switch m := m.(type) {
+		case *protocol.OpenTransfer:
+			r, err := s.openTransfer(ctx, peer, cs, m, log)
+			if err != nil {
+				s.metrics.refused.Inc()
+				log.Warn("transfer refused", "transfer", m.TransferID, "dest", m.Dest, "err", err)
+				cs.sendError(err)
+				linger(ctx, conn)
+				return
+			}
+			if r == nil { // already complete
+				continue
+			}
+			rmu.Lock()
+			rcv = r
+			rmu.Unlock()
+			close(ready)
+			a := &activeTransfer{done: make(chan struct{})}
+			err = s.runTransfer(ctx, r, a)
+			if err != nil {
+				log.Warn("transfer failed", "transfer", r.tid, "err", err)
+				cs.sendError(err)
+				linger(ctx, conn)
+			}
+			// A successor connection may take over only once this one's
+			// data streams can no longer write into the tree.
+			cancel()
+			wg.Wait()
+			s.release(r.tid, a)
+			return
+		case *protocol.SpaceQuery:
+			free, total, err := s.space(m.Path)
+			if err != nil {
+				cs.sendError(err)
+				continue
+			}
+			if err := cs.write(&protocol.SpaceReply{Free: free, Total: total}); err != nil {
+				return
+			}
+		default:
+			cs.sendError(fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
+			linger(ctx, conn)
+			return
+		}
+	}
+}
+
+// linger gives the peer a moment to read a final Error before the
+// connection closes: closing at once would discard it in flight. The peer
+// closes on reading it.
+func linger(ctx context.Context, conn *quic.Conn) {
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-conn.Context().Done():
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// rootFor returns the root that holds abs and abs relative to it.
+func (s *Server) rootFor(abs string) (*os.Root, string) {
+	best, rel := -1, ""
+	for i, r := range s.roots {
+		x, err := filepath.Rel(r.dir, abs)
+		if err != nil || x == "." || x == ".." || strings.HasPrefix(x, ".."+string(filepath.Separator)) {
+			continue
+		}
+		if best < 0 || len(r.dir) > len(s.roots[best].dir) {
+			best, rel = i, x
+		}
+	}
+	if best < 0 {
+		return nil, ""
+	}
+	return s.roots[best].root, rel
+}
+
+func (s *Server) rootDir(rt *os.Root) string {
+	for _, r := range s.roots {
+		if r.root == rt {
+			return r.dir
+		}
+	}
+	return ""
+}
+
+// space reports free and total bytes of the filesystem holding path, which
+// must be inside a root.
+func (s *Server) space(p string) (free, total uint64, err error) {
+	rt, _ := s.rootFor(filepath.Clean(p))
+	if rt == nil {
+		return 0, 0, fmt.Errorf("%w: %s is not inside any of this mover's roots", protocol.ErrBadPath, p)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.rootDir(rt), &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs: %w", err)
+	}
+	return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
+}
+
+// openTransfer checks a transfer request and prepares its receiver. It
+// returns nil, nil when the transfer is already complete (after telling the
+// sender so).
+func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStream, m *protocol.OpenTransfer, log *slog.Logger) (*receiver, error) {
+	if err := s.trust.Check(peer, PermSend); err != nil {
+		return nil, err
+	}
+	if !validTransferID(m.TransferID) {
+		return nil, fmt.Errorf("%w: bad transfer ID %q", protocol.ErrProtocol, m.TransferID)
+	}
+	if err := m.Params.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", protocol.ErrProtocol, err)
+	}
+	if !filepath.IsAbs(m.Dest) || filepath.Clean(m.Dest) != m.Dest || strings.HasSuffix(m.Dest, ".partial") {
+		return nil, fmt.Errorf("%w: destination %q must be a clean absolute path not ending in .partial", protocol.ErrBadPath, m.Dest)
+	}
+	rt, rel := s.rootFor(m.Dest)
+	if rt == nil {
+		return nil, fmt.Errorf("%w: destination %s is not inside any of this mover's roots", protocol.ErrPermission, m.Dest)
+	}
+
+	// One connection per transfer: a reconnecting sender supersedes the
+	// connection it lost, which may not have noticed yet.
+	s.mu.Lock()
+	for tid, a := range s.active {
+		if a.dest == m.Dest && tid != m.TransferID {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, tid, m.Dest)
+		}
+	}
+	old := s.active[m.TransferID]
+	s.mu.Unlock()
+	if old != nil {
+		old.cancel(errPreempted)
+		select {
+		case <-old.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+
+	// Finished already?
+	if v, ok, err := dbGet(s.db, keyDone(m.TransferID)); err != nil {
+		return nil, err
+	} else if ok {
+		var d transferDone
+		if json.Unmarshal(v, &d) == nil && d.Dest == m.Dest {
+			if _, err := rt.Lstat(rel); err == nil {
+				return nil, s.replyComplete(cs, m, &d)
+			}
+		}
+		// The tree was removed since: send it again from scratch.
+		_ = s.db.Delete(keyDone(m.TransferID), pebble.Sync)
+	}
+	if _, err := rt.Lstat(rel); err == nil {
+		// A crash between the rename and recording it leaves our own tree there.
+		if man, err := ReadManifest(filepath.Join(s.rootDir(rt), rel)); err == nil && man.Transfer == m.TransferID {
+			d := transferDone{Dest: m.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes)}
+			return nil, s.replyComplete(cs, m, &d)
+		}
+		return nil, fmt.Errorf("%w: %s exists; remove it or choose another destination", protocol.ErrConflict, m.Dest)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s: %v", protocol.ErrBadPath, m.Dest, err)
+	}
+
+	r := &receiver{
+		s: s, log: log, tid: m.TransferID, peer: peer, cs: cs, root: rt, rootDir: s.rootDir(rt),
+		rel: rel, partial: rel + ".partial",
+		meta:    transferMeta{Dest: m.Dest, Peer: peer.String(), Params: m.Params, Files: m.Files, Bytes: m.Bytes, Started: time.Now().UTC()},
+		pending: map[chunkstore.ID][]pos{}, copies: map[chunkstore.ID]loc{},
+		kick: make(chan struct{}, 1), arrived: make(chan struct{}, 1),
+	}
+	// A different transfer that left DEST.partial behind is taken over: its
+	// positions are forgotten, its bytes are overwritten or reused by hash.
+	if v, ok, err := dbGet(s.db, keyDest(m.Dest)); err != nil {
+		return nil, err
+	} else if ok && string(v) != m.TransferID {
+		log.Info("taking over an abandoned partial destination", "dest", m.Dest, "old_transfer", string(v), "transfer", m.TransferID)
+		p := keyPosPrefix(string(v))
+		_ = s.db.DeleteRange(p, prefixEnd(p), pebble.NoSync)
+	}
+	if err := r.loadStored(); err != nil {
+		return nil, err
+	}
+	need := int64(m.Bytes) - r.durableBytes
+	free, _, err := s.space(m.Dest)
+	if err != nil {
+		return nil, err
+	}
+	if need > 0 && int64(free)-s.o.Reserve < need {
+		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, humanBytes(need), humanBytes(int64(free)), humanBytes(s.o.Reserve))
+	}
+	if err := rt.MkdirAll(r.partial, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: creating %s.partial: %v", protocol.ErrBadPath, m.Dest, err)
+	}
+	b := s.db.NewBatch()
+	meta, _ := json.Marshal(r.meta)
+	b.Set(keyMeta(r.tid), meta, nil)
+	b.Set(keyDest(m.Dest), []byte(r.tid), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		b.Close()
+		return nil, err
+	}
+	b.Close()
+	r.fc = newFileCache(rt, r.partial, 256)
+	state := protocol.StateNew
+	if r.durableChunks > 0 {
+		state = protocol.StateResume
+	}
+	log.Info("transfer opened", "transfer", r.tid, "dest", m.Dest, "state", state, "files", m.Files, "bytes", m.Bytes, "durable_bytes", r.durableBytes)
+	if err := cs.write(&protocol.TransferState{State: state, DurableBytes: uint64(r.durableBytes), DurableChunks: uint64(r.durableChunks), Free: free}); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (s *Server) replyComplete(cs *controlStream, m *protocol.OpenTransfer, d *transferDone) error {
+	s.log.Info("transfer already complete", "transfer", m.TransferID, "dest", m.Dest)
+	if err := cs.write(&protocol.TransferState{State: protocol.StateComplete, DurableBytes: m.Bytes}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// runTransfer registers r as the active transfer of its ID and runs it. The
+// caller closes a.done once nothing of the connection can touch the tree.
+func (s *Server) runTransfer(ctx context.Context, r *receiver, a *activeTransfer) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	r.cancel = cancel
+	a.dest, a.cancel = r.meta.Dest, cancel
+	s.mu.Lock()
+	s.active[r.tid] = a
+	s.mu.Unlock()
+	s.metrics.transfersOpen.Inc()
+	defer s.metrics.transfersOpen.Dec()
+	err := r.run(ctx)
+	if err != nil {
+		s.metrics.transfersFail.Inc()
+	}
+	return err
+}
+
+// release forgets a as the active transfer of tid.
+func (s *Server) release(tid string, a *activeTransfer) {
+	s.mu.Lock()
+	if s.active[tid] == a {
+		delete(s.active, tid)
+	}
+	s.mu.Unlock()
+	close(a.done)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

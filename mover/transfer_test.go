@@ -1,0 +1,314 @@
+package mover
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+// testReceiver is a mover daemon serving one root on loopback.
+type testReceiver struct {
+	*tlsTestMover
+	root   string
+	srv    *Server
+	addr   string
+	log    *lockedBuffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startReceiver(t *testing.T, o ServerOptions) *testReceiver {
+	t.Helper()
+	m := newTLSTestMover(t)
+	r := &testReceiver{tlsTestMover: m, root: t.TempDir(), log: &lockedBuffer{}}
+	if o.Roots == nil {
+		o.Roots = []string{r.root}
+	} else {
+		r.root = o.Roots[0]
+	}
+	o.Home, o.Listen = m.home, "127.0.0.1:0"
+	o.Log = slog.New(slog.NewTextHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := NewServer(o)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.srv, r.addr, r.cancel, r.done = srv, srv.Addr().String(), cancel, make(chan error, 1)
+	go func() { r.done <- srv.Serve(ctx) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *testReceiver) stop() {
+	r.cancel()
+	<-r.done
+	r.done <- nil // stop is idempotent
+}
+
+// newTestSender makes a sender whose identity r trusts with perms.
+func newTestSender(t *testing.T, r *testReceiver, perms Perm) *Sender {
+	t.Helper()
+	m := newTLSTestMover(t)
+	require.NoError(t, r.trust.Trust(TrustedPeer{ID: m.id.ID, Name: "sender", Perms: perms, Added: time.Now()}))
+	s, err := NewSender(m.home, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// pgbenchLike returns n bytes of COPY-style rows, compressible like a dump.
+func pgbenchLike(n int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var b bytes.Buffer
+	for i := 0; b.Len() < n; i++ {
+		fmt.Fprintf(&b, "%d\t%d\t%d\t%s\n", i, rng.IntN(50)+1, rng.IntN(100000)-50000, strings.Repeat(" ", 84))
+	}
+	return b.Bytes()[:n]
+}
+
+func randomBytes(n int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, 2))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+// makeTree writes a dump-like tree: compressible and random files, an empty
+// file, a nested directory, and a file with internal repeats.
+func makeTree(t *testing.T, dir string, seed uint64, scale int) {
+	t.Helper()
+	rep := randomBytes(300<<10, seed+7)
+	files := map[string][]byte{
+		"toc.dat":        randomBytes(20<<10, seed),
+		"3001.dat":       pgbenchLike(scale*(3<<20), seed),
+		"3002.dat":       randomBytes(scale*(1<<20), seed+1),
+		"3003.dat":       {},
+		"blobs/b1.dat":   pgbenchLike(100<<10, seed+2),
+		"3004.dat":       bytes.Join([][]byte{rep, rep, rep}, []byte("x")),
+		"restore.sql.gz": []byte("not really"),
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(t, os.WriteFile(p, data, 0o640))
+	}
+}
+
+// requireSameTree checks that dst holds exactly src's files (plus the
+// manifest) with the same content and modes.
+func requireSameTree(t *testing.T, src, dst string) {
+	t.Helper()
+	seen := map[string]bool{}
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		require.NoError(t, err)
+		if d.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(src, p)
+		seen[filepath.ToSlash(rel)] = true
+		want, err := os.ReadFile(p)
+		require.NoError(t, err)
+		got, err := os.ReadFile(filepath.Join(dst, rel))
+		require.NoError(t, err, "missing %s", rel)
+		require.True(t, bytes.Equal(want, got), "%s differs", rel)
+		sfi, _ := d.Info()
+		dfi, err := os.Stat(filepath.Join(dst, rel))
+		require.NoError(t, err)
+		require.Equal(t, sfi.Mode().Perm(), dfi.Mode().Perm(), "%s mode", rel)
+		return nil
+	})
+	require.NoError(t, err)
+	err = filepath.WalkDir(dst, func(p string, d fs.DirEntry, err error) error {
+		require.NoError(t, err)
+		rel, _ := filepath.Rel(dst, p)
+		if !d.IsDir() && rel != ManifestName {
+			require.True(t, seen[filepath.ToSlash(rel)], "unexpected %s in destination", rel)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	_, err = Verify(context.Background(), dst)
+	require.NoError(t, err)
+}
+
+func TestSendRoundTrip(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	makeTree(t, src, 1, 1)
+	dest := filepath.Join(r.root, "dumps", "db1")
+	ctx := context.Background()
+
+	res, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+	require.NoError(t, err)
+	requireSameTree(t, src, dest)
+	require.Equal(t, 7, res.Files)
+	require.False(t, res.AlreadyComplete)
+	require.Positive(t, res.ChunksSent)
+	require.Less(t, res.WireBytes, res.Bytes, "compressible data should shrink on the wire")
+	require.NoDirExists(t, dest+".partial")
+
+	// A rerun is a no-op that says so.
+	again, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+	require.NoError(t, err)
+	require.True(t, again.AlreadyComplete)
+	require.Zero(t, again.ChunksSent)
+	requireSameTree(t, src, dest)
+}
+
+func TestSendDedupeAcrossTransfers(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	ctx := context.Background()
+	a := t.TempDir()
+	makeTree(t, a, 2, 2)
+	first, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: a, Dest: filepath.Join(r.root, "a")})
+	require.NoError(t, err)
+
+	// Tree b: the same data plus a small new file and an edit in the middle
+	// of the big file.
+	b := t.TempDir()
+	makeTree(t, b, 2, 2)
+	require.NoError(t, os.WriteFile(filepath.Join(b, "3010.dat"), randomBytes(50<<10, 99), 0o600))
+	big := filepath.Join(b, "3001.dat")
+	data, err := os.ReadFile(big)
+	require.NoError(t, err)
+	copy(data[len(data)/2:], "an edited row in the middle")
+	require.NoError(t, os.WriteFile(big, data, 0o640))
+
+	second, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: b, Dest: filepath.Join(r.root, "b")})
+	require.NoError(t, err)
+	requireSameTree(t, b, filepath.Join(r.root, "b"))
+	require.LessOrEqual(t, second.ChunksSent, int64(6), "only chunks around the edit and the new file should be sent (first run sent %d)", first.ChunksSent)
+	require.Less(t, second.WireBytes*10, first.WireBytes)
+}
+
+func TestSendRefusals(t *testing.T) {
+	ctx := context.Background()
+	r := startReceiver(t, ServerOptions{})
+	src := t.TempDir()
+	makeTree(t, src, 3, 1)
+
+	t.Run("read permission is not send permission", func(t *testing.T) {
+		s := newTestSender(t, r, PermRead)
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "x")})
+		require.ErrorIs(t, err, protocol.ErrPermission)
+		require.Contains(t, err.Error(), "send")
+		require.NoDirExists(t, filepath.Join(r.root, "x.partial"))
+	})
+	s := newTestSender(t, r, PermSend)
+	t.Run("destination outside the roots", func(t *testing.T) {
+		outside := t.TempDir()
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(outside, "x")})
+		require.ErrorIs(t, err, protocol.ErrPermission)
+		require.NoDirExists(t, filepath.Join(outside, "x.partial"))
+	})
+	t.Run("destination through a symlink out of the root", func(t *testing.T) {
+		outside := t.TempDir()
+		require.NoError(t, os.Symlink(outside, filepath.Join(r.root, "escape")))
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "escape", "x")})
+		require.Error(t, err)
+		entries, _ := os.ReadDir(outside)
+		require.Empty(t, entries, "nothing may be written outside the root")
+	})
+	t.Run("existing destination", func(t *testing.T) {
+		dest := filepath.Join(r.root, "exists")
+		require.NoError(t, os.Mkdir(dest, 0o755))
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+		require.ErrorIs(t, err, protocol.ErrConflict)
+	})
+	t.Run("symlink in the source", func(t *testing.T) {
+		bad := t.TempDir()
+		require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(bad, "link")))
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: bad, Dest: filepath.Join(r.root, "y")})
+		require.ErrorIs(t, err, ErrUnsupportedFile)
+	})
+	t.Run("untrusted sender", func(t *testing.T) {
+		m := newTLSTestMover(t)
+		u, err := NewSender(m.home, nil)
+		require.NoError(t, err)
+		defer u.Close()
+		_, err = u.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "z")})
+		require.ErrorIs(t, err, ErrUntrusted)
+		require.Contains(t, r.log.String(), "refused untrusted peer")
+	})
+}
+
+// TestResumeAfterNetworkCut cuts the link mid-transfer long enough for the
+// sender to give up, then reruns the same send: it completes with a
+// byte-identical tree and sends no chunk the receiver held durably.
+func TestResumeAfterNetworkCut(t *testing.T) {
+	r := startReceiver(t, ServerOptions{SyncInterval: 20 * time.Millisecond})
+	s := newTestSender(t, r, PermSend)
+	proxy := testsupport.NewUDPProxy(t, r.addr)
+	src := t.TempDir()
+	makeTree(t, src, 4, 4)
+	dest := filepath.Join(r.root, "cut")
+	ctx := context.Background()
+
+	var once sync.Once
+	o := SendOptions{Src: src, Dest: dest, BWLimit: 8 << 20, Compression: "none", RetryFor: -1, IdleTimeout: time.Second}
+	o.Progress = func(p SendProgress) {
+		if p.Durable > p.Total/3 {
+			once.Do(proxy.Cut)
+		}
+	}
+	_, err := s.Send(ctx, proxy.Addr(), r.id.ID, o)
+	require.Error(t, err, "the cut should end the first run")
+	proxy.Restore()
+
+	o.Progress, o.RetryFor = nil, 0
+	res, err := s.Send(ctx, proxy.Addr(), r.id.ID, o)
+	require.NoError(t, err)
+	requireSameTree(t, src, dest)
+	require.Positive(t, res.ResumedChunks)
+	require.LessOrEqual(t, res.ChunksSent, res.ChunksTotal-res.ResumedChunks)
+}
+
+// TestRideOutShortCut drops every packet for a moment in the middle of a
+// transfer: one Send call completes without help.
+func TestRideOutShortCut(t *testing.T) {
+	r := startReceiver(t, ServerOptions{SyncInterval: 20 * time.Millisecond})
+	s := newTestSender(t, r, PermSend)
+	proxy := testsupport.NewUDPProxy(t, r.addr)
+	src := t.TempDir()
+	makeTree(t, src, 5, 3)
+	dest := filepath.Join(r.root, "ride")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	var once sync.Once
+	restored := make(chan error, 1)
+	o := SendOptions{Src: src, Dest: dest, BWLimit: 8 << 20, Compression: "none", IdleTimeout: 2 * time.Second}
+	o.Progress = func(p SendProgress) {
+		if p.Durable > p.Total/3 {
+			once.Do(func() {
+				proxy.Cut()
+				go func() {
+					// Restore once the sender has visibly been cut off for a while.
+					err := proxy.Wait(ctx, func(st testsupport.ProxyStats) bool { return st.DroppedToTarget >= 30 })
+					proxy.Restore()
+					restored <- err
+				}()
+			})
+		}
+	}
+	_, err := s.Send(ctx, proxy.Addr(), r.id.ID, o)
+	require.NoError(t, err)
+	require.NoError(t, <-restored)
+	requireSameTree(t, src, dest)
+	require.Positive(t, proxy.Stats().DroppedToTarget)
+}
