@@ -1,0 +1,111 @@
+package testsupport
+
+import (
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+)
+
+// pgRoot is where Debian's postgresql-N packages install their binaries.
+const pgRoot = "/usr/lib/postgresql"
+
+// BinDirEnv names the variable that points RequirePG at a specific
+// PostgreSQL bin directory instead of the newest one under pgRoot.
+const BinDirEnv = "PGPORTER_PG_BINDIR"
+
+// inCI reports whether a missing prerequisite must fail the test rather than
+// skip it: in CI a skipped PostgreSQL or FUSE test would hide a broken runner.
+func inCI() bool { return os.Getenv("CI") == "true" }
+
+// skipOrFatal skips the test with reason, or fails it in CI.
+func skipOrFatal(t testing.TB, reason string) {
+	t.Helper()
+	if inCI() {
+		t.Fatal(reason + " (CI=true: missing prerequisites fail instead of skipping)")
+	}
+	t.Skip(reason)
+}
+
+// RequirePG returns the bin directory of the newest PostgreSQL under
+// /usr/lib/postgresql, or $PGPORTER_PG_BINDIR when set. When none is usable it
+// skips the test, or fails it when CI=true. Running as root also needs the
+// postgres OS user, because the server refuses to run as root.
+func RequirePG(t testing.TB) string {
+	t.Helper()
+	dir, err := findPG()
+	if err != nil {
+		skipOrFatal(t, "PostgreSQL not available: "+err.Error())
+	}
+	if os.Geteuid() == 0 {
+		if _, err := user.Lookup(pgOSUser); err != nil {
+			skipOrFatal(t, "PostgreSQL not usable as root: no OS user "+pgOSUser+": "+err.Error())
+		}
+	}
+	return dir
+}
+
+func findPG() (string, error) {
+	if d := os.Getenv(BinDirEnv); d != "" {
+		return d, checkPGBinDir(d)
+	}
+	ents, err := os.ReadDir(pgRoot)
+	if err != nil {
+		return "", fmt.Errorf("no server binaries under %s (set %s): %w", pgRoot, BinDirEnv, err)
+	}
+	type cand struct {
+		ver float64
+		dir string
+	}
+	var cands []cand
+	for _, e := range ents {
+		v, err := strconv.ParseFloat(e.Name(), 64) // "15", or "9.6" for old majors
+		if err != nil {
+			continue
+		}
+		d := filepath.Join(pgRoot, e.Name(), "bin")
+		if checkPGBinDir(d) == nil {
+			cands = append(cands, cand{v, d})
+		}
+	}
+	if len(cands) == 0 {
+		return "", fmt.Errorf("no server binaries under %s (set %s)", pgRoot, BinDirEnv)
+	}
+	best := slices.MaxFunc(cands, func(a, b cand) int {
+		switch {
+		case a.ver < b.ver:
+			return -1
+		case a.ver > b.ver:
+			return 1
+		}
+		return 0
+	})
+	return best.dir, nil
+}
+
+func checkPGBinDir(d string) error {
+	for _, name := range []string{"initdb", "postgres", "pg_dump"} {
+		fi, err := os.Stat(filepath.Join(d, name))
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&0o111 == 0 {
+			return fmt.Errorf("%s is not executable", filepath.Join(d, name))
+		}
+	}
+	return nil
+}
+
+// RequireFUSE skips the test, or fails it when CI=true, unless /dev/fuse can
+// be opened for reading and writing.
+func RequireFUSE(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		skipOrFatal(t, "FUSE not available: "+err.Error())
+	}
+	f.Close()
+}
