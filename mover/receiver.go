@@ -209,13 +209,14 @@ func (r *receiver) sync() error {
 	r.written = nil
 	r.unsynced = 0
 	werr := r.writeErr
+	files := r.files
 	r.mu.Unlock()
 	if len(batch) == 0 {
 		return werr
 	}
 	touched := map[string]bool{}
 	for _, p := range batch {
-		touched[r.files[p.file].hdr.Path] = true
+		touched[files[p.file].hdr.Path] = true
 	}
 	for p := range touched {
 		if err := r.fc.sync(p); err != nil {
@@ -226,7 +227,7 @@ func (r *receiver) sync() error {
 	defer b.Close()
 	var n int64
 	for _, p := range batch {
-		f := r.files[p.file]
+		f := files[p.file]
 		ref := f.chunks[p.chunk]
 		if err := b.Set(keyPos(r.tid, f.hdr.Path, p.chunk), encodePos(posRecord{id: ref.ID, off: f.offsets[p.chunk], n: ref.Len}), nil); err != nil {
 			return err
@@ -273,7 +274,9 @@ func (r *receiver) control(ctx context.Context) error {
 			if err := r.checkHeader(m); err != nil {
 				return err
 			}
+			r.mu.Lock()
 			r.files = append(r.files, &rfile{hdr: *m, chunks: make([]protocol.ChunkRef, 0, min(m.NumChunks, 1<<16))})
+			r.mu.Unlock()
 		case *protocol.FileChunks:
 			f, err := r.current(m.Index)
 			if err != nil {
@@ -492,8 +495,11 @@ func decodeDedupe(b []byte) (string, int64, uint32, bool) {
 
 // writeChunk writes verified plain content at every position in ps.
 func (r *receiver) writeChunk(plain []byte, ps []pos) error {
+	r.mu.Lock()
+	files := r.files // the control goroutine appends; entries are immutable once positions exist
+	r.mu.Unlock()
 	for _, p := range ps {
-		f := r.files[p.file]
+		f := files[p.file]
 		if err := r.fc.writeAt(f.hdr.Path, plain, f.offsets[p.chunk]); err != nil {
 			if errors.Is(err, unix.ENOSPC) {
 				err = fmt.Errorf("%w: writing %s: %v", protocol.ErrNoSpace, f.hdr.Path, err)
@@ -509,8 +515,8 @@ func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 	r.unsynced += int64(len(plain) * len(ps))
 	kick := r.unsynced >= r.s.o.SyncBytes
 	first := ps[0]
-	if _, ok := r.copies[r.files[first.file].chunks[first.chunk].ID]; !ok {
-		f := r.files[first.file]
+	if _, ok := r.copies[files[first.file].chunks[first.chunk].ID]; !ok {
+		f := files[first.file]
 		r.copies[f.chunks[first.chunk].ID] = loc{path: f.hdr.Path, off: f.offsets[first.chunk], n: uint32(len(plain))}
 	}
 	r.mu.Unlock()
