@@ -11,6 +11,8 @@ func newMoverCmd(g *globals) *cobra.Command {
 		newMoverInitCmd(g),
 		newMoverIDCmd(g),
 		newMoverTrustCmd(g),
+		newMoverUntrustCmd(g),
+		newMoverPeersCmd(g),
 		newMoverServeCmd(g),
 	)
 	return c

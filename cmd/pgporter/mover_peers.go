@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pgporter/pgporter/mover"
+	"github.com/spf13/cobra"
+)
+
+func newMoverPeersCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "peers",
+		Short: "List the peers this mover trusts",
+		Long: `List the trust list under --home (DIR/trust.json): each trusted peer's ID,
+name, permissions and when it was added. Change it with 'pgporter mover
+trust' and 'pgporter mover untrust'.
+
+Example:
+  pgporter mover peers --home /var/lib/pgporter
+  pgporter mover peers --json | tail -1 | jq -r '.peers[].peer_id'`,
+		Args: cobra.NoArgs,
+		RunE: func(_ *cobra.Command, _ []string) error { return runMoverPeers(g, asJSON) },
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, `print {"peers": [{"peer_id", "name", "allow", "added", "self"}]} as the last line`)
+	return c
+}
+
+func runMoverPeers(g *globals, asJSON bool) error {
+	ts, err := mover.OpenTrust(g.home)
+	if err != nil {
+		return err
+	}
+	peers := ts.List()
+	var self mover.PeerID
+	if id, err := mover.LoadIdentity(g.home); err == nil {
+		self = id.ID
+	}
+	if len(peers) == 0 {
+		fmt.Fprintf(g.stderr, "no trusted peers in %s; add one with: pgporter mover trust PEER_ID --allow PERMS\n", ts.Path())
+	} else {
+		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "PEER ID\tNAME\tALLOW\tADDED")
+		for _, p := range peers {
+			name := p.Name
+			if p.ID == self {
+				name = strings.TrimSpace(name + " (self)")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.ID, name, p.Perms, p.Added.Local().Format(time.DateTime))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if asJSON {
+		list := make([]map[string]any, 0, len(peers))
+		for _, p := range peers {
+			m := peerJSON(p, false)
+			m["self"] = p.ID == self
+			list = append(list, m)
+		}
+		return writeJSONLine(g.stdout, map[string]any{"peers": list})
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/pgporter/pgporter/mover"
+	"github.com/spf13/cobra"
+)
+
+func newMoverUntrustCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "untrust PEER_ID",
+		Short: "Remove a peer from the trust list",
+		Long: `Remove PEER_ID from this mover's trust list (DIR/trust.json under --home).
+A running 'pgporter mover serve' refuses the peer's new connections and its
+further requests on connections already open, without a restart. Removing a
+peer that is not in the list is an error (exit 1).
+
+Example:
+  pgporter mover untrust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("untrust takes one PEER_ID, got %d arguments", len(args))
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			id, err := mover.ParsePeerID(args[0])
+			if err != nil {
+				return usageError{fmt.Errorf("PEER_ID: %w", err)}
+			}
+			ts, err := mover.OpenTrust(g.home)
+			if err != nil {
+				return err
+			}
+			p, _ := ts.Lookup(id)
+			if err := ts.Untrust(id); err != nil {
+				return err
+			}
+			label := ""
+			if p.Name != "" {
+				label = fmt.Sprintf(" (%s)", p.Name)
+			}
+			fmt.Fprintf(g.stdout, "untrusted %s%s\n", id, label)
+			return nil
+		},
+	}
+	return c
+}
