@@ -1,0 +1,193 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// ALPN is the TLS application protocol every pgporter connection negotiates.
+const ALPN = "pgporter/1"
+
+// Frame size limits, on the payload (the frame minus its 5-byte header).
+const (
+	// MaxFrameSize bounds every frame, on any stream. A ChunkData of
+	// MaxChunkPayload bytes fits with room to spare.
+	MaxFrameSize = 16 << 20
+	// MaxControlFrameSize is the max control-stream readers pass to
+	// NewReader. Every control message within its own limits fits: the
+	// largest, a Need of MaxNeedChunks indexes, takes at most about 5 MiB.
+	MaxControlFrameSize = 8 << 20
+)
+
+const frameHeaderSize = 5 // 4-byte big-endian payload length, 1 type byte
+
+// StreamKind is the first byte written on every QUIC stream, naming what the
+// stream carries.
+type StreamKind uint8
+
+const (
+	StreamControl StreamKind = 1 // requests and replies, in frames
+	StreamData    StreamKind = 2 // ChunkData frames
+)
+
+func (k StreamKind) String() string {
+	switch k {
+	case StreamControl:
+		return "control"
+	case StreamData:
+		return "data"
+	}
+	return fmt.Sprintf("stream(%d)", uint8(k))
+}
+
+// WriteStreamKind writes the byte that opens a stream.
+func WriteStreamKind(w io.Writer, k StreamKind) error {
+	if _, err := w.Write([]byte{byte(k)}); err != nil {
+		return fmt.Errorf("writing stream kind: %w", err)
+	}
+	return nil
+}
+
+// ReadStreamKind reads the byte that opens a stream. An unknown kind is an
+// error matching ErrProtocol.
+func ReadStreamKind(r io.Reader) (StreamKind, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, fmt.Errorf("reading stream kind: %w", err)
+	}
+	k := StreamKind(b[0])
+	if k != StreamControl && k != StreamData {
+		return 0, violation("unknown stream kind %d", b[0])
+	}
+	return k, nil
+}
+
+// QUIC application error codes for closing a connection.
+const (
+	CloseOK            uint64 = 0 // done; nothing went wrong
+	CloseProtocolError uint64 = 1 // the peer broke the protocol
+	CloseShutdown      uint64 = 2 // this side is shutting down; try again later
+	CloseRefused       uint64 = 3 // refused: no common version, or not trusted for anything
+)
+
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// WriteMessage writes m as one frame, with a single call to w.Write, so
+// that frames written by different goroutines to a writer that serialises
+// Write calls never interleave. It refuses a message outside the limits that
+// Decode enforces, with an error matching ErrProtocol (and ErrBadPath for a
+// bad name), before writing anything.
+func WriteMessage(w io.Writer, m Message) error {
+	if m == nil {
+		return fmt.Errorf("%w: writing a nil message", ErrInternal)
+	}
+	t := m.Type()
+	mm, ok := m.(message)
+	if !ok || newMessage(t) == nil {
+		return fmt.Errorf("%w: writing %T: not a message of this package", ErrInternal, m)
+	}
+	if err := mm.check(); err != nil {
+		return fmt.Errorf("encoding %s: %w", t, err)
+	}
+	bp := framePool.Get().(*[]byte)
+	defer framePool.Put(bp)
+	b := (*bp)[:0]
+	if cd, ok := m.(*ChunkData); ok && cap(b) < frameHeaderSize+64+len(cd.Payload) {
+		b = make([]byte, 0, frameHeaderSize+64+len(cd.Payload))
+	}
+	b = AppendFrame(b, m)
+	*bp = b
+	if n := len(b) - frameHeaderSize; n > MaxFrameSize {
+		return fmt.Errorf("encoding %s: %w: %d bytes above the frame limit %d", t, ErrTooLarge, n, MaxFrameSize)
+	}
+	if _, err := w.Write(b); err != nil {
+		return fmt.Errorf("writing %s frame: %w", t, err)
+	}
+	return nil
+}
+
+// AppendFrame appends m as a whole frame (header and payload) to b, for
+// callers that manage their own buffers and writes. Unlike WriteMessage it
+// does not validate m: a message outside the limits yields a frame the
+// peer's Reader rejects.
+func AppendFrame(b []byte, m Message) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, byte(m.Type()))
+	b = m.Append(b)
+	binary.BigEndian.PutUint32(b[start:], uint32(len(b)-start-frameHeaderSize))
+	return b
+}
+
+// Reader reads frames from a stream and decodes them. It reads exactly the
+// bytes of each frame, never beyond, and reuses one buffer that grows to the
+// largest frame seen (never beyond its max). It is not safe for concurrent
+// use.
+type Reader struct {
+	r   io.Reader
+	max int
+	hdr [frameHeaderSize]byte
+	buf []byte
+	err error // sticky: after a failure the stream position is unknown
+}
+
+// NewReader returns a Reader of r that refuses frames whose payload is above
+// max bytes. A max <= 0 or above MaxFrameSize means MaxFrameSize. Control
+// streams use MaxControlFrameSize, data streams MaxFrameSize.
+func NewReader(r io.Reader, max int) *Reader {
+	if max <= 0 || max > MaxFrameSize {
+		max = MaxFrameSize
+	}
+	return &Reader{r: r, max: max}
+}
+
+// Next reads and decodes the next frame. It returns io.EOF, unwrapped, when
+// the stream ends cleanly between frames; an error wrapping
+// io.ErrUnexpectedEOF when it ends inside one; an error matching ErrTooLarge
+// when the length header is above max, before allocating anything; an error
+// matching ErrProtocol for an unknown type or a payload Decode rejects. After
+// an error, every later call returns the same error.
+//
+// The Payload of a returned *ChunkData aliases the Reader's buffer: it is
+// valid only until the next call to Next. Copy it (or finish with it) first.
+// Every other message is the caller's to keep.
+func (r *Reader) Next() (Message, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	m, err := r.next()
+	if err != nil {
+		r.err = err
+	}
+	return m, err
+}
+
+func (r *Reader) next() (Message, error) {
+	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+		if err == io.EOF {
+			return nil, io.EOF
+		}
+		return nil, fmt.Errorf("reading frame header: %w", err)
+	}
+	n := binary.BigEndian.Uint32(r.hdr[:4])
+	t := Type(r.hdr[4])
+	if uint64(n) > uint64(r.max) {
+		return nil, fmt.Errorf("reading %s frame: %w: payload of %d bytes above the limit %d", t, ErrTooLarge, n, r.max)
+	}
+	if !t.Known() {
+		return nil, violation("unknown message type %d", uint8(t))
+	}
+	if cap(r.buf) < int(n) {
+		r.buf = make([]byte, n)
+	}
+	p := r.buf[:n]
+	if _, err := io.ReadFull(r.r, p); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("reading %s frame of %d bytes: %w", t, n, err)
+	}
+	return Decode(t, p)
+}

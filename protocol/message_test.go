@@ -1,0 +1,335 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
+
+// testID returns a distinct, cheap ID (not the hash of anything).
+func testID(i int) chunkstore.ID {
+	var id chunkstore.ID
+	binary.BigEndian.PutUint64(id[:], uint64(i))
+	id[31] = 0xa5
+	return id
+}
+
+// sampleMessages returns valid messages of every type, including each at the
+// limits of its fields and with empty lists.
+func sampleMessages() map[string]Message {
+	refs := make([]ChunkRef, MaxChunkRefs)
+	for i := range refs {
+		refs[i] = ChunkRef{ID: testID(i), Len: uint32(i%chunkstore.MaxChunkCeil) + 1}
+	}
+	refs[len(refs)-1].Len = chunkstore.MaxChunkCeil
+	need := make([]uint32, MaxNeedChunks)
+	for i := range need {
+		need[i] = uint32(i) * 4093
+	}
+	need[0] = 1<<32 - 1
+	ids := make([]chunkstore.ID, MaxGetChunks)
+	for i := range ids {
+		ids[i] = testID(i)
+	}
+	plain := bytes.Repeat([]byte("pg"), 1000)
+	packed, codec := chunkstore.Compress(nil, plain, chunkstore.LevelDefault)
+	maxPath := strings.Repeat(strings.Repeat("x", MaxPathElemLen)+"/", 15) + strings.Repeat("y", 254) + "/z"
+	hash := [32]byte(testID(7))
+
+	return map[string]Message{
+		"Hello":            NewHello("pgporter test"),
+		"Hello/max":        &Hello{Version: 1<<16 - 1, MinVersion: 1<<16 - 1, Software: strings.Repeat("é", MaxSoftwareLen/2)},
+		"Hello/zero":       &Hello{},
+		"Error":            &Error{Code: CodeNoSpace, Message: "not enough space on /srv"},
+		"Error/unknown":    &Error{Code: 1<<16 - 1, Message: strings.Repeat("m", MaxErrorMessageLen)},
+		"Error/empty":      &Error{Code: CodeInternal},
+		"OpenTransfer":     &OpenTransfer{TransferID: "t-2026.11_25", Dest: "/srv/dumps/app", Params: chunkstore.DefaultParams, Files: 12, Bytes: 1 << 40},
+		"OpenTransfer/max": &OpenTransfer{TransferID: strings.Repeat("Az09._-", 19)[:MaxTransferIDLen], Dest: "/" + maxPath[1:], Params: chunkstore.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunkstore.MaxChunkCeil, Avg: chunkstore.MaxChunkCeil, Max: chunkstore.MaxChunkCeil}, Files: 1<<64 - 1, Bytes: 1<<64 - 1},
+		"OpenTransfer/min": &OpenTransfer{TransferID: "a", Dest: "/"},
+		"TransferState":    &TransferState{State: StateResume, DurableBytes: 1 << 33, DurableChunks: 131072, Free: 1 << 50},
+		"TransferState/c":  &TransferState{State: StateComplete},
+		"FileHeader":       &FileHeader{Index: 3, Path: "app/toc.dat", Mode: 0o644, Size: 1 << 30, MTime: 1764100000123456789, NumChunks: 16384},
+		"FileHeader/max":   &FileHeader{Index: 1<<32 - 1, Path: maxPath, Mode: 0o7777, Size: (1<<32 - 1) * chunkstore.MaxChunkCeil, MTime: -1 << 63, NumChunks: 1<<32 - 1},
+		"FileHeader/empty": &FileHeader{Path: "empty", MTime: -1},
+		"FileChunks":       &FileChunks{Index: 3, First: 16384, Chunks: refs[:3]},
+		"FileChunks/max":   &FileChunks{Index: 1<<32 - 1, First: 1<<32 - MaxChunkRefs, Chunks: refs},
+		"FileChunks/empty": &FileChunks{Index: 1, First: 1<<32 - 1},
+		"FileEnd":          &FileEnd{Index: 3, Hash: hash},
+		"ManifestEnd":      &ManifestEnd{Files: 12},
+		"ManifestEnd/max":  &ManifestEnd{Files: 1<<32 - 1},
+		"Need":             &Need{Index: 2, Chunks: []uint32{0, 5, 3}},
+		"Need/max":         &Need{Index: 1<<32 - 1, Chunks: need},
+		"Need/empty":       &Need{Index: 2},
+		"NeedEnd":          &NeedEnd{},
+		"SendDone":         &SendDone{Chunks: 12345},
+		"ChunkData":        &ChunkData{ID: chunkstore.Sum(plain), Codec: codec, PlainLen: uint32(len(plain)), Payload: packed},
+		"ChunkData/plain":  &ChunkData{ID: chunkstore.Sum([]byte("abc")), Codec: chunkstore.CodecNone, PlainLen: 3, Payload: []byte("abc")},
+		"ChunkData/max":    &ChunkData{Codec: chunkstore.CodecZstd, PlainLen: chunkstore.MaxChunkCeil, Payload: make([]byte, MaxChunkPayload)},
+		"ChunkData/empty":  &ChunkData{ID: chunkstore.Sum(nil)},
+		"Progress":         &Progress{DurableChunks: 100, DurableBytes: 6400000},
+		"Committed":        &Committed{Files: 12, Bytes: 1 << 40, ManifestHash: hash, AlreadyDone: true},
+		"Committed/new":    &Committed{Files: 1, Bytes: 1},
+		"SpaceQuery":       &SpaceQuery{Path: "/srv/dumps"},
+		"SpaceQuery/root":  &SpaceQuery{},
+		"SpaceReply":       &SpaceReply{Free: 1 << 40, Total: 1 << 42},
+		"GetChunks":        &GetChunks{IDs: ids[:2]},
+		"GetChunks/max":    &GetChunks{IDs: ids},
+		"GetChunks/empty":  &GetChunks{},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	seen := map[Type]bool{}
+	for name, m := range sampleMessages() {
+		t.Run(name, func(t *testing.T) {
+			seen[m.Type()] = true
+			payload := m.Append(nil)
+			got, err := Decode(m.Type(), payload)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if !reflect.DeepEqual(got, m) {
+				t.Fatalf("Decode(Append(m)) = %+v, want %+v", abbrev(got), abbrev(m))
+			}
+			if again := got.Append(nil); !bytes.Equal(again, payload) {
+				t.Fatalf("re-encoding differs: %d bytes, want %d", len(again), len(payload))
+			}
+			var buf bytes.Buffer
+			if err := WriteMessage(&buf, m); err != nil {
+				t.Fatalf("WriteMessage: %v", err)
+			}
+			if !bytes.Equal(buf.Bytes(), AppendFrame(nil, m)) {
+				t.Fatal("WriteMessage and AppendFrame disagree")
+			}
+			got, err = NewReader(&buf, MaxFrameSize).Next()
+			if err != nil {
+				t.Fatalf("Reader.Next: %v", err)
+			}
+			if !reflect.DeepEqual(got, m) {
+				t.Fatalf("Reader.Next = %+v, want %+v", abbrev(got), abbrev(m))
+			}
+		})
+	}
+	for tt := Type(0); tt < 255; tt++ {
+		if tt.Known() && !seen[tt] {
+			t.Errorf("no sample of %s", tt)
+		}
+	}
+}
+
+// abbrev keeps failure messages about huge messages readable.
+func abbrev(m Message) string {
+	s := fmt.Sprintf("%+v", m)
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
+
+// Regression guard: every control message at its limits must fit the frame
+// limit control-stream readers use, or a large file's manifest would be
+// refused by the receiver.
+func TestControlMessagesFitFrameLimits(t *testing.T) {
+	for name, m := range sampleMessages() {
+		n := len(m.Append(nil))
+		limit := MaxControlFrameSize
+		if m.Type() == TypeChunkData {
+			limit = MaxFrameSize
+		}
+		if n > limit {
+			t.Errorf("%s: %d bytes above %d", name, n, limit)
+		}
+	}
+	// The worst Need: every index takes 5 bytes.
+	worst := &Need{Index: 1<<32 - 1, Chunks: make([]uint32, MaxNeedChunks)}
+	for i := range worst.Chunks {
+		worst.Chunks[i] = 1<<32 - 1
+	}
+	if n := len(worst.Append(nil)); n > MaxControlFrameSize {
+		t.Errorf("worst Need: %d bytes above %d", n, MaxControlFrameSize)
+	}
+}
+
+func TestTypeNumbersAreStable(t *testing.T) {
+	want := map[Type]string{1: "Hello", 2: "Error", 3: "OpenTransfer", 4: "TransferState", 5: "FileHeader",
+		6: "FileChunks", 7: "FileEnd", 8: "ManifestEnd", 9: "Need", 10: "NeedEnd", 11: "SendDone", 12: "ChunkData",
+		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks"}
+	for tt := Type(0); ; tt++ {
+		name, ok := want[tt]
+		if tt.Known() != ok {
+			t.Errorf("Type(%d).Known() = %v", tt, tt.Known())
+		}
+		if ok {
+			if tt.String() != name {
+				t.Errorf("Type(%d) = %s, want %s", tt, tt, name)
+			}
+			if m := newMessage(tt); m == nil || m.Type() != tt {
+				t.Errorf("newMessage(%d) = %v", tt, m)
+			}
+		} else if tt.String() != fmt.Sprintf("Type(%d)", tt) {
+			t.Errorf("unknown Type(%d).String() = %s", tt, tt)
+		}
+		if tt == 255 {
+			break
+		}
+	}
+}
+
+func uv(v uint64) []byte { return appendUvarint(nil, v) }
+
+func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+func str(s string) []byte { return appendString(nil, s) }
+
+func TestDecodeRejects(t *testing.T) {
+	id := testID(1)
+	validHeader := (&FileHeader{Path: "a", Size: 10, NumChunks: 1}).Append(nil)
+	tests := []struct {
+		name    string
+		typ     Type
+		payload []byte
+		also    error // a second sentinel the error must match
+	}{
+		{"unknown type 0", 0, nil, nil},
+		{"unknown type 18", 18, nil, nil},
+		{"unknown type 255", 255, nil, nil},
+		{"empty Hello", TypeHello, nil, nil},
+		{"trailing byte", TypeNeedEnd, []byte{0}, nil},
+		{"trailing after FileHeader", TypeFileHeader, append(validHeader, 0), nil},
+		{"truncated FileHeader", TypeFileHeader, validHeader[:len(validHeader)-1], nil},
+		{"non-minimal varint", TypeManifestEnd, []byte{0x81, 0x00}, nil},
+		{"non-minimal zero", TypeManifestEnd, []byte{0x80, 0x00}, nil},
+		{"varint overflow", TypeProgress, cat(bytes.Repeat([]byte{0xff}, 10), []byte{0x01}, uv(0)), nil},
+		{"uint16 overflow", TypeHello, cat(uv(1<<16), uv(1), str("")), nil},
+		{"uint32 overflow", TypeManifestEnd, uv(1 << 32), nil},
+		{"string above max", TypeHello, cat(uv(1), uv(1), uv(MaxSoftwareLen+1), make([]byte, MaxSoftwareLen+1)), nil},
+		{"string length beyond payload", TypeError, cat(uv(1), uv(100), []byte("short")), nil},
+		{"huge string length", TypeError, cat(uv(1), uv(1<<62)), nil},
+		{"bad transfer ID", TypeOpenTransfer, (&OpenTransfer{TransferID: "a/b", Dest: "/x"}).Append(nil), ErrBadPath},
+		{"dot transfer ID", TypeOpenTransfer, (&OpenTransfer{TransferID: "..", Dest: "/x"}).Append(nil), ErrBadPath},
+		{"relative dest", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "x"}).Append(nil), ErrBadPath},
+		{"unclean dest", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "/x/../etc"}).Append(nil), ErrBadPath},
+		{"chunk min above ceiling", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "/x", Params: chunkstore.Params{Min: chunkstore.MaxChunkCeil + 1}}).Append(nil), nil},
+		{"transfer state 0", TypeTransferState, (&TransferState{}).Append(nil), nil},
+		{"transfer state 4", TypeTransferState, (&TransferState{State: 4}).Append(nil), nil},
+		{"traversal path", TypeFileHeader, (&FileHeader{Path: "../etc/passwd"}).Append(nil), ErrBadPath},
+		{"absolute path", TypeFileHeader, (&FileHeader{Path: "/etc/passwd"}).Append(nil), ErrBadPath},
+		{"mode with type bits", TypeFileHeader, (&FileHeader{Path: "a", Mode: 0o10644}).Append(nil), nil},
+		{"more chunks than bytes", TypeFileHeader, (&FileHeader{Path: "a", Size: 1, NumChunks: 2}).Append(nil), nil},
+		{"bytes without chunks", TypeFileHeader, (&FileHeader{Path: "a", Size: 1}).Append(nil), nil},
+		{"chunks too small for size", TypeFileHeader, (&FileHeader{Path: "a", Size: chunkstore.MaxChunkCeil + 1, NumChunks: 1}).Append(nil), nil},
+		{"chunk count above max", TypeFileChunks, cat(uv(0), uv(0), uv(MaxChunkRefs+1)), nil},
+		{"chunk count beyond payload", TypeFileChunks, cat(uv(0), uv(0), uv(2), id[:], uv(1)), nil},
+		{"zero-length chunk", TypeFileChunks, (&FileChunks{Chunks: []ChunkRef{{ID: id}}}).Append(nil), nil},
+		{"chunk above ceiling", TypeFileChunks, (&FileChunks{Chunks: []ChunkRef{{ID: id, Len: chunkstore.MaxChunkCeil + 1}}}).Append(nil), nil},
+		{"chunk indexes overflow", TypeFileChunks, (&FileChunks{First: 1<<32 - 1, Chunks: []ChunkRef{{ID: id, Len: 1}, {ID: id, Len: 1}}}).Append(nil), nil},
+		{"short hash", TypeFileEnd, cat(uv(0), id[:31]), nil},
+		{"need count above max", TypeNeed, cat(uv(0), uv(MaxNeedChunks+1)), nil},
+		{"need count beyond payload", TypeNeed, cat(uv(0), uv(3), uv(1), uv(2)), nil},
+		{"unknown codec", TypeChunkData, (&ChunkData{Codec: 2}).Append(nil), nil},
+		{"plain length above ceiling", TypeChunkData, (&ChunkData{Codec: chunkstore.CodecZstd, PlainLen: chunkstore.MaxChunkCeil + 1}).Append(nil), nil},
+		{"plain payload length mismatch", TypeChunkData, (&ChunkData{PlainLen: 4, Payload: []byte("abc")}).Append(nil), nil},
+		{"payload above max", TypeChunkData, cat(id[:], uv(1), uv(1), uv(MaxChunkPayload+1)), nil},
+		{"bool byte 2", TypeCommitted, cat(uv(0), uv(0), id[:], []byte{2}), nil},
+		{"relative space path", TypeSpaceQuery, str("srv"), ErrBadPath},
+		{"get count above max", TypeGetChunks, uv(MaxGetChunks + 1), nil},
+		{"get count beyond payload", TypeGetChunks, cat(uv(2), id[:]), nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Decode(tc.typ, tc.payload)
+			if err == nil {
+				t.Fatalf("Decode accepted %+v", m)
+			}
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error %v does not match ErrProtocol", err)
+			}
+			if tc.also != nil && !errors.Is(err, tc.also) {
+				t.Fatalf("error %v does not match %v", err, tc.also)
+			}
+			if ToWire(err).Code != CodeProtocol && (tc.also == nil || ToWire(err).Code != codeOf(tc.also)) {
+				t.Fatalf("ToWire code %s", ToWire(err).Code)
+			}
+		})
+	}
+}
+
+// Regression guard: a length or count from the wire must be checked before
+// it sizes an allocation.
+func TestDecodeDoesNotAllocateClaimedSizes(t *testing.T) {
+	payloads := map[Type][]byte{
+		TypeError:      cat(uv(1), uv(MaxErrorMessageLen)),
+		TypeFileChunks: cat(uv(0), uv(0), uv(MaxChunkRefs)),
+		TypeNeed:       cat(uv(0), uv(MaxNeedChunks)),
+		TypeGetChunks:  uv(MaxGetChunks),
+		TypeChunkData:  cat(make([]byte, 32), uv(1), uv(1), uv(MaxChunkPayload)),
+	}
+	for typ, p := range payloads {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range 100 {
+			if _, err := Decode(typ, p); err == nil {
+				t.Fatalf("%s: Decode accepted a truncated list", typ)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		// A few small allocations build the error; none may be the claimed
+		// string or list.
+		if d := (after.TotalAlloc - before.TotalAlloc) / 100; d > 2048 {
+			t.Errorf("%s: %d bytes allocated per Decode", typ, d)
+		}
+	}
+}
+
+func TestWriteMessageRejectsInvalid(t *testing.T) {
+	tests := []struct {
+		name string
+		m    Message
+		want error
+	}{
+		{"nil", nil, ErrInternal},
+		{"foreign", foreign{}, ErrInternal},
+		{"software too long", &Hello{Software: strings.Repeat("s", MaxSoftwareLen+1)}, ErrProtocol},
+		{"message too long", &Error{Message: strings.Repeat("s", MaxErrorMessageLen+1)}, ErrProtocol},
+		{"bad path", &FileHeader{Path: "a/../../b"}, ErrBadPath},
+		{"too many refs", &FileChunks{Chunks: make([]ChunkRef, MaxChunkRefs+1)}, ErrProtocol},
+		{"too many needs", &Need{Chunks: make([]uint32, MaxNeedChunks+1)}, ErrProtocol},
+		{"too many IDs", &GetChunks{IDs: make([]chunkstore.ID, MaxGetChunks+1)}, ErrProtocol},
+		{"payload too large", &ChunkData{Codec: chunkstore.CodecZstd, PlainLen: 1, Payload: make([]byte, MaxChunkPayload+1)}, ErrProtocol},
+		{"negative params", &OpenTransfer{TransferID: "t", Dest: "/d", Params: chunkstore.Params{Min: -1}}, ErrProtocol},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			err := WriteMessage(&buf, tc.m)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("WriteMessage = %v, want %v", err, tc.want)
+			}
+			if buf.Len() != 0 {
+				t.Fatalf("wrote %d bytes of an invalid message", buf.Len())
+			}
+		})
+	}
+}
+
+type foreign struct{}
+
+func (foreign) Type() Type             { return TypeNeedEnd }
+func (foreign) Append(b []byte) []byte { return b }
+
+func TestSampleLimitsAreExact(t *testing.T) {
+	m := sampleMessages()
+	if n := len(m["FileHeader/max"].(*FileHeader).Path); n != MaxPathLen {
+		t.Fatalf("max path is %d bytes", n)
+	}
+	if n := len(m["OpenTransfer/max"].(*OpenTransfer).TransferID); n != MaxTransferIDLen {
+		t.Fatalf("max transfer ID is %d bytes", n)
+	}
+}
