@@ -1,0 +1,105 @@
+package chunkstore_test
+
+import (
+	"math/rand/v2"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/storetest"
+)
+
+// benchCorpusSize is large enough that a run crosses the default FlushBytes
+// once the data is compressed only a little, and that per-store setup is
+// small beside it.
+const benchCorpusSize = 64 << 20
+
+var benchCorpus = sync.OnceValues(func() ([][]byte, []chunkstore.ID) {
+	// pg_dump -Fd output of pgbench: mostly pgbench_accounts COPY rows
+	// ("aid\tbid\t0\t" + 84 blanks), some varied rows (see storetest.Text).
+	r := rand.New(rand.NewPCG(42, 42))
+	data := append([]byte("COPY public.pgbench_accounts (aid, bid, abalance, filler) FROM stdin;\n"),
+		storetest.Text(r, benchCorpusSize)...)
+	var chunks [][]byte
+	var ids []chunkstore.ID
+	err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
+		chunks = append(chunks, c.Data)
+		ids = append(ids, chunkstore.Sum(c.Data))
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	return chunks, ids
+})
+
+func corpusBytes(chunks [][]byte) int64 {
+	var n int64
+	for _, c := range chunks {
+		n += int64(len(c))
+	}
+	return n
+}
+
+// BenchmarkLocalPut measures Put (hash check, zstd fastest, pack append)
+// plus the final Flush into an empty store. Run with -cpu 1 for the
+// one-core figure.
+func BenchmarkLocalPut(b *testing.B) {
+	chunks, ids := benchCorpus()
+	b.SetBytes(corpusBytes(chunks))
+	b.ReportAllocs()
+	var stored int64
+	for b.Loop() {
+		b.StopTimer()
+		dir, err := os.MkdirTemp(b.TempDir(), "put")
+		require.NoError(b, err)
+		l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Level: chunkstore.LevelFastest})
+		require.NoError(b, err)
+		b.StartTimer()
+
+		for i, c := range chunks {
+			if err := l.Put(b.Context(), ids[i], c); err != nil {
+				b.Fatal(err)
+			}
+		}
+		require.NoError(b, l.Flush(b.Context()))
+
+		b.StopTimer()
+		stored = 0
+		require.NoError(b, l.Iterate(b.Context(), func(_ chunkstore.ID, info chunkstore.Info) error {
+			stored += int64(info.StoredLen)
+			return nil
+		}))
+		require.NoError(b, l.Close())
+		require.NoError(b, os.RemoveAll(dir))
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(corpusBytes(chunks))/float64(stored), "compress-ratio")
+	b.ReportMetric(float64(len(chunks)), "chunks/op")
+}
+
+// BenchmarkLocalGet measures Get (read, zstd decode, BLAKE3 check) of every
+// chunk of a flushed store, served from the page cache.
+func BenchmarkLocalGet(b *testing.B) {
+	chunks, ids := benchCorpus()
+	l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{})
+	require.NoError(b, err)
+	defer l.Close()
+	for i, c := range chunks {
+		require.NoError(b, l.Put(b.Context(), ids[i], c))
+	}
+	require.NoError(b, l.Flush(b.Context()))
+	b.SetBytes(corpusBytes(chunks))
+	b.ReportAllocs()
+	buf := make([]byte, 0, chunkstore.DefaultParams.Max)
+	for b.Loop() {
+		for _, id := range ids {
+			if buf, err = l.Get(b.Context(), id, buf[:0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

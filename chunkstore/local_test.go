@@ -1,0 +1,624 @@
+package chunkstore_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/storetest"
+)
+
+// Record layout, as documented in pack.go; the tests poke at it on purpose.
+const (
+	recordMagic      = "PGK1"
+	recordHeaderSize = 49
+)
+
+func TestLocalConformance(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts chunkstore.LocalOptions
+	}{
+		{"defaults", chunkstore.LocalOptions{}},
+		// Small packs and flush thresholds: rolling and auto-flush happen
+		// in the middle of the suite's concurrent writers.
+		{"small packs", chunkstore.LocalOptions{PackSize: 256 << 10, FlushBytes: 100 << 10}},
+		{"uncompressed", chunkstore.LocalOptions{NoCompression: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) chunkstore.Store {
+				l, err := chunkstore.OpenLocal(t.TempDir(), tc.opts)
+				require.NoError(t, err)
+				return l
+			})
+		})
+	}
+}
+
+func TestLocalOptionsValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts chunkstore.LocalOptions
+		ok   bool
+	}{
+		{"zero", chunkstore.LocalOptions{}, true},
+		{"none", chunkstore.LocalOptions{NoCompression: true}, true},
+		{"best", chunkstore.LocalOptions{Level: chunkstore.LevelBest}, true},
+		{"bad level", chunkstore.LocalOptions{Level: chunkstore.LevelBest + 1}, false},
+		{"negative pack size", chunkstore.LocalOptions{PackSize: -1}, false},
+		{"huge pack size", chunkstore.LocalOptions{PackSize: 1 << 50}, false},
+		{"negative flush bytes", chunkstore.LocalOptions{FlushBytes: -1}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.opts.Validate()
+			if tc.ok {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			_, err = chunkstore.OpenLocal(t.TempDir(), tc.opts)
+			require.Error(t, err)
+		})
+	}
+}
+
+func openLocal(t *testing.T, dir string, opts chunkstore.LocalOptions) *chunkstore.Local {
+	t.Helper()
+	l, err := chunkstore.OpenLocal(dir, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, l.Close()) })
+	return l
+}
+
+func putChunks(t *testing.T, s chunkstore.Store, chunks [][]byte) []chunkstore.ID {
+	t.Helper()
+	ids := make([]chunkstore.ID, len(chunks))
+	for i, c := range chunks {
+		ids[i] = chunkstore.Sum(c)
+		require.NoError(t, s.Put(t.Context(), ids[i], c))
+	}
+	return ids
+}
+
+func requireChunks(t *testing.T, s chunkstore.Store, chunks [][]byte) {
+	t.Helper()
+	for i, c := range chunks {
+		got, err := s.Get(t.Context(), chunkstore.Sum(c), nil)
+		require.NoError(t, err, "chunk %d", i)
+		require.True(t, bytes.Equal(c, got), "chunk %d differs", i)
+	}
+}
+
+func requireVerifyClean(t *testing.T, s chunkstore.Store, chunks int) {
+	t.Helper()
+	st, err := s.Verify(t.Context(), func(id chunkstore.ID, err error) { t.Errorf("chunk %s: %v", id, err) })
+	require.NoError(t, err)
+	require.Equal(t, chunks, st.Chunks)
+	require.Zero(t, st.Corrupt)
+}
+
+func packFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, "packs", "*.pack"))
+	require.NoError(t, err)
+	slices.Sort(names)
+	return names
+}
+
+func TestLocalReopen(t *testing.T) {
+	dir := t.TempDir()
+	first := storetest.Chunks(10, 40)
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{})
+	require.NoError(t, err)
+	putChunks(t, l, first)
+	require.NoError(t, l.Close()) // flushes
+
+	l = openLocal(t, dir, chunkstore.LocalOptions{})
+	requireChunks(t, l, first)
+	requireVerifyClean(t, l, len(first))
+	second := [][]byte{[]byte("after reopen"), bytes.Repeat([]byte("more "), 10000)}
+	putChunks(t, l, second)
+	require.NoError(t, l.Flush(t.Context()))
+	requireChunks(t, l, append(slices.Clone(first), second...))
+	// A reopened store appends to its last pack rather than starting one.
+	require.Len(t, packFiles(t, dir), 1)
+}
+
+func TestLocalPackRolling(t *testing.T) {
+	const packSize = 64 << 10
+	dir := t.TempDir()
+	r := rand.New(rand.NewPCG(1, 2))
+	var chunks [][]byte
+	for range 40 {
+		chunks = append(chunks, storetest.RandomBytes(r, 20<<10))
+	}
+	big := storetest.RandomBytes(r, 3*packSize) // a record larger than a pack
+	chunks = append(chunks, big, []byte("after the big one"))
+
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{PackSize: packSize})
+	require.NoError(t, err)
+	putChunks(t, l, chunks)
+	requireChunks(t, l, chunks)
+	require.NoError(t, l.Close())
+
+	packs := packFiles(t, dir)
+	require.Greater(t, len(packs), 10)
+	for _, p := range packs {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		if fi.Size() > packSize {
+			require.Equal(t, int64(recordHeaderSize+len(big)), fi.Size(), "only a lone oversized record may exceed the pack size")
+		}
+	}
+	l = openLocal(t, dir, chunkstore.LocalOptions{PackSize: packSize})
+	requireChunks(t, l, chunks)
+	requireVerifyClean(t, l, len(chunks))
+}
+
+func TestLocalFlushBytes(t *testing.T) {
+	l := openLocal(t, t.TempDir(), chunkstore.LocalOptions{FlushBytes: 1})
+	chunks := storetest.Chunks(11, 8)
+	putChunks(t, l, chunks)
+	var n int
+	require.NoError(t, l.Iterate(t.Context(), func(chunkstore.ID, chunkstore.Info) error { n++; return nil }))
+	require.Equal(t, len(chunks), n, "every Put past FlushBytes flushes by itself")
+}
+
+// findRecord returns the pack file and offset of id's record.
+func findRecord(t *testing.T, dir string, id chunkstore.ID) (string, int64) {
+	t.Helper()
+	for _, p := range packFiles(t, dir) {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		if i := bytes.Index(b, append([]byte(recordMagic), id[:]...)); i >= 0 {
+			return p, int64(i)
+		}
+	}
+	t.Fatalf("no record of %s", id)
+	return "", 0
+}
+
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	var b [1]byte
+	_, err = f.ReadAt(b[:], off)
+	require.NoError(t, err)
+	b[0] ^= 0x40
+	_, err = f.WriteAt(b[:], off)
+	require.NoError(t, err)
+}
+
+func TestLocalCorruption(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	chunks := [][]byte{
+		storetest.RandomBytes(r, 50<<10), // stored as is
+		storetest.Text(r, 200<<10),       // stored zstd
+		storetest.RandomBytes(r, 10<<10),
+		storetest.Text(r, 30<<10),
+		[]byte("small"),
+	}
+	for _, tc := range []struct {
+		name   string
+		target int
+		where  func(storedLen int) int64 // offset from the record start
+	}{
+		{"plain payload", 0, func(n int) int64 { return recordHeaderSize + int64(n/2) }},
+		{"zstd payload start", 1, func(n int) int64 { return recordHeaderSize + 5 }},
+		{"zstd payload middle", 1, func(n int) int64 { return recordHeaderSize + int64(n/2) }},
+		{"zstd payload end", 1, func(n int) int64 { return recordHeaderSize + int64(n-1) }},
+		{"header length", 3, func(int) int64 { return 38 }},
+		{"header codec", 2, func(int) int64 { return 36 }},
+		{"small payload", 4, func(n int) int64 { return recordHeaderSize + 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{})
+			require.NoError(t, err)
+			ids := putChunks(t, l, chunks)
+			require.NoError(t, l.Close())
+			target := ids[tc.target]
+
+			// Find the stored length through the public API.
+			l = openLocal(t, dir, chunkstore.LocalOptions{})
+			var stored int
+			require.NoError(t, l.Iterate(t.Context(), func(id chunkstore.ID, info chunkstore.Info) error {
+				if id == target {
+					stored = info.StoredLen
+				}
+				return nil
+			}))
+			path, off := findRecord(t, dir, target)
+			flipByte(t, path, off+tc.where(stored))
+
+			_, err = l.Get(t.Context(), target, nil)
+			var ce *chunkstore.CorruptChunkError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, target, ce.ID)
+			require.Contains(t, err.Error(), target.String())
+
+			for i, c := range chunks {
+				if i != tc.target {
+					requireChunks(t, l, [][]byte{c})
+				}
+			}
+			var bad []chunkstore.ID
+			st, err := l.Verify(t.Context(), func(id chunkstore.ID, err error) {
+				require.ErrorAs(t, err, &ce)
+				bad = append(bad, id)
+			})
+			require.NoError(t, err)
+			require.Equal(t, []chunkstore.ID{target}, bad)
+			require.Equal(t, chunkstore.VerifyStats{Chunks: len(chunks), PlainBytes: st.PlainBytes, Corrupt: 1}, st)
+		})
+	}
+}
+
+// A pack that lost synced bytes (the file system lied, or someone cut it)
+// must not stop the store from opening: the chunks it lost read as corrupt
+// and everything else keeps working.
+func TestLocalPackShorterThanDurable(t *testing.T) {
+	dir := t.TempDir()
+	chunks := storetest.Chunks(12, 10)
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{})
+	require.NoError(t, err)
+	ids := putChunks(t, l, chunks)
+	require.NoError(t, l.Close())
+
+	var lastID chunkstore.ID
+	var lastOff int64 = -1
+	for _, id := range ids {
+		if _, off := findRecord(t, dir, id); off > lastOff {
+			lastID, lastOff = id, off
+		}
+	}
+	packs := packFiles(t, dir)
+	require.Len(t, packs, 1)
+	fi, err := os.Stat(packs[0])
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(packs[0], fi.Size()-3))
+
+	l = openLocal(t, dir, chunkstore.LocalOptions{})
+	var bad []chunkstore.ID
+	_, err = l.Verify(t.Context(), func(id chunkstore.ID, _ error) { bad = append(bad, id) })
+	require.NoError(t, err)
+	require.Equal(t, []chunkstore.ID{lastID}, bad)
+	more := [][]byte{[]byte("written after the loss")}
+	putChunks(t, l, more)
+	require.NoError(t, l.Flush(t.Context()))
+	requireChunks(t, l, more)
+	require.Len(t, packFiles(t, dir), 2, "a damaged pack is not appended to")
+}
+
+// Crash tests run the writer in a child process (this test binary, running
+// TestLocalCrashHelper) that exits or is killed without closing the store.
+
+const (
+	crashEnvDir  = "PGPORTER_CHUNKSTORE_CRASH_DIR"
+	crashEnvMode = "PGPORTER_CHUNKSTORE_CRASH_MODE"
+)
+
+// crashReport is what the "torn" child leaves for its parent.
+type crashReport struct {
+	Durable int64 // pack size after the last Flush
+}
+
+// tornSets are the chunks the "torn" child writes: flushed, then not.
+func tornSets() (flushed, unflushed [][]byte) {
+	r := rand.New(rand.NewPCG(20, 21))
+	flushed = storetest.Chunks(20, 33)
+	for range 8 {
+		unflushed = append(unflushed, storetest.RandomBytes(r, 40<<10+r.IntN(40<<10)))
+	}
+	return flushed, unflushed
+}
+
+func killChunk(i int) []byte {
+	r := rand.New(rand.NewPCG(uint64(i), 30))
+	if i%2 == 0 {
+		return storetest.Text(r, 1+r.IntN(100<<10))
+	}
+	return storetest.RandomBytes(r, 1+r.IntN(100<<10))
+}
+
+func TestLocalCrashHelper(t *testing.T) {
+	dir := os.Getenv(crashEnvDir)
+	if dir == "" {
+		t.Skip("runs only as the child of a crash test")
+	}
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{})
+	require.NoError(t, err)
+	switch os.Getenv(crashEnvMode) {
+	case "torn":
+		flushed, unflushed := tornSets()
+		putChunks(t, l, flushed)
+		require.NoError(t, l.Flush(t.Context()))
+		packs := packFiles(t, dir)
+		require.Len(t, packs, 1)
+		fi, err := os.Stat(packs[0])
+		require.NoError(t, err)
+		b, err := json.Marshal(crashReport{Durable: fi.Size()})
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "crash.json"), b, 0o644))
+		putChunks(t, l, unflushed)
+		os.Exit(0) // no Close: the unflushed chunks are only in the pack's tail
+	case "kill":
+		// Write and flush until the parent kills us, reporting after each
+		// Flush how many chunks are durable.
+		for i := 0; ; i++ {
+			c := killChunk(i)
+			require.NoError(t, l.Put(t.Context(), chunkstore.Sum(c), c))
+			if i%5 == 4 {
+				require.NoError(t, l.Flush(t.Context()))
+				fmt.Printf("flushed %d\n", i+1)
+			}
+		}
+	}
+	t.Fatalf("unknown mode %q", os.Getenv(crashEnvMode))
+}
+
+func crashChild(t *testing.T, dir, mode string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestLocalCrashHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), crashEnvDir+"="+dir, crashEnvMode+"="+mode)
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// logBuffer collects log output across goroutines.
+type logBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// copyDir copies the regular files of a store left by a dead process.
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	require.NoError(t, filepath.WalkDir(from, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(from, path)
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(to, rel), 0o755)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(to, rel), b, 0o644)
+	}))
+}
+
+func TestLocalTornTail(t *testing.T) {
+	flushed, unflushed := tornSets()
+	// One crashed writer; each case damages its own copy.
+	crashed := t.TempDir()
+	require.NoError(t, crashChild(t, crashed, "torn").Run())
+	var rep crashReport
+	b, err := os.ReadFile(filepath.Join(crashed, "crash.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &rep))
+
+	for _, tc := range []struct {
+		name string
+		// tear damages the pack past durable, the length after the last
+		// Flush; size is the length at the crash.
+		tear    func(t *testing.T, f *os.File, durable, size int64)
+		trimmed bool // whether open must cut a tail
+	}{
+		{"tail intact", func(*testing.T, *os.File, int64, int64) {}, true},
+		{"cut mid header", func(t *testing.T, f *os.File, durable, _ int64) {
+			require.NoError(t, f.Truncate(durable+20))
+		}, true},
+		{"cut mid record", func(t *testing.T, f *os.File, durable, size int64) {
+			require.NoError(t, f.Truncate(durable+recordHeaderSize+1000))
+		}, true},
+		{"cut halfway", func(t *testing.T, f *os.File, durable, size int64) {
+			require.NoError(t, f.Truncate((durable+size)/2))
+		}, true},
+		{"cut at durable", func(t *testing.T, f *os.File, durable, size int64) {
+			require.NoError(t, f.Truncate(durable))
+		}, false},
+		{"garbage appended", func(t *testing.T, f *os.File, durable, size int64) {
+			_, err := f.WriteAt(bytes.Repeat([]byte{0xa5}, 777), size)
+			require.NoError(t, err)
+		}, true},
+		{"tail zeroed", func(t *testing.T, f *os.File, durable, size int64) {
+			// Size metadata made it to disk, data blocks did not.
+			_, err := f.WriteAt(make([]byte, size-durable), durable)
+			require.NoError(t, err)
+		}, true},
+		{"garbage at durable", func(t *testing.T, f *os.File, durable, size int64) {
+			_, err := f.WriteAt(append([]byte(recordMagic), bytes.Repeat([]byte{0xff}, 100)...), durable)
+			require.NoError(t, err)
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, crashed, dir)
+			packs := packFiles(t, dir)
+			require.Len(t, packs, 1)
+			f, err := os.OpenFile(packs[0], os.O_RDWR, 0)
+			require.NoError(t, err)
+			fi, err := f.Stat()
+			require.NoError(t, err)
+			require.Greater(t, fi.Size(), rep.Durable+int64(recordHeaderSize+40<<10), "the child left an unflushed tail")
+			tc.tear(t, f, rep.Durable, fi.Size())
+			require.NoError(t, f.Close())
+
+			var logs logBuffer
+			opts := chunkstore.LocalOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+			l, err := chunkstore.OpenLocal(dir, opts)
+			require.NoError(t, err)
+			if tc.trimmed {
+				require.Contains(t, logs.String(), "torn pack tail")
+			} else {
+				require.NotContains(t, logs.String(), "torn")
+			}
+			fi, err = os.Stat(packs[0])
+			require.NoError(t, err)
+			require.Equal(t, rep.Durable, fi.Size(), "the torn tail is cut back to the durable length")
+
+			requireChunks(t, l, flushed)
+			for _, c := range unflushed {
+				_, err := l.Get(t.Context(), chunkstore.Sum(c), nil)
+				require.ErrorIs(t, err, chunkstore.ErrNotFound, "a chunk never flushed is gone, not corrupt")
+			}
+			requireVerifyClean(t, l, len(flushed))
+
+			putChunks(t, l, unflushed)
+			require.NoError(t, l.Close())
+			l = openLocal(t, dir, chunkstore.LocalOptions{})
+			requireChunks(t, l, append(slices.Clone(flushed), unflushed...))
+			requireVerifyClean(t, l, len(flushed)+len(unflushed))
+		})
+	}
+}
+
+// TestLocalCrashKill kills a writer at an arbitrary point of its
+// put/flush loop: every chunk it reported flushed must read back.
+func TestLocalCrashKill(t *testing.T) {
+	for round := range 3 {
+		t.Run(strconv.Itoa(round), func(t *testing.T) {
+			dir := t.TempDir()
+			cmd := crashChild(t, dir, "kill")
+			out, err := cmd.StdoutPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			var durable int
+			sc := bufio.NewScanner(out)
+			for sc.Scan() && durable < 40+20*round {
+				if n, ok := strings.CutPrefix(sc.Text(), "flushed "); ok {
+					durable, err = strconv.Atoi(n)
+					require.NoError(t, err)
+				}
+			}
+			require.NoError(t, cmd.Process.Kill())
+			_, _ = io.Copy(io.Discard, out)
+			_ = cmd.Wait() // killed: the error says so
+
+			l := openLocal(t, dir, chunkstore.LocalOptions{})
+			var chunks [][]byte
+			for i := range durable {
+				chunks = append(chunks, killChunk(i))
+			}
+			requireChunks(t, l, chunks)
+			st, err := l.Verify(t.Context(), func(id chunkstore.ID, err error) { t.Errorf("chunk %s: %v", id, err) })
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, st.Chunks, durable)
+			more := []byte("after the kill")
+			putChunks(t, l, [][]byte{more})
+			require.NoError(t, l.Flush(t.Context()))
+		})
+	}
+}
+
+func TestLocalClosed(t *testing.T) {
+	l, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{})
+	require.NoError(t, err)
+	data := []byte("x")
+	id := chunkstore.Sum(data)
+	require.NoError(t, l.Put(t.Context(), id, data))
+	require.NoError(t, l.Close())
+	require.ErrorIs(t, l.Put(t.Context(), id, data), chunkstore.ErrClosed)
+	_, err = l.Get(t.Context(), id, nil)
+	require.ErrorIs(t, err, chunkstore.ErrClosed)
+	_, err = l.Has(t.Context(), id)
+	require.ErrorIs(t, err, chunkstore.ErrClosed)
+	require.ErrorIs(t, l.Flush(t.Context()), chunkstore.ErrClosed)
+	require.NoError(t, l.Close())
+}
+
+func TestLocalPutRejects(t *testing.T) {
+	l := openLocal(t, t.TempDir(), chunkstore.LocalOptions{})
+	a := []byte("a")
+	require.ErrorIs(t, l.Put(t.Context(), chunkstore.Sum([]byte("b")), a), chunkstore.ErrIDMismatch)
+	huge := make([]byte, chunkstore.MaxChunkCeil+1)
+	require.ErrorIs(t, l.Put(t.Context(), chunkstore.Sum(huge), huge), chunkstore.ErrTooLarge)
+}
+
+// Two processes writing one store would interleave packs; pebble's lock
+// on the index refuses the second open.
+func TestLocalSecondOpenRefused(t *testing.T) {
+	dir := t.TempDir()
+	openLocal(t, dir, chunkstore.LocalOptions{})
+	_, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{})
+	require.Error(t, err)
+}
+
+// Pack files the index does not know (a lost index, a stray copy) are
+// never deleted nor overwritten.
+func TestLocalForeignPackLeftAlone(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "packs"), 0o755))
+	foreign := filepath.Join(dir, "packs", "00000000.pack")
+	require.NoError(t, os.WriteFile(foreign, []byte("not ours"), 0o644))
+	l := openLocal(t, dir, chunkstore.LocalOptions{})
+	data := []byte("ours")
+	putChunks(t, l, [][]byte{data})
+	require.NoError(t, l.Flush(t.Context()))
+	b, err := os.ReadFile(foreign)
+	require.NoError(t, err)
+	require.Equal(t, "not ours", string(b))
+	requireChunks(t, l, [][]byte{data})
+}
+
+func TestLocalNoGoroutineLeak(t *testing.T) {
+	// Warm the package's shared codecs, which live for the process.
+	stored, c := chunkstore.Compress(nil, bytes.Repeat([]byte("warm"), 100), chunkstore.LevelFastest)
+	_, err := chunkstore.Decompress(nil, stored, c, 400)
+	require.NoError(t, err)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+
+	dir := t.TempDir()
+	for range 2 {
+		l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{})
+		require.NoError(t, err)
+		putChunks(t, l, storetest.Chunks(13, 10))
+		requireVerifyClean(t, l, 10)
+		require.NoError(t, l.Close())
+	}
+}
+
+func TestLocalVerifyIncludesUnflushed(t *testing.T) {
+	l := openLocal(t, t.TempDir(), chunkstore.LocalOptions{})
+	chunks := storetest.Chunks(14, 6)
+	putChunks(t, l, chunks[:3])
+	require.NoError(t, l.Flush(t.Context()))
+	putChunks(t, l, chunks[3:])
+	requireVerifyClean(t, l, len(chunks))
+}

@@ -1,0 +1,167 @@
+package chunkstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// A pack file is a sequence of chunk records, appended and never rewritten
+// in place. Each record is a fixed header followed by the chunk's stored
+// bytes:
+//
+//	offset size field
+//	0      4    magic "PGK1"
+//	4      32   chunk ID (BLAKE3-256 of the plain content)
+//	36     1    codec
+//	37     4    plain length, little endian
+//	41     4    stored length, little endian
+//	45     4    CRC-32C of bytes 0..45
+//	49     n    stored bytes (n = stored length)
+//
+// The header carries everything the index holds except the position, so a
+// pack can be scanned without the index (to measure a torn tail, or to
+// rebuild a lost index), and its CRC makes a torn or garbage header
+// recognisable before its lengths are trusted. The stored bytes need no
+// checksum of their own: every read checks the BLAKE3 of the plain content.
+
+const (
+	recordMagic      = "PGK1"
+	recordHeaderSize = 4 + IDSize + 1 + 4 + 4 + 4
+
+	packExt = ".pack"
+)
+
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// errBadRecord is the Err of a CorruptChunkError (wrapped) for a record whose
+// bytes cannot be what was written.
+var errBadRecord = errors.New("chunkstore: bad pack record")
+
+// recordHeader is the decoded header of a pack record.
+type recordHeader struct {
+	ID        ID
+	Codec     Codec
+	PlainLen  uint32
+	StoredLen uint32
+}
+
+// size is the length of the whole record on disk.
+func (h recordHeader) size() int64 { return recordHeaderSize + int64(h.StoredLen) }
+
+// validate checks the lengths and codec against what any writer produces, so
+// that no decoder allocates what a corrupt header claims.
+func (h recordHeader) validate() error {
+	switch {
+	case !h.Codec.Valid():
+		return fmt.Errorf("%w: unknown codec %d", errBadRecord, uint8(h.Codec))
+	case h.PlainLen > MaxChunkCeil:
+		return fmt.Errorf("%w: plain length %d above %d", errBadRecord, h.PlainLen, MaxChunkCeil)
+	case h.StoredLen > MaxChunkCeil:
+		return fmt.Errorf("%w: stored length %d above %d", errBadRecord, h.StoredLen, MaxChunkCeil)
+	case h.Codec == CodecNone && h.StoredLen != h.PlainLen:
+		return fmt.Errorf("%w: uncompressed record stores %d bytes for %d", errBadRecord, h.StoredLen, h.PlainLen)
+	case h.Codec == CodecZstd && h.StoredLen == 0:
+		return fmt.Errorf("%w: empty zstd record", errBadRecord)
+	}
+	return nil
+}
+
+// putRecordHeader writes h into b[:recordHeaderSize].
+func putRecordHeader(b []byte, h recordHeader) {
+	_ = b[recordHeaderSize-1]
+	copy(b[0:4], recordMagic)
+	copy(b[4:4+IDSize], h.ID[:])
+	b[36] = byte(h.Codec)
+	binary.LittleEndian.PutUint32(b[37:41], h.PlainLen)
+	binary.LittleEndian.PutUint32(b[41:45], h.StoredLen)
+	binary.LittleEndian.PutUint32(b[45:49], crc32.Checksum(b[:45], crc32c))
+}
+
+// appendRecord appends a whole record (header and stored bytes) to dst.
+func appendRecord(dst []byte, h recordHeader, stored []byte) []byte {
+	n := len(dst)
+	dst = append(dst, make([]byte, recordHeaderSize)...)
+	putRecordHeader(dst[n:], h)
+	return append(dst, stored...)
+}
+
+// decodeRecordHeader decodes and checks the header at the start of b.
+func decodeRecordHeader(b []byte) (recordHeader, error) {
+	var h recordHeader
+	if len(b) < recordHeaderSize {
+		return h, fmt.Errorf("%w: header truncated at %d bytes", errBadRecord, len(b))
+	}
+	if string(b[0:4]) != recordMagic {
+		return h, fmt.Errorf("%w: bad magic %q", errBadRecord, b[0:4])
+	}
+	if got, want := crc32.Checksum(b[:45], crc32c), binary.LittleEndian.Uint32(b[45:49]); got != want {
+		return h, fmt.Errorf("%w: header checksum %08x, want %08x", errBadRecord, got, want)
+	}
+	copy(h.ID[:], b[4:4+IDSize])
+	h.Codec = Codec(b[36])
+	h.PlainLen = binary.LittleEndian.Uint32(b[37:41])
+	h.StoredLen = binary.LittleEndian.Uint32(b[41:45])
+	return h, h.validate()
+}
+
+// decodeRecord decodes a whole record, which must be exactly b. The stored
+// bytes alias b.
+func decodeRecord(b []byte) (recordHeader, []byte, error) {
+	h, err := decodeRecordHeader(b)
+	if err != nil {
+		return h, nil, err
+	}
+	if int64(len(b)) != h.size() {
+		return h, nil, fmt.Errorf("%w: record is %d bytes, header says %d", errBadRecord, len(b), h.size())
+	}
+	return h, b[recordHeaderSize:], nil
+}
+
+// scanRecords walks the records of r from off up to end, calling fn (which
+// may be nil) with the offset and header of each whole record whose header
+// is valid. It stops at end or at the first torn or invalid record and
+// returns the offset where the whole records stop. It reads headers only.
+func scanRecords(r io.ReaderAt, off, end int64, fn func(off int64, h recordHeader) error) (int64, error) {
+	var buf [recordHeaderSize]byte
+	for off+recordHeaderSize <= end {
+		if _, err := r.ReadAt(buf[:], off); err != nil {
+			if errors.Is(err, io.EOF) {
+				return off, nil
+			}
+			return off, fmt.Errorf("reading record header at %d: %w", off, err)
+		}
+		h, err := decodeRecordHeader(buf[:])
+		if err != nil || off+h.size() > end {
+			return off, nil
+		}
+		if fn != nil {
+			if err := fn(off, h); err != nil {
+				return off, err
+			}
+		}
+		off += h.size()
+	}
+	return off, nil
+}
+
+// packName is the file name of pack n: fixed-width hex, so names sort in
+// creation order.
+func packName(n uint32) string { return fmt.Sprintf("%08x%s", n, packExt) }
+
+// parsePackName is the inverse of packName.
+func parsePackName(name string) (uint32, bool) {
+	hexPart, ok := strings.CutSuffix(name, packExt)
+	if !ok || len(hexPart) != 8 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(hexPart, 16, 32)
+	if err != nil || packName(uint32(n)) != name {
+		return 0, false
+	}
+	return uint32(n), true
+}

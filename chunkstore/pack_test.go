@@ -1,0 +1,263 @@
+package chunkstore
+
+import (
+	"bytes"
+	"math"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func testRecord(t testing.TB, data []byte, l Level) []byte {
+	t.Helper()
+	stored, c := Compress(nil, data, l)
+	h := recordHeader{ID: Sum(data), Codec: c, PlainLen: uint32(len(data)), StoredLen: uint32(len(stored))}
+	return appendRecord(nil, h, stored)
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		data  []byte
+		codec Codec
+	}{
+		{"empty", nil, CodecNone},
+		{"small", []byte("hello"), CodecNone},
+		{"compressible", bytes.Repeat([]byte("1\t1\t0\t        \n"), 1000), CodecZstd},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := testRecord(t, tc.data, LevelFastest)
+			h, stored, err := decodeRecord(rec)
+			require.NoError(t, err)
+			require.Equal(t, Sum(tc.data), h.ID)
+			require.Equal(t, tc.codec, h.Codec)
+			require.Equal(t, int64(len(rec)), h.size())
+			plain, err := Decompress(nil, stored, h.Codec, int(h.PlainLen))
+			require.NoError(t, err)
+			require.Equal(t, len(tc.data), len(plain))
+			require.True(t, bytes.Equal(tc.data, plain))
+		})
+	}
+}
+
+// The lengths in a header are checked before anything is allocated from
+// them, even when the header's checksum is right.
+func TestDecodeRecordHeaderRejects(t *testing.T) {
+	good := recordHeader{ID: Sum([]byte("x")), Codec: CodecZstd, PlainLen: 100, StoredLen: 10}
+	enc := func(h recordHeader) []byte {
+		b := make([]byte, recordHeaderSize)
+		putRecordHeader(b, h)
+		return b
+	}
+	_, err := decodeRecordHeader(enc(good))
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"short", enc(good)[:recordHeaderSize-1]},
+		{"bad magic", func() []byte { b := enc(good); b[0] ^= 1; return b }()},
+		{"bad checksum", func() []byte { b := enc(good); b[40] ^= 1; return b }()},
+		{"plain too large", enc(recordHeader{Codec: CodecZstd, PlainLen: MaxChunkCeil + 1, StoredLen: 10})},
+		{"stored too large", enc(recordHeader{Codec: CodecZstd, PlainLen: 10, StoredLen: math.MaxUint32})},
+		{"unknown codec", enc(recordHeader{Codec: 7, PlainLen: 10, StoredLen: 10})},
+		{"none with lengths differing", enc(recordHeader{Codec: CodecNone, PlainLen: 10, StoredLen: 9})},
+		{"empty zstd", enc(recordHeader{Codec: CodecZstd, PlainLen: 10, StoredLen: 0})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := decodeRecordHeader(tc.b)
+			require.ErrorIs(t, err, errBadRecord)
+		})
+	}
+}
+
+func TestDecodeRecordLength(t *testing.T) {
+	rec := testRecord(t, []byte("some chunk"), LevelNone)
+	_, _, err := decodeRecord(rec[:len(rec)-1])
+	require.ErrorIs(t, err, errBadRecord)
+	_, _, err = decodeRecord(append(rec, 0))
+	require.ErrorIs(t, err, errBadRecord)
+}
+
+func TestScanRecords(t *testing.T) {
+	var pack []byte
+	var offs []int64
+	for i := range 5 {
+		offs = append(offs, int64(len(pack)))
+		pack = append(pack, testRecord(t, bytes.Repeat([]byte{byte(i)}, 1000*i), LevelFastest)...)
+	}
+	whole := int64(len(pack))
+	torn := append(bytes.Clone(pack), testRecord(t, []byte("torn away"), LevelNone)[:30]...)
+	garbage := append(bytes.Clone(pack), bytes.Repeat([]byte{0xff}, 200)...)
+
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{{"whole", pack}, {"torn", torn}, {"garbage", garbage}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []int64
+			end, err := scanRecords(bytes.NewReader(tc.b), 0, int64(len(tc.b)), func(off int64, h recordHeader) error {
+				got = append(got, off)
+				return nil
+			})
+			require.NoError(t, err)
+			require.Equal(t, whole, end)
+			require.Equal(t, offs, got)
+		})
+	}
+}
+
+func TestPackName(t *testing.T) {
+	require.Equal(t, "0000002a.pack", packName(42))
+	for _, tc := range []struct {
+		name string
+		n    uint32
+		ok   bool
+	}{
+		{"0000002a.pack", 42, true},
+		{"ffffffff.pack", math.MaxUint32, true},
+		{"0000002A.pack", 0, false},
+		{"2a.pack", 0, false},
+		{"0000002a.pack.tmp", 0, false},
+		{"+000002a.pack", 0, false},
+		{"index", 0, false},
+	} {
+		n, ok := parsePackName(tc.name)
+		require.Equal(t, tc.ok, ok, tc.name)
+		require.Equal(t, tc.n, n, tc.name)
+	}
+}
+
+func TestLocRoundTrip(t *testing.T) {
+	loc := chunkLoc{Pack: 7, Offset: 1 << 33, StoredLen: 1000, PlainLen: 5000, Codec: CodecZstd}
+	b := appendLoc(nil, loc)
+	require.Len(t, b, locSize)
+	got, err := decodeLoc(b)
+	require.NoError(t, err)
+	require.Equal(t, loc, got)
+
+	bad := appendLoc(nil, chunkLoc{Codec: CodecZstd, PlainLen: MaxChunkCeil + 1, StoredLen: 1})
+	_, err = decodeLoc(bad)
+	require.ErrorIs(t, err, errBadIndex)
+	_, err = decodeLoc(b[:locSize-1])
+	require.ErrorIs(t, err, errBadIndex)
+
+	id := Sum([]byte("k"))
+	gotID, ok := parseChunkKey(appendChunkKey(nil, id))
+	require.True(t, ok)
+	require.Equal(t, id, gotID)
+	n, ok := parsePackKey(packKey(0x01020304))
+	require.True(t, ok)
+	require.Equal(t, uint32(0x01020304), n)
+}
+
+func FuzzRecordHeader(f *testing.F) {
+	f.Add(testRecord(f, []byte("hello"), LevelNone))
+	f.Add(testRecord(f, bytes.Repeat([]byte("abc"), 100), LevelFastest)[:recordHeaderSize])
+	f.Add([]byte(recordMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeRecordHeader(b)
+		if err != nil {
+			return
+		}
+		enc := make([]byte, recordHeaderSize)
+		putRecordHeader(enc, h)
+		require.Equal(t, b[:recordHeaderSize], enc)
+		h2, err := decodeRecordHeader(enc)
+		require.NoError(t, err)
+		require.Equal(t, h, h2)
+	})
+}
+
+// FuzzRecordHeaderFields reaches the length and codec checks, which random
+// bytes rarely do past the header checksum.
+func FuzzRecordHeaderFields(f *testing.F) {
+	f.Add([]byte("id"), uint8(CodecZstd), uint32(100), uint32(10))
+	f.Add([]byte{}, uint8(CodecNone), uint32(MaxChunkCeil), uint32(MaxChunkCeil))
+	f.Add([]byte{1}, uint8(CodecNone), uint32(MaxChunkCeil+1), uint32(MaxChunkCeil+1))
+	f.Fuzz(func(t *testing.T, id []byte, codec uint8, plain, stored uint32) {
+		h := recordHeader{Codec: Codec(codec), PlainLen: plain, StoredLen: stored}
+		copy(h.ID[:], id)
+		b := make([]byte, recordHeaderSize)
+		putRecordHeader(b, h)
+		got, err := decodeRecordHeader(b)
+		if err != nil {
+			require.ErrorIs(t, err, errBadRecord)
+			require.Error(t, h.validate())
+			return
+		}
+		require.Equal(t, h, got)
+		require.LessOrEqual(t, got.PlainLen, uint32(MaxChunkCeil))
+		require.LessOrEqual(t, got.StoredLen, uint32(MaxChunkCeil))
+	})
+}
+
+func FuzzRecord(f *testing.F) {
+	f.Add(testRecord(f, nil, LevelNone))
+	f.Add(testRecord(f, []byte("hello"), LevelNone))
+	f.Add(testRecord(f, bytes.Repeat([]byte("abc"), 100), LevelFastest))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, stored, err := decodeRecord(b)
+		if err != nil {
+			return
+		}
+		enc := appendRecord(nil, h, stored)
+		require.Equal(t, b, enc)
+		h2, stored2, err := decodeRecord(enc)
+		require.NoError(t, err)
+		require.Equal(t, h, h2)
+		require.Equal(t, stored, stored2)
+		// What a pack read does next must not panic either.
+		_, _ = Decompress(nil, stored, h.Codec, int(h.PlainLen))
+	})
+}
+
+func FuzzScanRecords(f *testing.F) {
+	two := append(testRecord(f, []byte("one"), LevelNone), testRecord(f, bytes.Repeat([]byte("two"), 100), LevelFastest)...)
+	f.Add(two)
+	f.Add(two[:len(two)-3])
+	f.Add(append(bytes.Clone(two), 0xff, 0xfe))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		prev := int64(-1)
+		end, err := scanRecords(bytes.NewReader(b), 0, int64(len(b)), func(off int64, h recordHeader) error {
+			require.Greater(t, off, prev)
+			prev = off
+			require.LessOrEqual(t, off+h.size(), int64(len(b)))
+			_, _, err := decodeRecord(b[off : off+h.size()])
+			require.NoError(t, err)
+			return nil
+		})
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, end, int64(0))
+		require.LessOrEqual(t, end, int64(len(b)))
+	})
+}
+
+func FuzzLoc(f *testing.F) {
+	f.Add(appendLoc(nil, chunkLoc{Pack: 1, Offset: 4096, StoredLen: 10, PlainLen: 100, Codec: CodecZstd}))
+	f.Add(appendLoc(nil, chunkLoc{}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		loc, err := decodeLoc(b)
+		if err != nil {
+			return
+		}
+		enc := appendLoc(nil, loc)
+		require.Equal(t, b, enc)
+		loc2, err := decodeLoc(enc)
+		require.NoError(t, err)
+		require.Equal(t, loc, loc2)
+	})
+}
+
+func FuzzPackLen(f *testing.F) {
+	f.Add(appendPackLen(nil, 0))
+	f.Add(appendPackLen(nil, 512<<20))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, err := decodePackLen(b)
+		if err != nil {
+			return
+		}
+		require.Equal(t, b, appendPackLen(nil, n))
+	})
+}
