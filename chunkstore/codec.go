@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -96,8 +97,11 @@ func encoder(l Level) *zstd.Encoder {
 
 func sharedDecoder() *zstd.Decoder {
 	decoderOnce.Do(func() {
+		// WithDecodeAllCapLimit makes DecodeAll stop at cap(dst): Decompress
+		// hands it room for exactly plainLen bytes.
 		d, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(MaxChunkCeil),
-			zstd.WithDecoderMaxWindow(MaxChunkCeil), zstd.WithDecoderConcurrency(0), zstd.IgnoreChecksum(true))
+			zstd.WithDecoderMaxWindow(MaxChunkCeil), zstd.WithDecoderConcurrency(0), zstd.IgnoreChecksum(true),
+			zstd.WithDecodeAllCapLimit(true))
 		if err != nil {
 			panic(fmt.Sprintf("chunkstore: creating zstd decoder: %v", err))
 		}
@@ -142,20 +146,24 @@ func Decompress(dst, src []byte, c Codec, plainLen int) ([]byte, error) {
 		}
 		return append(dst, src...), nil
 	case CodecZstd:
-		if cap(dst)-len(dst) < plainLen {
-			nd := make([]byte, len(dst), len(dst)+plainLen)
-			copy(nd, dst)
-			dst = nd
-		}
 		n := len(dst)
-		out, err := sharedDecoder().DecodeAll(src, dst)
+		dst = slices.Grow(dst, plainLen)[:n+plainLen]
+		// Decode into an empty slice whose capacity is exactly plainLen: the
+		// decoder stops there whatever the frame claims (a few KiB of RLE
+		// blocks can claim gigabytes), and does not count what dst already
+		// holds against its MaxChunkCeil limit, which made a chunk appended
+		// to a buffer of other chunks fail.
+		out, err := sharedDecoder().DecodeAll(src, dst[n:n:n+plainLen])
 		if err != nil {
 			return dst[:n], fmt.Errorf("chunkstore: zstd: %w", err)
 		}
-		if len(out)-n != plainLen {
-			return out[:n], fmt.Errorf("chunkstore: zstd chunk decoded to %d bytes, expected %d", len(out)-n, plainLen)
+		if len(out) != plainLen {
+			return dst[:n], fmt.Errorf("chunkstore: zstd chunk decoded to %d bytes, expected %d", len(out), plainLen)
 		}
-		return out, nil
+		if plainLen > 0 && &out[0] != &dst[n] {
+			copy(dst[n:], out) // the decoder moved to a buffer of its own
+		}
+		return dst, nil
 	}
 	return dst, fmt.Errorf("chunkstore: unknown codec %d", uint8(c))
 }

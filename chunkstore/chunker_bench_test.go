@@ -1,0 +1,116 @@
+package chunkstore_test
+
+import (
+	"bytes"
+	"io"
+	"sync"
+	"testing"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
+
+const benchSize = 64 << 20
+
+// benchRandom and benchPgbench are built once, on first use: 64 MiB of
+// input per benchmark would otherwise dominate -count runs, and tests never
+// need them.
+var (
+	benchRandom  = sync.OnceValue(func() []byte { return randomBytes(1, benchSize) })
+	benchPgbench = sync.OnceValue(func() []byte { return pgbenchRows(benchSize) })
+)
+
+// BenchmarkGearCDC measures cutting alone, with DefaultParams.
+func BenchmarkGearCDC(b *testing.B) {
+	data := benchRandom()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		err := chunkstore.Split(data, chunkstore.DefaultParams, func(chunkstore.Chunk) error {
+			n++
+			return nil
+		})
+		if err != nil || n == 0 {
+			b.Fatalf("split: %d chunks, %v", n, err)
+		}
+	}
+}
+
+// BenchmarkGearCDCReader measures the streaming Chunker: cutting plus the
+// buffer refills.
+func BenchmarkGearCDCReader(b *testing.B) {
+	data := benchRandom()
+	ch, err := chunkstore.NewChunker(nil, chunkstore.DefaultParams)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := bytes.NewReader(data)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		r.Reset(data)
+		ch.Reset(r)
+		for {
+			_, err := ch.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkCDCBlake3 is what a sender does per byte: cut, then hash each chunk.
+func BenchmarkCDCBlake3(b *testing.B) {
+	data := benchRandom()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	var sink chunkstore.ID
+	for b.Loop() {
+		err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
+			id := chunkstore.Sum(c.Data)
+			sink[0] ^= id[0]
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = sink
+}
+
+// BenchmarkCompressFastest compresses 64 MiB chunk by chunk at LevelFastest.
+func BenchmarkCompressFastest(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		data []byte
+	}{
+		{"pgbench", benchPgbench()},
+		{"random", benchRandom()},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var chunks [][]byte
+			err := chunkstore.Split(bc.data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
+				chunks = append(chunks, c.Data)
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			buf := make([]byte, 0, chunkstore.DefaultParams.Max+1024)
+			b.SetBytes(int64(len(bc.data)))
+			b.ReportAllocs()
+			var stored int64
+			for b.Loop() {
+				stored = 0
+				for _, c := range chunks {
+					buf, _ = chunkstore.Compress(buf[:0], c, chunkstore.LevelFastest)
+					stored += int64(len(buf))
+				}
+			}
+			b.ReportMetric(float64(len(bc.data))/float64(stored), "ratio")
+		})
+	}
+}

@@ -1,0 +1,374 @@
+package chunkstore_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
+
+var allLevels = []chunkstore.Level{
+	chunkstore.LevelNone, chunkstore.LevelFastest, chunkstore.LevelDefault, chunkstore.LevelBetter, chunkstore.LevelBest,
+}
+
+func TestLevelNames(t *testing.T) {
+	for _, l := range allLevels {
+		got, err := chunkstore.ParseLevel(l.String())
+		require.NoError(t, err)
+		require.Equal(t, l, got)
+	}
+	require.Equal(t, "level(9)", chunkstore.Level(9).String())
+	for _, s := range []string{"", "fast", "Fastest", "level(1)", "3"} {
+		_, err := chunkstore.ParseLevel(s)
+		require.Error(t, err, "%q", s)
+	}
+}
+
+func TestCodecNames(t *testing.T) {
+	require.Equal(t, "none", chunkstore.CodecNone.String())
+	require.Equal(t, "zstd", chunkstore.CodecZstd.String())
+	require.Equal(t, "codec(7)", chunkstore.Codec(7).String())
+	require.True(t, chunkstore.CodecNone.Valid())
+	require.True(t, chunkstore.CodecZstd.Valid())
+	require.False(t, chunkstore.Codec(2).Valid())
+}
+
+// roundTrip compresses data at l after a prefix, decompresses it after
+// another prefix, and returns the codec and the encoded size.
+func roundTrip(t testing.TB, data []byte, l chunkstore.Level) (chunkstore.Codec, int) {
+	t.Helper()
+	prefix := []byte("prefix")
+	enc, codec := chunkstore.Compress(append([]byte{}, prefix...), data, l)
+	require.Equal(t, prefix, enc[:len(prefix)], "Compress must append to dst")
+	enc = enc[len(prefix):]
+	require.True(t, codec.Valid())
+
+	dec, err := chunkstore.Decompress(append([]byte{}, prefix...), enc, codec, len(data))
+	require.NoError(t, err)
+	require.Equal(t, prefix, dec[:len(prefix)], "Decompress must append to dst")
+	require.True(t, bytes.Equal(data, dec[len(prefix):]), "round trip changed the data")
+
+	dec, err = chunkstore.Decompress(nil, enc, codec, len(data))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(data, dec), "round trip into nil changed the data")
+	return codec, len(enc)
+}
+
+func TestCompressRoundTrip(t *testing.T) {
+	inputs := []struct {
+		name         string
+		data         []byte
+		compressible bool
+	}{
+		{"pgbench", pgbenchRows(200 << 10), true},
+		{"text-max-chunk", bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');\n"), chunkstore.MaxChunkCeil/33+1)[:chunkstore.MaxChunkCeil], true},
+		{"zeros", make([]byte, 64<<10), true},
+		{"random", randomBytes(31, 64<<10), false},
+		{"small", bytes.Repeat([]byte{'a'}, 100), false}, // below 128 B: never worth a zstd frame
+		{"127", bytes.Repeat([]byte{'a'}, 127), false},
+		{"128", bytes.Repeat([]byte{'a'}, 128), true},
+		{"one", []byte{0}, false},
+		{"empty", nil, false},
+		{"half-random", append(randomBytes(32, 32<<10), make([]byte, 32<<10)...), true},
+	}
+	for _, in := range inputs {
+		for _, l := range append(allLevels, chunkstore.Level(-1), chunkstore.Level(99)) {
+			if len(in.data) > 1<<20 && l > chunkstore.LevelFastest {
+				continue // slow at high levels, and no different
+			}
+			t.Run(in.name+"/"+l.String(), func(t *testing.T) {
+				codec, n := roundTrip(t, in.data, l)
+				if l == chunkstore.LevelNone || !in.compressible {
+					require.Equal(t, chunkstore.CodecNone, codec)
+					require.Equal(t, len(in.data), n)
+					return
+				}
+				require.Equal(t, chunkstore.CodecZstd, codec)
+				require.Less(t, n, len(in.data)-len(in.data)/32)
+			})
+		}
+	}
+}
+
+func TestCompressIncompressibleStoredPlain(t *testing.T) {
+	data := randomBytes(33, 256<<10)
+	dst := make([]byte, 0, 1<<20)
+	out, codec := chunkstore.Compress(dst, data, chunkstore.LevelBest)
+	require.Equal(t, chunkstore.CodecNone, codec)
+	require.True(t, bytes.Equal(data, out))
+	require.Equal(t, &dst[:1][0], &out[0], "spare capacity of dst is used")
+}
+
+func zstdFrame(t testing.TB, data []byte) []byte {
+	t.Helper()
+	enc, codec := chunkstore.Compress(nil, data, chunkstore.LevelDefault)
+	require.Equal(t, chunkstore.CodecZstd, codec)
+	return enc
+}
+
+// rleBomb builds a zstd frame by hand: total bytes of 'x' in RLE blocks of
+// 128 KiB, four bytes each, so a few KiB of input claim any size. fcs is the
+// frame content size to declare, or -1 for none (as a streaming encoder
+// writes).
+func rleBomb(total int, fcs int64) []byte {
+	b := []byte{0x28, 0xb5, 0x2f, 0xfd}
+	if fcs < 0 {
+		b = append(b, 0x00, 0x50) // no content size; window 1 MiB
+	} else {
+		b = append(b, 0xc0, 0x50) // 8-byte content size; window 1 MiB
+		b = binary.LittleEndian.AppendUint64(b, uint64(fcs))
+	}
+	const block = 128 << 10
+	for total > 0 {
+		n := min(total, block)
+		total -= n
+		last := 0
+		if total == 0 {
+			last = 1
+		}
+		hdr := uint32(n)<<3 | 1<<1 | uint32(last) // RLE block
+		b = append(b, byte(hdr), byte(hdr>>8), byte(hdr>>16), 'x')
+	}
+	return b
+}
+
+func TestRLEBombIsValidZstd(t *testing.T) {
+	// The bombs below are only meaningful if they are frames zstd accepts.
+	d, err := zstd.NewReader(nil)
+	require.NoError(t, err)
+	defer d.Close()
+	for _, fcs := range []int64{-1, 300 << 10} {
+		out, err := d.DecodeAll(rleBomb(300<<10, fcs), nil)
+		require.NoError(t, err)
+		require.Equal(t, bytes.Repeat([]byte{'x'}, 300<<10), out)
+	}
+	out, err := chunkstore.Decompress(nil, rleBomb(300<<10, -1), chunkstore.CodecZstd, 300<<10)
+	require.NoError(t, err)
+	require.Equal(t, bytes.Repeat([]byte{'x'}, 300<<10), out)
+}
+
+func TestDecompressRejects(t *testing.T) {
+	data := pgbenchRows(100 << 10)
+	frame := zstdFrame(t, data)
+	for _, tc := range []struct {
+		name     string
+		src      []byte
+		codec    chunkstore.Codec
+		plainLen int
+		is       error // if set, the error must match it
+	}{
+		{"plain short", data, chunkstore.CodecNone, len(data) + 1, nil},
+		{"plain long", data, chunkstore.CodecNone, len(data) - 1, nil},
+		{"zstd plainLen too big", frame, chunkstore.CodecZstd, len(data) + 1, nil},
+		{"zstd plainLen too small", frame, chunkstore.CodecZstd, len(data) - 1, nil},
+		{"zstd plainLen zero", frame, chunkstore.CodecZstd, 0, nil},
+		{"plainLen above ceiling", frame, chunkstore.CodecZstd, chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
+		{"plain above ceiling", make([]byte, chunkstore.MaxChunkCeil+1), chunkstore.CodecNone, chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
+		{"plainLen negative", frame, chunkstore.CodecZstd, -1, chunkstore.ErrTooLarge},
+		{"unknown codec", data, chunkstore.Codec(2), len(data), nil},
+		{"unknown codec 255", data, chunkstore.Codec(255), len(data), nil},
+		{"garbage", randomBytes(34, 1000), chunkstore.CodecZstd, 1000, nil},
+		{"magic only", frame[:4], chunkstore.CodecZstd, len(data), nil},
+		{"truncated", frame[:len(frame)-1], chunkstore.CodecZstd, len(data), nil},
+		{"trailing garbage", append(append([]byte{}, frame...), 1, 2, 3, 4, 5, 6, 7, 8), chunkstore.CodecZstd, len(data), nil},
+		{"two frames", append(append([]byte{}, frame...), frame...), chunkstore.CodecZstd, len(data), nil},
+		{"corrupt body", func() []byte { b := append([]byte{}, frame...); b[len(b)/2] ^= 0xff; return b }(), chunkstore.CodecZstd, len(data), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := []byte("keep")
+			out, err := chunkstore.Decompress(append([]byte{}, prefix...), tc.src, tc.codec, tc.plainLen)
+			if tc.name == "corrupt body" && err == nil {
+				// A flipped byte may still decode; it must then be caught
+				// by length or, in the store, by the hash.
+				require.Len(t, out, len(prefix)+tc.plainLen)
+				return
+			}
+			require.Error(t, err)
+			if tc.is != nil {
+				require.ErrorIs(t, err, tc.is)
+			}
+			require.Equal(t, prefix, out, "on error dst comes back as it was")
+		})
+	}
+}
+
+// heapAllocated returns the bytes allocated while f ran.
+func heapAllocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestDecompressBomb feeds small frames that expand to 1 GiB: decoding must
+// stop near the size the caller expects, not allocate what the frame claims.
+func TestDecompressBomb(t *testing.T) {
+	const huge = 1 << 30
+	for _, tc := range []struct {
+		name     string
+		src      []byte
+		plainLen int
+	}{
+		{"no content size", rleBomb(huge, -1), 4096},
+		{"no content size, max plainLen", rleBomb(huge, -1), chunkstore.MaxChunkCeil},
+		{"content size lies low", rleBomb(huge, 4096), 4096},
+		{"content size huge", rleBomb(huge, huge), 4096},
+		{"content size huge, short body", rleBomb(4096, huge), 4096},
+		{"content size at ceiling", rleBomb(chunkstore.MaxChunkCeil, chunkstore.MaxChunkCeil), 4096},
+		{"frames summing past ceiling", bytes.Repeat(rleBomb(chunkstore.MaxChunkCeil/2, chunkstore.MaxChunkCeil/2), 4), chunkstore.MaxChunkCeil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Less(t, len(tc.src), 1<<20)
+			var err error
+			alloc := heapAllocated(func() {
+				_, err = chunkstore.Decompress(nil, tc.src, chunkstore.CodecZstd, tc.plainLen)
+			})
+			require.Error(t, err)
+			t.Logf("%d bytes of input, plainLen %d: allocated %d KiB: %v", len(tc.src), tc.plainLen, alloc>>10, err)
+			// The output buffer, plus one reallocation of it (the block that
+			// overflows it is appended before the size check), plus the
+			// decoder's working set, which the race detector's pool
+			// draining inflates. Far below 1 GiB.
+			require.Less(t, alloc, uint64(4*tc.plainLen)+4<<20, "allocated %d bytes", alloc)
+		})
+	}
+}
+
+// TestDecompressAfterLargePrefix guards against the decoder's size limit
+// counting bytes already in dst: a chunk appended to a buffer that holds
+// other chunks is still one chunk.
+func TestDecompressAfterLargePrefix(t *testing.T) {
+	data := pgbenchRows(1 << 20)
+	frame := zstdFrame(t, data)
+	for _, prefixLen := range []int{chunkstore.MaxChunkCeil - 1000, 2*chunkstore.MaxChunkCeil + 1} {
+		prefix := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz"), prefixLen/36+1)[:prefixLen]
+		for _, spare := range []int{0, len(data), 10 << 20} {
+			t.Run(fmt.Sprintf("prefix%d/spare%d", prefixLen, spare), func(t *testing.T) {
+				dst := append(make([]byte, 0, prefixLen+spare), prefix...)
+				out, err := chunkstore.Decompress(dst, frame, chunkstore.CodecZstd, len(data))
+				require.NoError(t, err)
+				require.Len(t, out, prefixLen+len(data))
+				require.True(t, bytes.Equal(prefix, out[:prefixLen]))
+				require.True(t, bytes.Equal(data, out[prefixLen:]))
+			})
+		}
+	}
+}
+
+func TestDecompressEmpty(t *testing.T) {
+	out, err := chunkstore.Decompress(nil, nil, chunkstore.CodecNone, 0)
+	require.NoError(t, err)
+	require.Empty(t, out)
+
+	// An encoder may write a frame for empty input; it decodes to nothing.
+	e, err := zstd.NewWriter(nil, zstd.WithZeroFrames(true))
+	require.NoError(t, err)
+	frame := e.EncodeAll(nil, nil)
+	require.NotEmpty(t, frame)
+	out, err = chunkstore.Decompress([]byte("p"), frame, chunkstore.CodecZstd, 0)
+	require.NoError(t, err)
+	require.Equal(t, []byte("p"), out)
+	_, err = chunkstore.Decompress(nil, frame, chunkstore.CodecZstd, 1)
+	require.Error(t, err)
+}
+
+// TestCodecConcurrent shares the package's encoders and decoder between
+// goroutines; run it with -race.
+func TestCodecConcurrent(t *testing.T) {
+	inputs := [][]byte{pgbenchRows(300 << 10), randomBytes(36, 100<<10), pgbenchRows(100), append(randomBytes(37, 50<<10), make([]byte, 50<<10)...)}
+	const workers = 8
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			var enc, dec []byte
+			for i := range 40 {
+				data := inputs[(w+i)%len(inputs)]
+				l := allLevels[(w*7+i)%len(allLevels)]
+				var codec chunkstore.Codec
+				enc, codec = chunkstore.Compress(enc[:0], data, l)
+				var err error
+				dec, err = chunkstore.Decompress(dec[:0], enc, codec, len(data))
+				if err != nil {
+					errs[w] = fmt.Errorf("worker %d, round %d, level %s: %w", w, i, l, err)
+					return
+				}
+				if !bytes.Equal(data, dec) {
+					errs[w] = fmt.Errorf("worker %d, round %d, level %s: round trip changed the data", w, i, l)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+}
+
+// FuzzDecompress feeds arbitrary bytes to the zstd decoder with an arbitrary
+// expected size: it must not panic, and must return either an error with dst
+// unchanged or exactly plainLen more bytes. What decodes must survive
+// encode and decode again.
+func FuzzDecompress(f *testing.F) {
+	data := pgbenchRows(5000)
+	frame := zstdFrame(f, data)
+	f.Add(frame, len(data))
+	f.Add(frame, len(data)-1)
+	f.Add(frame[:len(frame)/2], len(data))
+	f.Add(zstdFrame(f, bytes.Repeat([]byte("ab"), 64)), 128)
+	f.Add(zstdFrame(f, make([]byte, 200)), 200)
+	f.Add(rleBomb(1<<20, -1), 4096)
+	f.Add(rleBomb(1000, 1000), 1000)
+	f.Add(rleBomb(1000, 1<<40), 1000)
+	f.Add([]byte{}, 0)
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, 0)
+	f.Add(randomBytes(62, 100), 100)
+	f.Add(frame, chunkstore.MaxChunkCeil+1)
+	f.Add(frame, -1)
+	f.Fuzz(func(t *testing.T, src []byte, plainLen int) {
+		prefix := []byte("prefix")
+		out, err := chunkstore.Decompress(append([]byte{}, prefix...), src, chunkstore.CodecZstd, plainLen)
+		if err != nil {
+			require.Equal(t, prefix, out, "on error dst comes back as it was")
+			return
+		}
+		require.Len(t, out, len(prefix)+plainLen)
+		require.Equal(t, prefix, out[:len(prefix)])
+		plain := out[len(prefix):]
+
+		enc, codec := chunkstore.Compress(nil, plain, chunkstore.LevelFastest)
+		again, err := chunkstore.Decompress(nil, enc, codec, len(plain))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(plain, again))
+	})
+}
+
+// FuzzCompress round-trips arbitrary data at every level, including out of
+// range ones.
+func FuzzCompress(f *testing.F) {
+	f.Add([]byte{}, uint8(0))
+	f.Add(pgbenchRows(3000), uint8(1))
+	f.Add(randomBytes(63, 3000), uint8(4))
+	f.Add(bytes.Repeat([]byte{'a'}, 127), uint8(2))
+	f.Add(bytes.Repeat([]byte{'a'}, 128), uint8(200))
+	f.Fuzz(func(t *testing.T, data []byte, level uint8) {
+		l := chunkstore.Level(level % 7)
+		enc, codec := chunkstore.Compress([]byte("p"), data, l)
+		require.Equal(t, byte('p'), enc[0])
+		require.True(t, codec.Valid())
+		require.LessOrEqual(t, len(enc)-1, len(data), "compression never grows a chunk")
+		dec, err := chunkstore.Decompress([]byte("q"), enc[1:], codec, len(data))
+		require.NoError(t, err)
+		require.Equal(t, byte('q'), dec[0])
+		require.True(t, bytes.Equal(data, dec[1:]))
+	})
+}
