@@ -1,0 +1,33 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// testMainEnv, set to 1 in a child's environment, makes the test binary run
+// the real CLI: kill_test.go starts senders and receivers that way, so they
+// are real processes it can SIGKILL without building anything extra.
+const testMainEnv = "PGPORTER_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(testMainEnv) == "1" {
+		os.Exit(mainCode())
+	}
+	// testscript re-executes this binary as "pgporter" for the scripts.
+	testscript.Main(m, map[string]func(){
+		"pgporter": func() { os.Exit(mainCode()) },
+	})
+}
+
+// mainCode is main without os.Exit: a signal context around run.
+func mainCode() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// TestScript runs the CLI end to end from testdata/script/*.txtar, each
+// pgporter a real process (testscript re-executes the test binary).
+func TestScript(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir:                 filepath.Join("testdata", "script"),
+		RequireExplicitExec: true,
+		Cmds: map[string]func(*testscript.TestScript, bool, []string){
+			"setfromstdout": cmdSetFromStdout,
+			"exitcode":      cmdExitCode,
+			"freeport":      cmdFreePort,
+			"startserve":    cmdStartServe,
+			"stopserve":     cmdStopServe,
+		},
+	})
+}
+
+// scriptEnv is the environment a custom command gives the processes it
+// starts: the script's, as far as pgporter cares.
+func scriptEnv(ts *testscript.TestScript) []string {
+	var env []string
+	for _, k := range []string{"PATH", "HOME", "WORK", "TMPDIR", "PGPORTER_HOME", "GOCOVERDIR", "GORACE"} {
+		if v := ts.Getenv(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// setfromstdout VAR sets VAR to the last line of the previous command's stdout.
+func cmdSetFromStdout(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: setfromstdout VAR")
+	}
+	out := strings.TrimRight(ts.ReadFile("stdout"), "\n")
+	if out == "" {
+		ts.Fatalf("setfromstdout: the previous command printed nothing")
+	}
+	ts.Setenv(args[0], out[strings.LastIndexByte(out, '\n')+1:])
+}
+
+// exitcode N PROG ARGS... runs PROG and fails unless it exits with N; its
+// stdout and stderr become the script's, for 'stdout' and 'stderr' checks.
+func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: exitcode N PROG [ARGS...]")
+	}
+	want, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	path, err := exec.LookPath(args[1])
+	ts.Check(err)
+	cmd := exec.Command(path, args[2:]...)
+	cmd.Dir = ts.MkAbs(".")
+	cmd.Env = scriptEnv(ts)
+	cmd.Stdout, cmd.Stderr = ts.Stdout(), ts.Stderr()
+	err = cmd.Run()
+	var ee *exec.ExitError
+	got := 0
+	switch {
+	case errors.As(err, &ee):
+		got = ee.ExitCode()
+	case err != nil:
+		ts.Fatalf("running %s: %v", args[1], err)
+	}
+	if got != want {
+		ts.Fatalf("%s exited with %d, want %d", strings.Join(args[1:], " "), got, want)
+	}
+}
+
+// freeport VAR sets VAR to a UDP port on 127.0.0.1 that was free just now.
+func cmdFreePort(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: freeport VAR")
+	}
+	ts.Setenv(args[0], strconv.Itoa(freeUDPPort(ts)))
+}
+
+type fataler interface{ Fatalf(string, ...any) }
+
+func freeUDPPort(t fataler) int {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// daemon is a pgporter started in the background by startserve.
+type daemon struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when stdout is drained and the process waited for
+	err  error         // of cmd.Wait, set before done is closed
+}
+
+var (
+	daemonsMu sync.Mutex // guards daemons
+	daemons   = map[*testscript.TestScript]map[string]*daemon{}
+)
+
+var listeningRE = regexp.MustCompile(`^listening on (\S+) as (\S+)$`)
+
+// startserve NAME ARGS... starts 'pgporter ARGS...' (a mover serve) in the
+// background, waits until it prints "listening on ADDR as ID" and sets the
+// env vars ADDR and ID from that line. Its stderr goes to $WORK/NAME.stderr.
+// The process is killed by PID at the end of the script if still running.
+func cmdStartServe(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: startserve NAME ARGS...")
+	}
+	name := args[0]
+	path, err := exec.LookPath("pgporter")
+	ts.Check(err)
+	errf, err := os.Create(ts.MkAbs(name + ".stderr"))
+	ts.Check(err)
+	cmd := exec.Command(path, args[1:]...)
+	cmd.Dir = ts.MkAbs(".")
+	cmd.Env = scriptEnv(ts)
+	cmd.Stderr = errf
+	stdout, err := cmd.StdoutPipe()
+	ts.Check(err)
+	ts.Check(cmd.Start())
+	errf.Close() // the child holds its own descriptor
+	d := &daemon{cmd: cmd, done: make(chan struct{})}
+	daemonsMu.Lock()
+	if daemons[ts] == nil {
+		daemons[ts] = map[string]*daemon{}
+		ts.Defer(func() {
+			daemonsMu.Lock()
+			ds := daemons[ts]
+			delete(daemons, ts)
+			daemonsMu.Unlock()
+			for _, d := range ds {
+				d.cmd.Process.Kill()
+				<-d.done
+			}
+		})
+	}
+	if daemons[ts][name] != nil {
+		daemonsMu.Unlock()
+		cmd.Process.Kill()
+		cmd.Wait()
+		ts.Fatalf("startserve: %s is running already", name)
+	}
+	daemons[ts][name] = d
+	daemonsMu.Unlock()
+
+	listening := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if m := listeningRE.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case listening <- m:
+				default:
+				}
+			}
+		}
+		d.err = cmd.Wait()
+		close(d.done)
+	}()
+	select {
+	case m := <-listening:
+		ts.Setenv("ADDR", m[1])
+		ts.Setenv("ID", m[2])
+		ts.Logf("%s: listening on %s as %s (pid %d)", name, m[1], m[2], cmd.Process.Pid)
+	case <-d.done:
+		ts.Fatalf("%s exited before listening (%v):\n%s", name, d.err, ts.ReadFile(name+".stderr"))
+	}
+}
+
+// stopserve NAME sends SIGTERM to the daemon NAME and fails unless it exits
+// 0 (a graceful stop) within 30 seconds.
+func cmdStopServe(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: stopserve NAME")
+	}
+	daemonsMu.Lock()
+	d := daemons[ts][args[0]]
+	delete(daemons[ts], args[0])
+	daemonsMu.Unlock()
+	if d == nil {
+		ts.Fatalf("stopserve: no daemon %s", args[0])
+	}
+	ts.Check(d.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+		ts.Fatalf("%s did not stop within 30s of SIGTERM", args[0])
+	}
+	if d.err != nil {
+		ts.Fatalf("%s: %v\n%s", args[0], d.err, ts.ReadFile(args[0]+".stderr"))
+	}
+	fmt.Fprintf(ts.Stdout(), "%s stopped\n", args[0])
+}
