@@ -40,6 +40,7 @@ fuzz:
 bench: setup build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./chunkstore/... ./protocol/... ./mover/...
 	scripts/bench-pgdump
+	scripts/bench-transfer
 
 demo: setup build
 	scripts/demo
