@@ -12,8 +12,8 @@ import (
 type Stats struct {
 	Params       Params        `json:"params"`
 	Files        int           `json:"files"`
-	Bytes        int64         `json:"bytes"`        // total plain bytes
-	Chunks       int           `json:"chunks"`       // total chunks
+	Bytes        int64         `json:"bytes"`  // total plain bytes
+	Chunks       int           `json:"chunks"` // total chunks
 	UniqueChunks int           `json:"unique_chunks"`
 	UniqueBytes  int64         `json:"unique_bytes"`
 	StoredBytes  int64         `json:"stored_bytes"` // unique chunks after compression at Level

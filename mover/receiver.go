@@ -84,6 +84,7 @@ type receiver struct {
 	rel     string // DEST relative to rootDir (OS separators)
 	partial string // rel + ".partial"
 	cs      *controlStream
+	ctx     context.Context // the transfer's; cancelled with the reason it failed
 	cancel  context.CancelCauseFunc
 
 	files   []*rfile

@@ -81,6 +81,7 @@ type Server struct {
 
 type activeTransfer struct {
 	dest   string
+	conn   *quic.Conn
 	cancel context.CancelCauseFunc
 	done   chan struct{}
 }
@@ -240,9 +241,13 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 				rmu.Lock()
 				r := rcv
 				rmu.Unlock()
-				if err := r.readData(ctx, ds); err != nil {
+				// Stream reads ignore contexts: a failed or superseded
+				// transfer cancels them.
+				stop := context.AfterFunc(r.ctx, func() { ds.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
+				if err := r.readData(r.ctx, ds); err != nil {
 					r.fail(err)
 				}
+				stop()
 				closeStream(ds)
 			}()
 		}
@@ -266,12 +271,17 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			if r == nil { // already complete
 				continue
 			}
+			tctx, tcancel := context.WithCancelCause(ctx)
+			r.ctx, r.cancel = tctx, tcancel
+			a := &activeTransfer{dest: r.meta.Dest, conn: conn, cancel: tcancel, done: make(chan struct{})}
 			rmu.Lock()
 			rcv = r
 			rmu.Unlock()
 			close(ready)
-			a := &activeTransfer{done: make(chan struct{})}
-			err = s.runTransfer(ctx, r, a)
+			stopCtl := context.AfterFunc(tctx, func() { st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
+			err = s.runTransfer(tctx, r, a)
+			stopCtl()
+			tcancel(nil)
 			if err != nil {
 				log.Warn("transfer failed", "transfer", r.tid, "err", err)
 				cs.sendError(err)
@@ -388,6 +398,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	s.mu.Unlock()
 	if old != nil {
 		old.cancel(errPreempted)
+		old.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "superseded by a new connection of the same transfer")
 		select {
 		case <-old.done:
 		case <-ctx.Done():
@@ -481,10 +492,6 @@ func (s *Server) replyComplete(cs *controlStream, m *protocol.OpenTransfer, d *t
 // runTransfer registers r as the active transfer of its ID and runs it. The
 // caller closes a.done once nothing of the connection can touch the tree.
 func (s *Server) runTransfer(ctx context.Context, r *receiver, a *activeTransfer) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	r.cancel = cancel
-	a.dest, a.cancel = r.meta.Dest, cancel
 	s.mu.Lock()
 	s.active[r.tid] = a
 	s.mu.Unlock()
