@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -14,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -383,24 +383,6 @@ func crashChild(t *testing.T, dir, mode string) *exec.Cmd {
 	return cmd
 }
 
-// logBuffer collects log output across goroutines.
-type logBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // copyDir copies the regular files of a store left by a dead process.
 func copyDir(t *testing.T, from, to string) {
 	t.Helper()
@@ -480,7 +462,7 @@ func TestLocalTornTail(t *testing.T) {
 			tc.tear(t, f, rep.Durable, fi.Size())
 			require.NoError(t, f.Close())
 
-			var logs logBuffer
+			var logs testsupport.Buffer
 			opts := chunkstore.LocalOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 			l, err := chunkstore.OpenLocal(dir, opts)
 			require.NoError(t, err)

@@ -455,7 +455,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		return nil, err
 	}
 	if need > 0 && int64(free)-s.o.Reserve < need {
-		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, humanBytes(need), humanBytes(int64(free)), humanBytes(s.o.Reserve))
+		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, HumanBytes(need), HumanBytes(int64(free)), HumanBytes(s.o.Reserve))
 	}
 	if err := rt.MkdirAll(r.partial, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: creating %s.partial: %v", protocol.ErrBadPath, m.Dest, err)
@@ -514,7 +514,8 @@ func (s *Server) release(tid string, a *activeTransfer) {
 	close(a.done)
 }
 
-func humanBytes(n int64) string {
+// HumanBytes prints n bytes with a binary unit ("1.5 GiB").
+func HumanBytes(n int64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

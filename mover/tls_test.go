@@ -1,10 +1,10 @@
 package mover
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"io"
 	"log/slog"
 	"net"
@@ -40,36 +40,17 @@ func newTLSTestMover(t *testing.T) *tlsTestMover {
 	return &tlsTestMover{home: home, id: id, trust: ts}
 }
 
-// lockedBuffer is a log sink written by the handshake goroutines and read by
-// the test.
-type lockedBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // echoServer is a real QUIC listener on loopback that echoes one stream per
 // accepted connection and reports the peer of every connection it accepts.
 type echoServer struct {
 	addr     string
-	log      *lockedBuffer
+	log      *testsupport.Buffer
 	accepted chan PeerID
 }
 
 func startEchoServer(t *testing.T, m *tlsTestMover) *echoServer {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testsupport.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	require.NoError(t, err)

@@ -25,7 +25,7 @@ type testReceiver struct {
 	root   string
 	srv    *Server
 	addr   string
-	log    *lockedBuffer
+	log    *testsupport.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -33,7 +33,7 @@ type testReceiver struct {
 func startReceiver(t *testing.T, o ServerOptions) *testReceiver {
 	t.Helper()
 	m := newTLSTestMover(t)
-	r := &testReceiver{tlsTestMover: m, root: t.TempDir(), log: &lockedBuffer{}}
+	r := &testReceiver{tlsTestMover: m, root: t.TempDir(), log: &testsupport.Buffer{}}
 	if o.Roots == nil {
 		o.Roots = []string{r.root}
 	} else {

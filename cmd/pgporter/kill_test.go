@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -35,7 +36,7 @@ const waitTimeout = 60 * time.Second
 // proc is a pgporter process started by a test.
 type proc struct {
 	cmd       *exec.Cmd
-	stderr    syncBuffer
+	stderr    testsupport.Buffer
 	mu        sync.Mutex // guards stdout
 	stdout    []string   // lines so far
 	listening chan string
@@ -126,23 +127,6 @@ func (p *proc) lastLine() string {
 		return ""
 	}
 	return p.stdout[len(p.stdout)-1]
-}
-
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // killTestTree writes about 40 MB shaped like a dump (incompressible files
@@ -254,7 +238,7 @@ func TestResumeAfterSenderKilled(t *testing.T) {
 	dest := filepath.Join(root, "db1")
 
 	report, reached := atFraction(total)
-	var srvLog syncBuffer
+	var srvLog testsupport.Buffer
 	srv, err := mover.NewServer(mover.ServerOptions{
 		Home: recvHome, Listen: "127.0.0.1:0", Roots: []string{root},
 		Log:          slog.New(slog.NewTextHandler(&srvLog, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/pgporter/pgporter/mover"
 	"strconv"
 	"strings"
 )
@@ -34,15 +35,4 @@ func parseSize(s string) (int64, error) {
 }
 
 // humanSize prints n bytes with a binary unit.
-func humanSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanSize(n int64) string { return mover.HumanBytes(n) }
