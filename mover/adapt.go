@@ -23,10 +23,16 @@ type levelController struct {
 	windowEnd time.Time
 	cpuNs     int64 // reading, hashing, compressing
 	waitNs    int64 // blocked in stream writes
+	wire      int64 // bytes written
 	changes   int
 }
 
-const adaptWindow = 500 * time.Millisecond
+const (
+	adaptWindow = 500 * time.Millisecond
+	// slowLink is the wire rate below which a link, not the CPU, is taken to
+	// be the bottleneck: a WAN, a VPN, a rate limit.
+	slowLink = 40e6
+)
 
 func newLevelController(mode string) (*levelController, error) {
 	if mode == "" || mode == "auto" {
@@ -51,7 +57,7 @@ func (c *levelController) current() chunkstore.Level {
 
 // observe records one chunk's costs and, at the end of a window, moves the
 // level one step.
-func (c *levelController) observe(cpu, wait time.Duration) {
+func (c *levelController) observe(cpu, wait time.Duration, wire int) {
 	if c.fixed {
 		return
 	}
@@ -60,6 +66,7 @@ func (c *levelController) observe(cpu, wait time.Duration) {
 	defer c.mu.Unlock()
 	c.cpuNs += int64(cpu)
 	c.waitNs += int64(wait)
+	c.wire += int64(wire)
 	if c.windowEnd.IsZero() {
 		c.windowEnd = now.Add(adaptWindow)
 		return
@@ -70,8 +77,11 @@ func (c *levelController) observe(cpu, wait time.Duration) {
 	total := c.cpuNs + c.waitNs
 	if total > 0 {
 		waitShare := float64(c.waitNs) / float64(total)
+		rate := float64(c.wire) / adaptWindow.Seconds()
 		switch {
-		case waitShare > 0.6 && c.level < c.max:
+		// Waiting writes on a fast link mean the CPU is short (QUIC shares
+		// it with zstd), not the link: compressing harder would slow down.
+		case waitShare > 0.6 && rate < slowLink && c.level < c.max:
 			c.level++
 			c.changes++
 		case waitShare < 0.15 && c.level > c.min:
@@ -79,6 +89,6 @@ func (c *levelController) observe(cpu, wait time.Duration) {
 			c.changes++
 		}
 	}
-	c.cpuNs, c.waitNs = 0, 0
+	c.cpuNs, c.waitNs, c.wire = 0, 0, 0
 	c.windowEnd = now.Add(adaptWindow)
 }

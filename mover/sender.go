@@ -242,6 +242,9 @@ type sendTransfer struct {
 	handles   map[uint32]*os.File
 }
 
+// errSourceChanged reports a source file modified during a send.
+var errSourceChanged = errors.New("mover: source changed")
+
 // errPermanent marks attempt errors that reconnecting cannot fix.
 type permanentError struct{ err error }
 
@@ -471,6 +474,14 @@ func (t *sendTransfer) handle(f *srcFile) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Chunks are read back without hashing them again: the receiver checks
+	// every one, and a file that still has the size and mtime it had when it
+	// was chunked is taken to hold the same bytes.
+	if fi, err := h.Stat(); err != nil || fi.Size() != f.Size || fi.ModTime().UnixNano() != f.MTime {
+		h.Close()
+		t.s.db.Delete((&chunkCache{tid: t.tid}).key(f.Path), pebble.Sync)
+		return nil, fmt.Errorf("%w: %s changed after it was chunked; rerun to send its new content", errSourceChanged, f.Path)
+	}
 	if len(t.handles) >= 64 {
 		for k, old := range t.handles {
 			old.Close()
@@ -517,16 +528,11 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		t0 := time.Now()
 		h, err := t.handle(f)
 		if err != nil {
-			return permanentError{fmt.Errorf("reading %s: %w", f.Path, err)}
+			return permanentError{err}
 		}
 		plain := (*plainP)[:ref.Len]
 		if _, err := h.ReadAt(plain, f.Offsets[j.chunk]); err != nil {
 			return permanentError{fmt.Errorf("reading %s at %d: %w", f.Path, f.Offsets[j.chunk], err)}
-		}
-		if chunkstore.Sum(plain) != ref.ID {
-			// Forget the cached chunk list so that a rerun re-reads the file.
-			t.s.db.Delete((&chunkCache{tid: t.tid}).key(f.Path), pebble.Sync)
-			return permanentError{fmt.Errorf("%s changed after it was chunked; rerun to send its new content", f.Path)}
 		}
 		packed, codec := chunkstore.Compress((*packedP)[:0], plain, t.lc.current())
 		cpu := time.Since(t0)
@@ -540,7 +546,7 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		if _, err := st.Write(frame); err != nil {
 			return fmt.Errorf("writing chunk: %w", err)
 		}
-		t.lc.observe(cpu, time.Since(t1))
+		t.lc.observe(cpu, time.Since(t1), len(frame))
 		t.chunksSent.Add(1)
 		sent.Add(1)
 		t.wireBytes.Add(int64(len(frame)))

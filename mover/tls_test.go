@@ -30,7 +30,7 @@ type tlsTestMover struct {
 	trust *TrustStore
 }
 
-func newTLSTestMover(t *testing.T) *tlsTestMover {
+func newTLSTestMover(t testing.TB) *tlsTestMover {
 	t.Helper()
 	home := t.TempDir()
 	id, _, err := InitIdentity(home)

@@ -30,7 +30,7 @@ type testReceiver struct {
 	done   chan error
 }
 
-func startReceiver(t *testing.T, o ServerOptions) *testReceiver {
+func startReceiver(t testing.TB, o ServerOptions) *testReceiver {
 	t.Helper()
 	m := newTLSTestMover(t)
 	r := &testReceiver{tlsTestMover: m, root: t.TempDir(), log: &testsupport.Buffer{}}
@@ -57,7 +57,7 @@ func (r *testReceiver) stop() {
 }
 
 // newTestSender makes a sender whose identity r trusts with perms.
-func newTestSender(t *testing.T, r *testReceiver, perms Perm) *Sender {
+func newTestSender(t testing.TB, r *testReceiver, perms Perm) *Sender {
 	t.Helper()
 	m := newTLSTestMover(t)
 	require.NoError(t, r.trust.Trust(TrustedPeer{ID: m.id.ID, Name: "sender", Perms: perms, Added: time.Now()}))
@@ -71,6 +71,7 @@ func newTestSender(t *testing.T, r *testReceiver, perms Perm) *Sender {
 func pgbenchLike(n int, seed uint64) []byte {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var b bytes.Buffer
+	b.Grow(n + 256)
 	for i := 0; b.Len() < n; i++ {
 		fmt.Fprintf(&b, "%d\t%d\t%d\t%s\n", i, rng.IntN(50)+1, rng.IntN(100000)-50000, strings.Repeat(" ", 84))
 	}
