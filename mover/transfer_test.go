@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -312,4 +313,20 @@ func TestRideOutShortCut(t *testing.T) {
 	require.NoError(t, <-restored)
 	requireSameTree(t, src, dest)
 	require.Positive(t, proxy.Stats().DroppedToTarget)
+}
+
+func TestMetricsAfterTransfer(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	makeTree(t, src, 9, 1)
+	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "m")})
+	require.NoError(t, err)
+
+	rec := httptest.NewRecorder()
+	r.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	require.Contains(t, body, "pgporter_mover_transfers_committed_total 1")
+	require.Regexp(t, `pgporter_mover_chunks_received_total [1-9]`, body)
+	require.Regexp(t, `pgporter_mover_durable_bytes_total [1-9]`, body)
 }
