@@ -91,6 +91,7 @@ type receiver struct {
 	stored  map[string]map[uint32]posRecord // positions durable before this connection
 	fc      *fileCache
 	kick    chan struct{} // asks the sync loop to sync now
+	bufs    sync.Pool     // of *[]byte, cap meta.Params.Max
 	arrived chan struct{} // a chunk was processed
 
 	mu            sync.Mutex // guards everything below
@@ -425,13 +426,21 @@ func (r *receiver) endFile(ctx context.Context, f *rfile, hash [32]byte) error {
 	return nil
 }
 
-var plainPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkstore.MaxChunkCeil); return &b }}
+// buf returns a chunk buffer of the transfer's maximum chunk size from the
+// receiver's pool; put it back with r.bufs.Put.
+func (r *receiver) buf() *[]byte {
+	if b, ok := r.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, r.meta.Params.Max)
+	return &b
+}
 
 // copyLocal copies a chunk already in DEST.partial to position p, after
 // checking its hash. It reports whether it did.
 func (r *receiver) copyLocal(l loc, p pos, ref protocol.ChunkRef) bool {
-	bp := plainPool.Get().(*[]byte)
-	defer plainPool.Put(bp)
+	bp := r.buf()
+	defer r.bufs.Put(bp)
 	buf := (*bp)[:ref.Len]
 	if err := r.fc.readAt(l.path, buf, l.off); err != nil || chunkstore.Sum(buf) != ref.ID {
 		return false
@@ -463,8 +472,8 @@ func (r *receiver) copyDeduped(p pos, ref protocol.ChunkRef) bool {
 		return false
 	}
 	defer f.Close()
-	bp := plainPool.Get().(*[]byte)
-	defer plainPool.Put(bp)
+	bp := r.buf()
+	defer r.bufs.Put(bp)
 	buf := (*bp)[:ref.Len]
 	if _, err := f.ReadAt(buf, off); err != nil || chunkstore.Sum(buf) != ref.ID {
 		return false
@@ -534,8 +543,8 @@ func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 // the manifest needs it.
 func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 	rd := protocol.NewReader(st, protocol.MaxFrameSize)
-	bp := plainPool.Get().(*[]byte)
-	defer plainPool.Put(bp)
+	bp := r.buf()
+	defer r.bufs.Put(bp)
 	for {
 		m, err := rd.Next()
 		if errors.Is(err, io.EOF) {

@@ -502,8 +502,6 @@ func (t *sendTransfer) closeHandles() {
 	}
 }
 
-var chunkBufPool = sync.Pool{New: func() any { b := make([]byte, 0, chunkstore.MaxChunkCeil); return &b }}
-
 // dataWorker sends needed chunks on its own data stream.
 func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jobQueue, sent *atomic.Int64) error {
 	st, err := conn.OpenStreamSync(ctx)
@@ -513,10 +511,11 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 	if _, err := st.Write([]byte{byte(protocol.StreamData)}); err != nil {
 		return fmt.Errorf("writing data stream kind: %w", err)
 	}
-	plainP := chunkBufPool.Get().(*[]byte)
-	defer chunkBufPool.Put(plainP)
-	packedP := chunkBufPool.Get().(*[]byte)
-	defer chunkBufPool.Put(packedP)
+	// Buffers sized by this transfer's largest chunk: memory stays a few
+	// hundred KiB per stream whatever the size of the tree.
+	maxChunk := t.o.Params.Max
+	plainBuf := make([]byte, maxChunk)
+	packedBuf := make([]byte, 0, maxChunk+maxChunk/16+1024)
 	frame := make([]byte, 0, 64<<10)
 	for {
 		j, ok := jobs.pop(ctx)
@@ -530,11 +529,11 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		if err != nil {
 			return permanentError{err}
 		}
-		plain := (*plainP)[:ref.Len]
+		plain := plainBuf[:ref.Len]
 		if _, err := h.ReadAt(plain, f.Offsets[j.chunk]); err != nil {
 			return permanentError{fmt.Errorf("reading %s at %d: %w", f.Path, f.Offsets[j.chunk], err)}
 		}
-		packed, codec := chunkstore.Compress((*packedP)[:0], plain, t.lc.current())
+		packed, codec := chunkstore.Compress(packedBuf[:0], plain, t.lc.current())
 		cpu := time.Since(t0)
 		frame = protocol.AppendFrame(frame[:0], &protocol.ChunkData{ID: ref.ID, Codec: codec, PlainLen: ref.Len, Payload: packed})
 		t1 := time.Now()
