@@ -171,3 +171,19 @@ func TestNoSpaceMidTransfer(t *testing.T) {
 	require.Positive(t, res.ResumedChunks, "what was durable before the disk filled is kept")
 	requireSameTree(t, src, dest)
 }
+
+func TestDuplicateAndExtraFilesRejected(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := dialRaw(t, r)
+	content := []byte("hello")
+	s.open(t, filepath.Join(r.root, "dup"), 2, 10)
+	id := chunkstore.Sum(content)
+	for i := range 2 {
+		require.NoError(t, s.cs.write(&protocol.FileHeader{Index: uint32(i), Path: "same.dat", Mode: 0o644, Size: 5, NumChunks: 1}))
+		require.NoError(t, s.cs.write(&protocol.FileChunks{Index: uint32(i), Chunks: []protocol.ChunkRef{{ID: id, Len: 5}}}))
+		require.NoError(t, s.cs.write(&protocol.FileEnd{Index: uint32(i), Hash: [32]byte(id)}))
+	}
+	err := s.nextError(t)
+	require.ErrorIs(t, err, protocol.ErrBadPath)
+	require.Contains(t, err.Error(), "listed twice")
+}

@@ -88,6 +88,7 @@ type receiver struct {
 	cancel  context.CancelCauseFunc
 
 	files   []*rfile
+	paths   map[string]bool // paths of files, to refuse duplicates
 	stored  map[string]map[uint32]posRecord // positions durable before this connection
 	fc      *fileCache
 	kick    chan struct{} // asks the sync loop to sync now
@@ -327,11 +328,13 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if h.Path == ManifestName {
 		return fmt.Errorf("%w: %s is reserved for the receiver's manifest", protocol.ErrBadPath, ManifestName)
 	}
-	for _, f := range r.files {
-		if f.hdr.Path == h.Path {
-			return fmt.Errorf("%w: %s listed twice", protocol.ErrBadPath, h.Path)
-		}
+	if r.paths[h.Path] {
+		return fmt.Errorf("%w: %s listed twice", protocol.ErrBadPath, h.Path)
 	}
+	if uint64(len(r.files)) >= r.meta.Files {
+		return fmt.Errorf("%w: more files than the %d announced", protocol.ErrProtocol, r.meta.Files)
+	}
+	r.paths[h.Path] = true
 	if h.Size > r.meta.Bytes || uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size || uint64(h.NumChunks) > h.Size {
 		return fmt.Errorf("%w: %s: %d chunks cannot make %d bytes", protocol.ErrProtocol, h.Path, h.NumChunks, h.Size)
 	}
