@@ -88,7 +88,7 @@ type receiver struct {
 	cancel  context.CancelCauseFunc
 
 	files   []*rfile
-	paths   map[string]bool // paths of files, to refuse duplicates
+	paths   map[string]bool                 // paths of files, to refuse duplicates
 	stored  map[string]map[uint32]posRecord // positions durable before this connection
 	fc      *fileCache
 	kick    chan struct{} // asks the sync loop to sync now
