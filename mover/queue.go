@@ -2,12 +2,15 @@ package mover
 
 import (
 	"context"
+	"github.com/pgporter/pgporter/protocol"
 	"sync"
 )
 
-// job names one chunk of one source file.
+// job is one chunk of one source file to send.
 type job struct {
 	file, chunk uint32
+	ref         protocol.ChunkRef
+	off         int64
 }
 
 // jobQueue is an unbounded FIFO of chunks to send, filled by the control

@@ -64,6 +64,13 @@ type loc struct {
 // pos is one chunk position of the manifest being received.
 type pos struct{ file, chunk uint32 }
 
+// wpos is a position written and waiting for the next durability barrier.
+type wpos struct {
+	pos
+	path string
+	rec  posRecord
+}
+
 type rfile struct {
 	hdr     protocol.FileHeader
 	chunks  []protocol.ChunkRef
@@ -98,7 +105,7 @@ type receiver struct {
 	mu            sync.Mutex // guards everything below
 	pending       map[chunkstore.ID][]pos
 	copies        map[chunkstore.ID]loc
-	written       []pos
+	written       []wpos
 	durableBytes  int64
 	durableChunks int64
 	unsynced      int64
@@ -212,14 +219,13 @@ func (r *receiver) sync() error {
 	r.written = nil
 	r.unsynced = 0
 	werr := r.writeErr
-	files := r.files
 	r.mu.Unlock()
 	if len(batch) == 0 {
 		return werr
 	}
 	touched := map[string]bool{}
-	for _, p := range batch {
-		touched[files[p.file].hdr.Path] = true
+	for _, w := range batch {
+		touched[w.path] = true
 	}
 	for p := range touched {
 		if err := r.fc.sync(p); err != nil {
@@ -229,13 +235,11 @@ func (r *receiver) sync() error {
 	b := r.s.db.NewBatch()
 	defer b.Close()
 	var n int64
-	for _, p := range batch {
-		f := files[p.file]
-		ref := f.chunks[p.chunk]
-		if err := b.Set(keyPos(r.tid, f.hdr.Path, p.chunk), encodePos(posRecord{id: ref.ID, off: f.offsets[p.chunk], n: ref.Len}), nil); err != nil {
+	for _, w := range batch {
+		if err := b.Set(keyPos(r.tid, w.path, w.chunk), encodePos(w.rec), nil); err != nil {
 			return err
 		}
-		n += int64(ref.Len)
+		n += int64(w.rec.n)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("recording durable chunks: %w", err)
@@ -277,29 +281,26 @@ func (r *receiver) control(ctx context.Context) error {
 			if err := r.checkHeader(m); err != nil {
 				return err
 			}
+			if _, err := r.fc.create(m.Path, int64(m.Size)); err != nil {
+				return err
+			}
 			r.mu.Lock()
-			r.files = append(r.files, &rfile{hdr: *m, chunks: make([]protocol.ChunkRef, 0, min(m.NumChunks, 1<<16))})
+			r.files = append(r.files, &rfile{hdr: *m})
 			r.mu.Unlock()
 		case *protocol.FileChunks:
 			f, err := r.current(m.Index)
 			if err != nil {
 				return err
 			}
-			if int(m.First) != len(f.chunks) || len(f.chunks)+len(m.Chunks) > int(f.hdr.NumChunks) {
-				return fmt.Errorf("%w: chunk list of %s out of order", protocol.ErrProtocol, f.hdr.Path)
+			if err := r.addChunks(ctx, f, m); err != nil {
+				return err
 			}
-			for _, c := range m.Chunks {
-				if c.Len == 0 || int(c.Len) > r.meta.Params.Max {
-					return fmt.Errorf("%w: chunk of %d bytes in %s (max %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Max)
-				}
-			}
-			f.chunks = append(f.chunks, m.Chunks...)
 		case *protocol.FileEnd:
 			f, err := r.current(m.Index)
 			if err != nil {
 				return err
 			}
-			if err := r.endFile(ctx, f, m.Hash); err != nil {
+			if err := r.endFile(f, m.Hash); err != nil {
 				return err
 			}
 		case *protocol.ManifestEnd:
@@ -335,7 +336,7 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 		return fmt.Errorf("%w: more files than the %d announced", protocol.ErrProtocol, r.meta.Files)
 	}
 	r.paths[h.Path] = true
-	if h.Size > r.meta.Bytes || uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size || uint64(h.NumChunks) > h.Size {
+	if h.Size > r.meta.Bytes || (h.NumChunks > 0 && uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size) || uint64(h.NumChunks) > h.Size {
 		return fmt.Errorf("%w: %s: %d chunks cannot make %d bytes", protocol.ErrProtocol, h.Path, h.NumChunks, h.Size)
 	}
 	return nil
@@ -348,52 +349,53 @@ func (r *receiver) current(idx uint32) (*rfile, error) {
 	return r.files[idx], nil
 }
 
-// endFile prepares a fully described file in DEST.partial and asks for the
-// chunks that are neither durable there already nor copyable locally.
-func (r *receiver) endFile(ctx context.Context, f *rfile, hash [32]byte) error {
-	if len(f.chunks) != int(f.hdr.NumChunks) {
-		return fmt.Errorf("%w: %s has %d of %d chunks", protocol.ErrProtocol, f.hdr.Path, len(f.chunks), f.hdr.NumChunks)
+// addChunks takes the next part of a file's chunk list and asks for the
+// chunks that are neither durable in DEST.partial already nor copyable
+// locally: the sender may still be reading the rest of the file.
+func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChunks) error {
+	if int(m.First) != len(f.chunks) || (f.hdr.NumChunks > 0 && len(f.chunks)+len(m.Chunks) > int(f.hdr.NumChunks)) {
+		return fmt.Errorf("%w: chunk list of %s out of order", protocol.ErrProtocol, f.hdr.Path)
 	}
-	f.offsets = make([]int64, len(f.chunks))
-	var off int64
-	for i, c := range f.chunks {
-		f.offsets[i] = off
+	off := f.size()
+	for _, c := range m.Chunks {
+		if c.Len == 0 || int(c.Len) > r.meta.Params.Max {
+			return fmt.Errorf("%w: chunk of %d bytes in %s (max %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Max)
+		}
+		if off += int64(c.Len); off > int64(f.hdr.Size) {
+			return fmt.Errorf("%w: chunks of %s add up to more than its %d bytes", protocol.ErrProtocol, f.hdr.Path, f.hdr.Size)
+		}
+	}
+	first := len(f.chunks)
+	r.mu.Lock() // data streams read chunks and offsets of requested positions
+	off = f.size()
+	for _, c := range m.Chunks {
+		f.chunks = append(f.chunks, c)
+		f.offsets = append(f.offsets, off)
 		off += int64(c.Len)
 	}
-	if off != int64(f.hdr.Size) {
-		return fmt.Errorf("%w: %s chunks add up to %d bytes, header says %d", protocol.ErrProtocol, f.hdr.Path, off, f.hdr.Size)
-	}
-	f.hash, f.ended = hash, true
-	if _, err := r.fc.create(f.hdr.Path, int64(f.hdr.Size)); err != nil {
-		return err
-	}
+	r.mu.Unlock()
+
 	idx := uint32(len(r.files) - 1)
 	stored := r.stored[f.hdr.Path]
 	stale := r.s.db.NewBatch()
 	defer stale.Close()
-	for i, rec := range stored {
-		if int(i) >= len(f.chunks) || rec.id != f.chunks[i].ID || rec.off != f.offsets[i] {
+	var need []uint32
+	for i := first; i < len(f.chunks); i++ {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+		ref := f.chunks[i]
+		if rec, ok := stored[uint32(i)]; ok {
+			if rec.id == ref.ID && rec.off == f.offsets[i] {
+				continue // durable here already
+			}
 			// The source changed since that position was written.
-			stale.Delete(keyPos(r.tid, f.hdr.Path, i), nil)
-			delete(stored, i)
+			stale.Delete(keyPos(r.tid, f.hdr.Path, uint32(i)), nil)
+			delete(stored, uint32(i))
 			r.mu.Lock()
 			r.durableBytes -= int64(rec.n)
 			r.durableChunks--
 			r.mu.Unlock()
-		}
-	}
-	if !stale.Empty() {
-		if err := stale.Commit(pebble.Sync); err != nil {
-			return err
-		}
-	}
-	var need []uint32
-	for i, ref := range f.chunks {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
-		}
-		if _, ok := stored[uint32(i)]; ok {
-			continue
 		}
 		p := pos{file: idx, chunk: uint32(i)}
 		r.mu.Lock()
@@ -415,18 +417,52 @@ func (r *receiver) endFile(ctx context.Context, f *rfile, hash [32]byte) error {
 		r.mu.Unlock()
 		need = append(need, uint32(i))
 	}
-	if len(need) == 0 {
-		return nil
+	if !stale.Empty() {
+		if err := stale.Commit(pebble.Sync); err != nil {
+			return err
+		}
 	}
-	const perMsg = 1 << 16
 	for len(need) > 0 {
-		n := min(len(need), perMsg)
+		n := min(len(need), protocol.MaxNeedChunks)
 		if err := r.cs.write(&protocol.Need{Index: idx, Chunks: need[:n]}); err != nil {
 			return err
 		}
 		need = need[n:]
 	}
 	return nil
+}
+
+// size is the number of bytes the chunks listed so far cover.
+func (f *rfile) size() int64 {
+	if n := len(f.offsets); n > 0 {
+		return f.offsets[n-1] + int64(f.chunks[n-1].Len)
+	}
+	return 0
+}
+
+// endFile checks that a file's chunk list is complete and drops durable
+// positions past its end (left by a longer version of the file).
+func (r *receiver) endFile(f *rfile, hash [32]byte) error {
+	if f.size() != int64(f.hdr.Size) || (f.hdr.NumChunks > 0 && len(f.chunks) != int(f.hdr.NumChunks)) {
+		return fmt.Errorf("%w: %s: %d chunks covering %d bytes, header says %d chunks, %d bytes", protocol.ErrProtocol, f.hdr.Path, len(f.chunks), f.size(), f.hdr.NumChunks, f.hdr.Size)
+	}
+	f.hash, f.ended = hash, true
+	stale := r.s.db.NewBatch()
+	defer stale.Close()
+	for i, rec := range r.stored[f.hdr.Path] {
+		if int(i) >= len(f.chunks) {
+			stale.Delete(keyPos(r.tid, f.hdr.Path, i), nil)
+			delete(r.stored[f.hdr.Path], i)
+			r.mu.Lock()
+			r.durableBytes -= int64(rec.n)
+			r.durableChunks--
+			r.mu.Unlock()
+		}
+	}
+	if stale.Empty() {
+		return nil
+	}
+	return stale.Commit(pebble.Sync)
 }
 
 // buf returns a chunk buffer of the transfer's maximum chunk size from the
@@ -508,14 +544,17 @@ func decodeDedupe(b []byte) (string, int64, uint32, bool) {
 
 // writeChunk writes verified plain content at every position in ps.
 func (r *receiver) writeChunk(plain []byte, ps []pos) error {
-	r.mu.Lock()
-	files := r.files // the control goroutine appends; entries are immutable once positions exist
+	ws := make([]wpos, len(ps))
+	r.mu.Lock() // the control goroutine appends to the lists
+	for i, p := range ps {
+		f := r.files[p.file]
+		ws[i] = wpos{pos: p, path: f.hdr.Path, rec: posRecord{id: f.chunks[p.chunk].ID, off: f.offsets[p.chunk], n: f.chunks[p.chunk].Len}}
+	}
 	r.mu.Unlock()
-	for _, p := range ps {
-		f := files[p.file]
-		if err := r.fc.writeAt(f.hdr.Path, plain, f.offsets[p.chunk]); err != nil {
+	for _, w := range ws {
+		if err := r.fc.writeAt(w.path, plain, w.rec.off); err != nil {
 			if errors.Is(err, unix.ENOSPC) {
-				err = fmt.Errorf("%w: writing %s: %v", protocol.ErrNoSpace, f.hdr.Path, err)
+				err = fmt.Errorf("%w: writing %s: %v", protocol.ErrNoSpace, w.path, err)
 			}
 			r.mu.Lock()
 			r.writeErr = err
@@ -524,13 +563,11 @@ func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 		}
 	}
 	r.mu.Lock()
-	r.written = append(r.written, ps...)
-	r.unsynced += int64(len(plain) * len(ps))
+	r.written = append(r.written, ws...)
+	r.unsynced += int64(len(plain) * len(ws))
 	kick := r.unsynced >= r.s.o.SyncBytes
-	first := ps[0]
-	if _, ok := r.copies[files[first.file].chunks[first.chunk].ID]; !ok {
-		f := files[first.file]
-		r.copies[f.chunks[first.chunk].ID] = loc{path: f.hdr.Path, off: f.offsets[first.chunk], n: uint32(len(plain))}
+	if _, ok := r.copies[ws[0].rec.id]; !ok {
+		r.copies[ws[0].rec.id] = loc{path: ws[0].path, off: ws[0].rec.off, n: ws[0].rec.n}
 	}
 	r.mu.Unlock()
 	if kick {

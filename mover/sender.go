@@ -394,25 +394,40 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	return g.Wait()
 }
 
-// writeManifest offers every file's chunk list as soon as it is known.
+// writeManifest offers every file's chunk list as it is cut: the receiver
+// can ask for the first chunks of a large file while its end is still being
+// read and hashed.
 func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) error {
 	const perMsg = 16384
-	for i := range t.src.files {
-		f, err := t.src.wait(ctx, i)
+	for i, f := range t.src.files {
+		refs, done, hash, err := t.src.next(ctx, i, 0)
 		if err != nil {
 			return permanentError{err}
 		}
-		err = cs.write(&protocol.FileHeader{Index: f.Index, Path: f.Path, Mode: f.Mode, Size: uint64(f.Size), MTime: f.MTime, NumChunks: uint32(len(f.Chunks))})
-		if err != nil {
+		hdr := &protocol.FileHeader{Index: f.Index, Path: f.Path, Mode: f.Mode, Size: uint64(f.Size), MTime: f.MTime}
+		if done {
+			hdr.NumChunks = uint32(len(refs))
+		}
+		if err := cs.write(hdr); err != nil {
 			return err
 		}
-		for first := 0; first < len(f.Chunks); first += perMsg {
-			end := min(first+perMsg, len(f.Chunks))
-			if err := cs.write(&protocol.FileChunks{Index: f.Index, First: uint32(first), Chunks: f.Chunks[first:end]}); err != nil {
-				return err
+		sent := 0
+		for {
+			for len(refs) > 0 {
+				n := min(len(refs), perMsg)
+				if err := cs.write(&protocol.FileChunks{Index: f.Index, First: uint32(sent), Chunks: refs[:n]}); err != nil {
+					return err
+				}
+				refs, sent = refs[n:], sent+n
+			}
+			if done {
+				break
+			}
+			if refs, done, hash, err = t.src.next(ctx, i, sent); err != nil {
+				return permanentError{err}
 			}
 		}
-		if err := cs.write(&protocol.FileEnd{Index: f.Index, Hash: f.Hash}); err != nil {
+		if err := cs.write(&protocol.FileEnd{Index: f.Index, Hash: hash}); err != nil {
 			return err
 		}
 	}
@@ -431,13 +446,13 @@ func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs 
 			if int(m.Index) >= len(t.src.files) {
 				return permanentError{fmt.Errorf("%w: need for file %d of %d", protocol.ErrProtocol, m.Index, len(t.src.files))}
 			}
-			f := t.src.files[m.Index]
 			js := make([]job, 0, len(m.Chunks))
 			for _, c := range m.Chunks {
-				if int(c) >= len(f.Chunks) {
-					return permanentError{fmt.Errorf("%w: need for chunk %d of %d in %s", protocol.ErrProtocol, c, len(f.Chunks), f.Path)}
+				ref, off, ok := t.src.chunk(m.Index, c)
+				if !ok {
+					return permanentError{fmt.Errorf("%w: need for chunk %d of %s, which was not offered", protocol.ErrProtocol, c, t.src.files[m.Index].Path)}
 				}
-				js = append(js, job{file: m.Index, chunk: c})
+				js = append(js, job{file: m.Index, chunk: c, ref: ref, off: off})
 			}
 			jobs.push(js...)
 		case *protocol.NeedEnd:
@@ -523,15 +538,15 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 			break
 		}
 		f := t.src.files[j.file]
-		ref := f.Chunks[j.chunk]
+		ref := j.ref
 		t0 := time.Now()
 		h, err := t.handle(f)
 		if err != nil {
 			return permanentError{err}
 		}
 		plain := plainBuf[:ref.Len]
-		if _, err := h.ReadAt(plain, f.Offsets[j.chunk]); err != nil {
-			return permanentError{fmt.Errorf("reading %s at %d: %w", f.Path, f.Offsets[j.chunk], err)}
+		if _, err := h.ReadAt(plain, j.off); err != nil {
+			return permanentError{fmt.Errorf("reading %s at %d: %w", f.Path, j.off, err)}
 		}
 		packed, codec := chunkstore.Compress(packedBuf[:0], plain, t.lc.current())
 		cpu := time.Since(t0)

@@ -29,9 +29,12 @@ type srcFile struct {
 	Size    int64
 	MTime   int64 // unix nanoseconds
 	Ino     uint64
+	// Chunks, Offsets, Hash and done are written by the chunking goroutine
+	// under source.mu; Chunks and Offsets only grow.
 	Chunks  []protocol.ChunkRef
 	Offsets []int64 // Offsets[i] is where Chunks[i] starts
 	Hash    [32]byte
+	done    bool // every chunk is listed and Hash is set
 }
 
 // ErrUnsupportedFile is returned for a source entry that is not a regular
@@ -172,17 +175,21 @@ func (f *srcFile) setOffsets() {
 }
 
 // chunkFile reads f, cutting and hashing its chunks and hashing the whole
-// file. A file that changes size while it is read is an error: the caller
-// sends a consistent snapshot or nothing.
-func chunkFile(ctx context.Context, f *srcFile, ch *chunkstore.Chunker) error {
+// file. It publishes chunk refs in batches as it goes, so that they can be
+// offered before the end of a large file is read. A file that changes size
+// while it is read is an error: the caller sends a consistent snapshot or
+// nothing. It returns the whole file's hash.
+func chunkFile(ctx context.Context, f *srcFile, ch *chunkstore.Chunker, publish func([]protocol.ChunkRef)) ([32]byte, error) {
+	var hash [32]byte
 	fh, err := os.Open(f.Abs)
 	if err != nil {
-		return err
+		return hash, err
 	}
 	defer fh.Close()
 	whole := blake3.New()
 	ch.Reset(ctxReader{ctx, fh})
-	var chunks []protocol.ChunkRef
+	const batch = 64 // about 4 MiB of data per publication
+	chunks := make([]protocol.ChunkRef, 0, batch)
 	var total int64
 	for {
 		c, err := ch.Next()
@@ -190,19 +197,24 @@ func chunkFile(ctx context.Context, f *srcFile, ch *chunkstore.Chunker) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("chunking %s: %w", f.Path, err)
+			return hash, fmt.Errorf("chunking %s: %w", f.Path, err)
 		}
 		whole.Write(c.Data)
 		chunks = append(chunks, protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))})
 		total += int64(len(c.Data))
+		if len(chunks) == batch {
+			publish(chunks)
+			chunks = make([]protocol.ChunkRef, 0, batch)
+		}
 	}
 	if total != f.Size {
-		return fmt.Errorf("%s changed while it was read (%d bytes, expected %d)", f.Path, total, f.Size)
+		return hash, fmt.Errorf("%s changed while it was read (%d bytes, expected %d)", f.Path, total, f.Size)
 	}
-	whole.Sum(f.Hash[:0])
-	f.Chunks = chunks
-	f.setOffsets()
-	return nil
+	if len(chunks) > 0 {
+		publish(chunks)
+	}
+	whole.Sum(hash[:0])
+	return hash, nil
 }
 
 type ctxReader struct {
@@ -258,48 +270,88 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 	batch := cache.db.NewBatch()
 	defer batch.Close()
 	for i, f := range s.files {
-		if v, ok, err := dbGet(cache.db, cache.key(f.Path)); err != nil {
+		v, ok, err := dbGet(cache.db, cache.key(f.Path))
+		if err != nil {
 			return err
-		} else if !ok || !decodeCached(v, f, ps) {
-			if err := chunkFile(ctx, f, ch); err != nil {
+		}
+		cached := &srcFile{Size: f.Size, MTime: f.MTime, Ino: f.Ino}
+		if ok && decodeCached(v, cached, ps) {
+			s.mu.Lock()
+			f.Chunks, f.Offsets, f.Hash = cached.Chunks, cached.Offsets, cached.Hash
+		} else {
+			hash, err := chunkFile(ctx, f, ch, func(refs []protocol.ChunkRef) { s.publish(f, refs) })
+			if err != nil {
 				return err
 			}
+			s.mu.Lock()
+			f.Hash = hash
 			if err := batch.Set(cache.key(f.Path), encodeCached(f, ps), nil); err != nil {
+				s.mu.Unlock()
 				return err
-			}
-			if batch.Len() > 4<<20 {
-				if err := batch.Commit(pebble.NoSync); err != nil {
-					return err
-				}
-				batch.Reset()
 			}
 		}
-		s.mu.Lock()
+		f.done = true
 		s.ready = i + 1
 		s.cond.Broadcast()
 		s.mu.Unlock()
+		if batch.Len() > 4<<20 {
+			if err := batch.Commit(pebble.NoSync); err != nil {
+				return err
+			}
+			batch.Reset()
+		}
 	}
 	return batch.Commit(pebble.NoSync)
 }
 
-// wait blocks until file i has its chunk list, chunking failed, or ctx ends.
-func (s *source) wait(ctx context.Context, i int) (*srcFile, error) {
+// publish appends chunk refs to a file being chunked.
+func (s *source) publish(f *srcFile, refs []protocol.ChunkRef) {
+	s.mu.Lock()
+	off := int64(0)
+	if n := len(f.Chunks); n > 0 {
+		off = f.Offsets[n-1] + int64(f.Chunks[n-1].Len)
+	}
+	for _, r := range refs {
+		f.Chunks = append(f.Chunks, r)
+		f.Offsets = append(f.Offsets, off)
+		off += int64(r.Len)
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// next blocks until file i lists more than have chunks or is complete, and
+// returns the chunks past have (read-only), whether the file is complete,
+// and then its hash.
+func (s *source) next(ctx context.Context, i, have int) ([]protocol.ChunkRef, bool, [32]byte, error) {
 	stop := context.AfterFunc(ctx, func() {
 		s.mu.Lock()
 		s.cond.Broadcast()
 		s.mu.Unlock()
 	})
 	defer stop()
+	f := s.files[i]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.ready <= i && s.err == nil && ctx.Err() == nil {
+	for len(f.Chunks) <= have && !f.done && s.err == nil && ctx.Err() == nil {
 		s.cond.Wait()
 	}
 	switch {
-	case s.ready > i:
-		return s.files[i], nil
+	case len(f.Chunks) > have || f.done:
+		return f.Chunks[have:len(f.Chunks):len(f.Chunks)], f.done, f.Hash, nil
 	case s.err != nil:
-		return nil, s.err
+		return nil, false, [32]byte{}, s.err
 	}
-	return nil, ctx.Err()
+	return nil, false, [32]byte{}, ctx.Err()
+}
+
+// chunk returns chunk c of file i and its offset, if it is listed yet.
+func (s *source) chunk(i, c uint32) (protocol.ChunkRef, int64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.files[i]
+	if int(c) >= len(f.Chunks) {
+		return protocol.ChunkRef{}, 0, false
+	}
+	return f.Chunks[c], f.Offsets[c], true
 }

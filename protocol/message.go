@@ -323,7 +323,7 @@ type FileHeader struct {
 	Mode      uint32 // Unix permission bits, at most 0o7777
 	Size      uint64 // plain size in bytes
 	MTime     int64  // modification time, Unix nanoseconds
-	NumChunks uint32 // chunks in the file: 0 for an empty file, else between ceil(Size/MaxChunkCeil) and Size
+	NumChunks uint32 // chunks in the file if known: between ceil(Size/MaxChunkCeil) and Size; 0 = still being chunked (or an empty file)
 }
 
 func (*FileHeader) Type() Type { return TypeFileHeader }
@@ -354,7 +354,7 @@ func (m *FileHeader) check() error {
 		return violation("mode %#o has bits beyond %#o", m.Mode, maxMode)
 	}
 	n := uint64(m.NumChunks)
-	if n > m.Size || m.Size > n*chunkstore.MaxChunkCeil {
+	if n > m.Size || (n > 0 && m.Size > n*chunkstore.MaxChunkCeil) {
 		return violation("%d chunks cannot hold %d bytes", m.NumChunks, m.Size)
 	}
 	return nil
