@@ -22,13 +22,13 @@ import (
 // srcFile is one regular file of a tree being sent, with its chunk list once
 // it has been chunked.
 type srcFile struct {
-	Index   uint32
-	Path    string // canonical relative slash path
-	Abs     string
-	Mode    uint32
-	Size    int64
-	MTime   int64 // unix nanoseconds
-	Ino     uint64
+	Index uint32
+	Path  string // canonical relative slash path
+	Abs   string
+	Mode  uint32
+	Size  int64
+	MTime int64 // unix nanoseconds
+	Ino   uint64
 	// Chunks, Offsets, Hash and done are written by the chunking goroutine
 	// under source.mu; Chunks and Offsets only grow.
 	Chunks  []protocol.ChunkRef
