@@ -124,6 +124,7 @@ type SendResult struct {
 	Reconnects      int     `json:"reconnects"`
 	ResumedBytes    int64   `json:"resumed_bytes"`  // durable at the receiver when the first connection opened
 	ResumedChunks   int64   `json:"resumed_chunks"` // chunk positions durable then
+	HashedBytes     int64   `json:"hashed_bytes"`   // bytes read to chunk (0 when every chunk list came from the cache)
 	AlreadyComplete bool    `json:"already_complete"`
 	ManifestBLAKE3  string  `json:"manifest_blake3,omitempty"`
 }
@@ -217,6 +218,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 		res.ChunksTotal += int64(len(f.Chunks))
 	}
 	res.ChunksSkipped = max(res.ChunksTotal-res.ChunksSent, 0)
+	res.HashedBytes = t.src.hashed.Load()
 	res.Seconds = time.Since(start).Seconds()
 	return res, err
 }

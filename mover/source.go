@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -239,6 +240,8 @@ type source struct {
 	cond  *sync.Cond
 	ready int   // files[:ready] have their chunk lists
 	err   error // chunking failed
+
+	hashed atomic.Int64 // bytes read and hashed (files not found in the cache)
 }
 
 func newSource(files []*srcFile) *source {
@@ -283,6 +286,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 			if err != nil {
 				return err
 			}
+			s.hashed.Add(f.Size)
 			s.mu.Lock()
 			f.Hash = hash
 			if err := batch.Set(cache.key(f.Path), encodeCached(f, ps), nil); err != nil {

@@ -1,0 +1,51 @@
+package mover
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/stretchr/testify/require"
+)
+
+// TestChunkCacheSkipsUnchangedFiles guards the promise that rerunning a send
+// does not re-read files whose size, mtime and inode did not change.
+func TestChunkCacheSkipsUnchangedFiles(t *testing.T) {
+	m := newTLSTestMover(t)
+	s, err := NewSender(m.home, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	src := t.TempDir()
+	makeTree(t, src, 11, 1)
+	ctx := context.Background()
+	cache := &chunkCache{db: s.db, tid: "t-cache"}
+
+	chunk := func() (*source, []*srcFile) {
+		files, err := scanTree(src)
+		require.NoError(t, err)
+		so := newSource(files)
+		require.NoError(t, so.run(ctx, cache, chunkstore.DefaultParams))
+		return so, files
+	}
+	first, files1 := chunk()
+	require.Positive(t, first.hashed.Load())
+	again, files2 := chunk()
+	require.Zero(t, again.hashed.Load(), "unchanged files must come from the cache")
+	for i := range files1 {
+		require.True(t, slices.Equal(files1[i].Chunks, files2[i].Chunks), files1[i].Path)
+		require.Equal(t, files1[i].Hash, files2[i].Hash)
+	}
+
+	// A touched file is read again; the others are not.
+	p := filepath.Join(src, "3001.dat")
+	later := time.Now().Add(time.Hour)
+	require.NoError(t, os.Chtimes(p, later, later))
+	third, _ := chunk()
+	fi, err := os.Stat(p)
+	require.NoError(t, err)
+	require.Equal(t, fi.Size(), third.hashed.Load())
+}
