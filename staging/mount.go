@@ -1,0 +1,313 @@
+package staging
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/user"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
+
+// ChunkReader is where a mount fetches the restore point's chunks.
+// chunkstore.Reader satisfies it. Get must be safe for concurrent use and
+// must verify what it returns; the mount does not modify the result.
+type ChunkReader interface {
+	Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error)
+}
+
+var _ ChunkReader = chunkstore.Reader(nil)
+
+// NodeType says what a Node is.
+type NodeType uint8
+
+// Node types; the values match chunkstore's tree format.
+const (
+	NodeDir     NodeType = 1
+	NodeFile    NodeType = 2
+	NodeSymlink NodeType = 3
+)
+
+// ChunkRef is one chunk of a file's content, in order.
+type ChunkRef struct {
+	ID  chunkstore.ID
+	Len uint32
+}
+
+// Node is one entry of a restore point's tree. It mirrors the repository's
+// node so that staging does not depend on the repository code.
+type Node struct {
+	Path   string // slash-separated, relative; "" or "." is the root
+	Type   NodeType
+	Mode   uint32 // permission bits (and setuid/setgid/sticky)
+	UID    uint32 // as recorded; the mount shows Owner instead
+	GID    uint32
+	Size   int64 // files: the sum of Chunks' lengths
+	MTime  int64 // unix nanoseconds
+	Target string
+	Chunks []ChunkRef
+}
+
+// MountOptions configure Mount. CowDir is required; the rest work at their
+// zero value.
+type MountOptions struct {
+	// Owner is the OS user that every file appears to belong to (default
+	// "postgres"): PostgreSQL refuses a data directory it does not own.
+	Owner string
+	// CowDir holds the copy-on-write layer: one sparse file per changed
+	// file. It must be absent or empty; the layer lives as long as the
+	// mount and is not reopened by a later one.
+	CowDir string
+	// AllowOther lets users other than the mounting one use the mount;
+	// nil means true.
+	AllowOther *bool
+	// Log receives chunk read failures; nil means silent.
+	Log *slog.Logger
+	// CacheBytes bounds the cache of decoded chunks (default 256 MiB).
+	CacheBytes int64
+	// Readahead is how many chunks past a sequential read are fetched in
+	// the background (default 3; negative turns readahead off).
+	Readahead int
+}
+
+// DefaultCacheBytes is the default size of the decoded chunk cache.
+const DefaultCacheBytes = 256 << 20
+
+func (o MountOptions) withDefaults() MountOptions {
+	if o.Owner == "" {
+		o.Owner = "postgres"
+	}
+	if o.AllowOther == nil {
+		t := true
+		o.AllowOther = &t
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = DefaultCacheBytes
+	}
+	if o.Readahead == 0 {
+		o.Readahead = 3
+	}
+	return o
+}
+
+// Validate reports options that cannot work.
+func (o MountOptions) Validate() error {
+	if o.CowDir == "" {
+		return errors.New("staging: MountOptions.CowDir is required")
+	}
+	return nil
+}
+
+// maxPrefetch bounds the background chunk fetches of one mount.
+const maxPrefetch = 8
+
+// Mounted is a mounted restore point.
+type Mounted struct {
+	dir    string
+	server *fuse.Server
+	sys    *filesys
+
+	once sync.Once
+	err  error
+}
+
+// Mount serves tree read-only from chunks at mountpoint, with writes going to
+// a copy-on-write layer in o.CowDir. ctx bounds the mount call itself; the
+// mount lasts until Unmount.
+func Mount(ctx context.Context, mountpoint string, tree []Node, chunks ChunkReader, o MountOptions) (*Mounted, error) {
+	o = o.withDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	uid, gid, err := lookupOwner(o.Owner)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareCowDir(o.CowDir); err != nil {
+		return nil, err
+	}
+	plan, rootNode, err := planTree(tree)
+	if err != nil {
+		return nil, err
+	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	sys := &filesys{
+		chunks:    chunks,
+		log:       o.Log,
+		cowDir:    o.CowDir,
+		uid:       uid,
+		gid:       gid,
+		readahead: max(o.Readahead, 0),
+		bg:        bg,
+		cancel:    cancel,
+		sem:       make(chan struct{}, maxPrefetch),
+		nextIno:   1,
+	}
+	sys.cache = newChunkCache(o.CacheBytes, &sys.wg)
+	root := sys.newNode(rootNode)
+	root.perm = 0o700
+	root.plan = plan
+
+	timeout := time.Second
+	opts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			DirectMount:  true,
+			AllowOther:   *o.AllowOther,
+			FsName:       "pgporter",
+			Name:         "pgporter",
+			MaxWrite:     1 << 20,
+			MaxReadAhead: 1 << 20,
+			Options:      []string{"default_permissions"},
+		},
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		RootStableAttr:  &fs.StableAttr{Mode: fuse.S_IFDIR, Ino: 1},
+	}
+	server, err := fs.Mount(mountpoint, root, opts)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("staging: mounting %s: %w", mountpoint, err)
+	}
+	return &Mounted{dir: mountpoint, server: server, sys: sys}, nil
+}
+
+// Dir returns the mountpoint.
+func (m *Mounted) Dir() string { return m.dir }
+
+// Unmount unmounts the filesystem, stops background fetches and closes the
+// CoW files. It fails (and may be called again) while the mount is busy.
+func (m *Mounted) Unmount() error {
+	if err := m.server.Unmount(); err != nil {
+		return fmt.Errorf("staging: unmounting %s: %w", m.dir, err)
+	}
+	m.server.Wait()
+	m.once.Do(func() { m.err = m.sys.close() })
+	return m.err
+}
+
+// Wait blocks until the filesystem is unmounted, by Unmount or from outside.
+func (m *Mounted) Wait() { m.server.Wait() }
+
+func lookupOwner(name string) (uid, gid uint32, err error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("staging: looking up owner: %w", err)
+	}
+	id, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	g, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("staging: owner %s: %w", name, err)
+	}
+	return uint32(id), uint32(g), nil
+}
+
+func prepareCowDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("staging: creating CoW directory: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("staging: opening CoW directory: %w", err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(1)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("staging: reading CoW directory: %w", err)
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("staging: CoW directory %s is not empty", dir)
+	}
+	return nil
+}
+
+// chunkCache is an LRU cache of decoded chunks that also merges concurrent
+// fetches of one chunk.
+type chunkCache struct {
+	max int64
+	wg  *sync.WaitGroup // owns the fetch goroutines
+
+	mu      sync.Mutex // guards entries, lru, used
+	entries map[chunkstore.ID]*cacheEntry
+	lru     list.List // of *cacheEntry, most recent first; only loaded entries
+	used    int64
+}
+
+type cacheEntry struct {
+	id   chunkstore.ID
+	elem *list.Element // nil while loading
+	done chan struct{} // closed when data or err is set
+	data []byte
+	err  error
+}
+
+func newChunkCache(maxBytes int64, wg *sync.WaitGroup) *chunkCache {
+	return &chunkCache{max: maxBytes, wg: wg, entries: make(map[chunkstore.ID]*cacheEntry)}
+}
+
+// has reports whether id is cached or being fetched.
+func (c *chunkCache) has(id chunkstore.ID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.entries[id]
+	return ok
+}
+
+// get returns the chunk, calling fetch (with fctx, which outlives ctx) when
+// it is neither cached nor being fetched. Failures are not cached.
+func (c *chunkCache) get(ctx, fctx context.Context, id chunkstore.ID, fetch func(context.Context) ([]byte, error)) ([]byte, error) {
+	c.mu.Lock()
+	e, ok := c.entries[id]
+	if ok {
+		if e.elem != nil {
+			c.lru.MoveToFront(e.elem)
+		}
+		c.mu.Unlock()
+	} else {
+		e = &cacheEntry{id: id, done: make(chan struct{})}
+		c.entries[id] = e
+		c.mu.Unlock()
+		c.wg.Go(func() { c.load(fctx, e, fetch) })
+	}
+	select {
+	case <-e.done:
+		return e.data, e.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *chunkCache) load(ctx context.Context, e *cacheEntry, fetch func(context.Context) ([]byte, error)) {
+	data, err := fetch(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.data, e.err = data, err
+	close(e.done)
+	if err != nil {
+		delete(c.entries, e.id)
+		return
+	}
+	e.elem = c.lru.PushFront(e)
+	c.used += int64(len(data))
+	for c.used > c.max && c.lru.Len() > 1 {
+		old := c.lru.Remove(c.lru.Back()).(*cacheEntry)
+		delete(c.entries, old.id)
+		c.used -= int64(len(old.data))
+	}
+}
