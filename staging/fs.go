@@ -379,10 +379,8 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 		return nil, syscall.EISDIR
 	}
 	n.mu.RLock()
+	n.readahead(off, int64(len(dest)))
 	k, err := n.data.readAt(ctx, n.sys.chunk, dest, off)
-	if err == nil && k > 0 && n.sys.readahead > 0 {
-		n.readahead(off, int64(k))
-	}
 	n.mu.RUnlock()
 	if err != nil {
 		return nil, n.errno("read", err)
@@ -390,19 +388,27 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 	return fuse.ReadResultData(dest[:k]), 0
 }
 
-// readahead starts fetching the chunks that follow a sequential read; n.mu
-// must be held.
-func (n *node) readahead(off, k int64) {
-	if n.nextRead.Swap(off+k) != off {
-		return
-	}
+// seqWindow is how far from the end of the previous read a read may start
+// and still count as sequential: the kernel's own readahead issues requests
+// concurrently, so they arrive slightly out of order.
+const seqWindow = 2 << 20
+
+// readahead starts fetching, in the background, the chunks of a read past
+// its first one (so that a large read fetches them in parallel) and, when
+// reads are sequential, the sys.readahead chunks after it. n.mu must be held.
+func (n *node) readahead(off, size int64) {
+	prev := n.nextRead.Swap(off + size)
 	d := n.data
-	end := off + k
-	if end >= d.limit {
+	end := min(off+size, d.size, d.limit)
+	if off+1 >= end {
 		return
 	}
-	first := d.chunkAt(end)
-	for i := first; i < len(d.chunks) && i < first+n.sys.readahead && d.offs[i] < d.limit; i++ {
+	first := d.chunkAt(off) + 1
+	last := d.chunkAt(end - 1)
+	if seq := off >= prev-seqWindow && off <= prev+seqWindow; seq && n.sys.readahead > 0 {
+		last += n.sys.readahead
+	}
+	for i := first; i <= last && i < len(d.chunks) && d.offs[i] < d.limit; i++ {
 		if !d.isLocal(i) {
 			n.sys.prefetch(d.chunks[i])
 		}

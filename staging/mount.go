@@ -112,7 +112,7 @@ func (o MountOptions) Validate() error {
 }
 
 // maxPrefetch bounds the background chunk fetches of one mount.
-const maxPrefetch = 8
+const maxPrefetch = 16
 
 // Mounted is a mounted restore point.
 type Mounted struct {
