@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -97,4 +99,42 @@ func TestFileDataCopiesOnlyTouchedChunks(t *testing.T) {
 	require.NoError(t, d.writeAt(context.Background(), get, []byte("hello"), 4<<20))
 	require.Equal(t, 1, d.localChunks())
 	require.Equal(t, 1, *fetches, "only the partly written chunk is filled")
+}
+
+func TestPlanTreeRefusesBadTrees(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tree []Node
+	}{
+		{"absolute", []Node{{Path: "/etc", Type: NodeDir}}},
+		{"dotdot", []Node{{Path: "../x", Type: NodeDir}}},
+		{"unclean", []Node{{Path: "a//b", Type: NodeDir}}},
+		{"duplicate", []Node{{Path: "a", Type: NodeDir}, {Path: "a", Type: NodeDir}}},
+		{"inside a file", []Node{{Path: "a", Type: NodeFile}, {Path: "a/b", Type: NodeFile}}},
+		{"size mismatch", []Node{{Path: "a", Type: NodeFile, Size: 5, Chunks: []ChunkRef{{Len: 4}}}}},
+		{"unknown type", []Node{{Path: "a", Type: 9}}},
+		{"root not a dir", []Node{{Path: "", Type: NodeFile}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := planTree(tc.tree)
+			require.Error(t, err)
+		})
+	}
+	plan, _, err := planTree([]Node{{Path: "a/b/c", Type: NodeFile}, {Path: "a", Type: NodeDir, Mode: 0o750}})
+	require.NoError(t, err)
+	var paths []string
+	for _, n := range plan {
+		paths = append(paths, n.Path)
+	}
+	require.Equal(t, []string{"a", "a/b", "a/b/c"}, paths, "parents first, missing ones added")
+}
+
+func TestMountRefusesBadOptions(t *testing.T) {
+	ctx := context.Background()
+	_, err := Mount(ctx, t.TempDir(), nil, nil, MountOptions{})
+	require.ErrorContains(t, err, "CowDir")
+	cow := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(cow, "stale"), nil, 0o600))
+	_, err = Mount(ctx, t.TempDir(), nil, nil, MountOptions{CowDir: cow, Owner: "root"})
+	require.ErrorContains(t, err, "not empty")
 }

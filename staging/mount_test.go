@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/testsupport"
@@ -423,4 +425,24 @@ func TestCorruptChunkGivesEIO(t *testing.T) {
 	}
 	_, uid := testOwner(t)
 	checkTree(t, mnt, ok, uid)
+}
+
+// TestUnmountBusyThenClean checks that Unmount refuses while a file is open,
+// works once it is closed, and leaves no goroutine of the mount behind.
+func TestUnmountBusyThenClean(t *testing.T) {
+	files := sampleFiles()
+	tree, store := buildTree(t, files)
+	opt := goleak.IgnoreCurrent()
+	m, mnt := mountTree(t, tree, store, MountOptions{})
+	f, err := os.Open(filepath.Join(mnt, "base/1/16384"))
+	require.NoError(t, err)
+	_, err = io.Copy(io.Discard, f)
+	require.NoError(t, err)
+	require.Error(t, m.Unmount(), "busy mount must refuse to unmount")
+	require.True(t, isMounted(t, mnt))
+	require.NoError(t, f.Close())
+	require.NoError(t, m.Unmount())
+	require.False(t, isMounted(t, mnt))
+	m.Wait()
+	goleak.VerifyNone(t, opt)
 }
