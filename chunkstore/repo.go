@@ -1,0 +1,240 @@
+package chunkstore
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// ErrNoRestorePoint is matched by the error of Resolve for an unknown ID, or
+// for "latest" in a repository without restore points.
+var ErrNoRestorePoint = errors.New("chunkstore: no such restore point")
+
+// DBInfo describes one database of a restore point.
+type DBInfo struct {
+	Name string `json:"name"` // empty when the backup could not learn it
+	OID  uint32 `json:"oid"`
+	Size int64  `json:"size"` // bytes under base/<oid>
+}
+
+// RestorePoint is the catalog entry of one backup: what it is, and where
+// its tree is.
+type RestorePoint struct {
+	ID         string    `json:"id"` // "rp-20261125T231500Z-ab12cd": sorts by time
+	Time       time.Time `json:"time"`
+	PGVersion  string    `json:"pg_version"` // PG_VERSION, e.g. "15"
+	SystemID   string    `json:"system_id"`  // the cluster's database system identifier
+	Databases  []DBInfo  `json:"databases"`
+	SourceHost string    `json:"source_host"`
+	Size       int64     `json:"size"`        // plain bytes of all files
+	StoredSize int64     `json:"stored_size"` // bytes this backup added to the store
+	Files      int       `json:"files"`
+	Tree       []ID      `json:"tree"`   // chunks holding the encoded tree (see EncodeTree)
+	Params     Params    `json:"params"` // how files were chunked
+	Format     int       `json:"format"` // restore point format, pointFormat
+}
+
+// pointFormat is the version of the restore point files this build writes
+// and reads.
+const pointFormat = 1
+
+// Repo is a backup repository in a directory:
+//
+//	DIR/chunks/            a Local chunk store holding file contents and trees
+//	DIR/points/<id>.json   one restore point each, written temp+fsync+rename
+//
+// A restore point file appears only once everything it refers to is durable
+// in the store, so a listed point is always complete. Only one process may
+// open a repository at a time (the store's index holds a lock).
+type Repo struct {
+	dir   string
+	log   *slog.Logger
+	store *Local
+}
+
+// OpenRepo opens the repository in dir, creating it on first use. log may
+// be nil.
+func OpenRepo(dir string, log *slog.Logger) (*Repo, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "points"), 0o755); err != nil {
+		return nil, fmt.Errorf("chunkstore: creating repository: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return nil, err
+	}
+	st, err := OpenLocal(filepath.Join(dir, "chunks"), LocalOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	r := &Repo{dir: dir, log: log, store: st}
+	// With the store's lock held nobody else writes points: temp files are
+	// leftovers of a crashed backup.
+	tmps, _ := filepath.Glob(filepath.Join(r.pointsDir(), ".tmp-*"))
+	for _, t := range tmps {
+		if err := os.Remove(t); err != nil {
+			log.Warn("removing leftover restore point temp file", "path", t, "err", err)
+		}
+	}
+	return r, nil
+}
+
+func (r *Repo) pointsDir() string { return filepath.Join(r.dir, "points") }
+
+// Close closes the store. It may be called twice.
+func (r *Repo) Close() error { return r.store.Close() }
+
+// Store returns the repository's chunk store.
+func (r *Repo) Store() Store { return r.store }
+
+// List returns every restore point, oldest first.
+func (r *Repo) List() ([]RestorePoint, error) { return listPoints(r.pointsDir()) }
+
+// ErrNotRepo is returned by ListRepo for a directory that is not a
+// repository.
+var ErrNotRepo = errors.New("chunkstore: not a repository")
+
+// ListRepo returns the restore points of the repository in dir, oldest
+// first, without opening its store: it works while another process holds
+// the repository open, and creates nothing.
+func ListRepo(dir string) ([]RestorePoint, error) {
+	pd := filepath.Join(dir, "points")
+	if fi, err := os.Stat(pd); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("%w: %s has no points directory", ErrNotRepo, dir)
+	}
+	return listPoints(pd)
+}
+
+func listPoints(pointsDir string) ([]RestorePoint, error) {
+	ents, err := os.ReadDir(pointsDir)
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: listing restore points: %w", err)
+	}
+	var rps []RestorePoint
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".json") || !e.Type().IsRegular() {
+			continue
+		}
+		rp, err := readPoint(filepath.Join(pointsDir, name))
+		if err != nil {
+			return nil, err
+		}
+		if rp.ID+".json" != name {
+			return nil, fmt.Errorf("chunkstore: restore point file %s holds ID %q", name, rp.ID)
+		}
+		rps = append(rps, *rp)
+	}
+	slices.SortFunc(rps, func(a, b RestorePoint) int {
+		return cmp.Or(a.Time.Compare(b.Time), cmp.Compare(a.ID, b.ID))
+	})
+	return rps, nil
+}
+
+func readPoint(p string) (*RestorePoint, error) {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: reading restore point: %w", err)
+	}
+	var rp RestorePoint
+	if err := json.Unmarshal(b, &rp); err != nil {
+		return nil, fmt.Errorf("chunkstore: decoding restore point %s: %w", filepath.Base(p), err)
+	}
+	if rp.Format != pointFormat {
+		return nil, fmt.Errorf("chunkstore: restore point %s has format %d, this build reads %d", filepath.Base(p), rp.Format, pointFormat)
+	}
+	return &rp, nil
+}
+
+// Resolve returns the restore point named id, or the newest one for
+// "latest". An unknown ID gives an error matching ErrNoRestorePoint.
+func (r *Repo) Resolve(id string) (*RestorePoint, error) {
+	rps, err := r.List()
+	if err != nil {
+		return nil, err
+	}
+	if id == "latest" {
+		if len(rps) == 0 {
+			return nil, fmt.Errorf("%w: the repository has no restore points", ErrNoRestorePoint)
+		}
+		return &rps[len(rps)-1], nil
+	}
+	for i := range rps {
+		if rps[i].ID == id {
+			return &rps[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrNoRestorePoint, id)
+}
+
+// Tree reads and decodes rp's tree: sorted by Path, parents before children.
+func (r *Repo) Tree(ctx context.Context, rp *RestorePoint) ([]Node, error) {
+	nodes, err := GetTree(ctx, r.store, rp.Tree)
+	if err != nil {
+		return nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
+	}
+	return nodes, nil
+}
+
+// newPointID returns "rp-<UTC time>-<6 random hex digits>".
+func newPointID(t time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return "rp-" + t.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+}
+
+// writePoint makes rp visible: temp file, fsync, rename, directory fsync.
+func (r *Repo) writePoint(rp *RestorePoint) error {
+	b, err := json.MarshalIndent(rp, "", "  ")
+	if err != nil {
+		return fmt.Errorf("chunkstore: encoding restore point: %w", err)
+	}
+	f, err := os.CreateTemp(r.pointsDir(), ".tmp-")
+	if err != nil {
+		return fmt.Errorf("chunkstore: writing restore point: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	err = errors.Join(err, f.Close())
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(r.pointsDir(), rp.ID+".json"))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("chunkstore: writing restore point: %w", err)
+	}
+	return syncDir(r.pointsDir())
+}
+
+// packBytes is the size of the store's pack files: the growth across a
+// backup is what it stored.
+func (r *Repo) packBytes() int64 {
+	var n int64
+	_ = filepath.WalkDir(r.store.packsDir(), func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}

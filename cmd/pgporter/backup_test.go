@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+func TestBackupCLI(t *testing.T) {
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{})
+	c.Stop(t)
+	repo := filepath.Join(t.TempDir(), "repo")
+
+	code, out, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", c.DataDir)
+	require.Equal(t, 0, code, errs)
+	id1 := lastLine(out)
+	require.Regexp(t, `^rp-\d{8}T\d{6}Z-[0-9a-f]{6}$`, id1)
+
+	code, out, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", c.DataDir, "--json")
+	require.Equal(t, 0, code, errs)
+	var res struct {
+		RestorePoint string `json:"restore_point"`
+		Files        int    `json:"files"`
+		StoredBytes  int64  `json:"stored_bytes"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res))
+	require.Regexp(t, `^rp-`, res.RestorePoint)
+	require.NotEqual(t, id1, res.RestorePoint)
+	require.Positive(t, res.Files)
+
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo)
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `^ID +TIME +VERSION +DATABASES +SIZE +STORED\n`, out)
+	require.Contains(t, out, id1)
+	require.Contains(t, out, res.RestorePoint)
+
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo, "--json")
+	require.Equal(t, 0, code, errs)
+	var list struct {
+		RestorePoints []struct {
+			ID        string `json:"id"`
+			PGVersion string `json:"pg_version"`
+		} `json:"restore_points"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &list))
+	require.Len(t, list.RestorePoints, 2)
+	require.Equal(t, id1, list.RestorePoints[0].ID)
+	require.Equal(t, res.RestorePoint, list.RestorePoints[1].ID)
+	require.NotEmpty(t, list.RestorePoints[0].PGVersion)
+}
+
+func TestBackupCLIErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		err  string
+	}{
+		{"from-server", []string{"backup", "--repo", dir, "--from-server", "host=x"}, exitNotBuilt, "backup --from-server: not built yet"},
+		{"no repo", []string{"backup", "--pgdata", dir}, exitUsage, "--repo"},
+		{"no source", []string{"backup", "--repo", dir}, exitUsage, "--pgdata"},
+		{"not a data dir", []string{"backup", "--repo", filepath.Join(dir, "r"), "--pgdata", dir}, exitFailure, "not a PostgreSQL data directory"},
+		{"list no repo", []string{"restore-points"}, exitUsage, "--repo"},
+		{"list missing", []string{"restore-points", "--repo", filepath.Join(dir, "missing")}, exitFailure, "not a repository"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errs := runCLI(t, tc.args...)
+			require.Equal(t, tc.code, code, errs)
+			require.Contains(t, errs, tc.err)
+		})
+	}
+	// An empty repository lists as empty.
+	code, out, errs := runCLI(t, "restore-points", "--repo", filepath.Join(dir, "r"), "--json")
+	require.Equal(t, 0, code, errs)
+	require.Equal(t, `{"restore_points":[]}`, lastLine(out))
+}
