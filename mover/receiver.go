@@ -10,7 +10,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,7 +112,10 @@ type receiver struct {
 	durableChunks int64
 	unsynced      int64
 	received      uint64
+	inflight      int // chunks taken off pending and still being written
 	writeErr      error
+
+	failOnce sync.Once
 }
 
 type posRecord struct {
@@ -170,20 +175,33 @@ func (r *receiver) loadStored() error {
 	return it.Error()
 }
 
-func (r *receiver) fail(err error) { r.cancel(err) }
+// fail ends the transfer. The sender is told why first: cancelling resets
+// the data streams, and a sender that saw only the reset would retry
+// something that cannot succeed.
+func (r *receiver) fail(err error) {
+	r.failOnce.Do(func() {
+		if !errors.Is(err, errPreempted) && !errors.Is(err, context.Canceled) {
+			r.cs.sendError(err)
+		}
+	})
+	r.cancel(err)
+}
 
 // run drives the transfer from the first manifest message to Committed.
 func (r *receiver) run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	sctx, stopSync := context.WithCancel(ctx)
+	defer stopSync()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		r.syncLoop(ctx)
+		r.syncLoop(sctx)
 	}()
 	err := r.control(ctx)
 	if err != nil {
 		r.fail(err)
 	}
+	stopSync()
 	wg.Wait()
 	r.fc.closeAll()
 	return err
@@ -615,11 +633,18 @@ func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 		ps, ok := r.pending[cd.ID]
 		delete(r.pending, cd.ID)
 		r.received++
+		if ok {
+			r.inflight++
+		}
 		r.mu.Unlock()
 		if !ok {
 			return fmt.Errorf("%w: chunk %s was not asked for", protocol.ErrProtocol, cd.ID.Short())
 		}
-		if err := r.writeChunk(plain, ps); err != nil {
+		err = r.writeChunk(plain, ps)
+		r.mu.Lock()
+		r.inflight--
+		r.mu.Unlock()
+		if err != nil {
 			return err
 		}
 		r.s.metrics.chunksReceived.Inc()
@@ -635,12 +660,12 @@ func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 func (r *receiver) finish(ctx context.Context, done *protocol.SendDone) error {
 	for {
 		r.mu.Lock()
-		missing, received := len(r.pending), r.received
+		missing, inflight, received := len(r.pending), r.inflight, r.received
 		r.mu.Unlock()
-		if missing == 0 {
+		if missing == 0 && inflight == 0 {
 			break
 		}
-		if received >= done.Chunks {
+		if missing > 0 && inflight == 0 && received >= done.Chunks {
 			return fmt.Errorf("%w: sender finished sending but %d chunks are missing", protocol.ErrProtocol, missing)
 		}
 		select {
@@ -659,20 +684,21 @@ func (r *receiver) finish(ctx context.Context, done *protocol.SendDone) error {
 // to DEST, durably.
 func (r *receiver) commit(ctx context.Context) error {
 	man := Manifest{Format: ManifestFormat, Transfer: r.tid, Created: time.Now().UTC(), Chunking: r.meta.Params}
+	var bad []string
 	for _, f := range r.files {
 		p := filepath.Join(r.partial, filepath.FromSlash(f.hdr.Path))
-		fh, err := r.root.Open(p)
-		if err != nil {
-			return err
+		h, n, err := r.hashPartial(ctx, p)
+		if err != nil && ctx.Err() != nil {
+			return context.Cause(ctx)
 		}
-		h, n, err := HashFile(ctx, fh)
-		fh.Close()
-		if err != nil {
-			return fmt.Errorf("verifying %s: %w", f.hdr.Path, err)
-		}
-		if n != int64(f.hdr.Size) || h != f.hash {
-			r.forgetFile(f)
-			return fmt.Errorf("%w: %s did not verify after transfer; rerun to resend it", protocol.ErrCorrupt, f.hdr.Path)
+		if err != nil || n != int64(f.hdr.Size) || h != f.hash {
+			// Check every file before giving up, so that one rerun resends
+			// everything that is wrong.
+			if err := r.forgetFile(f); err != nil {
+				return err
+			}
+			bad = append(bad, f.hdr.Path)
+			continue
 		}
 		if err := r.fc.sync(f.hdr.Path); err != nil {
 			return fmt.Errorf("syncing %s: %w", f.hdr.Path, err)
@@ -687,13 +713,22 @@ func (r *receiver) commit(ctx context.Context) error {
 		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(f.hdr.Mode & 0o777), MTime: mt.UTC(), BLAKE3: h})
 		man.Bytes += n
 	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: %d file(s) did not verify after transfer (first: %s); rerun to resend them", protocol.ErrCorrupt, len(bad), bad[0])
+	}
 	r.fc.closeAll()
+	if err := r.prune(); err != nil {
+		return err
+	}
 	body, err := json.MarshalIndent(&man, "", "  ")
 	if err != nil {
 		return err
 	}
 	body = append(body, '\n')
-	if err := writeRootFileSync(r.root, filepath.Join(r.partial, ManifestName), body, 0o644); err != nil {
+	// The temporary file lives beside DEST.partial, not in it: no source
+	// file name can collide with it.
+	tmp := filepath.Join(filepath.Dir(r.rel), ".pgporter-"+r.tid+".manifest.tmp")
+	if err := writeRootFileSync(r.root, tmp, filepath.Join(r.partial, ManifestName), body, 0o644); err != nil {
 		return fmt.Errorf("writing manifest: %w", err)
 	}
 	if err := syncDirs(r.root, r.partial); err != nil {
@@ -714,11 +749,66 @@ func (r *receiver) commit(ctx context.Context) error {
 	return r.cs.write(&protocol.Committed{Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
 }
 
+func (r *receiver) hashPartial(ctx context.Context, p string) (Hash, int64, error) {
+	fh, err := r.root.Open(p)
+	if err != nil {
+		return Hash{}, 0, err
+	}
+	defer fh.Close()
+	return HashFile(ctx, fh)
+}
+
+// prune removes from DEST.partial whatever the manifest does not list:
+// files of an older version of the source, or of another transfer that
+// abandoned the same destination. Only listed files are committed.
+func (r *receiver) prune() error {
+	keepDirs := map[string]bool{".": true}
+	for p := range r.paths {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			keepDirs[d] = true
+		}
+	}
+	var dirs []string
+	base := filepath.ToSlash(r.partial)
+	err := fs.WalkDir(r.root.FS(), base, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(strings.TrimPrefix(p, base), "/")
+		if rel == "" {
+			return nil
+		}
+		if d.IsDir() {
+			if !keepDirs[rel] {
+				dirs = append(dirs, p)
+			}
+			return nil
+		}
+		if !r.paths[rel] {
+			r.log.Info("removing a file the manifest does not list", "transfer", r.tid, "path", rel)
+			return r.root.Remove(filepath.FromSlash(p))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("pruning %s.partial: %w", r.meta.Dest, err)
+	}
+	for i := len(dirs) - 1; i >= 0; i-- { // deepest first
+		if err := r.root.Remove(filepath.FromSlash(dirs[i])); err != nil {
+			return fmt.Errorf("pruning %s.partial: %w", r.meta.Dest, err)
+		}
+	}
+	return nil
+}
+
 // forgetFile drops the durable positions of a file that failed verification.
-func (r *receiver) forgetFile(f *rfile) {
+func (r *receiver) forgetFile(f *rfile) error {
 	start := keyPos(r.tid, f.hdr.Path, 0)
 	end := prefixEnd([]byte("t/" + r.tid + "/p/" + f.hdr.Path + "\x00"))
-	_ = r.s.db.DeleteRange(start, end, pebble.Sync)
+	if err := r.s.db.DeleteRange(start, end, pebble.Sync); err != nil {
+		return fmt.Errorf("forgetting %s: %w", f.hdr.Path, err)
+	}
+	return nil
 }
 
 // recordDone marks the transfer complete, indexes its chunks for dedupe by
@@ -748,10 +838,9 @@ func (r *receiver) recordDone(man Manifest, mh Hash) error {
 	return nil
 }
 
-// writeRootFileSync writes name inside root via a temporary file, fsyncs it and
-// renames it into place.
-func writeRootFileSync(root *os.Root, name string, data []byte, mode fs.FileMode) error {
-	tmp := name + ".tmp"
+// writeRootFileSync writes name inside root via the temporary file tmp,
+// fsyncs it and renames it into place.
+func writeRootFileSync(root *os.Root, tmp, name string, data []byte, mode fs.FileMode) error {
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
 		return err

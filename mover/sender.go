@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -259,8 +260,11 @@ func (e permanentError) Unwrap() error { return e.err }
 func retryable(err error) bool {
 	var pe permanentError
 	var re *protocol.RemoteError
+	var ae *quic.ApplicationError
 	switch {
 	case errors.Is(err, context.Canceled), errors.As(err, &pe), errors.Is(err, ErrUntrusted):
+		return false
+	case errors.As(err, &ae) && ae.Remote && (uint64(ae.ErrorCode) == protocol.CloseRefused || uint64(ae.ErrorCode) == protocol.CloseProtocolError):
 		return false
 	case errors.As(err, &re):
 		return protocol.Retryable(err)
@@ -372,6 +376,13 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 
 	jobs := newJobQueue()
 	g, gctx := errgroup.WithContext(ctx)
+	// Once any part fails, the connection goes: readControl would
+	// otherwise wait on the receiver forever.
+	stopG := context.AfterFunc(gctx, func() {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "transfer attempt ended")
+	})
+	defer stopG()
+	ctlDone := make(chan struct{})
 	g.Go(func() error { return t.writeManifest(gctx, cs) })
 	var workers sync.WaitGroup
 	var sentHere atomic.Int64
@@ -379,7 +390,20 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		workers.Add(1)
 		g.Go(func() error {
 			defer workers.Done()
-			return t.dataWorker(gctx, conn, jobs, &sentHere)
+			err := t.dataWorker(gctx, conn, jobs, &sentHere)
+			var pe permanentError
+			if err != nil && !errors.As(err, &pe) {
+				// A reset data stream usually means the receiver failed the
+				// transfer: let its Error arrive on the control stream and
+				// be the reason reported.
+				timer := time.NewTimer(3 * time.Second)
+				defer timer.Stop()
+				select {
+				case <-ctlDone:
+				case <-timer.C:
+				}
+			}
+			return err
 		})
 	}
 	g.Go(func() error {
@@ -390,6 +414,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		return cs.write(&protocol.SendDone{Chunks: uint64(sentHere.Load())})
 	})
 	g.Go(func() error {
+		defer close(ctlDone)
 		defer jobs.close()
 		return t.readControl(gctx, cs, jobs)
 	})
@@ -492,9 +517,9 @@ func (t *sendTransfer) handle(f *srcFile) (*os.File, error) {
 		return nil, err
 	}
 	// Chunks are read back without hashing them again: the receiver checks
-	// every one, and a file that still has the size and mtime it had when it
-	// was chunked is taken to hold the same bytes.
-	if fi, err := h.Stat(); err != nil || fi.Size() != f.Size || fi.ModTime().UnixNano() != f.MTime {
+	// every one, and a file that still has the size, mtime and ctime it had
+	// when it was chunked is taken to hold the same bytes.
+	if fi, err := h.Stat(); err != nil || fi.Size() != f.Size || fi.ModTime().UnixNano() != f.MTime || ctimeOf(fi) != f.CTime {
 		h.Close()
 		t.s.db.Delete((&chunkCache{tid: t.tid}).key(f.Path), pebble.Sync)
 		return nil, fmt.Errorf("%w: %s changed after it was chunked; rerun to send its new content", errSourceChanged, f.Path)
@@ -508,6 +533,13 @@ func (t *sendTransfer) handle(f *srcFile) (*os.File, error) {
 	}
 	t.handles[f.Index] = h
 	return h, nil
+}
+
+func ctimeOf(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ctim.Nano()
+	}
+	return 0
 }
 
 func (t *sendTransfer) closeHandles() {

@@ -260,7 +260,13 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		}
 		switch m := m.(type) {
 		case *protocol.OpenTransfer:
-			r, err := s.openTransfer(ctx, peer, cs, m, log)
+			tctx, tcancel := context.WithCancelCause(ctx)
+			a := &activeTransfer{dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{})}
+			r, err := s.openTransfer(tctx, peer, cs, m, a, log)
+			if err != nil || r == nil {
+				tcancel(nil)
+				s.release(m.TransferID, a)
+			}
 			if err != nil {
 				s.metrics.refused.Inc()
 				log.Warn("transfer refused", "transfer", m.TransferID, "dest", m.Dest, "err", err)
@@ -271,22 +277,21 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			if r == nil { // already complete
 				continue
 			}
-			tctx, tcancel := context.WithCancelCause(ctx)
 			r.ctx, r.cancel = tctx, tcancel
-			a := &activeTransfer{dest: r.meta.Dest, conn: conn, cancel: tcancel, done: make(chan struct{})}
 			rmu.Lock()
 			rcv = r
 			rmu.Unlock()
 			close(ready)
 			stopCtl := context.AfterFunc(tctx, func() { st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
-			err = s.runTransfer(tctx, r, a)
+			err = s.runTransfer(tctx, r)
 			stopCtl()
 			tcancel(nil)
 			if err != nil {
 				log.Warn("transfer failed", "transfer", r.tid, "err", err)
-				cs.sendError(err)
-				linger(ctx, conn)
 			}
+			// The sender closes the connection once it has read Committed
+			// or the Error (sent by r.fail); closing first would discard it.
+			linger(ctx, conn)
 			// A successor connection may take over only once this one's
 			// data streams can no longer write into the tree.
 			cancel()
@@ -367,7 +372,9 @@ func (s *Server) space(p string) (free, total uint64, err error) {
 // openTransfer checks a transfer request and prepares its receiver. It
 // returns nil, nil when the transfer is already complete (after telling the
 // sender so).
-func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStream, m *protocol.OpenTransfer, log *slog.Logger) (*receiver, error) {
+// On success (and on "already complete") a is registered as the active
+// transfer of m.TransferID; the caller releases it.
+func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStream, m *protocol.OpenTransfer, a *activeTransfer, log *slog.Logger) (*receiver, error) {
 	if err := s.trust.Check(peer, PermSend); err != nil {
 		return nil, err
 	}
@@ -385,18 +392,25 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		return nil, fmt.Errorf("%w: destination %s is not inside any of this mover's roots", protocol.ErrPermission, m.Dest)
 	}
 
-	// One connection per transfer: a reconnecting sender supersedes the
-	// connection it lost, which may not have noticed yet.
-	s.mu.Lock()
-	for tid, a := range s.active {
-		if a.dest == m.Dest && tid != m.TransferID {
-			s.mu.Unlock()
-			return nil, fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, tid, m.Dest)
+	// One connection per transfer and per destination: a reconnecting
+	// sender supersedes the connection it lost, which may not have noticed
+	// yet. The check and the registration are one critical section, so two
+	// transfers can never both write DEST.partial.
+	for {
+		s.mu.Lock()
+		for tid, other := range s.active {
+			if other.dest == m.Dest && tid != m.TransferID {
+				s.mu.Unlock()
+				return nil, fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, tid, m.Dest)
+			}
 		}
-	}
-	old := s.active[m.TransferID]
-	s.mu.Unlock()
-	if old != nil {
+		old := s.active[m.TransferID]
+		if old == nil {
+			s.active[m.TransferID] = a
+			s.mu.Unlock()
+			break
+		}
+		s.mu.Unlock()
 		old.cancel(errPreempted)
 		old.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "superseded by a new connection of the same transfer")
 		select {
@@ -413,6 +427,10 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		var d transferDone
 		if json.Unmarshal(v, &d) == nil && d.Dest == m.Dest {
 			if _, err := rt.Lstat(rel); err == nil {
+				if d.Files != m.Files || d.Bytes != m.Bytes {
+					return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it or choose another destination",
+						protocol.ErrConflict, m.Dest, d.Files, HumanBytes(int64(d.Bytes)), m.Files, HumanBytes(int64(m.Bytes)))
+				}
 				return nil, s.replyComplete(cs, m, &d)
 			}
 		}
@@ -421,7 +439,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	}
 	if _, err := rt.Lstat(rel); err == nil {
 		// A crash between the rename and recording it leaves our own tree there.
-		if man, err := ReadManifest(filepath.Join(s.rootDir(rt), rel)); err == nil && man.Transfer == m.TransferID {
+		if man, err := ReadManifest(filepath.Join(s.rootDir(rt), rel)); err == nil && man.Transfer == m.TransferID && uint64(len(man.Files)) == m.Files && uint64(man.Bytes) == m.Bytes {
 			d := transferDone{Dest: m.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes)}
 			return nil, s.replyComplete(cs, m, &d)
 		}
@@ -445,6 +463,14 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		log.Info("taking over an abandoned partial destination", "dest", m.Dest, "old_transfer", string(v), "transfer", m.TransferID)
 		p := keyPosPrefix(string(v))
 		_ = s.db.DeleteRange(p, prefixEnd(p), pebble.NoSync)
+	}
+	if _, err := rt.Lstat(r.partial); errors.Is(err, fs.ErrNotExist) {
+		// DEST.partial was removed: positions recorded for it describe
+		// nothing any more.
+		p := keyPosPrefix(m.TransferID)
+		if err := s.db.DeleteRange(p, prefixEnd(p), pebble.Sync); err != nil {
+			return nil, err
+		}
 	}
 	if err := r.loadStored(); err != nil {
 		return nil, err
@@ -489,12 +515,10 @@ func (s *Server) replyComplete(cs *controlStream, m *protocol.OpenTransfer, d *t
 	return nil
 }
 
-// runTransfer registers r as the active transfer of its ID and runs it. The
-// caller closes a.done once nothing of the connection can touch the tree.
-func (s *Server) runTransfer(ctx context.Context, r *receiver, a *activeTransfer) error {
-	s.mu.Lock()
-	s.active[r.tid] = a
-	s.mu.Unlock()
+// runTransfer runs r, counting it in the metrics. The caller registered
+// it as active and releases it once nothing of the connection can touch the
+// tree.
+func (s *Server) runTransfer(ctx context.Context, r *receiver) error {
 	s.metrics.transfersOpen.Inc()
 	defer s.metrics.transfersOpen.Dec()
 	err := r.run(ctx)

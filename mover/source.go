@@ -30,6 +30,7 @@ type srcFile struct {
 	Size  int64
 	MTime int64 // unix nanoseconds
 	Ino   uint64
+	CTime int64 // unix nanoseconds: changes on every write, and cannot be set back
 	// Chunks, Offsets, Hash and done are written by the chunking goroutine
 	// under source.mu; Chunks and Offsets only grow.
 	Chunks  []protocol.ChunkRef
@@ -76,10 +77,11 @@ func scanTree(src string) ([]*srcFile, error) {
 		}
 		st, _ := fi.Sys().(*syscall.Stat_t)
 		var ino uint64
+		var ctime int64
 		if st != nil {
-			ino = st.Ino
+			ino, ctime = st.Ino, st.Ctim.Nano()
 		}
-		files = append(files, &srcFile{Path: rel, Abs: p, Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), MTime: fi.ModTime().UnixNano(), Ino: ino})
+		files = append(files, &srcFile{Path: rel, Abs: p, Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), MTime: fi.ModTime().UnixNano(), Ino: ino, CTime: ctime})
 		return nil
 	})
 	if err != nil {
@@ -94,7 +96,8 @@ func scanTree(src string) ([]*srcFile, error) {
 
 // chunkCache remembers the chunk list of each source file of a transfer in
 // the sender's pebble store, so that a rerun of the same send does not
-// re-read and re-hash files that did not change (same size, mtime, inode).
+// re-read and re-hash files that did not change (same size, mtime, inode
+// and ctime: an edit that restores size and mtime still moves ctime).
 type chunkCache struct {
 	db  *pebble.DB
 	tid string
@@ -102,7 +105,7 @@ type chunkCache struct {
 
 func (c *chunkCache) key(path string) []byte { return []byte("s/" + c.tid + "/" + path) }
 
-// cacheRecord: size, mtime, ino, hash, n, then n × (ID, len).
+// cacheRecord: size, mtime, ino, ctime, hash, n, then n × (ID, len).
 func encodeCached(f *srcFile, params string) []byte {
 	b := make([]byte, 0, 64+len(params)+len(f.Chunks)*36)
 	b = binary.AppendUvarint(b, uint64(len(params)))
@@ -110,6 +113,7 @@ func encodeCached(f *srcFile, params string) []byte {
 	b = binary.AppendUvarint(b, uint64(f.Size))
 	b = binary.AppendVarint(b, f.MTime)
 	b = binary.AppendUvarint(b, f.Ino)
+	b = binary.AppendVarint(b, f.CTime)
 	b = append(b, f.Hash[:]...)
 	b = binary.AppendUvarint(b, uint64(len(f.Chunks)))
 	for _, c := range f.Chunks {
@@ -138,7 +142,12 @@ func decodeCached(b []byte, f *srcFile, params string) bool {
 	}
 	b = b[k:]
 	ino, k := binary.Uvarint(b)
-	if k <= 0 || ino != f.Ino || len(b) < k+32 {
+	if k <= 0 || ino != f.Ino {
+		return false
+	}
+	b = b[k:]
+	ct, k := binary.Varint(b)
+	if k <= 0 || ct != f.CTime || len(b) < k+32 {
 		return false
 	}
 	b = b[k:]
@@ -277,7 +286,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 		if err != nil {
 			return err
 		}
-		cached := &srcFile{Size: f.Size, MTime: f.MTime, Ino: f.Ino}
+		cached := &srcFile{Size: f.Size, MTime: f.MTime, Ino: f.Ino, CTime: f.CTime}
 		if ok && decodeCached(v, cached, ps) {
 			s.mu.Lock()
 			f.Chunks, f.Offsets, f.Hash = cached.Chunks, cached.Offsets, cached.Hash

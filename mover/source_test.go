@@ -49,3 +49,37 @@ func TestChunkCacheSkipsUnchangedFiles(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fi.Size(), third.hashed.Load())
 }
+
+// TestChunkCacheSeesSameSizeSameMTimeEdit: an edit that keeps the size and
+// puts the mtime back still moves ctime, so the file is chunked again
+// rather than sent from a stale chunk list.
+func TestChunkCacheSeesSameSizeSameMTimeEdit(t *testing.T) {
+	m := newTLSTestMover(t)
+	s, err := NewSender(m.home, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	src := t.TempDir()
+	p := filepath.Join(src, "a.dat")
+	require.NoError(t, os.WriteFile(p, pgbenchLike(200<<10, 1), 0o600))
+	ctx := context.Background()
+	cache := &chunkCache{db: s.db, tid: "t-ctime"}
+	chunk := func() *source {
+		files, err := scanTree(src)
+		require.NoError(t, err)
+		so := newSource(files)
+		require.NoError(t, so.run(ctx, cache, chunkstore.DefaultParams))
+		return so
+	}
+	first := chunk()
+	fi, err := os.Stat(p)
+	require.NoError(t, err)
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte("EDIT"), 100)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	require.NoError(t, os.Chtimes(p, fi.ModTime(), fi.ModTime()))
+	second := chunk()
+	require.Equal(t, fi.Size(), second.hashed.Load(), "the edited file must be read again")
+	require.NotEqual(t, first.files[0].Hash, second.files[0].Hash)
+}

@@ -3,6 +3,7 @@ package mover
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -329,4 +330,119 @@ func TestMetricsAfterTransfer(t *testing.T) {
 	require.Contains(t, body, "pgporter_mover_transfers_committed_total 1")
 	require.Regexp(t, `pgporter_mover_chunks_received_total [1-9]`, body)
 	require.Regexp(t, `pgporter_mover_durable_bytes_total [1-9]`, body)
+}
+
+// TestCommitPrunesLeftovers: files left in DEST.partial that the manifest
+// does not list (an older source, an abandoned transfer) are not committed.
+func TestCommitPrunesLeftovers(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	makeTree(t, src, 21, 1)
+	// A source file named like a temporary file of the receiver's own.
+	require.NoError(t, os.WriteFile(filepath.Join(src, ManifestName+".tmp"), []byte("user data"), 0o600))
+	dest := filepath.Join(r.root, "pruned")
+	require.NoError(t, os.MkdirAll(filepath.Join(dest+".partial", "old", "deep"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dest+".partial", "old", "deep", "stale.dat"), []byte("stale"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dest+".partial", "9999.dat"), []byte("stale"), 0o600))
+
+	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+	require.NoError(t, err)
+	requireSameTree(t, src, dest)
+	require.NoFileExists(t, filepath.Join(dest, "9999.dat"))
+	require.NoDirExists(t, filepath.Join(dest, "old"))
+	man, err := ReadManifest(dest)
+	require.NoError(t, err)
+	require.Len(t, man.Files, 8)
+	rep, err := Verify(context.Background(), dest)
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+}
+
+// TestRerunAfterSourceChangeRefused: a finished transfer rerun with a
+// different source is not reported as complete.
+func TestRerunAfterSourceChangeRefused(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	makeTree(t, src, 22, 1)
+	dest := filepath.Join(r.root, "changed")
+	ctx := context.Background()
+	_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(src, "new.dat"), []byte("new"), 0o600))
+	_, err = s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+	require.ErrorIs(t, err, protocol.ErrConflict)
+	require.Contains(t, err.Error(), "source now has 8 files")
+}
+
+// TestConcurrentTransfersOneDest: of two transfers racing for one
+// destination, exactly one writes it; the other is told it is busy.
+func TestConcurrentTransfersOneDest(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	dest := filepath.Join(r.root, "race")
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	srcs := make([]string, 2)
+	for i := range 2 {
+		srcs[i] = t.TempDir()
+		makeTree(t, srcs[i], 30+uint64(i), 1)
+	}
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: srcs[i], Dest: dest, RetryFor: -1})
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	for i, err := range errs {
+		if err == nil {
+			ok++
+			requireSameTree(t, srcs[i], dest)
+			continue
+		}
+		// The loser either found the destination busy or, if it came after
+		// the commit, already there.
+		if !errors.Is(err, protocol.ErrBusy) {
+			require.ErrorIs(t, err, protocol.ErrConflict)
+		}
+	}
+	require.Equal(t, 1, ok, "errors: %v", errs)
+}
+
+// TestRemovedPartialResendsInOneRerun: if DEST.partial is deleted between
+// runs, the next run resends everything (not one file per rerun).
+func TestRemovedPartialResendsInOneRerun(t *testing.T) {
+	r := startReceiver(t, ServerOptions{SyncInterval: 20 * time.Millisecond})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	makeTree(t, src, 23, 2)
+	dest := filepath.Join(r.root, "removed")
+	ctx, cancel := context.WithCancel(context.Background())
+	o := SendOptions{Src: src, Dest: dest, BWLimit: 8 << 20, Compression: "none"}
+	var once sync.Once
+	o.Progress = func(p SendProgress) {
+		if p.Durable > p.Total/3 {
+			once.Do(cancel)
+		}
+	}
+	_, err := s.Send(ctx, r.addr, r.id.ID, o)
+	require.Error(t, err)
+	// The receiver may still be finishing the cancelled connection; the
+	// rerun below waits for it.
+	require.Eventually(t, func() bool {
+		r.srv.mu.Lock()
+		defer r.srv.mu.Unlock()
+		return len(r.srv.active) == 0
+	}, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, os.RemoveAll(dest+".partial"))
+	o.Progress, o.BWLimit = nil, 0
+	res, err := s.Send(context.Background(), r.addr, r.id.ID, o)
+	require.NoError(t, err)
+	require.Zero(t, res.ResumedChunks)
+	requireSameTree(t, src, dest)
 }
