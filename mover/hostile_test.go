@@ -189,3 +189,22 @@ func TestDuplicateAndExtraFilesRejected(t *testing.T) {
 	require.ErrorIs(t, err, protocol.ErrBadPath)
 	require.Contains(t, err.Error(), "listed twice")
 }
+
+// TestTinyChunksRejected: a manifest of 1-byte chunks would make the
+// receiver track a position per byte; only a file's last chunk may be
+// shorter than the minimum.
+func TestTinyChunksRejected(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := dialRaw(t, r)
+	const size = 1 << 20
+	s.open(t, filepath.Join(r.root, "tiny"), 1, size)
+	require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: size}))
+	refs := make([]protocol.ChunkRef, 1000)
+	for i := range refs {
+		refs[i] = protocol.ChunkRef{ID: chunkstore.Sum([]byte{byte(i)}), Len: 1}
+	}
+	_ = s.cs.write(&protocol.FileChunks{Index: 0, Chunks: refs})
+	err := s.nextError(t)
+	require.ErrorIs(t, err, protocol.ErrProtocol)
+	require.Contains(t, err.Error(), "in the middle of a.dat")
+}

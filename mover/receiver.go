@@ -382,6 +382,11 @@ func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChun
 		if off += int64(c.Len); off > int64(f.hdr.Size) {
 			return fmt.Errorf("%w: chunks of %s add up to more than its %d bytes", protocol.ErrProtocol, f.hdr.Path, f.hdr.Size)
 		}
+		// Only a file's last chunk may be shorter than the minimum: this
+		// bounds the positions a manifest can make us track.
+		if int(c.Len) < r.meta.Params.Min && off != int64(f.hdr.Size) {
+			return fmt.Errorf("%w: chunk of %d bytes in the middle of %s (min %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Min)
+		}
 	}
 	first := len(f.chunks)
 	r.mu.Lock() // data streams read chunks and offsets of requested positions

@@ -381,6 +381,9 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if !validTransferID(m.TransferID) {
 		return nil, fmt.Errorf("%w: bad transfer ID %q", protocol.ErrProtocol, m.TransferID)
 	}
+	if m.Params.Min == 0 || m.Params.Avg == 0 || m.Params.Max == 0 {
+		return nil, fmt.Errorf("%w: chunking parameters %s are incomplete", protocol.ErrProtocol, m.Params)
+	}
 	if err := m.Params.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", protocol.ErrProtocol, err)
 	}
