@@ -299,7 +299,7 @@ func (r *receiver) control(ctx context.Context) error {
 			if err := r.checkHeader(m); err != nil {
 				return err
 			}
-			if _, err := r.fc.create(m.Path, int64(m.Size)); err != nil {
+			if err := r.fc.create(m.Path, int64(m.Size)); err != nil {
 				return err
 			}
 			r.mu.Lock()
