@@ -446,3 +446,15 @@ func TestRemovedPartialResendsInOneRerun(t *testing.T) {
 	require.Zero(t, res.ResumedChunks)
 	requireSameTree(t, src, dest)
 }
+
+func TestSpaceQuery(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	ctx := context.Background()
+	free, total, err := s.Space(ctx, r.addr, r.id.ID, filepath.Join(r.root, "x"))
+	require.NoError(t, err)
+	require.Positive(t, total)
+	require.LessOrEqual(t, free, total)
+	_, _, err = s.Space(ctx, r.addr, r.id.ID, "/etc")
+	require.ErrorIs(t, err, protocol.ErrBadPath)
+}
