@@ -1,0 +1,218 @@
+package staging
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// ErrNoPassword is returned by ResolvePassword when no source has a password
+// for the connection. The throwaway instance always asks for one.
+var ErrNoPassword = errors.New("staging: no password given")
+
+// maxPasswordFile bounds what is read of a password file or .pgpass, so a
+// wrong path (a log, a device) is not read whole into memory.
+const maxPasswordFile = 1 << 20
+
+// PasswordOptions say where to look for the password of User, and which
+// connection it is for (to pick the .pgpass line). The zero value of every
+// field but User is usable.
+type PasswordOptions struct {
+	File     string // --password-file: the first line is the password
+	User     string // PostgreSQL user; required
+	Database string // database the password is looked up for; default "postgres"
+	// Host and Port are matched against .pgpass lines; default "localhost"
+	// (libpq's name for a local socket) and 5432. The instance's own port
+	// is chosen at random, so a line can only name it with "*"; passing the
+	// source server's port lets a user's existing line for it match.
+	Host string
+	Port int
+	// Getenv reads PGPASSWORD and PGPASSFILE; default os.Getenv.
+	Getenv func(string) string
+	// Home holds .pgpass when PGPASSFILE is not set; default the user's home.
+	Home string
+	Log  *slog.Logger
+}
+
+func (o PasswordOptions) withDefaults() PasswordOptions {
+	if o.Database == "" {
+		o.Database = "postgres"
+	}
+	if o.Host == "" {
+		o.Host = "localhost"
+	}
+	if o.Port == 0 {
+		o.Port = 5432
+	}
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.Home == "" {
+		o.Home, _ = os.UserHomeDir()
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// ResolvePassword finds the password of o.User the way the PostgreSQL
+// tools do, in this order: the password file given (o.File), PGPASSWORD,
+// then the password file of libpq (PGPASSFILE, else ~/.pgpass) with libpq's
+// rules. source says where the password came from, for the log; it never
+// contains the password. When nothing has one, the error is ErrNoPassword.
+func ResolvePassword(o PasswordOptions) (password, source string, err error) {
+	if o.User == "" {
+		return "", "", errors.New("staging: resolving a password needs the user name")
+	}
+	o = o.withDefaults()
+	if o.File != "" {
+		pw, err := readPasswordFile(o.File, o.Log)
+		if err != nil {
+			return "", "", err
+		}
+		return pw, "password file " + o.File, nil
+	}
+	if pw := o.Getenv("PGPASSWORD"); pw != "" {
+		return pw, "PGPASSWORD", nil
+	}
+	pass := o.Getenv("PGPASSFILE")
+	if pass == "" && o.Home != "" {
+		pass = filepath.Join(o.Home, ".pgpass")
+	}
+	if pass != "" {
+		pw, line, err := lookupPgpass(pass, o)
+		if err != nil {
+			return "", "", err
+		}
+		if line > 0 {
+			return pw, fmt.Sprintf("%s line %d", pass, line), nil
+		}
+	}
+	where := "PGPASSWORD is not set"
+	if pass != "" {
+		where += fmt.Sprintf(", and %s has no line for %s:%d:%s:%s", pass, o.Host, o.Port, o.Database, o.User)
+	}
+	return "", "", fmt.Errorf("%w for PostgreSQL user %q: %s (give --password-file, PGPASSWORD or a .pgpass line)", ErrNoPassword, o.User, where)
+}
+
+// readPasswordFile returns the first line of name. A file others can read
+// is used, with a warning: secrets mounted by container runtimes are often
+// 0644 and the user named the file explicitly.
+func readPasswordFile(name string, log *slog.Logger) (string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return "", fmt.Errorf("reading the password file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("reading the password file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("password file %s is not a regular file", name)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("password file is accessible by group or others; it should be mode 0600 or less", "file", name, "mode", fi.Mode().Perm().String())
+	}
+	line, err := bufio.NewReader(io.LimitReader(f, maxPasswordFile)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("reading the password file: %w", err)
+	}
+	pw := strings.TrimRight(line, "\r\n")
+	if pw == "" {
+		return "", fmt.Errorf("password file %s: the first line is empty", name)
+	}
+	return pw, nil
+}
+
+// lookupPgpass reads a libpq password file and returns the password of the
+// first line matching o, and that line's number (0: none). Like libpq, it
+// ignores a missing file, and ignores with a warning one that is not a
+// plain file or that group or others can access.
+func lookupPgpass(name string, o PasswordOptions) (string, int, error) {
+	fi, err := os.Stat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("password file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		o.Log.Warn("password file is not a plain file; ignored", "file", name)
+		return "", 0, nil
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		o.Log.Warn("password file has group or world access; ignored, as libpq does (permissions should be u=rw (0600) or less)", "file", name, "mode", fi.Mode().Perm().String())
+		return "", 0, nil
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return "", 0, fmt.Errorf("password file: %w", err)
+	}
+	pw, line := matchPgpass(b, o.Host, strconv.Itoa(o.Port), o.Database, o.User)
+	return pw, line, nil
+}
+
+// matchPgpass returns the password of the first line of a .pgpass file
+// (hostname:port:database:username:password) matching the four values, and
+// its line number (0: no match). It follows libpq's PasswordFromFile: a
+// field of exactly "*" matches anything; "\" escapes the next character in
+// every field; the password is the rest of the line, de-escaped; lines
+// starting with "#" are comments; trailing CR and LF are stripped.
+func matchPgpass(b []byte, host, port, db, user string) (string, int) {
+	for n, line := range bytes.Split(b, []byte("\n")) {
+		s := strings.TrimRight(string(line), "\r\n")
+		if s == "" || s[0] == '#' {
+			continue
+		}
+		rest, ok := s, true
+		for _, want := range []string{host, port, db, user} {
+			if rest, ok = matchPgpassField(rest, want); !ok {
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		var pw strings.Builder
+		for i := 0; i < len(rest); i++ {
+			if rest[i] == '\\' && i+1 < len(rest) {
+				i++
+			}
+			pw.WriteByte(rest[i])
+		}
+		return pw.String(), n + 1
+	}
+	return "", 0
+}
+
+// matchPgpassField matches the field at the start of s against want and
+// returns what follows the field's colon. A line that ends before the
+// field's colon does not match.
+func matchPgpassField(s, want string) (string, bool) {
+	if strings.HasPrefix(s, "*:") {
+		return s[2:], true
+	}
+	var field strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' && i+1 < len(s):
+			i++
+			field.WriteByte(s[i])
+		case c == ':':
+			return s[i+1:], field.String() == want
+		default:
+			field.WriteByte(c)
+		}
+	}
+	return "", false
+}
