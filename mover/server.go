@@ -358,7 +358,13 @@ func (s *Server) rootDir(rt *os.Root) string {
 // space reports free and total bytes of the filesystem holding path, which
 // must be inside a root.
 func (s *Server) space(p string) (free, total uint64, err error) {
-	rt, _ := s.rootFor(filepath.Clean(p))
+	p = filepath.Clean(p)
+	rt, _ := s.rootFor(p)
+	for _, r := range s.roots {
+		if r.dir == p {
+			rt = r.root
+		}
+	}
 	if rt == nil {
 		return 0, 0, fmt.Errorf("%w: %s is not inside any of this mover's roots", protocol.ErrBadPath, p)
 	}

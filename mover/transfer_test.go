@@ -453,6 +453,8 @@ func TestSpaceQuery(t *testing.T) {
 	ctx := context.Background()
 	free, total, err := s.Space(ctx, r.addr, r.id.ID, filepath.Join(r.root, "x"))
 	require.NoError(t, err)
+	_, _, err = s.Space(ctx, r.addr, r.id.ID, r.root)
+	require.NoError(t, err, "the root itself")
 	require.Positive(t, total)
 	require.LessOrEqual(t, free, total)
 	_, _, err = s.Space(ctx, r.addr, r.id.ID, "/etc")
