@@ -27,7 +27,7 @@ import (
 //
 // fileData is not safe for concurrent use; its node's mutex guards it.
 type fileData struct {
-	chunks []ChunkRef
+	chunks []chunkstore.ChunkRef
 	offs   []int64  // offs[i] is where chunks[i] starts; offs[len(chunks)] is the original size
 	limit  int64    // original content is valid only below this offset
 	local  []uint64 // bit i set: chunk i's range lives in the CoW file
@@ -37,7 +37,7 @@ type fileData struct {
 	cow     *os.File // nil until the first change
 }
 
-func newFileData(chunks []ChunkRef, cowPath string) *fileData {
+func newFileData(chunks []chunkstore.ChunkRef, cowPath string) *fileData {
 	offs := make([]int64, len(chunks)+1)
 	for i, c := range chunks {
 		offs[i+1] = offs[i] + int64(c.Len)
@@ -75,7 +75,7 @@ func (d *fileData) localChunks() int {
 
 // chunkSource fetches the plain content of one original chunk, checked
 // against its length. The result is shared: callers must not modify it.
-type chunkSource func(ctx context.Context, c ChunkRef) ([]byte, error)
+type chunkSource func(ctx context.Context, c chunkstore.ChunkRef) ([]byte, error)
 
 // readAt fills p from offset off and returns how many bytes it read (short
 // only at the end of the file).
@@ -224,7 +224,7 @@ func (d *fileData) close() error {
 
 // checkChunk returns an error unless data is as long as its reference says:
 // a tree whose lengths disagree with its chunks must not be served.
-func checkChunk(c ChunkRef, data []byte) error {
+func checkChunk(c chunkstore.ChunkRef, data []byte) error {
 	if len(data) != int(c.Len) {
 		return &chunkstore.CorruptChunkError{ID: c.ID, Err: fmt.Errorf("length %d, tree says %d", len(data), c.Len)}
 	}

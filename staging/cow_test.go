@@ -15,18 +15,18 @@ import (
 
 // memChunks splits data with the default chunker and returns its chunk list
 // and a source serving those chunks from memory.
-func memChunks(t *testing.T, data []byte) ([]ChunkRef, chunkSource, *int) {
+func memChunks(t *testing.T, data []byte) ([]chunkstore.ChunkRef, chunkSource, *int) {
 	t.Helper()
 	held := map[chunkstore.ID][]byte{}
-	var refs []ChunkRef
+	var refs []chunkstore.ChunkRef
 	require.NoError(t, chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
 		id := chunkstore.Sum(c.Data)
 		held[id] = bytes.Clone(c.Data)
-		refs = append(refs, ChunkRef{ID: id, Len: uint32(len(c.Data))})
+		refs = append(refs, chunkstore.ChunkRef{ID: id, Len: uint32(len(c.Data))})
 		return nil
 	}))
 	fetches := new(int)
-	get := func(ctx context.Context, c ChunkRef) ([]byte, error) {
+	get := func(ctx context.Context, c chunkstore.ChunkRef) ([]byte, error) {
 		*fetches++
 		return held[c.ID], nil
 	}
@@ -104,23 +104,23 @@ func TestFileDataCopiesOnlyTouchedChunks(t *testing.T) {
 func TestPlanTreeRefusesBadTrees(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		tree []Node
+		tree []chunkstore.Node
 	}{
-		{"absolute", []Node{{Path: "/etc", Type: NodeDir}}},
-		{"dotdot", []Node{{Path: "../x", Type: NodeDir}}},
-		{"unclean", []Node{{Path: "a//b", Type: NodeDir}}},
-		{"duplicate", []Node{{Path: "a", Type: NodeDir}, {Path: "a", Type: NodeDir}}},
-		{"inside a file", []Node{{Path: "a", Type: NodeFile}, {Path: "a/b", Type: NodeFile}}},
-		{"size mismatch", []Node{{Path: "a", Type: NodeFile, Size: 5, Chunks: []ChunkRef{{Len: 4}}}}},
-		{"unknown type", []Node{{Path: "a", Type: 9}}},
-		{"root not a dir", []Node{{Path: "", Type: NodeFile}}},
+		{"absolute", []chunkstore.Node{{Path: "/etc", Type: chunkstore.NodeDir}}},
+		{"dotdot", []chunkstore.Node{{Path: "../x", Type: chunkstore.NodeDir}}},
+		{"unclean", []chunkstore.Node{{Path: "a//b", Type: chunkstore.NodeDir}}},
+		{"duplicate", []chunkstore.Node{{Path: "a", Type: chunkstore.NodeDir}, {Path: "a", Type: chunkstore.NodeDir}}},
+		{"inside a file", []chunkstore.Node{{Path: "a", Type: chunkstore.NodeFile}, {Path: "a/b", Type: chunkstore.NodeFile}}},
+		{"size mismatch", []chunkstore.Node{{Path: "a", Type: chunkstore.NodeFile, Size: 5, Chunks: []chunkstore.ChunkRef{{Len: 4}}}}},
+		{"unknown type", []chunkstore.Node{{Path: "a", Type: 9}}},
+		{"root not a dir", []chunkstore.Node{{Path: "", Type: chunkstore.NodeFile}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := planTree(tc.tree)
 			require.Error(t, err)
 		})
 	}
-	plan, _, err := planTree([]Node{{Path: "a/b/c", Type: NodeFile}, {Path: "a", Type: NodeDir, Mode: 0o750}})
+	plan, _, err := planTree([]chunkstore.Node{{Path: "a/b/c", Type: chunkstore.NodeFile}, {Path: "a", Type: chunkstore.NodeDir, Mode: 0o750}})
 	require.NoError(t, err)
 	var paths []string
 	for _, n := range plan {

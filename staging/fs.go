@@ -45,8 +45,8 @@ type node struct {
 	fs.Inode
 	sys  *filesys
 	ino  uint64
-	typ  NodeType
-	plan []Node // root only: the tree that OnAdd builds
+	typ  chunkstore.NodeType
+	plan []chunkstore.Node // root only: the tree that OnAdd builds
 
 	nextRead atomic.Int64 // where a sequential reader continues
 
@@ -87,13 +87,13 @@ var (
 
 // planTree checks tree and returns its entries in an order where parents
 // come first, with missing parent directories added, and the root's entry.
-func planTree(tree []Node) ([]Node, Node, error) {
-	root := Node{Type: NodeDir, Mode: 0o700}
-	byPath := make(map[string]Node, len(tree))
+func planTree(tree []chunkstore.Node) ([]chunkstore.Node, chunkstore.Node, error) {
+	root := chunkstore.Node{Type: chunkstore.NodeDir, Mode: 0o700}
+	byPath := make(map[string]chunkstore.Node, len(tree))
 	for _, n := range tree {
 		p := n.Path
 		if p == "" || p == "." {
-			if n.Type != NodeDir {
+			if n.Type != chunkstore.NodeDir {
 				return nil, root, errors.New("staging: tree root is not a directory")
 			}
 			root = n
@@ -106,8 +106,8 @@ func planTree(tree []Node) ([]Node, Node, error) {
 			return nil, root, fmt.Errorf("staging: tree path %q appears twice", p)
 		}
 		switch n.Type {
-		case NodeDir, NodeSymlink:
-		case NodeFile:
+		case chunkstore.NodeDir, chunkstore.NodeSymlink:
+		case chunkstore.NodeFile:
 			var sum int64
 			for _, c := range n.Chunks {
 				sum += int64(c.Len)
@@ -124,15 +124,15 @@ func planTree(tree []Node) ([]Node, Node, error) {
 		for d := path.Dir(p); d != "."; d = path.Dir(d) {
 			parent, ok := byPath[d]
 			if !ok {
-				byPath[d] = Node{Path: d, Type: NodeDir, Mode: 0o700, MTime: root.MTime}
+				byPath[d] = chunkstore.Node{Path: d, Type: chunkstore.NodeDir, Mode: 0o700, MTime: root.MTime}
 				continue
 			}
-			if parent.Type != NodeDir {
+			if parent.Type != chunkstore.NodeDir {
 				return nil, root, fmt.Errorf("staging: tree path %q is inside non-directory %q", p, d)
 			}
 		}
 	}
-	plan := make([]Node, 0, len(byPath))
+	plan := make([]chunkstore.Node, 0, len(byPath))
 	for _, n := range byPath {
 		plan = append(plan, n)
 	}
@@ -149,7 +149,7 @@ func (sys *filesys) allocIno() uint64 {
 }
 
 // newNode makes the node of a tree entry, owned by the mount's owner.
-func (sys *filesys) newNode(n Node) *node {
+func (sys *filesys) newNode(n chunkstore.Node) *node {
 	mt := time.Unix(0, n.MTime)
 	nd := &node{
 		sys: sys, typ: n.Type, perm: n.Mode & 0o7777,
@@ -162,14 +162,14 @@ func (sys *filesys) newNode(n Node) *node {
 	} else {
 		nd.ino = sys.allocIno()
 	}
-	if n.Type == NodeFile {
+	if n.Type == chunkstore.NodeFile {
 		sys.addFile(nd, n.Chunks)
 	}
 	return nd
 }
 
 // newLocal makes a node that a caller creates through the mount.
-func (sys *filesys) newLocal(ctx context.Context, typ NodeType, perm uint32) *node {
+func (sys *filesys) newLocal(ctx context.Context, typ chunkstore.NodeType, perm uint32) *node {
 	now := time.Now()
 	nd := &node{
 		sys: sys, ino: sys.allocIno(), typ: typ, perm: perm & 0o7777,
@@ -179,13 +179,13 @@ func (sys *filesys) newLocal(ctx context.Context, typ NodeType, perm uint32) *no
 	if c, ok := fuse.FromContext(ctx); ok {
 		nd.uid, nd.gid = c.Uid, c.Gid
 	}
-	if typ == NodeFile {
+	if typ == chunkstore.NodeFile {
 		sys.addFile(nd, nil)
 	}
 	return nd
 }
 
-func (sys *filesys) addFile(nd *node, chunks []ChunkRef) {
+func (sys *filesys) addFile(nd *node, chunks []chunkstore.ChunkRef) {
 	nd.data = newFileData(chunks, filepath.Join(sys.cowDir, strconv.FormatUint(nd.ino, 10)))
 	sys.mu.Lock()
 	sys.files = append(sys.files, nd)
@@ -220,7 +220,7 @@ type chunkError struct {
 func (e *chunkError) Error() string { return fmt.Sprintf("chunk %s: %v", e.ID, e.Err) }
 func (e *chunkError) Unwrap() error { return e.Err }
 
-func (sys *filesys) fetch(c ChunkRef) func(context.Context) ([]byte, error) {
+func (sys *filesys) fetch(c chunkstore.ChunkRef) func(context.Context) ([]byte, error) {
 	return func(ctx context.Context) ([]byte, error) {
 		data, err := sys.chunks.Get(ctx, c.ID, make([]byte, 0, c.Len))
 		if err == nil {
@@ -231,7 +231,7 @@ func (sys *filesys) fetch(c ChunkRef) func(context.Context) ([]byte, error) {
 }
 
 // chunk returns an original chunk for a reader or writer.
-func (sys *filesys) chunk(ctx context.Context, c ChunkRef) ([]byte, error) {
+func (sys *filesys) chunk(ctx context.Context, c chunkstore.ChunkRef) ([]byte, error) {
 	data, err := sys.cache.get(ctx, sys.bg, c.ID, sys.fetch(c))
 	if err != nil {
 		return nil, &chunkError{ID: c.ID, Err: err}
@@ -241,7 +241,7 @@ func (sys *filesys) chunk(ctx context.Context, c ChunkRef) ([]byte, error) {
 
 // prefetch fetches c into the cache in the background unless it is there,
 // or too many prefetches are in flight already.
-func (sys *filesys) prefetch(c ChunkRef) {
+func (sys *filesys) prefetch(c chunkstore.ChunkRef) {
 	if sys.cache.has(c.ID) {
 		return
 	}
@@ -283,18 +283,18 @@ func (n *node) OnAdd(ctx context.Context) {
 		child := n.sys.newNode(e)
 		ino := n.NewPersistentInode(ctx, child, fs.StableAttr{Mode: typeBits(e.Type), Ino: child.ino})
 		dirs[path.Dir(e.Path)].AddChild(path.Base(e.Path), ino, false)
-		if e.Type == NodeDir {
+		if e.Type == chunkstore.NodeDir {
 			dirs[e.Path] = ino
 		}
 	}
 	n.plan = nil
 }
 
-func typeBits(t NodeType) uint32 {
+func typeBits(t chunkstore.NodeType) uint32 {
 	switch t {
-	case NodeDir:
+	case chunkstore.NodeDir:
 		return syscall.S_IFDIR
-	case NodeSymlink:
+	case chunkstore.NodeSymlink:
 		return syscall.S_IFLNK
 	default:
 		return syscall.S_IFREG
@@ -308,12 +308,12 @@ func (n *node) fill(a *fuse.Attr) {
 	a.Uid, a.Gid = n.uid, n.gid
 	a.Nlink = 1
 	switch n.typ {
-	case NodeDir:
+	case chunkstore.NodeDir:
 		a.Nlink = 2
 		a.Size = 4096
-	case NodeSymlink:
+	case chunkstore.NodeSymlink:
 		a.Size = uint64(len(n.target))
-	case NodeFile:
+	case chunkstore.NodeFile:
 		a.Size = uint64(n.data.size)
 	}
 	a.Blocks = (a.Size + 511) / 512
@@ -333,7 +333,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	defer n.mu.Unlock()
 	now := time.Now()
 	if sz, ok := in.GetSize(); ok {
-		if n.typ != NodeFile {
+		if n.typ != chunkstore.NodeFile {
 			return syscall.EISDIR
 		}
 		if err := n.data.truncate(int64(sz)); err != nil {
@@ -362,7 +362,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if n.typ == NodeFile && flags&syscall.O_TRUNC != 0 {
+	if n.typ == chunkstore.NodeFile && flags&syscall.O_TRUNC != 0 {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		if err := n.data.truncate(0); err != nil {
@@ -375,7 +375,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 }
 
 func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if n.typ != NodeFile {
+	if n.typ != chunkstore.NodeFile {
 		return nil, syscall.EISDIR
 	}
 	n.mu.RLock()
@@ -416,7 +416,7 @@ func (n *node) readahead(off, size int64) {
 }
 
 func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	if n.typ != NodeFile {
+	if n.typ != chunkstore.NodeFile {
 		return 0, syscall.EISDIR
 	}
 	n.mu.Lock()
@@ -432,7 +432,7 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 // Fsync syncs a file's CoW file. Directories have nothing to sync: their
 // entries live in memory for the life of the mount.
 func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
-	if n.typ != NodeFile {
+	if n.typ != chunkstore.NodeFile {
 		return 0
 	}
 	n.mu.RLock()
@@ -448,7 +448,7 @@ func (n *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { retur
 // Allocate supports plain fallocate (mode 0), which only needs to extend the
 // file: the CoW file is sparse anyway.
 func (n *node) Allocate(ctx context.Context, f fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
-	if n.typ != NodeFile {
+	if n.typ != chunkstore.NodeFile {
 		return syscall.ENODEV
 	}
 	if mode != 0 {
@@ -466,7 +466,7 @@ func (n *node) Allocate(ctx context.Context, f fs.FileHandle, off, size uint64, 
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if n.typ != NodeSymlink {
+	if n.typ != chunkstore.NodeSymlink {
 		return nil, syscall.EINVAL
 	}
 	n.mu.RLock()
@@ -529,16 +529,16 @@ func (n *node) add(ctx context.Context, name string, child *node, out *fuse.Entr
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return n.add(ctx, name, n.sys.newLocal(ctx, NodeDir, mode), out)
+	return n.add(ctx, name, n.sys.newLocal(ctx, chunkstore.NodeDir, mode), out)
 }
 
 func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	ino, errno := n.add(ctx, name, n.sys.newLocal(ctx, NodeFile, mode), out)
+	ino, errno := n.add(ctx, name, n.sys.newLocal(ctx, chunkstore.NodeFile, mode), out)
 	return ino, nil, fuse.FOPEN_KEEP_CACHE, errno
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	child := n.sys.newLocal(ctx, NodeSymlink, 0o777)
+	child := n.sys.newLocal(ctx, chunkstore.NodeSymlink, 0o777)
 	child.target = target
 	return n.add(ctx, name, child, out)
 }
@@ -546,7 +546,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 // forget drops a file that no name refers to any more. Its CoW file loses
 // its name but stays open, so open handles keep reading it.
 func (n *node) forget() {
-	if n.typ != NodeFile {
+	if n.typ != chunkstore.NodeFile {
 		return
 	}
 	n.mu.Lock()

@@ -28,36 +28,6 @@ type ChunkReader interface {
 
 var _ ChunkReader = chunkstore.Reader(nil)
 
-// NodeType says what a Node is.
-type NodeType uint8
-
-// Node types; the values match chunkstore's tree format.
-const (
-	NodeDir     NodeType = 1
-	NodeFile    NodeType = 2
-	NodeSymlink NodeType = 3
-)
-
-// ChunkRef is one chunk of a file's content, in order.
-type ChunkRef struct {
-	ID  chunkstore.ID
-	Len uint32
-}
-
-// Node is one entry of a restore point's tree. It mirrors the repository's
-// node so that staging does not depend on the repository code.
-type Node struct {
-	Path   string // slash-separated, relative; "" or "." is the root
-	Type   NodeType
-	Mode   uint32 // permission bits (and setuid/setgid/sticky)
-	UID    uint32 // as recorded; the mount shows Owner instead
-	GID    uint32
-	Size   int64 // files: the sum of Chunks' lengths
-	MTime  int64 // unix nanoseconds
-	Target string
-	Chunks []ChunkRef
-}
-
 // MountOptions configure Mount. CowDir is required; the rest work at their
 // zero value.
 type MountOptions struct {
@@ -126,8 +96,12 @@ type Mounted struct {
 
 // Mount serves tree read-only from chunks at mountpoint, with writes going to
 // a copy-on-write layer in o.CowDir. ctx bounds the mount call itself; the
-// mount lasts until Unmount.
-func Mount(ctx context.Context, mountpoint string, tree []Node, chunks ChunkReader, o MountOptions) (*Mounted, error) {
+// mount lasts until Unmount. tree is a restore point's tree as
+// chunkstore.Repo.Tree returns it; an entry with path "" or "." sets the
+// root directory's mode and time. A stale mount left at mountpoint by a
+// crashed mount is detached first (see CleanStaleMount); a running one makes
+// Mount fail with ErrMountInUse.
+func Mount(ctx context.Context, mountpoint string, tree []chunkstore.Node, chunks ChunkReader, o MountOptions) (*Mounted, error) {
 	o = o.withDefaults()
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -138,6 +112,15 @@ func Mount(ctx context.Context, mountpoint string, tree []Node, chunks ChunkRead
 	uid, gid, err := lookupOwner(o.Owner)
 	if err != nil {
 		return nil, err
+	}
+	// A mount killed earlier leaves a dead FUSE mount that fails every
+	// access with ENOTCONN; mounting over it would stack on a broken path.
+	cleaned, err := CleanStaleMount(mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	if cleaned {
+		o.Log.Warn("staging: detached a stale mount left by a crashed mount", "mountpoint", mountpoint)
 	}
 	if err := prepareCowDir(o.CowDir); err != nil {
 		return nil, err
@@ -200,6 +183,17 @@ func (m *Mounted) Unmount() error {
 	m.server.Wait()
 	m.once.Do(func() { m.err = m.sys.close() })
 	return m.err
+}
+
+// Detach lazily detaches a mount that Unmount keeps finding busy: the mount
+// leaves the filesystem tree at once, and m keeps serving the processes that
+// still use it until this process exits, when they get ENOTCONN. It is the
+// last call on m, for a caller about to exit.
+func (m *Mounted) Detach() error {
+	if err := detach(m.dir); err != nil {
+		return fmt.Errorf("staging: detaching %s: %w", m.dir, err)
+	}
+	return nil
 }
 
 // Wait blocks until the filesystem is unmounted, by Unmount or from outside.

@@ -15,13 +15,13 @@ import (
 
 // treeFromDir stores dir's files in a fresh local chunk store and returns
 // the tree that serves them, as a backup of a stopped cluster would.
-func treeFromDir(t *testing.T, dir string) ([]Node, *chunkstore.Local) {
+func treeFromDir(t *testing.T, dir string) ([]chunkstore.Node, *chunkstore.Local) {
 	t.Helper()
 	ctx := context.Background()
 	store, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = store.Close() })
-	var tree []Node
+	var tree []chunkstore.Node
 	require.NoError(t, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -34,17 +34,17 @@ func treeFromDir(t *testing.T, dir string) ([]Node, *chunkstore.Local) {
 		if err != nil {
 			return err
 		}
-		n := Node{Path: filepath.ToSlash(rel), Mode: uint32(fi.Mode().Perm()), MTime: fi.ModTime().UnixNano()}
+		n := chunkstore.Node{Path: filepath.ToSlash(rel), Mode: uint32(fi.Mode().Perm()), MTime: fi.ModTime().UnixNano()}
 		switch {
 		case fi.IsDir():
-			n.Type = NodeDir
+			n.Type = chunkstore.NodeDir
 		case fi.Mode()&fs.ModeSymlink != 0:
-			n.Type = NodeSymlink
+			n.Type = chunkstore.NodeSymlink
 			if n.Target, err = os.Readlink(p); err != nil {
 				return err
 			}
 		case fi.Mode().IsRegular():
-			n.Type = NodeFile
+			n.Type = chunkstore.NodeFile
 			data, err := os.ReadFile(p)
 			if err != nil {
 				return err
@@ -52,7 +52,7 @@ func treeFromDir(t *testing.T, dir string) ([]Node, *chunkstore.Local) {
 			n.Size = int64(len(data))
 			if err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
 				id := chunkstore.Sum(c.Data)
-				n.Chunks = append(n.Chunks, ChunkRef{ID: id, Len: uint32(len(c.Data))})
+				n.Chunks = append(n.Chunks, chunkstore.ChunkRef{ID: id, Len: uint32(len(c.Data))})
 				return store.Put(ctx, id, c.Data)
 			}); err != nil {
 				return err

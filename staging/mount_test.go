@@ -28,7 +28,7 @@ import (
 // testFile is a file, directory or symlink of a test tree.
 type testFile struct {
 	path   string
-	typ    NodeType
+	typ    chunkstore.NodeType
 	mode   uint32
 	data   []byte
 	target string
@@ -36,20 +36,20 @@ type testFile struct {
 
 // buildTree stores the files' content in a fresh local chunk store and
 // returns the tree that serves it.
-func buildTree(t *testing.T, files []testFile) ([]Node, *chunkstore.Local) {
+func buildTree(t *testing.T, files []testFile) ([]chunkstore.Node, *chunkstore.Local) {
 	t.Helper()
 	ctx := context.Background()
 	store, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = store.Close() })
-	var tree []Node
+	var tree []chunkstore.Node
 	for _, f := range files {
-		n := Node{Path: f.path, Type: f.typ, Mode: f.mode, MTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano(), Target: f.target}
-		if f.typ == NodeFile {
+		n := chunkstore.Node{Path: f.path, Type: f.typ, Mode: f.mode, MTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano(), Target: f.target}
+		if f.typ == chunkstore.NodeFile {
 			n.Size = int64(len(f.data))
 			require.NoError(t, chunkstore.Split(f.data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
 				id := chunkstore.Sum(c.Data)
-				n.Chunks = append(n.Chunks, ChunkRef{ID: id, Len: uint32(len(c.Data))})
+				n.Chunks = append(n.Chunks, chunkstore.ChunkRef{ID: id, Len: uint32(len(c.Data))})
 				return store.Put(ctx, id, c.Data)
 			}))
 		}
@@ -88,7 +88,7 @@ func testOwner(t *testing.T) (string, uint32) {
 
 // mountTree mounts tree and unmounts it at cleanup, checking that nothing
 // stays mounted.
-func mountTree(t *testing.T, tree []Node, chunks ChunkReader, o MountOptions) (*Mounted, string) {
+func mountTree(t *testing.T, tree []chunkstore.Node, chunks ChunkReader, o MountOptions) (*Mounted, string) {
 	t.Helper()
 	testsupport.RequireFUSE(t)
 	if os.Geteuid() != 0 {
@@ -126,16 +126,16 @@ func isMounted(t *testing.T, dir string) bool {
 
 func sampleFiles() []testFile {
 	return []testFile{
-		{path: "PG_VERSION", typ: NodeFile, mode: 0o600, data: []byte("15\n")},
-		{path: "base", typ: NodeDir, mode: 0o700},
-		{path: "base/1", typ: NodeDir, mode: 0o700},
-		{path: "base/1/empty", typ: NodeFile, mode: 0o600},
-		{path: "base/1/1259", typ: NodeFile, mode: 0o600, data: randomBytes(1, 8192)},
-		{path: "base/1/16384", typ: NodeFile, mode: 0o640, data: randomBytes(2, 3<<20+17)},
-		{path: "global/pg_control", typ: NodeFile, mode: 0o600, data: randomBytes(3, 8192)},
-		{path: "pg_wal", typ: NodeDir, mode: 0o700},
-		{path: "pg_wal/000000010000000000000001", typ: NodeFile, mode: 0o600, data: randomBytes(4, 1<<20)},
-		{path: "link", typ: NodeSymlink, mode: 0o777, target: "base/1"},
+		{path: "PG_VERSION", typ: chunkstore.NodeFile, mode: 0o600, data: []byte("15\n")},
+		{path: "base", typ: chunkstore.NodeDir, mode: 0o700},
+		{path: "base/1", typ: chunkstore.NodeDir, mode: 0o700},
+		{path: "base/1/empty", typ: chunkstore.NodeFile, mode: 0o600},
+		{path: "base/1/1259", typ: chunkstore.NodeFile, mode: 0o600, data: randomBytes(1, 8192)},
+		{path: "base/1/16384", typ: chunkstore.NodeFile, mode: 0o640, data: randomBytes(2, 3<<20+17)},
+		{path: "global/pg_control", typ: chunkstore.NodeFile, mode: 0o600, data: randomBytes(3, 8192)},
+		{path: "pg_wal", typ: chunkstore.NodeDir, mode: 0o700},
+		{path: "pg_wal/000000010000000000000001", typ: chunkstore.NodeFile, mode: 0o600, data: randomBytes(4, 1<<20)},
+		{path: "link", typ: chunkstore.NodeSymlink, mode: 0o777, target: "base/1"},
 	}
 }
 
@@ -149,14 +149,14 @@ func checkTree(t *testing.T, mnt string, files []testFile, uid uint32) {
 		st := fi.Sys().(*syscall.Stat_t)
 		require.Equal(t, uid, st.Uid, f.path)
 		switch f.typ {
-		case NodeDir:
+		case chunkstore.NodeDir:
 			require.True(t, fi.IsDir(), f.path)
 			require.Equal(t, fs.FileMode(f.mode), fi.Mode().Perm(), f.path)
-		case NodeSymlink:
+		case chunkstore.NodeSymlink:
 			target, err := os.Readlink(p)
 			require.NoError(t, err)
 			require.Equal(t, f.target, target)
-		case NodeFile:
+		case chunkstore.NodeFile:
 			require.True(t, fi.Mode().IsRegular(), f.path)
 			require.Equal(t, fs.FileMode(f.mode), fi.Mode().Perm(), f.path)
 			require.Equal(t, int64(len(f.data)), fi.Size(), f.path)
@@ -216,7 +216,7 @@ func chunkCount(t *testing.T, s chunkstore.Store) int {
 
 func TestWriteIntoLargeFileCopiesOneChunk(t *testing.T) {
 	big := randomBytes(7, 64<<20)
-	files := []testFile{{path: "big", typ: NodeFile, mode: 0o600, data: big}}
+	files := []testFile{{path: "big", typ: chunkstore.NodeFile, mode: 0o600, data: big}}
 	tree, store := buildTree(t, files)
 	before := chunkCount(t, store)
 	cow := filepath.Join(t.TempDir(), "cow")
@@ -392,7 +392,7 @@ func (s *syncBuffer) String() string {
 func TestCorruptChunkGivesEIO(t *testing.T) {
 	files := sampleFiles()
 	tree, store := buildTree(t, files)
-	var bad Node
+	var bad chunkstore.Node
 	for _, n := range tree {
 		if n.Path == "base/1/16384" {
 			bad = n

@@ -1,7 +1,228 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
-func newMountCmd(_ *globals) *cobra.Command {
-	return stub("mount --repo DIR --restore-point ID|latest MOUNTPOINT", "Mount a restore point through FUSE with a copy-on-write layer", cobra.ArbitraryArgs)
+	"github.com/spf13/cobra"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/staging"
+)
+
+type mountOpts struct {
+	repo, restorePoint string
+	owner, cowDir      string
+	keepCow            bool
+}
+
+// unmountTries is how many times an interrupted mount tries a clean unmount
+// while the mount is busy before it detaches lazily; unmountPause is the
+// pause between tries.
+const (
+	unmountTries = 5
+	unmountPause = 200 * time.Millisecond
+)
+
+func newMountCmd(g *globals) *cobra.Command {
+	var o mountOpts
+	c := &cobra.Command{
+		Use:   "mount --repo DIR --restore-point ID|latest MOUNTPOINT",
+		Short: "Mount a restore point through FUSE with a copy-on-write layer",
+		Long: `Mount a restore point of the repository DIR at MOUNTPOINT (an existing,
+empty directory) and serve it in the foreground until interrupted.
+
+Reads are served from the repository's chunks on demand; writes (PostgreSQL
+replaying WAL, writing postmaster.pid) go to a copy-on-write layer and never
+reach the repository. Files appear owned by --owner (default postgres), and
+other users may use the mount, so PostgreSQL can run on it as that user.
+
+SIGINT (Ctrl-C) or SIGTERM unmounts and discards the copy-on-write layer
+(unless --keep-cow). While processes still use the mount, it retries a few
+times, naming them, then detaches the mount lazily. A mount left behind by
+a crashed pgporter is detached at the next mount of the same point.
+
+Example:
+  pgporter mount --repo /srv/pgporter/repo --restore-point latest /mnt/pgdata`,
+		RunE: func(cmd *cobra.Command, args []string) error { return runMount(cmd.Context(), g, o, args) },
+	}
+	f := c.Flags()
+	f.StringVar(&o.repo, "repo", "", "repository directory")
+	f.StringVar(&o.restorePoint, "restore-point", "", "restore point ID, or latest")
+	f.StringVar(&o.owner, "owner", "postgres", "OS user every file appears to belong to")
+	f.StringVar(&o.cowDir, "cow-dir", "", "directory for the copy-on-write layer, absent or empty (default: a new directory under --home)")
+	f.BoolVar(&o.keepCow, "keep-cow", false, "keep the copy-on-write layer after unmounting")
+	return c
+}
+
+func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error {
+	switch {
+	case len(args) != 1:
+		return usagef("mount needs exactly one MOUNTPOINT, got %d arguments", len(args))
+	case o.repo == "":
+		return usagef("mount needs --repo DIR")
+	case o.restorePoint == "":
+		return usagef("mount needs --restore-point ID or --restore-point latest")
+	}
+	mnt, err := filepath.Abs(args[0])
+	if err != nil {
+		return usagef("mountpoint %s: %v", args[0], err)
+	}
+	// Before looking at the mountpoint: a stale mount fails every access.
+	cleaned, err := staging.CleanStaleMount(mnt)
+	if errors.Is(err, staging.ErrMountInUse) {
+		return usagef("mountpoint %s is already mounted by a running mount", mnt)
+	}
+	if err != nil {
+		return err
+	}
+	if cleaned {
+		g.log.Warn("detached a stale mount left by a crashed pgporter", "mountpoint", mnt)
+	}
+	if err := checkMountpoint(mnt); err != nil {
+		return err
+	}
+	// OpenRepo creates a missing repository; mounting must not.
+	if _, err := chunkstore.ListRepo(o.repo); err != nil {
+		return err
+	}
+	r, err := chunkstore.OpenRepo(o.repo, g.log)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	rp, err := r.Resolve(o.restorePoint)
+	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
+		return usageError{fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)}
+	}
+	if err != nil {
+		return err
+	}
+	tree, err := r.Tree(ctx, rp)
+	if err != nil {
+		return err
+	}
+
+	cowDir, ownCowDir := o.cowDir, o.cowDir == ""
+	if ownCowDir {
+		base := filepath.Join(g.home, "cow")
+		if err := os.MkdirAll(base, 0o700); err != nil {
+			return fmt.Errorf("creating the copy-on-write directory: %w", err)
+		}
+		if cowDir, err = os.MkdirTemp(base, rp.ID+"-"); err != nil {
+			return fmt.Errorf("creating the copy-on-write directory: %w", err)
+		}
+	}
+	discard := func() {
+		if o.keepCow {
+			fmt.Fprintf(g.stdout, "kept the copy-on-write layer in %s\n", cowDir)
+			return
+		}
+		if err := removeCow(cowDir, ownCowDir); err != nil {
+			g.log.Warn("removing the copy-on-write layer", "dir", cowDir, "err", err)
+		}
+	}
+
+	m, err := staging.Mount(ctx, mnt, tree, r.Store(), staging.MountOptions{Owner: o.owner, CowDir: cowDir, Log: g.log})
+	if err != nil {
+		if ownCowDir {
+			_ = os.Remove(cowDir)
+		}
+		return err
+	}
+	unmounted := make(chan struct{})
+	go func() {
+		m.Wait()
+		close(unmounted)
+	}()
+	fmt.Fprintf(g.stdout, "mounted restore point %s at %s; press Ctrl-C or run 'kill %d' to unmount\n", rp.ID, mnt, os.Getpid())
+
+	select {
+	case <-unmounted:
+		// Unmounted from outside (umount, fusermount -u): the CoW files
+		// stay open until exit, which is soon.
+		discard()
+		return fmt.Errorf("%s was unmounted from outside pgporter", mnt)
+	case <-ctx.Done():
+	}
+	detached, err := unmount(g.stderr, m)
+	switch {
+	case err != nil:
+	case detached:
+		fmt.Fprintf(g.stdout, "detached %s lazily; processes still using it lose access as pgporter exits\n", mnt)
+	default:
+		<-unmounted
+		fmt.Fprintf(g.stdout, "unmounted %s\n", mnt)
+	}
+	discard()
+	return err
+}
+
+// unmount unmounts m, retrying briefly while it is busy and naming who keeps
+// it busy, then detaches it lazily. It reports whether it had to detach.
+func unmount(stderr io.Writer, m *staging.Mounted) (detached bool, err error) {
+	for try := 1; ; try++ {
+		err := m.Unmount()
+		if err == nil {
+			return false, nil
+		}
+		var who []string
+		for _, u := range staging.Users(m.Dir()) {
+			who = append(who, fmt.Sprintf("%s (pid %d)", u.Command, u.PID))
+		}
+		if len(who) == 0 {
+			who = []string{"unknown processes"}
+		}
+		if try == unmountTries {
+			fmt.Fprintf(stderr, "pgporter: %s is still busy, used by %s; detaching it lazily\n", m.Dir(), strings.Join(who, ", "))
+			return true, m.Detach()
+		}
+		fmt.Fprintf(stderr, "pgporter: %s is busy, used by %s; retrying (%d/%d)\n", m.Dir(), strings.Join(who, ", "), try, unmountTries-1)
+		time.Sleep(unmountPause)
+	}
+}
+
+// checkMountpoint refuses a mountpoint that is missing, not a directory or
+// not empty: mounting over files would hide them.
+func checkMountpoint(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return usagef("mountpoint %s does not exist; create an empty directory first", dir)
+	case err != nil:
+		return usagef("mountpoint %s: %v", dir, err)
+	case !fi.IsDir():
+		return usagef("mountpoint %s is not a directory", dir)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return usagef("mountpoint %s: %v", dir, err)
+	}
+	if len(ents) > 0 {
+		return usagef("mountpoint %s is not empty", dir)
+	}
+	return nil
+}
+
+// removeCow discards a copy-on-write layer: the whole directory when pgporter
+// made it, its content when the user named it.
+func removeCow(dir string, own bool) error {
+	if own {
+		return os.RemoveAll(dir)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
 }

@@ -1,0 +1,178 @@
+package staging
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/testsupport"
+)
+
+// staleChildEnv and staleChildCowEnv, set in a child's environment to a
+// mountpoint and a CoW directory, make TestStaleMountChild mount there and
+// wait to be killed.
+const (
+	staleChildEnv    = "PGPORTER_STAGING_STALE_CHILD"
+	staleChildCowEnv = "PGPORTER_STAGING_STALE_CHILD_COW"
+)
+
+// memReader serves chunks from memory.
+type memReader map[chunkstore.ID][]byte
+
+func (r memReader) Get(_ context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+	b, ok := r[id]
+	if !ok {
+		return nil, fmt.Errorf("chunk %s not found", id)
+	}
+	return append(dst, b...), nil
+}
+
+// smallTree is one file, PG_VERSION, served from memory.
+func smallTree() ([]chunkstore.Node, memReader) {
+	data := []byte("15\n")
+	id := chunkstore.Sum(data)
+	tree := []chunkstore.Node{{Path: "PG_VERSION", Type: chunkstore.NodeFile, Mode: 0o600, Size: int64(len(data)),
+		Chunks: []chunkstore.ChunkRef{{ID: id, Len: uint32(len(data))}}}}
+	return tree, memReader{id: data}
+}
+
+// TestStaleMountChild is the mount process that TestStaleMountCleanedByNextMount
+// kills; run on its own it does nothing.
+func TestStaleMountChild(t *testing.T) {
+	mnt, cow := os.Getenv(staleChildEnv), os.Getenv(staleChildCowEnv)
+	if mnt == "" {
+		return
+	}
+	tree, chunks := smallTree()
+	owner, _ := testOwner(t)
+	if _, err := Mount(context.Background(), mnt, tree, chunks, MountOptions{Owner: owner, CowDir: cow}); err != nil {
+		fmt.Println("mount failed:", err)
+		os.Exit(1)
+	}
+	fmt.Println("mounted")
+	select {} // until SIGKILL; the FUSE server's goroutines keep the runtime from declaring a deadlock
+}
+
+func requireRootFUSE(t *testing.T) {
+	t.Helper()
+	testsupport.RequireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("mounting with DirectMount needs root")
+	}
+}
+
+// TestStaleMountCleanedByNextMount guards against a killed mount process
+// blocking the next mount of the same point: its dead FUSE mount answers
+// ENOTCONN until detached.
+func TestStaleMountCleanedByNextMount(t *testing.T) {
+	requireRootFUSE(t)
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "mnt")
+	require.NoError(t, os.Mkdir(mnt, 0o755))
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStaleMountChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), staleChildEnv+"="+mnt, staleChildCowEnv+"="+filepath.Join(dir, "cow1"))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		_, _ = CleanStaleMount(mnt)
+	})
+
+	deadline := time.After(30 * time.Second)
+wait:
+	for {
+		select {
+		case l, ok := <-lines:
+			require.True(t, ok, "the child exited before mounting")
+			require.NotContains(t, l, "mount failed")
+			if l == "mounted" {
+				break wait
+			}
+		case <-deadline:
+			t.Fatal("the child did not mount within 30s")
+		}
+	}
+	require.True(t, isMounted(t, mnt))
+
+	require.NoError(t, cmd.Process.Kill())
+	for range lines {
+	}
+	require.Error(t, <-exited)
+	exited <- nil // for the cleanup
+	_, err = os.ReadDir(mnt)
+	require.ErrorIs(t, err, syscall.ENOTCONN, "a killed FUSE server leaves a dead mount")
+
+	tree, chunks := smallTree()
+	owner, _ := testOwner(t)
+	m, err := Mount(context.Background(), mnt, tree, chunks, MountOptions{Owner: owner, CowDir: filepath.Join(dir, "cow2")})
+	require.NoError(t, err)
+	got, err := os.ReadFile(filepath.Join(mnt, "PG_VERSION"))
+	require.NoError(t, err)
+	require.Equal(t, "15\n", string(got))
+	require.NoError(t, m.Unmount())
+	require.False(t, isMounted(t, mnt), "both the stale and the new mount are gone")
+}
+
+func TestCleanStaleMountLeavesOthersAlone(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{dir, filepath.Join(dir, "missing"), "/"} {
+		cleaned, err := CleanStaleMount(p)
+		require.NoError(t, err, p)
+		require.False(t, cleaned, p)
+	}
+
+	requireRootFUSE(t)
+	tree, chunks := smallTree()
+	m, mnt := mountTree(t, tree, chunks, MountOptions{})
+	cleaned, err := CleanStaleMount(mnt)
+	require.ErrorIs(t, err, ErrMountInUse)
+	require.False(t, cleaned)
+	require.True(t, isMounted(t, mnt), "a running mount is not detached")
+
+	_, err = Mount(context.Background(), mnt, tree, chunks, MountOptions{CowDir: filepath.Join(t.TempDir(), "cow")})
+	require.ErrorIs(t, err, ErrMountInUse, "mounting over a running mount")
+
+	f, err := os.Open(filepath.Join(mnt, "PG_VERSION"))
+	require.NoError(t, err)
+	defer f.Close()
+	require.True(t, slices.ContainsFunc(Users(mnt), func(u MountUser) bool { return u.PID == os.Getpid() }),
+		"Users names the process holding a file open: %v", Users(mnt))
+	require.Error(t, m.Unmount())
+	require.NoError(t, f.Close())
+	require.Empty(t, Users(mnt))
+}
+
+func TestMountinfoHelpers(t *testing.T) {
+	require.Equal(t, "/tmp/a b\\c", unescapeMountinfo(`/tmp/a\040b\134c`))
+	require.Equal(t, "/plain", unescapeMountinfo("/plain"))
+	for fstype, want := range map[string]bool{"fuse": true, "fuse.pgporter": true, "fuseblk": true, "fusectl": false, "ext4": false} {
+		require.Equal(t, want, isFUSE(fstype), fstype)
+	}
+	_, ok, err := topMount("/no/such/mountpoint")
+	require.NoError(t, err)
+	require.False(t, ok)
+}
