@@ -1,0 +1,118 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pgporter/pgporter/staging"
+)
+
+// reclaim releases what a run that died (SIGKILL, power loss) left on the
+// staging host: a postgres still running on the dead mount, and the mount.
+func (r *Runner) reclaim(ctx context.Context, s *Session) error {
+	if pid := s.Resources.InstancePID; pid > 0 {
+		if err := stopOrphan(ctx, pid); err != nil {
+			return fmt.Errorf("stopping the instance (pid %d) left by an earlier run: %w", pid, err)
+		}
+		r.o.Log.Info("stopped an instance left by an earlier run", "session", s.ID, "pid", pid)
+		s.Resources.InstancePID = 0
+	}
+	if mnt := s.Resources.Mountpoint; mnt != "" {
+		if _, err := staging.CleanStaleMount(mnt); err != nil {
+			return fmt.Errorf("cleaning the mount %s left by an earlier run: %w", mnt, err)
+		}
+		_ = os.Remove(mnt)
+		s.Resources.Mountpoint = ""
+	}
+	return r.j.Put(s)
+}
+
+// stopOrphan stops a postmaster that an earlier run started, if pid is
+// still one: SIGQUIT (immediate shutdown), then SIGKILL.
+func stopOrphan(ctx context.Context, pid int) error {
+	if !isPostgres(pid) {
+		return nil // gone, or the PID was reused by something else
+	}
+	_ = syscall.Kill(pid, syscall.SIGQUIT)
+	deadline := time.Now().Add(10 * time.Second)
+	for isPostgres(pid) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			deadline = time.Now().Add(10 * time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond): // polling a process we do not own
+		}
+	}
+	return nil
+}
+
+// isPostgres reports whether pid is a live (not zombie) postgres process.
+func isPostgres(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...
+	s := string(stat)
+	open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || close < open || close+2 >= len(s) {
+		return false
+	}
+	comm, state := s[open+1:close], s[close+2]
+	return strings.HasPrefix(comm, "postgres") && state != 'Z' && state != 'X'
+}
+
+// Cancel ends session id and releases everything it holds: the instance,
+// the mount, the staging dumps, partial target directories; a target
+// directory moved aside by --overwrite is put back. A session running in
+// another process must be interrupted first.
+func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
+	lock, err := r.j.Lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Unlock()
+	s, err := r.j.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if s.State == StateDone {
+		return s, fmt.Errorf("session %s is done; nothing to cancel (its dumps are delivered)", id)
+	}
+	if s.State == StateCancelled {
+		return s, nil
+	}
+	if err := r.reclaim(ctx, s); err != nil {
+		return s, err
+	}
+	if err := os.RemoveAll(s.SessionDir()); err != nil {
+		return s, fmt.Errorf("removing the staging files: %w", err)
+	}
+	for _, db := range s.Plan.Databases {
+		if s.Step(transferStep(db)).State == StepDone {
+			continue // delivered and verified: the user's now
+		}
+		if err := os.RemoveAll(s.TargetDir(db) + ".partial"); err != nil {
+			return s, err
+		}
+		if aside, ok := s.Resources.Aside[db]; ok {
+			if _, err := os.Lstat(s.TargetDir(db)); errors.Is(err, fs.ErrNotExist) {
+				if err := os.Rename(aside, s.TargetDir(db)); err != nil {
+					return s, fmt.Errorf("putting back %s: %w", s.TargetDir(db), err)
+				}
+			}
+			delete(s.Resources.Aside, db)
+		}
+	}
+	s.State, s.Error = StateCancelled, ""
+	return s, r.j.Put(s)
+}

@@ -1,0 +1,251 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/staging"
+	"github.com/stretchr/testify/require"
+)
+
+const superPassword = "s3cret"
+
+// fixture is a cluster with a few databases, backed up into a repository.
+type fixture struct {
+	c    *testsupport.Cluster
+	repo string
+	rp   string
+	sums map[string]string // database → checksum of its schema and data
+}
+
+// checksumSQL digests every user table's rows, sequences and the schema
+// shape of a database: equal digests mean an equal restore.
+const checksumSQL = `SELECT md5(coalesce(string_agg(x, '|' ORDER BY x), '')) FROM (
+  SELECT format('%s.%s:%s', n.nspname, c.relname, c.relkind) AS x
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  UNION ALL
+  SELECT format('%s:%s', table_name, (xpath('/row/c/text()', query_to_xml(
+           format('SELECT md5(coalesce(string_agg(t::text, '','' ORDER BY t::text), '''')) AS c FROM %I.%I t', table_schema, table_name),
+           false, true, '')))[1]::text)
+    FROM information_schema.tables
+   WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_type = 'BASE TABLE'
+) s`
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: superPassword})
+	c.CreateDB(t, "shop")
+	c.CreateDB(t, "Weird DB")
+	c.CreateDB(t, "unused")
+	c.Exec(t, "shop", `CREATE TABLE items(id int primary key, name text, price numeric);
+		INSERT INTO items SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, 30000) g;
+		CREATE TABLE orders(id bigserial primary key, item int references items, at timestamptz default '2026-01-01');
+		INSERT INTO orders(item) SELECT 1 + g % 30000 FROM generate_series(1, 20000) g;
+		CREATE VIEW cheap AS SELECT * FROM items WHERE price < 10;`)
+	c.Exec(t, "Weird DB", `CREATE TABLE "Mixed Case"(v text); INSERT INTO "Mixed Case" SELECT repeat('é', g % 50) FROM generate_series(1, 5000) g;`)
+	f := &fixture{c: c, sums: map[string]string{}}
+	for _, db := range []string{"shop", "Weird DB"} {
+		f.sums[db] = c.Query(t, db, checksumSQL)
+	}
+	c.Stop(t)
+	f.repo = filepath.Join(t.TempDir(), "repo")
+	r, err := chunkstore.OpenRepo(f.repo, nil)
+	require.NoError(t, err)
+	rp, err := r.Backup(context.Background(), c.DataDir, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	f.rp = rp.ID
+	c.Start(t)
+	return f
+}
+
+func (f *fixture) plan(t *testing.T, to string) Plan {
+	return Plan{Repo: f.repo, RestorePoint: "latest", Databases: []string{"shop", "Weird DB"}, To: to, StagingDir: stagingDir(t), Jobs: 2}
+}
+
+// stagingDir is a staging directory the postgres OS user can reach
+// (t.TempDir's parents are private to root).
+func stagingDir(t *testing.T) string {
+	d, err := os.MkdirTemp("/var/tmp", "pgporter-staging-test-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(d, 0o755))
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// restoreAndCompare restores dir into a new database of the fixture's
+// cluster and compares its checksum with the source database's.
+func (f *fixture) restoreAndCompare(t *testing.T, dir, srcDB string) {
+	t.Helper()
+	rep, err := mover.Verify(context.Background(), dir)
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+	name := fmt.Sprintf("restored_%d", len(f.sums))
+	f.sums[name] = "" // keeps names unique
+	f.c.CreateDB(t, name)
+	out, err := f.c.ClientCmd(context.Background(), name, filepath.Join(f.c.BinDir, "pg_restore"), "--no-owner", "-d", name, dir).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Equal(t, f.sums[srcDB], f.c.Query(t, name, checksumSQL), "restored %s differs from the source", srcDB)
+}
+
+func newRunner(t *testing.T, home string, events func(Event)) *Runner {
+	r, err := NewRunner(Options{Home: home, Password: superPassword, Events: events})
+	require.NoError(t, err)
+	return r
+}
+
+// TestExportEmbedded exports two databases end to end on this machine and
+// restores them: the result equals the source, and nothing is left behind.
+func TestExportEmbedded(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	var mu sync.Mutex
+	var steps []string
+	r := newRunner(t, home, func(e Event) {
+		if e.Kind == "done" {
+			mu.Lock()
+			steps = append(steps, e.Step)
+			mu.Unlock()
+		}
+	})
+	plan := f.plan(t, to)
+	s, err := r.Create(plan)
+	require.NoError(t, err)
+	require.Equal(t, StatePlanned, s.State)
+	require.Equal(t, f.rp, s.Plan.RestorePoint, "latest is resolved when the session is created")
+
+	s, err = r.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	for _, st := range s.Steps {
+		require.Equal(t, StepDone, st.State, st.Name)
+	}
+	require.Equal(t, []string{"mount", "instance", "check", "dump:shop", "dump:Weird DB", "transfer:shop", "transfer:Weird DB", "cleanup"}, steps)
+	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
+	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
+
+	// Nothing left: staging files, mount, instance.
+	require.NoDirExists(t, s.SessionDir())
+	require.NoDirExists(t, filepath.Join(os.TempDir(), "pgporter-"+s.ID))
+	require.Zero(t, s.Resources.InstancePID)
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	require.NoError(t, err)
+	require.NotContains(t, string(mounts), "pgporter-"+s.ID)
+
+	// The journal has it; a retry of a done session is a no-op.
+	list, err := r.Journal().List()
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	require.Equal(t, StateDone, list[0].State)
+	again, err := r.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, again.State)
+
+	// A second export to the same place needs --overwrite.
+	_, err = r.Create(plan)
+	require.ErrorIs(t, err, ErrBadPlan)
+	require.Contains(t, err.Error(), "--overwrite")
+	plan.Overwrite = true
+	s2, err := r.Create(plan)
+	require.NoError(t, err)
+	s2, err = r.Run(context.Background(), s2.ID)
+	require.NoError(t, err)
+	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
+	entries, err := os.ReadDir(to)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.ElementsMatch(t, []string{"shop", "Weird DB"}, names, "no replaced or partial directories left")
+	require.Equal(t, StateDone, s2.State)
+}
+
+// TestExportChecksFailEarly: a wrong password, and a missing database, are
+// reported before anything is dumped; the session is failed and cancel
+// leaves nothing behind.
+func TestExportChecksFailEarly(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	for _, tc := range []struct {
+		password, db, want string
+	}{
+		{"wrong", "shop", "credentials"},
+		{superPassword, "nosuchdb", `"nosuchdb"`},
+	} {
+		r, err := NewRunner(Options{Home: home, Password: tc.password})
+		require.NoError(t, err)
+		plan := f.plan(t, to)
+		plan.Databases = []string{"shop", tc.db}
+		if tc.db == "shop" {
+			plan.Databases = []string{"shop"}
+		}
+		s, err := r.Create(plan)
+		require.NoError(t, err)
+		s, err = r.Run(context.Background(), s.ID)
+		require.ErrorIs(t, err, staging.ErrChecks)
+		require.Contains(t, err.Error(), tc.want)
+		require.Equal(t, StateFailed, s.State)
+		require.Equal(t, StepFailed, s.Step(StepCheck).State)
+		require.Equal(t, StepPending, s.Step(dumpStep("shop")).State)
+		require.NoDirExists(t, s.DumpDir("shop"))
+
+		s, err = r.Cancel(context.Background(), s.ID)
+		require.NoError(t, err)
+		require.Equal(t, StateCancelled, s.State)
+		require.NoDirExists(t, s.SessionDir())
+		_, err = r.Run(context.Background(), s.ID)
+		require.ErrorContains(t, err, "cancelled")
+	}
+	entries, err := os.ReadDir(to)
+	require.NoError(t, err)
+	require.Empty(t, entries)
+}
+
+// TestRetryAfterInterruption interrupts an export during its first
+// transfer; the retry redoes no dump and completes with the same result.
+func TestRetryAfterInterruption(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := newRunner(t, home, func(e Event) {
+		if strings.HasPrefix(e.Step, "transfer:") && e.Kind == "start" {
+			cancel()
+		}
+	})
+	s, err := r.Create(f.plan(t, to))
+	require.NoError(t, err)
+	s, err = r.Run(ctx, s.ID)
+	require.ErrorIs(t, err, context.Canceled)
+	require.Equal(t, StateFailed, s.State)
+	require.Contains(t, s.Error, "interrupted")
+	dumped := s.Step(dumpStep("shop")).Ended
+	require.DirExists(t, s.DumpDir("shop"), "the dump a retry needs is kept")
+
+	var redone []string
+	r2 := newRunner(t, home, func(e Event) {
+		if e.Kind == "start" {
+			redone = append(redone, e.Step)
+		}
+	})
+	s, err = r2.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	require.NotContains(t, redone, "dump:shop")
+	require.NotContains(t, redone, "mount", "no dump pending: nothing to mount")
+	require.Equal(t, dumped, s.Step(dumpStep("shop")).Ended)
+	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
+	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
+}

@@ -1,0 +1,160 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"golang.org/x/sys/unix"
+)
+
+// Journal keeps sessions in pebble under HOME/orchestrator. The database is
+// opened for each read or write and closed at once, so that 'pgporter
+// sessions' works while an export runs in another process; pebble's own
+// lock serializes the short opens.
+type Journal struct {
+	dir string
+}
+
+// ErrNoSession is returned for a session ID the journal does not hold.
+var ErrNoSession = errors.New("no such session")
+
+// OpenJournal returns the journal under home.
+func OpenJournal(home string) (*Journal, error) {
+	dir := filepath.Join(home, "orchestrator")
+	if err := os.MkdirAll(filepath.Join(dir, "locks"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	return &Journal{dir: dir}, nil
+}
+
+func sessionKey(id string) []byte { return []byte("s/" + id) }
+
+// with opens the database, runs fn and closes it, waiting for another
+// process's short open to end.
+func (j *Journal) with(fn func(*pebble.DB) error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		db, err := pebble.Open(filepath.Join(j.dir, "db"), &pebble.Options{Logger: quietLogger{}})
+		if err != nil {
+			if strings.Contains(err.Error(), "lock") && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond) // another process holds it for a moment
+				continue
+			}
+			return fmt.Errorf("opening the session journal: %w", err)
+		}
+		ferr := fn(db)
+		if err := db.Close(); err != nil && ferr == nil {
+			ferr = err
+		}
+		return ferr
+	}
+}
+
+// Put writes s durably.
+func (j *Journal) Put(s *Session) error {
+	s.Updated = time.Now().UTC()
+	v, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return j.with(func(db *pebble.DB) error {
+		if err := db.Set(sessionKey(s.ID), v, pebble.Sync); err != nil {
+			return fmt.Errorf("journaling session %s: %w", s.ID, err)
+		}
+		return nil
+	})
+}
+
+// Get reads session id.
+func (j *Journal) Get(id string) (*Session, error) {
+	var s *Session
+	err := j.with(func(db *pebble.DB) error {
+		v, closer, err := db.Get(sessionKey(id))
+		if errors.Is(err, pebble.ErrNotFound) {
+			return fmt.Errorf("%w %q (see 'pgporter sessions')", ErrNoSession, id)
+		}
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		s = new(Session)
+		return json.Unmarshal(v, s)
+	})
+	return s, err
+}
+
+// List returns every session, newest first.
+func (j *Journal) List() ([]*Session, error) {
+	var out []*Session
+	err := j.with(func(db *pebble.DB) error {
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("s/"), UpperBound: []byte("s0")})
+		if err != nil {
+			return err
+		}
+		defer it.Close()
+		for it.First(); it.Valid(); it.Next() {
+			s := new(Session)
+			if err := json.Unmarshal(it.Value(), s); err != nil {
+				return fmt.Errorf("session %s: %w", it.Key(), err)
+			}
+			out = append(out, s)
+		}
+		return it.Error()
+	})
+	sort.Slice(out, func(a, b int) bool { return out[a].Created.After(out[b].Created) })
+	return out, err
+}
+
+// Lock is a session's run lock: one process at a time runs, retries or
+// cancels a session. The kernel drops it when the process dies.
+type Lock struct{ f *os.File }
+
+// ErrRunning is returned when another process holds a session's lock.
+var ErrRunning = errors.New("session is running in another process")
+
+// Lock takes session id's run lock without waiting.
+func (j *Journal) Lock(id string) (*Lock, error) {
+	f, err := os.OpenFile(filepath.Join(j.dir, "locks", id+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s (interrupt it, or wait for it to end)", ErrRunning, id)
+		}
+		return nil, fmt.Errorf("locking session %s: %w", id, err)
+	}
+	return &Lock{f: f}, nil
+}
+
+// Unlock releases the lock.
+func (l *Lock) Unlock() {
+	_ = unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+	l.f.Close()
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf(format, args...))
+}
+
+// contextErr prefers ctx's error: an interrupted step reports the
+// interruption, not the broken pipe it caused.
+func contextErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}

@@ -1,0 +1,152 @@
+package orchestrator
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// State is a session's state. The names are stable: scripts read them from
+// 'pgporter sessions --json'.
+type State string
+
+// Session states, in the order a successful export goes through them.
+const (
+	StatePlanned      State = "planned"
+	StateChecking     State = "checking"
+	StateDumping      State = "dumping"
+	StateTransferring State = "transferring"
+	StateCleaning     State = "cleaning"
+	StateDone         State = "done"
+	StateFailed       State = "failed"
+	StateCancelled    State = "cancelled"
+)
+
+// Final reports whether nothing more will happen to a session in s.
+func (s State) Final() bool { return s == StateDone || s == StateCancelled }
+
+// StepState is the state of one step.
+type StepState string
+
+// Step states.
+const (
+	StepPending StepState = "pending"
+	StepRunning StepState = "running"
+	StepDone    StepState = "done"
+	StepFailed  StepState = "failed"
+)
+
+// Step names. Per-database steps are "dump:NAME" and "transfer:NAME".
+const (
+	StepCheck   = "check"
+	StepMount   = "mount"
+	StepStart   = "instance"
+	StepCleanup = "cleanup"
+)
+
+func dumpStep(db string) string     { return "dump:" + db }
+func transferStep(db string) string { return "transfer:" + db }
+
+// Step is one journaled step of a session.
+type Step struct {
+	Name      string    `json:"name"`
+	State     StepState `json:"state"`
+	Started   time.Time `json:"started,omitzero"`
+	Ended     time.Time `json:"ended,omitzero"`
+	Bytes     int64     `json:"bytes,omitempty"`
+	WireBytes int64     `json:"wire_bytes,omitempty"`
+	Detail    string    `json:"detail,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	Attempts  int       `json:"attempts,omitempty"`
+}
+
+// Seconds is how long the step's last run took.
+func (s *Step) Seconds() float64 {
+	if s.Started.IsZero() || s.Ended.IsZero() {
+		return 0
+	}
+	return s.Ended.Sub(s.Started).Seconds()
+}
+
+// Plan is what the user asked for, fixed when the session is created.
+type Plan struct {
+	Repo         string   `json:"repo"`
+	RestorePoint string   `json:"restore_point"` // resolved ID, never "latest"
+	Databases    []string `json:"databases"`
+	To           string   `json:"to"`
+	PGUser       string   `json:"pg_user"`
+	PasswordFile string   `json:"password_file,omitempty"`
+	Jobs         int      `json:"jobs"`
+	Overwrite    bool     `json:"overwrite,omitempty"`
+	StagingDir   string   `json:"staging_dir"` // dumps go to STAGING_DIR/<session>/<db>
+	OSUser       string   `json:"os_user"`     // runs postgres
+}
+
+// Resources are what a session holds on the staging host; cleanup and
+// cancel release them, and a retry after a crash finds them here.
+type Resources struct {
+	Mountpoint  string `json:"mountpoint,omitempty"`
+	InstancePID int    `json:"instance_pid,omitempty"`
+	// Aside maps a database to where its old target directory was moved
+	// (--overwrite); cancel puts it back, success removes it.
+	Aside map[string]string `json:"aside,omitempty"`
+}
+
+// Session is the journal record of one export.
+type Session struct {
+	ID        string    `json:"id"`
+	State     State     `json:"state"`
+	Created   time.Time `json:"created"`
+	Updated   time.Time `json:"updated"`
+	Plan      Plan      `json:"plan"`
+	Steps     []*Step   `json:"steps"`
+	Resources Resources `json:"resources"`
+	Error     string    `json:"error,omitempty"`
+	PID       int       `json:"pid,omitempty"` // the process running it, while it runs
+}
+
+// Step returns the step named name, adding it if it is missing.
+func (s *Session) Step(name string) *Step {
+	for _, st := range s.Steps {
+		if st.Name == name {
+			return st
+		}
+	}
+	st := &Step{Name: name, State: StepPending}
+	s.Steps = append(s.Steps, st)
+	return st
+}
+
+// SessionDir is where the session's staging files live: dumps, the
+// copy-on-write layer and the instance's run directory.
+func (s *Session) SessionDir() string { return s.Plan.StagingDir + "/" + s.ID }
+
+// DumpDir is where the dump of db is written on the staging host.
+func (s *Session) DumpDir(db string) string { return s.SessionDir() + "/dumps/" + dbDirName(db) }
+
+// TargetDir is where db's dump lands on the target.
+func (s *Session) TargetDir(db string) string { return s.Plan.To + "/" + dbDirName(db) }
+
+// dbDirName is a database name as a directory name: names are matched
+// exactly, but '/' and a leading '.' cannot be used as they are.
+func dbDirName(db string) string {
+	out := make([]rune, 0, len(db))
+	for i, r := range db {
+		switch {
+		case r == '/' || r == 0:
+			out = append(out, '_')
+		case i == 0 && r == '.':
+			out = append(out, '_')
+		default:
+			out = append(out, r)
+		}
+	}
+	return string(out)
+}
+
+func newSessionID(now time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("x-%s-%s", now.UTC().Format("20060102-150405"), hex.EncodeToString(b[:]))
+}
