@@ -39,11 +39,13 @@ func stopOrphan(ctx context.Context, pid int) error {
 	if !isPostgres(pid) {
 		return nil // gone, or the PID was reused by something else
 	}
-	_ = syscall.Kill(pid, syscall.SIGQUIT)
+	// The instance was started in a process group of its own: signal the
+	// whole group, backends included.
+	_ = syscall.Kill(-pid, syscall.SIGQUIT)
 	deadline := time.Now().Add(10 * time.Second)
 	for isPostgres(pid) {
 		if time.Now().After(deadline) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			deadline = time.Now().Add(10 * time.Second)
 		}
 		select {

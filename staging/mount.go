@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -163,8 +164,29 @@ func Mount(ctx context.Context, mountpoint string, tree []chunkstore.Node, chunk
 		NegativeTimeout: &timeout,
 		RootStableAttr:  &fs.StableAttr{Mode: fuse.S_IFDIR, Ino: 1},
 	}
+	// go-fuse's direct mount opens /dev/fuse without close-on-exec: every
+	// process started afterwards (postgres, pg_dump) would hold the FUSE
+	// connection open, so that if this process dies, their requests wait
+	// forever instead of failing. Holding ForkLock keeps any fork out of the
+	// window until the flag is set.
+	// (Without root the mount goes through fusermount, which execs and
+	// returns a descriptor go-fuse does flag; the lock would deadlock it.)
+	direct := os.Geteuid() == 0
+	if direct {
+		opts.MountOptions.DirectMountStrict = true
+		syscall.ForkLock.Lock()
+	}
 	server, err := fs.Mount(mountpoint, root, opts)
+	if err == nil {
+		err = closeOnExecFUSE()
+	}
+	if direct {
+		syscall.ForkLock.Unlock()
+	}
 	if err != nil {
+		if server != nil {
+			_ = server.Unmount()
+		}
 		cancel()
 		return nil, fmt.Errorf("staging: mounting %s: %w", mountpoint, err)
 	}
@@ -304,4 +326,23 @@ func (c *chunkCache) load(ctx context.Context, e *cacheEntry, fetch func(context
 		delete(c.entries, old.id)
 		c.used -= int64(len(old.data))
 	}
+}
+
+// closeOnExecFUSE sets close-on-exec on every /dev/fuse descriptor of this
+// process.
+func closeOnExecFUSE() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("listing descriptors: %w", err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
