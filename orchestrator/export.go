@@ -289,6 +289,9 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 		return err
 	}
 	s.Resources.Mountpoint = mnt
+	// A mount and an instance never outlive a run: a retry makes new ones.
+	s.Step(StepMount).State = StepPending
+	s.Step(StepStart).State = StepPending
 	var m *staging.Mounted
 	err = r.step(ctx, s, StepMount, func(st *Step) error {
 		var err error
@@ -308,7 +311,6 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 		s.Resources.Mountpoint = ""
 		_ = r.j.Put(s)
 	}()
-	s.Step(StepStart).State = StepPending // an instance never outlives a run
 	var in *staging.Instance
 	err = r.step(ctx, s, StepStart, func(st *Step) error {
 		var err error

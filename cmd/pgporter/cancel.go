@@ -1,7 +1,36 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
 
-func newCancelCmd(_ *globals) *cobra.Command {
-	return stub("cancel SESSION_ID", "Cancel an export session and clean up everything it left", cobra.ArbitraryArgs)
+	"github.com/spf13/cobra"
+)
+
+func newCancelCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel SESSION_ID",
+		Short: "Cancel an export session and remove everything it left",
+		Long: `Cancel an export session: stop its instance, unmount its restore point, remove
+its staging dumps and the partial directories on the target, and put back a
+target directory that --overwrite had moved aside. Dumps already delivered and
+verified stay. A session running in another process must be interrupted first.`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("cancel takes one SESSION_ID (see 'pgporter sessions')")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := newRunnerOnly(g)
+			if err != nil {
+				return err
+			}
+			s, err := r.Cancel(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "session %s cancelled\n", s.ID)
+			return nil
+		},
+	}
 }

@@ -1,7 +1,226 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"errors"
+	"fmt"
+	"io"
 
-func newExportCmd(_ *globals) *cobra.Command {
-	return stub("export --repo DIR --restore-point ID|latest --db NAME... --to DIR", "Export databases from a restore point to a target directory", cobra.ArbitraryArgs)
+	"strings"
+	"sync"
+
+	"github.com/pgporter/pgporter/orchestrator"
+	"github.com/pgporter/pgporter/staging"
+	"github.com/spf13/cobra"
+)
+
+type exportOpts struct {
+	plan         orchestrator.Plan
+	passwordFile string
+	sourcePort   int
+	json         bool
+}
+
+func newExportCmd(g *globals) *cobra.Command {
+	var eo exportOpts
+	c := &cobra.Command{
+		Use:   "export --repo DIR --restore-point ID|latest --db NAME [--db NAME]... --to DIR",
+		Short: "Export databases from a restore point to a target directory",
+		Long: `Export databases out of a backup: mount the restore point (FUSE, copy-on-write,
+the backup is never modified), start a throwaway PostgreSQL instance on it,
+check the user's credentials and privileges and the free space, run
+'pg_dump -Fd' for each database into the staging directory, and move each dump
+to the target through the movers (zstd chunks addressed by BLAKE3 over QUIC),
+where it is verified and committed as DIR/<db>/ with pgporter-manifest.json.
+
+This build runs every role on this machine: the target mover runs in-process
+and is reached over loopback QUIC, the same code path as across hosts.
+
+The PostgreSQL user (--pg-user, default postgres) logs in with its password as
+of the backup, taken from --password-file, PGPASSWORD, or ~/.pgpass (libpq's
+rules; the entry is matched for host localhost and --source-port).
+
+Every step is journaled under --home. If the export fails or is interrupted,
+'pgporter retry SESSION' continues from the first unfinished step (finished
+dumps are not redone; transfers send only missing chunks), and
+'pgporter cancel SESSION' removes everything the session left.
+
+Example:
+  pgporter export --repo /srv/repo --restore-point latest --db shop --db crm --to /srv/exports`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runExport(cmd, g, eo) },
+	}
+	f := c.Flags()
+	f.StringVar(&eo.plan.Repo, "repo", "", "backup repository directory")
+	f.StringVar(&eo.plan.RestorePoint, "restore-point", "latest", "restore point ID, or latest")
+	f.StringArrayVar(&eo.plan.Databases, "db", nil, "database to export, matched exactly (repeat for several)")
+	f.StringVar(&eo.plan.To, "to", "", "target directory; each database lands in DIR/<db>/")
+	f.StringVar(&eo.plan.PGUser, "pg-user", "postgres", "PostgreSQL user that dumps (needs CONNECT and SELECT, or pg_read_all_data)")
+	f.StringVar(&eo.passwordFile, "password-file", "", "file whose first line is the PostgreSQL user's password")
+	f.IntVar(&eo.sourcePort, "source-port", 5432, "port of the backed-up server, to match ~/.pgpass entries")
+	f.IntVar(&eo.plan.Jobs, "jobs", 2, "parallel pg_dump jobs per database")
+	f.BoolVar(&eo.plan.Overwrite, "overwrite", false, "replace DIR/<db> if it exists (the old one is kept until the new one is committed)")
+	f.StringVar(&eo.plan.StagingDir, "staging-dir", "/var/tmp/pgporter", "where dumps are written before they move (must be reachable by the postgres OS user)")
+	f.StringVar(&eo.plan.OSUser, "os-user", "postgres", "OS user that runs the throwaway instance")
+	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
+	return c
+}
+
+func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
+	if eo.plan.Repo == "" || eo.plan.To == "" || len(eo.plan.Databases) == 0 {
+		return usagef("export needs --repo, --to and at least one --db")
+	}
+	eo.plan.PasswordFile = eo.passwordFile
+	r, pw, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
+	if err != nil {
+		return err
+	}
+	s, err := r.Create(eo.plan)
+	if errors.Is(err, orchestrator.ErrBadPlan) {
+		return usageError{err}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stderr, "session %s: exporting %s from restore point %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.RestorePoint, s.Plan.To)
+	_ = pw
+	return driveSession(cmd, g, r, s.ID, eo.json)
+}
+
+func quoteAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = fmt.Sprintf("%q", s)
+	}
+	return out
+}
+
+// newSessionRunner resolves the PostgreSQL password and opens the runner.
+func newSessionRunner(g *globals, user, passwordFile string, port int) (*orchestrator.Runner, string, error) {
+	pw, source, err := staging.ResolvePassword(staging.PasswordOptions{File: passwordFile, User: user, Port: port, Log: g.log})
+	switch {
+	case errors.Is(err, staging.ErrNoPassword):
+		// The instance asks for a password: the checks will say the login
+		// failed. Say here why.
+		g.log.Warn("no password found for the PostgreSQL user; use --password-file, PGPASSWORD or ~/.pgpass", "user", user)
+	case err != nil:
+		return nil, "", err
+	default:
+		g.log.Debug("PostgreSQL password", "source", source)
+	}
+	r, err := orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Password: pw})
+	return r, pw, err
+}
+
+// exportResult is the contract of 'export --json' and 'retry --json'.
+type exportResult struct {
+	Session   string     `json:"session"`
+	State     string     `json:"state"`
+	Error     string     `json:"error,omitempty"`
+	Databases []dbResult `json:"databases"`
+}
+
+type dbResult struct {
+	Name      string  `json:"name"`
+	Path      string  `json:"path"`
+	Bytes     int64   `json:"bytes"`
+	WireBytes int64   `json:"wire_bytes"`
+	Seconds   float64 `json:"seconds"` // dump + transfer
+}
+
+func resultOf(s *orchestrator.Session) exportResult {
+	res := exportResult{Session: s.ID, State: string(s.State), Error: s.Error, Databases: []dbResult{}}
+	for _, db := range s.Plan.Databases {
+		d, t := s.Step("dump:"+db), s.Step("transfer:"+db)
+		res.Databases = append(res.Databases, dbResult{Name: db, Path: s.TargetDir(db), Bytes: t.Bytes, WireBytes: t.WireBytes, Seconds: d.Seconds() + t.Seconds()})
+	}
+	return res
+}
+
+// driveSession runs (or retries) a session with progress on stderr and
+// the summary on stdout.
+func driveSession(cmd *cobra.Command, g *globals, r *orchestrator.Runner, id string, asJSON bool) error {
+	ctx := cmd.Context()
+	pr := &progressRenderer{w: g.stderr, ctx: cmd}
+	r.SetEvents(pr.event)
+	s, err := r.Run(ctx, id)
+	pr.close(err == nil)
+	if s == nil {
+		return err
+	}
+	if err == nil {
+		printSummary(g.stdout, s)
+	} else {
+		fmt.Fprintf(g.stderr, "session %s failed; 'pgporter retry %s' continues it, 'pgporter cancel %s' removes what it left\n", s.ID, s.ID, s.ID)
+	}
+	if asJSON {
+		if jerr := writeJSONLine(g.stdout, resultOf(s)); jerr != nil && err == nil {
+			err = jerr
+		}
+	}
+	return err
+}
+
+func printSummary(w io.Writer, s *orchestrator.Session) {
+	fmt.Fprintf(w, "session %s %s\n", s.ID, s.State)
+	for _, db := range s.Plan.Databases {
+		d, t := s.Step("dump:"+db), s.Step("transfer:"+db)
+		ratio := 0.0
+		if t.WireBytes > 0 {
+			ratio = float64(t.Bytes) / float64(t.WireBytes)
+		}
+		fmt.Fprintf(w, "  %-20q %s  dump %s in %.1fs, wire %s (%.1fx) in %.1fs\n", db, s.TargetDir(db), humanSize(t.Bytes), d.Seconds(), humanSize(t.WireBytes), ratio, t.Seconds())
+	}
+}
+
+// progressRenderer prints one line per step and a byte bar per transfer
+// (bars only on a terminal).
+type progressRenderer struct {
+	w   io.Writer
+	ctx *cobra.Command
+
+	mu  sync.Mutex
+	bar *byteBar
+}
+
+func (p *progressRenderer) event(e orchestrator.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch e.Kind {
+	case "start":
+		p.endBar(true)
+		fmt.Fprintf(p.w, "• %s\n", e.Step)
+	case "progress":
+		if strings.HasPrefix(e.Step, "transfer:") && e.Total > 0 {
+			if p.bar == nil {
+				p.bar = newByteBar(p.ctx.Context(), p.w, e.Step, e.Total)
+			}
+			p.bar.set(e.Done)
+		}
+	case "done":
+		p.endBar(true)
+		if e.Text != "" {
+			fmt.Fprintf(p.w, "  done: %s\n", e.Text)
+		}
+	case "skip":
+		if e.Step != "" {
+			fmt.Fprintf(p.w, "• %s: %s\n", e.Step, e.Text)
+		} else {
+			fmt.Fprintln(p.w, e.Text)
+		}
+	case "warning":
+		fmt.Fprintf(p.w, "  warning: %s\n", e.Text)
+	}
+}
+
+func (p *progressRenderer) endBar(ok bool) {
+	if p.bar != nil {
+		p.bar.done(ok)
+		p.bar = nil
+	}
+}
+
+func (p *progressRenderer) close(ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.endBar(ok)
 }

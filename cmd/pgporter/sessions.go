@@ -1,7 +1,129 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
 
-func newSessionsCmd(_ *globals) *cobra.Command {
-	return stub("sessions [show ID]", "List export sessions, or show one", cobra.ArbitraryArgs)
+	"github.com/pgporter/pgporter/orchestrator"
+	"github.com/spf13/cobra"
+)
+
+func openJournal(g *globals) (*orchestrator.Journal, error) {
+	return orchestrator.OpenJournal(g.home)
+}
+
+func newRunnerOnly(g *globals) (*orchestrator.Runner, error) {
+	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log})
+}
+
+func newSessionsCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "sessions [show ID]",
+		Short: "List export sessions, or show one",
+		Long: `List export sessions, newest first, with their state: planned, checking,
+dumping, transferring, cleaning, done, failed or cancelled. 'sessions show ID'
+prints every step with its times, bytes and error.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			j, err := openJournal(g)
+			if err != nil {
+				return err
+			}
+			list, err := j.List()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				type row struct {
+					ID           string    `json:"id"`
+					State        string    `json:"state"`
+					Created      time.Time `json:"created"`
+					Updated      time.Time `json:"updated"`
+					RestorePoint string    `json:"restore_point"`
+					Databases    []string  `json:"databases"`
+					To           string    `json:"to"`
+					Error        string    `json:"error,omitempty"`
+				}
+				out := struct {
+					Sessions []row `json:"sessions"`
+				}{Sessions: []row{}}
+				for _, s := range list {
+					out.Sessions = append(out.Sessions, row{s.ID, string(s.State), s.Created, s.Updated, s.Plan.RestorePoint, s.Plan.Databases, s.Plan.To, s.Error})
+				}
+				return writeJSONLine(g.stdout, out)
+			}
+			if len(list) == 0 {
+				fmt.Fprintln(g.stdout, "no sessions")
+				return nil
+			}
+			tw := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SESSION\tSTATE\tUPDATED\tDATABASES\tTO\tERROR")
+			for _, s := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.State, s.Updated.Local().Format("2006-01-02 15:04:05"), strings.Join(quoteAll(s.Plan.Databases), ","), s.Plan.To, firstLine(s.Error))
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one session's steps",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("sessions show takes one session ID")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			j, err := openJournal(g)
+			if err != nil {
+				return err
+			}
+			s, err := j.Get(args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSONLine(g.stdout, s)
+			}
+			printSession(g.stdout, s)
+			return nil
+		},
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, "print the session's journal record as one JSON object")
+	c.AddCommand(show)
+	return c
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
+}
+
+func printSession(w io.Writer, s *orchestrator.Session) {
+	fmt.Fprintf(w, "session        %s\nstate          %s\ncreated        %s\nrestore point  %s (repository %s)\ndatabases      %s\nto             %s\n",
+		s.ID, s.State, s.Created.Local().Format(time.RFC3339), s.Plan.RestorePoint, s.Plan.Repo, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.To)
+	if s.Error != "" {
+		fmt.Fprintf(w, "error          %s\n", s.Error)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nSTEP\tSTATE\tSTARTED\tSECONDS\tBYTES\tWIRE\tDETAIL")
+	for _, st := range s.Steps {
+		started := ""
+		if !st.Started.IsZero() {
+			started = st.Started.Local().Format("15:04:05")
+		}
+		detail := st.Detail
+		if st.Error != "" {
+			detail = "error: " + firstLine(st.Error)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%s\t%s\t%s\n", st.Name, st.State, started, st.Seconds(), humanSize(st.Bytes), humanSize(st.WireBytes), detail)
+	}
+	tw.Flush()
 }

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/orchestrator"
+	"github.com/stretchr/testify/require"
+)
+
+// exportFixture backs up a password-protected cluster with two databases
+// and returns the repository. PGPASSWORD is set for the test.
+func exportFixture(t *testing.T) (c *testsupport.Cluster, repo string) {
+	t.Helper()
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	c = testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c.CreateDB(t, "shop")
+	c.PgBench(t, "shop", 2)
+	c.CreateDB(t, "crm")
+	c.Exec(t, "crm", `CREATE TABLE "Clients"(id int, name text); INSERT INTO "Clients" SELECT g, 'c' || g FROM generate_series(1, 1000) g;`)
+	c.Stop(t)
+	repo = filepath.Join(t.TempDir(), "repo")
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", c.DataDir)
+	require.Equal(t, 0, code, errs)
+	c.Start(t)
+	t.Setenv("PGPASSWORD", "pw")
+	return c, repo
+}
+
+func cliStagingDir(t *testing.T) string {
+	d, err := os.MkdirTemp("/var/tmp", "pgporter-cli-staging-")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(d, 0o755))
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+type exportJSON struct {
+	Session   string `json:"session"`
+	State     string `json:"state"`
+	Databases []struct {
+		Name      string  `json:"name"`
+		Path      string  `json:"path"`
+		Bytes     int64   `json:"bytes"`
+		WireBytes int64   `json:"wire_bytes"`
+		Seconds   float64 `json:"seconds"`
+	} `json:"databases"`
+}
+
+func TestExportCLI(t *testing.T) {
+	_, repo := exportFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	args := []string{"--home", home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", cliStagingDir(t)}
+	code, out, errs := runCLI(t, append(args, "--json")...)
+	require.Equal(t, 0, code, errs)
+	var res exportJSON
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+	require.Equal(t, "done", res.State)
+	require.Len(t, res.Databases, 2)
+	for _, db := range res.Databases {
+		require.Equal(t, filepath.Join(to, db.Name), db.Path)
+		require.Positive(t, db.Bytes)
+		require.Positive(t, db.WireBytes)
+		rep, err := mover.Verify(context.Background(), db.Path)
+		require.NoError(t, err)
+		require.Empty(t, rep.Problems)
+	}
+	require.Contains(t, errs, "• dump:shop")
+
+	code, out, errs = runCLI(t, "--home", home, "sessions", "--json")
+	require.Equal(t, 0, code, errs)
+	var list struct {
+		Sessions []struct{ ID, State string } `json:"sessions"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &list))
+	require.Len(t, list.Sessions, 1)
+	require.Equal(t, res.Session, list.Sessions[0].ID)
+	require.Equal(t, "done", list.Sessions[0].State)
+
+	code, out, errs = runCLI(t, "--home", home, "sessions", "show", res.Session)
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `transfer:shop +done`, out)
+
+	code, _, errs = runCLI(t, "--home", home, "retry", res.Session)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, errs, "done already")
+
+	// Refusals: an existing target without --overwrite; an unknown session.
+	code, _, errs = runCLI(t, args...)
+	require.Equal(t, exitUsage, code)
+	require.Contains(t, errs, "--overwrite")
+	code, _, errs = runCLI(t, "--home", home, "retry", "x-nope")
+	require.Equal(t, exitFailure, code)
+	require.Contains(t, errs, "no such session")
+}
+
+var sessionLineRE = regexp.MustCompile(`session (x-\S+): exporting`)
+
+// TestExportKillRetry kills the export process with SIGKILL at a step, then
+// 'pgporter retry' finishes the session: the dumps verify, and no instance
+// or mount of the killed run is left.
+func TestExportKillRetry(t *testing.T) {
+	_, repo := exportFixture(t)
+	for _, at := range []string{"• dump:shop", "• transfer:crm"} {
+		t.Run(strings.TrimPrefix(at, "• "), func(t *testing.T) {
+			home, to := t.TempDir(), t.TempDir()
+			p := startProc(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", cliStagingDir(t))
+			deadline := time.Now().Add(waitTimeout)
+			for !strings.Contains(p.stderr.String(), at) {
+				select {
+				case <-p.done:
+					t.Fatalf("export ended before %q: %v\n%s", at, p.err, p.stderr.String())
+				case <-time.After(5 * time.Millisecond): // polling another process's output
+				}
+				require.True(t, time.Now().Before(deadline), "export did not reach %q", at)
+			}
+			p.kill(t)
+			m := sessionLineRE.FindStringSubmatch(p.stderr.String())
+			require.NotNil(t, m, p.stderr.String())
+			id := m[1]
+
+			j, err := orchestrator.OpenJournal(home)
+			require.NoError(t, err)
+			before, err := j.Get(id)
+			require.NoError(t, err)
+			require.NotEqual(t, orchestrator.StateDone, before.State)
+
+			code, out, errs := runCLI(t, "--home", home, "retry", id, "--json")
+			require.Equal(t, 0, code, errs)
+			var res exportJSON
+			require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+			require.Equal(t, "done", res.State)
+			for _, db := range []string{"shop", "crm"} {
+				rep, err := mover.Verify(context.Background(), filepath.Join(to, db))
+				require.NoError(t, err)
+				require.Empty(t, rep.Problems)
+			}
+			if pid := before.Resources.InstancePID; pid > 0 {
+				_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+				require.True(t, os.IsNotExist(err), "the killed run's instance (pid %d) must be stopped", pid)
+			}
+			mounts, err := os.ReadFile("/proc/self/mountinfo")
+			require.NoError(t, err)
+			require.NotContains(t, string(mounts), "pgporter-"+id)
+			entries, err := os.ReadDir(to)
+			require.NoError(t, err)
+			require.Len(t, entries, 2, "only the two dumps; no partial directories")
+		})
+	}
+}
