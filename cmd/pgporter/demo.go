@@ -1,7 +1,764 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
 
-func newDemoCmd(_ *globals) *cobra.Command {
-	return stub("demo", "Run an end-to-end export on sample data", cobra.ArbitraryArgs)
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/spf13/cobra"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/orchestrator"
+	"github.com/pgporter/pgporter/staging"
+)
+
+type demoOpts struct {
+	scale int
+	keep  bool
+	json  bool
+}
+
+func newDemoCmd(g *globals) *cobra.Command {
+	var o demoOpts
+	c := &cobra.Command{
+		Use:   "demo [--scale N] [--keep] [--json]",
+		Short: "Run an end-to-end export on sample data",
+		Long: `Show what pgporter does, end to end, on a throwaway sample cluster, using
+the PostgreSQL installed here (15 if present, else the newest under
+/usr/lib/postgresql):
+
+  1. create a cluster (password authentication, a private socket, no TCP)
+     with three databases: "shop" filled by 'pgbench -i -s N' (about
+     15 MB per scale unit: the default 70 makes about 1 GB), "crm" (a few
+     tables, a few MB) and "empty";
+  2. stop it and back it up into a repository;
+  3. export "shop" and "crm" from that backup, as 'pgporter export' does
+     (mount, throwaway instance, pg_dump, transfer over loopback QUIC);
+  4. verify each delivered dump against its manifest, restart the sample
+     cluster, restore "shop" into a new database and compare the row count
+     of every pgbench table with the source;
+  5. print sizes, wire bytes and time per step.
+
+Everything lives in a temporary directory under /var/tmp, removed at the end,
+also when a step fails or on Ctrl-C; --keep leaves it (the cluster stopped)
+and says where. The demo has its own state directory there: --home is not
+touched. Runs as root (the server runs as the postgres OS user) or as a user
+who may run PostgreSQL and FUSE mounts.`,
+		Example: `  pgporter demo
+  pgporter demo --scale 5 --keep`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd, g, o) },
+	}
+	f := c.Flags()
+	f.IntVar(&o.scale, "scale", 70, "pgbench scale of the \"shop\" database (about 15 MB each)")
+	f.BoolVar(&o.keep, "keep", false, "keep the temporary directory (cluster, repository, dumps) and print where")
+	f.BoolVar(&o.json, "json", false, "print a JSON summary as the last line")
+	return c
+}
+
+// pgbenchTables are the tables 'pgbench -i' creates; the demo compares their
+// row counts between the source and the restored copy.
+var pgbenchTables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"}
+
+// demoExported are the databases the demo exports; demoRestored is where
+// the first is restored.
+var demoExported = []string{"shop", "crm"}
+
+const demoRestored = "shop_restored"
+
+// crmSQL fills "crm": a few MB in tables of different shapes, with a
+// quoted mixed-case table and column name that the dump must carry exactly.
+const crmSQL = `
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE, created timestamptz NOT NULL);
+INSERT INTO customers (name, email, created)
+  SELECT 'Customer ' || g, 'c' || g || '@example.com', '2025-01-01'::timestamptz + g * interval '37 minutes'
+  FROM generate_series(1, 20000) g;
+CREATE TABLE "SalesNotes" (id bigserial PRIMARY KEY, customer int NOT NULL REFERENCES customers, "noteText" text, at timestamptz);
+INSERT INTO "SalesNotes" (customer, "noteText", at)
+  SELECT 1 + g % 20000, repeat(md5(g::text), 1 + g % 4), '2025-06-01'::timestamptz + g * interval '1 minute'
+  FROM generate_series(1, 60000) g;
+CREATE TABLE deals (id serial PRIMARY KEY, customer int REFERENCES customers, amount numeric(12,2),
+  stage text NOT NULL CHECK (stage IN ('lead', 'won', 'lost')));
+INSERT INTO deals (customer, amount, stage)
+  SELECT 1 + g % 20000, (g % 9973) * 1.25, (ARRAY['lead', 'won', 'lost'])[1 + g % 3]
+  FROM generate_series(1, 30000) g;
+CREATE INDEX deals_stage ON deals (stage);
+CREATE VIEW won_deals AS SELECT c.name, d.amount FROM deals d JOIN customers c ON c.id = d.customer WHERE d.stage = 'won';
+`
+
+// demoResult is the contract of 'demo --json'.
+type demoResult struct {
+	Session   string         `json:"session"`
+	Dir       string         `json:"dir"`
+	Kept      bool           `json:"kept"`
+	Scale     int            `json:"scale"`
+	PGVersion string         `json:"pg_version"`
+	Databases []demoDB       `json:"databases"`
+	Steps     []demoStep     `json:"steps"`
+	Rows      []demoRowCount `json:"rows"`
+	RowsMatch bool           `json:"rows_match"`
+	Seconds   float64        `json:"seconds"`
+}
+
+type demoDB struct {
+	Name            string  `json:"name"`
+	SizeBytes       int64   `json:"size_bytes"` // pg_database_size in the sample cluster
+	Exported        bool    `json:"exported"`
+	DumpBytes       int64   `json:"dump_bytes,omitempty"`
+	WireBytes       int64   `json:"wire_bytes,omitempty"`
+	Ratio           float64 `json:"ratio,omitempty"` // dump bytes over wire bytes
+	DumpSeconds     float64 `json:"dump_seconds,omitempty"`
+	TransferSeconds float64 `json:"transfer_seconds,omitempty"`
+	VerifiedFiles   int     `json:"verified_files,omitempty"`
+}
+
+type demoStep struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+	Bytes   int64   `json:"bytes,omitempty"`
+	Detail  string  `json:"detail,omitempty"`
+}
+
+type demoRowCount struct {
+	Table    string `json:"table"`
+	Source   int64  `json:"source"`
+	Restored int64  `json:"restored"`
+}
+
+// errRowsDiffer means the restored database does not hold what the source
+// held: the demo's end-to-end check failed.
+var errRowsDiffer = errors.New("restored row counts differ from the source")
+
+// demo is one run's state: what the deferred cleanup must undo, and what
+// the summary reports.
+type demo struct {
+	g      *globals
+	cmd    *cobra.Command
+	o      demoOpts
+	log    *slog.Logger
+	dir    string
+	bin    string
+	pg     *demoCluster
+	res    demoResult
+	start  time.Time
+	phases int
+	phase  int
+}
+
+func runDemo(cmd *cobra.Command, g *globals, o demoOpts) (err error) {
+	if o.scale < 1 {
+		return usagef("--scale must be at least 1, not %d", o.scale)
+	}
+	d := &demo{g: g, cmd: cmd, o: o, log: g.log, start: time.Now(), phases: 4}
+	d.res = demoResult{Scale: o.scale, Databases: []demoDB{}, Steps: []demoStep{}, Rows: []demoRowCount{}}
+	// The library packages log each instance start and stop at info: noise
+	// in a demo, unless the user asked for a log level.
+	if !cmd.Flags().Changed("log-level") {
+		d.log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	if d.bin, err = demoBinDir(); err != nil {
+		return err
+	}
+	for _, p := range []string{"initdb", "postgres", "pgbench", "pg_restore", "createdb"} {
+		if _, err := exec.LookPath(filepath.Join(d.bin, p)); err != nil {
+			return fmt.Errorf("the demo needs %s in %s: %w (run make setup)", p, d.bin, err)
+		}
+	}
+	if d.dir, err = os.MkdirTemp("/var/tmp", "pgporter-demo-"); err != nil {
+		return err
+	}
+	d.res.Dir = d.dir
+	defer func() {
+		if serr := d.pg.stop(); serr != nil && err == nil {
+			err = serr
+		}
+		if o.keep {
+			d.res.Kept = true
+			fmt.Fprintf(g.stderr, "kept %s: cluster data in cluster/data (stopped), repository in repo/, dumps in exports/\n", d.dir)
+		} else if rerr := os.RemoveAll(d.dir); rerr != nil && err == nil {
+			err = fmt.Errorf("removing %s: %w", d.dir, rerr)
+		}
+		if err != nil {
+			if ctx := cmd.Context(); ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+				err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+			}
+			return
+		}
+		d.res.Seconds = time.Since(d.start).Seconds()
+		d.summary()
+		if o.json {
+			err = writeJSONLine(g.stdout, d.res)
+		}
+	}()
+	// The postgres OS user must reach everything below (cluster, staging).
+	if err := os.Chmod(d.dir, 0o755); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stderr, "pgporter demo: working in %s\n", d.dir)
+	if err := d.createCluster(cmd.Context()); err != nil {
+		return err
+	}
+	rp, err := d.backup(cmd.Context())
+	if err != nil {
+		return err
+	}
+	s, err := d.export(cmd.Context(), rp)
+	if err != nil {
+		return err
+	}
+	if err := d.verify(cmd.Context(), s); err != nil {
+		return err
+	}
+	return d.restore(cmd.Context(), s)
+}
+
+// step prints the header of the next phase.
+func (d *demo) step(format string, args ...any) {
+	d.phase++
+	fmt.Fprintf(d.g.stderr, "\n[%d/%d] %s\n", d.phase, d.phases, fmt.Sprintf(format, args...))
+}
+
+// note prints a progress line within a phase.
+func (d *demo) note(format string, args ...any) {
+	fmt.Fprintf(d.g.stderr, "      "+format+"\n", args...)
+}
+
+// timed records how long a finished part of the demo took.
+func (d *demo) timed(name string, start time.Time, bytes int64, detail string) float64 {
+	secs := time.Since(start).Seconds()
+	d.res.Steps = append(d.res.Steps, demoStep{Name: name, Seconds: secs, Bytes: bytes, Detail: detail})
+	return secs
+}
+
+func (d *demo) db(name string) *demoDB {
+	for i := range d.res.Databases {
+		if d.res.Databases[i].Name == name {
+			return &d.res.Databases[i]
+		}
+	}
+	d.res.Databases = append(d.res.Databases, demoDB{Name: name})
+	return &d.res.Databases[len(d.res.Databases)-1]
+}
+
+func (d *demo) createCluster(ctx context.Context) error {
+	d.step("creating a sample cluster with %s", d.bin)
+	t := time.Now()
+	pg, err := newDemoCluster(ctx, d.bin, filepath.Join(d.dir, "cluster"))
+	if err != nil {
+		return err
+	}
+	d.pg = pg
+	if err := pg.start(ctx); err != nil {
+		return err
+	}
+	d.res.PGVersion = pg.version
+	d.note("PostgreSQL %s: initdb --auth=scram-sha-256, pid %d, socket %s, port %d (no TCP)", pg.version, pg.pid(), pg.sock, pg.port)
+	d.timed("initdb+start", t, 0, "")
+
+	for _, name := range []string{"shop", "crm", "empty"} {
+		if err := pg.exec(ctx, "postgres", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+			return err
+		}
+	}
+	t = time.Now()
+	d.note("shop: pgbench -i -s %d (%d accounts)...", d.o.scale, d.o.scale*100000)
+	if err := d.pgbench(ctx); err != nil {
+		return err
+	}
+	d.timed("fill shop", t, 0, fmt.Sprintf("pgbench -i -s %d", d.o.scale))
+	t = time.Now()
+	d.note("crm: customers, \"SalesNotes\", deals, a view...")
+	if err := pg.exec(ctx, "crm", crmSQL); err != nil {
+		return fmt.Errorf("filling crm: %w", err)
+	}
+	d.timed("fill crm", t, 0, "")
+	for _, name := range []string{"shop", "crm", "empty"} {
+		var size int64
+		if err := pg.queryRow(ctx, "postgres", "SELECT pg_database_size($1)", []any{name}, &size); err != nil {
+			return err
+		}
+		d.db(name).SizeBytes = size
+		d.note("%-6s %s", name, humanSize(size))
+	}
+	src := map[string]int64{}
+	for _, tbl := range pgbenchTables {
+		var n int64
+		if err := pg.queryRow(ctx, "shop", "SELECT count(*) FROM "+pgx.Identifier{tbl}.Sanitize(), nil, &n); err != nil {
+			return err
+		}
+		src[tbl] = n
+	}
+	for _, tbl := range pgbenchTables {
+		d.res.Rows = append(d.res.Rows, demoRowCount{Table: tbl, Source: src[tbl]})
+	}
+	return nil
+}
+
+// pgbenchProgress matches pgbench -i -q's progress lines.
+var pgbenchProgress = regexp.MustCompile(`^\d+ of \d+ tuples \(\d+%\) done`)
+
+// pgbench fills "shop". Its progress lines are shown on a terminal; the
+// rest of its output only if it fails.
+func (d *demo) pgbench(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(d.o.scale), "shop")
+	cmd.Env = d.pg.clientEnv()
+	cmd.Dir = d.dir
+	out, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting pgbench: %w", err)
+	}
+	tty := isTTY(d.g.stderr)
+	var log strings.Builder
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		if pgbenchProgress.MatchString(line) {
+			if tty {
+				d.note("  %s", line)
+			}
+			continue
+		}
+		log.WriteString(line + "\n")
+	}
+	if err := cmd.Wait(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("pgbench -i failed (%v): %s", err, strings.TrimSpace(log.String()))
+	}
+	return nil
+}
+
+func (d *demo) backup(ctx context.Context) (*chunkstore.RestorePoint, error) {
+	d.step("stopping the cluster and backing it up")
+	if err := d.pg.stop(); err != nil {
+		return nil, err
+	}
+	t := time.Now()
+	repo, err := chunkstore.OpenRepo(filepath.Join(d.dir, "repo"), d.log)
+	if err != nil {
+		return nil, err
+	}
+	defer repo.Close()
+	var bar *byteBar
+	rp, err := repo.Backup(ctx, d.pg.data, chunkstore.BackupOptions{Progress: func(done, total int64) {
+		if bar == nil {
+			bar = newByteBar(ctx, d.g.stderr, "backup", total)
+		}
+		bar.set(done)
+	}})
+	if bar != nil {
+		bar.done(err == nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	if err := repo.Close(); err != nil {
+		return nil, err
+	}
+	detail := fmt.Sprintf("%d files, %s read, %s stored", rp.Files, humanSize(rp.Size), humanSize(rp.StoredSize))
+	secs := d.timed("backup", t, rp.Size, detail)
+	d.note("restore point %s: %s in %.1fs", rp.ID, detail, secs)
+	return rp, nil
+}
+
+func (d *demo) export(ctx context.Context, rp *chunkstore.RestorePoint) (*orchestrator.Session, error) {
+	d.step("exporting %s from restore point %s", strings.Join(quoteAll(demoExported), " and "), rp.ID)
+	r, err := orchestrator.NewRunner(orchestrator.Options{Home: filepath.Join(d.dir, "home"), Log: d.log, Password: d.pg.password})
+	if err != nil {
+		return nil, err
+	}
+	s, err := r.Create(orchestrator.Plan{
+		Repo: filepath.Join(d.dir, "repo"), RestorePoint: "latest", Databases: demoExported,
+		To: filepath.Join(d.dir, "exports"), StagingDir: filepath.Join(d.dir, "staging"), Jobs: 2,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.res.Session = s.ID
+	d.note("session %s", s.ID)
+	t := time.Now()
+	pr := &progressRenderer{w: d.g.stderr, ctx: d.cmd}
+	r.SetEvents(pr.event)
+	s, err = r.Run(ctx, s.ID)
+	pr.close(err == nil)
+	if err != nil {
+		return nil, fmt.Errorf("export session: %w", err)
+	}
+	d.timed("export", t, 0, "session "+s.ID)
+	steps := slices.Clone(s.Steps)
+	slices.SortStableFunc(steps, func(a, b *orchestrator.Step) int { return a.Started.Compare(b.Started) })
+	for _, st := range steps {
+		d.res.Steps = append(d.res.Steps, demoStep{Name: "  " + st.Name, Seconds: st.Seconds(), Bytes: st.Bytes, Detail: st.Detail})
+	}
+	for _, name := range demoExported {
+		dump, tr := s.Step("dump:"+name), s.Step("transfer:"+name)
+		db := d.db(name)
+		db.Exported, db.DumpBytes, db.WireBytes = true, tr.Bytes, tr.WireBytes
+		db.DumpSeconds, db.TransferSeconds = dump.Seconds(), tr.Seconds()
+		if tr.WireBytes > 0 {
+			db.Ratio = float64(tr.Bytes) / float64(tr.WireBytes)
+		}
+	}
+	return s, nil
+}
+
+func (d *demo) verify(ctx context.Context, s *orchestrator.Session) error {
+	d.step("verifying the dumps, restoring \"shop\" into %q", demoRestored)
+	t := time.Now()
+	var bytes int64
+	for _, name := range demoExported {
+		rep, err := mover.Verify(ctx, s.TargetDir(name))
+		if err != nil {
+			if rep != nil && len(rep.Problems) > 0 {
+				err = fmt.Errorf("%w: %s", err, rep.Problems[0])
+			}
+			return fmt.Errorf("verifying %s: %w", s.TargetDir(name), err)
+		}
+		d.db(name).VerifiedFiles = rep.Files
+		bytes += rep.Bytes
+		d.note("%s: %d files, %s match %s", s.TargetDir(name), rep.Files, humanSize(rep.Bytes), mover.ManifestName)
+	}
+	d.timed("verify", t, bytes, "")
+	return nil
+}
+
+func (d *demo) restore(ctx context.Context, s *orchestrator.Session) error {
+	t := time.Now()
+	if err := d.pg.start(ctx); err != nil {
+		return fmt.Errorf("restarting the sample cluster: %w", err)
+	}
+	d.timed("restart cluster", t, 0, "")
+	t = time.Now()
+	var said strings.Builder
+	err := runRestore(ctx, restoreOptions{
+		Dir: s.TargetDir("shop"), DBName: demoRestored, Create: true, BinDir: d.bin, Env: d.pg.clientEnv(), Jobs: 2,
+	}, &said, d.g.stderr)
+	if err != nil {
+		return err
+	}
+	d.timed("restore shop", t, 0, "pgporter restore --create --jobs 2")
+	d.note("%s", strings.TrimSpace(said.String()))
+	d.note("row counts, source and restored:")
+	d.res.RowsMatch = true
+	for i := range d.res.Rows {
+		rc := &d.res.Rows[i]
+		if err := d.pg.queryRow(ctx, demoRestored, "SELECT count(*) FROM "+pgx.Identifier{rc.Table}.Sanitize(), nil, &rc.Restored); err != nil {
+			return err
+		}
+		mark := "="
+		if rc.Restored != rc.Source {
+			mark, d.res.RowsMatch = "≠", false
+		}
+		d.note("%-18s %10d %s %d", rc.Table, rc.Source, mark, rc.Restored)
+	}
+	if !d.res.RowsMatch {
+		return errRowsDiffer
+	}
+	return nil
+}
+
+// summary prints the results on stdout.
+func (d *demo) summary() {
+	w := d.g.stdout
+	fmt.Fprintf(w, "\npgporter demo: done in %s (session %s, PostgreSQL %s, pgbench scale %d)\n\n",
+		time.Duration(d.res.Seconds*float64(time.Second)).Round(100*time.Millisecond), d.res.Session, d.res.PGVersion, d.res.Scale)
+	fmt.Fprintf(w, "  %-8s %11s %11s %11s %7s %10s %10s\n", "database", "size", "dump", "wire", "ratio", "dump", "transfer")
+	for _, db := range d.res.Databases {
+		if !db.Exported {
+			fmt.Fprintf(w, "  %-8s %11s %11s\n", db.Name, humanSize(db.SizeBytes), "(not exported)")
+			continue
+		}
+		fmt.Fprintf(w, "  %-8s %11s %11s %11s %6.1fx %9.1fs %9.1fs\n", db.Name, humanSize(db.SizeBytes), humanSize(db.DumpBytes),
+			humanSize(db.WireBytes), db.Ratio, db.DumpSeconds, db.TransferSeconds)
+	}
+	fmt.Fprintln(w, "  (ratio: dump bytes over bytes on the wire. pgbench rows are mostly blank padding,")
+	fmt.Fprintln(w, "  which zstd squeezes far more than real data; crm's ratio is nearer the usual.)")
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  step\ttime\tbytes\tdetail")
+	for _, st := range d.res.Steps {
+		bytes := "-"
+		if st.Bytes > 0 {
+			bytes = humanSize(st.Bytes)
+		}
+		fmt.Fprintf(tw, "  %s\t%6.1fs\t%s\t%s\n", st.Name, st.Seconds, bytes, st.Detail)
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "\n  row counts of the %d pgbench tables are equal in \"shop\" and %q\n", len(d.res.Rows), demoRestored)
+}
+
+// demoBinDir picks the PostgreSQL binaries: 15 if installed, else the
+// newest major under /usr/lib/postgresql.
+func demoBinDir() (string, error) {
+	if d, err := staging.FindBinDir("15", ""); err == nil {
+		return d, nil
+	}
+	ents, _ := os.ReadDir(pgBinRoot)
+	best, bestVer := "", -1.0
+	for _, e := range ents {
+		v, err := strconv.ParseFloat(e.Name(), 64)
+		if err != nil || v <= bestVer {
+			continue
+		}
+		if d, err := staging.FindBinDir(e.Name(), ""); err == nil {
+			best, bestVer = d, v
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("no PostgreSQL server binaries under %s: install postgresql (make setup does)", pgBinRoot)
+	}
+	return best, nil
+}
+
+// demoCluster is the demo's sample PostgreSQL cluster: password
+// authentication, a private socket directory, no TCP listener. The server
+// and initdb run as the postgres OS user when the demo runs as root.
+type demoCluster struct {
+	bin, base, data, sock, logFile string
+	version                        string
+	password                       string
+	port                           int
+	cred                           *syscall.Credential // nil: run as ourselves
+
+	cmd  *exec.Cmd     // the running postmaster, nil when stopped
+	done chan struct{} // closed when cmd has exited
+}
+
+// newDemoCluster runs initdb in base/data.
+func newDemoCluster(ctx context.Context, bin, base string) (*demoCluster, error) {
+	pw := make([]byte, 12)
+	_, _ = rand.Read(pw)
+	c := &demoCluster{bin: bin, base: base, data: filepath.Join(base, "data"), sock: filepath.Join(base, "sock"),
+		logFile: filepath.Join(base, "postgres.log"), password: hex.EncodeToString(pw)}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("the postgres OS user runs the sample cluster (PostgreSQL refuses root): %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	if err := os.Mkdir(base, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(c.sock, 0o700); err != nil {
+		return nil, err
+	}
+	pwfile := filepath.Join(base, "pwfile")
+	if err := os.WriteFile(pwfile, []byte(c.password+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	for _, p := range []string{base, c.sock, pwfile} {
+		if err := c.chown(p); err != nil {
+			return nil, err
+		}
+	}
+	defer os.Remove(pwfile)
+	cmd := c.serverCmd(ctx, "initdb", "-D", c.data, "-U", "postgres", "--auth=scram-sha-256", "--pwfile="+pwfile,
+		"-E", "UTF8", "--locale=C", "--no-sync")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("initdb: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	v, err := staging.ReadPGVersion(c.data)
+	if err != nil {
+		return nil, err
+	}
+	c.version = v
+	return c, nil
+}
+
+func (c *demoCluster) chown(p string) error {
+	if c.cred == nil {
+		return nil
+	}
+	return os.Chown(p, int(c.cred.Uid), int(c.cred.Gid))
+}
+
+// serverCmd runs a server-side program (initdb, postgres) as the cluster's
+// OS user, with no PG* variables from our environment.
+func (c *demoCluster) serverCmd(ctx context.Context, prog string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, prog), args...)
+	cmd.Dir = c.base
+	cmd.Env = []string{"LANG=C", "PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
+	return cmd
+}
+
+func (c *demoCluster) pid() int { return c.cmd.Process.Pid }
+
+// start starts postgres on a free port and waits until it accepts
+// connections.
+func (c *demoCluster) start(ctx context.Context) error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	c.port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	logf, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	// Not CommandContext: stop ends the server, by its PID, on every path.
+	cmd := exec.Command(filepath.Join(c.bin, "postgres"), "-D", c.data,
+		"-c", "listen_addresses=", "-c", "unix_socket_directories="+c.sock, "-c", "port="+strconv.Itoa(c.port),
+		// A sample: durability off, and no WAL for pgbench's freshly
+		// created tables.
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "wal_level=minimal", "-c", "max_wal_senders=0", "-c", "max_wal_size=4GB",
+		"-c", "logging_collector=off")
+	cmd.Dir = c.base
+	cmd.Env = []string{"LANG=C", "PATH=/usr/bin:/bin"}
+	// Its own process group: a Ctrl-C on the terminal reaches us, and we
+	// stop the server in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting postgres: %w", err)
+	}
+	c.cmd, c.done = cmd, make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(c.done)
+	}()
+	ready, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		conn, err := c.connect(ready, "postgres")
+		if err == nil {
+			conn.Close(ready)
+			return nil
+		}
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code != "57P03" { // anything but "starting up" is an answer
+			return fmt.Errorf("connecting to the sample cluster: %w", err)
+		}
+		select {
+		case <-c.done:
+			return fmt.Errorf("postgres exited during startup; log %s:\n%s", c.logFile, logTail(c.logFile, 10))
+		case <-ready.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("postgres did not accept connections within a minute; log %s:\n%s", c.logFile, logTail(c.logFile, 10))
+		case <-tick.C:
+		}
+	}
+}
+
+// stop shuts the server down by its PID: fast shutdown (SIGINT), then
+// immediate (SIGQUIT), then SIGKILL. It is safe on a nil or stopped
+// cluster.
+func (c *demoCluster) stop() error {
+	if c == nil || c.cmd == nil {
+		return nil
+	}
+	defer func() { c.cmd = nil }()
+	for _, s := range []struct {
+		sig  syscall.Signal
+		wait time.Duration
+	}{{syscall.SIGINT, time.Minute}, {syscall.SIGQUIT, 10 * time.Second}, {syscall.SIGKILL, time.Minute}} {
+		if err := c.cmd.Process.Signal(s.sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("stopping the sample cluster (pid %d): %w", c.pid(), err)
+		}
+		t := time.NewTimer(s.wait)
+		select {
+		case <-c.done:
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+	return fmt.Errorf("the sample cluster (pid %d) did not exit after SIGKILL", c.pid())
+}
+
+func (c *demoCluster) connString(db string) string {
+	return fmt.Sprintf("host=%s port=%d user=postgres dbname=%s password=%s sslmode=disable connect_timeout=5",
+		connQuote(c.sock), c.port, connQuote(db), connQuote(c.password))
+}
+
+func (c *demoCluster) connect(ctx context.Context, db string) (*pgx.Conn, error) {
+	return pgx.Connect(ctx, c.connString(db))
+}
+
+// exec runs sql (several statements may be given) in db.
+func (c *demoCluster) exec(ctx context.Context, db, sql string) error {
+	conn, err := c.connect(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("database %q: %w", db, err)
+	}
+	return nil
+}
+
+func (c *demoCluster) queryRow(ctx context.Context, db, sql string, args []any, dest ...any) error {
+	conn, err := c.connect(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := conn.QueryRow(ctx, sql, args...).Scan(dest...); err != nil {
+		return fmt.Errorf("database %q: %w", db, err)
+	}
+	return nil
+}
+
+// clientEnv is the environment of client programs (pgbench, pg_restore,
+// createdb): our own without PG* variables, pointed at the sample cluster.
+func (c *demoCluster) clientEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PG") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "PGHOST="+c.sock, "PGPORT="+strconv.Itoa(c.port), "PGUSER=postgres", "PGPASSWORD="+c.password)
+}
+
+// logTail returns the last n lines of a file, for error messages.
+func logTail(name string, n int) string {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
