@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
+	"golang.org/x/sync/errgroup"
 )
 
 // Event reports progress of a running session to the CLI.
@@ -118,16 +121,17 @@ func (r *Runner) Create(p Plan) (*Session, error) {
 	if p.To, err = filepath.EvalSymlinks(to); err != nil {
 		return nil, err
 	}
-	repo, err := chunkstore.OpenRepo(p.Repo, r.o.Log)
+	// The repository is read, never created: a typo must not make one.
+	rps, err := chunkstore.ListRepo(p.Repo)
 	if err != nil {
 		return nil, fmt.Errorf("%w: repository %s: %v", ErrBadPlan, p.Repo, err)
 	}
-	rp, err := repo.Resolve(p.RestorePoint)
-	repo.Close()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v (see 'pgporter restore-points --repo %s')", ErrBadPlan, err, p.Repo)
+	switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
+	case p.RestorePoint == "latest" && len(rps) > 0:
+		p.RestorePoint = rps[len(rps)-1].ID
+	case i < 0:
+		return nil, fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo)
 	}
-	p.RestorePoint = rp.ID
 	now := time.Now().UTC()
 	s := &Session{ID: newSessionID(now), State: StatePlanned, Created: now, Plan: p}
 	for _, db := range p.Databases {
@@ -167,106 +171,176 @@ func (r *Runner) Run(ctx context.Context, id string) (*Session, error) {
 	case StateCancelled:
 		return s, fmt.Errorf("session %s was cancelled; start a new export", id)
 	}
-	s.PID, s.Error = os.Getpid(), ""
-	if err := r.j.Put(s); err != nil {
+	x := &sessionRun{r: r, s: s}
+	if err := x.update(func(s *Session) { s.PID, s.Error = os.Getpid(), "" }); err != nil {
 		return s, err
 	}
-	runErr := r.run(ctx, s)
-	s.PID = 0
-	if runErr != nil {
-		s.State, s.Error = StateFailed, runErr.Error()
-		if ctx.Err() != nil {
-			s.Error = "interrupted: " + s.Error
+	runErr := x.run(ctx)
+	if err := x.update(func(s *Session) {
+		s.PID = 0
+		if runErr != nil {
+			s.State, s.Error = StateFailed, runErr.Error()
+			if ctx.Err() != nil {
+				s.Error = "interrupted: " + s.Error
+			}
+		} else {
+			s.State = StateDone
 		}
-	} else {
-		s.State = StateDone
-	}
-	if err := r.j.Put(s); err != nil && runErr == nil {
+	}); err != nil && runErr == nil {
 		runErr = err
 	}
 	return s, runErr
 }
 
-// setState journals a state change.
-func (r *Runner) setState(s *Session, st State) error {
-	s.State = st
-	return r.j.Put(s)
+// sessionRun is one run of a session. Dumps and transfers run in two
+// goroutines; every change to the session goes through update.
+type sessionRun struct {
+	r  *Runner
+	mu sync.Mutex // guards s, and serializes journal writes
+	s  *Session
+}
+
+// update applies fn to the session and journals it.
+func (x *sessionRun) update(fn func(*Session)) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	fn(x.s)
+	return x.r.j.Put(x.s)
+}
+
+// plan is immutable during a run: read it without the lock.
+func (x *sessionRun) plan() *Plan { return &x.s.Plan }
+
+func (x *sessionRun) setState(st State) error {
+	return x.update(func(s *Session) { s.State = st })
+}
+
+// stepOutcome is what a step's function reports, applied to the journal
+// when it returns.
+type stepOutcome struct {
+	Bytes, WireBytes int64
+	Detail           string
 }
 
 // step runs fn as the journaled step name, unless it is done already.
-func (r *Runner) step(ctx context.Context, s *Session, name string, fn func(*Step) error) error {
-	st := s.Step(name)
-	if st.State == StepDone {
-		r.emit(Event{Step: name, Kind: "skip", Text: "done in an earlier run"})
+func (x *sessionRun) step(ctx context.Context, name string, fn func(*stepOutcome) error) error {
+	x.mu.Lock()
+	done := x.s.Step(name).State == StepDone
+	x.mu.Unlock()
+	if done {
+		x.r.emit(Event{Step: name, Kind: "skip", Text: "done in an earlier run"})
 		return nil
 	}
-	st.State, st.Started, st.Ended, st.Error = StepRunning, time.Now().UTC(), time.Time{}, ""
-	st.Attempts++
-	if err := r.j.Put(s); err != nil {
+	if err := x.update(func(s *Session) {
+		st := s.Step(name)
+		st.State, st.Started, st.Ended, st.Error = StepRunning, time.Now().UTC(), time.Time{}, ""
+		st.Attempts++
+	}); err != nil {
 		return err
 	}
-	r.emit(Event{Step: name, Kind: "start"})
-	err := fn(st)
-	st.Ended = time.Now().UTC()
+	x.r.emit(Event{Step: name, Kind: "start"})
+	var out stepOutcome
+	err := fn(&out)
 	if err != nil {
 		err = contextErr(ctx, err)
-		st.State, st.Error = StepFailed, err.Error()
-	} else {
-		st.State = StepDone
 	}
-	if perr := r.j.Put(s); perr != nil && err == nil {
+	if perr := x.update(func(s *Session) {
+		st := s.Step(name)
+		st.Ended = time.Now().UTC()
+		st.Bytes, st.WireBytes, st.Detail = out.Bytes, out.WireBytes, out.Detail
+		if err != nil {
+			st.State, st.Error = StepFailed, err.Error()
+		} else {
+			st.State = StepDone
+		}
+	}); perr != nil && err == nil {
 		err = perr
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	r.emit(Event{Step: name, Kind: "done", Done: st.Bytes, Total: st.Bytes, Text: st.Detail})
+	x.r.emit(Event{Step: name, Kind: "done", Done: out.Bytes, Total: out.Bytes, Text: out.Detail})
 	return nil
 }
 
-func (r *Runner) run(ctx context.Context, s *Session) error {
-	if err := r.reclaim(ctx, s); err != nil {
+func (x *sessionRun) run(ctx context.Context) error {
+	r, p := x.r, x.plan()
+	if err := r.reclaim(ctx, x.s); err != nil {
 		return err
 	}
-	emb, err := startEmbedded(r.o.Home, s.Plan.To, r.o.Log)
+	emb, err := startEmbedded(r.o.Home, p.To, r.o.Log)
 	if err != nil {
 		return err
 	}
 	defer emb.close()
 
-	pendingDump := slices.ContainsFunc(s.Plan.Databases, func(db string) bool { return s.Step(dumpStep(db)).State != StepDone })
-	if pendingDump {
-		if err := r.stage(ctx, s, emb); err != nil {
+	// A database's transfer starts as soon as its dump is done, while the
+	// next database is dumped.
+	dumped := map[string]chan struct{}{}
+	pending := false
+	for _, db := range p.Databases {
+		dumped[db] = make(chan struct{})
+		if x.s.Step(dumpStep(db)).State == StepDone {
+			close(dumped[db])
+		} else {
+			pending = true
+		}
+	}
+	markDumped := func(db string) {
+		select {
+		case <-dumped[db]:
+		default:
+			close(dumped[db]) // only stage's goroutine gets here
+		}
+	}
+	if !pending {
+		if err := x.setState(StateTransferring); err != nil {
 			return err
 		}
 	}
-	if err := r.setState(s, StateTransferring); err != nil {
-		return err
+	g, gctx := errgroup.WithContext(ctx)
+	if pending {
+		g.Go(func() error {
+			return x.stage(gctx, emb, markDumped)
+		})
 	}
-	for _, db := range s.Plan.Databases {
-		if err := r.step(ctx, s, transferStep(db), func(st *Step) error { return r.transfer(ctx, s, emb, db, st) }); err != nil {
-			return err
+	g.Go(func() error {
+		for _, db := range p.Databases {
+			select {
+			case <-dumped[db]:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			if err := x.step(gctx, transferStep(db), func(out *stepOutcome) error { return x.transfer(gctx, emb, db, out) }); err != nil {
+				return err
+			}
 		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return contextErr(ctx, err)
 	}
-	if err := r.setState(s, StateCleaning); err != nil {
+	if err := x.setState(StateCleaning); err != nil {
 		return err
 	}
-	return r.step(ctx, s, StepCleanup, func(st *Step) error { return r.cleanup(s) })
+	return x.step(ctx, StepCleanup, func(*stepOutcome) error { return x.cleanup() })
 }
 
 // stage mounts the restore point, starts an instance on it, checks, and
-// dumps every database not dumped yet. It stops the instance and unmounts
-// before it returns, whatever happened: only the dumps outlive it.
-func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err error) {
-	if err := r.setState(s, StateChecking); err != nil {
+// dumps every database not dumped yet, calling dumped after each. It stops
+// the instance and unmounts before it returns, whatever happened: only the
+// dumps outlive it.
+func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db string)) (err error) {
+	r, p, id := x.r, x.plan(), x.s.ID
+	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	repo, err := chunkstore.OpenRepo(s.Plan.Repo, r.o.Log)
+	repo, err := chunkstore.OpenRepo(p.Repo, r.o.Log)
 	if err != nil {
 		return fmt.Errorf("opening repository: %w", err)
 	}
 	defer repo.Close()
-	rp, err := repo.Resolve(s.Plan.RestorePoint)
+	rp, err := repo.Resolve(p.RestorePoint)
 	if err != nil {
 		return err
 	}
@@ -274,29 +348,33 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 	if err != nil {
 		return fmt.Errorf("reading restore point %s: %w", rp.ID, err)
 	}
-	dir := s.SessionDir()
+	dir := x.s.SessionDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	_ = os.Chmod(s.Plan.StagingDir, 0o755) // postgres must reach its run directory
+	_ = os.Chmod(p.StagingDir, 0o755) // postgres must reach its run directory
 	if err := reachable(dir); err != nil {
-		return fmt.Errorf("the %s OS user must reach the staging directory: %w", s.Plan.OSUser, err)
+		return fmt.Errorf("the %s OS user must reach the staging directory: %w", p.OSUser, err)
 	}
 	cowDir := filepath.Join(dir, "cow")
 	_ = os.RemoveAll(cowDir) // a fresh layer: crash recovery simply runs again
-	mnt := filepath.Join(os.TempDir(), "pgporter-"+s.ID)
+	mnt := filepath.Join(os.TempDir(), "pgporter-"+id)
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return err
 	}
-	s.Resources.Mountpoint = mnt
-	// A mount and an instance never outlive a run: a retry makes new ones.
-	s.Step(StepMount).State = StepPending
-	s.Step(StepStart).State = StepPending
+	if err := x.update(func(s *Session) {
+		s.Resources.Mountpoint = mnt
+		// A mount and an instance never outlive a run: a retry makes new ones.
+		s.Step(StepMount).State = StepPending
+		s.Step(StepStart).State = StepPending
+	}); err != nil {
+		return err
+	}
 	var m *staging.Mounted
-	err = r.step(ctx, s, StepMount, func(st *Step) error {
+	err = x.step(ctx, StepMount, func(out *stepOutcome) error {
 		var err error
-		m, err = staging.Mount(ctx, mnt, tree, repo.Store(), staging.MountOptions{CowDir: cowDir, Owner: s.Plan.OSUser, Log: r.o.Log})
-		st.Detail = mnt
+		m, err = staging.Mount(ctx, mnt, tree, repo.Store(), staging.MountOptions{CowDir: cowDir, Owner: p.OSUser, Log: r.o.Log})
+		out.Detail = mnt
 		return err
 	})
 	if err != nil {
@@ -308,19 +386,17 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 		}
 		_ = os.RemoveAll(cowDir)
 		_ = os.Remove(mnt)
-		s.Resources.Mountpoint = ""
-		_ = r.j.Put(s)
+		_ = x.update(func(s *Session) { s.Resources.Mountpoint = "" })
 	}()
 	var in *staging.Instance
-	err = r.step(ctx, s, StepStart, func(st *Step) error {
+	err = x.step(ctx, StepStart, func(out *stepOutcome) error {
 		var err error
-		in, err = staging.StartInstance(ctx, staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: s.Plan.OSUser, Log: r.o.Log})
+		in, err = staging.StartInstance(ctx, staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log})
 		if err != nil {
 			return err
 		}
-		s.Resources.InstancePID = in.PID()
-		st.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
-		return nil
+		out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
+		return x.update(func(s *Session) { s.Resources.InstancePID = in.PID() })
 	})
 	if err != nil {
 		return err
@@ -331,15 +407,14 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 		if serr := in.Stop(stopCtx); serr != nil && err == nil {
 			err = fmt.Errorf("stopping the instance: %w", serr)
 		}
-		s.Resources.InstancePID = 0
-		_ = r.j.Put(s)
+		_ = x.update(func(s *Session) { s.Resources.InstancePID = 0 })
 	}()
 
-	err = r.step(ctx, s, StepCheck, func(st *Step) error {
+	err = x.step(ctx, StepCheck, func(out *stepOutcome) error {
 		rep, err := in.Check(ctx, staging.CheckOptions{
-			Databases: s.Plan.Databases, User: s.Plan.PGUser, Password: r.o.Password, DumpDir: dir,
+			Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dir,
 			TargetFree: func(ctx context.Context) (int64, error) {
-				free, _, err := emb.sender.Space(ctx, emb.addr, emb.peer, s.Plan.To)
+				free, _, err := emb.sender.Space(ctx, emb.addr, emb.peer, p.To)
 				return int64(free), err
 			},
 		})
@@ -350,11 +425,11 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 		for _, n := range rep.Estimate {
 			total += n
 		}
-		st.Bytes = total
-		st.Detail = "estimated dump size " + mover.HumanBytes(total)
-		for _, p := range rep.Problems {
-			if p.Warning {
-				r.emit(Event{Step: StepCheck, Kind: "warning", Text: p.String()})
+		out.Bytes = total
+		out.Detail = "estimated dump size " + mover.HumanBytes(total)
+		for _, pr := range rep.Problems {
+			if pr.Warning {
+				r.emit(Event{Step: StepCheck, Kind: "warning", Text: pr.String()})
 			}
 		}
 		return rep.Err()
@@ -362,14 +437,14 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 	if err != nil {
 		return err
 	}
-	if err := r.setState(s, StateDumping); err != nil {
+	if err := x.setState(StateDumping); err != nil {
 		return err
 	}
-	for _, db := range s.Plan.Databases {
+	for _, db := range p.Databases {
 		name := dumpStep(db)
-		err := r.step(ctx, s, name, func(st *Step) error {
+		err := x.step(ctx, name, func(out *stepOutcome) error {
 			res, err := in.Dump(ctx, staging.DumpOptions{
-				DB: db, User: s.Plan.PGUser, Password: r.o.Password, Dir: s.DumpDir(db), Jobs: s.Plan.Jobs,
+				DB: db, User: p.PGUser, Password: r.o.Password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
 				Progress: func(done, total int) {
 					r.emit(Event{Step: name, Kind: "progress", Done: int64(done), Total: int64(total)})
 				},
@@ -377,43 +452,52 @@ func (r *Runner) stage(ctx context.Context, s *Session, emb *embedded) (err erro
 			if err != nil {
 				return err
 			}
-			st.Bytes = res.Bytes
-			st.Detail = fmt.Sprintf("%d tables", res.Tables)
+			out.Bytes = res.Bytes
+			out.Detail = fmt.Sprintf("%d tables", res.Tables)
 			return nil
 		})
 		if err != nil {
 			return err
 		}
+		x.mu.Lock()
+		done := x.s.Step(name).State == StepDone
+		x.mu.Unlock()
+		if done {
+			dumped(db)
+		}
 	}
-	return nil
+	return x.setState(StateTransferring)
 }
 
 // transfer sends db's dump to the target. With --overwrite, an existing
 // target directory is moved aside first and removed after the commit.
-func (r *Runner) transfer(ctx context.Context, s *Session, emb *embedded, db string, st *Step) error {
-	dest := s.TargetDir(db)
-	if err := r.moveAside(s, db, dest); err != nil {
+func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, out *stepOutcome) error {
+	dest := x.s.TargetDir(db)
+	if err := x.moveAside(db, dest); err != nil {
 		return err
 	}
 	res, err := emb.sender.Send(ctx, emb.addr, emb.peer, mover.SendOptions{
-		Src: s.DumpDir(db), Dest: dest, TransferID: s.ID + "-" + transferIDPart(db),
+		Src: x.s.DumpDir(db), Dest: dest, TransferID: x.s.ID + "-" + transferIDPart(db),
 		Progress: func(p mover.SendProgress) {
-			r.emit(Event{Step: transferStep(db), Kind: "progress", Done: p.Durable, Total: p.Total})
+			x.r.emit(Event{Step: transferStep(db), Kind: "progress", Done: p.Durable, Total: p.Total})
 		},
 	})
 	if err != nil {
 		return err
 	}
-	st.Bytes, st.WireBytes = res.Bytes, res.WireBytes
-	st.Detail = fmt.Sprintf("%d files, %d chunks sent, %d skipped", res.Files, res.ChunksSent, res.ChunksSkipped)
+	out.Bytes, out.WireBytes = res.Bytes, res.WireBytes
+	out.Detail = fmt.Sprintf("%d files, %d chunks sent, %d skipped", res.Files, res.ChunksSent, res.ChunksSkipped)
 	return nil
 }
 
 // moveAside moves an existing dest (from before this session) out of the
 // way when the plan allows overwriting. The move is journaled first, so a
 // crash leaves it findable.
-func (r *Runner) moveAside(s *Session, db, dest string) error {
-	if _, ok := s.Resources.Aside[db]; ok {
+func (x *sessionRun) moveAside(db, dest string) error {
+	x.mu.Lock()
+	_, moved := x.s.Resources.Aside[db]
+	x.mu.Unlock()
+	if moved {
 		return nil
 	}
 	if _, err := os.Lstat(dest); errors.Is(err, fs.ErrNotExist) {
@@ -421,18 +505,19 @@ func (r *Runner) moveAside(s *Session, db, dest string) error {
 	} else if err != nil {
 		return err
 	}
-	if man, err := mover.ReadManifest(dest); err == nil && man.Transfer == s.ID+"-"+transferIDPart(db) {
+	if man, err := mover.ReadManifest(dest); err == nil && man.Transfer == x.s.ID+"-"+transferIDPart(db) {
 		return nil // ours, committed before a crash
 	}
-	if !s.Plan.Overwrite {
+	if !x.plan().Overwrite {
 		return fmt.Errorf("%s exists; pass --overwrite to replace it", dest)
 	}
-	aside := filepath.Join(filepath.Dir(dest), ".pgporter-replaced-"+s.ID+"-"+filepath.Base(dest))
-	if s.Resources.Aside == nil {
-		s.Resources.Aside = map[string]string{}
-	}
-	s.Resources.Aside[db] = aside
-	if err := r.j.Put(s); err != nil {
+	aside := filepath.Join(filepath.Dir(dest), ".pgporter-replaced-"+x.s.ID+"-"+filepath.Base(dest))
+	if err := x.update(func(s *Session) {
+		if s.Resources.Aside == nil {
+			s.Resources.Aside = map[string]string{}
+		}
+		s.Resources.Aside[db] = aside
+	}); err != nil {
 		return err
 	}
 	if err := os.Rename(dest, aside); err != nil {
@@ -457,15 +542,20 @@ func transferIDPart(db string) string {
 }
 
 // cleanup removes the staging dumps and the target directories moved aside.
-func (r *Runner) cleanup(s *Session) error {
-	if err := os.RemoveAll(s.SessionDir()); err != nil {
+func (x *sessionRun) cleanup() error {
+	if err := os.RemoveAll(x.s.SessionDir()); err != nil {
 		return fmt.Errorf("removing the staging files: %w", err)
 	}
-	for db, aside := range s.Resources.Aside {
-		if err := os.RemoveAll(aside); err != nil {
-			return fmt.Errorf("removing the replaced %s: %w", aside, err)
+	x.mu.Lock()
+	aside := maps.Clone(x.s.Resources.Aside)
+	x.mu.Unlock()
+	for db, dir := range aside {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("removing the replaced %s: %w", dir, err)
 		}
-		delete(s.Resources.Aside, db)
+		if err := x.update(func(s *Session) { delete(s.Resources.Aside, db) }); err != nil {
+			return err
+		}
 	}
 	return nil
 }

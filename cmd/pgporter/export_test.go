@@ -146,8 +146,7 @@ func TestExportKillRetry(t *testing.T) {
 				require.Empty(t, rep.Problems)
 			}
 			if pid := before.Resources.InstancePID; pid > 0 {
-				_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
-				require.True(t, os.IsNotExist(err), "the killed run's instance (pid %d) must be stopped", pid)
+				require.False(t, running(pid), "the killed run's instance (pid %d) must be stopped", pid)
 			}
 			mounts, err := os.ReadFile("/proc/self/mountinfo")
 			require.NoError(t, err)
@@ -157,4 +156,16 @@ func TestExportKillRetry(t *testing.T) {
 			require.Len(t, entries, 2, "only the two dumps; no partial directories")
 		})
 	}
+}
+
+// running reports whether pid is a live process (a zombie left for an
+// init that does not reap is not).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
