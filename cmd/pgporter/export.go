@@ -70,7 +70,7 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return usagef("export needs --repo, --to and at least one --db")
 	}
 	eo.plan.PasswordFile = eo.passwordFile
-	r, pw, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
+	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
 	if err != nil {
 		return err
 	}
@@ -82,7 +82,6 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return err
 	}
 	fmt.Fprintf(g.stderr, "session %s: exporting %s from restore point %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.RestorePoint, s.Plan.To)
-	_ = pw
 	return driveSession(cmd, g, r, s.ID, eo.json)
 }
 
@@ -95,7 +94,7 @@ func quoteAll(ss []string) []string {
 }
 
 // newSessionRunner resolves the PostgreSQL password and opens the runner.
-func newSessionRunner(g *globals, user, passwordFile string, port int) (*orchestrator.Runner, string, error) {
+func newSessionRunner(g *globals, user, passwordFile string, port int) (*orchestrator.Runner, error) {
 	pw, source, err := staging.ResolvePassword(staging.PasswordOptions{File: passwordFile, User: user, Port: port, Log: g.log})
 	switch {
 	case errors.Is(err, staging.ErrNoPassword):
@@ -103,12 +102,11 @@ func newSessionRunner(g *globals, user, passwordFile string, port int) (*orchest
 		// failed. Say here why.
 		g.log.Warn("no password found for the PostgreSQL user; use --password-file, PGPASSWORD or ~/.pgpass", "user", user)
 	case err != nil:
-		return nil, "", err
+		return nil, err
 	default:
 		g.log.Debug("PostgreSQL password", "source", source)
 	}
-	r, err := orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Password: pw})
-	return r, pw, err
+	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Password: pw})
 }
 
 // exportResult is the contract of 'export --json' and 'retry --json'.

@@ -35,7 +35,7 @@ The PostgreSQL password is looked up again, as for export.`,
 			if passwordFile == "" {
 				passwordFile = s.Plan.PasswordFile
 			}
-			r, _, err := newSessionRunner(g, s.Plan.PGUser, passwordFile, port)
+			r, err := newSessionRunner(g, s.Plan.PGUser, passwordFile, port)
 			if err != nil {
 				return err
 			}
