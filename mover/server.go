@@ -28,6 +28,7 @@ type ServerOptions struct {
 	Home         string        // identity, trust list, state
 	Listen       string        // UDP address, default ":7448"
 	Roots        []string      // directories transfers may write into
+	Repo         string        // backup repository served to peers trusted with read; "" serves none
 	Reserve      int64         // bytes of free space a transfer must leave; default 64 MiB
 	SyncBytes    int64         // make chunks durable after this many bytes; default 64 MiB
 	SyncInterval time.Duration // ... or after this long; default 1s
@@ -70,6 +71,7 @@ type Server struct {
 	trust   *TrustStore
 	db      *pebble.DB
 	roots   []serveRoot
+	repo    *chunkstore.Repo // nil without ServerOptions.Repo
 	ln      *quic.Listener
 	metrics *metrics
 
@@ -117,13 +119,19 @@ func NewServer(o ServerOptions) (*Server, error) {
 		}
 		s.roots = append(s.roots, serveRoot{dir: abs, root: rt})
 	}
+	if err := s.openRepo(); err != nil {
+		s.closeRoots()
+		return nil, err
+	}
 	if s.db, err = openDB(filepath.Join(o.Home, "mover"), s.log); err != nil {
+		s.closeRepo()
 		s.closeRoots()
 		return nil, err
 	}
 	s.ln, err = quic.ListenAddr(o.Listen, ServerTLSConfig(s.id, s.trust, s.log), QUICConfig())
 	if err != nil {
 		s.db.Close()
+		s.closeRepo()
 		s.closeRoots()
 		return nil, fmt.Errorf("listening on %s: %w", o.Listen, err)
 	}
@@ -174,6 +182,7 @@ func (s *Server) close() {
 	s.ln.Close()
 	s.conns.Wait()
 	s.db.Close()
+	s.closeRepo()
 	s.closeRoots()
 }
 
@@ -229,7 +238,11 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			go func() {
 				defer wg.Done()
 				var k [1]byte
-				if _, err := ds.Read(k[:]); err != nil || protocol.StreamKind(k[0]) != protocol.StreamData {
+				if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
+					s.serveFetch(ctx, peer, ds, log)
+					return
+				}
+				if protocol.StreamKind(k[0]) != protocol.StreamData {
 					closeStream(ds)
 					return
 				}
@@ -298,6 +311,10 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			wg.Wait()
 			s.release(r.tid, a)
 			return
+		case *protocol.ListPoints, *protocol.GetPoint:
+			if err := s.repoRequest(peer, cs, m, log); err != nil {
+				return
+			}
 		case *protocol.SpaceQuery:
 			free, total, err := s.space(m.Path)
 			if err != nil {

@@ -31,6 +31,7 @@ type StreamKind uint8
 const (
 	StreamControl StreamKind = 1 // requests and replies, in frames
 	StreamData    StreamKind = 2 // ChunkData frames
+	StreamFetch   StreamKind = 3 // one GetChunks, answered on the same stream
 )
 
 func (k StreamKind) String() string {
@@ -39,6 +40,8 @@ func (k StreamKind) String() string {
 		return "control"
 	case StreamData:
 		return "data"
+	case StreamFetch:
+		return "fetch"
 	}
 	return fmt.Sprintf("stream(%d)", uint8(k))
 }
@@ -59,7 +62,7 @@ func ReadStreamKind(r io.Reader) (StreamKind, error) {
 		return 0, fmt.Errorf("reading stream kind: %w", err)
 	}
 	k := StreamKind(b[0])
-	if k != StreamControl && k != StreamData {
+	if k != StreamControl && k != StreamData && k != StreamFetch {
 		return 0, violation("unknown stream kind %d", b[0])
 	}
 	return k, nil

@@ -28,6 +28,10 @@ const (
 	TypeSpaceQuery    Type = 15
 	TypeSpaceReply    Type = 16
 	TypeGetChunks     Type = 17
+	TypeListPoints    Type = 18
+	TypePointList     Type = 19
+	TypeGetPoint      Type = 20
+	TypePoint         Type = 21
 )
 
 var typeNames = [...]string{
@@ -48,6 +52,10 @@ var typeNames = [...]string{
 	TypeSpaceQuery:    "SpaceQuery",
 	TypeSpaceReply:    "SpaceReply",
 	TypeGetChunks:     "GetChunks",
+	TypeListPoints:    "ListPoints",
+	TypePointList:     "PointList",
+	TypeGetPoint:      "GetPoint",
+	TypePoint:         "Point",
 }
 
 // String returns the message name ("FileHeader"), or "Type(N)" for an
@@ -117,6 +125,14 @@ func newMessage(t Type) message {
 		return new(SpaceReply)
 	case TypeGetChunks:
 		return new(GetChunks)
+	case TypeListPoints:
+		return new(ListPoints)
+	case TypePointList:
+		return new(PointList)
+	case TypeGetPoint:
+		return new(GetPoint)
+	case TypePoint:
+		return new(Point)
 	}
 	return nil
 }
@@ -635,8 +651,10 @@ func (m *SpaceReply) decode(d *decoder) {
 
 func (m *SpaceReply) check() error { return nil }
 
-// GetChunks asks a repository mover for chunks by ID; they come back as
-// ChunkData on data streams. Reserved for repository reads.
+// GetChunks asks a repository mover for chunks by ID. It is the one request
+// on a fetch stream (StreamFetch); the answers come back on the same stream,
+// one per ID in order: a ChunkData of that ID, or an Error saying why that
+// chunk cannot be read.
 type GetChunks struct {
 	IDs []chunkstore.ID // at most MaxGetChunks
 }

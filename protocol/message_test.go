@@ -38,6 +38,19 @@ func sampleMessages() map[string]Message {
 	for i := range ids {
 		ids[i] = testID(i)
 	}
+	pointIDs := make([]string, MaxPoints)
+	for i := range pointIDs {
+		pointIDs[i] = fmt.Sprintf("%0*d", MaxPointIDLen, i)
+	}
+	text := strings.Repeat("t", MaxPointTextLen)
+	dbs := make([]PointDB, MaxPointDatabases)
+	for i := range dbs {
+		dbs[i] = PointDB{Name: text, OID: 1<<32 - 1, Size: 1<<64 - 1}
+	}
+	tree := make([]chunkstore.ID, MaxPointTreeChunks)
+	for i := range tree {
+		tree[i] = testID(i)
+	}
 	plain := bytes.Repeat([]byte("pg"), 1000)
 	packed, codec := chunkstore.Compress(nil, plain, chunkstore.LevelDefault)
 	maxPath := strings.Repeat(strings.Repeat("x", MaxPathElemLen)+"/", 15) + strings.Repeat("y", 254) + "/z"
@@ -83,6 +96,15 @@ func sampleMessages() map[string]Message {
 		"GetChunks":                 &GetChunks{IDs: ids[:2]},
 		"GetChunks/max":             &GetChunks{IDs: ids},
 		"GetChunks/empty":           &GetChunks{},
+		"ListPoints":                &ListPoints{},
+		"PointList":                 &PointList{IDs: []string{"rp-20261125T231500Z-ab12cd", "rp-20261126T010000Z-00ff00"}},
+		"PointList/max":             &PointList{IDs: pointIDs},
+		"PointList/empty":           &PointList{},
+		"GetPoint":                  &GetPoint{ID: "rp-20261125T231500Z-ab12cd"},
+		"GetPoint/latest":           &GetPoint{ID: "latest"},
+		"Point":                     &Point{ID: "rp-20261125T231500Z-ab12cd", Time: 1764112500123456789, PGVersion: "15", SystemID: "7441234567890123456", SourceHost: "db1", Size: 1 << 34, StoredSize: 1 << 32, Files: 1500, Params: chunkstore.DefaultParams, Databases: []PointDB{{Name: "app", OID: 16384, Size: 1 << 30}, {OID: 1}}, Tree: ids[:3]},
+		"Point/max":                 &Point{ID: strings.Repeat("r", MaxPointIDLen), Time: -1 << 63, PGVersion: text, SystemID: text, SourceHost: text, Size: 1<<64 - 1, StoredSize: 1<<64 - 1, Files: 1<<64 - 1, Params: chunkstore.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunkstore.MaxChunkCeil, Avg: chunkstore.MaxChunkCeil, Max: chunkstore.MaxChunkCeil}, Databases: dbs, Tree: tree},
+		"Point/min":                 &Point{ID: "p"},
 	}
 }
 
@@ -161,7 +183,8 @@ func TestControlMessagesFitFrameLimits(t *testing.T) {
 func TestTypeNumbersAreStable(t *testing.T) {
 	want := map[Type]string{1: "Hello", 2: "Error", 3: "OpenTransfer", 4: "TransferState", 5: "FileHeader",
 		6: "FileChunks", 7: "FileEnd", 8: "ManifestEnd", 9: "Need", 10: "NeedEnd", 11: "SendDone", 12: "ChunkData",
-		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks"}
+		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks",
+		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point"}
 	for tt := Type(0); ; tt++ {
 		name, ok := want[tt]
 		if tt.Known() != ok {
@@ -199,7 +222,7 @@ func TestDecodeRejects(t *testing.T) {
 		also    error // a second sentinel the error must match
 	}{
 		{"unknown type 0", 0, nil, nil},
-		{"unknown type 18", 18, nil, nil},
+		{"unknown type 22", 22, nil, nil},
 		{"unknown type 255", 255, nil, nil},
 		{"empty Hello", TypeHello, nil, nil},
 		{"trailing byte", TypeNeedEnd, []byte{0}, nil},
@@ -241,6 +264,22 @@ func TestDecodeRejects(t *testing.T) {
 		{"relative space path", TypeSpaceQuery, str("srv"), ErrBadPath},
 		{"get count above max", TypeGetChunks, uv(MaxGetChunks + 1), nil},
 		{"get count beyond payload", TypeGetChunks, cat(uv(2), id[:]), nil},
+		{"trailing after ListPoints", TypeListPoints, []byte{0}, nil},
+		{"point count above max", TypePointList, uv(MaxPoints + 1), nil},
+		{"point count beyond payload", TypePointList, cat(uv(3), str("a"), str("b")), nil},
+		{"empty point ID in list", TypePointList, cat(uv(2), str(""), str("ab")), ErrBadPath},
+		{"traversal point ID in list", TypePointList, cat(uv(1), str("..")), ErrBadPath},
+		{"point ID above max", TypeGetPoint, str(strings.Repeat("r", MaxPointIDLen+1)), nil},
+		{"slash in point ID", TypeGetPoint, str("rp/x"), ErrBadPath},
+		{"empty GetPoint", TypeGetPoint, nil, nil},
+		{"point named latest", TypePoint, (&Point{ID: "latest"}).Append(nil), nil},
+		{"point text above max", TypePoint, (&Point{ID: "p", SourceHost: strings.Repeat("h", MaxPointTextLen+1)}).Append(nil), nil},
+		{"point params above ceiling", TypePoint, (&Point{ID: "p", Params: chunkstore.Params{Max: chunkstore.MaxChunkCeil + 1}}).Append(nil), nil},
+		{"database count above max", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-2], uv(MaxPointDatabases+1)), nil},
+		{"database count beyond payload", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-2], uv(2), str("a"), uv(1), uv(1), uv(0)), nil},
+		{"tree count above max", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-1], uv(MaxPointTreeChunks+1)), nil},
+		{"tree count beyond payload", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-1], uv(2), id[:]), nil},
+		{"trailing after Point", TypePoint, append((&Point{ID: "p"}).Append(nil), 0), nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -269,6 +308,8 @@ func TestDecodeDoesNotAllocateClaimedSizes(t *testing.T) {
 		TypeFileChunks: cat(uv(0), uv(0), uv(MaxChunkRefs)),
 		TypeNeed:       cat(uv(0), uv(MaxNeedChunks)),
 		TypeGetChunks:  uv(MaxGetChunks),
+		TypePointList:  uv(MaxPoints),
+		TypePoint:      cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-1], uv(MaxPointTreeChunks)),
 		TypeChunkData:  cat(make([]byte, 32), uv(1), uv(1), uv(MaxChunkPayload)),
 	}
 	for typ, p := range payloads {
@@ -302,6 +343,10 @@ func TestWriteMessageRejectsInvalid(t *testing.T) {
 		{"too many refs", &FileChunks{Chunks: make([]ChunkRef, MaxChunkRefs+1)}, ErrProtocol},
 		{"too many needs", &Need{Chunks: make([]uint32, MaxNeedChunks+1)}, ErrProtocol},
 		{"too many IDs", &GetChunks{IDs: make([]chunkstore.ID, MaxGetChunks+1)}, ErrProtocol},
+		{"too many points", &PointList{IDs: make([]string, MaxPoints+1)}, ErrProtocol},
+		{"bad point ID", &GetPoint{ID: "../x"}, ErrBadPath},
+		{"too many tree chunks", &Point{ID: "p", Tree: make([]chunkstore.ID, MaxPointTreeChunks+1)}, ErrProtocol},
+		{"too many databases", &Point{ID: "p", Databases: make([]PointDB, MaxPointDatabases+1)}, ErrProtocol},
 		{"payload too large", &ChunkData{Codec: chunkstore.CodecZstd, PlainLen: 1, Payload: make([]byte, MaxChunkPayload+1)}, ErrProtocol},
 		{"negative params", &OpenTransfer{TransferID: "t", Dest: "/d", Params: chunkstore.Params{Min: -1}}, ErrProtocol},
 	}

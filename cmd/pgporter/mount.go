@@ -13,13 +13,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
 
 type mountOpts struct {
-	repo, restorePoint string
-	owner, cowDir      string
-	keepCow            bool
+	repo, repoPeer, restorePoint string
+	owner, cowDir                string
+	keepCow                      bool
+	retryFor                     time.Duration
 }
 
 // unmountTries is how many times an interrupted mount tries a clean unmount
@@ -33,10 +35,15 @@ const (
 func newMountCmd(g *globals) *cobra.Command {
 	var o mountOpts
 	c := &cobra.Command{
-		Use:   "mount --repo DIR --restore-point ID|latest MOUNTPOINT",
+		Use:   "mount (--repo DIR | --repo-peer ADDR#PEER_ID) --restore-point ID|latest MOUNTPOINT",
 		Short: "Mount a restore point through FUSE with a copy-on-write layer",
 		Long: `Mount a restore point of the repository DIR at MOUNTPOINT (an existing,
 empty directory) and serve it in the foreground until interrupted.
+
+With --repo-peer the repository is another host's, served by 'pgporter mover
+serve --repo' there, which must trust this mover (--home) with read; chunks
+are fetched over the mover protocol as they are read, and a read waits
+through network drops for up to --retry-for rather than failing.
 
 Reads are served from the repository's chunks on demand; writes (PostgreSQL
 replaying WAL, writing postmaster.pid) go to a copy-on-write layer and never
@@ -49,11 +56,14 @@ times, naming them, then detaches the mount lazily. A mount left behind by
 a crashed pgporter is detached at the next mount of the same point.
 
 Example:
-  pgporter mount --repo /srv/pgporter/repo --restore-point latest /mnt/pgdata`,
+  pgporter mount --repo /srv/pgporter/repo --restore-point latest /mnt/pgdata
+  pgporter mount --repo-peer repo1:7448#PEER_ID --restore-point latest /mnt/pgdata`,
 		RunE: func(cmd *cobra.Command, args []string) error { return runMount(cmd.Context(), g, o, args) },
 	}
 	f := c.Flags()
 	f.StringVar(&o.repo, "repo", "", "repository directory")
+	f.StringVar(&o.repoPeer, "repo-peer", "", "repository served by the mover at ADDR#PEER_ID")
+	f.DurationVar(&o.retryFor, "retry-for", 2*time.Minute, "with --repo-peer: how long a read retries through network failures")
 	f.StringVar(&o.restorePoint, "restore-point", "", "restore point ID, or latest")
 	f.StringVar(&o.owner, "owner", "postgres", "OS user every file appears to belong to")
 	f.StringVar(&o.cowDir, "cow-dir", "", "directory for the copy-on-write layer, absent or empty (default: a new directory under --home)")
@@ -65,8 +75,10 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 	switch {
 	case len(args) != 1:
 		return usagef("mount needs exactly one MOUNTPOINT, got %d arguments", len(args))
-	case o.repo == "":
-		return usagef("mount needs --repo DIR")
+	case o.repo == "" && o.repoPeer == "":
+		return usagef("mount needs --repo DIR or --repo-peer ADDR#PEER_ID")
+	case o.repo != "" && o.repoPeer != "":
+		return usagef("mount takes --repo or --repo-peer, not both")
 	case o.restorePoint == "":
 		return usagef("mount needs --restore-point ID or --restore-point latest")
 	}
@@ -88,26 +100,12 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
-	// OpenRepo creates a missing repository; mounting must not.
-	if _, err := chunkstore.ListRepo(o.repo); err != nil {
-		return err
-	}
-	r, err := chunkstore.OpenRepo(o.repo, g.log)
+	src, err := openMountSource(ctx, g, o)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
-	rp, err := r.Resolve(o.restorePoint)
-	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
-		return usageError{fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)}
-	}
-	if err != nil {
-		return err
-	}
-	tree, err := r.Tree(ctx, rp)
-	if err != nil {
-		return err
-	}
+	defer src.close()
+	rp, tree := src.rp, src.tree
 
 	cowDir, ownCowDir := o.cowDir, o.cowDir == ""
 	if ownCowDir {
@@ -129,7 +127,7 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 		}
 	}
 
-	m, err := staging.Mount(ctx, mnt, tree, r.Store(), staging.MountOptions{Owner: o.owner, CowDir: cowDir, Log: g.log})
+	m, err := staging.Mount(ctx, mnt, tree, src.chunks, staging.MountOptions{Owner: o.owner, CowDir: cowDir, Log: g.log})
 	if err != nil {
 		if ownCowDir {
 			_ = os.Remove(cowDir)
@@ -162,6 +160,66 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 	}
 	discard()
 	return err
+}
+
+// mountSource is where a mount's restore point and chunks come from: a
+// local repository or a repository mover.
+type mountSource struct {
+	rp     *chunkstore.RestorePoint
+	tree   []chunkstore.Node
+	chunks staging.ChunkReader
+	close  func() error
+}
+
+func openMountSource(ctx context.Context, g *globals, o mountOpts) (*mountSource, error) {
+	if o.repoPeer != "" {
+		return openRemoteSource(ctx, g, o)
+	}
+	// OpenRepo creates a missing repository; mounting must not.
+	if _, err := chunkstore.ListRepo(o.repo); err != nil {
+		return nil, err
+	}
+	r, err := chunkstore.OpenRepo(o.repo, g.log)
+	if err != nil {
+		return nil, err
+	}
+	src := &mountSource{chunks: r.Store(), close: r.Close}
+	src.rp, err = r.Resolve(o.restorePoint)
+	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
+		err = usageError{fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)}
+	}
+	if err == nil {
+		src.tree, err = r.Tree(ctx, src.rp)
+	}
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return src, nil
+}
+
+func openRemoteSource(ctx context.Context, g *globals, o mountOpts) (*mountSource, error) {
+	addr, peer, err := mover.ParsePeerAddr(o.repoPeer)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--repo-peer: %w", err)}
+	}
+	r, err := mover.DialRepo(ctx, g.home, addr, peer, mover.RemoteRepoOptions{RetryFor: o.retryFor, Log: g.log})
+	if err != nil {
+		return nil, err
+	}
+	src := &mountSource{chunks: r, close: r.Close}
+	src.rp, err = r.Resolve(ctx, o.restorePoint)
+	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
+		err = usageError{err}
+	}
+	if err == nil {
+		src.tree, err = r.Tree(ctx, src.rp)
+	}
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return src, nil
 }
 
 // unmount unmounts m, retrying briefly while it is busy and naming who keeps

@@ -205,3 +205,83 @@ func TestMountCLIErrors(t *testing.T) {
 	_, err = os.Stat(filepath.Join(dir, "norepo"))
 	require.ErrorIs(t, err, os.ErrNotExist, "mount does not create a repository")
 }
+
+// TestMountRepoPeerCLI mounts a restore point served by another mover
+// process: the mover trusted with read reads every file back; one trusted
+// only with send is refused with a message naming the missing permission.
+func TestMountRepoPeerCLI(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("mounting with DirectMount needs root")
+	}
+	src, files := fakeDataDir(t)
+	repo := filepath.Join(t.TempDir(), "repo")
+	code, out, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src)
+	require.Equal(t, 0, code, errs)
+	id := lastLine(out)
+
+	initHome := func(t *testing.T) (string, string) {
+		t.Helper()
+		home := t.TempDir()
+		code, out, errs := runCLI(t, "mover", "init", "--home", home)
+		require.Equal(t, 0, code, errs)
+		return home, lastLine(out)
+	}
+	srvHome, srvID := initHome(t)
+	stagingHome, stagingID := initHome(t)
+	senderHome, senderID := initHome(t)
+	code, _, errs = runCLI(t, "mover", "trust", stagingID, "--allow", "read", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+	code, _, errs = runCLI(t, "mover", "trust", senderID, "--allow", "send", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo)
+	peer := srv.waitListening(t) + "#" + srvID
+
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	require.NoError(t, os.Mkdir(mnt, 0o755))
+	me, err := user.Current()
+	require.NoError(t, err)
+
+	t.Run("read", func(t *testing.T) {
+		p := startProc(t, "--home", stagingHome, "mount", "--repo-peer", peer, "--restore-point", "latest", "--owner", me.Username, mnt)
+		line := p.waitStdout(t, "mounted ")
+		require.Contains(t, line, id)
+		for name, want := range files {
+			got, err := os.ReadFile(filepath.Join(mnt, name))
+			require.NoError(t, err, name)
+			require.Equal(t, want, got, name)
+		}
+		require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
+		require.Equal(t, 0, p.wait(t), p.stderr.String())
+		require.False(t, mountedAt(t, mnt))
+	})
+
+	t.Run("send only is refused", func(t *testing.T) {
+		code, _, errs := runCLI(t, "--home", senderHome, "mount", "--repo-peer", peer, "--restore-point", "latest", mnt)
+		require.NotEqual(t, 0, code)
+		require.Contains(t, errs, "lacks permission read")
+		require.False(t, mountedAt(t, mnt))
+	})
+
+	t.Run("usage", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			err  string
+		}{
+			{[]string{"--repo", repo, "--repo-peer", peer}, "not both"},
+			{[]string{"--repo-peer", "127.0.0.1:1"}, "ADDR#PEER_ID"},
+			{[]string{"--repo-peer", "nohost#" + srvID}, "mover address"},
+			{[]string{"--repo-peer", "127.0.0.1:1#nope"}, "mover address"},
+		} {
+			code, _, errs := runCLI(t, append(append([]string{"--home", stagingHome, "mount"}, tc.args...), "--restore-point", "latest", mnt)...)
+			require.Equal(t, exitUsage, code, errs)
+			require.Contains(t, errs, tc.err)
+		}
+		code, _, errs := runCLI(t, "--home", stagingHome, "mount", "--repo-peer", peer, "--restore-point", "rp-nope", mnt)
+		require.Equal(t, exitUsage, code, errs)
+		require.Contains(t, errs, "no such restore point")
+	})
+
+	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
+}

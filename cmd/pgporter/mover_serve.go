@@ -24,11 +24,14 @@ func newMoverServeCmd(g *globals) *cobra.Command {
 		Short: "Serve transfers, repository reads and orchestration",
 		Long: `Run the mover daemon in the foreground: accept QUIC connections (mutual TLS,
 only from peers in this mover's trust list) and receive transfers into the
---root directories. SIGINT or SIGTERM stops it gracefully: data already
+--root directories. With --repo it also serves that backup repository's
+restore points and chunks to peers trusted with read (for 'pgporter mount
+--repo-peer' on a staging host). SIGINT or SIGTERM stops it gracefully: data already
 received is made durable so that the sender's rerun resumes.
 
 Example:
-  pgporter mover serve --listen :7448 --root /srv/dumps --metrics 127.0.0.1:9448`,
+  pgporter mover serve --listen :7448 --root /srv/dumps --metrics 127.0.0.1:9448
+  pgporter mover serve --listen :7448 --repo /srv/pgporter/repo`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), g, so) },
 	}
@@ -42,14 +45,11 @@ Example:
 }
 
 func runServe(ctx context.Context, g *globals, so serveOpts) error {
-	if so.repo != "" {
-		return notBuilt("mover serve --repo")
-	}
 	reserve, err := parseSize(so.reserve)
 	if err != nil {
 		return usageError{fmt.Errorf("--reserve: %w", err)}
 	}
-	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Reserve: reserve, Log: g.log})
+	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Log: g.log})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,491 @@
+package mover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
+)
+
+// RemoteRepoOptions configure a RemoteRepo. The zero value is ready to use.
+type RemoteRepoOptions struct {
+	// Streams is how many fetch requests may be in flight at once, each on
+	// its own QUIC stream (default 16, at most 64, the server's stream
+	// limit).
+	Streams int
+	// Batch is the most chunk IDs one fetch request asks for (default 16).
+	// Gets that queue while every stream is busy go out together.
+	Batch int
+	// RetryFor bounds how long a request keeps reconnecting through network
+	// failures before it fails (default 2m; negative: no retry). A read on a
+	// mount blocks that long rather than failing with EIO at once.
+	RetryFor time.Duration
+	// IdleTimeout is how long a silent connection lives (default 30s).
+	IdleTimeout time.Duration
+	Log         *slog.Logger
+}
+
+func (o RemoteRepoOptions) withDefaults() RemoteRepoOptions {
+	if o.Streams <= 0 {
+		o.Streams = 16
+	}
+	o.Streams = min(o.Streams, 64)
+	if o.Batch <= 0 {
+		o.Batch = 16
+	}
+	o.Batch = min(o.Batch, protocol.MaxGetChunks)
+	if o.RetryFor == 0 {
+		o.RetryFor = 2 * time.Minute
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// ErrRepoClosed is returned by the methods of a closed RemoteRepo.
+var ErrRepoClosed = errors.New("mover: remote repository is closed")
+
+// RemoteRepo reads a repository served by another mover ('pgporter mover
+// serve --repo'), which must trust this mover's identity with read. Its Get
+// satisfies staging.ChunkReader: it is safe for concurrent use, and every
+// chunk is verified against its BLAKE3 ID before it is returned.
+//
+// Concurrent Gets share one QUIC connection: up to Streams fetch requests are
+// in flight, each for up to Batch chunks. A lost connection is redialled;
+// a request retries for up to RetryFor.
+type RemoteRepo struct {
+	id   *Identity
+	addr string
+	peer PeerID
+	o    RemoteRepoOptions
+	log  *slog.Logger
+
+	mu   sync.Mutex // guards conn, cs; held while dialling
+	conn *quic.Conn // nil until dialled or after a failure
+	cs   *controlStream
+
+	ctlMu sync.Mutex // serialises request/reply pairs on the control stream
+
+	reqs      chan *fetchReq
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	workers   sync.WaitGroup
+}
+
+type fetchReq struct {
+	id  chunkstore.ID
+	res chan fetchRes // buffered: the worker never blocks on an abandoned Get
+}
+
+type fetchRes struct {
+	data []byte
+	err  error
+}
+
+// DialRepo connects to the repository mover at addr, which must present
+// peer's identity, as the mover whose identity is under home. It dials once
+// to report trust problems at once; later failures reconnect.
+func DialRepo(ctx context.Context, home, addr string, peer PeerID, o RemoteRepoOptions) (*RemoteRepo, error) {
+	id, err := LoadIdentity(home)
+	if err != nil {
+		return nil, err
+	}
+	o = o.withDefaults()
+	r := &RemoteRepo{id: id, addr: addr, peer: peer, o: o, log: o.Log, reqs: make(chan *fetchReq), done: make(chan struct{})}
+	if _, _, err := r.connection(ctx); err != nil {
+		return nil, err
+	}
+	r.workers.Add(o.Streams)
+	for range o.Streams {
+		go r.worker()
+	}
+	return r, nil
+}
+
+// Close stops the fetch workers and closes the connection. Gets in flight
+// fail with ErrRepoClosed. It may be called twice.
+func (r *RemoteRepo) Close() error {
+	r.closeOnce.Do(func() {
+		close(r.done)
+		r.mu.Lock()
+		if r.conn != nil {
+			r.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+			r.conn = nil
+		}
+		r.mu.Unlock()
+		r.workers.Wait()
+	})
+	return nil
+}
+
+// connection returns the live connection, dialling if there is none.
+func (r *RemoteRepo) connection(ctx context.Context) (*quic.Conn, *controlStream, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.done:
+		return nil, nil, ErrRepoClosed
+	default:
+	}
+	if r.conn != nil && r.conn.Context().Err() == nil {
+		return r.conn, r.cs, nil
+	}
+	conn, cs, err := dialMover(ctx, r.addr, r.id, r.peer, r.o.IdleTimeout)
+	if err != nil {
+		// dialMover's hint asks for send; reading a repository needs read.
+		if ue, ok := errors.AsType[*UntrustedError](err); ok {
+			ue.Need = PermRead
+		}
+		return nil, nil, err
+	}
+	r.conn, r.cs = conn, cs
+	return conn, cs, nil
+}
+
+// drop closes conn after a failure on it, unless it was replaced already.
+func (r *RemoteRepo) drop(conn *quic.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
+	if r.conn == conn {
+		r.conn, r.cs = nil, nil
+	}
+}
+
+// retry runs fn until it succeeds, fails for good, or has failed for
+// RetryFor, reconnecting in between with a growing pause.
+func (r *RemoteRepo) retry(ctx context.Context, what string, fn func() error) error {
+	const maxBackoff = 5 * time.Second
+	backoff := 100 * time.Millisecond
+	var since time.Time
+	for {
+		err := fn()
+		if err == nil || !retryable(err) || r.o.RetryFor < 0 || errors.Is(err, ErrRepoClosed) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if since.IsZero() {
+			since = time.Now()
+		}
+		if time.Since(since) > r.o.RetryFor {
+			return fmt.Errorf("%s: giving up after %s of failed reconnects to %s: %w", what, r.o.RetryFor, r.addr, err)
+		}
+		r.log.Warn("repository request interrupted; retrying", "peer", r.peer.Short(), "request", what, "err", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-r.done:
+			t.Stop()
+			return ErrRepoClosed
+		case <-t.C:
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// request sends m on the control stream and returns the reply.
+func (r *RemoteRepo) request(ctx context.Context, m protocol.Message) (protocol.Message, error) {
+	var reply protocol.Message
+	err := r.retry(ctx, m.Type().String(), func() error {
+		conn, cs, err := r.connection(ctx)
+		if err != nil {
+			return err
+		}
+		r.ctlMu.Lock()
+		defer r.ctlMu.Unlock()
+		// Stream reads take no context: dropping the connection ends them.
+		stop := context.AfterFunc(ctx, func() { r.drop(conn) })
+		defer stop()
+		if err := cs.write(m); err != nil {
+			r.drop(conn)
+			return err
+		}
+		reply, err = cs.next()
+		if _, remote := errors.AsType[*protocol.RemoteError](err); err != nil && !remote {
+			r.drop(conn)
+		}
+		return err
+	})
+	return reply, err
+}
+
+// List returns the repository's restore points, oldest first.
+func (r *RemoteRepo) List(ctx context.Context) ([]chunkstore.RestorePoint, error) {
+	m, err := r.request(ctx, &protocol.ListPoints{})
+	if err != nil {
+		return nil, fmt.Errorf("listing restore points of %s: %w", r.addr, err)
+	}
+	pl, ok := m.(*protocol.PointList)
+	if !ok {
+		return nil, fmt.Errorf("%w: expected PointList, got %s", protocol.ErrProtocol, m.Type())
+	}
+	rps := make([]chunkstore.RestorePoint, 0, len(pl.IDs))
+	for _, id := range pl.IDs {
+		rp, err := r.Resolve(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		rps = append(rps, *rp)
+	}
+	return rps, nil
+}
+
+// Resolve returns the restore point named id, or the newest for "latest".
+// An unknown one gives an error matching chunkstore.ErrNoRestorePoint.
+func (r *RemoteRepo) Resolve(ctx context.Context, id string) (*chunkstore.RestorePoint, error) {
+	if err := protocol.ValidPointID(id); err != nil {
+		return nil, fmt.Errorf("%w: %w", chunkstore.ErrNoRestorePoint, err)
+	}
+	m, err := r.request(ctx, &protocol.GetPoint{ID: id})
+	if errors.Is(err, protocol.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %q at %s: %w", chunkstore.ErrNoRestorePoint, id, r.addr, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("resolving restore point %s at %s: %w", id, r.addr, err)
+	}
+	p, ok := m.(*protocol.Point)
+	if !ok {
+		return nil, fmt.Errorf("%w: expected Point, got %s", protocol.ErrProtocol, m.Type())
+	}
+	if id != "latest" && p.ID != id {
+		return nil, fmt.Errorf("%w: asked for restore point %s, got %s", protocol.ErrProtocol, id, p.ID)
+	}
+	return p.RestorePoint(), nil
+}
+
+// Tree reads and decodes rp's tree, fetching its chunks in parallel.
+func (r *RemoteRepo) Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]chunkstore.Node, error) {
+	parts := make([][]byte, len(rp.Tree))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.o.Streams * r.o.Batch)
+	for i, id := range rp.Tree {
+		g.Go(func() error {
+			var err error
+			parts[i], err = r.Get(gctx, id, nil)
+			if err != nil {
+				return fmt.Errorf("reading tree chunk %s: %w", id.Short(), err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
+	}
+	var enc []byte
+	for _, p := range parts {
+		if len(enc)+len(p) > chunkstore.MaxTreeBytes {
+			return nil, fmt.Errorf("restore point %s: %w: above %d bytes", rp.ID, chunkstore.ErrBadTree, chunkstore.MaxTreeBytes)
+		}
+		enc = append(enc, p...)
+	}
+	nodes, err := chunkstore.DecodeTree(enc)
+	if err != nil {
+		return nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
+	}
+	return nodes, nil
+}
+
+// Get appends the plain content of chunk id to dst, after checking that it
+// hashes to id. A chunk the server cannot read (missing, corrupt in its
+// store) or that arrives corrupt fails at once: *chunkstore.CorruptChunkError
+// for corruption, an error matching chunkstore.ErrNotFound for a missing
+// chunk. Network failures are retried for up to RetryFor.
+func (r *RemoteRepo) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+	q := &fetchReq{id: id, res: make(chan fetchRes, 1)}
+	select {
+	case r.reqs <- q:
+	case <-ctx.Done():
+		return dst, ctx.Err()
+	case <-r.done:
+		return dst, ErrRepoClosed
+	}
+	select {
+	case res := <-q.res:
+		if res.err != nil {
+			return dst, res.err
+		}
+		if len(dst) == 0 {
+			return res.data, nil
+		}
+		return append(dst, res.data...), nil
+	case <-ctx.Done():
+		return dst, ctx.Err()
+	}
+}
+
+// worker serves Gets: it takes one, adds whatever else is queued up to a
+// batch, and fetches them on one stream.
+func (r *RemoteRepo) worker() {
+	defer r.workers.Done()
+	// A batch is not cancelled with the Gets that wait for it (they stop
+	// waiting); Close ends it by closing the connection.
+	ctx := context.Background()
+	for {
+		var batch []*fetchReq
+		select {
+		case q := <-r.reqs:
+			batch = append(batch, q)
+		case <-r.done:
+			return
+		}
+	fill:
+		for len(batch) < r.o.Batch {
+			select {
+			case q := <-r.reqs:
+				batch = append(batch, q)
+			default:
+				break fill
+			}
+		}
+		r.fetch(ctx, batch)
+	}
+}
+
+// fetch answers every request of batch, retrying the chunks not yet
+// received through connection failures.
+func (r *RemoteRepo) fetch(ctx context.Context, batch []*fetchReq) {
+	waiting := map[chunkstore.ID][]*fetchReq{}
+	var ids []chunkstore.ID
+	for _, q := range batch {
+		if waiting[q.id] == nil {
+			ids = append(ids, q.id)
+		}
+		waiting[q.id] = append(waiting[q.id], q)
+	}
+	answer := func(id chunkstore.ID, res fetchRes) {
+		for _, q := range waiting[id] {
+			q.res <- res
+		}
+		delete(waiting, id)
+	}
+	err := r.retry(ctx, "GetChunks", func() error {
+		var rest []chunkstore.ID
+		for _, id := range ids {
+			if waiting[id] != nil {
+				rest = append(rest, id)
+			}
+		}
+		return r.fetchOnce(ctx, rest, answer)
+	})
+	if err != nil {
+		for id := range waiting {
+			answer(id, fetchRes{err: fmt.Errorf("fetching chunk %s from %s: %w", id.Short(), r.addr, err)})
+		}
+	}
+}
+
+// fetchOnce asks for ids on a new fetch stream and hands each answer to
+// answer. It returns an error when the stream failed before every answer
+// arrived; the chunks already answered are not asked for again.
+func (r *RemoteRepo) fetchOnce(ctx context.Context, ids []chunkstore.ID, answer func(chunkstore.ID, fetchRes)) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	conn, _, err := r.connection(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		r.drop(conn)
+		return fmt.Errorf("opening fetch stream: %w", err)
+	}
+	defer st.CancelRead(0)
+	stop := context.AfterFunc(ctx, func() { st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
+	defer stop()
+	frame := protocol.AppendFrame([]byte{byte(protocol.StreamFetch)}, &protocol.GetChunks{IDs: ids})
+	if _, err := st.Write(frame); err != nil {
+		r.drop(conn)
+		return fmt.Errorf("writing fetch request: %w", err)
+	}
+	if err := st.Close(); err != nil {
+		return fmt.Errorf("closing fetch request: %w", err)
+	}
+	rd := protocol.NewReader(st, protocol.MaxFrameSize)
+	var first error // the first answer, if an Error: maybe a refusal of the whole request
+	for i, id := range ids {
+		m, err := rd.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) && first != nil {
+				return permanentError{fmt.Errorf("fetching chunks from %s: %w", r.addr, first)}
+			}
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("fetch stream ended after %d of %d chunks: %w", i, len(ids), io.ErrUnexpectedEOF)
+			}
+			if errors.Is(err, protocol.ErrProtocol) || errors.Is(err, protocol.ErrTooLarge) {
+				err = permanentError{err}
+			}
+			return err
+		}
+		switch m := m.(type) {
+		case *protocol.ChunkData:
+			if m.ID != id {
+				return permanentError{fmt.Errorf("%w: asked for chunk %s, got %s", protocol.ErrProtocol, id.Short(), m.ID.Short())}
+			}
+			data, err := chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
+			if err != nil {
+				err = &chunkstore.CorruptChunkError{ID: id, Err: fmt.Errorf("from %s: %w", r.addr, err)}
+			} else if err = chunkstore.VerifyContent(id, data); err != nil {
+				err = &chunkstore.CorruptChunkError{ID: id, Err: fmt.Errorf("from %s: %w", r.addr, chunkstore.ErrHashMismatch)}
+			}
+			if err != nil {
+				r.log.Error("chunk from repository mover is corrupt", "chunk", id.String(), "peer", r.peer.Short(), "err", err)
+				answer(id, fetchRes{err: err})
+				continue
+			}
+			answer(id, fetchRes{data: data})
+		case *protocol.Error:
+			re := m.Err()
+			if i == 0 {
+				first = re
+			}
+			switch {
+			case errors.Is(re, protocol.ErrCorrupt):
+				err = &chunkstore.CorruptChunkError{ID: id, Err: fmt.Errorf("in the repository at %s: %w", r.addr, re)}
+			case errors.Is(re, protocol.ErrNotFound):
+				err = fmt.Errorf("%w: %s at %s: %w", chunkstore.ErrNotFound, id.Short(), r.addr, re)
+			case i == 0 && (errors.Is(re, protocol.ErrPermission) || errors.Is(re, protocol.ErrProtocol)):
+				// A refusal of the whole request comes first and ends the
+				// stream.
+				return permanentError{fmt.Errorf("fetching chunks from %s: %w", r.addr, re)}
+			default:
+				err = fmt.Errorf("chunk %s at %s: %w", id.Short(), r.addr, re)
+			}
+			answer(id, fetchRes{err: err})
+		default:
+			return permanentError{fmt.Errorf("%w: unexpected %s on a fetch stream", protocol.ErrProtocol, m.Type())}
+		}
+	}
+	return nil
+}
+
+// ParsePeerAddr parses "ADDR#PEER_ID", the form of a mover's address on the
+// command line: a UDP host:port, then the peer ID it must present.
+func ParsePeerAddr(s string) (addr string, peer PeerID, err error) {
+	addr, id, ok := strings.Cut(s, "#")
+	if !ok || addr == "" || id == "" {
+		return "", PeerID{}, fmt.Errorf("mover address %q: want ADDR#PEER_ID, e.g. repo1:7448#ID with the ID 'pgporter mover id' prints there", s)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return "", PeerID{}, fmt.Errorf("mover address %q: %w", s, err)
+	}
+	if peer, err = ParsePeerID(id); err != nil {
+		return "", PeerID{}, fmt.Errorf("mover address %q: %w", s, err)
+	}
+	return addr, peer, nil
+}

@@ -1,0 +1,45 @@
+package protocol
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
+
+func TestPointFromRepoRoundTrip(t *testing.T) {
+	rp := &chunkstore.RestorePoint{
+		ID: "rp-20261125T231500Z-ab12cd", Time: time.Date(2026, 11, 25, 23, 15, 0, 123456789, time.UTC),
+		PGVersion: "15", SystemID: "7441234567890123456", SourceHost: "db1",
+		Databases: []chunkstore.DBInfo{{Name: "app", OID: 16384, Size: 1 << 30}, {OID: 1, Size: 7}},
+		Size:      1 << 34, StoredSize: 1 << 32, Files: 1500, Tree: []chunkstore.ID{testID(1), testID(2)},
+		Params: chunkstore.DefaultParams,
+	}
+	m, err := PointFromRepo(rp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(TypePoint, m.Append(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := got.(*Point).RestorePoint()
+	if !reflect.DeepEqual(back, rp) {
+		t.Fatalf("round trip: %+v, want %+v", back, rp)
+	}
+}
+
+// A restore point beyond the wire's limits is refused with too-large, not
+// sent as a frame the peer would reject.
+func TestPointFromRepoRefusesOversized(t *testing.T) {
+	rp := &chunkstore.RestorePoint{ID: "rp-x", Tree: make([]chunkstore.ID, MaxPointTreeChunks+1)}
+	_, err := PointFromRepo(rp)
+	if !errors.Is(err, ErrTooLarge) || ToWire(err).Code != CodeTooLarge {
+		t.Fatalf("PointFromRepo = %v", err)
+	}
+	if _, err := PointFromRepo(&chunkstore.RestorePoint{ID: "a/b"}); err == nil {
+		t.Fatal("accepted a restore point ID with a slash")
+	}
+}
