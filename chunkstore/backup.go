@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,10 +30,27 @@ type BackupOptions struct {
 	// SourceHost is recorded in the restore point; empty means os.Hostname.
 	SourceHost string
 	// Progress, if set, is called with plain bytes read so far and the
-	// total, never concurrently with itself.
+	// total, never concurrently with itself. The total may change while a
+	// backup runs (a server's estimate arrives late) but is never below
+	// done.
 	Progress func(done, total int64)
 	// Workers chunk files in parallel; 0 means min(GOMAXPROCS, 4).
 	Workers int
+}
+
+// withDefaults fills the zero fields of o and checks its Params.
+func (o BackupOptions) withDefaults() (BackupOptions, error) {
+	o.Params = o.Params.withDefaults()
+	if err := o.Params.Validate(); err != nil {
+		return o, err
+	}
+	if o.Workers <= 0 {
+		o.Workers = min(runtime.GOMAXPROCS(0), 4)
+	}
+	if o.SourceHost == "" {
+		o.SourceHost, _ = os.Hostname()
+	}
+	return o, nil
 }
 
 // Backup ingests the PostgreSQL data directory pgdata (of a stopped cluster,
@@ -48,30 +64,17 @@ type BackupOptions struct {
 // changed. If ctx is cancelled no restore point appears; the chunks already
 // flushed are reused by the next run.
 func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*RestorePoint, error) {
-	p := o.Params.withDefaults()
-	if err := p.Validate(); err != nil {
+	o, err := o.withDefaults()
+	if err != nil {
 		return nil, err
-	}
-	workers := o.Workers
-	if workers <= 0 {
-		workers = min(runtime.GOMAXPROCS(0), 4)
 	}
 	start := time.Now()
 	ver, err := os.ReadFile(filepath.Join(pgdata, "PG_VERSION"))
 	if err != nil {
 		return nil, fmt.Errorf("%s is not a PostgreSQL data directory: %w", pgdata, err)
 	}
-	rp := &RestorePoint{
-		ID:         newPointID(start),
-		Time:       start.UTC(),
-		PGVersion:  strings.TrimSpace(string(ver)),
-		SourceHost: o.SourceHost,
-		Params:     p,
-		Format:     pointFormat,
-	}
-	if rp.SourceHost == "" {
-		rp.SourceHost, _ = os.Hostname()
-	}
+	rp := newPoint(start, o)
+	rp.PGVersion = strings.TrimSpace(string(ver))
 	if rp.SystemID, err = systemID(ctx, pgdata, rp.PGVersion); err != nil {
 		return nil, err
 	}
@@ -81,19 +84,7 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 	}
 	stored0 := r.packBytes()
 
-	var (
-		done   atomic.Int64
-		progMu sync.Mutex // serialises o.Progress
-	)
-	report := func(n int64) {
-		d := done.Add(n)
-		if o.Progress != nil {
-			progMu.Lock()
-			o.Progress(d, total)
-			progMu.Unlock()
-		}
-	}
-	report(0)
+	prog := newProgress(o.Progress, total)
 	g, gctx := errgroup.WithContext(ctx)
 	files := make(chan int)
 	g.Go(func() error {
@@ -112,14 +103,14 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 	})
 	var vanishedMu sync.Mutex // guards vanished
 	vanished := map[int]bool{}
-	for range workers {
+	for range o.Workers {
 		g.Go(func() error {
-			ch, err := NewChunker(nil, p)
+			ch, err := NewChunker(nil, o.Params)
 			if err != nil {
 				return err
 			}
 			for i := range files {
-				err := r.backupFile(gctx, ch, filepath.Join(pgdata, filepath.FromSlash(nodes[i].Path)), &nodes[i], report)
+				err := r.backupFile(gctx, ch, filepath.Join(pgdata, filepath.FromSlash(nodes[i].Path)), &nodes[i], prog.add)
 				if errors.Is(err, fs.ErrNotExist) {
 					// Removed since the walk (a copy of a live directory):
 					// PostgreSQL recreates or does not need what it dropped.
@@ -148,30 +139,92 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 		}
 		nodes = kept
 	}
-	for _, n := range nodes {
-		if n.Type == NodeFile {
-			rp.Files++
-			rp.Size += n.Size
-		}
-	}
 	rp.Databases = databases(nodes)
-	if rp.Tree, err = PutTree(ctx, r.store, nodes, p); err != nil {
-		return nil, err
-	}
-	if err := r.store.Flush(ctx); err != nil {
-		return nil, fmt.Errorf("flushing the store: %w", err)
-	}
-	rp.StoredSize = max(r.packBytes()-stored0, 0)
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := r.writePoint(rp); err != nil {
+	if err := r.finishPoint(ctx, rp, nodes, stored0); err != nil {
 		return nil, err
 	}
 	r.log.Info("backup complete", "restore_point", rp.ID, "files", rp.Files, "bytes", rp.Size,
 		"stored", rp.StoredSize, "seconds", time.Since(start).Seconds())
 	return rp, nil
 }
+
+// newPoint starts the restore point of a backup begun at start.
+func newPoint(start time.Time, o BackupOptions) *RestorePoint {
+	return &RestorePoint{
+		ID:         newPointID(start),
+		Time:       start.UTC(),
+		SourceHost: o.SourceHost,
+		Params:     o.Params,
+		Format:     pointFormat,
+	}
+}
+
+// finishPoint counts nodes into rp, stores their tree, flushes the store and
+// only then makes rp visible: every source of a backup ends here, so a
+// listed restore point never names a chunk that is not durable. stored0 is
+// packBytes before the backup stored anything.
+func (r *Repo) finishPoint(ctx context.Context, rp *RestorePoint, nodes []Node, stored0 int64) error {
+	rp.Files, rp.Size = 0, 0
+	for _, n := range nodes {
+		if n.Type == NodeFile {
+			rp.Files++
+			rp.Size += n.Size
+		}
+	}
+	var err error
+	if rp.Tree, err = PutTree(ctx, r.store, nodes, rp.Params); err != nil {
+		return err
+	}
+	if err := r.store.Flush(ctx); err != nil {
+		return fmt.Errorf("flushing the store: %w", err)
+	}
+	rp.StoredSize = max(r.packBytes()-stored0, 0)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return r.writePoint(rp)
+}
+
+// progress serialises BackupOptions.Progress and keeps its promise that
+// done never exceeds total, whatever the source estimated.
+type progress struct {
+	fn          func(done, total int64)
+	mu          sync.Mutex // guards done, total and calls of fn
+	done, total int64
+}
+
+func newProgress(fn func(done, total int64), total int64) *progress {
+	p := &progress{fn: fn, total: total}
+	p.add(0)
+	return p
+}
+
+// add counts n more bytes read.
+func (p *progress) add(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done += n
+	p.call()
+}
+
+// setTotal replaces the estimate of the bytes to read.
+func (p *progress) setTotal(total int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total = total
+	p.call()
+}
+
+func (p *progress) call() {
+	p.total = max(p.total, p.done)
+	if p.fn != nil {
+		p.fn(p.done, p.total)
+	}
+}
+
+// putFunc stores one chunk: Store.Put, or a hand-off to workers that call
+// it. It must not retain data after it returns.
+type putFunc func(ctx context.Context, id ID, data []byte) error
 
 // backupFile chunks one file into the store and sets n's Size and Chunks to
 // what was read (a file of a live copy may have changed since the walk).
@@ -181,7 +234,15 @@ func (r *Repo) backupFile(ctx context.Context, ch *Chunker, name string, n *Node
 		return err
 	}
 	defer f.Close()
-	ch.Reset(f)
+	return ingestFile(ctx, ch, f, n, r.store.Put, report)
+}
+
+// ingestFile cuts the content of one file, read from src, with ch, hands
+// each chunk to put, and sets n's Size and Chunks to what was read. Both
+// sources of a backup, a data directory and a pg_basebackup stream, store
+// their files through it, so both cut and record files the same way.
+func ingestFile(ctx context.Context, ch *Chunker, src io.Reader, n *Node, put putFunc, report func(int64)) error {
+	ch.Reset(src)
 	n.Chunks = n.Chunks[:0]
 	var size int64
 	for {
@@ -193,7 +254,7 @@ func (r *Repo) backupFile(ctx context.Context, ch *Chunker, name string, n *Node
 			return fmt.Errorf("reading %s: %w", n.Path, err)
 		}
 		id := Sum(c.Data)
-		if err := r.store.Put(ctx, id, c.Data); err != nil {
+		if err := put(ctx, id, c.Data); err != nil {
 			return err
 		}
 		n.Chunks = append(n.Chunks, ChunkRef{ID: id, Len: uint32(len(c.Data))})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -68,6 +69,56 @@ func TestBackupCLI(t *testing.T) {
 	require.NotEmpty(t, list.RestorePoints[0].PGVersion)
 }
 
+func TestBackupCLIFromServer(t *testing.T) {
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Settings: map[string]string{"wal_level": "replica", "max_wal_senders": "4"}})
+	repo := filepath.Join(t.TempDir(), "repo")
+
+	code, out, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "backed up the server: ")
+	id1 := lastLine(out)
+	require.Regexp(t, `^rp-\d{8}T\d{6}Z-[0-9a-f]{6}$`, id1)
+
+	code, out, errs = runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"), "--json")
+	require.Equal(t, 0, code, errs)
+	var res struct {
+		RestorePoint string `json:"restore_point"`
+		PGVersion    string `json:"pg_version"`
+		SystemID     string `json:"system_id"`
+		Files        int    `json:"files"`
+		Databases    []struct {
+			Name string `json:"name"`
+			Size int64  `json:"size"`
+		} `json:"databases"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res))
+	require.Regexp(t, `^rp-`, res.RestorePoint)
+	require.NotEqual(t, id1, res.RestorePoint)
+	require.Positive(t, res.Files)
+	require.NotEmpty(t, res.SystemID)
+	require.Equal(t, c.Query(t, "postgres", "SHOW server_version_num")[:2], res.PGVersion)
+	var names []string
+	for _, db := range res.Databases {
+		names = append(names, db.Name)
+		require.Positive(t, db.Size, db.Name)
+	}
+	require.ElementsMatch(t, []string{"template0", "template1", "postgres"}, names)
+
+	list, err := chunkstore.ListRepo(repo)
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+
+	// A server that is not there: a clear message, exit 1, no restore point.
+	bad := filepath.Join(t.TempDir(), "bad")
+	code, out, errs = runCLI(t, "backup", "--repo", bad, "--from-server", "host="+t.TempDir()+" port=1 user=postgres")
+	require.Equal(t, exitFailure, code, errs)
+	require.Contains(t, errs, "pgporter: connecting to the server: ")
+	require.Empty(t, out)
+	list, err = chunkstore.ListRepo(bad)
+	require.NoError(t, err)
+	require.Empty(t, list)
+}
+
 func TestBackupCLIErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
@@ -76,7 +127,7 @@ func TestBackupCLIErrors(t *testing.T) {
 		code int
 		err  string
 	}{
-		{"from-server", []string{"backup", "--repo", dir, "--from-server", "host=x"}, exitNotBuilt, "backup --from-server: not built yet"},
+		{"both sources", []string{"backup", "--repo", dir, "--pgdata", dir, "--from-server", "host=x"}, exitUsage, "not both"},
 		{"no repo", []string{"backup", "--pgdata", dir}, exitUsage, "--repo"},
 		{"no source", []string{"backup", "--repo", dir}, exitUsage, "--pgdata"},
 		{"not a data dir", []string{"backup", "--repo", filepath.Join(dir, "r"), "--pgdata", dir}, exitFailure, "not a PostgreSQL data directory"},

@@ -1,0 +1,420 @@
+package chunkstore
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+)
+
+// ServerBackupOptions configure Repo.BackupFromServer.
+type ServerBackupOptions struct {
+	BackupOptions
+	// PGBaseBackup returns the path of the pg_basebackup program for the
+	// server's major version ("15"). Required: chunkstore does not know
+	// where PostgreSQL is installed.
+	PGBaseBackup func(major string) (string, error)
+	// SpreadCheckpoint lets the server spread the backup's starting
+	// checkpoint over checkpoint_completion_target (pg_basebackup -c
+	// spread) instead of doing it at once: gentler on a busy server, but the
+	// backup may wait minutes before the first byte.
+	SpreadCheckpoint bool
+}
+
+// ErrNoBaseBackup is matched by the error of BackupFromServer when no
+// pg_basebackup program was given.
+var ErrNoBaseBackup = errors.New("chunkstore: no pg_basebackup program")
+
+// serverInfo is what BackupFromServer learns from the server before it
+// streams the backup.
+type serverInfo struct {
+	Major     string // "15"
+	Version   string // server_version, "15.8 (Debian 15.8-1)"
+	Databases []DBInfo
+	Host      string // host of the connection; empty for a Unix socket
+}
+
+// queryServer connects to the server of connString (a libpq keyword/value
+// string or URI; libpq's PG* environment variables apply) and reads its
+// version and databases: name, OID and pg_database_size, which is 0 for a
+// database that refuses connections or that the user may not connect to.
+func queryServer(ctx context.Context, connString string) (*serverInfo, error) {
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the connection string: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the server: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	info := &serverInfo{Version: conn.PgConn().ParameterStatus("server_version")}
+	if !strings.HasPrefix(cfg.Host, "/") {
+		info.Host = cfg.Host
+	}
+	var num int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&num); err != nil {
+		return nil, fmt.Errorf("reading the server version: %w", err)
+	}
+	if num < 100000 {
+		return nil, fmt.Errorf("PostgreSQL %s is not supported: backups from a server need version 10 or later", info.Version)
+	}
+	info.Major = strconv.Itoa(num / 10000)
+	rows, err := conn.Query(ctx, `SELECT oid, datname,
+		CASE WHEN datallowconn AND has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) ELSE 0 END
+		FROM pg_database ORDER BY oid`)
+	if err != nil {
+		return nil, fmt.Errorf("listing databases: %w", err)
+	}
+	for rows.Next() {
+		var db DBInfo
+		if err := rows.Scan(&db.OID, &db.Name, &db.Size); err != nil {
+			return nil, fmt.Errorf("listing databases: %w", err)
+		}
+		info.Databases = append(info.Databases, db)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing databases: %w", err)
+	}
+	return info, nil
+}
+
+// BackupFromServer takes an online, consistent backup of the running server
+// of connString and records it as a new restore point.
+//
+// It streams `pg_basebackup -D - -Ft -X fetch` (a tar of the data
+// directory with the WAL from the backup's start to its end, which recovery
+// needs to reach a consistent state, included under pg_wal) and ingests each
+// tar entry as Backup ingests a file: the same tree, cut with the same
+// chunker and Params, so backups from either source share chunks. The point
+// records the server's database names and the tree's size of each; the
+// system identifier comes from the streamed global/pg_control. The server
+// must allow a replication connection for the user (pg_hba.conf
+// "replication" entry, max_wal_senders > 0) and have no tablespaces outside
+// the data directory (pg_basebackup cannot stream them as one tar).
+//
+// Progress totals are pg_basebackup's estimate once it has one, the sum of
+// the database sizes before. If ctx is cancelled pg_basebackup is killed
+// and no restore point appears.
+func (r *Repo) BackupFromServer(ctx context.Context, connString string, o ServerBackupOptions) (*RestorePoint, error) {
+	if o.PGBaseBackup == nil {
+		return nil, ErrNoBaseBackup
+	}
+	bo, err := o.BackupOptions.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	info, err := queryServer(ctx, connString)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := o.PGBaseBackup(info.Major)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if o.SourceHost == "" && info.Host != "" && !isLoopback(info.Host) {
+		bo.SourceHost = info.Host
+	}
+	rp := newPoint(start, bo)
+	var dbTotal int64
+	names := map[uint32]string{}
+	for _, db := range info.Databases {
+		dbTotal += db.Size
+		names[db.OID] = db.Name
+	}
+	prog := newProgress(bo.Progress, dbTotal)
+	stored0 := r.packBytes()
+
+	checkpoint := "fast"
+	if o.SpreadCheckpoint {
+		checkpoint = "spread"
+	}
+	bbctx, kill := context.WithCancel(ctx)
+	defer kill()
+	cmd := exec.CommandContext(bbctx, bin, "-d", connString, "-D", "-", "-Ft", "-X", "fetch",
+		"-P", "-c", checkpoint, "-l", "pgporter "+rp.ID)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C") // progress lines are parsed
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting pg_basebackup: %w", err)
+	}
+	r.log.Info("backup from server started", "restore_point", rp.ID, "server_version", info.Version, "pg_basebackup", bin)
+	msgs := &tailLines{max: 20}
+	stderrDone := make(chan struct{})
+	go func() {
+		defer close(stderrDone)
+		readBaseBackupStderr(stderr, msgs, prog)
+	}()
+
+	st := &tarIngest{r: r, o: bo, prog: prog, index: map[string]int{}}
+	ierr := st.run(bbctx, stdout, kill)
+	if ierr != nil {
+		kill() // pg_basebackup may be blocked writing what we no longer read
+	}
+	<-stderrDone
+	werr := cmd.Wait()
+	switch {
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("backing up from the server: %w", ctx.Err())
+	case werr != nil:
+		return nil, fmt.Errorf("pg_basebackup failed (%v): %s", werr, msgs.String())
+	case ierr != nil:
+		return nil, fmt.Errorf("backing up from the server: %w", ierr)
+	case st.version == "":
+		return nil, fmt.Errorf("pg_basebackup sent no PG_VERSION file: %s", msgs.String())
+	}
+	rp.PGVersion, rp.SystemID = st.version, st.systemID
+	nodes := st.tree()
+	rp.Databases = databases(nodes)
+	for i := range rp.Databases {
+		rp.Databases[i].Name = names[rp.Databases[i].OID]
+	}
+	if err := r.finishPoint(ctx, rp, nodes, stored0); err != nil {
+		return nil, err
+	}
+	r.log.Info("backup complete", "restore_point", rp.ID, "files", rp.Files, "bytes", rp.Size,
+		"stored", rp.StoredSize, "seconds", time.Since(start).Seconds())
+	return rp, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// progressLine matches pg_basebackup -P's report, "1234/5678 kB (21%), ...".
+var progressLine = regexp.MustCompile(`^\s*(\d+)/(\d+) kB`)
+
+// readBaseBackupStderr reads pg_basebackup's stderr to its end: progress
+// reports update prog's total, anything else is kept in msgs for the error
+// message. -P ends its reports with \r on a terminal, \n elsewhere.
+func readBaseBackupStderr(rd io.Reader, msgs *tailLines, prog *progress) {
+	sc := bufio.NewScanner(rd)
+	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+		if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
+			return i + 1, data[:i], nil
+		}
+		if atEOF && len(data) > 0 {
+			return len(data), data, nil
+		}
+		return 0, nil, nil
+	})
+	var last int64
+	for sc.Scan() {
+		line := sc.Text()
+		if m := progressLine.FindStringSubmatch(line); m != nil {
+			if kb, err := strconv.ParseInt(m[2], 10, 64); err == nil && kb<<10 != last {
+				last = kb << 10
+				prog.setTotal(last)
+			}
+			continue
+		}
+		if strings.TrimSpace(line) != "" {
+			msgs.add(line)
+		}
+	}
+	// A line longer than the scanner's buffer stops it: keep reading, or
+	// pg_basebackup would block writing to a full pipe.
+	_, _ = io.Copy(io.Discard, rd)
+}
+
+// tailLines keeps the last max lines added.
+type tailLines struct {
+	max   int
+	mu    sync.Mutex // guards lines
+	lines []string
+}
+
+func (t *tailLines) add(s string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lines) == t.max {
+		t.lines = t.lines[1:]
+	}
+	t.lines = append(t.lines, s)
+}
+
+func (t *tailLines) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lines) == 0 {
+		return "(no message)"
+	}
+	return strings.Join(t.lines, "; ")
+}
+
+// tarIngest turns a pg_basebackup tar stream into tree nodes, storing file
+// contents as it goes.
+type tarIngest struct {
+	r    *Repo
+	o    BackupOptions
+	prog *progress
+
+	nodes    []Node
+	index    map[string]int // path → position in nodes
+	version  string         // content of PG_VERSION
+	systemID string         // from global/pg_control
+}
+
+// chunkJob is a chunk on its way from the stream's reader to a worker.
+type chunkJob struct {
+	id  ID
+	buf *[]byte // from chunkBufs; the worker returns it
+}
+
+// run reads the tar stream to its end. The stream is sequential, so one
+// goroutine reads and cuts it while o.Workers goroutines store the chunks
+// (compressing and indexing them is most of a backup's CPU). abort is
+// called when a worker fails, to end the stream's producer.
+func (t *tarIngest) run(ctx context.Context, stream io.Reader, abort func()) error {
+	g, gctx := errgroup.WithContext(ctx)
+	jobs := make(chan chunkJob, 2*t.o.Workers)
+	bufs := sync.Pool{New: func() any { b := make([]byte, 0, t.o.Params.Max); return &b }}
+	put := func(ctx context.Context, id ID, data []byte) error {
+		b := bufs.Get().(*[]byte)
+		*b = append((*b)[:0], data...)
+		select {
+		case jobs <- chunkJob{id: id, buf: b}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	g.Go(func() error {
+		defer close(jobs)
+		return t.read(gctx, stream, put)
+	})
+	for range t.o.Workers {
+		g.Go(func() error {
+			for j := range jobs {
+				err := t.r.store.Put(gctx, j.id, *j.buf)
+				bufs.Put(j.buf)
+				if err != nil {
+					abort() // the reader may be blocked reading the stream
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// read walks the tar stream, handing file contents to put.
+func (t *tarIngest) read(ctx context.Context, stream io.Reader, put putFunc) error {
+	ch, err := NewChunker(nil, t.o.Params)
+	if err != nil {
+		return err
+	}
+	tr := tar.NewReader(stream)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading pg_basebackup's tar stream: %w", err)
+		}
+		// pg_basebackup names entries "base/1", "global/" and, for some,
+		// "./pg_wal/archive_status/".
+		name := path.Clean(hdr.Name)
+		if !ValidPath(name) {
+			return fmt.Errorf("pg_basebackup's tar stream holds a bad path %q", hdr.Name)
+		}
+		n := Node{Path: name, Mode: uint32(hdr.Mode) & 0o777, UID: uint32(hdr.Uid), GID: uint32(hdr.Gid), MTime: hdr.ModTime.UnixNano()}
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			n.Type = NodeDir
+		case tar.TypeSymlink:
+			n.Type, n.Target, n.Size = NodeSymlink, hdr.Linkname, int64(len(hdr.Linkname))
+		case tar.TypeReg:
+			n.Type = NodeFile
+			var src io.Reader = tr
+			if name == "PG_VERSION" || name == "global/pg_control" {
+				b, err := io.ReadAll(io.LimitReader(tr, 1<<20))
+				if err != nil {
+					return fmt.Errorf("reading %s: %w", name, err)
+				}
+				t.control(name, b)
+				src = bytes.NewReader(b)
+			}
+			if err := ingestFile(ctx, ch, src, &n, put, t.prog.add); err != nil {
+				return err
+			}
+		default:
+			t.r.log.Warn("skipping tar entry of an unexpected type", "path", name, "type", string(hdr.Typeflag))
+			continue
+		}
+		if i, ok := t.index[name]; ok {
+			t.nodes[i] = n // the last entry of a name wins, as in tar
+		} else {
+			t.index[name] = len(t.nodes)
+			t.nodes = append(t.nodes, n)
+		}
+	}
+	// Read to the end: pg_basebackup pads the archive after its end marker
+	// and would block, or fail, on a closed pipe.
+	if _, err := io.Copy(io.Discard, stream); err != nil {
+		return fmt.Errorf("reading pg_basebackup's tar stream: %w", err)
+	}
+	return nil
+}
+
+// control records what the restore point needs from PG_VERSION and
+// global/pg_control (the system identifier: its first 8 bytes, as
+// systemID reads them from a data directory).
+func (t *tarIngest) control(name string, b []byte) {
+	switch name {
+	case "PG_VERSION":
+		t.version = strings.TrimSpace(string(b))
+	case "global/pg_control":
+		if len(b) >= 8 {
+			t.systemID = strconv.FormatUint(binary.LittleEndian.Uint64(b), 10)
+		}
+	}
+}
+
+// tree returns the nodes sorted by path, with a directory for every parent
+// the stream named only implicitly (tar allows that; pg_basebackup sends
+// them, but the tree must hold them whatever the producer).
+func (t *tarIngest) tree() []Node {
+	nodes := t.nodes
+	for _, n := range t.nodes {
+		for dir := path.Dir(n.Path); dir != "."; dir = path.Dir(dir) {
+			if _, ok := t.index[dir]; ok {
+				break
+			}
+			t.index[dir] = len(nodes)
+			nodes = append(nodes, Node{Path: dir, Type: NodeDir, Mode: 0o700, UID: n.UID, GID: n.GID, MTime: n.MTime})
+		}
+	}
+	sortNodes(nodes)
+	return nodes
+}
