@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path"
@@ -148,9 +149,13 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 	}
 	bbctx, kill := context.WithCancel(ctx)
 	defer kill()
-	cmd := exec.CommandContext(bbctx, bin, "-d", connString, "-D", "-", "-Ft", "-X", "fetch",
+	argConn, password := hidePassword(connString)
+	cmd := exec.CommandContext(bbctx, bin, "-d", argConn, "-D", "-", "-Ft", "-X", "fetch",
 		"-P", "-c", checkpoint, "-l", "pgporter "+rp.ID)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C") // progress lines are parsed
+	if password != "" {
+		cmd.Env = append(cmd.Env, "PGPASSWORD="+password)
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -172,18 +177,23 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 
 	st := &tarIngest{r: r, o: bo, prog: prog, index: map[string]int{}}
 	ierr := st.run(bbctx, stdout, kill)
-	if ierr != nil {
-		kill() // pg_basebackup may be blocked writing what we no longer read
+	if ierr != nil && !errors.Is(ierr, io.ErrUnexpectedEOF) {
+		// pg_basebackup may be blocked writing what we no longer read. (A
+		// stream that broke off was closed by pg_basebackup, which is
+		// exiting: its status tells why.)
+		kill()
 	}
 	<-stderrDone
 	werr := cmd.Wait()
 	switch {
 	case ctx.Err() != nil:
 		return nil, fmt.Errorf("backing up from the server: %w", ctx.Err())
+	case ierr != nil && (werr == nil || !errors.Is(ierr, io.ErrUnexpectedEOF)):
+		// Our failure, and pg_basebackup's exit is our kill; unless the
+		// stream broke off, which pg_basebackup's failure explains.
+		return nil, fmt.Errorf("backing up from the server: %w", ierr)
 	case werr != nil:
 		return nil, fmt.Errorf("pg_basebackup failed (%v): %s", werr, msgs.String())
-	case ierr != nil:
-		return nil, fmt.Errorf("backing up from the server: %w", ierr)
 	case st.version == "":
 		return nil, fmt.Errorf("pg_basebackup sent no PG_VERSION file: %s", msgs.String())
 	}
@@ -199,6 +209,111 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 	r.log.Info("backup complete", "restore_point", rp.ID, "files", rp.Files, "bytes", rp.Size,
 		"stored", rp.StoredSize, "seconds", time.Since(start).Seconds())
 	return rp, nil
+}
+
+// hidePassword returns connString without the password it holds, and that
+// password, for pg_basebackup to take from PGPASSWORD: its command line is
+// visible to every local user (ps), its environment only to its owner. A
+// string it cannot take apart is returned whole.
+func hidePassword(connString string) (conn, password string) {
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		u, err := url.Parse(connString)
+		if err != nil {
+			return connString, ""
+		}
+		if u.User != nil {
+			if pw, ok := u.User.Password(); ok {
+				password = pw
+				u.User = url.User(u.User.Username())
+			}
+		}
+		q := u.Query()
+		if q.Has("password") {
+			password = q.Get("password")
+			q.Del("password")
+			u.RawQuery = q.Encode()
+		}
+		if password == "" {
+			return connString, ""
+		}
+		return u.String(), password
+	}
+	kvs, ok := parseConnKV(connString)
+	if !ok {
+		return connString, ""
+	}
+	var b strings.Builder
+	for _, kv := range kvs {
+		if kv[0] == "password" {
+			password = kv[1]
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(kv[0] + "='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(kv[1]) + "'")
+	}
+	if password == "" {
+		return connString, ""
+	}
+	return b.String(), password
+}
+
+// parseConnKV splits a libpq keyword/value connection string: "key = value"
+// pairs separated by whitespace, a value bare or single-quoted, with
+// backslash escaping the next character in either.
+func parseConnKV(s string) (kvs [][2]string, ok bool) {
+	i := 0
+	skip := func() {
+		for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
+			i++
+		}
+	}
+	for {
+		skip()
+		if i == len(s) {
+			return kvs, true
+		}
+		start := i
+		for i < len(s) && s[i] != '=' && s[i] != ' ' && s[i] != '\t' {
+			i++
+		}
+		key := s[start:i]
+		skip()
+		if key == "" || i == len(s) || s[i] != '=' {
+			return nil, false
+		}
+		i++
+		skip()
+		var v strings.Builder
+		quoted := i < len(s) && s[i] == '\''
+		if quoted {
+			i++
+		}
+		for {
+			if i == len(s) {
+				if quoted {
+					return nil, false
+				}
+				break
+			}
+			c := s[i]
+			if !quoted && (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+				break
+			}
+			if quoted && c == '\'' {
+				i++
+				break
+			}
+			if c == '\\' && i+1 < len(s) {
+				i++
+				c = s[i]
+			}
+			v.WriteByte(c)
+			i++
+		}
+		kvs = append(kvs, [2]string{key, v.String()})
+	}
 }
 
 func isLoopback(host string) bool {

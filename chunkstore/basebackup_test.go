@@ -1,11 +1,17 @@
 package chunkstore_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,7 +27,8 @@ import (
 	"github.com/pgporter/pgporter/staging"
 )
 
-const serverPassword = "b4ckup"
+// serverPassword has what connection strings must quote.
+const serverPassword = `b4 'ck\up`
 
 // replicaSettings are what pg_basebackup needs of the server. They are
 // PostgreSQL 15's defaults, written out so the tests do not depend on them;
@@ -33,13 +40,27 @@ func baseBackupIn(c *testsupport.Cluster) func(string) (string, error) {
 	return func(string) (string, error) { return filepath.Join(c.BinDir, "pg_basebackup"), nil }
 }
 
+// recordingBaseBackup returns a PGBaseBackup that runs c's pg_basebackup
+// through a script writing its command line to the returned file.
+func recordingBaseBackup(t *testing.T, c *testsupport.Cluster) (func(string) (string, error), string) {
+	dir := t.TempDir()
+	args, script := filepath.Join(dir, "args"), filepath.Join(dir, "pg_basebackup")
+	sh := "#!/bin/sh\nprintf '%s\\n' \"$@\" >> " + args + "\nexec " + filepath.Join(c.BinDir, "pg_basebackup") + " \"$@\"\n"
+	require.NoError(t, os.WriteFile(script, []byte(sh), 0o755))
+	return func(string) (string, error) { return script, nil }, args
+}
+
+// connQuote quotes v for a keyword/value connection string.
+func connQuote(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
+
 // writer commits transactions into c until ctx ends: each one inserts a
 // ledger row and adds its delta to a pgbench account, so a consistent image
 // has sum(abalance) = sum(delta) and ledger ids 1..count without a gap.
 type writer struct {
 	committed atomic.Int64
-	during    atomic.Bool   // set to count commits into overlap
-	overlap   chan struct{} // closed after 50 commits while during
+	notify    chan struct{} // signalled (without blocking) after each commit
 	done      chan error
 }
 
@@ -49,10 +70,9 @@ func startWriter(ctx context.Context, t *testing.T, c *testsupport.Cluster) *wri
 	c.Exec(t, "postgres", "CREATE TABLE ledger (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, aid int NOT NULL, delta int NOT NULL)")
 	conn, err := pgx.Connect(context.Background(), c.ConnString("postgres"))
 	require.NoError(t, err)
-	w := &writer{overlap: make(chan struct{}), done: make(chan error, 1)}
+	w := &writer{notify: make(chan struct{}, 1), done: make(chan error, 1)}
 	go func() {
 		defer conn.Close(context.Background())
-		var during int
 		for i := 1; ctx.Err() == nil; i++ {
 			aid, delta := 1+i*7919%100000, i%17-8
 			err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
@@ -70,10 +90,9 @@ func startWriter(ctx context.Context, t *testing.T, c *testsupport.Cluster) *wri
 				return
 			}
 			w.committed.Add(1)
-			if w.during.Load() {
-				if during++; during == 50 {
-					close(w.overlap)
-				}
+			select {
+			case w.notify <- struct{}{}:
+			default:
 			}
 		}
 		w.done <- nil
@@ -81,19 +100,21 @@ func startWriter(ctx context.Context, t *testing.T, c *testsupport.Cluster) *wri
 	return w
 }
 
-// waitOverlap blocks until the writer has committed 50 transactions after
-// the call: a backup that calls it from its progress has run concurrently
-// with writes.
-func (w *writer) waitOverlap(t *testing.T) {
-	if w.during.Swap(true) {
-		return
-	}
-	select {
-	case <-w.overlap:
-	case err := <-w.done:
-		t.Errorf("writer stopped: %v", err)
-	case <-time.After(time.Minute):
-		t.Error("the writer committed nothing for a minute")
+// waitFor blocks until the writer has committed n transactions.
+func (w *writer) waitFor(t *testing.T, n int64) {
+	timeout := time.NewTimer(time.Minute)
+	defer timeout.Stop()
+	for w.committed.Load() < n {
+		select {
+		case <-w.notify:
+		case err := <-w.done:
+			w.done <- err
+			t.Errorf("writer stopped: %v", err)
+			return
+		case <-timeout.C:
+			t.Error("the writer committed nothing for a minute")
+			return
+		}
 	}
 }
 
@@ -163,17 +184,23 @@ func TestBackupFromServer(t *testing.T) {
 	ctx := context.Background()
 	r := openRepo(t, filepath.Join(t.TempDir(), "repo"))
 
+	w.waitFor(t, 100)
 	before := w.committed.Load()
 	var calls, over int
+	var overlapped bool
+	recording, argsFile := recordingBaseBackup(t, c)
 	rp, err := r.BackupFromServer(ctx, c.ConnString("postgres"), chunkstore.ServerBackupOptions{
-		PGBaseBackup: baseBackupIn(c),
+		PGBaseBackup: recording,
 		BackupOptions: chunkstore.BackupOptions{Progress: func(done, total int64) {
 			calls++
 			if done > total {
 				over++
 			}
-			if done > 0 {
-				w.waitOverlap(t)
+			if done > 0 && !overlapped {
+				// The stream is held until more transactions commit:
+				// the backup runs concurrently with writes.
+				overlapped = true
+				w.waitFor(t, w.committed.Load()+50)
 			}
 		}},
 	})
@@ -219,7 +246,7 @@ func TestBackupFromServer(t *testing.T) {
 	in, err := staging.StartInstance(ctx, staging.InstanceOptions{DataDir: dataDir, RunDir: runDir, BinDir: c.BinDir})
 	require.NoError(t, err)
 	defer in.Stop(ctx)
-	conn, err := pgx.Connect(ctx, in.ConnString("postgres", "postgres")+" password="+serverPassword)
+	conn, err := pgx.Connect(ctx, in.ConnString("postgres", "postgres")+" password="+connQuote(serverPassword))
 	require.NoError(t, err)
 	defer conn.Close(ctx)
 	var rows, maxID, sumDelta, sumBalance int64
@@ -243,8 +270,17 @@ func TestBackupFromServer(t *testing.T) {
 	require.NoError(t, err)
 	c.Exec(t, "postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 100")
 	c.Exec(t, "postgres", "INSERT INTO pgbench_accounts SELECT aid + 100000, 1, 0, '' FROM generate_series(1, 1000) aid")
-	rp3, err := r.BackupFromServer(ctx, c.ConnString("postgres"), chunkstore.ServerBackupOptions{PGBaseBackup: baseBackupIn(c)})
+	uri := "postgresql://postgres:" + url.PathEscape(serverPassword) + "@/postgres?host=" + url.QueryEscape(c.SocketDir) +
+		"&port=" + strconv.Itoa(c.Port)
+	rp3, err := r.BackupFromServer(ctx, uri, chunkstore.ServerBackupOptions{PGBaseBackup: recording})
 	require.NoError(t, err)
+	// Guards against the password reaching pg_basebackup's command line,
+	// which every local user can read; it went through PGPASSWORD.
+	args, err := os.ReadFile(argsFile)
+	require.NoError(t, err)
+	require.Contains(t, string(args), "user=")
+	require.Contains(t, string(args), "postgresql://postgres@")
+	require.NotContains(t, string(args), "b4")
 	t.Logf("second backup: stored %d; third, after a small change: %d files, %d bytes, stored %d (%.1f%% of the first)",
 		rp2.StoredSize, rp3.Files, rp3.Size, rp3.StoredSize, 100*float64(rp3.StoredSize)/float64(rp.StoredSize))
 	require.LessOrEqual(t, rp3.StoredSize, rp.StoredSize/10)
@@ -382,4 +418,117 @@ func TestBackupFromServerErrors(t *testing.T) {
 	list, err := r.List()
 	require.NoError(t, err)
 	require.Empty(t, list)
+}
+
+// fakeBaseBackup returns a PGBaseBackup whose program writes the tar
+// entries to stdout (only the first cut bytes, if cut > 0), then exits with
+// code.
+func fakeBaseBackup(t *testing.T, code, cut int, entries ...tarEntry) func(string) (string, error) {
+	t.Helper()
+	dir := t.TempDir()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o600, Uid: 101, Gid: 102, ModTime: time.Unix(1700000000, 0),
+			Linkname: e.link, Size: int64(len(e.data))}
+		if e.typ == tar.TypeDir {
+			h.Mode = 0o700
+		}
+		require.NoError(t, tw.WriteHeader(h))
+		_, err := tw.Write(e.data)
+		require.NoError(t, err)
+	}
+	require.NoError(t, tw.Close())
+	b.Write(make([]byte, 10240)) // what pg_basebackup pads with
+	out := filepath.Join(dir, "stream.tar")
+	if cut > 0 {
+		b.Truncate(cut)
+	}
+	require.NoError(t, os.WriteFile(out, b.Bytes(), 0o644))
+	script := filepath.Join(dir, "pg_basebackup")
+	sh := fmt.Sprintf("#!/bin/sh\ncat %s\necho 'pg_basebackup: error: fake failure' >&2\nexit %d\n", out, code)
+	require.NoError(t, os.WriteFile(script, []byte(sh), 0o755))
+	return func(string) (string, error) { return script, nil }
+}
+
+type tarEntry struct {
+	name string
+	typ  byte
+	data []byte
+	link string
+}
+
+// Guards the tree invariants against what a tar stream may hold that a
+// directory walk never gives: "./" prefixes, parents never named, a name
+// repeated, entry types a data directory does not have, paths escaping it.
+func TestBaseBackupTarStream(t *testing.T) {
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{})
+	ctx := context.Background()
+	r := openRepo(t, filepath.Join(t.TempDir(), "repo"))
+	ctl := make([]byte, 8192)
+	binary.LittleEndian.PutUint64(ctl, 7311111111111111111)
+	rel := bytes.Repeat([]byte("relation"), 100000)
+	good := []tarEntry{
+		{name: "PG_VERSION", typ: tar.TypeReg, data: []byte("15\n")},
+		{name: "./global/", typ: tar.TypeDir},
+		{name: "global/pg_control", typ: tar.TypeReg, data: ctl},
+		{name: "base/5/16384", typ: tar.TypeReg, data: rel},
+		{name: "./pg_tblspc/16400", typ: tar.TypeSymlink, link: "/srv/ts"},
+		{name: "twice", typ: tar.TypeReg, data: []byte("first")},
+		{name: "base/5/hard", typ: tar.TypeLink, link: "base/5/16384"},
+		{name: "twice", typ: tar.TypeReg, data: []byte("second")},
+	}
+	rp, err := r.BackupFromServer(ctx, c.ConnString("postgres"), chunkstore.ServerBackupOptions{PGBaseBackup: fakeBaseBackup(t, 0, 0, good...)})
+	require.NoError(t, err)
+	require.Equal(t, "15", rp.PGVersion)
+	require.Equal(t, "7311111111111111111", rp.SystemID)
+	require.Equal(t, []chunkstore.DBInfo{{Name: "postgres", OID: 5, Size: int64(len(rel))}}, rp.Databases)
+	require.Equal(t, 4, rp.Files)
+	nodes, err := r.Tree(ctx, rp)
+	require.NoError(t, err)
+	var paths []string
+	byPath := map[string]chunkstore.Node{}
+	for _, n := range nodes {
+		paths = append(paths, n.Path)
+		byPath[n.Path] = n
+	}
+	require.Equal(t, []string{"PG_VERSION", "base", "base/5", "base/5/16384", "global", "global/pg_control",
+		"pg_tblspc", "pg_tblspc/16400", "twice"}, paths)
+	require.Equal(t, chunkstore.NodeDir, byPath["base/5"].Type)
+	require.Equal(t, uint32(0o700), byPath["base/5"].Mode)
+	require.Equal(t, "/srv/ts", byPath["pg_tblspc/16400"].Target)
+	n := byPath["twice"]
+	require.Equal(t, int64(len("second")), n.Size)
+	got, err := r.Store().Get(ctx, n.Chunks[0].ID, nil)
+	require.NoError(t, err)
+	require.Equal(t, "second", string(got))
+	require.Equal(t, uint32(101), n.UID)
+	require.Equal(t, uint32(102), n.GID)
+	require.Equal(t, int64(1700000000)*1e9, n.MTime)
+
+	// Each of these leaves no restore point.
+	for _, tc := range []struct {
+		name      string
+		code, cut int
+		entries   []tarEntry
+		err       string
+	}{
+		{"escaping path", 0, 0, append(good[:1:1], tarEntry{name: "../etc/passwd", typ: tar.TypeReg, data: []byte("x")}), `bad path "../etc/passwd"`},
+		{"absolute path", 0, 0, append(good[:1:1], tarEntry{name: "/etc/passwd", typ: tar.TypeReg}), `bad path "/etc/passwd"`},
+		{"failed exit", 1, 0, good, "pg_basebackup failed (exit status 1): pg_basebackup: error: fake failure"},
+		// The stream breaks off inside base/5/16384: pg_basebackup's
+		// message, not the tar reader's, says why.
+		{"broken off", 1, 100000, good, "pg_basebackup failed (exit status 1): pg_basebackup: error: fake failure"},
+		{"broken off, exit 0", 0, 100000, good, "unexpected EOF"},
+		{"no PG_VERSION", 0, 0, good[1:], "sent no PG_VERSION"},
+		{"file as parent", 0, 0, append(slices.Clone(good), tarEntry{name: "twice/x", typ: tar.TypeReg}), "no parent directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := r.BackupFromServer(ctx, c.ConnString("postgres"), chunkstore.ServerBackupOptions{PGBaseBackup: fakeBaseBackup(t, tc.code, tc.cut, tc.entries...)})
+			require.ErrorContains(t, err, tc.err)
+		})
+	}
+	list, err := r.List()
+	require.NoError(t, err)
+	require.Len(t, list, 1)
 }
