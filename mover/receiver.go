@@ -322,7 +322,7 @@ func (r *receiver) control(ctx context.Context) error {
 				return err
 			}
 		case *protocol.ManifestEnd:
-			if int(m.Files) != len(r.files) || int(m.Files) != int(r.meta.Files) || (len(r.files) > 0 && !r.files[len(r.files)-1].ended) {
+			if int(m.Files) != len(r.files) || (!r.growing() && int(m.Files) != int(r.meta.Files)) || (len(r.files) > 0 && !r.files[len(r.files)-1].ended) {
 				return fmt.Errorf("%w: manifest ended after %d files, expected %d", protocol.ErrProtocol, len(r.files), r.meta.Files)
 			}
 			manifestDone = true
@@ -340,6 +340,14 @@ func (r *receiver) control(ctx context.Context) error {
 	}
 }
 
+// maxGrowingFiles bounds the files of a transfer that announced no counts.
+const maxGrowingFiles = 1 << 20
+
+// growing reports whether the sender announced no file and byte counts: a
+// tree still being written, whose files come as they are completed (the
+// free space check happens as data is written).
+func (r *receiver) growing() bool { return r.meta.Files == 0 && r.meta.Bytes == 0 }
+
 func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if err := protocol.ValidPath(h.Path); err != nil {
 		return fmt.Errorf("file %q: %w", h.Path, err)
@@ -350,11 +358,14 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if r.paths[h.Path] {
 		return fmt.Errorf("%w: %s listed twice", protocol.ErrBadPath, h.Path)
 	}
-	if uint64(len(r.files)) >= r.meta.Files {
+	if r.growing() && len(r.files) >= maxGrowingFiles {
+		return fmt.Errorf("%w: more than %d files", protocol.ErrProtocol, maxGrowingFiles)
+	}
+	if !r.growing() && uint64(len(r.files)) >= r.meta.Files {
 		return fmt.Errorf("%w: more files than the %d announced", protocol.ErrProtocol, r.meta.Files)
 	}
 	r.paths[h.Path] = true
-	if h.Size > r.meta.Bytes || (h.NumChunks > 0 && uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size) || uint64(h.NumChunks) > h.Size {
+	if (!r.growing() && h.Size > r.meta.Bytes) || (h.NumChunks > 0 && uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size) || uint64(h.NumChunks) > h.Size {
 		return fmt.Errorf("%w: %s: %d chunks cannot make %d bytes", protocol.ErrProtocol, h.Path, h.NumChunks, h.Size)
 	}
 	return nil

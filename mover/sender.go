@@ -34,9 +34,17 @@ type SendOptions struct {
 	Params      chunkstore.Params // default chunkstore.DefaultParams
 	Streams     int               // parallel data streams, default 4
 	Compression string            // "auto" (default) or a chunkstore level name
-	BWLimit     int64             // aggregate wire bytes per second; 0 means no limit
-	RetryFor    time.Duration     // reconnect budget after a network failure; default 2m, negative disables
-	IdleTimeout time.Duration     // a connection silent this long is dead; default 30s
+	// Feed, if set, announces Src's files as they are completed (a dump
+	// still being written); the transfer commits once the feed is closed.
+	// Without it, Src is listed when Send starts.
+	Feed *FileFeed
+	// SrcRoot, if set, is Src already opened (the caller keeps it open
+	// until Send returns and closes it): with a Feed, the producer may
+	// rename Src before Send opens it.
+	SrcRoot     *os.Root
+	BWLimit     int64         // aggregate wire bytes per second; 0 means no limit
+	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables
+	IdleTimeout time.Duration // a connection silent this long is dead; default 30s
 	// Progress, if set, is called from one goroutine as the receiver reports
 	// durable progress.
 	Progress func(SendProgress)
@@ -170,28 +178,40 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	if err != nil {
 		return nil, err
 	}
-	if fi, err := os.Stat(src); err != nil {
-		return nil, err
-	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("mover: %s is not a directory", src)
+	if o.SrcRoot == nil {
+		if fi, err := os.Stat(src); err != nil {
+			return nil, err
+		} else if !fi.IsDir() {
+			return nil, fmt.Errorf("mover: %s is not a directory", src)
+		}
 	}
 	tid := o.TransferID
 	if tid == "" {
 		tid = TransferIDFor(src, o.Dest, peer)
 	}
 	start := time.Now()
-	files, err := scanTree(src)
-	if err != nil {
-		return nil, err
+	root := o.SrcRoot
+	if root == nil {
+		if root, err = os.OpenRoot(src); err != nil {
+			return nil, err
+		}
+		defer root.Close()
 	}
-	res := &SendResult{TransferID: tid, Dest: o.Dest, Files: len(files)}
-	for _, f := range files {
-		res.Bytes += f.Size
+	var so *source
+	if o.Feed != nil {
+		so = newGrowingSource(root)
+	} else {
+		files, err := scanTree(src)
+		if err != nil {
+			return nil, err
+		}
+		so = newSource(root, files)
 	}
+	res := &SendResult{TransferID: tid, Dest: o.Dest}
 	lc, _ := newLevelController(o.Compression)
 	t := &sendTransfer{
 		s: s, o: o, tid: tid, peer: peer, addr: addr, res: res, lc: lc,
-		src:     newSource(files),
+		src:     so,
 		handles: map[uint32]*os.File{},
 	}
 	if o.BWLimit > 0 {
@@ -202,6 +222,13 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	chunkCtx, stopChunking := context.WithCancel(ctx)
 	var chunkErr error
 	var wg sync.WaitGroup
+	if o.Feed != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			so.follow(chunkCtx, o.Feed)
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -213,11 +240,14 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	if err == nil && !res.AlreadyComplete && chunkErr != nil {
 		err = chunkErr
 	}
-	res.ChunksSent = t.chunksSent.Load()
-	res.WireBytes = t.wireBytes.Load()
+	files := so.snapshot()
+	res.Files = len(files)
 	for _, f := range files {
+		res.Bytes += f.Size
 		res.ChunksTotal += int64(len(f.Chunks))
 	}
+	res.ChunksSent = t.chunksSent.Load()
+	res.WireBytes = t.wireBytes.Load()
 	res.ChunksSkipped = max(res.ChunksTotal-res.ChunksSent, 0)
 	res.HashedBytes = t.src.hashed.Load()
 	res.Seconds = time.Since(start).Seconds()
@@ -349,7 +379,13 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "cancelled") })
 	defer stop()
 
-	err = cs.write(&protocol.OpenTransfer{TransferID: t.tid, Dest: t.o.Dest, Params: t.o.Params, Files: uint64(len(t.src.files)), Bytes: uint64(t.res.Bytes)})
+	// A growing tree announces no counts: the receiver takes the files as
+	// they come, up to ManifestEnd.
+	open := &protocol.OpenTransfer{TransferID: t.tid, Dest: t.o.Dest, Params: t.o.Params}
+	if t.o.Feed == nil {
+		open.Files, open.Bytes = uint64(len(t.src.snapshot())), uint64(t.src.bytes.Load())
+	}
+	err = cs.write(open)
 	if err != nil {
 		return err
 	}
@@ -426,7 +462,16 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 // read and hashed.
 func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) error {
 	const perMsg = 16384
-	for i, f := range t.src.files {
+	files := 0
+	for i := 0; ; i++ {
+		f, ok, err := t.src.waitFile(ctx, i)
+		if err != nil {
+			return permanentError{err}
+		}
+		if !ok {
+			break
+		}
+		files++
 		refs, done, hash, err := t.src.next(ctx, i, 0)
 		if err != nil {
 			return permanentError{err}
@@ -458,7 +503,7 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 			return err
 		}
 	}
-	return cs.write(&protocol.ManifestEnd{Files: uint32(len(t.src.files))})
+	return cs.write(&protocol.ManifestEnd{Files: uint32(files)})
 }
 
 // readControl handles the receiver's messages until it commits.
@@ -470,14 +515,15 @@ func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs 
 		}
 		switch m := m.(type) {
 		case *protocol.Need:
-			if int(m.Index) >= len(t.src.files) {
-				return permanentError{fmt.Errorf("%w: need for file %d of %d", protocol.ErrProtocol, m.Index, len(t.src.files))}
+			f, ok := t.src.file(m.Index)
+			if !ok {
+				return permanentError{fmt.Errorf("%w: need for file %d, which was not offered", protocol.ErrProtocol, m.Index)}
 			}
 			js := make([]job, 0, len(m.Chunks))
 			for _, c := range m.Chunks {
 				ref, off, ok := t.src.chunk(m.Index, c)
 				if !ok {
-					return permanentError{fmt.Errorf("%w: need for chunk %d of %s, which was not offered", protocol.ErrProtocol, c, t.src.files[m.Index].Path)}
+					return permanentError{fmt.Errorf("%w: need for chunk %d of %s, which was not offered", protocol.ErrProtocol, c, f.Path)}
 				}
 				js = append(js, job{file: m.Index, chunk: c, ref: ref, off: off})
 			}
@@ -488,7 +534,7 @@ func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs 
 			t.durable.Store(int64(m.DurableBytes))
 			t.report()
 		case *protocol.Committed:
-			t.durable.Store(t.res.Bytes)
+			t.durable.Store(t.src.bytes.Load())
 			t.report()
 			t.res.ManifestBLAKE3 = hex.EncodeToString(m.ManifestHash[:])
 			t.res.AlreadyComplete = m.AlreadyDone
@@ -502,7 +548,7 @@ func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs 
 
 func (t *sendTransfer) report() {
 	if t.o.Progress != nil {
-		t.o.Progress(SendProgress{Total: t.res.Bytes, Durable: t.durable.Load(), WireBytes: t.wireBytes.Load(), ChunksSent: t.chunksSent.Load(), Level: t.lc.current()})
+		t.o.Progress(SendProgress{Total: t.src.bytes.Load(), Durable: t.durable.Load(), WireBytes: t.wireBytes.Load(), ChunksSent: t.chunksSent.Load(), Level: t.lc.current()})
 	}
 }
 
@@ -512,7 +558,7 @@ func (t *sendTransfer) handle(f *srcFile) (*os.File, error) {
 	if h, ok := t.handles[f.Index]; ok {
 		return h, nil
 	}
-	h, err := os.Open(f.Abs)
+	h, err := t.src.root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
 		return nil, err
 	}
@@ -571,7 +617,7 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		if !ok {
 			break
 		}
-		f := t.src.files[j.file]
+		f, _ := t.src.file(j.file) // jobs name offered files only
 		ref := j.ref
 		t0 := time.Now()
 		h, err := t.handle(f)

@@ -453,7 +453,9 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		var d transferDone
 		if json.Unmarshal(v, &d) == nil && d.Dest == m.Dest {
 			if _, err := rt.Lstat(rel); err == nil {
-				if d.Files != m.Files || d.Bytes != m.Bytes {
+				// A growing tree (no counts announced) is judged by its
+				// transfer ID alone.
+				if (m.Files != 0 || m.Bytes != 0) && (d.Files != m.Files || d.Bytes != m.Bytes) {
 					return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it or choose another destination",
 						protocol.ErrConflict, m.Dest, d.Files, HumanBytes(int64(d.Bytes)), m.Files, HumanBytes(int64(m.Bytes)))
 				}
@@ -465,7 +467,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	}
 	if _, err := rt.Lstat(rel); err == nil {
 		// A crash between the rename and recording it leaves our own tree there.
-		if man, err := ReadManifest(filepath.Join(s.rootDir(rt), rel)); err == nil && man.Transfer == m.TransferID && uint64(len(man.Files)) == m.Files && uint64(man.Bytes) == m.Bytes {
+		if man, err := ReadManifest(filepath.Join(s.rootDir(rt), rel)); err == nil && man.Transfer == m.TransferID && (m.Files == 0 && m.Bytes == 0 || uint64(len(man.Files)) == m.Files && uint64(man.Bytes) == m.Bytes) {
 			d := transferDone{Dest: m.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes)}
 			return nil, s.replyComplete(cs, m, &d)
 		}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -24,8 +25,7 @@ import (
 // it has been chunked.
 type srcFile struct {
 	Index uint32
-	Path  string // canonical relative slash path
-	Abs   string
+	Path  string // canonical relative slash path; opened through source.root
 	Mode  uint32
 	Size  int64
 	MTime int64 // unix nanoseconds
@@ -42,6 +42,14 @@ type srcFile struct {
 // ErrUnsupportedFile is returned for a source entry that is not a regular
 // file or directory (symlinks, devices, sockets, pipes).
 var ErrUnsupportedFile = errors.New("mover: only regular files and directories can be sent")
+
+func newSrcFile(rel string, fi os.FileInfo) *srcFile {
+	f := &srcFile{Path: rel, Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		f.Ino, f.CTime = st.Ino, st.Ctim.Nano()
+	}
+	return f
+}
 
 // scanTree lists the regular files under src in path order. Anything else
 // but a directory is refused: a dump never holds one, and following a link
@@ -75,13 +83,7 @@ func scanTree(src string) ([]*srcFile, error) {
 		if err != nil {
 			return err
 		}
-		st, _ := fi.Sys().(*syscall.Stat_t)
-		var ino uint64
-		var ctime int64
-		if st != nil {
-			ino, ctime = st.Ino, st.Ctim.Nano()
-		}
-		files = append(files, &srcFile{Path: rel, Abs: p, Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), MTime: fi.ModTime().UnixNano(), Ino: ino, CTime: ctime})
+		files = append(files, newSrcFile(rel, fi))
 		return nil
 	})
 	if err != nil {
@@ -189,9 +191,9 @@ func (f *srcFile) setOffsets() {
 // offered before the end of a large file is read. A file that changes size
 // while it is read is an error: the caller sends a consistent snapshot or
 // nothing. It returns the whole file's hash.
-func chunkFile(ctx context.Context, f *srcFile, ch *chunkstore.Chunker, publish func([]protocol.ChunkRef)) ([32]byte, error) {
+func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, publish func([]protocol.ChunkRef)) ([32]byte, error) {
 	var hash [32]byte
-	fh, err := os.Open(f.Abs)
+	fh, err := root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
 		return hash, err
 	}
@@ -241,22 +243,138 @@ func (r ctxReader) Read(p []byte) (int, error) {
 
 // source is a tree being chunked in the background: files become available
 // in index order, so the manifest can be sent while later files are still
-// being hashed.
+// being hashed. Its files are opened through root, a descriptor of the
+// source directory: a tree still being written may be renamed meanwhile.
+// A growing source learns its files from a FileFeed as they are completed.
 type source struct {
-	files []*srcFile
+	root *os.Root
 
-	mu    sync.Mutex // guards ready, err, and signals cond
-	cond  *sync.Cond
-	ready int   // files[:ready] have their chunk lists
-	err   error // chunking failed
+	mu     sync.Mutex // guards files, listed, ready, err, and signals cond
+	cond   *sync.Cond
+	files  []*srcFile
+	listed bool  // files is the whole tree
+	ready  int   // files[:ready] have their chunk lists
+	err    error // listing or chunking failed
 
 	hashed atomic.Int64 // bytes read and hashed (files not found in the cache)
+	bytes  atomic.Int64 // size of the files listed so far
 }
 
-func newSource(files []*srcFile) *source {
-	s := &source{files: files}
+func newSource(root *os.Root, files []*srcFile) *source {
+	s := &source{root: root, files: files, listed: true}
+	s.cond = sync.NewCond(&s.mu)
+	for _, f := range files {
+		s.bytes.Add(f.Size)
+	}
+	return s
+}
+
+// newGrowingSource returns a source whose files are added by follow.
+func newGrowingSource(root *os.Root) *source {
+	s := &source{root: root}
 	s.cond = sync.NewCond(&s.mu)
 	return s
+}
+
+// follow adds the files feed announces until it is closed, then marks the
+// list complete (or failed with the feed's error).
+func (s *source) follow(ctx context.Context, feed *FileFeed) {
+	n := 0
+	for {
+		paths, closed, err := feed.next(ctx, n)
+		for _, p := range paths {
+			f, ferr := s.stat(p)
+			if ferr != nil {
+				s.fail(ferr)
+				return
+			}
+			s.bytes.Add(f.Size)
+			s.mu.Lock()
+			f.Index = uint32(len(s.files))
+			s.files = append(s.files, f)
+			s.cond.Broadcast()
+			s.mu.Unlock()
+		}
+		n += len(paths)
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		if closed {
+			s.mu.Lock()
+			s.listed = true
+			s.cond.Broadcast()
+			s.mu.Unlock()
+			return
+		}
+	}
+}
+
+// stat describes a file announced by the feed, with the checks scanTree
+// makes.
+func (s *source) stat(p string) (*srcFile, error) {
+	if err := protocol.ValidPath(p); err != nil {
+		return nil, fmt.Errorf("source path %q: %w", p, err)
+	}
+	fi, err := s.root.Lstat(filepath.FromSlash(p))
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is a %s", ErrUnsupportedFile, p, fi.Mode().Type())
+	}
+	return newSrcFile(p, fi), nil
+}
+
+func (s *source) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// file returns file i, if it is listed yet.
+func (s *source) file(i uint32) (*srcFile, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if int(i) >= len(s.files) {
+		return nil, false
+	}
+	return s.files[i], true
+}
+
+// waitFile blocks until file i is listed (true) or the list is complete
+// without it (false).
+func (s *source) waitFile(ctx context.Context, i int) (*srcFile, bool, error) {
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.files) <= i && !s.listed && s.err == nil && ctx.Err() == nil {
+		s.cond.Wait()
+	}
+	switch {
+	case len(s.files) > i:
+		return s.files[i], true, nil
+	case s.err != nil:
+		return nil, false, s.err
+	case s.listed:
+		return nil, false, nil
+	}
+	return nil, false, ctx.Err()
+}
+
+// snapshot returns the files listed so far.
+func (s *source) snapshot() []*srcFile {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.files)
 }
 
 // run chunks every file not already known from the cache. It returns when
@@ -264,7 +382,10 @@ func newSource(files []*srcFile) *source {
 func (s *source) run(ctx context.Context, cache *chunkCache, p chunkstore.Params) error {
 	err := s.chunkAll(ctx, cache, p)
 	s.mu.Lock()
-	s.err = err
+	if s.err == nil {
+		s.err = err
+	}
+	err = s.err
 	if err == nil {
 		s.ready = len(s.files)
 	}
@@ -281,7 +402,14 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 	ps := p.String()
 	batch := cache.db.NewBatch()
 	defer batch.Close()
-	for i, f := range s.files {
+	for i := 0; ; i++ {
+		f, ok, err := s.waitFile(ctx, i)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
 		v, ok, err := dbGet(cache.db, cache.key(f.Path))
 		if err != nil {
 			return err
@@ -291,7 +419,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 			s.mu.Lock()
 			f.Chunks, f.Offsets, f.Hash = cached.Chunks, cached.Offsets, cached.Hash
 		} else {
-			hash, err := chunkFile(ctx, f, ch, func(refs []protocol.ChunkRef) { s.publish(f, refs) })
+			hash, err := chunkFile(ctx, s.root, f, ch, func(refs []protocol.ChunkRef) { s.publish(f, refs) })
 			if err != nil {
 				return err
 			}
@@ -343,9 +471,9 @@ func (s *source) next(ctx context.Context, i, have int) ([]protocol.ChunkRef, bo
 		s.mu.Unlock()
 	})
 	defer stop()
-	f := s.files[i]
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	f := s.files[i]
 	for len(f.Chunks) <= have && !f.done && s.err == nil && ctx.Err() == nil {
 		s.cond.Wait()
 	}
@@ -362,9 +490,69 @@ func (s *source) next(ctx context.Context, i, have int) ([]protocol.ChunkRef, bo
 func (s *source) chunk(i, c uint32) (protocol.ChunkRef, int64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if int(i) >= len(s.files) {
+		return protocol.ChunkRef{}, 0, false
+	}
 	f := s.files[i]
 	if int(c) >= len(f.Chunks) {
 		return protocol.ChunkRef{}, 0, false
 	}
 	return f.Chunks[c], f.Offsets[c], true
+}
+
+// FileFeed announces the files of a tree that is still being written: the
+// producer adds each file (a canonical relative slash path) once it is
+// complete and will not change again, and closes the feed when the tree is
+// complete, or with the error that ended it. A Send given a feed offers
+// files as they are announced.
+type FileFeed struct {
+	mu     sync.Mutex // guards everything below
+	paths  []string
+	closed bool
+	err    error
+	change chan struct{} // closed and replaced on every change
+}
+
+// NewFileFeed returns an open, empty feed.
+func NewFileFeed() *FileFeed { return &FileFeed{change: make(chan struct{})} }
+
+// Add announces a complete file. It never blocks.
+func (f *FileFeed) Add(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	f.paths = append(f.paths, path)
+	close(f.change)
+	f.change = make(chan struct{})
+}
+
+// Close ends the feed: err nil means the tree is complete.
+func (f *FileFeed) Close(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	f.closed, f.err = true, err
+	close(f.change)
+}
+
+// next returns the paths past from, waiting for at least one, or for the
+// feed to close.
+func (f *FileFeed) next(ctx context.Context, from int) ([]string, bool, error) {
+	for {
+		f.mu.Lock()
+		paths, closed, err, ch := f.paths[from:], f.closed, f.err, f.change
+		f.mu.Unlock()
+		if len(paths) > 0 || closed {
+			return slices.Clone(paths), closed, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+	}
 }

@@ -27,7 +27,10 @@ func TestChunkCacheSkipsUnchangedFiles(t *testing.T) {
 	chunk := func() (*source, []*srcFile) {
 		files, err := scanTree(src)
 		require.NoError(t, err)
-		so := newSource(files)
+		root, err := os.OpenRoot(src)
+		require.NoError(t, err)
+		t.Cleanup(func() { root.Close() })
+		so := newSource(root, files)
 		require.NoError(t, so.run(ctx, cache, chunkstore.DefaultParams))
 		return so, files
 	}
@@ -66,7 +69,10 @@ func TestChunkCacheSeesSameSizeSameMTimeEdit(t *testing.T) {
 	chunk := func() *source {
 		files, err := scanTree(src)
 		require.NoError(t, err)
-		so := newSource(files)
+		root, err := os.OpenRoot(src)
+		require.NoError(t, err)
+		t.Cleanup(func() { root.Close() })
+		so := newSource(root, files)
 		require.NoError(t, so.run(ctx, cache, chunkstore.DefaultParams))
 		return so
 	}

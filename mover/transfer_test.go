@@ -460,3 +460,79 @@ func TestSpaceQuery(t *testing.T) {
 	_, _, err = s.Space(ctx, r.addr, r.id.ID, "/etc")
 	require.ErrorIs(t, err, protocol.ErrBadPath)
 }
+
+// TestSendGrowingTree sends a tree while it is being written: files are
+// offered as the feed announces them (chunks flow before the tree is
+// complete), the source directory may be renamed meanwhile, and the
+// transfer commits once the feed closes.
+func TestSendGrowingTree(t *testing.T) {
+	r := startReceiver(t, ServerOptions{SyncInterval: 10 * time.Millisecond})
+	s := newTestSender(t, r, PermSend)
+	work := t.TempDir()
+	src := filepath.Join(work, "dump.partial")
+	require.NoError(t, os.Mkdir(src, 0o700))
+	dest := filepath.Join(r.root, "grown")
+	feed := NewFileFeed()
+	durable := make(chan struct{})
+	var once sync.Once
+	o := SendOptions{Src: src, Dest: dest, Feed: feed, Progress: func(p SendProgress) {
+		if p.Durable > 0 {
+			once.Do(func() { close(durable) })
+		}
+	}}
+	type result struct {
+		res *SendResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := s.Send(context.Background(), r.addr, r.id.ID, o)
+		done <- result{res, err}
+	}()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "3001.dat"), pgbenchLike(2<<20, 1), 0o600))
+	feed.Add("3001.dat")
+	select {
+	case <-durable: // the first file moved before the tree was complete
+	case res := <-done:
+		t.Fatalf("send ended before the feed closed: %v", res.err)
+	}
+	final := filepath.Join(work, "dump")
+	require.NoError(t, os.Rename(src, final), "the producer renames its directory when done")
+	require.NoError(t, os.MkdirAll(filepath.Join(final, "blobs"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(final, "blobs", "b.dat"), randomBytes(300<<10, 2), 0o600))
+	feed.Add("blobs/b.dat")
+	require.NoError(t, os.WriteFile(filepath.Join(final, "toc.dat"), randomBytes(10<<10, 3), 0o600))
+	feed.Add("toc.dat")
+	feed.Close(nil)
+	res := <-done
+	require.NoError(t, res.err)
+	require.Equal(t, 3, res.res.Files)
+	requireSameTree(t, final, dest)
+
+	// Rerun after a crash that lost the record of the commit: complete.
+	again := NewFileFeed()
+	for _, p := range []string{"3001.dat", "blobs/b.dat", "toc.dat"} {
+		again.Add(p)
+	}
+	again.Close(nil)
+	res2, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: final, Dest: dest, Feed: again, TransferID: res.res.TransferID})
+	require.NoError(t, err)
+	require.True(t, res2.AlreadyComplete)
+}
+
+// TestSendGrowingTreeFails: a producer that fails closes the feed with its
+// error; nothing is committed.
+func TestSendGrowingTreeFails(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "a.dat"), pgbenchLike(100<<10, 1), 0o600))
+	feed := NewFileFeed()
+	feed.Add("a.dat")
+	boom := errors.New("pg_dump failed")
+	feed.Close(boom)
+	dest := filepath.Join(r.root, "failed")
+	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, Feed: feed})
+	require.ErrorIs(t, err, boom)
+	require.NoDirExists(t, dest)
+}

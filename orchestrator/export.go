@@ -274,12 +274,15 @@ func (x *sessionRun) run(ctx context.Context) error {
 	}
 	defer emb.close()
 
-	// A database's transfer starts as soon as its dump is done, while the
-	// next database is dumped.
+	// A database's transfer starts with its dump: files are sent as
+	// pg_dump closes them (growing), and the transfer commits when the
+	// dump is done. A dump done in an earlier run is sent as it is.
 	dumped := map[string]chan struct{}{}
+	growing := map[string]chan growingDump{}
 	pending := false
 	for _, db := range p.Databases {
 		dumped[db] = make(chan struct{})
+		growing[db] = make(chan growingDump, 1)
 		if x.s.Step(dumpStep(db)).State == StepDone {
 			close(dumped[db])
 		} else {
@@ -301,17 +304,29 @@ func (x *sessionRun) run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	if pending {
 		g.Go(func() error {
-			return x.stage(gctx, emb, markDumped)
+			return x.stage(gctx, emb, markDumped, func(db string, g growingDump) { growing[db] <- g })
 		})
 	}
 	g.Go(func() error {
 		for _, db := range p.Databases {
+			var g *growingDump
 			select {
+			case gd := <-growing[db]:
+				g = &gd
 			case <-dumped[db]:
+				select { // both ready: the dump is complete anyway
+				case gd := <-growing[db]:
+					gd.root.Close()
+				default:
+				}
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			if err := x.step(gctx, transferStep(db), func(out *stepOutcome) error { return x.transfer(gctx, emb, db, out) }); err != nil {
+			err := x.step(gctx, transferStep(db), func(out *stepOutcome) error { return x.transfer(gctx, emb, db, g, out) })
+			if g != nil {
+				g.root.Close()
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -330,7 +345,7 @@ func (x *sessionRun) run(ctx context.Context) error {
 // dumps every database not dumped yet, calling dumped after each. It stops
 // the instance and unmounts before it returns, whatever happened: only the
 // dumps outlive it.
-func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db string)) (err error) {
+func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db string), started func(db string, g growingDump)) (err error) {
 	r, p, id := x.r, x.plan(), x.s.ID
 	if err := x.setState(StateChecking); err != nil {
 		return err
@@ -443,12 +458,29 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 	for _, db := range p.Databases {
 		name := dumpStep(db)
 		err := x.step(ctx, name, func(out *stepOutcome) error {
+			var feed *mover.FileFeed
 			res, err := in.Dump(ctx, staging.DumpOptions{
 				DB: db, User: p.PGUser, Password: r.o.Password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
 				Progress: func(done, total int) {
 					r.emit(Event{Step: name, Kind: "progress", Done: int64(done), Total: int64(total)})
 				},
+				Started: func(dir string) {
+					root, err := os.OpenRoot(dir)
+					if err != nil {
+						return // the transfer waits for the finished dump instead
+					}
+					feed = mover.NewFileFeed()
+					started(db, growingDump{root: root, feed: feed})
+				},
+				OnFile: func(name string) {
+					if feed != nil {
+						feed.Add(name)
+					}
+				},
 			})
+			if feed != nil {
+				feed.Close(err)
+			}
 			if err != nil {
 				return err
 			}
@@ -471,17 +503,24 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 
 // transfer sends db's dump to the target. With --overwrite, an existing
 // target directory is moved aside first and removed after the commit.
-func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, out *stepOutcome) error {
+func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, g *growingDump, out *stepOutcome) error {
 	dest := x.s.TargetDir(db)
 	if err := x.moveAside(db, dest); err != nil {
 		return err
 	}
-	res, err := emb.sender.Send(ctx, emb.addr, emb.peer, mover.SendOptions{
+	o := mover.SendOptions{
 		Src: x.s.DumpDir(db), Dest: dest, TransferID: x.s.ID + "-" + transferIDPart(db),
+		// Over loopback the CPU, not the link, is the limit: the cheapest
+		// zstd level, not one that adapts to a link that only seems slow.
+		Compression: "fastest",
 		Progress: func(p mover.SendProgress) {
 			x.r.emit(Event{Step: transferStep(db), Kind: "progress", Done: p.Durable, Total: p.Total})
 		},
-	})
+	}
+	if g != nil {
+		o.SrcRoot, o.Feed = g.root, g.feed
+	}
+	res, err := emb.sender.Send(ctx, emb.addr, emb.peer, o)
 	if err != nil {
 		return err
 	}
@@ -524,6 +563,14 @@ func (x *sessionRun) moveAside(db, dest string) error {
 		return fmt.Errorf("moving the old %s aside: %w", dest, err)
 	}
 	return nil
+}
+
+// growingDump is a dump being written: its directory, opened before pg_dump
+// starts (the directory is renamed when the dump is done), and the feed of
+// its completed files.
+type growingDump struct {
+	root *os.Root
+	feed *mover.FileFeed
 }
 
 // transferIDPart makes a database name usable in a transfer ID.

@@ -216,15 +216,16 @@ func TestExportChecksFailEarly(t *testing.T) {
 	require.Empty(t, entries)
 }
 
-// TestRetryAfterInterruption interrupts an export during its last
-// transfer; the retry redoes no dump and completes with the same result.
+// TestRetryAfterInterruption interrupts an export as its second dump
+// starts; the retry does not redo the first dump and completes with the
+// same result.
 func TestRetryAfterInterruption(t *testing.T) {
 	f := newFixture(t)
 	home, to := t.TempDir(), t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := newRunner(t, home, func(e Event) {
-		if e.Step == "transfer:Weird DB" && e.Kind == "start" {
+		if e.Step == "dump:Weird DB" && e.Kind == "start" {
 			cancel()
 		}
 	})
@@ -247,7 +248,6 @@ func TestRetryAfterInterruption(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, StateDone, s.State)
 	require.NotContains(t, redone, "dump:shop")
-	require.NotContains(t, redone, "mount", "no dump pending: nothing to mount")
 	require.Equal(t, dumped, s.Step(dumpStep("shop")).Ended)
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")

@@ -24,6 +24,13 @@ type DumpOptions struct {
 	Jobs     int    // pg_dump -j; default 2
 	// Progress, if set, is called with tables dumped so far and in total.
 	Progress func(done, total int)
+	// Started, if set, is called with the directory pg_dump writes into
+	// (Dir.partial, renamed to Dir when the dump succeeds) before it runs,
+	// and OnFile with the name of each file in it once pg_dump has closed
+	// it for good; after a successful dump every file has been reported.
+	// Together they let the dump be sent while it is being written.
+	Started func(partialDir string)
+	OnFile  func(name string)
 }
 
 // DumpResult describes a finished dump.
@@ -55,8 +62,19 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	if err := os.RemoveAll(partial); err != nil {
 		return nil, fmt.Errorf("removing an incomplete dump: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(o.Dir), 0o700); err != nil {
+	if err := os.MkdirAll(partial, 0o700); err != nil { // pg_dump takes an empty directory
 		return nil, err
+	}
+	var watch *closeWatcher
+	if o.OnFile != nil {
+		var err error
+		if watch, err = watchCloses(partial, o.OnFile); err != nil {
+			return nil, err
+		}
+		defer func() { _ = watch.finish(false) }() // idempotent stop on error paths
+	}
+	if o.Started != nil {
+		o.Started(partial)
 	}
 	total := 0
 	if o.Progress != nil {
@@ -94,6 +112,11 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 			return nil, ctx.Err()
 		}
 		return nil, fmt.Errorf("pg_dump of %q failed (%v): %s", o.DB, err, strings.TrimSpace(errTail.String()))
+	}
+	if watch != nil {
+		if err := watch.finish(true); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.Rename(partial, o.Dir); err != nil {
 		return nil, fmt.Errorf("marking the dump complete: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/pgporter/pgporter/internal/testsupport"
@@ -76,4 +77,36 @@ func TestDumpGlobals(t *testing.T) {
 		require.ErrorContains(t, err, "permission denied", "only superusers can read role passwords")
 		require.NoFileExists(t, filepath.Join(dir, GlobalsFile))
 	})
+}
+
+// TestDumpReportsClosedFiles: with OnFile set, every file of the finished
+// dump is reported exactly once, and Started names the directory pg_dump
+// writes into.
+func TestDumpReportsClosedFiles(t *testing.T) {
+	in := startOnCopy(t)
+	dir := filepath.Join(t.TempDir(), "shop")
+	var mu sync.Mutex
+	seen := map[string]int{}
+	started := ""
+	res, err := in.Dump(context.Background(), DumpOptions{
+		DB: "shop", User: "postgres", Password: "s3cret", Dir: dir, Jobs: 2,
+		Started: func(p string) { started = p },
+		OnFile: func(name string) {
+			mu.Lock()
+			seen[name]++
+			mu.Unlock()
+		},
+	})
+	require.NoError(t, err)
+	require.Equal(t, dir+".partial", started)
+	ents, err := os.ReadDir(res.Dir)
+	require.NoError(t, err)
+	require.NotEmpty(t, ents)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, seen, len(ents))
+	for _, e := range ents {
+		require.Equal(t, 1, seen[e.Name()], e.Name())
+	}
+	require.Contains(t, seen, "toc.dat")
 }

@@ -1,0 +1,101 @@
+package staging
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// closeWatcher reports the files of one directory as their writers close
+// them (inotify IN_CLOSE_WRITE), each once: pg_dump writes every file of a
+// directory dump once and closes it, so a closed file is complete.
+type closeWatcher struct {
+	dir    string
+	f      *os.File
+	report func(name string)
+
+	mu   sync.Mutex // guards seen
+	seen map[string]bool
+	done chan struct{}
+}
+
+func watchCloses(dir string, report func(name string)) (*closeWatcher, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CLOSE_WRITE); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watching %s: %w", dir, err)
+	}
+	w := &closeWatcher{dir: dir, f: os.NewFile(uintptr(fd), "inotify"), report: report, seen: map[string]bool{}, done: make(chan struct{})}
+	go w.loop()
+	return w, nil
+}
+
+func (w *closeWatcher) loop() {
+	defer close(w.done)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := w.f.Read(buf)
+		if err != nil {
+			return // closed by finish
+		}
+		for b := buf[:n]; len(b) >= unix.SizeofInotifyEvent; {
+			nameLen := int(binary.NativeEndian.Uint32(b[12:16]))
+			if unix.SizeofInotifyEvent+nameLen > len(b) {
+				break
+			}
+			name := string(b[unix.SizeofInotifyEvent : unix.SizeofInotifyEvent+nameLen])
+			for len(name) > 0 && name[len(name)-1] == 0 {
+				name = name[:len(name)-1]
+			}
+			if name != "" {
+				w.once(name)
+			}
+			b = b[unix.SizeofInotifyEvent+nameLen:]
+		}
+	}
+}
+
+func (w *closeWatcher) once(name string) {
+	w.mu.Lock()
+	dup := w.seen[name]
+	w.seen[name] = true
+	w.mu.Unlock()
+	if !dup {
+		w.report(name)
+	}
+}
+
+// finish stops watching. If complete, the writer is done: every regular
+// file of the directory not reported yet is reported now, in name order.
+func (w *closeWatcher) finish(complete bool) error {
+	w.f.Close()
+	<-w.done
+	if !complete {
+		return nil
+	}
+	ents, err := os.ReadDir(w.dir)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			names = append(names, e.Name())
+		} else if e.IsDir() {
+			return errors.New("staging: a directory dump holds a subdirectory " + e.Name())
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		w.once(n)
+	}
+	return nil
+}
