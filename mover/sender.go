@@ -342,6 +342,12 @@ func (t *sendTransfer) loop(ctx context.Context) error {
 
 // dialMover connects to a mover and exchanges Hello on a new control stream.
 func dialMover(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration) (*quic.Conn, *controlStream, error) {
+	return dialMoverFor(ctx, addr, id, peer, idle, PermSend)
+}
+
+// dialMoverFor is dialMover for a connection that needs the permission
+// need: a refusal names it.
+func dialMoverFor(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm) (*quic.Conn, *controlStream, error) {
 	qc := QUICConfig()
 	if idle > 0 {
 		qc.MaxIdleTimeout = idle
@@ -349,19 +355,19 @@ func dialMover(ctx context.Context, addr string, id *Identity, peer PeerID, idle
 	}
 	conn, err := quic.DialAddr(ctx, addr, ClientTLSConfig(id, peer), qc)
 	if err != nil {
-		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, PermSend)
+		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}
 	// In TLS 1.3 the server checks our certificate after our side of the
 	// handshake is done: a refusal shows up on the first stream.
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
-		return nil, nil, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, PermSend)
+		return nil, nil, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, need)
 	}
 	cs := newControlStream(st)
 	if err := cs.clientHello(); err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
-		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, PermSend)
+		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}
 	return conn, cs, nil
 }

@@ -29,6 +29,7 @@ type ServerOptions struct {
 	Listen       string        // UDP address, default ":7448"
 	Roots        []string      // directories transfers may write into
 	Repo         string        // backup repository served to peers trusted with read; "" serves none
+	Jobs         JobRunner     // runs jobs for peers trusted with orchestrate; nil runs none
 	Reserve      int64         // bytes of free space a transfer must leave; default 64 MiB
 	SyncBytes    int64         // make chunks durable after this many bytes; default 64 MiB
 	SyncInterval time.Duration // ... or after this long; default 1s
@@ -315,6 +316,10 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			if err := s.repoRequest(peer, cs, m, log); err != nil {
 				return
 			}
+		case *protocol.RunJob:
+			s.runJob(ctx, conn, peer, cs, m, log)
+			linger(ctx, conn)
+			return
 		case *protocol.SpaceQuery:
 			free, total, err := s.space(m.Path)
 			if err != nil {

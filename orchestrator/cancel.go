@@ -100,6 +100,9 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 		return s, fmt.Errorf("removing the staging files: %w", err)
 	}
 	for _, db := range s.Plan.Databases {
+		if s.Plan.Target != "" {
+			break // the target's partial directories are the target's (a rerun takes them over)
+		}
 		if s.Step(transferStep(db)).State == StepDone {
 			continue // delivered and verified: the user's now
 		}

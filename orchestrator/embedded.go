@@ -13,7 +13,8 @@ import (
 
 // embedded runs the target mover in-process on loopback QUIC and the
 // staging side's sender, each with its own identity under
-// HOME/embedded: the same code and the same wire as across hosts.
+// HOME/embedded: the same code and the same wire as across hosts. For a
+// target on another host, only the sender is set (srv is nil).
 type embedded struct {
 	srv    *mover.Server
 	sender *mover.Sender
@@ -62,8 +63,24 @@ func startEmbedded(home, root string, log *slog.Logger) (*embedded, error) {
 	return e, nil
 }
 
+// openRemoteTarget is the staging side of a target mover on another host
+// (spec is ADDR#PEER_ID), sending with the identity under home.
+func openRemoteTarget(home, spec string, log *slog.Logger) (*embedded, error) {
+	addr, peer, err := mover.ParsePeerAddr(spec)
+	if err != nil {
+		return nil, err
+	}
+	sender, err := mover.NewSender(home, log.With("role", "staging"))
+	if err != nil {
+		return nil, fmt.Errorf("sending to %s: %w", spec, err)
+	}
+	return &embedded{sender: sender, addr: addr, peer: peer}, nil
+}
+
 func (e *embedded) close() {
-	e.cancel()
-	<-e.done
+	if e.srv != nil {
+		e.cancel()
+		<-e.done
+	}
 	e.sender.Close()
 }

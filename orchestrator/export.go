@@ -21,11 +21,12 @@ import (
 
 // Event reports progress of a running session to the CLI.
 type Event struct {
-	Step  string // a step name
-	Kind  string // "start", "progress", "done", "skip", "warning"
-	Done  int64  // bytes (transfer) or tables (dump) so far
-	Total int64
-	Text  string
+	Step      string `json:"step,omitempty"` // a step name
+	Kind      string `json:"kind"`           // "start", "progress", "done", "skip", "warning"
+	Done      int64  `json:"done,omitempty"` // bytes (transfer) or tables (dump) so far; a done step's bytes
+	Total     int64  `json:"total,omitempty"`
+	WireBytes int64  `json:"wire_bytes,omitempty"` // a done step's
+	Text      string `json:"text,omitempty"`
 }
 
 // Options configure a Runner.
@@ -76,6 +77,10 @@ var ErrBadPlan = errors.New("bad export request")
 // Create checks p, resolves its restore point and journals a new session in
 // state planned. Nothing heavy happens here.
 func (r *Runner) Create(p Plan) (*Session, error) {
+	return r.create(p, newSessionID(time.Now()))
+}
+
+func (r *Runner) create(p Plan, id string) (*Session, error) {
 	if len(p.Databases) == 0 {
 		return nil, fmt.Errorf("%w: name at least one database with --db", ErrBadPlan)
 	}
@@ -104,39 +109,65 @@ func (r *Runner) Create(p Plan) (*Session, error) {
 	if p.StagingDir == "" {
 		p.StagingDir = "/var/tmp/pgporter"
 	}
+	for _, m := range []struct{ flag, v string }{{"--repo-peer", p.RepoPeer}, {"--staging", p.Staging}, {"--target", p.Target}} {
+		if m.v != "" {
+			if _, _, err := mover.ParsePeerAddr(m.v); err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", ErrBadPlan, m.flag, err)
+			}
+		}
+	}
+	switch {
+	case p.Staging != "" && (p.RepoPeer == "" || p.Target == ""):
+		return nil, fmt.Errorf("%w: with --staging, name the repository with --repo-peer and the target with --target (as the staging host reaches them)", ErrBadPlan)
+	case p.RepoPeer == "" && p.Repo == "":
+		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
+	case p.Target != "" && p.Overwrite:
+		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
+	}
 	var err error
 	if p.StagingDir, err = filepath.Abs(p.StagingDir); err != nil {
 		return nil, err
 	}
-	if p.Repo, err = filepath.Abs(p.Repo); err != nil {
-		return nil, err
+	if p.Target != "" {
+		// A path on the target host: checked there.
+		if !filepath.IsAbs(p.To) || filepath.Clean(p.To) != p.To {
+			return nil, fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
+		}
+	} else {
+		to, err := filepath.Abs(p.To)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(to, 0o755); err != nil {
+			return nil, fmt.Errorf("%w: creating --to %s: %v", ErrBadPlan, to, err)
+		}
+		if p.To, err = filepath.EvalSymlinks(to); err != nil {
+			return nil, err
+		}
 	}
-	to, err := filepath.Abs(p.To)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(to, 0o755); err != nil {
-		return nil, fmt.Errorf("%w: creating --to %s: %v", ErrBadPlan, to, err)
-	}
-	if p.To, err = filepath.EvalSymlinks(to); err != nil {
-		return nil, err
-	}
-	// The repository is read, never created: a typo must not make one.
-	rps, err := chunkstore.ListRepo(p.Repo)
-	if err != nil {
-		return nil, fmt.Errorf("%w: repository %s: %v", ErrBadPlan, p.Repo, err)
-	}
-	switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
-	case p.RestorePoint == "latest" && len(rps) > 0:
-		p.RestorePoint = rps[len(rps)-1].ID
-	case i < 0:
-		return nil, fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo)
+	if p.RepoPeer == "" {
+		if p.Repo, err = filepath.Abs(p.Repo); err != nil {
+			return nil, err
+		}
+		// The repository is read, never created: a typo must not make one.
+		rps, err := chunkstore.ListRepo(p.Repo)
+		if err != nil {
+			return nil, fmt.Errorf("%w: repository %s: %v", ErrBadPlan, p.Repo, err)
+		}
+		switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
+		case p.RestorePoint == "latest" && len(rps) > 0:
+			p.RestorePoint = rps[len(rps)-1].ID
+		case i < 0:
+			return nil, fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo)
+		}
 	}
 	now := time.Now().UTC()
-	s := &Session{ID: newSessionID(now), State: StatePlanned, Created: now, Plan: p}
-	for _, db := range p.Databases {
-		if _, err := os.Lstat(s.TargetDir(db)); err == nil && !p.Overwrite {
-			return nil, fmt.Errorf("%w: %s exists; pass --overwrite to replace it", ErrBadPlan, s.TargetDir(db))
+	s := &Session{ID: id, State: StatePlanned, Created: now, Plan: p}
+	if p.Target == "" {
+		for _, db := range p.Databases {
+			if _, err := os.Lstat(s.TargetDir(db)); err == nil && !p.Overwrite {
+				return nil, fmt.Errorf("%w: %s exists; pass --overwrite to replace it", ErrBadPlan, s.TargetDir(db))
+			}
 		}
 	}
 	s.Step(StepCheck)
@@ -175,7 +206,12 @@ func (r *Runner) Run(ctx context.Context, id string) (*Session, error) {
 	if err := x.update(func(s *Session) { s.PID, s.Error = os.Getpid(), "" }); err != nil {
 		return s, err
 	}
-	runErr := x.run(ctx)
+	var runErr error
+	if s.Plan.Staging != "" {
+		runErr = x.runRemote(ctx)
+	} else {
+		runErr = x.run(ctx)
+	}
 	if err := x.update(func(s *Session) {
 		s.PID = 0
 		if runErr != nil {
@@ -259,7 +295,7 @@ func (x *sessionRun) step(ctx context.Context, name string, fn func(*stepOutcome
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	x.r.emit(Event{Step: name, Kind: "done", Done: out.Bytes, Total: out.Bytes, Text: out.Detail})
+	x.r.emit(Event{Step: name, Kind: "done", Done: out.Bytes, Total: out.Bytes, WireBytes: out.WireBytes, Text: out.Detail})
 	return nil
 }
 
@@ -268,7 +304,13 @@ func (x *sessionRun) run(ctx context.Context) error {
 	if err := r.reclaim(ctx, x.s); err != nil {
 		return err
 	}
-	emb, err := startEmbedded(r.o.Home, p.To, r.o.Log)
+	var emb *embedded
+	var err error
+	if p.Target != "" {
+		emb, err = openRemoteTarget(r.o.Home, p.Target, r.o.Log)
+	} else {
+		emb, err = startEmbedded(r.o.Home, p.To, r.o.Log)
+	}
 	if err != nil {
 		return err
 	}
@@ -350,19 +392,11 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	repo, err := chunkstore.OpenRepo(p.Repo, r.o.Log)
-	if err != nil {
-		return fmt.Errorf("opening repository: %w", err)
-	}
-	defer repo.Close()
-	rp, err := repo.Resolve(p.RestorePoint)
+	tree, chunks, closeRepo, err := x.openRepo(ctx)
 	if err != nil {
 		return err
 	}
-	tree, err := repo.Tree(ctx, rp)
-	if err != nil {
-		return fmt.Errorf("reading restore point %s: %w", rp.ID, err)
-	}
+	defer closeRepo()
 	dir := x.s.SessionDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -388,7 +422,7 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 	var m *staging.Mounted
 	err = x.step(ctx, StepMount, func(out *stepOutcome) error {
 		var err error
-		m, err = staging.Mount(ctx, mnt, tree, repo.Store(), staging.MountOptions{CowDir: cowDir, Owner: p.OSUser, Log: r.o.Log})
+		m, err = staging.Mount(ctx, mnt, tree, chunks, staging.MountOptions{CowDir: cowDir, Owner: p.OSUser, Log: r.o.Log})
 		out.Detail = mnt
 		return err
 	})
@@ -501,6 +535,49 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 	return x.setState(StateTransferring)
 }
 
+// openRepo reads the restore point's tree from the local repository or the
+// repository mover, and returns where the mount reads its chunks. A
+// restore point named "latest" is resolved once and kept in the plan, so a
+// retry mounts the same one.
+func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.ChunkReader, func(), error) {
+	r, p := x.r, x.plan()
+	if p.RepoPeer == "" {
+		repo, err := chunkstore.OpenRepo(p.Repo, r.o.Log)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("opening repository: %w", err)
+		}
+		rp, err := repo.Resolve(p.RestorePoint)
+		if err == nil {
+			var tree []chunkstore.Node
+			if tree, err = repo.Tree(ctx, rp); err == nil {
+				return tree, repo.Store(), func() { repo.Close() }, nil
+			}
+			err = fmt.Errorf("reading restore point %s: %w", rp.ID, err)
+		}
+		repo.Close()
+		return nil, nil, nil, err
+	}
+	addr, peer, err := mover.ParsePeerAddr(p.RepoPeer)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rr, err := mover.DialRepo(ctx, r.o.Home, addr, peer, mover.RemoteRepoOptions{Log: r.o.Log})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("repository mover %s: %w", p.RepoPeer, err)
+	}
+	rp, err := rr.Resolve(ctx, p.RestorePoint)
+	if err == nil {
+		var tree []chunkstore.Node
+		if tree, err = rr.Tree(ctx, rp); err == nil {
+			if err = x.update(func(s *Session) { s.Plan.RestorePoint = rp.ID }); err == nil {
+				return tree, rr, func() { rr.Close() }, nil
+			}
+		}
+	}
+	rr.Close()
+	return nil, nil, nil, fmt.Errorf("restore point %s on %s: %w", p.RestorePoint, p.RepoPeer, err)
+}
+
 // transfer sends db's dump to the target. With --overwrite, an existing
 // target directory is moved aside first and removed after the commit.
 func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, g *growingDump, out *stepOutcome) error {
@@ -533,6 +610,9 @@ func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, g *
 // way when the plan allows overwriting. The move is journaled first, so a
 // crash leaves it findable.
 func (x *sessionRun) moveAside(db, dest string) error {
+	if x.plan().Target != "" {
+		return nil // the target refuses an existing destination itself
+	}
 	x.mu.Lock()
 	_, moved := x.s.Resources.Aside[db]
 	x.mu.Unlock()

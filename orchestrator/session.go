@@ -81,6 +81,11 @@ type Plan struct {
 	Overwrite    bool     `json:"overwrite,omitempty"`
 	StagingDir   string   `json:"staging_dir"` // dumps go to STAGING_DIR/<session>/<db>
 	OSUser       string   `json:"os_user"`     // runs postgres
+	// Movers on other hosts, as ADDR#PEER_ID; empty means this machine
+	// (the repository at Repo, staging in-process, the embedded target).
+	RepoPeer string `json:"repo_peer,omitempty"`
+	Staging  string `json:"staging,omitempty"`
+	Target   string `json:"target,omitempty"`
 }
 
 // Resources are what a session holds on the staging host; cleanup and

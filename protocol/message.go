@@ -32,6 +32,8 @@ const (
 	TypePointList     Type = 19
 	TypeGetPoint      Type = 20
 	TypePoint         Type = 21
+	TypeRunJob        Type = 22
+	TypeJobEvent      Type = 23
 )
 
 var typeNames = [...]string{
@@ -56,6 +58,8 @@ var typeNames = [...]string{
 	TypePointList:     "PointList",
 	TypeGetPoint:      "GetPoint",
 	TypePoint:         "Point",
+	TypeRunJob:        "RunJob",
+	TypeJobEvent:      "JobEvent",
 }
 
 // String returns the message name ("FileHeader"), or "Type(N)" for an
@@ -133,6 +137,10 @@ func newMessage(t Type) message {
 		return new(GetPoint)
 	case TypePoint:
 		return new(Point)
+	case TypeRunJob:
+		return new(RunJob)
+	case TypeJobEvent:
+		return new(JobEvent)
 	}
 	return nil
 }

@@ -105,6 +105,9 @@ func sampleMessages() map[string]Message {
 		"Point":                     &Point{ID: "rp-20261125T231500Z-ab12cd", Time: 1764112500123456789, PGVersion: "15", SystemID: "7441234567890123456", SourceHost: "db1", Size: 1 << 34, StoredSize: 1 << 32, Files: 1500, Params: chunkstore.DefaultParams, Databases: []PointDB{{Name: "app", OID: 16384, Size: 1 << 30}, {OID: 1}}, Tree: ids[:3]},
 		"Point/max":                 &Point{ID: strings.Repeat("r", MaxPointIDLen), Time: -1 << 63, PGVersion: text, SystemID: text, SourceHost: text, Size: 1<<64 - 1, StoredSize: 1<<64 - 1, Files: 1<<64 - 1, Params: chunkstore.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunkstore.MaxChunkCeil, Avg: chunkstore.MaxChunkCeil, Max: chunkstore.MaxChunkCeil}, Databases: dbs, Tree: tree},
 		"Point/min":                 &Point{ID: "p"},
+		"RunJob":                    &RunJob{Body: []byte(`{"session":"x-1","databases":["a"]}`)},
+		"RunJob/empty":              &RunJob{Body: []byte(`{}`)},
+		"JobEvent":                  &JobEvent{Body: []byte(`{"step":"dump:a","kind":"done","bytes":123}`)},
 	}
 }
 
@@ -184,7 +187,7 @@ func TestTypeNumbersAreStable(t *testing.T) {
 	want := map[Type]string{1: "Hello", 2: "Error", 3: "OpenTransfer", 4: "TransferState", 5: "FileHeader",
 		6: "FileChunks", 7: "FileEnd", 8: "ManifestEnd", 9: "Need", 10: "NeedEnd", 11: "SendDone", 12: "ChunkData",
 		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks",
-		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point"}
+		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent"}
 	for tt := Type(0); ; tt++ {
 		name, ok := want[tt]
 		if tt.Known() != ok {
@@ -376,5 +379,16 @@ func TestSampleLimitsAreExact(t *testing.T) {
 	}
 	if n := len(m["OpenTransfer/max"].(*OpenTransfer).TransferID); n != MaxTransferIDLen {
 		t.Fatalf("max transfer ID is %d bytes", n)
+	}
+}
+
+func TestJobBodiesMustBeJSONObjects(t *testing.T) {
+	for _, body := range []string{"", "[]", `"x"`, "{", `{"a":1}x`, "null"} {
+		if _, err := Decode(TypeRunJob, (&RunJob{Body: []byte(body)}).Append(nil)); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%q: %v", body, err)
+		}
+	}
+	if _, err := Decode(TypeJobEvent, appendUvarint(nil, MaxJobBody+1)); !errors.Is(err, ErrProtocol) {
+		t.Errorf("oversize body: %v", err)
 	}
 }

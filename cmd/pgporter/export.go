@@ -32,8 +32,14 @@ check the user's credentials and privileges and the free space, run
 to the target through the movers (zstd chunks addressed by BLAKE3 over QUIC),
 where it is verified and committed as DIR/<db>/ with pgporter-manifest.json.
 
-This build runs every role on this machine: the target mover runs in-process
-and is reached over loopback QUIC, the same code path as across hosts.
+By default every role runs on this machine: the target mover runs in-process
+and is reached over loopback QUIC, the same code path as across hosts. Across
+hosts, name the movers as ADDR#PEER_ID ('pgporter mover id' prints the ID):
+--repo-peer (a 'mover serve --repo' host), --staging (a 'mover serve' host that
+mounts, dumps and sends; it runs the steps and this command follows them) and
+--target (a 'mover serve --root' host; --to is a path there). Trust: the
+staging mover trusts this home's ID with orchestrate, the repository mover
+trusts the staging mover with read, the target trusts it with send.
 
 The PostgreSQL user (--pg-user, default postgres) logs in with its password as
 of the backup, taken from --password-file, PGPASSWORD, or ~/.pgpass (libpq's
@@ -44,8 +50,10 @@ Every step is journaled under --home. If the export fails or is interrupted,
 dumps are not redone; transfers send only missing chunks), and
 'pgporter cancel SESSION' removes everything the session left.
 
-Example:
-  pgporter export --repo /srv/repo --restore-point latest --db shop --db crm --to /srv/exports`,
+Examples:
+  pgporter export --repo /srv/repo --restore-point latest --db shop --db crm --to /srv/exports
+  pgporter export --repo-peer 10.0.0.5:7448#REPO-ID --staging 10.0.0.6:7448#STAGING-ID \
+      --target 10.0.0.7:7448#TARGET-ID --db shop --to /srv/exports`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runExport(cmd, g, eo) },
 	}
@@ -61,13 +69,16 @@ Example:
 	f.BoolVar(&eo.plan.Overwrite, "overwrite", false, "replace DIR/<db> if it exists (the old one is kept until the new one is committed)")
 	f.StringVar(&eo.plan.StagingDir, "staging-dir", "/var/tmp/pgporter", "where dumps are written before they move (must be reachable by the postgres OS user)")
 	f.StringVar(&eo.plan.OSUser, "os-user", "postgres", "OS user that runs the throwaway instance")
+	f.StringVar(&eo.plan.RepoPeer, "repo-peer", "", "repository mover ADDR#PEER_ID (instead of --repo); the staging side needs read there")
+	f.StringVar(&eo.plan.Staging, "staging", "", "staging mover ADDR#PEER_ID that mounts, dumps and sends (needs --repo-peer and --target); it must trust this home's ID with orchestrate")
+	f.StringVar(&eo.plan.Target, "target", "", "target mover ADDR#PEER_ID; --to is then a path on it, inside one of its roots; the staging side needs send there")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
 	return c
 }
 
 func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
-	if eo.plan.Repo == "" || eo.plan.To == "" || len(eo.plan.Databases) == 0 {
-		return usagef("export needs --repo, --to and at least one --db")
+	if (eo.plan.Repo == "") == (eo.plan.RepoPeer == "") || eo.plan.To == "" || len(eo.plan.Databases) == 0 {
+		return usagef("export needs one of --repo and --repo-peer, --to, and at least one --db")
 	}
 	eo.plan.PasswordFile = eo.passwordFile
 	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)

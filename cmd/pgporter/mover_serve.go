@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/spf13/cobra"
 )
 
@@ -49,7 +50,10 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	if err != nil {
 		return usageError{fmt.Errorf("--reserve: %w", err)}
 	}
-	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Log: g.log})
+	// Every mover can be a staging mover: peers trusted with orchestrate
+	// hand it export jobs, journaled under its home.
+	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log}
+	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,151 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/pgporter/pgporter/mover"
+)
+
+// job is what an orchestrator hands a staging mover: the staging half of
+// session Session, which the staging mover journals under the same ID, so
+// that handing it again (retry) continues it.
+type job struct {
+	Session  string `json:"session"`
+	Plan     Plan   `json:"plan"`
+	Password string `json:"password,omitempty"`
+}
+
+// runRemote runs the session on the staging mover named in the plan and
+// mirrors its steps into this journal.
+func (x *sessionRun) runRemote(ctx context.Context) error {
+	r, p := x.r, x.plan()
+	addr, peer, err := mover.ParsePeerAddr(p.Staging)
+	if err != nil {
+		return err
+	}
+	sender, err := mover.NewSender(r.o.Home, r.o.Log)
+	if err != nil {
+		return fmt.Errorf("the orchestrator needs an identity to command %s: run 'pgporter mover init --home %s', then on the staging host 'pgporter mover trust ID --allow orchestrate': %w", p.Staging, r.o.Home, err)
+	}
+	defer sender.Close()
+	plan := *p
+	plan.Staging = ""
+	body, err := json.Marshal(job{Session: x.s.ID, Plan: plan, Password: r.o.Password})
+	if err != nil {
+		return err
+	}
+	err = sender.RunJob(ctx, addr, peer, body, func(ev []byte) {
+		var e Event
+		if json.Unmarshal(ev, &e) != nil {
+			return
+		}
+		x.mirror(e)
+		r.emit(e)
+	})
+	if err != nil {
+		// Steps the staging mover was running when it failed failed with it.
+		_ = x.update(func(s *Session) {
+			for _, st := range s.Steps {
+				if st.State == StepRunning {
+					st.State, st.Ended, st.Error = StepFailed, time.Now().UTC(), err.Error()
+				}
+			}
+		})
+		return fmt.Errorf("on staging mover %s: %w", p.Staging, err)
+	}
+	return nil
+}
+
+// mirror records a staging mover's step event in this journal.
+func (x *sessionRun) mirror(e Event) {
+	if e.Step == "" || e.Kind == "progress" || e.Kind == "warning" {
+		return
+	}
+	_ = x.update(func(s *Session) {
+		st := s.Step(e.Step)
+		now := time.Now().UTC()
+		switch e.Kind {
+		case "start":
+			st.State, st.Started, st.Ended, st.Error = StepRunning, now, time.Time{}, ""
+			st.Attempts++
+			switch {
+			case e.Step == StepCheck || e.Step == StepMount || e.Step == StepStart:
+				s.State = StateChecking
+			case strings.HasPrefix(e.Step, "dump:"):
+				s.State = StateDumping
+			case strings.HasPrefix(e.Step, "transfer:"):
+				s.State = StateTransferring
+			case e.Step == StepCleanup:
+				s.State = StateCleaning
+			}
+		case "done":
+			st.State, st.Ended = StepDone, now
+			st.Bytes, st.WireBytes, st.Detail = e.Done, e.WireBytes, e.Text
+		case "skip":
+			if st.State != StepDone {
+				st.State, st.Ended = StepDone, now
+			}
+		}
+	})
+}
+
+// StagingJobs runs, on a staging mover, the jobs orchestrators hand it
+// ('pgporter mover serve' wires it into the server): each is the staging
+// half of an export session, journaled under the mover's home.
+type StagingJobs struct {
+	Home string
+	Log  *slog.Logger
+}
+
+var _ mover.JobRunner = (*StagingJobs)(nil)
+
+// RunJob runs (or continues) the session the job names.
+func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)) error {
+	var jb job
+	if err := json.Unmarshal(body, &jb); err != nil {
+		return fmt.Errorf("%w: bad job: %v", ErrBadPlan, err)
+	}
+	if jb.Plan.Staging != "" {
+		return fmt.Errorf("%w: a staging mover does not hand jobs on", ErrBadPlan)
+	}
+	if !validSessionID(jb.Session) {
+		return fmt.Errorf("%w: bad session ID %q", ErrBadPlan, jb.Session)
+	}
+	r, err := NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
+		if b, err := json.Marshal(e); err == nil {
+			emit(b)
+		}
+	}})
+	if err != nil {
+		return err
+	}
+	if _, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
+		if _, err := r.create(jb.Plan, jb.Session); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	_, err = r.Run(ctx, jb.Session)
+	return err
+}
+
+// validSessionID accepts what newSessionID makes, and nothing that could
+// leave a directory.
+func validSessionID(id string) bool {
+	if id == "" || len(id) > 64 || strings.HasPrefix(id, ".") {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,101 @@
+package orchestrator
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pgporter/pgporter/mover"
+	"github.com/stretchr/testify/require"
+)
+
+// testMover is a mover daemon serving on loopback for a test.
+type testMover struct {
+	home string
+	id   mover.PeerID
+	addr string
+}
+
+func (m testMover) spec() string { return m.addr + "#" + m.id.String() }
+
+func serveMover(t *testing.T, o mover.ServerOptions) testMover {
+	t.Helper()
+	if o.Home == "" {
+		o.Home = t.TempDir()
+	}
+	_, _, err := mover.InitIdentity(o.Home)
+	require.NoError(t, err)
+	o.Listen = "127.0.0.1:0"
+	srv, err := mover.NewServer(o)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return testMover{home: o.Home, id: srv.ID(), addr: srv.Addr().String()}
+}
+
+func identity(t *testing.T, home string) mover.PeerID {
+	id, _, err := mover.InitIdentity(home)
+	require.NoError(t, err)
+	return id.ID
+}
+
+func trust(t *testing.T, home string, peer mover.PeerID, perms mover.Perm) {
+	ts, err := mover.OpenTrust(home)
+	require.NoError(t, err)
+	require.NoError(t, ts.Trust(mover.TrustedPeer{ID: peer, Name: "test", Perms: perms, Added: time.Now()}))
+}
+
+// TestExportAcrossMovers runs an export with the repository, staging and
+// target as three movers (over loopback QUIC) and the orchestrator as a
+// fourth identity: the dumps arrive at the target and restore equal to the
+// source.
+func TestExportAcrossMovers(t *testing.T) {
+	f := newFixture(t)
+	to := t.TempDir()
+	orch := t.TempDir()
+	stagingHome := t.TempDir()
+	stagingID := identity(t, stagingHome)
+	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
+	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
+	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome}})
+	trust(t, repo.home, stagingID, mover.PermRead)
+	trust(t, target.home, stagingID, mover.PermSend)
+	orchID := identity(t, orch)
+
+	r := newRunner(t, orch, nil)
+	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
+		Databases: []string{"shop", "Weird DB"}, To: to, StagingDir: stagingDir(t)}
+	s, err := r.Create(plan)
+	require.NoError(t, err)
+
+	// Not yet trusted with orchestrate: refused, and told what to run.
+	_, err = r.Run(context.Background(), s.ID)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "orchestrate")
+	require.Contains(t, err.Error(), orchID.String())
+
+	trust(t, staging.home, orchID, mover.PermOrchestrate)
+	s, err = r.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	for _, db := range plan.Databases {
+		require.Equal(t, StepDone, s.Step(dumpStep(db)).State)
+		st := s.Step(transferStep(db))
+		require.Equal(t, StepDone, st.State)
+		require.Positive(t, st.Bytes)
+		require.Positive(t, st.WireBytes)
+	}
+	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
+	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
+
+	// The staging mover journaled its half under the same ID, done.
+	sj, err := OpenJournal(stagingHome)
+	require.NoError(t, err)
+	ss, err := sj.Get(s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, ss.State)
+	require.Equal(t, f.rp, ss.Plan.RestorePoint, "the staging side resolved latest once")
+}
