@@ -589,7 +589,9 @@ func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, g *
 		Src: x.s.DumpDir(db), Dest: dest, TransferID: x.s.ID + "-" + transferIDPart(db),
 		// Over loopback the CPU, not the link, is the limit: the cheapest
 		// zstd level, not one that adapts to a link that only seems slow.
-		Compression: "fastest",
+		// Across hosts the level adapts to the link.
+		Compression: compression(x.plan()),
+		BWLimit:     x.plan().BWLimit,
 		Progress: func(p mover.SendProgress) {
 			x.r.emit(Event{Step: transferStep(db), Kind: "progress", Done: p.Durable, Total: p.Total})
 		},
@@ -703,4 +705,13 @@ func reachable(dir string) error {
 			return nil
 		}
 	}
+}
+
+// compression is the zstd level of a session's transfers: the cheapest on
+// loopback, where the CPU is the limit; adaptive to a real link.
+func compression(p *Plan) string {
+	if p.Target == "" && p.BWLimit == 0 {
+		return "fastest"
+	}
+	return "auto"
 }

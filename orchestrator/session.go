@@ -84,8 +84,10 @@ type Plan struct {
 	// Movers on other hosts, as ADDR#PEER_ID; empty means this machine
 	// (the repository at Repo, staging in-process, the embedded target).
 	RepoPeer string `json:"repo_peer,omitempty"`
-	Staging  string `json:"staging,omitempty"`
-	Target   string `json:"target,omitempty"`
+	// BWLimit caps the transfers' wire bytes per second (0: none).
+	BWLimit int64  `json:"bwlimit,omitempty"`
+	Staging string `json:"staging,omitempty"`
+	Target  string `json:"target,omitempty"`
 }
 
 // Resources are what a session holds on the staging host; cleanup and

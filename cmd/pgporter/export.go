@@ -15,6 +15,7 @@ import (
 
 type exportOpts struct {
 	plan         orchestrator.Plan
+	bwlimit      string
 	passwordFile string
 	sourcePort   int
 	json         bool
@@ -72,6 +73,7 @@ Examples:
 	f.StringVar(&eo.plan.RepoPeer, "repo-peer", "", "repository mover ADDR#PEER_ID (instead of --repo); the staging side needs read there")
 	f.StringVar(&eo.plan.Staging, "staging", "", "staging mover ADDR#PEER_ID that mounts, dumps and sends (needs --repo-peer and --target); it must trust this home's ID with orchestrate")
 	f.StringVar(&eo.plan.Target, "target", "", "target mover ADDR#PEER_ID; --to is then a path on it, inside one of its roots; the staging side needs send there")
+	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
 	return c
 }
@@ -81,6 +83,13 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return usagef("export needs one of --repo and --repo-peer, --to, and at least one --db")
 	}
 	eo.plan.PasswordFile = eo.passwordFile
+	if eo.bwlimit != "" {
+		n, err := parseSize(eo.bwlimit)
+		if err != nil || n <= 0 {
+			return usagef("--bwlimit %q: want a positive size per second, e.g. 50M", eo.bwlimit)
+		}
+		eo.plan.BWLimit = n
+	}
 	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
 	if err != nil {
 		return err
