@@ -79,10 +79,24 @@ type InstanceOptions struct {
 	// installed here instead of failing.
 	AllowMissingPreload bool
 	Log                 *slog.Logger
+
+	// Listen is the server's listen_addresses. Empty (the staging default)
+	// means no TCP listener: only the private socket.
+	Listen string
+	// Port is the server's port; 0 picks a free one.
+	Port int
+	// KeepHBA makes the server authenticate with the data directory's own
+	// pg_hba.conf (and pg_ident.conf), as the backed-up server did.
+	KeepHBA bool
+	// HBAFile is a client authentication file to use instead of the
+	// generated one. Neither it nor KeepHBA set (the staging default): a
+	// password over the private socket only.
+	HBAFile string
 }
 
-// Instance is a PostgreSQL server started on a restore point: no TCP
-// listener, a private socket directory, no archiving or replication.
+// Instance is a PostgreSQL server started on a restore point: a private
+// socket directory, no archiving or replication, and by default no TCP
+// listener.
 type Instance struct {
 	BinDir    string
 	DataDir   string
@@ -168,18 +182,21 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 			return nil, fmt.Errorf("removing %s: %w", name, err)
 		}
 	}
-	hba := filepath.Join(o.RunDir, "pg_hba.conf")
-	// Local socket only, and a password: the credentials checked are the
-	// user's as of the backup. md5 also accepts SCRAM-stored passwords.
-	if err := os.WriteFile(hba, []byte("local all all md5\n"), 0o644); err != nil {
+	hbaArgs, err := hbaSettings(o)
+	if err != nil {
 		return nil, err
 	}
-	args := []string{"-D", o.DataDir, "-c", "unix_socket_directories=" + in.SocketDir, "-c", "hba_file=" + hba}
-	if in.Port, err = freePort(); err != nil {
-		return nil, err
+	args := append([]string{"-D", o.DataDir, "-c", "unix_socket_directories=" + in.SocketDir}, hbaArgs...)
+	if in.Port = o.Port; in.Port == 0 {
+		if in.Port, err = freePort(); err != nil {
+			return nil, err
+		}
 	}
 	args = append(args, "-c", "port="+strconv.Itoa(in.Port))
 	for _, s := range safeSettings {
+		if o.Listen != "" && strings.HasPrefix(s, "listen_addresses=") {
+			s = "listen_addresses=" + o.Listen
+		}
 		args = append(args, "-c", s)
 	}
 	args = append(args, minimumSettings(bin, o.DataDir)...)
@@ -217,6 +234,53 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 		return nil, err
 	}
 	return in, nil
+}
+
+// hbaSettings returns the command-line settings that choose the client
+// authentication files, writing the generated one into o.RunDir if needed.
+func hbaSettings(o InstanceOptions) ([]string, error) {
+	switch {
+	case o.KeepHBA && o.HBAFile != "":
+		return nil, errors.New("staging: KeepHBA and HBAFile exclude each other")
+	case o.KeepHBA:
+		// Set explicitly: a packaged postgresql.conf often points hba_file
+		// at /etc, which is not in the backup.
+		hba := filepath.Join(o.DataDir, "pg_hba.conf")
+		if _, err := os.Stat(hba); err != nil {
+			return nil, fmt.Errorf("the restore point has no pg_hba.conf of its own (%w); use a generated one instead", err)
+		}
+		args := []string{"-c", "hba_file=" + hba}
+		if ident := filepath.Join(o.DataDir, "pg_ident.conf"); fileExists(ident) {
+			args = append(args, "-c", "ident_file="+ident)
+		}
+		return args, nil
+	case o.HBAFile != "":
+		return []string{"-c", "hba_file=" + o.HBAFile}, nil
+	}
+	hba := filepath.Join(o.RunDir, "pg_hba.conf")
+	// Local socket only, and a password: the credentials checked are the
+	// user's as of the backup. md5 also accepts SCRAM-stored passwords.
+	if err := os.WriteFile(hba, []byte("local all all md5\n"), 0o644); err != nil {
+		return nil, err
+	}
+	return []string{"-c", "hba_file=" + hba}, nil
+}
+
+func fileExists(name string) bool {
+	_, err := os.Stat(name)
+	return err == nil
+}
+
+// Wait blocks until the server exits, returning its exit status, or until
+// ctx is done. It may be called with Stop and more than once.
+func (in *Instance) Wait(ctx context.Context) error {
+	select {
+	case err := <-in.done:
+		in.done <- err
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // PID is the postmaster's process ID.

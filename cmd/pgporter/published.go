@@ -1,7 +1,82 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
 
-func newPublishedCmd(_ *globals) *cobra.Command {
-	return stub("published", "List published instances", cobra.ArbitraryArgs)
+	"github.com/spf13/cobra"
+
+	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/orchestrator"
+)
+
+func newPublishedCmd(g *globals) *cobra.Command {
+	var asJSON, all bool
+	c := &cobra.Command{
+		Use:   "published",
+		Short: "List published instances",
+		Long: `List publications, newest first: restore point, address, port, uptime,
+size of the copy-on-write layer and state: starting, up, stopping, failed,
+or dead when its background process is gone ('pgporter unpublish ID' cleans
+it up). --all includes publications that are gone.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pb, err := orchestrator.NewPublisher(g.home, g.log)
+			if err != nil {
+				return err
+			}
+			list, err := pb.List(all)
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			uptime := func(p *orchestrator.Publication) time.Duration {
+				if p.State != orchestrator.PubUp || p.UpSince.IsZero() {
+					return 0
+				}
+				return now.Sub(p.UpSince).Truncate(time.Second)
+			}
+			if asJSON {
+				type row struct {
+					ID            string    `json:"id"`
+					State         string    `json:"state"`
+					RestorePoint  string    `json:"restore_point"`
+					Host          string    `json:"host"`
+					Listen        string    `json:"listen"`
+					Port          int       `json:"port"`
+					UptimeSeconds int64     `json:"uptime_seconds"`
+					CowBytes      int64     `json:"cow_bytes"`
+					Created       time.Time `json:"created"`
+					Error         string    `json:"error,omitempty"`
+				}
+				out := struct {
+					Publications []row `json:"publications"`
+				}{Publications: []row{}}
+				for _, p := range list {
+					out.Publications = append(out.Publications, row{p.ID, string(p.State), p.RestorePoint, p.Host(), p.Listen, p.Port,
+						int64(uptime(p).Seconds()), orchestrator.CowBytes(p), p.Created, p.Error})
+				}
+				return writeJSONLine(g.stdout, out)
+			}
+			if len(list) == 0 {
+				fmt.Fprintln(g.stdout, "no publications")
+				return nil
+			}
+			tw := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PUBLICATION\tSTATE\tRESTORE POINT\tADDRESS\tUPTIME\tCOW\tERROR")
+			for _, p := range list {
+				up := "-"
+				if d := uptime(p); d > 0 || p.State == orchestrator.PubUp {
+					up = d.String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%s\t%s\n", p.ID, p.State, p.RestorePoint, p.Host(), p.Port, up,
+					mover.HumanBytes(orchestrator.CowBytes(p)), firstLine(p.Error))
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	c.Flags().BoolVar(&all, "all", false, "include publications that are gone")
+	return c
 }

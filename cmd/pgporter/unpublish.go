@@ -1,7 +1,38 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
 
-func newUnpublishCmd(_ *globals) *cobra.Command {
-	return stub("unpublish ID", "Stop a published instance and drop its copy-on-write layer", cobra.ArbitraryArgs)
+	"github.com/spf13/cobra"
+
+	"github.com/pgporter/pgporter/orchestrator"
+)
+
+func newUnpublishCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unpublish ID",
+		Short: "Stop a published instance and drop its copy-on-write layer",
+		Long: `Stop the instance of publication ID, unmount its restore point and drop its
+copy-on-write layer: every write made through the publication is gone. A
+publication whose background process died is cleaned up all the same.
+Unpublishing a publication that is gone already does nothing.`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("unpublish takes one publication ID (see 'pgporter published')")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pb, err := orchestrator.NewPublisher(g.home, g.log)
+			if err != nil {
+				return err
+			}
+			p, err := pb.Unpublish(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "unpublished %s (restore point %s, port %d)\n", p.ID, p.RestorePoint, p.Port)
+			return nil
+		},
+	}
 }

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/orchestrator"
+)
+
+type publishedJSON struct {
+	Publications []struct {
+		ID            string `json:"id"`
+		State         string `json:"state"`
+		RestorePoint  string `json:"restore_point"`
+		Port          int    `json:"port"`
+		UptimeSeconds int64  `json:"uptime_seconds"`
+		CowBytes      int64  `json:"cow_bytes"`
+	} `json:"publications"`
+}
+
+func freeTCPPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// publishCLI publishes the latest restore point of repo on port and returns
+// the publication. A cleanup unpublishes it, so that a failing test leaves
+// no instance or mount behind.
+func publishCLI(t *testing.T, home, repo string, port int, extra ...string) *orchestrator.Publication {
+	t.Helper()
+	// The serve process is this test binary running the CLI.
+	t.Setenv(testMainEnv, "1")
+	args := append([]string{"--home", home, "publish", "--repo", repo, "--restore-point", "latest", "--port", strconv.Itoa(port), "--json"}, extra...)
+	code, out, errs := runCLI(t, args...)
+	require.Equal(t, 0, code, "%s\n%s", out, errs)
+	var res struct {
+		ID   string `json:"id"`
+		Host string `json:"host"`
+		Port int    `json:"port"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+	require.Equal(t, "127.0.0.1", res.Host)
+	require.Equal(t, port, res.Port)
+	require.Contains(t, out, fmt.Sprintf("psql -h 127.0.0.1 -p %d", port))
+	t.Cleanup(func() { runCLI(t, "--home", home, "unpublish", res.ID) })
+	j, err := orchestrator.OpenJournal(home)
+	require.NoError(t, err)
+	p, err := j.GetPublication(res.ID)
+	require.NoError(t, err)
+	require.Equal(t, orchestrator.PubUp, p.State)
+	return p
+}
+
+func pubConn(t *testing.T, port int, db string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	c, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=postgres password=pw sslmode=disable", port, db))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+// repoState is what a publication must not change: the restore points and
+// the sizes of the pack files.
+func repoState(t *testing.T, repo string) string {
+	t.Helper()
+	rps, err := chunkstore.ListRepo(repo)
+	require.NoError(t, err)
+	var b strings.Builder
+	for _, rp := range rps {
+		fmt.Fprintln(&b, rp.ID)
+	}
+	packs, err := filepath.Glob(filepath.Join(repo, "chunks", "packs", "*"))
+	require.NoError(t, err)
+	require.NotEmpty(t, packs)
+	slices.Sort(packs)
+	for _, p := range packs {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		fmt.Fprintln(&b, filepath.Base(p), fi.Size())
+	}
+	return b.String()
+}
+
+func publishedList(t *testing.T, home string) publishedJSON {
+	t.Helper()
+	code, out, errs := runCLI(t, "--home", home, "published", "--json")
+	require.Equal(t, 0, code, errs)
+	var res publishedJSON
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+	return res
+}
+
+// requireReleased checks that nothing of publication p is left: no mount,
+// no postgres, no CoW layer.
+func requireReleased(t *testing.T, p *orchestrator.Publication) {
+	t.Helper()
+	require.False(t, mountedAt(t, p.Mountpoint()), "a mount is left at %s", p.Mountpoint())
+	require.NoDirExists(t, p.BaseDir)
+	require.NoDirExists(t, p.CowDir)
+	if p.InstancePID > 0 {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.InstancePID))
+		require.True(t, err != nil || !strings.Contains(string(stat), "(postgres)") || strings.Contains(string(stat), ") Z "),
+			"postgres (pid %d) is still running: %s", p.InstancePID, stat)
+	}
+}
+
+// TestPublishCLI publishes a restore point, writes into it over TCP with the
+// backed-up server's password, unpublishes, publishes again: the write is
+// gone and the repository is unchanged.
+func TestPublishCLI(t *testing.T) {
+	_, repo := exportFixture(t)
+	home := t.TempDir()
+	before := repoState(t, repo)
+	port := freeTCPPort(t)
+
+	p := publishCLI(t, home, repo, port)
+	conn := pubConn(t, port, "crm")
+	ctx := context.Background()
+	_, err := conn.Exec(ctx, `CREATE TABLE scratch(x int); INSERT INTO scratch SELECT generate_series(1, 10000); UPDATE "Clients" SET name = 'changed'`)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM scratch`).Scan(&n))
+	require.Equal(t, 10000, n)
+	_, err = conn.Exec(ctx, `CHECKPOINT`) // the writes reach the CoW layer
+	require.NoError(t, err)
+
+	list := publishedList(t, home)
+	require.Len(t, list.Publications, 1)
+	got := list.Publications[0]
+	require.Equal(t, p.ID, got.ID)
+	require.Equal(t, "up", got.State)
+	require.Equal(t, port, got.Port)
+	require.Positive(t, got.CowBytes)
+	code, out, errs := runCLI(t, "--home", home, "published")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, p.ID+` +up +`+p.RestorePoint+` +127\.0\.0\.1:`+strconv.Itoa(port), out)
+
+	// The port is taken now: a second publication on it is refused.
+	code, _, errs = runCLI(t, "--home", home, "publish", "--repo", repo, "--restore-point", "latest", "--port", strconv.Itoa(port))
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "port is already in use")
+
+	conn.Close(ctx)
+	code, out, errs = runCLI(t, "--home", home, "unpublish", p.ID)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "unpublished "+p.ID)
+	requireReleased(t, p)
+	code, _, errs = runCLI(t, "--home", home, "unpublish", p.ID) // idempotent
+	require.Equal(t, 0, code, errs)
+	require.Empty(t, publishedList(t, home).Publications)
+
+	p2 := publishCLI(t, home, repo, port)
+	require.NotEqual(t, p.ID, p2.ID)
+	conn = pubConn(t, port, "crm")
+	_, err = conn.Exec(ctx, `SELECT * FROM scratch`)
+	var pe *pgconn.PgError
+	require.True(t, errors.As(err, &pe) && pe.Code == "42P01", "the table written into the first publication is back: %v", err)
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM "Clients" WHERE name = 'changed'`).Scan(&n))
+	require.Zero(t, n)
+	conn.Close(ctx)
+	code, _, errs = runCLI(t, "--home", home, "unpublish", p2.ID)
+	require.Equal(t, 0, code, errs)
+	requireReleased(t, p2)
+
+	require.Equal(t, before, repoState(t, repo))
+}
+
+// TestPublishStrictHBA: with --strict-hba the backup's hba is replaced by
+// password logins from the listen address's network, which still admit the
+// backup's roles with their passwords, and refuse a wrong one.
+func TestPublishStrictHBA(t *testing.T) {
+	_, repo := exportFixture(t)
+	home := t.TempDir()
+	port := freeTCPPort(t)
+	p := publishCLI(t, home, repo, port, "--strict-hba")
+	conn := pubConn(t, port, "shop")
+	var n int
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM pgbench_branches`).Scan(&n))
+	require.Equal(t, 2, n)
+	hba, err := os.ReadFile(filepath.Join(p.RunDir(), "pg_hba_strict.conf"))
+	require.NoError(t, err)
+	require.Contains(t, string(hba), "host all all 127.0.0.0/8 md5")
+	_, err = pgx.Connect(context.Background(), fmt.Sprintf("host=127.0.0.1 port=%d dbname=shop user=postgres password=wrong sslmode=disable", port))
+	require.ErrorContains(t, err, "password authentication failed")
+	code, _, errs := runCLI(t, "--home", home, "unpublish", p.ID)
+	require.Equal(t, 0, code, errs)
+	requireReleased(t, p)
+}
+
+// TestPublishPortInUse: a port something else listens on is refused before
+// anything is mounted.
+func TestPublishPortInUse(t *testing.T) {
+	home := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	code, out, errs := runCLI(t, "--home", home, "publish", "--repo", t.TempDir(), "--restore-point", "latest", "--port", strconv.Itoa(port), "--json")
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, fmt.Sprintf("port is already in use: 127.0.0.1:%d", port))
+	require.Empty(t, out)
+	require.Empty(t, publishedList(t, home).Publications)
+}
+
+// TestPublishKilled: after SIGKILL of the serve process the publication is
+// reported dead, and unpublish stops the orphaned postgres and detaches the
+// dead mount.
+func TestPublishKilled(t *testing.T) {
+	_, repo := exportFixture(t)
+	home := t.TempDir()
+	port := freeTCPPort(t)
+	p := publishCLI(t, home, repo, port)
+	require.Positive(t, p.ServePID)
+	require.Positive(t, p.InstancePID)
+	require.True(t, mountedAt(t, p.Mountpoint()))
+	require.NoError(t, syscall.Kill(p.ServePID, syscall.SIGKILL))
+
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		list := publishedList(t, home)
+		require.Len(t, list.Publications, 1)
+		if list.Publications[0].State == "dead" {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the publication is still %s after its process was killed", list.Publications[0].State)
+		time.Sleep(10 * time.Millisecond) // polling another process's exit
+	}
+	code, out, errs := runCLI(t, "--home", home, "published")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, p.ID+` +dead`, out)
+
+	code, _, errs = runCLI(t, "--home", home, "unpublish", p.ID)
+	require.Equal(t, 0, code, errs)
+	requireReleased(t, p)
+	require.Empty(t, publishedList(t, home).Publications)
+	code, _, errs = runCLI(t, "--home", home, "unpublish", p.ID)
+	require.Equal(t, 0, code, errs)
+}

@@ -1,0 +1,794 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/staging"
+)
+
+// PubState is the state of a publication.
+type PubState string
+
+// Publication states. PubDead is never journaled: List reports it for a
+// publication whose serve process is gone without cleaning up.
+const (
+	PubStarting PubState = "starting"
+	PubUp       PubState = "up"
+	PubStopping PubState = "stopping"
+	PubFailed   PubState = "failed"
+	PubGone     PubState = "gone"
+	PubDead     PubState = "dead"
+)
+
+// Publication is a restore point served as a live PostgreSQL instance, as
+// journaled under p/<id>.
+type Publication struct {
+	ID           string    `json:"id"`
+	Repo         string    `json:"repo"`
+	RestorePoint string    `json:"restore_point"`
+	Listen       string    `json:"listen"`
+	Port         int       `json:"port"`
+	StrictHBA    bool      `json:"strict_hba,omitempty"`
+	OSUser       string    `json:"os_user"`
+	State        PubState  `json:"state"`
+	Error        string    `json:"error,omitempty"`
+	Created      time.Time `json:"created"`
+	UpSince      time.Time `json:"up_since,omitzero"`
+	Updated      time.Time `json:"updated"`
+
+	// Resources: what the serve process holds, for cleanup after it died.
+	ServePID    int    `json:"serve_pid,omitempty"`
+	InstancePID int    `json:"instance_pid,omitempty"`
+	Version     string `json:"version,omitempty"`
+	BaseDir     string `json:"base_dir"` // holds the mountpoint and the run directory
+	CowDir      string `json:"cow_dir"`
+	Mounted     bool   `json:"mounted,omitempty"`
+}
+
+// Mountpoint is where the restore point is mounted.
+func (p *Publication) Mountpoint() string { return filepath.Join(p.BaseDir, "data") }
+
+// RunDir holds the instance's socket directory, hba file and log.
+func (p *Publication) RunDir() string { return filepath.Join(p.BaseDir, "run") }
+
+// SocketDir is the instance's private Unix socket directory.
+func (p *Publication) SocketDir() string { return filepath.Join(p.RunDir(), "sock") }
+
+// Host is the address clients connect to: the listen address, or this
+// host's name when it listens on every address.
+func (p *Publication) Host() string {
+	if ip := net.ParseIP(p.Listen); p.Listen == "*" || (ip != nil && ip.IsUnspecified()) {
+		if h, err := os.Hostname(); err == nil {
+			return h
+		}
+	}
+	return p.Listen
+}
+
+// ErrNoPublication is returned for a publication ID the journal does not hold.
+var ErrNoPublication = errors.New("no such publication")
+
+// ErrPortInUse is returned by Publish when the port cannot be bound.
+var ErrPortInUse = errors.New("port is already in use")
+
+func pubKey(id string) []byte { return []byte("p/" + id) }
+
+// withPub is Journal.with, also waiting out another process's open when
+// pebble reports it as EAGAIN from its lock file (which with does not
+// recognize): 'publish' and its serve process write the journal at the
+// same moments.
+func (j *Journal) withPub(fn func(*pebble.DB) error) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := j.with(fn)
+		if err == nil || !isLockBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond) // another process holds the database for a moment
+	}
+}
+
+func isLockBusy(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || strings.Contains(err.Error(), "temporarily unavailable")
+}
+
+// PutPublication writes p durably.
+func (j *Journal) PutPublication(p *Publication) error {
+	return j.UpdatePublication(p.ID, func(q *Publication) { *q = *p })
+}
+
+// UpdatePublication applies fn to publication id (a new one if missing) and
+// writes it durably; reading and writing happen in one open of the
+// database, so two processes' updates do not overwrite each other.
+func (j *Journal) UpdatePublication(id string, fn func(*Publication)) error {
+	return j.withPub(func(db *pebble.DB) error {
+		p := &Publication{ID: id}
+		v, closer, err := db.Get(pubKey(id))
+		switch {
+		case err == nil:
+			err = json.Unmarshal(v, p)
+			closer.Close()
+			if err != nil {
+				return fmt.Errorf("publication %s: %w", id, err)
+			}
+		case !errors.Is(err, pebble.ErrNotFound):
+			return err
+		}
+		fn(p)
+		p.ID = id
+		p.Updated = time.Now().UTC()
+		b, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		if err := db.Set(pubKey(id), b, pebble.Sync); err != nil {
+			return fmt.Errorf("journaling publication %s: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// GetPublication reads publication id.
+func (j *Journal) GetPublication(id string) (*Publication, error) {
+	var p *Publication
+	err := j.withPub(func(db *pebble.DB) error {
+		v, closer, err := db.Get(pubKey(id))
+		if errors.Is(err, pebble.ErrNotFound) {
+			return fmt.Errorf("%w %q (see 'pgporter published')", ErrNoPublication, id)
+		}
+		if err != nil {
+			return err
+		}
+		defer closer.Close()
+		p = new(Publication)
+		return json.Unmarshal(v, p)
+	})
+	return p, err
+}
+
+// ListPublications returns every journaled publication, newest first.
+func (j *Journal) ListPublications() ([]*Publication, error) {
+	var out []*Publication
+	err := j.withPub(func(db *pebble.DB) error {
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("p/"), UpperBound: []byte("p0")})
+		if err != nil {
+			return err
+		}
+		defer it.Close()
+		for it.First(); it.Valid(); it.Next() {
+			p := new(Publication)
+			if err := json.Unmarshal(it.Value(), p); err != nil {
+				return fmt.Errorf("publication %s: %w", it.Key(), err)
+			}
+			out = append(out, p)
+		}
+		return it.Error()
+	})
+	sort.Slice(out, func(a, b int) bool { return out[a].Created.After(out[b].Created) })
+	return out, err
+}
+
+// lockHeld reports whether a process holds lock id: for a publication,
+// whether its serve process (or the publish starting it) is alive. It takes
+// a shared lock for an instant, which only another prober can share.
+func (j *Journal) lockHeld(id string) bool {
+	f, err := os.Open(filepath.Join(j.dir, "locks", id+".lock"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return errors.Is(err, unix.EWOULDBLOCK)
+	}
+	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
+}
+
+// PublishOptions configure Publish.
+type PublishOptions struct {
+	Repo         string // repository directory; required
+	RestorePoint string // ID or "latest" (the default)
+	// Listen is the one address the instance listens on: an IP address, or
+	// "*" for all. Default 127.0.0.1.
+	Listen string
+	Port   int // required
+	// StrictHBA replaces the backup's pg_hba.conf by one that allows only
+	// password logins (SCRAM or MD5) from the listen address's network.
+	StrictHBA bool
+	OSUser    string // OS user that runs postgres; default "postgres"
+	// Serve is the command line that serves a publication in the
+	// background, the publication ID appended: pgporter's hidden
+	// 'publish-serve', which calls ServePublication. Required.
+	Serve []string
+	// ServeEnv is added to this process's environment for Serve.
+	ServeEnv []string
+}
+
+func (o PublishOptions) withDefaults() PublishOptions {
+	if o.RestorePoint == "" {
+		o.RestorePoint = "latest"
+	}
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1"
+	}
+	if o.OSUser == "" {
+		o.OSUser = "postgres"
+	}
+	return o
+}
+
+// Validate reports options that cannot work.
+func (o PublishOptions) Validate() error {
+	o = o.withDefaults()
+	switch {
+	case o.Repo == "":
+		return errors.New("publish needs a repository")
+	case o.Port < 1 || o.Port > 65535:
+		return fmt.Errorf("port %d is not a TCP port (1-65535)", o.Port)
+	case o.Listen != "*" && net.ParseIP(o.Listen) == nil:
+		return fmt.Errorf("listen address %q is not an IP address or *", o.Listen)
+	case len(o.Serve) == 0:
+		return errors.New("publish needs the serve command")
+	}
+	return nil
+}
+
+// Publisher publishes restore points and ends publications, journaling
+// them under HOME/orchestrator.
+type Publisher struct {
+	home string
+	j    *Journal
+	log  *slog.Logger
+}
+
+// NewPublisher returns a publisher keeping its state under home. log may be
+// nil.
+func NewPublisher(home string, log *slog.Logger) (*Publisher, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	j, err := OpenJournal(home)
+	if err != nil {
+		return nil, err
+	}
+	return &Publisher{home: home, j: j, log: log}, nil
+}
+
+// Journal returns the journal holding the publications.
+func (pb *Publisher) Journal() *Journal { return pb.j }
+
+// Dir is the directory of publication id under home: its CoW layer and the
+// serve process's log.
+func (pb *Publisher) Dir(id string) string { return filepath.Join(pb.home, "publications", id) }
+
+// LogFile is the serve process's log of publication id.
+func (pb *Publisher) LogFile(id string) string { return filepath.Join(pb.Dir(id), "serve.log") }
+
+func newPubID(now time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("p-%s-%s", now.UTC().Format("20060102-150405"), hex.EncodeToString(b[:]))
+}
+
+// Publish checks the port, journals a new publication and starts its serve
+// process (detached, in a session of its own), returning once the instance
+// accepts connections, or with the reason it could not start. The serve
+// process is not waited for: it outlives this one.
+func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publication, error) {
+	o = o.withDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if err := checkPort(o.Listen, o.Port); err != nil {
+		return nil, err
+	}
+	// The serve process holds the repository open; here only its points
+	// directory is read, which works even while another process holds it.
+	rps, err := chunkstore.ListRepo(o.Repo)
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", o.Repo, err)
+	}
+	rp, err := resolvePoint(rps, o.RestorePoint)
+	if err != nil {
+		return nil, err
+	}
+	repo, err := filepath.Abs(o.Repo)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	id := newPubID(now)
+	dir := pb.Dir(id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	p := &Publication{
+		ID: id, Repo: repo, RestorePoint: rp, Listen: o.Listen, Port: o.Port, StrictHBA: o.StrictHBA, OSUser: o.OSUser,
+		State: PubStarting, Created: now,
+		BaseDir: filepath.Join(os.TempDir(), "pgporter-"+id), CowDir: filepath.Join(dir, "cow"),
+	}
+	// The lock is handed to the serve process as descriptor 3: it holds it
+	// for its life, so that 'published' and 'unpublish' can tell a live
+	// publication from one whose process died, without trusting PIDs.
+	lock, err := pb.j.Lock(id)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.f.Close() // not Unlock: that would release the child's lock too
+	if err := pb.j.PutPublication(p); err != nil {
+		return nil, err
+	}
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	logf, err := os.OpenFile(pb.LogFile(id), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		wr.Close()
+		return nil, err
+	}
+	cmd := exec.Command(o.Serve[0], append(o.Serve[1:], id)...)
+	cmd.Env = append(os.Environ(), o.ServeEnv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{lock.f, wr}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	wr.Close()
+	logf.Close()
+	if err != nil {
+		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubFailed, err.Error() })
+		return nil, fmt.Errorf("starting the serve process: %w", err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.ServePID = pid }); err != nil {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		return nil, err
+	}
+	pb.log.Info("publication starting", "publication", id, "restore_point", rp, "pid", pid)
+
+	// An interrupt unblocks the read and stops the serve process, which
+	// cleans up after itself.
+	stop := context.AfterFunc(ctx, func() {
+		_ = rd.SetReadDeadline(time.Now())
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	})
+	defer stop()
+	b, rerr := io.ReadAll(rd) // until the serve process closes the pipe or exits
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	switch msg := string(b); {
+	case msg == "ready\n":
+		return pb.j.GetPublication(id)
+	case strings.HasPrefix(msg, "error: "):
+		return nil, errors.New(strings.TrimPrefix(msg, "error: "))
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("waiting for the serve process: %w", rerr)
+	}
+	msg := "the serve process exited before the instance was up"
+	if t := tailFile(pb.LogFile(id), 10); t != "" {
+		msg += ":\n" + t
+	}
+	_ = pb.j.UpdatePublication(id, func(p *Publication) {
+		if p.State == PubStarting {
+			p.State, p.Error = PubFailed, msg
+		}
+	})
+	return nil, errors.New(msg)
+}
+
+// checkPort refuses a port that is in use on the listen address. The port
+// is free again when it returns; PostgreSQL binding it an instant later
+// fails the start if someone took it meanwhile.
+func checkPort(listen string, port int) error {
+	host := listen
+	if host == "*" {
+		host = ""
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w: %s:%d", ErrPortInUse, listen, port)
+		}
+		return fmt.Errorf("cannot listen on %s:%d: %w", listen, port, err)
+	}
+	return l.Close()
+}
+
+func resolvePoint(rps []chunkstore.RestorePoint, id string) (string, error) {
+	if id == "latest" {
+		if len(rps) == 0 {
+			return "", fmt.Errorf("%w: the repository has no restore points", chunkstore.ErrNoRestorePoint)
+		}
+		return rps[len(rps)-1].ID, nil
+	}
+	for _, rp := range rps {
+		if rp.ID == id {
+			return id, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %q", chunkstore.ErrNoRestorePoint, id)
+}
+
+// ServePublication runs publication id in this process until ctx is done:
+// it mounts the restore point, starts the instance, writes "ready\n" (or
+// "error: REASON\n") to ready and closes it, then waits. On the way out it
+// stops the instance, unmounts, drops the CoW layer and journals the
+// publication gone (or failed, if the instance or the mount ended on their
+// own). lock is the publication's lock that Publish handed over; it stays
+// open until the process exits.
+func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, ready *os.File) (err error) {
+	// Neither postgres nor anything else this process starts may inherit
+	// the lock (it would look alive after we die) or the ready pipe.
+	syscall.CloseOnExec(int(lock.Fd()))
+	syscall.CloseOnExec(int(ready.Fd()))
+	// The lock is held while its descriptor is open: a finalizer must not
+	// close it while the publication lives.
+	defer runtime.KeepAlive(lock)
+	reported := false
+	report := func(line string) {
+		if !reported {
+			reported = true
+			_, _ = io.WriteString(ready, line)
+			ready.Close()
+		}
+	}
+	defer func() {
+		if err != nil {
+			report("error: " + err.Error())
+		}
+	}()
+	p, err := pb.j.GetPublication(id)
+	if err != nil {
+		return err
+	}
+	if p.State != PubStarting {
+		return fmt.Errorf("publication %s is %s, not starting", id, p.State)
+	}
+	log := pb.log.With("publication", id)
+	fail := func(err error) error {
+		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubFailed, err.Error() })
+		return err
+	}
+	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.ServePID = os.Getpid() }); err != nil {
+		return err
+	}
+
+	repo, err := chunkstore.OpenRepo(p.Repo, log)
+	if err != nil {
+		return fail(fmt.Errorf("opening repository: %w", err))
+	}
+	defer repo.Close()
+	rp, err := repo.Resolve(p.RestorePoint)
+	if err != nil {
+		return fail(err)
+	}
+	tree, err := repo.Tree(ctx, rp)
+	if err != nil {
+		return fail(err)
+	}
+	mnt := p.Mountpoint()
+	if err := os.MkdirAll(p.BaseDir, 0o755); err != nil {
+		return fail(err)
+	}
+	_ = os.Chmod(p.BaseDir, 0o755) // postgres must reach its data and run directories
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		return fail(err)
+	}
+	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.Mounted = true }); err != nil {
+		return fail(err)
+	}
+	m, err := staging.Mount(ctx, mnt, tree, repo.Store(), staging.MountOptions{CowDir: p.CowDir, Owner: p.OSUser, Log: log})
+	if err != nil {
+		pb.release(context.WithoutCancel(ctx), p)
+		return fail(err)
+	}
+	unmounted := make(chan struct{})
+	go func() {
+		m.Wait()
+		close(unmounted)
+	}()
+	opts := staging.InstanceOptions{
+		DataDir: mnt, RunDir: p.RunDir(), OSUser: p.OSUser, Listen: p.Listen, Port: p.Port,
+		KeepHBA: !p.StrictHBA, AllowMissingPreload: true, Log: log,
+	}
+	if p.StrictHBA {
+		opts.HBAFile, err = writeStrictHBA(p.RunDir(), p.Listen)
+	}
+	var in *staging.Instance
+	if err == nil {
+		in, err = staging.StartInstance(ctx, opts)
+	}
+	if err != nil {
+		_ = unmountPub(m, unmounted, log)
+		pb.release(context.WithoutCancel(ctx), p)
+		if ctx.Err() != nil {
+			_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State = PubGone })
+			return ctx.Err()
+		}
+		return fail(err)
+	}
+	if err := pb.j.UpdatePublication(id, func(p *Publication) {
+		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
+	}); err != nil {
+		_ = in.Stop(context.WithoutCancel(ctx))
+		_ = unmountPub(m, unmounted, log)
+		pb.release(context.WithoutCancel(ctx), p)
+		return fail(err)
+	}
+	log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", in.PID(), "version", in.Version)
+	report("ready\n")
+
+	waitCtx, cancelWait := context.WithCancel(context.WithoutCancel(ctx))
+	exited := make(chan error, 1)
+	go func() { exited <- in.Wait(waitCtx) }()
+	var cause error
+	select {
+	case <-ctx.Done():
+		log.Info("publication stopping")
+	case err := <-exited:
+		exited <- err // for the wait below
+		cause = fmt.Errorf("postgres exited on its own (%v); see %s", err, filepath.Join(p.RunDir(), "postgres.log"))
+	case <-unmounted:
+		cause = fmt.Errorf("%s was unmounted from outside pgporter", mnt)
+	}
+	_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State = PubStopping })
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	serr := in.Stop(stopCtx)
+	cancelWait()
+	<-exited
+	if serr == nil {
+		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.InstancePID = 0 })
+	}
+	if uerr := unmountPub(m, unmounted, log); uerr != nil {
+		serr = errors.Join(serr, uerr)
+	}
+	pb.release(stopCtx, p)
+	if err := errors.Join(cause, serr); err != nil {
+		log.Error("publication ended", "err", err)
+		return fail(err)
+	}
+	log.Info("publication ended")
+	return pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubGone, "" })
+}
+
+// unmountPub unmounts, retrying while postgres's last processes let go of
+// the mount, then detaches it lazily: the caller is about to exit, which
+// ends the mount for whoever still uses it. unmounted is closed when the
+// mount ends; after a clean unmount it is waited for.
+func unmountPub(m *staging.Mounted, unmounted <-chan struct{}, log *slog.Logger) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		select {
+		case <-unmounted:
+			return nil // from outside
+		default:
+		}
+		err := m.Unmount()
+		if err == nil {
+			<-unmounted
+			return nil
+		}
+		if time.Now().After(deadline) {
+			log.Warn("mount still busy; detaching it lazily", "mountpoint", m.Dir(), "err", err)
+			return m.Detach()
+		}
+		time.Sleep(50 * time.Millisecond) // polling the kernel for the mount's users to leave
+	}
+}
+
+// release removes what a publication leaves on disk once its instance is
+// stopped and its mount gone: a dead mount, the mountpoint and run
+// directory, the CoW layer. It logs what it cannot remove.
+func (pb *Publisher) release(ctx context.Context, p *Publication) {
+	if p.InstancePID > 0 {
+		if err := stopOrphan(ctx, p.InstancePID); err != nil {
+			pb.log.Warn("stopping the instance", "publication", p.ID, "pid", p.InstancePID, "err", err)
+		}
+	}
+	if _, err := staging.CleanStaleMount(p.Mountpoint()); err != nil {
+		pb.log.Warn("cleaning the mount", "publication", p.ID, "err", err)
+		return // never remove what may still be mounted
+	}
+	for _, err := range []error{
+		os.Remove(p.Mountpoint()),
+		os.RemoveAll(p.RunDir()),
+		os.Remove(p.BaseDir),
+		os.RemoveAll(p.CowDir),
+	} {
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			pb.log.Warn("removing a publication's files", "publication", p.ID, "err", err)
+		}
+	}
+	_ = pb.j.UpdatePublication(p.ID, func(p *Publication) { p.Mounted, p.InstancePID = false, 0 })
+}
+
+// writeStrictHBA writes an hba file into runDir that allows password logins
+// only (md5, which also accepts SCRAM-stored passwords), over the private
+// socket and from the listen address's network.
+func writeStrictHBA(runDir, listen string) (string, error) {
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	b.WriteString("# generated by pgporter publish --strict-hba\nlocal all all md5\n")
+	for _, n := range listenNetworks(listen) {
+		fmt.Fprintf(&b, "host all all %s md5\n", n)
+	}
+	name := filepath.Join(runDir, "pg_hba_strict.conf")
+	return name, os.WriteFile(name, []byte(b.String()), 0o644)
+}
+
+// listenNetworks returns the networks of the listen address: that of the
+// interface carrying it, else the address alone; everything for "*".
+func listenNetworks(listen string) []string {
+	ip := net.ParseIP(listen)
+	if listen == "*" || ip == nil || ip.IsUnspecified() {
+		return []string{"0.0.0.0/0", "::/0"}
+	}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+				return []string{(&net.IPNet{IP: ip.Mask(n.Mask), Mask: n.Mask}).String()}
+			}
+		}
+	}
+	bits := 128
+	if ip.To4() != nil {
+		bits = 32
+	}
+	return []string{fmt.Sprintf("%s/%d", ip, bits)}
+}
+
+// List returns the publications not gone (every one with all), newest
+// first, reporting as dead those whose serve process is gone.
+func (pb *Publisher) List(all bool) ([]*Publication, error) {
+	ps, err := pb.j.ListPublications()
+	if err != nil {
+		return nil, err
+	}
+	out := ps[:0]
+	for _, p := range ps {
+		if p.State == PubGone && !all {
+			continue
+		}
+		if (p.State == PubStarting || p.State == PubUp || p.State == PubStopping) && !pb.j.lockHeld(p.ID) {
+			p.State = PubDead
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// CowBytes is the disk space the CoW layer of p uses, as du counts it.
+func CowBytes(p *Publication) int64 {
+	var n int64
+	_ = filepath.WalkDir(p.CowDir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				n += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// unpublishTimeout bounds how long Unpublish waits for a serve process to
+// stop its instance and unmount.
+const unpublishTimeout = 3 * time.Minute
+
+// Unpublish ends publication id: it asks the serve process to stop (SIGTERM)
+// and waits for it to finish; when that process is dead it cleans up itself
+// (stops the orphaned instance, detaches the dead mount, removes the CoW
+// layer). Ending a publication that is gone already does nothing.
+func (pb *Publisher) Unpublish(ctx context.Context, id string) (*Publication, error) {
+	p, err := pb.j.GetPublication(id)
+	if err != nil {
+		return nil, err
+	}
+	if p.State == PubGone {
+		return p, nil
+	}
+	deadline := time.Now().Add(unpublishTimeout)
+	tick := time.NewTicker(20 * time.Millisecond) // polling another process's lock
+	defer tick.Stop()
+	signalled := 0
+	for {
+		lock, err := pb.j.Lock(id)
+		if err == nil {
+			defer lock.Unlock()
+			break
+		}
+		if !errors.Is(err, ErrRunning) {
+			return p, err
+		}
+		if p, err = pb.j.GetPublication(id); err != nil {
+			return nil, err
+		}
+		// The PID is the lock holder's: the lock is close-on-exec in it.
+		if p.ServePID > 0 && signalled != p.ServePID {
+			if err := syscall.Kill(p.ServePID, syscall.SIGTERM); err == nil {
+				signalled = p.ServePID
+				pb.log.Info("asked the serve process to stop", "publication", id, "pid", p.ServePID)
+			}
+		}
+		if time.Now().After(deadline) {
+			return p, fmt.Errorf("publication %s did not stop within %v; see %s", id, unpublishTimeout, pb.LogFile(id))
+		}
+		select {
+		case <-ctx.Done():
+			return p, ctx.Err()
+		case <-tick.C:
+		}
+	}
+	if p, err = pb.j.GetPublication(id); err != nil {
+		return nil, err
+	}
+	if p.State == PubGone {
+		return p, nil
+	}
+	// The serve process died without cleaning up, or ended with a failure.
+	if p.InstancePID > 0 {
+		if err := stopOrphan(ctx, p.InstancePID); err != nil {
+			return p, fmt.Errorf("stopping the instance (pid %d): %w", p.InstancePID, err)
+		}
+		pb.log.Info("stopped the instance of a dead publication", "publication", id, "pid", p.InstancePID)
+		p.InstancePID = 0
+	}
+	if _, err := staging.CleanStaleMount(p.Mountpoint()); err != nil {
+		return p, fmt.Errorf("cleaning the mount %s: %w", p.Mountpoint(), err)
+	}
+	pb.release(ctx, p)
+	for _, d := range []string{p.BaseDir, p.CowDir} {
+		if _, err := os.Lstat(d); err == nil {
+			return p, fmt.Errorf("could not remove %s; see the log above", d)
+		}
+	}
+	err = pb.j.UpdatePublication(id, func(q *Publication) { q.State, q.InstancePID, q.Mounted = PubGone, 0, false })
+	if err != nil {
+		return p, err
+	}
+	return pb.j.GetPublication(id)
+}
+
+func tailFile(name string, n int) string {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
