@@ -171,6 +171,9 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		}
 	}
 	s.Step(StepCheck)
+	if p.Globals {
+		s.Step(StepGlobals)
+	}
 	for _, db := range p.Databases {
 		s.Step(dumpStep(db))
 		s.Step(transferStep(db))
@@ -489,6 +492,20 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 	if err := x.setState(StateDumping); err != nil {
 		return err
 	}
+	globals := filepath.Join(dir, staging.GlobalsFile)
+	if p.Globals {
+		err := x.step(ctx, StepGlobals, func(out *stepOutcome) error {
+			res, err := in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: r.o.Password, Dir: dir})
+			if err != nil {
+				return err
+			}
+			out.Bytes, out.Detail = res.Bytes, "roles and tablespaces: "+staging.GlobalsFile+" in each dump"
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
 	for _, db := range p.Databases {
 		name := dumpStep(db)
 		err := x.step(ctx, name, func(out *stepOutcome) error {
@@ -512,6 +529,13 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 					}
 				},
 			})
+			if err == nil && p.Globals {
+				// Beside pg_dump's files: pg_restore ignores it, the
+				// manifest covers it.
+				if err = copyFileSync(globals, filepath.Join(res.Dir, staging.GlobalsFile)); err == nil && feed != nil {
+					feed.Add(staging.GlobalsFile)
+				}
+			}
 			if feed != nil {
 				feed.Close(err)
 			}
@@ -714,4 +738,29 @@ func compression(p *Plan) string {
 		return "fastest"
 	}
 	return "auto"
+}
+
+// copyFileSync copies src to dst through a synced temporary file.
+func copyFileSync(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
 }

@@ -42,6 +42,7 @@ const (
 	StepCheck   = "check"
 	StepMount   = "mount"
 	StepStart   = "instance"
+	StepGlobals = "globals"
 	StepCleanup = "cleanup"
 )
 
@@ -84,6 +85,9 @@ type Plan struct {
 	// Movers on other hosts, as ADDR#PEER_ID; empty means this machine
 	// (the repository at Repo, staging in-process, the embedded target).
 	RepoPeer string `json:"repo_peer,omitempty"`
+	// Globals adds pg_dumpall --globals-only (roles, tablespaces) to each
+	// database's dump as globals.sql.
+	Globals bool `json:"globals,omitempty"`
 	// BWLimit caps the transfers' wire bytes per second (0: none).
 	BWLimit int64  `json:"bwlimit,omitempty"`
 	Staging string `json:"staging,omitempty"`

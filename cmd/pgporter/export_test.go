@@ -61,7 +61,7 @@ func TestExportCLI(t *testing.T) {
 	_, repo := exportFixture(t)
 	home, to := t.TempDir(), t.TempDir()
 	args := []string{"--home", home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", cliStagingDir(t)}
-	code, out, errs := runCLI(t, append(args, "--json")...)
+	code, out, errs := runCLI(t, append(args, "--json", "--globals")...)
 	require.Equal(t, 0, code, errs)
 	var res exportJSON
 	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
@@ -74,8 +74,12 @@ func TestExportCLI(t *testing.T) {
 		rep, err := mover.Verify(context.Background(), db.Path)
 		require.NoError(t, err)
 		require.Empty(t, rep.Problems)
+		globals, err := os.ReadFile(filepath.Join(db.Path, "globals.sql"))
+		require.NoError(t, err, "--globals puts globals.sql in each dump")
+		require.Contains(t, string(globals), "CREATE ROLE postgres")
 	}
 	require.Contains(t, errs, "• dump:shop")
+	require.Contains(t, errs, "• globals")
 
 	code, out, errs = runCLI(t, "--home", home, "sessions", "--json")
 	require.Equal(t, 0, code, errs)
