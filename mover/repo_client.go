@@ -335,6 +335,8 @@ func (r *RemoteRepo) worker() {
 	// A batch is not cancelled with the Gets that wait for it (they stop
 	// waiting); Close ends it by closing the connection.
 	ctx := context.Background()
+	var fst fetchStream
+	defer fst.close()
 	for {
 		var batch []*fetchReq
 		select {
@@ -352,13 +354,39 @@ func (r *RemoteRepo) worker() {
 				break fill
 			}
 		}
-		r.fetch(ctx, batch)
+		r.fetch(ctx, &fst, batch)
 	}
+}
+
+// fetchStream is a worker's fetch stream, reused for its requests one after
+// the other: opening a stream per request cost more than the request.
+type fetchStream struct {
+	conn *quic.Conn // the connection st belongs to
+	st   *quic.Stream
+	rd   *protocol.Reader
+}
+
+// reset abandons the stream after a failure.
+func (f *fetchStream) reset() {
+	if f.st != nil {
+		f.st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown))
+		f.st.CancelWrite(quic.StreamErrorCode(protocol.CloseShutdown))
+	}
+	*f = fetchStream{}
+}
+
+// close ends the stream in order: the server sees the end of the requests.
+func (f *fetchStream) close() {
+	if f.st != nil {
+		f.st.Close()
+		f.st.CancelRead(0)
+	}
+	*f = fetchStream{}
 }
 
 // fetch answers every request of batch, retrying the chunks not yet
 // received through connection failures.
-func (r *RemoteRepo) fetch(ctx context.Context, batch []*fetchReq) {
+func (r *RemoteRepo) fetch(ctx context.Context, fst *fetchStream, batch []*fetchReq) {
 	waiting := map[chunkstore.ID][]*fetchReq{}
 	var ids []chunkstore.ID
 	for _, q := range batch {
@@ -380,7 +408,11 @@ func (r *RemoteRepo) fetch(ctx context.Context, batch []*fetchReq) {
 				rest = append(rest, id)
 			}
 		}
-		return r.fetchOnce(ctx, rest, answer)
+		err := r.fetchOnce(ctx, fst, rest, answer)
+		if err != nil {
+			fst.reset()
+		}
+		return err
 	})
 	if err != nil {
 		for id := range waiting {
@@ -389,10 +421,11 @@ func (r *RemoteRepo) fetch(ctx context.Context, batch []*fetchReq) {
 	}
 }
 
-// fetchOnce asks for ids on a new fetch stream and hands each answer to
-// answer. It returns an error when the stream failed before every answer
-// arrived; the chunks already answered are not asked for again.
-func (r *RemoteRepo) fetchOnce(ctx context.Context, ids []chunkstore.ID, answer func(chunkstore.ID, fetchRes)) error {
+// fetchOnce asks for ids on fst, opening it on the live connection if
+// needed, and hands each answer to answer. It returns an error when the
+// stream failed before every answer arrived (the caller then resets fst);
+// the chunks already answered are not asked for again.
+func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chunkstore.ID, answer func(chunkstore.ID, fetchRes)) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -400,23 +433,24 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, ids []chunkstore.ID, answer 
 	if err != nil {
 		return err
 	}
-	st, err := conn.OpenStreamSync(ctx)
-	if err != nil {
-		r.drop(conn)
-		return fmt.Errorf("opening fetch stream: %w", err)
+	var frame []byte
+	if fst.st == nil || fst.conn != conn {
+		fst.reset()
+		st, err := conn.OpenStreamSync(ctx)
+		if err != nil {
+			r.drop(conn)
+			return fmt.Errorf("opening fetch stream: %w", err)
+		}
+		*fst = fetchStream{conn: conn, st: st, rd: protocol.NewReader(st, protocol.MaxFrameSize)}
+		frame = []byte{byte(protocol.StreamFetch)}
 	}
-	defer st.CancelRead(0)
+	st, rd := fst.st, fst.rd
 	stop := context.AfterFunc(ctx, func() { st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
 	defer stop()
-	frame := protocol.AppendFrame([]byte{byte(protocol.StreamFetch)}, &protocol.GetChunks{IDs: ids})
+	frame = protocol.AppendFrame(frame, &protocol.GetChunks{IDs: ids})
 	if _, err := st.Write(frame); err != nil {
-		r.drop(conn)
 		return fmt.Errorf("writing fetch request: %w", err)
 	}
-	if err := st.Close(); err != nil {
-		return fmt.Errorf("closing fetch request: %w", err)
-	}
-	rd := protocol.NewReader(st, protocol.MaxFrameSize)
 	var first error // the first answer, if an Error: maybe a refusal of the whole request
 	for i, id := range ids {
 		m, err := rd.Next()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/pgporter/pgporter/chunkstore"
@@ -83,10 +85,12 @@ func (s *Server) repoReply(peer PeerID, m protocol.Message) (protocol.Message, e
 	return nil, fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type())
 }
 
-// serveFetch answers the one GetChunks of a fetch stream: for each ID in
-// order, a ChunkData or an Error about that chunk. Chunks are read (and so
-// verified) from the store and recompressed at the fastest level: the store
-// hands out plain content only.
+// serveFetch answers the GetChunks requests of a fetch stream, in order,
+// until the client closes its side: for each ID, a ChunkData or an Error
+// about that chunk. Chunks are read (and so verified) from the store and
+// recompressed at the fastest level: the store hands out plain content only.
+// A refusal (no read permission, no repository) answers the first request
+// with one Error and ends the stream.
 func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, log *slog.Logger) {
 	defer closeStream(st)
 	stop := context.AfterFunc(ctx, func() {
@@ -94,54 +98,78 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, l
 		st.CancelWrite(quic.StreamErrorCode(protocol.CloseShutdown))
 	})
 	defer stop()
-	m, err := protocol.NewReader(st, protocol.MaxControlFrameSize).Next()
-	if err != nil {
-		log.Warn("reading fetch request", "err", err)
-		_ = protocol.WriteMessage(st, protocol.ToWire(fmt.Errorf("%w: reading fetch request: %w", protocol.ErrProtocol, err)))
-		return
-	}
-	req, ok := m.(*protocol.GetChunks)
-	if !ok {
-		_ = protocol.WriteMessage(st, protocol.ToWire(fmt.Errorf("%w: expected GetChunks on a fetch stream, got %s", protocol.ErrProtocol, m.Type())))
-		return
-	}
-	if err := s.trust.Check(peer, PermRead); err != nil {
-		log.Warn("chunk fetch refused", "err", err)
-		_ = protocol.WriteMessage(st, protocol.ToWire(err))
-		return
-	}
-	if s.repo == nil {
-		_ = protocol.WriteMessage(st, protocol.ToWire(errNoRepo))
-		return
-	}
-	store := s.repo.Store()
-	plainBuf := make([]byte, 0, 256<<10)
-	packedBuf := make([]byte, 0, 256<<10)
-	frame := make([]byte, 0, 256<<10)
-	for _, id := range req.IDs {
-		plain, err := store.Get(ctx, id, plainBuf[:0])
+	rd := protocol.NewReader(st, protocol.MaxControlFrameSize)
+	bufs := fetchBufPool.Get().(*fetchBufs)
+	defer fetchBufPool.Put(bufs)
+	for first := true; ; first = false {
+		m, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return
+		}
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() == nil {
+				log.Warn("reading fetch request", "err", err)
+				_ = protocol.WriteMessage(st, protocol.ToWire(fmt.Errorf("%w: reading fetch request: %w", protocol.ErrProtocol, err)))
+			}
+			return
+		}
+		req, ok := m.(*protocol.GetChunks)
+		if !ok {
+			_ = protocol.WriteMessage(st, protocol.ToWire(fmt.Errorf("%w: expected GetChunks on a fetch stream, got %s", protocol.ErrProtocol, m.Type())))
+			return
+		}
+		if first {
+			if err := s.trust.Check(peer, PermRead); err != nil {
+				log.Warn("chunk fetch refused", "err", err)
+				_ = protocol.WriteMessage(st, protocol.ToWire(err))
 				return
 			}
-			log.Error("serving chunk failed", "chunk", id.String(), "err", err)
-			if err := protocol.WriteMessage(st, protocol.ToWire(fmt.Errorf("chunk %s: %w", id, err))); err != nil {
+			if s.repo == nil {
+				_ = protocol.WriteMessage(st, protocol.ToWire(errNoRepo))
 				return
 			}
-			continue
 		}
-		plainBuf = plain[:0]
-		packed, codec := chunkstore.Compress(packedBuf[:0], plain, chunkstore.LevelFastest)
-		packedBuf = packed[:0]
-		if tamper := tamperFetch.Load(); tamper != nil {
-			packed = (*tamper)(id, packed)
-		}
-		frame = protocol.AppendFrame(frame[:0], &protocol.ChunkData{ID: id, Codec: codec, PlainLen: uint32(len(plain)), Payload: packed})
-		if _, err := st.Write(frame); err != nil {
+		if err := s.answerFetch(ctx, st, req.IDs, bufs, log); err != nil {
 			return
 		}
 	}
 }
+
+// answerFetch writes the answer to one GetChunks; an error means the stream
+// is unusable.
+func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, ids []chunkstore.ID, bufs *fetchBufs, log *slog.Logger) error {
+	store := s.repo.Store()
+	for _, id := range ids {
+		plain, err := store.Get(ctx, id, bufs.plain[:0])
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			log.Error("serving chunk failed", "chunk", id.String(), "err", err)
+			if err := protocol.WriteMessage(st, protocol.ToWire(fmt.Errorf("chunk %s: %w", id, err))); err != nil {
+				return err
+			}
+			continue
+		}
+		bufs.plain = plain[:0]
+		packed, codec := chunkstore.Compress(bufs.packed[:0], plain, chunkstore.LevelFastest)
+		bufs.packed = packed[:0]
+		if tamper := tamperFetch.Load(); tamper != nil {
+			packed = (*tamper)(id, packed)
+		}
+		bufs.frame = protocol.AppendFrame(bufs.frame[:0], &protocol.ChunkData{ID: id, Codec: codec, PlainLen: uint32(len(plain)), Payload: packed})
+		if _, err := st.Write(bufs.frame); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fetchBufs are the buffers of one fetch stream, pooled: zeroing fresh
+// buffers for each stream cost more CPU than reading short batches.
+type fetchBufs struct{ plain, packed, frame []byte }
+
+var fetchBufPool = sync.Pool{New: func() any { return new(fetchBufs) }}
 
 // tamperFetch, set only by tests, alters a chunk's encoded payload as it
 // leaves the server, as a faulty link or a lying server would.

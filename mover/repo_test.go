@@ -58,6 +58,17 @@ func fakePGData(t testing.TB, dir string, scale int) map[string][]byte {
 // corrupt, if set, may damage the repository before the server opens it.
 func startRepoServer(t testing.TB, scale int, corrupt func(f *repoFixture)) *repoFixture {
 	t.Helper()
+	f := backupFake(t, scale)
+	if corrupt != nil {
+		corrupt(f)
+	}
+	f.testReceiver = startReceiver(t, ServerOptions{Repo: f.repoDir})
+	return f
+}
+
+// backupFake backs up a fake data directory into a new repository.
+func backupFake(t testing.TB, scale int) *repoFixture {
+	t.Helper()
 	src := t.TempDir()
 	f := &repoFixture{repoDir: filepath.Join(t.TempDir(), "repo"), files: fakePGData(t, src, scale)}
 	ctx := context.Background()
@@ -68,10 +79,6 @@ func startRepoServer(t testing.TB, scale int, corrupt func(f *repoFixture)) *rep
 	f.tree, err = repo.Tree(ctx, f.rp)
 	require.NoError(t, err)
 	require.NoError(t, repo.Close())
-	if corrupt != nil {
-		corrupt(f)
-	}
-	f.testReceiver = startReceiver(t, ServerOptions{Repo: f.repoDir})
 	return f
 }
 

@@ -31,7 +31,7 @@ type StreamKind uint8
 const (
 	StreamControl StreamKind = 1 // requests and replies, in frames
 	StreamData    StreamKind = 2 // ChunkData frames
-	StreamFetch   StreamKind = 3 // one GetChunks, answered on the same stream
+	StreamFetch   StreamKind = 3 // GetChunks requests, answered on the same stream
 )
 
 func (k StreamKind) String() string {

@@ -659,10 +659,10 @@ func (m *SpaceReply) decode(d *decoder) {
 
 func (m *SpaceReply) check() error { return nil }
 
-// GetChunks asks a repository mover for chunks by ID. It is the one request
-// on a fetch stream (StreamFetch); the answers come back on the same stream,
-// one per ID in order: a ChunkData of that ID, or an Error saying why that
-// chunk cannot be read.
+// GetChunks asks a repository mover for chunks by ID. It is the request of
+// a fetch stream (StreamFetch), which carries any number of them; the
+// answers come back on the same stream, one per ID in order: a ChunkData of
+// that ID, or an Error saying why that chunk cannot be read.
 type GetChunks struct {
 	IDs []chunkstore.ID // at most MaxGetChunks
 }

@@ -1,0 +1,110 @@
+package mover
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/staging"
+)
+
+// BenchmarkRepoMountRead reads a restore point's two large files (32 MiB
+// random, 48 MiB COPY-like text) sequentially through a fresh FUSE mount
+// each iteration, so every chunk is fetched cold: from the local repository,
+// and from a repository mover over loopback QUIC.
+//
+//	go test -run '^$' -bench RepoMountRead -benchtime 5x ./mover/
+func BenchmarkRepoMountRead(b *testing.B) {
+	testsupport.RequireFUSE(b)
+	if os.Geteuid() != 0 {
+		b.Skip("mounting with DirectMount needs root")
+	}
+	const scale = 16
+	files := []string{"base/1/16384", "base/1/16385"}
+
+	b.Run("local", func(b *testing.B) {
+		f := backupFake(b, scale)
+		repo, err := chunkstore.OpenRepo(f.repoDir, nil)
+		require.NoError(b, err)
+		defer repo.Close()
+		benchMountRead(b, f, files, f.tree, repo.Store(), 0)
+	})
+	b.Run("remote", func(b *testing.B) {
+		f := startRepoServer(b, scale, nil)
+		rr, err := dialTestRepo(b, f, PermRead, "", RemoteRepoOptions{})
+		require.NoError(b, err)
+		tree, err := rr.Tree(context.Background(), f.rp)
+		require.NoError(b, err)
+		benchMountRead(b, f, files, tree, rr, 0)
+	})
+}
+
+func benchMountRead(b *testing.B, f *repoFixture, files []string, tree []chunkstore.Node, chunks staging.ChunkReader, readahead int) {
+	me, err := user.Current()
+	require.NoError(b, err)
+	var size int64
+	for _, name := range files {
+		size += int64(len(f.files[name]))
+	}
+	b.SetBytes(size)
+	buf := make([]byte, 1<<20)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dir := b.TempDir()
+		mnt := filepath.Join(dir, "mnt")
+		require.NoError(b, os.Mkdir(mnt, 0o755))
+		m, err := staging.Mount(context.Background(), mnt, tree, chunks, staging.MountOptions{Owner: me.Username, CowDir: filepath.Join(dir, "cow"), Readahead: readahead})
+		require.NoError(b, err)
+		b.StartTimer()
+		for _, name := range files {
+			fh, err := os.Open(filepath.Join(mnt, name))
+			require.NoError(b, err)
+			n, err := io.CopyBuffer(io.Discard, fh, buf)
+			require.NoError(b, err)
+			require.Equal(b, int64(len(f.files[name])), n)
+			fh.Close()
+		}
+		b.StopTimer()
+		require.NoError(b, m.Unmount())
+		b.StartTimer()
+	}
+}
+
+// BenchmarkRepoGet fetches every chunk of the same restore point straight
+// from a repository mover over loopback QUIC, 32 Gets at a time: the
+// protocol's throughput without FUSE.
+//
+//	go test -run '^$' -bench RepoGet -benchtime 5x ./mover/
+func BenchmarkRepoGet(b *testing.B) {
+	f := startRepoServer(b, 16, nil)
+	rr, err := dialTestRepo(b, f, PermRead, "", RemoteRepoOptions{})
+	require.NoError(b, err)
+	var refs []chunkstore.ChunkRef
+	var size int64
+	for _, n := range f.tree {
+		refs = append(refs, n.Chunks...)
+		size += n.Size
+	}
+	b.SetBytes(size)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		g, ctx := errgroup.WithContext(context.Background())
+		g.SetLimit(32)
+		for _, c := range refs {
+			g.Go(func() error {
+				_, err := rr.Get(ctx, c.ID, nil)
+				return err
+			})
+		}
+		require.NoError(b, g.Wait())
+	}
+}
