@@ -443,7 +443,7 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 	var in *staging.Instance
 	err = x.step(ctx, StepStart, func(out *stepOutcome) error {
 		var err error
-		in, err = staging.StartInstance(ctx, staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log})
+		in, err = staging.StartInstance(ctx, staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true})
 		if err != nil {
 			return err
 		}

@@ -92,6 +92,13 @@ type InstanceOptions struct {
 	// generated one. Neither it nor KeepHBA set (the staging default): a
 	// password over the private socket only.
 	HBAFile string
+	// Throwaway is for an instance whose writes are discarded (staging:
+	// the CoW layer is dropped after the dumps): no fsync, no full-page
+	// writes, and Stop shuts down immediately instead of writing a
+	// checkpoint (reading a table sets hint bits, so a dump can dirty
+	// every page it reads, and a shutdown checkpoint would write them all
+	// through the mount).
+	Throwaway bool
 }
 
 // Instance is a PostgreSQL server started on a restore point: a private
@@ -109,12 +116,17 @@ type Instance struct {
 
 	cmd  *exec.Cmd
 	done chan error // receives the exit of the server process once
-	log  *slog.Logger
+
+	throwaway bool
+	log       *slog.Logger
 }
 
 // Settings a crash-consistent image may carry that would break, or leak out
 // of, a throwaway start; each is overridden on the command line (which wins
 // over postgresql.conf and postgresql.auto.conf).
+// throwawaySettings make an instance whose data is discarded cheaper.
+var throwawaySettings = []string{"fsync=off", "full_page_writes=off", "synchronous_commit=off"}
+
 var safeSettings = []string{
 	"listen_addresses=",
 	"archive_mode=off",
@@ -198,6 +210,12 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 			s = "listen_addresses=" + o.Listen
 		}
 		args = append(args, "-c", s)
+	}
+	if o.Throwaway {
+		in.throwaway = true
+		for _, s := range throwawaySettings {
+			args = append(args, "-c", s)
+		}
 	}
 	args = append(args, minimumSettings(bin, o.DataDir)...)
 	preload, missing := preloadLibraries(bin, o.DataDir)
@@ -326,6 +344,15 @@ func (in *Instance) waitReady(ctx context.Context) error {
 
 // Stop shuts the server down: fast (SIGINT), then immediate (SIGQUIT) if it
 // has not exited after a while, then SIGKILL. It is safe to call twice.
+// firstStop skips the fast shutdown of a throwaway instance: its
+// checkpoint would write pages nobody will read.
+func (in *Instance) firstStop() int {
+	if in.throwaway {
+		return 1
+	}
+	return 0
+}
+
 func (in *Instance) Stop(ctx context.Context) error {
 	if in.cmd == nil {
 		return nil
@@ -333,7 +360,7 @@ func (in *Instance) Stop(ctx context.Context) error {
 	for _, step := range []struct {
 		sig  syscall.Signal
 		wait time.Duration
-	}{{syscall.SIGINT, 30 * time.Second}, {syscall.SIGQUIT, 10 * time.Second}, {syscall.SIGKILL, time.Minute}} {
+	}{{syscall.SIGINT, 30 * time.Second}, {syscall.SIGQUIT, 10 * time.Second}, {syscall.SIGKILL, time.Minute}}[in.firstStop():] {
 		if err := in.cmd.Process.Signal(step.sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			return fmt.Errorf("signalling postgres: %w", err)
 		}

@@ -103,3 +103,25 @@ func TestFindBinDir(t *testing.T) {
 	_, err = FindBinDir("9", "")
 	require.ErrorContains(t, err, "postgresql-9")
 }
+
+// TestThrowawayInstance: a throwaway instance runs without fsync, and Stop
+// does not write a shutdown checkpoint (its writes are discarded anyway).
+func TestThrowawayInstance(t *testing.T) {
+	testsupport.RequirePG(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c.Stop(t)
+	dataDir, runDir := copyDataDir(t, c.DataDir)
+	in, err := StartInstance(context.Background(), InstanceOptions{DataDir: dataDir, RunDir: runDir, BinDir: c.BinDir, Throwaway: true})
+	require.NoError(t, err)
+	conn, err := in.connect(context.Background(), "postgres", "postgres", "pw")
+	require.NoError(t, err)
+	var fsync string
+	require.NoError(t, conn.QueryRow(context.Background(), "SHOW fsync").Scan(&fsync))
+	conn.Close(context.Background())
+	require.Equal(t, "off", fsync)
+	require.NoError(t, in.Stop(context.Background()))
+	log, err := os.ReadFile(in.LogFile)
+	require.NoError(t, err)
+	require.Contains(t, string(log), "immediate shutdown")
+	require.NotContains(t, string(log), "checkpoint starting: shutdown")
+}
