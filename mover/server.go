@@ -321,6 +321,12 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			linger(ctx, conn)
 			return
 		case *protocol.SpaceQuery:
+			if s.trust.Check(peer, PermSend) != nil {
+				if err := s.trust.Check(peer, PermOrchestrate); err != nil {
+					cs.sendError(err)
+					continue
+				}
+			}
 			free, total, err := s.space(m.Path)
 			if err != nil {
 				cs.sendError(err)
