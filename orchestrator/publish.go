@@ -471,8 +471,19 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		return fmt.Errorf("publication %s is %s, not starting", id, p.State)
 	}
 	log := pb.log.With("publication", id)
+	up := false
+	// A publication that never came up and left nothing behind is gone (its
+	// reason kept for 'published --all'); one that failed later, or left
+	// something, is failed until unpublish.
 	fail := func(err error) error {
-		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubFailed, err.Error() })
+		state := PubFailed
+		if !up {
+			pb.release(context.WithoutCancel(ctx), p)
+			if !exists(p.BaseDir) && !exists(p.CowDir) {
+				state = PubGone
+			}
+		}
+		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = state, err.Error() })
 		return err
 	}
 	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.ServePID = os.Getpid() }); err != nil {
@@ -481,6 +492,9 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 
 	repo, err := chunkstore.OpenRepo(p.Repo, log)
 	if err != nil {
+		if isLockBusy(err) || strings.Contains(err.Error(), "lock held") {
+			err = fmt.Errorf("the repository %s is held open by another process (another publication of it, a backup or an export): %w", p.Repo, err)
+		}
 		return fail(fmt.Errorf("opening repository: %w", err))
 	}
 	defer repo.Close()
@@ -542,6 +556,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		return fail(err)
 	}
 	log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", in.PID(), "version", in.Version)
+	up = true
 	report("ready\n")
 
 	waitCtx, cancelWait := context.WithCancel(context.WithoutCancel(ctx))
@@ -779,6 +794,11 @@ func (pb *Publisher) Unpublish(ctx context.Context, id string) (*Publication, er
 		return p, err
 	}
 	return pb.j.GetPublication(id)
+}
+
+func exists(name string) bool {
+	_, err := os.Lstat(name)
+	return err == nil
 }
 
 func tailFile(name string, n int) string {

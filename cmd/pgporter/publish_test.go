@@ -161,6 +161,13 @@ func TestPublishCLI(t *testing.T) {
 	require.Equal(t, exitUsage, code, errs)
 	require.Contains(t, errs, "port is already in use")
 
+	// The repository is held by the publication: a second one of it fails
+	// with the reason, and leaves nothing behind.
+	code, _, errs = runCLI(t, "--home", home, "publish", "--repo", repo, "--restore-point", "latest", "--port", strconv.Itoa(freeTCPPort(t)))
+	require.Equal(t, exitFailure, code, errs)
+	require.Contains(t, errs, "held open by another process")
+	require.Len(t, publishedList(t, home).Publications, 1)
+
 	conn.Close(ctx)
 	code, out, errs = runCLI(t, "--home", home, "unpublish", p.ID)
 	require.Equal(t, 0, code, errs)
