@@ -44,7 +44,7 @@ func (j *Journal) with(fn func(*pebble.DB) error) error {
 	for {
 		db, err := pebble.Open(filepath.Join(j.dir, "db"), &pebble.Options{Logger: quietLogger{}})
 		if err != nil {
-			if strings.Contains(err.Error(), "lock") && time.Now().Before(deadline) {
+			if lockBusy(err) && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond) // another process holds it for a moment
 				continue
 			}
@@ -157,4 +157,11 @@ func contextErr(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	return err
+}
+
+// lockBusy reports whether pebble refused to open because another process
+// holds the database: its lock file answers EAGAIN (in the message as
+// "resource temporarily unavailable"), and older errors mention the lock.
+func lockBusy(err error) bool {
+	return errors.Is(err, unix.EAGAIN) || strings.Contains(err.Error(), "temporarily unavailable") || strings.Contains(err.Error(), "lock")
 }

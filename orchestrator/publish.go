@@ -95,25 +95,6 @@ var ErrPortInUse = errors.New("port is already in use")
 
 func pubKey(id string) []byte { return []byte("p/" + id) }
 
-// withPub is Journal.with, also waiting out another process's open when
-// pebble reports it as EAGAIN from its lock file (which with does not
-// recognize): 'publish' and its serve process write the journal at the
-// same moments.
-func (j *Journal) withPub(fn func(*pebble.DB) error) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := j.with(fn)
-		if err == nil || !isLockBusy(err) || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(5 * time.Millisecond) // another process holds the database for a moment
-	}
-}
-
-func isLockBusy(err error) bool {
-	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || strings.Contains(err.Error(), "temporarily unavailable")
-}
-
 // PutPublication writes p durably.
 func (j *Journal) PutPublication(p *Publication) error {
 	return j.UpdatePublication(p.ID, func(q *Publication) { *q = *p })
@@ -123,7 +104,7 @@ func (j *Journal) PutPublication(p *Publication) error {
 // writes it durably; reading and writing happen in one open of the
 // database, so two processes' updates do not overwrite each other.
 func (j *Journal) UpdatePublication(id string, fn func(*Publication)) error {
-	return j.withPub(func(db *pebble.DB) error {
+	return j.with(func(db *pebble.DB) error {
 		p := &Publication{ID: id}
 		v, closer, err := db.Get(pubKey(id))
 		switch {
@@ -153,7 +134,7 @@ func (j *Journal) UpdatePublication(id string, fn func(*Publication)) error {
 // GetPublication reads publication id.
 func (j *Journal) GetPublication(id string) (*Publication, error) {
 	var p *Publication
-	err := j.withPub(func(db *pebble.DB) error {
+	err := j.with(func(db *pebble.DB) error {
 		v, closer, err := db.Get(pubKey(id))
 		if errors.Is(err, pebble.ErrNotFound) {
 			return fmt.Errorf("%w %q (see 'pgporter published')", ErrNoPublication, id)
@@ -171,7 +152,7 @@ func (j *Journal) GetPublication(id string) (*Publication, error) {
 // ListPublications returns every journaled publication, newest first.
 func (j *Journal) ListPublications() ([]*Publication, error) {
 	var out []*Publication
-	err := j.withPub(func(db *pebble.DB) error {
+	err := j.with(func(db *pebble.DB) error {
 		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("p/"), UpperBound: []byte("p0")})
 		if err != nil {
 			return err
@@ -492,7 +473,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 
 	repo, err := chunkstore.OpenRepo(p.Repo, log)
 	if err != nil {
-		if isLockBusy(err) || strings.Contains(err.Error(), "lock held") {
+		if lockBusy(err) || strings.Contains(err.Error(), "lock held") {
 			err = fmt.Errorf("the repository %s is held open by another process (another publication of it, a backup or an export): %w", p.Repo, err)
 		}
 		return fail(fmt.Errorf("opening repository: %w", err))

@@ -16,6 +16,7 @@ import (
 type exportOpts struct {
 	plan         orchestrator.Plan
 	bwlimit      string
+	published    string
 	passwordFile string
 	sourcePort   int
 	json         bool
@@ -73,6 +74,7 @@ Examples:
 	f.StringVar(&eo.plan.RepoPeer, "repo-peer", "", "repository mover ADDR#PEER_ID (instead of --repo); the staging side needs read there")
 	f.StringVar(&eo.plan.Staging, "staging", "", "staging mover ADDR#PEER_ID that mounts, dumps and sends (needs --repo-peer and --target); it must trust this home's ID with orchestrate")
 	f.StringVar(&eo.plan.Target, "target", "", "target mover ADDR#PEER_ID; --to is then a path on it, inside one of its roots; the staging side needs send there")
+	f.StringVar(&eo.published, "published", "", "export from publication ID ('pgporter published'): pg_dump runs against it on this host, into --to, with no staging")
 	f.BoolVar(&eo.plan.Globals, "globals", false, "add pg_dumpall --globals-only (roles, tablespaces) to each dump as globals.sql")
 	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
@@ -80,6 +82,9 @@ Examples:
 }
 
 func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
+	if eo.published != "" {
+		return runPublishedExport(cmd, g, eo)
+	}
 	if (eo.plan.Repo == "") == (eo.plan.RepoPeer == "") || eo.plan.To == "" || len(eo.plan.Databases) == 0 {
 		return usagef("export needs one of --repo and --repo-peer, --to, and at least one --db")
 	}
@@ -242,4 +247,32 @@ func (p *progressRenderer) close(ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.endBar(ok)
+}
+
+// runPublishedExport dumps databases of a publication on this host.
+func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
+	if eo.plan.To == "" || len(eo.plan.Databases) == 0 || eo.plan.Repo != "" || eo.plan.RepoPeer != "" || eo.plan.Staging != "" || eo.plan.Target != "" {
+		return usagef("export --published ID takes --db and --to (and no --repo, --repo-peer, --staging or --target)")
+	}
+	pw, _, err := staging.ResolvePassword(staging.PasswordOptions{File: eo.passwordFile, User: eo.plan.PGUser, Port: eo.sourcePort, Log: g.log})
+	if err != nil && !errors.Is(err, staging.ErrNoPassword) {
+		return err
+	}
+	pb, err := orchestrator.NewPublisher(g.home, g.log)
+	if err != nil {
+		return err
+	}
+	dumps, err := pb.Export(cmd.Context(), orchestrator.PublishedExportOptions{ID: eo.published, Databases: eo.plan.Databases, To: eo.plan.To, User: eo.plan.PGUser, Password: pw, Jobs: eo.plan.Jobs})
+	if err != nil {
+		return err
+	}
+	res := exportResult{State: string(orchestrator.StateDone), Databases: []dbResult{}}
+	for _, d := range dumps {
+		fmt.Fprintf(g.stdout, "  %-20q %s  %s in %.1fs\n", d.Name, d.Path, humanSize(d.Bytes), d.Seconds)
+		res.Databases = append(res.Databases, dbResult{Name: d.Name, Path: d.Path, Bytes: d.Bytes, Seconds: d.Seconds})
+	}
+	if eo.json {
+		return writeJSONLine(g.stdout, res)
+	}
+	return nil
 }

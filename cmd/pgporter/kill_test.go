@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -46,43 +45,14 @@ type proc struct {
 
 var listenLineRE = regexp.MustCompile(`^listening on (\S+) as \S+$`)
 
-// startProc starts 'pgporter args...'. A cleanup kills it by PID and waits
-// for it if the test ends with it still running.
+// startProc starts 'pgporter args...' (this test binary as the CLI). A
+// cleanup kills it by PID and waits for it if the test ends with it still
+// running.
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), testMainEnv+"=1")
-	p := &proc{cmd: cmd, listening: make(chan string, 1), done: make(chan struct{})}
-	cmd.Stderr = &p.stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.stdout = append(p.stdout, line)
-			p.mu.Unlock()
-			if m := listenLineRE.FindStringSubmatch(line); m != nil {
-				select {
-				case p.listening <- m[1]:
-				default:
-				}
-			}
-		}
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p
+	return startCmd(t, cmd)
 }
 
 // waitListening returns the address a 'mover serve' process listens on.

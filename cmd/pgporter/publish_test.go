@@ -168,6 +168,16 @@ func TestPublishCLI(t *testing.T) {
 	require.Contains(t, errs, "held open by another process")
 	require.Len(t, publishedList(t, home).Publications, 1)
 
+	// Export from the publication, on this host, while it stays up: the
+	// dump holds what was written into it.
+	out2 := t.TempDir()
+	code, out, errs = runCLI(t, "--home", home, "export", "--published", p.ID, "--db", "crm", "--to", out2, "--json")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, lastLine(out), `"state":"done"`)
+	code, _, errs = runCLI(t, "verify", filepath.Join(out2, "crm"))
+	require.Equal(t, 0, code, errs)
+	require.Equal(t, "up", publishedList(t, home).Publications[0].State)
+
 	conn.Close(ctx)
 	code, out, errs = runCLI(t, "--home", home, "unpublish", p.ID)
 	require.Equal(t, 0, code, errs)
