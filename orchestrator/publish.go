@@ -372,7 +372,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		return nil, fmt.Errorf("waiting for the serve process: %w", rerr)
 	}
 	msg := "the serve process exited before the instance was up"
-	if t := tailFile(pb.LogFile(id), 10); t != "" {
+	if t := staging.LogTail(pb.LogFile(id), 10); t != "" {
 		msg += ":\n" + t
 	}
 	_ = pb.j.UpdatePublication(id, func(p *Publication) {
@@ -780,16 +780,4 @@ func (pb *Publisher) Unpublish(ctx context.Context, id string) (*Publication, er
 func exists(name string) bool {
 	_, err := os.Lstat(name)
 	return err == nil
-}
-
-func tailFile(name string, n int) string {
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

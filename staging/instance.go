@@ -334,9 +334,9 @@ func (in *Instance) waitReady(ctx context.Context) error {
 		select {
 		case err := <-in.done:
 			in.done <- err
-			return fmt.Errorf("postgres exited during startup (%v): %s", err, tail(in.LogFile, 15))
+			return fmt.Errorf("postgres exited during startup (%v): %s", err, LogTail(in.LogFile, 15))
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for postgres to accept connections: %w; log: %s", ctx.Err(), tail(in.LogFile, 15))
+			return fmt.Errorf("waiting for postgres to accept connections: %w; log: %s", ctx.Err(), LogTail(in.LogFile, 15))
 		case <-tick.C:
 		}
 	}
@@ -479,8 +479,8 @@ func preloadLibraries(bin, dataDir string) (keep, missing []string) {
 	return keep, missing
 }
 
-// tail returns the last n lines of a file, for error messages.
-func tail(name string, n int) string {
+// LogTail returns the last n lines of a file, for error messages.
+func LogTail(name string, n int) string {
 	b, err := os.ReadFile(name)
 	if err != nil {
 		return ""

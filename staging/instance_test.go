@@ -91,7 +91,7 @@ func TestInstanceStartsOnCrashImage(t *testing.T) {
 	require.NoError(t, in.Stop(ctx))
 	require.NoError(t, in.Stop(ctx), "Stop twice is fine")
 	require.Error(t, syscall.Kill(pid, 0), "postgres must be gone")
-	require.True(t, strings.Contains(tail(in.LogFile, 50), "database system is shut down"))
+	require.True(t, strings.Contains(LogTail(in.LogFile, 50), "database system is shut down"))
 }
 
 func TestFindBinDir(t *testing.T) {

@@ -667,12 +667,12 @@ func (c *demoCluster) start(ctx context.Context) error {
 		}
 		select {
 		case <-c.done:
-			return fmt.Errorf("postgres exited during startup; log %s:\n%s", c.logFile, logTail(c.logFile, 10))
+			return fmt.Errorf("postgres exited during startup; log %s:\n%s", c.logFile, staging.LogTail(c.logFile, 10))
 		case <-ready.Done():
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("postgres did not accept connections within a minute; log %s:\n%s", c.logFile, logTail(c.logFile, 10))
+			return fmt.Errorf("postgres did not accept connections within a minute; log %s:\n%s", c.logFile, staging.LogTail(c.logFile, 10))
 		case <-tick.C:
 		}
 	}
@@ -748,17 +748,4 @@ func (c *demoCluster) clientEnv() []string {
 		}
 	}
 	return append(env, "PGHOST="+c.sock, "PGPORT="+strconv.Itoa(c.port), "PGUSER=postgres", "PGPASSWORD="+c.password)
-}
-
-// logTail returns the last n lines of a file, for error messages.
-func logTail(name string, n int) string {
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
