@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -43,10 +44,19 @@ type netnsExport struct {
 	to, stagingDir                    string
 }
 
-func newNetnsExport(t *testing.T) *netnsExport {
+// newNetnsExport sets up the hosts and movers. extraSQL, if not empty,
+// runs in shop before the restore point the export reads is taken.
+func newNetnsExport(t *testing.T, extraSQL string) *netnsExport {
 	t.Helper()
 	start := time.Now()
 	c, repo := exportFixture(t)
+	if extraSQL != "" {
+		c.Exec(t, "shop", extraSQL)
+		c.Stop(t)
+		code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", c.DataDir)
+		require.Equal(t, 0, code, errs)
+		c.Start(t)
+	}
 	n := testsupport.NewNetwork(t)
 	e := &netnsExport{c: c, net: n,
 		repoH: n.AddHost(t, "repo"), stagingH: n.AddHost(t, "staging"), targetH: n.AddHost(t, "target"), orchH: n.AddHost(t, "orch"),
@@ -177,7 +187,7 @@ func (e *netnsExport) restoreAndCompare(t *testing.T, suffix string) {
 }
 
 func TestNetnsExport(t *testing.T) {
-	e := newNetnsExport(t)
+	e := newNetnsExport(t, "")
 	start := time.Now()
 	res := e.finish(t, e.export(t))
 	t.Logf("export %s: %.1fs", res.Session, time.Since(start).Seconds())
@@ -203,7 +213,7 @@ func TestNetnsExport(t *testing.T) {
 // Known: the export notices the death only when its job connection's QUIC
 // idle timeout (30 s) expires, which is most of this test's time.
 func TestNetnsExportStagingKilled(t *testing.T) {
-	e := newNetnsExport(t)
+	e := newNetnsExport(t, "")
 	p := e.export(t)
 	e.waitStderr(t, p, "• dump:")
 	m := sessionLineRE.FindStringSubmatch(p.stderr.String())
@@ -347,4 +357,65 @@ func pidsInMountNS(dev, ino uint64) []int {
 
 func lastStderrLine(p *proc) string {
 	return lastLine(strings.TrimRight(p.stderr.String(), "\n"))
+}
+
+// netnsOutageSQL adds to shop a table of random hex, which zstd shrinks
+// only about twice: at 5 MiB/s the transfer then lasts several seconds.
+const netnsOutageSQL = `CREATE TABLE noise (id int, h text);
+INSERT INTO noise SELECT g, md5(random()::text) || md5(random()::text) || md5(random()::text) || md5(random()::text)
+  FROM generate_series(1, 300000) g;`
+
+// TestNetnsExportTargetOutage takes the target's link down for a few
+// seconds in the middle of a transfer: the export rides it out and
+// completes without a retry.
+func TestNetnsExportTargetOutage(t *testing.T) {
+	const (
+		outage  = 3 * time.Second
+		trigger = 8 << 20 // durable bytes at the target: past the small tables, far from the ~60 MB of shop
+	)
+	e := newNetnsExport(t, netnsOutageSQL)
+	tr := &http.Transport{DialContext: e.targetH.DialContext, DisableKeepAlives: true}
+	metrics := &netnsSetup{metricsClient: &http.Client{Transport: tr, Timeout: 5 * time.Second}, metricsRequest: "http://" + netnsMetricsAddr + "/metrics"}
+	start := time.Now()
+	p := e.export(t, "--bwlimit", "5M")
+
+	deadline := time.After(waitTimeout)
+	for {
+		d, err := metrics.durable()
+		require.NoError(t, err)
+		if d >= trigger {
+			t.Logf("link down with %d bytes durable at the target, %.1fs into the export", d, time.Since(start).Seconds())
+			break
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("the export exited (%v) before %d bytes were durable\n%s", p.err, trigger, e.logs(p))
+		case <-deadline:
+			t.Fatalf("%d bytes were not durable within %v\n%s", trigger, waitTimeout, e.logs(p))
+		case <-time.After(20 * time.Millisecond): // poll interval
+		}
+	}
+	require.NoError(t, e.net.SetLinkDown(e.targetH))
+	select {
+	case <-p.done:
+		e.net.SetLinkUp(e.targetH)
+		t.Fatalf("the export exited (%v) during the outage\n%s", p.err, e.logs(p))
+	case <-time.After(outage): // the outage's length, not a wait for an event
+	}
+	require.NoDirExists(t, filepath.Join(e.to, "shop"), "shop was delivered before the link went down")
+	require.NoError(t, e.net.SetLinkUp(e.targetH))
+	d, err := metrics.durable()
+	require.NoError(t, err)
+	t.Logf("link up with %d bytes durable", d)
+
+	res := e.finish(t, p)
+	t.Logf("export %s: %.1fs", res.Session, time.Since(start).Seconds())
+	j, err := orchestrator.OpenJournal(e.orchHome)
+	require.NoError(t, err)
+	s, err := j.Get(res.Session)
+	require.NoError(t, err)
+	st := s.Step("transfer:shop")
+	require.Equal(t, 1, st.Attempts, "the transfer step ran more than once")
+	require.GreaterOrEqual(t, st.Seconds(), outage.Seconds())
+	e.restoreAndCompare(t, "outage")
 }
