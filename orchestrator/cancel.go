@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"strings"
 	"syscall"
@@ -120,4 +121,41 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 	}
 	s.State, s.Error = StateCancelled, ""
 	return s, r.j.Put(s)
+}
+
+// ReclaimOrphans releases what sessions journaled under home hold on this
+// host (an instance, a mount) when no process runs them any more: a mover
+// restarted after a crash calls it, so that nothing it had started lingers
+// until the next retry. Sessions running in another process are left alone.
+// It returns how many sessions it cleaned.
+func ReclaimOrphans(ctx context.Context, home string, log *slog.Logger) (int, error) {
+	r, err := NewRunner(Options{Home: home, Log: log})
+	if err != nil {
+		return 0, err
+	}
+	list, err := r.j.List()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range list {
+		if s.Resources.InstancePID == 0 && s.Resources.Mountpoint == "" {
+			continue
+		}
+		lock, err := r.j.Lock(s.ID)
+		if err != nil {
+			continue // running elsewhere
+		}
+		// Read it again under the lock: the run may have just ended.
+		if s, err = r.j.Get(s.ID); err == nil {
+			err = r.reclaim(ctx, s)
+		}
+		lock.Unlock()
+		if err != nil {
+			return n, fmt.Errorf("session %s: %w", s.ID, err)
+		}
+		r.o.Log.Info("released what an interrupted session held", "session", s.ID)
+		n++
+	}
+	return n, nil
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
@@ -251,4 +253,52 @@ func TestRetryAfterInterruption(t *testing.T) {
 	require.Equal(t, dumped, s.Step(dumpStep("shop")).Ended)
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
+}
+
+// TestReclaimOrphans: an instance and a mount journaled by a session that no
+// process runs any more are released; one whose session is running is not.
+func TestReclaimOrphans(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	held := make(chan *Session, 1)
+	var r *Runner
+	r = newRunner(t, home, func(e Event) {
+		if e.Step == "dump:shop" && e.Kind == "start" {
+			// Running: the lock is held, nothing may be reclaimed.
+			n, err := ReclaimOrphans(context.Background(), home, nil)
+			require.NoError(t, err)
+			require.Zero(t, n)
+			s, err := r.Journal().List()
+			require.NoError(t, err)
+			held <- s[0]
+			cancel()
+		}
+	})
+	s, err := r.Create(f.plan(t, to))
+	require.NoError(t, err)
+	_, err = r.Run(ctx, s.ID)
+	require.ErrorIs(t, err, context.Canceled)
+	running := <-held
+	require.Positive(t, running.Resources.InstancePID)
+
+	// An interrupted run cleans up after itself; make the journal say
+	// otherwise, as after a crash, with a live postgres to find.
+	fake := exec.Command("sleep", "60")
+	require.NoError(t, fake.Start())
+	defer fake.Process.Kill()
+	s, err = r.Journal().Get(s.ID)
+	require.NoError(t, err)
+	s.Resources.InstancePID = fake.Process.Pid // not a postgres: must be left alone
+	s.Resources.Mountpoint = filepath.Join(t.TempDir(), "gone")
+	require.NoError(t, r.Journal().Put(s))
+	n, err := ReclaimOrphans(context.Background(), home, nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	s, err = r.Journal().Get(s.ID)
+	require.NoError(t, err)
+	require.Zero(t, s.Resources.InstancePID)
+	require.Empty(t, s.Resources.Mountpoint)
+	require.NoError(t, fake.Process.Signal(syscall.Signal(0)), "a process that is not postgres is never signalled")
 }

@@ -53,6 +53,13 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	// Every mover can be a staging mover: peers trusted with orchestrate
 	// hand it export jobs, journaled under its home.
 	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log}
+	// A mover restarted after a crash first stops the instances and
+	// detaches the mounts its interrupted sessions left.
+	if n, err := orchestrator.ReclaimOrphans(ctx, g.home, g.log); err != nil {
+		g.log.Warn("cleaning up after interrupted sessions", "err", err)
+	} else if n > 0 {
+		g.log.Info("cleaned up after interrupted sessions", "sessions", n)
+	}
 	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log})
 	if err != nil {
 		return err
