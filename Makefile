@@ -41,6 +41,8 @@ bench: setup build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./chunkstore/... ./protocol/... ./mover/...
 	scripts/bench-pgdump
 	scripts/bench-transfer
+	scripts/bench-repo
+	scripts/bench-export
 
 demo: setup build
 	scripts/demo
