@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
@@ -19,6 +20,9 @@ import (
 type JobRunner interface {
 	RunJob(ctx context.Context, body []byte, emit func(event []byte)) error
 }
+
+// jobIdleTimeout bounds how long a job connection may be silent.
+const jobIdleTimeout = 6 * time.Second
 
 // jobEnd is the last event of every job.
 type jobEnd struct {
@@ -73,7 +77,9 @@ func (e *JobError) Error() string { return e.Message }
 // identity and trust this identity with orchestrate) and calls onEvent with
 // each event until the job ends. A job that fails is a *JobError.
 func (s *Sender) RunJob(ctx context.Context, addr string, peer PeerID, body []byte, onEvent func(event []byte)) error {
-	conn, cs, err := dialMoverFor(ctx, addr, s.id, peer, 0, PermOrchestrate)
+	// A short idle timeout (keepalives run at a third of it): a staging
+	// mover that dies is noticed in seconds, however long its steps.
+	conn, cs, err := dialMoverFor(ctx, addr, s.id, peer, jobIdleTimeout, PermOrchestrate)
 	if err != nil {
 		return err
 	}

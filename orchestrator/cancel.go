@@ -94,6 +94,14 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 	if s.State == StateCancelled {
 		return s, nil
 	}
+	if s.Plan.Staging != "" {
+		// The staging host holds what there is to release.
+		if err := r.cancelRemote(ctx, s); err != nil {
+			return s, err
+		}
+		s.State, s.Error = StateCancelled, ""
+		return s, r.j.Put(s)
+	}
 	if err := r.reclaim(ctx, s); err != nil {
 		return s, err
 	}

@@ -19,6 +19,7 @@ type job struct {
 	Session  string `json:"session"`
 	Plan     Plan   `json:"plan"`
 	Password string `json:"password,omitempty"`
+	Cancel   bool   `json:"cancel,omitempty"` // cancel the session instead
 }
 
 // runRemote runs the session on the staging mover named in the plan and
@@ -125,6 +126,13 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 	if err != nil {
 		return err
 	}
+	if jb.Cancel {
+		_, err := r.Cancel(ctx, jb.Session)
+		if errors.Is(err, ErrNoSession) {
+			return nil // it never started here
+		}
+		return err
+	}
 	if _, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
 		if _, err := r.create(jb.Plan, jb.Session); err != nil {
 			return err
@@ -148,4 +156,27 @@ func validSessionID(id string) bool {
 		}
 	}
 	return true
+}
+
+// cancelRemote asks the staging mover to cancel its half of the session.
+func (r *Runner) cancelRemote(ctx context.Context, s *Session) error {
+	addr, peer, err := mover.ParsePeerAddr(s.Plan.Staging)
+	if err != nil {
+		return err
+	}
+	sender, err := mover.NewSender(r.o.Home, r.o.Log)
+	if err != nil {
+		return err
+	}
+	defer sender.Close()
+	plan := s.Plan
+	plan.Staging = ""
+	body, err := json.Marshal(job{Session: s.ID, Plan: plan, Cancel: true})
+	if err != nil {
+		return err
+	}
+	if err := sender.RunJob(ctx, addr, peer, body, func([]byte) {}); err != nil {
+		return fmt.Errorf("cancelling on staging mover %s (it holds the dumps, instance and mount; retry the cancel when it is reachable): %w", s.Plan.Staging, err)
+	}
+	return nil
 }

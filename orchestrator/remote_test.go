@@ -99,3 +99,50 @@ func TestExportAcrossMovers(t *testing.T) {
 	require.Equal(t, StateDone, ss.State)
 	require.Equal(t, f.rp, ss.Plan.RestorePoint, "the staging side resolved latest once")
 }
+
+// TestCancelAcrossMovers: cancelling a session that failed on a staging
+// mover releases what the staging mover holds for it.
+func TestCancelAcrossMovers(t *testing.T) {
+	f := newFixture(t)
+	to, orch, stagingHome := t.TempDir(), t.TempDir(), t.TempDir()
+	stagingID := identity(t, stagingHome)
+	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
+	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
+	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome}})
+	trust(t, repo.home, stagingID, mover.PermRead)
+	trust(t, target.home, stagingID, mover.PermSend)
+	trust(t, staging.home, identity(t, orch), mover.PermOrchestrate)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := newRunner(t, orch, func(e Event) {
+		if e.Step == "dump:Weird DB" && e.Kind == "start" {
+			cancel() // the orchestrator goes away mid-dump
+		}
+	})
+	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
+		Databases: []string{"shop", "Weird DB"}, To: to, StagingDir: stagingDir(t)}
+	s, err := r.Create(plan)
+	require.NoError(t, err)
+	_, err = r.Run(ctx, s.ID)
+	require.Error(t, err)
+
+	sj, err := OpenJournal(stagingHome)
+	require.NoError(t, err)
+	// The staging side notices the orchestrator left and fails its run.
+	require.Eventually(t, func() bool {
+		ss, err := sj.Get(s.ID)
+		return err == nil && ss.State == StateFailed && ss.PID == 0
+	}, time.Minute, 20*time.Millisecond)
+	ss, err := sj.Get(s.ID)
+	require.NoError(t, err)
+	require.DirExists(t, ss.DumpDir("shop"), "the finished dump is kept for a retry")
+
+	s, err = r.Cancel(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateCancelled, s.State)
+	ss, err = sj.Get(s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateCancelled, ss.State)
+	require.NoDirExists(t, ss.SessionDir())
+}
