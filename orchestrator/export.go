@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -443,11 +444,15 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 	var in *staging.Instance
 	err = x.step(ctx, StepStart, func(out *stepOutcome) error {
 		var err error
-		in, err = staging.StartInstance(ctx, staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true})
+		in, err = staging.StartInstance(ctx, staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload})
 		if err != nil {
 			return err
 		}
 		out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
+		if len(in.Dropped) > 0 {
+			out.Detail += "; started without the missing preload libraries " + strings.Join(in.Dropped, ", ")
+			r.emit(Event{Step: StepStart, Kind: "warning", Text: out.Detail})
+		}
 		return x.update(func(s *Session) { s.Resources.InstancePID = in.PID() })
 	})
 	if err != nil {

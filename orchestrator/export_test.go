@@ -302,3 +302,51 @@ func TestReclaimOrphans(t *testing.T) {
 	require.Empty(t, s.Resources.Mountpoint)
 	require.NoError(t, fake.Process.Signal(syscall.Signal(0)), "a process that is not postgres is never signalled")
 }
+
+// TestExportMissingPreload: a backup whose postgresql.auto.conf names a
+// preload library this host lacks is refused, naming it, unless the plan
+// allows starting without it.
+func TestExportMissingPreload(t *testing.T) {
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: superPassword})
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", "CREATE TABLE t AS SELECT generate_series(1, 100) AS x")
+	c.Stop(t)
+	conf := filepath.Join(c.DataDir, "postgresql.auto.conf")
+	b, err := os.ReadFile(conf)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(conf, append(b, "shared_preload_libraries = 'pg_no_such_extension'\n"...), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(c.DataDir, "recovery.signal"), nil, 0o600))
+	repo := filepath.Join(t.TempDir(), "repo")
+	rr, err := chunkstore.OpenRepo(repo, nil)
+	require.NoError(t, err)
+	_, err = rr.Backup(context.Background(), c.DataDir, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	require.NoError(t, rr.Close())
+
+	home, to := t.TempDir(), t.TempDir()
+	var warnings []string
+	r := newRunner(t, home, func(e Event) {
+		if e.Kind == "warning" {
+			warnings = append(warnings, e.Text)
+		}
+	})
+	plan := Plan{Repo: repo, RestorePoint: "latest", Databases: []string{"shop"}, To: to, StagingDir: stagingDir(t)}
+	s, err := r.Create(plan)
+	require.NoError(t, err)
+	_, err = r.Run(context.Background(), s.ID)
+	require.ErrorIs(t, err, staging.ErrMissingPreload)
+	require.Contains(t, err.Error(), "pg_no_such_extension")
+
+	plan.AllowMissingPreload = true
+	s, err = r.Create(plan)
+	require.NoError(t, err)
+	s, err = r.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Contains(t, s.Step(StepStart).Detail, "pg_no_such_extension")
+	require.NotEmpty(t, warnings)
+	rep, err := mover.Verify(context.Background(), filepath.Join(to, "shop"))
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+}

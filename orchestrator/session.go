@@ -85,6 +85,9 @@ type Plan struct {
 	// Movers on other hosts, as ADDR#PEER_ID; empty means this machine
 	// (the repository at Repo, staging in-process, the embedded target).
 	RepoPeer string `json:"repo_peer,omitempty"`
+	// AllowMissingPreload starts the instance without preload libraries
+	// the backup names but this host lacks (they are reported).
+	AllowMissingPreload bool `json:"allow_missing_preload,omitempty"`
 	// Globals adds pg_dumpall --globals-only (roles, tablespaces) to each
 	// database's dump as globals.sql.
 	Globals bool `json:"globals,omitempty"`

@@ -75,6 +75,7 @@ Examples:
 	f.StringVar(&eo.plan.Staging, "staging", "", "staging mover ADDR#PEER_ID that mounts, dumps and sends (needs --repo-peer and --target); it must trust this home's ID with orchestrate")
 	f.StringVar(&eo.plan.Target, "target", "", "target mover ADDR#PEER_ID; --to is then a path on it, inside one of its roots; the staging side needs send there")
 	f.StringVar(&eo.published, "published", "", "export from publication ID ('pgporter published'): pg_dump runs against it on this host, into --to, with no staging")
+	f.BoolVar(&eo.plan.AllowMissingPreload, "allow-missing-preload", false, "start the throwaway instance without shared_preload_libraries this host lacks (they are named); without it, such a backup is refused")
 	f.BoolVar(&eo.plan.Globals, "globals", false, "add pg_dumpall --globals-only (roles, tablespaces) to each dump as globals.sql")
 	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
