@@ -514,6 +514,7 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 
 // readControl handles the receiver's messages until it commits.
 func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs *jobQueue) error {
+	needEnded := false
 	for {
 		m, err := cs.next()
 		if err != nil {
@@ -521,6 +522,9 @@ func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs 
 		}
 		switch m := m.(type) {
 		case *protocol.Need:
+			if needEnded {
+				return permanentError{fmt.Errorf("%w: Need after NeedEnd", protocol.ErrProtocol)}
+			}
 			f, ok := t.src.file(m.Index)
 			if !ok {
 				return permanentError{fmt.Errorf("%w: need for file %d, which was not offered", protocol.ErrProtocol, m.Index)}
@@ -535,6 +539,7 @@ func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs 
 			}
 			jobs.push(js...)
 		case *protocol.NeedEnd:
+			needEnded = true
 			jobs.close()
 		case *protocol.Progress:
 			t.durable.Store(int64(m.DurableBytes))
