@@ -14,12 +14,7 @@ func newCancelCmd(g *globals) *cobra.Command {
 its staging dumps and the partial directories on the target, and put back a
 target directory that --overwrite had moved aside. Dumps already delivered and
 verified stay. A session running in another process must be interrupted first.`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("cancel takes one SESSION_ID (see 'pgporter sessions')")
-			}
-			return nil
-		},
+		Args: oneArg("cancel", "SESSION_ID (see 'pgporter sessions')"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := newRunnerOnly(g)
 			if err != nil {

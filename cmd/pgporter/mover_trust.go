@@ -37,12 +37,7 @@ Trusting this mover's own ID is allowed (loopback use).
 Examples:
   pgporter mover trust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP --allow send --name staging-1
   pgporter mover trust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP --allow send,read`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("trust takes one PEER_ID, got %d arguments", len(args))
-			}
-			return nil
-		},
+		Args: oneArg("trust", "PEER_ID"),
 		RunE: func(_ *cobra.Command, args []string) error { return runMoverTrust(g, args[0], o) },
 	}
 	f := c.Flags()

@@ -18,12 +18,7 @@ peer that is not in the list is an error (exit 1).
 
 Example:
   pgporter mover untrust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("untrust takes one PEER_ID, got %d arguments", len(args))
-			}
-			return nil
-		},
+		Args: oneArg("untrust", "PEER_ID"),
 		RunE: func(_ *cobra.Command, args []string) error {
 			id, err := mover.ParsePeerID(args[0])
 			if err != nil {

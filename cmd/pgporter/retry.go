@@ -17,18 +17,9 @@ crashed run left (an instance, a stale mount) is cleaned first. Retrying a
 finished session does nothing and says so.
 
 The PostgreSQL password is looked up again, as for export.`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("retry takes one SESSION_ID (see 'pgporter sessions')")
-			}
-			return nil
-		},
+		Args: oneArg("retry", "SESSION_ID (see 'pgporter sessions')"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			j, err := openJournal(g)
-			if err != nil {
-				return err
-			}
-			s, err := j.Get(args[0])
+			s, err := loadSession(g, args[0])
 			if err != nil {
 				return err
 			}

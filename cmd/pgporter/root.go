@@ -100,6 +100,17 @@ func stub(use, short string, args cobra.PositionalArgs) *cobra.Command {
 	return c
 }
 
+// oneArg accepts exactly one positional argument, described as what (with
+// a hint where to find it, if any).
+func oneArg(cmdName, what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return usagef("%s takes one %s, got %d arguments", cmdName, what, len(args))
+		}
+		return nil
+	}
+}
+
 // writeJSONLine prints v as one JSON object on the last line of stdout.
 func writeJSONLine(w io.Writer, v any) error {
 	b, err := json.Marshal(v)

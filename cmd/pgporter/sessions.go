@@ -15,6 +15,15 @@ func openJournal(g *globals) (*orchestrator.Journal, error) {
 	return orchestrator.OpenJournal(g.home)
 }
 
+// loadSession reads session id from the journal under --home.
+func loadSession(g *globals, id string) (*orchestrator.Session, error) {
+	j, err := openJournal(g)
+	if err != nil {
+		return nil, err
+	}
+	return j.Get(id)
+}
+
 func newRunnerOnly(g *globals) (*orchestrator.Runner, error) {
 	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log})
 }
@@ -72,18 +81,9 @@ prints every step with its times, bytes and error.`,
 	show := &cobra.Command{
 		Use:   "show ID",
 		Short: "Show one session's steps",
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("sessions show takes one session ID")
-			}
-			return nil
-		},
+		Args:  oneArg("sessions show", "session ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			j, err := openJournal(g)
-			if err != nil {
-				return err
-			}
-			s, err := j.Get(args[0])
+			s, err := loadSession(g, args[0])
 			if err != nil {
 				return err
 			}

@@ -16,12 +16,7 @@ func newUnpublishCmd(g *globals) *cobra.Command {
 copy-on-write layer: every write made through the publication is gone. A
 publication whose background process died is cleaned up all the same.
 Unpublishing a publication that is gone already does nothing.`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("unpublish takes one publication ID (see 'pgporter published')")
-			}
-			return nil
-		},
+		Args: oneArg("unpublish", "publication ID (see 'pgporter published')"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pb, err := orchestrator.NewPublisher(g.home, g.log)
 			if err != nil {

@@ -16,12 +16,7 @@ func newVerifyCmd(g *globals) *cobra.Command {
 		Long: `Read DUMP_DIR/pgporter-manifest.json and check that every file it lists is
 there with the listed size and BLAKE3 hash, and that no other file is present.
 Exit code 0 means the tree is exactly what was sent.`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("verify takes one DUMP_DIR")
-			}
-			return nil
-		},
+		Args: oneArg("verify", "DUMP_DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rep, err := mover.Verify(cmd.Context(), args[0])
 			if rep != nil {
