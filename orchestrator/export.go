@@ -537,7 +537,7 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 			if err == nil && p.Globals {
 				// Beside pg_dump's files: pg_restore ignores it, the
 				// manifest covers it.
-				if err = copyFileSync(globals, filepath.Join(res.Dir, staging.GlobalsFile)); err == nil && feed != nil {
+				if err = linkGlobals(globals, filepath.Join(res.Dir, staging.GlobalsFile)); err == nil && feed != nil {
 					feed.Add(staging.GlobalsFile)
 				}
 			}
@@ -745,27 +745,15 @@ func compression(p *Plan) string {
 	return "auto"
 }
 
-// copyFileSync copies src to dst through a synced temporary file.
-func copyFileSync(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
+// linkGlobals puts the session's globals.sql (written and synced once by
+// DumpGlobals) into a dump directory: a hard link, as both live in the
+// session directory. A link left by an interrupted run is replaced.
+func linkGlobals(src, dst string) error {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	tmp := dst + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
+	if err := os.Link(src, dst); err != nil {
+		return fmt.Errorf("adding %s to the dump: %w", staging.GlobalsFile, err)
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
+	return nil
 }
