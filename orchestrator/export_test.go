@@ -284,7 +284,10 @@ func TestReclaimOrphans(t *testing.T) {
 	require.Positive(t, running.Resources.InstancePID)
 
 	// An interrupted run cleans up after itself; make the journal say
-	// otherwise, as after a crash, with a live postgres to find.
+	// otherwise, as after a crash. The recorded PID is a live process that
+	// is not postgres (a reused PID): it must be left alone, and the
+	// records cleared. (Stopping a real orphan postmaster is covered by
+	// the CLI tests that SIGKILL an export and retry.)
 	fake := exec.Command("sleep", "60")
 	require.NoError(t, fake.Start())
 	defer fake.Process.Kill()
