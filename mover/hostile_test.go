@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -114,9 +115,7 @@ func TestHostilePathsRejected(t *testing.T) {
 // mountTmpfs mounts a small tmpfs for space tests (root only).
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
+	testsupport.RequireRoot(t, "mounting a tmpfs")
 	dir := t.TempDir()
 	require.NoError(t, unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size))
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })

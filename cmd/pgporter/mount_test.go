@@ -86,9 +86,6 @@ func (p *proc) waitStdout(t *testing.T, prefix string) string {
 // detached, naming who holds it.
 func TestMountCLI(t *testing.T) {
 	testsupport.RequireFUSE(t)
-	if os.Geteuid() != 0 {
-		t.Skip("mounting with DirectMount needs root")
-	}
 	src, files := fakeDataDir(t)
 	repo := filepath.Join(t.TempDir(), "repo")
 	code, out, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src)
@@ -211,9 +208,6 @@ func TestMountCLIErrors(t *testing.T) {
 // only with send is refused with a message naming the missing permission.
 func TestMountRepoPeerCLI(t *testing.T) {
 	testsupport.RequireFUSE(t)
-	if os.Geteuid() != 0 {
-		t.Skip("mounting with DirectMount needs root")
-	}
 	src, files := fakeDataDir(t)
 	repo := filepath.Join(t.TempDir(), "repo")
 	code, out, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src)

@@ -100,7 +100,8 @@ func checkPGBinDir(d string) error {
 }
 
 // RequireFUSE skips the test, or fails it when CI=true, unless /dev/fuse can
-// be opened for reading and writing.
+// be opened for reading and writing and this process is root (pgporter
+// mounts with go-fuse's DirectMount).
 func RequireFUSE(t testing.TB) {
 	t.Helper()
 	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
@@ -108,4 +109,14 @@ func RequireFUSE(t testing.TB) {
 		skipOrFatal(t, "FUSE not available: "+err.Error())
 	}
 	f.Close()
+	RequireRoot(t, "mounting with DirectMount")
+}
+
+// RequireRoot skips the test, or fails it when CI=true, unless this process
+// is root; why says what needs it.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFatal(t, why+" needs root")
+	}
 }
