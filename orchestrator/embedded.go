@@ -11,11 +11,13 @@ import (
 	"github.com/pgporter/pgporter/mover"
 )
 
-// embedded runs the target mover in-process on loopback QUIC and the
-// staging side's sender, each with its own identity under
-// HOME/embedded: the same code and the same wire as across hosts. For a
-// target on another host, only the sender is set (srv is nil).
-type embedded struct {
+// targetMover is where a session's transfers go: how the staging side
+// reaches the target mover, and the sender it uses. startEmbedded runs the
+// target mover in-process on loopback QUIC, each side with its own
+// identity under HOME/embedded: the same code and the same wire as across
+// hosts. For a target on another host (openRemoteTarget), only the sender
+// is set (srv is nil).
+type targetMover struct {
 	srv    *mover.Server
 	sender *mover.Sender
 	addr   string
@@ -24,7 +26,7 @@ type embedded struct {
 	done   chan error
 }
 
-func startEmbedded(home, root string, log *slog.Logger) (*embedded, error) {
+func startEmbedded(home, root string, log *slog.Logger) (*targetMover, error) {
 	stagingHome := filepath.Join(home, "embedded", "staging")
 	targetHome := filepath.Join(home, "embedded", "target")
 	staging, _, err := mover.InitIdentity(stagingHome)
@@ -58,14 +60,14 @@ func startEmbedded(home, root string, log *slog.Logger) (*embedded, error) {
 		return nil, fmt.Errorf("embedded staging mover: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &embedded{srv: srv, sender: sender, addr: srv.Addr().String(), peer: srv.ID(), cancel: cancel, done: make(chan error, 1)}
+	e := &targetMover{srv: srv, sender: sender, addr: srv.Addr().String(), peer: srv.ID(), cancel: cancel, done: make(chan error, 1)}
 	go func() { e.done <- srv.Serve(ctx) }()
 	return e, nil
 }
 
 // openRemoteTarget is the staging side of a target mover on another host
 // (spec is ADDR#PEER_ID), sending with the identity under home.
-func openRemoteTarget(home, spec string, log *slog.Logger) (*embedded, error) {
+func openRemoteTarget(home, spec string, log *slog.Logger) (*targetMover, error) {
 	addr, peer, err := mover.ParsePeerAddr(spec)
 	if err != nil {
 		return nil, err
@@ -74,10 +76,10 @@ func openRemoteTarget(home, spec string, log *slog.Logger) (*embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sending to %s: %w", spec, err)
 	}
-	return &embedded{sender: sender, addr: addr, peer: peer}, nil
+	return &targetMover{sender: sender, addr: addr, peer: peer}, nil
 }
 
-func (e *embedded) close() {
+func (e *targetMover) close() {
 	if e.srv != nil {
 		e.cancel()
 		<-e.done

@@ -308,17 +308,17 @@ func (x *sessionRun) run(ctx context.Context) error {
 	if err := r.reclaim(ctx, x.s); err != nil {
 		return err
 	}
-	var emb *embedded
+	var tgt *targetMover
 	var err error
 	if p.Target != "" {
-		emb, err = openRemoteTarget(r.o.Home, p.Target, r.o.Log)
+		tgt, err = openRemoteTarget(r.o.Home, p.Target, r.o.Log)
 	} else {
-		emb, err = startEmbedded(r.o.Home, p.To, r.o.Log)
+		tgt, err = startEmbedded(r.o.Home, p.To, r.o.Log)
 	}
 	if err != nil {
 		return err
 	}
-	defer emb.close()
+	defer tgt.close()
 
 	// A database's transfer starts with its dump: files are sent as
 	// pg_dump closes them (growing), and the transfer commits when the
@@ -350,7 +350,7 @@ func (x *sessionRun) run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	if pending {
 		g.Go(func() error {
-			return x.stage(gctx, emb, markDumped, func(db string, g growingDump) { growing[db] <- g })
+			return x.stage(gctx, tgt, markDumped, func(db string, g growingDump) { growing[db] <- g })
 		})
 	}
 	g.Go(func() error {
@@ -368,7 +368,7 @@ func (x *sessionRun) run(ctx context.Context) error {
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			err := x.step(gctx, transferStep(db), func(out *stepOutcome) error { return x.transfer(gctx, emb, db, g, out) })
+			err := x.step(gctx, transferStep(db), func(out *stepOutcome) error { return x.transfer(gctx, tgt, db, g, out) })
 			if g != nil {
 				g.root.Close()
 			}
@@ -391,7 +391,7 @@ func (x *sessionRun) run(ctx context.Context) error {
 // dumps every database not dumped yet, calling dumped after each. It stops
 // the instance and unmounts before it returns, whatever happened: only the
 // dumps outlive it.
-func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db string), started func(db string, g growingDump)) (err error) {
+func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db string), started func(db string, g growingDump)) (err error) {
 	r, p, id := x.r, x.plan(), x.s.ID
 	if err := x.setState(StateChecking); err != nil {
 		return err
@@ -471,7 +471,7 @@ func (x *sessionRun) stage(ctx context.Context, emb *embedded, dumped func(db st
 		rep, err := in.Check(ctx, staging.CheckOptions{
 			Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dir,
 			TargetFree: func(ctx context.Context) (int64, error) {
-				free, _, err := emb.sender.Space(ctx, emb.addr, emb.peer, p.To)
+				free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
 				return int64(free), err
 			},
 		})
@@ -609,7 +609,7 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.C
 
 // transfer sends db's dump to the target. With --overwrite, an existing
 // target directory is moved aside first and removed after the commit.
-func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, g *growingDump, out *stepOutcome) error {
+func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, g *growingDump, out *stepOutcome) error {
 	dest := x.s.TargetDir(db)
 	if err := x.moveAside(db, dest); err != nil {
 		return err
@@ -628,7 +628,7 @@ func (x *sessionRun) transfer(ctx context.Context, emb *embedded, db string, g *
 	if g != nil {
 		o.SrcRoot, o.Feed = g.root, g.feed
 	}
-	res, err := emb.sender.Send(ctx, emb.addr, emb.peer, o)
+	res, err := tgt.sender.Send(ctx, tgt.addr, tgt.peer, o)
 	if err != nil {
 		return err
 	}
