@@ -617,6 +617,7 @@ func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 // the manifest needs it.
 func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 	rd := protocol.NewReader(st, protocol.MaxFrameSize)
+	rd.SetFrameTimeout(r.s.o.FrameTimeout)
 	bp := r.buf()
 	defer r.bufs.Put(bp)
 	for {

@@ -99,6 +99,7 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, l
 	})
 	defer stop()
 	rd := protocol.NewReader(st, protocol.MaxControlFrameSize)
+	rd.SetFrameTimeout(s.o.FrameTimeout)
 	bufs := fetchBufPool.Get().(*fetchBufs)
 	defer fetchBufPool.Put(bufs)
 	for first := true; ; first = false {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -33,6 +34,12 @@ type ServerOptions struct {
 	Reserve      int64         // bytes of free space a transfer must leave; default 64 MiB
 	SyncBytes    int64         // make chunks durable after this many bytes; default 64 MiB
 	SyncInterval time.Duration // ... or after this long; default 1s
+	// FrameTimeout bounds how long a frame may take to arrive once it has
+	// started, and how long a new connection may take to send its Hello:
+	// a peer trickling bytes (slow-loris) is dropped after it. Default 2m,
+	// above the connection idle timeout so that a link outage the
+	// connection survives does not end a frame.
+	FrameTimeout time.Duration
 	Log          *slog.Logger
 	// OnDurable, if set, is called after each durability barrier with the
 	// transfer's durable byte count (tests use it to interrupt at a point).
@@ -51,6 +58,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = time.Second
+	}
+	if o.FrameTimeout <= 0 {
+		o.FrameTimeout = 2 * time.Minute
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -202,21 +212,33 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	defer cancel()
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
 
-	st, err := conn.AcceptStream(ctx)
+	// A peer that connects must say Hello in time: a connection kept
+	// alive without one would hold a slot for nothing.
+	hctx, hcancel := context.WithTimeout(ctx, s.o.FrameTimeout)
+	st, err := conn.AcceptStream(hctx)
+	hcancel()
 	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("no control stream in time; closing", "timeout", s.o.FrameTimeout)
+			conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "no control stream in time")
+		}
 		return
 	}
+	_ = st.SetReadDeadline(time.Now().Add(s.o.FrameTimeout))
 	var kind [1]byte
-	if _, err := st.Read(kind[:]); err != nil || protocol.StreamKind(kind[0]) != protocol.StreamControl {
-		log.Warn("first stream is not a control stream; closing")
+	if _, err := io.ReadFull(st, kind[:]); err != nil || protocol.StreamKind(kind[0]) != protocol.StreamControl {
+		log.Warn("first stream is not a control stream; closing", "err", err)
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "expected control stream")
 		return
 	}
 	cs := newControlStream(st)
 	if err := cs.serverHello(); err != nil {
 		log.Warn("hello failed", "err", err)
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
 		return
 	}
+	_ = st.SetReadDeadline(time.Time{})
+	cs.r.SetFrameTimeout(s.o.FrameTimeout)
 
 	// Data streams wait for the transfer this connection opens.
 	var (

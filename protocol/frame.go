@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
+	"time"
 )
 
 // ALPN is the TLS application protocol every pgporter connection negotiates.
@@ -129,11 +131,28 @@ func AppendFrame(b []byte, m Message) []byte {
 // largest frame seen (never beyond its max). It is not safe for concurrent
 // use.
 type Reader struct {
-	r   io.Reader
-	max int
-	hdr [frameHeaderSize]byte
-	buf []byte
-	err error // sticky: after a failure the stream position is unknown
+	r       io.Reader
+	max     int
+	timeout time.Duration // see SetFrameTimeout; 0 = none
+	hdr     [frameHeaderSize]byte
+	buf     []byte
+	err     error // sticky: after a failure the stream position is unknown
+}
+
+// readDeadliner is a stream whose reads can time out (a QUIC stream, a net.Conn).
+type readDeadliner interface{ SetReadDeadline(time.Time) error }
+
+// SetFrameTimeout bounds how long a frame may take to arrive once its first
+// byte has: a peer that trickles a frame (slow-loris) cannot hold the reader,
+// and the buffer its length header made it allocate, for longer than d.
+// The wait for a frame's first byte is not bounded: an idle stream is the
+// connection's business. Past d, Next fails with an error matching both
+// ErrProtocol and os.ErrDeadlineExceeded. It needs the stream to have a
+// SetReadDeadline method; on other readers, and with d <= 0, it does nothing.
+func (r *Reader) SetFrameTimeout(d time.Duration) {
+	if _, ok := r.r.(readDeadliner); ok && d > 0 {
+		r.timeout = d
+	}
 }
 
 // NewReader returns a Reader of r that refuses frames whose payload is above
@@ -168,9 +187,38 @@ func (r *Reader) Next() (Message, error) {
 }
 
 func (r *Reader) next() (Message, error) {
-	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
-		if err == io.EOF {
+	m, err := r.read()
+	if r.timeout > 0 {
+		_ = r.r.(readDeadliner).SetReadDeadline(time.Time{})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: a frame was not complete %s after its first byte: %w", ErrProtocol, r.timeout, err)
+		}
+	}
+	return m, err
+}
+
+func (r *Reader) read() (Message, error) {
+	first := 0
+	if r.timeout > 0 {
+		// The first byte may take as long as it likes; the rest of the
+		// frame must follow within the timeout.
+		if _, err := io.ReadFull(r.r, r.hdr[:1]); err != nil {
+			if err == io.EOF {
+				return nil, io.EOF
+			}
+			return nil, fmt.Errorf("reading frame header: %w", err)
+		}
+		if err := r.r.(readDeadliner).SetReadDeadline(time.Now().Add(r.timeout)); err != nil {
+			return nil, fmt.Errorf("setting the frame deadline: %w", err)
+		}
+		first = 1
+	}
+	if _, err := io.ReadFull(r.r, r.hdr[first:]); err != nil {
+		if err == io.EOF && first == 0 {
 			return nil, io.EOF
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
 		}
 		return nil, fmt.Errorf("reading frame header: %w", err)
 	}
