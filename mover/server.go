@@ -40,7 +40,11 @@ type ServerOptions struct {
 	// above the connection idle timeout so that a link outage the
 	// connection survives does not end a frame.
 	FrameTimeout time.Duration
-	Log          *slog.Logger
+	// MaxConnsPerPeer bounds the connections one peer may hold open at once
+	// (each carries at most QUICConfig's MaxIncomingStreams streams);
+	// connections above it are refused. Default 128.
+	MaxConnsPerPeer int
+	Log             *slog.Logger
 	// OnDurable, if set, is called after each durability barrier with the
 	// transfer's durable byte count (tests use it to interrupt at a point).
 	OnDurable func(transferID string, durableBytes int64)
@@ -61,6 +65,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.FrameTimeout <= 0 {
 		o.FrameTimeout = 2 * time.Minute
+	}
+	if o.MaxConnsPerPeer <= 0 {
+		o.MaxConnsPerPeer = 128
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -86,8 +93,9 @@ type Server struct {
 	ln      *quic.Listener
 	metrics *metrics
 
-	mu     sync.Mutex // guards active
-	active map[string]*activeTransfer
+	mu        sync.Mutex // guards active, peerConns
+	active    map[string]*activeTransfer
+	peerConns map[PeerID]int // open connections by peer
 
 	conns sync.WaitGroup // connection handlers
 }
@@ -106,7 +114,7 @@ var errPreempted = errors.New("mover: the sender reconnected; this connection is
 // checks the roots and starts listening.
 func NewServer(o ServerOptions) (*Server, error) {
 	o = o.withDefaults()
-	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, metrics: newMetrics()}
+	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, peerConns: map[PeerID]int{}, metrics: newMetrics()}
 	var err error
 	if s.id, err = LoadIdentity(o.Home); err != nil {
 		return nil, err
@@ -206,6 +214,13 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	log := s.log.With("peer", peer.Short(), "remote", conn.RemoteAddr().String())
+	if !s.admit(peer) {
+		s.metrics.refused.Inc()
+		log.Warn("refused a connection: too many from this peer", "limit", s.o.MaxConnsPerPeer)
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseRefused), fmt.Sprintf("too many connections from this peer (limit %d)", s.o.MaxConnsPerPeer))
+		return
+	}
+	defer s.leave(peer)
 	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "mover shutting down") })
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
@@ -587,6 +602,26 @@ func (s *Server) runTransfer(ctx context.Context, r *receiver) error {
 		s.metrics.transfersFail.Inc()
 	}
 	return err
+}
+
+// admit counts a new connection of peer, refusing it above the per-peer
+// limit; leave uncounts an admitted one.
+func (s *Server) admit(peer PeerID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peerConns[peer] >= s.o.MaxConnsPerPeer {
+		return false
+	}
+	s.peerConns[peer]++
+	return true
+}
+
+func (s *Server) leave(peer PeerID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.peerConns[peer]--; s.peerConns[peer] <= 0 {
+		delete(s.peerConns, peer)
+	}
 }
 
 // release forgets a as the active transfer of tid.
