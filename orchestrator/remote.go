@@ -102,12 +102,20 @@ func (x *sessionRun) mirror(e Event) {
 type StagingJobs struct {
 	Home string
 	Log  *slog.Logger
+	// Serve starts the background process of a publication that a
+	// publication job asks for (see publish_remote.go); Roots bound where
+	// an export from one may write.
+	Serve ServeCommand
+	Roots []string
 }
 
 var _ mover.JobRunner = (*StagingJobs)(nil)
 
 // RunJob runs (or continues) the session the job names.
 func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)) error {
+	if pubJobKind(body) != "" {
+		return j.runPubJob(ctx, body, emit)
+	}
 	var jb job
 	if err := json.Unmarshal(body, &jb); err != nil {
 		return fmt.Errorf("%w: bad job: %v", ErrBadPlan, err)
