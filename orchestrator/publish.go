@@ -45,18 +45,30 @@ const (
 // Publication is a restore point served as a live PostgreSQL instance, as
 // journaled under p/<id>.
 type Publication struct {
-	ID           string    `json:"id"`
-	Repo         string    `json:"repo"`
-	RestorePoint string    `json:"restore_point"`
-	Listen       string    `json:"listen"`
-	Port         int       `json:"port"`
-	StrictHBA    bool      `json:"strict_hba,omitempty"`
-	OSUser       string    `json:"os_user"`
-	State        PubState  `json:"state"`
-	Error        string    `json:"error,omitempty"`
-	Created      time.Time `json:"created"`
-	UpSince      time.Time `json:"up_since,omitzero"`
-	Updated      time.Time `json:"updated"`
+	ID           string `json:"id"`
+	Repo         string `json:"repo"`
+	RestorePoint string `json:"restore_point"`
+	Listen       string `json:"listen"`
+	Port         int    `json:"port"`
+	StrictHBA    bool   `json:"strict_hba,omitempty"`
+	OSUser       string `json:"os_user"`
+	// OnRestart is what a restarted mover does with the publication when
+	// its serve process is gone: OnRestartRestart or OnRestartCleanup.
+	OnRestart string `json:"on_restart,omitempty"`
+	// On is the mover (ADDR#PEER_ID) that runs the publication, in the
+	// journal of the orchestrator that asked for it; empty on the host that
+	// runs it.
+	On string `json:"on,omitempty"`
+	// Restarts counts how often the publication was resumed on its layer.
+	Restarts int `json:"restarts,omitempty"`
+	// CowSize is the size of the CoW layer as the mover running the
+	// publication reported it (for one with On set).
+	CowSize int64     `json:"cow_bytes,omitempty"`
+	State   PubState  `json:"state"`
+	Error   string    `json:"error,omitempty"`
+	Created time.Time `json:"created"`
+	UpSince time.Time `json:"up_since,omitzero"`
+	Updated time.Time `json:"updated"`
 
 	// Resources: what the serve process holds, for cleanup after it died.
 	ServePID    int    `json:"serve_pid,omitempty"`
@@ -76,16 +88,31 @@ func (p *Publication) RunDir() string { return filepath.Join(p.BaseDir, "run") }
 // SocketDir is the instance's private Unix socket directory.
 func (p *Publication) SocketDir() string { return filepath.Join(p.RunDir(), "sock") }
 
-// Host is the address clients connect to: the listen address, or this
-// host's name when it listens on every address.
+// Host is the address clients connect to: the listen address, or, when it
+// listens on every address, this host's name (the mover's address for a
+// publication on another host).
 func (p *Publication) Host() string {
 	if ip := net.ParseIP(p.Listen); p.Listen == "*" || (ip != nil && ip.IsUnspecified()) {
+		if p.On != "" {
+			if addr, _, ok := strings.Cut(p.On, "#"); ok {
+				if h, _, err := net.SplitHostPort(addr); err == nil && h != "" {
+					return h
+				}
+			}
+			return p.Listen
+		}
 		if h, err := os.Hostname(); err == nil {
 			return h
 		}
 	}
 	return p.Listen
 }
+
+// What a restarted mover does with a publication whose serve process died.
+const (
+	OnRestartRestart = "restart" // serve it again on the same layer, address and port
+	OnRestartCleanup = "cleanup" // unpublish it
+)
 
 // ErrNoPublication is returned for a publication ID the journal does not hold.
 var ErrNoPublication = errors.New("no such publication")
@@ -199,6 +226,8 @@ type PublishOptions struct {
 	// password logins (SCRAM or MD5) from the listen address's network.
 	StrictHBA bool
 	OSUser    string // OS user that runs postgres; default "postgres"
+	// OnRestart is OnRestartRestart (the default) or OnRestartCleanup.
+	OnRestart string
 	// Serve is the command line that serves a publication in the
 	// background, the publication ID appended: pgporter's hidden
 	// 'publish-serve', which calls ServePublication. Required.
@@ -217,6 +246,9 @@ func (o PublishOptions) withDefaults() PublishOptions {
 	if o.OSUser == "" {
 		o.OSUser = "postgres"
 	}
+	if o.OnRestart == "" {
+		o.OnRestart = OnRestartRestart
+	}
 	return o
 }
 
@@ -232,6 +264,8 @@ func (o PublishOptions) Validate() error {
 		return fmt.Errorf("listen address %q is not an IP address or *", o.Listen)
 	case len(o.Serve) == 0:
 		return errors.New("publish needs the serve command")
+	case o.OnRestart != OnRestartRestart && o.OnRestart != OnRestartCleanup:
+		return fmt.Errorf("on-restart %q is neither %s nor %s", o.OnRestart, OnRestartRestart, OnRestartCleanup)
 	}
 	return nil
 }
@@ -307,7 +341,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	}
 	p := &Publication{
 		ID: id, Repo: repo, RestorePoint: rp, Listen: o.Listen, Port: o.Port, StrictHBA: o.StrictHBA, OSUser: o.OSUser,
-		State: PubStarting, Created: now,
+		OnRestart: o.OnRestart, State: PubStarting, Created: now,
 		BaseDir: filepath.Join(os.TempDir(), "pgporter-"+id), CowDir: filepath.Join(dir, "cow"),
 	}
 	// The lock is handed to the serve process as descriptor 3: it holds it
@@ -317,10 +351,19 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	if err != nil {
 		return nil, err
 	}
-	defer lock.f.Close() // not Unlock: that would release the child's lock too
 	if err := pb.j.PutPublication(p); err != nil {
+		lock.Unlock()
 		return nil, err
 	}
+	return pb.spawn(ctx, id, lock, o.Serve, o.ServeEnv)
+}
+
+// spawn starts the serve process of publication id, which is journaled
+// as starting, and waits for it to report the instance up or the reason it
+// could not start. It hands lock over to the serve process and closes its
+// own descriptor of it.
+func (pb *Publisher) spawn(ctx context.Context, id string, lock *Lock, serve, env []string) (*Publication, error) {
+	defer lock.f.Close() // not Unlock: that would release the child's lock too
 	rd, wr, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -331,8 +374,8 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		wr.Close()
 		return nil, err
 	}
-	cmd := exec.Command(o.Serve[0], append(o.Serve[1:], id)...)
-	cmd.Env = append(os.Environ(), o.ServeEnv...)
+	cmd := exec.Command(serve[0], append(serve[1:], id)...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{lock.f, wr}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -349,7 +392,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		return nil, err
 	}
-	pb.log.Info("publication starting", "publication", id, "restore_point", rp, "pid", pid)
+	pb.log.Info("publication starting", "publication", id, "pid", pid)
 
 	// An interrupt unblocks the read and stops the serve process, which
 	// cleans up after itself.
@@ -453,13 +496,16 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	}
 	log := pb.log.With("publication", id)
 	up := false
+	// A resumed publication keeps its layer when it cannot come up: it
+	// holds the writes of its earlier life, which only unpublish drops.
+	keepCow := p.Restarts > 0
 	// A publication that never came up and left nothing behind is gone (its
 	// reason kept for 'published --all'); one that failed later, or left
 	// something, is failed until unpublish.
 	fail := func(err error) error {
 		state := PubFailed
 		if !up {
-			pb.release(context.WithoutCancel(ctx), p)
+			pb.release(context.WithoutCancel(ctx), p, !keepCow)
 			if !exists(p.BaseDir) && !exists(p.CowDir) {
 				state = PubGone
 			}
@@ -492,15 +538,18 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		return fail(err)
 	}
 	_ = os.Chmod(p.BaseDir, 0o755) // postgres must reach its data and run directories
-	if err := os.MkdirAll(mnt, 0o755); err != nil {
+	if err := os.MkdirAll(p.Lower(), 0o755); err != nil {
+		return fail(err)
+	}
+	if err := os.RemoveAll(p.fuseCowDir()); err != nil {
 		return fail(err)
 	}
 	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.Mounted = true }); err != nil {
 		return fail(err)
 	}
-	m, err := staging.Mount(ctx, mnt, tree, repo.Store(), staging.MountOptions{CowDir: p.CowDir, Owner: p.OSUser, Log: log})
+	m, err := staging.Mount(ctx, p.Lower(), tree, repo.Store(), staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: log})
 	if err != nil {
-		pb.release(context.WithoutCancel(ctx), p)
+		pb.release(context.WithoutCancel(ctx), p, !keepCow)
 		return fail(err)
 	}
 	unmounted := make(chan struct{})
@@ -508,6 +557,11 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		m.Wait()
 		close(unmounted)
 	}()
+	if err := mountOverlay(p); err != nil {
+		_ = unmountPub(m, unmounted, log)
+		pb.release(context.WithoutCancel(ctx), p, !keepCow)
+		return fail(err)
+	}
 	opts := staging.InstanceOptions{
 		DataDir: mnt, RunDir: p.RunDir(), OSUser: p.OSUser, Listen: p.Listen, Port: p.Port,
 		KeepHBA: !p.StrictHBA, AllowMissingPreload: true, Log: log,
@@ -520,9 +574,10 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		in, err = staging.StartInstance(ctx, opts)
 	}
 	if err != nil {
+		_ = unmountOverlay(p, 5*time.Second)
 		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p)
-		if ctx.Err() != nil {
+		pb.release(context.WithoutCancel(ctx), p, !keepCow)
+		if ctx.Err() != nil && !keepCow {
 			_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State = PubGone })
 			return ctx.Err()
 		}
@@ -532,8 +587,9 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
 	}); err != nil {
 		_ = in.Stop(context.WithoutCancel(ctx))
+		_ = unmountOverlay(p, 5*time.Second)
 		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p)
+		pb.release(context.WithoutCancel(ctx), p, !keepCow)
 		return fail(err)
 	}
 	log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", in.PID(), "version", in.Version)
@@ -562,10 +618,13 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if serr == nil {
 		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.InstancePID = 0 })
 	}
+	if uerr := unmountOverlay(p, 5*time.Second); uerr != nil {
+		serr = errors.Join(serr, uerr)
+	}
 	if uerr := unmountPub(m, unmounted, log); uerr != nil {
 		serr = errors.Join(serr, uerr)
 	}
-	pb.release(stopCtx, p)
+	pb.release(stopCtx, p, true)
 	if err := errors.Join(cause, serr); err != nil {
 		log.Error("publication ended", "err", err)
 		return fail(err)
@@ -600,29 +659,46 @@ func unmountPub(m *staging.Mounted, unmounted <-chan struct{}, log *slog.Logger)
 }
 
 // release removes what a publication leaves on disk once its instance is
-// stopped and its mount gone: a dead mount, the mountpoint and run
-// directory, the CoW layer. It logs what it cannot remove.
-func (pb *Publisher) release(ctx context.Context, p *Publication) {
-	if p.InstancePID > 0 {
-		if err := stopOrphan(ctx, p.InstancePID); err != nil {
-			pb.log.Warn("stopping the instance", "publication", p.ID, "pid", p.InstancePID, "err", err)
-		}
-	}
-	if _, err := staging.CleanStaleMount(p.Mountpoint()); err != nil {
-		pb.log.Warn("cleaning the mount", "publication", p.ID, "err", err)
+// stopped and its mount gone: the overlay, a dead mount, the mountpoints
+// and run directory, and with dropCow the CoW layer. It logs what it cannot
+// remove.
+func (pb *Publisher) release(ctx context.Context, p *Publication, dropCow bool) {
+	if err := pb.releaseMounts(ctx, p); err != nil {
+		pb.log.Warn("releasing the mounts", "publication", p.ID, "err", err)
 		return // never remove what may still be mounted
 	}
-	for _, err := range []error{
+	errs := []error{
 		os.Remove(p.Mountpoint()),
+		os.Remove(p.Lower()),
 		os.RemoveAll(p.RunDir()),
 		os.Remove(p.BaseDir),
-		os.RemoveAll(p.CowDir),
-	} {
+	}
+	if dropCow {
+		errs = append(errs, os.RemoveAll(p.CowDir))
+	}
+	for _, err := range errs {
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			pb.log.Warn("removing a publication's files", "publication", p.ID, "err", err)
 		}
 	}
 	_ = pb.j.UpdatePublication(p.ID, func(p *Publication) { p.Mounted, p.InstancePID = false, 0 })
+}
+
+// releaseMounts stops an orphaned instance of p and removes the mounts a
+// dead serve process left: the overlay, then the dead FUSE mount under it.
+func (pb *Publisher) releaseMounts(ctx context.Context, p *Publication) error {
+	if p.InstancePID > 0 {
+		if err := stopOrphan(ctx, p.InstancePID); err != nil {
+			return fmt.Errorf("stopping the instance (pid %d): %w", p.InstancePID, err)
+		}
+	}
+	if err := unmountOverlay(p, 5*time.Second); err != nil {
+		return err
+	}
+	if _, err := staging.CleanStaleMount(p.Lower()); err != nil {
+		return fmt.Errorf("cleaning the mount %s: %w", p.Lower(), err)
+	}
+	return nil
 }
 
 // writeStrictHBA writes an hba file into runDir that allows password logins
@@ -674,7 +750,7 @@ func (pb *Publisher) List(all bool) ([]*Publication, error) {
 		if p.State == PubGone && !all {
 			continue
 		}
-		if (p.State == PubStarting || p.State == PubUp || p.State == PubStopping) && !pb.j.lockHeld(p.ID) {
+		if p.On == "" && (p.State == PubStarting || p.State == PubUp || p.State == PubStopping) && !pb.j.lockHeld(p.ID) {
 			p.State = PubDead
 		}
 		out = append(out, p)
@@ -684,6 +760,9 @@ func (pb *Publisher) List(all bool) ([]*Publication, error) {
 
 // CowBytes is the disk space the CoW layer of p uses, as du counts it.
 func CowBytes(p *Publication) int64 {
+	if p.On != "" {
+		return p.CowSize
+	}
 	var n int64
 	_ = filepath.WalkDir(p.CowDir, func(_ string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -714,6 +793,9 @@ func (pb *Publisher) Unpublish(ctx context.Context, id string) (*Publication, er
 	}
 	if p.State == PubGone {
 		return p, nil
+	}
+	if p.On != "" {
+		return pb.unpublishOn(ctx, p)
 	}
 	deadline := time.Now().Add(unpublishTimeout)
 	tick := time.NewTicker(20 * time.Millisecond) // polling another process's lock
@@ -754,17 +836,11 @@ func (pb *Publisher) Unpublish(ctx context.Context, id string) (*Publication, er
 		return p, nil
 	}
 	// The serve process died without cleaning up, or ended with a failure.
-	if p.InstancePID > 0 {
-		if err := stopOrphan(ctx, p.InstancePID); err != nil {
-			return p, fmt.Errorf("stopping the instance (pid %d): %w", p.InstancePID, err)
-		}
-		pb.log.Info("stopped the instance of a dead publication", "publication", id, "pid", p.InstancePID)
-		p.InstancePID = 0
+	if err := pb.releaseMounts(ctx, p); err != nil {
+		return p, err
 	}
-	if _, err := staging.CleanStaleMount(p.Mountpoint()); err != nil {
-		return p, fmt.Errorf("cleaning the mount %s: %w", p.Mountpoint(), err)
-	}
-	pb.release(ctx, p)
+	p.InstancePID = 0
+	pb.release(ctx, p, true)
 	for _, d := range []string{p.BaseDir, p.CowDir} {
 		if _, err := os.Lstat(d); err == nil {
 			return p, fmt.Errorf("could not remove %s; see the log above", d)

@@ -53,6 +53,9 @@ func (pb *Publisher) Export(ctx context.Context, o PublishedExportOptions) ([]Pu
 	if err != nil {
 		return nil, err
 	}
+	if p.On != "" {
+		return pb.exportOn(ctx, p, o)
+	}
 	if p.State != PubUp || !pb.j.lockHeld(p.ID) {
 		state := p.State
 		if !pb.j.lockHeld(p.ID) && state != PubGone && state != PubFailed {

@@ -30,6 +30,13 @@ restore points and chunks to peers trusted with read (for 'pgporter mount
 --repo-peer' on a staging host). SIGINT or SIGTERM stops it gracefully: data already
 received is made durable so that the sender's rerun resumes.
 
+Peers trusted with orchestrate hand it export sessions and publications
+('pgporter publish --on'), which run under its --home. When it starts, it
+releases what interrupted sessions held, and handles every publication of its
+home whose background process is dead as that publication's --on-restart
+says: serve it again on the same copy-on-write layer, address and port
+(restart, the default), or unpublish it (cleanup).
+
 Example:
   pgporter mover serve --listen :7448 --root /srv/dumps --metrics 127.0.0.1:9448
   pgporter mover serve --listen :7448 --repo /srv/pgporter/repo`,
@@ -52,13 +59,24 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	}
 	// Every mover can be a staging mover: peers trusted with orchestrate
 	// hand it export jobs, journaled under its home.
-	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log}
+	serve, err := serveCommand(g)
+	if err != nil {
+		return err
+	}
+	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log, Serve: serve, Roots: so.roots}
 	// A mover restarted after a crash first stops the instances and
 	// detaches the mounts its interrupted sessions left.
 	if n, err := orchestrator.ReclaimOrphans(ctx, g.home, g.log); err != nil {
 		g.log.Warn("cleaning up after interrupted sessions", "err", err)
 	} else if n > 0 {
 		g.log.Info("cleaned up after interrupted sessions", "sessions", n)
+	}
+	// Publications of this home whose background process died (killed,
+	// or the host rebooted) are served again or removed, as each says.
+	if pb, err := orchestrator.NewPublisher(g.home, g.log); err != nil {
+		g.log.Warn("recovering publications", "err", err)
+	} else if _, err := pb.Recover(ctx, serve); err != nil {
+		g.log.Warn("recovering publications", "err", err)
 	}
 	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log})
 	if err != nil {

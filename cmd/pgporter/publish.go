@@ -16,13 +16,16 @@ type publishOpts struct {
 	repo, restorePoint, listen, osUser string
 	port                               int
 	strictHBA, asJSON                  bool
+	onRestart                          string
+	on                                 string // a remote mover, ADDR#PEER_ID
+	resume                             string // serve a dead publication again
 	serve                              string // hidden: run as publication ID's background process
 }
 
 func newPublishCmd(g *globals) *cobra.Command {
 	var o publishOpts
 	c := &cobra.Command{
-		Use:   "publish --repo DIR --restore-point ID|latest --port PORT",
+		Use:   "publish --repo DIR --restore-point ID|latest --port PORT [--on ADDR#PEER_ID]",
 		Short: "Publish a restore point as a live PostgreSQL instance",
 		Long: `Mount a restore point and start PostgreSQL on it, listening on --listen
 (default 127.0.0.1) and --port, then return: a background process (its log
@@ -38,12 +41,34 @@ open by the publication.
 
 A port already in use is refused (exit code 2).
 
-Example:
-  pgporter publish --repo /srv/pgporter/repo --restore-point latest --port 5433`,
+Writes go to an overlay whose upper layer is on disk, so a publication
+outlives its background process: if that process dies (SIGKILL, a crash, a
+reboot), 'pgporter published' reports the publication dead, and
+'pgporter publish --resume ID' serves it again on the same layer, address and
+port (the instance does crash recovery, as after a power loss: committed
+writes are there), while 'pgporter unpublish ID' drops it. 'pgporter mover
+serve' does one or the other when it starts, for every dead publication of
+its home, as --on-restart says: restart (the default) or cleanup.
+
+With --on ADDR#PEER_ID the publication runs on that mover's host, under the
+mover's home: --repo is a path there, the mover must trust this home's ID
+with orchestrate, and 'published', 'unpublish' and 'export --published' here
+reach it through the mover.
+
+Examples:
+  pgporter publish --repo /srv/pgporter/repo --restore-point latest --port 5433
+  pgporter publish --on 10.0.0.6:7448#MOVER-ID --repo /srv/pgporter/repo \
+      --restore-point latest --listen 10.0.0.6 --port 5433 --on-restart cleanup
+  pgporter publish --resume p-20260101-120000-a1b2c3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.serve != "" {
+			switch {
+			case o.serve != "":
 				return runPublishServe(cmd.Context(), g, o.serve)
+			case o.resume != "":
+				return runPublishResume(cmd, g, o)
+			case o.on != "":
+				return runPublishOn(cmd.Context(), g, o)
 			}
 			return runPublish(cmd.Context(), g, o)
 		},
@@ -57,8 +82,55 @@ Example:
 	f.StringVar(&o.listen, "listen", "127.0.0.1", "IP address the instance listens on, or * for all")
 	f.BoolVar(&o.strictHBA, "strict-hba", false, "allow only password logins from the listen address's network instead of the backup's pg_hba.conf")
 	f.StringVar(&o.osUser, "os-user", "postgres", "OS user that runs PostgreSQL")
+	f.StringVar(&o.onRestart, "on-restart", orchestrator.OnRestartRestart, "what 'mover serve' does with the publication when it finds its background process dead: restart (same layer, address and port) or cleanup (unpublish)")
+	f.StringVar(&o.on, "on", "", "publish on the host of mover ADDR#PEER_ID (it must trust this home's ID with orchestrate); --repo is a path there")
+	f.StringVar(&o.resume, "resume", "", "serve dead publication ID again on its copy-on-write layer, address and port")
 	f.BoolVar(&o.asJSON, "json", false, "print one JSON object")
 	return c
+}
+
+// serveCommand is the background process of a publication on this host.
+func serveCommand(g *globals) (orchestrator.ServeCommand, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return orchestrator.ServeCommand{}, fmt.Errorf("finding the pgporter executable: %w", err)
+	}
+	return orchestrator.ServeCommand{Args: []string{exe, "--home", g.home, "--log-level", g.logLevel, "publish", "--serve"}}, nil
+}
+
+// runPublishResume serves a dead publication again.
+func runPublishResume(cmd *cobra.Command, g *globals, o publishOpts) error {
+	for _, name := range []string{"repo", "restore-point", "port", "on", "listen", "strict-hba", "on-restart"} {
+		if cmd.Flags().Changed(name) {
+			return usagef("publish --resume ID takes no --%s: the publication keeps its own", name)
+		}
+	}
+	serve, err := serveCommand(g)
+	if err != nil {
+		return err
+	}
+	pb, err := orchestrator.NewPublisher(g.home, g.log)
+	if err != nil {
+		return err
+	}
+	p, err := pb.Resume(cmd.Context(), o.resume, serve)
+	switch {
+	case errors.Is(err, orchestrator.ErrNoPublication), errors.Is(err, orchestrator.ErrNotDead):
+		return usageError{err}
+	case err != nil:
+		return err
+	}
+	return printPublished(g, p, o.asJSON)
+}
+
+func printPublished(g *globals, p *orchestrator.Publication, asJSON bool) error {
+	fmt.Fprintf(g.stdout, "published restore point %s as %s: PostgreSQL %s on %s port %d\n", p.RestorePoint, p.ID, p.Version, p.Listen, p.Port)
+	fmt.Fprintf(g.stdout, "connect with a role of the backup and its password:\n  psql -h %s -p %d -U postgres postgres\n", p.Host(), p.Port)
+	fmt.Fprintf(g.stdout, "writes are discarded by: pgporter unpublish %s\n", p.ID)
+	if asJSON {
+		return writeJSONLine(g.stdout, map[string]any{"id": p.ID, "host": p.Host(), "port": p.Port, "restore_point": p.RestorePoint, "state": p.State, "on": p.On})
+	}
+	return nil
 }
 
 func runPublish(ctx context.Context, g *globals, o publishOpts) error {
@@ -70,14 +142,14 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 	case o.port == 0:
 		return usagef("publish needs --port PORT")
 	}
-	exe, err := os.Executable()
+	serve, err := serveCommand(g)
 	if err != nil {
-		return fmt.Errorf("finding the pgporter executable: %w", err)
+		return err
 	}
 	po := orchestrator.PublishOptions{
 		Repo: o.repo, RestorePoint: o.restorePoint, Listen: o.listen, Port: o.port,
-		StrictHBA: o.strictHBA, OSUser: o.osUser,
-		Serve: []string{exe, "--home", g.home, "--log-level", g.logLevel, "publish", "--serve"},
+		StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
+		Serve: serve.Args,
 	}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
@@ -97,11 +169,34 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 	case err != nil:
 		return err
 	}
-	fmt.Fprintf(g.stdout, "published restore point %s as %s: PostgreSQL %s on %s port %d\n", p.RestorePoint, p.ID, p.Version, p.Listen, p.Port)
-	fmt.Fprintf(g.stdout, "connect with a role of the backup and its password:\n  psql -h %s -p %d -U postgres postgres\n", p.Host(), p.Port)
-	fmt.Fprintf(g.stdout, "writes are discarded by: pgporter unpublish %s\n", p.ID)
-	if o.asJSON {
-		return writeJSONLine(g.stdout, map[string]any{"id": p.ID, "host": p.Host(), "port": p.Port, "restore_point": p.RestorePoint, "state": p.State})
+	return printPublished(g, p, o.asJSON)
+}
+
+// runPublishOn publishes on a remote mover's host.
+func runPublishOn(ctx context.Context, g *globals, o publishOpts) error {
+	switch {
+	case o.repo == "":
+		return usagef("publish --on needs --repo DIR (a path on the mover's host)")
+	case o.restorePoint == "":
+		return usagef("publish needs --restore-point ID or --restore-point latest")
+	case o.port == 0:
+		return usagef("publish needs --port PORT")
 	}
-	return nil
+	po := orchestrator.PublishOptions{
+		Repo: o.repo, RestorePoint: o.restorePoint, Listen: o.listen, Port: o.port,
+		StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
+		Serve: []string{"(the mover's)"},
+	}
+	if err := po.Validate(); err != nil {
+		return usageError{err}
+	}
+	pb, err := orchestrator.NewPublisher(g.home, g.log)
+	if err != nil {
+		return err
+	}
+	p, err := pb.PublishOn(ctx, o.on, po)
+	if err != nil {
+		return err
+	}
+	return printPublished(g, p, o.asJSON)
 }

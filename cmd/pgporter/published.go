@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -18,8 +19,12 @@ func newPublishedCmd(g *globals) *cobra.Command {
 		Short: "List published instances",
 		Long: `List publications, newest first: restore point, address, port, uptime,
 size of the copy-on-write layer and state: starting, up, stopping, failed,
-or dead when its background process is gone ('pgporter unpublish ID' cleans
-it up). --all includes publications that are gone.`,
+or dead when its background process is gone: 'pgporter publish --resume ID'
+serves it again on its copy-on-write layer, address and port, 'pgporter
+unpublish ID' removes it ('pgporter mover serve' does one or the other when it
+starts, as the publication's --on-restart says). Publications made with
+'publish --on' are listed as their mover reports them (ON names the mover).
+--all includes publications that are gone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pb, err := orchestrator.NewPublisher(g.home, g.log)
@@ -29,6 +34,11 @@ it up). --all includes publications that are gone.`,
 			list, err := pb.List(all)
 			if err != nil {
 				return err
+			}
+			// Publications on other hosts: as their movers report them.
+			pb.Refresh(cmd.Context(), list)
+			if !all {
+				list = slices.DeleteFunc(list, func(p *orchestrator.Publication) bool { return p.State == orchestrator.PubGone })
 			}
 			now := time.Now()
 			uptime := func(p *orchestrator.Publication) time.Duration {
@@ -49,13 +59,16 @@ it up). --all includes publications that are gone.`,
 					CowBytes      int64     `json:"cow_bytes"`
 					Created       time.Time `json:"created"`
 					Error         string    `json:"error,omitempty"`
+					On            string    `json:"on,omitempty"`
+					OnRestart     string    `json:"on_restart,omitempty"`
+					Restarts      int       `json:"restarts,omitempty"`
 				}
 				out := struct {
 					Publications []row `json:"publications"`
 				}{Publications: []row{}}
 				for _, p := range list {
 					out.Publications = append(out.Publications, row{p.ID, string(p.State), p.RestorePoint, p.Host(), p.Listen, p.Port,
-						int64(uptime(p).Seconds()), orchestrator.CowBytes(p), p.Created, p.Error})
+						int64(uptime(p).Seconds()), orchestrator.CowBytes(p), p.Created, p.Error, p.On, p.OnRestart, p.Restarts})
 				}
 				return writeJSONLine(g.stdout, out)
 			}
@@ -64,14 +77,18 @@ it up). --all includes publications that are gone.`,
 				return nil
 			}
 			tw := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PUBLICATION\tSTATE\tRESTORE POINT\tADDRESS\tUPTIME\tCOW\tERROR")
+			fmt.Fprintln(tw, "PUBLICATION\tSTATE\tRESTORE POINT\tADDRESS\tUPTIME\tCOW\tON\tERROR")
 			for _, p := range list {
 				up := "-"
 				if d := uptime(p); d > 0 || p.State == orchestrator.PubUp {
 					up = d.String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%s\t%s\n", p.ID, p.State, p.RestorePoint, p.Host(), p.Port, up,
-					mover.HumanBytes(orchestrator.CowBytes(p)), firstLine(p.Error))
+				on := "-"
+				if p.On != "" {
+					on = p.On
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\n", p.ID, p.State, p.RestorePoint, p.Host(), p.Port, up,
+					mover.HumanBytes(orchestrator.CowBytes(p)), on, firstLine(p.Error))
 			}
 			return tw.Flush()
 		},

@@ -1,0 +1,247 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pgporter/pgporter/mover"
+)
+
+// Publications on another host ('pgporter publish --on ADDR#PEER_ID') are
+// run by that host's mover, under its home, as if published there: the
+// mover's journal holds them, its serve processes run them, and a restart
+// of that mover recovers them. The orchestrator that asked keeps a record
+// with On set, and reaches the publication through publication jobs (kinds
+// below) on the mover's RunJob, which needs the orchestrate permission.
+
+// Publication job kinds.
+const (
+	pubJobPublish   = "publish"
+	pubJobList      = "published"
+	pubJobUnpublish = "unpublish"
+	pubJobExport    = "export-published"
+)
+
+// pubJob is a publication job's body. Export sessions' bodies (job) have no
+// kind.
+type pubJob struct {
+	Kind    string                  `json:"kind"`
+	ID      string                  `json:"id,omitempty"`
+	Publish *PublishOptions         `json:"publish,omitempty"`
+	Export  *PublishedExportOptions `json:"export,omitempty"`
+}
+
+// pubJobResult is the last event of a publication job.
+type pubJobResult struct {
+	Kind         string          `json:"kind"` // "result"
+	Publication  *Publication    `json:"publication,omitempty"`
+	Publications []*Publication  `json:"publications,omitempty"`
+	Dumps        []PublishedDump `json:"dumps,omitempty"`
+}
+
+// pubJobKind returns the kind of a job body, "" for an export session's.
+func pubJobKind(body []byte) string {
+	var k struct {
+		Kind string `json:"kind"`
+	}
+	_ = json.Unmarshal(body, &k)
+	return k.Kind
+}
+
+// runPubJob runs a publication job on this mover, under its home.
+func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]byte)) error {
+	var jb pubJob
+	if err := json.Unmarshal(body, &jb); err != nil {
+		return fmt.Errorf("%w: bad publication job: %v", ErrBadPlan, err)
+	}
+	pb, err := NewPublisher(j.Home, j.Log)
+	if err != nil {
+		return err
+	}
+	var res pubJobResult
+	switch jb.Kind {
+	case pubJobPublish:
+		if jb.Publish == nil {
+			return fmt.Errorf("%w: a publish job without options", ErrBadPlan)
+		}
+		if len(j.Serve.Args) == 0 {
+			return errors.New("this mover cannot publish: it has no serve command")
+		}
+		// What runs here is this mover's choice, never the peer's.
+		o := *jb.Publish
+		o.Serve, o.ServeEnv = j.Serve.Args, j.Serve.Env
+		res.Publication, err = pb.Publish(ctx, o)
+	case pubJobList:
+		res.Publications, err = pb.List(true)
+		for _, p := range res.Publications {
+			p.CowSize = CowBytes(p)
+		}
+	case pubJobUnpublish:
+		res.Publication, err = pb.Unpublish(ctx, jb.ID)
+	case pubJobExport:
+		if jb.Export == nil {
+			return fmt.Errorf("%w: an export job without options", ErrBadPlan)
+		}
+		o := *jb.Export
+		if err := inRoots(o.To, j.Roots); err != nil {
+			return err
+		}
+		res.Dumps, err = pb.Export(ctx, o)
+	default:
+		return fmt.Errorf("%w: unknown job kind %q (a newer orchestrator?)", ErrBadPlan, jb.Kind)
+	}
+	if err != nil {
+		return err
+	}
+	res.Kind = "result"
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	emit(b)
+	return nil
+}
+
+// inRoots refuses a directory outside every root: a peer writes only where
+// the mover's owner allows transfers to land.
+func inRoots(dir string, roots []string) error {
+	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
+		return fmt.Errorf("%w: %q must be a clean absolute path on the mover's host", ErrBadPlan, dir)
+	}
+	for _, r := range roots {
+		if r, err := filepath.Abs(r); err == nil && (dir == r || strings.HasPrefix(dir, r+string(filepath.Separator))) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s is outside this mover's roots (%s); start 'mover serve' with --root covering it", ErrBadPlan, dir, strings.Join(roots, ", "))
+}
+
+// pubJobTimeout bounds the short publication jobs (list, and reaching the
+// mover at all); publish and unpublish wait for the instance.
+const pubJobTimeout = 10 * time.Second
+
+// remoteJob runs a publication job on mover on and returns its result.
+func (pb *Publisher) remoteJob(ctx context.Context, on string, jb pubJob) (*pubJobResult, error) {
+	addr, peer, err := mover.ParsePeerAddr(on)
+	if err != nil {
+		return nil, err
+	}
+	sender, err := mover.NewSender(pb.home, pb.log)
+	if err != nil {
+		return nil, fmt.Errorf("commanding mover %s needs an identity in this home: run 'pgporter mover init --home %s', then on that mover's host 'pgporter mover trust ID --allow orchestrate' with the ID 'pgporter mover id --home %s' prints: %w", on, pb.home, pb.home, err)
+	}
+	defer sender.Close()
+	body, err := json.Marshal(jb)
+	if err != nil {
+		return nil, err
+	}
+	var res *pubJobResult
+	err = sender.RunJob(ctx, addr, peer, body, func(ev []byte) {
+		var r pubJobResult
+		if json.Unmarshal(ev, &r) == nil && r.Kind == "result" {
+			res = &r
+		}
+	})
+	if errors.Is(err, mover.ErrPermission) {
+		return nil, fmt.Errorf("mover %s refuses this home's ID %s: on its host run 'pgporter mover trust %s --allow orchestrate': %w", on, sender.ID(), sender.ID(), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("on mover %s: %w", on, err)
+	}
+	if res == nil {
+		return nil, fmt.Errorf("mover %s ended the %s job without a result", on, jb.Kind)
+	}
+	return res, nil
+}
+
+// PublishOn publishes on the host of mover on (ADDR#PEER_ID): o.Repo is a
+// path there, o.Serve is ignored (the mover runs its own). The publication
+// is recorded here with On set.
+func (pb *Publisher) PublishOn(ctx context.Context, on string, o PublishOptions) (*Publication, error) {
+	if _, _, err := mover.ParsePeerAddr(on); err != nil {
+		return nil, err
+	}
+	o.Serve, o.ServeEnv = []string{"(the mover's)"}, nil
+	o = o.withDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o.Serve = nil
+	res, err := pb.remoteJob(ctx, on, pubJob{Kind: pubJobPublish, Publish: &o})
+	if err != nil {
+		return nil, err
+	}
+	p := res.Publication
+	if p == nil {
+		return nil, fmt.Errorf("mover %s did not return the publication", on)
+	}
+	p.On = on
+	if err := pb.j.PutPublication(p); err != nil {
+		return nil, fmt.Errorf("publication %s is up on %s but could not be recorded here (unpublish it there): %w", p.ID, on, err)
+	}
+	return p, nil
+}
+
+// Refresh replaces the records of publications on other hosts in ps by what
+// their movers report now, one job per mover. A mover that cannot be reached
+// leaves its records as they were, with the reason in Error.
+func (pb *Publisher) Refresh(ctx context.Context, ps []*Publication) {
+	byMover := map[string][]*Publication{}
+	for _, p := range ps {
+		if p.On != "" && p.State != PubGone {
+			byMover[p.On] = append(byMover[p.On], p)
+		}
+	}
+	for on, local := range byMover {
+		jctx, cancel := context.WithTimeout(ctx, pubJobTimeout)
+		res, err := pb.remoteJob(jctx, on, pubJob{Kind: pubJobList})
+		cancel()
+		remote := map[string]*Publication{}
+		if err == nil {
+			for _, r := range res.Publications {
+				remote[r.ID] = r
+			}
+		}
+		for _, p := range local {
+			r, ok := remote[p.ID]
+			switch {
+			case err != nil:
+				p.Error = "mover unreachable: " + err.Error()
+			case !ok:
+				p.State, p.Error = PubGone, "the mover no longer knows it"
+			default:
+				*p = *r
+				p.On = on
+			}
+		}
+	}
+}
+
+// unpublishOn ends publication p on its mover and records it gone here.
+func (pb *Publisher) unpublishOn(ctx context.Context, p *Publication) (*Publication, error) {
+	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobUnpublish, ID: p.ID})
+	if err != nil && !errors.Is(err, ErrNoPublication) && !strings.Contains(err.Error(), ErrNoPublication.Error()) {
+		return p, err
+	}
+	on := p.On
+	if err == nil && res.Publication != nil {
+		p = res.Publication
+		p.On = on
+	}
+	p.State = PubGone
+	return p, pb.j.PutPublication(p)
+}
+
+// exportOn dumps from publication p on its mover's host, into o.To there.
+func (pb *Publisher) exportOn(ctx context.Context, p *Publication, o PublishedExportOptions) ([]PublishedDump, error) {
+	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobExport, Export: &o})
+	if err != nil {
+		return nil, err
+	}
+	return res.Dumps, nil
+}
