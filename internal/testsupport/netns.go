@@ -88,8 +88,10 @@ type Network struct {
 	base   string // netns name prefix shared by the router and its hosts
 	router *Host
 
-	mu    sync.Mutex // guards hosts
-	hosts []*Host
+	mu     sync.Mutex // guards hosts, emus, closed
+	hosts  []*Host
+	emus   map[*Host]*linkEmu // links with an emulator in their path (netemu.go)
+	closed bool               // the router is being torn down: no new emulators
 }
 
 // Host is a network namespace joined to a Network's router.
@@ -116,7 +118,10 @@ func NewNetwork(t testing.TB) *Network {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := n.router.teardown(); err != nil {
+		n.mu.Lock()
+		n.closed = true
+		n.mu.Unlock()
+		if err := errors.Join(n.closeEmulators(), n.router.teardown()); err != nil {
 			t.Error(err)
 		}
 	})
@@ -283,6 +288,21 @@ func (h *Host) Listen(network, address string) (net.Listener, error) {
 	}()
 	r := <-ch
 	return r.ln, r.err
+}
+
+// ListenPacket listens inside the host's namespace, as net.ListenPacket does.
+func (h *Host) ListenPacket(network, address string) (net.PacketConn, error) {
+	type result struct {
+		c   net.PacketConn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := inHostNetns(h, func() (net.PacketConn, error) { return net.ListenPacket(network, address) })
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
 }
 
 // inHostNetns runs f on this goroutine's OS thread moved into h's
