@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/orchestrator"
+)
+
+// moverPublication reads publication id from the mover's journal.
+func moverPublication(t *testing.T, home, id string) *orchestrator.Publication {
+	t.Helper()
+	j, err := orchestrator.OpenJournal(home)
+	require.NoError(t, err)
+	p, err := j.GetPublication(id)
+	require.NoError(t, err)
+	return p
+}
+
+// TestPublishOnMoverRestart publishes through a mover process on loopback
+// ('publish --on'), writes into the publication, exports from it while
+// another client queries it, then SIGKILLs the serve processes of that
+// publication and of a second one (--on-restart cleanup) and the mover
+// itself. The restarted mover serves the first again on the same port with
+// the write there, and removes the second, leaving no mount behind.
+func TestPublishOnMoverRestart(t *testing.T) {
+	_, repo := exportFixture(t)
+	// A second repository: a publication holds its repository open.
+	repo2 := filepath.Join(t.TempDir(), "repo2")
+	out, err := exec.Command("cp", "-a", repo, repo2).CombinedOutput()
+	require.NoError(t, err, string(out))
+
+	initHome := func() (string, string) {
+		home := t.TempDir()
+		code, out, errs := runCLI(t, "mover", "init", "--home", home)
+		require.Equal(t, 0, code, errs)
+		return home, lastLine(out)
+	}
+	moverHome, moverID := initHome()
+	orchHome, orchID := initHome()
+	root := t.TempDir()
+	require.NoError(t, os.Chmod(root, 0o755))
+	srv := startProc(t, "--home", moverHome, "mover", "serve", "--listen", "127.0.0.1:0", "--root", root)
+	addr := srv.waitListening(t)
+	peer := addr + "#" + moverID
+	port, port2 := freeTCPPort(t), freeTCPPort(t)
+	publishOn := func() (int, string, string) {
+		return runCLI(t, "--home", orchHome, "publish", "--on", peer, "--repo", repo, "--restore-point", "latest", "--port", strconv.Itoa(port), "--json")
+	}
+
+	// Not trusted yet: the error names the ID to trust and the command.
+	code, _, errs := publishOn()
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errs, "pgporter mover trust "+orchID+" --allow orchestrate")
+	code, _, errs = runCLI(t, "mover", "trust", orchID, "--allow", "orchestrate", "--home", moverHome)
+	require.Equal(t, 0, code, errs)
+
+	code, out2, errs := publishOn()
+	require.Equal(t, 0, code, errs)
+	var res struct {
+		ID, Host, On string
+		Port         int
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out2)), &res), out2)
+	require.Equal(t, peer, res.On)
+	require.Equal(t, port, res.Port)
+	t.Cleanup(func() {
+		runCLI(t, "--home", orchHome, "unpublish", res.ID)
+		runCLI(t, "--home", moverHome, "unpublish", res.ID)
+	})
+	p1 := moverPublication(t, moverHome, res.ID)
+	require.Equal(t, orchestrator.PubUp, p1.State)
+	require.Equal(t, orchestrator.OnRestartRestart, p1.OnRestart)
+	// A publication of this host, in the mover's home, cleaned up when the
+	// mover finds it dead.
+	p2 := publishCLI(t, moverHome, repo2, port2, "--on-restart", "cleanup")
+
+	ctx := context.Background()
+	conn := pubConn(t, port, "crm")
+	_, err = conn.Exec(ctx, `CREATE TABLE kept AS SELECT generate_series(1, 500) AS x`)
+	require.NoError(t, err)
+	conn.Close(ctx)
+
+	list := publishedList(t, orchHome)
+	require.Len(t, list.Publications, 1)
+	require.Equal(t, res.ID, list.Publications[0].ID)
+	require.Equal(t, "up", list.Publications[0].State)
+	require.Positive(t, list.Publications[0].CowBytes)
+
+	// Export on the mover's host while another client keeps querying.
+	qconn := pubConn(t, port, "shop")
+	var queries atomic.Int64
+	var qerr error
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var n int
+			if qerr = qconn.QueryRow(ctx, `SELECT count(*) FROM pgbench_accounts`).Scan(&n); qerr != nil {
+				return
+			}
+			queries.Add(1)
+		}
+	})
+	to := filepath.Join(root, "exports")
+	code, _, errs = runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--db", "shop", "--to", to, "--json")
+	close(stop)
+	wg.Wait()
+	require.Equal(t, 0, code, errs)
+	require.NoError(t, qerr)
+	require.Positive(t, queries.Load())
+	for _, db := range []string{"crm", "shop"} {
+		code, _, errs = runCLI(t, "verify", filepath.Join(to, db))
+		require.Equal(t, 0, code, errs)
+	}
+	// Outside the mover's roots: refused there.
+	code, _, errs = runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--to", t.TempDir())
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errs, "outside this mover's roots")
+
+	// SIGKILL both serve processes and the mover.
+	for _, p := range []*orchestrator.Publication{moverPublication(t, moverHome, p1.ID), moverPublication(t, moverHome, p2.ID)} {
+		require.Positive(t, p.ServePID)
+		require.NoError(t, syscall.Kill(p.ServePID, syscall.SIGKILL))
+	}
+	srv.kill(t)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		dead := 0
+		for _, p := range publishedList(t, moverHome).Publications {
+			if p.State == "dead" {
+				dead++
+			}
+		}
+		if dead == 2 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the publications are not dead after their processes were killed")
+		time.Sleep(10 * time.Millisecond) // polling other processes' exit
+	}
+
+	// The restarted mover (same address) recovers them before it listens.
+	srv = startProc(t, "--home", moverHome, "mover", "serve", "--listen", addr, "--root", root)
+	require.Equal(t, addr, srv.waitListening(t))
+	back := moverPublication(t, moverHome, p1.ID)
+	require.Equal(t, orchestrator.PubUp, back.State, back.Error)
+	require.Equal(t, 1, back.Restarts)
+	require.Equal(t, port, back.Port)
+	require.NotEqual(t, p1.InstancePID, back.InstancePID)
+	conn = pubConn(t, port, "crm")
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM kept`).Scan(&n))
+	require.Equal(t, 500, n, "the write made before the kill")
+	conn.Close(ctx)
+	gone := moverPublication(t, moverHome, p2.ID)
+	require.Equal(t, orchestrator.PubGone, gone.State)
+	requireReleased(t, p2)
+	require.False(t, mountedAt(t, p2.Lower()))
+
+	list = publishedList(t, orchHome)
+	require.Len(t, list.Publications, 1)
+	require.Equal(t, "up", list.Publications[0].State)
+
+	code, _, errs = runCLI(t, "--home", orchHome, "unpublish", res.ID)
+	require.Equal(t, 0, code, errs)
+	requireReleased(t, back)
+	require.False(t, mountedAt(t, back.Lower()))
+	require.Empty(t, publishedList(t, orchHome).Publications)
+	require.Empty(t, publishedList(t, moverHome).Publications)
+
+	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
+}
