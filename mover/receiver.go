@@ -115,6 +115,9 @@ type receiver struct {
 	inflight      int // chunks taken off pending and still being written
 	writeErr      error
 
+	budget int64 // bytes a growing tree's files may add up to (free space at open)
+	listed int64 // bytes of the files listed so far
+
 	failOnce sync.Once
 }
 
@@ -340,8 +343,9 @@ func (r *receiver) control(ctx context.Context) error {
 	}
 }
 
-// maxGrowingFiles bounds the files of a transfer that announced no counts.
-const maxGrowingFiles = 1 << 20
+// maxFiles bounds the files of a transfer, announced or not: each costs the
+// receiver memory and an inode.
+const maxFiles = 1 << 20
 
 // growing reports whether the sender announced no file and byte counts: a
 // tree still being written, whose files come as they are completed (the
@@ -358,11 +362,17 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if r.paths[h.Path] {
 		return fmt.Errorf("%w: %s listed twice", protocol.ErrBadPath, h.Path)
 	}
-	if r.growing() && len(r.files) >= maxGrowingFiles {
-		return fmt.Errorf("%w: more than %d files", protocol.ErrProtocol, maxGrowingFiles)
+	if r.growing() && len(r.files) >= maxFiles {
+		return fmt.Errorf("%w: more than %d files", protocol.ErrTooLarge, maxFiles)
 	}
 	if !r.growing() && uint64(len(r.files)) >= r.meta.Files {
 		return fmt.Errorf("%w: more files than the %d announced", protocol.ErrProtocol, r.meta.Files)
+	}
+	if r.growing() {
+		if r.listed += int64(min(h.Size, 1<<62)); r.listed > r.budget {
+			return fmt.Errorf("%w: the files listed so far need %s but only %s fit in %s (its free space when the transfer opened, less the %s reserve)",
+				protocol.ErrNoSpace, HumanBytes(r.listed), HumanBytes(max(r.budget, 0)), r.meta.Dest, HumanBytes(r.s.o.Reserve))
+		}
 	}
 	r.paths[h.Path] = true
 	if (!r.growing() && h.Size > r.meta.Bytes) || (h.NumChunks > 0 && uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size) || uint64(h.NumChunks) > h.Size {

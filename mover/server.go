@@ -452,6 +452,9 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if !validTransferID(m.TransferID) {
 		return nil, fmt.Errorf("%w: bad transfer ID %q", protocol.ErrProtocol, m.TransferID)
 	}
+	if m.Files > maxFiles {
+		return nil, fmt.Errorf("%w: %d files announced; a transfer may have at most %d", protocol.ErrTooLarge, m.Files, maxFiles)
+	}
 	if m.Params.Min == 0 || m.Params.Avg == 0 || m.Params.Max == 0 {
 		return nil, fmt.Errorf("%w: chunking parameters %s are incomplete", protocol.ErrProtocol, m.Params)
 	}
@@ -559,6 +562,9 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if need > 0 && int64(free)-s.o.Reserve < need {
 		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, HumanBytes(need), HumanBytes(int64(free)), HumanBytes(s.o.Reserve))
 	}
+	// A growing tree's files must fit too: this also bounds the chunk
+	// positions (and so the memory) its manifest can make us track.
+	r.budget = int64(free) - s.o.Reserve + r.durableBytes
 	if err := rt.MkdirAll(r.partial, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: creating %s.partial: %v", protocol.ErrBadPath, m.Dest, err)
 	}

@@ -1,0 +1,87 @@
+package mover
+
+import (
+	"encoding/binary"
+	"math"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+// tinyParams are the smallest chunks a sender may announce: the most
+// positions per byte a manifest can make the receiver track.
+var tinyParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: chunkstore.MinChunkFloor, Avg: 256, Max: 512}
+
+// TestHostileHugeManifest: a manifest a million entries long costs the
+// receiver memory in proportion (measured here per entry, and bounded by
+// the free space over the minimum chunk size); manifests whose counts or
+// sizes are above the limits are refused before they cost anything.
+func TestHostileHugeManifest(t *testing.T) {
+	r := startReceiver(t, ServerOptions{Reserve: 1})
+	open := func(t *testing.T, s *rawSender, dest string, files, bytes uint64) error {
+		t.Helper()
+		require.NoError(t, s.cs.write(&protocol.OpenTransfer{TransferID: "t-huge", Dest: filepath.Join(r.root, dest), Params: tinyParams, Files: files, Bytes: bytes}))
+		_, err := s.cs.next()
+		return err
+	}
+
+	t.Run("more files than the limit", func(t *testing.T) {
+		err := open(t, dialRaw(t, r), "many", maxFiles+1, 1)
+		require.ErrorIs(t, err, protocol.ErrTooLarge)
+		require.ErrorContains(t, err, "files announced")
+	})
+	t.Run("growing tree larger than the free space", func(t *testing.T) {
+		s := dialRaw(t, r)
+		require.NoError(t, open(t, s, "growing", 0, 0))
+		require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: math.MaxUint64 / 2}))
+		err := s.nextError(t)
+		require.ErrorIs(t, err, protocol.ErrNoSpace)
+		require.ErrorContains(t, err, "files listed so far need")
+	})
+
+	t.Run("a million chunks", func(t *testing.T) {
+		const n = 1 << 20
+		s := dialRaw(t, r)
+		size := uint64(n * tinyParams.Min)
+		require.NoError(t, open(t, s, "million", 1, size))
+		needs := make(chan int, 1)
+		go func() { // owned: ends when the connection does
+			total := 0
+			for total < n {
+				m, err := s.cs.next()
+				if err != nil {
+					break
+				}
+				if need, ok := m.(*protocol.Need); ok {
+					total += len(need.Chunks)
+				}
+			}
+			needs <- total
+		}()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: size, NumChunks: n}))
+		var buf [4]byte
+		for first := 0; first < n; first += protocol.MaxChunkRefs {
+			refs := make([]protocol.ChunkRef, protocol.MaxChunkRefs)
+			for i := range refs {
+				binary.BigEndian.PutUint32(buf[:], uint32(first+i))
+				refs[i] = protocol.ChunkRef{ID: chunkstore.Sum(buf[:]), Len: uint32(tinyParams.Min)}
+			}
+			require.NoError(t, s.cs.write(&protocol.FileChunks{Index: 0, First: uint32(first), Chunks: refs}))
+		}
+		require.Equal(t, n, <-needs, "the receiver asked for every chunk")
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perEntry := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
+		t.Logf("receiver heap for a manifest of %d chunk entries: %s (%d bytes per entry; peak heap %s)",
+			n, HumanBytes(int64(after.HeapAlloc)-int64(before.HeapAlloc)), perEntry, HumanBytes(int64(after.HeapSys)))
+		require.Less(t, perEntry, int64(512), "memory per manifest entry")
+		s.conn.CloseWithError(0, "")
+	})
+}
