@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // DumpOptions say what to dump and where.
@@ -31,6 +32,11 @@ type DumpOptions struct {
 	// Together they let the dump be sent while it is being written.
 	Started func(partialDir string)
 	OnFile  func(name string)
+	// SplitTableBytes is the size from which a table's data is dumped by
+	// pgporter in parallel page ranges rather than by one COPY of pg_dump
+	// (see tabledump.go): 0 means DefaultSplitTableBytes, negative never.
+	SplitTableBytes int64
+	rangeBytes      int64 // the share of a split table per COPY; tests make it small
 }
 
 // DumpResult describes a finished dump.
@@ -40,6 +46,8 @@ type DumpResult struct {
 	Tables  int
 	Reused  bool // the dump was complete already (a retry)
 	Command string
+	// Split names the tables whose data was dumped in parallel ranges.
+	Split []string
 }
 
 // Dump runs pg_dump -Fd -Z0 --no-sync for one database of the instance
@@ -65,10 +73,18 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	if err := os.MkdirAll(partial, 0o700); err != nil { // pg_dump takes an empty directory
 		return nil, err
 	}
+	split, err := in.planSplit(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	defer split.close()
 	var watch *closeWatcher
 	if o.OnFile != nil {
-		var err error
-		if watch, err = watchCloses(partial, o.OnFile); err != nil {
+		var skip []string
+		if split != nil { // pgporter rewrites pg_dump's toc.dat at the end
+			skip = []string{"toc.dat", "toc.dat.tmp"}
+		}
+		if watch, err = watchCloses(partial, o.OnFile, skip...); err != nil {
 			return nil, err
 		}
 		defer func() { _ = watch.finish(false) }() // idempotent stop on error paths
@@ -80,8 +96,26 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	if o.Progress != nil {
 		total = in.countTables(ctx, o)
 	}
-	args := []string{"-Fd", "-Z0", "--no-sync", "-j", strconv.Itoa(o.Jobs), "-v", "-f", partial, "-d", in.ConnString(o.DB, o.User)}
-	cmd := exec.CommandContext(ctx, filepath.Join(in.BinDir, "pg_dump"), args...)
+	var mu sync.Mutex // guards done, for pg_dump's lines and the split tables
+	done := 0
+	tableDone := func() {
+		mu.Lock()
+		done++
+		n := done
+		mu.Unlock()
+		if o.Progress != nil {
+			o.Progress(n, max(total, n))
+		}
+	}
+
+	args := []string{"-Fd", "-Z0", "--no-sync", "-j", strconv.Itoa(o.Jobs), "-v"}
+	if split != nil {
+		args = append(args, split.pgDumpArgs()...)
+	}
+	args = append(args, "-f", partial, "-d", in.ConnString(o.DB, o.User))
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(dctx, filepath.Join(in.BinDir, "pg_dump"), args...)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+o.Password, "PGCONNECT_TIMEOUT=30")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -90,28 +124,63 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting pg_dump: %w", err)
 	}
+	// pg_dump checks that its directory is empty before it says anything:
+	// the split tables' files are written after its first line.
+	started := make(chan struct{})
+	splitErr := make(chan error, 1)
+	if split != nil {
+		go func() {
+			err := split.dump(dctx, in, o, partial, started, func(*splitTable) { tableDone() })
+			if err != nil {
+				cancel() // pg_dump too
+			}
+			splitErr <- err
+		}()
+	}
 	var errTail bytes.Buffer // what pg_dump says of errors, for the message
-	done := 0
 	sc := bufio.NewScanner(stderr)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	first := true
 	for sc.Scan() {
+		if first {
+			close(started)
+			first = false
+		}
 		line := sc.Text()
 		switch {
 		case strings.Contains(line, "dumping contents of table"):
-			done++
-			if o.Progress != nil {
-				o.Progress(done, max(total, done))
-			}
+			tableDone()
 		case strings.Contains(line, "error:"), strings.Contains(line, "warning:"), strings.Contains(line, "DETAIL:"), strings.Contains(line, "HINT:"):
 			errTail.WriteString(line + "\n")
 		}
 	}
+	if first {
+		close(started)
+	}
 	_, _ = io.Copy(io.Discard, stderr)
-	if err := cmd.Wait(); err != nil {
+	waitErr := cmd.Wait()
+	if waitErr != nil {
+		cancel() // the range COPYs
+	}
+	if split != nil {
+		if err := <-splitErr; err != nil && ctx.Err() == nil && (waitErr == nil || !errors.Is(err, context.Canceled)) {
+			return nil, fmt.Errorf("dumping the data of %q's big tables: %w", o.DB, err)
+		}
+	}
+	if waitErr != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("pg_dump of %q failed (%v): %s", o.DB, err, strings.TrimSpace(errTail.String()))
+		return nil, fmt.Errorf("pg_dump of %q failed (%v): %s", o.DB, waitErr, strings.TrimSpace(errTail.String()))
+	}
+	var splitNames []string
+	if split != nil {
+		if err := split.addEntries(partial); err != nil {
+			return nil, fmt.Errorf("adding the big tables to %q's toc.dat: %w", o.DB, err)
+		}
+		for _, t := range split.tables {
+			splitNames = append(splitNames, t.qualified)
+		}
 	}
 	if watch != nil {
 		if err := watch.finish(true); err != nil {
@@ -125,7 +194,11 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	if err != nil {
 		return nil, err
 	}
-	return &DumpResult{Dir: o.Dir, Bytes: n, Tables: done, Command: "pg_dump " + strings.Join(args[:len(args)-1], " ") + " <conninfo>"}, nil
+	command := "pg_dump " + strings.Join(args[:len(args)-1], " ") + " <conninfo>"
+	if split != nil {
+		command += fmt.Sprintf("; the data of %s by range COPYs on %d connections", strings.Join(splitNames, ", "), o.Jobs)
+	}
+	return &DumpResult{Dir: o.Dir, Bytes: n, Tables: done, Command: command, Split: splitNames}, nil
 }
 
 func (in *Instance) countTables(ctx context.Context, o DumpOptions) int {

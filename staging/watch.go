@@ -19,12 +19,17 @@ type closeWatcher struct {
 	f      *os.File
 	report func(name string)
 
+	skip map[string]bool // names whose close events are not reports
+
 	mu   sync.Mutex // guards seen
 	seen map[string]bool
 	done chan struct{}
 }
 
-func watchCloses(dir string, report func(name string)) (*closeWatcher, error) {
+// watchCloses reports the files of dir as they are closed after writing,
+// except the names in skip, which finish reports if they exist then: their
+// writer closes them more than once.
+func watchCloses(dir string, report func(name string), skip ...string) (*closeWatcher, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("inotify: %w", err)
@@ -33,7 +38,10 @@ func watchCloses(dir string, report func(name string)) (*closeWatcher, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("watching %s: %w", dir, err)
 	}
-	w := &closeWatcher{dir: dir, f: os.NewFile(uintptr(fd), "inotify"), report: report, seen: map[string]bool{}, done: make(chan struct{})}
+	w := &closeWatcher{dir: dir, f: os.NewFile(uintptr(fd), "inotify"), report: report, skip: map[string]bool{}, seen: map[string]bool{}, done: make(chan struct{})}
+	for _, n := range skip {
+		w.skip[n] = true
+	}
 	go w.loop()
 	return w, nil
 }
@@ -55,7 +63,7 @@ func (w *closeWatcher) loop() {
 			for len(name) > 0 && name[len(name)-1] == 0 {
 				name = name[:len(name)-1]
 			}
-			if name != "" {
+			if name != "" && !w.skip[name] {
 				w.once(name)
 			}
 			b = b[unix.SizeofInotifyEvent+nameLen:]
