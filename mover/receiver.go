@@ -712,6 +712,7 @@ func (r *receiver) finish(ctx context.Context, done *protocol.SendDone) error {
 func (r *receiver) commit(ctx context.Context) error {
 	man := Manifest{Format: ManifestFormat, Transfer: r.tid, Created: time.Now().UTC(), Chunking: r.meta.Params}
 	var bad []string
+	why := "" // the first bad file's read error, if it was one
 	for _, f := range r.files {
 		p := filepath.Join(r.partial, filepath.FromSlash(f.hdr.Path))
 		h, n, err := r.hashPartial(ctx, p)
@@ -723,6 +724,9 @@ func (r *receiver) commit(ctx context.Context) error {
 			// everything that is wrong.
 			if err := r.forgetFile(f); err != nil {
 				return err
+			}
+			if len(bad) == 0 && err != nil {
+				why = ": " + err.Error()
 			}
 			bad = append(bad, f.hdr.Path)
 			continue
@@ -741,7 +745,7 @@ func (r *receiver) commit(ctx context.Context) error {
 		man.Bytes += n
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("%w: %d file(s) did not verify after transfer (first: %s); rerun to resend them", protocol.ErrCorrupt, len(bad), bad[0])
+		return fmt.Errorf("%w: %d file(s) did not verify after transfer (first: %s%s); rerun to resend them", protocol.ErrCorrupt, len(bad), bad[0], why)
 	}
 	r.fc.closeAll()
 	if err := r.prune(); err != nil {
