@@ -250,7 +250,7 @@ func (r *receiver) sync() error {
 	}
 	for p := range touched {
 		if err := r.fc.sync(p); err != nil {
-			return fmt.Errorf("syncing %s: %w", p, err)
+			return r.noSpace(p, fmt.Errorf("syncing %s: %w", p, err))
 		}
 	}
 	b := r.s.db.NewBatch()
@@ -586,6 +586,15 @@ func decodeDedupe(b []byte) (string, int64, uint32, bool) {
 	return abs, int64(binary.BigEndian.Uint64(b)), binary.BigEndian.Uint32(b[8:]), true
 }
 
+// noSpace turns a failure to write file p for lack of space into an error
+// that names the destination that is full; other errors pass unchanged.
+func (r *receiver) noSpace(p string, err error) error {
+	if !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.EDQUOT) {
+		return err
+	}
+	return fmt.Errorf("%w: no space left on %s (writing %s); free space there and rerun to resume: %v", protocol.ErrNoSpace, r.meta.Dest, p, err)
+}
+
 // writeChunk writes verified plain content at every position in ps.
 func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 	ws := make([]wpos, len(ps))
@@ -597,9 +606,7 @@ func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 	r.mu.Unlock()
 	for _, w := range ws {
 		if err := r.fc.writeAt(w.path, plain, w.rec.off); err != nil {
-			if errors.Is(err, unix.ENOSPC) {
-				err = fmt.Errorf("%w: writing %s: %v", protocol.ErrNoSpace, w.path, err)
-			}
+			err = r.noSpace(w.path, err)
 			r.mu.Lock()
 			r.writeErr = err
 			r.mu.Unlock()
