@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
@@ -107,6 +108,15 @@ type StagingJobs struct {
 	// an export from one may write.
 	Serve ServeCommand
 	Roots []string
+
+	mu      sync.Mutex             // guards running
+	running map[string]*stagingRun // the job running each export session
+}
+
+// stagingRun is a job running an export session on this mover.
+type stagingRun struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the job has let go of the session
 }
 
 var _ mover.JobRunner = (*StagingJobs)(nil)
@@ -126,6 +136,11 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 	if !validSessionID(jb.Session) {
 		return fmt.Errorf("%w: bad session ID %q", ErrBadPlan, jb.Session)
 	}
+	ctx, release, err := j.takeOver(ctx, jb.Session)
+	if err != nil {
+		return err
+	}
+	defer release()
 	r, err := NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
 		if b, err := json.Marshal(e); err == nil {
 			emit(b)
@@ -150,6 +165,45 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 	}
 	_, err = r.Run(ctx, jb.Session)
 	return err
+}
+
+// takeOver makes the calling job the only one running session id on this
+// mover. A job still running it was handed by an orchestrator that is gone
+// without this mover noticing yet (killed, or cut off: its connection dies
+// only when idle for jobIdleTimeout): a new job for the session is a retry
+// or a cancel, so the old job is cancelled and waited for, instead of the
+// new one failing with ErrRunning. release lets go of the session.
+func (j *StagingJobs) takeOver(ctx context.Context, id string) (_ context.Context, release func(), _ error) {
+	for {
+		j.mu.Lock()
+		old := j.running[id]
+		if old == nil {
+			if j.running == nil {
+				j.running = map[string]*stagingRun{}
+			}
+			rctx, cancel := context.WithCancel(ctx)
+			me := &stagingRun{cancel: cancel, done: make(chan struct{})}
+			j.running[id] = me
+			j.mu.Unlock()
+			return rctx, func() {
+				cancel()
+				j.mu.Lock()
+				delete(j.running, id)
+				j.mu.Unlock()
+				close(me.done)
+			}, nil
+		}
+		j.mu.Unlock()
+		if j.Log != nil {
+			j.Log.Info("a new job for the session: stopping the earlier one, whose orchestrator is gone", "session", id)
+		}
+		old.cancel()
+		select {
+		case <-old.done:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
 }
 
 // validSessionID accepts what newSessionID makes, and nothing that could
