@@ -16,7 +16,7 @@ import (
 
 // copyDataDir makes a copy of a stopped cluster's data directory, owned like
 // the original, in a directory the postgres OS user can reach.
-func copyDataDir(t *testing.T, src string) (dataDir, runDir string) {
+func copyDataDir(t testing.TB, src string) (dataDir, runDir string) {
 	t.Helper()
 	base, err := os.MkdirTemp("/var/tmp", "pgporter-staging-test-")
 	require.NoError(t, err)
