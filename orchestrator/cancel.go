@@ -94,6 +94,9 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 	if s.State == StateCancelled {
 		return s, nil
 	}
+	if s.Plan.Published != "" {
+		return r.cancelPublished(ctx, s)
+	}
 	if s.Plan.Staging != "" {
 		// The staging host holds what there is to release.
 		if err := r.cancelRemote(ctx, s); err != nil {

@@ -82,6 +82,9 @@ func (r *Runner) Create(p Plan) (*Session, error) {
 }
 
 func (r *Runner) create(p Plan, id string) (*Session, error) {
+	if p.Published != "" {
+		return r.createPublished(p, id)
+	}
 	if len(p.Databases) == 0 {
 		return nil, fmt.Errorf("%w: name at least one database with --db", ErrBadPlan)
 	}
@@ -211,9 +214,12 @@ func (r *Runner) Run(ctx context.Context, id string) (*Session, error) {
 		return s, err
 	}
 	var runErr error
-	if s.Plan.Staging != "" {
+	switch {
+	case s.Plan.Staging != "":
 		runErr = x.runRemote(ctx)
-	} else {
+	case s.Plan.Published != "":
+		runErr = x.runPublished(ctx)
+	default:
 		runErr = x.run(ctx)
 	}
 	if err := x.update(func(s *Session) {

@@ -113,6 +113,8 @@ func TestPublishExport(t *testing.T) {
 	_, err = pb.Export(context.Background(), PublishedExportOptions{ID: p.ID, Databases: []string{"shop"}, To: t.TempDir(), Password: "wrong"})
 	require.Error(t, err)
 
+	t.Run("retry and cancel", func(t *testing.T) { testPublishedExportRetryCancel(t, f, pb, p) })
+
 	require.NoError(t, stop())
 	got, err := pb.j.GetPublication(p.ID)
 	require.NoError(t, err)

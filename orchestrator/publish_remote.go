@@ -34,6 +34,10 @@ type pubJob struct {
 	ID      string                  `json:"id,omitempty"`
 	Publish *PublishOptions         `json:"publish,omitempty"`
 	Export  *PublishedExportOptions `json:"export,omitempty"`
+	// An export session from a publication (publish_session.go).
+	Session  string `json:"session,omitempty"`
+	Plan     *Plan  `json:"plan,omitempty"`
+	Password string `json:"password,omitempty"`
 }
 
 // pubJobResult is the last event of a publication job.
@@ -65,6 +69,8 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 	}
 	var res pubJobResult
 	switch jb.Kind {
+	case pubJobSession, pubJobCancelSession:
+		return j.runSessionJob(ctx, jb, emit)
 	case pubJobPublish:
 		if jb.Publish == nil {
 			return fmt.Errorf("%w: a publish job without options", ErrBadPlan)
@@ -127,6 +133,16 @@ const pubJobTimeout = 10 * time.Second
 
 // remoteJob runs a publication job on mover on and returns its result.
 func (pb *Publisher) remoteJob(ctx context.Context, on string, jb pubJob) (*pubJobResult, error) {
+	res, err := pb.remoteJobEvents(ctx, on, jb, nil)
+	if err == nil && res == nil && jb.Kind != pubJobCancelSession {
+		return nil, fmt.Errorf("mover %s ended the %s job without a result", on, jb.Kind)
+	}
+	return res, err
+}
+
+// remoteJobEvents runs a publication job on mover on, passing its events to
+// onEvent (if not nil), and returns its result, if it sent one.
+func (pb *Publisher) remoteJobEvents(ctx context.Context, on string, jb pubJob, onEvent func([]byte)) (*pubJobResult, error) {
 	addr, peer, err := mover.ParsePeerAddr(on)
 	if err != nil {
 		return nil, err
@@ -146,15 +162,15 @@ func (pb *Publisher) remoteJob(ctx context.Context, on string, jb pubJob) (*pubJ
 		if json.Unmarshal(ev, &r) == nil && r.Kind == "result" {
 			res = &r
 		}
+		if onEvent != nil {
+			onEvent(ev)
+		}
 	})
 	if errors.Is(err, mover.ErrPermission) {
 		return nil, fmt.Errorf("mover %s refuses this home's ID %s: on its host run 'pgporter mover trust %s --allow orchestrate': %w", on, sender.ID(), sender.ID(), err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("on mover %s: %w", on, err)
-	}
-	if res == nil {
-		return nil, fmt.Errorf("mover %s ended the %s job without a result", on, jb.Kind)
 	}
 	return res, nil
 }

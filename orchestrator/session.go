@@ -95,6 +95,10 @@ type Plan struct {
 	BWLimit int64  `json:"bwlimit,omitempty"`
 	Staging string `json:"staging,omitempty"`
 	Target  string `json:"target,omitempty"`
+	// Published names the publication to export from instead of a
+	// restore point (publish_session.go); UnpublishAfter ends it after.
+	Published      string `json:"published,omitempty"`
+	UnpublishAfter bool   `json:"unpublish_after,omitempty"`
 }
 
 // Resources are what a session holds on the staging host; cleanup and

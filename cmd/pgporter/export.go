@@ -74,7 +74,8 @@ Examples:
 	f.StringVar(&eo.plan.RepoPeer, "repo-peer", "", "repository mover ADDR#PEER_ID (instead of --repo); the staging side needs read there")
 	f.StringVar(&eo.plan.Staging, "staging", "", "staging mover ADDR#PEER_ID that mounts, dumps and sends (needs --repo-peer and --target); it must trust this home's ID with orchestrate")
 	f.StringVar(&eo.plan.Target, "target", "", "target mover ADDR#PEER_ID; --to is then a path on it, inside one of its roots; the staging side needs send there")
-	f.StringVar(&eo.published, "published", "", "export from publication ID ('pgporter published'): pg_dump runs against it on this host, into --to, with no staging")
+	f.StringVar(&eo.published, "published", "", "export from publication ID ('pgporter published'): pg_dump runs against it on its host, into --to there (inside its mover's roots for 'publish --on'), or sends to --target; a session like any export (retry, cancel)")
+	f.BoolVar(&eo.plan.UnpublishAfter, "unpublish-after", false, "with --published: unpublish the publication once the export is done")
 	f.BoolVar(&eo.plan.AllowMissingPreload, "allow-missing-preload", false, "start the throwaway instance without shared_preload_libraries this host lacks (they are named); without it, such a backup is refused")
 	f.BoolVar(&eo.plan.Globals, "globals", false, "add pg_dumpall --globals-only (roles, tablespaces) to each dump as globals.sql")
 	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
@@ -250,30 +251,33 @@ func (p *progressRenderer) close(ok bool) {
 	p.endBar(ok)
 }
 
-// runPublishedExport dumps databases of a publication on this host.
+// runPublishedExport exports from a publication: a session whose steps run
+// on the publication's host (this one, or its mover's for 'publish --on'),
+// which retry and cancel reach like any other.
 func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
-	if eo.plan.To == "" || len(eo.plan.Databases) == 0 || eo.plan.Repo != "" || eo.plan.RepoPeer != "" || eo.plan.Staging != "" || eo.plan.Target != "" {
-		return usagef("export --published ID takes --db and --to (and no --repo, --repo-peer, --staging or --target)")
+	if eo.plan.To == "" || len(eo.plan.Databases) == 0 || eo.plan.Repo != "" || eo.plan.RepoPeer != "" || eo.plan.Staging != "" {
+		return usagef("export --published ID takes --db and --to, and --target to send the dumps on (no --repo, --repo-peer or --staging)")
 	}
-	pw, _, err := staging.ResolvePassword(staging.PasswordOptions{File: eo.passwordFile, User: eo.plan.PGUser, Port: eo.sourcePort, Log: g.log})
-	if err != nil && !errors.Is(err, staging.ErrNoPassword) {
-		return err
+	eo.plan.Published = eo.published
+	eo.plan.PasswordFile = eo.passwordFile
+	if eo.bwlimit != "" {
+		n, err := parseSize(eo.bwlimit)
+		if err != nil || n <= 0 {
+			return usagef("--bwlimit %q: want a positive size per second, e.g. 50M", eo.bwlimit)
+		}
+		eo.plan.BWLimit = n
 	}
-	pb, err := orchestrator.NewPublisher(g.home, g.log)
+	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
 	if err != nil {
 		return err
 	}
-	dumps, err := pb.Export(cmd.Context(), orchestrator.PublishedExportOptions{ID: eo.published, Databases: eo.plan.Databases, To: eo.plan.To, User: eo.plan.PGUser, Password: pw, Jobs: eo.plan.Jobs})
+	s, err := r.Create(eo.plan)
+	if errors.Is(err, orchestrator.ErrBadPlan) {
+		return usageError{err}
+	}
 	if err != nil {
 		return err
 	}
-	res := exportResult{State: string(orchestrator.StateDone), Databases: []dbResult{}}
-	for _, d := range dumps {
-		fmt.Fprintf(g.stdout, "  %-20q %s  %s in %.1fs\n", d.Name, d.Path, humanSize(d.Bytes), d.Seconds)
-		res.Databases = append(res.Databases, dbResult{Name: d.Name, Path: d.Path, Bytes: d.Bytes, Seconds: d.Seconds})
-	}
-	if eo.json {
-		return writeJSONLine(g.stdout, res)
-	}
-	return nil
+	fmt.Fprintf(g.stderr, "session %s: exporting %s from publication %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.Published, s.Plan.To)
+	return driveSession(cmd, g, r, s.ID, eo.json)
 }

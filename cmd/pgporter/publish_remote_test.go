@@ -177,7 +177,10 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	require.Len(t, list.Publications, 1)
 	require.Equal(t, "up", list.Publications[0].State)
 
-	code, _, errs = runCLI(t, "--home", orchHome, "unpublish", res.ID)
+	// The last export ends the publication (--unpublish-after).
+	code, _, errs = runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--to", filepath.Join(root, "last"), "--unpublish-after")
+	require.Equal(t, 0, code, errs)
+	code, _, errs = runCLI(t, "verify", filepath.Join(root, "last", "crm"))
 	require.Equal(t, 0, code, errs)
 	requireReleased(t, back)
 	require.False(t, mountedAt(t, back.Lower()))
