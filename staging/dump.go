@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // DumpOptions say what to dump and where.
@@ -170,6 +171,11 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	if waitErr != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if strings.Contains(errTail.String(), "No space left on device") {
+			// pg_dump does not say where: name the directory that is full.
+			return nil, fmt.Errorf("no space left on %s for the dump of %q (%w); free space there and retry: %s",
+				filepath.Dir(o.Dir), o.DB, syscall.ENOSPC, strings.TrimSpace(errTail.String()))
 		}
 		return nil, fmt.Errorf("pg_dump of %q failed (%v): %s", o.DB, waitErr, strings.TrimSpace(errTail.String()))
 	}

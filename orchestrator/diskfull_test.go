@@ -1,0 +1,83 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// fillBut writes a file at path until its file system has at most keep
+// bytes free (or is full).
+func fillBut(path string, keep int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, 256<<10)
+	for {
+		var st unix.Statfs_t
+		if err := unix.Statfs(filepath.Dir(path), &st); err != nil {
+			return err
+		}
+		free := int64(st.Bavail) * st.Bsize
+		if free <= keep {
+			return nil
+		}
+		if _, err := f.Write(buf[:min(int64(len(buf)), free-keep)]); err != nil {
+			if errors.Is(err, unix.ENOSPC) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// TestDiskFullStagingDir: the staging directory's file system fills up (a
+// tmpfs another writer fills as the dump starts). The export fails naming
+// the full directory, nothing is committed at the target, and a retry after
+// the space is freed completes with a dump equal to the source.
+func TestDiskFullStagingDir(t *testing.T) {
+	f := newFixture(t)
+	testsupport.RequireRoot(t, "mounting a tmpfs")
+	staging := stagingDir(t)
+	require.NoError(t, unix.Mount("tmpfs", staging, "tmpfs", 0, "size=256m,mode=0755"))
+	t.Cleanup(func() { unix.Unmount(staging, unix.MNT_DETACH) })
+	filler := filepath.Join(staging, "filler")
+
+	home, to := t.TempDir(), t.TempDir()
+	var (
+		once    sync.Once
+		fillErr error
+	)
+	r := newRunner(t, home, func(e Event) {
+		if e.Step == dumpStep("shop") && e.Kind == "start" {
+			once.Do(func() { fillErr = fillBut(filler, 64<<10) })
+		}
+	})
+	plan := f.plan(t, to)
+	plan.StagingDir, plan.Databases = staging, []string{"shop"}
+	s, err := r.Create(plan)
+	require.NoError(t, err)
+	s, err = r.Run(context.Background(), s.ID)
+	require.NoError(t, fillErr)
+	require.Error(t, err)
+	t.Logf("the user reads: %v", err)
+	require.ErrorContains(t, err, "no space left")
+	require.ErrorContains(t, err, staging)
+	require.Equal(t, StateFailed, s.State)
+	require.NoDirExists(t, filepath.Join(to, "shop"), "nothing is committed at the target")
+
+	require.NoError(t, os.Remove(filler))
+	s, err = newRunner(t, home, nil).Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
+}
