@@ -54,7 +54,7 @@ func (pb *Publisher) Export(ctx context.Context, o PublishedExportOptions) ([]Pu
 		return nil, err
 	}
 	if p.On != "" {
-		return pb.exportOn(ctx, p, o)
+		return nil, fmt.Errorf("publication %s runs on mover %s: export from it with 'pgporter export --published', which runs there", p.ID, p.On)
 	}
 	if p.State != PubUp || !pb.j.lockHeld(p.ID) {
 		state := p.State

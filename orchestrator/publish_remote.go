@@ -24,16 +24,14 @@ const (
 	pubJobPublish   = "publish"
 	pubJobList      = "published"
 	pubJobUnpublish = "unpublish"
-	pubJobExport    = "export-published"
 )
 
 // pubJob is a publication job's body. Export sessions' bodies (job) have no
 // kind.
 type pubJob struct {
-	Kind    string                  `json:"kind"`
-	ID      string                  `json:"id,omitempty"`
-	Publish *PublishOptions         `json:"publish,omitempty"`
-	Export  *PublishedExportOptions `json:"export,omitempty"`
+	Kind    string          `json:"kind"`
+	ID      string          `json:"id,omitempty"`
+	Publish *PublishOptions `json:"publish,omitempty"`
 	// An export session from a publication (publish_session.go).
 	Session  string `json:"session,omitempty"`
 	Plan     *Plan  `json:"plan,omitempty"`
@@ -42,10 +40,9 @@ type pubJob struct {
 
 // pubJobResult is the last event of a publication job.
 type pubJobResult struct {
-	Kind         string          `json:"kind"` // "result"
-	Publication  *Publication    `json:"publication,omitempty"`
-	Publications []*Publication  `json:"publications,omitempty"`
-	Dumps        []PublishedDump `json:"dumps,omitempty"`
+	Kind         string         `json:"kind"` // "result"
+	Publication  *Publication   `json:"publication,omitempty"`
+	Publications []*Publication `json:"publications,omitempty"`
 }
 
 // pubJobKind returns the kind of a job body, "" for an export session's.
@@ -89,15 +86,6 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 		}
 	case pubJobUnpublish:
 		res.Publication, err = pb.Unpublish(ctx, jb.ID)
-	case pubJobExport:
-		if jb.Export == nil {
-			return fmt.Errorf("%w: an export job without options", ErrBadPlan)
-		}
-		o := *jb.Export
-		if err := inRoots(o.To, j.Roots); err != nil {
-			return err
-		}
-		res.Dumps, err = pb.Export(ctx, o)
 	default:
 		return fmt.Errorf("%w: unknown job kind %q (a newer orchestrator?)", ErrBadPlan, jb.Kind)
 	}
@@ -251,13 +239,4 @@ func (pb *Publisher) unpublishOn(ctx context.Context, p *Publication) (*Publicat
 	}
 	p.State = PubGone
 	return p, pb.j.PutPublication(p)
-}
-
-// exportOn dumps from publication p on its mover's host, into o.To there.
-func (pb *Publisher) exportOn(ctx context.Context, p *Publication, o PublishedExportOptions) ([]PublishedDump, error) {
-	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobExport, Export: &o})
-	if err != nil {
-		return nil, err
-	}
-	return res.Dumps, nil
 }

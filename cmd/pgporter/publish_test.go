@@ -241,8 +241,9 @@ func TestPublishPortInUse(t *testing.T) {
 }
 
 // TestPublishKilled: after SIGKILL of the serve process the publication is
-// reported dead, and unpublish stops the orphaned postgres and detaches the
-// dead mount.
+// reported dead; 'publish --resume' serves it again on the same port with
+// what was written before the kill; killed again, unpublish stops the
+// orphaned postgres and detaches the dead mounts.
 func TestPublishKilled(t *testing.T) {
 	_, repo := exportFixture(t)
 	home := t.TempDir()
@@ -251,21 +252,51 @@ func TestPublishKilled(t *testing.T) {
 	require.Positive(t, p.ServePID)
 	require.Positive(t, p.InstancePID)
 	require.True(t, mountedAt(t, p.Mountpoint()))
-	require.NoError(t, syscall.Kill(p.ServePID, syscall.SIGKILL))
+	require.True(t, mountedAt(t, p.Lower()))
+	ctx := context.Background()
+	conn := pubConn(t, port, "crm")
+	_, err := conn.Exec(ctx, `INSERT INTO "Clients" VALUES (-1, 'written before the kill')`)
+	require.NoError(t, err)
+	conn.Close(ctx)
 
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		list := publishedList(t, home)
-		require.Len(t, list.Publications, 1)
-		if list.Publications[0].State == "dead" {
-			break
+	// Resuming a publication that runs is refused.
+	code, _, errs := runCLI(t, "--home", home, "publish", "--resume", p.ID)
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "not dead")
+
+	waitDead := func(pid int) {
+		t.Helper()
+		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+		deadline := time.Now().Add(waitTimeout)
+		for {
+			list := publishedList(t, home)
+			require.Len(t, list.Publications, 1)
+			if list.Publications[0].State == "dead" {
+				break
+			}
+			require.True(t, time.Now().Before(deadline), "the publication is still %s after its process was killed", list.Publications[0].State)
+			time.Sleep(10 * time.Millisecond) // polling another process's exit
 		}
-		require.True(t, time.Now().Before(deadline), "the publication is still %s after its process was killed", list.Publications[0].State)
-		time.Sleep(10 * time.Millisecond) // polling another process's exit
 	}
+	waitDead(p.ServePID)
 	code, out, errs := runCLI(t, "--home", home, "published")
 	require.Equal(t, 0, code, errs)
 	require.Regexp(t, p.ID+` +dead`, out)
+
+	code, out, errs = runCLI(t, "--home", home, "publish", "--resume", p.ID, "--json")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, lastLine(out), `"state":"up"`)
+	conn = pubConn(t, port, "crm")
+	var name string
+	require.NoError(t, conn.QueryRow(ctx, `SELECT name FROM "Clients" WHERE id = -1`).Scan(&name))
+	require.Equal(t, "written before the kill", name)
+	conn.Close(ctx)
+	j, err := orchestrator.OpenJournal(home)
+	require.NoError(t, err)
+	p, err = j.GetPublication(p.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, p.Restarts)
+	waitDead(p.ServePID)
 
 	code, _, errs = runCLI(t, "--home", home, "unpublish", p.ID)
 	require.Equal(t, 0, code, errs)
