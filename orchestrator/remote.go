@@ -93,6 +93,9 @@ func (x *sessionRun) mirror(e Event) {
 			if st.State != StepDone {
 				st.State, st.Ended = StepDone, now
 			}
+			if e.Done > 0 || e.WireBytes > 0 {
+				st.Bytes, st.WireBytes = e.Done, e.WireBytes
+			}
 		}
 	})
 }
@@ -141,10 +144,21 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 		return err
 	}
 	defer release()
-	r, err := NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
+	var r *Runner
+	send := func(e Event) {
 		if b, err := json.Marshal(e); err == nil {
 			emit(b)
 		}
+	}
+	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
+		if e.Kind == "skip" && e.Step != "" {
+			// A step done in an earlier run: the orchestrator may have missed
+			// its figures (it was killed before the done event reached it).
+			if s, err := r.j.Get(jb.Session); err == nil {
+				e = skipEvent(s.Step(e.Step))
+			}
+		}
+		send(e)
 	}})
 	if err != nil {
 		return err
@@ -156,15 +170,26 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 		}
 		return err
 	}
-	if _, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
+	if s, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
 		if _, err := r.create(jb.Plan, jb.Session); err != nil {
 			return err
 		}
 	} else if err != nil {
 		return err
+	} else if s.State == StateDone {
+		// Done here, yet asked again: the orchestrator missed the end of
+		// the job (killed, or cut off). It gets every step's figures.
+		for _, st := range s.Steps {
+			send(skipEvent(st))
+		}
 	}
 	_, err = r.Run(ctx, jb.Session)
 	return err
+}
+
+// skipEvent reports st, done in an earlier run, with its figures.
+func skipEvent(st *Step) Event {
+	return Event{Step: st.Name, Kind: "skip", Done: st.Bytes, Total: st.Bytes, WireBytes: st.WireBytes, Text: "done in an earlier run"}
 }
 
 // takeOver makes the calling job the only one running session id on this
