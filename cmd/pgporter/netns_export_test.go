@@ -39,9 +39,10 @@ type netnsExport struct {
 	repoH, stagingH, targetH, orchH   *testsupport.Host
 	orchHome, stagingHome             string
 	repoSpec, stagingSpec, targetSpec string
-	stagingArgs                       []string // the staging mover's command line, to restart it
-	staging, target                   *proc
-	to, stagingDir                    string
+	repoArgs, stagingArgs, targetArgs []string // the movers' command lines, to restart them
+	repo, staging, target             *proc
+	root                              string // the target mover's --root
+	to, stagingDir                    string // to is in root
 }
 
 // newNetnsExport sets up the hosts and movers. extraSQL, if not empty,
@@ -64,7 +65,7 @@ func newNetnsExport(t *testing.T, extraSQL string) *netnsExport {
 		stagingDir: cliStagingDir(t),
 	}
 	root := t.TempDir()
-	e.to = filepath.Join(root, "out")
+	e.root, e.to = root, filepath.Join(root, "out")
 	repoHome, targetHome := filepath.Join(t.TempDir(), "repo"), filepath.Join(t.TempDir(), "target")
 	ids := map[string]mover.PeerID{}
 	for _, home := range []string{repoHome, targetHome, e.stagingHome, e.orchHome} {
@@ -85,11 +86,13 @@ func newNetnsExport(t *testing.T, extraSQL string) *netnsExport {
 	listen := func(h *testsupport.Host) string { return h.AddrPort(netnsMoverPort).String() }
 	spec := func(h *testsupport.Host, home string) string { return listen(h) + "#" + ids[home].String() }
 	e.repoSpec, e.stagingSpec, e.targetSpec = spec(e.repoH, repoHome), spec(e.stagingH, e.stagingHome), spec(e.targetH, targetHome)
+	e.repoArgs = []string{"--home", repoHome, "mover", "serve", "--listen", listen(e.repoH), "--repo", repo}
 	e.stagingArgs = []string{"--home", e.stagingHome, "mover", "serve", "--listen", listen(e.stagingH)}
-	repoMover := startMover(t, e.repoH, "--home", repoHome, "mover", "serve", "--listen", listen(e.repoH), "--repo", repo)
-	e.target = startMover(t, e.targetH, "--home", targetHome, "mover", "serve", "--listen", listen(e.targetH), "--root", root, "--metrics", netnsMetricsAddr)
+	e.targetArgs = []string{"--home", targetHome, "mover", "serve", "--listen", listen(e.targetH), "--root", root, "--metrics", netnsMetricsAddr}
+	e.repo = startMover(t, e.repoH, e.repoArgs...)
+	e.target = startMover(t, e.targetH, e.targetArgs...)
 	e.staging = startMover(t, e.stagingH, e.stagingArgs...)
-	require.Equal(t, listen(e.repoH), repoMover.waitListening(t))
+	require.Equal(t, listen(e.repoH), e.repo.waitListening(t))
 	require.Equal(t, listen(e.targetH), e.target.waitListening(t))
 	require.Equal(t, listen(e.stagingH), e.staging.waitListening(t))
 	t.Logf("setup (cluster, backup, four hosts, three movers): %.1fs", time.Since(start).Seconds())
@@ -117,14 +120,48 @@ func startMover(t *testing.T, h *testsupport.Host, args ...string) *proc {
 // host, with extra flags. It inherits PGPASSWORD from the test.
 func (e *netnsExport) export(t *testing.T, flags ...string) *proc {
 	t.Helper()
+	return e.exportTo(t, e.to, flags...)
+}
+
+// exportTo is export into another directory of the target's root.
+func (e *netnsExport) exportTo(t *testing.T, to string, flags ...string) *proc {
+	t.Helper()
 	args := []string{"--home", e.orchHome, "export", "--repo-peer", e.repoSpec, "--staging", e.stagingSpec, "--target", e.targetSpec,
-		"--db", "shop", "--db", "crm", "--to", e.to, "--staging-dir", e.stagingDir, "--json"}
+		"--db", "shop", "--db", "crm", "--to", to, "--staging-dir", e.stagingDir, "--json"}
 	return startInHost(t, e.orchH, append(args, flags...)...)
+}
+
+// restartMover starts the mover of role ("repository", "staging" or
+// "target") again, with the same home and address, once it has exited.
+func (e *netnsExport) restartMover(t *testing.T, role string) *proc {
+	t.Helper()
+	var h *testsupport.Host
+	var args []string
+	var p **proc
+	switch role {
+	case "repository":
+		h, args, p = e.repoH, e.repoArgs, &e.repo
+	case "staging":
+		h, args, p = e.stagingH, e.stagingArgs, &e.staging
+	case "target":
+		h, args, p = e.targetH, e.targetArgs, &e.target
+	default:
+		t.Fatalf("no mover %q", role)
+	}
+	select {
+	case <-(*p).done:
+	default:
+		t.Fatalf("the %s mover still runs", role)
+	}
+	*p = startMover(t, h, args...)
+	require.Equal(t, h.AddrPort(netnsMoverPort).String(), (*p).waitListening(t), "the restarted %s mover listens elsewhere", role)
+	return *p
 }
 
 // logs returns the output of the export and of the movers, for failures.
 func (e *netnsExport) logs(p *proc) string {
-	return "export:\n" + p.stderr.String() + "\nstaging mover:\n" + e.staging.stderr.String() + "\ntarget mover:\n" + e.target.stderr.String()
+	return "export:\n" + p.stderr.String() + "\nrepository mover:\n" + e.repo.stderr.String() +
+		"\nstaging mover:\n" + e.staging.stderr.String() + "\ntarget mover:\n" + e.target.stderr.String()
 }
 
 // waitStderr waits until p's stderr contains s, failing if p exits first.
@@ -146,13 +183,19 @@ func (e *netnsExport) waitStderr(t *testing.T, p *proc, s string) {
 // both dumps are at the target, verified.
 func (e *netnsExport) finish(t *testing.T, p *proc) exportJSON {
 	t.Helper()
+	return e.finishTo(t, p, e.to)
+}
+
+// finishTo is finish for an export into to.
+func (e *netnsExport) finishTo(t *testing.T, p *proc, to string) exportJSON {
+	t.Helper()
 	require.Equal(t, 0, p.wait(t), e.logs(p))
 	var res exportJSON
 	require.NoError(t, json.Unmarshal([]byte(p.lastLine()), &res), "stdout's last line: %q\n%s", p.lastLine(), e.logs(p))
 	require.Equal(t, "done", res.State)
 	require.Len(t, res.Databases, 2)
 	for _, db := range res.Databases {
-		require.Equal(t, filepath.Join(e.to, db.Name), db.Path)
+		require.Equal(t, filepath.Join(to, db.Name), db.Path)
 		require.Positive(t, db.Bytes)
 		require.Positive(t, db.WireBytes)
 		rep, err := mover.Verify(context.Background(), db.Path)
@@ -160,7 +203,7 @@ func (e *netnsExport) finish(t *testing.T, p *proc) exportJSON {
 		require.Empty(t, rep.Problems)
 		t.Logf("%s: %d bytes, %d on the wire, %.1fs", db.Name, db.Bytes, db.WireBytes, db.Seconds)
 	}
-	entries, err := os.ReadDir(e.to)
+	entries, err := os.ReadDir(to)
 	require.NoError(t, err)
 	require.Len(t, entries, 2, "only the two dumps; no partial directories")
 	return res
@@ -170,10 +213,16 @@ func (e *netnsExport) finish(t *testing.T, p *proc) exportJSON {
 // cluster and compares the tables' rows with the source's.
 func (e *netnsExport) restoreAndCompare(t *testing.T, suffix string) {
 	t.Helper()
+	e.restoreAndCompareFrom(t, e.to, suffix)
+}
+
+// restoreAndCompareFrom is restoreAndCompare for the dumps in to.
+func (e *netnsExport) restoreAndCompareFrom(t *testing.T, to, suffix string) {
+	t.Helper()
 	for db, tables := range netnsExportTables {
 		name := db + "_restored_" + suffix
 		e.c.CreateDB(t, name)
-		out, err := e.c.ClientCmd(context.Background(), name, "pg_restore", "--no-owner", "-d", name, filepath.Join(e.to, db)).CombinedOutput()
+		out, err := e.c.ClientCmd(context.Background(), name, "pg_restore", "--no-owner", "-d", name, filepath.Join(to, db)).CombinedOutput()
 		require.NoError(t, err, "pg_restore of %s: %s", db, out)
 		for _, tbl := range tables {
 			q := "SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM " + tbl + " t"
@@ -255,8 +304,7 @@ func TestNetnsExportStagingKilled(t *testing.T) {
 	require.Equal(t, id, failed.Session)
 	require.Equal(t, "failed", failed.State)
 
-	e.staging = startMover(t, e.stagingH, e.stagingArgs...)
-	require.Equal(t, e.stagingH.AddrPort(netnsMoverPort).String(), e.staging.waitListening(t), "the restarted staging mover listens elsewhere")
+	e.restartMover(t, "staging")
 	start := time.Now()
 	r := startInHost(t, e.orchH, "--home", e.orchHome, "retry", id, "--json")
 	res := e.finish(t, r)
