@@ -292,7 +292,6 @@ func startLinkEmu(router, h *Host) (*linkEmu, error) {
 	}
 	e.tun = r.f
 	ns, table := router.ns, strconv.Itoa(emuTableBase+h.n)
-	hostAddr := h.addr.String() + "/32"
 	err := runCmd(execIn(ns, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter; echo 0 > /proc/sys/net/ipv4/conf/"+e.dev+"/rp_filter; echo 0 > /proc/sys/net/ipv4/conf/all/send_redirects; echo 1 > /proc/sys/net/ipv6/conf/"+e.dev+"/disable_ipv6"))
 	if err == nil {
 		err = ipBatch(
@@ -310,12 +309,11 @@ func startLinkEmu(router, h *Host) (*linkEmu, error) {
 	e.cancel = cancel
 	e.wg.Go(e.read)
 	e.wg.Go(func() { e.schedule(ctx) })
-	err = ipBatch(
-		[]string{"-n", ns, "rule", "add", "prio", strconv.Itoa(emuRulePrioDeliver), "iif", e.dev, "to", hostAddr, "lookup", "main"},
-		[]string{"-n", ns, "rule", "add", "prio", strconv.Itoa(emuRulePrioFrom), "iif", h.routerDev(), "lookup", table},
-		[]string{"-n", ns, "rule", "add", "prio", strconv.Itoa(emuRulePrioTo), "to", hostAddr, "lookup", table},
-	)
-	if err != nil {
+	var rules [][]string
+	for _, r := range e.rules() {
+		rules = append(rules, append([]string{"-n", ns, "rule", "add"}, r...))
+	}
+	if err := ipBatch(rules...); err != nil {
 		return nil, errors.Join(err, e.close())
 	}
 	return e, nil
@@ -344,11 +342,10 @@ func openTUN(name string) (*os.File, error) {
 // close removes the rules (traffic goes direct again), stops the goroutines
 // and closes the device, which deletes it and its route.
 func (e *linkEmu) close() error {
-	ns := e.router.ns
 	var errs []error
-	for _, prio := range []int{emuRulePrioDeliver, emuRulePrioTo, emuRulePrioFrom} {
+	for _, r := range e.rules() {
 		// A rule missing (a failed start) is not an error worth reporting.
-		ipCmd("-n", ns, "rule", "del", "prio", strconv.Itoa(prio), "lookup", ruleTable(prio, e))
+		ipCmd(append([]string{"-n", e.router.ns, "rule", "del"}, r...)...)
 	}
 	if e.cancel != nil {
 		e.cancel()
@@ -360,11 +357,15 @@ func (e *linkEmu) close() error {
 	return errors.Join(errs...)
 }
 
-func ruleTable(prio int, e *linkEmu) string {
-	if prio == emuRulePrioDeliver {
-		return "main"
+// rules are the policy rules that steer the host's traffic through the
+// emulator, as arguments to 'ip rule add' and 'ip rule del'.
+func (e *linkEmu) rules() [][]string {
+	host, table := e.host.addr.String()+"/32", strconv.Itoa(emuTableBase+e.host.n)
+	return [][]string{
+		{"prio", strconv.Itoa(emuRulePrioDeliver), "iif", e.dev, "to", host, "lookup", "main"},
+		{"prio", strconv.Itoa(emuRulePrioFrom), "iif", e.host.routerDev(), "lookup", table},
+		{"prio", strconv.Itoa(emuRulePrioTo), "to", host, "lookup", table},
 	}
-	return strconv.Itoa(emuTableBase + e.host.n)
 }
 
 func (e *linkEmu) setProfile(p LinkProfile) {
@@ -395,10 +396,9 @@ func (e *linkEmu) read() {
 	for {
 		k, err := e.tun.Read(buf)
 		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
-			continue // a transient read error: the packet is lost, as on a link
+			// Closed by close, or the device is gone with the namespace:
+			// either way nothing more will come.
+			return
 		}
 		pkt := buf[:k]
 		if k < 20 || pkt[0]>>4 != 4 {

@@ -202,8 +202,12 @@ func TestNetemuDelay(t *testing.T) {
 	require.Positive(t, st.FromHost.Delivered)
 	require.Positive(t, st.ToHost.Delivered)
 
-	// Taken out of the path, the link is direct again and its device gone.
+	// Taken out of the path, a link is direct again and its device gone;
+	// the other emulator keeps its rules.
 	require.NoError(t, n.RemoveLinkEmulation(a))
+	rtts = udpRTTs(t, b, echo, 5)
+	require.GreaterOrEqual(t, slices.Min(rtts), 100*time.Millisecond)
+	require.Less(t, median(rtts), 150*time.Millisecond)
 	require.NoError(t, n.RemoveLinkEmulation(b))
 	require.Less(t, median(udpRTTs(t, b, echo, 5)), 50*time.Millisecond)
 	out, err := exec.Command("ip", "-n", n.router.Netns(), "link", "show").Output()
@@ -493,4 +497,32 @@ func TestNetemuOutage(t *testing.T) {
 	uc.Close()
 	tc.Close()
 	rg.Wait()
+}
+
+// TestNetemuTeardown: a test that ends with emulated links, packets in
+// their delay lines and an outage running leaves no namespace behind (the
+// TUN devices go with the router's), and TestMain's goleak finds none of
+// the emulators' goroutines.
+func TestNetemuTeardown(t *testing.T) {
+	var names []string
+	t.Run("run", func(t *testing.T) {
+		n := NewNetwork(t)
+		a, b := n.AddHost(t, "a"), n.AddHost(t, "b")
+		names = []string{n.router.Netns(), a.Netns(), b.Netns()}
+		require.NoError(t, n.SetLinkProfile(a, LinkProfile{Delay: time.Second}))
+		require.NoError(t, n.SetLinkProfile(b, LinkProfile{Rate: 1 << 10, Queue: 1 << 20}))
+		sink := newUDPSink(t, a)
+		sendUDP(t, b, sink.addr, 0, 100, 500)
+		waitFor(t, "datagrams in the delay lines", func() bool { return n.LinkStats(b).FromHost.Packets == 100 })
+		require.NoError(t, n.Outage(b, time.Hour))
+		out, err := exec.Command("ip", "-n", n.router.Netns(), "link", "show").Output()
+		require.NoError(t, err)
+		require.Contains(t, string(out), " t1:")
+		require.Contains(t, string(out), " t2:")
+	})
+	require.Len(t, names, 3)
+	list := netnsList(t)
+	for _, ns := range names {
+		require.NotContains(t, list, ns, "namespace left behind")
+	}
 }

@@ -33,6 +33,11 @@ import (
 // without colliding. Both ends of each veth are created inside the
 // namespaces, so the root namespace is never touched.
 //
+// A link can be slowed and broken three ways: SetLinkDown (the router's
+// veth end down: the router answers 'unreachable'), SetRate (tc tbf on both
+// veth ends) and the user-space emulator of netemu.go (SetLinkProfile,
+// Outage: delay, jitter, loss, reordering, rate, silent outages).
+//
 // Namespace names are netnsPrefix, the creating process's PID, a random tag
 // and a role; a later run deletes namespaces whose creating process is dead
 // (a test binary killed before its cleanups).
