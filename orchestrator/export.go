@@ -241,9 +241,10 @@ func (r *Runner) Run(ctx context.Context, id string) (*Session, error) {
 // sessionRun is one run of a session. Dumps and transfers run in two
 // goroutines; every change to the session goes through update.
 type sessionRun struct {
-	r  *Runner
-	mu sync.Mutex // guards s, and serializes journal writes
-	s  *Session
+	r       *Runner
+	mu      sync.Mutex // guards s, and serializes journal writes
+	s       *Session
+	corrupt corruptWatch // corrupt chunks the mount read, for the error
 }
 
 // update applies fn to the session and journals it.
@@ -385,7 +386,7 @@ func (x *sessionRun) run(ctx context.Context) error {
 		return nil
 	})
 	if err := g.Wait(); err != nil {
-		return contextErr(ctx, err)
+		return x.corrupt.explain(contextErr(ctx, err))
 	}
 	if err := x.setState(StateCleaning); err != nil {
 		return err
@@ -407,6 +408,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		return err
 	}
 	defer closeRepo()
+	chunks = x.corrupt.wrap(chunks)
 	dir := x.s.SessionDir()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err

@@ -1,0 +1,61 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/pgporter/pgporter/staging"
+)
+
+// corruptWatch remembers the repository chunks that failed verification
+// while the mount read them. The mount can only answer EIO, and pg_dump
+// then reports an I/O error on some table: explain adds which chunk of the
+// repository is corrupt, which is what an operator has to act on.
+type corruptWatch struct {
+	mu    sync.Mutex // guards first, count
+	first error      // the first corruption seen
+	count int
+}
+
+// wrap returns chunks reporting its corruptions to w.
+func (w *corruptWatch) wrap(chunks staging.ChunkReader) staging.ChunkReader {
+	return &watchedChunks{ChunkReader: chunks, w: w}
+}
+
+type watchedChunks struct {
+	staging.ChunkReader
+	w *corruptWatch
+}
+
+func (c *watchedChunks) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+	b, err := c.ChunkReader.Get(ctx, id, dst)
+	if err != nil {
+		ce, local := errors.AsType[*chunkstore.CorruptChunkError](err)
+		if local || errors.Is(err, protocol.ErrCorrupt) {
+			c.w.mu.Lock()
+			if c.w.first == nil {
+				c.w.first = err
+				if !local || ce.ID != id { // name the chunk once
+					c.w.first = fmt.Errorf("chunk %s: %w", id, err)
+				}
+			}
+			c.w.count++
+			c.w.mu.Unlock()
+		}
+	}
+	return b, err
+}
+
+// explain prefixes err, if not nil, with the corruption seen, if any.
+func (w *corruptWatch) explain(err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err == nil || w.first == nil {
+		return err
+	}
+	return fmt.Errorf("the repository holds corrupt data (%d failed reads; first: %v); the export cannot be made from this restore point: %w", w.count, w.first, err)
+}

@@ -1,0 +1,84 @@
+package orchestrator
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/stretchr/testify/require"
+)
+
+// corruptChunk flips a byte in the middle of the stored bytes of chunk id
+// in the pack files of the repository at repo.
+func corruptChunk(t *testing.T, repo string, id chunkstore.ID) {
+	t.Helper()
+	const headerSize = 4 + chunkstore.IDSize + 1 + 4 + 4 + 4 // see chunkstore/pack.go
+	needle := append([]byte("PGK1"), id[:]...)
+	found := false
+	require.NoError(t, filepath.WalkDir(repo, func(p string, d os.DirEntry, err error) error {
+		if err != nil || found || !strings.HasSuffix(p, ".pack") {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		i := bytes.Index(data, needle)
+		if i < 0 {
+			return nil
+		}
+		stored := int(data[i+4+chunkstore.IDSize+1+4]) | int(data[i+4+chunkstore.IDSize+1+5])<<8 | int(data[i+4+chunkstore.IDSize+1+6])<<16 | int(data[i+4+chunkstore.IDSize+1+7])<<24
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		off := int64(i + headerSize + stored/2)
+		_, err = f.WriteAt([]byte{data[off] ^ 0xff}, off)
+		found = true
+		return err
+	}))
+	require.True(t, found, "chunk %s is in no pack", id)
+}
+
+// TestCorruptChunkInRepository corrupts a chunk of a table's data file in
+// the repository: the export fails naming the chunk, the retry fails the
+// same way, and nothing is committed at the target.
+func TestCorruptChunkInRepository(t *testing.T) {
+	f := newFixture(t)
+	rel := f.c.Query(t, "shop", "SELECT pg_relation_filepath('items')")
+	r, err := chunkstore.OpenRepo(f.repo, nil)
+	require.NoError(t, err)
+	rp, err := r.Resolve(f.rp)
+	require.NoError(t, err)
+	nodes, err := r.Tree(context.Background(), rp)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	var bad chunkstore.ID
+	for _, n := range nodes {
+		if n.Path == rel {
+			require.NotEmpty(t, n.Chunks)
+			bad = n.Chunks[len(n.Chunks)/2].ID
+		}
+	}
+	require.False(t, bad.IsZero(), "%s is not in the restore point", rel)
+	corruptChunk(t, f.repo, bad)
+
+	home, to := t.TempDir(), t.TempDir()
+	plan := f.plan(t, to)
+	plan.Databases = []string{"shop"}
+	s, err := newRunner(t, home, nil).Create(plan)
+	require.NoError(t, err)
+	for _, run := range []string{"export", "retry"} {
+		s, err = newRunner(t, home, nil).Run(context.Background(), s.ID)
+		t.Logf("%s: %v", run, err)
+		require.Error(t, err, "%s: a corrupt chunk must not make a dump", run)
+		require.ErrorContains(t, err, bad.String(), "%s: the error names the chunk", run)
+		require.Equal(t, StateFailed, s.State)
+		require.NoDirExists(t, filepath.Join(to, "shop"), "%s: nothing is committed", run)
+	}
+}
