@@ -173,3 +173,71 @@ func running(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
+
+// TestExportKillCancel kills the export with SIGKILL at each step, then
+// 'pgporter cancel' must leave nothing behind: no instance or pg_dump
+// running, no mount, no staging files, nothing partial in --to; a dump
+// already delivered (its transfer done) stays, verified. A cancelled
+// session cannot be retried.
+func TestExportKillCancel(t *testing.T) {
+	_, repo := exportFixture(t)
+	for _, at := range []string{"• mount", "• instance", "• dump:shop", "• transfer:crm"} {
+		t.Run(strings.TrimPrefix(at, "• "), func(t *testing.T) {
+			home, to, stagingDir := t.TempDir(), t.TempDir(), cliStagingDir(t)
+			p := startProc(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", stagingDir)
+			deadline := time.Now().Add(waitTimeout)
+			for !strings.Contains(p.stderr.String(), at) {
+				select {
+				case <-p.done:
+					t.Fatalf("export ended before %q: %v\n%s", at, p.err, p.stderr.String())
+				case <-time.After(5 * time.Millisecond): // polling another process's output
+				}
+				require.True(t, time.Now().Before(deadline), "export did not reach %q", at)
+			}
+			p.kill(t)
+			m := sessionLineRE.FindStringSubmatch(p.stderr.String())
+			require.NotNil(t, m, p.stderr.String())
+			id := m[1]
+			j, err := orchestrator.OpenJournal(home)
+			require.NoError(t, err)
+			before, err := j.Get(id)
+			require.NoError(t, err)
+			t.Logf("killed in state %s with instance pid %d, mount %q", before.State, before.Resources.InstancePID, before.Resources.Mountpoint)
+
+			code, out, errs := runCLI(t, "--home", home, "cancel", id)
+			require.Equal(t, 0, code, errs)
+			require.Contains(t, out, "cancelled")
+			after, err := j.Get(id)
+			require.NoError(t, err)
+			require.Equal(t, orchestrator.StateCancelled, after.State)
+			require.Zero(t, after.Resources.InstancePID)
+			require.Empty(t, after.Resources.Mountpoint)
+			if pid := before.Resources.InstancePID; pid > 0 {
+				require.False(t, running(pid), "the killed run's instance (pid %d) must be stopped", pid)
+			}
+			// pg_dump and the instance's backends end with the postmaster.
+			deadline = time.Now().Add(waitTimeout)
+			for left := sessionProcs("pgporter-"+id, filepath.Join(stagingDir, id)); len(left) > 0; left = sessionProcs("pgporter-"+id, filepath.Join(stagingDir, id)) {
+				require.True(t, time.Now().Before(deadline), "still running after the cancel: %v", left)
+				time.Sleep(10 * time.Millisecond) // poll interval while they exit
+			}
+			mounts, err := os.ReadFile("/proc/self/mountinfo")
+			require.NoError(t, err)
+			require.NotContains(t, string(mounts), "pgporter-"+id)
+			require.NoDirExists(t, filepath.Join(stagingDir, id))
+			require.NoDirExists(t, filepath.Join(os.TempDir(), "pgporter-"+id), "the mountpoint is removed")
+			entries, err := os.ReadDir(to)
+			require.NoError(t, err)
+			for _, ent := range entries {
+				require.Equal(t, orchestrator.StepDone, after.Step("transfer:"+ent.Name()).State, "%s left in --to, though not delivered", ent.Name())
+				rep, err := mover.Verify(context.Background(), filepath.Join(to, ent.Name()))
+				require.NoError(t, err)
+				require.Empty(t, rep.Problems)
+			}
+
+			code, _, errs = runCLI(t, "--home", home, "retry", id)
+			require.NotEqual(t, 0, code)
+			require.Contains(t, errs, "cancelled")
+		})
+	}
+}
