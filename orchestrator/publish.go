@@ -61,6 +61,10 @@ type Publication struct {
 	On string `json:"on,omitempty"`
 	// Restarts counts how often the publication was resumed on its layer.
 	Restarts int `json:"restarts,omitempty"`
+	// Unpublishing is set by Unpublish before it signals the serve
+	// process: a serve process stopped by any other signal (a shutdown)
+	// keeps the CoW layer, so that the publication can be resumed.
+	Unpublishing bool `json:"unpublishing,omitempty"`
 	// CowSize is the size of the CoW layer as the mover running the
 	// publication reported it (for one with On set).
 	CowSize int64     `json:"cow_bytes,omitempty"`
@@ -464,7 +468,8 @@ func resolvePoint(rps []chunkstore.RestorePoint, id string) (string, error) {
 // "error: REASON\n") to ready and closes it, then waits. On the way out it
 // stops the instance, unmounts, drops the CoW layer and journals the
 // publication gone (or failed, if the instance or the mount ended on their
-// own). lock is the publication's lock that Publish handed over; it stays
+// own); stopped by a signal that Unpublish did not send (a shutdown), it
+// keeps the layer and leaves the publication dead, to be resumed. lock is the publication's lock that Publish handed over; it stays
 // open until the process exits.
 func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, ready *os.File) (err error) {
 	// Neither postgres nor anything else this process starts may inherit
@@ -600,9 +605,15 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	exited := make(chan error, 1)
 	go func() { exited <- in.Wait(waitCtx) }()
 	var cause error
+	suspend := false
 	select {
 	case <-ctx.Done():
-		log.Info("publication stopping")
+		// Not asked by unpublish (a shutdown, say): stop, but keep the
+		// layer, and leave the publication dead, to be resumed.
+		if q, err := pb.j.GetPublication(id); err == nil && !q.Unpublishing {
+			suspend = true
+		}
+		log.Info("publication stopping", "keep_layer", suspend)
 	case err := <-exited:
 		exited <- err // for the wait below
 		cause = fmt.Errorf("postgres exited on its own (%v); see %s", err, filepath.Join(p.RunDir(), "postgres.log"))
@@ -624,10 +635,16 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if uerr := unmountPub(m, unmounted, log); uerr != nil {
 		serr = errors.Join(serr, uerr)
 	}
-	pb.release(stopCtx, p, true)
+	pb.release(stopCtx, p, !suspend || serr != nil)
 	if err := errors.Join(cause, serr); err != nil {
 		log.Error("publication ended", "err", err)
 		return fail(err)
+	}
+	if suspend {
+		log.Info("publication stopped by a signal; its layer is kept for 'publish --resume' or a restarting mover")
+		return pb.j.UpdatePublication(id, func(p *Publication) {
+			p.Error = "stopped by a signal, not by unpublish: resumable on its layer"
+		})
 	}
 	log.Info("publication ended")
 	return pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubGone, "" })
@@ -815,6 +832,9 @@ func (pb *Publisher) Unpublish(ctx context.Context, id string) (*Publication, er
 		}
 		// The PID is the lock holder's: the lock is close-on-exec in it.
 		if p.ServePID > 0 && signalled != p.ServePID {
+			if err := pb.j.UpdatePublication(id, func(p *Publication) { p.Unpublishing = true }); err != nil {
+				return p, err
+			}
 			if err := syscall.Kill(p.ServePID, syscall.SIGTERM); err == nil {
 				signalled = p.ServePID
 				pb.log.Info("asked the serve process to stop", "publication", id, "pid", p.ServePID)

@@ -43,6 +43,8 @@ func servePublication(t *testing.T, pb *Publisher, repo string) (*Publication, f
 			return nil
 		}
 		stopped = true
+		// As Unpublish does before its signal: the layer is dropped.
+		require.NoError(t, pb.j.UpdatePublication(id, func(p *Publication) { p.Unpublishing = true }))
 		cancel()
 		return <-done
 	}

@@ -59,7 +59,7 @@ func (pb *Publisher) Resume(ctx context.Context, id string, serve ServeCommand) 
 		return nil, fmt.Errorf("publication %s cannot listen again: %w", id, err)
 	}
 	err = pb.j.UpdatePublication(id, func(p *Publication) {
-		p.State, p.Error, p.InstancePID, p.ServePID, p.Mounted = PubStarting, "", 0, 0, false
+		p.State, p.Error, p.InstancePID, p.ServePID, p.Mounted, p.Unpublishing = PubStarting, "", 0, 0, false, false
 		p.Restarts++
 	})
 	if err != nil {

@@ -242,8 +242,10 @@ func TestPublishPortInUse(t *testing.T) {
 
 // TestPublishKilled: after SIGKILL of the serve process the publication is
 // reported dead; 'publish --resume' serves it again on the same port with
-// what was written before the kill; killed again, unpublish stops the
-// orphaned postgres and detaches the dead mounts.
+// what was written before the kill. A SIGTERM not sent by unpublish (a
+// shutdown) stops it cleanly but keeps its layer: dead, resumable; unpublish
+// then removes it. After a second SIGKILL, unpublish stops the orphaned
+// postgres and detaches the dead mounts.
 func TestPublishKilled(t *testing.T) {
 	_, repo := exportFixture(t)
 	home := t.TempDir()
@@ -264,9 +266,9 @@ func TestPublishKilled(t *testing.T) {
 	require.Equal(t, exitUsage, code, errs)
 	require.Contains(t, errs, "not dead")
 
-	waitDead := func(pid int) {
+	waitDead := func(pid int, sig syscall.Signal) {
 		t.Helper()
-		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+		require.NoError(t, syscall.Kill(pid, sig))
 		deadline := time.Now().Add(waitTimeout)
 		for {
 			list := publishedList(t, home)
@@ -278,7 +280,7 @@ func TestPublishKilled(t *testing.T) {
 			time.Sleep(10 * time.Millisecond) // polling another process's exit
 		}
 	}
-	waitDead(p.ServePID)
+	waitDead(p.ServePID, syscall.SIGKILL)
 	code, out, errs := runCLI(t, "--home", home, "published")
 	require.Equal(t, 0, code, errs)
 	require.Regexp(t, p.ID+` +dead`, out)
@@ -296,7 +298,17 @@ func TestPublishKilled(t *testing.T) {
 	p, err = j.GetPublication(p.ID)
 	require.NoError(t, err)
 	require.Equal(t, 1, p.Restarts)
-	waitDead(p.ServePID)
+
+	waitDead(p.ServePID, syscall.SIGTERM)
+	require.False(t, mountedAt(t, p.Mountpoint()))
+	require.False(t, mountedAt(t, p.Lower()))
+	require.DirExists(t, p.UpperDir())
+	code, _, errs = runCLI(t, "--home", home, "publish", "--resume", p.ID)
+	require.Equal(t, 0, code, errs)
+	p, err = j.GetPublication(p.ID)
+	require.NoError(t, err)
+	require.Equal(t, 2, p.Restarts)
+	waitDead(p.ServePID, syscall.SIGKILL)
 
 	code, _, errs = runCLI(t, "--home", home, "unpublish", p.ID)
 	require.Equal(t, 0, code, errs)
