@@ -205,3 +205,29 @@ func TestPublishLifecycle(t *testing.T) {
 	_, err = pb.Unpublish(context.Background(), "p-nope")
 	require.ErrorIs(t, err, ErrNoPublication)
 }
+
+func TestPublishRemoteHelpers(t *testing.T) {
+	roots := []string{"/srv/dumps", "/data"}
+	for _, tc := range []struct {
+		dir string
+		ok  bool
+	}{
+		{"/srv/dumps", true},
+		{"/srv/dumps/a/b", true},
+		{"/srv/dumpsX/a", false},
+		{"/srv/dumps/../etc", false},
+		{"relative/dir", false},
+		{"/etc", false},
+	} {
+		err := inRoots(tc.dir, roots)
+		require.Equal(t, tc.ok, err == nil, "%s: %v", tc.dir, err)
+		if !tc.ok {
+			require.ErrorIs(t, err, ErrBadPlan)
+		}
+	}
+	require.Error(t, inRoots("/srv/dumps", nil))
+
+	require.Equal(t, "publish", pubJobKind([]byte(`{"kind":"publish","id":"x"}`)))
+	require.Empty(t, pubJobKind([]byte(`{"session":"x-1","plan":{}}`)), "an export session's job has no kind")
+	require.Equal(t, `/tmp/a b\c`, unescapeMountPath(`/tmp/a\040b\134c`))
+}

@@ -129,6 +129,20 @@ func TestPublishOnMoverRestart(t *testing.T) {
 		code, _, errs = runCLI(t, "verify", filepath.Join(to, db))
 		require.Equal(t, 0, code, errs)
 	}
+	// Sent on from the mover's host to a target mover (here the mover
+	// itself, trusting its own ID with send).
+	code, _, errs = runCLI(t, "mover", "trust", moverID, "--allow", "orchestrate,send", "--home", moverHome)
+	require.Equal(t, 0, code, errs)
+	sent := filepath.Join(root, "sent")
+	code, out2, errs = runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--target", peer, "--to", sent, "--json")
+	require.Equal(t, 0, code, errs)
+	var sentRes exportJSON
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out2)), &sentRes), out2)
+	require.Equal(t, "done", sentRes.State)
+	require.Positive(t, sentRes.Databases[0].WireBytes)
+	code, _, errs = runCLI(t, "verify", filepath.Join(sent, "crm"))
+	require.Equal(t, 0, code, errs)
+
 	// Outside the mover's roots: refused there.
 	code, _, errs = runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--to", t.TempDir())
 	require.NotEqual(t, 0, code)

@@ -14,8 +14,9 @@ func newUnpublishCmd(g *globals) *cobra.Command {
 		Short: "Stop a published instance and drop its copy-on-write layer",
 		Long: `Stop the instance of publication ID, unmount its restore point and drop its
 copy-on-write layer: every write made through the publication is gone. A
-publication whose background process died is cleaned up all the same.
-Unpublishing a publication that is gone already does nothing.`,
+publication whose background process died is cleaned up all the same. One
+made with 'publish --on' is ended on its mover. Unpublishing a publication
+that is gone already does nothing.`,
 		Args: oneArg("unpublish", "publication ID (see 'pgporter published')"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pb, err := orchestrator.NewPublisher(g.home, g.log)
