@@ -73,13 +73,24 @@ func (d *fileData) localChunks() int {
 	return n
 }
 
-// chunkSource fetches the plain content of one original chunk, checked
-// against its length. The result is shared: callers must not modify it.
+// chunkPinner fetches the plain content of one original chunk, checked
+// against its length, and holds it until the caller calls release. The
+// result is shared: callers must not modify it, nor use it after release.
+type chunkPinner interface {
+	pin(ctx context.Context, c chunkstore.ChunkRef) (data []byte, release func(), err error)
+}
+
+// chunkSource is a chunkPinner whose results need no release.
 type chunkSource func(ctx context.Context, c chunkstore.ChunkRef) ([]byte, error)
+
+func (f chunkSource) pin(ctx context.Context, c chunkstore.ChunkRef) ([]byte, func(), error) {
+	data, err := f(ctx, c)
+	return data, func() {}, err
+}
 
 // readAt fills p from offset off and returns how many bytes it read (short
 // only at the end of the file).
-func (d *fileData) readAt(ctx context.Context, get chunkSource, p []byte, off int64) (int, error) {
+func (d *fileData) readAt(ctx context.Context, get chunkPinner, p []byte, off int64) (int, error) {
 	if off >= d.size {
 		return 0, nil
 	}
@@ -103,11 +114,12 @@ func (d *fileData) readAt(ctx context.Context, get chunkSource, p []byte, off in
 				return n, err
 			}
 		} else {
-			data, err := get(ctx, d.chunks[i])
+			data, release, err := get.pin(ctx, d.chunks[i])
 			if err != nil {
 				return n, err
 			}
 			copy(seg, data[pos-d.offs[i]:])
+			release()
 		}
 		n += len(seg)
 	}
@@ -143,7 +155,7 @@ func (d *fileData) openCow() error {
 
 // writeAt writes p at off. Original chunks that p covers only in part are
 // copied into the CoW file first, so that the rest of them still reads right.
-func (d *fileData) writeAt(ctx context.Context, get chunkSource, p []byte, off int64) error {
+func (d *fileData) writeAt(ctx context.Context, get chunkPinner, p []byte, off int64) error {
 	if len(p) == 0 {
 		return nil
 	}
@@ -159,11 +171,13 @@ func (d *fileData) writeAt(ctx context.Context, get chunkSource, p []byte, off i
 			}
 			cs, ce := d.offs[i], min(d.offs[i+1], d.limit)
 			if off > cs || end < ce {
-				data, err := get(ctx, d.chunks[i])
+				data, release, err := get.pin(ctx, d.chunks[i])
 				if err != nil {
 					return err
 				}
-				if _, err := d.cow.WriteAt(data[:ce-cs], cs); err != nil {
+				_, err = d.cow.WriteAt(data[:ce-cs], cs)
+				release()
+				if err != nil {
 					return fmt.Errorf("filling CoW file: %w", err)
 				}
 			}

@@ -220,23 +220,33 @@ type chunkError struct {
 func (e *chunkError) Error() string { return fmt.Sprintf("chunk %s: %v", e.ID, e.Err) }
 func (e *chunkError) Unwrap() error { return e.Err }
 
-func (sys *filesys) fetch(c chunkstore.ChunkRef) func(context.Context) ([]byte, error) {
-	return func(ctx context.Context) ([]byte, error) {
-		data, err := sys.chunks.Get(ctx, c.ID, make([]byte, 0, c.Len))
+func (sys *filesys) fetch(c chunkstore.ChunkRef) chunkFetch {
+	return func(ctx context.Context) ([]byte, *[]byte, error) {
+		bp := getChunkBuf(int(c.Len))
+		data, err := sys.chunks.Get(ctx, c.ID, (*bp)[:0])
 		if err == nil {
 			err = checkChunk(c, data)
 		}
-		return data, err
+		if err != nil {
+			putChunkBuf(bp)
+			return nil, nil, err
+		}
+		if len(data) == 0 || &data[0] != &(*bp)[:1][0] {
+			putChunkBuf(bp) // Get appended elsewhere: data is not ours to pool
+			bp = nil
+		}
+		return data, bp, nil
 	}
 }
 
-// chunk returns an original chunk for a reader or writer.
-func (sys *filesys) chunk(ctx context.Context, c chunkstore.ChunkRef) ([]byte, error) {
-	data, err := sys.cache.get(ctx, sys.bg, c.ID, sys.fetch(c))
+// pin returns an original chunk for a reader or writer, which calls
+// release when done with it.
+func (sys *filesys) pin(ctx context.Context, c chunkstore.ChunkRef) ([]byte, func(), error) {
+	e, err := sys.cache.get(ctx, sys.bg, c.ID, sys.fetch(c))
 	if err != nil {
-		return nil, &chunkError{ID: c.ID, Err: err}
+		return nil, nil, &chunkError{ID: c.ID, Err: err}
 	}
-	return data, nil
+	return e.data, func() { sys.cache.release(e) }, nil
 }
 
 // prefetch fetches c into the cache in the background unless it is there,
@@ -252,7 +262,9 @@ func (sys *filesys) prefetch(c chunkstore.ChunkRef) {
 	}
 	sys.wg.Go(func() {
 		defer func() { <-sys.sem }()
-		_, _ = sys.cache.get(sys.bg, sys.bg, c.ID, sys.fetch(c))
+		if e, err := sys.cache.get(sys.bg, sys.bg, c.ID, sys.fetch(c)); err == nil {
+			sys.cache.release(e)
+		}
 	})
 }
 
@@ -380,7 +392,7 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 	}
 	n.mu.RLock()
 	n.readahead(off, int64(len(dest)))
-	k, err := n.data.readAt(ctx, n.sys.chunk, dest, off)
+	k, err := n.data.readAt(ctx, n.sys, dest, off)
 	n.mu.RUnlock()
 	if err != nil {
 		return nil, n.errno("read", err)
@@ -421,7 +433,7 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if err := n.data.writeAt(ctx, n.sys.chunk, data, off); err != nil {
+	if err := n.data.writeAt(ctx, n.sys, data, off); err != nil {
 		return 0, n.errno("write", err)
 	}
 	n.mtime = time.Now()
