@@ -129,20 +129,25 @@ func TestNetnsCrashMatrix(t *testing.T) {
 
 	rep := &faultReport{Seed: seed, PerProcess: perProc, Started: time.Now().UTC(), Rerun: rerun,
 		ByProcess: map[string]int{}, ByPoint: map[string]int{}, ByOutcome: map[string]int{}, MaxRSSKiB: map[string]int64{}}
-	if path := os.Getenv(faultReportEnv); path != "" {
-		t.Cleanup(func() {
-			rep.Seconds = time.Since(rep.Started).Seconds()
-			if t.Failed() && rep.Failed == "" {
-				rep.Failed = "the test failed; see its log"
-			}
-			if err := writeFaultReport(path, rep); err != nil {
-				t.Errorf("writing the fault report: %v", err)
-			}
-		})
+	// The report is rewritten after every fault, so that an interrupted
+	// soak leaves its figures so far.
+	path := os.Getenv(faultReportEnv)
+	writeReport := func() {
+		if path == "" {
+			return
+		}
+		rep.Seconds = time.Since(rep.Started).Seconds()
+		if t.Failed() && rep.Failed == "" {
+			rep.Failed = "the test failed; see its log"
+		}
+		if err := writeFaultReport(path, rep); err != nil {
+			t.Errorf("writing the fault report: %v", err)
+		}
 	}
+	t.Cleanup(writeReport)
 
 	e := newNetnsExport(t, "")
-	m := &crashMatrix{e: e, rep: rep}
+	m := &crashMatrix{e: e, rep: rep, written: writeReport}
 	m.metrics = &netnsSetup{
 		metricsClient:  &http.Client{Transport: &http.Transport{DialContext: e.targetH.DialContext, DisableKeepAlives: true}, Timeout: 5 * time.Second},
 		metricsRequest: "http://" + netnsMetricsAddr + "/metrics",
@@ -183,6 +188,7 @@ type crashMatrix struct {
 	ref       string      // the fault-free run's dumps
 	shopBytes int64
 	rep       *faultReport
+	written   func() // after each fault: writes the report so far
 }
 
 func (m *crashMatrix) mover(role string) *proc {
@@ -221,6 +227,7 @@ func (m *crashMatrix) run(t *testing.T, f fault) {
 			m.rep.DataLost++ // the delivered dumps did not check out
 		}
 		m.rep.Faults = append(m.rep.Faults, rec)
+		m.written()
 		t.Logf("fault %d/%d: SIGKILL %s at %s (%s): %s, %s verified, %.1fs",
 			f.N, m.rep.PerProcess*len(faultProcesses), f.Process, f.Point, rec.At, rec.Outcome, mover.HumanBytes(rec.BytesVerified), rec.Seconds)
 	}()
@@ -325,7 +332,7 @@ func (m *crashMatrix) waitPoint(t *testing.T, p *proc, f fault, baseline int64) 
 			d, err := m.metrics.durable()
 			require.NoError(t, err)
 			if d-baseline >= durable {
-				return fmt.Sprintf("%s of %s durable at the target", mover.HumanBytes(d-baseline), mover.HumanBytes(m.shopBytes)), true
+				return fmt.Sprintf("%s of %s durable at the target (aimed at %s)", mover.HumanBytes(d-baseline), mover.HumanBytes(m.shopBytes), mover.HumanBytes(durable)), true
 			}
 		}
 		select {
