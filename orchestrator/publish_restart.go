@@ -18,9 +18,10 @@ type ServeCommand struct {
 var ErrNotDead = errors.New("publication is not dead")
 
 // Resume serves a dead publication again (its serve process was killed, or
-// its host rebooted): it stops the instance the dead process left, removes
-// its mounts, mounts the restore point again under the same copy-on-write
-// layer and starts the instance on the same address and port. Every write
+// its host rebooted), or a resumed one that failed to come up and kept its
+// layer: it stops the instance the dead process left, removes its mounts,
+// mounts the restore point again under the same copy-on-write layer and
+// starts the instance on the same address and port. Every write
 // the instance had made durable is there; the instance does crash recovery
 // as after a power loss. It returns once the instance is up.
 func (pb *Publisher) Resume(ctx context.Context, id string, serve ServeCommand) (*Publication, error) {
@@ -43,7 +44,7 @@ func (pb *Publisher) Resume(ctx context.Context, id string, serve ServeCommand) 
 	case p.On != "":
 		lock.Unlock()
 		return nil, fmt.Errorf("publication %s runs on mover %s, which resumes it when it starts", id, p.On)
-	case p.State != PubStarting && p.State != PubUp && p.State != PubStopping:
+	case !resumable(p):
 		lock.Unlock()
 		return nil, fmt.Errorf("%w: %s is %s ('pgporter unpublish %s' removes what is left)", ErrNotDead, id, p.State, id)
 	case !exists(p.UpperDir()):
@@ -70,6 +71,18 @@ func (pb *Publisher) Resume(ctx context.Context, id string, serve ServeCommand) 
 	return pb.spawn(ctx, id, lock, serve.Args, serve.Env)
 }
 
+// resumable reports whether p, whose lock nobody holds, has a layer to be
+// served again on: its process died, or a resume of it failed.
+func resumable(p *Publication) bool {
+	switch p.State {
+	case PubStarting, PubUp, PubStopping:
+		return true
+	case PubFailed:
+		return p.Restarts > 0 && exists(p.UpperDir())
+	}
+	return false
+}
+
 // RecoverResult is what Recover did to one dead publication.
 type RecoverResult struct {
 	ID     string
@@ -78,7 +91,8 @@ type RecoverResult struct {
 }
 
 // Recover handles the publications of this home whose serve process is
-// gone, as each was configured: it resumes those with OnRestartRestart and
+// gone (and those whose resume failed with their layer kept), as each was
+// configured: it resumes those with OnRestartRestart and
 // unpublishes those with OnRestartCleanup. 'pgporter mover serve' calls it
 // when it starts. Publications that run, and those another host runs, are
 // left alone. One publication's failure does not stop the others.
@@ -89,7 +103,7 @@ func (pb *Publisher) Recover(ctx context.Context, serve ServeCommand) ([]Recover
 	}
 	var out []RecoverResult
 	for _, p := range list {
-		if p.State != PubDead || p.On != "" {
+		if p.On != "" || (p.State != PubDead && !(p.State == PubFailed && resumable(p))) {
 			continue
 		}
 		res := RecoverResult{ID: p.ID, Action: p.OnRestart}

@@ -231,3 +231,87 @@ func TestPublishRemoteHelpers(t *testing.T) {
 	require.Empty(t, pubJobKind([]byte(`{"session":"x-1","plan":{}}`)), "an export session's job has no kind")
 	require.Equal(t, `/tmp/a b\c`, unescapeMountPath(`/tmp/a\040b\134c`))
 }
+
+// TestPublishResumeRecover drives Resume and Recover with the stand-in
+// serve process of TestPublishLifecycle: a running publication is not
+// resumed; a dead one is (same port, restarts counted); a failed resume
+// that kept its layer may be resumed again, a failure without one not;
+// Recover resumes dead publications with on-restart restart and removes
+// those with cleanup.
+func TestPublishResumeRecover(t *testing.T) {
+	repo, _ := pubRepo(t)
+	pb, err := NewPublisher(t.TempDir(), nil)
+	require.NoError(t, err)
+	serve := ServeCommand{Args: []string{"/bin/sh", "-c", `printf 'ready\n' >&4; exec 4>&-; exec sleep 600`, "sh"}}
+	start := func(onRestart string) *Publication {
+		p, err := pb.Publish(context.Background(), PublishOptions{Repo: repo, Port: freeTestPort(t), Serve: serve.Args, OnRestart: onRestart})
+		require.NoError(t, err)
+		require.NoError(t, os.MkdirAll(p.UpperDir(), 0o700)) // what a real serve process leaves
+		return p
+	}
+	kill := func(p *Publication) {
+		q, err := pb.j.GetPublication(p.ID)
+		require.NoError(t, err)
+		require.NoError(t, syscall.Kill(q.ServePID, syscall.SIGKILL))
+		deadline := time.Now().Add(30 * time.Second)
+		for pb.j.lockHeld(p.ID) {
+			require.True(t, time.Now().Before(deadline), "not dead")
+			time.Sleep(5 * time.Millisecond) // polling another process's exit
+		}
+	}
+	t.Cleanup(func() {
+		list, _ := pb.j.ListPublications()
+		for _, p := range list {
+			if p.ServePID > 0 {
+				_ = syscall.Kill(p.ServePID, syscall.SIGKILL)
+			}
+		}
+	})
+	ctx := context.Background()
+
+	a := start(OnRestartRestart)
+	_, err = pb.Resume(ctx, a.ID, serve)
+	require.ErrorIs(t, err, ErrNotDead)
+	kill(a)
+	got, err := pb.Resume(ctx, a.ID, serve)
+	require.NoError(t, err)
+	require.Equal(t, a.Port, got.Port)
+	require.Equal(t, 1, got.Restarts)
+	require.DirExists(t, a.UpperDir())
+
+	// A resume that failed keeps its layer, and may be tried again.
+	kill(a)
+	require.NoError(t, pb.j.UpdatePublication(a.ID, func(p *Publication) { p.State, p.Error = PubFailed, "resume failed" }))
+	got, err = pb.Resume(ctx, a.ID, serve)
+	require.NoError(t, err)
+	require.Equal(t, 2, got.Restarts)
+	kill(a)
+
+	b := start(OnRestartCleanup)
+	kill(b)
+	c := start(OnRestartRestart)
+	require.NoError(t, pb.j.UpdatePublication(c.ID, func(p *Publication) { p.State = PubFailed }))
+	kill(c) // failed without a resume: nothing to resume on
+	_, err = pb.Resume(ctx, c.ID, serve)
+	require.ErrorIs(t, err, ErrNotDead)
+
+	res, err := pb.Recover(ctx, serve)
+	require.NoError(t, err)
+	actions := map[string]string{}
+	for _, r := range res {
+		require.NoError(t, r.Err, r.ID)
+		actions[r.ID] = r.Action
+	}
+	require.Equal(t, map[string]string{a.ID: OnRestartRestart, b.ID: OnRestartCleanup}, actions)
+	got, err = pb.j.GetPublication(a.ID)
+	require.NoError(t, err)
+	require.Equal(t, 3, got.Restarts)
+	require.True(t, pb.j.lockHeld(a.ID))
+	got, err = pb.j.GetPublication(b.ID)
+	require.NoError(t, err)
+	require.Equal(t, PubGone, got.State)
+	require.NoDirExists(t, b.CowDir)
+	got, err = pb.j.GetPublication(c.ID)
+	require.NoError(t, err)
+	require.Equal(t, PubFailed, got.State)
+}
