@@ -24,6 +24,7 @@ const (
 	pubJobPublish   = "publish"
 	pubJobList      = "published"
 	pubJobUnpublish = "unpublish"
+	pubJobResume    = "resume"
 )
 
 // pubJob is a publication job's body. Export sessions' bodies (job) have no
@@ -86,6 +87,8 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 		}
 	case pubJobUnpublish:
 		res.Publication, err = pb.Unpublish(ctx, jb.ID)
+	case pubJobResume:
+		res.Publication, err = pb.Resume(ctx, jb.ID, j.Serve)
 	default:
 		return fmt.Errorf("%w: unknown job kind %q (a newer orchestrator?)", ErrBadPlan, jb.Kind)
 	}

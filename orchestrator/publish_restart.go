@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // ServeCommand is how a publication's background process is started: the
@@ -28,6 +29,9 @@ func (pb *Publisher) Resume(ctx context.Context, id string, serve ServeCommand) 
 	if len(serve.Args) == 0 {
 		return nil, errors.New("resume needs the serve command")
 	}
+	if p, err := pb.j.GetPublication(id); err == nil && p.On != "" {
+		return pb.resumeOn(ctx, p)
+	}
 	lock, err := pb.j.Lock(id)
 	if errors.Is(err, ErrRunning) {
 		return nil, fmt.Errorf("%w: %s is served by a running process", ErrNotDead, id)
@@ -41,9 +45,6 @@ func (pb *Publisher) Resume(ctx context.Context, id string, serve ServeCommand) 
 		return nil, err
 	}
 	switch {
-	case p.On != "":
-		lock.Unlock()
-		return nil, fmt.Errorf("publication %s runs on mover %s, which resumes it when it starts", id, p.On)
 	case !resumable(p):
 		lock.Unlock()
 		return nil, fmt.Errorf("%w: %s is %s ('pgporter unpublish %s' removes what is left)", ErrNotDead, id, p.State, id)
@@ -81,6 +82,23 @@ func resumable(p *Publication) bool {
 		return p.Restarts > 0 && exists(p.UpperDir())
 	}
 	return false
+}
+
+// resumeOn resumes publication p on its mover.
+func (pb *Publisher) resumeOn(ctx context.Context, p *Publication) (*Publication, error) {
+	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobResume, ID: p.ID})
+	if err != nil {
+		if strings.Contains(err.Error(), ErrNotDead.Error()) {
+			return nil, fmt.Errorf("%w: %v", ErrNotDead, err)
+		}
+		return nil, err
+	}
+	q := res.Publication
+	if q == nil {
+		return nil, fmt.Errorf("mover %s did not return the publication", p.On)
+	}
+	q.On = p.On
+	return q, pb.j.PutPublication(q)
 }
 
 // RecoverResult is what Recover did to one dead publication.

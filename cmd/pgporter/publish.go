@@ -52,8 +52,8 @@ its home, as --on-restart says: restart (the default) or cleanup.
 
 With --on ADDR#PEER_ID the publication runs on that mover's host, under the
 mover's home: --repo is a path there, the mover must trust this home's ID
-with orchestrate, and 'published', 'unpublish' and 'export --published' here
-reach it through the mover.
+with orchestrate, and 'published', 'unpublish', 'publish --resume' and
+'export --published' here reach it through the mover.
 
 Examples:
   pgporter publish --repo /srv/pgporter/repo --restore-point latest --port 5433

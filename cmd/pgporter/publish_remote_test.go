@@ -33,7 +33,8 @@ func moverPublication(t *testing.T, home, id string) *orchestrator.Publication {
 // another client queries it, then SIGKILLs the serve processes of that
 // publication and of a second one (--on-restart cleanup) and the mover
 // itself. The restarted mover serves the first again on the same port with
-// the write there, and removes the second, leaving no mount behind.
+// the write there, and removes the second, leaving no mount behind; killed
+// once more, the first is resumed from the orchestrator through the mover.
 func TestPublishOnMoverRestart(t *testing.T) {
 	_, repo := exportFixture(t)
 	// A second repository: a publication holds its repository open.
@@ -190,6 +191,22 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	list = publishedList(t, orchHome)
 	require.Len(t, list.Publications, 1)
 	require.Equal(t, "up", list.Publications[0].State)
+
+	// Killed again, resumed from here through the mover.
+	require.NoError(t, syscall.Kill(back.ServePID, syscall.SIGKILL))
+	deadline = time.Now().Add(waitTimeout)
+	for publishedList(t, orchHome).Publications[0].State != "dead" {
+		require.True(t, time.Now().Before(deadline), "not reported dead through the mover")
+		time.Sleep(10 * time.Millisecond) // polling another process's exit
+	}
+	code, _, errs = runCLI(t, "--home", orchHome, "publish", "--resume", res.ID)
+	require.Equal(t, 0, code, errs)
+	back = moverPublication(t, moverHome, p1.ID)
+	require.Equal(t, 2, back.Restarts)
+	conn = pubConn(t, port, "crm")
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM kept`).Scan(&n))
+	require.Equal(t, 500, n)
+	conn.Close(ctx)
 
 	// The last export ends the publication (--unpublish-after).
 	code, _, errs = runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--to", filepath.Join(root, "last"), "--unpublish-after")
