@@ -41,9 +41,10 @@ open by the publication.
 
 A port already in use is refused (exit code 2).
 
-Writes go to an overlay whose upper layer is on disk, so a publication
-outlives its background process: if that process dies (SIGKILL, a crash, a
-reboot), 'pgporter published' reports the publication dead, and
+That layer is on disk (the upper layer of an overlay over the mount), so a
+publication outlives its background process: if that process dies (SIGKILL,
+a crash) or is stopped by anything but unpublish (a shutdown), 'pgporter
+published' reports the publication dead, and
 'pgporter publish --resume ID' serves it again on the same layer, address and
 port (the instance does crash recovery, as after a power loss: committed
 writes are there), while 'pgporter unpublish ID' drops it. 'pgporter mover
