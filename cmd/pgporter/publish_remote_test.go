@@ -171,8 +171,10 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	}
 
 	// The restarted mover (same address) recovers them before it listens.
+	restartStart := time.Now()
 	srv = startProc(t, "--home", moverHome, "mover", "serve", "--listen", addr, "--root", root)
 	require.Equal(t, addr, srv.waitListening(t))
+	t.Logf("mover restart, one publication resumed and one cleaned: listening after %v", time.Since(restartStart).Round(time.Millisecond))
 	back := moverPublication(t, moverHome, p1.ID)
 	require.Equal(t, orchestrator.PubUp, back.State, back.Error)
 	require.Equal(t, 1, back.Restarts)

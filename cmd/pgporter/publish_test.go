@@ -285,8 +285,10 @@ func TestPublishKilled(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	require.Regexp(t, p.ID+` +dead`, out)
 
+	resumeStart := time.Now()
 	code, out, errs = runCLI(t, "--home", home, "publish", "--resume", p.ID, "--json")
 	require.Equal(t, 0, code, errs)
+	t.Logf("publish --resume after SIGKILL: up again in %v", time.Since(resumeStart).Round(time.Millisecond))
 	require.Contains(t, lastLine(out), `"state":"up"`)
 	conn = pubConn(t, port, "crm")
 	var name string
@@ -299,7 +301,9 @@ func TestPublishKilled(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, p.Restarts)
 
+	termStart := time.Now()
 	waitDead(p.ServePID, syscall.SIGTERM)
+	t.Logf("SIGTERM to the serve process: dead, layer kept, in %v", time.Since(termStart).Round(time.Millisecond))
 	require.False(t, mountedAt(t, p.Mountpoint()))
 	require.False(t, mountedAt(t, p.Lower()))
 	require.DirExists(t, p.UpperDir())
