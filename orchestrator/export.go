@@ -525,6 +525,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			var feed *mover.FileFeed
 			res, err := in.Dump(ctx, staging.DumpOptions{
 				DB: db, User: p.PGUser, Password: r.o.Password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
+				SplitTableBytes: p.SplitTables,
 				Progress: func(done, total int) {
 					r.emit(Event{Step: name, Kind: "progress", Done: int64(done), Total: int64(total)})
 				},
@@ -557,6 +558,9 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			}
 			out.Bytes = res.Bytes
 			out.Detail = fmt.Sprintf("%d tables", res.Tables)
+			if len(res.Split) > 0 {
+				out.Detail += fmt.Sprintf(", the data of %d in parallel page ranges", len(res.Split))
+			}
 			return nil
 		})
 		if err != nil {

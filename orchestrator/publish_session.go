@@ -209,6 +209,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 			}
 			res, err := in.Dump(ctx, staging.DumpOptions{
 				DB: db, User: p.PGUser, Password: r.o.Password, Dir: dir, Jobs: p.Jobs,
+				SplitTableBytes: p.SplitTables,
 				Progress: func(done, total int) {
 					r.emit(Event{Step: name, Kind: "progress", Done: int64(done), Total: int64(total)})
 				},

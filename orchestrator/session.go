@@ -92,9 +92,13 @@ type Plan struct {
 	// database's dump as globals.sql.
 	Globals bool `json:"globals,omitempty"`
 	// BWLimit caps the transfers' wire bytes per second (0: none).
-	BWLimit int64  `json:"bwlimit,omitempty"`
-	Staging string `json:"staging,omitempty"`
-	Target  string `json:"target,omitempty"`
+	BWLimit int64 `json:"bwlimit,omitempty"`
+	// SplitTables is the size from which a table's data is dumped in
+	// parallel page ranges (staging.DumpOptions.SplitTableBytes: 0 is the
+	// default size, negative never).
+	SplitTables int64  `json:"split_tables,omitempty"`
+	Staging     string `json:"staging,omitempty"`
+	Target      string `json:"target,omitempty"`
 	// Published names the publication to export from instead of a
 	// restore point (publish_session.go); UnpublishAfter ends it after.
 	Published      string `json:"published,omitempty"`

@@ -16,6 +16,7 @@ import (
 type exportOpts struct {
 	plan         orchestrator.Plan
 	bwlimit      string
+	splitTables  string
 	published    string
 	passwordFile string
 	sourcePort   int
@@ -85,6 +86,7 @@ Examples:
 	f.BoolVar(&eo.plan.AllowMissingPreload, "allow-missing-preload", false, "start the throwaway instance without shared_preload_libraries this host lacks (they are named); without it, such a backup is refused")
 	f.BoolVar(&eo.plan.Globals, "globals", false, "add pg_dumpall --globals-only (roles, tablespaces) to each dump as globals.sql")
 	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
+	f.StringVar(&eo.splitTables, "split-tables-from", "64M", "dump the data of tables at least this big in parallel page ranges (--jobs connections, one snapshot; still an ordinary pg_dump -Fd archive), or off")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
 	return c
 }
@@ -97,12 +99,8 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return usagef("export needs one of --repo and --repo-peer, --to, and at least one --db")
 	}
 	eo.plan.PasswordFile = eo.passwordFile
-	if eo.bwlimit != "" {
-		n, err := parseSize(eo.bwlimit)
-		if err != nil || n <= 0 {
-			return usagef("--bwlimit %q: want a positive size per second, e.g. 50M", eo.bwlimit)
-		}
-		eo.plan.BWLimit = n
+	if err := eo.parseSizes(); err != nil {
+		return err
 	}
 	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
 	if err != nil {
@@ -117,6 +115,28 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	}
 	fmt.Fprintf(g.stderr, "session %s: exporting %s from restore point %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.RestorePoint, s.Plan.To)
 	return driveSession(cmd, g, r, s.ID, eo.json)
+}
+
+// parseSizes reads --bwlimit and --split-tables-from into the plan.
+func (eo *exportOpts) parseSizes() error {
+	if eo.bwlimit != "" {
+		n, err := parseSize(eo.bwlimit)
+		if err != nil || n <= 0 {
+			return usagef("--bwlimit %q: want a positive size per second, e.g. 50M", eo.bwlimit)
+		}
+		eo.plan.BWLimit = n
+	}
+	switch v := strings.ToLower(strings.TrimSpace(eo.splitTables)); v {
+	case "off", "0", "none":
+		eo.plan.SplitTables = -1
+	default:
+		n, err := parseSize(v)
+		if err != nil || n <= 0 {
+			return usagef("--split-tables-from %q: want a size such as 64M, or off", eo.splitTables)
+		}
+		eo.plan.SplitTables = n
+	}
+	return nil
 }
 
 func quoteAll(ss []string) []string {
@@ -266,12 +286,8 @@ func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	}
 	eo.plan.Published = eo.published
 	eo.plan.PasswordFile = eo.passwordFile
-	if eo.bwlimit != "" {
-		n, err := parseSize(eo.bwlimit)
-		if err != nil || n <= 0 {
-			return usagef("--bwlimit %q: want a positive size per second, e.g. 50M", eo.bwlimit)
-		}
-		eo.plan.BWLimit = n
+	if err := eo.parseSizes(); err != nil {
+		return err
 	}
 	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
 	if err != nil {
