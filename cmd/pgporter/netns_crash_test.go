@@ -288,7 +288,7 @@ func (m *crashMatrix) run(t *testing.T, f fault) {
 		rec.Outcome = "missed (the export ended first); " + rec.Outcome
 	}
 	comparing = true
-	res := e.finishTo(t, final, to)
+	res := e.finishRun(t, final, to, true)
 	require.Equal(t, id, res.Session)
 	m.rep.ExportsCompleted++
 
