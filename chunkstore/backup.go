@@ -101,16 +101,23 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 		}
 		return nil
 	})
+	// Readers cut and hash files; storers compress and store the chunks.
+	// A file is read by one goroutine, and the largest (a 1 GB relation
+	// segment) would otherwise keep one core busy alone at the end.
+	put, closeStorers := r.startStorers(gctx, g, o)
+	var readers sync.WaitGroup
 	var vanishedMu sync.Mutex // guards vanished
 	vanished := map[int]bool{}
 	for range o.Workers {
+		readers.Add(1)
 		g.Go(func() error {
+			defer readers.Done()
 			ch, err := NewChunker(nil, o.Params)
 			if err != nil {
 				return err
 			}
 			for i := range files {
-				err := r.backupFile(gctx, ch, filepath.Join(pgdata, filepath.FromSlash(nodes[i].Path)), &nodes[i], prog.add)
+				err := backupFile(gctx, ch, filepath.Join(pgdata, filepath.FromSlash(nodes[i].Path)), &nodes[i], put, prog.add)
 				if errors.Is(err, fs.ErrNotExist) {
 					// Removed since the walk (a copy of a live directory):
 					// PostgreSQL recreates or does not need what it dropped.
@@ -127,6 +134,11 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 			return nil
 		})
 	}
+	g.Go(func() error {
+		readers.Wait()
+		closeStorers()
+		return nil
+	})
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("backing up %s: %w", pgdata, err)
 	}
@@ -226,15 +238,51 @@ func (p *progress) call() {
 // it. It must not retain data after it returns.
 type putFunc func(ctx context.Context, id ID, data []byte) error
 
-// backupFile chunks one file into the store and sets n's Size and Chunks to
-// what was read (a file of a live copy may have changed since the walk).
-func (r *Repo) backupFile(ctx context.Context, ch *Chunker, name string, n *Node, report func(int64)) error {
+// startStorers starts o.Workers goroutines in g that store the chunks
+// handed to the returned put, which copies them (so the caller's buffer is
+// free when it returns) and blocks while the storers are busy. closeStorers
+// is called once no put is in progress nor will be: the storers then finish
+// what they hold and return. A storer's failure cancels gctx, which ends
+// puts waiting for room.
+func (r *Repo) startStorers(gctx context.Context, g *errgroup.Group, o BackupOptions) (put putFunc, closeStorers func()) {
+	jobs := make(chan chunkJob, 2*o.Workers)
+	bufs := sync.Pool{New: func() any { b := make([]byte, 0, o.Params.Max); return &b }}
+	put = func(ctx context.Context, id ID, data []byte) error {
+		b := bufs.Get().(*[]byte)
+		*b = append((*b)[:0], data...)
+		select {
+		case jobs <- chunkJob{id: id, buf: b}:
+			return nil
+		case <-ctx.Done():
+			bufs.Put(b)
+			return ctx.Err()
+		}
+	}
+	for range o.Workers {
+		g.Go(func() error {
+			for j := range jobs {
+				// The reader computed j.id from these bytes.
+				err := r.store.putSummed(gctx, j.id, *j.buf)
+				bufs.Put(j.buf)
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return put, func() { close(jobs) }
+}
+
+// backupFile chunks one file into put and sets n's Size and Chunks to what
+// was read (a file of a live copy may have changed since the walk).
+func backupFile(ctx context.Context, ch *Chunker, name string, n *Node, put putFunc, report func(int64)) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return ingestFile(ctx, ch, f, n, r.store.Put, report)
+	return ingestFile(ctx, ch, f, n, put, report)
 }
 
 // ingestFile cuts the content of one file, read from src, with ch, hands

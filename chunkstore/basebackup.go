@@ -429,7 +429,8 @@ func (t *tarIngest) run(ctx context.Context, stream io.Reader, abort func()) err
 	for range t.o.Workers {
 		g.Go(func() error {
 			for j := range jobs {
-				err := t.r.store.Put(gctx, j.id, *j.buf)
+				// ingestFile computed j.id from these bytes.
+				err := t.r.store.putSummed(gctx, j.id, *j.buf)
 				bufs.Put(j.buf)
 				if err != nil {
 					abort() // the reader may be blocked reading the stream

@@ -543,6 +543,17 @@ func (l *Local) packFile(n uint32) (*os.File, error) {
 
 // Put stores data under id. See Store.
 func (l *Local) Put(ctx context.Context, id ID, data []byte) error {
+	return l.put(ctx, id, data, true)
+}
+
+// putSummed is Put for a caller that has just computed id from data
+// itself (a backup's readers): hashing the chunk again would cost a
+// sixth of a backup's CPU for nothing.
+func (l *Local) putSummed(ctx context.Context, id ID, data []byte) error {
+	return l.put(ctx, id, data, false)
+}
+
+func (l *Local) put(ctx context.Context, id ID, data []byte, check bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -553,7 +564,7 @@ func (l *Local) Put(ctx context.Context, id ID, data []byte) error {
 		return err
 	}
 	defer l.exit()
-	if Sum(data) != id {
+	if check && Sum(data) != id {
 		return fmt.Errorf("chunkstore: putting %s: %w", id.Short(), ErrIDMismatch)
 	}
 	_, held, err := l.lookup(id)
