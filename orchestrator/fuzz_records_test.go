@@ -85,3 +85,23 @@ func FuzzJobEvent(f *testing.F) {
 		}
 	})
 }
+
+// FuzzJobBody decodes its input as the body of a job an orchestrator hands
+// a staging mover, as StagingJobs.RunJob does before it runs anything: no
+// panic, and an accepted session ID is one directory name.
+func FuzzJobBody(f *testing.F) {
+	f.Add([]byte(`{"session":"x-20261126-040210-950424","plan":{"databases":["shop"],"staging_dir":"/var/tmp/p"}}`))
+	f.Add([]byte(`{"session":"../../etc"}`))
+	f.Add([]byte(`{"kind":"publish"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = pubJobKind(b)
+		var jb job
+		if json.Unmarshal(b, &jb) != nil || !validSessionID(jb.Session) || !filepath.IsAbs(jb.Plan.StagingDir) {
+			return // plans are made absolute when the orchestrator creates the session
+		}
+		s := &Session{ID: jb.Session, Plan: jb.Plan}
+		if dir := filepath.Clean(s.SessionDir()); filepath.Base(dir) != jb.Session || filepath.Dir(dir) != filepath.Clean(jb.Plan.StagingDir) {
+			t.Fatalf("session %q lives in %s, not in %s", jb.Session, dir, jb.Plan.StagingDir)
+		}
+	})
+}
