@@ -144,6 +144,34 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	code, _, errs = runCLI(t, "verify", filepath.Join(sent, "crm"))
 	require.Equal(t, 0, code, errs)
 
+	// A session that fails on the mover is continued by retry from here,
+	// and another is cancelled there.
+	failing := func(dir string) string {
+		t.Helper()
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, "crm"), 0o755)) // in the way on the mover's host
+		code, out, errs := runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--to", dir, "--json")
+		require.NotEqual(t, 0, code, out)
+		require.Contains(t, errs, "exists")
+		var r exportJSON
+		require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &r), out)
+		require.Equal(t, "failed", r.State)
+		return r.Session
+	}
+	r1 := filepath.Join(root, "r1")
+	s1 := failing(r1)
+	require.NoError(t, os.Remove(filepath.Join(r1, "crm")))
+	code, _, errs = runCLI(t, "--home", orchHome, "retry", s1)
+	require.Equal(t, 0, code, errs)
+	code, _, errs = runCLI(t, "verify", filepath.Join(r1, "crm"))
+	require.Equal(t, 0, code, errs)
+	s2 := failing(filepath.Join(root, "r2"))
+	code, out2, errs = runCLI(t, "--home", orchHome, "cancel", s2)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out2, "cancelled")
+	code, _, errs = runCLI(t, "--home", orchHome, "retry", s2)
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errs, "cancelled")
+
 	// Outside the mover's roots: refused there.
 	code, _, errs = runCLI(t, "--home", orchHome, "export", "--published", res.ID, "--db", "crm", "--to", t.TempDir())
 	require.NotEqual(t, 0, code)
