@@ -61,6 +61,9 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 	if err := json.Unmarshal(body, &jb); err != nil {
 		return fmt.Errorf("%w: bad publication job: %v", ErrBadPlan, err)
 	}
+	if jb.ID != "" && !validSessionID(jb.ID) {
+		return fmt.Errorf("%w: bad publication ID %q", ErrBadPlan, jb.ID)
+	}
 	pb, err := NewPublisher(j.Home, j.Log)
 	if err != nil {
 		return err

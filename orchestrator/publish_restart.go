@@ -29,7 +29,9 @@ func (pb *Publisher) Resume(ctx context.Context, id string, serve ServeCommand) 
 	if len(serve.Args) == 0 {
 		return nil, errors.New("resume needs the serve command")
 	}
-	if p, err := pb.j.GetPublication(id); err == nil && p.On != "" {
+	if p, err := pb.j.GetPublication(id); err != nil {
+		return nil, err // before the lock, which would create a lock file
+	} else if p.On != "" {
 		return pb.resumeOn(ctx, p)
 	}
 	lock, err := pb.j.Lock(id)

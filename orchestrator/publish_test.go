@@ -230,6 +230,20 @@ func TestPublishRemoteHelpers(t *testing.T) {
 	require.Equal(t, "publish", pubJobKind([]byte(`{"kind":"publish","id":"x"}`)))
 	require.Empty(t, pubJobKind([]byte(`{"session":"x-1","plan":{}}`)), "an export session's job has no kind")
 	require.Equal(t, `/tmp/a b\c`, unescapeMountPath(`/tmp/a\040b\134c`))
+
+	// A publication ID from the wire cannot name a file outside the journal.
+	home := t.TempDir()
+	jobs := &StagingJobs{Home: home, Serve: ServeCommand{Args: []string{"/bin/true"}}}
+	for _, kind := range []string{"unpublish", "resume"} {
+		err := jobs.RunJob(context.Background(), []byte(`{"kind":"`+kind+`","id":"../../escape"}`), func([]byte) {})
+		require.ErrorIs(t, err, ErrBadPlan, kind)
+	}
+	err := jobs.RunJob(context.Background(), []byte(`{"kind":"resume","id":"p-nope"}`), func([]byte) {})
+	require.ErrorIs(t, err, ErrNoPublication)
+	locks, err := filepath.Glob(filepath.Join(home, "orchestrator", "locks", "*"))
+	require.NoError(t, err)
+	require.Empty(t, locks)
+	require.NoFileExists(t, filepath.Join(home, "escape.lock"))
 }
 
 // TestPublishResumeRecover drives Resume and Recover with the stand-in
