@@ -184,18 +184,12 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	}
 	srv.kill(t)
 	deadline := time.Now().Add(waitTimeout)
-	for {
-		dead := 0
-		for _, p := range publishedList(t, moverHome).Publications {
-			if p.State == "dead" {
-				dead++
-			}
-		}
-		if dead == 2 {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "the publications are not dead after their processes were killed")
+	for lockHeldBy(t, moverHome, p1.ID) || lockHeldBy(t, moverHome, p2.ID) {
+		require.True(t, time.Now().Before(deadline), "the serve processes still run after SIGKILL")
 		time.Sleep(10 * time.Millisecond) // polling other processes' exit
+	}
+	for _, p := range publishedList(t, moverHome).Publications {
+		require.Equal(t, "dead", p.State, p.ID)
 	}
 
 	// The restarted mover (same address) recovers them before it listens.
@@ -225,10 +219,11 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	// Killed again, resumed from here through the mover.
 	require.NoError(t, syscall.Kill(back.ServePID, syscall.SIGKILL))
 	deadline = time.Now().Add(waitTimeout)
-	for publishedList(t, orchHome).Publications[0].State != "dead" {
-		require.True(t, time.Now().Before(deadline), "not reported dead through the mover")
+	for lockHeldBy(t, moverHome, p1.ID) {
+		require.True(t, time.Now().Before(deadline), "the serve process still runs after SIGKILL")
 		time.Sleep(10 * time.Millisecond) // polling another process's exit
 	}
+	require.Equal(t, "dead", publishedList(t, orchHome).Publications[0].State, "as the mover reports it")
 	code, _, errs = runCLI(t, "--home", orchHome, "publish", "--resume", res.ID)
 	require.Equal(t, 0, code, errs)
 	back = moverPublication(t, moverHome, p1.ID)

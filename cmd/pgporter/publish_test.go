@@ -102,6 +102,21 @@ func repoState(t *testing.T, repo string) string {
 	return b.String()
 }
 
+// lockHeldBy reports whether a process holds publication id's lock (its
+// serve process, while it runs).
+func lockHeldBy(t *testing.T, home, id string) bool {
+	t.Helper()
+	f, err := os.Open(filepath.Join(home, "orchestrator", "locks", id+".lock"))
+	require.NoError(t, err)
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		require.ErrorIs(t, err, syscall.EWOULDBLOCK)
+		return true
+	}
+	require.NoError(t, syscall.Flock(int(f.Fd()), syscall.LOCK_UN))
+	return false
+}
+
 func publishedList(t *testing.T, home string) publishedJSON {
 	t.Helper()
 	code, out, errs := runCLI(t, "--home", home, "published", "--json")
@@ -266,19 +281,21 @@ func TestPublishKilled(t *testing.T) {
 	require.Equal(t, exitUsage, code, errs)
 	require.Contains(t, errs, "not dead")
 
+	// The serve process holds the publication's lock until it exits. The
+	// lock is probed, not the journal: polling 'published' would hold the
+	// journal's database open so often that a serve process stopping on
+	// SIGTERM, which journals as it goes, could wait long for it.
 	waitDead := func(pid int, sig syscall.Signal) {
 		t.Helper()
 		require.NoError(t, syscall.Kill(pid, sig))
 		deadline := time.Now().Add(waitTimeout)
-		for {
-			list := publishedList(t, home)
-			require.Len(t, list.Publications, 1)
-			if list.Publications[0].State == "dead" {
-				break
-			}
-			require.True(t, time.Now().Before(deadline), "the publication is still %s after its process was killed", list.Publications[0].State)
+		for lockHeldBy(t, home, p.ID) {
+			require.True(t, time.Now().Before(deadline), "the serve process of %s still runs after %v", p.ID, sig)
 			time.Sleep(10 * time.Millisecond) // polling another process's exit
 		}
+		list := publishedList(t, home)
+		require.Len(t, list.Publications, 1)
+		require.Equal(t, "dead", list.Publications[0].State)
 	}
 	waitDead(p.ServePID, syscall.SIGKILL)
 	code, out, errs := runCLI(t, "--home", home, "published")
