@@ -1,0 +1,5 @@
+//go:build !race
+
+package mover
+
+const raceEnabled = false
