@@ -35,23 +35,32 @@ func TestHostileSymlinkSwap(t *testing.T) {
 			sentinel := filepath.Join(outside, "a.dat")
 			require.NoError(t, os.WriteFile(sentinel, []byte("sentinel"), 0o644))
 			var (
-				once    sync.Once
+				mu      sync.Mutex // guards swapped, swapErr
+				swapped bool
 				swapErr error
 				dest    string
 			)
+			// At the first durability barrier after the victim exists.
 			swap := func(string, int64) {
-				once.Do(func() {
-					victim := filepath.Join(dest+".partial", tc.swap)
-					if swapErr = os.Rename(victim, victim+".moved"); swapErr == nil {
-						swapErr = os.Symlink(outside, victim)
-					}
-				})
+				mu.Lock()
+				defer mu.Unlock()
+				victim := filepath.Join(dest+".partial", tc.swap)
+				if _, err := os.Lstat(victim); swapped || err != nil {
+					return
+				}
+				swapped = true
+				if swapErr = os.Rename(victim, victim+".moved"); swapErr == nil {
+					swapErr = os.Symlink(outside, victim)
+				}
 			}
 			r := startReceiver(t, ServerOptions{Reserve: 1, SyncBytes: 1 << 20, SyncInterval: 10 * time.Millisecond, OnDurable: swap})
 			dest = filepath.Join(r.root, "d")
 			s := newTestSender(t, r, PermSend)
 			_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, BWLimit: 8 << 20, Compression: "none", RetryFor: -1})
+			mu.Lock()
+			require.True(t, swapped, "the swap happened mid-transfer")
 			require.NoError(t, swapErr)
+			mu.Unlock()
 			t.Logf("send after the swap: %v", err)
 			// The rerun a user would try meets the symlink from the start.
 			_, err2 := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, Compression: "none", RetryFor: -1})
