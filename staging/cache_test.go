@@ -28,7 +28,7 @@ func TestChunkCachePinning(t *testing.T) {
 			mu.Lock()
 			fetches[b]++
 			mu.Unlock()
-			bp := getChunkBuf(size)
+			bp := c.bufs.get(size)
 			*bp = append((*bp)[:0], bytes.Repeat([]byte{b}, size)...)
 			return *bp, bp, nil
 		}
@@ -76,11 +76,20 @@ func TestChunkCachePinning(t *testing.T) {
 }
 
 func TestChunkBufClasses(t *testing.T) {
+	p := newBufPool(1 << 20)
 	for _, n := range []int{1, 4096, 4097, 16 << 10, 65536 + 1, 256 << 10, chunkstore.MaxChunkCeil} {
-		bp := getChunkBuf(n)
+		bp := p.get(n)
 		require.GreaterOrEqual(t, cap(*bp), n)
 		require.LessOrEqual(t, cap(*bp), max(4096, n*5/4+1), "size class for %d too large", n)
 		require.Empty(t, *bp)
-		putChunkBuf(bp)
+		*bp = append(*bp, 1)
+		p.put(bp)
+		require.LessOrEqual(t, p.bytes, p.max)
 	}
+	// A buffer put back is the next one got of its class, emptied.
+	bp := p.get(70 << 10)
+	p.put(bp)
+	again := p.get(70 << 10)
+	require.Same(t, bp, again)
+	require.Empty(t, *again)
 }

@@ -222,17 +222,17 @@ func (e *chunkError) Unwrap() error { return e.Err }
 
 func (sys *filesys) fetch(c chunkstore.ChunkRef) chunkFetch {
 	return func(ctx context.Context) ([]byte, *[]byte, error) {
-		bp := getChunkBuf(int(c.Len))
+		bp := sys.cache.bufs.get(int(c.Len) + chunkstore.DecodeSlack)
 		data, err := sys.chunks.Get(ctx, c.ID, (*bp)[:0])
 		if err == nil {
 			err = checkChunk(c, data)
 		}
 		if err != nil {
-			putChunkBuf(bp)
+			sys.cache.bufs.put(bp)
 			return nil, nil, err
 		}
 		if len(data) == 0 || &data[0] != &(*bp)[:1][0] {
-			putChunkBuf(bp) // Get appended elsewhere: data is not ours to pool
+			sys.cache.bufs.put(bp) // Get appended elsewhere: data is not ours to pool
 			bp = nil
 		}
 		return data, bp, nil

@@ -286,13 +286,15 @@ func prepareCowDir(dir string) error {
 }
 
 // chunkCache is an LRU cache of decoded chunks that also merges concurrent
-// fetches of one chunk. Its buffers come from chunkBufs and go back there
+// fetches of one chunk. Its buffers come from bufs and go back there
 // when an entry is evicted and nobody holds it any more: a cold read of a
 // restore point decodes its whole size, and fresh memory for each chunk cost
 // more in page faults than the decoding.
 type chunkCache struct {
 	max int64
 	wg  *sync.WaitGroup // owns the fetch goroutines
+
+	bufs *bufPool // where entries' buffers come from and go back to
 
 	mu      sync.Mutex // guards entries, lru, used, and every entry's refs, gone, elem, buf
 	entries map[chunkstore.ID]*cacheEntry
@@ -312,11 +314,11 @@ type cacheEntry struct {
 }
 
 // chunkFetch fetches a chunk. It returns its content and, when the
-// content's backing array came from chunkBufs, that buffer.
+// content's backing array came from the cache's bufs, that buffer.
 type chunkFetch func(context.Context) ([]byte, *[]byte, error)
 
 func newChunkCache(maxBytes int64, wg *sync.WaitGroup) *chunkCache {
-	return &chunkCache{max: maxBytes, wg: wg, entries: make(map[chunkstore.ID]*cacheEntry)}
+	return &chunkCache{max: maxBytes, wg: wg, bufs: newBufPool(maxBytes), entries: make(map[chunkstore.ID]*cacheEntry)}
 }
 
 // has reports whether id is cached or being fetched.
@@ -369,7 +371,7 @@ func (c *chunkCache) release(e *cacheEntry) {
 // freeLocked returns a gone entry's buffer to the pool once nobody holds it.
 func (c *chunkCache) freeLocked(e *cacheEntry) {
 	if e.gone && e.refs == 0 && e.buf != nil {
-		putChunkBuf(e.buf)
+		c.bufs.put(e.buf)
 		e.buf, e.data = nil, nil
 	}
 }
@@ -397,43 +399,68 @@ func (c *chunkCache) load(ctx context.Context, e *cacheEntry, fetch chunkFetch) 
 	}
 }
 
-// chunkBufs pools chunk buffers in size classes four to a power of two
-// (4 KiB to MaxChunkCeil), so a buffer wastes at most a fifth of itself.
-var (
-	chunkBufSizes = func() []int {
-		var s []int
-		for k := 12; 1<<k < chunkstore.MaxChunkCeil; k++ {
-			for q := 4; q < 8; q++ {
-				s = append(s, q<<k/4)
-			}
+// chunkBufSizes are the size classes of bufPool: four to a power of two,
+// 4 KiB to MaxChunkCeil, so that a buffer wastes at most a fifth of itself.
+var chunkBufSizes = func() []int {
+	var s []int
+	for k := 12; 1<<k < chunkstore.MaxChunkCeil+chunkstore.DecodeSlack; k++ {
+		for q := 4; q < 8; q++ {
+			s = append(s, q<<k/4)
 		}
-		return append(s, chunkstore.MaxChunkCeil)
-	}()
-	chunkBufs = make([]sync.Pool, len(chunkBufSizes))
-)
+	}
+	return append(s, chunkstore.MaxChunkCeil+chunkstore.DecodeSlack)
+}()
 
-// getChunkBuf returns an empty buffer with room for n bytes.
-func getChunkBuf(n int) *[]byte {
+// bufPool keeps chunk buffers for reuse. Unlike a sync.Pool it keeps them
+// across garbage collections: a buffer that the GC frees and the runtime
+// hands back to the OS costs its page faults again when it is reused. It
+// holds at most max bytes.
+type bufPool struct {
+	max int64
+
+	mu    sync.Mutex  // guards free, bytes
+	free  [][]*[]byte // by size class
+	bytes int64
+}
+
+func newBufPool(max int64) *bufPool {
+	return &bufPool{max: max, free: make([][]*[]byte, len(chunkBufSizes))}
+}
+
+// get returns an empty buffer with room for n bytes.
+func (p *bufPool) get(n int) *[]byte {
 	i := sort.SearchInts(chunkBufSizes, n)
 	if i == len(chunkBufSizes) {
 		b := make([]byte, 0, n)
 		return &b
 	}
-	if bp, ok := chunkBufs[i].Get().(*[]byte); ok {
+	p.mu.Lock()
+	if k := len(p.free[i]); k > 0 {
+		bp := p.free[i][k-1]
+		p.free[i] = p.free[i][:k-1]
+		p.bytes -= int64(cap(*bp))
+		p.mu.Unlock()
 		return bp
 	}
+	p.mu.Unlock()
 	b := make([]byte, 0, chunkBufSizes[i])
 	return &b
 }
 
-// putChunkBuf returns a buffer from getChunkBuf to the pool.
-func putChunkBuf(bp *[]byte) {
+// put returns a buffer from get, unless the pool is full.
+func (p *bufPool) put(bp *[]byte) {
 	i := sort.SearchInts(chunkBufSizes, cap(*bp))
 	if i == len(chunkBufSizes) || chunkBufSizes[i] != cap(*bp) {
 		return
 	}
 	*bp = (*bp)[:0]
-	chunkBufs[i].Put(bp)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bytes+int64(cap(*bp)) > p.max {
+		return
+	}
+	p.free[i] = append(p.free[i], bp)
+	p.bytes += int64(cap(*bp))
 }
 
 // closeOnExecFUSE sets close-on-exec on every /dev/fuse descriptor of this
