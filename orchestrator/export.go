@@ -598,25 +598,15 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.C
 		repo.Close()
 		return nil, nil, nil, err
 	}
-	addr, peer, err := mover.ParsePeerAddr(p.RepoPeer)
+	rr, rp, tree, err := openRepoPeer(ctx, r.o.Home, p.RepoPeer, p.RestorePoint, true, mover.RemoteRepoOptions{Log: r.o.Log})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	rr, err := mover.DialRepo(ctx, r.o.Home, addr, peer, mover.RemoteRepoOptions{Log: r.o.Log})
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("repository mover %s: %w", p.RepoPeer, err)
+	if err := x.update(func(s *Session) { s.Plan.RestorePoint = rp.ID }); err != nil {
+		rr.Close()
+		return nil, nil, nil, fmt.Errorf("restore point %s on %s: %w", p.RestorePoint, p.RepoPeer, err)
 	}
-	rp, err := rr.Resolve(ctx, p.RestorePoint)
-	if err == nil {
-		var tree []chunkstore.Node
-		if tree, err = rr.Tree(ctx, rp); err == nil {
-			if err = x.update(func(s *Session) { s.Plan.RestorePoint = rp.ID }); err == nil {
-				return tree, rr, func() { rr.Close() }, nil
-			}
-		}
-	}
-	rr.Close()
-	return nil, nil, nil, fmt.Errorf("restore point %s on %s: %w", p.RestorePoint, p.RepoPeer, err)
+	return tree, rr, func() { rr.Close() }, nil
 }
 
 // transfer sends db's dump to the target. With --overwrite, an existing

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -45,13 +46,18 @@ const (
 // Publication is a restore point served as a live PostgreSQL instance, as
 // journaled under p/<id>.
 type Publication struct {
-	ID           string `json:"id"`
-	Repo         string `json:"repo"`
-	RestorePoint string `json:"restore_point"`
-	Listen       string `json:"listen"`
-	Port         int    `json:"port"`
-	StrictHBA    bool   `json:"strict_hba,omitempty"`
-	OSUser       string `json:"os_user"`
+	ID   string `json:"id"`
+	Repo string `json:"repo"`
+	// RepoPeer is the repository mover (ADDR#PEER_ID) the restore point's
+	// chunks are fetched from as they are read, instead of Repo; RetryFor
+	// is how long a read from it retries through a lost connection.
+	RepoPeer     string        `json:"repo_peer,omitempty"`
+	RetryFor     time.Duration `json:"retry_for,omitempty"`
+	RestorePoint string        `json:"restore_point"`
+	Listen       string        `json:"listen"`
+	Port         int           `json:"port"`
+	StrictHBA    bool          `json:"strict_hba,omitempty"`
+	OSUser       string        `json:"os_user"`
 	// OnRestart is what a restarted mover does with the publication when
 	// its serve process is gone: OnRestartRestart or OnRestartCleanup.
 	OnRestart string `json:"on_restart,omitempty"`
@@ -220,7 +226,15 @@ func (j *Journal) lockHeld(id string) bool {
 
 // PublishOptions configure Publish.
 type PublishOptions struct {
-	Repo         string // repository directory; required
+	Repo string // repository directory; this or RepoPeer
+	// RepoPeer is a repository mover, ADDR#PEER_ID ('mover serve --repo'),
+	// instead of Repo: the restore point's chunks are fetched from it as
+	// they are read. It must trust the publishing home's mover ID with
+	// read.
+	RepoPeer string
+	// RetryFor is how long a read from RepoPeer blocks and retries through
+	// a lost connection before it fails (default 2m, as a mount's).
+	RetryFor     time.Duration
 	RestorePoint string // ID or "latest" (the default)
 	// Listen is the one address the instance listens on: an IP address, or
 	// "*" for all. Default 127.0.0.1.
@@ -253,6 +267,9 @@ func (o PublishOptions) withDefaults() PublishOptions {
 	if o.OnRestart == "" {
 		o.OnRestart = OnRestartRestart
 	}
+	if o.RepoPeer != "" && o.RetryFor == 0 {
+		o.RetryFor = defaultPubRetryFor
+	}
 	return o
 }
 
@@ -260,8 +277,12 @@ func (o PublishOptions) withDefaults() PublishOptions {
 func (o PublishOptions) Validate() error {
 	o = o.withDefaults()
 	switch {
-	case o.Repo == "":
-		return errors.New("publish needs a repository")
+	case o.Repo == "" && o.RepoPeer == "":
+		return errors.New("publish needs a repository: --repo DIR or --repo-peer ADDR#PEER_ID")
+	case o.Repo != "" && o.RepoPeer != "":
+		return errors.New("publish takes --repo or --repo-peer, not both")
+	case o.RetryFor < 0:
+		return fmt.Errorf("retry-for %v is negative", o.RetryFor)
 	case o.Port < 1 || o.Port > 65535:
 		return fmt.Errorf("port %d is not a TCP port (1-65535)", o.Port)
 	case o.Listen != "*" && net.ParseIP(o.Listen) == nil:
@@ -271,7 +292,43 @@ func (o PublishOptions) Validate() error {
 	case o.OnRestart != OnRestartRestart && o.OnRestart != OnRestartCleanup:
 		return fmt.Errorf("on-restart %q is neither %s nor %s", o.OnRestart, OnRestartRestart, OnRestartCleanup)
 	}
+	if o.RepoPeer != "" {
+		if _, _, err := mover.ParsePeerAddr(o.RepoPeer); err != nil {
+			return fmt.Errorf("--repo-peer: %w", err)
+		}
+	}
 	return nil
+}
+
+// defaultPubRetryFor is how long a publication's read from its repository
+// mover retries through a lost connection, by default: as long as a
+// mount's.
+const defaultPubRetryFor = 2 * time.Minute
+
+// openRepoPeer connects to the repository mover peer (ADDR#PEER_ID) as the
+// mover whose identity is under home, and resolves restore point id there
+// ("latest" included); with tree it also reads the restore point's tree.
+// A refusal names the ID that mover must trust with read, and the command
+// to run there. The caller closes the RemoteRepo.
+func openRepoPeer(ctx context.Context, home, peer, id string, tree bool, o mover.RemoteRepoOptions) (*mover.RemoteRepo, *chunkstore.RestorePoint, []chunkstore.Node, error) {
+	addr, pid, err := mover.ParsePeerAddr(peer)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rr, err := mover.DialRepo(ctx, home, addr, pid, o)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("repository mover %s: %w", peer, err)
+	}
+	rp, err := rr.Resolve(ctx, id)
+	var nodes []chunkstore.Node
+	if err == nil && tree {
+		nodes, err = rr.Tree(ctx, rp)
+	}
+	if err != nil {
+		rr.Close()
+		return nil, nil, nil, fmt.Errorf("restore point %s on %s: %w", id, peer, err)
+	}
+	return rr, rp, nodes, nil
 }
 
 // Publisher publishes restore points and ends publications, journaling
@@ -323,19 +380,30 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	if err := checkPort(o.Listen, o.Port); err != nil {
 		return nil, err
 	}
-	// The serve process holds the repository open; here only its points
-	// directory is read, which works even while another process holds it.
-	rps, err := chunkstore.ListRepo(o.Repo)
-	if err != nil {
-		return nil, fmt.Errorf("repository %s: %w", o.Repo, err)
-	}
-	rp, err := resolvePoint(rps, o.RestorePoint)
-	if err != nil {
-		return nil, err
-	}
-	repo, err := filepath.Abs(o.Repo)
-	if err != nil {
-		return nil, err
+	var rp, repo string
+	if o.RepoPeer != "" {
+		// Here, to report a mover that does not trust us (or lacks the
+		// restore point) at once; the serve process connects again.
+		rr, p, _, err := openRepoPeer(ctx, pb.home, o.RepoPeer, o.RestorePoint, false, mover.RemoteRepoOptions{RetryFor: -1, Log: pb.log})
+		if err != nil {
+			return nil, err
+		}
+		rr.Close()
+		rp = p.ID
+	} else {
+		// The serve process holds the repository open; here only its
+		// points directory is read, which works even while another
+		// process holds it.
+		rps, err := chunkstore.ListRepo(o.Repo)
+		if err != nil {
+			return nil, fmt.Errorf("repository %s: %w", o.Repo, err)
+		}
+		if rp, err = resolvePoint(rps, o.RestorePoint); err != nil {
+			return nil, err
+		}
+		if repo, err = filepath.Abs(o.Repo); err != nil {
+			return nil, err
+		}
 	}
 	now := time.Now().UTC()
 	id := newPubID(now)
@@ -344,7 +412,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
 	p := &Publication{
-		ID: id, Repo: repo, RestorePoint: rp, Listen: o.Listen, Port: o.Port, StrictHBA: o.StrictHBA, OSUser: o.OSUser,
+		ID: id, Repo: repo, RepoPeer: o.RepoPeer, RetryFor: o.RetryFor, RestorePoint: rp, Listen: o.Listen, Port: o.Port, StrictHBA: o.StrictHBA, OSUser: o.OSUser,
 		OnRestart: o.OnRestart, State: PubStarting, Created: now,
 		BaseDir: filepath.Join(os.TempDir(), "pgporter-"+id), CowDir: filepath.Join(dir, "cow"),
 	}
@@ -522,22 +590,11 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		return err
 	}
 
-	repo, err := chunkstore.OpenRepo(p.Repo, log)
-	if err != nil {
-		if lockBusy(err) || strings.Contains(err.Error(), "lock held") {
-			err = fmt.Errorf("the repository %s is held open by another process (another publication of it, a backup or an export): %w", p.Repo, err)
-		}
-		return fail(fmt.Errorf("opening repository: %w", err))
-	}
-	defer repo.Close()
-	rp, err := repo.Resolve(p.RestorePoint)
+	tree, chunks, closeRepo, err := pb.openPubRepo(ctx, p, log)
 	if err != nil {
 		return fail(err)
 	}
-	tree, err := repo.Tree(ctx, rp)
-	if err != nil {
-		return fail(err)
-	}
+	defer closeRepo()
 	mnt := p.Mountpoint()
 	if err := os.MkdirAll(p.BaseDir, 0o755); err != nil {
 		return fail(err)
@@ -552,7 +609,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.Mounted = true }); err != nil {
 		return fail(err)
 	}
-	m, err := staging.Mount(ctx, p.Lower(), tree, repo.Store(), staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: log})
+	m, err := staging.Mount(ctx, p.Lower(), tree, chunks, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: log})
 	if err != nil {
 		pb.release(context.WithoutCancel(ctx), p, !keepCow)
 		return fail(err)
@@ -648,6 +705,42 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	}
 	log.Info("publication ended")
 	return pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubGone, "" })
+}
+
+// openPubRepo reads the tree of p's restore point and returns where its
+// mount reads chunks: the local repository, held open until close, or the
+// repository mover, whose reads block and retry through a lost connection
+// for p.RetryFor rather than failing, so that an outage of the repository
+// host stalls the instance's reads instead of ending the publication.
+func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.Logger) ([]chunkstore.Node, staging.ChunkReader, func(), error) {
+	if p.RepoPeer != "" {
+		retry := p.RetryFor
+		if retry <= 0 {
+			retry = defaultPubRetryFor
+		}
+		rr, _, tree, err := openRepoPeer(ctx, pb.home, p.RepoPeer, p.RestorePoint, true, mover.RemoteRepoOptions{RetryFor: retry, Log: log})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return tree, rr, func() { rr.Close() }, nil
+	}
+	repo, err := chunkstore.OpenRepo(p.Repo, log)
+	if err != nil {
+		if lockBusy(err) || strings.Contains(err.Error(), "lock held") {
+			err = fmt.Errorf("the repository %s is held open by another process (another publication of it, a backup or an export): %w", p.Repo, err)
+		}
+		return nil, nil, nil, fmt.Errorf("opening repository: %w", err)
+	}
+	rp, err := repo.Resolve(p.RestorePoint)
+	var tree []chunkstore.Node
+	if err == nil {
+		tree, err = repo.Tree(ctx, rp)
+	}
+	if err != nil {
+		repo.Close()
+		return nil, nil, nil, err
+	}
+	return tree, repo.Store(), func() { repo.Close() }, nil
 }
 
 // unmountPub unmounts, retrying while postgres's last processes let go of

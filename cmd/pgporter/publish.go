@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -13,19 +14,20 @@ import (
 )
 
 type publishOpts struct {
-	repo, restorePoint, listen, osUser string
-	port                               int
-	strictHBA, asJSON                  bool
-	onRestart                          string
-	on                                 string // a remote mover, ADDR#PEER_ID
-	resume                             string // serve a dead publication again
-	serve                              string // hidden: run as publication ID's background process
+	repo, repoPeer, restorePoint, listen, osUser string
+	retryFor                                     time.Duration
+	port                                         int
+	strictHBA, asJSON                            bool
+	onRestart                                    string
+	on                                           string // a remote mover, ADDR#PEER_ID
+	resume                                       string // serve a dead publication again
+	serve                                        string // hidden: run as publication ID's background process
 }
 
 func newPublishCmd(g *globals) *cobra.Command {
 	var o publishOpts
 	c := &cobra.Command{
-		Use:   "publish --repo DIR --restore-point ID|latest --port PORT [--on ADDR#PEER_ID]",
+		Use:   "publish (--repo DIR | --repo-peer ADDR#PEER_ID) --restore-point ID|latest --port PORT [--on ADDR#PEER_ID]",
 		Short: "Publish a restore point as a live PostgreSQL instance",
 		Long: `Mount a restore point and start PostgreSQL on it, listening on --listen
 (default 127.0.0.1) and --port, then return: a background process (its log
@@ -41,6 +43,15 @@ open by the publication.
 
 A port already in use is refused (exit code 2).
 
+With --repo-peer the repository is another host's, served by 'pgporter mover
+serve --repo' there, which must trust this home's mover ID ('pgporter mover
+id') with read: the restore point's chunks are fetched over the mover
+protocol as the instance reads them, nothing is copied ahead. If that host
+becomes unreachable the publication stays up: a read waits and reconnects
+for up to --retry-for (then fails that read with an I/O error, not the
+publication), and 'publish --resume' or a restarting 'mover serve' connect
+to the same repository mover again.
+
 That layer is on disk (the upper layer of an overlay over the mount), so a
 publication outlives its background process: if that process dies (SIGKILL,
 a crash) or is stopped by anything but unpublish (a shutdown), 'pgporter
@@ -52,12 +63,15 @@ serve' does one or the other when it starts, for every dead publication of
 its home, as --on-restart says: restart (the default) or cleanup.
 
 With --on ADDR#PEER_ID the publication runs on that mover's host, under the
-mover's home: --repo is a path there, the mover must trust this home's ID
-with orchestrate, and 'published', 'unpublish', 'publish --resume' and
-'export --published' here reach it through the mover.
+mover's home: --repo is a path there (or --repo-peer names a repository
+mover as that host reaches it, which must then trust that mover's ID with
+read), the mover must trust this home's ID with orchestrate, and
+'published', 'unpublish', 'publish --resume' and 'export --published' here
+reach it through the mover.
 
 Examples:
   pgporter publish --repo /srv/pgporter/repo --restore-point latest --port 5433
+  pgporter publish --repo-peer 10.0.0.5:7448#REPO-ID --restore-point latest --port 5433
   pgporter publish --on 10.0.0.6:7448#MOVER-ID --repo /srv/pgporter/repo \
       --restore-point latest --listen 10.0.0.6 --port 5433 --on-restart cleanup
   pgporter publish --resume p-20260101-120000-a1b2c3`,
@@ -78,6 +92,8 @@ Examples:
 	f.StringVar(&o.serve, "serve", "", "serve publication ID in the foreground (started by publish itself)")
 	_ = f.MarkHidden("serve")
 	f.StringVar(&o.repo, "repo", "", "repository directory")
+	f.StringVar(&o.repoPeer, "repo-peer", "", "repository served by the mover at ADDR#PEER_ID (instead of --repo); it must trust the publishing home's ID with read")
+	f.DurationVar(&o.retryFor, "retry-for", 2*time.Minute, "with --repo-peer: how long a read retries through a lost connection to the repository mover")
 	f.StringVar(&o.restorePoint, "restore-point", "", "restore point ID, or latest")
 	f.IntVar(&o.port, "port", 0, "TCP port the instance listens on")
 	f.StringVar(&o.listen, "listen", "127.0.0.1", "IP address the instance listens on, or * for all")
@@ -101,7 +117,7 @@ func serveCommand(g *globals) (orchestrator.ServeCommand, error) {
 
 // runPublishResume serves a dead publication again.
 func runPublishResume(cmd *cobra.Command, g *globals, o publishOpts) error {
-	for _, name := range []string{"repo", "restore-point", "port", "on", "listen", "strict-hba", "on-restart"} {
+	for _, name := range []string{"repo", "repo-peer", "retry-for", "restore-point", "port", "on", "listen", "strict-hba", "on-restart"} {
 		if cmd.Flags().Changed(name) {
 			return usagef("publish --resume ID takes no --%s: the publication keeps its own", name)
 		}
@@ -134,10 +150,40 @@ func printPublished(g *globals, p *orchestrator.Publication, asJSON bool) error 
 	return nil
 }
 
-func runPublish(ctx context.Context, g *globals, o publishOpts) error {
+// checkPublishRepo refuses anything but exactly one of --repo and
+// --repo-peer; with on, both name what the mover's host reaches.
+func checkPublishRepo(o publishOpts, on bool) error {
 	switch {
-	case o.repo == "":
-		return usagef("publish needs --repo DIR")
+	case o.repo == "" && o.repoPeer == "" && on:
+		return usagef("publish --on needs --repo DIR (a path on the mover's host) or --repo-peer ADDR#PEER_ID (as the mover's host reaches it)")
+	case o.repo == "" && o.repoPeer == "":
+		return usagef("publish needs --repo DIR or --repo-peer ADDR#PEER_ID")
+	case o.repo != "" && o.repoPeer != "":
+		return usagef("publish takes --repo or --repo-peer, not both")
+	case o.retryFor <= 0:
+		return usagef("--retry-for must be positive, got %v", o.retryFor)
+	}
+	return nil
+}
+
+// publishOptions are the options of publish and publish --on.
+func publishOptions(o publishOpts, serve []string) orchestrator.PublishOptions {
+	po := orchestrator.PublishOptions{
+		Repo: o.repo, RepoPeer: o.repoPeer, RestorePoint: o.restorePoint, Listen: o.listen, Port: o.port,
+		StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
+		Serve: serve,
+	}
+	if o.repoPeer != "" {
+		po.RetryFor = o.retryFor
+	}
+	return po
+}
+
+func runPublish(ctx context.Context, g *globals, o publishOpts) error {
+	if err := checkPublishRepo(o, false); err != nil {
+		return err
+	}
+	switch {
 	case o.restorePoint == "":
 		return usagef("publish needs --restore-point ID or --restore-point latest")
 	case o.port == 0:
@@ -147,11 +193,7 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 	if err != nil {
 		return err
 	}
-	po := orchestrator.PublishOptions{
-		Repo: o.repo, RestorePoint: o.restorePoint, Listen: o.listen, Port: o.port,
-		StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
-		Serve: serve.Args,
-	}
+	po := publishOptions(o, serve.Args)
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -162,6 +204,8 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 	p, err := pb.Publish(ctx, po)
 	switch {
 	case errors.Is(err, orchestrator.ErrPortInUse):
+		return usageError{err}
+	case errors.Is(err, chunkstore.ErrNoRestorePoint) && o.repoPeer != "":
 		return usageError{err}
 	case errors.Is(err, chunkstore.ErrNoRestorePoint):
 		return usageError{fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)}
@@ -175,19 +219,16 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 
 // runPublishOn publishes on a remote mover's host.
 func runPublishOn(ctx context.Context, g *globals, o publishOpts) error {
+	if err := checkPublishRepo(o, true); err != nil {
+		return err
+	}
 	switch {
-	case o.repo == "":
-		return usagef("publish --on needs --repo DIR (a path on the mover's host)")
 	case o.restorePoint == "":
 		return usagef("publish needs --restore-point ID or --restore-point latest")
 	case o.port == 0:
 		return usagef("publish needs --port PORT")
 	}
-	po := orchestrator.PublishOptions{
-		Repo: o.repo, RestorePoint: o.restorePoint, Listen: o.listen, Port: o.port,
-		StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
-		Serve: []string{"(the mover's)"},
-	}
+	po := publishOptions(o, []string{"(the mover's)"})
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}

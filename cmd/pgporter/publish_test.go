@@ -47,9 +47,16 @@ func freeTCPPort(t *testing.T) int {
 // no instance or mount behind.
 func publishCLI(t *testing.T, home, repo string, port int, extra ...string) *orchestrator.Publication {
 	t.Helper()
+	return publishFrom(t, home, []string{"--repo", repo}, port, extra...)
+}
+
+// publishFrom is publishCLI with the repository named by from: --repo DIR
+// or --repo-peer ADDR#PEER_ID.
+func publishFrom(t *testing.T, home string, from []string, port int, extra ...string) *orchestrator.Publication {
+	t.Helper()
 	// The serve process is this test binary running the CLI.
 	t.Setenv(testMainEnv, "1")
-	args := append([]string{"--home", home, "publish", "--repo", repo, "--restore-point", "latest", "--port", strconv.Itoa(port), "--json"}, extra...)
+	args := append(append(append([]string{"--home", home, "publish"}, from...), "--restore-point", "latest", "--port", strconv.Itoa(port), "--json"), extra...)
 	code, out, errs := runCLI(t, args...)
 	require.Equal(t, 0, code, "%s\n%s", out, errs)
 	var res struct {
@@ -337,4 +344,132 @@ func TestPublishKilled(t *testing.T) {
 	require.Empty(t, publishedList(t, home).Publications)
 	code, _, errs = runCLI(t, "--home", home, "unpublish", p.ID)
 	require.Equal(t, 0, code, errs)
+}
+
+// TestPublishRepoPeerCLI publishes a restore point of another host's
+// repository, served by a 'mover serve --repo' process on loopback: refused
+// with the command to run there until that mover trusts this home with read;
+// then up, read and written over TCP. Stopping the repository mover does not
+// end the publication: a read of data not fetched yet waits for it to come
+// back and then succeeds. Unpublish leaves nothing behind, and the
+// repository is unchanged.
+func TestPublishRepoPeerCLI(t *testing.T) {
+	_, repo := exportFixture(t)
+	before := repoState(t, repo)
+	initHome := func() (string, string) {
+		home := t.TempDir()
+		code, out, errs := runCLI(t, "mover", "init", "--home", home)
+		require.Equal(t, 0, code, errs)
+		return home, lastLine(out)
+	}
+	srvHome, srvID := initHome()
+	home, homeID := initHome()
+	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo)
+	addr := srv.waitListening(t)
+	peer := addr + "#" + srvID
+	port := freeTCPPort(t)
+	ctx := context.Background()
+
+	t.Run("usage", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			err  string
+		}{
+			{[]string{"--repo", repo, "--repo-peer", peer}, "not both"},
+			{nil, "needs --repo DIR or --repo-peer ADDR#PEER_ID"},
+			{[]string{"--repo-peer", addr}, "ADDR#PEER_ID"},
+			{[]string{"--repo-peer", "nohost#" + srvID}, "mover address"},
+			{[]string{"--repo-peer", peer, "--retry-for", "0s"}, "--retry-for must be positive"},
+			{[]string{"--on", peer}, "publish --on needs --repo DIR"},
+		} {
+			args := append(append([]string{"--home", home, "publish"}, tc.args...), "--restore-point", "latest", "--port", strconv.Itoa(port))
+			code, _, errs := runCLI(t, args...)
+			require.Equal(t, exitUsage, code, "%v: %s", tc.args, errs)
+			require.Contains(t, errs, tc.err, tc.args)
+		}
+		code, _, errs := runCLI(t, "--home", home, "publish", "--resume", "p-x", "--repo-peer", peer)
+		require.Equal(t, exitUsage, code, errs)
+		require.Contains(t, errs, "takes no --repo-peer")
+	})
+
+	// Not trusted: the error names the repository mover, this home's ID,
+	// the permission and the command; nothing is left behind.
+	code, _, errs := runCLI(t, "--home", home, "publish", "--repo-peer", peer, "--restore-point", "latest", "--port", strconv.Itoa(port))
+	require.Equal(t, exitFailure, code, errs)
+	require.Contains(t, errs, "repository mover "+peer)
+	require.Contains(t, errs, "pgporter mover trust "+homeID+" --allow read")
+	require.Empty(t, publishedList(t, home).Publications)
+	code, _, errs = runCLI(t, "mover", "trust", homeID, "--allow", "read", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+
+	// An unknown restore point is a usage error.
+	code, _, errs = runCLI(t, "--home", home, "publish", "--repo-peer", peer, "--restore-point", "rp-nope", "--port", strconv.Itoa(port))
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "no such restore point")
+
+	start := time.Now()
+	p := publishFrom(t, home, []string{"--repo-peer", peer}, port)
+	t.Logf("publish --repo-peer: up in %v", time.Since(start).Round(time.Millisecond))
+	require.Equal(t, peer, p.RepoPeer)
+	require.Empty(t, p.Repo)
+	rps, err := chunkstore.ListRepo(repo)
+	require.NoError(t, err)
+	require.Equal(t, rps[len(rps)-1].ID, p.RestorePoint, "latest is resolved and journaled")
+
+	conn := pubConn(t, port, "crm")
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM "Clients"`).Scan(&n))
+	require.Equal(t, 1000, n)
+	_, err = conn.Exec(ctx, `CREATE TABLE scratch(x int); INSERT INTO scratch SELECT generate_series(1, 500); UPDATE "Clients" SET name = 'changed'; CHECKPOINT`)
+	require.NoError(t, err)
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM "Clients" WHERE name = 'changed'`).Scan(&n))
+	require.Equal(t, 1000, n)
+	conn.Close(ctx)
+
+	// The repository mover goes away: the publication stays up.
+	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
+	require.True(t, lockHeldBy(t, home, p.ID), "the serve process ended with the repository mover")
+	list := publishedList(t, home)
+	require.Len(t, list.Publications, 1)
+	require.Equal(t, "up", list.Publications[0].State)
+	// A read of the shop database, never read so far, is fetched from the
+	// repository mover: it waits for the mover to come back.
+	type counted struct {
+		n   int
+		err error
+	}
+	read := make(chan counted, 1)
+	go func() {
+		rctx, cancel := context.WithTimeout(ctx, waitTimeout)
+		defer cancel()
+		c, err := pgx.Connect(rctx, fmt.Sprintf("host=127.0.0.1 port=%d dbname=shop user=postgres password=pw sslmode=disable", port))
+		if err != nil {
+			read <- counted{err: err}
+			return
+		}
+		defer c.Close(context.Background())
+		var n int
+		err = c.QueryRow(rctx, `SELECT count(*) FROM pgbench_accounts`).Scan(&n)
+		read <- counted{n, err}
+	}()
+	srv = startProc(t, "--home", srvHome, "mover", "serve", "--listen", addr, "--repo", repo)
+	require.Equal(t, addr, srv.waitListening(t))
+	outage := time.Now()
+	select {
+	case r := <-read:
+		require.NoError(t, r.err)
+		require.Equal(t, 200000, r.n)
+	case <-time.After(waitTimeout):
+		t.Fatalf("a read through the restarted repository mover did not finish in %v", waitTimeout)
+	}
+	t.Logf("read after the repository mover came back: %v", time.Since(outage).Round(time.Millisecond))
+
+	code, out, errs := runCLI(t, "--home", home, "unpublish", p.ID)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "unpublished "+p.ID)
+	requireReleased(t, p)
+	require.Equal(t, before, repoState(t, repo))
+	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
 }
