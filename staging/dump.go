@@ -165,6 +165,9 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	}
 	if split != nil {
 		if err := <-splitErr; err != nil && ctx.Err() == nil && (waitErr == nil || !errors.Is(err, context.Canceled)) {
+			if errors.Is(err, syscall.ENOSPC) {
+				return nil, noSpace(o, err.Error())
+			}
 			return nil, fmt.Errorf("dumping the data of %q's big tables: %w", o.DB, err)
 		}
 	}
@@ -173,9 +176,7 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 			return nil, ctx.Err()
 		}
 		if strings.Contains(errTail.String(), "No space left on device") {
-			// pg_dump does not say where: name the directory that is full.
-			return nil, fmt.Errorf("no space left on %s for the dump of %q (%w); free space there and retry: %s",
-				filepath.Dir(o.Dir), o.DB, syscall.ENOSPC, strings.TrimSpace(errTail.String()))
+			return nil, noSpace(o, strings.TrimSpace(errTail.String()))
 		}
 		return nil, fmt.Errorf("pg_dump of %q failed (%v): %s", o.DB, waitErr, strings.TrimSpace(errTail.String()))
 	}
@@ -205,6 +206,12 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 		command += fmt.Sprintf("; the data of %s by range COPYs on %d connections", strings.Join(splitNames, ", "), o.Jobs)
 	}
 	return &DumpResult{Dir: o.Dir, Bytes: n, Tables: done, Command: command, Split: splitNames}, nil
+}
+
+// noSpace names the directory that is full, which pg_dump does not say.
+func noSpace(o DumpOptions, detail string) error {
+	return fmt.Errorf("no space left on %s for the dump of %q (%w); free space there and retry: %s",
+		filepath.Dir(o.Dir), o.DB, syscall.ENOSPC, detail)
 }
 
 func (in *Instance) countTables(ctx context.Context, o DumpOptions) int {
