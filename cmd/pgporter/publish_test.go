@@ -351,7 +351,8 @@ func TestPublishKilled(t *testing.T) {
 // with the command to run there until that mover trusts this home with read;
 // then up, read and written over TCP. Stopping the repository mover does not
 // end the publication: a read of data not fetched yet waits for it to come
-// back and then succeeds. Unpublish leaves nothing behind, and the
+// back and then succeeds. Unpublish leaves nothing behind. Published --on
+// another mover, that mover is the one that must be trusted with read. The
 // repository is unchanged.
 func TestPublishRepoPeerCLI(t *testing.T) {
 	_, repo := exportFixture(t)
@@ -398,6 +399,7 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 	require.Equal(t, exitFailure, code, errs)
 	require.Contains(t, errs, "repository mover "+peer)
 	require.Contains(t, errs, "pgporter mover trust "+homeID+" --allow read")
+	t.Logf("untrusted: %s", strings.TrimSpace(errs))
 	require.Empty(t, publishedList(t, home).Publications)
 	code, _, errs = runCLI(t, "mover", "trust", homeID, "--allow", "read", "--home", srvHome)
 	require.Equal(t, 0, code, errs)
@@ -469,6 +471,42 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "unpublished "+p.ID)
 	requireReleased(t, p)
+
+	// With --on, the publishing mover reads the repository mover: it is the
+	// one that needs read there, and the refusal says so.
+	moverHome, moverID := initHome()
+	code, _, errs = runCLI(t, "mover", "trust", homeID, "--allow", "orchestrate", "--home", moverHome)
+	require.Equal(t, 0, code, errs)
+	pubMover := startProc(t, "--home", moverHome, "mover", "serve", "--listen", "127.0.0.1:0", "--root", t.TempDir())
+	on := pubMover.waitListening(t) + "#" + moverID
+	publishOn := func() (int, string, string) {
+		return runCLI(t, "--home", home, "publish", "--on", on, "--repo-peer", peer, "--restore-point", "latest", "--port", strconv.Itoa(port), "--json")
+	}
+	code, _, errs = publishOn()
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errs, "pgporter mover trust "+moverID+" --allow read")
+	t.Logf("publishing mover untrusted: %s", strings.TrimSpace(errs))
+	code, _, errs = runCLI(t, "mover", "trust", moverID, "--allow", "read", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+	code, out, errs = publishOn()
+	require.Equal(t, 0, code, errs)
+	var res struct{ ID, On string }
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+	require.Equal(t, on, res.On)
+	t.Cleanup(func() { runCLI(t, "--home", home, "unpublish", res.ID) })
+	mp := moverPublication(t, moverHome, res.ID)
+	require.Equal(t, peer, mp.RepoPeer)
+	require.Equal(t, orchestrator.PubUp, mp.State)
+	conn = pubConn(t, port, "crm")
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM "Clients" WHERE name = 'changed'`).Scan(&n))
+	require.Zero(t, n, "the first publication's write is gone")
+	conn.Close(ctx)
+	code, _, errs = runCLI(t, "--home", home, "unpublish", res.ID)
+	require.Equal(t, 0, code, errs)
+	requireReleased(t, mp)
+	require.NoError(t, pubMover.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, pubMover.wait(t), pubMover.stderr.String())
+
 	require.Equal(t, before, repoState(t, repo))
 	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
 	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
