@@ -38,19 +38,10 @@ Users connect with the roles and passwords of the backup, and the backup's
 own pg_hba.conf decides who may; --strict-hba replaces it by one that allows
 only password logins from the listen address's network. Writes go to a
 copy-on-write layer under HOME/publications/ID/cow, dropped by unpublish:
-the repository never changes. While published, the repository is held
-open by the publication.
+the repository never changes. While published, a --repo repository is
+held open by the publication.
 
 A port already in use is refused (exit code 2).
-
-With --repo-peer the repository is another host's, served by 'pgporter mover
-serve --repo' there, which must trust this home's mover ID ('pgporter mover
-id') with read: the restore point's chunks are fetched over the mover
-protocol as the instance reads them, nothing is copied ahead. If that host
-becomes unreachable the publication stays up: a read waits and reconnects
-for up to --retry-for (then fails that read with an I/O error, not the
-publication), and 'publish --resume' or a restarting 'mover serve' connect
-to the same repository mover again.
 
 That layer is on disk (the upper layer of an overlay over the mount), so a
 publication outlives its background process: if that process dies (SIGKILL,
@@ -61,6 +52,15 @@ port (the instance does crash recovery, as after a power loss: committed
 writes are there), while 'pgporter unpublish ID' drops it. 'pgporter mover
 serve' does one or the other when it starts, for every dead publication of
 its home, as --on-restart says: restart (the default) or cleanup.
+
+With --repo-peer the repository is another host's, served by 'pgporter mover
+serve --repo' there, which must trust this home's mover ID ('pgporter mover
+id') with read: the restore point's chunks are fetched over the mover
+protocol as the instance reads them, nothing is copied ahead. If that host
+becomes unreachable the publication stays up: a read waits and reconnects
+for up to --retry-for (then that read fails with an I/O error, which fails
+the query, not the publication), and 'publish --resume' or a restarting
+'mover serve' connect to the same repository mover again.
 
 With --on ADDR#PEER_ID the publication runs on that mover's host, under the
 mover's home: --repo is a path there (or --repo-peer names a repository
