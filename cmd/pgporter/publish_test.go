@@ -351,7 +351,8 @@ func TestPublishKilled(t *testing.T) {
 // with the command to run there until that mover trusts this home with read;
 // then up, read and written over TCP. Stopping the repository mover does not
 // end the publication: a read of data not fetched yet waits for it to come
-// back and then succeeds. Unpublish leaves nothing behind. Published --on
+// back and then succeeds. Killed, it resumes from the same repository mover
+// with its write. Unpublish leaves nothing behind. Published --on
 // another mover, that mover is the one that must be trusted with read. The
 // repository is unchanged.
 func TestPublishRepoPeerCLI(t *testing.T) {
@@ -455,6 +456,25 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 		err = c.QueryRow(rctx, `SELECT count(*) FROM pgbench_accounts`).Scan(&n)
 		read <- counted{n, err}
 	}()
+	// The serve process logs each retry: the mover comes back only once a
+	// read is waiting for it.
+	serveLog := filepath.Join(home, "publications", p.ID, "serve.log")
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		b, err := os.ReadFile(serveLog)
+		require.NoError(t, err)
+		if strings.Contains(string(b), "repository request interrupted; retrying") {
+			break
+		}
+		select {
+		case r := <-read:
+			t.Fatalf("a read of data never fetched finished while the repository mover was down: %+v", r)
+		default:
+		}
+		require.True(t, time.Now().Before(deadline), "no read waited for the repository mover in %v:\n%s", waitTimeout, b)
+		time.Sleep(20 * time.Millisecond) // polling another process's log
+	}
+	require.True(t, lockHeldBy(t, home, p.ID), "the serve process ended while a read waited")
 	srv = startProc(t, "--home", srvHome, "mover", "serve", "--listen", addr, "--repo", repo)
 	require.Equal(t, addr, srv.waitListening(t))
 	outage := time.Now()
@@ -467,7 +487,28 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 	}
 	t.Logf("read after the repository mover came back: %v", time.Since(outage).Round(time.Millisecond))
 
-	code, out, errs := runCLI(t, "--home", home, "unpublish", p.ID)
+	// Killed, the publication resumes on its layer from the journaled
+	// repository mover.
+	require.NoError(t, syscall.Kill(p.ServePID, syscall.SIGKILL))
+	for lockHeldBy(t, home, p.ID) {
+		require.True(t, time.Now().Before(deadline.Add(waitTimeout)), "the serve process of %s still runs after SIGKILL", p.ID)
+		time.Sleep(10 * time.Millisecond) // polling another process's exit
+	}
+	code, out, errs := runCLI(t, "--home", home, "publish", "--resume", p.ID, "--json")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, lastLine(out), `"state":"up"`)
+	conn = pubConn(t, port, "crm")
+	require.NoError(t, conn.QueryRow(ctx, `SELECT count(*) FROM scratch`).Scan(&n))
+	require.Equal(t, 500, n)
+	conn.Close(ctx)
+	j, err := orchestrator.OpenJournal(home)
+	require.NoError(t, err)
+	p, err = j.GetPublication(p.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, p.Restarts)
+	require.Equal(t, peer, p.RepoPeer)
+
+	code, out, errs = runCLI(t, "--home", home, "unpublish", p.ID)
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "unpublished "+p.ID)
 	requireReleased(t, p)
