@@ -102,7 +102,7 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 		if err := r.cancelRemote(ctx, s); err != nil {
 			return s, err
 		}
-		s.State, s.Error = StateCancelled, ""
+		s.State, s.Error, s.PID = StateCancelled, "", 0 // a run killed before it could clear its PID
 		return s, r.j.Put(s)
 	}
 	if err := r.reclaim(ctx, s); err != nil {
@@ -130,7 +130,7 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 			delete(s.Resources.Aside, db)
 		}
 	}
-	s.State, s.Error = StateCancelled, ""
+	s.State, s.Error, s.PID = StateCancelled, "", 0 // a run killed before it could clear its PID
 	return s, r.j.Put(s)
 }
 
