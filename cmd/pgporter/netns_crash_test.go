@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -174,6 +175,9 @@ func TestNetnsCrashMatrix(t *testing.T) {
 	for _, f := range faults {
 		m.run(t, f)
 	}
+	start = time.Now()
+	m.cancelAfterCrash(t)
+	t.Logf("cancel after the staging mover's crash: %.1fs", time.Since(start).Seconds())
 	for _, role := range []string{"repository", "staging", "target"} {
 		m.noteRSS(role)
 	}
@@ -299,7 +303,7 @@ func (m *crashMatrix) run(t *testing.T, f fault) {
 	e.restoreAndCompareFrom(t, to, suffix)
 	e.dropRestored(t, suffix)
 	comparing = false
-	e.requireNothingLeft(t, id, ns)
+	e.requireNothingLeft(t, id, ns, orchestrator.StateDone, to)
 	done = true
 	m.rep.BytesVerified += rec.BytesVerified
 	m.rep.ByOutcome[strings.SplitN(rec.Outcome, ";", 2)[0]]++
@@ -463,12 +467,13 @@ func (e *netnsExport) dropRestored(t *testing.T, suffix string) {
 	}
 }
 
-// requireNothingLeft checks that session id, done, left nothing behind on
-// any host: no process of it (an instance, pg_dump) runs, nothing of the
-// staging mover's mount namespace ns (as it was during the session) runs
-// but the mover, no mount of it is seen, the staging files are removed and
-// both journals hold it done with no resources.
-func (e *netnsExport) requireNothingLeft(t *testing.T, id string, ns *syscall.Stat_t) {
+// requireNothingLeft checks that session id, ended in state want, left
+// nothing behind on any host: no process of it (an instance, pg_dump)
+// runs, nothing of the staging mover's mount namespace ns (as it was
+// during the session) runs but the mover, no mount of it is seen, the
+// staging files are removed, both journals hold it in state want with no
+// resources, and its --to directory holds nothing partial or temporary.
+func (e *netnsExport) requireNothingLeft(t *testing.T, id string, ns *syscall.Stat_t, want orchestrator.State, to string) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for {
@@ -491,16 +496,53 @@ func (e *netnsExport) requireNothingLeft(t *testing.T, id string, ns *syscall.St
 		require.NoError(t, err)
 		s, err := j.Get(id)
 		require.NoError(t, err)
-		require.Equal(t, orchestrator.StateDone, s.State, home)
+		require.Equal(t, want, s.State, home)
 		require.Zero(t, s.Resources.InstancePID, home)
 		require.Empty(t, s.Resources.Mountpoint, home)
 		require.Zero(t, s.PID, home)
 	}
-	ents, err := os.ReadDir(e.root)
+	ents, err := os.ReadDir(to)
+	if want == orchestrator.StateCancelled && errors.Is(err, fs.ErrNotExist) {
+		return // nothing ever reached the target
+	}
 	require.NoError(t, err)
 	for _, ent := range ents {
-		require.False(t, strings.HasSuffix(ent.Name(), ".partial") || strings.HasPrefix(ent.Name(), ".pgporter-"), "%s left in the target's root", ent.Name())
+		if want == orchestrator.StateCancelled && strings.HasSuffix(ent.Name(), ".partial") {
+			// Known: the orchestrator has no message to remove a target's
+			// partial directory; a rerun into the same destination takes
+			// it over (docs/RELIABILITY.md, Known limits).
+			t.Logf("left at the target after the cancel: %s", filepath.Join(to, ent.Name()))
+			continue
+		}
+		require.False(t, strings.HasSuffix(ent.Name(), ".partial") || strings.HasPrefix(ent.Name(), ".pgporter-"), "%s left in %s", ent.Name(), to)
 	}
+}
+
+// cancelAfterCrash kills the staging mover while it dumps, restarts it
+// and cancels the failed session with 'pgporter cancel' on the
+// orchestrator: nothing may be left running or mounted, the staging files
+// go, both journals say cancelled, and a retry is refused.
+func (m *crashMatrix) cancelAfterCrash(t *testing.T) {
+	t.Helper()
+	e := m.e
+	to := filepath.Join(e.root, "cancelled")
+	p := e.exportTo(t, to)
+	e.waitStderr(t, p, "• dump:shop")
+	sm := sessionLineRE.FindStringSubmatch(p.stderr.String())
+	require.NotNil(t, sm, p.stderr.String())
+	id := sm[1]
+	ns := mountNS(t, e.staging.cmd.Process.Pid)
+	m.noteRSS("staging")
+	e.staging.kill(t)
+	e.restartMover(t, "staging")
+	require.NotEqual(t, 0, waitExit(t, p, faultRecoveryLimit), "the export succeeded although its staging mover was killed\n%s", e.logs(p))
+	c := startInHost(t, e.orchH, "--home", e.orchHome, "cancel", id)
+	require.Equal(t, 0, waitExit(t, c, waitTimeout), "cancel of %s failed\n%s", id, e.logs(c))
+	e.requireNothingLeft(t, id, ns, orchestrator.StateCancelled, to)
+	r := startInHost(t, e.orchH, "--home", e.orchHome, "retry", id)
+	require.NotEqual(t, 0, waitExit(t, r, waitTimeout), "a cancelled session was retried")
+	require.Contains(t, r.stderr.String(), "cancelled")
+	require.NoError(t, os.RemoveAll(to))
 }
 
 // sessionProcs lists the live processes whose command line names one of
