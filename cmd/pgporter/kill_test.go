@@ -86,7 +86,11 @@ func (p *proc) wait(t *testing.T) int {
 func (p *proc) kill(t *testing.T) {
 	t.Helper()
 	require.NoError(t, p.cmd.Process.Kill())
-	<-p.done
+	select {
+	case <-p.done:
+	case <-time.After(waitTimeout):
+		t.Fatalf("pid %d did not end within %v of SIGKILL: %s", p.cmd.Process.Pid, waitTimeout, procThreads(p.cmd.Process.Pid))
+	}
 	require.Equal(t, "signal: killed", p.err.Error(), "the process was still running when killed")
 }
 
@@ -314,4 +318,24 @@ func TestResumeAfterReceiverKilled(t *testing.T) {
 
 	require.NoError(t, recv.cmd.Process.Signal(os.Interrupt))
 	require.Equal(t, 0, recv.wait(t), "mover serve did not stop gracefully on SIGINT\n%s", recv.stderr.String())
+}
+
+// procThreads describes where a process's threads wait, for a process that
+// does not die: a thread blocked on a FUSE request its own dying process
+// should answer shows here.
+func procThreads(pid int) string {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var b strings.Builder
+	for _, tk := range tasks {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tk.Name()))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, tk.Name()))
+		stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stack", pid, tk.Name()))
+		fields := strings.Fields(string(st))
+		state := ""
+		if len(fields) > 2 {
+			state = fields[2]
+		}
+		fmt.Fprintf(&b, "\n  task %s state %s wchan %s\n%s", tk.Name(), state, wchan, stack)
+	}
+	return b.String()
 }

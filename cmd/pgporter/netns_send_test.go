@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -46,8 +47,12 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 	t.Helper()
 	p := &proc{cmd: cmd, listening: make(chan string, 1), done: make(chan struct{})}
 	cmd.Stderr = &p.stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
+	// Stdout through a writer, not StdoutPipe: Wait then gives up on the
+	// pipes WaitDelay after the process ended, if something it started
+	// still holds them, instead of hanging the test.
+	out, pw := io.Pipe()
+	cmd.Stdout = pw
+	cmd.WaitDelay = 5 * time.Second
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
 		select {
@@ -57,7 +62,9 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 			<-p.done
 		}
 	})
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			line := sc.Text()
@@ -71,7 +78,12 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 				}
 			}
 		}
+		io.Copy(io.Discard, out)
+	}()
+	go func() {
 		p.err = cmd.Wait()
+		pw.Close()
+		<-scanned
 		close(p.done)
 	}()
 	return p
