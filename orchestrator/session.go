@@ -94,8 +94,8 @@ type Plan struct {
 	// BWLimit caps the transfers' wire bytes per second (0: none).
 	BWLimit int64 `json:"bwlimit,omitempty"`
 	// SplitTables is the size from which a table's data is dumped in
-	// parallel page ranges (staging.DumpOptions.SplitTableBytes: 0 is the
-	// default size, negative never).
+	// parallel page ranges (staging.DumpOptions.SplitTableBytes; 0 or
+	// negative: never).
 	SplitTables int64  `json:"split_tables,omitempty"`
 	Staging     string `json:"staging,omitempty"`
 	Target      string `json:"target,omitempty"`

@@ -35,7 +35,7 @@ type DumpOptions struct {
 	OnFile  func(name string)
 	// SplitTableBytes is the size from which a table's data is dumped by
 	// pgporter in parallel page ranges rather than by one COPY of pg_dump
-	// (see tabledump.go): 0 means DefaultSplitTableBytes, negative never.
+	// (see tabledump.go); 0 or negative: never (pg_dump dumps everything).
 	SplitTableBytes int64
 	rangeBytes      int64 // the share of a split table per COPY; tests make it small
 }

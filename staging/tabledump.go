@@ -1,17 +1,19 @@
 package staging
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -25,10 +27,6 @@ import (
 // everything else in the same snapshot (--snapshot, --exclude-table-data)
 // and pgporter adds the tables' TABLE DATA entries to its toc.dat, so the
 // result is an ordinary directory archive for pg_restore.
-
-// DefaultSplitTableBytes is the size from which a table's data is dumped
-// in parallel ranges.
-const DefaultSplitTableBytes = 64 << 20
 
 const (
 	defaultRangeBytes = 32 << 20 // a range's share of a table, main fork and TOAST
@@ -94,11 +92,8 @@ SET row_security = off; SET synchronize_seqscans TO off`
 // both pg_dump and the range COPYs read. It returns nil, nil when the
 // database or the server does not allow it (then pg_dump does everything).
 func (in *Instance) planSplit(ctx context.Context, o DumpOptions) (_ *tableSplit, err error) {
-	if o.SplitTableBytes < 0 {
+	if o.SplitTableBytes <= 0 {
 		return nil, nil
-	}
-	if o.SplitTableBytes == 0 {
-		o.SplitTableBytes = DefaultSplitTableBytes
 	}
 	c, err := in.connect(ctx, o.DB, o.User, o.Password)
 	if err != nil {
@@ -227,18 +222,19 @@ func (s *tableSplit) dump(ctx context.Context, in *Instance, o DumpOptions, dir 
 			all = append(all, &rangeJob{t: t, r: r, out: make(chan *bytes.Buffer, 1)})
 		}
 	}
-	window := make(chan struct{}, 2*o.Jobs) // ranges copied but not written yet
+	// A fixed set of buffers, reused: a range is copied only into a free
+	// one, taken before the range, so the range the writer waits for always
+	// has one. Fresh buffers for every range cost more in page faults and
+	// zeroing than the COPY itself.
+	free := make(chan *bytes.Buffer, 2*o.Jobs)
+	for range cap(free) {
+		free <- new(bytes.Buffer)
+	}
 	work := make(chan *rangeJob)
-	pool := sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 	g.Go(func() error { // dispatch, in order
 		defer close(work)
 		for _, j := range all {
-			select {
-			case window <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
 			select {
 			case work <- j:
 			case <-ctx.Done():
@@ -249,7 +245,7 @@ func (s *tableSplit) dump(ctx context.Context, in *Instance, o DumpOptions, dir 
 	})
 	for i := 0; i < o.Jobs; i++ {
 		g.Go(func() error {
-			c, err := in.connect(ctx, o.DB, o.User, o.Password)
+			c, err := in.connectBulk(ctx, o.DB, o.User, o.Password)
 			if err != nil {
 				return fmt.Errorf("connecting for table data: %w", err)
 			}
@@ -260,15 +256,23 @@ func (s *tableSplit) dump(ctx context.Context, in *Instance, o DumpOptions, dir 
 			if _, err := c.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+s.snapshot+"'"); err != nil {
 				return fmt.Errorf("importing the dump's snapshot: %w", err)
 			}
-			for j := range work {
-				b := pool.Get().(*bytes.Buffer)
+			for {
+				var b *bytes.Buffer
+				select {
+				case b = <-free:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				j, ok := <-work
+				if !ok {
+					return nil
+				}
 				b.Reset()
 				if _, err := c.PgConn().CopyTo(ctx, b, j.t.rangeSQL(j.r)); err != nil {
 					return fmt.Errorf("copying pages %d to %d of %s: %w", j.r[0], j.r[1], j.t.qualified, err)
 				}
 				j.out <- b
 			}
-			return nil
 		})
 	}
 	g.Go(func() error { // write, in order
@@ -299,10 +303,7 @@ func (s *tableSplit) dump(ctx context.Context, in *Instance, o DumpOptions, dir 
 			if _, err := f.Write(b.Bytes()); err != nil {
 				return fmt.Errorf("writing the data of %s: %w", j.t.qualified, err)
 			}
-			if b.Cap() <= 2*defaultRangeBytes {
-				pool.Put(b)
-			}
-			<-window
+			free <- b
 			if i == len(all)-1 || all[i+1].t != j.t {
 				_, err := f.WriteString(copyEnd)
 				if cerr := f.Close(); err == nil {
@@ -364,4 +365,17 @@ func (s *tableSplit) addEntries(dir string) error {
 		return fmt.Errorf("writing toc.dat: %w", err)
 	}
 	return nil
+}
+
+// connectBulk connects for COPY output: COPY sends a message per row, and
+// pgx's default reader fills 8 KiB at a time, a system call per few rows.
+func (in *Instance) connectBulk(ctx context.Context, db, user, password string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(in.ConnString(db, user) + " password=" + quoteConn(password))
+	if err != nil {
+		return nil, err
+	}
+	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		return pgproto3.NewFrontend(bufio.NewReaderSize(r, 1<<20), w)
+	}
+	return pgx.ConnectConfig(ctx, cfg)
 }

@@ -86,7 +86,7 @@ Examples:
 	f.BoolVar(&eo.plan.AllowMissingPreload, "allow-missing-preload", false, "start the throwaway instance without shared_preload_libraries this host lacks (they are named); without it, such a backup is refused")
 	f.BoolVar(&eo.plan.Globals, "globals", false, "add pg_dumpall --globals-only (roles, tablespaces) to each dump as globals.sql")
 	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
-	f.StringVar(&eo.splitTables, "split-tables-from", "64M", "dump the data of tables at least this big in parallel page ranges (--jobs connections, one snapshot; still an ordinary pg_dump -Fd archive), or off")
+	f.StringVar(&eo.splitTables, "split-tables-from", "off", "experimental: dump the data of tables at least this big (e.g. 64M) in parallel page ranges (--jobs connections, one snapshot; still an ordinary pg_dump -Fd archive); slower than pg_dump on 2 cores, see docs/BENCHMARKS.md")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
 	return c
 }
@@ -128,7 +128,7 @@ func (eo *exportOpts) parseSizes() error {
 	}
 	switch v := strings.ToLower(strings.TrimSpace(eo.splitTables)); v {
 	case "off", "0", "none":
-		eo.plan.SplitTables = -1
+		eo.plan.SplitTables = 0
 	default:
 		n, err := parseSize(v)
 		if err != nil || n <= 0 {

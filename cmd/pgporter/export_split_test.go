@@ -42,7 +42,7 @@ func TestExportSplitTables(t *testing.T) {
 }
 
 func TestSplitTablesFlag(t *testing.T) {
-	for in, want := range map[string]int64{"64M": 64 << 20, "1.5G": 3 << 29, "off": -1, "0": -1, "OFF": -1} {
+	for in, want := range map[string]int64{"64M": 64 << 20, "1.5G": 3 << 29, "off": 0, "0": 0, "OFF": 0} {
 		eo := exportOpts{splitTables: in}
 		require.NoError(t, eo.parseSizes(), in)
 		require.Equal(t, want, eo.plan.SplitTables, in)
