@@ -51,7 +51,8 @@ demo: setup build
 # export at SOAK_PER_PROCESS seeded random points (SOAK_SEED to replay a
 # run), each followed by restart and retry, the result compared with a
 # fault-free run's. Figures go to docs/reliability-soak.{json,md}, quoted
-# in docs/RELIABILITY.md.
+# in docs/RELIABILITY.md. Then the link faults' long profile: outage windows
+# of 1 s to 60 s and a lossy 400 ms link (PGPORTER_SOAK=1).
 SOAK_PER_PROCESS ?= 25
 SOAK_SEED        ?=
 .PHONY: soak
@@ -59,6 +60,7 @@ soak: setup build
 	PGPORTER_FAULTS_PER_PROCESS=$(SOAK_PER_PROCESS) $(if $(SOAK_SEED),PGPORTER_FAULT_SEED=$(SOAK_SEED)) \
 	PGPORTER_FAULT_REPORT=$(CURDIR)/docs/reliability-soak.json \
 	$(GO) test -count=1 -timeout 0 -v -run '^TestNetnsCrashMatrix$$' ./cmd/pgporter/
+	PGPORTER_SOAK=1 $(GO) test -count=1 -timeout 0 -v -run '^TestNetnsLink' ./cmd/pgporter/
 
 clean:
 	rm -rf bin
