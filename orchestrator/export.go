@@ -138,14 +138,7 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 			return nil, fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
 		}
 	} else {
-		to, err := filepath.Abs(p.To)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(to, 0o755); err != nil {
-			return nil, fmt.Errorf("%w: creating --to %s: %v", ErrBadPlan, to, err)
-		}
-		if p.To, err = filepath.EvalSymlinks(to); err != nil {
+		if p.To, err = localTo(p.To); err != nil {
 			return nil, err
 		}
 	}
@@ -758,4 +751,17 @@ func linkGlobals(src, dst string) error {
 		return fmt.Errorf("adding %s to the dump: %w", staging.GlobalsFile, err)
 	}
 	return nil
+}
+
+// localTo makes a local --to directory and returns its absolute path with
+// symbolic links resolved.
+func localTo(to string) (string, error) {
+	abs, err := filepath.Abs(to)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return "", fmt.Errorf("%w: creating --to %s: %v", ErrBadPlan, abs, err)
+	}
+	return filepath.EvalSymlinks(abs)
 }

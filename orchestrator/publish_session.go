@@ -85,14 +85,8 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 			return nil, fmt.Errorf("%w: --to %q must be a clean absolute path on the host that receives the dumps", ErrBadPlan, p.To)
 		}
 	} else {
-		to, err := filepath.Abs(p.To)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(to, 0o755); err != nil {
-			return nil, fmt.Errorf("%w: creating --to %s: %v", ErrBadPlan, to, err)
-		}
-		if s.Plan.To, err = filepath.EvalSymlinks(to); err != nil {
+		var err error
+		if s.Plan.To, err = localTo(p.To); err != nil {
 			return nil, err
 		}
 		for _, db := range p.Databases {
