@@ -1,19 +1,16 @@
 package staging
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgproto3"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -245,7 +242,7 @@ func (s *tableSplit) dump(ctx context.Context, in *Instance, o DumpOptions, dir 
 	})
 	for i := 0; i < o.Jobs; i++ {
 		g.Go(func() error {
-			c, err := in.connectBulk(ctx, o.DB, o.User, o.Password)
+			c, err := in.connect(ctx, o.DB, o.User, o.Password)
 			if err != nil {
 				return fmt.Errorf("connecting for table data: %w", err)
 			}
@@ -365,17 +362,4 @@ func (s *tableSplit) addEntries(dir string) error {
 		return fmt.Errorf("writing toc.dat: %w", err)
 	}
 	return nil
-}
-
-// connectBulk connects for COPY output: COPY sends a message per row, and
-// pgx's default reader fills 8 KiB at a time, a system call per few rows.
-func (in *Instance) connectBulk(ctx context.Context, db, user, password string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(in.ConnString(db, user) + " password=" + quoteConn(password))
-	if err != nil {
-		return nil, err
-	}
-	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-		return pgproto3.NewFrontend(bufio.NewReaderSize(r, 1<<20), w)
-	}
-	return pgx.ConnectConfig(ctx, cfg)
 }
