@@ -98,6 +98,12 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	if (eo.plan.Repo == "") == (eo.plan.RepoPeer == "") || eo.plan.To == "" || len(eo.plan.Databases) == 0 {
 		return usagef("export needs one of --repo and --repo-peer, --to, and at least one --db")
 	}
+	return startExport(cmd, g, eo, func(p orchestrator.Plan) string { return "restore point " + p.RestorePoint })
+}
+
+// startExport creates the session of the export eo and drives it; from
+// names what it exports from, for the first line.
+func startExport(cmd *cobra.Command, g *globals, eo exportOpts, from func(orchestrator.Plan) string) error {
 	eo.plan.PasswordFile = eo.passwordFile
 	if err := eo.parseSizes(); err != nil {
 		return err
@@ -113,7 +119,7 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(g.stderr, "session %s: exporting %s from restore point %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.RestorePoint, s.Plan.To)
+	fmt.Fprintf(g.stderr, "session %s: exporting %s from %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), from(s.Plan), s.Plan.To)
 	return driveSession(cmd, g, r, s.ID, eo.json)
 }
 
@@ -285,21 +291,5 @@ func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return usagef("export --published ID takes --db and --to, and --target to send the dumps on (no --repo, --repo-peer or --staging)")
 	}
 	eo.plan.Published = eo.published
-	eo.plan.PasswordFile = eo.passwordFile
-	if err := eo.parseSizes(); err != nil {
-		return err
-	}
-	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
-	if err != nil {
-		return err
-	}
-	s, err := r.Create(eo.plan)
-	if errors.Is(err, orchestrator.ErrBadPlan) {
-		return usageError{err}
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(g.stderr, "session %s: exporting %s from publication %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.Published, s.Plan.To)
-	return driveSession(cmd, g, r, s.ID, eo.json)
+	return startExport(cmd, g, eo, func(p orchestrator.Plan) string { return "publication " + p.Published })
 }

@@ -118,25 +118,7 @@ func TestExportKillRetry(t *testing.T) {
 	for _, at := range []string{"• dump:shop", "• transfer:crm"} {
 		t.Run(strings.TrimPrefix(at, "• "), func(t *testing.T) {
 			home, to := t.TempDir(), t.TempDir()
-			p := startProc(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", cliStagingDir(t))
-			deadline := time.Now().Add(waitTimeout)
-			for !strings.Contains(p.stderr.String(), at) {
-				select {
-				case <-p.done:
-					t.Fatalf("export ended before %q: %v\n%s", at, p.err, p.stderr.String())
-				case <-time.After(5 * time.Millisecond): // polling another process's output
-				}
-				require.True(t, time.Now().Before(deadline), "export did not reach %q", at)
-			}
-			p.kill(t)
-			m := sessionLineRE.FindStringSubmatch(p.stderr.String())
-			require.NotNil(t, m, p.stderr.String())
-			id := m[1]
-
-			j, err := orchestrator.OpenJournal(home)
-			require.NoError(t, err)
-			before, err := j.Get(id)
-			require.NoError(t, err)
+			id, _, before := killExportAt(t, at, home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", cliStagingDir(t))
 			require.NotEqual(t, orchestrator.StateDone, before.State)
 
 			code, out, errs := runCLI(t, "--home", home, "retry", id, "--json")
@@ -162,6 +144,31 @@ func TestExportKillRetry(t *testing.T) {
 	}
 }
 
+// killExportAt starts 'pgporter --home home args...', SIGKILLs it once its
+// stderr shows at, and returns the session, the journal it is in and the
+// session's state as the kill left it.
+func killExportAt(t *testing.T, at, home string, args ...string) (string, *orchestrator.Journal, *orchestrator.Session) {
+	t.Helper()
+	p := startProc(t, append([]string{"--home", home}, args...)...)
+	deadline := time.Now().Add(waitTimeout)
+	for !strings.Contains(p.stderr.String(), at) {
+		select {
+		case <-p.done:
+			t.Fatalf("export ended before %q: %v\n%s", at, p.err, p.stderr.String())
+		case <-time.After(5 * time.Millisecond): // polling another process's output
+		}
+		require.True(t, time.Now().Before(deadline), "export did not reach %q", at)
+	}
+	p.kill(t)
+	m := sessionLineRE.FindStringSubmatch(p.stderr.String())
+	require.NotNil(t, m, p.stderr.String())
+	j, err := orchestrator.OpenJournal(home)
+	require.NoError(t, err)
+	before, err := j.Get(m[1])
+	require.NoError(t, err)
+	return m[1], j, before
+}
+
 // running reports whether pid is a live process (a zombie left for an
 // init that does not reap is not).
 func running(pid int) bool {
@@ -184,24 +191,7 @@ func TestExportKillCancel(t *testing.T) {
 	for _, at := range []string{"• mount", "• instance", "• dump:shop", "• transfer:crm"} {
 		t.Run(strings.TrimPrefix(at, "• "), func(t *testing.T) {
 			home, to, stagingDir := t.TempDir(), t.TempDir(), cliStagingDir(t)
-			p := startProc(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", stagingDir)
-			deadline := time.Now().Add(waitTimeout)
-			for !strings.Contains(p.stderr.String(), at) {
-				select {
-				case <-p.done:
-					t.Fatalf("export ended before %q: %v\n%s", at, p.err, p.stderr.String())
-				case <-time.After(5 * time.Millisecond): // polling another process's output
-				}
-				require.True(t, time.Now().Before(deadline), "export did not reach %q", at)
-			}
-			p.kill(t)
-			m := sessionLineRE.FindStringSubmatch(p.stderr.String())
-			require.NotNil(t, m, p.stderr.String())
-			id := m[1]
-			j, err := orchestrator.OpenJournal(home)
-			require.NoError(t, err)
-			before, err := j.Get(id)
-			require.NoError(t, err)
+			id, j, before := killExportAt(t, at, home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", stagingDir)
 			t.Logf("killed in state %s with instance pid %d, mount %q", before.State, before.Resources.InstancePID, before.Resources.Mountpoint)
 
 			code, out, errs := runCLI(t, "--home", home, "cancel", id)
@@ -216,7 +206,7 @@ func TestExportKillCancel(t *testing.T) {
 				require.False(t, running(pid), "the killed run's instance (pid %d) must be stopped", pid)
 			}
 			// pg_dump and the instance's backends end with the postmaster.
-			deadline = time.Now().Add(waitTimeout)
+			deadline := time.Now().Add(waitTimeout)
 			for left := sessionProcs("pgporter-"+id, filepath.Join(stagingDir, id)); len(left) > 0; left = sessionProcs("pgporter-"+id, filepath.Join(stagingDir, id)) {
 				require.True(t, time.Now().Before(deadline), "still running after the cancel: %v", left)
 				time.Sleep(10 * time.Millisecond) // poll interval while they exit
