@@ -13,6 +13,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/pgporter/pgporter/staging"
 )
 
 // Journal keeps sessions in pebble under HOME/orchestrator. The database is
@@ -120,8 +122,41 @@ type Lock struct{ f *os.File }
 // ErrRunning is returned when another process holds a session's lock.
 var ErrRunning = errors.New("session is running in another process")
 
-// Lock takes session id's run lock without waiting.
+// Lock takes session (or publication) id's run lock without waiting. A
+// holder that was killed but is stuck exiting on the FUSE mount it served
+// (see staging.ReleaseDying) is freed first: its mount is aborted, and the
+// lock taken once it has exited.
 func (j *Journal) Lock(id string) (*Lock, error) {
+	l, err := j.tryLock(id)
+	if !errors.Is(err, ErrRunning) {
+		return l, err
+	}
+	pid, mnt := j.holder(id)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dying, rerr := staging.ReleaseDying(ctx, pid, mnt)
+	if !dying {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("%w: its process %d was killed and is stuck exiting: %w", ErrRunning, pid, rerr)
+	}
+	return j.tryLock(id)
+}
+
+// holder returns the process journaled as running session or publication
+// id, and the FUSE mount it serves.
+func (j *Journal) holder(id string) (pid int, mountpoint string) {
+	if s, err := j.Get(id); err == nil {
+		return s.PID, s.Resources.Mountpoint
+	}
+	if p, err := j.GetPublication(id); err == nil {
+		return p.ServePID, p.Lower()
+	}
+	return 0, ""
+}
+
+func (j *Journal) tryLock(id string) (*Lock, error) {
 	f, err := os.OpenFile(filepath.Join(j.dir, "locks", id+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err

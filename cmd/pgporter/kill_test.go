@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/staging"
 	"github.com/stretchr/testify/require"
 )
 
@@ -82,27 +83,33 @@ func (p *proc) wait(t *testing.T) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-// kill sends SIGKILL to the process by PID and waits for it.
+// stuckGrace bounds how long kill waits for a killed process to exit before
+// taking it for one stuck exiting on its own FUSE mount.
+const stuckGrace = 10 * time.Second
+
+// kill sends SIGKILL to the process by PID and waits for it to exit. A
+// process killed while it reads the FUSE mount it serves can be stuck
+// exiting (see staging.ReleaseDying): kill then returns, and the retry,
+// cancel or mover restart that follows must free it, which a cleanup checks.
 func (p *proc) kill(t *testing.T) {
 	t.Helper()
 	require.NoError(t, p.cmd.Process.Kill())
+	pid := p.cmd.Process.Pid
 	select {
 	case <-p.done:
-	case <-time.After(5 * time.Second):
-		// Known bug (closing note of 2026-11-26): an export killed while it
-		// touches the FUSE mount it serves can hang in exit, waiting on
-		// itself. Abort its session's FUSE connections, as cancel should.
-		if m := sessionLineRE.FindStringSubmatch(p.stderr.String()); m != nil {
-			n := abortFUSE("pgporter-" + m[1])
-			t.Logf("pid %d still exiting 5 s after SIGKILL; aborted %d FUSE connection(s) of session %s:%s", p.cmd.Process.Pid, n, m[1], procThreads(p.cmd.Process.Pid))
+		require.Equal(t, "signal: killed", p.err.Error(), "the process was still running when killed")
+		return
+	case <-time.After(stuckGrace):
+	}
+	require.True(t, staging.Dying(pid), "pid %d neither exited nor is dying %v after SIGKILL:%s", pid, stuckGrace, procThreads(pid))
+	t.Logf("pid %d is stuck exiting %v after SIGKILL; what follows must free it:%s", pid, stuckGrace, procThreads(pid))
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		case <-time.After(waitTimeout):
+			t.Errorf("pid %d, killed and stuck exiting, was not freed by the end of the test:%s", pid, procThreads(pid))
 		}
-	}
-	select {
-	case <-p.done:
-	case <-time.After(waitTimeout):
-		t.Fatalf("pid %d did not end within %v of SIGKILL: %s", p.cmd.Process.Pid, waitTimeout, procThreads(p.cmd.Process.Pid))
-	}
-	require.Equal(t, "signal: killed", p.err.Error(), "the process was still running when killed")
+	})
 }
 
 func (p *proc) lastLine() string {
@@ -349,25 +356,4 @@ func procThreads(pid int) string {
 		fmt.Fprintf(&b, "\n  task %s state %s wchan %s\n%s", tk.Name(), state, wchan, stack)
 	}
 	return b.String()
-}
-
-// abortFUSE aborts the FUSE connection of every mount whose mountpoint
-// contains name, and returns how many it aborted.
-func abortFUSE(name string) int {
-	info, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return 0
-	}
-	n := 0
-	for _, line := range strings.Split(string(info), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || !strings.Contains(f[4], name) || !strings.Contains(line, " - fuse") {
-			continue
-		}
-		_, minor, ok := strings.Cut(f[2], ":")
-		if ok && os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0o200) == nil {
-			n++
-		}
-	}
-	return n
 }

@@ -1,0 +1,140 @@
+package staging
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
+
+// dyingChildEnv, set in a child's environment to a directory, makes
+// TestDyingChild mount there and read its own mount.
+const dyingChildEnv = "PGPORTER_STAGING_DYING_CHILD"
+
+// stuckReader announces a chunk read on stdout and never answers it, like a
+// repository that stopped answering.
+type stuckReader struct{}
+
+func (stuckReader) Get(ctx context.Context, _ chunkstore.ID, _ []byte) ([]byte, error) {
+	fmt.Println("reading")
+	select {} // until the process is killed
+}
+
+// TestDyingChild is the process TestReleaseDying kills: it serves a mount
+// and reads a file through it, in another thread, as the export reads its
+// restore point's files. Run on its own it does nothing.
+func TestDyingChild(t *testing.T) {
+	dir := os.Getenv(dyingChildEnv)
+	if dir == "" {
+		return
+	}
+	tree, _ := smallTree()
+	owner, _ := testOwner(t)
+	mnt := filepath.Join(dir, "mnt")
+	if _, err := Mount(context.Background(), mnt, tree, stuckReader{}, MountOptions{Owner: owner, CowDir: filepath.Join(dir, "cow")}); err != nil {
+		fmt.Println("mount failed:", err)
+		os.Exit(1)
+	}
+	go os.ReadFile(filepath.Join(mnt, "PG_VERSION"))
+	select {} // until SIGKILL
+}
+
+// TestReleaseDying kills a process while the mount it serves has a read of
+// its own in flight, which leaves it stuck exiting: the read's thread waits
+// for an answer no thread is left to give, and keeps the mount's /dev/fuse
+// descriptor open. ReleaseDying must see the process is dying, abort the
+// connection and wait for the exit; CleanStaleMount then detaches the mount.
+func TestReleaseDying(t *testing.T) {
+	requireRootFUSE(t)
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "mnt")
+	require.NoError(t, os.Mkdir(mnt, 0o755))
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDyingChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), dyingChildEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	pid := cmd.Process.Pid
+	lines := make(chan string, 16)
+	exited := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = AbortFUSE(mnt) // in case the test failed with the child stuck
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			t.Errorf("the child (pid %d) did not exit", cmd.Process.Pid)
+		}
+		_, _ = CleanStaleMount(mnt)
+	})
+
+	select {
+	case l, ok := <-lines:
+		require.True(t, ok, "the child exited before reading its mount")
+		require.Equal(t, "reading", l)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the child did not read its mount within 30s")
+	}
+	require.False(t, Dying(pid), "a live process is not dying")
+	released, err := ReleaseDying(context.Background(), pid, mnt)
+	require.NoError(t, err)
+	require.False(t, released, "a live process is left alone")
+	require.True(t, isMounted(t, mnt))
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	// SIGKILL is pending or being acted on from the moment kill returns.
+	require.True(t, Dying(pid), "a killed process not yet reaped is dying:%s", tasksOf(pid))
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	err = WaitExit(ctx, pid)
+	cancel()
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the child exited without help: the deadlock was not reproduced:%s", tasksOf(pid))
+	require.True(t, Dying(pid), "stuck exiting:%s", tasksOf(pid))
+
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	released, err = ReleaseDying(ctx, pid, mnt)
+	require.NoError(t, err)
+	require.True(t, released)
+	for range lines {
+	}
+	require.ErrorContains(t, <-exited, "signal: killed")
+	exited <- nil // for the cleanup
+	require.False(t, Dying(pid), "reaped")
+
+	cleaned, err := CleanStaleMount(mnt)
+	require.NoError(t, err)
+	require.True(t, cleaned, "the aborted mount is detached")
+	require.False(t, isMounted(t, mnt))
+}
+
+// tasksOf describes pid's threads, for a failure message.
+func tasksOf(pid int) string {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var b strings.Builder
+	for _, tk := range tasks {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tk.Name()))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, tk.Name()))
+		fmt.Fprintf(&b, "\n  %s wchan %s", strings.TrimSpace(string(st)), wchan)
+	}
+	return b.String()
+}
