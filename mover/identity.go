@@ -3,6 +3,7 @@ package mover
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -15,6 +16,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // Files of the identity under the home directory.
@@ -36,6 +39,22 @@ var ErrNoIdentity = errors.New("mover: no identity")
 type Identity struct {
 	Cert tls.Certificate
 	ID   PeerID
+}
+
+// StatelessResetKey derives the key of the QUIC stateless resets this
+// mover sends from its private key: stable across restarts, so that a mover
+// restarted after a crash can tell its predecessor's peers at once that
+// their connections are gone (RFC 9000, section 10.3), instead of leaving
+// them to time out. Nothing else can be derived from it.
+func (id *Identity) StatelessResetKey() *quic.StatelessResetKey {
+	h := sha256.New()
+	h.Write([]byte("pgporter mover stateless reset key v1\x00"))
+	if k, ok := id.Cert.PrivateKey.(ed25519.PrivateKey); ok {
+		h.Write(k.Seed())
+	}
+	var key quic.StatelessResetKey
+	copy(key[:], h.Sum(nil))
+	return &key
 }
 
 // IdentityDir returns the directory holding the identity under home.

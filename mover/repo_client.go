@@ -166,7 +166,7 @@ func (r *RemoteRepo) drop(conn *quic.Conn) {
 // retry runs fn until it succeeds, fails for good, or has failed for
 // RetryFor, reconnecting in between with a growing pause.
 func (r *RemoteRepo) retry(ctx context.Context, what string, fn func() error) error {
-	const maxBackoff = 5 * time.Second
+	const maxBackoff = 2 * time.Second // as the sender's
 	backoff := 100 * time.Millisecond
 	var since time.Time
 	for {

@@ -303,7 +303,9 @@ func retryable(err error) bool {
 }
 
 func (t *sendTransfer) loop(ctx context.Context) error {
-	const maxBackoff = 10 * time.Second
+	// A reconnect costs one handshake; a short cap resumes the transfer
+	// within 2 s of a link coming back.
+	const maxBackoff = 2 * time.Second
 	backoff := 250 * time.Millisecond
 	var failingSince time.Time
 	for {

@@ -90,6 +90,7 @@ type Server struct {
 	db      *pebble.DB
 	roots   []serveRoot
 	repo    *chunkstore.Repo // nil without ServerOptions.Repo
+	tr      *quic.Transport
 	ln      *quic.Listener
 	metrics *metrics
 
@@ -147,14 +148,34 @@ func NewServer(o ServerOptions) (*Server, error) {
 		s.closeRoots()
 		return nil, err
 	}
-	s.ln, err = quic.ListenAddr(o.Listen, ServerTLSConfig(s.id, s.trust, s.log), QUICConfig())
-	if err != nil {
+	if err := s.listen(o.Listen); err != nil {
 		s.db.Close()
 		s.closeRepo()
 		s.closeRoots()
 		return nil, fmt.Errorf("listening on %s: %w", o.Listen, err)
 	}
 	return s, nil
+}
+
+// listen opens the UDP socket and the QUIC listener on it. The transport
+// answers packets of connections it does not know (its predecessor's, if
+// this mover was restarted) with stateless resets, so that peers give up
+// those connections at once and redial.
+func (s *Server) listen(addr string) error {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return err
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return err
+	}
+	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: s.id.StatelessResetKey()}
+	if s.ln, err = s.tr.Listen(ServerTLSConfig(s.id, s.trust, s.log), QUICConfig()); err != nil {
+		udp.Close()
+		return err
+	}
+	return nil
 }
 
 func (s *Server) closeRoots() {
@@ -200,6 +221,8 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) close() {
 	s.ln.Close()
 	s.conns.Wait()
+	s.tr.Close()
+	s.tr.Conn.Close()
 	s.db.Close()
 	s.closeRepo()
 	s.closeRoots()

@@ -218,7 +218,13 @@ func (j *Journal) lockHeld(id string) bool {
 	}
 	defer f.Close()
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
-		return errors.Is(err, unix.EWOULDBLOCK)
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return false
+		}
+		// A holder killed but stuck exiting on its own mount is as good
+		// as dead: taking the lock frees it (see Journal.Lock).
+		pid, _ := j.holder(id)
+		return pid <= 0 || !staging.Dying(pid)
 	}
 	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
 	return false

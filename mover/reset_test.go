@@ -1,0 +1,82 @@
+package mover
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
+)
+
+// TestRestartedMoverResetsOldConnections: a mover that crashed (its socket
+// gone without a CONNECTION_CLOSE) and was restarted on the same address
+// answers its predecessor's connections with a stateless reset, which the
+// peer takes at once, instead of waiting out the 30 s idle timeout.
+func TestRestartedMoverResetsOldConnections(t *testing.T) {
+	m := newTLSTestMover(t)
+	client := newTLSTestMover(t)
+	require.NoError(t, m.trust.Trust(TrustedPeer{ID: client.id.ID, Name: "client", Perms: PermSend, Added: time.Now()}))
+	logs := &testsupport.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+
+	// The predecessor: a transport keyed as Server keys it.
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	addr := udp.LocalAddr().String()
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: m.id.StatelessResetKey()}
+	ln, err := tr.Listen(ServerTLSConfig(m.id, m.trust, log), QUICConfig())
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := quic.DialAddr(ctx, addr, ClientTLSConfig(client.id, m.id.ID), QUICConfig())
+	require.NoError(t, err)
+	defer conn.CloseWithError(0, "")
+	sc, err := ln.Accept(ctx)
+	require.NoError(t, err)
+	// A round trip confirms the handshake on both sides: until then the
+	// client may still send handshake packets, which no reset answers.
+	go func() {
+		if st, err := sc.AcceptStream(ctx); err == nil {
+			_, _ = io.Copy(st, st)
+		}
+	}()
+	echo, err := conn.OpenStreamSync(ctx)
+	require.NoError(t, err)
+	_, err = echo.Write([]byte("ping"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(echo, make([]byte, 4))
+	require.NoError(t, err)
+	// The crash: the socket goes, and no CONNECTION_CLOSE with it.
+	require.NoError(t, udp.Close())
+	defer tr.Close()
+
+	srv, err := NewServer(ServerOptions{Home: m.home, Listen: addr, Roots: []string{t.TempDir()}, Log: log})
+	require.NoError(t, err)
+	sctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx) }()
+	defer func() { stop(); <-served }()
+
+	// Any packet of the old connection now reaches the new mover.
+	st, err := conn.OpenStream()
+	require.NoError(t, err)
+	_, err = st.Write([]byte("hello?"))
+	require.NoError(t, err)
+	select {
+	case <-conn.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("the old connection is still open")
+	}
+	var reset *quic.StatelessResetError
+	require.ErrorAs(t, context.Cause(conn.Context()), &reset, "the connection ended by a stateless reset, not a timeout")
+
+	// The same identity gives the same key; another gives another.
+	require.Equal(t, m.id.StatelessResetKey(), srv.id.StatelessResetKey())
+	require.NotEqual(t, m.id.StatelessResetKey(), client.id.StatelessResetKey())
+}
