@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -79,4 +81,51 @@ func TestRestartedMoverResetsOldConnections(t *testing.T) {
 	// The same identity gives the same key; another gives another.
 	require.Equal(t, m.id.StatelessResetKey(), srv.id.StatelessResetKey())
 	require.NotEqual(t, m.id.StatelessResetKey(), client.id.StatelessResetKey())
+}
+
+// TestIdleClientLearnsOfRestart: a client that only waits on a mover (for
+// a commit, or a job's next event) sends nothing but QUIC's keep-alive
+// PINGs; they must draw a stateless reset from a restarted mover, so that
+// the client notices within a keep-alive period, not at the 30 s idle
+// timeout.
+func TestIdleClientLearnsOfRestart(t *testing.T) {
+	a := newTLSTestMover(t)
+	client := newTLSTestMover(t)
+	require.NoError(t, a.trust.Trust(TrustedPeer{ID: client.id.ID, Name: "client", Perms: PermSend, Added: time.Now()}))
+	logs := &testsupport.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	first, err := NewServer(ServerOptions{Home: a.home, Listen: "127.0.0.1:0", Roots: []string{t.TempDir()}, Log: log})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- first.Serve(ctx) }()
+	addr := first.Addr().String()
+
+	conn, _, err := dialMover(ctx, addr, client.id, a.id.ID, 0)
+	require.NoError(t, err)
+	defer conn.CloseWithError(0, "")
+	// The crash: the socket goes, and no CONNECTION_CLOSE with it.
+	require.NoError(t, first.tr.Conn.Close())
+	<-served
+
+	// The restarted mover: the same identity (so the same reset key) at the
+	// same address; another home, since the crashed one still holds its own.
+	home := t.TempDir()
+	require.NoError(t, os.CopyFS(filepath.Join(home, identityDir), os.DirFS(filepath.Join(a.home, identityDir))))
+	second, err := NewServer(ServerOptions{Home: home, Listen: addr, Roots: []string{t.TempDir()}, Log: log})
+	require.NoError(t, err)
+	require.Equal(t, first.ID(), second.ID())
+	go func() { served <- second.Serve(ctx) }()
+	defer func() { cancel(); <-served }()
+
+	start := time.Now()
+	select {
+	case <-conn.Context().Done():
+	case <-time.After(20 * time.Second): // under the 30 s idle timeout
+		t.Fatal("the client did not notice the restart")
+	}
+	var reset *quic.StatelessResetError
+	require.ErrorAs(t, context.Cause(conn.Context()), &reset, "the connection ended by a stateless reset, not a timeout")
+	t.Logf("noticed %.1fs after the restart (keep-alive every %v)", time.Since(start).Seconds(), QUICConfig().KeepAlivePeriod)
 }
