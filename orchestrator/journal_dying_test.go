@@ -1,11 +1,9 @@
 package orchestrator
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -69,40 +67,15 @@ func TestLockFreesHolderStuckExiting(t *testing.T) {
 	require.NoError(t, err)
 	const id = "x-stuck"
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLockChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %s %s", lockChildEnv, home, id, mnt))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	pid := cmd.Process.Pid
-	lines := make(chan string, 16)
-	exited := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
+	child := testsupport.StartChild(t, "TestLockChild", fmt.Sprintf("%s=%s %s %s", lockChildEnv, home, id, mnt))
+	pid := child.Cmd.Process.Pid
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = child.Cmd.Process.Kill()
 		_, _ = staging.AbortFUSE(mnt) // in case the test failed with the child stuck
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			t.Errorf("the child (pid %d) did not exit", cmd.Process.Pid)
-		}
+		_, _ = child.Wait(30 * time.Second)
 		_, _ = staging.CleanStaleMount(mnt)
 	})
-	select {
-	case l, ok := <-lines:
-		require.True(t, ok, "the child exited before reading its mount")
-		require.Equal(t, "reading", l)
-	case <-time.After(30 * time.Second):
-		t.Fatal("the child did not read its mount within 30s")
-	}
+	require.Equal(t, "reading", child.Line(t, 30*time.Second))
 	require.NoError(t, j.Put(&Session{ID: id, PID: pid, State: StateDumping, Resources: Resources{Mountpoint: mnt}}))
 
 	_, err = j.Lock(id)
@@ -112,10 +85,9 @@ func TestLockFreesHolderStuckExiting(t *testing.T) {
 	l, err := j.Lock(id)
 	require.NoError(t, err, "the lock of a killed holder stuck exiting")
 	l.Unlock()
-	for range lines {
-	}
-	require.ErrorContains(t, <-exited, "signal: killed")
-	exited <- nil // for the cleanup
+	ended, err := child.Wait(30 * time.Second)
+	require.NoError(t, err)
+	require.ErrorContains(t, ended, "signal: killed")
 	cleaned, err := staging.CleanStaleMount(mnt)
 	require.NoError(t, err)
 	require.True(t, cleaned, "the aborted mount is left for the reclaim to detach")

@@ -1,11 +1,9 @@
 package staging
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 // dyingChildEnv, set in a child's environment to a directory, makes
@@ -60,41 +59,15 @@ func TestReleaseDying(t *testing.T) {
 	mnt := filepath.Join(dir, "mnt")
 	require.NoError(t, os.Mkdir(mnt, 0o755))
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDyingChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), dyingChildEnv+"="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	pid := cmd.Process.Pid
-	lines := make(chan string, 16)
-	exited := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
+	child := testsupport.StartChild(t, "TestDyingChild", dyingChildEnv+"="+dir)
+	pid := child.Cmd.Process.Pid
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = child.Cmd.Process.Kill()
 		_, _ = AbortFUSE(mnt) // in case the test failed with the child stuck
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			t.Errorf("the child (pid %d) did not exit", cmd.Process.Pid)
-		}
+		_, _ = child.Wait(30 * time.Second)
 		_, _ = CleanStaleMount(mnt)
 	})
-
-	select {
-	case l, ok := <-lines:
-		require.True(t, ok, "the child exited before reading its mount")
-		require.Equal(t, "reading", l)
-	case <-time.After(30 * time.Second):
-		t.Fatal("the child did not read its mount within 30s")
-	}
+	require.Equal(t, "reading", child.Line(t, 30*time.Second))
 	require.False(t, Dying(pid), "a live process is not dying")
 	released, err := ReleaseDying(context.Background(), pid, mnt)
 	require.NoError(t, err)
@@ -115,10 +88,9 @@ func TestReleaseDying(t *testing.T) {
 	released, err = ReleaseDying(ctx, pid, mnt)
 	require.NoError(t, err)
 	require.True(t, released)
-	for range lines {
-	}
-	require.ErrorContains(t, <-exited, "signal: killed")
-	exited <- nil // for the cleanup
+	ended, err := child.Wait(30 * time.Second)
+	require.NoError(t, err)
+	require.ErrorContains(t, ended, "signal: killed")
 	require.False(t, Dying(pid), "reaped")
 
 	cleaned, err := CleanStaleMount(mnt)

@@ -1,11 +1,9 @@
 package staging
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -77,49 +75,21 @@ func TestStaleMountCleanedByNextMount(t *testing.T) {
 	mnt := filepath.Join(dir, "mnt")
 	require.NoError(t, os.Mkdir(mnt, 0o755))
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestStaleMountChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), staleChildEnv+"="+mnt, staleChildCowEnv+"="+filepath.Join(dir, "cow1"))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
+	child := testsupport.StartChild(t, "TestStaleMountChild", staleChildEnv+"="+mnt, staleChildCowEnv+"="+filepath.Join(dir, "cow1"))
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		_ = child.Cmd.Process.Kill()
+		_, _ = child.Wait(30 * time.Second)
 		_, _ = CleanStaleMount(mnt)
 	})
-
-	deadline := time.After(30 * time.Second)
-wait:
-	for {
-		select {
-		case l, ok := <-lines:
-			require.True(t, ok, "the child exited before mounting")
-			require.NotContains(t, l, "mount failed")
-			if l == "mounted" {
-				break wait
-			}
-		case <-deadline:
-			t.Fatal("the child did not mount within 30s")
-		}
+	for l := child.Line(t, 30*time.Second); l != "mounted"; l = child.Line(t, 30*time.Second) {
+		require.NotContains(t, l, "mount failed")
 	}
 	require.True(t, isMounted(t, mnt))
 
-	require.NoError(t, cmd.Process.Kill())
-	for range lines {
-	}
-	require.Error(t, <-exited)
-	exited <- nil // for the cleanup
+	require.NoError(t, child.Cmd.Process.Kill())
+	ended, err := child.Wait(30 * time.Second)
+	require.NoError(t, err)
+	require.Error(t, ended)
 	_, err = os.ReadDir(mnt)
 	require.ErrorIs(t, err, syscall.ENOTCONN, "a killed FUSE server leaves a dead mount")
 

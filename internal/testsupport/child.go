@@ -1,0 +1,90 @@
+package testsupport
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// Child is the test binary re-executed to run one test function as a
+// process of its own, for tests that kill it. It talks back on stdout, a
+// line at a time.
+type Child struct {
+	Cmd    *exec.Cmd
+	lines  chan string
+	exited chan struct{}
+	err    error // of cmd.Wait, set before exited is closed
+}
+
+// StartChild runs test (a test function of the calling package, which does
+// nothing unless env is set) in a new process with env added to this one's.
+// A cleanup, registered before the caller's own, kills it and waits for it.
+func StartChild(t testing.TB, test string, env ...string) *Child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &Child{Cmd: cmd, lines: make(chan string, 16), exited: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+		c.err = cmd.Wait()
+		close(c.exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if _, err := c.Wait(30 * time.Second); err != nil {
+			t.Errorf("child %d: %v", cmd.Process.Pid, err)
+		}
+	})
+	return c
+}
+
+// Line returns the child's next line, failing the test if the child exits
+// first or says nothing within d.
+func (c *Child) Line(t testing.TB, d time.Duration) string {
+	t.Helper()
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			t.Fatalf("the child exited (%v) before saying anything more", c.wait())
+		}
+		return l
+	case <-time.After(d):
+		t.Fatalf("the child said nothing within %v", d)
+	}
+	return ""
+}
+
+func (c *Child) wait() error {
+	for range c.lines {
+	}
+	<-c.exited
+	return c.err
+}
+
+// Wait waits up to d for the child to exit and returns how it ended
+// (cmd.Wait's error); err is set if it had not exited by then.
+func (c *Child) Wait(d time.Duration) (ended error, err error) {
+	done := make(chan error, 1)
+	go func() { done <- c.wait() }()
+	select {
+	case ended = <-done:
+		return ended, nil
+	case <-time.After(d):
+		return nil, errors.New("still running")
+	}
+}
