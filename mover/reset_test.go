@@ -2,6 +2,7 @@ package mover
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -128,4 +129,59 @@ func TestIdleClientLearnsOfRestart(t *testing.T) {
 	var reset *quic.StatelessResetError
 	require.ErrorAs(t, context.Cause(conn.Context()), &reset, "the connection ended by a stateless reset, not a timeout")
 	t.Logf("noticed %.1fs after the restart (keep-alive every %v)", time.Since(start).Seconds(), QUICConfig().KeepAlivePeriod)
+}
+
+// TestHeartbeatDrawsReset: once path MTU discovery is over, an idle QUIC
+// client sends only keep-alive PINGs, smaller than any stateless reset, so
+// a restarted mover cannot answer them; the heartbeat's datagrams are big
+// enough. With MTU discovery off (its probes would draw a reset too), the
+// connection without a heartbeat runs into its idle timeout, the one with a
+// heartbeat is reset.
+func TestHeartbeatDrawsReset(t *testing.T) {
+	for _, beat := range []bool{false, true} {
+		t.Run(fmt.Sprintf("heartbeat=%v", beat), func(t *testing.T) {
+			m := newTLSTestMover(t)
+			client := newTLSTestMover(t)
+			require.NoError(t, m.trust.Trust(TrustedPeer{ID: client.id.ID, Name: "client", Perms: PermSend, Added: time.Now()}))
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			qc := QUICConfig()
+			qc.DisablePathMTUDiscovery = true
+			qc.MaxIdleTimeout, qc.KeepAlivePeriod = 3*time.Second, time.Second
+
+			udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			require.NoError(t, err)
+			addr := udp.LocalAddr().String()
+			tr := &quic.Transport{Conn: udp, StatelessResetKey: m.id.StatelessResetKey()}
+			defer tr.Close()
+			ln, err := tr.Listen(ServerTLSConfig(m.id, m.trust, log), qc)
+			require.NoError(t, err)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			conn, err := quic.DialAddr(ctx, addr, ClientTLSConfig(client.id, m.id.ID), qc)
+			require.NoError(t, err)
+			defer conn.CloseWithError(0, "")
+			_, err = ln.Accept(ctx)
+			require.NoError(t, err)
+			if beat {
+				go heartbeat(conn, qc.KeepAlivePeriod)
+			}
+			require.NoError(t, udp.Close()) // the crash
+
+			udp2, err := net.ListenUDP("udp", udp.LocalAddr().(*net.UDPAddr))
+			require.NoError(t, err)
+			tr2 := &quic.Transport{Conn: udp2, StatelessResetKey: m.id.StatelessResetKey()}
+			defer tr2.Close()
+			_, err = tr2.Listen(ServerTLSConfig(m.id, m.trust, log), qc)
+			require.NoError(t, err)
+
+			<-conn.Context().Done() // bounded by the 3 s idle timeout
+			var reset *quic.StatelessResetError
+			var idle *quic.IdleTimeoutError
+			if beat {
+				require.ErrorAs(t, context.Cause(conn.Context()), &reset)
+			} else {
+				require.ErrorAs(t, context.Cause(conn.Context()), &idle, "PINGs alone drew a reset: the heartbeat may be needless")
+			}
+		})
+	}
 }

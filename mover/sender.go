@@ -371,7 +371,34 @@ func dialMoverFor(ctx context.Context, addr string, id *Identity, peer PeerID, i
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
 		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}
+	go heartbeat(conn, qc.KeepAlivePeriod)
 	return conn, cs, nil
+}
+
+// heartbeatSize makes a heartbeat's packet bigger than the smallest
+// stateless reset quic-go sends (42 bytes), which a reset must stay below.
+const heartbeatSize = 32
+
+// heartbeat sends a small datagram every period until conn ends. A client
+// waiting on a mover (for a commit, for a job's next event) otherwise sends
+// only QUIC's keep-alive PINGs, too small to be answered with a stateless
+// reset once path MTU discovery is over: a mover that crashed and was
+// restarted in the meantime would be noticed only at the idle timeout. The
+// server ignores them.
+func heartbeat(conn *quic.Conn, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	beat := make([]byte, heartbeatSize)
+	for {
+		select {
+		case <-conn.Context().Done():
+			return
+		case <-t.C:
+			if err := conn.SendDatagram(beat); err != nil {
+				return // closed, or a peer without datagrams
+			}
+		}
+	}
 }
 
 func (t *sendTransfer) attempt(ctx context.Context) error {

@@ -265,6 +265,6 @@ func TestQUICConfig(t *testing.T) {
 	require.Equal(t, int64(64), c.MaxIncomingStreams)
 	require.Equal(t, 5*time.Second, c.KeepAlivePeriod)
 	require.Equal(t, 30*time.Second, c.MaxIdleTimeout)
-	require.False(t, c.EnableDatagrams)
+	require.True(t, c.EnableDatagrams, "clients' heartbeats")
 	require.NotSame(t, c, QUICConfig(), "callers may modify their copy")
 }
