@@ -67,3 +67,36 @@ func TestHostileConnectionFlood(t *testing.T) {
 		return true
 	}, 10*time.Second, 50*time.Millisecond, "a closed connection frees its slot")
 }
+
+// TestHandshakeFloodRetried: past the handshake rate, new connections must
+// first prove their source address with a QUIC Retry (which spoofed
+// addresses cannot); a real client still connects, one round trip later.
+func TestHandshakeFloodRetried(t *testing.T) {
+	r := startReceiver(t, ServerOptions{HandshakeRate: 1}) // a burst of 2
+	ctx := context.Background()
+	m := newTLSTestMover(t)
+	require.NoError(t, r.trust.Trust(TrustedPeer{ID: m.id.ID, Name: "flood", Perms: PermSend, Added: time.Now()}))
+	const n = 8
+	for range n {
+		conn, _, err := dialMover(ctx, r.addr, m.id, r.id.ID, 0)
+		require.NoError(t, err, "a client above the handshake rate still connects")
+		conn.CloseWithError(0, "")
+	}
+	retried := counterValue(t, r.srv, "pgporter_mover_handshake_retries_total")
+	// Counted per Initial packet: a ClientHello may take two.
+	require.GreaterOrEqual(t, retried, float64(n-2-1), "connections beyond the burst (and the one token a second can add) were retried")
+}
+
+// counterValue reads counter name from the server's metrics.
+func counterValue(t *testing.T, s *Server, name string) float64 {
+	t.Helper()
+	mfs, err := s.metrics.reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}

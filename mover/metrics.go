@@ -9,6 +9,7 @@ type metrics struct {
 	reg            *prometheus.Registry
 	connections    prometheus.Counter
 	refused        prometheus.Counter
+	retries        prometheus.Counter
 	transfersOpen  prometheus.Gauge
 	transfersDone  prometheus.Counter
 	transfersFail  prometheus.Counter
@@ -28,6 +29,7 @@ func newMetrics() *metrics {
 		return x
 	}
 	m.connections = c("connections_total", "Connections accepted after the TLS handshake.")
+	m.retries = c("handshake_retries_total", "Initial packets of new connections answered with a QUIC Retry (address validation) because the handshake rate was exceeded.")
 	m.refused = c("requests_refused_total", "Requests refused (permission, path, space, conflict).")
 	m.transfersDone = c("transfers_committed_total", "Transfers verified and renamed into place.")
 	m.transfersFail = c("transfers_failed_total", "Transfer connections that ended in an error.")

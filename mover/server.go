@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // ServerOptions configure a mover daemon. Zero values are defaults.
@@ -44,7 +45,14 @@ type ServerOptions struct {
 	// (each carries at most QUICConfig's MaxIncomingStreams streams);
 	// connections above it are refused. Default 128.
 	MaxConnsPerPeer int
-	Log             *slog.Logger
+	// HandshakeRate is how many connection attempts a second (Initial
+	// packets: one or two per new connection) the server takes, in bursts
+	// of twice that, before it makes each further client prove its address
+	// with a QUIC Retry first, one more round trip: a flood of handshakes
+	// from spoofed addresses then costs the server almost nothing.
+	// Default 64.
+	HandshakeRate float64
+	Log           *slog.Logger
 	// OnDurable, if set, is called after each durability barrier with the
 	// transfer's durable byte count (tests use it to interrupt at a point).
 	OnDurable func(transferID string, durableBytes int64)
@@ -68,6 +76,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.MaxConnsPerPeer <= 0 {
 		o.MaxConnsPerPeer = 128
+	}
+	if o.HandshakeRate <= 0 {
+		o.HandshakeRate = 64
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -170,7 +181,18 @@ func (s *Server) listen(addr string) error {
 	if err != nil {
 		return err
 	}
-	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: s.id.StatelessResetKey()}
+	handshakes := rate.NewLimiter(rate.Limit(s.o.HandshakeRate), max(1, int(2*s.o.HandshakeRate)))
+	s.tr = &quic.Transport{
+		Conn:              udp,
+		StatelessResetKey: s.id.StatelessResetKey(),
+		VerifySourceAddress: func(net.Addr) bool {
+			if handshakes.Allow() {
+				return false
+			}
+			s.metrics.retries.Inc()
+			return true
+		},
+	}
 	if s.ln, err = s.tr.Listen(ServerTLSConfig(s.id, s.trust, s.log), QUICConfig()); err != nil {
 		udp.Close()
 		return err
