@@ -13,8 +13,6 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
-
-	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 // TestRestartedMoverResetsOldConnections: a mover that crashed (its socket
@@ -22,11 +20,8 @@ import (
 // answers its predecessor's connections with a stateless reset, which the
 // peer takes at once, instead of waiting out the 30 s idle timeout.
 func TestRestartedMoverResetsOldConnections(t *testing.T) {
-	m := newTLSTestMover(t)
-	client := newTLSTestMover(t)
-	require.NoError(t, m.trust.Trust(TrustedPeer{ID: client.id.ID, Name: "client", Perms: PermSend, Added: time.Now()}))
-	logs := &testsupport.Buffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	m, client := trustingPair(t)
+	log := slog.New(slog.DiscardHandler)
 
 	// The predecessor: a transport keyed as Server keys it.
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -91,11 +86,8 @@ func TestRestartedMoverResetsOldConnections(t *testing.T) {
 // the client notices within a keep-alive period, not at the 30 s idle
 // timeout.
 func TestIdleClientLearnsOfRestart(t *testing.T) {
-	a := newTLSTestMover(t)
-	client := newTLSTestMover(t)
-	require.NoError(t, a.trust.Trust(TrustedPeer{ID: client.id.ID, Name: "client", Perms: PermSend, Added: time.Now()}))
-	logs := &testsupport.Buffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, client := trustingPair(t)
+	log := slog.New(slog.DiscardHandler)
 	first, err := NewServer(ServerOptions{Home: a.home, Listen: "127.0.0.1:0", Roots: []string{t.TempDir()}, Log: log})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -141,10 +133,8 @@ func TestIdleClientLearnsOfRestart(t *testing.T) {
 func TestHeartbeatDrawsReset(t *testing.T) {
 	for _, beat := range []bool{false, true} {
 		t.Run(fmt.Sprintf("heartbeat=%v", beat), func(t *testing.T) {
-			m := newTLSTestMover(t)
-			client := newTLSTestMover(t)
-			require.NoError(t, m.trust.Trust(TrustedPeer{ID: client.id.ID, Name: "client", Perms: PermSend, Added: time.Now()}))
-			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			m, client := trustingPair(t)
+			log := slog.New(slog.DiscardHandler)
 			qc := QUICConfig()
 			qc.DisablePathMTUDiscovery = true
 			qc.MaxIdleTimeout, qc.KeepAlivePeriod = 3*time.Second, time.Second
@@ -185,4 +175,12 @@ func TestHeartbeatDrawsReset(t *testing.T) {
 			}
 		})
 	}
+}
+
+// trustingPair is a mover and a client it trusts with send.
+func trustingPair(t *testing.T) (m, client *tlsTestMover) {
+	t.Helper()
+	m, client = newTLSTestMover(t), newTLSTestMover(t)
+	require.NoError(t, m.trust.Trust(TrustedPeer{ID: client.id.ID, Name: "client", Perms: PermSend, Added: time.Now()}))
+	return m, client
 }

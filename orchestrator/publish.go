@@ -208,23 +208,19 @@ func (j *Journal) ListPublications() ([]*Publication, error) {
 	return out, err
 }
 
-// lockHeld reports whether a process holds lock id: for a publication,
-// whether its serve process (or the publish starting it) is alive. It takes
-// a shared lock for an instant, which only another prober can share.
-func (j *Journal) lockHeld(id string) bool {
-	f, err := os.Open(filepath.Join(j.dir, "locks", id+".lock"))
+// lockHeld reports whether publication p's serve process (or the publish
+// starting it) is alive: whether it holds p's lock. It takes a shared lock
+// for an instant, which only another prober can share. A holder killed but
+// stuck exiting on its own mount is as good as dead: taking the lock frees
+// it (see Journal.Lock).
+func (j *Journal) lockHeld(p *Publication) bool {
+	f, err := os.Open(filepath.Join(j.dir, "locks", p.ID+".lock"))
 	if err != nil {
 		return false
 	}
 	defer f.Close()
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			return false
-		}
-		// A holder killed but stuck exiting on its own mount is as good
-		// as dead: taking the lock frees it (see Journal.Lock).
-		pid, _ := j.holder(id)
-		return pid <= 0 || !staging.Dying(pid)
+		return errors.Is(err, unix.EWOULDBLOCK) && (p.ServePID <= 0 || !staging.Dying(p.ServePID))
 	}
 	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
 	return false
@@ -866,7 +862,7 @@ func (pb *Publisher) List(all bool) ([]*Publication, error) {
 		if p.State == PubGone && !all {
 			continue
 		}
-		if p.On == "" && (p.State == PubStarting || p.State == PubUp || p.State == PubStopping) && !pb.j.lockHeld(p.ID) {
+		if p.On == "" && (p.State == PubStarting || p.State == PubUp || p.State == PubStopping) && !pb.j.lockHeld(p) {
 			p.State = PubDead
 		}
 		out = append(out, p)

@@ -56,12 +56,9 @@ func (pb *Publisher) Export(ctx context.Context, o PublishedExportOptions) ([]Pu
 	if p.On != "" {
 		return nil, fmt.Errorf("publication %s runs on mover %s: export from it with 'pgporter export --published', which runs there", p.ID, p.On)
 	}
-	if p.State != PubUp || !pb.j.lockHeld(p.ID) {
-		state := p.State
-		if !pb.j.lockHeld(p.ID) && state != PubGone && state != PubFailed {
-			state = PubDead
-		}
-		return nil, fmt.Errorf("%w: %s is %s", ErrNotUp, p.ID, state)
+	in, err := pb.instance(p)
+	if err != nil {
+		return nil, err
 	}
 	to, err := filepath.Abs(o.To)
 	if err != nil {
@@ -78,11 +75,6 @@ func (pb *Publisher) Export(ctx context.Context, o PublishedExportOptions) ([]Pu
 	if err := os.MkdirAll(to, 0o755); err != nil {
 		return nil, err
 	}
-	bin, err := staging.FindBinDir(p.Version, "")
-	if err != nil {
-		return nil, err
-	}
-	in := &staging.Instance{BinDir: bin, DataDir: p.Mountpoint(), SocketDir: p.SocketDir(), Port: p.Port, Version: p.Version}
 	rep, err := in.Check(ctx, staging.CheckOptions{Databases: o.Databases, User: o.User, Password: o.Password, DumpDir: to})
 	if err != nil {
 		return nil, err

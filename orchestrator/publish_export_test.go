@@ -67,7 +67,7 @@ func TestPublishExport(t *testing.T) {
 	pb, err := NewPublisher(t.TempDir(), nil)
 	require.NoError(t, err)
 	p, stop := servePublication(t, pb, f.repo)
-	require.True(t, pb.j.lockHeld(p.ID))
+	require.True(t, pb.j.lockHeld(p))
 
 	// Another client works on the publication throughout the export.
 	ctx, cancel := context.WithCancel(context.Background())

@@ -288,11 +288,13 @@ func (x *sessionRun) commitInPlace(db string, out *stepOutcome) error {
 	return nil
 }
 
-// instance is the running instance of local publication pub.
+// instance is the running instance of local publication pub; ErrNotUp
+// if it is not up.
 func (pb *Publisher) instance(pub *Publication) (*staging.Instance, error) {
-	if pub.State != PubUp || !pb.j.lockHeld(pub.ID) {
+	alive := pb.j.lockHeld(pub)
+	if pub.State != PubUp || !alive {
 		state := pub.State
-		if !pb.j.lockHeld(pub.ID) && state != PubGone && state != PubFailed {
+		if !alive && state != PubGone && state != PubFailed {
 			state = PubDead
 		}
 		return nil, fmt.Errorf("%w: %s is %s", ErrNotUp, pub.ID, state)

@@ -80,7 +80,7 @@ func testPublishedExportRetryCancel(t *testing.T, f *fixture, pb *Publisher, p *
 	up, err := pb.j.GetPublication(p.ID)
 	require.NoError(t, err)
 	require.Equal(t, PubUp, up.State)
-	require.True(t, pb.j.lockHeld(p.ID))
+	require.True(t, pb.j.lockHeld(p))
 
 	// Refused when planned: a publication that does not exist; a target
 	// directory that exists.

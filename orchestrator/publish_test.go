@@ -268,7 +268,7 @@ func TestPublishResumeRecover(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, syscall.Kill(q.ServePID, syscall.SIGKILL))
 		deadline := time.Now().Add(30 * time.Second)
-		for pb.j.lockHeld(p.ID) {
+		for pb.j.lockHeld(p) {
 			require.True(t, time.Now().Before(deadline), "not dead")
 			time.Sleep(5 * time.Millisecond) // polling another process's exit
 		}
@@ -320,7 +320,7 @@ func TestPublishResumeRecover(t *testing.T) {
 	got, err = pb.j.GetPublication(a.ID)
 	require.NoError(t, err)
 	require.Equal(t, 3, got.Restarts)
-	require.True(t, pb.j.lockHeld(a.ID))
+	require.True(t, pb.j.lockHeld(got))
 	got, err = pb.j.GetPublication(b.ID)
 	require.NoError(t, err)
 	require.Equal(t, PubGone, got.State)

@@ -31,22 +31,30 @@ const sigkillBit = 1 << (unix.SIGKILL - 1)
 
 // Dying reports whether pid is a process that was killed and has not
 // finished exiting: one of its threads has SIGKILL pending, is inside exit,
-// or has already exited while others remain.
+// or has already exited while others remain. A zombie whose threads have
+// all exited is not dying: it holds nothing any more.
 func Dying(pid int) bool {
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		return false // gone
 	}
+	exited, live := 0, 0
 	for _, t := range tasks {
 		dir := fmt.Sprintf("/proc/%d/task/%s", pid, t.Name())
-		if state, flags, ok := taskStat(filepath.Join(dir, "stat")); ok && (state == 'Z' || state == 'X' || flags&pfExiting != 0) {
-			return true
+		state, flags, ok := taskStat(filepath.Join(dir, "stat"))
+		if !ok {
+			continue // exited since the listing
 		}
-		if killPending(filepath.Join(dir, "status")) {
+		if state == 'Z' || state == 'X' {
+			exited++
+			continue
+		}
+		live++
+		if flags&pfExiting != 0 || killPending(filepath.Join(dir, "status")) {
 			return true
 		}
 	}
-	return false
+	return exited > 0 && live > 0
 }
 
 // taskStat reads a task's state letter and flags from its stat file.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -76,12 +75,12 @@ func TestReleaseDying(t *testing.T) {
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	// SIGKILL is pending or being acted on from the moment kill returns.
-	require.True(t, Dying(pid), "a killed process not yet reaped is dying:%s", tasksOf(pid))
+	require.True(t, Dying(pid), "a killed process not yet reaped is dying:%s", testsupport.ProcThreads(pid))
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	err = WaitExit(ctx, pid)
 	cancel()
-	require.ErrorIs(t, err, context.DeadlineExceeded, "the child exited without help: the deadlock was not reproduced:%s", tasksOf(pid))
-	require.True(t, Dying(pid), "stuck exiting:%s", tasksOf(pid))
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the child exited without help: the deadlock was not reproduced:%s", testsupport.ProcThreads(pid))
+	require.True(t, Dying(pid), "stuck exiting:%s", testsupport.ProcThreads(pid))
 
 	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -97,16 +96,4 @@ func TestReleaseDying(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, cleaned, "the aborted mount is detached")
 	require.False(t, isMounted(t, mnt))
-}
-
-// tasksOf describes pid's threads, for a failure message.
-func tasksOf(pid int) string {
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	var b strings.Builder
-	for _, tk := range tasks {
-		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tk.Name()))
-		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, tk.Name()))
-		fmt.Fprintf(&b, "\n  %s wchan %s", strings.TrimSpace(string(st)), wchan)
-	}
-	return b.String()
 }

@@ -101,13 +101,13 @@ func (p *proc) kill(t *testing.T) {
 		return
 	case <-time.After(stuckGrace):
 	}
-	require.True(t, staging.Dying(pid), "pid %d neither exited nor is dying %v after SIGKILL:%s", pid, stuckGrace, procThreads(pid))
-	t.Logf("pid %d is stuck exiting %v after SIGKILL; what follows must free it:%s", pid, stuckGrace, procThreads(pid))
+	require.True(t, staging.Dying(pid), "pid %d neither exited nor is dying %v after SIGKILL:%s", pid, stuckGrace, testsupport.ProcThreads(pid))
+	t.Logf("pid %d is stuck exiting %v after SIGKILL; what follows must free it:%s", pid, stuckGrace, testsupport.ProcThreads(pid))
 	t.Cleanup(func() {
 		select {
 		case <-p.done:
 		case <-time.After(waitTimeout):
-			t.Errorf("pid %d, killed and stuck exiting, was not freed by the end of the test:%s", pid, procThreads(pid))
+			t.Errorf("pid %d, killed and stuck exiting, was not freed by the end of the test:%s", pid, testsupport.ProcThreads(pid))
 		}
 	})
 }
@@ -336,24 +336,4 @@ func TestResumeAfterReceiverKilled(t *testing.T) {
 
 	require.NoError(t, recv.cmd.Process.Signal(os.Interrupt))
 	require.Equal(t, 0, recv.wait(t), "mover serve did not stop gracefully on SIGINT\n%s", recv.stderr.String())
-}
-
-// procThreads describes where a process's threads wait, for a process that
-// does not die: a thread blocked on a FUSE request its own dying process
-// should answer shows here.
-func procThreads(pid int) string {
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	var b strings.Builder
-	for _, tk := range tasks {
-		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tk.Name()))
-		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, tk.Name()))
-		stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stack", pid, tk.Name()))
-		fields := strings.Fields(string(st))
-		state := ""
-		if len(fields) > 2 {
-			state = fields[2]
-		}
-		fmt.Fprintf(&b, "\n  task %s state %s wchan %s\n%s", tk.Name(), state, wchan, stack)
-	}
-	return b.String()
 }

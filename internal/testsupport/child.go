@@ -3,8 +3,10 @@ package testsupport
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
@@ -87,4 +89,24 @@ func (c *Child) Wait(d time.Duration) (ended error, err error) {
 	case <-time.After(d):
 		return nil, errors.New("still running")
 	}
+}
+
+// ProcThreads describes where a process's threads wait, for the failure
+// message of a test whose process does not die: a thread blocked on a FUSE
+// request that its own dying process should answer shows here.
+func ProcThreads(pid int) string {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	var b strings.Builder
+	for _, tk := range tasks {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tk.Name()))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, tk.Name()))
+		stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stack", pid, tk.Name()))
+		fields := strings.Fields(string(st))
+		state := ""
+		if len(fields) > 2 {
+			state = fields[2]
+		}
+		fmt.Fprintf(&b, "\n  task %s state %s wchan %s\n%s", tk.Name(), state, wchan, stack)
+	}
+	return b.String()
 }
