@@ -155,7 +155,10 @@ func ReclaimOrphans(ctx context.Context, home string, log *slog.Logger) (int, er
 		}
 		lock, err := r.j.Lock(s.ID)
 		if err != nil {
-			continue // running elsewhere
+			if stuck := (*staging.StuckError)(nil); errors.As(err, &stuck) {
+				r.o.Log.Warn("cannot reclaim an interrupted session", "session", s.ID, "err", err)
+			}
+			continue // running elsewhere, or stuck: retry and cancel report it too
 		}
 		// Read it again under the lock: the run may have just ended.
 		if s, err = r.j.Get(s.ID); err == nil {

@@ -125,7 +125,8 @@ var ErrRunning = errors.New("session is running in another process")
 // Lock takes session (or publication) id's run lock without waiting. A
 // holder that was killed but is stuck exiting on the FUSE mount it served
 // (see staging.ReleaseDying) is freed first: its mount is aborted, and the
-// lock taken once it has exited.
+// lock taken once it has exited. One still stuck after 30 s gives an error
+// wrapping both ErrRunning and a *staging.StuckError.
 func (j *Journal) Lock(id string) (*Lock, error) {
 	l, err := j.tryLock(id)
 	if !errors.Is(err, ErrRunning) {
@@ -139,7 +140,7 @@ func (j *Journal) Lock(id string) (*Lock, error) {
 		return nil, err
 	}
 	if rerr != nil {
-		return nil, fmt.Errorf("%w: its process %d was killed and is stuck exiting: %w", ErrRunning, pid, rerr)
+		return nil, fmt.Errorf("%w: %w", ErrRunning, rerr) // names the process, its wait, the mount and what to run
 	}
 	return j.tryLock(id)
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 // testMainEnv, set to 1 in a child's environment, makes the test binary run
@@ -19,6 +21,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(testMainEnv) == "1" {
 		os.Exit(mainCode())
 	}
+	// A fresh machine's mounts (no fusectl): a killed export stuck on its
+	// own FUSE mount must be freed by retry, cancel and reclaim there.
+	testsupport.FreshMounts()
 	// testscript re-executes this binary as "pgporter" for the scripts.
 	testscript.Main(m, map[string]func(){
 		"pgporter": func() { os.Exit(mainCode()) },

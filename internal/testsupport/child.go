@@ -21,6 +21,11 @@ type Child struct {
 	err    error // of cmd.Wait, set before exited is closed
 }
 
+// ChildWatchdog bounds a child's life: a test whose child is still running
+// after it panics, naming where the child's threads wait. It is far below
+// the package timeout, so one wedged test cannot hide the others' results.
+var ChildWatchdog = 3 * time.Minute
+
 // StartChild runs test (a test function of the calling package, which does
 // nothing unless env is set) in a new process with env added to this one's.
 // A cleanup, registered before the caller's own, kills it and waits for it.
@@ -37,6 +42,13 @@ func StartChild(t testing.TB, test string, env ...string) *Child {
 		t.Fatal(err)
 	}
 	c := &Child{Cmd: cmd, lines: make(chan string, 16), exited: make(chan struct{})}
+	name, pid := t.Name(), cmd.Process.Pid
+	watchdog := time.AfterFunc(ChildWatchdog, func() {
+		// The test is wedged, most likely in the kernel where no deadline
+		// reaches it: end the package now, with what the child waits on,
+		// rather than let it eat the package's timeout in silence.
+		panic(fmt.Sprintf("watchdog: %s: child %d still running after %v:%s", name, pid, ChildWatchdog, ProcThreads(pid)))
+	})
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -44,6 +56,7 @@ func StartChild(t testing.TB, test string, env ...string) *Child {
 		}
 		close(c.lines)
 		c.err = cmd.Wait()
+		watchdog.Stop()
 		close(c.exited)
 	}()
 	t.Cleanup(func() {
