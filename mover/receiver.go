@@ -12,7 +12,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -28,16 +27,22 @@ import (
 //	t/<tid>/meta            JSON transferMeta
 //	t/<tid>/p/<path>\0<idx> ID(32) off(8) len(4): a chunk position durable in DEST.partial
 //	t/<tid>/done            JSON transferDone
-//	d/<dest>                the transfer that owns DEST.partial
-//	x/<ID>                  abs path(len-prefixed) off(8) len(4): a copy in a committed tree (dedupe)
+//	t/<tid>/commit          JSON commitRecord, journaled before the rename into place
+//	d/<dest>                JSON destRecord: the transfer that owns DEST.partial, and which directory it is
+//	x/<peer>/<ID>           abs path(len-prefixed) off(8) len(4): a copy in a tree this peer committed (dedupe)
 func keyMeta(tid string) []byte      { return []byte("t/" + tid + "/meta") }
 func keyDone(tid string) []byte      { return []byte("t/" + tid + "/done") }
 func keyPosPrefix(tid string) []byte { return []byte("t/" + tid + "/p/") }
 func keyPos(tid, p string, idx uint32) []byte {
 	return binary.BigEndian.AppendUint32([]byte("t/"+tid+"/p/"+p+"\x00"), idx)
 }
-func keyDest(dest string) []byte        { return []byte("d/" + dest) }
-func keyDedupe(id chunkstore.ID) []byte { return append([]byte("x/"), id[:]...) }
+func keyDest(dest string) []byte { return []byte("d/" + dest) }
+
+// keyDedupe is per peer: a sender learns from what it need not send only
+// about content it sent itself.
+func keyDedupe(peer PeerID, id chunkstore.ID) []byte {
+	return append([]byte("x/"+peer.String()+"/"), id[:]...)
+}
 
 type transferMeta struct {
 	Dest    string            `json:"dest"`
@@ -90,8 +95,9 @@ type receiver struct {
 	meta    transferMeta
 	root    *os.Root // the --root that holds DEST
 	rootDir string
-	rel     string // DEST relative to rootDir (OS separators)
-	partial string // rel + ".partial"
+	rel     string   // DEST relative to rootDir (OS separators)
+	partial string   // rel + ".partial"
+	proot   *os.Root // DEST.partial, opened once checked: every write of the transfer goes through it
 	cs      *controlStream
 	ctx     context.Context // the transfer's; cancelled with the reason it failed
 	cancel  context.CancelCauseFunc
@@ -207,6 +213,7 @@ func (r *receiver) run(ctx context.Context) error {
 	stopSync()
 	wg.Wait()
 	r.fc.closeAll()
+	r.proot.Close()
 	return err
 }
 
@@ -342,6 +349,10 @@ func (r *receiver) control(ctx context.Context) error {
 		}
 	}
 }
+
+// maxFileMode masks the modes senders choose: group and others never get
+// write permission on a received file, whatever the sender's tree had.
+const maxFileMode = 0o755
 
 // maxFiles bounds the files of a transfer, announced or not: each costs the
 // receiver memory and an inode.
@@ -538,7 +549,7 @@ func (r *receiver) copyLocal(l loc, p pos, ref protocol.ChunkRef) bool {
 
 // copyDeduped copies a chunk from a tree committed by an earlier transfer.
 func (r *receiver) copyDeduped(p pos, ref protocol.ChunkRef) bool {
-	v, ok, err := dbGet(r.s.db, keyDedupe(ref.ID))
+	v, ok, err := dbGet(r.s.db, keyDedupe(r.peer, ref.ID))
 	if err != nil || !ok {
 		return false
 	}
@@ -721,7 +732,7 @@ func (r *receiver) commit(ctx context.Context) error {
 	var bad []string
 	why := "" // the first bad file's read error, if it was one
 	for _, f := range r.files {
-		p := filepath.Join(r.partial, filepath.FromSlash(f.hdr.Path))
+		p := filepath.FromSlash(f.hdr.Path)
 		h, n, err := r.hashPartial(ctx, p)
 		if err != nil && ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -742,13 +753,14 @@ func (r *receiver) commit(ctx context.Context) error {
 			return fmt.Errorf("syncing %s: %w", f.hdr.Path, err)
 		}
 		mt := time.Unix(0, f.hdr.MTime)
-		if err := r.root.Chmod(p, fs.FileMode(f.hdr.Mode&0o777)); err != nil {
+		mode := f.hdr.Mode & maxFileMode
+		if err := r.proot.Chmod(p, fs.FileMode(mode)); err != nil {
 			return err
 		}
-		if err := r.root.Chtimes(p, mt, mt); err != nil {
+		if err := r.proot.Chtimes(p, mt, mt); err != nil {
 			return err
 		}
-		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(f.hdr.Mode & 0o777), MTime: mt.UTC(), BLAKE3: h})
+		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(mode), MTime: mt.UTC(), BLAKE3: h})
 		man.Bytes += n
 	}
 	if len(bad) > 0 {
@@ -763,14 +775,27 @@ func (r *receiver) commit(ctx context.Context) error {
 		return err
 	}
 	body = append(body, '\n')
-	// The temporary file lives beside DEST.partial, not in it: no source
-	// file name can collide with it.
-	tmp := filepath.Join(filepath.Dir(r.rel), ".pgporter-"+r.tid+".manifest.tmp")
-	if err := writeRootFileSync(r.root, tmp, filepath.Join(r.partial, ManifestName), body, 0o644); err != nil {
+	if err := writeManifestFile(r.proot, body); err != nil {
 		return fmt.Errorf("writing manifest: %w", err)
 	}
-	if err := syncDirs(r.root, r.partial); err != nil {
+	if err := syncDirs(r.proot, "."); err != nil {
 		return err
+	}
+	mh := Hash(chunkstore.Sum(body))
+	// Journal what DEST will hold before it does: after a crash between
+	// the rename and the done record, only a tree with this manifest
+	// counts as committed.
+	cr, _ := json.Marshal(commitRecord{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
+	if err := r.s.db.Set(keyCommit(r.tid), cr, pebble.Sync); err != nil {
+		return fmt.Errorf("journaling the commit: %w", err)
+	}
+	// The name must still be the directory we wrote, and DEST still free:
+	// a link or directory swapped in meanwhile is never committed.
+	if err := samePartial(r.root, r.partial, r.proot); err != nil {
+		return err
+	}
+	if _, err := r.root.Lstat(r.rel); !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s appeared while the transfer ran; remove it and rerun", protocol.ErrConflict, r.meta.Dest)
 	}
 	if err := r.root.Rename(r.partial, r.rel); err != nil {
 		return fmt.Errorf("renaming into place: %w", err)
@@ -778,8 +803,8 @@ func (r *receiver) commit(ctx context.Context) error {
 	if err := syncRootDir(r.root, filepath.Dir(r.rel)); err != nil {
 		return err
 	}
-	mh := Hash(chunkstore.Sum(body))
-	if err := r.recordDone(man, mh); err != nil {
+	done := transferDone{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh, Committed: time.Now().UTC()}
+	if err := r.s.recordDone(r.tid, r.peer, done); err != nil {
 		return err
 	}
 	r.log.Info("transfer committed", "transfer", r.tid, "dest", r.meta.Dest, "files", len(man.Files), "bytes", man.Bytes)
@@ -788,7 +813,7 @@ func (r *receiver) commit(ctx context.Context) error {
 }
 
 func (r *receiver) hashPartial(ctx context.Context, p string) (Hash, int64, error) {
-	fh, err := r.root.Open(p)
+	fh, err := r.proot.Open(p)
 	if err != nil {
 		return Hash{}, 0, err
 	}
@@ -807,13 +832,12 @@ func (r *receiver) prune() error {
 		}
 	}
 	var dirs []string
-	base := filepath.ToSlash(r.partial)
-	err := fs.WalkDir(r.root.FS(), base, func(p string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(r.proot.FS(), ".", func(rel string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel := strings.TrimPrefix(strings.TrimPrefix(p, base), "/")
-		if rel == "" {
+		p := rel
+		if rel == "." {
 			return nil
 		}
 		if d.IsDir() {
@@ -824,7 +848,7 @@ func (r *receiver) prune() error {
 		}
 		if !r.paths[rel] {
 			r.log.Info("removing a file the manifest does not list", "transfer", r.tid, "path", rel)
-			return r.root.Remove(filepath.FromSlash(p))
+			return r.proot.Remove(filepath.FromSlash(p))
 		}
 		return nil
 	})
@@ -832,7 +856,7 @@ func (r *receiver) prune() error {
 		return fmt.Errorf("pruning %s.partial: %w", r.meta.Dest, err)
 	}
 	for i := len(dirs) - 1; i >= 0; i-- { // deepest first
-		if err := r.root.Remove(filepath.FromSlash(dirs[i])); err != nil {
+		if err := r.proot.Remove(filepath.FromSlash(dirs[i])); err != nil {
 			return fmt.Errorf("pruning %s.partial: %w", r.meta.Dest, err)
 		}
 	}
@@ -849,52 +873,47 @@ func (r *receiver) forgetFile(f *rfile) error {
 	return nil
 }
 
-// recordDone marks the transfer complete, indexes its chunks for dedupe by
-// later transfers, and drops its per-position state.
-func (r *receiver) recordDone(man Manifest, mh Hash) error {
-	b := r.s.db.NewBatch()
+// recordDone marks transfer tid complete, indexes its chunks (its durable
+// positions) for dedupe by later transfers of the same peer, and drops its
+// per-position state.
+func (s *Server) recordDone(tid string, peer PeerID, d transferDone) error {
+	b := s.db.NewBatch()
 	defer b.Close()
-	done, _ := json.Marshal(transferDone{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh, Committed: time.Now().UTC()})
-	b.Set(keyDone(r.tid), done, nil)
-	b.Delete(keyDest(r.meta.Dest), nil)
-	prefix := keyPosPrefix(r.tid)
-	b.DeleteRange(prefix, prefixEnd(prefix), nil)
-	seen := map[chunkstore.ID]bool{}
-	for _, f := range r.files {
-		abs := filepath.Join(r.meta.Dest, filepath.FromSlash(f.hdr.Path))
-		for i, c := range f.chunks {
-			if seen[c.ID] {
-				continue
-			}
-			seen[c.ID] = true
-			b.Set(keyDedupe(c.ID), encodeDedupe(abs, f.offsets[i], c.Len), nil)
-		}
+	done, _ := json.Marshal(d)
+	b.Set(keyDone(tid), done, nil)
+	b.Delete(keyDest(d.Dest), nil)
+	b.Delete(keyCommit(tid), nil)
+	prefix := keyPosPrefix(tid)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
 	}
+	seen := map[chunkstore.ID]bool{}
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[len(prefix):]
+		if len(k) < 5 || k[len(k)-5] != 0 {
+			continue
+		}
+		rec, ok := decodePos(it.Value())
+		if !ok || seen[rec.id] {
+			continue
+		}
+		seen[rec.id] = true
+		abs := filepath.Join(d.Dest, filepath.FromSlash(string(k[:len(k)-5])))
+		b.Set(keyDedupe(peer, rec.id), encodeDedupe(abs, rec.off, rec.n), nil)
+	}
+	err = it.Error()
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	b.DeleteRange(prefix, prefixEnd(prefix), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("recording completion: %w", err)
 	}
 	return nil
-}
-
-// writeRootFileSync writes name inside root via the temporary file tmp,
-// fsyncs it and renames it into place.
-func writeRootFileSync(root *os.Root, tmp, name string, data []byte, mode fs.FileMode) error {
-	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return root.Rename(tmp, name)
 }
 
 func syncRootDir(root *os.Root, dir string) error {

@@ -542,13 +542,18 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		}
 	}
 
-	// Finished already?
+	// Finished already? Only the very tree this transfer committed counts:
+	// a real directory whose manifest, read without following links, has
+	// the hash journaled before the rename.
 	if v, ok, err := dbGet(s.db, keyDone(m.TransferID)); err != nil {
 		return nil, err
 	} else if ok {
 		var d transferDone
 		if json.Unmarshal(v, &d) == nil && d.Dest == m.Dest {
 			if _, err := rt.Lstat(rel); err == nil {
+				if h, err := committedManifestHash(rt, rel); err != nil || h != d.ManifestHash {
+					return nil, notCommitted(m.Dest, err)
+				}
 				// A growing tree (no counts announced) is judged by its
 				// transfer ID alone.
 				if (m.Files != 0 || m.Bytes != 0) && (d.Files != m.Files || d.Bytes != m.Bytes) {
@@ -562,12 +567,28 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		_ = s.db.Delete(keyDone(m.TransferID), pebble.Sync)
 	}
 	if _, err := rt.Lstat(rel); err == nil {
-		// A crash between the rename and recording it leaves our own tree there.
-		if man, err := ReadManifest(filepath.Join(s.rootDir(rt), rel)); err == nil && man.Transfer == m.TransferID && (m.Files == 0 && m.Bytes == 0 || uint64(len(man.Files)) == m.Files && uint64(man.Bytes) == m.Bytes) {
-			d := transferDone{Dest: m.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes)}
-			return nil, s.replyComplete(cs, m, &d)
+		// A crash between the rename and the done record leaves our own
+		// tree there, and the commit record journaled before the rename.
+		c, ok, err := s.commitRecord(m.TransferID)
+		if err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("%w: %s exists; remove it or choose another destination", protocol.ErrConflict, m.Dest)
+		if !ok || c.Dest != m.Dest {
+			return nil, fmt.Errorf("%w: %s exists; remove it or choose another destination", protocol.ErrConflict, m.Dest)
+		}
+		if h, err := committedManifestHash(rt, rel); err != nil || h != c.ManifestHash {
+			return nil, notCommitted(m.Dest, err)
+		}
+		if (m.Files != 0 || m.Bytes != 0) && (c.Files != m.Files || c.Bytes != m.Bytes) {
+			return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it or choose another destination",
+				protocol.ErrConflict, m.Dest, c.Files, HumanBytes(int64(c.Bytes)), m.Files, HumanBytes(int64(m.Bytes)))
+		}
+		d := transferDone{Dest: m.Dest, Files: c.Files, Bytes: c.Bytes, ManifestHash: c.ManifestHash, Committed: time.Now().UTC()}
+		if err := s.recordDone(m.TransferID, peer, d); err != nil {
+			return nil, err
+		}
+		log.Info("recorded a commit interrupted by a crash", "transfer", m.TransferID, "dest", m.Dest)
+		return nil, s.replyComplete(cs, m, &d)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s: %v", protocol.ErrBadPath, m.Dest, err)
 	}
@@ -581,12 +602,17 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	}
 	// A different transfer that left DEST.partial behind is taken over: its
 	// positions are forgotten, its bytes are overwritten or reused by hash.
+	var rec *destRecord
 	if v, ok, err := dbGet(s.db, keyDest(m.Dest)); err != nil {
 		return nil, err
-	} else if ok && string(v) != m.TransferID {
-		log.Info("taking over an abandoned partial destination", "dest", m.Dest, "old_transfer", string(v), "transfer", m.TransferID)
-		p := keyPosPrefix(string(v))
-		_ = s.db.DeleteRange(p, prefixEnd(p), pebble.NoSync)
+	} else if ok {
+		d := decodeDestRecord(v)
+		rec = &d
+		if d.Transfer != m.TransferID {
+			log.Info("taking over an abandoned partial destination", "dest", m.Dest, "old_transfer", d.Transfer, "transfer", m.TransferID)
+			p := keyPosPrefix(d.Transfer)
+			_ = s.db.DeleteRange(p, prefixEnd(p), pebble.NoSync)
+		}
 	}
 	if _, err := rt.Lstat(r.partial); errors.Is(err, fs.ErrNotExist) {
 		// DEST.partial was removed: positions recorded for it describe
@@ -610,19 +636,31 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	// A growing tree's files must fit too: this also bounds the chunk
 	// positions (and so the memory) its manifest can make us track.
 	r.budget = int64(free) - s.o.Reserve + r.durableBytes
-	if err := rt.MkdirAll(r.partial, 0o700); err != nil {
+	proot, drec, err := openPartial(rt, r.partial, rec, r.tid)
+	if err != nil {
+		if errors.Is(err, errNotOurs) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: creating %s.partial: %v", protocol.ErrBadPath, m.Dest, err)
 	}
+	r.proot = proot
+	ok := false
+	defer func() {
+		if !ok {
+			proot.Close()
+		}
+	}()
 	b := s.db.NewBatch()
 	meta, _ := json.Marshal(r.meta)
 	b.Set(keyMeta(r.tid), meta, nil)
-	b.Set(keyDest(m.Dest), []byte(r.tid), nil)
+	dv, _ := json.Marshal(drec)
+	b.Set(keyDest(m.Dest), dv, nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
 		return nil, err
 	}
 	b.Close()
-	r.fc = newFileCache(rt, r.partial, 256)
+	r.fc = newFileCache(proot, ".", 256)
 	state := protocol.StateNew
 	if r.durableChunks > 0 {
 		state = protocol.StateResume
@@ -631,7 +669,30 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if err := cs.write(&protocol.TransferState{State: state, DurableBytes: uint64(r.durableBytes), DurableChunks: uint64(r.durableChunks), Free: free}); err != nil {
 		return nil, err
 	}
+	ok = true
 	return r, nil
+}
+
+// notCommitted refuses a DEST that exists but is not provably the tree a
+// transfer committed.
+func notCommitted(dest string, why error) error {
+	if why == nil {
+		why = errors.New("its manifest differs from the one committed")
+	}
+	return fmt.Errorf("%w: %s exists but is not the tree this transfer committed (%v); remove it or choose another destination", protocol.ErrConflict, dest, why)
+}
+
+// commitRecord reads the commit record of tid, if there is one.
+func (s *Server) commitRecord(tid string) (commitRecord, bool, error) {
+	v, ok, err := dbGet(s.db, keyCommit(tid))
+	if err != nil || !ok {
+		return commitRecord{}, false, err
+	}
+	var c commitRecord
+	if err := json.Unmarshal(v, &c); err != nil {
+		return commitRecord{}, false, nil
+	}
+	return c, true, nil
 }
 
 func (s *Server) replyComplete(cs *controlStream, m *protocol.OpenTransfer, d *transferDone) error {
