@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"os"
@@ -128,7 +129,8 @@ func LoadIdentity(home string) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading identity: %w", err)
 	}
-	keyPEM, err := os.ReadFile(filepath.Join(dir, keyFileName))
+	keyPath := filepath.Join(dir, keyFileName)
+	keyPEM, err := readPrivateFile(keyPath)
 	if err != nil {
 		return nil, fmt.Errorf("reading identity: %w", err)
 	}
@@ -140,6 +142,28 @@ func LoadIdentity(home string) (*Identity, error) {
 		return nil, fmt.Errorf("loading identity from %s: %d certificates in %s, want 1", dir, len(cert.Certificate), certFileName)
 	}
 	return &Identity{Cert: cert, ID: PeerIDFromCert(cert.Certificate[0])}, nil
+}
+
+// ErrKeyExposed is matched by the refusal of a private key file that group
+// or others may read.
+var ErrKeyExposed = errors.New("mover: private key readable by others")
+
+// readPrivateFile reads a private key file, refusing one that group or
+// others can read: whoever reads the key can act as this mover.
+func readPrivateFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%w: %s has mode %04o; run 'chmod 600 %s'", ErrKeyExposed, name, perm, name)
+	}
+	return io.ReadAll(io.LimitReader(f, 1<<20))
 }
 
 // newSelfSigned returns a new Ed25519 key and a self-signed certificate for
