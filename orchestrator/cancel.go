@@ -108,7 +108,7 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 	if err := r.reclaim(ctx, s); err != nil {
 		return s, err
 	}
-	if err := os.RemoveAll(s.SessionDir()); err != nil {
+	if err := removeOwned(s.SessionDir(), s.ID); err != nil {
 		return s, fmt.Errorf("removing the staging files: %w", err)
 	}
 	for _, db := range s.Plan.Databases {

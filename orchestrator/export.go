@@ -104,14 +104,18 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 	if p.PGUser == "" {
 		p.PGUser = "postgres"
 	}
-	if p.OSUser == "" {
-		p.OSUser = "postgres"
+	if p.Staging != "" && (p.StagingDir != "" || p.OSUser != "") {
+		// The staging host decides where it writes and who runs PostgreSQL.
+		return nil, fmt.Errorf("%w: with --staging, the staging directory and the OS user are set by the staging mover ('mover serve --staging-dir, --os-user'), not by the orchestrator", ErrBadPlan)
+	}
+	if p.OSUser == "" && p.Staging == "" {
+		p.OSUser = defaultOSUser
 	}
 	if p.Jobs <= 0 {
 		p.Jobs = 2
 	}
-	if p.StagingDir == "" {
-		p.StagingDir = "/var/tmp/pgporter"
+	if p.StagingDir == "" && p.Staging == "" {
+		p.StagingDir = DefaultStagingDir
 	}
 	for _, m := range []struct{ flag, v string }{{"--repo-peer", p.RepoPeer}, {"--staging", p.Staging}, {"--target", p.Target}} {
 		if m.v != "" {
@@ -129,8 +133,10 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
 	}
 	var err error
-	if p.StagingDir, err = filepath.Abs(p.StagingDir); err != nil {
-		return nil, err
+	if p.StagingDir != "" {
+		if p.StagingDir, err = filepath.Abs(p.StagingDir); err != nil {
+			return nil, err
+		}
 	}
 	if p.Target != "" {
 		// A path on the target host: checked there.
@@ -403,8 +409,8 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	defer closeRepo()
 	chunks = x.corrupt.wrap(chunks)
 	dir := x.s.SessionDir()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+	if err := makeOwnedDir(dir, id); err != nil {
+		return fmt.Errorf("the staging directory of session %s: %w", id, err)
 	}
 	_ = os.Chmod(p.StagingDir, 0o755) // postgres must reach its run directory
 	if err := reachable(dir); err != nil {
@@ -696,7 +702,7 @@ func transferIDPart(db string) string {
 
 // cleanup removes the staging dumps and the target directories moved aside.
 func (x *sessionRun) cleanup() error {
-	if err := os.RemoveAll(x.s.SessionDir()); err != nil {
+	if err := removeOwned(x.s.SessionDir(), x.s.ID); err != nil {
 		return fmt.Errorf("removing the staging files: %w", err)
 	}
 	x.mu.Lock()

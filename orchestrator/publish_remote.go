@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"strings"
 	"time"
@@ -61,7 +62,7 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 	if err := json.Unmarshal(body, &jb); err != nil {
 		return fmt.Errorf("%w: bad publication job: %v", ErrBadPlan, err)
 	}
-	if jb.ID != "" && !validSessionID(jb.ID) {
+	if jb.ID != "" && !validPubID(jb.ID) {
 		return fmt.Errorf("%w: bad publication ID %q", ErrBadPlan, jb.ID)
 	}
 	pb, err := NewPublisher(j.Home, j.Log)
@@ -71,6 +72,14 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 	var res pubJobResult
 	switch jb.Kind {
 	case pubJobSession, pubJobCancelSession:
+		if !validSessionID(jb.Session) {
+			return fmt.Errorf("%w: bad session ID %q (not one pgporter makes)", ErrBadPlan, jb.Session)
+		}
+		if jb.Kind == pubJobSession && jb.Plan != nil {
+			if err := j.confineSessionPlan(jb.Plan); err != nil {
+				return err
+			}
+		}
 		return j.runSessionJob(ctx, jb, emit)
 	case pubJobPublish:
 		if jb.Publish == nil {
@@ -81,6 +90,9 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 		}
 		// What runs here is this mover's choice, never the peer's.
 		o := *jb.Publish
+		if err := j.confinePublish(&o); err != nil {
+			return err
+		}
 		o.Serve, o.ServeEnv = j.Serve.Args, j.Serve.Env
 		res.Publication, err = pb.Publish(ctx, o)
 	case pubJobList:
@@ -107,18 +119,112 @@ func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]by
 	return nil
 }
 
+// confinePublish puts this mover's settings into a publish job's options,
+// refusing the peer's own values for them: the OS user, the listen
+// address and a local repository are the mover's to choose.
+func (j *StagingJobs) confinePublish(o *PublishOptions) error {
+	if err := peerSetting("os_user", "--os-user", o.OSUser, j.osUser(), defaultOSUser); err != nil {
+		return err
+	}
+	listen := j.PublishListen
+	if listen == "" {
+		listen = "127.0.0.1"
+	}
+	if err := peerSetting("listen", "--publish-listen", o.Listen, listen, "127.0.0.1"); err != nil {
+		return err
+	}
+	o.OSUser, o.Listen = j.osUser(), listen
+	if o.Repo != "" {
+		if j.Repo == "" {
+			return fmt.Errorf("%w: repo is set by the mover (--job-repo), which has none: name a repository mover with --repo-peer", ErrPeerSetting)
+		}
+		if !sameDir(o.Repo, j.Repo) {
+			return fmt.Errorf("%w: repo is set by the mover (--job-repo), not by the orchestrator (the job asked for %q)", ErrPeerSetting, o.Repo)
+		}
+		o.Repo = j.Repo
+	}
+	return nil
+}
+
+// confineSessionPlan puts this mover's staging directory into the plan of
+// an export from a publication, refusing the peer's own, and confines a
+// local --to to the mover's roots.
+func (j *StagingJobs) confineSessionPlan(p *Plan) error {
+	if err := peerSetting("staging_dir", "--staging-dir", p.StagingDir, j.stagingDir(), DefaultStagingDir); err != nil {
+		return err
+	}
+	if err := peerSetting("os_user", "--os-user", p.OSUser, j.osUser(), defaultOSUser); err != nil {
+		return err
+	}
+	p.StagingDir, p.OSUser = j.stagingDir(), ""
+	if p.Target == "" {
+		to, err := confine(p.To, j.Roots)
+		if err != nil {
+			return fmt.Errorf("to: %w", err)
+		}
+		p.To = to
+	}
+	return nil
+}
+
 // inRoots refuses a directory outside every root: a peer writes only where
 // the mover's owner allows transfers to land.
 func inRoots(dir string, roots []string) error {
+	_, err := confine(dir, roots)
+	return err
+}
+
+// confine returns dir, a clean absolute path from a peer, with symbolic
+// links resolved (those of the part that exists; the rest is created
+// later), if it lies inside one of roots (resolved too); otherwise an
+// error. A link inside a root that points out of it does not pass.
+func confine(dir string, roots []string) (string, error) {
 	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
-		return fmt.Errorf("%w: %q must be a clean absolute path on the mover's host", ErrBadPlan, dir)
+		return "", fmt.Errorf("%w: %q must be a clean absolute path on the mover's host", ErrBadPlan, dir)
+	}
+	got, err := resolveExisting(dir)
+	if err != nil {
+		return "", fmt.Errorf("%w: resolving %s: %v", ErrBadPlan, dir, err)
 	}
 	for _, r := range roots {
-		if r, err := filepath.Abs(r); err == nil && (dir == r || strings.HasPrefix(dir, r+string(filepath.Separator))) {
-			return nil
+		r, err := filepath.Abs(r)
+		if err != nil {
+			continue
+		}
+		if r, err = resolveExisting(r); err != nil {
+			continue
+		}
+		if got == r || strings.HasPrefix(got, r+string(filepath.Separator)) || r == "/" {
+			return got, nil
 		}
 	}
-	return fmt.Errorf("%w: %s is outside this mover's roots (%s); start 'mover serve' with --root covering it", ErrBadPlan, dir, strings.Join(roots, ", "))
+	shown := dir
+	if got != dir {
+		shown = dir + " (" + got + ")"
+	}
+	return "", fmt.Errorf("%w: %s is outside this mover's roots (%s); start 'mover serve' with --root covering it", ErrBadPlan, shown, strings.Join(roots, ", "))
+}
+
+// resolveExisting resolves the symbolic links of dir's longest existing
+// ancestor (dir itself if it exists) and appends the rest.
+func resolveExisting(dir string) (string, error) {
+	dir = filepath.Clean(dir)
+	rest := ""
+	for {
+		res, err := filepath.EvalSymlinks(dir)
+		if err == nil {
+			return filepath.Join(res, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", err
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+		dir = parent
+	}
 }
 
 // pubJobTimeout bounds the short publication jobs (list, and reaching the

@@ -36,8 +36,7 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 		return fmt.Errorf("the orchestrator needs an identity to command %s: run 'pgporter mover init --home %s', then on the staging host 'pgporter mover trust ID --allow orchestrate': %w", p.Staging, r.o.Home, err)
 	}
 	defer sender.Close()
-	plan := *p
-	plan.Staging = ""
+	plan := peerPlan(p)
 	body, err := json.Marshal(job{Session: x.s.ID, Plan: plan, Password: r.o.Password})
 	if err != nil {
 		return err
@@ -100,17 +99,49 @@ func (x *sessionRun) mirror(e Event) {
 	})
 }
 
+// peerPlan is the plan as a staging mover is handed it: without what the
+// staging host decides itself (its staging directory, OS user and local
+// repository; a staging mover refuses a peer's values for them).
+func peerPlan(p *Plan) Plan {
+	plan := *p
+	plan.Staging, plan.StagingDir, plan.OSUser = "", "", ""
+	if plan.RepoPeer != "" {
+		plan.Repo = ""
+	}
+	return plan
+}
+
 // StagingJobs runs, on a staging mover, the jobs orchestrators hand it
 // ('pgporter mover serve' wires it into the server): each is the staging
 // half of an export session, journaled under the mover's home.
+//
+// A peer trusted with orchestrate names what to export and where to send
+// it, never what happens on this host's file system beyond that: the
+// staging directory, the OS user that runs PostgreSQL, a local
+// repository and the address publications listen on are this mover's
+// settings, a job's own values for them are refused (ErrPeerSetting), and
+// every local path in a job must resolve inside Roots.
 type StagingJobs struct {
 	Home string
 	Log  *slog.Logger
 	// Serve starts the background process of a publication that a
 	// publication job asks for (see publish_remote.go); Roots bound where
-	// an export from one may write.
+	// a job may write on this host (a local --to, an export from a
+	// publication).
 	Serve ServeCommand
 	Roots []string
+	// StagingDir is where export jobs' dumps go ('mover serve
+	// --staging-dir'; default DefaultStagingDir).
+	StagingDir string
+	// OSUser runs the instances of jobs ('mover serve --os-user'; default
+	// postgres).
+	OSUser string
+	// Repo is the local repository jobs may read ('mover serve
+	// --job-repo'); without it, jobs name a repository mover.
+	Repo string
+	// PublishListen is the address publications of jobs listen on ('mover
+	// serve --publish-listen'; default 127.0.0.1).
+	PublishListen string
 
 	mu      sync.Mutex             // guards running
 	running map[string]*stagingRun // the job running each export session
@@ -133,11 +164,13 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 	if err := json.Unmarshal(body, &jb); err != nil {
 		return fmt.Errorf("%w: bad job: %v", ErrBadPlan, err)
 	}
-	if jb.Plan.Staging != "" {
-		return fmt.Errorf("%w: a staging mover does not hand jobs on", ErrBadPlan)
-	}
 	if !validSessionID(jb.Session) {
-		return fmt.Errorf("%w: bad session ID %q", ErrBadPlan, jb.Session)
+		return fmt.Errorf("%w: bad session ID %q (not one pgporter makes)", ErrBadPlan, jb.Session)
+	}
+	if !jb.Cancel {
+		if err := j.confinePlan(&jb.Plan); err != nil {
+			return err
+		}
 	}
 	ctx, release, err := j.takeOver(ctx, jb.Session)
 	if err != nil {
@@ -231,9 +264,29 @@ func (j *StagingJobs) takeOver(ctx context.Context, id string) (_ context.Contex
 	}
 }
 
-// validSessionID accepts what newSessionID makes, and nothing that could
-// leave a directory.
+// validSessionID accepts exactly what newSessionID makes
+// (x-YYYYMMDD-HHMMSS-hhhhhh): a session ID from the wire names a directory
+// in the staging directory and a mount point in /tmp, so a bare word such
+// as "etc" is refused as surely as "../x".
 func validSessionID(id string) bool {
+	const layout = "x-20060102-150405-"
+	if len(id) != len(layout)+6 || !strings.HasPrefix(id, "x-") || id[10] != '-' || id[17] != '-' {
+		return false
+	}
+	if _, err := time.Parse("20060102-150405", id[2:17]); err != nil {
+		return false
+	}
+	for _, c := range id[18:] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// validPubID accepts a publication ID from the wire that cannot leave a
+// directory; publications are looked up in the journal by it, never made.
+func validPubID(id string) bool {
 	if id == "" || len(id) > 64 || strings.HasPrefix(id, ".") {
 		return false
 	}
@@ -243,6 +296,89 @@ func validSessionID(id string) bool {
 		}
 	}
 	return true
+}
+
+// DefaultStagingDir is where dumps are staged unless --staging-dir says
+// otherwise.
+const DefaultStagingDir = "/var/tmp/pgporter"
+
+const defaultOSUser = "postgres"
+
+// ErrPeerSetting marks a job value that only the mover's own configuration
+// may set.
+var ErrPeerSetting = errors.New("set by the mover, not by the orchestrator")
+
+// peerSetting refuses a peer's value for a setting of this mover: the value
+// the mover uses anyway, or the built-in default an orchestrator fills in
+// when its user named none, is no choice and is accepted.
+func peerSetting(field, flag, got, mine, builtin string) error {
+	if got == "" || got == mine || got == builtin {
+		return nil
+	}
+	return fmt.Errorf("%w: %s is set by the staging mover (%s), not by the orchestrator (the job asked for %q; this mover uses %q)", ErrPeerSetting, field, flag, got, mine)
+}
+
+func (j *StagingJobs) stagingDir() string {
+	if j.StagingDir == "" {
+		return DefaultStagingDir
+	}
+	return j.StagingDir
+}
+
+func (j *StagingJobs) osUser() string {
+	if j.OSUser == "" {
+		return defaultOSUser
+	}
+	return j.OSUser
+}
+
+// confinePlan puts this mover's settings into an export job's plan,
+// refusing the peer's own values for them, and confines its local paths
+// to the mover's roots.
+func (j *StagingJobs) confinePlan(p *Plan) error {
+	if p.Staging != "" {
+		return fmt.Errorf("%w: a staging mover does not hand jobs on", ErrBadPlan)
+	}
+	if p.Published != "" {
+		return fmt.Errorf("%w: an export from a publication is an export-session job", ErrBadPlan)
+	}
+	if err := peerSetting("staging_dir", "--staging-dir", p.StagingDir, j.stagingDir(), DefaultStagingDir); err != nil {
+		return err
+	}
+	if err := peerSetting("os_user", "--os-user", p.OSUser, j.osUser(), defaultOSUser); err != nil {
+		return err
+	}
+	p.StagingDir, p.OSUser = j.stagingDir(), j.osUser()
+	switch {
+	case p.RepoPeer != "" && p.Repo != "":
+		return fmt.Errorf("%w: a job names the repository mover (repo_peer) or none, not a local repo", ErrPeerSetting)
+	case p.RepoPeer == "" && j.Repo == "":
+		return fmt.Errorf("%w: repo is set by the staging mover (--job-repo), which has none: name a repository mover with --repo-peer", ErrPeerSetting)
+	case p.RepoPeer == "":
+		if p.Repo != "" && !sameDir(p.Repo, j.Repo) {
+			return fmt.Errorf("%w: repo is set by the staging mover (--job-repo), not by the orchestrator (the job asked for %q)", ErrPeerSetting, p.Repo)
+		}
+		p.Repo = j.Repo
+	}
+	if p.Target == "" {
+		// This host is the target too: the dumps land in its roots.
+		if p.Overwrite {
+			return fmt.Errorf("%w: overwrite is not accepted from a peer: a job only adds new directories to this mover's roots", ErrBadPlan)
+		}
+		to, err := confine(p.To, j.Roots)
+		if err != nil {
+			return fmt.Errorf("to: %w", err)
+		}
+		p.To = to
+	}
+	return nil
+}
+
+// sameDir reports whether a and b name the same directory, links resolved.
+func sameDir(a, b string) bool {
+	ra, err1 := resolveExisting(a)
+	rb, err2 := resolveExisting(b)
+	return err1 == nil && err2 == nil && ra == rb
 }
 
 // cancelRemote asks the staging mover to cancel its half of the session.
@@ -256,9 +392,7 @@ func (r *Runner) cancelRemote(ctx context.Context, s *Session) error {
 		return err
 	}
 	defer sender.Close()
-	plan := s.Plan
-	plan.Staging = ""
-	body, err := json.Marshal(job{Session: s.ID, Plan: plan, Cancel: true})
+	body, err := json.Marshal(job{Session: s.ID, Plan: peerPlan(&s.Plan), Cancel: true})
 	if err != nil {
 		return err
 	}

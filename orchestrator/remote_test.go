@@ -60,14 +60,14 @@ func TestExportAcrossMovers(t *testing.T) {
 	stagingID := identity(t, stagingHome)
 	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
 	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
-	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome}})
+	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t)}})
 	trust(t, repo.home, stagingID, mover.PermRead)
 	trust(t, target.home, stagingID, mover.PermSend)
 	orchID := identity(t, orch)
 
 	r := newRunner(t, orch, nil)
 	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
-		Databases: []string{"shop", "Weird DB"}, To: to, StagingDir: stagingDir(t)}
+		Databases: []string{"shop", "Weird DB"}, To: to}
 	s, err := r.Create(plan)
 	require.NoError(t, err)
 
@@ -108,7 +108,7 @@ func TestCancelAcrossMovers(t *testing.T) {
 	stagingID := identity(t, stagingHome)
 	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
 	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
-	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome}})
+	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t)}})
 	trust(t, repo.home, stagingID, mover.PermRead)
 	trust(t, target.home, stagingID, mover.PermSend)
 	trust(t, staging.home, identity(t, orch), mover.PermOrchestrate)
@@ -121,7 +121,7 @@ func TestCancelAcrossMovers(t *testing.T) {
 		}
 	})
 	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
-		Databases: []string{"shop", "Weird DB"}, To: to, StagingDir: stagingDir(t)}
+		Databases: []string{"shop", "Weird DB"}, To: to}
 	s, err := r.Create(plan)
 	require.NoError(t, err)
 	_, err = r.Run(ctx, s.ID)

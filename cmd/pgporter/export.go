@@ -98,6 +98,15 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	if (eo.plan.Repo == "") == (eo.plan.RepoPeer == "") || eo.plan.To == "" || len(eo.plan.Databases) == 0 {
 		return usagef("export needs one of --repo and --repo-peer, --to, and at least one --db")
 	}
+	if eo.plan.Staging != "" {
+		// The staging host decides where it writes and who runs PostgreSQL.
+		for _, name := range []string{"staging-dir", "os-user"} {
+			if cmd.Flags().Changed(name) {
+				return usagef("--%s is set by the staging mover ('pgporter mover serve --%s' on its host), not by the orchestrator", name, name)
+			}
+		}
+		eo.plan.StagingDir, eo.plan.OSUser = "", ""
+	}
 	return startExport(cmd, g, eo, func(p orchestrator.Plan) string { return "restore point " + p.RestorePoint })
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
@@ -16,6 +18,8 @@ import (
 type serveOpts struct {
 	listen, metrics, reserve, repo string
 	roots                          []string
+	// What this host decides for jobs of peers trusted with orchestrate.
+	stagingDir, osUser, jobRepo, publishListen string
 }
 
 func newMoverServeCmd(g *globals) *cobra.Command {
@@ -31,7 +35,13 @@ restore points and chunks to peers trusted with read (for 'pgporter mount
 received is made durable so that the sender's rerun resumes.
 
 Peers trusted with orchestrate hand it export sessions and publications
-('pgporter publish --on'), which run under its --home. When it starts, it
+('pgporter publish --on'), which run under its --home. This host decides,
+not the peer: where dumps are staged (--staging-dir), the OS user that runs
+PostgreSQL (--os-user), the only local repository jobs may read
+(--job-repo; otherwise a job names a repository mover) and the address
+publications listen on (--publish-listen). A job that asks for other values
+is refused, and every local path a job names (a --to on this host) must
+lie inside a --root, links resolved. When it starts, it
 releases what interrupted sessions held, and handles every publication of its
 home whose background process is dead as that publication's --on-restart
 says: serve it again on the same copy-on-write layer, address and port
@@ -49,7 +59,38 @@ Example:
 	f.StringVar(&so.repo, "repo", "", "backup repository to serve to peers trusted with read")
 	f.StringVar(&so.metrics, "metrics", "", "address for Prometheus metrics over HTTP (e.g. 127.0.0.1:9448)")
 	f.StringVar(&so.reserve, "reserve", "64M", "free space every transfer must leave on a root's filesystem")
+	f.StringVar(&so.stagingDir, "staging-dir", orchestrator.DefaultStagingDir, "where export jobs of peers trusted with orchestrate write their dumps (must be reachable by --os-user)")
+	f.StringVar(&so.osUser, "os-user", "postgres", "OS user that runs PostgreSQL for jobs of peers trusted with orchestrate")
+	f.StringVar(&so.jobRepo, "job-repo", "", "local repository that jobs of peers trusted with orchestrate may read (export and publish --on); without it they name a repository mover")
+	f.StringVar(&so.publishListen, "publish-listen", "127.0.0.1", "IP address (or *) that publications of peers trusted with orchestrate listen on")
 	return c
+}
+
+// stagingJobs is the job runner of this mover, with the settings that only
+// this host decides, made absolute.
+func stagingJobs(g *globals, so serveOpts, serve orchestrator.ServeCommand) (*orchestrator.StagingJobs, error) {
+	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log, Serve: serve, Roots: slices.Clone(so.roots), OSUser: so.osUser, PublishListen: so.publishListen}
+	if so.osUser == "" {
+		return nil, usagef("--os-user must name an OS user")
+	}
+	if so.publishListen != "*" && net.ParseIP(so.publishListen) == nil {
+		return nil, usagef("--publish-listen %q is not an IP address or *", so.publishListen)
+	}
+	var err error
+	if jobs.StagingDir, err = filepath.Abs(so.stagingDir); err != nil {
+		return nil, usageError{fmt.Errorf("--staging-dir: %w", err)}
+	}
+	if so.jobRepo != "" {
+		if jobs.Repo, err = filepath.Abs(so.jobRepo); err != nil {
+			return nil, usageError{fmt.Errorf("--job-repo: %w", err)}
+		}
+	}
+	for i, r := range so.roots {
+		if jobs.Roots[i], err = filepath.Abs(r); err != nil {
+			return nil, usageError{fmt.Errorf("--root: %w", err)}
+		}
+	}
+	return jobs, nil
 }
 
 func runServe(ctx context.Context, g *globals, so serveOpts) error {
@@ -63,7 +104,10 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	if err != nil {
 		return err
 	}
-	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log, Serve: serve, Roots: so.roots}
+	jobs, err := stagingJobs(g, so, serve)
+	if err != nil {
+		return err
+	}
 	// A mover restarted after a crash first stops the instances and
 	// detaches the mounts its interrupted sessions left.
 	if n, err := orchestrator.ReclaimOrphans(ctx, g.home, g.log); err != nil {

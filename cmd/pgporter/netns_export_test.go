@@ -88,7 +88,8 @@ func newNetnsExport(t *testing.T, extraSQL string) *netnsExport {
 	spec := func(h *testsupport.Host, home string) string { return listen(h) + "#" + ids[home].String() }
 	e.repoSpec, e.stagingSpec, e.targetSpec = spec(e.repoH, repoHome), spec(e.stagingH, e.stagingHome), spec(e.targetH, targetHome)
 	e.repoArgs = []string{"--home", repoHome, "mover", "serve", "--listen", listen(e.repoH), "--repo", repo}
-	e.stagingArgs = []string{"--home", e.stagingHome, "mover", "serve", "--listen", listen(e.stagingH)}
+	// The staging host decides where it stages dumps, not the orchestrator.
+	e.stagingArgs = []string{"--home", e.stagingHome, "mover", "serve", "--listen", listen(e.stagingH), "--staging-dir", e.stagingDir}
 	e.targetArgs = []string{"--home", targetHome, "mover", "serve", "--listen", listen(e.targetH), "--root", root, "--metrics", netnsMetricsAddr}
 	e.repo = startMover(t, e.repoH, e.repoArgs...)
 	e.target = startMover(t, e.targetH, e.targetArgs...)
@@ -128,7 +129,7 @@ func (e *netnsExport) export(t *testing.T, flags ...string) *proc {
 func (e *netnsExport) exportTo(t *testing.T, to string, flags ...string) *proc {
 	t.Helper()
 	args := []string{"--home", e.orchHome, "export", "--repo-peer", e.repoSpec, "--staging", e.stagingSpec, "--target", e.targetSpec,
-		"--db", "shop", "--db", "crm", "--to", to, "--staging-dir", e.stagingDir, "--json"}
+		"--db", "shop", "--db", "crm", "--to", to, "--json"}
 	return startInHost(t, e.orchH, append(args, flags...)...)
 }
 

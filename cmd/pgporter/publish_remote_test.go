@@ -52,7 +52,9 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	orchHome, orchID := initHome()
 	root := t.TempDir()
 	require.NoError(t, os.Chmod(root, 0o755))
-	srv := startProc(t, "--home", moverHome, "mover", "serve", "--listen", "127.0.0.1:0", "--root", root)
+	// The mover decides which local repository jobs read: publish --on
+	// --repo names that one, or is refused.
+	srv := startProc(t, "--home", moverHome, "mover", "serve", "--listen", "127.0.0.1:0", "--root", root, "--job-repo", repo)
 	addr := srv.waitListening(t)
 	peer := addr + "#" + moverID
 	port, port2 := freeTCPPort(t), freeTCPPort(t)
@@ -194,7 +196,7 @@ func TestPublishOnMoverRestart(t *testing.T) {
 
 	// The restarted mover (same address) recovers them before it listens.
 	restartStart := time.Now()
-	srv = startProc(t, "--home", moverHome, "mover", "serve", "--listen", addr, "--root", root)
+	srv = startProc(t, "--home", moverHome, "mover", "serve", "--listen", addr, "--root", root, "--job-repo", repo)
 	require.Equal(t, addr, srv.waitListening(t))
 	t.Logf("mover restart, one publication resumed and one cleaned: listening after %v", time.Since(restartStart).Round(time.Millisecond))
 	back := moverPublication(t, moverHome, p1.ID)

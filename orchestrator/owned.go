@@ -1,0 +1,90 @@
+package orchestrator
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// OwnerMarker is the file pgporter drops into a directory it creates and
+// may later remove whole (a session's staging directory): it holds the
+// session ID. pgporter removes such a directory only if the marker is
+// there and names the session, so a path that a journal, a peer or a
+// crash points at something else is left alone.
+const OwnerMarker = ".pgporter-owned"
+
+// ErrNotOwned is returned for a directory pgporter was asked to remove or
+// reuse that it did not create and mark as its own.
+var ErrNotOwned = errors.New("not a directory pgporter created")
+
+// makeOwnedDir creates dir (its parents as needed) as session id's own,
+// with the marker; a dir that exists must carry id's marker already (an
+// earlier run of the session made it).
+func makeOwnedDir(dir, id string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	err := os.Mkdir(dir, 0o755)
+	if errors.Is(err, fs.ErrExist) {
+		return checkOwned(dir, id)
+	}
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, OwnerMarker), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return fmt.Errorf("marking %s as pgporter's: %w", dir, err)
+	}
+	_, err = f.WriteString(id)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("marking %s as pgporter's: %w", dir, err)
+	}
+	return nil
+}
+
+// checkOwned returns nil if dir is a real directory (not a link) holding
+// session id's marker.
+func checkOwned(dir, id string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is a %s, not a directory made by session %s; left as it is", ErrNotOwned, dir, fi.Mode().Type(), id)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, OwnerMarker), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("%w: %s has no %s marker of session %s (%v); left as it is: remove it yourself if it is yours to remove", ErrNotOwned, dir, OwnerMarker, id, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 256))
+	if err != nil {
+		return err
+	}
+	if string(b) != id {
+		return fmt.Errorf("%w: the %s marker in %s names %q, not session %s; left as it is", ErrNotOwned, OwnerMarker, dir, b, id)
+	}
+	return nil
+}
+
+// removeOwned removes dir and everything in it if session id created it
+// (see OwnerMarker); a dir that does not exist is fine, any other refused.
+func removeOwned(dir, id string) error {
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := checkOwned(dir, id); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}

@@ -1,0 +1,255 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pgporter/pgporter/mover"
+	"github.com/stretchr/testify/require"
+)
+
+// A peer trusted only with orchestrate used to choose the staging mover's
+// staging directory, session IDs, local --to, OS user, local repository
+// and a publication's listen address (issue 15: "orchestrate is
+// root-equivalent"). These tests replay each attack over real QUIC on
+// loopback against a real mover and check that it is refused and that
+// nothing outside the mover's roots is created or removed.
+
+// hostileMover is a staging mover with its own settings, and a peer that
+// it trusts with orchestrate only.
+type hostileMover struct {
+	m          testMover
+	jobs       *StagingJobs
+	root       string // the mover's only root
+	stagingDir string // the mover's --staging-dir
+	sender     *mover.Sender
+}
+
+func newHostileMover(t *testing.T) *hostileMover {
+	t.Helper()
+	home, peerHome := t.TempDir(), t.TempDir()
+	h := &hostileMover{root: t.TempDir(), stagingDir: t.TempDir()}
+	h.jobs = &StagingJobs{Home: home, Roots: []string{h.root}, StagingDir: h.stagingDir,
+		Serve: ServeCommand{Args: []string{"/bin/false"}}}
+	h.m = serveMover(t, mover.ServerOptions{Home: home, Roots: []string{h.root}, Jobs: h.jobs})
+	trust(t, home, identity(t, peerHome), mover.PermOrchestrate)
+	var err error
+	h.sender, err = mover.NewSender(peerHome, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { h.sender.Close() })
+	return h
+}
+
+// run hands the mover a job, as any orchestrator can.
+func (h *hostileMover) run(t *testing.T, body any) error {
+	t.Helper()
+	b, err := json.Marshal(body)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return h.sender.RunJob(ctx, h.m.addr, h.m.id, b, func([]byte) {})
+}
+
+// victim is a directory with a file, outside every root of the mover.
+func victim(t *testing.T, dir string) string {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	f := filepath.Join(dir, "precious")
+	require.NoError(t, os.WriteFile(f, []byte("keep me"), 0o644))
+	return f
+}
+
+// TestPeerStagingDirRefused: before, a job with staging_dir outside every
+// root, then a cancel of it, removed STAGING_DIR/SESSION. Now the job is
+// refused with the mover's setting named, and the cancel removes nothing.
+func TestPeerStagingDirRefused(t *testing.T) {
+	h := newHostileMover(t)
+	outside := t.TempDir()
+	id := newSessionID(time.Now())
+	precious := victim(t, filepath.Join(outside, id))
+
+	plan := Plan{RepoPeer: h.m.spec(), Target: h.m.spec(), RestorePoint: "latest", Databases: []string{"shop"}, To: "/srv/x", StagingDir: outside}
+	err := h.run(t, job{Session: id, Plan: plan})
+	require.ErrorContains(t, err, "staging_dir is set by the staging mover (--staging-dir)")
+	require.NoError(t, h.run(t, job{Session: id, Plan: plan, Cancel: true}), "nothing to cancel: it never started")
+	require.FileExists(t, precious)
+
+	// The built-in default, or the mover's own value, is no choice: it
+	// passes this check (and fails later, on the unreachable repository).
+	plan.StagingDir = h.stagingDir
+	err = h.run(t, job{Session: id, Plan: plan})
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "staging_dir")
+}
+
+// TestPeerCancelUnmarkedDir: a session journaled with a staging directory
+// the mover does not own (a journal from before this check, or a path
+// swapped under it) is cancelled without removing a directory that lacks
+// the session's marker.
+func TestPeerCancelUnmarkedDir(t *testing.T) {
+	h := newHostileMover(t)
+	outside := t.TempDir()
+	id := newSessionID(time.Now())
+	precious := victim(t, filepath.Join(outside, id))
+	j, err := OpenJournal(h.jobs.Home)
+	require.NoError(t, err)
+	require.NoError(t, j.Put(&Session{ID: id, State: StateFailed, Created: time.Now().UTC(),
+		Plan: Plan{StagingDir: outside, RepoPeer: h.m.spec(), Target: h.m.spec(), To: "/srv/x", Databases: []string{"shop"}}}))
+
+	err = h.run(t, job{Session: id, Cancel: true})
+	require.ErrorContains(t, err, OwnerMarker)
+	require.FileExists(t, precious)
+
+	// A marker of another session does not do either.
+	require.NoError(t, os.WriteFile(filepath.Join(outside, id, OwnerMarker), []byte(newSessionID(time.Now().Add(time.Hour))), 0o644))
+	require.ErrorContains(t, h.run(t, job{Session: id, Cancel: true}), "not session "+id)
+	require.FileExists(t, precious)
+
+	// Its own marker: the directory is pgporter's, and goes.
+	require.NoError(t, os.WriteFile(filepath.Join(outside, id, OwnerMarker), []byte(id), 0o644))
+	require.NoError(t, h.run(t, job{Session: id, Cancel: true}))
+	require.NoDirExists(t, filepath.Join(outside, id))
+}
+
+// TestPeerToOutsideRoots: before, a job whose local to (no target: the
+// staging host is the target) lay outside every root created it. Now it is
+// refused and not created, also through a link inside a root that points
+// out of it.
+func TestPeerToOutsideRoots(t *testing.T) {
+	h := newHostileMover(t)
+	outside := t.TempDir()
+	require.NoError(t, os.Symlink(outside, filepath.Join(h.root, "escape")))
+	for _, to := range []string{
+		filepath.Join(outside, "made"),
+		filepath.Join(h.root, "escape", "made"),
+		filepath.Join(h.root, "escape"),
+		h.root + "/../" + filepath.Base(outside) + "/made",
+	} {
+		t.Run(to, func(t *testing.T) {
+			plan := Plan{RepoPeer: h.m.spec(), RestorePoint: "latest", Databases: []string{"shop"}, To: to}
+			err := h.run(t, job{Session: newSessionID(time.Now()), Plan: plan})
+			require.Error(t, err)
+			require.Regexp(t, "outside this mover's roots|clean absolute path", err.Error())
+			require.NoDirExists(t, filepath.Join(outside, "made"))
+		})
+	}
+	// --overwrite from a peer would rename and then delete what is in a root.
+	plan := Plan{RepoPeer: h.m.spec(), RestorePoint: "latest", Databases: []string{"shop"}, To: filepath.Join(h.root, "in"), Overwrite: true}
+	require.ErrorContains(t, h.run(t, job{Session: newSessionID(time.Now()), Plan: plan}), "overwrite is not accepted from a peer")
+
+	// The same for an export from a publication on this mover.
+	pj := pubJob{Kind: pubJobSession, Session: newSessionID(time.Now()), Plan: &Plan{Published: "p-1", Databases: []string{"shop"}, To: filepath.Join(h.root, "escape", "made")}}
+	require.ErrorContains(t, h.run(t, pj), "outside this mover's roots")
+	require.NoDirExists(t, filepath.Join(outside, "made"))
+}
+
+// TestPeerSessionIDs: before, any word was a session ID ("etc", with a
+// staging_dir of "/", named /etc). Only the IDs pgporter makes pass now.
+func TestPeerSessionIDs(t *testing.T) {
+	h := newHostileMover(t)
+	for _, id := range []string{"etc", "../x", "x-1", "", "x-20261126-040210-95042/", "x-20261126-040210-../../", "x-20261399-040210-950424", "x-20261126-040210-95042G", "X-20261126-040210-950424"} {
+		t.Run(id, func(t *testing.T) {
+			require.False(t, validSessionID(id))
+			plan := Plan{RepoPeer: h.m.spec(), Target: h.m.spec(), To: "/srv/x", Databases: []string{"shop"}}
+			require.ErrorContains(t, h.run(t, job{Session: id, Plan: plan}), "bad session ID")
+			require.ErrorContains(t, h.run(t, job{Session: id, Cancel: true}), "bad session ID")
+			require.ErrorContains(t, h.run(t, pubJob{Kind: pubJobCancelSession, Session: id}), "bad session ID")
+		})
+	}
+	require.True(t, validSessionID(newSessionID(time.Now())))
+	require.True(t, validSessionID("x-20261126-040210-950424"))
+}
+
+// TestPeerHostSettingsRefused: the OS user, a local repository and a
+// publication's listen address are the mover's; a peer's values are
+// refused with the mover's flag named.
+func TestPeerHostSettingsRefused(t *testing.T) {
+	h := newHostileMover(t)
+	repo := t.TempDir()
+	exp := func(p Plan) job {
+		p.Databases, p.RestorePoint = []string{"shop"}, "latest"
+		if p.Target == "" {
+			p.Target = h.m.spec()
+		}
+		p.To = "/srv/x"
+		return job{Session: newSessionID(time.Now()), Plan: p}
+	}
+	for name, tc := range map[string]struct {
+		body any
+		want string
+	}{
+		"export os_user":           {exp(Plan{RepoPeer: h.m.spec(), OSUser: "root"}), "os_user is set by the staging mover (--os-user)"},
+		"export repo":              {exp(Plan{Repo: repo}), "repo is set by the staging mover (--job-repo)"},
+		"export repo beside peer":  {exp(Plan{Repo: repo, RepoPeer: h.m.spec()}), "not a local repo"},
+		"session staging_dir":      {pubJob{Kind: pubJobSession, Session: newSessionID(time.Now()), Plan: &Plan{Published: "p-1", Databases: []string{"a"}, To: h.root, StagingDir: "/"}}, "staging_dir is set by the staging mover (--staging-dir)"},
+		"publish os_user":          {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{RepoPeer: h.m.spec(), Port: 5999, OSUser: "root"}}, "os_user is set by the staging mover (--os-user)"},
+		"publish listen":           {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{RepoPeer: h.m.spec(), Port: 5999, Listen: "*"}}, "listen is set by the staging mover (--publish-listen)"},
+		"publish repo":             {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{Repo: repo, Port: 5999}}, "repo is set by the mover (--job-repo)"},
+		"publish repo not the one": {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{Repo: "/", Port: 5999}}, "repo is set by the mover (--job-repo)"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := h.run(t, tc.body)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+	sessions, err := h.jobs.journal(t).List()
+	require.NoError(t, err)
+	require.Empty(t, sessions, "no refused job journaled a session")
+	pubs, err := h.jobs.journal(t).ListPublications()
+	require.NoError(t, err)
+	require.Empty(t, pubs, "no refused job journaled a publication")
+
+	// With --job-repo, a job may name that repository (links resolved),
+	// and a job naming none gets it.
+	h.jobs.Repo = repo
+	link := filepath.Join(t.TempDir(), "repo-link")
+	require.NoError(t, os.Symlink(repo, link))
+	p := Plan{Repo: link, Target: h.m.spec()}
+	require.NoError(t, h.jobs.confinePlan(&p))
+	require.Equal(t, repo, p.Repo)
+	p = Plan{To: filepath.Join(h.root, "new")}
+	require.NoError(t, h.jobs.confinePlan(&p))
+	require.Equal(t, filepath.Join(h.root, "new"), p.To)
+	require.Equal(t, repo, p.Repo)
+	require.Equal(t, h.stagingDir, p.StagingDir)
+	require.Equal(t, "postgres", p.OSUser)
+	o := PublishOptions{Repo: link, Listen: "127.0.0.1", OSUser: "postgres"}
+	require.NoError(t, h.jobs.confinePublish(&o))
+	require.Equal(t, repo, o.Repo)
+}
+
+func (j *StagingJobs) journal(t *testing.T) *Journal {
+	jr, err := OpenJournal(j.Home)
+	require.NoError(t, err)
+	return jr
+}
+
+// TestOwnedDir: a directory is made with its session's marker, taken over
+// by the same session only, and removed only with the marker.
+func TestOwnedDir(t *testing.T) {
+	base := t.TempDir()
+	id, other := "x-20261126-040210-950424", "x-20261126-040210-950425"
+	dir := filepath.Join(base, "staging", id)
+	require.NoError(t, makeOwnedDir(dir, id))
+	require.NoError(t, makeOwnedDir(dir, id), "a retry takes its own directory over")
+	require.ErrorIs(t, makeOwnedDir(dir, other), ErrNotOwned)
+	require.ErrorIs(t, removeOwned(dir, other), ErrNotOwned)
+	require.DirExists(t, dir)
+	require.NoError(t, removeOwned(dir, id))
+	require.NoDirExists(t, dir)
+	require.NoError(t, removeOwned(dir, id), "gone already")
+
+	// A link planted where the session directory goes is not followed.
+	target := t.TempDir()
+	precious := victim(t, target)
+	require.NoError(t, os.Symlink(target, dir))
+	require.ErrorIs(t, makeOwnedDir(dir, id), ErrNotOwned)
+	require.ErrorIs(t, removeOwned(dir, id), ErrNotOwned)
+	require.NoError(t, os.WriteFile(filepath.Join(target, OwnerMarker), []byte(id), 0o644))
+	require.ErrorIs(t, removeOwned(dir, id), ErrNotOwned, "a link to a marked directory is still a link")
+	require.FileExists(t, precious)
+}
