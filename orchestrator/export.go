@@ -460,6 +460,11 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			out.Detail += "; started without the missing preload libraries " + strings.Join(in.Dropped, ", ")
 			r.emit(Event{Step: StepStart, Kind: "warning", Text: out.Detail})
 		}
+		if len(in.Neutralised) > 0 {
+			text := "removed role and database settings that load code or run programs; the dump does not carry them: " + strings.Join(in.Neutralised, "; ")
+			out.Detail += "; " + text
+			r.emit(Event{Step: StepStart, Kind: "warning", Text: text})
+		}
 		return x.update(func(s *Session) { s.Resources.InstancePID = in.PID() })
 	})
 	if err != nil {

@@ -60,7 +60,8 @@ func mountOverlay(p *Publication) error {
 		return err
 	}
 	opts := "lowerdir=" + p.Lower() + ",upperdir=" + p.UpperDir() + ",workdir=" + p.workDir()
-	if err := unix.Mount("overlay", p.Mountpoint(), "overlay", 0, opts); err != nil {
+	// noexec as on the FUSE mount below: no library of the backup loads.
+	if err := unix.Mount("overlay", p.Mountpoint(), "overlay", unix.MS_NOEXEC|unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mounting the copy-on-write overlay at %s (%s): %w", p.Mountpoint(), opts, err)
 	}
 	return nil

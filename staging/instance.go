@@ -3,6 +3,7 @@ package staging
 import (
 	"bufio"
 	"context"
+	hexpkg "encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -113,6 +114,11 @@ type Instance struct {
 	LogFile   string
 	// Dropped lists preload libraries left out because they are missing.
 	Dropped []string
+	// Neutralised lists the role and database settings (ALTER ROLE/DATABASE
+	// … SET) that loaded code or ran programs and were removed from the
+	// instance's catalog before it started, as "role/database: name=value"
+	// ("*" for all). The instance's dumps do not carry them.
+	Neutralised []string
 
 	cmd  *exec.Cmd
 	done chan error // receives the exit of the server process once
@@ -218,6 +224,14 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 		}
 	}
 	args = append(args, minimumSettings(bin, o.DataDir)...)
+	// A postgresql.conf may point data_directory elsewhere, and
+	// external_pid_file at any file the postgres OS user may write.
+	args = append(args, "-c", "data_directory="+o.DataDir, "-c", "external_pid_file="+filepath.Join(o.RunDir, "postgres.pid"))
+	codeArgs, err := codeSettingArgs(bin)
+	if err != nil {
+		return nil, err
+	}
+	args = append(args, codeArgs...)
 	preload, missing := preloadLibraries(bin, o.DataDir)
 	if len(missing) > 0 {
 		if !o.AllowMissingPreload {
@@ -226,8 +240,14 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 		in.Dropped = missing
 		o.Log.Warn("starting without missing preload libraries", "missing", strings.Join(missing, ","))
 	}
-	if preload != nil {
-		args = append(args, "-c", "shared_preload_libraries="+strings.Join(preload, ","))
+	// Always set: the backup's value never reaches the server, only the
+	// installed libraries it names.
+	args = append(args, "-c", "shared_preload_libraries="+strings.Join(preload, ","))
+	if in.Neutralised, err = scrubRoleSettings(ctx, bin, o.DataDir, in.LogFile, cred, args); err != nil {
+		return nil, err
+	}
+	if len(in.Neutralised) > 0 {
+		o.Log.Warn("removed role and database settings that load code or run programs", "settings", strings.Join(in.Neutralised, "; "))
 	}
 	logf, err := os.OpenFile(in.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -436,6 +456,8 @@ func minimumSettings(bin, dataDir string) []string {
 	return args
 }
 
+var plainLibName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+
 var preloadRe = regexp.MustCompile(`(?m)^\s*shared_preload_libraries\s*=?\s*'([^']*)'`)
 
 // preloadLibraries reads shared_preload_libraries from the configuration
@@ -470,8 +492,14 @@ func preloadLibraries(bin, dataDir string) (keep, missing []string) {
 			continue
 		}
 		name := strings.TrimPrefix(lib, "$libdir/")
+		// Only an installed library by its plain name: a path ("../x", "/x")
+		// would load whatever file it points at.
+		if !plainLibName.MatchString(name) {
+			missing = append(missing, lib)
+			continue
+		}
 		if _, err := os.Stat(filepath.Join(libdir, name+".so")); err == nil {
-			keep = append(keep, lib)
+			keep = append(keep, name)
 		} else {
 			missing = append(missing, lib)
 		}
@@ -490,4 +518,153 @@ func LogTail(name string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// codeSettings are the server settings that load code or run programs,
+// with the value that makes each do nothing. A backup may set any of them
+// in its configuration files (overridden by the command line) or, for those
+// a superuser may set, in pg_db_role_setting (which overrides the command
+// line, so scrubRoleSettings removes them there). shared_preload_libraries
+// is set apart: to the installed libraries the backup names.
+var codeSettings = []struct{ name, value string }{
+	{"session_preload_libraries", ""},
+	{"local_preload_libraries", ""},
+	{"dynamic_library_path", "$libdir"},
+	{"extension_destdir", ""}, // prefixed to $libdir when loading a function's library
+	{"jit_provider", "llvmjit"},
+	{"jit", "off"},
+	{"archive_command", ""},
+	{"archive_library", ""},
+	{"restore_command", ""},
+	{"recovery_end_command", ""},
+	{"archive_cleanup_command", ""},
+	{"ssl_passphrase_command", ""},
+	// Placeholders of procedural languages: code run when the language
+	// starts in a session.
+	{"plperl.on_init", ""},
+	{"plperl.on_plperl_init", ""},
+	{"plperl.on_plperlu_init", ""},
+	{"pltcl.start_proc", ""},
+	{"pltclu.start_proc", ""},
+	{"plv8.start_proc", ""},
+}
+
+// codeSettingArgs returns the -c options that neutralise codeSettings,
+// leaving out the core settings this server version does not know (an
+// unknown one would stop it); placeholders (with a dot) are always known.
+func codeSettingArgs(bin string) ([]string, error) {
+	out, err := exec.Command(filepath.Join(bin, "postgres"), "--describe-config").Output()
+	if err != nil {
+		return nil, fmt.Errorf("listing the settings of %s: %w", filepath.Join(bin, "postgres"), err)
+	}
+	known := map[string]bool{}
+	for line := range strings.Lines(string(out)) {
+		name, _, _ := strings.Cut(line, "\t")
+		known[name] = true
+	}
+	var args []string
+	for _, s := range codeSettings {
+		if known[s.name] || strings.Contains(s.name, ".") {
+			args = append(args, "-c", s.name+"="+s.value)
+		}
+	}
+	return args, nil
+}
+
+// scrubMarker prefixes the lines of the single-user run that scrubRoleSettings reads.
+const scrubMarker = "pgporter-scrub:"
+
+// scrubRoleSettings removes every codeSettings entry from the role and
+// database settings (pg_db_role_setting) of the data directory's catalog,
+// before any connection can apply them: PostgreSQL applies them at the
+// start of every session, over the command line, and loads
+// session_preload_libraries right after. It runs postgres in single-user
+// mode, which ignores pg_db_role_setting, with the instance's own
+// command-line settings. It returns what it removed.
+func scrubRoleSettings(ctx context.Context, bin, dataDir, logFile string, cred *syscall.Credential, args []string) ([]string, error) {
+	var names []string
+	for _, s := range codeSettings {
+		names = append(names, "'"+s.name+"'")
+	}
+	// A name matches as PostgreSQL reads it: case-insensitive, "-" as "_".
+	bad := "lower(translate(split_part(s, '=', 1), '-', '_')) = ANY (ARRAY[" + strings.Join(names, ",") + "])"
+	hex := func(sql string) string { return "encode(convert_to(" + sql + ", 'UTF8'), 'hex')" }
+	// One statement a line; the hex keeps hostile names and values to one
+	// line of output each. The last line proves the result, whatever came
+	// before it (an aborted transaction prints no error on stdout).
+	script := strings.Join([]string{
+		"BEGIN",
+		"SELECT '" + scrubMarker + "removed:' || " + hex("coalesce((SELECT rolname FROM pg_authid WHERE oid = r.setrole), '*') || '/' || coalesce((SELECT datname FROM pg_database WHERE oid = r.setdatabase), '*') || ': ' || s") + " FROM pg_db_role_setting r, unnest(r.setconfig) s WHERE " + bad,
+		"UPDATE pg_db_role_setting SET setconfig = ARRAY(SELECT s FROM unnest(setconfig) s WHERE NOT " + bad + ") WHERE EXISTS (SELECT FROM unnest(setconfig) s WHERE " + bad + ")",
+		"DELETE FROM pg_db_role_setting WHERE cardinality(setconfig) = 0",
+		"COMMIT",
+		"SELECT '" + scrubMarker + "left:' || count(*) FROM pg_db_role_setting r, unnest(r.setconfig) s WHERE " + bad,
+		"",
+	}, "\n")
+	var lastErr string
+	// pg_db_role_setting is shared by every database; any one will do.
+	for _, db := range []string{"template1", "postgres", "template0"} {
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "postgres"), append(append([]string{"--single"}, args...), db)...)
+		cmd.Stdin = strings.NewReader(script)
+		cmd.Env = []string{"LANG=C.UTF-8", "PATH=/usr/bin:/bin"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if cred != nil {
+			cmd.SysProcAttr.Credential = cred
+		}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		appendLog(logFile, "single-user run removing role and database settings that load code:\n"+stderr.String())
+		removed, left := []string(nil), ""
+		for line := range strings.Lines(string(out)) {
+			_, v, ok := strings.Cut(line, scrubMarker)
+			if !ok {
+				continue
+			}
+			v, _, _ = strings.Cut(v, "\"")
+			switch {
+			case strings.HasPrefix(v, "removed:"):
+				b, derr := hexDecode(strings.TrimPrefix(v, "removed:"))
+				if derr == nil {
+					removed = append(removed, b)
+				}
+			case strings.HasPrefix(v, "left:"):
+				left = strings.TrimPrefix(v, "left:")
+			}
+		}
+		if err == nil && left == "0" {
+			return removed, nil
+		}
+		lastErr = fmt.Sprintf("%v: %s", err, lastLines(stderr.String(), 10))
+		if err == nil {
+			lastErr = fmt.Sprintf("%q settings are left: %s", left, lastLines(stderr.String(), 10))
+		}
+		if !strings.Contains(stderr.String(), "does not exist") {
+			break
+		}
+	}
+	return nil, fmt.Errorf("removing role and database settings that load code, in single-user mode: %s", lastErr)
+}
+
+func hexDecode(s string) (string, error) {
+	b, err := hexpkg.DecodeString(strings.TrimSpace(s))
+	return string(b), err
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// appendLog adds text to the instance's log file, best effort.
+func appendLog(name, text string) {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.WriteString(text)
 }

@@ -168,7 +168,10 @@ func Mount(ctx context.Context, mountpoint string, tree []chunkstore.Node, chunk
 			// pipe first, and fails (logging each time) for a 1 MiB read,
 			// which with its header does not fit the default largest pipe.
 			DisableSplice: true,
-			Options:       []string{"default_permissions"},
+			// noexec: nothing of a backup is executed or mapped as code
+			// (dlopen of a library in the data directory fails), whatever
+			// its settings or catalog name.
+			Options: []string{"default_permissions", "noexec", "nosuid", "nodev"},
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
