@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
@@ -47,6 +51,10 @@ home whose background process is dead as that publication's --on-restart
 says: serve it again on the same copy-on-write layer, address and port
 (restart, the default), or unpublish it (cleanup).
 
+--metrics serves Prometheus metrics over HTTP without authentication: on a
+Unix socket (--metrics unix:/run/pgporter/metrics.sock) or a loopback address
+(--metrics 127.0.0.1:9448); another address works but is warned about.
+
 Example:
   pgporter mover serve --listen :7448 --root /srv/dumps --metrics 127.0.0.1:9448
   pgporter mover serve --listen :7448 --repo /srv/pgporter/repo`,
@@ -57,7 +65,7 @@ Example:
 	f.StringVar(&so.listen, "listen", ":7448", "UDP address to listen on")
 	f.StringArrayVar(&so.roots, "root", nil, "directory that transfers may write into (repeatable)")
 	f.StringVar(&so.repo, "repo", "", "backup repository to serve to peers trusted with read")
-	f.StringVar(&so.metrics, "metrics", "", "address for Prometheus metrics over HTTP (e.g. 127.0.0.1:9448)")
+	f.StringVar(&so.metrics, "metrics", "", "where to serve Prometheus metrics over HTTP, without authentication: a Unix socket (unix:/run/pgporter/metrics.sock, mode 0660) or a loopback address (127.0.0.1:9448); any other address is open to the network and warned about")
 	f.StringVar(&so.reserve, "reserve", "64M", "free space every transfer must leave on a root's filesystem")
 	f.StringVar(&so.stagingDir, "staging-dir", orchestrator.DefaultStagingDir, "where export jobs of peers trusted with orchestrate write their dumps (must be reachable by --os-user)")
 	f.StringVar(&so.osUser, "os-user", "postgres", "OS user that runs PostgreSQL for jobs of peers trusted with orchestrate")
@@ -91,6 +99,52 @@ func stagingJobs(g *globals, so serveOpts, serve orchestrator.ServeCommand) (*or
 		}
 	}
 	return jobs, nil
+}
+
+// listenMetrics listens where --metrics says: "unix:PATH" is a Unix socket
+// (a stale socket at PATH is replaced, any other file is not), anything
+// else a TCP address. The metrics have no authentication, so an address
+// that is not loopback gets a warning on stderr.
+func listenMetrics(addr string, stderr io.Writer) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" || !filepath.IsAbs(path) {
+			return nil, fmt.Errorf("unix:%s: want an absolute path, e.g. unix:/run/pgporter/metrics.sock", path)
+		}
+		if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == fs.ModeSocket {
+			_ = os.Remove(path) // left by a mover that was killed
+		}
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(path, 0o660); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		return ln, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%q: want unix:PATH or HOST:PORT (e.g. 127.0.0.1:9448): %w", addr, err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if !loopbackHost(host) {
+		fmt.Fprintf(stderr, "warning: --metrics %s serves metrics without authentication beyond this host; prefer a loopback address (127.0.0.1:PORT) or unix:PATH\n", addr)
+	}
+	return ln, nil
+}
+
+// loopbackHost reports whether a listen host reaches only this host:
+// "localhost" or a loopback IP. An empty host is every address.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func runServe(ctx context.Context, g *globals, so serveOpts) error {
@@ -127,7 +181,7 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 		return err
 	}
 	if so.metrics != "" {
-		ln, err := net.Listen("tcp", so.metrics)
+		ln, err := listenMetrics(so.metrics, g.stderr)
 		if err != nil {
 			return fmt.Errorf("--metrics: %w", err)
 		}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestMoverServeMetricsUnixSocket: metrics have no authentication, so
+// 'mover serve --metrics unix:PATH' serves them on a Unix socket (mode
+// 0660) that only local users with access to it reach (issue 15).
+func TestMoverServeMetricsUnixSocket(t *testing.T) {
+	home := t.TempDir()
+	code, _, errs := runCLI(t, "mover", "init", "--home", home)
+	require.Equal(t, 0, code, errs)
+	sock := filepath.Join(t.TempDir(), "metrics.sock")
+	srv := startProc(t, "--home", home, "mover", "serve", "--listen", "127.0.0.1:0", "--metrics", "unix:"+sock)
+	srv.waitListening(t)
+	fi, err := os.Stat(sock)
+	require.NoError(t, err)
+	require.Equal(t, os.ModeSocket, fi.Mode().Type())
+	require.Equal(t, os.FileMode(0o660), fi.Mode().Perm())
+
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := client.Get("http://metrics/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, string(body), "# TYPE")
+	require.NotContains(t, srv.stderr.String(), "warning: --metrics")
+
+	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
+	require.NoFileExists(t, sock, "the socket goes with the mover")
+}
+
+// TestListenMetrics: loopback addresses and Unix sockets are quiet, any
+// other address is warned about; a file that is not a socket is never
+// replaced.
+func TestListenMetrics(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		warn bool
+	}{
+		{"127.0.0.1:0", false},
+		{"[::1]:0", false},
+		{"localhost:0", false},
+		{"0.0.0.0:0", true},
+		{":0", true},
+		{"unix:" + filepath.Join(t.TempDir(), "m.sock"), false},
+	} {
+		t.Run(tc.addr, func(t *testing.T) {
+			var stderr bytes.Buffer
+			ln, err := listenMetrics(tc.addr, &stderr)
+			if err != nil && tc.addr == "[::1]:0" {
+				t.Skipf("no IPv6 loopback here: %v", err)
+			}
+			require.NoError(t, err)
+			ln.Close()
+			require.Equal(t, tc.warn, bytes.Contains(stderr.Bytes(), []byte("warning: --metrics")), stderr.String())
+		})
+	}
+	for _, bad := range []string{"unix:", "unix:relative.sock", "9448"} {
+		_, err := listenMetrics(bad, io.Discard)
+		require.Error(t, err, bad)
+	}
+	file := filepath.Join(t.TempDir(), "not-a-socket")
+	require.NoError(t, os.WriteFile(file, []byte("keep"), 0o644))
+	_, err := listenMetrics("unix:"+file, io.Discard)
+	require.Error(t, err)
+	require.FileExists(t, file)
+	// A socket left by a killed mover is replaced.
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	l, err := net.Listen("unix", stale)
+	require.NoError(t, err)
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	ln, err := listenMetrics("unix:"+stale, io.Discard)
+	require.NoError(t, err)
+	ln.Close()
+}
