@@ -638,6 +638,9 @@ func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, 
 	if err != nil {
 		return err
 	}
+	if err := x.update(func(s *Session) { s.Step(transferStep(db)).Manifest = res.ManifestBLAKE3 }); err != nil {
+		return err
+	}
 	out.Bytes, out.WireBytes = res.Bytes, res.WireBytes
 	out.Detail = fmt.Sprintf("%d files, %d chunks sent, %d skipped", res.Files, res.ChunksSent, res.ChunksSkipped)
 	return nil

@@ -42,12 +42,12 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 		return err
 	}
 	err = sender.RunJob(ctx, addr, peer, body, func(ev []byte) {
-		var e Event
+		var e jobEvent
 		if json.Unmarshal(ev, &e) != nil {
 			return
 		}
-		x.mirror(e)
-		r.emit(e)
+		x.mirrorJob(e)
+		r.emit(e.Event)
 	})
 	if err != nil {
 		// Steps the staging mover was running when it failed failed with it.
@@ -63,8 +63,19 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 	return nil
 }
 
-// mirror records a staging mover's step event in this journal.
-func (x *sessionRun) mirror(e Event) {
+// jobEvent is an Event as a staging mover sends it: a transfer step's done
+// (or skip) event carries the BLAKE3 of the manifest the target committed.
+type jobEvent struct {
+	Event
+	Manifest string `json:"manifest_blake3,omitempty"`
+}
+
+// mirror records a mover's step event in this journal.
+func (x *sessionRun) mirror(e Event) { x.mirrorJob(jobEvent{Event: e}) }
+
+// mirrorJob records a staging mover's step event in this journal.
+func (x *sessionRun) mirrorJob(je jobEvent) {
+	e := je.Event
 	if e.Step == "" || e.Kind == "progress" || e.Kind == "warning" {
 		return
 	}
@@ -88,12 +99,16 @@ func (x *sessionRun) mirror(e Event) {
 		case "done":
 			st.State, st.Ended = StepDone, now
 			st.Bytes, st.WireBytes, st.Detail = e.Done, e.WireBytes, e.Text
+			st.Manifest = je.Manifest
 		case "skip":
 			if st.State != StepDone {
 				st.State, st.Ended = StepDone, now
 			}
 			if e.Done > 0 || e.WireBytes > 0 {
 				st.Bytes, st.WireBytes = e.Done, e.WireBytes
+			}
+			if je.Manifest != "" {
+				st.Manifest = je.Manifest
 			}
 		}
 	})
@@ -178,20 +193,27 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 	}
 	defer release()
 	var r *Runner
-	send := func(e Event) {
+	send := func(e jobEvent) {
 		if b, err := json.Marshal(e); err == nil {
 			emit(b)
 		}
 	}
 	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
-		if e.Kind == "skip" && e.Step != "" {
+		je := jobEvent{Event: e}
+		switch {
+		case e.Kind == "skip" && e.Step != "":
 			// A step done in an earlier run: the orchestrator may have missed
 			// its figures (it was killed before the done event reached it).
 			if s, err := r.j.Get(jb.Session); err == nil {
-				e = skipEvent(s.Step(e.Step))
+				je = skipEvent(s.Step(e.Step))
+			}
+		case e.Kind == "done" && strings.HasPrefix(e.Step, "transfer:"):
+			// Journaled here before the event: the orchestrator keeps it too.
+			if s, err := r.j.Get(jb.Session); err == nil {
+				je.Manifest = s.Step(e.Step).Manifest
 			}
 		}
-		send(e)
+		send(je)
 	}})
 	if err != nil {
 		return err
@@ -221,8 +243,8 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 }
 
 // skipEvent reports st, done in an earlier run, with its figures.
-func skipEvent(st *Step) Event {
-	return Event{Step: st.Name, Kind: "skip", Done: st.Bytes, Total: st.Bytes, WireBytes: st.WireBytes, Text: "done in an earlier run"}
+func skipEvent(st *Step) jobEvent {
+	return jobEvent{Event: Event{Step: st.Name, Kind: "skip", Done: st.Bytes, Total: st.Bytes, WireBytes: st.WireBytes, Text: "done in an earlier run"}, Manifest: st.Manifest}
 }
 
 // takeOver makes the calling job the only one running session id on this

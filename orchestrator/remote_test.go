@@ -2,10 +2,13 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/hex"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/stretchr/testify/require"
 )
@@ -98,6 +101,17 @@ func TestExportAcrossMovers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, StateDone, ss.State)
 	require.Equal(t, f.rp, ss.Plan.RestorePoint, "the staging side resolved latest once")
+	// Both journals hold each dump's manifest hash: the BLAKE3 of the
+	// pgporter-manifest.json the target committed.
+	for _, db := range plan.Databases {
+		man, err := os.ReadFile(filepath.Join(to, dbDirName(db), mover.ManifestName))
+		require.NoError(t, err)
+		sum := chunkstore.Sum(man)
+		want := hex.EncodeToString(sum[:])
+		require.Equal(t, want, s.Step(transferStep(db)).Manifest, db)
+		require.Equal(t, want, ss.Step(transferStep(db)).Manifest, db)
+		require.Equal(t, want, s.Manifests()[db])
+	}
 }
 
 // TestCancelAcrossMovers: cancelling a session that failed on a staging

@@ -60,6 +60,10 @@ type Step struct {
 	Detail    string    `json:"detail,omitempty"`
 	Error     string    `json:"error,omitempty"`
 	Attempts  int       `json:"attempts,omitempty"`
+	// Manifest is, for a done transfer step, the BLAKE3-256 (hex) of the
+	// pgporter-manifest.json the target committed, as its receiver
+	// reported it: what 'pgporter verify --expect' checks a dump against.
+	Manifest string `json:"manifest_blake3,omitempty"`
 }
 
 // Seconds is how long the step's last run took.
@@ -138,6 +142,20 @@ func (s *Session) Step(name string) *Step {
 	st := &Step{Name: name, State: StepPending}
 	s.Steps = append(s.Steps, st)
 	return st
+}
+
+// Manifests maps each database whose transfer is done to the BLAKE3 (hex)
+// of its committed manifest, where the journal holds one.
+func (s *Session) Manifests() map[string]string {
+	out := map[string]string{}
+	for _, db := range s.Plan.Databases {
+		for _, st := range s.Steps {
+			if st.Name == transferStep(db) && st.State == StepDone && st.Manifest != "" {
+				out[db] = st.Manifest
+			}
+		}
+	}
+	return out
 }
 
 // SessionDir is where the session's staging files live: dumps, the

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -94,6 +96,23 @@ func TestExportCLI(t *testing.T) {
 	code, out, errs = runCLI(t, "--home", home, "sessions", "show", res.Session)
 	require.Equal(t, 0, code, errs)
 	require.Regexp(t, `transfer:shop +done`, out)
+	// Each delivered dump's manifest hash is journaled and shown (issue 15):
+	// the BLAKE3 of the pgporter-manifest.json bytes the target committed.
+	for _, db := range []string{"shop", "crm"} {
+		man, err := os.ReadFile(filepath.Join(to, db, mover.ManifestName))
+		require.NoError(t, err)
+		sum := chunkstore.Sum(man)
+		require.Regexp(t, db+` +`+hex.EncodeToString(sum[:])+` +`+regexp.QuoteMeta(filepath.Join(to, db)), out)
+	}
+	code, out, errs = runCLI(t, "--home", home, "sessions", "show", res.Session, "--json")
+	require.Equal(t, 0, code, errs)
+	var shown struct {
+		ID        string            `json:"id"`
+		Manifests map[string]string `json:"manifests"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &shown), out)
+	require.Equal(t, res.Session, shown.ID)
+	require.Len(t, shown.Manifests, 2)
 
 	code, _, errs = runCLI(t, "--home", home, "retry", res.Session)
 	require.Equal(t, 0, code, errs)

@@ -35,7 +35,9 @@ func newSessionsCmd(g *globals) *cobra.Command {
 		Short: "List export sessions, or show one",
 		Long: `List export sessions, newest first, with their state: planned, checking,
 dumping, transferring, cleaning, done, failed or cancelled. 'sessions show ID'
-prints every step with its times, bytes and error.`,
+prints every step with its times, bytes and error, and for each delivered
+database the BLAKE3 of the pgporter-manifest.json the target committed
+('pgporter verify --expect HASH DIR' checks a dump against it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			j, err := openJournal(g)
@@ -88,7 +90,10 @@ prints every step with its times, bytes and error.`,
 				return err
 			}
 			if asJSON {
-				return writeJSONLine(g.stdout, s)
+				return writeJSONLine(g.stdout, struct {
+					*orchestrator.Session
+					Manifests map[string]string `json:"manifests"` // database → BLAKE3 of its committed manifest
+				}{s, s.Manifests()})
 			}
 			printSession(g.stdout, s)
 			return nil
@@ -126,4 +131,14 @@ func printSession(w io.Writer, s *orchestrator.Session) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%s\t%s\t%s\n", st.Name, st.State, started, st.Seconds(), humanSize(st.Bytes), humanSize(st.WireBytes), detail)
 	}
 	tw.Flush()
+	if m := s.Manifests(); len(m) > 0 {
+		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nDATABASE\tMANIFEST BLAKE3 (pgporter verify --expect)\tDUMP")
+		for _, db := range s.Plan.Databases {
+			if h, ok := m[db]; ok {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", db, h, s.TargetDir(db))
+			}
+		}
+		tw.Flush()
+	}
 }
