@@ -19,6 +19,7 @@ type publishOpts struct {
 	port                                         int
 	strictHBA, asJSON                            bool
 	onRestart                                    string
+	auth                                         string
 	on                                           string // a remote mover, ADDR#PEER_ID
 	resume                                       string // serve a dead publication again
 	serve                                        string // hidden: run as publication ID's background process
@@ -34,9 +35,13 @@ func newPublishCmd(g *globals) *cobra.Command {
 in HOME/publications/ID/serve.log) holds the mount and the instance until
 'pgporter unpublish ID'.
 
-Users connect with the roles and passwords of the backup, and the backup's
-own pg_hba.conf decides who may; --strict-hba replaces it by one that allows
-only password logins from the listen address's network. Writes go to a
+Users connect with the roles and passwords of the backup: by default
+(--auth password) only password logins, over the listen address's network
+and the instance's private socket. --auth backup-hba uses the backup's own
+pg_hba.conf and pg_ident.conf instead: a "trust" line there (the official
+Docker image ships "host all all all trust") lets anyone who reaches the
+port in as any role, superuser included. --strict-hba, the old spelling of
+the default, is accepted and deprecated. Writes go to a
 copy-on-write layer under HOME/publications/ID/cow, dropped by unpublish:
 the repository never changes. While published, a --repo repository is
 held open by the publication.
@@ -97,7 +102,9 @@ Examples:
 	f.StringVar(&o.restorePoint, "restore-point", "", "restore point ID, or latest")
 	f.IntVar(&o.port, "port", 0, "TCP port the instance listens on")
 	f.StringVar(&o.listen, "listen", "127.0.0.1", "IP address the instance listens on, or * for all")
-	f.BoolVar(&o.strictHBA, "strict-hba", false, "allow only password logins from the listen address's network instead of the backup's pg_hba.conf")
+	f.StringVar(&o.auth, "auth", orchestrator.AuthPassword, "how clients authenticate: password (only password logins from the listen address's network) or backup-hba (the backup's own pg_hba.conf, trust lines included)")
+	f.BoolVar(&o.strictHBA, "strict-hba", false, "allow only password logins (the default now)")
+	_ = f.MarkDeprecated("strict-hba", "password logins are the default (--auth password); --auth backup-hba keeps the backup's pg_hba.conf")
 	f.StringVar(&o.osUser, "os-user", "postgres", "OS user that runs PostgreSQL")
 	f.StringVar(&o.onRestart, "on-restart", orchestrator.OnRestartRestart, "what 'mover serve' does with the publication when it finds its background process dead: restart (same layer, address and port) or cleanup (unpublish)")
 	f.StringVar(&o.on, "on", "", "publish on the host of mover ADDR#PEER_ID (it must trust this home's ID with orchestrate); --repo is a path there")
@@ -117,7 +124,7 @@ func serveCommand(g *globals) (orchestrator.ServeCommand, error) {
 
 // runPublishResume serves a dead publication again.
 func runPublishResume(cmd *cobra.Command, g *globals, o publishOpts) error {
-	for _, name := range []string{"repo", "repo-peer", "retry-for", "restore-point", "port", "on", "listen", "strict-hba", "on-restart"} {
+	for _, name := range []string{"repo", "repo-peer", "retry-for", "restore-point", "port", "on", "listen", "strict-hba", "auth", "on-restart"} {
 		if cmd.Flags().Changed(name) {
 			return usagef("publish --resume ID takes no --%s: the publication keeps its own", name)
 		}
@@ -170,7 +177,7 @@ func checkPublishRepo(o publishOpts, on bool) error {
 func publishOptions(o publishOpts, serve []string) orchestrator.PublishOptions {
 	po := orchestrator.PublishOptions{
 		Repo: o.repo, RepoPeer: o.repoPeer, RestorePoint: o.restorePoint, Listen: o.listen, Port: o.port,
-		StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
+		Auth: o.auth, StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
 		Serve: serve,
 	}
 	if o.repoPeer != "" {
