@@ -53,7 +53,7 @@ func TestPublishRequiresPasswords(t *testing.T) {
 	p := publishCLI(t, home, repo, port)
 	require.Equal(t, orchestrator.AuthPassword, p.Auth)
 	require.ErrorContains(t, connectNoPassword(port), "password", "the backup's trust line must not apply")
-	pubConn(t, port, "shop").Close(context.Background()) // the backup's role, with its password
+	pubConn(t, port, "shop").Close(context.Background())          // the backup's role, with its password
 	code, _, errs := runCLI(t, "--home", home, "unpublish", p.ID) // a repository is published once at a time
 	require.Equal(t, 0, code, errs)
 
