@@ -118,7 +118,12 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 		if s.Step(transferStep(db)).State == StepDone {
 			continue // delivered and verified: the user's now
 		}
-		if err := os.RemoveAll(s.TargetDir(db) + ".partial"); err != nil {
+		// The embedded target mover made it a real directory; anything else
+		// there (a link planted by a local user) is not pgporter's.
+		partial := s.TargetDir(db) + ".partial"
+		if fi, err := os.Lstat(partial); err == nil && !fi.IsDir() {
+			r.o.Log.Warn("left as it is: not a directory the target mover made", "session", s.ID, "path", partial, "type", fi.Mode().Type().String())
+		} else if err := os.RemoveAll(partial); err != nil {
 			return s, err
 		}
 		if aside, ok := s.Resources.Aside[db]; ok {

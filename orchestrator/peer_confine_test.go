@@ -253,3 +253,32 @@ func TestOwnedDir(t *testing.T) {
 	require.ErrorIs(t, removeOwned(dir, id), ErrNotOwned, "a link to a marked directory is still a link")
 	require.FileExists(t, precious)
 }
+
+// TestCancelLeavesWhatIsNotOurs: a local cancel removes a session's
+// staging directory only with its marker, and a link planted at a
+// target's .partial only as a link: what it points at stays.
+func TestCancelLeavesWhatIsNotOurs(t *testing.T) {
+	home, to, sd := t.TempDir(), t.TempDir(), t.TempDir()
+	r := newRunner(t, home, nil)
+	id := newSessionID(time.Now())
+	put := func() {
+		require.NoError(t, r.j.Put(&Session{ID: id, State: StateFailed, Created: time.Now().UTC(),
+			Plan: Plan{Repo: "/nonexistent", To: to, StagingDir: sd, Databases: []string{"shop"}}}))
+	}
+	put()
+	precious := victim(t, filepath.Join(sd, id))
+	_, err := r.Cancel(context.Background(), id)
+	require.ErrorIs(t, err, ErrNotOwned)
+	require.FileExists(t, precious)
+
+	require.NoError(t, os.RemoveAll(filepath.Join(sd, id)))
+	elsewhere := t.TempDir()
+	precious = victim(t, elsewhere)
+	require.NoError(t, os.Symlink(elsewhere, filepath.Join(to, "shop.partial")))
+	s, err := r.Cancel(context.Background(), id)
+	require.NoError(t, err)
+	require.Equal(t, StateCancelled, s.State)
+	require.FileExists(t, precious)
+	_, err = os.Lstat(filepath.Join(to, "shop.partial"))
+	require.NoError(t, err, "a link pgporter did not make is left")
+}
