@@ -93,3 +93,23 @@ func TestListenMetrics(t *testing.T) {
 	require.NoError(t, err)
 	ln.Close()
 }
+
+// TestStagingSettingsBelongToTheMover: across hosts the staging mover
+// decides where it stages dumps and who runs PostgreSQL, so export
+// --staging refuses --staging-dir and --os-user, naming the mover's flag;
+// mover serve refuses a --publish-listen that is not an address.
+func TestStagingSettingsBelongToTheMover(t *testing.T) {
+	const peer = "127.0.0.1:7448#" + "AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA-AAAAAAA"
+	for _, flag := range []string{"--staging-dir", "--os-user"} {
+		code, _, errs := runCLI(t, "--home", t.TempDir(), "export", "--repo-peer", peer, "--staging", peer, "--target", peer,
+			"--db", "shop", "--to", "/srv/x", flag, "/")
+		require.Equal(t, exitUsage, code, errs)
+		require.Contains(t, errs, flag+" is set by the staging mover ('pgporter mover serve "+flag+"' on its host)")
+	}
+	home := t.TempDir()
+	code, _, errs := runCLI(t, "mover", "init", "--home", home)
+	require.Equal(t, 0, code, errs)
+	code, _, errs = runCLI(t, "--home", home, "mover", "serve", "--listen", "127.0.0.1:0", "--publish-listen", "example.com")
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "--publish-listen")
+}
