@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // OwnerMarker is the file pgporter drops into a directory it creates and
@@ -23,21 +25,46 @@ var ErrNotOwned = errors.New("not a directory pgporter created")
 
 // makeOwnedDir creates dir (its parents as needed) as session id's own,
 // with the marker; a dir that exists must carry id's marker already (an
-// earlier run of the session made it).
+// earlier run of the session made it). The directory appears with its
+// marker in place (made under a temporary name, then renamed), so a run
+// killed halfway leaves no unmarked directory that a retry would refuse.
 func makeOwnedDir(dir, id string) error {
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return err
-	}
-	err := os.Mkdir(dir, 0o755)
-	if errors.Is(err, fs.ErrExist) {
+	if _, err := os.Lstat(dir); err == nil {
 		return checkOwned(dir, id)
 	}
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(parent, ".pgporter-new-"+id+"-")
 	if err != nil {
 		return err
 	}
+	if err := writeMarker(tmp, id); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("marking %s as pgporter's: %w", dir, err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp makes it 0700
+		os.RemoveAll(tmp)
+		return err
+	}
+	// Never over something made meanwhile (rename would replace an empty
+	// directory or a link).
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE); err != nil {
+		os.RemoveAll(tmp)
+		if _, lerr := os.Lstat(dir); lerr == nil {
+			return checkOwned(dir, id) // made meanwhile
+		}
+		return err
+	}
+	return nil
+}
+
+// writeMarker writes session id's marker into dir, synced.
+func writeMarker(dir, id string) error {
 	f, err := os.OpenFile(filepath.Join(dir, OwnerMarker), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
-		return fmt.Errorf("marking %s as pgporter's: %w", dir, err)
+		return err
 	}
 	_, err = f.WriteString(id)
 	if serr := f.Sync(); err == nil {
@@ -46,10 +73,7 @@ func makeOwnedDir(dir, id string) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return fmt.Errorf("marking %s as pgporter's: %w", dir, err)
-	}
-	return nil
+	return err
 }
 
 // checkOwned returns nil if dir is a real directory (not a link) holding

@@ -235,7 +235,17 @@ func TestOwnedDir(t *testing.T) {
 	id, other := "x-20261126-040210-950424", "x-20261126-040210-950425"
 	dir := filepath.Join(base, "staging", id)
 	require.NoError(t, makeOwnedDir(dir, id))
+	entries, err := os.ReadDir(filepath.Dir(dir))
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "no temporary directory is left")
+	fi, err := os.Stat(dir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o755), fi.Mode().Perm())
 	require.NoError(t, makeOwnedDir(dir, id), "a retry takes its own directory over")
+	// An empty directory made by someone else is not taken over either.
+	empty := filepath.Join(base, "staging", other)
+	require.NoError(t, os.Mkdir(empty, 0o755))
+	require.ErrorIs(t, makeOwnedDir(empty, other), ErrNotOwned)
 	require.ErrorIs(t, makeOwnedDir(dir, other), ErrNotOwned)
 	require.ErrorIs(t, removeOwned(dir, other), ErrNotOwned)
 	require.DirExists(t, dir)
