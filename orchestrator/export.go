@@ -480,6 +480,11 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	}()
 
 	err = x.step(ctx, StepCheck, func(out *stepOutcome) error {
+		// The start read the WAL and more through the mount; PostgreSQL
+		// takes some failed reads (of WAL: its end) in its stride.
+		if err := mountReadErr(m); err != nil {
+			return err
+		}
 		rep, err := in.Check(ctx, staging.CheckOptions{
 			Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dir,
 			TargetFree: func(ctx context.Context) (int64, error) {
@@ -513,6 +518,9 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	if p.Globals {
 		err := x.step(ctx, StepGlobals, func(out *stepOutcome) error {
 			res, err := in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: r.o.Password, Dir: dir})
+			if err == nil {
+				err = mountReadErr(m)
+			}
 			if err != nil {
 				return err
 			}
@@ -547,6 +555,11 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 					}
 				},
 			})
+			if err == nil {
+				if err = mountReadErr(m); err != nil {
+					_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it
+				}
+			}
 			if err == nil && p.Globals {
 				// Beside pg_dump's files: pg_restore ignores it, the
 				// manifest covers it.
@@ -578,6 +591,15 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		}
 	}
 	return x.setState(StateTransferring)
+}
+
+// mountReadErr fails a step after which a read through the mount had
+// failed: what the instance made of the restore point may lack data.
+func mountReadErr(m *staging.Mounted) error {
+	if err := m.ReadErr(); err != nil {
+		return fmt.Errorf("the restore point could not be read whole (%w); PostgreSQL may have gone on without the data, so no dump is made from it", err)
+	}
+	return nil
 }
 
 // openRepo reads the restore point's tree from the local repository or the

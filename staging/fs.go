@@ -38,6 +38,50 @@ type filesys struct {
 	mu      sync.Mutex // guards nextIno, files
 	nextIno uint64
 	files   []*node // every regular file, so unmount can close CoW files
+
+	failMu    sync.Mutex // guards failed, firstFail
+	failed    int64      // reads and writes answered EIO for a chunk
+	firstFail *ReadError
+}
+
+// ReadError reports that reads through a mount failed because chunks of
+// the restore point could not be read or failed verification. A reader
+// gets EIO, which PostgreSQL sometimes tolerates (a WAL read error is taken
+// as the end of WAL, a statistics file is dropped), so what it produced
+// from the mount may silently lack data: the caller must not trust it.
+type ReadError struct {
+	Count int64         // failed reads in all
+	Chunk chunkstore.ID // of the first failure
+	Path  string        // the file of the first failure, relative to the mount
+	Err   error         // the first failure
+}
+
+func (e *ReadError) Error() string {
+	return fmt.Sprintf("%d read(s) through the mount failed; first: chunk %s of file %s: %v", e.Count, e.Chunk, e.Path, e.Err)
+}
+
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// readFailed counts a failed read of chunk id of file path.
+func (sys *filesys) readFailed(id chunkstore.ID, path string, err error) {
+	sys.failMu.Lock()
+	defer sys.failMu.Unlock()
+	sys.failed++
+	if sys.firstFail == nil {
+		sys.firstFail = &ReadError{Chunk: id, Path: path, Err: err}
+	}
+}
+
+// readErr returns a *ReadError if any read failed so far, else nil.
+func (sys *filesys) readErr() error {
+	sys.failMu.Lock()
+	defer sys.failMu.Unlock()
+	if sys.firstFail == nil {
+		return nil
+	}
+	e := *sys.firstFail
+	e.Count = sys.failed
+	return &e
 }
 
 // node is a directory, regular file or symlink of the mount.
@@ -276,6 +320,7 @@ func (n *node) errno(op string, err error) syscall.Errno {
 			return syscall.EINTR
 		}
 		n.sys.log.Error("staging: reading chunk failed", "chunk", ce.ID.String(), "path", n.Path(nil), "op", op, "err", ce.Err)
+		n.sys.readFailed(ce.ID, n.Path(nil), ce.Err)
 		return syscall.EIO
 	}
 	n.sys.log.Error("staging: file operation failed", "path", n.Path(nil), "op", op, "err", err)

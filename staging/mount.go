@@ -231,6 +231,13 @@ func setReadahead(dir string, bytes int) error {
 // Dir returns the mountpoint.
 func (m *Mounted) Dir() string { return m.dir }
 
+// ReadErr returns a *ReadError when any read or write through the mount
+// has failed so far for want of a good chunk, else nil. Whatever a process
+// made of the mount's content since it was mounted (an instance's
+// recovery, a dump) is then not to be trusted, even if the process did
+// not fail.
+func (m *Mounted) ReadErr() error { return m.sys.readErr() }
+
 // Unmount unmounts the filesystem, stops background fetches and closes the
 // CoW files. It fails (and may be called again) while the mount is busy.
 func (m *Mounted) Unmount() error {

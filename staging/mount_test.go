@@ -399,12 +399,20 @@ func TestCorruptChunkGivesEIO(t *testing.T) {
 	badID := bad.Chunks[2].ID
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	_, mnt := mountTree(t, tree, failingReader{ChunkReader: store, bad: badID}, MountOptions{Log: log})
+	m, mnt := mountTree(t, tree, failingReader{ChunkReader: store, bad: badID}, MountOptions{Log: log, Readahead: -1})
+	require.NoError(t, m.ReadErr())
 
 	_, err := os.ReadFile(filepath.Join(mnt, "base/1/16384"))
 	require.Error(t, err)
 	require.True(t, errors.Is(err, syscall.EIO), "got %v", err)
 	require.Contains(t, logs.String(), badID.String())
+	// The mount remembers it, for a caller whose reader shrugged it off.
+	re, isRead := errors.AsType[*ReadError](m.ReadErr())
+	require.True(t, isRead, "got %v", m.ReadErr())
+	require.Equal(t, badID, re.Chunk)
+	require.Equal(t, "base/1/16384", re.Path)
+	require.Positive(t, re.Count)
+	require.ErrorIs(t, re, chunkstore.ErrHashMismatch)
 
 	// The chunks before the bad one still read.
 	f, err := os.Open(filepath.Join(mnt, "base/1/16384"))
