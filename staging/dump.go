@@ -117,7 +117,12 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cmd := exec.CommandContext(dctx, filepath.Join(in.BinDir, "pg_dump"), args...)
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+o.Password, "PGCONNECT_TIMEOUT=30")
+	env, donePass, err := clientEnv(o.Password)
+	if err != nil {
+		return nil, err
+	}
+	defer donePass()
+	cmd.Env = env
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

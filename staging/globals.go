@@ -71,7 +71,12 @@ func (in *Instance) DumpGlobals(ctx context.Context, o GlobalsOptions) (*Globals
 		args = append(args, "--no-role-passwords")
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(in.BinDir, "pg_dumpall"), args...)
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+o.Password, "PGCONNECT_TIMEOUT=30")
+	env, donePass, err := clientEnv(o.Password)
+	if err != nil {
+		return nil, err
+	}
+	defer donePass()
+	cmd.Env = env
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ErrNoPassword is returned by ResolvePassword when no source has a password
@@ -215,4 +216,45 @@ func matchPgpassField(s, want string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// clientEnv returns the environment of a client program (pg_dump,
+// pg_dumpall) that connects to an instance with password: this process's
+// without any PG* variable that names a password, plus PGPASSFILE naming a
+// password file that only this OS user can read, in a directory made for
+// it. The password is not in the environment, which other processes of the
+// same user (and /proc/PID/environ) show. done removes the file and its
+// directory; call it once the program has exited.
+func clientEnv(password string) (env []string, done func(), err error) {
+	if strings.ContainsAny(password, "\r\n") {
+		return nil, nil, errors.New("staging: a password with a line break cannot be passed in a password file")
+	}
+	dir, err := os.MkdirTemp("", "pgporter-pass-") // mode 0700, a fresh random name
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating a private directory for the password file: %w", err)
+	}
+	done = func() { _ = os.RemoveAll(dir) }
+	name := filepath.Join(dir, "pgpass")
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		done()
+		return nil, nil, fmt.Errorf("creating the password file: %w", err)
+	}
+	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(password)
+	_, err = f.WriteString("*:*:*:*:" + esc + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		done()
+		return nil, nil, fmt.Errorf("writing the password file: %w", err)
+	}
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == "PGPASSWORD" || k == "PGPASSFILE" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "PGPASSFILE="+name, "PGCONNECT_TIMEOUT=30"), done, nil
 }
