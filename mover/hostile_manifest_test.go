@@ -14,7 +14,7 @@ import (
 
 // tinyParams are the smallest chunks a sender may announce: the most
 // positions per byte a manifest can make the receiver track.
-var tinyParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: chunkstore.MinChunkFloor, Avg: 256, Max: 512}
+var tinyParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: protocol.MinChunkMin, Avg: 2 * protocol.MinChunkMin, Max: 4 * protocol.MinChunkMin}
 
 // TestHostileHugeManifest: a manifest a million entries long costs the
 // receiver memory in proportion (measured here per entry, and bounded by

@@ -12,7 +12,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -68,20 +70,26 @@ type loc struct {
 	n    uint32
 }
 
-// pos is one chunk position of the manifest being received.
-type pos struct{ file, chunk uint32 }
+// pos is one chunk position of the manifest being received, waiting for
+// its data. Only positions waiting are held in memory (and charged to the
+// peer's budget); the rest of a manifest is in pebble once written.
+type pos struct {
+	file, chunk uint32
+	off         int64
+	n           uint32
+}
 
 // wpos is a position written and waiting for the next durability barrier.
 type wpos struct {
-	pos
-	path string
-	rec  posRecord
+	path  string
+	chunk uint32
+	rec   posRecord
 }
 
 type rfile struct {
 	hdr     protocol.FileHeader
-	chunks  []protocol.ChunkRef
-	offsets []int64
+	nchunks int   // chunks listed so far
+	end     int64 // bytes they cover
 	hash    [32]byte
 	ended   bool
 }
@@ -102,13 +110,13 @@ type receiver struct {
 	ctx     context.Context // the transfer's; cancelled with the reason it failed
 	cancel  context.CancelCauseFunc
 
-	files   []*rfile
-	paths   map[string]bool                 // paths of files, to refuse duplicates
-	stored  map[string]map[uint32]posRecord // positions durable before this connection
-	fc      *fileCache
-	kick    chan struct{} // asks the sync loop to sync now
-	bufs    sync.Pool     // of *[]byte, cap meta.Params.Max
-	arrived chan struct{} // a chunk was processed
+	files    []*rfile
+	paths    map[string]bool // paths of files, to refuse duplicates
+	resuming bool            // positions were durable before this connection (they are looked up in pebble)
+	fc       *fileCache
+	kick     chan struct{} // asks the sync loop to sync now
+	bufs     sync.Pool     // of *[]byte, cap meta.Params.Max
+	arrived  chan struct{} // a chunk was processed
 
 	mu            sync.Mutex // guards everything below
 	pending       map[chunkstore.ID][]pos
@@ -120,9 +128,14 @@ type receiver struct {
 	received      uint64
 	inflight      int // chunks taken off pending and still being written
 	writeErr      error
+	pendingPos    int   // positions in pending
+	posHeld       int64 // bytes of the positions budget held: pending positions, copies, files
+	budgetClosed  bool  // the transfer ended and returned posHeld
 
 	budget int64 // bytes a growing tree's files may add up to (free space at open)
 	listed int64 // bytes of the files listed so far
+
+	streams atomic.Int32 // data streams open
 
 	failOnce sync.Once
 }
@@ -151,9 +164,10 @@ func decodePos(b []byte) (posRecord, bool) {
 	return r, true
 }
 
-// loadStored reads the durable positions of this transfer.
+// loadStored counts the durable positions of this transfer and indexes, as
+// far as the budget allows, the chunks they hold for local copies. The
+// positions themselves stay in pebble.
 func (r *receiver) loadStored() error {
-	r.stored = map[string]map[uint32]posRecord{}
 	prefix := keyPosPrefix(r.tid)
 	it, err := r.s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
@@ -165,23 +179,92 @@ func (r *receiver) loadStored() error {
 		if len(k) < 5 || k[len(k)-5] != 0 {
 			continue
 		}
-		p := string(k[:len(k)-5])
-		idx := binary.BigEndian.Uint32(k[len(k)-4:])
 		rec, ok := decodePos(it.Value())
 		if !ok {
 			continue
 		}
-		if r.stored[p] == nil {
-			r.stored[p] = map[uint32]posRecord{}
-		}
-		r.stored[p][idx] = rec
-		if _, ok := r.copies[rec.id]; !ok {
-			r.copies[rec.id] = loc{path: p, off: rec.off, n: rec.n}
-		}
+		r.addCopy(string(k[:len(k)-5]), rec)
 		r.durableBytes += int64(rec.n)
 		r.durableChunks++
 	}
+	r.resuming = r.durableChunks > 0
 	return it.Error()
+}
+
+// storedPos looks up the position a previous connection made durable.
+func (r *receiver) storedPos(path string, idx uint32) (posRecord, bool, error) {
+	v, ok, err := dbGet(r.s.db, keyPos(r.tid, path, idx))
+	if err != nil || !ok {
+		return posRecord{}, false, err
+	}
+	rec, ok := decodePos(v)
+	return rec, ok, nil
+}
+
+// addCopy remembers where a verified copy of rec's chunk is, if the budget
+// allows (the index only saves sending a chunk twice).
+func (r *receiver) addCopy(path string, rec posRecord) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.copies[rec.id]; ok || r.budgetClosed {
+		return
+	}
+	// Copies may take a quarter of the peer's budget: positions waiting
+	// for data must always find room.
+	if !r.s.positions.tryAcquireBelow(r.peer, copyCost, r.s.positions.perPeer/4) {
+		return
+	}
+	r.posHeld += copyCost
+	r.copies[rec.id] = loc{path: path, off: rec.off, n: rec.n}
+}
+
+// hasPending reports whether positions of this transfer wait for data:
+// their arrival releases budget, so waiting for it can help.
+func (r *receiver) hasPending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pendingPos > 0
+}
+
+// reservePositions takes n bytes of the positions budget for this
+// transfer, waiting while chunks it asked for are on their way.
+func (r *receiver) reservePositions(ctx context.Context, n int64) error {
+	if err := r.s.positions.acquire(ctx, r.peer, n, r.hasPending); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.budgetClosed {
+		r.s.positions.release(r.peer, n)
+		if err := context.Cause(r.ctx); err != nil {
+			return err
+		}
+		return errors.New("mover: the transfer has ended")
+	}
+	r.posHeld += n
+	return nil
+}
+
+// releasePositions returns n bytes of what reservePositions took.
+func (r *receiver) releasePositions(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.budgetClosed || n == 0 {
+		return
+	}
+	r.posHeld -= n
+	r.s.positions.release(r.peer, n)
+}
+
+// closeBudget returns everything the transfer holds of the positions budget.
+func (r *receiver) closeBudget() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.budgetClosed {
+		r.budgetClosed = true
+		r.s.positions.release(r.peer, r.posHeld)
+		r.posHeld = 0
+	}
 }
 
 // fail ends the transfer. The sender is told why first: cancelling resets
@@ -214,6 +297,7 @@ func (r *receiver) run(ctx context.Context) error {
 	wg.Wait()
 	r.fc.closeAll()
 	r.proot.Close()
+	r.closeBudget()
 	return err
 }
 
@@ -385,6 +469,9 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 				protocol.ErrNoSpace, HumanBytes(r.listed), HumanBytes(max(r.budget, 0)), r.meta.Dest, HumanBytes(r.s.o.Reserve))
 		}
 	}
+	if err := r.reservePositions(r.ctx, fileCost+int64(len(h.Path))); err != nil {
+		return fmt.Errorf("file %s: %w", h.Path, err)
+	}
 	r.paths[h.Path] = true
 	if (!r.growing() && h.Size > r.meta.Bytes) || (h.NumChunks > 0 && uint64(h.NumChunks)*uint64(r.meta.Params.Max) < h.Size) || uint64(h.NumChunks) > h.Size {
 		return fmt.Errorf("%w: %s: %d chunks cannot make %d bytes", protocol.ErrProtocol, h.Path, h.NumChunks, h.Size)
@@ -399,14 +486,19 @@ func (r *receiver) current(idx uint32) (*rfile, error) {
 	return r.files[idx], nil
 }
 
+// posBatch is how many positions addChunks takes on at a time: it asks for
+// their chunks before it reserves budget for the next ones, so the chunks
+// that arrive free what the next batch needs.
+const posBatch = 4096
+
 // addChunks takes the next part of a file's chunk list and asks for the
 // chunks that are neither durable in DEST.partial already nor copyable
 // locally: the sender may still be reading the rest of the file.
 func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChunks) error {
-	if int(m.First) != len(f.chunks) || (f.hdr.NumChunks > 0 && len(f.chunks)+len(m.Chunks) > int(f.hdr.NumChunks)) {
+	if int(m.First) != f.nchunks || (f.hdr.NumChunks > 0 && f.nchunks+len(m.Chunks) > int(f.hdr.NumChunks)) {
 		return fmt.Errorf("%w: chunk list of %s out of order", protocol.ErrProtocol, f.hdr.Path)
 	}
-	off := f.size()
+	off := f.end
 	for _, c := range m.Chunks {
 		if c.Len == 0 || int(c.Len) > r.meta.Params.Max {
 			return fmt.Errorf("%w: chunk of %d bytes in %s (max %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Max)
@@ -420,58 +512,79 @@ func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChun
 			return fmt.Errorf("%w: chunk of %d bytes in the middle of %s (min %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Min)
 		}
 	}
-	first := len(f.chunks)
-	r.mu.Lock() // data streams read chunks and offsets of requested positions
-	off = f.size()
-	for _, c := range m.Chunks {
-		f.chunks = append(f.chunks, c)
-		f.offsets = append(f.offsets, off)
-		off += int64(c.Len)
-	}
-	r.mu.Unlock()
-
 	idx := uint32(len(r.files) - 1)
-	stored := r.stored[f.hdr.Path]
+	for refs := m.Chunks; len(refs) > 0; {
+		batch := refs[:min(len(refs), posBatch)]
+		refs = refs[len(batch):]
+		if err := r.addBatch(ctx, f, idx, batch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addBatch takes on the positions of refs, the next chunks of file idx,
+// and asks for the chunks it lacks.
+func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []protocol.ChunkRef) error {
+	want := int64(len(refs)) * posCost
+	if err := r.reservePositions(ctx, want); err != nil {
+		return err
+	}
+	used := int64(0)
 	stale := r.s.db.NewBatch()
 	defer stale.Close()
 	var need []uint32
-	for i := first; i < len(f.chunks); i++ {
+	for _, ref := range refs {
 		if err := ctx.Err(); err != nil {
+			r.releasePositions(want - used)
 			return context.Cause(ctx)
 		}
-		ref := f.chunks[i]
-		if rec, ok := stored[uint32(i)]; ok {
-			if rec.id == ref.ID && rec.off == f.offsets[i] {
-				continue // durable here already
+		i := uint32(f.nchunks)
+		p := pos{file: idx, chunk: i, off: f.end, n: ref.Len}
+		f.nchunks++
+		f.end += int64(ref.Len)
+		if r.resuming {
+			rec, ok, err := r.storedPos(f.hdr.Path, i)
+			if err != nil {
+				r.releasePositions(want - used)
+				return err
 			}
-			// The source changed since that position was written.
-			stale.Delete(keyPos(r.tid, f.hdr.Path, uint32(i)), nil)
-			delete(stored, uint32(i))
-			r.mu.Lock()
-			r.durableBytes -= int64(rec.n)
-			r.durableChunks--
-			r.mu.Unlock()
+			if ok {
+				if rec.id == ref.ID && rec.off == p.off {
+					continue // durable here already
+				}
+				// The source changed since that position was written.
+				stale.Delete(keyPos(r.tid, f.hdr.Path, i), nil)
+				r.mu.Lock()
+				r.durableBytes -= int64(rec.n)
+				r.durableChunks--
+				r.mu.Unlock()
+			}
 		}
-		p := pos{file: idx, chunk: uint32(i)}
 		r.mu.Lock()
 		if w, ok := r.pending[ref.ID]; ok {
 			r.pending[ref.ID] = append(w, p)
+			r.pendingPos++
+			used += posCost
 			r.mu.Unlock()
 			continue
 		}
 		l, haveCopy := r.copies[ref.ID]
 		r.mu.Unlock()
-		if haveCopy && r.copyLocal(l, p, ref) {
+		if haveCopy && r.copyLocal(l, p, ref.ID) {
 			continue
 		}
-		if r.copyDeduped(p, ref) {
+		if r.copyDeduped(p, ref.ID) {
 			continue
 		}
 		r.mu.Lock()
 		r.pending[ref.ID] = []pos{p}
+		r.pendingPos++
+		used += posCost
 		r.mu.Unlock()
-		need = append(need, uint32(i))
+		need = append(need, i)
 	}
+	r.releasePositions(want - used)
 	if !stale.Empty() {
 		if err := stale.Commit(pebble.Sync); err != nil {
 			return err
@@ -487,35 +600,39 @@ func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChun
 	return nil
 }
 
-// size is the number of bytes the chunks listed so far cover.
-func (f *rfile) size() int64 {
-	if n := len(f.offsets); n > 0 {
-		return f.offsets[n-1] + int64(f.chunks[n-1].Len)
-	}
-	return 0
-}
-
 // endFile checks that a file's chunk list is complete and drops durable
 // positions past its end (left by a longer version of the file).
 func (r *receiver) endFile(f *rfile, hash [32]byte) error {
-	if f.size() != int64(f.hdr.Size) || (f.hdr.NumChunks > 0 && len(f.chunks) != int(f.hdr.NumChunks)) {
-		return fmt.Errorf("%w: %s: %d chunks covering %d bytes, header says %d chunks, %d bytes", protocol.ErrProtocol, f.hdr.Path, len(f.chunks), f.size(), f.hdr.NumChunks, f.hdr.Size)
+	if f.end != int64(f.hdr.Size) || (f.hdr.NumChunks > 0 && f.nchunks != int(f.hdr.NumChunks)) {
+		return fmt.Errorf("%w: %s: %d chunks covering %d bytes, header says %d chunks, %d bytes", protocol.ErrProtocol, f.hdr.Path, f.nchunks, f.end, f.hdr.NumChunks, f.hdr.Size)
 	}
 	f.hash, f.ended = hash, true
+	if !r.resuming {
+		return nil
+	}
+	prefix := []byte("t/" + r.tid + "/p/" + f.hdr.Path + "\x00")
+	it, err := r.s.db.NewIter(&pebble.IterOptions{LowerBound: keyPos(r.tid, f.hdr.Path, uint32(f.nchunks)), UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
+	}
 	stale := r.s.db.NewBatch()
 	defer stale.Close()
-	for i, rec := range r.stored[f.hdr.Path] {
-		if int(i) >= len(f.chunks) {
-			stale.Delete(keyPos(r.tid, f.hdr.Path, i), nil)
-			delete(r.stored[f.hdr.Path], i)
+	for it.First(); it.Valid(); it.Next() {
+		rec, ok := decodePos(it.Value())
+		stale.Delete(slices.Clone(it.Key()), nil)
+		if ok {
 			r.mu.Lock()
 			r.durableBytes -= int64(rec.n)
 			r.durableChunks--
 			r.mu.Unlock()
 		}
 	}
-	if stale.Empty() {
-		return nil
+	err = it.Error()
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil || stale.Empty() {
+		return err
 	}
 	return stale.Commit(pebble.Sync)
 }
@@ -532,14 +649,14 @@ func (r *receiver) buf() *[]byte {
 
 // copyLocal copies a chunk already in DEST.partial to position p, after
 // checking its hash. It reports whether it did.
-func (r *receiver) copyLocal(l loc, p pos, ref protocol.ChunkRef) bool {
+func (r *receiver) copyLocal(l loc, p pos, id chunkstore.ID) bool {
 	bp := r.buf()
 	defer r.bufs.Put(bp)
-	buf := (*bp)[:ref.Len]
-	if err := r.fc.readAt(l.path, buf, l.off); err != nil || chunkstore.Sum(buf) != ref.ID {
+	buf := (*bp)[:p.n]
+	if err := r.fc.readAt(l.path, buf, l.off); err != nil || chunkstore.Sum(buf) != id {
 		return false
 	}
-	if err := r.writeChunk(buf, []pos{p}); err != nil {
+	if err := r.writeChunk(buf, id, []pos{p}); err != nil {
 		r.fail(err)
 		return false
 	}
@@ -548,13 +665,13 @@ func (r *receiver) copyLocal(l loc, p pos, ref protocol.ChunkRef) bool {
 }
 
 // copyDeduped copies a chunk from a tree committed by an earlier transfer.
-func (r *receiver) copyDeduped(p pos, ref protocol.ChunkRef) bool {
-	v, ok, err := dbGet(r.s.db, keyDedupe(r.peer, ref.ID))
+func (r *receiver) copyDeduped(p pos, id chunkstore.ID) bool {
+	v, ok, err := dbGet(r.s.db, keyDedupe(r.peer, id))
 	if err != nil || !ok {
 		return false
 	}
 	abs, off, n, ok := decodeDedupe(v)
-	if !ok || n != ref.Len {
+	if !ok || n != p.n {
 		return false
 	}
 	root, rel := r.s.rootFor(abs)
@@ -568,11 +685,11 @@ func (r *receiver) copyDeduped(p pos, ref protocol.ChunkRef) bool {
 	defer f.Close()
 	bp := r.buf()
 	defer r.bufs.Put(bp)
-	buf := (*bp)[:ref.Len]
-	if _, err := f.ReadAt(buf, off); err != nil || chunkstore.Sum(buf) != ref.ID {
+	buf := (*bp)[:p.n]
+	if _, err := f.ReadAt(buf, off); err != nil || chunkstore.Sum(buf) != id {
 		return false
 	}
-	if err := r.writeChunk(buf, []pos{p}); err != nil {
+	if err := r.writeChunk(buf, id, []pos{p}); err != nil {
 		r.fail(err)
 		return false
 	}
@@ -606,13 +723,13 @@ func (r *receiver) noSpace(p string, err error) error {
 	return fmt.Errorf("%w: no space left on %s (writing %s); free space there and rerun to resume: %v", protocol.ErrNoSpace, r.meta.Dest, p, err)
 }
 
-// writeChunk writes verified plain content at every position in ps.
-func (r *receiver) writeChunk(plain []byte, ps []pos) error {
+// writeChunk writes verified plain content (chunk id) at every position
+// in ps.
+func (r *receiver) writeChunk(plain []byte, id chunkstore.ID, ps []pos) error {
 	ws := make([]wpos, len(ps))
-	r.mu.Lock() // the control goroutine appends to the lists
+	r.mu.Lock() // the control goroutine appends to files
 	for i, p := range ps {
-		f := r.files[p.file]
-		ws[i] = wpos{pos: p, path: f.hdr.Path, rec: posRecord{id: f.chunks[p.chunk].ID, off: f.offsets[p.chunk], n: f.chunks[p.chunk].Len}}
+		ws[i] = wpos{path: r.files[p.file].hdr.Path, chunk: p.chunk, rec: posRecord{id: id, off: p.off, n: p.n}}
 	}
 	r.mu.Unlock()
 	for _, w := range ws {
@@ -628,10 +745,8 @@ func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 	r.written = append(r.written, ws...)
 	r.unsynced += int64(len(plain) * len(ws))
 	kick := r.unsynced >= r.s.o.SyncBytes
-	if _, ok := r.copies[ws[0].rec.id]; !ok {
-		r.copies[ws[0].rec.id] = loc{path: ws[0].path, off: ws[0].rec.off, n: ws[0].rec.n}
-	}
 	r.mu.Unlock()
+	r.addCopy(ws[0].path, ws[0].rec)
 	if kick {
 		select {
 		case r.kick <- struct{}{}:
@@ -644,10 +759,15 @@ func (r *receiver) writeChunk(plain []byte, ps []pos) error {
 // readData handles one data stream: verify every chunk, write it wherever
 // the manifest needs it.
 func (r *receiver) readData(ctx context.Context, st io.Reader) error {
-	rd := protocol.NewReader(st, protocol.MaxFrameSize)
+	// No frame of this transfer's data is larger than its largest chunk.
+	rd := protocol.NewReader(st, r.meta.Params.Max+protocol.DataFrameOverhead)
 	rd.SetFrameTimeout(r.s.o.FrameTimeout)
-	bp := r.buf()
-	defer r.bufs.Put(bp)
+	var bp *[]byte // taken at the first chunk: an idle stream holds no buffer
+	defer func() {
+		if bp != nil {
+			r.bufs.Put(bp)
+		}
+	}()
 	for {
 		m, err := rd.Next()
 		if errors.Is(err, io.EOF) {
@@ -666,6 +786,9 @@ func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 		if int(cd.PlainLen) > r.meta.Params.Max {
 			return fmt.Errorf("%w: chunk %s of %d bytes exceeds the transfer's max %d", protocol.ErrProtocol, cd.ID.Short(), cd.PlainLen, r.meta.Params.Max)
 		}
+		if bp == nil {
+			bp = r.buf()
+		}
 		plain, err := chunkstore.Decompress((*bp)[:0], cd.Payload, cd.Codec, int(cd.PlainLen))
 		if err != nil {
 			return &chunkstore.CorruptChunkError{ID: cd.ID, Err: err}
@@ -680,15 +803,17 @@ func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 		r.received++
 		if ok {
 			r.inflight++
+			r.pendingPos -= len(ps)
 		}
 		r.mu.Unlock()
 		if !ok {
 			return fmt.Errorf("%w: chunk %s was not asked for", protocol.ErrProtocol, cd.ID.Short())
 		}
-		err = r.writeChunk(plain, ps)
+		err = r.writeChunk(plain, cd.ID, ps)
 		r.mu.Lock()
 		r.inflight--
 		r.mu.Unlock()
+		r.releasePositions(int64(len(ps)) * posCost)
 		if err != nil {
 			return err
 		}

@@ -107,6 +107,7 @@ func TestIdleClientLearnsOfRestart(t *testing.T) {
 	// same address; another home, since the crashed one still holds its own.
 	home := t.TempDir()
 	require.NoError(t, os.CopyFS(filepath.Join(home, identityDir), os.DirFS(filepath.Join(a.home, identityDir))))
+	require.NoError(t, os.Chmod(filepath.Join(home, identityDir, keyFileName), 0o600)) // CopyFS makes it 0644
 	second, err := NewServer(ServerOptions{Home: home, Listen: addr, Roots: []string{t.TempDir()}, Log: log})
 	require.NoError(t, err)
 	require.Equal(t, first.ID(), second.ID())

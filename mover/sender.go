@@ -74,8 +74,10 @@ func (o SendOptions) Validate() error {
 		return errors.New("mover: no source directory")
 	case !filepath.IsAbs(o.Dest) || filepath.Clean(o.Dest) != o.Dest:
 		return fmt.Errorf("mover: destination %q must be a clean absolute path on the receiver", o.Dest)
-	case o.Streams > 64:
-		return fmt.Errorf("mover: %d streams is more than 64", o.Streams)
+	case o.Streams > protocol.MaxDataStreams:
+		return fmt.Errorf("mover: %d streams is more than %d, the most a receiver takes per transfer", o.Streams, protocol.MaxDataStreams)
+	case o.Params != (chunkstore.Params{}) && o.Params.Min < protocol.MinChunkMin:
+		return fmt.Errorf("mover: chunk minimum %d is below %d, the least a receiver accepts", o.Params.Min, protocol.MinChunkMin)
 	case o.BWLimit < 0:
 		return errors.New("mover: negative bandwidth limit")
 	}

@@ -52,7 +52,15 @@ type ServerOptions struct {
 	// from spoofed addresses then costs the server almost nothing.
 	// Default 64.
 	HandshakeRate float64
-	Log           *slog.Logger
+	// PeerMemory bounds the memory the transfers of one peer may make the
+	// mover hold (chunk positions waiting for data, data stream buffers,
+	// open transfers); TotalMemory bounds it over all peers. They bound
+	// memory, not the size of a dump: past them the receiver asks for
+	// chunks as earlier ones arrive, and data streams wait.
+	// Defaults 512 MiB and 2 GiB.
+	PeerMemory  int64
+	TotalMemory int64
+	Log         *slog.Logger
 	// OnDurable, if set, is called after each durability barrier with the
 	// transfer's durable byte count (tests use it to interrupt at a point).
 	OnDurable func(transferID string, durableBytes int64)
@@ -80,6 +88,12 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	if o.HandshakeRate <= 0 {
 		o.HandshakeRate = 64
 	}
+	if o.PeerMemory <= 0 {
+		o.PeerMemory = 512 << 20
+	}
+	if o.TotalMemory <= 0 {
+		o.TotalMemory = 2 << 30
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -105,6 +119,10 @@ type Server struct {
 	ln      *quic.Listener
 	metrics *metrics
 
+	// Memory budgets, per peer and in all: half for chunk positions (and
+	// files), 3/8 for data stream buffers, 1/8 for open transfers.
+	positions, streams, transfers *memBudget
+
 	mu        sync.Mutex // guards active, peerConns
 	active    map[string]*activeTransfer
 	peerConns map[PeerID]int // open connections by peer
@@ -113,6 +131,8 @@ type Server struct {
 }
 
 type activeTransfer struct {
+	peer   PeerID
+	cost   int64 // of the transfers budget, held until release
 	dest   string
 	conn   *quic.Conn
 	cancel context.CancelCauseFunc
@@ -127,6 +147,9 @@ var errPreempted = errors.New("mover: the sender reconnected; this connection is
 func NewServer(o ServerOptions) (*Server, error) {
 	o = o.withDefaults()
 	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, peerConns: map[PeerID]int{}, metrics: newMetrics()}
+	s.positions = newMemBudget("chunk positions", o.PeerMemory/2, o.TotalMemory/2)
+	s.streams = newMemBudget("data streams", o.PeerMemory*3/8, o.TotalMemory*3/8)
+	s.transfers = newMemBudget("transfers", o.PeerMemory/8, o.TotalMemory/8)
 	var err error
 	if s.id, err = LoadIdentity(o.Home); err != nil {
 		return nil, err
@@ -337,6 +360,22 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 				rmu.Lock()
 				r := rcv
 				rmu.Unlock()
+				if n := r.streams.Add(1); n > protocol.MaxDataStreams {
+					r.streams.Add(-1)
+					log.Warn("refused a data stream: too many for this transfer", "transfer", r.tid, "limit", protocol.MaxDataStreams)
+					ds.CancelRead(quic.StreamErrorCode(protocol.CloseRefused))
+					ds.CancelWrite(quic.StreamErrorCode(protocol.CloseRefused))
+					return
+				}
+				defer r.streams.Add(-1)
+				// A stream waits for its buffers' budget without reading:
+				// flow control holds the sender meanwhile.
+				cost := streamCost(r.meta.Params.Max)
+				if err := s.streams.acquire(r.ctx, peer, cost, nil); err != nil {
+					closeStream(ds)
+					return
+				}
+				defer s.streams.release(peer, cost)
 				// Stream reads ignore contexts: a failed or superseded
 				// transfer cancels them.
 				stop := context.AfterFunc(r.ctx, func() { ds.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
@@ -357,7 +396,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		switch m := m.(type) {
 		case *protocol.OpenTransfer:
 			tctx, tcancel := context.WithCancelCause(ctx)
-			a := &activeTransfer{dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{})}
+			a := &activeTransfer{peer: peer, dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{})}
 			r, err := s.openTransfer(tctx, peer, cs, m, a, log)
 			if err != nil || r == nil {
 				tcancel(nil)
@@ -503,6 +542,9 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if m.Params.Min == 0 || m.Params.Avg == 0 || m.Params.Max == 0 {
 		return nil, fmt.Errorf("%w: chunking parameters %s are incomplete", protocol.ErrProtocol, m.Params)
 	}
+	if m.Params.Min < protocol.MinChunkMin {
+		return nil, fmt.Errorf("%w: chunk minimum %d is below %d, the least this mover accepts", protocol.ErrProtocol, m.Params.Min, protocol.MinChunkMin)
+	}
 	if err := m.Params.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", protocol.ErrProtocol, err)
 	}
@@ -513,6 +555,10 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if rt == nil {
 		return nil, fmt.Errorf("%w: destination %s is not inside any of this mover's roots", protocol.ErrPermission, m.Dest)
 	}
+	if !s.transfers.tryAcquire(peer, transferCost) {
+		return nil, s.transfers.errBudget(peer, transferCost)
+	}
+	a.cost = transferCost
 
 	// One connection per transfer and per destination: a reconnecting
 	// sender supersedes the connection it lost, which may not have noticed
@@ -743,6 +789,7 @@ func (s *Server) release(tid string, a *activeTransfer) {
 		delete(s.active, tid)
 	}
 	s.mu.Unlock()
+	s.transfers.release(a.peer, a.cost)
 	close(a.done)
 }
 

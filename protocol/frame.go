@@ -128,8 +128,8 @@ func AppendFrame(b []byte, m Message) []byte {
 
 // Reader reads frames from a stream and decodes them. It reads exactly the
 // bytes of each frame, never beyond, and reuses one buffer that grows to the
-// largest frame seen (never beyond its max). It is not safe for concurrent
-// use.
+// largest frame seen (never beyond its max), as that frame's bytes arrive.
+// It is not safe for concurrent use.
 type Reader struct {
 	r       io.Reader
 	max     int
@@ -230,15 +230,43 @@ func (r *Reader) read() (Message, error) {
 	if !t.Known() {
 		return nil, violation("unknown message type %d", uint8(t))
 	}
-	if cap(r.buf) < int(n) {
-		r.buf = make([]byte, n)
-	}
-	p := r.buf[:n]
-	if _, err := io.ReadFull(r.r, p); err != nil {
+	p, err := r.payload(int(n))
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, fmt.Errorf("reading %s frame of %d bytes: %w", t, n, err)
 	}
 	return Decode(t, p)
+}
+
+// growStep is the first size of a frame buffer that grows as the frame
+// arrives.
+const growStep = 64 << 10
+
+// payload reads a frame's n payload bytes into the Reader's buffer. A
+// buffer too small grows as bytes arrive, doubling from growStep, never
+// ahead of them by more than it holds: a length header alone (a peer that
+// announces 16 MiB and sends nothing more) costs nothing.
+func (r *Reader) payload(n int) ([]byte, error) {
+	if cap(r.buf) >= n {
+		p := r.buf[:n]
+		_, err := io.ReadFull(r.r, p)
+		return p, err
+	}
+	p := r.buf[:0]
+	for len(p) < n {
+		if len(p) == cap(p) {
+			np := make([]byte, len(p), min(n, max(2*cap(p), growStep)))
+			copy(np, p)
+			p = np
+			r.buf = np
+		}
+		k, err := r.r.Read(p[len(p):cap(p)])
+		p = p[:len(p)+k]
+		if err != nil && len(p) < n {
+			return nil, err
+		}
+	}
+	return p, nil
 }

@@ -9,8 +9,10 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"testing/iotest"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/stretchr/testify/require"
 )
 
 func TestReaderStream(t *testing.T) {
@@ -242,5 +244,35 @@ func TestStreamKind(t *testing.T) {
 	}
 	if _, err := ReadStreamKind(bytes.NewReader(nil)); !errors.Is(err, io.EOF) {
 		t.Fatalf("empty stream: %v", err)
+	}
+}
+
+// TestReaderGrowsAsBytesArrive guards against allocating a frame's announced
+// length before its bytes come (issue 15: 48 data streams that each sent only
+// a 16 MiB header raised the heap from 1 to 781 MiB). A header announcing
+// MaxFrameSize followed by 1000 bytes costs about a growStep, not 16 MiB;
+// a frame that does arrive whole still decodes.
+func TestReaderGrowsAsBytesArrive(t *testing.T) {
+	hdr := binary.BigEndian.AppendUint32(nil, MaxFrameSize)
+	hdr = append(hdr, byte(TypeChunkData))
+	in := append(hdr, make([]byte, 1000)...)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := NewReader(bytes.NewReader(in), MaxFrameSize).Next()
+	runtime.ReadMemStats(&after)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "allocated ahead of the bytes that arrived")
+
+	payload := bytes.Repeat([]byte("x"), 3<<20)
+	cd := &ChunkData{ID: chunkstore.Sum(payload), Codec: chunkstore.CodecNone, PlainLen: uint32(len(payload)), Payload: payload}
+	var buf bytes.Buffer
+	require.NoError(t, WriteMessage(&buf, cd))
+	require.NoError(t, WriteMessage(&buf, cd))
+	rd := NewReader(iotest.OneByteReader(&buf), 0)
+	for range 2 {
+		m, err := rd.Next()
+		require.NoError(t, err)
+		require.Equal(t, payload, m.(*ChunkData).Payload)
 	}
 }

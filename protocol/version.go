@@ -4,9 +4,28 @@ import "fmt"
 
 // Protocol versions this build speaks. A connection uses one version, the
 // one Negotiate picks from the two Hello messages.
+//
+// Version 2 (issue 15) adds receiver limits a version 1 sender could
+// exceed: chunking parameters with a minimum below MinChunkMin are refused,
+// a transfer takes at most MaxDataStreams data streams, and a data frame at
+// most the transfer's maximum chunk plus DataFrameOverhead bytes.
 const (
-	Version    uint16 = 1
-	MinVersion uint16 = 1
+	Version    uint16 = 2
+	MinVersion uint16 = 2
+)
+
+// Receiver limits of version 2.
+const (
+	// MinChunkMin is the smallest chunk minimum a receiver accepts in
+	// OpenTransfer: it bounds the positions a manifest of given size makes
+	// the receiver track.
+	MinChunkMin = 4 << 10
+	// MaxDataStreams bounds the data streams of one transfer; the receiver
+	// refuses more (the stream is reset with code CloseRefused).
+	MaxDataStreams = 32
+	// DataFrameOverhead is what a ChunkData frame adds to its payload, at
+	// most: the payload of a chunk is never above its plain length.
+	DataFrameOverhead = 256
 )
 
 // NewHello returns the Hello this build sends, naming software (cut to

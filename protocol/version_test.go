@@ -40,7 +40,7 @@ func TestNegotiate(t *testing.T) {
 		})
 	}
 	h := NewHello("pgporter test")
-	if h.Version != Version || h.MinVersion != MinVersion || Version != 1 || MinVersion != 1 {
+	if h.Version != Version || h.MinVersion != MinVersion || Version != 2 || MinVersion != 2 {
 		t.Fatalf("NewHello = %+v", h)
 	}
 	if v, err := Negotiate(h, NewHello("peer")); v != Version || err != nil {
