@@ -89,8 +89,8 @@ func (s *Server) repoReply(peer PeerID, m protocol.Message) (protocol.Message, e
 // until the client closes its side: for each ID, a ChunkData or an Error
 // about that chunk. Chunks are read (and so verified) from the store and
 // recompressed at the fastest level: the store hands out plain content only.
-// A refusal (no read permission, no repository) answers the first request
-// with one Error and ends the stream.
+// A refusal (no read permission, no repository) answers the request with
+// one Error and ends the stream; the permission is checked on every request.
 func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, log *slog.Logger) {
 	defer closeStream(st)
 	stop := context.AfterFunc(ctx, func() {
@@ -102,7 +102,7 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, l
 	rd.SetFrameTimeout(s.o.FrameTimeout)
 	bufs := fetchBufPool.Get().(*fetchBufs)
 	defer fetchBufPool.Put(bufs)
-	for first := true; ; first = false {
+	for {
 		m, err := rd.Next()
 		if errors.Is(err, io.EOF) {
 			return
@@ -119,16 +119,16 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, l
 			_ = protocol.WriteMessage(st, protocol.ToWire(fmt.Errorf("%w: expected GetChunks on a fetch stream, got %s", protocol.ErrProtocol, m.Type())))
 			return
 		}
-		if first {
-			if err := s.trust.Check(peer, PermRead); err != nil {
-				log.Warn("chunk fetch refused", "err", err)
-				_ = protocol.WriteMessage(st, protocol.ToWire(err))
-				return
-			}
-			if s.repo == nil {
-				_ = protocol.WriteMessage(st, protocol.ToWire(errNoRepo))
-				return
-			}
+		// Every request, not only the first: a permission taken away
+		// (or the peer untrusted) ends the stream at its next request.
+		if err := s.trust.Check(peer, PermRead); err != nil {
+			log.Warn("chunk fetch refused", "err", err)
+			_ = protocol.WriteMessage(st, protocol.ToWire(err))
+			return
+		}
+		if s.repo == nil {
+			_ = protocol.WriteMessage(st, protocol.ToWire(errNoRepo))
+			return
 		}
 		if err := s.answerFetch(ctx, st, req.IDs, bufs, log); err != nil {
 			return

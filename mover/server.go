@@ -52,6 +52,11 @@ type ServerOptions struct {
 	// from spoofed addresses then costs the server almost nothing.
 	// Default 64.
 	HandshakeRate float64
+	// TrustRecheck is how often the server checks the trust list (which it
+	// rereads when the file changed, e.g. by 'pgporter mover untrust' in
+	// another process) for peers that hold connections and are no longer
+	// trusted, and closes those connections. Default 1s.
+	TrustRecheck time.Duration
 	// PeerMemory bounds the memory the transfers of one peer may make the
 	// mover hold (chunk positions waiting for data, data stream buffers,
 	// open transfers); TotalMemory bounds it over all peers. They bound
@@ -87,6 +92,9 @@ func (o ServerOptions) withDefaults() ServerOptions {
 	}
 	if o.HandshakeRate <= 0 {
 		o.HandshakeRate = 64
+	}
+	if o.TrustRecheck <= 0 {
+		o.TrustRecheck = time.Second
 	}
 	if o.PeerMemory <= 0 {
 		o.PeerMemory = 512 << 20
@@ -125,7 +133,7 @@ type Server struct {
 
 	mu        sync.Mutex // guards active, peerConns
 	active    map[string]*activeTransfer
-	peerConns map[PeerID]int // open connections by peer
+	peerConns map[PeerID]map[*quic.Conn]bool // open connections by peer
 
 	conns sync.WaitGroup // connection handlers
 }
@@ -146,7 +154,7 @@ var errPreempted = errors.New("mover: the sender reconnected; this connection is
 // checks the roots and starts listening.
 func NewServer(o ServerOptions) (*Server, error) {
 	o = o.withDefaults()
-	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, peerConns: map[PeerID]int{}, metrics: newMetrics()}
+	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, peerConns: map[PeerID]map[*quic.Conn]bool{}, metrics: newMetrics()}
 	s.positions = newMemBudget("chunk positions", o.PeerMemory/2, o.TotalMemory/2)
 	s.streams = newMemBudget("data streams", o.PeerMemory*3/8, o.TotalMemory*3/8)
 	s.transfers = newMemBudget("transfers", o.PeerMemory/8, o.TotalMemory/8)
@@ -246,6 +254,13 @@ func (s *Server) MetricsHandler() http.Handler {
 func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("mover serving", "listen", s.ln.Addr().String(), "peer_id", s.id.ID.String(), "roots", len(s.roots))
 	defer s.close()
+	wctx, stopWatch := context.WithCancel(ctx)
+	s.conns.Add(1)
+	go func() {
+		defer s.conns.Done()
+		s.watchTrust(wctx)
+	}()
+	defer stopWatch()
 	for {
 		conn, err := s.ln.Accept(ctx)
 		if err != nil {
@@ -282,13 +297,13 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	log := s.log.With("peer", peer.Short(), "remote", conn.RemoteAddr().String())
-	if !s.admit(peer) {
+	if !s.admit(peer, conn) {
 		s.metrics.refused.Inc()
 		log.Warn("refused a connection: too many from this peer", "limit", s.o.MaxConnsPerPeer)
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseRefused), fmt.Sprintf("too many connections from this peer (limit %d)", s.o.MaxConnsPerPeer))
 		return
 	}
-	defer s.leave(peer)
+	defer s.leave(peer, conn)
 	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "mover shutting down") })
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)
@@ -764,22 +779,81 @@ func (s *Server) runTransfer(ctx context.Context, r *receiver) error {
 
 // admit counts a new connection of peer, refusing it above the per-peer
 // limit; leave uncounts an admitted one.
-func (s *Server) admit(peer PeerID) bool {
+func (s *Server) admit(peer PeerID, conn *quic.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.peerConns[peer] >= s.o.MaxConnsPerPeer {
+	if len(s.peerConns[peer]) >= s.o.MaxConnsPerPeer {
 		return false
 	}
-	s.peerConns[peer]++
+	if s.peerConns[peer] == nil {
+		s.peerConns[peer] = map[*quic.Conn]bool{}
+	}
+	s.peerConns[peer][conn] = true
 	return true
 }
 
-func (s *Server) leave(peer PeerID) {
+func (s *Server) leave(peer PeerID, conn *quic.Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.peerConns[peer]--; s.peerConns[peer] <= 0 {
+	delete(s.peerConns[peer], conn)
+	if len(s.peerConns[peer]) == 0 {
 		delete(s.peerConns, peer)
 	}
+}
+
+// watchTrust closes, every TrustRecheck, the connections of peers no
+// longer in the trust list: untrusting a peer ends its transfers, fetches
+// and jobs, not only its later requests.
+func (s *Server) watchTrust(ctx context.Context) {
+	t := time.NewTicker(s.o.TrustRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.closeUntrusted()
+	}
+}
+
+// closeUntrusted closes the connections of every connected peer that the
+// trust list (reread if it changed on disk) no longer holds.
+func (s *Server) closeUntrusted() {
+	s.mu.Lock()
+	peers := make([]PeerID, 0, len(s.peerConns))
+	for p := range s.peerConns {
+		peers = append(peers, p)
+	}
+	s.mu.Unlock()
+	for _, p := range peers {
+		if _, ok := s.trust.Lookup(p); ok {
+			continue
+		}
+		s.mu.Lock()
+		conns := make([]*quic.Conn, 0, len(s.peerConns[p]))
+		for c := range s.peerConns[p] {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		if len(conns) > 0 {
+			s.log.Warn("closing the connections of a peer no longer trusted", "peer", p.Short(), "connections", len(conns))
+		}
+		for _, c := range conns {
+			c.CloseWithError(quic.ApplicationErrorCode(protocol.CloseRefused), "peer no longer trusted")
+		}
+	}
+}
+
+// Untrust removes id from the trust list and closes its connections at
+// once (a 'pgporter mover untrust' run in another process takes effect
+// within TrustRecheck).
+func (s *Server) Untrust(id PeerID) error {
+	if err := s.trust.Untrust(id); err != nil {
+		return err
+	}
+	s.closeUntrusted()
+	return nil
 }
 
 // release forgets a as the active transfer of tid.

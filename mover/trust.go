@@ -241,8 +241,10 @@ func (t *TrustStore) Trust(p TrustedPeer) error {
 }
 
 // Untrust removes id from the list; it returns an error matching
-// [ErrUnknownPeer] if id is not there. Connections already established
-// stay up, but every later [TrustStore.Check] for id fails.
+// [ErrUnknownPeer] if id is not there. Every later [TrustStore.Check] for
+// id fails, in this process and (the file is reread when it changes) in a
+// running server, which also closes id's open connections within
+// ServerOptions.TrustRecheck.
 func (t *TrustStore) Untrust(id PeerID) error {
 	return t.update(func(peers map[PeerID]TrustedPeer) error {
 		if _, ok := peers[id]; !ok {

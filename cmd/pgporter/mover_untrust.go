@@ -12,9 +12,10 @@ func newMoverUntrustCmd(g *globals) *cobra.Command {
 		Use:   "untrust PEER_ID",
 		Short: "Remove a peer from the trust list",
 		Long: `Remove PEER_ID from this mover's trust list (DIR/trust.json under --home).
-A running 'pgporter mover serve' refuses the peer's new connections and its
-further requests on connections already open, without a restart. Removing a
-peer that is not in the list is an error (exit 1).
+A running 'pgporter mover serve' notices within a second, without a restart:
+it refuses the peer's new connections and closes those already open, which
+ends the peer's transfers, chunk fetches and jobs there. Removing a peer
+that is not in the list is an error (exit 1).
 
 Example:
   pgporter mover untrust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP`,
