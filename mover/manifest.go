@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
@@ -21,6 +22,10 @@ import (
 // ManifestName is the file every committed transfer carries at its top, so
 // anyone can verify the tree later with 'pgporter verify'.
 const ManifestName = "pgporter-manifest.json"
+
+// maxManifestSize bounds the manifests this package reads: a million files
+// of long names.
+const maxManifestSize = 1 << 30
 
 // ManifestFormat names the manifest's JSON layout.
 const ManifestFormat = "pgporter-manifest/1"
@@ -97,11 +102,87 @@ func HashFile(ctx context.Context, f io.Reader) (Hash, int64, error) {
 // ErrVerify is matched by every mismatch Verify reports.
 var ErrVerify = errors.New("mover: tree does not match its manifest")
 
+// ErrManifestHash is matched when a tree's manifest is not the one
+// expected (VerifyOptions.Expect): the tree is not the one that was sent.
+var ErrManifestHash = errors.New("mover: manifest is not the expected one")
+
 // VerifyReport lists what Verify found.
 type VerifyReport struct {
-	Files    int      `json:"files"`
-	Bytes    int64    `json:"bytes"`
-	Problems []string `json:"problems,omitempty"`
+	Files        int      `json:"files"`
+	Bytes        int64    `json:"bytes"`
+	ManifestHash Hash     `json:"manifest_blake3"`
+	Problems     []string `json:"problems,omitempty"`
+}
+
+// VerifyOptions adjust Verify.
+type VerifyOptions struct {
+	// Expect, if not nil, is the BLAKE3 the manifest must have (the one
+	// the receiver reported when it committed the tree, journaled by the
+	// export): a tree whose manifest was rewritten to match altered files
+	// fails with ErrManifestHash.
+	Expect *Hash
+}
+
+// ParseHash reads a hash as Hash.String writes it (64 hex digits).
+func ParseHash(s string) (Hash, error) {
+	var h Hash
+	err := h.UnmarshalText([]byte(s))
+	return h, err
+}
+
+// ManifestHash returns the BLAKE3 of dir's manifest, the value the receiver
+// reported as the tree's manifest hash when it committed it. The manifest
+// is read without following links.
+func ManifestHash(dir string) (Hash, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return Hash{}, err
+	}
+	defer root.Close()
+	_, h, err := readRootManifest(root, dir)
+	return h, err
+}
+
+// readRootManifest reads and parses the manifest at the top of root (a
+// regular file, not a link) and returns it with the hash of the very bytes
+// parsed.
+func readRootManifest(root *os.Root, dir string) (*Manifest, Hash, error) {
+	name := filepath.Join(dir, ManifestName)
+	fi, err := root.Lstat(ManifestName)
+	if err != nil {
+		return nil, Hash{}, fmt.Errorf("reading manifest: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, Hash{}, fmt.Errorf("reading manifest: %s is not a regular file", name)
+	}
+	if fi.Size() > maxManifestSize {
+		return nil, Hash{}, fmt.Errorf("reading manifest: %s is larger than %d bytes", name, maxManifestSize)
+	}
+	f, err := root.OpenFile(ManifestName, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, Hash{}, fmt.Errorf("reading manifest: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		return nil, Hash{}, fmt.Errorf("reading manifest: %w", err)
+	}
+	m, err := parseManifest(b, name)
+	if err != nil {
+		return nil, Hash{}, err
+	}
+	return m, Hash(blake3.Sum256(b)), nil
+}
+
+func parseManifest(b []byte, name string) (*Manifest, error) {
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("parsing %s: %w", name, err)
+	}
+	if m.Format != ManifestFormat {
+		return nil, fmt.Errorf("%s: unknown format %q", name, m.Format)
+	}
+	return &m, nil
 }
 
 // ReadManifest reads DIR/pgporter-manifest.json.
@@ -110,14 +191,7 @@ func ReadManifest(dir string) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading manifest: %w", err)
 	}
-	var m Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("parsing %s: %w", filepath.Join(dir, ManifestName), err)
-	}
-	if m.Format != ManifestFormat {
-		return nil, fmt.Errorf("%s: unknown format %q", filepath.Join(dir, ManifestName), m.Format)
-	}
-	return &m, nil
+	return parseManifest(b, filepath.Join(dir, ManifestName))
 }
 
 // Verify checks the tree at dir against its manifest: every listed file
@@ -125,16 +199,26 @@ func ReadManifest(dir string) (*Manifest, error) {
 // The returned error matches ErrVerify when the tree is damaged; the report
 // names each problem.
 func Verify(ctx context.Context, dir string) (*VerifyReport, error) {
-	m, err := ReadManifest(dir)
-	if err != nil {
-		return nil, err
-	}
+	return VerifyWith(ctx, dir, VerifyOptions{})
+}
+
+// VerifyWith is Verify with options: with o.Expect, a manifest whose hash
+// differs fails with an error matching ErrManifestHash before any file is
+// read.
+func VerifyWith(ctx context.Context, dir string, o VerifyOptions) (*VerifyReport, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer root.Close()
-	rep := &VerifyReport{}
+	m, mh, err := readRootManifest(root, dir)
+	if err != nil {
+		return nil, err
+	}
+	if o.Expect != nil && mh != *o.Expect {
+		return &VerifyReport{ManifestHash: mh}, fmt.Errorf("%w: the manifest of %s has BLAKE3 %s, expected %s: this is not the tree that was sent", ErrManifestHash, dir, mh, *o.Expect)
+	}
+	rep := &VerifyReport{ManifestHash: mh}
 	listed := map[string]bool{ManifestName: true}
 	for _, mf := range m.Files {
 		listed[mf.Path] = true

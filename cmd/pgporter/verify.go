@@ -9,29 +9,46 @@ import (
 )
 
 func newVerifyCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON bool
+		expect string
+	)
 	c := &cobra.Command{
 		Use:   "verify DUMP_DIR",
 		Short: "Check a received directory against its pgporter-manifest.json",
 		Long: `Read DUMP_DIR/pgporter-manifest.json and check that every file it lists is
 there with the listed size and BLAKE3 hash, and that no other file is present.
-Exit code 0 means the tree is exactly what was sent.`,
+With --expect HASH, the manifest itself must have that BLAKE3 (the manifest
+hash the target reported when it committed the dump, which 'pgporter
+sessions show' prints): a dump whose files and manifest were both altered
+fails. Exit code 0 means the tree is exactly what was sent.`,
 		Args: oneArg("verify", "DUMP_DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rep, err := mover.Verify(cmd.Context(), args[0])
+			var o mover.VerifyOptions
+			if expect != "" {
+				h, err := mover.ParseHash(expect)
+				if err != nil {
+					return usagef("--expect: %v", err)
+				}
+				o.Expect = &h
+			}
+			rep, err := mover.VerifyWith(cmd.Context(), args[0], o)
 			if rep != nil {
 				for _, p := range rep.Problems {
 					fmt.Fprintf(g.stderr, "%s\n", p)
 				}
 			}
-			if err != nil && !errors.Is(err, mover.ErrVerify) {
+			if err != nil && !errors.Is(err, mover.ErrVerify) && !errors.Is(err, mover.ErrManifestHash) {
 				return err
 			}
 			if err == nil {
-				fmt.Fprintf(g.stdout, "%s: ok, %d files, %s verified\n", args[0], rep.Files, humanSize(rep.Bytes))
+				fmt.Fprintf(g.stdout, "%s: ok, %d files, %s verified (manifest %s)\n", args[0], rep.Files, humanSize(rep.Bytes), rep.ManifestHash)
 			}
 			if asJSON {
-				out := map[string]any{"ok": err == nil, "files": rep.Files, "bytes": rep.Bytes, "problems": rep.Problems}
+				out := map[string]any{"ok": err == nil, "files": rep.Files, "bytes": rep.Bytes, "manifest_blake3": rep.ManifestHash.String(), "problems": rep.Problems}
+				if err != nil {
+					out["error"] = err.Error()
+				}
 				if jerr := writeJSONLine(g.stdout, out); jerr != nil {
 					return jerr
 				}
@@ -40,5 +57,6 @@ Exit code 0 means the tree is exactly what was sent.`,
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON report as the last line")
+	c.Flags().StringVar(&expect, "expect", "", "the BLAKE3 (64 hex digits) the manifest must have")
 	return c
 }
