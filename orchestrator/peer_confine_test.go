@@ -292,3 +292,25 @@ func TestCancelLeavesWhatIsNotOurs(t *testing.T) {
 	_, err = os.Lstat(filepath.Join(to, "shop.partial"))
 	require.NoError(t, err, "a link pgporter did not make is left")
 }
+
+// TestCancelPublishedLeavesUnmarkedDir: cancelling an export from a
+// publication removes its staging dir only if the session marked it as its
+// own; before, it ran RemoveAll on whatever stood at StagingDir/ID.
+func TestCancelPublishedLeavesUnmarkedDir(t *testing.T) {
+	home, sd := t.TempDir(), t.TempDir()
+	r := newRunner(t, home, nil)
+	id := newSessionID(time.Now())
+	require.NoError(t, r.j.Put(&Session{ID: id, State: StateFailed, Created: time.Now().UTC(),
+		Plan: Plan{Published: "p-gone", To: t.TempDir(), StagingDir: sd, Databases: []string{"shop"}}}))
+	precious := victim(t, filepath.Join(sd, id))
+	_, err := r.Cancel(context.Background(), id)
+	require.ErrorIs(t, err, ErrNotOwned)
+	require.FileExists(t, precious)
+
+	require.NoError(t, os.RemoveAll(filepath.Join(sd, id)))
+	require.NoError(t, makeOwnedDir(filepath.Join(sd, id), id))
+	s, err := r.Cancel(context.Background(), id)
+	require.NoError(t, err)
+	require.Equal(t, StateCancelled, s.State)
+	require.NoDirExists(t, filepath.Join(sd, id), "its own marked dir is removed")
+}

@@ -160,8 +160,10 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		dumpDir := p.To
 		if tgt != nil {
 			dumpDir = x.s.SessionDir()
-		}
-		if err := os.MkdirAll(dumpDir, 0o755); err != nil {
+			if err := makeOwnedDir(dumpDir, x.s.ID); err != nil {
+				return fmt.Errorf("the staging directory of session %s: %w", x.s.ID, err)
+			}
+		} else if err := os.MkdirAll(dumpDir, 0o755); err != nil {
 			return err
 		}
 		co := staging.CheckOptions{Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dumpDir}
@@ -239,7 +241,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		return err
 	}
 	err = x.step(ctx, StepCleanup, func(*stepOutcome) error {
-		if err := os.RemoveAll(x.s.SessionDir()); err != nil {
+		if err := removeOwned(x.s.SessionDir(), x.s.ID); err != nil {
 			return fmt.Errorf("removing the staging files: %w", err)
 		}
 		return nil
@@ -316,7 +318,7 @@ func (r *Runner) cancelPublished(ctx context.Context, s *Session) (*Session, err
 			return s, fmt.Errorf("cancelling on mover %s (it holds the dumps; retry the cancel when it is reachable): %w", pub.On, err)
 		}
 	} else {
-		if err := os.RemoveAll(s.SessionDir()); err != nil {
+		if err := removeOwned(s.SessionDir(), s.ID); err != nil {
 			return s, fmt.Errorf("removing the staging files: %w", err)
 		}
 		if s.Plan.Target == "" {
