@@ -21,6 +21,7 @@ import (
 
 type serveOpts struct {
 	listen, metrics, reserve, repo string
+	peerMemory, totalMemory        string
 	roots                          []string
 	// What this host decides for jobs of peers trusted with orchestrate.
 	stagingDir, osUser, jobRepo, publishListen string
@@ -67,6 +68,8 @@ Example:
 	f.StringVar(&so.repo, "repo", "", "backup repository to serve to peers trusted with read")
 	f.StringVar(&so.metrics, "metrics", "", "where to serve Prometheus metrics over HTTP, without authentication: a Unix socket (unix:/run/pgporter/metrics.sock, mode 0660) or a loopback address (127.0.0.1:9448); any other address is open to the network and warned about")
 	f.StringVar(&so.reserve, "reserve", "64M", "free space every transfer must leave on a root's filesystem")
+	f.StringVar(&so.peerMemory, "peer-memory", "512M", "memory the transfers of one peer may hold (chunk positions, data-stream buffers, open transfers); past it the receiver slows the peer down, it does not fail")
+	f.StringVar(&so.totalMemory, "total-memory", "2G", "memory the transfers of all peers together may hold")
 	f.StringVar(&so.stagingDir, "staging-dir", orchestrator.DefaultStagingDir, "where export jobs of peers trusted with orchestrate write their dumps (must be reachable by --os-user)")
 	f.StringVar(&so.osUser, "os-user", "postgres", "OS user that runs PostgreSQL for jobs of peers trusted with orchestrate")
 	f.StringVar(&so.jobRepo, "job-repo", "", "local repository that jobs of peers trusted with orchestrate may read (export and publish --on); without it they name a repository mover")
@@ -148,6 +151,17 @@ func loopbackHost(host string) bool {
 }
 
 func runServe(ctx context.Context, g *globals, so serveOpts) error {
+	var memory [2]int64
+	for i, m := range []struct{ flag, v string }{{"--peer-memory", so.peerMemory}, {"--total-memory", so.totalMemory}} {
+		n, err := parseSize(m.v)
+		if err == nil && n < 64<<20 {
+			err = fmt.Errorf("%s is below the 64M a transfer needs", m.v)
+		}
+		if err != nil {
+			return usageError{fmt.Errorf("%s: %w", m.flag, err)}
+		}
+		memory[i] = n
+	}
 	reserve, err := parseSize(so.reserve)
 	if err != nil {
 		return usageError{fmt.Errorf("--reserve: %w", err)}
@@ -176,7 +190,8 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	} else if _, err := pb.Recover(ctx, serve); err != nil {
 		g.log.Warn("recovering publications", "err", err)
 	}
-	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log})
+	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
+		PeerMemory: memory[0], TotalMemory: memory[1]})
 	if err != nil {
 		return err
 	}
