@@ -186,6 +186,16 @@ func requireSameTree(t *testing.T, src, dst string) {
 	require.Empty(t, rep.Problems)
 }
 
+// initMoverHome makes a home with a new mover identity and returns it with
+// the peer ID.
+func initMoverHome(t *testing.T) (home, id string) {
+	t.Helper()
+	home = t.TempDir()
+	code, out, errs := runCLI(t, "mover", "init", "--home", home)
+	require.Equal(t, 0, code, errs)
+	return home, lastLine(out)
+}
+
 // newMoverPair creates a sender and a receiver identity; the receiver
 // trusts the sender with send.
 func newMoverPair(t *testing.T) (sendHome, recvHome string, recvID mover.PeerID) {

@@ -214,16 +214,9 @@ func TestMountRepoPeerCLI(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	id := lastLine(out)
 
-	initHome := func(t *testing.T) (string, string) {
-		t.Helper()
-		home := t.TempDir()
-		code, out, errs := runCLI(t, "mover", "init", "--home", home)
-		require.Equal(t, 0, code, errs)
-		return home, lastLine(out)
-	}
-	srvHome, srvID := initHome(t)
-	stagingHome, stagingID := initHome(t)
-	senderHome, senderID := initHome(t)
+	srvHome, srvID := initMoverHome(t)
+	stagingHome, stagingID := initMoverHome(t)
+	senderHome, senderID := initMoverHome(t)
 	code, _, errs = runCLI(t, "mover", "trust", stagingID, "--allow", "read", "--home", srvHome)
 	require.Equal(t, 0, code, errs)
 	code, _, errs = runCLI(t, "mover", "trust", senderID, "--allow", "send", "--home", srvHome)

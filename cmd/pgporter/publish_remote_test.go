@@ -42,14 +42,8 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	out, err := exec.Command("cp", "-a", repo, repo2).CombinedOutput()
 	require.NoError(t, err, string(out))
 
-	initHome := func() (string, string) {
-		home := t.TempDir()
-		code, out, errs := runCLI(t, "mover", "init", "--home", home)
-		require.Equal(t, 0, code, errs)
-		return home, lastLine(out)
-	}
-	moverHome, moverID := initHome()
-	orchHome, orchID := initHome()
+	moverHome, moverID := initMoverHome(t)
+	orchHome, orchID := initMoverHome(t)
 	root := t.TempDir()
 	require.NoError(t, os.Chmod(root, 0o755))
 	// The mover decides which local repository jobs read: publish --on

@@ -358,14 +358,8 @@ func TestPublishKilled(t *testing.T) {
 func TestPublishRepoPeerCLI(t *testing.T) {
 	_, repo := exportFixture(t)
 	before := repoState(t, repo)
-	initHome := func() (string, string) {
-		home := t.TempDir()
-		code, out, errs := runCLI(t, "mover", "init", "--home", home)
-		require.Equal(t, 0, code, errs)
-		return home, lastLine(out)
-	}
-	srvHome, srvID := initHome()
-	home, homeID := initHome()
+	srvHome, srvID := initMoverHome(t)
+	home, homeID := initMoverHome(t)
 	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo)
 	addr := srv.waitListening(t)
 	peer := addr + "#" + srvID
@@ -515,7 +509,7 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 
 	// With --on, the publishing mover reads the repository mover: it is the
 	// one that needs read there, and the refusal says so.
-	moverHome, moverID := initHome()
+	moverHome, moverID := initMoverHome(t)
 	code, _, errs = runCLI(t, "mover", "trust", homeID, "--allow", "orchestrate", "--home", moverHome)
 	require.Equal(t, 0, code, errs)
 	pubMover := startProc(t, "--home", moverHome, "mover", "serve", "--listen", "127.0.0.1:0", "--root", t.TempDir())

@@ -28,14 +28,8 @@ import (
 // free it.
 func TestRetryFreesExportStuckOnItsMount(t *testing.T) {
 	_, repo := exportFixture(t)
-	initHome := func() (string, string) {
-		home := t.TempDir()
-		code, out, errs := runCLI(t, "mover", "init", "--home", home)
-		require.Equal(t, 0, code, errs)
-		return home, lastLine(out)
-	}
-	srvHome, srvID := initHome()
-	home, homeID := initHome()
+	srvHome, srvID := initMoverHome(t)
+	home, homeID := initMoverHome(t)
 	code, _, errs := runCLI(t, "mover", "trust", homeID, "--allow", "read", "--home", srvHome)
 	require.Equal(t, 0, code, errs)
 	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo)
