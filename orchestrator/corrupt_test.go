@@ -54,22 +54,7 @@ func TestCorruptChunkInRepository(t *testing.T) {
 	}
 	f := newFixture(t)
 	rel := f.c.Query(t, "shop", "SELECT pg_relation_filepath('items')")
-	r, err := chunkstore.OpenRepo(f.repo, nil)
-	require.NoError(t, err)
-	rp, err := r.Resolve(f.rp)
-	require.NoError(t, err)
-	nodes, err := r.Tree(context.Background(), rp)
-	require.NoError(t, err)
-	require.NoError(t, r.Close())
-	var bad chunkstore.ID
-	for _, n := range nodes {
-		if n.Path == rel {
-			require.NotEmpty(t, n.Chunks)
-			bad = n.Chunks[len(n.Chunks)/2].ID
-		}
-	}
-	require.False(t, bad.IsZero(), "%s is not in the restore point", rel)
-	corruptChunk(t, f.repo, bad)
+	bad := f.corruptFileChunk(t, rel, func(n int) int { return n / 2 })
 
 	home, to := t.TempDir(), t.TempDir()
 	plan := f.plan(t, to)
@@ -97,22 +82,7 @@ func TestTolerableCorruptionFailsExport(t *testing.T) {
 	}
 	f := newFixture(t)
 	const stats = "pg_stat/pgstat.stat"
-	r, err := chunkstore.OpenRepo(f.repo, nil)
-	require.NoError(t, err)
-	rp, err := r.Resolve(f.rp)
-	require.NoError(t, err)
-	nodes, err := r.Tree(context.Background(), rp)
-	require.NoError(t, err)
-	require.NoError(t, r.Close())
-	var bad chunkstore.ID
-	for _, n := range nodes {
-		if n.Path == stats {
-			require.NotEmpty(t, n.Chunks)
-			bad = n.Chunks[0].ID
-		}
-	}
-	require.False(t, bad.IsZero(), "%s is not in the restore point", stats)
-	corruptChunk(t, f.repo, bad)
+	bad := f.corruptFileChunk(t, stats, func(int) int { return 0 })
 
 	home, to := t.TempDir(), t.TempDir()
 	plan := f.plan(t, to)
@@ -126,4 +96,28 @@ func TestTolerableCorruptionFailsExport(t *testing.T) {
 	require.ErrorContains(t, err, stats)
 	require.Equal(t, StateFailed, s.State)
 	require.NoDirExists(t, filepath.Join(to, "shop"), "nothing is committed")
+}
+
+// corruptFileChunk corrupts, in the fixture's repository, the chunk of the
+// restore point's file path that pick chooses among its n chunks, and
+// returns its ID.
+func (f *fixture) corruptFileChunk(t *testing.T, path string, pick func(n int) int) chunkstore.ID {
+	t.Helper()
+	r, err := chunkstore.OpenRepo(f.repo, nil)
+	require.NoError(t, err)
+	rp, err := r.Resolve(f.rp)
+	require.NoError(t, err)
+	nodes, err := r.Tree(context.Background(), rp)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	var bad chunkstore.ID
+	for _, n := range nodes {
+		if n.Path == path {
+			require.NotEmpty(t, n.Chunks)
+			bad = n.Chunks[pick(len(n.Chunks))].ID
+		}
+	}
+	require.False(t, bad.IsZero(), "%s is not in the restore point", path)
+	corruptChunk(t, f.repo, bad)
+	return bad
 }
