@@ -68,6 +68,13 @@ func TestRetryFreesExportStuckOnItsMount(t *testing.T) {
 	}
 	id := sessionLineRE.FindStringSubmatch(p.stderr.String())
 	require.NotNil(t, id, p.stderr.String())
+	t.Cleanup(func() {
+		// Should the test fail before retry frees the export, free it here:
+		// a process stuck exiting outlives the test binary.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = staging.ReleaseDying(ctx, pid, filepath.Join(os.TempDir(), "pgporter-"+id[1]))
+	})
 
 	require.NoError(t, p.cmd.Process.Kill())
 	// Whether the killed export stays stuck depends on the order in which
