@@ -68,32 +68,9 @@ func ParseLevel(s string) (Level, error) {
 }
 
 var (
-	encodersMu sync.Mutex // guards encoders
-	encoders   [LevelBest + 1]*zstd.Encoder
-
 	decoderOnce sync.Once
 	decoder     *zstd.Decoder
 )
-
-func encoder(l Level) *zstd.Encoder {
-	encodersMu.Lock()
-	defer encodersMu.Unlock()
-	if encoders[l] == nil {
-		zl := map[Level]zstd.EncoderLevel{
-			LevelFastest: zstd.SpeedFastest, LevelDefault: zstd.SpeedDefault,
-			LevelBetter: zstd.SpeedBetterCompression, LevelBest: zstd.SpeedBestCompression,
-		}[l]
-		// Chunks are at most a few MiB: a window beyond that buys nothing and
-		// costs memory per concurrent encoder. No CRC: BLAKE3 covers content.
-		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zl), zstd.WithWindowSize(MaxChunkCeil),
-			zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true), zstd.WithLowerEncoderMem(true))
-		if err != nil {
-			panic(fmt.Sprintf("chunkstore: creating zstd encoder: %v", err)) // options are constant
-		}
-		encoders[l] = e
-	}
-	return encoders[l]
-}
 
 func sharedDecoder() *zstd.Decoder {
 	decoderOnce.Do(func() {
@@ -110,7 +87,11 @@ func sharedDecoder() *zstd.Decoder {
 	return decoder
 }
 
-// Compress appends src, encoded at level l, to dst. It returns CodecNone and
+// Compress appends src, encoded at level l, to dst. Builds with cgo
+// encode with the C zstd library (codec_cgo.go), others with
+// klauspost/compress (codec_purego.go): the frames are standard zstd
+// either way, and every build decodes them with klauspost/compress, whose
+// memory and output limits hold against hostile frames. It returns CodecNone and
 // dst+src when compression does not save at least 1/32 of the size: such
 // chunks cost decode time for nothing. It is safe for concurrent use.
 func Compress(dst, src []byte, l Level) ([]byte, Codec) {
@@ -121,8 +102,8 @@ func Compress(dst, src []byte, l Level) ([]byte, Codec) {
 		l = LevelDefault
 	}
 	n := len(dst)
-	out := encoder(l).EncodeAll(src, dst)
-	if len(out)-n >= len(src)-len(src)/32 {
+	out, ok := zstdEncode(dst, src, l)
+	if !ok || len(out)-n >= len(src)-len(src)/32 {
 		return append(out[:n], src...), CodecNone
 	}
 	return out, CodecZstd
