@@ -2,9 +2,12 @@ package staging
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/pgporter/pgporter/internal/testsupport"
@@ -60,4 +63,26 @@ func TestDumpPasswordNotInEnvironment(t *testing.T) {
 		require.NoFileExists(t, passFile, "%s: the password file is removed", prog)
 		require.NoDirExists(t, filepath.Dir(passFile), "%s: and its directory", prog)
 	}
+}
+
+// TestPassDirsOfKilledProcessesSwept guards against a password left on disk
+// by a pg_dump run whose pgporter was SIGKILLed before it removed the file
+// (the kill tests left dozens): the next clientEnv removes the directories
+// of processes that are gone, and leaves those of live ones.
+func TestPassDirsOfKilledProcessesSwept(t *testing.T) {
+	gone := exec.Command("true")
+	require.NoError(t, gone.Run())
+	deadDir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", passDirPrefix, gone.Process.Pid))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(deadDir, "pgpass"), []byte("*:*:*:*:secret\n"), 0o600))
+	liveDir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", passDirPrefix, os.Getppid()))
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(liveDir); os.RemoveAll(deadDir) })
+
+	sweepPassOnce = sync.Once{}
+	_, done, err := clientEnv("pw")
+	require.NoError(t, err)
+	done()
+	require.NoDirExists(t, deadDir, "a killed process's password file is removed")
+	require.DirExists(t, liveDir, "a running process's is left")
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -229,7 +230,10 @@ func clientEnv(password string) (env []string, done func(), err error) {
 	if strings.ContainsAny(password, "\r\n") {
 		return nil, nil, errors.New("staging: a password with a line break cannot be passed in a password file")
 	}
-	dir, err := os.MkdirTemp("", "pgporter-pass-") // mode 0700, a fresh random name
+	sweepPassDirs()
+	// Mode 0700, a fresh random name, and this process's PID, so that a
+	// later process removes it if this one is killed before done.
+	dir, err := os.MkdirTemp("", passDirPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating a private directory for the password file: %w", err)
 	}
@@ -257,4 +261,43 @@ func clientEnv(password string) (env []string, done func(), err error) {
 		env = append(env, kv)
 	}
 	return append(env, "PGPASSFILE="+name, "PGCONNECT_TIMEOUT=30"), done, nil
+}
+
+// passDirPrefix begins the name of clientEnv's directories in os.TempDir,
+// followed by the PID of the process that made it.
+const passDirPrefix = "pgporter-pass-"
+
+var sweepPassOnce sync.Once
+
+// sweepPassDirs removes, once per process, the password files that
+// processes killed before their done left in os.TempDir: a directory of
+// this user's named for a PID that is no longer running.
+func sweepPassDirs() {
+	sweepPassOnce.Do(func() {
+		tmp := os.TempDir()
+		ents, _ := os.ReadDir(tmp)
+		for _, e := range ents {
+			rest, ok := strings.CutPrefix(e.Name(), passDirPrefix)
+			if !ok || !e.IsDir() {
+				continue // a link is not ours either
+			}
+			pidText, _, _ := strings.Cut(rest, "-")
+			pid, err := strconv.Atoi(pidText)
+			if err != nil || pid <= 0 || processExists(pid) {
+				continue
+			}
+			dir := filepath.Join(tmp, e.Name())
+			if fi, err := os.Lstat(dir); err == nil && fi.IsDir() {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) == os.Geteuid() {
+					_ = os.RemoveAll(dir)
+				}
+			}
+		}
+	})
+}
+
+// processExists reports whether a process pid exists (zombies included).
+func processExists(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
