@@ -27,8 +27,18 @@ const ManifestName = "pgporter-manifest.json"
 // of long names.
 const maxManifestSize = 1 << 30
 
-// ManifestFormat names the manifest's JSON layout.
-const ManifestFormat = "pgporter-manifest/1"
+// Manifest formats: the JSON layouts this package reads.
+const (
+	// ManifestFormat (format 1) gives each file's whole-content BLAKE3
+	// (ManifestFile.BLAKE3). Receivers of protocol 2 wrote it; a tree
+	// published in place still does.
+	ManifestFormat = "pgporter-manifest/1"
+	// ManifestFormat2 gives each file's chunk-list hash
+	// (ManifestFile.ChunksBLAKE3, chunkstore.FileListHash) under the
+	// manifest's Chunking parameters: what a receiver of protocol 3 checks
+	// at commit without reading the file again.
+	ManifestFormat2 = "pgporter-manifest/2"
+)
 
 // Manifest describes a committed tree.
 type Manifest struct {
@@ -42,11 +52,15 @@ type Manifest struct {
 
 // ManifestFile is one regular file of a committed tree.
 type ManifestFile struct {
-	Path   string    `json:"path"` // canonical relative slash path
-	Size   int64     `json:"size"`
-	Mode   FileMode  `json:"mode"`
-	MTime  time.Time `json:"mtime"`
-	BLAKE3 Hash      `json:"blake3"`
+	Path  string    `json:"path"` // canonical relative slash path
+	Size  int64     `json:"size"`
+	Mode  FileMode  `json:"mode"`
+	MTime time.Time `json:"mtime"`
+	// BLAKE3 is the whole file's BLAKE3 (format 1).
+	BLAKE3 Hash `json:"blake3,omitzero"`
+	// ChunksBLAKE3 is the file's chunkstore.FileListHash (format 2): not a
+	// hash of the content, so that nobody feeds it to b3sum.
+	ChunksBLAKE3 Hash `json:"chunks_blake3,omitzero"`
 }
 
 // Hash is a BLAKE3-256 digest of a whole file.
@@ -99,6 +113,39 @@ func HashFile(ctx context.Context, f io.Reader) (Hash, int64, error) {
 	return out, n, nil
 }
 
+// hashChunkList cuts f with p and returns its chunkstore.FileListHash (taking
+// size as the file's size: a file of another size fails on its length
+// anyway), and, with whole, its plain BLAKE3 from the same read.
+func hashChunkList(ctx context.Context, f io.Reader, size int64, p chunkstore.Params, whole bool) (list, sum Hash, n int64, err error) {
+	var w *blake3.Hasher
+	r := io.Reader(ctxReader{ctx, f})
+	if whole {
+		w = blake3.New()
+		r = io.TeeReader(r, w)
+	}
+	ch, err := chunkstore.NewChunker(r, p)
+	if err != nil {
+		return list, sum, 0, err
+	}
+	l := chunkstore.NewFileListHash(uint64(max(size, 0)))
+	for {
+		c, err := ch.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return list, sum, n, err
+		}
+		l.Add(chunkstore.Sum(c.Data), uint32(len(c.Data)))
+		n += int64(len(c.Data))
+	}
+	list = l.Sum()
+	if w != nil {
+		w.Sum(sum[:0])
+	}
+	return list, sum, n, nil
+}
+
 // ErrVerify is matched by every mismatch Verify reports.
 var ErrVerify = errors.New("mover: tree does not match its manifest")
 
@@ -121,6 +168,11 @@ type VerifyOptions struct {
 	// export): a tree whose manifest was rewritten to match altered files
 	// fails with ErrManifestHash.
 	Expect *Hash
+	// FileSum, if not nil, is called with the plain BLAKE3 of each file
+	// that verified (what b3sum prints), in manifest order. A format 2
+	// manifest does not hold it: the file is hashed a second time as it is
+	// read.
+	FileSum func(path string, sum Hash)
 }
 
 // ParseHash reads a hash as Hash.String writes it (64 hex digits).
@@ -179,7 +231,13 @@ func parseManifest(b []byte, name string) (*Manifest, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("parsing %s: %w", name, err)
 	}
-	if m.Format != ManifestFormat {
+	switch m.Format {
+	case ManifestFormat:
+	case ManifestFormat2:
+		if err := m.Chunking.Validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	default:
 		return nil, fmt.Errorf("%s: unknown format %q", name, m.Format)
 	}
 	return &m, nil
@@ -195,7 +253,9 @@ func ReadManifest(dir string) (*Manifest, error) {
 }
 
 // Verify checks the tree at dir against its manifest: every listed file
-// exists with its size and BLAKE3, and no other regular file is present.
+// exists with its size and hash (format 1: the file's BLAKE3; format 2: its
+// chunk list's, the file cut again with the manifest's chunking
+// parameters), and no other regular file is present.
 // The returned error matches ErrVerify when the tree is damaged; the report
 // names each problem.
 func Verify(ctx context.Context, dir string) (*VerifyReport, error) {
@@ -228,7 +288,16 @@ func VerifyWith(ctx context.Context, dir string, o VerifyOptions) (*VerifyReport
 			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: %v", mf.Path, errors.Unwrap(err)))
 			continue
 		}
-		h, n, err := HashFile(ctx, f)
+		var (
+			h, sum Hash
+			n      int64
+		)
+		if m.Format == ManifestFormat {
+			h, n, err = HashFile(ctx, f)
+			sum = h
+		} else {
+			h, sum, n, err = hashChunkList(ctx, f, mf.Size, m.Chunking, o.FileSum != nil)
+		}
 		f.Close()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -238,11 +307,17 @@ func VerifyWith(ctx context.Context, dir string, o VerifyOptions) (*VerifyReport
 			continue
 		}
 		rep.Bytes += n
+		want, what := mf.BLAKE3, "BLAKE3"
+		if m.Format == ManifestFormat2 {
+			want, what = mf.ChunksBLAKE3, "chunk list BLAKE3"
+		}
 		switch {
 		case n != mf.Size:
 			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: size %d, manifest says %d", mf.Path, n, mf.Size))
-		case h != mf.BLAKE3:
-			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: content differs from the manifest (BLAKE3 %s, expected %s)", mf.Path, h.String()[:16], mf.BLAKE3.String()[:16]))
+		case h != want:
+			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: content differs from the manifest (%s %s, expected %s)", mf.Path, what, h.String()[:16], want.String()[:16]))
+		case o.FileSum != nil:
+			o.FileSum(mf.Path, sum)
 		}
 	}
 	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {

@@ -11,17 +11,23 @@ import (
 func newVerifyCmd(g *globals) *cobra.Command {
 	var (
 		asJSON bool
+		b3sum  bool
 		expect string
 	)
 	c := &cobra.Command{
 		Use:   "verify DUMP_DIR",
 		Short: "Check a received directory against its pgporter-manifest.json",
 		Long: `Read DUMP_DIR/pgporter-manifest.json and check that every file it lists is
-there with the listed size and BLAKE3 hash, and that no other file is present.
+there with the listed size and hash, and that no other file is present. A
+manifest of format 2 holds each file's chunk-list hash: the file is cut again
+with the manifest's chunking parameters and its chunks hashed.
 With --expect HASH, the manifest itself must have that BLAKE3 (the manifest
 hash the target reported when it committed the dump, which 'pgporter
 sessions show' prints): a dump whose files and manifest were both altered
-fails. Exit code 0 means the tree is exactly what was sent.`,
+fails. With --b3sum, stdout holds one b3sum line (plain BLAKE3, two spaces,
+the path relative to DUMP_DIR) per file that verified, for 'b3sum --check'
+run in DUMP_DIR; the summary goes to stderr. Exit code 0 means the tree is
+exactly what was sent.`,
 		Args: oneArg("verify", "DUMP_DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var o mover.VerifyOptions
@@ -31,6 +37,16 @@ fails. Exit code 0 means the tree is exactly what was sent.`,
 					return usagef("--expect: %v", err)
 				}
 				o.Expect = &h
+			}
+			summary := g.stdout
+			if b3sum {
+				if asJSON {
+					return usagef("--b3sum and --json both write stdout: choose one")
+				}
+				summary = g.stderr
+				o.FileSum = func(path string, sum mover.Hash) {
+					fmt.Fprintf(g.stdout, "%s  %s\n", sum, path)
+				}
 			}
 			rep, err := mover.VerifyWith(cmd.Context(), args[0], o)
 			if rep != nil {
@@ -42,7 +58,7 @@ fails. Exit code 0 means the tree is exactly what was sent.`,
 				return err
 			}
 			if err == nil {
-				fmt.Fprintf(g.stdout, "%s: ok, %d files, %s verified (manifest %s)\n", args[0], rep.Files, humanSize(rep.Bytes), rep.ManifestHash)
+				fmt.Fprintf(summary, "%s: ok, %d files, %s verified (manifest %s)\n", args[0], rep.Files, humanSize(rep.Bytes), rep.ManifestHash)
 			}
 			if asJSON {
 				out := map[string]any{"ok": err == nil, "files": rep.Files, "bytes": rep.Bytes, "manifest_blake3": rep.ManifestHash.String(), "problems": rep.Problems}
@@ -57,6 +73,7 @@ fails. Exit code 0 means the tree is exactly what was sent.`,
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON report as the last line")
+	c.Flags().BoolVar(&b3sum, "b3sum", false, "print each file's BLAKE3 as b3sum does (reads each file's bytes through a second hash)")
 	c.Flags().StringVar(&expect, "expect", "", "the BLAKE3 (64 hex digits) the manifest must have")
 	return c
 }

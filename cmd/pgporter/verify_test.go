@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/stretchr/testify/require"
 	"github.com/zeebo/blake3"
@@ -59,4 +61,66 @@ func TestVerifyExpect(t *testing.T) {
 	code, _, errOut = verify("--expect", strings.Repeat("z", 64), dir)
 	require.Equal(t, 2, code, "a malformed hash is a usage error")
 	require.Contains(t, errOut, "--expect")
+}
+
+// writeDump2 writes a one-file tree with a format 2 manifest (chunk-list
+// hash), as a protocol 3 receiver commits it.
+func writeDump2(t *testing.T, dir string, content []byte) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "3001.dat"), content, 0o644))
+	p := chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
+	l := chunkstore.NewFileListHash(uint64(len(content)))
+	n := 0
+	require.NoError(t, chunkstore.Split(content, p, func(c chunkstore.Chunk) error {
+		l.Add(chunkstore.Sum(c.Data), uint32(len(c.Data)))
+		n++
+		return nil
+	}))
+	require.Greater(t, n, 4, "the file must be several chunks")
+	man := mover.Manifest{Format: mover.ManifestFormat2, Transfer: "t-x", Chunking: p, Files: []mover.ManifestFile{{Path: "3001.dat", Size: int64(len(content)), Mode: 0o644, ChunksBLAKE3: l.Sum()}}, Bytes: int64(len(content))}
+	b, err := json.Marshal(man)
+	require.NoError(t, err)
+	require.NotContains(t, string(b), `"blake3"`, "format 2 gives no hash b3sum could be fed")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, mover.ManifestName), b, 0o644))
+}
+
+// TestVerifyFormat2 guards issue 16's manifest format 2: verify cuts each
+// file again with the manifest's chunking parameters and finds a changed
+// byte through the chunk-list hash; --b3sum prints the files' plain BLAKE3
+// in b3sum's format; format 1 still verifies (TestVerifyExpect).
+func TestVerifyFormat2(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "dump")
+	content := make([]byte, 300<<10)
+	for i := range content {
+		content[i] = byte(i*7 + i/1000)
+	}
+	writeDump2(t, dir, content)
+	verify := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), append([]string{"verify"}, args...), &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+
+	code, out, errOut := verify(dir)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, ": ok, 1 files")
+
+	code, out, errOut = verify("--b3sum", dir)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, fmt.Sprintf("%x  3001.dat\n", blake3.Sum256(content)), out, "stdout holds b3sum lines only")
+	require.Contains(t, errOut, ": ok, 1 files")
+
+	// One byte changed in the middle of a chunk: same size, same cuts
+	// most likely, another chunk ID.
+	content[150<<10] ^= 1
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "3001.dat"), content, 0o644))
+	code, out, errOut = verify("--b3sum", dir)
+	require.Equal(t, 1, code)
+	require.Empty(t, out, "no b3sum line for a file that does not verify")
+	require.Contains(t, errOut, "3001.dat: content differs from the manifest (chunk list BLAKE3")
+
+	code, _, errOut = verify("--b3sum", "--json", dir)
+	require.Equal(t, 2, code, "--b3sum and --json both want stdout")
+	require.Contains(t, errOut, "--b3sum")
 }
