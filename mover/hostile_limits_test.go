@@ -71,29 +71,33 @@ func TestHostileOversizeFrames(t *testing.T) {
 func TestHostileBadHashes(t *testing.T) {
 	r := startReceiver(t, ServerOptions{})
 	content := []byte("the content of the one file")
+	// Protocol 3: FileEnd's hash is the chunk list's, so the receiver
+	// checks it against the refs it was given before any data comes, and
+	// the commit can trust the positions it checks against it.
 	t.Run("file hash", func(t *testing.T) {
-		s := dialRaw(t, r)
-		dest := filepath.Join(r.root, "badhash")
-		s.open(t, dest, 1, uint64(len(content)))
-		id := chunkstore.Sum(content)
-		require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: uint64(len(content)), NumChunks: 1}))
-		require.NoError(t, s.cs.write(&protocol.FileChunks{Index: 0, Chunks: []protocol.ChunkRef{{ID: id, Len: uint32(len(content))}}}))
-		require.NoError(t, s.cs.write(&protocol.FileEnd{Index: 0, Hash: [32]byte(chunkstore.Sum([]byte("something else")))}))
-		require.NoError(t, s.cs.write(&protocol.ManifestEnd{Files: 1}))
-		m, err := s.cs.next()
-		require.NoError(t, err)
-		require.IsType(t, &protocol.Need{}, m)
-		st, err := s.conn.OpenStreamSync(context.Background())
-		require.NoError(t, err)
-		_, err = st.Write([]byte{byte(protocol.StreamData)})
-		require.NoError(t, err)
-		require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: id, Codec: chunkstore.CodecNone, PlainLen: uint32(len(content)), Payload: content}))
-		require.NoError(t, st.Close())
-		require.NoError(t, s.cs.write(&protocol.SendDone{Chunks: 1}))
-		err = s.nextError(t)
-		require.ErrorIs(t, err, protocol.ErrCorrupt)
-		require.ErrorContains(t, err, "did not verify")
-		require.NoDirExists(t, dest)
+		for name, hash := range map[string][32]byte{
+			"content hash": [32]byte(chunkstore.Sum(content)), // what protocol 2 sent
+			"another list": oneChunkListHash([]byte("something else")),
+			"same list, +1B": func() [32]byte {
+				l := chunkstore.NewFileListHash(uint64(len(content)) + 1)
+				l.Add(chunkstore.Sum(content), uint32(len(content)))
+				return l.Sum()
+			}(),
+		} {
+			t.Run(name, func(t *testing.T) {
+				s := dialRaw(t, r)
+				dest := filepath.Join(r.root, "badhash")
+				s.open(t, dest, 1, uint64(len(content)))
+				id := chunkstore.Sum(content)
+				require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: uint64(len(content)), NumChunks: 1}))
+				require.NoError(t, s.cs.write(&protocol.FileChunks{Index: 0, Chunks: []protocol.ChunkRef{{ID: id, Len: uint32(len(content))}}}))
+				require.NoError(t, s.cs.write(&protocol.FileEnd{Index: 0, Hash: hash}))
+				err := s.nextError(t)
+				require.ErrorIs(t, err, protocol.ErrProtocol)
+				require.ErrorContains(t, err, "chunk-list hash")
+				require.NoDirExists(t, dest)
+			})
+		}
 	})
 	t.Run("chunk not asked for", func(t *testing.T) {
 		s := dialRaw(t, r)

@@ -88,9 +88,10 @@ type wpos struct {
 
 type rfile struct {
 	hdr     protocol.FileHeader
-	nchunks int   // chunks listed so far
-	end     int64 // bytes they cover
-	hash    [32]byte
+	nchunks int                      // chunks listed so far
+	end     int64                    // bytes they cover
+	list    *chunkstore.FileListHash // of the chunks listed so far; nil once ended
+	hash    [32]byte                 // the chunk-list hash FileEnd gave, checked against list
 	ended   bool
 }
 
@@ -136,6 +137,10 @@ type receiver struct {
 	listed int64 // bytes of the files listed so far
 
 	streams atomic.Int32 // data streams open
+
+	// syncMu serializes sync: a barrier returns only once every earlier
+	// one has recorded its positions, which the commit's check reads.
+	syncMu sync.Mutex
 
 	failOnce sync.Once
 }
@@ -326,6 +331,8 @@ func (r *receiver) syncLoop(ctx context.Context) {
 
 // sync is the durability barrier: data first, then the index that points at it.
 func (r *receiver) sync() error {
+	r.syncMu.Lock()
+	defer r.syncMu.Unlock()
 	r.mu.Lock()
 	batch := r.written
 	r.written = nil
@@ -397,7 +404,7 @@ func (r *receiver) control(ctx context.Context) error {
 				return err
 			}
 			r.mu.Lock()
-			r.files = append(r.files, &rfile{hdr: *m})
+			r.files = append(r.files, &rfile{hdr: *m, list: chunkstore.NewFileListHash(m.Size)})
 			r.mu.Unlock()
 		case *protocol.FileChunks:
 			f, err := r.current(m.Index)
@@ -512,6 +519,9 @@ func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChun
 			return fmt.Errorf("%w: chunk of %d bytes in the middle of %s (min %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Min)
 		}
 	}
+	for _, c := range m.Chunks {
+		f.list.Add(c.ID, c.Len)
+	}
 	idx := uint32(len(r.files) - 1)
 	for refs := m.Chunks; len(refs) > 0; {
 		batch := refs[:min(len(refs), posBatch)]
@@ -550,10 +560,11 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 				return err
 			}
 			if ok {
-				if rec.id == ref.ID && rec.off == p.off {
+				if rec.id == ref.ID && rec.off == p.off && rec.n == ref.Len && r.stillThere(f.hdr.Path, rec) {
 					continue // durable here already
 				}
-				// The source changed since that position was written.
+				// The source changed since that position was written, or
+				// its bytes in DEST.partial did.
 				stale.Delete(keyPos(r.tid, f.hdr.Path, i), nil)
 				r.mu.Lock()
 				r.durableBytes -= int64(rec.n)
@@ -600,13 +611,34 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 	return nil
 }
 
-// endFile checks that a file's chunk list is complete and drops durable
-// positions past its end (left by a longer version of the file).
+// stillThere reports whether the bytes a position durable before this
+// connection vouches for still hash to its chunk: DEST.partial may have been
+// edited or removed between runs, and the commit does not read files again.
+func (r *receiver) stillThere(path string, rec posRecord) bool {
+	if int(rec.n) > r.meta.Params.Max {
+		return false
+	}
+	bp := r.buf()
+	defer r.bufs.Put(bp)
+	buf := (*bp)[:rec.n]
+	if err := r.fc.readAt(path, buf, rec.off); err != nil || chunkstore.Sum(buf) != rec.id {
+		r.log.Info("a chunk durable from an earlier run changed on disk; asking for it again", "transfer", r.tid, "path", path, "offset", rec.off, "chunk", rec.id.Short())
+		return false
+	}
+	return true
+}
+
+// endFile checks that a file's chunk list is complete and is the one the
+// sender hashed, and drops durable positions past its end (left by a longer
+// version of the file).
 func (r *receiver) endFile(f *rfile, hash [32]byte) error {
 	if f.end != int64(f.hdr.Size) || (f.hdr.NumChunks > 0 && f.nchunks != int(f.hdr.NumChunks)) {
 		return fmt.Errorf("%w: %s: %d chunks covering %d bytes, header says %d chunks, %d bytes", protocol.ErrProtocol, f.hdr.Path, f.nchunks, f.end, f.hdr.NumChunks, f.hdr.Size)
 	}
-	f.hash, f.ended = hash, true
+	if got := f.list.Sum(); got != hash {
+		return fmt.Errorf("%w: %s: FileEnd gives chunk-list hash %x, its %d chunks hash to %x", protocol.ErrProtocol, f.hdr.Path, hash[:8], f.nchunks, got[:8])
+	}
+	f.hash, f.ended, f.list = hash, true, nil
 	if !r.resuming {
 		return nil
 	}
@@ -853,22 +885,29 @@ func (r *receiver) finish(ctx context.Context, done *protocol.SendDone) error {
 // commit verifies every file, writes the manifest, and renames DEST.partial
 // to DEST, durably.
 func (r *receiver) commit(ctx context.Context) error {
-	man := Manifest{Format: ManifestFormat, Transfer: r.tid, Created: time.Now().UTC(), Chunking: r.meta.Params}
+	man := Manifest{Format: ManifestFormat2, Transfer: r.tid, Created: time.Now().UTC(), Chunking: r.meta.Params}
 	var bad []string
-	why := "" // the first bad file's read error, if it was one
+	why := "" // the first bad file's error
 	for _, f := range r.files {
 		p := filepath.FromSlash(f.hdr.Path)
-		h, n, err := r.hashPartial(ctx, p)
+		err := r.checkPositions(f)
+		if err == nil {
+			err = r.checkSize(p, int64(f.hdr.Size))
+		}
+		if err == nil && r.s.o.VerifyCommit {
+			err = r.rereadPartial(ctx, f)
+		}
 		if err != nil && ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		if err != nil || n != int64(f.hdr.Size) || h != f.hash {
+		n := int64(f.hdr.Size)
+		if err != nil {
 			// Check every file before giving up, so that one rerun resends
 			// everything that is wrong.
 			if err := r.forgetFile(f); err != nil {
 				return err
 			}
-			if len(bad) == 0 && err != nil {
+			if len(bad) == 0 {
 				why = ": " + err.Error()
 			}
 			bad = append(bad, f.hdr.Path)
@@ -885,7 +924,7 @@ func (r *receiver) commit(ctx context.Context) error {
 		if err := r.proot.Chtimes(p, mt, mt); err != nil {
 			return err
 		}
-		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(mode), MTime: mt.UTC(), BLAKE3: h})
+		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(mode), MTime: mt.UTC(), ChunksBLAKE3: f.hash})
 		man.Bytes += n
 	}
 	if len(bad) > 0 {
@@ -937,13 +976,84 @@ func (r *receiver) commit(ctx context.Context) error {
 	return r.cs.write(&protocol.Committed{Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
 }
 
-func (r *receiver) hashPartial(ctx context.Context, p string) (Hash, int64, error) {
-	fh, err := r.proot.Open(p)
+// errUnverified is matched by a commit check that finds a file whose durable
+// positions do not make up the file the sender listed.
+var errUnverified = errors.New("durable chunks do not make up the file")
+
+// checkPositions checks, without reading f, that its durable positions
+// are chunks 0..n-1 of the manifest, contiguous from offset 0 to its size,
+// and that their (ID, length) hash to the chunk-list hash FileEnd gave (and
+// addChunks checked against the refs). Every position vouches for bytes
+// verified against its ID when they arrived, or re-read when a resumed
+// transfer reached them, and fsynced before it was recorded.
+func (r *receiver) checkPositions(f *rfile) error {
+	prefix := []byte("t/" + r.tid + "/p/" + f.hdr.Path + "\x00")
+	it, err := r.s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
-		return Hash{}, 0, err
+		return err
+	}
+	defer it.Close()
+	list := chunkstore.NewFileListHash(f.hdr.Size)
+	var (
+		n   uint32
+		off int64
+	)
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[len(prefix):]
+		rec, ok := decodePos(it.Value())
+		switch {
+		case len(k) != 4 || !ok:
+			return fmt.Errorf("%w: bad position record", errUnverified)
+		case binary.BigEndian.Uint32(k) != n:
+			return fmt.Errorf("%w: chunk %d is not durable", errUnverified, n)
+		case rec.off != off || rec.n == 0:
+			return fmt.Errorf("%w: chunk %d at offset %d, expected %d", errUnverified, n, rec.off, off)
+		}
+		list.Add(rec.id, rec.n)
+		off += int64(rec.n)
+		n++
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if int(n) != f.nchunks || off != int64(f.hdr.Size) {
+		return fmt.Errorf("%w: %d durable chunks cover %d bytes, expected %d chunks, %d bytes", errUnverified, n, off, f.nchunks, f.hdr.Size)
+	}
+	if list.Sum() != f.hash {
+		return fmt.Errorf("%w: the durable chunks are not the ones listed", errUnverified)
+	}
+	return nil
+}
+
+// checkSize checks that file p of DEST.partial is a regular file of size
+// bytes: one stat catches a file cut short since its chunks were written.
+func (r *receiver) checkSize(p string, size int64) error {
+	fi, err := r.proot.Lstat(p)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != size {
+		return fmt.Errorf("%w: %s is %d bytes, expected %d", errUnverified, filepath.ToSlash(p), fi.Size(), size)
+	}
+	return nil
+}
+
+// rereadPartial reads f from DEST.partial and checks it, cut again, against
+// its chunk-list hash (ServerOptions.VerifyCommit).
+func (r *receiver) rereadPartial(ctx context.Context, f *rfile) error {
+	fh, err := r.proot.Open(filepath.FromSlash(f.hdr.Path))
+	if err != nil {
+		return err
 	}
 	defer fh.Close()
-	return HashFile(ctx, fh)
+	h, _, n, err := hashChunkList(ctx, fh, int64(f.hdr.Size), r.meta.Params, false)
+	switch {
+	case err != nil:
+		return err
+	case n != int64(f.hdr.Size) || h != f.hash:
+		return fmt.Errorf("%w: %s changed on disk", errUnverified, f.hdr.Path)
+	}
+	return nil
 }
 
 // prune removes from DEST.partial whatever the manifest does not list:

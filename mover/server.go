@@ -66,6 +66,14 @@ type ServerOptions struct {
 	PeerMemory  int64
 	TotalMemory int64
 	Log         *slog.Logger
+	// VerifyCommit makes the receiver read every file again at commit and
+	// check it, cut with the transfer's chunking parameters, against its
+	// chunk-list hash. Without it the commit checks the durable positions
+	// (every byte of which was verified on arrival, or re-read when a
+	// resumed transfer reached it): this re-read only catches a file
+	// changed under DEST.partial while the transfer ran, at the cost of
+	// reading the tree once more.
+	VerifyCommit bool
 	// OnDurable, if set, is called after each durability barrier with the
 	// transfer's durable byte count (tests use it to interrupt at a point).
 	OnDurable func(transferID string, durableBytes int64)

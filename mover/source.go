@@ -18,7 +18,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/protocol"
-	"github.com/zeebo/blake3"
 )
 
 // srcFile is one regular file of a tree being sent, with its chunk list once
@@ -107,6 +106,11 @@ type chunkCache struct {
 
 func (c *chunkCache) key(path string) []byte { return []byte("s/" + c.tid + "/" + path) }
 
+// cacheParams is what a cache record must be made with to be reused: the
+// chunking parameters, and the meaning of its hash ("v3:", protocol 3's
+// chunk-list hash; records without it hold a whole-file BLAKE3).
+func cacheParams(p chunkstore.Params) string { return "v3:" + p.String() }
+
 // cacheRecord: size, mtime, ino, ctime, hash, n, then n × (ID, len).
 func encodeCached(f *srcFile, params string) []byte {
 	b := make([]byte, 0, 64+len(params)+len(f.Chunks)*36)
@@ -186,11 +190,12 @@ func (f *srcFile) setOffsets() {
 	}
 }
 
-// chunkFile reads f, cutting and hashing its chunks and hashing the whole
-// file. It publishes chunk refs in batches as it goes, so that they can be
-// offered before the end of a large file is read. A file that changes size
-// while it is read is an error: the caller sends a consistent snapshot or
-// nothing. It returns the whole file's hash.
+// chunkFile reads f, cutting and hashing its chunks. It publishes chunk refs
+// in batches as it goes, so that they can be offered before the end of a
+// large file is read. A file that changes size while it is read is an
+// error: the caller sends a consistent snapshot or nothing. It returns the
+// file's chunk-list hash (chunkstore.FileListHash, protocol 3's FileEnd):
+// each byte is hashed once, for its chunk's ID.
 func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, publish func([]protocol.ChunkRef)) ([32]byte, error) {
 	var hash [32]byte
 	fh, err := root.Open(filepath.FromSlash(f.Path))
@@ -198,7 +203,7 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 		return hash, err
 	}
 	defer fh.Close()
-	whole := blake3.New()
+	list := chunkstore.NewFileListHash(uint64(f.Size))
 	ch.Reset(ctxReader{ctx, fh})
 	const batch = 64 // about 4 MiB of data per publication
 	chunks := make([]protocol.ChunkRef, 0, batch)
@@ -211,8 +216,9 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 		if err != nil {
 			return hash, fmt.Errorf("chunking %s: %w", f.Path, err)
 		}
-		whole.Write(c.Data)
-		chunks = append(chunks, protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))})
+		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
+		list.Add(ref.ID, ref.Len)
+		chunks = append(chunks, ref)
 		total += int64(len(c.Data))
 		if len(chunks) == batch {
 			publish(chunks)
@@ -225,8 +231,7 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 	if len(chunks) > 0 {
 		publish(chunks)
 	}
-	whole.Sum(hash[:0])
-	return hash, nil
+	return list.Sum(), nil
 }
 
 type ctxReader struct {
@@ -399,7 +404,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 	if err != nil {
 		return err
 	}
-	ps := p.String()
+	ps := cacheParams(p)
 	batch := cache.db.NewBatch()
 	defer batch.Close()
 	for i := 0; ; i++ {

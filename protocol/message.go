@@ -443,7 +443,7 @@ func (m *FileChunks) check() error {
 // FileEnd closes the manifest entry of file Index.
 type FileEnd struct {
 	Index uint32
-	Hash  [32]byte // BLAKE3-256 of the file's whole plain content
+	Hash  [32]byte // the file's chunk-list hash, chunkstore.FileListHash (version 3)
 }
 
 func (*FileEnd) Type() Type { return TypeFileEnd }

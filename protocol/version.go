@@ -9,9 +9,14 @@ import "fmt"
 // exceed: chunking parameters with a minimum below MinChunkMin are refused,
 // a transfer takes at most MaxDataStreams data streams, and a data frame at
 // most the transfer's maximum chunk plus DataFrameOverhead bytes.
+//
+// Version 3 (issue 16) changes the meaning of FileEnd.Hash: the file's
+// chunk-list hash (chunkstore.FileListHash), no longer the BLAKE3 of its
+// content, so that each byte is hashed once on each side. A version 2 peer
+// would send or expect the other hash, so it is refused.
 const (
-	Version    uint16 = 2
-	MinVersion uint16 = 2
+	Version    uint16 = 3
+	MinVersion uint16 = 3
 )
 
 // Receiver limits of version 2.

@@ -23,6 +23,7 @@ type serveOpts struct {
 	listen, metrics, reserve, repo string
 	peerMemory, totalMemory        string
 	roots                          []string
+	verifyCommit                   bool
 	// What this host decides for jobs of peers trusted with orchestrate.
 	stagingDir, osUser, jobRepo, publishListen string
 }
@@ -70,6 +71,7 @@ Example:
 	f.StringVar(&so.reserve, "reserve", "64M", "free space every transfer must leave on a root's filesystem")
 	f.StringVar(&so.peerMemory, "peer-memory", "512M", "memory the transfers of one peer may hold (chunk positions, data-stream buffers, open transfers); past it the receiver slows the peer down, it does not fail")
 	f.StringVar(&so.totalMemory, "total-memory", "2G", "memory the transfers of all peers together may hold")
+	f.BoolVar(&so.verifyCommit, "verify-commit", false, "read every received file again before committing it (the commit already checks that each byte was verified against its chunk on arrival; this also catches a file changed on disk while the transfer ran, at the cost of a second read)")
 	f.StringVar(&so.stagingDir, "staging-dir", orchestrator.DefaultStagingDir, "where export jobs of peers trusted with orchestrate write their dumps (must be reachable by --os-user)")
 	f.StringVar(&so.osUser, "os-user", "postgres", "OS user that runs PostgreSQL for jobs of peers trusted with orchestrate")
 	f.StringVar(&so.jobRepo, "job-repo", "", "local repository that jobs of peers trusted with orchestrate may read (export and publish --on); without it they name a repository mover")
@@ -191,7 +193,7 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 		g.log.Warn("recovering publications", "err", err)
 	}
 	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
-		PeerMemory: memory[0], TotalMemory: memory[1]})
+		PeerMemory: memory[0], TotalMemory: memory[1], VerifyCommit: so.verifyCommit})
 	if err != nil {
 		return err
 	}
