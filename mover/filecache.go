@@ -32,7 +32,8 @@ func newFileCache(root *os.Root, dir string, max int) *fileCache {
 func (c *fileCache) name(p string) string { return filepath.Join(c.dir, filepath.FromSlash(p)) }
 
 // create makes the file exist with the given size (sparse), creating its
-// directories, and keeps whatever it already holds.
+// directories, and keeps whatever it already holds. A size of -1 keeps the
+// file's size too (a growing file, extended by its writes).
 func (c *fileCache) create(p string, size int64) error {
 	name := c.name(p)
 	if err := c.root.MkdirAll(filepath.Dir(name), 0o700); err != nil {
@@ -43,7 +44,7 @@ func (c *fileCache) create(p string, size int64) error {
 		if err != nil {
 			return err
 		}
-		if fi.Size() != size {
+		if size >= 0 && fi.Size() != size {
 			if err := f.Truncate(size); err != nil {
 				return fmt.Errorf("sizing %s: %w", p, err)
 			}

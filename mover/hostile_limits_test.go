@@ -91,7 +91,7 @@ func TestHostileBadHashes(t *testing.T) {
 				id := chunkstore.Sum(content)
 				require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: uint64(len(content)), NumChunks: 1}))
 				require.NoError(t, s.cs.write(&protocol.FileChunks{Index: 0, Chunks: []protocol.ChunkRef{{ID: id, Len: uint32(len(content))}}}))
-				require.NoError(t, s.cs.write(&protocol.FileEnd{Index: 0, Hash: hash}))
+				require.NoError(t, s.cs.write(&protocol.FileEnd{Index: 0, Size: uint64(len(content)), Hash: hash}))
 				err := s.nextError(t)
 				require.ErrorIs(t, err, protocol.ErrProtocol)
 				require.ErrorContains(t, err, "chunk-list hash")

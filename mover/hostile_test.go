@@ -52,7 +52,7 @@ func (s *rawSender) offer(t *testing.T, path string, content []byte) {
 	// The receiver may refuse the header at once and stop reading: the rest
 	// is best effort, the tests judge by what comes back.
 	_ = s.cs.write(&protocol.FileChunks{Index: 0, Chunks: []protocol.ChunkRef{{ID: id, Len: uint32(len(content))}}})
-	_ = s.cs.write(&protocol.FileEnd{Index: 0, Hash: oneChunkListHash(content)})
+	_ = s.cs.write(&protocol.FileEnd{Index: 0, Size: uint64(len(content)), Hash: oneChunkListHash(content)})
 	_ = s.cs.write(&protocol.ManifestEnd{Files: 1})
 }
 
@@ -189,7 +189,7 @@ func TestDuplicateAndExtraFilesRejected(t *testing.T) {
 	for i := range 2 {
 		require.NoError(t, s.cs.write(&protocol.FileHeader{Index: uint32(i), Path: "same.dat", Mode: 0o644, Size: 5, NumChunks: 1}))
 		require.NoError(t, s.cs.write(&protocol.FileChunks{Index: uint32(i), Chunks: []protocol.ChunkRef{{ID: id, Len: 5}}}))
-		require.NoError(t, s.cs.write(&protocol.FileEnd{Index: uint32(i), Hash: oneChunkListHash(content)}))
+		require.NoError(t, s.cs.write(&protocol.FileEnd{Index: uint32(i), Size: uint64(len(content)), Hash: oneChunkListHash(content)}))
 	}
 	err := s.nextError(t)
 	require.ErrorIs(t, err, protocol.ErrBadPath)

@@ -90,9 +90,10 @@ type rfile struct {
 	hdr     protocol.FileHeader
 	nchunks int                      // chunks listed so far
 	end     int64                    // bytes they cover
-	list    *chunkstore.FileListHash // of the chunks listed so far; nil once ended
-	hash    [32]byte                 // the chunk-list hash FileEnd gave, checked against list
+	list    *chunkstore.FileListHash // of the chunks listed so far; nil once ended, and for a growing file
+	hash    [32]byte                 // the chunk-list hash FileEnd gave, checked against list (a growing file's at commit)
 	ended   bool
+	short   bool // the last chunk listed is shorter than the minimum: it must be the file's last
 }
 
 // receiver is the receiving side of one transfer on one connection.
@@ -400,11 +401,17 @@ func (r *receiver) control(ctx context.Context) error {
 			if err := r.checkHeader(m); err != nil {
 				return err
 			}
-			if err := r.fc.create(m.Path, int64(m.Size)); err != nil {
+			size, list := int64(m.Size), chunkstore.NewFileListHash(m.Size)
+			if m.Growing {
+				// Its size comes with FileEnd; the list hash starts with
+				// it, so it is checked by the commit's position scan.
+				size, list = -1, nil
+			}
+			if err := r.fc.create(m.Path, size); err != nil {
 				return err
 			}
 			r.mu.Lock()
-			r.files = append(r.files, &rfile{hdr: *m, list: chunkstore.NewFileListHash(m.Size)})
+			r.files = append(r.files, &rfile{hdr: *m, list: list})
 			r.mu.Unlock()
 		case *protocol.FileChunks:
 			f, err := r.current(m.Index)
@@ -419,7 +426,7 @@ func (r *receiver) control(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if err := r.endFile(f, m.Hash); err != nil {
+			if err := r.endFile(f, m); err != nil {
 				return err
 			}
 		case *protocol.ManifestEnd:
@@ -470,6 +477,9 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if !r.growing() && uint64(len(r.files)) >= r.meta.Files {
 		return fmt.Errorf("%w: more files than the %d announced", protocol.ErrProtocol, r.meta.Files)
 	}
+	if h.Growing && !r.growing() {
+		return fmt.Errorf("%w: %s is growing in a transfer of announced size", protocol.ErrProtocol, h.Path)
+	}
 	if r.growing() {
 		if r.listed += int64(min(h.Size, 1<<62)); r.listed > r.budget {
 			return fmt.Errorf("%w: the files listed so far need %s but only %s fit in %s (its free space when the transfer opened, less the %s reserve)",
@@ -506,6 +516,9 @@ func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChun
 		return fmt.Errorf("%w: chunk list of %s out of order", protocol.ErrProtocol, f.hdr.Path)
 	}
 	off := f.end
+	if f.hdr.Growing {
+		return r.addGrowing(ctx, f, m)
+	}
 	for _, c := range m.Chunks {
 		if c.Len == 0 || int(c.Len) > r.meta.Params.Max {
 			return fmt.Errorf("%w: chunk of %d bytes in %s (max %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Max)
@@ -522,8 +535,35 @@ func (r *receiver) addChunks(ctx context.Context, f *rfile, m *protocol.FileChun
 	for _, c := range m.Chunks {
 		f.list.Add(c.ID, c.Len)
 	}
+	return r.addRefs(ctx, f, m.Chunks)
+}
+
+// addGrowing takes the next part of the chunk list of a file still being
+// written: its size is unknown until FileEnd, so the growing tree's space
+// budget is charged as its chunks are listed.
+func (r *receiver) addGrowing(ctx context.Context, f *rfile, m *protocol.FileChunks) error {
+	var n int64
+	for _, c := range m.Chunks {
+		if c.Len == 0 || int(c.Len) > r.meta.Params.Max {
+			return fmt.Errorf("%w: chunk of %d bytes in %s (max %d)", protocol.ErrProtocol, c.Len, f.hdr.Path, r.meta.Params.Max)
+		}
+		if f.short {
+			return fmt.Errorf("%w: chunk of less than %d bytes in the middle of %s", protocol.ErrProtocol, r.meta.Params.Min, f.hdr.Path)
+		}
+		f.short = int(c.Len) < r.meta.Params.Min
+		n += int64(c.Len)
+	}
+	if r.listed += n; r.listed > r.budget {
+		return fmt.Errorf("%w: the files listed so far need %s but only %s fit in %s (its free space when the transfer opened, less the %s reserve)",
+			protocol.ErrNoSpace, HumanBytes(r.listed), HumanBytes(max(r.budget, 0)), r.meta.Dest, HumanBytes(r.s.o.Reserve))
+	}
+	return r.addRefs(ctx, f, m.Chunks)
+}
+
+// addRefs takes on the positions of the next chunks of the current file.
+func (r *receiver) addRefs(ctx context.Context, f *rfile, chunks []protocol.ChunkRef) error {
 	idx := uint32(len(r.files) - 1)
-	for refs := m.Chunks; len(refs) > 0; {
+	for refs := chunks; len(refs) > 0; {
 		batch := refs[:min(len(refs), posBatch)]
 		refs = refs[len(batch):]
 		if err := r.addBatch(ctx, f, idx, batch); err != nil {
@@ -631,12 +671,24 @@ func (r *receiver) stillThere(path string, rec posRecord) bool {
 // endFile checks that a file's chunk list is complete and is the one the
 // sender hashed, and drops durable positions past its end (left by a longer
 // version of the file).
-func (r *receiver) endFile(f *rfile, hash [32]byte) error {
-	if f.end != int64(f.hdr.Size) || (f.hdr.NumChunks > 0 && f.nchunks != int(f.hdr.NumChunks)) {
-		return fmt.Errorf("%w: %s: %d chunks covering %d bytes, header says %d chunks, %d bytes", protocol.ErrProtocol, f.hdr.Path, f.nchunks, f.end, f.hdr.NumChunks, f.hdr.Size)
-	}
-	if got := f.list.Sum(); got != hash {
-		return fmt.Errorf("%w: %s: FileEnd gives chunk-list hash %x, its %d chunks hash to %x", protocol.ErrProtocol, f.hdr.Path, hash[:8], f.nchunks, got[:8])
+func (r *receiver) endFile(f *rfile, m *protocol.FileEnd) error {
+	hash := m.Hash
+	if f.hdr.Growing {
+		if f.end != int64(m.Size) {
+			return fmt.Errorf("%w: %s: %d chunks covering %d bytes, FileEnd says %d bytes", protocol.ErrProtocol, f.hdr.Path, f.nchunks, f.end, m.Size)
+		}
+		f.hdr.Size, f.hdr.MTime = m.Size, m.MTime
+		// Drop what an earlier run left past the end.
+		if err := r.fc.create(f.hdr.Path, int64(m.Size)); err != nil {
+			return err
+		}
+	} else {
+		if f.end != int64(f.hdr.Size) || (f.hdr.NumChunks > 0 && f.nchunks != int(f.hdr.NumChunks)) || m.Size != f.hdr.Size || m.MTime != f.hdr.MTime {
+			return fmt.Errorf("%w: %s: %d chunks covering %d bytes, header says %d chunks, %d bytes, FileEnd %d bytes", protocol.ErrProtocol, f.hdr.Path, f.nchunks, f.end, f.hdr.NumChunks, f.hdr.Size, m.Size)
+		}
+		if got := f.list.Sum(); got != hash {
+			return fmt.Errorf("%w: %s: FileEnd gives chunk-list hash %x, its %d chunks hash to %x", protocol.ErrProtocol, f.hdr.Path, hash[:8], f.nchunks, got[:8])
+		}
 	}
 	f.hash, f.ended, f.list = hash, true, nil
 	if !r.resuming {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -201,7 +202,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	}
 	var so *source
 	if o.Feed != nil {
-		so = newGrowingSource(root)
+		so = newGrowingSource(root, o.Feed)
 	} else {
 		files, err := scanTree(src)
 		if err != nil {
@@ -214,7 +215,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	t := &sendTransfer{
 		s: s, o: o, tid: tid, peer: peer, addr: addr, res: res, lc: lc,
 		src:     so,
-		handles: map[uint32]*os.File{},
+		handles: map[uint32]*os.File{}, unchecked: map[uint32]bool{},
 	}
 	if o.BWLimit > 0 {
 		t.limiter = rate.NewLimiter(rate.Limit(o.BWLimit), int(min(max(o.BWLimit/20, 64<<10), 1<<20)))
@@ -273,8 +274,9 @@ type sendTransfer struct {
 	wireBytes  atomic.Int64
 	durable    atomic.Int64
 
-	handlesMu sync.Mutex // guards handles
+	handlesMu sync.Mutex // guards handles, unchecked
 	handles   map[uint32]*os.File
+	unchecked map[uint32]bool // handles opened while their file grew: checked once it is done
 }
 
 // errSourceChanged reports a source file modified during a send.
@@ -513,9 +515,12 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 		if err != nil {
 			return permanentError{err}
 		}
-		hdr := &protocol.FileHeader{Index: f.Index, Path: f.Path, Mode: f.Mode, Size: uint64(f.Size), MTime: f.MTime}
-		if done {
-			hdr.NumChunks = uint32(len(refs))
+		hdr := &protocol.FileHeader{Index: f.Index, Path: f.Path, Mode: f.Mode, Growing: f.growing}
+		if !f.growing { // a growing file's size and mtime come with FileEnd, even if it is done by now
+			hdr.Size, hdr.MTime = uint64(f.Size), f.MTime
+			if done {
+				hdr.NumChunks = uint32(len(refs))
+			}
 		}
 		if err := cs.write(hdr); err != nil {
 			return err
@@ -536,7 +541,8 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 				return permanentError{err}
 			}
 		}
-		if err := cs.write(&protocol.FileEnd{Index: f.Index, Hash: hash}); err != nil {
+		size, mtime, _, _ := t.src.stateOf(f)
+		if err := cs.write(&protocol.FileEnd{Index: f.Index, Size: uint64(size), MTime: mtime, Hash: hash}); err != nil {
 			return err
 		}
 	}
@@ -597,30 +603,55 @@ func (t *sendTransfer) report() {
 func (t *sendTransfer) handle(f *srcFile) (*os.File, error) {
 	t.handlesMu.Lock()
 	defer t.handlesMu.Unlock()
+	size, mtime, ctime, done := t.src.stateOf(f)
+	growing := f.growing && !done
 	if h, ok := t.handles[f.Index]; ok {
+		if growing || !t.unchecked[f.Index] {
+			return h, nil
+		}
+		if err := t.unchanged(h, f, size, mtime, ctime); err != nil {
+			h.Close()
+			delete(t.handles, f.Index)
+			return nil, err
+		}
+		delete(t.unchecked, f.Index)
 		return h, nil
 	}
 	h, err := t.src.root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
 		return nil, err
 	}
-	// Chunks are read back without hashing them again: the receiver checks
-	// every one, and a file that still has the size, mtime and ctime it had
-	// when it was chunked is taken to hold the same bytes.
-	if fi, err := h.Stat(); err != nil || fi.Size() != f.Size || fi.ModTime().UnixNano() != f.MTime || ctimeOf(fi) != f.CTime {
+	// A file still being appended to has no final state to check yet: its
+	// chunks were hashed from what was written, and the receiver checks
+	// every chunk it gets.
+	if growing {
+		t.unchecked[f.Index] = true
+	} else if err := t.unchanged(h, f, size, mtime, ctime); err != nil {
 		h.Close()
-		t.s.db.Delete((&chunkCache{tid: t.tid}).key(f.Path), pebble.Sync)
-		return nil, fmt.Errorf("%w: %s changed after it was chunked; rerun to send its new content", errSourceChanged, f.Path)
+		return nil, err
 	}
 	if len(t.handles) >= 64 {
 		for k, old := range t.handles {
 			old.Close()
 			delete(t.handles, k)
+			delete(t.unchecked, k)
 			break
 		}
 	}
 	t.handles[f.Index] = h
 	return h, nil
+}
+
+// unchanged checks that h, file f, still has the size, mtime and ctime it had
+// when it was chunked. Chunks are read back without hashing them again: the
+// receiver checks every one, and a file in that state is taken to hold the
+// same bytes.
+func (t *sendTransfer) unchanged(h *os.File, f *srcFile, size, mtime, ctime int64) error {
+	if fi, err := h.Stat(); err != nil || fi.Size() != size || fi.ModTime().UnixNano() != mtime || ctimeOf(fi) != ctime {
+		t.s.db.Delete((&chunkCache{tid: t.tid}).key(f.Path), pebble.Sync)
+		return fmt.Errorf("%w: %s changed after it was chunked; rerun to send its new content", errSourceChanged, f.Path)
+	}
+	return nil
 }
 
 func ctimeOf(fi os.FileInfo) int64 {
@@ -668,7 +699,12 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		}
 		plain := plainBuf[:ref.Len]
 		if _, err := h.ReadAt(plain, j.off); err != nil {
-			return permanentError{fmt.Errorf("reading %s at %d: %w", f.Path, j.off, err)}
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("%w: %s shrank: it ends before chunk %d (%d bytes at %d)", errSourceChanged, f.Path, j.chunk, ref.Len, j.off)
+			} else {
+				err = fmt.Errorf("reading %s at %d: %w", f.Path, j.off, err)
+			}
+			return permanentError{err}
 		}
 		packed, codec := chunkstore.Compress(packedBuf[:0], plain, t.lc.current())
 		cpu := time.Since(t0)

@@ -36,6 +36,9 @@ type srcFile struct {
 	Offsets []int64 // Offsets[i] is where Chunks[i] starts
 	Hash    [32]byte
 	done    bool // every chunk is listed and Hash is set
+	// growing: announced while its writer was still appending to it; Size,
+	// MTime and CTime are set when it is done.
+	growing bool
 }
 
 // ErrUnsupportedFile is returned for a source entry that is not a regular
@@ -234,6 +237,109 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 	return list.Sum(), nil
 }
 
+// chunkGrowing chunks a file its writer is still appending to (pg_dump -Fd
+// only appends to a data file and closes it once). The chunker reads what is
+// written and, at the written end, waits for the feed's next event (a write
+// or the close): it cuts only with the bytes that decide each cut, so the
+// cuts are those of the finished file. Chunks are published before each
+// wait. A file that shrinks, or whose size at the end is not the bytes read,
+// fails the send. It returns the file's state when done and its chunk-list
+// hash, which needs the size first, so it is computed at the end.
+func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, feed *FileFeed, publish func([]protocol.ChunkRef)) (os.FileInfo, [32]byte, error) {
+	var hash [32]byte
+	fh, err := root.Open(filepath.FromSlash(f.Path))
+	if err != nil {
+		return nil, hash, err
+	}
+	defer fh.Close()
+	const batch = 64
+	var chunks, all []protocol.ChunkRef
+	flush := func() {
+		if len(chunks) > 0 {
+			publish(chunks)
+			chunks = nil
+		}
+	}
+	ch.Reset(&growingReader{ctx: ctx, fh: fh, path: f.Path, feed: feed, idle: flush})
+	var total int64
+	for {
+		c, err := ch.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, hash, fmt.Errorf("chunking %s: %w", f.Path, err)
+		}
+		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
+		chunks = append(chunks, ref)
+		all = append(all, ref)
+		total += int64(len(c.Data))
+		if len(chunks) == batch {
+			flush()
+		}
+	}
+	fi, err := fh.Stat()
+	if err != nil {
+		return nil, hash, err
+	}
+	if fi.Size() != total {
+		return nil, hash, fmt.Errorf("%w: %s is %d bytes after its writer closed it, %d were read", errSourceChanged, f.Path, fi.Size(), total)
+	}
+	flush()
+	list := chunkstore.NewFileListHash(uint64(total))
+	for _, r := range all {
+		list.Add(r.ID, r.Len)
+	}
+	return fi, list.Sum(), nil
+}
+
+// growingReader reads a file being appended to from offset 0. At the written
+// end it waits for the feed to report the file again (a write or its close);
+// after the close, the end is EOF.
+type growingReader struct {
+	ctx  context.Context
+	fh   *os.File
+	off  int64
+	path string
+	feed *FileFeed
+	idle func() // called before waiting
+}
+
+func (g *growingReader) Read(p []byte) (int, error) {
+	for {
+		// The state is taken before reading: a write after the read
+		// closes this change channel, so no event is missed.
+		change, done, err := g.feed.state(g.path)
+		if err != nil {
+			return 0, err
+		}
+		n, rerr := g.fh.ReadAt(p, g.off)
+		g.off += int64(n)
+		if n > 0 {
+			return n, nil
+		}
+		if rerr != nil && rerr != io.EOF {
+			return 0, rerr
+		}
+		fi, err := g.fh.Stat()
+		if err != nil {
+			return 0, err
+		}
+		if fi.Size() < g.off {
+			return 0, fmt.Errorf("%w: %s shrank from at least %d to %d bytes while it was written", errSourceChanged, g.path, g.off, fi.Size())
+		}
+		if done {
+			return 0, io.EOF
+		}
+		g.idle()
+		select {
+		case <-change:
+		case <-g.ctx.Done():
+			return 0, g.ctx.Err()
+		}
+	}
+}
+
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader
@@ -253,6 +359,7 @@ func (r ctxReader) Read(p []byte) (int, error) {
 // A growing source learns its files from a FileFeed as they are completed.
 type source struct {
 	root *os.Root
+	feed *FileFeed // of a growing source: wakes the chunking of growing files
 
 	mu     sync.Mutex // guards files, listed, ready, err, and signals cond
 	cond   *sync.Cond
@@ -275,8 +382,8 @@ func newSource(root *os.Root, files []*srcFile) *source {
 }
 
 // newGrowingSource returns a source whose files are added by follow.
-func newGrowingSource(root *os.Root) *source {
-	s := &source{root: root}
+func newGrowingSource(root *os.Root, feed *FileFeed) *source {
+	s := &source{root: root, feed: feed}
 	s.cond = sync.NewCond(&s.mu)
 	return s
 }
@@ -288,10 +395,16 @@ func (s *source) follow(ctx context.Context, feed *FileFeed) {
 	for {
 		paths, closed, err := feed.next(ctx, n)
 		for _, p := range paths {
+			// Asked before the stat: a file closed by then has its final
+			// size in it.
+			_, done, _ := feed.state(p)
 			f, ferr := s.stat(p)
 			if ferr != nil {
 				s.fail(ferr)
 				return
+			}
+			if !done {
+				f.growing, f.Size, f.MTime, f.Ino, f.CTime = true, 0, 0, 0, 0
 			}
 			s.bytes.Add(f.Size)
 			s.mu.Lock()
@@ -415,6 +528,25 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 		if !ok {
 			break
 		}
+		if f.growing {
+			fi, hash, err := chunkGrowing(ctx, s.root, f, ch, s.feed, func(refs []protocol.ChunkRef) { s.publish(f, refs) })
+			if err != nil {
+				return err
+			}
+			s.hashed.Add(fi.Size())
+			s.bytes.Add(fi.Size())
+			s.mu.Lock()
+			f.Size, f.MTime, f.Ino, f.CTime = fi.Size(), fi.ModTime().UnixNano(), 0, ctimeOf(fi)
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				f.Ino = st.Ino
+			}
+			f.Hash = hash
+			f.done = true
+			s.ready = i + 1
+			s.cond.Broadcast()
+			s.mu.Unlock()
+			continue
+		}
 		v, ok, err := dbGet(cache.db, cache.key(f.Path))
 		if err != nil {
 			return err
@@ -491,6 +623,14 @@ func (s *source) next(ctx context.Context, i, have int) ([]protocol.ChunkRef, bo
 	return nil, false, [32]byte{}, ctx.Err()
 }
 
+// stateOf returns f's size, mtime and ctime (final once a growing file is
+// done) and whether every chunk of f is listed.
+func (s *source) stateOf(f *srcFile) (size, mtime, ctime int64, done bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return f.Size, f.MTime, f.CTime, f.done
+}
+
 // chunk returns chunk c of file i and its offset, if it is listed yet.
 func (s *source) chunk(i, c uint32) (protocol.ChunkRef, int64, bool) {
 	s.mu.Lock()
@@ -508,29 +648,68 @@ func (s *source) chunk(i, c uint32) (protocol.ChunkRef, int64, bool) {
 // FileFeed announces the files of a tree that is still being written: the
 // producer adds each file (a canonical relative slash path) once it is
 // complete and will not change again, and closes the feed when the tree is
-// complete, or with the error that ended it. A Send given a feed offers
-// files as they are announced.
+// complete, or with the error that ended it. A file may be announced earlier,
+// while its writer still appends to it (AddGrowing, again on each write);
+// Add then reports its close. A Send given a feed offers files as they are
+// announced, and sends a growing file's chunks as they are written.
 type FileFeed struct {
 	mu     sync.Mutex // guards everything below
 	paths  []string
+	done   map[string]bool // paths announced complete (others are growing)
 	closed bool
 	err    error
 	change chan struct{} // closed and replaced on every change
 }
 
 // NewFileFeed returns an open, empty feed.
-func NewFileFeed() *FileFeed { return &FileFeed{change: make(chan struct{})} }
+func NewFileFeed() *FileFeed { return &FileFeed{done: map[string]bool{}, change: make(chan struct{})} }
 
-// Add announces a complete file. It never blocks.
+// Add announces a complete file, or the close of a growing one. It never
+// blocks; a second Add of a path is ignored.
 func (f *FileFeed) Add(path string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
+	if f.closed || f.done[path] {
 		return
 	}
-	f.paths = append(f.paths, path)
+	if _, growing := f.done[path]; !growing {
+		f.paths = append(f.paths, path)
+	}
+	f.done[path] = true
+	f.changed()
+}
+
+// AddGrowing announces a file its writer is still appending to (only
+// appending: a file that shrinks fails the send), or reports another write
+// to it. It never blocks.
+func (f *FileFeed) AddGrowing(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || f.done[path] {
+		return
+	}
+	if _, ok := f.done[path]; !ok {
+		f.paths = append(f.paths, path)
+		f.done[path] = false
+	}
+	f.changed()
+}
+
+func (f *FileFeed) changed() {
 	close(f.change)
 	f.change = make(chan struct{})
+}
+
+// state reports whether path is complete (its close was reported, or the
+// tree is), the error that ended the feed, and a channel closed at the
+// feed's next change.
+func (f *FileFeed) state(path string) (<-chan struct{}, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed && f.err != nil {
+		return f.change, false, f.err
+	}
+	return f.change, f.done[path] || f.closed, nil
 }
 
 // Close ends the feed: err nil means the tree is complete.

@@ -535,6 +535,12 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		name := dumpStep(db)
 		err := x.step(ctx, name, func(out *stepOutcome) error {
 			var feed *mover.FileFeed
+			var writes *staging.WriteWatcher // data files sent while pg_dump appends to them
+			defer func() {
+				if writes != nil {
+					writes.Close()
+				}
+			}()
 			res, err := in.Dump(ctx, staging.DumpOptions{
 				DB: db, User: p.PGUser, Password: r.o.Password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
 				SplitTableBytes: p.SplitTables,
@@ -547,6 +553,9 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 						return // the transfer waits for the finished dump instead
 					}
 					feed = mover.NewFileFeed()
+					if w, err := staging.WatchWrites(dir, feed.AddGrowing); err == nil {
+						writes = w
+					} // else files are sent once closed
 					started(db, growingDump{root: root, feed: feed})
 				},
 				OnFile: func(name string) {
@@ -555,6 +564,10 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 					}
 				},
 			})
+			if writes != nil {
+				writes.Close()
+				writes = nil
+			}
 			if err == nil {
 				if err = mountReadErr(m); err != nil {
 					_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it

@@ -348,6 +348,9 @@ type FileHeader struct {
 	Size      uint64 // plain size in bytes
 	MTime     int64  // modification time, Unix nanoseconds
 	NumChunks uint32 // chunks in the file if known: between ceil(Size/MaxChunkCeil) and Size; 0 = still being chunked (or an empty file)
+	// Growing marks a file its writer is still appending to: Size and
+	// NumChunks are then 0, and FileEnd gives the size and mtime.
+	Growing bool
 }
 
 func (*FileHeader) Type() Type { return TypeFileHeader }
@@ -358,7 +361,8 @@ func (m *FileHeader) Append(b []byte) []byte {
 	b = appendUvarint(b, uint64(m.Mode))
 	b = appendUvarint(b, m.Size)
 	b = appendVarint(b, m.MTime)
-	return appendUvarint(b, uint64(m.NumChunks))
+	b = appendUvarint(b, uint64(m.NumChunks))
+	return appendBool(b, m.Growing)
 }
 
 func (m *FileHeader) decode(d *decoder) {
@@ -368,6 +372,7 @@ func (m *FileHeader) decode(d *decoder) {
 	m.Size = d.uint64("size")
 	m.MTime = d.varint("mtime")
 	m.NumChunks = d.uint32("chunks")
+	m.Growing = d.bool("growing")
 }
 
 func (m *FileHeader) check() error {
@@ -376,6 +381,9 @@ func (m *FileHeader) check() error {
 	}
 	if m.Mode > maxMode {
 		return violation("mode %#o has bits beyond %#o", m.Mode, maxMode)
+	}
+	if m.Growing && (m.Size != 0 || m.NumChunks != 0) {
+		return violation("a growing file announces %d bytes, %d chunks", m.Size, m.NumChunks)
 	}
 	n := uint64(m.NumChunks)
 	if n > m.Size || (n > 0 && m.Size > n*chunkstore.MaxChunkCeil) {
@@ -440,9 +448,12 @@ func (m *FileChunks) check() error {
 	return nil
 }
 
-// FileEnd closes the manifest entry of file Index.
+// FileEnd closes the manifest entry of file Index. Size and MTime repeat the
+// header's, or give them for a Growing file.
 type FileEnd struct {
 	Index uint32
+	Size  uint64   // plain size in bytes: the chunks' lengths add up to it
+	MTime int64    // modification time, Unix nanoseconds
 	Hash  [32]byte // the file's chunk-list hash, chunkstore.FileListHash (version 3)
 }
 
@@ -450,11 +461,15 @@ func (*FileEnd) Type() Type { return TypeFileEnd }
 
 func (m *FileEnd) Append(b []byte) []byte {
 	b = appendUvarint(b, uint64(m.Index))
+	b = appendUvarint(b, m.Size)
+	b = appendVarint(b, m.MTime)
 	return append(b, m.Hash[:]...)
 }
 
 func (m *FileEnd) decode(d *decoder) {
 	m.Index = d.uint32("index")
+	m.Size = d.uint64("size")
+	m.MTime = d.varint("mtime")
 	m.Hash = d.hash("hash")
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -48,12 +49,26 @@ func watchCloses(dir string, report func(name string), skip ...string) (*closeWa
 
 func (w *closeWatcher) loop() {
 	defer close(w.done)
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := w.f.Read(buf)
-		if err != nil {
-			return // closed by finish
+	readEvents(w.f, func(names []string) {
+		for _, name := range names {
+			if !w.skip[name] {
+				w.once(name)
+			}
 		}
+	})
+}
+
+// readEvents passes the names in each read of inotify events to fn, in
+// order, until f is closed.
+func readEvents(f *os.File, fn func(names []string)) {
+	buf := make([]byte, 64<<10)
+	var names []string
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			return // closed
+		}
+		names = names[:0]
 		for b := buf[:n]; len(b) >= unix.SizeofInotifyEvent; {
 			nameLen := int(binary.NativeEndian.Uint32(b[12:16]))
 			if unix.SizeofInotifyEvent+nameLen > len(b) {
@@ -63,12 +78,59 @@ func (w *closeWatcher) loop() {
 			for len(name) > 0 && name[len(name)-1] == 0 {
 				name = name[:len(name)-1]
 			}
-			if name != "" && !w.skip[name] {
-				w.once(name)
+			if name != "" {
+				names = append(names, name)
 			}
 			b = b[unix.SizeofInotifyEvent+nameLen:]
 		}
+		fn(names)
 	}
+}
+
+// WriteWatcher reports writes to the table data files of a directory dump
+// being written (inotify IN_MODIFY on *.dat but toc.dat, which tabledump
+// rewrites), so that they can be sent while pg_dump appends to them. It
+// says nothing of closes: a dump's OnFile does.
+type WriteWatcher struct {
+	f    *os.File
+	done chan struct{}
+}
+
+// WatchWrites starts reporting writes to the data files of dir: report gets
+// each written name once per batch of events the kernel hands over (so
+// about once per wake-up, not once per write(2)). It is called from one
+// goroutine.
+func WatchWrites(dir string, report func(name string)) (*WriteWatcher, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MODIFY); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watching %s: %w", dir, err)
+	}
+	w := &WriteWatcher{f: os.NewFile(uintptr(fd), "inotify"), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		seen := map[string]bool{}
+		readEvents(w.f, func(names []string) {
+			clear(seen)
+			for _, n := range names {
+				if !seen[n] && strings.HasSuffix(n, ".dat") && n != "toc.dat" {
+					seen[n] = true
+					report(n)
+				}
+			}
+		})
+	}()
+	return w, nil
+}
+
+// Close stops watching; no report is made once it returns. It may be
+// called more than once.
+func (w *WriteWatcher) Close() {
+	w.f.Close()
+	<-w.done
 }
 
 func (w *closeWatcher) once(name string) {
