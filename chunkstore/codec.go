@@ -30,21 +30,35 @@ func (c Codec) String() string {
 // Valid reports whether c is a codec this build decodes.
 func (c Codec) Valid() bool { return c == CodecNone || c == CodecZstd }
 
-// Level is a compression effort. LevelNone stores chunks as they are.
+// Level is a compression effort, in increasing order of effort. LevelNone
+// stores chunks as they are.
 type Level int
 
 const (
 	LevelNone    Level = iota // no compression
+	LevelFast4                // zstd --fast=4 (level -4): no entropy coding of literals
+	LevelFast1                // zstd --fast=1 (level -1)
 	LevelFastest              // zstd fastest (~level 1)
 	LevelDefault              // zstd default (~level 3)
 	LevelBetter               // zstd better (~level 7)
 	LevelBest                 // zstd best (~level 11)
 )
 
+// The --fast levels trade ratio for speed: on issue 16's dump (pgbench
+// plus md5 text), chunk by chunk with the C library, level 1 encodes 1.55
+// GB/s at 16.5x, --fast=1 1.88 GB/s at 9.3x, --fast=4 2.16 GB/s at 7.2x
+// (docs/BENCHMARKS.md). A sender short of CPU on a link with room to spare
+// moves more with them. Builds without cgo encode them as LevelFastest: the
+// Go encoder has no faster level.
+
 func (l Level) String() string {
 	switch l {
 	case LevelNone:
 		return "none"
+	case LevelFast4:
+		return "fast4"
+	case LevelFast1:
+		return "fast1"
 	case LevelFastest:
 		return "fastest"
 	case LevelDefault:
@@ -64,7 +78,7 @@ func ParseLevel(s string) (Level, error) {
 			return l, nil
 		}
 	}
-	return 0, fmt.Errorf("chunkstore: unknown compression level %q (want none, fastest, default, better or best)", s)
+	return 0, fmt.Errorf("chunkstore: unknown compression level %q (want none, fast4, fast1, fastest, default, better or best)", s)
 }
 
 var (

@@ -16,7 +16,7 @@ import (
 
 // cLevels maps Level to the C library's levels, which the Go encoder's
 // levels approximate.
-var cLevels = [LevelBest + 1]int{LevelFastest: 1, LevelDefault: 3, LevelBetter: 7, LevelBest: 11}
+var cLevels = [LevelBest + 1]int{LevelFast4: -4, LevelFast1: -1, LevelFastest: 1, LevelDefault: 3, LevelBetter: 7, LevelBest: 11}
 
 // cctxs pools compression contexts: one is not safe for concurrent use,
 // and making one costs allocations a chunk should not pay.

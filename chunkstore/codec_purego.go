@@ -22,6 +22,7 @@ func encoder(l Level) *zstd.Encoder {
 	defer encodersMu.Unlock()
 	if encoders[l] == nil {
 		zl := map[Level]zstd.EncoderLevel{
+			LevelFast4: zstd.SpeedFastest, LevelFast1: zstd.SpeedFastest,
 			LevelFastest: zstd.SpeedFastest, LevelDefault: zstd.SpeedDefault,
 			LevelBetter: zstd.SpeedBetterCompression, LevelBest: zstd.SpeedBestCompression,
 		}[l]

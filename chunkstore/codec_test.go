@@ -16,7 +16,7 @@ import (
 )
 
 var allLevels = []chunkstore.Level{
-	chunkstore.LevelNone, chunkstore.LevelFastest, chunkstore.LevelDefault, chunkstore.LevelBetter, chunkstore.LevelBest,
+	chunkstore.LevelNone, chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest, chunkstore.LevelDefault, chunkstore.LevelBetter, chunkstore.LevelBest,
 }
 
 func TestLevelNames(t *testing.T) {
@@ -361,7 +361,7 @@ func FuzzCompress(f *testing.F) {
 	f.Add(bytes.Repeat([]byte{'a'}, 127), uint8(2))
 	f.Add(bytes.Repeat([]byte{'a'}, 128), uint8(200))
 	f.Fuzz(func(t *testing.T, data []byte, level uint8) {
-		l := chunkstore.Level(level % 7)
+		l := chunkstore.Level(level % 9)
 		enc, codec := chunkstore.Compress([]byte("p"), data, l)
 		require.Equal(t, byte('p'), enc[0])
 		require.True(t, codec.Valid())

@@ -1,6 +1,9 @@
 package mover
 
 import (
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -12,28 +15,116 @@ import (
 func window(c *levelController, cpu, wait time.Duration, wire int) {
 	c.mu.Lock()
 	c.windowEnd = time.Now().Add(-time.Millisecond) // the next observation closes it
+	l := c.level
 	c.mu.Unlock()
-	c.observe(cpu, wait, wire)
+	c.observe(l, cpu, wait, wire)
+}
+
+func TestLevelStep(t *testing.T) {
+	const fast = 200e6
+	for _, tc := range []struct {
+		name            string
+		level           chunkstore.Level
+		wait, idle, bps float64
+		want            chunkstore.Level
+	}{
+		{"CPUs busy: compress less", chunkstore.LevelFastest, 0.1, 0.05, fast, -1},
+		{"CPUs busy though writes wait (QUIC short of CPU)", chunkstore.LevelDefault, 0.9, 0.1, 20e6, -1},
+		{"writes wait, CPU idle: the link limits", chunkstore.LevelFastest, 0.9, 0.6, 20e6, +1},
+		{"writes wait, CPU idle, fast link too", chunkstore.LevelFast4, 0.9, 0.6, fast, +1},
+		{"writes wait, CPU half busy: stay", chunkstore.LevelFastest, 0.9, 0.3, 20e6, 0},
+		{"no waits, CPU to spare, above fastest: back down", chunkstore.LevelBetter, 0.05, 0.8, fast, -1},
+		{"no waits, CPU to spare, at fastest: stay", chunkstore.LevelFastest, 0.05, 0.8, fast, 0},
+		{"no waits, CPU to spare, below fastest: stay", chunkstore.LevelFast1, 0.05, 0.8, fast, 0},
+		{"unknown CPU, slow link waits", chunkstore.LevelFastest, 0.9, -1, 20e6, +1},
+		{"unknown CPU, fast link waits: stay", chunkstore.LevelFastest, 0.9, -1, fast, 0},
+		{"unknown CPU, no waits", chunkstore.LevelDefault, 0.05, -1, fast, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, step(tc.level, tc.wait, tc.idle, tc.bps))
+		})
+	}
+}
+
+// statFile writes a /proc/stat-like file for cpuIdle with the given busy and
+// idle jiffies on every CPU of this process's affinity mask.
+func statFile(t *testing.T, path string, c *cpuIdle, busy, idle uint64) {
+	b := []byte("cpu  1 2 3 4 5 6 7 8 9 10\n")
+	for name := range c.cpus {
+		// user nice system idle iowait irq softirq steal guest guest_nice
+		b = append(b, name+" "+strconv.FormatUint(busy, 10)+" 0 0 "+strconv.FormatUint(idle, 10)+" 0 0 0 0 "+strconv.FormatUint(busy, 10)+" 0\n"...)
+	}
+	require.NoError(t, os.WriteFile(path, b, 0o644))
+}
+
+func TestCPUIdle(t *testing.T) {
+	real := newCPUIdle("/proc/stat")
+	require.NotNil(t, real, "/proc/stat must be readable on Linux")
+	path := filepath.Join(t.TempDir(), "stat")
+	statFile(t, path, real, 100, 100)
+	c := newCPUIdle(path)
+	require.NotNil(t, c)
+	statFile(t, path, c, 130, 110) // 30 busy, 10 idle per CPU; guest is in user
+	require.InDelta(t, 0.25, c.sample(), 1e-9)
+	require.Equal(t, -1.0, c.sample(), "no tick since the last sample")
+	statFile(t, path, c, 10, 10) // counters went backwards (another boot?)
+	require.Equal(t, -1.0, c.sample())
+	require.NoError(t, os.Remove(path))
+	require.Equal(t, -1.0, c.sample())
+	require.Nil(t, newCPUIdle(path))
 }
 
 func TestLevelControllerAdapts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stat")
 	c, err := newLevelController("auto")
 	require.NoError(t, err)
+	require.NotNil(t, c.idle)
+	statFile(t, path, c.idle, 0, 0)
+	c.idle = newCPUIdle(path)
 	require.Equal(t, chunkstore.LevelFastest, c.current())
+	busy, idle := uint64(0), uint64(0)
+	tick := func(b, i uint64) {
+		busy, idle = busy+b, idle+i
+		statFile(t, path, c.idle, busy, idle)
+	}
 
-	// A slow link (writes wait, few bytes go out): compress harder, up to the cap.
+	// A slow link (writes wait, CPUs mostly idle): compress harder, up to the cap.
 	for range 5 {
+		tick(10, 90)
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
 	}
 	require.Equal(t, chunkstore.LevelBetter, c.current())
 
-	// Writes that hardly wait: the CPU is the bottleneck, step back down to
-	// the floor, never to no compression.
+	// Busy CPUs: step down past fastest to the floor, never to no compression.
+	for range 6 {
+		tick(95, 5)
+		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	}
+	require.Equal(t, chunkstore.LevelFast4, c.current())
+
+	// CPU to spare again and no waits: stay fast; waits: climb back.
+	tick(20, 80)
+	window(c, 900*time.Millisecond, 10*time.Millisecond, 1<<20)
+	require.Equal(t, chunkstore.LevelFast4, c.current())
+	tick(20, 80)
+	window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	require.Equal(t, chunkstore.LevelFast1, c.current())
+	require.Equal(t, 7, c.changes) // 2 up, 4 down, 1 up
+	require.NotEmpty(t, c.levelChunks())
+}
+
+func TestLevelControllerWithoutCPUCounters(t *testing.T) {
+	c, err := newLevelController("auto")
+	require.NoError(t, err)
+	c.idle, c.min = nil, chunkstore.LevelFastest // what newLevelController does without /proc/stat
+	for range 5 {
+		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	}
+	require.Equal(t, chunkstore.LevelBetter, c.current())
 	for range 5 {
 		window(c, 900*time.Millisecond, 10*time.Millisecond, 1<<20)
 	}
 	require.Equal(t, chunkstore.LevelFastest, c.current())
-
 	// Writes that wait on a fast link (loopback, QUIC short of CPU) do not
 	// make it compress harder.
 	for range 5 {
@@ -49,6 +140,7 @@ func TestLevelControllerFixed(t *testing.T) {
 		window(c, 0, time.Second, 1)
 	}
 	require.Equal(t, chunkstore.LevelNone, c.current())
+	require.Equal(t, map[string]int64{"none": 3}, c.levelChunks())
 	_, err = newLevelController("fast-ish")
 	require.Error(t, err)
 }

@@ -139,6 +139,10 @@ type SendResult struct {
 	HashedBytes     int64   `json:"hashed_bytes"`   // bytes read to chunk (0 when every chunk list came from the cache)
 	AlreadyComplete bool    `json:"already_complete"`
 	ManifestBLAKE3  string  `json:"manifest_blake3,omitempty"`
+	// Compression is the level chunks were compressed at when the send
+	// ended; Levels counts the chunks sent at each level it used.
+	Compression string           `json:"compression"`
+	Levels      map[string]int64 `json:"levels,omitempty"`
 }
 
 // Sender sends trees to receiving movers. It owns the sender's pebble state
@@ -253,6 +257,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	res.WireBytes = t.wireBytes.Load()
 	res.ChunksSkipped = max(res.ChunksTotal-res.ChunksSent, 0)
 	res.HashedBytes = t.src.hashed.Load()
+	res.Compression, res.Levels = lc.current().String(), lc.levelChunks()
 	res.Seconds = time.Since(start).Seconds()
 	return res, err
 }
@@ -706,7 +711,8 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 			}
 			return permanentError{err}
 		}
-		packed, codec := chunkstore.Compress(packedBuf[:0], plain, t.lc.current())
+		level := t.lc.current()
+		packed, codec := chunkstore.Compress(packedBuf[:0], plain, level)
 		cpu := time.Since(t0)
 		frame = protocol.AppendFrame(frame[:0], &protocol.ChunkData{ID: ref.ID, Codec: codec, PlainLen: ref.Len, Payload: packed})
 		t1 := time.Now()
@@ -718,7 +724,7 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		if _, err := st.Write(frame); err != nil {
 			return fmt.Errorf("writing chunk: %w", err)
 		}
-		t.lc.observe(cpu, time.Since(t1), len(frame))
+		t.lc.observe(level, cpu, time.Since(t1), len(frame))
 		t.chunksSent.Add(1)
 		sent.Add(1)
 		t.wireBytes.Add(int64(len(frame)))

@@ -660,7 +660,7 @@ func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, 
 		// Over loopback the CPU, not the link, is the limit: the cheapest
 		// zstd level, not one that adapts to a link that only seems slow.
 		// Across hosts the level adapts to the link.
-		Compression: compression(x.plan()),
+		Compression: "auto", // adapts to the CPU (shared with pg_dump) and the link
 		BWLimit:     x.plan().BWLimit,
 		Progress: func(p mover.SendProgress) {
 			x.r.emit(Event{Step: transferStep(db), Kind: "progress", Done: p.Durable, Total: p.Total})
@@ -778,15 +778,6 @@ func reachable(dir string) error {
 			return nil
 		}
 	}
-}
-
-// compression is the zstd level of a session's transfers: the cheapest on
-// loopback, where the CPU is the limit; adaptive to a real link.
-func compression(p *Plan) string {
-	if p.Target == "" && p.BWLimit == 0 {
-		return "fastest"
-	}
-	return "auto"
 }
 
 // linkGlobals puts the session's globals.sql (written and synced once by

@@ -31,7 +31,7 @@ ratio and the chunk+hash throughput.`,
 	c.Flags().IntVar(&o.params.Min, "min", o.params.Min, "minimum chunk size in bytes")
 	c.Flags().IntVar(&o.params.Avg, "avg", o.params.Avg, "average chunk size in bytes (a power of two)")
 	c.Flags().IntVar(&o.params.Max, "max", o.params.Max, "maximum chunk size in bytes")
-	c.Flags().StringVar(&o.level, "level", "fastest", "zstd level: none, fastest, default, better, best")
+	c.Flags().StringVar(&o.level, "level", "fastest", "zstd level: none, fast4, fast1, fastest, default, better, best")
 	c.Flags().BoolVar(&o.json, "json", false, "print one JSON object")
 	return c
 }

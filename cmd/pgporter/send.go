@@ -49,7 +49,7 @@ Example:
 	f.StringVar(&so.peer, "peer", "", "peer ID of the receiving mover ('pgporter mover id' there)")
 	f.BoolVar(&so.json, "json", false, "print a JSON summary as the last line")
 	f.IntVar(&so.o.Streams, "streams", 4, "parallel QUIC data streams")
-	f.StringVar(&so.o.Compression, "compress", "auto", "zstd level: auto (adapts to the link), none, fastest, default, better, best")
+	f.StringVar(&so.o.Compression, "compress", "auto", "zstd level: auto (adapts to whichever of the CPU and the link limits), none, fast4, fast1, fastest, default, better, best (fast4 and fast1 are zstd --fast=4 and --fast=1)")
 	f.StringVar(&so.bwlimit, "bwlimit", "", "limit on wire bytes per second for the whole transfer, e.g. 50M")
 	f.DurationVar(&so.o.RetryFor, "retry-for", 2*time.Minute, "how long to keep reconnecting after a network failure (0 = default, negative = never)")
 	f.StringVar(&so.o.TransferID, "id", "", "transfer ID (default: derived from SRC_DIR, DEST and the peer, so a rerun resumes)")
