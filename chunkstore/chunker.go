@@ -90,7 +90,7 @@ func scan(data []byte, i int, h, mask uint64) (int, uint64) {
 // Chunk is one piece of a stream cut by a Chunker.
 type Chunk struct {
 	Offset int64  // position of Data in the stream
-	Data   []byte // owned by the Chunker: valid until the next call to Next
+	Data   []byte // owned by the Chunker: valid until the next call to Next (see SetAlloc)
 }
 
 // Chunker cuts a stream into content-defined chunks. It is not safe for
@@ -99,9 +99,11 @@ type Chunker struct {
 	r          io.Reader
 	c          cutter
 	buf        []byte
+	window     int // bytes read ahead of the cut point, at most
 	start, end int // unconsumed bytes are buf[start:end]
 	off        int64
 	eof        bool
+	alloc      func() []byte // SetAlloc's
 }
 
 // NewChunker returns a Chunker reading r, cutting with p (zero p means
@@ -115,12 +117,33 @@ func NewChunker(r io.Reader, p Params) (*Chunker, error) {
 	if size < 1<<20 {
 		size = 1 << 20
 	}
-	return &Chunker{r: r, c: newCutter(p), buf: make([]byte, size)}, nil
+	return &Chunker{r: r, c: newCutter(p), buf: make([]byte, size), window: size}, nil
+}
+
+// SetAlloc makes the Chunker read into buffers that alloc returns instead of
+// its own: when the current one has no room left for another chunk, it takes
+// a new one and carries the unread tail over, leaving the old buffer as it
+// is. A chunk's Data then stays valid after later calls to Next and Reset,
+// until the caller reuses the buffer it lies in: the caller can keep the
+// bytes it was given without copying them. alloc must return buffers of
+// at least MinAllocSize bytes; each Reset starts a new one.
+func (ch *Chunker) SetAlloc(alloc func() []byte) {
+	ch.alloc, ch.buf, ch.start, ch.end = alloc, nil, 0, 0
+}
+
+// MinAllocSize is the smallest buffer SetAlloc's function may return for a
+// Chunker cutting with p.
+func MinAllocSize(p Params) int {
+	p = p.withDefaults()
+	return max(1<<20, 4*p.Max) + p.Max
 }
 
 // Reset makes the Chunker read r from offset 0, keeping its buffer.
 func (ch *Chunker) Reset(r io.Reader) {
 	ch.r, ch.start, ch.end, ch.off, ch.eof = r, 0, 0, 0, false
+	if ch.alloc != nil {
+		ch.buf = nil // the caller may hold chunks of the last one
+	}
 }
 
 // Next returns the next chunk, or io.EOF after the last one. An empty stream
@@ -142,12 +165,21 @@ func (ch *Chunker) Next() (Chunk, error) {
 }
 
 func (ch *Chunker) fill() error {
-	if ch.start > 0 {
+	switch {
+	case ch.alloc != nil && len(ch.buf)-ch.end < ch.c.max:
+		nb := ch.alloc()
+		if len(nb) < ch.window+ch.c.max {
+			return fmt.Errorf("chunker: buffer of %d bytes, need at least %d", len(nb), ch.window+ch.c.max)
+		}
+		ch.end = copy(nb, ch.buf[ch.start:ch.end])
+		ch.buf, ch.start = nb, 0
+	case ch.alloc == nil && ch.start > 0:
 		ch.end = copy(ch.buf, ch.buf[ch.start:ch.end])
 		ch.start = 0
 	}
-	for ch.end < len(ch.buf) {
-		n, err := ch.r.Read(ch.buf[ch.end:])
+	limit := min(len(ch.buf), ch.start+ch.window)
+	for ch.end < limit {
+		n, err := ch.r.Read(ch.buf[ch.end:limit])
 		ch.end += n
 		if errors.Is(err, io.EOF) {
 			ch.eof = true

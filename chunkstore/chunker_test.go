@@ -571,3 +571,48 @@ func FuzzChunker(f *testing.F) {
 		require.Equal(t, lens, chunkerLens(t, r, p, data), "Chunker differs from Split")
 	})
 }
+
+// TestChunkerSetAlloc checks that a Chunker reading into buffers it is given
+// cuts as it does with its own, that every chunk it returned stays intact
+// while later ones are cut, across files (Reset), and that a buffer too small
+// is refused.
+func TestChunkerSetAlloc(t *testing.T) {
+	for _, p := range []chunkstore.Params{chunkstore.DefaultParams, smallParams} {
+		a, b := randomBytes(7, 5<<20+123), pgbenchRows(3<<20)
+		ch, err := chunkstore.NewChunker(nil, p)
+		require.NoError(t, err)
+		allocs := 0
+		ch.SetAlloc(func() []byte {
+			allocs++
+			return make([]byte, chunkstore.MinAllocSize(p))
+		})
+		type kept struct {
+			data []byte
+			want []byte
+		}
+		var all []kept
+		for _, in := range [][]byte{a, b} {
+			ch.Reset(iotest.HalfReader(bytes.NewReader(in)))
+			var lens []int
+			for {
+				c, err := ch.Next()
+				if err == io.EOF {
+					break
+				}
+				require.NoError(t, err)
+				lens = append(lens, len(c.Data))
+				all = append(all, kept{c.Data, in[c.Offset : c.Offset+int64(len(c.Data))]})
+			}
+			require.Equal(t, splitLens(t, in, p), lens)
+		}
+		for i, k := range all {
+			require.True(t, bytes.Equal(k.want, k.data), "chunk %d overwritten", i)
+		}
+		require.Greater(t, allocs, 2)
+
+		ch.SetAlloc(func() []byte { return make([]byte, chunkstore.MinAllocSize(p)-1) })
+		ch.Reset(bytes.NewReader(a))
+		_, err = ch.Next()
+		require.ErrorContains(t, err, "buffer of")
+	}
+}

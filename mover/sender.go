@@ -42,7 +42,12 @@ type SendOptions struct {
 	// SrcRoot, if set, is Src already opened (the caller keeps it open
 	// until Send returns and closes it): with a Feed, the producer may
 	// rename Src before Send opens it.
-	SrcRoot     *os.Root
+	SrcRoot *os.Root
+	// ReadAhead bounds the memory that keeps chunks between cutting and
+	// sending them, so that each byte is read from the source once (it is
+	// read again only for chunks that did not fit); 0 means 32 MiB,
+	// negative none.
+	ReadAhead   int64
 	BWLimit     int64         // aggregate wire bytes per second; 0 means no limit
 	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables
 	IdleTimeout time.Duration // a connection silent this long is dead; default 30s
@@ -63,6 +68,9 @@ func (o SendOptions) withDefaults() SendOptions {
 	}
 	if o.RetryFor == 0 {
 		o.RetryFor = 2 * time.Minute
+	}
+	if o.ReadAhead == 0 {
+		o.ReadAhead = 32 << 20
 	}
 	return o
 }
@@ -124,21 +132,24 @@ type SendProgress struct {
 // SendResult is what Send did. Its JSON form is the contract of
 // 'pgporter send --json'.
 type SendResult struct {
-	TransferID      string  `json:"transfer"`
-	Dest            string  `json:"dest"`
-	Files           int     `json:"files"`
-	Bytes           int64   `json:"bytes"`
-	ChunksTotal     int64   `json:"chunks_total"`
-	ChunksSent      int64   `json:"chunks_sent"`
-	ChunksSkipped   int64   `json:"chunks_skipped"`
-	WireBytes       int64   `json:"wire_bytes"`
-	Seconds         float64 `json:"seconds"`
-	Reconnects      int     `json:"reconnects"`
-	ResumedBytes    int64   `json:"resumed_bytes"`  // durable at the receiver when the first connection opened
-	ResumedChunks   int64   `json:"resumed_chunks"` // chunk positions durable then
-	HashedBytes     int64   `json:"hashed_bytes"`   // bytes read to chunk (0 when every chunk list came from the cache)
-	AlreadyComplete bool    `json:"already_complete"`
-	ManifestBLAKE3  string  `json:"manifest_blake3,omitempty"`
+	TransferID    string  `json:"transfer"`
+	Dest          string  `json:"dest"`
+	Files         int     `json:"files"`
+	Bytes         int64   `json:"bytes"`
+	ChunksTotal   int64   `json:"chunks_total"`
+	ChunksSent    int64   `json:"chunks_sent"`
+	ChunksSkipped int64   `json:"chunks_skipped"`
+	WireBytes     int64   `json:"wire_bytes"`
+	Seconds       float64 `json:"seconds"`
+	Reconnects    int     `json:"reconnects"`
+	ResumedBytes  int64   `json:"resumed_bytes"`  // durable at the receiver when the first connection opened
+	ResumedChunks int64   `json:"resumed_chunks"` // chunk positions durable then
+	HashedBytes   int64   `json:"hashed_bytes"`   // bytes read to chunk (0 when every chunk list came from the cache)
+	// ChunksFromMemory were sent from the bytes read to chunk them; the
+	// others sent were read from the source again.
+	ChunksFromMemory int64  `json:"chunks_from_memory"`
+	AlreadyComplete  bool   `json:"already_complete"`
+	ManifestBLAKE3   string `json:"manifest_blake3,omitempty"`
 	// Compression is the level chunks were compressed at when the send
 	// ended; Levels counts the chunks sent at each level it used.
 	Compression string           `json:"compression"`
@@ -221,6 +232,10 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 		src:     so,
 		handles: map[uint32]*os.File{}, unchecked: map[uint32]bool{},
 	}
+	if o.ReadAhead > 0 {
+		t.ra = newReadAhead(o.ReadAhead, o.Params)
+		so.ra = t.ra
+	}
 	if o.BWLimit > 0 {
 		t.limiter = rate.NewLimiter(rate.Limit(o.BWLimit), int(min(max(o.BWLimit/20, 64<<10), 1<<20)))
 	}
@@ -258,6 +273,9 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	res.ChunksSkipped = max(res.ChunksTotal-res.ChunksSent, 0)
 	res.HashedBytes = t.src.hashed.Load()
 	res.Compression, res.Levels = lc.current().String(), lc.levelChunks()
+	if t.ra != nil {
+		res.ChunksFromMemory, _ = t.ra.stats()
+	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, err
 }
@@ -272,6 +290,7 @@ type sendTransfer struct {
 	res     *SendResult
 	src     *source
 	lc      *levelController
+	ra      *readAhead    // nil: every chunk is read again to be sent
 	limiter *rate.Limiter // nil: no limit
 	opened  bool          // a connection got as far as TransferState
 
@@ -698,21 +717,13 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		f, _ := t.src.file(j.file) // jobs name offered files only
 		ref := j.ref
 		t0 := time.Now()
-		h, err := t.handle(f)
+		plain, release, err := t.chunkBytes(f, j, plainBuf)
 		if err != nil {
-			return permanentError{err}
-		}
-		plain := plainBuf[:ref.Len]
-		if _, err := h.ReadAt(plain, j.off); err != nil {
-			if errors.Is(err, io.EOF) {
-				err = fmt.Errorf("%w: %s shrank: it ends before chunk %d (%d bytes at %d)", errSourceChanged, f.Path, j.chunk, ref.Len, j.off)
-			} else {
-				err = fmt.Errorf("reading %s at %d: %w", f.Path, j.off, err)
-			}
 			return permanentError{err}
 		}
 		level := t.lc.current()
 		packed, codec := chunkstore.Compress(packedBuf[:0], plain, level)
+		release()
 		cpu := time.Since(t0)
 		frame = protocol.AppendFrame(frame[:0], &protocol.ChunkData{ID: ref.ID, Codec: codec, PlainLen: ref.Len, Payload: packed})
 		t1 := time.Now()
@@ -733,6 +744,32 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		return fmt.Errorf("closing data stream: %w", err)
 	}
 	return nil
+}
+
+// chunkBytes returns the bytes of job j's chunk: those the chunker read, if
+// the read-ahead still holds them, else read again from the file into buf.
+// The caller calls release once it no longer reads them.
+func (t *sendTransfer) chunkBytes(f *srcFile, j job, buf []byte) ([]byte, func(), error) {
+	if t.ra != nil {
+		if b, release, ok := t.ra.take(j.file, j.chunk); ok {
+			if len(b) == int(j.ref.Len) {
+				return b, release, nil
+			}
+			release() // cannot happen: the chunker cut it with this length
+		}
+	}
+	h, err := t.handle(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	plain := buf[:j.ref.Len]
+	if _, err := h.ReadAt(plain, j.off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil, fmt.Errorf("%w: %s shrank: it ends before chunk %d (%d bytes at %d)", errSourceChanged, f.Path, j.chunk, j.ref.Len, j.off)
+		}
+		return nil, nil, fmt.Errorf("reading %s at %d: %w", f.Path, j.off, err)
+	}
+	return plain, func() {}, nil
 }
 
 // waitN waits for n tokens, in pieces no larger than the limiter's burst.

@@ -199,7 +199,11 @@ func (f *srcFile) setOffsets() {
 // error: the caller sends a consistent snapshot or nothing. It returns the
 // file's chunk-list hash (chunkstore.FileListHash, protocol 3's FileEnd):
 // each byte is hashed once, for its chunk's ID.
-func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, publish func([]protocol.ChunkRef)) ([32]byte, error) {
+//
+// keep, if not nil, is given each chunk's index and bytes before the chunk is
+// published (the read-ahead; they are valid as long as the chunker's
+// allocator keeps them).
+func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, keep func(int, []byte), publish func([]protocol.ChunkRef)) ([32]byte, error) {
 	var hash [32]byte
 	fh, err := root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
@@ -211,6 +215,7 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 	const batch = 64 // about 4 MiB of data per publication
 	chunks := make([]protocol.ChunkRef, 0, batch)
 	var total int64
+	n := 0 // chunks cut
 	for {
 		c, err := ch.Next()
 		if err == io.EOF {
@@ -221,6 +226,10 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 		}
 		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
 		list.Add(ref.ID, ref.Len)
+		if keep != nil {
+			keep(n, c.Data)
+		}
+		n++
 		chunks = append(chunks, ref)
 		total += int64(len(c.Data))
 		if len(chunks) == batch {
@@ -244,8 +253,9 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 // cuts are those of the finished file. Chunks are published before each
 // wait. A file that shrinks, or whose size at the end is not the bytes read,
 // fails the send. It returns the file's state when done and its chunk-list
-// hash, which needs the size first, so it is computed at the end.
-func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, feed *FileFeed, publish func([]protocol.ChunkRef)) (os.FileInfo, [32]byte, error) {
+// hash, which needs the size first, so it is computed at the end. keep is
+// chunkFile's.
+func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, feed *FileFeed, keep func(int, []byte), publish func([]protocol.ChunkRef)) (os.FileInfo, [32]byte, error) {
 	var hash [32]byte
 	fh, err := root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
@@ -271,6 +281,9 @@ func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore
 			return nil, hash, fmt.Errorf("chunking %s: %w", f.Path, err)
 		}
 		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
+		if keep != nil {
+			keep(len(all), c.Data)
+		}
 		chunks = append(chunks, ref)
 		all = append(all, ref)
 		total += int64(len(c.Data))
@@ -359,7 +372,8 @@ func (r ctxReader) Read(p []byte) (int, error) {
 // A growing source learns its files from a FileFeed as they are completed.
 type source struct {
 	root *os.Root
-	feed *FileFeed // of a growing source: wakes the chunking of growing files
+	feed *FileFeed  // of a growing source: wakes the chunking of growing files
+	ra   *readAhead // if not nil, keeps the chunks cut for the data workers
 
 	mu     sync.Mutex // guards files, listed, ready, err, and signals cond
 	cond   *sync.Cond
@@ -517,6 +531,15 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 	if err != nil {
 		return err
 	}
+	var keepFor func(f *srcFile) func(int, []byte)
+	if s.ra != nil {
+		ch.SetAlloc(s.ra.alloc)
+		keepFor = func(f *srcFile) func(int, []byte) {
+			return func(c int, data []byte) { s.ra.hold(f.Index, uint32(c), data) }
+		}
+	} else {
+		keepFor = func(*srcFile) func(int, []byte) { return nil }
+	}
 	ps := cacheParams(p)
 	batch := cache.db.NewBatch()
 	defer batch.Close()
@@ -529,7 +552,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 			break
 		}
 		if f.growing {
-			fi, hash, err := chunkGrowing(ctx, s.root, f, ch, s.feed, func(refs []protocol.ChunkRef) { s.publish(f, refs) })
+			fi, hash, err := chunkGrowing(ctx, s.root, f, ch, s.feed, keepFor(f), func(refs []protocol.ChunkRef) { s.publish(f, refs) })
 			if err != nil {
 				return err
 			}
@@ -556,7 +579,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 			s.mu.Lock()
 			f.Chunks, f.Offsets, f.Hash = cached.Chunks, cached.Offsets, cached.Hash
 		} else {
-			hash, err := chunkFile(ctx, s.root, f, ch, func(refs []protocol.ChunkRef) { s.publish(f, refs) })
+			hash, err := chunkFile(ctx, s.root, f, ch, keepFor(f), func(refs []protocol.ChunkRef) { s.publish(f, refs) })
 			if err != nil {
 				return err
 			}

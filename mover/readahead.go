@@ -1,0 +1,169 @@
+package mover
+
+import (
+	"sync"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
+
+// readAhead keeps the bytes the chunker has just read, cut and hashed, so
+// that the data workers send them from memory instead of reading each file a
+// second time (docs/design/0005, step 1.3). The chunker reads into slabs
+// taken from here; each chunk it cuts is a slice of the current slab and is
+// remembered under its (file, chunk) position until a worker takes it. A
+// slab is reused once the chunker has moved past it and no chunk of it is
+// remembered or being sent.
+//
+// The memory is bounded: when every slab is in use and the chunker needs
+// another, the oldest slab no worker is sending from is taken back and its
+// chunks forgotten; a worker then reads those chunks from the file, as it
+// does for chunk lists that came from the chunk cache. Nothing ever waits
+// for memory here, so a receiver that never asks for a chunk (it has it
+// already) cannot stall the chunker.
+//
+// The bytes held are exactly those that were hashed into each chunk's ID, so
+// a chunk sent from here always matches its ID, even if the file has changed
+// since.
+type readAhead struct {
+	slabSize int
+	maxSlabs int
+
+	mu      sync.Mutex // guards everything below
+	chunks  map[chunkPos]heldChunk
+	live    []*slab // in the order the chunker took them, oldest first
+	free    []*slab
+	current *slab // the chunker's
+	hits    int64
+	evicted int64
+}
+
+type chunkPos struct{ file, chunk uint32 }
+
+type heldChunk struct {
+	s    *slab
+	data []byte
+}
+
+// A slab is one buffer of the chunker's. held counts its remembered chunks,
+// busy the workers sending from it.
+type slab struct {
+	buf        []byte
+	held, busy int
+	keys       []chunkPos // remembered chunks, to forget them on eviction
+}
+
+// newReadAhead returns a readAhead of at most budget bytes, in slabs of 4
+// MiB or what a chunker cutting with p needs, or nil if budget cannot hold
+// four slabs: too little to be worth it.
+func newReadAhead(budget int64, p chunkstore.Params) *readAhead {
+	size := max(4<<20, chunkstore.MinAllocSize(p))
+	n := int(budget / int64(size))
+	if n < 4 {
+		return nil
+	}
+	return &readAhead{slabSize: size, maxSlabs: n, chunks: map[chunkPos]heldChunk{}}
+}
+
+// alloc returns a buffer for the chunker (Chunker.SetAlloc): a free slab, a
+// new one while under budget, or the oldest one no worker is using, whose
+// chunks are forgotten. The chunker's previous slab stays live while it
+// holds chunks.
+func (r *readAhead) alloc() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old := r.current; old != nil {
+		r.current = nil
+		r.retire(old)
+	}
+	var s *slab
+	switch {
+	case len(r.free) > 0:
+		s = r.free[len(r.free)-1]
+		r.free = r.free[:len(r.free)-1]
+	case len(r.live) < r.maxSlabs:
+		s = &slab{buf: make([]byte, r.slabSize)}
+	default:
+		for i, old := range r.live {
+			if old.busy == 0 {
+				r.live = append(r.live[:i], r.live[i+1:]...)
+				for _, k := range old.keys {
+					delete(r.chunks, k)
+				}
+				r.evicted += int64(old.held)
+				old.keys, old.held = old.keys[:0], 0
+				s = old
+				break
+			}
+		}
+		if s == nil { // every slab is being sent from: go over budget once
+			s = &slab{buf: make([]byte, r.slabSize)}
+		}
+	}
+	r.live = append(r.live, s)
+	r.current = s
+	return s.buf
+}
+
+// retire frees s if nothing needs it any more.
+func (r *readAhead) retire(s *slab) {
+	if s == r.current || s.held > 0 || s.busy > 0 {
+		return
+	}
+	for i, l := range r.live {
+		if l == s {
+			r.live = append(r.live[:i], r.live[i+1:]...)
+			break
+		}
+	}
+	s.keys = s.keys[:0]
+	if len(s.buf) == r.slabSize && len(r.free)+len(r.live) < r.maxSlabs {
+		r.free = append(r.free, s)
+	}
+}
+
+// hold remembers chunk c of file f, a slice of the chunker's current slab.
+func (r *readAhead) hold(f, c uint32, data []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.current
+	if s == nil || len(data) == 0 {
+		return
+	}
+	k := chunkPos{f, c}
+	if _, dup := r.chunks[k]; dup {
+		return
+	}
+	r.chunks[k] = heldChunk{s: s, data: data}
+	s.keys = append(s.keys, k)
+	s.held++
+}
+
+// take returns the bytes of chunk c of file f if they are held, and a
+// function the caller must call once it no longer reads them. A chunk is
+// taken once: a resend after a reconnect reads the file.
+func (r *readAhead) take(f, c uint32) ([]byte, func(), bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h, ok := r.chunks[chunkPos{f, c}]
+	if !ok {
+		return nil, nil, false
+	}
+	delete(r.chunks, chunkPos{f, c})
+	s := h.s
+	s.held--
+	s.busy++
+	r.hits++
+	return h.data, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		s.busy--
+		r.retire(s)
+	}, true
+}
+
+// stats returns the chunks sent from memory and those forgotten for room.
+func (r *readAhead) stats() (hits, evicted int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hits, r.evicted
+}
