@@ -146,6 +146,12 @@ func (ch *Chunker) Reset(r io.Reader) {
 	}
 }
 
+// WillAlloc reports whether the next call to Next will take a new buffer
+// from SetAlloc's function: a caller that keeps chunks can make room first.
+func (ch *Chunker) WillAlloc() bool {
+	return ch.alloc != nil && ch.end-ch.start < ch.c.max && !ch.eof && len(ch.buf)-ch.end < ch.c.max
+}
+
 // Next returns the next chunk, or io.EOF after the last one. An empty stream
 // has no chunks.
 func (ch *Chunker) Next() (Chunk, error) {

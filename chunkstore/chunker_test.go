@@ -595,7 +595,9 @@ func TestChunkerSetAlloc(t *testing.T) {
 			ch.Reset(iotest.HalfReader(bytes.NewReader(in)))
 			var lens []int
 			for {
+				before, will := allocs, ch.WillAlloc()
 				c, err := ch.Next()
+				require.Equal(t, will, allocs == before+1, "WillAlloc said %v", will)
 				if err == io.EOF {
 					break
 				}

@@ -1,6 +1,7 @@
 package mover
 
 import (
+	"context"
 	"sync"
 
 	"github.com/pgporter/pgporter/chunkstore"
@@ -14,12 +15,15 @@ import (
 // slab is reused once the chunker has moved past it and no chunk of it is
 // remembered or being sent.
 //
-// The memory is bounded: when every slab is in use and the chunker needs
-// another, the oldest slab no worker is sending from is taken back and its
-// chunks forgotten; a worker then reads those chunks from the file, as it
-// does for chunk lists that came from the chunk cache. Nothing ever waits
-// for memory here, so a receiver that never asks for a chunk (it has it
-// already) cannot stall the chunker.
+// The memory is bounded. After each batch of chunks it publishes, the
+// chunker waits (wait) while every slab is in use. Slabs come back as
+// workers send their chunks, and as the receiver's Needs say which chunks it
+// will not ask for (Need.Decided: it has them already): those are forgotten.
+// Every chunk held has been published, so the receiver can decide it: the
+// wait always ends. Should the chunker still need a slab with none free, the
+// oldest one no worker is sending from is taken back and its chunks
+// forgotten; a worker then reads those chunks from the file, as it does for
+// chunk lists that came from the chunk cache.
 //
 // The bytes held are exactly those that were hashed into each chunk's ID, so
 // a chunk sent from here always matches its ID, even if the file has changed
@@ -32,7 +36,8 @@ type readAhead struct {
 	chunks  map[chunkPos]heldChunk
 	live    []*slab // in the order the chunker took them, oldest first
 	free    []*slab
-	current *slab // the chunker's
+	current *slab         // the chunker's
+	room    chan struct{} // closed and replaced when a slab comes back
 	hits    int64
 	evicted int64
 }
@@ -40,8 +45,9 @@ type readAhead struct {
 type chunkPos struct{ file, chunk uint32 }
 
 type heldChunk struct {
-	s    *slab
-	data []byte
+	s     *slab
+	data  []byte
+	asked bool // a Need of this connection named it
 }
 
 // A slab is one buffer of the chunker's. held counts its remembered chunks,
@@ -61,7 +67,7 @@ func newReadAhead(budget int64, p chunkstore.Params) *readAhead {
 	if n < 4 {
 		return nil
 	}
-	return &readAhead{slabSize: size, maxSlabs: n, chunks: map[chunkPos]heldChunk{}}
+	return &readAhead{slabSize: size, maxSlabs: n, chunks: map[chunkPos]heldChunk{}, room: make(chan struct{})}
 }
 
 // alloc returns a buffer for the chunker (Chunker.SetAlloc): a free slab, a
@@ -118,6 +124,80 @@ func (r *readAhead) retire(s *slab) {
 	s.keys = s.keys[:0]
 	if len(s.buf) == r.slabSize && len(r.free)+len(r.live) < r.maxSlabs {
 		r.free = append(r.free, s)
+	}
+	close(r.room)
+	r.room = make(chan struct{})
+}
+
+// wait blocks while the chunker's next slab would have to be taken back
+// from chunks not sent yet, or until ctx is done.
+func (r *readAhead) wait(ctx context.Context) {
+	for {
+		r.mu.Lock()
+		full, room := len(r.free) == 0 && len(r.live) >= r.maxSlabs, r.room
+		r.mu.Unlock()
+		if !full {
+			return
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// need records a Need of file f: chunks are asked for, and, below decided in
+// f and in every file before it (the receiver decides in manifest order),
+// the chunks not asked for will not be: they are forgotten.
+func (r *readAhead) need(f uint32, chunks []uint32, decided uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range chunks {
+		if h, ok := r.chunks[chunkPos{f, c}]; ok {
+			h.asked = true
+			r.chunks[chunkPos{f, c}] = h
+		}
+	}
+	var empty []*slab
+	for _, s := range r.live {
+		kept := s.keys[:0]
+		for i, k := range s.keys {
+			if k.file > f || k.file == f && k.chunk >= decided {
+				kept = append(kept, s.keys[i:]...) // chunking order: the rest are later
+				break
+			}
+			h, ok := r.chunks[k]
+			switch {
+			case !ok: // taken
+			case h.asked:
+				kept = append(kept, k)
+			default:
+				delete(r.chunks, k)
+				s.held--
+			}
+		}
+		s.keys = kept
+		if s.held == 0 {
+			empty = append(empty, s)
+		}
+		if len(s.keys) > 0 && (s.keys[len(s.keys)-1].file > f || s.keys[len(s.keys)-1].file == f && s.keys[len(s.keys)-1].chunk >= decided) {
+			break
+		}
+	}
+	for _, s := range empty {
+		r.retire(s)
+	}
+}
+
+// newConnection forgets which chunks were asked for: a receiver decides
+// again on each connection.
+func (r *readAhead) newConnection() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, h := range r.chunks {
+		h.asked = false
+		r.chunks[k] = h
 	}
 }
 

@@ -35,8 +35,9 @@ func TestSendReadsOnce(t *testing.T) {
 	require.Zero(t, res.ChunksFromMemory)
 }
 
-// TestSendReadAheadSmall: a read-ahead far smaller than the tree forgets
-// chunks for room; those are read again, and the tree arrives intact.
+// TestSendReadAheadSmall: with a read-ahead far smaller than the tree, the
+// chunker waits for room instead of forgetting chunks: every chunk is still
+// sent from memory, and the tree arrives intact.
 func TestSendReadAheadSmall(t *testing.T) {
 	r := startReceiver(t, ServerOptions{})
 	s := newTestSender(t, r, PermSend)
@@ -46,7 +47,17 @@ func TestSendReadAheadSmall(t *testing.T) {
 	res, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, ReadAhead: 16 << 20})
 	require.NoError(t, err)
 	requireSameTree(t, src, dest)
-	require.LessOrEqual(t, res.ChunksFromMemory, res.ChunksSent)
+	require.Positive(t, res.ChunksSent)
+	require.Equal(t, res.ChunksSent, res.ChunksFromMemory)
+
+	// The same tree again elsewhere: the receiver has every chunk and asks
+	// for none. Its Needs' Decided marks alone must free the read-ahead, or
+	// the chunker would wait forever.
+	again := filepath.Join(r.root, "again")
+	res, err = s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: again, ReadAhead: 16 << 20})
+	require.NoError(t, err)
+	requireSameTree(t, src, again)
+	require.Zero(t, res.ChunksSent)
 }
 
 // TestReadAheadBounded drives a readAhead as the chunker and the workers do:
@@ -93,4 +104,62 @@ func TestReadAheadBounded(t *testing.T) {
 	require.Equal(t, int64(2), hits)
 	require.Equal(t, int64(1), evicted)
 	require.LessOrEqual(t, len(ra.live)+len(ra.free), ra.maxSlabs)
+}
+
+// TestReadAheadNeedFrees: chunks a Need does not ask for, below its Decided
+// mark and in earlier files, are forgotten and their slabs come back, which
+// ends the chunker's wait; chunks asked for stay until taken.
+func TestReadAheadNeedFrees(t *testing.T) {
+	ra := newReadAhead(4*(4<<20), chunkstore.DefaultParams)
+	require.NotNil(t, ra)
+	// Four slabs: file 0 chunks 0-1, file 1 chunks 0-1, file 1 chunks 2-3,
+	// file 2 chunk 0 (the chunker's current one).
+	hold := func(f, c uint32) { ra.hold(f, c, []byte{byte(f), byte(c)}) }
+	ra.alloc()
+	hold(0, 0)
+	hold(0, 1)
+	ra.alloc()
+	hold(1, 0)
+	hold(1, 1)
+	ra.alloc()
+	hold(1, 2)
+	hold(1, 3)
+	ra.alloc()
+	hold(2, 0)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ra.wait(ctx) // full: returns only because ctx is done
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ra.wait(context.Background())
+	}()
+	// The receiver asks for chunk 1 of file 1 and has decided chunks 0-2:
+	// file 0 and chunk 0 of file 1 are forgotten; chunk 2
+	// of file 1 too, but its slab still holds chunk 3, not decided yet: one
+	// slab comes back.
+	ra.need(1, []uint32{1}, 3)
+	<-done
+	for _, c := range []chunkPos{{0, 0}, {0, 1}, {1, 0}, {1, 2}} {
+		_, _, ok := ra.take(c.file, c.chunk)
+		require.False(t, ok, "%v should be forgotten", c)
+	}
+	for _, c := range []chunkPos{{1, 1}, {1, 3}, {2, 0}} {
+		b, release, ok := ra.take(c.file, c.chunk)
+		require.True(t, ok, "%v should be held", c)
+		require.Equal(t, []byte{byte(c.file), byte(c.chunk)}, b)
+		release()
+	}
+	require.LessOrEqual(t, len(ra.live)+len(ra.free), ra.maxSlabs)
+
+	// A new connection: what was asked for is decided again.
+	ra.alloc()
+	hold(3, 0)
+	ra.need(3, []uint32{0}, 1)
+	ra.newConnection()
+	ra.need(4, nil, 0)
+	_, _, ok := ra.take(3, 0)
+	require.False(t, ok, "asked for on an old connection only: forgotten")
 }

@@ -641,14 +641,21 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 			return err
 		}
 	}
-	for len(need) > 0 {
+	// One Need per batch, even with nothing needed: its Decided lets the
+	// sender drop the bytes it keeps for the chunks not asked for.
+	for {
 		n := min(len(need), protocol.MaxNeedChunks)
-		if err := r.cs.write(&protocol.Need{Index: idx, Chunks: need[:n]}); err != nil {
+		m := &protocol.Need{Index: idx, Chunks: need[:n]}
+		if n == len(need) {
+			m.Decided = uint32(f.nchunks)
+		}
+		if err := r.cs.write(m); err != nil {
 			return err
 		}
-		need = need[n:]
+		if need = need[n:]; len(need) == 0 {
+			return nil
+		}
 	}
-	return nil
 }
 
 // stillThere reports whether the bytes a position durable before this

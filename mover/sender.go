@@ -435,6 +435,9 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		return err
 	}
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+	if t.ra != nil {
+		t.ra.newConnection()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Reads on QUIC streams do not take a context: closing the connection is
@@ -597,6 +600,9 @@ func (t *sendTransfer) readControl(ctx context.Context, cs *controlStream, jobs 
 					return permanentError{fmt.Errorf("%w: need for chunk %d of %s, which was not offered", protocol.ErrProtocol, c, f.Path)}
 				}
 				js = append(js, job{file: m.Index, chunk: c, ref: ref, off: off})
+			}
+			if t.ra != nil {
+				t.ra.need(m.Index, m.Chunks, m.Decided)
 			}
 			jobs.push(js...)
 		case *protocol.NeedEnd:

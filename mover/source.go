@@ -193,17 +193,75 @@ func (f *srcFile) setOffsets() {
 	}
 }
 
-// chunkFile reads f, cutting and hashing its chunks. It publishes chunk refs
-// in batches as it goes, so that they can be offered before the end of a
-// large file is read. A file that changes size while it is read is an
-// error: the caller sends a consistent snapshot or nothing. It returns the
-// file's chunk-list hash (chunkstore.FileListHash, protocol 3's FileEnd):
-// each byte is hashed once, for its chunk's ID.
-//
-// keep, if not nil, is given each chunk's index and bytes before the chunk is
-// published (the read-ahead; they are valid as long as the chunker's
-// allocator keeps them).
-func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, keep func(int, []byte), publish func([]protocol.ChunkRef)) ([32]byte, error) {
+// chunkSink receives the chunks chunkFile and chunkGrowing cut, in order.
+type chunkSink struct {
+	// publish offers a batch of chunk refs; it may keep the slice.
+	publish func([]protocol.ChunkRef)
+	// keep, if not nil, is given each chunk's index in its file and its
+	// bytes before the chunk is published (the read-ahead: the bytes stay
+	// valid as long as the chunker's allocator keeps them).
+	keep func(c int, data []byte)
+	// room, if not nil, is called before the chunker takes a new buffer,
+	// once every chunk cut so far is published: it waits for the read-ahead
+	// to have room.
+	room func()
+}
+
+// chunkBatcher cuts one file with a chunker and publishes its chunk refs to
+// a sink in batches, so that they can be offered before the end of a large
+// file is read.
+type chunkBatcher struct {
+	sink    chunkSink
+	pending []protocol.ChunkRef
+	n       int // chunks cut
+}
+
+const chunkBatch = 64 // about 4 MiB of data per publication
+
+func (b *chunkBatcher) flush() {
+	if len(b.pending) > 0 {
+		b.sink.publish(b.pending)
+		b.pending = make([]protocol.ChunkRef, 0, chunkBatch)
+	}
+}
+
+// cut reads ch to its end, calling each with every chunk's ref, and returns
+// the bytes cut. The last batch is left for the caller to flush once it has
+// checked the file.
+func (b *chunkBatcher) cut(ch *chunkstore.Chunker, path string, each func(protocol.ChunkRef)) (int64, error) {
+	var total int64
+	for {
+		if b.sink.room != nil && ch.WillAlloc() {
+			b.flush()
+			b.sink.room()
+		}
+		c, err := ch.Next()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("chunking %s: %w", path, err)
+		}
+		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
+		each(ref)
+		if b.sink.keep != nil {
+			b.sink.keep(b.n, c.Data)
+		}
+		b.n++
+		b.pending = append(b.pending, ref)
+		total += int64(len(c.Data))
+		if len(b.pending) == chunkBatch {
+			b.flush()
+		}
+	}
+}
+
+// chunkFile reads f, cutting and hashing its chunks, which it gives to sink
+// as it goes. A file that changes size while it is read is an error: the
+// caller sends a consistent snapshot or nothing. It returns the file's
+// chunk-list hash (chunkstore.FileListHash, protocol 3's FileEnd): each byte
+// is hashed once, for its chunk's ID.
+func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, sink chunkSink) ([32]byte, error) {
 	var hash [32]byte
 	fh, err := root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
@@ -212,37 +270,15 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 	defer fh.Close()
 	list := chunkstore.NewFileListHash(uint64(f.Size))
 	ch.Reset(ctxReader{ctx, fh})
-	const batch = 64 // about 4 MiB of data per publication
-	chunks := make([]protocol.ChunkRef, 0, batch)
-	var total int64
-	n := 0 // chunks cut
-	for {
-		c, err := ch.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return hash, fmt.Errorf("chunking %s: %w", f.Path, err)
-		}
-		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
-		list.Add(ref.ID, ref.Len)
-		if keep != nil {
-			keep(n, c.Data)
-		}
-		n++
-		chunks = append(chunks, ref)
-		total += int64(len(c.Data))
-		if len(chunks) == batch {
-			publish(chunks)
-			chunks = make([]protocol.ChunkRef, 0, batch)
-		}
+	b := &chunkBatcher{sink: sink}
+	total, err := b.cut(ch, f.Path, func(ref protocol.ChunkRef) { list.Add(ref.ID, ref.Len) })
+	if err != nil {
+		return hash, err
 	}
 	if total != f.Size {
 		return hash, fmt.Errorf("%s changed while it was read (%d bytes, expected %d)", f.Path, total, f.Size)
 	}
-	if len(chunks) > 0 {
-		publish(chunks)
-	}
+	b.flush()
 	return list.Sum(), nil
 }
 
@@ -253,43 +289,20 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 // cuts are those of the finished file. Chunks are published before each
 // wait. A file that shrinks, or whose size at the end is not the bytes read,
 // fails the send. It returns the file's state when done and its chunk-list
-// hash, which needs the size first, so it is computed at the end. keep is
-// chunkFile's.
-func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, feed *FileFeed, keep func(int, []byte), publish func([]protocol.ChunkRef)) (os.FileInfo, [32]byte, error) {
+// hash, which needs the size first, so it is computed at the end.
+func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, feed *FileFeed, sink chunkSink) (os.FileInfo, [32]byte, error) {
 	var hash [32]byte
 	fh, err := root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
 		return nil, hash, err
 	}
 	defer fh.Close()
-	const batch = 64
-	var chunks, all []protocol.ChunkRef
-	flush := func() {
-		if len(chunks) > 0 {
-			publish(chunks)
-			chunks = nil
-		}
-	}
-	ch.Reset(&growingReader{ctx: ctx, fh: fh, path: f.Path, feed: feed, idle: flush})
-	var total int64
-	for {
-		c, err := ch.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, hash, fmt.Errorf("chunking %s: %w", f.Path, err)
-		}
-		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
-		if keep != nil {
-			keep(len(all), c.Data)
-		}
-		chunks = append(chunks, ref)
-		all = append(all, ref)
-		total += int64(len(c.Data))
-		if len(chunks) == batch {
-			flush()
-		}
+	b := &chunkBatcher{sink: sink}
+	ch.Reset(&growingReader{ctx: ctx, fh: fh, path: f.Path, feed: feed, idle: b.flush})
+	var all []protocol.ChunkRef
+	total, err := b.cut(ch, f.Path, func(ref protocol.ChunkRef) { all = append(all, ref) })
+	if err != nil {
+		return nil, hash, err
 	}
 	fi, err := fh.Stat()
 	if err != nil {
@@ -298,7 +311,7 @@ func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore
 	if fi.Size() != total {
 		return nil, hash, fmt.Errorf("%w: %s is %d bytes after its writer closed it, %d were read", errSourceChanged, f.Path, fi.Size(), total)
 	}
-	flush()
+	b.flush()
 	list := chunkstore.NewFileListHash(uint64(total))
 	for _, r := range all {
 		list.Add(r.ID, r.Len)
@@ -531,14 +544,18 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 	if err != nil {
 		return err
 	}
-	var keepFor func(f *srcFile) func(int, []byte)
+	sinkFor := func(f *srcFile) chunkSink {
+		return chunkSink{publish: func(refs []protocol.ChunkRef) { s.publish(f, refs) }}
+	}
 	if s.ra != nil {
 		ch.SetAlloc(s.ra.alloc)
-		keepFor = func(f *srcFile) func(int, []byte) {
-			return func(c int, data []byte) { s.ra.hold(f.Index, uint32(c), data) }
+		sinkFor = func(f *srcFile) chunkSink {
+			return chunkSink{
+				publish: func(refs []protocol.ChunkRef) { s.publish(f, refs) },
+				keep:    func(c int, data []byte) { s.ra.hold(f.Index, uint32(c), data) },
+				room:    func() { s.ra.wait(ctx) },
+			}
 		}
-	} else {
-		keepFor = func(*srcFile) func(int, []byte) { return nil }
 	}
 	ps := cacheParams(p)
 	batch := cache.db.NewBatch()
@@ -552,7 +569,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 			break
 		}
 		if f.growing {
-			fi, hash, err := chunkGrowing(ctx, s.root, f, ch, s.feed, keepFor(f), func(refs []protocol.ChunkRef) { s.publish(f, refs) })
+			fi, hash, err := chunkGrowing(ctx, s.root, f, ch, s.feed, sinkFor(f))
 			if err != nil {
 				return err
 			}
@@ -579,7 +596,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 			s.mu.Lock()
 			f.Chunks, f.Offsets, f.Hash = cached.Chunks, cached.Offsets, cached.Hash
 		} else {
-			hash, err := chunkFile(ctx, s.root, f, ch, keepFor(f), func(refs []protocol.ChunkRef) { s.publish(f, refs) })
+			hash, err := chunkFile(ctx, s.root, f, ch, sinkFor(f))
 			if err != nil {
 				return err
 			}

@@ -489,10 +489,17 @@ func (m *ManifestEnd) decode(d *decoder) { m.Files = d.uint32("files") }
 func (m *ManifestEnd) check() error { return nil }
 
 // Need asks the sender for chunks of file Index, by their index in the
-// file's chunk list. A file's needs may span several Need messages.
+// file's chunk list. A file's needs may span several Need messages. Decided,
+// when not 0, says that the receiver has decided about chunks [0, Decided) of
+// the file: those it needs were asked for in this Need or earlier ones, and
+// it will not ask for the others in this connection. A receiver sends a Need
+// after each FileChunks it has processed, with no Chunks if it needs none,
+// so that the sender can let go of the bytes it keeps for chunks not asked
+// for (every Chunks index is then below Decided).
 type Need struct {
-	Index  uint32
-	Chunks []uint32 // at most MaxNeedChunks, in any order
+	Index   uint32
+	Chunks  []uint32 // at most MaxNeedChunks, in any order
+	Decided uint32
 }
 
 func (*Need) Type() Type { return TypeNeed }
@@ -503,24 +510,30 @@ func (m *Need) Append(b []byte) []byte {
 	for _, c := range m.Chunks {
 		b = appendUvarint(b, uint64(c))
 	}
-	return b
+	return appendUvarint(b, uint64(m.Decided))
 }
 
 func (m *Need) decode(d *decoder) {
 	m.Index = d.uint32("index")
-	n := d.count("chunks", MaxNeedChunks, 1)
-	if n == 0 {
-		return
+	if n := d.count("chunks", MaxNeedChunks, 1); n > 0 {
+		m.Chunks = make([]uint32, n)
+		for i := range m.Chunks {
+			m.Chunks[i] = d.uint32("chunk index")
+		}
 	}
-	m.Chunks = make([]uint32, n)
-	for i := range m.Chunks {
-		m.Chunks[i] = d.uint32("chunk index")
-	}
+	m.Decided = d.uint32("decided")
 }
 
 func (m *Need) check() error {
 	if len(m.Chunks) > MaxNeedChunks {
 		return violation("%d chunks above the limit %d", len(m.Chunks), MaxNeedChunks)
+	}
+	if m.Decided != 0 {
+		for _, c := range m.Chunks {
+			if c >= m.Decided {
+				return violation("chunk %d asked for is not below decided %d", c, m.Decided)
+			}
+		}
 	}
 	return nil
 }

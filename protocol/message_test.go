@@ -81,6 +81,8 @@ func sampleMessages() map[string]Message {
 		"ManifestEnd":               &ManifestEnd{Files: 12},
 		"ManifestEnd/max":           &ManifestEnd{Files: 1<<32 - 1},
 		"Need":                      &Need{Index: 2, Chunks: []uint32{0, 5, 3}},
+		"Need/decided":              &Need{Index: 2, Chunks: []uint32{0, 5, 3}, Decided: 6},
+		"Need/decided only":         &Need{Index: 2, Decided: 64},
 		"Need/max":                  &Need{Index: 1<<32 - 1, Chunks: need},
 		"Need/empty":                &Need{Index: 2},
 		"NeedEnd":                   &NeedEnd{},
@@ -176,7 +178,7 @@ func TestControlMessagesFitFrameLimits(t *testing.T) {
 		}
 	}
 	// The worst Need: every index takes 5 bytes.
-	worst := &Need{Index: 1<<32 - 1, Chunks: make([]uint32, MaxNeedChunks)}
+	worst := &Need{Index: 1<<32 - 1, Chunks: make([]uint32, MaxNeedChunks), Decided: 1<<32 - 1}
 	for i := range worst.Chunks {
 		worst.Chunks[i] = 1<<32 - 1
 	}
@@ -351,6 +353,7 @@ func TestWriteMessageRejectsInvalid(t *testing.T) {
 		{"bad path", &FileHeader{Path: "a/../../b"}, ErrBadPath},
 		{"too many refs", &FileChunks{Chunks: make([]ChunkRef, MaxChunkRefs+1)}, ErrProtocol},
 		{"too many needs", &Need{Chunks: make([]uint32, MaxNeedChunks+1)}, ErrProtocol},
+		{"need past decided", &Need{Chunks: []uint32{3, 4}, Decided: 4}, ErrProtocol},
 		{"too many IDs", &GetChunks{IDs: make([]chunkstore.ID, MaxGetChunks+1)}, ErrProtocol},
 		{"too many points", &PointList{IDs: make([]string, MaxPoints+1)}, ErrProtocol},
 		{"bad point ID", &GetPoint{ID: "../x"}, ErrBadPath},
