@@ -1,6 +1,8 @@
 package mover
 
 import (
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,6 +85,18 @@ func (c *levelController) levelChunks() map[string]int64 {
 		}
 	}
 	return m
+}
+
+// LevelsText lists the chunks sent at each compression level, least effort
+// first, e.g. "fast4 2110, fastest 567" ("" if none was sent).
+func (r *SendResult) LevelsText() string {
+	var parts []string
+	for l := chunkstore.LevelNone; l <= chunkstore.LevelBest; l++ {
+		if n := r.Levels[l.String()]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", l, n))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // observe records the costs of one chunk sent at level l and, at the end of

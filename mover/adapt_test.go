@@ -144,3 +144,9 @@ func TestLevelControllerFixed(t *testing.T) {
 	_, err = newLevelController("fast-ish")
 	require.Error(t, err)
 }
+
+func TestLevelsText(t *testing.T) {
+	r := &SendResult{Levels: map[string]int64{"fastest": 3, "fast4": 10, "better": 1}}
+	require.Equal(t, "fast4 10, fastest 3, better 1", r.LevelsText())
+	require.Empty(t, (&SendResult{}).LevelsText())
+}

@@ -102,6 +102,9 @@ func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 		fmt.Fprintf(g.stdout, "sent %s: %d files, %s in %.1fs (%.0f MB/s); chunks %d sent, %d skipped of %d; wire %s (%.1fx)\n",
 			res.Dest, res.Files, humanSize(res.Bytes), res.Seconds, float64(res.Bytes)/1e6/max(res.Seconds, 1e-9),
 			res.ChunksSent, res.ChunksSkipped, res.ChunksTotal, humanSize(res.WireBytes), ratio)
+		if lv := res.LevelsText(); lv != "" {
+			fmt.Fprintf(g.stdout, "chunks by compression level: %s\n", lv)
+		}
 	}
 	if so.json {
 		return writeJSONLine(g.stdout, res)
