@@ -126,7 +126,8 @@ func NewChunker(r io.Reader, p Params) (*Chunker, error) {
 // is. A chunk's Data then stays valid after later calls to Next and Reset,
 // until the caller reuses the buffer it lies in: the caller can keep the
 // bytes it was given without copying them. alloc must return buffers of
-// at least MinAllocSize bytes; each Reset starts a new one.
+// at least MinAllocSize bytes; after a Reset the next stream's bytes go
+// after the last one's in the same buffer, while it has room.
 func (ch *Chunker) SetAlloc(alloc func() []byte) {
 	ch.alloc, ch.buf, ch.start, ch.end = alloc, nil, 0, 0
 }
@@ -140,10 +141,14 @@ func MinAllocSize(p Params) int {
 
 // Reset makes the Chunker read r from offset 0, keeping its buffer.
 func (ch *Chunker) Reset(r io.Reader) {
-	ch.r, ch.start, ch.end, ch.off, ch.eof = r, 0, 0, 0, false
 	if ch.alloc != nil {
-		ch.buf = nil // the caller may hold chunks of the last one
+		// The caller may hold chunks of the last stream: the next one goes
+		// after them, in the same buffer while it has room. Small files
+		// then share a buffer instead of taking one each.
+		ch.r, ch.start, ch.off, ch.eof = r, ch.end, 0, false
+		return
 	}
+	ch.r, ch.start, ch.end, ch.off, ch.eof = r, 0, 0, 0, false
 }
 
 // WillAlloc reports whether the next call to Next will take a new buffer

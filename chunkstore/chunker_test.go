@@ -612,6 +612,26 @@ func TestChunkerSetAlloc(t *testing.T) {
 		}
 		require.Greater(t, allocs, 2)
 
+		// Small streams share a buffer: a hundred of 1 KiB take one.
+		before := allocs
+		var small []kept
+		for i := range 100 {
+			in := randomBytes(uint64(100+i), 1<<10)
+			ch.Reset(bytes.NewReader(in))
+			for {
+				c, err := ch.Next()
+				if err == io.EOF {
+					break
+				}
+				require.NoError(t, err)
+				small = append(small, kept{c.Data, in[c.Offset : c.Offset+int64(len(c.Data))]})
+			}
+		}
+		require.LessOrEqual(t, allocs-before, 1)
+		for i, k := range small {
+			require.True(t, bytes.Equal(k.want, k.data), "small chunk %d overwritten", i)
+		}
+
 		ch.SetAlloc(func() []byte { return make([]byte, chunkstore.MinAllocSize(p)-1) })
 		ch.Reset(bytes.NewReader(a))
 		_, err = ch.Next()
