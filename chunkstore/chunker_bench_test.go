@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/pgporter/pgporter/chunkstore"
 )
 
@@ -101,23 +102,70 @@ func BenchmarkCDCBlake3(b *testing.B) {
 
 // BenchmarkCompressFastest compresses 64 MiB chunk by chunk at LevelFastest.
 func BenchmarkCompressFastest(b *testing.B) {
-	for _, bc := range []struct {
-		name string
-		data []byte
-	}{
-		{"pgbench", benchPgbench()},
-		{"md5text", benchMD5()},
-		{"random", benchRandom()},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			var chunks [][]byte
-			err := chunkstore.Split(bc.data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
-				chunks = append(chunks, c.Data)
-				return nil
+	benchCompress(b, chunkstore.LevelFastest)
+}
+
+// BenchmarkCompressLevels compresses the same inputs at the levels of the
+// sender's ladder below LevelDefault, and with S2 (klauspost/compress/s2,
+// not a codec of ours: the reference that decided against adding it).
+func BenchmarkCompressLevels(b *testing.B) {
+	for _, l := range []chunkstore.Level{chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest} {
+		b.Run(l.String(), func(b *testing.B) { benchCompress(b, l) })
+	}
+	b.Run("s2", func(b *testing.B) {
+		for _, bc := range benchInputs() {
+			b.Run(bc.name, func(b *testing.B) {
+				chunks := benchChunks(b, bc.data)
+				buf := make([]byte, s2.MaxEncodedLen(chunkstore.DefaultParams.Max))
+				b.SetBytes(int64(len(bc.data)))
+				var stored int64
+				for b.Loop() {
+					stored = 0
+					for _, c := range chunks {
+						stored += int64(len(s2.Encode(buf, c)))
+					}
+				}
+				b.ReportMetric(float64(len(bc.data))/float64(stored), "ratio")
 			})
-			if err != nil {
-				b.Fatal(err)
-			}
+		}
+	})
+}
+
+type benchInput struct {
+	name string
+	data []byte
+}
+
+// benchInputs are the compression inputs: pgbench rows, md5 text, random
+// bytes, and their mix in issue 16's LAN dump's proportions (three parts
+// pgbench_accounts to one part md5 text).
+func benchInputs() []benchInput {
+	pg, md := benchPgbench(), benchMD5()
+	mix := make([]byte, 0, benchSize)
+	for i := 0; len(mix) < benchSize; i += 1 << 20 {
+		mix = append(mix, pg[(3*i)%(benchSize-3<<20):][:3<<20]...)
+		mix = append(mix, md[i%(benchSize-1<<20):][:1<<20]...)
+	}
+	return []benchInput{{"pgbench", pg}, {"md5text", md}, {"random", benchRandom()}, {"mixed", mix[:benchSize]}}
+}
+
+func benchChunks(b *testing.B, data []byte) [][]byte {
+	var chunks [][]byte
+	err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
+		chunks = append(chunks, c.Data)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return chunks
+}
+
+// benchCompress compresses each input chunk by chunk at level l.
+func benchCompress(b *testing.B, l chunkstore.Level) {
+	for _, bc := range benchInputs() {
+		b.Run(bc.name, func(b *testing.B) {
+			chunks := benchChunks(b, bc.data)
 			buf := make([]byte, 0, chunkstore.DefaultParams.Max+1024)
 			b.SetBytes(int64(len(bc.data)))
 			b.ReportAllocs()
@@ -125,7 +173,7 @@ func BenchmarkCompressFastest(b *testing.B) {
 			for b.Loop() {
 				stored = 0
 				for _, c := range chunks {
-					buf, _ = chunkstore.Compress(buf[:0], c, chunkstore.LevelFastest)
+					buf, _ = chunkstore.Compress(buf[:0], c, l)
 					stored += int64(len(buf))
 				}
 			}
