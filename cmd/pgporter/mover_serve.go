@@ -192,6 +192,7 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	} else if _, err := pb.Recover(ctx, serve); err != nil {
 		g.log.Warn("recovering publications", "err", err)
 	}
+	waitPortReleased(ctx, so.listen, 30*time.Second, g.log)
 	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
 		PeerMemory: memory[0], TotalMemory: memory[1], VerifyCommit: so.verifyCommit})
 	if err != nil {
