@@ -154,6 +154,8 @@ type SendResult struct {
 	// ended; Levels counts the chunks sent at each level it used.
 	Compression string           `json:"compression"`
 	Levels      map[string]int64 `json:"levels,omitempty"`
+	// Path is quic-go's view of the connections: RTT, congestion window, loss.
+	Path *PathStats `json:"path,omitempty"`
 }
 
 // Sender sends trees to receiving movers. It owns the sender's pebble state
@@ -277,6 +279,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 		res.ChunksFromMemory, _ = t.ra.stats()
 	}
 	res.Seconds = time.Since(start).Seconds()
+	res.Path = t.path.result()
 	return res, err
 }
 
@@ -293,6 +296,7 @@ type sendTransfer struct {
 	ra      *readAhead    // nil: every chunk is read again to be sent
 	limiter *rate.Limiter // nil: no limit
 	opened  bool          // a connection got as far as TransferState
+	path    pathRecorder
 
 	chunksSent atomic.Int64
 	wireBytes  atomic.Int64
@@ -438,6 +442,10 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	if t.ra != nil {
 		t.ra.newConnection()
 	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	watching.Go(func() { t.path.watch(watchCtx, conn) })
+	defer func() { stopWatch(); watching.Wait() }()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Reads on QUIC streams do not take a context: closing the connection is
