@@ -19,6 +19,8 @@ type metrics struct {
 	localChunks    prometheus.Counter
 	dedupedChunks  prometheus.Counter
 	corruptChunks  prometheus.Counter
+	udpRcvBuf      prometheus.Gauge
+	udpSndBuf      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -40,6 +42,9 @@ func newMetrics() *metrics {
 	m.dedupedChunks = c("chunks_deduped_total", "Chunks copied from earlier committed transfers instead of sent.")
 	m.corruptChunks = c("chunks_corrupt_total", "Chunks whose content did not match their BLAKE3 ID.")
 	m.transfersOpen = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "transfers_active", Help: "Transfers in progress."})
+	m.udpRcvBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_rcvbuf_bytes", Help: "Receive buffer of the QUIC socket as the kernel granted it (SO_RCVBUF); below 7 MiB, raise net.core.rmem_max."})
+	m.udpSndBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_sndbuf_bytes", Help: "Send buffer of the QUIC socket as the kernel granted it (SO_SNDBUF); below 7 MiB, raise net.core.wmem_max."})
+	m.reg.MustRegister(m.udpRcvBuf, m.udpSndBuf)
 	m.reg.MustRegister(m.transfersOpen, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

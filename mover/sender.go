@@ -156,6 +156,9 @@ type SendResult struct {
 	Levels      map[string]int64 `json:"levels,omitempty"`
 	// Path is quic-go's view of the connections: RTT, congestion window, loss.
 	Path *PathStats `json:"path,omitempty"`
+	// The UDP socket's buffers as read back (see WantUDPBuffer).
+	UDPRcvBuf int `json:"udp_rcvbuf"`
+	UDPSndBuf int `json:"udp_sndbuf"`
 }
 
 // Sender sends trees to receiving movers. It owns the sender's pebble state
@@ -297,6 +300,8 @@ type sendTransfer struct {
 	limiter *rate.Limiter // nil: no limit
 	opened  bool          // a connection got as far as TransferState
 	path    pathRecorder
+	// warnBuffers logs small UDP buffers once per send, not per reconnect.
+	warnBuffers sync.Once
 
 	chunksSent atomic.Int64
 	wireBytes  atomic.Int64
@@ -382,29 +387,36 @@ func dialMover(ctx context.Context, addr string, id *Identity, peer PeerID, idle
 // dialMoverFor is dialMover for a connection that needs the permission
 // need: a refusal names it.
 func dialMoverFor(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm) (*quic.Conn, *controlStream, error) {
+	conn, cs, _, err := dialMoverBuffers(ctx, addr, id, peer, idle, need)
+	return conn, cs, err
+}
+
+// dialMoverBuffers is dialMoverFor that also returns the UDP socket's
+// buffer sizes, for the caller to warn about.
+func dialMoverBuffers(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm) (*quic.Conn, *controlStream, UDPBuffers, error) {
 	qc := QUICConfig()
 	if idle > 0 {
 		qc.MaxIdleTimeout = idle
 		qc.KeepAlivePeriod = min(qc.KeepAlivePeriod, idle/3)
 	}
-	conn, err := quic.DialAddr(ctx, addr, ClientTLSConfig(id, peer), qc)
+	conn, bufs, err := dialQUIC(ctx, addr, ClientTLSConfig(id, peer), qc)
 	if err != nil {
-		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, need)
+		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}
 	// In TLS 1.3 the server checks our certificate after our side of the
 	// handshake is done: a refusal shows up on the first stream.
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
-		return nil, nil, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, need)
+		return nil, nil, bufs, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, need)
 	}
 	cs := newControlStream(st)
 	if err := cs.clientHello(); err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
-		return nil, nil, ExplainHandshakeError(err, id.ID, peer, addr, need)
+		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}
 	go heartbeat(conn, qc.KeepAlivePeriod)
-	return conn, cs, nil
+	return conn, cs, bufs, nil
 }
 
 // heartbeatSize makes a heartbeat's packet bigger than the smallest
@@ -434,7 +446,11 @@ func heartbeat(conn *quic.Conn, period time.Duration) {
 }
 
 func (t *sendTransfer) attempt(ctx context.Context) error {
-	conn, cs, err := dialMover(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout)
+	conn, cs, bufs, err := dialMoverBuffers(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend)
+	if bufs != (UDPBuffers{}) {
+		t.res.UDPRcvBuf, t.res.UDPSndBuf = bufs.Recv, bufs.Send
+		t.warnBuffers.Do(func() { bufs.Warn(t.s.log, "send") })
+	}
 	if err != nil {
 		return err
 	}

@@ -220,6 +220,14 @@ func (s *Server) listen(addr string) error {
 	if err != nil {
 		return err
 	}
+	bufs, err := sizeUDPBuffers(udp)
+	if err != nil {
+		udp.Close()
+		return err
+	}
+	bufs.Warn(s.log, "mover serve")
+	s.metrics.udpRcvBuf.Set(float64(bufs.Recv))
+	s.metrics.udpSndBuf.Set(float64(bufs.Send))
 	handshakes := rate.NewLimiter(rate.Limit(s.o.HandshakeRate), max(1, int(2*s.o.HandshakeRate)))
 	s.tr = &quic.Transport{
 		Conn:              udp,

@@ -32,6 +32,7 @@ func TestMain(m *testing.M) {
 
 // mainCode is main without os.Exit: a signal context around run.
 func mainCode() int {
+	quietQUICBufferWarning()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return run(ctx, os.Args[1:], os.Stdout, os.Stderr)
