@@ -138,6 +138,7 @@ type Server struct {
 	// Memory budgets, per peer and in all: half for chunk positions (and
 	// files), 3/8 for data stream buffers, 1/8 for open transfers.
 	positions, streams, transfers *memBudget
+	windows                       *windows // connection receive windows, charged to streams
 
 	mu        sync.Mutex // guards active, peerConns
 	active    map[string]*activeTransfer
@@ -166,6 +167,7 @@ func NewServer(o ServerOptions) (*Server, error) {
 	s.positions = newMemBudget("chunk positions", o.PeerMemory/2, o.TotalMemory/2)
 	s.streams = newMemBudget("data streams", o.PeerMemory*3/8, o.TotalMemory*3/8)
 	s.transfers = newMemBudget("transfers", o.PeerMemory/8, o.TotalMemory/8)
+	s.windows = newWindows(s.streams)
 	var err error
 	if s.id, err = LoadIdentity(o.Home); err != nil {
 		return nil, err
@@ -240,7 +242,9 @@ func (s *Server) listen(addr string) error {
 			return true
 		},
 	}
-	if s.ln, err = s.tr.Listen(ServerTLSConfig(s.id, s.trust, s.log), QUICConfig()); err != nil {
+	qc := QUICConfig()
+	qc.AllowConnectionWindowIncrease = s.windows.allow
+	if s.ln, err = s.tr.Listen(ServerTLSConfig(s.id, s.trust, s.log), qc); err != nil {
 		udp.Close()
 		return err
 	}
@@ -320,6 +324,8 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	defer s.leave(peer, conn)
+	s.windows.track(conn, peer, time.Now())
+	defer s.windows.release(conn)
 	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "mover shutting down") })
 	defer stop()
 	ctx, cancel := context.WithCancel(ctx)

@@ -208,7 +208,10 @@ func ExplainHandshakeError(err error, self, remote PeerID, addr string, need ...
 // Flow-control windows. The receive window must cover bandwidth × RTT:
 // 128 MiB per connection keeps 1 Gbit/s busy across a 1 s round trip, or
 // 10 Gbit/s across 100 ms. quic-go grows windows from the initial size up to
-// the maximum as the application keeps up, so idle peers cost little.
+// the maximum as the application keeps up, so idle peers cost little. The
+// maxima are ceilings: a mover serving transfers grows a connection's window
+// only to twice the bandwidth-delay product it measures, within the peer's
+// memory budget (window.go).
 const (
 	initialStreamWindow     = 4 << 20
 	maxStreamWindow         = 32 << 20
