@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -152,14 +153,22 @@ func (l *linkBench) wire() (bytes, lost int64) {
 
 // pgporter moves the tree with 'pgporter send' to a fresh 'mover serve'
 // (fresh homes: nothing deduplicated), which it stops afterwards.
+//
+// PGPORTER_BENCH_PARALLEL=N (an experiment for step 4.3, several
+// connections per transfer) runs N sends of the whole tree at once, each
+// over its own connection, and counts the time over N: what one transfer
+// split perfectly over N connections would take.
 func (l *linkBench) pgporter(b *testing.B, i int) linkRun {
 	b.StopTimer()
-	dir := b.TempDir()
-	sendHome, recvHome := filepath.Join(dir, "s"), filepath.Join(dir, "r")
-	sid, _, err := mover.InitIdentity(sendHome)
-	if err != nil {
-		b.Fatal(err)
+	par := 1
+	if v := os.Getenv("PGPORTER_BENCH_PARALLEL"); v != "" {
+		var err error
+		if par, err = strconv.Atoi(v); err != nil || par < 1 {
+			b.Fatalf("PGPORTER_BENCH_PARALLEL=%q", v)
+		}
 	}
+	dir := b.TempDir()
+	recvHome := filepath.Join(dir, "r")
 	rid, _, err := mover.InitIdentity(recvHome)
 	if err != nil {
 		b.Fatal(err)
@@ -168,8 +177,16 @@ func (l *linkBench) pgporter(b *testing.B, i int) linkRun {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := ts.Trust(mover.TrustedPeer{ID: sid.ID, Name: "sender", Perms: mover.PermSend, Added: time.Now()}); err != nil {
-		b.Fatal(err)
+	sendHomes := make([]string, par)
+	for k := range sendHomes {
+		sendHomes[k] = filepath.Join(dir, fmt.Sprintf("s%d", k))
+		sid, _, err := mover.InitIdentity(sendHomes[k])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := ts.Trust(mover.TrustedPeer{ID: sid.ID, Name: fmt.Sprintf("sender%d", k), Perms: mover.PermSend, Added: time.Now()}); err != nil {
+			b.Fatal(err)
+		}
 	}
 	to := l.recv.AddrPort(netnsMoverPort).String()
 	srv := l.recv.Command(context.Background(), l.exe, "mover", "serve", "--home", recvHome, "--listen", to, "--root", l.root)
@@ -192,36 +209,52 @@ func (l *linkBench) pgporter(b *testing.B, i int) linkRun {
 	}
 	go io.Copy(io.Discard, out)
 
-	args := []string{"send", "--home", sendHome, "--to", to, "--peer", rid.ID.String(), "--json"}
-	args = append(args, strings.Fields(os.Getenv("PGPORTER_BENCH_SEND_FLAGS"))...)
-	args = append(args, l.src, filepath.Join(l.root, fmt.Sprintf("pp%d", i)))
-	cmd := l.send.Command(context.Background(), l.exe, args...)
-	cmd.Env = append(os.Environ(), testMainEnv+"=1")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmds := make([]*exec.Cmd, par)
+	stdouts, stderrs := make([]bytes.Buffer, par), make([]bytes.Buffer, par)
+	for k := range cmds {
+		args := []string{"send", "--home", sendHomes[k], "--to", to, "--peer", rid.ID.String(), "--json"}
+		args = append(args, strings.Fields(os.Getenv("PGPORTER_BENCH_SEND_FLAGS"))...)
+		args = append(args, l.src, filepath.Join(l.root, fmt.Sprintf("pp%d-%d", i, k)))
+		cmds[k] = l.send.Command(context.Background(), l.exe, args...)
+		cmds[k].Env = append(os.Environ(), testMainEnv+"=1")
+		cmds[k].Stdout, cmds[k].Stderr = &stdouts[k], &stderrs[k]
+	}
 	w0, lost0 := l.wire()
 	b.StartTimer()
 	t0 := time.Now()
-	err = cmd.Run()
-	secs := time.Since(t0).Seconds()
+	errs := make(chan error, par)
+	for _, cmd := range cmds {
+		go func() { errs <- cmd.Run() }()
+	}
+	for range cmds {
+		if err := <-errs; err != nil {
+			b.StopTimer()
+			for k := range cmds {
+				b.Logf("send %d: %s", k, stderrs[k].String())
+			}
+			b.Fatalf("pgporter send: %v\nreceiver:\n%s", err, srvErr.String())
+		}
+	}
+	secs := time.Since(t0).Seconds() / float64(par)
 	b.StopTimer()
 	w1, lost1 := l.wire()
-	if err != nil {
-		b.Fatalf("pgporter send: %v\n%s\nreceiver:\n%s", err, stderr.String(), srvErr.String())
+	for k := range cmds {
+		lines := strings.Split(strings.TrimSpace(stdouts[k].String()), "\n")
+		var res mover.SendResult
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+			b.Fatalf("send --json: %v: %q", err, stdouts[k].String())
+		}
+		if res.Bytes != l.total {
+			b.Fatalf("send moved %d bytes of %d", res.Bytes, l.total)
+		}
+		path, _ := json.Marshal(res.Path)
+		b.Logf("run %d pgporter (send %d of %d): %.1fs; chunk frames %d, reconnects %d, udp buffers %d/%d; path %s",
+			i, k+1, par, res.Seconds, res.WireBytes, res.Reconnects, res.UDPRcvBuf, res.UDPSndBuf, path)
 	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	var res mover.SendResult
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
-		b.Fatalf("send --json: %v: %q", err, stdout.String())
-	}
-	if res.Bytes != l.total {
-		b.Fatalf("send moved %d bytes of %d", res.Bytes, l.total)
-	}
-	path, _ := json.Marshal(res.Path)
-	b.Logf("run %d pgporter: %.2fs, %.2f MB/s of dump, wire %d (chunk frames %d), link lost %d packets; reconnects %d; path %s",
-		i, secs, float64(l.total)/1e6/secs, w1-w0, res.WireBytes, lost1-lost0, res.Reconnects, path)
+	b.Logf("run %d pgporter: %.2fs per tree, %.2f MB/s of dump, wire %d per tree, link lost %d packets",
+		i, secs, float64(l.total)/1e6/secs, (w1-w0)/int64(par), lost1-lost0)
 	b.StartTimer()
-	return linkRun{secs: secs, wire: w1 - w0}
+	return linkRun{secs: secs, wire: (w1 - w0) / int64(par)}
 }
 
 // rsync moves the tree with rsync -z (zstd level 1) to the daemon.
