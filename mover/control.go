@@ -14,6 +14,8 @@ import (
 type controlStream struct {
 	rw io.ReadWriter
 	r  *protocol.Reader
+	// version is the one the Hellos negotiated (0 before).
+	version uint16
 
 	mu sync.Mutex // guards writes to rw
 }
@@ -83,7 +85,11 @@ func (c *controlStream) clientHello() error {
 	if err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
-	return checkHello(m)
+	if err := checkHello(m); err != nil {
+		return err
+	}
+	c.version = min(protocol.Version, m.(*protocol.Hello).Version)
+	return nil
 }
 
 // serverHello answers a client's Hello; the kind byte was already read.
@@ -96,5 +102,6 @@ func (c *controlStream) serverHello() error {
 		c.sendError(err)
 		return err
 	}
+	c.version = min(protocol.Version, m.(*protocol.Hello).Version)
 	return c.write(hello())
 }

@@ -16,16 +16,28 @@ type job struct {
 // jobQueue is an unbounded FIFO of chunks to send, filled by the control
 // reader (which must never block on it) and drained by the data workers.
 type jobQueue struct {
-	mu     sync.Mutex // guards items, closed; signals cond
-	cond   *sync.Cond
-	items  []job
-	closed bool
+	mu      sync.Mutex // guards items, closed, drained; signals cond
+	cond    *sync.Cond
+	items   []job
+	closed  bool
+	drained chan struct{} // closed once the queue is closed and empty
 }
 
 func newJobQueue() *jobQueue {
-	q := &jobQueue{}
+	q := &jobQueue{drained: make(chan struct{})}
 	q.cond = sync.NewCond(&q.mu)
 	return q
+}
+
+// markDrained closes drained if every job was popped; q.mu is held.
+func (q *jobQueue) markDrained() {
+	if q.closed && len(q.items) == 0 {
+		select {
+		case <-q.drained:
+		default:
+			close(q.drained)
+		}
+	}
 }
 
 func (q *jobQueue) push(js ...job) {
@@ -39,6 +51,7 @@ func (q *jobQueue) push(js ...job) {
 func (q *jobQueue) close() {
 	q.mu.Lock()
 	q.closed = true
+	q.markDrained()
 	q.mu.Unlock()
 	q.cond.Broadcast()
 }
@@ -64,6 +77,7 @@ func (q *jobQueue) pop(ctx context.Context) (job, bool) {
 	q.items = q.items[1:]
 	if len(q.items) == 0 {
 		q.items = nil // let a large drained backing array go
+		q.markDrained()
 	}
 	return j, true
 }

@@ -29,12 +29,17 @@ const Software = "pgporter"
 // SendOptions configure one Send. The zero value of every field but Src and
 // Dest is a sensible default.
 type SendOptions struct {
-	Src         string            // local directory to send
-	Dest        string            // absolute path on the receiver, inside one of its roots
-	TransferID  string            // default: derived from Src, Dest and the receiver's peer ID
-	Params      chunkstore.Params // default chunkstore.DefaultParams
-	Streams     int               // parallel data streams, default 4
-	Compression string            // "auto" (default) or a chunkstore level name
+	Src        string            // local directory to send
+	Dest       string            // absolute path on the receiver, inside one of its roots
+	TransferID string            // default: derived from Src, Dest and the receiver's peer ID
+	Params     chunkstore.Params // default chunkstore.DefaultParams
+	Streams    int               // parallel data streams per connection, default 4
+	// Connections bounds the QUIC connections of one transfer (protocol 5,
+	// each with Streams data streams): 0 (auto) adds one, up to
+	// autoConnections, each second the first loses more than 0.1% of its
+	// packets; N > 0 opens N at once. A receiver below protocol 5 gets one.
+	Connections int
+	Compression string // "auto" (default) or a chunkstore level name
 	// Feed, if set, announces Src's files as they are completed (a dump
 	// still being written); the transfer commits once the feed is closed.
 	// Without it, Src is listed when Send starts.
@@ -85,6 +90,10 @@ func (o SendOptions) Validate() error {
 		return fmt.Errorf("mover: destination %q must be a clean absolute path on the receiver", o.Dest)
 	case o.Streams > protocol.MaxDataStreams:
 		return fmt.Errorf("mover: %d streams is more than %d, the most a receiver takes per transfer", o.Streams, protocol.MaxDataStreams)
+	case o.Connections < 0:
+		return errors.New("mover: negative number of connections")
+	case o.Connections > 0 && o.Connections*o.Streams > protocol.MaxDataStreams:
+		return fmt.Errorf("mover: %d connections of %d streams is more than %d streams, the most a receiver takes per transfer", o.Connections, o.Streams, protocol.MaxDataStreams)
 	case o.Params != (chunkstore.Params{}) && o.Params.Min < protocol.MinChunkMin:
 		return fmt.Errorf("mover: chunk minimum %d is below %d, the least a receiver accepts", o.Params.Min, protocol.MinChunkMin)
 	case o.BWLimit < 0:
@@ -530,6 +539,15 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 				}
 			}
 			return err
+		})
+	}
+	var extra joinedConns
+	defer extra.close()
+	if n := t.maxConnections(); n > 1 && cs.version >= protocol.JoinVersion && ts.JoinToken != ([protocol.JoinTokenLen]byte{}) {
+		workers.Add(1)
+		g.Go(func() error {
+			defer workers.Done()
+			return t.join(gctx, conn, ts.JoinToken, n-1, jobs, &sentHere, &extra)
 		})
 	}
 	g.Go(func() error {

@@ -2,6 +2,8 @@ package mover
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -154,6 +156,16 @@ type activeTransfer struct {
 	conn   *quic.Conn
 	cancel context.CancelCauseFunc
 	done   chan struct{}
+
+	// Joined connections (protocol 5). token, rcv and closing are guarded
+	// by Server.mu; ready is closed once rcv is set. The connection that
+	// opened the transfer waits for joined before it releases the
+	// transfer, so a successor never writes while a joined connection can.
+	token   [protocol.JoinTokenLen]byte
+	rcv     *receiver
+	closing bool
+	ready   chan struct{}
+	joined  sync.WaitGroup
 }
 
 // errPreempted ends a transfer whose sender reconnected.
@@ -433,7 +445,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		switch m := m.(type) {
 		case *protocol.OpenTransfer:
 			tctx, tcancel := context.WithCancelCause(ctx)
-			a := &activeTransfer{peer: peer, dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{})}
+			a := &activeTransfer{peer: peer, dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{}), ready: make(chan struct{})}
 			r, err := s.openTransfer(tctx, peer, cs, m, a, log)
 			if err != nil || r == nil {
 				tcancel(nil)
@@ -454,6 +466,10 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			rcv = r
 			rmu.Unlock()
 			close(ready)
+			s.mu.Lock()
+			a.rcv = r
+			s.mu.Unlock()
+			close(a.ready)
 			stopCtl := context.AfterFunc(tctx, func() { st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
 			err = s.runTransfer(tctx, r)
 			stopCtl()
@@ -465,10 +481,39 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			// or the Error (sent by r.fail); closing first would discard it.
 			linger(ctx, conn)
 			// A successor connection may take over only once this one's
-			// data streams can no longer write into the tree.
+			// data streams, and those of joined connections, can no longer
+			// write into the tree.
 			cancel()
 			wg.Wait()
+			s.mu.Lock()
+			a.closing = true
+			s.mu.Unlock()
+			a.joined.Wait()
 			s.release(r.tid, a)
+			return
+		case *protocol.JoinTransfer:
+			r, a, err := s.join(ctx, peer, cs, m)
+			if err != nil {
+				s.metrics.refused.Inc()
+				log.Warn("refused a connection joining a transfer", "transfer", m.TransferID, "err", err)
+				cs.sendError(err)
+				linger(ctx, conn)
+				return
+			}
+			log.Debug("connection joined a transfer", "transfer", m.TransferID)
+			rmu.Lock()
+			rcv = r
+			rmu.Unlock()
+			close(ready)
+			// Data streams until the transfer ends (committed, failed or
+			// superseded) or this connection does; then none may write.
+			select {
+			case <-r.ctx.Done():
+			case <-conn.Context().Done():
+			}
+			cancel()
+			wg.Wait()
+			a.joined.Done()
 			return
 		case *protocol.ListPoints, *protocol.GetPoint:
 			if err := s.repoRequest(peer, cs, m, log); err != nil {
@@ -749,11 +794,65 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		state = protocol.StateResume
 	}
 	log.Info("transfer opened", "transfer", r.tid, "dest", m.Dest, "state", state, "files", m.Files, "bytes", m.Bytes, "durable_bytes", r.durableBytes)
-	if err := cs.write(&protocol.TransferState{State: state, DurableBytes: uint64(r.durableBytes), DurableChunks: uint64(r.durableChunks), Free: free}); err != nil {
+	ts := &protocol.TransferState{State: state, DurableBytes: uint64(r.durableBytes), DurableChunks: uint64(r.durableChunks), Free: free}
+	if cs.version >= protocol.JoinVersion {
+		s.mu.Lock()
+		_, _ = rand.Read(a.token[:]) // crypto/rand: never fails on Linux
+		ts.JoinToken = a.token
+		s.mu.Unlock()
+	}
+	if err := cs.write(ts); err != nil {
 		return nil, err
 	}
 	ok = true
 	return r, nil
+}
+
+// errJoin refuses a JoinTransfer: no transfer of this peer with that ID
+// and token is open (it may have ended, or never been this peer's).
+var errJoin = fmt.Errorf("%w: no open transfer of this peer with that ID and join token", protocol.ErrPermission)
+
+// join admits conn's JoinTransfer into the open transfer it names, if the
+// same peer opened it and got the same token, and answers TransferState.
+// On success the caller holds a.joined and serves data streams for r.
+func (s *Server) join(ctx context.Context, peer PeerID, cs *controlStream, m *protocol.JoinTransfer) (*receiver, *activeTransfer, error) {
+	if cs.version < protocol.JoinVersion {
+		return nil, nil, fmt.Errorf("%w: JoinTransfer needs protocol %d", protocol.ErrProtocol, protocol.JoinVersion)
+	}
+	if err := s.trust.Check(peer, PermSend); err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	a := s.active[m.TransferID]
+	ok := a != nil && a.peer == peer && a.token != ([protocol.JoinTokenLen]byte{}) &&
+		subtle.ConstantTimeCompare(a.token[:], m.Token[:]) == 1
+	s.mu.Unlock()
+	if !ok {
+		return nil, nil, errJoin
+	}
+	select {
+	case <-a.ready:
+	case <-a.done:
+		return nil, nil, errJoin
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	s.mu.Lock()
+	if a.closing || a.rcv.ctx.Err() != nil {
+		s.mu.Unlock()
+		return nil, nil, errJoin
+	}
+	a.joined.Add(1)
+	r := a.rcv
+	s.mu.Unlock()
+	r.mu.Lock()
+	ts := &protocol.TransferState{State: protocol.StateResume, DurableBytes: uint64(r.durableBytes), DurableChunks: uint64(r.durableChunks)}
+	r.mu.Unlock()
+	if err := cs.write(ts); err != nil {
+		a.joined.Done()
+		return nil, nil, err
+	}
+	return r, a, nil
 }
 
 // notCommitted refuses a DEST that exists but is not provably the tree a

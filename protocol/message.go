@@ -34,6 +34,7 @@ const (
 	TypePoint         Type = 21
 	TypeRunJob        Type = 22
 	TypeJobEvent      Type = 23
+	TypeJoinTransfer  Type = 24
 )
 
 var typeNames = [...]string{
@@ -60,6 +61,7 @@ var typeNames = [...]string{
 	TypePoint:         "Point",
 	TypeRunJob:        "RunJob",
 	TypeJobEvent:      "JobEvent",
+	TypeJoinTransfer:  "JoinTransfer",
 }
 
 // String returns the message name ("FileHeader"), or "Type(N)" for an
@@ -139,6 +141,8 @@ func newMessage(t Type) message {
 		return new(Point)
 	case TypeRunJob:
 		return new(RunJob)
+	case TypeJoinTransfer:
+		return new(JoinTransfer)
 	case TypeJobEvent:
 		return new(JobEvent)
 	}
@@ -308,13 +312,20 @@ func (k TransferStateKind) String() string {
 	return fmt.Sprintf("state(%d)", uint8(k))
 }
 
-// TransferState answers OpenTransfer.
+// TransferState answers OpenTransfer (and JoinTransfer).
 type TransferState struct {
 	State         TransferStateKind
 	DurableBytes  uint64 // plain bytes of this transfer already durable on the receiver
 	DurableChunks uint64 // chunks of this transfer already durable on the receiver
 	Free          uint64 // free bytes on the receiver's file system holding Dest
+	// JoinToken (version 5) lets other connections of the same peer join
+	// this attempt of the transfer (JoinTransfer). Zero, and then not on
+	// the wire, below version 5 and in answers to JoinTransfer.
+	JoinToken [JoinTokenLen]byte
 }
+
+// JoinTokenLen is the size of TransferState.JoinToken.
+const JoinTokenLen = 16
 
 func (*TransferState) Type() Type { return TypeTransferState }
 
@@ -322,7 +333,11 @@ func (m *TransferState) Append(b []byte) []byte {
 	b = appendUvarint(b, uint64(m.State))
 	b = appendUvarint(b, m.DurableBytes)
 	b = appendUvarint(b, m.DurableChunks)
-	return appendUvarint(b, m.Free)
+	b = appendUvarint(b, m.Free)
+	if m.JoinToken != ([JoinTokenLen]byte{}) {
+		b = append(b, m.JoinToken[:]...)
+	}
+	return b
 }
 
 func (m *TransferState) decode(d *decoder) {
@@ -330,6 +345,41 @@ func (m *TransferState) decode(d *decoder) {
 	m.DurableBytes = d.uint64("durable bytes")
 	m.DurableChunks = d.uint64("durable chunks")
 	m.Free = d.uint64("free")
+	if d.err == nil && len(d.b) > 0 {
+		m.JoinToken = d.token("join token")
+		if m.JoinToken == ([JoinTokenLen]byte{}) {
+			d.fail("join token: zero on the wire")
+		}
+	}
+}
+
+// JoinTransfer (version 5), the first request on the control stream of an
+// extra connection, asks to carry data streams of the transfer that
+// another connection of the same peer opened and that answered with
+// Token. It is answered with TransferState (with no token) or Error; data
+// streams opened after it count against that transfer's MaxDataStreams.
+type JoinTransfer struct {
+	TransferID string // ValidTransferID
+	Token      [JoinTokenLen]byte
+}
+
+func (*JoinTransfer) Type() Type { return TypeJoinTransfer }
+
+func (m *JoinTransfer) Append(b []byte) []byte {
+	b = appendString(b, m.TransferID)
+	return append(b, m.Token[:]...)
+}
+
+func (m *JoinTransfer) decode(d *decoder) {
+	m.TransferID = d.string("transfer ID", MaxTransferIDLen)
+	m.Token = d.token("token")
+}
+
+func (m *JoinTransfer) check() error {
+	if err := ValidTransferID(m.TransferID); err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	return nil
 }
 
 func (m *TransferState) check() error {

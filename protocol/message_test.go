@@ -68,6 +68,8 @@ func sampleMessages() map[string]Message {
 		"OpenTransfer/min":          &OpenTransfer{TransferID: "a", Dest: "/"},
 		"TransferState":             &TransferState{State: StateResume, DurableBytes: 1 << 33, DurableChunks: 131072, Free: 1 << 50},
 		"TransferState/c":           &TransferState{State: StateComplete},
+		"TransferState/join":        &TransferState{State: StateNew, Free: 1 << 40, JoinToken: [JoinTokenLen]byte{1, 2, 3, 15: 0xff}},
+		"JoinTransfer":              &JoinTransfer{TransferID: "t-0123456789abcdef", Token: [JoinTokenLen]byte{9, 15: 1}},
 		"FileHeader":                &FileHeader{Index: 3, Path: "app/toc.dat", Mode: 0o644, Size: 1 << 30, MTime: 1764100000123456789, NumChunks: 16384},
 		"FileHeader/still-chunking": &FileHeader{Index: 4, Path: "3001.dat", Mode: 0o600, Size: 1 << 40},
 		"FileHeader/max":            &FileHeader{Index: 1<<32 - 1, Path: maxPath, Mode: 0o7777, Size: (1<<32 - 1) * chunkstore.MaxChunkCeil, MTime: -1 << 63, NumChunks: 1<<32 - 1},
@@ -191,7 +193,7 @@ func TestTypeNumbersAreStable(t *testing.T) {
 	want := map[Type]string{1: "Hello", 2: "Error", 3: "OpenTransfer", 4: "TransferState", 5: "FileHeader",
 		6: "FileChunks", 7: "FileEnd", 8: "ManifestEnd", 9: "Need", 10: "NeedEnd", 11: "SendDone", 12: "ChunkData",
 		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks",
-		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent"}
+		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent", 24: "JoinTransfer"}
 	for tt := Type(0); ; tt++ {
 		name, ok := want[tt]
 		if tt.Known() != ok {
@@ -234,6 +236,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty Hello", TypeHello, nil, nil},
 		{"trailing byte", TypeNeedEnd, []byte{0}, nil},
 		{"trailing after FileHeader", TypeFileHeader, append(validHeader, 0), nil},
+		{"TransferState with a short join token", TypeTransferState, append((&TransferState{State: StateNew}).Append(nil), 1, 2, 3), nil},
+		{"TransferState with a zero join token", TypeTransferState, append((&TransferState{State: StateNew}).Append(nil), make([]byte, JoinTokenLen)...), nil},
+		{"TransferState with bytes after the token", TypeTransferState, append((&TransferState{State: StateNew, JoinToken: [JoinTokenLen]byte{1}}).Append(nil), 0), nil},
+		{"truncated JoinTransfer", TypeJoinTransfer, (&JoinTransfer{TransferID: "t-1", Token: [JoinTokenLen]byte{1}}).Append(nil)[:10], nil},
 		{"truncated FileHeader", TypeFileHeader, validHeader[:len(validHeader)-1], nil},
 		{"non-minimal varint", TypeManifestEnd, []byte{0x81, 0x00}, nil},
 		{"non-minimal zero", TypeManifestEnd, []byte{0x80, 0x00}, nil},

@@ -14,9 +14,19 @@ import "fmt"
 // chunk-list hash (chunkstore.FileListHash), no longer the BLAKE3 of its
 // content, so that each byte is hashed once on each side. A version 2 peer
 // would send or expect the other hash, so it is refused.
+//
+// Version 4 is reserved (the S2 codec, another change of issue 16).
+//
+// Version 5 (issue 16) lets a sender spread one transfer over several
+// connections: TransferState carries a JoinToken, and JoinTransfer on an
+// extra connection of the same peer joins it. One connection's congestion
+// control (quic-go's NewReno) is what limits a lossy link. A peer below 5
+// gets no token and is sent nothing new.
 const (
-	Version    uint16 = 3
+	Version    uint16 = 5
 	MinVersion uint16 = 3
+	// JoinVersion is the first version with JoinTransfer.
+	JoinVersion uint16 = 5
 )
 
 // Receiver limits of version 2.

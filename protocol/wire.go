@@ -143,6 +143,19 @@ func (d *decoder) hash(field string) (h [32]byte) {
 	return h
 }
 
+func (d *decoder) token(field string) (t [JoinTokenLen]byte) {
+	if d.err != nil {
+		return t
+	}
+	if len(d.b) < len(t) {
+		d.fail("%s: truncated", field)
+		return t
+	}
+	copy(t[:], d.b)
+	d.b = d.b[len(t):]
+	return t
+}
+
 func (d *decoder) bool(field string) bool {
 	if d.err != nil {
 		return false

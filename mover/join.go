@@ -1,0 +1,174 @@
+package mover
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/quic-go/quic-go"
+)
+
+// Several connections per transfer (protocol 5, step 4.3 of
+// docs/design/0005). On a lossy link one QUIC connection's congestion
+// window (quic-go's NewReno) stays a few tens of packets whatever the
+// link's capacity; N connections hold N windows, as WDT's parallel TCP
+// streams do. Extra connections join the transfer their first connection
+// opened with the token it was given and carry data streams only: the
+// manifest, Need and Committed stay on the first.
+
+const (
+	// autoConnections is the most connections Connections=0 opens.
+	autoConnections = 4
+	// joinEvery is how often auto mode looks at the first connection's loss.
+	joinEvery = time.Second
+	// joinLoss is the share of lost packets past which auto mode adds a
+	// connection.
+	joinLoss = 0.001
+	// joinMinPackets is how many packets the first connection must have
+	// sent since the last decision for its loss to count: on a long lossy
+	// link a second holds only a few dozen.
+	joinMinPackets = 30
+)
+
+// maxConnections is how many connections this send may use.
+func (t *sendTransfer) maxConnections() int {
+	if t.o.Connections > 0 {
+		return t.o.Connections
+	}
+	return min(autoConnections, protocol.MaxDataStreams/t.o.Streams)
+}
+
+// joinedConns are the extra connections of an attempt, closed when it
+// ends: not before, since closing a connection discards what it has not
+// yet delivered.
+type joinedConns struct {
+	mu    sync.Mutex // guards conns
+	conns []*quic.Conn
+}
+
+func (j *joinedConns) add(c *quic.Conn) {
+	j.mu.Lock()
+	j.conns = append(j.conns, c)
+	j.mu.Unlock()
+}
+
+func (j *joinedConns) close() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for _, c := range j.conns {
+		c.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+	}
+}
+
+// join adds up to n connections to the transfer first opened, each with
+// t.o.Streams data workers on jobs: all at once for a fixed Connections,
+// else one per joinEvery while first loses more than joinLoss of the
+// packets it sent since the last decision (at least joinMinPackets). It
+// returns once the jobs are drained and its workers are done; a worker's
+// error fails the attempt, as on the first connection. A connection that
+// cannot join is logged and no more are tried.
+func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protocol.JoinTokenLen]byte, n int, jobs *jobQueue, sent *atomic.Int64, extra *joinedConns) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		data, watch sync.WaitGroup
+		mu          sync.Mutex // guards werr
+		werr        error
+	)
+	add := func() bool {
+		jc, err := t.dialJoin(ctx, token)
+		if err != nil {
+			if ctx.Err() == nil {
+				t.s.log.Info("could not add a connection to the transfer", "transfer", t.tid, "err", err)
+			}
+			return false
+		}
+		extra.add(jc)
+		watch.Go(func() { t.path.watch(ctx, jc) })
+		for range t.o.Streams {
+			data.Go(func() {
+				if err := t.dataWorker(ctx, jc, jobs, sent); err != nil {
+					mu.Lock()
+					if werr == nil {
+						werr = err
+					}
+					mu.Unlock()
+					cancel()
+				}
+			})
+		}
+		return true
+	}
+	added := 0
+	if t.o.Connections > 0 {
+		for added < n && add() {
+			added++
+		}
+	} else {
+		tick := time.NewTicker(joinEvery)
+		last := first.ConnectionStats()
+	loop:
+		for added < n {
+			select {
+			case <-ctx.Done():
+				break loop
+			case <-jobs.drained:
+				break loop
+			case <-tick.C:
+			}
+			cs := first.ConnectionStats()
+			sentP, lost := cs.PacketsSent-last.PacketsSent, cs.PacketsLost-min(last.PacketsLost, cs.PacketsLost)
+			if sentP < joinMinPackets {
+				continue // too few to judge: keep counting
+			}
+			last = cs
+			if float64(lost) <= joinLoss*float64(sentP) {
+				continue
+			}
+			if !add() {
+				break
+			}
+			added++
+			t.s.log.Debug("added a connection to the transfer", "transfer", t.tid, "connections", added+1, "lost", lost, "sent", sentP)
+		}
+		tick.Stop()
+	}
+	// Data workers return once the queue is drained (or ctx ends); the
+	// watchers then take their last figures.
+	data.Wait()
+	cancel()
+	watch.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	return werr
+}
+
+// dialJoin opens an extra connection and joins it to the transfer.
+func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLen]byte) (*quic.Conn, error) {
+	conn, cs, _, err := dialMoverBuffers(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend)
+	if err != nil {
+		return nil, err
+	}
+	if cs.version < protocol.JoinVersion {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+		return nil, fmt.Errorf("%w: the receiver speaks protocol %d", protocol.ErrVersion, cs.version)
+	}
+	if err := cs.write(&protocol.JoinTransfer{TransferID: t.tid, Token: token}); err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
+		return nil, err
+	}
+	m, err := cs.next()
+	if err == nil {
+		if _, ok := m.(*protocol.TransferState); !ok {
+			err = fmt.Errorf("%w: expected TransferState, got %s", protocol.ErrProtocol, m.Type())
+		}
+	}
+	if err != nil {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
+		return nil, fmt.Errorf("joining transfer %s: %w", t.tid, err)
+	}
+	return conn, nil
+}
