@@ -642,9 +642,9 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	}
 	a.cost = transferCost
 
-	// One connection per transfer and per destination: a reconnecting
-	// sender supersedes the connection it lost, which may not have noticed
-	// yet. The check and the registration are one critical section, so two
+	// One attempt per transfer and per destination: a reconnecting sender
+	// supersedes the attempt it lost (its connection and those that joined
+	// it), which may not have noticed yet. The check and the registration are one critical section, so two
 	// transfers can never both write DEST.partial.
 	for {
 		s.mu.Lock()
