@@ -79,7 +79,18 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 		werr        error
 	)
 	add := func() bool {
-		jc, err := t.dialJoin(ctx, token)
+		// A join that completes after the last job was taken is of no
+		// use: give it up then rather than hold back SendDone.
+		dctx, dcancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-jobs.drained:
+				dcancel()
+			case <-dctx.Done():
+			}
+		}()
+		jc, err := t.dialJoin(dctx, token)
+		dcancel()
 		if err != nil {
 			if ctx.Err() == nil {
 				t.s.log.Info("could not add a connection to the transfer", "transfer", t.tid, "err", err)
