@@ -15,21 +15,31 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// defaultMemoryLimit is the Go runtime's soft memory limit for the
-// commands that move data (export, mover serve). Without a limit the
-// garbage collector lets the heap grow to twice what is live; with one it
-// collects harder as the process nears it, so that peak memory follows
-// what is live, which the movers bound, rather than how much passed
-// through. It is soft: a process that needs more gets it.
-const defaultMemoryLimit = "256M"
+// The Go runtime's soft memory limits of the commands that move data.
+// Without a limit the garbage collector lets the heap grow to twice what is
+// live before it collects, and a transfer's peak memory followed how long
+// it ran rather than what it holds (docs/BENCHMARKS.md, "Issue 16: memory
+// at 10x the data"). With one it collects harder near the limit. It is
+// soft: a process that needs more gets it, the collector then using up to
+// half the CPU.
+const (
+	// exportMemoryLimit: a local export holds about 110 MB live at most
+	// (the mount's chunk cache, the sender's read-ahead, FUSE and stream
+	// buffers); 128M kept its peak RSS within 1.2x from a 0.3 to a 3 GB
+	// dump.
+	exportMemoryLimit = "128M"
+	// serveMemoryLimit: a mover serves several peers, each within its
+	// --peer-memory budget.
+	serveMemoryLimit = "256M"
+)
 
 // minMemoryLimit: below it the collector would run nearly all the time
 // (a transfer's buffers alone are tens of MiB).
 const minMemoryLimit = 64 << 20
 
-// addMemoryLimitFlag registers --memory-limit on f.
-func addMemoryLimitFlag(f *pflag.FlagSet, p *string) {
-	f.StringVar(p, "memory-limit", defaultMemoryLimit, "soft limit on this process's Go memory (as GOMEMLIMIT): the garbage collector works harder near it, it never fails an allocation; off for none. Memory of the C zstd library and pebble's caches is outside it. GOMEMLIMIT in the environment replaces the default")
+// addMemoryLimitFlag registers --memory-limit on f, with default def.
+func addMemoryLimitFlag(f *pflag.FlagSet, p *string, def string) {
+	f.StringVar(p, "memory-limit", def, "soft limit on this process's Go memory (as GOMEMLIMIT): the garbage collector works harder near it, it never fails an allocation; off for none. Memory of the C zstd library and pebble's caches is outside it. GOMEMLIMIT in the environment replaces the default")
 }
 
 // parseMemoryLimit reads --memory-limit: a size of at least 64M, or off

@@ -20,6 +20,13 @@ import (
 )
 
 func TestMemoryLimitFlag(t *testing.T) {
+	g := &globals{}
+	require.Equal(t, "128M", newExportCmd(g).Flags().Lookup("memory-limit").DefValue)
+	require.Equal(t, "256M", newMoverServeCmd(g).Flags().Lookup("memory-limit").DefValue)
+	for _, def := range []string{exportMemoryLimit, serveMemoryLimit} {
+		_, err := parseMemoryLimit(def)
+		require.NoError(t, err, "default %s", def)
+	}
 	for _, tc := range []struct {
 		in    string
 		want  int64
@@ -62,7 +69,7 @@ func TestApplyMemoryLimitFlag(t *testing.T) {
 	newCmd := func(args ...string) (*cobra.Command, string) {
 		var v string
 		c := &cobra.Command{Use: "x"}
-		addMemoryLimitFlag(c.Flags(), &v)
+		addMemoryLimitFlag(c.Flags(), &v, "256M")
 		require.NoError(t, c.Flags().Parse(args))
 		return c, v
 	}
