@@ -107,13 +107,11 @@ const (
 	// posCost is one chunk position waiting for its data: its entry in
 	// the pending map.
 	posCost = 160
-	// copyCost is one entry of the index of chunks already in DEST.partial.
-	copyCost = 160
 	// fileCost is one file of a manifest, besides its path.
 	fileCost = 400
 	// transferCost is one open transfer: the receiver, its file cache, its
-	// maps and channels.
-	transferCost = 256 << 10
+	// maps and channels, and its table of local copies.
+	transferCost = 256<<10 + copyTableBytes
 )
 
 // streamCost is what one data stream of a transfer with chunks of at most

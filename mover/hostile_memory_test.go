@@ -150,7 +150,9 @@ func TestHostileMemoryBudget(t *testing.T) {
 	})
 
 	t.Run("positions without data", func(t *testing.T) {
-		const peerMemory = 8 << 20 // positions: 4 MiB, about 26000 waiting positions
+		// Positions: 2 MiB, about 13000 waiting positions, 51 MiB of 4 KiB
+		// chunks: the budget binds before maxRequested does.
+		const peerMemory = 4 << 20
 		r := startReceiver(t, ServerOptions{Reserve: 1, PeerMemory: peerMemory})
 		p := newRawPeer(t, r)
 		s := p.dial()

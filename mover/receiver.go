@@ -122,7 +122,8 @@ type receiver struct {
 
 	mu            sync.Mutex // guards everything below
 	pending       map[chunkstore.ID][]pos
-	copies        map[chunkstore.ID]loc
+	requested     int64      // bytes of the chunks in pending: asked for, not arrived yet
+	copies        *copyTable // nil until the first chunk is written
 	written       []wpos
 	durableBytes  int64
 	durableChunks int64
@@ -131,7 +132,7 @@ type receiver struct {
 	inflight      int // chunks taken off pending and still being written
 	writeErr      error
 	pendingPos    int   // positions in pending
-	posHeld       int64 // bytes of the positions budget held: pending positions, copies, files
+	posHeld       int64 // bytes of the positions budget held: pending positions, files
 	budgetClosed  bool  // the transfer ended and returned posHeld
 
 	budget int64 // bytes a growing tree's files may add up to (free space at open)
@@ -207,21 +208,26 @@ func (r *receiver) storedPos(path string, idx uint32) (posRecord, bool, error) {
 	return rec, ok, nil
 }
 
-// addCopy remembers where a verified copy of rec's chunk is, if the budget
-// allows (the index only saves sending a chunk twice).
+// addCopy remembers where a verified copy of rec's chunk is, in a table of
+// fixed size (it only saves sending a chunk twice): memory that does not
+// grow with the tree.
 func (r *receiver) addCopy(path string, rec posRecord) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.copies[rec.id]; ok || r.budgetClosed {
-		return
+	if r.copies == nil {
+		r.copies = new(copyTable)
 	}
-	// Copies may take a quarter of the peer's budget: positions waiting
-	// for data must always find room.
-	if !r.s.positions.tryAcquireBelow(r.peer, copyCost, r.s.positions.perPeer/4) {
-		return
+	r.copies.add(rec.id, loc{path: path, off: rec.off, n: rec.n})
+}
+
+// copyOf returns where a verified copy of id is, if the table knows one.
+func (r *receiver) copyOf(id chunkstore.ID) (loc, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.copies == nil {
+		return loc{}, false
 	}
-	r.posHeld += copyCost
-	r.copies[rec.id] = loc{path: path, off: rec.off, n: rec.n}
+	return r.copies.get(id)
 }
 
 // hasPending reports whether positions of this transfer wait for data:
@@ -573,6 +579,33 @@ func (r *receiver) addRefs(ctx context.Context, f *rfile, chunks []protocol.Chun
 	return nil
 }
 
+// maxRequested bounds the bytes of the chunks a receiver has asked for and
+// not received yet. The manifest runs ahead of the data at the speed of
+// chunking; without it, what waits for data (pending positions here, the
+// job queue at the sender) grew with the part of the tree not sent yet.
+// 64 MiB covers the bandwidth-delay product of 5 Gbit/s across 100 ms.
+const maxRequested = 64 << 20
+
+// overRequested reports whether the chunks asked for and not yet arrived
+// add up to maxRequested or more.
+func (r *receiver) overRequested() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.requested >= maxRequested
+}
+
+// waitRequested blocks while overRequested; arrivals make room.
+func (r *receiver) waitRequested(ctx context.Context) error {
+	for r.overRequested() {
+		select {
+		case <-r.arrived:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	return nil
+}
+
 // addBatch takes on the positions of refs, the next chunks of file idx,
 // and asks for the chunks it lacks.
 func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []protocol.ChunkRef) error {
@@ -584,10 +617,46 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 	stale := r.s.db.NewBatch()
 	defer stale.Close()
 	var need []uint32
+	// ask drops the stale positions, then asks for the chunks in need: in
+	// that order, so that a chunk arriving cannot have its new position
+	// deleted. It sends one Need at least, even with nothing needed: its
+	// Decided lets the sender drop the bytes it keeps for the chunks not
+	// asked for.
+	ask := func() error {
+		if !stale.Empty() {
+			if err := stale.Commit(pebble.Sync); err != nil {
+				return err
+			}
+			stale.Reset()
+		}
+		for {
+			n := min(len(need), protocol.MaxNeedChunks)
+			m := &protocol.Need{Index: idx, Chunks: need[:n]}
+			if n == len(need) {
+				m.Decided = uint32(f.nchunks)
+			}
+			if err := r.cs.write(m); err != nil {
+				return err
+			}
+			if need = need[n:]; len(need) == 0 {
+				return nil
+			}
+		}
+	}
 	for _, ref := range refs {
 		if err := ctx.Err(); err != nil {
 			r.releasePositions(want - used)
 			return context.Cause(ctx)
+		}
+		if r.overRequested() {
+			err := ask()
+			if err == nil {
+				err = r.waitRequested(ctx)
+			}
+			if err != nil {
+				r.releasePositions(want - used)
+				return err
+			}
 		}
 		i := uint32(f.nchunks)
 		p := pos{file: idx, chunk: i, off: f.end, n: ref.Len}
@@ -620,9 +689,8 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 			r.mu.Unlock()
 			continue
 		}
-		l, haveCopy := r.copies[ref.ID]
 		r.mu.Unlock()
-		if haveCopy && r.copyLocal(l, p, ref.ID) {
+		if l, ok := r.copyOf(ref.ID); ok && r.copyLocal(l, p, ref.ID) {
 			continue
 		}
 		if r.copyDeduped(p, ref.ID) {
@@ -631,31 +699,13 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 		r.mu.Lock()
 		r.pending[ref.ID] = []pos{p}
 		r.pendingPos++
+		r.requested += int64(ref.Len)
 		used += posCost
 		r.mu.Unlock()
 		need = append(need, i)
 	}
 	r.releasePositions(want - used)
-	if !stale.Empty() {
-		if err := stale.Commit(pebble.Sync); err != nil {
-			return err
-		}
-	}
-	// One Need per batch, even with nothing needed: its Decided lets the
-	// sender drop the bytes it keeps for the chunks not asked for.
-	for {
-		n := min(len(need), protocol.MaxNeedChunks)
-		m := &protocol.Need{Index: idx, Chunks: need[:n]}
-		if n == len(need) {
-			m.Decided = uint32(f.nchunks)
-		}
-		if err := r.cs.write(m); err != nil {
-			return err
-		}
-		if need = need[n:]; len(need) == 0 {
-			return nil
-		}
-	}
+	return ask()
 }
 
 // stillThere reports whether the bytes a position durable before this
@@ -832,12 +882,14 @@ func (r *receiver) writeChunk(plain []byte, id chunkstore.ID, ps []pos) error {
 			return err
 		}
 	}
+	// Before the positions go to the sync: once the sender hears they
+	// are durable, the copy is known.
+	r.addCopy(ws[0].path, ws[0].rec)
 	r.mu.Lock()
 	r.written = append(r.written, ws...)
 	r.unsynced += int64(len(plain) * len(ws))
 	kick := r.unsynced >= r.s.o.SyncBytes
 	r.mu.Unlock()
-	r.addCopy(ws[0].path, ws[0].rec)
 	if kick {
 		select {
 		case r.kick <- struct{}{}:
@@ -895,6 +947,7 @@ func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 		if ok {
 			r.inflight++
 			r.pendingPos -= len(ps)
+			r.requested -= int64(ps[0].n)
 		}
 		r.mu.Unlock()
 		if !ok {

@@ -725,7 +725,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		s: s, log: log, tid: m.TransferID, peer: peer, cs: cs, root: rt, rootDir: s.rootDir(rt),
 		rel: rel, partial: rel + ".partial",
 		meta:    transferMeta{Dest: m.Dest, Peer: peer.String(), Params: m.Params, Files: m.Files, Bytes: m.Bytes, Started: time.Now().UTC()},
-		pending: map[chunkstore.ID][]pos{}, copies: map[chunkstore.ID]loc{}, paths: map[string]bool{},
+		pending: map[chunkstore.ID][]pos{}, paths: map[string]bool{},
 		kick: make(chan struct{}, 1), arrived: make(chan struct{}, 1),
 	}
 	// A different transfer that left DEST.partial behind is taken over: its

@@ -20,6 +20,7 @@ type exportOpts struct {
 	published    string
 	passwordFile string
 	sourcePort   int
+	memoryLimit  string
 	json         bool
 }
 
@@ -88,10 +89,14 @@ Examples:
 	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
 	f.StringVar(&eo.splitTables, "split-tables-from", "off", "experimental: dump the data of tables at least this big (e.g. 64M) in parallel page ranges (--jobs connections, one snapshot; still an ordinary pg_dump -Fd archive); slower than pg_dump on 2 cores, see docs/BENCHMARKS.md")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
+	addMemoryLimitFlag(f, &eo.memoryLimit, exportMemoryLimit)
 	return c
 }
 
 func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
+	if err := applyMemoryLimit(cmd, eo.memoryLimit); err != nil {
+		return err
+	}
 	if eo.published != "" {
 		return runPublishedExport(cmd, g, eo)
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -63,8 +64,10 @@ func TestExportCLI(t *testing.T) {
 	_, repo := exportFixture(t)
 	home, to := t.TempDir(), t.TempDir()
 	args := []string{"--home", home, "export", "--repo", repo, "--db", "shop", "--db", "crm", "--to", to, "--staging-dir", cliStagingDir(t)}
-	code, out, errs := runCLI(t, append(args, "--json", "--globals")...)
+	restoreMemoryLimit(t)
+	code, out, errs := runCLI(t, append(args, "--json", "--globals", "--memory-limit", "200M")...)
 	require.Equal(t, 0, code, errs)
+	require.Equal(t, int64(200<<20), debug.SetMemoryLimit(-1), "export applies --memory-limit")
 	var res exportJSON
 	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
 	require.Equal(t, "done", res.State)

@@ -22,6 +22,7 @@ import (
 type serveOpts struct {
 	listen, metrics, reserve, repo string
 	peerMemory, totalMemory        string
+	memoryLimit                    string
 	roots                          []string
 	verifyCommit                   bool
 	// What this host decides for jobs of peers trusted with orchestrate.
@@ -61,7 +62,12 @@ Example:
   pgporter mover serve --listen :7448 --root /srv/dumps --metrics 127.0.0.1:9448
   pgporter mover serve --listen :7448 --repo /srv/pgporter/repo`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), g, so) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyMemoryLimit(cmd, so.memoryLimit); err != nil {
+				return err
+			}
+			return runServe(cmd.Context(), g, so)
+		},
 	}
 	f := c.Flags()
 	f.StringVar(&so.listen, "listen", ":7448", "UDP address to listen on")
@@ -71,6 +77,7 @@ Example:
 	f.StringVar(&so.reserve, "reserve", "64M", "free space every transfer must leave on a root's filesystem")
 	f.StringVar(&so.peerMemory, "peer-memory", "512M", "memory the transfers of one peer may hold (chunk positions, data-stream buffers, open transfers); past it the receiver slows the peer down, it does not fail")
 	f.StringVar(&so.totalMemory, "total-memory", "2G", "memory the transfers of all peers together may hold")
+	addMemoryLimitFlag(f, &so.memoryLimit, serveMemoryLimit)
 	f.BoolVar(&so.verifyCommit, "verify-commit", false, "read every received file again before committing it (the commit already checks that each byte was verified against its chunk on arrival; this also catches a file changed on disk while the transfer ran, at the cost of a second read)")
 	f.StringVar(&so.stagingDir, "staging-dir", orchestrator.DefaultStagingDir, "where export jobs of peers trusted with orchestrate write their dumps (must be reachable by --os-user)")
 	f.StringVar(&so.osUser, "os-user", "postgres", "OS user that runs PostgreSQL for jobs of peers trusted with orchestrate")

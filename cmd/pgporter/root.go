@@ -62,7 +62,7 @@ One binary plays every role: repository, staging and target movers
 			if abs, err := filepath.Abs(g.home); err == nil {
 				g.home = abs
 			}
-			return nil
+			return startPprof(g.stderr)
 		},
 	}
 	root.PersistentFlags().StringVar(&g.home, "home", defaultHome(), "state directory (identity, trust, journals); default $PGPORTER_HOME or /var/lib/pgporter")
