@@ -130,7 +130,10 @@ type Local struct {
 	files   map[uint32]*os.File // open pack files, for reads (and cur, for writes too)
 }
 
-var _ Store = (*Local)(nil)
+var (
+	_ Store     = (*Local)(nil)
+	_ RawReader = (*Local)(nil)
+)
 
 type pendingChunk struct {
 	id  ID
@@ -485,22 +488,44 @@ func (l *Local) Get(ctx context.Context, id ID, dst []byte) ([]byte, error) {
 // record that cannot be what was written for id gives a *CorruptChunkError;
 // other errors are I/O failures.
 func (l *Local) read(id ID, loc chunkLoc, dst []byte) ([]byte, error) {
-	corrupt := func(err error) ([]byte, error) { return dst, &CorruptChunkError{ID: id, Err: err} }
+	bp := getBuf(int(loc.header(id).size()))
+	defer putBuf(bp)
+	h, stored, err := l.readRecord(id, loc, (*bp)[:loc.header(id).size()])
+	if err != nil {
+		return dst, err
+	}
+	n := len(dst)
+	out, err := Decompress(dst, stored, h.Codec, int(h.PlainLen))
+	if err != nil {
+		return dst, &CorruptChunkError{ID: id, Err: err}
+	}
+	if Sum(out[n:]) != id {
+		return out[:n], &CorruptChunkError{ID: id, Err: ErrHashMismatch}
+	}
+	return out, nil
+}
+
+// readRecord reads the record at loc into rec, which is exactly the
+// record's size, and checks its header against the index entry; it returns
+// the header and the stored bytes (aliasing rec), neither decoded nor
+// verified. A record that cannot be id's gives a *CorruptChunkError; other
+// errors are I/O failures.
+func (l *Local) readRecord(id ID, loc chunkLoc, rec []byte) (recordHeader, []byte, error) {
+	corrupt := func(err error) (recordHeader, []byte, error) {
+		return recordHeader{}, nil, &CorruptChunkError{ID: id, Err: err}
+	}
 	f, err := l.packFile(loc.Pack)
 	if errors.Is(err, fs.ErrNotExist) {
 		return corrupt(fmt.Errorf("pack %08x is missing", loc.Pack))
 	}
 	if err != nil {
-		return dst, err
+		return recordHeader{}, nil, err
 	}
-	bp := getBuf(int(loc.header(id).size()))
-	defer putBuf(bp)
-	rec := (*bp)[:loc.header(id).size()]
 	if _, err := f.ReadAt(rec, loc.Offset); err != nil {
 		if errors.Is(err, io.EOF) {
 			return corrupt(fmt.Errorf("%w: pack %08x ends inside the record at %d", errBadRecord, loc.Pack, loc.Offset))
 		}
-		return dst, fmt.Errorf("chunkstore: reading %s from pack %08x: %w", id.Short(), loc.Pack, err)
+		return recordHeader{}, nil, fmt.Errorf("chunkstore: reading %s from pack %08x: %w", id.Short(), loc.Pack, err)
 	}
 	h, stored, err := decodeRecord(rec)
 	if err != nil {
@@ -509,15 +534,37 @@ func (l *Local) read(id ID, loc chunkLoc, dst []byte) ([]byte, error) {
 	if h != loc.header(id) {
 		return corrupt(fmt.Errorf("%w: record header %+v does not match index %+v", errBadRecord, h, loc))
 	}
-	n := len(dst)
-	out, err := Decompress(dst, stored, h.Codec, int(h.PlainLen))
+	return h, stored, nil
+}
+
+// GetStored appends the stored bytes of id to dst, unverified. See
+// RawReader.
+func (l *Local) GetStored(ctx context.Context, id ID, dst []byte) ([]byte, Info, error) {
+	if err := ctx.Err(); err != nil {
+		return dst, Info{}, err
+	}
+	if err := l.enter(); err != nil {
+		return dst, Info{}, err
+	}
+	defer l.exit()
+	loc, ok, err := l.lookup(id)
 	if err != nil {
-		return corrupt(err)
+		return dst, Info{}, err
 	}
-	if Sum(out[n:]) != id {
-		return out[:n], &CorruptChunkError{ID: id, Err: ErrHashMismatch}
+	if !ok {
+		return dst, Info{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
-	return out, nil
+	// The record goes into dst's spare room and its stored bytes move down
+	// over the header: one copy, as through a pooled buffer, and no buffer
+	// of the store's own.
+	n, size := len(dst), int(loc.header(id).size())
+	buf := slices.Grow(dst, size)[:n+size]
+	_, stored, err := l.readRecord(id, loc, buf[n:])
+	if err != nil {
+		return dst, Info{}, err
+	}
+	k := copy(buf[n:], stored)
+	return buf[:n+k], loc.info(), nil
 }
 
 // packFile returns the open file of pack n, opening it on first use.

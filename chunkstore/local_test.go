@@ -220,14 +220,18 @@ func TestLocalCorruption(t *testing.T) {
 		name   string
 		target int
 		where  func(storedLen int) int64 // offset from the record start
+		// header: the damage is in the record's header, which GetStored
+		// checks; otherwise only decoding and hashing find it.
+		header bool
 	}{
-		{"plain payload", 0, func(n int) int64 { return recordHeaderSize + int64(n/2) }},
-		{"zstd payload start", 1, func(n int) int64 { return recordHeaderSize + 5 }},
-		{"zstd payload middle", 1, func(n int) int64 { return recordHeaderSize + int64(n/2) }},
-		{"zstd payload end", 1, func(n int) int64 { return recordHeaderSize + int64(n-1) }},
-		{"header length", 3, func(int) int64 { return 38 }},
-		{"header codec", 2, func(int) int64 { return 36 }},
-		{"small payload", 4, func(n int) int64 { return recordHeaderSize + 1 }},
+		{"plain payload", 0, func(n int) int64 { return recordHeaderSize + int64(n/2) }, false},
+		{"zstd payload start", 1, func(n int) int64 { return recordHeaderSize + 5 }, false},
+		{"zstd payload middle", 1, func(n int) int64 { return recordHeaderSize + int64(n/2) }, false},
+		{"zstd payload end", 1, func(n int) int64 { return recordHeaderSize + int64(n-1) }, false},
+		{"header length", 3, func(int) int64 { return 38 }, true},
+		{"header codec", 2, func(int) int64 { return 36 }, true},
+		{"header ID", 2, func(int) int64 { return 10 }, true},
+		{"small payload", 4, func(n int) int64 { return recordHeaderSize + 1 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -255,6 +259,24 @@ func TestLocalCorruption(t *testing.T) {
 			require.Equal(t, target, ce.ID)
 			require.Contains(t, err.Error(), target.String())
 
+			// GetStored refuses a record whose header is damaged; it hands
+			// out a damaged payload, which then fails to decode or verify.
+			dst := []byte("kept")
+			got, info, err := l.GetStored(t.Context(), target, dst)
+			if tc.header {
+				require.ErrorAs(t, err, &ce)
+				require.Equal(t, target, ce.ID)
+				require.Equal(t, []byte("kept"), got)
+			} else {
+				require.NoError(t, err)
+				require.Equal(t, stored, info.StoredLen)
+				plain, err := chunkstore.Decompress(nil, got[len(dst):], info.Codec, info.PlainLen)
+				if err == nil {
+					err = chunkstore.VerifyContent(target, plain)
+				}
+				require.Error(t, err, "a damaged payload must not decode to the chunk")
+			}
+
 			for i, c := range chunks {
 				if i != tc.target {
 					requireChunks(t, l, [][]byte{c})
@@ -270,6 +292,58 @@ func TestLocalCorruption(t *testing.T) {
 			require.Equal(t, chunkstore.VerifyStats{Chunks: len(chunks), PlainBytes: st.PlainBytes, Corrupt: 1}, st)
 		})
 	}
+}
+
+// GetStored hands out a chunk as its record stores it: appended to dst,
+// with the codec and lengths of the index, decoding to the chunk; for a
+// chunk not yet flushed too.
+func TestLocalGetStored(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	chunks := [][]byte{
+		storetest.RandomBytes(r, 50<<10), // stored as is
+		storetest.Text(r, 200<<10),       // stored zstd
+		[]byte("small"),
+		{},
+	}
+	dir := t.TempDir()
+	l := openLocal(t, dir, chunkstore.LocalOptions{Level: chunkstore.LevelBetter})
+	ids := putChunks(t, l, chunks[:3])
+	require.NoError(t, l.Flush(t.Context()))
+	ids = append(ids, putChunks(t, l, chunks[3:])...) // pending, unflushed
+
+	infos := map[chunkstore.ID]chunkstore.Info{}
+	require.NoError(t, l.Iterate(t.Context(), func(id chunkstore.ID, info chunkstore.Info) error {
+		infos[id] = info
+		return nil
+	}))
+	for i, id := range ids {
+		prefix := []byte("prefix")
+		got, info, err := l.GetStored(t.Context(), id, prefix)
+		require.NoError(t, err, "chunk %d", i)
+		require.Equal(t, "prefix", string(got[:len(prefix)]), "appended to dst")
+		stored := got[len(prefix):]
+		require.Equal(t, len(chunks[i]), info.PlainLen)
+		require.Equal(t, len(stored), info.StoredLen)
+		if want, ok := infos[id]; ok {
+			require.Equal(t, want, info, "chunk %d: as the index says", i)
+		}
+		// The stored bytes are the record's, as on disk.
+		path, off := findRecord(t, dir, id)
+		disk, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.Equal(t, disk[off+recordHeaderSize:off+recordHeaderSize+int64(len(stored))], stored, "chunk %d", i)
+		plain, err := chunkstore.Decompress(nil, stored, info.Codec, info.PlainLen)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(chunks[i], plain), "chunk %d", i)
+	}
+	require.Equal(t, chunkstore.CodecNone, infos[ids[0]].Codec)
+	require.Equal(t, chunkstore.CodecZstd, infos[ids[1]].Codec)
+
+	_, _, err := l.GetStored(t.Context(), chunkstore.Sum([]byte("absent")), nil)
+	require.ErrorIs(t, err, chunkstore.ErrNotFound)
+	require.NoError(t, l.Close())
+	_, _, err = l.GetStored(t.Context(), ids[0], nil)
+	require.ErrorIs(t, err, chunkstore.ErrClosed)
 }
 
 // A pack that lost synced bytes (the file system lied, or someone cut it)

@@ -24,6 +24,21 @@ type Reader interface {
 	Get(ctx context.Context, id ID, dst []byte) ([]byte, error)
 }
 
+// RawReader is a store that hands out chunks as they are stored, for a
+// caller that passes them on to a reader that decodes and verifies them (a
+// repository mover answering a fetch): the store neither decodes nor hashes
+// them, so a corrupt chunk is found by whoever decodes it, not here.
+type RawReader interface {
+	// GetStored appends the stored bytes of id to dst and returns them
+	// with how they are stored (Info.Codec, PlainLen, StoredLen). The
+	// record's header is checked against the index (ID, codec, lengths), so
+	// the lengths are safe to trust; the bytes are not verified and may not
+	// decode to content that hashes to id. A record that cannot be id's
+	// gives a *CorruptChunkError, a chunk not held an error matching
+	// ErrNotFound; on error dst is returned unchanged.
+	GetStored(ctx context.Context, id ID, dst []byte) ([]byte, Info, error)
+}
+
 // Store is a chunk store that can also write, enumerate and scrub.
 type Store interface {
 	Reader

@@ -87,11 +87,11 @@ func (s *Server) repoReply(peer PeerID, m protocol.Message) (protocol.Message, e
 
 // serveFetch answers the GetChunks requests of a fetch stream, in order,
 // until the client closes its side: for each ID, a ChunkData or an Error
-// about that chunk. Chunks are read (and so verified) from the store and
-// recompressed at the fastest level: the store hands out plain content only.
-// A refusal (no read permission, no repository) answers the request with
-// one Error and ends the stream; the permission is checked on every request.
-func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, log *slog.Logger) {
+// about that chunk. version is the connection's protocol version (see
+// chunkForFetch). A refusal (no read permission, no repository) answers the
+// request with one Error and ends the stream; the permission is checked on
+// every request.
+func (s *Server) serveFetch(ctx context.Context, peer PeerID, version uint16, st *quic.Stream, log *slog.Logger) {
 	defer closeStream(st)
 	stop := context.AfterFunc(ctx, func() {
 		st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown))
@@ -130,7 +130,7 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, l
 			_ = protocol.WriteMessage(st, protocol.ToWire(errNoRepo))
 			return
 		}
-		if err := s.answerFetch(ctx, st, req.IDs, bufs, log); err != nil {
+		if err := s.answerFetch(ctx, st, version, req.IDs, bufs, log); err != nil {
 			return
 		}
 	}
@@ -138,10 +138,10 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, st *quic.Stream, l
 
 // answerFetch writes the answer to one GetChunks; an error means the stream
 // is unusable.
-func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, ids []chunkstore.ID, bufs *fetchBufs, log *slog.Logger) error {
+func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, version uint16, ids []chunkstore.ID, bufs *fetchBufs, log *slog.Logger) error {
 	store := s.repo.Store()
 	for _, id := range ids {
-		plain, err := store.Get(ctx, id, bufs.plain[:0])
+		m, err := chunkForFetch(ctx, store, version, id, bufs)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -152,13 +152,10 @@ func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, ids []chunkst
 			}
 			continue
 		}
-		bufs.plain = plain[:0]
-		packed, codec := chunkstore.Compress(bufs.packed[:0], plain, chunkstore.LevelFastest)
-		bufs.packed = packed[:0]
 		if tamper := tamperFetch.Load(); tamper != nil {
-			packed = (*tamper)(id, packed)
+			m.Payload = (*tamper)(id, m.Payload)
 		}
-		bufs.frame = protocol.AppendFrame(bufs.frame[:0], &protocol.ChunkData{ID: id, Codec: codec, PlainLen: uint32(len(plain)), Payload: packed})
+		bufs.frame = protocol.AppendFrame(bufs.frame[:0], &m)
 		if _, err := st.Write(bufs.frame); err != nil {
 			return err
 		}
@@ -166,9 +163,42 @@ func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, ids []chunkst
 	return nil
 }
 
+// chunkForFetch returns chunk id as it goes to a peer speaking version. A
+// store that hands out chunks as stored (chunkstore.RawReader) gives them
+// as they are, neither decoded nor verified, when version knows their codec:
+// the client verifies every chunk (PROTOCOL 7.2), and decoding, hashing and
+// encoding again here cost more CPU than the rest of a fetch. Otherwise the
+// chunk is decoded (and, through Get, verified) and encoded at the fastest
+// level. The payload aliases bufs until the next call.
+func chunkForFetch(ctx context.Context, store chunkstore.Store, version uint16, id chunkstore.ID, bufs *fetchBufs) (protocol.ChunkData, error) {
+	var plain []byte
+	if raw, ok := store.(chunkstore.RawReader); ok {
+		stored, info, err := raw.GetStored(ctx, id, bufs.stored[:0])
+		if err != nil {
+			return protocol.ChunkData{}, err
+		}
+		bufs.stored = stored[:0]
+		if protocol.KnowsCodec(version, info.Codec) {
+			return protocol.ChunkData{ID: id, Codec: info.Codec, PlainLen: uint32(info.PlainLen), Payload: stored}, nil
+		}
+		if plain, err = chunkstore.Decompress(bufs.plain[:0], stored, info.Codec, info.PlainLen); err != nil {
+			return protocol.ChunkData{}, &chunkstore.CorruptChunkError{ID: id, Err: err}
+		}
+	} else {
+		var err error
+		if plain, err = store.Get(ctx, id, bufs.plain[:0]); err != nil {
+			return protocol.ChunkData{}, err
+		}
+	}
+	bufs.plain = plain[:0]
+	packed, codec := chunkstore.Compress(bufs.packed[:0], plain, chunkstore.LevelFastest)
+	bufs.packed = packed[:0]
+	return protocol.ChunkData{ID: id, Codec: codec, PlainLen: uint32(len(plain)), Payload: packed}, nil
+}
+
 // fetchBufs are the buffers of one fetch stream, pooled: zeroing fresh
 // buffers for each stream cost more CPU than reading short batches.
-type fetchBufs struct{ plain, packed, frame []byte }
+type fetchBufs struct{ stored, plain, packed, frame []byte }
 
 var fetchBufPool = sync.Pool{New: func() any { return new(fetchBufs) }}
 

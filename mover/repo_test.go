@@ -3,12 +3,16 @@ package mover
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -186,31 +190,6 @@ func TestRepoRefusedWithoutRead(t *testing.T) {
 	})
 }
 
-// corruptChunk flips a byte of chunk c inside the repository's pack files.
-// c must be stored plain (random data is), so its bytes appear verbatim.
-func corruptChunk(t testing.TB, repoDir string, plain []byte) {
-	t.Helper()
-	needle := plain[len(plain)/2 : len(plain)/2+64]
-	found := false
-	err := filepath.WalkDir(filepath.Join(repoDir, "chunks", "packs"), func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		if i := bytes.Index(b, needle); i >= 0 {
-			b[i] ^= 0xff
-			found = true
-			return os.WriteFile(p, b, 0o600)
-		}
-		return nil
-	})
-	require.NoError(t, err)
-	require.True(t, found, "chunk bytes not found in any pack")
-}
-
 func nodeOf(t testing.TB, tree []chunkstore.Node, path string) chunkstore.Node {
 	t.Helper()
 	for _, n := range tree {
@@ -222,42 +201,97 @@ func nodeOf(t testing.TB, tree []chunkstore.Node, path string) chunkstore.Node {
 	return chunkstore.Node{}
 }
 
-// A chunk that is corrupt in the server's store, or damaged on its way, gives
-// EIO through the mount, never wrong data; other files still read.
-func TestRepoCorruptChunkGivesEIO(t *testing.T) {
-	const victim = "base/1/16384"
-	var bad chunkstore.ID
-	f := startRepoServer(t, 1, func(f *repoFixture) {
-		c := nodeOf(t, f.tree, victim).Chunks[1]
-		bad = c.ID
-		off := int(nodeOf(t, f.tree, victim).Chunks[0].Len)
-		corruptChunk(t, f.repoDir, f.files[victim][off:off+int(c.Len)])
-	})
-	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
-	require.NoError(t, err)
-	tree, err := rr.Tree(context.Background(), f.rp)
-	require.NoError(t, err)
-	mnt := mountRemote(t, tree, rr)
-
-	_, err = os.ReadFile(filepath.Join(mnt, victim))
-	require.ErrorIs(t, err, syscall.EIO)
-	require.Contains(t, f.log.String(), bad.String(), "the server logs the chunk")
-	_, err = rr.Get(context.Background(), bad, nil)
-	var ce *chunkstore.CorruptChunkError
-	require.ErrorAs(t, err, &ce)
-	require.Equal(t, bad, ce.ID)
-	for name, want := range f.files {
-		if name == victim {
-			continue
+// corruptRecord flips a byte of chunk id's record in the repository's pack
+// files, at offset where(storedLen) from the record's start (its header is
+// recordHeaderSize bytes, see chunkstore/pack.go).
+func corruptRecord(t testing.TB, repoDir string, id chunkstore.ID, where func(storedLen int) int) {
+	t.Helper()
+	needle := append([]byte("PGK1"), id[:]...)
+	found := false
+	err := filepath.WalkDir(filepath.Join(repoDir, "chunks", "packs"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || found {
+			return err
 		}
-		got, err := os.ReadFile(filepath.Join(mnt, filepath.FromSlash(name)))
-		require.NoError(t, err, name)
-		require.True(t, bytes.Equal(want, got), "%s differs", name)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		i := bytes.Index(b, needle)
+		if i < 0 {
+			return nil
+		}
+		stored := int(binary.LittleEndian.Uint32(b[i+41 : i+45]))
+		b[i+where(stored)] ^= 0x40
+		found = true
+		return os.WriteFile(p, b, 0o600)
+	})
+	require.NoError(t, err)
+	require.True(t, found, "no record of chunk %s", id)
+}
+
+// recordHeaderSize is the size of a pack record's header (chunkstore/pack.go).
+const recordHeaderSize = 49
+
+// A chunk whose copy in the repository is damaged fails the read that needs
+// it with EIO, and Get with a *chunkstore.CorruptChunkError naming it, and
+// nothing else. The server sends chunks as stored without verifying them
+// (PROTOCOL 7.2), so damage to a record's stored bytes is found by the
+// client, which logs it; damage to a record's header is found by the server
+// (GetStored checks it against the index), which logs it and answers
+// corrupt. Guards against a chunk sent as stored reaching a reader
+// unverified.
+func TestRepoCorruptChunkGivesEIO(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		victim string // a file of fakePGData; its chunk 1 is damaged
+		where  func(storedLen int) int
+		server bool // the server finds it (else the client does)
+	}{
+		{"stored plain, payload", "base/1/16384", func(n int) int { return recordHeaderSize + n/2 }, false},
+		{"stored zstd, payload", "base/1/16385", func(n int) int { return recordHeaderSize + n/2 }, false},
+		{"stored zstd, last byte", "base/1/16385", func(n int) int { return recordHeaderSize + n - 1 }, false},
+		{"record header", "base/1/16385", func(int) int { return 38 }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var bad chunkstore.ID
+			f := startRepoServer(t, 1, func(f *repoFixture) {
+				bad = nodeOf(t, f.tree, tc.victim).Chunks[1].ID
+				corruptRecord(t, f.repoDir, bad, tc.where)
+			})
+			clientLog := &testsupport.Buffer{}
+			rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{Log: slog.New(slog.NewTextHandler(clientLog, nil))})
+			require.NoError(t, err)
+			tree, err := rr.Tree(context.Background(), f.rp)
+			require.NoError(t, err)
+			mnt := mountRemote(t, tree, rr)
+
+			_, err = os.ReadFile(filepath.Join(mnt, tc.victim))
+			require.ErrorIs(t, err, syscall.EIO)
+			_, err = rr.Get(context.Background(), bad, nil)
+			var ce *chunkstore.CorruptChunkError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, bad, ce.ID)
+			if tc.server {
+				require.ErrorIs(t, err, protocol.ErrCorrupt, "the server answers corrupt")
+				require.Contains(t, f.log.String(), bad.String(), "the server logs the chunk")
+			} else {
+				require.Contains(t, clientLog.String(), bad.String(), "the client logs the chunk")
+			}
+			for name, want := range f.files {
+				if name == tc.victim {
+					continue
+				}
+				got, err := os.ReadFile(filepath.Join(mnt, filepath.FromSlash(name)))
+				require.NoError(t, err, name)
+				require.True(t, bytes.Equal(want, got), "%s differs", name)
+			}
+		})
 	}
 
 	t.Run("damaged in transit", func(t *testing.T) {
+		f := startRepoServer(t, 1, nil)
 		const other = "base/1/16385"
-		target := nodeOf(t, tree, other).Chunks[0].ID
+		target := nodeOf(t, f.tree, other).Chunks[0].ID
 		tamper := func(id chunkstore.ID, p []byte) []byte {
 			if id == target {
 				p = bytes.Clone(p)
@@ -267,15 +301,134 @@ func TestRepoCorruptChunkGivesEIO(t *testing.T) {
 		}
 		tamperFetch.Store(&tamper)
 		defer tamperFetch.Store(nil)
-		rr2, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
+		rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
 		require.NoError(t, err)
-		mnt2 := mountRemote(t, tree, rr2)
-		_, err = os.ReadFile(filepath.Join(mnt2, other))
+		mnt := mountRemote(t, f.tree, rr)
+		_, err = os.ReadFile(filepath.Join(mnt, other))
 		require.ErrorIs(t, err, syscall.EIO)
-		_, err = rr2.Get(context.Background(), target, nil)
+		_, err = rr.Get(context.Background(), target, nil)
+		var ce *chunkstore.CorruptChunkError
 		require.ErrorAs(t, err, &ce)
+		require.Equal(t, target, ce.ID)
 	})
 }
+
+// Chunks leave the repository as it stores them: the payload on the wire is
+// the record's stored bytes, with its codec, not a fresh encoding. The
+// extra chunks are stored at LevelBest, which the server's fastest level
+// would not reproduce, so re-encoding them would show. Guards step 5.1 of
+// docs/design/0005.
+func TestRepoChunksLeaveAsStored(t *testing.T) {
+	type stored struct {
+		codec   chunkstore.Codec
+		payload []byte
+	}
+	want := map[chunkstore.ID]stored{}
+	var extra []chunkstore.ID
+	f := startRepoServer(t, 1, func(f *repoFixture) {
+		l, err := chunkstore.OpenLocal(filepath.Join(f.repoDir, "chunks"), chunkstore.LocalOptions{Level: chunkstore.LevelBest})
+		require.NoError(t, err)
+		defer func() { require.NoError(t, l.Close()) }()
+		ctx := context.Background()
+		for i := range 4 {
+			c := pgbenchLike(100<<10, uint64(100+i))
+			id := chunkstore.Sum(c)
+			require.NoError(t, l.Put(ctx, id, c))
+			extra = append(extra, id)
+		}
+		require.NoError(t, l.Flush(ctx))
+		ids := slices.Clone(extra)
+		for _, n := range f.tree {
+			for _, c := range n.Chunks {
+				ids = append(ids, c.ID)
+			}
+		}
+		for _, id := range ids {
+			b, info, err := l.GetStored(ctx, id, nil)
+			require.NoError(t, err)
+			want[id] = stored{info.Codec, b}
+		}
+		reencoded := 0
+		for _, id := range extra {
+			plain, err := l.Get(ctx, id, nil)
+			require.NoError(t, err)
+			if again, _ := chunkstore.Compress(nil, plain, chunkstore.LevelFastest); !bytes.Equal(again, want[id].payload) {
+				reencoded++
+			}
+		}
+		require.Positive(t, reencoded, "re-encoding must differ from the stored bytes for this test to tell")
+	})
+
+	var mu sync.Mutex // guards sent
+	sent := map[chunkstore.ID][]byte{}
+	record := func(id chunkstore.ID, p []byte) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		sent[id] = bytes.Clone(p)
+		return p
+	}
+	tamperFetch.Store(&record)
+	defer tamperFetch.Store(nil)
+
+	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
+	require.NoError(t, err)
+	codecs := map[chunkstore.Codec]int{}
+	for id, w := range want {
+		plain, err := rr.Get(context.Background(), id, nil)
+		require.NoError(t, err)
+		require.Equal(t, id, chunkstore.Sum(plain))
+		mu.Lock()
+		got := sent[id]
+		mu.Unlock()
+		require.Equal(t, w.payload, got, "chunk %s: the payload is the stored bytes", id.Short())
+		codecs[w.codec]++
+	}
+	require.Positive(t, codecs[chunkstore.CodecNone], "chunks stored plain were sent")
+	require.Positive(t, codecs[chunkstore.CodecZstd], "chunks stored zstd were sent")
+}
+
+// A peer whose version does not know a chunk's stored codec gets the chunk
+// decoded and encoded again, in a codec it knows.
+func TestChunkForFetchReencodes(t *testing.T) {
+	dir := t.TempDir()
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Level: chunkstore.LevelBest})
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := context.Background()
+	plain := pgbenchLike(100<<10, 7)
+	id := chunkstore.Sum(plain)
+	require.NoError(t, l.Put(ctx, id, plain))
+	stored, info, err := l.GetStored(ctx, id, nil)
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.CodecZstd, info.Codec)
+
+	var bufs fetchBufs
+	m, err := chunkForFetch(ctx, l, protocol.Version, id, &bufs)
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.CodecZstd, m.Codec)
+	require.Equal(t, stored, m.Payload, "as stored")
+
+	// Version 0 knows no codec: the fallback path, whatever it encodes to.
+	require.False(t, protocol.KnowsCodec(0, chunkstore.CodecZstd))
+	m, err = chunkForFetch(ctx, l, 0, id, &bufs)
+	require.NoError(t, err)
+	require.NotEqual(t, stored, m.Payload, "encoded again at the fastest level")
+	got, err := chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(plain, got))
+
+	// A store that cannot hand out stored bytes: Get, then encode.
+	m, err = chunkForFetch(ctx, getOnly{l}, protocol.Version, id, &bufs)
+	require.NoError(t, err)
+	got, err = chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(plain, got))
+	_, err = chunkForFetch(ctx, l, protocol.Version, chunkstore.Sum([]byte("absent")), &bufs)
+	require.ErrorIs(t, err, chunkstore.ErrNotFound)
+}
+
+// getOnly hides a store's GetStored.
+type getOnly struct{ chunkstore.Store }
 
 // A network cut in the middle of reading blocks the read until the network
 // comes back; it does not fail it.

@@ -394,7 +394,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 				defer wg.Done()
 				var k [1]byte
 				if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
-					s.serveFetch(ctx, peer, ds, log)
+					s.serveFetch(ctx, peer, cs.version, ds, log)
 					return
 				}
 				if protocol.StreamKind(k[0]) != protocol.StreamData {

@@ -1,6 +1,10 @@
 package protocol
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/pgporter/pgporter/chunkstore"
+)
 
 // Protocol versions this build speaks. A connection uses one version, the
 // one Negotiate picks from the two Hello messages.
@@ -60,4 +64,16 @@ func Negotiate(local, remote *Hello) (uint16, error) {
 			ErrVersion, local.MinVersion, local.Version, truncate(remote.Software, 64), remote.MinVersion, remote.Version)
 	}
 	return v, nil
+}
+
+// KnowsCodec reports whether a peer speaking version v decodes c in
+// ChunkData: a sender that holds a chunk encoded with a codec the
+// connection's version does not know must decode it and encode it again.
+// Every version since 1 knows none and zstd.
+func KnowsCodec(v uint16, c chunkstore.Codec) bool {
+	switch c {
+	case chunkstore.CodecNone, chunkstore.CodecZstd:
+		return v >= 1
+	}
+	return false
 }
