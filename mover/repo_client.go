@@ -20,8 +20,8 @@ import (
 // RemoteRepoOptions configure a RemoteRepo. The zero value is ready to use.
 type RemoteRepoOptions struct {
 	// Streams is how many fetch requests may be in flight at once, each on
-	// its own QUIC stream (default 16, at most 64, the server's stream
-	// limit).
+	// its own QUIC stream (default 16, at most 63: the server's stream
+	// limit, 64, less the control stream).
 	Streams int
 	// Batch is the most chunk IDs one fetch request asks for (default 16).
 	// Gets that queue while every stream is busy go out together.
@@ -39,7 +39,9 @@ func (o RemoteRepoOptions) withDefaults() RemoteRepoOptions {
 	if o.Streams <= 0 {
 		o.Streams = 16
 	}
-	o.Streams = min(o.Streams, 64)
+	// Fetch streams stay open, so one past the server's credit would wait
+	// for credit forever, and the Gets in its batch with it.
+	o.Streams = min(o.Streams, int(QUICConfig().MaxIncomingStreams)-1)
 	if o.Batch <= 0 {
 		o.Batch = 16
 	}

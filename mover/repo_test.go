@@ -493,3 +493,35 @@ func TestRepoConcurrentGets(t *testing.T) {
 	_, err = rr.Get(context.Background(), refs[0].ID, nil)
 	require.ErrorIs(t, err, ErrRepoClosed)
 }
+
+// As many fetch streams as asked for, up to what the server's stream credit
+// allows beside the control stream. Guards against a 64th fetch stream
+// waiting for credit forever, with the Gets of its batch: Streams was
+// capped at 64, the server's whole credit.
+func TestRepoStreamsWithinCredit(t *testing.T) {
+	f := startRepoServer(t, 1, nil)
+	// Batch 1: each of the workers, woken in turn, takes one Get, so that
+	// every stream is opened.
+	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{Streams: 1000, Batch: 1})
+	require.NoError(t, err)
+	require.Equal(t, int(QUICConfig().MaxIncomingStreams)-1, rr.o.Streams)
+	var refs []chunkstore.ChunkRef
+	for _, n := range f.tree {
+		refs = append(refs, n.Chunks...)
+	}
+	for len(refs) < 4*rr.o.Streams {
+		refs = append(refs, refs...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := make(chan error, len(refs))
+	for _, c := range refs {
+		go func() {
+			_, err := rr.Get(ctx, c.ID, nil)
+			errs <- err
+		}()
+	}
+	for range refs {
+		require.NoError(t, <-errs)
+	}
+}
