@@ -44,6 +44,7 @@ func BenchmarkRepoMountRead(b *testing.B) {
 		tree, err := rr.Tree(context.Background(), f.rp)
 		require.NoError(b, err)
 		benchMountRead(b, f, files, tree, rr, 0)
+		b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
@@ -78,6 +79,8 @@ type RemoteRepo struct {
 	cs   *controlStream
 
 	ctlMu sync.Mutex // serialises request/reply pairs on the control stream
+
+	rtt atomic.Int64 // the connection's smoothed RTT in ns, as of the last fetch
 
 	reqs      chan *fetchReq
 	done      chan struct{} // closed by Close
@@ -152,8 +155,14 @@ func (r *RemoteRepo) connection(ctx context.Context) (*quic.Conn, *controlStream
 		return nil, nil, err
 	}
 	r.conn, r.cs = conn, cs
+	r.rtt.Store(int64(conn.ConnectionStats().SmoothedRTT))
 	return conn, cs, nil
 }
+
+// RTT returns the smoothed round-trip time of the connection to the
+// repository mover, as of the last fetch; 0 before the first. With it a
+// mount reads ahead by round trip × rate (staging.LatencyReader).
+func (r *RemoteRepo) RTT() time.Duration { return time.Duration(r.rtt.Load()) }
 
 // drop closes conn after a failure on it, unless it was replaced already.
 func (r *RemoteRepo) drop(conn *quic.Conn) {
@@ -453,6 +462,7 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chun
 	if _, err := st.Write(frame); err != nil {
 		return fmt.Errorf("writing fetch request: %w", err)
 	}
+	defer func() { r.rtt.Store(int64(conn.ConnectionStats().SmoothedRTT)) }()
 	var first error // the first answer, if an Error: maybe a refusal of the whole request
 	for i, id := range ids {
 		m, err := rd.Next()

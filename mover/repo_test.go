@@ -25,7 +25,7 @@ import (
 	"github.com/pgporter/pgporter/staging"
 )
 
-var _ staging.ChunkReader = (*RemoteRepo)(nil)
+var _ staging.LatencyReader = (*RemoteRepo)(nil)
 
 // repoFixture is a repository holding one backup of a small data directory,
 // served by a mover on loopback.

@@ -28,7 +28,14 @@ type filesys struct {
 	log       *slog.Logger
 	cowDir    string
 	uid, gid  uint32 // the owner every restored entry shows
-	readahead int    // chunks fetched ahead of a sequential reader
+	readahead int    // chunks fetched ahead of a sequential reader, at least
+
+	// Over a LatencyReader: its RTT, and how far ahead reads may go in
+	// bytes, by RTT × rate (see aheadBytes). rtt is nil otherwise.
+	rtt      func() time.Duration
+	maxAhead int64
+	rate     rateMeter // of reads served
+	clock    func() time.Time
 
 	bg     context.Context    // chunk fetches; cancelled at unmount
 	cancel context.CancelFunc // cancels bg
@@ -442,6 +449,9 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 	if err != nil {
 		return nil, n.errno("read", err)
 	}
+	if n.sys.rtt != nil {
+		n.sys.rate.add(n.sys.clock(), int64(k))
+	}
 	return fuse.ReadResultData(dest[:k]), 0
 }
 
@@ -452,7 +462,9 @@ const seqWindow = 2 << 20
 
 // readahead starts fetching, in the background, the chunks of a read past
 // its first one (so that a large read fetches them in parallel) and, when
-// reads are sequential, the sys.readahead chunks after it. n.mu must be held.
+// reads are sequential, the chunks after it: sys.readahead of them, or over
+// a LatencyReader as many as cover RTT × rate if that is more. n.mu must be
+// held.
 func (n *node) readahead(off, size int64) {
 	prev := n.nextRead.Swap(off + size)
 	d := n.data
@@ -463,7 +475,14 @@ func (n *node) readahead(off, size int64) {
 	first := d.chunkAt(off) + 1
 	last := d.chunkAt(end - 1)
 	if seq := off >= prev-seqWindow && off <= prev+seqWindow; seq && n.sys.readahead > 0 {
+		upTo := d.offs[last+1]
+		if n.sys.rtt != nil {
+			upTo += aheadBytes(n.sys.rtt(), n.sys.rate.get(), n.sys.maxAhead)
+		}
 		last += n.sys.readahead
+		for last+1 < len(d.chunks) && d.offs[last+1] < upTo {
+			last++
+		}
 	}
 	for i := first; i <= last && i < len(d.chunks) && d.offs[i] < d.limit; i++ {
 		if !d.isLocal(i) {

@@ -49,8 +49,16 @@ type MountOptions struct {
 	// CacheBytes bounds the cache of decoded chunks (default 32 MiB).
 	CacheBytes int64
 	// Readahead is how many chunks past a sequential read are fetched in
-	// the background (default 3; negative turns readahead off).
+	// the background (default 3; negative turns readahead off). Over a
+	// LatencyReader it is the least: the mount reads further ahead by
+	// round trip × rate, up to MaxReadaheadBytes.
 	Readahead int
+	// MaxReadaheadBytes bounds how far ahead of a sequential reader a
+	// mount over a LatencyReader reads (default a quarter of CacheBytes:
+	// what is read ahead waits in the cache, which other readers share).
+	MaxReadaheadBytes int64
+
+	clock func() time.Time // tests' clock for the read rate; nil: time.Now
 }
 
 // DefaultCacheBytes is the default size of the decoded chunk cache.
@@ -77,6 +85,12 @@ func (o MountOptions) withDefaults() MountOptions {
 	}
 	if o.Readahead == 0 {
 		o.Readahead = 3
+	}
+	if o.MaxReadaheadBytes <= 0 {
+		o.MaxReadaheadBytes = o.CacheBytes / 4
+	}
+	if o.clock == nil {
+		o.clock = time.Now
 	}
 	return o
 }
@@ -149,6 +163,12 @@ func Mount(ctx context.Context, mountpoint string, tree []chunkstore.Node, chunk
 		cancel:    cancel,
 		sem:       make(chan struct{}, maxPrefetch),
 		nextIno:   1,
+	}
+	if lr, ok := chunks.(LatencyReader); ok && sys.readahead > 0 {
+		sys.rtt = lr.RTT
+		sys.clock = o.clock
+		sys.maxAhead = o.MaxReadaheadBytes
+		sys.sem = make(chan struct{}, latencyPrefetch(sys.maxAhead))
 	}
 	sys.cache = newChunkCache(o.CacheBytes, &sys.wg)
 	root := sys.newNode(rootNode)
