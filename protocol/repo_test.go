@@ -43,3 +43,22 @@ func TestPointFromRepoRefusesOversized(t *testing.T) {
 		t.Fatal("accepted a restore point ID with a slash")
 	}
 }
+
+// Every version this build speaks knows the codecs a repository stores, so
+// repository movers send chunks as stored; a codec no version knows is
+// never sent as is.
+func TestKnowsCodec(t *testing.T) {
+	for v := MinVersion; v <= Version; v++ {
+		for _, c := range []chunkstore.Codec{chunkstore.CodecNone, chunkstore.CodecZstd} {
+			if !KnowsCodec(v, c) {
+				t.Errorf("version %d does not know codec %s", v, c)
+			}
+		}
+		if KnowsCodec(v, chunkstore.Codec(200)) {
+			t.Errorf("version %d knows codec 200", v)
+		}
+	}
+	if KnowsCodec(0, chunkstore.CodecNone) {
+		t.Error("version 0 knows a codec")
+	}
+}
