@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
@@ -46,6 +47,38 @@ func BenchmarkRepoMountRead(b *testing.B) {
 		benchMountRead(b, f, files, tree, rr, 0)
 		b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
 	})
+	// Over a link with a 20 ms round trip (a UDP proxy that holds each
+	// datagram 10 ms each way): reading ahead by RTT × rate, and by the
+	// fixed count of chunks of a local store.
+	for _, fixed := range []bool{false, true} {
+		name := "remote-20ms"
+		if fixed {
+			name += "-fixed"
+		}
+		b.Run(name, func(b *testing.B) {
+			f := startRepoServer(b, scale, nil)
+			proxy := testsupport.NewUDPProxy(b, f.addr)
+			proxy.SetDelay(10 * time.Millisecond)
+			rr, err := dialTestRepo(b, f, PermRead, proxy.Addr(), RemoteRepoOptions{})
+			require.NoError(b, err)
+			tree, err := rr.Tree(context.Background(), f.rp)
+			require.NoError(b, err)
+			var chunks staging.ChunkReader = rr
+			if fixed {
+				chunks = noRTT{rr}
+			}
+			benchMountRead(b, f, files, tree, chunks, 0)
+			b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
+		})
+	}
+}
+
+// noRTT hides a RemoteRepo's RTT: a mount of it reads ahead by the fixed
+// count of chunks, as it did before step 5.2 of docs/design/0005.
+type noRTT struct{ rr *RemoteRepo }
+
+func (n noRTT) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+	return n.rr.Get(ctx, id, dst)
 }
 
 func benchMountRead(b *testing.B, f *repoFixture, files []string, tree []chunkstore.Node, chunks staging.ChunkReader, readahead int) {
