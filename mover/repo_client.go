@@ -90,8 +90,23 @@ type RemoteRepo struct {
 
 type fetchReq struct {
 	id  chunkstore.ID
+	dst []byte        // the Get's buffer: the worker decodes into it once it has claimed it
 	res chan fetchRes // buffered: the worker never blocks on an abandoned Get
+
+	// state hands dst over: reqWaiting, then reqClaimed by the worker
+	// that writes into dst, or reqAbandoned by a Get that returned
+	// without waiting, whose dst the worker must not touch.
+	state atomic.Int32
 }
+
+const (
+	reqWaiting = iota
+	reqClaimed
+	reqAbandoned
+)
+
+func (q *fetchReq) claim() bool   { return q.state.CompareAndSwap(reqWaiting, reqClaimed) }
+func (q *fetchReq) abandon() bool { return q.state.CompareAndSwap(reqWaiting, reqAbandoned) }
 
 type fetchRes struct {
 	data []byte
@@ -312,12 +327,14 @@ func (r *RemoteRepo) Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]c
 }
 
 // Get appends the plain content of chunk id to dst, after checking that it
-// hashes to id. A chunk the server cannot read (missing, corrupt in its
-// store) or that arrives corrupt fails at once: *chunkstore.CorruptChunkError
-// for corruption, an error matching chunkstore.ErrNotFound for a missing
-// chunk. Network failures are retried for up to RetryFor.
+// hashes to id; a fetch worker decodes it straight into dst's spare room.
+// A chunk the server cannot read (missing, corrupt in its store) or that
+// arrives corrupt fails at once: *chunkstore.CorruptChunkError for
+// corruption, an error matching chunkstore.ErrNotFound for a missing chunk.
+// Network failures are retried for up to RetryFor. Once Get returns, nothing
+// else writes into dst's array.
 func (r *RemoteRepo) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
-	q := &fetchReq{id: id, res: make(chan fetchRes, 1)}
+	q := &fetchReq{id: id, dst: dst, res: make(chan fetchRes, 1)}
 	select {
 	case r.reqs <- q:
 	case <-ctx.Done():
@@ -325,18 +342,20 @@ func (r *RemoteRepo) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]b
 	case <-r.done:
 		return dst, ErrRepoClosed
 	}
+	var res fetchRes
 	select {
-	case res := <-q.res:
-		if res.err != nil {
-			return dst, res.err
-		}
-		if len(dst) == 0 {
-			return res.data, nil
-		}
-		return append(dst, res.data...), nil
+	case res = <-q.res:
 	case <-ctx.Done():
-		return dst, ctx.Err()
+		if q.abandon() {
+			return dst, ctx.Err()
+		}
+		// A worker is decoding into dst: it answers without blocking.
+		res = <-q.res
 	}
+	if res.err != nil {
+		return dst, res.err
+	}
+	return res.data, nil
 }
 
 // worker serves Gets: it takes one, adds whatever else is queued up to a
@@ -412,6 +431,32 @@ func (r *RemoteRepo) fetch(ctx context.Context, fst *fetchStream, batch []*fetch
 		}
 		delete(waiting, id)
 	}
+	// deliver decodes and verifies chunk m into the buffer of the first Get
+	// still waiting for it, and copies it into the buffers of the others
+	// (the same ID asked twice), before any of them has its answer and so
+	// its buffer back.
+	deliver := func(m *protocol.ChunkData) {
+		var claimed []*fetchReq
+		for _, q := range waiting[m.ID] {
+			if q.claim() {
+				claimed = append(claimed, q)
+			} // else its Get gave up: its dst is no longer ours
+		}
+		delete(waiting, m.ID)
+		if len(claimed) == 0 {
+			return
+		}
+		first := claimed[0]
+		out, err := r.decode(first.dst, m)
+		for _, q := range claimed[1:] {
+			if err != nil {
+				q.res <- fetchRes{err: err}
+			} else {
+				q.res <- fetchRes{data: append(q.dst, out[len(first.dst):]...)}
+			}
+		}
+		first.res <- fetchRes{data: out, err: err}
+	}
 	err := r.retry(ctx, "GetChunks", func() error {
 		var rest []chunkstore.ID
 		for _, id := range ids {
@@ -419,7 +464,7 @@ func (r *RemoteRepo) fetch(ctx context.Context, fst *fetchStream, batch []*fetch
 				rest = append(rest, id)
 			}
 		}
-		err := r.fetchOnce(ctx, fst, rest, answer)
+		err := r.fetchOnce(ctx, fst, rest, deliver, answer)
 		if err != nil {
 			fst.reset()
 		}
@@ -432,11 +477,29 @@ func (r *RemoteRepo) fetch(ctx context.Context, fst *fetchStream, batch []*fetch
 	}
 }
 
+// decode appends chunk m's plain content to dst, after checking that it
+// hashes to m.ID; on failure, a *chunkstore.CorruptChunkError, logged.
+func (r *RemoteRepo) decode(dst []byte, m *protocol.ChunkData) ([]byte, error) {
+	n := len(dst)
+	out, err := chunkstore.Decompress(dst, m.Payload, m.Codec, int(m.PlainLen))
+	if err != nil {
+		err = &chunkstore.CorruptChunkError{ID: m.ID, Err: fmt.Errorf("from %s: %w", r.addr, err)}
+	} else if err = chunkstore.VerifyContent(m.ID, out[n:]); err != nil {
+		err = &chunkstore.CorruptChunkError{ID: m.ID, Err: fmt.Errorf("from %s: %w", r.addr, chunkstore.ErrHashMismatch)}
+	}
+	if err != nil {
+		r.log.Error("chunk from repository mover is corrupt", "chunk", m.ID.String(), "peer", r.peer.Short(), "err", err)
+		return dst, err
+	}
+	return out, nil
+}
+
 // fetchOnce asks for ids on fst, opening it on the live connection if
-// needed, and hands each answer to answer. It returns an error when the
-// stream failed before every answer arrived (the caller then resets fst);
-// the chunks already answered are not asked for again.
-func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chunkstore.ID, answer func(chunkstore.ID, fetchRes)) error {
+// needed, and hands each chunk to deliver (which must be done with its
+// payload when it returns) and each Error to answer. It returns an error
+// when the stream failed before every answer arrived (the caller then
+// resets fst); the chunks already answered are not asked for again.
+func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chunkstore.ID, deliver func(*protocol.ChunkData), answer func(chunkstore.ID, fetchRes)) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -483,18 +546,7 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chun
 			if m.ID != id {
 				return permanentError{fmt.Errorf("%w: asked for chunk %s, got %s", protocol.ErrProtocol, id.Short(), m.ID.Short())}
 			}
-			data, err := chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
-			if err != nil {
-				err = &chunkstore.CorruptChunkError{ID: id, Err: fmt.Errorf("from %s: %w", r.addr, err)}
-			} else if err = chunkstore.VerifyContent(id, data); err != nil {
-				err = &chunkstore.CorruptChunkError{ID: id, Err: fmt.Errorf("from %s: %w", r.addr, chunkstore.ErrHashMismatch)}
-			}
-			if err != nil {
-				r.log.Error("chunk from repository mover is corrupt", "chunk", id.String(), "peer", r.peer.Short(), "err", err)
-				answer(id, fetchRes{err: err})
-				continue
-			}
-			answer(id, fetchRes{data: data})
+			deliver(m)
 		case *protocol.Error:
 			re := m.Err()
 			if i == 0 {

@@ -477,10 +477,18 @@ func TestRepoConcurrentGets(t *testing.T) {
 	}
 	sort.Slice(refs, func(i, j int) bool { return bytes.Compare(refs[i].ID[:], refs[j].ID[:]) < 0 })
 	errs := make(chan error, len(refs)*2)
-	for _, c := range append(refs, refs...) { // every ID twice: duplicates in a batch
+	for i, c := range append(refs, refs...) { // every ID twice: duplicates in a batch
 		go func() {
-			b, err := rr.Get(context.Background(), c.ID, nil)
-			if err == nil && (len(b) != int(c.Len) || chunkstore.Sum(b) != c.ID) {
+			var dst []byte // half into a buffer of the Get's own, after a prefix
+			if i%2 == 0 {
+				dst = append(make([]byte, 0, 3+int(c.Len)+chunkstore.DecodeSlack), "pre"...)
+			}
+			b, err := rr.Get(context.Background(), c.ID, dst)
+			switch {
+			case err != nil:
+			case dst != nil && (string(b[:3]) != "pre" || &b[0] != &dst[0]):
+				err = errors.New("not appended to dst in place")
+			case len(b) != len(dst)+int(c.Len) || chunkstore.Sum(b[len(dst):]) != c.ID:
 				err = errors.New("wrong content")
 			}
 			errs <- err
@@ -523,5 +531,70 @@ func TestRepoStreamsWithinCredit(t *testing.T) {
 	}
 	for range refs {
 		require.NoError(t, <-errs)
+	}
+}
+
+// A Get that gives up (its context ends) returns at once, and nothing writes
+// into its buffer afterwards, though a worker may be about to decode into
+// it: each such buffer is filled with a marker when its Get returns and must
+// still hold only the marker once the workers have stopped. Guards the
+// hand-over of a Get's buffer to the worker that decodes into it.
+func TestRepoGetCancelReleasesBuffer(t *testing.T) {
+	f := startRepoServer(t, 1, nil)
+	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{Streams: 2, Batch: 4})
+	require.NoError(t, err)
+	var refs []chunkstore.ChunkRef
+	for _, n := range f.tree {
+		refs = append(refs, n.Chunks...)
+	}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex // guards given
+		given    [][]byte   // the buffers of the Gets that gave up
+		answered int
+	)
+	for round := range 12 {
+		for i, c := range refs {
+			wg.Go(func() {
+				ctx, cancel := context.WithCancel(context.Background())
+				if (i+round)%2 == 0 {
+					cancel() // before or while the chunk arrives
+				} else {
+					defer cancel()
+				}
+				buf := make([]byte, 0, int(c.Len)+chunkstore.DecodeSlack)
+				b, err := rr.Get(ctx, c.ID, buf)
+				switch {
+				case err == nil && chunkstore.Sum(b) != c.ID:
+					t.Errorf("chunk %s: wrong content", c.ID.Short())
+				case err != nil && !errors.Is(err, context.Canceled):
+					t.Errorf("chunk %s: %v", c.ID.Short(), err)
+				}
+				full := buf[:cap(buf)]
+				for j := range full {
+					full[j] = 0xaa
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					given = append(given, full)
+				} else {
+					answered++
+				}
+			})
+		}
+	}
+	wg.Wait()
+	// The connection still serves every chunk.
+	for _, c := range refs {
+		b, err := rr.Get(context.Background(), c.ID, nil)
+		require.NoError(t, err)
+		require.Equal(t, c.ID, chunkstore.Sum(b))
+	}
+	require.NoError(t, rr.Close()) // waits for the workers
+	t.Logf("%d Gets gave up, %d were answered", len(given), answered)
+	require.NotEmpty(t, given)
+	for _, b := range given {
+		require.Equal(t, len(b), bytes.Count(b, []byte{0xaa}), "a worker wrote into the buffer of a Get that had returned")
 	}
 }
