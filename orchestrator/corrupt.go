@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/protocol"
@@ -21,10 +22,22 @@ type corruptWatch struct {
 	count int
 }
 
-// wrap returns chunks reporting its corruptions to w.
+// wrap returns chunks reporting its corruptions to w. A store behind a
+// network stays a staging.LatencyReader: the mount reads ahead by its RTT.
 func (w *corruptWatch) wrap(chunks staging.ChunkReader) staging.ChunkReader {
-	return &watchedChunks{ChunkReader: chunks, w: w}
+	wc := &watchedChunks{ChunkReader: chunks, w: w}
+	if lr, ok := chunks.(staging.LatencyReader); ok {
+		return &watchedRemoteChunks{watchedChunks: wc, rtt: lr.RTT}
+	}
+	return wc
 }
+
+type watchedRemoteChunks struct {
+	*watchedChunks
+	rtt func() time.Duration
+}
+
+func (c *watchedRemoteChunks) RTT() time.Duration { return c.rtt() }
 
 type watchedChunks struct {
 	staging.ChunkReader
