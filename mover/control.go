@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pgporter/pgporter/protocol"
 )
@@ -18,6 +19,17 @@ type controlStream struct {
 	version uint16
 
 	mu sync.Mutex // guards writes to rw
+
+	// Messages written and stream writes made: their ratio shows how well
+	// per-file messages are coalesced.
+	msgs, writes atomic.Int64
+}
+
+// controlCounts are a control stream's messages and writes so far.
+type controlCounts struct{ Msgs, Writes int64 }
+
+func (c *controlStream) counts() controlCounts {
+	return controlCounts{Msgs: c.msgs.Load(), Writes: c.writes.Load()}
 }
 
 func newControlStream(rw io.ReadWriter) *controlStream {
@@ -30,6 +42,8 @@ func (c *controlStream) write(m protocol.Message) error {
 	if err := protocol.WriteMessage(c.rw, m); err != nil {
 		return fmt.Errorf("writing %s: %w", m.Type(), err)
 	}
+	c.msgs.Add(1)
+	c.writes.Add(1)
 	return nil
 }
 

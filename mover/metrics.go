@@ -21,6 +21,8 @@ type metrics struct {
 	corruptChunks  prometheus.Counter
 	udpRcvBuf      prometheus.Gauge
 	udpSndBuf      prometheus.Gauge
+	controlMsgs    prometheus.Counter
+	controlWrites  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -41,6 +43,8 @@ func newMetrics() *metrics {
 	m.localChunks = c("chunks_copied_local_total", "Chunks copied from elsewhere in the same transfer instead of sent.")
 	m.dedupedChunks = c("chunks_deduped_total", "Chunks copied from earlier committed transfers instead of sent.")
 	m.corruptChunks = c("chunks_corrupt_total", "Chunks whose content did not match their BLAKE3 ID.")
+	m.controlMsgs = c("control_messages_sent_total", "Messages written on transfer control streams.")
+	m.controlWrites = c("control_writes_total", "Stream writes that carried them (several messages per write when coalesced).")
 	m.transfersOpen = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "transfers_active", Help: "Transfers in progress."})
 	m.udpRcvBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_rcvbuf_bytes", Help: "Receive buffer of the QUIC socket as the kernel granted it (SO_RCVBUF); below 7 MiB, raise net.core.rmem_max."})
 	m.udpSndBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_sndbuf_bytes", Help: "Send buffer of the QUIC socket as the kernel granted it (SO_SNDBUF); below 7 MiB, raise net.core.wmem_max."})

@@ -310,6 +310,9 @@ func (r *receiver) run(ctx context.Context) error {
 	r.fc.closeAll()
 	r.proot.Close()
 	r.closeBudget()
+	c := r.cs.counts()
+	r.s.metrics.controlMsgs.Add(float64(c.Msgs))
+	r.s.metrics.controlWrites.Add(float64(c.Writes))
 	return err
 }
 

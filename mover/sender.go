@@ -168,6 +168,10 @@ type SendResult struct {
 	// The UDP socket's buffers as read back (see WantUDPBuffer).
 	UDPRcvBuf int `json:"udp_rcvbuf"`
 	UDPSndBuf int `json:"udp_sndbuf"`
+	// Messages the sender wrote on its control streams, and the stream
+	// writes that carried them (several messages per write when coalesced).
+	ControlMessages int64 `json:"control_messages"`
+	ControlWrites   int64 `json:"control_writes"`
 }
 
 // Sender sends trees to receiving movers. It owns the sender's pebble state
@@ -244,7 +248,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	t := &sendTransfer{
 		s: s, o: o, tid: tid, peer: peer, addr: addr, res: res, lc: lc,
 		src:     so,
-		handles: map[uint32]*os.File{}, unchecked: map[uint32]bool{},
+		handles: map[uint32]*srcHandle{}, unchecked: map[uint32]bool{},
 	}
 	if o.ReadAhead > 0 {
 		t.ra = newReadAhead(o.ReadAhead, o.Params)
@@ -316,9 +320,17 @@ type sendTransfer struct {
 	wireBytes  atomic.Int64
 	durable    atomic.Int64
 
-	handlesMu sync.Mutex // guards handles, unchecked
-	handles   map[uint32]*os.File
+	handlesMu sync.Mutex // guards handles, unchecked, and each srcHandle's refs
+	handles   map[uint32]*srcHandle
 	unchecked map[uint32]bool // handles opened while their file grew: checked once it is done
+}
+
+// srcHandle is an open source file and the data workers reading it: one in
+// use is never closed under its reader.
+type srcHandle struct {
+	f       *os.File
+	refs    int
+	dropped bool // out of the table (its file changed): the last user closes it
 }
 
 // errSourceChanged reports a source file modified during a send.
@@ -471,6 +483,11 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	var watching sync.WaitGroup
 	watching.Go(func() { t.path.watch(watchCtx, conn) })
 	defer func() { stopWatch(); watching.Wait() }()
+	defer func() {
+		c := cs.counts()
+		t.res.ControlMessages += c.Msgs
+		t.res.ControlWrites += c.Writes
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Reads on QUIC streams do not take a context: closing the connection is
@@ -672,46 +689,67 @@ func (t *sendTransfer) report() {
 	}
 }
 
-func (t *sendTransfer) handle(f *srcFile) (*os.File, error) {
+// handle opens f for reading (or reuses its open handle) and checks it is
+// as it was chunked; call release once done reading.
+func (t *sendTransfer) handle(f *srcFile) (h *os.File, release func(), err error) {
 	t.handlesMu.Lock()
 	defer t.handlesMu.Unlock()
 	size, mtime, ctime, done := t.src.stateOf(f)
 	growing := f.growing && !done
-	if h, ok := t.handles[f.Index]; ok {
-		if growing || !t.unchecked[f.Index] {
-			return h, nil
+	if e, ok := t.handles[f.Index]; ok {
+		if !growing && t.unchecked[f.Index] {
+			if err := t.unchanged(e.f, f, size, mtime, ctime); err != nil {
+				delete(t.handles, f.Index)
+				if e.dropped = true; e.refs == 0 {
+					e.f.Close()
+				}
+				return nil, nil, err
+			}
+			delete(t.unchecked, f.Index)
 		}
-		if err := t.unchanged(h, f, size, mtime, ctime); err != nil {
-			h.Close()
-			delete(t.handles, f.Index)
-			return nil, err
-		}
-		delete(t.unchecked, f.Index)
-		return h, nil
+		e.refs++
+		return e.f, t.releaser(e), nil
 	}
-	h, err := t.src.root.Open(filepath.FromSlash(f.Path))
+	fh, err := t.src.root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// A file still being appended to has no final state to check yet: its
 	// chunks were hashed from what was written, and the receiver checks
 	// every chunk it gets.
 	if growing {
 		t.unchecked[f.Index] = true
-	} else if err := t.unchanged(h, f, size, mtime, ctime); err != nil {
-		h.Close()
-		return nil, err
+	} else if err := t.unchanged(fh, f, size, mtime, ctime); err != nil {
+		fh.Close()
+		return nil, nil, err
 	}
 	if len(t.handles) >= 64 {
+		// Close an idle handle; while every one is busy the bound is
+		// exceeded (by at most the number of workers).
 		for k, old := range t.handles {
-			old.Close()
-			delete(t.handles, k)
-			delete(t.unchecked, k)
-			break
+			if old.refs == 0 {
+				old.f.Close()
+				delete(t.handles, k)
+				delete(t.unchecked, k)
+				break
+			}
 		}
 	}
-	t.handles[f.Index] = h
-	return h, nil
+	e := &srcHandle{f: fh, refs: 1}
+	t.handles[f.Index] = e
+	return fh, t.releaser(e), nil
+}
+
+// releaser returns the function that ends one use of e; the last use of a
+// handle dropped from the table (its file changed) closes it.
+func (t *sendTransfer) releaser(e *srcHandle) func() {
+	return func() {
+		t.handlesMu.Lock()
+		defer t.handlesMu.Unlock()
+		if e.refs--; e.refs == 0 && e.dropped {
+			e.f.Close()
+		}
+	}
 }
 
 // unchanged checks that h, file f, still has the size, mtime and ctime it had
@@ -736,8 +774,8 @@ func ctimeOf(fi os.FileInfo) int64 {
 func (t *sendTransfer) closeHandles() {
 	t.handlesMu.Lock()
 	defer t.handlesMu.Unlock()
-	for k, h := range t.handles {
-		h.Close()
+	for k, e := range t.handles {
+		e.f.Close()
 		delete(t.handles, k)
 	}
 }
@@ -806,12 +844,14 @@ func (t *sendTransfer) chunkBytes(f *srcFile, j job, buf []byte) ([]byte, func()
 			release() // cannot happen: the chunker cut it with this length
 		}
 	}
-	h, err := t.handle(f)
+	h, release, err := t.handle(f)
 	if err != nil {
 		return nil, nil, err
 	}
 	plain := buf[:j.ref.Len]
-	if _, err := h.ReadAt(plain, j.off); err != nil {
+	_, err = h.ReadAt(plain, j.off)
+	release()
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, nil, fmt.Errorf("%w: %s shrank: it ends before chunk %d (%d bytes at %d)", errSourceChanged, f.Path, j.chunk, j.ref.Len, j.off)
 		}
