@@ -241,8 +241,14 @@ func (r *receiver) hasPending() bool {
 // reservePositions takes n bytes of the positions budget for this
 // transfer, waiting while chunks it asked for are on their way.
 func (r *receiver) reservePositions(ctx context.Context, n int64) error {
-	if err := r.s.positions.acquire(ctx, r.peer, n, r.hasPending); err != nil {
-		return err
+	if !r.s.positions.tryAcquire(r.peer, n) {
+		// The chunks whose arrival frees budget must have been asked for.
+		if err := r.cs.flush(); err != nil {
+			return err
+		}
+		if err := r.s.positions.acquire(ctx, r.peer, n, r.hasPending); err != nil {
+			return err
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -307,7 +313,7 @@ func (r *receiver) run(ctx context.Context) error {
 	}
 	stopSync()
 	wg.Wait()
-	r.fc.closeAll()
+	r.fc.close()
 	r.proot.Close()
 	r.closeBudget()
 	c := r.cs.counts()
@@ -352,14 +358,8 @@ func (r *receiver) sync() error {
 	if len(batch) == 0 {
 		return werr
 	}
-	touched := map[string]bool{}
-	for _, w := range batch {
-		touched[w.path] = true
-	}
-	for p := range touched {
-		if err := r.fc.sync(p); err != nil {
-			return r.noSpace(p, fmt.Errorf("syncing %s: %w", p, err))
-		}
+	if err := r.syncFiles(batch); err != nil {
+		return err
 	}
 	b := r.s.db.NewBatch()
 	defer b.Close()
@@ -386,6 +386,38 @@ func (r *receiver) sync() error {
 	return werr
 }
 
+// syncfsMin is the most files a barrier fsyncs one by one: past it, one
+// syncfs of the partial root's file system costs less.
+const syncfsMin = 16
+
+// syncFiles makes the files batch wrote durable: an fsync each (4 at a
+// time) when they are few, else one syncfs. Either way the data and inode
+// of every file in batch are on disk when it returns nil, so 0001's rule
+// (a position is recorded only after the file holding it was synced) holds:
+// syncfs writes back and waits on every dirty inode of the file system and
+// commits its journal, and since Linux 5.8 it reports a writeback error of
+// any of them (older kernels keep the fsyncs; see syncfsReports).
+func (r *receiver) syncFiles(batch []wpos) error {
+	touched := map[string]bool{}
+	var paths []string
+	for _, w := range batch {
+		if !touched[w.path] {
+			touched[w.path] = true
+			paths = append(paths, w.path)
+		}
+	}
+	if len(paths) > syncfsMin && r.fc.canSyncAll() {
+		if err := r.fc.syncAll(); err != nil {
+			return r.noSpace("", fmt.Errorf("syncing %d files of %s.partial: %w", len(paths), r.meta.Dest, err))
+		}
+		return nil
+	}
+	if p, err := r.fc.syncEach(paths, 4); err != nil {
+		return r.noSpace(p, fmt.Errorf("syncing %s: %w", p, err))
+	}
+	return nil
+}
+
 // control reads the manifest, answers Need, and commits when every chunk is
 // durable.
 func (r *receiver) control(ctx context.Context) error {
@@ -395,7 +427,9 @@ func (r *receiver) control(ctx context.Context) error {
 		if manifestDone && sendDone != nil {
 			return r.finish(ctx, sendDone)
 		}
-		m, err := r.cs.next()
+		// Needs are queued while more of the manifest is already here,
+		// and written before the read waits for the sender.
+		m, err := r.cs.nextFlushing()
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
 				return cause
@@ -638,7 +672,7 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 			if n == len(need) {
 				m.Decided = uint32(f.nchunks)
 			}
-			if err := r.cs.write(m); err != nil {
+			if err := r.cs.queue(m); err != nil {
 				return err
 			}
 			if need = need[n:]; len(need) == 0 {
@@ -653,6 +687,10 @@ func (r *receiver) addBatch(ctx context.Context, f *rfile, idx uint32, refs []pr
 		}
 		if r.overRequested() {
 			err := ask()
+			if err == nil {
+				// The chunks waited for must have been asked for.
+				err = r.cs.flush()
+			}
 			if err == nil {
 				err = r.waitRequested(ctx)
 			}
@@ -858,13 +896,18 @@ func decodeDedupe(b []byte) (string, int64, uint32, bool) {
 	return abs, int64(binary.BigEndian.Uint64(b)), binary.BigEndian.Uint32(b[8:]), true
 }
 
-// noSpace turns a failure to write file p for lack of space into an error
-// that names the destination that is full; other errors pass unchanged.
+// noSpace turns a failure to write file p (or, p empty, several files) for
+// lack of space into an error that names the destination that is full;
+// other errors pass unchanged.
 func (r *receiver) noSpace(p string, err error) error {
 	if !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.EDQUOT) {
 		return err
 	}
-	return fmt.Errorf("%w: no space left on %s (writing %s); free space there and rerun to resume: %v", protocol.ErrNoSpace, r.meta.Dest, p, err)
+	writing := ""
+	if p != "" {
+		writing = " (writing " + p + ")"
+	}
+	return fmt.Errorf("%w: no space left on %s%s; free space there and rerun to resume: %v", protocol.ErrNoSpace, r.meta.Dest, writing, err)
 }
 
 // writeChunk writes verified plain content (chunk id) at every position
@@ -1028,9 +1071,6 @@ func (r *receiver) commit(ctx context.Context) error {
 			bad = append(bad, f.hdr.Path)
 			continue
 		}
-		if err := r.fc.sync(f.hdr.Path); err != nil {
-			return fmt.Errorf("syncing %s: %w", f.hdr.Path, err)
-		}
 		mt := time.Unix(0, f.hdr.MTime)
 		mode := f.hdr.Mode & maxFileMode
 		if err := r.proot.Chmod(p, fs.FileMode(mode)); err != nil {
@@ -1044,6 +1084,14 @@ func (r *receiver) commit(ctx context.Context) error {
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("%w: %d file(s) did not verify after transfer (first: %s%s); rerun to resend them", protocol.ErrCorrupt, len(bad), bad[0], why)
+	}
+	// The data of every file is durable already: finish's last barrier
+	// synced what this connection wrote, and the barriers that recorded
+	// positions of earlier runs synced theirs. What is left are the modes
+	// and times just set, durable before the manifest that vouches for the
+	// tree is written.
+	if err := r.syncMetadata(man.Files); err != nil {
+		return err
 	}
 	r.fc.closeAll()
 	if err := r.prune(); err != nil {
@@ -1089,6 +1137,25 @@ func (r *receiver) commit(ctx context.Context) error {
 	r.log.Info("transfer committed", "transfer", r.tid, "dest", r.meta.Dest, "files", len(man.Files), "bytes", man.Bytes)
 	r.s.metrics.transfersDone.Inc()
 	return r.cs.write(&protocol.Committed{Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
+}
+
+// syncMetadata makes the modes and times commit set durable: one syncfs,
+// or an fsync per file where syncfs cannot report errors.
+func (r *receiver) syncMetadata(files []ManifestFile) error {
+	if len(files) > syncfsMin && r.fc.canSyncAll() {
+		if err := r.fc.syncAll(); err != nil {
+			return r.noSpace("", fmt.Errorf("syncing %s.partial: %w", r.meta.Dest, err))
+		}
+		return nil
+	}
+	paths := make([]string, len(files))
+	for i, f := range files {
+		paths[i] = f.Path
+	}
+	if p, err := r.fc.syncEach(paths, 4); err != nil {
+		return r.noSpace(p, fmt.Errorf("syncing %s: %w", p, err))
+	}
+	return nil
 }
 
 // errUnverified is matched by a commit check that finds a file whose durable

@@ -584,11 +584,17 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 
 // writeManifest offers every file's chunk list as it is cut: the receiver
 // can ask for the first chunks of a large file while its end is still being
-// read and hashed.
+// read and hashed. The messages of every file ready now leave together
+// (controlStream.queue); they are written before it waits for more.
 func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) error {
 	const perMsg = 16384
 	files := 0
 	for i := 0; ; i++ {
+		if t.src.waitsFile(i) {
+			if err := cs.flush(); err != nil {
+				return err
+			}
+		}
 		f, ok, err := t.src.waitFile(ctx, i)
 		if err != nil {
 			return permanentError{err}
@@ -608,14 +614,14 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 				hdr.NumChunks = uint32(len(refs))
 			}
 		}
-		if err := cs.write(hdr); err != nil {
+		if err := cs.queue(hdr); err != nil {
 			return err
 		}
 		sent := 0
 		for {
 			for len(refs) > 0 {
 				n := min(len(refs), perMsg)
-				if err := cs.write(&protocol.FileChunks{Index: f.Index, First: uint32(sent), Chunks: refs[:n]}); err != nil {
+				if err := cs.queue(&protocol.FileChunks{Index: f.Index, First: uint32(sent), Chunks: refs[:n]}); err != nil {
 					return err
 				}
 				refs, sent = refs[n:], sent+n
@@ -623,12 +629,17 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 			if done {
 				break
 			}
+			if t.src.waitsChunks(i, sent) {
+				if err := cs.flush(); err != nil {
+					return err
+				}
+			}
 			if refs, done, hash, err = t.src.next(ctx, i, sent); err != nil {
 				return permanentError{err}
 			}
 		}
 		size, mtime, _, _ := t.src.stateOf(f)
-		if err := cs.write(&protocol.FileEnd{Index: f.Index, Size: uint64(size), MTime: mtime, Hash: hash}); err != nil {
+		if err := cs.queue(&protocol.FileEnd{Index: f.Index, Size: uint64(size), MTime: mtime, Hash: hash}); err != nil {
 			return err
 		}
 	}

@@ -3,11 +3,16 @@ package mover
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // smallTree writes n small files as pg_dump -Fd writes for a database of
@@ -101,4 +106,148 @@ func TestSenderHandleNotClosedWhileRead(t *testing.T) {
 	n := len(tr.handles)
 	tr.handlesMu.Unlock()
 	require.LessOrEqual(t, n, 65, "idle handles are evicted down to the bound")
+}
+
+// countSyncfs counts the syncfs calls of the test, passing them on to
+// fail (nil: the real syncfs).
+func countSyncfs(t *testing.T, fail error) *atomic.Int64 {
+	t.Helper()
+	if !syncfsReports() {
+		t.Skip("syncfs does not report errors on this kernel: barriers fsync each file")
+	}
+	var n atomic.Int64
+	old := syncfs
+	syncfs = func(fd int) error {
+		n.Add(1)
+		if fail != nil {
+			return fail
+		}
+		return old(fd)
+	}
+	t.Cleanup(func() { syncfs = old })
+	return &n
+}
+
+// TestBarrierSyncfs: a barrier over many files is one syncfs of the partial
+// root (and the commit one more, for modes and times), a barrier over a few
+// files fsyncs them; either way the tree arrives whole.
+func TestBarrierSyncfs(t *testing.T) {
+	for _, tc := range []struct {
+		files   int
+		syncfss int64 // at least
+	}{{files: 3 * syncfsMin, syncfss: 2}, {files: syncfsMin / 2, syncfss: 0}} {
+		t.Run(fmt.Sprint(tc.files, " files"), func(t *testing.T) {
+			calls := countSyncfs(t, nil)
+			r := startReceiver(t, ServerOptions{})
+			s := newTestSender(t, r, PermSend)
+			src := t.TempDir()
+			smallTree(t, src, tc.files)
+			dest := filepath.Join(r.root, "d")
+			_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+			require.NoError(t, err)
+			requireSameTree(t, src, dest)
+			if tc.syncfss == 0 {
+				require.Zero(t, calls.Load(), "a few files are fsynced one by one")
+			} else {
+				require.GreaterOrEqual(t, calls.Load(), tc.syncfss, "the last barrier and the commit each syncfs once")
+			}
+		})
+	}
+}
+
+// TestSyncfsErrors: a barrier's syncfs that fails keeps the error mapping of
+// the per-file fsync it replaces (TestNoSpaceMidTransfer,
+// TestDiskFullTargetRoot): no space names the destination that is full,
+// an I/O error is reported as it is, nothing is committed, and the rerun
+// completes.
+func TestSyncfsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		err     error
+		noSpace bool
+	}{{unix.ENOSPC, true}, {unix.EDQUOT, true}, {unix.EIO, false}} {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			r := startReceiver(t, ServerOptions{})
+			s := newTestSender(t, r, PermSend)
+			src := t.TempDir()
+			smallTree(t, src, 3*syncfsMin)
+			dest := filepath.Join(r.root, "d")
+			o := SendOptions{Src: src, Dest: dest, RetryFor: -1}
+			calls := countSyncfs(t, tc.err)
+			_, err := s.Send(context.Background(), r.addr, r.id.ID, o)
+			require.Error(t, err)
+			require.Positive(t, calls.Load())
+			t.Logf("the user reads: %v", err)
+			if tc.noSpace {
+				require.ErrorIs(t, err, protocol.ErrNoSpace)
+				require.ErrorContains(t, err, "no space left on "+dest)
+			} else {
+				require.NotErrorIs(t, err, protocol.ErrNoSpace)
+				require.ErrorContains(t, err, "input/output error")
+			}
+			require.NoDirExists(t, dest, "nothing is committed")
+
+			syncfs = unix.Syncfs
+			_, err = s.Send(context.Background(), r.addr, r.id.ID, o)
+			require.NoError(t, err)
+			requireSameTree(t, src, dest)
+		})
+	}
+}
+
+func TestKernelAtLeast(t *testing.T) {
+	for _, tc := range []struct {
+		release string
+		want    bool
+	}{
+		{"5.8.0", true}, {"5.7.19", false}, {"6.1.0-13-amd64", true}, {"4.19.0", false},
+		{"5.10.0-custom", true}, {"5.8-rc1", true}, {"10.0", true}, {"5", false}, {"", false}, {"x.y", false},
+	} {
+		require.Equal(t, tc.want, kernelAtLeast(tc.release, 5, 8), tc.release)
+	}
+}
+
+// TestSmallFilesCoalesced: a send of many small files writes its manifest,
+// and the receiver its Needs, in far fewer control-stream writes than
+// messages (docs/design/0005 step 2.3); each message is still a whole frame,
+// which the tree arriving whole shows.
+func TestSmallFilesCoalesced(t *testing.T) {
+	const files = 400
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	smallTree(t, src, files)
+	dest := filepath.Join(r.root, "d")
+	res, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
+	require.NoError(t, err)
+	requireSameTree(t, src, dest)
+	r.stop() // the receiver counts its messages when its transfer ends
+	t.Logf("sender: %d messages in %d writes; receiver: %v messages in %v writes", res.ControlMessages, res.ControlWrites,
+		counterValue(t, r.srv, "pgporter_mover_control_messages_sent_total"), counterValue(t, r.srv, "pgporter_mover_control_writes_total"))
+	require.GreaterOrEqual(t, res.ControlMessages, int64(3*files), "FileHeader, FileChunks and FileEnd per file")
+	require.Less(t, res.ControlWrites*10, res.ControlMessages, "the sender's messages are coalesced")
+	rm, rw := counterValue(t, r.srv, "pgporter_mover_control_messages_sent_total"), counterValue(t, r.srv, "pgporter_mover_control_writes_total")
+	require.GreaterOrEqual(t, rm, float64(files), "a Need per file")
+	require.Less(t, rw*10, rm, "the receiver's Needs are coalesced")
+}
+
+// TestReserveFlushesQueuedNeeds guards against a deadlock of coalesced
+// Needs: a receiver out of positions budget waits for chunks it asked for,
+// so the Needs it queued must reach the sender before it waits.
+func TestReserveFlushesQueuedNeeds(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	positions := newMemBudget("chunk positions", 1000, 1000)
+	var peer PeerID
+	require.True(t, positions.tryAcquire(peer, 1000), "held by positions waiting for their chunks")
+	r := &receiver{s: &Server{positions: positions}, cs: newControlStream(a), peer: peer, pendingPos: 1, ctx: context.Background()}
+	require.NoError(t, r.cs.queue(&protocol.Need{Index: 0, Chunks: []uint32{0}}))
+	done := make(chan error, 1)
+	go func() { done <- r.reservePositions(context.Background(), 100) }()
+	require.NoError(t, b.SetReadDeadline(time.Now().Add(10*time.Second))) // a failure, not a wait
+	m, err := protocol.NewReader(b, 0).Next()
+	require.NoError(t, err, "the queued Need must be written before the receiver waits for its chunk")
+	require.IsType(t, &protocol.Need{}, m)
+	positions.release(peer, 100) // its chunk arrived
+	require.NoError(t, <-done)
 }

@@ -666,6 +666,22 @@ func (s *source) next(ctx context.Context, i, have int) ([]protocol.ChunkRef, bo
 	return nil, false, [32]byte{}, ctx.Err()
 }
 
+// waitsFile reports whether waitFile(i) would wait now.
+func (s *source) waitsFile(i int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.files) <= i && !s.listed && s.err == nil
+}
+
+// waitsChunks reports whether next(i, have) would wait now; file i must be
+// listed.
+func (s *source) waitsChunks(i, have int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.files[i]
+	return len(f.Chunks) <= have && !f.done && s.err == nil
+}
+
 // stateOf returns f's size, mtime and ctime (final once a growing file is
 // done) and whether every chunk of f is listed.
 func (s *source) stateOf(f *srcFile) (size, mtime, ctime int64, done bool) {
