@@ -1,11 +1,14 @@
 package mover
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -250,4 +253,99 @@ func TestReserveFlushesQueuedNeeds(t *testing.T) {
 	require.IsType(t, &protocol.Need{}, m)
 	positions.release(peer, 100) // its chunk arrived
 	require.NoError(t, <-done)
+}
+
+// TestQueuedManifestLeavesBeforeSourceWaits guards against a stall of the
+// coalesced manifest: with a growing tree, the sender writes what it queued
+// before it waits for the next file, so the first file moves while the
+// producer is still busy.
+func TestQueuedManifestLeavesBeforeSourceWaits(t *testing.T) {
+	r := startReceiver(t, ServerOptions{SyncInterval: 10 * time.Millisecond})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	feed := NewFileFeed()
+	durable := make(chan struct{})
+	var once sync.Once
+	o := SendOptions{Src: src, Dest: filepath.Join(r.root, "d"), Feed: feed, Progress: func(p SendProgress) {
+		if p.Durable > 0 {
+			once.Do(func() { close(durable) })
+		}
+	}}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Send(context.Background(), r.addr, r.id.ID, o)
+		done <- err
+	}()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "4000.dat"), pgbenchLike(1800, 1), 0o600))
+	feed.Add("4000.dat")
+	timer := time.NewTimer(30 * time.Second) // a failure, not a wait
+	defer timer.Stop()
+	select {
+	case <-durable:
+	case err := <-done:
+		t.Fatalf("send ended before the feed closed: %v", err)
+	case <-timer.C:
+		t.Fatal("the first file's manifest stayed queued while the sender waited for the next file")
+	}
+	feed.Close(nil)
+	require.NoError(t, <-done)
+}
+
+// fakeStream reads from in and records each write.
+type fakeStream struct {
+	in     io.Reader
+	writes [][]byte
+}
+
+func (f *fakeStream) Read(p []byte) (int, error) { return f.in.Read(p) }
+func (f *fakeStream) Write(p []byte) (int, error) {
+	f.writes = append(f.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+// TestControlStreamQueue: queued messages leave in one write of whole
+// frames, at flush, at a write, when the queue is full, or when the next
+// read may wait (no whole frame buffered), not before.
+func TestControlStreamQueue(t *testing.T) {
+	var in bytes.Buffer
+	require.NoError(t, protocol.WriteMessage(&in, &protocol.Progress{DurableChunks: 1}))
+	require.NoError(t, protocol.WriteMessage(&in, &protocol.Progress{DurableChunks: 2}))
+	fs := &fakeStream{in: &in}
+	cs := newControlStream(fs)
+	need := func(i uint32) *protocol.Need { return &protocol.Need{Index: i, Chunks: []uint32{i}} }
+
+	require.NoError(t, cs.queue(need(0)))
+	m, err := cs.nextFlushing() // nothing buffered yet: flushes, then reads both frames in one read
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), m.(*protocol.Progress).DurableChunks)
+	require.Len(t, fs.writes, 1)
+
+	require.NoError(t, cs.queue(need(1)))
+	require.NoError(t, cs.queue(need(2)))
+	m, err = cs.nextFlushing() // the second frame is buffered: no flush
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), m.(*protocol.Progress).DurableChunks)
+	require.Len(t, fs.writes, 1, "queued while a frame was buffered")
+
+	require.NoError(t, cs.write(&protocol.NeedEnd{}))
+	require.Len(t, fs.writes, 2, "a write takes the queued messages with it")
+	rd := protocol.NewReader(bytes.NewReader(fs.writes[1]), 0)
+	for _, want := range []protocol.Message{need(1), need(2), &protocol.NeedEnd{}} {
+		got, err := rd.Next()
+		require.NoError(t, err)
+		require.Equal(t, want, got)
+	}
+	_, err = rd.Next()
+	require.ErrorIs(t, err, io.EOF, "whole frames only")
+	require.Equal(t, controlCounts{Msgs: 4, Writes: 2}, cs.counts())
+
+	big := make([]uint32, maxQueued) // at least a byte each
+	require.NoError(t, cs.queue(&protocol.Need{Index: 3, Chunks: big}))
+	require.Len(t, fs.writes, 3, "a full queue is written at once")
+}
+
+// TestFrameHeaderSize pins the frame header readBuffer parses to the
+// protocol's.
+func TestFrameHeaderSize(t *testing.T) {
+	require.Len(t, protocol.AppendFrame(nil, &protocol.NeedEnd{}), frameHeaderSize)
 }
