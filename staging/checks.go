@@ -149,6 +149,11 @@ func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, er
 // checkDB checks one database and estimates its dump size: the size of the
 // table data pg_dump writes (heap and TOAST of tables and materialized
 // views, not indexes), which a COPY text dump matches within a small factor.
+// It counts the main fork of each table and of its TOAST table only:
+// pg_table_size would also look up the free space map, visibility map and
+// init forks and the TOAST index, about 15 file lookups per table through
+// the staging mount instead of 4, which a database of thousands of small
+// tables pays in seconds (issue 16), for no data pg_dump writes.
 func (in *Instance) checkDB(ctx context.Context, db string, o CheckOptions) (int64, []Problem, error) {
 	var probs []Problem
 	c, err := in.connect(ctx, db, o.User, o.Password)
@@ -167,7 +172,8 @@ func (in *Instance) checkDB(ctx context.Context, db string, o CheckOptions) (int
 		return 0, nil, err
 	}
 	var est int64
-	if err := c.QueryRow(ctx, `SELECT coalesce(sum(pg_table_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	if err := c.QueryRow(ctx, `SELECT coalesce(sum(pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid <> 0 THEN pg_relation_size(c.reltoastrelid) ELSE 0 END), 0)::bigint
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relkind IN ('r','m') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'`).Scan(&est); err != nil {
 		return 0, nil, err
 	}

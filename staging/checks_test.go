@@ -113,3 +113,37 @@ func TestDumpAwkwardNamesAndRetry(t *testing.T) {
 	require.NoFileExists(t, filepath.Join(dir, "junk"))
 	require.Greater(t, res.Bytes, int64(1<<20))
 }
+
+// TestCheckEstimateMainForks: the dump size estimate is the main fork of
+// each table and of its TOAST table (the data pg_dump writes), not
+// pg_table_size, whose extra forks cost a file lookup each through the
+// mount for every one of thousands of small tables (issue 16).
+func TestCheckEstimateMainForks(t *testing.T) {
+	testsupport.RequirePG(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "s3cret"})
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", `CREATE TABLE items(id int primary key, name text);
+		INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g;
+		CREATE TABLE docs(id int, body text); ALTER TABLE docs ALTER body SET STORAGE EXTERNAL;
+		INSERT INTO docs SELECT g, repeat(md5(g::text), 300) FROM generate_series(1, 200) g;
+		CREATE MATERIALIZED VIEW big_items AS SELECT * FROM items WHERE id > 10000;`)
+	c.Exec(t, "shop", "VACUUM") // makes the free space and visibility maps
+	var mainForks, withToast, tableSize int64
+	conn := c.Conn(t, "shop")
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT sum(pg_relation_size(c.oid))::bigint,
+		sum(pg_relation_size(c.oid) + pg_relation_size(c.reltoastrelid))::bigint, sum(pg_table_size(c.oid))::bigint
+		FROM pg_class c WHERE c.relname IN ('items', 'docs', 'big_items')`).Scan(&mainForks, &withToast, &tableSize))
+	conn.Close(context.Background())
+	c.Stop(t)
+	dataDir, runDir := copyDataDir(t, c.DataDir)
+	in, err := StartInstance(context.Background(), InstanceOptions{DataDir: dataDir, RunDir: runDir, BinDir: c.BinDir})
+	require.NoError(t, err)
+	t.Cleanup(func() { in.Stop(context.Background()) })
+
+	rep, err := in.Check(context.Background(), CheckOptions{Databases: []string{"shop"}, User: "postgres", Password: "s3cret", DumpDir: t.TempDir()})
+	require.NoError(t, err)
+	require.NoError(t, rep.Err())
+	require.Greater(t, withToast, mainForks+1<<20, "docs is stored in TOAST")
+	require.Equal(t, withToast, rep.Estimate["shop"], "main forks of the tables and of their TOAST tables")
+	require.Less(t, rep.Estimate["shop"], tableSize, "no free space or visibility map, no TOAST index")
+}
