@@ -603,6 +603,11 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 			break
 		}
 		files++
+		if t.src.waitsChunks(i, 0) {
+			if err := cs.flush(); err != nil {
+				return err
+			}
+		}
 		refs, done, hash, err := t.src.next(ctx, i, 0)
 		if err != nil {
 			return permanentError{err}

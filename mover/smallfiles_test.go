@@ -257,9 +257,16 @@ func TestReserveFlushesQueuedNeeds(t *testing.T) {
 
 // TestQueuedManifestLeavesBeforeSourceWaits guards against a stall of the
 // coalesced manifest: with a growing tree, the sender writes what it queued
-// before it waits for the next file, so the first file moves while the
-// producer is still busy.
+// before it waits for the next file, or for the first chunks of a file just
+// announced, so the first file moves while the producer is still busy (and
+// the receiver's Needs can free the sender's read-ahead).
 func TestQueuedManifestLeavesBeforeSourceWaits(t *testing.T) {
+	for _, next := range []string{"next file", "first chunks of the next file"} {
+		t.Run(next, func(t *testing.T) { testQueuedManifestLeaves(t, next != "next file") })
+	}
+}
+
+func testQueuedManifestLeaves(t *testing.T, announceNext bool) {
 	r := startReceiver(t, ServerOptions{SyncInterval: 10 * time.Millisecond})
 	s := newTestSender(t, r, PermSend)
 	src := t.TempDir()
@@ -278,6 +285,10 @@ func TestQueuedManifestLeavesBeforeSourceWaits(t *testing.T) {
 	}()
 	require.NoError(t, os.WriteFile(filepath.Join(src, "4000.dat"), pgbenchLike(1800, 1), 0o600))
 	feed.Add("4000.dat")
+	if announceNext { // its writer has not written yet
+		require.NoError(t, os.WriteFile(filepath.Join(src, "4001.dat"), nil, 0o600))
+		feed.AddGrowing("4001.dat")
+	}
 	timer := time.NewTimer(30 * time.Second) // a failure, not a wait
 	defer timer.Stop()
 	select {
@@ -286,6 +297,10 @@ func TestQueuedManifestLeavesBeforeSourceWaits(t *testing.T) {
 		t.Fatalf("send ended before the feed closed: %v", err)
 	case <-timer.C:
 		t.Fatal("the first file's manifest stayed queued while the sender waited for the next file")
+	}
+	if announceNext {
+		require.NoError(t, os.WriteFile(filepath.Join(src, "4001.dat"), pgbenchLike(1800, 2), 0o600))
+		feed.Add("4001.dat")
 	}
 	feed.Close(nil)
 	require.NoError(t, <-done)
