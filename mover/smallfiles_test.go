@@ -212,25 +212,34 @@ func TestKernelAtLeast(t *testing.T) {
 // TestSmallFilesCoalesced: a send of many small files writes its manifest,
 // and the receiver its Needs, in far fewer control-stream writes than
 // messages (docs/design/0005 step 2.3); each message is still a whole frame,
-// which the tree arriving whole shows.
+// which the tree arriving whole shows. With the read-ahead, the sender's
+// chunker waits for the receiver's Needs every few small files (each file
+// takes a slab of its own), so fewer files are ready at once.
 func TestSmallFilesCoalesced(t *testing.T) {
-	const files = 400
-	r := startReceiver(t, ServerOptions{})
-	s := newTestSender(t, r, PermSend)
-	src := t.TempDir()
-	smallTree(t, src, files)
-	dest := filepath.Join(r.root, "d")
-	res, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest})
-	require.NoError(t, err)
-	requireSameTree(t, src, dest)
-	r.stop() // the receiver counts its messages when its transfer ends
-	t.Logf("sender: %d messages in %d writes; receiver: %v messages in %v writes", res.ControlMessages, res.ControlWrites,
-		counterValue(t, r.srv, "pgporter_mover_control_messages_sent_total"), counterValue(t, r.srv, "pgporter_mover_control_writes_total"))
-	require.GreaterOrEqual(t, res.ControlMessages, int64(3*files), "FileHeader, FileChunks and FileEnd per file")
-	require.Less(t, res.ControlWrites*10, res.ControlMessages, "the sender's messages are coalesced")
-	rm, rw := counterValue(t, r.srv, "pgporter_mover_control_messages_sent_total"), counterValue(t, r.srv, "pgporter_mover_control_writes_total")
-	require.GreaterOrEqual(t, rm, float64(files), "a Need per file")
-	require.Less(t, rw*10, rm, "the receiver's Needs are coalesced")
+	for _, tc := range []struct {
+		name      string
+		readAhead int64
+		perWrite  int64 // messages per write, at least, on each side
+	}{{"no read-ahead", -1, 10}, {"default read-ahead", 0, 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			const files = 400
+			r := startReceiver(t, ServerOptions{})
+			s := newTestSender(t, r, PermSend)
+			src := t.TempDir()
+			smallTree(t, src, files)
+			dest := filepath.Join(r.root, "d")
+			res, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, ReadAhead: tc.readAhead})
+			require.NoError(t, err)
+			requireSameTree(t, src, dest)
+			r.stop() // the receiver counts its messages when its transfer ends
+			rm, rw := counterValue(t, r.srv, "pgporter_mover_control_messages_sent_total"), counterValue(t, r.srv, "pgporter_mover_control_writes_total")
+			t.Logf("sender: %d messages in %d writes; receiver: %v messages in %v writes", res.ControlMessages, res.ControlWrites, rm, rw)
+			require.GreaterOrEqual(t, res.ControlMessages, int64(3*files), "FileHeader, FileChunks and FileEnd per file")
+			require.GreaterOrEqual(t, res.ControlMessages, tc.perWrite*res.ControlWrites, "the sender's messages are coalesced")
+			require.GreaterOrEqual(t, rm, float64(files), "a Need per file")
+			require.GreaterOrEqual(t, rm, float64(tc.perWrite)*rw, "the receiver's Needs are coalesced")
+		})
+	}
 }
 
 // TestReserveFlushesQueuedNeeds guards against a deadlock of coalesced
