@@ -20,9 +20,10 @@ type fileCache struct {
 	root *os.Root
 	dir  string // the partial dir, relative to root
 	max  int
-	// fs is dir, opened before any write of the transfer, for syncfs: a
-	// writeback error is reported to every descriptor opened before it
-	// happened. nil where syncfs cannot report errors (see syncfsReports).
+	// fs is dir, opened by openFS before the connection's first write, for
+	// syncfs: a writeback error is reported to every descriptor opened
+	// before it happened. nil where syncfs cannot report errors (see
+	// syncfsReports).
 	fs *os.File
 
 	mu   sync.Mutex // guards open, dirs
@@ -36,13 +37,19 @@ type cachedFile struct {
 }
 
 func newFileCache(root *os.Root, dir string, max int) *fileCache {
-	c := &fileCache{root: root, dir: dir, max: max, open: map[string]*cachedFile{}, dirs: map[string]bool{}}
-	if syncfsReports() {
-		if d, err := root.Open(dir); err == nil {
-			c.fs = d
-		}
+	return &fileCache{root: root, dir: dir, max: max, open: map[string]*cachedFile{}, dirs: map[string]bool{}}
+}
+
+// openFS opens the descriptor syncAll uses; call it before the first write
+// whose durability syncAll must report, and close the cache after. Without
+// it (or where syncfs cannot report errors) canSyncAll is false.
+func (c *fileCache) openFS() {
+	if c.fs != nil || !syncfsReports() {
+		return
 	}
-	return c
+	if d, err := c.root.Open(c.dir); err == nil {
+		c.fs = d
+	}
 }
 
 // syncfsReports reports whether syncfs(2) returns writeback errors (Linux

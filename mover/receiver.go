@@ -299,6 +299,7 @@ func (r *receiver) fail(err error) {
 
 // run drives the transfer from the first manifest message to Committed.
 func (r *receiver) run(ctx context.Context) error {
+	r.fc.openFS() // before this connection writes anything
 	var wg sync.WaitGroup
 	sctx, stopSync := context.WithCancel(ctx)
 	defer stopSync()
