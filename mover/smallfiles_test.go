@@ -212,15 +212,15 @@ func TestKernelAtLeast(t *testing.T) {
 // TestSmallFilesCoalesced: a send of many small files writes its manifest,
 // and the receiver its Needs, in far fewer control-stream writes than
 // messages (docs/design/0005 step 2.3); each message is still a whole frame,
-// which the tree arriving whole shows. With the read-ahead, the sender's
-// chunker waits for the receiver's Needs every few small files (each file
-// takes a slab of its own), so fewer files are ready at once.
+// which the tree arriving whole shows. With the read-ahead too: it must not
+// make the chunker wait for Needs every few small files (as when each file
+// took a slab of its own), or few files are ready at once.
 func TestSmallFilesCoalesced(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		readAhead int64
 		perWrite  int64 // messages per write, at least, on each side
-	}{{"no read-ahead", -1, 10}, {"default read-ahead", 0, 3}} {
+	}{{"no read-ahead", -1, 10}, {"default read-ahead", 0, 10}} {
 		t.Run(tc.name, func(t *testing.T) {
 			const files = 400
 			r := startReceiver(t, ServerOptions{})
