@@ -131,29 +131,26 @@ func (d *decoder) count(field string, max, minSize int) int {
 }
 
 func (d *decoder) hash(field string) (h [32]byte) {
-	if d.err != nil {
-		return h
-	}
-	if len(d.b) < len(h) {
-		d.fail("%s: truncated", field)
-		return h
-	}
-	copy(h[:], d.b)
-	d.b = d.b[len(h):]
+	d.fixed(field, h[:])
 	return h
 }
 
 func (d *decoder) token(field string) (t [JoinTokenLen]byte) {
-	if d.err != nil {
-		return t
-	}
-	if len(d.b) < len(t) {
-		d.fail("%s: truncated", field)
-		return t
-	}
-	copy(t[:], d.b)
-	d.b = d.b[len(t):]
+	d.fixed(field, t[:])
 	return t
+}
+
+// fixed reads len(dst) bytes into dst.
+func (d *decoder) fixed(field string, dst []byte) {
+	if d.err != nil {
+		return
+	}
+	if len(d.b) < len(dst) {
+		d.fail("%s: truncated", field)
+		return
+	}
+	copy(dst, d.b)
+	d.b = d.b[len(dst):]
 }
 
 func (d *decoder) bool(field string) bool {
