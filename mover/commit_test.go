@@ -205,3 +205,23 @@ func TestCommitWaitsForRunningBarrier(t *testing.T) {
 		require.NoError(t, err)
 	}
 }
+
+// TestDedupeRecordsInBatches: a committed tree's dedupe records written in
+// many small batches all count: the same tree sent again elsewhere needs no
+// chunk.
+func TestDedupeRecordsInBatches(t *testing.T) {
+	old := dedupeBatchBytes
+	dedupeBatchBytes = 512 // a few records per batch
+	t.Cleanup(func() { dedupeBatchBytes = old })
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	src := t.TempDir()
+	makeTree(t, src, 34, 2)
+	first, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "one")})
+	require.NoError(t, err)
+	require.Greater(t, first.ChunksSent, int64(20), "enough chunks for several batches")
+	second, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "two")})
+	require.NoError(t, err)
+	requireSameTree(t, src, filepath.Join(r.root, "two"))
+	require.Zero(t, second.ChunksSent)
+}

@@ -1291,42 +1291,60 @@ func (r *receiver) forgetFile(f *rfile) error {
 	return nil
 }
 
+// dedupeBatchBytes bounds the batches in which recordDone writes a committed
+// tree's dedupe records.
+var dedupeBatchBytes = 4 << 20 // a variable for tests
+
 // recordDone marks transfer tid complete, indexes its chunks (its durable
 // positions) for dedupe by later transfers of the same peer, and drops its
 // per-position state.
 func (s *Server) recordDone(tid string, peer PeerID, d transferDone) error {
-	b := s.db.NewBatch()
-	defer b.Close()
-	done, _ := json.Marshal(d)
-	b.Set(keyDone(tid), done, nil)
-	b.Delete(keyDest(d.Dest), nil)
-	b.Delete(keyCommit(tid), nil)
 	prefix := keyPosPrefix(tid)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return err
 	}
-	seen := map[chunkstore.ID]bool{}
+	// The dedupe records go in batches of bounded size, unsynced: memory
+	// does not grow with the tree. They are hints, checked when used (a
+	// copy is verified against its chunk ID), so one written before a crash
+	// that leaves the transfer not done points at nothing harmful, and a
+	// rerun writes them again. The synced commit below makes them durable
+	// with the completion record. A chunk at several positions is recorded
+	// at the last one scanned.
+	b := s.db.NewBatch()
+	defer func() { b.Close() }()
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()[len(prefix):]
 		if len(k) < 5 || k[len(k)-5] != 0 {
 			continue
 		}
 		rec, ok := decodePos(it.Value())
-		if !ok || seen[rec.id] {
+		if !ok {
 			continue
 		}
-		seen[rec.id] = true
 		abs := filepath.Join(d.Dest, filepath.FromSlash(string(k[:len(k)-5])))
 		b.Set(keyDedupe(peer, rec.id), encodeDedupe(abs, rec.off, rec.n), nil)
+		if b.Len() >= dedupeBatchBytes {
+			if err = b.Commit(pebble.NoSync); err != nil {
+				break
+			}
+			b.Close()
+			b = s.db.NewBatch()
+		}
 	}
-	err = it.Error()
+	if err == nil {
+		err = it.Error()
+	}
 	if cerr := it.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("recording completion: %w", err)
 	}
+	done, _ := json.Marshal(d)
+	b.Set(keyDone(tid), done, nil)
+	b.Delete(keyDest(d.Dest), nil)
+	b.Delete(keyCommit(tid), nil)
 	b.DeleteRange(prefix, prefixEnd(prefix), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("recording completion: %w", err)
