@@ -427,25 +427,8 @@ func TestRemovedPartialResendsInOneRerun(t *testing.T) {
 	src := t.TempDir()
 	makeTree(t, src, 23, 2)
 	dest := filepath.Join(r.root, "removed")
-	ctx, cancel := context.WithCancel(context.Background())
-	o := SendOptions{Src: src, Dest: dest, BWLimit: 8 << 20, Compression: "none"}
-	var once sync.Once
-	o.Progress = func(p SendProgress) {
-		if p.Durable > p.Total/3 {
-			once.Do(cancel)
-		}
-	}
-	_, err := s.Send(ctx, r.addr, r.id.ID, o)
-	require.Error(t, err)
-	// The receiver may still be finishing the cancelled connection; the
-	// rerun below waits for it.
-	require.Eventually(t, func() bool {
-		r.srv.mu.Lock()
-		defer r.srv.mu.Unlock()
-		return len(r.srv.active) == 0
-	}, 30*time.Second, 10*time.Millisecond)
+	o := interruptedSend(t, r, s, src, dest)
 	require.NoError(t, os.RemoveAll(dest+".partial"))
-	o.Progress, o.BWLimit = nil, 0
 	res, err := s.Send(context.Background(), r.addr, r.id.ID, o)
 	require.NoError(t, err)
 	require.Zero(t, res.ResumedChunks)

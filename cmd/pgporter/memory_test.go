@@ -1,19 +1,15 @@
 package main
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"math"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/require"
@@ -112,16 +108,7 @@ func TestServeMemoryLimit(t *testing.T) {
 		args := append([]string{"--home", home, "mover", "serve", "--listen", "127.0.0.1:0", "--metrics", "unix:" + sock}, tc.args...)
 		srv := startProc(t, args...)
 		srv.waitListening(t)
-		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-			},
-		}}
-		resp, err := client.Get("http://metrics/metrics")
-		require.NoError(t, err)
-		body, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		require.NoError(t, err)
+		body := unixMetrics(t, sock)
 		m := memLimitMetricRE.FindSubmatch(body)
 		require.NotNil(t, m, "go_gc_gomemlimit_bytes in:\n%s", body)
 		got, err := strconv.ParseFloat(string(m[1]), 64)

@@ -29,17 +29,7 @@ func TestMoverServeMetricsUnixSocket(t *testing.T) {
 	require.Equal(t, os.ModeSocket, fi.Mode().Type())
 	require.Equal(t, os.FileMode(0o660), fi.Mode().Perm())
 
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		},
-	}}
-	resp, err := client.Get("http://metrics/metrics")
-	require.NoError(t, err)
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
+	body := unixMetrics(t, sock)
 	require.Contains(t, string(body), "# TYPE")
 	require.NotContains(t, srv.stderr.String(), "warning: --metrics")
 
@@ -112,4 +102,21 @@ func TestStagingSettingsBelongToTheMover(t *testing.T) {
 	code, _, errs = runCLI(t, "--home", home, "mover", "serve", "--listen", "127.0.0.1:0", "--publish-listen", "example.com")
 	require.Equal(t, exitUsage, code, errs)
 	require.Contains(t, errs, "--publish-listen")
+}
+
+// unixMetrics fetches the metrics page a mover serves on the Unix socket sock.
+func unixMetrics(t *testing.T, sock string) []byte {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := client.Get("http://metrics/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	return body
 }
