@@ -164,7 +164,7 @@ func TestNetnsCrashMatrix(t *testing.T) {
 	require.NoError(t, os.Rename(refTo, m.ref))
 	for _, db := range res.Databases {
 		if db.Name == "shop" {
-			m.shopBytes = db.Bytes
+			m.shopBytes, m.shopSeconds = db.Bytes, db.Seconds
 		}
 	}
 	require.Positive(t, m.shopBytes)
@@ -191,8 +191,12 @@ type crashMatrix struct {
 	metrics   *netnsSetup // reads the target mover's durable bytes
 	ref       string      // the fault-free run's dumps
 	shopBytes int64
-	rep       *faultReport
-	written   func() // after each fault: writes the report so far
+	// shopSeconds is how long shop's dump and transfer took in the
+	// fault-free run: a kill "at dump" is placed within it, so that it
+	// lands before the export ends on a fast machine too.
+	shopSeconds float64
+	rep         *faultReport
+	written     func() // after each fault: writes the report so far
 }
 
 func (m *crashMatrix) mover(role string) *proc {
@@ -257,39 +261,22 @@ func (m *crashMatrix) run(t *testing.T, f fault) {
 	// What the staging mover started (the instance, pg_dump) lives in its
 	// mount namespace: all of it must end once the session is done.
 	ns := mountNS(t, e.staging.cmd.Process.Pid)
-	select {
-	case <-victim.done:
-		t.Fatalf("the %s process exited before the kill: %v\n%s", f.Process, victim.err, e.logs(p))
-	default:
-	}
-	rec.At = at + "; export at " + strconv.Quote(lastStderrLine(p))
-	victim.kill(t)
-	if reached {
-		m.rep.Injected++
-		m.rep.ByProcess[f.Process]++
-		m.rep.ByPoint[f.Point]++
-	}
-	if f.Process != "orchestrator" {
-		e.restartMover(t, f.Process)
-	}
-
-	// The export either rides the crash out (the movers reconnect) or fails;
-	// then one 'pgporter retry' must finish it.
-	rec.Outcome = "recovered on its own"
 	final := p
-	if f.Process == "orchestrator" || waitExit(t, p, faultRecoveryLimit) != 0 {
-		if f.Process != "orchestrator" {
-			var failed exportJSON
-			require.NoError(t, json.Unmarshal([]byte(p.lastLine()), &failed), "stdout's last line: %q\n%s", p.lastLine(), e.logs(p))
-			require.Equal(t, "failed", failed.State)
-			t.Logf("the export failed: %s", lastStderrLine(p))
+	if !reached && f.Process == "orchestrator" {
+		// Nothing left to kill: the export ended on its own, and must have
+		// succeeded.
+		rec.Outcome = "missed (the export ended first)"
+		require.Equal(t, 0, waitExit(t, p, faultRecoveryLimit), "the export failed with no fault\n%s", e.logs(p))
+	} else {
+		rec.At = at + "; export at " + strconv.Quote(lastStderrLine(p))
+		final, rec.Outcome = m.killAndRecover(t, f, p, victim, id)
+		if reached {
+			m.rep.Injected++
+			m.rep.ByProcess[f.Process]++
+			m.rep.ByPoint[f.Point]++
+		} else {
+			rec.Outcome = "missed (the export ended first); " + rec.Outcome
 		}
-		rec.Outcome = "completed by retry"
-		final = startInHost(t, e.orchH, "--home", e.orchHome, "retry", id, "--json")
-		require.Equal(t, 0, waitExit(t, final, faultRecoveryLimit), "retry of %s failed\n%s", id, e.logs(final))
-	}
-	if !reached {
-		rec.Outcome = "missed (the export ended first); " + rec.Outcome
 	}
 	comparing = true
 	res := e.finishRun(t, final, to, true)
@@ -310,6 +297,34 @@ func (m *crashMatrix) run(t *testing.T, f fault) {
 	require.NoError(t, os.RemoveAll(to))
 }
 
+// killAndRecover kills victim during export p (session id) and sees the
+// export through: it either rides the crash out (the movers reconnect) or
+// fails, and then one 'pgporter retry' must finish it. It returns the
+// process whose output is the export's result, and the outcome.
+func (m *crashMatrix) killAndRecover(t *testing.T, f fault, p, victim *proc, id string) (*proc, string) {
+	t.Helper()
+	e := m.e
+	select {
+	case <-victim.done:
+		t.Fatalf("the %s process exited before the kill: %v\n%s", f.Process, victim.err, e.logs(p))
+	default:
+	}
+	victim.kill(t)
+	if f.Process != "orchestrator" {
+		e.restartMover(t, f.Process)
+		if waitExit(t, p, faultRecoveryLimit) == 0 {
+			return p, "recovered on its own"
+		}
+		var failed exportJSON
+		require.NoError(t, json.Unmarshal([]byte(p.lastLine()), &failed), "stdout's last line: %q\n%s", p.lastLine(), e.logs(p))
+		require.Equal(t, "failed", failed.State)
+		t.Logf("the export failed: %s", lastStderrLine(p))
+	}
+	final := startInHost(t, e.orchH, "--home", e.orchHome, "retry", id, "--json")
+	require.Equal(t, 0, waitExit(t, final, faultRecoveryLimit), "retry of %s failed\n%s", id, e.logs(final))
+	return final, "completed by retry"
+}
+
 // waitPoint waits until the export p reaches f's kill point and says
 // where that was; false if the export ended first.
 func (m *crashMatrix) waitPoint(t *testing.T, p *proc, f fault, baseline int64) (string, bool) {
@@ -321,7 +336,7 @@ func (m *crashMatrix) waitPoint(t *testing.T, p *proc, f fault, baseline int64) 
 	case "mount": // the mount is up and the instance starts: every read is a chunk fetched from the repository
 		step, delay = "• mount", time.Duration(f.Param*float64(400*time.Millisecond))
 	case "dump":
-		step, delay = "• dump:shop", time.Duration(f.Param*float64(1500*time.Millisecond))
+		step, delay = "• dump:shop", time.Duration(f.Param*0.8*m.shopSeconds*float64(time.Second))
 	case "transfer":
 		durable = int64((0.05 + 0.9*f.Param) * float64(m.shopBytes))
 	case "commit": // every byte of shop durable at the target: it verifies, writes the manifest and renames
