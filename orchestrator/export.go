@@ -487,6 +487,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		}
 		rep, err := in.Check(ctx, staging.CheckOptions{
 			Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dir,
+			SizeOf: m.FileSize,
 			TargetFree: func(ctx context.Context) (int64, error) {
 				free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
 				return int64(free), err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -43,6 +44,12 @@ type CheckOptions struct {
 	TargetFree func(ctx context.Context) (int64, error)
 	// Margin multiplies the estimated dump size; default 1.2.
 	Margin float64
+	// SizeOf, if set, gives the size of a file of the instance's data
+	// directory (a path relative to it) without asking the file system,
+	// as Mounted.FileSize does: the estimate then costs one query, not
+	// four file lookups per table through the mount (0.6 s for 5,000
+	// tables). Relations it does not know are sized by PostgreSQL.
+	SizeOf func(rel string) (int64, bool)
 }
 
 // CheckReport is everything Check found, and the size estimate it used.
@@ -171,10 +178,8 @@ func (in *Instance) checkDB(ctx context.Context, db string, o CheckOptions) (int
 	if err != nil {
 		return 0, nil, err
 	}
-	var est int64
-	if err := c.QueryRow(ctx, `SELECT coalesce(sum(pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid <> 0 THEN pg_relation_size(c.reltoastrelid) ELSE 0 END), 0)::bigint
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r','m') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'`).Scan(&est); err != nil {
+	est, err := tableDataBytes(ctx, c, o.SizeOf)
+	if err != nil {
 		return 0, nil, err
 	}
 	if !super && !readAll {
@@ -218,6 +223,57 @@ func (in *Instance) checkDB(ctx context.Context, db string, o CheckOptions) (int
 		}
 	}
 	return est, probs, nil
+}
+
+// dumpedTables selects the tables and materialized views whose data
+// pg_dump writes (c is pg_class).
+const dumpedTables = `FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	WHERE c.relkind IN ('r','m') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'`
+
+// tableDataBytes sums the main forks of the dumped tables and of their
+// TOAST tables. With sizeOf, PostgreSQL only names their files
+// (pg_relation_filepath reads no file) and sizeOf sizes them, segment by
+// segment; a relation whose first segment sizeOf does not know (in a
+// tablespace: a symbolic link) is sized by PostgreSQL.
+func tableDataBytes(ctx context.Context, c *pgx.Conn, sizeOf func(string) (int64, bool)) (int64, error) {
+	var est int64
+	if sizeOf == nil {
+		err := c.QueryRow(ctx, `SELECT coalesce(sum(pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid <> 0 THEN pg_relation_size(c.reltoastrelid) ELSE 0 END), 0)::bigint `+dumpedTables).Scan(&est)
+		return est, err
+	}
+	rows, err := c.Query(ctx, `SELECT r.oid, pg_relation_filepath(r.oid) FROM (SELECT c.oid, c.reltoastrelid `+dumpedTables+`) t
+		CROSS JOIN LATERAL (VALUES (t.oid), (nullif(t.reltoastrelid, 0))) r(oid) WHERE r.oid IS NOT NULL`)
+	if err != nil {
+		return 0, err
+	}
+	var unknown []uint32
+	var oid uint32
+	var path *string
+	_, err = pgx.ForEachRow(rows, []any{&oid, &path}, func() error {
+		if path == nil { // no storage
+			return nil
+		}
+		for seg := 0; ; seg++ {
+			name := *path
+			if seg > 0 {
+				name += "." + strconv.Itoa(seg)
+			}
+			n, ok := sizeOf(name)
+			if !ok {
+				if seg == 0 {
+					unknown = append(unknown, oid)
+				}
+				return nil
+			}
+			est += n
+		}
+	})
+	if err != nil || len(unknown) == 0 {
+		return est, err
+	}
+	var rest int64
+	err = c.QueryRow(ctx, `SELECT coalesce(sum(pg_relation_size(o)), 0)::bigint FROM unnest($1::oid[]) o`, unknown).Scan(&rest)
+	return est + rest, err
 }
 
 func freeBytes(dir string) (int64, error) {

@@ -129,10 +129,12 @@ func TestCheckEstimateMainForks(t *testing.T) {
 		CREATE MATERIALIZED VIEW big_items AS SELECT * FROM items WHERE id > 10000;`)
 	c.Exec(t, "shop", "VACUUM") // makes the free space and visibility maps
 	var mainForks, withToast, tableSize int64
+	var itemsFile string
 	conn := c.Conn(t, "shop")
 	require.NoError(t, conn.QueryRow(context.Background(), `SELECT sum(pg_relation_size(c.oid))::bigint,
-		sum(pg_relation_size(c.oid) + pg_relation_size(c.reltoastrelid))::bigint, sum(pg_table_size(c.oid))::bigint
-		FROM pg_class c WHERE c.relname IN ('items', 'docs', 'big_items')`).Scan(&mainForks, &withToast, &tableSize))
+		sum(pg_relation_size(c.oid) + pg_relation_size(c.reltoastrelid))::bigint, sum(pg_table_size(c.oid))::bigint,
+		pg_relation_filepath('items')
+		FROM pg_class c WHERE c.relname IN ('items', 'docs', 'big_items')`).Scan(&mainForks, &withToast, &tableSize, &itemsFile))
 	conn.Close(context.Background())
 	c.Stop(t)
 	dataDir, runDir := copyDataDir(t, c.DataDir)
@@ -146,4 +148,31 @@ func TestCheckEstimateMainForks(t *testing.T) {
 	require.Greater(t, withToast, mainForks+1<<20, "docs is stored in TOAST")
 	require.Equal(t, withToast, rep.Estimate["shop"], "main forks of the tables and of their TOAST tables")
 	require.Less(t, rep.Estimate["shop"], tableSize, "no free space or visibility map, no TOAST index")
+
+	// The same from file sizes the caller knows (a mount's tree), with no
+	// lookup of any other fork; items is unknown to it, so PostgreSQL sizes
+	// it.
+	var asked []string
+	sizeOf := func(rel string) (int64, bool) {
+		asked = append(asked, rel)
+		if rel == itemsFile {
+			return 0, false
+		}
+		fi, err := os.Stat(filepath.Join(dataDir, rel))
+		if err != nil {
+			return 0, false
+		}
+		return fi.Size(), true
+	}
+	rep, err = in.Check(context.Background(), CheckOptions{Databases: []string{"shop"}, User: "postgres", Password: "s3cret", SizeOf: sizeOf})
+	require.NoError(t, err)
+	require.Equal(t, withToast, rep.Estimate["shop"])
+	require.Contains(t, asked, itemsFile)
+	require.Len(t, asked, 11, "items (unknown: no next segment), then docs, big_items and the three TOAST tables, each with the segment after it")
+	for _, a := range asked {
+		require.NotRegexp(t, `_(fsm|vm|init)$`, a)
+		if a != itemsFile && !strings.Contains(a, ".") {
+			require.Contains(t, asked, a+".1", "the next segment is looked for")
+		}
+	}
 }

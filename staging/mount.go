@@ -11,6 +11,7 @@ import (
 	"os/user"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -111,6 +112,7 @@ type Mounted struct {
 	dir    string
 	server *fuse.Server
 	sys    *filesys
+	root   *node
 
 	once sync.Once
 	err  error
@@ -227,7 +229,7 @@ func Mount(ctx context.Context, mountpoint string, tree []chunkstore.Node, chunk
 	if err := setReadahead(mountpoint, mountReadahead); err != nil {
 		o.Log.Debug("staging: kernel readahead of the mount left at its default", "mountpoint", mountpoint, "err", err)
 	}
-	return &Mounted{dir: mountpoint, server: server, sys: sys}, nil
+	return &Mounted{dir: mountpoint, server: server, sys: sys, root: root}, nil
 }
 
 // mountReadahead is the kernel's readahead on a mount. The kernel caps a
@@ -250,6 +252,36 @@ func setReadahead(dir string, bytes int) error {
 
 // Dir returns the mountpoint.
 func (m *Mounted) Dir() string { return m.dir }
+
+// FileSize returns the current size of the regular file at rel, a slash
+// path relative to the mount's root, as the mount would report it
+// (copy-on-write changes included), from its own tree: no FUSE request, no
+// lookup through the kernel. It reports false if there is no regular file
+// at rel; symbolic links are not followed.
+func (m *Mounted) FileSize(rel string) (int64, bool) {
+	in := &m.root.Inode
+	for name := range strings.SplitSeq(rel, "/") {
+		if name == "" || name == "." {
+			continue
+		}
+		if name == ".." {
+			return 0, false
+		}
+		if in = in.GetChild(name); in == nil {
+			return 0, false
+		}
+	}
+	n, ok := in.Operations().(*node)
+	if !ok {
+		return 0, false
+	}
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	if n.typ != chunkstore.NodeFile || n.data == nil {
+		return 0, false
+	}
+	return n.data.size, true
+}
 
 // ReadErr returns a *ReadError when any read or write through the mount
 // has failed so far for want of a good chunk, else nil. Whatever a process

@@ -187,6 +187,38 @@ func TestMountServesTree(t *testing.T) {
 	require.True(t, fi.IsDir())
 }
 
+// TestFileSizeFromTree: Mounted.FileSize answers from the mount's own tree
+// what a stat through the mount would, writes included, and nothing for
+// directories, symbolic links, missing or escaping paths.
+func TestFileSizeFromTree(t *testing.T) {
+	files := sampleFiles()
+	tree, store := buildTree(t, files)
+	owner, _ := testOwner(t)
+	m, mnt := mountTree(t, tree, store, MountOptions{Owner: owner})
+	for _, f := range files {
+		n, ok := m.FileSize(f.path)
+		require.Equal(t, f.typ == chunkstore.NodeFile, ok, f.path)
+		if ok {
+			require.Equal(t, int64(len(f.data)), n, f.path)
+		}
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(mnt, "base/1/added"), make([]byte, 5000), 0o600))
+	f, err := os.OpenFile(filepath.Join(mnt, "base/1/1259"), os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte("x"), 20000)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	for path, want := range map[string]int64{"base/1/added": 5000, "base/1/1259": 20001, "./base//1/16384": 3<<20 + 17} {
+		n, ok := m.FileSize(path)
+		require.True(t, ok, path)
+		require.Equal(t, want, n, path)
+	}
+	for _, path := range []string{"base/1/nothing", "link/1259", "base/../PG_VERSION", "../PG_VERSION", "base", ""} {
+		_, ok := m.FileSize(path)
+		require.False(t, ok, path)
+	}
+}
+
 func allocated(t *testing.T, dir string) int64 {
 	t.Helper()
 	var total int64
