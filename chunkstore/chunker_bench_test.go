@@ -10,7 +10,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/klauspost/compress/s2"
 	"github.com/pgporter/pgporter/chunkstore"
 )
 
@@ -106,29 +105,12 @@ func BenchmarkCompressFastest(b *testing.B) {
 }
 
 // BenchmarkCompressLevels compresses the same inputs at the levels of the
-// sender's ladder below LevelDefault, and with S2 (klauspost/compress/s2,
-// not a codec of ours: the reference that decided against adding it).
+// sender's ladder below LevelDefault: S2 (CodecS2) and zstd --fast=4,
+// --fast=1 and fastest.
 func BenchmarkCompressLevels(b *testing.B) {
-	for _, l := range []chunkstore.Level{chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest} {
+	for _, l := range []chunkstore.Level{chunkstore.LevelS2, chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest} {
 		b.Run(l.String(), func(b *testing.B) { benchCompress(b, l) })
 	}
-	b.Run("s2", func(b *testing.B) {
-		for _, bc := range benchInputs() {
-			b.Run(bc.name, func(b *testing.B) {
-				chunks := benchChunks(b, bc.data)
-				buf := make([]byte, s2.MaxEncodedLen(chunkstore.DefaultParams.Max))
-				b.SetBytes(int64(len(bc.data)))
-				var stored int64
-				for b.Loop() {
-					stored = 0
-					for _, c := range chunks {
-						stored += int64(len(s2.Encode(buf, c)))
-					}
-				}
-				b.ReportMetric(float64(len(bc.data))/float64(stored), "ratio")
-			})
-		}
-	})
 }
 
 type benchInput struct {

@@ -16,7 +16,7 @@ import (
 )
 
 var allLevels = []chunkstore.Level{
-	chunkstore.LevelNone, chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest, chunkstore.LevelDefault, chunkstore.LevelBetter, chunkstore.LevelBest,
+	chunkstore.LevelNone, chunkstore.LevelS2, chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest, chunkstore.LevelDefault, chunkstore.LevelBetter, chunkstore.LevelBest,
 }
 
 func TestLevelNames(t *testing.T) {
@@ -35,10 +35,21 @@ func TestLevelNames(t *testing.T) {
 func TestCodecNames(t *testing.T) {
 	require.Equal(t, "none", chunkstore.CodecNone.String())
 	require.Equal(t, "zstd", chunkstore.CodecZstd.String())
+	require.Equal(t, "s2", chunkstore.CodecS2.String())
 	require.Equal(t, "codec(7)", chunkstore.Codec(7).String())
 	require.True(t, chunkstore.CodecNone.Valid())
 	require.True(t, chunkstore.CodecZstd.Valid())
-	require.False(t, chunkstore.Codec(2).Valid())
+	require.True(t, chunkstore.CodecS2.Valid())
+	require.False(t, chunkstore.Codec(3).Valid())
+	require.Equal(t, chunkstore.Codec(2), chunkstore.CodecS2, "the codec byte is on disk and on the wire")
+}
+
+// TestLevelOrder: the levels go by effort, S2 below zstd --fast=4, which the
+// sender's ladder steps through one at a time.
+func TestLevelOrder(t *testing.T) {
+	require.Equal(t, "s2", chunkstore.LevelS2.String())
+	require.Less(t, chunkstore.LevelNone, chunkstore.LevelS2)
+	require.Equal(t, chunkstore.LevelS2+1, chunkstore.LevelFast4)
 }
 
 // roundTrip compresses data at l after a prefix, decompresses it after
@@ -91,7 +102,11 @@ func TestCompressRoundTrip(t *testing.T) {
 					require.Equal(t, len(in.data), n)
 					return
 				}
-				require.Equal(t, chunkstore.CodecZstd, codec)
+				want := chunkstore.CodecZstd
+				if l == chunkstore.LevelS2 {
+					want = chunkstore.CodecS2
+				}
+				require.Equal(t, want, codec)
 				require.Less(t, n, len(in.data)-len(in.data)/32)
 			})
 		}
@@ -173,7 +188,7 @@ func TestDecompressRejects(t *testing.T) {
 		{"plainLen above ceiling", frame, chunkstore.CodecZstd, chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
 		{"plain above ceiling", make([]byte, chunkstore.MaxChunkCeil+1), chunkstore.CodecNone, chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
 		{"plainLen negative", frame, chunkstore.CodecZstd, -1, chunkstore.ErrTooLarge},
-		{"unknown codec", data, chunkstore.Codec(2), len(data), nil},
+		{"unknown codec", data, chunkstore.Codec(3), len(data), nil},
 		{"unknown codec 255", data, chunkstore.Codec(255), len(data), nil},
 		{"garbage", randomBytes(34, 1000), chunkstore.CodecZstd, 1000, nil},
 		{"magic only", frame[:4], chunkstore.CodecZstd, len(data), nil},
@@ -197,6 +212,102 @@ func TestDecompressRejects(t *testing.T) {
 			}
 			require.Equal(t, prefix, out, "on error dst comes back as it was")
 		})
+	}
+}
+
+func s2Block(t testing.TB, data []byte) []byte {
+	t.Helper()
+	enc, codec := chunkstore.Compress(nil, data, chunkstore.LevelS2)
+	require.Equal(t, chunkstore.CodecS2, codec)
+	return enc
+}
+
+// withS2Header replaces block's plain length header with n: the body is
+// left as it was.
+func withS2Header(block []byte, n uint64) []byte {
+	_, hl := binary.Uvarint(block)
+	return append(binary.AppendUvarint(nil, n), block[hl:]...)
+}
+
+// TestDecompressS2Rejects feeds S2 blocks that lie about their length, are
+// cut short or corrupt: each fails, dst comes back as it was, and nothing
+// near what a block claims is allocated.
+func TestDecompressS2Rejects(t *testing.T) {
+	data := pgbenchRows(100 << 10)
+	block := s2Block(t, data)
+	for _, tc := range []struct {
+		name     string
+		src      []byte
+		plainLen int
+		is       error
+	}{
+		{"claims more than plainLen", block, len(data) - 1, nil},
+		{"claims less than plainLen", block, len(data) + 1, nil},
+		{"claims 1 GiB", withS2Header(block, 1<<30), len(data), nil},
+		{"claims 4 GiB", withS2Header(block, 1<<32-1), 4096, nil},
+		{"header past 32 bits", withS2Header(block, 1<<40), 4096, nil},
+		{"body decodes short of its header", withS2Header(block, uint64(len(data)+1)), len(data) + 1, nil},
+		{"body decodes past its header", withS2Header(block, uint64(len(data)-1)), len(data) - 1, nil},
+		{"truncated", block[:len(block)-1], len(data), nil},
+		{"header only", block[:3], len(data), nil},
+		{"empty", nil, len(data), nil},
+		{"unterminated varint", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 4096, nil},
+		{"trailing garbage", append(append([]byte{}, block...), 1, 2, 3), len(data), nil},
+		{"zstd frame labelled s2", zstdFrame(t, data), len(data), nil},
+		{"plainLen above ceiling", withS2Header(block, chunkstore.MaxChunkCeil+1), chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
+		{"corrupt body", func() []byte { b := append([]byte{}, block...); b[len(b)/2] ^= 0xff; return b }(), len(data), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := []byte("keep")
+			var out []byte
+			var err error
+			alloc := heapAllocated(func() {
+				out, err = chunkstore.Decompress(append([]byte{}, prefix...), tc.src, chunkstore.CodecS2, tc.plainLen)
+			})
+			// At most the output buffer the caller asked for, whatever the
+			// block claims.
+			require.Less(t, alloc, uint64(2*max(tc.plainLen, 0))+1<<20, "allocated %d bytes", alloc)
+			if tc.name == "corrupt body" && err == nil {
+				// A flipped byte may still decode to the right length; the
+				// hash then catches it.
+				require.Len(t, out, len(prefix)+tc.plainLen)
+				return
+			}
+			require.Error(t, err)
+			if tc.is != nil {
+				require.ErrorIs(t, err, tc.is)
+			}
+			require.Equal(t, prefix, out, "on error dst comes back as it was")
+		})
+	}
+}
+
+// TestDecompressS2ClaimBeforeAlloc: a block of a few bytes claiming the
+// largest chunk allocates nothing when the caller expects less.
+func TestDecompressS2ClaimBeforeAlloc(t *testing.T) {
+	bomb := binary.AppendUvarint(nil, chunkstore.MaxChunkCeil)
+	bomb = append(bomb, 0, 0, 0, 0)
+	alloc := heapAllocated(func() {
+		_, err := chunkstore.Decompress(nil, bomb, chunkstore.CodecS2, 4096)
+		require.Error(t, err)
+	})
+	require.Less(t, alloc, uint64(64<<10), "allocated %d bytes", alloc)
+}
+
+func TestDecompressS2AfterPrefix(t *testing.T) {
+	data := pgbenchRows(300 << 10)
+	block := s2Block(t, data)
+	for _, spare := range []int{0, len(data) - 1, len(data), 1 << 20} {
+		prefix := bytes.Repeat([]byte("p"), 1000)
+		dst := append(make([]byte, 0, len(prefix)+spare), prefix...)
+		out, err := chunkstore.Decompress(dst, block, chunkstore.CodecS2, len(data))
+		require.NoError(t, err)
+		require.Len(t, out, len(prefix)+len(data))
+		require.True(t, bytes.Equal(prefix, out[:len(prefix)]))
+		require.True(t, bytes.Equal(data, out[len(prefix):]))
+		if spare >= len(data) {
+			require.Equal(t, &dst[:1][0], &out[0], "spare capacity of dst is used")
+		}
 	}
 }
 
@@ -346,6 +457,36 @@ func FuzzDecompress(f *testing.F) {
 		plain := out[len(prefix):]
 
 		enc, codec := chunkstore.Compress(nil, plain, chunkstore.LevelFastest)
+		again, err := chunkstore.Decompress(nil, enc, codec, len(plain))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(plain, again))
+	})
+}
+
+// FuzzDecompressS2 is FuzzDecompress for S2 blocks.
+func FuzzDecompressS2(f *testing.F) {
+	data := pgbenchRows(5000)
+	block := s2Block(f, data)
+	f.Add(block, len(data))
+	f.Add(block, len(data)-1)
+	f.Add(block[:len(block)/2], len(data))
+	f.Add(withS2Header(block, 1<<30), len(data))
+	f.Add(withS2Header(block, uint64(len(data)+1)), len(data)+1)
+	f.Add(s2Block(f, make([]byte, 200)), 200)
+	f.Add([]byte{}, 0)
+	f.Add([]byte{0}, 0)
+	f.Add(randomBytes(64, 100), 100)
+	f.Fuzz(func(t *testing.T, src []byte, plainLen int) {
+		prefix := []byte("prefix")
+		out, err := chunkstore.Decompress(append([]byte{}, prefix...), src, chunkstore.CodecS2, plainLen)
+		if err != nil {
+			require.Equal(t, prefix, out, "on error dst comes back as it was")
+			return
+		}
+		require.Len(t, out, len(prefix)+plainLen)
+		require.Equal(t, prefix, out[:len(prefix)])
+		plain := out[len(prefix):]
+		enc, codec := chunkstore.Compress(nil, plain, chunkstore.LevelS2)
 		again, err := chunkstore.Decompress(nil, enc, codec, len(plain))
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(plain, again))

@@ -35,7 +35,8 @@ var (
 
 // LocalOptions configure a Local store. The zero value is ready to use.
 type LocalOptions struct {
-	// Level is the zstd effort for new chunks. Zero means LevelFastest, so
+	// Level is the compression effort for new chunks (LevelS2 stores S2
+	// blocks, which builds before CodecS2 cannot read). Zero means LevelFastest, so
 	// a zero Level cannot also mean LevelNone: NoCompression says that, and
 	// wins over Level.
 	Level         Level

@@ -297,6 +297,34 @@ func TestLocalCorruption(t *testing.T) {
 // GetStored hands out a chunk as its record stores it: appended to dst,
 // with the codec and lengths of the index, decoding to the chunk; for a
 // chunk not yet flushed too.
+// TestLocalS2AtRest: a store written with S2 chunks (codec byte 2 in its
+// pack records) reads them back, after reopening too, and GetStored hands
+// them out as stored.
+func TestLocalS2AtRest(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	chunks := [][]byte{storetest.Text(r, 200<<10), storetest.RandomBytes(r, 50<<10)}
+	dir := t.TempDir()
+	l := openLocal(t, dir, chunkstore.LocalOptions{Level: chunkstore.LevelS2})
+	ids := putChunks(t, l, chunks)
+	require.NoError(t, l.Close())
+
+	l = openLocal(t, dir, chunkstore.LocalOptions{})
+	for i, id := range ids {
+		got, err := l.Get(t.Context(), id, nil)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(chunks[i], got), "chunk %d", i)
+	}
+	stored, info, err := l.GetStored(t.Context(), ids[0], nil)
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.CodecS2, info.Codec)
+	plain, err := chunkstore.Decompress(nil, stored, info.Codec, info.PlainLen)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(chunks[0], plain))
+	_, info, err = l.GetStored(t.Context(), ids[1], nil)
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.CodecNone, info.Codec, "S2 that does not pay is stored plain")
+}
+
 func TestLocalGetStored(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	chunks := [][]byte{

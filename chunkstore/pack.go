@@ -65,8 +65,8 @@ func (h recordHeader) validate() error {
 		return fmt.Errorf("%w: stored length %d above %d", errBadRecord, h.StoredLen, MaxChunkCeil)
 	case h.Codec == CodecNone && h.StoredLen != h.PlainLen:
 		return fmt.Errorf("%w: uncompressed record stores %d bytes for %d", errBadRecord, h.StoredLen, h.PlainLen)
-	case h.Codec == CodecZstd && h.StoredLen == 0:
-		return fmt.Errorf("%w: empty zstd record", errBadRecord)
+	case h.Codec != CodecNone && h.StoredLen == 0:
+		return fmt.Errorf("%w: empty %s record", errBadRecord, h.Codec)
 	}
 	return nil
 }

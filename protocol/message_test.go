@@ -53,6 +53,7 @@ func sampleMessages() map[string]Message {
 	}
 	plain := bytes.Repeat([]byte("pg"), 1000)
 	packed, codec := chunkstore.Compress(nil, plain, chunkstore.LevelDefault)
+	s2Packed, _ := chunkstore.Compress(nil, plain, chunkstore.LevelS2)
 	maxPath := strings.Repeat(strings.Repeat("x", MaxPathElemLen)+"/", 15) + strings.Repeat("y", 254) + "/z"
 	hash := [32]byte(testID(7))
 
@@ -90,6 +91,7 @@ func sampleMessages() map[string]Message {
 		"NeedEnd":                   &NeedEnd{},
 		"SendDone":                  &SendDone{Chunks: 12345},
 		"ChunkData":                 &ChunkData{ID: chunkstore.Sum(plain), Codec: codec, PlainLen: uint32(len(plain)), Payload: packed},
+		"ChunkData/s2":              &ChunkData{ID: chunkstore.Sum(plain), Codec: chunkstore.CodecS2, PlainLen: uint32(len(plain)), Payload: s2Packed},
 		"ChunkData/plain":           &ChunkData{ID: chunkstore.Sum([]byte("abc")), Codec: chunkstore.CodecNone, PlainLen: 3, Payload: []byte("abc")},
 		"ChunkData/max":             &ChunkData{Codec: chunkstore.CodecZstd, PlainLen: chunkstore.MaxChunkCeil, Payload: make([]byte, MaxChunkPayload)},
 		"ChunkData/empty":           &ChunkData{ID: chunkstore.Sum(nil)},
@@ -273,7 +275,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"growing flag not a bool", TypeFileHeader, append(validHeader[:len(validHeader)-1], 2), nil},
 		{"need count above max", TypeNeed, cat(uv(0), uv(MaxNeedChunks+1)), nil},
 		{"need count beyond payload", TypeNeed, cat(uv(0), uv(3), uv(1), uv(2)), nil},
-		{"unknown codec", TypeChunkData, (&ChunkData{Codec: 2}).Append(nil), nil},
+		{"unknown codec", TypeChunkData, (&ChunkData{Codec: 3}).Append(nil), nil},
 		{"plain length above ceiling", TypeChunkData, (&ChunkData{Codec: chunkstore.CodecZstd, PlainLen: chunkstore.MaxChunkCeil + 1}).Append(nil), nil},
 		{"plain payload length mismatch", TypeChunkData, (&ChunkData{PlainLen: 4, Payload: []byte("abc")}).Append(nil), nil},
 		{"payload above max", TypeChunkData, cat(id[:], uv(1), uv(1), uv(MaxChunkPayload+1)), nil},

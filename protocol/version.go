@@ -19,18 +19,25 @@ import (
 // content, so that each byte is hashed once on each side. A version 2 peer
 // would send or expect the other hash, so it is refused.
 //
-// Version 4 is reserved (the S2 codec, another change of issue 16).
+// Version 4 was reserved for the S2 codec and never used: S2 came after
+// version 5, so it is version 6. No build speaks 4.
 //
 // Version 5 (issue 16) lets a sender spread one transfer over several
 // connections: TransferState carries a JoinToken, and JoinTransfer on an
 // extra connection of the same peer joins it. One connection's congestion
 // control (quic-go's NewReno) is what limits a lossy link. A peer below 5
 // gets no token and is sent nothing new.
+//
+// Version 6 (issue 16) adds codec 2, chunkstore.CodecS2, in ChunkData. A
+// peer below 6 is never sent an S2 chunk (a sender holding one decodes and
+// encodes it again, see KnowsCodec), and a receiver refuses one from it.
 const (
-	Version    uint16 = 5
+	Version    uint16 = 6
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
+	// S2Version is the first version whose peers decode chunkstore.CodecS2.
+	S2Version uint16 = 6
 )
 
 // Receiver limits of version 2.
@@ -69,11 +76,13 @@ func Negotiate(local, remote *Hello) (uint16, error) {
 // KnowsCodec reports whether a peer speaking version v decodes c in
 // ChunkData: a sender that holds a chunk encoded with a codec the
 // connection's version does not know must decode it and encode it again.
-// Every version since 1 knows none and zstd.
+// Every version since 1 knows none and zstd; S2Version and later know S2.
 func KnowsCodec(v uint16, c chunkstore.Codec) bool {
 	switch c {
 	case chunkstore.CodecNone, chunkstore.CodecZstd:
 		return v >= 1
+	case chunkstore.CodecS2:
+		return v >= S2Version
 	}
 	return false
 }
