@@ -1,12 +1,15 @@
 package mover
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
 )
 
 // levelController adapts the zstd level to whichever of the CPU and the link
@@ -15,8 +18,9 @@ import (
 // control, congestion, the rate limit); each window it also samples how idle
 // the CPUs this process may use were (cpuIdle).
 //   - CPUs busy: the CPU limits, whatever the writes do (a write also waits
-//     when QUIC needs the core that zstd holds): compress less, down to
-//     zstd --fast=4, which still keeps the wire bytes a fraction of plain.
+//     when QUIC needs the core that zstd holds): compress less, down to S2
+//     (zstd --fast=4 for a receiver below protocol 6, which cannot decode
+//     S2), which still keeps the wire bytes a fraction of plain.
 //   - Writes waiting while CPU sits idle: the link limits: compress harder.
 //   - Writes that hardly wait: neither the link nor compression is the
 //     limit: step back towards zstd fastest, never below it.
@@ -25,9 +29,13 @@ import (
 // better, as before. No goroutine: the workers drive it.
 type levelController struct {
 	fixed bool
-	min   chunkstore.Level
-	max   chunkstore.Level
-	idle  *cpuIdle // nil: CPU idleness unknown
+	// lowest is the floor of the ladder for a receiver that decodes every
+	// level; min is the floor for the receiver of the last connection (see
+	// peer).
+	lowest chunkstore.Level
+	min    chunkstore.Level
+	max    chunkstore.Level
+	idle   *cpuIdle // nil: CPU idleness unknown
 
 	mu        sync.Mutex // guards everything below
 	level     chunkstore.Level
@@ -55,9 +63,13 @@ func newLevelController(mode string) (*levelController, error) {
 		// Never none: on loopback the bench showed that sending plain chunks
 		// costs more CPU in QUIC than zstd fastest does (93 MB/s plain vs 196
 		// MB/s fastest); Compress still sends incompressible chunks plain.
-		c := &levelController{level: chunkstore.LevelFastest, min: chunkstore.LevelFast4, max: chunkstore.LevelBetter}
+		// Until peer says the receiver decodes S2, the floor is --fast=4.
+		c := &levelController{level: chunkstore.LevelFastest, lowest: chunkstore.LevelS2, min: chunkstore.LevelFast4, max: chunkstore.LevelBetter}
 		if c.idle = newCPUIdle("/proc/stat"); c.idle == nil {
-			c.min = chunkstore.LevelFastest
+			c.lowest, c.min = chunkstore.LevelFastest, chunkstore.LevelFastest
+		}
+		if l := chunkstore.Level(testAutoStart.Load()); l != chunkstore.LevelNone {
+			c.level = l
 		}
 		return c, nil
 	}
@@ -66,6 +78,47 @@ func newLevelController(mode string) (*levelController, error) {
 		return nil, err
 	}
 	return &levelController{fixed: true, level: l}, nil
+}
+
+// testAutoStart, set only by tests, is the level the auto ladder starts at
+// (LevelNone: fastest), as if CPU-busy windows had led there.
+var testAutoStart atomic.Int64
+
+// errNoS2 refuses a fixed S2 level for a receiver that cannot decode it.
+var errNoS2 = errors.New("mover: compression s2 needs a receiver speaking protocol 6 or later")
+
+// peer adapts the ladder to a connection's receiver, which speaks version:
+// below protocol.S2Version it cannot decode S2, so the floor is zstd
+// --fast=4, and a fixed s2 level is an error. Each connection of a transfer
+// calls it before sending: a reconnection may reach another build.
+func (c *levelController) peer(version uint16) error {
+	knows := protocol.KnowsCodec(version, chunkstore.CodecS2)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fixed {
+		if c.level == chunkstore.LevelS2 && !knows {
+			return fmt.Errorf("%w: the receiver speaks protocol %d (use fast4 or auto)", errNoS2, version)
+		}
+		return nil
+	}
+	c.min = c.lowest
+	if !knows && c.min < chunkstore.LevelFast4 {
+		c.min = chunkstore.LevelFast4
+	}
+	c.level = max(c.level, c.min)
+	return nil
+}
+
+// levelFor returns the level to send a chunk at on a connection speaking
+// version: the current level, unless it is one that version cannot decode
+// (a joined connection that reached another build). Chunks are counted at
+// the level passed to observe, so the counts stay true.
+func (c *levelController) levelFor(version uint16) chunkstore.Level {
+	l := c.current()
+	if l == chunkstore.LevelS2 && !protocol.KnowsCodec(version, chunkstore.CodecS2) {
+		return chunkstore.LevelFast4
+	}
+	return l
 }
 
 func (c *levelController) current() chunkstore.Level {
@@ -88,13 +141,21 @@ func (c *levelController) levelChunks() map[string]int64 {
 }
 
 // LevelsText lists the chunks sent at each compression level, least effort
-// first, e.g. "fast4 2110, fastest 567" ("" if none was sent).
+// first, the zstd levels after the word zstd, e.g. "s2 300, zstd fast4
+// 2110, fastest 567" ("" if none was sent).
 func (r *SendResult) LevelsText() string {
 	var parts []string
+	zstd := false
 	for l := chunkstore.LevelNone; l <= chunkstore.LevelBest; l++ {
-		if n := r.Levels[l.String()]; n > 0 {
-			parts = append(parts, fmt.Sprintf("%s %d", l, n))
+		n := r.Levels[l.String()]
+		if n <= 0 {
+			continue
 		}
+		name := l.String()
+		if l >= chunkstore.LevelFast4 && !zstd {
+			name, zstd = "zstd "+name, true
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", name, n))
 	}
 	return strings.Join(parts, ", ")
 }

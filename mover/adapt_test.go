@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
 
@@ -147,6 +148,94 @@ func TestLevelControllerFixed(t *testing.T) {
 
 func TestLevelsText(t *testing.T) {
 	r := &SendResult{Levels: map[string]int64{"fastest": 3, "fast4": 10, "better": 1}}
-	require.Equal(t, "fast4 10, fastest 3, better 1", r.LevelsText())
+	require.Equal(t, "zstd fast4 10, fastest 3, better 1", r.LevelsText())
+	// S2 is not zstd: the word comes after it.
+	r = &SendResult{Levels: map[string]int64{"s2": 300, "fast4": 20, "none": 2}}
+	require.Equal(t, "none 2, s2 300, zstd fast4 20", r.LevelsText())
+	r = &SendResult{Levels: map[string]int64{"s2": 300}}
+	require.Equal(t, "s2 300", r.LevelsText())
 	require.Empty(t, (&SendResult{}).LevelsText())
+}
+
+// busyController returns an auto controller whose CPU idleness comes from a
+// fake /proc/stat, and tick, which adds busy and idle jiffies to it.
+func busyController(t *testing.T) (*levelController, func(busy, idle uint64)) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "stat")
+	c, err := newLevelController("auto")
+	require.NoError(t, err)
+	require.NotNil(t, c.idle)
+	statFile(t, path, c.idle, 0, 0)
+	c.idle = newCPUIdle(path)
+	busy, idle := uint64(0), uint64(0)
+	return c, func(b, i uint64) {
+		busy, idle = busy+b, idle+i
+		statFile(t, path, c.idle, busy, idle)
+	}
+}
+
+// TestLevelControllerS2: busy CPUs take the ladder down to S2 only for a
+// receiver that decodes it (protocol 6); for one below, the floor stays
+// zstd --fast=4, and a connection to one lifts a ladder already at S2.
+func TestLevelControllerS2(t *testing.T) {
+	busyWindows := func(c *levelController, tick func(b, i uint64)) {
+		for range 8 {
+			tick(95, 5)
+			window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+		}
+	}
+	t.Run("receiver knows S2", func(t *testing.T) {
+		c, tick := busyController(t)
+		require.NoError(t, c.peer(protocol.S2Version))
+		busyWindows(c, tick)
+		require.Equal(t, chunkstore.LevelS2, c.current())
+		require.Equal(t, chunkstore.LevelS2, c.levelFor(protocol.S2Version))
+		require.Equal(t, chunkstore.LevelFast4, c.levelFor(protocol.S2Version-1), "a connection below 6 never gets S2")
+		// CPU to spare and writes waiting: climb back into zstd.
+		tick(20, 80)
+		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+		require.Equal(t, chunkstore.LevelFast4, c.current())
+
+		// A reconnection reaches a build below 6: S2 is off the ladder.
+		busyWindows(c, tick)
+		require.Equal(t, chunkstore.LevelS2, c.current())
+		require.NoError(t, c.peer(5))
+		require.Equal(t, chunkstore.LevelFast4, c.current())
+		busyWindows(c, tick)
+		require.Equal(t, chunkstore.LevelFast4, c.current())
+	})
+	t.Run("receiver at 5", func(t *testing.T) {
+		c, tick := busyController(t)
+		require.NoError(t, c.peer(5))
+		busyWindows(c, tick)
+		require.Equal(t, chunkstore.LevelFast4, c.current())
+	})
+	t.Run("no peer yet", func(t *testing.T) {
+		c, tick := busyController(t)
+		busyWindows(c, tick)
+		require.Equal(t, chunkstore.LevelFast4, c.current())
+	})
+	t.Run("CPU idleness unknown", func(t *testing.T) {
+		c, err := newLevelController("auto")
+		require.NoError(t, err)
+		c.idle, c.lowest, c.min = nil, chunkstore.LevelFastest, chunkstore.LevelFastest // as without /proc/stat
+		require.NoError(t, c.peer(protocol.S2Version))
+		for range 8 {
+			window(c, 900*time.Millisecond, 10*time.Millisecond, 1<<20)
+		}
+		require.Equal(t, chunkstore.LevelFastest, c.current())
+	})
+}
+
+func TestLevelControllerFixedS2(t *testing.T) {
+	c, err := newLevelController("s2")
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.LevelS2, c.current())
+	require.NoError(t, c.peer(protocol.S2Version))
+	err = c.peer(5)
+	require.ErrorIs(t, err, errNoS2)
+	require.Contains(t, err.Error(), "protocol 5")
+	fast4, err := newLevelController("fast4")
+	require.NoError(t, err)
+	require.NoError(t, fast4.peer(5))
 }

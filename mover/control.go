@@ -193,6 +193,10 @@ func (c *controlStream) clientHello() error {
 	return nil
 }
 
+// testServerVersion, set only by tests, makes servers speak at most that
+// version (0: protocol.Version), as an older build would.
+var testServerVersion atomic.Uint32
+
 // serverHello answers a client's Hello; the kind byte was already read.
 func (c *controlStream) serverHello() error {
 	m, err := c.next()
@@ -203,8 +207,12 @@ func (c *controlStream) serverHello() error {
 		c.sendError(err)
 		return err
 	}
-	c.version = min(protocol.Version, m.(*protocol.Hello).Version)
-	return c.write(hello())
+	h := hello()
+	if v := testServerVersion.Load(); v != 0 {
+		h.Version = uint16(v)
+	}
+	c.version = min(h.Version, m.(*protocol.Hello).Version)
+	return c.write(h)
 }
 
 // frameHeaderSize is the frame header of docs/PROTOCOL.md: payload length

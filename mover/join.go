@@ -89,7 +89,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 			case <-dctx.Done():
 			}
 		}()
-		jc, err := t.dialJoin(dctx, token)
+		jc, version, err := t.dialJoin(dctx, token)
 		dcancel()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -101,7 +101,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 		watch.Go(func() { t.path.watch(ctx, jc) })
 		for range t.o.Streams {
 			data.Go(func() {
-				if err := t.dataWorker(ctx, jc, jobs, sent); err != nil {
+				if err := t.dataWorker(ctx, jc, version, jobs, sent); err != nil {
 					mu.Lock()
 					if werr == nil {
 						werr = err
@@ -158,18 +158,18 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 }
 
 // dialJoin opens an extra connection and joins it to the transfer.
-func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLen]byte) (*quic.Conn, error) {
+func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLen]byte) (*quic.Conn, uint16, error) {
 	conn, cs, _, err := dialMoverBuffers(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if cs.version < protocol.JoinVersion {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
-		return nil, fmt.Errorf("%w: the receiver speaks protocol %d", protocol.ErrVersion, cs.version)
+		return nil, 0, fmt.Errorf("%w: the receiver speaks protocol %d", protocol.ErrVersion, cs.version)
 	}
 	if err := cs.write(&protocol.JoinTransfer{TransferID: t.tid, Token: token}); err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
-		return nil, err
+		return nil, 0, err
 	}
 	m, err := cs.next()
 	if err == nil {
@@ -179,7 +179,7 @@ func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLe
 	}
 	if err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
-		return nil, fmt.Errorf("joining transfer %s: %w", t.tid, err)
+		return nil, 0, fmt.Errorf("joining transfer %s: %w", t.tid, err)
 	}
-	return conn, nil
+	return conn, cs.version, nil
 }

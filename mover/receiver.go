@@ -946,9 +946,9 @@ func (r *receiver) writeChunk(plain []byte, id chunkstore.ID, ps []pos) error {
 	return nil
 }
 
-// readData handles one data stream: verify every chunk, write it wherever
-// the manifest needs it.
-func (r *receiver) readData(ctx context.Context, st io.Reader) error {
+// readData handles one data stream of a connection speaking version: verify
+// every chunk, write it wherever the manifest needs it.
+func (r *receiver) readData(ctx context.Context, st io.Reader, version uint16) error {
 	// No frame of this transfer's data is larger than its largest chunk.
 	rd := protocol.NewReader(st, r.meta.Params.Max+protocol.DataFrameOverhead)
 	rd.SetFrameTimeout(r.s.o.FrameTimeout)
@@ -975,6 +975,11 @@ func (r *receiver) readData(ctx context.Context, st io.Reader) error {
 		}
 		if int(cd.PlainLen) > r.meta.Params.Max {
 			return fmt.Errorf("%w: chunk %s of %d bytes exceeds the transfer's max %d", protocol.ErrProtocol, cd.ID.Short(), cd.PlainLen, r.meta.Params.Max)
+		}
+		// A sender that negotiated a version without this codec breaks the
+		// protocol, even if this build could decode it.
+		if !protocol.KnowsCodec(version, cd.Codec) {
+			return fmt.Errorf("%w: chunk %s in codec %s, which protocol %d does not have", protocol.ErrProtocol, cd.ID.Short(), cd.Codec, version)
 		}
 		if bp == nil {
 			bp = r.buf()

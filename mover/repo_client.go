@@ -503,10 +503,11 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chun
 	if len(ids) == 0 {
 		return nil
 	}
-	conn, _, err := r.connection(ctx)
+	conn, cs, err := r.connection(ctx)
 	if err != nil {
 		return err
 	}
+	version := cs.version
 	var frame []byte
 	if fst.st == nil || fst.conn != conn {
 		fst.reset()
@@ -545,6 +546,9 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chun
 		case *protocol.ChunkData:
 			if m.ID != id {
 				return permanentError{fmt.Errorf("%w: asked for chunk %s, got %s", protocol.ErrProtocol, id.Short(), m.ID.Short())}
+			}
+			if !protocol.KnowsCodec(version, m.Codec) {
+				return permanentError{fmt.Errorf("%w: chunk %s in codec %s, which protocol %d does not have", protocol.ErrProtocol, id.Short(), m.Codec, version)}
 			}
 			deliver(m)
 		case *protocol.Error:

@@ -427,6 +427,37 @@ func TestChunkForFetchReencodes(t *testing.T) {
 	require.ErrorIs(t, err, chunkstore.ErrNotFound)
 }
 
+// TestChunkForFetchS2: a repository whose chunks are stored S2 hands them
+// out as stored to a peer at protocol 6, and decoded and encoded again in
+// zstd to a peer below, which cannot decode S2.
+func TestChunkForFetchS2(t *testing.T) {
+	l, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{Level: chunkstore.LevelS2})
+	require.NoError(t, err)
+	defer l.Close()
+	ctx := context.Background()
+	plain := pgbenchLike(100<<10, 8)
+	id := chunkstore.Sum(plain)
+	require.NoError(t, l.Put(ctx, id, plain))
+	stored, info, err := l.GetStored(ctx, id, nil)
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.CodecS2, info.Codec)
+
+	var bufs fetchBufs
+	m, err := chunkForFetch(ctx, l, protocol.S2Version, id, &bufs)
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.CodecS2, m.Codec)
+	require.Equal(t, stored, m.Payload, "as stored")
+
+	for _, v := range []uint16{protocol.MinVersion, protocol.S2Version - 1} {
+		m, err = chunkForFetch(ctx, l, v, id, &bufs)
+		require.NoError(t, err)
+		require.Equal(t, chunkstore.CodecZstd, m.Codec, "version %d", v)
+		got, err := chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(plain, got))
+	}
+}
+
 // getOnly hides a store's GetStored.
 type getOnly struct{ chunkstore.Store }
 

@@ -39,7 +39,9 @@ type SendOptions struct {
 	// autoConnections, each second the first loses more than 0.1% of its
 	// packets; N > 0 opens N at once. A receiver below protocol 5 gets one.
 	Connections int
-	Compression string // "auto" (default) or a chunkstore level name
+	// Compression is "auto" (default) or a chunkstore level name; "s2"
+	// fails against a receiver below protocol 6.
+	Compression string
 	// Feed, if set, announces Src's files as they are completed (a dump
 	// still being written); the transfer commits once the feed is closed.
 	// Without it, Src is listed when Send starts.
@@ -476,6 +478,9 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		return err
 	}
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+	if err := t.lc.peer(cs.version); err != nil {
+		return permanentError{err}
+	}
 	if t.ra != nil {
 		t.ra.newConnection()
 	}
@@ -542,7 +547,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		workers.Add(1)
 		g.Go(func() error {
 			defer workers.Done()
-			err := t.dataWorker(gctx, conn, jobs, &sentHere)
+			err := t.dataWorker(gctx, conn, cs.version, jobs, &sentHere)
 			var pe permanentError
 			if err != nil && !errors.As(err, &pe) {
 				// A reset data stream usually means the receiver failed the
@@ -796,8 +801,9 @@ func (t *sendTransfer) closeHandles() {
 	}
 }
 
-// dataWorker sends needed chunks on its own data stream.
-func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jobQueue, sent *atomic.Int64) error {
+// dataWorker sends needed chunks on its own data stream of conn, which
+// speaks version.
+func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, version uint16, jobs *jobQueue, sent *atomic.Int64) error {
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return fmt.Errorf("opening data stream: %w", err)
@@ -823,7 +829,7 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, jobs *jo
 		if err != nil {
 			return permanentError{err}
 		}
-		level := t.lc.current()
+		level := t.lc.levelFor(version)
 		packed, codec := chunkstore.Compress(packedBuf[:0], plain, level)
 		release()
 		cpu := time.Since(t0)

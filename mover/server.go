@@ -428,7 +428,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 				// Stream reads ignore contexts: a failed or superseded
 				// transfer cancels them.
 				stop := context.AfterFunc(r.ctx, func() { ds.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
-				if err := r.readData(r.ctx, ds); err != nil {
+				if err := r.readData(r.ctx, ds, cs.version); err != nil {
 					r.fail(err)
 				}
 				stop()

@@ -680,7 +680,7 @@ func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, 
 	out.Bytes, out.WireBytes = res.Bytes, res.WireBytes
 	out.Detail = fmt.Sprintf("%d files, %d chunks sent, %d skipped", res.Files, res.ChunksSent, res.ChunksSkipped)
 	if lv := res.LevelsText(); lv != "" {
-		out.Detail += "; zstd " + lv
+		out.Detail += "; " + lv
 	}
 	return nil
 }
