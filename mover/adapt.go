@@ -12,7 +12,7 @@ import (
 	"github.com/pgporter/pgporter/protocol"
 )
 
-// levelController adapts the zstd level to whichever of the CPU and the link
+// levelController adapts the compression level to whichever of the CPU and the link
 // limits the transfer. Data workers report how long they spent reading and
 // compressing each chunk and how long they waited to write it (QUIC flow
 // control, congestion, the rate limit); each window it also samples how idle
