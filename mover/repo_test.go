@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -627,5 +628,62 @@ func TestRepoGetCancelReleasesBuffer(t *testing.T) {
 	require.NotEmpty(t, given)
 	for _, b := range given {
 		require.Equal(t, len(b), bytes.Count(b, []byte{0xaa}), "a worker wrote into the buffer of a Get that had returned")
+	}
+}
+
+// TestRepoS2ChunksToVersion5: a repository whose chunks are stored S2 serves
+// them as stored to a client at protocol 6 and re-encoded to one that
+// negotiated 5, which reads them all the same.
+func TestRepoS2ChunksToVersion5(t *testing.T) {
+	stored := map[chunkstore.ID][]byte{}
+	f := startRepoServer(t, 1, func(f *repoFixture) {
+		l, err := chunkstore.OpenLocal(filepath.Join(f.repoDir, "chunks"), chunkstore.LocalOptions{Level: chunkstore.LevelS2})
+		require.NoError(t, err)
+		defer func() { require.NoError(t, l.Close()) }()
+		ctx := context.Background()
+		for i := range 3 {
+			c := pgbenchLike(100<<10, uint64(200+i))
+			id := chunkstore.Sum(c)
+			require.NoError(t, l.Put(ctx, id, c))
+			b, info, err := l.GetStored(ctx, id, nil)
+			require.NoError(t, err)
+			require.Equal(t, chunkstore.CodecS2, info.Codec)
+			stored[id] = b
+		}
+		require.NoError(t, l.Flush(ctx))
+	})
+
+	var mu sync.Mutex // guards sent
+	sent := map[chunkstore.ID][]byte{}
+	record := func(id chunkstore.ID, p []byte) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		sent[id] = bytes.Clone(p)
+		return p
+	}
+	tamperFetch.Store(&record)
+	defer tamperFetch.Store(nil)
+
+	for _, v := range []uint16{protocol.Version, 5} {
+		t.Run(fmt.Sprint(v), func(t *testing.T) {
+			if v != protocol.Version {
+				asVersion(t, v)
+			}
+			rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
+			require.NoError(t, err)
+			for id, b := range stored {
+				plain, err := rr.Get(context.Background(), id, nil)
+				require.NoError(t, err)
+				require.Equal(t, id, chunkstore.Sum(plain))
+				mu.Lock()
+				got := sent[id]
+				mu.Unlock()
+				if v >= protocol.S2Version {
+					require.Equal(t, b, got, "as stored")
+				} else {
+					require.NotEqual(t, b, got, "re-encoded for protocol %d", v)
+				}
+			}
+		})
 	}
 }
