@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -262,6 +263,33 @@ func TestOwnedDir(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(target, OwnerMarker), []byte(id), 0o644))
 	require.ErrorIs(t, removeOwned(dir, id), ErrNotOwned, "a link to a marked directory is still a link")
 	require.FileExists(t, precious)
+}
+
+// TestRemoveOwnedTree: removeOwned removes a staging directory of many
+// files, nested directories and links (unlinking the files several at a
+// time), and removes links as links: what they point at stays.
+func TestRemoveOwnedTree(t *testing.T) {
+	base := t.TempDir()
+	id := "x-20261206-090000-000001"
+	dir := filepath.Join(base, "staging", id)
+	require.NoError(t, makeOwnedDir(dir, id))
+	outside := t.TempDir()
+	precious := victim(t, outside)
+	for _, sub := range []string{"shop", "shop/deep/er", "crm"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, sub), 0o755))
+	}
+	for i := range 700 {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "shop", fmt.Sprintf("%d.dat", i)), []byte("row"), 0o644))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "shop/deep/er/toc.dat"), nil, 0o600))
+	require.NoError(t, os.Symlink(outside, filepath.Join(dir, "shop/link-to-dir")))
+	require.NoError(t, os.Symlink(precious, filepath.Join(dir, "crm/link-to-file")))
+	require.NoError(t, removeOwned(dir, id))
+	require.NoDirExists(t, dir)
+	require.FileExists(t, precious)
+	ents, err := os.ReadDir(outside)
+	require.NoError(t, err)
+	require.Len(t, ents, 1, "nothing beside the link's target was touched")
 }
 
 // TestCancelLeavesWhatIsNotOurs: a local cancel removes a session's
