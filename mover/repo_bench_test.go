@@ -47,6 +47,17 @@ func BenchmarkRepoMountRead(b *testing.B) {
 		benchMountRead(b, f, files, tree, rr, 0)
 		b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
 	})
+	// One connection, as before RemoteRepoOptions.Conns: one quic-go run
+	// loop per side for all fetches.
+	b.Run("remote-1conn", func(b *testing.B) {
+		f := startRepoServer(b, scale, nil)
+		rr, err := dialTestRepo(b, f, PermRead, "", RemoteRepoOptions{Conns: 1})
+		require.NoError(b, err)
+		tree, err := rr.Tree(context.Background(), f.rp)
+		require.NoError(b, err)
+		benchMountRead(b, f, files, tree, rr, 0)
+		b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
+	})
 	// Over a link with a 20 ms round trip (a UDP proxy that holds each
 	// datagram 10 ms each way): reading ahead by RTT × rate, and by the
 	// fixed count of chunks of a local store.
@@ -118,9 +129,14 @@ func benchMountRead(b *testing.B, f *repoFixture, files []string, tree []chunkst
 // protocol's throughput without FUSE.
 //
 //	go test -run '^$' -bench RepoGet -benchtime 5x ./mover/
-func BenchmarkRepoGet(b *testing.B) {
+func BenchmarkRepoGet(b *testing.B) { benchRepoGet(b, RemoteRepoOptions{}) }
+
+// BenchmarkRepoGet1Conn is BenchmarkRepoGet over one connection.
+func BenchmarkRepoGet1Conn(b *testing.B) { benchRepoGet(b, RemoteRepoOptions{Conns: 1}) }
+
+func benchRepoGet(b *testing.B, o RemoteRepoOptions) {
 	f := startRepoServer(b, 16, nil)
-	rr, err := dialTestRepo(b, f, PermRead, "", RemoteRepoOptions{})
+	rr, err := dialTestRepo(b, f, PermRead, "", o)
 	require.NoError(b, err)
 	var refs []chunkstore.ChunkRef
 	var size int64

@@ -24,6 +24,16 @@ type RemoteRepoOptions struct {
 	// its own QUIC stream (default 16, at most 63: the server's stream
 	// limit, 64, less the control stream).
 	Streams int
+	// Conns is how many QUIC connections carry the fetch streams (default
+	// 2, at most 4): each connection's packing, acknowledging and
+	// encryption run in one goroutine per side, so one connection keeps
+	// about one core busy per side. Fetch stream k uses connection
+	// k mod Conns; List, Resolve and Tree's control requests use the first.
+	// Each connection's receive window is its own (at most 128 MiB), so
+	// Conns also multiplies what the repository mover may make this side
+	// buffer. A connection the server refuses (its limit of connections
+	// per peer) leaves its fetches to the first.
+	Conns int
 	// Batch is the most chunk IDs one fetch request asks for (default 16).
 	// Gets that queue while every stream is busy go out together.
 	Batch int
@@ -43,6 +53,10 @@ func (o RemoteRepoOptions) withDefaults() RemoteRepoOptions {
 	// Fetch streams stay open, so one past the server's credit would wait
 	// for credit forever, and the Gets in its batch with it.
 	o.Streams = min(o.Streams, int(QUICConfig().MaxIncomingStreams)-1)
+	if o.Conns <= 0 {
+		o.Conns = defaultRepoConns
+	}
+	o.Conns = min(o.Conns, maxRepoConns, o.Streams)
 	if o.Batch <= 0 {
 		o.Batch = 16
 	}
@@ -56,6 +70,13 @@ func (o RemoteRepoOptions) withDefaults() RemoteRepoOptions {
 	return o
 }
 
+const (
+	defaultRepoConns = 2
+	// maxRepoConns bounds Conns: more connections than cores buy nothing,
+	// and each holds a socket and a server slot (ServerOptions.MaxConnsPerPeer).
+	maxRepoConns = 4
+)
+
 // ErrRepoClosed is returned by the methods of a closed RemoteRepo.
 var ErrRepoClosed = errors.New("mover: remote repository is closed")
 
@@ -64,9 +85,9 @@ var ErrRepoClosed = errors.New("mover: remote repository is closed")
 // satisfies staging.ChunkReader: it is safe for concurrent use, and every
 // chunk is verified against its BLAKE3 ID before it is returned.
 //
-// Concurrent Gets share one QUIC connection: up to Streams fetch requests are
-// in flight, each for up to Batch chunks. A lost connection is redialled;
-// a request retries for up to RetryFor.
+// Concurrent Gets share Conns QUIC connections: up to Streams fetch requests
+// are in flight, each for up to Batch chunks. Each lost connection is
+// redialled on its own; a request retries for up to RetryFor.
 type RemoteRepo struct {
 	id   *Identity
 	addr string
@@ -74,18 +95,38 @@ type RemoteRepo struct {
 	o    RemoteRepoOptions
 	log  *slog.Logger
 
-	mu   sync.Mutex // guards conn, cs; held while dialling
-	conn *quic.Conn // nil until dialled or after a failure
-	cs   *controlStream
+	conns []*repoConn // Conns of them; the first carries the control requests
 
 	ctlMu sync.Mutex // serialises request/reply pairs on the control stream
-
-	rtt atomic.Int64 // the connection's smoothed RTT in ns, as of the last fetch
 
 	reqs      chan *fetchReq
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 	workers   sync.WaitGroup
+}
+
+// repoConn is one of a RemoteRepo's connections, redialled on its own after
+// a failure.
+type repoConn struct {
+	mu   sync.Mutex // guards conn, cs; held while dialling
+	conn *quic.Conn // nil until dialled or after a failure
+	cs   *controlStream
+
+	rtt atomic.Int64 // the connection's smoothed RTT in ns, as of its last fetch
+
+	// refused is set once the server refused this connection (its limit of
+	// connections per peer); its fetches then use the first connection.
+	refused atomic.Bool
+}
+
+// errConnRefused is connection's answer for a connection the server
+// refused: its fetches go over the first.
+var errConnRefused = errors.New("mover: repository mover refused an extra connection")
+
+// refusedConn reports whether err is the server's refusal of a connection.
+func refusedConn(err error) bool {
+	ae, ok := errors.AsType[*quic.ApplicationError](err)
+	return ok && ae.Remote && uint64(ae.ErrorCode) == protocol.CloseRefused
 }
 
 type fetchReq struct {
@@ -123,12 +164,17 @@ func DialRepo(ctx context.Context, home, addr string, peer PeerID, o RemoteRepoO
 	}
 	o = o.withDefaults()
 	r := &RemoteRepo{id: id, addr: addr, peer: peer, o: o, log: o.Log, reqs: make(chan *fetchReq), done: make(chan struct{})}
-	if _, _, err := r.connection(ctx); err != nil {
+	for range o.Conns {
+		r.conns = append(r.conns, &repoConn{})
+	}
+	// The first connection reports trust problems at once; the others
+	// are dialled by their first fetch.
+	if _, _, err := r.connection(ctx, r.conns[0]); err != nil {
 		return nil, err
 	}
 	r.workers.Add(o.Streams)
-	for range o.Streams {
-		go r.worker()
+	for k := range o.Streams {
+		go r.worker(r.conns[k%len(r.conns)])
 	}
 	return r, nil
 }
@@ -138,30 +184,42 @@ func DialRepo(ctx context.Context, home, addr string, peer PeerID, o RemoteRepoO
 func (r *RemoteRepo) Close() error {
 	r.closeOnce.Do(func() {
 		close(r.done)
-		r.mu.Lock()
-		if r.conn != nil {
-			r.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
-			r.conn = nil
+		for _, rc := range r.conns {
+			rc.mu.Lock()
+			if rc.conn != nil {
+				rc.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+				rc.conn, rc.cs = nil, nil
+			}
+			rc.mu.Unlock()
 		}
-		r.mu.Unlock()
 		r.workers.Wait()
 	})
 	return nil
 }
 
-// connection returns the live connection, dialling if there is none.
-func (r *RemoteRepo) connection(ctx context.Context) (*quic.Conn, *controlStream, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// connection returns rc's live connection, dialling if there is none.
+func (r *RemoteRepo) connection(ctx context.Context, rc *repoConn) (*quic.Conn, *controlStream, error) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
 	select {
 	case <-r.done:
 		return nil, nil, ErrRepoClosed
 	default:
 	}
-	if r.conn != nil && r.conn.Context().Err() == nil {
-		return r.conn, r.cs, nil
+	if rc.conn != nil && rc.conn.Context().Err() == nil {
+		return rc.conn, rc.cs, nil
+	}
+	if rc.refused.Load() {
+		return nil, nil, errConnRefused
 	}
 	conn, cs, err := dialMover(ctx, r.addr, r.id, r.peer, r.o.IdleTimeout)
+	if err != nil && rc != r.conns[0] && refusedConn(err) {
+		// The first connection was admitted, so this is the server's limit
+		// of connections per peer, not a lack of trust.
+		r.log.Warn("repository mover refused an extra connection; fetching over fewer", "peer", r.peer.Short(), "err", err)
+		rc.refused.Store(true)
+		return nil, nil, errConnRefused
+	}
 	if err != nil {
 		// dialMover's hint asks for send; reading a repository needs read.
 		if ue, ok := errors.AsType[*UntrustedError](err); ok {
@@ -169,23 +227,34 @@ func (r *RemoteRepo) connection(ctx context.Context) (*quic.Conn, *controlStream
 		}
 		return nil, nil, err
 	}
-	r.conn, r.cs = conn, cs
-	r.rtt.Store(int64(conn.ConnectionStats().SmoothedRTT))
+	rc.conn, rc.cs = conn, cs
+	rc.rtt.Store(int64(conn.ConnectionStats().SmoothedRTT))
 	return conn, cs, nil
 }
 
-// RTT returns the smoothed round-trip time of the connection to the
-// repository mover, as of the last fetch; 0 before the first. With it a
-// mount reads ahead by round trip × rate (staging.LatencyReader).
-func (r *RemoteRepo) RTT() time.Duration { return time.Duration(r.rtt.Load()) }
+// RTT returns the smoothed round-trip time to the repository mover: the
+// least of its connections', each as of its last fetch; 0 before the first.
+// With it a mount reads ahead by round trip × rate (staging.LatencyReader).
+// The least, because the connections share one path: a larger one is a
+// connection whose run loop waited for a CPU, not a longer path.
+func (r *RemoteRepo) RTT() time.Duration {
+	var least int64
+	for _, rc := range r.conns {
+		if v := rc.rtt.Load(); v > 0 && (least == 0 || v < least) {
+			least = v
+		}
+	}
+	return time.Duration(least)
+}
 
-// drop closes conn after a failure on it, unless it was replaced already.
-func (r *RemoteRepo) drop(conn *quic.Conn) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+// drop closes conn, one of rc's, after a failure on it, unless it was
+// replaced already.
+func (r *RemoteRepo) drop(rc *repoConn, conn *quic.Conn) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
 	conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
-	if r.conn == conn {
-		r.conn, r.cs = nil, nil
+	if rc.conn == conn {
+		rc.conn, rc.cs = nil, nil
 	}
 }
 
@@ -228,22 +297,23 @@ func (r *RemoteRepo) retry(ctx context.Context, what string, fn func() error) er
 func (r *RemoteRepo) request(ctx context.Context, m protocol.Message) (protocol.Message, error) {
 	var reply protocol.Message
 	err := r.retry(ctx, m.Type().String(), func() error {
-		conn, cs, err := r.connection(ctx)
+		rc := r.conns[0]
+		conn, cs, err := r.connection(ctx, rc)
 		if err != nil {
 			return err
 		}
 		r.ctlMu.Lock()
 		defer r.ctlMu.Unlock()
 		// Stream reads take no context: dropping the connection ends them.
-		stop := context.AfterFunc(ctx, func() { r.drop(conn) })
+		stop := context.AfterFunc(ctx, func() { r.drop(rc, conn) })
 		defer stop()
 		if err := cs.write(m); err != nil {
-			r.drop(conn)
+			r.drop(rc, conn)
 			return err
 		}
 		reply, err = cs.next()
 		if _, remote := errors.AsType[*protocol.RemoteError](err); err != nil && !remote {
-			r.drop(conn)
+			r.drop(rc, conn)
 		}
 		return err
 	})
@@ -359,8 +429,8 @@ func (r *RemoteRepo) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]b
 }
 
 // worker serves Gets: it takes one, adds whatever else is queued up to a
-// batch, and fetches them on one stream.
-func (r *RemoteRepo) worker() {
+// batch, and fetches them on one stream of rc.
+func (r *RemoteRepo) worker(rc *repoConn) {
 	defer r.workers.Done()
 	// A batch is not cancelled with the Gets that wait for it (they stop
 	// waiting); Close ends it by closing the connection.
@@ -384,7 +454,7 @@ func (r *RemoteRepo) worker() {
 				break fill
 			}
 		}
-		r.fetch(ctx, &fst, batch)
+		r.fetch(ctx, rc, &fst, batch)
 	}
 }
 
@@ -414,9 +484,9 @@ func (f *fetchStream) close() {
 	*f = fetchStream{}
 }
 
-// fetch answers every request of batch, retrying the chunks not yet
+// fetch answers every request of batch on rc, retrying the chunks not yet
 // received through connection failures.
-func (r *RemoteRepo) fetch(ctx context.Context, fst *fetchStream, batch []*fetchReq) {
+func (r *RemoteRepo) fetch(ctx context.Context, rc *repoConn, fst *fetchStream, batch []*fetchReq) {
 	waiting := map[chunkstore.ID][]*fetchReq{}
 	var ids []chunkstore.ID
 	for _, q := range batch {
@@ -464,7 +534,7 @@ func (r *RemoteRepo) fetch(ctx context.Context, fst *fetchStream, batch []*fetch
 				rest = append(rest, id)
 			}
 		}
-		err := r.fetchOnce(ctx, fst, rest, deliver, answer)
+		err := r.fetchOnce(ctx, rc, fst, rest, deliver, answer)
 		if err != nil {
 			fst.reset()
 		}
@@ -494,16 +564,20 @@ func (r *RemoteRepo) decode(dst []byte, m *protocol.ChunkData) ([]byte, error) {
 	return out, nil
 }
 
-// fetchOnce asks for ids on fst, opening it on the live connection if
+// fetchOnce asks for ids on fst, opening it on rc's live connection if
 // needed, and hands each chunk to deliver (which must be done with its
 // payload when it returns) and each Error to answer. It returns an error
 // when the stream failed before every answer arrived (the caller then
 // resets fst); the chunks already answered are not asked for again.
-func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chunkstore.ID, deliver func(*protocol.ChunkData), answer func(chunkstore.ID, fetchRes)) error {
+func (r *RemoteRepo) fetchOnce(ctx context.Context, rc *repoConn, fst *fetchStream, ids []chunkstore.ID, deliver func(*protocol.ChunkData), answer func(chunkstore.ID, fetchRes)) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	conn, cs, err := r.connection(ctx)
+	conn, cs, err := r.connection(ctx, rc)
+	if errors.Is(err, errConnRefused) {
+		rc = r.conns[0]
+		conn, cs, err = r.connection(ctx, rc)
+	}
 	if err != nil {
 		return err
 	}
@@ -513,7 +587,7 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chun
 		fst.reset()
 		st, err := conn.OpenStreamSync(ctx)
 		if err != nil {
-			r.drop(conn)
+			r.drop(rc, conn)
 			return fmt.Errorf("opening fetch stream: %w", err)
 		}
 		*fst = fetchStream{conn: conn, st: st, rd: protocol.NewReader(st, protocol.MaxFrameSize)}
@@ -526,7 +600,7 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, fst *fetchStream, ids []chun
 	if _, err := st.Write(frame); err != nil {
 		return fmt.Errorf("writing fetch request: %w", err)
 	}
-	defer func() { r.rtt.Store(int64(conn.ConnectionStats().SmoothedRTT)) }()
+	defer func() { rc.rtt.Store(int64(conn.ConnectionStats().SmoothedRTT)) }()
 	var first error // the first answer, if an Error: maybe a refusal of the whole request
 	for i, id := range ids {
 		m, err := rd.Next()

@@ -541,8 +541,8 @@ func TestRepoConcurrentGets(t *testing.T) {
 func TestRepoStreamsWithinCredit(t *testing.T) {
 	f := startRepoServer(t, 1, nil)
 	// Batch 1: each of the workers, woken in turn, takes one Get, so that
-	// every stream is opened.
-	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{Streams: 1000, Batch: 1})
+	// every stream is opened; one connection carries them all.
+	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{Streams: 1000, Batch: 1, Conns: 1})
 	require.NoError(t, err)
 	require.Equal(t, int(QUICConfig().MaxIncomingStreams)-1, rr.o.Streams)
 	var refs []chunkstore.ChunkRef
