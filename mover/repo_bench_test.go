@@ -2,6 +2,7 @@ package mover
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/user"
@@ -47,30 +48,33 @@ func BenchmarkRepoMountRead(b *testing.B) {
 		benchMountRead(b, f, files, tree, rr, 0)
 		b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
 	})
-	// One connection, as before RemoteRepoOptions.Conns: one quic-go run
-	// loop per side for all fetches.
-	b.Run("remote-1conn", func(b *testing.B) {
-		f := startRepoServer(b, scale, nil)
-		rr, err := dialTestRepo(b, f, PermRead, "", RemoteRepoOptions{Conns: 1})
-		require.NoError(b, err)
-		tree, err := rr.Tree(context.Background(), f.rp)
-		require.NoError(b, err)
-		benchMountRead(b, f, files, tree, rr, 0)
-		b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
-	})
+	// One connection, as before RemoteRepoOptions.Conns (one quic-go run
+	// loop per side for all fetches), and the most.
+	for _, conns := range []int{1, maxRepoConns} {
+		b.Run(fmt.Sprintf("remote-%dconn", conns), func(b *testing.B) {
+			f := startRepoServer(b, scale, nil)
+			rr, err := dialTestRepo(b, f, PermRead, "", RemoteRepoOptions{Conns: conns})
+			require.NoError(b, err)
+			tree, err := rr.Tree(context.Background(), f.rp)
+			require.NoError(b, err)
+			benchMountRead(b, f, files, tree, rr, 0)
+			b.ReportMetric(float64(rr.RTT().Microseconds()), "rtt-µs")
+		})
+	}
 	// Over a link with a 20 ms round trip (a UDP proxy that holds each
 	// datagram 10 ms each way): reading ahead by RTT × rate, and by the
-	// fixed count of chunks of a local store.
-	for _, fixed := range []bool{false, true} {
-		name := "remote-20ms"
-		if fixed {
-			name += "-fixed"
-		}
-		b.Run(name, func(b *testing.B) {
+	// fixed count of chunks of a local store; and over one connection.
+	for _, v := range []struct {
+		name  string
+		fixed bool
+		conns int
+	}{{"remote-20ms", false, 0}, {"remote-20ms-fixed", true, 0}, {"remote-20ms-1conn", false, 1}} {
+		fixed := v.fixed
+		b.Run(v.name, func(b *testing.B) {
 			f := startRepoServer(b, scale, nil)
 			proxy := testsupport.NewUDPProxy(b, f.addr)
 			proxy.SetDelay(10 * time.Millisecond)
-			rr, err := dialTestRepo(b, f, PermRead, proxy.Addr(), RemoteRepoOptions{})
+			rr, err := dialTestRepo(b, f, PermRead, proxy.Addr(), RemoteRepoOptions{Conns: v.conns})
 			require.NoError(b, err)
 			tree, err := rr.Tree(context.Background(), f.rp)
 			require.NoError(b, err)
