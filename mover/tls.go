@@ -1,14 +1,18 @@
 package mover
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
+	"github.com/quic-go/quic-go/qlogwriter"
 )
 
 // ALPN is the application protocol movers negotiate; a peer speaking another
@@ -233,5 +237,22 @@ func QUICConfig() *quic.Config {
 		// Only for clients' heartbeats (see heartbeat); a server drops what
 		// it receives, beyond quic-go's bounded queue, unread.
 		EnableDatagrams: true,
+		Tracer:          qlogTracer,
 	}
+}
+
+// qlogTracer writes a qlog trace of every connection into the directory
+// $QLOGDIR names (quic-go's convention; for diagnosing losses and
+// congestion, e.g. with qvis), and does nothing when it is unset. It makes
+// the directory itself, because quic-go's tracer ends the process when it
+// cannot.
+func qlogTracer(ctx context.Context, isClient bool, id quic.ConnectionID) qlogwriter.Trace {
+	dir := os.Getenv("QLOGDIR")
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil
+	}
+	return qlog.DefaultConnectionTracer(ctx, isClient, id)
 }
