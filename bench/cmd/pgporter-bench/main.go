@@ -1,0 +1,92 @@
+// Command pgporter-bench runs the benchmark harness of package bench:
+// pgporter against the tools users would pick instead, on the same data and
+// links, with results as JSON, benchstat lines, Markdown tables and charts.
+//
+//	go run ./bench/cmd/pgporter-bench --list
+//	go run ./bench/cmd/pgporter-bench --scenario lan --runs 5 --data /var/tmp/lan-dump
+//	go run ./bench/cmd/pgporter-bench --smoke
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/pgporter/pgporter/bench"
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run parses args and runs the harness; it returns the exit code: 0 on
+// success, 2 for a usage error, 130 when cancelled, 1 otherwise.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o bench.Options
+	var list bool
+	var sendFlags string
+	c := &cobra.Command{
+		Use:           "pgporter-bench",
+		Short:         "Benchmark pgporter against rsync, tar|zstd|nc and the other tools users would pick",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(*cobra.Command, []string) error {
+			if list {
+				for _, s := range bench.ScenarioNames() {
+					fmt.Fprintf(stdout, "%-8s %s\n", s[0], s[1])
+				}
+				return nil
+			}
+			o.SendFlags = strings.Fields(sendFlags)
+			w, err := bench.RunAll(ctx, o, stdout, stderr)
+			if w != nil {
+				fmt.Fprintf(stderr, "pgporter-bench: wrote %s, %s, %s and %d charts\n", w.JSON, w.Benchfmt, w.Markdown, len(w.Charts))
+			}
+			return err
+		},
+	}
+	f := c.Flags()
+	f.StringSliceVar(&o.Scenarios, "scenario", nil, "scenarios to run, by name, comma-separated or repeated (default all; see --list)")
+	f.IntVar(&o.Runs, "runs", 0, "repetitions of each tool, interleaved (default 5, or 1 with --smoke)")
+	f.StringVar(&o.Out, "out", "bench/results", "directory for the results: DATE.json, DATE.txt (benchstat), DATE.md and charts")
+	f.BoolVar(&list, "list", false, "list the scenarios and exit")
+	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
+	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
+	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan: link rate each way (tc tbf)")
+	f.StringVar(&o.Link.SenderCPUs, "sender-cpus", "0", "lan: CPUs of the sending side (taskset -c)")
+	f.StringVar(&o.Link.ReceiverCPUs, "receiver-cpus", "1", "lan: CPUs of the receiving side (taskset -c)")
+	c.SetArgs(args)
+	c.SetOut(stdout)
+	c.SetErr(stderr)
+	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+
+	err := c.ExecuteContext(ctx)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintln(stderr, "pgporter-bench: cancelled")
+		return 130
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(stderr, "pgporter-bench: %v\n%s", err, c.UsageString())
+		return 2
+	}
+	fmt.Fprintf(stderr, "pgporter-bench: %v\n", err)
+	return 1
+}
+
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }

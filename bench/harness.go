@@ -1,0 +1,182 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Options is one invocation of the harness, as the command's flags set it.
+type Options struct {
+	Scenarios []string // names; empty means all
+	Runs      int      // repetitions; 0 means 5, or 1 with Smoke
+	Out       string   // results directory; "" means bench/results
+	Smoke     bool
+	Data      string // LAN: directory to send
+	Pgporter  string // LAN: binary; "" builds ./cmd/pgporter into Out/.bin
+	SendFlags []string
+	Link      LinkOptions
+}
+
+// ScenarioNames lists the scenarios in the order the harness runs them,
+// with their descriptions.
+func ScenarioNames() [][2]string {
+	var out [][2]string
+	for _, s := range scenarios(Options{}) {
+		out = append(out, [2]string{s.Name(), s.Describe()})
+	}
+	return out
+}
+
+func scenarios(o Options) []Scenario {
+	return []Scenario{
+		&ChunkEngine{},
+		&LAN{Data: o.Data, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
+	}
+}
+
+// Written is what RunAll wrote.
+type Written struct {
+	JSON, Benchfmt, Markdown string
+	Charts                   []string
+}
+
+// RunAll runs the chosen scenarios and writes, under o.Out, STAMP.json,
+// STAMP.txt (benchstat's format), STAMP.md (the tables) and the charts,
+// STAMP being the start time, YYYYMMDD-HHMMSS. The tables also go to stdout,
+// progress to stderr. When a scenario fails, what ran so far is still
+// written.
+func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written, error) {
+	if o.Out == "" {
+		o.Out = filepath.Join("bench", "results")
+	}
+	if o.Runs <= 0 {
+		o.Runs = 5
+		if o.Smoke {
+			o.Runs = 1
+		}
+	}
+	var chosen []Scenario
+	all := scenarios(o)
+	for _, name := range o.Scenarios {
+		i := slices.IndexFunc(all, func(s Scenario) bool { return s.Name() == name })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown scenario %q (see --list)", name)
+		}
+		chosen = append(chosen, all[i])
+	}
+	if len(o.Scenarios) == 0 {
+		chosen = all
+	}
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("making the results directory: %w", err)
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "pgporter-bench: "+format+"\n", args...) }
+
+	for _, s := range chosen {
+		if lan, ok := s.(*LAN); ok && lan.Pgporter == "" {
+			bin := filepath.Join(o.Out, ".bin", "pgporter")
+			logf("building ./cmd/pgporter into %s", bin)
+			if err := buildPgporter(ctx, bin); err != nil {
+				return nil, err
+			}
+			lan.Pgporter = bin
+		}
+	}
+
+	start := time.Now()
+	f := &File{
+		Started: start.UTC(), Commit: gitCommit(ctx), Cores: runtime.NumCPU(), GoVersion: runtime.Version(),
+		Smoke: o.Smoke, LoadBefore: LoadAvg(),
+	}
+	var runErr error
+	for _, s := range chosen {
+		dir, err := os.MkdirTemp("", "pgporter-bench-"+s.Name()+"-")
+		if err != nil {
+			return nil, fmt.Errorf("making scratch directory: %w", err)
+		}
+		res, err := Run(ctx, s, RunOptions{Reps: o.Runs, Env: Env{Dir: dir, Smoke: o.Smoke, Logf: logf}})
+		if rerr := os.RemoveAll(dir); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		if res != nil && len(res.Runs) > 0 {
+			f.Results = append(f.Results, *res)
+		}
+		if err != nil {
+			runErr = err
+			break
+		}
+	}
+	f.LoadAfter = LoadAvg()
+	if len(f.Results) == 0 {
+		return nil, runErr
+	}
+	w, err := writeAll(o.Out, start.UTC().Format("20060102-150405"), f)
+	if err == nil {
+		err = WriteTables(stdout, f)
+	}
+	return w, errors.Join(runErr, err)
+}
+
+func writeAll(dir, stamp string, f *File) (*Written, error) {
+	w := &Written{
+		JSON:     filepath.Join(dir, stamp+".json"),
+		Benchfmt: filepath.Join(dir, stamp+".txt"),
+		Markdown: filepath.Join(dir, stamp+".md"),
+	}
+	if err := WriteJSON(w.JSON, f); err != nil {
+		return nil, err
+	}
+	for _, out := range []struct {
+		path  string
+		write func(io.Writer, *File) error
+	}{{w.Benchfmt, WriteBenchfmt}, {w.Markdown, WriteTables}} {
+		if err := writeFile(out.path, func(wr io.Writer) error { return out.write(wr, f) }); err != nil {
+			return nil, err
+		}
+	}
+	charts, err := WriteCharts(dir, stamp, f)
+	w.Charts = charts
+	return w, err
+}
+
+func writeFile(path string, write func(io.Writer) error) error {
+	fh, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	err = write(fh)
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+func buildPgporter(ctx context.Context, bin string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/pgporter/pgporter/cmd/pgporter")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("building pgporter: %w: %s", err, tail(string(out)))
+	}
+	return nil
+}
+
+// gitCommit returns the checkout's commit, with "-dirty" when it has
+// changes, or "" outside a git checkout.
+func gitCommit(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty", "--abbrev=12").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}

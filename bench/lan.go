@@ -1,0 +1,212 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// LAN is scenario 2: a cold transfer of a dump directory over a 1 Gbit/s
+// link between two network namespaces, each side pinned to its own CPUs.
+// Tools: pgporter send into a fresh pgporter mover serve (no chunk from an
+// earlier run to skip), an rsync daemon with -a, with -a -z (zstd level 1),
+// and that with --fsync (pgporter syncs what it receives), and
+// tar | zstd -1 | nc into nc | zstd -d | tar -x.
+type LAN struct {
+	// Data is the directory to send, e.g. a pg_dump -Fd dump. When empty the
+	// scenario makes one: a few MB of synthetic rows with Env.Smoke, else a
+	// pg_dump -Fd -Z0 of pgbench -s 20 plus the md5/jsonb/words table.
+	Data string
+	// Pgporter is the pgporter binary to run; required.
+	Pgporter string
+	// SendFlags are extra flags of pgporter send, e.g. "--compress fastest".
+	SendFlags []string
+	Link      LinkOptions // Rate defaults to 1gbit
+}
+
+var _ Scenario = (*LAN)(nil)
+
+func (*LAN) Name() string { return "lan" }
+
+func (*LAN) Describe() string {
+	return "cold transfer of a dump over a 1 Gbit/s veth link (tc tbf) between two network namespaces"
+}
+
+// Ports inside the namespaces, which nothing else uses.
+const (
+	pgporterPort = 7448
+	rsyncPort    = 8730
+	ncPort       = 9000
+)
+
+func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
+	if s.Pgporter == "" {
+		return nil, errors.New("lan: no pgporter binary")
+	}
+	if err := RequireLinkTools(); err != nil {
+		return nil, err
+	}
+	data := s.Data
+	switch {
+	case data != "":
+	case env.Smoke:
+		data = filepath.Join(env.Dir, "data")
+		if err := writeSmokeData(data); err != nil {
+			return nil, err
+		}
+	default:
+		data = filepath.Join(env.Dir, "dump")
+		env.Logf("lan: making the dump (pgbench -s 20 plus 600k rows of md5 text, jsonb and words)")
+		if err := MakeDump(ctx, DumpOptions{Dir: data, Scale: 20, Scratch: env.Dir}); err != nil {
+			return nil, fmt.Errorf("making the dump: %w", err)
+		}
+	}
+	size, files, err := readTree(data)
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("lan: %d bytes in %d files from %s", size, files, data)
+
+	lo := s.Link
+	if lo.Rate == "" {
+		lo.Rate = "1gbit"
+	}
+	link, err := NewLink(ctx, lo)
+	if err != nil {
+		return nil, err
+	}
+	var closers []func() error
+	closeAll := func() error {
+		var errs []error
+		for i := len(closers) - 1; i >= 0; i-- {
+			errs = append(errs, closers[i]())
+		}
+		return errors.Join(append(errs, link.Close())...)
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, closeAll())
+		}
+	}()
+	rsyncd, err := startRsyncd(ctx, link, filepath.Join(env.Dir, "rsync"))
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, rsyncd.Close)
+
+	j := &lanJob{link: link, data: data, size: size, dir: env.Dir, logf: env.Logf}
+	tools := []Tool{
+		&pgporterTool{job: j, bin: s.Pgporter, flags: s.SendFlags},
+		&rsyncTool{job: j, d: rsyncd, name: "rsync -z", args: []string{"-z", "--compress-choice=zstd", "--compress-level=1"}},
+		&rsyncTool{job: j, d: rsyncd, name: "rsync -z --fsync", args: []string{"-z", "--compress-choice=zstd", "--compress-level=1", "--fsync"}},
+		&rsyncTool{job: j, d: rsyncd, name: "rsync"},
+		&tarTool{job: j},
+	}
+	return &Setup{
+		Bytes: size,
+		Sides: []string{"sender", "receiver"},
+		Notes: map[string]string{
+			"link":          lo.Rate + " (tc tbf) each way",
+			"sender CPUs":   link.SenderCPUs,
+			"receiver CPUs": link.ReceiverCPUs,
+			"files":         strconv.Itoa(files),
+			"fsync":         "pgporter and rsync --fsync sync what they receive; the others do not",
+		},
+		Tools: tools,
+		Close: closeAll,
+	}, nil
+}
+
+// lanJob is what the LAN tools share.
+type lanJob struct {
+	link *Link
+	data string
+	size int64
+	dir  string
+	logf func(string, ...any)
+}
+
+// checkReceived returns an error unless dest holds as many bytes in regular
+// files as the data (pgporter's manifest aside), so that a tool that
+// silently moved nothing cannot post a fast time.
+func (j *lanJob) checkReceived(dest string) error {
+	got, _, err := treeSize(dest)
+	if err != nil {
+		return err
+	}
+	if got != j.size {
+		return fmt.Errorf("received %d bytes into %s, sent %d", got, dest, j.size)
+	}
+	return nil
+}
+
+// readTree returns the bytes and count of regular files under dir, reading
+// each once so that every tool starts with the data in the page cache.
+func readTree(dir string) (size int64, files int, err error) {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		n, err := io.Copy(io.Discard, f)
+		size += n
+		files++
+		return err
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading %s: %w", dir, err)
+	}
+	if files == 0 {
+		return 0, 0, fmt.Errorf("no files in %s", dir)
+	}
+	return size, files, nil
+}
+
+// treeSize is readTree without reading, skipping pgporter's manifest.
+func treeSize(dir string) (size int64, files int, err error) {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || d.Name() == "pgporter-manifest.json" {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		size += fi.Size()
+		files++
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("measuring %s: %w", dir, err)
+	}
+	return size, files, nil
+}
+
+// writeSmokeData writes 8 MB of compressible files shaped like a small
+// pg_dump -Fd directory: two tables of pgbench rows, one of md5 text, a toc.
+func writeSmokeData(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("making smoke data: %w", err)
+	}
+	files := map[string][]byte{
+		"3001.dat": PgbenchRows(3 << 20),
+		"3002.dat": PgbenchRows(2 << 20),
+		"3003.dat": MD5Rows(3 << 20),
+		"toc.dat":  MD5Rows(4 << 10),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return fmt.Errorf("making smoke data: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,434 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// startTimeout bounds the wait for a daemon to listen or a worker to be reaped.
+const startTimeout = 30 * time.Second
+
+// pollEvery is the step of the polls below: they watch another process's
+// state (a listening socket, its children), which signals nothing.
+const pollEvery = 20 * time.Millisecond
+
+// waitListening polls the namespace's TCP listeners until port is among
+// them, cmd exits, or the deadline passes.
+func waitListening(ctx context.Context, ns string, port int, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	for {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "ss", "-Hltn", "sport = :"+strconv.Itoa(port)).Output()
+		if err == nil && len(bytes.TrimSpace(out)) > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for a listener on port %d: %w", port, ctx.Err())
+		case <-exited:
+			return fmt.Errorf("exited before listening on port %d", port)
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// daemon is a started process with a channel closed when it exits.
+type daemon struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	err    error // Wait's, once exited is closed
+}
+
+func startDaemon(cmd *exec.Cmd) (*daemon, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", cmd.Args, err)
+	}
+	d := &daemon{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		d.err = cmd.Wait()
+		close(d.exited)
+	}()
+	return d, nil
+}
+
+// stop sends SIGTERM, and SIGKILL after 10 s, and waits for the exit.
+func (d *daemon) stop() error {
+	select {
+	case <-d.exited:
+		return nil
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+	}
+	return nil
+}
+
+// ---- rsync ----
+
+type rsyncd struct {
+	*daemon
+	root string
+}
+
+func startRsyncd(ctx context.Context, l *Link, dir string) (*rsyncd, error) {
+	root := filepath.Join(dir, "root")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("rsync daemon: %w", err)
+	}
+	conf := filepath.Join(dir, "rsyncd.conf")
+	err := os.WriteFile(conf, []byte("use chroot = no\n[bench]\npath = "+root+"\nread only = no\nuid = root\ngid = root\n"), 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("rsync daemon: %w", err)
+	}
+	// Not bound to ctx: the scenario's Close stops it.
+	cmd := l.ReceiverCmd(context.Background(), "", "rsync", "--daemon", "--no-detach", "--config="+conf,
+		"--address", l.ReceiverAddr, "--port", strconv.Itoa(rsyncPort), "--log-file="+filepath.Join(dir, "rsyncd.log"))
+	d, err := startDaemon(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitListening(ctx, l.Receiver, rsyncPort, d.exited); err != nil {
+		return nil, errors.Join(fmt.Errorf("rsync daemon: %w", err), d.stop())
+	}
+	return &rsyncd{daemon: d, root: root}, nil
+}
+
+func (d *rsyncd) Close() error { return d.stop() }
+
+type rsyncTool struct {
+	job  *lanJob
+	d    *rsyncd
+	name string
+	args []string
+}
+
+func (t *rsyncTool) Name() string { return t.name }
+
+func (t *rsyncTool) Run(ctx context.Context, rep int) (Measure, error) {
+	j := t.job
+	sub := fmt.Sprintf("%s-%d", benchLabel(t.name), rep)
+	dest := filepath.Join(t.d.root, sub)
+	defer os.RemoveAll(dest)
+	pid := t.d.cmd.Process.Pid
+	c0, err := procCPU(pid)
+	if err != nil {
+		return Measure{}, err
+	}
+	tx0, err := j.link.SenderTxBytes(ctx)
+	if err != nil {
+		return Measure{}, err
+	}
+	args := append(append([]string{"-a"}, t.args...), j.data+"/", fmt.Sprintf("rsync://%s:%d/bench/%s/", j.link.ReceiverAddr, rsyncPort, sub))
+	peak := filepath.Join(j.dir, "rsync.rss")
+	cmd := j.link.SenderCmd(ctx, peak, "rsync", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	t0 := time.Now()
+	err = cmd.Run()
+	wall := time.Since(t0)
+	if err != nil {
+		return Measure{}, fmt.Errorf("rsync: %w: %s", err, tail(stderr.String()))
+	}
+	// The daemon's worker for this connection counts in the daemon's
+	// cutime/cstime once the daemon has reaped it.
+	if err := pollUntil(ctx, func() (bool, error) {
+		busy, err := hasChildren(pid)
+		return !busy, err
+	}); err != nil {
+		return Measure{}, fmt.Errorf("waiting for the rsync daemon's worker: %w", err)
+	}
+	c1, err := procCPU(pid)
+	if err != nil {
+		return Measure{}, err
+	}
+	tx1, err := j.link.SenderTxBytes(ctx)
+	if err != nil {
+		return Measure{}, err
+	}
+	if err := j.checkReceived(dest); err != nil {
+		return Measure{}, err
+	}
+	rss, err := readPeakRSS(peak)
+	if err != nil {
+		return Measure{}, err
+	}
+	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, WireBytes: tx1 - tx0}, nil
+}
+
+// pollUntil calls done every pollEvery until it returns true, an error, or
+// startTimeout passes.
+func pollUntil(ctx context.Context, done func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	for {
+		ok, err := done()
+		if ok || err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// ---- pgporter ----
+
+type pgporterTool struct {
+	job   *lanJob
+	bin   string
+	flags []string
+}
+
+func (t *pgporterTool) Name() string { return "pgporter" }
+
+func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
+	j := t.job
+	h := filepath.Join(j.dir, fmt.Sprintf("pgporter-%d", rep))
+	defer os.RemoveAll(h)
+	hs, hr, root := filepath.Join(h, "sender"), filepath.Join(h, "receiver"), filepath.Join(h, "root")
+	sid, err := t.initHome(ctx, hs)
+	if err != nil {
+		return Measure{}, err
+	}
+	rid, err := t.initHome(ctx, hr)
+	if err != nil {
+		return Measure{}, err
+	}
+	if out, err := exec.CommandContext(ctx, t.bin, "mover", "trust", sid, "--allow", "send", "--home", hr).CombinedOutput(); err != nil {
+		return Measure{}, fmt.Errorf("pgporter mover trust: %w: %s", err, tail(string(out)))
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return Measure{}, err
+	}
+
+	addr := fmt.Sprintf("%s:%d", j.link.ReceiverAddr, pgporterPort)
+	srvCmd := j.link.ReceiverCmd(context.Background(), "", t.bin, "mover", "serve", "--home", hr, "--listen", addr, "--root", root)
+	srvLog, err := os.Create(h + "-serve.log")
+	if err != nil {
+		return Measure{}, err
+	}
+	defer srvLog.Close()
+	srvCmd.Stderr = srvLog
+	stdout, err := srvCmd.StdoutPipe()
+	if err != nil {
+		return Measure{}, err
+	}
+	srv, err := startDaemon(srvCmd)
+	if err != nil {
+		return Measure{}, err
+	}
+	defer func() { err = errors.Join(err, srv.stop()) }()
+	if err := waitLine(ctx, stdout, "listening on ", srv.exited); err != nil {
+		return Measure{}, fmt.Errorf("pgporter mover serve: %w (log %s)", err, srvLog.Name())
+	}
+
+	pid := srvCmd.Process.Pid
+	c0, err := procCPU(pid)
+	if err != nil {
+		return Measure{}, err
+	}
+	tx0, err := j.link.SenderTxBytes(ctx)
+	if err != nil {
+		return Measure{}, err
+	}
+	dest := filepath.Join(root, "d")
+	args := append([]string{"send", "--home", hs, "--to", addr, "--peer", rid, "--json"}, t.flags...)
+	peak := h + "-send.rss"
+	cmd := j.link.SenderCmd(ctx, peak, t.bin, append(args, j.data, dest)...)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	t0 := time.Now()
+	err = cmd.Run()
+	wall := time.Since(t0)
+	if err != nil {
+		return Measure{}, fmt.Errorf("pgporter send: %w: %s", err, tail(stderr.String()))
+	}
+	c1, err := procCPU(pid)
+	if err != nil {
+		return Measure{}, err
+	}
+	hwm, err := procHWM(pid)
+	if err != nil {
+		return Measure{}, err
+	}
+	tx1, err := j.link.SenderTxBytes(ctx)
+	if err != nil {
+		return Measure{}, err
+	}
+	sr, err := parseSendJSON(out.Bytes())
+	if err != nil {
+		return Measure{}, err
+	}
+	j.logf("lan: pgporter: %.1f MB on the wire by its count, levels %v", float64(sr.WireBytes)/1e6, sr.Levels)
+	if err := j.checkReceived(dest); err != nil {
+		return Measure{}, err
+	}
+	rss, err := readPeakRSS(peak)
+	if err != nil {
+		return Measure{}, err
+	}
+	return Measure{
+		Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, RSSReceiver: hwm,
+		WireBytes: tx1 - tx0,
+		Extra:     map[string]float64{"reported_wire_MB": float64(sr.WireBytes) / 1e6},
+	}, nil
+}
+
+// initHome makes a pgporter home and returns its peer ID, the last line
+// 'mover init' prints.
+func (t *pgporterTool) initHome(ctx context.Context, home string) (string, error) {
+	out, err := exec.CommandContext(ctx, t.bin, "mover", "init", "--home", home).Output()
+	if err != nil {
+		return "", fmt.Errorf("pgporter mover init: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	id := strings.TrimSpace(lines[len(lines)-1])
+	if id == "" {
+		return "", errors.New("pgporter mover init printed no peer ID")
+	}
+	return id, nil
+}
+
+// sendResult is the part of 'pgporter send --json' the harness reads.
+type sendResult struct {
+	Bytes     int64            `json:"bytes"`
+	WireBytes int64            `json:"wire_bytes"`
+	Levels    map[string]int64 `json:"levels"`
+}
+
+// parseSendJSON reads the JSON summary, the last line of send's stdout.
+func parseSendJSON(out []byte) (sendResult, error) {
+	var r sendResult
+	lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
+	if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
+		return r, fmt.Errorf("parsing send --json output %q: %w", tail(string(out)), err)
+	}
+	if r.Bytes == 0 {
+		return r, fmt.Errorf("send --json reported no bytes: %q", tail(string(out)))
+	}
+	return r, nil
+}
+
+// waitLine reads r until a line starts with prefix, then drains r in the
+// background so that the writer never blocks.
+func waitLine(ctx context.Context, r io.Reader, prefix string, exited <-chan struct{}) error {
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(r)
+		seen := false
+		for sc.Scan() {
+			if !seen && strings.HasPrefix(sc.Text(), prefix) {
+				seen = true
+				close(found)
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	select {
+	case <-found:
+		return nil
+	case <-exited:
+		return errors.New("exited before it listened")
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for %q: %w", prefix, ctx.Err())
+	}
+}
+
+// ---- tar | zstd | nc ----
+
+type tarTool struct{ job *lanJob }
+
+func (t *tarTool) Name() string { return "tar|zstd|nc" }
+
+func (t *tarTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
+	j := t.job
+	dest := filepath.Join(j.dir, fmt.Sprintf("tar-%d", rep))
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		return Measure{}, err
+	}
+	defer os.RemoveAll(dest)
+	// OpenBSD nc: -d, the receiver reads no stdin; -N, the sender shuts the
+	// socket down at the end of its input, which ends the receiver's nc.
+	rpeak, speak := dest+"-recv.rss", dest+"-send.rss"
+	defer os.Remove(rpeak)
+	defer os.Remove(speak)
+	recv := j.link.ReceiverCmd(ctx, rpeak, "bash", "-c", fmt.Sprintf("set -o pipefail; nc -d -l %d | zstd -d -q | tar -x -C %s", ncPort, shellQuote(dest)))
+	var rerr bytes.Buffer
+	recv.Stderr = &rerr
+	rd, err := startDaemon(recv)
+	if err != nil {
+		return Measure{}, err
+	}
+	defer func() { err = errors.Join(err, rd.stop()) }()
+	if err := waitListening(ctx, j.link.Receiver, ncPort, rd.exited); err != nil {
+		return Measure{}, fmt.Errorf("nc -l: %w: %s", err, tail(rerr.String()))
+	}
+	tx0, err := j.link.SenderTxBytes(ctx)
+	if err != nil {
+		return Measure{}, err
+	}
+	send := j.link.SenderCmd(ctx, speak, "bash", "-c", fmt.Sprintf("set -o pipefail; tar -C %s -cf - . | zstd -1 -q | nc -N %s %d",
+		shellQuote(j.data), j.link.ReceiverAddr, ncPort))
+	var serr bytes.Buffer
+	send.Stderr = &serr
+	t0 := time.Now()
+	if err := send.Run(); err != nil {
+		return Measure{}, fmt.Errorf("tar|zstd|nc: %w: %s", err, tail(serr.String()))
+	}
+	select {
+	case <-rd.exited:
+	case <-ctx.Done():
+		return Measure{}, ctx.Err()
+	}
+	wall := time.Since(t0)
+	if rd.err != nil {
+		return Measure{}, fmt.Errorf("nc|zstd -d|tar -x: %w: %s", rd.err, tail(rerr.String()))
+	}
+	tx1, err := j.link.SenderTxBytes(ctx)
+	if err != nil {
+		return Measure{}, err
+	}
+	if err := j.checkReceived(dest); err != nil {
+		return Measure{}, err
+	}
+	srss, err := readPeakRSS(speak)
+	if err != nil {
+		return Measure{}, err
+	}
+	rrss, err := readPeakRSS(rpeak)
+	if err != nil {
+		return Measure{}, err
+	}
+	return Measure{Wall: wall, CPUSender: usage(send), RSSSender: srss, CPUReceiver: usage(recv), RSSReceiver: rrss, WireBytes: tx1 - tx0}, nil
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// tail returns the last 500 bytes of s, for error messages.
+func tail(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) > 500 {
+		s = "…" + s[len(s)-500:]
+	}
+	return s
+}

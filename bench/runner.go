@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// RunOptions says how to run a scenario.
+type RunOptions struct {
+	Reps int // repetitions of every tool; 0 means 5
+	Env  Env
+}
+
+// Run prepares sc, runs each of its tools opts.Reps times, interleaved (in
+// repetition r the tool order is rotated by r, so that no tool always runs
+// first, after the page cache warms or while another job's load fades), and
+// tears the setup down. A failing run stops the scenario: the result so far
+// is returned with the error.
+func Run(ctx context.Context, sc Scenario, opts RunOptions) (*Result, error) {
+	if opts.Reps <= 0 {
+		opts.Reps = 5
+	}
+	env := opts.Env.withDefaults()
+	setup, err := sc.Prepare(ctx, env)
+	if err != nil {
+		return nil, fmt.Errorf("preparing scenario %s: %w", sc.Name(), err)
+	}
+	res, err := runSetup(ctx, sc, setup, opts.Reps, env)
+	if setup.Close != nil {
+		if cerr := setup.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("closing scenario %s: %w", sc.Name(), cerr))
+		}
+	}
+	return res, err
+}
+
+func runSetup(ctx context.Context, sc Scenario, setup *Setup, reps int, env Env) (*Result, error) {
+	res := &Result{
+		Scenario:    sc.Name(),
+		Description: sc.Describe(),
+		Bytes:       setup.Bytes,
+		Sides:       setup.Sides,
+		Notes:       setup.Notes,
+		Reps:        reps,
+		LoadBefore:  LoadAvg(),
+	}
+	for _, t := range setup.Tools {
+		res.Tools = append(res.Tools, t.Name())
+	}
+	defer func() { res.LoadAfter = LoadAvg() }()
+	for rep, order := range RunOrder(len(setup.Tools), reps) {
+		for _, i := range order {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+			t := setup.Tools[i]
+			env.Logf("%s: %s, run %d of %d", sc.Name(), t.Name(), rep+1, reps)
+			m, err := t.Run(ctx, rep)
+			if err != nil {
+				return res, fmt.Errorf("%s: %s, run %d: %w", sc.Name(), t.Name(), rep+1, err)
+			}
+			res.Runs = append(res.Runs, Sample{Tool: t.Name(), Rep: rep, Measure: m})
+		}
+	}
+	return res, nil
+}
+
+// RunOrder returns the order in which Run runs n tools over reps
+// repetitions, as tool indexes: repetition r starts with tool r mod n.
+func RunOrder(n, reps int) [][]int {
+	order := make([][]int, reps)
+	for rep := range reps {
+		for i := range n {
+			order[rep] = append(order[rep], (i+rep)%n)
+		}
+	}
+	return order
+}
+
+// LoadAvg returns the 1, 5 and 15 minute load averages, zeros if unreadable.
+func LoadAvg() [3]float64 {
+	var l [3]float64
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return l
+	}
+	for i, f := range strings.Fields(string(b)) {
+		if i == 3 {
+			break
+		}
+		l[i], _ = strconv.ParseFloat(f, 64)
+	}
+	return l
+}

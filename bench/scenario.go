@@ -1,0 +1,55 @@
+package bench
+
+import "context"
+
+// Scenario is one comparison: it prepares the data and the links once, and
+// lists the tools that each do the same job on them.
+type Scenario interface {
+	// Name is short and stable: it names results, benchmark lines and charts.
+	Name() string
+	// Describe says in one line what the scenario measures.
+	Describe() string
+	// Prepare makes the data and links and returns the tools to run. The
+	// caller calls the Setup's Close once, whether or not the runs succeed.
+	Prepare(ctx context.Context, env Env) (*Setup, error)
+}
+
+// Env is what every scenario may use: where to put its files, how big to be,
+// and where to log.
+type Env struct {
+	Dir   string               // scratch directory of this scenario; removed by the caller
+	Smoke bool                 // a tiny version that finishes in seconds, for CI
+	Logf  func(string, ...any) // progress lines; never nil after withDefaults
+}
+
+func (e Env) withDefaults() Env {
+	if e.Logf == nil {
+		e.Logf = func(string, ...any) {}
+	}
+	return e
+}
+
+// Setup is a prepared scenario.
+type Setup struct {
+	// Bytes is the size of the job's input: the data set each tool moves or
+	// processes. Rates and CPU per GB are taken against it.
+	Bytes int64
+	// Sides names what CPUSender and CPUReceiver measure ("sender",
+	// "receiver"); an in-process scenario has one side.
+	Sides []string
+	// Notes describe the conditions (link rate, CPUs, data), for the result.
+	Notes map[string]string
+	Tools []Tool
+	// Close stops what Prepare started and removes what it made. It may be nil.
+	Close func() error
+}
+
+// Tool does a scenario's job once per call.
+type Tool interface {
+	// Name is the label in tables and charts, e.g. "rsync -z".
+	Name() string
+	// Run does the job once and measures it. rep counts from 0; a tool uses
+	// it to keep the outputs of runs apart. It leaves nothing running when it
+	// returns, even on error.
+	Run(ctx context.Context, rep int) (Measure, error)
+}

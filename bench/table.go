@@ -1,0 +1,130 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// WriteTables writes a Markdown table per scenario of f: for each tool the
+// median wall time with its range, the rate, CPU-seconds per GB of input on
+// each side, wire and memory figures where measured, the tools' own extra
+// figures, and the wall time relative to the scenario's first tool.
+func WriteTables(w io.Writer, f *File) error {
+	var b strings.Builder
+	for i, r := range f.Results {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		writeTable(&b, f, &r)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+type column struct {
+	head   string
+	metric Metric
+	format func(Summary) string
+}
+
+func writeTable(b *strings.Builder, f *File, r *Result) {
+	fmt.Fprintf(b, "**%s**: %s\n\n", r.Scenario, r.Description)
+	fmt.Fprintf(b, "%.1f MB of input, %d runs of each tool interleaved, medians", float64(r.Bytes)/1e6, r.Reps)
+	for _, k := range sortedKeys(r.Notes) {
+		fmt.Fprintf(b, "; %s: %s", k, r.Notes[k])
+	}
+	fmt.Fprintf(b, "; %d cores, load %.2f before, %.2f after", f.Cores, r.LoadBefore[0], r.LoadAfter[0])
+	if f.Commit != "" {
+		fmt.Fprintf(b, "; commit %s", f.Commit)
+	}
+	b.WriteString("\n\n")
+
+	gb := float64(r.Bytes) / 1e9
+	perGB := func(s Summary) string { return fmt.Sprintf("%.2f", s.Median/gb) }
+	mb := func(s Summary) string { return fmt.Sprintf("%.1f", s.Median/1e6) }
+	cols := []column{{"wall s", WallSeconds, func(s Summary) string {
+		return fmt.Sprintf("%.3f (%.3f–%.3f)", s.Median, s.Min, s.Max)
+	}}, {"MB/s", WallSeconds, func(s Summary) string {
+		return fmt.Sprintf("%.0f", float64(r.Bytes)/1e6/s.Median)
+	}}}
+	sides := r.Sides
+	if len(sides) == 0 {
+		sides = []string{"sender", "receiver"}
+	}
+	cpu := []Metric{SenderCPU, ReceiverCPU}
+	rss := []Metric{SenderRSS, ReceiverRSS}
+	for i, side := range sides[:min(len(sides), 2)] {
+		cols = append(cols, column{side + " CPU-s/GB", cpu[i], perGB})
+	}
+	cols = append(cols, column{"wire MB", WireBytes, mb})
+	for i, side := range sides[:min(len(sides), 2)] {
+		cols = append(cols, column{side + " peak RSS MB", rss[i], mb})
+	}
+	for _, k := range extraKeys(r) {
+		cols = append(cols, column{k, ExtraMetric(k), func(s Summary) string { return fmt.Sprintf("%.4g", s.Median) }})
+	}
+	// Only the columns some tool measured.
+	cols = slices.DeleteFunc(cols, func(c column) bool {
+		for _, t := range r.Tools {
+			if _, ok := r.ToolSummary(t, c.metric); ok {
+				return false
+			}
+		}
+		return true
+	})
+
+	var first Summary
+	if len(r.Tools) > 0 {
+		first, _ = r.ToolSummary(r.Tools[0], WallSeconds)
+	}
+	b.WriteString("| tool |")
+	for _, c := range cols {
+		fmt.Fprintf(b, " %s |", c.head)
+	}
+	if len(r.Tools) > 0 {
+		fmt.Fprintf(b, " time / %s's |", mdCell(r.Tools[0]))
+	}
+	b.WriteString("\n|---|")
+	for range cols {
+		b.WriteString("---:|")
+	}
+	if len(r.Tools) > 0 {
+		b.WriteString("---:|")
+	}
+	b.WriteByte('\n')
+	for _, t := range r.Tools {
+		fmt.Fprintf(b, "| %s |", mdCell(t))
+		for _, c := range cols {
+			if s, ok := r.ToolSummary(t, c.metric); ok {
+				fmt.Fprintf(b, " %s |", c.format(s))
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		if s, ok := r.ToolSummary(t, WallSeconds); ok && first.Median > 0 {
+			fmt.Fprintf(b, " %.2fx |", s.Median/first.Median)
+		} else if len(r.Tools) > 0 {
+			b.WriteString(" – |")
+		}
+		b.WriteByte('\n')
+	}
+}
+
+// extraKeys returns the Extra keys any run of r has, sorted.
+func extraKeys(r *Result) []string {
+	set := map[string]bool{}
+	for _, run := range r.Runs {
+		for k := range run.Extra {
+			set[k] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// mdCell escapes the pipes of a tool's name ("tar|zstd|nc") in a table cell.
+func mdCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
