@@ -47,6 +47,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				}
 				return nil
 			}
+			known := map[string]bool{}
+			for _, s := range bench.ScenarioNames() {
+				known[s[0]] = true
+			}
+			for _, name := range o.Scenarios {
+				if !known[name] {
+					return usageError{fmt.Errorf("unknown scenario %q (see --list)", name)}
+				}
+			}
 			o.SendFlags = strings.Fields(sendFlags)
 			w, err := bench.RunAll(ctx, o, stdout, stderr)
 			if w != nil {

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgporter/pgporter/bench"
+	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/stretchr/testify/require"
+)
+
+func TestList(t *testing.T) {
+	var out, errb bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"--list"}, &out, &errb), errb.String())
+	require.Regexp(t, `(?m)^chunk +chunk engine`, out.String())
+	require.Regexp(t, `(?m)^lan +cold transfer`, out.String())
+}
+
+func TestUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	require.Equal(t, 2, run(context.Background(), []string{"--no-such-flag"}, &out, &errb))
+	require.Contains(t, errb.String(), "unknown flag")
+	errb.Reset()
+	require.Equal(t, 2, run(context.Background(), []string{"--scenario", "nope", "--out", t.TempDir()}, &out, &errb))
+	require.Contains(t, errb.String(), `unknown scenario "nope"`)
+}
+
+// TestSmoke runs --smoke of every scenario end to end, as CI does to keep
+// the harness working: the chunk engine in process, and the LAN transfer
+// over network namespaces with every tool. The LAN half needs root, ip
+// netns, tc, rsync, zstd, nc and GNU time (scripts/setup); when CI=true a
+// missing one fails the test instead of skipping it.
+func TestSmoke(t *testing.T) {
+	testsupport.RequireNetns(t)
+	if err := bench.RequireLinkTools(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("LAN smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
+		}
+		t.Skipf("LAN smoke: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	start := time.Now()
+	code := run(ctx, []string{"--smoke", "--out", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, stderr.String())
+	t.Logf("smoke took %s", time.Since(start))
+
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err := bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	require.True(t, f.Smoke)
+	require.Len(t, f.Results, 2)
+	stamp := strings.TrimSuffix(filepath.Base(files[0]), ".json")
+	for _, r := range f.Results {
+		require.NotEmpty(t, r.Tools, r.Scenario)
+		require.Len(t, r.Runs, len(r.Tools), "%s: one run of each tool", r.Scenario)
+		require.FileExists(t, filepath.Join(out, fmt.Sprintf("%s-%s-wall.svg", stamp, r.Scenario)))
+		require.FileExists(t, filepath.Join(out, fmt.Sprintf("%s-%s-cpu.svg", stamp, r.Scenario)))
+	}
+	for _, ext := range []string{".txt", ".md"} {
+		require.FileExists(t, filepath.Join(out, stamp+ext))
+	}
+	require.Contains(t, stdout.String(), "| pgporter |")
+
+	lan := f.Results[1]
+	require.Equal(t, "lan", lan.Scenario)
+	require.Equal(t, []string{"pgporter", "rsync -z", "rsync -z --fsync", "rsync", "tar|zstd|nc"}, lan.Tools)
+	for _, r := range lan.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.CPUSender, r.Tool)
+		require.Positive(t, r.RSSSender, r.Tool)
+		require.Positive(t, r.WireBytes, r.Tool)
+		// The smoke data compresses about 8x: tools that compress put far
+		// less on the link than plain rsync, which puts it all.
+		if r.Tool == "rsync" {
+			require.Greater(t, r.WireBytes, lan.Bytes, "plain rsync sends every byte")
+		} else {
+			require.Less(t, r.WireBytes, lan.Bytes/2, "%s compresses", r.Tool)
+		}
+	}
+	pp := lan.Runs[0]
+	require.Equal(t, "pgporter", pp.Tool)
+	require.Positive(t, pp.RSSReceiver, "mover serve's VmHWM")
+	require.Positive(t, pp.Extra["reported_wire_MB"], "send --json's wire_bytes")
+
+	// Nothing the harness started is left: namespaces and daemons.
+	ns, err := exec.Command("ip", "netns", "list").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(ns), fmt.Sprintf("pgp-bench17-%d-", os.Getpid()))
+	ps, err := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output()
+	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
+	_ = err // pgrep exits 1 when it finds none
+}

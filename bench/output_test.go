@@ -1,0 +1,139 @@
+package bench
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/perf/benchfmt"
+)
+
+// sampleFile is a two-scenario results file with every kind of figure.
+func sampleFile() *File {
+	return &File{
+		Started: time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC), Commit: "abc123", Cores: 2, GoVersion: "go1.26",
+		LoadBefore: [3]float64{0.5, 0.4, 0.3}, LoadAfter: [3]float64{1.5, 0.6, 0.3},
+		Results: []Result{{
+			Scenario: "lan", Description: "a link", Bytes: 2e9,
+			LoadBefore: [3]float64{0.5, 0.4, 0.3}, LoadAfter: [3]float64{1.5, 0.6, 0.3}, Sides: []string{"sender", "receiver"},
+			Notes: map[string]string{"link": "1gbit"}, Reps: 2, Tools: []string{"pgporter", "tar|zstd|nc"},
+			Runs: []Sample{
+				{Tool: "pgporter", Rep: 0, Measure: Measure{Wall: 10 * time.Second, CPUSender: 4, CPUReceiver: 2, WireBytes: 3e8, RSSSender: 100e6, RSSReceiver: 50e6, Extra: map[string]float64{"reported_wire_MB": 290}}},
+				{Tool: "tar|zstd|nc", Rep: 0, Measure: Measure{Wall: 20 * time.Second, CPUSender: 6, CPUReceiver: 3, WireBytes: 4e8, RSSSender: 10e6}},
+				{Tool: "tar|zstd|nc", Rep: 1, Measure: Measure{Wall: 22 * time.Second, CPUSender: 6, CPUReceiver: 3, WireBytes: 4e8, RSSSender: 10e6}},
+				{Tool: "pgporter", Rep: 1, Measure: Measure{Wall: 12 * time.Second, CPUSender: 4, CPUReceiver: 2, WireBytes: 3e8, RSSSender: 100e6, RSSReceiver: 50e6, Extra: map[string]float64{"reported_wire_MB": 290}}},
+			},
+		}, {
+			Scenario: "chunk", Bytes: 1e8, Sides: []string{"process"}, Reps: 1, Tools: []string{"cdc", "s2"},
+			Runs: []Sample{
+				{Tool: "cdc", Measure: Measure{Wall: 50 * time.Millisecond, CPUSender: 0.05}},
+				{Tool: "s2", Measure: Measure{Wall: 100 * time.Millisecond, CPUSender: 0.1, Extra: map[string]float64{"ratio": 5}}},
+			},
+		}},
+	}
+}
+
+func TestJSONRoundTrip(t *testing.T) {
+	f := sampleFile()
+	path := filepath.Join(t.TempDir(), "r.json")
+	require.NoError(t, WriteJSON(path, f))
+	got, err := ReadJSON(path)
+	require.NoError(t, err)
+	require.Equal(t, f, got)
+
+	require.NoError(t, os.WriteFile(path, []byte("{"), 0o644))
+	_, err = ReadJSON(path)
+	require.ErrorContains(t, err, "decoding results")
+}
+
+func TestBenchfmtParses(t *testing.T) {
+	var b bytes.Buffer
+	require.NoError(t, WriteBenchfmt(&b, sampleFile()))
+	r := benchfmt.NewReader(&b, "results.txt")
+	type key struct{ name, unit string }
+	vals := map[key][]float64{}
+	var names []string
+	var commit string
+	for r.Scan() {
+		res, ok := r.Result().(*benchfmt.Result)
+		if !ok {
+			t.Fatalf("not a result: %v", r.Result())
+		}
+		names = append(names, string(res.Name))
+		if v := res.GetConfig("commit"); v != "" {
+			commit = v
+		}
+		require.Equal(t, 1, res.Iters)
+		for _, v := range res.Values {
+			vals[key{string(res.Name), v.Unit}] = append(vals[key{string(res.Name), v.Unit}], v.Value)
+		}
+	}
+	require.NoError(t, r.Err())
+	require.Equal(t, "abc123", commit)
+	require.Equal(t, []string{
+		"Lan/tool=pgporter", "Lan/tool=tar|zstd|nc", "Lan/tool=tar|zstd|nc", "Lan/tool=pgporter",
+		"Chunk/tool=cdc", "Chunk/tool=s2",
+	}, names)
+	// The reader turns ns/op into sec/op, as benchstat shows it.
+	require.Equal(t, []float64{10, 12}, vals[key{"Lan/tool=pgporter", "sec/op"}])
+	// And MB/s into B/s; the figures have six significant digits.
+	mbps := vals[key{"Lan/tool=pgporter", "B/s"}]
+	require.Len(t, mbps, 2)
+	require.InDelta(t, 200e6, mbps[0], 1)
+	require.InDelta(t, 2e9/12, mbps[1], 1e3)
+	require.Equal(t, []float64{4e8, 4e8}, vals[key{"Lan/tool=tar|zstd|nc", "wire-B/op"}])
+	require.Equal(t, []float64{2, 2}, vals[key{"Lan/tool=pgporter", "receiver-cpu-sec/op"}])
+	require.Equal(t, []float64{290, 290}, vals[key{"Lan/tool=pgporter", "reported_wire_MB"}])
+	require.Equal(t, []float64{5}, vals[key{"Chunk/tool=s2", "ratio"}])
+	require.Nil(t, vals[key{"Chunk/tool=cdc", "ratio"}], "no ratio measured, none written")
+}
+
+func TestBenchLabel(t *testing.T) {
+	require.Equal(t, "rsync_-z_--fsync", benchLabel("rsync -z --fsync"))
+	require.Equal(t, "a_b_c", benchLabel("a/b=c"))
+	require.Equal(t, "BenchmarkLan", benchName("lan"))
+}
+
+func TestTables(t *testing.T) {
+	var b strings.Builder
+	require.NoError(t, WriteTables(&b, sampleFile()))
+	out := b.String()
+	lan, chunk, ok := strings.Cut(out, "**chunk**")
+	require.True(t, ok, out)
+	require.Contains(t, lan, "2000.0 MB of input, 2 runs of each tool interleaved, medians; link: 1gbit; 2 cores, load 0.50 before, 1.50 after; commit abc123")
+	require.Contains(t, lan, "| tool | wall s | MB/s | sender CPU-s/GB | receiver CPU-s/GB | wire MB | sender peak RSS MB | receiver peak RSS MB | reported_wire_MB | time / pgporter's |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	require.Contains(t, lan, "| pgporter | 11.000 (10.000–12.000) | 182 | 2.00 | 1.00 | 300.0 | 100.0 | 50.0 | 290 | 1.00x |\n")
+	require.Contains(t, lan, "| tar\\|zstd\\|nc | 21.000 (20.000–22.000) | 95 | 3.00 | 1.50 | 400.0 | 10.0 | – | – | 1.91x |\n")
+	// One side, no wire or memory figures: those columns are left out.
+	require.Contains(t, chunk, "| tool | wall s | MB/s | process CPU-s/GB | ratio | time / cdc's |\n")
+	require.Contains(t, chunk, "| s2 | 0.100 (0.100–0.100) | 1000 | 1.00 | 5 | 2.00x |\n")
+	require.Contains(t, chunk, "| cdc | 0.050 (0.050–0.050) | 2000 | 0.50 | – | 1.00x |\n")
+}
+
+func TestCharts(t *testing.T) {
+	dir := t.TempDir()
+	f := sampleFile()
+	f.Results[1].Runs = []Sample{{Tool: "cdc", Measure: Measure{Wall: time.Second}}, {Tool: "s2", Measure: Measure{Wall: time.Second}}}
+	files, err := WriteCharts(dir, "x", f)
+	require.NoError(t, err)
+	require.Equal(t, []string{
+		filepath.Join(dir, "x-lan-wall.svg"), filepath.Join(dir, "x-lan-cpu.svg"), filepath.Join(dir, "x-chunk-wall.svg"),
+	}, files, "no CPU chart when no run measured CPU")
+	for _, p := range files {
+		fh, err := os.Open(p)
+		require.NoError(t, err)
+		b, err := io.ReadAll(fh)
+		fh.Close()
+		require.NoError(t, err)
+		require.Contains(t, string(b), "<svg")
+	}
+	lanWall, err := os.ReadFile(files[0])
+	require.NoError(t, err)
+	require.Contains(t, string(lanWall), "tar|zstd|nc")
+	require.NoFileExists(t, filepath.Join(dir, "x-chunk-cpu.svg"))
+}
