@@ -8,7 +8,7 @@ PKGS    := ./...
 CORE    := ./chunkstore/... ./protocol/... ./mover/... ./orchestrator/... ./staging/...
 FUZZTIME ?= 10s
 
-.PHONY: all setup build test unit race vet fmt-check purego fuzz bench demo clean
+.PHONY: all setup build test unit race vet fmt-check purego fuzz bench bench-harness demo clean
 
 all: build
 
@@ -49,6 +49,16 @@ bench: setup build
 	scripts/bench-transfer
 	scripts/bench-repo
 	scripts/bench-export
+
+# The Go benchmark harness (issue 17, first slice): the chunk engine and the
+# LAN cold transfer against rsync and tar|zstd|nc. Results (JSON, benchstat
+# lines, Markdown tables, SVG charts) go to bench/results; BENCH_FLAGS adds
+# flags, e.g. BENCH_FLAGS="--data /var/tmp/lan-dump --runs 3" (see
+# 'go run ./bench/cmd/pgporter-bench --help'). The lock keeps benchmark runs
+# that share the machine from overlapping.
+BENCH_FLAGS ?=
+bench-harness: setup
+	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_FLAGS)
 
 demo: setup build
 	scripts/demo

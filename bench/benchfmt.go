@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -22,6 +23,10 @@ func WriteBenchfmt(w io.Writer, f *File) error {
 	}
 	for _, r := range f.Results {
 		fmt.Fprintf(&b, "scenario-bytes: %d\n", r.Bytes)
+		sides := append(slices.Clone(r.Sides), "sender", "receiver")
+		if len(r.Sides) == 1 {
+			sides[1] = "receiver"
+		}
 		for _, run := range r.Runs {
 			fmt.Fprintf(&b, "%s/tool=%s 1", benchName(r.Scenario), benchLabel(run.Tool))
 			m := run.Measure
@@ -31,19 +36,19 @@ func WriteBenchfmt(w io.Writer, f *File) error {
 				unit(float64(r.Bytes)/1e6/m.Wall.Seconds(), "MB/s")
 			}
 			if m.CPUSender > 0 {
-				unit(m.CPUSender, "sender-cpu-sec/op")
+				unit(m.CPUSender, sides[0]+"-cpu-sec/op")
 			}
 			if m.CPUReceiver > 0 {
-				unit(m.CPUReceiver, "receiver-cpu-sec/op")
+				unit(m.CPUReceiver, sides[1]+"-cpu-sec/op")
 			}
 			if m.WireBytes > 0 {
 				unit(float64(m.WireBytes), "wire-B/op")
 			}
 			if m.RSSSender > 0 {
-				unit(float64(m.RSSSender), "sender-peak-RSS-B")
+				unit(float64(m.RSSSender), sides[0]+"-peak-RSS-B")
 			}
 			if m.RSSReceiver > 0 {
-				unit(float64(m.RSSReceiver), "receiver-peak-RSS-B")
+				unit(float64(m.RSSReceiver), sides[1]+"-peak-RSS-B")
 			}
 			for _, k := range sortedKeys(m.Extra) {
 				unit(m.Extra[k], benchLabel(k))

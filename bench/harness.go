@@ -22,6 +22,7 @@ type Options struct {
 	Smoke     bool
 	Data      string // LAN: directory to send
 	Pgporter  string // LAN: binary; "" builds ./cmd/pgporter into Out/.bin
+	Base      string // LAN: an earlier pgporter binary to compare, or ""
 	SendFlags []string
 	Link      LinkOptions
 }
@@ -39,7 +40,7 @@ func ScenarioNames() [][2]string {
 func scenarios(o Options) []Scenario {
 	return []Scenario{
 		&ChunkEngine{},
-		&LAN{Data: o.Data, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
+		&LAN{Data: o.Data, Pgporter: o.Pgporter, Base: o.Base, SendFlags: o.SendFlags, Link: o.Link},
 	}
 }
 

@@ -24,6 +24,10 @@ type LAN struct {
 	Data string
 	// Pgporter is the pgporter binary to run; required.
 	Pgporter string
+	// Base, when set, is another pgporter binary (an earlier build), run as
+	// the tool "pgporter (base)" beside the others: before/after figures
+	// from the same run.
+	Base string
 	// SendFlags are extra flags of pgporter send, e.g. "--compress fastest".
 	SendFlags []string
 	Link      LinkOptions // Rate defaults to 1gbit
@@ -62,7 +66,7 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	default:
 		data = filepath.Join(env.Dir, "dump")
 		env.Logf("lan: making the dump (pgbench -s 20 plus 600k rows of md5 text, jsonb and words)")
-		if err := MakeDump(ctx, DumpOptions{Dir: data, Scale: 20, Scratch: env.Dir}); err != nil {
+		if err := MakeDump(ctx, DumpOptions{Dir: data, Scale: 20}); err != nil {
 			return nil, fmt.Errorf("making the dump: %w", err)
 		}
 	}
@@ -101,12 +105,17 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 
 	j := &lanJob{link: link, data: data, size: size, dir: env.Dir, logf: env.Logf}
 	tools := []Tool{
-		&pgporterTool{job: j, bin: s.Pgporter, flags: s.SendFlags},
+		&pgporterTool{job: j, name: "pgporter", bin: s.Pgporter, flags: s.SendFlags},
+	}
+	if s.Base != "" {
+		tools = append(tools, &pgporterTool{job: j, name: "pgporter (base)", bin: s.Base, flags: s.SendFlags})
+	}
+	tools = append(tools,
 		&rsyncTool{job: j, d: rsyncd, name: "rsync -z", args: []string{"-z", "--compress-choice=zstd", "--compress-level=1"}},
 		&rsyncTool{job: j, d: rsyncd, name: "rsync -z --fsync", args: []string{"-z", "--compress-choice=zstd", "--compress-level=1", "--fsync"}},
 		&rsyncTool{job: j, d: rsyncd, name: "rsync"},
 		&tarTool{job: j},
-	}
+	)
 	return &Setup{
 		Bytes: size,
 		Sides: []string{"sender", "receiver"},

@@ -194,15 +194,16 @@ func pollUntil(ctx context.Context, done func() (bool, error)) error {
 
 type pgporterTool struct {
 	job   *lanJob
+	name  string
 	bin   string
 	flags []string
 }
 
-func (t *pgporterTool) Name() string { return "pgporter" }
+func (t *pgporterTool) Name() string { return t.name }
 
 func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	j := t.job
-	h := filepath.Join(j.dir, fmt.Sprintf("pgporter-%d", rep))
+	h := filepath.Join(j.dir, fmt.Sprintf("%s-%d", benchLabel(t.name), rep))
 	defer os.RemoveAll(h)
 	hs, hr, root := filepath.Join(h, "sender"), filepath.Join(h, "receiver"), filepath.Join(h, "root")
 	sid, err := t.initHome(ctx, hs)
@@ -278,7 +279,7 @@ func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) 
 	if err != nil {
 		return Measure{}, err
 	}
-	j.logf("lan: pgporter: %.1f MB on the wire by its count, levels %v", float64(sr.WireBytes)/1e6, sr.Levels)
+	j.logf("lan: %s: %.1f MB on the wire by its count, levels %v", t.name, float64(sr.WireBytes)/1e6, sr.Levels)
 	if err := j.checkReceived(dest); err != nil {
 		return Measure{}, err
 	}

@@ -90,6 +90,7 @@ func TestBenchfmtParses(t *testing.T) {
 	require.Equal(t, []float64{2, 2}, vals[key{"Lan/tool=pgporter", "receiver-cpu-sec/op"}])
 	require.Equal(t, []float64{290, 290}, vals[key{"Lan/tool=pgporter", "reported_wire_MB"}])
 	require.Equal(t, []float64{5}, vals[key{"Chunk/tool=s2", "ratio"}])
+	require.Equal(t, []float64{0.1}, vals[key{"Chunk/tool=s2", "process-cpu-sec/op"}], "units name the scenario's sides")
 	require.Nil(t, vals[key{"Chunk/tool=cdc", "ratio"}], "no ratio measured, none written")
 }
 

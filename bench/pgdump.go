@@ -17,16 +17,17 @@ import (
 type DumpOptions struct {
 	Dir     string // where the dump goes; must not exist
 	Scale   int    // pgbench scale; 0 means 20
-	Scratch string // parent of the throwaway cluster; "" means /var/tmp
+	Docs    int    // rows of the docs table; 0 means 600,000
+	Scratch string // parent of the throwaway cluster, which the postgres user must be able to enter; "" means /var/tmp
 	BinDir  string // PostgreSQL's bin directory; "" means the newest under /usr/lib/postgresql
 }
 
-// docsTable is scripts/bench-lan's table beside pgbench's: md5 text, jsonb
+// docsTable (a format: %d is the row count) is scripts/bench-lan's table beside pgbench's: md5 text, jsonb
 // and repeated words, which compress about 3x where pgbench's padding
 // compresses 90x.
 const docsTable = `CREATE TABLE docs AS SELECT g AS id, md5(g::text) AS h,
-	jsonb_build_object('k', g % 1000, 'w', (ARRAY['alpha','beta','gamma','delta','epsilon'])[g % 5 + 1]) AS j,
-	repeat((ARRAY['lorem ','ipsum ','dolor ','sit '])[g % 4 + 1], 8) AS words FROM generate_series(1, 600000) g`
+	jsonb_build_object('k', g %% 1000, 'w', (ARRAY['alpha','beta','gamma','delta','epsilon'])[g %% 5 + 1]) AS j,
+	repeat((ARRAY['lorem ','ipsum ','dolor ','sit '])[g %% 4 + 1], 8) AS words FROM generate_series(1, %d) g`
 
 // MakeDump writes a pg_dump -Fd -Z0 of pgbench -i -s Scale plus the docs
 // table into o.Dir, from a throwaway cluster it creates and removes. The
@@ -35,6 +36,9 @@ const docsTable = `CREATE TABLE docs AS SELECT g AS id, md5(g::text) AS h,
 func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 	if o.Scale <= 0 {
 		o.Scale = 20
+	}
+	if o.Docs <= 0 {
+		o.Docs = 600_000
 	}
 	if o.Scratch == "" {
 		o.Scratch = "/var/tmp"
@@ -106,7 +110,7 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 	steps := [][]string{
 		{"createdb", "bench"},
 		{"pgbench", "-i", "-s", strconv.Itoa(o.Scale), "-q", "bench"},
-		{"psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", docsTable},
+		{"psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(docsTable, o.Docs)},
 		{"pg_dump", "-Fd", "-Z0", "--no-sync", "-f", o.Dir, "bench"},
 	}
 	for _, s := range steps {

@@ -73,6 +73,9 @@ func hasChildren(pid int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if len(tasks) == 0 {
+		return false, fmt.Errorf("no /proc/%d/task/*/children: the process is gone, or the kernel lacks CONFIG_PROC_CHILDREN", pid)
+	}
 	for _, t := range tasks {
 		b, err := os.ReadFile(t)
 		if err != nil {

@@ -72,6 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
 	f.StringVar(&o.Pgporter, "pgporter", "", "lan: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Base, "pgporter-base", "", `lan: an earlier pgporter binary, run as "pgporter (base)" beside the others`)
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
 	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan: link rate each way (tc tbf)")
 	f.StringVar(&o.Link.SenderCPUs, "sender-cpus", "0", "lan: CPUs of the sending side (taskset -c)")
