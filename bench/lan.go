@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // LAN is scenario 2: a cold transfer of a dump directory over a 1 Gbit/s
@@ -126,9 +128,19 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			"files":         strconv.Itoa(files),
 			"fsync":         "pgporter and rsync --fsync sync what they receive; the others do not",
 		},
-		Tools: tools,
-		Close: closeAll,
+		Tools:  tools,
+		Settle: settle,
+		Close:  closeAll,
 	}, nil
+}
+
+// settle writes every dirty page back (sync(2)): rsync and tar do not sync
+// what they receive, and without this the next tool's run paid for their
+// writeback (rsync -z measured 0.69 s and 1.7 receiver CPU-s/GB after
+// another tool's unsynced 260 MB, rsync -z --fsync 0.56 s and 0.6).
+func settle(context.Context) error {
+	unix.Sync()
+	return nil
 }
 
 // lanJob is what the LAN tools share.

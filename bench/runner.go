@@ -58,6 +58,11 @@ func runSetup(ctx context.Context, sc Scenario, setup *Setup, reps int, env Env)
 				return res, err
 			}
 			t := setup.Tools[i]
+			if setup.Settle != nil {
+				if err := setup.Settle(ctx); err != nil {
+					return res, fmt.Errorf("%s: settling before %s, run %d: %w", sc.Name(), t.Name(), rep+1, err)
+				}
+			}
 			env.Logf("%s: %s, run %d of %d", sc.Name(), t.Name(), rep+1, reps)
 			m, err := t.Run(ctx, rep)
 			if err != nil {

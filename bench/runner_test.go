@@ -26,6 +26,7 @@ func (s *fakeScenario) Prepare(context.Context, Env) (*Setup, error) {
 		return nil, s.prepErr
 	}
 	st := &Setup{Bytes: 1e6, Close: func() error { s.closed++; return nil }}
+	st.Settle = func(context.Context) error { s.ran = append(s.ran, "settle"); return nil }
 	for _, n := range s.tools {
 		st.Tools = append(st.Tools, &fakeTool{s: s, name: n})
 	}
@@ -56,17 +57,21 @@ func TestRunInterleavesAndRotates(t *testing.T) {
 	s := &fakeScenario{tools: []string{"a", "b", "c"}}
 	res, err := Run(context.Background(), s, RunOptions{Reps: 3})
 	require.NoError(t, err)
-	require.Equal(t, []string{"a", "b", "c", "b", "c", "a", "c", "a", "b"}, s.ran)
+	require.Equal(t, []string{
+		"settle", "a", "settle", "b", "settle", "c",
+		"settle", "b", "settle", "c", "settle", "a",
+		"settle", "c", "settle", "a", "settle", "b",
+	}, s.ran, "rotated, and settled before every run")
 	require.Equal(t, 1, s.closed)
 	require.Equal(t, []string{"a", "b", "c"}, res.Tools, "tools in the scenario's order, not the run order")
 	require.Len(t, res.Runs, 9)
-	require.Equal(t, Sample{Tool: "b", Rep: 1, Measure: Measure{Wall: 4 * time.Millisecond, CPUSender: 2}}, res.Runs[3])
+	require.Equal(t, Sample{Tool: "b", Rep: 1, Measure: Measure{Wall: 8 * time.Millisecond, CPUSender: 2}}, res.Runs[3])
 	require.Equal(t, int64(1e6), res.Bytes)
 	require.Equal(t, 3, res.Reps)
 }
 
 func TestRunFailureKeepsRunsAndCloses(t *testing.T) {
-	s := &fakeScenario{tools: []string{"a", "b"}, failAt: 3}
+	s := &fakeScenario{tools: []string{"a", "b"}, failAt: 6} // settle, a, settle, b, settle, b
 	res, err := Run(context.Background(), s, RunOptions{Reps: 5})
 	require.ErrorContains(t, err, "fake: b, run 2: boom")
 	require.Len(t, res.Runs, 2, "the runs before the failure are kept")

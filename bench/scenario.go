@@ -40,6 +40,11 @@ type Setup struct {
 	// Notes describe the conditions (link rate, CPUs, data), for the result.
 	Notes map[string]string
 	Tools []Tool
+	// Settle, when not nil, runs before every run, untimed, so that no run
+	// pays for what the previous one left: the LAN scenario syncs, so that
+	// the writeback of the last tool's unsynced output (and the reclaim of
+	// its dirty pages) does not land in the next tool's time and CPU.
+	Settle func(context.Context) error
 	// Close stops what Prepare started and removes what it made. It may be nil.
 	Close func() error
 }
