@@ -5,6 +5,7 @@
 //	go run ./bench/cmd/pgporter-bench --list
 //	go run ./bench/cmd/pgporter-bench --scenario lan --runs 5 --data /var/tmp/lan-dump
 //	go run ./bench/cmd/pgporter-bench --smoke
+//	go run ./bench/cmd/pgporter-bench --report bench/results/DATE.json
 package main
 
 import (
@@ -33,6 +34,7 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o bench.Options
 	var list bool
+	var report string
 	var sendFlags string
 	c := &cobra.Command{
 		Use:           "pgporter-bench",
@@ -46,6 +48,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					fmt.Fprintf(stdout, "%-8s %s\n", s[0], s[1])
 				}
 				return nil
+			}
+			if report != "" {
+				f, err := bench.ReadJSON(report)
+				if err != nil {
+					return err
+				}
+				return bench.WriteTables(stdout, f)
 			}
 			known := map[string]bool{}
 			for _, s := range bench.ScenarioNames() {
@@ -69,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.IntVar(&o.Runs, "runs", 0, "repetitions of each tool, interleaved (default 5, or 1 with --smoke)")
 	f.StringVar(&o.Out, "out", "bench/results", "directory for the results: DATE.json, DATE.txt (benchstat), DATE.md and charts")
 	f.BoolVar(&list, "list", false, "list the scenarios and exit")
+	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
 	f.StringVar(&o.Pgporter, "pgporter", "", "lan: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")

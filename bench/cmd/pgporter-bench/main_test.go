@@ -72,6 +72,12 @@ func TestSmoke(t *testing.T) {
 		require.FileExists(t, filepath.Join(out, stamp+ext))
 	}
 	require.Contains(t, stdout.String(), "| pgporter |")
+	md, err := os.ReadFile(filepath.Join(out, stamp+".md"))
+	require.NoError(t, err)
+	require.Equal(t, string(md), stdout.String(), "the tables printed are the tables written")
+	var report bytes.Buffer
+	require.Equal(t, 0, run(ctx, []string{"--report", files[0]}, &report, &stderr))
+	require.Equal(t, string(md), report.String(), "--report regenerates the tables from the JSON")
 
 	lan := f.Results[1]
 	require.Equal(t, "lan", lan.Scenario)
