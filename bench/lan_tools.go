@@ -229,12 +229,17 @@ func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) 
 	}
 	defer srvLog.Close()
 	srvCmd.Stderr = srvLog
-	stdout, err := srvCmd.StdoutPipe()
+	// An os.Pipe rather than StdoutPipe: the daemon's Wait runs while the
+	// output is still read, and must not close the reading end.
+	stdout, w, err := os.Pipe()
 	if err != nil {
 		return Measure{}, err
 	}
+	srvCmd.Stdout = w
 	srv, err := startDaemon(srvCmd)
+	w.Close() // the server holds its own copy
 	if err != nil {
+		stdout.Close()
 		return Measure{}, err
 	}
 	defer func() { err = errors.Join(err, srv.stop()) }()
@@ -330,18 +335,20 @@ func parseSendJSON(out []byte) (sendResult, error) {
 }
 
 // waitLine reads r until a line starts with prefix, then drains r in the
-// background so that the writer never blocks.
-func waitLine(ctx context.Context, r io.Reader, prefix string, exited <-chan struct{}) error {
+// background so that the writer never blocks; that goroutine closes r at
+// EOF, when every writer has exited.
+func waitLine(ctx context.Context, r io.ReadCloser, prefix string, exited <-chan struct{}) error {
 	found := make(chan struct{})
 	go func() {
+		defer r.Close()
 		sc := bufio.NewScanner(r)
-		seen := false
 		for sc.Scan() {
-			if !seen && strings.HasPrefix(sc.Text(), prefix) {
-				seen = true
+			if strings.HasPrefix(sc.Text(), prefix) {
 				close(found)
+				break
 			}
 		}
+		_, _ = io.Copy(io.Discard, r) // the rest, or what follows an overlong line
 	}()
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()

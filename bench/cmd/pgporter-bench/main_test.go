@@ -32,6 +32,24 @@ func TestUsage(t *testing.T) {
 	require.Contains(t, errb.String(), `unknown scenario "nope"`)
 }
 
+// TestSmokeChunk runs the in-process scenario alone: it needs nothing, so
+// it runs (and guards the output path) wherever the LAN smoke is skipped.
+func TestSmokeChunk(t *testing.T) {
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"--smoke", "--scenario", "chunk", "--out", out}, &stdout, &stderr), stderr.String())
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err := bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	require.Len(t, f.Results, 1)
+	require.Equal(t, "chunk", f.Results[0].Scenario)
+	require.Len(t, f.Results[0].Runs, len(bench.ChunkLevels)+2, "cdc, cdc+blake3 and each level, once")
+	require.Contains(t, stdout.String(), "| fastest |")
+	require.NoDirExists(t, filepath.Join(out, ".bin"), "no pgporter built for the chunk scenario")
+}
+
 // TestSmoke runs --smoke of every scenario end to end, as CI does to keep
 // the harness working: the chunk engine in process, and the LAN transfer
 // over network namespaces with every tool. The LAN half needs root, ip
