@@ -61,6 +61,9 @@ func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 	if so.to == "" || so.peer == "" {
 		return usagef("send needs --to ADDR and --peer PEER_ID")
 	}
+	if err := mover.ValidateAddr(so.to); err != nil {
+		return usageError{fmt.Errorf("--to: %w", err)}
+	}
 	peer, err := mover.ParsePeerID(so.peer)
 	if err != nil {
 		return usageError{fmt.Errorf("--peer: %w", err)}
