@@ -56,7 +56,7 @@ type SendOptions struct {
 	// negative none.
 	ReadAhead   int64
 	BWLimit     int64         // aggregate wire bytes per second; 0 means no limit
-	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables
+	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables; a mover that never answered gets at most 10s
 	IdleTimeout time.Duration // a connection silent this long is dead; default 30s
 	// Progress, if set, is called from one goroutine as the receiver reports
 	// durable progress.
