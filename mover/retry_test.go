@@ -190,11 +190,24 @@ func TestSendNoAnswer(t *testing.T) {
 	require.ErrorContains(t, err, "no answer from mover at "+proxy.Addr())
 	require.ErrorContains(t, err, "pgporter mover serve")
 	require.Less(t, took, firstContactFor+handshakeIdleTimeout)
-	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
-	require.Len(t, lines, 1, "one line when retrying starts:\n%s", log.String())
-	require.Contains(t, lines[0], "level=WARN")
-	require.Contains(t, lines[0], "addr="+proxy.Addr())
-	require.Contains(t, lines[0], "until=")
+	requireOneRetryLine(t, log.String(), "no connection to the receiving mover yet; retrying", proxy.Addr())
+}
+
+// requireOneRetryLine checks that log has one line about retries, msg,
+// at warn level, naming addr and until when.
+func requireOneRetryLine(t *testing.T, log, msg, addr string) {
+	t.Helper()
+	var retries []string
+	for l := range strings.Lines(log) {
+		if strings.Contains(l, "retrying") || strings.Contains(l, "reconnecting") {
+			retries = append(retries, l)
+		}
+	}
+	require.Len(t, retries, 1, "one line when retrying starts:\n%s", log)
+	require.Contains(t, retries[0], "level=WARN")
+	require.Contains(t, retries[0], fmt.Sprintf("msg=%q", msg))
+	require.Contains(t, retries[0], "addr="+addr)
+	require.Regexp(t, `until=\d\d:\d\d:\d\d `, retries[0])
 }
 
 // TestSendFirstContactRetried: a mover that does not answer the first
@@ -232,4 +245,43 @@ type onWrite func()
 func (f onWrite) Write(p []byte) (int, error) {
 	f()
 	return len(p), nil
+}
+
+// TestSendReconnectSaysUntilWhen: a transfer that loses its link after it
+// started rides the outage out, and says once, at warn level, which
+// address it reconnects to and until when.
+func TestSendReconnectSaysUntilWhen(t *testing.T) {
+	t.Parallel()
+	r := startReceiver(t, ServerOptions{SyncInterval: 20 * time.Millisecond})
+	proxy := testsupport.NewUDPProxy(t, r.addr)
+	m := newTLSTestMover(t)
+	require.NoError(t, r.trust.Trust(TrustedPeer{ID: m.id.ID, Name: "sender", Perms: PermSend, Added: time.Now()}))
+	log := &testsupport.Buffer{}
+	restore := sync.OnceFunc(proxy.Restore)
+	// The link comes back once the sender says it reconnects.
+	w := io.MultiWriter(log, onWrite(func() {
+		if strings.Contains(log.String(), "reconnecting") {
+			go restore()
+		}
+	}))
+	s, err := NewSender(m.home, slog.New(slog.NewTextHandler(w, nil)))
+	require.NoError(t, err)
+	defer s.Close()
+	src := t.TempDir()
+	makeTree(t, src, 5, 2)
+	dest := filepath.Join(r.root, "x")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var cut sync.Once
+	o := SendOptions{Src: src, Dest: dest, BWLimit: 8 << 20, Compression: "none", IdleTimeout: time.Second}
+	o.Progress = func(p SendProgress) {
+		if p.Durable > p.Total/3 {
+			cut.Do(proxy.Cut)
+		}
+	}
+	res, err := s.Send(ctx, proxy.Addr(), r.id.ID, o)
+	require.NoError(t, err)
+	require.Positive(t, res.Reconnects)
+	requireSameTree(t, src, dest)
+	requireOneRetryLine(t, log.String(), "transfer interrupted; reconnecting", proxy.Addr())
 }
