@@ -43,6 +43,7 @@ func TestRetryable(t *testing.T) {
 		{"another protocol (ALPN)", alert(quic.TransportErrorCode(alertNoApplicationProtocol)), false},
 		{"no common version, found here", fmt.Errorf("hello: %w", protocol.ErrVersion), false},
 		{"no common version, found there", &protocol.RemoteError{Code: protocol.CodeVersion}, false},
+		{"no common version, explained", ExplainHandshakeError(&protocol.RemoteError{Code: protocol.CodeVersion}, self, want, addr), false},
 		{"permission refused", &protocol.RemoteError{Code: protocol.CodePermission}, false},
 		{"receiver busy", &protocol.RemoteError{Code: protocol.CodeBusy}, true},
 		{"refused connection", &quic.ApplicationError{Remote: true, ErrorCode: quic.ApplicationErrorCode(protocol.CloseRefused)}, false},
@@ -59,6 +60,32 @@ func TestRetryable(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			require.Error(t, c.err)
 			require.Equal(t, c.retryable, retryable(c.err), "%v", c.err)
+		})
+	}
+}
+
+// TestExplainHandshakeErrorHints: each connection failure that retrying
+// cannot fix names the address and what to do.
+func TestExplainHandshakeErrorHints(t *testing.T) {
+	self, other, want := randomPeerID(t), randomPeerID(t), randomPeerID(t)
+	const addr = "10.0.0.7:7448"
+	for _, c := range []struct {
+		name string
+		err  error
+		is   error
+		hint string
+	}{
+		{"wrong peer", &PeerMismatchError{Want: want, Got: other}, ErrWrongPeer, "on that host run: pgporter mover id"},
+		{"untrusted", &quic.TransportError{Remote: true, ErrorCode: 0x100 + quic.TransportErrorCode(alertCertificateRequired)}, ErrUntrusted, "on that host run: pgporter mover trust " + self.String()},
+		{"another protocol", &quic.TransportError{Remote: true, ErrorCode: 0x100 + quic.TransportErrorCode(alertNoApplicationProtocol)}, protocol.ErrVersion, "incompatible pgporter version"},
+		{"no common version", &protocol.RemoteError{Code: protocol.CodeVersion}, protocol.ErrVersion, "run the same pgporter release on both hosts"},
+		{"handshake timeout", &quic.HandshakeTimeoutError{}, ErrNoAnswer, "is 'pgporter mover serve' running there"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := ExplainHandshakeError(c.err, self, want, addr)
+			require.ErrorIs(t, err, c.is)
+			require.ErrorContains(t, err, addr)
+			require.ErrorContains(t, err, c.hint)
 		})
 	}
 }

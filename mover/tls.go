@@ -175,7 +175,8 @@ const (
 //     [ErrUntrusted]) that names the command to run on the server's host,
 //     with need, if given, as the permissions to grant;
 //   - the server is not the mover we expected: an error matching [ErrWrongPeer];
-//   - the server speaks no compatible protocol, or never answered.
+//   - the server speaks no compatible protocol ([protocol.ErrVersion]), or
+//     never answered ([ErrNoAnswer]).
 //
 // Other errors are returned unchanged, as is nil.
 //
@@ -207,6 +208,9 @@ func ExplainHandshakeError(err error, self, remote PeerID, addr string, need ...
 	}
 	if _, ok := errors.AsType[*NoAnswerError](err); ok {
 		return err // names addr already
+	}
+	if errors.Is(err, protocol.ErrVersion) {
+		return fmt.Errorf("mover at %s: %w: run the same pgporter release on both hosts", addr, err)
 	}
 	if _, ok := errors.AsType[*quic.HandshakeTimeoutError](err); ok {
 		return &NoAnswerError{Addr: addr, After: QUICConfig().HandshakeIdleTimeout, Err: err}
