@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -264,7 +263,8 @@ func (r *RemoteRepo) drop(rc *repoConn, conn *quic.Conn) {
 func (r *RemoteRepo) retry(ctx context.Context, what string, fn func() error) error {
 	const maxBackoff = 2 * time.Second // as the sender's
 	backoff := 100 * time.Millisecond
-	var since time.Time
+	// DialRepo got an answer: a mover silent since is one restarting.
+	plan := retryPlan{retryFor: r.o.RetryFor, start: time.Now(), contacted: true}
 	for {
 		err := fn()
 		if err == nil || !retryable(err) || r.o.RetryFor < 0 || errors.Is(err, ErrRepoClosed) {
@@ -273,13 +273,16 @@ func (r *RemoteRepo) retry(ctx context.Context, what string, fn func() error) er
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if since.IsZero() {
-			since = time.Now()
-		}
-		if time.Since(since) > r.o.RetryFor {
+		now := time.Now()
+		deadline, first := plan.fail(now, err)
+		if now.Add(backoff).After(deadline) {
 			return fmt.Errorf("%s: giving up after %s of failed reconnects to %s: %w", what, r.o.RetryFor, r.addr, err)
 		}
-		r.log.Warn("repository request interrupted; retrying", "peer", r.peer.Short(), "request", what, "err", err, "retry_in", backoff)
+		if first {
+			r.log.Warn("repository request interrupted; retrying", "peer", r.peer.Short(), "addr", r.addr, "request", what, "until", deadline.Format(time.TimeOnly), "err", err)
+		} else {
+			r.log.Debug("repository request interrupted; retrying", "addr", r.addr, "request", what, "err", err, "retry_in", backoff)
+		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -658,8 +661,8 @@ func ParsePeerAddr(s string) (addr string, peer PeerID, err error) {
 	if !ok || addr == "" || id == "" {
 		return "", PeerID{}, fmt.Errorf("mover address %q: want ADDR#PEER_ID, e.g. repo1:7448#ID with the ID 'pgporter mover id' prints there", s)
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return "", PeerID{}, fmt.Errorf("mover address %q: %w", s, err)
+	if err := ValidateAddr(addr); err != nil {
+		return "", PeerID{}, err
 	}
 	if peer, err = ParsePeerID(id); err != nil {
 		return "", PeerID{}, fmt.Errorf("mover address %q: %w", s, err)

@@ -56,7 +56,7 @@ type SendOptions struct {
 	// negative none.
 	ReadAhead   int64
 	BWLimit     int64         // aggregate wire bytes per second; 0 means no limit
-	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables
+	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables; a mover that never answered gets at most 10s
 	IdleTimeout time.Duration // a connection silent this long is dead; default 30s
 	// Progress, if set, is called from one goroutine as the receiver reports
 	// durable progress.
@@ -338,39 +338,17 @@ type srcHandle struct {
 // errSourceChanged reports a source file modified during a send.
 var errSourceChanged = errors.New("mover: source changed")
 
-// errPermanent marks attempt errors that reconnecting cannot fix.
-type permanentError struct{ err error }
-
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }
-
-// retryable reports whether a failed attempt is worth reconnecting for:
-// everything but what the receiver refused, what our own data caused, and
-// cancellation.
-func retryable(err error) bool {
-	var pe permanentError
-	var re *protocol.RemoteError
-	var ae *quic.ApplicationError
-	switch {
-	case errors.Is(err, context.Canceled), errors.As(err, &pe), errors.Is(err, ErrUntrusted):
-		return false
-	case errors.As(err, &ae) && ae.Remote && (uint64(ae.ErrorCode) == protocol.CloseRefused || uint64(ae.ErrorCode) == protocol.CloseProtocolError):
-		return false
-	case errors.As(err, &re):
-		return protocol.Retryable(err)
-	}
-	return true
-}
-
 func (t *sendTransfer) loop(ctx context.Context) error {
 	// A reconnect costs one handshake; a short cap resumes the transfer
 	// within 2 s of a link coming back.
 	const maxBackoff = 2 * time.Second
 	backoff := 250 * time.Millisecond
-	var failingSince time.Time
+	plan := retryPlan{retryFor: t.o.RetryFor, start: time.Now()}
+	attempts := 0
 	for {
 		before := t.durable.Load()
 		err := t.attempt(ctx)
+		attempts++
 		if err == nil {
 			return nil
 		}
@@ -380,16 +358,27 @@ func (t *sendTransfer) loop(ctx context.Context) error {
 		if !retryable(err) || t.o.RetryFor < 0 {
 			return err
 		}
+		plan.contacted = t.opened
 		if t.durable.Load() > before {
-			failingSince, backoff = time.Time{}, 250*time.Millisecond // it made progress: a fresh budget
+			plan.progress() // it made progress: a fresh budget
+			backoff = 250 * time.Millisecond
 		}
-		if failingSince.IsZero() {
-			failingSince = time.Now()
+		now := time.Now()
+		deadline, first := plan.fail(now, err)
+		if now.Add(backoff).After(deadline) {
+			if plan.firstContact(err) {
+				return fmt.Errorf("giving up after %d attempts in %s: %w", attempts, now.Sub(plan.start).Round(time.Second), err)
+			}
+			return fmt.Errorf("giving up after %s of failed reconnects to %s (rerun the same command to resume): %w", t.o.RetryFor, t.addr, err)
 		}
-		if time.Since(failingSince) > t.o.RetryFor {
-			return fmt.Errorf("giving up after %s of failed reconnects (rerun the same command to resume): %w", t.o.RetryFor, err)
+		switch {
+		case !first:
+			t.s.log.Debug("transfer interrupted; reconnecting", "transfer", t.tid, "addr", t.addr, "err", err, "retry_in", backoff)
+		case plan.firstContact(err):
+			t.s.log.Warn("no connection to the receiving mover yet; retrying", "addr", t.addr, "until", deadline.Format(time.TimeOnly), "err", err)
+		default:
+			t.s.log.Warn("transfer interrupted; reconnecting", "transfer", t.tid, "peer", t.peer.Short(), "addr", t.addr, "until", deadline.Format(time.TimeOnly), "err", err)
 		}
-		t.s.log.Warn("transfer interrupted; reconnecting", "transfer", t.tid, "peer", t.peer.Short(), "err", err, "retry_in", backoff)
 		t.res.Reconnects++
 		timer := time.NewTimer(backoff)
 		select {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/qlog"
 	"github.com/quic-go/quic-go/qlogwriter"
@@ -174,7 +175,8 @@ const (
 //     [ErrUntrusted]) that names the command to run on the server's host,
 //     with need, if given, as the permissions to grant;
 //   - the server is not the mover we expected: an error matching [ErrWrongPeer];
-//   - the server speaks no compatible protocol, or never answered.
+//   - the server speaks no compatible protocol ([protocol.ErrVersion]), or
+//     never answered ([ErrNoAnswer]).
 //
 // Other errors are returned unchanged, as is nil.
 //
@@ -200,11 +202,18 @@ func ExplainHandshakeError(err error, self, remote PeerID, addr string, need ...
 			}
 			return &UntrustedError{Self: self, Remote: remote, Addr: addr, Need: p, Err: err}
 		case alertNoApplicationProtocol:
-			return fmt.Errorf("mover at %s does not speak %s (another program, or an incompatible pgporter version): %w", addr, ALPN, err)
+			// Matches protocol.ErrVersion: retrying cannot help.
+			return fmt.Errorf("mover at %s does not speak %s (another program, or an incompatible pgporter version)%.0w: %w", addr, ALPN, protocol.ErrVersion, err)
 		}
 	}
+	if _, ok := errors.AsType[*NoAnswerError](err); ok {
+		return err // names addr already
+	}
+	if errors.Is(err, protocol.ErrVersion) {
+		return fmt.Errorf("mover at %s: %w: run the same pgporter release on both hosts", addr, err)
+	}
 	if _, ok := errors.AsType[*quic.HandshakeTimeoutError](err); ok {
-		return fmt.Errorf("no answer from mover at %s: is 'pgporter mover serve' running there, and is UDP to that port open? %w", addr, err)
+		return &NoAnswerError{Addr: addr, After: QUICConfig().HandshakeIdleTimeout, Err: err}
 	}
 	return err
 }
@@ -223,6 +232,14 @@ const (
 	maxConnectionWindow     = 128 << 20
 )
 
+// handshakeIdleTimeout is how long a handshake waits for any packet from
+// the other side. Over UDP a port where nothing listens, or a firewall that
+// drops, answers nothing: this is how soon a client can say so (quic-go's
+// default is 5 s). quic-go retransmits an unanswered Initial after 0.3, 0.9
+// and 2.1 s, so four lost in a row on a lossy link fail an attempt, which
+// the retry loops then repeat.
+const handshakeIdleTimeout = 3 * time.Second
+
 // QUICConfig returns the QUIC configuration of both sides of a mover
 // connection, tuned for links with a high bandwidth × latency product.
 func QUICConfig() *quic.Config {
@@ -233,6 +250,7 @@ func QUICConfig() *quic.Config {
 		MaxConnectionReceiveWindow:     maxConnectionWindow,
 		MaxIncomingStreams:             64,
 		KeepAlivePeriod:                5 * time.Second,
+		HandshakeIdleTimeout:           handshakeIdleTimeout,
 		MaxIdleTimeout:                 30 * time.Second,
 		// Only for clients' heartbeats (see heartbeat); a server drops what
 		// it receives, beyond quic-go's bounded queue, unread.

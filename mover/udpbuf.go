@@ -91,7 +91,7 @@ func readUDPBuffers(c *net.UDPConn) (UDPBuffers, error) {
 // sizeUDPBuffers, through a quic.Transport that is closed with the
 // connection (as quic.DialAddr does with the socket it makes).
 func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config) (*quic.Conn, UDPBuffers, error) {
-	ua, err := net.ResolveUDPAddr("udp", addr)
+	ua, err := resolveAddr(addr)
 	if err != nil {
 		return nil, UDPBuffers{}, err
 	}
@@ -109,6 +109,9 @@ func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config)
 	if err != nil {
 		tr.Close()
 		udp.Close()
+		if noAnswer(err) {
+			err = &NoAnswerError{Addr: addr, After: qc.HandshakeIdleTimeout, Err: err}
+		}
 		return nil, bufs, err
 	}
 	go func() {

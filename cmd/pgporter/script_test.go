@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -59,21 +60,38 @@ func cmdSetFromStdout(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(args[0], out[strings.LastIndexByte(out, '\n')+1:])
 }
 
-// exitcode N PROG ARGS... runs PROG and fails unless it exits with N; its
+// exitcode [-within DURATION] N PROG ARGS... runs PROG and fails unless it
+// exits with N (within DURATION, if given: then it is killed after it); its
 // stdout and stderr become the script's, for 'stdout' and 'stderr' checks.
 func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
+	var within time.Duration
+	if len(args) >= 2 && args[0] == "-within" {
+		d, err := time.ParseDuration(args[1])
+		ts.Check(err)
+		within, args = d, args[2:]
+	}
 	if neg || len(args) < 2 {
-		ts.Fatalf("usage: exitcode N PROG [ARGS...]")
+		ts.Fatalf("usage: exitcode [-within DURATION] N PROG [ARGS...]")
 	}
 	want, err := strconv.Atoi(args[0])
 	ts.Check(err)
 	path, err := exec.LookPath(args[1])
 	ts.Check(err)
-	cmd := exec.Command(path, args[2:]...)
+	ctx := context.Background()
+	if within > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, within)
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, path, args[2:]...)
 	cmd.Dir = ts.MkAbs(".")
 	cmd.Env = scriptEnv(ts)
 	cmd.Stdout, cmd.Stderr = ts.Stdout(), ts.Stderr()
+	start := time.Now()
 	err = cmd.Run()
+	if ctx.Err() != nil {
+		ts.Fatalf("%s did not exit within %v", strings.Join(args[1:], " "), within)
+	}
 	var ee *exec.ExitError
 	got := 0
 	switch {
@@ -84,6 +102,9 @@ func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if got != want {
 		ts.Fatalf("%s exited with %d, want %d", strings.Join(args[1:], " "), got, want)
+	}
+	if within > 0 {
+		ts.Logf("exited with %d in %v", got, time.Since(start).Round(time.Millisecond))
 	}
 }
 

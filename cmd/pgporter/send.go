@@ -52,7 +52,7 @@ Example:
 	f.IntVar(&so.o.Connections, "connections", 0, "QUIC connections per transfer: 0 (auto) adds one a second, up to 4, while the link loses packets; a receiver older than protocol 5 takes one")
 	f.StringVar(&so.o.Compression, "compress", "auto", "compression level: auto (adapts to whichever of the CPU and the link limits), none, s2, fast4, fast1, fastest, default, better, best (s2 is the S2 codec, for receivers speaking protocol 6 or later; the others are zstd, fast4 and fast1 its --fast=4 and --fast=1)")
 	f.StringVar(&so.bwlimit, "bwlimit", "", "limit on wire bytes per second for the whole transfer, e.g. 50M")
-	f.DurationVar(&so.o.RetryFor, "retry-for", 2*time.Minute, "how long to keep reconnecting after a network failure (0 = default, negative = never)")
+	f.DurationVar(&so.o.RetryFor, "retry-for", 2*time.Minute, "how long to keep reconnecting after a network failure (0 = default, negative = never); a mover that never answered is tried for 10s at most")
 	f.StringVar(&so.o.TransferID, "id", "", "transfer ID (default: derived from SRC_DIR, DEST and the peer, so a rerun resumes)")
 	return c
 }
@@ -60,6 +60,9 @@ Example:
 func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 	if so.to == "" || so.peer == "" {
 		return usagef("send needs --to ADDR and --peer PEER_ID")
+	}
+	if err := mover.ValidateAddr(so.to); err != nil {
+		return usageError{fmt.Errorf("--to: %w", err)}
 	}
 	peer, err := mover.ParsePeerID(so.peer)
 	if err != nil {
