@@ -126,11 +126,11 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		Bytes: db.bytes,
 		Sides: []string{"pipeline"},
 		Notes: map[string]string{
-			"data":    fmt.Sprintf("%s (%s)", o.Data, shape),
-			"jobs":    fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
-			"settle":  fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
-			"link":    "none (loopback)",
-			"input":   "the size of the database shop (pg_database_size)",
+			"data":   fmt.Sprintf("%s (%s)", o.Data, shape),
+			"jobs":   fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
+			"settle": fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
+			"link":   "none (loopback)",
+			"input":  "the size of the database shop (pg_database_size)",
 		},
 		Tools: []Tool{
 			&exportTool{job: j, jobs: o.Jobs},
@@ -304,7 +304,7 @@ func tableData(list string) []string {
 	sc := bufio.NewScanner(strings.NewReader(list))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) >= 7 && strings.HasSuffix(f[0], ";") && f[3] == "TABLE" && f[4] == "DATA" {
+		if len(f) >= 7 && !strings.HasPrefix(f[0], ";") && strings.HasSuffix(f[0], ";") && f[3] == "TABLE" && f[4] == "DATA" {
 			names = append(names, f[6])
 		}
 	}
