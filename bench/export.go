@@ -31,11 +31,13 @@ type Export struct {
 	// Pgporter is the pgporter binary to run; required.
 	Pgporter string
 	// Data is the shape of "shop": "pgbench" (pgbench -i -s Scale, the
-	// default) or "tables" (Tables small tables of Rows rows each: a dump
+	// default; rows mostly blank padding), "mixed" (about the same size per
+	// unit of Scale of md5 text, numeric, timestamptz and jsonb in four
+	// tables) or "tables" (Tables small tables of Rows rows each: a dump
 	// of thousands of small files, where per-file costs dominate).
 	Data string
-	// Scale is pgbench's scale; 0 means 70 (about 1 GB), or 1 with
-	// Env.Smoke.
+	// Scale is pgbench's scale, or mixed's size in the same unit; 0 means
+	// 70 (about 1 GB), or 1 with Env.Smoke.
 	Scale int
 	// Tables and Rows shape the "tables" data; 0 means 5000 and 20, or 50
 	// and 20 with Env.Smoke.
@@ -44,6 +46,14 @@ type Export struct {
 	Jobs int
 	// RefJobs is the reference's pg_dump -j; 0 means 1.
 	RefJobs int
+	// Base, when set, is another pgporter binary (an earlier build), whose
+	// export runs as the tool "pgporter export (base)": bench-export's
+	// BEFORE. The backup and the reference's mount use Pgporter.
+	Base string
+	// BWLimit, when set (e.g. "25M"), caps the transfer of both pipelines
+	// (pgporter export --bwlimit, rsync --bwlimit): a link slower than
+	// loopback, on one machine; bench-export's LINK.
+	BWLimit string
 	// Settle is the quiet before every run, after which the harness syncs
 	// and drops the page cache (see exportSettle); bench-export's SETTLE.
 	Settle time.Duration
@@ -103,7 +113,10 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		return nil, err
 	}
 	shape := fmt.Sprintf("pgbench -i -s %d", o.Scale)
-	if o.Data == "tables" {
+	switch o.Data {
+	case "mixed":
+		shape = fmt.Sprintf("4 tables of %d rows of md5 text, numeric, timestamptz and jsonb", o.Scale*12000)
+	case "tables":
 		shape = fmt.Sprintf("%d tables of %d rows", o.Tables, o.Rows)
 	}
 	env.Logf("export: filling shop (%s) and backing it up", shape)
@@ -121,7 +134,16 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &exportJob{bin: o.Pgporter, pgBin: bin, cred: cred, repo: repo, dir: env.Dir, tables: db.tables, logf: env.Logf}
+	j := &exportJob{bin: o.Pgporter, bwlimit: o.BWLimit, pgBin: bin, cred: cred, repo: repo, dir: env.Dir, tables: db.tables, logf: env.Logf}
+	tools := []Tool{&exportTool{job: j, name: "pgporter export", dir: "p", bin: o.Pgporter, jobs: o.Jobs}}
+	if o.Base != "" {
+		tools = append(tools, &exportTool{job: j, name: "pgporter export (base)", dir: "b", bin: o.Base, jobs: o.Jobs})
+	}
+	tools = append(tools, &refExportTool{job: j, jobs: o.RefJobs})
+	link := "none (loopback)"
+	if o.BWLimit != "" {
+		link = o.BWLimit + "/s (pgporter export --bwlimit, rsync --bwlimit)"
+	}
 	return &Setup{
 		Bytes: db.bytes,
 		Sides: []string{"pipeline"},
@@ -129,13 +151,10 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			"data":   fmt.Sprintf("%s (%s)", o.Data, shape),
 			"jobs":   fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
 			"settle": fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
-			"link":   "none (loopback)",
+			"link":   link,
 			"input":  "the size of the database shop (pg_database_size)",
 		},
-		Tools: []Tool{
-			&exportTool{job: j, jobs: o.Jobs},
-			&refExportTool{job: j, jobs: o.RefJobs},
-		},
+		Tools:   tools,
 		Settle:  func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
 		SpeedUp: &SpeedUp{Of: "pgporter export", Over: "pg_dump+rsync"},
 	}, nil
@@ -220,10 +239,12 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 	switch o.Data {
 	case "pgbench":
 		_, err = c.client(ctx, "shop", "pgbench", "-i", "-q", "-s", strconv.Itoa(o.Scale), "shop")
+	case "mixed":
+		err = fillMixed(ctx, c, o.Scale)
 	case "tables":
 		err = fillTables(ctx, c, o.Tables, o.Rows, dir)
 	default:
-		err = fmt.Errorf("export: data %q: want pgbench or tables", o.Data)
+		err = fmt.Errorf("export: data %q: want pgbench, mixed or tables", o.Data)
 	}
 	if err != nil {
 		return db, err
@@ -251,6 +272,33 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 	return db, nil
 }
 
+// mixedTable (a format: %[1]d is the table's number, %[2]d its rows) is
+// bench-export's DATA=mixed: md5 text, numeric, timestamptz and jsonb, as
+// an application would hold, which compress about 2x where pgbench's
+// padding compresses 30x.
+const mixedTable = `CREATE TABLE orders_%[1]d AS
+	SELECT g AS id, md5(g::text) AS customer, (random() * 1e6)::numeric(12,2) AS amount,
+	       now() - g * interval '1 second' AS placed, md5((g * 7)::text) || md5((g * 13)::text) AS note,
+	       jsonb_build_object('sku', g %% 9973, 'qty', g %% 17, 'tag', md5((g * 3)::text)) AS attrs
+	  FROM generate_series(1, %[2]d) g`
+
+// fillMixed makes about 14.5 MB of mixedTable rows per unit of scale, in
+// four tables filled at once, so that pg_dump -j has work to spread.
+func fillMixed(ctx context.Context, c *pgCluster, scale int) error {
+	errs := make(chan error, 4)
+	for t := 1; t <= 4; t++ {
+		go func() {
+			_, err := c.client(ctx, "shop", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(mixedTable, t, scale*12000))
+			errs <- err
+		}()
+	}
+	var err error
+	for range 4 {
+		err = errors.Join(err, <-errs)
+	}
+	return err
+}
+
 // fillTables makes n tables of rows rows each, one statement per
 // transaction: a single transaction creating them all would run out of
 // lock table slots.
@@ -271,13 +319,14 @@ func fillTables(ctx context.Context, c *pgCluster, n, rows int, dir string) erro
 
 // exportJob is what the export tools share.
 type exportJob struct {
-	bin    string              // pgporter
-	pgBin  string              // PostgreSQL's bin directory
-	cred   *syscall.Credential // the postgres OS user, or nil
-	repo   string
-	dir    string
-	tables []string
-	logf   func(string, ...any)
+	bin     string              // pgporter: the backup and the reference's mount
+	bwlimit string              // both pipelines' transfer cap, or ""
+	pgBin   string              // PostgreSQL's bin directory
+	cred    *syscall.Credential // the postgres OS user, or nil
+	repo    string
+	dir     string
+	tables  []string
+	logf    func(string, ...any)
 }
 
 // checkDump returns an error unless pg_restore -l lists the data of every

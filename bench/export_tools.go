@@ -19,23 +19,31 @@ import (
 // process), under GNU time for its peak RSS.
 type exportTool struct {
 	job  *exportJob
+	name string
+	dir  string // prefix of each run's directory
+	bin  string
 	jobs int
 }
 
-func (t *exportTool) Name() string { return "pgporter export" }
+func (t *exportTool) Name() string { return t.name }
 
 func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	j := t.job
-	d := filepath.Join(j.dir, fmt.Sprintf("pgporter-%d", rep))
+	// Short: the throwaway instance's socket lies below, within the
+	// 107 bytes of a Unix socket path.
+	d := filepath.Join(j.dir, fmt.Sprintf("%s%d", t.dir, rep))
 	if err := os.Mkdir(d, 0o755); err != nil {
 		return Measure{}, err
 	}
 	defer os.RemoveAll(d)
 	home, target, staging := filepath.Join(d, "home"), filepath.Join(d, "target"), filepath.Join(d, "staging")
 	peak := filepath.Join(d, "export.rss")
-	cmd := exec.CommandContext(ctx, "/usr/bin/time", "-f", "%M", "-o", peak,
-		j.bin, "--home", home, "export", "--repo", j.repo, "--db", "shop", "--to", target,
-		"--staging-dir", staging, "--jobs", strconv.Itoa(t.jobs), "--json")
+	args := []string{"-f", "%M", "-o", peak, t.bin, "--home", home, "export", "--repo", j.repo, "--db", "shop", "--to", target,
+		"--staging-dir", staging, "--jobs", strconv.Itoa(t.jobs), "--json"}
+	if j.bwlimit != "" {
+		args = append(args, "--bwlimit", j.bwlimit)
+	}
+	cmd := exec.CommandContext(ctx, "/usr/bin/time", args...)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+exportPassword)
 	cmd.WaitDelay = 10 * time.Second
 	var out, stderr bytes.Buffer
@@ -51,7 +59,7 @@ func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	if err != nil {
 		return Measure{}, err
 	}
-	js, err := exec.CommandContext(ctx, j.bin, "--home", home, "sessions", "show", res.Session, "--json").Output()
+	js, err := exec.CommandContext(ctx, t.bin, "--home", home, "sessions", "show", res.Session, "--json").Output()
 	if err != nil {
 		return Measure{}, fmt.Errorf("pgporter sessions show %s: %w", res.Session, err)
 	}
@@ -74,7 +82,7 @@ func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	if err != nil {
 		return Measure{}, err
 	}
-	j.logf("export: pgporter export: %.1f s, dump %.1f MB, %.1f MB on the wire", wall.Seconds(), extra["dump_MB"], extra["wire_MB"])
+	j.logf("export: %s: %.1f s, dump %.1f MB, %.1f MB on the wire", t.name, wall.Seconds(), extra["dump_MB"], extra["wire_MB"])
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil
 }
 
@@ -206,7 +214,11 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	t3 := time.Now()
 	x["dump_s"] = t3.Sub(t2).Seconds()
 
-	rsync := exec.CommandContext(ctx, "rsync", "-a", filepath.Join(staging, "shop"), target+"/")
+	rargs := []string{"-a"}
+	if j.bwlimit != "" {
+		rargs = append(rargs, "--bwlimit="+j.bwlimit)
+	}
+	rsync := exec.CommandContext(ctx, "rsync", append(rargs, filepath.Join(staging, "shop"), target+"/")...)
 	if out, err := rsync.CombinedOutput(); err != nil {
 		return Measure{}, fmt.Errorf("rsync: %w: %s", err, tail(string(out)))
 	}

@@ -48,7 +48,7 @@ func scenarios(o Options) []Scenario {
 
 func exportScenario(o Options) *Export {
 	e := o.Export
-	e.Pgporter = o.Pgporter
+	e.Pgporter, e.Base = o.Pgporter, o.Base
 	return &e
 }
 

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -68,8 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				}
 			}
 			o.SendFlags = strings.Fields(sendFlags)
-			if o.Export.Data != "pgbench" && o.Export.Data != "tables" {
-				return usageError{fmt.Errorf("--export-data %q: want pgbench or tables", o.Export.Data)}
+			if !slices.Contains([]string{"pgbench", "mixed", "tables"}, o.Export.Data) {
+				return usageError{fmt.Errorf("--export-data %q: want pgbench, mixed or tables", o.Export.Data)}
 			}
 			// --smoke makes the export tiny unless a flag says otherwise.
 			if o.Smoke {
@@ -97,14 +98,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
-	f.StringVar(&o.Base, "pgporter-base", "", `lan: an earlier pgporter binary, run as "pgporter (base)" beside the others`)
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, export: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Base, "pgporter-base", "", `lan, export: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
+	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none`)
 	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan: link rate each way (tc tbf)")
 	f.StringVar(&o.Link.SenderCPUs, "sender-cpus", "0", "lan: CPUs of the sending side (taskset -c)")
 	f.StringVar(&o.Link.ReceiverCPUs, "receiver-cpus", "1", "lan: CPUs of the receiving side (taskset -c)")
-	f.StringVar(&o.Export.Data, "export-data", "pgbench", "export: shape of the database shop, pgbench or tables (thousands of small tables)")
-	f.IntVar(&o.Export.Scale, "export-scale", 70, "export: pgbench scale of shop (1 with --smoke)")
+	f.StringVar(&o.Export.Data, "export-data", "pgbench", "export: shape of the database shop: pgbench, mixed (md5 text, numeric, timestamptz, jsonb) or tables (thousands of small tables)")
+	f.IntVar(&o.Export.Scale, "export-scale", 70, "export: pgbench scale of shop, or mixed's size in the same unit (1 with --smoke)")
 	f.IntVar(&o.Export.Tables, "export-tables", 5000, "export: with --export-data tables, the number of tables (50 with --smoke)")
 	f.IntVar(&o.Export.Rows, "export-rows", 20, "export: with --export-data tables, rows per table")
 	f.IntVar(&o.Export.Jobs, "jobs", 2, "export: pgporter export --jobs")
