@@ -172,3 +172,45 @@ func TestSmoke(t *testing.T) {
 	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 	_ = err // pgrep exits 1 when it finds none
 }
+
+// TestSmokeExportVariants runs the export scenario's other shape and
+// options: the tables data, a transfer cap on both pipelines and a base
+// binary beside pgporter's, so that what bench-export's DATA=tables, LINK
+// and BEFORE did keeps working. It needs root, PostgreSQL, FUSE, rsync and
+// GNU time; when CI=true a missing one fails the test.
+func TestSmokeExportVariants(t *testing.T) {
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	if err := bench.RequireExportTools(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("export smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
+		}
+		t.Skipf("export smoke: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	// The harness builds OUT/.bin/pgporter before any scenario prepares:
+	// the same binary as the base is enough to check that the base runs.
+	base := filepath.Join(out, ".bin", "pgporter")
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"--smoke", "--scenario", "export", "--export-data", "tables", "--export-tables", "30",
+		"--export-bwlimit", "50M", "--pgporter-base", base, "--out", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, stderr.String())
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err := bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	require.Len(t, f.Results, 1)
+	exp := f.Results[0]
+	require.Equal(t, []string{"pgporter export", "pgporter export (base)", "pg_dump+rsync"}, exp.Tools)
+	require.Equal(t, "tables (30 tables of 20 rows)", exp.Notes["data"])
+	require.Contains(t, exp.Notes["link"], "50M/s")
+	require.Len(t, exp.Runs, 3)
+	for _, r := range exp.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.Extra["dump_MB"], r.Tool)
+	}
+	require.Contains(t, stdout.String(), "| pgporter export (base) |")
+}
