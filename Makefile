@@ -50,8 +50,10 @@ bench: setup build
 	scripts/bench-repo
 	scripts/bench-export
 
-# The Go benchmark harness (issue 17, first slice): the chunk engine and the
-# LAN cold transfer against rsync and tar|zstd|nc. Results (JSON, benchstat
+# The Go benchmark harness (issue 17): the chunk engine, the LAN cold
+# transfer against rsync and tar|zstd|nc, and the export from a backup
+# against mount + postgres + pg_dump + rsync (about 5 minutes at its default
+# scale, 30 s of settling before each run). Results (JSON, benchstat
 # lines, Markdown tables, SVG charts) go to bench/results; BENCH_FLAGS adds
 # flags, e.g. BENCH_FLAGS="--data /var/tmp/lan-dump --runs 3" (see
 # 'go run ./bench/cmd/pgporter-bench --help'). The lock keeps benchmark runs

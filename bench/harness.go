@@ -25,6 +25,7 @@ type Options struct {
 	Base      string // LAN: an earlier pgporter binary to compare, or ""
 	SendFlags []string
 	Link      LinkOptions
+	Export    Export // export: data shape, jobs, settle; Pgporter comes from Pgporter
 }
 
 // ScenarioNames lists the scenarios in the order the harness runs them,
@@ -41,7 +42,14 @@ func scenarios(o Options) []Scenario {
 	return []Scenario{
 		&ChunkEngine{},
 		&LAN{Data: o.Data, Pgporter: o.Pgporter, Base: o.Base, SendFlags: o.SendFlags, Link: o.Link},
+		exportScenario(o),
 	}
+}
+
+func exportScenario(o Options) *Export {
+	e := o.Export
+	e.Pgporter, e.Base = o.Pgporter, o.Base
+	return &e
 }
 
 // Written is what RunAll wrote.
@@ -82,15 +90,29 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "pgporter-bench: "+format+"\n", args...) }
 
+	// The scenarios that run pgporter share one build.
+	var built string
 	for _, s := range chosen {
-		if lan, ok := s.(*LAN); ok && lan.Pgporter == "" {
-			bin := filepath.Join(o.Out, ".bin", "pgporter")
-			logf("building ./cmd/pgporter into %s", bin)
-			if err := buildPgporter(ctx, bin); err != nil {
+		var bin *string
+		switch s := s.(type) {
+		case *LAN:
+			bin = &s.Pgporter
+		case *Export:
+			bin = &s.Pgporter
+		default:
+			continue
+		}
+		if *bin != "" {
+			continue
+		}
+		if built == "" {
+			built = filepath.Join(o.Out, ".bin", "pgporter")
+			logf("building ./cmd/pgporter into %s", built)
+			if err := buildPgporter(ctx, built); err != nil {
 				return nil, err
 			}
-			lan.Pgporter = bin
 		}
+		*bin = built
 	}
 
 	start := time.Now()

@@ -22,6 +22,7 @@ func sampleFile() *File {
 			Scenario: "lan", Description: "a link", Bytes: 2e9,
 			LoadBefore: [3]float64{0.5, 0.4, 0.3}, LoadAfter: [3]float64{1.5, 0.6, 0.3}, Sides: []string{"sender", "receiver"},
 			Notes: map[string]string{"link": "1gbit"}, Reps: 2, Tools: []string{"pgporter", "tar|zstd|nc"},
+			SpeedUp: &SpeedUp{Of: "pgporter", Over: "tar|zstd|nc"},
 			Runs: []Sample{
 				{Tool: "pgporter", Rep: 0, Measure: Measure{Wall: 10 * time.Second, CPUSender: 4, CPUReceiver: 2, WireBytes: 3e8, RSSSender: 100e6, RSSReceiver: 50e6, Extra: map[string]float64{"reported_wire_MB": 290}}},
 				{Tool: "tar|zstd|nc", Rep: 0, Measure: Measure{Wall: 20 * time.Second, CPUSender: 6, CPUReceiver: 3, WireBytes: 4e8, RSSSender: 10e6}},

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -30,9 +31,7 @@ const docsTable = `CREATE TABLE docs AS SELECT g AS id, md5(g::text) AS h,
 	repeat((ARRAY['lorem ','ipsum ','dolor ','sit '])[g %% 4 + 1], 8) AS words FROM generate_series(1, %d) g`
 
 // MakeDump writes a pg_dump -Fd -Z0 of pgbench -i -s Scale plus the docs
-// table into o.Dir, from a throwaway cluster it creates and removes. The
-// test fixture internal/testsupport.NewCluster is bound to testing.TB, so
-// the command has this small twin of its start and stop.
+// table into o.Dir, from a throwaway cluster it creates and removes.
 func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 	if o.Scale <= 0 {
 		o.Scale = 20
@@ -40,73 +39,15 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 	if o.Docs <= 0 {
 		o.Docs = 600_000
 	}
-	if o.Scratch == "" {
-		o.Scratch = "/var/tmp"
-	}
-	bin := o.BinDir
-	if bin == "" {
-		if bin, err = newestPGBin(); err != nil {
-			return err
-		}
-	}
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		// The server refuses to run as root.
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return fmt.Errorf("running PostgreSQL as root needs the postgres OS user: %w", err)
-		}
-		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	base, err := os.MkdirTemp(o.Scratch, "pgporter-bench-pg-")
+	c, err := newPGCluster(ctx, o.Scratch, o.BinDir)
 	if err != nil {
-		return fmt.Errorf("making the cluster's directory: %w", err)
-	}
-	defer func() { err = errors.Join(err, os.RemoveAll(base)) }()
-	if cred != nil {
-		if err := os.Chown(base, int(cred.Uid), int(cred.Gid)); err != nil {
-			return fmt.Errorf("making the cluster's directory: %w", err)
-		}
-	}
-	data, sock := filepath.Join(base, "data"), base
-	server := func(name string, args ...string) error {
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, name), args...)
-		cmd.Dir = base
-		if cred != nil {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %w: %s", name, err, tail(string(out)))
-		}
-		return nil
-	}
-	client := func(name string, args ...string) error {
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, name), args...)
-		cmd.Env = append(os.Environ(), "PGHOST="+sock, "PGPORT=5432", "PGUSER=postgres", "PGDATABASE=bench")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %w: %s", name, err, tail(string(out)))
-		}
-		return nil
-	}
-	if err := server("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
 		return err
 	}
-	opts := "-c listen_addresses='' -c unix_socket_directories=" + sock + " -c port=5432 -c fsync=off"
-	if err := server("pg_ctl", "-D", data, "-w", "-l", filepath.Join(base, "log"), "-o", opts, "start"); err != nil {
+	defer func() { err = errors.Join(err, c.remove()) }()
+	if err := c.start(ctx); err != nil {
 		return err
 	}
-	defer func() {
-		// Not ctx: the server must stop even when the run was cancelled.
-		cmd := exec.Command(filepath.Join(bin, "pg_ctl"), "-D", data, "-w", "-m", "fast", "stop")
-		if cred != nil {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		}
-		if out, serr := cmd.CombinedOutput(); serr != nil {
-			err = errors.Join(err, fmt.Errorf("pg_ctl stop: %w: %s", serr, tail(string(out))))
-		}
-	}()
+	defer func() { err = errors.Join(err, c.stop()) }()
 	steps := [][]string{
 		{"createdb", "bench"},
 		{"pgbench", "-i", "-s", strconv.Itoa(o.Scale), "-q", "bench"},
@@ -114,12 +55,131 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 		{"pg_dump", "-Fd", "-Z0", "--no-sync", "-f", o.Dir, "bench"},
 	}
 	for _, s := range steps {
-		if err := client(s[0], s[1:]...); err != nil {
+		if _, err := c.client(ctx, "bench", s[0], s[1:]...); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// pgCluster is a throwaway PostgreSQL cluster of the harness, listening on
+// a Unix socket only. The test fixture internal/testsupport.NewCluster is
+// bound to testing.TB, so the command has this small twin of its initdb,
+// start and stop.
+type pgCluster struct {
+	bin  string              // PostgreSQL's bin directory
+	base string              // holds data/, the socket and the log
+	data string              // the data directory
+	cred *syscall.Credential // the postgres OS user when the harness runs as root, else nil
+}
+
+// newPGCluster runs initdb in a new directory under scratch ("" means
+// /var/tmp), with trust authentication for the socket. The caller removes
+// it with remove.
+func newPGCluster(ctx context.Context, scratch, bin string) (_ *pgCluster, err error) {
+	if scratch == "" {
+		scratch = "/var/tmp"
+	}
+	if bin == "" {
+		if bin, err = newestPGBin(); err != nil {
+			return nil, err
+		}
+	}
+	cred, err := postgresCred()
+	if err != nil {
+		return nil, err
+	}
+	base, err := os.MkdirTemp(scratch, "pgporter-bench-pg-")
+	if err != nil {
+		return nil, fmt.Errorf("making the cluster's directory: %w", err)
+	}
+	c := &pgCluster{bin: bin, base: base, data: filepath.Join(base, "data"), cred: cred}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.remove())
+		}
+	}()
+	if err := c.chown(base); err != nil {
+		return nil, fmt.Errorf("making the cluster's directory: %w", err)
+	}
+	if err := c.server(ctx, "initdb", "-D", c.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// postgresCred returns the postgres OS user's credential when the harness
+// runs as root (the server refuses to), else nil.
+func postgresCred() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running PostgreSQL as root needs the postgres OS user: %w", err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// chown gives path to the postgres OS user, when the server runs as one.
+func (c *pgCluster) chown(path string) error {
+	if c.cred == nil {
+		return nil
+	}
+	return os.Chown(path, int(c.cred.Uid), int(c.cred.Gid))
+}
+
+// asPostgres makes cmd run as the postgres OS user, when the server runs as one.
+func (c *pgCluster) asPostgres(cmd *exec.Cmd) {
+	if c.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
+	}
+}
+
+func (c *pgCluster) server(ctx context.Context, name string, args ...string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, name), args...)
+	cmd.Dir = c.base
+	c.asPostgres(cmd)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", name, err, tail(string(out)))
+	}
+	return nil
+}
+
+// client runs a client program of the cluster's bin directory against
+// database db and returns its standard output.
+func (c *pgCluster) client(ctx context.Context, db, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, name), args...)
+	cmd.Env = append(os.Environ(), "PGHOST="+c.base, "PGPORT=5432", "PGUSER=postgres", "PGDATABASE="+db)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w: %s", name, err, tail(stderr.String()))
+	}
+	return string(out), nil
+}
+
+func (c *pgCluster) start(ctx context.Context) error {
+	opts := "-c listen_addresses='' -c unix_socket_directories=" + c.base + " -c port=5432 -c fsync=off"
+	return c.server(ctx, "pg_ctl", "-D", c.data, "-w", "-l", filepath.Join(c.base, "log"), "-o", opts, "start")
+}
+
+// stop stops the server (fast shutdown, a checkpoint: the data directory is
+// then consistent, to be backed up). It ignores any context: the server must
+// stop even when the run was cancelled.
+func (c *pgCluster) stop() error {
+	cmd := exec.Command(filepath.Join(c.bin, "pg_ctl"), "-D", c.data, "-w", "-m", "fast", "stop")
+	c.asPostgres(cmd)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl stop: %w: %s", err, tail(string(out)))
+	}
+	return nil
+}
+
+func (c *pgCluster) remove() error { return os.RemoveAll(c.base) }
 
 func newestPGBin() (string, error) {
 	ents, err := os.ReadDir("/usr/lib/postgresql")

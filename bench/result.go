@@ -30,6 +30,7 @@ type Result struct {
 	Reps        int               `json:"reps"`
 	Tools       []string          `json:"tools"` // in the order the scenario lists them
 	Runs        []Sample          `json:"runs"`  // in the order they ran
+	SpeedUp     *SpeedUp          `json:"speedup,omitempty"`
 	LoadBefore  [3]float64        `json:"load_before"`
 	LoadAfter   [3]float64        `json:"load_after"`
 }

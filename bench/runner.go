@@ -46,6 +46,7 @@ func runSetup(ctx context.Context, sc Scenario, setup *Setup, reps int, env Env)
 		Sides:       setup.Sides,
 		Notes:       setup.Notes,
 		Reps:        reps,
+		SpeedUp:     setup.SpeedUp,
 		LoadBefore:  LoadAvg(),
 	}
 	for _, t := range setup.Tools {

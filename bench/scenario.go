@@ -45,6 +45,9 @@ type Setup struct {
 	// the writeback of the last tool's unsynced output (and the reclaim of
 	// its dirty pages) does not land in the next tool's time and CPU.
 	Settle func(context.Context) error
+	// SpeedUp, when not nil, names the pair of tools whose ratio of median
+	// wall times the table states.
+	SpeedUp *SpeedUp
 	// Close stops what Prepare started and removes what it made. It may be nil.
 	Close func() error
 }
@@ -57,4 +60,11 @@ type Tool interface {
 	// it to keep the outputs of runs apart. It leaves nothing running when it
 	// returns, even on error.
 	Run(ctx context.Context, rep int) (Measure, error)
+}
+
+// SpeedUp is a pair of a scenario's tools: the table gives Over's median
+// wall time divided by Of's, how many times faster Of is.
+type SpeedUp struct {
+	Of   string `json:"of"`
+	Over string `json:"over"`
 }

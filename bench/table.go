@@ -111,6 +111,23 @@ func writeTable(b *strings.Builder, f *File, r *Result) {
 		}
 		b.WriteByte('\n')
 	}
+	if x, ok := r.SpeedUpRatio(); ok {
+		fmt.Fprintf(b, "\nspeed-up of %s over %s: %.2fx (ratio of median wall times)\n", r.SpeedUp.Of, r.SpeedUp.Over, x)
+	}
+}
+
+// SpeedUpRatio returns the median wall time of r.SpeedUp.Over divided by
+// that of r.SpeedUp.Of; ok is false without a pair or without runs of both.
+func (r *Result) SpeedUpRatio() (float64, bool) {
+	if r.SpeedUp == nil {
+		return 0, false
+	}
+	of, ok1 := r.ToolSummary(r.SpeedUp.Of, WallSeconds)
+	over, ok2 := r.ToolSummary(r.SpeedUp.Over, WallSeconds)
+	if !ok1 || !ok2 || of.Median <= 0 {
+		return 0, false
+	}
+	return over.Median / of.Median, true
 }
 
 // extraKeys returns the Extra keys any run of r has, sorted.

@@ -4,6 +4,7 @@
 //
 //	go run ./bench/cmd/pgporter-bench --list
 //	go run ./bench/cmd/pgporter-bench --scenario lan --runs 5 --data /var/tmp/lan-dump
+//	go run ./bench/cmd/pgporter-bench --scenario export --runs 3 --export-scale 70
 //	go run ./bench/cmd/pgporter-bench --smoke
 //	go run ./bench/cmd/pgporter-bench --report bench/results/DATE.json
 package main
@@ -15,8 +16,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pgporter/pgporter/bench"
 	"github.com/spf13/cobra"
@@ -42,7 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			if list {
 				for _, s := range bench.ScenarioNames() {
 					fmt.Fprintf(stdout, "%-8s %s\n", s[0], s[1])
@@ -66,6 +69,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				}
 			}
 			o.SendFlags = strings.Fields(sendFlags)
+			if !slices.Contains([]string{"pgbench", "mixed", "tables"}, o.Export.Data) {
+				return usageError{fmt.Errorf("--export-data %q: want pgbench, mixed or tables", o.Export.Data)}
+			}
+			// --smoke makes the export tiny unless a flag says otherwise.
+			if o.Smoke {
+				for name, v := range map[string]*int{"export-scale": &o.Export.Scale, "export-tables": &o.Export.Tables} {
+					if !cmd.Flags().Changed(name) {
+						*v = 0
+					}
+				}
+				if !cmd.Flags().Changed("export-settle") {
+					o.Export.Settle = 0
+				}
+			}
 			w, err := bench.RunAll(ctx, o, stdout, stderr)
 			if w != nil {
 				fmt.Fprintf(stderr, "pgporter-bench: wrote %s, %s, %s and %d charts\n", w.JSON, w.Benchfmt, w.Markdown, len(w.Charts))
@@ -81,12 +98,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
-	f.StringVar(&o.Base, "pgporter-base", "", `lan: an earlier pgporter binary, run as "pgporter (base)" beside the others`)
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, export: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Base, "pgporter-base", "", `lan, export: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
+	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none`)
 	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan: link rate each way (tc tbf)")
 	f.StringVar(&o.Link.SenderCPUs, "sender-cpus", "0", "lan: CPUs of the sending side (taskset -c)")
 	f.StringVar(&o.Link.ReceiverCPUs, "receiver-cpus", "1", "lan: CPUs of the receiving side (taskset -c)")
+	f.StringVar(&o.Export.Data, "export-data", "pgbench", "export: shape of the database shop: pgbench, mixed (md5 text, numeric, timestamptz, jsonb) or tables (thousands of small tables)")
+	f.IntVar(&o.Export.Scale, "export-scale", 70, "export: pgbench scale of shop, or mixed's size in the same unit (1 with --smoke)")
+	f.IntVar(&o.Export.Tables, "export-tables", 5000, "export: with --export-data tables, the number of tables (50 with --smoke)")
+	f.IntVar(&o.Export.Rows, "export-rows", 20, "export: with --export-data tables, rows per table")
+	f.IntVar(&o.Export.Jobs, "jobs", 2, "export: pgporter export --jobs")
+	f.IntVar(&o.Export.RefJobs, "ref-jobs", 1, "export: the reference's pg_dump -j")
+	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
 	c.SetArgs(args)
 	c.SetOut(stdout)
 	c.SetErr(stderr)

@@ -21,6 +21,7 @@ func TestList(t *testing.T) {
 	require.Equal(t, 0, run(context.Background(), []string{"--list"}, &out, &errb), errb.String())
 	require.Regexp(t, `(?m)^chunk +chunk engine`, out.String())
 	require.Regexp(t, `(?m)^lan +cold transfer`, out.String())
+	require.Regexp(t, `(?m)^export +export one database`, out.String())
 }
 
 func TestUsage(t *testing.T) {
@@ -30,6 +31,9 @@ func TestUsage(t *testing.T) {
 	errb.Reset()
 	require.Equal(t, 2, run(context.Background(), []string{"--scenario", "nope", "--out", t.TempDir()}, &out, &errb))
 	require.Contains(t, errb.String(), `unknown scenario "nope"`)
+	errb.Reset()
+	require.Equal(t, 2, run(context.Background(), []string{"--scenario", "export", "--export-data", "wide", "--out", t.TempDir()}, &out, &errb))
+	require.Contains(t, errb.String(), `--export-data "wide": want pgbench, mixed or tables`)
 }
 
 // TestSmokeChunk runs the in-process scenario alone: it needs nothing, so
@@ -51,17 +55,23 @@ func TestSmokeChunk(t *testing.T) {
 }
 
 // TestSmoke runs --smoke of every scenario end to end, as CI does to keep
-// the harness working: the chunk engine in process, and the LAN transfer
-// over network namespaces with every tool. The LAN half needs root, ip
-// netns, tc, rsync, zstd, nc and GNU time (scripts/setup); when CI=true a
-// missing one fails the test instead of skipping it.
+// the harness working: the chunk engine in process, the LAN transfer over
+// network namespaces with every tool, and the export of a pgbench -s 1
+// database out of a backup by pgporter export and by mount, postgres,
+// pg_dump and rsync. The LAN part needs root, ip netns, tc, rsync, zstd, nc
+// and GNU time, the export PostgreSQL and FUSE (scripts/setup); when
+// CI=true a missing one fails the test instead of skipping it.
 func TestSmoke(t *testing.T) {
 	testsupport.RequireNetns(t)
-	if err := bench.RequireLinkTools(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("LAN smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	for _, req := range []func() error{bench.RequireLinkTools, bench.RequireExportTools} {
+		if err := req(); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
+			}
+			t.Skipf("smoke: %v", err)
 		}
-		t.Skipf("LAN smoke: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -78,7 +88,7 @@ func TestSmoke(t *testing.T) {
 	f, err := bench.ReadJSON(files[0])
 	require.NoError(t, err)
 	require.True(t, f.Smoke)
-	require.Len(t, f.Results, 2)
+	require.Len(t, f.Results, 3)
 	stamp := strings.TrimSuffix(filepath.Base(files[0]), ".json")
 	for _, r := range f.Results {
 		require.NotEmpty(t, r.Tools, r.Scenario)
@@ -118,6 +128,42 @@ func TestSmoke(t *testing.T) {
 	require.Positive(t, pp.RSSReceiver, "mover serve's VmHWM")
 	require.Positive(t, pp.Extra["reported_wire_MB"], "send --json's wire_bytes")
 
+	exp := f.Results[2]
+	require.Equal(t, "export", exp.Scenario)
+	require.Equal(t, []string{"pgporter export", "pg_dump+rsync"}, exp.Tools)
+	require.Greater(t, exp.Bytes, int64(15e6), "pgbench -s 1 is about 23 MB")
+	for _, r := range exp.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.CPUSender, r.Tool)
+		for _, k := range []string{"mount_s", "instance_s", "dump_s", "transfer_s", "cleanup_s"} {
+			require.Positive(t, r.Extra[k], "%s: %s", r.Tool, k)
+			require.Less(t, r.Extra[k], r.Wall.Seconds(), "%s: %s is part of the total", r.Tool, k)
+		}
+	}
+	pe, ref := exp.Runs[0], exp.Runs[1]
+	// The reference's parts run one after the other and are all of its
+	// time; pgporter's dump and transfer overlap (the transfer streams the
+	// dump's files while pg_dump writes them), so they are not summed.
+	var parts float64
+	for _, k := range []string{"mount_s", "instance_s", "dump_s", "transfer_s", "cleanup_s"} {
+		parts += ref.Extra[k]
+	}
+	require.InDelta(t, ref.Wall.Seconds(), parts, 0.01, "the reference's parts add up to its total")
+	require.Equal(t, "pgporter export", pe.Tool)
+	require.Positive(t, pe.RSSSender, "GNU time's peak RSS of pgporter export")
+	require.Positive(t, pe.Extra["check_s"])
+	require.Positive(t, pe.Extra["wire_MB"])
+	// pgporter dumps with -Z0, the reference with pg_dump's gzip, and
+	// pgbench's blank padding compresses about 30x.
+	require.Greater(t, pe.Extra["dump_MB"], 5*ref.Extra["dump_MB"])
+	require.Less(t, pe.Extra["wire_MB"], pe.Extra["dump_MB"]/5, "pgporter compresses on the wire")
+	_, ok := exp.SpeedUpRatio()
+	require.True(t, ok)
+	require.Contains(t, stdout.String(), "speed-up of pgporter export over pg_dump+rsync: ")
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	require.NoError(t, err)
+	require.NotContains(t, string(mounts), "pgporter-bench-export-", "every mount ended")
+
 	// Nothing the harness started is left: namespaces and daemons.
 	ns, err := exec.Command("ip", "netns", "list").Output()
 	require.NoError(t, err)
@@ -125,4 +171,46 @@ func TestSmoke(t *testing.T) {
 	ps, err := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output()
 	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 	_ = err // pgrep exits 1 when it finds none
+}
+
+// TestSmokeExportVariants runs the export scenario's other shape and
+// options: the tables data, a transfer cap on both pipelines and a base
+// binary beside pgporter's, so that what bench-export's DATA=tables, LINK
+// and BEFORE did keeps working. It needs root, PostgreSQL, FUSE, rsync and
+// GNU time; when CI=true a missing one fails the test.
+func TestSmokeExportVariants(t *testing.T) {
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	if err := bench.RequireExportTools(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("export smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
+		}
+		t.Skipf("export smoke: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	// The harness builds OUT/.bin/pgporter before any scenario prepares:
+	// the same binary as the base is enough to check that the base runs.
+	base := filepath.Join(out, ".bin", "pgporter")
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"--smoke", "--scenario", "export", "--export-data", "tables", "--export-tables", "30",
+		"--export-bwlimit", "50M", "--pgporter-base", base, "--out", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, stderr.String())
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err := bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	require.Len(t, f.Results, 1)
+	exp := f.Results[0]
+	require.Equal(t, []string{"pgporter export", "pgporter export (base)", "pg_dump+rsync"}, exp.Tools)
+	require.Equal(t, "tables (30 tables of 20 rows)", exp.Notes["data"])
+	require.Contains(t, exp.Notes["link"], "50M/s")
+	require.Len(t, exp.Runs, 3)
+	for _, r := range exp.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.Extra["dump_MB"], r.Tool)
+	}
+	require.Contains(t, stdout.String(), "| pgporter export (base) |")
 }

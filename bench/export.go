@@ -1,0 +1,416 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Export is scenario 7 on one machine (scripts/bench-export with LINK
+// unset): export the database "shop" out of a pgporter backup, with
+// pgporter export (embedded: mount, throwaway instance, checks,
+// pg_dump -Fd -Z0, zstd chunks over loopback QUIC, verify, commit,
+// cleanup) against the reference "dump, then send" from the same restore
+// point: pgporter mount, postgres started on it as pgporter's throwaway
+// instance is, pg_dump -Fd (gzip) into a staging directory, rsync -a to the
+// target directory, postgres stopped, unmounted. Both are timed whole, from
+// the mount to the unmount.
+type Export struct {
+	// Pgporter is the pgporter binary to run; required.
+	Pgporter string
+	// Data is the shape of "shop": "pgbench" (pgbench -i -s Scale, the
+	// default; rows mostly blank padding), "mixed" (about the same size per
+	// unit of Scale of md5 text, numeric, timestamptz and jsonb in four
+	// tables) or "tables" (Tables small tables of Rows rows each: a dump
+	// of thousands of small files, where per-file costs dominate).
+	Data string
+	// Scale is pgbench's scale, or mixed's size in the same unit; 0 means
+	// 70 (about 1 GB), or 1 with Env.Smoke.
+	Scale int
+	// Tables and Rows shape the "tables" data; 0 means 5000 and 20, or 50
+	// and 20 with Env.Smoke.
+	Tables, Rows int
+	// Jobs is pgporter export's --jobs; 0 means 2.
+	Jobs int
+	// RefJobs is the reference's pg_dump -j; 0 means 1.
+	RefJobs int
+	// Base, when set, is another pgporter binary (an earlier build), whose
+	// export runs as the tool "pgporter export (base)": bench-export's
+	// BEFORE. The backup and the reference's mount use Pgporter.
+	Base string
+	// BWLimit, when set (e.g. "25M"), caps the transfer of both pipelines
+	// (pgporter export --bwlimit, rsync --bwlimit): a link slower than
+	// loopback, on one machine; bench-export's LINK.
+	BWLimit string
+	// Settle is the quiet before every run, after which the harness syncs
+	// and drops the page cache (see exportSettle); bench-export's SETTLE.
+	Settle time.Duration
+}
+
+var _ Scenario = (*Export)(nil)
+
+func (*Export) Name() string { return "export" }
+
+func (*Export) Describe() string {
+	return "export one database out of a pgporter backup: pgporter export against pgporter mount, postgres, pg_dump -Fd (gzip) and rsync -a, on one machine"
+}
+
+// exportPassword is the postgres role's password in the backup, which both
+// pipelines log in with.
+const exportPassword = "bench"
+
+func (s *Export) withDefaults(smoke bool) Export {
+	o := *s
+	if o.Data == "" {
+		o.Data = "pgbench"
+	}
+	if o.Scale <= 0 {
+		o.Scale = 70
+		if smoke {
+			o.Scale = 1
+		}
+	}
+	if o.Tables <= 0 {
+		o.Tables = 5000
+		if smoke {
+			o.Tables = 50
+		}
+	}
+	if o.Rows <= 0 {
+		o.Rows = 20
+	}
+	if o.Jobs <= 0 {
+		o.Jobs = 2
+	}
+	if o.RefJobs <= 0 {
+		o.RefJobs = 1
+	}
+	return o
+}
+
+func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
+	o := s.withDefaults(env.Smoke)
+	if o.Pgporter == "" {
+		return nil, errors.New("export: no pgporter binary")
+	}
+	if err := RequireExportTools(); err != nil {
+		return nil, err
+	}
+	// The postgres user must reach the staging directories and the mount.
+	if err := os.Chmod(env.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	shape := fmt.Sprintf("pgbench -i -s %d", o.Scale)
+	switch o.Data {
+	case "mixed":
+		shape = fmt.Sprintf("4 tables of %d rows of md5 text, numeric, timestamptz and jsonb", o.Scale*12000)
+	case "tables":
+		shape = fmt.Sprintf("%d tables of %d rows", o.Tables, o.Rows)
+	}
+	env.Logf("export: filling shop (%s) and backing it up", shape)
+	repo := filepath.Join(env.Dir, "repo")
+	db, err := makeExportRepo(ctx, o, repo, env.Dir)
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("export: shop is %d bytes in %d tables", db.bytes, len(db.tables))
+	bin, err := newestPGBin()
+	if err != nil {
+		return nil, err
+	}
+	cred, err := postgresCred()
+	if err != nil {
+		return nil, err
+	}
+	j := &exportJob{bin: o.Pgporter, bwlimit: o.BWLimit, pgBin: bin, cred: cred, repo: repo, dir: env.Dir, tables: db.tables, logf: env.Logf}
+	tools := []Tool{&exportTool{job: j, name: "pgporter export", dir: "p", bin: o.Pgporter, jobs: o.Jobs}}
+	if o.Base != "" {
+		tools = append(tools, &exportTool{job: j, name: "pgporter export (base)", dir: "b", bin: o.Base, jobs: o.Jobs})
+	}
+	tools = append(tools, &refExportTool{job: j, jobs: o.RefJobs})
+	link := "none (loopback)"
+	if o.BWLimit != "" {
+		link = o.BWLimit + "/s (pgporter export --bwlimit, rsync --bwlimit)"
+	}
+	return &Setup{
+		Bytes: db.bytes,
+		Sides: []string{"pipeline"},
+		Notes: map[string]string{
+			"data":   fmt.Sprintf("%s (%s)", o.Data, shape),
+			"jobs":   fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
+			"settle": fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
+			"link":   link,
+			"input":  "the size of the database shop (pg_database_size)",
+		},
+		Tools:   tools,
+		Settle:  func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
+		SpeedUp: &SpeedUp{Of: "pgporter export", Over: "pg_dump+rsync"},
+	}, nil
+}
+
+// RequireExportTools returns an error naming what the export scenario needs
+// and this machine lacks: root (FUSE mounts, dropping caches, the postgres
+// OS user), /dev/fuse, PostgreSQL, rsync and GNU time.
+func RequireExportTools() error {
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		missing = append(missing, "/dev/fuse")
+	}
+	if _, err := newestPGBin(); err != nil {
+		missing = append(missing, "PostgreSQL under /usr/lib/postgresql")
+	}
+	for _, p := range []string{"rsync", "/usr/bin/time"} {
+		if _, err := exec.LookPath(p); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the export scenario needs %s (scripts/setup)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// exportSettle waits d, syncs and drops the page cache, so that each
+// pipeline starts cold and from the same state. The wait is bench-export's
+// SETTLE: ext4 without a journal skips inodes deleted in the last
+// dirty_expire_centisecs (30 s) when it allocates one, so the other
+// pipeline's just-deleted files make every file a pipeline creates cost
+// more. Dropping caches needs root; without it the cache stays warm.
+func exportSettle(ctx context.Context, d time.Duration) error {
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	unix.Sync()
+	_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200)
+	return nil
+}
+
+// exportDB is what the scenario's data turned out to be.
+type exportDB struct {
+	bytes  int64    // pg_database_size('shop')
+	tables []string // public tables, sorted: what each dump must hold
+}
+
+// makeExportRepo fills shop in a throwaway cluster, stops it, and backs its
+// data directory up into a new pgporter repository at repo.
+func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB, err error) {
+	var db exportDB
+	c, err := newPGCluster(ctx, "", "")
+	if err != nil {
+		return db, err
+	}
+	defer func() { err = errors.Join(err, c.remove()) }()
+	if err := c.start(ctx); err != nil {
+		return db, err
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			err = errors.Join(err, c.stop())
+		}
+	}()
+	if _, err := c.client(ctx, "postgres", "psql", "-qc", "ALTER ROLE postgres PASSWORD '"+exportPassword+"'"); err != nil {
+		return db, err
+	}
+	if _, err := c.client(ctx, "postgres", "createdb", "shop"); err != nil {
+		return db, err
+	}
+	switch o.Data {
+	case "pgbench":
+		_, err = c.client(ctx, "shop", "pgbench", "-i", "-q", "-s", strconv.Itoa(o.Scale), "shop")
+	case "mixed":
+		err = fillMixed(ctx, c, o.Scale)
+	case "tables":
+		err = fillTables(ctx, c, o.Tables, o.Rows, dir)
+	default:
+		err = fmt.Errorf("export: data %q: want pgbench, mixed or tables", o.Data)
+	}
+	if err != nil {
+		return db, err
+	}
+	size, err := c.client(ctx, "shop", "psql", "-Atc", "SELECT pg_database_size('shop')")
+	if err != nil {
+		return db, err
+	}
+	if db.bytes, err = strconv.ParseInt(strings.TrimSpace(size), 10, 64); err != nil {
+		return db, fmt.Errorf("reading the size of shop: %w", err)
+	}
+	names, err := c.client(ctx, "shop", "psql", "-Atc", "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+	if err != nil {
+		return db, err
+	}
+	db.tables = strings.Fields(names)
+	stopped = true
+	if err := c.stop(); err != nil {
+		return db, err
+	}
+	cmd := exec.CommandContext(ctx, o.Pgporter, "--home", filepath.Join(dir, "home-backup"), "backup", "--repo", repo, "--pgdata", c.data)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return db, fmt.Errorf("pgporter backup: %w: %s", err, tail(string(out)))
+	}
+	return db, nil
+}
+
+// mixedTable (a format: %[1]d is the table's number, %[2]d its rows) is
+// bench-export's DATA=mixed: md5 text, numeric, timestamptz and jsonb, as
+// an application would hold, which compress about 2x where pgbench's
+// padding compresses 30x.
+const mixedTable = `CREATE TABLE orders_%[1]d AS
+	SELECT g AS id, md5(g::text) AS customer, (random() * 1e6)::numeric(12,2) AS amount,
+	       now() - g * interval '1 second' AS placed, md5((g * 7)::text) || md5((g * 13)::text) AS note,
+	       jsonb_build_object('sku', g %% 9973, 'qty', g %% 17, 'tag', md5((g * 3)::text)) AS attrs
+	  FROM generate_series(1, %[2]d) g`
+
+// fillMixed makes about 14.5 MB of mixedTable rows per unit of scale, in
+// four tables filled at once, so that pg_dump -j has work to spread.
+func fillMixed(ctx context.Context, c *pgCluster, scale int) error {
+	errs := make(chan error, 4)
+	for t := 1; t <= 4; t++ {
+		go func() {
+			_, err := c.client(ctx, "shop", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(mixedTable, t, scale*12000))
+			errs <- err
+		}()
+	}
+	var err error
+	for range 4 {
+		err = errors.Join(err, <-errs)
+	}
+	return err
+}
+
+// fillTables makes n tables of rows rows each, one statement per
+// transaction: a single transaction creating them all would run out of
+// lock table slots.
+func fillTables(ctx context.Context, c *pgCluster, n, rows int, dir string) error {
+	var b strings.Builder
+	b.WriteString("SET synchronous_commit = off;\n")
+	for t := 1; t <= n; t++ {
+		fmt.Fprintf(&b, "CREATE TABLE item_%d AS SELECT g AS id, md5((%d * 1000 + g)::text) AS name, g * 1.5 AS price, now() AS added FROM generate_series(1, %d) g;\n", t, t, rows)
+	}
+	sql := filepath.Join(dir, "tables.sql")
+	if err := os.WriteFile(sql, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(sql)
+	_, err := c.client(ctx, "shop", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", sql)
+	return err
+}
+
+// exportJob is what the export tools share.
+type exportJob struct {
+	bin     string              // pgporter: the backup and the reference's mount
+	bwlimit string              // both pipelines' transfer cap, or ""
+	pgBin   string              // PostgreSQL's bin directory
+	cred    *syscall.Credential // the postgres OS user, or nil
+	repo    string
+	dir     string
+	tables  []string
+	logf    func(string, ...any)
+}
+
+// checkDump returns an error unless pg_restore -l lists the data of every
+// table of shop, and no other, in the dump at dir: a pipeline that moved
+// an incomplete dump cannot post a fast time.
+func (j *exportJob) checkDump(ctx context.Context, dir string) error {
+	out, err := exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_restore"), "-l", dir).Output()
+	if err != nil {
+		return fmt.Errorf("pg_restore -l %s: %w", dir, err)
+	}
+	got := tableData(string(out))
+	if !slices.Equal(got, j.tables) {
+		return fmt.Errorf("the dump in %s holds the data of %d tables, shop has %d (%v, want %v)", dir, len(got), len(j.tables), head(got), head(j.tables))
+	}
+	return nil
+}
+
+func head(s []string) []string { return s[:min(len(s), 5)] }
+
+// tableData returns the tables whose data a pg_restore -l listing holds
+// ("3345; 0 16390 TABLE DATA public pgbench_accounts postgres"), sorted.
+func tableData(list string) []string {
+	var names []string
+	sc := bufio.NewScanner(strings.NewReader(list))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 7 && !strings.HasPrefix(f[0], ";") && strings.HasSuffix(f[0], ";") && f[3] == "TABLE" && f[4] == "DATA" {
+			names = append(names, f[6])
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// exportSteps are the steps of pgporter export's session that the harness
+// keeps, with the key of each in Measure.Extra.
+var exportSteps = [][2]string{
+	{"mount", "mount_s"}, {"instance", "instance_s"}, {"check", "check_s"},
+	{"dump:shop", "dump_s"}, {"transfer:shop", "transfer_s"}, {"cleanup", "cleanup_s"},
+}
+
+// sessionSteps is the part of 'pgporter sessions show --json' the harness reads.
+type sessionSteps struct {
+	ID    string        `json:"id"`
+	State string        `json:"state"`
+	Steps []sessionStep `json:"steps"`
+}
+
+type sessionStep struct {
+	Name      string    `json:"name"`
+	Started   time.Time `json:"started"`
+	Ended     time.Time `json:"ended"`
+	Bytes     int64     `json:"bytes"`
+	WireBytes int64     `json:"wire_bytes"`
+}
+
+// exportFigures reads a done session's journal record (sessions show
+// --json): the seconds of each step of exportSteps, the dump's bytes and
+// the transfer's wire bytes, as Measure.Extra keys.
+func exportFigures(js []byte) (map[string]float64, error) {
+	var s sessionSteps
+	if err := json.Unmarshal(js, &s); err != nil {
+		return nil, fmt.Errorf("parsing sessions show --json: %w", err)
+	}
+	if s.State != "done" {
+		return nil, fmt.Errorf("session %s is %q, not done", s.ID, s.State)
+	}
+	extra := map[string]float64{}
+	for _, want := range exportSteps {
+		i := slices.IndexFunc(s.Steps, func(st sessionStep) bool { return st.Name == want[0] })
+		if i < 0 {
+			return nil, fmt.Errorf("session %s has no step %s", s.ID, want[0])
+		}
+		st := s.Steps[i]
+		if st.Started.IsZero() || st.Ended.Before(st.Started) {
+			return nil, fmt.Errorf("session %s: step %s has no times", s.ID, want[0])
+		}
+		extra[want[1]] = st.Ended.Sub(st.Started).Seconds()
+		switch want[0] {
+		case "dump:shop":
+			extra["dump_MB"] = float64(st.Bytes) / 1e6
+		case "transfer:shop":
+			extra["wire_MB"] = float64(st.WireBytes) / 1e6
+		}
+	}
+	return extra, nil
+}

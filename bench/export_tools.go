@@ -1,0 +1,262 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// ---- pgporter export ----
+
+// exportTool runs pgporter export, embedded (every role in the one
+// process), under GNU time for its peak RSS.
+type exportTool struct {
+	job  *exportJob
+	name string
+	dir  string // prefix of each run's directory
+	bin  string
+	jobs int
+}
+
+func (t *exportTool) Name() string { return t.name }
+
+func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
+	j := t.job
+	// Short: the throwaway instance's socket lies below, within the
+	// 107 bytes of a Unix socket path.
+	d := filepath.Join(j.dir, fmt.Sprintf("%s%d", t.dir, rep))
+	if err := os.Mkdir(d, 0o755); err != nil {
+		return Measure{}, err
+	}
+	defer os.RemoveAll(d)
+	home, target, staging := filepath.Join(d, "home"), filepath.Join(d, "target"), filepath.Join(d, "staging")
+	peak := filepath.Join(d, "export.rss")
+	args := []string{"-f", "%M", "-o", peak, t.bin, "--home", home, "export", "--repo", j.repo, "--db", "shop", "--to", target,
+		"--staging-dir", staging, "--jobs", strconv.Itoa(t.jobs), "--json"}
+	if j.bwlimit != "" {
+		args = append(args, "--bwlimit", j.bwlimit)
+	}
+	cmd := exec.CommandContext(ctx, "/usr/bin/time", args...)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+exportPassword)
+	cmd.WaitDelay = 10 * time.Second
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	t0 := time.Now()
+	err := cmd.Run()
+	wall := time.Since(t0)
+	if err != nil {
+		return Measure{}, fmt.Errorf("pgporter export: %w: %s", err, tail(stderr.String()))
+	}
+	// Untimed from here.
+	res, err := parseExportJSON(out.Bytes())
+	if err != nil {
+		return Measure{}, err
+	}
+	js, err := exec.CommandContext(ctx, t.bin, "--home", home, "sessions", "show", res.Session, "--json").Output()
+	if err != nil {
+		return Measure{}, fmt.Errorf("pgporter sessions show %s: %w", res.Session, err)
+	}
+	extra, err := exportFigures(js)
+	if err != nil {
+		return Measure{}, err
+	}
+	dump := filepath.Join(target, "shop")
+	if err := j.checkDump(ctx, dump); err != nil {
+		return Measure{}, err
+	}
+	size, _, err := treeSize(dump)
+	if err != nil {
+		return Measure{}, err
+	}
+	if float64(size) != extra["dump_MB"]*1e6 {
+		return Measure{}, fmt.Errorf("the target holds %d bytes of dump, pgporter dumped %.0f", size, extra["dump_MB"]*1e6)
+	}
+	rss, err := readPeakRSS(peak)
+	if err != nil {
+		return Measure{}, err
+	}
+	j.logf("export: %s: %.1f s, dump %.1f MB, %.1f MB on the wire", t.name, wall.Seconds(), extra["dump_MB"], extra["wire_MB"])
+	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil
+}
+
+// exportJSON is the part of 'pgporter export --json' the harness reads.
+type exportJSON struct {
+	Session   string `json:"session"`
+	State     string `json:"state"`
+	Databases []struct {
+		Name  string `json:"name"`
+		Bytes int64  `json:"bytes"`
+	} `json:"databases"`
+}
+
+// parseExportJSON reads the JSON summary, the last line of export's stdout.
+func parseExportJSON(out []byte) (exportJSON, error) {
+	var r exportJSON
+	lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
+	if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
+		return r, fmt.Errorf("parsing export --json output %q: %w", tail(string(out)), err)
+	}
+	if r.Session == "" || r.State != "done" {
+		return r, fmt.Errorf("export --json: session %q is %q, not done", r.Session, r.State)
+	}
+	return r, nil
+}
+
+// ---- the reference: mount, postgres, pg_dump, rsync ----
+
+// refExportTool is the reference pipeline, "dump, then send": pgporter
+// mount of the same restore point, postgres on it, pg_dump -Fd -j N with
+// its default gzip into a staging directory, rsync -a to the target, then
+// postgres stopped with SIGQUIT (immediate: no checkpoint, as pgporter's
+// throwaway instance) and the mount ended.
+type refExportTool struct {
+	job  *exportJob
+	jobs int
+}
+
+func (t *refExportTool) Name() string { return "pg_dump+rsync" }
+
+// refPort is the reference instance's port, on its own socket directory.
+const refPort = 5433
+
+func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
+	j := t.job
+	d := filepath.Join(j.dir, fmt.Sprintf("ref-%d", rep))
+	mnt, sock, staging, target := filepath.Join(d, "mnt"), filepath.Join(d, "sock"), filepath.Join(d, "staging"), filepath.Join(d, "target")
+	for _, p := range []string{mnt, sock, staging, target} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return Measure{}, err
+		}
+	}
+	defer os.RemoveAll(d)
+	if j.cred != nil {
+		for _, p := range []string{sock, staging} {
+			if err := os.Chown(p, int(j.cred.Uid), int(j.cred.Gid)); err != nil {
+				return Measure{}, err
+			}
+		}
+	}
+	var cpu float64 // wait4's user+system of every process started here
+	x := map[string]float64{}
+	t0 := time.Now()
+
+	// Not bound to ctx: stopped below, also on error.
+	mcmd := exec.Command(j.bin, "--home", filepath.Join(d, "home"), "mount", "--repo", j.repo, "--restore-point", "latest", mnt)
+	var mlog bytes.Buffer
+	mcmd.Stdout, mcmd.Stderr = &mlog, &mlog
+	mount, err := startDaemon(mcmd)
+	if err != nil {
+		return Measure{}, err
+	}
+	defer func() {
+		if mount != nil {
+			_ = mount.cmd.Process.Signal(os.Interrupt)
+			<-mount.exited
+		}
+	}()
+	if err := pollUntil(ctx, func() (bool, error) {
+		select {
+		case <-mount.exited:
+			return false, fmt.Errorf("pgporter mount exited: %v: %s", mount.err, tail(mlog.String()))
+		default:
+		}
+		_, err := os.Stat(filepath.Join(mnt, "PG_VERSION"))
+		return err == nil, nil
+	}); err != nil {
+		return Measure{}, fmt.Errorf("waiting for the mount: %w", err)
+	}
+	t1 := time.Now()
+	x["mount_s"] = t1.Sub(t0).Seconds()
+	_ = os.Remove(filepath.Join(mnt, "postmaster.pid"))
+
+	pcmd := exec.Command(filepath.Join(j.pgBin, "postgres"), "-D", mnt, "-c", "listen_addresses=", "-c", "unix_socket_directories="+sock,
+		"-c", "port="+strconv.Itoa(refPort), "-c", "autovacuum=off", "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off")
+	pcmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: j.cred}
+	var plog bytes.Buffer
+	pcmd.Stdout, pcmd.Stderr = &plog, &plog
+	pg, err := startDaemon(pcmd)
+	if err != nil {
+		return Measure{}, err
+	}
+	defer func() {
+		if pg != nil {
+			_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
+			<-pg.exited
+		}
+	}()
+	if err := pollUntil(ctx, func() (bool, error) {
+		select {
+		case <-pg.exited:
+			return false, fmt.Errorf("postgres exited: %v: %s", pg.err, tail(plog.String()))
+		default:
+		}
+		return exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_isready"), "-q", "-h", sock, "-p", strconv.Itoa(refPort), "-d", "postgres").Run() == nil, nil
+	}); err != nil {
+		return Measure{}, fmt.Errorf("waiting for the reference postgres: %w", err)
+	}
+	t2 := time.Now()
+	x["instance_s"] = t2.Sub(t1).Seconds()
+
+	dump := exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_dump"), "-h", sock, "-p", strconv.Itoa(refPort), "-U", "postgres",
+		"-Fd", "-j", strconv.Itoa(t.jobs), "-f", filepath.Join(staging, "shop"), "shop")
+	dump.Env = append(os.Environ(), "PGPASSWORD="+exportPassword)
+	if out, err := dump.CombinedOutput(); err != nil {
+		return Measure{}, fmt.Errorf("pg_dump: %w: %s", err, tail(string(out)))
+	}
+	cpu += usage(dump)
+	t3 := time.Now()
+	x["dump_s"] = t3.Sub(t2).Seconds()
+
+	rargs := []string{"-a"}
+	if j.bwlimit != "" {
+		rargs = append(rargs, "--bwlimit="+j.bwlimit)
+	}
+	rsync := exec.CommandContext(ctx, "rsync", append(rargs, filepath.Join(staging, "shop"), target+"/")...)
+	if out, err := rsync.CombinedOutput(); err != nil {
+		return Measure{}, fmt.Errorf("rsync: %w: %s", err, tail(string(out)))
+	}
+	cpu += usage(rsync)
+	t4 := time.Now()
+	x["transfer_s"] = t4.Sub(t3).Seconds()
+
+	_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
+	<-pg.exited
+	cpu += usage(pg.cmd)
+	pg = nil
+	_ = mount.cmd.Process.Signal(os.Interrupt)
+	<-mount.exited
+	if mount.err != nil {
+		return Measure{}, fmt.Errorf("pgporter mount: %w: %s", mount.err, tail(mlog.String()))
+	}
+	cpu += usage(mount.cmd)
+	mount = nil
+	t5 := time.Now()
+	x["cleanup_s"] = t5.Sub(t4).Seconds()
+	wall := t5.Sub(t0)
+
+	// Untimed from here.
+	if err := j.checkDump(ctx, filepath.Join(target, "shop")); err != nil {
+		return Measure{}, err
+	}
+	sent, _, err := treeSize(filepath.Join(staging, "shop"))
+	if err != nil {
+		return Measure{}, err
+	}
+	got, _, err := treeSize(filepath.Join(target, "shop"))
+	if err != nil {
+		return Measure{}, err
+	}
+	if got != sent {
+		return Measure{}, fmt.Errorf("rsync left %d bytes of the %d-byte dump in the target", got, sent)
+	}
+	x["dump_MB"] = float64(sent) / 1e6
+	j.logf("export: pg_dump+rsync: %.1f s, dump %.1f MB", wall.Seconds(), x["dump_MB"])
+	return Measure{Wall: wall, CPUSender: cpu, Extra: x}, nil
+}
