@@ -7,6 +7,14 @@ PKGS    := ./...
 # Packages whose tests also run under the race detector.
 CORE    := ./chunkstore/... ./protocol/... ./mover/... ./orchestrator/... ./staging/...
 FUZZTIME ?= 10s
+# What `pgporter version` prints (internal/buildinfo): the release (the last
+# v* tag, git describe; v0.0.0-devel before the first), the commit, and the
+# build date.
+VERSION ?= $(shell git describe --tags --match 'v*' 2>/dev/null || echo v0.0.0-devel)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+BUILDINFO := github.com/pgporter/pgporter/internal/buildinfo
+LDFLAGS := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT) -X $(BUILDINFO).date=$(DATE)
 
 .PHONY: all setup build test unit race vet fmt-check purego fuzz bench bench-harness demo clean
 
@@ -16,7 +24,7 @@ setup:
 	@scripts/setup
 
 build:
-	$(GO) build -o $(BIN) ./cmd/pgporter
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/pgporter
 
 # Every test, with the real PostgreSQL, FUSE and QUIC; then the race detector
 # on the core packages and a short run of every fuzz target.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +26,10 @@ type controlStream struct {
 	rw io.ReadWriter
 	rb *readBuffer
 	r  *protocol.Reader
-	// version is the one the Hellos negotiated (0 before).
-	version uint16
+	// version is the one the Hellos negotiated (0 before); peerSoftware
+	// the build the peer named in its Hello (at most 64 bytes).
+	version      uint16
+	peerSoftware string
 
 	mu     sync.Mutex // guards writes to rw, queued
 	queued []byte     // whole frames not yet written
@@ -158,16 +162,27 @@ func hello() *protocol.Hello {
 	return &protocol.Hello{Version: protocol.Version, MinVersion: protocol.MinVersion, Software: Software}
 }
 
-// checkHello validates the peer's Hello against ours.
-func checkHello(m protocol.Message) error {
+// checkHello validates the peer's Hello against ours and keeps the build
+// the peer names.
+func (c *controlStream) checkHello(m protocol.Message) error {
 	h, ok := m.(*protocol.Hello)
 	if !ok {
 		return fmt.Errorf("%w: expected Hello, got %s", protocol.ErrProtocol, m.Type())
 	}
+	c.peerSoftware = peerSoftware(h.Software)
 	if h.Version < protocol.MinVersion || protocol.Version < h.MinVersion {
-		return fmt.Errorf("%w: peer speaks versions %d..%d, we speak %d..%d", protocol.ErrVersion, h.MinVersion, h.Version, protocol.MinVersion, protocol.Version)
+		return fmt.Errorf("%w: the peer (%s) speaks versions %d..%d, this build (%s) %d..%d", protocol.ErrVersion, c.peerSoftware, h.MinVersion, h.Version, Software, protocol.MinVersion, protocol.Version)
 	}
 	return nil
+}
+
+// peerSoftware makes a peer's Software fit for messages and logs: at most
+// 64 bytes, printable, quoted.
+func peerSoftware(s string) string {
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	return strconv.Quote(strings.ToValidUTF8(s, "?"))
 }
 
 // clientHello opens a control stream: kind byte, then Hello both ways.
@@ -186,7 +201,7 @@ func (c *controlStream) clientHello() error {
 	if err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
-	if err := checkHello(m); err != nil {
+	if err := c.checkHello(m); err != nil {
 		return err
 	}
 	c.version = min(protocol.Version, m.(*protocol.Hello).Version)
@@ -203,7 +218,7 @@ func (c *controlStream) serverHello() error {
 	if err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
-	if err := checkHello(m); err != nil {
+	if err := c.checkHello(m); err != nil {
 		c.sendError(err)
 		return err
 	}

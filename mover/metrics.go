@@ -1,6 +1,7 @@
 package mover
 
 import (
+	"github.com/pgporter/pgporter/internal/buildinfo"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -49,6 +50,10 @@ func newMetrics() *metrics {
 	m.udpRcvBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_rcvbuf_bytes", Help: "Receive buffer of the QUIC socket as the kernel granted it (SO_RCVBUF); below 7 MiB, raise net.core.rmem_max."})
 	m.udpSndBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_sndbuf_bytes", Help: "Send buffer of the QUIC socket as the kernel granted it (SO_SNDBUF); below 7 MiB, raise net.core.wmem_max."})
 	m.reg.MustRegister(m.udpRcvBuf, m.udpSndBuf)
+	bi := buildinfo.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Name: "build_info", Help: "This build: always 1, with its release, commit and Go version as labels."}, []string{"version", "commit", "goversion"})
+	build.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
+	m.reg.MustRegister(build)
 	m.reg.MustRegister(m.transfersOpen, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/buildinfo"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/zeebo/blake3"
@@ -23,8 +24,9 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Software is sent in Hello.
-const Software = "pgporter"
+// Software is this build, as Hello tells the peer: "pgporter" and the
+// release and commit (internal/buildinfo).
+var Software = "pgporter " + buildinfo.Get().Short()
 
 // SendOptions configure one Send. The zero value of every field but Src and
 // Dest is a sensible default.

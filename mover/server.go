@@ -365,10 +365,11 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	}
 	cs := newControlStream(st)
 	if err := cs.serverHello(); err != nil {
-		log.Warn("hello failed", "err", err)
+		log.Warn("hello failed", "err", err, "peer_software", cs.peerSoftware)
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
 		return
 	}
+	log.Debug("connected", "peer_software", cs.peerSoftware, "protocol", cs.version)
 	_ = st.SetReadDeadline(time.Time{})
 	cs.r.SetFrameTimeout(s.o.FrameTimeout)
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/pgporter/pgporter/internal/buildinfo"
 	"github.com/spf13/cobra"
 )
 
@@ -69,6 +70,8 @@ One binary plays every role: repository, staging and target movers
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.CompletionOptions.DisableDefaultCmd = true
+	root.Version = buildinfo.Get().String() // --version
+	root.SetVersionTemplate("{{.Version}}\n")
 
 	root.AddCommand(
 		newMoverCmd(g),
@@ -87,6 +90,7 @@ One binary plays every role: repository, staging and target movers
 		newRestoreCmd(g),
 		newDemoCmd(g),
 		newChunkCmd(g),
+		newVersionCmd(g),
 	)
 	return root
 }
