@@ -158,18 +158,26 @@ func (t *rsyncTool) Run(ctx context.Context, rep int) (Measure, error) {
 	if err != nil {
 		return Measure{}, err
 	}
+	wire, rss, err := j.afterRun(ctx, tx0, dest, peak)
+	if err != nil {
+		return Measure{}, err
+	}
+	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, WireBytes: wire}, nil
+}
+
+// afterRun ends a run's measure: the bytes the link carried since the
+// sender's counter read tx0, the tree received at dest checked against the
+// data, and the sender's peak RSS, which GNU time wrote to peak.
+func (j *lanJob) afterRun(ctx context.Context, tx0 int64, dest, peak string) (wire, rss int64, err error) {
 	tx1, err := j.link.SenderTxBytes(ctx)
 	if err != nil {
-		return Measure{}, err
+		return 0, 0, err
 	}
 	if err := j.checkReceived(dest); err != nil {
-		return Measure{}, err
+		return 0, 0, err
 	}
-	rss, err := readPeakRSS(peak)
-	if err != nil {
-		return Measure{}, err
-	}
-	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, WireBytes: tx1 - tx0}, nil
+	rss, err = readPeakRSS(peak)
+	return tx1 - tx0, rss, err
 }
 
 // pollUntil calls done every pollEvery until it returns true, an error, or
@@ -276,7 +284,7 @@ func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) 
 	if err != nil {
 		return Measure{}, err
 	}
-	tx1, err := j.link.SenderTxBytes(ctx)
+	wire, rss, err := j.afterRun(ctx, tx0, dest, peak)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -285,16 +293,9 @@ func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) 
 		return Measure{}, err
 	}
 	j.logf("lan: %s: %.1f MB on the wire by its count, levels %v", t.name, float64(sr.WireBytes)/1e6, sr.Levels)
-	if err := j.checkReceived(dest); err != nil {
-		return Measure{}, err
-	}
-	rss, err := readPeakRSS(peak)
-	if err != nil {
-		return Measure{}, err
-	}
 	return Measure{
 		Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, RSSReceiver: hwm,
-		WireBytes: tx1 - tx0,
+		WireBytes: wire,
 		Extra:     map[string]float64{"reported_wire_MB": float64(sr.WireBytes) / 1e6},
 	}, nil
 }
@@ -412,14 +413,7 @@ func (t *tarTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	if rd.err != nil {
 		return Measure{}, fmt.Errorf("nc|zstd -d|tar -x: %w: %s", rd.err, tail(rerr.String()))
 	}
-	tx1, err := j.link.SenderTxBytes(ctx)
-	if err != nil {
-		return Measure{}, err
-	}
-	if err := j.checkReceived(dest); err != nil {
-		return Measure{}, err
-	}
-	srss, err := readPeakRSS(speak)
+	wire, srss, err := j.afterRun(ctx, tx0, dest, speak)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -427,7 +421,7 @@ func (t *tarTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	if err != nil {
 		return Measure{}, err
 	}
-	return Measure{Wall: wall, CPUSender: usage(send), RSSSender: srss, CPUReceiver: usage(recv), RSSReceiver: rrss, WireBytes: tx1 - tx0}, nil
+	return Measure{Wall: wall, CPUSender: usage(send), RSSSender: srss, CPUReceiver: usage(recv), RSSReceiver: rrss, WireBytes: wire}, nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
