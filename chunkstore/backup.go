@@ -53,6 +53,17 @@ func (o BackupOptions) withDefaults() (BackupOptions, error) {
 	return o, nil
 }
 
+// DataDirVersion returns the PostgreSQL major version of the data directory
+// pgdata (its PG_VERSION), or an error if pgdata is not one: a caller checks
+// it before it creates a repository for nothing.
+func DataDirVersion(pgdata string) (string, error) {
+	ver, err := os.ReadFile(filepath.Join(pgdata, "PG_VERSION"))
+	if err != nil {
+		return "", fmt.Errorf("%s is not a PostgreSQL data directory: %w", pgdata, err)
+	}
+	return strings.TrimSpace(string(ver)), nil
+}
+
 // Backup ingests the PostgreSQL data directory pgdata (of a stopped cluster,
 // or a crash-consistent copy) and records it as a new restore point.
 //
@@ -69,12 +80,12 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 		return nil, err
 	}
 	start := time.Now()
-	ver, err := os.ReadFile(filepath.Join(pgdata, "PG_VERSION"))
+	ver, err := DataDirVersion(pgdata)
 	if err != nil {
-		return nil, fmt.Errorf("%s is not a PostgreSQL data directory: %w", pgdata, err)
+		return nil, err
 	}
 	rp := newPoint(start, o)
-	rp.PGVersion = strings.TrimSpace(string(ver))
+	rp.PGVersion = ver
 	if rp.SystemID, err = systemID(ctx, pgdata, rp.PGVersion); err != nil {
 		return nil, err
 	}

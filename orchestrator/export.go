@@ -138,16 +138,6 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 			return nil, err
 		}
 	}
-	if p.Target != "" {
-		// A path on the target host: checked there.
-		if !filepath.IsAbs(p.To) || filepath.Clean(p.To) != p.To {
-			return nil, fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
-		}
-	} else {
-		if p.To, err = localTo(p.To); err != nil {
-			return nil, err
-		}
-	}
 	if p.RepoPeer == "" {
 		if p.Repo, err = filepath.Abs(p.Repo); err != nil {
 			return nil, err
@@ -162,6 +152,17 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 			p.RestorePoint = rps[len(rps)-1].ID
 		case i < 0:
 			return nil, fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo)
+		}
+	}
+	if p.Target != "" {
+		// A path on the target host: checked there.
+		if !filepath.IsAbs(p.To) || filepath.Clean(p.To) != p.To {
+			return nil, fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
+		}
+	} else {
+		// Made only once the request holds up: a failed export leaves nothing.
+		if p.To, err = localTo(p.To); err != nil {
+			return nil, err
 		}
 	}
 	now := time.Now().UTC()

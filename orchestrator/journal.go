@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,13 +23,24 @@ import (
 // sessions' works while an export runs in another process; pebble's own
 // lock serializes the short opens.
 type Journal struct {
-	dir string
+	dir      string
+	readOnly bool // ReadJournal's: a missing database holds nothing, and is not created
 }
+
+// errNoJournal: a read-only journal whose database does not exist.
+var errNoJournal = errors.New("no session journal")
 
 // ErrNoSession is returned for a session ID the journal does not hold.
 var ErrNoSession = errors.New("no such session")
 
-// OpenJournal returns the journal under home.
+// ReadJournal returns the journal under home for reading (Get, List): it
+// creates nothing, and a home without one holds no session, so that a
+// mistyped --home shows that instead of leaving a new journal behind.
+func ReadJournal(home string) *Journal {
+	return &Journal{dir: filepath.Join(home, "orchestrator"), readOnly: true}
+}
+
+// OpenJournal returns the journal under home, creating it if needed.
 func OpenJournal(home string) (*Journal, error) {
 	dir := filepath.Join(home, "orchestrator")
 	if err := os.MkdirAll(filepath.Join(dir, "locks"), 0o700); err != nil {
@@ -42,9 +54,16 @@ func sessionKey(id string) []byte { return []byte("s/" + id) }
 // with opens the database, runs fn and closes it, waiting for another
 // process's short open to end.
 func (j *Journal) with(fn func(*pebble.DB) error) error {
+	path := filepath.Join(j.dir, "db")
+	if j.readOnly {
+		// pebble would make the directory even to say it holds no database.
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return errNoJournal
+		}
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		db, err := pebble.Open(filepath.Join(j.dir, "db"), &pebble.Options{Logger: quietLogger{}})
+		db, err := pebble.Open(path, &pebble.Options{Logger: quietLogger{}})
 		if err != nil {
 			if lockBusy(err) && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond) // another process holds it for a moment
@@ -90,6 +109,9 @@ func (j *Journal) Get(id string) (*Session, error) {
 		s = new(Session)
 		return json.Unmarshal(v, s)
 	})
+	if errors.Is(err, errNoJournal) {
+		return nil, fmt.Errorf("%w %q: %s holds no sessions (is --home right?)", ErrNoSession, id, filepath.Dir(j.dir))
+	}
 	return s, err
 }
 
@@ -111,6 +133,9 @@ func (j *Journal) List() ([]*Session, error) {
 		}
 		return it.Error()
 	})
+	if errors.Is(err, errNoJournal) {
+		return nil, nil
+	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Created.After(out[b].Created) })
 	return out, err
 }

@@ -67,6 +67,12 @@ func runBackup(cmd *cobra.Command, g *globals, o backupOpts) error {
 	case o.pgdata == "" && o.fromServer == "":
 		return usagef("backup needs --pgdata DIR (or --from-server CONNSTRING)")
 	}
+	if o.pgdata != "" {
+		// Before the repository is opened, which creates it.
+		if _, err := chunkstore.DataDirVersion(o.pgdata); err != nil {
+			return err
+		}
+	}
 	r, err := chunkstore.OpenRepo(o.repo, g.log)
 	if err != nil {
 		return err

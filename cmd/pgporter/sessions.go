@@ -11,17 +11,10 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func openJournal(g *globals) (*orchestrator.Journal, error) {
-	return orchestrator.OpenJournal(g.home)
-}
-
-// loadSession reads session id from the journal under --home.
+// loadSession reads session id from the journal under --home, creating
+// nothing.
 func loadSession(g *globals, id string) (*orchestrator.Session, error) {
-	j, err := openJournal(g)
-	if err != nil {
-		return nil, err
-	}
-	return j.Get(id)
+	return orchestrator.ReadJournal(g.home).Get(id)
 }
 
 func newRunnerOnly(g *globals) (*orchestrator.Runner, error) {
@@ -40,11 +33,7 @@ database the BLAKE3 of the pgporter-manifest.json the target committed
 ('pgporter verify --expect HASH DIR' checks a dump against it).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			j, err := openJournal(g)
-			if err != nil {
-				return err
-			}
-			list, err := j.List()
+			list, err := orchestrator.ReadJournal(g.home).List()
 			if err != nil {
 				return err
 			}
