@@ -140,7 +140,12 @@ func TestBackupCLIErrors(t *testing.T) {
 			require.Contains(t, errs, tc.err)
 		})
 	}
-	// An empty repository lists as empty.
+	// The failed backup made no repository (issue 19); an empty one lists
+	// as empty.
+	require.NoDirExists(t, filepath.Join(dir, "r"))
+	r, err := chunkstore.OpenRepo(filepath.Join(dir, "r"), nil)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
 	code, out, errs := runCLI(t, "restore-points", "--repo", filepath.Join(dir, "r"), "--json")
 	require.Equal(t, 0, code, errs)
 	require.Equal(t, `{"restore_points":[]}`, lastLine(out))
