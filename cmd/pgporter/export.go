@@ -100,8 +100,15 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	if eo.published != "" {
 		return runPublishedExport(cmd, g, eo)
 	}
-	if (eo.plan.Repo == "") == (eo.plan.RepoPeer == "") || eo.plan.To == "" || len(eo.plan.Databases) == 0 {
-		return usagef("export needs one of --repo and --repo-peer, --to, and at least one --db")
+	switch {
+	case eo.plan.Repo != "" && eo.plan.RepoPeer != "":
+		return usagef("export takes --repo or --repo-peer, not both")
+	case eo.plan.Repo == "" && eo.plan.RepoPeer == "":
+		return usagef("export needs --repo DIR or --repo-peer ADDR#PEER_ID")
+	case eo.plan.To == "":
+		return usagef("export needs --to DIR")
+	case len(eo.plan.Databases) == 0:
+		return usagef("export needs at least one --db NAME")
 	}
 	if eo.plan.Staging != "" {
 		// The staging host decides where it writes and who runs PostgreSQL.
