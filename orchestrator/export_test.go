@@ -240,15 +240,22 @@ func TestRetryAfterInterruption(t *testing.T) {
 	dumped := s.Step(dumpStep("shop")).Ended
 	require.DirExists(t, s.DumpDir("shop"), "the dump a retry needs is kept")
 
-	var redone []string
+	var (
+		mu     sync.Mutex // events come from the dump and transfer goroutines at once
+		redone []string
+	)
 	r2 := newRunner(t, home, func(e Event) {
 		if e.Kind == "start" {
+			mu.Lock()
 			redone = append(redone, e.Step)
+			mu.Unlock()
 		}
 	})
 	s, err = r2.Run(context.Background(), s.ID)
 	require.NoError(t, err)
 	require.Equal(t, StateDone, s.State)
+	mu.Lock()
+	defer mu.Unlock()
 	require.NotContains(t, redone, "dump:shop")
 	require.Equal(t, dumped, s.Step(dumpStep("shop")).Ended)
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
