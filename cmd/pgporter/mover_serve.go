@@ -23,6 +23,8 @@ type serveOpts struct {
 	listen, metrics, reserve, repo string
 	peerMemory, totalMemory        string
 	memoryLimit                    string
+	syncBytes                      string
+	syncInterval                   time.Duration
 	roots                          []string
 	verifyCommit                   bool
 	// What this host decides for jobs of peers trusted with orchestrate.
@@ -74,6 +76,8 @@ Example:
 	f.StringArrayVar(&so.roots, "root", nil, "directory that transfers may write into (repeatable)")
 	f.StringVar(&so.repo, "repo", "", "backup repository to serve to peers trusted with read")
 	f.StringVar(&so.metrics, "metrics", "", "where to serve Prometheus metrics over HTTP, without authentication: a Unix socket (unix:/run/pgporter/metrics.sock, mode 0660) or a loopback address (127.0.0.1:9448); any other address is open to the network and warned about")
+	f.StringVar(&so.syncBytes, "sync-bytes", "64M", "make received chunks durable (fsync, and their positions recorded) after this many bytes of a transfer: a crash of this host then costs the sender's rerun at most about this much again; smaller means more syncs")
+	f.DurationVar(&so.syncInterval, "sync-interval", time.Second, "... or after this long, whichever comes first")
 	f.StringVar(&so.reserve, "reserve", "64M", "free space every transfer must leave on a root's filesystem")
 	f.StringVar(&so.peerMemory, "peer-memory", "512M", "memory the transfers of one peer may hold (chunk positions, data-stream buffers, open transfers); past it the receiver slows the peer down, it does not fail")
 	f.StringVar(&so.totalMemory, "total-memory", "2G", "memory the transfers of all peers together may hold")
@@ -175,6 +179,16 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	if err != nil {
 		return usageError{fmt.Errorf("--reserve: %w", err)}
 	}
+	syncBytes, err := parseSize(so.syncBytes)
+	if err == nil && syncBytes < 64<<10 {
+		err = fmt.Errorf("%s is below 64K", so.syncBytes)
+	}
+	if err != nil {
+		return usageError{fmt.Errorf("--sync-bytes: %w", err)}
+	}
+	if so.syncInterval < time.Millisecond {
+		return usagef("--sync-interval: %v is below 1ms", so.syncInterval)
+	}
 	// Every mover can be a staging mover: peers trusted with orchestrate
 	// hand it export jobs, journaled under its home.
 	serve, err := serveCommand(g)
@@ -201,7 +215,8 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	}
 	waitPortReleased(ctx, so.listen, 30*time.Second, g.log)
 	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
-		PeerMemory: memory[0], TotalMemory: memory[1], VerifyCommit: so.verifyCommit})
+		PeerMemory: memory[0], TotalMemory: memory[1], VerifyCommit: so.verifyCommit,
+		SyncBytes: syncBytes, SyncInterval: so.syncInterval})
 	if err != nil {
 		return err
 	}

@@ -47,8 +47,9 @@ type netnsExport struct {
 }
 
 // newNetnsExport sets up the hosts and movers. extraSQL, if not empty,
-// runs in shop before the restore point the export reads is taken.
-func newNetnsExport(t *testing.T, extraSQL string) *netnsExport {
+// runs in shop before the restore point the export reads is taken;
+// targetFlags go to the target mover's command line.
+func newNetnsExport(t *testing.T, extraSQL string, targetFlags ...string) *netnsExport {
 	t.Helper()
 	start := time.Now()
 	c, repo := exportFixture(t)
@@ -91,6 +92,7 @@ func newNetnsExport(t *testing.T, extraSQL string) *netnsExport {
 	// The staging host decides where it stages dumps, not the orchestrator.
 	e.stagingArgs = []string{"--home", e.stagingHome, "mover", "serve", "--listen", listen(e.stagingH), "--staging-dir", e.stagingDir}
 	e.targetArgs = []string{"--home", targetHome, "mover", "serve", "--listen", listen(e.targetH), "--root", root, "--metrics", netnsMetricsAddr}
+	e.targetArgs = append(e.targetArgs, targetFlags...)
 	e.repo = startMover(t, e.repoH, e.repoArgs...)
 	e.target = startMover(t, e.targetH, e.targetArgs...)
 	e.staging = startMover(t, e.stagingH, e.stagingArgs...)
