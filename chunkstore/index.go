@@ -39,8 +39,6 @@ const (
 	maxPackOffset = maxPackSize + recordHeaderSize + MaxChunkCeil
 )
 
-var keyFormat = []byte("format")
-
 // errBadIndex reports an index entry that no writer produces.
 var errBadIndex = errors.New("chunkstore: bad index entry")
 

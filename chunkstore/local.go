@@ -15,6 +15,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+
+	"github.com/pgporter/pgporter/internal/pebbledb"
 )
 
 // Defaults of LocalOptions.
@@ -104,7 +106,7 @@ type Local struct {
 	dir  string
 	opts LocalOptions
 	log  *slog.Logger
-	db   *pebble.DB
+	db   *pebbledb.DB
 
 	stateMu   sync.Mutex // guards closed, active
 	stateCond *sync.Cond // on stateMu; signalled when active drops to zero
@@ -155,7 +157,7 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 	if err := syncDir(dir); err != nil {
 		return nil, err
 	}
-	db, err := pebble.Open(filepath.Join(dir, "index"), pebbleOptions(opts.Logger))
+	db, err := pebbledb.Open(filepath.Join(dir, "index"), pebbledb.Options{Log: opts.Logger, Format: indexFormat, Tune: tunePebble})
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: opening index: %w", err)
 	}
@@ -169,69 +171,24 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 		files:   map[uint32]*os.File{},
 	}
 	l.stateCond = sync.NewCond(&l.stateMu)
-	if err := l.checkFormat(); err != nil {
-		return nil, errors.Join(err, l.release())
-	}
 	if err := l.recover(); err != nil {
 		return nil, errors.Join(err, l.release())
 	}
 	return l, nil
 }
 
-func pebbleOptions(log *slog.Logger) *pebble.Options {
-	o := &pebble.Options{
-		Logger:             pebbleLogger{log},
-		FormatMajorVersion: pebble.FormatNewest,
-	}
+// tunePebble sets the index's pebble options.
+func tunePebble(o *pebble.Options) {
+	o.FormatMajorVersion = pebble.FormatNewest
 	// Most lookups are Has on chunks not held yet (dedupe of new data):
 	// bloom filters answer those without reading blocks.
 	for i := range o.Levels {
 		o.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
-	return o
-}
-
-// pebbleLogger routes pebble's messages to the store's logger.
-type pebbleLogger struct{ log *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	if p.log.Enabled(context.Background(), slog.LevelDebug) {
-		p.log.Debug("pebble: " + fmt.Sprintf(format, args...))
-	}
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.log.Error("pebble: " + fmt.Sprintf(format, args...))
-}
-
-// Fatalf must not return: pebble calls it on invariant violations.
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := "pebble: " + fmt.Sprintf(format, args...)
-	p.log.Error(msg)
-	panic(msg)
 }
 
 func (l *Local) packsDir() string         { return filepath.Join(l.dir, "packs") }
 func (l *Local) packPath(n uint32) string { return filepath.Join(l.packsDir(), packName(n)) }
-
-// checkFormat records the format in a new index and refuses any other.
-func (l *Local) checkFormat() error {
-	v, closer, err := l.db.Get(keyFormat)
-	if errors.Is(err, pebble.ErrNotFound) {
-		if err := l.db.Set(keyFormat, []byte(indexFormat), pebble.Sync); err != nil {
-			return fmt.Errorf("chunkstore: writing index format: %w", err)
-		}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("chunkstore: reading index format: %w", err)
-	}
-	defer closer.Close()
-	if string(v) != indexFormat {
-		return fmt.Errorf("chunkstore: index format %q, this build reads %q", v, indexFormat)
-	}
-	return nil
-}
 
 // recover reconciles the pack files with their durable lengths in the index
 // and picks the pack to append to.

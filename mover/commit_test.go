@@ -95,7 +95,7 @@ func TestResumedChunkChangedOnDiskIsResent(t *testing.T) {
 	dest := filepath.Join(r.root, "changed")
 	o := interruptedSend(t, r, s, src, dest)
 
-	ps := durablePositions(t, r.srv.db)
+	ps := durablePositions(t, r.srv.db.DB)
 	require.NotEmpty(t, ps)
 	flipByte(t, dest+".partial", ps[len(ps)/2])
 
@@ -165,7 +165,7 @@ func TestVerifyCommitRereads(t *testing.T) {
 	dest := filepath.Join(r.root, "reread")
 	pd := dest + ".partial"
 	partial.Store(&pd)
-	db.Store(r.srv.db)
+	db.Store(r.srv.db.DB)
 	o := SendOptions{Src: src, Dest: dest, BWLimit: 16 << 20, Compression: "none"}
 	_, err := s.Send(context.Background(), r.addr, r.id.ID, o)
 	require.ErrorIs(t, err, protocol.ErrCorrupt)

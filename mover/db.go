@@ -4,49 +4,31 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/pgporter/pgporter/internal/pebbledb"
 )
 
-// openDB opens (creating) the pebble database at dir. A database already
-// open in another process gives an error that says so.
-func openDB(dir string, log *slog.Logger) (*pebble.DB, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", dir, err)
-	}
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{log}})
+// Formats of the mover's two stores (pebbledb.Options.Format).
+const (
+	moverStateFormat  = "pgporter-mover-state-1"
+	senderStateFormat = "pgporter-sender-state-1"
+)
+
+// openDB opens (creating) the pebble database at dir, of format. A
+// database already open in another process gives a *pebbledb.LockedError,
+// which names that process.
+func openDB(dir, format string, log *slog.Logger) (*pebbledb.DB, error) {
+	db, err := pebbledb.Open(dir, pebbledb.Options{Log: log, Format: format})
 	if err != nil {
-		if strings.Contains(err.Error(), "lock") {
-			return nil, fmt.Errorf("opening state %s: another pgporter process holds it (%w)", dir, err)
-		}
-		return nil, fmt.Errorf("opening state %s: %w", dir, err)
+		return nil, fmt.Errorf("opening state: %w", err)
 	}
 	return db, nil
 }
 
-// pebbleLogger sends pebble's chatter to slog at debug level.
-type pebbleLogger struct{ log *slog.Logger }
-
-func (l pebbleLogger) Infof(format string, args ...any) {
-	if l.log != nil {
-		l.log.Debug("pebble: " + fmt.Sprintf(format, args...))
-	}
-}
-
-func (l pebbleLogger) Errorf(format string, args ...any) {
-	if l.log != nil {
-		l.log.Error("pebble: " + fmt.Sprintf(format, args...))
-	}
-}
-
-func (l pebbleLogger) Fatalf(format string, args ...any) {
-	panic(errors.New("pebble: " + fmt.Sprintf(format, args...)))
-}
-
 // dbGet returns a copy of the value at key, or nil and false.
-func dbGet(db *pebble.DB, key []byte) ([]byte, bool, error) {
+func dbGet(db *pebbledb.DB, key []byte) ([]byte, bool, error) {
 	v, c, err := db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil

@@ -17,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/buildinfo"
+	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/zeebo/blake3"
@@ -182,7 +183,7 @@ type SendResult struct {
 // (chunk lists of sent files, keyed by transfer).
 type Sender struct {
 	id  *Identity
-	db  *pebble.DB
+	db  *pebbledb.DB
 	log *slog.Logger
 }
 
@@ -195,7 +196,7 @@ func NewSender(home string, log *slog.Logger) (*Sender, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := openDB(filepath.Join(home, "sender"), log)
+	db, err := openDB(filepath.Join(home, "sender"), senderStateFormat, log)
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/quic-go/quic-go"
@@ -130,7 +131,7 @@ type Server struct {
 	log     *slog.Logger
 	id      *Identity
 	trust   *TrustStore
-	db      *pebble.DB
+	db      *pebbledb.DB
 	roots   []serveRoot
 	repo    *chunkstore.Repo // nil without ServerOptions.Repo
 	tr      *quic.Transport
@@ -207,7 +208,7 @@ func NewServer(o ServerOptions) (*Server, error) {
 		s.closeRoots()
 		return nil, err
 	}
-	if s.db, err = openDB(filepath.Join(o.Home, "mover"), s.log); err != nil {
+	if s.db, err = openDB(filepath.Join(o.Home, "mover"), moverStateFormat, s.log); err != nil {
 		s.closeRepo()
 		s.closeRoots()
 		return nil, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
 )
 
@@ -103,7 +104,7 @@ func scanTree(src string) ([]*srcFile, error) {
 // re-read and re-hash files that did not change (same size, mtime, inode
 // and ctime: an edit that restores size and mtime still moves ctime).
 type chunkCache struct {
-	db  *pebble.DB
+	db  *pebbledb.DB
 	tid string
 }
 

@@ -9,12 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -51,6 +51,10 @@ func OpenJournal(home string) (*Journal, error) {
 
 func sessionKey(id string) []byte { return []byte("s/" + id) }
 
+// journalFormat is the layout of the journal's database: sessions under
+// "s/", publications under "p/".
+const journalFormat = "pgporter-journal-1"
+
 // with opens the database, runs fn and closes it, waiting for another
 // process's short open to end.
 func (j *Journal) with(fn func(*pebble.DB) error) error {
@@ -63,15 +67,15 @@ func (j *Journal) with(fn func(*pebble.DB) error) error {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		db, err := pebble.Open(path, &pebble.Options{Logger: quietLogger{}})
+		db, err := pebbledb.Open(path, pebbledb.Options{Format: journalFormat})
 		if err != nil {
-			if lockBusy(err) && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond) // another process holds it for a moment
+			if errors.Is(err, pebbledb.ErrLocked) && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond) // another process, or goroutine, holds it for a moment
 				continue
 			}
 			return fmt.Errorf("opening the session journal: %w", err)
 		}
-		ferr := fn(db)
+		ferr := fn(db.DB)
 		if err := db.Close(); err != nil && ferr == nil {
 			ferr = err
 		}
@@ -203,14 +207,6 @@ func (l *Lock) Unlock() {
 	l.f.Close()
 }
 
-type quietLogger struct{}
-
-func (quietLogger) Infof(string, ...any)  {}
-func (quietLogger) Errorf(string, ...any) {}
-func (quietLogger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf(format, args...))
-}
-
 // contextErr prefers ctx's error: an interrupted step reports the
 // interruption, not the broken pipe it caused.
 func contextErr(ctx context.Context, err error) error {
@@ -218,11 +214,4 @@ func contextErr(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	return err
-}
-
-// lockBusy reports whether pebble refused to open because another process
-// holds the database: its lock file answers EAGAIN (in the message as
-// "resource temporarily unavailable"), and older errors mention the lock.
-func lockBusy(err error) bool {
-	return errors.Is(err, unix.EAGAIN) || strings.Contains(err.Error(), "temporarily unavailable") || strings.Contains(err.Error(), "lock")
 }

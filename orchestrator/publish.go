@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -753,7 +754,7 @@ func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.
 	}
 	repo, err := chunkstore.OpenRepo(p.Repo, log)
 	if err != nil {
-		if lockBusy(err) || strings.Contains(err.Error(), "lock held") {
+		if errors.Is(err, pebbledb.ErrLocked) {
 			err = fmt.Errorf("the repository %s is held open by another process (another publication of it, a backup or an export): %w", p.Repo, err)
 		}
 		return nil, nil, nil, fmt.Errorf("opening repository: %w", err)
