@@ -67,7 +67,9 @@ func (j *Journal) with(fn func(*pebble.DB) error) error {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		db, err := pebbledb.Open(path, pebbledb.Options{Format: journalFormat})
+		// Read-only, pebble writes nothing either: no flush of the log into
+		// a table, no new manifest or options file.
+		db, err := pebbledb.Open(path, pebbledb.Options{Format: journalFormat, ReadOnly: j.readOnly})
 		if err != nil {
 			if errors.Is(err, pebbledb.ErrLocked) && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond) // another process, or goroutine, holds it for a moment

@@ -36,6 +36,10 @@ type Options struct {
 	// Tune, if not nil, adjusts pebble's options for the store (filters,
 	// format major version).
 	Tune func(*pebble.Options)
+	// ReadOnly opens an existing database and writes nothing to it, not
+	// even the format record or a flush of its log; the lock is taken all
+	// the same.
+	ReadOnly bool
 }
 
 // ErrLocked is what a *LockedError is (errors.Is).
@@ -91,8 +95,10 @@ var opened = struct {
 // format. A database open in another process, or already open in this one,
 // fails with a *LockedError.
 func Open(dir string, o Options) (*DB, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	if !o.ReadOnly {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating %s: %w", dir, err)
+		}
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -116,7 +122,7 @@ func Open(dir string, o Options) (*DB, error) {
 }
 
 func open(dir string, o Options) (*pebble.DB, error) {
-	po := &pebble.Options{Logger: logger{o.Log}}
+	po := &pebble.Options{Logger: logger{o.Log}, ReadOnly: o.ReadOnly}
 	if o.Tune != nil {
 		o.Tune(po)
 	}
@@ -129,20 +135,23 @@ func open(dir string, o Options) (*pebble.DB, error) {
 		}
 		return nil, fmt.Errorf("opening %s: %w", dir, err)
 	}
-	if err := checkFormat(db, o.Format); err != nil {
+	if err := checkFormat(db, o.Format, o.ReadOnly); err != nil {
 		return nil, errors.Join(fmt.Errorf("%s: %w", dir, err), db.Close())
 	}
 	return db, nil
 }
 
-// checkFormat records format in a database without a record and refuses
-// one that records another.
-func checkFormat(db *pebble.DB, format string) error {
+// checkFormat records format in a database without a record (unless
+// readOnly) and refuses one that records another.
+func checkFormat(db *pebble.DB, format string, readOnly bool) error {
 	if format == "" {
 		return errors.New("pebbledb: no format given")
 	}
 	v, closer, err := db.Get(FormatKey)
 	if errors.Is(err, pebble.ErrNotFound) {
+		if readOnly {
+			return nil
+		}
 		if err := db.Set(FormatKey, []byte(format), pebble.Sync); err != nil {
 			return fmt.Errorf("recording the format: %w", err)
 		}

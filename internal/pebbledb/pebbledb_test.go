@@ -104,3 +104,53 @@ func TestLockedInProcess(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, db.Close())
 }
+
+// Read-only, an open changes no file of the database, and a missing one is
+// an error rather than made.
+func TestReadOnlyWritesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	_, err := Open(dir, Options{Format: "test-1", ReadOnly: true})
+	require.Error(t, err)
+	require.NoDirExists(t, dir)
+
+	// An older store, without a format record, with a write in its log.
+	old, err := pebble.Open(dir, &pebble.Options{})
+	require.NoError(t, err)
+	require.NoError(t, old.Set([]byte("s/x"), []byte("1"), pebble.Sync))
+	require.NoError(t, old.Close())
+	before := dirState(t, dir)
+
+	db, err := Open(dir, Options{Format: "test-1", ReadOnly: true})
+	require.NoError(t, err)
+	v, closer, err := db.Get([]byte("s/x"))
+	require.NoError(t, err)
+	require.Equal(t, "1", string(v))
+	require.NoError(t, closer.Close())
+	require.NoError(t, db.Close())
+	require.Equal(t, before, dirState(t, dir))
+
+	// A store of another format is refused read-only too.
+	db, err = Open(dir, Options{Format: "test-2"})
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	_, err = Open(dir, Options{Format: "test-1", ReadOnly: true})
+	require.ErrorIs(t, err, ErrFormat)
+}
+
+// dirState lists the files of dir with their sizes and modification times,
+// LOCK aside (taken read-only too).
+func dirState(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	m := map[string]string{}
+	for _, e := range entries {
+		if e.Name() == "LOCK" {
+			continue
+		}
+		fi, err := e.Info()
+		require.NoError(t, err)
+		m[e.Name()] = fmt.Sprintf("%d %d", fi.Size(), fi.ModTime().UnixNano())
+	}
+	return m
+}
