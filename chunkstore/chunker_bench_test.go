@@ -2,15 +2,12 @@ package chunkstore_test
 
 import (
 	"bytes"
-	"crypto/md5"
-	"encoding/hex"
-	"fmt"
 	"io"
-	"strconv"
 	"sync"
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 const benchSize = 64 << 20
@@ -19,23 +16,10 @@ const benchSize = 64 << 20
 // input per benchmark would otherwise dominate -count runs, and tests never
 // need them.
 var (
-	benchRandom  = sync.OnceValue(func() []byte { return randomBytes(1, benchSize) })
-	benchPgbench = sync.OnceValue(func() []byte { return pgbenchRows(benchSize) })
-	benchMD5     = sync.OnceValue(func() []byte { return md5Rows(benchSize) })
+	benchRandom  = sync.OnceValue(func() []byte { return synth.Random(1, benchSize) })
+	benchPgbench = sync.OnceValue(func() []byte { return synth.PgbenchRows(benchSize) })
+	benchMD5     = sync.OnceValue(func() []byte { return synth.MD5Rows(benchSize) })
 )
-
-// md5Rows is COPY text of the kind issue 16's dump holds besides pgbench:
-// an id, an md5 hex string and a small jsonb document of repeated words.
-// It compresses about 3x, where pgbenchRows' padding compresses 90x.
-func md5Rows(n int) []byte {
-	words := []string{"alpha", "beta", "gamma", "delta", "epsilon"}
-	b := make([]byte, 0, n+256)
-	for i := 0; len(b) < n; i++ {
-		h := md5.Sum(strconv.AppendInt(nil, int64(i), 10))
-		b = fmt.Appendf(b, "%d\t%s\t{\"k\": %d, \"w\": \"%s %s\"}\n", i, hex.EncodeToString(h[:]), i%1000, words[i%5], words[(i/5)%5])
-	}
-	return b[:n]
-}
 
 // BenchmarkGearCDC measures cutting alone, with DefaultParams.
 func BenchmarkGearCDC(b *testing.B) {

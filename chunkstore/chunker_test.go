@@ -11,7 +11,6 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"testing/iotest"
@@ -19,34 +18,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 // smallParams cut often, so that tests see many chunks in little data.
 var smallParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 256, Avg: 1024, Max: 4096}
-
-// randomBytes returns n pseudo-random bytes, the same for the same seed.
-func randomBytes(seed uint64, n int) []byte {
-	var key [32]byte
-	binary.LittleEndian.PutUint64(key[:], seed)
-	b := make([]byte, n)
-	_, _ = rand.NewChaCha8(key).Read(b) // never fails
-	return b
-}
-
-// pgbenchRows returns n bytes of rows shaped like a pgbench_accounts COPY:
-// a number, two short fields and 84 spaces of char padding. Long runs of
-// identical bytes are what broke chunkers that test the gear hash's low bits.
-func pgbenchRows(n int) []byte {
-	pad := bytes.Repeat([]byte{' '}, 84)
-	b := make([]byte, 0, n+128)
-	for i := 1; len(b) < n; i++ {
-		b = strconv.AppendInt(b, int64(i), 10)
-		b = append(b, "\t1\t0\t"...)
-		b = append(b, pad...)
-		b = append(b, '\n')
-	}
-	return b[:n]
-}
 
 // splitLens returns the chunk lengths Split cuts data into, checking offsets.
 func splitLens(t testing.TB, data []byte, p chunkstore.Params) []int {
@@ -171,11 +147,11 @@ func refLens(data []byte, p chunkstore.Params) []int {
 // (no cut ever fires), padded rows, and text with short periods.
 func testInputs(n int) map[string][]byte {
 	text := bytes.Repeat([]byte("COPY public.t (id, v) FROM stdin;\n"), n/34+1)[:n]
-	mixed := append(append(randomBytes(7, n/3), make([]byte, n/3)...), pgbenchRows(n-2*(n/3))...)
+	mixed := append(append(synth.Random(7, n/3), make([]byte, n/3)...), synth.PgbenchRows(n-2*(n/3))...)
 	return map[string][]byte{
-		"random":  randomBytes(1, n),
+		"random":  synth.Random(1, n),
 		"zeros":   make([]byte, n),
-		"pgbench": pgbenchRows(n),
+		"pgbench": synth.PgbenchRows(n),
 		"text":    text,
 		"mixed":   mixed,
 	}
@@ -222,7 +198,7 @@ func TestSplitMatchesReference(t *testing.T) {
 			})
 		}
 		t.Run(pname+"/lengths", func(t *testing.T) {
-			data := randomBytes(3, 2*p.Max+3)
+			data := synth.Random(3, 2*p.Max+3)
 			for _, edge := range []int{0, 1, p.Min, p.Avg, p.Max, 2 * p.Max} {
 				for d := -3; d <= 3; d++ {
 					n := edge + d
@@ -245,9 +221,9 @@ func TestSplitGolden(t *testing.T) {
 		p    chunkstore.Params
 		want string // sha256 of the chunk lengths, as uint32 LE
 	}{
-		{"random/default", randomBytes(1, 8<<20), chunkstore.DefaultParams, goldenRandomDefault},
-		{"pgbench/default", pgbenchRows(8 << 20), chunkstore.DefaultParams, goldenPgbenchDefault},
-		{"random/small", randomBytes(2, 1<<20), smallParams, goldenRandomSmall},
+		{"random/default", synth.Random(1, 8<<20), chunkstore.DefaultParams, goldenRandomDefault},
+		{"pgbench/default", synth.PgbenchRows(8 << 20), chunkstore.DefaultParams, goldenPgbenchDefault},
+		{"random/small", synth.Random(2, 1<<20), smallParams, goldenRandomSmall},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := sha256.New()
@@ -260,7 +236,7 @@ func TestSplitGolden(t *testing.T) {
 }
 
 func TestSplitZeroParamsAreDefault(t *testing.T) {
-	data := randomBytes(4, 2<<20)
+	data := synth.Random(4, 2<<20)
 	require.Equal(t, splitLens(t, data, chunkstore.DefaultParams), splitLens(t, data, chunkstore.Params{}))
 	noAlg := chunkstore.DefaultParams
 	noAlg.Algorithm = ""
@@ -295,7 +271,7 @@ func TestChunkerDeterministic(t *testing.T) {
 }
 
 func TestChunkerReset(t *testing.T) {
-	a, b := randomBytes(5, 3<<20), pgbenchRows(2<<20)
+	a, b := synth.Random(5, 3<<20), synth.PgbenchRows(2<<20)
 	ch, err := chunkstore.NewChunker(bytes.NewReader(a), smallParams)
 	require.NoError(t, err)
 	// Stop half way through a, then reuse the Chunker for b and for a.
@@ -350,7 +326,7 @@ func TestChunkerEmpty(t *testing.T) {
 func TestChunkerShortInput(t *testing.T) {
 	// Anything up to Min is one chunk, and so is anything a cut never fires in.
 	for _, n := range []int{1, 63, smallParams.Min, smallParams.Min + 1} {
-		data := randomBytes(uint64(n), n)
+		data := synth.Random(uint64(n), n)
 		lens := splitLens(t, data, smallParams)
 		if n <= smallParams.Min {
 			require.Equal(t, []int{n}, lens)
@@ -362,7 +338,7 @@ func TestChunkerShortInput(t *testing.T) {
 
 func TestChunkerReadError(t *testing.T) {
 	boom := errors.New("boom")
-	data := randomBytes(6, 5<<20)
+	data := synth.Random(6, 5<<20)
 	ch, err := chunkstore.NewChunker(io.MultiReader(bytes.NewReader(data), iotest.ErrReader(boom)), chunkstore.DefaultParams)
 	require.NoError(t, err)
 	var n int
@@ -388,7 +364,7 @@ func TestChunkerInvalidParams(t *testing.T) {
 func TestSplitStopsOnError(t *testing.T) {
 	stop := errors.New("stop")
 	calls := 0
-	err := chunkstore.Split(randomBytes(8, 1<<20), smallParams, func(chunkstore.Chunk) error {
+	err := chunkstore.Split(synth.Random(8, 1<<20), smallParams, func(chunkstore.Chunk) error {
 		calls++
 		if calls == 3 {
 			return stop
@@ -439,12 +415,12 @@ func TestChunkerInsertionLocality(t *testing.T) {
 			size := 128 * p.Avg
 			var lost []int
 			for seed := uint64(1); seed <= tc.seeds; seed++ {
-				base := randomBytes(seed, size)
+				base := synth.Random(seed, size)
 				oldIDs := chunkIDs(t, base, p)
 				rnd := rand.New(rand.NewPCG(seed, 99))
 				for _, ins := range []int{1, 3, 64, p.Min, p.Avg + 17, 3 * p.Max} {
 					at := size/4 + rnd.IntN(size/2)
-					edited := slices.Concat(base[:at], randomBytes(seed+1000, ins), base[at:])
+					edited := slices.Concat(base[:at], synth.Random(seed+1000, ins), base[at:])
 					newIDs := chunkIDs(t, edited, p)
 					gone, added := onlyIn(oldIDs, newIDs), onlyIn(newIDs, oldIDs)
 					require.LessOrEqual(t, gone, 12, "seed %d, %d bytes inserted at %d: old chunks lost", seed, ins, at)
@@ -485,8 +461,8 @@ func TestChunkerMeanSize(t *testing.T) {
 			name string
 			data []byte
 		}{
-			{"random", randomBytes(11, 256*p.Avg)},
-			{"pgbench", pgbenchRows(256 * p.Avg)},
+			{"random", synth.Random(11, 256*p.Avg)},
+			{"pgbench", synth.PgbenchRows(256 * p.Avg)},
 		} {
 			t.Run(fmt.Sprintf("%s/avg%d", tc.name, p.Avg), func(t *testing.T) {
 				mean, atMax := meanChunk(t, tc.data, p)
@@ -502,7 +478,7 @@ func TestChunkerMeanSize(t *testing.T) {
 // TestChunkerConcurrent runs independent Chunkers at once: they share only
 // the gear table, which must stay read-only.
 func TestChunkerConcurrent(t *testing.T) {
-	data := randomBytes(12, 2<<20)
+	data := synth.Random(12, 2<<20)
 	want := splitLens(t, data, smallParams)
 	var wg sync.WaitGroup
 	got := make([][]int, 4)
@@ -534,10 +510,10 @@ func TestChunkerConcurrent(t *testing.T) {
 func FuzzChunker(f *testing.F) {
 	f.Add([]byte{}, uint16(0), uint16(0), uint16(0), uint64(0))
 	f.Add([]byte("x"), uint16(1), uint16(2), uint16(3), uint64(4))
-	f.Add(randomBytes(51, 10000), uint16(100), uint16(0), uint16(500), uint64(1))
-	f.Add(randomBytes(52, 20000), uint16(900), uint16(2), uint16(5000), uint64(77))
+	f.Add(synth.Random(51, 10000), uint16(100), uint16(0), uint16(500), uint64(1))
+	f.Add(synth.Random(52, 20000), uint16(900), uint16(2), uint16(5000), uint64(77))
 	f.Add(make([]byte, 5000), uint16(0), uint16(1), uint16(0), uint64(3))
-	f.Add(pgbenchRows(8000), uint16(200), uint16(1), uint16(1000), uint64(9))
+	f.Add(synth.PgbenchRows(8000), uint16(200), uint16(1), uint16(1000), uint64(9))
 	f.Add(bytes.Repeat([]byte("ab"), 3000), uint16(7), uint16(3), uint16(7), uint64(12345))
 	f.Fuzz(func(t *testing.T, data []byte, minK, avgK, maxK uint16, readSeed uint64) {
 		avg := 256 << (avgK % 4)
@@ -578,7 +554,7 @@ func FuzzChunker(f *testing.F) {
 // is refused.
 func TestChunkerSetAlloc(t *testing.T) {
 	for _, p := range []chunkstore.Params{chunkstore.DefaultParams, smallParams} {
-		a, b := randomBytes(7, 5<<20+123), pgbenchRows(3<<20)
+		a, b := synth.Random(7, 5<<20+123), synth.PgbenchRows(3<<20)
 		ch, err := chunkstore.NewChunker(nil, p)
 		require.NoError(t, err)
 		allocs := 0
@@ -616,7 +592,7 @@ func TestChunkerSetAlloc(t *testing.T) {
 		before := allocs
 		var small []kept
 		for i := range 100 {
-			in := randomBytes(uint64(100+i), 1<<10)
+			in := synth.Random(uint64(100+i), 1<<10)
 			ch.Reset(bytes.NewReader(in))
 			for {
 				c, err := ch.Next()

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 var allLevels = []chunkstore.Level{
@@ -79,16 +80,16 @@ func TestCompressRoundTrip(t *testing.T) {
 		data         []byte
 		compressible bool
 	}{
-		{"pgbench", pgbenchRows(200 << 10), true},
+		{"pgbench", synth.PgbenchRows(200 << 10), true},
 		{"text-max-chunk", bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');\n"), chunkstore.MaxChunkCeil/33+1)[:chunkstore.MaxChunkCeil], true},
 		{"zeros", make([]byte, 64<<10), true},
-		{"random", randomBytes(31, 64<<10), false},
+		{"random", synth.Random(31, 64<<10), false},
 		{"small", bytes.Repeat([]byte{'a'}, 100), false}, // below 128 B: never worth a zstd frame
 		{"127", bytes.Repeat([]byte{'a'}, 127), false},
 		{"128", bytes.Repeat([]byte{'a'}, 128), true},
 		{"one", []byte{0}, false},
 		{"empty", nil, false},
-		{"half-random", append(randomBytes(32, 32<<10), make([]byte, 32<<10)...), true},
+		{"half-random", append(synth.Random(32, 32<<10), make([]byte, 32<<10)...), true},
 	}
 	for _, in := range inputs {
 		for _, l := range append(allLevels, chunkstore.Level(-1), chunkstore.Level(99)) {
@@ -114,7 +115,7 @@ func TestCompressRoundTrip(t *testing.T) {
 }
 
 func TestCompressIncompressibleStoredPlain(t *testing.T) {
-	data := randomBytes(33, 256<<10)
+	data := synth.Random(33, 256<<10)
 	dst := make([]byte, 0, 1<<20)
 	out, codec := chunkstore.Compress(dst, data, chunkstore.LevelBest)
 	require.Equal(t, chunkstore.CodecNone, codec)
@@ -171,7 +172,7 @@ func TestRLEBombIsValidZstd(t *testing.T) {
 }
 
 func TestDecompressRejects(t *testing.T) {
-	data := pgbenchRows(100 << 10)
+	data := synth.PgbenchRows(100 << 10)
 	frame := zstdFrame(t, data)
 	for _, tc := range []struct {
 		name     string
@@ -190,7 +191,7 @@ func TestDecompressRejects(t *testing.T) {
 		{"plainLen negative", frame, chunkstore.CodecZstd, -1, chunkstore.ErrTooLarge},
 		{"unknown codec", data, chunkstore.Codec(3), len(data), nil},
 		{"unknown codec 255", data, chunkstore.Codec(255), len(data), nil},
-		{"garbage", randomBytes(34, 1000), chunkstore.CodecZstd, 1000, nil},
+		{"garbage", synth.Random(34, 1000), chunkstore.CodecZstd, 1000, nil},
 		{"magic only", frame[:4], chunkstore.CodecZstd, len(data), nil},
 		{"truncated", frame[:len(frame)-1], chunkstore.CodecZstd, len(data), nil},
 		{"trailing garbage", append(append([]byte{}, frame...), 1, 2, 3, 4, 5, 6, 7, 8), chunkstore.CodecZstd, len(data), nil},
@@ -233,7 +234,7 @@ func withS2Header(block []byte, n uint64) []byte {
 // cut short or corrupt: each fails, dst comes back as it was, and nothing
 // near what a block claims is allocated.
 func TestDecompressS2Rejects(t *testing.T) {
-	data := pgbenchRows(100 << 10)
+	data := synth.PgbenchRows(100 << 10)
 	block := s2Block(t, data)
 	for _, tc := range []struct {
 		name     string
@@ -295,7 +296,7 @@ func TestDecompressS2ClaimBeforeAlloc(t *testing.T) {
 }
 
 func TestDecompressS2AfterPrefix(t *testing.T) {
-	data := pgbenchRows(300 << 10)
+	data := synth.PgbenchRows(300 << 10)
 	block := s2Block(t, data)
 	for _, spare := range []int{0, len(data) - 1, len(data), 1 << 20} {
 		prefix := bytes.Repeat([]byte("p"), 1000)
@@ -359,7 +360,7 @@ func TestDecompressBomb(t *testing.T) {
 // counting bytes already in dst: a chunk appended to a buffer that holds
 // other chunks is still one chunk.
 func TestDecompressAfterLargePrefix(t *testing.T) {
-	data := pgbenchRows(1 << 20)
+	data := synth.PgbenchRows(1 << 20)
 	frame := zstdFrame(t, data)
 	for _, prefixLen := range []int{chunkstore.MaxChunkCeil - 1000, 2*chunkstore.MaxChunkCeil + 1} {
 		prefix := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz"), prefixLen/36+1)[:prefixLen]
@@ -396,7 +397,7 @@ func TestDecompressEmpty(t *testing.T) {
 // TestCodecConcurrent shares the package's encoders and decoder between
 // goroutines; run it with -race.
 func TestCodecConcurrent(t *testing.T) {
-	inputs := [][]byte{pgbenchRows(300 << 10), randomBytes(36, 100<<10), pgbenchRows(100), append(randomBytes(37, 50<<10), make([]byte, 50<<10)...)}
+	inputs := [][]byte{synth.PgbenchRows(300 << 10), synth.Random(36, 100<<10), synth.PgbenchRows(100), append(synth.Random(37, 50<<10), make([]byte, 50<<10)...)}
 	const workers = 8
 	errs := make([]error, workers)
 	var wg sync.WaitGroup
@@ -430,7 +431,7 @@ func TestCodecConcurrent(t *testing.T) {
 // unchanged or exactly plainLen more bytes. What decodes must survive
 // encode and decode again.
 func FuzzDecompress(f *testing.F) {
-	data := pgbenchRows(5000)
+	data := synth.PgbenchRows(5000)
 	frame := zstdFrame(f, data)
 	f.Add(frame, len(data))
 	f.Add(frame, len(data)-1)
@@ -442,7 +443,7 @@ func FuzzDecompress(f *testing.F) {
 	f.Add(rleBomb(1000, 1<<40), 1000)
 	f.Add([]byte{}, 0)
 	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, 0)
-	f.Add(randomBytes(62, 100), 100)
+	f.Add(synth.Random(62, 100), 100)
 	f.Add(frame, chunkstore.MaxChunkCeil+1)
 	f.Add(frame, -1)
 	f.Fuzz(func(t *testing.T, src []byte, plainLen int) {
@@ -465,7 +466,7 @@ func FuzzDecompress(f *testing.F) {
 
 // FuzzDecompressS2 is FuzzDecompress for S2 blocks.
 func FuzzDecompressS2(f *testing.F) {
-	data := pgbenchRows(5000)
+	data := synth.PgbenchRows(5000)
 	block := s2Block(f, data)
 	f.Add(block, len(data))
 	f.Add(block, len(data)-1)
@@ -475,7 +476,7 @@ func FuzzDecompressS2(f *testing.F) {
 	f.Add(s2Block(f, make([]byte, 200)), 200)
 	f.Add([]byte{}, 0)
 	f.Add([]byte{0}, 0)
-	f.Add(randomBytes(64, 100), 100)
+	f.Add(synth.Random(64, 100), 100)
 	f.Fuzz(func(t *testing.T, src []byte, plainLen int) {
 		prefix := []byte("prefix")
 		out, err := chunkstore.Decompress(append([]byte{}, prefix...), src, chunkstore.CodecS2, plainLen)
@@ -497,8 +498,8 @@ func FuzzDecompressS2(f *testing.F) {
 // range ones.
 func FuzzCompress(f *testing.F) {
 	f.Add([]byte{}, uint8(0))
-	f.Add(pgbenchRows(3000), uint8(1))
-	f.Add(randomBytes(63, 3000), uint8(4))
+	f.Add(synth.PgbenchRows(3000), uint8(1))
+	f.Add(synth.Random(63, 3000), uint8(4))
 	f.Add(bytes.Repeat([]byte{'a'}, 127), uint8(2))
 	f.Add(bytes.Repeat([]byte{'a'}, 128), uint8(200))
 	f.Fuzz(func(t *testing.T, data []byte, level uint8) {

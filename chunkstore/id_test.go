@@ -11,13 +11,14 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 func TestSum(t *testing.T) {
 	// Lengths around BLAKE3's 64-byte block and 1 KiB chunk, where
 	// implementations switch code paths.
 	for _, n := range []int{0, 1, 63, 64, 65, 1023, 1024, 1025, 8 << 10, 64<<10 + 3, 1 << 20} {
-		data := randomBytes(uint64(n), n)
+		data := synth.Random(uint64(n), n)
 		require.Equal(t, blake3.Sum256(data), [32]byte(chunkstore.Sum(data)), "length %d", n)
 	}
 	// The BLAKE3 test vector for empty input pins the hash function itself.
@@ -98,7 +99,7 @@ func TestIDIsZero(t *testing.T) {
 }
 
 func TestVerifyContent(t *testing.T) {
-	data := randomBytes(21, 5000)
+	data := synth.Random(21, 5000)
 	id := chunkstore.Sum(data)
 	require.NoError(t, chunkstore.VerifyContent(id, data))
 	require.NoError(t, chunkstore.VerifyContent(chunkstore.Sum(nil), nil))

@@ -11,13 +11,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 func TestAnalyzerDedupe(t *testing.T) {
 	// Two dumps of the same table a day apart: the second has a few rows
 	// changed in the middle and some appended.
-	day1 := randomBytes(41, 4<<20)
-	day2 := slices.Concat(day1[:1<<20], randomBytes(42, 3000), day1[1<<20+3000:], randomBytes(43, 100<<10))
+	day1 := synth.Random(41, 4<<20)
+	day2 := slices.Concat(day1[:1<<20], synth.Random(42, 3000), day1[1<<20+3000:], synth.Random(43, 100<<10))
 
 	a, err := chunkstore.NewAnalyzer(smallParams, chunkstore.LevelFastest)
 	require.NoError(t, err)
@@ -56,7 +57,7 @@ func TestAnalyzerDedupe(t *testing.T) {
 func TestAnalyzerCompression(t *testing.T) {
 	a, err := chunkstore.NewAnalyzer(chunkstore.Params{}, chunkstore.LevelDefault)
 	require.NoError(t, err)
-	require.NoError(t, a.Add(t.Context(), bytes.NewReader(pgbenchRows(2<<20))))
+	require.NoError(t, a.Add(t.Context(), bytes.NewReader(synth.PgbenchRows(2<<20))))
 	st := a.Stats()
 	require.Equal(t, chunkstore.DefaultParams, st.Params)
 	require.Greater(t, st.CompressRatio(), 2.0)
@@ -85,7 +86,7 @@ func TestAnalyzerErrors(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	require.ErrorIs(t, a.Add(ctx, bytes.NewReader(randomBytes(44, 1<<20))), context.Canceled)
+	require.ErrorIs(t, a.Add(ctx, bytes.NewReader(synth.Random(44, 1<<20))), context.Canceled)
 
 	boom := errors.New("disk on fire")
 	require.ErrorIs(t, a.Add(t.Context(), iotest.ErrReader(boom)), boom)

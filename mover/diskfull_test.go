@@ -2,44 +2,16 @@ package mover
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
-
-// fillBut writes a file at path until its file system has at most keep
-// bytes free (or is full).
-func fillBut(path string, keep int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	buf := make([]byte, 256<<10)
-	for {
-		var st unix.Statfs_t
-		if err := unix.Statfs(filepath.Dir(path), &st); err != nil {
-			return err
-		}
-		free := int64(st.Bavail) * st.Bsize
-		if free <= keep {
-			return f.Sync()
-		}
-		if _, err := f.Write(buf[:min(int64(len(buf)), free-keep)]); err != nil {
-			if errors.Is(err, unix.ENOSPC) {
-				return nil
-			}
-			return err
-		}
-	}
-}
 
 // TestDiskFullTargetRoot: the target root's file system fills up (another
 // writer takes all but 2 MiB of it) while a transfer writes there. The
@@ -53,7 +25,7 @@ func TestDiskFullTargetRoot(t *testing.T) {
 		once    sync.Once
 		fillErr error
 	)
-	fill := func(string, int64) { once.Do(func() { fillErr = fillBut(filler, 2<<20) }) }
+	fill := func(string, int64) { once.Do(func() { fillErr = testsupport.FillBut(filler, 2<<20) }) }
 	r := startReceiver(t, ServerOptions{Roots: []string{small}, Reserve: 1, SyncBytes: 1 << 20, SyncInterval: 10 * time.Millisecond, OnDurable: fill})
 	s := newTestSender(t, r, PermSend)
 	src := t.TempDir()

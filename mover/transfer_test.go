@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/synth"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
@@ -80,14 +81,8 @@ func pgbenchLike(n int, seed uint64) []byte {
 	return b.Bytes()[:n]
 }
 
-func randomBytes(n int, seed uint64) []byte {
-	rng := rand.New(rand.NewPCG(seed, 2))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
+// randomBytes returns n bytes that do not compress (synth.Random).
+func randomBytes(n int, seed uint64) []byte { return synth.Random(seed, n) }
 
 // makeTree writes a dump-like tree: compressible and random files, an empty
 // file, a nested directory, and a file with internal repeats.

@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -12,33 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
-
-// fillBut writes a file at path until its file system has at most keep
-// bytes free (or is full).
-func fillBut(path string, keep int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	buf := make([]byte, 256<<10)
-	for {
-		var st unix.Statfs_t
-		if err := unix.Statfs(filepath.Dir(path), &st); err != nil {
-			return err
-		}
-		free := int64(st.Bavail) * st.Bsize
-		if free <= keep {
-			return nil
-		}
-		if _, err := f.Write(buf[:min(int64(len(buf)), free-keep)]); err != nil {
-			if errors.Is(err, unix.ENOSPC) {
-				return nil
-			}
-			return err
-		}
-	}
-}
 
 // TestDiskFullStagingDir: the staging directory's file system fills up (a
 // tmpfs another writer fills as the dump starts). The export fails naming
@@ -62,7 +34,7 @@ func TestDiskFullStagingDir(t *testing.T) {
 	)
 	r := newRunner(t, home, func(e Event) {
 		if e.Step == dumpStep("shop") && e.Kind == "start" {
-			once.Do(func() { fillErr = fillBut(filler, 64<<10) })
+			once.Do(func() { fillErr = testsupport.FillBut(filler, 64<<10) })
 		}
 	})
 	plan := f.plan(t, to)

@@ -98,7 +98,7 @@ func testReleaseDying(t *testing.T) {
 	released, err := ReleaseDying(context.Background(), pid, mnt)
 	require.NoError(t, err)
 	require.False(t, released, "a live process is left alone")
-	require.True(t, isMounted(t, mnt))
+	require.True(t, testsupport.IsMounted(t, mnt))
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	// SIGKILL is pending or being acted on from the moment kill returns.
@@ -122,7 +122,7 @@ func testReleaseDying(t *testing.T) {
 	// A forced unmount may have detached the mount already.
 	_, err = CleanStaleMount(mnt)
 	require.NoError(t, err)
-	require.False(t, isMounted(t, mnt))
+	require.False(t, testsupport.IsMounted(t, mnt))
 }
 
 // TestReleaseDyingReportsStuck: when no way of aborting is open, a stuck

@@ -7,12 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -22,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -59,21 +58,6 @@ func buildTree(t *testing.T, files []testFile) ([]chunkstore.Node, *chunkstore.L
 	return tree, store
 }
 
-func randomBytes(seed uint64, n int) []byte {
-	rng := rand.New(rand.NewPCG(seed, seed+1))
-	b := make([]byte, n)
-	for i := 0; i+8 <= n; i += 8 {
-		v := rng.Uint64()
-		for j := range 8 {
-			b[i+j] = byte(v >> (8 * j))
-		}
-	}
-	for i := n &^ 7; i < n; i++ {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
-
 func testOwner(t *testing.T) (string, uint32) {
 	t.Helper()
 	u, err := user.Lookup("postgres")
@@ -104,21 +88,9 @@ func mountTree(t *testing.T, tree []chunkstore.Node, chunks ChunkReader, o Mount
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		_ = m.Unmount()
-		require.False(t, isMounted(t, mnt), "%s still mounted", mnt)
+		require.False(t, testsupport.IsMounted(t, mnt), "%s still mounted", mnt)
 	})
 	return m, mnt
-}
-
-func isMounted(t *testing.T, dir string) bool {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	for line := range strings.Lines(string(b)) {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
-			return true
-		}
-	}
-	return false
 }
 
 func sampleFiles() []testFile {
@@ -127,11 +99,11 @@ func sampleFiles() []testFile {
 		{path: "base", typ: chunkstore.NodeDir, mode: 0o700},
 		{path: "base/1", typ: chunkstore.NodeDir, mode: 0o700},
 		{path: "base/1/empty", typ: chunkstore.NodeFile, mode: 0o600},
-		{path: "base/1/1259", typ: chunkstore.NodeFile, mode: 0o600, data: randomBytes(1, 8192)},
-		{path: "base/1/16384", typ: chunkstore.NodeFile, mode: 0o640, data: randomBytes(2, 3<<20+17)},
-		{path: "global/pg_control", typ: chunkstore.NodeFile, mode: 0o600, data: randomBytes(3, 8192)},
+		{path: "base/1/1259", typ: chunkstore.NodeFile, mode: 0o600, data: synth.Random(1, 8192)},
+		{path: "base/1/16384", typ: chunkstore.NodeFile, mode: 0o640, data: synth.Random(2, 3<<20+17)},
+		{path: "global/pg_control", typ: chunkstore.NodeFile, mode: 0o600, data: synth.Random(3, 8192)},
 		{path: "pg_wal", typ: chunkstore.NodeDir, mode: 0o700},
-		{path: "pg_wal/000000010000000000000001", typ: chunkstore.NodeFile, mode: 0o600, data: randomBytes(4, 1<<20)},
+		{path: "pg_wal/000000010000000000000001", typ: chunkstore.NodeFile, mode: 0o600, data: synth.Random(4, 1<<20)},
 		{path: "link", typ: chunkstore.NodeSymlink, mode: 0o777, target: "base/1"},
 	}
 }
@@ -244,7 +216,7 @@ func chunkCount(t *testing.T, s chunkstore.Store) int {
 }
 
 func TestWriteIntoLargeFileCopiesOneChunk(t *testing.T) {
-	big := randomBytes(7, 64<<20)
+	big := synth.Random(7, 64<<20)
 	files := []testFile{{path: "big", typ: chunkstore.NodeFile, mode: 0o600, data: big}}
 	tree, store := buildTree(t, files)
 	before := chunkCount(t, store)
@@ -295,7 +267,7 @@ func TestCopyOnWriteOperations(t *testing.T) {
 
 	// WAL: write a new segment, fsync it and its directory, rename it over
 	// an existing one.
-	seg := randomBytes(9, 1<<20)
+	seg := synth.Random(9, 1<<20)
 	f, err := os.OpenFile(p("pg_wal/xlogtemp.1"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	require.NoError(t, err)
 	_, err = f.Write(seg)
@@ -318,7 +290,7 @@ func TestCopyOnWriteOperations(t *testing.T) {
 	orig := files[5].data
 	f, err = os.OpenFile(rel, os.O_WRONLY|os.O_APPEND, 0)
 	require.NoError(t, err)
-	ext := randomBytes(10, 8192)
+	ext := synth.Random(10, 8192)
 	_, err = f.Write(ext)
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
@@ -377,7 +349,7 @@ func TestCopyOnWriteOperations(t *testing.T) {
 
 	// A fresh CoW layer on a new mount shows the restore point as it was.
 	require.NoError(t, m.Unmount())
-	require.False(t, isMounted(t, mnt))
+	require.False(t, testsupport.IsMounted(t, mnt))
 	_, mnt2 := mountTree(t, tree, store, MountOptions{Owner: owner})
 	checkTree(t, mnt2, files, uid)
 	_, err = os.Stat(filepath.Join(mnt2, "base/2"))
@@ -476,10 +448,10 @@ func TestUnmountBusyThenClean(t *testing.T) {
 	_, err = io.Copy(io.Discard, f)
 	require.NoError(t, err)
 	require.Error(t, m.Unmount(), "busy mount must refuse to unmount")
-	require.True(t, isMounted(t, mnt))
+	require.True(t, testsupport.IsMounted(t, mnt))
 	require.NoError(t, f.Close())
 	require.NoError(t, m.Unmount())
-	require.False(t, isMounted(t, mnt))
+	require.False(t, testsupport.IsMounted(t, mnt))
 	m.Wait()
 	goleak.VerifyNone(t, opt)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 func TestAheadBytes(t *testing.T) {
@@ -81,7 +82,7 @@ func (r *latencyReader) RTT() time.Duration { return r.rtt }
 // count of chunks. Guards step 5.2 of docs/design/0005.
 func TestReadaheadByLatency(t *testing.T) {
 	const size, read, ahead = 32 << 20, 8 << 20, 16 << 20
-	data := randomBytes(7, size)
+	data := synth.Random(7, size)
 	tree, store := buildTree(t, []testFile{{path: "big", typ: chunkstore.NodeFile, mode: 0o600, data: data}})
 	offs := map[chunkstore.ID]int64{}
 	var off int64

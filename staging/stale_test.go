@@ -84,7 +84,7 @@ func TestStaleMountCleanedByNextMount(t *testing.T) {
 	for l := child.Line(t, 30*time.Second); l != "mounted"; l = child.Line(t, 30*time.Second) {
 		require.NotContains(t, l, "mount failed")
 	}
-	require.True(t, isMounted(t, mnt))
+	require.True(t, testsupport.IsMounted(t, mnt))
 
 	require.NoError(t, child.Cmd.Process.Kill())
 	ended, err := child.Wait(30 * time.Second)
@@ -101,7 +101,7 @@ func TestStaleMountCleanedByNextMount(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "15\n", string(got))
 	require.NoError(t, m.Unmount())
-	require.False(t, isMounted(t, mnt), "both the stale and the new mount are gone")
+	require.False(t, testsupport.IsMounted(t, mnt), "both the stale and the new mount are gone")
 }
 
 func TestCleanStaleMountLeavesOthersAlone(t *testing.T) {
@@ -118,7 +118,7 @@ func TestCleanStaleMountLeavesOthersAlone(t *testing.T) {
 	cleaned, err := CleanStaleMount(mnt)
 	require.ErrorIs(t, err, ErrMountInUse)
 	require.False(t, cleaned)
-	require.True(t, isMounted(t, mnt), "a running mount is not detached")
+	require.True(t, testsupport.IsMounted(t, mnt), "a running mount is not detached")
 
 	_, err = Mount(context.Background(), mnt, tree, chunks, MountOptions{CowDir: filepath.Join(t.TempDir(), "cow")})
 	require.ErrorIs(t, err, ErrMountInUse, "mounting over a running mount")

@@ -45,18 +45,6 @@ func fakeDataDir(t *testing.T) (string, map[string][]byte) {
 	return dir, files
 }
 
-func mountedAt(t *testing.T, dir string) bool {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	for line := range strings.Lines(string(b)) {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
-			return true
-		}
-	}
-	return false
-}
-
 // waitStdout polls p's stdout until a line starts with prefix.
 func (p *proc) waitStdout(t *testing.T, prefix string) string {
 	t.Helper()
@@ -104,7 +92,7 @@ func TestMountCLI(t *testing.T) {
 		line := p.waitStdout(t, "mounted ")
 		require.Contains(t, line, id)
 		require.Contains(t, line, mnt)
-		require.True(t, mountedAt(t, mnt))
+		require.True(t, testsupport.IsMounted(t, mnt))
 		return p
 	}
 	cowLeft := func(t *testing.T) []os.DirEntry {
@@ -124,7 +112,7 @@ func TestMountCLI(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(mnt, "postmaster.pid"), []byte("1\n"), 0o600))
 		require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
 		require.Equal(t, 0, p.wait(t), p.stderr.String())
-		require.False(t, mountedAt(t, mnt), "still mounted after SIGINT")
+		require.False(t, testsupport.IsMounted(t, mnt), "still mounted after SIGINT")
 		require.Empty(t, cowLeft(t), "the CoW layer is discarded")
 	})
 
@@ -140,7 +128,7 @@ func TestMountCLI(t *testing.T) {
 		require.NoError(t, q.cmd.Process.Signal(syscall.SIGTERM))
 		require.Equal(t, 0, q.wait(t), q.stderr.String())
 		require.Contains(t, q.stderr.String(), "stale mount")
-		require.False(t, mountedAt(t, mnt))
+		require.False(t, testsupport.IsMounted(t, mnt))
 		// A killed mount cannot discard its layer; remove it.
 		for _, e := range cowLeft(t) {
 			require.NoError(t, os.RemoveAll(filepath.Join(home, "cow", e.Name())))
@@ -157,7 +145,7 @@ func TestMountCLI(t *testing.T) {
 		require.Equal(t, 0, p.wait(t), p.stderr.String())
 		require.Contains(t, p.stderr.String(), "pid "+strconv.Itoa(os.Getpid()), "names the process keeping the mount busy")
 		require.Contains(t, p.stderr.String(), "detaching it lazily")
-		require.False(t, mountedAt(t, mnt), "detached")
+		require.False(t, testsupport.IsMounted(t, mnt), "detached")
 		require.Contains(t, p.lastLine(), "kept the copy-on-write layer in "+cow)
 		_, err = os.Stat(cow)
 		require.NoError(t, err, "--keep-cow keeps the layer")
@@ -240,14 +228,14 @@ func TestMountRepoPeerCLI(t *testing.T) {
 		}
 		require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
 		require.Equal(t, 0, p.wait(t), p.stderr.String())
-		require.False(t, mountedAt(t, mnt))
+		require.False(t, testsupport.IsMounted(t, mnt))
 	})
 
 	t.Run("send only is refused", func(t *testing.T) {
 		code, _, errs := runCLI(t, "--home", senderHome, "mount", "--repo-peer", peer, "--restore-point", "latest", mnt)
 		require.NotEqual(t, 0, code)
 		require.Contains(t, errs, "lacks permission read")
-		require.False(t, mountedAt(t, mnt))
+		require.False(t, testsupport.IsMounted(t, mnt))
 	})
 
 	t.Run("usage", func(t *testing.T) {

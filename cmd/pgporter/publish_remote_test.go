@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/orchestrator"
 )
 
@@ -206,7 +207,7 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	gone := moverPublication(t, moverHome, p2.ID)
 	require.Equal(t, orchestrator.PubGone, gone.State)
 	requireReleased(t, p2)
-	require.False(t, mountedAt(t, p2.Lower()))
+	require.False(t, testsupport.IsMounted(t, p2.Lower()))
 
 	list = publishedList(t, orchHome)
 	require.Len(t, list.Publications, 1)
@@ -235,7 +236,7 @@ func TestPublishOnMoverRestart(t *testing.T) {
 	code, _, errs = runCLI(t, "verify", filepath.Join(root, "last", "crm"))
 	require.Equal(t, 0, code, errs)
 	requireReleased(t, back)
-	require.False(t, mountedAt(t, back.Lower()))
+	require.False(t, testsupport.IsMounted(t, back.Lower()))
 	require.Empty(t, publishedList(t, orchHome).Publications)
 	require.Empty(t, publishedList(t, moverHome).Publications)
 

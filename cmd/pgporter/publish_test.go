@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/orchestrator"
 )
 
@@ -137,7 +138,7 @@ func publishedList(t *testing.T, home string) publishedJSON {
 // no postgres, no CoW layer.
 func requireReleased(t *testing.T, p *orchestrator.Publication) {
 	t.Helper()
-	require.False(t, mountedAt(t, p.Mountpoint()), "a mount is left at %s", p.Mountpoint())
+	require.False(t, testsupport.IsMounted(t, p.Mountpoint()), "a mount is left at %s", p.Mountpoint())
 	require.NoDirExists(t, p.BaseDir)
 	require.NoDirExists(t, p.CowDir)
 	if p.InstancePID > 0 {
@@ -275,8 +276,8 @@ func TestPublishKilled(t *testing.T) {
 	p := publishCLI(t, home, repo, port)
 	require.Positive(t, p.ServePID)
 	require.Positive(t, p.InstancePID)
-	require.True(t, mountedAt(t, p.Mountpoint()))
-	require.True(t, mountedAt(t, p.Lower()))
+	require.True(t, testsupport.IsMounted(t, p.Mountpoint()))
+	require.True(t, testsupport.IsMounted(t, p.Lower()))
 	ctx := context.Background()
 	conn := pubConn(t, port, "crm")
 	_, err := conn.Exec(ctx, `INSERT INTO "Clients" VALUES (-1, 'written before the kill')`)
@@ -328,8 +329,8 @@ func TestPublishKilled(t *testing.T) {
 	termStart := time.Now()
 	waitDead(p.ServePID, syscall.SIGTERM)
 	t.Logf("SIGTERM to the serve process: dead, layer kept, in %v", time.Since(termStart).Round(time.Millisecond))
-	require.False(t, mountedAt(t, p.Mountpoint()))
-	require.False(t, mountedAt(t, p.Lower()))
+	require.False(t, testsupport.IsMounted(t, p.Mountpoint()))
+	require.False(t, testsupport.IsMounted(t, p.Lower()))
 	require.DirExists(t, p.UpperDir())
 	code, _, errs = runCLI(t, "--home", home, "publish", "--resume", p.ID)
 	require.Equal(t, 0, code, errs)
