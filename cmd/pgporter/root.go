@@ -91,6 +91,7 @@ One binary plays every role: repository, staging and target movers
 		newDemoCmd(g),
 		newChunkCmd(g),
 		newVersionCmd(g),
+		newGenManCmd(g),
 	)
 	return root
 }
