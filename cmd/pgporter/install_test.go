@@ -48,6 +48,8 @@ func TestInstallDeb(t *testing.T) {
 	require.Len(t, debs, 1, "make deb made %v:\n%s", debs, out)
 	deb := debs[0]
 
+	checkMakeInstall(t, repo, build)
+
 	fields := map[string]string{}
 	for _, f := range []string{"Package", "Version", "Architecture", "Maintainer", "Depends"} {
 		v, err := exec.Command("dpkg-deb", "-f", deb, f).Output()
@@ -149,6 +151,46 @@ func TestInstallDeb(t *testing.T) {
 			runUnit(t, root, units[tc.unit], tc.instance, dumps)
 		})
 	}
+}
+
+// checkMakeInstall runs make install's file part (make install is build,
+// then this) with another PREFIX and a DESTDIR, with the binary make deb
+// built: every path follows PREFIX, and a second install keeps the
+// operator's settings file.
+func checkMakeInstall(t *testing.T, repo, build string) {
+	t.Helper()
+	dest := filepath.Join(t.TempDir(), "dest")
+	install := func() string {
+		mk := exec.Command("make", "--no-print-directory", "-C", repo, "install-files", "DESTDIR="+dest, "PREFIX=/opt/pgp",
+			"BUILDDIR="+build, "BIN="+filepath.Join(build, "pgporter"))
+		mk.Env = envWithout("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+		out, err := mk.CombinedOutput()
+		require.NoError(t, err, "make install-files:\n%s", out)
+		return string(out)
+	}
+	install()
+	for _, f := range []string{
+		"opt/pgp/bin/pgporter",
+		"opt/pgp/share/man/man1/pgporter.1",
+		"opt/pgp/share/man/man1/pgporter-sessions-show.1",
+		"opt/pgp/share/bash-completion/completions/pgporter",
+		"opt/pgp/share/zsh/site-functions/_pgporter",
+		"opt/pgp/share/fish/vendor_completions.d/pgporter.fish",
+		"etc/default/pgporter-mover",
+	} {
+		require.FileExists(t, filepath.Join(dest, f))
+	}
+	for _, name := range []string{"pgporter-mover.service", "pgporter-mover@.service"} {
+		u := parseUnit(t, filepath.Join(dest, "opt/pgp/lib/systemd/system", name))
+		require.True(t, strings.HasPrefix(u["ExecStart"][0], "/opt/pgp/bin/pgporter mover serve "), "%s: ExecStart=%s", name, u["ExecStart"][0])
+		require.NotContains(t, strings.Join(u["EnvironmentFile"], " "), "@", "%s: placeholders left", name)
+	}
+	settings := filepath.Join(dest, "etc/default/pgporter-mover")
+	require.NoError(t, os.WriteFile(settings, []byte("PGPORTER_MOVER_OPTS=\"--listen :7500\"\n"), 0o644))
+	require.Contains(t, install(), "keeping")
+	b, err := os.ReadFile(settings)
+	require.NoError(t, err)
+	require.Contains(t, string(b), ":7500", "make install replaced the operator's settings file")
 }
 
 // installDeb installs deb into root: with dpkg --root and the package's
