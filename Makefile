@@ -48,13 +48,15 @@ BUILDDIR    ?= build
 install: build
 	@$(MAKE) --no-print-directory install-files
 
-# install without building first (make deb has built already).
+# install without building first (make deb has built already). The man
+# pages are made in an empty environment: a default they show must be
+# pgporter's, not one that the builder's PGPORTER_* variables set.
 install-files:
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/pgporter
 	rm -rf $(BUILDDIR)/man
-	env -u PGPORTER_HOME $(BIN) __gen-man $(BUILDDIR)/man
+	env -i PATH="$$PATH" $(BIN) __gen-man $(BUILDDIR)/man
 	install -m 0644 $(BUILDDIR)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	$(BIN) completion bash >$(DESTDIR)$(BASHCOMPDIR)/pgporter
 	$(BIN) completion zsh >$(DESTDIR)$(ZSHCOMPDIR)/_pgporter
