@@ -69,7 +69,6 @@ One binary plays every role: repository, staging and target movers
 	root.PersistentFlags().StringVar(&g.home, "home", defaultHome(), "state directory (identity, trust, journals); default $PGPORTER_HOME or /var/lib/pgporter")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.CompletionOptions.DisableDefaultCmd = true
 	root.Version = buildinfo.Get().String() // --version
 	root.SetVersionTemplate("{{.Version}}\n")
 
@@ -91,7 +90,11 @@ One binary plays every role: repository, staging and target movers
 		newDemoCmd(g),
 		newChunkCmd(g),
 		newVersionCmd(g),
+		newGenManCmd(g),
 	)
+	// 'pgporter completion bash|zsh|fish' is cobra's; the values it
+	// completes (sessions, restore points, ...) are ours.
+	addCompletions(g, root)
 	return root
 }
 

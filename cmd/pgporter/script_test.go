@@ -32,6 +32,8 @@ func TestScript(t *testing.T) {
 			"freeport":      cmdFreePort,
 			"startserve":    cmdStartServe,
 			"stopserve":     cmdStopServe,
+			"mksession":     cmdMkSession,
+			"mkpublication": cmdMkPublication,
 		},
 	})
 }

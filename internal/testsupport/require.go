@@ -3,6 +3,7 @@ package testsupport
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -119,4 +120,16 @@ func RequireRoot(t testing.TB, why string) {
 	if os.Geteuid() != 0 {
 		skipOrFatal(t, why+" needs root")
 	}
+}
+
+// RequireTool returns the path of the program name, or skips the test (fails
+// it when CI=true) when it is not installed; pkg is the Debian package that
+// has it.
+func RequireTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		skipOrFatal(t, fmt.Sprintf("%s not found (apt-get install %s): %v", name, pkg, err))
+	}
+	return p
 }

@@ -69,3 +69,21 @@ func TestRequireFUSE(t *testing.T) {
 	}
 	require.Empty(t, r.fatal)
 }
+
+// A tool that is not installed skips the test, and fails it in CI (make deb's
+// dpkg-deb in TestInstallDeb).
+func TestRequireToolMissing(t *testing.T) {
+	t.Setenv("CI", "")
+	r := &recorder{TB: t}
+	r.run(func(tb testing.TB) { RequireTool(tb, "pgporter-no-such-tool", "no-such-package") })
+	require.Contains(t, r.skip, "pgporter-no-such-tool not found (apt-get install no-such-package)")
+	require.Empty(t, r.fatal)
+
+	t.Setenv("CI", "true")
+	r = &recorder{TB: t}
+	r.run(func(tb testing.TB) { RequireTool(tb, "pgporter-no-such-tool", "no-such-package") })
+	require.Contains(t, r.fatal, "pgporter-no-such-tool not found")
+	require.Empty(t, r.skip)
+
+	require.Equal(t, "/bin/sh", RequireTool(t, "/bin/sh", "dash"))
+}
