@@ -371,6 +371,9 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	log.Debug("connected", "peer_software", cs.peerSoftware, "protocol", cs.version)
+	if err := notePeerSeen(s.o.Home, peer, cs.peerSoftware); err != nil {
+		log.Debug("recording the peer's software", "err", err)
+	}
 	_ = st.SetReadDeadline(time.Time{})
 	cs.r.SetFrameTimeout(s.o.FrameTimeout)
 
