@@ -55,6 +55,11 @@ type Setting struct {
 // skipped are flags cobra adds, and --config itself, which the file cannot set.
 var skipped = map[string]bool{"help": true, "version": true, "config": true}
 
+// settable reports whether the environment and the file may set f: not a
+// flag cobra adds, not --config, not a hidden flag (those are for pgporter
+// starting itself, as publish --serve).
+func settable(f *pflag.Flag) bool { return !skipped[f.Name] && !f.Hidden }
+
 // mutuallyExclusive is the annotation cobra's MarkFlagsMutuallyExclusive
 // puts on each flag of a group: a value from the environment or the file
 // yields to a flag of its group set by a stronger source.
@@ -111,7 +116,7 @@ func (f *File) check(cmd *cobra.Command, table map[string]any, path []string) er
 		}
 		fl := ownFlag(cmd, k)
 		if fl == nil {
-			if in := cmd.InheritedFlags().Lookup(k); in != nil && !skipped[k] {
+			if in := cmd.InheritedFlags().Lookup(k); in != nil && settable(in) {
 				o := owner(cmd, in)
 				where := "key " + fileKey(o, k)
 				if !o.HasParent() {
@@ -223,7 +228,7 @@ func (r *Resolver) Apply(cmd *cobra.Command) ([]Setting, error) {
 	for _, fs := range []*pflag.FlagSet{cmd.InheritedFlags(), cmd.LocalFlags()} {
 		var group []*pflag.Flag
 		fs.VisitAll(func(f *pflag.Flag) {
-			if !skipped[f.Name] || r.seen[f].Name != "" {
+			if settable(f) || r.seen[f].Name != "" {
 				group = append(group, f)
 			}
 		})
@@ -423,20 +428,21 @@ func owner(cmd *cobra.Command, f *pflag.Flag) *cobra.Command {
 // ownFlag returns cmd's flag name if cmd defines it (not inherited), and
 // the file may set it.
 func ownFlag(cmd *cobra.Command, name string) *pflag.Flag {
-	if skipped[name] {
+	f := cmd.PersistentFlags().Lookup(name)
+	if f == nil {
+		f = cmd.LocalNonPersistentFlags().Lookup(name)
+	}
+	if f == nil || !settable(f) {
 		return nil
 	}
-	if f := cmd.PersistentFlags().Lookup(name); f != nil {
-		return f
-	}
-	return cmd.LocalNonPersistentFlags().Lookup(name)
+	return f
 }
 
 func ownFlagNames(cmd *cobra.Command) []string {
 	var names []string
 	for _, fs := range []*pflag.FlagSet{cmd.PersistentFlags(), cmd.LocalNonPersistentFlags()} {
 		fs.VisitAll(func(f *pflag.Flag) {
-			if !skipped[f.Name] {
+			if settable(f) {
 				names = append(names, f.Name)
 			}
 		})
@@ -486,7 +492,7 @@ func Names(root *cobra.Command) []Name {
 	walk = func(c *cobra.Command) {
 		for _, fs := range []*pflag.FlagSet{c.PersistentFlags(), c.LocalNonPersistentFlags()} {
 			fs.VisitAll(func(f *pflag.Flag) {
-				if !skipped[f.Name] {
+				if settable(f) {
 					out = append(out, Name{Command: c.CommandPath(), Flag: f.Name, Env: EnvName(c, f), Key: fileKey(c, f.Name)})
 				}
 			})

@@ -19,6 +19,7 @@ type tree struct {
 	repo, repoPeer   string
 	jobs             int
 	verify, dumpOnly bool
+	internal         string
 }
 
 func newTree() *tree {
@@ -34,6 +35,8 @@ func newTree() *tree {
 	f.StringVar(&t.repoPeer, "repo-peer", "", "")
 	f.IntVar(&t.jobs, "jobs", 2, "")
 	f.BoolVar(&t.verify, "verify-commit", false, "")
+	f.StringVar(&t.internal, "internal", "", "")
+	_ = f.MarkHidden("internal")
 	t.serve.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	mover.AddCommand(t.serve)
 	t.root.AddCommand(mover)
@@ -101,6 +104,18 @@ verify-commit = true
 	require.True(t, OnCommandLine(tr.serve.Flags(), "jobs"))
 	require.False(t, OnCommandLine(tr.serve.Flags(), "repo"))
 	require.Equal(t, FromFile, SourceOf(tr.serve.Flags().Lookup("root")))
+}
+
+// TestHidden: hidden flags are for pgporter starting itself (publish
+// --serve); neither the environment nor the file sets them.
+func TestHidden(t *testing.T) {
+	tr := newTree()
+	s, err := tr.parse(t, writeFile(t, ""), map[string]string{"PGPORTER_MOVER_SERVE_INTERNAL": "x"})
+	require.NoError(t, err)
+	require.Empty(t, tr.internal)
+	require.NotContains(t, s, "internal")
+	_, err = Load(writeFile(t, "[mover.serve]\ninternal = \"x\"\n"), true, tr.root)
+	require.ErrorContains(t, err, `unknown key "mover.serve.internal"`)
 }
 
 func TestEnvList(t *testing.T) {
