@@ -65,3 +65,19 @@ func TestSettingNames(t *testing.T) {
 	})
 	require.NoError(t, err)
 }
+
+// TestConfiguredDefaultsAreNotMistakes: a check that refuses a flag in a
+// mode where it makes no sense refuses it given on the command line, not
+// set in the configuration file for the command's other uses.
+func TestConfiguredDefaultsAreNotMistakes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pgporter.toml")
+	require.NoError(t, os.WriteFile(path, []byte("[publish]\nport = 5433\n"), 0o600))
+	t.Setenv("PGPORTER_CONFIG", path)
+	home := t.TempDir()
+	code, _, errs := runCLI(t, "--home", home, "publish", "--resume", "p-20260101-120000-a1b2c3")
+	require.NotEqual(t, 0, code)
+	require.NotContains(t, errs, "takes no --port")
+	code, _, errs = runCLI(t, "--home", home, "publish", "--resume", "p-20260101-120000-a1b2c3", "--port", "5433")
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "publish --resume ID takes no --port")
+}
