@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 
@@ -123,6 +124,9 @@ func runConfigShow(cmd *cobra.Command, g *globals, args []string, asJSON bool) e
 	if err != nil {
 		return usageError{err}
 	}
+	for i := range settings {
+		settings[i].Value = redactPassword(settings[i].Value)
+	}
 	res := configShowResult{Command: target.CommandPath(), ConfigFile: g.cfg.File.Path, Settings: settings}
 	if asJSON {
 		return writeJSONLine(g.stdout, res)
@@ -136,4 +140,18 @@ func runConfigShow(cmd *cobra.Command, g *globals, args []string, asJSON bool) e
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, s.Value, s.Source, s.Origin)
 	}
 	return tw.Flush()
+}
+
+// Passwords in connection strings (backup --from-server, restore
+// --connstring): key=value and URI forms.
+var (
+	passwordKV  = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']+)`)
+	passwordURI = regexp.MustCompile(`(://[^:/?#@\s]*:)[^@/?#\s]*@`)
+)
+
+// redactPassword hides the password of a connection string in v, so that
+// what config show prints can be pasted into a ticket.
+func redactPassword(v string) string {
+	v = passwordKV.ReplaceAllString(v, "${1}***")
+	return passwordURI.ReplaceAllString(v, "${1}***@")
 }

@@ -81,3 +81,15 @@ func TestConfiguredDefaultsAreNotMistakes(t *testing.T) {
 	require.Equal(t, exitUsage, code, errs)
 	require.Contains(t, errs, "publish --resume ID takes no --port")
 }
+
+func TestRedactPassword(t *testing.T) {
+	for in, want := range map[string]string{
+		"host=db password=s3cret user=x":         "host=db password=*** user=x",
+		"host=db password = 'a b\\' c' user=x":   "host=db password = *** user=x",
+		"postgresql://u:s3cret@db:5432/shop":     "postgresql://u:***@db:5432/shop",
+		"postgresql://u@db/shop?sslmode=require": "postgresql://u@db/shop?sslmode=require",
+		"/srv/pgporter/repo":                     "/srv/pgporter/repo",
+	} {
+		require.Equal(t, want, redactPassword(in), in)
+	}
+}
