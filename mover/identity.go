@@ -40,6 +40,8 @@ var ErrNoIdentity = errors.New("mover: no identity")
 type Identity struct {
 	Cert tls.Certificate
 	ID   PeerID
+
+	home string // where it was loaded from: peers seen are recorded there
 }
 
 // StatelessResetKey derives the key of the QUIC stateless resets this
@@ -141,7 +143,7 @@ func LoadIdentity(home string) (*Identity, error) {
 	if len(cert.Certificate) != 1 {
 		return nil, fmt.Errorf("loading identity from %s: %d certificates in %s, want 1", dir, len(cert.Certificate), certFileName)
 	}
-	return &Identity{Cert: cert, ID: PeerIDFromCert(cert.Certificate[0])}, nil
+	return &Identity{Cert: cert, ID: PeerIDFromCert(cert.Certificate[0]), home: home}, nil
 }
 
 // ErrKeyExposed is matched by the refusal of a private key file that group

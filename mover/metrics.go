@@ -1,6 +1,9 @@
 package mover
 
 import (
+	"net/http"
+	"time"
+
 	"github.com/pgporter/pgporter/internal/buildinfo"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -24,6 +27,8 @@ type metrics struct {
 	udpSndBuf      prometheus.Gauge
 	controlMsgs    prometheus.Counter
 	controlWrites  prometheus.Counter
+	lastExport     prometheus.Gauge
+	lastCommit     prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -50,10 +55,95 @@ func newMetrics() *metrics {
 	m.udpRcvBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_rcvbuf_bytes", Help: "Receive buffer of the QUIC socket as the kernel granted it (SO_RCVBUF); below 7 MiB, raise net.core.rmem_max."})
 	m.udpSndBuf = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "udp_sndbuf_bytes", Help: "Send buffer of the QUIC socket as the kernel granted it (SO_SNDBUF); below 7 MiB, raise net.core.wmem_max."})
 	m.reg.MustRegister(m.udpRcvBuf, m.udpSndBuf)
+	m.lastExport = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "last_export_success_timestamp_seconds", Help: "When an export job that this mover ran as the staging mover last ended with its session done (Unix time); 0 until one has."})
+	m.lastCommit = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "last_commit_timestamp_seconds", Help: "When a transfer into this mover was last verified and committed (Unix time; a dump arriving on a target); 0 until one has."})
+	m.reg.MustRegister(m.lastExport, m.lastCommit)
+	m.transfersDone = stampingCounter{m.transfersDone, m.lastCommit}
 	bi := buildinfo.Get()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Name: "build_info", Help: "This build: always 1, with its release, commit and Go version as labels."}, []string{"version", "commit", "goversion"})
 	build.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
 	m.reg.MustRegister(build)
 	m.reg.MustRegister(m.transfersOpen, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
+}
+
+// HTTPHandler serves the daemon's HTTP endpoints (mover serve --metrics):
+// the Prometheus metrics on /metrics, and on /healthz 200 "ok" while the
+// server accepts connections (503 before Serve and once shutdown began).
+// Any other path is 404.
+func (s *Server) HTTPHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.MetricsHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if !s.serving.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not serving\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// ExportDone records that an export job this mover ran as the staging
+// mover ended with its session done, at t.
+func (s *Server) ExportDone(t time.Time) {
+	s.metrics.lastExport.Set(float64(t.UnixNano()) / 1e9)
+}
+
+// stampingCounter is a counter that also sets a gauge to the time of its
+// last increment.
+type stampingCounter struct {
+	prometheus.Counter
+	last prometheus.Gauge
+}
+
+func (c stampingCounter) Inc() {
+	c.Counter.Inc()
+	c.last.SetToCurrentTime()
+}
+
+func (c stampingCounter) Add(v float64) {
+	c.Counter.Add(v)
+	c.last.SetToCurrentTime()
+}
+
+// peerCollector reports per-peer series from the server's live state at
+// each scrape. A peer has series only while it holds connections, so their
+// number is bounded by the peers connected (each in the trust list: others
+// are refused in the handshake), and none outlives its peer's connections.
+type peerCollector struct {
+	s                *Server
+	conns, transfers *prometheus.Desc
+}
+
+func newPeerCollector(s *Server) peerCollector {
+	return peerCollector{
+		s:         s,
+		conns:     prometheus.NewDesc("pgporter_mover_peer_connections", "Connections a peer holds open to this mover.", []string{"peer"}, nil),
+		transfers: prometheus.NewDesc("pgporter_mover_peer_transfers_active", "Transfers in progress from a peer into this mover.", []string{"peer"}, nil),
+	}
+}
+
+func (c peerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.conns
+	ch <- c.transfers
+}
+
+func (c peerCollector) Collect(ch chan<- prometheus.Metric) {
+	conns, transfers := map[PeerID]int{}, map[PeerID]int{}
+	c.s.mu.Lock()
+	for p, m := range c.s.peerConns {
+		conns[p] = len(m)
+	}
+	for _, a := range c.s.active {
+		transfers[a.peer]++
+	}
+	c.s.mu.Unlock()
+	for p, n := range conns {
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(n), p.String())
+		ch <- prometheus.MustNewConstMetric(c.transfers, prometheus.GaugeValue, float64(transfers[p]), p.String())
+	}
 }

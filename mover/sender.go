@@ -430,6 +430,7 @@ func dialMoverBuffers(ctx context.Context, addr string, id *Identity, peer PeerI
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
 		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}
+	_ = notePeerSeen(id.home, peer, cs.peerSoftware) // shown by 'mover peers'; best effort
 	go heartbeat(conn, qc.KeepAlivePeriod)
 	return conn, cs, bufs, nil
 }

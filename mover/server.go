@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -148,6 +149,8 @@ type Server struct {
 	peerConns map[PeerID]map[*quic.Conn]bool // open connections by peer
 
 	conns sync.WaitGroup // connection handlers
+
+	serving atomic.Bool // Serve accepts connections: /healthz says ok
 }
 
 type activeTransfer struct {
@@ -177,6 +180,7 @@ var errPreempted = errors.New("mover: the sender reconnected; this connection is
 func NewServer(o ServerOptions) (*Server, error) {
 	o = o.withDefaults()
 	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, peerConns: map[PeerID]map[*quic.Conn]bool{}, metrics: newMetrics()}
+	s.metrics.reg.MustRegister(newPeerCollector(s))
 	s.positions = newMemBudget("chunk positions", o.PeerMemory/2, o.TotalMemory/2)
 	s.streams = newMemBudget("data streams", o.PeerMemory*3/8, o.TotalMemory*3/8)
 	s.transfers = newMemBudget("transfers", o.PeerMemory/8, o.TotalMemory/8)
@@ -287,6 +291,9 @@ func (s *Server) MetricsHandler() http.Handler {
 func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("mover serving", "listen", s.ln.Addr().String(), "peer_id", s.id.ID.String(), "roots", len(s.roots))
 	defer s.close()
+	s.serving.Store(true)
+	defer context.AfterFunc(ctx, func() { s.serving.Store(false) })()
+	defer s.serving.Store(false)
 	wctx, stopWatch := context.WithCancel(ctx)
 	s.conns.Add(1)
 	go func() {
@@ -371,6 +378,9 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		return
 	}
 	log.Debug("connected", "peer_software", cs.peerSoftware, "protocol", cs.version)
+	if err := notePeerSeen(s.o.Home, peer, cs.peerSoftware); err != nil {
+		log.Debug("recording the peer's software", "err", err)
+	}
 	_ = st.SetReadDeadline(time.Time{})
 	cs.r.SetFrameTimeout(s.o.FrameTimeout)
 

@@ -157,6 +157,9 @@ type StagingJobs struct {
 	// PublishListen is the address publications of jobs listen on ('mover
 	// serve --publish-listen'; default 127.0.0.1).
 	PublishListen string
+	// ExportDone, if set, is called when an export job ends with its
+	// session done (the daemon's metrics keep the time).
+	ExportDone func(session string)
 
 	mu      sync.Mutex             // guards running
 	running map[string]*stagingRun // the job running each export session
@@ -238,7 +241,10 @@ func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)
 			send(skipEvent(st))
 		}
 	}
-	_, err = r.Run(ctx, jb.Session)
+	s, err := r.Run(ctx, jb.Session)
+	if err == nil && s != nil && s.State == StateDone && j.ExportDone != nil {
+		j.ExportDone(jb.Session)
+	}
 	return err
 }
 

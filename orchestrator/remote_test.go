@@ -63,7 +63,9 @@ func TestExportAcrossMovers(t *testing.T) {
 	stagingID := identity(t, stagingHome)
 	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
 	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
-	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t)}})
+	exportsDone := make(chan string, 4)
+	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t),
+		ExportDone: func(id string) { exportsDone <- id }}})
 	trust(t, repo.home, stagingID, mover.PermRead)
 	trust(t, target.home, stagingID, mover.PermSend)
 	orchID := identity(t, orch)
@@ -93,6 +95,21 @@ func TestExportAcrossMovers(t *testing.T) {
 	}
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
+
+	// The staging mover counted the export done, for its metrics.
+	select {
+	case id := <-exportsDone:
+		require.Equal(t, s.ID, id)
+	default:
+		t.Fatal("StagingJobs.ExportDone was not called")
+	}
+	// Each mover recorded the build of the peers it talked to, both ways,
+	// for 'mover peers'.
+	require.Equal(t, mover.Software, mover.LoadPeersSeen(target.home)[stagingID].Software)
+	require.Equal(t, mover.Software, mover.LoadPeersSeen(repo.home)[stagingID].Software)
+	require.Equal(t, mover.Software, mover.LoadPeersSeen(stagingHome)[target.id].Software)
+	require.Equal(t, mover.Software, mover.LoadPeersSeen(stagingHome)[orchID].Software)
+	require.Equal(t, mover.Software, mover.LoadPeersSeen(orch)[staging.id].Software)
 
 	// The staging mover journaled its half under the same ID, done.
 	sj, err := OpenJournal(stagingHome)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/pgporter/pgporter/internal/config"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/pgporter/pgporter/staging"
 	"github.com/spf13/cobra"
@@ -113,7 +114,7 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	if eo.plan.Staging != "" {
 		// The staging host decides where it writes and who runs PostgreSQL.
 		for _, name := range []string{"staging-dir", "os-user"} {
-			if cmd.Flags().Changed(name) {
+			if config.OnCommandLine(cmd.Flags(), name) {
 				return usagef("--%s is set by the staging mover ('pgporter mover serve --%s' on its host), not by the orchestrator", name, name)
 			}
 		}

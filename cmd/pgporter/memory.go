@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/config"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -61,13 +62,14 @@ func parseMemoryLimit(v string) (int64, error) {
 
 // applyMemoryLimit sets the runtime's soft memory limit from --memory-limit
 // of cmd. GOMEMLIMIT in the environment, already applied by the runtime,
-// wins over the flag's default but not over the flag given explicitly.
+// wins over the flag's default and the configuration file, not over the
+// flag given or its own variable.
 func applyMemoryLimit(cmd *cobra.Command, v string) error {
 	n, err := parseMemoryLimit(v)
 	if err != nil {
 		return err
 	}
-	if os.Getenv("GOMEMLIMIT") != "" && !cmd.Flags().Changed("memory-limit") {
+	if src := config.SourceOf(cmd.Flags().Lookup("memory-limit")); os.Getenv("GOMEMLIMIT") != "" && (src == config.FromDefault || src == config.FromFile) {
 		return nil
 	}
 	debug.SetMemoryLimit(n)

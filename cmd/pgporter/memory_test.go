@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/internal/config"
 )
 
 func TestMemoryLimitFlag(t *testing.T) {
@@ -116,5 +118,40 @@ func TestServeMemoryLimit(t *testing.T) {
 		require.Equal(t, tc.want, got, "serve %v", tc.args)
 		require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
 		require.Equal(t, 0, srv.wait(t), srv.stderr.String())
+	}
+}
+
+// TestMemoryLimitFromConfig: GOMEMLIMIT is an environment variable, so it
+// wins over --memory-limit from the configuration file, and loses to the
+// flag's own variable (flags, then environment, then the file).
+func TestMemoryLimitFromConfig(t *testing.T) {
+	restoreMemoryLimit(t)
+	path := filepath.Join(t.TempDir(), "pgporter.toml")
+	require.NoError(t, os.WriteFile(path, []byte("memory-limit = \"100M\"\n"), 0o600))
+	t.Setenv("GOMEMLIMIT", "300MiB")
+	for _, tc := range []struct {
+		env  string
+		want int64
+	}{
+		{"", 300 << 20},
+		{"200M", 200 << 20},
+	} {
+		debug.SetMemoryLimit(300 << 20) // what the runtime did at start
+		var v string
+		c := &cobra.Command{Use: "x"}
+		addMemoryLimitFlag(c.Flags(), &v, "256M")
+		require.NoError(t, c.Flags().Parse(nil))
+		f, err := config.Load(path, true, c)
+		require.NoError(t, err)
+		r := &config.Resolver{File: f, Getenv: func(k string) string {
+			if k == "PGPORTER_MEMORY_LIMIT" {
+				return tc.env
+			}
+			return ""
+		}}
+		_, err = r.Apply(c)
+		require.NoError(t, err)
+		require.NoError(t, applyMemoryLimit(c, v))
+		require.Equal(t, tc.want, debug.SetMemoryLimit(-1), "PGPORTER_MEMORY_LIMIT=%q", tc.env)
 	}
 }

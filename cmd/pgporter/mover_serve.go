@@ -58,7 +58,9 @@ says: serve it again on the same copy-on-write layer, address and port
 
 --metrics serves Prometheus metrics over HTTP without authentication: on a
 Unix socket (--metrics unix:/run/pgporter/metrics.sock) or a loopback address
-(--metrics 127.0.0.1:9448); another address works but is warned about.
+(--metrics 127.0.0.1:9448); another address works but is warned about. The
+metrics are on /metrics; /healthz answers 200 "ok" while the mover serves
+(503 once it is stopping); other paths are 404.
 
 Example:
   pgporter mover serve --listen :7448 --root /srv/dumps --metrics 127.0.0.1:9448
@@ -199,6 +201,8 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	if err != nil {
 		return err
 	}
+	var srv *mover.Server // set before it serves, so before any job ends
+	jobs.ExportDone = func(string) { srv.ExportDone(time.Now()) }
 	// A mover restarted after a crash first stops the instances and
 	// detaches the mounts its interrupted sessions left.
 	if n, err := orchestrator.ReclaimOrphans(ctx, g.home, g.log); err != nil {
@@ -214,7 +218,7 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 		g.log.Warn("recovering publications", "err", err)
 	}
 	waitPortReleased(ctx, so.listen, 30*time.Second, g.log)
-	srv, err := mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
+	srv, err = mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
 		PeerMemory: memory[0], TotalMemory: memory[1], VerifyCommit: so.verifyCommit,
 		SyncBytes: syncBytes, SyncInterval: so.syncInterval})
 	if err != nil {
@@ -225,16 +229,23 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 		if err != nil {
 			return fmt.Errorf("--metrics: %w", err)
 		}
-		hs := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		hs := &http.Server{Handler: srv.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(ln)
 		defer hs.Close()
 		g.log.Info("metrics", "addr", ln.Addr().String())
 	}
 	// Scripts and tests read the address (useful with port 0) from stdout.
 	fmt.Fprintf(g.stdout, "listening on %s as %s\n", srv.Addr(), srv.ID())
+	start := time.Now()
+	stopping := context.AfterFunc(ctx, func() {
+		g.log.Info("mover stopping: closing connections once received data is durable", "listen", srv.Addr().String())
+	})
+	defer stopping()
 	err = srv.Serve(ctx)
 	if errors.Is(err, context.Canceled) {
+		g.log.Info("mover stopped", "listen", srv.Addr().String(), "uptime", time.Since(start).Round(time.Second).String())
 		return nil
 	}
+	g.log.Error("mover stopped", "listen", srv.Addr().String(), "err", err)
 	return err
 }

@@ -31,11 +31,24 @@ func TestMoverServeMetricsUnixSocket(t *testing.T) {
 
 	body := unixMetrics(t, sock)
 	require.Contains(t, string(body), "# TYPE")
+	require.Contains(t, string(body), "pgporter_mover_last_export_success_timestamp_seconds 0")
 	require.NotContains(t, srv.stderr.String(), "warning: --metrics")
+
+	// Each path answers its own (issue 19): every path used to be the metrics.
+	code, body = unixGet(t, sock, "/healthz")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ok\n", string(body))
+	code, body = unixGet(t, sock, "/")
+	require.Equal(t, http.StatusNotFound, code)
+	require.NotContains(t, string(body), "# TYPE")
+	code, _ = unixGet(t, sock, "/metricsx")
+	require.Equal(t, http.StatusNotFound, code)
 
 	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
 	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
 	require.NoFileExists(t, sock, "the socket goes with the mover")
+	require.Contains(t, srv.stderr.String(), "mover stopping")
+	require.Contains(t, srv.stderr.String(), "mover stopped")
 }
 
 // TestListenMetrics: loopback addresses and Unix sockets are quiet, any
@@ -107,16 +120,23 @@ func TestStagingSettingsBelongToTheMover(t *testing.T) {
 // unixMetrics fetches the metrics page a mover serves on the Unix socket sock.
 func unixMetrics(t *testing.T, sock string) []byte {
 	t.Helper()
+	code, body := unixGet(t, sock, "/metrics")
+	require.Equal(t, http.StatusOK, code)
+	return body
+}
+
+// unixGet fetches path from the HTTP server on the Unix socket sock.
+func unixGet(t *testing.T, sock, path string) (int, []byte) {
+	t.Helper()
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		},
 	}}
-	resp, err := client.Get("http://metrics/metrics")
+	resp, err := client.Get("http://metrics" + path)
 	require.NoError(t, err)
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	return body
+	return resp.StatusCode, body
 }

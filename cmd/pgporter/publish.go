@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/config"
 	"github.com/pgporter/pgporter/orchestrator"
 )
 
@@ -125,7 +126,7 @@ func serveCommand(g *globals) (orchestrator.ServeCommand, error) {
 // runPublishResume serves a dead publication again.
 func runPublishResume(cmd *cobra.Command, g *globals, o publishOpts) error {
 	for _, name := range []string{"repo", "repo-peer", "retry-for", "restore-point", "port", "on", "listen", "strict-hba", "auth", "on-restart"} {
-		if cmd.Flags().Changed(name) {
+		if config.OnCommandLine(cmd.Flags(), name) {
 			return usagef("publish --resume ID takes no --%s: the publication keeps its own", name)
 		}
 	}

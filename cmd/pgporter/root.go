@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/pgporter/pgporter/internal/buildinfo"
+	"github.com/pgporter/pgporter/internal/config"
 	"github.com/spf13/cobra"
 )
 
@@ -17,6 +18,8 @@ import (
 type globals struct {
 	home     string
 	logLevel string
+	config   string           // --config
+	cfg      *config.Resolver // set by PersistentPreRunE: where each flag's value came from
 	stdout   io.Writer
 	stderr   io.Writer
 	log      *slog.Logger
@@ -55,6 +58,9 @@ One binary plays every role: repository, staging and target movers
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfig(cmd, g); err != nil {
+				return err
+			}
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 				return usagef("--log-level: %v", err)
@@ -68,6 +74,7 @@ One binary plays every role: repository, staging and target movers
 	}
 	root.PersistentFlags().StringVar(&g.home, "home", defaultHome(), "state directory (identity, trust, journals); default $PGPORTER_HOME or /var/lib/pgporter")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.config, "config", config.DefaultPath, "configuration file (TOML; keys are flag names, a table per command); default $PGPORTER_CONFIG, else this file if it exists")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.Version = buildinfo.Get().String() // --version
 	root.SetVersionTemplate("{{.Version}}\n")
@@ -91,6 +98,7 @@ One binary plays every role: repository, staging and target movers
 		newChunkCmd(g),
 		newVersionCmd(g),
 		newGenManCmd(g),
+		newConfigCmd(g),
 	)
 	// 'pgporter completion bash|zsh|fish' is cobra's; the values it
 	// completes (sessions, restore points, ...) are ours.

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/pgporter/pgporter/internal/config"
 )
 
 // TestScript runs the CLI end to end from testdata/script/*.txtar, each
@@ -42,13 +44,23 @@ func TestScript(t *testing.T) {
 // starts: the script's, as far as pgporter cares.
 func scriptEnv(ts *testscript.TestScript) []string {
 	var env []string
-	for _, k := range []string{"PATH", "HOME", "WORK", "TMPDIR", "PGPORTER_HOME", "GOCOVERDIR", "GORACE"} {
+	for _, k := range append([]string{"PATH", "HOME", "WORK", "TMPDIR", "GOCOVERDIR", "GORACE"}, settingEnvNames()...) {
 		if v := ts.Getenv(k); v != "" {
 			env = append(env, k+"="+v)
 		}
 	}
 	return env
 }
+
+// settingEnvNames are the environment variables of every flag (as
+// PGPORTER_HOME for --home) and PGPORTER_CONFIG.
+var settingEnvNames = sync.OnceValue(func() []string {
+	names := []string{"PGPORTER_CONFIG"}
+	for _, n := range config.Names(newRootCmd(&globals{})) {
+		names = append(names, n.Env)
+	}
+	return names
+})
 
 // setfromstdout VAR sets VAR to the last line of the previous command's stdout.
 func cmdSetFromStdout(ts *testscript.TestScript, neg bool, args []string) {

@@ -1,0 +1,87 @@
+package mover
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/stretchr/testify/require"
+)
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	body, err := io.ReadAll(rec.Result().Body)
+	require.NoError(t, err)
+	return rec.Code, string(body)
+}
+
+// TestHTTPHandler: /metrics and /healthz are separate paths (every path
+// used to answer with the metrics); /healthz is ok only while the server
+// serves.
+func TestHTTPHandler(t *testing.T) {
+	m := newTLSTestMover(t)
+	srv, err := NewServer(ServerOptions{Home: m.home, Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	h := srv.HTTPHandler()
+	code, body := get(t, h, "/healthz")
+	require.Equal(t, http.StatusServiceUnavailable, code, "not serving yet")
+	require.Equal(t, "not serving\n", body)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	require.Eventually(t, func() bool { c, _ := get(t, h, "/healthz"); return c == http.StatusOK }, 10*time.Second, 5*time.Millisecond)
+	code, body = get(t, h, "/healthz")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ok\n", body)
+
+	code, body = get(t, h, "/metrics")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "pgporter_build_info{")
+	require.Contains(t, body, "pgporter_mover_last_export_success_timestamp_seconds 0\n")
+	require.Contains(t, body, "pgporter_mover_last_commit_timestamp_seconds 0\n")
+	for _, path := range []string{"/", "/metrics/x", "/health", "/favicon.ico"} {
+		code, body = get(t, h, path)
+		require.Equal(t, http.StatusNotFound, code, path)
+		require.NotContains(t, body, "pgporter_build_info", path)
+	}
+
+	// A connected peer has its series, which go with its connections.
+	require.NotContains(t, body, "pgporter_mover_peer_connections{")
+	c := newTLSTestMover(t)
+	require.NoError(t, srv.trust.Trust(TrustedPeer{ID: c.id.ID, Perms: PermSend}))
+	conn, _, err := dialMover(ctx, srv.Addr().String(), c.id, srv.ID(), 0)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, body := get(t, h, "/metrics")
+		return strings.Contains(body, `pgporter_mover_peer_connections{peer="`+c.id.ID.String()+`"} 1`+"\n") &&
+			strings.Contains(body, `pgporter_mover_peer_transfers_active{peer="`+c.id.ID.String()+`"} 0`+"\n")
+	}, 10*time.Second, 5*time.Millisecond)
+	conn.CloseWithError(quic.ApplicationErrorCode(0), "")
+	require.Eventually(t, func() bool {
+		_, body := get(t, h, "/metrics")
+		return !strings.Contains(body, "pgporter_mover_peer_connections{")
+	}, 10*time.Second, 5*time.Millisecond, "the series end with the connection")
+
+	// The gauges hold the time of the last success.
+	at := time.Unix(1_800_000_000, 0)
+	srv.ExportDone(at)
+	srv.metrics.transfersDone.Inc()
+	_, body = get(t, h, "/metrics")
+	require.Contains(t, body, "pgporter_mover_last_export_success_timestamp_seconds 1.8e+09\n")
+	require.NotContains(t, body, "pgporter_mover_last_commit_timestamp_seconds 0\n")
+	require.Contains(t, body, "pgporter_mover_transfers_committed_total 1\n")
+
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	code, _ = get(t, h, "/healthz")
+	require.Equal(t, http.StatusServiceUnavailable, code, "stopped")
+}
