@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
 // Export is scenario 7 on one machine (scripts/bench-export with LINK
@@ -126,7 +128,7 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		return nil, err
 	}
 	env.Logf("export: shop is %d bytes in %d tables", db.bytes, len(db.tables))
-	bin, err := newestPGBin()
+	bin, err := pgtool.NewestServerBinDir()
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +173,7 @@ func RequireExportTools() error {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		missing = append(missing, "/dev/fuse")
 	}
-	if _, err := newestPGBin(); err != nil {
+	if _, err := pgtool.NewestServerBinDir(); err != nil {
 		missing = append(missing, "PostgreSQL under /usr/lib/postgresql")
 	}
 	for _, p := range []string{"rsync", "/usr/bin/time"} {

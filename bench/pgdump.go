@@ -8,10 +8,11 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
 // DumpOptions configures MakeDump.
@@ -81,7 +82,7 @@ func newPGCluster(ctx context.Context, scratch, bin string) (_ *pgCluster, err e
 		scratch = "/var/tmp"
 	}
 	if bin == "" {
-		if bin, err = newestPGBin(); err != nil {
+		if bin, err = pgtool.NewestServerBinDir(); err != nil {
 			return nil, err
 		}
 	}
@@ -180,20 +181,3 @@ func (c *pgCluster) stop() error {
 }
 
 func (c *pgCluster) remove() error { return os.RemoveAll(c.base) }
-
-func newestPGBin() (string, error) {
-	ents, err := os.ReadDir("/usr/lib/postgresql")
-	if err != nil {
-		return "", fmt.Errorf("finding PostgreSQL: %w", err)
-	}
-	var vers []float64
-	for _, e := range ents {
-		if v, err := strconv.ParseFloat(e.Name(), 64); err == nil {
-			vers = append(vers, v)
-		}
-	}
-	if len(vers) == 0 {
-		return "", errors.New("finding PostgreSQL: nothing under /usr/lib/postgresql")
-	}
-	return filepath.Join("/usr/lib/postgresql", strconv.FormatFloat(slices.Max(vers), 'f', -1, 64), "bin"), nil
-}

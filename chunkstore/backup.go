@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
 // BackupOptions configure Repo.Backup. The zero value is ready to use.
@@ -415,7 +417,8 @@ func databases(nodes []Node) []DBInfo {
 // global/pg_control (ControlFileData.system_identifier, in host byte order,
 // little-endian on every platform we build for).
 func systemID(ctx context.Context, pgdata, version string) (string, error) {
-	if bin := findControlData(version); bin != "" {
+	major, _, _ := strings.Cut(version, ".")
+	if bin := pgtool.VersionTool("pg_controldata", major); bin != "" {
 		cmd := exec.CommandContext(ctx, bin, "-D", pgdata)
 		cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
 		if out, err := cmd.Output(); err == nil {
@@ -437,20 +440,4 @@ func systemID(ctx context.Context, pgdata, version string) (string, error) {
 		return "", fmt.Errorf("reading the system identifier: %w", err)
 	}
 	return strconv.FormatUint(binary.LittleEndian.Uint64(b), 10), nil
-}
-
-func findControlData(version string) string {
-	if p, err := exec.LookPath("pg_controldata"); err == nil {
-		return p
-	}
-	major, _, _ := strings.Cut(version, ".")
-	for _, p := range []string{
-		filepath.Join("/usr/lib/postgresql", major, "bin", "pg_controldata"),
-		filepath.Join("/usr/pgsql-"+major, "bin", "pg_controldata"),
-	} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return ""
 }

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -48,11 +49,6 @@ func recordingBaseBackup(t *testing.T, c *testsupport.Cluster) (func(string) (st
 	sh := "#!/bin/sh\nprintf '%s\\n' \"$@\" >> " + args + "\nexec " + filepath.Join(c.BinDir, "pg_basebackup") + " \"$@\"\n"
 	require.NoError(t, os.WriteFile(script, []byte(sh), 0o755))
 	return func(string) (string, error) { return script, nil }, args
-}
-
-// connQuote quotes v for a keyword/value connection string.
-func connQuote(v string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
 // writer commits transactions into c until ctx ends: each one inserts a
@@ -246,7 +242,7 @@ func TestBackupFromServer(t *testing.T) {
 	in, err := staging.StartInstance(ctx, staging.InstanceOptions{DataDir: dataDir, RunDir: runDir, BinDir: c.BinDir})
 	require.NoError(t, err)
 	defer in.Stop(ctx)
-	conn, err := pgx.Connect(ctx, in.ConnString("postgres", "postgres")+" password="+connQuote(serverPassword))
+	conn, err := pgx.Connect(ctx, in.ConnString("postgres", "postgres")+" password="+pgtool.Quote(serverPassword))
 	require.NoError(t, err)
 	defer conn.Close(ctx)
 	var rows, maxID, sumDelta, sumBalance int64

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -301,7 +302,7 @@ func (pb *Publisher) instance(pub *Publication) (*staging.Instance, error) {
 		}
 		return nil, fmt.Errorf("%w: %s is %s", ErrNotUp, pub.ID, state)
 	}
-	bin, err := staging.FindBinDir(pub.Version, "")
+	bin, err := pgtool.ServerBinDir(pub.Version, "")
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sys/unix"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
 // Problem is one reason an export cannot go ahead (or, with Warning, a
@@ -79,7 +81,7 @@ func (r *CheckReport) Err() error {
 }
 
 func (in *Instance) connect(ctx context.Context, db, user, password string) (*pgx.Conn, error) {
-	return pgx.Connect(ctx, in.ConnString(db, user)+" password="+quoteConn(password))
+	return pgx.Connect(ctx, in.ConnString(db, user)+" password="+pgtool.Quote(password))
 }
 
 // Check runs every pre-check against the running instance and returns all

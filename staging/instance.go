@@ -21,6 +21,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
 // ErrMissingPreload is returned when a data directory asks for preload
@@ -41,40 +43,12 @@ func ReadPGVersion(dataDir string) (string, error) {
 	return v, nil
 }
 
-// FindBinDir returns the directory of the PostgreSQL server binaries of a
-// major version: configured (if set), /usr/lib/postgresql/MAJOR/bin, or
-// pg_config --bindir when that is the same major version.
-func FindBinDir(major, configured string) (string, error) {
-	has := func(d string) bool {
-		fi, err := os.Stat(filepath.Join(d, "postgres"))
-		return err == nil && fi.Mode()&0o111 != 0
-	}
-	if configured != "" {
-		if has(configured) {
-			return configured, nil
-		}
-		return "", fmt.Errorf("no postgres binary in %s", configured)
-	}
-	if d := filepath.Join("/usr/lib/postgresql", major, "bin"); has(d) {
-		return d, nil
-	}
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		d := strings.TrimSpace(string(out))
-		if v, err := exec.Command(filepath.Join(d, "postgres"), "--version").Output(); err == nil && has(d) {
-			if m := regexp.MustCompile(`(\d+)`).FindString(string(v)); m == major {
-				return d, nil
-			}
-		}
-	}
-	return "", fmt.Errorf("PostgreSQL %s server binaries are not installed here: install the Debian package postgresql-%s (or pass the binaries' directory)", major, major)
-}
-
 // InstanceOptions configure a throwaway instance. DataDir and RunDir are
 // required.
 type InstanceOptions struct {
 	DataDir string // the restore point's data directory (a writable CoW mount)
 	RunDir  string // private directory for the socket, hba file and log
-	BinDir  string // default: FindBinDir for the data directory's version
+	BinDir  string // default: pgtool.ServerBinDir for the data directory's version
 	OSUser  string // OS user that runs postgres; default "postgres"
 	// AllowMissingPreload starts without preload libraries that are not
 	// installed here instead of failing.
@@ -174,7 +148,7 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	bin, err := FindBinDir(ver, o.BinDir)
+	bin, err := pgtool.ServerBinDir(ver, o.BinDir)
 	if err != nil {
 		return nil, err
 	}
@@ -326,11 +300,7 @@ func (in *Instance) PID() int { return in.cmd.Process.Pid }
 
 // ConnConfig returns connection parameters for user on database db.
 func (in *Instance) ConnString(db, user string) string {
-	return fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=disable", in.SocketDir, in.Port, quoteConn(db), quoteConn(user))
-}
-
-func quoteConn(v string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	return fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=disable", in.SocketDir, in.Port, pgtool.Quote(db), pgtool.Quote(user))
 }
 
 // waitReady tries to connect until the server answers. Any answer from the

@@ -94,16 +94,6 @@ func TestInstanceStartsOnCrashImage(t *testing.T) {
 	require.True(t, strings.Contains(LogTail(in.LogFile, 50), "database system is shut down"))
 }
 
-func TestFindBinDir(t *testing.T) {
-	bin := testsupport.RequirePG(t)
-	major := filepath.Base(filepath.Dir(bin))
-	got, err := FindBinDir(major, "")
-	require.NoError(t, err)
-	require.FileExists(t, filepath.Join(got, "postgres"))
-	_, err = FindBinDir("9", "")
-	require.ErrorContains(t, err, "postgresql-9")
-}
-
 // TestThrowawayInstance: a throwaway instance runs without fsync, and Stop
 // does not write a shutdown checkpoint (its writes are discarded anyway).
 func TestThrowawayInstance(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
-	"github.com/pgporter/pgporter/staging"
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
 type backupOpts struct {
@@ -134,7 +134,7 @@ func runBackup(cmd *cobra.Command, g *globals, o backupOpts) error {
 // findBaseBackup returns the pg_basebackup of a major version: the one
 // beside that version's server binaries, which staging also runs.
 func findBaseBackup(major string) (string, error) {
-	dir, err := staging.FindBinDir(major, "")
+	dir, err := pgtool.ServerBinDir(major, "")
 	if err != nil {
 		return "", err
 	}

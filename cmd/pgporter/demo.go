@@ -27,6 +27,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/pgporter/pgporter/staging"
@@ -515,24 +516,10 @@ func (d *demo) summary() {
 // demoBinDir picks the PostgreSQL binaries: 15 if installed, else the
 // newest major under /usr/lib/postgresql.
 func demoBinDir() (string, error) {
-	if d, err := staging.FindBinDir("15", ""); err == nil {
+	if d, err := pgtool.ServerBinDir("15", ""); err == nil {
 		return d, nil
 	}
-	ents, _ := os.ReadDir(pgBinRoot)
-	best, bestVer := "", -1.0
-	for _, e := range ents {
-		v, err := strconv.ParseFloat(e.Name(), 64)
-		if err != nil || v <= bestVer {
-			continue
-		}
-		if d, err := staging.FindBinDir(e.Name(), ""); err == nil {
-			best, bestVer = d, v
-		}
-	}
-	if best == "" {
-		return "", fmt.Errorf("no PostgreSQL server binaries under %s: install postgresql (make setup does)", pgBinRoot)
-	}
-	return best, nil
+	return pgtool.NewestServerBinDir()
 }
 
 // demoCluster is the demo's sample PostgreSQL cluster: password
@@ -706,7 +693,7 @@ func (c *demoCluster) stop() error {
 
 func (c *demoCluster) connString(db string) string {
 	return fmt.Sprintf("host=%s port=%d user=postgres dbname=%s password=%s sslmode=disable connect_timeout=5",
-		connQuote(c.sock), c.port, connQuote(db), connQuote(c.password))
+		pgtool.Quote(c.sock), c.port, pgtool.Quote(db), pgtool.Quote(c.password))
 }
 
 func (c *demoCluster) connect(ctx context.Context, db string) (*pgx.Conn, error) {

@@ -15,13 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/spf13/cobra"
 )
-
-// pgBinRoot is where Debian's postgresql-client-N packages install their
-// binaries; the fallback when pg_restore is not on PATH.
-const pgBinRoot = "/usr/lib/postgresql"
 
 // restoreOptions configure one 'pgporter restore'.
 type restoreOptions struct {
@@ -162,16 +159,21 @@ func runRestore(ctx context.Context, o restoreOptions, stdout, stderr io.Writer)
 		return err
 	}
 	start := time.Now()
-	pgRestore, err := findPGRestore(o.BinDir)
+	// pg_restore in --pg-bindir, else on PATH, else the newest installed:
+	// the newest reads every older dump format.
+	pgRestore, err := pgtool.Tool("pg_restore", o.BinDir)
 	if err != nil {
-		return err
+		if o.BinDir != "" {
+			return fmt.Errorf("--pg-bindir: %w", err)
+		}
+		return fmt.Errorf("%w, or give --pg-bindir", err)
 	}
 	rep, err := verifyDump(ctx, o.Dir, stderr)
 	if err != nil {
 		return err
 	}
 	env := o.env()
-	conn := "dbname=" + connQuote(o.DBName)
+	conn := "dbname=" + pgtool.Quote(o.DBName)
 	if o.ConnString != "" {
 		conn, _ = connStringWithDB(o.ConnString, o.DBName) // checked by Validate
 	}
@@ -282,38 +284,6 @@ func runPGTool(ctx context.Context, path string, args, env []string, stderr io.W
 	return nil
 }
 
-// findPGRestore returns pg_restore in binDir when given, else on PATH, else
-// in the newest /usr/lib/postgresql/N/bin: the newest reads every older
-// dump format.
-func findPGRestore(binDir string) (string, error) {
-	if binDir != "" {
-		p := filepath.Join(binDir, "pg_restore")
-		if _, err := exec.LookPath(p); err != nil {
-			return "", fmt.Errorf("--pg-bindir: %w", err)
-		}
-		return p, nil
-	}
-	if p, err := exec.LookPath("pg_restore"); err == nil {
-		return p, nil
-	}
-	ents, _ := os.ReadDir(pgBinRoot)
-	best, bestVer := "", -1.0
-	for _, e := range ents {
-		v, err := strconv.ParseFloat(e.Name(), 64) // "15", or "9.6" for old majors
-		if err != nil {
-			continue
-		}
-		p := filepath.Join(pgBinRoot, e.Name(), "bin", "pg_restore")
-		if _, err := exec.LookPath(p); err == nil && v > bestVer {
-			best, bestVer = p, v
-		}
-	}
-	if best == "" {
-		return "", fmt.Errorf("pg_restore not found on PATH nor under %s/*/bin: install the PostgreSQL client or give --pg-bindir", pgBinRoot)
-	}
-	return best, nil
-}
-
 // connStringWithDB returns the libpq connection string s (keyword/value or
 // URI) with its database set to db.
 func connStringWithDB(s, db string) (string, error) {
@@ -339,7 +309,7 @@ func connStringWithDB(s, db string) (string, error) {
 		return "", fmt.Errorf("--connstring: a URI must start with postgresql:// or postgres://")
 	}
 	// In a keyword/value string a later keyword overrides an earlier one.
-	return strings.TrimSpace(s) + " dbname=" + connQuote(db), nil
+	return strings.TrimSpace(s) + " dbname=" + pgtool.Quote(db), nil
 }
 
 // uriEscape percent-encodes everything but unreserved characters, as a
@@ -354,11 +324,4 @@ func uriEscape(s string) string {
 		}
 	}
 	return b.String()
-}
-
-// connQuote quotes a value for a libpq keyword/value connection string.
-func connQuote(v string) string {
-	v = strings.ReplaceAll(v, `\`, `\\`)
-	v = strings.ReplaceAll(v, `'`, `\'`)
-	return "'" + v + "'"
 }

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
 // pgOSUser is the OS user that owns and runs test clusters when the tests run
@@ -312,18 +314,11 @@ func (c *Cluster) ConnString(db string) string {
 // empty.
 func (c *Cluster) ConnStringAs(db, user, password string) string {
 	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10",
-		connQuote(c.SocketDir), c.Port, connQuote(user), connQuote(db))
+		pgtool.Quote(c.SocketDir), c.Port, pgtool.Quote(user), pgtool.Quote(db))
 	if password != "" {
-		s += " password=" + connQuote(password)
+		s += " password=" + pgtool.Quote(password)
 	}
 	return s
-}
-
-// connQuote quotes a value for a libpq keyword/value connection string.
-func connQuote(v string) string {
-	v = strings.ReplaceAll(v, `\`, `\\`)
-	v = strings.ReplaceAll(v, `'`, `\'`)
-	return "'" + v + "'"
 }
 
 // opContext is the context of the fixture's operations. Not t.Context: that

@@ -6,16 +6,13 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"testing"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
-// pgRoot is where Debian's postgresql-N packages install their binaries.
-const pgRoot = "/usr/lib/postgresql"
-
 // BinDirEnv names the variable that points RequirePG at a specific
-// PostgreSQL bin directory instead of the newest one under pgRoot.
+// PostgreSQL bin directory instead of the newest one under pgtool.Root.
 const BinDirEnv = "PGPORTER_PG_BINDIR"
 
 // inCI reports whether a missing prerequisite must fail the test rather than
@@ -53,38 +50,12 @@ func findPG() (string, error) {
 	if d := os.Getenv(BinDirEnv); d != "" {
 		return d, checkPGBinDir(d)
 	}
-	ents, err := os.ReadDir(pgRoot)
-	if err != nil {
-		return "", fmt.Errorf("no server binaries under %s (set %s): %w", pgRoot, BinDirEnv, err)
-	}
-	type cand struct {
-		ver float64
-		dir string
-	}
-	var cands []cand
-	for _, e := range ents {
-		v, err := strconv.ParseFloat(e.Name(), 64) // "15", or "9.6" for old majors
-		if err != nil {
-			continue
-		}
-		d := filepath.Join(pgRoot, e.Name(), "bin")
-		if checkPGBinDir(d) == nil {
-			cands = append(cands, cand{v, d})
+	for _, m := range pgtool.Majors() {
+		if d := filepath.Join(pgtool.Root, m, "bin"); checkPGBinDir(d) == nil {
+			return d, nil
 		}
 	}
-	if len(cands) == 0 {
-		return "", fmt.Errorf("no server binaries under %s (set %s)", pgRoot, BinDirEnv)
-	}
-	best := slices.MaxFunc(cands, func(a, b cand) int {
-		switch {
-		case a.ver < b.ver:
-			return -1
-		case a.ver > b.ver:
-			return 1
-		}
-		return 0
-	})
-	return best.dir, nil
+	return "", fmt.Errorf("no server binaries under %s (set %s)", pgtool.Root, BinDirEnv)
 }
 
 func checkPGBinDir(d string) error {
