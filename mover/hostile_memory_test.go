@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -210,6 +211,7 @@ func TestHostileMemoryBudget(t *testing.T) {
 		grown := int64(heapNow()) - int64(before)
 		mu.Lock()
 		asked := len(needed)
+		toSend := slices.Clone(needed) // the reader goroutine appends to needed meanwhile
 		mu.Unlock()
 		t.Logf("%d positions offered: %d asked for, positions budget %s of %s held, heap grew %s",
 			n, asked, HumanBytes(held), HumanBytes(capacity), HumanBytes(grown))
@@ -228,7 +230,7 @@ func TestHostileMemoryBudget(t *testing.T) {
 		require.NoError(t, err)
 		_, err = st.Write([]byte{byte(protocol.StreamData)})
 		require.NoError(t, err)
-		for _, i := range needed[:asked] {
+		for _, i := range toSend {
 			c := chunkContent(int(i))
 			require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunkstore.Sum(c), Codec: chunkstore.CodecNone, PlainLen: uint32(len(c)), Payload: c}))
 		}

@@ -9,21 +9,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
@@ -159,7 +155,7 @@ type demo struct {
 	log    *slog.Logger
 	dir    string
 	bin    string
-	pg     *demoCluster
+	pg     *pgtool.Cluster
 	res    demoResult
 	start  time.Time
 	phases int
@@ -190,8 +186,10 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOpts) (err error) {
 	}
 	d.res.Dir = d.dir
 	defer func() {
-		if serr := d.pg.stop(); serr != nil && err == nil {
-			err = serr
+		if d.pg != nil {
+			if serr := d.pg.Stop(); serr != nil && err == nil {
+				err = serr
+			}
 		}
 		if o.keep {
 			d.res.Kept = true
@@ -264,20 +262,20 @@ func (d *demo) db(name string) *demoDB {
 func (d *demo) createCluster(ctx context.Context) error {
 	d.step("creating a sample cluster with %s", d.bin)
 	t := time.Now()
-	pg, err := newDemoCluster(ctx, d.bin, filepath.Join(d.dir, "cluster"))
+	pg, version, err := newDemoCluster(ctx, d.bin, filepath.Join(d.dir, "cluster"))
 	if err != nil {
 		return err
 	}
 	d.pg = pg
-	if err := pg.start(ctx); err != nil {
+	if err := pg.Start(ctx); err != nil {
 		return err
 	}
-	d.res.PGVersion = pg.version
-	d.note("PostgreSQL %s: initdb --auth=scram-sha-256, pid %d, socket %s, port %d (no TCP)", pg.version, pg.pid(), pg.sock, pg.port)
+	d.res.PGVersion = version
+	d.note("PostgreSQL %s: initdb --auth=scram-sha-256, pid %d, socket %s, port %d (no TCP)", version, pg.PID(), pg.SocketDir, pg.Port)
 	d.timed("initdb+start", t, 0, "")
 
 	for _, name := range []string{"shop", "crm", "empty"} {
-		if err := pg.exec(ctx, "postgres", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		if err := d.exec(ctx, "postgres", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 			return err
 		}
 	}
@@ -289,13 +287,13 @@ func (d *demo) createCluster(ctx context.Context) error {
 	d.timed("fill shop", t, 0, fmt.Sprintf("pgbench -i -s %d", d.o.scale))
 	t = time.Now()
 	d.note("crm: customers, \"SalesNotes\", deals, a view...")
-	if err := pg.exec(ctx, "crm", crmSQL); err != nil {
+	if err := d.exec(ctx, "crm", crmSQL); err != nil {
 		return fmt.Errorf("filling crm: %w", err)
 	}
 	d.timed("fill crm", t, 0, "")
 	for _, name := range []string{"shop", "crm", "empty"} {
 		var size int64
-		if err := pg.queryRow(ctx, "postgres", "SELECT pg_database_size($1)", []any{name}, &size); err != nil {
+		if err := d.queryRow(ctx, "postgres", "SELECT pg_database_size($1)", []any{name}, &size); err != nil {
 			return err
 		}
 		d.db(name).SizeBytes = size
@@ -304,7 +302,7 @@ func (d *demo) createCluster(ctx context.Context) error {
 	src := map[string]int64{}
 	for _, tbl := range pgbenchTables {
 		var n int64
-		if err := pg.queryRow(ctx, "shop", "SELECT count(*) FROM "+pgx.Identifier{tbl}.Sanitize(), nil, &n); err != nil {
+		if err := d.queryRow(ctx, "shop", "SELECT count(*) FROM "+pgx.Identifier{tbl}.Sanitize(), nil, &n); err != nil {
 			return err
 		}
 		src[tbl] = n
@@ -322,7 +320,7 @@ var pgbenchProgress = regexp.MustCompile(`^\d+ of \d+ tuples \(\d+%\) done`)
 // rest of its output only if it fails.
 func (d *demo) pgbench(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(d.o.scale), "shop")
-	cmd.Env = d.pg.clientEnv()
+	cmd.Env = d.pg.ClientEnv("postgres")
 	cmd.Dir = d.dir
 	out, err := cmd.StderrPipe()
 	if err != nil {
@@ -356,7 +354,7 @@ func (d *demo) pgbench(ctx context.Context) error {
 
 func (d *demo) backup(ctx context.Context) (*chunkstore.RestorePoint, error) {
 	d.step("stopping the cluster and backing it up")
-	if err := d.pg.stop(); err != nil {
+	if err := d.pg.Stop(); err != nil {
 		return nil, err
 	}
 	t := time.Now()
@@ -366,7 +364,7 @@ func (d *demo) backup(ctx context.Context) (*chunkstore.RestorePoint, error) {
 	}
 	defer repo.Close()
 	var bar *byteBar
-	rp, err := repo.Backup(ctx, d.pg.data, chunkstore.BackupOptions{Progress: func(done, total int64) {
+	rp, err := repo.Backup(ctx, d.pg.DataDir, chunkstore.BackupOptions{Progress: func(done, total int64) {
 		if bar == nil {
 			bar = newByteBar(ctx, d.g.stderr, "backup", total)
 		}
@@ -389,7 +387,7 @@ func (d *demo) backup(ctx context.Context) (*chunkstore.RestorePoint, error) {
 
 func (d *demo) export(ctx context.Context, rp *chunkstore.RestorePoint) (*orchestrator.Session, error) {
 	d.step("exporting %s from restore point %s", strings.Join(quoteAll(demoExported), " and "), rp.ID)
-	r, err := orchestrator.NewRunner(orchestrator.Options{Home: filepath.Join(d.dir, "home"), Log: d.log, Password: d.pg.password})
+	r, err := orchestrator.NewRunner(orchestrator.Options{Home: filepath.Join(d.dir, "home"), Log: d.log, Password: d.pg.Password})
 	if err != nil {
 		return nil, err
 	}
@@ -450,14 +448,14 @@ func (d *demo) verify(ctx context.Context, s *orchestrator.Session) error {
 
 func (d *demo) restore(ctx context.Context, s *orchestrator.Session) error {
 	t := time.Now()
-	if err := d.pg.start(ctx); err != nil {
+	if err := d.pg.Start(ctx); err != nil {
 		return fmt.Errorf("restarting the sample cluster: %w", err)
 	}
 	d.timed("restart cluster", t, 0, "")
 	t = time.Now()
 	var said strings.Builder
 	err := runRestore(ctx, restoreOptions{
-		Dir: s.TargetDir("shop"), DBName: demoRestored, Create: true, BinDir: d.bin, Env: d.pg.clientEnv(), Jobs: 2,
+		Dir: s.TargetDir("shop"), DBName: demoRestored, Create: true, BinDir: d.bin, Env: d.pg.ClientEnv("postgres"), Jobs: 2,
 	}, &said, d.g.stderr)
 	if err != nil {
 		return err
@@ -468,7 +466,7 @@ func (d *demo) restore(ctx context.Context, s *orchestrator.Session) error {
 	d.res.RowsMatch = true
 	for i := range d.res.Rows {
 		rc := &d.res.Rows[i]
-		if err := d.pg.queryRow(ctx, demoRestored, "SELECT count(*) FROM "+pgx.Identifier{rc.Table}.Sanitize(), nil, &rc.Restored); err != nil {
+		if err := d.queryRow(ctx, demoRestored, "SELECT count(*) FROM "+pgx.Identifier{rc.Table}.Sanitize(), nil, &rc.Restored); err != nil {
 			return err
 		}
 		mark := "="
@@ -522,187 +520,36 @@ func demoBinDir() (string, error) {
 	return pgtool.NewestServerBinDir()
 }
 
-// demoCluster is the demo's sample PostgreSQL cluster: password
-// authentication, a private socket directory, no TCP listener. The server
-// and initdb run as the postgres OS user when the demo runs as root.
-type demoCluster struct {
-	bin, base, data, sock, logFile string
-	version                        string
-	password                       string
-	port                           int
-	cred                           *syscall.Credential // nil: run as ourselves
-
-	cmd  *exec.Cmd     // the running postmaster, nil when stopped
-	done chan struct{} // closed when cmd has exited
-}
-
-// newDemoCluster runs initdb in base/data.
-func newDemoCluster(ctx context.Context, bin, base string) (*demoCluster, error) {
+// newDemoCluster makes the demo's sample cluster in base and starts it:
+// password authentication, a private socket directory, no TCP listener; the
+// server and initdb run as the postgres OS user when the demo runs as root.
+func newDemoCluster(ctx context.Context, bin, base string) (*pgtool.Cluster, string, error) {
 	pw := make([]byte, 12)
 	_, _ = rand.Read(pw)
-	c := &demoCluster{bin: bin, base: base, data: filepath.Join(base, "data"), sock: filepath.Join(base, "sock"),
-		logFile: filepath.Join(base, "postgres.log"), password: hex.EncodeToString(pw)}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("the postgres OS user runs the sample cluster (PostgreSQL refuses root): %w", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-	}
-	if err := os.Mkdir(base, 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.Mkdir(c.sock, 0o700); err != nil {
-		return nil, err
-	}
-	pwfile := filepath.Join(base, "pwfile")
-	if err := os.WriteFile(pwfile, []byte(c.password+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	for _, p := range []string{base, c.sock, pwfile} {
-		if err := c.chown(p); err != nil {
-			return nil, err
-		}
-	}
-	defer os.Remove(pwfile)
-	cmd := c.serverCmd(ctx, "initdb", "-D", c.data, "-U", "postgres", "--auth=scram-sha-256", "--pwfile="+pwfile,
-		"-E", "UTF8", "--locale=C", "--no-sync")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("initdb: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	v, err := staging.ReadPGVersion(c.data)
+	pg, err := pgtool.NewCluster(pgtool.ClusterOptions{BinDir: bin, Base: base, Password: hex.EncodeToString(pw), Locale: "C",
+		Settings: map[string]string{
+			// A sample: durability off, and no WAL for pgbench's freshly
+			// created tables.
+			"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+			"wal_level": "minimal", "max_wal_senders": "0", "max_wal_size": "4GB", "logging_collector": "off",
+		}})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	c.version = v
-	return c, nil
-}
-
-func (c *demoCluster) chown(p string) error {
-	if c.cred == nil {
-		return nil
+	if err := pg.Initdb(ctx, pg.DataDir); err != nil {
+		return nil, "", err
 	}
-	return os.Chown(p, int(c.cred.Uid), int(c.cred.Gid))
-}
-
-// serverCmd runs a server-side program (initdb, postgres) as the cluster's
-// OS user, with no PG* variables from our environment.
-func (c *demoCluster) serverCmd(ctx context.Context, prog string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, prog), args...)
-	cmd.Dir = c.base
-	cmd.Env = []string{"LANG=C", "PATH=/usr/bin:/bin"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
-	return cmd
-}
-
-func (c *demoCluster) pid() int { return c.cmd.Process.Pid }
-
-// start starts postgres on a free port and waits until it accepts
-// connections.
-func (c *demoCluster) start(ctx context.Context) error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	v, err := staging.ReadPGVersion(pg.DataDir)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	c.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	logf, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	// Not CommandContext: stop ends the server, by its PID, on every path.
-	cmd := exec.Command(filepath.Join(c.bin, "postgres"), "-D", c.data,
-		"-c", "listen_addresses=", "-c", "unix_socket_directories="+c.sock, "-c", "port="+strconv.Itoa(c.port),
-		// A sample: durability off, and no WAL for pgbench's freshly
-		// created tables.
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "wal_level=minimal", "-c", "max_wal_senders=0", "-c", "max_wal_size=4GB",
-		"-c", "logging_collector=off")
-	cmd.Dir = c.base
-	cmd.Env = []string{"LANG=C", "PATH=/usr/bin:/bin"}
-	// Its own process group: a Ctrl-C on the terminal reaches us, and we
-	// stop the server in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting postgres: %w", err)
-	}
-	c.cmd, c.done = cmd, make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(c.done)
-	}()
-	ready, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		conn, err := c.connect(ready, "postgres")
-		if err == nil {
-			conn.Close(ready)
-			return nil
-		}
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code != "57P03" { // anything but "starting up" is an answer
-			return fmt.Errorf("connecting to the sample cluster: %w", err)
-		}
-		select {
-		case <-c.done:
-			return fmt.Errorf("postgres exited during startup; log %s:\n%s", c.logFile, staging.LogTail(c.logFile, 10))
-		case <-ready.Done():
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("postgres did not accept connections within a minute; log %s:\n%s", c.logFile, staging.LogTail(c.logFile, 10))
-		case <-tick.C:
-		}
-	}
+	return pg, v, nil
 }
 
-// stop shuts the server down by its PID: fast shutdown (SIGINT), then
-// immediate (SIGQUIT), then SIGKILL. It is safe on a nil or stopped
+// exec runs sql (several statements may be given) in db of the sample
 // cluster.
-func (c *demoCluster) stop() error {
-	if c == nil || c.cmd == nil {
-		return nil
-	}
-	defer func() { c.cmd = nil }()
-	for _, s := range []struct {
-		sig  syscall.Signal
-		wait time.Duration
-	}{{syscall.SIGINT, time.Minute}, {syscall.SIGQUIT, 10 * time.Second}, {syscall.SIGKILL, time.Minute}} {
-		if err := c.cmd.Process.Signal(s.sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			return fmt.Errorf("stopping the sample cluster (pid %d): %w", c.pid(), err)
-		}
-		t := time.NewTimer(s.wait)
-		select {
-		case <-c.done:
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
-	return fmt.Errorf("the sample cluster (pid %d) did not exit after SIGKILL", c.pid())
-}
-
-func (c *demoCluster) connString(db string) string {
-	return fmt.Sprintf("host=%s port=%d user=postgres dbname=%s password=%s sslmode=disable connect_timeout=5",
-		pgtool.Quote(c.sock), c.port, pgtool.Quote(db), pgtool.Quote(c.password))
-}
-
-func (c *demoCluster) connect(ctx context.Context, db string) (*pgx.Conn, error) {
-	return pgx.Connect(ctx, c.connString(db))
-}
-
-// exec runs sql (several statements may be given) in db.
-func (c *demoCluster) exec(ctx context.Context, db, sql string) error {
-	conn, err := c.connect(ctx, db)
+func (d *demo) exec(ctx context.Context, db, sql string) error {
+	conn, err := pgx.Connect(ctx, d.pg.ConnString(db))
 	if err != nil {
 		return err
 	}
@@ -713,8 +560,8 @@ func (c *demoCluster) exec(ctx context.Context, db, sql string) error {
 	return nil
 }
 
-func (c *demoCluster) queryRow(ctx context.Context, db, sql string, args []any, dest ...any) error {
-	conn, err := c.connect(ctx, db)
+func (d *demo) queryRow(ctx context.Context, db, sql string, args []any, dest ...any) error {
+	conn, err := pgx.Connect(ctx, d.pg.ConnString(db))
 	if err != nil {
 		return err
 	}
@@ -723,16 +570,4 @@ func (c *demoCluster) queryRow(ctx context.Context, db, sql string, args []any, 
 		return fmt.Errorf("database %q: %w", db, err)
 	}
 	return nil
-}
-
-// clientEnv is the environment of client programs (pgbench, pg_restore,
-// createdb): our own without PG* variables, pointed at the sample cluster.
-func (c *demoCluster) clientEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, "PGHOST="+c.sock, "PGPORT="+strconv.Itoa(c.port), "PGUSER=postgres", "PGPASSWORD="+c.password)
 }

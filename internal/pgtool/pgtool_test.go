@@ -1,6 +1,7 @@
 package pgtool_test
 
 import (
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -8,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
@@ -65,4 +67,40 @@ func TestQuote(t *testing.T) {
 		require.Equal(t, v, cfg.Database)
 		require.Equal(t, v+"u", cfg.User)
 	}
+}
+
+// A cluster with a password: initdb, start, a query, stop, start again on
+// the same data; the wrong password is refused; the log is kept.
+func TestCluster(t *testing.T) {
+	bin := testsupport.RequirePG(t)
+	base := filepath.Join("/var/tmp", "pgtool-test-"+strconv.Itoa(os.Getpid()))
+	t.Cleanup(func() { os.RemoveAll(base) })
+	c, err := pgtool.NewCluster(pgtool.ClusterOptions{BinDir: bin, Base: base, Password: "s3cret'\\", Settings: map[string]string{"fsync": "off"}, DieWithParent: true})
+	require.NoError(t, err)
+	ctx := t.Context()
+	require.NoError(t, c.Initdb(ctx, c.DataDir))
+	require.NoError(t, c.Start(ctx))
+	t.Cleanup(func() { c.Stop() })
+	require.Positive(t, c.PID())
+	require.Error(t, c.Start(ctx), "started twice")
+
+	conn, err := pgx.Connect(ctx, c.ConnString("postgres"))
+	require.NoError(t, err)
+	var fsync string
+	require.NoError(t, conn.QueryRow(ctx, "SHOW fsync").Scan(&fsync))
+	require.Equal(t, "off", fsync, "Settings reach the server")
+	require.NoError(t, conn.Close(ctx))
+	_, err = pgx.Connect(ctx, c.ConnStringAs("postgres", pgtool.SuperUser, "wrong"))
+	require.ErrorContains(t, err, "password authentication failed")
+
+	out, err := c.ClientCmd(ctx, "postgres", "psql", "-Atc", "SELECT 1+1").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Equal(t, "2\n", string(out))
+
+	require.NoError(t, c.Stop())
+	require.Zero(t, c.PID())
+	require.NoError(t, c.Stop(), "a stopped cluster stops again")
+	require.NoError(t, c.Start(ctx))
+	require.NoError(t, c.Stop())
+	require.Contains(t, c.LogTail(64<<10), "database system is shut down")
 }

@@ -1,21 +1,15 @@
 package testsupport
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,17 +21,6 @@ import (
 // pgOSUser is the OS user that owns and runs test clusters when the tests run
 // as root; PostgreSQL refuses to run as root.
 const pgOSUser = "postgres"
-
-// superUser is the bootstrap superuser of every test cluster.
-const superUser = "postgres"
-
-// How long Stop waits after a fast shutdown request before an immediate one,
-// and after that before SIGKILL.
-const (
-	fastStopTimeout      = 15 * time.Second
-	immediateStopTimeout = 5 * time.Second
-	startTimeout         = 30 * time.Second
-)
 
 // ClusterOptions configure NewCluster. The zero value is a trust-auth cluster
 // on a free port with the C.UTF-8 locale.
@@ -63,31 +46,15 @@ type ClusterOptions struct {
 	FreshInitdb bool
 }
 
-// Cluster is a throwaway PostgreSQL server for one test: its own data
-// directory, a private Unix socket directory, no TCP listener unless Settings
-// ask for one. Tests reach it through ConnString or the helpers below; client
-// programs (pg_dump, pgbench, psql) run as the test's own user, the server as
-// the postgres OS user when the test runs as root.
+// Cluster is a throwaway PostgreSQL server for one test (a pgtool.Cluster):
+// its own data directory, a private Unix socket directory, no TCP listener
+// unless Settings ask for one. Tests reach it through ConnString or the
+// helpers below; client programs (pg_dump, pgbench, psql) run as the test's
+// own user, the server as the postgres OS user when the test runs as root.
 type Cluster struct {
-	BinDir    string
-	DataDir   string
-	SocketDir string
-	Port      int
-	User      string // superuser name
-	Password  string // superuser password; empty with trust auth
-	LogFile   string // server stderr
-
-	base string   // owns DataDir, SocketDir and LogFile
-	cred *osCred  // nil when processes run as the current user
-	env  []string // environment for server processes, PG* removed
-
-	mu   sync.Mutex // guards proc, done
-	proc *exec.Cmd  // the running postmaster, nil when stopped
-	done chan error // receives proc's exit, then is closed
+	*pgtool.Cluster
+	base string // owns DataDir, SocketDir and LogFile
 }
-
-// osCred is the identity server processes run as.
-type osCred struct{ uid, gid uint32 }
 
 var (
 	localeOnce sync.Once
@@ -129,24 +96,10 @@ func NewCluster(t testing.TB, o ClusterOptions) *Cluster {
 	if o.Locale == "" {
 		o.Locale = defaultLocale()
 	}
-	if o.Port == 0 {
-		o.Port = freePort(t)
-	}
-
-	c := &Cluster{BinDir: o.BinDir, Port: o.Port, User: superUser, env: serverEnv()}
+	password := ""
 	if o.Auth != "trust" {
-		c.Password = o.SuperPassword
+		password = o.SuperPassword
 	}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup(pgOSUser)
-		if err != nil {
-			t.Fatalf("testsupport: running as root needs the %s OS user: %v", pgOSUser, err)
-		}
-		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		c.cred = &osCred{uint32(uid), uint32(gid)}
-	}
-
 	// Not t.TempDir: that is root-owned 0700 under /tmp, which the postgres
 	// user can neither enter nor write.
 	sweepStaleClusters()
@@ -154,41 +107,24 @@ func NewCluster(t testing.TB, o ClusterOptions) *Cluster {
 	if err != nil {
 		t.Fatalf("testsupport: %v", err)
 	}
-	c.base = base
+	c := &Cluster{base: base}
 	t.Cleanup(func() { c.cleanup(t) })
 	if err := os.WriteFile(filepath.Join(base, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		t.Fatalf("testsupport: %v", err)
 	}
-	c.DataDir = filepath.Join(base, "data")
-	c.SocketDir = filepath.Join(base, "sock")
-	c.LogFile = filepath.Join(base, "postgres.log")
-	if err := os.Mkdir(c.SocketDir, 0o700); err != nil {
+	settings := map[string]string{"fsync": "off"}
+	maps.Copy(settings, o.Settings)
+	c.Cluster, err = pgtool.NewCluster(pgtool.ClusterOptions{BinDir: o.BinDir, Base: base, Port: o.Port, Password: password,
+		Locale: o.Locale, OSUser: pgOSUser, Settings: settings, DieWithParent: true})
+	if err != nil {
 		t.Fatalf("testsupport: %v", err)
 	}
-	for _, p := range []string{base, c.SocketDir} {
-		if err := c.chown(p); err != nil {
-			t.Fatalf("testsupport: %v", err)
-		}
-	}
-
-	args := []string{"-U", superUser, "-A", o.Auth, "-E", "UTF8", "--locale=" + o.Locale, "--no-sync"}
-	if c.Password != "" {
-		pw := filepath.Join(base, "pwfile")
-		if err := os.WriteFile(pw, []byte(c.Password+"\n"), 0o600); err != nil {
-			t.Fatalf("testsupport: %v", err)
-		}
-		if err := c.chown(pw); err != nil {
-			t.Fatalf("testsupport: %v", err)
-		}
-		args = append(args, "--pwfile="+pw)
-		defer os.Remove(pw)
-	}
 	if o.FreshInitdb {
-		if out, err := c.RunAsPostgres(opContext(), "initdb", append([]string{"-D", c.DataDir}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("testsupport: initdb: %v\n%s", err, out)
+		if err := c.Initdb(opContext(), c.DataDir); err != nil {
+			t.Fatalf("testsupport: %v", err)
 		}
 	} else {
-		files, err := c.initdbTemplate(templateKey{c.BinDir, o.Locale, o.Auth, c.Password}, args)
+		files, err := c.initdbTemplate(templateKey{c.BinDir, c.Locale, c.Password})
 		if err != nil {
 			t.Fatalf("testsupport: %v", err)
 		}
@@ -196,129 +132,8 @@ func NewCluster(t testing.TB, o ClusterOptions) *Cluster {
 			t.Fatalf("testsupport: writing data directory: %v", err)
 		}
 	}
-
-	conf := []string{
-		"listen_addresses", "",
-		"unix_socket_directories", c.SocketDir,
-		"port", strconv.Itoa(c.Port),
-		"fsync", "off",
-	}
-	for _, k := range slices.Sorted(maps.Keys(o.Settings)) {
-		conf = append(conf, k, o.Settings[k])
-	}
-	var b strings.Builder
-	b.WriteString("\n# testsupport.NewCluster\n")
-	for i := 0; i < len(conf); i += 2 {
-		fmt.Fprintf(&b, "%s = '%s'\n", conf[i], strings.ReplaceAll(conf[i+1], "'", "''"))
-	}
-	f, err := os.OpenFile(filepath.Join(c.DataDir, "postgresql.conf"), os.O_WRONLY|os.O_APPEND, 0)
-	if err == nil {
-		_, err = f.WriteString(b.String())
-		err = errors.Join(err, f.Close())
-	}
-	if err != nil {
-		t.Fatalf("testsupport: writing postgresql.conf: %v", err)
-	}
-
 	c.Start(t)
 	return c
-}
-
-// freePort returns a TCP port on loopback that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testsupport: finding a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// serverEnv is the environment without PG* variables, which would otherwise
-// leak the caller's connection settings into the fixture.
-func serverEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "PG") })
-}
-
-func (c *Cluster) chown(path string) error {
-	if c.cred == nil {
-		return nil
-	}
-	return os.Chown(path, int(c.cred.uid), int(c.cred.gid))
-}
-
-// RunAsPostgres returns a command running name (looked up in BinDir first,
-// then in PATH) as the OS user that owns the cluster, in the cluster's base
-// directory, without the caller's PG* variables. Use it for server-side
-// programs (postgres, pg_ctl, pg_controldata); client programs can use
-// ClientCmd.
-func (c *Cluster) RunAsPostgres(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, c.binPath(name), args...)
-	cmd.Dir = c.base
-	cmd.Env = slices.Clone(c.env)
-	if c.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Credential: &syscall.Credential{Uid: c.cred.uid, Gid: c.cred.gid},
-		}
-	}
-	return cmd
-}
-
-// ClientCmd returns a command running the client program name (looked up in
-// BinDir first, then in PATH) as the current user, with PGHOST, PGPORT,
-// PGUSER, PGDATABASE (and PGPASSWORD) pointing at db on this cluster.
-func (c *Cluster) ClientCmd(ctx context.Context, db, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, c.binPath(name), args...)
-	cmd.Env = append(serverEnv(), c.Env(db)...)
-	return cmd
-}
-
-// Env returns the libpq environment variables that connect to db.
-func (c *Cluster) Env(db string) []string {
-	env := []string{
-		"PGHOST=" + c.SocketDir,
-		"PGPORT=" + strconv.Itoa(c.Port),
-		"PGUSER=" + c.User,
-		"PGDATABASE=" + db,
-		"PGCONNECT_TIMEOUT=10",
-	}
-	if c.Password != "" {
-		env = append(env, "PGPASSWORD="+c.Password)
-	}
-	return env
-}
-
-func (c *Cluster) binPath(name string) string {
-	if strings.ContainsRune(name, '/') {
-		return name
-	}
-	if p := filepath.Join(c.BinDir, name); fileExists(p) {
-		return p
-	}
-	return name
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
-// ConnString returns a libpq keyword/value connection string for db as the
-// superuser over the private socket, with the password when there is one.
-func (c *Cluster) ConnString(db string) string {
-	return c.ConnStringAs(db, c.User, c.Password)
-}
-
-// ConnStringAs returns a connection string for db as user; password may be
-// empty.
-func (c *Cluster) ConnStringAs(db, user, password string) string {
-	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10",
-		pgtool.Quote(c.SocketDir), c.Port, pgtool.Quote(user), pgtool.Quote(db))
-	if password != "" {
-		s += " password=" + pgtool.Quote(password)
-	}
-	return s
 }
 
 // opContext is the context of the fixture's operations. Not t.Context: that
@@ -424,89 +239,11 @@ func (c *Cluster) Dump(t testing.TB, db, dir string, jobs int) {
 	}
 }
 
-// PID returns the postmaster's process ID, or 0 when the cluster is stopped.
-func (c *Cluster) PID() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.proc == nil {
-		return 0
-	}
-	return c.proc.Process.Pid
-}
-
 // Start starts the stopped cluster and returns once it accepts connections.
 func (c *Cluster) Start(t testing.TB) {
 	t.Helper()
-	if err := c.start(opContext()); err != nil {
-		t.Fatalf("testsupport: starting PostgreSQL: %v\n%s", err, c.logTail())
-	}
-}
-
-func (c *Cluster) start(ctx context.Context) error {
-	c.mu.Lock()
-	if c.proc != nil {
-		c.mu.Unlock()
-		return errors.New("already running")
-	}
-	logf, err := os.OpenFile(c.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		c.mu.Unlock()
-		return err
-	}
-	// Not CommandContext: the server outlives the context of the call that
-	// starts it; Stop and the cleanup end it.
-	cmd := c.RunAsPostgres(context.Background(), "postgres", "-D", c.DataDir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	// If the test binary dies without cleanup (a timeout panic), the server
-	// shuts down immediately instead of lingering.
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
-	err = cmd.Start()
-	logf.Close()
-	if err != nil {
-		c.mu.Unlock()
-		return err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait(); close(done) }()
-	c.proc, c.done = cmd, done
-	c.mu.Unlock()
-
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-	if err := c.waitReady(ctx, done); err != nil {
-		c.stop()
-		return err
-	}
-	return nil
-}
-
-// waitReady polls with connection attempts until one succeeds, the server
-// exits or ctx ends. A refused connection costs microseconds, so the poll
-// interval is short.
-func (c *Cluster) waitReady(ctx context.Context, exited <-chan error) error {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	cfg, err := pgx.ParseConfig(c.ConnString("postgres"))
-	if err != nil {
-		return err
-	}
-	for {
-		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := pgx.ConnectConfig(attempt, cfg)
-		cancel()
-		if err == nil {
-			return conn.Close(ctx)
-		}
-		select {
-		case err := <-exited:
-			return fmt.Errorf("postgres exited during startup: %v", err)
-		case <-ctx.Done():
-			return fmt.Errorf("not ready: %w (last attempt: %v)", ctx.Err(), err)
-		case <-tick.C:
-		}
+	if err := c.Cluster.Start(opContext()); err != nil {
+		t.Fatalf("testsupport: starting PostgreSQL: %v", err)
 	}
 }
 
@@ -514,69 +251,23 @@ func (c *Cluster) waitReady(ctx context.Context, exited <-chan error) error {
 // for it to exit. The data directory stays; Start starts it again.
 func (c *Cluster) Stop(t testing.TB) {
 	t.Helper()
-	if err := c.stop(); err != nil {
+	if err := c.Cluster.Stop(); err != nil {
 		t.Fatalf("testsupport: stopping PostgreSQL: %v", err)
 	}
 }
 
-// stop is Stop without a test; a stopped cluster is a no-op.
-func (c *Cluster) stop() error {
-	c.mu.Lock()
-	proc, done := c.proc, c.done
-	c.mu.Unlock()
-	if proc == nil {
-		return nil
-	}
-	// The signals of pg_ctl stop -m fast and -m immediate, sent directly: the
-	// postmaster is our child, so we also reap it.
-	var err error
-	for _, s := range []struct {
-		sig     syscall.Signal
-		timeout time.Duration
-	}{{syscall.SIGINT, fastStopTimeout}, {syscall.SIGQUIT, immediateStopTimeout}, {syscall.SIGKILL, time.Minute}} {
-		if e := proc.Process.Signal(s.sig); e != nil && !errors.Is(e, os.ErrProcessDone) {
-			err = e
-		}
-		timer := time.NewTimer(s.timeout)
-		select {
-		case <-done:
-			timer.Stop()
-			c.mu.Lock()
-			c.proc, c.done = nil, nil
-			c.mu.Unlock()
-			return nil
-		case <-timer.C:
-		}
-	}
-	return fmt.Errorf("postgres (pid %d) did not exit: %v", proc.Process.Pid, err)
-}
-
 func (c *Cluster) cleanup(t testing.TB) {
-	if err := c.stop(); err != nil {
-		t.Errorf("testsupport: %v", err)
+	if c.Cluster != nil {
+		if err := c.Cluster.Stop(); err != nil {
+			t.Errorf("testsupport: %v", err)
+		}
 	}
-	if t.Failed() {
-		if tail := c.logTail(); tail != "" {
+	if t.Failed() && c.Cluster != nil {
+		if tail := c.LogTail(4 << 10); tail != "" {
 			t.Logf("PostgreSQL log (%s):\n%s", c.LogFile, tail)
 		}
 	}
 	if err := os.RemoveAll(c.base); err != nil {
 		t.Errorf("testsupport: removing cluster: %v", err)
 	}
-}
-
-// logTail returns the end of the server log.
-func (c *Cluster) logTail() string {
-	b, err := os.ReadFile(c.LogFile)
-	if err != nil {
-		return ""
-	}
-	const max = 4 << 10
-	if len(b) > max {
-		b = b[len(b)-max:]
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			b = b[i+1:]
-		}
-	}
-	return string(b)
 }

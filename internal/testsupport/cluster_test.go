@@ -38,7 +38,7 @@ func TestClusterStarts(t *testing.T) {
 	require.Equal(t, "2", c.Query(t, "postgres", "SELECT count(*) FROM t"))
 	require.Equal(t, "b", c.Query(t, "postgres", "SELECT 1; SELECT max(v) FROM t"))
 
-	out, err := c.RunAsPostgres(t.Context(), "pg_controldata", "-D", c.DataDir).CombinedOutput()
+	out, err := c.ServerCmd(t.Context(), "pg_controldata", "-D", c.DataDir).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	require.Contains(t, string(out), "in production")
 }

@@ -19,7 +19,7 @@ import (
 
 // templateKey is what makes two initdb results differ.
 type templateKey struct {
-	binDir, locale, auth, password string
+	binDir, locale, password string
 }
 
 // templateFile is one entry of a data directory. Trailing zero bytes are not
@@ -42,8 +42,8 @@ var templates struct {
 }
 
 // initdbTemplate returns the cached data directory for k, running initdb
-// with args (minus -D) on first use. A failure is not cached.
-func (c *Cluster) initdbTemplate(k templateKey, args []string) ([]templateFile, error) {
+// on first use. A failure is not cached.
+func (c *Cluster) initdbTemplate(k templateKey) ([]templateFile, error) {
 	templates.mu.Lock()
 	if templates.m == nil {
 		templates.m = map[templateKey]*templateEntry{}
@@ -65,9 +65,8 @@ func (c *Cluster) initdbTemplate(k templateKey, args []string) ([]templateFile, 
 	// Not the test's context: other tests wait for this result.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := c.RunAsPostgres(ctx, "initdb", append([]string{"-D", dir}, args...)...).CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
+	if err := c.Initdb(ctx, dir); err != nil {
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	files, err := readTemplate(dir)
@@ -126,7 +125,7 @@ func (c *Cluster) writeTemplate(root string, files []templateFile) error {
 		if err := os.Chmod(p, f.mode.Perm()); err != nil {
 			return err
 		}
-		if err := c.chown(p); err != nil {
+		if err := c.Chown(p); err != nil {
 			return err
 		}
 	}
