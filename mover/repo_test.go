@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/storetest"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
@@ -686,4 +687,15 @@ func TestRepoS2ChunksToVersion5(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRemoteRepoConformance: a repository mover, read through RemoteRepo
+// over loopback, passes the reader part of the store conformance suite, as
+// the local repository does (orchestrator's TestLocalSourceConformance).
+func TestRemoteRepoConformance(t *testing.T) {
+	f := startRepoServer(t, 1, nil)
+	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
+	require.NoError(t, err)
+	storetest.RunReader(t, rr, storetest.Want{Points: []chunkstore.RestorePoint{*f.rp},
+		Trees: map[string][]chunkstore.Node{f.rp.ID: f.tree}, Files: f.files})
 }

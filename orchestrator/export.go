@@ -623,31 +623,18 @@ func mountReadErr(m *staging.Mounted) error {
 // retry mounts the same one.
 func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.ChunkReader, func(), error) {
 	r, p := x.r, x.plan()
-	if p.RepoPeer == "" {
-		repo, err := chunkstore.OpenRepo(p.Repo, r.o.Log)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("opening repository: %w", err)
-		}
-		rp, err := repo.Resolve(p.RestorePoint)
-		if err == nil {
-			var tree []chunkstore.Node
-			if tree, err = repo.Tree(ctx, rp); err == nil {
-				return tree, repo.Store(), func() { repo.Close() }, nil
-			}
-			err = fmt.Errorf("reading restore point %s: %w", rp.ID, err)
-		}
-		repo.Close()
-		return nil, nil, nil, err
-	}
-	rr, rp, tree, err := openRepoPeer(ctx, r.o.Home, p.RepoPeer, p.RestorePoint, true, mover.RemoteRepoOptions{Log: r.o.Log})
+	src, rp, tree, err := OpenRestorePoint(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: r.o.Home,
+		Remote: mover.RemoteRepoOptions{Log: r.o.Log}, Log: r.o.Log}, p.RestorePoint)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if err := x.update(func(s *Session) { s.Plan.RestorePoint = rp.ID }); err != nil {
-		rr.Close()
-		return nil, nil, nil, fmt.Errorf("restore point %s on %s: %w", p.RestorePoint, p.RepoPeer, err)
+	if rp.ID != p.RestorePoint {
+		if err := x.update(func(s *Session) { s.Plan.RestorePoint = rp.ID }); err != nil {
+			src.Close()
+			return nil, nil, nil, fmt.Errorf("restore point %s: %w", p.RestorePoint, err)
+		}
 	}
-	return tree, rr, func() { rr.Close() }, nil
+	return tree, src, func() { src.Close() }, nil
 }
 
 // transfer sends db's dump to the target. With --overwrite, an existing

@@ -25,7 +25,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore"
-	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -333,32 +332,6 @@ func (o PublishOptions) Validate() error {
 // mount's.
 const defaultPubRetryFor = 2 * time.Minute
 
-// openRepoPeer connects to the repository mover peer (ADDR#PEER_ID) as the
-// mover whose identity is under home, and resolves restore point id there
-// ("latest" included); with tree it also reads the restore point's tree.
-// A refusal names the ID that mover must trust with read, and the command
-// to run there. The caller closes the RemoteRepo.
-func openRepoPeer(ctx context.Context, home, peer, id string, tree bool, o mover.RemoteRepoOptions) (*mover.RemoteRepo, *chunkstore.RestorePoint, []chunkstore.Node, error) {
-	addr, pid, err := mover.ParsePeerAddr(peer)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	rr, err := mover.DialRepo(ctx, home, addr, pid, o)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("repository mover %s: %w", peer, err)
-	}
-	rp, err := rr.Resolve(ctx, id)
-	var nodes []chunkstore.Node
-	if err == nil && tree {
-		nodes, err = rr.Tree(ctx, rp)
-	}
-	if err != nil {
-		rr.Close()
-		return nil, nil, nil, fmt.Errorf("restore point %s on %s: %w", id, peer, err)
-	}
-	return rr, rp, nodes, nil
-}
-
 // Publisher publishes restore points and ends publications, journaling
 // them under HOME/orchestrator.
 type Publisher struct {
@@ -412,11 +385,15 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	if o.RepoPeer != "" {
 		// Here, to report a mover that does not trust us (or lacks the
 		// restore point) at once; the serve process connects again.
-		rr, p, _, err := openRepoPeer(ctx, pb.home, o.RepoPeer, o.RestorePoint, false, mover.RemoteRepoOptions{RetryFor: -1, Log: pb.log})
+		src, err := OpenSource(ctx, SourceOptions{RepoPeer: o.RepoPeer, Home: pb.home, Remote: mover.RemoteRepoOptions{RetryFor: -1, Log: pb.log}})
 		if err != nil {
 			return nil, err
 		}
-		rr.Close()
+		p, err := src.Resolve(ctx, o.RestorePoint)
+		src.Close()
+		if err != nil {
+			return nil, fmt.Errorf("restore point %s on %s: %w", o.RestorePoint, o.RepoPeer, err)
+		}
 		rp = p.ID
 	} else {
 		// The serve process holds the repository open; here only its
@@ -741,34 +718,16 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 // for p.RetryFor rather than failing, so that an outage of the repository
 // host stalls the instance's reads instead of ending the publication.
 func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.Logger) ([]chunkstore.Node, staging.ChunkReader, func(), error) {
-	if p.RepoPeer != "" {
-		retry := p.RetryFor
-		if retry <= 0 {
-			retry = defaultPubRetryFor
-		}
-		rr, _, tree, err := openRepoPeer(ctx, pb.home, p.RepoPeer, p.RestorePoint, true, mover.RemoteRepoOptions{RetryFor: retry, Log: log})
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		return tree, rr, func() { rr.Close() }, nil
+	retry := p.RetryFor
+	if retry <= 0 {
+		retry = defaultPubRetryFor
 	}
-	repo, err := chunkstore.OpenRepo(p.Repo, log)
+	src, _, tree, err := OpenRestorePoint(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: pb.home,
+		Remote: mover.RemoteRepoOptions{RetryFor: retry, Log: log}, Log: log}, p.RestorePoint)
 	if err != nil {
-		if errors.Is(err, pebbledb.ErrLocked) {
-			err = fmt.Errorf("the repository %s is held open by another process (another publication of it, a backup or an export): %w", p.Repo, err)
-		}
-		return nil, nil, nil, fmt.Errorf("opening repository: %w", err)
-	}
-	rp, err := repo.Resolve(p.RestorePoint)
-	var tree []chunkstore.Node
-	if err == nil {
-		tree, err = repo.Tree(ctx, rp)
-	}
-	if err != nil {
-		repo.Close()
 		return nil, nil, nil, err
 	}
-	return tree, repo.Store(), func() { repo.Close() }, nil
+	return tree, src, func() { src.Close() }, nil
 }
 
 // unmountPub unmounts, retrying while postgres's last processes let go of

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -100,12 +101,11 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 	if err := checkMountpoint(mnt); err != nil {
 		return err
 	}
-	src, err := openMountSource(ctx, g, o)
+	src, rp, tree, err := openMountSource(ctx, g, o)
 	if err != nil {
 		return err
 	}
-	defer src.close()
-	rp, tree := src.rp, src.tree
+	defer src.Close()
 
 	cowDir, ownCowDir := o.cowDir, o.cowDir == ""
 	if ownCowDir {
@@ -127,7 +127,7 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 		}
 	}
 
-	m, err := staging.Mount(ctx, mnt, tree, src.chunks, staging.MountOptions{Owner: o.owner, CowDir: cowDir, Log: g.log})
+	m, err := staging.Mount(ctx, mnt, tree, src, staging.MountOptions{Owner: o.owner, CowDir: cowDir, Log: g.log})
 	if err != nil {
 		if ownCowDir {
 			_ = os.Remove(cowDir)
@@ -162,64 +162,24 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 	return err
 }
 
-// mountSource is where a mount's restore point and chunks come from: a
-// local repository or a repository mover.
-type mountSource struct {
-	rp     *chunkstore.RestorePoint
-	tree   []chunkstore.Node
-	chunks staging.ChunkReader
-	close  func() error
-}
-
-func openMountSource(ctx context.Context, g *globals, o mountOpts) (*mountSource, error) {
+// openMountSource opens the restore point the mount reads: from the local
+// repository or the repository mover. A missing restore point is a usage
+// mistake, with where to list them.
+func openMountSource(ctx context.Context, g *globals, o mountOpts) (orchestrator.Source, *chunkstore.RestorePoint, []chunkstore.Node, error) {
 	if o.repoPeer != "" {
-		return openRemoteSource(ctx, g, o)
+		if _, _, err := mover.ParsePeerAddr(o.repoPeer); err != nil {
+			return nil, nil, nil, usageError{fmt.Errorf("--repo-peer: %w", err)}
+		}
 	}
-	// OpenRepo creates a missing repository; mounting must not.
-	if _, err := chunkstore.ListRepo(o.repo); err != nil {
-		return nil, err
-	}
-	r, err := chunkstore.OpenRepo(o.repo, g.log)
-	if err != nil {
-		return nil, err
-	}
-	src := &mountSource{chunks: r.Store(), close: r.Close}
-	src.rp, err = r.Resolve(o.restorePoint)
+	src, rp, tree, err := orchestrator.OpenRestorePoint(ctx, orchestrator.SourceOptions{Repo: o.repo, RepoPeer: o.repoPeer, Home: g.home,
+		Remote: mover.RemoteRepoOptions{RetryFor: o.retryFor, Log: g.log}, Log: g.log}, o.restorePoint)
 	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
-		err = usageError{fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)}
-	}
-	if err == nil {
-		src.tree, err = r.Tree(ctx, src.rp)
-	}
-	if err != nil {
-		r.Close()
-		return nil, err
-	}
-	return src, nil
-}
-
-func openRemoteSource(ctx context.Context, g *globals, o mountOpts) (*mountSource, error) {
-	addr, peer, err := mover.ParsePeerAddr(o.repoPeer)
-	if err != nil {
-		return nil, usageError{fmt.Errorf("--repo-peer: %w", err)}
-	}
-	r, err := mover.DialRepo(ctx, g.home, addr, peer, mover.RemoteRepoOptions{RetryFor: o.retryFor, Log: g.log})
-	if err != nil {
-		return nil, err
-	}
-	src := &mountSource{chunks: r, close: r.Close}
-	src.rp, err = r.Resolve(ctx, o.restorePoint)
-	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
+		if o.repoPeer == "" {
+			err = fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)
+		}
 		err = usageError{err}
 	}
-	if err == nil {
-		src.tree, err = r.Tree(ctx, src.rp)
-	}
-	if err != nil {
-		r.Close()
-		return nil, err
-	}
-	return src, nil
+	return src, rp, tree, err
 }
 
 // unmount unmounts m, retrying briefly while it is busy and naming who keeps
