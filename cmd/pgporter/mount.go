@@ -68,6 +68,7 @@ Example:
 	f.StringVar(&o.owner, "owner", "postgres", "OS user every file appears to belong to")
 	f.StringVar(&o.cowDir, "cow-dir", "", "directory for the copy-on-write layer, absent or empty (default: a new directory under --home)")
 	f.BoolVar(&o.keepCow, "keep-cow", false, "keep the copy-on-write layer after unmounting")
+	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	return c
 }
 
@@ -77,8 +78,6 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 		return usagef("mount needs exactly one MOUNTPOINT, got %d arguments", len(args))
 	case o.repo == "" && o.repoPeer == "":
 		return usagef("mount needs --repo DIR or --repo-peer ADDR#PEER_ID")
-	case o.repo != "" && o.repoPeer != "":
-		return usagef("mount takes --repo or --repo-peer, not both")
 	case o.restorePoint == "":
 		return usagef("mount needs --restore-point ID or --restore-point latest")
 	}
@@ -89,7 +88,7 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 	// Before looking at the mountpoint: a stale mount fails every access.
 	cleaned, err := staging.CleanStaleMount(mnt)
 	if errors.Is(err, staging.ErrMountInUse) {
-		return usagef("mountpoint %s is already mounted by a running mount", mnt)
+		return mark(fmt.Errorf("mountpoint %s is already mounted by a running mount", mnt), err)
 	}
 	if err != nil {
 		return err
@@ -186,7 +185,7 @@ func openMountSource(ctx context.Context, g *globals, o mountOpts) (*mountSource
 	src := &mountSource{chunks: r.Store(), close: r.Close}
 	src.rp, err = r.Resolve(o.restorePoint)
 	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
-		err = usageError{fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)}
+		err = fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)
 	}
 	if err == nil {
 		src.tree, err = r.Tree(ctx, src.rp)
@@ -209,9 +208,6 @@ func openRemoteSource(ctx context.Context, g *globals, o mountOpts) (*mountSourc
 	}
 	src := &mountSource{chunks: r, close: r.Close}
 	src.rp, err = r.Resolve(ctx, o.restorePoint)
-	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
-		err = usageError{err}
-	}
 	if err == nil {
 		src.tree, err = r.Tree(ctx, src.rp)
 	}

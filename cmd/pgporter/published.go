@@ -70,7 +70,7 @@ starts, as the publication's --on-restart says). Publications made with
 					out.Publications = append(out.Publications, row{p.ID, string(p.State), p.RestorePoint, p.Host(), p.Listen, p.Port,
 						int64(uptime(p).Seconds()), orchestrator.CowBytes(p), p.Created, p.Error, p.On, p.OnRestart, p.Restarts})
 				}
-				return writeJSONLine(g.stdout, out)
+				return g.writeJSON(out)
 			}
 			if len(list) == 0 {
 				fmt.Fprintln(g.stdout, "no publications")

@@ -54,7 +54,7 @@ database the BLAKE3 of the pgporter-manifest.json the target committed
 				for _, s := range list {
 					out.Sessions = append(out.Sessions, row{s.ID, string(s.State), s.Created, s.Updated, s.Plan.RestorePoint, s.Plan.Databases, s.Plan.To, s.Error})
 				}
-				return writeJSONLine(g.stdout, out)
+				return g.writeJSON(out)
 			}
 			if len(list) == 0 {
 				fmt.Fprintln(g.stdout, "no sessions")
@@ -79,7 +79,7 @@ database the BLAKE3 of the pgporter-manifest.json the target committed
 				return err
 			}
 			if asJSON {
-				return writeJSONLine(g.stdout, struct {
+				return g.writeJSON(struct {
 					*orchestrator.Session
 					Manifests map[string]string `json:"manifests"` // database → BLAKE3 of its committed manifest
 				}{s, s.Manifests()})
