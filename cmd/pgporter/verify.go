@@ -27,7 +27,7 @@ sessions show' prints): a dump whose files and manifest were both altered
 fails. With --b3sum, stdout holds one b3sum line (plain BLAKE3, two spaces,
 the path relative to DUMP_DIR) per file that verified, for 'b3sum --check'
 run in DUMP_DIR; the summary goes to stderr. Exit code 0 means the tree is
-exactly what was sent.`,
+exactly what was sent, 7 that it is not (see 'pgporter help exit-codes').`,
 		Args: oneArg("verify", "DUMP_DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var o mover.VerifyOptions
