@@ -202,9 +202,11 @@ var packagePrefix = regexp.MustCompile(`(^|: )(?:chunkstore|protocol|mover|stagi
 
 // userMessage is err as the user reads it: the wrapping context kept, the
 // package prefixes of sentinels dropped.
-func userMessage(err error) string {
-	return packagePrefix.ReplaceAllString(err.Error(), "$1")
-}
+func userMessage(err error) string { return userText(err.Error()) }
+
+// userText is userMessage for an error kept as text (a session's or a
+// publication's in the journal).
+func userText(msg string) string { return packagePrefix.ReplaceAllString(msg, "$1") }
 
 // exitCode maps an error to the process exit code and prints the one line a
 // user reads. This is the only place that decides either.

@@ -88,7 +88,7 @@ starts, as the publication's --on-restart says). Publications made with
 					on = p.On
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\n", p.ID, p.State, p.RestorePoint, p.Host(), p.Port, up,
-					mover.HumanBytes(orchestrator.CowBytes(p)), on, firstLine(p.Error))
+					mover.HumanBytes(orchestrator.CowBytes(p)), on, firstLine(userText(p.Error)))
 			}
 			return tw.Flush()
 		},
