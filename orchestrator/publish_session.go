@@ -73,7 +73,7 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 	}
 	pub, err := r.j.GetPublication(p.Published)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadPlan, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadPlan, err) // ErrNoPublication: not found
 	}
 	if pub.State == PubGone || pub.State == PubFailed {
 		return nil, fmt.Errorf("%w: publication %s is %s", ErrBadPlan, pub.ID, pub.State)
