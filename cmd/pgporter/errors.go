@@ -120,6 +120,11 @@ func classify(err error) int {
 		return exitUsage
 	case errors.Is(err, errNotBuilt):
 		return exitNotBuilt
+	}
+	if code, ok := jobExitCode(err); ok {
+		return code
+	}
+	switch {
 	case isPermission(err):
 		return exitPermission
 	case isVerification(err):
@@ -134,6 +139,26 @@ func classify(err error) int {
 		return exitNetwork
 	}
 	return exitFailure
+}
+
+// jobExitCode is the code of a job that failed on a staging mover, which
+// reports its error as text with the wire code of its cause.
+func jobExitCode(err error) (int, bool) {
+	je, ok := errors.AsType[*mover.JobError](err)
+	if !ok {
+		return 0, false
+	}
+	switch je.Code {
+	case protocol.CodePermission.String():
+		return exitPermission, true
+	case protocol.CodeConflict.String(), protocol.CodeBusy.String():
+		return exitConflict, true
+	case protocol.CodeCorrupt.String():
+		return exitVerification, true
+	case protocol.CodeNotFound.String():
+		return exitNotFound, true
+	}
+	return 0, false
 }
 
 func isPermission(err error) bool {

@@ -50,6 +50,9 @@ func TestExitCodeContract(t *testing.T) {
 		{"remote not found", wrap(&protocol.RemoteError{Code: protocol.CodeNotFound}), exitNotFound},
 		{"no session", wrap(orchestrator.ErrNoSession), exitNotFound},
 		{"no identity", wrap(mover.ErrNoIdentity), exitNotFound},
+		{"job: no repository", wrap(&mover.JobError{Message: "repository /r: not a repository", Code: "not-found"}), exitNotFound},
+		{"job: target exists", wrap(&mover.JobError{Message: "/x exists", Code: "conflict"}), exitConflict},
+		{"job: other", wrap(&mover.JobError{Message: "pg_dump failed", Code: "internal"}), exitFailure},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.code, classify(tc.err))
