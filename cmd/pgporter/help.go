@@ -25,6 +25,9 @@ func newExitCodesTopic() *cobra.Command {
 // untyped error for 'pgporter sned'. Without arguments such a command
 // prints its help, as before.
 func strictSubcommands(c *cobra.Command) {
+	if !c.HasParent() {
+		c.SetHelpCommand(newHelpCmd())
+	}
 	for _, sub := range c.Commands() {
 		strictSubcommands(sub)
 	}
@@ -44,6 +47,27 @@ func strictSubcommands(c *cobra.Command) {
 			msg += "; did you mean " + strings.Join(s, " or ") + "?"
 		}
 		return usagef(msg, args[0], cmd.CommandPath())
+	}
+}
+
+// newHelpCmd is cobra's help command, except that an unknown topic is a
+// usage error (cobra prints "Unknown help topic", or the root's help, and
+// exits 0).
+func newHelpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		Long: `Help provides help for any command in the application.
+Simply type pgporter help [path to command] for full details.`,
+		RunE: func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || len(rest) > 0 {
+				return usagef("unknown help topic %q", strings.Join(args, " "))
+			}
+			cmd.InitDefaultHelpFlag()
+			cmd.InitDefaultVersionFlag()
+			return cmd.Help()
+		},
 	}
 }
 
