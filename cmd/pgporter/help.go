@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"slices"
 	"strings"
 
@@ -23,7 +24,9 @@ func newExitCodesTopic() *cobra.Command {
 // as a usage error (exit 2), with cobra's suggestions. Left alone, cobra
 // prints help and exits 0 for 'pgporter mover bogus', and returns an
 // untyped error for 'pgporter sned'. Without arguments such a command
-// prints its help, as before.
+// prints its help, as before. Every other command's positional-argument
+// check (cobra.NoArgs: 'pgporter sessions extra') becomes a usage error
+// too.
 func strictSubcommands(c *cobra.Command) {
 	if !c.HasParent() {
 		c.SetHelpCommand(newHelpCmd())
@@ -32,6 +35,15 @@ func strictSubcommands(c *cobra.Command) {
 		strictSubcommands(sub)
 	}
 	if !c.HasSubCommands() || c.Runnable() {
+		if check := c.Args; check != nil {
+			c.Args = func(cmd *cobra.Command, args []string) error {
+				err := check(cmd, args)
+				if err != nil && !errors.As(err, new(usageError)) {
+					err = usageError{err}
+				}
+				return err
+			}
+		}
 		return
 	}
 	c.Args = cobra.ArbitraryArgs
