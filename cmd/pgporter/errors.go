@@ -183,7 +183,8 @@ func isConflict(err error) bool {
 		errors.Is(err, pebbledb.ErrLocked) ||
 		errors.Is(err, staging.ErrMountInUse) ||
 		errors.Is(err, protocol.ErrConflict) || errors.Is(err, protocol.ErrBusy) ||
-		errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, fs.ErrExist)
+		errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EADDRINUSE) ||
+		errors.Is(err, fs.ErrExist)
 }
 
 func isNotFound(err error) bool {
@@ -210,7 +211,7 @@ func isNetwork(err error) bool {
 	if _, ok := errors.AsType[*quic.StatelessResetError](err); ok {
 		return true
 	}
-	if _, ok := errors.AsType[*quic.ApplicationError](err); ok {
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote {
 		return true // the peer closed the connection: a mover that stopped
 	}
 	if _, ok := errors.AsType[*net.OpError](err); ok {

@@ -7,6 +7,9 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
@@ -42,6 +45,8 @@ func TestExitCodeContract(t *testing.T) {
 		{"target exists", fmt.Errorf("%w: /x %w; pass --overwrite", orchestrator.ErrBadPlan, orchestrator.ErrExists), exitConflict},
 		{"remote conflict", wrap(&protocol.RemoteError{Code: protocol.CodeConflict}), exitConflict},
 		{"port in use", wrap(orchestrator.ErrPortInUse), exitConflict},
+		{"listen address in use", fmt.Errorf("listening: %w", &net.OpError{Op: "listen", Net: "udp", Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}), exitConflict},
+		{"connection refused", wrap(&net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}), exitNetwork},
 		{"verify", wrap(mover.ErrVerify), exitVerification},
 		{"corrupt chunk", wrap(&chunkstore.CorruptChunkError{Err: chunkstore.ErrHashMismatch}), exitVerification},
 		{"rows differ", errRowsDiffer, exitVerification},
