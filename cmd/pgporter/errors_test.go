@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/pgporter/pgporter/protocol"
@@ -42,6 +43,7 @@ func TestExitCodeContract(t *testing.T) {
 		{"receiver refused", wrap(&protocol.RemoteError{Code: protocol.CodePermission, Message: "outside the roots"}), exitPermission},
 		{"OS permission", wrap(fs.ErrPermission), exitPermission},
 		{"session running", wrap(orchestrator.ErrRunning), exitConflict},
+		{"database in use", wrap(&pebbledb.LockedError{Dir: "/h/send/sender", PID: 42}), exitConflict},
 		{"target exists", fmt.Errorf("%w: /x %w; pass --overwrite", orchestrator.ErrBadPlan, orchestrator.ErrExists), exitConflict},
 		{"remote conflict", wrap(&protocol.RemoteError{Code: protocol.CodeConflict}), exitConflict},
 		{"port in use", wrap(orchestrator.ErrPortInUse), exitConflict},
