@@ -120,6 +120,8 @@ func classify(err error) int {
 		return exitUsage
 	case errors.Is(err, errNotBuilt):
 		return exitNotBuilt
+	case errors.Is(err, protocol.ErrVersion):
+		return exitFailure // no common protocol version: a refusal, but of the build, not of us
 	}
 	if code, ok := jobExitCode(err); ok {
 		return code
@@ -183,8 +185,7 @@ func isConflict(err error) bool {
 		errors.Is(err, pebbledb.ErrLocked) ||
 		errors.Is(err, staging.ErrMountInUse) ||
 		errors.Is(err, protocol.ErrConflict) || errors.Is(err, protocol.ErrBusy) ||
-		errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EADDRINUSE) ||
-		errors.Is(err, fs.ErrExist)
+		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fs.ErrExist)
 }
 
 func isNotFound(err error) bool {

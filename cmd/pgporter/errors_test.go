@@ -32,6 +32,7 @@ func TestExitCodeContract(t *testing.T) {
 	}{
 		{"nil", nil, exitOK},
 		{"plain", errors.New("pg_dump exited with status 1"), exitFailure},
+		{"no common version", wrap(&protocol.RemoteError{Code: protocol.CodeVersion}), exitFailure},
 		{"interrupted", wrap(context.Canceled), exitInterrupted},
 		{"usage", usagef("--to: missing port"), exitUsage},
 		{"bad plan", fmt.Errorf("%w: --to is required", orchestrator.ErrBadPlan), exitUsage},
