@@ -92,6 +92,9 @@ Examples:
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	addMemoryLimitFlag(f, &eo.memoryLimit, exportMemoryLimit)
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
+	for _, f := range []string{"repo", "repo-peer", "staging"} {
+		c.MarkFlagsMutuallyExclusive("published", f) // the publication is the source and the staging host
+	}
 	return c
 }
 
@@ -305,8 +308,12 @@ func (p *progressRenderer) close(ok bool) {
 // on the publication's host (this one, or its mover's for 'publish --on'),
 // which retry and cancel reach like any other.
 func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
-	if eo.plan.To == "" || len(eo.plan.Databases) == 0 || eo.plan.Repo != "" || eo.plan.RepoPeer != "" || eo.plan.Staging != "" {
-		return usagef("export --published ID takes --db and --to, and --target to send the dumps on (no --repo, --repo-peer or --staging)")
+	// --repo, --repo-peer and --staging are refused by their flag groups.
+	switch {
+	case eo.plan.To == "":
+		return usagef("export --published ID needs --to DIR (on the publication's host, or on --target)")
+	case len(eo.plan.Databases) == 0:
+		return usagef("export --published ID needs at least one --db NAME")
 	}
 	eo.plan.Published = eo.published
 	return startExport(cmd, g, eo, func(p orchestrator.Plan) string { return "publication " + p.Published })
