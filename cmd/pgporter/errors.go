@@ -54,26 +54,26 @@ var exitKinds = map[int]string{
 const exitCodesHelp = `Every pgporter command exits with one of these codes. With --json, a failure
 also prints {"error": "...", "code": N, "kind": "..."} on stdout.
 
-  code  kind          meaning
-  0                   success
-  1     failure       any failure not listed below
-  2     usage         a usage mistake: unknown command or flag, a missing, malformed
-                      or conflicting flag or argument
-  3     not-built     a command of the CLI contract this build does not implement
-  4     network       no answer from a mover, or a connection lost and not regained
-                      within --retry-for; a host name that does not resolve
-  5     permission    refused permission: a mover that does not trust this identity
-                      or lacks a permission (mover trust --allow), a mover that is
-                      not the peer ID named, a destination outside a mover's roots,
-                      a file the OS does not let pgporter read or write
-  6     conflict      something else holds what the command needs: a session running
-                      in another process, a lock held, a port or mountpoint in use,
-                      a destination that exists (see --overwrite)
-  7     verification  data does not match its hashes: verify or restore found a
-                      damaged dump, a chunk is corrupt
-  8     not-found     what the command names does not exist: a repository, restore
-                      point, session, publication, mover identity or trusted peer
-  130   interrupted   SIGINT or SIGTERM stopped the command
+    code  kind          meaning
+    0                   success
+    1     failure       any failure not listed below
+    2     usage         a usage mistake: unknown command or flag, a missing, malformed
+                        or conflicting flag or argument
+    3     not-built     a command of the CLI contract this build does not implement
+    4     network       no answer from a mover, or a connection lost and not regained
+                        within --retry-for; a host name that does not resolve
+    5     permission    refused permission: a mover that does not trust this identity
+                        or lacks a permission (mover trust --allow), a mover that is
+                        not the peer ID named, a destination outside a mover's roots,
+                        a file the OS does not let pgporter read or write
+    6     conflict      something else holds what the command needs: a session running
+                        in another process, a lock held, a port or mountpoint in use,
+                        a destination that exists (see --overwrite)
+    7     verification  data does not match its hashes: verify or restore found a
+                        damaged dump, a chunk is corrupt
+    8     not-found     what the command names does not exist: a repository, restore
+                        point, session, publication, mover identity or trusted peer
+    130   interrupted   SIGINT or SIGTERM stopped the command
 
 Network failures that may pass are retried first (send --retry-for); what
 cannot succeed however often it is tried ends at once with a hint.`
