@@ -75,6 +75,17 @@ func (r *Runner) emit(e Event) {
 // usage error.
 var ErrBadPlan = errors.New("bad export request")
 
+// ErrExists is matched by the refusal to replace a target directory that
+// exists (without Plan.Overwrite): the CLI maps it to its conflict code.
+var ErrExists = errors.New("exists")
+
+// marked is err that also matches mark, with err's message: it classifies
+// an error for the CLI without changing what the user reads.
+type marked struct{ err, mark error }
+
+func (e marked) Error() string   { return e.err.Error() }
+func (e marked) Unwrap() []error { return []error{e.err, e.mark} }
+
 // Create checks p, resolves its restore point and journals a new session in
 // state planned. Nothing heavy happens here.
 func (r *Runner) Create(p Plan) (*Session, error) {
@@ -145,13 +156,13 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		// The repository is read, never created: a typo must not make one.
 		rps, err := chunkstore.ListRepo(p.Repo)
 		if err != nil {
-			return nil, fmt.Errorf("%w: repository %s: %v", ErrBadPlan, p.Repo, err)
+			return nil, fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
 		}
 		switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
 		case p.RestorePoint == "latest" && len(rps) > 0:
 			p.RestorePoint = rps[len(rps)-1].ID
 		case i < 0:
-			return nil, fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo)
+			return nil, marked{fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo), chunkstore.ErrNoRestorePoint}
 		}
 	}
 	if p.Target != "" {
@@ -170,7 +181,7 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 	if p.Target == "" {
 		for _, db := range p.Databases {
 			if _, err := os.Lstat(s.TargetDir(db)); err == nil && !p.Overwrite {
-				return nil, fmt.Errorf("%w: %s exists; pass --overwrite to replace it", ErrBadPlan, s.TargetDir(db))
+				return nil, fmt.Errorf("%w: %s %w; pass --overwrite to replace it", ErrBadPlan, s.TargetDir(db), ErrExists)
 			}
 		}
 	}
@@ -695,7 +706,7 @@ func (x *sessionRun) moveAside(db, dest string) error {
 		return nil // ours, committed before a crash
 	}
 	if !x.plan().Overwrite {
-		return fmt.Errorf("%s exists; pass --overwrite to replace it", dest)
+		return fmt.Errorf("%s %w; pass --overwrite to replace it", dest, ErrExists)
 	}
 	aside := filepath.Join(filepath.Dir(dest), ".pgporter-replaced-"+x.s.ID+"-"+filepath.Base(dest))
 	if err := x.update(func(s *Session) {

@@ -25,7 +25,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -485,8 +487,8 @@ func (pb *Publisher) spawn(ctx context.Context, id string, lock *Lock, serve, en
 	switch msg := string(b); {
 	case msg == "ready\n":
 		return pb.j.GetPublication(id)
-	case strings.HasPrefix(msg, "error: "):
-		return nil, errors.New(strings.TrimPrefix(msg, "error: "))
+	case strings.HasPrefix(msg, "error"):
+		return nil, parseServeError(strings.TrimSuffix(msg, "\n"))
 	}
 	if rerr != nil {
 		return nil, fmt.Errorf("waiting for the serve process: %w", rerr)
@@ -536,9 +538,51 @@ func resolvePoint(rps []chunkstore.RestorePoint, id string) (string, error) {
 	return "", fmt.Errorf("%w: %q", chunkstore.ErrNoRestorePoint, id)
 }
 
+// serveErrorKinds are the errors whose identity the serve process reports
+// to Publish along with their text, so that the CLI gives them their exit
+// code: "error(KIND): TEXT" on the ready pipe, "error: TEXT" for others.
+var serveErrorKinds = []struct {
+	name string
+	err  error
+}{
+	{"locked", pebbledb.ErrLocked},
+	{"port-in-use", ErrPortInUse},
+	{"no-publication", ErrNoPublication},
+	{"not-repo", chunkstore.ErrNotRepo},
+	{"no-restore-point", chunkstore.ErrNoRestorePoint},
+	{"not-found", protocol.ErrNotFound},
+	{"permission", protocol.ErrPermission},
+	{"untrusted", mover.ErrUntrusted},
+	{"wrong-peer", mover.ErrWrongPeer},
+	{"no-answer", mover.ErrNoAnswer},
+}
+
+func formatServeError(err error) string {
+	for _, k := range serveErrorKinds {
+		if errors.Is(err, k.err) {
+			return "error(" + k.name + "): " + err.Error()
+		}
+	}
+	return "error: " + err.Error()
+}
+
+// parseServeError is the error of a line formatServeError wrote.
+func parseServeError(line string) error {
+	if msg, ok := strings.CutPrefix(line, "error: "); ok {
+		return errors.New(msg)
+	}
+	kind, msg, _ := strings.Cut(strings.TrimPrefix(line, "error("), "): ")
+	for _, k := range serveErrorKinds {
+		if k.name == kind {
+			return marked{errors.New(msg), k.err}
+		}
+	}
+	return errors.New(msg)
+}
+
 // ServePublication runs publication id in this process until ctx is done:
 // it mounts the restore point, starts the instance, writes "ready\n" (or
-// "error: REASON\n") to ready and closes it, then waits. On the way out it
+// "error: REASON", see formatServeError) to ready and closes it, then waits. On the way out it
 // stops the instance, unmounts, drops the CoW layer and journals the
 // publication gone (or failed, if the instance or the mount ended on their
 // own); stopped by a signal that Unpublish did not send (a shutdown), it
@@ -562,7 +606,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	}
 	defer func() {
 		if err != nil {
-			report("error: " + err.Error())
+			report(formatServeError(err))
 		}
 	}()
 	p, err := pb.j.GetPublication(id)

@@ -73,7 +73,7 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 	}
 	pub, err := r.j.GetPublication(p.Published)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadPlan, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadPlan, err) // ErrNoPublication: not found
 	}
 	if pub.State == PubGone || pub.State == PubFailed {
 		return nil, fmt.Errorf("%w: publication %s is %s", ErrBadPlan, pub.ID, pub.State)
@@ -92,7 +92,7 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 		}
 		for _, db := range p.Databases {
 			if _, err := os.Lstat(s.TargetDir(db)); err == nil {
-				return nil, fmt.Errorf("%w: %s exists; remove it or choose another --to", ErrBadPlan, s.TargetDir(db))
+				return nil, fmt.Errorf("%w: %s %w; remove it or choose another --to", ErrBadPlan, s.TargetDir(db), ErrExists)
 			}
 		}
 	}
@@ -270,7 +270,7 @@ func (x *sessionRun) commitInPlace(db string, out *stepOutcome) error {
 		return nil
 	}
 	if _, err := os.Lstat(dest); err == nil {
-		return fmt.Errorf("%s exists; remove it and retry", dest)
+		return fmt.Errorf("%s %w; remove it and retry", dest, ErrExists)
 	}
 	man, err = mover.ReadManifest(src)
 	if err != nil {

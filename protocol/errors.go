@@ -110,9 +110,10 @@ type RemoteError struct {
 
 func (e *RemoteError) Error() string {
 	if e.Message == "" {
-		return fmt.Sprintf("peer reported an error (%s)", e.Code)
+		return fmt.Sprintf("the other mover reported an error (%s)", e.Code)
 	}
-	return fmt.Sprintf("peer: %s (%s)", e.Message, e.Code)
+	// Not "peer: …": the user reads this, and it is no package name.
+	return fmt.Sprintf("the other mover reported: %s (%s)", e.Message, e.Code)
 }
 
 // Is reports whether target is the sentinel of e's code, so that

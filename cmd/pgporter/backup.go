@@ -40,8 +40,8 @@ of the same cluster stores only what changed. Symlinks (pg_tblspc) are
 recorded, not followed. An interrupted backup leaves no restore point; rerun
 it and it reuses the chunks already stored.
 
-Prints the restore point ID as the last line (with --json, a JSON object
-with "restore_point").
+Prints the restore point ID as the last line (with --json, stdout is only a
+JSON object with "restore_point").
 
 Examples:
   pgporter backup --repo /srv/pgporter/repo --pgdata /var/lib/postgresql/15/main
@@ -54,7 +54,8 @@ Examples:
 	f.StringVar(&o.pgdata, "pgdata", "", "data directory of a stopped cluster, or a crash-consistent copy")
 	f.StringVar(&o.fromServer, "from-server", "", "libpq connection string of a running server to back up online")
 	f.BoolVar(&o.spreadCheckpoint, "spread-checkpoint", false, "with --from-server: let the server spread its starting checkpoint (gentler, slower to start)")
-	f.BoolVar(&o.json, "json", false, "print a JSON summary as the last line")
+	f.BoolVar(&o.json, "json", false, "print a JSON summary, and nothing else, on stdout")
+	c.MarkFlagsMutuallyExclusive("pgdata", "from-server")
 	return c
 }
 
@@ -62,8 +63,6 @@ func runBackup(cmd *cobra.Command, g *globals, o backupOpts) error {
 	switch {
 	case o.repo == "":
 		return usagef("backup needs --repo DIR")
-	case o.pgdata != "" && o.fromServer != "":
-		return usagef("backup takes --pgdata or --from-server, not both")
 	case o.pgdata == "" && o.fromServer == "":
 		return usagef("backup needs --pgdata DIR (or --from-server CONNSTRING)")
 	}
@@ -121,7 +120,7 @@ func runBackup(cmd *cobra.Command, g *globals, o backupOpts) error {
 	fmt.Fprintf(g.stdout, "backed up %s: %d files, %s in %.1fs (%.0f MB/s); stored %s new\n",
 		source, rp.Files, humanSize(rp.Size), secs, float64(rp.Size)/1e6/max(secs, 1e-9), humanSize(rp.StoredSize))
 	if o.json {
-		return writeJSONLine(g.stdout, map[string]any{
+		return g.writeJSON(map[string]any{
 			"restore_point": rp.ID, "time": rp.Time, "pg_version": rp.PGVersion, "system_id": rp.SystemID,
 			"databases": rp.Databases, "source_host": rp.SourceHost,
 			"files": rp.Files, "bytes": rp.Size, "stored_bytes": rp.StoredSize, "seconds": secs,

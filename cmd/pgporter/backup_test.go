@@ -108,10 +108,11 @@ func TestBackupCLIFromServer(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, list, 2)
 
-	// A server that is not there: a clear message, exit 1, no restore point.
+	// A server that is not there: a clear message, a network failure (exit
+	// 4), no restore point.
 	bad := filepath.Join(t.TempDir(), "bad")
 	code, out, errs = runCLI(t, "backup", "--repo", bad, "--from-server", "host="+t.TempDir()+" port=1 user=postgres")
-	require.Equal(t, exitFailure, code, errs)
+	require.Equal(t, exitNetwork, code, errs)
 	require.Contains(t, errs, "pgporter: connecting to the server: ")
 	require.Empty(t, out)
 	list, err = chunkstore.ListRepo(bad)
@@ -132,7 +133,7 @@ func TestBackupCLIErrors(t *testing.T) {
 		{"no source", []string{"backup", "--repo", dir}, exitUsage, "--pgdata"},
 		{"not a data dir", []string{"backup", "--repo", filepath.Join(dir, "r"), "--pgdata", dir}, exitFailure, "not a PostgreSQL data directory"},
 		{"list no repo", []string{"restore-points"}, exitUsage, "--repo"},
-		{"list missing", []string{"restore-points", "--repo", filepath.Join(dir, "missing")}, exitFailure, "not a repository"},
+		{"list missing", []string{"restore-points", "--repo", filepath.Join(dir, "missing")}, exitNotFound, "not a repository"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errs := runCLI(t, tc.args...)

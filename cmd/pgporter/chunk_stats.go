@@ -61,7 +61,7 @@ func runChunkStats(cmd *cobra.Command, g *globals, o chunkStatsOpts, files []str
 	}
 	st := a.Stats()
 	if o.json {
-		return writeJSONLine(g.stdout, map[string]any{
+		return g.writeJSON(map[string]any{
 			"stats": st, "dedupe_ratio": st.DedupeRatio(), "compress_ratio": st.CompressRatio(), "mb_per_s": st.MBps(),
 		})
 	}

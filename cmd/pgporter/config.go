@@ -129,7 +129,7 @@ func runConfigShow(cmd *cobra.Command, g *globals, args []string, asJSON bool) e
 	}
 	res := configShowResult{Command: target.CommandPath(), ConfigFile: g.cfg.File.Path, Settings: settings}
 	if asJSON {
-		return writeJSONLine(g.stdout, res)
+		return g.writeJSON(res)
 	}
 	if res.ConfigFile == "" {
 		fmt.Fprintf(g.stderr, "no configuration file (%s does not exist)\n", g.config)

@@ -69,7 +69,7 @@ who may run PostgreSQL and FUSE mounts.`,
 	f := c.Flags()
 	f.IntVar(&o.scale, "scale", 70, "pgbench scale of the \"shop\" database (about 15 MB each)")
 	f.BoolVar(&o.keep, "keep", false, "keep the temporary directory (cluster, repository, dumps) and print where")
-	f.BoolVar(&o.json, "json", false, "print a JSON summary as the last line")
+	f.BoolVar(&o.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	return c
 }
 
@@ -144,7 +144,7 @@ type demoRowCount struct {
 
 // errRowsDiffer means the restored database does not hold what the source
 // held: the demo's end-to-end check failed.
-var errRowsDiffer = errors.New("restored row counts differ from the source")
+var errRowsDiffer = mark(errors.New("restored row counts differ from the source"), errVerification)
 
 // demo is one run's state: what the deferred cleanup must undo, and what
 // the summary reports.
@@ -206,7 +206,7 @@ func runDemo(cmd *cobra.Command, g *globals, o demoOpts) (err error) {
 		d.res.Seconds = time.Since(d.start).Seconds()
 		d.summary()
 		if o.json {
-			err = writeJSONLine(g.stdout, d.res)
+			err = g.writeJSON(d.res)
 		}
 	}()
 	// The postgres OS user must reach everything below (cluster, staging).

@@ -5,17 +5,78 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"net"
+	"regexp"
+	"syscall"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pebbledb"
+	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/orchestrator"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/pgporter/pgporter/staging"
+	"github.com/quic-go/quic-go"
 )
 
-// Exit codes. Operators' scripts depend on them.
+// Exit codes. Operators' scripts depend on them: 'pgporter help exit-codes'
+// (exitCodesHelp) and docs/CLI.md document them, and a change is a change
+// of the CLI contract.
 const (
-	exitOK          = 0
-	exitFailure     = 1
-	exitUsage       = 2
-	exitNotBuilt    = 3
-	exitInterrupted = 130
+	exitOK           = 0
+	exitFailure      = 1
+	exitUsage        = 2
+	exitNotBuilt     = 3
+	exitNetwork      = 4
+	exitPermission   = 5
+	exitConflict     = 6
+	exitVerification = 7
+	exitNotFound     = 8
+	exitInterrupted  = 130
 )
+
+// exitKinds names each code for the "kind" of a --json failure.
+var exitKinds = map[int]string{
+	exitFailure:      "failure",
+	exitUsage:        "usage",
+	exitNotBuilt:     "not-built",
+	exitNetwork:      "network",
+	exitPermission:   "permission",
+	exitConflict:     "conflict",
+	exitVerification: "verification",
+	exitNotFound:     "not-found",
+	exitInterrupted:  "interrupted",
+}
+
+// exitCodesHelp is the text of 'pgporter help exit-codes'; docs/CLI.md has
+// the same table.
+const exitCodesHelp = `Every pgporter command exits with one of these codes. With --json, a failure
+also prints {"error": "...", "code": N, "kind": "..."} on stdout.
+
+    code  kind          meaning
+    0                   success
+    1     failure       any failure not listed below
+    2     usage         a usage mistake: unknown command or flag, a missing, malformed
+                        or conflicting flag or argument
+    3     not-built     a command of the CLI contract this build does not implement
+    4     network       no answer from a mover, or a connection lost and not regained
+                        within --retry-for; a host name that does not resolve
+    5     permission    refused permission: a mover that does not trust this identity
+                        or lacks a permission (mover trust --allow), a mover that is
+                        not the peer ID named, a destination outside a mover's roots,
+                        a file the OS does not let pgporter read or write
+    6     conflict      something else holds what the command needs: a session running
+                        in another process, a lock held, a port or mountpoint in use,
+                        a destination that exists (see --overwrite)
+    7     verification  data does not match its hashes: verify or restore found a
+                        damaged dump, a chunk is corrupt
+    8     not-found     what the command names does not exist: a repository, restore
+                        point, session, publication, mover identity or trusted peer
+    130   interrupted   SIGINT or SIGTERM stopped the command
+
+Network failures that may pass are retried first (send --retry-for); what
+cannot succeed however often it is tried ends at once with a hint.`
 
 // usageError marks a mistake in how the command was called.
 type usageError struct{ err error }
@@ -25,31 +86,168 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
+// marked is an error with its own message that is classified as mark is.
+type marked struct{ err, mark error }
+
+func (e marked) Error() string   { return e.err.Error() }
+func (e marked) Unwrap() []error { return []error{e.err, e.mark} }
+
+// mark returns err, matching mark too for exitCode, with err's message.
+func mark(err, as error) error { return marked{err, as} }
+
 // errNotBuilt is returned by commands of the CLI contract that this build does
 // not implement yet.
 var errNotBuilt = errors.New("not built yet in this version of pgporter")
 
 func notBuilt(name string) error { return fmt.Errorf("%s: %w", name, errNotBuilt) }
 
+// errVerification marks a check of data against its hashes that failed in
+// cmd itself (demo's row counts).
+var errVerification = errors.New("verification failed")
+
+// classify returns the exit code of err. The order matters where an error
+// matches several classes: an explicit usage error first, then the most
+// specific refusals, and network failures last, since a refusal often wraps
+// the transport error that carried it.
+func classify(err error) int {
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, context.Canceled):
+		return exitInterrupted
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, errNotBuilt):
+		return exitNotBuilt
+	case errors.Is(err, protocol.ErrVersion):
+		return exitFailure // no common protocol version: a refusal, but of the build, not of us
+	}
+	if code, ok := jobExitCode(err); ok {
+		return code
+	}
+	switch {
+	case isPermission(err):
+		return exitPermission
+	case isVerification(err):
+		return exitVerification
+	case isConflict(err):
+		return exitConflict
+	case isNotFound(err):
+		return exitNotFound
+	case errors.Is(err, orchestrator.ErrBadPlan):
+		return exitUsage
+	case isNetwork(err):
+		return exitNetwork
+	}
+	return exitFailure
+}
+
+// jobExitCode is the code of a job that failed on a staging mover, which
+// reports its error as text with the wire code of its cause.
+func jobExitCode(err error) (int, bool) {
+	je, ok := errors.AsType[*mover.JobError](err)
+	if !ok {
+		return 0, false
+	}
+	switch je.Code {
+	case protocol.CodePermission.String():
+		return exitPermission, true
+	case protocol.CodeConflict.String(), protocol.CodeBusy.String():
+		return exitConflict, true
+	case protocol.CodeCorrupt.String():
+		return exitVerification, true
+	case protocol.CodeNotFound.String():
+		return exitNotFound, true
+	}
+	return 0, false
+}
+
+func isPermission(err error) bool {
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote && uint64(ae.ErrorCode) == protocol.CloseRefused {
+		return true // the mover closed the connection: not trusted, or no more connections
+	}
+	return errors.Is(err, mover.ErrPermission) || errors.Is(err, protocol.ErrPermission) ||
+		errors.Is(err, mover.ErrUntrusted) || errors.Is(err, mover.ErrWrongPeer) ||
+		errors.Is(err, fs.ErrPermission)
+}
+
+func isVerification(err error) bool {
+	_, corrupt := errors.AsType[*chunkstore.CorruptChunkError](err)
+	return corrupt || errors.Is(err, mover.ErrVerify) || errors.Is(err, mover.ErrManifestHash) ||
+		errors.Is(err, protocol.ErrCorrupt) || errors.Is(err, chunkstore.ErrIDMismatch) ||
+		errors.Is(err, chunkstore.ErrHashMismatch) || errors.Is(err, errVerification)
+}
+
+func isConflict(err error) bool {
+	return errors.Is(err, orchestrator.ErrRunning) || errors.Is(err, orchestrator.ErrPortInUse) ||
+		errors.Is(err, orchestrator.ErrExists) || errors.Is(err, orchestrator.ErrNotDead) ||
+		errors.Is(err, pebbledb.ErrLocked) ||
+		errors.Is(err, staging.ErrMountInUse) ||
+		errors.Is(err, protocol.ErrConflict) || errors.Is(err, protocol.ErrBusy) ||
+		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fs.ErrExist)
+}
+
+func isNotFound(err error) bool {
+	return errors.Is(err, chunkstore.ErrNotRepo) || errors.Is(err, chunkstore.ErrNoRestorePoint) ||
+		errors.Is(err, orchestrator.ErrNoSession) || errors.Is(err, orchestrator.ErrNoPublication) ||
+		errors.Is(err, mover.ErrNoIdentity) || errors.Is(err, mover.ErrUnknownPeer) ||
+		errors.Is(err, protocol.ErrNotFound)
+}
+
+// isNetwork reports a failure to reach a mover or to keep the connection:
+// the QUIC and socket errors that survive --retry-for.
+func isNetwork(err error) bool {
+	if errors.Is(err, mover.ErrNoAnswer) || errors.Is(err, mover.ErrBadAddr) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	if _, ok := errors.AsType[*quic.IdleTimeoutError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[*quic.HandshakeTimeoutError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[*quic.StatelessResetError](err); ok {
+		return true
+	}
+	if ae, ok := errors.AsType[*quic.ApplicationError](err); ok && ae.Remote {
+		return true // the peer closed the connection: a mover that stopped
+	}
+	if _, ok := errors.AsType[*net.OpError](err); ok {
+		return true
+	}
+	_, dns := errors.AsType[*net.DNSError](err)
+	return dns
+}
+
+// packagePrefix matches the package name a sentinel error starts with
+// ("chunkstore: not a repository"): house style for Go callers, noise for
+// the user, so userMessage drops it wherever it appears in the chain.
+var packagePrefix = regexp.MustCompile(`(^|: )(?:chunkstore|protocol|mover|staging|orchestrator|pebble): `)
+
+// userMessage is err as the user reads it: the wrapping context kept, the
+// package prefixes of sentinels dropped.
+func userMessage(err error) string { return userText(err.Error()) }
+
+// userText is userMessage for an error kept as text (a session's or a
+// publication's in the journal).
+func userText(msg string) string { return packagePrefix.ReplaceAllString(msg, "$1") }
+
 // exitCode maps an error to the process exit code and prints the one line a
 // user reads. This is the only place that decides either.
 func exitCode(err error, stderr io.Writer, log *slog.Logger) int {
-	if err == nil {
-		return exitOK
-	}
-	var ue usageError
-	switch {
-	case errors.Is(err, context.Canceled):
+	code := classify(err)
+	switch code {
+	case exitOK:
+	case exitInterrupted:
 		fmt.Fprintln(stderr, "pgporter: interrupted")
-		return exitInterrupted
-	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "pgporter: %v\nRun 'pgporter --help' for usage.\n", err)
-		return exitUsage
-	case errors.Is(err, errNotBuilt):
-		fmt.Fprintf(stderr, "pgporter: %v\n", err)
-		return exitNotBuilt
+	case exitUsage:
+		fmt.Fprintf(stderr, "pgporter: %s\nRun 'pgporter --help' for usage.\n", userMessage(err))
+	default:
+		fmt.Fprintf(stderr, "pgporter: %s\n", userMessage(err))
+		log.Debug("error detail", "err", fmt.Sprintf("%+v", err))
 	}
-	fmt.Fprintf(stderr, "pgporter: %v\n", err)
-	log.Debug("error detail", "err", fmt.Sprintf("%+v", err))
-	return exitFailure
+	return code
 }

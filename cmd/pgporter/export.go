@@ -89,8 +89,12 @@ Examples:
 	f.BoolVar(&eo.plan.Globals, "globals", false, "add pg_dumpall --globals-only (roles, tablespaces) to each dump as globals.sql")
 	f.StringVar(&eo.bwlimit, "bwlimit", "", "limit on each transfer's wire bytes per second, e.g. 50M")
 	f.StringVar(&eo.splitTables, "split-tables-from", "off", "experimental: dump the data of tables at least this big (e.g. 64M) in parallel page ranges (--jobs connections, one snapshot; still an ordinary pg_dump -Fd archive); slower than pg_dump on 2 cores, see docs/BENCHMARKS.md")
-	f.BoolVar(&eo.json, "json", false, "print a JSON summary as the last line")
+	f.BoolVar(&eo.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	addMemoryLimitFlag(f, &eo.memoryLimit, exportMemoryLimit)
+	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
+	for _, f := range []string{"repo", "repo-peer", "staging"} {
+		c.MarkFlagsMutuallyExclusive("published", f) // the publication is the source and the staging host
+	}
 	return c
 }
 
@@ -102,8 +106,6 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return runPublishedExport(cmd, g, eo)
 	}
 	switch {
-	case eo.plan.Repo != "" && eo.plan.RepoPeer != "":
-		return usagef("export takes --repo or --repo-peer, not both")
 	case eo.plan.Repo == "" && eo.plan.RepoPeer == "":
 		return usagef("export needs --repo DIR or --repo-peer ADDR#PEER_ID")
 	case eo.plan.To == "":
@@ -135,10 +137,7 @@ func startExport(cmd *cobra.Command, g *globals, eo exportOpts, from func(orches
 		return err
 	}
 	s, err := r.Create(eo.plan)
-	if errors.Is(err, orchestrator.ErrBadPlan) {
-		return usageError{err}
-	}
-	if err != nil {
+	if err != nil { // orchestrator.ErrBadPlan is a usage error, unless more specific
 		return err
 	}
 	fmt.Fprintf(g.stderr, "session %s: exporting %s from %s to %s\n", s.ID, strings.Join(quoteAll(s.Plan.Databases), ", "), from(s.Plan), s.Plan.To)
@@ -233,7 +232,7 @@ func driveSession(cmd *cobra.Command, g *globals, r *orchestrator.Runner, id str
 		fmt.Fprintf(g.stderr, "session %s failed; 'pgporter retry %s' continues it, 'pgporter cancel %s' removes what it left\n", s.ID, s.ID, s.ID)
 	}
 	if asJSON {
-		if jerr := writeJSONLine(g.stdout, resultOf(s)); jerr != nil && err == nil {
+		if jerr := g.writeJSON(resultOf(s)); jerr != nil && err == nil {
 			err = jerr
 		}
 	}
@@ -309,8 +308,12 @@ func (p *progressRenderer) close(ok bool) {
 // on the publication's host (this one, or its mover's for 'publish --on'),
 // which retry and cancel reach like any other.
 func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
-	if eo.plan.To == "" || len(eo.plan.Databases) == 0 || eo.plan.Repo != "" || eo.plan.RepoPeer != "" || eo.plan.Staging != "" {
-		return usagef("export --published ID takes --db and --to, and --target to send the dumps on (no --repo, --repo-peer or --staging)")
+	// --repo, --repo-peer and --staging are refused by their flag groups.
+	switch {
+	case eo.plan.To == "":
+		return usagef("export --published ID needs --to DIR (on the publication's host, or on --target)")
+	case len(eo.plan.Databases) == 0:
+		return usagef("export --published ID needs at least one --db NAME")
 	}
 	eo.plan.Published = eo.published
 	return startExport(cmd, g, eo, func(p orchestrator.Plan) string { return "publication " + p.Published })

@@ -123,10 +123,10 @@ func TestExportCLI(t *testing.T) {
 
 	// Refusals: an existing target without --overwrite; an unknown session.
 	code, _, errs = runCLI(t, args...)
-	require.Equal(t, exitUsage, code)
+	require.Equal(t, exitConflict, code)
 	require.Contains(t, errs, "--overwrite")
 	code, _, errs = runCLI(t, "--home", home, "retry", "x-nope")
-	require.Equal(t, exitFailure, code)
+	require.Equal(t, exitNotFound, code)
 	require.Contains(t, errs, "no such session")
 }
 

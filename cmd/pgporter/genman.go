@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/cobra/doc"
@@ -50,9 +51,33 @@ func newGenManCmd(g *globals) *cobra.Command {
 			if err := doc.GenManTree(root, header, dir); err != nil {
 				return fmt.Errorf("writing man pages into %s: %w", dir, err)
 			}
+			// Help topics are not commands, so GenManTree skips them.
+			for _, c := range root.Commands() {
+				if c.IsAdditionalHelpTopicCommand() {
+					if err := genManTopic(c, header, dir); err != nil {
+						return err
+					}
+				}
+			}
 			n, _ := filepath.Glob(filepath.Join(dir, "*.1"))
 			fmt.Fprintf(g.stderr, "wrote %d man pages into %s\n", len(n), dir)
 			return nil
 		},
 	}
+}
+
+// genManTopic writes the page of help topic c ('pgporter help exit-codes'
+// is pgporter-exit-codes.1).
+func genManTopic(c *cobra.Command, header *doc.GenManHeader, dir string) error {
+	path := filepath.Join(dir, strings.ReplaceAll(c.CommandPath(), " ", "-")+".1")
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("writing man page %s: %w", path, err)
+	}
+	h := *header // GenMan fills in the title
+	if err := doc.GenMan(c, &h, f); err != nil {
+		f.Close()
+		return fmt.Errorf("writing man page %s: %w", path, err)
+	}
+	return f.Close()
 }

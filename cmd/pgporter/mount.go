@@ -69,6 +69,7 @@ Example:
 	f.StringVar(&o.owner, "owner", "postgres", "OS user every file appears to belong to")
 	f.StringVar(&o.cowDir, "cow-dir", "", "directory for the copy-on-write layer, absent or empty (default: a new directory under --home)")
 	f.BoolVar(&o.keepCow, "keep-cow", false, "keep the copy-on-write layer after unmounting")
+	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	return c
 }
 
@@ -78,8 +79,6 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 		return usagef("mount needs exactly one MOUNTPOINT, got %d arguments", len(args))
 	case o.repo == "" && o.repoPeer == "":
 		return usagef("mount needs --repo DIR or --repo-peer ADDR#PEER_ID")
-	case o.repo != "" && o.repoPeer != "":
-		return usagef("mount takes --repo or --repo-peer, not both")
 	case o.restorePoint == "":
 		return usagef("mount needs --restore-point ID or --restore-point latest")
 	}
@@ -90,7 +89,7 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 	// Before looking at the mountpoint: a stale mount fails every access.
 	cleaned, err := staging.CleanStaleMount(mnt)
 	if errors.Is(err, staging.ErrMountInUse) {
-		return usagef("mountpoint %s is already mounted by a running mount", mnt)
+		return mark(fmt.Errorf("mountpoint %s is already mounted by a running mount", mnt), err)
 	}
 	if err != nil {
 		return err
@@ -163,8 +162,8 @@ func runMount(ctx context.Context, g *globals, o mountOpts, args []string) error
 }
 
 // openMountSource opens the restore point the mount reads: from the local
-// repository or the repository mover. A missing restore point is a usage
-// mistake, with where to list them.
+// repository or the repository mover. A missing local restore point says
+// where to list them.
 func openMountSource(ctx context.Context, g *globals, o mountOpts) (orchestrator.Source, *chunkstore.RestorePoint, []chunkstore.Node, error) {
 	if o.repoPeer != "" {
 		if _, _, err := mover.ParsePeerAddr(o.repoPeer); err != nil {
@@ -173,11 +172,8 @@ func openMountSource(ctx context.Context, g *globals, o mountOpts) (orchestrator
 	}
 	src, rp, tree, err := orchestrator.OpenRestorePoint(ctx, orchestrator.SourceOptions{Repo: o.repo, RepoPeer: o.repoPeer, Home: g.home,
 		Remote: mover.RemoteRepoOptions{RetryFor: o.retryFor, Log: g.log}, Log: g.log}, o.restorePoint)
-	if errors.Is(err, chunkstore.ErrNoRestorePoint) {
-		if o.repoPeer == "" {
-			err = fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)
-		}
-		err = usageError{err}
+	if errors.Is(err, chunkstore.ErrNoRestorePoint) && o.repoPeer == "" {
+		err = fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)
 	}
 	return src, rp, tree, err
 }

@@ -177,9 +177,9 @@ func TestMountCLIErrors(t *testing.T) {
 		{"missing mountpoint", []string{"mount", "--repo", repo, "--restore-point", "latest", filepath.Join(dir, "nope")}, exitUsage, "does not exist"},
 		{"mountpoint is a file", []string{"mount", "--repo", repo, "--restore-point", "latest", file}, exitUsage, "is not a directory"},
 		{"mountpoint not empty", []string{"mount", "--repo", repo, "--restore-point", "latest", full}, exitUsage, "is not empty"},
-		{"unknown restore point", []string{"mount", "--repo", repo, "--restore-point", "rp-nope", empty}, exitUsage, `no such restore point: "rp-nope"`},
-		{"no restore points", []string{"mount", "--repo", repo, "--restore-point", "latest", empty}, exitUsage, "no restore points"},
-		{"missing repo", []string{"mount", "--repo", filepath.Join(dir, "norepo"), "--restore-point", "latest", empty}, exitFailure, "not a repository"},
+		{"unknown restore point", []string{"mount", "--repo", repo, "--restore-point", "rp-nope", empty}, exitNotFound, `no such restore point: "rp-nope"`},
+		{"no restore points", []string{"mount", "--repo", repo, "--restore-point", "latest", empty}, exitNotFound, "no restore points"},
+		{"missing repo", []string{"mount", "--repo", filepath.Join(dir, "norepo"), "--restore-point", "latest", empty}, exitNotFound, "not a repository"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errs := runCLI(t, tc.args...)
@@ -233,7 +233,7 @@ func TestMountRepoPeerCLI(t *testing.T) {
 
 	t.Run("send only is refused", func(t *testing.T) {
 		code, _, errs := runCLI(t, "--home", senderHome, "mount", "--repo-peer", peer, "--restore-point", "latest", mnt)
-		require.NotEqual(t, 0, code)
+		require.Equal(t, exitPermission, code, errs)
 		require.Contains(t, errs, "lacks permission read")
 		require.False(t, testsupport.IsMounted(t, mnt))
 	})
@@ -253,7 +253,7 @@ func TestMountRepoPeerCLI(t *testing.T) {
 			require.Contains(t, errs, tc.err)
 		}
 		code, _, errs := runCLI(t, "--home", stagingHome, "mount", "--repo-peer", peer, "--restore-point", "rp-nope", mnt)
-		require.Equal(t, exitUsage, code, errs)
+		require.Equal(t, exitNotFound, code, errs)
 		require.Contains(t, errs, "no such restore point")
 	})
 

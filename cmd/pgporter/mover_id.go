@@ -26,11 +26,11 @@ Example:
 			}
 			fmt.Fprintln(g.stdout, id.ID)
 			if asJSON {
-				return writeJSONLine(g.stdout, map[string]any{"peer_id": id.ID})
+				return g.writeJSON(map[string]any{"peer_id": id.ID})
 			}
 			return nil
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, `print {"peer_id"} as the last line`)
+	c.Flags().BoolVar(&asJSON, "json", false, `print {"peer_id"}, and nothing else, on stdout`)
 	return c
 }

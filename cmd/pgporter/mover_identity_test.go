@@ -29,7 +29,7 @@ func TestMoverIdentityCLI(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "home")
 
 	code, _, stderr := runMoverCLI(t, "mover", "id", "--home", home)
-	require.Equal(t, exitFailure, code)
+	require.Equal(t, exitNotFound, code)
 	require.Contains(t, stderr, "pgporter mover init --home "+home)
 
 	code, stdout, stderr := runMoverCLI(t, "mover", "init", "--home", home)
@@ -96,7 +96,8 @@ func TestMoverTrustCLI(t *testing.T) {
 	// Replacing permissions says what they were.
 	code, stdout, stderr = runMoverCLI(t, "mover", "trust", "--home", home, peer.String(), "--allow", "read,send", "--json")
 	require.Equal(t, exitOK, code, stderr)
-	require.Contains(t, stdout, "allow send,read (was send)")
+	require.Contains(t, stderr, "allow send,read (was send)", "with --json, the human line goes to stderr")
+	require.NotContains(t, stdout, "allow send,read (was send)")
 	var trustOut struct {
 		PeerID  string   `json:"peer_id"`
 		Name    string   `json:"name"`
@@ -114,9 +115,11 @@ func TestMoverTrustCLI(t *testing.T) {
 	require.Equal(t, exitOK, code, stderr)
 	require.Contains(t, stdout, "own identity")
 
+	// Regression (issue 19): --json printed the table before the object.
 	code, stdout, stderr = runMoverCLI(t, "mover", "peers", "--home", home, "--json")
 	require.Equal(t, exitOK, code, stderr)
-	require.Contains(t, stdout, "PEER ID")
+	require.NotContains(t, stdout, "PEER ID")
+	require.True(t, json.Valid([]byte(stdout)), "stdout is one JSON object: %q", stdout)
 	var peersOut struct {
 		Peers []struct {
 			PeerID string   `json:"peer_id"`
@@ -141,7 +144,7 @@ func TestMoverTrustCLI(t *testing.T) {
 	require.Contains(t, stdout, "untrusted "+peer.String()+" (target-1)")
 
 	code, _, stderr = runMoverCLI(t, "mover", "untrust", "--home", home, peer.String())
-	require.Equal(t, exitFailure, code)
+	require.Equal(t, exitNotFound, code)
 	require.Contains(t, stderr, "not in the trust list")
 
 	code, _, stderr = runMoverCLI(t, "mover", "untrust", "--home", home, string(typo))

@@ -27,7 +27,7 @@ Example:
 		Args: cobra.NoArgs,
 		RunE: func(_ *cobra.Command, _ []string) error { return runMoverInit(g, asJSON) },
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, `print {"peer_id", "created", "dir"} as the last line`)
+	c.Flags().BoolVar(&asJSON, "json", false, `print {"peer_id", "created", "dir"}, and nothing else, on stdout`)
 	return c
 }
 
@@ -44,7 +44,7 @@ func runMoverInit(g *globals, asJSON bool) error {
 	}
 	fmt.Fprintln(g.stdout, id.ID)
 	if asJSON {
-		return writeJSONLine(g.stdout, map[string]any{"peer_id": id.ID, "created": created, "dir": dir})
+		return g.writeJSON(map[string]any{"peer_id": id.ID, "created": created, "dir": dir})
 	}
 	return nil
 }

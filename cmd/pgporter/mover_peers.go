@@ -23,11 +23,11 @@ list with 'pgporter mover trust' and 'pgporter mover untrust'.
 
 Example:
   pgporter mover peers --home /var/lib/pgporter
-  pgporter mover peers --json | tail -1 | jq -r '.peers[].peer_id'`,
+  pgporter mover peers --json | jq -r '.peers[].peer_id'`,
 		Args: cobra.NoArgs,
 		RunE: func(_ *cobra.Command, _ []string) error { return runMoverPeers(g, asJSON) },
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, `print {"peers": [{"peer_id", "name", "allow", "added", "self", "version", "software", "seen"}]} as the last line ("version" and "software" empty, "seen" absent, when never seen)`)
+	c.Flags().BoolVar(&asJSON, "json", false, `print only {"peers": [{"peer_id", "name", "allow", "added", "self", "version", "software", "seen"}]} ("version" and "software" empty, "seen" absent, when never seen)`)
 	return c
 }
 
@@ -42,9 +42,10 @@ func runMoverPeers(g *globals, asJSON bool) error {
 	if id, err := mover.LoadIdentity(g.home); err == nil {
 		self = id.ID
 	}
-	if len(peers) == 0 {
+	switch {
+	case len(peers) == 0:
 		fmt.Fprintf(g.stderr, "no trusted peers in %s; add one with: pgporter mover trust PEER_ID --allow PERMS\n", ts.Path())
-	} else {
+	case !asJSON: // with --json, the object below is the whole of stdout
 		tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "PEER ID\tNAME\tALLOW\tADDED\tVERSION\tLAST SEEN")
 		for _, p := range peers {
@@ -77,7 +78,7 @@ func runMoverPeers(g *globals, asJSON bool) error {
 			}
 			list = append(list, m)
 		}
-		return writeJSONLine(g.stdout, map[string]any{"peers": list})
+		return g.writeJSON(map[string]any{"peers": list})
 	}
 	return nil
 }

@@ -165,7 +165,28 @@ func loopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// validateListen checks --listen before anything starts: HOST:PORT with an
+// empty HOST for every address and port 0 for any free port.
+func validateListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		if _, perr := net.LookupPort("udp", port); perr != nil {
+			err = fmt.Errorf("port %q is not a number from 0 to 65535", port)
+		}
+	}
+	if err != nil {
+		if ae, ok := errors.AsType[*net.AddrError](err); ok {
+			err = errors.New(ae.Err) // its text repeats the address
+		}
+		return usagef("--listen %q: %v: want HOST:PORT or :PORT, e.g. :7448", addr, err)
+	}
+	return nil
+}
+
 func runServe(ctx context.Context, g *globals, so serveOpts) error {
+	if err := validateListen(so.listen); err != nil {
+		return err
+	}
 	var memory [2]int64
 	for i, m := range []struct{ flag, v string }{{"--peer-memory", so.peerMemory}, {"--total-memory", so.totalMemory}} {
 		n, err := parseSize(m.v)

@@ -43,7 +43,7 @@ Examples:
 	f := c.Flags()
 	f.StringVar(&o.allow, "allow", "", "permissions, comma-separated: send, read, orchestrate (required; replaces existing ones)")
 	f.StringVar(&o.name, "name", "", "a label for the peer, shown by 'pgporter mover peers'")
-	f.BoolVar(&o.json, "json", false, `print {"peer_id", "name", "allow", "added", "updated"} as the last line`)
+	f.BoolVar(&o.json, "json", false, `print {"peer_id", "name", "allow", "added", "updated"}, and nothing else, on stdout`)
 	return c
 }
 
@@ -87,7 +87,7 @@ func runMoverTrust(g *globals, arg string, o trustOpts) error {
 		fmt.Fprintf(g.stdout, "trusted %s%s: allow %s\n", id, label, p.Perms)
 	}
 	if o.json {
-		return writeJSONLine(g.stdout, peerJSON(p, existed))
+		return g.writeJSON(peerJSON(p, existed))
 	}
 	return nil
 }

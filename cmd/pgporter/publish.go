@@ -111,6 +111,7 @@ Examples:
 	f.StringVar(&o.on, "on", "", "publish on the host of mover ADDR#PEER_ID (it must trust this home's ID with orchestrate); --repo is a path there")
 	f.StringVar(&o.resume, "resume", "", "serve dead publication ID again on its copy-on-write layer, address and port")
 	f.BoolVar(&o.asJSON, "json", false, "print one JSON object")
+	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	return c
 }
 
@@ -120,7 +121,7 @@ func serveCommand(g *globals) (orchestrator.ServeCommand, error) {
 	if err != nil {
 		return orchestrator.ServeCommand{}, fmt.Errorf("finding the pgporter executable: %w", err)
 	}
-	return orchestrator.ServeCommand{Args: []string{exe, "--home", g.home, "--log-level", g.logLevel, "publish", "--serve"}}, nil
+	return orchestrator.ServeCommand{Args: []string{exe, "--home", g.home, "--log-level", g.logLevel, "--log-format", g.logFormat, "publish", "--serve"}}, nil
 }
 
 // runPublishResume serves a dead publication again.
@@ -139,11 +140,8 @@ func runPublishResume(cmd *cobra.Command, g *globals, o publishOpts) error {
 		return err
 	}
 	p, err := pb.Resume(cmd.Context(), o.resume, serve)
-	switch {
-	case errors.Is(err, orchestrator.ErrNoPublication), errors.Is(err, orchestrator.ErrNotDead):
-		return usageError{err}
-	case err != nil:
-		return err
+	if err != nil {
+		return err // ErrNoPublication: not found; ErrNotDead: a conflict
 	}
 	return printPublished(g, p, o.asJSON)
 }
@@ -153,7 +151,7 @@ func printPublished(g *globals, p *orchestrator.Publication, asJSON bool) error 
 	fmt.Fprintf(g.stdout, "connect with a role of the backup and its password:\n  psql -h %s -p %d -U postgres postgres\n", p.Host(), p.Port)
 	fmt.Fprintf(g.stdout, "writes are discarded by: pgporter unpublish %s\n", p.ID)
 	if asJSON {
-		return writeJSONLine(g.stdout, map[string]any{"id": p.ID, "host": p.Host(), "port": p.Port, "restore_point": p.RestorePoint, "state": p.State, "on": p.On})
+		return g.writeJSON(map[string]any{"id": p.ID, "host": p.Host(), "port": p.Port, "restore_point": p.RestorePoint, "state": p.State, "on": p.On})
 	}
 	return nil
 }
@@ -166,8 +164,6 @@ func checkPublishRepo(o publishOpts, on bool) error {
 		return usagef("publish --on needs --repo DIR (a path on the mover's host) or --repo-peer ADDR#PEER_ID (as the mover's host reaches it)")
 	case o.repo == "" && o.repoPeer == "":
 		return usagef("publish needs --repo DIR or --repo-peer ADDR#PEER_ID")
-	case o.repo != "" && o.repoPeer != "":
-		return usagef("publish takes --repo or --repo-peer, not both")
 	case o.retryFor <= 0:
 		return usagef("--retry-for must be positive, got %v", o.retryFor)
 	}
@@ -211,16 +207,10 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 	}
 	p, err := pb.Publish(ctx, po)
 	switch {
-	case errors.Is(err, orchestrator.ErrPortInUse):
-		return usageError{err}
-	case errors.Is(err, chunkstore.ErrNoRestorePoint) && o.repoPeer != "":
-		return usageError{err}
-	case errors.Is(err, chunkstore.ErrNoRestorePoint):
-		return usageError{fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)}
-	case errors.Is(err, chunkstore.ErrNotRepo):
-		return usageError{err}
+	case errors.Is(err, chunkstore.ErrNoRestorePoint) && o.repoPeer == "":
+		return fmt.Errorf("%w (see 'pgporter restore-points --repo %s')", err, o.repo)
 	case err != nil:
-		return err
+		return err // exitCode classifies: a port in use, no such repository
 	}
 	return printPublished(g, p, o.asJSON)
 }

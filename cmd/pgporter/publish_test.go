@@ -68,7 +68,7 @@ func publishFrom(t *testing.T, home string, from []string, port int, extra ...st
 	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
 	require.Equal(t, "127.0.0.1", res.Host)
 	require.Equal(t, port, res.Port)
-	require.Contains(t, out, fmt.Sprintf("psql -h 127.0.0.1 -p %d", port))
+	require.Contains(t, errs, fmt.Sprintf("psql -h 127.0.0.1 -p %d", port), "with --json, the human lines go to stderr")
 	t.Cleanup(func() { runCLI(t, "--home", home, "unpublish", res.ID) })
 	j, err := orchestrator.OpenJournal(home)
 	require.NoError(t, err)
@@ -181,13 +181,13 @@ func TestPublishCLI(t *testing.T) {
 
 	// The port is taken now: a second publication on it is refused.
 	code, _, errs = runCLI(t, "--home", home, "publish", "--repo", repo, "--restore-point", "latest", "--port", strconv.Itoa(port))
-	require.Equal(t, exitUsage, code, errs)
+	require.Equal(t, exitConflict, code, errs)
 	require.Contains(t, errs, "port is already in use")
 
 	// The repository is held by the publication: a second one of it fails
 	// with the reason, and leaves nothing behind.
 	code, _, errs = runCLI(t, "--home", home, "publish", "--repo", repo, "--restore-point", "latest", "--port", strconv.Itoa(freeTCPPort(t)))
-	require.Equal(t, exitFailure, code, errs)
+	require.Equal(t, exitConflict, code, errs)
 	require.Contains(t, errs, "held open by another process")
 	require.Len(t, publishedList(t, home).Publications, 1)
 
@@ -257,9 +257,9 @@ func TestPublishPortInUse(t *testing.T) {
 	defer l.Close()
 	port := l.Addr().(*net.TCPAddr).Port
 	code, out, errs := runCLI(t, "--home", home, "publish", "--repo", t.TempDir(), "--restore-point", "latest", "--port", strconv.Itoa(port), "--json")
-	require.Equal(t, exitUsage, code, errs)
+	require.Equal(t, exitConflict, code, errs)
 	require.Contains(t, errs, fmt.Sprintf("port is already in use: 127.0.0.1:%d", port))
-	require.Empty(t, out)
+	require.JSONEq(t, fmt.Sprintf(`{"error": "port is already in use: 127.0.0.1:%d", "code": %d, "kind": "conflict"}`, port, exitConflict), out)
 	require.Empty(t, publishedList(t, home).Publications)
 }
 
@@ -286,7 +286,7 @@ func TestPublishKilled(t *testing.T) {
 
 	// Resuming a publication that runs is refused.
 	code, _, errs := runCLI(t, "--home", home, "publish", "--resume", p.ID)
-	require.Equal(t, exitUsage, code, errs)
+	require.Equal(t, exitConflict, code, errs)
 	require.Contains(t, errs, "not dead")
 
 	// The serve process holds the publication's lock until it exits. The
@@ -392,7 +392,7 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 	// Not trusted: the error names the repository mover, this home's ID,
 	// the permission and the command; nothing is left behind.
 	code, _, errs := runCLI(t, "--home", home, "publish", "--repo-peer", peer, "--restore-point", "latest", "--port", strconv.Itoa(port))
-	require.Equal(t, exitFailure, code, errs)
+	require.Equal(t, exitPermission, code, errs)
 	require.Contains(t, errs, "repository mover "+peer)
 	require.Contains(t, errs, "pgporter mover trust "+homeID+" --allow read")
 	t.Logf("untrusted: %s", strings.TrimSpace(errs))
@@ -400,9 +400,9 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 	code, _, errs = runCLI(t, "mover", "trust", homeID, "--allow", "read", "--home", srvHome)
 	require.Equal(t, 0, code, errs)
 
-	// An unknown restore point is a usage error.
+	// An unknown restore point is not found.
 	code, _, errs = runCLI(t, "--home", home, "publish", "--repo-peer", peer, "--restore-point", "rp-nope", "--port", strconv.Itoa(port))
-	require.Equal(t, exitUsage, code, errs)
+	require.Equal(t, exitNotFound, code, errs)
 	require.Contains(t, errs, "no such restore point")
 
 	start := time.Now()

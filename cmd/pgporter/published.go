@@ -70,7 +70,7 @@ starts, as the publication's --on-restart says). Publications made with
 					out.Publications = append(out.Publications, row{p.ID, string(p.State), p.RestorePoint, p.Host(), p.Listen, p.Port,
 						int64(uptime(p).Seconds()), orchestrator.CowBytes(p), p.Created, p.Error, p.On, p.OnRestart, p.Restarts})
 				}
-				return writeJSONLine(g.stdout, out)
+				return g.writeJSON(out)
 			}
 			if len(list) == 0 {
 				fmt.Fprintln(g.stdout, "no publications")
@@ -88,7 +88,7 @@ starts, as the publication's --on-restart says). Publications made with
 					on = p.On
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\n", p.ID, p.State, p.RestorePoint, p.Host(), p.Port, up,
-					mover.HumanBytes(orchestrator.CowBytes(p)), on, firstLine(p.Error))
+					mover.HumanBytes(orchestrator.CowBytes(p)), on, firstLine(userText(p.Error)))
 			}
 			return tw.Flush()
 		},

@@ -34,7 +34,7 @@ while a backup or a mover holds the repository open.`,
 				if rps == nil {
 					rps = []chunkstore.RestorePoint{}
 				}
-				return writeJSONLine(g.stdout, map[string]any{"restore_points": rps})
+				return g.writeJSON(map[string]any{"restore_points": rps})
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tTIME\tVERSION\tDATABASES\tSIZE\tSTORED")

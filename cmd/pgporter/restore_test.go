@@ -175,7 +175,7 @@ func TestRestore(t *testing.T) {
 		require.NotEqual(t, want, restoreChecksums(t, c, "raw_partial"))
 
 		code, out2, errs := runCLI(t, append([]string{"restore", bad, "--dbname", "refused", "--create"}, flags...)...)
-		require.Equal(t, exitFailure, code, errs)
+		require.Equal(t, exitVerification, code, errs)
 		require.Empty(t, out2)
 		require.Contains(t, errs, "pgporter: refusing to restore "+bad+": "+filepath.ToSlash(rel)+": size ")
 		require.Contains(t, errs, "manifest says")
@@ -184,7 +184,7 @@ func TestRestore(t *testing.T) {
 
 		c.CreateDB(t, "untouched")
 		code, _, errs = runCLI(t, append([]string{"restore", bad, "--dbname", "untouched"}, flags...)...)
-		require.Equal(t, exitFailure, code, errs)
+		require.Equal(t, exitVerification, code, errs)
 		require.Contains(t, errs, filepath.ToSlash(rel))
 		require.Equal(t, "0", c.Query(t, "untouched", "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"))
 	})
@@ -200,7 +200,7 @@ func TestRestore(t *testing.T) {
 		bad := copyTree(t, dump)
 		require.NoError(t, os.WriteFile(filepath.Join(bad, "9999.dat"), []byte("1\tsneaky\n"), 0o644))
 		code, _, errs := runCLI(t, append([]string{"restore", bad, "--dbname", "extra", "--create"}, flags...)...)
-		require.Equal(t, exitFailure, code, errs)
+		require.Equal(t, exitVerification, code, errs)
 		require.Contains(t, errs, "9999.dat: not in the manifest")
 		require.False(t, dbExists(t, c, "extra"))
 	})

@@ -33,7 +33,7 @@ The PostgreSQL password is looked up again, as for export.`,
 			return driveSession(cmd, g, r, s.ID, asJSON)
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary as the last line")
+	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary, and nothing else, on stdout")
 	c.Flags().StringVar(&passwordFile, "password-file", "", "file whose first line is the PostgreSQL user's password (default: the export's)")
 	c.Flags().IntVar(&port, "source-port", 5432, "port of the backed-up server, to match ~/.pgpass entries")
 	return c

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -23,6 +21,7 @@ type globals struct {
 	stdout   io.Writer
 	stderr   io.Writer
 	log      *slog.Logger
+	output   // --log-format and --json
 }
 
 func defaultHome() string {
@@ -39,11 +38,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	return exitCode(err, stderr, g.log)
+	return g.finish(cmd, args, stdout, err)
 }
 
 func newRootCmd(g *globals) *cobra.Command {
@@ -61,11 +60,19 @@ One binary plays every role: repository, staging and target movers
 			if err := applyConfig(cmd, g); err != nil {
 				return err
 			}
+			g.startOutput(cmd) // after the configuration, which may set --json
+			if err := checkFlags(cmd); err != nil {
+				return err
+			}
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 				return usagef("--log-level: %v", err)
 			}
-			g.log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
+			log, err := newLogger(g.stderr, lvl, g.logFormat)
+			if err != nil {
+				return err
+			}
+			g.log = log
 			if abs, err := filepath.Abs(g.home); err == nil {
 				g.home = abs
 			}
@@ -75,6 +82,7 @@ One binary plays every role: repository, staging and target movers
 	root.PersistentFlags().StringVar(&g.home, "home", defaultHome(), "state directory (identity, trust, journals); default $PGPORTER_HOME or /var/lib/pgporter")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.config, "config", config.DefaultPath, "configuration file (TOML; keys are flag names, a table per command); default $PGPORTER_CONFIG, else this file if it exists")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format on stderr: text or json (one object per line)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.Version = buildinfo.Get().String() // --version
 	root.SetVersionTemplate("{{.Version}}\n")
@@ -103,6 +111,8 @@ One binary plays every role: repository, staging and target movers
 	// 'pgporter completion bash|zsh|fish' is cobra's; the values it
 	// completes (sessions, restore points, ...) are ours.
 	addCompletions(g, root)
+	root.AddCommand(newExitCodesTopic())
+	strictSubcommands(root)
 	return root
 }
 
@@ -124,14 +134,4 @@ func oneArg(cmdName, what string) cobra.PositionalArgs {
 		}
 		return nil
 	}
-}
-
-// writeJSONLine prints v as one JSON object on the last line of stdout.
-func writeJSONLine(w io.Writer, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encoding JSON: %w", err)
-	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
-	return err
 }

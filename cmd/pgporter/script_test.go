@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -36,6 +37,7 @@ func TestScript(t *testing.T) {
 			"stopserve":     cmdStopServe,
 			"mksession":     cmdMkSession,
 			"mkpublication": cmdMkPublication,
+			"stdoutjson":    cmdStdoutJSON,
 		},
 	})
 }
@@ -119,6 +121,34 @@ func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if within > 0 {
 		ts.Logf("exited with %d in %v", got, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// stdoutjson [KEY[=VALUE]]... fails unless the previous command's stdout
+// is one JSON object and nothing else (the --json contract), holding each
+// KEY, with VALUE if given (compared as fmt prints the decoded value).
+func cmdStdoutJSON(ts *testscript.TestScript, neg bool, args []string) {
+	if neg {
+		ts.Fatalf("usage: stdoutjson [KEY[=VALUE]]...")
+	}
+	out := ts.ReadFile("stdout")
+	dec := json.NewDecoder(strings.NewReader(out))
+	var obj map[string]any
+	if err := dec.Decode(&obj); err != nil {
+		ts.Fatalf("stdout is not a JSON object: %v\n%s", err, out)
+	}
+	if rest := strings.TrimSpace(out[dec.InputOffset():]); rest != "" {
+		ts.Fatalf("stdout holds more than one JSON object; after it: %q", rest)
+	}
+	for _, a := range args {
+		k, want, hasWant := strings.Cut(a, "=")
+		v, ok := obj[k]
+		switch {
+		case !ok:
+			ts.Fatalf("stdout's object has no %q: %s", k, out)
+		case hasWant && fmt.Sprint(v) != want:
+			ts.Fatalf("stdout's %q is %v, want %s", k, v, want)
+		}
 	}
 }
 

@@ -47,7 +47,7 @@ Example:
 	f := c.Flags()
 	f.StringVar(&so.to, "to", "", "address of the receiving mover (host:port)")
 	f.StringVar(&so.peer, "peer", "", "peer ID of the receiving mover ('pgporter mover id' there)")
-	f.BoolVar(&so.json, "json", false, "print a JSON summary as the last line")
+	f.BoolVar(&so.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	f.IntVar(&so.o.Streams, "streams", 4, "parallel QUIC data streams per connection")
 	f.IntVar(&so.o.Connections, "connections", 0, "QUIC connections per transfer: 0 (auto) adds one a second, up to 4, while the link loses packets; a receiver older than protocol 5 takes one")
 	f.StringVar(&so.o.Compression, "compress", "auto", "compression level: auto (adapts to whichever of the CPU and the link limits), none, s2, fast4, fast1, fastest, default, better, best (s2 is the S2 codec, for receivers speaking protocol 6 or later; the others are zstd, fast4 and fast1 its --fast=4 and --fast=1)")
@@ -111,7 +111,7 @@ func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 		}
 	}
 	if so.json {
-		return writeJSONLine(g.stdout, res)
+		return g.writeJSON(res)
 	}
 	return nil
 }

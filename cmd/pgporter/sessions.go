@@ -54,7 +54,7 @@ database the BLAKE3 of the pgporter-manifest.json the target committed
 				for _, s := range list {
 					out.Sessions = append(out.Sessions, row{s.ID, string(s.State), s.Created, s.Updated, s.Plan.RestorePoint, s.Plan.Databases, s.Plan.To, s.Error})
 				}
-				return writeJSONLine(g.stdout, out)
+				return g.writeJSON(out)
 			}
 			if len(list) == 0 {
 				fmt.Fprintln(g.stdout, "no sessions")
@@ -63,7 +63,7 @@ database the BLAKE3 of the pgporter-manifest.json the target committed
 			tw := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SESSION\tSTATE\tUPDATED\tDATABASES\tTO\tERROR")
 			for _, s := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.State, s.Updated.Local().Format("2006-01-02 15:04:05"), strings.Join(quoteAll(s.Plan.Databases), ","), s.Plan.To, firstLine(s.Error))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.State, s.Updated.Local().Format("2006-01-02 15:04:05"), strings.Join(quoteAll(s.Plan.Databases), ","), s.Plan.To, firstLine(userText(s.Error)))
 			}
 			return tw.Flush()
 		},
@@ -79,7 +79,7 @@ database the BLAKE3 of the pgporter-manifest.json the target committed
 				return err
 			}
 			if asJSON {
-				return writeJSONLine(g.stdout, struct {
+				return g.writeJSON(struct {
 					*orchestrator.Session
 					Manifests map[string]string `json:"manifests"` // database → BLAKE3 of its committed manifest
 				}{s, s.Manifests()})
@@ -104,7 +104,7 @@ func printSession(w io.Writer, s *orchestrator.Session) {
 	fmt.Fprintf(w, "session        %s\nstate          %s\ncreated        %s\nrestore point  %s (repository %s)\ndatabases      %s\nto             %s\n",
 		s.ID, s.State, s.Created.Local().Format(time.RFC3339), s.Plan.RestorePoint, s.Plan.Repo, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.To)
 	if s.Error != "" {
-		fmt.Fprintf(w, "error          %s\n", s.Error)
+		fmt.Fprintf(w, "error          %s\n", userText(s.Error))
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nSTEP\tSTATE\tSTARTED\tSECONDS\tBYTES\tWIRE\tDETAIL")
@@ -115,7 +115,7 @@ func printSession(w io.Writer, s *orchestrator.Session) {
 		}
 		detail := st.Detail
 		if st.Error != "" {
-			detail = "error: " + firstLine(st.Error)
+			detail = "error: " + firstLine(userText(st.Error))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%s\t%s\t%s\n", st.Name, st.State, started, st.Seconds(), humanSize(st.Bytes), humanSize(st.WireBytes), detail)
 	}

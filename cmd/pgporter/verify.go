@@ -27,7 +27,7 @@ sessions show' prints): a dump whose files and manifest were both altered
 fails. With --b3sum, stdout holds one b3sum line (plain BLAKE3, two spaces,
 the path relative to DUMP_DIR) per file that verified, for 'b3sum --check'
 run in DUMP_DIR; the summary goes to stderr. Exit code 0 means the tree is
-exactly what was sent.`,
+exactly what was sent, 7 that it is not (see 'pgporter help exit-codes').`,
 		Args: oneArg("verify", "DUMP_DIR"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var o mover.VerifyOptions
@@ -40,9 +40,6 @@ exactly what was sent.`,
 			}
 			summary := g.stdout
 			if b3sum {
-				if asJSON {
-					return usagef("--b3sum and --json both write stdout: choose one")
-				}
 				summary = g.stderr
 				o.FileSum = func(path string, sum mover.Hash) {
 					fmt.Fprintf(g.stdout, "%s  %s\n", sum, path)
@@ -62,18 +59,16 @@ exactly what was sent.`,
 			}
 			if asJSON {
 				out := map[string]any{"ok": err == nil, "files": rep.Files, "bytes": rep.Bytes, "manifest_blake3": rep.ManifestHash.String(), "problems": rep.Problems}
-				if err != nil {
-					out["error"] = err.Error()
-				}
-				if jerr := writeJSONLine(g.stdout, out); jerr != nil {
+				if jerr := g.writeJSON(out); jerr != nil { // a failure adds "error" and "code"
 					return jerr
 				}
 			}
 			return err
 		},
 	}
-	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON report as the last line")
+	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON report, and nothing else, on stdout")
 	c.Flags().BoolVar(&b3sum, "b3sum", false, "print each file's BLAKE3 as b3sum does (reads each file's bytes through a second hash)")
 	c.Flags().StringVar(&expect, "expect", "", "the BLAKE3 (64 hex digits) the manifest must have")
+	c.MarkFlagsMutuallyExclusive("b3sum", "json") // both would write stdout
 	return c
 }

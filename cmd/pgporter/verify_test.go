@@ -51,11 +51,11 @@ func TestVerifyExpect(t *testing.T) {
 	code, _, _ = verify(dir)
 	require.Equal(t, 0, code, "without --expect the forgery verifies")
 	code, _, errOut := verify("--expect", want.String(), dir)
-	require.Equal(t, 1, code)
+	require.Equal(t, exitVerification, code)
 	require.Contains(t, errOut, "not the tree that was sent")
 	require.Contains(t, errOut, want.String())
 	code, out, _ = verify("--json", "--expect", want.String(), dir)
-	require.Equal(t, 1, code)
+	require.Equal(t, exitVerification, code)
 	require.Contains(t, out, `"ok":false`)
 
 	code, _, errOut = verify("--expect", strings.Repeat("z", 64), dir)
@@ -116,7 +116,7 @@ func TestVerifyFormat2(t *testing.T) {
 	content[150<<10] ^= 1
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "3001.dat"), content, 0o644))
 	code, out, errOut = verify("--b3sum", dir)
-	require.Equal(t, 1, code)
+	require.Equal(t, exitVerification, code)
 	require.Empty(t, out, "no b3sum line for a file that does not verify")
 	require.Contains(t, errOut, "3001.dat: content differs from the manifest (chunk list BLAKE3")
 

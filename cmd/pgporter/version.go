@@ -21,7 +21,7 @@ connect. Same as 'pgporter --version'.`,
 		RunE: func(_ *cobra.Command, _ []string) error {
 			in := buildinfo.Get()
 			if asJSON {
-				return writeJSONLine(g.stdout, in)
+				return g.writeJSON(in)
 			}
 			_, err := fmt.Fprintln(g.stdout, in)
 			return err
