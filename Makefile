@@ -127,7 +127,7 @@ vet:
 # klauspost/compress's zstd encoder instead of the C library's.
 purego:
 	CGO_ENABLED=0 $(GO) build ./...
-	CGO_ENABLED=0 $(GO) test -count=1 -run 'Codec|Compress|Decompress' ./chunkstore/
+	CGO_ENABLED=0 $(GO) test -count=1 -run 'Codec|Compress|Decompress' ./chunkstore/chunk/
 
 # Runs each Fuzz* target for FUZZTIME.
 fuzz:

@@ -42,7 +42,7 @@ type BackupOptions struct {
 
 // withDefaults fills the zero fields of o and checks its Params.
 func (o BackupOptions) withDefaults() (BackupOptions, error) {
-	o.Params = o.Params.withDefaults()
+	o.Params = o.Params.WithDefaults()
 	if err := o.Params.Validate(); err != nil {
 		return o, err
 	}

@@ -1,9 +1,12 @@
-// Package chunkstore is pgporter's content-addressed chunk engine: a
-// content-defined chunker (FastCDC with a gear hash and normalized chunking),
-// chunk IDs (BLAKE3-256 of the plain content), per-chunk zstd compression, and
-// a crash-safe local store made of append-only pack files indexed by pebble.
+// Package chunkstore stores chunks and the backups made of them: the Store
+// interface and its conformance suite (storetest), the crash-safe local
+// store of append-only pack files indexed by pebble (local.go, pack.go,
+// index.go), chunking statistics (stats.go), and the backup repository:
+// restore points, their trees, and backups of a data directory or of a
+// running server (repo.go, snapshot.go, backup.go, basebackup.go).
 //
-// The mover, the backup repository and the FUSE mount all build on it. It is
-// not a file format for whole trees: trees (restore points, transfer
-// manifests) are built by their owners out of chunk lists.
+// Chunk identity (IDs, codecs, parameters, the chunker) is the leaf package
+// chunkstore/chunk, which protocol imports without the store's pebble and
+// pgx; chunk_names.go forwards its names here for the callers that have
+// not moved to it yet.
 package chunkstore

@@ -66,7 +66,7 @@ type Analyzer struct {
 // NewAnalyzer returns an Analyzer cutting with p and compressing unique
 // chunks at level.
 func NewAnalyzer(p Params, level Level) (*Analyzer, error) {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}

@@ -14,6 +14,15 @@ import (
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
+// smallParams cut often, so that tests see many chunks in little data.
+var smallParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 256, Avg: 1024, Max: 4096}
+
+// NewAnalyzer refuses the parameters Validate refuses.
+func TestAnalyzerValidates(t *testing.T) {
+	_, err := chunkstore.NewAnalyzer(chunkstore.Params{Min: 100, Avg: 50, Max: 10}, chunkstore.LevelNone)
+	require.Error(t, err)
+}
+
 func TestAnalyzerDedupe(t *testing.T) {
 	// Two dumps of the same table a day apart: the second has a few rows
 	// changed in the middle and some appended.

@@ -365,7 +365,7 @@ func (r *RemoteRepo) Resolve(ctx context.Context, id string) (*chunkstore.Restor
 	if id != "latest" && p.ID != id {
 		return nil, fmt.Errorf("%w: asked for restore point %s, got %s", protocol.ErrProtocol, id, p.ID)
 	}
-	return p.RestorePoint(), nil
+	return pointFromWire(p), nil
 }
 
 // Tree reads and decodes rp's tree, fetching its chunks in parallel.

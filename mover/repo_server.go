@@ -80,7 +80,7 @@ func (s *Server) repoReply(peer PeerID, m protocol.Message) (protocol.Message, e
 		if err != nil {
 			return nil, err
 		}
-		return protocol.PointFromRepo(rp)
+		return pointToWire(rp)
 	}
 	return nil, fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type())
 }

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"unicode/utf8"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Code is an error code carried by an Error message. Codes are stable wire
@@ -128,8 +128,8 @@ func (e *Error) Err() error { return &RemoteError{Code: e.Code, Message: e.Messa
 // (an error relayed from another peer keeps its code); the code of the first
 // sentinel err matches (errors.Is, most specific first); CodeCancelled for
 // context.Canceled and context.DeadlineExceeded; CodeCorrupt for
-// *chunkstore.CorruptChunkError; CodeNotFound for chunkstore.ErrNotFound and
-// fs.ErrNotExist; CodeTooLarge for chunkstore.ErrTooLarge; CodeNoSpace for
+// *chunk.CorruptChunkError; CodeNotFound for chunk.ErrNotFound and
+// fs.ErrNotExist; CodeTooLarge for chunk.ErrTooLarge; CodeNoSpace for
 // ENOSPC and EDQUOT; CodePermission for fs.ErrPermission; CodeConflict for
 // fs.ErrExist; otherwise CodeInternal. The message is err.Error(), cut to
 // MaxErrorMessageLen bytes at a UTF-8 boundary.
@@ -149,15 +149,15 @@ func codeOf(err error) Code {
 			return e.code
 		}
 	}
-	if _, ok := errors.AsType[*chunkstore.CorruptChunkError](err); ok {
+	if _, ok := errors.AsType[*chunk.CorruptChunkError](err); ok {
 		return CodeCorrupt
 	}
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return CodeCancelled
-	case errors.Is(err, chunkstore.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, chunk.ErrNotFound), errors.Is(err, fs.ErrNotExist):
 		return CodeNotFound
-	case errors.Is(err, chunkstore.ErrTooLarge):
+	case errors.Is(err, chunk.ErrTooLarge):
 		return CodeTooLarge
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return CodeNoSpace

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 func TestCodeMapping(t *testing.T) {
@@ -99,9 +99,9 @@ func TestToWireOtherErrors(t *testing.T) {
 		{"plain", errors.New("boom"), CodeInternal},
 		{"canceled", fmt.Errorf("copying: %w", context.Canceled), CodeCancelled},
 		{"deadline", context.DeadlineExceeded, CodeCancelled},
-		{"corrupt chunk", fmt.Errorf("reading: %w", &chunkstore.CorruptChunkError{ID: testID(1), Err: chunkstore.ErrHashMismatch}), CodeCorrupt},
-		{"chunk not found", chunkstore.ErrNotFound, CodeNotFound},
-		{"chunk too large", chunkstore.ErrTooLarge, CodeTooLarge},
+		{"corrupt chunk", fmt.Errorf("reading: %w", &chunk.CorruptChunkError{ID: testID(1), Err: chunk.ErrHashMismatch}), CodeCorrupt},
+		{"chunk not found", chunk.ErrNotFound, CodeNotFound},
+		{"chunk too large", chunk.ErrTooLarge, CodeTooLarge},
 		{"not exist", &fs.PathError{Op: "open", Path: "/x", Err: syscall.ENOENT}, CodeNotFound},
 		{"permission", &fs.PathError{Op: "open", Path: "/x", Err: syscall.EACCES}, CodePermission},
 		{"exists", &fs.PathError{Op: "mkdir", Path: "/x", Err: syscall.EEXIST}, CodeConflict},

@@ -11,14 +11,14 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/stretchr/testify/require"
 )
 
 func TestReaderStream(t *testing.T) {
 	msgs := []Message{
 		NewHello("a"),
-		&OpenTransfer{TransferID: "t1", Dest: "/srv/d", Params: chunkstore.DefaultParams, Files: 2, Bytes: 7},
+		&OpenTransfer{TransferID: "t1", Dest: "/srv/d", Params: chunk.DefaultParams, Files: 2, Bytes: 7},
 		&FileHeader{Index: 0, Path: "toc.dat", Mode: 0o600, Size: 7, MTime: 42, NumChunks: 1},
 		&FileChunks{Index: 0, Chunks: []ChunkRef{{ID: testID(1), Len: 7}}},
 		&FileEnd{Index: 0},
@@ -182,7 +182,7 @@ func TestWriteMessageOneWritePerFrame(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			p := bytes.Repeat([]byte{byte(i)}, 1000*i)
-			if err := WriteMessage(w, &ChunkData{ID: chunkstore.Sum(p), PlainLen: uint32(len(p)), Payload: p}); err != nil {
+			if err := WriteMessage(w, &ChunkData{ID: chunk.Sum(p), PlainLen: uint32(len(p)), Payload: p}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -202,7 +202,7 @@ func TestWriteMessageOneWritePerFrame(t *testing.T) {
 			t.Fatal(err)
 		}
 		cd := m.(*ChunkData)
-		if chunkstore.VerifyContent(cd.ID, cd.Payload) != nil {
+		if chunk.VerifyContent(cd.ID, cd.Payload) != nil {
 			t.Fatal("frames interleaved")
 		}
 		seen[len(cd.Payload)/1000] = true
@@ -265,7 +265,7 @@ func TestReaderGrowsAsBytesArrive(t *testing.T) {
 	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "allocated ahead of the bytes that arrived")
 
 	payload := bytes.Repeat([]byte("x"), 3<<20)
-	cd := &ChunkData{ID: chunkstore.Sum(payload), Codec: chunkstore.CodecNone, PlainLen: uint32(len(payload)), Payload: payload}
+	cd := &ChunkData{ID: chunk.Sum(payload), Codec: chunk.CodecNone, PlainLen: uint32(len(payload)), Payload: payload}
 	var buf bytes.Buffer
 	require.NoError(t, WriteMessage(&buf, cd))
 	require.NoError(t, WriteMessage(&buf, cd))

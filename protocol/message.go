@@ -3,7 +3,7 @@ package protocol
 import (
 	"fmt"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Type is the type byte of a frame. The numbers are stable wire values listed
@@ -178,11 +178,11 @@ func Decode(t Type, payload []byte) (Message, error) {
 const (
 	MaxSoftwareLen     = 256
 	MaxErrorMessageLen = 4096
-	MaxAlgorithmLen    = 64                             // Params.Algorithm
-	MaxChunkRefs       = 65536                          // FileChunks.Chunks
-	MaxNeedChunks      = 1 << 20                        // Need.Chunks
-	MaxGetChunks       = 4096                           // GetChunks.IDs
-	MaxChunkPayload    = chunkstore.MaxChunkCeil + 1024 // ChunkData.Payload: room for zstd's overhead on incompressible data
+	MaxAlgorithmLen    = 64                        // Params.Algorithm
+	MaxChunkRefs       = 65536                     // FileChunks.Chunks
+	MaxNeedChunks      = 1 << 20                   // Need.Chunks
+	MaxGetChunks       = 4096                      // GetChunks.IDs
+	MaxChunkPayload    = chunk.MaxChunkCeil + 1024 // ChunkData.Payload: room for zstd's overhead on incompressible data
 	maxMode            = 0o7777
 )
 
@@ -243,11 +243,11 @@ func (m *Error) check() error {
 
 // OpenTransfer starts or resumes the transfer TransferID into Dest.
 type OpenTransfer struct {
-	TransferID string            // ValidTransferID; the same ID resumes
-	Dest       string            // ValidAbsPath on the receiver
-	Params     chunkstore.Params // chunking of the manifest; Algorithm at most MaxAlgorithmLen bytes, sizes at most MaxChunkCeil
-	Files      uint64            // files in the transfer
-	Bytes      uint64            // their total size
+	TransferID string       // ValidTransferID; the same ID resumes
+	Dest       string       // ValidAbsPath on the receiver
+	Params     chunk.Params // chunking of the manifest; Algorithm at most MaxAlgorithmLen bytes, sizes at most MaxChunkCeil
+	Files      uint64       // files in the transfer
+	Bytes      uint64       // their total size
 }
 
 func (*OpenTransfer) Type() Type { return TypeOpenTransfer }
@@ -267,9 +267,9 @@ func (m *OpenTransfer) decode(d *decoder) {
 	m.TransferID = d.string("transfer ID", MaxTransferIDLen)
 	m.Dest = d.string("dest", MaxPathLen)
 	m.Params.Algorithm = d.string("algorithm", MaxAlgorithmLen)
-	m.Params.Min = int(d.uvarint("min", chunkstore.MaxChunkCeil))
-	m.Params.Avg = int(d.uvarint("avg", chunkstore.MaxChunkCeil))
-	m.Params.Max = int(d.uvarint("max", chunkstore.MaxChunkCeil))
+	m.Params.Min = int(d.uvarint("min", chunk.MaxChunkCeil))
+	m.Params.Avg = int(d.uvarint("avg", chunk.MaxChunkCeil))
+	m.Params.Max = int(d.uvarint("max", chunk.MaxChunkCeil))
 	m.Files = d.uint64("files")
 	m.Bytes = d.uint64("bytes")
 }
@@ -285,8 +285,8 @@ func (m *OpenTransfer) check() error {
 	switch {
 	case len(p.Algorithm) > MaxAlgorithmLen:
 		return violation("algorithm: %d bytes above the limit %d", len(p.Algorithm), MaxAlgorithmLen)
-	case p.Min < 0 || p.Avg < 0 || p.Max < 0 || p.Min > chunkstore.MaxChunkCeil || p.Avg > chunkstore.MaxChunkCeil || p.Max > chunkstore.MaxChunkCeil:
-		return violation("chunk sizes %d/%d/%d outside [0, %d]", p.Min, p.Avg, p.Max, chunkstore.MaxChunkCeil)
+	case p.Min < 0 || p.Avg < 0 || p.Max < 0 || p.Min > chunk.MaxChunkCeil || p.Avg > chunk.MaxChunkCeil || p.Max > chunk.MaxChunkCeil:
+		return violation("chunk sizes %d/%d/%d outside [0, %d]", p.Min, p.Avg, p.Max, chunk.MaxChunkCeil)
 	}
 	return nil
 }
@@ -436,7 +436,7 @@ func (m *FileHeader) check() error {
 		return violation("a growing file announces %d bytes, %d chunks", m.Size, m.NumChunks)
 	}
 	n := uint64(m.NumChunks)
-	if n > m.Size || (n > 0 && m.Size > n*chunkstore.MaxChunkCeil) {
+	if n > m.Size || (n > 0 && m.Size > n*chunk.MaxChunkCeil) {
 		return violation("%d chunks cannot hold %d bytes", m.NumChunks, m.Size)
 	}
 	return nil
@@ -444,7 +444,7 @@ func (m *FileHeader) check() error {
 
 // ChunkRef is one chunk of a file's manifest.
 type ChunkRef struct {
-	ID  chunkstore.ID
+	ID  chunk.ID
 	Len uint32 // plain length, 1 to MaxChunkCeil
 }
 
@@ -472,14 +472,14 @@ func (m *FileChunks) Append(b []byte) []byte {
 func (m *FileChunks) decode(d *decoder) {
 	m.Index = d.uint32("index")
 	m.First = d.uint32("first")
-	n := d.count("chunks", MaxChunkRefs, chunkstore.IDSize+1)
+	n := d.count("chunks", MaxChunkRefs, chunk.IDSize+1)
 	if n == 0 {
 		return
 	}
 	m.Chunks = make([]ChunkRef, n)
 	for i := range m.Chunks {
 		m.Chunks[i].ID = d.hash("chunk ID")
-		m.Chunks[i].Len = uint32(d.uvarint("chunk length", chunkstore.MaxChunkCeil))
+		m.Chunks[i].Len = uint32(d.uvarint("chunk length", chunk.MaxChunkCeil))
 	}
 }
 
@@ -491,8 +491,8 @@ func (m *FileChunks) check() error {
 		return violation("chunks %d+%d beyond 1<<32", m.First, len(m.Chunks))
 	}
 	for i, c := range m.Chunks {
-		if c.Len == 0 || c.Len > chunkstore.MaxChunkCeil {
-			return violation("chunk %d: length %d outside [1, %d]", uint64(m.First)+uint64(i), c.Len, chunkstore.MaxChunkCeil)
+		if c.Len == 0 || c.Len > chunk.MaxChunkCeil {
+			return violation("chunk %d: length %d outside [1, %d]", uint64(m.First)+uint64(i), c.Len, chunk.MaxChunkCeil)
 		}
 	}
 	return nil
@@ -504,7 +504,7 @@ type FileEnd struct {
 	Index uint32
 	Size  uint64   // plain size in bytes: the chunks' lengths add up to it
 	MTime int64    // modification time, Unix nanoseconds
-	Hash  [32]byte // the file's chunk-list hash, chunkstore.FileListHash (version 3)
+	Hash  [32]byte // the file's chunk-list hash, chunk.FileListHash (version 3)
 }
 
 func (*FileEnd) Type() Type { return TypeFileEnd }
@@ -611,9 +611,9 @@ func (*SendDone) check() error             { return nil }
 
 // ChunkData carries one chunk on a data stream.
 type ChunkData struct {
-	ID       chunkstore.ID    // BLAKE3-256 of the plain content; the receiver verifies it
-	Codec    chunkstore.Codec // how Payload is encoded; must be Valid
-	PlainLen uint32           // plain length, at most MaxChunkCeil; equals len(Payload) for CodecNone
+	ID       chunk.ID    // BLAKE3-256 of the plain content; the receiver verifies it
+	Codec    chunk.Codec // how Payload is encoded; must be Valid
+	PlainLen uint32      // plain length, at most MaxChunkCeil; equals len(Payload) for CodecNone
 	// Payload is the encoded chunk, at most MaxChunkPayload bytes. A decoded
 	// Payload aliases the decoded buffer: for a Reader, it is valid only
 	// until the next call to Next.
@@ -631,8 +631,8 @@ func (m *ChunkData) Append(b []byte) []byte {
 
 func (m *ChunkData) decode(d *decoder) {
 	m.ID = d.hash("chunk ID")
-	m.Codec = chunkstore.Codec(d.uvarint("codec", 255))
-	m.PlainLen = uint32(d.uvarint("plain length", chunkstore.MaxChunkCeil))
+	m.Codec = chunk.Codec(d.uvarint("codec", 255))
+	m.PlainLen = uint32(d.uvarint("plain length", chunk.MaxChunkCeil))
 	m.Payload = d.bytes("payload", MaxChunkPayload)
 }
 
@@ -640,11 +640,11 @@ func (m *ChunkData) check() error {
 	switch {
 	case !m.Codec.Valid():
 		return violation("unknown codec %d", uint8(m.Codec))
-	case m.PlainLen > chunkstore.MaxChunkCeil:
-		return violation("plain length %d above the limit %d", m.PlainLen, chunkstore.MaxChunkCeil)
+	case m.PlainLen > chunk.MaxChunkCeil:
+		return violation("plain length %d above the limit %d", m.PlainLen, chunk.MaxChunkCeil)
 	case len(m.Payload) > MaxChunkPayload:
 		return violation("payload of %d bytes above the limit %d", len(m.Payload), MaxChunkPayload)
-	case m.Codec == chunkstore.CodecNone && len(m.Payload) != int(m.PlainLen):
+	case m.Codec == chunk.CodecNone && len(m.Payload) != int(m.PlainLen):
 		return violation("plain payload of %d bytes, plain length %d", len(m.Payload), m.PlainLen)
 	}
 	return nil
@@ -742,7 +742,7 @@ func (m *SpaceReply) check() error { return nil }
 // answers come back on the same stream, one per ID in order: a ChunkData of
 // that ID, or an Error saying why that chunk cannot be read.
 type GetChunks struct {
-	IDs []chunkstore.ID // at most MaxGetChunks
+	IDs []chunk.ID // at most MaxGetChunks
 }
 
 func (*GetChunks) Type() Type { return TypeGetChunks }
@@ -756,11 +756,11 @@ func (m *GetChunks) Append(b []byte) []byte {
 }
 
 func (m *GetChunks) decode(d *decoder) {
-	n := d.count("IDs", MaxGetChunks, chunkstore.IDSize)
+	n := d.count("IDs", MaxGetChunks, chunk.IDSize)
 	if n == 0 {
 		return
 	}
-	m.IDs = make([]chunkstore.ID, n)
+	m.IDs = make([]chunk.ID, n)
 	for i := range m.IDs {
 		m.IDs[i] = d.hash("chunk ID")
 	}

@@ -10,12 +10,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // testID returns a distinct, cheap ID (not the hash of anything).
-func testID(i int) chunkstore.ID {
-	var id chunkstore.ID
+func testID(i int) chunk.ID {
+	var id chunk.ID
 	binary.BigEndian.PutUint64(id[:], uint64(i))
 	id[31] = 0xa5
 	return id
@@ -26,15 +26,15 @@ func testID(i int) chunkstore.ID {
 func sampleMessages() map[string]Message {
 	refs := make([]ChunkRef, MaxChunkRefs)
 	for i := range refs {
-		refs[i] = ChunkRef{ID: testID(i), Len: uint32(i%chunkstore.MaxChunkCeil) + 1}
+		refs[i] = ChunkRef{ID: testID(i), Len: uint32(i%chunk.MaxChunkCeil) + 1}
 	}
-	refs[len(refs)-1].Len = chunkstore.MaxChunkCeil
+	refs[len(refs)-1].Len = chunk.MaxChunkCeil
 	need := make([]uint32, MaxNeedChunks)
 	for i := range need {
 		need[i] = uint32(i) * 4093
 	}
 	need[0] = 1<<32 - 1
-	ids := make([]chunkstore.ID, MaxGetChunks)
+	ids := make([]chunk.ID, MaxGetChunks)
 	for i := range ids {
 		ids[i] = testID(i)
 	}
@@ -47,13 +47,13 @@ func sampleMessages() map[string]Message {
 	for i := range dbs {
 		dbs[i] = PointDB{Name: text, OID: 1<<32 - 1, Size: 1<<64 - 1}
 	}
-	tree := make([]chunkstore.ID, MaxPointTreeChunks)
+	tree := make([]chunk.ID, MaxPointTreeChunks)
 	for i := range tree {
 		tree[i] = testID(i)
 	}
 	plain := bytes.Repeat([]byte("pg"), 1000)
-	packed, codec := chunkstore.Compress(nil, plain, chunkstore.LevelDefault)
-	s2Packed, _ := chunkstore.Compress(nil, plain, chunkstore.LevelS2)
+	packed, codec := chunk.Compress(nil, plain, chunk.LevelDefault)
+	s2Packed, _ := chunk.Compress(nil, plain, chunk.LevelS2)
 	maxPath := strings.Repeat(strings.Repeat("x", MaxPathElemLen)+"/", 15) + strings.Repeat("y", 254) + "/z"
 	hash := [32]byte(testID(7))
 
@@ -64,8 +64,8 @@ func sampleMessages() map[string]Message {
 		"Error":                     &Error{Code: CodeNoSpace, Message: "not enough space on /srv"},
 		"Error/unknown":             &Error{Code: 1<<16 - 1, Message: strings.Repeat("m", MaxErrorMessageLen)},
 		"Error/empty":               &Error{Code: CodeInternal},
-		"OpenTransfer":              &OpenTransfer{TransferID: "t-2026.11_25", Dest: "/srv/dumps/app", Params: chunkstore.DefaultParams, Files: 12, Bytes: 1 << 40},
-		"OpenTransfer/max":          &OpenTransfer{TransferID: strings.Repeat("Az09._-", 19)[:MaxTransferIDLen], Dest: "/" + maxPath[1:], Params: chunkstore.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunkstore.MaxChunkCeil, Avg: chunkstore.MaxChunkCeil, Max: chunkstore.MaxChunkCeil}, Files: 1<<64 - 1, Bytes: 1<<64 - 1},
+		"OpenTransfer":              &OpenTransfer{TransferID: "t-2026.11_25", Dest: "/srv/dumps/app", Params: chunk.DefaultParams, Files: 12, Bytes: 1 << 40},
+		"OpenTransfer/max":          &OpenTransfer{TransferID: strings.Repeat("Az09._-", 19)[:MaxTransferIDLen], Dest: "/" + maxPath[1:], Params: chunk.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunk.MaxChunkCeil, Avg: chunk.MaxChunkCeil, Max: chunk.MaxChunkCeil}, Files: 1<<64 - 1, Bytes: 1<<64 - 1},
 		"OpenTransfer/min":          &OpenTransfer{TransferID: "a", Dest: "/"},
 		"TransferState":             &TransferState{State: StateResume, DurableBytes: 1 << 33, DurableChunks: 131072, Free: 1 << 50},
 		"TransferState/c":           &TransferState{State: StateComplete},
@@ -73,7 +73,7 @@ func sampleMessages() map[string]Message {
 		"JoinTransfer":              &JoinTransfer{TransferID: "t-0123456789abcdef", Token: [JoinTokenLen]byte{9, 15: 1}},
 		"FileHeader":                &FileHeader{Index: 3, Path: "app/toc.dat", Mode: 0o644, Size: 1 << 30, MTime: 1764100000123456789, NumChunks: 16384},
 		"FileHeader/still-chunking": &FileHeader{Index: 4, Path: "3001.dat", Mode: 0o600, Size: 1 << 40},
-		"FileHeader/max":            &FileHeader{Index: 1<<32 - 1, Path: maxPath, Mode: 0o7777, Size: (1<<32 - 1) * chunkstore.MaxChunkCeil, MTime: -1 << 63, NumChunks: 1<<32 - 1},
+		"FileHeader/max":            &FileHeader{Index: 1<<32 - 1, Path: maxPath, Mode: 0o7777, Size: (1<<32 - 1) * chunk.MaxChunkCeil, MTime: -1 << 63, NumChunks: 1<<32 - 1},
 		"FileHeader/empty":          &FileHeader{Path: "empty", MTime: -1},
 		"FileHeader/growing":        &FileHeader{Index: 5, Path: "3002.dat", Mode: 0o600, MTime: 1764100000123456789, Growing: true},
 		"FileChunks":                &FileChunks{Index: 3, First: 16384, Chunks: refs[:3]},
@@ -90,11 +90,11 @@ func sampleMessages() map[string]Message {
 		"Need/empty":                &Need{Index: 2},
 		"NeedEnd":                   &NeedEnd{},
 		"SendDone":                  &SendDone{Chunks: 12345},
-		"ChunkData":                 &ChunkData{ID: chunkstore.Sum(plain), Codec: codec, PlainLen: uint32(len(plain)), Payload: packed},
-		"ChunkData/s2":              &ChunkData{ID: chunkstore.Sum(plain), Codec: chunkstore.CodecS2, PlainLen: uint32(len(plain)), Payload: s2Packed},
-		"ChunkData/plain":           &ChunkData{ID: chunkstore.Sum([]byte("abc")), Codec: chunkstore.CodecNone, PlainLen: 3, Payload: []byte("abc")},
-		"ChunkData/max":             &ChunkData{Codec: chunkstore.CodecZstd, PlainLen: chunkstore.MaxChunkCeil, Payload: make([]byte, MaxChunkPayload)},
-		"ChunkData/empty":           &ChunkData{ID: chunkstore.Sum(nil)},
+		"ChunkData":                 &ChunkData{ID: chunk.Sum(plain), Codec: codec, PlainLen: uint32(len(plain)), Payload: packed},
+		"ChunkData/s2":              &ChunkData{ID: chunk.Sum(plain), Codec: chunk.CodecS2, PlainLen: uint32(len(plain)), Payload: s2Packed},
+		"ChunkData/plain":           &ChunkData{ID: chunk.Sum([]byte("abc")), Codec: chunk.CodecNone, PlainLen: 3, Payload: []byte("abc")},
+		"ChunkData/max":             &ChunkData{Codec: chunk.CodecZstd, PlainLen: chunk.MaxChunkCeil, Payload: make([]byte, MaxChunkPayload)},
+		"ChunkData/empty":           &ChunkData{ID: chunk.Sum(nil)},
 		"Progress":                  &Progress{DurableChunks: 100, DurableBytes: 6400000},
 		"Committed":                 &Committed{Files: 12, Bytes: 1 << 40, ManifestHash: hash, AlreadyDone: true},
 		"Committed/new":             &Committed{Files: 1, Bytes: 1},
@@ -110,8 +110,8 @@ func sampleMessages() map[string]Message {
 		"PointList/empty":           &PointList{},
 		"GetPoint":                  &GetPoint{ID: "rp-20261125T231500Z-ab12cd"},
 		"GetPoint/latest":           &GetPoint{ID: "latest"},
-		"Point":                     &Point{ID: "rp-20261125T231500Z-ab12cd", Time: 1764112500123456789, PGVersion: "15", SystemID: "7441234567890123456", SourceHost: "db1", Size: 1 << 34, StoredSize: 1 << 32, Files: 1500, Params: chunkstore.DefaultParams, Databases: []PointDB{{Name: "app", OID: 16384, Size: 1 << 30}, {OID: 1}}, Tree: ids[:3]},
-		"Point/max":                 &Point{ID: strings.Repeat("r", MaxPointIDLen), Time: -1 << 63, PGVersion: text, SystemID: text, SourceHost: text, Size: 1<<64 - 1, StoredSize: 1<<64 - 1, Files: 1<<64 - 1, Params: chunkstore.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunkstore.MaxChunkCeil, Avg: chunkstore.MaxChunkCeil, Max: chunkstore.MaxChunkCeil}, Databases: dbs, Tree: tree},
+		"Point":                     &Point{ID: "rp-20261125T231500Z-ab12cd", Time: 1764112500123456789, PGVersion: "15", SystemID: "7441234567890123456", SourceHost: "db1", Size: 1 << 34, StoredSize: 1 << 32, Files: 1500, Params: chunk.DefaultParams, Databases: []PointDB{{Name: "app", OID: 16384, Size: 1 << 30}, {OID: 1}}, Tree: ids[:3]},
+		"Point/max":                 &Point{ID: strings.Repeat("r", MaxPointIDLen), Time: -1 << 63, PGVersion: text, SystemID: text, SourceHost: text, Size: 1<<64 - 1, StoredSize: 1<<64 - 1, Files: 1<<64 - 1, Params: chunk.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunk.MaxChunkCeil, Avg: chunk.MaxChunkCeil, Max: chunk.MaxChunkCeil}, Databases: dbs, Tree: tree},
 		"Point/min":                 &Point{ID: "p"},
 		"RunJob":                    &RunJob{Body: []byte(`{"session":"x-1","databases":["a"]}`)},
 		"RunJob/empty":              &RunJob{Body: []byte(`{}`)},
@@ -255,18 +255,18 @@ func TestDecodeRejects(t *testing.T) {
 		{"dot transfer ID", TypeOpenTransfer, (&OpenTransfer{TransferID: "..", Dest: "/x"}).Append(nil), ErrBadPath},
 		{"relative dest", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "x"}).Append(nil), ErrBadPath},
 		{"unclean dest", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "/x/../etc"}).Append(nil), ErrBadPath},
-		{"chunk min above ceiling", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "/x", Params: chunkstore.Params{Min: chunkstore.MaxChunkCeil + 1}}).Append(nil), nil},
+		{"chunk min above ceiling", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "/x", Params: chunk.Params{Min: chunk.MaxChunkCeil + 1}}).Append(nil), nil},
 		{"transfer state 0", TypeTransferState, (&TransferState{}).Append(nil), nil},
 		{"transfer state 4", TypeTransferState, (&TransferState{State: 4}).Append(nil), nil},
 		{"traversal path", TypeFileHeader, (&FileHeader{Path: "../etc/passwd"}).Append(nil), ErrBadPath},
 		{"absolute path", TypeFileHeader, (&FileHeader{Path: "/etc/passwd"}).Append(nil), ErrBadPath},
 		{"mode with type bits", TypeFileHeader, (&FileHeader{Path: "a", Mode: 0o10644}).Append(nil), nil},
 		{"more chunks than bytes", TypeFileHeader, (&FileHeader{Path: "a", Size: 1, NumChunks: 2}).Append(nil), nil},
-		{"chunks too small for size", TypeFileHeader, (&FileHeader{Path: "a", Size: chunkstore.MaxChunkCeil + 1, NumChunks: 1}).Append(nil), nil},
+		{"chunks too small for size", TypeFileHeader, (&FileHeader{Path: "a", Size: chunk.MaxChunkCeil + 1, NumChunks: 1}).Append(nil), nil},
 		{"chunk count above max", TypeFileChunks, cat(uv(0), uv(0), uv(MaxChunkRefs+1)), nil},
 		{"chunk count beyond payload", TypeFileChunks, cat(uv(0), uv(0), uv(2), id[:], uv(1)), nil},
 		{"zero-length chunk", TypeFileChunks, (&FileChunks{Chunks: []ChunkRef{{ID: id}}}).Append(nil), nil},
-		{"chunk above ceiling", TypeFileChunks, (&FileChunks{Chunks: []ChunkRef{{ID: id, Len: chunkstore.MaxChunkCeil + 1}}}).Append(nil), nil},
+		{"chunk above ceiling", TypeFileChunks, (&FileChunks{Chunks: []ChunkRef{{ID: id, Len: chunk.MaxChunkCeil + 1}}}).Append(nil), nil},
 		{"chunk indexes overflow", TypeFileChunks, (&FileChunks{First: 1<<32 - 1, Chunks: []ChunkRef{{ID: id, Len: 1}, {ID: id, Len: 1}}}).Append(nil), nil},
 		{"short hash", TypeFileEnd, cat(uv(0), uv(5), uv(0), id[:31]), nil},
 		{"FileEnd without size", TypeFileEnd, cat(uv(0), id[:]), nil},
@@ -276,7 +276,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"need count above max", TypeNeed, cat(uv(0), uv(MaxNeedChunks+1)), nil},
 		{"need count beyond payload", TypeNeed, cat(uv(0), uv(3), uv(1), uv(2)), nil},
 		{"unknown codec", TypeChunkData, (&ChunkData{Codec: 3}).Append(nil), nil},
-		{"plain length above ceiling", TypeChunkData, (&ChunkData{Codec: chunkstore.CodecZstd, PlainLen: chunkstore.MaxChunkCeil + 1}).Append(nil), nil},
+		{"plain length above ceiling", TypeChunkData, (&ChunkData{Codec: chunk.CodecZstd, PlainLen: chunk.MaxChunkCeil + 1}).Append(nil), nil},
 		{"plain payload length mismatch", TypeChunkData, (&ChunkData{PlainLen: 4, Payload: []byte("abc")}).Append(nil), nil},
 		{"payload above max", TypeChunkData, cat(id[:], uv(1), uv(1), uv(MaxChunkPayload+1)), nil},
 		{"bool byte 2", TypeCommitted, cat(uv(0), uv(0), id[:], []byte{2}), nil},
@@ -293,7 +293,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty GetPoint", TypeGetPoint, nil, nil},
 		{"point named latest", TypePoint, (&Point{ID: "latest"}).Append(nil), nil},
 		{"point text above max", TypePoint, (&Point{ID: "p", SourceHost: strings.Repeat("h", MaxPointTextLen+1)}).Append(nil), nil},
-		{"point params above ceiling", TypePoint, (&Point{ID: "p", Params: chunkstore.Params{Max: chunkstore.MaxChunkCeil + 1}}).Append(nil), nil},
+		{"point params above ceiling", TypePoint, (&Point{ID: "p", Params: chunk.Params{Max: chunk.MaxChunkCeil + 1}}).Append(nil), nil},
 		{"database count above max", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-2], uv(MaxPointDatabases+1)), nil},
 		{"database count beyond payload", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-2], uv(2), str("a"), uv(1), uv(1), uv(0)), nil},
 		{"tree count above max", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-1], uv(MaxPointTreeChunks+1)), nil},
@@ -362,13 +362,13 @@ func TestWriteMessageRejectsInvalid(t *testing.T) {
 		{"too many refs", &FileChunks{Chunks: make([]ChunkRef, MaxChunkRefs+1)}, ErrProtocol},
 		{"too many needs", &Need{Chunks: make([]uint32, MaxNeedChunks+1)}, ErrProtocol},
 		{"need past decided", &Need{Chunks: []uint32{3, 4}, Decided: 4}, ErrProtocol},
-		{"too many IDs", &GetChunks{IDs: make([]chunkstore.ID, MaxGetChunks+1)}, ErrProtocol},
+		{"too many IDs", &GetChunks{IDs: make([]chunk.ID, MaxGetChunks+1)}, ErrProtocol},
 		{"too many points", &PointList{IDs: make([]string, MaxPoints+1)}, ErrProtocol},
 		{"bad point ID", &GetPoint{ID: "../x"}, ErrBadPath},
-		{"too many tree chunks", &Point{ID: "p", Tree: make([]chunkstore.ID, MaxPointTreeChunks+1)}, ErrProtocol},
+		{"too many tree chunks", &Point{ID: "p", Tree: make([]chunk.ID, MaxPointTreeChunks+1)}, ErrProtocol},
 		{"too many databases", &Point{ID: "p", Databases: make([]PointDB, MaxPointDatabases+1)}, ErrProtocol},
-		{"payload too large", &ChunkData{Codec: chunkstore.CodecZstd, PlainLen: 1, Payload: make([]byte, MaxChunkPayload+1)}, ErrProtocol},
-		{"negative params", &OpenTransfer{TransferID: "t", Dest: "/d", Params: chunkstore.Params{Min: -1}}, ErrProtocol},
+		{"payload too large", &ChunkData{Codec: chunk.CodecZstd, PlainLen: 1, Payload: make([]byte, MaxChunkPayload+1)}, ErrProtocol},
+		{"negative params", &OpenTransfer{TransferID: "t", Dest: "/d", Params: chunk.Params{Min: -1}}, ErrProtocol},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

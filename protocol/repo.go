@@ -1,11 +1,9 @@
 package protocol
 
 import (
-	"errors"
 	"fmt"
-	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Messages of repository reads (a staging host reading a repository host's
@@ -110,9 +108,9 @@ type Point struct {
 	Size       uint64
 	StoredSize uint64
 	Files      uint64
-	Params     chunkstore.Params // Algorithm at most MaxAlgorithmLen bytes, sizes at most MaxChunkCeil
-	Databases  []PointDB         // at most MaxPointDatabases
-	Tree       []chunkstore.ID   // at most MaxPointTreeChunks
+	Params     chunk.Params // Algorithm at most MaxAlgorithmLen bytes, sizes at most MaxChunkCeil
+	Databases  []PointDB    // at most MaxPointDatabases
+	Tree       []chunk.ID   // at most MaxPointTreeChunks
 }
 
 func (*Point) Type() Type { return TypePoint }
@@ -153,9 +151,9 @@ func (m *Point) decode(d *decoder) {
 	m.StoredSize = d.uint64("stored size")
 	m.Files = d.uint64("files")
 	m.Params.Algorithm = d.string("algorithm", MaxAlgorithmLen)
-	m.Params.Min = int(d.uvarint("min", chunkstore.MaxChunkCeil))
-	m.Params.Avg = int(d.uvarint("avg", chunkstore.MaxChunkCeil))
-	m.Params.Max = int(d.uvarint("max", chunkstore.MaxChunkCeil))
+	m.Params.Min = int(d.uvarint("min", chunk.MaxChunkCeil))
+	m.Params.Avg = int(d.uvarint("avg", chunk.MaxChunkCeil))
+	m.Params.Max = int(d.uvarint("max", chunk.MaxChunkCeil))
 	if n := d.count("databases", MaxPointDatabases, 3); n > 0 {
 		m.Databases = make([]PointDB, n)
 		for i := range m.Databases {
@@ -164,8 +162,8 @@ func (m *Point) decode(d *decoder) {
 			m.Databases[i].Size = d.uint64("database size")
 		}
 	}
-	if n := d.count("tree chunks", MaxPointTreeChunks, chunkstore.IDSize); n > 0 {
-		m.Tree = make([]chunkstore.ID, n)
+	if n := d.count("tree chunks", MaxPointTreeChunks, chunk.IDSize); n > 0 {
+		m.Tree = make([]chunk.ID, n)
 		for i := range m.Tree {
 			m.Tree[i] = d.hash("tree chunk ID")
 		}
@@ -188,8 +186,8 @@ func (m *Point) check() error {
 	switch {
 	case len(p.Algorithm) > MaxAlgorithmLen:
 		return violation("algorithm: %d bytes above the limit %d", len(p.Algorithm), MaxAlgorithmLen)
-	case p.Min < 0 || p.Avg < 0 || p.Max < 0 || p.Min > chunkstore.MaxChunkCeil || p.Avg > chunkstore.MaxChunkCeil || p.Max > chunkstore.MaxChunkCeil:
-		return violation("chunk sizes %d/%d/%d outside [0, %d]", p.Min, p.Avg, p.Max, chunkstore.MaxChunkCeil)
+	case p.Min < 0 || p.Avg < 0 || p.Max < 0 || p.Min > chunk.MaxChunkCeil || p.Avg > chunk.MaxChunkCeil || p.Max > chunk.MaxChunkCeil:
+		return violation("chunk sizes %d/%d/%d outside [0, %d]", p.Min, p.Avg, p.Max, chunk.MaxChunkCeil)
 	case len(m.Databases) > MaxPointDatabases:
 		return violation("%d databases above the limit %d", len(m.Databases), MaxPointDatabases)
 	case len(m.Tree) > MaxPointTreeChunks:
@@ -203,38 +201,10 @@ func (m *Point) check() error {
 	return nil
 }
 
-// PointFromRepo converts a repository's restore point to its wire form. It
-// fails with an error matching ErrTooLarge when rp exceeds a wire limit
-// (ErrBadPath for an ID the wire cannot carry).
-func PointFromRepo(rp *chunkstore.RestorePoint) (*Point, error) {
-	m := &Point{
-		ID: rp.ID, Time: rp.Time.UnixNano(), PGVersion: rp.PGVersion, SystemID: rp.SystemID, SourceHost: rp.SourceHost,
-		Size: uint64(max(rp.Size, 0)), StoredSize: uint64(max(rp.StoredSize, 0)), Files: uint64(max(rp.Files, 0)),
-		Params: rp.Params, Tree: rp.Tree,
-	}
-	for _, db := range rp.Databases {
-		m.Databases = append(m.Databases, PointDB{Name: db.Name, OID: db.OID, Size: uint64(max(db.Size, 0))})
-	}
-	if err := m.check(); err != nil {
-		if !errors.Is(err, ErrBadPath) {
-			err = fmt.Errorf("%w: %w", ErrTooLarge, err)
-		}
-		return nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
-	}
-	return m, nil
-}
-
-// RestorePoint converts m back to the repository's form.
-func (m *Point) RestorePoint() *chunkstore.RestorePoint {
-	rp := &chunkstore.RestorePoint{
-		ID: m.ID, Time: time.Unix(0, m.Time).UTC(), PGVersion: m.PGVersion, SystemID: m.SystemID, SourceHost: m.SourceHost,
-		Size: int64(m.Size), StoredSize: int64(m.StoredSize), Files: int(m.Files), Params: m.Params, Tree: m.Tree,
-	}
-	for _, db := range m.Databases {
-		rp.Databases = append(rp.Databases, chunkstore.DBInfo{Name: db.Name, OID: db.OID, Size: int64(db.Size)})
-	}
-	return rp
-}
+// Check reports whether m is within the wire's limits: what a peer would
+// refuse, found before sending (an error matching ErrBadPath for an ID the
+// wire cannot carry, else a violation).
+func (m *Point) Check() error { return m.check() }
 
 var (
 	_ message = (*ListPoints)(nil)

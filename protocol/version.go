@@ -3,7 +3,7 @@ package protocol
 import (
 	"fmt"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Protocol versions this build speaks. A connection uses one version, the
@@ -15,7 +15,7 @@ import (
 // most the transfer's maximum chunk plus DataFrameOverhead bytes.
 //
 // Version 3 (issue 16) changes the meaning of FileEnd.Hash: the file's
-// chunk-list hash (chunkstore.FileListHash), no longer the BLAKE3 of its
+// chunk-list hash (chunk.FileListHash), no longer the BLAKE3 of its
 // content, so that each byte is hashed once on each side. A version 2 peer
 // would send or expect the other hash, so it is refused.
 //
@@ -28,7 +28,7 @@ import (
 // control (quic-go's NewReno) is what limits a lossy link. A peer below 5
 // gets no token and is sent nothing new.
 //
-// Version 6 (issue 16) adds codec 2, chunkstore.CodecS2, in ChunkData. A
+// Version 6 (issue 16) adds codec 2, chunk.CodecS2, in ChunkData. A
 // peer below 6 is never sent an S2 chunk (a sender holding one decodes and
 // encodes it again, see KnowsCodec), and a receiver refuses one from it.
 const (
@@ -36,7 +36,7 @@ const (
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
-	// S2Version is the first version whose peers decode chunkstore.CodecS2.
+	// S2Version is the first version whose peers decode chunk.CodecS2.
 	S2Version uint16 = 6
 )
 
@@ -77,11 +77,11 @@ func Negotiate(local, remote *Hello) (uint16, error) {
 // ChunkData: a sender that holds a chunk encoded with a codec the
 // connection's version does not know must decode it and encode it again.
 // Every version since 1 knows none and zstd; S2Version and later know S2.
-func KnowsCodec(v uint16, c chunkstore.Codec) bool {
+func KnowsCodec(v uint16, c chunk.Codec) bool {
 	switch c {
-	case chunkstore.CodecNone, chunkstore.CodecZstd:
+	case chunk.CodecNone, chunk.CodecZstd:
 		return v >= 1
-	case chunkstore.CodecS2:
+	case chunk.CodecS2:
 		return v >= S2Version
 	}
 	return false

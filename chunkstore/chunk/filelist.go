@@ -1,4 +1,4 @@
-package chunkstore
+package chunk
 
 import (
 	"encoding/binary"

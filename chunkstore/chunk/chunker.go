@@ -1,4 +1,4 @@
-package chunkstore
+package chunk
 
 import (
 	"errors"
@@ -109,7 +109,7 @@ type Chunker struct {
 // NewChunker returns a Chunker reading r, cutting with p (zero p means
 // DefaultParams).
 func NewChunker(r io.Reader, p Params) (*Chunker, error) {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ func (ch *Chunker) SetAlloc(alloc func() []byte) {
 // MinAllocSize is the smallest buffer SetAlloc's function may return for a
 // Chunker cutting with p.
 func MinAllocSize(p Params) int {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	return max(1<<20, 4*p.Max) + p.Max
 }
 
@@ -209,7 +209,7 @@ func (ch *Chunker) fill() error {
 // Split cuts data held in memory, calling fn with each chunk in order. It
 // stops at the first error fn returns.
 func Split(data []byte, p Params, fn func(Chunk) error) error {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return err
 	}

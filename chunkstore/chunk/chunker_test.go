@@ -1,4 +1,4 @@
-package chunkstore_test
+package chunk_test
 
 import (
 	"bytes"
@@ -17,19 +17,19 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
 // smallParams cut often, so that tests see many chunks in little data.
-var smallParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 256, Avg: 1024, Max: 4096}
+var smallParams = chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: 256, Avg: 1024, Max: 4096}
 
 // splitLens returns the chunk lengths Split cuts data into, checking offsets.
-func splitLens(t testing.TB, data []byte, p chunkstore.Params) []int {
+func splitLens(t testing.TB, data []byte, p chunk.Params) []int {
 	t.Helper()
 	var lens []int
 	var off int64
-	err := chunkstore.Split(data, p, func(c chunkstore.Chunk) error {
+	err := chunk.Split(data, p, func(c chunk.Chunk) error {
 		if c.Offset != off {
 			return fmt.Errorf("chunk %d at offset %d, want %d", len(lens), c.Offset, off)
 		}
@@ -46,14 +46,14 @@ func splitLens(t testing.TB, data []byte, p chunkstore.Params) []int {
 
 // chunkerLens returns the chunk lengths a Chunker reading r cuts, checking
 // that the chunks, concatenated, are want.
-func chunkerLens(t testing.TB, r io.Reader, p chunkstore.Params, want []byte) []int {
+func chunkerLens(t testing.TB, r io.Reader, p chunk.Params, want []byte) []int {
 	t.Helper()
-	ch, err := chunkstore.NewChunker(r, p)
+	ch, err := chunk.NewChunker(r, p)
 	require.NoError(t, err)
 	return drain(t, ch, want)
 }
 
-func drain(t testing.TB, ch *chunkstore.Chunker, want []byte) []int {
+func drain(t testing.TB, ch *chunk.Chunker, want []byte) []int {
 	t.Helper()
 	var lens []int
 	var off int64
@@ -110,7 +110,7 @@ var refGear = func() (t [256]uint64) {
 
 // refCut is AlgorithmGearV1 written plainly, one byte at a time: the
 // specification the optimised cutter must match bit for bit.
-func refCut(data []byte, p chunkstore.Params) int {
+func refCut(data []byte, p chunk.Params) int {
 	n := len(data)
 	if n <= p.Min {
 		return n
@@ -133,7 +133,7 @@ func refCut(data []byte, p chunkstore.Params) int {
 	return n
 }
 
-func refLens(data []byte, p chunkstore.Params) []int {
+func refLens(data []byte, p chunk.Params) []int {
 	var lens []int
 	for len(data) > 0 {
 		n := refCut(data, p)
@@ -157,12 +157,12 @@ func testInputs(n int) map[string][]byte {
 	}
 }
 
-var testParams = map[string]chunkstore.Params{
-	"default": chunkstore.DefaultParams,
+var testParams = map[string]chunk.Params{
+	"default": chunk.DefaultParams,
 	"small":   smallParams,
-	"tiny":    {Algorithm: chunkstore.AlgorithmGearV1, Min: chunkstore.MinChunkFloor, Avg: 256, Max: 257},
-	"wide":    {Algorithm: chunkstore.AlgorithmGearV1, Min: 64, Avg: 8192, Max: 1 << 20},
-	"odd":     {Algorithm: chunkstore.AlgorithmGearV1, Min: 1001, Avg: 2048, Max: 3333},
+	"tiny":    {Algorithm: chunk.AlgorithmGearV1, Min: chunk.MinChunkFloor, Avg: 256, Max: 257},
+	"wide":    {Algorithm: chunk.AlgorithmGearV1, Min: 64, Avg: 8192, Max: 1 << 20},
+	"odd":     {Algorithm: chunk.AlgorithmGearV1, Min: 1001, Avg: 2048, Max: 3333},
 }
 
 // Golden digests, computed with the first implementation of AlgorithmGearV1.
@@ -218,11 +218,11 @@ func TestSplitGolden(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		data []byte
-		p    chunkstore.Params
+		p    chunk.Params
 		want string // sha256 of the chunk lengths, as uint32 LE
 	}{
-		{"random/default", synth.Random(1, 8<<20), chunkstore.DefaultParams, goldenRandomDefault},
-		{"pgbench/default", synth.PgbenchRows(8 << 20), chunkstore.DefaultParams, goldenPgbenchDefault},
+		{"random/default", synth.Random(1, 8<<20), chunk.DefaultParams, goldenRandomDefault},
+		{"pgbench/default", synth.PgbenchRows(8 << 20), chunk.DefaultParams, goldenPgbenchDefault},
 		{"random/small", synth.Random(2, 1<<20), smallParams, goldenRandomSmall},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -237,14 +237,14 @@ func TestSplitGolden(t *testing.T) {
 
 func TestSplitZeroParamsAreDefault(t *testing.T) {
 	data := synth.Random(4, 2<<20)
-	require.Equal(t, splitLens(t, data, chunkstore.DefaultParams), splitLens(t, data, chunkstore.Params{}))
-	noAlg := chunkstore.DefaultParams
+	require.Equal(t, splitLens(t, data, chunk.DefaultParams), splitLens(t, data, chunk.Params{}))
+	noAlg := chunk.DefaultParams
 	noAlg.Algorithm = ""
-	require.Equal(t, splitLens(t, data, chunkstore.DefaultParams), splitLens(t, data, noAlg))
+	require.Equal(t, splitLens(t, data, chunk.DefaultParams), splitLens(t, data, noAlg))
 }
 
 func TestChunkerDeterministic(t *testing.T) {
-	for _, p := range []chunkstore.Params{chunkstore.DefaultParams, smallParams} {
+	for _, p := range []chunk.Params{chunk.DefaultParams, smallParams} {
 		// Over the Chunker's 1 MiB buffer, so that it refills mid-chunk.
 		for dname, data := range testInputs(1<<20 + 300<<10 + 7) {
 			t.Run(fmt.Sprintf("%d/%s", p.Avg, dname), func(t *testing.T) {
@@ -272,7 +272,7 @@ func TestChunkerDeterministic(t *testing.T) {
 
 func TestChunkerReset(t *testing.T) {
 	a, b := synth.Random(5, 3<<20), synth.PgbenchRows(2<<20)
-	ch, err := chunkstore.NewChunker(bytes.NewReader(a), smallParams)
+	ch, err := chunk.NewChunker(bytes.NewReader(a), smallParams)
 	require.NoError(t, err)
 	// Stop half way through a, then reuse the Chunker for b and for a.
 	for range 10 {
@@ -293,7 +293,7 @@ func TestChunkBounds(t *testing.T) {
 			t.Run(pname+"/"+dname, func(t *testing.T) {
 				var got []byte
 				var lens []int
-				require.NoError(t, chunkstore.Split(data, p, func(c chunkstore.Chunk) error {
+				require.NoError(t, chunk.Split(data, p, func(c chunk.Chunk) error {
 					got = append(got, c.Data...)
 					lens = append(lens, len(c.Data))
 					return nil
@@ -313,13 +313,13 @@ func TestChunkBounds(t *testing.T) {
 }
 
 func TestChunkerEmpty(t *testing.T) {
-	require.NoError(t, chunkstore.Split(nil, chunkstore.DefaultParams, func(chunkstore.Chunk) error {
+	require.NoError(t, chunk.Split(nil, chunk.DefaultParams, func(chunk.Chunk) error {
 		return errors.New("chunk from empty input")
 	}))
-	require.NoError(t, chunkstore.Split([]byte{}, smallParams, func(chunkstore.Chunk) error {
+	require.NoError(t, chunk.Split([]byte{}, smallParams, func(chunk.Chunk) error {
 		return errors.New("chunk from empty input")
 	}))
-	require.Empty(t, chunkerLens(t, bytes.NewReader(nil), chunkstore.DefaultParams, nil))
+	require.Empty(t, chunkerLens(t, bytes.NewReader(nil), chunk.DefaultParams, nil))
 	require.Empty(t, chunkerLens(t, iotest.DataErrReader(bytes.NewReader(nil)), smallParams, nil))
 }
 
@@ -339,7 +339,7 @@ func TestChunkerShortInput(t *testing.T) {
 func TestChunkerReadError(t *testing.T) {
 	boom := errors.New("boom")
 	data := synth.Random(6, 5<<20)
-	ch, err := chunkstore.NewChunker(io.MultiReader(bytes.NewReader(data), iotest.ErrReader(boom)), chunkstore.DefaultParams)
+	ch, err := chunk.NewChunker(io.MultiReader(bytes.NewReader(data), iotest.ErrReader(boom)), chunk.DefaultParams)
 	require.NoError(t, err)
 	var n int
 	for {
@@ -354,17 +354,17 @@ func TestChunkerReadError(t *testing.T) {
 }
 
 func TestChunkerInvalidParams(t *testing.T) {
-	bad := chunkstore.Params{Algorithm: "rabin", Min: 1024, Avg: 4096, Max: 16384}
-	_, err := chunkstore.NewChunker(bytes.NewReader(nil), bad)
+	bad := chunk.Params{Algorithm: "rabin", Min: 1024, Avg: 4096, Max: 16384}
+	_, err := chunk.NewChunker(bytes.NewReader(nil), bad)
 	require.Error(t, err)
-	err = chunkstore.Split([]byte("x"), bad, func(chunkstore.Chunk) error { return nil })
+	err = chunk.Split([]byte("x"), bad, func(chunk.Chunk) error { return nil })
 	require.Error(t, err)
 }
 
 func TestSplitStopsOnError(t *testing.T) {
 	stop := errors.New("stop")
 	calls := 0
-	err := chunkstore.Split(synth.Random(8, 1<<20), smallParams, func(chunkstore.Chunk) error {
+	err := chunk.Split(synth.Random(8, 1<<20), smallParams, func(chunk.Chunk) error {
 		calls++
 		if calls == 3 {
 			return stop
@@ -376,18 +376,18 @@ func TestSplitStopsOnError(t *testing.T) {
 }
 
 // chunkIDs returns the multiset of chunk IDs of data.
-func chunkIDs(t testing.TB, data []byte, p chunkstore.Params) map[chunkstore.ID]int {
+func chunkIDs(t testing.TB, data []byte, p chunk.Params) map[chunk.ID]int {
 	t.Helper()
-	ids := map[chunkstore.ID]int{}
-	require.NoError(t, chunkstore.Split(data, p, func(c chunkstore.Chunk) error {
-		ids[chunkstore.Sum(c.Data)]++
+	ids := map[chunk.ID]int{}
+	require.NoError(t, chunk.Split(data, p, func(c chunk.Chunk) error {
+		ids[chunk.Sum(c.Data)]++
 		return nil
 	}))
 	return ids
 }
 
 // onlyIn counts the chunks of a (with multiplicity) that b does not have.
-func onlyIn(a, b map[chunkstore.ID]int) int {
+func onlyIn(a, b map[chunk.ID]int) int {
 	n := 0
 	for id, c := range a {
 		n += max(0, c-b[id])
@@ -404,11 +404,11 @@ func onlyIn(a, b map[chunkstore.ID]int) int {
 // lies in between), so a few lost chunks are usual and ten are rare.
 func TestChunkerInsertionLocality(t *testing.T) {
 	for _, tc := range []struct {
-		p     chunkstore.Params
+		p     chunk.Params
 		seeds uint64
 	}{
 		{smallParams, 8},
-		{chunkstore.DefaultParams, 2}, // 8 MiB each: slow under -race
+		{chunk.DefaultParams, 2}, // 8 MiB each: slow under -race
 	} {
 		p := tc.p
 		t.Run(fmt.Sprintf("avg%d", p.Avg), func(t *testing.T) {
@@ -439,7 +439,7 @@ func TestChunkerInsertionLocality(t *testing.T) {
 	}
 }
 
-func meanChunk(t testing.TB, data []byte, p chunkstore.Params) (mean float64, atMax float64) {
+func meanChunk(t testing.TB, data []byte, p chunk.Params) (mean float64, atMax float64) {
 	t.Helper()
 	lens := splitLens(t, data, p)
 	full := 0
@@ -456,7 +456,7 @@ func meanChunk(t testing.TB, data []byte, p chunkstore.Params) (mean float64, at
 // few bytes, which in pgbench's space padding never vary, so nearly every
 // chunk was cut at Max.
 func TestChunkerMeanSize(t *testing.T) {
-	for _, p := range []chunkstore.Params{chunkstore.DefaultParams, smallParams, testParams["wide"]} {
+	for _, p := range []chunk.Params{chunk.DefaultParams, smallParams, testParams["wide"]} {
 		for _, tc := range []struct {
 			name string
 			data []byte
@@ -484,7 +484,7 @@ func TestChunkerConcurrent(t *testing.T) {
 	got := make([][]int, 4)
 	for i := range got {
 		wg.Go(func() {
-			ch, err := chunkstore.NewChunker(bytes.NewReader(data), smallParams)
+			ch, err := chunk.NewChunker(bytes.NewReader(data), smallParams)
 			if err != nil {
 				return
 			}
@@ -517,9 +517,9 @@ func FuzzChunker(f *testing.F) {
 	f.Add(bytes.Repeat([]byte("ab"), 3000), uint16(7), uint16(3), uint16(7), uint64(12345))
 	f.Fuzz(func(t *testing.T, data []byte, minK, avgK, maxK uint16, readSeed uint64) {
 		avg := 256 << (avgK % 4)
-		p := chunkstore.Params{
-			Algorithm: chunkstore.AlgorithmGearV1,
-			Min:       chunkstore.MinChunkFloor + int(minK)%(avg-chunkstore.MinChunkFloor),
+		p := chunk.Params{
+			Algorithm: chunk.AlgorithmGearV1,
+			Min:       chunk.MinChunkFloor + int(minK)%(avg-chunk.MinChunkFloor),
 			Avg:       avg,
 			Max:       avg + 1 + int(maxK)%(3*avg),
 		}
@@ -527,7 +527,7 @@ func FuzzChunker(f *testing.F) {
 
 		var got []byte
 		var lens []int
-		require.NoError(t, chunkstore.Split(data, p, func(c chunkstore.Chunk) error {
+		require.NoError(t, chunk.Split(data, p, func(c chunk.Chunk) error {
 			require.Equal(t, int64(len(got)), c.Offset)
 			got = append(got, c.Data...)
 			lens = append(lens, len(c.Data))
@@ -553,14 +553,14 @@ func FuzzChunker(f *testing.F) {
 // while later ones are cut, across files (Reset), and that a buffer too small
 // is refused.
 func TestChunkerSetAlloc(t *testing.T) {
-	for _, p := range []chunkstore.Params{chunkstore.DefaultParams, smallParams} {
+	for _, p := range []chunk.Params{chunk.DefaultParams, smallParams} {
 		a, b := synth.Random(7, 5<<20+123), synth.PgbenchRows(3<<20)
-		ch, err := chunkstore.NewChunker(nil, p)
+		ch, err := chunk.NewChunker(nil, p)
 		require.NoError(t, err)
 		allocs := 0
 		ch.SetAlloc(func() []byte {
 			allocs++
-			return make([]byte, chunkstore.MinAllocSize(p))
+			return make([]byte, chunk.MinAllocSize(p))
 		})
 		type kept struct {
 			data []byte
@@ -608,7 +608,7 @@ func TestChunkerSetAlloc(t *testing.T) {
 			require.True(t, bytes.Equal(k.want, k.data), "small chunk %d overwritten", i)
 		}
 
-		ch.SetAlloc(func() []byte { return make([]byte, chunkstore.MinAllocSize(p)-1) })
+		ch.SetAlloc(func() []byte { return make([]byte, chunk.MinAllocSize(p)-1) })
 		ch.Reset(bytes.NewReader(a))
 		_, err = ch.Next()
 		require.ErrorContains(t, err, "buffer of")

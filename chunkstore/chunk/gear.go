@@ -1,4 +1,4 @@
-package chunkstore
+package chunk
 
 // gear is the 256-entry table of the gear hash. It is part of the on-disk and
 // wire format (AlgorithmGearV1): chunk boundaries, and so chunk IDs, depend on

@@ -1,4 +1,4 @@
-package chunkstore
+package chunk
 
 import (
 	"fmt"
@@ -31,8 +31,8 @@ const (
 	MaxChunkCeil  = 8 << 20 // also the largest chunk any decoder accepts
 )
 
-// withDefaults fills a zero Params with DefaultParams.
-func (p Params) withDefaults() Params {
+// WithDefaults fills a zero Params with DefaultParams.
+func (p Params) WithDefaults() Params {
 	if p == (Params{}) {
 		return DefaultParams
 	}
@@ -44,7 +44,7 @@ func (p Params) withDefaults() Params {
 
 // Validate reports whether p describes a chunker this build implements.
 func (p Params) Validate() error {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	switch {
 	case p.Algorithm != AlgorithmGearV1:
 		return fmt.Errorf("chunkstore: unknown chunking algorithm %q", p.Algorithm)
@@ -64,6 +64,6 @@ func (p Params) Validate() error {
 
 // String returns "algorithm min/avg/max".
 func (p Params) String() string {
-	p = p.withDefaults()
+	p = p.WithDefaults()
 	return fmt.Sprintf("%s %d/%d/%d", p.Algorithm, p.Min, p.Avg, p.Max)
 }

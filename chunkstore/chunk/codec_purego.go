@@ -1,6 +1,6 @@
 //go:build !cgo
 
-package chunkstore
+package chunk
 
 import (
 	"fmt"

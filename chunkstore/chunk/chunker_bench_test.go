@@ -1,4 +1,4 @@
-package chunkstore_test
+package chunk_test
 
 import (
 	"bytes"
@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
@@ -28,7 +28,7 @@ func BenchmarkGearCDC(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		n := 0
-		err := chunkstore.Split(data, chunkstore.DefaultParams, func(chunkstore.Chunk) error {
+		err := chunk.Split(data, chunk.DefaultParams, func(chunk.Chunk) error {
 			n++
 			return nil
 		})
@@ -42,7 +42,7 @@ func BenchmarkGearCDC(b *testing.B) {
 // buffer refills.
 func BenchmarkGearCDCReader(b *testing.B) {
 	data := benchRandom()
-	ch, err := chunkstore.NewChunker(nil, chunkstore.DefaultParams)
+	ch, err := chunk.NewChunker(nil, chunk.DefaultParams)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -69,10 +69,10 @@ func BenchmarkCDCBlake3(b *testing.B) {
 	data := benchRandom()
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
-	var sink chunkstore.ID
+	var sink chunk.ID
 	for b.Loop() {
-		err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
-			id := chunkstore.Sum(c.Data)
+		err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
+			id := chunk.Sum(c.Data)
 			sink[0] ^= id[0]
 			return nil
 		})
@@ -85,14 +85,14 @@ func BenchmarkCDCBlake3(b *testing.B) {
 
 // BenchmarkCompressFastest compresses 64 MiB chunk by chunk at LevelFastest.
 func BenchmarkCompressFastest(b *testing.B) {
-	benchCompress(b, chunkstore.LevelFastest)
+	benchCompress(b, chunk.LevelFastest)
 }
 
 // BenchmarkCompressLevels compresses the same inputs at the levels of the
 // sender's ladder below LevelDefault: S2 (CodecS2) and zstd --fast=4,
 // --fast=1 and fastest.
 func BenchmarkCompressLevels(b *testing.B) {
-	for _, l := range []chunkstore.Level{chunkstore.LevelS2, chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest} {
+	for _, l := range []chunk.Level{chunk.LevelS2, chunk.LevelFast4, chunk.LevelFast1, chunk.LevelFastest} {
 		b.Run(l.String(), func(b *testing.B) { benchCompress(b, l) })
 	}
 }
@@ -117,7 +117,7 @@ func benchInputs() []benchInput {
 
 func benchChunks(b *testing.B, data []byte) [][]byte {
 	var chunks [][]byte
-	err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
+	err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
 		chunks = append(chunks, c.Data)
 		return nil
 	})
@@ -128,18 +128,18 @@ func benchChunks(b *testing.B, data []byte) [][]byte {
 }
 
 // benchCompress compresses each input chunk by chunk at level l.
-func benchCompress(b *testing.B, l chunkstore.Level) {
+func benchCompress(b *testing.B, l chunk.Level) {
 	for _, bc := range benchInputs() {
 		b.Run(bc.name, func(b *testing.B) {
 			chunks := benchChunks(b, bc.data)
-			buf := make([]byte, 0, chunkstore.DefaultParams.Max+1024)
+			buf := make([]byte, 0, chunk.DefaultParams.Max+1024)
 			b.SetBytes(int64(len(bc.data)))
 			b.ReportAllocs()
 			var stored int64
 			for b.Loop() {
 				stored = 0
 				for _, c := range chunks {
-					buf, _ = chunkstore.Compress(buf[:0], c, l)
+					buf, _ = chunk.Compress(buf[:0], c, l)
 					stored += int64(len(buf))
 				}
 			}

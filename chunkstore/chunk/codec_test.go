@@ -1,4 +1,4 @@
-package chunkstore_test
+package chunk_test
 
 import (
 	"bytes"
@@ -12,63 +12,63 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
-var allLevels = []chunkstore.Level{
-	chunkstore.LevelNone, chunkstore.LevelS2, chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest, chunkstore.LevelDefault, chunkstore.LevelBetter, chunkstore.LevelBest,
+var allLevels = []chunk.Level{
+	chunk.LevelNone, chunk.LevelS2, chunk.LevelFast4, chunk.LevelFast1, chunk.LevelFastest, chunk.LevelDefault, chunk.LevelBetter, chunk.LevelBest,
 }
 
 func TestLevelNames(t *testing.T) {
 	for _, l := range allLevels {
-		got, err := chunkstore.ParseLevel(l.String())
+		got, err := chunk.ParseLevel(l.String())
 		require.NoError(t, err)
 		require.Equal(t, l, got)
 	}
-	require.Equal(t, "level(9)", chunkstore.Level(9).String())
+	require.Equal(t, "level(9)", chunk.Level(9).String())
 	for _, s := range []string{"", "fast", "Fastest", "level(1)", "3"} {
-		_, err := chunkstore.ParseLevel(s)
+		_, err := chunk.ParseLevel(s)
 		require.Error(t, err, "%q", s)
 	}
 }
 
 func TestCodecNames(t *testing.T) {
-	require.Equal(t, "none", chunkstore.CodecNone.String())
-	require.Equal(t, "zstd", chunkstore.CodecZstd.String())
-	require.Equal(t, "s2", chunkstore.CodecS2.String())
-	require.Equal(t, "codec(7)", chunkstore.Codec(7).String())
-	require.True(t, chunkstore.CodecNone.Valid())
-	require.True(t, chunkstore.CodecZstd.Valid())
-	require.True(t, chunkstore.CodecS2.Valid())
-	require.False(t, chunkstore.Codec(3).Valid())
-	require.Equal(t, chunkstore.Codec(2), chunkstore.CodecS2, "the codec byte is on disk and on the wire")
+	require.Equal(t, "none", chunk.CodecNone.String())
+	require.Equal(t, "zstd", chunk.CodecZstd.String())
+	require.Equal(t, "s2", chunk.CodecS2.String())
+	require.Equal(t, "codec(7)", chunk.Codec(7).String())
+	require.True(t, chunk.CodecNone.Valid())
+	require.True(t, chunk.CodecZstd.Valid())
+	require.True(t, chunk.CodecS2.Valid())
+	require.False(t, chunk.Codec(3).Valid())
+	require.Equal(t, chunk.Codec(2), chunk.CodecS2, "the codec byte is on disk and on the wire")
 }
 
 // TestLevelOrder: the levels go by effort, S2 below zstd --fast=4, which the
 // sender's ladder steps through one at a time.
 func TestLevelOrder(t *testing.T) {
-	require.Equal(t, "s2", chunkstore.LevelS2.String())
-	require.Less(t, chunkstore.LevelNone, chunkstore.LevelS2)
-	require.Equal(t, chunkstore.LevelS2+1, chunkstore.LevelFast4)
+	require.Equal(t, "s2", chunk.LevelS2.String())
+	require.Less(t, chunk.LevelNone, chunk.LevelS2)
+	require.Equal(t, chunk.LevelS2+1, chunk.LevelFast4)
 }
 
 // roundTrip compresses data at l after a prefix, decompresses it after
 // another prefix, and returns the codec and the encoded size.
-func roundTrip(t testing.TB, data []byte, l chunkstore.Level) (chunkstore.Codec, int) {
+func roundTrip(t testing.TB, data []byte, l chunk.Level) (chunk.Codec, int) {
 	t.Helper()
 	prefix := []byte("prefix")
-	enc, codec := chunkstore.Compress(append([]byte{}, prefix...), data, l)
+	enc, codec := chunk.Compress(append([]byte{}, prefix...), data, l)
 	require.Equal(t, prefix, enc[:len(prefix)], "Compress must append to dst")
 	enc = enc[len(prefix):]
 	require.True(t, codec.Valid())
 
-	dec, err := chunkstore.Decompress(append([]byte{}, prefix...), enc, codec, len(data))
+	dec, err := chunk.Decompress(append([]byte{}, prefix...), enc, codec, len(data))
 	require.NoError(t, err)
 	require.Equal(t, prefix, dec[:len(prefix)], "Decompress must append to dst")
 	require.True(t, bytes.Equal(data, dec[len(prefix):]), "round trip changed the data")
 
-	dec, err = chunkstore.Decompress(nil, enc, codec, len(data))
+	dec, err = chunk.Decompress(nil, enc, codec, len(data))
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(data, dec), "round trip into nil changed the data")
 	return codec, len(enc)
@@ -81,7 +81,7 @@ func TestCompressRoundTrip(t *testing.T) {
 		compressible bool
 	}{
 		{"pgbench", synth.PgbenchRows(200 << 10), true},
-		{"text-max-chunk", bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');\n"), chunkstore.MaxChunkCeil/33+1)[:chunkstore.MaxChunkCeil], true},
+		{"text-max-chunk", bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');\n"), chunk.MaxChunkCeil/33+1)[:chunk.MaxChunkCeil], true},
 		{"zeros", make([]byte, 64<<10), true},
 		{"random", synth.Random(31, 64<<10), false},
 		{"small", bytes.Repeat([]byte{'a'}, 100), false}, // below 128 B: never worth a zstd frame
@@ -92,20 +92,20 @@ func TestCompressRoundTrip(t *testing.T) {
 		{"half-random", append(synth.Random(32, 32<<10), make([]byte, 32<<10)...), true},
 	}
 	for _, in := range inputs {
-		for _, l := range append(allLevels, chunkstore.Level(-1), chunkstore.Level(99)) {
-			if len(in.data) > 1<<20 && l > chunkstore.LevelFastest {
+		for _, l := range append(allLevels, chunk.Level(-1), chunk.Level(99)) {
+			if len(in.data) > 1<<20 && l > chunk.LevelFastest {
 				continue // slow at high levels, and no different
 			}
 			t.Run(in.name+"/"+l.String(), func(t *testing.T) {
 				codec, n := roundTrip(t, in.data, l)
-				if l == chunkstore.LevelNone || !in.compressible {
-					require.Equal(t, chunkstore.CodecNone, codec)
+				if l == chunk.LevelNone || !in.compressible {
+					require.Equal(t, chunk.CodecNone, codec)
 					require.Equal(t, len(in.data), n)
 					return
 				}
-				want := chunkstore.CodecZstd
-				if l == chunkstore.LevelS2 {
-					want = chunkstore.CodecS2
+				want := chunk.CodecZstd
+				if l == chunk.LevelS2 {
+					want = chunk.CodecS2
 				}
 				require.Equal(t, want, codec)
 				require.Less(t, n, len(in.data)-len(in.data)/32)
@@ -117,16 +117,16 @@ func TestCompressRoundTrip(t *testing.T) {
 func TestCompressIncompressibleStoredPlain(t *testing.T) {
 	data := synth.Random(33, 256<<10)
 	dst := make([]byte, 0, 1<<20)
-	out, codec := chunkstore.Compress(dst, data, chunkstore.LevelBest)
-	require.Equal(t, chunkstore.CodecNone, codec)
+	out, codec := chunk.Compress(dst, data, chunk.LevelBest)
+	require.Equal(t, chunk.CodecNone, codec)
 	require.True(t, bytes.Equal(data, out))
 	require.Equal(t, &dst[:1][0], &out[0], "spare capacity of dst is used")
 }
 
 func zstdFrame(t testing.TB, data []byte) []byte {
 	t.Helper()
-	enc, codec := chunkstore.Compress(nil, data, chunkstore.LevelDefault)
-	require.Equal(t, chunkstore.CodecZstd, codec)
+	enc, codec := chunk.Compress(nil, data, chunk.LevelDefault)
+	require.Equal(t, chunk.CodecZstd, codec)
 	return enc
 }
 
@@ -166,7 +166,7 @@ func TestRLEBombIsValidZstd(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, bytes.Repeat([]byte{'x'}, 300<<10), out)
 	}
-	out, err := chunkstore.Decompress(nil, rleBomb(300<<10, -1), chunkstore.CodecZstd, 300<<10)
+	out, err := chunk.Decompress(nil, rleBomb(300<<10, -1), chunk.CodecZstd, 300<<10)
 	require.NoError(t, err)
 	require.Equal(t, bytes.Repeat([]byte{'x'}, 300<<10), out)
 }
@@ -177,30 +177,30 @@ func TestDecompressRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		src      []byte
-		codec    chunkstore.Codec
+		codec    chunk.Codec
 		plainLen int
 		is       error // if set, the error must match it
 	}{
-		{"plain short", data, chunkstore.CodecNone, len(data) + 1, nil},
-		{"plain long", data, chunkstore.CodecNone, len(data) - 1, nil},
-		{"zstd plainLen too big", frame, chunkstore.CodecZstd, len(data) + 1, nil},
-		{"zstd plainLen too small", frame, chunkstore.CodecZstd, len(data) - 1, nil},
-		{"zstd plainLen zero", frame, chunkstore.CodecZstd, 0, nil},
-		{"plainLen above ceiling", frame, chunkstore.CodecZstd, chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
-		{"plain above ceiling", make([]byte, chunkstore.MaxChunkCeil+1), chunkstore.CodecNone, chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
-		{"plainLen negative", frame, chunkstore.CodecZstd, -1, chunkstore.ErrTooLarge},
-		{"unknown codec", data, chunkstore.Codec(3), len(data), nil},
-		{"unknown codec 255", data, chunkstore.Codec(255), len(data), nil},
-		{"garbage", synth.Random(34, 1000), chunkstore.CodecZstd, 1000, nil},
-		{"magic only", frame[:4], chunkstore.CodecZstd, len(data), nil},
-		{"truncated", frame[:len(frame)-1], chunkstore.CodecZstd, len(data), nil},
-		{"trailing garbage", append(append([]byte{}, frame...), 1, 2, 3, 4, 5, 6, 7, 8), chunkstore.CodecZstd, len(data), nil},
-		{"two frames", append(append([]byte{}, frame...), frame...), chunkstore.CodecZstd, len(data), nil},
-		{"corrupt body", func() []byte { b := append([]byte{}, frame...); b[len(b)/2] ^= 0xff; return b }(), chunkstore.CodecZstd, len(data), nil},
+		{"plain short", data, chunk.CodecNone, len(data) + 1, nil},
+		{"plain long", data, chunk.CodecNone, len(data) - 1, nil},
+		{"zstd plainLen too big", frame, chunk.CodecZstd, len(data) + 1, nil},
+		{"zstd plainLen too small", frame, chunk.CodecZstd, len(data) - 1, nil},
+		{"zstd plainLen zero", frame, chunk.CodecZstd, 0, nil},
+		{"plainLen above ceiling", frame, chunk.CodecZstd, chunk.MaxChunkCeil + 1, chunk.ErrTooLarge},
+		{"plain above ceiling", make([]byte, chunk.MaxChunkCeil+1), chunk.CodecNone, chunk.MaxChunkCeil + 1, chunk.ErrTooLarge},
+		{"plainLen negative", frame, chunk.CodecZstd, -1, chunk.ErrTooLarge},
+		{"unknown codec", data, chunk.Codec(3), len(data), nil},
+		{"unknown codec 255", data, chunk.Codec(255), len(data), nil},
+		{"garbage", synth.Random(34, 1000), chunk.CodecZstd, 1000, nil},
+		{"magic only", frame[:4], chunk.CodecZstd, len(data), nil},
+		{"truncated", frame[:len(frame)-1], chunk.CodecZstd, len(data), nil},
+		{"trailing garbage", append(append([]byte{}, frame...), 1, 2, 3, 4, 5, 6, 7, 8), chunk.CodecZstd, len(data), nil},
+		{"two frames", append(append([]byte{}, frame...), frame...), chunk.CodecZstd, len(data), nil},
+		{"corrupt body", func() []byte { b := append([]byte{}, frame...); b[len(b)/2] ^= 0xff; return b }(), chunk.CodecZstd, len(data), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			prefix := []byte("keep")
-			out, err := chunkstore.Decompress(append([]byte{}, prefix...), tc.src, tc.codec, tc.plainLen)
+			out, err := chunk.Decompress(append([]byte{}, prefix...), tc.src, tc.codec, tc.plainLen)
 			if tc.name == "corrupt body" && err == nil {
 				// A flipped byte may still decode; it must then be caught
 				// by length or, in the store, by the hash.
@@ -218,8 +218,8 @@ func TestDecompressRejects(t *testing.T) {
 
 func s2Block(t testing.TB, data []byte) []byte {
 	t.Helper()
-	enc, codec := chunkstore.Compress(nil, data, chunkstore.LevelS2)
-	require.Equal(t, chunkstore.CodecS2, codec)
+	enc, codec := chunk.Compress(nil, data, chunk.LevelS2)
+	require.Equal(t, chunk.CodecS2, codec)
 	return enc
 }
 
@@ -255,7 +255,7 @@ func TestDecompressS2Rejects(t *testing.T) {
 		{"unterminated varint", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 4096, nil},
 		{"trailing garbage", append(append([]byte{}, block...), 1, 2, 3), len(data), nil},
 		{"zstd frame labelled s2", zstdFrame(t, data), len(data), nil},
-		{"plainLen above ceiling", withS2Header(block, chunkstore.MaxChunkCeil+1), chunkstore.MaxChunkCeil + 1, chunkstore.ErrTooLarge},
+		{"plainLen above ceiling", withS2Header(block, chunk.MaxChunkCeil+1), chunk.MaxChunkCeil + 1, chunk.ErrTooLarge},
 		{"corrupt body", func() []byte { b := append([]byte{}, block...); b[len(b)/2] ^= 0xff; return b }(), len(data), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -263,7 +263,7 @@ func TestDecompressS2Rejects(t *testing.T) {
 			var out []byte
 			var err error
 			alloc := heapAllocated(func() {
-				out, err = chunkstore.Decompress(append([]byte{}, prefix...), tc.src, chunkstore.CodecS2, tc.plainLen)
+				out, err = chunk.Decompress(append([]byte{}, prefix...), tc.src, chunk.CodecS2, tc.plainLen)
 			})
 			// At most the output buffer the caller asked for, whatever the
 			// block claims.
@@ -286,10 +286,10 @@ func TestDecompressS2Rejects(t *testing.T) {
 // TestDecompressS2ClaimBeforeAlloc: a block of a few bytes claiming the
 // largest chunk allocates nothing when the caller expects less.
 func TestDecompressS2ClaimBeforeAlloc(t *testing.T) {
-	bomb := binary.AppendUvarint(nil, chunkstore.MaxChunkCeil)
+	bomb := binary.AppendUvarint(nil, chunk.MaxChunkCeil)
 	bomb = append(bomb, 0, 0, 0, 0)
 	alloc := heapAllocated(func() {
-		_, err := chunkstore.Decompress(nil, bomb, chunkstore.CodecS2, 4096)
+		_, err := chunk.Decompress(nil, bomb, chunk.CodecS2, 4096)
 		require.Error(t, err)
 	})
 	require.Less(t, alloc, uint64(64<<10), "allocated %d bytes", alloc)
@@ -301,7 +301,7 @@ func TestDecompressS2AfterPrefix(t *testing.T) {
 	for _, spare := range []int{0, len(data) - 1, len(data), 1 << 20} {
 		prefix := bytes.Repeat([]byte("p"), 1000)
 		dst := append(make([]byte, 0, len(prefix)+spare), prefix...)
-		out, err := chunkstore.Decompress(dst, block, chunkstore.CodecS2, len(data))
+		out, err := chunk.Decompress(dst, block, chunk.CodecS2, len(data))
 		require.NoError(t, err)
 		require.Len(t, out, len(prefix)+len(data))
 		require.True(t, bytes.Equal(prefix, out[:len(prefix)]))
@@ -332,18 +332,18 @@ func TestDecompressBomb(t *testing.T) {
 		plainLen int
 	}{
 		{"no content size", rleBomb(huge, -1), 4096},
-		{"no content size, max plainLen", rleBomb(huge, -1), chunkstore.MaxChunkCeil},
+		{"no content size, max plainLen", rleBomb(huge, -1), chunk.MaxChunkCeil},
 		{"content size lies low", rleBomb(huge, 4096), 4096},
 		{"content size huge", rleBomb(huge, huge), 4096},
 		{"content size huge, short body", rleBomb(4096, huge), 4096},
-		{"content size at ceiling", rleBomb(chunkstore.MaxChunkCeil, chunkstore.MaxChunkCeil), 4096},
-		{"frames summing past ceiling", bytes.Repeat(rleBomb(chunkstore.MaxChunkCeil/2, chunkstore.MaxChunkCeil/2), 4), chunkstore.MaxChunkCeil},
+		{"content size at ceiling", rleBomb(chunk.MaxChunkCeil, chunk.MaxChunkCeil), 4096},
+		{"frames summing past ceiling", bytes.Repeat(rleBomb(chunk.MaxChunkCeil/2, chunk.MaxChunkCeil/2), 4), chunk.MaxChunkCeil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Less(t, len(tc.src), 1<<20)
 			var err error
 			alloc := heapAllocated(func() {
-				_, err = chunkstore.Decompress(nil, tc.src, chunkstore.CodecZstd, tc.plainLen)
+				_, err = chunk.Decompress(nil, tc.src, chunk.CodecZstd, tc.plainLen)
 			})
 			require.Error(t, err)
 			t.Logf("%d bytes of input, plainLen %d: allocated %d KiB: %v", len(tc.src), tc.plainLen, alloc>>10, err)
@@ -362,12 +362,12 @@ func TestDecompressBomb(t *testing.T) {
 func TestDecompressAfterLargePrefix(t *testing.T) {
 	data := synth.PgbenchRows(1 << 20)
 	frame := zstdFrame(t, data)
-	for _, prefixLen := range []int{chunkstore.MaxChunkCeil - 1000, 2*chunkstore.MaxChunkCeil + 1} {
+	for _, prefixLen := range []int{chunk.MaxChunkCeil - 1000, 2*chunk.MaxChunkCeil + 1} {
 		prefix := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz"), prefixLen/36+1)[:prefixLen]
 		for _, spare := range []int{0, len(data), 10 << 20} {
 			t.Run(fmt.Sprintf("prefix%d/spare%d", prefixLen, spare), func(t *testing.T) {
 				dst := append(make([]byte, 0, prefixLen+spare), prefix...)
-				out, err := chunkstore.Decompress(dst, frame, chunkstore.CodecZstd, len(data))
+				out, err := chunk.Decompress(dst, frame, chunk.CodecZstd, len(data))
 				require.NoError(t, err)
 				require.Len(t, out, prefixLen+len(data))
 				require.True(t, bytes.Equal(prefix, out[:prefixLen]))
@@ -378,7 +378,7 @@ func TestDecompressAfterLargePrefix(t *testing.T) {
 }
 
 func TestDecompressEmpty(t *testing.T) {
-	out, err := chunkstore.Decompress(nil, nil, chunkstore.CodecNone, 0)
+	out, err := chunk.Decompress(nil, nil, chunk.CodecNone, 0)
 	require.NoError(t, err)
 	require.Empty(t, out)
 
@@ -387,10 +387,10 @@ func TestDecompressEmpty(t *testing.T) {
 	require.NoError(t, err)
 	frame := e.EncodeAll(nil, nil)
 	require.NotEmpty(t, frame)
-	out, err = chunkstore.Decompress([]byte("p"), frame, chunkstore.CodecZstd, 0)
+	out, err = chunk.Decompress([]byte("p"), frame, chunk.CodecZstd, 0)
 	require.NoError(t, err)
 	require.Equal(t, []byte("p"), out)
-	_, err = chunkstore.Decompress(nil, frame, chunkstore.CodecZstd, 1)
+	_, err = chunk.Decompress(nil, frame, chunk.CodecZstd, 1)
 	require.Error(t, err)
 }
 
@@ -407,10 +407,10 @@ func TestCodecConcurrent(t *testing.T) {
 			for i := range 40 {
 				data := inputs[(w+i)%len(inputs)]
 				l := allLevels[(w*7+i)%len(allLevels)]
-				var codec chunkstore.Codec
-				enc, codec = chunkstore.Compress(enc[:0], data, l)
+				var codec chunk.Codec
+				enc, codec = chunk.Compress(enc[:0], data, l)
 				var err error
-				dec, err = chunkstore.Decompress(dec[:0], enc, codec, len(data))
+				dec, err = chunk.Decompress(dec[:0], enc, codec, len(data))
 				if err != nil {
 					errs[w] = fmt.Errorf("worker %d, round %d, level %s: %w", w, i, l, err)
 					return
@@ -444,11 +444,11 @@ func FuzzDecompress(f *testing.F) {
 	f.Add([]byte{}, 0)
 	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd}, 0)
 	f.Add(synth.Random(62, 100), 100)
-	f.Add(frame, chunkstore.MaxChunkCeil+1)
+	f.Add(frame, chunk.MaxChunkCeil+1)
 	f.Add(frame, -1)
 	f.Fuzz(func(t *testing.T, src []byte, plainLen int) {
 		prefix := []byte("prefix")
-		out, err := chunkstore.Decompress(append([]byte{}, prefix...), src, chunkstore.CodecZstd, plainLen)
+		out, err := chunk.Decompress(append([]byte{}, prefix...), src, chunk.CodecZstd, plainLen)
 		if err != nil {
 			require.Equal(t, prefix, out, "on error dst comes back as it was")
 			return
@@ -457,8 +457,8 @@ func FuzzDecompress(f *testing.F) {
 		require.Equal(t, prefix, out[:len(prefix)])
 		plain := out[len(prefix):]
 
-		enc, codec := chunkstore.Compress(nil, plain, chunkstore.LevelFastest)
-		again, err := chunkstore.Decompress(nil, enc, codec, len(plain))
+		enc, codec := chunk.Compress(nil, plain, chunk.LevelFastest)
+		again, err := chunk.Decompress(nil, enc, codec, len(plain))
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(plain, again))
 	})
@@ -479,7 +479,7 @@ func FuzzDecompressS2(f *testing.F) {
 	f.Add(synth.Random(64, 100), 100)
 	f.Fuzz(func(t *testing.T, src []byte, plainLen int) {
 		prefix := []byte("prefix")
-		out, err := chunkstore.Decompress(append([]byte{}, prefix...), src, chunkstore.CodecS2, plainLen)
+		out, err := chunk.Decompress(append([]byte{}, prefix...), src, chunk.CodecS2, plainLen)
 		if err != nil {
 			require.Equal(t, prefix, out, "on error dst comes back as it was")
 			return
@@ -487,8 +487,8 @@ func FuzzDecompressS2(f *testing.F) {
 		require.Len(t, out, len(prefix)+plainLen)
 		require.Equal(t, prefix, out[:len(prefix)])
 		plain := out[len(prefix):]
-		enc, codec := chunkstore.Compress(nil, plain, chunkstore.LevelS2)
-		again, err := chunkstore.Decompress(nil, enc, codec, len(plain))
+		enc, codec := chunk.Compress(nil, plain, chunk.LevelS2)
+		again, err := chunk.Decompress(nil, enc, codec, len(plain))
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(plain, again))
 	})
@@ -503,12 +503,12 @@ func FuzzCompress(f *testing.F) {
 	f.Add(bytes.Repeat([]byte{'a'}, 127), uint8(2))
 	f.Add(bytes.Repeat([]byte{'a'}, 128), uint8(200))
 	f.Fuzz(func(t *testing.T, data []byte, level uint8) {
-		l := chunkstore.Level(level % 9)
-		enc, codec := chunkstore.Compress([]byte("p"), data, l)
+		l := chunk.Level(level % 9)
+		enc, codec := chunk.Compress([]byte("p"), data, l)
 		require.Equal(t, byte('p'), enc[0])
 		require.True(t, codec.Valid())
 		require.LessOrEqual(t, len(enc)-1, len(data), "compression never grows a chunk")
-		dec, err := chunkstore.Decompress([]byte("q"), enc[1:], codec, len(data))
+		dec, err := chunk.Decompress([]byte("q"), enc[1:], codec, len(data))
 		require.NoError(t, err)
 		require.Equal(t, byte('q'), dec[0])
 		require.True(t, bytes.Equal(data, dec[1:]))
