@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -112,7 +115,15 @@ func (s *WAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 }
 
 func wanNotes(link *WANLink, files int, data string) map[string]string {
+	// TCP's congestion control decides how rsync and nc take loss; the
+	// namespaces start with the machine's.
+	cc, err := exec.Command("ip", "netns", "exec", link.Sender, "cat", "/proc/sys/net/ipv4/tcp_congestion_control").Output()
+	tcp := strings.TrimSpace(string(cc))
+	if err != nil {
+		tcp = "unknown"
+	}
 	return map[string]string{
+		"tcp":           tcp + " congestion control (the machine's default, which the namespaces inherit)",
 		"link":          link.Profile.String() + "; rate by tc tbf on the router's egress, delay and loss by the harness's user-space emulator (seed " + strconv.FormatUint(link.Profile.Seed, 10) + ")",
 		"sender CPUs":   link.SenderCPUs,
 		"receiver CPUs": link.ReceiverCPUs,
@@ -140,12 +151,28 @@ type emuLogTool struct {
 }
 
 func (t *emuLogTool) Run(ctx context.Context, rep int) (Measure, error) {
-	s0 := t.link.Stats()
+	s0, c0 := t.link.Stats(), selfCPU()
 	m, err := t.Tool.Run(ctx, rep)
 	if err == nil {
+		// The emulator runs in the harness, on the same two cores as the
+		// tools: its CPU over the run (the harness's own, mostly the
+		// emulator's) goes beside theirs.
+		if m.Extra == nil {
+			m.Extra = map[string]float64{}
+		}
+		m.Extra["harness_cpu_s"] = selfCPU() - c0
 		t.logf("%s: %s: %s", t.scenario, t.Name(), emuDelta(s0, t.link.Stats()))
 	}
 	return m, err
+}
+
+// selfCPU returns the harness's own user+system CPU-seconds so far.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return tvSeconds(ru.Utime) + tvSeconds(ru.Stime)
 }
 
 // emuDelta describes what the emulator did between two readings.
