@@ -94,7 +94,10 @@ type WANLink struct {
 	*Link
 	Router  string // the router namespace
 	Profile EmuProfile
-	emu     *emulator
+	// TCPCongestion is the end hosts' TCP congestion control when
+	// LinkOptions set one, else "".
+	TCPCongestion string
+	emu           *emulator
 }
 
 // NewWANLink creates the three namespaces, the two veth pairs, the router's
@@ -117,8 +120,9 @@ func NewWANLink(ctx context.Context, o LinkOptions, p EmuProfile) (_ *WANLink, e
 			SenderAddr: wanSenderAddr, ReceiverAddr: wanReceiverAddr,
 			SenderCPUs: o.SenderCPUs, ReceiverCPUs: o.ReceiverCPUs,
 		},
-		Router:  base + "-m",
-		Profile: p,
+		Router:        base + "-m",
+		Profile:       p,
+		TCPCongestion: o.TCPCongestion,
 	}
 	defer func() {
 		if err != nil {
@@ -158,6 +162,12 @@ func NewWANLink(ctx context.Context, o LinkOptions, p EmuProfile) (_ *WANLink, e
 		[]string{"ip", "-n", w.Sender, "route", "add", "198.19.19.0/24", "via", wanSenderGW},
 		[]string{"ip", "-n", w.Receiver, "route", "add", "198.19.18.0/24", "via", wanReceiverGW},
 	)
+	if o.TCPCongestion != "" {
+		for _, ns := range []string{w.Sender, w.Receiver} {
+			steps = append(steps, []string{"ip", "netns", "exec", ns, "sh", "-c",
+				"echo " + shellQuote(o.TCPCongestion) + " > /proc/sys/net/ipv4/tcp_congestion_control"})
+		}
+	}
 	if p.Rate != "" {
 		for _, dev := range []string{"s", "r"} {
 			// As the LAN link: a 256 kB bucket, 50 ms of queue (625 kB at

@@ -66,7 +66,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 	}
 	// The WAN tools run one side on each CPU as the LAN's do; the rate is
 	// the profile's.
-	cpus := LinkOptions{SenderCPUs: o.Link.SenderCPUs, ReceiverCPUs: o.Link.ReceiverCPUs}
+	cpus := LinkOptions{SenderCPUs: o.Link.SenderCPUs, ReceiverCPUs: o.Link.ReceiverCPUs, TCPCongestion: o.Link.TCPCongestion}
 	return []Scenario{
 		&ChunkEngine{},
 		&LAN{Data: o.Data, Pgporter: o.Pgporter, Base: o.Base, SendFlags: o.SendFlags, Link: o.Link},

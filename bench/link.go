@@ -32,6 +32,10 @@ type LinkOptions struct {
 	Rate         string // tc rate, e.g. "1gbit"; empty means no shaping
 	SenderCPUs   string // default "0"
 	ReceiverCPUs string // default "1"
+	// TCPCongestion, when set, is the TCP congestion control of the end
+	// hosts of a WANLink (net.ipv4.tcp_congestion_control in each
+	// namespace), e.g. "cubic"; empty keeps the machine's default.
+	TCPCongestion string
 }
 
 const (

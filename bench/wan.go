@@ -116,14 +116,18 @@ func (s *WAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 
 func wanNotes(link *WANLink, files int, data string) map[string]string {
 	// TCP's congestion control decides how rsync and nc take loss; the
-	// namespaces start with the machine's.
+	// namespaces start with the machine's unless --tcp-cc set one.
 	cc, err := exec.Command("ip", "netns", "exec", link.Sender, "cat", "/proc/sys/net/ipv4/tcp_congestion_control").Output()
 	tcp := strings.TrimSpace(string(cc))
 	if err != nil {
 		tcp = "unknown"
 	}
+	how := " (the machine's default, which the namespaces inherit)"
+	if link.TCPCongestion != "" {
+		how = " (--tcp-cc)"
+	}
 	return map[string]string{
-		"tcp":           tcp + " congestion control (the machine's default, which the namespaces inherit)",
+		"tcp":           tcp + " congestion control" + how,
 		"link":          link.Profile.String() + "; rate by tc tbf on the router's egress, delay and loss by the harness's user-space emulator (seed " + strconv.FormatUint(link.Profile.Seed, 10) + ")",
 		"sender CPUs":   link.SenderCPUs,
 		"receiver CPUs": link.ReceiverCPUs,
