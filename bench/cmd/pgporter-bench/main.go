@@ -113,7 +113,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.IntVar(&o.Export.Rows, "export-rows", 20, "export: with --export-data tables, rows per table")
 	f.IntVar(&o.Export.Jobs, "jobs", 2, "export: pgporter export --jobs")
 	f.IntVar(&o.Export.RefJobs, "ref-jobs", 1, "export: the reference's pg_dump -j")
-	f.StringVar(&o.Link.TCPCongestion, "tcp-cc", "", `wan, outage, delta: TCP congestion control of the end hosts, e.g. "cubic" (default: the machine's)`)
+	f.StringVar(&o.Link.TCPCongestion, "tcp-cc", "", `wan, outage, delta: TCP congestion control of the end hosts, e.g. "reno" (default: the machine's; a namespace may only pick one of net.ipv4.tcp_allowed_congestion_control)`)
 	f.IntVar(&o.WANScale, "wan-scale", 4, "wan, outage, delta: pgbench scale of the dump they share (plus scale×30,000 rows of md5 text, jsonb and words)")
 	f.IntVar(&o.LossyBytes, "lossy-bytes", 0, "wan-lossy: bytes of its synthetic tree (default 2 MiB, 64 KiB with --smoke)")
 	f.DurationVar(&o.OutageLength, "outage", 0, "outage: how long the path is down (default 20s, 1s with --smoke)")
