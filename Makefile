@@ -142,9 +142,11 @@ bench: setup build
 	scripts/bench-export
 
 # The Go benchmark harness (issue 17): the chunk engine, the LAN cold
-# transfer against rsync and tar|zstd|nc, and the export from a backup
-# against mount + postgres + pg_dump + rsync (about 5 minutes at its default
-# scale, 30 s of settling before each run). Results (JSON, benchstat
+# transfer against rsync and tar|zstd|nc, the same through an emulated WAN
+# path (wan, wan-lossy), with an outage and as a delta (about 15 minutes at
+# 5 runs), and the export from a backup against mount + postgres + pg_dump +
+# rsync (about 5 minutes at its default scale, 30 s of settling before each
+# run). Results (JSON, benchstat
 # lines, Markdown tables, SVG charts) go to bench/results; BENCH_FLAGS adds
 # flags, e.g. BENCH_FLAGS="--data /var/tmp/lan-dump --runs 3" (see
 # 'go run ./bench/cmd/pgporter-bench --help'). The lock keeps benchmark runs

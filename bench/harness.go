@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"time"
 )
@@ -26,24 +25,85 @@ type Options struct {
 	SendFlags []string
 	Link      LinkOptions
 	Export    Export // export: data shape, jobs, settle; Pgporter comes from Pgporter
+	// WANScale is the pgbench scale of the WAN scenarios' dump; 0 means 4.
+	WANScale int
+	// LossyBytes is the size of wan-lossy's tree; 0 means 2 MiB, or 64 KiB
+	// with Smoke.
+	LossyBytes int
+	// OutageLength is how long the outage scenario's path is down; 0 means
+	// 20 s, or 1 s with Smoke.
+	OutageLength time.Duration
 }
 
 // ScenarioNames lists the scenarios in the order the harness runs them,
 // with their descriptions.
 func ScenarioNames() [][2]string {
 	var out [][2]string
-	for _, s := range scenarios(Options{}) {
+	for _, s := range scenarios(Options{}, &wanData{}) {
 		out = append(out, [2]string{s.Name(), s.Describe()})
 	}
 	return out
 }
 
-func scenarios(o Options) []Scenario {
+// scenarios lists every scenario; the WAN ones share wd's dump.
+func scenarios(o Options, wd *wanData) []Scenario {
+	if wd.Scale <= 0 {
+		wd.Scale = 4
+		if o.WANScale > 0 {
+			wd.Scale = o.WANScale
+		}
+	}
+	lossy := o.LossyBytes
+	if lossy <= 0 {
+		lossy = 2 << 20
+		if o.Smoke {
+			lossy = 64 << 10
+		}
+	}
+	outage := o.OutageLength
+	if outage <= 0 && o.Smoke {
+		outage = time.Second
+	}
+	// The WAN tools run one side on each CPU as the LAN's do; the rate is
+	// the profile's.
+	cpus := LinkOptions{SenderCPUs: o.Link.SenderCPUs, ReceiverCPUs: o.Link.ReceiverCPUs, TCPCongestion: o.Link.TCPCongestion}
 	return []Scenario{
 		&ChunkEngine{},
 		&LAN{Data: o.Data, Pgporter: o.Pgporter, Base: o.Base, SendFlags: o.SendFlags, Link: o.Link},
+		&WAN{name: "wan", Profile: ProfileWAN, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
+		&WAN{name: "wan-lossy", Profile: ProfileLossy, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, SynthBytes: lossy, data: wd},
+		&Outage{Profile: ProfileWAN, Length: outage, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
+		&Delta{Profile: ProfileWAN, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		exportScenario(o),
 	}
+}
+
+// selectScenarios returns the scenarios names choose, in the order of all:
+// a name chooses the scenario of that name and its variants, those named
+// name-SUFFIX ("wan" chooses wan and wan-lossy). No names choose all.
+func selectScenarios(all []Scenario, names []string) ([]Scenario, error) {
+	if len(names) == 0 {
+		return all, nil
+	}
+	chosen := make([]bool, len(all))
+	for _, name := range names {
+		found := false
+		for i, s := range all {
+			if s.Name() == name || strings.HasPrefix(s.Name(), name+"-") {
+				chosen[i], found = true, true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown scenario %q (see --list)", name)
+		}
+	}
+	var out []Scenario
+	for i, s := range all {
+		if chosen[i] {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 func exportScenario(o Options) *Export {
@@ -73,18 +133,12 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 			o.Runs = 1
 		}
 	}
-	var chosen []Scenario
-	all := scenarios(o)
-	for _, name := range o.Scenarios {
-		i := slices.IndexFunc(all, func(s Scenario) bool { return s.Name() == name })
-		if i < 0 {
-			return nil, fmt.Errorf("unknown scenario %q (see --list)", name)
-		}
-		chosen = append(chosen, all[i])
+	wd := &wanData{}
+	chosen, err := selectScenarios(scenarios(o, wd), o.Scenarios)
+	if err != nil {
+		return nil, err
 	}
-	if len(o.Scenarios) == 0 {
-		chosen = all
-	}
+	defer wd.remove()
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("making the results directory: %w", err)
 	}
@@ -98,6 +152,12 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		case *LAN:
 			bin = &s.Pgporter
 		case *Export:
+			bin = &s.Pgporter
+		case *WAN:
+			bin = &s.Pgporter
+		case *Outage:
+			bin = &s.Pgporter
+		case *Delta:
 			bin = &s.Pgporter
 		default:
 			continue

@@ -143,25 +143,37 @@ func settle(context.Context) error {
 	return nil
 }
 
-// lanJob is what the LAN tools share.
+// lanJob is what the LAN tools share; the WAN scenarios' tools too.
 type lanJob struct {
 	link *Link
 	data string
 	size int64
 	dir  string
 	logf func(string, ...any)
+	name string // the scenario's, for log lines; "" is "lan"
+}
+
+func (j *lanJob) scenario() string {
+	if j.name == "" {
+		return "lan"
+	}
+	return j.name
 }
 
 // checkReceived returns an error unless dest holds as many bytes in regular
 // files as the data (pgporter's manifest aside), so that a tool that
 // silently moved nothing cannot post a fast time.
-func (j *lanJob) checkReceived(dest string) error {
+func (j *lanJob) checkReceived(dest string) error { return checkSize(dest, j.size) }
+
+// checkSize returns an error unless dest holds size bytes in regular files,
+// pgporter's manifest aside.
+func checkSize(dest string, size int64) error {
 	got, _, err := treeSize(dest)
 	if err != nil {
 		return err
 	}
-	if got != j.size {
-		return fmt.Errorf("received %d bytes into %s, sent %d", got, dest, j.size)
+	if got != size {
+		return fmt.Errorf("received %d bytes into %s, sent %d", got, dest, size)
 	}
 	return nil
 }

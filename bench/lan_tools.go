@@ -169,11 +169,16 @@ func (t *rsyncTool) Run(ctx context.Context, rep int) (Measure, error) {
 // sender's counter read tx0, the tree received at dest checked against the
 // data, and the sender's peak RSS, which GNU time wrote to peak.
 func (j *lanJob) afterRun(ctx context.Context, tx0 int64, dest, peak string) (wire, rss int64, err error) {
+	return j.afterRunSize(ctx, tx0, dest, peak, j.size)
+}
+
+// afterRunSize is afterRun for a tree of size bytes other than the job's.
+func (j *lanJob) afterRunSize(ctx context.Context, tx0 int64, dest, peak string, size int64) (wire, rss int64, err error) {
 	tx1, err := j.link.SenderTxBytes(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := j.checkReceived(dest); err != nil {
+	if err := checkSize(dest, size); err != nil {
 		return 0, 0, err
 	}
 	rss, err = readPeakRSS(peak)
@@ -211,51 +216,117 @@ func (t *pgporterTool) Name() string { return t.name }
 
 func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	j := t.job
-	h := filepath.Join(j.dir, fmt.Sprintf("%s-%d", benchLabel(t.name), rep))
-	defer os.RemoveAll(h)
-	hs, hr, root := filepath.Join(h, "sender"), filepath.Join(h, "receiver"), filepath.Join(h, "root")
-	sid, err := t.initHome(ctx, hs)
+	rig, err := t.newRig(ctx, filepath.Join(j.dir, fmt.Sprintf("%s-%d", benchLabel(t.name), rep)))
 	if err != nil {
 		return Measure{}, err
 	}
-	rid, err := t.initHome(ctx, hr)
+	defer func() { err = errors.Join(err, rig.close()) }()
+	return rig.measure(ctx, j.data, filepath.Join(rig.root, "d"), j.size)
+}
+
+// pgporterRig is a sender home, a receiver home that trusts it, and a
+// 'mover serve' of the receiver in the link's receiving namespace: what one
+// run of a pgporter tool uses, and what a resumed or delta send keeps.
+type pgporterRig struct {
+	t          *pgporterTool
+	h          string // holds the homes, the root and the logs
+	hs, root   string // the sender's home, the receiver's root
+	rid, addr  string // the receiver's peer ID and address
+	srv        *daemon
+	srvLogName string
+}
+
+// newRig makes the homes under h and starts the receiver. The caller calls
+// close.
+func (t *pgporterTool) newRig(ctx context.Context, h string) (_ *pgporterRig, err error) {
+	j := t.job
+	r := &pgporterRig{t: t, h: h, hs: filepath.Join(h, "sender"), root: filepath.Join(h, "root")}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, r.close())
+		}
+	}()
+	hr := filepath.Join(h, "receiver")
+	sid, err := t.initHome(ctx, r.hs)
 	if err != nil {
-		return Measure{}, err
+		return nil, err
+	}
+	if r.rid, err = t.initHome(ctx, hr); err != nil {
+		return nil, err
 	}
 	if out, err := exec.CommandContext(ctx, t.bin, "mover", "trust", sid, "--allow", "send", "--home", hr).CombinedOutput(); err != nil {
-		return Measure{}, fmt.Errorf("pgporter mover trust: %w: %s", err, tail(string(out)))
+		return nil, fmt.Errorf("pgporter mover trust: %w: %s", err, tail(string(out)))
 	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return Measure{}, err
+	if err := os.MkdirAll(r.root, 0o755); err != nil {
+		return nil, err
 	}
 
-	addr := fmt.Sprintf("%s:%d", j.link.ReceiverAddr, pgporterPort)
-	srvCmd := j.link.ReceiverCmd(context.Background(), "", t.bin, "mover", "serve", "--home", hr, "--listen", addr, "--root", root)
-	srvLog, err := os.Create(h + "-serve.log")
+	r.addr = fmt.Sprintf("%s:%d", j.link.ReceiverAddr, pgporterPort)
+	srvCmd := j.link.ReceiverCmd(context.Background(), "", t.bin, "mover", "serve", "--home", hr, "--listen", r.addr, "--root", r.root)
+	r.srvLogName = h + "-serve.log"
+	srvLog, err := os.Create(r.srvLogName)
 	if err != nil {
-		return Measure{}, err
+		return nil, err
 	}
-	defer srvLog.Close()
+	defer srvLog.Close() // the server holds its own copy
 	srvCmd.Stderr = srvLog
 	// An os.Pipe rather than StdoutPipe: the daemon's Wait runs while the
 	// output is still read, and must not close the reading end.
 	stdout, w, err := os.Pipe()
 	if err != nil {
-		return Measure{}, err
+		return nil, err
 	}
 	srvCmd.Stdout = w
-	srv, err := startDaemon(srvCmd)
+	r.srv, err = startDaemon(srvCmd)
 	w.Close() // the server holds its own copy
 	if err != nil {
 		stdout.Close()
-		return Measure{}, err
+		return nil, err
 	}
-	defer func() { err = errors.Join(err, srv.stop()) }()
-	if err := waitLine(ctx, stdout, "listening on ", srv.exited); err != nil {
-		return Measure{}, fmt.Errorf("pgporter mover serve: %w (log %s)", err, srvLog.Name())
+	if err := waitLine(ctx, stdout, "listening on ", r.srv.exited); err != nil {
+		return nil, fmt.Errorf("pgporter mover serve: %w (log %s)", err, r.srvLogName)
 	}
+	return r, nil
+}
 
-	pid := srvCmd.Process.Pid
+// close stops the receiver and removes the homes, the root and the logs.
+func (r *pgporterRig) close() error {
+	var err error
+	if r.srv != nil {
+		err = r.srv.stop()
+	}
+	for _, p := range []string{r.h, r.srvLogName, r.h + "-send.rss"} {
+		if p != "" {
+			err = errors.Join(err, os.RemoveAll(p))
+		}
+	}
+	return err
+}
+
+// send runs 'pgporter send --json' of src to dest once, under GNU time
+// (peak RSS to r.h-send.rss), and returns the finished command, its wall
+// time and its summary.
+func (r *pgporterRig) send(ctx context.Context, src, dest string) (*exec.Cmd, time.Duration, sendResult, error) {
+	t, j := r.t, r.t.job
+	args := append([]string{"send", "--home", r.hs, "--to", r.addr, "--peer", r.rid, "--json"}, t.flags...)
+	cmd := j.link.SenderCmd(ctx, r.h+"-send.rss", t.bin, append(args, src, dest)...)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	t0 := time.Now()
+	err := cmd.Run()
+	wall := time.Since(t0)
+	if err != nil {
+		return cmd, wall, sendResult{}, fmt.Errorf("pgporter send: %w: %s", err, tail(stderr.String()))
+	}
+	sr, err := parseSendJSON(out.Bytes())
+	return cmd, wall, sr, err
+}
+
+// measure sends src to dest once and measures it: wall time, both sides'
+// CPU and peak RSS, the link's bytes; dest must then hold size bytes.
+func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64) (Measure, error) {
+	j := r.t.job
+	pid := r.srv.cmd.Process.Pid
 	c0, err := procCPU(pid)
 	if err != nil {
 		return Measure{}, err
@@ -264,17 +335,9 @@ func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) 
 	if err != nil {
 		return Measure{}, err
 	}
-	dest := filepath.Join(root, "d")
-	args := append([]string{"send", "--home", hs, "--to", addr, "--peer", rid, "--json"}, t.flags...)
-	peak := h + "-send.rss"
-	cmd := j.link.SenderCmd(ctx, peak, t.bin, append(args, j.data, dest)...)
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	t0 := time.Now()
-	err = cmd.Run()
-	wall := time.Since(t0)
+	cmd, wall, sr, err := r.send(ctx, src, dest)
 	if err != nil {
-		return Measure{}, fmt.Errorf("pgporter send: %w: %s", err, tail(stderr.String()))
+		return Measure{}, err
 	}
 	c1, err := procCPU(pid)
 	if err != nil {
@@ -284,15 +347,12 @@ func (t *pgporterTool) Run(ctx context.Context, rep int) (_ Measure, err error) 
 	if err != nil {
 		return Measure{}, err
 	}
-	wire, rss, err := j.afterRun(ctx, tx0, dest, peak)
+	wire, rss, err := j.afterRunSize(ctx, tx0, dest, r.h+"-send.rss", size)
 	if err != nil {
 		return Measure{}, err
 	}
-	sr, err := parseSendJSON(out.Bytes())
-	if err != nil {
-		return Measure{}, err
-	}
-	j.logf("lan: %s: %.1f MB on the wire by its count, levels %v", t.name, float64(sr.WireBytes)/1e6, sr.Levels)
+	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v",
+		j.scenario(), r.t.name, float64(sr.WireBytes)/1e6, sr.ChunksSent, sr.ChunksTotal, sr.Levels)
 	return Measure{
 		Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, RSSReceiver: hwm,
 		WireBytes: wire,
@@ -317,9 +377,12 @@ func (t *pgporterTool) initHome(ctx context.Context, home string) (string, error
 
 // sendResult is the part of 'pgporter send --json' the harness reads.
 type sendResult struct {
-	Bytes     int64            `json:"bytes"`
-	WireBytes int64            `json:"wire_bytes"`
-	Levels    map[string]int64 `json:"levels"`
+	Bytes       int64            `json:"bytes"`
+	WireBytes   int64            `json:"wire_bytes"`
+	ChunksTotal int64            `json:"chunks_total"`
+	ChunksSent  int64            `json:"chunks_sent"`
+	Reconnects  int              `json:"reconnects"`
+	Levels      map[string]int64 `json:"levels"`
 }
 
 // parseSendJSON reads the JSON summary, the last line of send's stdout.

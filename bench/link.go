@@ -32,6 +32,12 @@ type LinkOptions struct {
 	Rate         string // tc rate, e.g. "1gbit"; empty means no shaping
 	SenderCPUs   string // default "0"
 	ReceiverCPUs string // default "1"
+	// TCPCongestion, when set, is the TCP congestion control of the end
+	// hosts of a WANLink (net.ipv4.tcp_congestion_control in each
+	// namespace), e.g. "reno"; empty keeps the machine's default. A
+	// namespace other than the first may only pick one that
+	// net.ipv4.tcp_allowed_congestion_control lists (here reno and bbr).
+	TCPCongestion string
 }
 
 const (

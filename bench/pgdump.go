@@ -22,7 +22,22 @@ type DumpOptions struct {
 	Docs    int    // rows of the docs table; 0 means 600,000
 	Scratch string // parent of the throwaway cluster, which the postgres user must be able to enter; "" means /var/tmp
 	BinDir  string // PostgreSQL's bin directory; "" means the newest under /usr/lib/postgresql
+	// Updated, when set, is where a second dump goes, made after 100
+	// scattered rows of pgbench_accounts were updated (the delta scenario's
+	// "same database, dumped again").
+	Updated string
 }
+
+// UpdatedRows is how many scattered rows MakeDump updates between its two
+// dumps, as scripts/bench-transfer does for its delta figure.
+const UpdatedRows = 100
+
+// updateSQL (a format: %d is the number of accounts, %d the rows to update)
+// updates that many distinct accounts picked at random and returns the
+// count.
+const updateSQL = `WITH ids AS (SELECT DISTINCT (1 + floor(random() * %d))::int AS aid FROM generate_series(1, 1000) LIMIT %d),
+	u AS (UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT aid FROM ids) RETURNING 1)
+	SELECT count(*) FROM u`
 
 // docsTable (a format: %d is the row count) is scripts/bench-lan's table beside pgbench's: md5 text, jsonb
 // and repeated words, which compress about 3x where pgbench's padding
@@ -32,7 +47,8 @@ const docsTable = `CREATE TABLE docs AS SELECT g AS id, md5(g::text) AS h,
 	repeat((ARRAY['lorem ','ipsum ','dolor ','sit '])[g %% 4 + 1], 8) AS words FROM generate_series(1, %d) g`
 
 // MakeDump writes a pg_dump -Fd -Z0 of pgbench -i -s Scale plus the docs
-// table into o.Dir, from a throwaway cluster it creates and removes.
+// table into o.Dir, from a throwaway cluster it creates and removes; and,
+// with o.Updated, the dump after UpdatedRows scattered updates.
 func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 	if o.Scale <= 0 {
 		o.Scale = 20
@@ -60,7 +76,18 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 			return err
 		}
 	}
-	return nil
+	if o.Updated == "" {
+		return nil
+	}
+	out, err := c.client(ctx, "bench", "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(updateSQL, o.Scale*100_000, UpdatedRows))
+	if err != nil {
+		return err
+	}
+	if n := strings.TrimSpace(out); n != strconv.Itoa(UpdatedRows) {
+		return fmt.Errorf("updated %s rows, want %d", n, UpdatedRows)
+	}
+	_, err = c.client(ctx, "bench", "pg_dump", "-Fd", "-Z0", "--no-sync", "-f", o.Updated, "bench")
+	return err
 }
 
 // pgCluster is a throwaway PostgreSQL cluster of the harness, listening on

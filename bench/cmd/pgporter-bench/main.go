@@ -5,6 +5,7 @@
 //	go run ./bench/cmd/pgporter-bench --list
 //	go run ./bench/cmd/pgporter-bench --scenario lan --runs 5 --data /var/tmp/lan-dump
 //	go run ./bench/cmd/pgporter-bench --scenario export --runs 3 --export-scale 70
+//	go run ./bench/cmd/pgporter-bench --scenario wan,outage,delta --runs 3
 //	go run ./bench/cmd/pgporter-bench --smoke
 //	go run ./bench/cmd/pgporter-bench --report bench/results/DATE.json
 package main
@@ -48,7 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if list {
 				for _, s := range bench.ScenarioNames() {
-					fmt.Fprintf(stdout, "%-8s %s\n", s[0], s[1])
+					fmt.Fprintf(stdout, "%-9s %s\n", s[0], s[1])
 				}
 				return nil
 			}
@@ -59,12 +60,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				}
 				return bench.WriteTables(stdout, f)
 			}
-			known := map[string]bool{}
+			var known []string
 			for _, s := range bench.ScenarioNames() {
-				known[s[0]] = true
+				known = append(known, s[0])
 			}
 			for _, name := range o.Scenarios {
-				if !known[name] {
+				// A name chooses its variants too: wan chooses wan-lossy.
+				if !slices.ContainsFunc(known, func(k string) bool { return k == name || strings.HasPrefix(k, name+"-") }) {
 					return usageError{fmt.Errorf("unknown scenario %q (see --list)", name)}
 				}
 			}
@@ -91,14 +93,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		},
 	}
 	f := c.Flags()
-	f.StringSliceVar(&o.Scenarios, "scenario", nil, "scenarios to run, by name, comma-separated or repeated (default all; see --list)")
+	f.StringSliceVar(&o.Scenarios, "scenario", nil, "scenarios to run, by name, comma-separated or repeated; a name runs its variants too (wan: wan and wan-lossy) (default all; see --list)")
 	f.IntVar(&o.Runs, "runs", 0, "repetitions of each tool, interleaved (default 5, or 1 with --smoke)")
 	f.StringVar(&o.Out, "out", "bench/results", "directory for the results: DATE.json, DATE.txt (benchstat), DATE.md and charts")
 	f.BoolVar(&list, "list", false, "list the scenarios and exit")
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan, export: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
 	f.StringVar(&o.Base, "pgporter-base", "", `lan, export: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
 	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none`)
@@ -111,6 +113,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.IntVar(&o.Export.Rows, "export-rows", 20, "export: with --export-data tables, rows per table")
 	f.IntVar(&o.Export.Jobs, "jobs", 2, "export: pgporter export --jobs")
 	f.IntVar(&o.Export.RefJobs, "ref-jobs", 1, "export: the reference's pg_dump -j")
+	f.StringVar(&o.Link.TCPCongestion, "tcp-cc", "", `wan, outage, delta: TCP congestion control of the end hosts, e.g. "reno" (default: the machine's; a namespace may only pick one of net.ipv4.tcp_allowed_congestion_control)`)
+	f.IntVar(&o.WANScale, "wan-scale", 4, "wan, outage, delta: pgbench scale of the dump they share (plus scale×30,000 rows of md5 text, jsonb and words)")
+	f.IntVar(&o.LossyBytes, "lossy-bytes", 0, "wan-lossy: bytes of its synthetic tree (default 2 MiB, 64 KiB with --smoke)")
+	f.DurationVar(&o.OutageLength, "outage", 0, "outage: how long the path is down (default 20s, 1s with --smoke)")
 	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
 	c.SetArgs(args)
 	c.SetOut(stdout)

@@ -22,6 +22,9 @@ func TestList(t *testing.T) {
 	require.Regexp(t, `(?m)^chunk +chunk engine`, out.String())
 	require.Regexp(t, `(?m)^lan +cold transfer`, out.String())
 	require.Regexp(t, `(?m)^export +export one database`, out.String())
+	for _, name := range []string{"wan", "wan-lossy", "outage", "delta"} {
+		require.Regexp(t, `(?m)^`+name+` +\S`, out.String())
+	}
 }
 
 func TestUsage(t *testing.T) {
@@ -78,7 +81,8 @@ func TestSmoke(t *testing.T) {
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
 	start := time.Now()
-	code := run(ctx, []string{"--smoke", "--out", out}, &stdout, &stderr)
+	// The WAN scenarios have a smoke test of their own (TestSmokeWAN).
+	code := run(ctx, []string{"--smoke", "--scenario", "chunk,lan,export", "--out", out}, &stdout, &stderr)
 	require.Equal(t, 0, code, stderr.String())
 	t.Logf("smoke took %s", time.Since(start))
 
@@ -213,4 +217,68 @@ func TestSmokeExportVariants(t *testing.T) {
 		require.Positive(t, r.Extra["dump_MB"], r.Tool)
 	}
 	require.Contains(t, stdout.String(), "| pgporter export (base) |")
+}
+
+// TestSmokeWAN runs --smoke of the outage and delta scenarios end to end, as
+// CI does: the emulated WAN path (router namespace, TUN, tc tbf), every
+// tool's cold run (the outage's calibration), a 1 s outage at half of each
+// tool's bytes with the reruns, and a delta send to a target holding the
+// previous tree. wan and wan-lossy run the same tools on the same path
+// without the outage, so they are left out to keep CI short (about 25 s).
+// It needs root, ip netns, tc, /dev/net/tun, rsync, zstd, nc and GNU time;
+// when CI=true a missing one fails the test instead of skipping it.
+func TestSmokeWAN(t *testing.T) {
+	testsupport.RequireNetns(t)
+	if err := bench.RequireLinkTools(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("WAN smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
+		}
+		t.Skipf("WAN smoke: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	start := time.Now()
+	code := run(ctx, []string{"--smoke", "--scenario", "outage,delta", "--out", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, stderr.String())
+	t.Logf("WAN smoke took %s", time.Since(start))
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err := bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	require.Len(t, f.Results, 2)
+
+	outage := f.Results[0]
+	require.Equal(t, "outage", outage.Scenario)
+	require.Equal(t, []string{"pgporter", "rsync -z --partial", "rsync --partial", "tar|zstd|nc"}, outage.Tools)
+	require.Contains(t, outage.Notes["link"], "40ms RTT, 0.5% loss each way")
+	require.Len(t, outage.Runs, 4)
+	for _, r := range outage.Runs {
+		require.GreaterOrEqual(t, r.Wall, time.Second, "%s: the 1 s outage is in the time", r.Tool)
+		require.Positive(t, r.WireBytes, r.Tool)
+		require.Positive(t, r.CPUSender, r.Tool)
+		require.GreaterOrEqual(t, r.Extra["attempts"], 1.0, r.Tool)
+		// Half of the calibration run's bytes, give or take what loss and
+		// compression change from one run to the next.
+		require.InDelta(t, 50, r.Extra["outage_at_pct"], 30, r.Tool)
+	}
+	require.Contains(t, stdout.String(), "speed-up of pgporter over rsync -z --partial: ")
+
+	delta := f.Results[1]
+	require.Equal(t, "delta", delta.Scenario)
+	require.Equal(t, []string{"pgporter", "rsync -z", "rsync"}, delta.Tools)
+	for _, r := range delta.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		// 100 rows of a 1 MiB tree moved: every tool sends a small part of it.
+		require.Less(t, r.Extra["wire_pct"], 25.0, r.Tool)
+	}
+	require.Positive(t, delta.Runs[0].Extra["reported_wire_MB"])
+
+	ns, err := exec.Command("ip", "netns", "list").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(ns), fmt.Sprintf("pgp-bench17-%d-", os.Getpid()))
+	ps, _ := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output() // exits 1 when it finds none
+	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 }
