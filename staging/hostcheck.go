@@ -27,10 +27,14 @@ type dbLocale struct {
 	ICULocale            string // daticulocale (15, 16) or datlocale (17)
 }
 
-// serverHasICU reports whether the postgres binary in bin was built with
+// serverHasICU is serverHasICUOf, a variable for tests: every packaged
+// server here has ICU.
+var serverHasICU = serverHasICUOf
+
+// serverHasICUOf reports whether the postgres binary in bin was built with
 // ICU (links libicu). Not known (false, false) if its file cannot be read
-// as ELF. A variable for tests: every packaged server here has ICU.
-var serverHasICU = func(bin string) (has, known bool) {
+// as ELF.
+func serverHasICUOf(bin string) (has, known bool) {
 	f, err := elf.Open(filepath.Join(bin, "postgres"))
 	if err != nil {
 		return false, false
@@ -47,9 +51,6 @@ var serverHasICU = func(bin string) (has, known bool) {
 	}
 	return false, true
 }
-
-// installedLocales is InstalledLocales, a variable for tests.
-var installedLocales = InstalledLocales
 
 // databaseLocales reads the locale settings of the databases dbs.
 func (in *Instance) databaseLocales(ctx context.Context, c *pgx.Conn, dbs []string) ([]dbLocale, error) {
@@ -233,7 +234,7 @@ func (in *Instance) checkLocales(ctx context.Context, c *pgx.Conn, dbs []string)
 	if err != nil {
 		return nil, err
 	}
-	installed, err := installedLocales()
+	installed, err := InstalledLocales()
 	if err != nil {
 		in.log.Warn("not checking the databases' locales", "err", err)
 		installed = nil

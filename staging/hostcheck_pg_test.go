@@ -20,6 +20,7 @@ func TestChecksNameWhatTheHostLacks(t *testing.T) {
 	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "s3cret"})
 	c.CreateDB(t, "shop")
 	c.CreateDB(t, "elsewhere")
+	c.Exec(t, "postgres", "CREATE DATABASE icu LOCALE_PROVIDER icu ICU_LOCALE 'und' TEMPLATE template0")
 	c.Exec(t, "shop", `CREATE TYPE geo;
 		CREATE FUNCTION geo_in(cstring) RETURNS geo AS 'textin' LANGUAGE internal IMMUTABLE STRICT;
 		CREATE FUNCTION geo_out(geo) RETURNS cstring AS 'textout' LANGUAGE internal IMMUTABLE STRICT;
@@ -37,7 +38,17 @@ func TestChecksNameWhatTheHostLacks(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { in.Stop(context.Background()) })
 
-	rep, err := in.Check(ctx, CheckOptions{Databases: []string{"shop", "elsewhere"}, User: "postgres", Password: "s3cret"})
+	// This host's server has ICU: the database of the ICU provider is a
+	// problem only for a server built without it.
+	has, known := serverHasICU(in.BinDir)
+	require.True(t, has && known, "the packaged server links libicu")
+	rep, err := in.Check(ctx, CheckOptions{Databases: []string{"icu"}, User: "postgres", Password: "s3cret"})
+	require.NoError(t, err)
+	require.NoError(t, rep.Err())
+	serverHasICU = func(string) (bool, bool) { return false, true }
+	t.Cleanup(func() { serverHasICU = serverHasICUOf })
+
+	rep, err = in.Check(ctx, CheckOptions{Databases: []string{"shop", "elsewhere", "icu"}, User: "postgres", Password: "s3cret"})
 	require.NoError(t, err)
 	byKind := map[string][]Problem{}
 	for _, p := range rep.Problems {
@@ -54,6 +65,9 @@ func TestChecksNameWhatTheHostLacks(t *testing.T) {
 	require.Contains(t, postgis.Message, "postgresql-"+in.Version+"-postgis-3")
 	require.True(t, cron.Warning, "no column has a type of $libdir/pg_cron")
 	require.Contains(t, cron.Message, "postgresql-"+in.Version+"-cron")
+	require.Len(t, byKind["icu"], 1, "%v", rep.Problems)
+	require.Equal(t, "icu", byKind["icu"][0].DB)
+	require.Contains(t, byKind["icu"][0].Message, `uses ICU collations (locale provider icu, locale "und")`)
 	require.Empty(t, byKind["privileges"], "a database whose locale is missing is not reported as one the user cannot connect to")
 	require.ErrorIs(t, rep.Err(), ErrChecks)
 
