@@ -141,12 +141,15 @@ func libraryFile(libdir, probin string) (string, bool) {
 // cLibraries lists the libraries of a database's C functions, with the
 // extensions they belong to and whether a column of a table or
 // materialized view has a type whose input or output they implement (then
-// pg_dump needs them to read the data).
-const cLibraries = `SELECT p.probin,
+// pg_dump needs them to read the data; a domain over such a type is not
+// seen). The columns' types are collected once: pg_attribute has no index
+// on the type.
+const cLibraries = `WITH used AS (
+		SELECT DISTINCT a.atttypid FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid
+		 WHERE a.attnum > 0 AND NOT a.attisdropped AND r.relkind IN ('r', 'p', 'm'))
+	SELECT p.probin,
 		coalesce(string_agg(DISTINCT e.extname, ', '), '') AS exts,
-		coalesce(bool_or(t.oid IS NOT NULL AND EXISTS (
-			SELECT 1 FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid
-			 WHERE a.atttypid IN (t.oid, t.typarray) AND a.attnum > 0 AND NOT a.attisdropped AND r.relkind IN ('r', 'p', 'm'))), false) AS in_data
+		coalesce(bool_or(t.oid IN (SELECT atttypid FROM used) OR t.typarray IN (SELECT atttypid FROM used)), false) AS in_data
 	  FROM pg_proc p
 	  JOIN pg_language l ON l.oid = p.prolang AND l.lanname = 'c'
 	  LEFT JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
