@@ -10,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 	"golang.org/x/sync/errgroup"
@@ -639,6 +641,14 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.C
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	// Before the mount: without the server of the backup's major version
+	// there is nothing to mount it for (the error names the package).
+	if major := pgMajor(rp.PGVersion); major != "" {
+		if _, err := pgtool.ServerBinDir(major, ""); err != nil {
+			src.Close()
+			return nil, nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
+		}
+	}
 	if rp.ID != p.RestorePoint {
 		if err := x.update(func(s *Session) { s.Plan.RestorePoint = rp.ID }); err != nil {
 			src.Close()
@@ -646,6 +656,16 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.C
 		}
 	}
 	return tree, src, func() { src.Close() }, nil
+}
+
+// pgMajor is the major version of a PostgreSQL version: "15" of "15.8",
+// "9.6" of "9.6.24".
+func pgMajor(v string) string {
+	parts := strings.SplitN(v, ".", 3)
+	if n, err := strconv.Atoi(parts[0]); err == nil && n < 10 && len(parts) > 1 {
+		return parts[0] + "." + parts[1]
+	}
+	return parts[0]
 }
 
 // transfer sends db's dump to the target. With --overwrite, an existing

@@ -18,7 +18,7 @@ import (
 // Problem is one reason an export cannot go ahead (or, with Warning, a
 // reason to look twice).
 type Problem struct {
-	Kind    string // "database", "credentials", "privileges", "space", "rls"
+	Kind    string // "database", "locale", "icu", "extension", "credentials", "privileges", "space", "rls"
 	DB      string
 	Message string
 	Warning bool
@@ -86,8 +86,10 @@ func (in *Instance) connect(ctx context.Context, db, user, password string) (*pg
 
 // Check runs every pre-check against the running instance and returns all
 // the problems found, not just the first: databases exist (names matched
-// exactly), the user's password is right, the user can read everything
-// pg_dump will read, and the dumps fit on the staging host and the target.
+// exactly), this host has their locales, ICU if they use it and the
+// libraries of their C functions, the user's password is right, the user
+// can read everything pg_dump will read, and the dumps fit on the staging
+// host and the target.
 func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	if o.Margin <= 0 {
 		o.Margin = 1.2
@@ -95,20 +97,20 @@ func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, er
 	rep := &CheckReport{Estimate: map[string]int64{}}
 	add := func(p Problem) { rep.Problems = append(rep.Problems, p) }
 
-	c, err := in.connect(ctx, "postgres", o.User, o.Password)
+	c, err := in.catalogConn(ctx, o)
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && (pe.Code == "28P01" || pe.Code == "28000") {
 			add(Problem{Kind: "credentials", Message: fmt.Sprintf("PostgreSQL user %q cannot log in with the given password (as of the backup): %s", o.User, pe.Message)})
 			return rep, nil
 		}
-		if !(errors.As(err, &pe) && pe.Code == "3D000") { // no database "postgres": try the first selected one
-			return nil, fmt.Errorf("connecting to the instance: %w", err)
-		}
-	} else {
+		return nil, fmt.Errorf("connecting to the instance: %w", err)
+	}
+	if c != nil {
 		defer c.Close(ctx)
 	}
 	var names []string
+	blocked := map[string]bool{} // databases no connection can be made to
 	if c != nil {
 		rows, err := c.Query(ctx, "SELECT datname FROM pg_database WHERE datallowconn")
 		if err != nil {
@@ -118,7 +120,16 @@ func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, er
 		if err != nil {
 			return nil, err
 		}
+		probs, err := in.checkLocales(ctx, c, o.Databases)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range probs {
+			add(p)
+			blocked[p.DB] = true
+		}
 	}
+	libdir := pkgLibDir(in.BinDir)
 	var total int64
 	for _, db := range o.Databases {
 		if c != nil && !slices.Contains(names, db) {
@@ -129,7 +140,10 @@ func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, er
 			add(Problem{Kind: "database", DB: db, Message: msg})
 			continue
 		}
-		est, probs, err := in.checkDB(ctx, db, o)
+		if blocked[db] {
+			continue
+		}
+		est, probs, err := in.checkDB(ctx, db, libdir, o)
 		if err != nil {
 			return nil, err
 		}
@@ -163,10 +177,13 @@ func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, er
 // init forks and the TOAST index, about 15 file lookups per table through
 // the staging mount instead of 4, which a database of thousands of small
 // tables pays in seconds (issue 16), for no data pg_dump writes.
-func (in *Instance) checkDB(ctx context.Context, db string, o CheckOptions) (int64, []Problem, error) {
+func (in *Instance) checkDB(ctx context.Context, db, libdir string, o CheckOptions) (int64, []Problem, error) {
 	var probs []Problem
 	c, err := in.connect(ctx, db, o.User, o.Password)
 	if err != nil {
+		if p, ok := connLocaleProblem(err, db, in.Version); ok {
+			return 0, []Problem{p}, nil
+		}
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) {
 			return 0, []Problem{{Kind: "privileges", DB: db, Message: "cannot connect: " + pe.Message}}, nil
@@ -184,6 +201,11 @@ func (in *Instance) checkDB(ctx context.Context, db string, o CheckOptions) (int
 	if err != nil {
 		return 0, nil, err
 	}
+	libProbs, err := in.checkLibraries(ctx, c, db, libdir)
+	if err != nil {
+		return 0, nil, err
+	}
+	probs = append(probs, libProbs...)
 	if !super && !readAll {
 		rows, err := c.Query(ctx, `
 			SELECT format('schema %I', n.nspname) FROM pg_namespace n

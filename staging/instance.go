@@ -30,6 +30,11 @@ import (
 // starting without them.
 var ErrMissingPreload = errors.New("staging: shared_preload_libraries names libraries that are not installed")
 
+// ErrHostLacks is matched by the error of StartInstance when this host
+// lacks what the backed-up server's configuration needs to start (a locale
+// of its lc_* settings).
+var ErrHostLacks = errors.New("staging: this host lacks what the backup needs")
+
 // ReadPGVersion returns the major version in dataDir/PG_VERSION ("15").
 func ReadPGVersion(dataDir string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
@@ -128,6 +133,9 @@ var safeSettings = []string{
 	"ssl=off",
 	"hot_standby=on",
 	"synchronous_standby_names=",
+	// Messages in English: the checks read the locale a database lacks
+	// out of the error that refuses a connection to it.
+	"lc_messages=C",
 }
 
 // StartInstance prepares the data directory (drops a stale postmaster.pid
@@ -150,6 +158,9 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	}
 	bin, err := pgtool.ServerBinDir(ver, o.BinDir)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkConfLocales(o.DataDir); err != nil {
 		return nil, err
 	}
 	cred, err := osCredential(o.OSUser)
@@ -209,7 +220,7 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	preload, missing := preloadLibraries(bin, o.DataDir)
 	if len(missing) > 0 {
 		if !o.AllowMissingPreload {
-			return nil, fmt.Errorf("%w: %s (install them, or allow starting without them)", ErrMissingPreload, strings.Join(missing, ", "))
+			return nil, fmt.Errorf("%w: %s", ErrMissingPreload, missingPreloadHint(missing, ver))
 		}
 		in.Dropped = missing
 		o.Log.Warn("starting without missing preload libraries", "missing", strings.Join(missing, ","))
@@ -449,12 +460,7 @@ func preloadLibraries(bin, dataDir string) (keep, missing []string) {
 	if !found || strings.TrimSpace(val) == "" {
 		return nil, nil
 	}
-	libdir := ""
-	if out, err := exec.Command(filepath.Join(bin, "pg_config"), "--pkglibdir").Output(); err == nil {
-		libdir = strings.TrimSpace(string(out))
-	} else {
-		libdir = filepath.Join(filepath.Dir(bin), "lib")
-	}
+	libdir := pkgLibDir(bin)
 	keep = []string{}
 	for _, lib := range strings.Split(val, ",") {
 		lib = strings.Trim(strings.TrimSpace(lib), `"`)
@@ -475,6 +481,52 @@ func preloadLibraries(bin, dataDir string) (keep, missing []string) {
 		}
 	}
 	return keep, missing
+}
+
+// pkgLibDir is $libdir of the server binaries in bin: where its
+// extensions' libraries are.
+func pkgLibDir(bin string) string {
+	if out, err := exec.Command(filepath.Join(bin, "pg_config"), "--pkglibdir").Output(); err == nil {
+		return strings.TrimSpace(string(out))
+	}
+	return filepath.Join(filepath.Dir(bin), "lib")
+}
+
+// missingPreloadHint lists the missing preload libraries, each with what
+// installs it, and the way around.
+func missingPreloadHint(missing []string, major string) string {
+	parts := make([]string, len(missing))
+	for i, lib := range missing {
+		parts[i] = lib
+		if p := DebianPackage(lib, major); p != "" {
+			parts[i] += " (Debian package " + p + ")"
+		}
+	}
+	return strings.Join(parts, ", ") + "; install them, or start without them (export --allow-missing-preload; what needs them then fails)"
+}
+
+// checkConfLocales fails with ErrHostLacks when an lc_* setting of
+// dataDir's configuration names a locale this host lacks: the server
+// would refuse to start ("invalid value for parameter lc_messages").
+func checkConfLocales(dataDir string) error {
+	conf := ConfLocales(dataDir)
+	if len(conf) == 0 {
+		return nil
+	}
+	installed, err := InstalledLocales()
+	if err != nil {
+		return nil // no 'locale' program: the server's own error says it
+	}
+	var lines []string
+	for _, name := range []string{"lc_messages", "lc_monetary", "lc_numeric", "lc_time"} {
+		if v, ok := conf[name]; ok && len(MissingLocales([]string{v}, installed)) > 0 {
+			lines = append(lines, fmt.Sprintf("locale %q (%s in the backup's postgresql.conf) is not installed here: %s", v, name, MissingLocaleHint(v)))
+		}
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w:\n  - %s", ErrHostLacks, strings.Join(lines, "\n  - "))
 }
 
 // LogTail returns the last n lines of a file, for error messages.

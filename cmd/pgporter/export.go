@@ -28,7 +28,7 @@ type exportOpts struct {
 func newExportCmd(g *globals) *cobra.Command {
 	var eo exportOpts
 	c := &cobra.Command{
-		Use:   "export --repo DIR --restore-point ID|latest --db NAME [--db NAME]... --to DIR",
+		Use:   "export (--repo DIR | --repo-peer ADDR#ID | --published ID) --db NAME... --to DIR",
 		Short: "Export databases from a restore point to a target directory",
 		Long: `Export databases out of a backup: mount the restore point (FUSE, copy-on-write,
 the backup is never modified), start a throwaway PostgreSQL instance on it,
@@ -61,10 +61,14 @@ Every step is journaled under --home. If the export fails or is interrupted,
 dumps are not redone; transfers send only missing chunks), and
 'pgporter cancel SESSION' removes everything the session left.
 
-Examples:
-  pgporter export --repo /srv/repo --restore-point latest --db shop --db crm --to /srv/exports
-  pgporter export --repo-peer 10.0.0.5:7448#REPO-ID --staging 10.0.0.6:7448#STAGING-ID \
-      --target 10.0.0.7:7448#TARGET-ID --db shop --to /srv/exports`,
+Flags that make no sense together are refused, naming both.`,
+		Example: `  pgporter export --repo /srv/repo --restore-point latest \
+      --db shop --db crm --to /srv/exports
+  pgporter export --repo-peer 10.0.0.5:7448#REPO-ID \
+      --staging 10.0.0.6:7448#STAGING-ID --target 10.0.0.7:7448#TARGET-ID \
+      --db shop --to /srv/exports
+  pgporter export --published p-20260101-120000-a1b2c3 \
+      --db shop --to /srv/exports`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runExport(cmd, g, eo) },
 	}
@@ -92,14 +96,54 @@ Examples:
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	addMemoryLimitFlag(f, &eo.memoryLimit, exportMemoryLimit)
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
-	for _, f := range []string{"repo", "repo-peer", "staging"} {
-		c.MarkFlagsMutuallyExclusive("published", f) // the publication is the source and the staging host
+	c.MarkFlagsMutuallyExclusive("repo", "staging") // the staging host reads the repository through --repo-peer
+	c.MarkFlagsMutuallyExclusive("overwrite", "target")
+	// The publication is the source and the staging host; its instance is
+	// running already, and it dumps what it has.
+	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite"} {
+		c.MarkFlagsMutuallyExclusive("published", f)
 	}
+	setGroupedUsage(c, exportFlagGroups)
 	return c
+}
+
+// exportFlagGroups are the headings of 'export --help'. A new flag goes
+// under one of them (TestExportHelpGroups).
+var exportFlagGroups = []flagGroup{
+	{"Source", []string{"repo", "restore-point", "db"}},
+	{"Destination", []string{"to", "overwrite"}},
+	{"Cross-host", []string{"repo-peer", "staging", "target"}},
+	{"Published instance", []string{"published", "unpublish-after"}},
+	{"Dump", []string{"jobs", "globals", "split-tables-from", "staging-dir", "os-user", "allow-missing-preload"}},
+	{"Transfer", []string{"bwlimit"}},
+	{"Credentials", []string{"pg-user", "password-file", "source-port"}},
+	{otherFlags, []string{"json", "memory-limit", "help"}},
+}
+
+// checkExportModes refuses the flags that make no sense in the mode the
+// others choose, which the flag groups cannot say (they are only mutually
+// exclusive).
+func checkExportModes(cmd *cobra.Command, eo exportOpts) error {
+	if eo.published == "" && config.OnCommandLine(cmd.Flags(), "unpublish-after") {
+		return usagef("--unpublish-after works only with --published ID")
+	}
+	if eo.plan.Staging != "" {
+		// The staging host reaches the repository and the target itself.
+		switch {
+		case eo.plan.RepoPeer == "":
+			return usagef("export --staging needs --repo-peer ADDR#PEER_ID: the repository, as the staging host reaches it")
+		case eo.plan.Target == "":
+			return usagef("export --staging needs --target ADDR#PEER_ID: the target, as the staging host reaches it")
+		}
+	}
+	return nil
 }
 
 func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	if err := applyMemoryLimit(cmd, eo.memoryLimit); err != nil {
+		return err
+	}
+	if err := checkExportModes(cmd, eo); err != nil {
 		return err
 	}
 	if eo.published != "" {
@@ -308,7 +352,7 @@ func (p *progressRenderer) close(ok bool) {
 // on the publication's host (this one, or its mover's for 'publish --on'),
 // which retry and cancel reach like any other.
 func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
-	// --repo, --repo-peer and --staging are refused by their flag groups.
+	// The flags of a restore point's export are refused by their flag groups.
 	switch {
 	case eo.plan.To == "":
 		return usagef("export --published ID needs --to DIR (on the publication's host, or on --target)")

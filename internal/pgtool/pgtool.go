@@ -84,7 +84,7 @@ func ServerBinDir(major, configured string) (string, error) {
 			}
 		}
 	}
-	return "", fmt.Errorf("PostgreSQL %s server binaries are not installed here: install the Debian package postgresql-%s (or pass the binaries' directory)", major, major)
+	return "", fmt.Errorf("PostgreSQL %s server binaries are not installed here: install the Debian package postgresql-%s", major, major)
 }
 
 // NewestServerBinDir returns the server binaries of the newest major
