@@ -20,10 +20,17 @@ import (
 // manifest, Need and Committed stay on the first.
 
 const (
-	// autoConnections is the most connections Connections=0 opens.
-	autoConnections = 4
-	// joinEvery is how often auto mode looks at the first connection's loss.
-	joinEvery = time.Second
+	// autoConnections is the most connections Connections=0 opens: with
+	// the default 4 streams each, the receiver's 32 data streams of a
+	// transfer (protocol.MaxDataStreams). On a 100 Mbit/s, 40 ms path
+	// losing 0.5% each way, 8 moved the 260 MB dump 1.8x as fast as 4;
+	// 16 of 2 streams each were no faster (docs/BENCHMARKS.md, "Issue 16:
+	// more connections on a lossy WAN").
+	autoConnections = 8
+	// joinEvery is how often auto mode looks at the first connection's
+	// loss: a few RTTs of a long path, so that the connections it takes
+	// are there for most of a transfer of seconds.
+	joinEvery = 250 * time.Millisecond
 	// joinLoss is the share of lost packets past which auto mode adds a
 	// connection.
 	joinLoss = 0.001

@@ -39,8 +39,8 @@ type SendOptions struct {
 	Streams    int               // parallel data streams per connection, default 4
 	// Connections bounds the QUIC connections of one transfer (protocol 5,
 	// each with Streams data streams): 0 (auto) adds one, up to
-	// autoConnections, each second the first loses more than 0.1% of its
-	// packets; N > 0 opens N at once. A receiver below protocol 5 gets one.
+	// autoConnections, each quarter second the first loses more than 0.1%
+	// of its packets; N > 0 opens N at once. A receiver below protocol 5 gets one.
 	Connections int
 	// Compression is "auto" (default) or a chunkstore level name; "s2"
 	// fails against a receiver below protocol 6.
