@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 // ChunkEngine is scenario 1: the sender's per-byte work in process, on a
@@ -37,7 +38,7 @@ func (c *ChunkEngine) Prepare(_ context.Context, env Env) (*Setup, error) {
 			size = 4 << 20
 		}
 	}
-	data := MixedRows(size)
+	data := synth.MixedRows(size)
 	var chunks [][]byte
 	err := chunkstore.Split(data, chunkstore.DefaultParams, func(ch chunkstore.Chunk) error {
 		chunks = append(chunks, ch.Data)

@@ -132,7 +132,7 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := postgresCred()
+	cred, err := pgtool.ServerCredential("")
 	if err != nil {
 		return nil, err
 	}
@@ -267,7 +267,7 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 	if err := c.stop(); err != nil {
 		return db, err
 	}
-	cmd := exec.CommandContext(ctx, o.Pgporter, "--home", filepath.Join(dir, "home-backup"), "backup", "--repo", repo, "--pgdata", c.data)
+	cmd := exec.CommandContext(ctx, o.Pgporter, "--home", filepath.Join(dir, "home-backup"), "backup", "--repo", repo, "--pgdata", c.DataDir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return db, fmt.Errorf("pgporter backup: %w: %s", err, tail(string(out)))
 	}

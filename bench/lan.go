@@ -11,6 +11,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 // LAN is scenario 2: a cold transfer of a dump directory over a 1 Gbit/s
@@ -231,10 +233,10 @@ func writeSmokeData(dir string) error {
 		return fmt.Errorf("making smoke data: %w", err)
 	}
 	files := map[string][]byte{
-		"3001.dat": PgbenchRows(3 << 20),
-		"3002.dat": PgbenchRows(2 << 20),
-		"3003.dat": MD5Rows(3 << 20),
-		"toc.dat":  MD5Rows(4 << 10),
+		"3001.dat": synth.PgbenchRows(3 << 20),
+		"3002.dat": synth.PgbenchRows(2 << 20),
+		"3003.dat": synth.MD5Rows(3 << 20),
+		"toc.dat":  synth.MD5Rows(4 << 10),
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {

@@ -5,12 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/pgporter/pgporter/internal/pgtool"
 )
@@ -90,97 +86,49 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 	return err
 }
 
-// pgCluster is a throwaway PostgreSQL cluster of the harness, listening on
-// a Unix socket only. The test fixture internal/testsupport.NewCluster is
-// bound to testing.TB, so the command has this small twin of its initdb,
-// start and stop.
-type pgCluster struct {
-	bin  string              // PostgreSQL's bin directory
-	base string              // holds data/, the socket and the log
-	data string              // the data directory
-	cred *syscall.Credential // the postgres OS user when the harness runs as root, else nil
-}
+// pgCluster is a throwaway PostgreSQL cluster of the harness (a
+// pgtool.Cluster, as the tests' and the demo's are), listening on a Unix
+// socket only, trust authentication.
+type pgCluster struct{ *pgtool.Cluster }
 
 // newPGCluster runs initdb in a new directory under scratch ("" means
-// /var/tmp), with trust authentication for the socket. The caller removes
-// it with remove.
+// /var/tmp), which the postgres user must be able to enter. The caller
+// removes it with remove.
 func newPGCluster(ctx context.Context, scratch, bin string) (_ *pgCluster, err error) {
 	if scratch == "" {
 		scratch = "/var/tmp"
-	}
-	if bin == "" {
-		if bin, err = pgtool.NewestServerBinDir(); err != nil {
-			return nil, err
-		}
-	}
-	cred, err := postgresCred()
-	if err != nil {
-		return nil, err
 	}
 	base, err := os.MkdirTemp(scratch, "pgporter-bench-pg-")
 	if err != nil {
 		return nil, fmt.Errorf("making the cluster's directory: %w", err)
 	}
-	c := &pgCluster{bin: bin, base: base, data: filepath.Join(base, "data"), cred: cred}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, c.remove())
+			err = errors.Join(err, os.RemoveAll(base))
 		}
 	}()
-	if err := c.chown(base); err != nil {
-		return nil, fmt.Errorf("making the cluster's directory: %w", err)
-	}
-	if err := c.server(ctx, "initdb", "-D", c.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+	c, err := pgtool.NewCluster(pgtool.ClusterOptions{BinDir: bin, Base: base, Settings: map[string]string{"fsync": "off"}})
+	if err != nil {
 		return nil, err
 	}
-	return c, nil
+	if err := c.Initdb(ctx, c.DataDir); err != nil {
+		return nil, err
+	}
+	return &pgCluster{c}, nil
 }
 
-// postgresCred returns the postgres OS user's credential when the harness
-// runs as root (the server refuses to), else nil.
-func postgresCred() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("running PostgreSQL as root needs the postgres OS user: %w", err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
+func (c *pgCluster) start(ctx context.Context) error { return c.Start(ctx) }
 
-// chown gives path to the postgres OS user, when the server runs as one.
-func (c *pgCluster) chown(path string) error {
-	if c.cred == nil {
-		return nil
-	}
-	return os.Chown(path, int(c.cred.Uid), int(c.cred.Gid))
-}
+// stop stops the server (fast shutdown, a checkpoint: the data directory is
+// then consistent, to be backed up), whatever the run's context.
+func (c *pgCluster) stop() error { return c.Stop() }
 
-// asPostgres makes cmd run as the postgres OS user, when the server runs as one.
-func (c *pgCluster) asPostgres(cmd *exec.Cmd) {
-	if c.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
-	}
-}
-
-func (c *pgCluster) server(ctx context.Context, name string, args ...string) error {
-	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, name), args...)
-	cmd.Dir = c.base
-	c.asPostgres(cmd)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %w: %s", name, err, tail(string(out)))
-	}
-	return nil
-}
+func (c *pgCluster) remove() error { return os.RemoveAll(c.Base) }
 
 // client runs a client program of the cluster's bin directory against
 // database db and returns its standard output.
 func (c *pgCluster) client(ctx context.Context, db, name string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, name), args...)
-	cmd.Env = append(os.Environ(), "PGHOST="+c.base, "PGPORT=5432", "PGUSER=postgres", "PGDATABASE="+db)
+	cmd := c.ClientCmd(ctx, db, name, args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -189,22 +137,3 @@ func (c *pgCluster) client(ctx context.Context, db, name string, args ...string)
 	}
 	return string(out), nil
 }
-
-func (c *pgCluster) start(ctx context.Context) error {
-	opts := "-c listen_addresses='' -c unix_socket_directories=" + c.base + " -c port=5432 -c fsync=off"
-	return c.server(ctx, "pg_ctl", "-D", c.data, "-w", "-l", filepath.Join(c.base, "log"), "-o", opts, "start")
-}
-
-// stop stops the server (fast shutdown, a checkpoint: the data directory is
-// then consistent, to be backed up). It ignores any context: the server must
-// stop even when the run was cancelled.
-func (c *pgCluster) stop() error {
-	cmd := exec.Command(filepath.Join(c.bin, "pg_ctl"), "-D", c.data, "-w", "-m", "fast", "stop")
-	c.asPostgres(cmd)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_ctl stop: %w: %s", err, tail(string(out)))
-	}
-	return nil
-}
-
-func (c *pgCluster) remove() error { return os.RemoveAll(c.base) }

@@ -58,15 +58,3 @@ func TestParseTxBytes(t *testing.T) {
 	_, err = parseTxBytes([]byte(`[]`))
 	require.ErrorContains(t, err, "0 links")
 }
-
-func TestSynth(t *testing.T) {
-	for _, n := range []int{1, 100, 4 << 10, 3<<20 + 7} {
-		require.Len(t, PgbenchRows(n), n)
-		require.Len(t, MD5Rows(n), n)
-		require.Len(t, MixedRows(n), n)
-	}
-	// Three parts pgbench rows (padding: spaces) to one part md5 text.
-	m := MixedRows(8 << 20)
-	require.Equal(t, PgbenchRows(3<<20), m[:3<<20])
-	require.Equal(t, MD5Rows(1<<20), m[3<<20:4<<20])
-}

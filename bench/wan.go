@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgporter/pgporter/internal/synth"
 )
 
 // The links of issue 17's scenarios 3 to 5 (and of issue 16's WAN targets):
@@ -257,9 +259,9 @@ func writeTree(dir string, n int) error {
 		return fmt.Errorf("making a tree: %w", err)
 	}
 	files := map[string][]byte{
-		"3001.dat": PgbenchRows(n * 3 / 4),
-		"3002.dat": MD5Rows(n / 4),
-		"toc.dat":  MD5Rows(2 << 10),
+		"3001.dat": synth.PgbenchRows(n * 3 / 4),
+		"3002.dat": synth.MD5Rows(n / 4),
+		"toc.dat":  synth.MD5Rows(2 << 10),
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {

@@ -106,19 +106,11 @@ func NewCluster(o ClusterOptions) (*Cluster, error) {
 		c.Port = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
-	if os.Geteuid() == 0 {
-		name := o.OSUser
-		if name == "" {
-			name = "postgres"
-		}
-		u, err := user.Lookup(name)
-		if err != nil {
-			return nil, fmt.Errorf("the %s OS user runs PostgreSQL, which refuses root: %w", name, err)
-		}
-		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	cred, err := ServerCredential(o.OSUser)
+	if err != nil {
+		return nil, err
 	}
+	c.cred = cred
 	if err := os.MkdirAll(c.Base, 0o755); err != nil {
 		return nil, err
 	}
@@ -131,6 +123,25 @@ func NewCluster(o ClusterOptions) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// ServerCredential returns the identity that PostgreSQL's server programs
+// run with: nil (this process's) unless this process is root, which
+// PostgreSQL refuses to be; then osUser's ("" means postgres).
+func ServerCredential(osUser string) (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	if osUser == "" {
+		osUser = "postgres"
+	}
+	u, err := user.Lookup(osUser)
+	if err != nil {
+		return nil, fmt.Errorf("the %s OS user runs PostgreSQL, which refuses root: %w", osUser, err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
 // Chown gives path to the OS user that runs the server, if it is not this
