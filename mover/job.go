@@ -29,7 +29,15 @@ type jobEnd struct {
 	Kind  string `json:"kind"` // "end"
 	Error string `json:"error,omitempty"`
 	Code  string `json:"code,omitempty"`
+	// Reason names the job runner's own kind of failure, when the error
+	// has one (JobReasoner), so that the other side can match it as a
+	// value rather than by its text.
+	Reason string `json:"reason,omitempty"`
 }
+
+// JobReasoner is an error of a JobRunner that names its kind for the
+// orchestrator across the wire (JobError.Reason).
+type JobReasoner interface{ JobReason() string }
 
 // runJob serves one RunJob: it needs the orchestrate permission, and lasts
 // as long as the connection.
@@ -57,6 +65,10 @@ func (s *Server) runJob(ctx context.Context, conn *quic.Conn, peer PeerID, cs *c
 	if err != nil {
 		end.Error = err.Error()
 		end.Code = protocol.ToWire(err).Code.String()
+		var r JobReasoner
+		if errors.As(err, &r) {
+			end.Reason = r.JobReason()
+		}
 		log.Warn("job failed", "err", err)
 	} else {
 		log.Info("job done")
@@ -69,6 +81,7 @@ func (s *Server) runJob(ctx context.Context, conn *quic.Conn, peer PeerID, cs *c
 type JobError struct {
 	Message string
 	Code    string
+	Reason  string // the job runner's JobReasoner kind, if any
 }
 
 func (e *JobError) Error() string { return e.Message }
@@ -104,7 +117,7 @@ func (s *Sender) RunJob(ctx context.Context, addr string, peer PeerID, body []by
 		var end jobEnd
 		if json.Unmarshal(ev.Body, &end) == nil && end.Kind == "end" {
 			if end.Error != "" {
-				return &JobError{Message: end.Error, Code: end.Code}
+				return &JobError{Message: end.Error, Code: end.Code, Reason: end.Reason}
 			}
 			return nil
 		}

@@ -538,10 +538,13 @@ func resolvePoint(rps []chunkstore.RestorePoint, id string) (string, error) {
 	return "", fmt.Errorf("%w: %q", chunkstore.ErrNoRestorePoint, id)
 }
 
-// serveErrorKinds are the errors whose identity the serve process reports
-// to Publish along with their text, so that the CLI gives them their exit
-// code: "error(KIND): TEXT" on the ready pipe, "error: TEXT" for others.
-var serveErrorKinds = []struct {
+// errorKinds are the errors whose identity crosses a process or a host
+// along with their text, so that the other side matches them as values
+// (and the CLI gives them their exit code): the serve process reports them
+// to Publish ("error(KIND): TEXT" on the ready pipe, "error: TEXT" for
+// others), and a staging mover's jobs to the orchestrator (the job's end
+// event's reason, jobReason and fromJob).
+var errorKinds = []struct {
 	name string
 	err  error
 }{
@@ -555,10 +558,42 @@ var serveErrorKinds = []struct {
 	{"untrusted", mover.ErrUntrusted},
 	{"wrong-peer", mover.ErrWrongPeer},
 	{"no-answer", mover.ErrNoAnswer},
+	{"not-dead", ErrNotDead},
+}
+
+// jobReason gives err its kind for the job's end event, if it has one.
+func jobReason(err error) error {
+	for _, k := range errorKinds {
+		if errors.Is(err, k.err) {
+			return reasoned{err, k.name}
+		}
+	}
+	return err
+}
+
+type reasoned struct {
+	error
+	reason string
+}
+
+func (r reasoned) Unwrap() error     { return r.error }
+func (r reasoned) JobReason() string { return r.reason }
+
+// fromJob marks a job's failure with the error of its kind, if the staging
+// mover named one.
+func fromJob(err error) error {
+	if je, ok := errors.AsType[*mover.JobError](err); ok && je.Reason != "" {
+		for _, k := range errorKinds {
+			if k.name == je.Reason {
+				return marked{err, k.err}
+			}
+		}
+	}
+	return err
 }
 
 func formatServeError(err error) string {
-	for _, k := range serveErrorKinds {
+	for _, k := range errorKinds {
 		if errors.Is(err, k.err) {
 			return "error(" + k.name + "): " + err.Error()
 		}
@@ -572,7 +607,7 @@ func parseServeError(line string) error {
 		return errors.New(msg)
 	}
 	kind, msg, _ := strings.Cut(strings.TrimPrefix(line, "error("), "): ")
-	for _, k := range serveErrorKinds {
+	for _, k := range errorKinds {
 		if k.name == kind {
 			return marked{errors.New(msg), k.err}
 		}

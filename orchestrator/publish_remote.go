@@ -270,7 +270,7 @@ func (pb *Publisher) remoteJobEvents(ctx context.Context, on string, jb pubJob, 
 		return nil, fmt.Errorf("mover %s refuses this home's ID %s: on its host run 'pgporter mover trust %s --allow orchestrate': %w", on, sender.ID(), sender.ID(), err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("on mover %s: %w", on, err)
+		return nil, fmt.Errorf("on mover %s: %w", on, fromJob(err))
 	}
 	return res, nil
 }
@@ -341,7 +341,7 @@ func (pb *Publisher) Refresh(ctx context.Context, ps []*Publication) {
 // unpublishOn ends publication p on its mover and records it gone here.
 func (pb *Publisher) unpublishOn(ctx context.Context, p *Publication) (*Publication, error) {
 	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobUnpublish, ID: p.ID})
-	if err != nil && !errors.Is(err, ErrNoPublication) && !strings.Contains(err.Error(), ErrNoPublication.Error()) {
+	if err != nil && !errors.Is(err, ErrNoPublication) {
 		return p, err
 	}
 	on := p.On

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // ServeCommand is how a publication's background process is started: the
@@ -90,10 +89,7 @@ func resumable(p *Publication) bool {
 func (pb *Publisher) resumeOn(ctx context.Context, p *Publication) (*Publication, error) {
 	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobResume, ID: p.ID})
 	if err != nil {
-		if strings.Contains(err.Error(), ErrNotDead.Error()) {
-			return nil, fmt.Errorf("%w: %v", ErrNotDead, err)
-		}
-		return nil, err
+		return nil, err // ErrNotDead, from the mover's job, matches
 	}
 	q := res.Publication
 	if q == nil {

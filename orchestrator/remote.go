@@ -175,6 +175,10 @@ var _ mover.JobRunner = (*StagingJobs)(nil)
 
 // RunJob runs (or continues) the session the job names.
 func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)) error {
+	return jobReason(j.runJob(ctx, body, emit))
+}
+
+func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)) error {
 	if pubJobKind(body) != "" {
 		return j.runPubJob(ctx, body, emit)
 	}

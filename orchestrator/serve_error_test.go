@@ -20,7 +20,7 @@ func TestServeErrorRelay(t *testing.T) {
 	} {
 		got := parseServeError(formatServeError(err))
 		require.Equal(t, err.Error(), got.Error())
-		for _, k := range serveErrorKinds {
+		for _, k := range errorKinds {
 			require.Equal(t, errors.Is(err, k.err), errors.Is(got, k.err), k.name)
 		}
 	}
