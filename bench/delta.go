@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"time"
 )
 
 // Delta is scenario 5: the same database after UpdatedRows scattered row
@@ -64,24 +63,18 @@ func (s *Delta) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var closers []func() error
-	closeAll := func() error {
-		var errs []error
-		for i := len(closers) - 1; i >= 0; i-- {
-			errs = append(errs, closers[i]())
-		}
-		return errors.Join(append(errs, link.Close())...)
-	}
+	var held closers
+	held.add(link.Close)
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, closeAll())
+			err = errors.Join(err, held.Close())
 		}
 	}()
 	rsyncd, err := startRsyncd(ctx, link.Link, filepath.Join(env.Dir, "rsync"))
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, rsyncd.Close)
+	held.add(rsyncd.Close)
 	j := &lanJob{link: link.Link, data: b, size: size, dir: env.Dir, logf: env.Logf, name: "delta"}
 	tools := []Tool{
 		&deltaPgporter{t: &pgporterTool{job: j, name: "pgporter", bin: s.Pgporter, flags: s.SendFlags}, prev: a},
@@ -97,7 +90,7 @@ func (s *Delta) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		Tools:   emuLogged(link, env, "delta", tools),
 		Settle:  settle,
 		SpeedUp: &SpeedUp{Of: "pgporter", Over: "rsync -z"},
-		Close:   closeAll,
+		Close:   held.Close,
 	}, nil
 }
 
@@ -202,44 +195,13 @@ func (d *deltaRsync) Run(ctx context.Context, rep int) (Measure, error) {
 	if out, err := exec.CommandContext(ctx, "cp", "-a", d.prev, dest).CombinedOutput(); err != nil {
 		return Measure{}, fmt.Errorf("copying the first dump: %w: %s", err, tail(string(out)))
 	}
-	pid := d.d.cmd.Process.Pid
-	c0, err := procCPU(pid)
-	if err != nil {
-		return Measure{}, err
-	}
-	tx0, err := j.link.SenderTxBytes(ctx)
-	if err != nil {
-		return Measure{}, err
-	}
-	args := append(append([]string{"-a"}, d.args...), j.data+"/", fmt.Sprintf("rsync://%s:%d/bench/%s/", j.link.ReceiverAddr, rsyncPort, sub))
-	peak := filepath.Join(j.dir, "rsync.rss")
-	cmd := j.link.SenderCmd(ctx, peak, "rsync", args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	t0 := time.Now()
-	err = cmd.Run()
-	wall := time.Since(t0)
-	if err != nil {
-		return Measure{}, fmt.Errorf("rsync: %w: %s", err, tail(stderr.String()))
-	}
-	if err := pollUntil(ctx, func() (bool, error) {
-		busy, err := hasChildren(pid)
-		return !busy, err
-	}); err != nil {
-		return Measure{}, fmt.Errorf("waiting for the rsync daemon's worker: %w", err)
-	}
-	c1, err := procCPU(pid)
-	if err != nil {
-		return Measure{}, err
-	}
-	wire, rss, err := j.afterRun(ctx, tx0, dest, peak)
+	m, err := j.rsyncTo(ctx, d.d, d.args, sub, dest)
 	if err != nil {
 		return Measure{}, err
 	}
 	if err := sameTree(j.data, dest); err != nil {
 		return Measure{}, err
 	}
-	m := Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, WireBytes: wire}
 	wirePct(&m, j.size)
 	return m, nil
 }

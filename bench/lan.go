@@ -88,24 +88,18 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var closers []func() error
-	closeAll := func() error {
-		var errs []error
-		for i := len(closers) - 1; i >= 0; i-- {
-			errs = append(errs, closers[i]())
-		}
-		return errors.Join(append(errs, link.Close())...)
-	}
+	var held closers
+	held.add(link.Close)
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, closeAll())
+			err = errors.Join(err, held.Close())
 		}
 	}()
 	rsyncd, err := startRsyncd(ctx, link, filepath.Join(env.Dir, "rsync"))
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, rsyncd.Close)
+	held.add(rsyncd.Close)
 
 	j := &lanJob{link: link, data: data, size: size, dir: env.Dir, logf: env.Logf}
 	tools := []Tool{
@@ -132,7 +126,7 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		},
 		Tools:  tools,
 		Settle: settle,
-		Close:  closeAll,
+		Close:  held.Close,
 	}, nil
 }
 

@@ -122,11 +122,16 @@ type rsyncTool struct {
 func (t *rsyncTool) Name() string { return t.name }
 
 func (t *rsyncTool) Run(ctx context.Context, rep int) (Measure, error) {
-	j := t.job
 	sub := fmt.Sprintf("%s-%d", benchLabel(t.name), rep)
 	dest := filepath.Join(t.d.root, sub)
 	defer os.RemoveAll(dest)
-	pid := t.d.cmd.Process.Pid
+	return t.job.rsyncTo(ctx, t.d, t.args, sub, dest)
+}
+
+// rsyncTo runs 'rsync -a ARGS' of the job's data to the daemon's module
+// directory sub (dest on the receiver) and measures it.
+func (j *lanJob) rsyncTo(ctx context.Context, d *rsyncd, args []string, sub, dest string) (Measure, error) {
+	pid := d.cmd.Process.Pid
 	c0, err := procCPU(pid)
 	if err != nil {
 		return Measure{}, err
@@ -135,7 +140,7 @@ func (t *rsyncTool) Run(ctx context.Context, rep int) (Measure, error) {
 	if err != nil {
 		return Measure{}, err
 	}
-	args := append(append([]string{"-a"}, t.args...), j.data+"/", fmt.Sprintf("rsync://%s:%d/bench/%s/", j.link.ReceiverAddr, rsyncPort, sub))
+	args = append(append([]string{"-a"}, args...), j.data+"/", fmt.Sprintf("rsync://%s:%d/bench/%s/", j.link.ReceiverAddr, rsyncPort, sub))
 	peak := filepath.Join(j.dir, "rsync.rss")
 	cmd := j.link.SenderCmd(ctx, peak, "rsync", args...)
 	var stderr bytes.Buffer

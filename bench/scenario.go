@@ -1,6 +1,9 @@
 package bench
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Scenario is one comparison: it prepares the data and the links once, and
 // lists the tools that each do the same job on them.
@@ -67,4 +70,19 @@ type Tool interface {
 type SpeedUp struct {
 	Of   string `json:"of"`
 	Over string `json:"over"`
+}
+
+// closers is what a scenario holds open (its link, daemons), closed in
+// the reverse order of add.
+type closers []func() error
+
+func (c *closers) add(f func() error) { *c = append(*c, f) }
+
+// Close closes everything added, last first, and joins their errors.
+func (c *closers) Close() error {
+	var errs []error
+	for i := len(*c) - 1; i >= 0; i-- {
+		errs = append(errs, (*c)[i]())
+	}
+	return errors.Join(errs...)
 }

@@ -80,24 +80,18 @@ func (s *WAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var closers []func() error
-	closeAll := func() error {
-		var errs []error
-		for i := len(closers) - 1; i >= 0; i-- {
-			errs = append(errs, closers[i]())
-		}
-		return errors.Join(append(errs, link.Close())...)
-	}
+	var held closers
+	held.add(link.Close)
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, closeAll())
+			err = errors.Join(err, held.Close())
 		}
 	}()
 	rsyncd, err := startRsyncd(ctx, link.Link, filepath.Join(env.Dir, "rsync"))
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, rsyncd.Close)
+	held.add(rsyncd.Close)
 	j := &lanJob{link: link.Link, data: data, size: size, dir: env.Dir, logf: env.Logf, name: s.name}
 	tools := []Tool{
 		&pgporterTool{job: j, name: "pgporter", bin: s.Pgporter, flags: s.SendFlags},
@@ -112,7 +106,7 @@ func (s *WAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		Tools:   emuLogged(link, env, s.name, tools),
 		Settle:  settle,
 		SpeedUp: &SpeedUp{Of: "pgporter", Over: "rsync -z"},
-		Close:   closeAll,
+		Close:   held.Close,
 	}, nil
 }
 
