@@ -66,22 +66,15 @@ func (s *Outage) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	link, err := NewWANLink(ctx, s.Link, s.Profile)
+	link, rsyncd, held, err := wanRig(ctx, s.Link, s.Profile, env.Dir)
 	if err != nil {
 		return nil, err
 	}
-	var held closers
-	held.add(link.Close)
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, held.Close())
 		}
 	}()
-	rsyncd, err := startRsyncd(ctx, link.Link, filepath.Join(env.Dir, "rsync"))
-	if err != nil {
-		return nil, err
-	}
-	held.add(rsyncd.Close)
 	j := &lanJob{link: link.Link, data: data, size: size, dir: env.Dir, logf: env.Logf, name: "outage"}
 	zstd1 := []string{"-z", "--compress-choice=zstd", "--compress-level=1"}
 	o := &outageRig{link: link, length: s.length(), logf: env.Logf}

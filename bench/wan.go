@@ -76,22 +76,15 @@ func (s *WAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		return nil, err
 	}
 	env.Logf("%s: %d bytes in %d files from %s", s.name, size, files, data)
-	link, err := NewWANLink(ctx, s.Link, s.Profile)
+	link, rsyncd, held, err := wanRig(ctx, s.Link, s.Profile, env.Dir)
 	if err != nil {
 		return nil, err
 	}
-	var held closers
-	held.add(link.Close)
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, held.Close())
 		}
 	}()
-	rsyncd, err := startRsyncd(ctx, link.Link, filepath.Join(env.Dir, "rsync"))
-	if err != nil {
-		return nil, err
-	}
-	held.add(rsyncd.Close)
 	j := &lanJob{link: link.Link, data: data, size: size, dir: env.Dir, logf: env.Logf, name: s.name}
 	tools := []Tool{
 		&pgporterTool{job: j, name: "pgporter", bin: s.Pgporter, flags: s.SendFlags},
@@ -355,4 +348,20 @@ func moveRows(data []byte, k int) []byte {
 		out = append(out, l...)
 	}
 	return out
+}
+
+// wanRig sets up what the WAN scenarios share: the emulated path and an
+// rsync daemon on its receiver, both closed by held.
+func wanRig(ctx context.Context, lo LinkOptions, prof EmuProfile, dir string) (_ *WANLink, _ *rsyncd, held closers, err error) {
+	link, err := NewWANLink(ctx, lo, prof)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	held.add(link.Close)
+	rsyncd, err := startRsyncd(ctx, link.Link, filepath.Join(dir, "rsync"))
+	if err != nil {
+		return nil, nil, nil, errors.Join(err, held.Close())
+	}
+	held.add(rsyncd.Close)
+	return link, rsyncd, held, nil
 }
