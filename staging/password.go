@@ -188,9 +188,9 @@ func lookupPgpass(name string, o PasswordOptions) (string, error) {
 
 // clientEnv returns the environment of a client program (pg_dump,
 // pg_dumpall) that connects to an instance with password: this process's
-// without any PG* variable that names a password, plus PGPASSFILE naming a
-// password file that only this OS user can read, in a directory made for
-// it. The password is not in the environment, which other processes of the
+// without any PG* variable that names a password or a connection service,
+// plus PGPASSFILE naming a password file that only this OS user can read,
+// in a directory made for it. The password is not in the environment, which other processes of the
 // same user (and /proc/PID/environ) show. done removes the file and its
 // directory; call it once the program has exited.
 func clientEnv(password string) (env []string, done func(), err error) {
@@ -222,7 +222,12 @@ func clientEnv(password string) (env []string, done func(), err error) {
 	}
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "PGPASSWORD" || k == "PGPASSFILE" {
+		switch k {
+		case "PGPASSWORD", "PGPASSFILE":
+			continue
+		case "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR":
+			// The service gave pgporter the user's credentials; its other
+			// settings (sslmode, options, ...) are not for the instance.
 			continue
 		}
 		env = append(env, kv)
