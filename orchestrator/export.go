@@ -42,6 +42,13 @@ type Options struct {
 	Events func(Event)
 	// Password for the PostgreSQL user, if the CLI resolved one.
 	Password string
+	// Credentials, if set, is called by Create once the plan holds up and
+	// before anything is made or journaled, to find the password of the
+	// plan's PostgreSQL user (it replaces Password); it may change that
+	// user (a connection service names one). Its error is Create's, so a
+	// missing password is reported after the plan's own mistakes, and
+	// leaves nothing behind.
+	Credentials func(p *Plan) (password string, err error)
 }
 
 // Runner creates, runs, retries and cancels export sessions.
@@ -177,6 +184,9 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		case i < 0:
 			return nil, marked{fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo), chunkstore.ErrNoRestorePoint}
 		}
+	}
+	if err := r.credentials(&p); err != nil {
+		return nil, err
 	}
 	if p.Target != "" {
 		// A path on the target host: checked there.
@@ -871,4 +881,17 @@ func backupHBA(dataDir string, p *Plan) (*staging.LocalHBA, error) {
 		}
 	}
 	return h, nil
+}
+
+// credentials calls Options.Credentials, if set, for p.
+func (r *Runner) credentials(p *Plan) error {
+	if r.o.Credentials == nil {
+		return nil
+	}
+	pw, err := r.o.Credentials(p)
+	if err != nil {
+		return err
+	}
+	r.o.Password = pw
+	return nil
 }
