@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/pgporter/pgporter/staging"
 )
 
 // job is what an orchestrator hands a staging mover: the staging half of
@@ -248,6 +250,11 @@ func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)
 	s, err := r.Run(ctx, jb.Session)
 	if err == nil && s != nil && s.State == StateDone && j.ExportDone != nil {
 		j.ExportDone(jb.Session)
+	}
+	if errors.Is(err, staging.ErrHBA) {
+		// The backup's pg_hba.conf refuses the role: the orchestrator's
+		// exit code is a refused permission, as for a local export.
+		err = marked{err, protocol.ErrPermission}
 	}
 	return err
 }
