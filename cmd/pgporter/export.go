@@ -124,7 +124,7 @@ var exportFlagGroups = []flagGroup{
 	{"Published instance", []string{"published", "unpublish-after"}},
 	{"Dump", []string{"jobs", "globals", "split-tables-from", "staging-dir", "os-user", "allow-missing-preload"}},
 	{"Transfer", []string{"bwlimit"}},
-	{"Credentials", []string{"pg-user", "password-file", "source-port"}},
+	{"Credentials", []string{"pg-user", "password-file", "auth", "source-port"}},
 	{otherFlags, []string{"json", "memory-limit", "help"}},
 }
 
