@@ -60,7 +60,7 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 				}
 			}
 		})
-		return fmt.Errorf("on staging mover %s: %w", p.Staging, err)
+		return fmt.Errorf("on staging mover %s: %w", p.Staging, fromJob(err))
 	}
 	return nil
 }
@@ -252,8 +252,9 @@ func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)
 		j.ExportDone(jb.Session)
 	}
 	if errors.Is(err, staging.ErrHBA) {
-		// The backup's pg_hba.conf refuses the role: the orchestrator's
-		// exit code is a refused permission, as for a local export.
+		// The backup's pg_hba.conf refuses the role: the wire code is a
+		// refused permission (the orchestrator exits 5, as for a local
+		// export), the job's reason (errorKinds) ErrHBA itself.
 		err = marked{err, protocol.ErrPermission}
 	}
 	return err
