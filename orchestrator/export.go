@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -41,6 +42,13 @@ type Options struct {
 	Events func(Event)
 	// Password for the PostgreSQL user, if the CLI resolved one.
 	Password string
+	// Credentials, if set, is called by Create once the plan holds up and
+	// before anything is made or journaled, to find the password of the
+	// plan's PostgreSQL user (it replaces Password); it may change that
+	// user (a connection service names one). Its error is Create's, so a
+	// missing password is reported after the plan's own mistakes, and
+	// leaves nothing behind.
+	Credentials func(p *Plan) (password string, err error)
 }
 
 // Runner creates, runs, retries and cancels export sessions.
@@ -95,6 +103,16 @@ func (r *Runner) Create(p Plan) (*Session, error) {
 }
 
 func (r *Runner) create(p Plan, id string) (*Session, error) {
+	switch p.Auth {
+	case "", AuthPassword:
+		p.Auth = ""
+	case AuthBackupHBA:
+		if p.Published != "" {
+			return nil, fmt.Errorf("%w: --auth %s does not apply to --published: the publication's own --auth decides how it logs in", ErrBadPlan, AuthBackupHBA)
+		}
+	default:
+		return nil, fmt.Errorf("%w: --auth %q is neither %s nor %s", ErrBadPlan, p.Auth, AuthPassword, AuthBackupHBA)
+	}
 	if p.Published != "" {
 		return r.createPublished(p, id)
 	}
@@ -166,6 +184,9 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		case i < 0:
 			return nil, marked{fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo), chunkstore.ErrNoRestorePoint}
 		}
+	}
+	if err := r.credentials(&p); err != nil {
+		return nil, err
 	}
 	if p.Target != "" {
 		// A path on the target host: checked there.
@@ -463,9 +484,18 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		_ = x.update(func(s *Session) { s.Resources.Mountpoint = "" })
 	}()
 	var in *staging.Instance
+	password := r.o.Password
 	err = x.step(ctx, StepStart, func(out *stepOutcome) error {
+		opts := staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
+		if p.Auth == AuthBackupHBA {
+			h, err := backupHBA(m.Dir(), p)
+			if err != nil {
+				return err
+			}
+			opts.LocalHBA, password = h, ""
+		}
 		var err error
-		in, err = staging.StartInstance(ctx, staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload})
+		in, err = staging.StartInstance(ctx, opts)
 		if err != nil {
 			return err
 		}
@@ -500,7 +530,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			return err
 		}
 		rep, err := in.Check(ctx, staging.CheckOptions{
-			Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dir,
+			Databases: p.Databases, User: p.PGUser, Password: password, DumpDir: dir,
 			SizeOf: m.FileSize,
 			TargetFree: func(ctx context.Context) (int64, error) {
 				free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
@@ -532,7 +562,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	globals := filepath.Join(dir, staging.GlobalsFile)
 	if p.Globals {
 		err := x.step(ctx, StepGlobals, func(out *stepOutcome) error {
-			res, err := in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: r.o.Password, Dir: dir})
+			res, err := in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: password, Dir: dir})
 			if err == nil {
 				err = mountReadErr(m)
 			}
@@ -557,7 +587,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 				}
 			}()
 			res, err := in.Dump(ctx, staging.DumpOptions{
-				DB: db, User: p.PGUser, Password: r.o.Password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
+				DB: db, User: p.PGUser, Password: password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
 				SplitTableBytes: p.SplitTables,
 				Progress: func(done, total int) {
 					r.emit(Event{Step: name, Kind: "progress", Done: int64(done), Total: int64(total)})
@@ -827,4 +857,41 @@ func localTo(to string) (string, error) {
 		return "", fmt.Errorf("%w: creating --to %s: %v", ErrBadPlan, abs, err)
 	}
 	return filepath.EvalSymlinks(abs)
+}
+
+// backupHBA reads the local lines of the backup's pg_hba.conf in dataDir
+// and checks that they let p.PGUser in without a password over the socket,
+// from this process's OS user, to every database the export connects to
+// (postgres for the checks and the globals, and each one dumped).
+func backupHBA(dataDir string, p *Plan) (*staging.LocalHBA, error) {
+	h, err := staging.ReadLocalHBA(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	osUser := strconv.Itoa(os.Geteuid())
+	if u, err := user.LookupId(osUser); err == nil {
+		osUser = u.Username
+	}
+	for _, db := range append([]string{"postgres"}, p.Databases...) {
+		if err := h.Allows(db, p.PGUser, osUser); err != nil {
+			if osUser == "root" && strings.Contains(err.Error(), "peer authentication") {
+				err = fmt.Errorf("%w (pgporter runs as root and connects as root: peer authentication as the instance's OS user %s cannot work from here)", err, p.OSUser)
+			}
+			return nil, fmt.Errorf("--auth %s: %w", AuthBackupHBA, err)
+		}
+	}
+	return h, nil
+}
+
+// credentials calls Options.Credentials, if set, for p.
+func (r *Runner) credentials(p *Plan) error {
+	if r.o.Credentials == nil {
+		return nil
+	}
+	pw, err := r.o.Credentials(p)
+	if err != nil {
+		return err
+	}
+	r.o.Password = pw
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
@@ -359,4 +360,85 @@ func TestExportMissingPreload(t *testing.T) {
 	rep, err := mover.Verify(context.Background(), filepath.Join(to, "shop"))
 	require.NoError(t, err)
 	require.Empty(t, rep.Problems)
+}
+
+// TestExportBackupHBA exports, with no password at all, a backup whose
+// pg_hba.conf trusts local connections (Auth backup-hba); before it, the
+// throwaway instance always asked for a password. A backup whose local
+// lines ask for one is refused before the instance starts, naming the line.
+func TestExportBackupHBA(t *testing.T) {
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{})
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", `CREATE TABLE items(id int primary key, name text); INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 1000) g`)
+	sum := c.Query(t, "shop", checksumSQL)
+	c.Stop(t)
+	own, err := os.ReadFile(filepath.Join(c.DataDir, "pg_hba.conf"))
+	require.NoError(t, err)
+	backup := func(hba string) string {
+		require.NoError(t, os.WriteFile(filepath.Join(c.DataDir, "pg_hba.conf"), []byte(hba), 0o600))
+		repo := filepath.Join(t.TempDir(), "repo")
+		r, err := chunkstore.OpenRepo(repo, nil)
+		require.NoError(t, err)
+		_, err = r.Backup(context.Background(), c.DataDir, chunkstore.BackupOptions{})
+		require.NoError(t, err)
+		require.NoError(t, r.Close())
+		return repo
+	}
+	trusting := backup("# the backed-up server's\nlocal all all trust\nhost all all 0.0.0.0/0 scram-sha-256\n")
+	asking := backup("local all all scram-sha-256\n")
+	require.NoError(t, os.WriteFile(filepath.Join(c.DataDir, "pg_hba.conf"), own, 0o600))
+	c.Start(t)
+
+	home := t.TempDir()
+	r, err := NewRunner(Options{Home: home}) // no password
+	require.NoError(t, err)
+	plan := func(repo, to string) Plan {
+		return Plan{Repo: repo, RestorePoint: "latest", Databases: []string{"shop"}, To: to, StagingDir: stagingDir(t), Jobs: 1, PGUser: pgtool.SuperUser, Auth: AuthBackupHBA}
+	}
+
+	to := t.TempDir()
+	s, err := r.Create(plan(trusting, to))
+	require.NoError(t, err)
+	require.Equal(t, AuthBackupHBA, s.Plan.Auth)
+	s, err = r.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	c.CreateDB(t, "restored")
+	out, err := c.ClientCmd(context.Background(), "restored", filepath.Join(c.BinDir, "pg_restore"), "--no-owner", "-d", "restored", s.TargetDir("shop")).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Equal(t, sum, c.Query(t, "restored", checksumSQL))
+
+	s, err = r.Create(plan(asking, t.TempDir()))
+	require.NoError(t, err)
+	s, err = r.Run(context.Background(), s.ID)
+	require.ErrorIs(t, err, staging.ErrHBA)
+	require.ErrorContains(t, err, "pg_hba.conf:1")
+	require.ErrorContains(t, err, "scram-sha-256 authentication, which needs a password")
+	require.Equal(t, StepFailed, s.Step(StepStart).State)
+	require.Zero(t, s.Resources.InstancePID)
+	_, err = r.Cancel(context.Background(), s.ID)
+	require.NoError(t, err)
+
+	t.Run("plan", func(t *testing.T) {
+		for _, tc := range []struct{ auth, want, err string }{
+			{"", "", ""}, {AuthPassword, "", ""}, {"bogus", "", "neither"},
+		} {
+			p := plan(trusting, t.TempDir())
+			p.Auth = tc.auth
+			s, err := r.Create(p)
+			if tc.err != "" {
+				require.ErrorIs(t, err, ErrBadPlan)
+				require.ErrorContains(t, err, tc.err)
+				continue
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, s.Plan.Auth, "the default is journaled as before the field")
+			_, err = r.Cancel(context.Background(), s.ID)
+			require.NoError(t, err)
+		}
+		_, err := r.Create(Plan{Published: "x", Databases: []string{"shop"}, To: t.TempDir(), Auth: AuthBackupHBA})
+		require.ErrorIs(t, err, ErrBadPlan)
+	})
 }

@@ -342,3 +342,25 @@ func TestCancelPublishedLeavesUnmarkedDir(t *testing.T) {
 	require.Equal(t, StateCancelled, s.State)
 	require.NoDirExists(t, filepath.Join(sd, id), "its own marked dir is removed")
 }
+
+// The plan's auth reaches a staging mover over the wire and is journaled
+// there: a job with auth backup-hba makes a session with it, an unknown
+// value is refused before anything is journaled.
+func TestPeerAuthCarried(t *testing.T) {
+	h := newHostileMover(t)
+	p := Plan{RepoPeer: h.m.spec(), Target: h.m.spec(), To: "/srv/x", Databases: []string{"shop"}, RestorePoint: "latest", Auth: AuthBackupHBA, Staging: "x"}
+	require.Equal(t, AuthBackupHBA, peerPlan(&p).Auth)
+	p.Staging = ""
+
+	err := h.run(t, job{Session: newSessionID(time.Now()), Plan: Plan{RepoPeer: p.RepoPeer, Target: p.Target, To: p.To, Databases: p.Databases, RestorePoint: "latest", Auth: "bogus"}})
+	require.ErrorContains(t, err, `--auth "bogus" is neither`)
+	sessions, err := h.jobs.journal(t).List()
+	require.NoError(t, err)
+	require.Empty(t, sessions)
+
+	id := newSessionID(time.Now())
+	_ = h.run(t, job{Session: id, Plan: p}) // fails later: the mover holds no repository
+	s, err := h.jobs.journal(t).Get(id)
+	require.NoError(t, err)
+	require.Equal(t, AuthBackupHBA, s.Plan.Auth)
+}

@@ -548,6 +548,7 @@ var errorKinds = []struct {
 	name string
 	err  error
 }{
+	{"backup-hba", staging.ErrHBA}, // before permission, which it is marked with too
 	{"locked", pebbledb.ErrLocked},
 	{"port-in-use", ErrPortInUse},
 	{"no-publication", ErrNoPublication},

@@ -79,6 +79,9 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 		return nil, fmt.Errorf("%w: publication %s is %s", ErrBadPlan, pub.ID, pub.State)
 	}
 	p.RestorePoint = pub.RestorePoint
+	if err := r.credentials(&p); err != nil {
+		return nil, err
+	}
 	s := &Session{ID: id, State: StatePlanned, Created: time.Now().UTC(), Plan: p}
 	if p.Target != "" || pub.On != "" {
 		// A path on the target, or on the publication's host: checked there.

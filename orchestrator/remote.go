@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/pgporter/pgporter/staging"
 )
 
 // job is what an orchestrator hands a staging mover: the staging half of
@@ -58,7 +60,7 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 				}
 			}
 		})
-		return fmt.Errorf("on staging mover %s: %w", p.Staging, err)
+		return fmt.Errorf("on staging mover %s: %w", p.Staging, fromJob(err))
 	}
 	return nil
 }
@@ -248,6 +250,12 @@ func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)
 	s, err := r.Run(ctx, jb.Session)
 	if err == nil && s != nil && s.State == StateDone && j.ExportDone != nil {
 		j.ExportDone(jb.Session)
+	}
+	if errors.Is(err, staging.ErrHBA) {
+		// The backup's pg_hba.conf refuses the role: the wire code is a
+		// refused permission (the orchestrator exits 5, as for a local
+		// export), the job's reason (errorKinds) ErrHBA itself.
+		err = marked{err, protocol.ErrPermission}
 	}
 	return err
 }

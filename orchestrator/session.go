@@ -107,6 +107,14 @@ type Plan struct {
 	// restore point (publish_session.go); UnpublishAfter ends it after.
 	Published      string `json:"published,omitempty"`
 	UnpublishAfter bool   `json:"unpublish_after,omitempty"`
+	// Auth is how pgporter logs in to the throwaway instance: empty (or
+	// AuthPassword, which Create stores as empty) for pgporter's own
+	// password-only hba, AuthBackupHBA for the local lines of the
+	// backup's pg_hba.conf and no password. Empty in sessions journaled
+	// before it, which meant a password; a staging mover older than the
+	// field ignores it and asks for a password, which its check then
+	// reports as a login that failed.
+	Auth string `json:"auth,omitempty"`
 }
 
 // Resources are what a session holds on the staging host; cleanup and

@@ -33,6 +33,10 @@ func TestDumpPasswordNotInEnvironment(t *testing.T) {
 	defer in.Stop(ctx)
 
 	t.Setenv("PGPASSWORD", "leaked-from-parent")
+	// A service the user named for pgporter's credentials: pg_dump would
+	// apply its other settings (here, a file that does not exist).
+	t.Setenv("PGSERVICE", "shop")
+	t.Setenv("PGSERVICEFILE", filepath.Join(t.TempDir(), "none"))
 	shim, rec := t.TempDir(), t.TempDir()
 	for _, prog := range []string{"pg_dump", "pg_dumpall"} {
 		script := "#!/bin/sh\nenv > " + rec + "/" + prog + ".env\nstat -c %a \"$PGPASSFILE\" > " + rec + "/" + prog + ".mode\nexec " + filepath.Join(c.BinDir, prog) + " \"$@\"\n"
@@ -50,6 +54,7 @@ func TestDumpPasswordNotInEnvironment(t *testing.T) {
 		require.NoError(t, err)
 		require.NotContains(t, string(env), "PGPASSWORD", prog)
 		require.NotContains(t, string(env), "leaked-from-parent", prog)
+		require.NotContains(t, string(env), "PGSERVICE", prog)
 		var passFile string
 		for line := range strings.Lines(string(env)) {
 			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "PGPASSFILE="); ok {

@@ -72,6 +72,11 @@ type InstanceOptions struct {
 	// generated one. Neither it nor KeepHBA set (the staging default): a
 	// password over the private socket only.
 	HBAFile string
+	// LocalHBA authenticates socket connections by the local lines of the
+	// backup's pg_hba.conf (ReadLocalHBA), written into RunDir with an
+	// empty pg_ident.conf (user name maps are not used), instead of the
+	// generated password-only file.
+	LocalHBA *LocalHBA
 	// Throwaway is for an instance whose writes are discarded (staging:
 	// the CoW layer is dropped after the dumps): no fsync, no full-page
 	// writes, and Stop shuts down immediately instead of writing a
@@ -263,8 +268,17 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 // authentication files, writing the generated one into o.RunDir if needed.
 func hbaSettings(o InstanceOptions) ([]string, error) {
 	switch {
-	case o.KeepHBA && o.HBAFile != "":
-		return nil, errors.New("staging: KeepHBA and HBAFile exclude each other")
+	case o.KeepHBA && o.HBAFile != "", o.LocalHBA != nil && (o.KeepHBA || o.HBAFile != ""):
+		return nil, errors.New("staging: KeepHBA, HBAFile and LocalHBA exclude each other")
+	case o.LocalHBA != nil:
+		hba, ident := filepath.Join(o.RunDir, "pg_hba.conf"), filepath.Join(o.RunDir, "pg_ident.conf")
+		if err := os.WriteFile(hba, []byte(o.LocalHBA.Contents()), 0o644); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(ident, nil, 0o644); err != nil {
+			return nil, err
+		}
+		return []string{"-c", "hba_file=" + hba, "-c", "ident_file=" + ident}, nil
 	case o.KeepHBA:
 		// Set explicitly: a packaged postgresql.conf often points hba_file
 		// at /etc, which is not in the backup.

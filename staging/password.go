@@ -2,7 +2,6 @@ package staging
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/jackc/pgpassfile"
 )
 
 // ErrNoPassword is returned by ResolvePassword when no source has a password
@@ -37,6 +38,9 @@ type PasswordOptions struct {
 	// source server's port lets a user's existing line for it match.
 	Host string
 	Port int
+	// Service is the connection service named by PGSERVICE
+	// (LookupService); its password and passfile count. Zero: none.
+	Service Service
 	// Getenv reads PGPASSWORD and PGPASSFILE; default os.Getenv.
 	Getenv func(string) string
 	// Home holds .pgpass when PGPASSFILE is not set; default the user's home.
@@ -67,10 +71,13 @@ func (o PasswordOptions) withDefaults() PasswordOptions {
 }
 
 // ResolvePassword finds the password of o.User the way the PostgreSQL
-// tools do, in this order: the password file given (o.File), PGPASSWORD,
-// then the password file of libpq (PGPASSFILE, else ~/.pgpass) with libpq's
-// rules. source says where the password came from, for the log; it never
-// contains the password. When nothing has one, the error is ErrNoPassword.
+// tools do, in this order: the password file given (o.File), the password
+// of the service (o.Service, from PGSERVICE: libpq lets a service's
+// settings win over the environment), PGPASSWORD, then the password file of
+// libpq (the service's passfile, else PGPASSFILE, else ~/.pgpass) with
+// libpq's permission rule. source says where the password came from, for
+// the log; it never contains the password. When nothing has one, the error
+// is ErrNoPassword.
 func ResolvePassword(o PasswordOptions) (password, source string, err error) {
 	if o.User == "" {
 		return "", "", errors.New("staging: resolving a password needs the user name")
@@ -83,23 +90,32 @@ func ResolvePassword(o PasswordOptions) (password, source string, err error) {
 		}
 		return pw, "password file " + o.File, nil
 	}
+	if pw := o.Service.Settings["password"]; pw != "" {
+		return pw, "service " + o.Service.Name + " in " + o.Service.File, nil
+	}
 	if pw := o.Getenv("PGPASSWORD"); pw != "" {
 		return pw, "PGPASSWORD", nil
 	}
-	pass := o.Getenv("PGPASSFILE")
+	pass := o.Service.Settings["passfile"]
+	if pass == "" {
+		pass = o.Getenv("PGPASSFILE")
+	}
 	if pass == "" && o.Home != "" {
 		pass = filepath.Join(o.Home, ".pgpass")
 	}
 	if pass != "" {
-		pw, line, err := lookupPgpass(pass, o)
+		pw, err := lookupPgpass(pass, o)
 		if err != nil {
 			return "", "", err
 		}
-		if line > 0 {
-			return pw, fmt.Sprintf("%s line %d", pass, line), nil
+		if pw != "" {
+			return pw, "password file " + pass, nil
 		}
 	}
 	where := "PGPASSWORD is not set"
+	if o.Service.Name != "" {
+		where = fmt.Sprintf("service %s has no password, %s", o.Service.Name, where)
+	}
 	if pass != "" {
 		where += fmt.Sprintf(", and %s has no line for %s:%d:%s:%s", pass, o.Host, o.Port, o.Database, o.User)
 	}
@@ -136,94 +152,45 @@ func readPasswordFile(name string, log *slog.Logger) (string, error) {
 	return pw, nil
 }
 
-// lookupPgpass reads a libpq password file and returns the password of the
-// first line matching o, and that line's number (0: none). Like libpq, it
-// ignores a missing file, and ignores with a warning one that is not a
-// plain file or that group or others can access.
-func lookupPgpass(name string, o PasswordOptions) (string, int, error) {
-	fi, err := os.Stat(name)
+// lookupPgpass reads a libpq password file with jackc/pgpassfile (the
+// parser pgx uses) and returns the password of the first entry matching o
+// ("": none). Like libpq, it ignores a missing file, and ignores with a
+// warning one that is not a plain file or that group or others can access;
+// pgpassfile itself checks no permission. At most maxPasswordFile bytes are
+// read.
+func lookupPgpass(name string, o PasswordOptions) (string, error) {
+	f, err := os.Open(name)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", 0, nil
+		return "", nil
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("password file: %w", err)
+		return "", fmt.Errorf("password file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("password file: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
 		o.Log.Warn("password file is not a plain file; ignored", "file", name)
-		return "", 0, nil
+		return "", nil
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		o.Log.Warn("password file has group or world access; ignored, as libpq does (permissions should be u=rw (0600) or less)", "file", name, "mode", fi.Mode().Perm().String())
-		return "", 0, nil
+		return "", nil
 	}
-	b, err := os.ReadFile(name)
+	pf, err := pgpassfile.ParsePassfile(io.LimitReader(f, maxPasswordFile))
 	if err != nil {
-		return "", 0, fmt.Errorf("password file: %w", err)
+		return "", fmt.Errorf("password file %s: %w", name, err)
 	}
-	pw, line := matchPgpass(b, o.Host, strconv.Itoa(o.Port), o.Database, o.User)
-	return pw, line, nil
-}
-
-// matchPgpass returns the password of the first line of a .pgpass file
-// (hostname:port:database:username:password) matching the four values, and
-// its line number (0: no match). It follows libpq's PasswordFromFile: a
-// field of exactly "*" matches anything; "\" escapes the next character in
-// every field; the password is the rest of the line, de-escaped; lines
-// starting with "#" are comments; trailing CR and LF are stripped.
-func matchPgpass(b []byte, host, port, db, user string) (string, int) {
-	for n, line := range bytes.Split(b, []byte("\n")) {
-		s := strings.TrimRight(string(line), "\r\n")
-		if s == "" || s[0] == '#' {
-			continue
-		}
-		rest, ok := s, true
-		for _, want := range []string{host, port, db, user} {
-			if rest, ok = matchPgpassField(rest, want); !ok {
-				break
-			}
-		}
-		if !ok {
-			continue
-		}
-		var pw strings.Builder
-		for i := 0; i < len(rest); i++ {
-			if rest[i] == '\\' && i+1 < len(rest) {
-				i++
-			}
-			pw.WriteByte(rest[i])
-		}
-		return pw.String(), n + 1
-	}
-	return "", 0
-}
-
-// matchPgpassField matches the field at the start of s against want and
-// returns what follows the field's colon. A line that ends before the
-// field's colon does not match.
-func matchPgpassField(s, want string) (string, bool) {
-	if strings.HasPrefix(s, "*:") {
-		return s[2:], true
-	}
-	var field strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '\\' && i+1 < len(s):
-			i++
-			field.WriteByte(s[i])
-		case c == ':':
-			return s[i+1:], field.String() == want
-		default:
-			field.WriteByte(c)
-		}
-	}
-	return "", false
+	return pf.FindPassword(o.Host, strconv.Itoa(o.Port), o.Database, o.User), nil
 }
 
 // clientEnv returns the environment of a client program (pg_dump,
 // pg_dumpall) that connects to an instance with password: this process's
-// without any PG* variable that names a password, plus PGPASSFILE naming a
-// password file that only this OS user can read, in a directory made for
-// it. The password is not in the environment, which other processes of the
+// without any PG* variable that names a password or a connection service,
+// plus PGPASSFILE naming a password file that only this OS user can read,
+// in a directory made for it. The password is not in the environment, which other processes of the
 // same user (and /proc/PID/environ) show. done removes the file and its
 // directory; call it once the program has exited.
 func clientEnv(password string) (env []string, done func(), err error) {
@@ -255,7 +222,12 @@ func clientEnv(password string) (env []string, done func(), err error) {
 	}
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "PGPASSWORD" || k == "PGPASSFILE" {
+		switch k {
+		case "PGPASSWORD", "PGPASSFILE":
+			continue
+		case "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR":
+			// The service gave pgporter the user's credentials; its other
+			// settings (sslmode, options, ...) are not for the instance.
 			continue
 		}
 		env = append(env, kv)

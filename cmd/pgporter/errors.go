@@ -58,21 +58,24 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
     0                   success
     1     failure       any failure not listed below
     2     usage         a usage mistake: unknown command or flag, a missing, malformed
-                        or conflicting flag or argument
+                        or conflicting flag or argument; no PostgreSQL password found
+                        for export and no terminal to ask for one on
     3     not-built     a command of the CLI contract this build does not implement
     4     network       no answer from a mover, or a connection lost and not regained
                         within --retry-for; a host name that does not resolve
     5     permission    refused permission: a mover that does not trust this identity
                         or lacks a permission (mover trust --allow), a mover that is
                         not the peer ID named, a destination outside a mover's roots,
-                        a file the OS does not let pgporter read or write
+                        a file the OS does not let pgporter read or write, a backup
+                        whose pg_hba.conf does not let the role in (--auth backup-hba)
     6     conflict      something else holds what the command needs: a session running
                         in another process, a lock held, a port or mountpoint in use,
                         a destination that exists (see --overwrite)
     7     verification  data does not match its hashes: verify or restore found a
                         damaged dump, a chunk is corrupt
     8     not-found     what the command names does not exist: a repository, restore
-                        point, session, publication, mover identity or trusted peer
+                        point, session, publication, mover identity or trusted peer,
+                        the connection service PGSERVICE names
     130   interrupted   SIGINT or SIGTERM stopped the command
 
 Network failures that may pass are retried first (send --retry-for); what
@@ -169,7 +172,7 @@ func isPermission(err error) bool {
 	}
 	return errors.Is(err, mover.ErrPermission) || errors.Is(err, protocol.ErrPermission) ||
 		errors.Is(err, mover.ErrUntrusted) || errors.Is(err, mover.ErrWrongPeer) ||
-		errors.Is(err, fs.ErrPermission)
+		errors.Is(err, fs.ErrPermission) || errors.Is(err, staging.ErrHBA)
 }
 
 func isVerification(err error) bool {
@@ -192,7 +195,7 @@ func isNotFound(err error) bool {
 	return errors.Is(err, chunkstore.ErrNotRepo) || errors.Is(err, chunkstore.ErrNoRestorePoint) ||
 		errors.Is(err, orchestrator.ErrNoSession) || errors.Is(err, orchestrator.ErrNoPublication) ||
 		errors.Is(err, mover.ErrNoIdentity) || errors.Is(err, mover.ErrUnknownPeer) ||
-		errors.Is(err, protocol.ErrNotFound)
+		errors.Is(err, protocol.ErrNotFound) || errors.Is(err, staging.ErrNoService)
 }
 
 // isNetwork reports a failure to reach a mover or to keep the connection:

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 
@@ -10,7 +9,6 @@ import (
 
 	"github.com/pgporter/pgporter/internal/config"
 	"github.com/pgporter/pgporter/orchestrator"
-	"github.com/pgporter/pgporter/staging"
 	"github.com/spf13/cobra"
 )
 
@@ -47,8 +45,17 @@ staging mover trusts this home's ID with orchestrate, the repository mover
 trusts the staging mover with read, the target trusts it with send.
 
 The PostgreSQL user (--pg-user, default postgres) logs in with its password as
-of the backup, taken from --password-file, PGPASSWORD, or ~/.pgpass (libpq's
-rules; the entry is matched for host localhost and --source-port).
+of the backup, taken from, in this order: --password-file; the service PGSERVICE
+names (PGSERVICEFILE or ~/.pg_service.conf, then the system pg_service.conf; its
+user replaces the default --pg-user); PGPASSWORD; the password file (the
+service's passfile, PGPASSFILE or ~/.pgpass, mode 0600 or stricter, matched for
+host localhost and --source-port); and last a prompt when stdin is a terminal.
+Without a terminal, a missing password fails at once (exit code 2).
+With --auth backup-hba, no password: the throwaway instance uses the local
+lines of the backup's own pg_hba.conf, and the export is refused before the
+instance starts unless they let the role in without a password (trust, or
+peer, which needs pgporter to run as the OS user named like the role: as root,
+peer cannot work).
 
 With --published ID the export dumps from a running publication ('pgporter
 publish') instead of a restore point, on the publication's host (its mover's,
@@ -79,6 +86,7 @@ Flags that make no sense together are refused, naming both.`,
 	f.StringVar(&eo.plan.To, "to", "", "target directory; each database lands in DIR/<db>/")
 	f.StringVar(&eo.plan.PGUser, "pg-user", "postgres", "PostgreSQL user that dumps (needs CONNECT and SELECT, or pg_read_all_data)")
 	f.StringVar(&eo.passwordFile, "password-file", "", "file whose first line is the PostgreSQL user's password")
+	f.StringVar(&eo.plan.Auth, "auth", orchestrator.AuthPassword, "how pgporter logs in to the throwaway instance: password (pgporter's own password-only pg_hba.conf) or backup-hba (the local lines of the backup's pg_hba.conf: trust, or peer as pgporter's OS user; no password)")
 	f.IntVar(&eo.sourcePort, "source-port", 5432, "port of the backed-up server, to match ~/.pgpass entries")
 	f.IntVar(&eo.plan.Jobs, "jobs", 2, "parallel pg_dump jobs per database")
 	f.BoolVar(&eo.plan.Overwrite, "overwrite", false, "replace DIR/<db> if it exists (the old one is kept until the new one is committed)")
@@ -116,7 +124,7 @@ var exportFlagGroups = []flagGroup{
 	{"Published instance", []string{"published", "unpublish-after"}},
 	{"Dump", []string{"jobs", "globals", "split-tables-from", "staging-dir", "os-user", "allow-missing-preload"}},
 	{"Transfer", []string{"bwlimit"}},
-	{"Credentials", []string{"pg-user", "password-file", "source-port"}},
+	{"Credentials", []string{"pg-user", "password-file", "auth", "source-port"}},
 	{otherFlags, []string{"json", "memory-limit", "help"}},
 }
 
@@ -176,7 +184,13 @@ func startExport(cmd *cobra.Command, g *globals, eo exportOpts, from func(orches
 	if err := eo.parseSizes(); err != nil {
 		return err
 	}
-	r, err := newSessionRunner(g, eo.plan.PGUser, eo.passwordFile, eo.sourcePort)
+	fl := cmd.Flags()
+	cred := &credentials{user: eo.plan.PGUser, userSet: fl.Changed("pg-user"), passwordFile: eo.passwordFile,
+		port: eo.sourcePort, portSet: fl.Changed("source-port"), auth: eo.plan.Auth, published: eo.published != ""}
+	if err := cred.check(); err != nil {
+		return err
+	}
+	r, err := newSessionRunner(g, cred)
 	if err != nil {
 		return err
 	}
@@ -216,22 +230,6 @@ func quoteAll(ss []string) []string {
 		out[i] = fmt.Sprintf("%q", s)
 	}
 	return out
-}
-
-// newSessionRunner resolves the PostgreSQL password and opens the runner.
-func newSessionRunner(g *globals, user, passwordFile string, port int) (*orchestrator.Runner, error) {
-	pw, source, err := staging.ResolvePassword(staging.PasswordOptions{File: passwordFile, User: user, Port: port, Log: g.log})
-	switch {
-	case errors.Is(err, staging.ErrNoPassword):
-		// The instance asks for a password: the checks will say the login
-		// failed. Say here why.
-		g.log.Warn("no password found for the PostgreSQL user; use --password-file, PGPASSWORD or ~/.pgpass", "user", user)
-	case err != nil:
-		return nil, err
-	default:
-		g.log.Debug("PostgreSQL password", "source", source)
-	}
-	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Password: pw})
 }
 
 // exportResult is the contract of 'export --json' and 'retry --json'.

@@ -26,7 +26,8 @@ The PostgreSQL password is looked up again, as for export.`,
 			if passwordFile == "" {
 				passwordFile = s.Plan.PasswordFile
 			}
-			r, err := newSessionRunner(g, s.Plan.PGUser, passwordFile, port)
+			r, err := retryRunner(g, &credentials{user: s.Plan.PGUser, userSet: true, passwordFile: passwordFile,
+				port: port, portSet: cmd.Flags().Changed("source-port"), auth: s.Plan.Auth, published: s.Plan.Published != ""})
 			if err != nil {
 				return err
 			}

@@ -46,7 +46,7 @@ func TestScript(t *testing.T) {
 // starts: the script's, as far as pgporter cares.
 func scriptEnv(ts *testscript.TestScript) []string {
 	var env []string
-	for _, k := range append([]string{"PATH", "HOME", "WORK", "TMPDIR", "GOCOVERDIR", "GORACE"}, settingEnvNames()...) {
+	for _, k := range append([]string{"PATH", "HOME", "WORK", "TMPDIR", "GOCOVERDIR", "GORACE", "PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR"}, settingEnvNames()...) {
 		if v := ts.Getenv(k); v != "" {
 			env = append(env, k+"="+v)
 		}
