@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
@@ -27,8 +27,8 @@ func (*ChunkEngine) Describe() string {
 }
 
 // ChunkLevels are the codec levels scenario 1 measures, from the sender's
-// ladder (chunkstore.Level).
-var ChunkLevels = []chunkstore.Level{chunkstore.LevelS2, chunkstore.LevelFast4, chunkstore.LevelFast1, chunkstore.LevelFastest, chunkstore.LevelDefault}
+// ladder (chunk.Level).
+var ChunkLevels = []chunk.Level{chunk.LevelS2, chunk.LevelFast4, chunk.LevelFast1, chunk.LevelFastest, chunk.LevelDefault}
 
 func (c *ChunkEngine) Prepare(_ context.Context, env Env) (*Setup, error) {
 	size := c.Size
@@ -40,7 +40,7 @@ func (c *ChunkEngine) Prepare(_ context.Context, env Env) (*Setup, error) {
 	}
 	data := synth.MixedRows(size)
 	var chunks [][]byte
-	err := chunkstore.Split(data, chunkstore.DefaultParams, func(ch chunkstore.Chunk) error {
+	err := chunk.Split(data, chunk.DefaultParams, func(ch chunk.Chunk) error {
 		chunks = append(chunks, ch.Data)
 		return nil
 	})
@@ -59,7 +59,7 @@ func (c *ChunkEngine) Prepare(_ context.Context, env Env) (*Setup, error) {
 	return &Setup{
 		Bytes: int64(len(data)),
 		Sides: []string{"process"},
-		Notes: map[string]string{"chunks": fmt.Sprint(len(chunks)), "params": "chunkstore.DefaultParams"},
+		Notes: map[string]string{"chunks": fmt.Sprint(len(chunks)), "params": "chunk.DefaultParams"},
 		Tools: tools,
 	}, nil
 }
@@ -112,7 +112,7 @@ func tvSeconds(tv syscall.Timeval) float64 { return float64(tv.Sec) + float64(tv
 
 func cut(data []byte) error {
 	n := 0
-	err := chunkstore.Split(data, chunkstore.DefaultParams, func(chunkstore.Chunk) error { n++; return nil })
+	err := chunk.Split(data, chunk.DefaultParams, func(chunk.Chunk) error { n++; return nil })
 	if err == nil && n == 0 {
 		err = fmt.Errorf("no chunks from %d bytes", len(data))
 	}
@@ -120,9 +120,9 @@ func cut(data []byte) error {
 }
 
 func cutHash(data []byte) error {
-	var sink chunkstore.ID
-	err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
-		id := chunkstore.Sum(c.Data)
+	var sink chunk.ID
+	err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
+		id := chunk.Sum(c.Data)
 		sink[0] ^= id[0]
 		return nil
 	})
@@ -131,11 +131,11 @@ func cutHash(data []byte) error {
 }
 
 // compressAll compresses every chunk at level l and returns plain/stored.
-func compressAll(chunks [][]byte, l chunkstore.Level, plain int) float64 {
-	buf := make([]byte, 0, chunkstore.DefaultParams.Max+1024)
+func compressAll(chunks [][]byte, l chunk.Level, plain int) float64 {
+	buf := make([]byte, 0, chunk.DefaultParams.Max+1024)
 	var stored int
 	for _, c := range chunks {
-		buf, _ = chunkstore.Compress(buf[:0], c, l)
+		buf, _ = chunk.Compress(buf[:0], c, l)
 		stored += len(buf)
 	}
 	return float64(plain) / float64(stored)

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
@@ -28,7 +29,7 @@ import (
 type BackupOptions struct {
 	// Params cut the files; zero means DefaultParams. Backups that share
 	// chunks must use the same Params.
-	Params Params
+	Params chunk.Params
 	// SourceHost is recorded in the restore point; empty means os.Hostname.
 	SourceHost string
 	// Progress, if set, is called with plain bytes read so far and the
@@ -125,7 +126,7 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 		readers.Add(1)
 		g.Go(func() error {
 			defer readers.Done()
-			ch, err := NewChunker(nil, o.Params)
+			ch, err := chunk.NewChunker(nil, o.Params)
 			if err != nil {
 				return err
 			}
@@ -249,7 +250,7 @@ func (p *progress) call() {
 
 // putFunc stores one chunk: Store.Put, or a hand-off to workers that call
 // it. It must not retain data after it returns.
-type putFunc func(ctx context.Context, id ID, data []byte) error
+type putFunc func(ctx context.Context, id chunk.ID, data []byte) error
 
 // startStorers starts o.Workers goroutines in g that store the chunks
 // handed to the returned put, which copies them (so the caller's buffer is
@@ -260,7 +261,7 @@ type putFunc func(ctx context.Context, id ID, data []byte) error
 func (r *Repo) startStorers(gctx context.Context, g *errgroup.Group, o BackupOptions) (put putFunc, closeStorers func()) {
 	jobs := make(chan chunkJob, 2*o.Workers)
 	bufs := sync.Pool{New: func() any { b := make([]byte, 0, o.Params.Max); return &b }}
-	put = func(ctx context.Context, id ID, data []byte) error {
+	put = func(ctx context.Context, id chunk.ID, data []byte) error {
 		b := bufs.Get().(*[]byte)
 		*b = append((*b)[:0], data...)
 		select {
@@ -289,7 +290,7 @@ func (r *Repo) startStorers(gctx context.Context, g *errgroup.Group, o BackupOpt
 
 // backupFile chunks one file into put and sets n's Size and Chunks to what
 // was read (a file of a live copy may have changed since the walk).
-func backupFile(ctx context.Context, ch *Chunker, name string, n *Node, put putFunc, report func(int64)) error {
+func backupFile(ctx context.Context, ch *chunk.Chunker, name string, n *Node, put putFunc, report func(int64)) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return err
@@ -302,7 +303,7 @@ func backupFile(ctx context.Context, ch *Chunker, name string, n *Node, put putF
 // each chunk to put, and sets n's Size and Chunks to what was read. Both
 // sources of a backup, a data directory and a pg_basebackup stream, store
 // their files through it, so both cut and record files the same way.
-func ingestFile(ctx context.Context, ch *Chunker, src io.Reader, n *Node, put putFunc, report func(int64)) error {
+func ingestFile(ctx context.Context, ch *chunk.Chunker, src io.Reader, n *Node, put putFunc, report func(int64)) error {
 	ch.Reset(src)
 	n.Chunks = n.Chunks[:0]
 	var size int64
@@ -314,7 +315,7 @@ func ingestFile(ctx context.Context, ch *Chunker, src io.Reader, n *Node, put pu
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", n.Path, err)
 		}
-		id := Sum(c.Data)
+		id := chunk.Sum(c.Data)
 		if err := put(ctx, id, c.Data); err != nil {
 			return err
 		}

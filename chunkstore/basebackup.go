@@ -22,6 +22,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // ServerBackupOptions configure Repo.BackupFromServer.
@@ -400,7 +402,7 @@ type tarIngest struct {
 
 // chunkJob is a chunk on its way from the stream's reader to a worker.
 type chunkJob struct {
-	id  ID
+	id  chunk.ID
 	buf *[]byte // from chunkBufs; the worker returns it
 }
 
@@ -412,7 +414,7 @@ func (t *tarIngest) run(ctx context.Context, stream io.Reader, abort func()) err
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan chunkJob, 2*t.o.Workers)
 	bufs := sync.Pool{New: func() any { b := make([]byte, 0, t.o.Params.Max); return &b }}
-	put := func(ctx context.Context, id ID, data []byte) error {
+	put := func(ctx context.Context, id chunk.ID, data []byte) error {
 		b := bufs.Get().(*[]byte)
 		*b = append((*b)[:0], data...)
 		select {
@@ -445,7 +447,7 @@ func (t *tarIngest) run(ctx context.Context, stream io.Reader, abort func()) err
 
 // read walks the tar stream, handing file contents to put.
 func (t *tarIngest) read(ctx context.Context, stream io.Reader, put putFunc) error {
-	ch, err := NewChunker(nil, t.o.Params)
+	ch, err := chunk.NewChunker(nil, t.o.Params)
 	if err != nil {
 		return err
 	}

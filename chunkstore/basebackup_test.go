@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/staging"
@@ -331,7 +332,7 @@ func TestBaseBackupMatchesDataDir(t *testing.T) {
 	// Outside pg_wal (whose segments differ: the server went on writing
 	// WAL), nearly every byte of the data directory is in chunks the server
 	// backup stored.
-	held := map[chunkstore.ID]bool{}
+	held := map[chunk.ID]bool{}
 	for _, n := range fromServer {
 		for _, c := range n.Chunks {
 			held[c.ID] = true

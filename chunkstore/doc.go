@@ -7,6 +7,5 @@
 //
 // Chunk identity (IDs, codecs, parameters, the chunker) is the leaf package
 // chunkstore/chunk, which protocol imports without the store's pebble and
-// pgx; chunk_names.go forwards its names here for the callers that have
-// not moved to it yet.
+// pgx.
 package chunkstore

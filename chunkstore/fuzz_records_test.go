@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // FuzzRepoRecords fuzzes the repository records no other target covers,
@@ -13,10 +15,10 @@ import (
 // tree, pack records, index locations and pack lengths have targets of
 // their own.) One target for both keeps the fuzz time of 'make test' short.
 func FuzzRepoRecords(f *testing.F) {
-	f.Add(byte(0), appendChunkKey(nil, Sum([]byte("a"))))
+	f.Add(byte(0), appendChunkKey(nil, chunk.Sum([]byte("a"))))
 	f.Add(byte(0), packKey(7))
 	f.Add(byte(0), []byte{keyPack, 0, 0})
-	f.Add(byte(1), []byte(`{"id":"rp-1","format":1,"tree":["`+Sum([]byte("t")).String()+`"],"params":{"min":64}}`))
+	f.Add(byte(1), []byte(`{"id":"rp-1","format":1,"tree":["`+chunk.Sum([]byte("t")).String()+`"],"params":{"min":64}}`))
 	f.Add(byte(1), []byte(`{"id":"../x","format":1,"databases":[{"name":"a","oid":5}]}`))
 	f.Add(byte(1), []byte(`{"format":2}`))
 	p := filepath.Join(f.TempDir(), "rp.json")

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // The index is a pebble DB with three kinds of keys:
@@ -21,7 +23,7 @@ const (
 	keyChunk = 'c'
 	keyPack  = 'p'
 
-	chunkKeySize = 1 + IDSize
+	chunkKeySize = 1 + chunk.IDSize
 	packKeySize  = 1 + 4
 
 	// indexFormat names this layout of keys, values and pack records.
@@ -36,7 +38,7 @@ const (
 	packLenSize = 8
 	// maxPackOffset bounds offsets and pack lengths read from the index. A
 	// pack never grows past maxPackSize plus one record.
-	maxPackOffset = maxPackSize + recordHeaderSize + MaxChunkCeil
+	maxPackOffset = maxPackSize + recordHeaderSize + chunk.MaxChunkCeil
 )
 
 // errBadIndex reports an index entry that no writer produces.
@@ -48,7 +50,7 @@ type chunkLoc struct {
 	Offset    int64 // of the record header
 	StoredLen uint32
 	PlainLen  uint32
-	Codec     Codec
+	Codec     chunk.Codec
 }
 
 func (l chunkLoc) info() Info {
@@ -56,7 +58,7 @@ func (l chunkLoc) info() Info {
 }
 
 // header is the record header expected at l for id.
-func (l chunkLoc) header(id ID) recordHeader {
+func (l chunkLoc) header(id chunk.ID) recordHeader {
 	return recordHeader{ID: id, Codec: l.Codec, PlainLen: l.PlainLen, StoredLen: l.StoredLen}
 }
 
@@ -64,7 +66,7 @@ func (l chunkLoc) validate() error {
 	if l.Offset < 0 || l.Offset > maxPackOffset {
 		return fmt.Errorf("%w: offset %d out of range", errBadIndex, l.Offset)
 	}
-	if err := l.header(ID{}).validate(); err != nil {
+	if err := l.header(chunk.ID{}).validate(); err != nil {
 		return fmt.Errorf("%w: %w", errBadIndex, err)
 	}
 	return nil
@@ -98,21 +100,21 @@ func decodeLoc(b []byte) (chunkLoc, error) {
 		Offset:    int64(off),
 		StoredLen: binary.LittleEndian.Uint32(b[13:17]),
 		PlainLen:  binary.LittleEndian.Uint32(b[17:21]),
-		Codec:     Codec(b[21]),
+		Codec:     chunk.Codec(b[21]),
 	}
 	return l, l.validate()
 }
 
 // appendChunkKey appends the index key of id to dst.
-func appendChunkKey(dst []byte, id ID) []byte {
+func appendChunkKey(dst []byte, id chunk.ID) []byte {
 	return append(append(dst, keyChunk), id[:]...)
 }
 
-func parseChunkKey(k []byte) (ID, bool) {
+func parseChunkKey(k []byte) (chunk.ID, bool) {
 	if len(k) != chunkKeySize || k[0] != keyChunk {
-		return ID{}, false
+		return chunk.ID{}, false
 	}
-	return ID(k[1:]), true
+	return chunk.ID(k[1:]), true
 }
 
 func packKey(n uint32) []byte {

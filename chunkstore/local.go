@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 )
 
@@ -41,7 +42,7 @@ type LocalOptions struct {
 	// blocks, which builds before CodecS2 cannot read). Zero means LevelFastest, so
 	// a zero Level cannot also mean LevelNone: NoCompression says that, and
 	// wins over Level.
-	Level         Level
+	Level         chunk.Level
 	NoCompression bool
 	// PackSize is the size past which writes roll to a new pack file
 	// (default DefaultPackSize). A record larger than PackSize gets a pack
@@ -56,11 +57,11 @@ type LocalOptions struct {
 }
 
 func (o LocalOptions) withDefaults() LocalOptions {
-	if o.Level == LevelNone && !o.NoCompression {
-		o.Level = LevelFastest
+	if o.Level == chunk.LevelNone && !o.NoCompression {
+		o.Level = chunk.LevelFastest
 	}
 	if o.NoCompression {
-		o.Level = LevelNone
+		o.Level = chunk.LevelNone
 	}
 	if o.PackSize == 0 {
 		o.PackSize = DefaultPackSize
@@ -78,7 +79,7 @@ func (o LocalOptions) withDefaults() LocalOptions {
 func (o LocalOptions) Validate() error {
 	o = o.withDefaults()
 	switch {
-	case o.Level < LevelNone || o.Level > LevelBest:
+	case o.Level < chunk.LevelNone || o.Level > chunk.LevelBest:
 		return fmt.Errorf("chunkstore: unknown compression level %d", int(o.Level))
 	case o.PackSize < 0 || o.PackSize > maxPackSize:
 		return fmt.Errorf("chunkstore: pack size %d out of range (max %d)", o.PackSize, int64(maxPackSize))
@@ -118,9 +119,9 @@ type Local struct {
 	// fsync and commit; never taken while holding mu.
 	flushMu sync.Mutex
 
-	mu             sync.RWMutex    // guards pending, unflushed, unflushedBytes, cur, curNum, curOff, nextPack, dirty, failed
-	pending        map[ID]chunkLoc // chunks in a pack but not yet in the index, so Get finds them
-	unflushed      []pendingChunk  // the chunks of pending not yet taken by a flush, in write order
+	mu             sync.RWMutex          // guards pending, unflushed, unflushedBytes, cur, curNum, curOff, nextPack, dirty, failed
+	pending        map[chunk.ID]chunkLoc // chunks in a pack but not yet in the index, so Get finds them
+	unflushed      []pendingChunk        // the chunks of pending not yet taken by a flush, in write order
 	unflushedBytes int64
 	cur            *os.File // pack being appended to; nil until the first Put needs one
 	curNum         uint32
@@ -139,7 +140,7 @@ var (
 )
 
 type pendingChunk struct {
-	id  ID
+	id  chunk.ID
 	loc chunkLoc
 }
 
@@ -166,7 +167,7 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 		opts:    opts,
 		log:     opts.Logger.With("store", dir),
 		db:      db,
-		pending: map[ID]chunkLoc{},
+		pending: map[chunk.ID]chunkLoc{},
 		dirty:   map[uint32]int64{},
 		files:   map[uint32]*os.File{},
 	}
@@ -336,7 +337,7 @@ func (l *Local) exit() {
 // lookup finds where id is stored. The pending set is checked before the
 // index: a flush removes chunks from it only after committing them, so a
 // chunk is always in one or the other.
-func (l *Local) lookup(id ID) (chunkLoc, bool, error) {
+func (l *Local) lookup(id chunk.ID) (chunkLoc, bool, error) {
 	l.mu.RLock()
 	loc, ok := l.pending[id]
 	l.mu.RUnlock()
@@ -354,13 +355,13 @@ func (l *Local) lookup(id ID) (chunkLoc, bool, error) {
 	defer closer.Close()
 	loc, err = decodeLoc(v)
 	if err != nil {
-		return chunkLoc{}, false, &CorruptChunkError{ID: id, Err: err}
+		return chunkLoc{}, false, &chunk.CorruptChunkError{ID: id, Err: err}
 	}
 	return loc, true, nil
 }
 
 // Has reports whether the store holds id.
-func (l *Local) Has(ctx context.Context, id ID) (bool, error) {
+func (l *Local) Has(ctx context.Context, id chunk.ID) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
@@ -369,7 +370,7 @@ func (l *Local) Has(ctx context.Context, id ID) (bool, error) {
 	}
 	defer l.exit()
 	_, ok, err := l.lookup(id)
-	var ce *CorruptChunkError
+	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
 		return true, nil // held, badly: Get and Verify report it
 	}
@@ -379,7 +380,7 @@ func (l *Local) Has(ctx context.Context, id ID) (bool, error) {
 // HasMany reports for each of ids whether the store holds it. It seeks one
 // pebble iterator through the IDs in sorted order, which pebble turns into
 // short forward steps instead of independent lookups.
-func (l *Local) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
+func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -424,7 +425,7 @@ func (l *Local) HasMany(ctx context.Context, ids []ID) ([]bool, error) {
 }
 
 // Get appends the plain content of id to dst, after checking its hash.
-func (l *Local) Get(ctx context.Context, id ID, dst []byte) ([]byte, error) {
+func (l *Local) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return dst, err
 	}
@@ -437,7 +438,7 @@ func (l *Local) Get(ctx context.Context, id ID, dst []byte) ([]byte, error) {
 		return dst, err
 	}
 	if !ok {
-		return dst, fmt.Errorf("%w: %s", ErrNotFound, id)
+		return dst, fmt.Errorf("%w: %s", chunk.ErrNotFound, id)
 	}
 	return l.read(id, loc, dst)
 }
@@ -445,7 +446,7 @@ func (l *Local) Get(ctx context.Context, id ID, dst []byte) ([]byte, error) {
 // read appends the verified plain content of the record at loc to dst. A
 // record that cannot be what was written for id gives a *CorruptChunkError;
 // other errors are I/O failures.
-func (l *Local) read(id ID, loc chunkLoc, dst []byte) ([]byte, error) {
+func (l *Local) read(id chunk.ID, loc chunkLoc, dst []byte) ([]byte, error) {
 	bp := getBuf(int(loc.header(id).size()))
 	defer putBuf(bp)
 	h, stored, err := l.readRecord(id, loc, (*bp)[:loc.header(id).size()])
@@ -453,12 +454,12 @@ func (l *Local) read(id ID, loc chunkLoc, dst []byte) ([]byte, error) {
 		return dst, err
 	}
 	n := len(dst)
-	out, err := Decompress(dst, stored, h.Codec, int(h.PlainLen))
+	out, err := chunk.Decompress(dst, stored, h.Codec, int(h.PlainLen))
 	if err != nil {
-		return dst, &CorruptChunkError{ID: id, Err: err}
+		return dst, &chunk.CorruptChunkError{ID: id, Err: err}
 	}
-	if Sum(out[n:]) != id {
-		return out[:n], &CorruptChunkError{ID: id, Err: ErrHashMismatch}
+	if chunk.Sum(out[n:]) != id {
+		return out[:n], &chunk.CorruptChunkError{ID: id, Err: chunk.ErrHashMismatch}
 	}
 	return out, nil
 }
@@ -468,9 +469,9 @@ func (l *Local) read(id ID, loc chunkLoc, dst []byte) ([]byte, error) {
 // the header and the stored bytes (aliasing rec), neither decoded nor
 // verified. A record that cannot be id's gives a *CorruptChunkError; other
 // errors are I/O failures.
-func (l *Local) readRecord(id ID, loc chunkLoc, rec []byte) (recordHeader, []byte, error) {
+func (l *Local) readRecord(id chunk.ID, loc chunkLoc, rec []byte) (recordHeader, []byte, error) {
 	corrupt := func(err error) (recordHeader, []byte, error) {
-		return recordHeader{}, nil, &CorruptChunkError{ID: id, Err: err}
+		return recordHeader{}, nil, &chunk.CorruptChunkError{ID: id, Err: err}
 	}
 	f, err := l.packFile(loc.Pack)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -497,7 +498,7 @@ func (l *Local) readRecord(id ID, loc chunkLoc, rec []byte) (recordHeader, []byt
 
 // GetStored appends the stored bytes of id to dst, unverified. See
 // RawReader.
-func (l *Local) GetStored(ctx context.Context, id ID, dst []byte) ([]byte, Info, error) {
+func (l *Local) GetStored(ctx context.Context, id chunk.ID, dst []byte) ([]byte, Info, error) {
 	if err := ctx.Err(); err != nil {
 		return dst, Info{}, err
 	}
@@ -510,7 +511,7 @@ func (l *Local) GetStored(ctx context.Context, id ID, dst []byte) ([]byte, Info,
 		return dst, Info{}, err
 	}
 	if !ok {
-		return dst, Info{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+		return dst, Info{}, fmt.Errorf("%w: %s", chunk.ErrNotFound, id)
 	}
 	// The record goes into dst's spare room and its stored bytes move down
 	// over the header: one copy, as through a pooled buffer, and no buffer
@@ -547,33 +548,33 @@ func (l *Local) packFile(n uint32) (*os.File, error) {
 }
 
 // Put stores data under id. See Store.
-func (l *Local) Put(ctx context.Context, id ID, data []byte) error {
+func (l *Local) Put(ctx context.Context, id chunk.ID, data []byte) error {
 	return l.put(ctx, id, data, true)
 }
 
 // putSummed is Put for a caller that has just computed id from data
 // itself (a backup's readers): hashing the chunk again would cost a
 // sixth of a backup's CPU for nothing.
-func (l *Local) putSummed(ctx context.Context, id ID, data []byte) error {
+func (l *Local) putSummed(ctx context.Context, id chunk.ID, data []byte) error {
 	return l.put(ctx, id, data, false)
 }
 
-func (l *Local) put(ctx context.Context, id ID, data []byte, check bool) error {
+func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if len(data) > MaxChunkCeil {
-		return fmt.Errorf("chunkstore: putting %s: %w: %d bytes", id.Short(), ErrTooLarge, len(data))
+	if len(data) > chunk.MaxChunkCeil {
+		return fmt.Errorf("chunkstore: putting %s: %w: %d bytes", id.Short(), chunk.ErrTooLarge, len(data))
 	}
 	if err := l.enter(); err != nil {
 		return err
 	}
 	defer l.exit()
-	if check && Sum(data) != id {
+	if check && chunk.Sum(data) != id {
 		return fmt.Errorf("chunkstore: putting %s: %w", id.Short(), ErrIDMismatch)
 	}
 	_, held, err := l.lookup(id)
-	var ce *CorruptChunkError
+	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
 		// A bad index entry: write the chunk again, the new entry replaces it.
 		held, err = false, nil
@@ -583,7 +584,7 @@ func (l *Local) put(ctx context.Context, id ID, data []byte, check bool) error {
 	}
 
 	bp := getBuf(recordHeaderSize + len(data) + len(data)>>6 + 64)
-	rec, codec := Compress((*bp)[:recordHeaderSize], data, l.opts.Level)
+	rec, codec := chunk.Compress((*bp)[:recordHeaderSize], data, l.opts.Level)
 	h := recordHeader{ID: id, Codec: codec, PlainLen: uint32(len(data)), StoredLen: uint32(len(rec) - recordHeaderSize)}
 	putRecordHeader(rec, h)
 	flushNow, err := l.append(h, rec)
@@ -759,7 +760,7 @@ func (l *Local) commit(chunks []pendingChunk, dirty map[uint32]int64) error {
 
 // Iterate calls fn for every durable chunk in ID order. fn may call the
 // store's other methods.
-func (l *Local) Iterate(ctx context.Context, fn func(ID, Info) error) error {
+func (l *Local) Iterate(ctx context.Context, fn func(chunk.ID, Info) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -767,7 +768,7 @@ func (l *Local) Iterate(ctx context.Context, fn func(ID, Info) error) error {
 		return err
 	}
 	defer l.exit()
-	return l.iterateIndex(ctx, func(id ID, loc chunkLoc, err error) error {
+	return l.iterateIndex(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
 		if err != nil {
 			return err
 		}
@@ -777,7 +778,7 @@ func (l *Local) Iterate(ctx context.Context, fn func(ID, Info) error) error {
 
 // iterateIndex walks the chunk keys in order. An entry that does not
 // decode is passed to fn as a *CorruptChunkError.
-func (l *Local) iterateIndex(ctx context.Context, fn func(ID, chunkLoc, error) error) error {
+func (l *Local) iterateIndex(ctx context.Context, fn func(chunk.ID, chunkLoc, error) error) error {
 	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: chunkLower, UpperBound: chunkUpper})
 	if err != nil {
 		return fmt.Errorf("chunkstore: iterating index: %w", err)
@@ -793,7 +794,7 @@ func (l *Local) iterateIndex(ctx context.Context, fn func(ID, chunkLoc, error) e
 		}
 		loc, err := decodeLoc(it.Value())
 		if err != nil {
-			err = &CorruptChunkError{ID: id, Err: err}
+			err = &chunk.CorruptChunkError{ID: id, Err: err}
 		}
 		if err := fn(id, loc, err); err != nil {
 			return err
@@ -807,7 +808,7 @@ func (l *Local) iterateIndex(ctx context.Context, fn func(ID, chunkLoc, error) e
 
 // Verify reads back every chunk, durable or not yet flushed, and checks its
 // hash. It does not flush. An I/O error other than corruption stops it.
-func (l *Local) Verify(ctx context.Context, bad func(ID, error)) (VerifyStats, error) {
+func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifyStats, error) {
 	var st VerifyStats
 	if err := ctx.Err(); err != nil {
 		return st, err
@@ -819,20 +820,20 @@ func (l *Local) Verify(ctx context.Context, bad func(ID, error)) (VerifyStats, e
 	// Take the unflushed set before opening the index iterator: a chunk
 	// leaving it has been committed, so the iterator sees it.
 	l.mu.RLock()
-	unflushed := make(map[ID]chunkLoc, len(l.pending))
+	unflushed := make(map[chunk.ID]chunkLoc, len(l.pending))
 	for id, loc := range l.pending {
 		unflushed[id] = loc
 	}
 	l.mu.RUnlock()
 
 	var buf []byte
-	check := func(id ID, loc chunkLoc, err error) error {
+	check := func(id chunk.ID, loc chunkLoc, err error) error {
 		st.Chunks++
 		if err == nil {
 			st.PlainBytes += int64(loc.PlainLen)
 			buf, err = l.read(id, loc, buf[:0])
 		}
-		var ce *CorruptChunkError
+		var ce *chunk.CorruptChunkError
 		if errors.As(err, &ce) {
 			st.Corrupt++
 			l.log.Warn("corrupt chunk", "chunk", id.String(), "err", err)
@@ -843,7 +844,7 @@ func (l *Local) Verify(ctx context.Context, bad func(ID, error)) (VerifyStats, e
 		}
 		return err
 	}
-	err := l.iterateIndex(ctx, func(id ID, loc chunkLoc, err error) error {
+	err := l.iterateIndex(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
 		delete(unflushed, id)
 		return check(id, loc, err)
 	})

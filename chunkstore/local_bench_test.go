@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
 )
 
@@ -17,17 +18,17 @@ import (
 // small beside it.
 const benchCorpusSize = 64 << 20
 
-var benchCorpus = sync.OnceValues(func() ([][]byte, []chunkstore.ID) {
+var benchCorpus = sync.OnceValues(func() ([][]byte, []chunk.ID) {
 	// pg_dump -Fd output of pgbench: mostly pgbench_accounts COPY rows
 	// ("aid\tbid\t0\t" + 84 blanks), some varied rows (see storetest.Text).
 	r := rand.New(rand.NewPCG(42, 42))
 	data := append([]byte("COPY public.pgbench_accounts (aid, bid, abalance, filler) FROM stdin;\n"),
 		storetest.Text(r, benchCorpusSize)...)
 	var chunks [][]byte
-	var ids []chunkstore.ID
-	err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
+	var ids []chunk.ID
+	err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
 		chunks = append(chunks, c.Data)
-		ids = append(ids, chunkstore.Sum(c.Data))
+		ids = append(ids, chunk.Sum(c.Data))
 		return nil
 	})
 	if err != nil {
@@ -56,7 +57,7 @@ func BenchmarkLocalPut(b *testing.B) {
 		b.StopTimer()
 		dir, err := os.MkdirTemp(b.TempDir(), "put")
 		require.NoError(b, err)
-		l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Level: chunkstore.LevelFastest})
+		l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Level: chunk.LevelFastest})
 		require.NoError(b, err)
 		b.StartTimer()
 
@@ -69,7 +70,7 @@ func BenchmarkLocalPut(b *testing.B) {
 
 		b.StopTimer()
 		stored = 0
-		require.NoError(b, l.Iterate(b.Context(), func(_ chunkstore.ID, info chunkstore.Info) error {
+		require.NoError(b, l.Iterate(b.Context(), func(_ chunk.ID, info chunkstore.Info) error {
 			stored += int64(info.StoredLen)
 			return nil
 		}))
@@ -94,7 +95,7 @@ func BenchmarkLocalGet(b *testing.B) {
 	require.NoError(b, l.Flush(b.Context()))
 	b.SetBytes(corpusBytes(chunks))
 	b.ReportAllocs()
-	buf := make([]byte, 0, chunkstore.DefaultParams.Max)
+	buf := make([]byte, 0, chunk.DefaultParams.Max)
 	for b.Loop() {
 		for _, id := range ids {
 			if buf, err = l.Get(b.Context(), id, buf[:0]); err != nil {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
 )
 
@@ -59,8 +60,8 @@ func TestLocalOptionsValidate(t *testing.T) {
 	}{
 		{"zero", chunkstore.LocalOptions{}, true},
 		{"none", chunkstore.LocalOptions{NoCompression: true}, true},
-		{"best", chunkstore.LocalOptions{Level: chunkstore.LevelBest}, true},
-		{"bad level", chunkstore.LocalOptions{Level: chunkstore.LevelBest + 1}, false},
+		{"best", chunkstore.LocalOptions{Level: chunk.LevelBest}, true},
+		{"bad level", chunkstore.LocalOptions{Level: chunk.LevelBest + 1}, false},
 		{"negative pack size", chunkstore.LocalOptions{PackSize: -1}, false},
 		{"huge pack size", chunkstore.LocalOptions{PackSize: 1 << 50}, false},
 		{"negative flush bytes", chunkstore.LocalOptions{FlushBytes: -1}, false},
@@ -86,11 +87,11 @@ func openLocal(t *testing.T, dir string, opts chunkstore.LocalOptions) *chunksto
 	return l
 }
 
-func putChunks(t *testing.T, s chunkstore.Store, chunks [][]byte) []chunkstore.ID {
+func putChunks(t *testing.T, s chunkstore.Store, chunks [][]byte) []chunk.ID {
 	t.Helper()
-	ids := make([]chunkstore.ID, len(chunks))
+	ids := make([]chunk.ID, len(chunks))
 	for i, c := range chunks {
-		ids[i] = chunkstore.Sum(c)
+		ids[i] = chunk.Sum(c)
 		require.NoError(t, s.Put(t.Context(), ids[i], c))
 	}
 	return ids
@@ -99,7 +100,7 @@ func putChunks(t *testing.T, s chunkstore.Store, chunks [][]byte) []chunkstore.I
 func requireChunks(t *testing.T, s chunkstore.Store, chunks [][]byte) {
 	t.Helper()
 	for i, c := range chunks {
-		got, err := s.Get(t.Context(), chunkstore.Sum(c), nil)
+		got, err := s.Get(t.Context(), chunk.Sum(c), nil)
 		require.NoError(t, err, "chunk %d", i)
 		require.True(t, bytes.Equal(c, got), "chunk %d differs", i)
 	}
@@ -107,7 +108,7 @@ func requireChunks(t *testing.T, s chunkstore.Store, chunks [][]byte) {
 
 func requireVerifyClean(t *testing.T, s chunkstore.Store, chunks int) {
 	t.Helper()
-	st, err := s.Verify(t.Context(), func(id chunkstore.ID, err error) { t.Errorf("chunk %s: %v", id, err) })
+	st, err := s.Verify(t.Context(), func(id chunk.ID, err error) { t.Errorf("chunk %s: %v", id, err) })
 	require.NoError(t, err)
 	require.Equal(t, chunks, st.Chunks)
 	require.Zero(t, st.Corrupt)
@@ -176,12 +177,12 @@ func TestLocalFlushBytes(t *testing.T) {
 	chunks := storetest.Chunks(11, 8)
 	putChunks(t, l, chunks)
 	var n int
-	require.NoError(t, l.Iterate(t.Context(), func(chunkstore.ID, chunkstore.Info) error { n++; return nil }))
+	require.NoError(t, l.Iterate(t.Context(), func(chunk.ID, chunkstore.Info) error { n++; return nil }))
 	require.Equal(t, len(chunks), n, "every Put past FlushBytes flushes by itself")
 }
 
 // findRecord returns the pack file and offset of id's record.
-func findRecord(t *testing.T, dir string, id chunkstore.ID) (string, int64) {
+func findRecord(t *testing.T, dir string, id chunk.ID) (string, int64) {
 	t.Helper()
 	for _, p := range packFiles(t, dir) {
 		b, err := os.ReadFile(p)
@@ -244,7 +245,7 @@ func TestLocalCorruption(t *testing.T) {
 			// Find the stored length through the public API.
 			l = openLocal(t, dir, chunkstore.LocalOptions{})
 			var stored int
-			require.NoError(t, l.Iterate(t.Context(), func(id chunkstore.ID, info chunkstore.Info) error {
+			require.NoError(t, l.Iterate(t.Context(), func(id chunk.ID, info chunkstore.Info) error {
 				if id == target {
 					stored = info.StoredLen
 				}
@@ -254,7 +255,7 @@ func TestLocalCorruption(t *testing.T) {
 			flipByte(t, path, off+tc.where(stored))
 
 			_, err = l.Get(t.Context(), target, nil)
-			var ce *chunkstore.CorruptChunkError
+			var ce *chunk.CorruptChunkError
 			require.ErrorAs(t, err, &ce)
 			require.Equal(t, target, ce.ID)
 			require.Contains(t, err.Error(), target.String())
@@ -270,9 +271,9 @@ func TestLocalCorruption(t *testing.T) {
 			} else {
 				require.NoError(t, err)
 				require.Equal(t, stored, info.StoredLen)
-				plain, err := chunkstore.Decompress(nil, got[len(dst):], info.Codec, info.PlainLen)
+				plain, err := chunk.Decompress(nil, got[len(dst):], info.Codec, info.PlainLen)
 				if err == nil {
-					err = chunkstore.VerifyContent(target, plain)
+					err = chunk.VerifyContent(target, plain)
 				}
 				require.Error(t, err, "a damaged payload must not decode to the chunk")
 			}
@@ -282,13 +283,13 @@ func TestLocalCorruption(t *testing.T) {
 					requireChunks(t, l, [][]byte{c})
 				}
 			}
-			var bad []chunkstore.ID
-			st, err := l.Verify(t.Context(), func(id chunkstore.ID, err error) {
+			var bad []chunk.ID
+			st, err := l.Verify(t.Context(), func(id chunk.ID, err error) {
 				require.ErrorAs(t, err, &ce)
 				bad = append(bad, id)
 			})
 			require.NoError(t, err)
-			require.Equal(t, []chunkstore.ID{target}, bad)
+			require.Equal(t, []chunk.ID{target}, bad)
 			require.Equal(t, chunkstore.VerifyStats{Chunks: len(chunks), PlainBytes: st.PlainBytes, Corrupt: 1}, st)
 		})
 	}
@@ -304,7 +305,7 @@ func TestLocalS2AtRest(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	chunks := [][]byte{storetest.Text(r, 200<<10), storetest.RandomBytes(r, 50<<10)}
 	dir := t.TempDir()
-	l := openLocal(t, dir, chunkstore.LocalOptions{Level: chunkstore.LevelS2})
+	l := openLocal(t, dir, chunkstore.LocalOptions{Level: chunk.LevelS2})
 	ids := putChunks(t, l, chunks)
 	require.NoError(t, l.Close())
 
@@ -316,13 +317,13 @@ func TestLocalS2AtRest(t *testing.T) {
 	}
 	stored, info, err := l.GetStored(t.Context(), ids[0], nil)
 	require.NoError(t, err)
-	require.Equal(t, chunkstore.CodecS2, info.Codec)
-	plain, err := chunkstore.Decompress(nil, stored, info.Codec, info.PlainLen)
+	require.Equal(t, chunk.CodecS2, info.Codec)
+	plain, err := chunk.Decompress(nil, stored, info.Codec, info.PlainLen)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(chunks[0], plain))
 	_, info, err = l.GetStored(t.Context(), ids[1], nil)
 	require.NoError(t, err)
-	require.Equal(t, chunkstore.CodecNone, info.Codec, "S2 that does not pay is stored plain")
+	require.Equal(t, chunk.CodecNone, info.Codec, "S2 that does not pay is stored plain")
 }
 
 func TestLocalGetStored(t *testing.T) {
@@ -334,13 +335,13 @@ func TestLocalGetStored(t *testing.T) {
 		{},
 	}
 	dir := t.TempDir()
-	l := openLocal(t, dir, chunkstore.LocalOptions{Level: chunkstore.LevelBetter})
+	l := openLocal(t, dir, chunkstore.LocalOptions{Level: chunk.LevelBetter})
 	ids := putChunks(t, l, chunks[:3])
 	require.NoError(t, l.Flush(t.Context()))
 	ids = append(ids, putChunks(t, l, chunks[3:])...) // pending, unflushed
 
-	infos := map[chunkstore.ID]chunkstore.Info{}
-	require.NoError(t, l.Iterate(t.Context(), func(id chunkstore.ID, info chunkstore.Info) error {
+	infos := map[chunk.ID]chunkstore.Info{}
+	require.NoError(t, l.Iterate(t.Context(), func(id chunk.ID, info chunkstore.Info) error {
 		infos[id] = info
 		return nil
 	}))
@@ -360,15 +361,15 @@ func TestLocalGetStored(t *testing.T) {
 		disk, err := os.ReadFile(path)
 		require.NoError(t, err)
 		require.Equal(t, disk[off+recordHeaderSize:off+recordHeaderSize+int64(len(stored))], stored, "chunk %d", i)
-		plain, err := chunkstore.Decompress(nil, stored, info.Codec, info.PlainLen)
+		plain, err := chunk.Decompress(nil, stored, info.Codec, info.PlainLen)
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(chunks[i], plain), "chunk %d", i)
 	}
-	require.Equal(t, chunkstore.CodecNone, infos[ids[0]].Codec)
-	require.Equal(t, chunkstore.CodecZstd, infos[ids[1]].Codec)
+	require.Equal(t, chunk.CodecNone, infos[ids[0]].Codec)
+	require.Equal(t, chunk.CodecZstd, infos[ids[1]].Codec)
 
-	_, _, err := l.GetStored(t.Context(), chunkstore.Sum([]byte("absent")), nil)
-	require.ErrorIs(t, err, chunkstore.ErrNotFound)
+	_, _, err := l.GetStored(t.Context(), chunk.Sum([]byte("absent")), nil)
+	require.ErrorIs(t, err, chunk.ErrNotFound)
 	require.NoError(t, l.Close())
 	_, _, err = l.GetStored(t.Context(), ids[0], nil)
 	require.ErrorIs(t, err, chunkstore.ErrClosed)
@@ -385,7 +386,7 @@ func TestLocalPackShorterThanDurable(t *testing.T) {
 	ids := putChunks(t, l, chunks)
 	require.NoError(t, l.Close())
 
-	var lastID chunkstore.ID
+	var lastID chunk.ID
 	var lastOff int64 = -1
 	for _, id := range ids {
 		if _, off := findRecord(t, dir, id); off > lastOff {
@@ -399,10 +400,10 @@ func TestLocalPackShorterThanDurable(t *testing.T) {
 	require.NoError(t, os.Truncate(packs[0], fi.Size()-3))
 
 	l = openLocal(t, dir, chunkstore.LocalOptions{})
-	var bad []chunkstore.ID
-	_, err = l.Verify(t.Context(), func(id chunkstore.ID, _ error) { bad = append(bad, id) })
+	var bad []chunk.ID
+	_, err = l.Verify(t.Context(), func(id chunk.ID, _ error) { bad = append(bad, id) })
 	require.NoError(t, err)
-	require.Equal(t, []chunkstore.ID{lastID}, bad)
+	require.Equal(t, []chunk.ID{lastID}, bad)
 	more := [][]byte{[]byte("written after the loss")}
 	putChunks(t, l, more)
 	require.NoError(t, l.Flush(t.Context()))
@@ -467,7 +468,7 @@ func TestLocalCrashHelper(t *testing.T) {
 		// Flush how many chunks are durable.
 		for i := 0; ; i++ {
 			c := killChunk(i)
-			require.NoError(t, l.Put(t.Context(), chunkstore.Sum(c), c))
+			require.NoError(t, l.Put(t.Context(), chunk.Sum(c), c))
 			if i%5 == 4 {
 				require.NoError(t, l.Flush(t.Context()))
 				fmt.Printf("flushed %d\n", i+1)
@@ -579,8 +580,8 @@ func TestLocalTornTail(t *testing.T) {
 
 			requireChunks(t, l, flushed)
 			for _, c := range unflushed {
-				_, err := l.Get(t.Context(), chunkstore.Sum(c), nil)
-				require.ErrorIs(t, err, chunkstore.ErrNotFound, "a chunk never flushed is gone, not corrupt")
+				_, err := l.Get(t.Context(), chunk.Sum(c), nil)
+				require.ErrorIs(t, err, chunk.ErrNotFound, "a chunk never flushed is gone, not corrupt")
 			}
 			requireVerifyClean(t, l, len(flushed))
 
@@ -621,7 +622,7 @@ func TestLocalCrashKill(t *testing.T) {
 				chunks = append(chunks, killChunk(i))
 			}
 			requireChunks(t, l, chunks)
-			st, err := l.Verify(t.Context(), func(id chunkstore.ID, err error) { t.Errorf("chunk %s: %v", id, err) })
+			st, err := l.Verify(t.Context(), func(id chunk.ID, err error) { t.Errorf("chunk %s: %v", id, err) })
 			require.NoError(t, err)
 			require.GreaterOrEqual(t, st.Chunks, durable)
 			more := []byte("after the kill")
@@ -635,7 +636,7 @@ func TestLocalClosed(t *testing.T) {
 	l, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{})
 	require.NoError(t, err)
 	data := []byte("x")
-	id := chunkstore.Sum(data)
+	id := chunk.Sum(data)
 	require.NoError(t, l.Put(t.Context(), id, data))
 	require.NoError(t, l.Close())
 	require.ErrorIs(t, l.Put(t.Context(), id, data), chunkstore.ErrClosed)
@@ -650,9 +651,9 @@ func TestLocalClosed(t *testing.T) {
 func TestLocalPutRejects(t *testing.T) {
 	l := openLocal(t, t.TempDir(), chunkstore.LocalOptions{})
 	a := []byte("a")
-	require.ErrorIs(t, l.Put(t.Context(), chunkstore.Sum([]byte("b")), a), chunkstore.ErrIDMismatch)
-	huge := make([]byte, chunkstore.MaxChunkCeil+1)
-	require.ErrorIs(t, l.Put(t.Context(), chunkstore.Sum(huge), huge), chunkstore.ErrTooLarge)
+	require.ErrorIs(t, l.Put(t.Context(), chunk.Sum([]byte("b")), a), chunkstore.ErrIDMismatch)
+	huge := make([]byte, chunk.MaxChunkCeil+1)
+	require.ErrorIs(t, l.Put(t.Context(), chunk.Sum(huge), huge), chunk.ErrTooLarge)
 }
 
 // Two processes writing one store would interleave packs; pebble's lock
@@ -683,8 +684,8 @@ func TestLocalForeignPackLeftAlone(t *testing.T) {
 
 func TestLocalNoGoroutineLeak(t *testing.T) {
 	// Warm the package's shared codecs, which live for the process.
-	stored, c := chunkstore.Compress(nil, bytes.Repeat([]byte("warm"), 100), chunkstore.LevelFastest)
-	_, err := chunkstore.Decompress(nil, stored, c, 400)
+	stored, c := chunk.Compress(nil, bytes.Repeat([]byte("warm"), 100), chunk.LevelFastest)
+	_, err := chunk.Decompress(nil, stored, c, 400)
 	require.NoError(t, err)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 

@@ -8,6 +8,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // A pack file is a sequence of chunk records, appended and never rewritten
@@ -31,7 +33,7 @@ import (
 
 const (
 	recordMagic      = "PGK1"
-	recordHeaderSize = 4 + IDSize + 1 + 4 + 4 + 4
+	recordHeaderSize = 4 + chunk.IDSize + 1 + 4 + 4 + 4
 
 	packExt = ".pack"
 )
@@ -44,8 +46,8 @@ var errBadRecord = errors.New("chunkstore: bad pack record")
 
 // recordHeader is the decoded header of a pack record.
 type recordHeader struct {
-	ID        ID
-	Codec     Codec
+	ID        chunk.ID
+	Codec     chunk.Codec
 	PlainLen  uint32
 	StoredLen uint32
 }
@@ -59,13 +61,13 @@ func (h recordHeader) validate() error {
 	switch {
 	case !h.Codec.Valid():
 		return fmt.Errorf("%w: unknown codec %d", errBadRecord, uint8(h.Codec))
-	case h.PlainLen > MaxChunkCeil:
-		return fmt.Errorf("%w: plain length %d above %d", errBadRecord, h.PlainLen, MaxChunkCeil)
-	case h.StoredLen > MaxChunkCeil:
-		return fmt.Errorf("%w: stored length %d above %d", errBadRecord, h.StoredLen, MaxChunkCeil)
-	case h.Codec == CodecNone && h.StoredLen != h.PlainLen:
+	case h.PlainLen > chunk.MaxChunkCeil:
+		return fmt.Errorf("%w: plain length %d above %d", errBadRecord, h.PlainLen, chunk.MaxChunkCeil)
+	case h.StoredLen > chunk.MaxChunkCeil:
+		return fmt.Errorf("%w: stored length %d above %d", errBadRecord, h.StoredLen, chunk.MaxChunkCeil)
+	case h.Codec == chunk.CodecNone && h.StoredLen != h.PlainLen:
 		return fmt.Errorf("%w: uncompressed record stores %d bytes for %d", errBadRecord, h.StoredLen, h.PlainLen)
-	case h.Codec != CodecNone && h.StoredLen == 0:
+	case h.Codec != chunk.CodecNone && h.StoredLen == 0:
 		return fmt.Errorf("%w: empty %s record", errBadRecord, h.Codec)
 	}
 	return nil
@@ -75,7 +77,7 @@ func (h recordHeader) validate() error {
 func putRecordHeader(b []byte, h recordHeader) {
 	_ = b[recordHeaderSize-1]
 	copy(b[0:4], recordMagic)
-	copy(b[4:4+IDSize], h.ID[:])
+	copy(b[4:4+chunk.IDSize], h.ID[:])
 	b[36] = byte(h.Codec)
 	binary.LittleEndian.PutUint32(b[37:41], h.PlainLen)
 	binary.LittleEndian.PutUint32(b[41:45], h.StoredLen)
@@ -102,8 +104,8 @@ func decodeRecordHeader(b []byte) (recordHeader, error) {
 	if got, want := crc32.Checksum(b[:45], crc32c), binary.LittleEndian.Uint32(b[45:49]); got != want {
 		return h, fmt.Errorf("%w: header checksum %08x, want %08x", errBadRecord, got, want)
 	}
-	copy(h.ID[:], b[4:4+IDSize])
-	h.Codec = Codec(b[36])
+	copy(h.ID[:], b[4:4+chunk.IDSize])
+	h.Codec = chunk.Codec(b[36])
 	h.PlainLen = binary.LittleEndian.Uint32(b[37:41])
 	h.StoredLen = binary.LittleEndian.Uint32(b[41:45])
 	return h, h.validate()

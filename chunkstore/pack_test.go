@@ -6,12 +6,14 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
-func testRecord(t testing.TB, data []byte, l Level) []byte {
+func testRecord(t testing.TB, data []byte, l chunk.Level) []byte {
 	t.Helper()
-	stored, c := Compress(nil, data, l)
-	h := recordHeader{ID: Sum(data), Codec: c, PlainLen: uint32(len(data)), StoredLen: uint32(len(stored))}
+	stored, c := chunk.Compress(nil, data, l)
+	h := recordHeader{ID: chunk.Sum(data), Codec: c, PlainLen: uint32(len(data)), StoredLen: uint32(len(stored))}
 	return appendRecord(nil, h, stored)
 }
 
@@ -19,20 +21,20 @@ func TestRecordRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		data  []byte
-		codec Codec
+		codec chunk.Codec
 	}{
-		{"empty", nil, CodecNone},
-		{"small", []byte("hello"), CodecNone},
-		{"compressible", bytes.Repeat([]byte("1\t1\t0\t        \n"), 1000), CodecZstd},
+		{"empty", nil, chunk.CodecNone},
+		{"small", []byte("hello"), chunk.CodecNone},
+		{"compressible", bytes.Repeat([]byte("1\t1\t0\t        \n"), 1000), chunk.CodecZstd},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec := testRecord(t, tc.data, LevelFastest)
+			rec := testRecord(t, tc.data, chunk.LevelFastest)
 			h, stored, err := decodeRecord(rec)
 			require.NoError(t, err)
-			require.Equal(t, Sum(tc.data), h.ID)
+			require.Equal(t, chunk.Sum(tc.data), h.ID)
 			require.Equal(t, tc.codec, h.Codec)
 			require.Equal(t, int64(len(rec)), h.size())
-			plain, err := Decompress(nil, stored, h.Codec, int(h.PlainLen))
+			plain, err := chunk.Decompress(nil, stored, h.Codec, int(h.PlainLen))
 			require.NoError(t, err)
 			require.Equal(t, len(tc.data), len(plain))
 			require.True(t, bytes.Equal(tc.data, plain))
@@ -43,7 +45,7 @@ func TestRecordRoundTrip(t *testing.T) {
 // The lengths in a header are checked before anything is allocated from
 // them, even when the header's checksum is right.
 func TestDecodeRecordHeaderRejects(t *testing.T) {
-	good := recordHeader{ID: Sum([]byte("x")), Codec: CodecZstd, PlainLen: 100, StoredLen: 10}
+	good := recordHeader{ID: chunk.Sum([]byte("x")), Codec: chunk.CodecZstd, PlainLen: 100, StoredLen: 10}
 	enc := func(h recordHeader) []byte {
 		b := make([]byte, recordHeaderSize)
 		putRecordHeader(b, h)
@@ -59,11 +61,11 @@ func TestDecodeRecordHeaderRejects(t *testing.T) {
 		{"short", enc(good)[:recordHeaderSize-1]},
 		{"bad magic", func() []byte { b := enc(good); b[0] ^= 1; return b }()},
 		{"bad checksum", func() []byte { b := enc(good); b[40] ^= 1; return b }()},
-		{"plain too large", enc(recordHeader{Codec: CodecZstd, PlainLen: MaxChunkCeil + 1, StoredLen: 10})},
-		{"stored too large", enc(recordHeader{Codec: CodecZstd, PlainLen: 10, StoredLen: math.MaxUint32})},
+		{"plain too large", enc(recordHeader{Codec: chunk.CodecZstd, PlainLen: chunk.MaxChunkCeil + 1, StoredLen: 10})},
+		{"stored too large", enc(recordHeader{Codec: chunk.CodecZstd, PlainLen: 10, StoredLen: math.MaxUint32})},
 		{"unknown codec", enc(recordHeader{Codec: 7, PlainLen: 10, StoredLen: 10})},
-		{"none with lengths differing", enc(recordHeader{Codec: CodecNone, PlainLen: 10, StoredLen: 9})},
-		{"empty zstd", enc(recordHeader{Codec: CodecZstd, PlainLen: 10, StoredLen: 0})},
+		{"none with lengths differing", enc(recordHeader{Codec: chunk.CodecNone, PlainLen: 10, StoredLen: 9})},
+		{"empty zstd", enc(recordHeader{Codec: chunk.CodecZstd, PlainLen: 10, StoredLen: 0})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := decodeRecordHeader(tc.b)
@@ -73,7 +75,7 @@ func TestDecodeRecordHeaderRejects(t *testing.T) {
 }
 
 func TestDecodeRecordLength(t *testing.T) {
-	rec := testRecord(t, []byte("some chunk"), LevelNone)
+	rec := testRecord(t, []byte("some chunk"), chunk.LevelNone)
 	_, _, err := decodeRecord(rec[:len(rec)-1])
 	require.ErrorIs(t, err, errBadRecord)
 	_, _, err = decodeRecord(append(rec, 0))
@@ -85,10 +87,10 @@ func TestScanRecords(t *testing.T) {
 	var offs []int64
 	for i := range 5 {
 		offs = append(offs, int64(len(pack)))
-		pack = append(pack, testRecord(t, bytes.Repeat([]byte{byte(i)}, 1000*i), LevelFastest)...)
+		pack = append(pack, testRecord(t, bytes.Repeat([]byte{byte(i)}, 1000*i), chunk.LevelFastest)...)
 	}
 	whole := int64(len(pack))
-	torn := append(bytes.Clone(pack), testRecord(t, []byte("torn away"), LevelNone)[:30]...)
+	torn := append(bytes.Clone(pack), testRecord(t, []byte("torn away"), chunk.LevelNone)[:30]...)
 	garbage := append(bytes.Clone(pack), bytes.Repeat([]byte{0xff}, 200)...)
 
 	for _, tc := range []struct {
@@ -130,20 +132,20 @@ func TestPackName(t *testing.T) {
 }
 
 func TestLocRoundTrip(t *testing.T) {
-	loc := chunkLoc{Pack: 7, Offset: 1 << 33, StoredLen: 1000, PlainLen: 5000, Codec: CodecZstd}
+	loc := chunkLoc{Pack: 7, Offset: 1 << 33, StoredLen: 1000, PlainLen: 5000, Codec: chunk.CodecZstd}
 	b := appendLoc(nil, loc)
 	require.Len(t, b, locSize)
 	got, err := decodeLoc(b)
 	require.NoError(t, err)
 	require.Equal(t, loc, got)
 
-	bad := appendLoc(nil, chunkLoc{Codec: CodecZstd, PlainLen: MaxChunkCeil + 1, StoredLen: 1})
+	bad := appendLoc(nil, chunkLoc{Codec: chunk.CodecZstd, PlainLen: chunk.MaxChunkCeil + 1, StoredLen: 1})
 	_, err = decodeLoc(bad)
 	require.ErrorIs(t, err, errBadIndex)
 	_, err = decodeLoc(b[:locSize-1])
 	require.ErrorIs(t, err, errBadIndex)
 
-	id := Sum([]byte("k"))
+	id := chunk.Sum([]byte("k"))
 	gotID, ok := parseChunkKey(appendChunkKey(nil, id))
 	require.True(t, ok)
 	require.Equal(t, id, gotID)
@@ -153,8 +155,8 @@ func TestLocRoundTrip(t *testing.T) {
 }
 
 func FuzzRecordHeader(f *testing.F) {
-	f.Add(testRecord(f, []byte("hello"), LevelNone))
-	f.Add(testRecord(f, bytes.Repeat([]byte("abc"), 100), LevelFastest)[:recordHeaderSize])
+	f.Add(testRecord(f, []byte("hello"), chunk.LevelNone))
+	f.Add(testRecord(f, bytes.Repeat([]byte("abc"), 100), chunk.LevelFastest)[:recordHeaderSize])
 	f.Add([]byte(recordMagic))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeRecordHeader(b)
@@ -173,11 +175,11 @@ func FuzzRecordHeader(f *testing.F) {
 // FuzzRecordHeaderFields reaches the length and codec checks, which random
 // bytes rarely do past the header checksum.
 func FuzzRecordHeaderFields(f *testing.F) {
-	f.Add([]byte("id"), uint8(CodecZstd), uint32(100), uint32(10))
-	f.Add([]byte{}, uint8(CodecNone), uint32(MaxChunkCeil), uint32(MaxChunkCeil))
-	f.Add([]byte{1}, uint8(CodecNone), uint32(MaxChunkCeil+1), uint32(MaxChunkCeil+1))
+	f.Add([]byte("id"), uint8(chunk.CodecZstd), uint32(100), uint32(10))
+	f.Add([]byte{}, uint8(chunk.CodecNone), uint32(chunk.MaxChunkCeil), uint32(chunk.MaxChunkCeil))
+	f.Add([]byte{1}, uint8(chunk.CodecNone), uint32(chunk.MaxChunkCeil+1), uint32(chunk.MaxChunkCeil+1))
 	f.Fuzz(func(t *testing.T, id []byte, codec uint8, plain, stored uint32) {
-		h := recordHeader{Codec: Codec(codec), PlainLen: plain, StoredLen: stored}
+		h := recordHeader{Codec: chunk.Codec(codec), PlainLen: plain, StoredLen: stored}
 		copy(h.ID[:], id)
 		b := make([]byte, recordHeaderSize)
 		putRecordHeader(b, h)
@@ -188,15 +190,15 @@ func FuzzRecordHeaderFields(f *testing.F) {
 			return
 		}
 		require.Equal(t, h, got)
-		require.LessOrEqual(t, got.PlainLen, uint32(MaxChunkCeil))
-		require.LessOrEqual(t, got.StoredLen, uint32(MaxChunkCeil))
+		require.LessOrEqual(t, got.PlainLen, uint32(chunk.MaxChunkCeil))
+		require.LessOrEqual(t, got.StoredLen, uint32(chunk.MaxChunkCeil))
 	})
 }
 
 func FuzzRecord(f *testing.F) {
-	f.Add(testRecord(f, nil, LevelNone))
-	f.Add(testRecord(f, []byte("hello"), LevelNone))
-	f.Add(testRecord(f, bytes.Repeat([]byte("abc"), 100), LevelFastest))
+	f.Add(testRecord(f, nil, chunk.LevelNone))
+	f.Add(testRecord(f, []byte("hello"), chunk.LevelNone))
+	f.Add(testRecord(f, bytes.Repeat([]byte("abc"), 100), chunk.LevelFastest))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, stored, err := decodeRecord(b)
 		if err != nil {
@@ -209,12 +211,12 @@ func FuzzRecord(f *testing.F) {
 		require.Equal(t, h, h2)
 		require.Equal(t, stored, stored2)
 		// What a pack read does next must not panic either.
-		_, _ = Decompress(nil, stored, h.Codec, int(h.PlainLen))
+		_, _ = chunk.Decompress(nil, stored, h.Codec, int(h.PlainLen))
 	})
 }
 
 func FuzzScanRecords(f *testing.F) {
-	two := append(testRecord(f, []byte("one"), LevelNone), testRecord(f, bytes.Repeat([]byte("two"), 100), LevelFastest)...)
+	two := append(testRecord(f, []byte("one"), chunk.LevelNone), testRecord(f, bytes.Repeat([]byte("two"), 100), chunk.LevelFastest)...)
 	f.Add(two)
 	f.Add(two[:len(two)-3])
 	f.Add(append(bytes.Clone(two), 0xff, 0xfe))
@@ -235,7 +237,7 @@ func FuzzScanRecords(f *testing.F) {
 }
 
 func FuzzLoc(f *testing.F) {
-	f.Add(appendLoc(nil, chunkLoc{Pack: 1, Offset: 4096, StoredLen: 10, PlainLen: 100, Codec: CodecZstd}))
+	f.Add(appendLoc(nil, chunkLoc{Pack: 1, Offset: 4096, StoredLen: 10, PlainLen: 100, Codec: chunk.CodecZstd}))
 	f.Add(appendLoc(nil, chunkLoc{}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		loc, err := decodeLoc(b)

@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // ErrNoRestorePoint is matched by the error of Resolve for an unknown ID, or
@@ -31,18 +33,18 @@ type DBInfo struct {
 // RestorePoint is the catalog entry of one backup: what it is, and where
 // its tree is.
 type RestorePoint struct {
-	ID         string    `json:"id"` // "rp-20261125T231500Z-ab12cd": sorts by time
-	Time       time.Time `json:"time"`
-	PGVersion  string    `json:"pg_version"` // PG_VERSION, e.g. "15"
-	SystemID   string    `json:"system_id"`  // the cluster's database system identifier
-	Databases  []DBInfo  `json:"databases"`
-	SourceHost string    `json:"source_host"`
-	Size       int64     `json:"size"`        // plain bytes of all files
-	StoredSize int64     `json:"stored_size"` // bytes this backup added to the store
-	Files      int       `json:"files"`
-	Tree       []ID      `json:"tree"`   // chunks holding the encoded tree (see EncodeTree)
-	Params     Params    `json:"params"` // how files were chunked
-	Format     int       `json:"format"` // restore point format, pointFormat
+	ID         string       `json:"id"` // "rp-20261125T231500Z-ab12cd": sorts by time
+	Time       time.Time    `json:"time"`
+	PGVersion  string       `json:"pg_version"` // PG_VERSION, e.g. "15"
+	SystemID   string       `json:"system_id"`  // the cluster's database system identifier
+	Databases  []DBInfo     `json:"databases"`
+	SourceHost string       `json:"source_host"`
+	Size       int64        `json:"size"`        // plain bytes of all files
+	StoredSize int64        `json:"stored_size"` // bytes this backup added to the store
+	Files      int          `json:"files"`
+	Tree       []chunk.ID   `json:"tree"`   // chunks holding the encoded tree (see EncodeTree)
+	Params     chunk.Params `json:"params"` // how files were chunked
+	Format     int          `json:"format"` // restore point format, pointFormat
 }
 
 // pointFormat is the version of the restore point files this build writes

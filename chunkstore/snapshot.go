@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // NodeType is the kind of a tree entry.
@@ -46,7 +48,7 @@ type Node struct {
 // ChunkRef is one chunk of a file: its ID and plain length. (protocol has a
 // ChunkRef of its own for the wire; the two are kept apart on purpose.)
 type ChunkRef struct {
-	ID  ID
+	ID  chunk.ID
 	Len uint32
 }
 
@@ -72,7 +74,7 @@ const (
 	MaxTreeBytes = 4 << 30
 
 	minNodeBytes  = 10 // the smallest encoded node: 1-byte path and 9 one-byte fields
-	chunkRefBytes = IDSize + 1
+	chunkRefBytes = chunk.IDSize + 1
 )
 
 // ErrBadTree is matched by every error DecodeTree returns for malformed
@@ -129,7 +131,7 @@ func checkTree(nodes []Node) error {
 			}
 			var sum int64
 			for _, c := range n.Chunks {
-				if c.Len == 0 || c.Len > MaxChunkCeil {
+				if c.Len == 0 || c.Len > chunk.MaxChunkCeil {
 					return fmt.Errorf("%w: node %d: chunk length %d", ErrBadTree, i, c.Len)
 				}
 				sum += int64(c.Len)
@@ -284,8 +286,8 @@ func DecodeTree(data []byte) ([]Node, error) {
 			n.Chunks = make([]ChunkRef, nc)
 		}
 		for j := range n.Chunks {
-			copy(n.Chunks[j].ID[:], r.bytes(IDSize, "chunk ID"))
-			n.Chunks[j].Len = uint32(r.uvarint(MaxChunkCeil, "chunk length"))
+			copy(n.Chunks[j].ID[:], r.bytes(chunk.IDSize, "chunk ID"))
+			n.Chunks[j].Len = uint32(r.uvarint(chunk.MaxChunkCeil, "chunk length"))
 		}
 		if r.err != nil {
 			return nil, fmt.Errorf("node %d: %w", i, r.err)
@@ -304,14 +306,14 @@ func DecodeTree(data []byte) ([]Node, error) {
 // puts them into s; it returns their IDs in order. Unchanged stretches of a
 // tree cut to the same chunks, so successive restore points share most of
 // their tree chunks. The store compresses each chunk.
-func PutTree(ctx context.Context, s Store, nodes []Node, p Params) ([]ID, error) {
+func PutTree(ctx context.Context, s Store, nodes []Node, p chunk.Params) ([]chunk.ID, error) {
 	enc, err := EncodeTree(nodes)
 	if err != nil {
 		return nil, err
 	}
-	var ids []ID
-	err = Split(enc, p, func(c Chunk) error {
-		id := Sum(c.Data)
+	var ids []chunk.ID
+	err = chunk.Split(enc, p, func(c chunk.Chunk) error {
+		id := chunk.Sum(c.Data)
 		ids = append(ids, id)
 		return s.Put(ctx, id, c.Data)
 	})
@@ -322,7 +324,7 @@ func PutTree(ctx context.Context, s Store, nodes []Node, p Params) ([]ID, error)
 }
 
 // GetTree reads back and decodes a tree stored by PutTree.
-func GetTree(ctx context.Context, r Reader, ids []ID) ([]Node, error) {
+func GetTree(ctx context.Context, r Reader, ids []chunk.ID) ([]Node, error) {
 	var enc []byte
 	for _, id := range ids {
 		var err error

@@ -11,10 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 func sampleTree() []chunkstore.Node {
-	id1, id2 := chunkstore.Sum([]byte("one")), chunkstore.Sum([]byte("two"))
+	id1, id2 := chunk.Sum([]byte("one")), chunk.Sum([]byte("two"))
 	return []chunkstore.Node{
 		{Path: "PG_VERSION", Type: chunkstore.NodeFile, Mode: 0o600, UID: 26, GID: 26, Size: 3, MTime: 1_700_000_000_123_456_789,
 			Chunks: []chunkstore.ChunkRef{{ID: id1, Len: 3}}},
@@ -98,15 +99,15 @@ func TestPutGetTree(t *testing.T) {
 		nodes = append(nodes, chunkstore.Node{Path: "z/" + string(l), Type: chunkstore.NodeDir, Mode: 0o700})
 	}
 	slices.SortFunc(nodes, func(a, b chunkstore.Node) int { return strings.Compare(a.Path, b.Path) })
-	ids, err := chunkstore.PutTree(ctx, s, nodes, chunkstore.Params{})
+	ids, err := chunkstore.PutTree(ctx, s, nodes, chunk.Params{})
 	require.NoError(t, err)
 	require.Greater(t, len(ids), 1)
 	got, err := chunkstore.GetTree(ctx, s, ids)
 	require.NoError(t, err)
 	require.Equal(t, nodes, got)
 
-	_, err = chunkstore.GetTree(ctx, s, []chunkstore.ID{chunkstore.Sum([]byte("missing"))})
-	require.True(t, errors.Is(err, chunkstore.ErrNotFound), "%v", err)
+	_, err = chunkstore.GetTree(ctx, s, []chunk.ID{chunk.Sum([]byte("missing"))})
+	require.True(t, errors.Is(err, chunk.ErrNotFound), "%v", err)
 }
 
 func FuzzDecodeTree(f *testing.F) {

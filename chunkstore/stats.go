@@ -6,11 +6,13 @@ import (
 	"io"
 	"slices"
 	"time"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Stats summarises how a set of streams chunks, dedupes and compresses.
 type Stats struct {
-	Params       Params        `json:"params"`
+	Params       chunk.Params  `json:"params"`
 	Files        int           `json:"files"`
 	Bytes        int64         `json:"bytes"`  // total plain bytes
 	Chunks       int           `json:"chunks"` // total chunks
@@ -56,26 +58,26 @@ func ratio(a, b int64) float64 {
 
 // Analyzer accumulates Stats over streams.
 type Analyzer struct {
-	p     Params
-	level Level
-	seen  map[ID]struct{}
+	p     chunk.Params
+	level chunk.Level
+	seen  map[chunk.ID]struct{}
 	st    Stats
 	buf   []byte
 }
 
 // NewAnalyzer returns an Analyzer cutting with p and compressing unique
 // chunks at level.
-func NewAnalyzer(p Params, level Level) (*Analyzer, error) {
+func NewAnalyzer(p chunk.Params, level chunk.Level) (*Analyzer, error) {
 	p = p.WithDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return &Analyzer{p: p, level: level, seen: map[ID]struct{}{}, st: Stats{Params: p, Level: level.String()}}, nil
+	return &Analyzer{p: p, level: level, seen: map[chunk.ID]struct{}{}, st: Stats{Params: p, Level: level.String()}}, nil
 }
 
 // Add chunks r (one file) into the totals.
 func (a *Analyzer) Add(ctx context.Context, r io.Reader) error {
-	ch, err := NewChunker(r, a.p)
+	ch, err := chunk.NewChunker(r, a.p)
 	if err != nil {
 		return err
 	}
@@ -93,7 +95,7 @@ func (a *Analyzer) Add(ctx context.Context, r io.Reader) error {
 		if err != nil {
 			return err
 		}
-		id := Sum(c.Data)
+		id := chunk.Sum(c.Data)
 		a.st.Elapsed += time.Since(t0)
 		a.st.Chunks++
 		a.st.Bytes += int64(len(c.Data))
@@ -104,7 +106,7 @@ func (a *Analyzer) Add(ctx context.Context, r io.Reader) error {
 		a.seen[id] = struct{}{}
 		a.st.UniqueChunks++
 		a.st.UniqueBytes += int64(len(c.Data))
-		a.buf, _ = Compress(a.buf[:0], c.Data, a.level)
+		a.buf, _ = chunk.Compress(a.buf[:0], c.Data, a.level)
 		a.st.StoredBytes += int64(len(a.buf))
 	}
 }

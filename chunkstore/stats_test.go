@@ -11,15 +11,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
 // smallParams cut often, so that tests see many chunks in little data.
-var smallParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 256, Avg: 1024, Max: 4096}
+var smallParams = chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: 256, Avg: 1024, Max: 4096}
 
 // NewAnalyzer refuses the parameters Validate refuses.
 func TestAnalyzerValidates(t *testing.T) {
-	_, err := chunkstore.NewAnalyzer(chunkstore.Params{Min: 100, Avg: 50, Max: 10}, chunkstore.LevelNone)
+	_, err := chunkstore.NewAnalyzer(chunk.Params{Min: 100, Avg: 50, Max: 10}, chunk.LevelNone)
 	require.Error(t, err)
 }
 
@@ -29,7 +30,7 @@ func TestAnalyzerDedupe(t *testing.T) {
 	day1 := synth.Random(41, 4<<20)
 	day2 := slices.Concat(day1[:1<<20], synth.Random(42, 3000), day1[1<<20+3000:], synth.Random(43, 100<<10))
 
-	a, err := chunkstore.NewAnalyzer(smallParams, chunkstore.LevelFastest)
+	a, err := chunkstore.NewAnalyzer(smallParams, chunk.LevelFastest)
 	require.NoError(t, err)
 	ctx := t.Context()
 	require.NoError(t, a.Add(ctx, bytes.NewReader(day1)))
@@ -64,17 +65,17 @@ func TestAnalyzerDedupe(t *testing.T) {
 }
 
 func TestAnalyzerCompression(t *testing.T) {
-	a, err := chunkstore.NewAnalyzer(chunkstore.Params{}, chunkstore.LevelDefault)
+	a, err := chunkstore.NewAnalyzer(chunk.Params{}, chunk.LevelDefault)
 	require.NoError(t, err)
 	require.NoError(t, a.Add(t.Context(), bytes.NewReader(synth.PgbenchRows(2<<20))))
 	st := a.Stats()
-	require.Equal(t, chunkstore.DefaultParams, st.Params)
+	require.Equal(t, chunk.DefaultParams, st.Params)
 	require.Greater(t, st.CompressRatio(), 2.0)
 	require.InDelta(t, 1.0, st.DedupeRatio(), 0.2)
 }
 
 func TestAnalyzerEmpty(t *testing.T) {
-	a, err := chunkstore.NewAnalyzer(smallParams, chunkstore.LevelNone)
+	a, err := chunkstore.NewAnalyzer(smallParams, chunk.LevelNone)
 	require.NoError(t, err)
 	st := a.Stats()
 	require.Zero(t, st.Files)
@@ -90,7 +91,7 @@ func TestAnalyzerEmpty(t *testing.T) {
 }
 
 func TestAnalyzerErrors(t *testing.T) {
-	a, err := chunkstore.NewAnalyzer(smallParams, chunkstore.LevelNone)
+	a, err := chunkstore.NewAnalyzer(smallParams, chunk.LevelNone)
 	require.NoError(t, err)
 
 	ctx, cancel := context.WithCancel(t.Context())

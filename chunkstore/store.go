@@ -1,12 +1,16 @@
 package chunkstore
 
-import "context"
+import (
+	"context"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
+)
 
 // Info describes a stored chunk.
 type Info struct {
-	PlainLen  int   // size of the plain content
-	StoredLen int   // size at rest, after compression
-	Codec     Codec // how it is stored
+	PlainLen  int         // size of the plain content
+	StoredLen int         // size at rest, after compression
+	Codec     chunk.Codec // how it is stored
 }
 
 // Reader is the read side of a chunk store.
@@ -15,13 +19,13 @@ type Info struct {
 // not hash to the requested ID; it returns a *CorruptChunkError instead.
 // A chunk that is not held gives an error matching ErrNotFound.
 type Reader interface {
-	Has(ctx context.Context, id ID) (bool, error)
+	Has(ctx context.Context, id chunk.ID) (bool, error)
 	// HasMany reports, for each of ids, whether it is held. The result has
 	// len(ids) entries.
-	HasMany(ctx context.Context, ids []ID) ([]bool, error)
+	HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error)
 	// Get appends the plain content of id to dst and returns it. The caller
 	// owns the result.
-	Get(ctx context.Context, id ID, dst []byte) ([]byte, error)
+	Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error)
 }
 
 // RawReader is a store that hands out chunks as they are stored, for a
@@ -36,7 +40,7 @@ type RawReader interface {
 	// decode to content that hashes to id. A record that cannot be id's
 	// gives a *CorruptChunkError, a chunk not held an error matching
 	// ErrNotFound; on error dst is returned unchanged.
-	GetStored(ctx context.Context, id ID, dst []byte) ([]byte, Info, error)
+	GetStored(ctx context.Context, id chunk.ID, dst []byte) ([]byte, Info, error)
 }
 
 // Store is a chunk store that can also write, enumerate and scrub.
@@ -46,16 +50,16 @@ type Store interface {
 	// store). Storing a chunk already held is a cheap no-op. A chunk is
 	// readable when Put returns and durable after Flush returns. Put does
 	// not retain data.
-	Put(ctx context.Context, id ID, data []byte) error
+	Put(ctx context.Context, id chunk.ID, data []byte) error
 	// Flush makes every chunk Put so far durable.
 	Flush(ctx context.Context) error
 	// Iterate calls fn for every durable chunk, in ID order, until fn
 	// returns an error, which Iterate returns.
-	Iterate(ctx context.Context, fn func(ID, Info) error) error
+	Iterate(ctx context.Context, fn func(chunk.ID, Info) error) error
 	// Verify reads back every chunk and checks its hash. It reports each
 	// bad chunk to bad (which may be nil) and returns the totals; a
 	// non-nil error means the scrub itself could not complete.
-	Verify(ctx context.Context, bad func(ID, error)) (VerifyStats, error)
+	Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifyStats, error)
 	// Close flushes and releases the store. It may be called twice.
 	Close() error
 }

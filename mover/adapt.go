@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 )
 
@@ -32,19 +32,19 @@ type levelController struct {
 	// lowest is the floor of the ladder for a receiver that decodes every
 	// level; min is the floor for the receiver of the last connection (see
 	// peer).
-	lowest chunkstore.Level
-	min    chunkstore.Level
-	max    chunkstore.Level
+	lowest chunk.Level
+	min    chunk.Level
+	max    chunk.Level
 	idle   *cpuIdle // nil: CPU idleness unknown
 
 	mu        sync.Mutex // guards everything below
-	level     chunkstore.Level
+	level     chunk.Level
 	windowEnd time.Time
 	cpuNs     int64 // reading, compressing
 	waitNs    int64 // blocked in stream writes
 	wire      int64 // bytes written
 	changes   int
-	chunks    [chunkstore.LevelBest + 1]int64 // chunks sent at each level
+	chunks    [chunk.LevelBest + 1]int64 // chunks sent at each level
 }
 
 const (
@@ -64,16 +64,16 @@ func newLevelController(mode string) (*levelController, error) {
 		// costs more CPU in QUIC than zstd fastest does (93 MB/s plain vs 196
 		// MB/s fastest); Compress still sends incompressible chunks plain.
 		// Until peer says the receiver decodes S2, the floor is --fast=4.
-		c := &levelController{level: chunkstore.LevelFastest, lowest: chunkstore.LevelS2, min: chunkstore.LevelFast4, max: chunkstore.LevelBetter}
+		c := &levelController{level: chunk.LevelFastest, lowest: chunk.LevelS2, min: chunk.LevelFast4, max: chunk.LevelBetter}
 		if c.idle = newCPUIdle("/proc/stat"); c.idle == nil {
-			c.lowest, c.min = chunkstore.LevelFastest, chunkstore.LevelFastest
+			c.lowest, c.min = chunk.LevelFastest, chunk.LevelFastest
 		}
-		if l := chunkstore.Level(testAutoStart.Load()); l != chunkstore.LevelNone {
+		if l := chunk.Level(testAutoStart.Load()); l != chunk.LevelNone {
 			c.level = l
 		}
 		return c, nil
 	}
-	l, err := chunkstore.ParseLevel(mode)
+	l, err := chunk.ParseLevel(mode)
 	if err != nil {
 		return nil, err
 	}
@@ -92,18 +92,18 @@ var errNoS2 = errors.New("mover: compression s2 needs a receiver speaking protoc
 // --fast=4, and a fixed s2 level is an error. Each connection of a transfer
 // calls it before sending: a reconnection may reach another build.
 func (c *levelController) peer(version uint16) error {
-	knows := protocol.KnowsCodec(version, chunkstore.CodecS2)
+	knows := protocol.KnowsCodec(version, chunk.CodecS2)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fixed {
-		if c.level == chunkstore.LevelS2 && !knows {
+		if c.level == chunk.LevelS2 && !knows {
 			return fmt.Errorf("%w: the receiver speaks protocol %d (use fast4 or auto)", errNoS2, version)
 		}
 		return nil
 	}
 	c.min = c.lowest
-	if !knows && c.min < chunkstore.LevelFast4 {
-		c.min = chunkstore.LevelFast4
+	if !knows && c.min < chunk.LevelFast4 {
+		c.min = chunk.LevelFast4
 	}
 	c.level = max(c.level, c.min)
 	return nil
@@ -113,15 +113,15 @@ func (c *levelController) peer(version uint16) error {
 // version: the current level, unless it is one that version cannot decode
 // (a joined connection that reached another build). Chunks are counted at
 // the level passed to observe, so the counts stay true.
-func (c *levelController) levelFor(version uint16) chunkstore.Level {
+func (c *levelController) levelFor(version uint16) chunk.Level {
 	l := c.current()
-	if l == chunkstore.LevelS2 && !protocol.KnowsCodec(version, chunkstore.CodecS2) {
-		return chunkstore.LevelFast4
+	if l == chunk.LevelS2 && !protocol.KnowsCodec(version, chunk.CodecS2) {
+		return chunk.LevelFast4
 	}
 	return l
 }
 
-func (c *levelController) current() chunkstore.Level {
+func (c *levelController) current() chunk.Level {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.level
@@ -134,7 +134,7 @@ func (c *levelController) levelChunks() map[string]int64 {
 	m := map[string]int64{}
 	for l, n := range c.chunks {
 		if n > 0 {
-			m[chunkstore.Level(l).String()] = n
+			m[chunk.Level(l).String()] = n
 		}
 	}
 	return m
@@ -146,13 +146,13 @@ func (c *levelController) levelChunks() map[string]int64 {
 func (r *SendResult) LevelsText() string {
 	var parts []string
 	zstd := false
-	for l := chunkstore.LevelNone; l <= chunkstore.LevelBest; l++ {
+	for l := chunk.LevelNone; l <= chunk.LevelBest; l++ {
 		n := r.Levels[l.String()]
 		if n <= 0 {
 			continue
 		}
 		name := l.String()
-		if l >= chunkstore.LevelFast4 && !zstd {
+		if l >= chunk.LevelFast4 && !zstd {
 			name, zstd = "zstd "+name, true
 		}
 		parts = append(parts, fmt.Sprintf("%s %d", name, n))
@@ -162,7 +162,7 @@ func (r *SendResult) LevelsText() string {
 
 // observe records the costs of one chunk sent at level l and, at the end of
 // a window, moves the level one step.
-func (c *levelController) observe(l chunkstore.Level, cpu, wait time.Duration, wire int) {
+func (c *levelController) observe(l chunk.Level, cpu, wait time.Duration, wire int) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -202,7 +202,7 @@ func (c *levelController) observe(l chunkstore.Level, cpu, wait time.Duration, w
 // step decides the move from level l after a window in which writes waited
 // waitShare of the workers' time, the usable CPUs were idle for idle of it
 // (-1: unknown) and rate bytes per second went out.
-func step(l chunkstore.Level, waitShare, idle, rate float64) chunkstore.Level {
+func step(l chunk.Level, waitShare, idle, rate float64) chunk.Level {
 	if idle < 0 {
 		switch {
 		// Waiting writes on a fast link mean the CPU is short (QUIC shares
@@ -219,7 +219,7 @@ func step(l chunkstore.Level, waitShare, idle, rate float64) chunkstore.Level {
 		return -1
 	case waitShare > 0.6 && idle > cpuSpare:
 		return +1
-	case waitShare < 0.15 && l > chunkstore.LevelFastest:
+	case waitShare < 0.15 && l > chunk.LevelFastest:
 		return -1
 	}
 	return 0

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -25,21 +25,21 @@ func TestLevelStep(t *testing.T) {
 	const fast = 200e6
 	for _, tc := range []struct {
 		name            string
-		level           chunkstore.Level
+		level           chunk.Level
 		wait, idle, bps float64
-		want            chunkstore.Level
+		want            chunk.Level
 	}{
-		{"CPUs busy: compress less", chunkstore.LevelFastest, 0.1, 0.05, fast, -1},
-		{"CPUs busy though writes wait (QUIC short of CPU)", chunkstore.LevelDefault, 0.9, 0.1, 20e6, -1},
-		{"writes wait, CPU idle: the link limits", chunkstore.LevelFastest, 0.9, 0.6, 20e6, +1},
-		{"writes wait, CPU idle, fast link too", chunkstore.LevelFast4, 0.9, 0.6, fast, +1},
-		{"writes wait, CPU half busy: stay", chunkstore.LevelFastest, 0.9, 0.3, 20e6, 0},
-		{"no waits, CPU to spare, above fastest: back down", chunkstore.LevelBetter, 0.05, 0.8, fast, -1},
-		{"no waits, CPU to spare, at fastest: stay", chunkstore.LevelFastest, 0.05, 0.8, fast, 0},
-		{"no waits, CPU to spare, below fastest: stay", chunkstore.LevelFast1, 0.05, 0.8, fast, 0},
-		{"unknown CPU, slow link waits", chunkstore.LevelFastest, 0.9, -1, 20e6, +1},
-		{"unknown CPU, fast link waits: stay", chunkstore.LevelFastest, 0.9, -1, fast, 0},
-		{"unknown CPU, no waits", chunkstore.LevelDefault, 0.05, -1, fast, -1},
+		{"CPUs busy: compress less", chunk.LevelFastest, 0.1, 0.05, fast, -1},
+		{"CPUs busy though writes wait (QUIC short of CPU)", chunk.LevelDefault, 0.9, 0.1, 20e6, -1},
+		{"writes wait, CPU idle: the link limits", chunk.LevelFastest, 0.9, 0.6, 20e6, +1},
+		{"writes wait, CPU idle, fast link too", chunk.LevelFast4, 0.9, 0.6, fast, +1},
+		{"writes wait, CPU half busy: stay", chunk.LevelFastest, 0.9, 0.3, 20e6, 0},
+		{"no waits, CPU to spare, above fastest: back down", chunk.LevelBetter, 0.05, 0.8, fast, -1},
+		{"no waits, CPU to spare, at fastest: stay", chunk.LevelFastest, 0.05, 0.8, fast, 0},
+		{"no waits, CPU to spare, below fastest: stay", chunk.LevelFast1, 0.05, 0.8, fast, 0},
+		{"unknown CPU, slow link waits", chunk.LevelFastest, 0.9, -1, 20e6, +1},
+		{"unknown CPU, fast link waits: stay", chunk.LevelFastest, 0.9, -1, fast, 0},
+		{"unknown CPU, no waits", chunk.LevelDefault, 0.05, -1, fast, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, step(tc.level, tc.wait, tc.idle, tc.bps))
@@ -82,7 +82,7 @@ func TestLevelControllerAdapts(t *testing.T) {
 	require.NotNil(t, c.idle)
 	statFile(t, path, c.idle, 0, 0)
 	c.idle = newCPUIdle(path)
-	require.Equal(t, chunkstore.LevelFastest, c.current())
+	require.Equal(t, chunk.LevelFastest, c.current())
 	busy, idle := uint64(0), uint64(0)
 	tick := func(b, i uint64) {
 		busy, idle = busy+b, idle+i
@@ -94,22 +94,22 @@ func TestLevelControllerAdapts(t *testing.T) {
 		tick(10, 90)
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
 	}
-	require.Equal(t, chunkstore.LevelBetter, c.current())
+	require.Equal(t, chunk.LevelBetter, c.current())
 
 	// Busy CPUs: step down past fastest to the floor, never to no compression.
 	for range 6 {
 		tick(95, 5)
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
 	}
-	require.Equal(t, chunkstore.LevelFast4, c.current())
+	require.Equal(t, chunk.LevelFast4, c.current())
 
 	// CPU to spare again and no waits: stay fast; waits: climb back.
 	tick(20, 80)
 	window(c, 900*time.Millisecond, 10*time.Millisecond, 1<<20)
-	require.Equal(t, chunkstore.LevelFast4, c.current())
+	require.Equal(t, chunk.LevelFast4, c.current())
 	tick(20, 80)
 	window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
-	require.Equal(t, chunkstore.LevelFast1, c.current())
+	require.Equal(t, chunk.LevelFast1, c.current())
 	require.Equal(t, 7, c.changes) // 2 up, 4 down, 1 up
 	require.NotEmpty(t, c.levelChunks())
 }
@@ -117,21 +117,21 @@ func TestLevelControllerAdapts(t *testing.T) {
 func TestLevelControllerWithoutCPUCounters(t *testing.T) {
 	c, err := newLevelController("auto")
 	require.NoError(t, err)
-	c.idle, c.min = nil, chunkstore.LevelFastest // what newLevelController does without /proc/stat
+	c.idle, c.min = nil, chunk.LevelFastest // what newLevelController does without /proc/stat
 	for range 5 {
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
 	}
-	require.Equal(t, chunkstore.LevelBetter, c.current())
+	require.Equal(t, chunk.LevelBetter, c.current())
 	for range 5 {
 		window(c, 900*time.Millisecond, 10*time.Millisecond, 1<<20)
 	}
-	require.Equal(t, chunkstore.LevelFastest, c.current())
+	require.Equal(t, chunk.LevelFastest, c.current())
 	// Writes that wait on a fast link (loopback, QUIC short of CPU) do not
 	// make it compress harder.
 	for range 5 {
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 200<<20)
 	}
-	require.Equal(t, chunkstore.LevelFastest, c.current())
+	require.Equal(t, chunk.LevelFastest, c.current())
 }
 
 func TestLevelControllerFixed(t *testing.T) {
@@ -140,7 +140,7 @@ func TestLevelControllerFixed(t *testing.T) {
 	for range 3 {
 		window(c, 0, time.Second, 1)
 	}
-	require.Equal(t, chunkstore.LevelNone, c.current())
+	require.Equal(t, chunk.LevelNone, c.current())
 	require.Equal(t, map[string]int64{"none": 3}, c.levelChunks())
 	_, err = newLevelController("fast-ish")
 	require.Error(t, err)
@@ -188,49 +188,49 @@ func TestLevelControllerS2(t *testing.T) {
 		c, tick := busyController(t)
 		require.NoError(t, c.peer(protocol.S2Version))
 		busyWindows(c, tick)
-		require.Equal(t, chunkstore.LevelS2, c.current())
-		require.Equal(t, chunkstore.LevelS2, c.levelFor(protocol.S2Version))
-		require.Equal(t, chunkstore.LevelFast4, c.levelFor(protocol.S2Version-1), "a connection below 6 never gets S2")
+		require.Equal(t, chunk.LevelS2, c.current())
+		require.Equal(t, chunk.LevelS2, c.levelFor(protocol.S2Version))
+		require.Equal(t, chunk.LevelFast4, c.levelFor(protocol.S2Version-1), "a connection below 6 never gets S2")
 		// CPU to spare and writes waiting: climb back into zstd.
 		tick(20, 80)
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
-		require.Equal(t, chunkstore.LevelFast4, c.current())
+		require.Equal(t, chunk.LevelFast4, c.current())
 
 		// A reconnection reaches a build below 6: S2 is off the ladder.
 		busyWindows(c, tick)
-		require.Equal(t, chunkstore.LevelS2, c.current())
+		require.Equal(t, chunk.LevelS2, c.current())
 		require.NoError(t, c.peer(5))
-		require.Equal(t, chunkstore.LevelFast4, c.current())
+		require.Equal(t, chunk.LevelFast4, c.current())
 		busyWindows(c, tick)
-		require.Equal(t, chunkstore.LevelFast4, c.current())
+		require.Equal(t, chunk.LevelFast4, c.current())
 	})
 	t.Run("receiver at 5", func(t *testing.T) {
 		c, tick := busyController(t)
 		require.NoError(t, c.peer(5))
 		busyWindows(c, tick)
-		require.Equal(t, chunkstore.LevelFast4, c.current())
+		require.Equal(t, chunk.LevelFast4, c.current())
 	})
 	t.Run("no peer yet", func(t *testing.T) {
 		c, tick := busyController(t)
 		busyWindows(c, tick)
-		require.Equal(t, chunkstore.LevelFast4, c.current())
+		require.Equal(t, chunk.LevelFast4, c.current())
 	})
 	t.Run("CPU idleness unknown", func(t *testing.T) {
 		c, err := newLevelController("auto")
 		require.NoError(t, err)
-		c.idle, c.lowest, c.min = nil, chunkstore.LevelFastest, chunkstore.LevelFastest // as without /proc/stat
+		c.idle, c.lowest, c.min = nil, chunk.LevelFastest, chunk.LevelFastest // as without /proc/stat
 		require.NoError(t, c.peer(protocol.S2Version))
 		for range 8 {
 			window(c, 900*time.Millisecond, 10*time.Millisecond, 1<<20)
 		}
-		require.Equal(t, chunkstore.LevelFastest, c.current())
+		require.Equal(t, chunk.LevelFastest, c.current())
 	})
 }
 
 func TestLevelControllerFixedS2(t *testing.T) {
 	c, err := newLevelController("s2")
 	require.NoError(t, err)
-	require.Equal(t, chunkstore.LevelS2, c.current())
+	require.Equal(t, chunk.LevelS2, c.current())
 	require.NoError(t, c.peer(protocol.S2Version))
 	err = c.peer(5)
 	require.ErrorIs(t, err, errNoS2)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -182,8 +182,8 @@ func TestVerifyCommitRereads(t *testing.T) {
 // before protocol 3 holds a whole-file BLAKE3, not a chunk-list hash; it
 // must not be reused.
 func TestChunkCacheIgnoresWholeFileHashes(t *testing.T) {
-	p := chunkstore.DefaultParams
-	f := &srcFile{Size: 5, MTime: 1, Ino: 2, CTime: 3, Chunks: []protocol.ChunkRef{{ID: chunkstore.Sum([]byte("hello")), Len: 5}}}
+	p := chunk.DefaultParams
+	f := &srcFile{Size: 5, MTime: 1, Ino: 2, CTime: 3, Chunks: []protocol.ChunkRef{{ID: chunk.Sum([]byte("hello")), Len: 5}}}
 	got := &srcFile{Size: 5, MTime: 1, Ino: 2, CTime: 3}
 	require.False(t, decodeCached(encodeCached(f, p.String()), got, cacheParams(p)), "a protocol 2 record")
 	require.True(t, decodeCached(encodeCached(f, cacheParams(p)), got, cacheParams(p)))

@@ -3,7 +3,7 @@ package mover
 import (
 	"encoding/binary"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // copySlots is the size of a receiver's copyTable: 4096 chunks, about 256
@@ -27,17 +27,17 @@ type copyTable struct {
 }
 
 type copySlot struct {
-	id  chunkstore.ID
+	id  chunk.ID
 	loc loc // loc.n == 0: empty
 }
 
-func (t *copyTable) slot(id chunkstore.ID) *copySlot {
+func (t *copyTable) slot(id chunk.ID) *copySlot {
 	// IDs are BLAKE3 hashes: any four bytes spread evenly.
 	return &t.slots[binary.LittleEndian.Uint32(id[:4])%copySlots]
 }
 
 // get returns where a copy of id is, if the table still knows one.
-func (t *copyTable) get(id chunkstore.ID) (loc, bool) {
+func (t *copyTable) get(id chunk.ID) (loc, bool) {
 	s := t.slot(id)
 	if s.loc.n == 0 || s.id != id {
 		return loc{}, false
@@ -46,7 +46,7 @@ func (t *copyTable) get(id chunkstore.ID) (loc, bool) {
 }
 
 // add remembers a copy of id at l, replacing whatever shared its slot.
-func (t *copyTable) add(id chunkstore.ID, l loc) {
+func (t *copyTable) add(id chunk.ID, l loc) {
 	s := t.slot(id)
 	s.id, s.loc = id, l
 }

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -15,7 +15,7 @@ import (
 func TestCopyTable(t *testing.T) {
 	require.EqualValues(t, copyTableBytes, unsafe.Sizeof(copyTable{}), "the cost charged with each transfer")
 	var tab copyTable
-	a := chunkstore.Sum([]byte("a"))
+	a := chunk.Sum([]byte("a"))
 	_, ok := tab.get(a)
 	require.False(t, ok, "an empty table knows nothing")
 	tab.add(a, loc{path: "x", off: 8, n: 5})
@@ -41,9 +41,9 @@ func TestReceiverCopiesWrittenChunk(t *testing.T) {
 	s := newRawPeer(t, r).dial()
 	content := make([]byte, protocol.MinChunkMin)
 	copy(content, "the same chunk twice")
-	id := chunkstore.Sum(content)
+	id := chunk.Sum(content)
 	n := uint64(len(content))
-	params := chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: protocol.MinChunkMin, Avg: 2 * protocol.MinChunkMin, Max: 4 * protocol.MinChunkMin}
+	params := chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: protocol.MinChunkMin, Avg: 2 * protocol.MinChunkMin, Max: 4 * protocol.MinChunkMin}
 	require.NoError(t, s.openWith("t-copies", filepath.Join(r.root, "copies"), params, 2, 2*n))
 	offer := func(i uint32, path string) {
 		require.NoError(t, s.cs.write(&protocol.FileHeader{Index: i, Path: path, Mode: 0o644, Size: n, NumChunks: 1}))
@@ -69,7 +69,7 @@ func TestReceiverCopiesWrittenChunk(t *testing.T) {
 	require.NoError(t, err)
 	_, err = st.Write([]byte{byte(protocol.StreamData)})
 	require.NoError(t, err)
-	require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: id, Codec: chunkstore.CodecNone, PlainLen: uint32(n), Payload: content}))
+	require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: id, Codec: chunk.CodecNone, PlainLen: uint32(n), Payload: content}))
 	require.NoError(t, st.Close())
 	for { // until the chunk is durable, which it is after the copies table knows it
 		m, err := s.cs.next()

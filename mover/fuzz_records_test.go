@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 )
 
@@ -22,17 +22,17 @@ import (
 // time of 'make test' short. Seeds stay small: the fuzzer minimizes what
 // it derives from them, and the file kinds write a file per run.
 func FuzzMoverRecords(f *testing.F) {
-	sf := srcFile{Size: 70000, MTime: 5, Ino: 7, CTime: -3, Hash: [32]byte(chunkstore.Sum([]byte("x"))),
-		Chunks: []protocol.ChunkRef{{ID: chunkstore.Sum([]byte("a")), Len: 65536}, {ID: chunkstore.Sum([]byte("b")), Len: 70000 - 65536}}}
-	params := chunkstore.DefaultParams.String()
-	meta, _ := json.Marshal(transferMeta{Dest: "/srv/d", Params: chunkstore.DefaultParams, Files: 3, Bytes: 9, Started: time.Unix(1, 0).UTC()})
+	sf := srcFile{Size: 70000, MTime: 5, Ino: 7, CTime: -3, Hash: [32]byte(chunk.Sum([]byte("x"))),
+		Chunks: []protocol.ChunkRef{{ID: chunk.Sum([]byte("a")), Len: 65536}, {ID: chunk.Sum([]byte("b")), Len: 70000 - 65536}}}
+	params := chunk.DefaultParams.String()
+	meta, _ := json.Marshal(transferMeta{Dest: "/srv/d", Params: chunk.DefaultParams, Files: 3, Bytes: 9, Started: time.Unix(1, 0).UTC()})
 	done, _ := json.Marshal(transferDone{Dest: "/srv/d", Files: 3, Bytes: 9, Committed: time.Unix(2, 0).UTC()})
 	const id = "IDJOMGY-XOWZ6NK-DMOTZ2L-JSHGN7P-SX2XRUO-5BGSHKA-EJBTTLA-LJ7QFQF"
 	for _, seed := range []struct {
 		kind byte
 		b    []byte
 	}{
-		{recPos, encodePos(posRecord{id: chunkstore.Sum([]byte("a")), off: 1 << 40, n: 65536})},
+		{recPos, encodePos(posRecord{id: chunk.Sum([]byte("a")), off: 1 << 40, n: 65536})},
 		{recPos, make([]byte, 43)},
 		{recDedupe, encodeDedupe("/srv/dumps/shop/toc.dat", 4096, 65536)},
 		{recDedupe, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},

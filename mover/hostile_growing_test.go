@@ -4,7 +4,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -16,7 +16,7 @@ import (
 func TestHostileGrowingFile(t *testing.T) {
 	r := startReceiver(t, ServerOptions{})
 	grow := &protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Growing: true}
-	short := protocol.ChunkRef{ID: chunkstore.Sum([]byte{1}), Len: 1}
+	short := protocol.ChunkRef{ID: chunk.Sum([]byte{1}), Len: 1}
 	for name, tc := range map[string]struct {
 		files, bytes uint64
 		msgs         []protocol.Message

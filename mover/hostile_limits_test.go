@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -49,12 +49,12 @@ func TestHostileOversizeFrames(t *testing.T) {
 		s := dialRaw(t, r)
 		s.open(t, filepath.Join(r.root, "big-chunk"), 1, 5)
 		s.offer(t, "a.dat", []byte("hello"))
-		big := make([]byte, chunkstore.DefaultParams.Max+1)
+		big := make([]byte, chunk.DefaultParams.Max+1)
 		st, err := s.conn.OpenStreamSync(context.Background())
 		require.NoError(t, err)
 		_, err = st.Write([]byte{byte(protocol.StreamData)})
 		require.NoError(t, err)
-		require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunkstore.Sum(big), Codec: chunkstore.CodecNone, PlainLen: uint32(len(big)), Payload: big}))
+		require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunk.Sum(big), Codec: chunk.CodecNone, PlainLen: uint32(len(big)), Payload: big}))
 		err = s.nextError(t)
 		require.ErrorIs(t, err, protocol.ErrProtocol)
 		require.ErrorContains(t, err, "exceeds the transfer's max")
@@ -76,11 +76,11 @@ func TestHostileBadHashes(t *testing.T) {
 	// the commit can trust the positions it checks against it.
 	t.Run("file hash", func(t *testing.T) {
 		for name, hash := range map[string][32]byte{
-			"content hash": [32]byte(chunkstore.Sum(content)), // what protocol 2 sent
+			"content hash": [32]byte(chunk.Sum(content)), // what protocol 2 sent
 			"another list": oneChunkListHash([]byte("something else")),
 			"same list, +1B": func() [32]byte {
-				l := chunkstore.NewFileListHash(uint64(len(content)) + 1)
-				l.Add(chunkstore.Sum(content), uint32(len(content)))
+				l := chunk.NewFileListHash(uint64(len(content)) + 1)
+				l.Add(chunk.Sum(content), uint32(len(content)))
 				return l.Sum()
 			}(),
 		} {
@@ -88,7 +88,7 @@ func TestHostileBadHashes(t *testing.T) {
 				s := dialRaw(t, r)
 				dest := filepath.Join(r.root, "badhash")
 				s.open(t, dest, 1, uint64(len(content)))
-				id := chunkstore.Sum(content)
+				id := chunk.Sum(content)
 				require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: uint64(len(content)), NumChunks: 1}))
 				require.NoError(t, s.cs.write(&protocol.FileChunks{Index: 0, Chunks: []protocol.ChunkRef{{ID: id, Len: uint32(len(content))}}}))
 				require.NoError(t, s.cs.write(&protocol.FileEnd{Index: 0, Size: uint64(len(content)), Hash: hash}))
@@ -109,7 +109,7 @@ func TestHostileBadHashes(t *testing.T) {
 		require.NoError(t, err)
 		_, err = st.Write([]byte{byte(protocol.StreamData)})
 		require.NoError(t, err)
-		require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunkstore.Sum(other), Codec: chunkstore.CodecNone, PlainLen: uint32(len(other)), Payload: other}))
+		require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunk.Sum(other), Codec: chunk.CodecNone, PlainLen: uint32(len(other)), Payload: other}))
 		err = s.nextError(t)
 		require.ErrorIs(t, err, protocol.ErrProtocol)
 		require.ErrorContains(t, err, "not asked for")
@@ -136,7 +136,7 @@ func TestHostileUnderPermitted(t *testing.T) {
 		req   protocol.Message
 		lacks string
 	}{
-		{"read peer sends", PermRead, &protocol.OpenTransfer{TransferID: "t-weak", Dest: filepath.Join(r.root, "w"), Params: chunkstore.DefaultParams, Files: 1, Bytes: 1}, "send"},
+		{"read peer sends", PermRead, &protocol.OpenTransfer{TransferID: "t-weak", Dest: filepath.Join(r.root, "w"), Params: chunk.DefaultParams, Files: 1, Bytes: 1}, "send"},
 		{"read peer asks for space", PermRead, &protocol.SpaceQuery{Path: r.root}, "orchestrate"},
 		{"send peer lists restore points", PermSend, &protocol.ListPoints{}, "read"},
 		{"send peer runs a job", PermSend | PermRead, &protocol.RunJob{Body: []byte(`{}`)}, "orchestrate"},
@@ -157,7 +157,7 @@ func TestHostileUnderPermitted(t *testing.T) {
 		require.NoError(t, err)
 		_, err = st.Write([]byte{byte(protocol.StreamFetch)})
 		require.NoError(t, err)
-		require.NoError(t, protocol.WriteMessage(st, &protocol.GetChunks{IDs: []chunkstore.ID{chunkstore.Sum([]byte("x"))}}))
+		require.NoError(t, protocol.WriteMessage(st, &protocol.GetChunks{IDs: []chunk.ID{chunk.Sum([]byte("x"))}}))
 		m, err := protocol.NewReader(st, 0).Next()
 		require.NoError(t, err)
 		e, ok := m.(*protocol.Error)

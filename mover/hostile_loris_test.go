@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -110,7 +110,7 @@ func TestHostileSlowLoris(t *testing.T) {
 		require.NoError(t, err)
 		start := time.Now()
 		// A big frame, announced in full but sent a byte at a time.
-		frame := protocol.AppendFrame(nil, &protocol.ChunkData{ID: chunkstore.Sum(content), Codec: chunkstore.CodecNone, PlainLen: 5, Payload: content})
+		frame := protocol.AppendFrame(nil, &protocol.ChunkData{ID: chunk.Sum(content), Codec: chunk.CodecNone, PlainLen: 5, Payload: content})
 		stop := trickle(st, append(frame, make([]byte, 64)...), gap)
 		defer stop()
 		err = s.nextError(t)

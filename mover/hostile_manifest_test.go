@@ -7,14 +7,14 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
 
 // tinyParams are the smallest chunks a sender may announce: the most
 // positions per byte a manifest can make the receiver track.
-var tinyParams = chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: protocol.MinChunkMin, Avg: 2 * protocol.MinChunkMin, Max: 4 * protocol.MinChunkMin}
+var tinyParams = chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: protocol.MinChunkMin, Avg: 2 * protocol.MinChunkMin, Max: 4 * protocol.MinChunkMin}
 
 // TestHostileHugeManifest: a manifest a million entries long costs the
 // receiver the positions of the chunks it asked for, at most maxRequested
@@ -82,7 +82,7 @@ func TestHostileHugeManifest(t *testing.T) {
 				refs := make([]protocol.ChunkRef, protocol.MaxChunkRefs)
 				for i := range refs {
 					binary.BigEndian.PutUint32(buf[:], uint32(first+i))
-					refs[i] = protocol.ChunkRef{ID: chunkstore.Sum(buf[:]), Len: uint32(tinyParams.Min)}
+					refs[i] = protocol.ChunkRef{ID: chunk.Sum(buf[:]), Len: uint32(tinyParams.Min)}
 				}
 				if s.cs.write(&protocol.FileChunks{Index: 0, First: uint32(first), Chunks: refs}) != nil {
 					return

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -42,7 +42,7 @@ func (p *rawPeer) dial() *rawSender {
 
 // openWith opens a transfer and returns the receiver's answer (an error for
 // a refusal).
-func (s *rawSender) openWith(tid, dest string, params chunkstore.Params, files, bytes uint64) error {
+func (s *rawSender) openWith(tid, dest string, params chunk.Params, files, bytes uint64) error {
 	if err := s.cs.write(&protocol.OpenTransfer{TransferID: tid, Dest: dest, Params: params, Files: files, Bytes: bytes}); err != nil {
 		return err
 	}
@@ -86,18 +86,18 @@ func chunkContent(i int) []byte {
 //     buffers' budget, and frame buffers grow only as bytes arrive.
 //   - Open transfers beyond the transfers budget are refused as busy.
 func TestHostileMemoryBudget(t *testing.T) {
-	params := chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: protocol.MinChunkMin, Avg: 2 * protocol.MinChunkMin, Max: 4 * protocol.MinChunkMin}
+	params := chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: protocol.MinChunkMin, Avg: 2 * protocol.MinChunkMin, Max: 4 * protocol.MinChunkMin}
 
 	t.Run("tiny chunk parameters", func(t *testing.T) {
 		r := startReceiver(t, ServerOptions{Reserve: 1})
 		s := newRawPeer(t, r).dial()
-		err := s.openWith("t-tiny", filepath.Join(r.root, "tiny"), chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 64, Avg: 256, Max: 512}, 1, 1<<20)
+		err := s.openWith("t-tiny", filepath.Join(r.root, "tiny"), chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: 64, Avg: 256, Max: 512}, 1, 1<<20)
 		require.ErrorIs(t, err, protocol.ErrProtocol)
 		require.ErrorContains(t, err, "chunk minimum 64 is below 4096")
 	})
 
 	t.Run("data streams with headers only", func(t *testing.T) {
-		big := chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 1 << 20, Avg: 4 << 20, Max: chunkstore.MaxChunkCeil}
+		big := chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: 1 << 20, Avg: 4 << 20, Max: chunk.MaxChunkCeil}
 		cost := streamCost(big.Max)
 		const budgeted = 20 // streams whose buffers fit the budget; the other 12 wait
 		peerMemory := budgeted*cost*8/3 + 8
@@ -165,9 +165,9 @@ func TestHostileMemoryBudget(t *testing.T) {
 			// The first ones are real chunks, sent below; hashing all 4 GiB
 			// would only slow the test.
 			if i < 1<<15 {
-				refs[i] = protocol.ChunkRef{ID: chunkstore.Sum(chunkContent(i)), Len: protocol.MinChunkMin}
+				refs[i] = protocol.ChunkRef{ID: chunk.Sum(chunkContent(i)), Len: protocol.MinChunkMin}
 			} else {
-				refs[i] = protocol.ChunkRef{ID: chunkstore.Sum(binary.BigEndian.AppendUint64(nil, uint64(i))), Len: protocol.MinChunkMin}
+				refs[i] = protocol.ChunkRef{ID: chunk.Sum(binary.BigEndian.AppendUint64(nil, uint64(i))), Len: protocol.MinChunkMin}
 			}
 		}
 		before := heapNow()
@@ -232,7 +232,7 @@ func TestHostileMemoryBudget(t *testing.T) {
 		require.NoError(t, err)
 		for _, i := range toSend {
 			c := chunkContent(int(i))
-			require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunkstore.Sum(c), Codec: chunkstore.CodecNone, PlainLen: uint32(len(c)), Payload: c}))
+			require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunk.Sum(c), Codec: chunk.CodecNone, PlainLen: uint32(len(c)), Payload: c}))
 		}
 		require.Eventually(t, func() bool {
 			mu.Lock()

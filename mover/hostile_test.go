@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
@@ -36,7 +36,7 @@ func dialRaw(t *testing.T, r *testReceiver) *rawSender {
 
 func (s *rawSender) open(t *testing.T, dest string, files, bytes uint64) {
 	t.Helper()
-	require.NoError(t, s.cs.write(&protocol.OpenTransfer{TransferID: "t-raw", Dest: dest, Params: chunkstore.DefaultParams, Files: files, Bytes: bytes}))
+	require.NoError(t, s.cs.write(&protocol.OpenTransfer{TransferID: "t-raw", Dest: dest, Params: chunk.DefaultParams, Files: files, Bytes: bytes}))
 	m, err := s.cs.next()
 	require.NoError(t, err)
 	require.IsType(t, &protocol.TransferState{}, m)
@@ -45,7 +45,7 @@ func (s *rawSender) open(t *testing.T, dest string, files, bytes uint64) {
 // offer sends a one-chunk file's manifest.
 func (s *rawSender) offer(t *testing.T, path string, content []byte) {
 	t.Helper()
-	id := chunkstore.Sum(content)
+	id := chunk.Sum(content)
 	// AppendFrame does not validate: a lying sender skips the checks.
 	_, err := s.cs.rw.Write(protocol.AppendFrame(nil, &protocol.FileHeader{Index: 0, Path: path, Mode: 0o644, Size: uint64(len(content)), NumChunks: 1}))
 	require.NoError(t, err)
@@ -58,8 +58,8 @@ func (s *rawSender) offer(t *testing.T, path string, content []byte) {
 
 // oneChunkListHash is the FileEnd hash of a file that is one chunk.
 func oneChunkListHash(content []byte) [32]byte {
-	l := chunkstore.NewFileListHash(uint64(len(content)))
-	l.Add(chunkstore.Sum(content), uint32(len(content)))
+	l := chunk.NewFileListHash(uint64(len(content)))
+	l.Add(chunk.Sum(content), uint32(len(content)))
 	return l.Sum()
 }
 
@@ -93,7 +93,7 @@ func TestTamperedChunkRejected(t *testing.T) {
 	require.NoError(t, err)
 	_, err = st.Write([]byte{byte(protocol.StreamData)})
 	require.NoError(t, err)
-	require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunkstore.Sum(content), Codec: chunkstore.CodecNone, PlainLen: uint32(len(lie)), Payload: lie}))
+	require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunk.Sum(content), Codec: chunk.CodecNone, PlainLen: uint32(len(lie)), Payload: lie}))
 
 	err = s.nextError(t)
 	require.ErrorIs(t, err, protocol.ErrCorrupt)
@@ -185,7 +185,7 @@ func TestDuplicateAndExtraFilesRejected(t *testing.T) {
 	s := dialRaw(t, r)
 	content := []byte("hello")
 	s.open(t, filepath.Join(r.root, "dup"), 2, 10)
-	id := chunkstore.Sum(content)
+	id := chunk.Sum(content)
 	// The receiver refuses at the second header and cancels the stream:
 	// the writes after it may fail, as a hostile sender's would.
 	for i := range 2 {
@@ -209,7 +209,7 @@ func TestTinyChunksRejected(t *testing.T) {
 	require.NoError(t, s.cs.write(&protocol.FileHeader{Index: 0, Path: "a.dat", Mode: 0o644, Size: size}))
 	refs := make([]protocol.ChunkRef, 1000)
 	for i := range refs {
-		refs[i] = protocol.ChunkRef{ID: chunkstore.Sum([]byte{byte(i)}), Len: 1}
+		refs[i] = protocol.ChunkRef{ID: chunk.Sum([]byte{byte(i)}), Len: 1}
 	}
 	_ = s.cs.write(&protocol.FileChunks{Index: 0, Chunks: refs})
 	err := s.nextError(t)

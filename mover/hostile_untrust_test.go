@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -22,7 +22,7 @@ func TestHostileUntrustIsImmediate(t *testing.T) {
 	r := startReceiver(t, ServerOptions{TrustRecheck: 20 * time.Millisecond})
 	p := newRawPeer(t, r)
 	busy := p.dial()
-	require.NoError(t, busy.openWith("t-untrust", filepath.Join(r.root, "untrust"), chunkstore.DefaultParams, 1, 5))
+	require.NoError(t, busy.openWith("t-untrust", filepath.Join(r.root, "untrust"), chunk.DefaultParams, 1, 5))
 	idle := p.dial()
 	other := newRawPeer(t, r).dial()
 
@@ -38,7 +38,7 @@ func TestHostileUntrustIsImmediate(t *testing.T) {
 		require.Equal(t, quic.ApplicationErrorCode(protocol.CloseRefused), ae.ErrorCode, name)
 		require.Contains(t, ae.ErrorMessage, "no longer trusted", name)
 	}
-	require.NoError(t, other.openWith("t-other", filepath.Join(r.root, "other"), chunkstore.DefaultParams, 1, 5), "another peer is not affected")
+	require.NoError(t, other.openWith("t-other", filepath.Join(r.root, "other"), chunk.DefaultParams, 1, 5), "another peer is not affected")
 	_, _, err := dialMover(context.Background(), r.addr, p.id, r.id.ID, 0)
 	require.ErrorIs(t, err, ErrUntrusted)
 }
@@ -57,7 +57,7 @@ func TestHostileFetchRecheckedPerRequest(t *testing.T) {
 	require.NoError(t, err)
 	rd := protocol.NewReader(st, 0)
 	ask := func() error {
-		require.NoError(t, protocol.WriteMessage(st, &protocol.GetChunks{IDs: []chunkstore.ID{chunkstore.Sum([]byte("absent"))}}))
+		require.NoError(t, protocol.WriteMessage(st, &protocol.GetChunks{IDs: []chunk.ID{chunk.Sum([]byte("absent"))}}))
 		m, err := rd.Next()
 		require.NoError(t, err)
 		e, ok := m.(*protocol.Error)

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -44,7 +44,7 @@ func dialJoinPeer(t *testing.T, r *testReceiver, m *tlsTestMover) *joinPeer {
 
 func (p *joinPeer) open(t *testing.T, tid, dest string) *protocol.TransferState {
 	t.Helper()
-	require.NoError(t, p.cs.write(&protocol.OpenTransfer{TransferID: tid, Dest: dest, Params: chunkstore.DefaultParams, Files: 1, Bytes: 5}))
+	require.NoError(t, p.cs.write(&protocol.OpenTransfer{TransferID: tid, Dest: dest, Params: chunk.DefaultParams, Files: 1, Bytes: 5}))
 	m, err := p.cs.next()
 	require.NoError(t, err)
 	require.IsType(t, &protocol.TransferState{}, m)

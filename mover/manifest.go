@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/zeebo/blake3"
 )
 
@@ -34,7 +34,7 @@ const (
 	// published in place still does.
 	ManifestFormat = "pgporter-manifest/1"
 	// ManifestFormat2 gives each file's chunk-list hash
-	// (ManifestFile.ChunksBLAKE3, chunkstore.FileListHash) under the
+	// (ManifestFile.ChunksBLAKE3, chunk.FileListHash) under the
 	// manifest's Chunking parameters: what a receiver of protocol 3 checks
 	// at commit without reading the file again.
 	ManifestFormat2 = "pgporter-manifest/2"
@@ -42,12 +42,12 @@ const (
 
 // Manifest describes a committed tree.
 type Manifest struct {
-	Format   string            `json:"format"`
-	Transfer string            `json:"transfer"`
-	Created  time.Time         `json:"created"`
-	Chunking chunkstore.Params `json:"chunking"`
-	Files    []ManifestFile    `json:"files"`
-	Bytes    int64             `json:"bytes"`
+	Format   string         `json:"format"`
+	Transfer string         `json:"transfer"`
+	Created  time.Time      `json:"created"`
+	Chunking chunk.Params   `json:"chunking"`
+	Files    []ManifestFile `json:"files"`
+	Bytes    int64          `json:"bytes"`
 }
 
 // ManifestFile is one regular file of a committed tree.
@@ -58,7 +58,7 @@ type ManifestFile struct {
 	MTime time.Time `json:"mtime"`
 	// BLAKE3 is the whole file's BLAKE3 (format 1).
 	BLAKE3 Hash `json:"blake3,omitzero"`
-	// ChunksBLAKE3 is the file's chunkstore.FileListHash (format 2): not a
+	// ChunksBLAKE3 is the file's chunk.FileListHash (format 2): not a
 	// hash of the content, so that nobody feeds it to b3sum.
 	ChunksBLAKE3 Hash `json:"chunks_blake3,omitzero"`
 }
@@ -113,21 +113,21 @@ func HashFile(ctx context.Context, f io.Reader) (Hash, int64, error) {
 	return out, n, nil
 }
 
-// hashChunkList cuts f with p and returns its chunkstore.FileListHash (taking
+// hashChunkList cuts f with p and returns its chunk.FileListHash (taking
 // size as the file's size: a file of another size fails on its length
 // anyway), and, with whole, its plain BLAKE3 from the same read.
-func hashChunkList(ctx context.Context, f io.Reader, size int64, p chunkstore.Params, whole bool) (list, sum Hash, n int64, err error) {
+func hashChunkList(ctx context.Context, f io.Reader, size int64, p chunk.Params, whole bool) (list, sum Hash, n int64, err error) {
 	var w *blake3.Hasher
 	r := io.Reader(ctxReader{ctx, f})
 	if whole {
 		w = blake3.New()
 		r = io.TeeReader(r, w)
 	}
-	ch, err := chunkstore.NewChunker(r, p)
+	ch, err := chunk.NewChunker(r, p)
 	if err != nil {
 		return list, sum, 0, err
 	}
-	l := chunkstore.NewFileListHash(uint64(max(size, 0)))
+	l := chunk.NewFileListHash(uint64(max(size, 0)))
 	for {
 		c, err := ch.Next()
 		if err == io.EOF {
@@ -136,7 +136,7 @@ func hashChunkList(ctx context.Context, f io.Reader, size int64, p chunkstore.Pa
 		if err != nil {
 			return list, sum, n, err
 		}
-		l.Add(chunkstore.Sum(c.Data), uint32(len(c.Data)))
+		l.Add(chunk.Sum(c.Data), uint32(len(c.Data)))
 		n += int64(len(c.Data))
 	}
 	list = l.Sum()

@@ -4,7 +4,7 @@ import (
 	"context"
 	"sync"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // readAhead keeps the bytes the chunker has just read, cut and hashed, so
@@ -61,8 +61,8 @@ type slab struct {
 // newReadAhead returns a readAhead of at most budget bytes, in slabs of 4
 // MiB or what a chunker cutting with p needs, or nil if budget cannot hold
 // four slabs: too little to be worth it.
-func newReadAhead(budget int64, p chunkstore.Params) *readAhead {
-	size := max(4<<20, chunkstore.MinAllocSize(p))
+func newReadAhead(budget int64, p chunk.Params) *readAhead {
+	size := max(4<<20, chunk.MinAllocSize(p))
 	n := int(budget / int64(size))
 	if n < 4 {
 		return nil

@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/stretchr/testify/require"
 )
 
@@ -64,7 +64,7 @@ func TestSendReadAheadSmall(t *testing.T) {
 // it never holds more than its slabs, never takes back a slab a worker is
 // sending from, and bytes given out stay intact until released.
 func TestReadAheadBounded(t *testing.T) {
-	p := chunkstore.DefaultParams
+	p := chunk.DefaultParams
 	ra := newReadAhead(4*(4<<20), p)
 	require.NotNil(t, ra)
 	require.Nil(t, newReadAhead(3*(4<<20), p), "less than four slabs is not worth it")
@@ -110,7 +110,7 @@ func TestReadAheadBounded(t *testing.T) {
 // mark and in earlier files, are forgotten and their slabs come back, which
 // ends the chunker's wait; chunks asked for stay until taken.
 func TestReadAheadNeedFrees(t *testing.T) {
-	ra := newReadAhead(4*(4<<20), chunkstore.DefaultParams)
+	ra := newReadAhead(4*(4<<20), chunk.DefaultParams)
 	require.NotNil(t, ra)
 	// Four slabs: file 0 chunks 0-1, file 1 chunks 0-1, file 1 chunks 2-3,
 	// file 2 chunk 0 (the chunker's current one).

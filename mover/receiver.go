@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
@@ -42,17 +42,17 @@ func keyDest(dest string) []byte { return []byte("d/" + dest) }
 
 // keyDedupe is per peer: a sender learns from what it need not send only
 // about content it sent itself.
-func keyDedupe(peer PeerID, id chunkstore.ID) []byte {
+func keyDedupe(peer PeerID, id chunk.ID) []byte {
 	return append([]byte("x/"+peer.String()+"/"), id[:]...)
 }
 
 type transferMeta struct {
-	Dest    string            `json:"dest"`
-	Peer    string            `json:"peer"`
-	Params  chunkstore.Params `json:"params"`
-	Files   uint64            `json:"files"`
-	Bytes   uint64            `json:"bytes"`
-	Started time.Time         `json:"started"`
+	Dest    string       `json:"dest"`
+	Peer    string       `json:"peer"`
+	Params  chunk.Params `json:"params"`
+	Files   uint64       `json:"files"`
+	Bytes   uint64       `json:"bytes"`
+	Started time.Time    `json:"started"`
 }
 
 type transferDone struct {
@@ -88,10 +88,10 @@ type wpos struct {
 
 type rfile struct {
 	hdr     protocol.FileHeader
-	nchunks int                      // chunks listed so far
-	end     int64                    // bytes they cover
-	list    *chunkstore.FileListHash // of the chunks listed so far; nil once ended, and for a growing file
-	hash    [32]byte                 // the chunk-list hash FileEnd gave, checked against list (a growing file's at commit)
+	nchunks int                 // chunks listed so far
+	end     int64               // bytes they cover
+	list    *chunk.FileListHash // of the chunks listed so far; nil once ended, and for a growing file
+	hash    [32]byte            // the chunk-list hash FileEnd gave, checked against list (a growing file's at commit)
 	ended   bool
 	short   bool // the last chunk listed is shorter than the minimum: it must be the file's last
 }
@@ -121,7 +121,7 @@ type receiver struct {
 	arrived  chan struct{} // a chunk was processed
 
 	mu            sync.Mutex // guards everything below
-	pending       map[chunkstore.ID][]pos
+	pending       map[chunk.ID][]pos
 	requested     int64      // bytes of the chunks in pending: asked for, not arrived yet
 	copies        *copyTable // nil until the first chunk is written
 	written       []wpos
@@ -148,7 +148,7 @@ type receiver struct {
 }
 
 type posRecord struct {
-	id  chunkstore.ID
+	id  chunk.ID
 	off int64
 	n   uint32
 }
@@ -221,7 +221,7 @@ func (r *receiver) addCopy(path string, rec posRecord) {
 }
 
 // copyOf returns where a verified copy of id is, if the table knows one.
-func (r *receiver) copyOf(id chunkstore.ID) (loc, bool) {
+func (r *receiver) copyOf(id chunk.ID) (loc, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.copies == nil {
@@ -445,7 +445,7 @@ func (r *receiver) control(ctx context.Context) error {
 			if err := r.checkHeader(m); err != nil {
 				return err
 			}
-			size, list := int64(m.Size), chunkstore.NewFileListHash(m.Size)
+			size, list := int64(m.Size), chunk.NewFileListHash(m.Size)
 			if m.Growing {
 				// Its size comes with FileEnd; the list hash starts with
 				// it, so it is checked by the commit's position scan.
@@ -760,7 +760,7 @@ func (r *receiver) stillThere(path string, rec posRecord) bool {
 	bp := r.buf()
 	defer r.bufs.Put(bp)
 	buf := (*bp)[:rec.n]
-	if err := r.fc.readAt(path, buf, rec.off); err != nil || chunkstore.Sum(buf) != rec.id {
+	if err := r.fc.readAt(path, buf, rec.off); err != nil || chunk.Sum(buf) != rec.id {
 		r.log.Info("a chunk durable from an earlier run changed on disk; asking for it again", "transfer", r.tid, "path", path, "offset", rec.off, "chunk", rec.id.Short())
 		return false
 	}
@@ -832,11 +832,11 @@ func (r *receiver) buf() *[]byte {
 
 // copyLocal copies a chunk already in DEST.partial to position p, after
 // checking its hash. It reports whether it did.
-func (r *receiver) copyLocal(l loc, p pos, id chunkstore.ID) bool {
+func (r *receiver) copyLocal(l loc, p pos, id chunk.ID) bool {
 	bp := r.buf()
 	defer r.bufs.Put(bp)
 	buf := (*bp)[:p.n]
-	if err := r.fc.readAt(l.path, buf, l.off); err != nil || chunkstore.Sum(buf) != id {
+	if err := r.fc.readAt(l.path, buf, l.off); err != nil || chunk.Sum(buf) != id {
 		return false
 	}
 	if err := r.writeChunk(buf, id, []pos{p}); err != nil {
@@ -848,7 +848,7 @@ func (r *receiver) copyLocal(l loc, p pos, id chunkstore.ID) bool {
 }
 
 // copyDeduped copies a chunk from a tree committed by an earlier transfer.
-func (r *receiver) copyDeduped(p pos, id chunkstore.ID) bool {
+func (r *receiver) copyDeduped(p pos, id chunk.ID) bool {
 	v, ok, err := dbGet(r.s.db, keyDedupe(r.peer, id))
 	if err != nil || !ok {
 		return false
@@ -869,7 +869,7 @@ func (r *receiver) copyDeduped(p pos, id chunkstore.ID) bool {
 	bp := r.buf()
 	defer r.bufs.Put(bp)
 	buf := (*bp)[:p.n]
-	if _, err := f.ReadAt(buf, off); err != nil || chunkstore.Sum(buf) != id {
+	if _, err := f.ReadAt(buf, off); err != nil || chunk.Sum(buf) != id {
 		return false
 	}
 	if err := r.writeChunk(buf, id, []pos{p}); err != nil {
@@ -913,7 +913,7 @@ func (r *receiver) noSpace(p string, err error) error {
 
 // writeChunk writes verified plain content (chunk id) at every position
 // in ps.
-func (r *receiver) writeChunk(plain []byte, id chunkstore.ID, ps []pos) error {
+func (r *receiver) writeChunk(plain []byte, id chunk.ID, ps []pos) error {
 	ws := make([]wpos, len(ps))
 	r.mu.Lock() // the control goroutine appends to files
 	for i, p := range ps {
@@ -984,11 +984,11 @@ func (r *receiver) readData(ctx context.Context, st io.Reader, version uint16) e
 		if bp == nil {
 			bp = r.buf()
 		}
-		plain, err := chunkstore.Decompress((*bp)[:0], cd.Payload, cd.Codec, int(cd.PlainLen))
+		plain, err := chunk.Decompress((*bp)[:0], cd.Payload, cd.Codec, int(cd.PlainLen))
 		if err != nil {
-			return &chunkstore.CorruptChunkError{ID: cd.ID, Err: err}
+			return &chunk.CorruptChunkError{ID: cd.ID, Err: err}
 		}
-		if err := chunkstore.VerifyContent(cd.ID, plain); err != nil {
+		if err := chunk.VerifyContent(cd.ID, plain); err != nil {
 			r.s.metrics.corruptChunks.Inc()
 			return fmt.Errorf("sender sent bad data: %w", err)
 		}
@@ -1114,7 +1114,7 @@ func (r *receiver) commit(ctx context.Context) error {
 	if err := syncDirs(r.proot, "."); err != nil {
 		return err
 	}
-	mh := Hash(chunkstore.Sum(body))
+	mh := Hash(chunk.Sum(body))
 	// Journal what DEST will hold before it does: after a crash between
 	// the rename and the done record, only a tree with this manifest
 	// counts as committed.
@@ -1181,7 +1181,7 @@ func (r *receiver) checkPositions(f *rfile) error {
 		return err
 	}
 	defer it.Close()
-	list := chunkstore.NewFileListHash(f.hdr.Size)
+	list := chunk.NewFileListHash(f.hdr.Size)
 	var (
 		n   uint32
 		off int64

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -92,7 +93,7 @@ func BenchmarkRepoMountRead(b *testing.B) {
 // count of chunks, as it did before step 5.2 of docs/design/0005.
 type noRTT struct{ rr *RemoteRepo }
 
-func (n noRTT) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (n noRTT) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	return n.rr.Get(ctx, id, dst)
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
@@ -130,7 +131,7 @@ func refusedConn(err error) bool {
 }
 
 type fetchReq struct {
-	id  chunkstore.ID
+	id  chunk.ID
 	dst []byte        // the Get's buffer: the worker decodes into it once it has claimed it
 	res chan fetchRes // buffered: the worker never blocks on an abandoned Get
 
@@ -403,11 +404,11 @@ func (r *RemoteRepo) Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]c
 // Get appends the plain content of chunk id to dst, after checking that it
 // hashes to id; a fetch worker decodes it straight into dst's spare room.
 // A chunk the server cannot read (missing, corrupt in its store) or that
-// arrives corrupt fails at once: *chunkstore.CorruptChunkError for
-// corruption, an error matching chunkstore.ErrNotFound for a missing chunk.
+// arrives corrupt fails at once: *chunk.CorruptChunkError for
+// corruption, an error matching chunk.ErrNotFound for a missing chunk.
 // Network failures are retried for up to RetryFor. Once Get returns, nothing
 // else writes into dst's array.
-func (r *RemoteRepo) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (r *RemoteRepo) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	q := &fetchReq{id: id, dst: dst, res: make(chan fetchRes, 1)}
 	select {
 	case r.reqs <- q:
@@ -491,15 +492,15 @@ func (f *fetchStream) close() {
 // fetch answers every request of batch on rc, retrying the chunks not yet
 // received through connection failures.
 func (r *RemoteRepo) fetch(ctx context.Context, rc *repoConn, fst *fetchStream, batch []*fetchReq) {
-	waiting := map[chunkstore.ID][]*fetchReq{}
-	var ids []chunkstore.ID
+	waiting := map[chunk.ID][]*fetchReq{}
+	var ids []chunk.ID
 	for _, q := range batch {
 		if waiting[q.id] == nil {
 			ids = append(ids, q.id)
 		}
 		waiting[q.id] = append(waiting[q.id], q)
 	}
-	answer := func(id chunkstore.ID, res fetchRes) {
+	answer := func(id chunk.ID, res fetchRes) {
 		for _, q := range waiting[id] {
 			q.res <- res
 		}
@@ -532,7 +533,7 @@ func (r *RemoteRepo) fetch(ctx context.Context, rc *repoConn, fst *fetchStream, 
 		first.res <- fetchRes{data: out, err: err}
 	}
 	err := r.retry(ctx, "GetChunks", func() error {
-		var rest []chunkstore.ID
+		var rest []chunk.ID
 		for _, id := range ids {
 			if waiting[id] != nil {
 				rest = append(rest, id)
@@ -552,14 +553,14 @@ func (r *RemoteRepo) fetch(ctx context.Context, rc *repoConn, fst *fetchStream, 
 }
 
 // decode appends chunk m's plain content to dst, after checking that it
-// hashes to m.ID; on failure, a *chunkstore.CorruptChunkError, logged.
+// hashes to m.ID; on failure, a *chunk.CorruptChunkError, logged.
 func (r *RemoteRepo) decode(dst []byte, m *protocol.ChunkData) ([]byte, error) {
 	n := len(dst)
-	out, err := chunkstore.Decompress(dst, m.Payload, m.Codec, int(m.PlainLen))
+	out, err := chunk.Decompress(dst, m.Payload, m.Codec, int(m.PlainLen))
 	if err != nil {
-		err = &chunkstore.CorruptChunkError{ID: m.ID, Err: fmt.Errorf("from %s: %w", r.addr, err)}
-	} else if err = chunkstore.VerifyContent(m.ID, out[n:]); err != nil {
-		err = &chunkstore.CorruptChunkError{ID: m.ID, Err: fmt.Errorf("from %s: %w", r.addr, chunkstore.ErrHashMismatch)}
+		err = &chunk.CorruptChunkError{ID: m.ID, Err: fmt.Errorf("from %s: %w", r.addr, err)}
+	} else if err = chunk.VerifyContent(m.ID, out[n:]); err != nil {
+		err = &chunk.CorruptChunkError{ID: m.ID, Err: fmt.Errorf("from %s: %w", r.addr, chunk.ErrHashMismatch)}
 	}
 	if err != nil {
 		r.log.Error("chunk from repository mover is corrupt", "chunk", m.ID.String(), "peer", r.peer.Short(), "err", err)
@@ -573,7 +574,7 @@ func (r *RemoteRepo) decode(dst []byte, m *protocol.ChunkData) ([]byte, error) {
 // payload when it returns) and each Error to answer. It returns an error
 // when the stream failed before every answer arrived (the caller then
 // resets fst); the chunks already answered are not asked for again.
-func (r *RemoteRepo) fetchOnce(ctx context.Context, rc *repoConn, fst *fetchStream, ids []chunkstore.ID, deliver func(*protocol.ChunkData), answer func(chunkstore.ID, fetchRes)) error {
+func (r *RemoteRepo) fetchOnce(ctx context.Context, rc *repoConn, fst *fetchStream, ids []chunk.ID, deliver func(*protocol.ChunkData), answer func(chunk.ID, fetchRes)) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -636,9 +637,9 @@ func (r *RemoteRepo) fetchOnce(ctx context.Context, rc *repoConn, fst *fetchStre
 			}
 			switch {
 			case errors.Is(re, protocol.ErrCorrupt):
-				err = &chunkstore.CorruptChunkError{ID: id, Err: fmt.Errorf("in the repository at %s: %w", r.addr, re)}
+				err = &chunk.CorruptChunkError{ID: id, Err: fmt.Errorf("in the repository at %s: %w", r.addr, re)}
 			case errors.Is(re, protocol.ErrNotFound):
-				err = fmt.Errorf("%w: %s at %s: %w", chunkstore.ErrNotFound, id.Short(), r.addr, re)
+				err = fmt.Errorf("%w: %s at %s: %w", chunk.ErrNotFound, id.Short(), r.addr, re)
 			case i == 0 && (errors.Is(re, protocol.ErrPermission) || errors.Is(re, protocol.ErrProtocol)):
 				// A refusal of the whole request comes first and ends the
 				// stream.

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 )
@@ -70,7 +71,7 @@ func getAll(t *testing.T, rr *RemoteRepo, refs []chunkstore.ChunkRef, copies int
 		for _, c := range refs {
 			go func() {
 				b, err := rr.Get(ctx, c.ID, nil)
-				if err == nil && (len(b) != int(c.Len) || chunkstore.Sum(b) != c.ID) {
+				if err == nil && (len(b) != int(c.Len) || chunk.Sum(b) != c.ID) {
 					err = errors.New("wrong content")
 				}
 				errs <- err
@@ -138,7 +139,7 @@ func TestRepoConnKilledMidRead(t *testing.T) {
 		all     = make(chan struct{})
 		release = make(chan struct{})
 	)
-	hold := func(id chunkstore.ID, payload []byte) []byte {
+	hold := func(id chunk.ID, payload []byte) []byte {
 		if held.Add(1) == streams {
 			close(all)
 		}

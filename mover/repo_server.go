@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 )
@@ -138,7 +139,7 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, version uint16, st
 
 // answerFetch writes the answer to one GetChunks; an error means the stream
 // is unusable.
-func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, version uint16, ids []chunkstore.ID, bufs *fetchBufs, log *slog.Logger) error {
+func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, version uint16, ids []chunk.ID, bufs *fetchBufs, log *slog.Logger) error {
 	store := s.repo.Store()
 	for _, id := range ids {
 		m, err := chunkForFetch(ctx, store, version, id, bufs)
@@ -170,7 +171,7 @@ func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, version uint1
 // encoding again here cost more CPU than the rest of a fetch. Otherwise the
 // chunk is decoded (and, through Get, verified) and encoded at the fastest
 // level. The payload aliases bufs until the next call.
-func chunkForFetch(ctx context.Context, store chunkstore.Store, version uint16, id chunkstore.ID, bufs *fetchBufs) (protocol.ChunkData, error) {
+func chunkForFetch(ctx context.Context, store chunkstore.Store, version uint16, id chunk.ID, bufs *fetchBufs) (protocol.ChunkData, error) {
 	var plain []byte
 	if raw, ok := store.(chunkstore.RawReader); ok {
 		stored, info, err := raw.GetStored(ctx, id, bufs.stored[:0])
@@ -181,8 +182,8 @@ func chunkForFetch(ctx context.Context, store chunkstore.Store, version uint16, 
 		if protocol.KnowsCodec(version, info.Codec) {
 			return protocol.ChunkData{ID: id, Codec: info.Codec, PlainLen: uint32(info.PlainLen), Payload: stored}, nil
 		}
-		if plain, err = chunkstore.Decompress(bufs.plain[:0], stored, info.Codec, info.PlainLen); err != nil {
-			return protocol.ChunkData{}, &chunkstore.CorruptChunkError{ID: id, Err: err}
+		if plain, err = chunk.Decompress(bufs.plain[:0], stored, info.Codec, info.PlainLen); err != nil {
+			return protocol.ChunkData{}, &chunk.CorruptChunkError{ID: id, Err: err}
 		}
 	} else {
 		var err error
@@ -191,7 +192,7 @@ func chunkForFetch(ctx context.Context, store chunkstore.Store, version uint16, 
 		}
 	}
 	bufs.plain = plain[:0]
-	packed, codec := chunkstore.Compress(bufs.packed[:0], plain, chunkstore.LevelFastest)
+	packed, codec := chunk.Compress(bufs.packed[:0], plain, chunk.LevelFastest)
 	bufs.packed = packed[:0]
 	return protocol.ChunkData{ID: id, Codec: codec, PlainLen: uint32(len(plain)), Payload: packed}, nil
 }
@@ -204,4 +205,4 @@ var fetchBufPool = sync.Pool{New: func() any { return new(fetchBufs) }}
 
 // tamperFetch, set only by tests, alters a chunk's encoded payload as it
 // leaves the server, as a faulty link or a lying server would.
-var tamperFetch atomic.Pointer[func(id chunkstore.ID, payload []byte) []byte]
+var tamperFetch atomic.Pointer[func(id chunk.ID, payload []byte) []byte]

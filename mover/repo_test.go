@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
@@ -187,7 +188,7 @@ func TestRepoRefusedWithoutRead(t *testing.T) {
 		_, err = rr.Resolve(ctx, "latest")
 		require.ErrorIs(t, err, chunkstore.ErrNoRestorePoint)
 		require.Contains(t, err.Error(), "serves no repository")
-		_, err = rr.Get(ctx, chunkstore.Sum([]byte("x")), nil)
+		_, err = rr.Get(ctx, chunk.Sum([]byte("x")), nil)
 		require.ErrorIs(t, err, protocol.ErrNotFound)
 	})
 }
@@ -206,7 +207,7 @@ func nodeOf(t testing.TB, tree []chunkstore.Node, path string) chunkstore.Node {
 // corruptRecord flips a byte of chunk id's record in the repository's pack
 // files, at offset where(storedLen) from the record's start (its header is
 // recordHeaderSize bytes, see chunkstore/pack.go).
-func corruptRecord(t testing.TB, repoDir string, id chunkstore.ID, where func(storedLen int) int) {
+func corruptRecord(t testing.TB, repoDir string, id chunk.ID, where func(storedLen int) int) {
 	t.Helper()
 	needle := append([]byte("PGK1"), id[:]...)
 	found := false
@@ -235,7 +236,7 @@ func corruptRecord(t testing.TB, repoDir string, id chunkstore.ID, where func(st
 const recordHeaderSize = 49
 
 // A chunk whose copy in the repository is damaged fails the read that needs
-// it with EIO, and Get with a *chunkstore.CorruptChunkError naming it, and
+// it with EIO, and Get with a *chunk.CorruptChunkError naming it, and
 // nothing else. The server sends chunks as stored without verifying them
 // (PROTOCOL 7.2), so damage to a record's stored bytes is found by the
 // client, which logs it; damage to a record's header is found by the server
@@ -255,7 +256,7 @@ func TestRepoCorruptChunkGivesEIO(t *testing.T) {
 		{"record header", "base/1/16385", func(int) int { return 38 }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var bad chunkstore.ID
+			var bad chunk.ID
 			f := startRepoServer(t, 1, func(f *repoFixture) {
 				bad = nodeOf(t, f.tree, tc.victim).Chunks[1].ID
 				corruptRecord(t, f.repoDir, bad, tc.where)
@@ -270,7 +271,7 @@ func TestRepoCorruptChunkGivesEIO(t *testing.T) {
 			_, err = os.ReadFile(filepath.Join(mnt, tc.victim))
 			require.ErrorIs(t, err, syscall.EIO)
 			_, err = rr.Get(context.Background(), bad, nil)
-			var ce *chunkstore.CorruptChunkError
+			var ce *chunk.CorruptChunkError
 			require.ErrorAs(t, err, &ce)
 			require.Equal(t, bad, ce.ID)
 			if tc.server {
@@ -294,7 +295,7 @@ func TestRepoCorruptChunkGivesEIO(t *testing.T) {
 		f := startRepoServer(t, 1, nil)
 		const other = "base/1/16385"
 		target := nodeOf(t, f.tree, other).Chunks[0].ID
-		tamper := func(id chunkstore.ID, p []byte) []byte {
+		tamper := func(id chunk.ID, p []byte) []byte {
 			if id == target {
 				p = bytes.Clone(p)
 				p[len(p)-1] ^= 1
@@ -309,7 +310,7 @@ func TestRepoCorruptChunkGivesEIO(t *testing.T) {
 		_, err = os.ReadFile(filepath.Join(mnt, other))
 		require.ErrorIs(t, err, syscall.EIO)
 		_, err = rr.Get(context.Background(), target, nil)
-		var ce *chunkstore.CorruptChunkError
+		var ce *chunk.CorruptChunkError
 		require.ErrorAs(t, err, &ce)
 		require.Equal(t, target, ce.ID)
 	})
@@ -322,19 +323,19 @@ func TestRepoCorruptChunkGivesEIO(t *testing.T) {
 // docs/design/0005.
 func TestRepoChunksLeaveAsStored(t *testing.T) {
 	type stored struct {
-		codec   chunkstore.Codec
+		codec   chunk.Codec
 		payload []byte
 	}
-	want := map[chunkstore.ID]stored{}
-	var extra []chunkstore.ID
+	want := map[chunk.ID]stored{}
+	var extra []chunk.ID
 	f := startRepoServer(t, 1, func(f *repoFixture) {
-		l, err := chunkstore.OpenLocal(filepath.Join(f.repoDir, "chunks"), chunkstore.LocalOptions{Level: chunkstore.LevelBest})
+		l, err := chunkstore.OpenLocal(filepath.Join(f.repoDir, "chunks"), chunkstore.LocalOptions{Level: chunk.LevelBest})
 		require.NoError(t, err)
 		defer func() { require.NoError(t, l.Close()) }()
 		ctx := context.Background()
 		for i := range 4 {
 			c := pgbenchLike(100<<10, uint64(100+i))
-			id := chunkstore.Sum(c)
+			id := chunk.Sum(c)
 			require.NoError(t, l.Put(ctx, id, c))
 			extra = append(extra, id)
 		}
@@ -354,7 +355,7 @@ func TestRepoChunksLeaveAsStored(t *testing.T) {
 		for _, id := range extra {
 			plain, err := l.Get(ctx, id, nil)
 			require.NoError(t, err)
-			if again, _ := chunkstore.Compress(nil, plain, chunkstore.LevelFastest); !bytes.Equal(again, want[id].payload) {
+			if again, _ := chunk.Compress(nil, plain, chunk.LevelFastest); !bytes.Equal(again, want[id].payload) {
 				reencoded++
 			}
 		}
@@ -362,8 +363,8 @@ func TestRepoChunksLeaveAsStored(t *testing.T) {
 	})
 
 	var mu sync.Mutex // guards sent
-	sent := map[chunkstore.ID][]byte{}
-	record := func(id chunkstore.ID, p []byte) []byte {
+	sent := map[chunk.ID][]byte{}
+	record := func(id chunk.ID, p []byte) []byte {
 		mu.Lock()
 		defer mu.Unlock()
 		sent[id] = bytes.Clone(p)
@@ -374,87 +375,87 @@ func TestRepoChunksLeaveAsStored(t *testing.T) {
 
 	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
 	require.NoError(t, err)
-	codecs := map[chunkstore.Codec]int{}
+	codecs := map[chunk.Codec]int{}
 	for id, w := range want {
 		plain, err := rr.Get(context.Background(), id, nil)
 		require.NoError(t, err)
-		require.Equal(t, id, chunkstore.Sum(plain))
+		require.Equal(t, id, chunk.Sum(plain))
 		mu.Lock()
 		got := sent[id]
 		mu.Unlock()
 		require.Equal(t, w.payload, got, "chunk %s: the payload is the stored bytes", id.Short())
 		codecs[w.codec]++
 	}
-	require.Positive(t, codecs[chunkstore.CodecNone], "chunks stored plain were sent")
-	require.Positive(t, codecs[chunkstore.CodecZstd], "chunks stored zstd were sent")
+	require.Positive(t, codecs[chunk.CodecNone], "chunks stored plain were sent")
+	require.Positive(t, codecs[chunk.CodecZstd], "chunks stored zstd were sent")
 }
 
 // A peer whose version does not know a chunk's stored codec gets the chunk
 // decoded and encoded again, in a codec it knows.
 func TestChunkForFetchReencodes(t *testing.T) {
 	dir := t.TempDir()
-	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Level: chunkstore.LevelBest})
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Level: chunk.LevelBest})
 	require.NoError(t, err)
 	defer l.Close()
 	ctx := context.Background()
 	plain := pgbenchLike(100<<10, 7)
-	id := chunkstore.Sum(plain)
+	id := chunk.Sum(plain)
 	require.NoError(t, l.Put(ctx, id, plain))
 	stored, info, err := l.GetStored(ctx, id, nil)
 	require.NoError(t, err)
-	require.Equal(t, chunkstore.CodecZstd, info.Codec)
+	require.Equal(t, chunk.CodecZstd, info.Codec)
 
 	var bufs fetchBufs
 	m, err := chunkForFetch(ctx, l, protocol.Version, id, &bufs)
 	require.NoError(t, err)
-	require.Equal(t, chunkstore.CodecZstd, m.Codec)
+	require.Equal(t, chunk.CodecZstd, m.Codec)
 	require.Equal(t, stored, m.Payload, "as stored")
 
 	// Version 0 knows no codec: the fallback path, whatever it encodes to.
-	require.False(t, protocol.KnowsCodec(0, chunkstore.CodecZstd))
+	require.False(t, protocol.KnowsCodec(0, chunk.CodecZstd))
 	m, err = chunkForFetch(ctx, l, 0, id, &bufs)
 	require.NoError(t, err)
 	require.NotEqual(t, stored, m.Payload, "encoded again at the fastest level")
-	got, err := chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
+	got, err := chunk.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(plain, got))
 
 	// A store that cannot hand out stored bytes: Get, then encode.
 	m, err = chunkForFetch(ctx, getOnly{l}, protocol.Version, id, &bufs)
 	require.NoError(t, err)
-	got, err = chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
+	got, err = chunk.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(plain, got))
-	_, err = chunkForFetch(ctx, l, protocol.Version, chunkstore.Sum([]byte("absent")), &bufs)
-	require.ErrorIs(t, err, chunkstore.ErrNotFound)
+	_, err = chunkForFetch(ctx, l, protocol.Version, chunk.Sum([]byte("absent")), &bufs)
+	require.ErrorIs(t, err, chunk.ErrNotFound)
 }
 
 // TestChunkForFetchS2: a repository whose chunks are stored S2 hands them
 // out as stored to a peer at protocol 6, and decoded and encoded again in
 // zstd to a peer below, which cannot decode S2.
 func TestChunkForFetchS2(t *testing.T) {
-	l, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{Level: chunkstore.LevelS2})
+	l, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{Level: chunk.LevelS2})
 	require.NoError(t, err)
 	defer l.Close()
 	ctx := context.Background()
 	plain := pgbenchLike(100<<10, 8)
-	id := chunkstore.Sum(plain)
+	id := chunk.Sum(plain)
 	require.NoError(t, l.Put(ctx, id, plain))
 	stored, info, err := l.GetStored(ctx, id, nil)
 	require.NoError(t, err)
-	require.Equal(t, chunkstore.CodecS2, info.Codec)
+	require.Equal(t, chunk.CodecS2, info.Codec)
 
 	var bufs fetchBufs
 	m, err := chunkForFetch(ctx, l, protocol.S2Version, id, &bufs)
 	require.NoError(t, err)
-	require.Equal(t, chunkstore.CodecS2, m.Codec)
+	require.Equal(t, chunk.CodecS2, m.Codec)
 	require.Equal(t, stored, m.Payload, "as stored")
 
 	for _, v := range []uint16{protocol.MinVersion, protocol.S2Version - 1} {
 		m, err = chunkForFetch(ctx, l, v, id, &bufs)
 		require.NoError(t, err)
-		require.Equal(t, chunkstore.CodecZstd, m.Codec, "version %d", v)
-		got, err := chunkstore.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
+		require.Equal(t, chunk.CodecZstd, m.Codec, "version %d", v)
+		got, err := chunk.Decompress(nil, m.Payload, m.Codec, int(m.PlainLen))
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(plain, got))
 	}
@@ -514,14 +515,14 @@ func TestRepoConcurrentGets(t *testing.T) {
 		go func() {
 			var dst []byte // half into a buffer of the Get's own, after a prefix
 			if i%2 == 0 {
-				dst = append(make([]byte, 0, 3+int(c.Len)+chunkstore.DecodeSlack), "pre"...)
+				dst = append(make([]byte, 0, 3+int(c.Len)+chunk.DecodeSlack), "pre"...)
 			}
 			b, err := rr.Get(context.Background(), c.ID, dst)
 			switch {
 			case err != nil:
 			case dst != nil && (string(b[:3]) != "pre" || &b[0] != &dst[0]):
 				err = errors.New("not appended to dst in place")
-			case len(b) != len(dst)+int(c.Len) || chunkstore.Sum(b[len(dst):]) != c.ID:
+			case len(b) != len(dst)+int(c.Len) || chunk.Sum(b[len(dst):]) != c.ID:
 				err = errors.New("wrong content")
 			}
 			errs <- err
@@ -595,10 +596,10 @@ func TestRepoGetCancelReleasesBuffer(t *testing.T) {
 				} else {
 					defer cancel()
 				}
-				buf := make([]byte, 0, int(c.Len)+chunkstore.DecodeSlack)
+				buf := make([]byte, 0, int(c.Len)+chunk.DecodeSlack)
 				b, err := rr.Get(ctx, c.ID, buf)
 				switch {
-				case err == nil && chunkstore.Sum(b) != c.ID:
+				case err == nil && chunk.Sum(b) != c.ID:
 					t.Errorf("chunk %s: wrong content", c.ID.Short())
 				case err != nil && !errors.Is(err, context.Canceled):
 					t.Errorf("chunk %s: %v", c.ID.Short(), err)
@@ -622,7 +623,7 @@ func TestRepoGetCancelReleasesBuffer(t *testing.T) {
 	for _, c := range refs {
 		b, err := rr.Get(context.Background(), c.ID, nil)
 		require.NoError(t, err)
-		require.Equal(t, c.ID, chunkstore.Sum(b))
+		require.Equal(t, c.ID, chunk.Sum(b))
 	}
 	require.NoError(t, rr.Close()) // waits for the workers
 	t.Logf("%d Gets gave up, %d were answered", len(given), answered)
@@ -636,27 +637,27 @@ func TestRepoGetCancelReleasesBuffer(t *testing.T) {
 // them as stored to a client at protocol 6 and re-encoded to one that
 // negotiated 5, which reads them all the same.
 func TestRepoS2ChunksToVersion5(t *testing.T) {
-	stored := map[chunkstore.ID][]byte{}
+	stored := map[chunk.ID][]byte{}
 	f := startRepoServer(t, 1, func(f *repoFixture) {
-		l, err := chunkstore.OpenLocal(filepath.Join(f.repoDir, "chunks"), chunkstore.LocalOptions{Level: chunkstore.LevelS2})
+		l, err := chunkstore.OpenLocal(filepath.Join(f.repoDir, "chunks"), chunkstore.LocalOptions{Level: chunk.LevelS2})
 		require.NoError(t, err)
 		defer func() { require.NoError(t, l.Close()) }()
 		ctx := context.Background()
 		for i := range 3 {
 			c := pgbenchLike(100<<10, uint64(200+i))
-			id := chunkstore.Sum(c)
+			id := chunk.Sum(c)
 			require.NoError(t, l.Put(ctx, id, c))
 			b, info, err := l.GetStored(ctx, id, nil)
 			require.NoError(t, err)
-			require.Equal(t, chunkstore.CodecS2, info.Codec)
+			require.Equal(t, chunk.CodecS2, info.Codec)
 			stored[id] = b
 		}
 		require.NoError(t, l.Flush(ctx))
 	})
 
 	var mu sync.Mutex // guards sent
-	sent := map[chunkstore.ID][]byte{}
-	record := func(id chunkstore.ID, p []byte) []byte {
+	sent := map[chunk.ID][]byte{}
+	record := func(id chunk.ID, p []byte) []byte {
 		mu.Lock()
 		defer mu.Unlock()
 		sent[id] = bytes.Clone(p)
@@ -675,7 +676,7 @@ func TestRepoS2ChunksToVersion5(t *testing.T) {
 			for id, b := range stored {
 				plain, err := rr.Get(context.Background(), id, nil)
 				require.NoError(t, err)
-				require.Equal(t, id, chunkstore.Sum(plain))
+				require.Equal(t, id, chunk.Sum(plain))
 				mu.Lock()
 				got := sent[id]
 				mu.Unlock()

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -21,21 +21,21 @@ import (
 // chunks are asked for and not arrived at any time, whatever the size of
 // the file, and each arrival lets it ask for more.
 func TestReceiverBoundsRequested(t *testing.T) {
-	const chunk = 256 << 10
-	params := chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: chunk / 4, Avg: chunk / 2, Max: chunk}
-	const window = maxRequested / chunk // chunks the receiver may wait for
-	const n = 4 * window                // the file: four times that
-	const sent = window / 4             // chunks this test sends
+	const chunkLen = 256 << 10
+	params := chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: chunkLen / 4, Avg: chunkLen / 2, Max: chunkLen}
+	const window = maxRequested / chunkLen // chunks the receiver may wait for
+	const n = 4 * window                   // the file: four times that
+	const sent = window / 4                // chunks this test sends
 	content := func(i uint32) []byte {
-		b := make([]byte, chunk)
+		b := make([]byte, chunkLen)
 		binary.BigEndian.PutUint32(b, i)
 		return b
 	}
 	refs := make([]protocol.ChunkRef, n)
 	for i := range refs {
-		refs[i] = protocol.ChunkRef{ID: chunkstore.Sum(content(uint32(i))), Len: chunk}
+		refs[i] = protocol.ChunkRef{ID: chunk.Sum(content(uint32(i))), Len: chunkLen}
 	}
-	size := uint64(n) * chunk
+	size := uint64(n) * chunkLen
 
 	r := startReceiver(t, ServerOptions{Reserve: 1})
 	s := newRawPeer(t, r).dial()
@@ -72,7 +72,7 @@ func TestReceiverBoundsRequested(t *testing.T) {
 	for len(asked) < window {
 		next()
 	}
-	require.Equal(t, window, len(asked), "the receiver asks for maxRequested bytes of a %d-chunk file, not more", n)
+	require.Equal(t, window, len(asked), "the receiver asks for maxRequested bytes of a %d-chunkLen file, not more", n)
 
 	st, err := s.conn.OpenStreamSync(context.Background())
 	require.NoError(t, err)
@@ -80,11 +80,11 @@ func TestReceiverBoundsRequested(t *testing.T) {
 	require.NoError(t, err)
 	for k := range sent {
 		c := content(asked[k])
-		require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunkstore.Sum(c), Codec: chunkstore.CodecNone, PlainLen: chunk, Payload: c}))
+		require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunk.Sum(c), Codec: chunk.CodecNone, PlainLen: chunkLen, Payload: c}))
 		for len(asked) < window+k+1 {
 			next()
 		}
-		require.LessOrEqual(t, len(asked), window+k+1, "each arrival makes room for one more chunk, no more")
+		require.LessOrEqual(t, len(asked), window+k+1, "each arrival makes room for one more chunkLen, no more")
 	}
 	for i, c := range asked {
 		require.Equal(t, uint32(i), c, "chunks are asked for in order")

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -24,7 +24,7 @@ func asVersion(t *testing.T, v uint16) {
 
 // autoStartingAt makes the auto ladder start at l, as CPU-busy windows would
 // have led it there, until the test ends.
-func autoStartingAt(t *testing.T, l chunkstore.Level) {
+func autoStartingAt(t *testing.T, l chunk.Level) {
 	t.Helper()
 	testAutoStart.Store(int64(l))
 	t.Cleanup(func() { testAutoStart.Store(0) })
@@ -36,7 +36,7 @@ func TestSendS2(t *testing.T) {
 	for _, mode := range []string{"s2", "auto"} {
 		t.Run(mode, func(t *testing.T) {
 			if mode == "auto" {
-				autoStartingAt(t, chunkstore.LevelS2)
+				autoStartingAt(t, chunk.LevelS2)
 			}
 			r := startReceiver(t, ServerOptions{})
 			s := newTestSender(t, r, PermSend)
@@ -63,7 +63,7 @@ func TestSendS2(t *testing.T) {
 // level fails with a clear error before anything is sent.
 func TestSendNoS2ToVersion5(t *testing.T) {
 	asVersion(t, 5)
-	autoStartingAt(t, chunkstore.LevelS2)
+	autoStartingAt(t, chunk.LevelS2)
 	r := startReceiver(t, ServerOptions{})
 	s := newTestSender(t, r, PermSend)
 	src := t.TempDir()
@@ -121,13 +121,13 @@ func TestReceiverRefusesS2BelowVersion6(t *testing.T) {
 	require.True(t, ok, "got %T", m)
 	require.Equal(t, []uint32{0}, need.Chunks)
 
-	packed, codec := chunkstore.Compress(nil, content, chunkstore.LevelS2)
-	require.Equal(t, chunkstore.CodecS2, codec)
+	packed, codec := chunk.Compress(nil, content, chunk.LevelS2)
+	require.Equal(t, chunk.CodecS2, codec)
 	st, err := s.conn.OpenStreamSync(context.Background())
 	require.NoError(t, err)
 	_, err = st.Write([]byte{byte(protocol.StreamData)})
 	require.NoError(t, err)
-	require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunkstore.Sum(content), Codec: codec, PlainLen: uint32(len(content)), Payload: packed}))
+	require.NoError(t, protocol.WriteMessage(st, &protocol.ChunkData{ID: chunk.Sum(content), Codec: codec, PlainLen: uint32(len(content)), Payload: packed}))
 
 	// A receiver that took the chunk would wait for more: bound the wait.
 	timer := time.AfterFunc(10*time.Second, func() { s.conn.CloseWithError(0, "test timed out") })

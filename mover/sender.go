@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/buildinfo"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
@@ -32,11 +32,11 @@ var Software = "pgporter " + buildinfo.Get().Short()
 // SendOptions configure one Send. The zero value of every field but Src and
 // Dest is a sensible default.
 type SendOptions struct {
-	Src        string            // local directory to send
-	Dest       string            // absolute path on the receiver, inside one of its roots
-	TransferID string            // default: derived from Src, Dest and the receiver's peer ID
-	Params     chunkstore.Params // default chunkstore.DefaultParams
-	Streams    int               // parallel data streams per connection, default 4
+	Src        string       // local directory to send
+	Dest       string       // absolute path on the receiver, inside one of its roots
+	TransferID string       // default: derived from Src, Dest and the receiver's peer ID
+	Params     chunk.Params // default chunk.DefaultParams
+	Streams    int          // parallel data streams per connection, default 4
 	// Connections bounds the QUIC connections of one transfer (protocol 5,
 	// each with Streams data streams): 0 (auto) adds one, up to
 	// autoConnections, each quarter second the first loses more than 0.1%
@@ -67,8 +67,8 @@ type SendOptions struct {
 }
 
 func (o SendOptions) withDefaults() SendOptions {
-	if o.Params == (chunkstore.Params{}) {
-		o.Params = chunkstore.DefaultParams
+	if o.Params == (chunk.Params{}) {
+		o.Params = chunk.DefaultParams
 	}
 	if o.Streams <= 0 {
 		o.Streams = 4
@@ -99,7 +99,7 @@ func (o SendOptions) Validate() error {
 		return errors.New("mover: negative number of connections")
 	case o.Connections > 0 && o.Connections*o.Streams > protocol.MaxDataStreams:
 		return fmt.Errorf("mover: %d connections of %d streams is more than %d streams, the most a receiver takes per transfer", o.Connections, o.Streams, protocol.MaxDataStreams)
-	case o.Params != (chunkstore.Params{}) && o.Params.Min < protocol.MinChunkMin:
+	case o.Params != (chunk.Params{}) && o.Params.Min < protocol.MinChunkMin:
 		return fmt.Errorf("mover: chunk minimum %d is below %d, the least a receiver accepts", o.Params.Min, protocol.MinChunkMin)
 	case o.BWLimit < 0:
 		return errors.New("mover: negative bandwidth limit")
@@ -140,7 +140,7 @@ type SendProgress struct {
 	Durable    int64 // plain bytes the receiver holds durably
 	WireBytes  int64 // bytes of chunk frames sent
 	ChunksSent int64
-	Level      chunkstore.Level
+	Level      chunk.Level
 }
 
 // SendResult is what Send did. Its JSON form is the contract of
@@ -823,7 +823,7 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, version 
 			return permanentError{err}
 		}
 		level := t.lc.levelFor(version)
-		packed, codec := chunkstore.Compress(packedBuf[:0], plain, level)
+		packed, codec := chunk.Compress(packedBuf[:0], plain, level)
 		release()
 		cpu := time.Since(t0)
 		frame = protocol.AppendFrame(frame[:0], &protocol.ChunkData{ID: ref.ID, Codec: codec, PlainLen: ref.Len, Payload: packed})

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -737,7 +738,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		s: s, log: log, tid: m.TransferID, peer: peer, cs: cs, root: rt, rootDir: s.rootDir(rt),
 		rel: rel, partial: rel + ".partial",
 		meta:    transferMeta{Dest: m.Dest, Peer: peer.String(), Params: m.Params, Files: m.Files, Bytes: m.Bytes, Started: time.Now().UTC()},
-		pending: map[chunkstore.ID][]pos{}, paths: map[string]bool{},
+		pending: map[chunk.ID][]pos{}, paths: map[string]bool{},
 		kick: make(chan struct{}, 1), arrived: make(chan struct{}, 1),
 	}
 	// A different transfer that left DEST.partial behind is taken over: its

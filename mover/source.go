@@ -16,7 +16,7 @@ import (
 	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
 )
@@ -113,7 +113,7 @@ func (c *chunkCache) key(path string) []byte { return []byte("s/" + c.tid + "/" 
 // cacheParams is what a cache record must be made with to be reused: the
 // chunking parameters, and the meaning of its hash ("v3:", protocol 3's
 // chunk-list hash; records without it hold a whole-file BLAKE3).
-func cacheParams(p chunkstore.Params) string { return "v3:" + p.String() }
+func cacheParams(p chunk.Params) string { return "v3:" + p.String() }
 
 // cacheRecord: size, mtime, ino, ctime, hash, n, then n × (ID, len).
 func encodeCached(f *srcFile, params string) []byte {
@@ -229,7 +229,7 @@ func (b *chunkBatcher) flush() {
 // cut reads ch to its end, calling each with every chunk's ref, and returns
 // the bytes cut. The last batch is left for the caller to flush once it has
 // checked the file.
-func (b *chunkBatcher) cut(ch *chunkstore.Chunker, path string, each func(protocol.ChunkRef)) (int64, error) {
+func (b *chunkBatcher) cut(ch *chunk.Chunker, path string, each func(protocol.ChunkRef)) (int64, error) {
 	var total int64
 	for {
 		if b.sink.room != nil && ch.WillAlloc() {
@@ -243,7 +243,7 @@ func (b *chunkBatcher) cut(ch *chunkstore.Chunker, path string, each func(protoc
 		if err != nil {
 			return total, fmt.Errorf("chunking %s: %w", path, err)
 		}
-		ref := protocol.ChunkRef{ID: chunkstore.Sum(c.Data), Len: uint32(len(c.Data))}
+		ref := protocol.ChunkRef{ID: chunk.Sum(c.Data), Len: uint32(len(c.Data))}
 		each(ref)
 		if b.sink.keep != nil {
 			b.sink.keep(b.n, c.Data)
@@ -260,16 +260,16 @@ func (b *chunkBatcher) cut(ch *chunkstore.Chunker, path string, each func(protoc
 // chunkFile reads f, cutting and hashing its chunks, which it gives to sink
 // as it goes. A file that changes size while it is read is an error: the
 // caller sends a consistent snapshot or nothing. It returns the file's
-// chunk-list hash (chunkstore.FileListHash, protocol 3's FileEnd): each byte
+// chunk-list hash (chunk.FileListHash, protocol 3's FileEnd): each byte
 // is hashed once, for its chunk's ID.
-func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, sink chunkSink) ([32]byte, error) {
+func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunk.Chunker, sink chunkSink) ([32]byte, error) {
 	var hash [32]byte
 	fh, err := root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
 		return hash, err
 	}
 	defer fh.Close()
-	list := chunkstore.NewFileListHash(uint64(f.Size))
+	list := chunk.NewFileListHash(uint64(f.Size))
 	ch.Reset(ctxReader{ctx, fh})
 	b := &chunkBatcher{sink: sink}
 	total, err := b.cut(ch, f.Path, func(ref protocol.ChunkRef) { list.Add(ref.ID, ref.Len) })
@@ -292,7 +292,7 @@ func chunkFile(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Ch
 // fails the send. It returns the file's state when done; its chunk-list
 // hash needs the size first, so the caller computes it from the chunks
 // published (keeping a second list here cost 36 bytes per chunk).
-func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunkstore.Chunker, feed *FileFeed, sink chunkSink) (os.FileInfo, error) {
+func chunkGrowing(ctx context.Context, root *os.Root, f *srcFile, ch *chunk.Chunker, feed *FileFeed, sink chunkSink) (os.FileInfo, error) {
 	fh, err := root.Open(filepath.FromSlash(f.Path))
 	if err != nil {
 		return nil, err
@@ -520,7 +520,7 @@ func (s *source) snapshot() []*srcFile {
 
 // run chunks every file not already known from the cache. It returns when
 // all are done or on the first error, which wait then reports.
-func (s *source) run(ctx context.Context, cache *chunkCache, p chunkstore.Params) error {
+func (s *source) run(ctx context.Context, cache *chunkCache, p chunk.Params) error {
 	err := s.chunkAll(ctx, cache, p)
 	s.mu.Lock()
 	if s.err == nil {
@@ -535,8 +535,8 @@ func (s *source) run(ctx context.Context, cache *chunkCache, p chunkstore.Params
 	return err
 }
 
-func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.Params) error {
-	ch, err := chunkstore.NewChunker(nil, p)
+func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunk.Params) error {
+	ch, err := chunk.NewChunker(nil, p)
 	if err != nil {
 		return err
 	}
@@ -572,7 +572,7 @@ func (s *source) chunkAll(ctx context.Context, cache *chunkCache, p chunkstore.P
 			s.mu.Lock()
 			refs := f.Chunks // all published: read-only from here
 			s.mu.Unlock()
-			list := chunkstore.NewFileListHash(uint64(fi.Size()))
+			list := chunk.NewFileListHash(uint64(fi.Size()))
 			for _, r := range refs {
 				list.Add(r.ID, r.Len)
 			}

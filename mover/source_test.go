@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/stretchr/testify/require"
 )
 
@@ -31,7 +31,7 @@ func TestChunkCacheSkipsUnchangedFiles(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { root.Close() })
 		so := newSource(root, files)
-		require.NoError(t, so.run(ctx, cache, chunkstore.DefaultParams))
+		require.NoError(t, so.run(ctx, cache, chunk.DefaultParams))
 		return so, files
 	}
 	first, files1 := chunk()
@@ -73,7 +73,7 @@ func TestChunkCacheSeesSameSizeSameMTimeEdit(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { root.Close() })
 		so := newSource(root, files)
-		require.NoError(t, so.run(ctx, cache, chunkstore.DefaultParams))
+		require.NoError(t, so.run(ctx, cache, chunk.DefaultParams))
 		return so
 	}
 	first := chunk()

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -44,10 +44,10 @@ type watchedChunks struct {
 	w *corruptWatch
 }
 
-func (c *watchedChunks) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (c *watchedChunks) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	b, err := c.ChunkReader.Get(ctx, id, dst)
 	if err != nil {
-		ce, local := errors.AsType[*chunkstore.CorruptChunkError](err)
+		ce, local := errors.AsType[*chunk.CorruptChunkError](err)
 		if local || errors.Is(err, protocol.ErrCorrupt) {
 			c.w.mu.Lock()
 			if c.w.first == nil {

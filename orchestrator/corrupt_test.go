@@ -9,14 +9,15 @@ import (
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/stretchr/testify/require"
 )
 
 // corruptChunk flips a byte in the middle of the stored bytes of chunk id
 // in the pack files of the repository at repo.
-func corruptChunk(t *testing.T, repo string, id chunkstore.ID) {
+func corruptChunk(t *testing.T, repo string, id chunk.ID) {
 	t.Helper()
-	const headerSize = 4 + chunkstore.IDSize + 1 + 4 + 4 + 4 // see chunkstore/pack.go
+	const headerSize = 4 + chunk.IDSize + 1 + 4 + 4 + 4 // see chunkstore/pack.go
 	needle := append([]byte("PGK1"), id[:]...)
 	found := false
 	require.NoError(t, filepath.WalkDir(repo, func(p string, d os.DirEntry, err error) error {
@@ -31,7 +32,7 @@ func corruptChunk(t *testing.T, repo string, id chunkstore.ID) {
 		if i < 0 {
 			return nil
 		}
-		stored := int(data[i+4+chunkstore.IDSize+1+4]) | int(data[i+4+chunkstore.IDSize+1+5])<<8 | int(data[i+4+chunkstore.IDSize+1+6])<<16 | int(data[i+4+chunkstore.IDSize+1+7])<<24
+		stored := int(data[i+4+chunk.IDSize+1+4]) | int(data[i+4+chunk.IDSize+1+5])<<8 | int(data[i+4+chunk.IDSize+1+6])<<16 | int(data[i+4+chunk.IDSize+1+7])<<24
 		f, err := os.OpenFile(p, os.O_RDWR, 0)
 		if err != nil {
 			return err
@@ -101,7 +102,7 @@ func TestTolerableCorruptionFailsExport(t *testing.T) {
 // corruptFileChunk corrupts, in the fixture's repository, the chunk of the
 // restore point's file path that pick chooses among its n chunks, and
 // returns its ID.
-func (f *fixture) corruptFileChunk(t *testing.T, path string, pick func(n int) int) chunkstore.ID {
+func (f *fixture) corruptFileChunk(t *testing.T, path string, pick func(n int) int) chunk.ID {
 	t.Helper()
 	r, err := chunkstore.OpenRepo(f.repo, nil)
 	require.NoError(t, err)
@@ -110,7 +111,7 @@ func (f *fixture) corruptFileChunk(t *testing.T, path string, pick func(n int) i
 	nodes, err := r.Tree(context.Background(), rp)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
-	var bad chunkstore.ID
+	var bad chunk.ID
 	for _, n := range nodes {
 		if n.Path == path {
 			require.NotEmpty(t, n.Chunks)

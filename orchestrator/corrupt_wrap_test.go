@@ -7,13 +7,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/staging"
 )
 
 type fakeChunks struct{}
 
-func (fakeChunks) Get(_ context.Context, _ chunkstore.ID, dst []byte) ([]byte, error) {
+func (fakeChunks) Get(_ context.Context, _ chunk.ID, dst []byte) ([]byte, error) {
 	return dst, nil
 }
 

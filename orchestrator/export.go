@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
@@ -792,7 +793,7 @@ func transferIDPart(db string) string {
 			out = append(out, '_')
 		}
 	}
-	sum := chunkstore.Sum([]byte(db))
+	sum := chunk.Sum([]byte(db))
 	return fmt.Sprintf("%s-%x", out, sum[:4])
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -23,7 +24,7 @@ const lockChildEnv = "PGPORTER_ORCH_LOCK_CHILD"
 // silentRepo never answers a chunk read, and announces it on stdout.
 type silentRepo struct{}
 
-func (silentRepo) Get(context.Context, chunkstore.ID, []byte) ([]byte, error) {
+func (silentRepo) Get(context.Context, chunk.ID, []byte) ([]byte, error) {
 	fmt.Println("reading")
 	select {} // until the process is killed
 }
@@ -47,7 +48,7 @@ func TestLockChild(t *testing.T) {
 	defer lock.Unlock() // never: keeps the lock's file from being collected and closed
 	data := []byte("15\n")
 	tree := []chunkstore.Node{{Path: "PG_VERSION", Type: chunkstore.NodeFile, Mode: 0o600, Size: int64(len(data)),
-		Chunks: []chunkstore.ChunkRef{{ID: chunkstore.Sum(data), Len: uint32(len(data))}}}}
+		Chunks: []chunkstore.ChunkRef{{ID: chunk.Sum(data), Len: uint32(len(data))}}}}
 	_, err = staging.Mount(context.Background(), mnt, tree, silentRepo{}, staging.MountOptions{CowDir: filepath.Join(home, "cow")})
 	require.NoError(t, err)
 	go os.ReadFile(filepath.Join(mnt, "PG_VERSION"))

@@ -11,7 +11,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -103,7 +103,7 @@ func (pb *Publisher) Export(ctx context.Context, o PublishedExportOptions) ([]Pu
 // writes its pgporter-manifest.json: temp file, fsync, rename, directory
 // fsync.
 func writeDumpManifest(ctx context.Context, dir, name string) error {
-	m := mover.Manifest{Format: mover.ManifestFormat, Transfer: name, Created: time.Now().UTC(), Chunking: chunkstore.DefaultParams}
+	m := mover.Manifest{Format: mover.ManifestFormat, Transfer: name, Created: time.Now().UTC(), Chunking: chunk.DefaultParams}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err

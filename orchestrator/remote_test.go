@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/stretchr/testify/require"
 )
@@ -123,7 +123,7 @@ func TestExportAcrossMovers(t *testing.T) {
 	for _, db := range plan.Databases {
 		man, err := os.ReadFile(filepath.Join(to, dbDirName(db), mover.ManifestName))
 		require.NoError(t, err)
-		sum := chunkstore.Sum(man)
+		sum := chunk.Sum(man)
 		want := hex.EncodeToString(sum[:])
 		require.Equal(t, want, s.Step(transferStep(db)).Manifest, db)
 		require.Equal(t, want, ss.Step(transferStep(db)).Manifest, db)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
@@ -99,7 +100,7 @@ func (l localSource) Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]c
 	return tree, nil
 }
 
-func (l localSource) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (l localSource) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	return l.r.Store().Get(ctx, id, dst)
 }
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // TestChunkCachePinning guards the recycling of chunk buffers: an entry
@@ -33,7 +33,7 @@ func TestChunkCachePinning(t *testing.T) {
 			return *bp, bp, nil
 		}
 	}
-	id := func(b byte) chunkstore.ID { return chunkstore.ID{b} }
+	id := func(b byte) chunk.ID { return chunk.ID{b} }
 
 	a, err := c.get(ctx, ctx, id('a'), fetch('a'))
 	require.NoError(t, err)
@@ -77,7 +77,7 @@ func TestChunkCachePinning(t *testing.T) {
 
 func TestChunkBufClasses(t *testing.T) {
 	p := newBufPool(1 << 20)
-	for _, n := range []int{1, 4096, 4097, 16 << 10, 65536 + 1, 256 << 10, chunkstore.MaxChunkCeil} {
+	for _, n := range []int{1, 4096, 4097, 16 << 10, 65536 + 1, 256 << 10, chunk.MaxChunkCeil} {
 		bp := p.get(n)
 		require.GreaterOrEqual(t, cap(*bp), n)
 		require.LessOrEqual(t, cap(*bp), max(4096, n*5/4+1), "size class for %d too large", n)

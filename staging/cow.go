@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // fileData is the content of one regular file: the restore point's chunks,
@@ -240,7 +241,7 @@ func (d *fileData) close() error {
 // a tree whose lengths disagree with its chunks must not be served.
 func checkChunk(c chunkstore.ChunkRef, data []byte) error {
 	if len(data) != int(c.Len) {
-		return &chunkstore.CorruptChunkError{ID: c.ID, Err: fmt.Errorf("length %d, tree says %d", len(data), c.Len)}
+		return &chunk.CorruptChunkError{ID: c.ID, Err: fmt.Errorf("length %d, tree says %d", len(data), c.Len)}
 	}
 	return nil
 }

@@ -11,16 +11,17 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // memChunks splits data with the default chunker and returns its chunk list
 // and a source serving those chunks from memory.
 func memChunks(t *testing.T, data []byte) ([]chunkstore.ChunkRef, chunkSource, *int) {
 	t.Helper()
-	held := map[chunkstore.ID][]byte{}
+	held := map[chunk.ID][]byte{}
 	var refs []chunkstore.ChunkRef
-	require.NoError(t, chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
-		id := chunkstore.Sum(c.Data)
+	require.NoError(t, chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
+		id := chunk.Sum(c.Data)
 		held[id] = bytes.Clone(c.Data)
 		refs = append(refs, chunkstore.ChunkRef{ID: id, Len: uint32(len(c.Data))})
 		return nil

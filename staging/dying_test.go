@@ -11,7 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -23,7 +23,7 @@ const dyingChildEnv = "PGPORTER_STAGING_DYING_CHILD"
 // repository that stopped answering.
 type stuckReader struct{}
 
-func (stuckReader) Get(ctx context.Context, _ chunkstore.ID, _ []byte) ([]byte, error) {
+func (stuckReader) Get(ctx context.Context, _ chunk.ID, _ []byte) ([]byte, error) {
 	fmt.Println("reading")
 	select {} // until the process is killed
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // filesys is the state one mount shares between its nodes.
@@ -57,10 +58,10 @@ type filesys struct {
 // as the end of WAL, a statistics file is dropped), so what it produced
 // from the mount may silently lack data: the caller must not trust it.
 type ReadError struct {
-	Count int64         // failed reads in all
-	Chunk chunkstore.ID // of the first failure
-	Path  string        // the file of the first failure, relative to the mount
-	Err   error         // the first failure
+	Count int64    // failed reads in all
+	Chunk chunk.ID // of the first failure
+	Path  string   // the file of the first failure, relative to the mount
+	Err   error    // the first failure
 }
 
 func (e *ReadError) Error() string {
@@ -70,7 +71,7 @@ func (e *ReadError) Error() string {
 func (e *ReadError) Unwrap() error { return e.Err }
 
 // readFailed counts a failed read of chunk id of file path.
-func (sys *filesys) readFailed(id chunkstore.ID, path string, err error) {
+func (sys *filesys) readFailed(id chunk.ID, path string, err error) {
 	sys.failMu.Lock()
 	defer sys.failMu.Unlock()
 	sys.failed++
@@ -264,7 +265,7 @@ func (sys *filesys) close() error {
 
 // chunkError is a failure to fetch an original chunk.
 type chunkError struct {
-	ID  chunkstore.ID
+	ID  chunk.ID
 	Err error
 }
 
@@ -273,7 +274,7 @@ func (e *chunkError) Unwrap() error { return e.Err }
 
 func (sys *filesys) fetch(c chunkstore.ChunkRef) chunkFetch {
 	return func(ctx context.Context) ([]byte, *[]byte, error) {
-		bp := sys.cache.bufs.get(int(c.Len) + chunkstore.DecodeSlack)
+		bp := sys.cache.bufs.get(int(c.Len) + chunk.DecodeSlack)
 		data, err := sys.chunks.Get(ctx, c.ID, (*bp)[:0])
 		if err == nil {
 			err = checkChunk(c, data)

@@ -21,13 +21,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // ChunkReader is where a mount fetches the restore point's chunks.
 // chunkstore.Reader satisfies it. Get must be safe for concurrent use and
 // must verify what it returns; the mount does not modify the result.
 type ChunkReader interface {
-	Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error)
+	Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error)
 }
 
 var _ ChunkReader = chunkstore.Reader(nil)
@@ -359,13 +360,13 @@ type chunkCache struct {
 	bufs *bufPool // where entries' buffers come from and go back to
 
 	mu      sync.Mutex // guards entries, lru, used, and every entry's refs, gone, elem, buf
-	entries map[chunkstore.ID]*cacheEntry
+	entries map[chunk.ID]*cacheEntry
 	lru     list.List // of *cacheEntry, most recent first; only loaded entries
 	used    int64
 }
 
 type cacheEntry struct {
-	id   chunkstore.ID
+	id   chunk.ID
 	elem *list.Element // nil while loading and once gone
 	done chan struct{} // closed when data or err is set
 	data []byte
@@ -380,11 +381,11 @@ type cacheEntry struct {
 type chunkFetch func(context.Context) ([]byte, *[]byte, error)
 
 func newChunkCache(maxBytes int64, wg *sync.WaitGroup) *chunkCache {
-	return &chunkCache{max: maxBytes, wg: wg, bufs: newBufPool(maxBytes), entries: make(map[chunkstore.ID]*cacheEntry)}
+	return &chunkCache{max: maxBytes, wg: wg, bufs: newBufPool(maxBytes), entries: make(map[chunk.ID]*cacheEntry)}
 }
 
 // has reports whether id is cached or being fetched.
-func (c *chunkCache) has(id chunkstore.ID) bool {
+func (c *chunkCache) has(id chunk.ID) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	_, ok := c.entries[id]
@@ -395,7 +396,7 @@ func (c *chunkCache) has(id chunkstore.ID) bool {
 // when it is neither cached nor being fetched. The entry's data stays valid
 // until the caller passes it to release, which it must do exactly once.
 // Failures are not cached.
-func (c *chunkCache) get(ctx, fctx context.Context, id chunkstore.ID, fetch chunkFetch) (*cacheEntry, error) {
+func (c *chunkCache) get(ctx, fctx context.Context, id chunk.ID, fetch chunkFetch) (*cacheEntry, error) {
 	c.mu.Lock()
 	e, ok := c.entries[id]
 	if ok {
@@ -465,12 +466,12 @@ func (c *chunkCache) load(ctx context.Context, e *cacheEntry, fetch chunkFetch) 
 // 4 KiB to MaxChunkCeil, so that a buffer wastes at most a fifth of itself.
 var chunkBufSizes = func() []int {
 	var s []int
-	for k := 12; 1<<k < chunkstore.MaxChunkCeil+chunkstore.DecodeSlack; k++ {
+	for k := 12; 1<<k < chunk.MaxChunkCeil+chunk.DecodeSlack; k++ {
 		for q := 4; q < 8; q++ {
 			s = append(s, q<<k/4)
 		}
 	}
-	return append(s, chunkstore.MaxChunkCeil+chunkstore.DecodeSlack)
+	return append(s, chunk.MaxChunkCeil+chunk.DecodeSlack)
 }()
 
 // bufPool keeps chunk buffers for reuse. Unlike a sync.Pool it keeps them

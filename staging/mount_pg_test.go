@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -50,8 +51,8 @@ func treeFromDir(t *testing.T, dir string) ([]chunkstore.Node, *chunkstore.Local
 				return err
 			}
 			n.Size = int64(len(data))
-			if err := chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
-				id := chunkstore.Sum(c.Data)
+			if err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
+				id := chunk.Sum(c.Data)
 				n.Chunks = append(n.Chunks, chunkstore.ChunkRef{ID: id, Len: uint32(len(c.Data))})
 				return store.Put(ctx, id, c.Data)
 			}); err != nil {

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/synth"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
@@ -46,8 +47,8 @@ func buildTree(t *testing.T, files []testFile) ([]chunkstore.Node, *chunkstore.L
 		n := chunkstore.Node{Path: f.path, Type: f.typ, Mode: f.mode, MTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano(), Target: f.target}
 		if f.typ == chunkstore.NodeFile {
 			n.Size = int64(len(f.data))
-			require.NoError(t, chunkstore.Split(f.data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
-				id := chunkstore.Sum(c.Data)
+			require.NoError(t, chunk.Split(f.data, chunk.DefaultParams, func(c chunk.Chunk) error {
+				id := chunk.Sum(c.Data)
 				n.Chunks = append(n.Chunks, chunkstore.ChunkRef{ID: id, Len: uint32(len(c.Data))})
 				return store.Put(ctx, id, c.Data)
 			}))
@@ -211,7 +212,7 @@ func allocated(t *testing.T, dir string) int64 {
 func chunkCount(t *testing.T, s chunkstore.Store) int {
 	t.Helper()
 	n := 0
-	require.NoError(t, s.Iterate(context.Background(), func(chunkstore.ID, chunkstore.Info) error { n++; return nil }))
+	require.NoError(t, s.Iterate(context.Background(), func(chunk.ID, chunkstore.Info) error { n++; return nil }))
 	return n
 }
 
@@ -241,7 +242,7 @@ func TestWriteIntoLargeFileCopiesOneChunk(t *testing.T) {
 	used := allocated(t, cow)
 	t.Logf("CoW layer after an 8 KiB write into 64 MiB: %d bytes allocated", used)
 	require.Greater(t, used, int64(0))
-	require.LessOrEqual(t, used, int64(2*chunkstore.DefaultParams.Max+64<<10), "the write copied more than the chunks it touched")
+	require.LessOrEqual(t, used, int64(2*chunk.DefaultParams.Max+64<<10), "the write copied more than the chunks it touched")
 
 	stats, err := store.Verify(context.Background(), nil)
 	require.NoError(t, err)
@@ -363,12 +364,12 @@ func TestCopyOnWriteOperations(t *testing.T) {
 // failingReader fails Get for one chunk as a corrupt store would.
 type failingReader struct {
 	ChunkReader
-	bad chunkstore.ID
+	bad chunk.ID
 }
 
-func (r failingReader) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (r failingReader) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	if id == r.bad {
-		return nil, &chunkstore.CorruptChunkError{ID: id, Err: chunkstore.ErrHashMismatch}
+		return nil, &chunk.CorruptChunkError{ID: id, Err: chunk.ErrHashMismatch}
 	}
 	return r.ChunkReader.Get(ctx, id, dst)
 }
@@ -416,7 +417,7 @@ func TestCorruptChunkGivesEIO(t *testing.T) {
 	require.Equal(t, badID, re.Chunk)
 	require.Equal(t, "base/1/16384", re.Path)
 	require.Positive(t, re.Count)
-	require.ErrorIs(t, re, chunkstore.ErrHashMismatch)
+	require.ErrorIs(t, re, chunk.ErrHashMismatch)
 
 	// The chunks before the bad one still read.
 	f, err := os.Open(filepath.Join(mnt, "base/1/16384"))

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -63,8 +64,8 @@ func benchTree(b *testing.B, files, size int) ([]chunkstore.Node, *chunkstore.Lo
 	for i := range files {
 		data := heapLike(uint32(i), size)
 		n := chunkstore.Node{Path: fmt.Sprintf("base/%d", 16000+i), Type: chunkstore.NodeFile, Mode: 0o600, Size: int64(len(data))}
-		require.NoError(b, chunkstore.Split(data, chunkstore.DefaultParams, func(c chunkstore.Chunk) error {
-			id := chunkstore.Sum(c.Data)
+		require.NoError(b, chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
+			id := chunk.Sum(c.Data)
 			n.Chunks = append(n.Chunks, chunkstore.ChunkRef{ID: id, Len: uint32(len(c.Data))})
 			return store.Put(ctx, id, c.Data)
 		}))

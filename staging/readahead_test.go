@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
@@ -53,13 +54,13 @@ func TestRateMeter(t *testing.T) {
 type latencyReader struct {
 	ChunkReader
 	rtt  time.Duration
-	offs map[chunkstore.ID]int64 // chunk -> its file offset
+	offs map[chunk.ID]int64 // chunk -> its file offset
 
 	mu       sync.Mutex // guards furthest
 	furthest int64
 }
 
-func (r *latencyReader) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (r *latencyReader) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	r.mu.Lock()
 	if off, ok := r.offs[id]; ok && off > r.furthest {
 		r.furthest = off
@@ -71,7 +72,7 @@ func (r *latencyReader) Get(ctx context.Context, id chunkstore.ID, dst []byte) (
 // plainReader hides latencyReader's RTT: a local store.
 type plainReader struct{ r *latencyReader }
 
-func (r plainReader) Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (r plainReader) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	return r.r.Get(ctx, id, dst)
 }
 
@@ -84,7 +85,7 @@ func TestReadaheadByLatency(t *testing.T) {
 	const size, read, ahead = 32 << 20, 8 << 20, 16 << 20
 	data := synth.Random(7, size)
 	tree, store := buildTree(t, []testFile{{path: "big", typ: chunkstore.NodeFile, mode: 0o600, data: data}})
-	offs := map[chunkstore.ID]int64{}
+	offs := map[chunk.ID]int64{}
 	var off int64
 	for _, c := range tree[0].Chunks {
 		offs[c.ID] = off
@@ -97,7 +98,7 @@ func TestReadaheadByLatency(t *testing.T) {
 	}{
 		{"local store", false, func(t *testing.T, furthest int64) {
 			// The read, the kernel's readahead (2 MiB), 3 chunks.
-			require.Less(t, furthest, int64(read+(2<<20)+(1<<20)+3*chunkstore.DefaultParams.Max))
+			require.Less(t, furthest, int64(read+(2<<20)+(1<<20)+3*chunk.DefaultParams.Max))
 		}},
 		{"store 1 s away", true, func(t *testing.T, furthest int64) {
 			require.GreaterOrEqual(t, furthest, int64(read+ahead-(1<<20)))

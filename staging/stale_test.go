@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -25,9 +26,9 @@ const (
 )
 
 // memReader serves chunks from memory.
-type memReader map[chunkstore.ID][]byte
+type memReader map[chunk.ID][]byte
 
-func (r memReader) Get(_ context.Context, id chunkstore.ID, dst []byte) ([]byte, error) {
+func (r memReader) Get(_ context.Context, id chunk.ID, dst []byte) ([]byte, error) {
 	b, ok := r[id]
 	if !ok {
 		return nil, fmt.Errorf("chunk %s not found", id)
@@ -38,7 +39,7 @@ func (r memReader) Get(_ context.Context, id chunkstore.ID, dst []byte) ([]byte,
 // smallTree is one file, PG_VERSION, served from memory.
 func smallTree() ([]chunkstore.Node, memReader) {
 	data := []byte("15\n")
-	id := chunkstore.Sum(data)
+	id := chunk.Sum(data)
 	tree := []chunkstore.Node{{Path: "PG_VERSION", Type: chunkstore.NodeFile, Mode: 0o600, Size: int64(len(data)),
 		Chunks: []chunkstore.ChunkRef{{ID: id, Len: uint32(len(data))}}}}
 	return tree, memReader{id: data}

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Reader is a repository that restore points are read from: the local
@@ -16,7 +17,7 @@ import (
 type Reader interface {
 	Resolve(ctx context.Context, id string) (*chunkstore.RestorePoint, error)
 	Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]chunkstore.Node, error)
-	Get(ctx context.Context, id chunkstore.ID, dst []byte) ([]byte, error)
+	Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error)
 }
 
 // Want is what a Reader must read: the repository's restore points, the
@@ -32,7 +33,7 @@ type Want struct {
 // restore point's ID resolve to the point want has, trees are want's, every
 // chunk of every file reads back with the bytes of its ID (appended to
 // dst) and files read as want's, and what is not there fails with
-// chunkstore.ErrNoRestorePoint and chunkstore.ErrNotFound.
+// chunkstore.ErrNoRestorePoint and chunk.ErrNotFound.
 func RunReader(t *testing.T, r Reader, want Want) {
 	t.Helper()
 	ctx := t.Context()
@@ -72,7 +73,7 @@ func RunReader(t *testing.T, r Reader, want Want) {
 				require.NoError(t, err, "%s", n.Path)
 				require.Equal(t, prefix, got[:len(prefix)], "Get appends to dst")
 				require.Len(t, got, len(prefix)+int(c.Len), "%s", n.Path)
-				require.Equal(t, c.ID, chunkstore.Sum(got[len(prefix):]), "%s", n.Path)
+				require.Equal(t, c.ID, chunk.Sum(got[len(prefix):]), "%s", n.Path)
 				content = append(content, got[len(prefix):]...)
 			}
 			require.EqualValues(t, n.Size, len(content), "%s", n.Path)
@@ -87,7 +88,7 @@ func RunReader(t *testing.T, r Reader, want Want) {
 	})
 
 	t.Run("GetMissing", func(t *testing.T) {
-		_, err := r.Get(ctx, chunkstore.Sum([]byte("no such chunk in any repository")), nil)
-		require.ErrorIs(t, err, chunkstore.ErrNotFound)
+		_, err := r.Get(ctx, chunk.Sum([]byte("no such chunk in any repository")), nil)
+		require.ErrorIs(t, err, chunk.ErrNotFound)
 	})
 }

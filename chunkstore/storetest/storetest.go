@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Run runs the suite. open must return a new, empty store each time it is
@@ -56,7 +57,7 @@ func Run(t *testing.T, open func(t *testing.T) chunkstore.Store) {
 
 // EdgeChunks returns the chunks at the edges of what a store must take:
 // empty, one byte, just below the size compression is tried at, a MiB of
-// zeros, and random and compressible chunks of chunkstore.MaxChunkCeil.
+// zeros, and random and compressible chunks of chunk.MaxChunkCeil.
 func EdgeChunks() [][]byte {
 	r := rand.New(rand.NewPCG(0xed6e, 0xed6e))
 	return [][]byte{
@@ -64,8 +65,8 @@ func EdgeChunks() [][]byte {
 		{0},
 		RandomBytes(r, 127),
 		make([]byte, 1<<20),
-		RandomBytes(r, chunkstore.MaxChunkCeil),
-		Text(r, chunkstore.MaxChunkCeil),
+		RandomBytes(r, chunk.MaxChunkCeil),
+		Text(r, chunk.MaxChunkCeil),
 	}
 }
 
@@ -122,17 +123,17 @@ func Text(r *rand.Rand, n int) []byte {
 	return b[:n]
 }
 
-func putAll(t *testing.T, s chunkstore.Store, chunks [][]byte) []chunkstore.ID {
+func putAll(t *testing.T, s chunkstore.Store, chunks [][]byte) []chunk.ID {
 	t.Helper()
-	ids := make([]chunkstore.ID, len(chunks))
+	ids := make([]chunk.ID, len(chunks))
 	for i, c := range chunks {
-		ids[i] = chunkstore.Sum(c)
+		ids[i] = chunk.Sum(c)
 		require.NoError(t, s.Put(t.Context(), ids[i], c), "chunk %d (%d bytes)", i, len(c))
 	}
 	return ids
 }
 
-func checkAll(t *testing.T, s chunkstore.Store, ids []chunkstore.ID, chunks [][]byte) {
+func checkAll(t *testing.T, s chunkstore.Store, ids []chunk.ID, chunks [][]byte) {
 	t.Helper()
 	for i, id := range ids {
 		got, err := s.Get(t.Context(), id, nil)
@@ -155,7 +156,7 @@ func testRoundTrip(t *testing.T, s chunkstore.Store) {
 
 func testGetAppends(t *testing.T, s chunkstore.Store) {
 	data := []byte("appended after the prefix")
-	id := chunkstore.Sum(data)
+	id := chunk.Sum(data)
 	require.NoError(t, s.Put(t.Context(), id, data))
 	got, err := s.Get(t.Context(), id, []byte("prefix:"))
 	require.NoError(t, err)
@@ -165,7 +166,7 @@ func testGetAppends(t *testing.T, s chunkstore.Store) {
 func testPutDoesNotRetain(t *testing.T, s chunkstore.Store) {
 	data := bytes.Repeat([]byte("retained? "), 1000)
 	want := bytes.Clone(data)
-	id := chunkstore.Sum(data)
+	id := chunk.Sum(data)
 	require.NoError(t, s.Put(t.Context(), id, data))
 	for i := range data {
 		data[i] = 'x'
@@ -177,8 +178,8 @@ func testPutDoesNotRetain(t *testing.T, s chunkstore.Store) {
 
 func testPutWrongID(t *testing.T, s chunkstore.Store) {
 	a, b := []byte("content a"), []byte("content b")
-	require.Error(t, s.Put(t.Context(), chunkstore.Sum(a), b))
-	for _, id := range []chunkstore.ID{chunkstore.Sum(a), chunkstore.Sum(b)} {
+	require.Error(t, s.Put(t.Context(), chunk.Sum(a), b))
+	for _, id := range []chunk.ID{chunk.Sum(a), chunk.Sum(b)} {
 		ok, err := s.Has(t.Context(), id)
 		require.NoError(t, err)
 		require.False(t, ok)
@@ -187,7 +188,7 @@ func testPutWrongID(t *testing.T, s chunkstore.Store) {
 
 func testPutDuplicate(t *testing.T, s chunkstore.Store) {
 	data := bytes.Repeat([]byte("dup"), 5000)
-	id := chunkstore.Sum(data)
+	id := chunk.Sum(data)
 	for range 3 {
 		require.NoError(t, s.Put(t.Context(), id, data))
 	}
@@ -195,7 +196,7 @@ func testPutDuplicate(t *testing.T, s chunkstore.Store) {
 	require.NoError(t, s.Put(t.Context(), id, data))
 	require.NoError(t, s.Flush(t.Context()))
 	var n int
-	require.NoError(t, s.Iterate(t.Context(), func(chunkstore.ID, chunkstore.Info) error { n++; return nil }))
+	require.NoError(t, s.Iterate(t.Context(), func(chunk.ID, chunkstore.Info) error { n++; return nil }))
 	require.Equal(t, 1, n)
 	st, err := s.Verify(t.Context(), nil)
 	require.NoError(t, err)
@@ -203,10 +204,10 @@ func testPutDuplicate(t *testing.T, s chunkstore.Store) {
 }
 
 func testGetMissing(t *testing.T, s chunkstore.Store) {
-	id := chunkstore.Sum([]byte("never stored"))
+	id := chunk.Sum([]byte("never stored"))
 	_, err := s.Get(t.Context(), id, nil)
-	require.ErrorIs(t, err, chunkstore.ErrNotFound)
-	var ce *chunkstore.CorruptChunkError
+	require.ErrorIs(t, err, chunk.ErrNotFound)
+	var ce *chunk.CorruptChunkError
 	require.False(t, errors.As(err, &ce), "a missing chunk is not a corrupt one")
 	ok, err := s.Has(t.Context(), id)
 	require.NoError(t, err)
@@ -214,11 +215,11 @@ func testGetMissing(t *testing.T, s chunkstore.Store) {
 }
 
 func testHasMany(t *testing.T, s chunkstore.Store) {
-	var ids []chunkstore.ID
+	var ids []chunk.ID
 	var want []bool
 	for i := range 300 {
 		data := fmt.Appendf(nil, "chunk %d", i)
-		id := chunkstore.Sum(data)
+		id := chunk.Sum(data)
 		if i%3 != 0 {
 			require.NoError(t, s.Put(t.Context(), id, data))
 		}
@@ -249,12 +250,12 @@ func testIterate(t *testing.T, s chunkstore.Store) {
 	chunks := append(EdgeChunks()[:3], Chunks(2, 60)...)
 	ids := putAll(t, s, chunks)
 	require.NoError(t, s.Flush(t.Context()))
-	want := map[chunkstore.ID]int{}
+	want := map[chunk.ID]int{}
 	for i, id := range ids {
 		want[id] = len(chunks[i])
 	}
-	var seen []chunkstore.ID
-	require.NoError(t, s.Iterate(t.Context(), func(id chunkstore.ID, info chunkstore.Info) error {
+	var seen []chunk.ID
+	require.NoError(t, s.Iterate(t.Context(), func(id chunk.ID, info chunkstore.Info) error {
 		plain, ok := want[id]
 		require.True(t, ok, "unexpected chunk %s", id)
 		require.Equal(t, plain, info.PlainLen, "chunk %s", id)
@@ -264,7 +265,7 @@ func testIterate(t *testing.T, s chunkstore.Store) {
 		return nil
 	}))
 	require.Len(t, seen, len(want))
-	require.True(t, slices.IsSortedFunc(seen, func(a, b chunkstore.ID) int { return bytes.Compare(a[:], b[:]) }),
+	require.True(t, slices.IsSortedFunc(seen, func(a, b chunk.ID) int { return bytes.Compare(a[:], b[:]) }),
 		"Iterate must go in ID order")
 	require.Len(t, slices.Compact(slices.Clone(seen)), len(seen), "Iterate repeated a chunk")
 }
@@ -274,7 +275,7 @@ func testIterateStops(t *testing.T, s chunkstore.Store) {
 	require.NoError(t, s.Flush(t.Context()))
 	stop := errors.New("stop here")
 	var n int
-	err := s.Iterate(t.Context(), func(chunkstore.ID, chunkstore.Info) error {
+	err := s.Iterate(t.Context(), func(chunk.ID, chunkstore.Info) error {
 		n++
 		if n == 3 {
 			return stop
@@ -292,7 +293,7 @@ func testIterateCancelled(t *testing.T, s chunkstore.Store) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var n int
-	err := s.Iterate(ctx, func(chunkstore.ID, chunkstore.Info) error {
+	err := s.Iterate(ctx, func(chunk.ID, chunkstore.Info) error {
 		n++
 		cancel()
 		return nil
@@ -309,7 +310,7 @@ func testVerifyClean(t *testing.T, s chunkstore.Store) {
 	for _, c := range chunks {
 		plain += int64(len(c))
 	}
-	st, err := s.Verify(t.Context(), func(id chunkstore.ID, err error) {
+	st, err := s.Verify(t.Context(), func(id chunk.ID, err error) {
 		t.Errorf("Verify reported good chunk %s: %v", id, err)
 	})
 	require.NoError(t, err)
@@ -354,11 +355,11 @@ func testConcurrent(t *testing.T, s chunkstore.Store) {
 				// Read another worker's chunks: they may or may not be
 				// there yet, but must never be wrong.
 				other := own[(w+1)%workers][i]
-				got, err := s.Get(ctx, chunkstore.Sum(other), nil)
+				got, err := s.Get(ctx, chunk.Sum(other), nil)
 				if err == nil && !bytes.Equal(got, other) {
 					return fmt.Errorf("worker %d read wrong content", w)
 				}
-				if err != nil && !errors.Is(err, chunkstore.ErrNotFound) {
+				if err != nil && !errors.Is(err, chunk.ErrNotFound) {
 					return err
 				}
 			}
@@ -368,17 +369,17 @@ func testConcurrent(t *testing.T, s chunkstore.Store) {
 	require.NoError(t, g.Wait())
 	require.NoError(t, s.Flush(t.Context()))
 
-	want := map[chunkstore.ID]bool{}
+	want := map[chunk.ID]bool{}
 	for _, c := range shared {
-		want[chunkstore.Sum(c)] = true
+		want[chunk.Sum(c)] = true
 	}
 	for _, cs := range own {
 		for _, c := range cs {
-			want[chunkstore.Sum(c)] = true
+			want[chunk.Sum(c)] = true
 		}
 	}
 	var n int
-	require.NoError(t, s.Iterate(t.Context(), func(id chunkstore.ID, _ chunkstore.Info) error {
+	require.NoError(t, s.Iterate(t.Context(), func(id chunk.ID, _ chunkstore.Info) error {
 		require.True(t, want[id])
 		n++
 		return nil
@@ -391,7 +392,7 @@ func testConcurrent(t *testing.T, s chunkstore.Store) {
 }
 
 func putGet(ctx context.Context, s chunkstore.Store, data []byte) error {
-	id := chunkstore.Sum(data)
+	id := chunk.Sum(data)
 	if err := s.Put(ctx, id, data); err != nil {
 		return err
 	}
@@ -407,7 +408,7 @@ func putGet(ctx context.Context, s chunkstore.Store, data []byte) error {
 
 func testCloseTwice(t *testing.T, s chunkstore.Store) {
 	data := []byte("closing")
-	require.NoError(t, s.Put(t.Context(), chunkstore.Sum(data), data))
+	require.NoError(t, s.Put(t.Context(), chunk.Sum(data), data))
 	require.NoError(t, s.Close())
 	require.NoError(t, s.Close())
 }

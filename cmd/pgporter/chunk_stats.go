@@ -5,17 +5,18 @@ import (
 	"os"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/spf13/cobra"
 )
 
 type chunkStatsOpts struct {
-	params chunkstore.Params
+	params chunk.Params
 	level  string
 	json   bool
 }
 
 func newChunkStatsCmd(g *globals) *cobra.Command {
-	o := chunkStatsOpts{params: chunkstore.DefaultParams}
+	o := chunkStatsOpts{params: chunk.DefaultParams}
 	c := &cobra.Command{
 		Use:   "stats FILE...",
 		Short: "Chunk files and report chunk sizes, dedupe and compression ratios, speed",
@@ -40,7 +41,7 @@ func runChunkStats(cmd *cobra.Command, g *globals, o chunkStatsOpts, files []str
 	if err := o.params.Validate(); err != nil {
 		return usageError{err}
 	}
-	lvl, err := chunkstore.ParseLevel(o.level)
+	lvl, err := chunk.ParseLevel(o.level)
 	if err != nil {
 		return usageError{err}
 	}

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -176,10 +177,10 @@ func isPermission(err error) bool {
 }
 
 func isVerification(err error) bool {
-	_, corrupt := errors.AsType[*chunkstore.CorruptChunkError](err)
+	_, corrupt := errors.AsType[*chunk.CorruptChunkError](err)
 	return corrupt || errors.Is(err, mover.ErrVerify) || errors.Is(err, mover.ErrManifestHash) ||
 		errors.Is(err, protocol.ErrCorrupt) || errors.Is(err, chunkstore.ErrIDMismatch) ||
-		errors.Is(err, chunkstore.ErrHashMismatch) || errors.Is(err, errVerification)
+		errors.Is(err, chunk.ErrHashMismatch) || errors.Is(err, errVerification)
 }
 
 func isConflict(err error) bool {

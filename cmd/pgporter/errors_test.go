@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -51,7 +52,7 @@ func TestExitCodeContract(t *testing.T) {
 		{"listen address in use", fmt.Errorf("listening: %w", &net.OpError{Op: "listen", Net: "udp", Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}), exitConflict},
 		{"connection refused", wrap(&net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}), exitNetwork},
 		{"verify", wrap(mover.ErrVerify), exitVerification},
-		{"corrupt chunk", wrap(&chunkstore.CorruptChunkError{Err: chunkstore.ErrHashMismatch}), exitVerification},
+		{"corrupt chunk", wrap(&chunk.CorruptChunkError{Err: chunk.ErrHashMismatch}), exitVerification},
 		{"rows differ", errRowsDiffer, exitVerification},
 		{"no repository", fmt.Errorf("%w: repository /x: %w", orchestrator.ErrBadPlan, chunkstore.ErrNotRepo), exitNotFound},
 		{"no restore point", wrap(chunkstore.ErrNoRestorePoint), exitNotFound},

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -104,7 +104,7 @@ func TestExportCLI(t *testing.T) {
 	for _, db := range []string{"shop", "crm"} {
 		man, err := os.ReadFile(filepath.Join(to, db, mover.ManifestName))
 		require.NoError(t, err)
-		sum := chunkstore.Sum(man)
+		sum := chunk.Sum(man)
 		require.Regexp(t, db+` +`+hex.EncodeToString(sum[:])+` +`+regexp.QuoteMeta(filepath.Join(to, db)), out)
 	}
 	code, out, errs = runCLI(t, "--home", home, "sessions", "show", res.Session, "--json")

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/stretchr/testify/require"
 	"github.com/zeebo/blake3"
@@ -69,11 +69,11 @@ func writeDump2(t *testing.T, dir string, content []byte) {
 	t.Helper()
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "3001.dat"), content, 0o644))
-	p := chunkstore.Params{Algorithm: chunkstore.AlgorithmGearV1, Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
-	l := chunkstore.NewFileListHash(uint64(len(content)))
+	p := chunk.Params{Algorithm: chunk.AlgorithmGearV1, Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
+	l := chunk.NewFileListHash(uint64(len(content)))
 	n := 0
-	require.NoError(t, chunkstore.Split(content, p, func(c chunkstore.Chunk) error {
-		l.Add(chunkstore.Sum(c.Data), uint32(len(c.Data)))
+	require.NoError(t, chunk.Split(content, p, func(c chunk.Chunk) error {
+		l.Add(chunk.Sum(c.Data), uint32(len(c.Data)))
 		n++
 		return nil
 	}))
