@@ -67,7 +67,7 @@ func RequireNetns(t testing.TB) {
 	t.Helper()
 	netnsProbeOnce.Do(func() { netnsProbeErr = probeNetns() })
 	if netnsProbeErr != nil {
-		skipOrFatal(t, "network namespaces not available: "+netnsProbeErr.Error())
+		SkipOrFail(t, "network namespaces not available: "+netnsProbeErr.Error())
 	}
 }
 

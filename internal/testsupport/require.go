@@ -19,8 +19,9 @@ const BinDirEnv = "PGPORTER_PG_BINDIR"
 // skip it: in CI a skipped PostgreSQL or FUSE test would hide a broken runner.
 func inCI() bool { return os.Getenv("CI") == "true" }
 
-// skipOrFatal skips the test with reason, or fails it in CI.
-func skipOrFatal(t testing.TB, reason string) {
+// SkipOrFail skips the test with reason, or fails it in CI (CI=true),
+// where a skipped test would hide a missing prerequisite.
+func SkipOrFail(t testing.TB, reason string) {
 	t.Helper()
 	if inCI() {
 		t.Fatal(reason + " (CI=true: missing prerequisites fail instead of skipping)")
@@ -36,11 +37,11 @@ func RequirePG(t testing.TB) string {
 	t.Helper()
 	dir, err := findPG()
 	if err != nil {
-		skipOrFatal(t, "PostgreSQL not available: "+err.Error())
+		SkipOrFail(t, "PostgreSQL not available: "+err.Error())
 	}
 	if os.Geteuid() == 0 {
 		if _, err := user.Lookup(pgOSUser); err != nil {
-			skipOrFatal(t, "PostgreSQL not usable as root: no OS user "+pgOSUser+": "+err.Error())
+			SkipOrFail(t, "PostgreSQL not usable as root: no OS user "+pgOSUser+": "+err.Error())
 		}
 	}
 	return dir
@@ -78,7 +79,7 @@ func RequireFUSE(t testing.TB) {
 	t.Helper()
 	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
 	if err != nil {
-		skipOrFatal(t, "FUSE not available: "+err.Error())
+		SkipOrFail(t, "FUSE not available: "+err.Error())
 	}
 	f.Close()
 	RequireRoot(t, "mounting with DirectMount")
@@ -89,7 +90,7 @@ func RequireFUSE(t testing.TB) {
 func RequireRoot(t testing.TB, why string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFatal(t, why+" needs root")
+		SkipOrFail(t, why+" needs root")
 	}
 }
 
@@ -100,7 +101,7 @@ func RequireTool(t testing.TB, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		skipOrFatal(t, fmt.Sprintf("%s not found (apt-get install %s): %v", name, pkg, err))
+		SkipOrFail(t, fmt.Sprintf("%s not found (apt-get install %s): %v", name, pkg, err))
 	}
 	return p
 }

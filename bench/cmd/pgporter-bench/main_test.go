@@ -70,10 +70,7 @@ func TestSmoke(t *testing.T) {
 	testsupport.RequireFUSE(t)
 	for _, req := range []func() error{bench.RequireLinkTools, bench.RequireExportTools} {
 		if err := req(); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
-			}
-			t.Skipf("smoke: %v", err)
+			testsupport.SkipOrFail(t, "smoke: "+err.Error())
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -186,10 +183,7 @@ func TestSmokeExportVariants(t *testing.T) {
 	testsupport.RequirePG(t)
 	testsupport.RequireFUSE(t)
 	if err := bench.RequireExportTools(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("export smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
-		}
-		t.Skipf("export smoke: %v", err)
+		testsupport.SkipOrFail(t, "export smoke: "+err.Error())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -230,10 +224,7 @@ func TestSmokeExportVariants(t *testing.T) {
 func TestSmokeWAN(t *testing.T) {
 	testsupport.RequireNetns(t)
 	if err := bench.RequireLinkTools(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("WAN smoke: %v (CI=true: missing prerequisites fail instead of skipping)", err)
-		}
-		t.Skipf("WAN smoke: %v", err)
+		testsupport.SkipOrFail(t, "WAN smoke: "+err.Error())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
