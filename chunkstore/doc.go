@@ -1,9 +1,11 @@
 // Package chunkstore stores chunks and the backups made of them: the Store
 // interface and its conformance suite (storetest), the crash-safe local
-// store of append-only pack files indexed by pebble (local.go, pack.go,
-// index.go), chunking statistics (stats.go), and the backup repository:
-// restore points, their trees, and backups of a data directory or of a
-// running server (repo.go, snapshot.go, backup.go, basebackup.go).
+// store of pack files indexed by immutable sorted runs, which any number of
+// processes read and write at once (local.go, pack.go, runs.go; migrate.go
+// converts the previous pebble index), chunking statistics (stats.go), and
+// the backup repository: restore points, their trees, and backups of a data
+// directory or of a running server (repo.go, snapshot.go, backup.go,
+// basebackup.go).
 //
 // Chunk identity (IDs, codecs, parameters, the chunker) is the leaf package
 // chunkstore/chunk, which protocol imports without the store's pebble and

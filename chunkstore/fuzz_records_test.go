@@ -5,39 +5,87 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // FuzzRepoRecords fuzzes the repository records no other target covers,
-// chosen by kind: the index's keys (0) and restore point files (1). (The
-// tree, pack records, index locations and pack lengths have targets of
-// their own.) One target for both keeps the fuzz time of 'make test' short.
+// chosen by kind: index run files (0) and restore point files (1). (The
+// tree, pack records and old index locations have targets of their own.)
+// One target for both keeps the fuzz time of 'make test' short.
 func FuzzRepoRecords(f *testing.F) {
-	f.Add(byte(0), appendChunkKey(nil, chunk.Sum([]byte("a"))))
-	f.Add(byte(0), packKey(7))
-	f.Add(byte(0), []byte{keyPack, 0, 0})
+	dir := f.TempDir()
+	entries := []runEntry{
+		{chunk.Sum([]byte("a")), chunkLoc{Pack: 1 << 63, Offset: 0, StoredLen: 5, PlainLen: 5}},
+		{chunk.Sum([]byte("b")), chunkLoc{Pack: 3, Offset: 54, StoredLen: 10, PlainLen: 100, Codec: chunk.CodecZstd}},
+	}
+	slices.SortFunc(entries, func(a, b runEntry) int { return bytes.Compare(a.id[:], b.id[:]) })
+	r, err := writeRun(dir, entries, owner{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	r.release()
+	good, err := os.ReadFile(filepath.Join(dir, r.name))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(byte(0), good)
+	f.Add(byte(0), good[:len(good)-1])
+	f.Add(byte(0), []byte(runMagic))
 	f.Add(byte(1), []byte(`{"id":"rp-1","format":1,"tree":["`+chunk.Sum([]byte("t")).String()+`"],"params":{"min":64}}`))
 	f.Add(byte(1), []byte(`{"id":"../x","format":1,"databases":[{"name":"a","oid":5}]}`))
 	f.Add(byte(1), []byte(`{"format":2}`))
 	p := filepath.Join(f.TempDir(), "rp.json")
 	f.Fuzz(func(t *testing.T, kind byte, b []byte) {
 		if kind%2 == 0 {
-			fuzzIndexKey(t, b)
+			fuzzRun(t, b, filepath.Join(dir, "fuzz.idx"))
 		} else {
 			fuzzRestorePoint(t, b, p)
 		}
 	})
 }
 
-// fuzzIndexKey: what parses as a key encodes back to the same key.
-func fuzzIndexKey(t *testing.T, k []byte) {
-	if id, ok := parseChunkKey(k); ok && !bytes.Equal(appendChunkKey(nil, id), k) {
-		t.Fatalf("chunk key %x re-encodes as %x", k, appendChunkKey(nil, id))
+// fuzzRun opens b as an index run: what is accepted finds each of its IDs
+// and writes back to the same bytes.
+func fuzzRun(t *testing.T, b []byte, p string) {
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if n, ok := parsePackKey(k); ok && !bytes.Equal(packKey(n), k) {
-		t.Fatalf("pack key %x re-encodes as %x", k, packKey(n))
+	r, err := openRun(p)
+	if err != nil {
+		return
+	}
+	defer r.release()
+	var entries []runEntry
+	for i := range r.n {
+		id := chunk.ID(r.id(i))
+		if r.search(id) != i {
+			t.Fatalf("entry %d: search finds %d", i, r.search(id))
+		}
+		loc, ok, err := r.find(id)
+		if !ok {
+			t.Fatalf("entry %d not found", i)
+		}
+		if err != nil {
+			return // a damaged location: reported as corrupt, never re-encoded
+		}
+		entries = append(entries, runEntry{id, loc})
+	}
+	dir := filepath.Dir(p)
+	w, err := writeRun(dir, entries, owner{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.release()
+	defer os.Remove(filepath.Join(dir, w.name))
+	again, err := os.ReadFile(filepath.Join(dir, w.name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(again, b) {
+		t.Fatalf("run re-encodes differently")
 	}
 }
 

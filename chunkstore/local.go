@@ -11,13 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
-	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/bloom"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
-	"github.com/pgporter/pgporter/internal/pebbledb"
 )
 
 // Defaults of LocalOptions.
@@ -54,6 +55,10 @@ type LocalOptions struct {
 	FlushBytes int64
 	// Logger receives recovery and failure reports; nil means silent.
 	Logger *slog.Logger
+	// MaxMerge caps the entries one merge of index runs may write (0: no
+	// cap). A writer whose flushes must stay short (wal-push, under
+	// PostgreSQL's archive_command) leaves bigger merges to other writers.
+	MaxMerge int
 }
 
 func (o LocalOptions) withDefaults() LocalOptions {
@@ -85,53 +90,69 @@ func (o LocalOptions) Validate() error {
 		return fmt.Errorf("chunkstore: pack size %d out of range (max %d)", o.PackSize, int64(maxPackSize))
 	case o.FlushBytes < 0:
 		return fmt.Errorf("chunkstore: flush bytes %d is negative", o.FlushBytes)
+	case o.MaxMerge < 0:
+		return fmt.Errorf("chunkstore: max merge %d is negative", o.MaxMerge)
 	}
 	return nil
 }
 
 // Local is a chunk store in a local directory:
 //
-//	DIR/packs/NNNNNNNN.pack  append-only pack files of chunk records (pack.go)
-//	DIR/index/               pebble DB: chunk ID -> record location (index.go)
+//	DIR/format               "pgporter-chunkstore-2"
+//	DIR/packs/<hex>.pack     pack files of chunk records (pack.go)
+//	DIR/idx/<hex>.idx        immutable index runs: chunk ID -> record location (runs.go)
+//	DIR/compact.lock         held (flock) by the one process merging runs
 //
-// A Put compresses the chunk (in the caller's goroutine, outside any lock)
-// and appends it to the current pack; it is readable at once, through an
-// in-memory set of unflushed chunks. Flush syncs the packs and only then
-// commits the index entries, with the packs' new durable lengths, in one
-// synced batch. So the index never points at bytes that a crash can lose,
-// and on open anything past a pack's durable length is a torn tail, cut off.
+// Any number of processes may open a directory at once, to read and to
+// write (docs/design/0007-repository-concurrency.md). Each writer appends
+// only to pack files it created itself, under fresh random names. A Put
+// compresses the chunk (in the caller's goroutine, outside any lock) and
+// appends it to the writer's current pack; it is readable at once in that
+// process, through an in-memory set of unflushed chunks. Flush syncs the
+// packs and only then writes their new chunks as a new index run (synced,
+// then renamed into place), so no run ever points at bytes that a crash can
+// lose. What a crashed writer appended past its last run is unreferenced:
+// nobody appends to its pack again, and nothing reads it.
 //
-// A Local is safe for concurrent use. Only one process may open a directory
-// at a time (pebble holds a lock on the index).
+// A process sees the runs it lists; it lists them again when a Get misses,
+// and when a Has misses after the index directory changed. A Local is safe
+// for concurrent use.
 type Local struct {
-	dir  string
-	opts LocalOptions
-	log  *slog.Logger
-	db   *pebbledb.DB
+	dir   string
+	opts  LocalOptions
+	log   *slog.Logger
+	owner owner
 
 	stateMu   sync.Mutex // guards closed, active
 	stateCond *sync.Cond // on stateMu; signalled when active drops to zero
 	closed    bool
 	active    int // calls in progress; Close waits for them
 
-	// flushMu serialises flushes, so index batches commit in the order
-	// their packs were synced and durable lengths only grow. Held across
-	// fsync and commit; never taken while holding mu.
+	// flushMu serialises flushes and compactions. Held across fsync and
+	// the run's write; never taken while holding mu.
 	flushMu sync.Mutex
 
-	mu             sync.RWMutex          // guards pending, unflushed, unflushedBytes, cur, curNum, curOff, nextPack, dirty, failed
-	pending        map[chunk.ID]chunkLoc // chunks in a pack but not yet in the index, so Get finds them
-	unflushed      []pendingChunk        // the chunks of pending not yet taken by a flush, in write order
+	mu             sync.RWMutex          // guards pending, unflushed, unflushedBytes, cur, curNum, curOff, dirty, failed
+	pending        map[chunk.ID]chunkLoc // chunks in a pack but not yet in a run, so Get finds them
+	unflushed      []runEntry            // the chunks of pending not yet taken by a flush, in write order
 	unflushedBytes int64
 	cur            *os.File // pack being appended to; nil until the first Put needs one
-	curNum         uint32
+	curNum         uint64
 	curOff         int64
-	nextPack       uint32           // number of the next pack to create
-	dirty          map[uint32]int64 // packs written since the last flush -> their length
-	failed         error            // sticky: a sync or commit failed, so writes are refused
+	dirty          map[uint64]int64 // packs written since the last flush -> their length
+	failed         error            // sticky: a sync or a run's write failed, so writes are refused
+
+	runsMu    sync.RWMutex    // guards runs, runsMTime
+	runs      map[string]*run // the runs this process has open, by name
+	runsMTime time.Time       // of the index directory when runs were listed
+	// statAfter is when runsChanged may look at the directory again (unix
+	// nanoseconds): a backup's many misses cost one stat per interval.
+	statAfter atomic.Int64
 
 	filesMu sync.RWMutex        // guards files
-	files   map[uint32]*os.File // open pack files, for reads (and cur, for writes too)
+	files   map[uint64]*os.File // open pack files, for reads (and cur, for writes too)
+
+	written atomic.Int64 // bytes of records appended to packs by this store
 }
 
 var (
@@ -139,179 +160,198 @@ var (
 	_ RawReader = (*Local)(nil)
 )
 
-type pendingChunk struct {
-	id  chunk.ID
-	loc chunkLoc
-}
+// storeFormat names this layout of a store's files, records and runs; it is
+// written to DIR/format.
+const storeFormat = "pgporter-chunkstore-2"
 
-// OpenLocal opens the store in dir, creating it if needed, and repairs what
-// a crash left: torn pack tails past their durable length are truncated.
+// OpenLocal opens the store in dir, creating it if needed. A store in the
+// previous layout (a pebble index) is converted once, by the first process
+// that opens it.
 func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	opts = opts.withDefaults()
-	if err := os.MkdirAll(filepath.Join(dir, "packs"), 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("chunkstore: creating store: %w", err)
 	}
-	// The packs directory must survive a crash as surely as the files in it.
-	if err := syncDir(dir); err != nil {
-		return nil, err
-	}
-	db, err := pebbledb.Open(filepath.Join(dir, "index"), pebbledb.Options{Log: opts.Logger, Format: indexFormat, Tune: tunePebble})
+	o, err := ownerOf(dir)
 	if err != nil {
-		return nil, fmt.Errorf("chunkstore: opening index: %w", err)
+		return nil, err
 	}
 	l := &Local{
 		dir:     dir,
 		opts:    opts,
 		log:     opts.Logger.With("store", dir),
-		db:      db,
+		owner:   o,
 		pending: map[chunk.ID]chunkLoc{},
-		dirty:   map[uint32]int64{},
-		files:   map[uint32]*os.File{},
+		dirty:   map[uint64]int64{},
+		runs:    map[string]*run{},
+		files:   map[uint64]*os.File{},
 	}
 	l.stateCond = sync.NewCond(&l.stateMu)
-	if err := l.recover(); err != nil {
+	for _, sub := range []string{l.packsDir(), l.runsDir()} {
+		if err := o.mkdir(sub, dir); err != nil {
+			return nil, fmt.Errorf("creating store: %w", err)
+		}
+	}
+	if err := l.migrate(); err != nil {
+		return nil, err
+	}
+	if err := l.checkFormat(); err != nil {
+		return nil, err
+	}
+	if err := l.refresh(); err != nil {
 		return nil, errors.Join(err, l.release())
 	}
 	return l, nil
 }
 
-// tunePebble sets the index's pebble options.
-func tunePebble(o *pebble.Options) {
-	o.FormatMajorVersion = pebble.FormatNewest
-	// Most lookups are Has on chunks not held yet (dedupe of new data):
-	// bloom filters answer those without reading blocks.
-	for i := range o.Levels {
-		o.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+func (l *Local) packsDir() string         { return filepath.Join(l.dir, "packs") }
+func (l *Local) runsDir() string          { return filepath.Join(l.dir, "idx") }
+func (l *Local) packPath(n uint64) string { return filepath.Join(l.packsDir(), packName(n)) }
+
+// checkFormat refuses a store of a layout this build does not read, and
+// records the layout in a new one.
+func (l *Local) checkFormat() error {
+	p := filepath.Join(l.dir, "format")
+	b, err := os.ReadFile(p)
+	if err == nil {
+		if got := strings.TrimSpace(string(b)); got != storeFormat {
+			return fmt.Errorf("chunkstore: %s holds a store of format %q; this build reads %q", l.dir, got, storeFormat)
+		}
+		return nil
 	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("chunkstore: reading the store's format: %w", err)
+	}
+	f, err := os.CreateTemp(l.dir, ".tmp-format-")
+	if err != nil {
+		return fmt.Errorf("chunkstore: recording the store's format: %w", err)
+	}
+	_, err = f.WriteString(storeFormat + "\n")
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = l.owner.file(f)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	err = errors.Join(err, f.Close())
+	if err == nil {
+		// Processes opening a new store at once all write the same bytes.
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("chunkstore: recording the store's format: %w", err)
+	}
+	return syncDir(l.dir)
 }
 
-func (l *Local) packsDir() string         { return filepath.Join(l.dir, "packs") }
-func (l *Local) packPath(n uint32) string { return filepath.Join(l.packsDir(), packName(n)) }
-
-// recover reconciles the pack files with their durable lengths in the index
-// and picks the pack to append to.
-func (l *Local) recover() error {
-	durable := map[uint32]int64{}
-	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: packLower, UpperBound: packUpper})
+// refresh lists the index runs again: it opens the new ones and drops those
+// a compaction removed. New runs are opened (and checked) outside the lock,
+// so that lookups go on meanwhile.
+func (l *Local) refresh() error {
+	fi, err := os.Stat(l.runsDir())
 	if err != nil {
-		return fmt.Errorf("chunkstore: reading pack lengths: %w", err)
+		return fmt.Errorf("chunkstore: listing index runs: %w", err)
 	}
-	for it.First(); it.Valid(); it.Next() {
-		n, ok := parsePackKey(it.Key())
-		if !ok {
-			it.Close()
-			return fmt.Errorf("chunkstore: reading pack lengths: %w: key %x", errBadIndex, it.Key())
-		}
-		length, err := decodePackLen(it.Value())
-		if err != nil {
-			it.Close()
-			return fmt.Errorf("chunkstore: reading length of pack %08x: %w", n, err)
-		}
-		durable[n] = length
-	}
-	if err := errors.Join(it.Error(), it.Close()); err != nil {
-		return fmt.Errorf("chunkstore: reading pack lengths: %w", err)
-	}
-
-	entries, err := os.ReadDir(l.packsDir())
+	names, err := listRunNames(l.runsDir())
 	if err != nil {
-		return fmt.Errorf("chunkstore: listing packs: %w", err)
+		return err
 	}
-	var (
-		last     int64 = -1 // highest pack number seen on disk or in the index
-		sizes          = map[uint32]int64{}
-		maxFound       = func(n uint32) {
-			if int64(n) > last {
-				last = int64(n)
+	l.runsMu.RLock()
+	var fresh []string
+	for _, name := range names {
+		if _, ok := l.runs[name]; !ok {
+			fresh = append(fresh, name)
+		}
+	}
+	l.runsMu.RUnlock()
+	opened := map[string]*run{}
+	for _, name := range fresh {
+		r, err := openRun(filepath.Join(l.runsDir(), name))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue // merged and removed since the listing
+		case errors.Is(err, errBadRun):
+			// Never delete what we cannot account for; its chunks read as
+			// missing, and Verify counts the file.
+			l.log.Error("index run damaged: left alone, not used", "run", name, "err", err)
+			continue
+		case err != nil:
+			for _, r := range opened {
+				r.release()
 			}
-		}
-	)
-	for _, e := range entries {
-		n, ok := parsePackName(e.Name())
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
-		maxFound(n)
-		want, known := durable[n]
-		if !known {
-			// Every pack is registered in the index before it is created,
-			// so this one came from elsewhere (or the index was replaced).
-			// Never delete data we cannot account for; just never reuse
-			// its number.
-			l.log.Warn("pack file not in the index: left alone, not used", "pack", e.Name())
-			continue
-		}
-		size, err := l.repairPack(n, want)
-		if err != nil {
 			return err
 		}
-		sizes[n] = size
+		opened[name] = r
 	}
-	for n, want := range durable {
-		maxFound(n)
-		if _, ok := sizes[n]; !ok && want > 0 {
-			l.log.Error("pack file missing: its chunks are lost", "pack", packName(n), "durable_bytes", want)
+	l.runsMu.Lock()
+	defer l.runsMu.Unlock()
+	keep := make(map[string]*run, len(names))
+	for _, name := range names {
+		if r, ok := l.runs[name]; ok {
+			keep[name] = r
+		} else if r, ok := opened[name]; ok {
+			keep[name] = r
+			delete(opened, name)
 		}
 	}
-	l.nextPack = uint32(last + 1)
-	if last >= 0 {
-		n := uint32(last)
-		// Resume the last pack if it is whole and has room: reopening a
-		// store must not leave a trail of small packs.
-		if size, ok := sizes[n]; ok && size == durable[n] && size < l.opts.PackSize {
-			f, err := os.OpenFile(l.packPath(n), os.O_RDWR, 0)
-			if err != nil {
-				return fmt.Errorf("chunkstore: opening pack: %w", err)
-			}
-			l.files[n] = f
-			l.cur, l.curNum, l.curOff = f, n, size
+	for _, r := range opened {
+		r.release() // a concurrent refresh got there first
+	}
+	for name, r := range l.runs {
+		if _, ok := keep[name]; !ok {
+			r.release()
 		}
 	}
+	l.runs, l.runsMTime = keep, fi.ModTime()
 	return nil
 }
 
-// repairPack cuts pack n back to its durable length if it has a torn tail,
-// and returns its size after that.
-func (l *Local) repairPack(n uint32, durable int64) (int64, error) {
-	path := l.packPath(n)
-	fi, err := os.Stat(path)
+// statEvery is how often runsChanged looks at the index directory. A Has
+// that misses a chunk another process flushed less than this ago costs a
+// duplicate record, never a wrong read: Get lists the runs on every miss.
+const statEvery = 100 * time.Millisecond
+
+// runsChanged reports whether the index directory changed since the runs
+// were listed; it looks at most once per statEvery.
+func (l *Local) runsChanged() bool {
+	now := time.Now().UnixNano()
+	if now < l.statAfter.Load() {
+		return false
+	}
+	l.statAfter.Store(now + int64(statEvery))
+	fi, err := os.Stat(l.runsDir())
 	if err != nil {
-		return 0, fmt.Errorf("chunkstore: checking pack: %w", err)
+		return true
 	}
-	size := fi.Size()
-	switch {
-	case size == durable:
-		return size, nil
-	case size < durable:
-		// The file system lost synced bytes, or someone cut the file: the
-		// chunks past size will read as corrupt and Verify will name them.
-		l.log.Error("pack shorter than its durable length: chunks past its end are lost",
-			"pack", packName(n), "size", size, "durable_bytes", durable)
-		return size, nil
+	l.runsMu.RLock()
+	defer l.runsMu.RUnlock()
+	return !fi.ModTime().Equal(l.runsMTime)
+}
+
+// snapshot returns the open runs, each acquired: the caller releases them.
+func (l *Local) snapshot() []*run {
+	l.runsMu.RLock()
+	defer l.runsMu.RUnlock()
+	rs := make([]*run, 0, len(l.runs))
+	for _, r := range l.runs {
+		r.acquire()
+		rs = append(rs, r)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return 0, fmt.Errorf("chunkstore: opening pack to repair: %w", err)
+	slices.SortFunc(rs, func(a, b *run) int { return strings.Compare(a.name, b.name) })
+	return rs
+}
+
+func releaseAll(rs []*run) {
+	for _, r := range rs {
+		r.release()
 	}
-	defer f.Close()
-	var records int
-	end, err := scanRecords(f, durable, size, func(int64, recordHeader) error { records++; return nil })
-	if err != nil {
-		return 0, fmt.Errorf("chunkstore: scanning torn tail of pack %08x: %w", n, err)
-	}
-	if err := f.Truncate(durable); err != nil {
-		return 0, fmt.Errorf("chunkstore: truncating torn tail: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return 0, fmt.Errorf("chunkstore: syncing repaired pack: %w", err)
-	}
-	l.log.Warn("truncated torn pack tail: chunks written but never flushed are dropped",
-		"pack", packName(n), "durable_bytes", durable, "cut_bytes", size-durable,
-		"whole_records", records, "torn_bytes", size-end)
-	return durable, nil
 }
 
 // enter registers a call in progress, or fails if the store is closed.
@@ -335,30 +375,38 @@ func (l *Local) exit() {
 }
 
 // lookup finds where id is stored. The pending set is checked before the
-// index: a flush removes chunks from it only after committing them, so a
-// chunk is always in one or the other.
-func (l *Local) lookup(id chunk.ID) (chunkLoc, bool, error) {
+// runs: a flush removes chunks from it only after their run is open, so a
+// chunk this process wrote is always in one or the other. A miss lists
+// the runs again when relist says so, to see other processes' writes.
+func (l *Local) lookup(id chunk.ID, relist func() bool) (chunkLoc, bool, error) {
 	l.mu.RLock()
 	loc, ok := l.pending[id]
 	l.mu.RUnlock()
 	if ok {
 		return loc, true, nil
 	}
-	var k [chunkKeySize]byte
-	v, closer, err := l.db.Get(appendChunkKey(k[:0], id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return chunkLoc{}, false, nil
+	loc, ok, err := l.lookupRuns(id)
+	if ok || err != nil || relist == nil || !relist() {
+		return loc, ok, err
 	}
-	if err != nil {
-		return chunkLoc{}, false, fmt.Errorf("chunkstore: looking up %s: %w", id.Short(), err)
+	if err := l.refresh(); err != nil {
+		return chunkLoc{}, false, err
 	}
-	defer closer.Close()
-	loc, err = decodeLoc(v)
-	if err != nil {
-		return chunkLoc{}, false, &chunk.CorruptChunkError{ID: id, Err: err}
-	}
-	return loc, true, nil
+	return l.lookupRuns(id)
 }
+
+func (l *Local) lookupRuns(id chunk.ID) (chunkLoc, bool, error) {
+	l.runsMu.RLock()
+	defer l.runsMu.RUnlock()
+	for _, r := range l.runs {
+		if loc, ok, err := r.find(id); ok {
+			return loc, ok, err
+		}
+	}
+	return chunkLoc{}, false, nil
+}
+
+func always() bool { return true }
 
 // Has reports whether the store holds id.
 func (l *Local) Has(ctx context.Context, id chunk.ID) (bool, error) {
@@ -369,7 +417,7 @@ func (l *Local) Has(ctx context.Context, id chunk.ID) (bool, error) {
 		return false, err
 	}
 	defer l.exit()
-	_, ok, err := l.lookup(id)
+	_, ok, err := l.lookup(id, l.runsChanged)
 	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
 		return true, nil // held, badly: Get and Verify report it
@@ -377,9 +425,8 @@ func (l *Local) Has(ctx context.Context, id chunk.ID) (bool, error) {
 	return ok, err
 }
 
-// HasMany reports for each of ids whether the store holds it. It seeks one
-// pebble iterator through the IDs in sorted order, which pebble turns into
-// short forward steps instead of independent lookups.
+// HasMany reports for each of ids whether the store holds it. The runs
+// are listed again at most once, if the index directory changed.
 func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -389,37 +436,47 @@ func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 	}
 	defer l.exit()
 	held := make([]bool, len(ids))
-	var rest []int // indexes of ids not pending
-	l.mu.RLock()
-	for i, id := range ids {
-		if _, ok := l.pending[id]; ok {
-			held[i] = true
-		} else {
-			rest = append(rest, i)
-		}
-	}
-	l.mu.RUnlock()
-	if len(rest) == 0 {
-		return held, nil
-	}
-	slices.SortFunc(rest, func(a, b int) int { return bytes.Compare(ids[a][:], ids[b][:]) })
-	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: chunkLower, UpperBound: chunkUpper})
-	if err != nil {
-		return nil, fmt.Errorf("chunkstore: has many: %w", err)
-	}
-	defer it.Close()
-	var k [chunkKeySize]byte
-	for j, i := range rest {
-		if j%1024 == 1023 {
-			if err := ctx.Err(); err != nil {
-				return nil, err
+	var ce *chunk.CorruptChunkError
+	check := func(relisted bool) (misses int, err error) {
+		for i, id := range ids {
+			if held[i] {
+				continue
+			}
+			if i%1024 == 1023 {
+				if err := ctx.Err(); err != nil {
+					return 0, err
+				}
+			}
+			var ok bool
+			if relisted {
+				_, ok, err = l.lookupRuns(id)
+			} else {
+				_, ok, err = l.lookup(id, nil)
+			}
+			if errors.As(err, &ce) {
+				ok, err = true, nil // held, badly: Get and Verify report it
+			}
+			if err != nil {
+				return 0, fmt.Errorf("chunkstore: has many: %w", err)
+			}
+			held[i] = ok
+			if !ok {
+				misses++
 			}
 		}
-		key := appendChunkKey(k[:0], ids[i])
-		held[i] = it.SeekGE(key) && bytes.Equal(it.Key(), key)
+		return misses, nil
 	}
-	if err := it.Error(); err != nil {
-		return nil, fmt.Errorf("chunkstore: has many: %w", err)
+	misses, err := check(false)
+	if err != nil {
+		return nil, err
+	}
+	if misses > 0 && l.runsChanged() {
+		if err := l.refresh(); err != nil {
+			return nil, err
+		}
+		if _, err := check(true); err != nil {
+			return nil, err
+		}
 	}
 	return held, nil
 }
@@ -433,7 +490,7 @@ func (l *Local) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error
 		return dst, err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(id)
+	loc, ok, err := l.lookup(id, always)
 	if err != nil {
 		return dst, err
 	}
@@ -506,7 +563,7 @@ func (l *Local) GetStored(ctx context.Context, id chunk.ID, dst []byte) ([]byte,
 		return dst, Info{}, err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(id)
+	loc, ok, err := l.lookup(id, always)
 	if err != nil {
 		return dst, Info{}, err
 	}
@@ -527,7 +584,7 @@ func (l *Local) GetStored(ctx context.Context, id chunk.ID, dst []byte) ([]byte,
 }
 
 // packFile returns the open file of pack n, opening it on first use.
-func (l *Local) packFile(n uint32) (*os.File, error) {
+func (l *Local) packFile(n uint64) (*os.File, error) {
 	l.filesMu.RLock()
 	f := l.files[n]
 	l.filesMu.RUnlock()
@@ -573,7 +630,7 @@ func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) e
 	if check && chunk.Sum(data) != id {
 		return fmt.Errorf("chunkstore: putting %s: %w", id.Short(), ErrIDMismatch)
 	}
-	_, held, err := l.lookup(id)
+	_, held, err := l.lookup(id, l.runsChanged)
 	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
 		// A bad index entry: write the chunk again, the new entry replaces it.
@@ -622,29 +679,41 @@ func (l *Local) append(h recordHeader, rec []byte) (flushNow bool, err error) {
 	}
 	loc := chunkLoc{Pack: l.curNum, Offset: l.curOff, StoredLen: h.StoredLen, PlainLen: h.PlainLen, Codec: h.Codec}
 	l.pending[h.ID] = loc
-	l.unflushed = append(l.unflushed, pendingChunk{id: h.ID, loc: loc})
+	l.unflushed = append(l.unflushed, runEntry{id: h.ID, loc: loc})
 	l.curOff += int64(len(rec))
+	l.written.Add(int64(len(rec)))
 	l.unflushedBytes += int64(len(rec))
 	l.dirty[l.curNum] = l.curOff
 	return l.unflushedBytes >= l.opts.FlushBytes, nil
 }
 
 // rollLocked starts a new pack if there is none or the current one cannot
-// take need more bytes. The new pack is registered in the index (durable
-// length 0) before its file exists, so that on open a pack file unknown to
-// the index is never mistaken for ours. It happens once per PackSize bytes.
+// take need more bytes. A pack gets a fresh random name (O_EXCL), so that
+// writers in other processes never append to it.
 func (l *Local) rollLocked(need int64) error {
 	if l.cur != nil && (l.curOff == 0 || l.curOff+need <= l.opts.PackSize) {
 		return nil
 	}
-	n := l.nextPack
-	if err := l.db.Set(packKey(n), appendPackLen(nil, 0), pebble.Sync); err != nil {
-		return l.failLocked(fmt.Errorf("chunkstore: registering pack %08x: %w", n, err))
+	var (
+		n   uint64
+		f   *os.File
+		err error
+	)
+	for {
+		// The top bit keeps new names clear of the 8-digit numbered packs
+		// of the previous layout.
+		n = randUint64() | 1<<63
+		f, err = os.OpenFile(l.packPath(n), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
 	}
-	l.nextPack++
-	f, err := os.OpenFile(l.packPath(n), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("chunkstore: creating pack: %w", err)
+	}
+	if err := l.owner.file(f); err != nil {
+		f.Close()
+		return err
 	}
 	if err := syncDir(l.packsDir()); err != nil {
 		f.Close()
@@ -692,9 +761,9 @@ func (l *Local) Flush(ctx context.Context) error {
 	return l.flush(ctx)
 }
 
-// flush syncs the packs written since the last flush, then commits their
-// chunks and durable lengths to the index in one synced batch. Puts carry on
-// meanwhile: mu is held only to take the unflushed set.
+// flush syncs the packs written since the last flush, then writes their
+// chunks as a new index run. Puts carry on meanwhile: mu is held only to
+// take the unflushed set.
 func (l *Local) flush(ctx context.Context) error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
@@ -707,12 +776,12 @@ func (l *Local) flush(ctx context.Context) error {
 		return l.failed
 	}
 	chunks, dirty := l.unflushed, l.dirty
-	l.unflushed, l.dirty, l.unflushedBytes = nil, map[uint32]int64{}, 0
+	l.unflushed, l.dirty, l.unflushedBytes = nil, map[uint64]int64{}, 0
 	l.mu.Unlock()
 	if len(dirty) == 0 {
 		return nil
 	}
-	// Past this point the snapshot must reach the index or the store fails:
+	// Past this point the snapshot must reach a run or the store fails:
 	// no cancellation.
 	if err := l.commit(chunks, dirty); err != nil {
 		l.mu.Lock()
@@ -724,42 +793,123 @@ func (l *Local) flush(ctx context.Context) error {
 		delete(l.pending, c.id)
 	}
 	l.mu.Unlock()
+	if err := l.compact(); err != nil {
+		// The new run is durable: a failed merge loses nothing, and the
+		// next one tries again.
+		l.log.Warn("merging index runs", "err", err)
+	}
 	return nil
 }
 
-func (l *Local) commit(chunks []pendingChunk, dirty map[uint32]int64) error {
+// commit syncs the dirty packs, then writes chunks as a run and opens it.
+func (l *Local) commit(chunks []runEntry, dirty map[uint64]int64) error {
 	for n := range dirty {
 		f, err := l.packFile(n)
 		if err != nil {
 			return err
 		}
 		if err := f.Sync(); err != nil {
-			return fmt.Errorf("chunkstore: syncing pack %08x: %w", n, err)
+			return fmt.Errorf("chunkstore: syncing pack %s: %w", packName(n), err)
 		}
 	}
-	b := l.db.NewBatchWithSize(len(chunks)*(chunkKeySize+locSize+16) + len(dirty)*32)
-	defer b.Close()
-	var k [chunkKeySize]byte
-	var v [locSize]byte
-	for _, c := range chunks {
-		// Set copies key and value into the batch.
-		if err := b.Set(appendChunkKey(k[:0], c.id), appendLoc(v[:0], c.loc), nil); err != nil {
-			return fmt.Errorf("chunkstore: indexing: %w", err)
-		}
+	entries := slices.Clone(chunks)
+	slices.SortFunc(entries, func(a, b runEntry) int { return bytes.Compare(a.id[:], b.id[:]) })
+	r, err := writeRun(l.runsDir(), entries, l.owner)
+	if err != nil {
+		return err
 	}
-	for n, length := range dirty {
-		if err := b.Set(packKey(n), appendPackLen(nil, length), nil); err != nil {
-			return fmt.Errorf("chunkstore: indexing: %w", err)
-		}
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("chunkstore: committing index: %w", err)
-	}
+	l.adopt(r)
 	return nil
 }
 
-// Iterate calls fn for every durable chunk in ID order. fn may call the
-// store's other methods.
+// adopt adds a run this process just wrote to its set.
+func (l *Local) adopt(r *run) {
+	l.runsMu.Lock()
+	defer l.runsMu.Unlock()
+	if old := l.runs[r.name]; old != nil {
+		old.release()
+	}
+	l.runs[r.name] = r
+}
+
+// compact merges index runs while some level holds compactFanIn of them
+// (runs.go). Only one process
+// merges at a time: if another holds the lock, compact returns at once.
+// The merged run is durable before its inputs are removed; a process that
+// still has them mapped keeps reading them.
+func (l *Local) compact() error {
+	lock, err := os.OpenFile(filepath.Join(l.dir, "compact.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("chunkstore: merging index runs: %w", err)
+	}
+	defer lock.Close()
+	if err := l.owner.file(lock); err != nil {
+		return err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil
+		}
+		return fmt.Errorf("chunkstore: merging index runs: %w", err)
+	}
+	// Under the lock, the listing is the truth: no run goes away meanwhile.
+	if err := l.refresh(); err != nil {
+		return err
+	}
+	for {
+		rs := l.snapshot()
+		pick := compactionPick(rs, l.opts.MaxMerge)
+		if pick == nil {
+			releaseAll(rs)
+			return nil
+		}
+		err := l.merge(pick)
+		releaseAll(rs)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// merge writes the entries of rs as one run, then removes rs.
+func (l *Local) merge(rs []*run) error {
+	rw, err := newRunWriter(l.runsDir(), l.owner, 0)
+	if err != nil {
+		return err
+	}
+	err = mergeRuns(rs, func(id chunk.ID, e []byte) error {
+		loc, err := decodeRunLoc(e)
+		if err != nil {
+			// A damaged entry is dropped from the merge (the chunk reads
+			// as missing rather than as corrupt); say which.
+			l.log.Error("index entry damaged: dropped while merging runs", "chunk", id.String(), "err", err)
+			return nil
+		}
+		return rw.add(runEntry{id: id, loc: loc})
+	})
+	if err != nil {
+		rw.abort()
+		return err
+	}
+	merged, err := rw.commit()
+	if err != nil {
+		return err
+	}
+	l.adopt(merged)
+	for _, r := range rs {
+		if err := os.Remove(filepath.Join(l.runsDir(), r.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("chunkstore: removing merged index run: %w", err)
+		}
+	}
+	if err := syncDir(l.runsDir()); err != nil {
+		return err
+	}
+	l.log.Debug("merged index runs", "runs", len(rs), "into", merged.name)
+	return l.refresh()
+}
+
+// Iterate calls fn for every durable chunk in ID order: those of the runs
+// listed when it starts. fn may call the store's other methods.
 func (l *Local) Iterate(ctx context.Context, fn func(chunk.ID, Info) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -768,7 +918,7 @@ func (l *Local) Iterate(ctx context.Context, fn func(chunk.ID, Info) error) erro
 		return err
 	}
 	defer l.exit()
-	return l.iterateIndex(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
+	return l.iterateRuns(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
 		if err != nil {
 			return err
 		}
@@ -776,34 +926,24 @@ func (l *Local) Iterate(ctx context.Context, fn func(chunk.ID, Info) error) erro
 	})
 }
 
-// iterateIndex walks the chunk keys in order. An entry that does not
-// decode is passed to fn as a *CorruptChunkError.
-func (l *Local) iterateIndex(ctx context.Context, fn func(chunk.ID, chunkLoc, error) error) error {
-	it, err := l.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: chunkLower, UpperBound: chunkUpper})
-	if err != nil {
-		return fmt.Errorf("chunkstore: iterating index: %w", err)
+// iterateRuns walks the chunks of every run in ID order, each once. An
+// entry that does not decode is passed to fn as a *CorruptChunkError.
+func (l *Local) iterateRuns(ctx context.Context, fn func(chunk.ID, chunkLoc, error) error) error {
+	if err := l.refresh(); err != nil {
+		return err
 	}
-	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
+	rs := l.snapshot()
+	defer releaseAll(rs)
+	return mergeRuns(rs, func(id chunk.ID, e []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		id, ok := parseChunkKey(it.Key())
-		if !ok {
-			return fmt.Errorf("chunkstore: iterating index: %w: key %x", errBadIndex, it.Key())
-		}
-		loc, err := decodeLoc(it.Value())
+		loc, err := decodeRunLoc(e)
 		if err != nil {
 			err = &chunk.CorruptChunkError{ID: id, Err: err}
 		}
-		if err := fn(id, loc, err); err != nil {
-			return err
-		}
-	}
-	if err := it.Error(); err != nil {
-		return fmt.Errorf("chunkstore: iterating index: %w", err)
-	}
-	return nil
+		return fn(id, loc, err)
+	})
 }
 
 // Verify reads back every chunk, durable or not yet flushed, and checks its
@@ -817,8 +957,8 @@ func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifySt
 		return st, err
 	}
 	defer l.exit()
-	// Take the unflushed set before opening the index iterator: a chunk
-	// leaving it has been committed, so the iterator sees it.
+	// Take the unflushed set before listing the runs: a chunk leaving it
+	// is in a run this process has open, so the walk sees it.
 	l.mu.RLock()
 	unflushed := make(map[chunk.ID]chunkLoc, len(l.pending))
 	for id, loc := range l.pending {
@@ -844,7 +984,7 @@ func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifySt
 		}
 		return err
 	}
-	err := l.iterateIndex(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
+	err := l.iterateRuns(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
 		delete(unflushed, id)
 		return check(id, loc, err)
 	})
@@ -878,20 +1018,23 @@ func (l *Local) Close() error {
 	return errors.Join(l.flush(context.Background()), l.release())
 }
 
-// release closes the files and the index without flushing.
+// release closes the files and unmaps the runs without flushing.
 func (l *Local) release() error {
 	var errs []error
 	l.filesMu.Lock()
 	for n, f := range l.files {
 		if err := f.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("chunkstore: closing pack %08x: %w", n, err))
+			errs = append(errs, fmt.Errorf("chunkstore: closing pack %s: %w", packName(n), err))
 		}
 	}
 	l.files = nil
 	l.filesMu.Unlock()
-	if err := l.db.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("chunkstore: closing index: %w", err))
+	l.runsMu.Lock()
+	for _, r := range l.runs {
+		r.release()
 	}
+	l.runs = nil
+	l.runsMu.Unlock()
 	return errors.Join(errs...)
 }
 

@@ -104,3 +104,40 @@ func BenchmarkLocalGet(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkLocalLookup measures Has of chunks held and not held in a store
+// of 400k chunks flushed every 1 MiB (so indexed in many runs, or in a
+// pebble LSM for builds before runs), the dedupe lookups of a backup.
+func BenchmarkLocalLookup(b *testing.B) {
+	const n = 400_000
+	l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{FlushBytes: 1 << 20, NoCompression: true})
+	require.NoError(b, err)
+	defer l.Close()
+	held := make([]chunk.ID, n)
+	var buf [16]byte
+	for i := range held {
+		buf[0], buf[1], buf[2] = byte(i), byte(i>>8), byte(i>>16)
+		held[i] = chunk.Sum(buf[:])
+		require.NoError(b, l.Put(b.Context(), held[i], buf[:]))
+	}
+	require.NoError(b, l.Flush(b.Context()))
+	for _, tc := range []struct {
+		name string
+		ids  func(i int) chunk.ID
+		want bool
+	}{
+		{"hit", func(i int) chunk.ID { return held[i%n] }, true},
+		{"miss", func(i int) chunk.ID { return chunk.Sum([]byte{byte(i), byte(i >> 8), byte(i >> 16), byte(i >> 24), 1}) }, false},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				ok, err := l.Has(b.Context(), tc.ids(i))
+				if err != nil || ok != tc.want {
+					b.Fatalf("Has: %v %v", ok, err)
+				}
+				i++
+			}
+		})
+	}
+}

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"strconv"
-	"strings"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
@@ -151,19 +149,12 @@ func scanRecords(r io.ReaderAt, off, end int64, fn func(off int64, h recordHeade
 	return off, nil
 }
 
-// packName is the file name of pack n: fixed-width hex, so names sort in
-// creation order.
-func packName(n uint32) string { return fmt.Sprintf("%08x%s", n, packExt) }
-
-// parsePackName is the inverse of packName.
-func parsePackName(name string) (uint32, bool) {
-	hexPart, ok := strings.CutSuffix(name, packExt)
-	if !ok || len(hexPart) != 8 {
-		return 0, false
+// packName is the file name of pack n: 8 hex digits for the numbered packs
+// of the previous layout (below 2^32), 16 for the random names of this one
+// (top bit set).
+func packName(n uint64) string {
+	if n < 1<<32 {
+		return fmt.Sprintf("%08x%s", n, packExt)
 	}
-	n, err := strconv.ParseUint(hexPart, 16, 32)
-	if err != nil || packName(uint32(n)) != name {
-		return 0, false
-	}
-	return uint32(n), true
+	return fmt.Sprintf("%016x%s", n, packExt)
 }

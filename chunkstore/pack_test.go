@@ -112,46 +112,23 @@ func TestScanRecords(t *testing.T) {
 
 func TestPackName(t *testing.T) {
 	require.Equal(t, "0000002a.pack", packName(42))
-	for _, tc := range []struct {
-		name string
-		n    uint32
-		ok   bool
-	}{
-		{"0000002a.pack", 42, true},
-		{"ffffffff.pack", math.MaxUint32, true},
-		{"0000002A.pack", 0, false},
-		{"2a.pack", 0, false},
-		{"0000002a.pack.tmp", 0, false},
-		{"+000002a.pack", 0, false},
-		{"index", 0, false},
-	} {
-		n, ok := parsePackName(tc.name)
-		require.Equal(t, tc.ok, ok, tc.name)
-		require.Equal(t, tc.n, n, tc.name)
-	}
+	require.Equal(t, "ffffffff.pack", packName(math.MaxUint32))
+	require.Equal(t, "8000000000000001.pack", packName(1<<63|1))
 }
 
-func TestLocRoundTrip(t *testing.T) {
+func TestV1LocRoundTrip(t *testing.T) {
 	loc := chunkLoc{Pack: 7, Offset: 1 << 33, StoredLen: 1000, PlainLen: 5000, Codec: chunk.CodecZstd}
-	b := appendLoc(nil, loc)
-	require.Len(t, b, locSize)
-	got, err := decodeLoc(b)
+	b := appendV1Loc(nil, loc)
+	require.Len(t, b, v1LocSize)
+	got, err := decodeV1Loc(b)
 	require.NoError(t, err)
 	require.Equal(t, loc, got)
 
-	bad := appendLoc(nil, chunkLoc{Codec: chunk.CodecZstd, PlainLen: chunk.MaxChunkCeil + 1, StoredLen: 1})
-	_, err = decodeLoc(bad)
+	bad := appendV1Loc(nil, chunkLoc{Codec: chunk.CodecZstd, PlainLen: chunk.MaxChunkCeil + 1, StoredLen: 1})
+	_, err = decodeV1Loc(bad)
 	require.ErrorIs(t, err, errBadIndex)
-	_, err = decodeLoc(b[:locSize-1])
+	_, err = decodeV1Loc(b[:v1LocSize-1])
 	require.ErrorIs(t, err, errBadIndex)
-
-	id := chunk.Sum([]byte("k"))
-	gotID, ok := parseChunkKey(appendChunkKey(nil, id))
-	require.True(t, ok)
-	require.Equal(t, id, gotID)
-	n, ok := parsePackKey(packKey(0x01020304))
-	require.True(t, ok)
-	require.Equal(t, uint32(0x01020304), n)
 }
 
 func FuzzRecordHeader(f *testing.F) {
@@ -236,30 +213,18 @@ func FuzzScanRecords(f *testing.F) {
 	})
 }
 
-func FuzzLoc(f *testing.F) {
-	f.Add(appendLoc(nil, chunkLoc{Pack: 1, Offset: 4096, StoredLen: 10, PlainLen: 100, Codec: chunk.CodecZstd}))
-	f.Add(appendLoc(nil, chunkLoc{}))
+func FuzzV1Loc(f *testing.F) {
+	f.Add(appendV1Loc(nil, chunkLoc{Pack: 1, Offset: 4096, StoredLen: 10, PlainLen: 100, Codec: chunk.CodecZstd}))
+	f.Add(appendV1Loc(nil, chunkLoc{}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		loc, err := decodeLoc(b)
+		loc, err := decodeV1Loc(b)
 		if err != nil {
 			return
 		}
-		enc := appendLoc(nil, loc)
+		enc := appendV1Loc(nil, loc)
 		require.Equal(t, b, enc)
-		loc2, err := decodeLoc(enc)
+		loc2, err := decodeV1Loc(enc)
 		require.NoError(t, err)
 		require.Equal(t, loc, loc2)
-	})
-}
-
-func FuzzPackLen(f *testing.F) {
-	f.Add(appendPackLen(nil, 0))
-	f.Add(appendPackLen(nil, 512<<20))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		n, err := decodePackLen(b)
-		if err != nil {
-			return
-		}
-		require.Equal(t, b, appendPackLen(nil, n))
 	})
 }

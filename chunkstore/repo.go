@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -57,35 +56,56 @@ const pointFormat = 1
 //	DIR/points/<id>.json   one restore point each, written temp+fsync+rename
 //
 // A restore point file appears only once everything it refers to is durable
-// in the store, so a listed point is always complete. Only one process may
-// open a repository at a time (the store's index holds a lock).
+// in the store, so a listed point is always complete. Any number of
+// processes may open a repository at once (see Local); files that root
+// creates in a repository another user owns go to that user.
 type Repo struct {
 	dir   string
 	log   *slog.Logger
 	store *Local
+	owner owner
 }
+
+// tmpMaxAge is the age past which a restore point's temporary file is a
+// leftover of a crashed backup: writing one takes milliseconds.
+const tmpMaxAge = time.Hour
 
 // OpenRepo opens the repository in dir, creating it on first use. log may
 // be nil.
 func OpenRepo(dir string, log *slog.Logger) (*Repo, error) {
+	return OpenRepoWith(dir, LocalOptions{Logger: log})
+}
+
+// OpenRepoWith is OpenRepo with the options of the repository's store.
+func OpenRepoWith(dir string, so LocalOptions) (*Repo, error) {
+	log := so.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "points"), 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("chunkstore: creating repository: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
-		return nil, err
-	}
-	st, err := OpenLocal(filepath.Join(dir, "chunks"), LocalOptions{Logger: log})
+	o, err := ownerOf(dir)
 	if err != nil {
 		return nil, err
 	}
-	r := &Repo{dir: dir, log: log, store: st}
-	// With the store's lock held nobody else writes points: temp files are
-	// leftovers of a crashed backup.
+	for _, sub := range []string{"points", "chunks"} {
+		if err := o.mkdir(filepath.Join(dir, sub), dir); err != nil {
+			return nil, fmt.Errorf("creating repository: %w", err)
+		}
+	}
+	st, err := OpenLocal(filepath.Join(dir, "chunks"), so)
+	if err != nil {
+		return nil, err
+	}
+	r := &Repo{dir: dir, log: log, store: st, owner: o}
+	// Other processes may be writing restore points right now: only old
+	// temporary files are leftovers of a crashed backup.
 	tmps, _ := filepath.Glob(filepath.Join(r.pointsDir(), ".tmp-*"))
 	for _, t := range tmps {
+		if fi, err := os.Stat(t); err != nil || time.Since(fi.ModTime()) < tmpMaxAge {
+			continue
+		}
 		if err := os.Remove(t); err != nil {
 			log.Warn("removing leftover restore point temp file", "path", t, "err", err)
 		}
@@ -217,6 +237,9 @@ func (r *Repo) writePoint(rp *RestorePoint) error {
 		err = os.Chmod(tmp, 0o644)
 	}
 	if err == nil {
+		err = r.owner.path(tmp)
+	}
+	if err == nil {
 		err = os.Rename(tmp, filepath.Join(r.pointsDir(), rp.ID+".json"))
 	}
 	if err != nil {
@@ -226,17 +249,7 @@ func (r *Repo) writePoint(rp *RestorePoint) error {
 	return syncDir(r.pointsDir())
 }
 
-// packBytes is the size of the store's pack files: the growth across a
-// backup is what it stored.
-func (r *Repo) packBytes() int64 {
-	var n int64
-	_ = filepath.WalkDir(r.store.packsDir(), func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	return n
-}
+// packBytes is how many bytes of pack records this process's store has
+// written: the growth across a backup is what it stored, whatever other
+// processes write meanwhile.
+func (r *Repo) packBytes() int64 { return r.store.written.Load() }

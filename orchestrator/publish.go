@@ -398,9 +398,8 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		}
 		rp = p.ID
 	} else {
-		// The serve process holds the repository open; here only its
-		// points directory is read, which works even while another
-		// process holds it.
+		// The serve process opens the repository; here only its points
+		// directory is read.
 		rps, err := chunkstore.ListRepo(o.Repo)
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: %w", o.Repo, err)

@@ -2,13 +2,11 @@ package orchestrator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
-	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -54,9 +52,6 @@ func OpenSource(ctx context.Context, o SourceOptions) (Source, error) {
 		return nil, err
 	}
 	repo, err := chunkstore.OpenRepo(o.Repo, o.Log)
-	if errors.Is(err, pebbledb.ErrLocked) {
-		err = fmt.Errorf("the repository %s is held open by another process (a publication of it, a backup or an export): %w", o.Repo, err)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("opening repository: %w", err)
 	}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
-	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
@@ -55,10 +54,24 @@ func TestLocalSourceConformance(t *testing.T) {
 	defer src.Close()
 	storetest.RunReader(t, src, want)
 
-	// A repository open elsewhere is named as such.
-	_, err = OpenSource(t.Context(), SourceOptions{Repo: dir})
-	require.ErrorIs(t, err, pebbledb.ErrLocked)
-	require.ErrorContains(t, err, "is held open by another process")
+	// A second reader, and a backup, share the repository with the first.
+	second, err := OpenSource(t.Context(), SourceOptions{Repo: dir})
+	require.NoError(t, err)
+	defer second.Close()
+	writer, err := chunkstore.OpenRepo(dir, nil)
+	require.NoError(t, err)
+	files["base/1/16385"] = synth.Random(4, 1<<20)
+	write()
+	rp, err := writer.Backup(t.Context(), pgdata, chunkstore.BackupOptions{SourceHost: "db1"})
+	require.NoError(t, err)
+	require.NoError(t, writer.Close())
+	got, err := second.Resolve(t.Context(), rp.ID)
+	require.NoError(t, err)
+	nodes, err := second.Tree(t.Context(), got)
+	require.NoError(t, err)
+	want.Points = append(want.Points, *rp)
+	want.Trees[rp.ID] = nodes
+	storetest.RunReader(t, second, want)
 }
 
 // Reading never creates a repository.

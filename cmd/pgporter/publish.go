@@ -44,8 +44,8 @@ Docker image ships "host all all all trust") lets anyone who reaches the
 port in as any role, superuser included. --strict-hba, the old spelling of
 the default, is accepted and deprecated. Writes go to a
 copy-on-write layer under HOME/publications/ID/cow, dropped by unpublish:
-the repository never changes. While published, a --repo repository is
-held open by the publication.
+the repository never changes. Backups, exports and other publications of
+the same repository run alongside.
 
 A port already in use is refused (exit code 2).
 

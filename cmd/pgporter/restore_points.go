@@ -19,8 +19,8 @@ func newRestorePointsCmd(g *globals) *cobra.Command {
 		Short: "List the restore points of a repository",
 		Long: `List the restore points of the repository DIR, oldest first: ID, time
 (UTC), PostgreSQL version, number of databases, plain size, and the bytes
-each backup added to the repository. It reads the catalog only, so it works
-while a backup or a mover holds the repository open.`,
+each backup added to the repository. It reads the catalog only, and creates
+nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if repo == "" {
