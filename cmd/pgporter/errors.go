@@ -189,14 +189,16 @@ func isConflict(err error) bool {
 		errors.Is(err, pebbledb.ErrLocked) ||
 		errors.Is(err, staging.ErrMountInUse) ||
 		errors.Is(err, protocol.ErrConflict) || errors.Is(err, protocol.ErrBusy) ||
-		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fs.ErrExist)
+		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fs.ErrExist) ||
+		errors.Is(err, chunkstore.ErrWALConflict)
 }
 
 func isNotFound(err error) bool {
 	return errors.Is(err, chunkstore.ErrNotRepo) || errors.Is(err, chunkstore.ErrNoRestorePoint) ||
 		errors.Is(err, orchestrator.ErrNoSession) || errors.Is(err, orchestrator.ErrNoPublication) ||
 		errors.Is(err, mover.ErrNoIdentity) || errors.Is(err, mover.ErrUnknownPeer) ||
-		errors.Is(err, protocol.ErrNotFound) || errors.Is(err, staging.ErrNoService)
+		errors.Is(err, protocol.ErrNotFound) || errors.Is(err, staging.ErrNoService) ||
+		errors.Is(err, chunkstore.ErrWALNotFound)
 }
 
 // isNetwork reports a failure to reach a mover or to keep the connection:

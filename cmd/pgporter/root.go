@@ -93,6 +93,8 @@ One binary plays every role: repository, staging and target movers
 		newVerifyCmd(g),
 		newBackupCmd(g),
 		newRestorePointsCmd(g),
+		newWALPushCmd(g),
+		newWALFetchCmd(g),
 		newMountCmd(g),
 		newExportCmd(g),
 		newSessionsCmd(g),
