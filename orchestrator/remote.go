@@ -52,9 +52,10 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 }
 
 // mirror records a mover's step event in this journal, and reports whether
-// it is one to pass on: a step event naming a step of this session. Any
-// other (a result, a step this session does not have) is dropped, so that
-// a peer adds no step to the journal.
+// it is one to pass on to this run's events: a step event about the whole
+// session or naming a step of it. Any other (a result, a step name no
+// session has, a database not in the plan) is dropped, so that a peer adds
+// no such step to the journal.
 func (x *sessionRun) mirror(ev *protocol.JobEvent) bool {
 	switch ev.Kind {
 	case protocol.EventStart, protocol.EventDone, protocol.EventSkip, protocol.EventProgress, protocol.EventWarning:
@@ -372,13 +373,11 @@ func (j *StagingJobs) osUser() string {
 
 // confinePlan puts this mover's settings into an export job's plan,
 // refusing the peer's own values for them, and confines its local paths
-// to the mover's roots.
+// to the mover's roots. (A job's plan names no staging mover: a mover
+// hands no job on, and the wire cannot say so.)
 func (j *StagingJobs) confinePlan(p *Plan) error {
-	if p.Staging != "" {
-		return fmt.Errorf("%w: a staging mover does not hand jobs on", ErrBadPlan)
-	}
 	if p.Published != "" {
-		return fmt.Errorf("%w: an export from a publication is an export-session job", ErrBadPlan)
+		return fmt.Errorf("%w: an export from a publication is a %s job", ErrBadPlan, protocol.JobExportPublished)
 	}
 	if err := peerSetting("staging_dir", "--staging-dir", p.StagingDir, j.stagingDir(), DefaultStagingDir); err != nil {
 		return err
