@@ -99,7 +99,9 @@ func (s *Step) Seconds() float64 {
 	return s.Ended.Sub(s.Started).Seconds()
 }
 
-// Plan is what the user asked for, fixed when the session is created.
+// Plan is what the user asked for, fixed when the session is created. Its
+// JSON is the journal's (inside Session); a mover is handed it as a
+// protocol.JobPlan (jobwire.go).
 type Plan struct {
 	Repo         string   `json:"repo"`
 	RestorePoint string   `json:"restore_point"` // resolved ID, never "latest"
