@@ -48,7 +48,6 @@ func (j *StagingJobs) runPubJob(ctx context.Context, jb *protocol.RunJob, emit f
 	case protocol.JobListPublications:
 		var ps []*Publication
 		ps, err = pb.List(true)
-		res.Publications = []protocol.JobPublication{}
 		for _, q := range ps {
 			q.CowSize = CowBytes(q)
 			res.Publications = append(res.Publications, publicationToWire(q))

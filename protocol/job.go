@@ -170,8 +170,8 @@ type JobEvent struct {
 
 // JobPublication is a publication as the mover that runs it reports it.
 type JobPublication struct {
-	ID           string        `json:"id"`
-	State        string        `json:"state"`
+	ID           string        `json:"id,omitempty"`
+	State        string        `json:"state,omitempty"`
 	Error        string        `json:"error,omitempty"`
 	Repo         string        `json:"repo,omitempty"`
 	RepoPeer     string        `json:"repo_peer,omitempty"`
