@@ -72,28 +72,3 @@ func TestJournalReadsOldRecords(t *testing.T) {
 	require.Equal(t, "10.0.0.7", p.Host())
 	require.Equal(t, 999, p.ServePID)
 }
-
-// A step name is made and read back in one place; names no session has
-// are refused, so that a peer's step event cannot add a step.
-func TestParseStep(t *testing.T) {
-	for _, tc := range []struct{ name, kind, db string }{
-		{StepMount, StepMount, ""},
-		{StepStart, StepStart, ""},
-		{StepCheck, StepCheck, ""},
-		{StepGlobals, StepGlobals, ""},
-		{StepCleanup, StepCleanup, ""},
-		{StepUnpublish, StepUnpublish, ""},
-		{DumpStep("shop"), StepDump, "shop"},
-		{TransferStep("Weird DB"), StepTransfer, "Weird DB"},
-		{DumpStep("a:b"), StepDump, "a:b"},
-	} {
-		kind, db, ok := ParseStep(tc.name)
-		require.True(t, ok, tc.name)
-		require.Equal(t, tc.kind, kind, tc.name)
-		require.Equal(t, tc.db, db, tc.name)
-	}
-	for _, bad := range []string{"", "dump", "dump:", "transfer:", "verify:shop", "mount:x", "Dump:shop"} {
-		_, _, ok := ParseStep(bad)
-		require.False(t, ok, bad)
-	}
-}
