@@ -211,7 +211,7 @@ func (m *RunJob) check() error {
 	case need.publication != (m.Publication != ""):
 		return violation("job kind %q %s a publication ID", m.Kind, needsOrNot(need.publication))
 	case m.Password != "" && !need.plan:
-		return violation("job kind %q takes no password", m.Kind)
+		return violation("job kind %q does not take a password", m.Kind)
 	}
 	return nil
 }
@@ -291,10 +291,13 @@ func (d *decoder) json(field string, m any) {
 // checkVersion refuses a job message of a version this build does not
 // speak, as ErrVersion.
 func checkVersion(field string, v int) error {
-	if v != JobVersion {
-		return fmt.Errorf("%w: %s of version %d; this build speaks job version %d (a build from before job versions sends none: 0)", ErrVersion, field, v, JobVersion)
+	switch v {
+	case JobVersion:
+		return nil
+	case 0:
+		return fmt.Errorf("%w: %s of version 0, from a build before job versions (protocol 7); this build speaks job version %d", ErrVersion, field, JobVersion)
 	}
-	return nil
+	return fmt.Errorf("%w: %s of version %d; this build speaks job version %d", ErrVersion, field, v, JobVersion)
 }
 
 // checkJob checks what every job message shares: its version and its

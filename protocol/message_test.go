@@ -434,7 +434,7 @@ func TestJobMessagesRefused(t *testing.T) {
 		{"empty list", TypeRunJob, `{"kind":"export","v":1,"session":"x-1","plan":{"databases":[]}}`, ErrProtocol, "not in the encoding"},
 		{"export without plan", TypeRunJob, `{"kind":"export","v":1,"session":"x-1"}`, ErrProtocol, `job kind "export" needs a plan`},
 		{"cancel with plan", TypeRunJob, `{"kind":"cancel-export","v":1,"session":"x-1","plan":{}}`, ErrProtocol, `job kind "cancel-export" does not take a plan`},
-		{"password for a list", TypeRunJob, `{"kind":"list-publications","v":1,"password":"pw"}`, ErrProtocol, "takes no password"},
+		{"password for a list", TypeRunJob, `{"kind":"list-publications","v":1,"password":"pw"}`, ErrProtocol, "does not take a password"},
 		{"error in a step event", TypeJobEvent, `{"kind":"done","v":1,"error":"x"}`, ErrProtocol, `a job event of kind "done" carries an error`},
 		{"publications in an end event", TypeJobEvent, `{"kind":"end","v":1,"publications":[]}`, ErrProtocol, "not in the encoding"},
 	} {
