@@ -139,7 +139,7 @@ func TestHostileUnderPermitted(t *testing.T) {
 		{"read peer sends", PermRead, &protocol.OpenTransfer{TransferID: "t-weak", Dest: filepath.Join(r.root, "w"), Params: chunk.DefaultParams, Files: 1, Bytes: 1}, "send"},
 		{"read peer asks for space", PermRead, &protocol.SpaceQuery{Path: r.root}, "orchestrate"},
 		{"send peer lists restore points", PermSend, &protocol.ListPoints{}, "read"},
-		{"send peer runs a job", PermSend | PermRead, &protocol.RunJob{Body: []byte(`{}`)}, "orchestrate"},
+		{"send peer runs a job", PermSend | PermRead, &protocol.RunJob{Kind: protocol.JobListPublications, Version: protocol.JobVersion}, "orchestrate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := dial(t, tc.perms)

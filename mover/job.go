@@ -2,7 +2,6 @@ package mover
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,27 +12,19 @@ import (
 )
 
 // JobRunner runs jobs that orchestrators hand this mover (the staging half
-// of an export session). The orchestrator package implements it; the mover
-// only carries the messages. RunJob reports events (JSON objects) through
-// emit and returns when the job ends; ctx ends when the orchestrator goes
-// away or the mover shuts down.
+// of an export session, or a publication's). The orchestrator package
+// implements it; the mover only carries the messages, which package
+// protocol has decoded and checked (kind, version, size). RunJob reports
+// events through emit, each a complete JobEvent of protocol.JobVersion and
+// never of kind EventEnd: the mover sends the end event itself, from
+// RunJob's error. It returns when the job ends; ctx ends when the
+// orchestrator goes away or the mover shuts down.
 type JobRunner interface {
-	RunJob(ctx context.Context, body []byte, emit func(event []byte)) error
+	RunJob(ctx context.Context, job *protocol.RunJob, emit func(*protocol.JobEvent)) error
 }
 
 // jobIdleTimeout bounds how long a job connection may be silent.
 const jobIdleTimeout = 6 * time.Second
-
-// jobEnd is the last event of every job.
-type jobEnd struct {
-	Kind  string `json:"kind"` // "end"
-	Error string `json:"error,omitempty"`
-	Code  string `json:"code,omitempty"`
-	// Reason names the job runner's own kind of failure, when the error
-	// has one (JobReasoner), so that the other side can match it as a
-	// value rather than by its text.
-	Reason string `json:"reason,omitempty"`
-}
 
 // JobReasoner is an error of a JobRunner that names its kind for the
 // orchestrator across the wire (JobError.Reason).
@@ -46,6 +37,10 @@ func (s *Server) runJob(ctx context.Context, conn *quic.Conn, peer PeerID, cs *c
 		cs.sendError(err)
 		return
 	}
+	if cs.version < protocol.JobsVersion {
+		cs.sendError(fmt.Errorf("%w: jobs need protocol version %d, the orchestrator (%s) speaks %d: upgrade it", protocol.ErrVersion, protocol.JobsVersion, cs.peerSoftware, cs.version))
+		return
+	}
 	if s.o.Jobs == nil {
 		cs.sendError(fmt.Errorf("%w: this mover runs no jobs (start it with 'pgporter mover serve' as a staging mover)", protocol.ErrPermission))
 		return
@@ -55,13 +50,14 @@ func (s *Server) runJob(ctx context.Context, conn *quic.Conn, peer PeerID, cs *c
 	defer cancel()
 	stop := context.AfterFunc(conn.Context(), cancel)
 	defer stop()
-	log.Info("job started")
-	err := s.o.Jobs.RunJob(jctx, m.Body, func(ev []byte) {
-		if werr := cs.write(&protocol.JobEvent{Body: ev}); werr != nil {
-			cancel() // nobody is listening any more
+	log.Info("job started", "job", m.Kind)
+	err := s.o.Jobs.RunJob(jctx, m, func(ev *protocol.JobEvent) {
+		if werr := cs.write(ev); werr != nil {
+			log.Warn("job event not sent", "err", werr)
+			cancel() // nobody is listening any more, or the runner broke its contract
 		}
 	})
-	end := jobEnd{Kind: "end"}
+	end := &protocol.JobEvent{Kind: protocol.EventEnd, Version: protocol.JobVersion}
 	if err != nil {
 		end.Error = err.Error()
 		end.Code = protocol.ToWire(err).Code.String()
@@ -69,12 +65,13 @@ func (s *Server) runJob(ctx context.Context, conn *quic.Conn, peer PeerID, cs *c
 		if errors.As(err, &r) {
 			end.Reason = r.JobReason()
 		}
-		log.Warn("job failed", "err", err)
+		log.Warn("job failed", "job", m.Kind, "err", err)
 	} else {
-		log.Info("job done")
+		log.Info("job done", "job", m.Kind)
 	}
-	body, _ := json.Marshal(end)
-	_ = cs.write(&protocol.JobEvent{Body: body})
+	if werr := cs.write(end); werr != nil {
+		log.Debug("job end not sent", "err", werr)
+	}
 }
 
 // JobError is a job's failure as the staging mover reported it.
@@ -86,10 +83,11 @@ type JobError struct {
 
 func (e *JobError) Error() string { return e.Message }
 
-// RunJob hands a job to the mover at addr (which must present peer's
-// identity and trust this identity with orchestrate) and calls onEvent with
-// each event until the job ends. A job that fails is a *JobError.
-func (s *Sender) RunJob(ctx context.Context, addr string, peer PeerID, body []byte, onEvent func(event []byte)) error {
+// RunJob hands job to the mover at addr (which must present peer's
+// identity, speak protocol.JobsVersion or later, and trust this identity
+// with orchestrate) and calls onEvent with each event before the end
+// event. A job that fails is a *JobError.
+func (s *Sender) RunJob(ctx context.Context, addr string, peer PeerID, job *protocol.RunJob, onEvent func(*protocol.JobEvent)) error {
 	// A short idle timeout (keepalives run at a third of it): a staging
 	// mover that dies is noticed in seconds, however long its steps.
 	conn, cs, err := dialMoverFor(ctx, addr, s.id, peer, jobIdleTimeout, PermOrchestrate)
@@ -97,9 +95,12 @@ func (s *Sender) RunJob(ctx context.Context, addr string, peer PeerID, body []by
 		return err
 	}
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+	if cs.version < protocol.JobsVersion {
+		return fmt.Errorf("%w: the mover at %s (%s) speaks protocol %d, and jobs need %d: upgrade it", protocol.ErrVersion, addr, cs.peerSoftware, cs.version, protocol.JobsVersion)
+	}
 	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "cancelled") })
 	defer stop()
-	if err := cs.write(&protocol.RunJob{Body: body}); err != nil {
+	if err := cs.write(job); err != nil {
 		return err
 	}
 	for {
@@ -114,14 +115,13 @@ func (s *Sender) RunJob(ctx context.Context, addr string, peer PeerID, body []by
 		if !ok {
 			return fmt.Errorf("%w: expected JobEvent, got %s", protocol.ErrProtocol, m.Type())
 		}
-		var end jobEnd
-		if json.Unmarshal(ev.Body, &end) == nil && end.Kind == "end" {
-			if end.Error != "" {
-				return &JobError{Message: end.Error, Code: end.Code, Reason: end.Reason}
+		if ev.Kind == protocol.EventEnd {
+			if ev.Error != "" {
+				return &JobError{Message: ev.Error, Code: ev.Code, Reason: ev.Reason}
 			}
 			return nil
 		}
-		onEvent(ev.Body)
+		onEvent(ev)
 	}
 }
 

@@ -453,6 +453,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	for {
 		m, err := cs.next()
 		if err != nil {
+			refuseMalformed(ctx, conn, cs, err)
 			return
 		}
 		switch m := m.(type) {
@@ -557,6 +558,28 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			return
 		}
 	}
+}
+
+// refuseMalformed tells the peer why its request could not be read (a
+// malformed message, a job of a version this mover does not speak) and
+// closes the connection: with CloseRefused for a version, with
+// CloseProtocolError otherwise. Other read errors (the connection ended,
+// a frame trickled past its timeout, the peer's own Error) close nothing
+// here.
+func refuseMalformed(ctx context.Context, conn *quic.Conn, cs *controlStream, err error) {
+	if _, remote := errors.AsType[*protocol.RemoteError](err); remote || errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	code := protocol.CloseProtocolError
+	switch {
+	case errors.Is(err, protocol.ErrVersion):
+		code = protocol.CloseRefused
+	case !errors.Is(err, protocol.ErrProtocol):
+		return
+	}
+	cs.sendError(err)
+	linger(ctx, conn)
+	conn.CloseWithError(quic.ApplicationErrorCode(code), "malformed request")
 }
 
 // linger gives the peer a moment to read a final Error before the

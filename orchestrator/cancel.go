@@ -115,7 +115,7 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 		if s.Plan.Target != "" {
 			break // the target's partial directories are the target's (a rerun takes them over)
 		}
-		if s.Step(transferStep(db)).State == StepDone {
+		if s.Step(TransferStep(db)).State == StepDone {
 			continue // delivered and verified: the user's now
 		}
 		// The embedded target mover made it a real directory; anything else

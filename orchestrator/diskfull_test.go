@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +34,7 @@ func TestDiskFullStagingDir(t *testing.T) {
 		fillErr error
 	)
 	r := newRunner(t, home, func(e Event) {
-		if e.Step == dumpStep("shop") && e.Kind == "start" {
+		if e.Step == DumpStep("shop") && e.Kind == protocol.EventStart {
 			once.Do(func() { fillErr = testsupport.FillBut(filler, 64<<10) })
 		}
 	})

@@ -20,18 +20,20 @@ import (
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
 	"golang.org/x/sync/errgroup"
 )
 
-// Event reports progress of a running session to the CLI.
+// Event reports progress of a running session to the CLI; a staging
+// mover sends its events to the orchestrator as job events (jobwire.go).
 type Event struct {
-	Step      string `json:"step,omitempty"` // a step name
-	Kind      string `json:"kind"`           // "start", "progress", "done", "skip", "warning"
-	Done      int64  `json:"done,omitempty"` // bytes (transfer) or tables (dump) so far; a done step's bytes
-	Total     int64  `json:"total,omitempty"`
-	WireBytes int64  `json:"wire_bytes,omitempty"` // a done step's
-	Text      string `json:"text,omitempty"`
+	Step      string // a step name (ParseStep)
+	Kind      protocol.EventKind
+	Done      int64 // bytes (transfer) or tables (dump) so far; a done step's bytes
+	Total     int64
+	WireBytes int64 // a done step's
+	Text      string
 }
 
 // Options configure a Runner.
@@ -214,8 +216,8 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		s.Step(StepGlobals)
 	}
 	for _, db := range p.Databases {
-		s.Step(dumpStep(db))
-		s.Step(transferStep(db))
+		s.Step(DumpStep(db))
+		s.Step(TransferStep(db))
 	}
 	s.Step(StepCleanup)
 	if err := r.j.Put(s); err != nil {
@@ -239,7 +241,7 @@ func (r *Runner) Run(ctx context.Context, id string) (*Session, error) {
 	}
 	switch s.State {
 	case StateDone:
-		r.emit(Event{Kind: "skip", Text: "session " + id + " is done already"})
+		r.emit(Event{Kind: protocol.EventSkip, Text: "session " + id + " is done already"})
 		return s, nil
 	case StateCancelled:
 		return s, fmt.Errorf("session %s was cancelled; start a new export", id)
@@ -310,7 +312,7 @@ func (x *sessionRun) step(ctx context.Context, name string, fn func(*stepOutcome
 	done := x.s.Step(name).State == StepDone
 	x.mu.Unlock()
 	if done {
-		x.r.emit(Event{Step: name, Kind: "skip", Text: "done in an earlier run"})
+		x.r.emit(Event{Step: name, Kind: protocol.EventSkip, Text: "done in an earlier run"})
 		return nil
 	}
 	if err := x.update(func(s *Session) {
@@ -320,7 +322,7 @@ func (x *sessionRun) step(ctx context.Context, name string, fn func(*stepOutcome
 	}); err != nil {
 		return err
 	}
-	x.r.emit(Event{Step: name, Kind: "start"})
+	x.r.emit(Event{Step: name, Kind: protocol.EventStart})
 	var out stepOutcome
 	err := fn(&out)
 	if err != nil {
@@ -341,7 +343,7 @@ func (x *sessionRun) step(ctx context.Context, name string, fn func(*stepOutcome
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	x.r.emit(Event{Step: name, Kind: "done", Done: out.Bytes, Total: out.Bytes, WireBytes: out.WireBytes, Text: out.Detail})
+	x.r.emit(Event{Step: name, Kind: protocol.EventDone, Done: out.Bytes, Total: out.Bytes, WireBytes: out.WireBytes, Text: out.Detail})
 	return nil
 }
 
@@ -371,7 +373,7 @@ func (x *sessionRun) run(ctx context.Context) error {
 	for _, db := range p.Databases {
 		dumped[db] = make(chan struct{})
 		growing[db] = make(chan growingDump, 1)
-		if x.s.Step(dumpStep(db)).State == StepDone {
+		if x.s.Step(DumpStep(db)).State == StepDone {
 			close(dumped[db])
 		} else {
 			pending = true
@@ -410,7 +412,7 @@ func (x *sessionRun) run(ctx context.Context) error {
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			err := x.step(gctx, transferStep(db), func(out *stepOutcome) error { return x.transfer(gctx, tgt, db, g, out) })
+			err := x.step(gctx, TransferStep(db), func(out *stepOutcome) error { return x.transfer(gctx, tgt, db, g, out) })
 			if g != nil {
 				g.root.Close()
 			}
@@ -503,12 +505,12 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
 		if len(in.Dropped) > 0 {
 			out.Detail += "; started without the missing preload libraries " + strings.Join(in.Dropped, ", ")
-			r.emit(Event{Step: StepStart, Kind: "warning", Text: out.Detail})
+			r.emit(Event{Step: StepStart, Kind: protocol.EventWarning, Text: out.Detail})
 		}
 		if len(in.Neutralised) > 0 {
 			text := "removed role and database settings that load code or run programs; the dump does not carry them: " + strings.Join(in.Neutralised, "; ")
 			out.Detail += "; " + text
-			r.emit(Event{Step: StepStart, Kind: "warning", Text: text})
+			r.emit(Event{Step: StepStart, Kind: protocol.EventWarning, Text: text})
 		}
 		return x.update(func(s *Session) { s.Resources.InstancePID = in.PID() })
 	})
@@ -549,7 +551,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		out.Detail = "estimated dump size " + mover.HumanBytes(total)
 		for _, pr := range rep.Problems {
 			if pr.Warning {
-				r.emit(Event{Step: StepCheck, Kind: "warning", Text: pr.String()})
+				r.emit(Event{Step: StepCheck, Kind: protocol.EventWarning, Text: pr.String()})
 			}
 		}
 		return rep.Err()
@@ -578,7 +580,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		}
 	}
 	for _, db := range p.Databases {
-		name := dumpStep(db)
+		name := DumpStep(db)
 		err := x.step(ctx, name, func(out *stepOutcome) error {
 			var feed *mover.FileFeed
 			var writes *staging.WriteWatcher // data files sent while pg_dump appends to them
@@ -591,7 +593,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 				DB: db, User: p.PGUser, Password: password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
 				SplitTableBytes: p.SplitTables,
 				Progress: func(done, total int) {
-					r.emit(Event{Step: name, Kind: "progress", Done: int64(done), Total: int64(total)})
+					r.emit(Event{Step: name, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
 				},
 				Started: func(dir string) {
 					root, err := os.OpenRoot(dir)
@@ -714,7 +716,7 @@ func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, 
 		Compression: "auto", // adapts to the CPU (shared with pg_dump) and the link
 		BWLimit:     x.plan().BWLimit,
 		Progress: func(p mover.SendProgress) {
-			x.r.emit(Event{Step: transferStep(db), Kind: "progress", Done: p.Durable, Total: p.Total})
+			x.r.emit(Event{Step: TransferStep(db), Kind: protocol.EventProgress, Done: p.Durable, Total: p.Total})
 		},
 	}
 	if g != nil {
@@ -724,7 +726,7 @@ func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, 
 	if err != nil {
 		return err
 	}
-	if err := x.update(func(s *Session) { s.Step(transferStep(db)).Manifest = res.ManifestBLAKE3 }); err != nil {
+	if err := x.update(func(s *Session) { s.Step(TransferStep(db)).Manifest = res.ManifestBLAKE3 }); err != nil {
 		return err
 	}
 	out.Bytes, out.WireBytes = res.Bytes, res.WireBytes

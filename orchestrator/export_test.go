@@ -15,6 +15,7 @@ import (
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
 	"github.com/stretchr/testify/require"
 )
@@ -116,7 +117,7 @@ func TestExportEmbedded(t *testing.T) {
 	var mu sync.Mutex
 	var steps []string
 	r := newRunner(t, home, func(e Event) {
-		if e.Kind == "done" {
+		if e.Kind == protocol.EventDone {
 			mu.Lock()
 			steps = append(steps, e.Step)
 			mu.Unlock()
@@ -204,7 +205,7 @@ func TestExportChecksFailEarly(t *testing.T) {
 		require.Contains(t, err.Error(), tc.want)
 		require.Equal(t, StateFailed, s.State)
 		require.Equal(t, StepFailed, s.Step(StepCheck).State)
-		require.Equal(t, StepPending, s.Step(dumpStep("shop")).State)
+		require.Equal(t, StepPending, s.Step(DumpStep("shop")).State)
 		require.NoDirExists(t, s.DumpDir("shop"))
 
 		s, err = r.Cancel(context.Background(), s.ID)
@@ -228,7 +229,7 @@ func TestRetryAfterInterruption(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := newRunner(t, home, func(e Event) {
-		if e.Step == "dump:Weird DB" && e.Kind == "start" {
+		if e.Step == "dump:Weird DB" && e.Kind == protocol.EventStart {
 			cancel()
 		}
 	})
@@ -238,7 +239,7 @@ func TestRetryAfterInterruption(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.Equal(t, StateFailed, s.State)
 	require.Contains(t, s.Error, "interrupted")
-	dumped := s.Step(dumpStep("shop")).Ended
+	dumped := s.Step(DumpStep("shop")).Ended
 	require.DirExists(t, s.DumpDir("shop"), "the dump a retry needs is kept")
 
 	var (
@@ -246,7 +247,7 @@ func TestRetryAfterInterruption(t *testing.T) {
 		redone []string
 	)
 	r2 := newRunner(t, home, func(e Event) {
-		if e.Kind == "start" {
+		if e.Kind == protocol.EventStart {
 			mu.Lock()
 			redone = append(redone, e.Step)
 			mu.Unlock()
@@ -258,7 +259,7 @@ func TestRetryAfterInterruption(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	require.NotContains(t, redone, "dump:shop")
-	require.Equal(t, dumped, s.Step(dumpStep("shop")).Ended)
+	require.Equal(t, dumped, s.Step(DumpStep("shop")).Ended)
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
 }
@@ -273,7 +274,7 @@ func TestReclaimOrphans(t *testing.T) {
 	held := make(chan *Session, 1)
 	var r *Runner
 	r = newRunner(t, home, func(e Event) {
-		if e.Step == "dump:shop" && e.Kind == "start" {
+		if e.Step == "dump:shop" && e.Kind == protocol.EventStart {
 			// Running: the lock is held, nothing may be reclaimed.
 			n, err := ReclaimOrphans(context.Background(), home, nil)
 			require.NoError(t, err)
@@ -339,7 +340,7 @@ func TestExportMissingPreload(t *testing.T) {
 	home, to := t.TempDir(), t.TempDir()
 	var warnings []string
 	r := newRunner(t, home, func(e Event) {
-		if e.Kind == "warning" {
+		if e.Kind == protocol.EventWarning {
 			warnings = append(warnings, e.Text)
 		}
 	})

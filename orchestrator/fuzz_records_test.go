@@ -1,9 +1,13 @@
 package orchestrator
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"path/filepath"
+	"reflect"
 	"testing"
+
+	"github.com/pgporter/pgporter/protocol"
 )
 
 // FuzzOrchestratorRecords fuzzes, chosen by kind, the journal's records
@@ -20,10 +24,11 @@ func FuzzOrchestratorRecords(f *testing.F) {
 		{recSession, `{"plan":{"databases":[""]}}`},
 		{recSession, `{"steps":[null]}`},
 		{recPublication, `{"id":"p-1","repo":"/r","restore_point":"rp-1","port":5433,"state":"up","serve_pid":12}`},
-		{recEvent, `{"step":"dump:shop","kind":"done","done":5,"wire_bytes":3,"text":"ok"}`},
-		{recJob, `{"session":"x-20261126-040210-950424","plan":{"databases":["shop"],"staging_dir":"/var/tmp/p"}}`},
-		{recJob, `{"session":"../../etc","plan":{"staging_dir":"/v"}}`},
-		{recJob, `{"session":"0"}`},
+		{recEvent, `{"kind":"done","v":1,"step":"dump:shop","done":5,"wire_bytes":3,"text":"ok"}`},
+		{recEvent, `{"kind":"result","v":1,"publications":[{"id":"p-1","state":"up","port":5433,"created":"2026-12-06T13:00:00Z"}]}`},
+		{recJob, `{"kind":"export","v":1,"session":"x-20261126-040210-950424","plan":{"databases":["shop"],"staging_dir":"/var/tmp/p"}}`},
+		{recJob, `{"kind":"export","v":1,"session":"../../etc","plan":{"staging_dir":"/v"}}`},
+		{recJob, `{"kind":"cancel-export","v":1,"session":"0"}`},
 	} {
 		f.Add(seed.kind, []byte(seed.b))
 	}
@@ -96,34 +101,56 @@ func fuzzPublication(t *testing.T, b []byte) {
 	}
 }
 
+// wirePayload is b as the payload of a job message's frame.
+func wirePayload(b []byte) []byte { return append(binary.AppendUvarint(nil, uint64(len(b))), b...) }
+
 // fuzzEvent decodes b as an event a staging mover sends the orchestrator
-// (a JobEvent body).
+// (a JobEvent body): what protocol accepts converts to an Event and back
+// without loss, and to a Publication and back.
 func fuzzEvent(t *testing.T, b []byte) {
-	var e Event
-	if json.Unmarshal(b, &e) != nil {
+	m, err := protocol.Decode(protocol.TypeJobEvent, wirePayload(b))
+	if err != nil {
 		return
 	}
-	enc, err := json.Marshal(&e)
-	if err != nil {
-		t.Fatalf("re-encoding: %v", err)
+	ev := m.(*protocol.JobEvent)
+	_, _, _ = ParseStep(ev.Step)
+	if ev.Kind != protocol.EventResult && ev.Kind != protocol.EventEnd {
+		back := eventToWire(eventFromWire(ev))
+		back.Manifest = ev.Manifest
+		if !reflect.DeepEqual(back, ev) {
+			t.Fatalf("event→wire: %+v != %+v", back, ev)
+		}
 	}
-	var e2 Event
-	if err := json.Unmarshal(enc, &e2); err != nil || e2 != e {
-		t.Fatalf("decode→encode→decode: %+v != %+v (%v)", e2, e, err)
+	for i := range ev.Publications {
+		w := &ev.Publications[i]
+		if back := publicationToWire(publicationFromWire(w, "a#b")); !reflect.DeepEqual(&back, w) {
+			t.Fatalf("publication→wire: %+v != %+v", back, *w)
+		}
 	}
 }
 
 // fuzzJob decodes b as the body of a job an orchestrator hands a staging
-// mover, as StagingJobs.RunJob does before it runs anything: an accepted
-// session ID is one directory name in the staging directory.
+// mover, as the mover does before StagingJobs.RunJob runs anything: its
+// plan converts without loss, and an accepted session ID is one directory
+// name in the staging directory.
 func fuzzJob(t *testing.T, b []byte) {
-	_ = pubJobKind(b)
-	var jb job
-	if json.Unmarshal(b, &jb) != nil || !validSessionID(jb.Session) || !filepath.IsAbs(jb.Plan.StagingDir) {
+	m, err := protocol.Decode(protocol.TypeRunJob, wirePayload(b))
+	if err != nil {
+		return
+	}
+	jb := m.(*protocol.RunJob)
+	if jb.Plan == nil {
+		return
+	}
+	plan := planFromWire(jb.Plan)
+	if back := planToWire(&plan); !reflect.DeepEqual(back, jb.Plan) {
+		t.Fatalf("plan→wire: %+v != %+v", back, jb.Plan)
+	}
+	if !validSessionID(jb.Session) || !filepath.IsAbs(plan.StagingDir) {
 		return // plans are made absolute when the orchestrator creates the session
 	}
-	s := &Session{ID: jb.Session, Plan: jb.Plan}
-	if dir := filepath.Clean(s.SessionDir()); filepath.Base(dir) != jb.Session || filepath.Dir(dir) != filepath.Clean(jb.Plan.StagingDir) {
-		t.Fatalf("session %q lives in %s, not in %s", jb.Session, dir, jb.Plan.StagingDir)
+	s := &Session{ID: jb.Session, Plan: plan}
+	if dir := filepath.Clean(s.SessionDir()); filepath.Base(dir) != jb.Session || filepath.Dir(dir) != filepath.Clean(plan.StagingDir) {
+		t.Fatalf("session %q lives in %s, not in %s", jb.Session, dir, plan.StagingDir)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
 
@@ -28,7 +29,7 @@ func TestExportNeedsTheBackupsServer(t *testing.T) {
 
 	var steps []string
 	r := newRunner(t, t.TempDir(), func(e Event) {
-		if e.Kind == "start" {
+		if e.Kind == protocol.EventStart {
 			steps = append(steps, e.Step)
 		}
 	})

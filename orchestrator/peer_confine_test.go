@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
 
@@ -46,13 +46,21 @@ func newHostileMover(t *testing.T) *hostileMover {
 }
 
 // run hands the mover a job, as any orchestrator can.
-func (h *hostileMover) run(t *testing.T, body any) error {
+func (h *hostileMover) run(t *testing.T, jb *protocol.RunJob) error {
 	t.Helper()
-	b, err := json.Marshal(body)
-	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	return h.sender.RunJob(ctx, h.m.addr, h.m.id, b, func([]byte) {})
+	return h.sender.RunJob(ctx, h.m.addr, h.m.id, jb, func(*protocol.JobEvent) {})
+}
+
+// exportJob is the job of export session id with plan p.
+func exportJob(id string, p Plan) *protocol.RunJob {
+	return &protocol.RunJob{Kind: protocol.JobExport, Version: protocol.JobVersion, Session: id, Plan: planToWire(&p)}
+}
+
+// cancelJob is the job that cancels export session id.
+func cancelJob(id string) *protocol.RunJob {
+	return &protocol.RunJob{Kind: protocol.JobCancelExport, Version: protocol.JobVersion, Session: id}
 }
 
 // victim is a directory with a file, outside every root of the mover.
@@ -74,15 +82,15 @@ func TestPeerStagingDirRefused(t *testing.T) {
 	precious := victim(t, filepath.Join(outside, id))
 
 	plan := Plan{RepoPeer: h.m.spec(), Target: h.m.spec(), RestorePoint: "latest", Databases: []string{"shop"}, To: "/srv/x", StagingDir: outside}
-	err := h.run(t, job{Session: id, Plan: plan})
+	err := h.run(t, exportJob(id, plan))
 	require.ErrorContains(t, err, "staging_dir is set by the staging mover (--staging-dir)")
-	require.NoError(t, h.run(t, job{Session: id, Plan: plan, Cancel: true}), "nothing to cancel: it never started")
+	require.NoError(t, h.run(t, cancelJob(id)), "nothing to cancel: it never started")
 	require.FileExists(t, precious)
 
 	// The built-in default, or the mover's own value, is no choice: it
 	// passes this check (and fails later, on the unreachable repository).
 	plan.StagingDir = h.stagingDir
-	err = h.run(t, job{Session: id, Plan: plan})
+	err = h.run(t, exportJob(id, plan))
 	require.Error(t, err)
 	require.NotContains(t, err.Error(), "staging_dir")
 }
@@ -101,18 +109,18 @@ func TestPeerCancelUnmarkedDir(t *testing.T) {
 	require.NoError(t, j.Put(&Session{ID: id, State: StateFailed, Created: time.Now().UTC(),
 		Plan: Plan{StagingDir: outside, RepoPeer: h.m.spec(), Target: h.m.spec(), To: "/srv/x", Databases: []string{"shop"}}}))
 
-	err = h.run(t, job{Session: id, Cancel: true})
+	err = h.run(t, cancelJob(id))
 	require.ErrorContains(t, err, OwnerMarker)
 	require.FileExists(t, precious)
 
 	// A marker of another session does not do either.
 	require.NoError(t, os.WriteFile(filepath.Join(outside, id, OwnerMarker), []byte(newSessionID(time.Now().Add(time.Hour))), 0o644))
-	require.ErrorContains(t, h.run(t, job{Session: id, Cancel: true}), "not session "+id)
+	require.ErrorContains(t, h.run(t, cancelJob(id)), "not session "+id)
 	require.FileExists(t, precious)
 
 	// Its own marker: the directory is pgporter's, and goes.
 	require.NoError(t, os.WriteFile(filepath.Join(outside, id, OwnerMarker), []byte(id), 0o644))
-	require.NoError(t, h.run(t, job{Session: id, Cancel: true}))
+	require.NoError(t, h.run(t, cancelJob(id)))
 	require.NoDirExists(t, filepath.Join(outside, id))
 }
 
@@ -132,7 +140,7 @@ func TestPeerToOutsideRoots(t *testing.T) {
 	} {
 		t.Run(to, func(t *testing.T) {
 			plan := Plan{RepoPeer: h.m.spec(), RestorePoint: "latest", Databases: []string{"shop"}, To: to}
-			err := h.run(t, job{Session: newSessionID(time.Now()), Plan: plan})
+			err := h.run(t, exportJob(newSessionID(time.Now()), plan))
 			require.Error(t, err)
 			require.Regexp(t, "outside this mover's roots|clean absolute path", err.Error())
 			require.NoDirExists(t, filepath.Join(outside, "made"))
@@ -140,10 +148,10 @@ func TestPeerToOutsideRoots(t *testing.T) {
 	}
 	// --overwrite from a peer would rename and then delete what is in a root.
 	plan := Plan{RepoPeer: h.m.spec(), RestorePoint: "latest", Databases: []string{"shop"}, To: filepath.Join(h.root, "in"), Overwrite: true}
-	require.ErrorContains(t, h.run(t, job{Session: newSessionID(time.Now()), Plan: plan}), "overwrite is not accepted from a peer")
+	require.ErrorContains(t, h.run(t, exportJob(newSessionID(time.Now()), plan)), "overwrite is not accepted from a peer")
 
 	// The same for an export from a publication on this mover.
-	pj := pubJob{Kind: pubJobSession, Session: newSessionID(time.Now()), Plan: &Plan{Published: "p-1", Databases: []string{"shop"}, To: filepath.Join(h.root, "escape", "made")}}
+	pj := &protocol.RunJob{Kind: protocol.JobExportPublished, Version: protocol.JobVersion, Session: newSessionID(time.Now()), Plan: planToWire(&Plan{Published: "p-1", Databases: []string{"shop"}, To: filepath.Join(h.root, "escape", "made")})}
 	require.ErrorContains(t, h.run(t, pj), "outside this mover's roots")
 	require.NoDirExists(t, filepath.Join(outside, "made"))
 }
@@ -156,9 +164,17 @@ func TestPeerSessionIDs(t *testing.T) {
 		t.Run(id, func(t *testing.T) {
 			require.False(t, validSessionID(id))
 			plan := Plan{RepoPeer: h.m.spec(), Target: h.m.spec(), To: "/srv/x", Databases: []string{"shop"}}
-			require.ErrorContains(t, h.run(t, job{Session: id, Plan: plan}), "bad session ID")
-			require.ErrorContains(t, h.run(t, job{Session: id, Cancel: true}), "bad session ID")
-			require.ErrorContains(t, h.run(t, pubJob{Kind: pubJobCancelSession, Session: id}), "bad session ID")
+			cancelPublished := &protocol.RunJob{Kind: protocol.JobCancelExportPublished, Version: protocol.JobVersion, Session: id}
+			for _, jb := range []*protocol.RunJob{exportJob(id, plan), cancelJob(id), cancelPublished} {
+				err := h.run(t, jb)
+				if id == "" {
+					// A job of these kinds names a session: this one is not sent.
+					require.ErrorIs(t, err, protocol.ErrProtocol)
+					require.ErrorContains(t, err, "needs a session")
+					continue
+				}
+				require.ErrorContains(t, err, "bad session ID")
+			}
 		})
 	}
 	require.True(t, validSessionID(newSessionID(time.Now())))
@@ -171,29 +187,29 @@ func TestPeerSessionIDs(t *testing.T) {
 func TestPeerHostSettingsRefused(t *testing.T) {
 	h := newHostileMover(t)
 	repo := t.TempDir()
-	exp := func(p Plan) job {
+	exp := func(p Plan) *protocol.RunJob {
 		p.Databases, p.RestorePoint = []string{"shop"}, "latest"
 		if p.Target == "" {
 			p.Target = h.m.spec()
 		}
 		p.To = "/srv/x"
-		return job{Session: newSessionID(time.Now()), Plan: p}
+		return exportJob(newSessionID(time.Now()), p)
 	}
 	for name, tc := range map[string]struct {
-		body any
+		job  *protocol.RunJob
 		want string
 	}{
 		"export os_user":           {exp(Plan{RepoPeer: h.m.spec(), OSUser: "root"}), "os_user is set by the staging mover (--os-user)"},
 		"export repo":              {exp(Plan{Repo: repo}), "repo is set by the staging mover (--job-repo)"},
 		"export repo beside peer":  {exp(Plan{Repo: repo, RepoPeer: h.m.spec()}), "not a local repo"},
-		"session staging_dir":      {pubJob{Kind: pubJobSession, Session: newSessionID(time.Now()), Plan: &Plan{Published: "p-1", Databases: []string{"a"}, To: h.root, StagingDir: "/"}}, "staging_dir is set by the staging mover (--staging-dir)"},
-		"publish os_user":          {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{RepoPeer: h.m.spec(), Port: 5999, OSUser: "root"}}, "os_user is set by the staging mover (--os-user)"},
-		"publish listen":           {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{RepoPeer: h.m.spec(), Port: 5999, Listen: "*"}}, "listen is set by the staging mover (--publish-listen)"},
-		"publish repo":             {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{Repo: repo, Port: 5999}}, "repo is set by the mover (--job-repo)"},
-		"publish repo not the one": {pubJob{Kind: pubJobPublish, Publish: &PublishOptions{Repo: "/", Port: 5999}}, "repo is set by the mover (--job-repo)"},
+		"session staging_dir":      {&protocol.RunJob{Kind: protocol.JobExportPublished, Version: protocol.JobVersion, Session: newSessionID(time.Now()), Plan: planToWire(&Plan{Published: "p-1", Databases: []string{"a"}, To: h.root, StagingDir: "/"})}, "staging_dir is set by the staging mover (--staging-dir)"},
+		"publish os_user":          {&protocol.RunJob{Kind: protocol.JobPublish, Version: protocol.JobVersion, Publish: publishToWire(PublishOptions{RepoPeer: h.m.spec(), Port: 5999, OSUser: "root"})}, "os_user is set by the staging mover (--os-user)"},
+		"publish listen":           {&protocol.RunJob{Kind: protocol.JobPublish, Version: protocol.JobVersion, Publish: publishToWire(PublishOptions{RepoPeer: h.m.spec(), Port: 5999, Listen: "*"})}, "listen is set by the staging mover (--publish-listen)"},
+		"publish repo":             {&protocol.RunJob{Kind: protocol.JobPublish, Version: protocol.JobVersion, Publish: publishToWire(PublishOptions{Repo: repo, Port: 5999})}, "repo is set by the mover (--job-repo)"},
+		"publish repo not the one": {&protocol.RunJob{Kind: protocol.JobPublish, Version: protocol.JobVersion, Publish: publishToWire(PublishOptions{Repo: "/", Port: 5999})}, "repo is set by the mover (--job-repo)"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := h.run(t, tc.body)
+			err := h.run(t, tc.job)
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
@@ -352,14 +368,14 @@ func TestPeerAuthCarried(t *testing.T) {
 	require.Equal(t, AuthBackupHBA, peerPlan(&p).Auth)
 	p.Staging = ""
 
-	err := h.run(t, job{Session: newSessionID(time.Now()), Plan: Plan{RepoPeer: p.RepoPeer, Target: p.Target, To: p.To, Databases: p.Databases, RestorePoint: "latest", Auth: "bogus"}})
+	err := h.run(t, exportJob(newSessionID(time.Now()), Plan{RepoPeer: p.RepoPeer, Target: p.Target, To: p.To, Databases: p.Databases, RestorePoint: "latest", Auth: "bogus"}))
 	require.ErrorContains(t, err, `--auth "bogus" is neither`)
 	sessions, err := h.jobs.journal(t).List()
 	require.NoError(t, err)
 	require.Empty(t, sessions)
 
 	id := newSessionID(time.Now())
-	_ = h.run(t, job{Session: id, Plan: p}) // fails later: the mover holds no repository
+	_ = h.run(t, exportJob(id, p)) // fails later: the mover holds no repository
 	s, err := h.jobs.journal(t).Get(id)
 	require.NoError(t, err)
 	require.Equal(t, AuthBackupHBA, s.Plan.Auth)

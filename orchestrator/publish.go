@@ -46,7 +46,8 @@ const (
 )
 
 // Publication is a restore point served as a live PostgreSQL instance, as
-// journaled under p/<id>.
+// journaled under p/<id>. A mover reports one to an orchestrator as a
+// protocol.JobPublication (jobwire.go).
 type Publication struct {
 	ID   string `json:"id"`
 	Repo string `json:"repo"`
@@ -234,7 +235,8 @@ func (j *Journal) lockHeld(p *Publication) bool {
 	return false
 }
 
-// PublishOptions configure Publish.
+// PublishOptions configure Publish. A publish job carries them as a
+// protocol.PublishSpec (jobwire.go), without the serve command.
 type PublishOptions struct {
 	Repo string // repository directory; this or RepoPeer
 	// RepoPeer is a repository mover, ADDR#PEER_ID ('mover serve --repo'),

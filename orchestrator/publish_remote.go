@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,111 +10,63 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 )
 
 // Publications on another host ('pgporter publish --on ADDR#PEER_ID') are
 // run by that host's mover, under its home, as if published there: the
 // mover's journal holds them, its serve processes run them, and a restart
 // of that mover recovers them. The orchestrator that asked keeps a record
-// with On set, and reaches the publication through publication jobs (kinds
-// below) on the mover's RunJob, which needs the orchestrate permission.
-
-// Publication job kinds.
-const (
-	pubJobPublish   = "publish"
-	pubJobList      = "published"
-	pubJobUnpublish = "unpublish"
-	pubJobResume    = "resume"
-)
-
-// pubJob is a publication job's body. Export sessions' bodies (job) have no
-// kind.
-type pubJob struct {
-	Kind    string          `json:"kind"`
-	ID      string          `json:"id,omitempty"`
-	Publish *PublishOptions `json:"publish,omitempty"`
-	// An export session from a publication (publish_session.go).
-	Session  string `json:"session,omitempty"`
-	Plan     *Plan  `json:"plan,omitempty"`
-	Password string `json:"password,omitempty"`
-}
-
-// pubJobResult is the last event of a publication job.
-type pubJobResult struct {
-	Kind         string         `json:"kind"` // "result"
-	Publication  *Publication   `json:"publication,omitempty"`
-	Publications []*Publication `json:"publications,omitempty"`
-}
-
-// pubJobKind returns the kind of a job body, "" for an export session's.
-func pubJobKind(body []byte) string {
-	var k struct {
-		Kind string `json:"kind"`
-	}
-	_ = json.Unmarshal(body, &k)
-	return k.Kind
-}
+// with On set, and reaches the publication through publication jobs
+// (protocol.JobPublish, JobListPublications, JobUnpublish, JobResume) on
+// the mover's RunJob, which needs the orchestrate permission. A job ends
+// with one result event: the publication, or the list of them.
 
 // runPubJob runs a publication job on this mover, under its home.
-func (j *StagingJobs) runPubJob(ctx context.Context, body []byte, emit func([]byte)) error {
-	var jb pubJob
-	if err := json.Unmarshal(body, &jb); err != nil {
-		return fmt.Errorf("%w: bad publication job: %v", ErrBadPlan, err)
-	}
-	if jb.ID != "" && !validPubID(jb.ID) {
-		return fmt.Errorf("%w: bad publication ID %q", ErrBadPlan, jb.ID)
+func (j *StagingJobs) runPubJob(ctx context.Context, jb *protocol.RunJob, emit func(*protocol.JobEvent)) error {
+	if jb.Publication != "" && !validPubID(jb.Publication) {
+		return fmt.Errorf("%w: bad publication ID %q", ErrBadPlan, jb.Publication)
 	}
 	pb, err := NewPublisher(j.Home, j.Log)
 	if err != nil {
 		return err
 	}
-	var res pubJobResult
+	res := &protocol.JobEvent{Kind: protocol.EventResult, Version: protocol.JobVersion}
+	var p *Publication
 	switch jb.Kind {
-	case pubJobSession, pubJobCancelSession:
-		if !validSessionID(jb.Session) {
-			return fmt.Errorf("%w: bad session ID %q (not one pgporter makes)", ErrBadPlan, jb.Session)
-		}
-		if jb.Kind == pubJobSession && jb.Plan != nil {
-			if err := j.confineSessionPlan(jb.Plan); err != nil {
-				return err
-			}
-		}
-		return j.runSessionJob(ctx, jb, emit)
-	case pubJobPublish:
-		if jb.Publish == nil {
-			return fmt.Errorf("%w: a publish job without options", ErrBadPlan)
-		}
+	case protocol.JobPublish:
 		if len(j.Serve.Args) == 0 {
 			return errors.New("this mover cannot publish: it has no serve command")
 		}
 		// What runs here is this mover's choice, never the peer's.
-		o := *jb.Publish
+		o := publishFromWire(jb.Publish)
 		if err := j.confinePublish(&o); err != nil {
 			return err
 		}
 		o.Serve, o.ServeEnv = j.Serve.Args, j.Serve.Env
-		res.Publication, err = pb.Publish(ctx, o)
-	case pubJobList:
-		res.Publications, err = pb.List(true)
-		for _, p := range res.Publications {
-			p.CowSize = CowBytes(p)
+		p, err = pb.Publish(ctx, o)
+	case protocol.JobListPublications:
+		var ps []*Publication
+		ps, err = pb.List(true)
+		for _, q := range ps {
+			q.CowSize = CowBytes(q)
+			res.Publications = append(res.Publications, publicationToWire(q))
 		}
-	case pubJobUnpublish:
-		res.Publication, err = pb.Unpublish(ctx, jb.ID)
-	case pubJobResume:
-		res.Publication, err = pb.Resume(ctx, jb.ID, j.Serve)
+	case protocol.JobUnpublish:
+		p, err = pb.Unpublish(ctx, jb.Publication)
+	case protocol.JobResume:
+		p, err = pb.Resume(ctx, jb.Publication, j.Serve)
 	default:
-		return fmt.Errorf("%w: unknown job kind %q (a newer orchestrator?)", ErrBadPlan, jb.Kind)
+		return fmt.Errorf("%w: a %s job is not a publication's", ErrBadPlan, jb.Kind)
 	}
 	if err != nil {
 		return err
 	}
-	res.Kind = "result"
-	b, err := json.Marshal(res)
-	if err != nil {
-		return err
+	if p != nil {
+		w := publicationToWire(p)
+		res.Publication = &w
 	}
-	emit(b)
+	emit(res)
 	return nil
 }
 
@@ -165,13 +116,6 @@ func (j *StagingJobs) confineSessionPlan(p *Plan) error {
 		p.To = to
 	}
 	return nil
-}
-
-// inRoots refuses a directory outside every root: a peer writes only where
-// the mover's owner allows transfers to land.
-func inRoots(dir string, roots []string) error {
-	_, err := confine(dir, roots)
-	return err
 }
 
 // confine returns dir, a clean absolute path from a peer, with symbolic
@@ -232,17 +176,18 @@ func resolveExisting(dir string) (string, error) {
 const pubJobTimeout = 10 * time.Second
 
 // remoteJob runs a publication job on mover on and returns its result.
-func (pb *Publisher) remoteJob(ctx context.Context, on string, jb pubJob) (*pubJobResult, error) {
+func (pb *Publisher) remoteJob(ctx context.Context, on string, jb *protocol.RunJob) (*protocol.JobEvent, error) {
 	res, err := pb.remoteJobEvents(ctx, on, jb, nil)
-	if err == nil && res == nil && jb.Kind != pubJobCancelSession {
+	if err == nil && res == nil {
 		return nil, fmt.Errorf("mover %s ended the %s job without a result", on, jb.Kind)
 	}
 	return res, err
 }
 
-// remoteJobEvents runs a publication job on mover on, passing its events to
-// onEvent (if not nil), and returns its result, if it sent one.
-func (pb *Publisher) remoteJobEvents(ctx context.Context, on string, jb pubJob, onEvent func([]byte)) (*pubJobResult, error) {
+// remoteJobEvents runs a job on mover on, passing its events but the
+// result to onEvent (if not nil), and returns its result event, if it sent
+// one.
+func (pb *Publisher) remoteJobEvents(ctx context.Context, on string, jb *protocol.RunJob, onEvent func(*protocol.JobEvent)) (*protocol.JobEvent, error) {
 	addr, peer, err := mover.ParsePeerAddr(on)
 	if err != nil {
 		return nil, err
@@ -252,17 +197,12 @@ func (pb *Publisher) remoteJobEvents(ctx context.Context, on string, jb pubJob, 
 		return nil, fmt.Errorf("commanding mover %s needs an identity in this home: run 'pgporter mover init --home %s', then on that mover's host 'pgporter mover trust ID --allow orchestrate' with the ID 'pgporter mover id --home %s' prints: %w", on, pb.home, pb.home, err)
 	}
 	defer sender.Close()
-	body, err := json.Marshal(jb)
-	if err != nil {
-		return nil, err
-	}
-	var res *pubJobResult
-	err = sender.RunJob(ctx, addr, peer, body, func(ev []byte) {
-		var r pubJobResult
-		if json.Unmarshal(ev, &r) == nil && r.Kind == "result" {
-			res = &r
-		}
-		if onEvent != nil {
+	var res *protocol.JobEvent
+	err = sender.RunJob(ctx, addr, peer, jb, func(ev *protocol.JobEvent) {
+		switch {
+		case ev.Kind == protocol.EventResult:
+			res = ev
+		case onEvent != nil:
 			onEvent(ev)
 		}
 	})
@@ -287,16 +227,14 @@ func (pb *Publisher) PublishOn(ctx context.Context, on string, o PublishOptions)
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	o.Serve = nil
-	res, err := pb.remoteJob(ctx, on, pubJob{Kind: pubJobPublish, Publish: &o})
+	res, err := pb.remoteJob(ctx, on, &protocol.RunJob{Kind: protocol.JobPublish, Version: protocol.JobVersion, Publish: publishToWire(o)})
 	if err != nil {
 		return nil, err
 	}
-	p := res.Publication
-	if p == nil {
+	if res.Publication == nil {
 		return nil, fmt.Errorf("mover %s did not return the publication", on)
 	}
-	p.On = on
+	p := publicationFromWire(res.Publication, on)
 	if err := pb.j.PutPublication(p); err != nil {
 		return nil, fmt.Errorf("publication %s is up on %s but could not be recorded here (unpublish it there): %w", p.ID, on, err)
 	}
@@ -315,12 +253,12 @@ func (pb *Publisher) Refresh(ctx context.Context, ps []*Publication) {
 	}
 	for on, local := range byMover {
 		jctx, cancel := context.WithTimeout(ctx, pubJobTimeout)
-		res, err := pb.remoteJob(jctx, on, pubJob{Kind: pubJobList})
+		res, err := pb.remoteJob(jctx, on, &protocol.RunJob{Kind: protocol.JobListPublications, Version: protocol.JobVersion})
 		cancel()
 		remote := map[string]*Publication{}
 		if err == nil {
-			for _, r := range res.Publications {
-				remote[r.ID] = r
+			for i := range res.Publications {
+				remote[res.Publications[i].ID] = publicationFromWire(&res.Publications[i], on)
 			}
 		}
 		for _, p := range local {
@@ -332,7 +270,6 @@ func (pb *Publisher) Refresh(ctx context.Context, ps []*Publication) {
 				p.State, p.Error = PubGone, "the mover no longer knows it"
 			default:
 				*p = *r
-				p.On = on
 			}
 		}
 	}
@@ -340,14 +277,12 @@ func (pb *Publisher) Refresh(ctx context.Context, ps []*Publication) {
 
 // unpublishOn ends publication p on its mover and records it gone here.
 func (pb *Publisher) unpublishOn(ctx context.Context, p *Publication) (*Publication, error) {
-	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobUnpublish, ID: p.ID})
+	res, err := pb.remoteJob(ctx, p.On, &protocol.RunJob{Kind: protocol.JobUnpublish, Version: protocol.JobVersion, Publication: p.ID})
 	if err != nil && !errors.Is(err, ErrNoPublication) {
 		return p, err
 	}
-	on := p.On
 	if err == nil && res.Publication != nil {
-		p = res.Publication
-		p.On = on
+		p = publicationFromWire(res.Publication, p.On)
 	}
 	p.State = PubGone
 	return p, pb.j.PutPublication(p)

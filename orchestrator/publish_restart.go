@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/pgporter/pgporter/protocol"
 )
 
 // ServeCommand is how a publication's background process is started: the
@@ -87,15 +89,14 @@ func resumable(p *Publication) bool {
 
 // resumeOn resumes publication p on its mover.
 func (pb *Publisher) resumeOn(ctx context.Context, p *Publication) (*Publication, error) {
-	res, err := pb.remoteJob(ctx, p.On, pubJob{Kind: pubJobResume, ID: p.ID})
+	res, err := pb.remoteJob(ctx, p.On, &protocol.RunJob{Kind: protocol.JobResume, Version: protocol.JobVersion, Publication: p.ID})
 	if err != nil {
 		return nil, err // ErrNotDead, from the mover's job, matches
 	}
-	q := res.Publication
-	if q == nil {
+	if res.Publication == nil {
 		return nil, fmt.Errorf("mover %s did not return the publication", p.On)
 	}
-	q.On = p.On
+	q := publicationFromWire(res.Publication, p.On)
 	return q, pb.j.PutPublication(q)
 }
 

@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -101,8 +101,8 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 	}
 	s.Step(StepCheck)
 	for _, db := range p.Databases {
-		s.Step(dumpStep(db))
-		s.Step(transferStep(db))
+		s.Step(DumpStep(db))
+		s.Step(TransferStep(db))
 	}
 	s.Step(StepCleanup)
 	if p.UnpublishAfter {
@@ -113,9 +113,6 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 	}
 	return s, nil
 }
-
-// StepUnpublish ends the publication after its export (--unpublish-after).
-const StepUnpublish = "unpublish"
 
 // publisher is a Publisher over the runner's journal.
 func (r *Runner) publisher() *Publisher {
@@ -195,7 +192,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		if err := x.setState(StateDumping); err != nil {
 			return err
 		}
-		name := dumpStep(db)
+		name := DumpStep(db)
 		err := x.step(ctx, name, func(out *stepOutcome) error {
 			dir := hiddenDumpDir(x.s, db)
 			if tgt != nil {
@@ -211,7 +208,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 				DB: db, User: p.PGUser, Password: r.o.Password, Dir: dir, Jobs: p.Jobs,
 				SplitTableBytes: p.SplitTables,
 				Progress: func(done, total int) {
-					r.emit(Event{Step: name, Kind: "progress", Done: int64(done), Total: int64(total)})
+					r.emit(Event{Step: name, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
 				},
 			})
 			if err != nil {
@@ -231,7 +228,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		if err := x.setState(StateTransferring); err != nil {
 			return err
 		}
-		err = x.step(ctx, transferStep(db), func(out *stepOutcome) error {
+		err = x.step(ctx, TransferStep(db), func(out *stepOutcome) error {
 			if tgt != nil {
 				return x.transfer(ctx, tgt, db, nil, out)
 			}
@@ -318,7 +315,7 @@ func (pb *Publisher) instance(pub *Publication) (*staging.Instance, error) {
 func (r *Runner) cancelPublished(ctx context.Context, s *Session) (*Session, error) {
 	pub, err := r.j.GetPublication(s.Plan.Published)
 	if err == nil && pub.On != "" {
-		if _, err := r.publisher().remoteJob(ctx, pub.On, pubJob{Kind: pubJobCancelSession, Session: s.ID}); err != nil {
+		if _, err := r.publisher().remoteJobEvents(ctx, pub.On, &protocol.RunJob{Kind: protocol.JobCancelExportPublished, Version: protocol.JobVersion, Session: s.ID}, nil); err != nil {
 			return s, fmt.Errorf("cancelling on mover %s (it holds the dumps; retry the cancel when it is reachable): %w", pub.On, err)
 		}
 	} else {
@@ -340,23 +337,15 @@ func (r *Runner) cancelPublished(ctx context.Context, s *Session) (*Session, err
 	return s, r.j.Put(s)
 }
 
-// Publication job kinds for export sessions on a publication's mover.
-const (
-	pubJobSession       = "export-session"
-	pubJobCancelSession = "cancel-export-session"
-)
-
 // runPublishedOn runs the session on the mover of publication pub and
 // mirrors its steps here.
 func (x *sessionRun) runPublishedOn(ctx context.Context, pb *Publisher, pub *Publication) error {
 	plan := *x.plan()
-	_, err := pb.remoteJobEvents(ctx, pub.On, pubJob{Kind: pubJobSession, Session: x.s.ID, Plan: &plan, Password: x.r.o.Password}, func(ev []byte) {
-		var e Event
-		if json.Unmarshal(ev, &e) != nil || e.Kind == "" || e.Kind == "result" {
-			return
+	jb := &protocol.RunJob{Kind: protocol.JobExportPublished, Version: protocol.JobVersion, Session: x.s.ID, Plan: planToWire(&plan), Password: x.r.o.Password}
+	_, err := pb.remoteJobEvents(ctx, pub.On, jb, func(ev *protocol.JobEvent) {
+		if x.mirror(ev) {
+			x.r.emit(eventFromWire(ev))
 		}
-		x.mirror(e)
-		x.r.emit(e)
 	})
 	if err != nil {
 		_ = x.update(func(s *Session) {
@@ -385,35 +374,30 @@ func (x *sessionRun) runPublishedOn(ctx context.Context, pb *Publisher, pub *Pub
 
 // runSessionJob runs (or continues, or cancels) an export session from a
 // publication of this mover, as an orchestrator asked.
-func (j *StagingJobs) runSessionJob(ctx context.Context, jb pubJob, emit func([]byte)) error {
+func (j *StagingJobs) runSessionJob(ctx context.Context, jb *protocol.RunJob, emit func(*protocol.JobEvent)) error {
 	if !validSessionID(jb.Session) {
-		return fmt.Errorf("%w: bad session ID %q", ErrBadPlan, jb.Session)
+		return fmt.Errorf("%w: bad session ID %q (not one pgporter makes)", ErrBadPlan, jb.Session)
 	}
-	r, err := NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
-		if b, err := json.Marshal(e); err == nil {
-			emit(b)
-		}
-	}})
+	r, err := NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) { emit(eventToWire(e)) }})
 	if err != nil {
 		return err
 	}
-	if jb.Kind == pubJobCancelSession {
+	if jb.Kind == protocol.JobCancelExportPublished {
 		_, err := r.Cancel(ctx, jb.Session)
 		if errors.Is(err, ErrNoSession) {
 			return nil // it never started here
 		}
 		return err
 	}
-	if jb.Plan == nil || jb.Plan.Published == "" {
+	plan := planFromWire(jb.Plan)
+	if plan.Published == "" {
 		return fmt.Errorf("%w: an export session job without a publication", ErrBadPlan)
 	}
-	if jb.Plan.Target == "" {
-		if err := inRoots(jb.Plan.To, j.Roots); err != nil {
-			return err
-		}
+	if err := j.confineSessionPlan(&plan); err != nil {
+		return err
 	}
 	if _, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
-		if _, err := r.create(*jb.Plan, jb.Session); err != nil {
+		if _, err := r.create(plan, jb.Session); err != nil {
 			return err
 		}
 	} else if err != nil {

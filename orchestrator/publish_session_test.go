@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
 
@@ -25,7 +26,7 @@ func testPublishedExportRetryCancel(t *testing.T, f *fixture, pb *Publisher, p *
 	r, err := NewRunner(Options{Home: home, Password: superPassword, Events: func(e Event) {
 		mu.Lock()
 		defer mu.Unlock()
-		if e.Kind == "skip" {
+		if e.Kind == protocol.EventSkip {
 			skipped = append(skipped, e.Step)
 		}
 	}})

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/protocol"
 )
 
 func TestPublishJournal(t *testing.T) {
@@ -219,26 +220,25 @@ func TestPublishRemoteHelpers(t *testing.T) {
 		{"relative/dir", false},
 		{"/etc", false},
 	} {
-		err := inRoots(tc.dir, roots)
+		_, err := confine(tc.dir, roots)
 		require.Equal(t, tc.ok, err == nil, "%s: %v", tc.dir, err)
 		if !tc.ok {
 			require.ErrorIs(t, err, ErrBadPlan)
 		}
 	}
-	require.Error(t, inRoots("/srv/dumps", nil))
+	_, err := confine("/srv/dumps", nil)
+	require.Error(t, err)
 
-	require.Equal(t, "publish", pubJobKind([]byte(`{"kind":"publish","id":"x"}`)))
-	require.Empty(t, pubJobKind([]byte(`{"session":"x-1","plan":{}}`)), "an export session's job has no kind")
 	require.Equal(t, `/tmp/a b\c`, unescapeMountPath(`/tmp/a\040b\134c`))
 
 	// A publication ID from the wire cannot name a file outside the journal.
 	home := t.TempDir()
 	jobs := &StagingJobs{Home: home, Serve: ServeCommand{Args: []string{"/bin/true"}}}
-	for _, kind := range []string{"unpublish", "resume"} {
-		err := jobs.RunJob(context.Background(), []byte(`{"kind":"`+kind+`","id":"../../escape"}`), func([]byte) {})
+	for _, kind := range []protocol.JobKind{protocol.JobUnpublish, protocol.JobResume} {
+		err := jobs.RunJob(context.Background(), &protocol.RunJob{Kind: kind, Version: protocol.JobVersion, Publication: "../../escape"}, func(*protocol.JobEvent) {})
 		require.ErrorIs(t, err, ErrBadPlan, kind)
 	}
-	err := jobs.RunJob(context.Background(), []byte(`{"kind":"resume","id":"p-nope"}`), func([]byte) {})
+	err = jobs.RunJob(context.Background(), &protocol.RunJob{Kind: protocol.JobResume, Version: protocol.JobVersion, Publication: "p-nope"}, func(*protocol.JobEvent) {})
 	require.ErrorIs(t, err, ErrNoPublication)
 	locks, err := filepath.Glob(filepath.Join(home, "orchestrator", "locks", "*"))
 	require.NoError(t, err)

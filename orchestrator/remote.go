@@ -2,10 +2,10 @@ package orchestrator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,18 +15,10 @@ import (
 	"github.com/pgporter/pgporter/staging"
 )
 
-// job is what an orchestrator hands a staging mover: the staging half of
-// session Session, which the staging mover journals under the same ID, so
-// that handing it again (retry) continues it.
-type job struct {
-	Session  string `json:"session"`
-	Plan     Plan   `json:"plan"`
-	Password string `json:"password,omitempty"`
-	Cancel   bool   `json:"cancel,omitempty"` // cancel the session instead
-}
-
 // runRemote runs the session on the staging mover named in the plan and
-// mirrors its steps into this journal.
+// mirrors its steps into this journal: the staging half of the session,
+// which the staging mover journals under the same ID, so that handing it
+// again (retry) continues it.
 func (x *sessionRun) runRemote(ctx context.Context) error {
 	r, p := x.r, x.plan()
 	addr, peer, err := mover.ParsePeerAddr(p.Staging)
@@ -39,17 +31,11 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 	}
 	defer sender.Close()
 	plan := peerPlan(p)
-	body, err := json.Marshal(job{Session: x.s.ID, Plan: plan, Password: r.o.Password})
-	if err != nil {
-		return err
-	}
-	err = sender.RunJob(ctx, addr, peer, body, func(ev []byte) {
-		var e jobEvent
-		if json.Unmarshal(ev, &e) != nil {
-			return
+	jb := &protocol.RunJob{Kind: protocol.JobExport, Version: protocol.JobVersion, Session: x.s.ID, Plan: planToWire(&plan), Password: r.o.Password}
+	err = sender.RunJob(ctx, addr, peer, jb, func(ev *protocol.JobEvent) {
+		if x.mirror(ev) {
+			r.emit(eventFromWire(ev))
 		}
-		x.mirrorJob(e)
-		r.emit(e.Event)
 	})
 	if err != nil {
 		// Steps the staging mover was running when it failed failed with it.
@@ -65,55 +51,58 @@ func (x *sessionRun) runRemote(ctx context.Context) error {
 	return nil
 }
 
-// jobEvent is an Event as a staging mover sends it: a transfer step's done
-// (or skip) event carries the BLAKE3 of the manifest the target committed.
-type jobEvent struct {
-	Event
-	Manifest string `json:"manifest_blake3,omitempty"`
-}
-
-// mirror records a mover's step event in this journal.
-func (x *sessionRun) mirror(e Event) { x.mirrorJob(jobEvent{Event: e}) }
-
-// mirrorJob records a staging mover's step event in this journal.
-func (x *sessionRun) mirrorJob(je jobEvent) {
-	e := je.Event
-	if e.Step == "" || e.Kind == "progress" || e.Kind == "warning" {
-		return
+// mirror records a mover's step event in this journal, and reports whether
+// it is one to pass on to this run's events: a step event about the whole
+// session or naming a step of it. Any other (a result, a step name no
+// session has, a database not in the plan) is dropped, so that a peer adds
+// no such step to the journal.
+func (x *sessionRun) mirror(ev *protocol.JobEvent) bool {
+	switch ev.Kind {
+	case protocol.EventStart, protocol.EventDone, protocol.EventSkip, protocol.EventProgress, protocol.EventWarning:
+	default:
+		return false
+	}
+	kind, db, ok := ParseStep(ev.Step)
+	if ev.Step != "" && (!ok || (db != "" && !slices.Contains(x.plan().Databases, db))) {
+		return false
+	}
+	if ev.Step == "" || ev.Kind == protocol.EventProgress || ev.Kind == protocol.EventWarning {
+		return true
 	}
 	_ = x.update(func(s *Session) {
-		st := s.Step(e.Step)
+		st := s.Step(ev.Step)
 		now := time.Now().UTC()
-		switch e.Kind {
-		case "start":
+		switch ev.Kind {
+		case protocol.EventStart:
 			st.State, st.Started, st.Ended, st.Error = StepRunning, now, time.Time{}, ""
 			st.Attempts++
-			switch {
-			case e.Step == StepCheck || e.Step == StepMount || e.Step == StepStart:
+			switch kind {
+			case StepCheck, StepMount, StepStart:
 				s.State = StateChecking
-			case strings.HasPrefix(e.Step, "dump:"):
+			case StepDump:
 				s.State = StateDumping
-			case strings.HasPrefix(e.Step, "transfer:"):
+			case StepTransfer:
 				s.State = StateTransferring
-			case e.Step == StepCleanup:
+			case StepCleanup:
 				s.State = StateCleaning
 			}
-		case "done":
+		case protocol.EventDone:
 			st.State, st.Ended = StepDone, now
-			st.Bytes, st.WireBytes, st.Detail = e.Done, e.WireBytes, e.Text
-			st.Manifest = je.Manifest
-		case "skip":
+			st.Bytes, st.WireBytes, st.Detail = ev.Done, ev.WireBytes, ev.Text
+			st.Manifest = ev.Manifest
+		case protocol.EventSkip:
 			if st.State != StepDone {
 				st.State, st.Ended = StepDone, now
 			}
-			if e.Done > 0 || e.WireBytes > 0 {
-				st.Bytes, st.WireBytes = e.Done, e.WireBytes
+			if ev.Done > 0 || ev.WireBytes > 0 {
+				st.Bytes, st.WireBytes = ev.Done, ev.WireBytes
 			}
-			if je.Manifest != "" {
-				st.Manifest = je.Manifest
+			if ev.Manifest != "" {
+				st.Manifest = ev.Manifest
 			}
 		}
 	})
+	return true
 }
 
 // peerPlan is the plan as a staging mover is handed it: without what the
@@ -175,24 +164,35 @@ type stagingRun struct {
 
 var _ mover.JobRunner = (*StagingJobs)(nil)
 
-// RunJob runs (or continues) the session the job names.
-func (j *StagingJobs) RunJob(ctx context.Context, body []byte, emit func([]byte)) error {
-	return jobReason(j.runJob(ctx, body, emit))
+// RunJob runs the job: an export session's staging half, a
+// publication's job (publish_remote.go), or an export session from a
+// publication (publish_session.go).
+func (j *StagingJobs) RunJob(ctx context.Context, jb *protocol.RunJob, emit func(*protocol.JobEvent)) error {
+	return jobReason(j.runJob(ctx, jb, emit))
 }
 
-func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)) error {
-	if pubJobKind(body) != "" {
-		return j.runPubJob(ctx, body, emit)
+func (j *StagingJobs) runJob(ctx context.Context, jb *protocol.RunJob, emit func(*protocol.JobEvent)) error {
+	switch jb.Kind {
+	case protocol.JobExport, protocol.JobCancelExport:
+		return j.runExportJob(ctx, jb, emit)
+	case protocol.JobExportPublished, protocol.JobCancelExportPublished:
+		return j.runSessionJob(ctx, jb, emit)
+	default:
+		return j.runPubJob(ctx, jb, emit)
 	}
-	var jb job
-	if err := json.Unmarshal(body, &jb); err != nil {
-		return fmt.Errorf("%w: bad job: %v", ErrBadPlan, err)
-	}
+}
+
+// runExportJob runs (or continues, or cancels) the staging half of an
+// export session.
+func (j *StagingJobs) runExportJob(ctx context.Context, jb *protocol.RunJob, emit func(*protocol.JobEvent)) error {
 	if !validSessionID(jb.Session) {
 		return fmt.Errorf("%w: bad session ID %q (not one pgporter makes)", ErrBadPlan, jb.Session)
 	}
-	if !jb.Cancel {
-		if err := j.confinePlan(&jb.Plan); err != nil {
+	cancel := jb.Kind == protocol.JobCancelExport
+	var plan Plan
+	if !cancel {
+		plan = planFromWire(jb.Plan)
+		if err := j.confinePlan(&plan); err != nil {
 			return err
 		}
 	}
@@ -202,32 +202,29 @@ func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)
 	}
 	defer release()
 	var r *Runner
-	send := func(e jobEvent) {
-		if b, err := json.Marshal(e); err == nil {
-			emit(b)
-		}
-	}
 	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
-		je := jobEvent{Event: e}
+		ev := eventToWire(e)
 		switch {
-		case e.Kind == "skip" && e.Step != "":
+		case e.Kind == protocol.EventSkip && e.Step != "":
 			// A step done in an earlier run: the orchestrator may have missed
 			// its figures (it was killed before the done event reached it).
 			if s, err := r.j.Get(jb.Session); err == nil {
-				je = skipEvent(s.Step(e.Step))
+				ev = skipEvent(s.Step(e.Step))
 			}
-		case e.Kind == "done" && strings.HasPrefix(e.Step, "transfer:"):
-			// Journaled here before the event: the orchestrator keeps it too.
-			if s, err := r.j.Get(jb.Session); err == nil {
-				je.Manifest = s.Step(e.Step).Manifest
+		case e.Kind == protocol.EventDone:
+			if kind, _, _ := ParseStep(e.Step); kind == StepTransfer {
+				// Journaled here before the event: the orchestrator keeps it too.
+				if s, err := r.j.Get(jb.Session); err == nil {
+					ev.Manifest = s.Step(e.Step).Manifest
+				}
 			}
 		}
-		send(je)
+		emit(ev)
 	}})
 	if err != nil {
 		return err
 	}
-	if jb.Cancel {
+	if cancel {
 		_, err := r.Cancel(ctx, jb.Session)
 		if errors.Is(err, ErrNoSession) {
 			return nil // it never started here
@@ -235,7 +232,7 @@ func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)
 		return err
 	}
 	if s, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
-		if _, err := r.create(jb.Plan, jb.Session); err != nil {
+		if _, err := r.create(plan, jb.Session); err != nil {
 			return err
 		}
 	} else if err != nil {
@@ -244,7 +241,7 @@ func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)
 		// Done here, yet asked again: the orchestrator missed the end of
 		// the job (killed, or cut off). It gets every step's figures.
 		for _, st := range s.Steps {
-			send(skipEvent(st))
+			emit(skipEvent(st))
 		}
 	}
 	s, err := r.Run(ctx, jb.Session)
@@ -261,8 +258,10 @@ func (j *StagingJobs) runJob(ctx context.Context, body []byte, emit func([]byte)
 }
 
 // skipEvent reports st, done in an earlier run, with its figures.
-func skipEvent(st *Step) jobEvent {
-	return jobEvent{Event: Event{Step: st.Name, Kind: "skip", Done: st.Bytes, Total: st.Bytes, WireBytes: st.WireBytes, Text: "done in an earlier run"}, Manifest: st.Manifest}
+func skipEvent(st *Step) *protocol.JobEvent {
+	ev := eventToWire(Event{Step: st.Name, Kind: protocol.EventSkip, Done: st.Bytes, Total: st.Bytes, WireBytes: st.WireBytes, Text: "done in an earlier run"})
+	ev.Manifest = st.Manifest
+	return ev
 }
 
 // takeOver makes the calling job the only one running session id on this
@@ -374,13 +373,11 @@ func (j *StagingJobs) osUser() string {
 
 // confinePlan puts this mover's settings into an export job's plan,
 // refusing the peer's own values for them, and confines its local paths
-// to the mover's roots.
+// to the mover's roots. (A job's plan names no staging mover: a mover
+// hands no job on, and the wire cannot say so.)
 func (j *StagingJobs) confinePlan(p *Plan) error {
-	if p.Staging != "" {
-		return fmt.Errorf("%w: a staging mover does not hand jobs on", ErrBadPlan)
-	}
 	if p.Published != "" {
-		return fmt.Errorf("%w: an export from a publication is an export-session job", ErrBadPlan)
+		return fmt.Errorf("%w: an export from a publication is a %s job", ErrBadPlan, protocol.JobExportPublished)
 	}
 	if err := peerSetting("staging_dir", "--staging-dir", p.StagingDir, j.stagingDir(), DefaultStagingDir); err != nil {
 		return err
@@ -432,11 +429,8 @@ func (r *Runner) cancelRemote(ctx context.Context, s *Session) error {
 		return err
 	}
 	defer sender.Close()
-	body, err := json.Marshal(job{Session: s.ID, Plan: peerPlan(&s.Plan), Cancel: true})
-	if err != nil {
-		return err
-	}
-	if err := sender.RunJob(ctx, addr, peer, body, func([]byte) {}); err != nil {
+	jb := &protocol.RunJob{Kind: protocol.JobCancelExport, Version: protocol.JobVersion, Session: s.ID}
+	if err := sender.RunJob(ctx, addr, peer, jb, func(*protocol.JobEvent) {}); err != nil {
 		return fmt.Errorf("cancelling on staging mover %s (it holds the dumps, instance and mount; retry the cancel when it is reachable): %w", s.Plan.Staging, err)
 	}
 	return nil

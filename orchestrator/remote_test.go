@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
 
@@ -87,8 +88,8 @@ func TestExportAcrossMovers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, StateDone, s.State)
 	for _, db := range plan.Databases {
-		require.Equal(t, StepDone, s.Step(dumpStep(db)).State)
-		st := s.Step(transferStep(db))
+		require.Equal(t, StepDone, s.Step(DumpStep(db)).State)
+		st := s.Step(TransferStep(db))
 		require.Equal(t, StepDone, st.State)
 		require.Positive(t, st.Bytes)
 		require.Positive(t, st.WireBytes)
@@ -125,8 +126,8 @@ func TestExportAcrossMovers(t *testing.T) {
 		require.NoError(t, err)
 		sum := chunk.Sum(man)
 		want := hex.EncodeToString(sum[:])
-		require.Equal(t, want, s.Step(transferStep(db)).Manifest, db)
-		require.Equal(t, want, ss.Step(transferStep(db)).Manifest, db)
+		require.Equal(t, want, s.Step(TransferStep(db)).Manifest, db)
+		require.Equal(t, want, ss.Step(TransferStep(db)).Manifest, db)
 		require.Equal(t, want, s.Manifests()[db])
 	}
 }
@@ -147,7 +148,7 @@ func TestCancelAcrossMovers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := newRunner(t, orch, func(e Event) {
-		if e.Step == "dump:Weird DB" && e.Kind == "start" {
+		if e.Step == "dump:Weird DB" && e.Kind == protocol.EventStart {
 			cancel() // the orchestrator goes away mid-dump
 		}
 	})

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -37,17 +38,41 @@ const (
 	StepFailed  StepState = "failed"
 )
 
-// Step names. Per-database steps are "dump:NAME" and "transfer:NAME".
+// Step names: the fixed steps, and per database "dump:NAME" and
+// "transfer:NAME" (DumpStep, TransferStep). ParseStep reads any of them
+// back. The names are stable: they are journaled, sent to the orchestrator
+// in job events, and shown by 'pgporter sessions'.
 const (
-	StepCheck   = "check"
-	StepMount   = "mount"
-	StepStart   = "instance"
-	StepGlobals = "globals"
-	StepCleanup = "cleanup"
+	StepMount     = "mount"
+	StepStart     = "instance"
+	StepCheck     = "check"
+	StepGlobals   = "globals"
+	StepDump      = "dump"     // per database: DumpStep
+	StepTransfer  = "transfer" // per database: TransferStep
+	StepCleanup   = "cleanup"
+	StepUnpublish = "unpublish" // after an export from a publication, with --unpublish-after
 )
 
-func dumpStep(db string) string     { return "dump:" + db }
-func transferStep(db string) string { return "transfer:" + db }
+// DumpStep names the step that dumps db.
+func DumpStep(db string) string { return StepDump + ":" + db }
+
+// TransferStep names the step that delivers db's dump.
+func TransferStep(db string) string { return StepTransfer + ":" + db }
+
+// ParseStep splits a step name into its kind, one of the Step constants,
+// and, for StepDump and StepTransfer, the database. ok is false for a name
+// no session has (a step event from a peer may name anything).
+func ParseStep(name string) (kind, db string, ok bool) {
+	switch name {
+	case StepMount, StepStart, StepCheck, StepGlobals, StepCleanup, StepUnpublish:
+		return name, "", true
+	}
+	kind, db, found := strings.Cut(name, ":")
+	if !found || db == "" || (kind != StepDump && kind != StepTransfer) {
+		return "", "", false
+	}
+	return kind, db, true
+}
 
 // Step is one journaled step of a session.
 type Step struct {
@@ -74,7 +99,9 @@ func (s *Step) Seconds() float64 {
 	return s.Ended.Sub(s.Started).Seconds()
 }
 
-// Plan is what the user asked for, fixed when the session is created.
+// Plan is what the user asked for, fixed when the session is created. Its
+// JSON is the journal's (inside Session); a mover is handed it as a
+// protocol.JobPlan (jobwire.go).
 type Plan struct {
 	Repo         string   `json:"repo"`
 	RestorePoint string   `json:"restore_point"` // resolved ID, never "latest"
@@ -158,7 +185,7 @@ func (s *Session) Manifests() map[string]string {
 	out := map[string]string{}
 	for _, db := range s.Plan.Databases {
 		for _, st := range s.Steps {
-			if st.Name == transferStep(db) && st.State == StepDone && st.Manifest != "" {
+			if st.Name == TransferStep(db) && st.State == StepDone && st.Manifest != "" {
 				out[db] = st.Manifest
 			}
 		}

@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
@@ -113,9 +115,13 @@ func sampleMessages() map[string]Message {
 		"Point":                     &Point{ID: "rp-20261125T231500Z-ab12cd", Time: 1764112500123456789, PGVersion: "15", SystemID: "7441234567890123456", SourceHost: "db1", Size: 1 << 34, StoredSize: 1 << 32, Files: 1500, Params: chunk.DefaultParams, Databases: []PointDB{{Name: "app", OID: 16384, Size: 1 << 30}, {OID: 1}}, Tree: ids[:3]},
 		"Point/max":                 &Point{ID: strings.Repeat("r", MaxPointIDLen), Time: -1 << 63, PGVersion: text, SystemID: text, SourceHost: text, Size: 1<<64 - 1, StoredSize: 1<<64 - 1, Files: 1<<64 - 1, Params: chunk.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunk.MaxChunkCeil, Avg: chunk.MaxChunkCeil, Max: chunk.MaxChunkCeil}, Databases: dbs, Tree: tree},
 		"Point/min":                 &Point{ID: "p"},
-		"RunJob":                    &RunJob{Body: []byte(`{"session":"x-1","databases":["a"]}`)},
-		"RunJob/empty":              &RunJob{Body: []byte(`{}`)},
-		"JobEvent":                  &JobEvent{Body: []byte(`{"step":"dump:a","kind":"done","bytes":123}`)},
+		"RunJob":                    &RunJob{Kind: JobExport, Version: JobVersion, Session: "x-1", Plan: &JobPlan{RepoPeer: "127.0.0.1:7000#AAAA", Databases: []string{"a", "<&>"}, To: "/srv/dumps", Jobs: 2}, Password: "pw"},
+		"RunJob/list":               &RunJob{Kind: JobListPublications, Version: JobVersion},
+		"RunJob/publish":            &RunJob{Kind: JobPublish, Version: JobVersion, Publish: &PublishSpec{Repo: "/r", RetryFor: time.Minute, Port: 5433}},
+		"RunJob/unpublish":          &RunJob{Kind: JobUnpublish, Version: JobVersion, Publication: "p-1"},
+		"JobEvent":                  &JobEvent{Kind: EventDone, Version: JobVersion, Step: "dump:a", Done: 123, WireBytes: 45, Text: "3 tables", Manifest: "ab12"},
+		"JobEvent/end":              &JobEvent{Kind: EventEnd, Version: JobVersion, Error: "no", Code: "not-found", Reason: "not-repo"},
+		"JobEvent/result":           &JobEvent{Kind: EventResult, Version: JobVersion, Publications: []JobPublication{{ID: "p-1", State: "up", Port: 5433, Created: time.Date(2026, 12, 6, 13, 0, 0, 0, time.UTC)}}},
 	}
 }
 
@@ -399,13 +405,58 @@ func TestSampleLimitsAreExact(t *testing.T) {
 	}
 }
 
-func TestJobBodiesMustBeJSONObjects(t *testing.T) {
-	for _, body := range []string{"", "[]", `"x"`, "{", `{"a":1}x`, "null"} {
-		if _, err := Decode(TypeRunJob, (&RunJob{Body: []byte(body)}).Append(nil)); !errors.Is(err, ErrProtocol) {
-			t.Errorf("%q: %v", body, err)
-		}
+// A job message is a peer's: anything but a JSON object of this job
+// version, with known fields, in the one encoding of docs/PROTOCOL.md, is
+// refused before it reaches a job runner.
+func TestJobMessagesRefused(t *testing.T) {
+	body := func(s string) []byte { return appendBytes(nil, []byte(s)) }
+	for _, tc := range []struct {
+		name string
+		typ  Type
+		body string
+		is   error
+		says string
+	}{
+		{"empty", TypeRunJob, "", ErrProtocol, "not a JSON object"},
+		{"list", TypeRunJob, "[]", ErrProtocol, "not a JSON object"},
+		{"string", TypeRunJob, `"x"`, ErrProtocol, "not a JSON object"},
+		{"truncated", TypeRunJob, "{", ErrProtocol, "not a JSON object"},
+		{"trailing", TypeRunJob, `{"kind":"list-publications","v":1}x`, ErrProtocol, "not a JSON object"},
+		{"null", TypeRunJob, "null", ErrVersion, "version 0"},
+		{"no version", TypeRunJob, `{"session":"x-1","plan":{}}`, ErrVersion, "job of version 0"},
+		{"future version", TypeRunJob, `{"kind":"export","v":2,"session":"x-1","plan":{"databases":["a"]},"new_field":1}`, ErrVersion, "job of version 2; this build speaks job version 1"},
+		{"future event version", TypeJobEvent, `{"kind":"end","v":2}`, ErrVersion, "job event of version 2"},
+		{"unknown kind", TypeRunJob, `{"kind":"rm-rf","v":1}`, ErrProtocol, `unknown job kind "rm-rf"`},
+		{"unknown event kind", TypeJobEvent, `{"kind":"explode","v":1}`, ErrProtocol, `unknown job event kind "explode"`},
+		{"unknown field", TypeRunJob, `{"kind":"list-publications","v":1,"x":1}`, ErrProtocol, `unknown field "x"`},
+		{"fields out of order", TypeRunJob, `{"v":1,"kind":"list-publications"}`, ErrProtocol, "not in the encoding"},
+		{"whitespace", TypeRunJob, `{"kind":"list-publications", "v":1}`, ErrProtocol, "not in the encoding"},
+		{"empty list", TypeRunJob, `{"kind":"export","v":1,"session":"x-1","plan":{"databases":[]}}`, ErrProtocol, "not in the encoding"},
+		{"export without plan", TypeRunJob, `{"kind":"export","v":1,"session":"x-1"}`, ErrProtocol, `job kind "export" needs a plan`},
+		{"cancel with plan", TypeRunJob, `{"kind":"cancel-export","v":1,"session":"x-1","plan":{}}`, ErrProtocol, `job kind "cancel-export" does not take a plan`},
+		{"password for a list", TypeRunJob, `{"kind":"list-publications","v":1,"password":"pw"}`, ErrProtocol, "does not take a password"},
+		{"error in a step event", TypeJobEvent, `{"kind":"done","v":1,"error":"x"}`, ErrProtocol, `a job event of kind "done" carries an error`},
+		{"publications in an end event", TypeJobEvent, `{"kind":"end","v":1,"publications":[]}`, ErrProtocol, "not in the encoding"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode(tc.typ, body(tc.body))
+			if !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("got %v, want %v saying %q", err, tc.is, tc.says)
+			}
+		})
 	}
 	if _, err := Decode(TypeJobEvent, appendUvarint(nil, MaxJobBody+1)); !errors.Is(err, ErrProtocol) {
 		t.Errorf("oversize body: %v", err)
+	}
+	// What this build would send wrong, it refuses to send.
+	for _, m := range []Message{
+		&RunJob{Kind: JobExport, Session: "x-1", Plan: &JobPlan{}},
+		&RunJob{Kind: "rm-rf", Version: JobVersion},
+		&JobEvent{Kind: EventDone, Version: JobVersion + 1},
+		&JobEvent{Kind: EventDone, Version: JobVersion, Text: strings.Repeat("x", MaxJobBody)},
+	} {
+		if err := WriteMessage(io.Discard, m); err == nil {
+			t.Errorf("WriteMessage sent %+v", m)
+		}
 	}
 }

@@ -31,13 +31,22 @@ import (
 // Version 6 (issue 16) adds codec 2, chunk.CodecS2, in ChunkData. A
 // peer below 6 is never sent an S2 chunk (a sender holding one decodes and
 // encodes it again, see KnowsCodec), and a receiver refuses one from it.
+//
+// Version 7 (issue 18) types the job messages: RunJob and JobEvent carry a
+// JSON object tagged with its kind and its job version (JobVersion), whose
+// fields are defined (job.go) instead of belonging to the orchestrator. A
+// mover runs jobs only for a peer of version 7 or later, and an
+// orchestrator hands them only to one: an older peer gets a version error.
+// Transfers, fetches and space queries are unchanged.
 const (
-	Version    uint16 = 6
+	Version    uint16 = 7
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
 	// S2Version is the first version whose peers decode chunk.CodecS2.
 	S2Version uint16 = 6
+	// JobsVersion is the first version with typed job messages.
+	JobsVersion uint16 = 7
 )
 
 // Receiver limits of version 2.

@@ -415,7 +415,7 @@ func (d *demo) export(ctx context.Context, rp *chunkstore.RestorePoint) (*orches
 		d.res.Steps = append(d.res.Steps, demoStep{Name: "  " + st.Name, Seconds: st.Seconds(), Bytes: st.Bytes, Detail: st.Detail})
 	}
 	for _, name := range demoExported {
-		dump, tr := s.Step("dump:"+name), s.Step("transfer:"+name)
+		dump, tr := s.Step(orchestrator.DumpStep(name)), s.Step(orchestrator.TransferStep(name))
 		db := d.db(name)
 		db.Exported, db.DumpBytes, db.WireBytes = true, tr.Bytes, tr.WireBytes
 		db.DumpSeconds, db.TransferSeconds = dump.Seconds(), tr.Seconds()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pgporter/pgporter/internal/config"
 	"github.com/pgporter/pgporter/orchestrator"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/spf13/cobra"
 )
 
@@ -251,7 +252,7 @@ type dbResult struct {
 func resultOf(s *orchestrator.Session) exportResult {
 	res := exportResult{Session: s.ID, State: string(s.State), Error: s.Error, Databases: []dbResult{}}
 	for _, db := range s.Plan.Databases {
-		d, t := s.Step("dump:"+db), s.Step("transfer:"+db)
+		d, t := s.Step(orchestrator.DumpStep(db)), s.Step(orchestrator.TransferStep(db))
 		res.Databases = append(res.Databases, dbResult{Name: db, Path: s.TargetDir(db), Bytes: t.Bytes, WireBytes: t.WireBytes, Seconds: d.Seconds() + t.Seconds()})
 	}
 	return res
@@ -284,7 +285,7 @@ func driveSession(cmd *cobra.Command, g *globals, r *orchestrator.Runner, id str
 func printSummary(w io.Writer, s *orchestrator.Session) {
 	fmt.Fprintf(w, "session %s %s\n", s.ID, s.State)
 	for _, db := range s.Plan.Databases {
-		d, t := s.Step("dump:"+db), s.Step("transfer:"+db)
+		d, t := s.Step(orchestrator.DumpStep(db)), s.Step(orchestrator.TransferStep(db))
 		ratio := 0.0
 		if t.WireBytes > 0 {
 			ratio = float64(t.Bytes) / float64(t.WireBytes)
@@ -307,28 +308,28 @@ func (p *progressRenderer) event(e orchestrator.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch e.Kind {
-	case "start":
+	case protocol.EventStart:
 		p.endBar(true)
 		fmt.Fprintf(p.w, "• %s\n", e.Step)
-	case "progress":
-		if strings.HasPrefix(e.Step, "transfer:") && e.Total > 0 {
+	case protocol.EventProgress:
+		if kind, _, _ := orchestrator.ParseStep(e.Step); kind == orchestrator.StepTransfer && e.Total > 0 {
 			if p.bar == nil {
 				p.bar = newByteBar(p.ctx.Context(), p.w, e.Step, e.Total)
 			}
 			p.bar.set(e.Done)
 		}
-	case "done":
+	case protocol.EventDone:
 		p.endBar(true)
 		if e.Text != "" {
 			fmt.Fprintf(p.w, "  done: %s\n", e.Text)
 		}
-	case "skip":
+	case protocol.EventSkip:
 		if e.Step != "" {
 			fmt.Fprintf(p.w, "• %s: %s\n", e.Step, e.Text)
 		} else {
 			fmt.Fprintln(p.w, e.Text)
 		}
-	case "warning":
+	case protocol.EventWarning:
 		fmt.Fprintf(p.w, "  warning: %s\n", e.Text)
 	}
 }
