@@ -52,6 +52,10 @@ type Options struct {
 	// missing password is reported after the plan's own mistakes, and
 	// leaves nothing behind.
 	Credentials func(p *Plan) (password string, err error)
+	// Self is the command, as shell words, that runs this pgporter for
+	// the instance's OS user: a point-in-time export's restore_command is
+	// Self + " wal-fetch ...". Empty means this process's executable.
+	Self string
 }
 
 // Runner creates, runs, retries and cancels export sessions.
@@ -165,6 +169,13 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
 	case p.Target != "" && p.Overwrite:
 		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
+	case p.At != nil && (p.RepoPeer != "" || p.Staging != ""):
+		return nil, fmt.Errorf("%w: a point-in-time export (--at) reads the WAL archive of a local --repo; across hosts it is not built yet", ErrBadPlan)
+	}
+	if p.At != nil {
+		if err := p.At.recovery("-").Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadPlan, err)
+		}
 	}
 	var err error
 	if p.StagingDir != "" {
@@ -180,6 +191,13 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		rps, err := chunkstore.ListRepo(p.Repo)
 		if err != nil {
 			return nil, fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
+		}
+		if p.At != nil && p.RestorePoint == "latest" && !p.At.Time.IsZero() {
+			// The newest backup taken before the target.
+			rps = slices.DeleteFunc(rps, func(rp chunkstore.RestorePoint) bool { return !rp.Time.Before(p.At.Time) })
+			if len(rps) == 0 {
+				return nil, marked{fmt.Errorf("%w: no restore point in %s was taken before %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.Repo, p.At.Time.Format(time.RFC3339), p.Repo), chunkstore.ErrNoRestorePoint}
+			}
 		}
 		switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
 		case p.RestorePoint == "latest" && len(rps) > 0:
@@ -490,6 +508,16 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	password := r.o.Password
 	err = x.step(ctx, StepStart, func(out *stepOutcome) error {
 		opts := staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
+		if p.At != nil {
+			self, err := r.self()
+			if err != nil {
+				return err
+			}
+			opts.Recovery = p.At.recovery(self + " wal-fetch --repo " + shellQuote(p.Repo) + " %f %p")
+			if err := staging.CheckRestoreCommand(ctx, p.OSUser, opts.Recovery.RestoreCommand, ExitWALMissing); err != nil {
+				return err
+			}
+		}
 		if p.Auth == AuthBackupHBA {
 			h, err := backupHBA(m.Dir(), p)
 			if err != nil {
@@ -503,6 +531,12 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			return err
 		}
 		out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
+		if in.Recovered != nil {
+			out.Detail += fmt.Sprintf("; recovered to %s (target: %s)", in.Recovered, opts.Recovery.Target())
+			if err := x.update(func(s *Session) { s.Reached = in.Recovered }); err != nil {
+				return err
+			}
+		}
 		if len(in.Dropped) > 0 {
 			out.Detail += "; started without the missing preload libraries " + strings.Join(in.Dropped, ", ")
 			r.emit(Event{Step: StepStart, Kind: protocol.EventWarning, Text: out.Detail})

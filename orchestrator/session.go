@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/pgporter/pgporter/staging"
 )
 
 // State is a session's state. The names are stable: scripts read them from
@@ -142,6 +144,17 @@ type Plan struct {
 	// field ignores it and asks for a password, which its check then
 	// reports as a login that failed.
 	Auth string `json:"auth,omitempty"`
+	// At makes the export point-in-time: the instance replays the
+	// repository's WAL archive to it before the dumps.
+	At *PointInTime `json:"at,omitempty"`
+}
+
+// PointInTime is the recovery target of a point-in-time export: at most one
+// of Time, LSN and Name; none means the end of the WAL archive.
+type PointInTime struct {
+	Time time.Time `json:"time,omitzero"`
+	LSN  string    `json:"lsn,omitempty"`
+	Name string    `json:"name,omitempty"`
 }
 
 // Resources are what a session holds on the staging host; cleanup and
@@ -163,8 +176,10 @@ type Session struct {
 	Plan      Plan      `json:"plan"`
 	Steps     []*Step   `json:"steps"`
 	Resources Resources `json:"resources"`
-	Error     string    `json:"error,omitempty"`
-	PID       int       `json:"pid,omitempty"` // the process running it, while it runs
+	// Reached is where a point-in-time export's recovery stopped (Plan.At).
+	Reached *staging.Reached `json:"reached,omitempty"`
+	Error   string           `json:"error,omitempty"`
+	PID     int              `json:"pid,omitempty"` // the process running it, while it runs
 }
 
 // Step returns the step named name, adding it if it is missing.
@@ -224,4 +239,15 @@ func newSessionID(now time.Time) string {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	return fmt.Sprintf("x-%s-%s", now.UTC().Format("20060102-150405"), hex.EncodeToString(b[:]))
+}
+
+// recovery is the instance's recovery to t, fetching WAL with
+// restoreCommand.
+func (t *PointInTime) recovery(restoreCommand string) *staging.Recovery {
+	r := &staging.Recovery{RestoreCommand: restoreCommand, LSN: t.LSN, Name: t.Name}
+	if !t.Time.IsZero() {
+		// UTC with microseconds: PostgreSQL reads it whatever its TimeZone.
+		r.Time = t.Time.UTC().Format("2006-01-02 15:04:05.999999") + "+00"
+	}
+	return r
 }

@@ -14,6 +14,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -84,6 +85,10 @@ type InstanceOptions struct {
 	// every page it reads, and a shutdown checkpoint would write them all
 	// through the mount).
 	Throwaway bool
+	// Recovery, if set, replays archived WAL to a target before the
+	// instance opens (point-in-time); Instance.Recovered says where it
+	// stopped.
+	Recovery *Recovery
 }
 
 // Instance is a PostgreSQL server started on a restore point: a private
@@ -103,6 +108,8 @@ type Instance struct {
 	// instance's catalog before it started, as "role/database: name=value"
 	// ("*" for all). The instance's dumps do not carry them.
 	Neutralised []string
+	// Recovered is where the replay of InstanceOptions.Recovery stopped.
+	Recovered *Reached
 
 	cmd  *exec.Cmd
 	done chan error // receives the exit of the server process once
@@ -156,6 +163,11 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Recovery != nil {
+		if err := o.Recovery.Validate(); err != nil {
+			return nil, err
+		}
 	}
 	ver, err := ReadPGVersion(o.DataDir)
 	if err != nil {
@@ -233,6 +245,18 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	// Always set: the backup's value never reaches the server, only the
 	// installed libraries it names.
 	args = append(args, "-c", "shared_preload_libraries="+strings.Join(preload, ","))
+	if o.Recovery != nil {
+		if err := o.Recovery.signal(o.DataDir, cred); err != nil {
+			return nil, err
+		}
+		o.Log.Info("replaying the WAL archive", "target", o.Recovery.Target())
+		r, err := recoverSingle(ctx, bin, in.LogFile, cred, append(slices.Clone(args), o.Recovery.settings()...))
+		if err != nil {
+			return nil, err
+		}
+		in.Recovered = &r
+		o.Log.Info("recovered", "reached", r.String())
+	}
 	if in.Neutralised, err = scrubRoleSettings(ctx, bin, o.DataDir, in.LogFile, cred, args); err != nil {
 		return nil, err
 	}

@@ -104,7 +104,7 @@ func resolveCredentials(g *globals, c *credentials) (string, error) {
 // the session is journaled; the plan's user becomes a service's if c.user
 // was not given.
 func newSessionRunner(g *globals, c *credentials) (*orchestrator.Runner, error) {
-	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Credentials: func(p *orchestrator.Plan) (string, error) {
+	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Self: selfCommand, Credentials: func(p *orchestrator.Plan) (string, error) {
 		pw, err := resolveCredentials(g, c)
 		p.PGUser = c.user
 		return pw, err
@@ -118,5 +118,5 @@ func retryRunner(g *globals, c *credentials) (*orchestrator.Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Password: pw})
+	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Self: selfCommand, Password: pw})
 }

@@ -6,6 +6,7 @@ import (
 
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/pgporter/pgporter/internal/config"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -22,6 +23,9 @@ type exportOpts struct {
 	sourcePort   int
 	memoryLimit  string
 	json         bool
+	at           string
+	atLSN        string
+	atName       string
 }
 
 func newExportCmd(g *globals) *cobra.Command {
@@ -64,6 +68,12 @@ for 'publish --on'), with no mount or instance of its own: into --to there
 (inside the mover's --roots), or sent on to --target. The publication keeps
 serving, unless --unpublish-after.
 
+With --at TIME (or --at-lsn, --at-name, or --at end) the export is as of a
+point in time: the newest restore point taken before TIME, whose throwaway
+instance replays the repository's WAL archive ('pgporter wal-push') up to the
+target and is promoted before the dumps. 'sessions show' says the point the
+replay reached. A target the archive does not reach fails before any dump.
+
 Every step is journaled under --home. If the export fails or is interrupted,
 'pgporter retry SESSION' continues from the first unfinished step (finished
 dumps are not redone; transfers send only missing chunks), and
@@ -76,13 +86,18 @@ Flags that make no sense together are refused, naming both.`,
       --staging 10.0.0.6:7448#STAGING-ID --target 10.0.0.7:7448#TARGET-ID \
       --db shop --to /srv/exports
   pgporter export --published p-20260101-120000-a1b2c3 \
+      --db shop --to /srv/exports
+  pgporter export --repo /srv/repo --at '2026-12-01 14:32:00+00' \
       --db shop --to /srv/exports`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runExport(cmd, g, eo) },
 	}
 	f := c.Flags()
 	f.StringVar(&eo.plan.Repo, "repo", "", "backup repository directory")
-	f.StringVar(&eo.plan.RestorePoint, "restore-point", "latest", "restore point ID, or latest")
+	f.StringVar(&eo.plan.RestorePoint, "restore-point", "latest", "restore point ID, or latest (with --at TIME: the newest taken before TIME)")
+	f.StringVar(&eo.at, "at", "", "export as of this time (RFC 3339, or '2006-01-02 15:04:05[.999999][+00]'; no zone means UTC), or 'end' for the end of the WAL archive")
+	f.StringVar(&eo.atLSN, "at-lsn", "", "export as of this WAL location (like 0/3000148)")
+	f.StringVar(&eo.atName, "at-name", "", "export as of this named restore point (pg_create_restore_point)")
 	f.StringArrayVar(&eo.plan.Databases, "db", nil, "database to export, matched exactly (repeat for several)")
 	f.StringVar(&eo.plan.To, "to", "", "target directory; each database lands in DIR/<db>/")
 	f.StringVar(&eo.plan.PGUser, "pg-user", "postgres", "PostgreSQL user that dumps (needs CONNECT and SELECT, or pg_read_all_data)")
@@ -107,9 +122,13 @@ Flags that make no sense together are refused, naming both.`,
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	c.MarkFlagsMutuallyExclusive("repo", "staging") // the staging host reads the repository through --repo-peer
 	c.MarkFlagsMutuallyExclusive("overwrite", "target")
+	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
+	for _, f := range []string{"at", "at-lsn", "at-name"} {
+		c.MarkFlagsMutuallyExclusive(f, "repo-peer") // the instance reads the archive of a local --repo
+	}
 	// The publication is the source and the staging host; its instance is
 	// running already, and it dumps what it has.
-	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite"} {
+	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite", "at", "at-lsn", "at-name"} {
 		c.MarkFlagsMutuallyExclusive("published", f)
 	}
 	setGroupedUsage(c, exportFlagGroups)
@@ -119,7 +138,7 @@ Flags that make no sense together are refused, naming both.`,
 // exportFlagGroups are the headings of 'export --help'. A new flag goes
 // under one of them (TestExportHelpGroups).
 var exportFlagGroups = []flagGroup{
-	{"Source", []string{"repo", "restore-point", "db"}},
+	{"Source", []string{"repo", "restore-point", "db", "at", "at-lsn", "at-name"}},
 	{"Destination", []string{"to", "overwrite"}},
 	{"Cross-host", []string{"repo-peer", "staging", "target"}},
 	{"Published instance", []string{"published", "unpublish-after"}},
@@ -166,6 +185,11 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	case len(eo.plan.Databases) == 0:
 		return usagef("export needs at least one --db NAME")
 	}
+	at, err := parseAt(eo.at, eo.atLSN, eo.atName)
+	if err != nil {
+		return err
+	}
+	eo.plan.At = at
 	if eo.plan.Staging != "" {
 		// The staging host decides where it writes and who runs PostgreSQL.
 		for _, name := range []string{"staging-dir", "os-user"} {
@@ -360,4 +384,29 @@ func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	}
 	eo.plan.Published = eo.published
 	return startExport(cmd, g, eo, func(p orchestrator.Plan) string { return "publication " + p.Published })
+}
+
+// atLayouts are the forms --at accepts besides RFC 3339: PostgreSQL's own
+// timestamp text, with or without a zone (none means UTC).
+var atLayouts = []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999"}
+
+// parseAt reads --at, --at-lsn and --at-name (at most one is set: the flags
+// are exclusive) into the plan's point in time; none gives nil.
+func parseAt(at, lsn, name string) (*orchestrator.PointInTime, error) {
+	switch {
+	case lsn != "":
+		return &orchestrator.PointInTime{LSN: lsn}, nil
+	case name != "":
+		return &orchestrator.PointInTime{Name: name}, nil
+	case at == "":
+		return nil, nil
+	case at == "end":
+		return &orchestrator.PointInTime{}, nil
+	}
+	for _, layout := range atLayouts {
+		if t, err := time.Parse(layout, at); err == nil {
+			return &orchestrator.PointInTime{Time: t}, nil
+		}
+	}
+	return nil, usagef("--at %q is not a time: use RFC 3339 (2026-12-01T14:32:00Z) or '2026-12-01 14:32:00+00', or 'end'", at)
 }

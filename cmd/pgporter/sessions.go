@@ -18,7 +18,7 @@ func loadSession(g *globals, id string) (*orchestrator.Session, error) {
 }
 
 func newRunnerOnly(g *globals) (*orchestrator.Runner, error) {
-	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log})
+	return orchestrator.NewRunner(orchestrator.Options{Home: g.home, Log: g.log, Self: selfCommand})
 }
 
 func newSessionsCmd(g *globals) *cobra.Command {
@@ -103,6 +103,21 @@ func firstLine(s string) string {
 func printSession(w io.Writer, s *orchestrator.Session) {
 	fmt.Fprintf(w, "session        %s\nstate          %s\ncreated        %s\nrestore point  %s (repository %s)\ndatabases      %s\nto             %s\n",
 		s.ID, s.State, s.Created.Local().Format(time.RFC3339), s.Plan.RestorePoint, s.Plan.Repo, strings.Join(quoteAll(s.Plan.Databases), ", "), s.Plan.To)
+	if at := s.Plan.At; at != nil {
+		target := "the end of the WAL archive"
+		switch {
+		case !at.Time.IsZero():
+			target = at.Time.UTC().Format(time.RFC3339Nano)
+		case at.LSN != "":
+			target = "LSN " + at.LSN
+		case at.Name != "":
+			target = "restore point " + at.Name
+		}
+		fmt.Fprintf(w, "as of          %s\n", target)
+		if s.Reached != nil {
+			fmt.Fprintf(w, "reached        %s\n", s.Reached)
+		}
+	}
 	if s.Error != "" {
 		fmt.Fprintf(w, "error          %s\n", userText(s.Error))
 	}

@@ -106,3 +106,8 @@ func checkWALName(name string) error {
 	}
 	return nil
 }
+
+// selfCommand is how a point-in-time export's instance runs this pgporter
+// (orchestrator.Options.Self); empty means this process's executable.
+// Tests set it: their executable is a test binary.
+var selfCommand string

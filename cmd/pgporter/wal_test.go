@@ -2,10 +2,11 @@ package main
 
 import (
 	"bytes"
-	"fmt"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/orchestrator"
 )
 
 // TestWALArchive runs wal-push as a real server's archive_command, as the
@@ -23,28 +25,7 @@ import (
 // try, fetches back byte for byte, and the repository stays the postgres
 // user's.
 func TestWALArchive(t *testing.T) {
-	testsupport.RequireRoot(t, "running the archiver as postgres")
-	// The server runs the archive command as postgres: it needs a copy of
-	// this binary it can execute, and a repository it owns.
-	c := testsupport.NewCluster(t, testsupport.ClusterOptions{})
-	base := c.Base
-	exe := filepath.Join(base, "pgporter.test")
-	copyExecutable(t, exe)
-	repo := filepath.Join(base, "repo")
-	require.NoError(t, os.Mkdir(repo, 0o755))
-	require.NoError(t, c.Chown(repo))
-	var pgUID uint32
-	{
-		fi, err := os.Stat(base)
-		require.NoError(t, err)
-		pgUID = fi.Sys().(*syscall.Stat_t).Uid
-	}
-	require.NotZero(t, pgUID)
-
-	c.Stop(t)
-	c.Settings["archive_mode"] = "on"
-	c.Settings["archive_command"] = fmt.Sprintf("%s=1 %s wal-push --repo %s %%p", testMainEnv, exe, repo)
-	c.Start(t)
+	c, repo, pgUID := archivingCluster(t, testsupport.ClusterOptions{})
 
 	// Root holds the repository open all along, as a publication would,
 	// and reads segments through that handle once they are archived.
@@ -64,19 +45,7 @@ func TestWALArchive(t *testing.T) {
 	for range 3 {
 		segs = append(segs, strings.TrimSpace(c.Query(t, "postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())")))
 		c.Exec(t, "postgres", "INSERT INTO t SELECT g, 'more' FROM generate_series(1, 1000) g")
-		c.Exec(t, "postgres", "SELECT pg_switch_wal()")
-	}
-	// Wait for the archiver to report the last switched segment done.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st := strings.Fields(c.Query(t, "postgres", "SELECT coalesce(last_archived_wal, '-') || ' ' || failed_count FROM pg_stat_archiver"))
-		require.Len(t, st, 2)
-		require.Equal(t, "0", st[1], "a push failed: %s", c.LogTail(4096))
-		if st[0] >= segs[len(segs)-1] && st[0] != "-" {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "archiving stalled at %s: %s", st[0], c.LogTail(4096))
-		time.Sleep(50 * time.Millisecond)
+		waitArchived(t, c)
 	}
 
 	for _, seg := range segs {
@@ -104,6 +73,104 @@ func TestWALArchive(t *testing.T) {
 		require.Equal(t, pgUID, fi.Sys().(*syscall.Stat_t).Uid, "%s is not the repository owner's", p)
 		return nil
 	}))
+}
+
+// archivingCluster starts a cluster whose archive_command is this binary's
+// wal-push into a repository the postgres OS user owns, and returns that
+// user's uid. selfCommand runs the same copy for the test's exports.
+func archivingCluster(t *testing.T, o testsupport.ClusterOptions) (c *testsupport.Cluster, repo string, pgUID uint32) {
+	t.Helper()
+	testsupport.RequireRoot(t, "running the archiver as postgres")
+	// The server runs the archive command as postgres: it needs a copy of
+	// this binary it can execute, and a repository it owns.
+	c = testsupport.NewCluster(t, o)
+	exe := filepath.Join(c.Base, "pgporter.test")
+	copyExecutable(t, exe)
+	repo = filepath.Join(c.Base, "repo")
+	require.NoError(t, os.Mkdir(repo, 0o755))
+	require.NoError(t, c.Chown(repo))
+	fi, err := os.Stat(c.Base)
+	require.NoError(t, err)
+	pgUID = fi.Sys().(*syscall.Stat_t).Uid
+	require.NotZero(t, pgUID)
+	self := testMainEnv + "=1 " + exe
+	old := selfCommand
+	selfCommand = self
+	t.Cleanup(func() { selfCommand = old })
+
+	c.Stop(t)
+	c.Settings["archive_mode"] = "on"
+	c.Settings["archive_command"] = self + " wal-push --repo " + repo + " %p"
+	c.Start(t)
+	return c, repo, pgUID
+}
+
+// waitArchived waits until the server has archived everything up to the
+// segment it writes now, which it switches away from.
+func waitArchived(t *testing.T, c *testsupport.Cluster) {
+	t.Helper()
+	seg := c.Query(t, "postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())")
+	c.Exec(t, "postgres", "SELECT pg_switch_wal()")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := strings.Fields(c.Query(t, "postgres", "SELECT coalesce(last_archived_wal, '-') || ' ' || failed_count FROM pg_stat_archiver"))
+		require.Len(t, st, 2)
+		require.Equal(t, "0", st[1], "a push failed: %s", c.LogTail(4096))
+		if st[0] != "-" && st[0] >= seg {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "archiving stalled at %s: %s", st[0], c.LogTail(4096))
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestExportAt is the story: archive on, backup, rows inserted,
+// the time noted, the rows deleted. An export --at the noted time holds
+// them; one --at end does not. sessions show says what the replay reached.
+func TestExportAt(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	c, repo, _ := archivingCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key, item text); INSERT INTO orders SELECT g, 'before the backup' FROM generate_series(1, 100) g")
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
+	require.Equal(t, 0, code, errs)
+	c.Exec(t, "shop", "INSERT INTO orders SELECT g, 'after the backup' FROM generate_series(101, 250) g")
+	noted := c.Query(t, "shop", "SELECT clock_timestamp()::text")
+	c.Exec(t, "shop", "DELETE FROM orders WHERE id > 50")
+	waitArchived(t, c)
+	t.Setenv("PGPASSWORD", "pw")
+
+	home := t.TempDir()
+	count := func(to, db string) string {
+		flags := []string{"--pg-host", c.SocketDir, "--pg-port", strconv.Itoa(c.Port), "--pg-user", c.User}
+		code, _, errs := runCLI(t, append([]string{"restore", filepath.Join(to, "shop"), "--dbname", db, "--create"}, flags...)...)
+		require.Equal(t, exitOK, code, errs)
+		return c.Query(t, db, "SELECT count(*) || ' ' || max(id) FROM orders")
+	}
+	for _, tc := range []struct {
+		at, db, want string
+	}{
+		{noted, "shop_at", "250 250"},
+		{"end", "shop_end", "50 50"},
+	} {
+		to := t.TempDir()
+		code, out, errs := runCLI(t, "--home", home, "export", "--repo", repo, "--at", tc.at, "--db", "shop", "--to", to, "--staging-dir", cliStagingDir(t), "--json")
+		require.Equal(t, 0, code, "%s\n%s", out, errs)
+		var res exportJSON
+		require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+		require.Equal(t, tc.want, count(to, tc.db), "export --at %s", tc.at)
+		code, out, errs = runCLI(t, "--home", home, "sessions", "show", res.Session)
+		require.Equal(t, 0, code, errs)
+		require.Contains(t, out, "reached        LSN ")
+	}
+
+	// A target the archive does not reach fails before any dump.
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--at-lsn", "FF/0", "--db", "shop", "--to", t.TempDir(), "--staging-dir", cliStagingDir(t))
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errs, "WAL archive ends before the recovery target")
+	require.Equal(t, exitNotFound, orchestrator.ExitWALMissing, "the probe of the restore command expects wal-fetch's not-found code")
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--at", "yesterday", "--db", "shop", "--to", t.TempDir())
+	require.Equal(t, exitUsage, code, errs)
 }
 
 // copyExecutable copies this test binary to p, executable by everyone.
