@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,6 +52,8 @@ type serverInfo struct {
 	Version   string // server_version, "15.8 (Debian 15.8-1)"
 	Databases []DBInfo
 	Host      string // host of the connection; empty for a Unix socket
+	// SegmentSize is wal_segment_size in bytes.
+	SegmentSize int64
 }
 
 // queryServer connects to the server of connString (a libpq keyword/value
@@ -79,6 +82,9 @@ func queryServer(ctx context.Context, connString string) (*serverInfo, error) {
 		return nil, fmt.Errorf("PostgreSQL %s is not supported: backups from a server need version 10 or later", info.Version)
 	}
 	info.Major = strconv.Itoa(num / 10000)
+	if err := conn.QueryRow(ctx, "SELECT pg_size_bytes(current_setting('wal_segment_size'))").Scan(&info.SegmentSize); err != nil {
+		return nil, fmt.Errorf("reading the WAL segment size: %w", err)
+	}
 	rows, err := conn.Query(ctx, `SELECT oid, datname,
 		CASE WHEN datallowconn AND has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) ELSE 0 END
 		FROM pg_database ORDER BY oid`)
@@ -200,6 +206,10 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 		return nil, fmt.Errorf("pg_basebackup sent no PG_VERSION file: %s", msgs.String())
 	}
 	rp.PGVersion, rp.SystemID = st.version, st.systemID
+	if rp.WAL, err = st.walRange(info.SegmentSize); err != nil {
+		return nil, err
+	}
+	rp.WAL.EndTime = time.Now().UTC()
 	nodes := st.tree()
 	rp.Databases = databases(nodes)
 	for i := range rp.Databases {
@@ -398,6 +408,8 @@ type tarIngest struct {
 	index    map[string]int // path → position in nodes
 	version  string         // content of PG_VERSION
 	systemID string         // from global/pg_control
+	label    []byte         // backup_label
+	manifest []byte         // backup_manifest
 }
 
 // chunkJob is a chunk on its way from the stream's reader to a worker.
@@ -475,8 +487,8 @@ func (t *tarIngest) read(ctx context.Context, stream io.Reader, put putFunc) err
 		case tar.TypeReg:
 			n.Type = NodeFile
 			var src io.Reader = tr
-			if name == "PG_VERSION" || name == "global/pg_control" {
-				b, err := io.ReadAll(io.LimitReader(tr, 1<<20))
+			if limit, ok := controlFiles[name]; ok {
+				b, err := io.ReadAll(io.LimitReader(tr, limit))
 				if err != nil {
 					return fmt.Errorf("reading %s: %w", name, err)
 				}
@@ -505,9 +517,14 @@ func (t *tarIngest) read(ctx context.Context, stream io.Reader, put putFunc) err
 	return nil
 }
 
-// control records what the restore point needs from PG_VERSION and
+// controlFiles are the files of the stream that the restore point reads,
+// with the most of each that is read.
+var controlFiles = map[string]int64{"PG_VERSION": 1 << 20, "global/pg_control": 1 << 20, "backup_label": 1 << 20, "backup_manifest": 1 << 30}
+
+// control records what the restore point needs from PG_VERSION,
 // global/pg_control (the system identifier: its first 8 bytes, as
-// systemID reads them from a data directory).
+// systemID reads them from a data directory), backup_label and
+// backup_manifest.
 func (t *tarIngest) control(name string, b []byte) {
 	switch name {
 	case "PG_VERSION":
@@ -516,7 +533,58 @@ func (t *tarIngest) control(name string, b []byte) {
 		if len(b) >= 8 {
 			t.systemID = strconv.FormatUint(binary.LittleEndian.Uint64(b), 10)
 		}
+	case "backup_label":
+		t.label = b
+	case "backup_manifest":
+		t.manifest = b
 	}
+}
+
+var (
+	labelStart    = regexp.MustCompile(`(?m)^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+) `)
+	labelTimeline = regexp.MustCompile(`(?m)^START TIMELINE: ([0-9]+)$`)
+)
+
+// walRange reads the WAL the backup needs: its start and timeline from
+// backup_label, its end from backup_manifest's WAL-Ranges (PostgreSQL 13
+// and later send one).
+func (t *tarIngest) walRange(segSize int64) (*WALRange, error) {
+	m := labelStart.FindSubmatch(t.label)
+	tl := labelTimeline.FindSubmatch(t.label)
+	if m == nil || tl == nil {
+		return nil, fmt.Errorf("pg_basebackup sent no backup_label with a start location and timeline")
+	}
+	timeline, err := strconv.ParseUint(string(tl[1]), 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("backup_label's timeline: %w", err)
+	}
+	w := &WALRange{Timeline: uint32(timeline), Start: string(m[1]), SegmentSize: segSize}
+	var man struct {
+		WALRanges []struct {
+			Timeline uint32 `json:"Timeline"`
+			End      string `json:"End-LSN"`
+		} `json:"WAL-Ranges"`
+	}
+	if len(t.manifest) > 0 {
+		if err := json.Unmarshal(t.manifest, &man); err != nil {
+			return nil, fmt.Errorf("reading backup_manifest: %w", err)
+		}
+	}
+	if n := len(man.WALRanges); n > 0 {
+		w.Timeline, w.End = man.WALRanges[n-1].Timeline, man.WALRanges[n-1].End
+	}
+	if _, err := ParseLSN(w.Start); err != nil {
+		return nil, err
+	}
+	if w.End != "" {
+		if _, err := ParseLSN(w.End); err != nil {
+			return nil, err
+		}
+	}
+	if segSize <= 0 || segSize&(segSize-1) != 0 {
+		return nil, fmt.Errorf("WAL segment size %d is not a power of two", segSize)
+	}
+	return w, nil
 }
 
 // tree returns the nodes sorted by path, with a directory for every parent

@@ -213,6 +213,12 @@ func TestBackupFromServer(t *testing.T) {
 
 	require.Equal(t, "15", rp.PGVersion[:2])
 	require.Equal(t, c.Query(t, "postgres", "SELECT system_identifier::text FROM pg_control_system()"), rp.SystemID)
+	// The WAL the backup spans, as the server's LSNs compare.
+	require.NotNil(t, rp.WAL)
+	require.Equal(t, uint32(1), rp.WAL.Timeline)
+	require.Equal(t, int64(16<<20), rp.WAL.SegmentSize)
+	require.Equal(t, "t", c.Query(t, "postgres", "SELECT '"+rp.WAL.Start+"'::pg_lsn < '"+rp.WAL.End+"'::pg_lsn AND '"+rp.WAL.End+"'::pg_lsn <= pg_current_wal_lsn()"),
+		"start %s, end %s", rp.WAL.Start, rp.WAL.End)
 	host, _ := os.Hostname()
 	require.Equal(t, host, rp.SourceHost)
 	names := map[string]chunkstore.DBInfo{}
@@ -476,13 +482,14 @@ func TestBaseBackupTarStream(t *testing.T) {
 		{name: "twice", typ: tar.TypeReg, data: []byte("first")},
 		{name: "base/5/hard", typ: tar.TypeLink, link: "base/5/16384"},
 		{name: "twice", typ: tar.TypeReg, data: []byte("second")},
+		{name: "backup_label", typ: tar.TypeReg, data: []byte("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n")},
 	}
 	rp, err := r.BackupFromServer(ctx, c.ConnString("postgres"), chunkstore.ServerBackupOptions{PGBaseBackup: fakeBaseBackup(t, 0, 0, good...)})
 	require.NoError(t, err)
 	require.Equal(t, "15", rp.PGVersion)
 	require.Equal(t, "7311111111111111111", rp.SystemID)
 	require.Equal(t, []chunkstore.DBInfo{{Name: "postgres", OID: 5, Size: int64(len(rel))}}, rp.Databases)
-	require.Equal(t, 4, rp.Files)
+	require.Equal(t, 5, rp.Files)
 	nodes, err := r.Tree(ctx, rp)
 	require.NoError(t, err)
 	var paths []string
@@ -491,8 +498,9 @@ func TestBaseBackupTarStream(t *testing.T) {
 		paths = append(paths, n.Path)
 		byPath[n.Path] = n
 	}
-	require.Equal(t, []string{"PG_VERSION", "base", "base/5", "base/5/16384", "global", "global/pg_control",
+	require.Equal(t, []string{"PG_VERSION", "backup_label", "base", "base/5", "base/5/16384", "global", "global/pg_control",
 		"pg_tblspc", "pg_tblspc/16400", "twice"}, paths)
+	require.Equal(t, &chunkstore.WALRange{Timeline: 1, Start: "0/2000028", SegmentSize: 16 << 20, EndTime: rp.WAL.EndTime}, rp.WAL, "no manifest: no end")
 	require.Equal(t, chunkstore.NodeDir, byPath["base/5"].Type)
 	require.Equal(t, uint32(0o700), byPath["base/5"].Mode)
 	require.Equal(t, "/srv/ts", byPath["pg_tblspc/16400"].Target)
@@ -520,6 +528,7 @@ func TestBaseBackupTarStream(t *testing.T) {
 		{"broken off", 1, 100000, good, "pg_basebackup failed (exit status 1): pg_basebackup: error: fake failure"},
 		{"broken off, exit 0", 0, 100000, good, "unexpected EOF"},
 		{"no PG_VERSION", 0, 0, good[1:], "sent no PG_VERSION"},
+		{"no backup_label", 0, 0, good[:len(good)-1], "sent no backup_label"},
 		{"file as parent", 0, 0, append(slices.Clone(good), tarEntry{name: "twice/x", typ: tar.TypeReg}), "no parent directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

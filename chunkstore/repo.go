@@ -44,6 +44,9 @@ type RestorePoint struct {
 	Tree       []chunk.ID   `json:"tree"`   // chunks holding the encoded tree (see EncodeTree)
 	Params     chunk.Params `json:"params"` // how files were chunked
 	Format     int          `json:"format"` // restore point format, pointFormat
+	// WAL is the WAL a backup from a running server spans, which a WAL
+	// archive continues; nil for a backup of a data directory.
+	WAL *WALRange `json:"wal,omitempty"`
 }
 
 // pointFormat is the version of the restore point files this build writes

@@ -50,7 +50,7 @@ func TestBackupCLI(t *testing.T) {
 
 	code, out, errs = runCLI(t, "restore-points", "--repo", repo)
 	require.Equal(t, 0, code, errs)
-	require.Regexp(t, `^ID +TIME +VERSION +DATABASES +SIZE +STORED\n`, out)
+	require.Regexp(t, `^ID +TIME +VERSION +DATABASES +SIZE +STORED +RECOVERABLE TO\n`, out)
 	require.Contains(t, out, id1)
 	require.Contains(t, out, res.RestorePoint)
 

@@ -20,7 +20,14 @@ func newRestorePointsCmd(g *globals) *cobra.Command {
 		Long: `List the restore points of the repository DIR, oldest first: ID, time
 (UTC), PostgreSQL version, number of databases, plain size, and the bytes
 each backup added to the repository. It reads the catalog only, and creates
-nothing.`,
+nothing.
+
+For a backup of a running server (backup --from-server), RECOVERABLE TO says
+how far an export --at can take it with the WAL archive (wal-push): until
+the push of the last segment of the unbroken run of archived segments from
+the backup's end, on its timeline; "gap" marks a missing segment past which
+the archive holds more. "-" is a backup without a WAL range (--pgdata), or
+one whose end segment is not archived: it exports as of itself only.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if repo == "" {
@@ -30,17 +37,32 @@ nothing.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				if rps == nil {
-					rps = []chunkstore.RestorePoint{}
+			type point struct {
+				chunkstore.RestorePoint
+				Recoverable *chunkstore.Coverage `json:"recoverable,omitempty"`
+			}
+			points := make([]point, len(rps))
+			for i := range rps {
+				points[i].RestorePoint = rps[i]
+				if points[i].Recoverable, err = chunkstore.WALCoverage(repo, &rps[i]); err != nil {
+					return err
 				}
-				return g.writeJSON(map[string]any{"restore_points": rps})
+			}
+			if asJSON {
+				return g.writeJSON(map[string]any{"restore_points": points})
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTIME\tVERSION\tDATABASES\tSIZE\tSTORED")
-			for _, rp := range rps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", rp.ID, rp.Time.UTC().Format("2006-01-02 15:04:05"),
-					rp.PGVersion, len(rp.Databases), humanSize(rp.Size), humanSize(rp.StoredSize))
+			fmt.Fprintln(tw, "ID\tTIME\tVERSION\tDATABASES\tSIZE\tSTORED\tRECOVERABLE TO")
+			for _, p := range points {
+				to := "-"
+				if c := p.Recoverable; c != nil && !c.To.IsZero() {
+					to = c.To.UTC().Format("2006-01-02 15:04:05")
+					if c.GapAfter != "" {
+						to += " (gap after " + c.GapAfter + ")"
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, p.Time.UTC().Format("2006-01-02 15:04:05"),
+					p.PGVersion, len(p.Databases), humanSize(p.Size), humanSize(p.StoredSize), to)
 			}
 			return tw.Flush()
 		},

@@ -140,6 +140,46 @@ func TestExportAt(t *testing.T) {
 	waitArchived(t, c)
 	t.Setenv("PGPASSWORD", "pw")
 
+	// restore-points says how far the archive takes the backup.
+	type point struct {
+		WAL struct {
+			Timeline uint32 `json:"timeline"`
+			Start    string `json:"start_lsn"`
+			End      string `json:"end_lsn"`
+		} `json:"wal"`
+		Recoverable struct {
+			To          time.Time `json:"to"`
+			LastSegment string    `json:"last_segment"`
+			GapAfter    string    `json:"gap_after"`
+		} `json:"recoverable"`
+	}
+	points := func() []point {
+		code, out, errs := runCLI(t, "restore-points", "--repo", repo, "--json")
+		require.Equal(t, 0, code, errs)
+		var res struct {
+			Points []point `json:"restore_points"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+		require.Len(t, res.Points, 1)
+		return res.Points
+	}
+	p := points()[0]
+	require.Equal(t, uint32(1), p.WAL.Timeline)
+	require.Regexp(t, `^[0-9A-F]+/[0-9A-F]+$`, p.WAL.Start)
+	require.Regexp(t, `^[0-9A-F]+/[0-9A-F]+$`, p.WAL.End)
+	require.False(t, p.Recoverable.To.IsZero(), "the archive continues the backup")
+	require.GreaterOrEqual(t, p.Recoverable.LastSegment, c.Query(t, "postgres", "SELECT pg_walfile_name('"+p.WAL.End+"')"))
+	require.Empty(t, p.Recoverable.GapAfter)
+	// A segment far ahead, past missing ones: a gap.
+	far := filepath.Join(t.TempDir(), "0000000100000000000000F0")
+	require.NoError(t, os.WriteFile(far, []byte("not WAL"), 0o600))
+	code, _, errs = runCLI(t, "wal-push", "--repo", repo, far)
+	require.Equal(t, 0, code, errs)
+	require.Equal(t, p.Recoverable.LastSegment, points()[0].Recoverable.GapAfter)
+	code, out, errs := runCLI(t, "restore-points", "--repo", repo)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "(gap after "+p.Recoverable.LastSegment+")")
+
 	home := t.TempDir()
 	count := func(to, db string) string {
 		flags := []string{"--pg-host", c.SocketDir, "--pg-port", strconv.Itoa(c.Port), "--pg-user", c.User}
