@@ -169,8 +169,15 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
 	case p.Target != "" && p.Overwrite:
 		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
+	case !p.Filter.IsZero() && p.Staging != "":
+		return nil, fmt.Errorf("%w: --table, --schema and their kin are not built for --staging yet", ErrBadPlan)
 	case p.At != nil && (p.RepoPeer != "" || p.Staging != ""):
 		return nil, fmt.Errorf("%w: a point-in-time export (--at) reads the WAL archive of a local --repo; across hosts it is not built yet", ErrBadPlan)
+	}
+	if p.Filter.IsZero() {
+		p.Filter = nil
+	} else if err := p.Filter.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadPlan, err)
 	}
 	if p.At != nil {
 		if err := p.At.recovery("-").Validate(); err != nil {
@@ -568,7 +575,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		}
 		rep, err := in.Check(ctx, staging.CheckOptions{
 			Databases: p.Databases, User: p.PGUser, Password: password, DumpDir: dir,
-			SizeOf: m.FileSize,
+			SizeOf: m.FileSize, Filter: p.Filter,
 			TargetFree: func(ctx context.Context) (int64, error) {
 				free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
 				return int64(free), err
@@ -625,7 +632,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			}()
 			res, err := in.Dump(ctx, staging.DumpOptions{
 				DB: db, User: p.PGUser, Password: password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
-				SplitTableBytes: p.SplitTables,
+				SplitTableBytes: p.SplitTables, Filter: p.Filter,
 				Progress: func(done, total int) {
 					r.emit(Event{Step: name, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
 				},

@@ -147,6 +147,9 @@ type Plan struct {
 	// At makes the export point-in-time: the instance replays the
 	// repository's WAL archive to it before the dumps.
 	At *PointInTime `json:"at,omitempty"`
+	// Filter narrows each dump to some tables or schemas (pg_dump's
+	// --table, --schema, --exclude-table, --data-only, --schema-only).
+	Filter *staging.DumpFilter `json:"filter,omitempty"`
 }
 
 // PointInTime is the recovery target of a point-in-time export: at most one

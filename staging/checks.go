@@ -52,6 +52,9 @@ type CheckOptions struct {
 	// four file lookups per table through the mount (0.6 s for 5,000
 	// tables). Relations it does not know are sized by PostgreSQL.
 	SizeOf func(rel string) (int64, bool)
+	// Filter, if set, is checked in each database: every --table and
+	// --schema pattern must match something.
+	Filter *DumpFilter
 }
 
 // CheckReport is everything Check found, and the size estimate it used.
@@ -206,6 +209,11 @@ func (in *Instance) checkDB(ctx context.Context, db, libdir string, o CheckOptio
 		return 0, nil, err
 	}
 	probs = append(probs, libProbs...)
+	filterProbs, err := in.checkFilter(ctx, c, db, o.Filter, o.User, o.Password)
+	if err != nil {
+		return 0, nil, err
+	}
+	probs = append(probs, filterProbs...)
 	if !super && !readAll {
 		rows, err := c.Query(ctx, `
 			SELECT format('schema %I', n.nspname) FROM pg_namespace n

@@ -38,6 +38,9 @@ type DumpOptions struct {
 	// (see tabledump.go); 0 or negative: never (pg_dump dumps everything).
 	SplitTableBytes int64
 	rangeBytes      int64 // the share of a split table per COPY; tests make it small
+	// Filter narrows the dump (pg_dump's --table, --schema, ...); with it,
+	// no table is split.
+	Filter *DumpFilter
 }
 
 // DumpResult describes a finished dump.
@@ -113,6 +116,7 @@ func (in *Instance) Dump(ctx context.Context, o DumpOptions) (*DumpResult, error
 	if split != nil {
 		args = append(args, split.pgDumpArgs()...)
 	}
+	args = append(args, o.Filter.args()...)
 	args = append(args, "-f", partial, "-d", in.ConnString(o.DB, o.User))
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -89,8 +89,8 @@ SET row_security = off; SET synchronize_seqscans TO off`
 // both pg_dump and the range COPYs read. It returns nil, nil when the
 // database or the server does not allow it (then pg_dump does everything).
 func (in *Instance) planSplit(ctx context.Context, o DumpOptions) (_ *tableSplit, err error) {
-	if o.SplitTableBytes <= 0 {
-		return nil, nil
+	if o.SplitTableBytes <= 0 || !o.Filter.IsZero() {
+		return nil, nil // pg_dump alone applies a filter's patterns
 	}
 	c, err := in.connect(ctx, o.DB, o.User, o.Password)
 	if err != nil {

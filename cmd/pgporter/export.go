@@ -11,6 +11,7 @@ import (
 	"github.com/pgporter/pgporter/internal/config"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/pgporter/pgporter/protocol"
+	"github.com/pgporter/pgporter/staging"
 	"github.com/spf13/cobra"
 )
 
@@ -26,6 +27,7 @@ type exportOpts struct {
 	at           string
 	atLSN        string
 	atName       string
+	filter       staging.DumpFilter
 }
 
 func newExportCmd(g *globals) *cobra.Command {
@@ -68,6 +70,12 @@ for 'publish --on'), with no mount or instance of its own: into --to there
 (inside the mover's --roots), or sent on to --target. The publication keeps
 serving, unless --unpublish-after.
 
+--table, --schema, --exclude-table, --data-only and --schema-only narrow
+each dump with pg_dump's own options and pattern rules (quoting included);
+each --table and --schema pattern must match something in the restore
+point, checked before any dump, and a pattern that matches nothing is an
+error that names the closest tables.
+
 With --at TIME (or --at-lsn, --at-name, or --at end) the export is as of a
 point in time: the newest restore point taken before TIME, whose throwaway
 instance replays the repository's WAL archive ('pgporter wal-push') up to the
@@ -88,7 +96,7 @@ Flags that make no sense together are refused, naming both.`,
   pgporter export --published p-20260101-120000-a1b2c3 \
       --db shop --to /srv/exports
   pgporter export --repo /srv/repo --at '2026-12-01 14:32:00+00' \
-      --db shop --to /srv/exports`,
+      --db shop --table orders --to /srv/exports`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runExport(cmd, g, eo) },
 	}
@@ -98,6 +106,11 @@ Flags that make no sense together are refused, naming both.`,
 	f.StringVar(&eo.at, "at", "", "export as of this time (RFC 3339, or '2006-01-02 15:04:05[.999999][+00]'; no zone means UTC), or 'end' for the end of the WAL archive")
 	f.StringVar(&eo.atLSN, "at-lsn", "", "export as of this WAL location (like 0/3000148)")
 	f.StringVar(&eo.atName, "at-name", "", "export as of this named restore point (pg_create_restore_point)")
+	f.StringArrayVar(&eo.filter.Tables, "table", nil, "dump only tables matching this pg_dump pattern (repeat for several; each must match something)")
+	f.StringArrayVar(&eo.filter.Schemas, "schema", nil, "dump only schemas matching this pg_dump pattern (repeat for several; each must match something)")
+	f.StringArrayVar(&eo.filter.ExcludeTables, "exclude-table", nil, "do not dump tables matching this pg_dump pattern (repeat for several)")
+	f.BoolVar(&eo.filter.DataOnly, "data-only", false, "dump only the data, not the schema")
+	f.BoolVar(&eo.filter.SchemaOnly, "schema-only", false, "dump only the schema, no data")
 	f.StringArrayVar(&eo.plan.Databases, "db", nil, "database to export, matched exactly (repeat for several)")
 	f.StringVar(&eo.plan.To, "to", "", "target directory; each database lands in DIR/<db>/")
 	f.StringVar(&eo.plan.PGUser, "pg-user", "postgres", "PostgreSQL user that dumps (needs CONNECT and SELECT, or pg_read_all_data)")
@@ -123,12 +136,13 @@ Flags that make no sense together are refused, naming both.`,
 	c.MarkFlagsMutuallyExclusive("repo", "staging") // the staging host reads the repository through --repo-peer
 	c.MarkFlagsMutuallyExclusive("overwrite", "target")
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
+	c.MarkFlagsMutuallyExclusive("data-only", "schema-only")
 	for _, f := range []string{"at", "at-lsn", "at-name"} {
 		c.MarkFlagsMutuallyExclusive(f, "repo-peer") // the instance reads the archive of a local --repo
 	}
 	// The publication is the source and the staging host; its instance is
 	// running already, and it dumps what it has.
-	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite", "at", "at-lsn", "at-name"} {
+	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite", "at", "at-lsn", "at-name", "table", "schema", "exclude-table", "data-only", "schema-only"} {
 		c.MarkFlagsMutuallyExclusive("published", f)
 	}
 	setGroupedUsage(c, exportFlagGroups)
@@ -142,7 +156,7 @@ var exportFlagGroups = []flagGroup{
 	{"Destination", []string{"to", "overwrite"}},
 	{"Cross-host", []string{"repo-peer", "staging", "target"}},
 	{"Published instance", []string{"published", "unpublish-after"}},
-	{"Dump", []string{"jobs", "globals", "split-tables-from", "staging-dir", "os-user", "allow-missing-preload"}},
+	{"Dump", []string{"table", "schema", "exclude-table", "data-only", "schema-only", "jobs", "globals", "split-tables-from", "staging-dir", "os-user", "allow-missing-preload"}},
 	{"Transfer", []string{"bwlimit"}},
 	{"Credentials", []string{"pg-user", "password-file", "auth", "source-port"}},
 	{otherFlags, []string{"json", "memory-limit", "help"}},
@@ -190,6 +204,9 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return err
 	}
 	eo.plan.At = at
+	if !eo.filter.IsZero() {
+		eo.plan.Filter = &eo.filter
+	}
 	if eo.plan.Staging != "" {
 		// The staging host decides where it writes and who runs PostgreSQL.
 		for _, name := range []string{"staging-dir", "os-user"} {

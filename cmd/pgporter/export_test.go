@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -252,4 +253,27 @@ func TestExportKillCancel(t *testing.T) {
 			require.Contains(t, errs, "cancelled")
 		})
 	}
+}
+
+// TestExportTable: --table dumps only what its pg_dump pattern matches, and
+// a pattern that matches nothing fails the check, before any dump, naming
+// the closest tables.
+func TestExportTable(t *testing.T) {
+	c, repo := exportFixture(t)
+	home := t.TempDir()
+	code, _, errs := runCLI(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--table", "pgbench_branch", "--to", t.TempDir(), "--staging-dir", cliStagingDir(t))
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errs, `--table "pgbench_branch" matches nothing in this restore point; the closest names are public.pgbench_branches`)
+
+	to := t.TempDir()
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--table", "pgbench_b*", "--exclude-table", "pgbench_history", "--to", to, "--staging-dir", cliStagingDir(t))
+	require.Equal(t, 0, code, errs)
+	flags := []string{"--pg-host", c.SocketDir, "--pg-port", strconv.Itoa(c.Port), "--pg-user", c.User}
+	code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(to, "shop"), "--dbname", "shop_branches", "--create"}, flags...)...)
+	require.Equal(t, exitOK, code, errs)
+	require.Equal(t, "pgbench_branches", c.Query(t, "shop_branches", "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"))
+	require.Equal(t, c.Query(t, "shop", "SELECT count(*) FROM pgbench_branches"), c.Query(t, "shop_branches", "SELECT count(*) FROM pgbench_branches"))
+
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--data-only", "--schema-only", "--to", t.TempDir())
+	require.Equal(t, exitUsage, code, errs)
 }
