@@ -199,11 +199,9 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
 		}
-		if p.At != nil && p.RestorePoint == "latest" && !p.At.Time.IsZero() {
-			// The newest backup taken before the target.
-			rps = slices.DeleteFunc(rps, func(rp chunkstore.RestorePoint) bool { return !rp.Time.Before(p.At.Time) })
-			if len(rps) == 0 {
-				return nil, marked{fmt.Errorf("%w: no restore point in %s was taken before %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.Repo, p.At.Time.Format(time.RFC3339), p.Repo), chunkstore.ErrNoRestorePoint}
+		if p.At != nil && p.RestorePoint == "latest" {
+			if rps, err = takenBefore(rps, p.At, p.Repo); err != nil {
+				return nil, marked{fmt.Errorf("%w: %w", ErrBadPlan, err), chunkstore.ErrNoRestorePoint}
 			}
 		}
 		switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
@@ -516,12 +514,8 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	err = x.step(ctx, StepStart, func(out *stepOutcome) error {
 		opts := staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
 		if p.At != nil {
-			self, err := r.self()
-			if err != nil {
-				return err
-			}
-			opts.Recovery = p.At.recovery(self + " wal-fetch --repo " + shellQuote(p.Repo) + " %f %p")
-			if err := staging.CheckRestoreCommand(ctx, p.OSUser, opts.Recovery.RestoreCommand, ExitWALMissing); err != nil {
+			var err error
+			if opts.Recovery, err = walRecovery(ctx, p.At, r.o.Self, p.Repo, p.OSUser); err != nil {
 				return err
 			}
 		}

@@ -96,6 +96,14 @@ type Publication struct {
 	BaseDir     string `json:"base_dir"` // holds the mountpoint and the run directory
 	CowDir      string `json:"cow_dir"`
 	Mounted     bool   `json:"mounted,omitempty"`
+
+	// At, Self: a point-in-time publication's target and how its instance
+	// runs pgporter's wal-fetch (PublishOptions). Reached is where the
+	// replay stopped, set by the first start; a resumed publication does
+	// not replay again.
+	At      *PointInTime     `json:"at,omitempty"`
+	Self    string           `json:"self,omitempty"`
+	Reached *staging.Reached `json:"reached,omitempty"`
 }
 
 // Mountpoint is where the restore point is mounted.
@@ -270,6 +278,12 @@ type PublishOptions struct {
 	Serve []string
 	// ServeEnv is added to this process's environment for Serve.
 	ServeEnv []string
+	// At makes the publication point-in-time: its instance first replays
+	// the repository's WAL archive to it (a local Repo only).
+	At *PointInTime
+	// Self is as Options.Self, for At's restore_command; empty means the
+	// serve process's executable.
+	Self string
 }
 
 // How a publication's clients authenticate (PublishOptions.Auth).
@@ -322,6 +336,13 @@ func (o PublishOptions) Validate() error {
 		return errors.New("publish needs the serve command")
 	case o.OnRestart != OnRestartRestart && o.OnRestart != OnRestartCleanup:
 		return fmt.Errorf("on-restart %q is neither %s nor %s", o.OnRestart, OnRestartRestart, OnRestartCleanup)
+	case o.At != nil && o.RepoPeer != "":
+		return errors.New("a point-in-time publication (--at) reads the WAL archive of a local --repo; with --repo-peer it is not built yet")
+	}
+	if o.At != nil {
+		if err := o.At.recovery("-").Validate(); err != nil {
+			return err
+		}
 	}
 	if o.RepoPeer != "" {
 		if _, _, err := mover.ParsePeerAddr(o.RepoPeer); err != nil {
@@ -406,6 +427,11 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: %w", o.Repo, err)
 		}
+		if o.At != nil && o.RestorePoint == "latest" {
+			if rps, err = takenBefore(rps, o.At, o.Repo); err != nil {
+				return nil, err
+			}
+		}
 		if rp, err = resolvePoint(rps, o.RestorePoint); err != nil {
 			return nil, err
 		}
@@ -421,7 +447,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	}
 	p := &Publication{
 		ID: id, Repo: repo, RepoPeer: o.RepoPeer, RetryFor: o.RetryFor, RestorePoint: rp, Listen: o.Listen, Port: o.Port, Auth: o.Auth, OSUser: o.OSUser,
-		OnRestart: o.OnRestart, State: PubStarting, Created: now,
+		OnRestart: o.OnRestart, State: PubStarting, Created: now, At: o.At, Self: o.Self,
 		BaseDir: filepath.Join(os.TempDir(), "pgporter-"+id), CowDir: filepath.Join(dir, "cow"),
 	}
 	// The lock is handed to the serve process as descriptor 3: it holds it
@@ -717,6 +743,9 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if !opts.KeepHBA {
 		opts.HBAFile, err = writeStrictHBA(p.RunDir(), p.Listen)
 	}
+	if err == nil && p.At != nil && p.Reached == nil {
+		opts.Recovery, err = walRecovery(ctx, p.At, p.Self, p.Repo, p.OSUser)
+	}
 	var in *staging.Instance
 	if err == nil {
 		in, err = staging.StartInstance(ctx, opts)
@@ -733,6 +762,9 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	}
 	if err := pb.j.UpdatePublication(id, func(p *Publication) {
 		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
+		if in.Recovered != nil {
+			p.Reached = in.Recovered
+		}
 	}); err != nil {
 		_ = in.Stop(context.WithoutCancel(ctx))
 		_ = unmountOverlay(p, 5*time.Second)

@@ -152,14 +152,6 @@ type Plan struct {
 	Filter *staging.DumpFilter `json:"filter,omitempty"`
 }
 
-// PointInTime is the recovery target of a point-in-time export: at most one
-// of Time, LSN and Name; none means the end of the WAL archive.
-type PointInTime struct {
-	Time time.Time `json:"time,omitzero"`
-	LSN  string    `json:"lsn,omitempty"`
-	Name string    `json:"name,omitempty"`
-}
-
 // Resources are what a session holds on the staging host; cleanup and
 // cancel release them, and a retry after a crash finds them here.
 type Resources struct {
@@ -242,15 +234,4 @@ func newSessionID(now time.Time) string {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	return fmt.Sprintf("x-%s-%s", now.UTC().Format("20060102-150405"), hex.EncodeToString(b[:]))
-}
-
-// recovery is the instance's recovery to t, fetching WAL with
-// restoreCommand.
-func (t *PointInTime) recovery(restoreCommand string) *staging.Recovery {
-	r := &staging.Recovery{RestoreCommand: restoreCommand, LSN: t.LSN, Name: t.Name}
-	if !t.Time.IsZero() {
-		// UTC with microseconds: PostgreSQL reads it whatever its TimeZone.
-		r.Time = t.Time.UTC().Format("2006-01-02 15:04:05.999999") + "+00"
-	}
-	return r
 }

@@ -24,6 +24,7 @@ type publishOpts struct {
 	on                                           string // a remote mover, ADDR#PEER_ID
 	resume                                       string // serve a dead publication again
 	serve                                        string // hidden: run as publication ID's background process
+	at, atLSN, atName                            string
 }
 
 func newPublishCmd(g *globals) *cobra.Command {
@@ -48,6 +49,11 @@ the repository never changes. Backups, exports and other publications of
 the same repository run alongside.
 
 A port already in use is refused (exit code 2).
+
+With --at TIME (or --at-lsn, --at-name, --at end) the publication is as of a
+point in time, as with export --at: the newest restore point taken before
+TIME, whose instance replays the repository's WAL archive to the target and
+is promoted before it opens; a resumed publication does not replay again.
 
 That layer is on disk (the upper layer of an overlay over the mount), so a
 publication outlives its background process: if that process dies (SIGKILL,
@@ -111,7 +117,15 @@ Examples:
 	f.StringVar(&o.on, "on", "", "publish on the host of mover ADDR#PEER_ID (it must trust this home's ID with orchestrate); --repo is a path there")
 	f.StringVar(&o.resume, "resume", "", "serve dead publication ID again on its copy-on-write layer, address and port")
 	f.BoolVar(&o.asJSON, "json", false, "print one JSON object")
+	f.StringVar(&o.at, "at", "", "publish as of this time (as export --at), or 'end' for the end of the WAL archive: the instance first replays the repository's archive")
+	f.StringVar(&o.atLSN, "at-lsn", "", "publish as of this WAL location")
+	f.StringVar(&o.atName, "at-name", "", "publish as of this named restore point")
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
+	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
+	for _, f := range []string{"at", "at-lsn", "at-name"} {
+		c.MarkFlagsMutuallyExclusive(f, "repo-peer")
+		c.MarkFlagsMutuallyExclusive(f, "on")
+	}
 	return c
 }
 
@@ -171,16 +185,20 @@ func checkPublishRepo(o publishOpts, on bool) error {
 }
 
 // publishOptions are the options of publish and publish --on.
-func publishOptions(o publishOpts, serve []string) orchestrator.PublishOptions {
+func publishOptions(o publishOpts, serve []string) (orchestrator.PublishOptions, error) {
+	at, err := parseAt(o.at, o.atLSN, o.atName)
+	if err != nil {
+		return orchestrator.PublishOptions{}, err
+	}
 	po := orchestrator.PublishOptions{
 		Repo: o.repo, RepoPeer: o.repoPeer, RestorePoint: o.restorePoint, Listen: o.listen, Port: o.port,
 		Auth: o.auth, StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
-		Serve: serve,
+		Serve: serve, At: at, Self: selfCommand,
 	}
 	if o.repoPeer != "" {
 		po.RetryFor = o.retryFor
 	}
-	return po
+	return po, nil
 }
 
 func runPublish(ctx context.Context, g *globals, o publishOpts) error {
@@ -197,7 +215,10 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 	if err != nil {
 		return err
 	}
-	po := publishOptions(o, serve.Args)
+	po, err := publishOptions(o, serve.Args)
+	if err != nil {
+		return err
+	}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -226,7 +247,10 @@ func runPublishOn(ctx context.Context, g *globals, o publishOpts) error {
 	case o.port == 0:
 		return usagef("publish needs --port PORT")
 	}
-	po := publishOptions(o, []string{"(the mover's)"})
+	po, err := publishOptions(o, []string{"(the mover's)"})
+	if err != nil {
+		return err
+	}
 	if err := po.Validate(); err != nil {
 		return usageError{err}
 	}

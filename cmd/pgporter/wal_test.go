@@ -205,6 +205,24 @@ func TestExportAt(t *testing.T) {
 		require.Contains(t, out, "reached        LSN ")
 	}
 
+	// A publication as of the noted time; it records what it reached, so
+	// that a resume does not replay again.
+	port := freeTCPPort(t)
+	pub := publishCLI(t, home, repo, port, "--at", noted)
+	conn := pubConn(t, port, "shop")
+	var n int
+	require.NoError(t, conn.QueryRow(t.Context(), "SELECT count(*) FROM orders").Scan(&n))
+	require.Equal(t, 250, n)
+	conn.Close(t.Context())
+	j, err := orchestrator.OpenJournal(home)
+	require.NoError(t, err)
+	got, err := j.GetPublication(pub.ID)
+	require.NoError(t, err)
+	require.NotNil(t, got.Reached)
+	require.NotEmpty(t, got.Reached.LSN)
+	code, _, errs = runCLI(t, "--home", home, "unpublish", pub.ID)
+	require.Equal(t, 0, code, errs)
+
 	// A target the archive does not reach fails before any dump.
 	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--at-lsn", "FF/0", "--db", "shop", "--to", t.TempDir(), "--staging-dir", cliStagingDir(t))
 	require.NotEqual(t, 0, code)

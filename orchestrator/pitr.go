@@ -1,0 +1,73 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/staging"
+)
+
+// PointInTime is the recovery target of a point-in-time export: at most one
+// of Time, LSN and Name; none means the end of the WAL archive.
+type PointInTime struct {
+	Time time.Time `json:"time,omitzero"`
+	LSN  string    `json:"lsn,omitempty"`
+	Name string    `json:"name,omitempty"`
+}
+
+// recovery is the instance's recovery to t, fetching WAL with
+// restoreCommand.
+func (t *PointInTime) recovery(restoreCommand string) *staging.Recovery {
+	r := &staging.Recovery{RestoreCommand: restoreCommand, LSN: t.LSN, Name: t.Name}
+	if !t.Time.IsZero() {
+		// UTC with microseconds: PostgreSQL reads it whatever its TimeZone.
+		r.Time = t.Time.UTC().Format("2006-01-02 15:04:05.999999") + "+00"
+	}
+	return r
+}
+
+// ExitWALMissing is the exit code of 'pgporter wal-fetch' for a file the
+// archive lacks (the CLI's not-found code).
+const ExitWALMissing = 8
+
+// walRecovery is the instance's recovery to at, fetching WAL from the
+// repository at repo with self's wal-fetch (self empty: this process's
+// executable), after checking that osUser can run it there.
+func walRecovery(ctx context.Context, at *PointInTime, self, repo, osUser string) (*staging.Recovery, error) {
+	if self == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("finding pgporter's executable for the instance's restore_command: %w", err)
+		}
+		self = shellQuote(exe)
+	}
+	rec := at.recovery(self + " wal-fetch --repo " + shellQuote(repo) + " %f %p")
+	if err := staging.CheckRestoreCommand(ctx, osUser, rec.RestoreCommand, ExitWALMissing); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// takenBefore keeps, of rps, those a recovery to at can start from: for a
+// time, the restore points taken before it; an error if none is.
+func takenBefore(rps []chunkstore.RestorePoint, at *PointInTime, repo string) ([]chunkstore.RestorePoint, error) {
+	if at.Time.IsZero() {
+		return rps, nil
+	}
+	rps = slices.DeleteFunc(rps, func(rp chunkstore.RestorePoint) bool { return !rp.Time.Before(at.Time) })
+	if len(rps) == 0 {
+		return nil, fmt.Errorf("%w: no restore point in %s was taken before %s (see 'pgporter restore-points --repo %s')",
+			chunkstore.ErrNoRestorePoint, repo, at.Time.Format(time.RFC3339), repo)
+	}
+	return rps, nil
+}
+
+// shellQuote quotes s as one word for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
