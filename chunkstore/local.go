@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -142,9 +143,10 @@ type Local struct {
 	dirty          map[uint64]int64 // packs written since the last flush -> their length
 	failed         error            // sticky: a sync or a run's write failed, so writes are refused
 
-	runsMu    sync.RWMutex    // guards runs, runsMTime
-	runs      map[string]*run // the runs this process has open, by name
-	runsMTime time.Time       // of the index directory when runs were listed
+	runsMu    sync.RWMutex     // guards runs, runsMTime, damaged
+	runs      map[string]*run  // the runs this process has open, by name
+	damaged   map[string]error // runs that failed their checks, left alone
+	runsMTime time.Time        // of the index directory when runs were listed
 	// statAfter is when runsChanged may look at the directory again (unix
 	// nanoseconds): a backup's many misses cost one stat per interval.
 	statAfter atomic.Int64
@@ -272,6 +274,7 @@ func (l *Local) refresh() error {
 	}
 	l.runsMu.RUnlock()
 	opened := map[string]*run{}
+	damaged := map[string]error{}
 	for _, name := range fresh {
 		r, err := openRun(filepath.Join(l.runsDir(), name))
 		switch {
@@ -281,6 +284,7 @@ func (l *Local) refresh() error {
 			// Never delete what we cannot account for; its chunks read as
 			// missing, and Verify counts the file.
 			l.log.Error("index run damaged: left alone, not used", "run", name, "err", err)
+			damaged[name] = err
 			continue
 		case err != nil:
 			for _, r := range opened {
@@ -310,7 +314,60 @@ func (l *Local) refresh() error {
 		}
 	}
 	l.runs, l.runsMTime = keep, fi.ModTime()
+	if l.damaged == nil {
+		l.damaged = map[string]error{}
+	}
+	for name, err := range damaged {
+		l.damaged[name] = err
+	}
 	return nil
+}
+
+// Damaged returns the index runs that failed their checks (as of the last
+// listing) with why: their chunks read as missing.
+func (l *Local) Damaged() map[string]error {
+	l.runsMu.RLock()
+	defer l.runsMu.RUnlock()
+	return maps.Clone(l.damaged)
+}
+
+// CheckLocations checks, without reading any chunk, that every indexed
+// record lies inside an existing pack: the cheap half of a scrub. bad gets
+// each chunk whose record cannot be there.
+func (l *Local) CheckLocations(ctx context.Context, bad func(chunk.ID, error)) (int, error) {
+	if err := l.enter(); err != nil {
+		return 0, err
+	}
+	defer l.exit()
+	sizes := map[uint64]int64{}
+	n := 0
+	err := l.iterateRuns(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
+		n++
+		if err != nil {
+			bad(id, err)
+			return nil
+		}
+		size, ok := sizes[loc.Pack]
+		if !ok {
+			fi, err := os.Stat(l.packPath(loc.Pack))
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			size = -1
+			if err == nil {
+				size = fi.Size()
+			}
+			sizes[loc.Pack] = size
+		}
+		switch {
+		case size < 0:
+			bad(id, &chunk.CorruptChunkError{ID: id, Err: fmt.Errorf("pack %s is missing", packName(loc.Pack))})
+		case loc.Offset+loc.header(id).size() > size:
+			bad(id, &chunk.CorruptChunkError{ID: id, Err: fmt.Errorf("%w: pack %s ends at %d, inside the record at %d", errBadRecord, packName(loc.Pack), size, loc.Offset)})
+		}
+		return nil
+	})
+	return n, err
 }
 
 // statEvery is how often runsChanged looks at the index directory. A Has

@@ -158,7 +158,7 @@ func TestBackupFakeDataDir(t *testing.T) {
 	}
 	checkRestorePoint(t, r2, &list2[0], src)
 
-	// ListRepo reads the catalog while the store is open (and locked).
+	// ListRepo reads the catalog while the store is open.
 	list3, err := chunkstore.ListRepo(repoDir)
 	require.NoError(t, err)
 	require.Len(t, list3, 2)

@@ -95,6 +95,7 @@ One binary plays every role: repository, staging and target movers
 		newRestorePointsCmd(g),
 		newWALPushCmd(g),
 		newWALFetchCmd(g),
+		newCheckCmd(g),
 		newMountCmd(g),
 		newExportCmd(g),
 		newSessionsCmd(g),

@@ -68,6 +68,12 @@ func TestWALArchive(t *testing.T) {
 	code, _, errs = runCLI(t, "wal-push", "--repo", repo, filepath.Join(c.DataDir, "postmaster.pid"))
 	require.Equal(t, exitUsage, code, errs)
 
+	code, out, errs := runCLI(t, "check", "--repo", repo, "--read-data")
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `: ok, \d+ chunks, 0 restore points, 4 WAL files checked`, out)
+	code, _, errs = runCLI(t, "check", "--repo", filepath.Join(t.TempDir(), "nope"))
+	require.Equal(t, exitNotFound, code, errs)
+
 	require.NoError(t, filepath.Walk(repo, func(p string, fi os.FileInfo, err error) error {
 		require.NoError(t, err)
 		require.Equal(t, pgUID, fi.Sys().(*syscall.Stat_t).Uid, "%s is not the repository owner's", p)
