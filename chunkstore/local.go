@@ -60,6 +60,11 @@ type LocalOptions struct {
 	// cap). A writer whose flushes must stay short (wal-push, under
 	// PostgreSQL's archive_command) leaves bigger merges to other writers.
 	MaxMerge int
+	// WriteOnly stores every chunk Put that this store has not written
+	// itself, without looking at the index: a writer whose chunks must
+	// not depend on what another process may remove meanwhile (wal-push,
+	// beside a prune). Reads still work; the runs are listed on first use.
+	WriteOnly bool
 }
 
 func (o LocalOptions) withDefaults() LocalOptions {
@@ -203,8 +208,10 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 	if err := l.checkFormat(); err != nil {
 		return nil, err
 	}
-	if err := l.refresh(); err != nil {
-		return nil, errors.Join(err, l.release())
+	if !opts.WriteOnly {
+		if err := l.refresh(); err != nil {
+			return nil, errors.Join(err, l.release())
+		}
 	}
 	return l, nil
 }
@@ -687,7 +694,17 @@ func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) e
 	if check && chunk.Sum(data) != id {
 		return fmt.Errorf("chunkstore: putting %s: %w", id.Short(), ErrIDMismatch)
 	}
-	_, held, err := l.lookup(id, l.runsChanged)
+	var (
+		held bool
+		err  error
+	)
+	if l.opts.WriteOnly {
+		l.mu.RLock()
+		_, held = l.pending[id]
+		l.mu.RUnlock()
+	} else {
+		_, held, err = l.lookup(id, l.runsChanged)
+	}
 	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
 		// A bad index entry: write the chunk again, the new entry replaces it.
@@ -1116,4 +1133,34 @@ func putBuf(bp *[]byte) {
 	}
 	*bp = (*bp)[:0]
 	bufPool.Put(bp)
+}
+
+// copyRecord appends the record of id, as it is stored, to this store's
+// current pack, whatever the index says: a prune's repacking of a chunk
+// that stays. It is readable at once and durable after Flush.
+func (l *Local) copyRecord(ctx context.Context, id chunk.ID) error {
+	if err := l.enter(); err != nil {
+		return err
+	}
+	defer l.exit()
+	loc, ok, err := l.lookup(id, always)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", chunk.ErrNotFound, id)
+	}
+	h := loc.header(id)
+	bp := getBuf(int(h.size()))
+	defer putBuf(bp)
+	rec := (*bp)[:h.size()]
+	if _, _, err := l.readRecord(id, loc, rec); err != nil {
+		return err
+	}
+	flushNow, err := l.append(h, rec) // a chunk copied already is pending: skipped
+
+	if err != nil || !flushNow {
+		return err
+	}
+	return l.flush(ctx)
 }

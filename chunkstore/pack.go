@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"strconv"
+	"strings"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
@@ -157,4 +159,17 @@ func packName(n uint64) string {
 		return fmt.Sprintf("%08x%s", n, packExt)
 	}
 	return fmt.Sprintf("%016x%s", n, packExt)
+}
+
+// parsePackName is the inverse of packName.
+func parsePackName(name string) (uint64, bool) {
+	hexPart, ok := strings.CutSuffix(name, packExt)
+	if !ok || (len(hexPart) != 8 && len(hexPart) != 16) {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(hexPart, 16, 64)
+	if err != nil || packName(n) != name {
+		return 0, false
+	}
+	return n, true
 }

@@ -114,6 +114,15 @@ func TestPackName(t *testing.T) {
 	require.Equal(t, "0000002a.pack", packName(42))
 	require.Equal(t, "ffffffff.pack", packName(math.MaxUint32))
 	require.Equal(t, "8000000000000001.pack", packName(1<<63|1))
+	for name, want := range map[string]uint64{"0000002a.pack": 42, "8000000000000001.pack": 1<<63 | 1} {
+		n, ok := parsePackName(name)
+		require.True(t, ok, name)
+		require.Equal(t, want, n)
+	}
+	for _, bad := range []string{"0000002A.pack", "2a.pack", "0000002a.pack.tmp", "+000002a.pack", "000000000000002a.pack", "idx"} {
+		_, ok := parsePackName(bad)
+		require.False(t, ok, bad)
+	}
 }
 
 func TestV1LocRoundTrip(t *testing.T) {

@@ -67,20 +67,47 @@ type Repo struct {
 	log   *slog.Logger
 	store *Local
 	owner owner
+	lock  *repoLock // nil for LockNone
 }
 
 // tmpMaxAge is the age past which a restore point's temporary file is a
 // leftover of a crashed backup: writing one takes milliseconds.
 const tmpMaxAge = time.Hour
 
-// OpenRepo opens the repository in dir, creating it on first use. log may
-// be nil.
+// OpenRepo opens the repository in dir, creating it on first use, under
+// a shared lock. log may be nil.
 func OpenRepo(dir string, log *slog.Logger) (*Repo, error) {
-	return OpenRepoWith(dir, LocalOptions{Logger: log})
+	return OpenRepoWith(dir, RepoOptions{Store: LocalOptions{Logger: log}})
 }
 
-// OpenRepoWith is OpenRepo with the options of the repository's store.
-func OpenRepoWith(dir string, so LocalOptions) (*Repo, error) {
+// RepoOptions configure OpenRepoWith.
+type RepoOptions struct {
+	Store LocalOptions // the repository's chunk store; Store.Logger logs
+	// Lock is the repository lock to take: LockShared (the zero value)
+	// for whatever reads or writes restore points, LockExclusive for
+	// forget and prune, LockNone for wal-push, which never depends on a
+	// chunk a prune may remove (Store.WriteOnly).
+	Lock LockMode
+	// LockWait is how long an open waits for a lock another process holds
+	// in the way (a prune) before it fails with ErrRepoLocked; 0: not at
+	// all. wal-fetch waits: PostgreSQL takes its failure for the end of
+	// the archive.
+	LockWait time.Duration
+}
+
+// LockMode is the repository lock an open takes (RepoOptions.Lock).
+type LockMode int
+
+// Lock modes.
+const (
+	LockShared LockMode = iota
+	LockExclusive
+	LockNone
+)
+
+// OpenRepoWith is OpenRepo with options.
+func OpenRepoWith(dir string, o RepoOptions) (*Repo, error) {
+	so := o.Store
 	log := so.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -88,20 +115,38 @@ func OpenRepoWith(dir string, so LocalOptions) (*Repo, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("chunkstore: creating repository: %w", err)
 	}
-	o, err := ownerOf(dir)
+	own, err := ownerOf(dir)
 	if err != nil {
 		return nil, err
 	}
 	for _, sub := range []string{"points", "chunks"} {
-		if err := o.mkdir(filepath.Join(dir, sub), dir); err != nil {
+		if err := own.mkdir(filepath.Join(dir, sub), dir); err != nil {
 			return nil, fmt.Errorf("creating repository: %w", err)
+		}
+	}
+	var lock *repoLock
+	if o.Lock != LockNone {
+		deadline := time.Now().Add(o.LockWait)
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			lock, err = takeLock(dir, own, o.Lock == LockExclusive, lockPurpose())
+			if !errors.Is(err, ErrRepoLocked) || time.Now().Add(wait).After(deadline) {
+				break
+			}
+			log.Info("waiting for the repository", "err", err)
+			time.Sleep(wait)
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
 	st, err := OpenLocal(filepath.Join(dir, "chunks"), so)
 	if err != nil {
+		if lock != nil {
+			_ = lock.release()
+		}
 		return nil, err
 	}
-	r := &Repo{dir: dir, log: log, store: st, owner: o}
+	r := &Repo{dir: dir, log: log, store: st, owner: own, lock: lock}
 	// Other processes may be writing restore points right now: only old
 	// temporary files are leftovers of a crashed backup.
 	tmps, _ := filepath.Glob(filepath.Join(r.pointsDir(), ".tmp-*"))
@@ -118,8 +163,14 @@ func OpenRepoWith(dir string, so LocalOptions) (*Repo, error) {
 
 func (r *Repo) pointsDir() string { return filepath.Join(r.dir, "points") }
 
-// Close closes the store. It may be called twice.
-func (r *Repo) Close() error { return r.store.Close() }
+// Close closes the store and releases the lock. It may be called twice.
+func (r *Repo) Close() error {
+	err := r.store.Close()
+	if r.lock != nil {
+		err = errors.Join(err, r.lock.release())
+	}
+	return err
+}
 
 // Store returns the repository's chunk store.
 func (r *Repo) Store() Store { return r.store }

@@ -190,7 +190,7 @@ func isConflict(err error) bool {
 		errors.Is(err, staging.ErrMountInUse) ||
 		errors.Is(err, protocol.ErrConflict) || errors.Is(err, protocol.ErrBusy) ||
 		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fs.ErrExist) ||
-		errors.Is(err, chunkstore.ErrWALConflict)
+		errors.Is(err, chunkstore.ErrWALConflict) || errors.Is(err, chunkstore.ErrRepoLocked)
 }
 
 func isNotFound(err error) bool {

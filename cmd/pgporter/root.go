@@ -96,6 +96,8 @@ One binary plays every role: repository, staging and target movers
 		newWALPushCmd(g),
 		newWALFetchCmd(g),
 		newCheckCmd(g),
+		newForgetCmd(g),
+		newPruneCmd(g),
 		newMountCmd(g),
 		newExportCmd(g),
 		newSessionsCmd(g),

@@ -2,6 +2,7 @@ package main
 
 import (
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -38,9 +39,13 @@ not archive into one repository.`,
 			if err := checkWALName(filepath.Base(args[0])); err != nil {
 				return err
 			}
-			// Its flushes stay short: bigger merges of the index are left
-			// to backups (design/0007).
-			r, err := chunkstore.OpenRepoWith(repo, chunkstore.LocalOptions{Logger: g.log, MaxMerge: walPushMaxMerge})
+			// No lock, and no chunk of anyone else's: a prune never makes
+			// it wait or lose data. Its flushes stay short: bigger merges
+			// of the index are left to backups (design/0007).
+			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{
+				Store: chunkstore.LocalOptions{Logger: g.log, MaxMerge: walPushMaxMerge, WriteOnly: true},
+				Lock:  chunkstore.LockNone,
+			})
 			if err != nil {
 				return err
 			}
@@ -58,6 +63,9 @@ not archive into one repository.`,
 	c.Flags().StringVar(&repo, "repo", "", "repository directory")
 	return c
 }
+
+// walFetchLockWait is how long wal-fetch waits for a prune to finish.
+const walFetchLockWait = 30 * time.Minute
 
 // walPushMaxMerge caps the index entries one wal-push may rewrite: 1M
 // entries are 57 MB, well under a second.
@@ -88,7 +96,10 @@ never created.`,
 			if _, err := chunkstore.ListRepo(repo); err != nil {
 				return err
 			}
-			r, err := chunkstore.OpenRepo(repo, g.log)
+			// A prune holds the repository for a while: waiting beats a
+			// failure, which PostgreSQL would take for the end of the
+			// archive.
+			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, LockWait: walFetchLockWait})
 			if err != nil {
 				return err
 			}

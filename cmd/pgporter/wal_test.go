@@ -229,6 +229,36 @@ func TestExportAt(t *testing.T) {
 	code, _, errs = runCLI(t, "--home", home, "unpublish", pub.ID)
 	require.Equal(t, 0, code, errs)
 
+	// Retention: nothing to forget with one point kept; prune drops the
+	// WAL of before the backup, keeps what --at needs, and check agrees.
+	code, out, errs = runCLI(t, "forget", "--repo", repo, "--keep-last", "1")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "1 restore points kept, 0 forgotten")
+	walFiles := func() int {
+		code, out, errs := runCLI(t, "check", "--repo", repo, "--json")
+		require.Equal(t, 0, code, errs)
+		var res struct {
+			Report chunkstore.CheckReport `json:"report"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+		return res.Report.WALFiles
+	}
+	n0 := walFiles()
+	code, out, errs = runCLI(t, "prune", "--repo", repo, "--json")
+	require.Equal(t, 0, code, errs)
+	var pruned struct {
+		Stats chunkstore.PruneStats `json:"stats"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &pruned), out)
+	require.Positive(t, pruned.Stats.WALFilesPruned, "the WAL of before the backup")
+	require.Equal(t, n0-pruned.Stats.WALFilesPruned, walFiles())
+	code, _, errs = runCLI(t, "check", "--repo", repo, "--read-data")
+	require.Equal(t, 0, code, errs)
+	to := t.TempDir()
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--at", noted, "--db", "shop", "--to", to, "--staging-dir", cliStagingDir(t))
+	require.Equal(t, 0, code, errs)
+	require.Equal(t, "250 250", count(to, "shop_after_prune"), "the pruned archive still reaches the noted time")
+
 	// A target the archive does not reach fails before any dump.
 	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--at-lsn", "FF/0", "--db", "shop", "--to", t.TempDir(), "--staging-dir", cliStagingDir(t))
 	require.NotEqual(t, 0, code)

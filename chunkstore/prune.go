@@ -1,0 +1,351 @@
+package chunkstore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
+)
+
+// ForgetPolicy says which restore points to keep, as restic's forget does:
+// the union of the newest KeepLast, the newest of each of the KeepDaily
+// most recent days that have one, and of each of the KeepWeekly most recent
+// ISO weeks (days and weeks in UTC). IDs forgets those points whatever the
+// policy. A policy with no rule and no ID forgets nothing.
+type ForgetPolicy struct {
+	KeepLast, KeepDaily, KeepWeekly int
+	IDs                             []string
+}
+
+func (p ForgetPolicy) hasRule() bool { return p.KeepLast > 0 || p.KeepDaily > 0 || p.KeepWeekly > 0 }
+
+// Plan splits rps (oldest first) into the points to keep and to forget.
+func (p ForgetPolicy) Plan(rps []RestorePoint) (keep, forget []RestorePoint, err error) {
+	byID := map[string]bool{}
+	for _, id := range p.IDs {
+		if !slices.ContainsFunc(rps, func(rp RestorePoint) bool { return rp.ID == id }) {
+			return nil, nil, fmt.Errorf("%w: %q", ErrNoRestorePoint, id)
+		}
+		byID[id] = true
+	}
+	kept := map[string]bool{}
+	if p.hasRule() {
+		newest := slices.Clone(rps)
+		slices.SortFunc(newest, func(a, b RestorePoint) int { return cmp.Or(b.Time.Compare(a.Time), strings.Compare(b.ID, a.ID)) })
+		for i, rp := range newest {
+			if i < p.KeepLast {
+				kept[rp.ID] = true
+			}
+		}
+		keepPer := func(n int, bucket func(time.Time) string) {
+			seen := map[string]bool{}
+			for _, rp := range newest {
+				b := bucket(rp.Time.UTC())
+				if seen[b] {
+					continue
+				}
+				if len(seen) == n {
+					return
+				}
+				seen[b] = true
+				kept[rp.ID] = true
+			}
+		}
+		keepPer(p.KeepDaily, func(t time.Time) string { return t.Format("2006-01-02") })
+		keepPer(p.KeepWeekly, func(t time.Time) string { y, w := t.ISOWeek(); return fmt.Sprintf("%d-%02d", y, w) })
+	}
+	for _, rp := range rps {
+		if byID[rp.ID] || (p.hasRule() && !kept[rp.ID]) {
+			forget = append(forget, rp)
+		} else {
+			keep = append(keep, rp)
+		}
+	}
+	return keep, forget, nil
+}
+
+// Forget removes the catalog entries of points. Their chunks stay until
+// Prune. The repository must be open with LockExclusive.
+func (r *Repo) Forget(points []RestorePoint) error {
+	if r.lock == nil || !r.lock.info.Exclusive {
+		return errors.New("chunkstore: forget needs the repository's exclusive lock")
+	}
+	for _, rp := range points {
+		if err := os.Remove(filepath.Join(r.pointsDir(), rp.ID+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("chunkstore: forgetting %s: %w", rp.ID, err)
+		}
+	}
+	return syncDir(r.pointsDir())
+}
+
+// PruneStats are what Prune removed (or, dry, would remove).
+type PruneStats struct {
+	RestorePoints  int   `json:"restore_points"`   // kept, whose chunks stay
+	LiveChunks     int   `json:"live_chunks"`      // chunks they and the kept WAL reference
+	DeadChunks     int   `json:"dead_chunks"`      // chunks nothing references
+	PacksDeleted   int   `json:"packs_deleted"`    // packs with nothing live
+	PacksRepacked  int   `json:"packs_repacked"`   // packs mostly dead: their live chunks copied, then deleted
+	PacksOrphaned  int   `json:"packs_orphaned"`   // packs no index run names, an hour old (crashed writers)
+	BytesFreed     int64 `json:"bytes_freed"`      // pack bytes deleted, less what repacking wrote
+	BytesKeptDead  int64 `json:"bytes_kept_dead"`  // dead bytes left in packs mostly live
+	WALFilesPruned int   `json:"wal_files_pruned"` // WAL older than the oldest kept point's start
+}
+
+// repackBelow is the share of live bytes under which a pack is repacked.
+const repackBelow = 0.5
+
+// orphanAge is how old a pack no index run names must be before Prune
+// removes it: younger, it may be a writer's that has not flushed yet.
+const orphanAge = time.Hour
+
+type packUse struct {
+	live, dead int64
+	liveIDs    []chunk.ID
+}
+
+// Prune removes what no kept restore point needs: chunks no tree
+// references, the WAL older than the oldest kept point's start, packs left
+// by crashed writers. Packs with no live chunk are deleted; packs mostly
+// dead are repacked (their live records copied as they are). The order
+// keeps every step safe to interrupt, and a rerun finishes the work: new
+// packs and their run are durable, then the new run of the live entries,
+// then the old runs go, then the WAL records, then the packs. It needs
+// the exclusive lock, and holds the merge lock throughout, so that no
+// merge runs meanwhile; wal-push goes on (it adds packs and runs of its
+// own, which Prune leaves alone).
+func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
+	if r.lock == nil || !r.lock.info.Exclusive {
+		return nil, errors.New("chunkstore: prune needs the repository's exclusive lock")
+	}
+	l := r.store
+	lockf, err := os.OpenFile(filepath.Join(l.dir, "compact.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer lockf.Close()
+	if err := unix.Flock(int(lockf.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("chunkstore: waiting for the merge lock: %w", err)
+	}
+	start := time.Now()
+	if err := l.refresh(); err != nil {
+		return nil, err
+	}
+	if d := l.Damaged(); len(d) > 0 {
+		// Their packs would look unused; a person may still recover them.
+		return nil, fmt.Errorf("chunkstore: prune stops: %d index runs are damaged (run 'pgporter check')", len(d))
+	}
+	runs := l.snapshot()
+	defer releaseAll(runs)
+
+	st := &PruneStats{}
+	live, walDrop, err := r.liveChunks(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	st.LiveChunks = len(live)
+	packs := map[uint64]*packUse{}
+	var keepEntries []runEntry
+	err = mergeRuns(runs, func(id chunk.ID, e []byte) error {
+		loc, err := decodeRunLoc(e)
+		if err != nil {
+			return nil // a damaged entry: dropped from the new run
+		}
+		u := packs[loc.Pack]
+		if u == nil {
+			u = &packUse{}
+			packs[loc.Pack] = u
+		}
+		size := loc.header(id).size()
+		if _, ok := live[id]; ok {
+			u.live += size
+			u.liveIDs = append(u.liveIDs, id)
+			keepEntries = append(keepEntries, runEntry{id, loc})
+		} else {
+			u.dead += size
+			st.DeadChunks++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	drop := map[uint64]bool{} // packs to delete
+	var repack []chunk.ID
+	for n, u := range packs {
+		switch {
+		case u.live == 0:
+			drop[n] = true
+			st.PacksDeleted++
+			st.BytesFreed += u.dead
+		case float64(u.live)/float64(u.live+u.dead) < repackBelow:
+			drop[n] = true
+			repack = append(repack, u.liveIDs...)
+			st.PacksRepacked++
+			st.BytesFreed += u.dead
+		default:
+			st.BytesKeptDead += u.dead
+		}
+	}
+	orphans, err := orphanPacks(l, packs, start)
+	if err != nil {
+		return nil, err
+	}
+	for n, size := range orphans {
+		drop[n] = true
+		st.PacksOrphaned++
+		st.BytesFreed += size
+	}
+	st.WALFilesPruned = len(walDrop)
+	if dryRun {
+		return st, nil
+	}
+
+	// 1. The live records of mostly dead packs, copied to new packs and
+	// indexed by runs of their own (durable at Flush).
+	for _, id := range repack {
+		if err := l.copyRecord(ctx, id); err != nil {
+			return nil, fmt.Errorf("chunkstore: repacking %s: %w", id.Short(), err)
+		}
+	}
+	if err := l.Flush(ctx); err != nil {
+		return nil, err
+	}
+	// 2. One run of the live entries in packs that stay.
+	keepEntries = slices.DeleteFunc(keepEntries, func(e runEntry) bool { return drop[e.loc.Pack] })
+	kept, err := writeRun(l.runsDir(), keepEntries, l.owner)
+	if err != nil {
+		return nil, err
+	}
+	l.adopt(kept)
+	// 3. The old runs.
+	for _, rn := range runs {
+		if err := os.Remove(filepath.Join(l.runsDir(), rn.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("chunkstore: removing an old index run: %w", err)
+		}
+	}
+	if err := syncDir(l.runsDir()); err != nil {
+		return nil, err
+	}
+	if err := l.refresh(); err != nil {
+		return nil, err
+	}
+	// 4. The WAL records nothing needs, before the packs of their chunks.
+	for _, p := range walDrop {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("chunkstore: removing a WAL record: %w", err)
+		}
+	}
+	// 5. The packs.
+	l.filesMu.Lock()
+	for n := range drop {
+		if f := l.files[n]; f != nil {
+			f.Close()
+			delete(l.files, n)
+		}
+	}
+	l.filesMu.Unlock()
+	for n := range drop {
+		if err := os.Remove(l.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("chunkstore: removing pack %s: %w", packName(n), err)
+		}
+	}
+	if err := syncDir(l.packsDir()); err != nil {
+		return nil, err
+	}
+	r.log.Info("pruned", "packs_deleted", st.PacksDeleted, "packs_repacked", st.PacksRepacked, "packs_orphaned", st.PacksOrphaned,
+		"bytes_freed", st.BytesFreed, "wal_files", st.WALFilesPruned)
+	return st, nil
+}
+
+// liveChunks returns the chunks the restore points and the kept WAL
+// reference, and the WAL records to drop: segments (and their .partial and
+// .backup files) of before the oldest restore point's start, when that
+// point has a WAL range; all WAL is kept otherwise, and .history files
+// always.
+func (r *Repo) liveChunks(ctx context.Context, st *PruneStats) (map[chunk.ID]struct{}, []string, error) {
+	rps, err := r.List()
+	if err != nil {
+		return nil, nil, err
+	}
+	st.RestorePoints = len(rps)
+	live := map[chunk.ID]struct{}{}
+	for i := range rps {
+		for _, id := range rps[i].Tree {
+			live[id] = struct{}{}
+		}
+		nodes, err := r.Tree(ctx, &rps[i])
+		if err != nil {
+			return nil, nil, fmt.Errorf("chunkstore: prune stops: %w (run 'pgporter check')", err)
+		}
+		for _, n := range nodes {
+			for _, c := range n.Chunks {
+				live[c.ID] = struct{}{}
+			}
+		}
+	}
+	keepFrom := "" // the first segment (without its timeline) the kept points need
+	if len(rps) > 0 && rps[0].WAL != nil {
+		w := rps[0].WAL
+		if lsn, err := ParseLSN(w.Start); err == nil && w.SegmentSize > 0 {
+			keepFrom = segmentName(w.Timeline, lsn/uint64(w.SegmentSize), w.SegmentSize)[8:]
+		}
+	}
+	records, err := filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json"))
+	if err != nil {
+		return nil, nil, err
+	}
+	var drop []string
+	for _, p := range records {
+		name := strings.TrimSuffix(filepath.Base(p), ".json")
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		if keepFrom != "" && len(name) >= 24 && name[8:24] < keepFrom {
+			drop = append(drop, p)
+			continue
+		}
+		w, err := readWALRecord(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("chunkstore: prune stops: %w (run 'pgporter check')", err)
+		}
+		for _, c := range w.Chunks {
+			live[c.ID] = struct{}{}
+		}
+	}
+	return live, drop, nil
+}
+
+// orphanPacks returns the packs no index run names (so not in used) and
+// last written an orphanAge before start, with their sizes.
+func orphanPacks(l *Local, used map[uint64]*packUse, start time.Time) (map[uint64]int64, error) {
+	ents, err := os.ReadDir(l.packsDir())
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: listing packs: %w", err)
+	}
+	out := map[uint64]int64{}
+	for _, e := range ents {
+		n, ok := parsePackName(e.Name())
+		if !ok || used[n] != nil {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() || start.Sub(fi.ModTime()) < orphanAge {
+			continue
+		}
+		out[n] = fi.Size()
+	}
+	return out, nil
+}

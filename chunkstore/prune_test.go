@@ -1,0 +1,141 @@
+package chunkstore_test
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/storetest"
+)
+
+func TestForgetPlan(t *testing.T) {
+	day := func(d, h int) time.Time { return time.Date(2026, 12, d, h, 0, 0, 0, time.UTC) }
+	var rps []chunkstore.RestorePoint
+	for i, tm := range []time.Time{day(1, 1), day(1, 20), day(2, 3), day(8, 3), day(9, 3), day(9, 22)} {
+		rps = append(rps, chunkstore.RestorePoint{ID: "rp-" + string(rune('a'+i)), Time: tm})
+	}
+	ids := func(rps []chunkstore.RestorePoint) (out []string) {
+		for _, rp := range rps {
+			out = append(out, rp.ID)
+		}
+		return out
+	}
+	keep, forget, err := chunkstore.ForgetPolicy{KeepLast: 2}.Plan(rps)
+	require.NoError(t, err)
+	require.Equal(t, []string{"rp-e", "rp-f"}, ids(keep))
+	require.Len(t, forget, 4)
+	keep, _, err = chunkstore.ForgetPolicy{KeepDaily: 3}.Plan(rps)
+	require.NoError(t, err)
+	require.Equal(t, []string{"rp-c", "rp-d", "rp-f"}, ids(keep), "the newest of each of the last three days with one")
+	keep, _, err = chunkstore.ForgetPolicy{KeepWeekly: 2, KeepLast: 1}.Plan(rps)
+	require.NoError(t, err)
+	require.Equal(t, []string{"rp-c", "rp-f"}, ids(keep), "week 49 ends on the 6th; week 50 holds the 8th and 9th")
+	keep, forget, err = chunkstore.ForgetPolicy{IDs: []string{"rp-b"}}.Plan(rps)
+	require.NoError(t, err)
+	require.Equal(t, []string{"rp-b"}, ids(forget))
+	require.Len(t, keep, 5)
+	_, _, err = chunkstore.ForgetPolicy{IDs: []string{"rp-x"}}.Plan(rps)
+	require.ErrorIs(t, err, chunkstore.ErrNoRestorePoint)
+	keep, forget, err = chunkstore.ForgetPolicy{}.Plan(rps)
+	require.NoError(t, err)
+	require.Len(t, keep, 6, "no rule forgets nothing")
+	require.Empty(t, forget)
+}
+
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	require.NoError(t, filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return err
+	}))
+	return n
+}
+
+// After a forget and a prune the repository shrinks, the kept restore
+// point and the WAL it needs still read back whole, and a rerun of the
+// prune has nothing left to do. Locks keep prune and other processes
+// apart; wal-push's store goes on meanwhile.
+func TestPrune(t *testing.T) {
+	ctx := t.Context()
+	dir := filepath.Join(t.TempDir(), "repo")
+	src := fakeDataDir(t)
+	r := openRepo(t, dir)
+	first, err := r.Backup(ctx, src, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	// The second backup shares little with the first: most of the first's
+	// packs hold nothing the second needs. Each backup is its own
+	// process's, with packs of its own.
+	rnd := storetest.RandomBytes(rand.New(rand.NewPCG(9, 9)), 3<<20)
+	require.NoError(t, os.WriteFile(filepath.Join(src, "base/5/16384"), rnd, 0o600))
+	require.NoError(t, r.Close())
+	r = openRepo(t, dir)
+	second, err := r.Backup(ctx, src, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	_, err = r.PushWAL(ctx, walSegment(t, t.TempDir(), "000000010000000000000005", 6))
+	require.NoError(t, err)
+
+	// An exclusive open is refused while a shared one holds, naming it.
+	_, err = chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.ErrorIs(t, err, chunkstore.ErrRepoLocked)
+	require.ErrorContains(t, err, "shared lock")
+	require.NoError(t, r.Close())
+
+	// A lock left by a process that is gone does not count.
+	stale, err := json.Marshal(map[string]any{"host": mustHostname(t), "boot_id": "another boot", "pid": 1, "purpose": "pgporter export", "time": time.Now()})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "locks", "0000000000000001.json"), stale, 0o644))
+
+	ex, err := chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	require.NoFileExists(t, filepath.Join(dir, "locks", "0000000000000001.json"), "the stale lock is removed")
+	_, err = chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{})
+	require.ErrorIs(t, err, chunkstore.ErrRepoLocked, "no reader while a prune may run")
+	// wal-push takes no lock: it goes on beside forget and prune.
+	pusher, err := chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockNone, Store: chunkstore.LocalOptions{WriteOnly: true}})
+	require.NoError(t, err)
+	_, err = pusher.PushWAL(ctx, walSegment(t, t.TempDir(), "000000010000000000000006", 7))
+	require.NoError(t, err)
+
+	before := dirBytes(t, filepath.Join(dir, "chunks"))
+	require.NoError(t, ex.Forget([]chunkstore.RestorePoint{*first}))
+	dry, err := ex.Prune(ctx, true)
+	require.NoError(t, err)
+	require.Positive(t, dry.DeadChunks)
+	require.Equal(t, before, dirBytes(t, filepath.Join(dir, "chunks")), "a dry run changes nothing")
+	st, err := ex.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Equal(t, dry.DeadChunks, st.DeadChunks)
+	require.Positive(t, st.PacksDeleted+st.PacksRepacked)
+	require.Positive(t, st.BytesFreed)
+	require.Less(t, dirBytes(t, filepath.Join(dir, "chunks")), before)
+	again, err := ex.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Zero(t, again.DeadChunks, "a rerun finds nothing left")
+	require.NoError(t, pusher.Close())
+	require.NoError(t, ex.Close())
+
+	r = openRepo(t, dir)
+	rep, err := r.Check(ctx, chunkstore.CheckOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+	require.Equal(t, 1, rep.RestorePoints)
+	require.Equal(t, 2, rep.WALFiles, "WAL is kept when the oldest point has no WAL range")
+	checkRestorePoint(t, r, second, src)
+	_, err = r.Resolve(first.ID)
+	require.ErrorIs(t, err, chunkstore.ErrNoRestorePoint)
+}
+
+func mustHostname(t *testing.T) string {
+	h, err := os.Hostname()
+	require.NoError(t, err)
+	return h
+}
