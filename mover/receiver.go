@@ -19,6 +19,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
@@ -527,7 +528,7 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if r.growing() {
 		if r.listed += int64(min(h.Size, 1<<62)); r.listed > r.budget {
 			return fmt.Errorf("%w: the files listed so far need %s but only %s fit in %s (its free space when the transfer opened, less the %s reserve)",
-				protocol.ErrNoSpace, HumanBytes(r.listed), HumanBytes(max(r.budget, 0)), r.meta.Dest, HumanBytes(r.s.o.Reserve))
+				protocol.ErrNoSpace, bytesize.Format(r.listed), bytesize.Format(max(r.budget, 0)), r.meta.Dest, bytesize.Format(r.s.o.Reserve))
 		}
 	}
 	if err := r.reservePositions(r.ctx, fileCost+int64(len(h.Path))); err != nil {
@@ -599,7 +600,7 @@ func (r *receiver) addGrowing(ctx context.Context, f *rfile, m *protocol.FileChu
 	}
 	if r.listed += n; r.listed > r.budget {
 		return fmt.Errorf("%w: the files listed so far need %s but only %s fit in %s (its free space when the transfer opened, less the %s reserve)",
-			protocol.ErrNoSpace, HumanBytes(r.listed), HumanBytes(max(r.budget, 0)), r.meta.Dest, HumanBytes(r.s.o.Reserve))
+			protocol.ErrNoSpace, bytesize.Format(r.listed), bytesize.Format(max(r.budget, 0)), r.meta.Dest, bytesize.Format(r.s.o.Reserve))
 	}
 	return r.addRefs(ctx, f, m.Chunks)
 }

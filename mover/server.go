@@ -22,6 +22,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -722,7 +723,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 				// transfer ID alone.
 				if (m.Files != 0 || m.Bytes != 0) && (d.Files != m.Files || d.Bytes != m.Bytes) {
 					return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it or choose another destination",
-						protocol.ErrConflict, m.Dest, d.Files, HumanBytes(int64(d.Bytes)), m.Files, HumanBytes(int64(m.Bytes)))
+						protocol.ErrConflict, m.Dest, d.Files, bytesize.Format(int64(d.Bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
 				}
 				return nil, s.replyComplete(cs, m, &d)
 			}
@@ -745,7 +746,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		}
 		if (m.Files != 0 || m.Bytes != 0) && (c.Files != m.Files || c.Bytes != m.Bytes) {
 			return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it or choose another destination",
-				protocol.ErrConflict, m.Dest, c.Files, HumanBytes(int64(c.Bytes)), m.Files, HumanBytes(int64(m.Bytes)))
+				protocol.ErrConflict, m.Dest, c.Files, bytesize.Format(int64(c.Bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
 		}
 		d := transferDone{Dest: m.Dest, Files: c.Files, Bytes: c.Bytes, ManifestHash: c.ManifestHash, Committed: time.Now().UTC()}
 		if err := s.recordDone(m.TransferID, peer, d); err != nil {
@@ -795,7 +796,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		return nil, err
 	}
 	if need > 0 && int64(free)-s.o.Reserve < need {
-		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, HumanBytes(need), HumanBytes(int64(free)), HumanBytes(s.o.Reserve))
+		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, bytesize.Format(need), bytesize.Format(int64(free)), bytesize.Format(s.o.Reserve))
 	}
 	// A growing tree's files must fit too: this also bounds the chunk
 	// positions (and so the memory) its manifest can make us track.
@@ -1022,18 +1023,4 @@ func (s *Server) release(tid string, a *activeTransfer) {
 	s.mu.Unlock()
 	s.transfers.release(a.peer, a.cost)
 	close(a.done)
-}
-
-// HumanBytes prints n bytes with a binary unit ("1.5 GiB").
-func HumanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

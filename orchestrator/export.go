@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
@@ -583,7 +584,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			total += n
 		}
 		out.Bytes = total
-		out.Detail = "estimated dump size " + mover.HumanBytes(total)
+		out.Detail = "estimated dump size " + bytesize.Format(total)
 		for _, pr := range rep.Problems {
 			if pr.Warning {
 				r.emit(Event{Step: StepCheck, Kind: protocol.EventWarning, Text: pr.String()})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/spf13/cobra"
 )
@@ -69,7 +70,7 @@ func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 		return usageError{fmt.Errorf("--peer: %w", err)}
 	}
 	if so.bwlimit != "" {
-		if so.o.BWLimit, err = parseSize(so.bwlimit); err != nil {
+		if so.o.BWLimit, err = bytesize.Parse(so.bwlimit); err != nil {
 			return usageError{fmt.Errorf("--bwlimit: %w", err)}
 		}
 	}
@@ -103,9 +104,9 @@ func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 		if res.WireBytes > 0 {
 			ratio = float64(res.Bytes) / float64(res.WireBytes)
 		}
-		fmt.Fprintf(g.stdout, "sent %s: %d files, %s in %.1fs (%.0f MB/s); chunks %d sent, %d skipped of %d; wire %s (%.1fx)\n",
-			res.Dest, res.Files, humanSize(res.Bytes), res.Seconds, float64(res.Bytes)/1e6/max(res.Seconds, 1e-9),
-			res.ChunksSent, res.ChunksSkipped, res.ChunksTotal, humanSize(res.WireBytes), ratio)
+		fmt.Fprintf(g.stdout, "sent %s: %d files, %s in %.1fs (%s); chunks %d sent, %d skipped of %d; wire %s (%.1fx)\n",
+			res.Dest, res.Files, bytesize.Format(res.Bytes), res.Seconds, bytesize.Rate(res.Bytes, res.Seconds),
+			res.ChunksSent, res.ChunksSkipped, res.ChunksTotal, bytesize.Format(res.WireBytes), ratio)
 		if lv := res.LevelsText(); lv != "" {
 			fmt.Fprintf(g.stdout, "chunks by compression level: %s\n", lv)
 		}
