@@ -516,7 +516,7 @@ func dirMode(m uint32) fs.FileMode { return fs.FileMode(m&maxFileMode | minDirMo
 
 // maxDirs bounds the directories of a transfer: each costs the receiver
 // memory and an inode.
-const maxDirs = 1 << 20
+var maxDirs = 1 << 20 // a variable for tests
 
 // addDir takes a directory the sender lists (protocol 7): before the first
 // file, each once, within maxDirs and the peer's budget.
