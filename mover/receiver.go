@@ -117,7 +117,7 @@ type receiver struct {
 	paths    map[string]bool   // paths of files, to refuse duplicates
 	dirs     map[string]uint32 // directories the sender listed (protocol 7), with their modes; "." is DEST
 	replace  bool              // FlagOverwrite: an existing DEST is moved aside at commit
-	resuming bool            // positions were durable before this connection (they are looked up in pebble)
+	resuming bool              // positions were durable before this connection (they are looked up in pebble)
 	fc       *fileCache
 	kick     chan struct{} // asks the sync loop to sync now
 	bufs     sync.Pool     // of *[]byte, cap meta.Params.Max
