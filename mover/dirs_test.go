@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -63,12 +66,18 @@ func TestSendDirsToOldReceiver(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(src, "empty"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(src, "f.dat"), []byte("data"), 0o644))
 	dest := filepath.Join(r.root, "old")
-	s := newTestSender(t, r, PermSend)
+	m := newTLSTestMover(t)
+	require.NoError(t, r.trust.Trust(TrustedPeer{ID: m.id.ID, Name: "sender", Perms: PermSend, Added: time.Now()}))
+	log := &testsupport.Buffer{}
+	s, err := NewSender(m.home, slog.New(slog.NewTextHandler(log, nil)))
+	require.NoError(t, err)
+	defer s.Close()
 	res, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
 	require.NoError(t, err)
 	require.Zero(t, res.Dirs)
 	require.FileExists(t, filepath.Join(dest, "f.dat"))
 	require.NoDirExists(t, filepath.Join(dest, "empty"))
+	require.Contains(t, log.String(), "directory modes and empty directories are not sent")
 
 	_, err = s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, TransferID: "t-other", Overwrite: true, RetryFor: -1})
 	require.ErrorIs(t, err, protocol.ErrVersion)
@@ -278,4 +287,13 @@ func TestSendSingleFile(t *testing.T) {
 	fi, err = os.Stat(filepath.Join(dest, "base.tar"))
 	require.NoError(t, err)
 	require.Equal(t, fs.FileMode(0o640), fi.Mode())
+}
+
+// TestDirsLost: the warning to an old receiver is for trees that lose
+// something there (a dump directory of 0700 with only files loses nothing).
+func TestDirsLost(t *testing.T) {
+	files := []*srcFile{{Path: "a/f"}, {Path: "g"}}
+	require.False(t, dirsLost([]protocol.Dir{{Path: ".", Mode: 0o700}, {Path: "a", Mode: 0o700}}, files))
+	require.True(t, dirsLost([]protocol.Dir{{Path: ".", Mode: 0o755}}, files), "a mode")
+	require.True(t, dirsLost([]protocol.Dir{{Path: ".", Mode: 0o700}, {Path: "e", Mode: 0o700}}, files), "an empty directory")
 }

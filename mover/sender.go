@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -707,9 +708,11 @@ func (t *sendTransfer) writeDirs(cs *controlStream) error {
 		return nil
 	}
 	if cs.version < protocol.DirVersion {
-		t.warnDirs.Do(func() {
-			t.s.log.Warn("the receiver speaks a protocol older than 7: directory modes and empty directories are not sent", "protocol", cs.version, "dirs", len(t.dirs))
-		})
+		if dirsLost(t.dirs, t.src.snapshot()) {
+			t.warnDirs.Do(func() {
+				t.s.log.Warn("the receiver speaks a protocol older than 7: directory modes and empty directories are not sent", "protocol", cs.version, "dirs", len(t.dirs))
+			})
+		}
 		return nil
 	}
 	for i := range t.dirs {
@@ -719,6 +722,24 @@ func (t *sendTransfer) writeDirs(cs *controlStream) error {
 	}
 	t.res.Dirs = len(t.dirs)
 	return nil
+}
+
+// dirsLost reports whether a receiver that makes directories from the
+// files' paths alone (0700, protocol 6 and older) would lose anything of
+// dirs: a mode other than that, or an empty directory.
+func dirsLost(dirs []protocol.Dir, files []*srcFile) bool {
+	implied := map[string]bool{".": true}
+	for _, f := range files {
+		for d := path.Dir(f.Path); d != "."; d = path.Dir(d) {
+			implied[d] = true
+		}
+	}
+	for _, d := range dirs {
+		if dirMode(d.Mode) != minDirMode || !implied[d.Path] {
+			return true
+		}
+	}
+	return false
 }
 
 // readControl handles the receiver's messages until it commits.
