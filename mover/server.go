@@ -762,8 +762,16 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if fi, err := rt.Lstat(rel); err == nil {
 		// A crash between the rename and the done record leaves our own
 		// tree there, and the commit record journaled before the rename.
-		var why error
-		switch h, herr := committedManifestHash(rt, rel); {
+		// Only a DEST this transfer journaled has its manifest read.
+		var (
+			why  error
+			h    Hash
+			herr error
+		)
+		if committing {
+			h, herr = committedManifestHash(rt, rel)
+		}
+		switch {
 		case !committing:
 			why = fmt.Errorf("%w: %s exists; remove it, choose another destination or send with --overwrite", protocol.ErrConflict, m.Dest)
 		case herr != nil || h != c.ManifestHash:
