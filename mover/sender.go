@@ -236,10 +236,14 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	if err != nil {
 		return nil, err
 	}
-	// Src itself is followed if it is a link (as cp and scp follow the
-	// names they are given); nothing inside a tree is.
+	// Src itself is resolved if it is a link (as cp and scp follow the
+	// names they are given), so that what it names is opened in its own
+	// directory; nothing inside a tree is followed.
 	var fi fs.FileInfo
 	if o.SrcRoot == nil {
+		if src, err = filepath.EvalSymlinks(src); err != nil {
+			return nil, err
+		}
 		if fi, err = os.Stat(src); err != nil {
 			return nil, err
 		} else if !fi.IsDir() && !fi.Mode().IsRegular() {

@@ -32,8 +32,9 @@ inside one of its --root directories, and is always a directory:
 DEST also gets pgporter-manifest.json, which 'pgporter verify DEST' checks.
 Directories keep their modes and empty ones are sent; received modes are
 masked to 0755 (nothing setuid, setgid, sticky or writable by group or
-others) and directories keep rwx for the receiving mover. A SRC given as a
-symbolic link is followed; links inside a tree are not.
+others) and directories keep rwx for the receiving mover. A SRC that is a
+symbolic link is resolved first: what it points at is sent (a file under its
+own name); links inside a tree are never followed.
 
 The tree is cut into content-defined chunks addressed by BLAKE3; the receiver
 asks only for the chunks it does not already hold (from an interrupted run of
