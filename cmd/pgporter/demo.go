@@ -47,8 +47,8 @@ the PostgreSQL installed here (15 if present, else the newest under
 
   1. create a cluster (password authentication, a private socket, no TCP)
      with three databases: "shop" filled by 'pgbench -i -s N' (about
-     15 MB per scale unit: the default 70 makes about 1 GB), "crm" (a few
-     tables, a few MB) and "empty";
+     14 MiB per scale unit: the default 70 makes about 1 GiB), "crm" (a few
+     tables, a few MiB) and "empty";
   2. stop it and back it up into a repository;
   3. export "shop" and "crm" from that backup, as 'pgporter export' does
      (mount, throwaway instance, pg_dump, transfer over loopback QUIC);
