@@ -68,7 +68,7 @@ who may run PostgreSQL and FUSE mounts.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd, g, o) },
 	}
 	f := c.Flags()
-	f.IntVar(&o.scale, "scale", 70, "pgbench scale of the \"shop\" database (about 15 MB each)")
+	f.IntVar(&o.scale, "scale", 70, "pgbench scale of the \"shop\" database (about 14 MiB each)")
 	f.BoolVar(&o.keep, "keep", false, "keep the temporary directory (cluster, repository, dumps) and print where")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	return c
