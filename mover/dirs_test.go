@@ -57,10 +57,10 @@ func TestSendDirModes(t *testing.T) {
 	require.NoError(t, err)
 }
 
-// TestSendDirsToOldReceiver: a receiver below protocol 7 gets no Dir (it
+// TestSendDirsToOldReceiver: a receiver below protocol 8 gets no Dir (it
 // would refuse one) and no overwrite; the files arrive as before.
 func TestSendDirsToOldReceiver(t *testing.T) {
-	asVersion(t, 6)
+	asVersion(t, protocol.DirVersion-1)
 	r := startReceiver(t, ServerOptions{Reserve: 1})
 	src := t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(src, "empty"), 0o755))
@@ -81,7 +81,7 @@ func TestSendDirsToOldReceiver(t *testing.T) {
 
 	_, err = s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, TransferID: "t-other", Overwrite: true, RetryFor: -1})
 	require.ErrorIs(t, err, protocol.ErrVersion)
-	require.Contains(t, err.Error(), "needs 7")
+	require.Contains(t, err.Error(), "needs 8")
 }
 
 // rawDirs opens a transfer on a raw connection and sends msgs as they are
@@ -106,7 +106,7 @@ func rawDirs(t *testing.T, r *testReceiver, open *protocol.OpenTransfer, msgs ..
 }
 
 // TestHostileDirs: directories from the wire are confined, unique, before
-// the files, bounded in number, and only on protocol 7.
+// the files, bounded in number, and only on protocol 8.
 func TestHostileDirs(t *testing.T) {
 	content := []byte("hello")
 	file := func(p string) []protocol.Message {
@@ -151,14 +151,14 @@ func TestHostileDirs(t *testing.T) {
 		})
 	}
 
-	t.Run("below protocol 7", func(t *testing.T) {
-		asVersion(t, 6)
+	t.Run("below protocol 8", func(t *testing.T) {
+		asVersion(t, protocol.DirVersion-1)
 		r := startReceiver(t, ServerOptions{})
 		o := open(1)
 		o.Dest = filepath.Join(r.root, "d")
 		err := rawDirs(t, r, o, &protocol.Dir{Path: "a", Mode: 0o755})
 		require.ErrorIs(t, err, protocol.ErrProtocol)
-		require.Contains(t, err.Error(), "Dir needs protocol 7")
+		require.Contains(t, err.Error(), "Dir needs protocol 8")
 
 		o.Flags = protocol.FlagOverwrite
 		s := dialRaw(t, r)
@@ -166,7 +166,7 @@ func TestHostileDirs(t *testing.T) {
 		require.NoError(t, err)
 		err = s.nextError(t)
 		require.ErrorIs(t, err, protocol.ErrProtocol)
-		require.Contains(t, err.Error(), "flags need protocol 7")
+		require.Contains(t, err.Error(), "flags need protocol 8")
 	})
 }
 

@@ -115,7 +115,7 @@ type receiver struct {
 
 	files    []*rfile
 	paths    map[string]bool   // paths of files, to refuse duplicates
-	dirs     map[string]uint32 // directories the sender listed (protocol 7), with their modes; "." is DEST
+	dirs     map[string]uint32 // directories the sender listed (protocol 8), with their modes; "." is DEST
 	replace  bool              // FlagOverwrite: an existing DEST is moved aside at commit
 	resuming bool              // positions were durable before this connection (they are looked up in pebble)
 	fc       *fileCache
@@ -518,7 +518,7 @@ func dirMode(m uint32) fs.FileMode { return fs.FileMode(m&maxFileMode | minDirMo
 // memory and an inode.
 var maxDirs = 1 << 20 // a variable for tests
 
-// addDir takes a directory the sender lists (protocol 7): before the first
+// addDir takes a directory the sender lists (protocol 8): before the first
 // file, each once, within maxDirs and the peer's budget.
 func (r *receiver) addDir(m *protocol.Dir) error {
 	switch {

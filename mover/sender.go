@@ -67,7 +67,7 @@ type SendOptions struct {
 	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables; a mover that never answered gets at most 10s
 	IdleTimeout time.Duration // a connection silent this long is dead; default 30s
 	// Overwrite replaces an existing directory at Dest when the transfer
-	// commits (protocol 7; the old one is moved aside until then).
+	// commits (protocol 8; the old one is moved aside until then).
 	Overwrite bool
 	// SkipSpecial sends a source that holds symlinks, devices, FIFOs or
 	// sockets without them (SendResult.Skipped lists them); without it such
@@ -189,7 +189,7 @@ type SendResult struct {
 	// writes that carried them (several messages per write when coalesced).
 	ControlMessages int64 `json:"control_messages"`
 	ControlWrites   int64 `json:"control_writes"`
-	// Dirs is the number of directories sent with their modes (protocol 7;
+	// Dirs is the number of directories sent with their modes (protocol 8;
 	// 0 to an older receiver, which makes them from the files' paths).
 	Dirs int `json:"dirs"`
 	// Skipped lists the special entries SkipSpecial left out.
@@ -705,7 +705,7 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 }
 
 // writeDirs lists the tree's directories, with their modes, before the
-// first file (protocol 7). An older receiver makes directories from the
+// first file (protocol 8). An older receiver makes directories from the
 // files' paths alone: no modes, no empty ones; that is said once.
 func (t *sendTransfer) writeDirs(cs *controlStream) error {
 	if len(t.dirs) == 0 {
@@ -714,7 +714,7 @@ func (t *sendTransfer) writeDirs(cs *controlStream) error {
 	if cs.version < protocol.DirVersion {
 		if dirsLost(t.dirs, t.src.snapshot()) {
 			t.warnDirs.Do(func() {
-				t.s.log.Warn("the receiver speaks a protocol older than 7: directory modes and empty directories are not sent", "protocol", cs.version, "dirs", len(t.dirs))
+				t.s.log.Warn(fmt.Sprintf("the receiver speaks a protocol older than %d: directory modes and empty directories are not sent", protocol.DirVersion), "protocol", cs.version, "dirs", len(t.dirs))
 			})
 		}
 		return nil
@@ -729,7 +729,7 @@ func (t *sendTransfer) writeDirs(cs *controlStream) error {
 }
 
 // dirsLost reports whether a receiver that makes directories from the
-// files' paths alone (0700, protocol 6 and older) would lose anything of
+// files' paths alone (0700, below protocol 8) would lose anything of
 // dirs: a mode other than that, or an empty directory.
 func dirsLost(dirs []protocol.Dir, files []*srcFile) bool {
 	implied := map[string]bool{".": true}

@@ -80,7 +80,7 @@ Examples:
 	f.StringVar(&so.bwlimit, "bwlimit", "", "limit on wire bytes per second for the whole transfer, e.g. 50M")
 	f.DurationVar(&so.o.RetryFor, "retry-for", 2*time.Minute, "how long to keep reconnecting after a network failure (0 = default, negative = never); a mover that never answered is tried for 10s at most")
 	f.StringVar(&so.o.TransferID, "id", "", "transfer ID (default: derived from SRC, DEST and the peer, so a rerun resumes)")
-	f.BoolVar(&so.o.Overwrite, "overwrite", false, "replace an existing directory at DEST once the new one is complete (the receiver must speak protocol 7)")
+	f.BoolVar(&so.o.Overwrite, "overwrite", false, "replace an existing directory at DEST once the new one is complete (the receiver must speak protocol 8)")
 	f.BoolVar(&so.o.SkipSpecial, "skip-special", false, "leave out symbolic links, devices, FIFOs and sockets, listing each on stderr, instead of refusing SRC")
 	return c
 }
