@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 )
 
 // Stats summarises how a set of streams chunks, dedupes and compresses.
@@ -132,8 +133,8 @@ chunks:        %d (unique %d)
 chunk sizes:   min %d  p10 %d  p50 %d  p90 %d  max %d  mean %d
 dedupe ratio:  %.3f (unique bytes %d)
 compress:      %.3f at %s (stored bytes %d)
-chunk+hash:    %.1f MB/s
+chunk+hash:    %s
 `, s.Params, s.Files, s.Bytes, s.Chunks, s.UniqueChunks,
 		s.Sizes.Min, s.Sizes.P10, s.Sizes.P50, s.Sizes.P90, s.Sizes.Max, s.Sizes.Mean,
-		s.DedupeRatio(), s.UniqueBytes, s.CompressRatio(), s.Level, s.StoredBytes, s.MBps())
+		s.DedupeRatio(), s.UniqueBytes, s.CompressRatio(), s.Level, s.StoredBytes, bytesize.Rate(s.Bytes, s.Elapsed.Seconds()))
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/protocol"
 )
 
@@ -33,7 +34,7 @@ func (b *memBudget) errBudget(p PeerID, n int64) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return fmt.Errorf("%w: memory budget for %s exhausted: %s more wanted, this peer holds %s of %s, all peers %s of %s",
-		protocol.ErrBusy, b.what, HumanBytes(n), HumanBytes(b.peers[p]), HumanBytes(b.perPeer), HumanBytes(b.used), HumanBytes(b.total))
+		protocol.ErrBusy, b.what, bytesize.Format(n), bytesize.Format(b.peers[p]), bytesize.Format(b.perPeer), bytesize.Format(b.used), bytesize.Format(b.total))
 }
 
 // tryAcquire reserves n bytes for p if they fit now.
@@ -59,7 +60,7 @@ func (b *memBudget) tryAcquireBelow(p PeerID, n, limit int64) bool {
 // request that can never fit, and when waiting can no longer help.
 func (b *memBudget) acquire(ctx context.Context, p PeerID, n int64, canWait func() bool) error {
 	if n > b.perPeer || n > b.total {
-		return fmt.Errorf("%w: %s needs %s of memory, above the budget of %s per peer", protocol.ErrTooLarge, b.what, HumanBytes(n), HumanBytes(min(b.perPeer, b.total)))
+		return fmt.Errorf("%w: %s needs %s of memory, above the budget of %s per peer", protocol.ErrTooLarge, b.what, bytesize.Format(n), bytesize.Format(min(b.perPeer, b.total)))
 	}
 	for {
 		b.mu.Lock()

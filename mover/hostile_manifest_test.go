@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -94,7 +95,7 @@ func TestHostileHugeManifest(t *testing.T) {
 		runtime.ReadMemStats(&after)
 		grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
 		t.Logf("receiver heap for a manifest of %d chunk entries, %d asked for: %s (peak heap %s)",
-			n, want, HumanBytes(grown), HumanBytes(int64(after.HeapSys)))
+			n, want, bytesize.Format(grown), bytesize.Format(int64(after.HeapSys)))
 		// The positions asked for, at most 512 bytes each; what the
 		// receiver's QUIC may hold of the control stream unread, once it
 		// stops reading (the connection window, which grows on loopback up

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -140,7 +141,7 @@ func TestHostileMemoryBudget(t *testing.T) {
 		}, 10*time.Second, 10*time.Millisecond, "20 streams hold their buffers' budget, the others wait")
 		grown := int64(heapNow()) - int64(before)
 		t.Logf("%d data streams announcing %s frames: %d refused, streams budget %s held, heap grew %s",
-			streams, HumanBytes(int64(big.Max)), n, HumanBytes(budgeted*cost), HumanBytes(grown))
+			streams, bytesize.Format(int64(big.Max)), n, bytesize.Format(budgeted*cost), bytesize.Format(grown))
 		// Allocating each announced frame would take 20 x 8 MiB.
 		require.Less(t, grown, int64(32<<20), "no frame buffer allocated ahead of its bytes")
 		s.conn.CloseWithError(0, "")
@@ -214,7 +215,7 @@ func TestHostileMemoryBudget(t *testing.T) {
 		toSend := slices.Clone(needed) // the reader goroutine appends to needed meanwhile
 		mu.Unlock()
 		t.Logf("%d positions offered: %d asked for, positions budget %s of %s held, heap grew %s",
-			n, asked, HumanBytes(held), HumanBytes(capacity), HumanBytes(grown))
+			n, asked, bytesize.Format(held), bytesize.Format(capacity), bytesize.Format(grown))
 		require.LessOrEqual(t, held, capacity)
 		require.LessOrEqual(t, int64(asked), capacity/posCost, "the receiver stopped asking at its budget")
 		// Besides the budget: the control frame being decoded and its

@@ -43,6 +43,9 @@ type commitRecord struct {
 	Files        uint64 `json:"files"`
 	Bytes        uint64 `json:"bytes"`
 	ManifestHash Hash   `json:"manifest_blake3"`
+	// Aside (FlagOverwrite) is where the DEST this commit replaces is
+	// moved, relative to the root, until the commit is done.
+	Aside string `json:"aside,omitempty"`
 }
 
 func keyCommit(tid string) []byte { return []byte("t/" + tid + "/commit") }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
@@ -113,8 +114,10 @@ type receiver struct {
 	cancel  context.CancelCauseFunc
 
 	files    []*rfile
-	paths    map[string]bool // paths of files, to refuse duplicates
-	resuming bool            // positions were durable before this connection (they are looked up in pebble)
+	paths    map[string]bool   // paths of files, to refuse duplicates
+	dirs     map[string]uint32 // directories the sender listed (protocol 8), with their modes; "." is DEST
+	replace  bool              // FlagOverwrite: an existing DEST is moved aside at commit
+	resuming bool              // positions were durable before this connection (they are looked up in pebble)
 	fc       *fileCache
 	kick     chan struct{} // asks the sync loop to sync now
 	bufs     sync.Pool     // of *[]byte, cap meta.Params.Max
@@ -438,6 +441,10 @@ func (r *receiver) control(ctx context.Context) error {
 			return err
 		}
 		switch m := m.(type) {
+		case *protocol.Dir:
+			if err := r.addDir(m); err != nil {
+				return err
+			}
 		case *protocol.FileHeader:
 			if manifestDone || int(m.Index) != len(r.files) || (len(r.files) > 0 && !r.files[len(r.files)-1].ended) {
 				return fmt.Errorf("%w: file header %d out of order", protocol.ErrProtocol, m.Index)
@@ -477,6 +484,9 @@ func (r *receiver) control(ctx context.Context) error {
 			if int(m.Files) != len(r.files) || (!r.growing() && int(m.Files) != int(r.meta.Files)) || (len(r.files) > 0 && !r.files[len(r.files)-1].ended) {
 				return fmt.Errorf("%w: manifest ended after %d files, expected %d", protocol.ErrProtocol, len(r.files), r.meta.Files)
 			}
+			if err := r.checkDirs(); err != nil {
+				return err
+			}
 			manifestDone = true
 			if err := r.cs.write(&protocol.NeedEnd{}); err != nil {
 				return err
@@ -493,8 +503,78 @@ func (r *receiver) control(ctx context.Context) error {
 }
 
 // maxFileMode masks the modes senders choose: group and others never get
-// write permission on a received file, whatever the sender's tree had.
+// write permission on a received file or directory, and nothing is
+// setuid, setgid or sticky, whatever the sender's tree had.
 const maxFileMode = 0o755
+
+// minDirMode is kept on every received directory: the mover writes into
+// them when a transfer resumes and removes them when one is replaced.
+const minDirMode = 0o700
+
+// dirMode is the mode a received directory gets from the sender's mode.
+func dirMode(m uint32) fs.FileMode { return fs.FileMode(m&maxFileMode | minDirMode) }
+
+// maxDirs bounds the directories of a transfer: each costs the receiver
+// memory and an inode.
+var maxDirs = 1 << 20 // a variable for tests
+
+// addDir takes a directory the sender lists (protocol 8): before the first
+// file, each once, within maxDirs and the peer's budget.
+func (r *receiver) addDir(m *protocol.Dir) error {
+	switch {
+	case r.cs.version < protocol.DirVersion:
+		return fmt.Errorf("%w: Dir needs protocol %d", protocol.ErrProtocol, protocol.DirVersion)
+	case len(r.files) > 0:
+		return fmt.Errorf("%w: Dir %s after the first file", protocol.ErrProtocol, m.Path)
+	case m.Path != "." && protocol.ValidPath(m.Path) != nil:
+		return fmt.Errorf("directory %q: %w", m.Path, protocol.ValidPath(m.Path))
+	case m.Path == ManifestName:
+		return fmt.Errorf("%w: %s is reserved for the receiver's manifest", protocol.ErrBadPath, ManifestName)
+	case len(r.dirs) >= maxDirs:
+		return fmt.Errorf("%w: more than %d directories", protocol.ErrTooLarge, maxDirs)
+	}
+	if _, ok := r.dirs[m.Path]; ok {
+		return fmt.Errorf("%w: directory %s listed twice", protocol.ErrBadPath, m.Path)
+	}
+	if err := r.reservePositions(r.ctx, fileCost+int64(len(m.Path))); err != nil {
+		return fmt.Errorf("directory %s: %w", m.Path, err)
+	}
+	if r.dirs == nil {
+		r.dirs = map[string]uint32{}
+	}
+	r.dirs[m.Path] = m.Mode
+	return nil
+}
+
+// checkDirs refuses, once the manifest is complete, a directory listed
+// inside a path that is a file.
+func (r *receiver) checkDirs() error {
+	for d := range r.dirs {
+		for p := d; p != "."; p = path.Dir(p) {
+			if r.paths[p] {
+				return fmt.Errorf("%w: directory %s is inside the file %s", protocol.ErrBadPath, d, p)
+			}
+		}
+	}
+	return nil
+}
+
+// makeDirs creates the directories the sender listed in DEST.partial, empty
+// ones included, and gives each its mode, masked (dirMode).
+func (r *receiver) makeDirs() error {
+	for d, m := range r.dirs {
+		p := filepath.FromSlash(d)
+		if d != "." {
+			if err := r.proot.MkdirAll(p, minDirMode); err != nil {
+				return r.noSpace(d, fmt.Errorf("creating directory %s: %w", d, err))
+			}
+		}
+		if err := r.proot.Chmod(p, dirMode(m)); err != nil {
+			return fmt.Errorf("setting the mode of %s: %w", d, err)
+		}
+	}
+	return nil
+}
 
 // maxFiles bounds the files of a transfer, announced or not: each costs the
 // receiver memory and an inode.
@@ -515,6 +595,9 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if r.paths[h.Path] {
 		return fmt.Errorf("%w: %s listed twice", protocol.ErrBadPath, h.Path)
 	}
+	if _, ok := r.dirs[h.Path]; ok {
+		return fmt.Errorf("%w: %s listed as a directory and as a file", protocol.ErrBadPath, h.Path)
+	}
 	if r.growing() && len(r.files) >= maxFiles {
 		return fmt.Errorf("%w: more than %d files", protocol.ErrTooLarge, maxFiles)
 	}
@@ -527,7 +610,7 @@ func (r *receiver) checkHeader(h *protocol.FileHeader) error {
 	if r.growing() {
 		if r.listed += int64(min(h.Size, 1<<62)); r.listed > r.budget {
 			return fmt.Errorf("%w: the files listed so far need %s but only %s fit in %s (its free space when the transfer opened, less the %s reserve)",
-				protocol.ErrNoSpace, HumanBytes(r.listed), HumanBytes(max(r.budget, 0)), r.meta.Dest, HumanBytes(r.s.o.Reserve))
+				protocol.ErrNoSpace, bytesize.Format(r.listed), bytesize.Format(max(r.budget, 0)), r.meta.Dest, bytesize.Format(r.s.o.Reserve))
 		}
 	}
 	if err := r.reservePositions(r.ctx, fileCost+int64(len(h.Path))); err != nil {
@@ -599,7 +682,7 @@ func (r *receiver) addGrowing(ctx context.Context, f *rfile, m *protocol.FileChu
 	}
 	if r.listed += n; r.listed > r.budget {
 		return fmt.Errorf("%w: the files listed so far need %s but only %s fit in %s (its free space when the transfer opened, less the %s reserve)",
-			protocol.ErrNoSpace, HumanBytes(r.listed), HumanBytes(max(r.budget, 0)), r.meta.Dest, HumanBytes(r.s.o.Reserve))
+			protocol.ErrNoSpace, bytesize.Format(r.listed), bytesize.Format(max(r.budget, 0)), r.meta.Dest, bytesize.Format(r.s.o.Reserve))
 	}
 	return r.addRefs(ctx, f, m.Chunks)
 }
@@ -1103,6 +1186,9 @@ func (r *receiver) commit(ctx context.Context) error {
 	if err := r.prune(); err != nil {
 		return err
 	}
+	if err := r.makeDirs(); err != nil {
+		return err
+	}
 	body, err := json.MarshalIndent(&man, "", "  ")
 	if err != nil {
 		return err
@@ -1118,24 +1204,48 @@ func (r *receiver) commit(ctx context.Context) error {
 	// Journal what DEST will hold before it does: after a crash between
 	// the rename and the done record, only a tree with this manifest
 	// counts as committed.
-	cr, _ := json.Marshal(commitRecord{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
+	// With FlagOverwrite, the DEST there is moved aside first; the
+	// record names where, so that a crash before the done record
+	// leaves it findable: put back, or removed once DEST is ours.
+	c := commitRecord{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh}
+	if r.replace {
+		c.Aside = AsideName(r.rel, r.tid)
+	}
+	cr, _ := json.Marshal(c)
 	if err := r.s.db.Set(keyCommit(r.tid), cr, pebble.Sync); err != nil {
 		return fmt.Errorf("journaling the commit: %w", err)
 	}
-	// The name must still be the directory we wrote, and DEST still free:
-	// a link or directory swapped in meanwhile is never committed.
+	// The name must still be the directory we wrote, and DEST still free
+	// (or, to be replaced, a real directory): a link or directory swapped
+	// in meanwhile is never committed.
 	if err := samePartial(r.root, r.partial, r.proot); err != nil {
 		return err
 	}
-	if _, err := r.root.Lstat(r.rel); !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %s appeared while the transfer ran; remove it and rerun", protocol.ErrConflict, r.meta.Dest)
+	if fi, err := r.root.Lstat(r.rel); err == nil {
+		if !r.replace {
+			return fmt.Errorf("%w: %s appeared while the transfer ran; remove it and rerun", protocol.ErrConflict, r.meta.Dest)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%w: %s is not a directory: --overwrite replaces only a directory", protocol.ErrConflict, r.meta.Dest)
+		}
+		if _, err := MoveAside(r.root, r.rel, c.Aside); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	if err := r.root.Rename(r.partial, r.rel); err != nil {
+		if c.Aside != "" {
+			if _, perr := PutBack(r.root, r.rel, c.Aside); perr != nil {
+				err = errors.Join(err, perr)
+			}
+		}
 		return fmt.Errorf("renaming into place: %w", err)
 	}
 	if err := syncRootDir(r.root, filepath.Dir(r.rel)); err != nil {
 		return err
 	}
+	r.s.removeAside(r.root, c, r.log)
 	done := transferDone{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh, Committed: time.Now().UTC()}
 	if err := r.s.recordDone(r.tid, r.peer, done); err != nil {
 		return err
@@ -1249,6 +1359,11 @@ func (r *receiver) rereadPartial(ctx context.Context, f *rfile) error {
 // abandoned the same destination. Only listed files are committed.
 func (r *receiver) prune() error {
 	keepDirs := map[string]bool{".": true}
+	for d := range r.dirs {
+		for ; d != "."; d = path.Dir(d) {
+			keepDirs[d] = true
+		}
+	}
 	for p := range r.paths {
 		for d := path.Dir(p); d != "."; d = path.Dir(d) {
 			keepDirs[d] = true

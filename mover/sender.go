@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -32,7 +34,10 @@ var Software = "pgporter " + buildinfo.Get().Short()
 // SendOptions configure one Send. The zero value of every field but Src and
 // Dest is a sensible default.
 type SendOptions struct {
-	Src        string       // local directory to send
+	// Src is the local directory or regular file to send. A directory's
+	// tree lands at Dest; a file lands in the directory Dest, under its
+	// own name.
+	Src        string
 	Dest       string       // absolute path on the receiver, inside one of its roots
 	TransferID string       // default: derived from Src, Dest and the receiver's peer ID
 	Params     chunk.Params // default chunk.DefaultParams
@@ -61,6 +66,13 @@ type SendOptions struct {
 	BWLimit     int64         // aggregate wire bytes per second; 0 means no limit
 	RetryFor    time.Duration // reconnect budget after a network failure; default 2m, negative disables; a mover that never answered gets at most 10s
 	IdleTimeout time.Duration // a connection silent this long is dead; default 30s
+	// Overwrite replaces an existing directory at Dest when the transfer
+	// commits (protocol 8; the old one is moved aside until then).
+	Overwrite bool
+	// SkipSpecial sends a source that holds symlinks, devices, FIFOs or
+	// sockets without them (SendResult.Skipped lists them); without it such
+	// a source is refused with the list (SpecialFilesError).
+	SkipSpecial bool
 	// Progress, if set, is called from one goroutine as the receiver reports
 	// durable progress.
 	Progress func(SendProgress)
@@ -90,7 +102,7 @@ func (o SendOptions) Validate() error {
 	o = o.withDefaults()
 	switch {
 	case o.Src == "":
-		return errors.New("mover: no source directory")
+		return errors.New("mover: no source")
 	case !filepath.IsAbs(o.Dest) || filepath.Clean(o.Dest) != o.Dest:
 		return fmt.Errorf("mover: destination %q must be a clean absolute path on the receiver", o.Dest)
 	case o.Streams > protocol.MaxDataStreams:
@@ -177,6 +189,11 @@ type SendResult struct {
 	// writes that carried them (several messages per write when coalesced).
 	ControlMessages int64 `json:"control_messages"`
 	ControlWrites   int64 `json:"control_writes"`
+	// Dirs is the number of directories sent with their modes (protocol 8;
+	// 0 to an older receiver, which makes them from the files' paths).
+	Dirs int `json:"dirs"`
+	// Skipped lists the special entries SkipSpecial left out.
+	Skipped []SkippedEntry `json:"skipped,omitempty"`
 }
 
 // Sender sends trees to receiving movers. It owns the sender's pebble state
@@ -219,11 +236,18 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	if err != nil {
 		return nil, err
 	}
+	// Src itself is resolved if it is a link (as cp and scp follow the
+	// names they are given), so that what it names is opened in its own
+	// directory; nothing inside a tree is followed.
+	var fi fs.FileInfo
 	if o.SrcRoot == nil {
-		if fi, err := os.Stat(src); err != nil {
+		if src, err = filepath.EvalSymlinks(src); err != nil {
 			return nil, err
-		} else if !fi.IsDir() {
-			return nil, fmt.Errorf("mover: %s is not a directory", src)
+		}
+		if fi, err = os.Stat(src); err != nil {
+			return nil, err
+		} else if !fi.IsDir() && !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("%w: %s is a %s", ErrUnsupportedFile, src, entryKind(fi.Mode()))
 		}
 	}
 	tid := o.TransferID
@@ -233,27 +257,47 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	start := time.Now()
 	root := o.SrcRoot
 	if root == nil {
-		if root, err = os.OpenRoot(src); err != nil {
+		dir := src
+		if !fi.IsDir() {
+			dir = filepath.Dir(src) // a single file is opened through its directory
+		}
+		if root, err = os.OpenRoot(dir); err != nil {
 			return nil, err
 		}
 		defer root.Close()
 	}
-	var so *source
-	if o.Feed != nil {
+	res := &SendResult{TransferID: tid, Dest: o.Dest}
+	var (
+		so   *source
+		tree *srcTree
+	)
+	switch {
+	case o.Feed != nil:
 		so = newGrowingSource(root, o.Feed)
-	} else {
-		files, err := scanTree(src)
-		if err != nil {
+	case fi != nil && !fi.IsDir():
+		if tree, err = scanFile(src, fi); err != nil {
 			return nil, err
 		}
-		so = newSource(root, files)
+	default:
+		if tree, err = scanTree(src); err != nil {
+			return nil, err
+		}
+		if len(tree.special) > 0 && !o.SkipSpecial {
+			return nil, &SpecialFilesError{Src: src, Entries: tree.special}
+		}
+		res.Skipped = tree.special
 	}
-	res := &SendResult{TransferID: tid, Dest: o.Dest}
+	if tree != nil {
+		so = newSource(root, tree.files)
+	}
 	lc, _ := newLevelController(o.Compression)
 	t := &sendTransfer{
 		s: s, o: o, tid: tid, peer: peer, addr: addr, res: res, lc: lc,
 		src:     so,
 		handles: map[uint32]*srcHandle{}, unchecked: map[uint32]bool{},
+	}
+	if tree != nil {
+		t.dirs = tree.dirs
 	}
 	if o.ReadAhead > 0 {
 		t.ra = newReadAhead(o.ReadAhead, o.Params)
@@ -320,6 +364,8 @@ type sendTransfer struct {
 	path    pathRecorder
 	// warnBuffers logs small UDP buffers once per send, not per reconnect.
 	warnBuffers sync.Once
+	dirs        []protocol.Dir // the tree's directories, "." first (none for a growing tree)
+	warnDirs    sync.Once      // an old receiver gets no dirs: said once per send
 
 	chunksSent atomic.Int64
 	wireBytes  atomic.Int64
@@ -499,6 +545,12 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	if t.o.Feed == nil {
 		open.Files, open.Bytes = uint64(len(t.src.snapshot())), uint64(t.src.bytes.Load())
 	}
+	if t.o.Overwrite {
+		if cs.version < protocol.DirVersion {
+			return permanentError{fmt.Errorf("%w: the receiver speaks protocol %d, and replacing a destination needs %d: upgrade pgporter there", protocol.ErrVersion, cs.version, protocol.DirVersion)}
+		}
+		open.Flags |= protocol.FlagOverwrite
+	}
 	err = cs.write(open)
 	if err != nil {
 		return err
@@ -587,6 +639,9 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) error {
 	const perMsg = 16384
 	files := 0
+	if err := t.writeDirs(cs); err != nil {
+		return err
+	}
 	for i := 0; ; i++ {
 		if t.src.waitsFile(i) {
 			if err := cs.flush(); err != nil {
@@ -647,6 +702,48 @@ func (t *sendTransfer) writeManifest(ctx context.Context, cs *controlStream) err
 		}
 	}
 	return cs.write(&protocol.ManifestEnd{Files: uint32(files)})
+}
+
+// writeDirs lists the tree's directories, with their modes, before the
+// first file (protocol 8). An older receiver makes directories from the
+// files' paths alone: no modes, no empty ones; that is said once.
+func (t *sendTransfer) writeDirs(cs *controlStream) error {
+	if len(t.dirs) == 0 {
+		return nil
+	}
+	if cs.version < protocol.DirVersion {
+		if dirsLost(t.dirs, t.src.snapshot()) {
+			t.warnDirs.Do(func() {
+				t.s.log.Warn(fmt.Sprintf("the receiver speaks a protocol older than %d: directory modes and empty directories are not sent", protocol.DirVersion), "protocol", cs.version, "dirs", len(t.dirs))
+			})
+		}
+		return nil
+	}
+	for i := range t.dirs {
+		if err := cs.queue(&t.dirs[i]); err != nil {
+			return err
+		}
+	}
+	t.res.Dirs = len(t.dirs)
+	return nil
+}
+
+// dirsLost reports whether a receiver that makes directories from the
+// files' paths alone (0700, below protocol 8) would lose anything of
+// dirs: a mode other than that, or an empty directory.
+func dirsLost(dirs []protocol.Dir, files []*srcFile) bool {
+	implied := map[string]bool{".": true}
+	for _, f := range files {
+		for d := path.Dir(f.Path); d != "."; d = path.Dir(d) {
+			implied[d] = true
+		}
+	}
+	for _, d := range dirs {
+		if dirMode(d.Mode) != minDirMode || !implied[d.Path] {
+			return true
+		}
+	}
+	return false
 }
 
 // readControl handles the receiver's messages until it commits.

@@ -22,6 +22,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -666,6 +667,10 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	if err := m.Params.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", protocol.ErrProtocol, err)
 	}
+	if m.Flags != 0 && cs.version < protocol.DirVersion {
+		return nil, fmt.Errorf("%w: OpenTransfer flags need protocol %d", protocol.ErrProtocol, protocol.DirVersion)
+	}
+	replace := m.Flags&protocol.FlagOverwrite != 0
 	if !filepath.IsAbs(m.Dest) || filepath.Clean(m.Dest) != m.Dest || strings.HasSuffix(m.Dest, ".partial") {
 		return nil, fmt.Errorf("%w: destination %q must be a clean absolute path not ending in .partial", protocol.ErrBadPath, m.Dest)
 	}
@@ -706,60 +711,104 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		}
 	}
 
+	// A replacement (FlagOverwrite) interrupted by a crash between moving
+	// the old DEST aside and renaming the new one into place: the old one
+	// goes back, and is replaced again if this transfer asks to.
+	c, committing, err := s.commitRecord(m.TransferID)
+	if err != nil {
+		return nil, err
+	}
+	committing = committing && c.Dest == m.Dest
+	if committing && c.Aside != "" {
+		if back, err := PutBack(rt, rel, c.Aside); err != nil {
+			return nil, err
+		} else if back {
+			log.Info("put back a destination whose replacement was interrupted", "transfer", m.TransferID, "dest", m.Dest)
+		}
+	}
+
 	// Finished already? Only the very tree this transfer committed counts:
 	// a real directory whose manifest, read without following links, has
-	// the hash journaled before the rename.
+	// the hash journaled before the rename. With FlagOverwrite, anything
+	// else there is replaced.
 	if v, ok, err := dbGet(s.db, keyDone(m.TransferID)); err != nil {
 		return nil, err
 	} else if ok {
 		var d transferDone
 		if json.Unmarshal(v, &d) == nil && d.Dest == m.Dest {
 			if _, err := rt.Lstat(rel); err == nil {
-				if h, err := committedManifestHash(rt, rel); err != nil || h != d.ManifestHash {
-					return nil, notCommitted(m.Dest, err)
-				}
+				h, herr := committedManifestHash(rt, rel)
+				switch {
+				case herr != nil || h != d.ManifestHash:
+					if !replace {
+						return nil, notCommitted(m.Dest, herr)
+					}
 				// A growing tree (no counts announced) is judged by its
 				// transfer ID alone.
-				if (m.Files != 0 || m.Bytes != 0) && (d.Files != m.Files || d.Bytes != m.Bytes) {
-					return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it or choose another destination",
-						protocol.ErrConflict, m.Dest, d.Files, HumanBytes(int64(d.Bytes)), m.Files, HumanBytes(int64(m.Bytes)))
+				case (m.Files != 0 || m.Bytes != 0) && (d.Files != m.Files || d.Bytes != m.Bytes):
+					if !replace {
+						return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it, choose another destination or send with --overwrite",
+							protocol.ErrConflict, m.Dest, d.Files, bytesize.Format(int64(d.Bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
+					}
+				default:
+					return nil, s.replyComplete(cs, m, &d)
 				}
-				return nil, s.replyComplete(cs, m, &d)
 			}
 		}
-		// The tree was removed since: send it again from scratch.
+		// The tree was removed, or is to be replaced: send it again from
+		// scratch.
 		_ = s.db.Delete(keyDone(m.TransferID), pebble.Sync)
 	}
-	if _, err := rt.Lstat(rel); err == nil {
+	if fi, err := rt.Lstat(rel); err == nil {
 		// A crash between the rename and the done record leaves our own
 		// tree there, and the commit record journaled before the rename.
-		c, ok, err := s.commitRecord(m.TransferID)
-		if err != nil {
-			return nil, err
+		// Only a DEST this transfer journaled has its manifest read.
+		var (
+			why  error
+			h    Hash
+			herr error
+		)
+		if committing {
+			h, herr = committedManifestHash(rt, rel)
 		}
-		if !ok || c.Dest != m.Dest {
-			return nil, fmt.Errorf("%w: %s exists; remove it or choose another destination", protocol.ErrConflict, m.Dest)
+		switch {
+		case !committing:
+			why = fmt.Errorf("%w: %s exists; remove it, choose another destination or send with --overwrite", protocol.ErrConflict, m.Dest)
+		case herr != nil || h != c.ManifestHash:
+			why = notCommitted(m.Dest, herr)
+		case (m.Files != 0 || m.Bytes != 0) && (c.Files != m.Files || c.Bytes != m.Bytes):
+			why = fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it, choose another destination or send with --overwrite",
+				protocol.ErrConflict, m.Dest, c.Files, bytesize.Format(int64(c.Bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
+		default:
+			s.removeAside(rt, c, log)
+			d := transferDone{Dest: m.Dest, Files: c.Files, Bytes: c.Bytes, ManifestHash: c.ManifestHash, Committed: time.Now().UTC()}
+			if err := s.recordDone(m.TransferID, peer, d); err != nil {
+				return nil, err
+			}
+			log.Info("recorded a commit interrupted by a crash", "transfer", m.TransferID, "dest", m.Dest)
+			return nil, s.replyComplete(cs, m, &d)
 		}
-		if h, err := committedManifestHash(rt, rel); err != nil || h != c.ManifestHash {
-			return nil, notCommitted(m.Dest, err)
+		switch {
+		case !replace:
+			return nil, why
+		case fi.Mode()&fs.ModeSymlink != 0 || !fi.IsDir():
+			return nil, fmt.Errorf("%w: %s is not a directory: --overwrite replaces only a directory", protocol.ErrConflict, m.Dest)
 		}
-		if (m.Files != 0 || m.Bytes != 0) && (c.Files != m.Files || c.Bytes != m.Bytes) {
-			return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it or choose another destination",
-				protocol.ErrConflict, m.Dest, c.Files, HumanBytes(int64(c.Bytes)), m.Files, HumanBytes(int64(m.Bytes)))
+		if committing {
+			// An earlier commit of this transfer is not what DEST holds:
+			// its record says nothing any more.
+			if err := s.db.Delete(keyCommit(m.TransferID), pebble.Sync); err != nil {
+				return nil, err
+			}
 		}
-		d := transferDone{Dest: m.Dest, Files: c.Files, Bytes: c.Bytes, ManifestHash: c.ManifestHash, Committed: time.Now().UTC()}
-		if err := s.recordDone(m.TransferID, peer, d); err != nil {
-			return nil, err
-		}
-		log.Info("recorded a commit interrupted by a crash", "transfer", m.TransferID, "dest", m.Dest)
-		return nil, s.replyComplete(cs, m, &d)
+		log.Info("the destination exists and will be replaced when the transfer commits", "transfer", m.TransferID, "dest", m.Dest)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s: %v", protocol.ErrBadPath, m.Dest, err)
 	}
 
 	r := &receiver{
 		s: s, log: log, tid: m.TransferID, peer: peer, cs: cs, root: rt, rootDir: s.rootDir(rt),
-		rel: rel, partial: rel + ".partial",
+		rel: rel, partial: rel + ".partial", replace: replace,
 		meta:    transferMeta{Dest: m.Dest, Peer: peer.String(), Params: m.Params, Files: m.Files, Bytes: m.Bytes, Started: time.Now().UTC()},
 		pending: map[chunk.ID][]pos{}, paths: map[string]bool{},
 		kick: make(chan struct{}, 1), arrived: make(chan struct{}, 1),
@@ -795,7 +844,7 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		return nil, err
 	}
 	if need > 0 && int64(free)-s.o.Reserve < need {
-		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, HumanBytes(need), HumanBytes(int64(free)), HumanBytes(s.o.Reserve))
+		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, bytesize.Format(need), bytesize.Format(int64(free)), bytesize.Format(s.o.Reserve))
 	}
 	// A growing tree's files must fit too: this also bounds the chunk
 	// positions (and so the memory) its manifest can make us track.
@@ -898,6 +947,18 @@ func notCommitted(dest string, why error) error {
 		why = errors.New("its manifest differs from the one committed")
 	}
 	return fmt.Errorf("%w: %s exists but is not the tree this transfer committed (%v); remove it or choose another destination", protocol.ErrConflict, dest, why)
+}
+
+// removeAside deletes the DEST a commit replaced (commitRecord.Aside), once
+// the new tree is in place. A failure is logged, not returned: the
+// transfer is committed, and the leftover is named for the operator.
+func (s *Server) removeAside(rt *os.Root, c commitRecord, log *slog.Logger) {
+	if c.Aside == "" {
+		return
+	}
+	if err := RemoveAside(rt, c.Aside); err != nil {
+		log.Warn("the replaced destination could not be removed; remove it by hand", "dest", c.Dest, "path", filepath.Join(s.rootDir(rt), c.Aside), "err", err)
+	}
 }
 
 // commitRecord reads the commit record of tid, if there is one.
@@ -1022,18 +1083,4 @@ func (s *Server) release(tid string, a *activeTransfer) {
 	s.mu.Unlock()
 	s.transfers.release(a.peer, a.cost)
 	close(a.done)
-}
-
-// HumanBytes prints n bytes with a binary unit ("1.5 GiB").
-func HumanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

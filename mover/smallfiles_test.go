@@ -84,8 +84,9 @@ func metricOf(tb testing.TB, srv *Server, name string) float64 {
 func TestSenderHandleNotClosedWhileRead(t *testing.T) {
 	dir := t.TempDir()
 	smallTree(t, dir, 1000)
-	files, err := scanTree(dir)
+	tree, err := scanTree(dir)
 	require.NoError(t, err)
+	files := tree.files
 	root, err := os.OpenRoot(dir)
 	require.NoError(t, err)
 	defer root.Close()

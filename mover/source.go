@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,9 +43,54 @@ type srcFile struct {
 	growing bool
 }
 
-// ErrUnsupportedFile is returned for a source entry that is not a regular
-// file or directory (symlinks, devices, sockets, pipes).
+// ErrUnsupportedFile is matched by the refusal of a source that holds
+// entries other than regular files and directories (SpecialFilesError).
 var ErrUnsupportedFile = errors.New("mover: only regular files and directories can be sent")
+
+// SkippedEntry is an entry of a source that is neither a regular file nor a
+// directory: a symbolic link, a device, a FIFO or a socket.
+type SkippedEntry struct {
+	Path string `json:"path"` // relative to the source, slash-separated
+	Kind string `json:"kind"` // "symlink", "device", "char-device", "fifo", "socket", "other"
+}
+
+// SpecialFilesError refuses a source that holds special entries, listing
+// every one of them: SendOptions.SkipSpecial sends the rest instead.
+type SpecialFilesError struct {
+	Src     string
+	Entries []SkippedEntry
+}
+
+func (e *SpecialFilesError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s holds %d entries that are not regular files or directories:", e.Src, len(e.Entries))
+	for i, s := range e.Entries {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, " %s (%s)", s.Path, s.Kind)
+	}
+	return b.String()
+}
+
+func (e *SpecialFilesError) Unwrap() error { return ErrUnsupportedFile }
+
+// entryKind names the type of a special entry.
+func entryKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m&fs.ModeCharDevice != 0:
+		return "char-device"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "other"
+}
 
 func newSrcFile(rel string, fi os.FileInfo) *srcFile {
 	f := &srcFile{Path: rel, Mode: uint32(fi.Mode().Perm()), Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
@@ -54,30 +100,60 @@ func newSrcFile(rel string, fi os.FileInfo) *srcFile {
 	return f
 }
 
-// scanTree lists the regular files under src in path order. Anything else
-// but a directory is refused: a dump never holds one, and following a link
-// could send data from outside the tree.
-func scanTree(src string) ([]*srcFile, error) {
-	var files []*srcFile
+// unixMode is fi's permission bits with setuid, setgid and sticky, as the
+// wire carries them (a receiver masks them).
+func unixMode(fi fs.FileInfo) uint32 {
+	m := uint32(fi.Mode().Perm())
+	if fi.Mode()&fs.ModeSetuid != 0 {
+		m |= 0o4000
+	}
+	if fi.Mode()&fs.ModeSetgid != 0 {
+		m |= 0o2000
+	}
+	if fi.Mode()&fs.ModeSticky != 0 {
+		m |= 0o1000
+	}
+	return m
+}
+
+// srcTree is what scanTree found in a source directory.
+type srcTree struct {
+	files   []*srcFile     // regular files, in path order
+	dirs    []protocol.Dir // every directory, "." (the source) first, in path order
+	special []SkippedEntry // everything else, in path order; never followed
+}
+
+// scanTree lists the regular files and directories under src in path
+// order, and the special entries (links, devices, FIFOs, sockets), which
+// are never followed: a link could send data from outside the tree.
+func scanTree(src string) (*srcTree, error) {
+	t := &srcTree{}
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
-		}
-		if d.IsDir() {
-			return nil
 		}
 		rel, err := filepath.Rel(src, p)
 		if err != nil {
 			return err
 		}
 		rel = filepath.ToSlash(rel)
-		if !d.Type().IsRegular() {
-			return fmt.Errorf("%w: %s is a %s", ErrUnsupportedFile, rel, d.Type())
+		if rel != "." {
+			if err := protocol.ValidPath(rel); err != nil {
+				return fmt.Errorf("source path %q: %w", rel, err)
+			}
 		}
-		if err := protocol.ValidPath(rel); err != nil {
-			return fmt.Errorf("source path %q: %w", rel, err)
-		}
-		if rel == ManifestName {
+		switch {
+		case d.IsDir():
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			t.dirs = append(t.dirs, protocol.Dir{Path: rel, Mode: unixMode(fi)})
+			return nil
+		case !d.Type().IsRegular():
+			t.special = append(t.special, SkippedEntry{Path: rel, Kind: entryKind(d.Type())})
+			return nil
+		case rel == ManifestName:
 			// The receiver writes its own manifest there; a stale one from an
 			// earlier transfer (sending a received tree on) is not data.
 			return nil
@@ -86,17 +162,31 @@ func scanTree(src string) ([]*srcFile, error) {
 		if err != nil {
 			return err
 		}
-		files = append(files, newSrcFile(rel, fi))
+		t.files = append(t.files, newSrcFile(rel, fi))
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("scanning %s: %w", src, err)
 	}
-	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
-	for i, f := range files {
+	sort.Slice(t.files, func(i, j int) bool { return t.files[i].Path < t.files[j].Path })
+	for i, f := range t.files {
 		f.Index = uint32(i)
 	}
-	return files, nil
+	return t, nil
+}
+
+// scanFile makes the tree of a single file sent on its own: the file under
+// its own name in a Dest directory of mode 0755.
+func scanFile(src string, fi fs.FileInfo) (*srcTree, error) {
+	name := fi.Name()
+	if err := protocol.ValidPath(name); err != nil {
+		return nil, fmt.Errorf("source file %q: %w", name, err)
+	}
+	if name == ManifestName {
+		return nil, fmt.Errorf("%s: a file named %s cannot be sent on its own: the receiver writes its manifest under that name", src, ManifestName)
+	}
+	f := newSrcFile(name, fi)
+	return &srcTree{files: []*srcFile{f}, dirs: []protocol.Dir{{Path: ".", Mode: 0o755}}}, nil
 }
 
 // chunkCache remembers the chunk list of each source file of a transfer in

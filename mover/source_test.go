@@ -25,7 +25,8 @@ func TestChunkCacheSkipsUnchangedFiles(t *testing.T) {
 	cache := &chunkCache{db: s.db, tid: "t-cache"}
 
 	chunk := func() (*source, []*srcFile) {
-		files, err := scanTree(src)
+		tree, err := scanTree(src)
+		files := tree.files
 		require.NoError(t, err)
 		root, err := os.OpenRoot(src)
 		require.NoError(t, err)
@@ -67,7 +68,8 @@ func TestChunkCacheSeesSameSizeSameMTimeEdit(t *testing.T) {
 	ctx := context.Background()
 	cache := &chunkCache{db: s.db, tid: "t-ctime"}
 	chunk := func() *source {
-		files, err := scanTree(src)
+		tree, err := scanTree(src)
+		files := tree.files
 		require.NoError(t, err)
 		root, err := os.OpenRoot(src)
 		require.NoError(t, err)

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -127,10 +127,8 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 			return s, err
 		}
 		if aside, ok := s.Resources.Aside[db]; ok {
-			if _, err := os.Lstat(s.TargetDir(db)); errors.Is(err, fs.ErrNotExist) {
-				if err := os.Rename(aside, s.TargetDir(db)); err != nil {
-					return s, fmt.Errorf("putting back %s: %w", s.TargetDir(db), err)
-				}
+			if _, err := mover.PutBack(mover.HostFS, s.TargetDir(db), aside); err != nil {
+				return s, err
 			}
 			delete(s.Resources.Aside, db)
 		}

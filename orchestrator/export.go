@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
@@ -583,7 +584,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 			total += n
 		}
 		out.Bytes = total
-		out.Detail = "estimated dump size " + mover.HumanBytes(total)
+		out.Detail = "estimated dump size " + bytesize.Format(total)
 		for _, pr := range rep.Problems {
 			if pr.Warning {
 				r.emit(Event{Step: StepCheck, Kind: protocol.EventWarning, Text: pr.String()})
@@ -796,7 +797,7 @@ func (x *sessionRun) moveAside(db, dest string) error {
 	if !x.plan().Overwrite {
 		return fmt.Errorf("%s %w; pass --overwrite to replace it", dest, ErrExists)
 	}
-	aside := filepath.Join(filepath.Dir(dest), ".pgporter-replaced-"+x.s.ID+"-"+filepath.Base(dest))
+	aside := mover.AsideName(dest, x.s.ID)
 	if err := x.update(func(s *Session) {
 		if s.Resources.Aside == nil {
 			s.Resources.Aside = map[string]string{}
@@ -805,10 +806,8 @@ func (x *sessionRun) moveAside(db, dest string) error {
 	}); err != nil {
 		return err
 	}
-	if err := os.Rename(dest, aside); err != nil {
-		return fmt.Errorf("moving the old %s aside: %w", dest, err)
-	}
-	return nil
+	_, err := mover.MoveAside(mover.HostFS, dest, aside)
+	return err
 }
 
 // growingDump is a dump being written: its directory, opened before pg_dump
@@ -843,8 +842,8 @@ func (x *sessionRun) cleanup() error {
 	aside := maps.Clone(x.s.Resources.Aside)
 	x.mu.Unlock()
 	for db, dir := range aside {
-		if err := os.RemoveAll(dir); err != nil {
-			return fmt.Errorf("removing the replaced %s: %w", dir, err)
+		if err := mover.RemoveAside(mover.HostFS, dir); err != nil {
+			return err
 		}
 		if err := x.update(func(s *Session) { delete(s.Resources.Aside, db) }); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
@@ -182,7 +183,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		for _, n := range rep.Estimate {
 			total += n
 		}
-		out.Bytes, out.Detail = total, "estimated dump size "+mover.HumanBytes(total)+" (from publication "+pub.ID+")"
+		out.Bytes, out.Detail = total, "estimated dump size "+bytesize.Format(total)+" (from publication "+pub.ID+")"
 		return rep.Err()
 	})
 	if err != nil {

@@ -35,6 +35,7 @@ const (
 	TypeRunJob        Type = 22
 	TypeJobEvent      Type = 23
 	TypeJoinTransfer  Type = 24
+	TypeDir           Type = 25
 )
 
 var typeNames = [...]string{
@@ -62,6 +63,7 @@ var typeNames = [...]string{
 	TypeRunJob:        "RunJob",
 	TypeJobEvent:      "JobEvent",
 	TypeJoinTransfer:  "JoinTransfer",
+	TypeDir:           "Dir",
 }
 
 // String returns the message name ("FileHeader"), or "Type(N)" for an
@@ -145,6 +147,8 @@ func newMessage(t Type) message {
 		return new(JoinTransfer)
 	case TypeJobEvent:
 		return new(JobEvent)
+	case TypeDir:
+		return new(Dir)
 	}
 	return nil
 }
@@ -248,7 +252,19 @@ type OpenTransfer struct {
 	Params     chunk.Params // chunking of the manifest; Algorithm at most MaxAlgorithmLen bytes, sizes at most MaxChunkCeil
 	Files      uint64       // files in the transfer
 	Bytes      uint64       // their total size
+	// Flags (version 8) asks for more than writing a new Dest:
+	// FlagOverwrite. Zero, and then not on the wire, below version 8.
+	Flags uint64
 }
+
+// OpenTransfer.Flags (version 8).
+const (
+	// FlagOverwrite: an existing directory at Dest is replaced when the
+	// transfer commits (moved aside, then removed).
+	FlagOverwrite uint64 = 1
+	// knownFlags are the flags this version defines; others are invalid.
+	knownFlags = FlagOverwrite
+)
 
 func (*OpenTransfer) Type() Type { return TypeOpenTransfer }
 
@@ -260,7 +276,11 @@ func (m *OpenTransfer) Append(b []byte) []byte {
 	b = appendUvarint(b, uint64(m.Params.Avg))
 	b = appendUvarint(b, uint64(m.Params.Max))
 	b = appendUvarint(b, m.Files)
-	return appendUvarint(b, m.Bytes)
+	b = appendUvarint(b, m.Bytes)
+	if m.Flags != 0 {
+		b = appendUvarint(b, m.Flags)
+	}
+	return b
 }
 
 func (m *OpenTransfer) decode(d *decoder) {
@@ -272,6 +292,12 @@ func (m *OpenTransfer) decode(d *decoder) {
 	m.Params.Max = int(d.uvarint("max", chunk.MaxChunkCeil))
 	m.Files = d.uint64("files")
 	m.Bytes = d.uint64("bytes")
+	if d.err == nil && len(d.b) > 0 {
+		m.Flags = d.uvarint("flags", knownFlags)
+		if m.Flags == 0 {
+			d.fail("flags: zero on the wire")
+		}
+	}
 }
 
 func (m *OpenTransfer) check() error {
@@ -287,6 +313,8 @@ func (m *OpenTransfer) check() error {
 		return violation("algorithm: %d bytes above the limit %d", len(p.Algorithm), MaxAlgorithmLen)
 	case p.Min < 0 || p.Avg < 0 || p.Max < 0 || p.Min > chunk.MaxChunkCeil || p.Avg > chunk.MaxChunkCeil || p.Max > chunk.MaxChunkCeil:
 		return violation("chunk sizes %d/%d/%d outside [0, %d]", p.Min, p.Avg, p.Max, chunk.MaxChunkCeil)
+	case m.Flags&^knownFlags != 0:
+		return violation("unknown flags %#x", m.Flags&^knownFlags)
 	}
 	return nil
 }
@@ -438,6 +466,38 @@ func (m *FileHeader) check() error {
 	n := uint64(m.NumChunks)
 	if n > m.Size || (n > 0 && m.Size > n*chunk.MaxChunkCeil) {
 		return violation("%d chunks cannot hold %d bytes", m.NumChunks, m.Size)
+	}
+	return nil
+}
+
+// Dir (version 8) lists a directory of the tree, so that its mode is kept
+// and an empty one is created. A sender lists every directory, Dest itself
+// as ".", before the first FileHeader.
+type Dir struct {
+	Path string // ValidPath relative to Dest, or "." for Dest
+	Mode uint32 // Unix permission bits, at most 0o7777
+}
+
+func (*Dir) Type() Type { return TypeDir }
+
+func (m *Dir) Append(b []byte) []byte {
+	b = appendString(b, m.Path)
+	return appendUvarint(b, uint64(m.Mode))
+}
+
+func (m *Dir) decode(d *decoder) {
+	m.Path = d.string("path", MaxPathLen)
+	m.Mode = uint32(d.uvarint("mode", maxMode))
+}
+
+func (m *Dir) check() error {
+	if m.Path != "." {
+		if err := ValidPath(m.Path); err != nil {
+			return fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
+	}
+	if m.Mode > maxMode {
+		return violation("mode %#o has bits beyond %#o", m.Mode, maxMode)
 	}
 	return nil
 }

@@ -69,6 +69,10 @@ func sampleMessages() map[string]Message {
 		"OpenTransfer":              &OpenTransfer{TransferID: "t-2026.11_25", Dest: "/srv/dumps/app", Params: chunk.DefaultParams, Files: 12, Bytes: 1 << 40},
 		"OpenTransfer/max":          &OpenTransfer{TransferID: strings.Repeat("Az09._-", 19)[:MaxTransferIDLen], Dest: "/" + maxPath[1:], Params: chunk.Params{Algorithm: strings.Repeat("a", MaxAlgorithmLen), Min: chunk.MaxChunkCeil, Avg: chunk.MaxChunkCeil, Max: chunk.MaxChunkCeil}, Files: 1<<64 - 1, Bytes: 1<<64 - 1},
 		"OpenTransfer/min":          &OpenTransfer{TransferID: "a", Dest: "/"},
+		"OpenTransfer/overwrite":    &OpenTransfer{TransferID: "t-1", Dest: "/srv/dumps/app", Params: chunk.DefaultParams, Files: 1, Bytes: 1, Flags: FlagOverwrite},
+		"Dir":                       &Dir{Path: "app/data", Mode: 0o755},
+		"Dir/dest":                  &Dir{Path: ".", Mode: 0o700},
+		"Dir/max":                   &Dir{Path: maxPath, Mode: 0o7777},
 		"TransferState":             &TransferState{State: StateResume, DurableBytes: 1 << 33, DurableChunks: 131072, Free: 1 << 50},
 		"TransferState/c":           &TransferState{State: StateComplete},
 		"TransferState/join":        &TransferState{State: StateNew, Free: 1 << 40, JoinToken: [JoinTokenLen]byte{1, 2, 3, 15: 0xff}},
@@ -201,7 +205,7 @@ func TestTypeNumbersAreStable(t *testing.T) {
 	want := map[Type]string{1: "Hello", 2: "Error", 3: "OpenTransfer", 4: "TransferState", 5: "FileHeader",
 		6: "FileChunks", 7: "FileEnd", 8: "ManifestEnd", 9: "Need", 10: "NeedEnd", 11: "SendDone", 12: "ChunkData",
 		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks",
-		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent", 24: "JoinTransfer"}
+		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent", 24: "JoinTransfer", 25: "Dir"}
 	for tt := Type(0); ; tt++ {
 		name, ok := want[tt]
 		if tt.Known() != ok {
@@ -239,7 +243,7 @@ func TestDecodeRejects(t *testing.T) {
 		also    error // a second sentinel the error must match
 	}{
 		{"unknown type 0", 0, nil, nil},
-		{"unknown type 22", 22, nil, nil},
+		{"unknown type 26", 26, nil, nil},
 		{"unknown type 255", 255, nil, nil},
 		{"empty Hello", TypeHello, nil, nil},
 		{"trailing byte", TypeNeedEnd, []byte{0}, nil},
@@ -262,6 +266,15 @@ func TestDecodeRejects(t *testing.T) {
 		{"relative dest", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "x"}).Append(nil), ErrBadPath},
 		{"unclean dest", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "/x/../etc"}).Append(nil), ErrBadPath},
 		{"chunk min above ceiling", TypeOpenTransfer, (&OpenTransfer{TransferID: "t", Dest: "/x", Params: chunk.Params{Min: chunk.MaxChunkCeil + 1}}).Append(nil), nil},
+		{"zero flags on the wire", TypeOpenTransfer, append((&OpenTransfer{TransferID: "t", Dest: "/x"}).Append(nil), 0), nil},
+		{"unknown flag", TypeOpenTransfer, append((&OpenTransfer{TransferID: "t", Dest: "/x"}).Append(nil), 2), nil},
+		{"bytes after the flags", TypeOpenTransfer, append((&OpenTransfer{TransferID: "t", Dest: "/x", Flags: FlagOverwrite}).Append(nil), 0), nil},
+		{"dir traversal", TypeDir, (&Dir{Path: "../etc", Mode: 0o755}).Append(nil), ErrBadPath},
+		{"dir absolute", TypeDir, (&Dir{Path: "/etc", Mode: 0o755}).Append(nil), ErrBadPath},
+		{"dir empty path", TypeDir, (&Dir{Mode: 0o755}).Append(nil), ErrBadPath},
+		{"dir unclean", TypeDir, (&Dir{Path: "a/./b"}).Append(nil), ErrBadPath},
+		{"dir mode with type bits", TypeDir, (&Dir{Path: "a", Mode: 0o40755}).Append(nil), nil},
+		{"dir truncated", TypeDir, str("a"), nil},
 		{"transfer state 0", TypeTransferState, (&TransferState{}).Append(nil), nil},
 		{"transfer state 4", TypeTransferState, (&TransferState{State: 4}).Append(nil), nil},
 		{"traversal path", TypeFileHeader, (&FileHeader{Path: "../etc/passwd"}).Append(nil), ErrBadPath},

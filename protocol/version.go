@@ -38,8 +38,13 @@ import (
 // mover runs jobs only for a peer of version 7 or later, and an
 // orchestrator hands them only to one: an older peer gets a version error.
 // Transfers, fetches and space queries are unchanged.
+//
+// Version 8 (issue 19) lets a sender keep directories: Dir lists each
+// directory of the tree with its mode (empty ones included) before the
+// first FileHeader, and OpenTransfer.Flags may ask to replace an existing
+// Dest (FlagOverwrite). A peer below 8 is sent neither.
 const (
-	Version    uint16 = 7
+	Version    uint16 = 8
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
@@ -47,6 +52,8 @@ const (
 	S2Version uint16 = 6
 	// JobsVersion is the first version with typed job messages.
 	JobsVersion uint16 = 7
+	// DirVersion is the first version with Dir and OpenTransfer.Flags.
+	DirVersion uint16 = 8
 )
 
 // Receiver limits of version 2.

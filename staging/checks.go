@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sys/unix"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
@@ -157,7 +158,7 @@ func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, er
 	need := int64(float64(total) * o.Margin)
 	if o.DumpDir != "" {
 		if free, err := freeBytes(o.DumpDir); err == nil && free < need {
-			add(Problem{Kind: "space", Message: fmt.Sprintf("the dumps need about %s (estimate × %.1f) in %s, which has %s free", human(need), o.Margin, o.DumpDir, human(free))})
+			add(Problem{Kind: "space", Message: fmt.Sprintf("the dumps need about %s (estimate × %.1f) in %s, which has %s free", bytesize.Format(need), o.Margin, o.DumpDir, bytesize.Format(free))})
 		}
 	}
 	if o.TargetFree != nil {
@@ -166,7 +167,7 @@ func (in *Instance) Check(ctx context.Context, o CheckOptions) (*CheckReport, er
 			return nil, fmt.Errorf("asking the target for its free space: %w", err)
 		}
 		if free < need {
-			add(Problem{Kind: "space", Message: fmt.Sprintf("the dumps need about %s (estimate × %.1f) at the target, which has %s free", human(need), o.Margin, human(free))})
+			add(Problem{Kind: "space", Message: fmt.Sprintf("the dumps need about %s (estimate × %.1f) at the target, which has %s free", bytesize.Format(need), o.Margin, bytesize.Format(free))})
 		}
 	}
 	return rep, nil
@@ -321,5 +322,3 @@ func freeBytes(dir string) (int64, error) {
 		d = parent
 	}
 }
-
-func human(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
@@ -117,8 +118,8 @@ func runBackup(cmd *cobra.Command, g *globals, o backupOpts) error {
 		return err
 	}
 	secs := time.Since(start).Seconds()
-	fmt.Fprintf(g.stdout, "backed up %s: %d files, %s in %.1fs (%.0f MB/s); stored %s new\n",
-		source, rp.Files, humanSize(rp.Size), secs, float64(rp.Size)/1e6/max(secs, 1e-9), humanSize(rp.StoredSize))
+	fmt.Fprintf(g.stdout, "backed up %s: %d files, %s in %.1fs (%s); stored %s new\n",
+		source, rp.Files, bytesize.Format(rp.Size), secs, bytesize.Rate(rp.Size, secs), bytesize.Format(rp.StoredSize))
 	if o.json {
 		return g.writeJSON(map[string]any{
 			"restore_point": rp.ID, "time": rp.Time, "pg_version": rp.PGVersion, "system_id": rp.SystemID,

@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -46,8 +47,8 @@ the PostgreSQL installed here (15 if present, else the newest under
 
   1. create a cluster (password authentication, a private socket, no TCP)
      with three databases: "shop" filled by 'pgbench -i -s N' (about
-     15 MB per scale unit: the default 70 makes about 1 GB), "crm" (a few
-     tables, a few MB) and "empty";
+     14 MiB per scale unit: the default 70 makes about 1 GiB), "crm" (a few
+     tables, a few MiB) and "empty";
   2. stop it and back it up into a repository;
   3. export "shop" and "crm" from that backup, as 'pgporter export' does
      (mount, throwaway instance, pg_dump, transfer over loopback QUIC);
@@ -67,7 +68,7 @@ who may run PostgreSQL and FUSE mounts.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd, g, o) },
 	}
 	f := c.Flags()
-	f.IntVar(&o.scale, "scale", 70, "pgbench scale of the \"shop\" database (about 15 MB each)")
+	f.IntVar(&o.scale, "scale", 70, "pgbench scale of the \"shop\" database (about 14 MiB each)")
 	f.BoolVar(&o.keep, "keep", false, "keep the temporary directory (cluster, repository, dumps) and print where")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	return c
@@ -297,7 +298,7 @@ func (d *demo) createCluster(ctx context.Context) error {
 			return err
 		}
 		d.db(name).SizeBytes = size
-		d.note("%-6s %s", name, humanSize(size))
+		d.note("%-6s %s", name, bytesize.Format(size))
 	}
 	src := map[string]int64{}
 	for _, tbl := range pgbenchTables {
@@ -379,7 +380,7 @@ func (d *demo) backup(ctx context.Context) (*chunkstore.RestorePoint, error) {
 	if err := repo.Close(); err != nil {
 		return nil, err
 	}
-	detail := fmt.Sprintf("%d files, %s read, %s stored", rp.Files, humanSize(rp.Size), humanSize(rp.StoredSize))
+	detail := fmt.Sprintf("%d files, %s read, %s stored", rp.Files, bytesize.Format(rp.Size), bytesize.Format(rp.StoredSize))
 	secs := d.timed("backup", t, rp.Size, detail)
 	d.note("restore point %s: %s in %.1fs", rp.ID, detail, secs)
 	return rp, nil
@@ -440,7 +441,7 @@ func (d *demo) verify(ctx context.Context, s *orchestrator.Session) error {
 		}
 		d.db(name).VerifiedFiles = rep.Files
 		bytes += rep.Bytes
-		d.note("%s: %d files, %s match %s", s.TargetDir(name), rep.Files, humanSize(rep.Bytes), mover.ManifestName)
+		d.note("%s: %d files, %s match %s", s.TargetDir(name), rep.Files, bytesize.Format(rep.Bytes), mover.ManifestName)
 	}
 	d.timed("verify", t, bytes, "")
 	return nil
@@ -489,11 +490,11 @@ func (d *demo) summary() {
 	fmt.Fprintf(w, "  %-8s %11s %11s %11s %7s %10s %10s\n", "database", "size", "dump", "wire", "ratio", "dump", "transfer")
 	for _, db := range d.res.Databases {
 		if !db.Exported {
-			fmt.Fprintf(w, "  %-8s %11s %11s\n", db.Name, humanSize(db.SizeBytes), "(not exported)")
+			fmt.Fprintf(w, "  %-8s %11s %11s\n", db.Name, bytesize.Format(db.SizeBytes), "(not exported)")
 			continue
 		}
-		fmt.Fprintf(w, "  %-8s %11s %11s %11s %6.1fx %9.1fs %9.1fs\n", db.Name, humanSize(db.SizeBytes), humanSize(db.DumpBytes),
-			humanSize(db.WireBytes), db.Ratio, db.DumpSeconds, db.TransferSeconds)
+		fmt.Fprintf(w, "  %-8s %11s %11s %11s %6.1fx %9.1fs %9.1fs\n", db.Name, bytesize.Format(db.SizeBytes), bytesize.Format(db.DumpBytes),
+			bytesize.Format(db.WireBytes), db.Ratio, db.DumpSeconds, db.TransferSeconds)
 	}
 	fmt.Fprintln(w, "  (ratio: dump bytes over bytes on the wire. pgbench rows are mostly blank padding,")
 	fmt.Fprintln(w, "  which zstd squeezes far more than real data; crm's ratio is nearer the usual.)")
@@ -503,7 +504,7 @@ func (d *demo) summary() {
 	for _, st := range d.res.Steps {
 		bytes := "-"
 		if st.Bytes > 0 {
-			bytes = humanSize(st.Bytes)
+			bytes = bytesize.Format(st.Bytes)
 		}
 		fmt.Fprintf(tw, "  %s\t%6.1fs\t%s\t%s\n", st.Name, st.Seconds, bytes, st.Detail)
 	}

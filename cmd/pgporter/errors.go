@@ -57,7 +57,8 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
 
     code  kind          meaning
     0                   success
-    1     failure       any failure not listed below
+    1     failure       any failure not listed below; send of a SRC holding symlinks,
+                        devices, FIFOs or sockets without --skip-special
     2     usage         a usage mistake: unknown command or flag, a missing, malformed
                         or conflicting flag or argument; no PostgreSQL password found
                         for export and no terminal to ask for one on
@@ -71,7 +72,7 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         whose pg_hba.conf does not let the role in (--auth backup-hba)
     6     conflict      something else holds what the command needs: a session running
                         in another process, a lock held, a port or mountpoint in use,
-                        a destination that exists (see --overwrite)
+                        a destination that exists (see --overwrite of export and send)
     7     verification  data does not match its hashes: verify or restore found a
                         damaged dump, a chunk is corrupt
     8     not-found     what the command names does not exist: a repository, restore

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/config"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/pgporter/pgporter/protocol"
@@ -247,7 +248,7 @@ func startExport(cmd *cobra.Command, g *globals, eo exportOpts, from func(orches
 // parseSizes reads --bwlimit and --split-tables-from into the plan.
 func (eo *exportOpts) parseSizes() error {
 	if eo.bwlimit != "" {
-		n, err := parseSize(eo.bwlimit)
+		n, err := bytesize.Parse(eo.bwlimit)
 		if err != nil || n <= 0 {
 			return usagef("--bwlimit %q: want a positive size per second, e.g. 50M", eo.bwlimit)
 		}
@@ -257,7 +258,7 @@ func (eo *exportOpts) parseSizes() error {
 	case "off", "0", "none":
 		eo.plan.SplitTables = 0
 	default:
-		n, err := parseSize(v)
+		n, err := bytesize.Parse(v)
 		if err != nil || n <= 0 {
 			return usagef("--split-tables-from %q: want a size such as 64M, or off", eo.splitTables)
 		}
@@ -331,7 +332,7 @@ func printSummary(w io.Writer, s *orchestrator.Session) {
 		if t.WireBytes > 0 {
 			ratio = float64(t.Bytes) / float64(t.WireBytes)
 		}
-		fmt.Fprintf(w, "  %-20q %s  dump %s in %.1fs, wire %s (%.1fx) in %.1fs\n", db, s.TargetDir(db), humanSize(t.Bytes), d.Seconds(), humanSize(t.WireBytes), ratio, t.Seconds())
+		fmt.Fprintf(w, "  %-20q %s  dump %s in %.1fs, wire %s (%.1fx) in %.1fs\n", db, s.TargetDir(db), bytesize.Format(t.Bytes), d.Seconds(), bytesize.Format(t.WireBytes), ratio, t.Seconds())
 	}
 }
 

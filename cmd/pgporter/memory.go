@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/config"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -50,7 +51,7 @@ func parseMemoryLimit(v string) (int64, error) {
 	case "off", "none", "0":
 		return math.MaxInt64, nil
 	}
-	n, err := parseSize(v)
+	n, err := bytesize.Parse(v)
 	if err != nil {
 		return 0, usageError{fmt.Errorf("--memory-limit: %w", err)}
 	}

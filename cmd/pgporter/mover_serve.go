@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/spf13/cobra"
@@ -189,7 +190,7 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	}
 	var memory [2]int64
 	for i, m := range []struct{ flag, v string }{{"--peer-memory", so.peerMemory}, {"--total-memory", so.totalMemory}} {
-		n, err := parseSize(m.v)
+		n, err := bytesize.Parse(m.v)
 		if err == nil && n < 64<<20 {
 			err = fmt.Errorf("%s is below the 64M a transfer needs", m.v)
 		}
@@ -198,11 +199,11 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 		}
 		memory[i] = n
 	}
-	reserve, err := parseSize(so.reserve)
+	reserve, err := bytesize.Parse(so.reserve)
 	if err != nil {
 		return usageError{fmt.Errorf("--reserve: %w", err)}
 	}
-	syncBytes, err := parseSize(so.syncBytes)
+	syncBytes, err := bytesize.Parse(so.syncBytes)
 	if err == nil && syncBytes < 64<<10 {
 		err = fmt.Errorf("%s is below 64K", so.syncBytes)
 	}

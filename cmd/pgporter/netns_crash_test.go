@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/stretchr/testify/require"
@@ -186,7 +187,7 @@ func TestNetnsCrashMatrix(t *testing.T) {
 		m.noteRSS(role)
 	}
 	t.Logf("%d faults injected (%v by process, %v by point, %v by outcome), %d exports completed, %s verified, %d lost; max RSS (KiB) %v; %.0fs",
-		rep.Injected, rep.ByProcess, rep.ByPoint, rep.ByOutcome, rep.ExportsCompleted, mover.HumanBytes(rep.BytesVerified), rep.DataLost, rep.MaxRSSKiB, time.Since(rep.Started).Seconds())
+		rep.Injected, rep.ByProcess, rep.ByPoint, rep.ByOutcome, rep.ExportsCompleted, bytesize.Format(rep.BytesVerified), rep.DataLost, rep.MaxRSSKiB, time.Since(rep.Started).Seconds())
 }
 
 // crashMatrix is the state shared by the faults of one run.
@@ -241,7 +242,7 @@ func (m *crashMatrix) run(t *testing.T, f fault) {
 		m.rep.Faults = append(m.rep.Faults, rec)
 		m.written()
 		t.Logf("fault %d/%d: SIGKILL %s at %s (%s): %s, %s verified, %.1fs",
-			f.N, m.rep.PerProcess*len(faultProcesses), f.Process, f.Point, rec.At, rec.Outcome, mover.HumanBytes(rec.BytesVerified), rec.Seconds)
+			f.N, m.rep.PerProcess*len(faultProcesses), f.Process, f.Point, rec.At, rec.Outcome, bytesize.Format(rec.BytesVerified), rec.Seconds)
 	}()
 
 	to := filepath.Join(e.root, fmt.Sprintf("fault-%03d", f.N))
@@ -355,7 +356,7 @@ func (m *crashMatrix) waitPoint(t *testing.T, p *proc, f fault, baseline int64) 
 			d, err := m.metrics.durable()
 			require.NoError(t, err)
 			if d-baseline >= durable {
-				return fmt.Sprintf("%s of %s durable at the target (aimed at %s)", mover.HumanBytes(d-baseline), mover.HumanBytes(m.shopBytes), mover.HumanBytes(durable)), true
+				return fmt.Sprintf("%s of %s durable at the target (aimed at %s)", bytesize.Format(d-baseline), bytesize.Format(m.shopBytes), bytesize.Format(durable)), true
 			}
 		}
 		select {
@@ -612,7 +613,7 @@ func writeFaultReport(path string, rep *faultReport) error {
 	for _, p := range faultPoints {
 		fmt.Fprintf(&md, "| at %s | %d |\n", p, rep.ByPoint[p])
 	}
-	fmt.Fprintf(&md, "| exports completed | %d |\n| bytes verified | %d (%s) |\n| data lost | %d |\n", rep.ExportsCompleted, rep.BytesVerified, mover.HumanBytes(rep.BytesVerified), rep.DataLost)
+	fmt.Fprintf(&md, "| exports completed | %d |\n| bytes verified | %d (%s) |\n| data lost | %d |\n", rep.ExportsCompleted, rep.BytesVerified, bytesize.Format(rep.BytesVerified), rep.DataLost)
 	for _, role := range []string{"repository", "staging", "target"} {
 		fmt.Fprintf(&md, "| max RSS, %s mover | %d KiB |\n", role, rep.MaxRSSKiB[role])
 	}
@@ -622,7 +623,7 @@ func writeFaultReport(path string, rep *faultReport) error {
 	}
 	fmt.Fprintf(&md, "\nRerun: `%s`\n\n| # | process | point | where | outcome | verified | s |\n|---|---|---|---|---|---|---|\n", rep.Rerun)
 	for _, f := range rep.Faults {
-		fmt.Fprintf(&md, "| %d | %s | %s | %s | %s | %s | %.1f |\n", f.N, f.Process, f.Point, strings.ReplaceAll(f.At, "|", "/"), f.Outcome, mover.HumanBytes(f.BytesVerified), f.Seconds)
+		fmt.Fprintf(&md, "| %d | %s | %s | %s | %s | %s | %.1f |\n", f.N, f.Process, f.Point, strings.ReplaceAll(f.At, "|", "/"), f.Outcome, bytesize.Format(f.BytesVerified), f.Seconds)
 	}
 	return os.WriteFile(strings.TrimSuffix(path, filepath.Ext(path))+".md", md.Bytes(), 0o644)
 }

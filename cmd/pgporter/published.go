@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/orchestrator"
 )
 
@@ -88,7 +88,7 @@ starts, as the publication's --on-restart says). Publications made with
 					on = p.On
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\n", p.ID, p.State, p.RestorePoint, p.Host(), p.Port, up,
-					mover.HumanBytes(orchestrator.CowBytes(p)), on, firstLine(userText(p.Error)))
+					bytesize.Format(orchestrator.CowBytes(p)), on, firstLine(userText(p.Error)))
 			}
 			return tw.Flush()
 		},

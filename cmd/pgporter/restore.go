@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/spf13/cobra"
@@ -201,7 +202,7 @@ func runRestore(ctx context.Context, o restoreOptions, stdout, stderr io.Writer)
 		return fmt.Errorf("restoring %s into %q: %w", o.Dir, o.DBName, err)
 	}
 	fmt.Fprintf(stdout, "restored %s into database %q: %d files, %s verified, %s\n",
-		o.Dir, o.DBName, rep.Files, humanSize(rep.Bytes), time.Since(start).Round(10*time.Millisecond))
+		o.Dir, o.DBName, rep.Files, bytesize.Format(rep.Bytes), time.Since(start).Round(10*time.Millisecond))
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/bytesize"
 )
 
 func newRestorePointsCmd(g *globals) *cobra.Command {
@@ -62,7 +63,7 @@ one whose end segment is not archived: it exports as of itself only.`,
 					}
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, p.Time.UTC().Format("2006-01-02 15:04:05"),
-					p.PGVersion, len(p.Databases), humanSize(p.Size), humanSize(p.StoredSize), to)
+					p.PGVersion, len(p.Databases), bytesize.Format(p.Size), bytesize.Format(p.StoredSize), to)
 			}
 			return tw.Flush()
 		},

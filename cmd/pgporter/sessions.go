@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/orchestrator"
 	"github.com/spf13/cobra"
 )
@@ -132,7 +133,7 @@ func printSession(w io.Writer, s *orchestrator.Session) {
 		if st.Error != "" {
 			detail = "error: " + firstLine(userText(st.Error))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%s\t%s\t%s\n", st.Name, st.State, started, st.Seconds(), humanSize(st.Bytes), humanSize(st.WireBytes), detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%s\t%s\t%s\n", st.Name, st.State, started, st.Seconds(), bytesize.Format(st.Bytes), bytesize.Format(st.WireBytes), detail)
 	}
 	tw.Flush()
 	if m := s.Manifests(); len(m) > 0 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/spf13/cobra"
 )
@@ -55,7 +56,7 @@ exactly what was sent, 7 that it is not (see 'pgporter help exit-codes').`,
 				return err
 			}
 			if err == nil {
-				fmt.Fprintf(summary, "%s: ok, %d files, %s verified (manifest %s)\n", args[0], rep.Files, humanSize(rep.Bytes), rep.ManifestHash)
+				fmt.Fprintf(summary, "%s: ok, %d files, %s verified (manifest %s)\n", args[0], rep.Files, bytesize.Format(rep.Bytes), rep.ManifestHash)
 			}
 			if asJSON {
 				out := map[string]any{"ok": err == nil, "files": rep.Files, "bytes": rep.Bytes, "manifest_blake3": rep.ManifestHash.String(), "problems": rep.Problems}
