@@ -17,7 +17,9 @@ import (
 const (
 	groBatch   = 8
 	groBufSize = 1 << 16 // the largest UDP payload a GRO read returns
-	groOOBSize = 128     // quic-go's control-message buffer
+	// groOOBSize holds every control message a dual-stack socket can get
+	// with quic-go's options (TOS, TCLASS, both packet infos) and UDP_GRO's.
+	groOOBSize = 256
 )
 
 // setGRO turns UDP_GRO on for the socket fd (Linux 5.0 and later); a
@@ -115,10 +117,14 @@ func (g *groConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		}
 		out := &ms[k]
 		out.N = copy(out.Buffers[0], d)
-		out.NN = copy(out.OOB, g.oob[g.next])
+		oob := wholeControl(g.oob[g.next], len(out.OOB))
+		out.NN = copy(out.OOB, oob)
 		out.Flags = m.Flags
-		if out.N < len(d) || out.NN < len(g.oob[g.next]) {
+		if out.N < len(d) {
 			out.Flags |= unix.MSG_TRUNC
+		}
+		if len(oob) < len(g.oob[g.next]) {
+			out.Flags |= unix.MSG_CTRUNC
 		}
 		out.Addr = m.Addr
 		k++
@@ -148,4 +154,24 @@ func splitGROControl(oob, dst []byte) (int, []byte) {
 		oob = rest
 	}
 	return seg, dst
+}
+
+// wholeControl returns the longest prefix of the control messages in oob
+// that fits in n bytes without cutting one: quic-go fails its read loop on
+// a control message cut short.
+func wholeControl(oob []byte, n int) []byte {
+	end := 0
+	for rest := oob; len(rest) > 0; {
+		_, _, next, err := unix.ParseOneSocketControlMessage(rest)
+		if err != nil {
+			break
+		}
+		l := len(rest) - len(next)
+		if end+l > n {
+			break
+		}
+		end += l
+		rest = next
+	}
+	return oob[:end]
 }

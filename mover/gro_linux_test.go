@@ -34,7 +34,7 @@ func quicMessages(n int) []ipv4.Message {
 	ms := make([]ipv4.Message, n)
 	for i := range ms {
 		ms[i].Buffers = [][]byte{make([]byte, 1452)}
-		ms[i].OOB = make([]byte, groOOBSize)
+		ms[i].OOB = make([]byte, 128)
 	}
 	return ms
 }
@@ -133,6 +133,19 @@ func TestGROFallback(t *testing.T) {
 		require.NoError(t, err)
 		requireSameTree(t, src, dest)
 	})
+}
+
+// TestWholeControl: control messages passed on are whole, or left out.
+func TestWholeControl(t *testing.T) {
+	tos := make([]byte, unix.CmsgSpace(1))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&tos[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_TOS
+	h.SetLen(unix.CmsgLen(1))
+	two := append(bytes.Clone(tos), tos...)
+	require.Equal(t, two, wholeControl(two, 128))
+	require.Equal(t, tos, wholeControl(two, len(two)-1))
+	require.Empty(t, wholeControl(two, len(tos)-1))
+	require.Empty(t, wholeControl(nil, 128))
 }
 
 func refuseGRO(t *testing.T) {
