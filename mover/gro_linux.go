@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// groBatch is how many kernel reads one recvmmsg fills, as quic-go's own
-// batch (8); each holds up to groBufSize bytes.
+// groBatch is how many buffers one recvmmsg fills, as quic-go's own batch
+// (8); each holds up to groBufSize bytes: 512 KiB a socket.
 const (
 	groBatch   = 8
 	groBufSize = 1 << 16 // the largest UDP payload a GRO read returns
