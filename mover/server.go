@@ -251,7 +251,7 @@ func (s *Server) listen(addr string) error {
 	s.metrics.udpSndBuf.Set(float64(bufs.Send))
 	handshakes := rate.NewLimiter(rate.Limit(s.o.HandshakeRate), max(1, int(2*s.o.HandshakeRate)))
 	s.tr = &quic.Transport{
-		Conn:              udp,
+		Conn:              quicPacketConn(udp),
 		StatelessResetKey: s.id.StatelessResetKey(),
 		VerifySourceAddress: func(net.Addr) bool {
 			if handshakes.Allow() {

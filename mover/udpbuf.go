@@ -104,7 +104,7 @@ func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config)
 		udp.Close()
 		return nil, UDPBuffers{}, err
 	}
-	tr := &quic.Transport{Conn: udp}
+	tr := &quic.Transport{Conn: quicPacketConn(udp)}
 	conn, err := tr.Dial(ctx, ua, tc, qc)
 	if err != nil {
 		tr.Close()
