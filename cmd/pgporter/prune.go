@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/bytesize"
 )
 
 func newForgetCmd(g *globals) *cobra.Command {
@@ -132,8 +133,8 @@ goes on meanwhile, and wal-fetch waits for it.`,
 				verb = "would free"
 			}
 			fmt.Fprintf(g.stdout, "%s %s: %d packs deleted, %d rewritten, %d left by crashed writers; %d WAL files; %d live chunks of %d restore points kept (%s dead in packs mostly live)\n",
-				verb, humanSize(st.BytesFreed), st.PacksDeleted, st.PacksRepacked, st.PacksOrphaned, st.WALFilesPruned,
-				st.LiveChunks, st.RestorePoints, humanSize(st.BytesKeptDead))
+				verb, bytesize.Format(st.BytesFreed), st.PacksDeleted, st.PacksRepacked, st.PacksOrphaned, st.WALFilesPruned,
+				st.LiveChunks, st.RestorePoints, bytesize.Format(st.BytesKeptDead))
 			return r.Close()
 		},
 	}
