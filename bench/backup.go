@@ -115,7 +115,11 @@ func (s *Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	env.Logf("backup: the data directory is %d bytes in %d files, %d after the changes", sizeA, files, sizeB)
+	wal, _, err := treeSize(filepath.Join(a, "pg_wal"))
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("backup: the data directory is %d bytes in %d files (%d of them in pg_wal), %d after the changes", sizeA, files, wal, sizeB)
 	cred, err := pgtool.ServerCredential("")
 	if err != nil {
 		return nil, err
@@ -126,7 +130,7 @@ func (s *Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		Sides: []string{"backup"},
 		Notes: map[string]string{
 			"data":        fmt.Sprintf("pgbench -i -s %d plus %d rows of md5 text, jsonb and words; then 1%% of the rows of both tables appended and %d rows updated (%d bytes after)", scale, docs, UpdatedRows, sizeB),
-			"input":       "the data directory of the stopped cluster, before the changes",
+			"input":       fmt.Sprintf("the data directory of the stopped cluster, before the changes, %.0f MB of it the WAL segments in pg_wal", float64(wal)/1e6),
 			"pgbackrest":  fmt.Sprintf("%s --no-online (an offline cluster: no WAL archive), compress-type=zst compress-level=1 (pgporter's codec and level), process-max=%d", pgBackRestVersion(ctx), runtime.NumCPU()),
 			"repository":  "each run starts empty; repo_MB is its size after the timed backup, growth_MB what the timed backup added",
 			"after first": "the rows '(after changes)' and 'incr' time the second backup, after an untimed first one into the same repository",

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 
@@ -72,7 +73,11 @@ func (s *Scale) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	env.Logf("%s: the data directory is %d bytes in %d files", s.Name(), size, files)
+	wal, _, err := treeSize(filepath.Join(c.DataDir, "pg_wal"))
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("%s: the data directory is %d bytes in %d files (%d of them in pg_wal)", s.Name(), size, files, wal)
 
 	lo := s.Link
 	if lo.Rate == "" {
@@ -93,7 +98,7 @@ func (s *Scale) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		Bytes: size,
 		Sides: []string{"sender", "receiver"},
 		Notes: map[string]string{
-			"data":          fmt.Sprintf("%dx: pgbench -i -s %d plus %d rows of md5 text, jsonb and words, the stopped cluster's data directory", s.Factor, scale, docs),
+			"data":          fmt.Sprintf("%dx: pgbench -i -s %d plus %d rows of md5 text, jsonb and words, the stopped cluster's data directory (%.0f MB of it the WAL segments in pg_wal)", s.Factor, scale, docs, float64(wal)/1e6),
 			"files":         strconv.Itoa(files),
 			"link":          lo.Rate + " (tc tbf) each way, for pgporter send; the backups are local",
 			"sender CPUs":   link.SenderCPUs + " (pgporter send; the backups are not pinned)",
