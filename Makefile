@@ -141,21 +141,21 @@ fuzz:
 # 'go run ./bench/cmd/pgporter-bench --help'). The lock keeps benchmark runs
 # that share the machine from overlapping.
 #
-# make bench: a subset at modest sizes, 3 runs, about 10 minutes on 2 cores:
+# make bench: a subset at modest sizes, 3 runs, about 8 minutes on 2 cores:
 # the chunk engine, the LAN cold transfer (a 260 MB dump), the export of a
-# pgbench -s 20 database (10 s of settling before each run, not 30), the
-# export of one of 4 databases of pgbench -s 10 against pgBackRest's restore
-# (multidb), backups against pgBackRest full and incr (pgbench -s 10), and
-# send and backup at 1x (scale-1x). The WAN, outage and delta scenarios
-# (about 15 minutes) and scale-10x are bench-full's.
+# pgbench -s 20 database and of one of 4 such databases against pgBackRest's
+# restore (multidb), both with 10 s of settling before each run (not 30),
+# backups against pgBackRest full and incr (pgbench -s 20), and send and
+# backup at 1x (scale-1x, pgbench -s 10). The WAN, outage and delta
+# scenarios (about 15 minutes) and scale-10x are bench-full's.
 BENCH_FLAGS  ?=
 BENCH_SUBSET := --scenario chunk,lan,export,multidb,backup,scale-1x --runs 3 \
-	--export-scale 20 --export-settle 10s --multidb-scale 10 --backup-scale 10
+	--export-scale 20 --export-settle 10s
 bench: setup
 	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_SUBSET) $(BENCH_FLAGS)
 
-# make bench-full: every scenario at its default size, 5 runs (about an
-# hour): the WAN path with its loss, outage and delta; the export at
+# make bench-full: every scenario at its default size, 5 runs (about 45
+# minutes): the WAN path with its loss, outage and delta; the export at
 # pgbench -s 70 with 30 s of settling; scale-10x.
 bench-full: setup
 	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_FLAGS)
