@@ -197,7 +197,11 @@ func (t *backupTool) Name() string {
 
 func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	j := t.job
-	d := filepath.Join(j.dir, fmt.Sprintf("%s-%s%d", t.kind, map[bool]string{false: "f", true: "i"}[t.second], rep))
+	step := "first"
+	if t.second {
+		step = "second"
+	}
+	d := filepath.Join(j.dir, fmt.Sprintf("%s-%s-%d", t.kind, step, rep))
 	if err := os.Mkdir(d, 0o755); err != nil {
 		return Measure{}, err
 	}
