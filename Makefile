@@ -141,7 +141,7 @@ fuzz:
 # 'go run ./bench/cmd/pgporter-bench --help'). The lock keeps benchmark runs
 # that share the machine from overlapping.
 #
-# make bench: a subset at modest sizes, 3 runs, about 8 minutes on 2 cores:
+# make bench: a subset at modest sizes, 3 runs, about 7 minutes on 2 cores:
 # the chunk engine, the LAN cold transfer (a 260 MB dump), the export of a
 # pgbench -s 20 database and of one of 4 such databases against pgBackRest's
 # restore (multidb), both with 10 s of settling before each run (not 30),
