@@ -275,7 +275,7 @@ func TestSmokeWAN(t *testing.T) {
 }
 
 // TestSmokePgBackRest runs --smoke of the scenarios against pgBackRest and
-// of scale at 1x, as CI does (about 35 s; scale-10x stays out of CI): the
+// of scale at 1x, as CI does (about 30 s; scale-10x stays out of CI): the
 // export of one database of a two-database cluster by pgporter export and
 // by pgbackrest restore --db-include, postgres, pg_dump and rsync; backups
 // before and after changes by pgporter and pgbackrest full and incr; and
