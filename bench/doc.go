@@ -1,5 +1,5 @@
 // Package bench is the benchmark harness that compares pgporter with its
-// peers (rsync, tar|zstd|nc, later pg_dump+rsync and pgBackRest) on the same
+// peers (rsync, tar|zstd|nc, pg_dump+rsync and pgBackRest) on the same
 // data and the same emulated links in one run (issue 17).
 //
 // A Scenario prepares data and links and names the Tools that do its job;

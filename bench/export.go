@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,13 +60,30 @@ type Export struct {
 	// Settle is the quiet before every run, after which the harness syncs
 	// and drops the page cache (see exportSettle); bench-export's SETTLE.
 	Settle time.Duration
+	// Databases, when 2 or more, makes this scenario 6 ("multidb"): the
+	// cluster holds shop and Databases-1 other databases of the same shape
+	// and size, archives its WAL into a pgBackRest repository
+	// (archive_command = pgbackrest archive-push) and is backed up online
+	// by pgbackrest backup --type=full as well as by pgporter backup. The
+	// reference is then what a pgBackRest user does to get one database
+	// out: pgbackrest restore --db-include=shop, postgres started on the
+	// restored directory, pg_dump, rsync (restoreExportTool).
+	Databases int
 }
 
 var _ Scenario = (*Export)(nil)
 
-func (*Export) Name() string { return "export" }
+func (s *Export) Name() string {
+	if s.Databases > 1 {
+		return "multidb"
+	}
+	return "export"
+}
 
-func (*Export) Describe() string {
+func (s *Export) Describe() string {
+	if s.Databases > 1 {
+		return "export one database out of a backup of a multi-database cluster: pgporter export against pgbackrest restore --db-include, postgres, pg_dump -Fd (gzip) and rsync -a"
+	}
 	return "export one database out of a pgporter backup: pgporter export against pgporter mount, postgres, pg_dump -Fd (gzip) and rsync -a, on one machine"
 }
 
@@ -110,6 +128,11 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err := RequireExportTools(); err != nil {
 		return nil, err
 	}
+	if o.Databases > 1 {
+		if err := RequirePgBackRest(); err != nil {
+			return nil, err
+		}
+	}
 	// The postgres user must reach the staging directories and the mount.
 	if err := os.Chmod(env.Dir, 0o755); err != nil {
 		return nil, err
@@ -121,13 +144,18 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	case "tables":
 		shape = fmt.Sprintf("%d tables of %d rows", o.Tables, o.Rows)
 	}
-	env.Logf("export: filling shop (%s) and backing it up", shape)
+	name := s.Name()
+	if o.Databases > 1 {
+		env.Logf("%s: filling shop and %d other databases (%s each) and backing them up with pgbackrest and pgporter", name, o.Databases-1, shape)
+	} else {
+		env.Logf("%s: filling shop (%s) and backing it up", name, shape)
+	}
 	repo := filepath.Join(env.Dir, "repo")
 	db, err := makeExportRepo(ctx, o, repo, env.Dir)
 	if err != nil {
 		return nil, err
 	}
-	env.Logf("export: shop is %d bytes in %d tables", db.bytes, len(db.tables))
+	env.Logf("%s: shop is %d bytes in %d tables, the cluster %d bytes", name, db.bytes, len(db.tables), db.cluster)
 	bin, err := pgtool.NewestServerBinDir()
 	if err != nil {
 		return nil, err
@@ -136,29 +164,40 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &exportJob{bin: o.Pgporter, bwlimit: o.BWLimit, pgBin: bin, cred: cred, repo: repo, dir: env.Dir, tables: db.tables, logf: env.Logf}
+	j := &exportJob{bin: o.Pgporter, bwlimit: o.BWLimit, pgBin: bin, cred: cred, repo: repo, dir: env.Dir, tables: db.tables, logf: env.Logf, name: name}
 	tools := []Tool{&exportTool{job: j, name: "pgporter export", dir: "p", bin: o.Pgporter, jobs: o.Jobs}}
 	if o.Base != "" {
 		tools = append(tools, &exportTool{job: j, name: "pgporter export (base)", dir: "b", bin: o.Base, jobs: o.Jobs})
 	}
-	tools = append(tools, &refExportTool{job: j, jobs: o.RefJobs})
+	var ref Tool = &refExportTool{job: j, jobs: o.RefJobs}
+	if o.Databases > 1 {
+		ref = &restoreExportTool{job: j, pbr: db.pbr, jobs: o.RefJobs}
+	}
+	tools = append(tools, ref)
 	link := "none (loopback)"
 	if o.BWLimit != "" {
 		link = o.BWLimit + "/s (pgporter export --bwlimit, rsync --bwlimit)"
 	}
+	notes := map[string]string{
+		"data":   fmt.Sprintf("%s (%s)", o.Data, shape),
+		"jobs":   fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
+		"settle": fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
+		"link":   link,
+		"input":  "the size of the database shop (pg_database_size)",
+	}
+	if o.Databases > 1 {
+		notes["data"] = fmt.Sprintf("shop and %d other databases, each %s (%s); the cluster %.0f MB", o.Databases-1, o.Data, shape, float64(db.cluster)/1e6)
+		notes["backups"] = fmt.Sprintf("of the same data: pgporter backup --pgdata of the stopped cluster; %s backup --type=full of it running, WAL archived by archive_command = pgbackrest archive-push, %s, process-max=%d",
+			pgBackRestVersion(ctx), strings.Join(pgBackRestCompress, " "), runtime.NumCPU())
+		notes["reference"] = "pgbackrest restore --db-include=shop --type=immediate --target-action=promote --archive-mode=off, postgres on it until promoted, pg_dump, rsync -a, postgres stopped (SIGQUIT), the restored directory removed"
+	}
 	return &Setup{
-		Bytes: db.bytes,
-		Sides: []string{"pipeline"},
-		Notes: map[string]string{
-			"data":   fmt.Sprintf("%s (%s)", o.Data, shape),
-			"jobs":   fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
-			"settle": fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
-			"link":   link,
-			"input":  "the size of the database shop (pg_database_size)",
-		},
+		Bytes:   db.bytes,
+		Sides:   []string{"pipeline"},
+		Notes:   notes,
 		Tools:   tools,
 		Settle:  func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
-		SpeedUp: &SpeedUp{Of: "pgporter export", Over: "pg_dump+rsync"},
+		SpeedUp: &SpeedUp{Of: "pgporter export", Over: ref.Name()},
 	}, nil
 }
 
@@ -210,19 +249,38 @@ func exportSettle(ctx context.Context, d time.Duration) error {
 
 // exportDB is what the scenario's data turned out to be.
 type exportDB struct {
-	bytes  int64    // pg_database_size('shop')
-	tables []string // public tables, sorted: what each dump must hold
+	bytes   int64       // pg_database_size('shop')
+	cluster int64       // the sum of every database's size
+	tables  []string    // public tables, sorted: what each dump must hold
+	pbr     *pgBackRest // with Databases > 1: the stanza holding the cluster's backup
 }
 
-// makeExportRepo fills shop in a throwaway cluster, stops it, and backs its
-// data directory up into a new pgporter repository at repo.
+// otherDB names the i-th database beside shop (i from 1).
+func otherDB(i int) string { return fmt.Sprintf("other%d", i) }
+
+// makeExportRepo fills shop (and, with o.Databases > 1, the other
+// databases, and backs the running cluster up with pgBackRest into a
+// stanza under dir) in a throwaway cluster, stops it, and backs its data
+// directory up into a new pgporter repository at repo.
 func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB, err error) {
 	var db exportDB
-	c, err := newPGCluster(ctx, "", "")
+	c, err := newPGCluster(ctx, "", "", nil)
 	if err != nil {
 		return db, err
 	}
 	defer func() { err = errors.Join(err, c.remove()) }()
+	if o.Databases > 1 {
+		cred, err := pgtool.ServerCredential("")
+		if err != nil {
+			return db, err
+		}
+		db.pbr, err = newPgBackRest(filepath.Join(dir, "pgbackrest"), pgBackRestServer{PGData: c.DataDir, Socket: c.SocketDir, Port: c.Port}, cred)
+		if err != nil {
+			return db, err
+		}
+		c.Settings["archive_mode"] = "on"
+		c.Settings["archive_command"] = db.pbr.archiveCommand()
+	}
 	if err := c.start(ctx); err != nil {
 		return db, err
 	}
@@ -232,37 +290,59 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 			err = errors.Join(err, c.stop())
 		}
 	}()
+	if db.pbr != nil {
+		if err := db.pbr.run(ctx, "stanza-create"); err != nil {
+			return db, err
+		}
+	}
 	if _, err := c.client(ctx, "postgres", "psql", "-qc", "ALTER ROLE postgres PASSWORD '"+exportPassword+"'"); err != nil {
 		return db, err
 	}
-	if _, err := c.client(ctx, "postgres", "createdb", "shop"); err != nil {
-		return db, err
+	names := []string{"shop"}
+	for i := 1; i < o.Databases; i++ {
+		names = append(names, otherDB(i))
 	}
-	switch o.Data {
-	case "pgbench":
-		_, err = c.client(ctx, "shop", "pgbench", "-i", "-q", "-s", strconv.Itoa(o.Scale), "shop")
-	case "mixed":
-		err = fillMixed(ctx, c, o.Scale)
-	case "tables":
-		err = fillTables(ctx, c, o.Tables, o.Rows, dir)
-	default:
-		err = fmt.Errorf("export: data %q: want pgbench, mixed or tables", o.Data)
+	for _, name := range names {
+		if _, err := c.client(ctx, "postgres", "createdb", name); err != nil {
+			return db, err
+		}
+		switch o.Data {
+		case "pgbench":
+			_, err = c.client(ctx, name, "pgbench", "-i", "-q", "-s", strconv.Itoa(o.Scale), name)
+		case "mixed":
+			err = fillMixed(ctx, c, name, o.Scale)
+		case "tables":
+			err = fillTables(ctx, c, name, o.Tables, o.Rows, dir)
+		default:
+			err = fmt.Errorf("export: data %q: want pgbench, mixed or tables", o.Data)
+		}
+		if err != nil {
+			return db, err
+		}
 	}
+	size, err := c.client(ctx, "shop", "psql", "-Atc", "SELECT pg_database_size('shop'), (SELECT sum(pg_database_size(oid)) FROM pg_database)")
 	if err != nil {
 		return db, err
 	}
-	size, err := c.client(ctx, "shop", "psql", "-Atc", "SELECT pg_database_size('shop')")
-	if err != nil {
-		return db, err
-	}
-	if db.bytes, err = strconv.ParseInt(strings.TrimSpace(size), 10, 64); err != nil {
+	sizes := strings.Split(strings.TrimSpace(size), "|")
+	if db.bytes, err = strconv.ParseInt(sizes[0], 10, 64); err != nil {
 		return db, fmt.Errorf("reading the size of shop: %w", err)
 	}
-	names, err := c.client(ctx, "shop", "psql", "-Atc", "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+	if db.cluster, err = strconv.ParseInt(sizes[len(sizes)-1], 10, 64); err != nil {
+		return db, fmt.Errorf("reading the size of the cluster: %w", err)
+	}
+	tables, err := c.client(ctx, "shop", "psql", "-Atc", "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
 	if err != nil {
 		return db, err
 	}
-	db.tables = strings.Fields(names)
+	db.tables = strings.Fields(tables)
+	if db.pbr != nil {
+		// Online, as pgBackRest backs up a production cluster: it waits
+		// for the backup's last WAL segment to be archived (archive-check).
+		if err := db.pbr.run(ctx, "backup", "--type=full"); err != nil {
+			return db, err
+		}
+	}
 	stopped = true
 	if err := c.stop(); err != nil {
 		return db, err
@@ -286,11 +366,11 @@ const mixedTable = `CREATE TABLE orders_%[1]d AS
 
 // fillMixed makes about 14.5 MB of mixedTable rows per unit of scale, in
 // four tables filled at once, so that pg_dump -j has work to spread.
-func fillMixed(ctx context.Context, c *pgCluster, scale int) error {
+func fillMixed(ctx context.Context, c *pgCluster, db string, scale int) error {
 	errs := make(chan error, 4)
 	for t := 1; t <= 4; t++ {
 		go func() {
-			_, err := c.client(ctx, "shop", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(mixedTable, t, scale*12000))
+			_, err := c.client(ctx, db, "psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(mixedTable, t, scale*12000))
 			errs <- err
 		}()
 	}
@@ -304,7 +384,7 @@ func fillMixed(ctx context.Context, c *pgCluster, scale int) error {
 // fillTables makes n tables of rows rows each, one statement per
 // transaction: a single transaction creating them all would run out of
 // lock table slots.
-func fillTables(ctx context.Context, c *pgCluster, n, rows int, dir string) error {
+func fillTables(ctx context.Context, c *pgCluster, db string, n, rows int, dir string) error {
 	var b strings.Builder
 	b.WriteString("SET synchronous_commit = off;\n")
 	for t := 1; t <= n; t++ {
@@ -315,7 +395,7 @@ func fillTables(ctx context.Context, c *pgCluster, n, rows int, dir string) erro
 		return err
 	}
 	defer os.Remove(sql)
-	_, err := c.client(ctx, "shop", "psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", sql)
+	_, err := c.client(ctx, db, "psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", sql)
 	return err
 }
 
@@ -329,6 +409,7 @@ type exportJob struct {
 	dir     string
 	tables  []string
 	logf    func(string, ...any)
+	name    string // the scenario's, for log lines
 }
 
 // checkDump returns an error unless pg_restore -l lists the data of every

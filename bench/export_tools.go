@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -82,7 +83,7 @@ func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	if err != nil {
 		return Measure{}, err
 	}
-	j.logf("export: %s: %.1f s, dump %.1f MB, %.1f MB on the wire", t.name, wall.Seconds(), extra["dump_MB"], extra["wire_MB"])
+	j.logf("%s: %s: %.1f s, dump %.1f MB, %.1f MB on the wire", j.name, t.name, wall.Seconds(), extra["dump_MB"], extra["wire_MB"])
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil
 }
 
@@ -176,12 +177,7 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	x["mount_s"] = t1.Sub(t0).Seconds()
 	_ = os.Remove(filepath.Join(mnt, "postmaster.pid"))
 
-	pcmd := exec.Command(filepath.Join(j.pgBin, "postgres"), "-D", mnt, "-c", "listen_addresses=", "-c", "unix_socket_directories="+sock,
-		"-c", "port="+strconv.Itoa(refPort), "-c", "autovacuum=off", "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off")
-	pcmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: j.cred}
-	var plog bytes.Buffer
-	pcmd.Stdout, pcmd.Stderr = &plog, &plog
-	pg, err := startDaemon(pcmd)
+	pg, err := j.startInstance(ctx, mnt, sock)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -191,38 +187,22 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 			<-pg.exited
 		}
 	}()
-	if err := pollUntil(ctx, func() (bool, error) {
-		select {
-		case <-pg.exited:
-			return false, fmt.Errorf("postgres exited: %v: %s", pg.err, tail(plog.String()))
-		default:
-		}
-		return exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_isready"), "-q", "-h", sock, "-p", strconv.Itoa(refPort), "-d", "postgres").Run() == nil, nil
-	}); err != nil {
-		return Measure{}, fmt.Errorf("waiting for the reference postgres: %w", err)
-	}
 	t2 := time.Now()
 	x["instance_s"] = t2.Sub(t1).Seconds()
 
-	dump := exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_dump"), "-h", sock, "-p", strconv.Itoa(refPort), "-U", "postgres",
-		"-Fd", "-j", strconv.Itoa(t.jobs), "-f", filepath.Join(staging, "shop"), "shop")
-	dump.Env = append(os.Environ(), "PGPASSWORD="+exportPassword)
-	if out, err := dump.CombinedOutput(); err != nil {
-		return Measure{}, fmt.Errorf("pg_dump: %w: %s", err, tail(string(out)))
+	dumpCPU, err := j.dumpShop(ctx, sock, staging, t.jobs)
+	if err != nil {
+		return Measure{}, err
 	}
-	cpu += usage(dump)
+	cpu += dumpCPU
 	t3 := time.Now()
 	x["dump_s"] = t3.Sub(t2).Seconds()
 
-	rargs := []string{"-a"}
-	if j.bwlimit != "" {
-		rargs = append(rargs, "--bwlimit="+j.bwlimit)
+	rsyncCPU, err := j.rsyncDump(ctx, staging, target)
+	if err != nil {
+		return Measure{}, err
 	}
-	rsync := exec.CommandContext(ctx, "rsync", append(rargs, filepath.Join(staging, "shop"), target+"/")...)
-	if out, err := rsync.CombinedOutput(); err != nil {
-		return Measure{}, fmt.Errorf("rsync: %w: %s", err, tail(string(out)))
-	}
-	cpu += usage(rsync)
+	cpu += rsyncCPU
 	t4 := time.Now()
 	x["transfer_s"] = t4.Sub(t3).Seconds()
 
@@ -242,21 +222,199 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	wall := t5.Sub(t0)
 
 	// Untimed from here.
-	if err := j.checkDump(ctx, filepath.Join(target, "shop")); err != nil {
+	sent, err := j.checkRef(ctx, staging, target)
+	if err != nil {
 		return Measure{}, err
+	}
+	x["dump_MB"] = float64(sent) / 1e6
+	j.logf("%s: pg_dump+rsync: %.1f s, dump %.1f MB", j.name, wall.Seconds(), x["dump_MB"])
+	return Measure{Wall: wall, CPUSender: cpu, Extra: x}, nil
+}
+
+// startInstance starts postgres on dataDir as pgporter's throwaway instance
+// is (fsync, full_page_writes, synchronous_commit and autovacuum off, a
+// socket in sock only, on refPort) and returns once pg_isready says it
+// accepts connections. The caller stops it (SIGQUIT: immediate, no
+// checkpoint) and waits for it to exit; wait4's rusage then counts it and
+// the backends it reaped.
+func (j *exportJob) startInstance(ctx context.Context, dataDir, sock string) (*daemon, error) {
+	pcmd := exec.Command(filepath.Join(j.pgBin, "postgres"), "-D", dataDir, "-c", "listen_addresses=", "-c", "unix_socket_directories="+sock,
+		"-c", "port="+strconv.Itoa(refPort), "-c", "autovacuum=off", "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off")
+	pcmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: j.cred}
+	var plog bytes.Buffer
+	pcmd.Stdout, pcmd.Stderr = &plog, &plog
+	pg, err := startDaemon(pcmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := pollUntil(ctx, func() (bool, error) {
+		select {
+		case <-pg.exited:
+			return false, fmt.Errorf("postgres exited: %v: %s", pg.err, tail(plog.String()))
+		default:
+		}
+		return exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_isready"), "-q", "-h", sock, "-p", strconv.Itoa(refPort), "-d", "postgres").Run() == nil, nil
+	}); err != nil {
+		_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
+		<-pg.exited
+		return nil, fmt.Errorf("waiting for the reference postgres: %w", err)
+	}
+	return pg, nil
+}
+
+// dumpShop runs pg_dump -Fd -j jobs (its default gzip) of shop from the
+// instance on sock into staging/shop and returns its CPU-seconds.
+func (j *exportJob) dumpShop(ctx context.Context, sock, staging string, jobs int) (float64, error) {
+	dump := exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_dump"), "-h", sock, "-p", strconv.Itoa(refPort), "-U", "postgres",
+		"-Fd", "-j", strconv.Itoa(jobs), "-f", filepath.Join(staging, "shop"), "shop")
+	dump.Env = append(os.Environ(), "PGPASSWORD="+exportPassword)
+	if out, err := dump.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("pg_dump: %w: %s", err, tail(string(out)))
+	}
+	return usage(dump), nil
+}
+
+// rsyncDump runs rsync -a (with the job's --bwlimit) of staging/shop into
+// target and returns its CPU-seconds.
+func (j *exportJob) rsyncDump(ctx context.Context, staging, target string) (float64, error) {
+	rargs := []string{"-a"}
+	if j.bwlimit != "" {
+		rargs = append(rargs, "--bwlimit="+j.bwlimit)
+	}
+	rsync := exec.CommandContext(ctx, "rsync", append(rargs, filepath.Join(staging, "shop"), target+"/")...)
+	if out, err := rsync.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("rsync: %w: %s", err, tail(string(out)))
+	}
+	return usage(rsync), nil
+}
+
+// checkRef checks a reference's result: the dump in target lists the data
+// of every table of shop, and holds every byte of the dump in staging,
+// whose size it returns.
+func (j *exportJob) checkRef(ctx context.Context, staging, target string) (int64, error) {
+	if err := j.checkDump(ctx, filepath.Join(target, "shop")); err != nil {
+		return 0, err
 	}
 	sent, _, err := treeSize(filepath.Join(staging, "shop"))
 	if err != nil {
-		return Measure{}, err
+		return 0, err
 	}
 	got, _, err := treeSize(filepath.Join(target, "shop"))
 	if err != nil {
-		return Measure{}, err
+		return 0, err
 	}
 	if got != sent {
-		return Measure{}, fmt.Errorf("rsync left %d bytes of the %d-byte dump in the target", got, sent)
+		return 0, fmt.Errorf("rsync left %d bytes of the %d-byte dump in the target", got, sent)
+	}
+	return sent, nil
+}
+
+// ---- the pgBackRest reference: restore --db-include, postgres, pg_dump, rsync ----
+
+// restoreExportTool is what a pgBackRest user does today to get one
+// database out of a backup (scenario 6): pgbackrest restore
+// --db-include=shop into an empty directory (the other databases' files
+// restored as sparse zeros), postgres started on it, replaying the
+// archived WAL to the backup's consistent point and promoting, pg_dump -Fd
+// -j N (gzip) into a staging directory, rsync -a to the target, postgres
+// stopped with SIGQUIT and the restored directory removed. Timed from the
+// restore's start to the removal's end.
+type restoreExportTool struct {
+	job  *exportJob
+	pbr  *pgBackRest
+	jobs int
+}
+
+func (t *restoreExportTool) Name() string { return "pgbackrest restore+pg_dump+rsync" }
+
+func (t *restoreExportTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
+	j := t.job
+	d := filepath.Join(j.dir, fmt.Sprintf("pbr-%d", rep))
+	data, sock, staging, target := filepath.Join(d, "data"), filepath.Join(d, "sock"), filepath.Join(d, "staging"), filepath.Join(d, "target")
+	for _, p := range []string{data, sock, staging, target} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return Measure{}, err
+		}
+	}
+	defer os.RemoveAll(d)
+	// PostgreSQL refuses a data directory that others may read.
+	if err := os.Chmod(data, 0o700); err != nil {
+		return Measure{}, err
+	}
+	if j.cred != nil {
+		for _, p := range []string{data, sock, staging} {
+			if err := os.Chown(p, int(j.cred.Uid), int(j.cred.Gid)); err != nil {
+				return Measure{}, err
+			}
+		}
+	}
+	var cpu float64 // wait4's user+system of every process started here
+	x := map[string]float64{}
+	t0 := time.Now()
+
+	restore := t.pbr.cmd(ctx, "", "--pg1-path="+data, "restore", "--db-include=shop", "--type=immediate", "--target-action=promote", "--archive-mode=off")
+	if out, err := restore.CombinedOutput(); err != nil {
+		return Measure{}, fmt.Errorf("pgbackrest restore: %w: %s", err, tail(string(out)))
+	}
+	cpu += usage(restore)
+	t1 := time.Now()
+	x["restore_s"] = t1.Sub(t0).Seconds()
+
+	pg, err := j.startInstance(ctx, data, sock)
+	if err != nil {
+		return Measure{}, err
+	}
+	defer func() {
+		if pg != nil {
+			_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
+			<-pg.exited
+		}
+	}()
+	// pg_isready answers once recovery is consistent (hot standby); the
+	// user waits for the promotion before dumping, as a script would.
+	if err := pollUntil(ctx, func() (bool, error) {
+		out, err := exec.CommandContext(ctx, filepath.Join(j.pgBin, "psql"), "-h", sock, "-p", strconv.Itoa(refPort), "-U", "postgres", "-d", "shop",
+			"-XAtc", "SELECT pg_is_in_recovery()").Output()
+		return err == nil && strings.TrimSpace(string(out)) == "f", nil
+	}); err != nil {
+		return Measure{}, fmt.Errorf("waiting for the restored postgres to promote: %w", err)
+	}
+	t2 := time.Now()
+	x["instance_s"] = t2.Sub(t1).Seconds()
+
+	dumpCPU, err := j.dumpShop(ctx, sock, staging, t.jobs)
+	if err != nil {
+		return Measure{}, err
+	}
+	cpu += dumpCPU
+	t3 := time.Now()
+	x["dump_s"] = t3.Sub(t2).Seconds()
+
+	rsyncCPU, err := j.rsyncDump(ctx, staging, target)
+	if err != nil {
+		return Measure{}, err
+	}
+	cpu += rsyncCPU
+	t4 := time.Now()
+	x["transfer_s"] = t4.Sub(t3).Seconds()
+
+	_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
+	<-pg.exited
+	cpu += usage(pg.cmd)
+	pg = nil
+	if err := os.RemoveAll(data); err != nil {
+		return Measure{}, err
+	}
+	t5 := time.Now()
+	x["cleanup_s"] = t5.Sub(t4).Seconds()
+	wall := t5.Sub(t0)
+
+	// Untimed from here.
+	sent, err := j.checkRef(ctx, staging, target)
+	if err != nil {
+		return Measure{}, err
 	}
 	x["dump_MB"] = float64(sent) / 1e6
-	j.logf("export: pg_dump+rsync: %.1f s, dump %.1f MB", wall.Seconds(), x["dump_MB"])
+	j.logf("%s: %s: %.1f s (restore %.1f s), dump %.1f MB", j.name, t.Name(), wall.Seconds(), x["restore_s"], x["dump_MB"])
 	return Measure{Wall: wall, CPUSender: cpu, Extra: x}, nil
 }

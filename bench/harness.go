@@ -33,6 +33,19 @@ type Options struct {
 	// OutageLength is how long the outage scenario's path is down; 0 means
 	// 20 s, or 1 s with Smoke.
 	OutageLength time.Duration
+	// MultiDBs is the number of databases of the multidb scenario's
+	// cluster, shop included; 0 means 4, or 2 with Smoke. Its data shape,
+	// jobs and settle are Export's.
+	MultiDBs int
+	// MultiDBScale is the pgbench scale of each of multidb's databases; 0
+	// means 20, or 1 with Smoke.
+	MultiDBScale int
+	// BackupScale is the backup scenario's pgbench scale; 0 means 20, or 1
+	// with Smoke.
+	BackupScale int
+	// ScaleBase is the scale scenarios' pgbench scale at 1x; 0 means 10, or
+	// 1 with Smoke.
+	ScaleBase int
 }
 
 // ScenarioNames lists the scenarios in the order the harness runs them,
@@ -75,6 +88,10 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&Outage{Profile: ProfileWAN, Length: outage, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		&Delta{Profile: ProfileWAN, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		exportScenario(o),
+		multiDBScenario(o),
+		&Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
+		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
+		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 	}
 }
 
@@ -110,6 +127,31 @@ func exportScenario(o Options) *Export {
 	e := o.Export
 	e.Pgporter, e.Base = o.Pgporter, o.Base
 	return &e
+}
+
+// multiDBScenario is scenario 6: the export scenario's options on a
+// cluster of several databases, against pgBackRest.
+func multiDBScenario(o Options) *Export {
+	e := exportScenario(o)
+	e.Base = ""
+	e.Databases = o.MultiDBs
+	if e.Databases <= 0 {
+		e.Databases = 4
+		if o.Smoke {
+			e.Databases = 2
+		}
+	}
+	e.Scale = o.MultiDBScale
+	if e.Scale <= 0 {
+		e.Scale = 20
+		if o.Smoke {
+			e.Scale = 1
+		}
+	}
+	if o.Smoke {
+		e.Tables = 0
+	}
+	return e
 }
 
 // Written is what RunAll wrote.
@@ -158,6 +200,10 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		case *Outage:
 			bin = &s.Pgporter
 		case *Delta:
+			bin = &s.Pgporter
+		case *Backup:
+			bin = &s.Pgporter
+		case *Scale:
 			bin = &s.Pgporter
 		default:
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"strconv"
 	"strings"
@@ -52,7 +53,7 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 	if o.Docs <= 0 {
 		o.Docs = 600_000
 	}
-	c, err := newPGCluster(ctx, o.Scratch, o.BinDir)
+	c, err := newPGCluster(ctx, o.Scratch, o.BinDir, nil)
 	if err != nil {
 		return err
 	}
@@ -61,29 +62,70 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, c.stop()) }()
+	if err := fillBench(ctx, c, o.Scale, o.Docs); err != nil {
+		return err
+	}
+	if _, err := c.client(ctx, "bench", "pg_dump", "-Fd", "-Z0", "--no-sync", "-f", o.Dir, "bench"); err != nil {
+		return err
+	}
+	if o.Updated == "" {
+		return nil
+	}
+	if err := updateRows(ctx, c, o.Scale); err != nil {
+		return err
+	}
+	_, err = c.client(ctx, "bench", "pg_dump", "-Fd", "-Z0", "--no-sync", "-f", o.Updated, "bench")
+	return err
+}
+
+// newBenchCluster makes a throwaway cluster holding fillBench's database
+// at scale with docs rows, and stops it (cleanly: a checkpoint), for the
+// scenarios that back up or send its data directory. The caller removes
+// it.
+func newBenchCluster(ctx context.Context, scale, docs int) (_ *pgCluster, err error) {
+	c, err := newPGCluster(ctx, "", "", nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.remove())
+		}
+	}()
+	if err := c.start(ctx); err != nil {
+		return nil, err
+	}
+	err = fillBench(ctx, c, scale, docs)
+	return c, errors.Join(err, c.stop())
+}
+
+// fillBench makes database bench: pgbench -i -s scale plus docs rows of
+// docsTable.
+func fillBench(ctx context.Context, c *pgCluster, scale, docs int) error {
 	steps := [][]string{
 		{"createdb", "bench"},
-		{"pgbench", "-i", "-s", strconv.Itoa(o.Scale), "-q", "bench"},
-		{"psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(docsTable, o.Docs)},
-		{"pg_dump", "-Fd", "-Z0", "--no-sync", "-f", o.Dir, "bench"},
+		{"pgbench", "-i", "-s", strconv.Itoa(scale), "-q", "bench"},
+		{"psql", "-q", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(docsTable, docs)},
 	}
 	for _, s := range steps {
 		if _, err := c.client(ctx, "bench", s[0], s[1:]...); err != nil {
 			return err
 		}
 	}
-	if o.Updated == "" {
-		return nil
-	}
-	out, err := c.client(ctx, "bench", "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(updateSQL, o.Scale*100_000, UpdatedRows))
+	return nil
+}
+
+// updateRows updates UpdatedRows scattered rows of fillBench's
+// pgbench_accounts (scale is fillBench's).
+func updateRows(ctx context.Context, c *pgCluster, scale int) error {
+	out, err := c.client(ctx, "bench", "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", fmt.Sprintf(updateSQL, scale*100_000, UpdatedRows))
 	if err != nil {
 		return err
 	}
 	if n := strings.TrimSpace(out); n != strconv.Itoa(UpdatedRows) {
 		return fmt.Errorf("updated %s rows, want %d", n, UpdatedRows)
 	}
-	_, err = c.client(ctx, "bench", "pg_dump", "-Fd", "-Z0", "--no-sync", "-f", o.Updated, "bench")
-	return err
+	return nil
 }
 
 // pgCluster is a throwaway PostgreSQL cluster of the harness (a
@@ -92,9 +134,9 @@ func MakeDump(ctx context.Context, o DumpOptions) (err error) {
 type pgCluster struct{ *pgtool.Cluster }
 
 // newPGCluster runs initdb in a new directory under scratch ("" means
-// /var/tmp), which the postgres user must be able to enter. The caller
-// removes it with remove.
-func newPGCluster(ctx context.Context, scratch, bin string) (_ *pgCluster, err error) {
+// /var/tmp), which the postgres user must be able to enter. settings are
+// given to the server beside fsync=off. The caller removes it with remove.
+func newPGCluster(ctx context.Context, scratch, bin string, settings map[string]string) (_ *pgCluster, err error) {
 	if scratch == "" {
 		scratch = "/var/tmp"
 	}
@@ -107,7 +149,9 @@ func newPGCluster(ctx context.Context, scratch, bin string) (_ *pgCluster, err e
 			err = errors.Join(err, os.RemoveAll(base))
 		}
 	}()
-	c, err := pgtool.NewCluster(pgtool.ClusterOptions{BinDir: bin, Base: base, Settings: map[string]string{"fsync": "off"}})
+	set := map[string]string{"fsync": "off"}
+	maps.Copy(set, settings)
+	c, err := pgtool.NewCluster(pgtool.ClusterOptions{BinDir: bin, Base: base, Settings: set})
 	if err != nil {
 		return nil, err
 	}

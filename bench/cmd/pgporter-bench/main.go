@@ -6,6 +6,7 @@
 //	go run ./bench/cmd/pgporter-bench --scenario lan --runs 5 --data /var/tmp/lan-dump
 //	go run ./bench/cmd/pgporter-bench --scenario export --runs 3 --export-scale 70
 //	go run ./bench/cmd/pgporter-bench --scenario wan,outage,delta --runs 3
+//	go run ./bench/cmd/pgporter-bench --scenario multidb,backup,scale-1x --runs 3
 //	go run ./bench/cmd/pgporter-bench --smoke
 //	go run ./bench/cmd/pgporter-bench --report bench/results/DATE.json
 package main
@@ -100,7 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export, multidb, backup, scale: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
 	f.StringVar(&o.Base, "pgporter-base", "", `lan, export: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
 	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none`)
@@ -117,6 +118,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.IntVar(&o.WANScale, "wan-scale", 4, "wan, outage, delta: pgbench scale of the dump they share (plus scale×30,000 rows of md5 text, jsonb and words)")
 	f.IntVar(&o.LossyBytes, "lossy-bytes", 0, "wan-lossy: bytes of its synthetic tree (default 2 MiB, 64 KiB with --smoke)")
 	f.DurationVar(&o.OutageLength, "outage", 0, "outage: how long the path is down (default 20s, 1s with --smoke)")
+	f.IntVar(&o.MultiDBs, "multidb-dbs", 0, "multidb: databases in the cluster, shop included, each shaped by --export-data (default 4, 2 with --smoke)")
+	f.IntVar(&o.MultiDBScale, "multidb-scale", 0, "multidb: pgbench scale of each database, or mixed's size in the same unit (default 20, 1 with --smoke)")
+	f.IntVar(&o.BackupScale, "backup-scale", 0, "backup: pgbench scale of the cluster, plus scale×30,000 rows of md5 text, jsonb and words (default 20, 1 with --smoke)")
+	f.IntVar(&o.ScaleBase, "scale-base", 0, "scale-1x, scale-10x: pgbench scale at 1x, plus scale×30,000 rows of md5 text, jsonb and words (default 10, 1 with --smoke)")
 	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
 	c.SetArgs(args)
 	c.SetOut(stdout)

@@ -273,3 +273,88 @@ func TestSmokeWAN(t *testing.T) {
 	ps, _ := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output() // exits 1 when it finds none
 	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 }
+
+// TestSmokePgBackRest runs --smoke of the scenarios against pgBackRest and
+// of scale at 1x, as CI does (about 30 s; scale-10x stays out of CI): the
+// export of one database of a two-database cluster by pgporter export and
+// by pgbackrest restore --db-include, postgres, pg_dump and rsync; backups
+// before and after changes by pgporter and pgbackrest full and incr; and
+// pgporter send and backup of a data directory. It needs root, PostgreSQL,
+// FUSE, pgbackrest, ip netns, tc, rsync and GNU time; when CI=true a
+// missing one fails the test instead of skipping it.
+func TestSmokePgBackRest(t *testing.T) {
+	testsupport.RequireNetns(t)
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	for _, req := range []func() error{bench.RequireLinkTools, bench.RequireExportTools, bench.RequirePgBackRest} {
+		if err := req(); err != nil {
+			testsupport.SkipOrFail(t, "pgBackRest smoke: "+err.Error())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	start := time.Now()
+	code := run(ctx, []string{"--smoke", "--scenario", "multidb,backup,scale-1x", "--out", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, stderr.String())
+	t.Logf("pgBackRest smoke took %s", time.Since(start))
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err := bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	require.Len(t, f.Results, 3)
+
+	multi := f.Results[0]
+	require.Equal(t, "multidb", multi.Scenario)
+	require.Equal(t, []string{"pgporter export", "pgbackrest restore+pg_dump+rsync"}, multi.Tools)
+	require.Contains(t, multi.Notes["data"], "shop and 1 other databases")
+	for _, r := range multi.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.CPUSender, r.Tool)
+		require.Positive(t, r.Extra["dump_MB"], r.Tool)
+	}
+	ref := multi.Runs[1]
+	var parts float64
+	for _, k := range []string{"restore_s", "instance_s", "dump_s", "transfer_s", "cleanup_s"} {
+		require.Positive(t, ref.Extra[k], k)
+		parts += ref.Extra[k]
+	}
+	require.InDelta(t, ref.Wall.Seconds(), parts, 0.01, "the reference's parts add up to its total")
+
+	backup := f.Results[1]
+	require.Equal(t, "backup", backup.Scenario)
+	require.Equal(t, []string{"pgporter backup", "pgporter backup (after changes)", "pgbackrest full", "pgbackrest incr"}, backup.Tools)
+	growth := map[string]float64{}
+	for _, r := range backup.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.CPUSender, r.Tool)
+		require.Positive(t, r.RSSSender, r.Tool)
+		require.Positive(t, r.Extra["growth_MB"], r.Tool)
+		require.GreaterOrEqual(t, r.Extra["repo_MB"], r.Extra["growth_MB"], r.Tool)
+		growth[r.Tool] = r.Extra["growth_MB"]
+	}
+	// The second backup of each tool stores what changed, far less than
+	// the first: a tool that stored it all again would show here.
+	require.Less(t, growth["pgporter backup (after changes)"], growth["pgporter backup"]/2)
+	require.Less(t, growth["pgbackrest incr"], growth["pgbackrest full"]/2)
+	_, ok := backup.SpeedUpRatio()
+	require.True(t, ok)
+
+	scale := f.Results[2]
+	require.Equal(t, "scale-1x", scale.Scenario)
+	require.Equal(t, []string{"pgporter send", "pgporter backup", "pgbackrest full"}, scale.Tools)
+	for _, r := range scale.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.RSSSender, r.Tool)
+	}
+	require.Positive(t, scale.Runs[0].RSSReceiver, "mover serve's VmHWM")
+	require.Positive(t, scale.Runs[0].WireBytes)
+
+	ns, err := exec.Command("ip", "netns", "list").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(ns), fmt.Sprintf("pgp-bench17-%d-", os.Getpid()))
+	ps, _ := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output() // exits 1 when it finds none
+	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
+}
