@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
@@ -59,7 +60,14 @@ type WALFile struct {
 	Chunks []ChunkRef `json:"chunks"`
 	Pushed time.Time  `json:"pushed"`
 	Format int        `json:"format"`
+	// History is the text of a timeline history file, kept in its record
+	// too: reading which timelines an archive holds needs no chunk.
+	History string `json:"history,omitempty"`
 }
+
+// maxHistory bounds the text of a history file kept in its record (about
+// 10,000 timelines).
+const maxHistory = 1 << 20
 
 func (r *Repo) walPath(name string) string {
 	shard := name[:8]
@@ -108,6 +116,13 @@ func (r *Repo) PushWAL(ctx context.Context, path string) (already bool, err erro
 	}
 	if err := r.store.Flush(ctx); err != nil {
 		return false, fmt.Errorf("chunkstore: flushing WAL file %s: %w", name, err)
+	}
+	if strings.HasSuffix(name, ".history") && w.Size <= maxHistory {
+		b := make([]byte, w.Size)
+		if _, err := f.ReadAt(b, 0); err != nil {
+			return false, fmt.Errorf("chunkstore: reading WAL file: %w", err)
+		}
+		w.History = string(b)
 	}
 	w.Pushed = time.Now().UTC()
 	err = r.writeWALRecord(rec, w)

@@ -18,12 +18,15 @@ type PointInTime struct {
 	Time time.Time `json:"time,omitzero"`
 	LSN  string    `json:"lsn,omitempty"`
 	Name string    `json:"name,omitempty"`
+	// Timeline is the timeline recovery follows: "" (latest), "current"
+	// (the restore point's), or a timeline ID.
+	Timeline string `json:"timeline,omitempty"`
 }
 
 // recovery is the instance's recovery to t, fetching WAL with
 // restoreCommand.
 func (t *PointInTime) recovery(restoreCommand string) *staging.Recovery {
-	r := &staging.Recovery{RestoreCommand: restoreCommand, LSN: t.LSN, Name: t.Name}
+	r := &staging.Recovery{RestoreCommand: restoreCommand, LSN: t.LSN, Name: t.Name, Timeline: t.Timeline}
 	if !t.Time.IsZero() {
 		// UTC with microseconds: PostgreSQL reads it whatever its TimeZone.
 		r.Time = t.Time.UTC().Format("2006-01-02 15:04:05.999999") + "+00"

@@ -27,13 +27,19 @@ type Recovery struct {
 	Time string // recovery_target_time, e.g. "2026-12-01 14:32:00+00"
 	LSN  string // recovery_target_lsn, e.g. "0/3000148"
 	Name string // recovery_target_name (pg_create_restore_point)
+	// Timeline is recovery_target_timeline: "" or "latest" (the newest
+	// timeline in the archive), "current" (the backup's), or a timeline ID.
+	Timeline string
 }
 
 // ErrTargetNotReached is matched by StartInstance's error when the archive
 // ends before the recovery target.
 var ErrTargetNotReached = errors.New("staging: the WAL archive ends before the recovery target")
 
-var lsnPattern = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
+var (
+	lsnPattern      = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
+	timelinePattern = regexp.MustCompile(`^[1-9][0-9]{0,9}$`)
+)
 
 // Validate checks that r names at most one well-formed target.
 func (r *Recovery) Validate() error {
@@ -50,6 +56,8 @@ func (r *Recovery) Validate() error {
 		return errors.New("staging: recovery takes one target: a time, an LSN or a name")
 	case r.LSN != "" && !lsnPattern.MatchString(r.LSN):
 		return fmt.Errorf("staging: %q is not an LSN (like 0/3000148)", r.LSN)
+	case r.Timeline != "" && r.Timeline != "latest" && r.Timeline != "current" && !timelinePattern.MatchString(r.Timeline):
+		return fmt.Errorf("staging: %q is not a timeline: latest, current, or a timeline ID", r.Timeline)
 	case strings.ContainsAny(r.Time+r.Name, "\x00\n'"):
 		return errors.New("staging: a recovery target may not hold quotes, NUL or newlines")
 	}
@@ -74,7 +82,11 @@ func (r *Recovery) Target() string {
 func (r *Recovery) settings() []string {
 	// Hot standby off: it would insist on the primary's replication
 	// settings, which the instance turns off.
-	s := []string{"restore_command=" + r.RestoreCommand, "recovery_target_timeline=latest", "hot_standby=off"}
+	tl := r.Timeline
+	if tl == "" {
+		tl = "latest"
+	}
+	s := []string{"restore_command=" + r.RestoreCommand, "recovery_target_timeline=" + tl, "hot_standby=off"}
 	switch {
 	case r.Time != "":
 		s = append(s, "recovery_target_time="+r.Time)

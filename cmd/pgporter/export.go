@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ type exportOpts struct {
 	json         bool
 	at           string
 	atLSN        string
+	atTimeline   string
 	atName       string
 	filter       staging.DumpFilter
 }
@@ -82,6 +84,10 @@ point in time: the newest restore point taken before TIME, whose throwaway
 instance replays the repository's WAL archive ('pgporter wal-push') up to the
 target and is promoted before the dumps. 'sessions show' says the point the
 replay reached. A target the archive does not reach fails before any dump.
+After a failover the archive holds several timelines: recovery follows the
+newest one that descends from the restore point (--at-timeline latest), or
+stays on the restore point's own (--at-timeline current), or takes the one
+named; 'restore-points' shows where each timeline ends.
 
 Every step is journaled under --home. If the export fails or is interrupted,
 'pgporter retry SESSION' continues from the first unfinished step (finished
@@ -107,6 +113,7 @@ Flags that make no sense together are refused, naming both.`,
 	f.StringVar(&eo.at, "at", "", "export as of this time (RFC 3339, or '2006-01-02 15:04:05[.999999][+00]'; no zone means UTC), or 'end' for the end of the WAL archive")
 	f.StringVar(&eo.atLSN, "at-lsn", "", "export as of this WAL location (like 0/3000148)")
 	f.StringVar(&eo.atName, "at-name", "", "export as of this named restore point (pg_create_restore_point)")
+	f.StringVar(&eo.atTimeline, "at-timeline", "", "with --at, --at-lsn or --at-name: the timeline recovery follows after a failover: latest (default: the newest in the archive), current (the restore point's), or a timeline ID")
 	f.StringArrayVar(&eo.filter.Tables, "table", nil, "dump only tables matching this pg_dump pattern (repeat for several; each must match something)")
 	f.StringArrayVar(&eo.filter.Schemas, "schema", nil, "dump only schemas matching this pg_dump pattern (repeat for several; each must match something)")
 	f.StringArrayVar(&eo.filter.ExcludeTables, "exclude-table", nil, "do not dump tables matching this pg_dump pattern (repeat for several)")
@@ -138,12 +145,12 @@ Flags that make no sense together are refused, naming both.`,
 	c.MarkFlagsMutuallyExclusive("overwrite", "target")
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
 	c.MarkFlagsMutuallyExclusive("data-only", "schema-only")
-	for _, f := range []string{"at", "at-lsn", "at-name"} {
+	for _, f := range []string{"at", "at-lsn", "at-name", "at-timeline"} {
 		c.MarkFlagsMutuallyExclusive(f, "repo-peer") // the instance reads the archive of a local --repo
 	}
 	// The publication is the source and the staging host; its instance is
 	// running already, and it dumps what it has.
-	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite", "at", "at-lsn", "at-name", "table", "schema", "exclude-table", "data-only", "schema-only"} {
+	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite", "at", "at-lsn", "at-name", "at-timeline", "table", "schema", "exclude-table", "data-only", "schema-only"} {
 		c.MarkFlagsMutuallyExclusive("published", f)
 	}
 	setGroupedUsage(c, exportFlagGroups)
@@ -153,7 +160,7 @@ Flags that make no sense together are refused, naming both.`,
 // exportFlagGroups are the headings of 'export --help'. A new flag goes
 // under one of them (TestExportHelpGroups).
 var exportFlagGroups = []flagGroup{
-	{"Source", []string{"repo", "restore-point", "db", "at", "at-lsn", "at-name"}},
+	{"Source", []string{"repo", "restore-point", "db", "at", "at-lsn", "at-name", "at-timeline"}},
 	{"Destination", []string{"to", "overwrite"}},
 	{"Cross-host", []string{"repo-peer", "staging", "target"}},
 	{"Published instance", []string{"published", "unpublish-after"}},
@@ -200,7 +207,7 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 	case len(eo.plan.Databases) == 0:
 		return usagef("export needs at least one --db NAME")
 	}
-	at, err := parseAt(eo.at, eo.atLSN, eo.atName)
+	at, err := parseAt(eo.at, eo.atLSN, eo.atName, eo.atTimeline)
 	if err != nil {
 		return err
 	}
@@ -409,8 +416,28 @@ func runPublishedExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 var atLayouts = []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999", "2006-01-02T15:04:05.999999999"}
 
 // parseAt reads --at, --at-lsn and --at-name (at most one is set: the flags
-// are exclusive) into the plan's point in time; none gives nil.
-func parseAt(at, lsn, name string) (*orchestrator.PointInTime, error) {
+// are exclusive) and --at-timeline into the plan's point in time; none
+// gives nil.
+func parseAt(at, lsn, name, timeline string) (*orchestrator.PointInTime, error) {
+	pit, err := parseAtTarget(at, lsn, name)
+	switch {
+	case err != nil:
+		return nil, err
+	case timeline == "":
+		return pit, nil
+	case pit == nil:
+		return nil, usagef("--at-timeline needs --at, --at-lsn or --at-name")
+	}
+	if timeline != "latest" && timeline != "current" {
+		if n, err := strconv.ParseUint(timeline, 10, 32); err != nil || n == 0 {
+			return nil, usagef("--at-timeline %q is not a timeline: latest, current, or a timeline ID such as 2", timeline)
+		}
+	}
+	pit.Timeline = timeline
+	return pit, nil
+}
+
+func parseAtTarget(at, lsn, name string) (*orchestrator.PointInTime, error) {
 	switch {
 	case lsn != "":
 		return &orchestrator.PointInTime{LSN: lsn}, nil

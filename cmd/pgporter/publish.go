@@ -24,7 +24,7 @@ type publishOpts struct {
 	on                                           string // a remote mover, ADDR#PEER_ID
 	resume                                       string // serve a dead publication again
 	serve                                        string // hidden: run as publication ID's background process
-	at, atLSN, atName                            string
+	at, atLSN, atName, atTimeline                string
 }
 
 func newPublishCmd(g *globals) *cobra.Command {
@@ -120,9 +120,10 @@ Examples:
 	f.StringVar(&o.at, "at", "", "publish as of this time (as export --at), or 'end' for the end of the WAL archive: the instance first replays the repository's archive")
 	f.StringVar(&o.atLSN, "at-lsn", "", "publish as of this WAL location")
 	f.StringVar(&o.atName, "at-name", "", "publish as of this named restore point")
+	f.StringVar(&o.atTimeline, "at-timeline", "", "with --at, --at-lsn or --at-name: the timeline recovery follows (latest, current, or an ID; as export --at-timeline)")
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
-	for _, f := range []string{"at", "at-lsn", "at-name"} {
+	for _, f := range []string{"at", "at-lsn", "at-name", "at-timeline"} {
 		c.MarkFlagsMutuallyExclusive(f, "repo-peer")
 		c.MarkFlagsMutuallyExclusive(f, "on")
 	}
@@ -186,7 +187,7 @@ func checkPublishRepo(o publishOpts, on bool) error {
 
 // publishOptions are the options of publish and publish --on.
 func publishOptions(o publishOpts, serve []string) (orchestrator.PublishOptions, error) {
-	at, err := parseAt(o.at, o.atLSN, o.atName)
+	at, err := parseAt(o.at, o.atLSN, o.atName, o.atTimeline)
 	if err != nil {
 		return orchestrator.PublishOptions{}, err
 	}

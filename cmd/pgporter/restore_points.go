@@ -26,8 +26,11 @@ nothing.
 For a backup of a running server (backup --from-server), RECOVERABLE TO says
 how far an export --at can take it with the WAL archive (wal-push): until
 the push of the last segment of the unbroken run of archived segments from
-the backup's end, on its timeline; "gap" marks a missing segment past which
-the archive holds more. "-" is a backup without a WAL range (--pgdata), or
+the backup's end; "gap" marks a missing segment past which the archive holds
+more. After a failover, recovery follows the newest timeline that branched
+from the backup's after its end (as recovery_target_timeline=latest, which
+export --at follows by default): "on timeline N" says it ends on a later
+timeline than the backup's. "-" is a backup without a WAL range (--pgdata), or
 one whose end segment is not archived: it exports as of itself only.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -45,7 +48,7 @@ one whose end segment is not archived: it exports as of itself only.`,
 			points := make([]point, len(rps))
 			for i := range rps {
 				points[i].RestorePoint = rps[i]
-				if points[i].Recoverable, err = chunkstore.WALCoverage(repo, &rps[i]); err != nil {
+				if points[i].Recoverable, err = chunkstore.WALCoverage(repo, &rps[i], chunkstore.TimelineLatest); err != nil {
 					return err
 				}
 			}
@@ -58,9 +61,14 @@ one whose end segment is not archived: it exports as of itself only.`,
 				to := "-"
 				if c := p.Recoverable; c != nil && !c.To.IsZero() {
 					to = c.To.UTC().Format("2006-01-02 15:04:05")
+					if c.Timeline != p.WAL.Timeline {
+						to += fmt.Sprintf(" on timeline %d", c.Timeline)
+					}
 					if c.GapAfter != "" {
 						to += " (gap after " + c.GapAfter + ")"
 					}
+				} else if c != nil && c.Problem != "" {
+					to = "- (" + c.Problem + ")"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.ID, p.Time.UTC().Format("2006-01-02 15:04:05"),
 					p.PGVersion, len(p.Databases), bytesize.Format(p.Size), bytesize.Format(p.StoredSize), to)

@@ -268,6 +268,84 @@ func TestExportAt(t *testing.T) {
 	require.Equal(t, exitUsage, code, errs)
 }
 
+// TestExportAtFailover: a primary archives, is backed up, and fails over
+// to its standby, which archives too (archive_mode=always: both push the
+// same segments, which the archive takes once). The new primary writes on
+// timeline 2. An export of the timeline-1 backup --at end follows the
+// history file onto timeline 2 and holds its rows; with --at-timeline
+// current it stays on timeline 1 and holds the rows written before the
+// failover only.
+func TestExportAtFailover(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	c, repo, _ := archivingCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key, item text); INSERT INTO orders SELECT g, 'before the backup' FROM generate_series(1, 100) g")
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
+	require.Equal(t, 0, code, errs)
+	standby := c.NewStandby(t, map[string]string{"archive_mode": "always"})
+	c.Exec(t, "shop", "INSERT INTO orders SELECT g, 'timeline 1' FROM generate_series(101, 200) g")
+	waitArchived(t, c)
+	// The standby has replayed it all, and archived it too.
+	lsn := c.Query(t, "postgres", "SELECT pg_current_wal_lsn()")
+	deadline := time.Now().Add(time.Minute)
+	for standby.Query(t, "postgres", "SELECT pg_last_wal_replay_lsn() >= '"+lsn+"'") != "t" {
+		require.True(t, time.Now().Before(deadline), "the standby does not catch up")
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.Stop(t)
+	standby.Exec(t, "postgres", "SELECT pg_promote()")
+	standby.Exec(t, "shop", "INSERT INTO orders SELECT g, 'timeline 2' FROM generate_series(201, 300) g")
+	waitArchived(t, standby)
+	require.Equal(t, "00000002", standby.Query(t, "postgres", "SELECT left(pg_walfile_name(pg_current_wal_lsn()), 8)"), "a new timeline")
+	n, err := strconv.Atoi(standby.Query(t, "postgres", "SELECT archived_count FROM pg_stat_archiver"))
+	require.NoError(t, err)
+	require.Positive(t, n, "the standby archives")
+
+	code, out, errs := runCLI(t, "restore-points", "--repo", repo, "--json")
+	require.Equal(t, 0, code, errs)
+	var res struct {
+		Points []struct {
+			Recoverable chunkstore.Coverage `json:"recoverable"`
+		} `json:"restore_points"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+	require.Len(t, res.Points, 1)
+	cov := res.Points[0].Recoverable
+	require.Equal(t, uint32(2), cov.Timeline, "%+v", cov)
+	require.True(t, strings.HasPrefix(cov.LastSegment, "00000002"), cov.LastSegment)
+	require.Empty(t, cov.GapAfter)
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, " on timeline 2")
+
+	t.Setenv("PGPASSWORD", "pw")
+	home := t.TempDir()
+	for _, tc := range []struct {
+		timeline, db, want string
+	}{
+		{"", "shop_latest", "300 300"},
+		{"current", "shop_current", "200 200"},
+	} {
+		to := t.TempDir()
+		args := []string{"--home", home, "export", "--repo", repo, "--at", "end", "--db", "shop", "--to", to, "--staging-dir", cliStagingDir(t)}
+		if tc.timeline != "" {
+			args = append(args, "--at-timeline", tc.timeline)
+		}
+		code, out, errs := runCLI(t, args...)
+		require.Equal(t, 0, code, "%s\n%s", out, errs)
+		flags := []string{"--pg-host", standby.SocketDir, "--pg-port", strconv.Itoa(standby.Port), "--pg-user", standby.User}
+		code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(to, "shop"), "--dbname", tc.db, "--create"}, flags...)...)
+		require.Equal(t, exitOK, code, errs)
+		require.Equal(t, tc.want, standby.Query(t, tc.db, "SELECT count(*) || ' ' || max(id) FROM orders"), "--at-timeline %q", tc.timeline)
+	}
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--at", "end", "--at-timeline", "two", "--db", "shop", "--to", t.TempDir())
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "is not a timeline")
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--at-timeline", "2", "--db", "shop", "--to", t.TempDir())
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "--at-timeline needs --at")
+}
+
 // copyExecutable copies this test binary to p, executable by everyone.
 func copyExecutable(t *testing.T, p string) {
 	t.Helper()

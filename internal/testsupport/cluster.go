@@ -271,3 +271,33 @@ func (c *Cluster) cleanup(t testing.TB) {
 		t.Errorf("testsupport: removing cluster: %v", err)
 	}
 }
+
+// NewStandby makes a streaming standby of c (pg_basebackup -R, as the
+// server's OS user) with settings over c's, starts it, and registers its
+// stop and removal with t.Cleanup. pg_promote() makes it a primary on a
+// new timeline: a failover.
+func (c *Cluster) NewStandby(t testing.TB, settings map[string]string) *Cluster {
+	t.Helper()
+	base, err := os.MkdirTemp(clusterRoot, clusterDirPrefix)
+	if err != nil {
+		t.Fatalf("testsupport: %v", err)
+	}
+	s := &Cluster{base: base}
+	t.Cleanup(func() { s.cleanup(t) })
+	if err := os.WriteFile(filepath.Join(base, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		t.Fatalf("testsupport: %v", err)
+	}
+	set := maps.Clone(c.Settings)
+	maps.Copy(set, settings)
+	s.Cluster, err = pgtool.NewCluster(pgtool.ClusterOptions{BinDir: c.BinDir, Base: base, Password: c.Password,
+		Locale: c.Locale, OSUser: pgOSUser, Settings: set, DieWithParent: true})
+	if err != nil {
+		t.Fatalf("testsupport: %v", err)
+	}
+	cmd := s.ServerCmd(opContext(), "pg_basebackup", "-D", s.DataDir, "-R", "-X", "stream", "-c", "fast", "--no-sync", "-d", c.ConnString("postgres"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("testsupport: pg_basebackup for a standby: %v\n%s", err, out)
+	}
+	s.Start(t)
+	return s
+}
