@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -196,7 +197,11 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 			st.BytesKeptDead += u.dead
 		}
 	}
-	orphans, err := orphanPacks(l, packs, start)
+	pending, err := readPrunePending(l)
+	if err != nil {
+		return nil, err
+	}
+	orphans, err := orphanPacks(l, packs, pending, start)
 	if err != nil {
 		return nil, err
 	}
@@ -216,10 +221,12 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 		if err := l.copyRecord(ctx, id); err != nil {
 			return nil, fmt.Errorf("chunkstore: repacking %s: %w", id.Short(), err)
 		}
+		pruneCrash("repacking")
 	}
 	if err := l.Flush(ctx); err != nil {
 		return nil, err
 	}
+	pruneCrash("repacked")
 	// 2. One run of the live entries in packs that stay.
 	keepEntries = slices.DeleteFunc(keepEntries, func(e runEntry) bool { return drop[e.loc.Pack] })
 	kept, err := writeRun(l.runsDir(), keepEntries, l.owner)
@@ -227,11 +234,20 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 		return nil, err
 	}
 	l.adopt(kept)
+	pruneCrash("kept-run")
+	// Once the old runs go, no run names the packs to delete: a rerun
+	// after a crash from here on must know them to be dead, not packs
+	// another process is still writing (which look the same, and are
+	// left until they are an orphanAge old).
+	if err := writePrunePending(l, drop); err != nil {
+		return nil, err
+	}
 	// 3. The old runs.
 	for _, rn := range runs {
 		if err := os.Remove(filepath.Join(l.runsDir(), rn.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("chunkstore: removing an old index run: %w", err)
 		}
+		pruneCrash("old-runs")
 	}
 	if err := syncDir(l.runsDir()); err != nil {
 		return nil, err
@@ -244,6 +260,7 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("chunkstore: removing a WAL record: %w", err)
 		}
+		pruneCrash("wal")
 	}
 	// 5. The packs.
 	l.filesMu.Lock()
@@ -258,13 +275,33 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 		if err := os.Remove(l.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("chunkstore: removing pack %s: %w", packName(n), err)
 		}
+		pruneCrash("packs")
 	}
 	if err := syncDir(l.packsDir()); err != nil {
 		return nil, err
 	}
+	if err := os.Remove(prunePendingPath(l)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("chunkstore: removing the prune's list of packs: %w", err)
+	}
 	r.log.Info("pruned", "packs_deleted", st.PacksDeleted, "packs_repacked", st.PacksRepacked, "packs_orphaned", st.PacksOrphaned,
 		"bytes_freed", st.BytesFreed, "wal_files", st.WALFilesPruned)
 	return st, nil
+}
+
+// pruneCrashHook, set by tests only, is called at each point of Prune's
+// work that a crash may interrupt (pruneCrashPoints), to kill the process
+// there.
+var pruneCrashHook func(point string)
+
+// pruneCrashPoints are the points Prune calls pruneCrashHook at: within
+// and after the repack, after the new run, within the removal of the old
+// runs, the WAL records and the packs.
+var pruneCrashPoints = []string{"repacking", "repacked", "kept-run", "old-runs", "wal", "packs"}
+
+func pruneCrash(point string) {
+	if pruneCrashHook != nil {
+		pruneCrashHook(point)
+	}
 }
 
 // liveChunks returns the chunks the restore points and the kept WAL
@@ -328,9 +365,73 @@ func (r *Repo) liveChunks(ctx context.Context, st *PruneStats) (map[chunk.ID]str
 	return live, drop, nil
 }
 
+// prunePendingPath is the file that lists the packs an unfinished prune
+// deletes.
+func prunePendingPath(l *Local) string { return filepath.Join(l.dir, "prune-pending.json") }
+
+// writePrunePending durably lists the packs in drop as ones a prune
+// deletes.
+func writePrunePending(l *Local, drop map[uint64]bool) error {
+	names := make([]string, 0, len(drop))
+	for n := range drop {
+		names = append(names, packName(n))
+	}
+	slices.Sort(names)
+	b, err := json.Marshal(map[string][]string{"packs": names})
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(l.dir, ".tmp-prune-")
+	if err != nil {
+		return fmt.Errorf("chunkstore: writing the prune's list of packs: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = l.owner.file(f)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err = errors.Join(err, f.Close()); err == nil {
+		err = os.Rename(tmp, prunePendingPath(l))
+	}
+	if err != nil {
+		return fmt.Errorf("chunkstore: writing the prune's list of packs: %w", err)
+	}
+	return syncDir(l.dir)
+}
+
+// readPrunePending returns the packs an interrupted prune was deleting.
+func readPrunePending(l *Local) (map[uint64]bool, error) {
+	b, err := os.ReadFile(prunePendingPath(l))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: reading the prune's list of packs: %w", err)
+	}
+	var v struct{ Packs []string }
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("chunkstore: reading the prune's list of packs: %w", err)
+	}
+	out := map[uint64]bool{}
+	for _, name := range v.Packs {
+		if n, ok := parsePackName(name); ok {
+			out[n] = true
+		}
+	}
+	return out, nil
+}
+
 // orphanPacks returns the packs no index run names (so not in used) and
-// last written an orphanAge before start, with their sizes.
-func orphanPacks(l *Local, used map[uint64]*packUse, start time.Time) (map[uint64]int64, error) {
+// last written an orphanAge before start, or that an interrupted prune was
+// deleting (pending), with their sizes.
+func orphanPacks(l *Local, used map[uint64]*packUse, pending map[uint64]bool, start time.Time) (map[uint64]int64, error) {
 	ents, err := os.ReadDir(l.packsDir())
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: listing packs: %w", err)
@@ -342,7 +443,7 @@ func orphanPacks(l *Local, used map[uint64]*packUse, start time.Time) (map[uint6
 			continue
 		}
 		fi, err := e.Info()
-		if err != nil || !fi.Mode().IsRegular() || start.Sub(fi.ModTime()) < orphanAge {
+		if err != nil || !fi.Mode().IsRegular() || start.Sub(fi.ModTime()) < orphanAge && !pending[n] {
 			continue
 		}
 		out[n] = fi.Size()

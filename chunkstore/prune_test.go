@@ -1,10 +1,13 @@
 package chunkstore_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -138,4 +141,114 @@ func mustHostname(t *testing.T) string {
 	h, err := os.Hostname()
 	require.NoError(t, err)
 	return h
+}
+
+// TestPruneKilled: a prune SIGKILLed at any point of its work loses
+// nothing. At each point a child process runs the prune and kills itself
+// there; then a rerun (which breaks the dead process's lock) finishes the
+// work: the repository shrinks, check --read-data finds nothing wrong, the
+// kept restore point reads back whole, and the WAL it needs fetches back.
+func TestPruneKilled(t *testing.T) {
+	if point := os.Getenv("PGPORTER_TEST_PRUNE_KILL_AT"); point != "" {
+		pruneChild(t, point)
+		return
+	}
+	// One repository, copied for each point: two backups, the first
+	// forgotten (its packs mostly dead: one is repacked), WAL of before
+	// the second's start (pruned) and after it (kept).
+	fixture := filepath.Join(t.TempDir(), "repo")
+	src := fakeDataDir(t)
+	r, err := chunkstore.OpenRepo(fixture, nil)
+	require.NoError(t, err)
+	first, err := r.Backup(t.Context(), src, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	rnd := storetest.RandomBytes(rand.New(rand.NewPCG(9, 9)), 3<<20)
+	require.NoError(t, os.WriteFile(filepath.Join(src, "base/5/16384"), rnd, 0o600))
+	r, err = chunkstore.OpenRepo(fixture, nil)
+	require.NoError(t, err)
+	second, err := r.Backup(t.Context(), src, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	walDir := t.TempDir()
+	for i, name := range []string{"000000010000000000000003", "000000010000000000000004", "000000010000000000000005", "000000010000000000000006"} {
+		_, err = r.PushWAL(t.Context(), walSegment(t, walDir, name, uint64(10+i)))
+		require.NoError(t, err)
+	}
+	require.NoError(t, r.Close())
+	// The second point as an online backup that starts in segment 5.
+	pointFile := filepath.Join(fixture, "points", second.ID+".json")
+	b, err := os.ReadFile(pointFile)
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(b, &m))
+	m["wal"] = map[string]any{"timeline": 1, "start_lsn": "0/5000028", "end_lsn": "0/5000100", "segment_size": 16 << 20}
+	b, err = json.Marshal(m)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(pointFile, b, 0o644))
+	ex, err := chunkstore.OpenRepoWith(fixture, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	require.NoError(t, ex.Forget([]chunkstore.RestorePoint{*first}))
+	dry, err := ex.Prune(t.Context(), true)
+	require.NoError(t, err)
+	require.NoError(t, ex.Close())
+	require.Positive(t, dry.PacksRepacked, "the fixture has a pack to repack")
+	require.Positive(t, dry.PacksDeleted+dry.PacksRepacked)
+	require.Equal(t, 2, dry.WALFilesPruned)
+	before := dirBytes(t, fixture)
+
+	for _, point := range chunkstore.PruneCrashPoints {
+		t.Run(point, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "repo")
+			require.NoError(t, os.CopyFS(dir, os.DirFS(fixture)))
+			cmd := exec.Command(os.Args[0], "-test.run=^TestPruneKilled$", "-test.count=1")
+			cmd.Env = append(os.Environ(), "PGPORTER_TEST_PRUNE_KILL_AT="+point, "PGPORTER_TEST_PRUNE_REPO="+dir)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee, "%s", out)
+			ws := ee.Sys().(syscall.WaitStatus)
+			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the prune was not killed at %s: %v\n%s", point, err, out)
+
+			ex, err := chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+			require.NoError(t, err, "the dead prune's lock is stale")
+			_, err = ex.Prune(t.Context(), false)
+			require.NoError(t, err)
+			again, err := ex.Prune(t.Context(), false)
+			require.NoError(t, err)
+			require.Zero(t, again.DeadChunks, "the rerun finished the work")
+			require.NoError(t, ex.Close())
+			require.Less(t, dirBytes(t, dir), before)
+
+			r := openRepo(t, dir)
+			rep, err := r.Check(t.Context(), chunkstore.CheckOptions{ReadData: true})
+			require.NoError(t, err)
+			require.Empty(t, rep.Problems)
+			require.Equal(t, 1, rep.RestorePoints)
+			require.Equal(t, 2, rep.WALFiles)
+			checkRestorePoint(t, r, second, src)
+			for _, name := range []string{"000000010000000000000005", "000000010000000000000006"} {
+				dst := filepath.Join(t.TempDir(), name)
+				require.NoError(t, r.FetchWAL(t.Context(), name, dst))
+				want, err := os.ReadFile(filepath.Join(walDir, name))
+				require.NoError(t, err)
+				got, err := os.ReadFile(dst)
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(want, got), name)
+			}
+		})
+	}
+}
+
+// pruneChild is TestPruneKilled's child: it prunes the repository and
+// SIGKILLs itself at point.
+func pruneChild(t *testing.T, point string) {
+	chunkstore.SetPruneCrashHook(func(at string) {
+		if at == point {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	})
+	ex, err := chunkstore.OpenRepoWith(os.Getenv("PGPORTER_TEST_PRUNE_REPO"), chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	_, err = ex.Prune(t.Context(), false)
+	require.NoError(t, err)
+	t.Fatalf("the prune never reached %s", point)
 }
