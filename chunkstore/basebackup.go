@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/streamfs"
 )
 
 // ServerBackupOptions configure Repo.BackupFromServer.
@@ -54,6 +56,8 @@ type serverInfo struct {
 	Host      string // host of the connection; empty for a Unix socket
 	// SegmentSize is wal_segment_size in bytes.
 	SegmentSize int64
+	// Tablespaces outside the data directory.
+	Tablespaces []Tablespace
 }
 
 // queryServer connects to the server of connString (a libpq keyword/value
@@ -101,6 +105,23 @@ func queryServer(ctx context.Context, connString string) (*serverInfo, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("listing databases: %w", err)
 	}
+	// In-place tablespaces (a directory in pg_tblspc) are part of the data
+	// directory's archive; the others have an absolute location.
+	rows, err = conn.Query(ctx, `SELECT oid, spcname, pg_tablespace_location(oid) FROM pg_tablespace
+		WHERE pg_tablespace_location(oid) LIKE '/%' ORDER BY oid`)
+	if err != nil {
+		return nil, fmt.Errorf("listing tablespaces: %w", err)
+	}
+	for rows.Next() {
+		var ts Tablespace
+		if err := rows.Scan(&ts.OID, &ts.Name, &ts.Location); err != nil {
+			return nil, fmt.Errorf("listing tablespaces: %w", err)
+		}
+		info.Tablespaces = append(info.Tablespaces, ts)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing tablespaces: %w", err)
+	}
 	return info, nil
 }
 
@@ -115,8 +136,15 @@ func queryServer(ctx context.Context, connString string) (*serverInfo, error) {
 // records the server's database names and the tree's size of each; the
 // system identifier comes from the streamed global/pg_control. The server
 // must allow a replication connection for the user (pg_hba.conf
-// "replication" entry, max_wal_senders > 0) and have no tablespaces outside
-// the data directory (pg_basebackup cannot stream them as one tar).
+// "replication" entry, max_wal_senders > 0).
+//
+// A server with tablespaces outside its data directory sends a tar per
+// tablespace, which pg_basebackup cannot write to stdout: it then writes
+// them into a FUSE stream directory (package streamfs) whose files arrive
+// here as it writes them. Each tablespace's content goes into the tree as
+// the directory pg_tblspc/<OID> in place of the server's link to it, and
+// tablespace_map is left out (recovery would turn the directories back
+// into links); the instance then starts with allow_in_place_tablespaces.
 //
 // Progress totals are pg_basebackup's estimate once it has one, the sum of
 // the database sizes before. If ctx is cancelled pg_basebackup is killed
@@ -158,15 +186,29 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 	bbctx, kill := context.WithCancel(ctx)
 	defer kill()
 	argConn, password := hidePassword(connString)
-	cmd := exec.CommandContext(bbctx, bin, "-d", argConn, "-D", "-", "-Ft", "-X", "fetch",
-		"-P", "-c", checkpoint, "-l", "pgporter "+rp.ID)
+	args := []string{"-d", argConn, "-Ft", "-X", "fetch", "-P", "-c", checkpoint, "-l", "pgporter " + rp.ID}
+	var sink *streamfs.Mount
+	if len(info.Tablespaces) > 0 {
+		// pg_basebackup writes a tar per tablespace, which it cannot do
+		// to stdout: it writes them into a stream directory instead.
+		if sink, err = mountSink(); err != nil {
+			return nil, fmt.Errorf("backing up a server with tablespaces: %w", err)
+		}
+		defer unmountSink(sink, r.log)
+		args = append(args, "-D", sink.Dir(), "--no-sync")
+	} else {
+		args = append(args, "-D", "-")
+	}
+	cmd := exec.CommandContext(bbctx, bin, args...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C") // progress lines are parsed
 	if password != "" {
 		cmd.Env = append(cmd.Env, "PGPASSWORD="+password)
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
+	var stdout io.Reader
+	if sink == nil {
+		if stdout, err = cmd.StdoutPipe(); err != nil {
+			return nil, err
+		}
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -175,7 +217,8 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting pg_basebackup: %w", err)
 	}
-	r.log.Info("backup from server started", "restore_point", rp.ID, "server_version", info.Version, "pg_basebackup", bin)
+	r.log.Info("backup from server started", "restore_point", rp.ID, "server_version", info.Version, "pg_basebackup", bin,
+		"tablespaces", len(info.Tablespaces))
 	msgs := &tailLines{max: 20}
 	stderrDone := make(chan struct{})
 	go func() {
@@ -183,8 +226,17 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 		readBaseBackupStderr(stderr, msgs, prog)
 	}()
 
-	st := &tarIngest{r: r, o: bo, prog: prog, index: map[string]int{}}
-	ierr := st.run(bbctx, stdout, kill)
+	st := &tarIngest{r: r, o: bo, prog: prog, index: map[string]int{}, tablespaces: map[string]bool{}}
+	for _, ts := range info.Tablespaces {
+		st.tablespaces[strconv.FormatUint(uint64(ts.OID), 10)] = true
+	}
+	archives := func(yield func(name string, r io.Reader) error) error { return yield("base.tar", stdout) }
+	if sink != nil {
+		archives = func(yield func(name string, r io.Reader) error) error {
+			return sinkArchives(bbctx, sink, stderrDone, yield)
+		}
+	}
+	ierr := st.run(bbctx, archives, kill)
 	if ierr != nil && !errors.Is(ierr, io.ErrUnexpectedEOF) {
 		// pg_basebackup may be blocked writing what we no longer read. (A
 		// stream that broke off was closed by pg_basebackup, which is
@@ -210,6 +262,7 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 		return nil, err
 	}
 	rp.WAL.EndTime = time.Now().UTC()
+	rp.Tablespaces = info.Tablespaces
 	nodes := st.tree()
 	rp.Databases = databases(nodes)
 	for i := range rp.Databases {
@@ -410,6 +463,13 @@ type tarIngest struct {
 	systemID string         // from global/pg_control
 	label    []byte         // backup_label
 	manifest []byte         // backup_manifest
+
+	// tablespaces are the OIDs (as text) of the tablespaces with a tar of
+	// their own.
+	tablespaces map[string]bool
+
+	mu       sync.Mutex // guards the fields above it and below: archives are read at once
+	uid, gid uint32     // the owner of PG_VERSION
 }
 
 // chunkJob is a chunk on its way from the stream's reader to a worker.
@@ -418,11 +478,13 @@ type chunkJob struct {
 	buf *[]byte // from chunkBufs; the worker returns it
 }
 
-// run reads the tar stream to its end. The stream is sequential, so one
-// goroutine reads and cuts it while o.Workers goroutines store the chunks
+// run reads the archives to their ends: each one that archives yields, by
+// its file name as pg_basebackup writes it (base.tar, <OID>.tar of a
+// tablespace, backup_manifest). One goroutine per archive reads and cuts
+// it (usually one at a time) while o.Workers goroutines store the chunks
 // (compressing and indexing them is most of a backup's CPU). abort is
 // called when a worker fails, to end the stream's producer.
-func (t *tarIngest) run(ctx context.Context, stream io.Reader, abort func()) error {
+func (t *tarIngest) run(ctx context.Context, archives func(yield func(name string, r io.Reader) error) error, abort func()) error {
 	g, gctx := errgroup.WithContext(ctx)
 	jobs := make(chan chunkJob, 2*t.o.Workers)
 	bufs := sync.Pool{New: func() any { b := make([]byte, 0, t.o.Params.Max); return &b }}
@@ -438,7 +500,7 @@ func (t *tarIngest) run(ctx context.Context, stream io.Reader, abort func()) err
 	}
 	g.Go(func() error {
 		defer close(jobs)
-		return t.read(gctx, stream, put)
+		return archives(func(name string, r io.Reader) error { return t.archive(gctx, name, r, put) })
 	})
 	for range t.o.Workers {
 		g.Go(func() error {
@@ -457,13 +519,57 @@ func (t *tarIngest) run(ctx context.Context, stream io.Reader, abort func()) err
 	return g.Wait()
 }
 
-// read walks the tar stream, handing file contents to put.
-func (t *tarIngest) read(ctx context.Context, stream io.Reader, put putFunc) error {
+// archive ingests one of pg_basebackup's files: the data directory's tar,
+// a tablespace's (its entries go under pg_tblspc/<OID>), or the manifest.
+// Several may run at once.
+func (t *tarIngest) archive(ctx context.Context, name string, r io.Reader, put putFunc) error {
 	ch, err := chunk.NewChunker(nil, t.o.Params)
 	if err != nil {
 		return err
 	}
+	if name == "backup_manifest" || name == "backup_manifest.tmp" {
+		b, err := io.ReadAll(io.LimitReader(r, controlFiles["backup_manifest"]))
+		if err != nil {
+			return fmt.Errorf("reading backup_manifest: %w", err)
+		}
+		t.control("backup_manifest", b)
+		// Owned as PG_VERSION, once its archive is read (tree).
+		n := Node{Path: "backup_manifest", Type: NodeFile, Mode: 0o600, MTime: time.Now().UnixNano()}
+		if err := ingestFile(ctx, ch, bytes.NewReader(b), &n, put, t.prog.add); err != nil {
+			return err
+		}
+		t.add(n)
+		return nil
+	}
+	oid, ok := strings.CutSuffix(name, ".tar")
+	if ok && oid == "base" {
+		return t.read(ctx, ch, r, "", put)
+	}
+	if !ok || !t.tablespaces[oid] {
+		return fmt.Errorf("pg_basebackup wrote %q, which is neither the data directory's tar nor a tablespace's", name)
+	}
+	return t.read(ctx, ch, r, "pg_tblspc/"+oid, put)
+}
+
+func (t *tarIngest) add(n Node) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n.Path == "PG_VERSION" {
+		t.uid, t.gid = n.UID, n.GID
+	}
+	if i, ok := t.index[n.Path]; ok {
+		t.nodes[i] = n // the last entry of a name wins, as in tar
+	} else {
+		t.index[n.Path] = len(t.nodes)
+		t.nodes = append(t.nodes, n)
+	}
+}
+
+// read walks a tar stream, handing file contents to put. Entries go under
+// dir (a tablespace's directory) unless it is empty.
+func (t *tarIngest) read(ctx context.Context, ch *chunk.Chunker, stream io.Reader, dir string, put putFunc) error {
 	tr := tar.NewReader(stream)
+	dirAdded := dir == ""
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -475,8 +581,28 @@ func (t *tarIngest) read(ctx context.Context, stream io.Reader, put putFunc) err
 		// pg_basebackup names entries "base/1", "global/" and, for some,
 		// "./pg_wal/archive_status/".
 		name := path.Clean(hdr.Name)
+		if dir != "" {
+			if !dirAdded {
+				// The tablespace's directory, where the server has a
+				// symbolic link.
+				t.add(Node{Path: dir, Type: NodeDir, Mode: 0o700, UID: uint32(hdr.Uid), GID: uint32(hdr.Gid), MTime: hdr.ModTime.UnixNano()})
+				dirAdded = true
+			}
+			if name == "." {
+				continue
+			}
+			name = dir + "/" + name
+		}
 		if !ValidPath(name) {
 			return fmt.Errorf("pg_basebackup's tar stream holds a bad path %q", hdr.Name)
+		}
+		if oid, ok := strings.CutPrefix(name, "pg_tblspc/"); ok && hdr.Typeflag == tar.TypeSymlink && t.tablespaces[oid] {
+			continue // the link to a tablespace whose own tar is its directory
+		}
+		if name == "tablespace_map" && len(t.tablespaces) > 0 {
+			// Recovery would replace each tablespace's directory with a
+			// link to where the server kept it.
+			continue
 		}
 		n := Node{Path: name, Mode: uint32(hdr.Mode) & 0o777, UID: uint32(hdr.Uid), GID: uint32(hdr.Gid), MTime: hdr.ModTime.UnixNano()}
 		switch hdr.Typeflag {
@@ -502,12 +628,7 @@ func (t *tarIngest) read(ctx context.Context, stream io.Reader, put putFunc) err
 			t.r.log.Warn("skipping tar entry of an unexpected type", "path", name, "type", string(hdr.Typeflag))
 			continue
 		}
-		if i, ok := t.index[name]; ok {
-			t.nodes[i] = n // the last entry of a name wins, as in tar
-		} else {
-			t.index[name] = len(t.nodes)
-			t.nodes = append(t.nodes, n)
-		}
+		t.add(n)
 	}
 	// Read to the end: pg_basebackup pads the archive after its end marker
 	// and would block, or fail, on a closed pipe.
@@ -526,6 +647,8 @@ var controlFiles = map[string]int64{"PG_VERSION": 1 << 20, "global/pg_control": 
 // systemID reads them from a data directory), backup_label and
 // backup_manifest.
 func (t *tarIngest) control(name string, b []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	switch name {
 	case "PG_VERSION":
 		t.version = strings.TrimSpace(string(b))
@@ -591,6 +714,9 @@ func (t *tarIngest) walRange(segSize int64) (*WALRange, error) {
 // the stream named only implicitly (tar allows that; pg_basebackup sends
 // them, but the tree must hold them whatever the producer).
 func (t *tarIngest) tree() []Node {
+	if i, ok := t.index["backup_manifest"]; ok && t.nodes[i].UID == 0 && t.nodes[i].GID == 0 {
+		t.nodes[i].UID, t.nodes[i].GID = t.uid, t.gid // a manifest written beside the tars
+	}
 	nodes := t.nodes
 	for _, n := range t.nodes {
 		for dir := path.Dir(n.Path); dir != "."; dir = path.Dir(dir) {
@@ -603,4 +729,64 @@ func (t *tarIngest) tree() []Node {
 	}
 	sortNodes(nodes)
 	return nodes
+}
+
+// mountSink mounts a stream directory for pg_basebackup -D.
+func mountSink() (*streamfs.Mount, error) {
+	dir, err := os.MkdirTemp("", "pgporter-basebackup-")
+	if err != nil {
+		return nil, err
+	}
+	m, err := streamfs.MountAt(dir)
+	if err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("%w (a backup of a server with tablespaces outside its data directory needs FUSE)", err)
+	}
+	return m, nil
+}
+
+func unmountSink(m *streamfs.Mount, log *slog.Logger) {
+	if err := m.Unmount(); err != nil {
+		log.Warn("unmounting pg_basebackup's stream directory", "dir", m.Dir(), "err", err)
+		return
+	}
+	os.Remove(m.Dir())
+}
+
+// sinkArchives yields each file pg_basebackup writes into sink, each in
+// its own goroutine as soon as it is created: pg_basebackup may keep one
+// open while it writes the next. It returns once pg_basebackup has exited
+// (its stderr ended, stderrDone) and every file is read: a file's creation
+// waits for Next, so by then every file it made has been taken.
+func sinkArchives(ctx context.Context, sink *streamfs.Mount, stderrDone <-chan struct{}, yield func(name string, r io.Reader) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	nctx, cancel := context.WithCancel(gctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-stderrDone:
+			cancel()
+		case <-nctx.Done():
+		}
+	}()
+	for {
+		f, err := sink.Next(nctx)
+		if err != nil {
+			break // pg_basebackup is done (its status says how), or a file failed
+		}
+		g.Go(func() error {
+			defer f.Close()
+			if err := yield(f.Name, f); err != nil {
+				return err
+			}
+			// Read to the end: pg_basebackup pads a tar after its end
+			// marker, and would fail on a file closed under it.
+			_, err := io.Copy(io.Discard, f)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
 }

@@ -540,3 +540,61 @@ func TestBaseBackupTarStream(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, list, 1)
 }
+
+// TestBackupFromServerTablespaces backs up a server with a tablespace
+// outside its data directory: the tablespace's content is in the tree as
+// the directory pg_tblspc/<OID>, where the server had a link, and the
+// restore point names it. The restored copy passes pg_verifybackup and a
+// server started on it reads the table kept in the tablespace.
+func TestBackupFromServerTablespaces(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: serverPassword, Settings: replicaSettings})
+	tsDir := filepath.Join(c.Base, "ts")
+	require.NoError(t, os.Mkdir(tsDir, 0o700))
+	require.NoError(t, c.Chown(tsDir))
+	c.Exec(t, "postgres", "CREATE TABLESPACE ts LOCATION '"+tsDir+"'")
+	c.Exec(t, "postgres", "CREATE TABLE far(id int, v text) TABLESPACE ts; INSERT INTO far SELECT g, md5(g::text) FROM generate_series(1, 50000) g")
+	oid := c.Query(t, "postgres", "SELECT oid FROM pg_tablespace WHERE spcname = 'ts'")
+
+	ctx := context.Background()
+	r := openRepo(t, filepath.Join(t.TempDir(), "repo"))
+	rp, err := r.BackupFromServer(ctx, c.ConnString("postgres"), chunkstore.ServerBackupOptions{PGBaseBackup: baseBackupIn(c)})
+	require.NoError(t, err)
+	require.Len(t, rp.Tablespaces, 1)
+	require.Equal(t, "ts", rp.Tablespaces[0].Name)
+	require.Equal(t, tsDir, rp.Tablespaces[0].Location)
+	require.Equal(t, oid, strconv.FormatUint(uint64(rp.Tablespaces[0].OID), 10))
+	require.NotNil(t, rp.WAL)
+	require.NotEmpty(t, rp.WAL.End, "the manifest, written beside the tars, was read")
+
+	nodes, err := r.Tree(ctx, rp)
+	require.NoError(t, err)
+	byPath := map[string]chunkstore.Node{}
+	var inTablespace int64
+	for _, n := range nodes {
+		byPath[n.Path] = n
+		if strings.HasPrefix(n.Path, "pg_tblspc/"+oid+"/") {
+			inTablespace += n.Size
+		}
+	}
+	require.Equal(t, chunkstore.NodeDir, byPath["pg_tblspc/"+oid].Type, "the tablespace is a directory in place of the link")
+	require.Greater(t, inTablespace, int64(2<<20), "the table's pages are in the tablespace's directory")
+	require.Contains(t, byPath, "backup_manifest")
+
+	require.NotContains(t, byPath, "tablespace_map", "recovery would make the tablespace a link again")
+
+	dataDir, runDir := materialize(t, r, rp)
+	out, err := exec.Command(filepath.Join(c.BinDir, "pg_verifybackup"), "-i", "tablespace_map", dataDir).CombinedOutput()
+	require.NoError(t, err, "pg_verifybackup: %s", out)
+	in, err := staging.StartInstance(ctx, staging.InstanceOptions{DataDir: dataDir, RunDir: runDir, BinDir: c.BinDir})
+	require.NoError(t, err)
+	defer in.Stop(ctx)
+	conn, err := pgx.Connect(ctx, in.ConnString("postgres", "postgres")+" password="+pgtool.Quote(serverPassword))
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var n int
+	var sum string
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*), md5(string_agg(v, ',' ORDER BY id)) FROM far").Scan(&n, &sum))
+	require.Equal(t, 50000, n)
+	require.Equal(t, c.Query(t, "postgres", "SELECT md5(string_agg(v, ',' ORDER BY id)) FROM far"), sum)
+}

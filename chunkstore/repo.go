@@ -47,6 +47,18 @@ type RestorePoint struct {
 	// WAL is the WAL a backup from a running server spans, which a WAL
 	// archive continues; nil for a backup of a data directory.
 	WAL *WALRange `json:"wal,omitempty"`
+	// Tablespaces are the backed-up server's tablespaces outside its data
+	// directory. Each one's content is in the tree as the directory
+	// pg_tblspc/<OID> (where the server had a symbolic link to Location),
+	// which PostgreSQL reads as it would through the link.
+	Tablespaces []Tablespace `json:"tablespaces,omitempty"`
+}
+
+// Tablespace is a tablespace outside the data directory.
+type Tablespace struct {
+	OID      uint32 `json:"oid"`
+	Name     string `json:"name"`
+	Location string `json:"location"` // where the server keeps it
 }
 
 // pointFormat is the version of the restore point files this build writes

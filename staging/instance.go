@@ -226,6 +226,12 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 		}
 	}
 	args = append(args, minimumSettings(bin, o.DataDir)...)
+	if inPlaceTablespaces(o.DataDir) {
+		// A backup of a server with tablespaces holds each one as a
+		// directory where the server had a link (chunkstore's
+		// Tablespaces); recovery refuses those unless allowed.
+		args = append(args, "-c", "allow_in_place_tablespaces=on")
+	}
 	// A postgresql.conf may point data_directory elsewhere, and
 	// external_pid_file at any file the postgres OS user may write.
 	args = append(args, "-c", "data_directory="+o.DataDir, "-c", "external_pid_file="+filepath.Join(o.RunDir, "postgres.pid"))
@@ -727,4 +733,14 @@ func appendLog(name, text string) {
 	}
 	defer f.Close()
 	_, _ = f.WriteString(text)
+}
+
+// inPlaceTablespaces reports whether the data directory's pg_tblspc holds
+// a directory rather than only links.
+func inPlaceTablespaces(dataDir string) bool {
+	ents, err := os.ReadDir(filepath.Join(dataDir, "pg_tblspc"))
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(ents, func(e os.DirEntry) bool { return e.IsDir() })
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/fusefd"
 )
 
 // ChunkReader is where a mount fetches the restore point's chunks.
@@ -215,7 +216,7 @@ func Mount(ctx context.Context, mountpoint string, tree []chunkstore.Node, chunk
 	}
 	server, err := fs.Mount(mountpoint, root, opts)
 	if err == nil {
-		err = closeOnExecFUSE()
+		err = fusefd.CloseOnExec()
 	}
 	if direct {
 		syscall.ForkLock.Unlock()
@@ -524,23 +525,4 @@ func (p *bufPool) put(bp *[]byte) {
 	}
 	p.free[i] = append(p.free[i], bp)
 	p.bytes += int64(cap(*bp))
-}
-
-// closeOnExecFUSE sets close-on-exec on every /dev/fuse descriptor of this
-// process.
-func closeOnExecFUSE() error {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return fmt.Errorf("listing descriptors: %w", err)
-	}
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
-			syscall.CloseOnExec(fd)
-		}
-	}
-	return nil
 }

@@ -37,9 +37,12 @@ first use, as a new restore point:
                              "replication" line in pg_hba.conf.
 
 Files are cut into content-defined chunks and stored once: a later backup
-of the same cluster stores only what changed. Symlinks (pg_tblspc) are
-recorded, not followed. An interrupted backup leaves no restore point; rerun
-it and it reuses the chunks already stored.
+of the same cluster stores only what changed. With --from-server,
+tablespaces outside the data directory are backed up too (this needs FUSE,
+as mount does), each as the directory pg_tblspc/<OID> in place of the link;
+with --pgdata, symlinks (pg_tblspc) are recorded, not followed. An
+interrupted backup leaves no restore point; rerun it and it reuses the
+chunks already stored.
 
 Prints the restore point ID as the last line (with --json, stdout is only a
 JSON object with "restore_point").

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -150,4 +152,50 @@ func TestBackupCLIErrors(t *testing.T) {
 	code, out, errs := runCLI(t, "restore-points", "--repo", filepath.Join(dir, "r"), "--json")
 	require.Equal(t, 0, code, errs)
 	require.Equal(t, `{"restore_points":[]}`, lastLine(out))
+}
+
+// TestExportTablespaces: a server keeps a database and a table of another
+// in a tablespace outside its data directory. backup --from-server takes
+// the tablespace, restore-points --json names it, and an export of both
+// databases (through the mount and its copy-on-write layer) restores with
+// every row.
+func TestExportTablespaces(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw",
+		Settings: map[string]string{"wal_level": "replica", "max_wal_senders": "4"}})
+	tsDir := filepath.Join(c.Base, "tablespace")
+	require.NoError(t, os.Mkdir(tsDir, 0o700))
+	require.NoError(t, c.Chown(tsDir))
+	c.Exec(t, "postgres", "CREATE TABLESPACE far LOCATION '"+tsDir+"'")
+	c.Exec(t, "postgres", "CREATE DATABASE faraway TABLESPACE far")
+	c.Exec(t, "faraway", "CREATE TABLE items(id int primary key, v text); INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", "CREATE TABLE orders(id int) TABLESPACE far; INSERT INTO orders SELECT generate_series(1, 3000); CREATE TABLE near(id int); INSERT INTO near VALUES (1)")
+	repo := filepath.Join(t.TempDir(), "repo")
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
+	require.Equal(t, 0, code, errs)
+	code, out, errs := runCLI(t, "restore-points", "--repo", repo, "--json")
+	require.Equal(t, 0, code, errs)
+	var res struct {
+		Points []chunkstore.RestorePoint `json:"restore_points"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+	require.Len(t, res.Points, 1)
+	require.Len(t, res.Points[0].Tablespaces, 1)
+	require.Equal(t, "far", res.Points[0].Tablespaces[0].Name)
+	require.Equal(t, tsDir, res.Points[0].Tablespaces[0].Location)
+
+	t.Setenv("PGPASSWORD", "pw")
+	to := t.TempDir()
+	code, out, errs = runCLI(t, "--home", t.TempDir(), "export", "--repo", repo, "--db", "faraway", "--db", "shop", "--to", to, "--staging-dir", cliStagingDir(t))
+	require.Equal(t, 0, code, "%s\n%s", out, errs)
+	flags := []string{"--pg-host", c.SocketDir, "--pg-port", strconv.Itoa(c.Port), "--pg-user", c.User}
+	for db, q := range map[string]string{
+		"faraway": "SELECT count(*) || ' ' || md5(string_agg(v, ',' ORDER BY id)) FROM items",
+		"shop":    "SELECT (SELECT count(*) FROM orders) || ' ' || (SELECT count(*) FROM near)",
+	} {
+		code, _, errs := runCLI(t, append([]string{"restore", filepath.Join(to, db), "--dbname", db + "_restored", "--create"}, flags...)...)
+		require.Equal(t, exitOK, code, errs)
+		require.Equal(t, c.Query(t, db, q), c.Query(t, db+"_restored", q), db)
+	}
 }
