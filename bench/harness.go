@@ -92,6 +92,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
 		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
+		&WALPush{Pgporter: o.Pgporter},
 	}
 }
 

@@ -51,7 +51,7 @@ func TestForgetPlan(t *testing.T) {
 	require.Empty(t, forget)
 }
 
-func dirBytes(t *testing.T, dir string) int64 {
+func dirBytes(t testing.TB, dir string) int64 {
 	t.Helper()
 	var n int64
 	require.NoError(t, filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
