@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/internal/config"
 )
 
 // jobs are the job templates of dist/systemd: each a .service and a
@@ -23,6 +25,19 @@ var jobs = []struct {
 	{"check", []string{"check"}, []string{"check"}},
 	{"check-read-data", []string{"check --read-data"}, []string{"check-read-data"}},
 	{"metrics", []string{"metrics"}, nil},
+}
+
+// flagEnv is the environment variable of the flag of command (a path
+// under pgporter).
+func flagEnv(t *testing.T, command, flag string) string {
+	t.Helper()
+	for _, n := range config.Names(newRootCmd(&globals{})) {
+		if n.Command == "pgporter "+command && n.Flag == flag {
+			return n.Env
+		}
+	}
+	t.Fatalf("pgporter %s has no flag --%s", command, flag)
+	return ""
 }
 
 func jobUnitFiles() []string {
@@ -89,7 +104,7 @@ func checkJobUnits(t *testing.T, root string) {
 			require.Empty(t, stderr.String(), "systemd-analyze verify %s", j.name)
 		}
 	}
-	require.Contains(t, strings.Join(units["metrics"]["Environment"], " "), "PGPORTER_METRICS_TEXTFILE=/var/lib/prometheus/node-exporter/pgporter-%i.prom")
+	require.Contains(t, strings.Join(units["metrics"]["Environment"], " "), flagEnv(t, "metrics", "textfile")+"=/var/lib/prometheus/node-exporter/pgporter-%i.prom")
 
 	// The settings file: the installed example, with the test's paths
 	// after it (later lines win, in systemd as in unitEnv).
@@ -99,8 +114,12 @@ func checkJobUnits(t *testing.T, root string) {
 	pgdata, _ := fakeDataDir(t)
 	textfile := filepath.Join(root, "var", "lib", "prometheus", "node-exporter", "pgporter-t.prom")
 	require.NoError(t, os.MkdirAll(filepath.Dir(textfile), 0o755))
-	settings := string(example) + "\n# test\nPGPORTER_REPO=" + repo + "\nPGPORTER_BACKUP_PGDATA=" + pgdata +
-		"\nPGPORTER_FORGET_KEEP_LAST=1\nPGPORTER_METRICS_TEXTFILE=" + textfile + "\n"
+	// The flags' variables as the configuration names them (this file
+	// must not spell them: TestSettingNames).
+	settings := string(example) + "\n# test\nPGPORTER_REPO=" + repo +
+		"\n" + flagEnv(t, "backup", "pgdata") + "=" + pgdata +
+		"\n" + flagEnv(t, "forget", "keep-last") + "=1" +
+		"\n" + flagEnv(t, "metrics", "textfile") + "=" + textfile + "\n"
 	require.NoError(t, os.WriteFile(filepath.Join(root, "etc/default/pgporter-repo-t"), []byte(settings), 0o644))
 
 	runJob := func(name string) {
