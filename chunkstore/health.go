@@ -32,7 +32,8 @@ type WALHealth struct {
 	// Point is the newest online backup (with a WAL range), nil when there
 	// is none or the archive is empty; the rest describes it.
 	Point *RestorePoint
-	// Coverage is how far the archive takes Point.
+	// Coverage is how far the archive takes Point, following the latest
+	// timeline.
 	Coverage *Coverage
 	// Behind is how many bytes of WAL lie between the end of Last and
 	// Point's end: WAL the archive has not received yet, so that Point
@@ -74,7 +75,8 @@ func ReadHealth(dir string) (*Health, error) {
 	if h.WAL.Point == nil {
 		return h, nil
 	}
-	if h.WAL.Coverage, err = WALCoverage(dir, h.WAL.Point); err != nil {
+	// As restore-points shows it, and export --at recovers by default.
+	if h.WAL.Coverage, err = WALCoverage(dir, h.WAL.Point, TimelineLatest); err != nil {
 		return nil, err
 	}
 	end, err := ParseLSN(h.WAL.Point.WAL.End)
