@@ -5,7 +5,9 @@
 // converts the previous pebble index), chunking statistics (stats.go), and
 // the backup repository: restore points, their trees, and backups of a data
 // directory or of a running server (repo.go, snapshot.go, backup.go,
-// basebackup.go).
+// basebackup.go), its WAL archive (wal.go, walrange.go), retention and
+// checks (prune.go, check.go), and what monitoring reads of it: the recorded
+// outcomes of its operations (status.go) and its health (health.go).
 //
 // Chunk identity (IDs, codecs, parameters, the chunker) is the leaf package
 // chunkstore/chunk, which protocol imports without the store's pebble and

@@ -32,6 +32,7 @@ func (s *Server) openRepo() error {
 		return fmt.Errorf("repository %s: %w", s.o.Repo, err)
 	}
 	s.repo = r
+	s.metrics.reg.MustRegister(NewRepoCollector(s.o.Repo, RepoCollectorOptions{CacheFor: repoMetricsCacheFor, Log: s.log}))
 	return nil
 }
 

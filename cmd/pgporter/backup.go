@@ -60,6 +60,7 @@ Examples:
 	f.BoolVar(&o.spreadCheckpoint, "spread-checkpoint", false, "with --from-server: let the server spread its starting checkpoint (gentler, slower to start)")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	c.MarkFlagsMutuallyExclusive("pgdata", "from-server")
+	recordRuns(g, c, &o.repo, always(chunkstore.OpBackup), chunkstore.RecordRun)
 	return c
 }
 

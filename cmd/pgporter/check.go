@@ -63,5 +63,11 @@ Exit code 0: nothing wrong; 7: problems, each listed on stderr (or under
 	c.Flags().StringVar(&repo, "repo", "", "repository directory")
 	c.Flags().BoolVar(&readData, "read-data", false, "read back every chunk and check its hash")
 	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON report, and nothing else, on stdout")
+	recordRuns(g, c, &repo, func() chunkstore.Op {
+		if readData {
+			return chunkstore.OpCheckReadData
+		}
+		return chunkstore.OpCheck
+	}, chunkstore.RecordRun)
 	return c
 }

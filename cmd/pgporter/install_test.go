@@ -75,8 +75,12 @@ func TestInstallDeb(t *testing.T) {
 		"usr/lib/systemd/system/pgporter-mover@.service",
 		"etc/default/pgporter-mover",
 		"usr/share/doc/pgporter/INSTALL.md",
+		"usr/share/doc/pgporter/examples/pgporter-repo",
 	} {
 		require.FileExists(t, filepath.Join(root, f))
+	}
+	for _, u := range jobUnitFiles() {
+		require.FileExists(t, filepath.Join(root, "usr/lib/systemd/system", u))
 	}
 	page := gunzipFile(t, filepath.Join(root, "usr/share/man/man1/pgporter-mover-serve.1.gz"))
 	require.Contains(t, page, `.TH "PGPORTER" "1"`)
@@ -138,6 +142,8 @@ func TestInstallDeb(t *testing.T) {
 		t.Log("systemd-analyze is not installed: the units are checked by this test's parser only")
 	}
 
+	t.Run("jobs", func(t *testing.T) { checkJobUnits(t, root) })
+
 	for _, tc := range []struct{ unit, instance, envFile string }{
 		{"pgporter-mover.service", "", "etc/default/pgporter-mover"},
 		{"pgporter-mover@.service", "b", "etc/default/pgporter-mover-b"},
@@ -185,6 +191,14 @@ func checkMakeInstall(t *testing.T, repo, build string) {
 		require.True(t, strings.HasPrefix(u["ExecStart"][0], "/opt/pgp/bin/pgporter mover serve "), "%s: ExecStart=%s", name, u["ExecStart"][0])
 		require.NotContains(t, strings.Join(u["EnvironmentFile"], " "), "@", "%s: placeholders left", name)
 	}
+	for _, name := range jobUnitFiles() {
+		u := parseUnit(t, filepath.Join(dest, "opt/pgp/lib/systemd/system", name))
+		for _, line := range u["ExecStart"] {
+			require.True(t, strings.HasPrefix(line, "/opt/pgp/bin/pgporter "), "%s: ExecStart=%s", name, line)
+		}
+		require.NotContains(t, strings.Join(u["EnvironmentFile"], " "), "@", "%s: placeholders left", name)
+	}
+	require.FileExists(t, filepath.Join(dest, "opt/pgp/share/doc/pgporter/examples/pgporter-repo"))
 	settings := filepath.Join(dest, "etc/default/pgporter-mover")
 	require.NoError(t, os.WriteFile(settings, []byte("PGPORTER_MOVER_OPTS=\"--listen :7500\"\n"), 0o644))
 	require.Contains(t, install(), "keeping")

@@ -88,6 +88,7 @@ use the repository. wal-push goes on.`,
 	f.IntVar(&policy.KeepWeekly, "keep-weekly", 0, "keep the newest restore point of each of the last N weeks that have one")
 	f.BoolVar(&dryRun, "dry-run", false, "list what would be forgotten, change nothing")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
+	recordRuns(g, c, &repo, unlessDry(&dryRun, chunkstore.OpForget), chunkstore.RecordRun)
 	return c
 }
 
@@ -141,5 +142,6 @@ goes on meanwhile, and wal-fetch waits for it.`,
 	c.Flags().StringVar(&repo, "repo", "", "repository directory")
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "report what would go, change nothing")
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	recordRuns(g, c, &repo, unlessDry(&dryRun, chunkstore.OpPrune), chunkstore.RecordRun)
 	return c
 }

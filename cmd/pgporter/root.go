@@ -98,6 +98,7 @@ One binary plays every role: repository, staging and target movers
 		newCheckCmd(g),
 		newForgetCmd(g),
 		newPruneCmd(g),
+		newMetricsCmd(g),
 		newMountCmd(g),
 		newExportCmd(g),
 		newSessionsCmd(g),

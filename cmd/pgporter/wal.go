@@ -61,6 +61,9 @@ not archive into one repository.`,
 		},
 	}
 	c.Flags().StringVar(&repo, "repo", "", "repository directory")
+	// Failures only, and the first success after them: the newest WAL
+	// record tells of every other success.
+	recordRuns(g, c, &repo, always(chunkstore.OpWALPush), chunkstore.RecordRecovery)
 	return c
 }
 
