@@ -667,8 +667,37 @@ func scrubRoleSettings(ctx context.Context, bin, dataDir, logFile string, cred *
 		"SELECT '" + scrubMarker + "left:' || count(*) FROM pg_db_role_setting r, unnest(r.setconfig) s WHERE " + bad,
 		"",
 	}, "\n")
-	var lastErr string
 	// pg_db_role_setting is shared by every database; any one will do.
+	values, stderr, err := singleUser(ctx, bin, logFile, "removing role and database settings that load code", cred, args, script, scrubMarker)
+	removed, left := []string(nil), ""
+	for _, v := range values {
+		switch {
+		case strings.HasPrefix(v, "removed:"):
+			b, derr := hexDecode(strings.TrimPrefix(v, "removed:"))
+			if derr == nil {
+				removed = append(removed, b)
+			}
+		case strings.HasPrefix(v, "left:"):
+			left = strings.TrimPrefix(v, "left:")
+		}
+	}
+	if err == nil && left == "0" {
+		return removed, nil
+	}
+	lastErr := fmt.Sprintf("%v: %s", err, lastLines(stderr, 10))
+	if err == nil {
+		lastErr = fmt.Sprintf("%q settings are left: %s", left, lastLines(stderr, 10))
+	}
+	return nil, fmt.Errorf("removing role and database settings that load code, in single-user mode: %s", lastErr)
+}
+
+// singleUser runs script through a single-user postgres (with args, as
+// cred) connected to template1, or to postgres or template0 when the one
+// before does not exist, logging its stderr under what. It returns the
+// values of its output lines that carry marker (the text after it, to a
+// closing quote, as single-user mode prints a column), its stderr, and
+// how it exited.
+func singleUser(ctx context.Context, bin, logFile, what string, cred *syscall.Credential, args []string, script, marker string) (values []string, stderr string, err error) {
 	for _, db := range []string{"template1", "postgres", "template0"} {
 		cmd := exec.CommandContext(ctx, filepath.Join(bin, "postgres"), append(append([]string{"--single"}, args...), db)...)
 		cmd.Stdin = strings.NewReader(script)
@@ -677,39 +706,22 @@ func scrubRoleSettings(ctx context.Context, bin, dataDir, logFile string, cred *
 		if cred != nil {
 			cmd.SysProcAttr.Credential = cred
 		}
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		appendLog(logFile, "single-user run removing role and database settings that load code:\n"+stderr.String())
-		removed, left := []string(nil), ""
+		var errOut strings.Builder
+		cmd.Stderr = &errOut
+		out, runErr := cmd.Output()
+		appendLog(logFile, "single-user run "+what+":\n"+errOut.String())
+		values, stderr, err = nil, errOut.String(), runErr
 		for line := range strings.Lines(string(out)) {
-			_, v, ok := strings.Cut(line, scrubMarker)
-			if !ok {
-				continue
-			}
-			v, _, _ = strings.Cut(v, "\"")
-			switch {
-			case strings.HasPrefix(v, "removed:"):
-				b, derr := hexDecode(strings.TrimPrefix(v, "removed:"))
-				if derr == nil {
-					removed = append(removed, b)
-				}
-			case strings.HasPrefix(v, "left:"):
-				left = strings.TrimPrefix(v, "left:")
+			if _, v, ok := strings.Cut(line, marker); ok {
+				v, _, _ = strings.Cut(v, "\"")
+				values = append(values, strings.TrimRight(v, "\n"))
 			}
 		}
-		if err == nil && left == "0" {
-			return removed, nil
-		}
-		lastErr = fmt.Sprintf("%v: %s", err, lastLines(stderr.String(), 10))
-		if err == nil {
-			lastErr = fmt.Sprintf("%q settings are left: %s", left, lastLines(stderr.String(), 10))
-		}
-		if !strings.Contains(stderr.String(), "does not exist") {
+		if err == nil || !strings.Contains(stderr, "does not exist") {
 			break
 		}
 	}
-	return nil, fmt.Errorf("removing role and database settings that load code, in single-user mode: %s", lastErr)
+	return values, stderr, err
 }
 
 func hexDecode(s string) (string, error) {

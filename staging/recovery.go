@@ -150,44 +150,23 @@ func recoverSingle(ctx context.Context, bin, logFile string, cred *syscall.Crede
 	// Epoch seconds and the LSN's text do not depend on the backup's
 	// DateStyle or locale.
 	script := "SELECT '" + recoveredMarker + "' || coalesce(extract(epoch FROM pg_last_xact_replay_timestamp())::text, '') || '|' || coalesce(pg_last_wal_replay_lsn()::text, '')\n"
-	var lastErr string
-	for _, db := range []string{"template1", "postgres", "template0"} {
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, "postgres"), append(append([]string{"--single"}, args...), db)...)
-		cmd.Stdin = strings.NewReader(script)
-		cmd.Env = []string{"LANG=C.UTF-8", "PATH=/usr/bin:/bin"}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if cred != nil {
-			cmd.SysProcAttr.Credential = cred
-		}
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		appendLog(logFile, "single-user run replaying the WAL archive:\n"+stderr.String())
-		if strings.Contains(stderr.String(), "recovery ended before configured recovery target was reached") {
-			return Reached{}, fmt.Errorf("%w: %s", ErrTargetNotReached, lastLines(stderr.String(), 6))
-		}
-		for line := range strings.Lines(string(out)) {
-			_, v, ok := strings.Cut(line, recoveredMarker)
-			if !ok || err != nil {
-				continue
-			}
-			v, _, _ = strings.Cut(v, "\"")
-			epoch, lsn, _ := strings.Cut(strings.TrimSpace(v), "|")
-			r := Reached{LSN: lsn}
-			if epoch != "" {
-				f, perr := strconv.ParseFloat(epoch, 64)
-				if perr != nil {
-					return Reached{}, fmt.Errorf("staging: reading where recovery stopped: %w", perr)
-				}
-				r.Time = time.Unix(0, int64(f*1e9)).UTC().Round(time.Microsecond)
-			}
-			return r, nil
-		}
-		lastErr = fmt.Sprintf("%v: %s", err, lastLines(stderr.String(), 10))
-		if !strings.Contains(stderr.String(), "does not exist") {
-			break
-		}
+	values, stderr, err := singleUser(ctx, bin, logFile, "replaying the WAL archive", cred, args, script, recoveredMarker)
+	if strings.Contains(stderr, "recovery ended before configured recovery target was reached") {
+		return Reached{}, fmt.Errorf("%w: %s", ErrTargetNotReached, lastLines(stderr, 6))
 	}
+	if err == nil && len(values) > 0 {
+		epoch, lsn, _ := strings.Cut(strings.TrimSpace(values[0]), "|")
+		r := Reached{LSN: lsn}
+		if epoch != "" {
+			f, perr := strconv.ParseFloat(epoch, 64)
+			if perr != nil {
+				return Reached{}, fmt.Errorf("staging: reading where recovery stopped: %w", perr)
+			}
+			r.Time = time.Unix(0, int64(f*1e9)).UTC().Round(time.Microsecond)
+		}
+		return r, nil
+	}
+	lastErr := fmt.Sprintf("%v: %s", err, lastLines(stderr, 10))
 	return Reached{}, fmt.Errorf("replaying the WAL archive in single-user mode: %s", lastErr)
 }
 
