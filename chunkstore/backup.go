@@ -386,14 +386,21 @@ func sortNodes(nodes []Node) {
 	slices.SortFunc(nodes, func(a, b Node) int { return strings.Compare(a.Path, b.Path) })
 }
 
-// databases sums the file sizes under each base/<oid> directory.
+// databases sums the file sizes of each database: under base/<oid>, and
+// under a tablespace's pg_tblspc/<tablespace>/<version dir>/<oid>.
 func databases(nodes []Node) []DBInfo {
 	var dbs []DBInfo
 	idx := map[string]int{}
 	for _, n := range nodes {
 		rest, ok := strings.CutPrefix(n.Path, "base/")
 		if !ok {
-			continue
+			// A database's files in a tablespace:
+			// pg_tblspc/<tablespace>/<version dir>/<database>/...
+			parts := strings.SplitN(n.Path, "/", 5)
+			if len(parts) < 4 || parts[0] != "pg_tblspc" {
+				continue
+			}
+			rest = strings.Join(parts[3:], "/")
 		}
 		dir, _, _ := strings.Cut(rest, "/")
 		oid, err := strconv.ParseUint(dir, 10, 32)

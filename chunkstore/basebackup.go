@@ -89,15 +89,22 @@ func queryServer(ctx context.Context, connString string) (*serverInfo, error) {
 	if err := conn.QueryRow(ctx, "SELECT pg_size_bytes(current_setting('wal_segment_size'))").Scan(&info.SegmentSize); err != nil {
 		return nil, fmt.Errorf("reading the WAL segment size: %w", err)
 	}
+	provider, icu := `'c'`, `''`
+	if num >= 170000 {
+		provider, icu = "datlocprovider::text", "coalesce(datlocale, '')"
+	} else if num >= 150000 {
+		provider, icu = "datlocprovider::text", "coalesce(daticulocale, '')"
+	}
 	rows, err := conn.Query(ctx, `SELECT oid, datname,
-		CASE WHEN datallowconn AND has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) ELSE 0 END
+		CASE WHEN datallowconn AND has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) ELSE 0 END,
+		datcollate, datctype, `+provider+`, `+icu+`
 		FROM pg_database ORDER BY oid`)
 	if err != nil {
 		return nil, fmt.Errorf("listing databases: %w", err)
 	}
 	for rows.Next() {
 		var db DBInfo
-		if err := rows.Scan(&db.OID, &db.Name, &db.Size); err != nil {
+		if err := rows.Scan(&db.OID, &db.Name, &db.Size, &db.Collate, &db.Ctype, &db.Provider, &db.ICULocale); err != nil {
 			return nil, fmt.Errorf("listing databases: %w", err)
 		}
 		info.Databases = append(info.Databases, db)
@@ -171,10 +178,10 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 	}
 	rp := newPoint(start, bo)
 	var dbTotal int64
-	names := map[uint32]string{}
+	server := map[uint32]DBInfo{}
 	for _, db := range info.Databases {
 		dbTotal += db.Size
-		names[db.OID] = db.Name
+		server[db.OID] = db
 	}
 	prog := newProgress(bo.Progress, dbTotal)
 	stored0 := r.packBytes()
@@ -265,8 +272,11 @@ func (r *Repo) BackupFromServer(ctx context.Context, connString string, o Server
 	rp.Tablespaces = info.Tablespaces
 	nodes := st.tree()
 	rp.Databases = databases(nodes)
-	for i := range rp.Databases {
-		rp.Databases[i].Name = names[rp.Databases[i].OID]
+	for i, db := range rp.Databases {
+		if s, ok := server[db.OID]; ok {
+			s.Size = db.Size // the tree's
+			rp.Databases[i] = s
+		}
 	}
 	if err := r.finishPoint(ctx, rp, nodes, stored0); err != nil {
 		return nil, err

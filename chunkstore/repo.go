@@ -27,6 +27,13 @@ type DBInfo struct {
 	Name string `json:"name"` // empty when the backup could not learn it
 	OID  uint32 `json:"oid"`
 	Size int64  `json:"size"` // bytes under base/<oid>
+	// The database's locale settings, as pg_database has them, recorded by
+	// a backup from a server (empty otherwise): an export checks that its
+	// host has them before it mounts anything.
+	Collate   string `json:"collate,omitempty"`
+	Ctype     string `json:"ctype,omitempty"`
+	Provider  string `json:"locale_provider,omitempty"` // "c" libc, "i" ICU, "b" builtin
+	ICULocale string `json:"icu_locale,omitempty"`
 }
 
 // RestorePoint is the catalog entry of one backup: what it is, and where

@@ -713,7 +713,20 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.C
 	// Before the mount: without the server of the backup's major version
 	// there is nothing to mount it for (the error names the package).
 	if major := pgMajor(rp.PGVersion); major != "" {
-		if _, err := pgtool.ServerBinDir(major, ""); err != nil {
+		bin, err := pgtool.ServerBinDir(major, "")
+		if err != nil {
+			src.Close()
+			return nil, nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
+		}
+		// And without the databases' locales (recorded by a backup from a
+		// server) the instance would refuse connections to them.
+		var locs []staging.DatabaseLocale
+		for _, db := range rp.Databases {
+			if slices.Contains(p.Databases, db.Name) {
+				locs = append(locs, staging.DatabaseLocale{Name: db.Name, Collate: db.Collate, Ctype: db.Ctype, Provider: db.Provider, ICULocale: db.ICULocale})
+			}
+		}
+		if err := staging.CheckLocalesBefore(locs, bin, major).Err(); err != nil {
 			src.Close()
 			return nil, nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
 		}

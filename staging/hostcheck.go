@@ -230,6 +230,39 @@ func (in *Instance) catalogConn(ctx context.Context, o CheckOptions) (*pgx.Conn,
 	return nil, nil
 }
 
+// DatabaseLocale is a database's locale settings as a backup recorded
+// them (chunkstore.DBInfo).
+type DatabaseLocale struct {
+	Name, Collate, Ctype string
+	Provider             string // "c" libc, "i" ICU, "b" builtin
+	ICULocale            string
+}
+
+// CheckLocalesBefore checks, before anything is mounted or started, that
+// this host has the locales of the databases dbs (and ICU, for those that
+// use it) for the server of major version major in bin. Databases with no
+// recorded locale are not checked here (the instance's check finds them).
+// A host whose installed locales cannot be listed passes.
+func CheckLocalesBefore(dbs []DatabaseLocale, bin, major string) *CheckReport {
+	var locs []dbLocale
+	for _, d := range dbs {
+		if d.Collate != "" || d.Ctype != "" {
+			locs = append(locs, dbLocale(d))
+		}
+	}
+	rep := &CheckReport{}
+	if len(locs) == 0 {
+		return rep
+	}
+	installed, err := InstalledLocales()
+	if err != nil {
+		return rep
+	}
+	has, known := serverHasICU(bin)
+	rep.Problems = localeProblems(locs, installed, has, known, major)
+	return rep
+}
+
 // checkLocales checks the locales and ICU of the databases dbs (c is
 // connected to any database).
 func (in *Instance) checkLocales(ctx context.Context, c *pgx.Conn, dbs []string) ([]Problem, error) {

@@ -184,6 +184,14 @@ func TestExportTablespaces(t *testing.T) {
 	require.Len(t, res.Points[0].Tablespaces, 1)
 	require.Equal(t, "far", res.Points[0].Tablespaces[0].Name)
 	require.Equal(t, tsDir, res.Points[0].Tablespaces[0].Location)
+	dbs := map[string]chunkstore.DBInfo{}
+	for _, db := range res.Points[0].Databases {
+		dbs[db.Name] = db
+	}
+	require.Contains(t, dbs, "faraway", "a database in a tablespace is listed")
+	require.Greater(t, dbs["faraway"].Size, int64(1<<20), "its size counts the tablespace's files")
+	require.Equal(t, c.Query(t, "faraway", "SELECT datcollate FROM pg_database WHERE datname = current_database()"), dbs["faraway"].Collate)
+	require.Equal(t, "c", dbs["faraway"].Provider)
 
 	t.Setenv("PGPASSWORD", "pw")
 	to := t.TempDir()
@@ -198,4 +206,32 @@ func TestExportTablespaces(t *testing.T) {
 		require.Equal(t, exitOK, code, errs)
 		require.Equal(t, c.Query(t, db, q), c.Query(t, db+"_restored", q), db)
 	}
+
+	// A restore point of databases whose locale this host lacks (a backup
+	// of another host's server): the export stops before it mounts, naming
+	// the locale and the package.
+	pointFile := filepath.Join(repo, "points", res.Points[0].ID+".json")
+	b, err := os.ReadFile(pointFile)
+	require.NoError(t, err)
+	b = bytes.ReplaceAll(b, []byte(`"collate": "`+dbs["shop"].Collate+`"`), []byte(`"collate": "zz_ZZ.UTF-8"`))
+	require.Contains(t, string(b), "zz_ZZ.UTF-8")
+	require.NoError(t, os.WriteFile(pointFile, b, 0o644))
+	home := t.TempDir()
+	code, out, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--to", t.TempDir(), "--staging-dir", cliStagingDir(t), "--json")
+	require.NotEqual(t, 0, code, out)
+	require.Contains(t, errs+out, `locale \"zz_ZZ.UTF-8\"`)
+	require.Contains(t, errs+out, "locales-all")
+	code, out, errs = runCLI(t, "--home", home, "sessions", "--json")
+	require.Equal(t, 0, code, errs)
+	var sessions struct {
+		Sessions []struct {
+			ID string `json:"id"`
+		} `json:"sessions"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &sessions), out)
+	require.Len(t, sessions.Sessions, 1)
+	code, out, errs = runCLI(t, "--home", home, "sessions", "show", sessions.Sessions[0].ID)
+	require.Equal(t, 0, code, errs)
+	require.Regexp(t, `(?m)^\s*check\s+pending`, out, "the checks did not run")
+	require.NotRegexp(t, `(?m)^\s*(mount|instance)\s+done`, out, "nothing was mounted or started")
 }
