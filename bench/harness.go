@@ -206,6 +206,8 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 			bin = &s.Pgporter
 		case *Scale:
 			bin = &s.Pgporter
+		case *WALPush:
+			bin = &s.Pgporter
 		default:
 			continue
 		}

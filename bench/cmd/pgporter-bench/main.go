@@ -101,7 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export, multidb, backup, scale: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export, multidb, backup, scale, walpush: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
 	f.StringVar(&o.Base, "pgporter-base", "", `lan, export: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
 	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none`)
