@@ -40,15 +40,32 @@ const (
 )
 
 type permName struct {
-	p    Perm
-	name string
+	p      Perm
+	name   string
+	grants string
 }
 
 var permNames = []permName{
-	{PermSend, "send"},
-	{PermRead, "read"},
-	{PermOrchestrate, "orchestrate"},
-	{PermArchive, "archive"},
+	{PermSend, "send", "write into this mover's --root directories (send dumps here)"},
+	{PermRead, "read", "read this mover's backup repository (restore points, chunks, WAL)"},
+	{PermOrchestrate, "orchestrate", "command this mover (mount, dump, clean up)"},
+	{PermArchive, "archive", "push WAL files into this mover's repository (wal-push), nothing else"},
+}
+
+// PermDescription names a permission and says what it grants.
+type PermDescription struct {
+	Perm   Perm
+	Name   string
+	Grants string
+}
+
+// PermDescriptions lists every permission, in the order of Perm.Names.
+func PermDescriptions() []PermDescription {
+	out := make([]PermDescription, len(permNames))
+	for i, n := range permNames {
+		out[i] = PermDescription{Perm: n.p, Name: n.name, Grants: n.grants}
+	}
+	return out
 }
 
 // ParsePerms parses a comma-separated list of permission names ("send",

@@ -42,11 +42,12 @@ func (r *RemoteRepo) WALRecord(ctx context.Context, name string) (*chunkstore.WA
 		return nil, err
 	}
 	m, err := r.request(ctx, &protocol.GetWAL{Name: name})
-	if errors.Is(err, protocol.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s at %s: %w", chunkstore.ErrWALNotFound, name, r.addr, err)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the record of WAL file %s at %s: %w", name, r.addr, err)
+		err = fmt.Errorf("reading WAL file %s at %s: %w", name, r.addr, err)
+		if errors.Is(err, protocol.ErrNotFound) {
+			err = walRemoteError{err, chunkstore.ErrWALNotFound}
+		}
+		return nil, err
 	}
 	rec, ok := m.(*protocol.WALRecord)
 	if !ok {
@@ -192,14 +193,23 @@ func (r *RemoteRepo) PushWAL(ctx context.Context, path string) (already bool, er
 		already, err = r.pushOnce(ctx, f, rec)
 		return err
 	})
-	if errors.Is(err, protocol.ErrConflict) {
-		return false, fmt.Errorf("%w: %s at %s: %w", chunkstore.ErrWALConflict, name, r.addr, err)
-	}
 	if err != nil {
-		return false, fmt.Errorf("pushing WAL file %s to %s: %w", name, r.addr, err)
+		err = fmt.Errorf("pushing WAL file %s to %s: %w", name, r.addr, err)
+		if errors.Is(err, protocol.ErrConflict) {
+			err = walRemoteError{err, chunkstore.ErrWALConflict}
+		}
+		return false, err
 	}
 	return already, nil
 }
+
+// walRemoteError is a repository mover's refusal of a WAL request that
+// also matches the chunkstore error a local repository gives for it
+// (is), without saying it twice: the mover's message says it already.
+type walRemoteError struct{ err, is error }
+
+func (e walRemoteError) Error() string   { return e.err.Error() }
+func (e walRemoteError) Unwrap() []error { return []error{e.err, e.is} }
 
 // pushOnce offers rec on a new archive stream and sends the chunks the
 // mover asks for, read again from f. Errors that a new attempt cannot cure
