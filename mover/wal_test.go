@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/protocol"
 )
 
@@ -177,4 +179,46 @@ func TestRepoWALOldMover(t *testing.T) {
 	// The connection is still good for what protocol 8 has.
 	_, err = rr.List(ctx)
 	require.NoError(t, err)
+}
+
+// TestRepoWALFetchCorrupt: a chunk that arrives damaged in the middle of a
+// WAL file fails the fetch as corrupt, writes nothing at the destination
+// (no file, no temporary file), and the fetches read ahead of it stop: no
+// goroutine is left once the client closes.
+func TestRepoWALFetchCorrupt(t *testing.T) {
+	r, dir := startWALServer(t)
+	ctx := context.Background()
+	const name = "000000010000000000000007"
+	pusher := dialWALRepo(t, r, PermArchive)
+	_, err := pusher.PushWAL(ctx, walSegmentFile(t, t.TempDir(), name, 7))
+	require.NoError(t, err)
+	local, err := chunkstore.OpenRepo(dir, nil)
+	require.NoError(t, err)
+	rec, err := local.WALRecord(name)
+	require.NoError(t, err)
+	require.NoError(t, local.Close())
+	require.Greater(t, len(rec.Chunks), 10)
+	bad := rec.Chunks[5].ID
+	tamper := func(id chunk.ID, p []byte) []byte {
+		if id == bad {
+			p = bytes.Clone(p)
+			p[len(p)/2] ^= 0x40
+		}
+		return p
+	}
+	tamperFetch.Store(&tamper)
+	defer tamperFetch.Store(nil)
+
+	opt := goleak.IgnoreCurrent()
+	reader := dialWALRepo(t, r, PermRead)
+	out := t.TempDir()
+	err = reader.FetchWAL(ctx, name, filepath.Join(out, "RECOVERYXLOG"))
+	var ce *chunk.CorruptChunkError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, bad, ce.ID)
+	left, err := os.ReadDir(out)
+	require.NoError(t, err)
+	require.Empty(t, left, "nothing written at the destination")
+	require.NoError(t, reader.Close())
+	goleak.VerifyNone(t, opt, goleak.IgnoreTopFunction("github.com/pgporter/pgporter/mover.(*Server).watchTrust"))
 }
