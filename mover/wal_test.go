@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -221,4 +222,60 @@ func TestRepoWALFetchCorrupt(t *testing.T) {
 	require.Empty(t, left, "nothing written at the destination")
 	require.NoError(t, reader.Close())
 	goleak.VerifyNone(t, opt, goleak.IgnoreTopFunction("github.com/pgporter/pgporter/mover.(*Server).watchTrust"))
+}
+
+// TestRepoWALConcurrentPushes: a primary and its standby (archive_mode =
+// always) push the same segment at once through one repository mover:
+// both succeed, the record is linked once (exactly one push finds it new),
+// and the segment reads back. Two clusters pushing different contents
+// under one name at once: one wins, the other is a conflict.
+func TestRepoWALConcurrentPushes(t *testing.T) {
+	r, dir := startWALServer(t)
+	ctx := context.Background()
+	a, b := dialWALRepo(t, r, PermArchive), dialWALRepo(t, r, PermArchive)
+
+	const name = "000000010000000000000011"
+	seg := walSegmentFile(t, t.TempDir(), name, 11)
+	var errs [2]error
+	var already [2]bool
+	var wg sync.WaitGroup
+	for i, rr := range []*RemoteRepo{a, b} {
+		wg.Go(func() { already[i], errs[i] = rr.PushWAL(ctx, seg) })
+	}
+	wg.Wait()
+	require.NoError(t, errs[0])
+	require.NoError(t, errs[1])
+	require.True(t, already[0] != already[1], "exactly one push linked the record: %v", already)
+	local, err := chunkstore.OpenRepo(dir, nil)
+	require.NoError(t, err)
+	defer local.Close()
+	dst := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	require.NoError(t, local.FetchWAL(ctx, name, dst))
+	want, err := os.ReadFile(seg)
+	require.NoError(t, err)
+	got, err := os.ReadFile(dst)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got))
+
+	const name2 = "000000010000000000000012"
+	segs := []string{walSegmentFile(t, t.TempDir(), name2, 12), walSegmentFile(t, t.TempDir(), name2, 13)}
+	for i, rr := range []*RemoteRepo{a, b} {
+		wg.Go(func() { _, errs[i] = rr.PushWAL(ctx, segs[i]) })
+	}
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		if err == nil {
+			won = i
+			continue
+		}
+		require.ErrorIs(t, err, chunkstore.ErrWALConflict)
+	}
+	require.True(t, (errs[0] == nil) != (errs[1] == nil), "one wins, one conflicts: %v", errs)
+	require.NoError(t, local.FetchWAL(ctx, name2, dst))
+	want, err = os.ReadFile(segs[won])
+	require.NoError(t, err)
+	got, err = os.ReadFile(dst)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got), "the winner's content is archived")
 }
