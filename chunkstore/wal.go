@@ -58,9 +58,6 @@ const MaxWALSize = 1 << 30
 // room for a record that is not this build's.
 const MaxWALChunks = 1 << 17
 
-// maxWALFile is MaxWALSize, under the name the local paths use.
-const maxWALFile = MaxWALSize
-
 // WALFile is the record of one archived WAL file.
 type WALFile struct {
 	Name   string     `json:"name"`
@@ -104,7 +101,7 @@ func (r *Repo) PushWAL(ctx context.Context, path string) (already bool, err erro
 	if err != nil {
 		return false, fmt.Errorf("chunkstore: reading WAL file: %w", err)
 	}
-	if !fi.Mode().IsRegular() || fi.Size() > maxWALFile {
+	if !fi.Mode().IsRegular() || fi.Size() > MaxWALSize {
 		return false, fmt.Errorf("chunkstore: %s is not a WAL file: %s, %d bytes", path, fi.Mode().Type(), fi.Size())
 	}
 	if old, err := readWALRecord(r.walPath(name)); err == nil {
@@ -273,7 +270,7 @@ func sameWAL(old, w *WALFile) error {
 // walContent chunks src, calling put (if not nil) for each chunk, and
 // returns the record of its content.
 func walContent(ctx context.Context, src io.Reader, name string, put func(chunk.ID, []byte) error) (*WALFile, error) {
-	ch, err := chunk.NewChunker(io.LimitReader(src, maxWALFile+1), chunk.DefaultParams)
+	ch, err := chunk.NewChunker(io.LimitReader(src, MaxWALSize+1), chunk.DefaultParams)
 	if err != nil {
 		return nil, err
 	}
@@ -299,8 +296,8 @@ func walContent(ctx context.Context, src io.Reader, name string, put func(chunk.
 		chunks = append(chunks, ChunkRef{ID: id, Len: uint32(len(c.Data))})
 		w.Size += int64(len(c.Data))
 	}
-	if w.Size > maxWALFile {
-		return nil, fmt.Errorf("chunkstore: WAL file %s is larger than %d bytes", name, maxWALFile)
+	if w.Size > MaxWALSize {
+		return nil, fmt.Errorf("chunkstore: WAL file %s is larger than %d bytes", name, MaxWALSize)
 	}
 	h := chunk.NewFileListHash(uint64(w.Size))
 	for _, c := range chunks {
@@ -372,7 +369,7 @@ func readWALRecord(p string) (*WALFile, error) {
 	for _, c := range w.Chunks {
 		size += int64(c.Len)
 	}
-	if w.Name+".json" != filepath.Base(p) || size != w.Size || w.Size > maxWALFile {
+	if w.Name+".json" != filepath.Base(p) || size != w.Size || w.Size > MaxWALSize {
 		return nil, fmt.Errorf("chunkstore: WAL record %s is inconsistent (name %q, %d bytes, chunks of %d)", filepath.Base(p), w.Name, w.Size, size)
 	}
 	return &w, nil
