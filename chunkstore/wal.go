@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -48,9 +49,14 @@ func ValidWALName(name string) bool { return walName.MatchString(name) }
 // walFormat is the version of the WAL records this build writes and reads.
 const walFormat = 1
 
-// maxWALFile bounds a WAL file's size: segments are at most 1 GiB
+// MaxWALSize bounds a WAL file's size: segments are at most 1 GiB
 // (initdb --wal-segsize).
-const maxWALFile = 1 << 30
+const MaxWALSize = 1 << 30
+
+// MaxWALChunks bounds the chunks of a WAL file's record: the chunker's
+// minimum (16 KiB) cuts MaxWALSize into at most 65,536; twice that leaves
+// room for a record that is not this build's.
+const MaxWALChunks = 1 << 17
 
 // WALFile is the record of one archived WAL file.
 type WALFile struct {
@@ -95,11 +101,10 @@ func (r *Repo) PushWAL(ctx context.Context, path string) (already bool, err erro
 	if err != nil {
 		return false, fmt.Errorf("chunkstore: reading WAL file: %w", err)
 	}
-	if !fi.Mode().IsRegular() || fi.Size() > maxWALFile {
+	if !fi.Mode().IsRegular() || fi.Size() > MaxWALSize {
 		return false, fmt.Errorf("chunkstore: %s is not a WAL file: %s, %d bytes", path, fi.Mode().Type(), fi.Size())
 	}
-	rec := r.walPath(name)
-	if old, err := readWALRecord(rec); err == nil {
+	if old, err := readWALRecord(r.walPath(name)); err == nil {
 		// Archived already (PostgreSQL retries a push whose answer it lost):
 		// compare, storing nothing.
 		w, err := walContent(ctx, f, name, nil)
@@ -114,25 +119,142 @@ func (r *Repo) PushWAL(ctx context.Context, path string) (already bool, err erro
 	if err != nil {
 		return false, err
 	}
-	if err := r.store.Flush(ctx); err != nil {
-		return false, fmt.Errorf("chunkstore: flushing WAL file %s: %w", name, err)
+	return r.CommitWAL(ctx, w)
+}
+
+// ChunkWAL cuts the WAL file content src (name is its name) as PushWAL
+// does and returns its record: what a client that pushes to a repository
+// mover offers. put, if not nil, is called with each chunk, whose data it
+// must not keep.
+func ChunkWAL(ctx context.Context, src io.Reader, name string, put func(chunk.ID, []byte) error) (*WALFile, error) {
+	if !walName.MatchString(name) {
+		return nil, fmt.Errorf("%w: %q", ErrBadWALName, name)
 	}
-	if strings.HasSuffix(name, ".history") && w.Size <= maxHistory {
-		b := make([]byte, w.Size)
-		if _, err := f.ReadAt(b, 0); err != nil {
-			return false, fmt.Errorf("chunkstore: reading WAL file: %w", err)
+	return walContent(ctx, src, name, put)
+}
+
+// ErrBadWALRecord is matched by the error for a description of a WAL file
+// that does not hold together (sizes, chunk lengths, hash): one from a
+// peer is refused with it before anything is stored.
+var ErrBadWALRecord = errors.New("chunkstore: inconsistent WAL record")
+
+// Check reports whether w describes a WAL file a repository may hold: a
+// WAL file name (ErrBadWALName), at most MaxWALSize bytes in at most
+// MaxWALChunks chunks of 1 to chunk.MaxChunkCeil bytes that add up to
+// Size, and Hash their chunk-list hash, computed here (ErrBadWALRecord).
+// It allocates nothing from the sizes w claims.
+func (w *WALFile) Check() error {
+	if !walName.MatchString(w.Name) {
+		return fmt.Errorf("%w: %q", ErrBadWALName, w.Name)
+	}
+	switch {
+	case w.Size < 0 || w.Size > MaxWALSize:
+		return fmt.Errorf("%w: %s: %d bytes, outside [0, %d]", ErrBadWALRecord, w.Name, w.Size, MaxWALSize)
+	case len(w.Chunks) > MaxWALChunks:
+		return fmt.Errorf("%w: %s: %d chunks, above the limit %d", ErrBadWALRecord, w.Name, len(w.Chunks), MaxWALChunks)
+	}
+	var sum int64
+	h := chunk.NewFileListHash(uint64(w.Size))
+	for i, c := range w.Chunks {
+		if c.Len == 0 || c.Len > chunk.MaxChunkCeil {
+			return fmt.Errorf("%w: %s: chunk %d has %d bytes, outside [1, %d]", ErrBadWALRecord, w.Name, i, c.Len, chunk.MaxChunkCeil)
 		}
-		w.History = string(b)
+		sum += int64(c.Len)
+		h.Add(c.ID, c.Len)
 	}
-	w.Pushed = time.Now().UTC()
-	err = r.writeWALRecord(rec, w)
+	if sum != w.Size {
+		return fmt.Errorf("%w: %s: chunks of %d bytes in all, the file has %d", ErrBadWALRecord, w.Name, sum, w.Size)
+	}
+	if got := h.Sum(); hex.EncodeToString(got[:]) != w.Hash {
+		return fmt.Errorf("%w: %s: its chunks hash to %x, not to %s", ErrBadWALRecord, w.Name, got, w.Hash)
+	}
+	return nil
+}
+
+// WALRecord returns the record of the archived WAL file name: an error
+// matching ErrBadWALName for a name that is not one, ErrWALNotFound for
+// one the archive does not hold.
+func (r *Repo) WALRecord(name string) (*WALFile, error) {
+	if !walName.MatchString(name) {
+		return nil, fmt.Errorf("%w: %q", ErrBadWALName, name)
+	}
+	w, err := readWALRecord(r.walPath(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrWALNotFound, name)
+	}
+	return w, err
+}
+
+// ArchivedWAL reports whether w's name is archived already with w's
+// content. With other content it returns ErrWALConflict; a name not
+// archived yet is false.
+func (r *Repo) ArchivedWAL(w *WALFile) (bool, error) {
+	old, err := r.WALRecord(w.Name)
+	if errors.Is(err, ErrWALNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, sameWAL(old, w)
+}
+
+// CommitWAL archives the WAL file w describes, whose chunks the caller has
+// put into the store (a repository mover, as its peer sends them): it
+// checks w, flushes the store, checks that it holds every chunk, and only
+// then links w's record, never replacing one. It returns as PushWAL does:
+// already is true when that name was archived with the same content
+// meanwhile, and another content is refused with ErrWALConflict. A
+// .history file's text is read back from its chunks into its record, and
+// must be cut as this build cuts it (walrange.go checks it so).
+func (r *Repo) CommitWAL(ctx context.Context, w *WALFile) (already bool, err error) {
+	if err := w.Check(); err != nil {
+		return false, err
+	}
+	if err := r.store.Flush(ctx); err != nil {
+		return false, fmt.Errorf("chunkstore: flushing WAL file %s: %w", w.Name, err)
+	}
+	ids := make([]chunk.ID, len(w.Chunks))
+	for i, c := range w.Chunks {
+		ids[i] = c.ID
+	}
+	held, err := r.store.HasMany(ctx, ids)
+	if err != nil {
+		return false, fmt.Errorf("chunkstore: WAL file %s: %w", w.Name, err)
+	}
+	for i, ok := range held {
+		if !ok {
+			return false, fmt.Errorf("chunkstore: WAL file %s: chunk %s: %w", w.Name, ids[i].Short(), chunk.ErrNotFound)
+		}
+	}
+	rec := &WALFile{Name: w.Name, Size: w.Size, Hash: w.Hash, Chunks: w.Chunks, Format: walFormat}
+	if strings.HasSuffix(w.Name, ".history") && w.Size <= maxHistory {
+		text := make([]byte, 0, w.Size)
+		for _, c := range w.Chunks {
+			if text, err = r.store.Get(ctx, c.ID, text); err != nil {
+				return false, fmt.Errorf("chunkstore: WAL file %s: %w", w.Name, err)
+			}
+		}
+		cut, err := walContent(ctx, bytes.NewReader(text), w.Name, nil)
+		if err != nil {
+			return false, err
+		}
+		if cut.Hash != w.Hash {
+			return false, fmt.Errorf("%w: %s is not cut as this repository cuts WAL files", ErrBadWALRecord, w.Name)
+		}
+		rec.History = string(text)
+	}
+	rec.Pushed = time.Now().UTC()
+	p := r.walPath(w.Name)
+	err = r.writeWALRecord(p, rec)
 	if errors.Is(err, fs.ErrExist) {
-		// Another push of the same name won the race.
-		old, rerr := readWALRecord(rec)
+		// Archived before, or by another push of the same name that won
+		// the race.
+		old, rerr := readWALRecord(p)
 		if rerr != nil {
 			return false, rerr
 		}
-		return true, sameWAL(old, w)
+		return true, sameWAL(old, rec)
 	}
 	return false, err
 }
@@ -148,7 +270,7 @@ func sameWAL(old, w *WALFile) error {
 // walContent chunks src, calling put (if not nil) for each chunk, and
 // returns the record of its content.
 func walContent(ctx context.Context, src io.Reader, name string, put func(chunk.ID, []byte) error) (*WALFile, error) {
-	ch, err := chunk.NewChunker(io.LimitReader(src, maxWALFile+1), chunk.DefaultParams)
+	ch, err := chunk.NewChunker(io.LimitReader(src, MaxWALSize+1), chunk.DefaultParams)
 	if err != nil {
 		return nil, err
 	}
@@ -174,8 +296,8 @@ func walContent(ctx context.Context, src io.Reader, name string, put func(chunk.
 		chunks = append(chunks, ChunkRef{ID: id, Len: uint32(len(c.Data))})
 		w.Size += int64(len(c.Data))
 	}
-	if w.Size > maxWALFile {
-		return nil, fmt.Errorf("chunkstore: WAL file %s is larger than %d bytes", name, maxWALFile)
+	if w.Size > MaxWALSize {
+		return nil, fmt.Errorf("chunkstore: WAL file %s is larger than %d bytes", name, MaxWALSize)
 	}
 	h := chunk.NewFileListHash(uint64(w.Size))
 	for _, c := range chunks {
@@ -247,7 +369,7 @@ func readWALRecord(p string) (*WALFile, error) {
 	for _, c := range w.Chunks {
 		size += int64(c.Len)
 	}
-	if w.Name+".json" != filepath.Base(p) || size != w.Size || w.Size > maxWALFile {
+	if w.Name+".json" != filepath.Base(p) || size != w.Size || w.Size > MaxWALSize {
 		return nil, fmt.Errorf("chunkstore: WAL record %s is inconsistent (name %q, %d bytes, chunks of %d)", filepath.Base(p), w.Name, w.Size, size)
 	}
 	return &w, nil
@@ -257,17 +379,29 @@ func readWALRecord(p string) (*WALFile, error) {
 // does not hold.
 var ErrWALNotFound = errors.New("chunkstore: WAL file not in the archive")
 
-// FetchWAL writes the archived WAL file name to dst, through a temporary
-// file beside it, after checking its content against its record.
+// FetchWAL writes the archived WAL file name to dst (see WriteWAL).
 func (r *Repo) FetchWAL(ctx context.Context, name, dst string) error {
-	if !walName.MatchString(name) {
-		return fmt.Errorf("%w: %q", ErrBadWALName, name)
-	}
-	w, err := readWALRecord(r.walPath(name))
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %s", ErrWALNotFound, name)
-	}
+	w, err := r.WALRecord(name)
 	if err != nil {
+		return err
+	}
+	return WriteWAL(ctx, w, r.store, dst)
+}
+
+// ChunkGetter reads chunks by ID, each verified against its ID (a Store, a
+// repository mover's RemoteRepo).
+type ChunkGetter interface {
+	Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error)
+}
+
+// WriteWAL writes the WAL file w describes to dst, its chunks read from
+// src, through a temporary file beside dst renamed into place once every
+// chunk has arrived with its record's length: a failed fetch leaves dst
+// as it was. w is checked first (WALFile.Check), so a record from a peer
+// cannot make it write more than MaxWALSize bytes or content other than
+// its hash names.
+func WriteWAL(ctx context.Context, w *WALFile, src ChunkGetter, dst string) error {
+	if err := w.Check(); err != nil {
 		return err
 	}
 	f, err := os.CreateTemp(filepath.Dir(dst), ".pgporter-wal-")
@@ -276,26 +410,20 @@ func (r *Repo) FetchWAL(ctx context.Context, name, dst string) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
-	h := chunk.NewFileListHash(uint64(w.Size))
 	var buf []byte
 	for _, c := range w.Chunks {
-		if buf, err = r.store.Get(ctx, c.ID, buf[:0]); err != nil {
+		if buf, err = src.Get(ctx, c.ID, buf[:0]); err != nil {
 			f.Close()
-			return fmt.Errorf("chunkstore: WAL file %s: %w", name, err)
+			return fmt.Errorf("chunkstore: WAL file %s: %w", w.Name, err)
 		}
 		if len(buf) != int(c.Len) {
 			f.Close()
-			return fmt.Errorf("chunkstore: WAL file %s: chunk %s has %d bytes, its record says %d", name, c.ID.Short(), len(buf), c.Len)
+			return fmt.Errorf("chunkstore: WAL file %s: chunk %s has %d bytes, its record says %d", w.Name, c.ID.Short(), len(buf), c.Len)
 		}
-		h.Add(c.ID, c.Len)
 		if _, err := f.Write(buf); err != nil {
 			f.Close()
 			return fmt.Errorf("chunkstore: writing WAL file: %w", err)
 		}
-	}
-	if sum := h.Sum(); hex.EncodeToString(sum[:]) != w.Hash {
-		f.Close()
-		return fmt.Errorf("chunkstore: WAL file %s: its chunks do not hash to its record's %s", name, w.Hash)
 	}
 	if err := errors.Join(f.Chmod(0o600), f.Close()); err != nil {
 		return fmt.Errorf("chunkstore: writing WAL file: %w", err)

@@ -2,9 +2,11 @@ package chunkstore_test
 
 import (
 	"bytes"
+	"encoding/hex"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -127,4 +129,127 @@ func TestWALFetchCorrupt(t *testing.T) {
 	var ce *chunk.CorruptChunkError
 	require.ErrorAs(t, err, &ce)
 	require.NoFileExists(t, dst)
+}
+
+// walFileOf returns the record ChunkWAL makes of content.
+func walFileOf(t *testing.T, name string, content []byte) *chunkstore.WALFile {
+	t.Helper()
+	w, err := chunkstore.ChunkWAL(t.Context(), bytes.NewReader(content), name, nil)
+	require.NoError(t, err)
+	require.NoError(t, w.Check())
+	return w
+}
+
+// TestWALFileCheck: a description of a WAL file from a peer is refused
+// unless its name, sizes, chunk lengths and hash hold together; the hash
+// is computed from the chunk list, never taken from the peer.
+func TestWALFileCheck(t *testing.T) {
+	good := walFileOf(t, "000000010000000000000001", storetest.RandomBytes(rand.New(rand.NewPCG(1, 2)), 300<<10))
+	require.Greater(t, len(good.Chunks), 1)
+	for _, tc := range []struct {
+		name  string
+		alter func(w *chunkstore.WALFile)
+		want  error
+	}{
+		{"bad name", func(w *chunkstore.WALFile) { w.Name = "../000000010000000000000001" }, chunkstore.ErrBadWALName},
+		{"not a WAL name", func(w *chunkstore.WALFile) { w.Name = "postmaster.pid" }, chunkstore.ErrBadWALName},
+		{"above 1 GiB", func(w *chunkstore.WALFile) { w.Size = chunkstore.MaxWALSize + 1 }, chunkstore.ErrBadWALRecord},
+		{"negative size", func(w *chunkstore.WALFile) { w.Size = -1 }, chunkstore.ErrBadWALRecord},
+		{"too many chunks", func(w *chunkstore.WALFile) {
+			w.Chunks = make([]chunkstore.ChunkRef, chunkstore.MaxWALChunks+1)
+		}, chunkstore.ErrBadWALRecord},
+		{"empty chunk", func(w *chunkstore.WALFile) { w.Chunks[0].Len = 0 }, chunkstore.ErrBadWALRecord},
+		{"chunk above the ceiling", func(w *chunkstore.WALFile) { w.Chunks[0].Len = chunk.MaxChunkCeil + 1 }, chunkstore.ErrBadWALRecord},
+		{"lengths do not add up", func(w *chunkstore.WALFile) { w.Size-- }, chunkstore.ErrBadWALRecord},
+		{"hash of other chunks", func(w *chunkstore.WALFile) { w.Chunks[1].ID = chunk.Sum([]byte("other")) }, chunkstore.ErrBadWALRecord},
+		{"hash not hex", func(w *chunkstore.WALFile) { w.Hash = "zz" }, chunkstore.ErrBadWALRecord},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := *good
+			w.Chunks = slices.Clone(good.Chunks)
+			tc.alter(&w)
+			require.ErrorIs(t, w.Check(), tc.want)
+		})
+	}
+}
+
+// TestCommitWAL: the path a repository mover takes, chunks put by the
+// caller and the record linked by CommitWAL: a missing chunk links
+// nothing, the file then fetches back, a second commit is "already", and
+// other content under the name is a conflict. A .history file cut other
+// than this build cuts is refused: its record's text could not be checked.
+func TestCommitWAL(t *testing.T) {
+	r, err := chunkstore.OpenRepo(t.TempDir(), nil)
+	require.NoError(t, err)
+	defer r.Close()
+	ctx := t.Context()
+	const name = "000000010000000000000002"
+	content := storetest.RandomBytes(rand.New(rand.NewPCG(3, 4)), 500<<10)
+	w := walFileOf(t, name, content)
+
+	put := func(w *chunkstore.WALFile, content []byte, skip int) {
+		off := 0
+		for i, c := range w.Chunks {
+			if i != skip {
+				require.NoError(t, r.Store().Put(ctx, c.ID, content[off:off+int(c.Len)]))
+			}
+			off += int(c.Len)
+		}
+	}
+	put(w, content, 1)
+	_, err = r.CommitWAL(ctx, w)
+	require.ErrorIs(t, err, chunk.ErrNotFound)
+	_, err = r.WALRecord(name)
+	require.ErrorIs(t, err, chunkstore.ErrWALNotFound, "no record without every chunk")
+
+	put(w, content, -1)
+	already, err := r.CommitWAL(ctx, w)
+	require.NoError(t, err)
+	require.False(t, already)
+	dst := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	require.NoError(t, r.FetchWAL(ctx, name, dst))
+	got, err := os.ReadFile(dst)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(content, got))
+
+	already, err = r.ArchivedWAL(w)
+	require.NoError(t, err)
+	require.True(t, already)
+	already, err = r.CommitWAL(ctx, w)
+	require.NoError(t, err)
+	require.True(t, already)
+
+	other := append(slices.Clone(content), 'x')
+	ow := walFileOf(t, name, other)
+	_, err = r.ArchivedWAL(ow)
+	require.ErrorIs(t, err, chunkstore.ErrWALConflict)
+	put(ow, other, -1)
+	_, err = r.CommitWAL(ctx, ow)
+	require.ErrorIs(t, err, chunkstore.ErrWALConflict)
+	require.NoError(t, r.FetchWAL(ctx, name, dst))
+	got, err = os.ReadFile(dst)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(content, got), "a conflicting commit changes nothing")
+
+	// A history file of two chunks where the chunker makes one.
+	text := []byte("1\t0/3000000\tno recovery target specified\n")
+	hw := &chunkstore.WALFile{Name: "00000002.history", Size: int64(len(text)), Chunks: []chunkstore.ChunkRef{
+		{ID: chunk.Sum(text[:10]), Len: 10}, {ID: chunk.Sum(text[10:]), Len: uint32(len(text) - 10)},
+	}}
+	l := chunk.NewFileListHash(uint64(len(text)))
+	for _, c := range hw.Chunks {
+		l.Add(c.ID, c.Len)
+	}
+	sum := l.Sum()
+	hw.Hash = hex.EncodeToString(sum[:])
+	put(hw, text, -1)
+	_, err = r.CommitWAL(ctx, hw)
+	require.ErrorIs(t, err, chunkstore.ErrBadWALRecord)
+	hw = walFileOf(t, "00000002.history", text)
+	put(hw, text, -1)
+	_, err = r.CommitWAL(ctx, hw)
+	require.NoError(t, err)
+	rec, err := r.WALRecord("00000002.history")
+	require.NoError(t, err)
+	require.Equal(t, string(text), rec.History)
 }

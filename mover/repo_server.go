@@ -27,7 +27,9 @@ func (s *Server) openRepo() error {
 	if _, err := chunkstore.ListRepo(s.o.Repo); err != nil {
 		return fmt.Errorf("repository %s: %w", s.o.Repo, err)
 	}
-	r, err := chunkstore.OpenRepo(s.o.Repo, s.log)
+	// Its writes are WAL pushes (wal_server.go): their flushes stay short,
+	// as wal-push's own, bigger merges being left to backups.
+	r, err := chunkstore.OpenRepoWith(s.o.Repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: s.log, MaxMerge: walPushMaxMerge}})
 	if err != nil {
 		return fmt.Errorf("repository %s: %w", s.o.Repo, err)
 	}
@@ -42,10 +44,11 @@ func (s *Server) closeRepo() {
 	}
 }
 
-// repoRequest answers a repository request on the control stream: ListPoints
-// or GetPoint. A refusal is an Error; the connection stays usable.
+// repoRequest answers a repository request on the control stream:
+// ListPoints, GetPoint or GetWAL. A refusal is an Error; the connection
+// stays usable.
 func (s *Server) repoRequest(peer PeerID, cs *controlStream, m protocol.Message, log *slog.Logger) error {
-	reply, err := s.repoReply(peer, m)
+	reply, err := s.repoReply(peer, cs.version, m)
 	if err != nil {
 		log.Warn("repository request refused", "request", m.Type().String(), "err", err)
 		return cs.write(protocol.ToWire(err))
@@ -53,7 +56,7 @@ func (s *Server) repoRequest(peer PeerID, cs *controlStream, m protocol.Message,
 	return cs.write(reply)
 }
 
-func (s *Server) repoReply(peer PeerID, m protocol.Message) (protocol.Message, error) {
+func (s *Server) repoReply(peer PeerID, version uint16, m protocol.Message) (protocol.Message, error) {
 	if err := s.trust.Check(peer, PermRead); err != nil {
 		return nil, err
 	}
@@ -83,6 +86,8 @@ func (s *Server) repoReply(peer PeerID, m protocol.Message) (protocol.Message, e
 			return nil, err
 		}
 		return pointToWire(rp)
+	case *protocol.GetWAL:
+		return s.walRecord(version, m)
 	}
 	return nil, fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type())
 }

@@ -411,6 +411,10 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 					s.serveFetch(ctx, peer, cs.version, ds, log)
 					return
 				}
+				if protocol.StreamKind(k[0]) == protocol.StreamArchive {
+					s.serveArchive(ctx, peer, cs.version, ds, log)
+					return
+				}
 				if protocol.StreamKind(k[0]) != protocol.StreamData {
 					closeStream(ds)
 					return
@@ -530,7 +534,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			wg.Wait()
 			a.joined.Done()
 			return
-		case *protocol.ListPoints, *protocol.GetPoint:
+		case *protocol.ListPoints, *protocol.GetPoint, *protocol.GetWAL:
 			if err := s.repoRequest(peer, cs, m, log); err != nil {
 				return
 			}

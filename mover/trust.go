@@ -31,34 +31,55 @@ const (
 	PermRead
 	// PermOrchestrate allows commanding this mover (mount, dump, clean up).
 	PermOrchestrate
+	// PermArchive allows pushing WAL files into this mover's repository
+	// (wal-push --repo-peer), and nothing else: no read, no restore point.
+	PermArchive
 
 	// PermAll is every permission this version knows.
-	PermAll = PermSend | PermRead | PermOrchestrate
+	PermAll = PermSend | PermRead | PermOrchestrate | PermArchive
 )
 
 type permName struct {
-	p    Perm
-	name string
+	p      Perm
+	name   string
+	grants string
 }
 
 var permNames = []permName{
-	{PermSend, "send"},
-	{PermRead, "read"},
-	{PermOrchestrate, "orchestrate"},
+	{PermSend, "send", "write into this mover's --root directories (send dumps here)"},
+	{PermRead, "read", "read this mover's backup repository (restore points, chunks, WAL)"},
+	{PermOrchestrate, "orchestrate", "command this mover (mount, dump, clean up)"},
+	{PermArchive, "archive", "push WAL files into this mover's repository (wal-push), nothing else"},
+}
+
+// PermDescription names a permission and says what it grants.
+type PermDescription struct {
+	Perm   Perm
+	Name   string
+	Grants string
+}
+
+// PermDescriptions lists every permission, in the order of Perm.Names.
+func PermDescriptions() []PermDescription {
+	out := make([]PermDescription, len(permNames))
+	for i, n := range permNames {
+		out[i] = PermDescription{Perm: n.p, Name: n.name, Grants: n.grants}
+	}
+	return out
 }
 
 // ParsePerms parses a comma-separated list of permission names ("send",
-// "read", "orchestrate"), ignoring case and spaces.
+// "read", "orchestrate", "archive"), ignoring case and spaces.
 func ParsePerms(s string) (Perm, error) {
 	var p Perm
 	fields := strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 	if len(fields) == 0 {
-		return 0, errors.New("no permission given: want a list of send, read, orchestrate")
+		return 0, errors.New("no permission given: want a list of send, read, orchestrate, archive")
 	}
 	for _, f := range fields {
 		i := slices.IndexFunc(permNames, func(n permName) bool { return strings.EqualFold(n.name, f) })
 		if i < 0 {
-			return 0, fmt.Errorf("unknown permission %q: want send, read or orchestrate", f)
+			return 0, fmt.Errorf("unknown permission %q: want send, read, orchestrate or archive", f)
 		}
 		p |= permNames[i].p
 	}
@@ -152,7 +173,7 @@ func TrustCommand(id PeerID, perms Perm, home string) string {
 		cmd += " --home " + home
 	}
 	if perms == 0 {
-		cmd += " (PERMS: send, read and/or orchestrate, comma-separated)"
+		cmd += " (PERMS: send, read, orchestrate and/or archive, comma-separated)"
 	}
 	return cmd
 }

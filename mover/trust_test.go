@@ -22,7 +22,9 @@ func TestParsePerms(t *testing.T) {
 		{in: "send", want: PermSend},
 		{in: "send,read", want: PermSend | PermRead},
 		{in: " Read , ORCHESTRATE ", want: PermRead | PermOrchestrate},
-		{in: "send,read,orchestrate,send", want: PermAll},
+		{in: "send,read,orchestrate,send", want: PermSend | PermRead | PermOrchestrate},
+		{in: "archive", want: PermArchive},
+		{in: "send,read,orchestrate,archive,send", want: PermAll},
 		{in: "", err: "no permission given"},
 		{in: ",", err: "no permission given"},
 		{in: "send,write", err: `unknown permission "write"`},
@@ -41,7 +43,7 @@ func TestParsePerms(t *testing.T) {
 		})
 	}
 	require.Equal(t, "none", Perm(0).String())
-	require.Equal(t, "send,read,orchestrate", PermAll.String())
+	require.Equal(t, "send,read,orchestrate,archive", PermAll.String())
 }
 
 func TestTrustRoundTrip(t *testing.T) {

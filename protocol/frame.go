@@ -34,6 +34,7 @@ const (
 	StreamControl StreamKind = 1 // requests and replies, in frames
 	StreamData    StreamKind = 2 // ChunkData frames
 	StreamFetch   StreamKind = 3 // GetChunks requests, answered on the same stream
+	StreamArchive StreamKind = 4 // one PushWAL and its chunks, answered on the same stream (version 9)
 )
 
 func (k StreamKind) String() string {
@@ -44,6 +45,8 @@ func (k StreamKind) String() string {
 		return "data"
 	case StreamFetch:
 		return "fetch"
+	case StreamArchive:
+		return "archive"
 	}
 	return fmt.Sprintf("stream(%d)", uint8(k))
 }
@@ -64,7 +67,7 @@ func ReadStreamKind(r io.Reader) (StreamKind, error) {
 		return 0, fmt.Errorf("reading stream kind: %w", err)
 	}
 	k := StreamKind(b[0])
-	if k != StreamControl && k != StreamData && k != StreamFetch {
+	if k != StreamControl && k != StreamData && k != StreamFetch && k != StreamArchive {
 		return 0, violation("unknown stream kind %d", b[0])
 	}
 	return k, nil

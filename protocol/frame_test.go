@@ -223,7 +223,7 @@ func TestWriteMessageReportsWriteError(t *testing.T) {
 }
 
 func TestStreamKind(t *testing.T) {
-	for _, k := range []StreamKind{StreamControl, StreamData, StreamFetch} {
+	for _, k := range []StreamKind{StreamControl, StreamData, StreamFetch, StreamArchive} {
 		var buf bytes.Buffer
 		if err := WriteStreamKind(&buf, k); err != nil {
 			t.Fatal(err)
@@ -236,11 +236,11 @@ func TestStreamKind(t *testing.T) {
 			t.Fatalf("ReadStreamKind = %v, %v", got, err)
 		}
 	}
-	if StreamControl != 1 || StreamData != 2 || StreamFetch != 3 {
+	if StreamControl != 1 || StreamData != 2 || StreamFetch != 3 || StreamArchive != 4 {
 		t.Fatal("stream kinds are wire values")
 	}
-	if _, err := ReadStreamKind(bytes.NewReader([]byte{4})); !errors.Is(err, ErrProtocol) {
-		t.Fatalf("kind 4: %v", err)
+	if _, err := ReadStreamKind(bytes.NewReader([]byte{5})); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("kind 5: %v", err)
 	}
 	if _, err := ReadStreamKind(bytes.NewReader(nil)); !errors.Is(err, io.EOF) {
 		t.Fatalf("empty stream: %v", err)

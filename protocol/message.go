@@ -36,6 +36,11 @@ const (
 	TypeJobEvent      Type = 23
 	TypeJoinTransfer  Type = 24
 	TypeDir           Type = 25
+	TypeGetWAL        Type = 26
+	TypeWALRecord     Type = 27
+	TypePushWAL       Type = 28
+	TypeWALNeed       Type = 29
+	TypeWALPushed     Type = 30
 )
 
 var typeNames = [...]string{
@@ -64,6 +69,11 @@ var typeNames = [...]string{
 	TypeJobEvent:      "JobEvent",
 	TypeJoinTransfer:  "JoinTransfer",
 	TypeDir:           "Dir",
+	TypeGetWAL:        "GetWAL",
+	TypeWALRecord:     "WALRecord",
+	TypePushWAL:       "PushWAL",
+	TypeWALNeed:       "WALNeed",
+	TypeWALPushed:     "WALPushed",
 }
 
 // String returns the message name ("FileHeader"), or "Type(N)" for an
@@ -149,6 +159,16 @@ func newMessage(t Type) message {
 		return new(JobEvent)
 	case TypeDir:
 		return new(Dir)
+	case TypeGetWAL:
+		return new(GetWAL)
+	case TypeWALRecord:
+		return new(WALRecord)
+	case TypePushWAL:
+		return new(PushWAL)
+	case TypeWALNeed:
+		return new(WALNeed)
+	case TypeWALPushed:
+		return new(WALPushed)
 	}
 	return nil
 }

@@ -58,6 +58,15 @@ func sampleMessages() map[string]Message {
 	s2Packed, _ := chunk.Compress(nil, plain, chunk.LevelS2)
 	maxPath := strings.Repeat(strings.Repeat("x", MaxPathElemLen)+"/", 15) + strings.Repeat("y", 254) + "/z"
 	hash := [32]byte(testID(7))
+	walMax := make([]ChunkRef, MaxWALChunks)
+	for i := range walMax {
+		walMax[i] = ChunkRef{ID: testID(i), Len: MaxWALSize / MaxWALChunks}
+	}
+	walNeedMax := make([]uint32, MaxWALChunks)
+	for i := range walNeedMax {
+		walNeedMax[i] = uint32(i)
+	}
+	walName := "000000010000000000000002.00000028.backup"
 
 	return map[string]Message{
 		"Hello":                     NewHello("pgporter test"),
@@ -125,6 +134,18 @@ func sampleMessages() map[string]Message {
 		"RunJob/unpublish":          &RunJob{Kind: JobUnpublish, Version: JobVersion, Publication: "p-1"},
 		"JobEvent":                  &JobEvent{Kind: EventDone, Version: JobVersion, Step: "dump:a", Done: 123, WireBytes: 45, Text: "3 tables", Manifest: "ab12"},
 		"JobEvent/end":              &JobEvent{Kind: EventEnd, Version: JobVersion, Error: "no", Code: "not-found", Reason: "not-repo"},
+		"GetWAL":                    &GetWAL{Name: "000000010000000000000001"},
+		"GetWAL/max":                &GetWAL{Name: strings.Repeat("0", MaxWALNameLen)},
+		"WALRecord":                 &WALRecord{Name: "000000010000000000000001", Size: 3 + 1 + chunk.MaxChunkCeil, Hash: hash, Chunks: []ChunkRef{refs[2], refs[0], refs[len(refs)-1]}},
+		"WALRecord/empty":           &WALRecord{Name: "00000002.history", Hash: hash},
+		"WALRecord/max":             &WALRecord{Name: walName, Size: MaxWALSize, Hash: hash, Chunks: walMax},
+		"PushWAL":                   &PushWAL{WALRecord{Name: walName, Size: 3, Hash: hash, Chunks: refs[2:3]}},
+		"PushWAL/max":               &PushWAL{WALRecord{Name: walName, Size: MaxWALSize, Hash: hash, Chunks: walMax}},
+		"WALNeed":                   &WALNeed{Chunks: []uint32{0, 2, 7}},
+		"WALNeed/empty":             &WALNeed{},
+		"WALNeed/max":               &WALNeed{Chunks: walNeedMax},
+		"WALPushed":                 &WALPushed{},
+		"WALPushed/already":         &WALPushed{Already: true},
 		"JobEvent/result":           &JobEvent{Kind: EventResult, Version: JobVersion, Publications: []JobPublication{{ID: "p-1", State: "up", Port: 5433, Created: time.Date(2026, 12, 6, 13, 0, 0, 0, time.UTC)}}},
 	}
 }
@@ -205,7 +226,8 @@ func TestTypeNumbersAreStable(t *testing.T) {
 	want := map[Type]string{1: "Hello", 2: "Error", 3: "OpenTransfer", 4: "TransferState", 5: "FileHeader",
 		6: "FileChunks", 7: "FileEnd", 8: "ManifestEnd", 9: "Need", 10: "NeedEnd", 11: "SendDone", 12: "ChunkData",
 		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks",
-		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent", 24: "JoinTransfer", 25: "Dir"}
+		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent", 24: "JoinTransfer", 25: "Dir",
+		26: "GetWAL", 27: "WALRecord", 28: "PushWAL", 29: "WALNeed", 30: "WALPushed"}
 	for tt := Type(0); ; tt++ {
 		name, ok := want[tt]
 		if tt.Known() != ok {
@@ -243,7 +265,7 @@ func TestDecodeRejects(t *testing.T) {
 		also    error // a second sentinel the error must match
 	}{
 		{"unknown type 0", 0, nil, nil},
-		{"unknown type 26", 26, nil, nil},
+		{"unknown type 31", 31, nil, nil},
 		{"unknown type 255", 255, nil, nil},
 		{"empty Hello", TypeHello, nil, nil},
 		{"trailing byte", TypeNeedEnd, []byte{0}, nil},
@@ -318,6 +340,23 @@ func TestDecodeRejects(t *testing.T) {
 		{"tree count above max", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-1], uv(MaxPointTreeChunks+1)), nil},
 		{"tree count beyond payload", TypePoint, cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-1], uv(2), id[:]), nil},
 		{"trailing after Point", TypePoint, append((&Point{ID: "p"}).Append(nil), 0), nil},
+		{"WAL name traversal", TypeGetWAL, str("../000000010000000000000001"), ErrBadPath},
+		{"WAL name with a slash", TypePushWAL, (&WALRecord{Name: "a/b"}).Append(nil), ErrBadPath},
+		{"WAL name above max", TypeGetWAL, str(strings.Repeat("0", MaxWALNameLen+1)), nil},
+		{"empty WAL name", TypeWALRecord, (&WALRecord{}).Append(nil), ErrBadPath},
+		{"WAL file above 1 GiB", TypePushWAL, (&WALRecord{Name: "w", Size: MaxWALSize + 1}).Append(nil), nil},
+		{"WAL chunk count above max", TypePushWAL, cat(str("w"), uv(0), id[:], uv(MaxWALChunks+1)), nil},
+		{"WAL chunk count beyond payload", TypePushWAL, cat(str("w"), uv(2), id[:], uv(2), id[:], uv(1)), nil},
+		{"WAL chunk of 0 bytes", TypePushWAL, (&WALRecord{Name: "w", Chunks: []ChunkRef{{ID: id}}}).Append(nil), nil},
+		{"WAL chunk above ceiling", TypeWALRecord, cat(str("w"), uv(chunk.MaxChunkCeil+1), id[:], uv(1), id[:], uv(chunk.MaxChunkCeil+1)), nil},
+		{"WAL lengths not adding up", TypePushWAL, (&WALRecord{Name: "w", Size: 5, Chunks: []ChunkRef{{ID: id, Len: 4}}}).Append(nil), nil},
+		{"WAL lengths above size", TypePushWAL, (&WALRecord{Name: "w", Size: 3, Chunks: []ChunkRef{{ID: id, Len: 4}}}).Append(nil), nil},
+		{"WALNeed count above max", TypeWALNeed, uv(MaxWALChunks + 1), nil},
+		{"WALNeed count beyond payload", TypeWALNeed, cat(uv(3), uv(0), uv(1)), nil},
+		{"WALNeed index above max", TypeWALNeed, cat(uv(1), uv(MaxWALChunks)), nil},
+		{"WALNeed twice the same", TypeWALNeed, (&WALNeed{Chunks: []uint32{1, 1}}).Append(nil), nil},
+		{"WALNeed not increasing", TypeWALNeed, (&WALNeed{Chunks: []uint32{2, 1}}).Append(nil), nil},
+		{"WALPushed bool byte 2", TypeWALPushed, []byte{2}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -349,6 +388,9 @@ func TestDecodeDoesNotAllocateClaimedSizes(t *testing.T) {
 		TypePointList:  uv(MaxPoints),
 		TypePoint:      cat((&Point{ID: "p"}).Append(nil)[:len((&Point{ID: "p"}).Append(nil))-1], uv(MaxPointTreeChunks)),
 		TypeChunkData:  cat(make([]byte, 32), uv(1), uv(1), uv(MaxChunkPayload)),
+		TypeWALRecord:  cat(str("w"), uv(MaxWALSize), make([]byte, 32), uv(MaxWALChunks)),
+		TypePushWAL:    cat(str("w"), uv(MaxWALSize), make([]byte, 32), uv(MaxWALChunks)),
+		TypeWALNeed:    uv(MaxWALChunks),
 	}
 	for typ, p := range payloads {
 		var before, after runtime.MemStats
@@ -388,6 +430,10 @@ func TestWriteMessageRejectsInvalid(t *testing.T) {
 		{"too many databases", &Point{ID: "p", Databases: make([]PointDB, MaxPointDatabases+1)}, ErrProtocol},
 		{"payload too large", &ChunkData{Codec: chunk.CodecZstd, PlainLen: 1, Payload: make([]byte, MaxChunkPayload+1)}, ErrProtocol},
 		{"negative params", &OpenTransfer{TransferID: "t", Dest: "/d", Params: chunk.Params{Min: -1}}, ErrProtocol},
+		{"bad WAL name", &GetWAL{Name: ".."}, ErrBadPath},
+		{"too many WAL chunks", &PushWAL{WALRecord{Name: "w", Chunks: make([]ChunkRef, MaxWALChunks+1)}}, ErrProtocol},
+		{"WAL lengths not adding up", &WALRecord{Name: "w", Size: 2, Chunks: []ChunkRef{{Len: 1}}}, ErrProtocol},
+		{"WAL need out of order", &WALNeed{Chunks: []uint32{3, 2}}, ErrProtocol},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

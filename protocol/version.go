@@ -43,8 +43,14 @@ import (
 // directory of the tree with its mode (empty ones included) before the
 // first FileHeader, and OpenTransfer.Flags may ask to replace an existing
 // Dest (FlagOverwrite). A peer below 8 is sent neither.
+//
+// Version 9 (issue 20) adds the WAL archive: GetWAL and WALRecord on the
+// control stream, for wal-fetch (with GetChunks on a fetch stream), and
+// archive streams (StreamArchive) carrying PushWAL, WALNeed, ChunkData and
+// WALPushed, for wal-push, under the new archive permission. A peer below
+// 9 is sent none of them: wal-fetch and wal-push report a version error.
 const (
-	Version    uint16 = 8
+	Version    uint16 = 9
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
@@ -54,6 +60,9 @@ const (
 	JobsVersion uint16 = 7
 	// DirVersion is the first version with Dir and OpenTransfer.Flags.
 	DirVersion uint16 = 8
+	// WALVersion is the first version with the WAL archive messages and
+	// archive streams.
+	WALVersion uint16 = 9
 )
 
 // Receiver limits of version 2.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -38,6 +39,8 @@ var flagCompletions = map[string]map[string]completer{
 	"mount":   {"restore-point": completeRestorePoints},
 	"publish": {"restore-point": completeRestorePoints, "resume": completePublications},
 	"send":    {"peer": completePeers},
+	// The permissions a peer may be trusted with, comma-separated.
+	"mover trust": {"allow": completePerms},
 }
 
 // addCompletions registers the completers on the commands of root. It
@@ -90,7 +93,7 @@ func addCompletions(g *globals, root *cobra.Command) (missing []string) {
 	if err := root.RegisterFlagCompletionFunc("home", dirs); err != nil {
 		missing = append(missing, "--home: "+err.Error())
 	}
-	for _, path := range []string{"restore-points", "export", "mount", "publish", "backup"} {
+	for _, path := range []string{"restore-points", "export", "mount", "publish", "backup", "wal-push", "wal-fetch"} {
 		if c := find(path); c != nil && c.Flags().Lookup("repo") != nil {
 			_ = c.RegisterFlagCompletionFunc("repo", dirs)
 		}
@@ -153,6 +156,23 @@ func completePeers(g *globals, _ *cobra.Command, toComplete string) []string {
 	for _, p := range ts.List() {
 		if id := p.ID.String(); strings.HasPrefix(id, toComplete) {
 			out = append(out, withDesc(id, strings.TrimSpace(p.Name+" "+p.Perms.String())))
+		}
+	}
+	return out
+}
+
+// completePerms completes the last name of a comma-separated list of
+// permissions (mover trust --allow), each with what it grants.
+func completePerms(_ *globals, _ *cobra.Command, toComplete string) []string {
+	done, last := "", toComplete
+	if i := strings.LastIndex(toComplete, ","); i >= 0 {
+		done, last = toComplete[:i+1], toComplete[i+1:]
+	}
+	given := strings.Split(done, ",")
+	var out []string
+	for _, p := range mover.PermDescriptions() {
+		if strings.HasPrefix(p.Name, last) && !slices.Contains(given, p.Name) {
+			out = append(out, withDesc(done+p.Name, p.Grants))
 		}
 	}
 	return out

@@ -16,7 +16,7 @@ type trustOpts struct {
 func newMoverTrustCmd(g *globals) *cobra.Command {
 	var o trustOpts
 	c := &cobra.Command{
-		Use:   "trust PEER_ID --allow send,read,orchestrate [--name NAME]",
+		Use:   "trust PEER_ID --allow send,read,orchestrate,archive [--name NAME]",
 		Short: "Trust a peer with permissions",
 		Long: `Add the mover PEER_ID (what 'pgporter mover id' prints on its host) to this
 mover's trust list, DIR/trust.json under --home. Only trusted peers get
@@ -24,8 +24,11 @@ through the TLS handshake; what they may do then is set by --allow, a
 comma-separated list of:
 
   send         write into this mover's --root directories (send dumps here)
-  read         read this mover's backup repository
+  read         read this mover's backup repository (restore points, chunks,
+               WAL: mount, export and publish --repo-peer, wal-fetch)
   orchestrate  command this mover (mount, dump, clean up)
+  archive      push WAL files into this mover's repository (wal-push
+               --repo-peer as archive_command), and nothing else: no read
 
 If PEER_ID is trusted already, its permissions are REPLACED by --allow, not
 merged: list every permission it should keep. --name is a label for people;
@@ -36,12 +39,13 @@ Trusting this mover's own ID is allowed (loopback use).
 
 Examples:
   pgporter mover trust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP --allow send --name staging-1
-  pgporter mover trust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP --allow send,read`,
+  pgporter mover trust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP --allow send,read
+  pgporter mover trust D3Z7DPI-FUWIRPF-N46RWIE-NFMNG5B-AW5DQKH-SGURFXK-JD4ADVC-Y23IMAP --allow archive --name db1-archiver`,
 		Args: oneArg("trust", "PEER_ID"),
 		RunE: func(_ *cobra.Command, args []string) error { return runMoverTrust(g, args[0], o) },
 	}
 	f := c.Flags()
-	f.StringVar(&o.allow, "allow", "", "permissions, comma-separated: send, read, orchestrate (required; replaces existing ones)")
+	f.StringVar(&o.allow, "allow", "", "permissions, comma-separated: send, read, orchestrate, archive (required; replaces existing ones)")
 	f.StringVar(&o.name, "name", "", "a label for the peer, shown by 'pgporter mover peers'")
 	f.BoolVar(&o.json, "json", false, `print {"peer_id", "name", "allow", "added", "updated"}, and nothing else, on stdout`)
 	return c
@@ -53,7 +57,7 @@ func runMoverTrust(g *globals, arg string, o trustOpts) error {
 		return usageError{fmt.Errorf("PEER_ID: %w", err)}
 	}
 	if o.allow == "" {
-		return usagef("--allow is required: a comma-separated list of send, read, orchestrate")
+		return usagef("--allow is required: a comma-separated list of send, read, orchestrate, archive")
 	}
 	perms, err := mover.ParsePerms(o.allow)
 	if err != nil {

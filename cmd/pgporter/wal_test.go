@@ -360,3 +360,96 @@ func copyExecutable(t *testing.T, p string) {
 	require.NoError(t, err)
 	require.NoError(t, out.Close())
 }
+
+// TestWALRepoPeerCLI runs wal-push and wal-fetch against a repository mover
+// in another process, over real QUIC on loopback: a segment pushed by an
+// identity trusted with archive is durable in the repository when the
+// command exits 0 (a local wal-fetch on the repository host reads it), a
+// retried push succeeds as "already", another content under the name is
+// refused with exit code 6, the segment fetches back byte for byte through
+// an identity trusted with read, and a name the archive lacks exits 8 at
+// once. Each identity is refused what its permission does not grant (exit
+// code 5, naming the permission), and the flags are checked.
+func TestWALRepoPeerCLI(t *testing.T) {
+	repo := filepath.Join(t.TempDir(), "repo")
+	r, err := chunkstore.OpenRepo(repo, nil)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+
+	srvHome, srvID := initMoverHome(t)
+	archHome, archID := initMoverHome(t)
+	readHome, readID := initMoverHome(t)
+	code, _, errs := runCLI(t, "mover", "trust", archID, "--allow", "archive", "--name", "db1-archiver", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+	code, _, errs = runCLI(t, "mover", "trust", readID, "--allow", "read", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo)
+	peer := srv.waitListening(t) + "#" + srvID
+
+	const name = "000000010000000000000001"
+	src := t.TempDir()
+	seg := filepath.Join(src, name)
+	want := append(bytes.Repeat([]byte("wal record "), 300<<10), make([]byte, 16<<20-11*(300<<10))...)
+	require.NoError(t, os.WriteFile(seg, want, 0o600))
+
+	code, _, errs = runCLI(t, "--home", archHome, "wal-push", "--repo-peer", peer, seg)
+	require.Equal(t, 0, code, errs)
+	local := filepath.Join(t.TempDir(), "LOCAL")
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", repo, name, local)
+	require.Equal(t, 0, code, errs)
+	got, err := os.ReadFile(local)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got), "the segment read on the repository host differs")
+
+	code, _, errs = runCLI(t, "--home", archHome, "wal-push", "--repo-peer", peer, seg)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, errs, "archived already, with the same content")
+
+	other := filepath.Join(t.TempDir(), name)
+	require.NoError(t, os.WriteFile(other, append([]byte("another cluster"), want[15:]...), 0o600))
+	code, _, errs = runCLI(t, "--home", archHome, "wal-push", "--repo-peer", peer, other)
+	require.Equal(t, exitConflict, code, errs)
+	require.Contains(t, errs, "a different WAL file of that name is archived already")
+
+	dst := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	code, _, errs = runCLI(t, "--home", readHome, "wal-fetch", "--repo-peer", peer, name, dst)
+	require.Equal(t, 0, code, errs)
+	got, err = os.ReadFile(dst)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, got), "the segment fetched through the mover differs")
+
+	start := time.Now()
+	code, _, errs = runCLI(t, "--home", readHome, "wal-fetch", "--repo-peer", peer, "0000000100000000000000FF", filepath.Join(t.TempDir(), "x"))
+	require.Equal(t, exitNotFound, code, errs)
+	require.Contains(t, errs, "not in the archive")
+	require.Less(t, time.Since(start), 10*time.Second, "a missing name is not retried")
+
+	t.Run("permissions", func(t *testing.T) {
+		code, _, errs := runCLI(t, "--home", readHome, "wal-push", "--repo-peer", peer, seg)
+		require.Equal(t, exitPermission, code, errs)
+		require.Contains(t, errs, "lacks permission archive")
+		code, _, errs = runCLI(t, "--home", archHome, "wal-fetch", "--repo-peer", peer, name, dst)
+		require.Equal(t, exitPermission, code, errs)
+		require.Contains(t, errs, "lacks permission read")
+	})
+	t.Run("usage", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			err  string
+		}{
+			{[]string{"wal-push", "--repo", repo, "--repo-peer", peer, seg}, "not both"},
+			{[]string{"wal-push", seg}, "--repo DIR or --repo-peer"},
+			{[]string{"wal-push", "--repo-peer", "127.0.0.1:1", seg}, "ADDR#PEER_ID"},
+			{[]string{"wal-fetch", "--repo-peer", "127.0.0.1:1#nope", name, dst}, "mover address"},
+			{[]string{"wal-fetch", "--repo-peer", peer, "--retry-for", "0s", name, dst}, "--retry-for must be positive"},
+			{[]string{"wal-fetch", "--repo-peer", peer, "RECOVERYXLOG", dst}, "is not a WAL file name"},
+		} {
+			code, _, errs := runCLI(t, append([]string{"--home", readHome}, tc.args...)...)
+			require.Equal(t, exitUsage, code, errs)
+			require.Contains(t, errs, tc.err)
+		}
+	})
+
+	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
+}
