@@ -35,19 +35,24 @@ const (
 	exitVerification = 7
 	exitNotFound     = 8
 	exitInterrupted  = 130
+	// exitAbortRecovery is wal-fetch's code for a failure other than a
+	// file the archive lacks: above 125, PostgreSQL stops recovery instead
+	// of taking the failure for the end of the archive.
+	exitAbortRecovery = 255
 )
 
 // exitKinds names each code for the "kind" of a --json failure.
 var exitKinds = map[int]string{
-	exitFailure:      "failure",
-	exitUsage:        "usage",
-	exitNotBuilt:     "not-built",
-	exitNetwork:      "network",
-	exitPermission:   "permission",
-	exitConflict:     "conflict",
-	exitVerification: "verification",
-	exitNotFound:     "not-found",
-	exitInterrupted:  "interrupted",
+	exitFailure:       "failure",
+	exitUsage:         "usage",
+	exitNotBuilt:      "not-built",
+	exitNetwork:       "network",
+	exitPermission:    "permission",
+	exitConflict:      "conflict",
+	exitVerification:  "verification",
+	exitNotFound:      "not-found",
+	exitInterrupted:   "interrupted",
+	exitAbortRecovery: "abort-recovery",
 }
 
 // exitCodesHelp is the text of 'pgporter help exit-codes'; docs/CLI.md has
@@ -79,6 +84,10 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         point, session, publication, mover identity or trusted peer,
                         the connection service PGSERVICE names
     130   interrupted   SIGINT or SIGTERM stopped the command
+    255   abort-recovery  wal-fetch only: a failure other than a file the archive
+                        lacks (8) or a usage mistake (2), such as a repository that
+                        cannot be read or a corrupt chunk; PostgreSQL stops recovery
+                        on it, where it would take 1-125 for the end of the archive
 
 Network failures that may pass are retried first (send --retry-for); what
 cannot succeed however often it is tried ends at once with a hint.`
@@ -106,6 +115,10 @@ var errNotBuilt = errors.New("not built yet in this version of pgporter")
 
 func notBuilt(name string) error { return fmt.Errorf("%s: %w", name, errNotBuilt) }
 
+// errAbortRecovery marks a failure of wal-fetch that must stop the
+// recovery that runs it (exitAbortRecovery).
+var errAbortRecovery = errors.New("abort recovery")
+
 // errVerification marks a check of data against its hashes that failed in
 // cmd itself (demo's row counts).
 var errVerification = errors.New("verification failed")
@@ -123,6 +136,8 @@ func classify(err error) int {
 		return exitInterrupted
 	case errors.As(err, &ue):
 		return exitUsage
+	case errors.Is(err, errAbortRecovery):
+		return exitAbortRecovery
 	case errors.Is(err, errNotBuilt):
 		return exitNotBuilt
 	case errors.Is(err, protocol.ErrVersion):

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -165,13 +166,20 @@ With --repo-peer the repository is another host's, served there by
   restore_command = 'pgporter wal-fetch --home /var/lib/postgresql/pgporter --repo-peer repo1:7448#PEER_ID %f %p'
 
 A file the archive does not hold fails at once with exit code 8, as
-PostgreSQL expects at the end of the archive. Any other failure is another
-code, but PostgreSQL takes every failure of restore_command for the end of
-the archive: a repository mover that cannot be reached within --retry-for
-ends recovery there. The repository is read only, never created.`,
+PostgreSQL expects at the end of the archive. Any other failure (a
+repository that cannot be read, a corrupt chunk, a repository mover that
+cannot be reached within --retry-for) exits 255: PostgreSQL then stops the
+recovery, where it would take a code from 1 to 125 for the end of the
+archive and go on, promoting a server that lacks WAL the archive has. A
+usage mistake exits 2. The repository is read only, never created.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runWALFetch(cmd.Context(), g, o, args[0], args[1])
+			err := runWALFetch(cmd.Context(), g, o, args[0], args[1])
+			var ue usageError
+			if err == nil || errors.Is(err, chunkstore.ErrWALNotFound) || errors.As(err, &ue) || errors.Is(err, context.Canceled) {
+				return err
+			}
+			return mark(err, errAbortRecovery)
 		},
 	}
 	o.flags(c, "read")

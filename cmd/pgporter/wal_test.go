@@ -428,8 +428,9 @@ func TestWALRepoPeerCLI(t *testing.T) {
 		code, _, errs := runCLI(t, "--home", readHome, "wal-push", "--repo-peer", peer, seg)
 		require.Equal(t, exitPermission, code, errs)
 		require.Contains(t, errs, "lacks permission archive")
+		// A refused fetch is no end of the archive: recovery must stop.
 		code, _, errs = runCLI(t, "--home", archHome, "wal-fetch", "--repo-peer", peer, name, dst)
-		require.Equal(t, exitPermission, code, errs)
+		require.Equal(t, exitAbortRecovery, code, errs)
 		require.Contains(t, errs, "lacks permission read")
 	})
 	t.Run("usage", func(t *testing.T) {
@@ -452,4 +453,41 @@ func TestWALRepoPeerCLI(t *testing.T) {
 
 	require.NoError(t, srv.cmd.Process.Signal(os.Interrupt))
 	require.Equal(t, 0, srv.wait(t), srv.stderr.String())
+}
+
+// TestWALFetchExitCodes: wal-fetch exits 8 only for a file the archive
+// lacks, which PostgreSQL takes for the end of the archive; a repository
+// that is not there or cannot be read exits 255, which makes PostgreSQL
+// stop the recovery instead of promoting without the WAL.
+func TestWALFetchExitCodes(t *testing.T) {
+	repo := filepath.Join(t.TempDir(), "repo")
+	seg := filepath.Join(t.TempDir(), "000000010000000000000003")
+	b := make([]byte, 1<<20)
+	for i := range b {
+		b[i] = byte(i * 7 / 5)
+	}
+	require.NoError(t, os.WriteFile(seg, b, 0o600))
+	code, _, errs := runCLI(t, "wal-push", "--repo", repo, seg)
+	require.Equal(t, exitOK, code, errs)
+	dst := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", repo, "000000010000000000000003", dst)
+	require.Equal(t, exitOK, code, errs)
+
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", repo, "000000010000000000000004", dst)
+	require.Equal(t, exitNotFound, code, errs)
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", repo, "not-wal", dst)
+	require.Equal(t, exitUsage, code, errs)
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", filepath.Join(t.TempDir(), "typo"), "000000010000000000000003", dst)
+	require.Equal(t, exitAbortRecovery, code, "a repository that is not there is no end of the archive: %s", errs)
+
+	// The segment's chunks gone from the packs.
+	packs, err := filepath.Glob(filepath.Join(repo, "chunks", "packs", "*.pack"))
+	require.NoError(t, err)
+	require.NotEmpty(t, packs)
+	for _, p := range packs {
+		require.NoError(t, os.Truncate(p, 0))
+	}
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", repo, "000000010000000000000003", dst)
+	require.Equal(t, exitAbortRecovery, code, errs)
+	require.Greater(t, exitAbortRecovery, 125, "PostgreSQL aborts recovery above 125")
 }
