@@ -71,12 +71,12 @@ func TestJobHostileMessages(t *testing.T) {
 		is         error
 		says       string
 	}{
-		{"unknown kind", `{"kind":"format-disk","v":1}`, protocol.ErrProtocol, `unknown job kind "format-disk"`},
-		{"future version", `{"kind":"export","v":2,"session":"x-20261206-120000-abcdef","shiny":true}`, protocol.ErrVersion, "job of version 2; this build speaks job version 1"},
+		{"unknown kind", `{"kind":"format-disk","v":2}`, protocol.ErrProtocol, `unknown job kind "format-disk"`},
+		{"future version", `{"kind":"export","v":3,"session":"x-20261206-120000-abcdef","shiny":true}`, protocol.ErrVersion, "job of version 3; this build speaks job version 2"},
 		{"no version", `{"session":"x-20261206-120000-abcdef","plan":{}}`, protocol.ErrVersion, "job of version 0"},
-		{"unknown field", `{"kind":"list-publications","v":1,"shiny":true}`, protocol.ErrProtocol, `unknown field "shiny"`},
-		{"not canonical", `{"v":1,"kind":"list-publications"}`, protocol.ErrProtocol, "not in the encoding"},
-		{"publish without options", `{"kind":"publish","v":1}`, protocol.ErrProtocol, `job kind "publish" needs publish options`},
+		{"unknown field", `{"kind":"list-publications","v":2,"shiny":true}`, protocol.ErrProtocol, `unknown field "shiny"`},
+		{"not canonical", `{"v":2,"kind":"list-publications"}`, protocol.ErrProtocol, "not in the encoding"},
+		{"publish without options", `{"kind":"publish","v":2}`, protocol.ErrProtocol, `job kind "publish" needs publish options`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := dial(t)
@@ -90,7 +90,7 @@ func TestJobHostileMessages(t *testing.T) {
 
 	t.Run("oversized", func(t *testing.T) {
 		s := dial(t)
-		body := `{"kind":"list-publications","v":1` + string(make([]byte, protocol.MaxJobBody)) + `}`
+		body := `{"kind":"list-publications","v":2` + string(make([]byte, protocol.MaxJobBody)) + `}`
 		_, err := s.cs.rw.Write(jobFrame(body))
 		require.NoError(t, err)
 		require.ErrorIs(t, s.nextError(t), protocol.ErrProtocol)

@@ -170,8 +170,6 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
 	case p.Target != "" && p.Overwrite:
 		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
-	case !p.Filter.IsZero() && p.Staging != "":
-		return nil, fmt.Errorf("%w: --table, --schema and their kin are not built for --staging yet", ErrBadPlan)
 	case p.At != nil && (p.RepoPeer != "" || p.Staging != ""):
 		return nil, fmt.Errorf("%w: a point-in-time export (--at) reads the WAL archive of a local --repo; across hosts it is not built yet", ErrBadPlan)
 	}

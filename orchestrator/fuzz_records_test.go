@@ -24,11 +24,11 @@ func FuzzOrchestratorRecords(f *testing.F) {
 		{recSession, `{"plan":{"databases":[""]}}`},
 		{recSession, `{"steps":[null]}`},
 		{recPublication, `{"id":"p-1","repo":"/r","restore_point":"rp-1","port":5433,"state":"up","serve_pid":12}`},
-		{recEvent, `{"kind":"done","v":1,"step":"dump:shop","done":5,"wire_bytes":3,"text":"ok"}`},
-		{recEvent, `{"kind":"result","v":1,"publications":[{"id":"p-1","state":"up","port":5433,"created":"2026-12-06T13:00:00Z"}]}`},
-		{recJob, `{"kind":"export","v":1,"session":"x-20261126-040210-950424","plan":{"databases":["shop"],"staging_dir":"/var/tmp/p"}}`},
-		{recJob, `{"kind":"export","v":1,"session":"../../etc","plan":{"staging_dir":"/v"}}`},
-		{recJob, `{"kind":"cancel-export","v":1,"session":"0"}`},
+		{recEvent, `{"kind":"done","v":2,"step":"dump:shop","done":5,"wire_bytes":3,"text":"ok"}`},
+		{recEvent, `{"kind":"result","v":2,"publications":[{"id":"p-1","state":"up","port":5433,"created":"2026-12-06T13:00:00Z"}]}`},
+		{recJob, `{"kind":"export","v":2,"session":"x-20261126-040210-950424","plan":{"databases":["shop"],"staging_dir":"/var/tmp/p"}}`},
+		{recJob, `{"kind":"export","v":2,"session":"../../etc","plan":{"staging_dir":"/v"}}`},
+		{recJob, `{"kind":"cancel-export","v":2,"session":"0"}`},
 	} {
 		f.Add(seed.kind, []byte(seed.b))
 	}

@@ -1,6 +1,9 @@
 package orchestrator
 
-import "github.com/pgporter/pgporter/protocol"
+import (
+	"github.com/pgporter/pgporter/protocol"
+	"github.com/pgporter/pgporter/staging"
+)
 
 // Conversions between the orchestrator's own types and the job messages of
 // the wire (protocol.RunJob, protocol.JobEvent), which are defined by
@@ -30,7 +33,22 @@ func planToWire(p *Plan) *protocol.JobPlan {
 		BWLimit:             p.BWLimit,
 		SplitTables:         p.SplitTables,
 		UnpublishAfter:      p.UnpublishAfter,
+		Filter:              filterToWire(p.Filter),
 	}
+}
+
+func filterToWire(f *staging.DumpFilter) *protocol.JobFilter {
+	if f.IsZero() {
+		return nil
+	}
+	return &protocol.JobFilter{Tables: f.Tables, Schemas: f.Schemas, ExcludeTables: f.ExcludeTables, DataOnly: f.DataOnly, SchemaOnly: f.SchemaOnly}
+}
+
+func filterFromWire(w *protocol.JobFilter) *staging.DumpFilter {
+	if w == nil {
+		return nil
+	}
+	return &staging.DumpFilter{Tables: w.Tables, Schemas: w.Schemas, ExcludeTables: w.ExcludeTables, DataOnly: w.DataOnly, SchemaOnly: w.SchemaOnly}
 }
 
 // planFromWire is the plan a peer handed this mover, before the mover
@@ -55,6 +73,7 @@ func planFromWire(w *protocol.JobPlan) Plan {
 		BWLimit:             w.BWLimit,
 		SplitTables:         w.SplitTables,
 		UnpublishAfter:      w.UnpublishAfter,
+		Filter:              filterFromWire(w.Filter),
 	}
 }
 

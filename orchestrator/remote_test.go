@@ -11,6 +11,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
+	stagingpkg "github.com/pgporter/pgporter/staging"
 	"github.com/stretchr/testify/require"
 )
 
@@ -177,4 +178,45 @@ func TestCancelAcrossMovers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, StateCancelled, ss.State)
 	require.NoDirExists(t, ss.SessionDir())
+}
+
+// TestExportAcrossMoversFiltered: export --table through a staging mover.
+// The filter travels in the job; the staging mover checks each pattern
+// against the restore point (a typo is an error naming the near match,
+// before any dump) and dumps only what it matches.
+func TestExportAcrossMoversFiltered(t *testing.T) {
+	f := newFixture(t)
+	to := t.TempDir()
+	orch := t.TempDir()
+	stagingHome := t.TempDir()
+	stagingID := identity(t, stagingHome)
+	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
+	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
+	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t)}})
+	trust(t, repo.home, stagingID, mover.PermRead)
+	trust(t, target.home, stagingID, mover.PermSend)
+	trust(t, staging.home, identity(t, orch), mover.PermOrchestrate)
+	r := newRunner(t, orch, nil)
+
+	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
+		Databases: []string{"shop"}, To: to, Filter: &stagingpkg.DumpFilter{Tables: []string{"itemz"}}}
+	s, err := r.Create(plan)
+	require.NoError(t, err)
+	_, err = r.Run(context.Background(), s.ID)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), `"itemz"`)
+	require.Contains(t, err.Error(), "items", "the near match is named")
+	_, err = os.Stat(filepath.Join(to, "shop"))
+	require.ErrorIs(t, err, os.ErrNotExist, "nothing was dumped or sent")
+
+	plan.Filter = &stagingpkg.DumpFilter{Tables: []string{"items"}}
+	s, err = r.Create(plan)
+	require.NoError(t, err)
+	s, err = r.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	out, err := f.c.ClientCmd(context.Background(), "shop", filepath.Join(f.c.BinDir, "pg_restore"), "--list", filepath.Join(to, "shop")).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "TABLE DATA public items")
+	require.NotContains(t, string(out), "orders")
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The job messages of remote orchestration: an orchestrator trusted with
@@ -24,7 +26,9 @@ import (
 // A change to a job message (a field added, removed or changed in meaning)
 // is a new version; a receiver refuses a version it does not speak with an
 // error matching ErrVersion.
-const JobVersion = 1
+//
+// Version 2 added JobPlan.Filter (export --table and its kin).
+const JobVersion = 2
 
 // MaxJobBody bounds the JSON body of RunJob and JobEvent.
 const MaxJobBody = 64 << 10
@@ -128,6 +132,36 @@ type JobPlan struct {
 	BWLimit             int64    `json:"bwlimit,omitempty"`
 	SplitTables         int64    `json:"split_tables,omitempty"`
 	UnpublishAfter      bool     `json:"unpublish_after,omitempty"`
+	// Filter narrows each dump; absent: whole databases.
+	Filter *JobFilter `json:"filter,omitempty"`
+}
+
+// JobFilter narrows each dump to some tables or schemas, with pg_dump's
+// options and pattern rules (export --table, --schema, --exclude-table,
+// --data-only, --schema-only).
+type JobFilter struct {
+	Tables        []string `json:"tables,omitempty"`
+	Schemas       []string `json:"schemas,omitempty"`
+	ExcludeTables []string `json:"exclude_tables,omitempty"`
+	DataOnly      bool     `json:"data_only,omitempty"`
+	SchemaOnly    bool     `json:"schema_only,omitempty"`
+}
+
+// MaxFilterPattern bounds a pattern of a JobFilter, in bytes.
+const MaxFilterPattern = 1024
+
+func (f *JobFilter) check() error {
+	for _, list := range [][]string{f.Tables, f.Schemas, f.ExcludeTables} {
+		for _, p := range list {
+			if p == "" || len(p) > MaxFilterPattern || strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
+				return violation("a dump filter pattern is empty, longer than %d bytes, or not NUL-free UTF-8", MaxFilterPattern)
+			}
+		}
+	}
+	if f.DataOnly && f.SchemaOnly {
+		return violation("a dump filter is data-only and schema-only")
+	}
+	return nil
 }
 
 // PublishSpec is what a publish job asks for.
@@ -212,6 +246,8 @@ func (m *RunJob) check() error {
 		return violation("job kind %q %s a publication ID", m.Kind, needsOrNot(need.publication))
 	case m.Password != "" && !need.plan:
 		return violation("job kind %q does not take a password", m.Kind)
+	case m.Plan != nil && m.Plan.Filter != nil:
+		return m.Plan.Filter.check()
 	}
 	return nil
 }
