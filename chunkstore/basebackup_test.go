@@ -488,7 +488,10 @@ func TestBaseBackupTarStream(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "15", rp.PGVersion)
 	require.Equal(t, "7311111111111111111", rp.SystemID)
-	require.Equal(t, []chunkstore.DBInfo{{Name: "postgres", OID: 5, Size: int64(len(rel))}}, rp.Databases)
+	// The name and locale from the server, the size from the tree.
+	collate := c.Query(t, "postgres", "SELECT datcollate FROM pg_database WHERE oid = 5")
+	require.Equal(t, []chunkstore.DBInfo{{Name: "postgres", OID: 5, Size: int64(len(rel)), Collate: collate,
+		Ctype: c.Query(t, "postgres", "SELECT datctype FROM pg_database WHERE oid = 5"), Provider: "c"}}, rp.Databases)
 	require.Equal(t, 5, rp.Files)
 	nodes, err := r.Tree(ctx, rp)
 	require.NoError(t, err)

@@ -27,28 +27,38 @@ func (s *Server) openRepo() error {
 	if _, err := chunkstore.ListRepo(s.o.Repo); err != nil {
 		return fmt.Errorf("repository %s: %w", s.o.Repo, err)
 	}
-	// Its writes are WAL pushes (wal_server.go): their flushes stay short,
-	// as wal-push's own, bigger merges being left to backups.
-	r, err := chunkstore.OpenRepoWith(s.o.Repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: s.log, MaxMerge: walPushMaxMerge}})
-	if err != nil {
-		return fmt.Errorf("repository %s: %w", s.o.Repo, err)
+	// Opened once now, so that a repository this build cannot serve fails
+	// the start; then held only while peers use it (repoHold).
+	linger := s.o.RepoLinger
+	switch {
+	case linger == 0:
+		linger = repoLinger
+	case linger < 0:
+		linger = 0
 	}
-	s.repo = r
+	s.repos = &repoHold{dir: s.o.Repo, log: s.log, linger: linger, wait: repoLockWait}
+	if _, err := s.repos.acquire(); err != nil {
+		return err
+	}
+	s.repos.release()
 	s.metrics.reg.MustRegister(NewRepoCollector(s.o.Repo, RepoCollectorOptions{CacheFor: repoMetricsCacheFor, Log: s.log}))
 	return nil
 }
 
 func (s *Server) closeRepo() {
-	if s.repo != nil {
-		s.repo.Close()
+	if s.repos != nil {
+		s.repos.close()
 	}
 }
+
+// connRepo returns a connection's handle on the served repository.
+func (s *Server) connRepo() *connRepo { return &connRepo{hold: s.repos} }
 
 // repoRequest answers a repository request on the control stream:
 // ListPoints, GetPoint or GetWAL. A refusal is an Error; the connection
 // stays usable.
-func (s *Server) repoRequest(peer PeerID, cs *controlStream, m protocol.Message, log *slog.Logger) error {
-	reply, err := s.repoReply(peer, cs.version, m)
+func (s *Server) repoRequest(peer PeerID, cs *controlStream, cr *connRepo, m protocol.Message, log *slog.Logger) error {
+	reply, err := s.repoReply(peer, cs.version, cr, m)
 	if err != nil {
 		log.Warn("repository request refused", "request", m.Type().String(), "err", err)
 		return cs.write(protocol.ToWire(err))
@@ -56,16 +66,17 @@ func (s *Server) repoRequest(peer PeerID, cs *controlStream, m protocol.Message,
 	return cs.write(reply)
 }
 
-func (s *Server) repoReply(peer PeerID, version uint16, m protocol.Message) (protocol.Message, error) {
+func (s *Server) repoReply(peer PeerID, version uint16, cr *connRepo, m protocol.Message) (protocol.Message, error) {
 	if err := s.trust.Check(peer, PermRead); err != nil {
 		return nil, err
 	}
-	if s.repo == nil {
-		return nil, errNoRepo
+	repo, err := cr.get()
+	if err != nil {
+		return nil, err
 	}
 	switch m := m.(type) {
 	case *protocol.ListPoints:
-		rps, err := s.repo.List()
+		rps, err := repo.List()
 		if err != nil {
 			return nil, err
 		}
@@ -78,7 +89,7 @@ func (s *Server) repoReply(peer PeerID, version uint16, m protocol.Message) (pro
 		}
 		return reply, nil
 	case *protocol.GetPoint:
-		rp, err := s.repo.Resolve(m.ID)
+		rp, err := repo.Resolve(m.ID)
 		if errors.Is(err, chunkstore.ErrNoRestorePoint) {
 			return nil, fmt.Errorf("%w: %w", protocol.ErrNotFound, err)
 		}
@@ -87,7 +98,7 @@ func (s *Server) repoReply(peer PeerID, version uint16, m protocol.Message) (pro
 		}
 		return pointToWire(rp)
 	case *protocol.GetWAL:
-		return s.walRecord(version, m)
+		return walRecord(repo, version, m)
 	}
 	return nil, fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type())
 }
@@ -98,7 +109,7 @@ func (s *Server) repoReply(peer PeerID, version uint16, m protocol.Message) (pro
 // chunkForFetch). A refusal (no read permission, no repository) answers the
 // request with one Error and ends the stream; the permission is checked on
 // every request.
-func (s *Server) serveFetch(ctx context.Context, peer PeerID, version uint16, st *quic.Stream, log *slog.Logger) {
+func (s *Server) serveFetch(ctx context.Context, peer PeerID, version uint16, cr *connRepo, st *quic.Stream, log *slog.Logger) {
 	defer closeStream(st)
 	stop := context.AfterFunc(ctx, func() {
 		st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown))
@@ -133,11 +144,12 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, version uint16, st
 			_ = protocol.WriteMessage(st, protocol.ToWire(err))
 			return
 		}
-		if s.repo == nil {
-			_ = protocol.WriteMessage(st, protocol.ToWire(errNoRepo))
+		repo, err := cr.get()
+		if err != nil {
+			_ = protocol.WriteMessage(st, protocol.ToWire(err))
 			return
 		}
-		if err := s.answerFetch(ctx, st, version, req.IDs, bufs, log); err != nil {
+		if err := s.answerFetch(ctx, st, version, repo.Store(), req.IDs, bufs, log); err != nil {
 			return
 		}
 	}
@@ -145,8 +157,7 @@ func (s *Server) serveFetch(ctx context.Context, peer PeerID, version uint16, st
 
 // answerFetch writes the answer to one GetChunks; an error means the stream
 // is unusable.
-func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, version uint16, ids []chunk.ID, bufs *fetchBufs, log *slog.Logger) error {
-	store := s.repo.Store()
+func (s *Server) answerFetch(ctx context.Context, st *quic.Stream, version uint16, store chunkstore.Store, ids []chunk.ID, bufs *fetchBufs, log *slog.Logger) error {
 	for _, id := range ids {
 		m, err := chunkForFetch(ctx, store, version, id, bufs)
 		if err != nil {

@@ -700,3 +700,51 @@ func TestRemoteRepoConformance(t *testing.T) {
 	storetest.RunReader(t, rr, storetest.Want{Points: []chunkstore.RestorePoint{*f.rp},
 		Trees: map[string][]chunkstore.Node{f.rp.ID: f.tree}, Files: f.files})
 }
+
+// A repository mover holds the repository's shared lock only while a peer
+// uses it: an exclusive open (a prune) is refused while a staging host is
+// connected and reading, and succeeds once it has gone.
+func TestRepoLockHeldWhileUsed(t *testing.T) {
+	f := backupFake(t, 1)
+	f.testReceiver = startReceiver(t, ServerOptions{Repo: f.repoDir, RepoLinger: -1})
+	prune := func() error {
+		r, err := chunkstore.OpenRepoWith(f.repoDir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+		if err == nil {
+			require.NoError(t, r.Close())
+		}
+		return err
+	}
+	waitFree := func() {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for err := prune(); err != nil; err = prune() {
+			require.ErrorIs(t, err, chunkstore.ErrRepoLocked)
+			require.True(t, time.Now().Before(deadline), "the mover still holds the repository: %v", err)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFree() // the check at the start let it go
+
+	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
+	require.NoError(t, err)
+	rps, err := rr.List(t.Context())
+	require.NoError(t, err)
+	require.Len(t, rps, 1)
+	require.ErrorIs(t, prune(), chunkstore.ErrRepoLocked, "held while the peer is connected")
+	// Reads go on under the same hold.
+	refs := allRefs(f)
+	require.NotEmpty(t, refs)
+	buf, err := rr.Get(t.Context(), refs[0].ID, nil)
+	require.NoError(t, err)
+	require.NotEmpty(t, buf)
+	require.ErrorIs(t, prune(), chunkstore.ErrRepoLocked)
+
+	require.NoError(t, rr.Close())
+	waitFree()
+	// A new peer opens it again.
+	rr, err = dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
+	require.NoError(t, err)
+	_, err = rr.List(t.Context())
+	require.NoError(t, err)
+	require.ErrorIs(t, prune(), chunkstore.ErrRepoLocked)
+}

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pebbledb"
@@ -33,10 +32,14 @@ import (
 
 // ServerOptions configure a mover daemon. Zero values are defaults.
 type ServerOptions struct {
-	Home         string        // identity, trust list, state
-	Listen       string        // UDP address, default ":7448"
-	Roots        []string      // directories transfers may write into
-	Repo         string        // backup repository served to peers trusted with read; "" serves none
+	Home   string   // identity, trust list, state
+	Listen string   // UDP address, default ":7448"
+	Roots  []string // directories transfers may write into
+	Repo   string   // backup repository served to peers trusted with read; "" serves none
+	// RepoLinger is how long Repo stays open (its shared lock held) after
+	// the last connection that used it ended; default 10s, negative: not
+	// at all. A prune of the repository can run once it is closed.
+	RepoLinger   time.Duration
 	Jobs         JobRunner     // runs jobs for peers trusted with orchestrate; nil runs none
 	Reserve      int64         // bytes of free space a transfer must leave; default 64 MiB
 	SyncBytes    int64         // make chunks durable after this many bytes; default 64 MiB
@@ -136,7 +139,7 @@ type Server struct {
 	trust   *TrustStore
 	db      *pebbledb.DB
 	roots   []serveRoot
-	repo    *chunkstore.Repo // nil without ServerOptions.Repo
+	repos   *repoHold // nil without ServerOptions.Repo
 	tr      *quic.Transport
 	ln      *quic.Listener
 	metrics *metrics
@@ -386,6 +389,11 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	_ = st.SetReadDeadline(time.Time{})
 	cs.r.SetFrameTimeout(s.o.FrameTimeout)
 
+	// The repository is held from the connection's first request of it to
+	// its end (repoHold).
+	cr := s.connRepo()
+	defer cr.release()
+
 	// Data streams wait for the transfer this connection opens.
 	var (
 		rmu   sync.Mutex // guards rcv
@@ -408,11 +416,11 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 				defer wg.Done()
 				var k [1]byte
 				if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
-					s.serveFetch(ctx, peer, cs.version, ds, log)
+					s.serveFetch(ctx, peer, cs.version, cr, ds, log)
 					return
 				}
 				if protocol.StreamKind(k[0]) == protocol.StreamArchive {
-					s.serveArchive(ctx, peer, cs.version, ds, log)
+					s.serveArchive(ctx, peer, cs.version, cr, ds, log)
 					return
 				}
 				if protocol.StreamKind(k[0]) != protocol.StreamData {
@@ -535,7 +543,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			a.joined.Done()
 			return
 		case *protocol.ListPoints, *protocol.GetPoint, *protocol.GetWAL:
-			if err := s.repoRequest(peer, cs, m, log); err != nil {
+			if err := s.repoRequest(peer, cs, cr, m, log); err != nil {
 				return
 			}
 		case *protocol.RunJob:

@@ -28,11 +28,11 @@ import (
 const walPushMaxMerge = 1 << 20
 
 // walRecord answers GetWAL: the record of an archived WAL file.
-func (s *Server) walRecord(version uint16, m *protocol.GetWAL) (protocol.Message, error) {
+func walRecord(repo *chunkstore.Repo, version uint16, m *protocol.GetWAL) (protocol.Message, error) {
 	if version < protocol.WALVersion {
 		return nil, fmt.Errorf("%w: GetWAL needs protocol %d, this connection speaks %d", protocol.ErrProtocol, protocol.WALVersion, version)
 	}
-	w, err := s.repo.WALRecord(m.Name)
+	w, err := repo.WALRecord(m.Name)
 	if err != nil {
 		return nil, walWireError(err)
 	}
@@ -89,14 +89,14 @@ func walFromWire(m *protocol.WALRecord) *chunkstore.WALFile {
 // serveArchive answers the one push of an archive stream: WALPushed once
 // the WAL file is durable in the repository, or an Error (the stream then
 // ends; the connection stays usable).
-func (s *Server) serveArchive(ctx context.Context, peer PeerID, version uint16, st *quic.Stream, log *slog.Logger) {
+func (s *Server) serveArchive(ctx context.Context, peer PeerID, version uint16, cr *connRepo, st *quic.Stream, log *slog.Logger) {
 	defer closeStream(st)
 	stop := context.AfterFunc(ctx, func() {
 		st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown))
 		st.CancelWrite(quic.StreamErrorCode(protocol.CloseShutdown))
 	})
 	defer stop()
-	name, already, sent, err := s.archive(ctx, peer, version, st)
+	name, already, sent, err := s.archive(ctx, peer, version, cr, st)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.metrics.refused.Inc()
@@ -112,7 +112,7 @@ func (s *Server) serveArchive(ctx context.Context, peer PeerID, version uint16, 
 // archive reads a push from st and stores it; it returns the file's name
 // (once known), whether the repository held it already, and how many
 // chunks the peer sent.
-func (s *Server) archive(ctx context.Context, peer PeerID, version uint16, st *quic.Stream) (name string, already bool, sent int, err error) {
+func (s *Server) archive(ctx context.Context, peer PeerID, version uint16, cr *connRepo, st *quic.Stream) (name string, already bool, sent int, err error) {
 	if version < protocol.WALVersion {
 		return "", false, 0, fmt.Errorf("%w: an archive stream needs protocol %d, this connection speaks %d", protocol.ErrProtocol, protocol.WALVersion, version)
 	}
@@ -133,21 +133,22 @@ func (s *Server) archive(ctx context.Context, peer PeerID, version uint16, st *q
 	if err := s.trust.Check(peer, PermArchive); err != nil {
 		return name, false, 0, err
 	}
-	if s.repo == nil {
-		return name, false, 0, errNoRepo
+	repo, err := cr.get()
+	if err != nil {
+		return name, false, 0, err
 	}
 	w := walFromWire(&offer.WALRecord)
 	if err := w.Check(); err != nil {
 		return name, false, 0, walWireError(err)
 	}
-	if already, err := s.repo.ArchivedWAL(w); err != nil || already {
+	if already, err := repo.ArchivedWAL(w); err != nil || already {
 		return name, already, 0, walWireError(err)
 	}
 
 	// Ask for the chunks the repository lacks, each ID once. Those it holds
 	// stay: a prune, which could remove them, waits for this mover's
 	// shared lock.
-	store := s.repo.Store()
+	store := repo.Store()
 	ids := make([]chunk.ID, len(w.Chunks))
 	for i, c := range w.Chunks {
 		ids[i] = c.ID
@@ -215,6 +216,6 @@ func (s *Server) archive(ctx context.Context, peer PeerID, version uint16, st *q
 			sent++
 		}
 	}
-	already, err = s.repo.CommitWAL(ctx, w)
+	already, err = repo.CommitWAL(ctx, w)
 	return name, already, sent, walWireError(err)
 }
