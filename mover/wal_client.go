@@ -251,12 +251,18 @@ func (r *RemoteRepo) pushOnce(ctx context.Context, f *os.File, rec *protocol.WAL
 	case *protocol.WALNeed:
 		if err := r.sendChunks(st, f, rec, m.Chunks); err != nil {
 			// The mover may have refused the push while we wrote: its
-			// answer says why better than a reset stream.
-			if m, rerr := r.archiveReply(rd); rerr != nil {
+			// answer says why better than a reset stream. Or it took every
+			// chunk, committed and closed the stream before our close of
+			// it went through: then it answered WALPushed, and the push
+			// is durable.
+			switch m, rerr := r.archiveReply(rd); {
+			case rerr != nil:
 				if _, remote := errors.AsType[*protocol.RemoteError](rerr); remote {
 					return false, rerr
 				}
-			} else {
+			case m.Type() == protocol.TypeWALPushed:
+				return m.(*protocol.WALPushed).Already, nil
+			default:
 				return false, permanentError{fmt.Errorf("%w: %s while chunks were still due", protocol.ErrProtocol, m.Type())}
 			}
 			return false, err

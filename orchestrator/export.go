@@ -20,6 +20,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
+	"github.com/pgporter/pgporter/internal/walproxy"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
@@ -170,8 +171,8 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
 	case p.Target != "" && p.Overwrite:
 		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
-	case p.At != nil && (p.RepoPeer != "" || p.Staging != ""):
-		return nil, fmt.Errorf("%w: a point-in-time export (--at) reads the WAL archive of a local --repo; across hosts it is not built yet", ErrBadPlan)
+	case p.At != nil && p.Staging != "":
+		return nil, fmt.Errorf("%w: a point-in-time export (--at) with --staging is not built yet (with --repo-peer alone it is)", ErrBadPlan)
 	}
 	if p.Filter.IsZero() {
 		p.Filter = nil
@@ -462,12 +463,12 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	tree, chunks, closeRepo, err := x.openRepo(ctx)
+	tree, src, err := x.openRepo(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeRepo()
-	chunks = x.corrupt.wrap(chunks)
+	defer src.Close()
+	chunks := x.corrupt.wrap(src)
 	dir := x.s.SessionDir()
 	if err := makeOwnedDir(dir, id); err != nil {
 		return fmt.Errorf("the staging directory of session %s: %w", id, err)
@@ -514,7 +515,22 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		opts := staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
 		if p.At != nil {
 			var err error
-			if opts.Recovery, err = walRecovery(ctx, p.At, r.o.Self, p.Repo, p.OSUser); err != nil {
+			if p.RepoPeer == "" {
+				opts.Recovery, err = walRecovery(ctx, p.At, r.o.Self, p.Repo, p.OSUser)
+			} else {
+				// The instance's OS user cannot reach the repository mover
+				// (the mover identity is root's): this process fetches for
+				// it, through a socket only that user can use, while the
+				// instance recovers.
+				var proxy *walproxy.Server
+				proxy, err = startWALProxy(ctx, src, p.OSUser, r.o.Log)
+				if err != nil {
+					return err
+				}
+				defer proxy.Close()
+				opts.Recovery, err = walRecoveryFrom(ctx, p.At, r.o.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -701,12 +717,23 @@ func mountReadErr(m *staging.Mounted) error {
 // repository mover, and returns where the mount reads its chunks. A
 // restore point named "latest" is resolved once and kept in the plan, so a
 // retry mounts the same one.
-func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.ChunkReader, func(), error) {
+func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, Source, error) {
 	r, p := x.r, x.plan()
+	id := p.RestorePoint
+	if p.At != nil && id == "latest" && p.RepoPeer != "" {
+		// The newest restore point taken before --at, of the repository
+		// mover's (a local one's was chosen with the plan).
+		if id, err := pointBefore(ctx, SourceOptions{RepoPeer: p.RepoPeer, Home: r.o.Home, Remote: mover.RemoteRepoOptions{Log: r.o.Log}, Log: r.o.Log}, p.At); err != nil {
+			return nil, nil, err
+		} else if err := x.update(func(s *Session) { s.Plan.RestorePoint = id }); err != nil {
+			return nil, nil, err
+		}
+		p = x.plan()
+	}
 	src, rp, tree, err := OpenRestorePoint(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: r.o.Home,
 		Remote: mover.RemoteRepoOptions{Log: r.o.Log}, Log: r.o.Log}, p.RestorePoint)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	// Before the mount: without the server of the backup's major version
 	// there is nothing to mount it for (the error names the package).
@@ -714,7 +741,7 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.C
 		bin, err := pgtool.ServerBinDir(major, "")
 		if err != nil {
 			src.Close()
-			return nil, nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
+			return nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
 		}
 		// And without the databases' locales (recorded by a backup from a
 		// server) the instance would refuse connections to them.
@@ -726,16 +753,16 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, staging.C
 		}
 		if err := staging.CheckLocalesBefore(locs, bin, major).Err(); err != nil {
 			src.Close()
-			return nil, nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
+			return nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
 		}
 	}
 	if rp.ID != p.RestorePoint {
 		if err := x.update(func(s *Session) { s.Plan.RestorePoint = rp.ID }); err != nil {
 			src.Close()
-			return nil, nil, nil, fmt.Errorf("restore point %s: %w", p.RestorePoint, err)
+			return nil, nil, fmt.Errorf("restore point %s: %w", p.RestorePoint, err)
 		}
 	}
-	return tree, src, func() { src.Close() }, nil
+	return tree, src, nil
 }
 
 // pgMajor is the major version of a PostgreSQL version: "15" of "15.8",

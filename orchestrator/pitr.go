@@ -3,12 +3,16 @@ package orchestrator
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/user"
+	"strconv"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/walproxy"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -42,6 +46,11 @@ const ExitWALMissing = 8
 // repository at repo with self's wal-fetch (self empty: this process's
 // executable), after checking that osUser can run it there.
 func walRecovery(ctx context.Context, at *PointInTime, self, repo, osUser string) (*staging.Recovery, error) {
+	return walRecoveryFrom(ctx, at, self, "--repo "+shellQuote(repo), osUser)
+}
+
+// walRecoveryFrom is walRecovery with wal-fetch's source flags.
+func walRecoveryFrom(ctx context.Context, at *PointInTime, self, from, osUser string) (*staging.Recovery, error) {
 	if self == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -49,7 +58,7 @@ func walRecovery(ctx context.Context, at *PointInTime, self, repo, osUser string
 		}
 		self = shellQuote(exe)
 	}
-	rec := at.recovery(self + " wal-fetch --repo " + shellQuote(repo) + " %f %p")
+	rec := at.recovery(self + " wal-fetch " + from + " %f %p")
 	if err := staging.CheckRestoreCommand(ctx, osUser, rec.RestoreCommand, ExitWALMissing); err != nil {
 		return nil, err
 	}
@@ -73,4 +82,57 @@ func takenBefore(rps []chunkstore.RestorePoint, at *PointInTime, repo string) ([
 // shellQuote quotes s as one word for sh.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// pointBefore returns the ID of the newest restore point of the repository
+// o names that was taken before at's time ("latest" for a target that is
+// not a time).
+func pointBefore(ctx context.Context, o SourceOptions, at *PointInTime) (string, error) {
+	if at.Time.IsZero() {
+		return "latest", nil
+	}
+	src, err := OpenSource(ctx, o)
+	if err != nil {
+		return "", err
+	}
+	defer src.Close()
+	lister, ok := src.(interface {
+		List(context.Context) ([]chunkstore.RestorePoint, error)
+	})
+	if !ok {
+		return "latest", nil
+	}
+	rps, err := lister.List(ctx)
+	if err != nil {
+		return "", err
+	}
+	where := o.RepoPeer
+	if where == "" {
+		where = o.Repo
+	}
+	if rps, err = takenBefore(rps, at, where); err != nil {
+		return "", err
+	}
+	return rps[len(rps)-1].ID, nil
+}
+
+// startWALProxy serves the WAL archive of src (a repository mover's) to
+// the instance's restore_command, run as osUser.
+func startWALProxy(ctx context.Context, src Source, osUser string, log *slog.Logger) (*walproxy.Server, error) {
+	f, ok := src.(interface {
+		FetchWAL(ctx context.Context, name, dst string) error
+	})
+	if !ok {
+		return nil, fmt.Errorf("the repository holds no WAL archive this build can read")
+	}
+	uid, gid := -1, -1
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup(osUser)
+		if err != nil {
+			return nil, fmt.Errorf("the instance's OS user: %w", err)
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+	}
+	return walproxy.Start(ctx, f.FetchWAL, uid, gid, log)
 }

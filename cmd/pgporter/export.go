@@ -87,7 +87,10 @@ replay reached. A target the archive does not reach fails before any dump.
 After a failover the archive holds several timelines: recovery follows the
 newest one that descends from the restore point (--at-timeline latest), or
 stays on the restore point's own (--at-timeline current), or takes the one
-named; 'restore-points' shows where each timeline ends.
+named; 'restore-points' shows where each timeline ends. With --repo-peer the
+archive is the repository mover's: this process fetches the WAL for the
+instance (its restore_command reaches it through a socket that only the
+instance's OS user can use). Not with --staging yet.
 
 Every step is journaled under --home. If the export fails or is interrupted,
 'pgporter retry SESSION' continues from the first unfinished step (finished
@@ -146,7 +149,7 @@ Flags that make no sense together are refused, naming both.`,
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
 	c.MarkFlagsMutuallyExclusive("data-only", "schema-only")
 	for _, f := range []string{"at", "at-lsn", "at-name", "at-timeline"} {
-		c.MarkFlagsMutuallyExclusive(f, "repo-peer") // the instance reads the archive of a local --repo
+		c.MarkFlagsMutuallyExclusive(f, "staging") // not built yet
 	}
 	// The publication is the source and the staging host; its instance is
 	// running already, and it dumps what it has.

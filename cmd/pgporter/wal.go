@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/walproxy"
 	"github.com/pgporter/pgporter/mover"
 )
 
@@ -17,6 +18,7 @@ import (
 type walOpts struct {
 	repo, repoPeer string
 	retryFor       time.Duration
+	proxy          string // wal-fetch --proxy
 }
 
 func (o *walOpts) flags(c *cobra.Command, what string) {
@@ -30,6 +32,8 @@ func (o *walOpts) flags(c *cobra.Command, what string) {
 // check reports a usage mistake of cmd's repository flags.
 func (o *walOpts) check(cmd string) error {
 	switch {
+	case o.proxy != "":
+		return nil
 	case o.repo == "" && o.repoPeer == "":
 		return usagef("%s needs --repo DIR or --repo-peer ADDR#PEER_ID", cmd)
 	case o.retryFor <= 0:
@@ -183,6 +187,10 @@ usage mistake exits 2. The repository is read only, never created.`,
 		},
 	}
 	o.flags(c, "read")
+	c.Flags().StringVar(&o.proxy, "proxy", "", "fetch through the Unix socket of an export's WAL proxy (set by pgporter in the throwaway instance's restore_command when the repository is a mover's)")
+	_ = c.Flags().MarkHidden("proxy")
+	c.MarkFlagsMutuallyExclusive("proxy", "repo")
+	c.MarkFlagsMutuallyExclusive("proxy", "repo-peer")
 	return c
 }
 
@@ -192,6 +200,9 @@ func runWALFetch(ctx context.Context, g *globals, o walOpts, name, dst string) e
 	}
 	if err := checkWALName(name); err != nil {
 		return err
+	}
+	if o.proxy != "" {
+		return walproxy.Fetch(ctx, o.proxy, name, dst)
 	}
 	if o.repoPeer != "" {
 		rr, err := o.dialRepoPeer(ctx, g)

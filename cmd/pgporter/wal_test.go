@@ -491,3 +491,44 @@ func TestWALFetchExitCodes(t *testing.T) {
 	require.Equal(t, exitAbortRecovery, code, errs)
 	require.Greater(t, exitAbortRecovery, 125, "PostgreSQL aborts recovery above 125")
 }
+
+// TestExportAtRepoPeer: a point-in-time export whose repository is a
+// repository mover's. The throwaway instance recovers with WAL that this
+// process fetches from the mover for it (the instance's OS user cannot use
+// the mover identity): the rows deleted after the noted time are there.
+func TestExportAtRepoPeer(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	c, repo, _ := archivingCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key); INSERT INTO orders SELECT generate_series(1, 100)")
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
+	require.Equal(t, 0, code, errs)
+	c.Exec(t, "shop", "INSERT INTO orders SELECT generate_series(101, 250)")
+	noted := c.Query(t, "shop", "SELECT clock_timestamp()::text")
+	c.Exec(t, "shop", "DELETE FROM orders WHERE id > 50")
+	waitArchived(t, c)
+
+	srvHome, srvID := initMoverHome(t)
+	home, homeID := initMoverHome(t)
+	code, _, errs = runCLI(t, "mover", "trust", homeID, "--allow", "read", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo)
+	peer := srv.waitListening(t) + "#" + srvID
+
+	t.Setenv("PGPASSWORD", "pw")
+	flags := []string{"--pg-host", c.SocketDir, "--pg-port", strconv.Itoa(c.Port), "--pg-user", c.User}
+	for _, tc := range []struct{ at, db, want string }{
+		{noted, "shop_at", "250"},
+		{"end", "shop_end", "50"},
+	} {
+		to := t.TempDir()
+		code, out, errs := runCLI(t, "--home", home, "export", "--repo-peer", peer, "--at", tc.at, "--db", "shop", "--to", to, "--staging-dir", cliStagingDir(t))
+		require.Equal(t, 0, code, "%s\n%s", out, errs)
+		code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(to, "shop"), "--dbname", tc.db, "--create"}, flags...)...)
+		require.Equal(t, exitOK, code, errs)
+		require.Equal(t, tc.want, c.Query(t, tc.db, "SELECT count(*) FROM orders"), "export --repo-peer --at %s", tc.at)
+	}
+	ents, err := filepath.Glob(filepath.Join(os.TempDir(), "pgporter-wal-*"))
+	require.NoError(t, err)
+	require.Empty(t, ents, "the WAL proxy's socket is gone")
+}
