@@ -6,8 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
