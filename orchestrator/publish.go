@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/pebbledb"
+	"github.com/pgporter/pgporter/internal/walproxy"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
@@ -336,8 +337,6 @@ func (o PublishOptions) Validate() error {
 		return errors.New("publish needs the serve command")
 	case o.OnRestart != OnRestartRestart && o.OnRestart != OnRestartCleanup:
 		return fmt.Errorf("on-restart %q is neither %s nor %s", o.OnRestart, OnRestartRestart, OnRestartCleanup)
-	case o.At != nil && o.RepoPeer != "":
-		return errors.New("a point-in-time publication (--at) reads the WAL archive of a local --repo; with --repo-peer it is not built yet")
 	}
 	if o.At != nil {
 		if err := o.At.recovery("-").Validate(); err != nil {
@@ -410,11 +409,19 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	if o.RepoPeer != "" {
 		// Here, to report a mover that does not trust us (or lacks the
 		// restore point) at once; the serve process connects again.
-		src, err := OpenSource(ctx, SourceOptions{RepoPeer: o.RepoPeer, Home: pb.home, Remote: mover.RemoteRepoOptions{RetryFor: -1, Log: pb.log}})
+		so := SourceOptions{RepoPeer: o.RepoPeer, Home: pb.home, Remote: mover.RemoteRepoOptions{RetryFor: -1, Log: pb.log}}
+		id := o.RestorePoint
+		if o.At != nil && id == "latest" {
+			var err error
+			if id, err = pointBefore(ctx, so, o.At); err != nil {
+				return nil, err
+			}
+		}
+		src, err := OpenSource(ctx, so)
 		if err != nil {
 			return nil, err
 		}
-		p, err := src.Resolve(ctx, o.RestorePoint)
+		p, err := src.Resolve(ctx, id)
 		src.Close()
 		if err != nil {
 			return nil, fmt.Errorf("restore point %s on %s: %w", o.RestorePoint, o.RepoPeer, err)
@@ -702,11 +709,11 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		return err
 	}
 
-	tree, chunks, closeRepo, err := pb.openPubRepo(ctx, p, log)
+	tree, src, err := pb.openPubRepo(ctx, p, log)
 	if err != nil {
 		return fail(err)
 	}
-	defer closeRepo()
+	defer src.Close()
 	mnt := p.Mountpoint()
 	if err := os.MkdirAll(p.BaseDir, 0o755); err != nil {
 		return fail(err)
@@ -721,7 +728,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.Mounted = true }); err != nil {
 		return fail(err)
 	}
-	m, err := staging.Mount(ctx, p.Lower(), tree, chunks, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: log})
+	m, err := staging.Mount(ctx, p.Lower(), tree, src, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: log})
 	if err != nil {
 		pb.release(context.WithoutCancel(ctx), p, !keepCow)
 		return fail(err)
@@ -743,12 +750,22 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if !opts.KeepHBA {
 		opts.HBAFile, err = writeStrictHBA(p.RunDir(), p.Listen)
 	}
+	var proxy *walproxy.Server
 	if err == nil && p.At != nil && p.Reached == nil {
-		opts.Recovery, err = walRecovery(ctx, p.At, p.Self, p.Repo, p.OSUser)
+		if p.RepoPeer == "" {
+			opts.Recovery, err = walRecovery(ctx, p.At, p.Self, p.Repo, p.OSUser)
+		} else if proxy, err = startWALProxy(ctx, src, p.OSUser, log); err == nil {
+			// This process fetches the WAL for the instance, as an
+			// export's does (export.go).
+			opts.Recovery, err = walRecoveryFrom(ctx, p.At, p.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
+		}
 	}
 	var in *staging.Instance
 	if err == nil {
 		in, err = staging.StartInstance(ctx, opts)
+	}
+	if proxy != nil {
+		proxy.Close()
 	}
 	if err != nil {
 		_ = unmountOverlay(p, 5*time.Second)
@@ -830,7 +847,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 // repository mover, whose reads block and retry through a lost connection
 // for p.RetryFor rather than failing, so that an outage of the repository
 // host stalls the instance's reads instead of ending the publication.
-func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.Logger) ([]chunkstore.Node, staging.ChunkReader, func(), error) {
+func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.Logger) ([]chunkstore.Node, Source, error) {
 	retry := p.RetryFor
 	if retry <= 0 {
 		retry = defaultPubRetryFor
@@ -838,9 +855,9 @@ func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.
 	src, _, tree, err := OpenRestorePoint(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: pb.home,
 		Remote: mover.RemoteRepoOptions{RetryFor: retry, Log: log}, Log: log}, p.RestorePoint)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	return tree, src, func() { src.Close() }, nil
+	return tree, src, nil
 }
 
 // unmountPub unmounts, retrying while postgres's last processes let go of

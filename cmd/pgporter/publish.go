@@ -124,8 +124,7 @@ Examples:
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
 	for _, f := range []string{"at", "at-lsn", "at-name", "at-timeline"} {
-		c.MarkFlagsMutuallyExclusive(f, "repo-peer")
-		c.MarkFlagsMutuallyExclusive(f, "on")
+		c.MarkFlagsMutuallyExclusive(f, "on") // not built yet
 	}
 	return c
 }

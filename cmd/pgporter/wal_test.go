@@ -528,7 +528,21 @@ func TestExportAtRepoPeer(t *testing.T) {
 		require.Equal(t, exitOK, code, errs)
 		require.Equal(t, tc.want, c.Query(t, tc.db, "SELECT count(*) FROM orders"), "export --repo-peer --at %s", tc.at)
 	}
+
+	// A publication as of the noted time, from the repository mover: its
+	// background process fetches the WAL for its instance.
+	port := freeTCPPort(t)
+	pub := publishFrom(t, home, []string{"--repo-peer", peer}, port, "--at", noted)
+	require.NotNil(t, pub.Reached)
+	conn := pubConn(t, port, "shop")
+	var n int
+	require.NoError(t, conn.QueryRow(t.Context(), "SELECT count(*) FROM orders").Scan(&n))
+	require.Equal(t, 250, n)
+	conn.Close(t.Context())
+	code, _, errs = runCLI(t, "--home", home, "unpublish", pub.ID)
+	require.Equal(t, 0, code, errs)
+
 	ents, err := filepath.Glob(filepath.Join(os.TempDir(), "pgporter-wal-*"))
 	require.NoError(t, err)
-	require.Empty(t, ents, "the WAL proxy's socket is gone")
+	require.Empty(t, ents, "the WAL proxies' sockets are gone")
 }
