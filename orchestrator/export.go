@@ -1,7 +1,9 @@
 package orchestrator
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -678,6 +680,12 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 					feed.Add(staging.GlobalsFile)
 				}
 			}
+			if err == nil {
+				// What the dump is of: beside pg_dump's files, as globals.sql.
+				if err = x.writeSource(res.Dir, db, in.Version); err == nil && feed != nil {
+					feed.Add(SourceFile)
+				}
+			}
 			if feed != nil {
 				feed.Close(err)
 			}
@@ -906,6 +914,60 @@ func reachable(dir string) error {
 			return nil
 		}
 	}
+}
+
+// SourceFile is the file beside pg_dump's in each exported dump that says
+// what the dump is of: the session, the restore point and its repository,
+// for a point-in-time export the target and the point the recovery reached,
+// and the filter. pg_restore ignores it; the transfer's manifest covers it.
+const SourceFile = "pgporter-source.json"
+
+// DumpSource is the content of SourceFile.
+type DumpSource struct {
+	Format       int                 `json:"format"` // 1
+	Session      string              `json:"session"`
+	Database     string              `json:"database"`
+	RestorePoint string              `json:"restore_point"`
+	Repository   string              `json:"repository"` // a directory, or a repository mover's ADDR#PEER_ID
+	PGVersion    string              `json:"pg_version"`
+	At           *PointInTime        `json:"at,omitempty"`
+	Reached      *staging.Reached    `json:"reached,omitempty"`
+	Filter       *staging.DumpFilter `json:"filter,omitempty"`
+	Dumped       time.Time           `json:"dumped"`
+}
+
+// writeSource writes db's SourceFile into its dump directory dir, through
+// a synced temporary file.
+func (x *sessionRun) writeSource(dir, db, version string) error {
+	p := x.plan()
+	x.mu.Lock()
+	reached := x.s.Reached
+	x.mu.Unlock()
+	src := DumpSource{Format: 1, Session: x.s.ID, Database: db, RestorePoint: p.RestorePoint, Repository: cmp.Or(p.Repo, p.RepoPeer),
+		PGVersion: version, At: p.At, Reached: reached, Filter: p.Filter, Dumped: time.Now().UTC()}
+	b, err := json.MarshalIndent(src, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".pgporter-source-")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", SourceFile, err)
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err = errors.Join(err, f.Close()); err == nil {
+		err = os.Rename(f.Name(), filepath.Join(dir, SourceFile))
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", SourceFile, err)
+	}
+	return nil
 }
 
 // linkGlobals puts the session's globals.sql (written and synced once by

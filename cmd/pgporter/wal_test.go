@@ -209,6 +209,17 @@ func TestExportAt(t *testing.T) {
 		code, out, errs = runCLI(t, "--home", home, "sessions", "show", res.Session)
 		require.Equal(t, 0, code, errs)
 		require.Contains(t, out, "reached        LSN ")
+		// The dump says what it is of.
+		b, err := os.ReadFile(filepath.Join(to, "shop", orchestrator.SourceFile))
+		require.NoError(t, err)
+		var src orchestrator.DumpSource
+		require.NoError(t, json.Unmarshal(b, &src))
+		require.Equal(t, res.Session, src.Session)
+		require.Equal(t, "shop", src.Database)
+		require.NotNil(t, src.At)
+		require.NotNil(t, src.Reached)
+		require.Contains(t, out, "reached        LSN "+src.Reached.LSN)
+		require.Equal(t, []string{"orders"}, src.Filter.Tables)
 	}
 
 	// A publication as of the noted time; it records what it reached, so
