@@ -173,8 +173,6 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
 	case p.Target != "" && p.Overwrite:
 		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
-	case p.At != nil && p.Staging != "":
-		return nil, fmt.Errorf("%w: a point-in-time export (--at) with --staging is not built yet (with --repo-peer alone it is)", ErrBadPlan)
 	}
 	if p.Filter.IsZero() {
 		p.Filter = nil

@@ -34,7 +34,22 @@ func planToWire(p *Plan) *protocol.JobPlan {
 		SplitTables:         p.SplitTables,
 		UnpublishAfter:      p.UnpublishAfter,
 		Filter:              filterToWire(p.Filter),
+		At:                  atToWire(p.At),
 	}
+}
+
+func atToWire(a *PointInTime) *protocol.JobPointInTime {
+	if a == nil {
+		return nil
+	}
+	return &protocol.JobPointInTime{Time: a.Time, LSN: a.LSN, Name: a.Name, Timeline: a.Timeline}
+}
+
+func atFromWire(w *protocol.JobPointInTime) *PointInTime {
+	if w == nil {
+		return nil
+	}
+	return &PointInTime{Time: w.Time, LSN: w.LSN, Name: w.Name, Timeline: w.Timeline}
 }
 
 func filterToWire(f *staging.DumpFilter) *protocol.JobFilter {
@@ -74,6 +89,7 @@ func planFromWire(w *protocol.JobPlan) Plan {
 		SplitTables:         w.SplitTables,
 		UnpublishAfter:      w.UnpublishAfter,
 		Filter:              filterFromWire(w.Filter),
+		At:                  atFromWire(w.At),
 	}
 }
 

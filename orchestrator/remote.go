@@ -151,6 +151,9 @@ type StagingJobs struct {
 	// ExportDone, if set, is called when an export job ends with its
 	// session done (the daemon's metrics keep the time).
 	ExportDone func(session string)
+	// Self is as Options.Self: how a point-in-time export job's instance
+	// runs this pgporter ("" means this process's executable).
+	Self string
 
 	mu      sync.Mutex             // guards running
 	running map[string]*stagingRun // the job running each export session
@@ -202,7 +205,7 @@ func (j *StagingJobs) runExportJob(ctx context.Context, jb *protocol.RunJob, emi
 	}
 	defer release()
 	var r *Runner
-	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) {
+	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Self: j.Self, Password: jb.Password, Events: func(e Event) {
 		ev := eventToWire(e)
 		switch {
 		case e.Kind == protocol.EventSkip && e.Step != "":

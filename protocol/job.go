@@ -27,7 +27,8 @@ import (
 // is a new version; a receiver refuses a version it does not speak with an
 // error matching ErrVersion.
 //
-// Version 2 added JobPlan.Filter (export --table and its kin).
+// Version 2 added JobPlan.Filter (export --table and its kin) and JobPlan.At
+// (export --at).
 const JobVersion = 2
 
 // MaxJobBody bounds the JSON body of RunJob and JobEvent.
@@ -134,6 +135,40 @@ type JobPlan struct {
 	UnpublishAfter      bool     `json:"unpublish_after,omitempty"`
 	// Filter narrows each dump; absent: whole databases.
 	Filter *JobFilter `json:"filter,omitempty"`
+	// At makes the export point-in-time: the instance recovers with the
+	// repository's WAL archive to it; absent: as of the restore point.
+	At *JobPointInTime `json:"at,omitempty"`
+}
+
+// JobPointInTime is a point-in-time export's recovery target: at most one
+// of Time, LSN and Name (none: the end of the archive), and the timeline
+// recovery follows.
+type JobPointInTime struct {
+	Time     time.Time `json:"time,omitzero"`
+	LSN      string    `json:"lsn,omitempty"`
+	Name     string    `json:"name,omitempty"`
+	Timeline string    `json:"timeline,omitempty"`
+}
+
+// maxTargetText bounds JobPointInTime's text fields, in bytes.
+const maxTargetText = 256
+
+func (a *JobPointInTime) check() error {
+	n := 0
+	for _, v := range []string{a.LSN, a.Name, a.Timeline} {
+		if len(v) > maxTargetText || strings.ContainsAny(v, "\x00\n'") || !utf8.ValidString(v) {
+			return violation("a point-in-time target holds more than %d bytes, or a NUL, newline or quote", maxTargetText)
+		}
+	}
+	for _, set := range []bool{!a.Time.IsZero(), a.LSN != "", a.Name != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return violation("a point-in-time target names more than one of a time, an LSN and a name")
+	}
+	return nil
 }
 
 // JobFilter narrows each dump to some tables or schemas, with pg_dump's
@@ -247,7 +282,12 @@ func (m *RunJob) check() error {
 	case m.Password != "" && !need.plan:
 		return violation("job kind %q does not take a password", m.Kind)
 	case m.Plan != nil && m.Plan.Filter != nil:
-		return m.Plan.Filter.check()
+		if err := m.Plan.Filter.check(); err != nil {
+			return err
+		}
+	}
+	if m.Plan != nil && m.Plan.At != nil {
+		return m.Plan.At.check()
 	}
 	return nil
 }

@@ -88,9 +88,10 @@ After a failover the archive holds several timelines: recovery follows the
 newest one that descends from the restore point (--at-timeline latest), or
 stays on the restore point's own (--at-timeline current), or takes the one
 named; 'restore-points' shows where each timeline ends. With --repo-peer the
-archive is the repository mover's: this process fetches the WAL for the
-instance (its restore_command reaches it through a socket that only the
-instance's OS user can use). Not with --staging yet.
+archive is the repository mover's: the process that runs the instance (this
+one, or the staging mover's with --staging) fetches the WAL for it, and its
+restore_command reaches it through a socket only the instance's OS user can
+use.
 
 Every step is journaled under --home. If the export fails or is interrupted,
 'pgporter retry SESSION' continues from the first unfinished step (finished
@@ -148,9 +149,6 @@ Flags that make no sense together are refused, naming both.`,
 	c.MarkFlagsMutuallyExclusive("overwrite", "target")
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
 	c.MarkFlagsMutuallyExclusive("data-only", "schema-only")
-	for _, f := range []string{"at", "at-lsn", "at-name", "at-timeline"} {
-		c.MarkFlagsMutuallyExclusive(f, "staging") // not built yet
-	}
 	// The publication is the source and the staging host; its instance is
 	// running already, and it dumps what it has.
 	for _, f := range []string{"repo", "repo-peer", "staging", "restore-point", "allow-missing-preload", "globals", "overwrite", "at", "at-lsn", "at-name", "at-timeline", "table", "schema", "exclude-table", "data-only", "schema-only"} {

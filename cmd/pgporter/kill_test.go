@@ -52,7 +52,7 @@ var listenLineRE = regexp.MustCompile(`^listening on (\S+) as \S+$`)
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), testMainEnv+"=1")
+	cmd.Env = append(os.Environ(), testMainEnv+"=1", testSelfEnv+"="+selfCommand)
 	return startCmd(t, cmd)
 }
 

@@ -17,8 +17,15 @@ import (
 // are real processes it can SIGKILL without building anything extra.
 const testMainEnv = "PGPORTER_TEST_MAIN"
 
+// testSelfEnv hands a child running the CLI the test's selfCommand.
+const testSelfEnv = "PGPORTER_TEST_SELF"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(testMainEnv) == "1" {
+		// A child running the CLI (a mover serve): the restore_command of
+		// the instances it starts runs the copy of this binary that the
+		// test made for the instance's OS user (archivingCluster).
+		selfCommand = os.Getenv(testSelfEnv)
 		os.Exit(mainCode())
 	}
 	// A fresh machine's mounts (no fusectl): a killed export stuck on its

@@ -96,7 +96,7 @@ Example:
 // stagingJobs is the job runner of this mover, with the settings that only
 // this host decides, made absolute.
 func stagingJobs(g *globals, so serveOpts, serve orchestrator.ServeCommand) (*orchestrator.StagingJobs, error) {
-	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log, Serve: serve, Roots: slices.Clone(so.roots), OSUser: so.osUser, PublishListen: so.publishListen}
+	jobs := &orchestrator.StagingJobs{Home: g.home, Log: g.log, Self: selfCommand, Serve: serve, Roots: slices.Clone(so.roots), OSUser: so.osUser, PublishListen: so.publishListen}
 	if so.osUser == "" {
 		return nil, usagef("--os-user must name an OS user")
 	}

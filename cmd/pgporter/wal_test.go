@@ -540,6 +540,24 @@ func TestExportAtRepoPeer(t *testing.T) {
 		require.Equal(t, tc.want, c.Query(t, tc.db, "SELECT count(*) FROM orders"), "export --repo-peer --at %s", tc.at)
 	}
 
+	// Through a staging mover: the job carries the target, and the staging
+	// mover fetches the WAL for the instance it starts.
+	stagingHome, stagingID := initMoverHome(t)
+	targetHome, targetID := initMoverHome(t)
+	for _, tr := range [][]string{{stagingID, "read", srvHome}, {stagingID, "send", targetHome}, {homeID, "orchestrate", stagingHome}} {
+		code, _, errs := runCLI(t, "mover", "trust", tr[0], "--allow", tr[1], "--home", tr[2])
+		require.Equal(t, 0, code, errs)
+	}
+	root := t.TempDir()
+	staging := startProc(t, "--home", stagingHome, "mover", "serve", "--listen", "127.0.0.1:0", "--staging-dir", cliStagingDir(t))
+	target := startProc(t, "--home", targetHome, "mover", "serve", "--listen", "127.0.0.1:0", "--root", root)
+	code, out, errs := runCLI(t, "--home", home, "export", "--repo-peer", peer, "--staging", staging.waitListening(t)+"#"+stagingID,
+		"--target", target.waitListening(t)+"#"+targetID, "--at", noted, "--db", "shop", "--to", filepath.Join(root, "staged"))
+	require.Equal(t, 0, code, "%s\n%s", out, errs)
+	code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(root, "staged", "shop"), "--dbname", "shop_staged", "--create"}, flags...)...)
+	require.Equal(t, exitOK, code, errs)
+	require.Equal(t, "250", c.Query(t, "shop_staged", "SELECT count(*) FROM orders"), "export --staging --at")
+
 	// A publication as of the noted time, from the repository mover: its
 	// background process fetches the WAL for its instance.
 	port := freeTCPPort(t)
