@@ -131,6 +131,8 @@ func sampleMessages() map[string]Message {
 		"RunJob":                    &RunJob{Kind: JobExport, Version: JobVersion, Session: "x-1", Plan: &JobPlan{RepoPeer: "127.0.0.1:7000#AAAA", Databases: []string{"a", "<&>"}, To: "/srv/dumps", Jobs: 2}, Password: "pw"},
 		"RunJob/filter": &RunJob{Kind: JobExport, Version: JobVersion, Session: "x-2", Plan: &JobPlan{Databases: []string{"shop"}, To: "/srv/dumps",
 			Filter: &JobFilter{Tables: []string{"public.orders", `"Mixed".*`}, ExcludeTables: []string{"*_log"}, DataOnly: true}}},
+		"RunJob/at": &RunJob{Kind: JobExport, Version: JobVersion, Session: "x-3", Plan: &JobPlan{Databases: []string{"shop"}, To: "/srv/dumps",
+			At: &JobPointInTime{Time: time.Date(2026, 12, 1, 14, 32, 0, 0, time.UTC), Timeline: "current"}}},
 		"RunJob/list":       &RunJob{Kind: JobListPublications, Version: JobVersion},
 		"RunJob/publish":    &RunJob{Kind: JobPublish, Version: JobVersion, Publish: &PublishSpec{Repo: "/r", RetryFor: time.Minute, Port: 5433}},
 		"RunJob/unpublish":  &RunJob{Kind: JobUnpublish, Version: JobVersion, Publication: "p-1"},
@@ -499,6 +501,8 @@ func TestJobMessagesRefused(t *testing.T) {
 		{"error in a step event", TypeJobEvent, `{"kind":"done","v":2,"error":"x"}`, ErrProtocol, `a job event of kind "done" carries an error`},
 		{"empty filter pattern", TypeRunJob, `{"kind":"export","v":2,"session":"x-1","plan":{"databases":["a"],"filter":{"tables":[""]}}}`, ErrProtocol, "dump filter pattern is empty"},
 		{"NUL in a filter pattern", TypeRunJob, `{"kind":"export","v":2,"session":"x-1","plan":{"databases":["a"],"filter":{"schemas":["a\u0000b"]}}}`, ErrProtocol, "dump filter pattern"},
+		{"two targets", TypeRunJob, `{"kind":"export","v":2,"session":"x-1","plan":{"databases":["a"],"at":{"lsn":"0/1","name":"n"}}}`, ErrProtocol, "more than one of a time, an LSN and a name"},
+		{"quote in a target", TypeRunJob, `{"kind":"export","v":2,"session":"x-1","plan":{"databases":["a"],"at":{"name":"x'; DROP"}}}`, ErrProtocol, "NUL, newline or quote"},
 		{"data-only and schema-only", TypeRunJob, `{"kind":"export","v":2,"session":"x-1","plan":{"databases":["a"],"filter":{"data_only":true,"schema_only":true}}}`, ErrProtocol, "data-only and schema-only"},
 		{"publications in an end event", TypeJobEvent, `{"kind":"end","v":2,"publications":[]}`, ErrProtocol, "not in the encoding"},
 	} {
