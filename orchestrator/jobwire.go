@@ -107,6 +107,7 @@ func publishToWire(o PublishOptions) *protocol.PublishSpec {
 		StrictHBA:    o.StrictHBA,
 		OSUser:       o.OSUser,
 		OnRestart:    o.OnRestart,
+		At:           atToWire(o.At),
 	}
 }
 
@@ -122,6 +123,7 @@ func publishFromWire(w *protocol.PublishSpec) PublishOptions {
 		StrictHBA:    w.StrictHBA,
 		OSUser:       w.OSUser,
 		OnRestart:    w.OnRestart,
+		At:           atFromWire(w.At),
 	}
 }
 

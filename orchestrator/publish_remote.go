@@ -43,7 +43,7 @@ func (j *StagingJobs) runPubJob(ctx context.Context, jb *protocol.RunJob, emit f
 		if err := j.confinePublish(&o); err != nil {
 			return err
 		}
-		o.Serve, o.ServeEnv = j.Serve.Args, j.Serve.Env
+		o.Serve, o.ServeEnv, o.Self = j.Serve.Args, j.Serve.Env, j.Self
 		p, err = pb.Publish(ctx, o)
 	case protocol.JobListPublications:
 		var ps []*Publication

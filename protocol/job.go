@@ -27,8 +27,8 @@ import (
 // is a new version; a receiver refuses a version it does not speak with an
 // error matching ErrVersion.
 //
-// Version 2 added JobPlan.Filter (export --table and its kin) and JobPlan.At
-// (export --at).
+// Version 2 added JobPlan.Filter (export --table and its kin), JobPlan.At
+// (export --at) and PublishSpec.At (publish --on --at).
 const JobVersion = 2
 
 // MaxJobBody bounds the JSON body of RunJob and JobEvent.
@@ -211,6 +211,8 @@ type PublishSpec struct {
 	StrictHBA    bool          `json:"strict_hba,omitempty"`
 	OSUser       string        `json:"os_user,omitempty"`
 	OnRestart    string        `json:"on_restart,omitempty"`
+	// At makes the publication point-in-time, as JobPlan.At an export.
+	At *JobPointInTime `json:"at,omitempty"`
 }
 
 // JobEvent reports an event of a running job.
@@ -288,6 +290,9 @@ func (m *RunJob) check() error {
 	}
 	if m.Plan != nil && m.Plan.At != nil {
 		return m.Plan.At.check()
+	}
+	if m.Publish != nil && m.Publish.At != nil {
+		return m.Publish.At.check()
 	}
 	return nil
 }

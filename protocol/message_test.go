@@ -134,7 +134,7 @@ func sampleMessages() map[string]Message {
 		"RunJob/at": &RunJob{Kind: JobExport, Version: JobVersion, Session: "x-3", Plan: &JobPlan{Databases: []string{"shop"}, To: "/srv/dumps",
 			At: &JobPointInTime{Time: time.Date(2026, 12, 1, 14, 32, 0, 0, time.UTC), Timeline: "current"}}},
 		"RunJob/list":       &RunJob{Kind: JobListPublications, Version: JobVersion},
-		"RunJob/publish":    &RunJob{Kind: JobPublish, Version: JobVersion, Publish: &PublishSpec{Repo: "/r", RetryFor: time.Minute, Port: 5433}},
+		"RunJob/publish":    &RunJob{Kind: JobPublish, Version: JobVersion, Publish: &PublishSpec{Repo: "/r", RetryFor: time.Minute, Port: 5433, At: &JobPointInTime{LSN: "0/3000148"}}},
 		"RunJob/unpublish":  &RunJob{Kind: JobUnpublish, Version: JobVersion, Publication: "p-1"},
 		"JobEvent":          &JobEvent{Kind: EventDone, Version: JobVersion, Step: "dump:a", Done: 123, WireBytes: 45, Text: "3 tables", Manifest: "ab12"},
 		"JobEvent/end":      &JobEvent{Kind: EventEnd, Version: JobVersion, Error: "no", Code: "not-found", Reason: "not-repo"},

@@ -123,9 +123,6 @@ Examples:
 	f.StringVar(&o.atTimeline, "at-timeline", "", "with --at, --at-lsn or --at-name: the timeline recovery follows (latest, current, or an ID; as export --at-timeline)")
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
-	for _, f := range []string{"at", "at-lsn", "at-name", "at-timeline"} {
-		c.MarkFlagsMutuallyExclusive(f, "on") // not built yet
-	}
 	return c
 }
 

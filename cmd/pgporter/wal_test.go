@@ -551,12 +551,28 @@ func TestExportAtRepoPeer(t *testing.T) {
 	root := t.TempDir()
 	staging := startProc(t, "--home", stagingHome, "mover", "serve", "--listen", "127.0.0.1:0", "--staging-dir", cliStagingDir(t))
 	target := startProc(t, "--home", targetHome, "mover", "serve", "--listen", "127.0.0.1:0", "--root", root)
-	code, out, errs := runCLI(t, "--home", home, "export", "--repo-peer", peer, "--staging", staging.waitListening(t)+"#"+stagingID,
+	stagingPeer := staging.waitListening(t) + "#" + stagingID
+	code, out, errs := runCLI(t, "--home", home, "export", "--repo-peer", peer, "--staging", stagingPeer,
 		"--target", target.waitListening(t)+"#"+targetID, "--at", noted, "--db", "shop", "--to", filepath.Join(root, "staged"))
 	require.Equal(t, 0, code, "%s\n%s", out, errs)
 	code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(root, "staged", "shop"), "--dbname", "shop_staged", "--create"}, flags...)...)
 	require.Equal(t, exitOK, code, errs)
 	require.Equal(t, "250", c.Query(t, "shop_staged", "SELECT count(*) FROM orders"), "export --staging --at")
+
+	// publish --on the staging mover's host, as of the noted time.
+	onPort := freeTCPPort(t)
+	code, out, errs = runCLI(t, "--home", home, "publish", "--on", stagingPeer, "--repo-peer", peer,
+		"--restore-point", "latest", "--port", strconv.Itoa(onPort), "--at", noted, "--json")
+	require.Equal(t, 0, code, "%s\n%s", out, errs)
+	var onPub struct{ ID string }
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &onPub), out)
+	onConn := pubConn(t, onPort, "shop")
+	var onRows int
+	require.NoError(t, onConn.QueryRow(t.Context(), "SELECT count(*) FROM orders").Scan(&onRows))
+	require.Equal(t, 250, onRows, "publish --on --at")
+	onConn.Close(t.Context())
+	code, _, errs = runCLI(t, "--home", home, "unpublish", onPub.ID)
+	require.Equal(t, 0, code, errs)
 
 	// A publication as of the noted time, from the repository mover: its
 	// background process fetches the WAL for its instance.
