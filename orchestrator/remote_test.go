@@ -53,6 +53,21 @@ func trust(t *testing.T, home string, peer mover.PeerID, perms mover.Perm) {
 	require.NoError(t, ts.Trust(mover.TrustedPeer{ID: peer, Name: "test", Perms: perms, Added: time.Now()}))
 }
 
+// threeMovers serves f's repository, a staging mover (exportDone its
+// StagingJobs.ExportDone) and a target with root to, the staging mover
+// trusted by the other two.
+func threeMovers(t *testing.T, f *fixture, to string, exportDone func(string)) (repo, staging, target testMover) {
+	t.Helper()
+	stagingHome := t.TempDir()
+	stagingID := identity(t, stagingHome)
+	repo = serveMover(t, mover.ServerOptions{Repo: f.repo})
+	target = serveMover(t, mover.ServerOptions{Roots: []string{to}})
+	staging = serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t), ExportDone: exportDone}})
+	trust(t, repo.home, stagingID, mover.PermRead)
+	trust(t, target.home, stagingID, mover.PermSend)
+	return repo, staging, target
+}
+
 // TestExportAcrossMovers runs an export with the repository, staging and
 // target as three movers (over loopback QUIC) and the orchestrator as a
 // fourth identity: the dumps arrive at the target and restore equal to the
@@ -61,15 +76,9 @@ func TestExportAcrossMovers(t *testing.T) {
 	f := newFixture(t)
 	to := t.TempDir()
 	orch := t.TempDir()
-	stagingHome := t.TempDir()
-	stagingID := identity(t, stagingHome)
-	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
-	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
 	exportsDone := make(chan string, 4)
-	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t),
-		ExportDone: func(id string) { exportsDone <- id }}})
-	trust(t, repo.home, stagingID, mover.PermRead)
-	trust(t, target.home, stagingID, mover.PermSend)
+	repo, staging, target := threeMovers(t, f, to, func(id string) { exportsDone <- id })
+	stagingHome, stagingID := staging.home, staging.id
 	orchID := identity(t, orch)
 
 	r := newRunner(t, orch, nil)
@@ -188,13 +197,7 @@ func TestExportAcrossMoversFiltered(t *testing.T) {
 	f := newFixture(t)
 	to := t.TempDir()
 	orch := t.TempDir()
-	stagingHome := t.TempDir()
-	stagingID := identity(t, stagingHome)
-	repo := serveMover(t, mover.ServerOptions{Repo: f.repo})
-	target := serveMover(t, mover.ServerOptions{Roots: []string{to}})
-	staging := serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t)}})
-	trust(t, repo.home, stagingID, mover.PermRead)
-	trust(t, target.home, stagingID, mover.PermSend)
+	repo, staging, target := threeMovers(t, f, to, nil)
 	trust(t, staging.home, identity(t, orch), mover.PermOrchestrate)
 	r := newRunner(t, orch, nil)
 

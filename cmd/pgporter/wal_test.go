@@ -130,20 +130,31 @@ func waitArchived(t *testing.T, c *testsupport.Cluster) {
 	}
 }
 
-// TestExportAt is the story: archive on, backup, rows inserted,
-// the time noted, the rows deleted. An export --at the noted time holds
-// them; one --at end does not. sessions show says what the replay reached.
-func TestExportAt(t *testing.T) {
+// lostRows is the story up to the export: a cluster archiving into
+// repo, backed up with 100 rows in shop.orders, then 150 more, the time
+// noted, and all but the first 50 deleted, archived.
+func lostRows(t *testing.T) (c *testsupport.Cluster, repo, noted string) {
+	t.Helper()
 	testsupport.RequireFUSE(t)
-	c, repo, _ := archivingCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c, repo, _ = archivingCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
 	c.CreateDB(t, "shop")
 	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key, item text); INSERT INTO orders SELECT g, 'before the backup' FROM generate_series(1, 100) g")
 	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
 	require.Equal(t, 0, code, errs)
 	c.Exec(t, "shop", "INSERT INTO orders SELECT g, 'after the backup' FROM generate_series(101, 250) g")
-	noted := c.Query(t, "shop", "SELECT clock_timestamp()::text")
+	noted = c.Query(t, "shop", "SELECT clock_timestamp()::text")
 	c.Exec(t, "shop", "DELETE FROM orders WHERE id > 50")
 	waitArchived(t, c)
+	return c, repo, noted
+}
+
+// TestExportAt is the story: archive on, backup, rows inserted,
+// the time noted, the rows deleted. An export --at the noted time holds
+// them; one --at end does not. sessions show says what the replay reached.
+func TestExportAt(t *testing.T) {
+	c, repo, noted := lostRows(t)
+	var code int
+	var errs string
 	t.Setenv("PGPASSWORD", "pw")
 
 	// restore-points says how far the archive takes the backup.
@@ -508,20 +519,11 @@ func TestWALFetchExitCodes(t *testing.T) {
 // process fetches from the mover for it (the instance's OS user cannot use
 // the mover identity): the rows deleted after the noted time are there.
 func TestExportAtRepoPeer(t *testing.T) {
-	testsupport.RequireFUSE(t)
-	c, repo, _ := archivingCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
-	c.CreateDB(t, "shop")
-	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key); INSERT INTO orders SELECT generate_series(1, 100)")
-	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
-	require.Equal(t, 0, code, errs)
-	c.Exec(t, "shop", "INSERT INTO orders SELECT generate_series(101, 250)")
-	noted := c.Query(t, "shop", "SELECT clock_timestamp()::text")
-	c.Exec(t, "shop", "DELETE FROM orders WHERE id > 50")
-	waitArchived(t, c)
+	c, repo, noted := lostRows(t)
 
 	srvHome, srvID := initMoverHome(t)
 	home, homeID := initMoverHome(t)
-	code, _, errs = runCLI(t, "mover", "trust", homeID, "--allow", "read", "--home", srvHome)
+	code, _, errs := runCLI(t, "mover", "trust", homeID, "--allow", "read", "--home", srvHome)
 	require.Equal(t, 0, code, errs)
 	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo)
 	peer := srv.waitListening(t) + "#" + srvID
