@@ -1,0 +1,10 @@
+// Package s3test starts a real S3 server for tests: SeaweedFS on loopback,
+// built and run by scripts/s3-server, with static credentials, a plain HTTP
+// endpoint and an HTTPS one whose self-signed certificate the tests trust.
+// Each Start is a server of its own, with its data in the test's temporary
+// directory; it dies with the test binary.
+//
+// It is imported only by tests. It is not a fake: there is no in-memory S3
+// here, and a test that needs the server skips without it, or fails when
+// CI=true.
+package s3test
