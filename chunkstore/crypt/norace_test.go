@@ -1,0 +1,5 @@
+//go:build !race
+
+package crypt_test
+
+const raceEnabled = false
