@@ -168,7 +168,9 @@ func (j *Journal) Lock(id string) (*Lock, error) {
 	defer cancel()
 	dying, rerr := staging.ReleaseDying(ctx, pid, mnt)
 	if !dying {
-		return nil, err
+		// Alive, or it finished exiting since the first try (a zombie
+		// holds no lock): try once more.
+		return j.tryLock(id)
 	}
 	if rerr != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRunning, rerr) // names the process, its wait, the mount and what to run
