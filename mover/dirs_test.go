@@ -41,6 +41,13 @@ func TestSendDirModes(t *testing.T) {
 	for d, m := range modes {
 		require.NoError(t, os.Chmod(filepath.Join(src, d), m))
 	}
+	// Each directory's modification time arrives too (protocol 10), the
+	// root's and an empty one's included: set last, as rsync -a does.
+	times := map[string]time.Time{}
+	for i, d := range []string{".", "pub", "pub/empty", "locked", "hostile", "hostile/sub"} {
+		times[d] = time.Date(2025, 1, 2, 3, 4, 5, i*1000, time.UTC)
+		require.NoError(t, os.Chtimes(filepath.Join(src, d), times[d], times[d]))
+	}
 	dest := filepath.Join(r.root, "modes")
 	s := newTestSender(t, r, PermSend)
 	res, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
@@ -52,9 +59,30 @@ func TestSendDirModes(t *testing.T) {
 		require.NoError(t, err, d)
 		require.True(t, fi.IsDir(), d)
 		require.Equal(t, fs.ModeDir|m, fi.Mode(), "mode of %s", d)
+		require.True(t, times[d].Equal(fi.ModTime()), "time of %s: %v, sent %v", d, fi.ModTime(), times[d])
 	}
 	_, err = Verify(context.Background(), dest)
 	require.NoError(t, err)
+}
+
+// TestSendDirTimesToOldReceiver: a receiver of protocol 9 gets the
+// directories and their modes but no DirTime (it would refuse one).
+func TestSendDirTimesToOldReceiver(t *testing.T) {
+	asVersion(t, protocol.DirTimeVersion-1)
+	r := startReceiver(t, ServerOptions{Reserve: 1})
+	src := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(src, "empty"), 0o751))
+	old := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	require.NoError(t, os.Chtimes(filepath.Join(src, "empty"), old, old))
+	dest := filepath.Join(r.root, "v9")
+	s := newTestSender(t, r, PermSend)
+	res, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Dirs)
+	fi, err := os.Stat(filepath.Join(dest, "empty"))
+	require.NoError(t, err)
+	require.Equal(t, fs.ModeDir|0o751, fi.Mode())
+	require.True(t, fi.ModTime().After(old), "no time is sent below protocol 10")
 }
 
 // TestSendDirsToOldReceiver: a receiver below protocol 8 gets no Dir (it
@@ -135,6 +163,10 @@ func TestHostileDirs(t *testing.T) {
 		{"a file's name", append([]protocol.Message{&protocol.Dir{Path: "f", Mode: 0o755}}, file("f")...), protocol.ErrBadPath, "as a directory and as a file"},
 		{"inside a file", append([]protocol.Message{&protocol.Dir{Path: "f/sub", Mode: 0o755}}, file("f")...), protocol.ErrBadPath, "inside the file f"},
 		{"too many", []protocol.Message{&protocol.Dir{Path: "a", Mode: 0o755}, &protocol.Dir{Path: "b", Mode: 0o755}, &protocol.Dir{Path: "c", Mode: 0o755}}, protocol.ErrTooLarge, "more than 2 directories"},
+		{"time of an unlisted directory", []protocol.Message{&protocol.DirTime{Path: "a", MTime: 1}}, protocol.ErrProtocol, "which no Dir listed"},
+		{"time twice", []protocol.Message{&protocol.Dir{Path: "a", Mode: 0o755}, &protocol.DirTime{Path: "a", MTime: 1}, &protocol.DirTime{Path: "a", MTime: 2}}, protocol.ErrProtocol, "given twice"},
+		{"time after a file", append(append([]protocol.Message{&protocol.Dir{Path: "a", Mode: 0o755}}, file("f")[:3]...), &protocol.DirTime{Path: "a", MTime: 1}), protocol.ErrProtocol, "after the first file"},
+		{"time traversal", []protocol.Message{&protocol.DirTime{Path: "../evil", MTime: 1}}, protocol.ErrBadPath, ""},
 	}
 	defer func(n int) { maxDirs = n }(maxDirs)
 	maxDirs = 2
@@ -150,6 +182,16 @@ func TestHostileDirs(t *testing.T) {
 			require.NoDirExists(t, filepath.Join(filepath.Dir(r.root), "evil"))
 		})
 	}
+
+	t.Run("below protocol 10", func(t *testing.T) {
+		asVersion(t, protocol.DirTimeVersion-1)
+		r := startReceiver(t, ServerOptions{})
+		o := open(1)
+		o.Dest = filepath.Join(r.root, "d")
+		err := rawDirs(t, r, o, &protocol.Dir{Path: "a", Mode: 0o755}, &protocol.DirTime{Path: "a", MTime: 1})
+		require.ErrorIs(t, err, protocol.ErrProtocol)
+		require.Contains(t, err.Error(), "DirTime needs protocol 10")
+	})
 
 	t.Run("below protocol 8", func(t *testing.T) {
 		asVersion(t, protocol.DirVersion-1)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -116,6 +117,7 @@ type receiver struct {
 	files    []*rfile
 	paths    map[string]bool   // paths of files, to refuse duplicates
 	dirs     map[string]uint32 // directories the sender listed (protocol 8), with their modes; "." is DEST
+	dirTimes map[string]int64  // their modification times (protocol 10), Unix ns
 	replace  bool              // FlagOverwrite: an existing DEST is moved aside at commit
 	resuming bool              // positions were durable before this connection (they are looked up in pebble)
 	fc       *fileCache
@@ -445,6 +447,10 @@ func (r *receiver) control(ctx context.Context) error {
 			if err := r.addDir(m); err != nil {
 				return err
 			}
+		case *protocol.DirTime:
+			if err := r.addDirTime(m); err != nil {
+				return err
+			}
 		case *protocol.FileHeader:
 			if manifestDone || int(m.Index) != len(r.files) || (len(r.files) > 0 && !r.files[len(r.files)-1].ended) {
 				return fmt.Errorf("%w: file header %d out of order", protocol.ErrProtocol, m.Index)
@@ -543,6 +549,40 @@ func (r *receiver) addDir(m *protocol.Dir) error {
 		r.dirs = map[string]uint32{}
 	}
 	r.dirs[m.Path] = m.Mode
+	return nil
+}
+
+// addDirTime takes a listed directory's modification time (protocol 10):
+// after its Dir, once, before the first file.
+func (r *receiver) addDirTime(m *protocol.DirTime) error {
+	switch _, listed := r.dirs[m.Path]; {
+	case r.cs.version < protocol.DirTimeVersion:
+		return fmt.Errorf("%w: DirTime needs protocol %d", protocol.ErrProtocol, protocol.DirTimeVersion)
+	case len(r.files) > 0:
+		return fmt.Errorf("%w: DirTime %s after the first file", protocol.ErrProtocol, m.Path)
+	case !listed:
+		return fmt.Errorf("%w: DirTime of %s, which no Dir listed", protocol.ErrProtocol, m.Path)
+	}
+	if _, ok := r.dirTimes[m.Path]; ok {
+		return fmt.Errorf("%w: the time of directory %s given twice", protocol.ErrProtocol, m.Path)
+	}
+	if r.dirTimes == nil {
+		r.dirTimes = map[string]int64{}
+	}
+	r.dirTimes[m.Path] = m.MTime
+	return nil
+}
+
+// setDirTimes gives the directories their modification times, deepest
+// first, once nothing more is written in them.
+func (r *receiver) setDirTimes() error {
+	dirs := slices.Sorted(maps.Keys(r.dirTimes))
+	for i := len(dirs) - 1; i >= 0; i-- { // a directory sorts before what it holds
+		mt := time.Unix(0, r.dirTimes[dirs[i]])
+		if err := r.proot.Chtimes(filepath.FromSlash(dirs[i]), mt, mt); err != nil {
+			return fmt.Errorf("setting the time of directory %s: %w", dirs[i], err)
+		}
+	}
 	return nil
 }
 
@@ -1196,6 +1236,9 @@ func (r *receiver) commit(ctx context.Context) error {
 	body = append(body, '\n')
 	if err := writeManifestFile(r.proot, body); err != nil {
 		return fmt.Errorf("writing manifest: %w", err)
+	}
+	if err := r.setDirTimes(); err != nil {
+		return err
 	}
 	if err := syncDirs(r.proot, "."); err != nil {
 		return err

@@ -297,7 +297,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 		handles: map[uint32]*srcHandle{}, unchecked: map[uint32]bool{},
 	}
 	if tree != nil {
-		t.dirs = tree.dirs
+		t.dirs, t.dirTimes = tree.dirs, tree.dirTimes
 	}
 	if o.ReadAhead > 0 {
 		t.ra = newReadAhead(o.ReadAhead, o.Params)
@@ -365,6 +365,7 @@ type sendTransfer struct {
 	// warnBuffers logs small UDP buffers once per send, not per reconnect.
 	warnBuffers sync.Once
 	dirs        []protocol.Dir // the tree's directories, "." first (none for a growing tree)
+	dirTimes    []int64        // their modification times (protocol 10), or none
 	warnDirs    sync.Once      // an old receiver gets no dirs: said once per send
 
 	chunksSent atomic.Int64
@@ -719,9 +720,15 @@ func (t *sendTransfer) writeDirs(cs *controlStream) error {
 		}
 		return nil
 	}
+	times := cs.version >= protocol.DirTimeVersion && len(t.dirTimes) == len(t.dirs)
 	for i := range t.dirs {
 		if err := cs.queue(&t.dirs[i]); err != nil {
 			return err
+		}
+		if times {
+			if err := cs.queue(&protocol.DirTime{Path: t.dirs[i].Path, MTime: t.dirTimes[i]}); err != nil {
+				return err
+			}
 		}
 	}
 	t.res.Dirs = len(t.dirs)

@@ -118,9 +118,10 @@ func unixMode(fi fs.FileInfo) uint32 {
 
 // srcTree is what scanTree found in a source directory.
 type srcTree struct {
-	files   []*srcFile     // regular files, in path order
-	dirs    []protocol.Dir // every directory, "." (the source) first, in path order
-	special []SkippedEntry // everything else, in path order; never followed
+	files    []*srcFile     // regular files, in path order
+	dirs     []protocol.Dir // every directory, "." (the source) first, in path order
+	dirTimes []int64        // dirs' modification times, Unix ns (none for a single file)
+	special  []SkippedEntry // everything else, in path order; never followed
 }
 
 // scanTree lists the regular files and directories under src in path
@@ -149,6 +150,7 @@ func scanTree(src string) (*srcTree, error) {
 				return err
 			}
 			t.dirs = append(t.dirs, protocol.Dir{Path: rel, Mode: unixMode(fi)})
+			t.dirTimes = append(t.dirTimes, fi.ModTime().UnixNano())
 			return nil
 		case !d.Type().IsRegular():
 			t.special = append(t.special, SkippedEntry{Path: rel, Kind: entryKind(d.Type())})

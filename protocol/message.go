@@ -41,6 +41,7 @@ const (
 	TypePushWAL       Type = 28
 	TypeWALNeed       Type = 29
 	TypeWALPushed     Type = 30
+	TypeDirTime       Type = 31
 )
 
 var typeNames = [...]string{
@@ -74,6 +75,7 @@ var typeNames = [...]string{
 	TypePushWAL:       "PushWAL",
 	TypeWALNeed:       "WALNeed",
 	TypeWALPushed:     "WALPushed",
+	TypeDirTime:       "DirTime",
 }
 
 // String returns the message name ("FileHeader"), or "Type(N)" for an
@@ -169,6 +171,8 @@ func newMessage(t Type) message {
 		return new(WALNeed)
 	case TypeWALPushed:
 		return new(WALPushed)
+	case TypeDirTime:
+		return new(DirTime)
 	}
 	return nil
 }
@@ -518,6 +522,34 @@ func (m *Dir) check() error {
 	}
 	if m.Mode > maxMode {
 		return violation("mode %#o has bits beyond %#o", m.Mode, maxMode)
+	}
+	return nil
+}
+
+// DirTime gives a directory listed by Dir its modification time
+// (protocol 10): it follows that Dir, before the first FileHeader.
+type DirTime struct {
+	Path  string // as the Dir's
+	MTime int64  // Unix nanoseconds
+}
+
+func (*DirTime) Type() Type { return TypeDirTime }
+
+func (m *DirTime) Append(b []byte) []byte {
+	b = appendString(b, m.Path)
+	return appendVarint(b, m.MTime)
+}
+
+func (m *DirTime) decode(d *decoder) {
+	m.Path = d.string("path", MaxPathLen)
+	m.MTime = d.varint("mtime")
+}
+
+func (m *DirTime) check() error {
+	if m.Path != "." {
+		if err := ValidPath(m.Path); err != nil {
+			return fmt.Errorf("%w: %w", ErrProtocol, err)
+		}
 	}
 	return nil
 }

@@ -49,8 +49,12 @@ import (
 // archive streams (StreamArchive) carrying PushWAL, WALNeed, ChunkData and
 // WALPushed, for wal-push, under the new archive permission. A peer below
 // 9 is sent none of them: wal-fetch and wal-push report a version error.
+//
+// Version 10 (issue 19) keeps directories' modification times: DirTime
+// follows each Dir. A peer below 10 is sent none, and its directories take
+// the time of their commit.
 const (
-	Version    uint16 = 9
+	Version    uint16 = 10
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
@@ -63,6 +67,8 @@ const (
 	// WALVersion is the first version with the WAL archive messages and
 	// archive streams.
 	WALVersion uint16 = 9
+	// DirTimeVersion is the first version with DirTime.
+	DirTimeVersion uint16 = 10
 )
 
 // Receiver limits of version 2.
