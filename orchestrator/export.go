@@ -684,6 +684,15 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 					feed.Add(SourceFile)
 				}
 			}
+			if err == nil {
+				// The step's bytes are the dump's as it is sent: the files
+				// beside pg_dump's included.
+				for _, name := range []string{SourceFile, staging.GlobalsFile} {
+					if fi, serr := os.Stat(filepath.Join(res.Dir, name)); serr == nil {
+						res.Bytes += fi.Size()
+					}
+				}
+			}
 			if feed != nil {
 				feed.Close(err)
 			}
