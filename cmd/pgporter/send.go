@@ -30,7 +30,7 @@ inside one of its --root directories, and is always a directory:
                     DEST/NAME (as 'rsync SRC DEST/')
 
 DEST also gets pgporter-manifest.json, which 'pgporter verify DEST' checks.
-Directories keep their modes and empty ones are sent; received modes are
+Directories keep their modes and times, and empty ones are sent; received modes are
 masked to 0755 (nothing setuid, setgid, sticky or writable by group or
 others) and directories keep rwx for the receiving mover. A SRC that is a
 symbolic link is resolved first: what it points at is sent (a file under its
