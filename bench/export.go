@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/internal/pgtool"
+	"github.com/pgporter/pgporter/orchestrator"
 )
 
 // Export is scenario 7 on one machine (scripts/bench-export with LINK
@@ -447,8 +448,8 @@ func tableData(list string) []string {
 // exportSteps are the steps of pgporter export's session that the harness
 // keeps, with the key of each in Measure.Extra.
 var exportSteps = [][2]string{
-	{"mount", "mount_s"}, {"instance", "instance_s"}, {"check", "check_s"},
-	{"dump:shop", "dump_s"}, {"transfer:shop", "transfer_s"}, {"cleanup", "cleanup_s"},
+	{orchestrator.StepMount, "mount_s"}, {orchestrator.StepStart, "instance_s"}, {orchestrator.StepCheck, "check_s"},
+	{orchestrator.DumpStep("shop"), "dump_s"}, {orchestrator.TransferStep("shop"), "transfer_s"}, {orchestrator.StepCleanup, "cleanup_s"},
 }
 
 // sessionSteps is the part of 'pgporter sessions show --json' the harness reads.
@@ -489,9 +490,9 @@ func exportFigures(js []byte) (map[string]float64, error) {
 		}
 		extra[want[1]] = st.Ended.Sub(st.Started).Seconds()
 		switch want[0] {
-		case "dump:shop":
+		case orchestrator.DumpStep("shop"):
 			extra["dump_MB"] = float64(st.Bytes) / 1e6
-		case "transfer:shop":
+		case orchestrator.TransferStep("shop"):
 			extra["wire_MB"] = float64(st.WireBytes) / 1e6
 		}
 	}
