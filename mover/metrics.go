@@ -29,7 +29,15 @@ type metrics struct {
 	controlWrites  prometheus.Counter
 	lastExport     prometheus.Gauge
 	lastCommit     prometheus.Gauge
+	// Per-transfer series, one of each while a transfer into this mover
+	// runs, removed when it ends: their number stays that of the transfers
+	// in progress.
+	transferDurable *prometheus.GaugeVec
+	transferTotal   *prometheus.GaugeVec
 }
+
+// transferLabels are the labels of the per-transfer series.
+var transferLabels = []string{"transfer", "peer"}
 
 func newMetrics() *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
@@ -58,6 +66,11 @@ func newMetrics() *metrics {
 	m.lastExport = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "last_export_success_timestamp_seconds", Help: "When an export job that this mover ran as the staging mover last ended with its session done (Unix time); 0 until one has."})
 	m.lastCommit = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "last_commit_timestamp_seconds", Help: "When a transfer into this mover was last verified and committed (Unix time; a dump arriving on a target); 0 until one has."})
 	m.reg.MustRegister(m.lastExport, m.lastCommit)
+	m.transferDurable = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "transfer_durable_bytes",
+		Help: "Plain bytes of a transfer in progress into this mover made durable so far (the series ends with the transfer)."}, transferLabels)
+	m.transferTotal = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "transfer_total_bytes",
+		Help: "Plain bytes of a transfer in progress into this mover, as the sender announced them; 0 for a tree still being written (the series ends with the transfer)."}, transferLabels)
+	m.reg.MustRegister(m.transferDurable, m.transferTotal)
 	m.transfersDone = stampingCounter{m.transfersDone, m.lastCommit}
 	bi := buildinfo.Get()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Name: "build_info", Help: "This build: always 1, with its release, commit and Go version as labels."}, []string{"version", "commit", "goversion"})

@@ -6,7 +6,10 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,4 +87,46 @@ func TestHTTPHandler(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 	code, _ = get(t, h, "/healthz")
 	require.Equal(t, http.StatusServiceUnavailable, code, "stopped")
+}
+
+// TestTransferSeries: while a transfer runs into a mover, its durable and
+// announced bytes are series of their own, labelled with the transfer and
+// the peer; they end with the transfer, so their number stays that of the
+// transfers in progress.
+func TestTransferSeries(t *testing.T) {
+	var h atomic.Pointer[http.Handler]
+	bodies := make(chan string, 64)
+	r := startReceiver(t, ServerOptions{SyncBytes: 1 << 20, OnDurable: func(string, int64) {
+		if hp := h.Load(); hp != nil {
+			rec := httptest.NewRecorder()
+			(*hp).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			select {
+			case bodies <- rec.Body.String():
+			default:
+			}
+		}
+	}})
+	handler := r.srv.HTTPHandler()
+	h.Store(&handler)
+	src := t.TempDir()
+	data := make([]byte, 6<<20)
+	for i := range data {
+		data[i] = byte(i * 7 / 3)
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f.dat"), data, 0o644))
+	s := newTestSender(t, r, PermSend)
+	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "d"), TransferID: "t-series", RetryFor: -1})
+	require.NoError(t, err)
+	close(bodies)
+	var seen int
+	for body := range bodies {
+		if strings.Contains(body, `pgporter_mover_transfer_durable_bytes{peer="`+s.ID().String()+`",transfer="t-series"} `) {
+			require.Contains(t, body, `pgporter_mover_transfer_total_bytes{peer="`+s.ID().String()+`",transfer="t-series"} 6.291456e+06`)
+			seen++
+		}
+	}
+	require.Positive(t, seen, "the series while the transfer ran")
+	_, body := get(t, handler, "/metrics")
+	require.NotContains(t, body, "pgporter_mover_transfer_durable_bytes{", "the series end with the transfer")
+	require.NotContains(t, body, "pgporter_mover_transfer_total_bytes{")
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/protocol"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
 )
@@ -100,19 +101,20 @@ type rfile struct {
 
 // receiver is the receiving side of one transfer on one connection.
 type receiver struct {
-	s       *Server
-	log     *slog.Logger
-	tid     string
-	peer    PeerID
-	meta    transferMeta
-	root    *os.Root // the --root that holds DEST
-	rootDir string
-	rel     string   // DEST relative to rootDir (OS separators)
-	partial string   // rel + ".partial"
-	proot   *os.Root // DEST.partial, opened once checked: every write of the transfer goes through it
-	cs      *controlStream
-	ctx     context.Context // the transfer's; cancelled with the reason it failed
-	cancel  context.CancelCauseFunc
+	s        *Server
+	progress prometheus.Gauge // this transfer's durable bytes (runTransfer)
+	log      *slog.Logger
+	tid      string
+	peer     PeerID
+	meta     transferMeta
+	root     *os.Root // the --root that holds DEST
+	rootDir  string
+	rel      string   // DEST relative to rootDir (OS separators)
+	partial  string   // rel + ".partial"
+	proot    *os.Root // DEST.partial, opened once checked: every write of the transfer goes through it
+	cs       *controlStream
+	ctx      context.Context // the transfer's; cancelled with the reason it failed
+	cancel   context.CancelCauseFunc
 
 	files    []*rfile
 	paths    map[string]bool   // paths of files, to refuse duplicates
@@ -385,6 +387,9 @@ func (r *receiver) sync() error {
 	db, dc := r.durableBytes, r.durableChunks
 	r.mu.Unlock()
 	r.s.metrics.durableBytes.Add(float64(n))
+	if r.progress != nil {
+		r.progress.Set(float64(db))
+	}
 	if r.s.o.OnDurable != nil {
 		r.s.o.OnDurable(r.tid, db)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/protocol"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
@@ -1000,6 +1001,13 @@ func (s *Server) replyComplete(cs *controlStream, m *protocol.OpenTransfer, d *t
 func (s *Server) runTransfer(ctx context.Context, r *receiver) error {
 	s.metrics.transfersOpen.Inc()
 	defer s.metrics.transfersOpen.Dec()
+	labels := prometheus.Labels{"transfer": r.tid, "peer": r.peer.String()}
+	r.progress = s.metrics.transferDurable.With(labels)
+	s.metrics.transferTotal.With(labels).Set(float64(r.meta.Bytes))
+	defer func() {
+		s.metrics.transferDurable.Delete(labels)
+		s.metrics.transferTotal.Delete(labels)
+	}()
 	err := r.run(ctx)
 	if err != nil {
 		s.metrics.transfersFail.Inc()
