@@ -34,6 +34,10 @@ type metrics struct {
 	// in progress.
 	transferDurable *prometheus.GaugeVec
 	transferTotal   *prometheus.GaugeVec
+	// Per-session series of the export jobs this mover runs as the
+	// staging mover, removed when the job ends.
+	exportDone  *prometheus.GaugeVec
+	exportTotal *prometheus.GaugeVec
 }
 
 // transferLabels are the labels of the per-transfer series.
@@ -71,6 +75,11 @@ func newMetrics() *metrics {
 	m.transferTotal = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "transfer_total_bytes",
 		Help: "Plain bytes of a transfer in progress into this mover, as the sender announced them; 0 for a tree still being written (the series ends with the transfer)."}, transferLabels)
 	m.reg.MustRegister(m.transferDurable, m.transferTotal)
+	m.exportDone = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "export_step_done",
+		Help: "Progress of a step of an export job this mover runs as the staging mover: bytes of a transfer, tables of a dump (the series end with the job)."}, []string{"session", "step"})
+	m.exportTotal = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Subsystem: "mover", Name: "export_step_total",
+		Help: "What a step of an export job this mover runs has to do, in the unit of export_step_done; 0 while unknown (the series end with the job)."}, []string{"session", "step"})
+	m.reg.MustRegister(m.exportDone, m.exportTotal)
 	m.transfersDone = stampingCounter{m.transfersDone, m.lastCommit}
 	bi := buildinfo.Get()
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pgporter", Name: "build_info", Help: "This build: always 1, with its release, commit and Go version as labels."}, []string{"version", "commit", "goversion"})
@@ -104,6 +113,21 @@ func (s *Server) HTTPHandler() http.Handler {
 // mover ended with its session done, at t.
 func (s *Server) ExportDone(t time.Time) {
 	s.metrics.lastExport.Set(float64(t.UnixNano()) / 1e9)
+}
+
+// ExportProgress records a step's progress of export job session
+// (orchestrator.StagingJobs.ExportProgress).
+func (s *Server) ExportProgress(session, step string, done, total int64) {
+	l := prometheus.Labels{"session": session, "step": step}
+	s.metrics.exportDone.With(l).Set(float64(done))
+	s.metrics.exportTotal.With(l).Set(float64(total))
+}
+
+// ExportEnded removes the series of export job session.
+func (s *Server) ExportEnded(session string) {
+	l := prometheus.Labels{"session": session}
+	s.metrics.exportDone.DeletePartialMatch(l)
+	s.metrics.exportTotal.DeletePartialMatch(l)
 }
 
 // stampingCounter is a counter that also sets a gauge to the time of its

@@ -130,3 +130,21 @@ func TestTransferSeries(t *testing.T) {
 	require.NotContains(t, body, "pgporter_mover_transfer_durable_bytes{", "the series end with the transfer")
 	require.NotContains(t, body, "pgporter_mover_transfer_total_bytes{")
 }
+
+// TestExportSeries: the progress of export jobs run here has series per
+// session and step, which end with the job (and only that job's).
+func TestExportSeries(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	h := r.srv.HTTPHandler()
+	r.srv.ExportProgress("x-1", "dump:shop", 3, 5)
+	r.srv.ExportProgress("x-1", "transfer:shop", 1<<20, 4<<20)
+	r.srv.ExportProgress("x-2", "dump:crm", 0, 0)
+	_, body := get(t, h, "/metrics")
+	require.Contains(t, body, `pgporter_mover_export_step_done{session="x-1",step="dump:shop"} 3`+"\n")
+	require.Contains(t, body, `pgporter_mover_export_step_total{session="x-1",step="dump:shop"} 5`+"\n")
+	require.Contains(t, body, `pgporter_mover_export_step_total{session="x-1",step="transfer:shop"} 4.194304e+06`+"\n")
+	r.srv.ExportEnded("x-1")
+	_, body = get(t, h, "/metrics")
+	require.NotContains(t, body, `session="x-1"`)
+	require.Contains(t, body, `pgporter_mover_export_step_done{session="x-2",step="dump:crm"} 0`+"\n")
+}

@@ -151,6 +151,12 @@ type StagingJobs struct {
 	// ExportDone, if set, is called when an export job ends with its
 	// session done (the daemon's metrics keep the time).
 	ExportDone func(session string)
+	// ExportProgress, if set, is called with each step's progress of an
+	// export job (bytes of a transfer, tables of a dump; done equals total
+	// once the step is done), and ExportEnded once the job ends, whatever
+	// its outcome (the daemon's per-session series).
+	ExportProgress func(session, step string, done, total int64)
+	ExportEnded    func(session string)
 	// Self is as Options.Self: how a point-in-time export job's instance
 	// runs this pgporter ("" means this process's executable).
 	Self string
@@ -204,9 +210,27 @@ func (j *StagingJobs) runExportJob(ctx context.Context, jb *protocol.RunJob, emi
 		return err
 	}
 	defer release()
+	if j.ExportEnded != nil && !cancel {
+		defer j.ExportEnded(jb.Session)
+	}
 	var r *Runner
+	var totalsMu sync.Mutex
+	totals := map[string]int64{} // each step's last progress total
 	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Self: j.Self, Password: jb.Password, Events: func(e Event) {
 		ev := eventToWire(e)
+		if j.ExportProgress != nil && e.Step != "" {
+			totalsMu.Lock()
+			switch e.Kind {
+			case protocol.EventProgress:
+				totals[e.Step] = e.Total
+				j.ExportProgress(jb.Session, e.Step, e.Done, e.Total)
+			case protocol.EventDone:
+				// Done in the unit of its progress: all of it.
+				t := max(totals[e.Step], 1)
+				j.ExportProgress(jb.Session, e.Step, t, t)
+			}
+			totalsMu.Unlock()
+		}
 		switch {
 		case e.Kind == protocol.EventSkip && e.Step != "":
 			// A step done in an earlier run: the orchestrator may have missed

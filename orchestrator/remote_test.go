@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,16 +54,20 @@ func trust(t *testing.T, home string, peer mover.PeerID, perms mover.Perm) {
 	require.NoError(t, ts.Trust(mover.TrustedPeer{ID: peer, Name: "test", Perms: perms, Added: time.Now()}))
 }
 
-// threeMovers serves f's repository, a staging mover (exportDone its
-// StagingJobs.ExportDone) and a target with root to, the staging mover
-// trusted by the other two.
-func threeMovers(t *testing.T, f *fixture, to string, exportDone func(string)) (repo, staging, target testMover) {
+// threeMovers serves f's repository, a staging mover (running jobs, whose
+// home and staging directory it sets) and a target with root to, the
+// staging mover trusted by the other two.
+func threeMovers(t *testing.T, f *fixture, to string, jobs *StagingJobs) (repo, staging, target testMover) {
 	t.Helper()
 	stagingHome := t.TempDir()
 	stagingID := identity(t, stagingHome)
 	repo = serveMover(t, mover.ServerOptions{Repo: f.repo})
 	target = serveMover(t, mover.ServerOptions{Roots: []string{to}})
-	staging = serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: &StagingJobs{Home: stagingHome, StagingDir: stagingDir(t), ExportDone: exportDone}})
+	if jobs == nil {
+		jobs = &StagingJobs{}
+	}
+	jobs.Home, jobs.StagingDir = stagingHome, stagingDir(t)
+	staging = serveMover(t, mover.ServerOptions{Home: stagingHome, Jobs: jobs})
 	trust(t, repo.home, stagingID, mover.PermRead)
 	trust(t, target.home, stagingID, mover.PermSend)
 	return repo, staging, target
@@ -77,7 +82,23 @@ func TestExportAcrossMovers(t *testing.T) {
 	to := t.TempDir()
 	orch := t.TempDir()
 	exportsDone := make(chan string, 4)
-	repo, staging, target := threeMovers(t, f, to, func(id string) { exportsDone <- id })
+	var progMu sync.Mutex
+	progress := map[string][2]int64{} // the last of each step
+	var ended []string
+	jobs := &StagingJobs{
+		ExportDone: func(id string) { exportsDone <- id },
+		ExportProgress: func(session, step string, done, total int64) {
+			progMu.Lock()
+			defer progMu.Unlock()
+			progress[session+" "+step] = [2]int64{done, total}
+		},
+		ExportEnded: func(session string) {
+			progMu.Lock()
+			defer progMu.Unlock()
+			ended = append(ended, session)
+		},
+	}
+	repo, staging, target := threeMovers(t, f, to, jobs)
 	stagingHome, stagingID := staging.home, staging.id
 	orchID := identity(t, orch)
 
@@ -107,6 +128,19 @@ func TestExportAcrossMovers(t *testing.T) {
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
 
+	// The staging mover reported each step's progress, each ending whole,
+	// and the job's end, for its metrics.
+	progMu.Lock()
+	for _, db := range plan.Databases {
+		for _, step := range []string{DumpStep(db), TransferStep(db)} {
+			p, ok := progress[s.ID+" "+step]
+			require.True(t, ok, "no progress of %s", step)
+			require.Positive(t, p[1], step)
+			require.Equal(t, p[1], p[0], "%s ends whole", step)
+		}
+	}
+	require.Contains(t, ended, s.ID)
+	progMu.Unlock()
 	// The staging mover counted the export done, for its metrics.
 	select {
 	case id := <-exportsDone:
