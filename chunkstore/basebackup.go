@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/pgcatalog"
 	"github.com/pgporter/pgporter/internal/streamfs"
 )
 
@@ -112,6 +113,12 @@ func queryServer(ctx context.Context, connString string) (*serverInfo, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("listing databases: %w", err)
 	}
+	// Each database's C libraries, where a connection to it is allowed.
+	for i, db := range info.Databases {
+		if db.Size > 0 { // connectable, with CONNECT (above)
+			info.Databases[i].Libraries = databaseLibraries(ctx, cfg, db.Name)
+		}
+	}
 	// In-place tablespaces (a directory in pg_tblspc) are part of the data
 	// directory's archive; the others have an absolute location.
 	rows, err = conn.Query(ctx, `SELECT oid, spcname, pg_tablespace_location(oid) FROM pg_tablespace
@@ -130,6 +137,30 @@ func queryServer(ctx context.Context, connString string) (*serverInfo, error) {
 		return nil, fmt.Errorf("listing tablespaces: %w", err)
 	}
 	return info, nil
+}
+
+// databaseLibraries lists database db's C libraries (pgcatalog.CLibraries)
+// over a connection like cfg's; nil if it cannot.
+func databaseLibraries(ctx context.Context, cfg *pgx.ConnConfig, db string) []pgcatalog.CLibrary {
+	c := cfg.Copy()
+	c.Database = db
+	conn, err := pgx.ConnectConfig(ctx, c)
+	if err != nil {
+		return nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, pgcatalog.CLibraries)
+	if err != nil {
+		return nil
+	}
+	libs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[pgcatalog.CLibrary])
+	if err != nil {
+		return nil
+	}
+	if libs == nil {
+		libs = []pgcatalog.CLibrary{}
+	}
+	return libs
 }
 
 // BackupFromServer takes an online, consistent backup of the running server

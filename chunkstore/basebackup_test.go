@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/pgcatalog"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/testsupport"
@@ -490,6 +491,10 @@ func TestBaseBackupTarStream(t *testing.T) {
 	require.Equal(t, "7311111111111111111", rp.SystemID)
 	// The name and locale from the server, the size from the tree.
 	collate := c.Query(t, "postgres", "SELECT datcollate FROM pg_database WHERE oid = 5")
+	require.Len(t, rp.Databases, 1)
+	libs := rp.Databases[0].Libraries
+	require.Contains(t, libs, pgcatalog.CLibrary{Probin: "$libdir/plpgsql", Extensions: "plpgsql"}, "the C libraries of its functions")
+	rp.Databases[0].Libraries = nil
 	require.Equal(t, []chunkstore.DBInfo{{Name: "postgres", OID: 5, Size: int64(len(rel)), Collate: collate,
 		Ctype: c.Query(t, "postgres", "SELECT datctype FROM pg_database WHERE oid = 5"), Provider: "c"}}, rp.Databases)
 	require.Equal(t, 5, rp.Files)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/pgcatalog"
 )
 
 // ErrNoRestorePoint is matched by the error of Resolve for an unknown ID, or
@@ -34,6 +35,11 @@ type DBInfo struct {
 	Ctype     string `json:"ctype,omitempty"`
 	Provider  string `json:"locale_provider,omitempty"` // "c" libc, "i" ICU, "b" builtin
 	ICULocale string `json:"icu_locale,omitempty"`
+	// Libraries are the libraries of the database's C functions (with
+	// their extensions), recorded by a backup from a server: an export
+	// checks that its host has them before it mounts anything. nil: not
+	// known (the backup could not connect to the database); empty: none.
+	Libraries []pgcatalog.CLibrary `json:"c_libraries"`
 }
 
 // RestorePoint is the catalog entry of one backup: what it is, and where

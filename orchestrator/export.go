@@ -759,14 +759,18 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, Source, e
 			return nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
 		}
 		// And without the databases' locales (recorded by a backup from a
-		// server) the instance would refuse connections to them.
+		// server) the instance would refuse connections to them; without
+		// the libraries of their columns' types, pg_dump could not read them.
 		var locs []staging.DatabaseLocale
+		rep := &staging.CheckReport{}
 		for _, db := range rp.Databases {
 			if slices.Contains(p.Databases, db.Name) {
 				locs = append(locs, staging.DatabaseLocale{Name: db.Name, Collate: db.Collate, Ctype: db.Ctype, Provider: db.Provider, ICULocale: db.ICULocale})
+				rep.Problems = append(rep.Problems, staging.CheckLibrariesBefore(db.Name, db.Libraries, bin, major).Problems...)
 			}
 		}
-		if err := staging.CheckLocalesBefore(locs, bin, major).Err(); err != nil {
+		rep.Problems = append(staging.CheckLocalesBefore(locs, bin, major).Problems, rep.Problems...)
+		if err := rep.Err(); err != nil {
 			src.Close()
 			return nil, nil, fmt.Errorf("restore point %s: %w", rp.ID, err)
 		}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgporter/pgporter/internal/pgcatalog"
 )
 
 // The checks of what the backup's databases use that this host may lack:
@@ -138,32 +140,8 @@ func libraryFile(libdir, probin string) (string, bool) {
 	return name, false
 }
 
-// cLibraries lists the libraries of a database's C functions, with the
-// extensions they belong to and whether a column of a table or
-// materialized view has a type whose input or output they implement (then
-// pg_dump needs them to read the data; a domain over such a type is not
-// seen). The columns' types are collected once: pg_attribute has no index
-// on the type.
-const cLibraries = `WITH used AS (
-		SELECT DISTINCT a.atttypid FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid
-		 WHERE a.attnum > 0 AND NOT a.attisdropped AND r.relkind IN ('r', 'p', 'm'))
-	SELECT p.probin,
-		coalesce(string_agg(DISTINCT e.extname, ', '), '') AS exts,
-		coalesce(bool_or(t.oid IN (SELECT atttypid FROM used) OR t.typarray IN (SELECT atttypid FROM used)), false) AS in_data
-	  FROM pg_proc p
-	  JOIN pg_language l ON l.oid = p.prolang AND l.lanname = 'c'
-	  LEFT JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
-	  LEFT JOIN pg_extension e ON e.oid = d.refobjid
-	  LEFT JOIN pg_type t ON p.oid IN (t.typinput, t.typoutput, t.typreceive, t.typsend)
-	 WHERE p.probin IS NOT NULL AND p.probin <> ''
-	 GROUP BY p.probin ORDER BY p.probin`
-
-// cLibrary is a row of cLibraries.
-type cLibrary struct {
-	Probin     string
-	Extensions string // comma-separated; empty for a function of no extension
-	InData     bool
-}
+// cLibrary is a row of pgcatalog.CLibraries.
+type cLibrary = pgcatalog.CLibrary
 
 // libraryProblems returns a problem for each library of libs missing in
 // libdir: an error when columns have its types (pg_dump cannot read them),
@@ -196,7 +174,7 @@ func libraryProblems(db, major, libdir string, libs []cLibrary) []Problem {
 // checkLibraries checks the libraries of db's C functions (c is connected
 // to db).
 func (in *Instance) checkLibraries(ctx context.Context, c *pgx.Conn, db, libdir string) ([]Problem, error) {
-	rows, err := c.Query(ctx, cLibraries)
+	rows, err := c.Query(ctx, pgcatalog.CLibraries)
 	if err != nil {
 		return nil, fmt.Errorf("listing the libraries of database %q: %w", db, err)
 	}
@@ -260,6 +238,27 @@ func CheckLocalesBefore(dbs []DatabaseLocale, bin, major string) *CheckReport {
 	}
 	has, known := serverHasICU(bin)
 	rep.Problems = localeProblems(locs, installed, has, known, major)
+	return rep
+}
+
+// CheckLibrariesBefore checks, before anything is mounted or started,
+// that this host's server of major version major in bin has the libraries
+// of database db's C functions, as a backup recorded them. Only what would
+// fail the dump is a problem here; the instance's check warns of the rest.
+func CheckLibrariesBefore(db string, libs []pgcatalog.CLibrary, bin, major string) *CheckReport {
+	rep := &CheckReport{}
+	if len(libs) == 0 {
+		return rep
+	}
+	libdir := pkgLibDir(bin)
+	if libdir == "" {
+		return rep
+	}
+	for _, p := range libraryProblems(db, major, libdir, libs) {
+		if !p.Warning {
+			rep.Problems = append(rep.Problems, p)
+		}
+	}
 	return rep
 }
 

@@ -215,12 +215,25 @@ func TestExportTablespaces(t *testing.T) {
 	require.NoError(t, err)
 	b = bytes.ReplaceAll(b, []byte(`"collate": "`+dbs["shop"].Collate+`"`), []byte(`"collate": "zz_ZZ.UTF-8"`))
 	require.Contains(t, string(b), "zz_ZZ.UTF-8")
+	// And a library whose types a column has, which this host lacks.
+	var rp map[string]any
+	require.NoError(t, json.Unmarshal(b, &rp))
+	for _, db := range rp["databases"].([]any) {
+		if d := db.(map[string]any); d["name"] == "shop" {
+			require.NotNil(t, d["c_libraries"], "the backup listed shop's C libraries")
+			d["c_libraries"] = []any{map[string]any{"probin": "$libdir/postgis-3", "extensions": "postgis", "in_data": true}}
+		}
+	}
+	b, err = json.Marshal(rp)
+	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(pointFile, b, 0o644))
 	home := t.TempDir()
 	code, out, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--to", t.TempDir(), "--staging-dir", cliStagingDir(t), "--json")
 	require.NotEqual(t, 0, code, out)
 	require.Contains(t, errs+out, `locale \"zz_ZZ.UTF-8\"`)
 	require.Contains(t, errs+out, "locales-all")
+	require.Contains(t, errs+out, "library $libdir/postgis-3 of extension postgis is not installed")
+	require.Contains(t, errs+out, "postgresql-15-postgis-3")
 	code, out, errs = runCLI(t, "--home", home, "sessions", "--json")
 	require.Equal(t, 0, code, errs)
 	var sessions struct {
