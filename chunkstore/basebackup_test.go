@@ -23,8 +23,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgporter/pgporter/chunkstore"
-	"github.com/pgporter/pgporter/internal/pgcatalog"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/pgcatalog"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/staging"
