@@ -344,34 +344,36 @@ func classify(err error, action, name string) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
+	transient := func() error { return &TransientError{fmt.Errorf("%s %s: %w", action, name, err)} }
+	// The connection broke: the request was not sent, or its answer not
+	// read whole (the SDK reports either as a response of status 0 or of
+	// the status it had read).
+	if _, ok := errors.AsType[*smithyhttp.RequestSendError](err); ok ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED) {
+		return transient()
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return transient()
+	}
 	var code string
 	if ae, ok := errors.AsType[smithy.APIError](err); ok {
 		code = ae.ErrorCode()
 	}
-	if re, ok := errors.AsType[*awshttp.ResponseError](err); ok {
-		status := re.HTTPStatusCode()
-		switch {
+	if re, ok := errors.AsType[*awshttp.ResponseError](err); ok && re.HTTPStatusCode() != 0 {
+		switch status := re.HTTPStatusCode(); {
 		case status == 404 && code != "NoSuchBucket" && code != "NoSuchUpload":
 			return fmt.Errorf("%w: %s", ErrNotFound, name)
 		case status == 412:
 			return fmt.Errorf("%w: %s", ErrExists, name)
 		case status == 416:
 			return fmt.Errorf("%w: %s", ErrRange, name)
-		case status >= 500 || status == 429 || throttling[code]:
-			return &TransientError{fmt.Errorf("%s %s: %w", action, name, err)}
+		case status >= 500 || status == 429:
+			return transient()
 		}
-		return fmt.Errorf("%s %s: %w", action, name, err)
 	}
 	if throttling[code] {
-		return &TransientError{fmt.Errorf("%s %s: %w", action, name, err)}
-	}
-	if _, ok := errors.AsType[*smithyhttp.RequestSendError](err); ok ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED) {
-		return &TransientError{fmt.Errorf("%s %s: %w", action, name, err)}
-	}
-	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-		return &TransientError{fmt.Errorf("%s %s: %w", action, name, err)}
+		return transient()
 	}
 	return fmt.Errorf("%s %s: %w", action, name, err)
 }

@@ -36,6 +36,7 @@ func TestS3(t *testing.T) {
 	})
 	t.Run("IfNoneMatchOnComplete", func(t *testing.T) { testIfNoneMatchOnComplete(t, srv) })
 	t.Run("OpenS3", func(t *testing.T) { testOpenS3(t, srv) })
+	t.Run("Retry", func(t *testing.T) { testRetry(t, srv) })
 }
 
 func newS3(t *testing.T, srv *s3test.Server, endpoint, prefix string) *objstore.S3 {
