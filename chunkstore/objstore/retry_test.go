@@ -261,3 +261,60 @@ func testRetry(t *testing.T, srv *s3test.Server) {
 		require.Less(t, time.Since(start), 5*time.Second)
 	})
 }
+
+// The server is killed and started again while a reader keeps reading:
+// every read gets through, the one caught by the restart after retries
+// (connection refused), and a put just after the restart, when the server
+// stalls writes, too. It restarts the shared server, so it runs last.
+func testServerRestart(t *testing.T, srv *s3test.Server) {
+	raw := newS3(t, srv, srv.Endpoint, "restart")
+	patient := objstore.RetryPolicy{MaxAttempts: 100, BaseDelay: 50 * time.Millisecond, MaxDelay: time.Second, MaxTotal: 2 * time.Minute}
+	b, ctx := objstore.WithRetry(raw, patient), t.Context()
+	data := random(1 << 20)
+	require.NoError(t, b.PutIfAbsent(ctx, "pack", bytes.NewReader(data), int64(len(data))))
+
+	done, started := make(chan struct{}), make(chan struct{})
+	type result struct {
+		took time.Duration
+		err  error
+	}
+	results := make(chan result, 1)
+	go func() {
+		defer close(results)
+		longest := time.Duration(0)
+		for {
+			select {
+			case <-done:
+				results <- result{took: longest}
+				return
+			default:
+			}
+			start := time.Now()
+			got, err := b.GetRange(ctx, "pack", 1000, 4096, nil)
+			if err == nil && !bytes.Equal(data[1000:5096], got) {
+				err = fmt.Errorf("read wrong bytes")
+			}
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			if longest == 0 {
+				close(started)
+			}
+			longest = max(longest, time.Since(start))
+		}
+	}()
+	<-started // reads under way before the kill
+	srv.Restart(t)
+	close(done)
+	r := <-results
+	require.NoError(t, r.err)
+	t.Logf("the longest read took %v", r.took)
+	require.Greater(t, r.took, 200*time.Millisecond, "no read spanned the restart")
+
+	more := random(1 << 20)
+	require.NoError(t, b.PutIfAbsent(ctx, "after", bytes.NewReader(more), int64(len(more))))
+	got, err := b.Get(ctx, "after", nil)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(more, got))
+}

@@ -37,6 +37,7 @@ func TestS3(t *testing.T) {
 	t.Run("IfNoneMatchOnComplete", func(t *testing.T) { testIfNoneMatchOnComplete(t, srv) })
 	t.Run("OpenS3", func(t *testing.T) { testOpenS3(t, srv) })
 	t.Run("Retry", func(t *testing.T) { testRetry(t, srv) })
+	t.Run("ServerRestart", func(t *testing.T) { testServerRestart(t, srv) })
 }
 
 func newS3(t *testing.T, srv *s3test.Server, endpoint, prefix string) *objstore.S3 {
