@@ -281,7 +281,7 @@ func testServerRestart(t *testing.T, srv *s3test.Server) {
 	results := make(chan result, 1)
 	go func() {
 		defer close(results)
-		longest := time.Duration(0)
+		longest, reads := time.Duration(0), 0
 		for {
 			select {
 			case <-done:
@@ -298,13 +298,17 @@ func testServerRestart(t *testing.T, srv *s3test.Server) {
 				results <- result{err: err}
 				return
 			}
-			if longest == 0 {
+			if reads++; reads == 1 {
 				close(started)
 			}
 			longest = max(longest, time.Since(start))
 		}
 	}()
-	<-started // reads under way before the kill
+	select { // reads under way before the kill
+	case <-started:
+	case r := <-results:
+		t.Fatal(r.err)
+	}
 	srv.Restart(t)
 	close(done)
 	r := <-results
