@@ -52,9 +52,11 @@ type Backend interface {
 	// PutIfAbsent creates name with the size bytes read from r.
 	PutIfAbsent(ctx context.Context, name string, r io.Reader, size int64) error
 	// GetRange appends the n bytes of name at off to dst. A range that
-	// does not lie wholly within the object fails with ErrRange.
+	// does not lie wholly within the object fails with ErrRange; more than
+	// MaxRead bytes is an error.
 	GetRange(ctx context.Context, name string, off, n int64, dst []byte) ([]byte, error)
-	// Get appends the whole object to dst.
+	// Get appends the whole object to dst; an object of more than MaxRead
+	// bytes is an error (read it by ranges).
 	Get(ctx context.Context, name string, dst []byte) ([]byte, error)
 	// Stat returns the object's size.
 	Stat(ctx context.Context, name string) (int64, error)
@@ -66,6 +68,11 @@ type Backend interface {
 	// Delete removes name; a missing name is no error.
 	Delete(ctx context.Context, name string) error
 }
+
+// MaxRead bounds what one Get or GetRange reads, against a size taken from
+// a damaged file or a hostile server's answer before allocating it. A
+// repository reads records and packs, far smaller.
+const MaxRead = 1 << 30
 
 // MaxNameLen bounds a name, below S3's 1024 bytes of key with room for a
 // prefix.
@@ -107,4 +114,11 @@ func (e *TransientError) Unwrap() error { return e.Err }
 func IsTransient(err error) bool {
 	var te *TransientError
 	return errors.As(err, &te)
+}
+
+func checkRead(name string, n int64) error {
+	if n > MaxRead {
+		return fmt.Errorf("objstore: reading %s: %d bytes at once, more than %d", name, n, MaxRead)
+	}
+	return nil
 }

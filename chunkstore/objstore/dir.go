@@ -166,6 +166,9 @@ func (d *Dir) Get(ctx context.Context, name string, dst []byte) ([]byte, error) 
 }
 
 func readAt(f *os.File, off, n int64, dst []byte) ([]byte, error) {
+	if err := checkRead(f.Name(), n); err != nil {
+		return dst, err
+	}
 	l := len(dst)
 	dst = slices.Grow(dst, int(n))[:l+int(n)]
 	if _, err := f.ReadAt(dst[l:], off); err != nil {

@@ -63,3 +63,20 @@ func TestDirNoTempLeft(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, left)
 }
+
+// A size read from the file system is bounded before it is allocated.
+func TestDirMaxRead(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "repo")
+	d, err := objstore.OpenDir(dir)
+	require.NoError(t, err)
+	defer d.Close()
+	f, err := os.Create(filepath.Join(dir, "huge"))
+	require.NoError(t, err)
+	require.NoError(t, f.Truncate(objstore.MaxRead+1)) // sparse
+	require.NoError(t, f.Close())
+	_, err = d.Get(t.Context(), "huge", nil)
+	require.ErrorContains(t, err, "more than")
+	got, err := d.GetRange(t.Context(), "huge", objstore.MaxRead-10, 11, nil)
+	require.NoError(t, err)
+	require.Len(t, got, 11)
+}

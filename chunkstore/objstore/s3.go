@@ -218,6 +218,9 @@ func (s *S3) GetRange(ctx context.Context, name string, off, n int64, dst []byte
 	if off < 0 || n < 0 {
 		return dst, fmt.Errorf("%w: %s: %d+%d", ErrRange, name, off, n)
 	}
+	if err := checkRead(name, n); err != nil {
+		return dst, err
+	}
 	if n == 0 { // HTTP cannot ask for no bytes
 		size, err := s.Stat(ctx, name)
 		if err == nil && off > size {
@@ -247,6 +250,9 @@ func (s *S3) GetRange(ctx context.Context, name string, off, n int64, dst []byte
 // readBody appends exactly n bytes of body to dst; a body cut short is
 // transient (the connection broke).
 func readBody(body io.Reader, n int64, dst []byte, name string) ([]byte, error) {
+	if err := checkRead(name, n); err != nil {
+		return dst, err
+	}
 	l := len(dst)
 	dst = slices.Grow(dst, int(n))[:l+int(n)]
 	if _, err := io.ReadFull(body, dst[l:]); err != nil {
