@@ -23,6 +23,13 @@ func TestDir(t *testing.T) {
 	objstoretest.Run(t, objstoretest.Config{New: func(t *testing.T) objstore.Backend { return newDir(t) }})
 }
 
+// The retry decorator is a Backend too.
+func TestRetryingDir(t *testing.T) {
+	objstoretest.Run(t, objstoretest.Config{New: func(t *testing.T) objstore.Backend {
+		return objstore.WithRetry(newDir(t), objstore.RetryPolicy{})
+	}})
+}
+
 // A link planted in the directory (by someone else: Dir makes none) is not
 // followed out of it, neither to read nor to write.
 func TestDirLinkEscape(t *testing.T) {

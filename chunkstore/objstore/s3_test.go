@@ -34,6 +34,15 @@ func TestS3(t *testing.T) {
 			PageSize: testPageSize,
 		})
 	})
+	t.Run("ConformanceRetrying", func(t *testing.T) {
+		objstoretest.Run(t, objstoretest.Config{
+			New: func(t *testing.T) objstore.Backend {
+				return objstore.WithRetry(newS3(t, srv, srv.Endpoint, ""), fast)
+			},
+			PartSize: testPartSize,
+			PageSize: testPageSize,
+		})
+	})
 	t.Run("IfNoneMatchOnComplete", func(t *testing.T) { testIfNoneMatchOnComplete(t, srv) })
 	t.Run("OpenS3", func(t *testing.T) { testOpenS3(t, srv) })
 	t.Run("Retry", func(t *testing.T) { testRetry(t, srv) })
