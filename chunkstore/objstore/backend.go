@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"strings"
+	"time"
 )
 
 var (
@@ -26,6 +27,10 @@ var (
 type Object struct {
 	Name string
 	Size int64
+	// ModTime is when the object was created, by the backend's clock (the
+	// file system's, the S3 server's); a prune judges a crashed writer's
+	// leftovers by it.
+	ModTime time.Time
 }
 
 // Backend holds immutable objects under names such as "packs/0a1b.pack".

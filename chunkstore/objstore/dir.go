@@ -234,7 +234,7 @@ func (d *Dir) List(ctx context.Context, prefix string) iter.Seq2[Object, error] 
 				}
 				return err
 			}
-			objs = append(objs, Object{Name: p, Size: fi.Size()})
+			objs = append(objs, Object{Name: p, Size: fi.Size(), ModTime: fi.ModTime()})
 			return nil
 		})
 		if err != nil {

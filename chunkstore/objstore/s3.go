@@ -311,7 +311,7 @@ func (s *S3) List(ctx context.Context, prefix string) iter.Seq2[Object, error] {
 				if !ok || ValidName(name) != nil {
 					continue
 				}
-				if !yield(Object{Name: name, Size: aws.ToInt64(o.Size)}, nil) {
+				if !yield(Object{Name: name, Size: aws.ToInt64(o.Size), ModTime: aws.ToTime(o.LastModified)}, nil) {
 					return
 				}
 			}

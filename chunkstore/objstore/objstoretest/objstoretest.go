@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -191,10 +192,15 @@ func testList(t *testing.T, c Config) {
 	put(t, b, "l/sub/deep", []byte("yy"))
 	put(t, b, "m/x", []byte("zzz"))
 
+	begin := time.Now()
 	list := func(prefix string) []objstore.Object {
 		var got []objstore.Object
 		for o, err := range b.List(ctx, prefix) {
 			require.NoError(t, err)
+			// Clocks differ (a server's, truncated to seconds): a
+			// minute's slack.
+			require.WithinDuration(t, begin, o.ModTime, time.Minute, "%s", o.Name)
+			o.ModTime = time.Time{}
 			got = append(got, o)
 		}
 		return got
