@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,6 +18,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 const (
@@ -145,16 +146,16 @@ func TestStartWithoutWeed(t *testing.T) {
 	t.Setenv("PGPORTER_WEED", filepath.Join(t.TempDir(), "no-weed"))
 
 	t.Setenv("CI", "")
-	r := &recorder{TB: t}
-	r.run(func(tb testing.TB) { Start(tb) })
-	require.Contains(t, r.skip, "no SeaweedFS weed binary")
-	require.Empty(t, r.fatal)
+	r := &testsupport.Recorder{TB: t}
+	r.Run(func(tb testing.TB) { Start(tb) })
+	require.Contains(t, r.SkipMsg, "no SeaweedFS weed binary")
+	require.Empty(t, r.FatalMsg)
 
 	t.Setenv("CI", "true")
-	r = &recorder{TB: t}
-	r.run(func(tb testing.TB) { Start(tb) })
-	require.Contains(t, r.fatal, "building weed")
-	require.Empty(t, r.skip)
+	r = &testsupport.Recorder{TB: t}
+	r.Run(func(tb testing.TB) { Start(tb) })
+	require.Contains(t, r.FatalMsg, "building weed")
+	require.Empty(t, r.SkipMsg)
 }
 
 func putMultipart(ctx context.Context, t *testing.T, c *s3.Client, bucket, key string, data []byte) {
@@ -192,33 +193,6 @@ func getRange(ctx context.Context, t *testing.T, c *s3.Client, bucket, key strin
 	require.NoError(t, err)
 	require.Len(t, got, int(to-from+1))
 	return got
-}
-
-// recorder is a testing.TB that records Fatal and Skip instead of acting on
-// the real test.
-type recorder struct {
-	testing.TB
-	fatal, skip string
-}
-
-func (r *recorder) Helper() {}
-func (r *recorder) Fatal(args ...any) {
-	r.fatal = fmt.Sprint(args...)
-	runtime.Goexit()
-}
-func (r *recorder) Skip(args ...any) {
-	r.skip = fmt.Sprint(args...)
-	runtime.Goexit()
-}
-
-// run calls f with a recorder on a goroutine of its own, as Goexit needs.
-func (r *recorder) run(f func(testing.TB)) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f(r)
-	}()
-	<-done
 }
 
 // rssKiB returns the resident set size of process pid and its peak, from
