@@ -6,7 +6,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-
 func TestRequirePGMissing(t *testing.T) {
 	t.Setenv(BinDirEnv, "/nonexistent/pgporter/bin")
 
