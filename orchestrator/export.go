@@ -734,19 +734,11 @@ func mountReadErr(m *staging.Mounted) error {
 // retry mounts the same one.
 func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, Source, error) {
 	r, p := x.r, x.plan()
-	id := p.RestorePoint
-	if p.At != nil && id == "latest" && p.RepoPeer != "" {
-		// The newest restore point taken before --at, of the repository
-		// mover's (a local one's was chosen with the plan).
-		if id, err := pointBefore(ctx, SourceOptions{RepoPeer: p.RepoPeer, Home: r.o.Home, Remote: mover.RemoteRepoOptions{Log: r.o.Log}, Log: r.o.Log}, p.At); err != nil {
-			return nil, nil, err
-		} else if err := x.update(func(s *Session) { s.Plan.RestorePoint = id }); err != nil {
-			return nil, nil, err
-		}
-		p = x.plan()
-	}
-	src, rp, tree, err := OpenRestorePoint(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: r.o.Home,
-		Remote: mover.RemoteRepoOptions{Log: r.o.Log}, Log: r.o.Log}, p.RestorePoint)
+	// With --at and a repository mover, "latest" is the newest restore
+	// point taken before the target (a local repository's was chosen with
+	// the plan); kept in the plan below, as any "latest".
+	src, rp, tree, err := openPointAt(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: r.o.Home,
+		Remote: mover.RemoteRepoOptions{Log: r.o.Log}, Log: r.o.Log}, p.RestorePoint, p.At)
 	if err != nil {
 		return nil, nil, err
 	}

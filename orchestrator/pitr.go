@@ -84,31 +84,16 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// pointBefore returns the ID of the newest restore point of the repository
-// o names that was taken before at's time ("latest" for a target that is
-// not a time).
-func pointBefore(ctx context.Context, o SourceOptions, at *PointInTime) (string, error) {
+// pointBefore returns the ID of the newest restore point of src (the
+// repository where names) taken before at's time; "latest" for a target
+// that is not a time.
+func pointBefore(ctx context.Context, src Source, at *PointInTime, where string) (string, error) {
 	if at.Time.IsZero() {
 		return "latest", nil
 	}
-	src, err := OpenSource(ctx, o)
+	rps, err := src.List(ctx)
 	if err != nil {
 		return "", err
-	}
-	defer src.Close()
-	lister, ok := src.(interface {
-		List(context.Context) ([]chunkstore.RestorePoint, error)
-	})
-	if !ok {
-		return "latest", nil
-	}
-	rps, err := lister.List(ctx)
-	if err != nil {
-		return "", err
-	}
-	where := o.RepoPeer
-	if where == "" {
-		where = o.Repo
 	}
 	if rps, err = takenBefore(rps, at, where); err != nil {
 		return "", err

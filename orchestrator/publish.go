@@ -409,19 +409,18 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	if o.RepoPeer != "" {
 		// Here, to report a mover that does not trust us (or lacks the
 		// restore point) at once; the serve process connects again.
-		so := SourceOptions{RepoPeer: o.RepoPeer, Home: pb.home, Remote: mover.RemoteRepoOptions{RetryFor: -1, Log: pb.log}}
-		id := o.RestorePoint
-		if o.At != nil && id == "latest" {
-			var err error
-			if id, err = pointBefore(ctx, so, o.At); err != nil {
-				return nil, err
-			}
-		}
-		src, err := OpenSource(ctx, so)
+		src, err := OpenSource(ctx, SourceOptions{RepoPeer: o.RepoPeer, Home: pb.home, Remote: mover.RemoteRepoOptions{RetryFor: -1, Log: pb.log}})
 		if err != nil {
 			return nil, err
 		}
-		p, err := src.Resolve(ctx, id)
+		id := o.RestorePoint
+		if o.At != nil && id == "latest" {
+			id, err = pointBefore(ctx, src, o.At, o.RepoPeer)
+		}
+		var p *chunkstore.RestorePoint
+		if err == nil {
+			p, err = src.Resolve(ctx, id)
+		}
 		src.Close()
 		if err != nil {
 			return nil, fmt.Errorf("restore point %s on %s: %w", o.RestorePoint, o.RepoPeer, err)

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,8 @@ import (
 type Source interface {
 	// Resolve finds restore point id ("latest" included).
 	Resolve(ctx context.Context, id string) (*chunkstore.RestorePoint, error)
+	// List returns every restore point, oldest first.
+	List(ctx context.Context) ([]chunkstore.RestorePoint, error)
 	// Tree reads rp's tree.
 	Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]chunkstore.Node, error)
 	// Get reads a chunk, verified: what a mount reads its files from.
@@ -61,9 +64,21 @@ func OpenSource(ctx context.Context, o SourceOptions) (Source, error) {
 // OpenRestorePoint opens the repository o names and reads restore point
 // id's tree. The caller closes the Source.
 func OpenRestorePoint(ctx context.Context, o SourceOptions, id string) (Source, *chunkstore.RestorePoint, []chunkstore.Node, error) {
+	return openPointAt(ctx, o, id, nil)
+}
+
+// openPointAt is OpenRestorePoint where "latest" with a point-in-time
+// target at means the newest restore point taken before it.
+func openPointAt(ctx context.Context, o SourceOptions, id string, at *PointInTime) (Source, *chunkstore.RestorePoint, []chunkstore.Node, error) {
 	src, err := OpenSource(ctx, o)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if at != nil && id == "latest" {
+		if id, err = pointBefore(ctx, src, at, cmp.Or(o.RepoPeer, o.Repo)); err != nil {
+			src.Close()
+			return nil, nil, nil, err
+		}
 	}
 	rp, err := src.Resolve(ctx, id)
 	var tree []chunkstore.Node
@@ -86,6 +101,8 @@ type localSource struct{ r *chunkstore.Repo }
 func (l localSource) Resolve(_ context.Context, id string) (*chunkstore.RestorePoint, error) {
 	return l.r.Resolve(id)
 }
+
+func (l localSource) List(context.Context) ([]chunkstore.RestorePoint, error) { return l.r.List() }
 
 func (l localSource) Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]chunkstore.Node, error) {
 	tree, err := l.r.Tree(ctx, rp)

@@ -225,7 +225,9 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	}
 	var srv *mover.Server // set before it serves, so before any job ends
 	jobs.ExportDone = func(string) { srv.ExportDone(time.Now()) }
-	jobs.ExportProgress, jobs.ExportEnded = srv.ExportProgress, srv.ExportEnded
+	// Closures, not method values: srv is set below.
+	jobs.ExportProgress = func(session, step string, done, total int64) { srv.ExportProgress(session, step, done, total) }
+	jobs.ExportEnded = func(session string) { srv.ExportEnded(session) }
 	// A mover restarted after a crash first stops the instances and
 	// detaches the mounts its interrupted sessions left.
 	if n, err := orchestrator.ReclaimOrphans(ctx, g.home, g.log); err != nil {

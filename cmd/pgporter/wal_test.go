@@ -556,7 +556,7 @@ func TestExportAtRepoPeer(t *testing.T) {
 	stagingPeer := staging.waitListening(t) + "#" + stagingID
 	code, out, errs := runCLI(t, "--home", home, "export", "--repo-peer", peer, "--staging", stagingPeer,
 		"--target", target.waitListening(t)+"#"+targetID, "--at", noted, "--db", "shop", "--to", filepath.Join(root, "staged"))
-	require.Equal(t, 0, code, "%s\n%s", out, errs)
+	require.Equal(t, 0, code, "%s\n%s\nstaging mover: %s", out, errs, staging.stderr.String())
 	code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(root, "staged", "shop"), "--dbname", "shop_staged", "--create"}, flags...)...)
 	require.Equal(t, exitOK, code, errs)
 	require.Equal(t, "250", c.Query(t, "shop_staged", "SELECT count(*) FROM orders"), "export --staging --at")
