@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -14,6 +15,7 @@ func newForgetCmd(g *globals) *cobra.Command {
 		repo           string
 		policy         chunkstore.ForgetPolicy
 		dryRun, asJSON bool
+		wait           time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "forget --repo DIR [ID...] [--keep-last N] [--keep-daily N] [--keep-weekly N]",
@@ -24,9 +26,10 @@ by ID, and with --keep-* rules every point the rules do not keep: the newest
 have one, and of each of the --keep-weekly most recent ISO weeks (UTC). The
 space goes only with 'pgporter prune'. --dry-run lists what would go.
 
-It takes the repository's exclusive lock: it fails (exit code 6), naming
-them, while backups, exports, mounts, publications or a repository mover
-use the repository. wal-push goes on.`,
+It takes the repository's exclusive lock: while backups, exports, mounts,
+publications, or peers of a repository mover use the repository, it waits
+for them up to --wait (default: not at all), then fails (exit code 6),
+naming them. wal-push goes on.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if repo == "" {
 				return usagef("forget needs --repo DIR")
@@ -38,7 +41,7 @@ use the repository. wal-push goes on.`,
 			if _, err := chunkstore.ListRepo(repo); err != nil {
 				return err
 			}
-			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive})
+			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive, LockWait: wait})
 			if err != nil {
 				return err
 			}
@@ -87,6 +90,7 @@ use the repository. wal-push goes on.`,
 	f.IntVar(&policy.KeepDaily, "keep-daily", 0, "keep the newest restore point of each of the last N days that have one")
 	f.IntVar(&policy.KeepWeekly, "keep-weekly", 0, "keep the newest restore point of each of the last N weeks that have one")
 	f.BoolVar(&dryRun, "dry-run", false, "list what would be forgotten, change nothing")
+	f.DurationVar(&wait, "wait", 0, "how long to wait for the repository's other users to let it go (e.g. 30m)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	recordRuns(g, c, &repo, unlessDry(&dryRun, chunkstore.OpForget), chunkstore.RecordRun)
 	return c
@@ -96,6 +100,7 @@ func newPruneCmd(g *globals) *cobra.Command {
 	var (
 		repo           string
 		dryRun, asJSON bool
+		wait           time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "prune --repo DIR [--dry-run]",
@@ -107,8 +112,9 @@ left by writers that crashed over an hour ago. Packs with nothing live are
 deleted; packs mostly dead are rewritten. It is safe to interrupt: a rerun
 finishes the work. --dry-run reports what would go.
 
-It takes the repository's exclusive lock (see 'pgporter forget'); wal-push
-goes on meanwhile, and wal-fetch waits for it.`,
+It takes the repository's exclusive lock, waiting up to --wait for its
+other users (see 'pgporter forget'); wal-push goes on meanwhile, and
+wal-fetch waits for it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if repo == "" {
@@ -117,7 +123,7 @@ goes on meanwhile, and wal-fetch waits for it.`,
 			if _, err := chunkstore.ListRepo(repo); err != nil {
 				return err
 			}
-			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive})
+			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive, LockWait: wait})
 			if err != nil {
 				return err
 			}
@@ -141,6 +147,7 @@ goes on meanwhile, and wal-fetch waits for it.`,
 	}
 	c.Flags().StringVar(&repo, "repo", "", "repository directory")
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "report what would go, change nothing")
+	c.Flags().DurationVar(&wait, "wait", 0, "how long to wait for the repository's other users to let it go (e.g. 30m)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	recordRuns(g, c, &repo, unlessDry(&dryRun, chunkstore.OpPrune), chunkstore.RecordRun)
 	return c
