@@ -573,26 +573,13 @@ func (*FileChunks) Type() Type { return TypeFileChunks }
 func (m *FileChunks) Append(b []byte) []byte {
 	b = appendUvarint(b, uint64(m.Index))
 	b = appendUvarint(b, uint64(m.First))
-	b = appendUvarint(b, uint64(len(m.Chunks)))
-	for i := range m.Chunks {
-		b = append(b, m.Chunks[i].ID[:]...)
-		b = appendUvarint(b, uint64(m.Chunks[i].Len))
-	}
-	return b
+	return appendChunkRefs(b, m.Chunks)
 }
 
 func (m *FileChunks) decode(d *decoder) {
 	m.Index = d.uint32("index")
 	m.First = d.uint32("first")
-	n := d.count("chunks", MaxChunkRefs, chunk.IDSize+1)
-	if n == 0 {
-		return
-	}
-	m.Chunks = make([]ChunkRef, n)
-	for i := range m.Chunks {
-		m.Chunks[i].ID = d.hash("chunk ID")
-		m.Chunks[i].Len = uint32(d.uvarint("chunk length", chunk.MaxChunkCeil))
-	}
+	m.Chunks = d.chunkRefs(MaxChunkRefs)
 }
 
 func (m *FileChunks) check() error {

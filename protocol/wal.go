@@ -74,27 +74,14 @@ func (m *WALRecord) Append(b []byte) []byte {
 	b = appendString(b, m.Name)
 	b = appendUvarint(b, m.Size)
 	b = append(b, m.Hash[:]...)
-	b = appendUvarint(b, uint64(len(m.Chunks)))
-	for i := range m.Chunks {
-		b = append(b, m.Chunks[i].ID[:]...)
-		b = appendUvarint(b, uint64(m.Chunks[i].Len))
-	}
-	return b
+	return appendChunkRefs(b, m.Chunks)
 }
 
 func (m *WALRecord) decode(d *decoder) {
 	m.Name = d.string("WAL file name", MaxWALNameLen)
 	m.Size = d.uvarint("size", MaxWALSize)
 	m.Hash = d.hash("hash")
-	n := d.count("chunks", MaxWALChunks, chunk.IDSize+1)
-	if n == 0 {
-		return
-	}
-	m.Chunks = make([]ChunkRef, n)
-	for i := range m.Chunks {
-		m.Chunks[i].ID = d.hash("chunk ID")
-		m.Chunks[i].Len = uint32(d.uvarint("chunk length", chunk.MaxChunkCeil))
-	}
+	m.Chunks = d.chunkRefs(MaxWALChunks)
 }
 
 // check verifies the limits and that the lengths add up to Size. The hash

@@ -3,6 +3,8 @@ package protocol
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Encoding primitives. Every integer is a minimal-length uvarint (signed ones
@@ -175,4 +177,29 @@ func (d *decoder) end() {
 	if d.err == nil && len(d.b) != 0 {
 		d.fail("%d trailing bytes", len(d.b))
 	}
+}
+
+// appendChunkRefs appends a count, then each chunk's ID and length.
+func appendChunkRefs(b []byte, refs []ChunkRef) []byte {
+	b = appendUvarint(b, uint64(len(refs)))
+	for i := range refs {
+		b = append(b, refs[i].ID[:]...)
+		b = appendUvarint(b, uint64(refs[i].Len))
+	}
+	return b
+}
+
+// chunkRefs reads what appendChunkRefs wrote, at most max of them (nil for
+// none), allocating only once the count fits the bytes left.
+func (d *decoder) chunkRefs(max int) []ChunkRef {
+	n := d.count("chunks", max, chunk.IDSize+1)
+	if n == 0 {
+		return nil
+	}
+	refs := make([]ChunkRef, n)
+	for i := range refs {
+		refs[i].ID = d.hash("chunk ID")
+		refs[i].Len = uint32(d.uvarint("chunk length", chunk.MaxChunkCeil))
+	}
+	return refs
 }
