@@ -47,7 +47,7 @@ func (r *Repo) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) 
 			more++
 		}
 	}
-	if err := r.store.refresh(); err != nil {
+	if err := r.store.refresh(ctx); err != nil {
 		return nil, err
 	}
 	for name, err := range r.store.Damaged() {

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
 // Defaults of LocalOptions.
@@ -65,6 +66,10 @@ type LocalOptions struct {
 	// not depend on what another process may remove meanwhile (wal-push,
 	// beside a prune). Reads still work; the runs are listed on first use.
 	WriteOnly bool
+	// Remote, if set, holds the store's packs and index runs as objects
+	// (remote.go); the directory then caches runs and spools the packs
+	// being written. Nil: they are files in the directory.
+	Remote objstore.Backend
 }
 
 func (o LocalOptions) withDefaults() LocalOptions {
@@ -76,6 +81,9 @@ func (o LocalOptions) withDefaults() LocalOptions {
 	}
 	if o.PackSize == 0 {
 		o.PackSize = DefaultPackSize
+		if o.Remote != nil {
+			o.PackSize = DefaultRemotePackSize
+		}
 	}
 	if o.FlushBytes == 0 {
 		o.FlushBytes = DefaultFlushBytes
@@ -124,10 +132,11 @@ func (o LocalOptions) Validate() error {
 // and when a Has misses after the index directory changed. A Local is safe
 // for concurrent use.
 type Local struct {
-	dir   string
-	opts  LocalOptions
-	log   *slog.Logger
-	owner owner
+	dir    string
+	opts   LocalOptions
+	remote objstore.Backend // opts.Remote
+	log    *slog.Logger
+	owner  owner
 
 	stateMu   sync.Mutex // guards closed, active
 	stateCond *sync.Cond // on stateMu; signalled when active drops to zero
@@ -189,6 +198,7 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 	l := &Local{
 		dir:     dir,
 		opts:    opts,
+		remote:  opts.Remote,
 		log:     opts.Logger.With("store", dir),
 		owner:   o,
 		pending: map[chunk.ID]chunkLoc{},
@@ -202,14 +212,24 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 			return nil, fmt.Errorf("creating store: %w", err)
 		}
 	}
-	if err := l.migrate(); err != nil {
-		return nil, err
-	}
-	if err := l.checkFormat(); err != nil {
-		return nil, err
+	if l.remote != nil {
+		// A cache's stale spools go; the store's format is the object's.
+		if err := l.cleanSpools(); err != nil {
+			return nil, err
+		}
+		if err := l.checkRemoteFormat(context.Background()); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := l.migrate(); err != nil {
+			return nil, err
+		}
+		if err := l.checkFormat(); err != nil {
+			return nil, err
+		}
 	}
 	if !opts.WriteOnly {
-		if err := l.refresh(); err != nil {
+		if err := l.refresh(context.Background()); err != nil {
 			return nil, errors.Join(err, l.release())
 		}
 	}
@@ -263,14 +283,26 @@ func (l *Local) checkFormat() error {
 // refresh lists the index runs again: it opens the new ones and drops those
 // a compaction removed. New runs are opened (and checked) outside the lock,
 // so that lookups go on meanwhile.
-func (l *Local) refresh() error {
-	fi, err := os.Stat(l.runsDir())
-	if err != nil {
-		return fmt.Errorf("chunkstore: listing index runs: %w", err)
-	}
-	names, err := listRunNames(l.runsDir())
-	if err != nil {
-		return err
+func (l *Local) refresh(ctx context.Context) error {
+	var (
+		names []string
+		mtime time.Time
+	)
+	if l.remote != nil {
+		var err error
+		if names, err = l.listRemoteRuns(ctx); err != nil {
+			return err
+		}
+		l.pruneRunCache(names)
+	} else {
+		fi, err := os.Stat(l.runsDir())
+		if err != nil {
+			return fmt.Errorf("chunkstore: listing index runs: %w", err)
+		}
+		if names, err = listRunNames(l.runsDir()); err != nil {
+			return err
+		}
+		mtime = fi.ModTime()
 	}
 	l.runsMu.RLock()
 	var fresh []string
@@ -283,7 +315,15 @@ func (l *Local) refresh() error {
 	opened := map[string]*run{}
 	damaged := map[string]error{}
 	for _, name := range fresh {
-		r, err := openRun(filepath.Join(l.runsDir(), name))
+		var (
+			r   *run
+			err error
+		)
+		if l.remote != nil {
+			r, err = l.openRemoteRun(ctx, name)
+		} else {
+			r, err = openRun(filepath.Join(l.runsDir(), name))
+		}
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			continue // merged and removed since the listing
@@ -320,7 +360,7 @@ func (l *Local) refresh() error {
 			r.release()
 		}
 	}
-	l.runs, l.runsMTime = keep, fi.ModTime()
+	l.runs, l.runsMTime = keep, mtime
 	if l.damaged == nil {
 		l.damaged = map[string]error{}
 	}
@@ -356,13 +396,8 @@ func (l *Local) CheckLocations(ctx context.Context, bad func(chunk.ID, error)) (
 		}
 		size, ok := sizes[loc.Pack]
 		if !ok {
-			fi, err := os.Stat(l.packPath(loc.Pack))
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if size, err = l.packSize(ctx, loc.Pack); err != nil {
 				return err
-			}
-			size = -1
-			if err == nil {
-				size = fi.Size()
 			}
 			sizes[loc.Pack] = size
 		}
@@ -382,12 +417,22 @@ func (l *Local) CheckLocations(ctx context.Context, bad func(chunk.ID, error)) (
 // duplicate record, never a wrong read: Get lists the runs on every miss.
 const statEvery = 100 * time.Millisecond
 
+// remoteListEvery is statEvery for a store on a Remote, where looking
+// means listing the runs.
+const remoteListEvery = time.Second
+
 // runsChanged reports whether the index directory changed since the runs
 // were listed; it looks at most once per statEvery.
 func (l *Local) runsChanged() bool {
 	now := time.Now().UnixNano()
 	if now < l.statAfter.Load() {
 		return false
+	}
+	if l.remote != nil {
+		// No cheap change marker on an object store: list again, at most
+		// once per remoteListEvery.
+		l.statAfter.Store(now + int64(remoteListEvery))
+		return true
 	}
 	l.statAfter.Store(now + int64(statEvery))
 	fi, err := os.Stat(l.runsDir())
@@ -442,7 +487,7 @@ func (l *Local) exit() {
 // runs: a flush removes chunks from it only after their run is open, so a
 // chunk this process wrote is always in one or the other. A miss lists
 // the runs again when relist says so, to see other processes' writes.
-func (l *Local) lookup(id chunk.ID, relist func() bool) (chunkLoc, bool, error) {
+func (l *Local) lookup(ctx context.Context, id chunk.ID, relist func() bool) (chunkLoc, bool, error) {
 	l.mu.RLock()
 	loc, ok := l.pending[id]
 	l.mu.RUnlock()
@@ -453,7 +498,7 @@ func (l *Local) lookup(id chunk.ID, relist func() bool) (chunkLoc, bool, error) 
 	if ok || err != nil || relist == nil || !relist() {
 		return loc, ok, err
 	}
-	if err := l.refresh(); err != nil {
+	if err := l.refresh(ctx); err != nil {
 		return chunkLoc{}, false, err
 	}
 	return l.lookupRuns(id)
@@ -481,7 +526,7 @@ func (l *Local) Has(ctx context.Context, id chunk.ID) (bool, error) {
 		return false, err
 	}
 	defer l.exit()
-	_, ok, err := l.lookup(id, l.runsChanged)
+	_, ok, err := l.lookup(ctx, id, l.runsChanged)
 	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
 		return true, nil // held, badly: Get and Verify report it
@@ -515,7 +560,7 @@ func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 			if relisted {
 				_, ok, err = l.lookupRuns(id)
 			} else {
-				_, ok, err = l.lookup(id, nil)
+				_, ok, err = l.lookup(ctx, id, nil)
 			}
 			if errors.As(err, &ce) {
 				ok, err = true, nil // held, badly: Get and Verify report it
@@ -535,7 +580,7 @@ func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 		return nil, err
 	}
 	if misses > 0 && l.runsChanged() {
-		if err := l.refresh(); err != nil {
+		if err := l.refresh(ctx); err != nil {
 			return nil, err
 		}
 		if _, err := check(true); err != nil {
@@ -554,23 +599,23 @@ func (l *Local) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error
 		return dst, err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(id, always)
+	loc, ok, err := l.lookup(ctx, id, always)
 	if err != nil {
 		return dst, err
 	}
 	if !ok {
 		return dst, fmt.Errorf("%w: %s", chunk.ErrNotFound, id)
 	}
-	return l.read(id, loc, dst)
+	return l.read(ctx, id, loc, dst)
 }
 
 // read appends the verified plain content of the record at loc to dst. A
 // record that cannot be what was written for id gives a *CorruptChunkError;
 // other errors are I/O failures.
-func (l *Local) read(id chunk.ID, loc chunkLoc, dst []byte) ([]byte, error) {
+func (l *Local) read(ctx context.Context, id chunk.ID, loc chunkLoc, dst []byte) ([]byte, error) {
 	bp := getBuf(int(loc.header(id).size()))
 	defer putBuf(bp)
-	h, stored, err := l.readRecord(id, loc, (*bp)[:loc.header(id).size()])
+	h, stored, err := l.readRecord(ctx, id, loc, (*bp)[:loc.header(id).size()])
 	if err != nil {
 		return dst, err
 	}
@@ -590,18 +635,14 @@ func (l *Local) read(id chunk.ID, loc chunkLoc, dst []byte) ([]byte, error) {
 // the header and the stored bytes (aliasing rec), neither decoded nor
 // verified. A record that cannot be id's gives a *CorruptChunkError; other
 // errors are I/O failures.
-func (l *Local) readRecord(id chunk.ID, loc chunkLoc, rec []byte) (recordHeader, []byte, error) {
+func (l *Local) readRecord(ctx context.Context, id chunk.ID, loc chunkLoc, rec []byte) (recordHeader, []byte, error) {
 	corrupt := func(err error) (recordHeader, []byte, error) {
 		return recordHeader{}, nil, &chunk.CorruptChunkError{ID: id, Err: err}
 	}
-	f, err := l.packFile(loc.Pack)
-	if errors.Is(err, fs.ErrNotExist) {
-		return corrupt(fmt.Errorf("pack %08x is missing", loc.Pack))
-	}
-	if err != nil {
-		return recordHeader{}, nil, err
-	}
-	if _, err := f.ReadAt(rec, loc.Offset); err != nil {
+	if err := l.readPack(ctx, loc.Pack, rec, loc.Offset); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return corrupt(fmt.Errorf("pack %08x is missing", loc.Pack))
+		}
 		if errors.Is(err, io.EOF) {
 			return corrupt(fmt.Errorf("%w: pack %08x ends inside the record at %d", errBadRecord, loc.Pack, loc.Offset))
 		}
@@ -627,7 +668,7 @@ func (l *Local) GetStored(ctx context.Context, id chunk.ID, dst []byte) ([]byte,
 		return dst, Info{}, err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(id, always)
+	loc, ok, err := l.lookup(ctx, id, always)
 	if err != nil {
 		return dst, Info{}, err
 	}
@@ -639,7 +680,7 @@ func (l *Local) GetStored(ctx context.Context, id chunk.ID, dst []byte) ([]byte,
 	// of the store's own.
 	n, size := len(dst), int(loc.header(id).size())
 	buf := slices.Grow(dst, size)[:n+size]
-	_, stored, err := l.readRecord(id, loc, buf[n:])
+	_, stored, err := l.readRecord(ctx, id, loc, buf[n:])
 	if err != nil {
 		return dst, Info{}, err
 	}
@@ -703,7 +744,7 @@ func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) e
 		_, held = l.pending[id]
 		l.mu.RUnlock()
 	} else {
-		_, held, err = l.lookup(id, l.runsChanged)
+		_, held, err = l.lookup(ctx, id, l.runsChanged)
 	}
 	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
@@ -789,7 +830,13 @@ func (l *Local) rollLocked(need int64) error {
 		f.Close()
 		return err
 	}
-	if err := syncDir(l.packsDir()); err != nil {
+	if l.remote != nil {
+		// A spool: nothing to sync, but held against cleanSpools.
+		if err := lockSpool(f); err != nil {
+			f.Close()
+			return err
+		}
+	} else if err := syncDir(l.packsDir()); err != nil {
 		f.Close()
 		return l.failLocked(err)
 	}
@@ -851,13 +898,18 @@ func (l *Local) flush(ctx context.Context) error {
 	}
 	chunks, dirty := l.unflushed, l.dirty
 	l.unflushed, l.dirty, l.unflushedBytes = nil, map[uint64]int64{}, 0
+	if l.remote != nil && len(dirty) > 0 {
+		// Seal: the packs this flush uploads take no more records.
+		l.cur = nil
+	}
 	l.mu.Unlock()
 	if len(dirty) == 0 {
 		return nil
 	}
 	// Past this point the snapshot must reach a run or the store fails:
 	// no cancellation.
-	if err := l.commit(chunks, dirty); err != nil {
+	ctx = context.WithoutCancel(ctx)
+	if err := l.commit(ctx, chunks, dirty); err != nil {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.failLocked(err)
@@ -867,7 +919,7 @@ func (l *Local) flush(ctx context.Context) error {
 		delete(l.pending, c.id)
 	}
 	l.mu.Unlock()
-	if err := l.compact(); err != nil {
+	if err := l.compact(ctx); err != nil {
 		// The new run is durable: a failed merge loses nothing, and the
 		// next one tries again.
 		l.log.Warn("merging index runs", "err", err)
@@ -876,14 +928,19 @@ func (l *Local) flush(ctx context.Context) error {
 }
 
 // commit syncs the dirty packs, then writes chunks as a run and opens it.
-func (l *Local) commit(chunks []runEntry, dirty map[uint64]int64) error {
-	for n := range dirty {
+func (l *Local) commit(ctx context.Context, chunks []runEntry, dirty map[uint64]int64) error {
+	for n, size := range dirty {
 		f, err := l.packFile(n)
 		if err != nil {
 			return err
 		}
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("chunkstore: syncing pack %s: %w", packName(n), err)
+		if l.remote != nil {
+			err = l.uploadPack(ctx, n, f, size)
+		} else if err = f.Sync(); err != nil {
+			err = fmt.Errorf("chunkstore: syncing pack %s: %w", packName(n), err)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	entries := slices.Clone(chunks)
@@ -892,7 +949,16 @@ func (l *Local) commit(chunks []runEntry, dirty map[uint64]int64) error {
 	if err != nil {
 		return err
 	}
+	if l.remote != nil {
+		if err := l.uploadRun(ctx, r); err != nil {
+			r.release()
+			return err
+		}
+	}
 	l.adopt(r)
+	if l.remote != nil {
+		l.dropUploaded(dirty)
+	}
 	return nil
 }
 
@@ -911,7 +977,7 @@ func (l *Local) adopt(r *run) {
 // merges at a time: if another holds the lock, compact returns at once.
 // The merged run is durable before its inputs are removed; a process that
 // still has them mapped keeps reading them.
-func (l *Local) compact() error {
+func (l *Local) compact(ctx context.Context) error {
 	lock, err := os.OpenFile(filepath.Join(l.dir, "compact.lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("chunkstore: merging index runs: %w", err)
@@ -927,7 +993,7 @@ func (l *Local) compact() error {
 		return fmt.Errorf("chunkstore: merging index runs: %w", err)
 	}
 	// Under the lock, the listing is the truth: no run goes away meanwhile.
-	if err := l.refresh(); err != nil {
+	if err := l.refresh(ctx); err != nil {
 		return err
 	}
 	for {
@@ -937,7 +1003,7 @@ func (l *Local) compact() error {
 			releaseAll(rs)
 			return nil
 		}
-		err := l.merge(pick)
+		err := l.merge(ctx, pick)
 		releaseAll(rs)
 		if err != nil {
 			return err
@@ -946,7 +1012,7 @@ func (l *Local) compact() error {
 }
 
 // merge writes the entries of rs as one run, then removes rs.
-func (l *Local) merge(rs []*run) error {
+func (l *Local) merge(ctx context.Context, rs []*run) error {
 	rw, err := newRunWriter(l.runsDir(), l.owner, 0)
 	if err != nil {
 		return err
@@ -969,17 +1035,23 @@ func (l *Local) merge(rs []*run) error {
 	if err != nil {
 		return err
 	}
+	if l.remote != nil {
+		if err := l.uploadRun(ctx, merged); err != nil {
+			merged.release()
+			return err
+		}
+	}
 	l.adopt(merged)
 	for _, r := range rs {
-		if err := os.Remove(filepath.Join(l.runsDir(), r.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("chunkstore: removing merged index run: %w", err)
+		if err := l.removeRun(ctx, r.name); err != nil {
+			return err
 		}
 	}
 	if err := syncDir(l.runsDir()); err != nil {
 		return err
 	}
 	l.log.Debug("merged index runs", "runs", len(rs), "into", merged.name)
-	return l.refresh()
+	return l.refresh(ctx)
 }
 
 // Iterate calls fn for every durable chunk in ID order: those of the runs
@@ -1003,7 +1075,7 @@ func (l *Local) Iterate(ctx context.Context, fn func(chunk.ID, Info) error) erro
 // iterateRuns walks the chunks of every run in ID order, each once. An
 // entry that does not decode is passed to fn as a *CorruptChunkError.
 func (l *Local) iterateRuns(ctx context.Context, fn func(chunk.ID, chunkLoc, error) error) error {
-	if err := l.refresh(); err != nil {
+	if err := l.refresh(ctx); err != nil {
 		return err
 	}
 	rs := l.snapshot()
@@ -1045,7 +1117,7 @@ func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifySt
 		st.Chunks++
 		if err == nil {
 			st.PlainBytes += int64(loc.PlainLen)
-			buf, err = l.read(id, loc, buf[:0])
+			buf, err = l.read(ctx, id, loc, buf[:0])
 		}
 		var ce *chunk.CorruptChunkError
 		if errors.As(err, &ce) {
@@ -1143,7 +1215,7 @@ func (l *Local) copyRecord(ctx context.Context, id chunk.ID) error {
 		return err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(id, always)
+	loc, ok, err := l.lookup(ctx, id, always)
 	if err != nil {
 		return err
 	}
@@ -1154,7 +1226,7 @@ func (l *Local) copyRecord(ctx context.Context, id chunk.ID) error {
 	bp := getBuf(int(h.size()))
 	defer putBuf(bp)
 	rec := (*bp)[:h.size()]
-	if _, _, err := l.readRecord(id, loc, rec); err != nil {
+	if _, _, err := l.readRecord(ctx, id, loc, rec); err != nil {
 		return err
 	}
 	flushNow, err := l.append(h, rec) // a chunk copied already is pending: skipped

@@ -138,7 +138,7 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 		return nil, fmt.Errorf("chunkstore: waiting for the merge lock: %w", err)
 	}
 	start := time.Now()
-	if err := l.refresh(); err != nil {
+	if err := l.refresh(ctx); err != nil {
 		return nil, err
 	}
 	if d := l.Damaged(); len(d) > 0 {
@@ -252,7 +252,7 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 	if err := syncDir(l.runsDir()); err != nil {
 		return nil, err
 	}
-	if err := l.refresh(); err != nil {
+	if err := l.refresh(ctx); err != nil {
 		return nil, err
 	}
 	// 4. The WAL records nothing needs, before the packs of their chunks.

@@ -1,0 +1,206 @@
+package chunkstore_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
+	"github.com/pgporter/pgporter/chunkstore/storetest"
+	"github.com/pgporter/pgporter/internal/s3test"
+)
+
+// A store on a Remote (the directory backend here, S3 in TestRemoteS3)
+// passes the same conformance suite as one in a directory.
+func TestRemoteConformance(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts chunkstore.LocalOptions
+	}{
+		{"defaults", chunkstore.LocalOptions{}},
+		{"small packs", chunkstore.LocalOptions{PackSize: 256 << 10, FlushBytes: 100 << 10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) chunkstore.Store {
+				opts := tc.opts
+				opts.Remote = dirBackend(t)
+				l, err := chunkstore.OpenLocal(t.TempDir(), opts)
+				require.NoError(t, err)
+				return l
+			})
+		})
+	}
+}
+
+func dirBackend(t *testing.T) *objstore.Dir {
+	t.Helper()
+	d, err := objstore.OpenDir(t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func objectNames(t *testing.T, b objstore.Backend, prefix string) []string {
+	t.Helper()
+	var names []string
+	for o, err := range b.List(context.Background(), prefix) {
+		require.NoError(t, err)
+		names = append(names, o.Name)
+	}
+	return names
+}
+
+// Two hosts (each its own cache directory) write one store at once; each
+// then reads the other's chunks, and a third, with an empty cache, reads
+// them all. Every pack object is whole (its records end where it does),
+// and the caches hold no spool once the writers have flushed.
+func TestRemoteTwoHosts(t *testing.T) {
+	b := dirBackend(t)
+	opts := chunkstore.LocalOptions{FlushBytes: 1, Remote: b} // a pack and a run per Put
+	cacheA, cacheB := t.TempDir(), t.TempDir()
+	a := openLocal(t, cacheA, opts)
+	h := openLocal(t, cacheB, opts)
+	one, two := storetest.Chunks(25, 60), storetest.Chunks(26, 60)
+	var g errgroup.Group
+	g.Go(func() error { putChunks(t, a, one); return nil })
+	g.Go(func() error { putChunks(t, h, two); return nil })
+	require.NoError(t, g.Wait())
+	requireChunks(t, a, two)
+	requireChunks(t, h, one)
+
+	all := append(slices.Clone(one), two...)
+	c := openLocal(t, t.TempDir(), chunkstore.LocalOptions{Remote: b})
+	requireChunks(t, c, all)
+	requireVerifyClean(t, c, len(all))
+	n, err := c.CheckLocations(context.Background(), func(id chunk.ID, err error) { t.Errorf("%s: %v", id.Short(), err) })
+	require.NoError(t, err)
+	require.Equal(t, len(all), n)
+
+	require.NotEmpty(t, objectNames(t, b, "chunks/packs/"))
+	runs := objectNames(t, b, "chunks/idx/")
+	require.LessOrEqual(t, len(runs), 2*(compactFanIn-1)+2, "compaction keeps the runs few")
+	for _, cache := range []string{cacheA, cacheB} {
+		spools, err := filepath.Glob(filepath.Join(cache, "packs", "*.pack"))
+		require.NoError(t, err)
+		require.Empty(t, spools, "uploaded packs leave no spool")
+	}
+}
+
+// Nothing of a store on a Remote is in its directory but caches: a store
+// opened on a new, empty directory sees everything, and one whose cached
+// runs are damaged fetches them again.
+func TestRemoteCacheIsNotTheTruth(t *testing.T) {
+	b := dirBackend(t)
+	cache := t.TempDir()
+	chunks := storetest.Chunks(27, 40)
+	w, err := chunkstore.OpenLocal(cache, chunkstore.LocalOptions{Remote: b})
+	require.NoError(t, err)
+	putChunks(t, w, chunks)
+	require.NoError(t, w.Close())
+
+	cached := runFiles(t, cache)
+	require.NotEmpty(t, cached)
+	for _, p := range cached {
+		require.NoError(t, os.WriteFile(p, []byte("damaged"), 0o644))
+	}
+	r := openLocal(t, cache, chunkstore.LocalOptions{Remote: b})
+	requireChunks(t, r, chunks)
+	require.Empty(t, r.Damaged())
+	requireChunks(t, openLocal(t, t.TempDir(), chunkstore.LocalOptions{Remote: b}), chunks)
+}
+
+// A writer killed before its flush leaves a spool file in the cache and
+// nothing in the store; the next store opened on that cache removes the
+// spool, and nothing reads the lost chunks.
+func TestRemoteCrashedSpool(t *testing.T) {
+	b := dirBackend(t)
+	cache := t.TempDir()
+	// A crashed writer's spool: a pack file no one holds locked.
+	spool := filepath.Join(cache, "packs", "8000000000000001.pack")
+	require.NoError(t, os.MkdirAll(filepath.Dir(spool), 0o755))
+	require.NoError(t, os.WriteFile(spool, []byte("PGK1 torn"), 0o644))
+
+	w := openLocal(t, cache, chunkstore.LocalOptions{Remote: b})
+	_, err := os.Stat(spool)
+	require.True(t, errors.Is(err, os.ErrNotExist), "the crashed writer's spool is removed: %v", err)
+
+	// A live writer's spool, locked, stays while another process opens
+	// the same cache.
+	chunks := storetest.Chunks(28, 3)
+	for _, c := range chunks {
+		require.NoError(t, w.Put(context.Background(), chunk.Sum(c), c))
+	}
+	live, err := filepath.Glob(filepath.Join(cache, "packs", "*.pack"))
+	require.NoError(t, err)
+	require.Len(t, live, 1)
+	other := openLocal(t, cache, chunkstore.LocalOptions{Remote: b})
+	_, err = os.Stat(live[0])
+	require.NoError(t, err, "a live writer's spool stays")
+	require.Empty(t, objectNames(t, b, "chunks/packs/"), "nothing is uploaded before a flush")
+	has, err := other.HasMany(context.Background(), ids(chunks))
+	require.NoError(t, err)
+	require.Equal(t, []bool{false, false, false}, has, "unflushed chunks are not in the store")
+
+	require.NoError(t, w.Flush(context.Background()))
+	require.Len(t, objectNames(t, b, "chunks/packs/"), 1)
+	_, err = os.Stat(live[0])
+	require.True(t, errors.Is(err, os.ErrNotExist), "an uploaded pack's spool goes")
+	requireChunks(t, w, chunks) // read back through the object store now
+	requireChunks(t, other, chunks)
+}
+
+// A store refuses an object store holding another layout.
+func TestRemoteFormat(t *testing.T) {
+	b := dirBackend(t)
+	body := "pgporter-chunkstore-9\n"
+	require.NoError(t, b.PutIfAbsent(context.Background(), "chunks/format", strings.NewReader(body), int64(len(body))))
+	_, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{Remote: b})
+	require.ErrorContains(t, err, `holds a store of format "pgporter-chunkstore-9"`)
+}
+
+func ids(chunks [][]byte) []chunk.ID {
+	out := make([]chunk.ID, len(chunks))
+	for i, c := range chunks {
+		out[i] = chunk.Sum(c)
+	}
+	return out
+}
+
+// The same on a real S3 server: the conformance suite, and two writers.
+func TestRemoteS3(t *testing.T) {
+	srv := s3test.Start(t)
+	newBackend := func(t *testing.T) objstore.Backend {
+		s, err := objstore.NewS3(srv.Client(t, srv.Endpoint), srv.NewBucket(t), "repo", objstore.S3Options{})
+		require.NoError(t, err)
+		return s
+	}
+	t.Run("Conformance", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) chunkstore.Store {
+			l, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{Remote: newBackend(t), PackSize: 256 << 10, FlushBytes: 100 << 10})
+			require.NoError(t, err)
+			return l
+		})
+	})
+	t.Run("TwoWriters", func(t *testing.T) {
+		b := newBackend(t)
+		opts := chunkstore.LocalOptions{FlushBytes: 64 << 10, Remote: b}
+		a, h := openLocal(t, t.TempDir(), opts), openLocal(t, t.TempDir(), opts)
+		one, two := storetest.Chunks(29, 40), storetest.Chunks(30, 40)
+		var g errgroup.Group
+		g.Go(func() error { putChunks(t, a, one); return nil })
+		g.Go(func() error { putChunks(t, h, two); return nil })
+		require.NoError(t, g.Wait())
+		c := openLocal(t, t.TempDir(), chunkstore.LocalOptions{Remote: b})
+		requireChunks(t, c, append(slices.Clone(one), two...))
+		requireVerifyClean(t, c, len(one)+len(two))
+	})
+}
