@@ -208,7 +208,7 @@ func (r *Repo) finishPoint(ctx context.Context, rp *RestorePoint, nodes []Node, 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.writePoint(rp)
+	return r.writePoint(ctx, rp)
 }
 
 // progress serialises BackupOptions.Progress and keeps its promise that

@@ -90,9 +90,11 @@ func (r *Repo) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) 
 			return nil, err
 		}
 	}
-	walFiles, err := filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json"))
-	if err != nil {
-		return nil, err
+	var walFiles []string
+	if r.remote == nil { // no WAL archive on object storage yet
+		if walFiles, err = filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json")); err != nil {
+			return nil, err
+		}
 	}
 	for _, p := range walFiles {
 		if strings.HasPrefix(filepath.Base(p), ".") {

@@ -54,6 +54,9 @@ func ReadHealth(dir string) (*Health, error) {
 	if len(rps) > 0 {
 		h.Newest = &rps[len(rps)-1]
 	}
+	if IsRepoURL(dir) {
+		return h, nil // outcomes and the WAL archive are not on object storage yet
+	}
 	if h.Ops, err = ReadStatus(dir); err != nil {
 		return nil, err
 	}

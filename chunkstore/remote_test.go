@@ -17,6 +17,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
 	"github.com/pgporter/pgporter/internal/s3test"
+	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 // A store on a Remote (the directory backend here, S3 in TestRemoteS3)
@@ -203,4 +204,62 @@ func TestRemoteS3(t *testing.T) {
 		requireChunks(t, c, append(slices.Clone(one), two...))
 		requireVerifyClean(t, c, len(one)+len(two))
 	})
+	t.Run("Repo", func(t *testing.T) { testRemoteRepo(t, srv) })
+}
+
+// A repository at s3://BUCKET/PREFIX, reached as a user's command reaches
+// it (the AWS variables, a cache directory): two backups of a real
+// cluster, each checked byte for byte, the second storing only what
+// changed; a host with an empty cache lists and reads them; check passes;
+// what is not built for object storage yet is refused, creating nothing.
+func testRemoteRepo(t *testing.T, srv *s3test.Server) {
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	url := "s3://" + srv.NewBucket(t) + "/team/db1"
+
+	_, err := chunkstore.ListRepo(url)
+	require.ErrorIs(t, err, chunkstore.ErrNotRepo, "an empty bucket holds no repository")
+
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{})
+	c.PgBench(t, "postgres", 1)
+	c.Stop(t)
+	ctx := context.Background()
+	r := openRepo(t, url)
+	rp, err := r.Backup(ctx, c.DataDir, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	checkRestorePoint(t, r, rp, c.DataDir)
+
+	c.Start(t)
+	c.Exec(t, "postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 100")
+	c.Stop(t)
+	rp2, err := r.Backup(ctx, c.DataDir, chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	require.LessOrEqual(t, rp2.StoredSize, rp.StoredSize/10, "the second backup stores only what changed")
+	require.NoError(t, r.Close())
+
+	// Another host: nothing cached.
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	list, err := chunkstore.ListRepo(url)
+	require.NoError(t, err)
+	require.Equal(t, []string{rp.ID, rp2.ID}, []string{list[0].ID, list[1].ID})
+	r2 := openRepo(t, url)
+	latest, err := r2.Resolve("latest")
+	require.NoError(t, err)
+	require.Equal(t, rp2.ID, latest.ID)
+	checkRestorePoint(t, r2, latest, c.DataDir)
+	rep, err := r2.Check(ctx, chunkstore.CheckOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+
+	_, err = chunkstore.OpenRepoWith(url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
+	_, err = chunkstore.OpenRepoWith(url, chunkstore.RepoOptions{Lock: chunkstore.LockNone})
+	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
+	_, err = r2.WALRecord("000000010000000000000001")
+	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
+	_, err = os.Stat("s3:")
+	require.ErrorIs(t, err, os.ErrNotExist, "a URL is never taken for a directory")
 }

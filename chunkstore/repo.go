@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/internal/pgcatalog"
 )
 
@@ -92,7 +93,10 @@ type Repo struct {
 	log   *slog.Logger
 	store *Local
 	owner owner
-	lock  *repoLock // nil for LockNone
+	lock  *repoLock // nil for LockNone, and on object storage
+
+	remote objstore.Backend // nil for a directory; else dir is its URL (repo_remote.go)
+	cache  string           // with remote: this host's cache of it
 }
 
 // tmpMaxAge is the age past which a restore point's temporary file is a
@@ -130,8 +134,20 @@ const (
 	LockNone
 )
 
-// OpenRepoWith is OpenRepo with options.
+// OpenRepoWith is OpenRepo with options. dir may be a repository URL
+// (IsRepoURL).
 func OpenRepoWith(dir string, o RepoOptions) (*Repo, error) {
+	if IsRepoURL(dir) {
+		b, err := openRepoBackend(context.Background(), dir)
+		if err != nil {
+			return nil, err
+		}
+		cache, err := repoCacheDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		return openRemoteRepo(dir, b, cache, o)
+	}
 	so := o.Store
 	log := so.Logger
 	if log == nil {
@@ -201,7 +217,12 @@ func (r *Repo) Close() error {
 func (r *Repo) Store() Store { return r.store }
 
 // List returns every restore point, oldest first.
-func (r *Repo) List() ([]RestorePoint, error) { return listPoints(r.pointsDir()) }
+func (r *Repo) List() ([]RestorePoint, error) {
+	if r.remote != nil {
+		return listRemotePoints(context.Background(), r.remote, r.cache)
+	}
+	return listPoints(r.pointsDir())
+}
 
 // ErrNotRepo is returned by ListRepo for a directory that is not a
 // repository.
@@ -209,8 +230,11 @@ var ErrNotRepo = errors.New("chunkstore: not a repository")
 
 // ListRepo returns the restore points of the repository in dir, oldest
 // first, without opening its store: it works while another process holds
-// the repository open, and creates nothing.
+// the repository open, and creates nothing (but a cache, for a URL).
 func ListRepo(dir string) ([]RestorePoint, error) {
+	if IsRepoURL(dir) {
+		return listRemoteRepo(context.Background(), dir)
+	}
 	pd := filepath.Join(dir, "points")
 	if fi, err := os.Stat(pd); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%w: %s has no points directory", ErrNotRepo, dir)
@@ -233,15 +257,16 @@ func listPoints(pointsDir string) ([]RestorePoint, error) {
 		if err != nil {
 			return nil, err
 		}
-		if rp.ID+".json" != name {
-			return nil, fmt.Errorf("chunkstore: restore point file %s holds ID %q", name, rp.ID)
-		}
 		rps = append(rps, *rp)
 	}
+	sortPoints(rps)
+	return rps, nil
+}
+
+func sortPoints(rps []RestorePoint) {
 	slices.SortFunc(rps, func(a, b RestorePoint) int {
 		return cmp.Or(a.Time.Compare(b.Time), cmp.Compare(a.ID, b.ID))
 	})
-	return rps, nil
 }
 
 func readPoint(p string) (*RestorePoint, error) {
@@ -249,12 +274,20 @@ func readPoint(p string) (*RestorePoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: reading restore point: %w", err)
 	}
+	return decodePoint(b, filepath.Base(p))
+}
+
+// decodePoint decodes the restore point file (or object) name.
+func decodePoint(b []byte, name string) (*RestorePoint, error) {
 	var rp RestorePoint
 	if err := json.Unmarshal(b, &rp); err != nil {
-		return nil, fmt.Errorf("chunkstore: decoding restore point %s: %w", filepath.Base(p), err)
+		return nil, fmt.Errorf("chunkstore: decoding restore point %s: %w", name, err)
 	}
 	if rp.Format != pointFormat {
-		return nil, fmt.Errorf("chunkstore: restore point %s has format %d, this build reads %d", filepath.Base(p), rp.Format, pointFormat)
+		return nil, fmt.Errorf("chunkstore: restore point %s has format %d, this build reads %d", name, rp.Format, pointFormat)
+	}
+	if rp.ID+".json" != name {
+		return nil, fmt.Errorf("chunkstore: restore point file %s holds ID %q", name, rp.ID)
 	}
 	return &rp, nil
 }
@@ -297,17 +330,20 @@ func newPointID(t time.Time) string {
 }
 
 // writePoint makes rp visible: temp file, fsync, rename, directory fsync.
-func (r *Repo) writePoint(rp *RestorePoint) error {
-	b, err := json.MarshalIndent(rp, "", "  ")
+func (r *Repo) writePoint(ctx context.Context, rp *RestorePoint) error {
+	b, err := encodePoint(rp)
 	if err != nil {
-		return fmt.Errorf("chunkstore: encoding restore point: %w", err)
+		return err
+	}
+	if r.remote != nil {
+		return r.writeRemotePoint(ctx, b, rp)
 	}
 	f, err := os.CreateTemp(r.pointsDir(), ".tmp-")
 	if err != nil {
 		return fmt.Errorf("chunkstore: writing restore point: %w", err)
 	}
 	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(b)
 	if err == nil {
 		err = f.Sync()
 	}

@@ -88,6 +88,9 @@ func (r *Repo) walPath(name string) string {
 // the same content is not stored again (already is true); with other
 // content the push is refused with ErrWALConflict, and nothing changes.
 func (r *Repo) PushWAL(ctx context.Context, path string) (already bool, err error) {
+	if r.remote != nil {
+		return false, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
+	}
 	name := filepath.Base(path)
 	if !walName.MatchString(name) {
 		return false, fmt.Errorf("%w: %q", ErrBadWALName, name)
@@ -178,6 +181,10 @@ func (r *Repo) WALRecord(name string) (*WALFile, error) {
 	if !walName.MatchString(name) {
 		return nil, fmt.Errorf("%w: %q", ErrBadWALName, name)
 	}
+	if r.remote != nil {
+		// Not ErrWALNotFound: PostgreSQL would take it for the archive's end.
+		return nil, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
+	}
 	w, err := readWALRecord(r.walPath(name))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrWALNotFound, name)
@@ -210,6 +217,9 @@ func (r *Repo) ArchivedWAL(w *WALFile) (bool, error) {
 func (r *Repo) CommitWAL(ctx context.Context, w *WALFile) (already bool, err error) {
 	if err := w.Check(); err != nil {
 		return false, err
+	}
+	if r.remote != nil {
+		return false, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
 	}
 	if err := r.store.Flush(ctx); err != nil {
 		return false, fmt.Errorf("chunkstore: flushing WAL file %s: %w", w.Name, err)

@@ -85,8 +85,8 @@ type timelineStep struct {
 // that holds it. It creates nothing.
 func WALCoverage(dir string, rp *RestorePoint, target uint32) (*Coverage, error) {
 	w := rp.WAL
-	if w == nil || w.End == "" || w.SegmentSize <= 0 {
-		return nil, nil
+	if w == nil || w.End == "" || w.SegmentSize <= 0 || IsRepoURL(dir) {
+		return nil, nil // no WAL archive on object storage yet
 	}
 	end, err := ParseLSN(w.End)
 	if err != nil {

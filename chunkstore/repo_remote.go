@@ -1,0 +1,228 @@
+package chunkstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/pgporter/pgporter/chunkstore/objstore"
+)
+
+// A repository on object storage (s3://BUCKET/PREFIX) holds the same
+// things as one in a directory, as objects (docs/design/0011):
+//
+//	chunks/...             the chunk store's packs and runs (remote.go)
+//	points/<id>.json       restore points, created once (PutIfAbsent)
+//
+// This build reads and writes restore points and chunks there: backup,
+// restore-points, check, mount, export and publish work on it. What needs
+// a lock object or the WAL archive (forget, prune, wal-push, wal-fetch,
+// point-in-time targets) is refused with ErrRemoteUnsupported.
+const remotePoints = "points/"
+
+// ErrRemoteUnsupported is matched by the error of an operation that a
+// repository on object storage does not support yet.
+var ErrRemoteUnsupported = errors.New("not supported yet for a repository on object storage")
+
+// IsRepoURL reports whether repo names a repository on object storage
+// rather than a directory.
+func IsRepoURL(repo string) bool { return strings.HasPrefix(repo, "s3://") }
+
+// AbsRepo returns repo as an absolute directory, or the URL as it is.
+func AbsRepo(repo string) (string, error) {
+	if IsRepoURL(repo) {
+		return repo, nil
+	}
+	return filepath.Abs(repo)
+}
+
+// openRepoBackend opens the object store of a repository URL, its
+// requests retried within objstore's bounds. Path-style addressing is
+// PGPORTER_S3_PATH_STYLE's choice ("1" or "0"); unset, it is used for any
+// endpoint set through AWS_ENDPOINT_URL or a profile other than AWS's own,
+// as most other servers want it.
+func openRepoBackend(ctx context.Context, repoURL string) (objstore.Backend, error) {
+	pathStyle, err := s3PathStyle()
+	if err != nil {
+		return nil, err
+	}
+	s, err := objstore.OpenS3(ctx, repoURL, objstore.S3Options{PathStyle: pathStyle})
+	if err != nil {
+		return nil, err
+	}
+	return objstore.WithRetry(s, objstore.RetryPolicy{}), nil
+}
+
+func s3PathStyle() (bool, error) {
+	if v, ok := os.LookupEnv("PGPORTER_S3_PATH_STYLE"); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return false, fmt.Errorf("PGPORTER_S3_PATH_STYLE=%q: want 1 or 0", v)
+		}
+		return b, nil
+	}
+	ep := os.Getenv("AWS_ENDPOINT_URL_S3")
+	if ep == "" {
+		ep = os.Getenv("AWS_ENDPOINT_URL")
+	}
+	if ep == "" {
+		return false, nil
+	}
+	u, err := url.Parse(ep)
+	return err == nil && !strings.HasSuffix(u.Hostname(), ".amazonaws.com"), nil
+}
+
+// repoCacheDir is where this host caches the repository at repoURL: the
+// index runs it has read, the restore points, and the spools of packs
+// being written. PGPORTER_CACHE_DIR, else $XDG_CACHE_HOME/pgporter, else
+// ~/.cache/pgporter; then repos/<hash of the URL>.
+func repoCacheDir(repoURL string) (string, error) {
+	base := os.Getenv("PGPORTER_CACHE_DIR")
+	if base == "" {
+		d, err := os.UserCacheDir()
+		if err != nil {
+			return "", fmt.Errorf("choosing the repository cache (set PGPORTER_CACHE_DIR): %w", err)
+		}
+		base = filepath.Join(d, "pgporter")
+	}
+	sum := blake3.Sum256([]byte(repoURL))
+	return filepath.Join(base, "repos", fmt.Sprintf("%x", sum[:8])), nil
+}
+
+// openRemoteRepo opens the repository on b, caching in cache.
+func openRemoteRepo(repoURL string, b objstore.Backend, cache string, o RepoOptions) (*Repo, error) {
+	switch o.Lock {
+	case LockExclusive:
+		return nil, fmt.Errorf("forget and prune: %w", ErrRemoteUnsupported)
+	case LockNone:
+		return nil, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
+	}
+	if err := os.MkdirAll(filepath.Join(cache, "points"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating the repository cache: %w", err)
+	}
+	own, err := ownerOf(cache)
+	if err != nil {
+		return nil, err
+	}
+	so := o.Store
+	so.Remote = b
+	st, err := OpenLocal(filepath.Join(cache, "chunks"), so)
+	if err != nil {
+		return nil, err
+	}
+	log := so.Logger
+	if log == nil {
+		log = st.log
+	}
+	return &Repo{dir: repoURL, log: log, store: st, owner: own, remote: b, cache: cache}, nil
+}
+
+// listRemotePoints lists the restore points of the repository on b,
+// oldest first. Points are immutable: each is fetched once into the cache.
+func listRemotePoints(ctx context.Context, b objstore.Backend, cache string) ([]RestorePoint, error) {
+	var rps []RestorePoint
+	for o, err := range b.List(ctx, remotePoints) {
+		if err != nil {
+			return nil, fmt.Errorf("listing restore points: %w", err)
+		}
+		name := strings.TrimPrefix(o.Name, remotePoints)
+		if !strings.HasSuffix(name, ".json") || strings.Contains(name, "/") {
+			continue
+		}
+		rp, err := readRemotePoint(ctx, b, cache, name)
+		if err != nil {
+			return nil, err
+		}
+		rps = append(rps, *rp)
+	}
+	sortPoints(rps)
+	return rps, nil
+}
+
+func readRemotePoint(ctx context.Context, b objstore.Backend, cache, name string) (*RestorePoint, error) {
+	cached := filepath.Join(cache, "points", name)
+	data, err := os.ReadFile(cached)
+	if err != nil {
+		if data, err = b.Get(ctx, remotePoints+name, nil); err != nil {
+			return nil, fmt.Errorf("reading restore point %s: %w", name, err)
+		}
+	}
+	rp, err := decodePoint(data, name)
+	if err != nil {
+		_ = os.Remove(cached)
+		return nil, err
+	}
+	if err := writeCacheFile(cached, data); err != nil {
+		return nil, fmt.Errorf("caching restore point %s: %w", name, err)
+	}
+	return rp, nil
+}
+
+// writeCacheFile writes a cache file whole or not at all; no fsync: a
+// cache is refetched when it does not decode.
+func writeCacheFile(p string, data []byte) error {
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	err = errors.Join(err, f.Close())
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
+}
+
+// writeRemotePoint makes rp visible: one object, created once.
+func (r *Repo) writeRemotePoint(ctx context.Context, data []byte, rp *RestorePoint) error {
+	name := remotePoints + rp.ID + ".json"
+	if err := r.remote.PutIfAbsent(ctx, name, strings.NewReader(string(data)), int64(len(data))); err != nil {
+		return fmt.Errorf("chunkstore: writing restore point: %w", err)
+	}
+	return nil
+}
+
+// listRemoteRepo is ListRepo for a URL: a repository exists once its
+// chunk store's format object does.
+func listRemoteRepo(ctx context.Context, repoURL string) ([]RestorePoint, error) {
+	b, err := openRepoBackend(ctx, repoURL)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.Stat(ctx, remoteFormat); errors.Is(err, objstore.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s holds no repository", ErrNotRepo, repoURL)
+	} else if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", repoURL, err)
+	}
+	cache, err := repoCacheDir(repoURL)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cache, "points"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating the repository cache: %w", err)
+	}
+	return listRemotePoints(ctx, b, cache)
+}
+
+// encodePoint is a restore point's file or object.
+func encodePoint(rp *RestorePoint) ([]byte, error) {
+	b, err := json.MarshalIndent(rp, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: encoding restore point: %w", err)
+	}
+	return append(b, '\n'), nil
+}
