@@ -10,26 +10,30 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// WriteCharts draws two SVG charts per scenario of f into dir, named
+// WriteCharts draws up to three SVG charts per scenario of f into dir:
 // prefix-SCENARIO-wall.svg (median wall seconds per tool, whiskers from the
-// fastest to the slowest run) and prefix-SCENARIO-cpu.svg (median CPU-seconds
-// per GB of input, one bar per side). It returns the files written.
+// fastest to the slowest run), prefix-SCENARIO-cpu.svg (median CPU-seconds
+// per GB of input, one bar per side) and prefix-SCENARIO-wire.svg (median
+// MB on the wire from sender to receiver, whiskers from the least to the
+// most). A chart of a figure no run of the scenario measured is not drawn.
+// It returns the files written.
 func WriteCharts(dir, prefix string, f *File) ([]string, error) {
 	var files []string
 	for i := range f.Results {
 		r := &f.Results[i]
-		wall := filepath.Join(dir, fmt.Sprintf("%s-%s-wall.svg", prefix, r.Scenario))
-		if err := wallChart(r, wall); err != nil {
-			return files, fmt.Errorf("charting %s: %w", r.Scenario, err)
-		}
-		files = append(files, wall)
-		cpu := filepath.Join(dir, fmt.Sprintf("%s-%s-cpu.svg", prefix, r.Scenario))
-		ok, err := cpuChart(r, cpu)
-		if err != nil {
-			return files, fmt.Errorf("charting %s: %w", r.Scenario, err)
-		}
-		if ok {
-			files = append(files, cpu)
+		charts := []struct {
+			name string
+			draw func(*Result, string) (bool, error)
+		}{{"wall", wallChart}, {"cpu", cpuChart}, {"wire", wireChart}}
+		for _, c := range charts {
+			path := filepath.Join(dir, fmt.Sprintf("%s-%s-%s.svg", prefix, r.Scenario, c.name))
+			ok, err := c.draw(r, path)
+			if err != nil {
+				return files, fmt.Errorf("charting %s: %w", r.Scenario, err)
+			}
+			if ok {
+				files = append(files, path)
+			}
 		}
 	}
 	return files, nil
@@ -41,31 +45,58 @@ type errorPoints struct {
 	plotter.YErrors
 }
 
-func wallChart(r *Result, path string) error {
-	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s: wall time, %.0f MB (median, min–max of %d)", r.Scenario, float64(r.Bytes)/1e6, r.Reps)
-	p.Y.Label.Text = "seconds"
+func wallChart(r *Result, path string) (bool, error) {
+	title := fmt.Sprintf("%s: wall time, %.0f MB (median, min–max of %d)", r.Scenario, float64(r.Bytes)/1e6, r.Reps)
+	return spreadChart(r, WallSeconds, 1, title, "seconds", path)
+}
+
+// wireChart draws the bytes each tool put on the link towards the receiver,
+// headers and retransmissions included (Measure.WireBytes); tools that did
+// not measure them (in-process scenarios, the export on loopback) are left
+// out.
+func wireChart(r *Result, path string) (bool, error) {
+	title := fmt.Sprintf("%s: bytes on the wire, %.0f MB of input (median, min–max of %d)", r.Scenario, float64(r.Bytes)/1e6, r.Reps)
+	return spreadChart(r, WireBytes, 1e-6, title, "MB", path)
+}
+
+// spreadChart draws one bar per tool, the median of metric times scale,
+// with whiskers from the least to the most of its runs. Tools that did not
+// measure metric get no bar; ok is false (and nothing is written) when none
+// did.
+func spreadChart(r *Result, metric Metric, scale float64, title, unit, path string) (ok bool, err error) {
+	var tools []string
 	var vals plotter.Values
 	var pts errorPoints
-	for i, t := range r.Tools {
-		s, _ := r.ToolSummary(t, WallSeconds)
-		vals = append(vals, s.Median)
-		pts.XYs = append(pts.XYs, plotter.XY{X: float64(i), Y: s.Median})
-		pts.YErrors = append(pts.YErrors, struct{ Low, High float64 }{s.Median - s.Min, s.Max - s.Median})
+	for _, t := range r.Tools {
+		s, got := r.ToolSummary(t, metric)
+		if !got {
+			continue
+		}
+		med := s.Median * scale
+		pts.XYs = append(pts.XYs, plotter.XY{X: float64(len(tools)), Y: med})
+		pts.YErrors = append(pts.YErrors, struct{ Low, High float64 }{med - s.Min*scale, s.Max*scale - med})
+		vals = append(vals, med)
+		tools = append(tools, t)
 	}
+	if len(tools) == 0 {
+		return false, nil
+	}
+	p := plot.New()
+	p.Title.Text = title
+	p.Y.Label.Text = unit
 	bars, err := plotter.NewBarChart(vals, vg.Points(24))
 	if err != nil {
-		return err
+		return false, err
 	}
 	bars.Color = color.RGBA{R: 70, G: 110, B: 170, A: 255}
 	whiskers, err := plotter.NewYErrorBars(pts)
 	if err != nil {
-		return err
+		return false, err
 	}
 	p.Add(bars, whiskers)
-	p.NominalX(r.Tools...)
+	p.NominalX(tools...)
 	p.Y.Min = 0
-	return p.Save(chartWidth(len(r.Tools)), 4*vg.Inch, path)
+	return true, p.Save(chartWidth(len(tools)), 4*vg.Inch, path)
 }
 
 // cpuChart draws CPU-seconds per GB per side; ok is false (and nothing is

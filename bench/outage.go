@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/pgporter/pgporter/internal/netemu"
 )
 
 // Outage is scenario 4: the WAN scenario's cold transfer, on ProfileWAN,
@@ -90,12 +92,12 @@ func (s *Outage) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	// The calibration: what each tool puts through the path without the
 	// outage, so that its outage comes at half of it.
 	for _, t := range tools {
-		before := link.Stats().Forward
+		before := link.Stats().Admitted
 		env.Logf("outage: %s, calibration run without the outage", t.name)
 		if _, err := t.cold.Run(ctx, -1); err != nil {
 			return nil, fmt.Errorf("outage: calibrating %s: %w", t.name, err)
 		}
-		t.half = (link.Stats().Forward - before) / 2
+		t.half = (link.Stats().Admitted - before) / 2
 	}
 	var list []Tool
 	for _, t := range tools {
@@ -216,15 +218,15 @@ func (t *outageTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 // bytes the run put through the path towards the receiver, from the
 // emulator's readings before (s0, taken before the run started at t0) and
 // after it; an error if no outage began during the run.
-func outagePosition(s0, s1 EmuStats, t0 time.Time) (float64, error) {
+func outagePosition(s0, s1 netemu.Stats, t0 time.Time) (float64, error) {
 	if s1.OutageStart.IsZero() || s1.OutageStart.Before(t0) {
 		return 0, errors.New("the outage never began: the run put fewer bytes through the path than its calibration run's half")
 	}
-	total := s1.Forward - s0.Forward
+	total := s1.Admitted - s0.Admitted
 	if total <= 0 {
 		return 0, errors.New("no bytes crossed the path")
 	}
-	return 100 * float64(s1.OutageAfter-s0.Forward) / float64(total), nil
+	return 100 * float64(s1.OutageAfter-s0.Admitted) / float64(total), nil
 }
 
 // ---- pgporter: one rig per run, send rerun (it resumes) until it succeeds ----

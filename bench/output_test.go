@@ -124,8 +124,9 @@ func TestCharts(t *testing.T) {
 	files, err := WriteCharts(dir, "x", f)
 	require.NoError(t, err)
 	require.Equal(t, []string{
-		filepath.Join(dir, "x-lan-wall.svg"), filepath.Join(dir, "x-lan-cpu.svg"), filepath.Join(dir, "x-chunk-wall.svg"),
-	}, files, "no CPU chart when no run measured CPU")
+		filepath.Join(dir, "x-lan-wall.svg"), filepath.Join(dir, "x-lan-cpu.svg"), filepath.Join(dir, "x-lan-wire.svg"),
+		filepath.Join(dir, "x-chunk-wall.svg"),
+	}, files, "no CPU or wire chart when no run measured them")
 	for _, p := range files {
 		fh, err := os.Open(p)
 		require.NoError(t, err)
@@ -138,4 +139,43 @@ func TestCharts(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(lanWall), "tar|zstd|nc")
 	require.NoFileExists(t, filepath.Join(dir, "x-chunk-cpu.svg"))
+	require.NoFileExists(t, filepath.Join(dir, "x-chunk-wire.svg"))
+}
+
+// TestWireChart: a scenario's wire-bytes chart has a bar for each tool that
+// measured wire bytes and none for one that did not (pgporter export's
+// figure is an Extra, not Measure.WireBytes); a scenario without any wire
+// bytes gets no chart.
+func TestWireChart(t *testing.T) {
+	dir := t.TempDir()
+	f := &File{Results: []Result{{
+		Scenario: "wan", Bytes: 50e6, Reps: 2, Tools: []string{"pgporter", "rsync -z", "rsync", "in process"},
+		Runs: []Sample{
+			{Tool: "pgporter", Measure: Measure{Wall: 3 * time.Second, WireBytes: 12e6}},
+			{Tool: "pgporter", Rep: 1, Measure: Measure{Wall: 3 * time.Second, WireBytes: 14e6}},
+			{Tool: "rsync -z", Measure: Measure{Wall: 4 * time.Second, WireBytes: 9e6}},
+			{Tool: "rsync -z", Rep: 1, Measure: Measure{Wall: 4 * time.Second, WireBytes: 9e6}},
+			{Tool: "rsync", Measure: Measure{Wall: 9 * time.Second, WireBytes: 52e6}},
+			{Tool: "rsync", Rep: 1, Measure: Measure{Wall: 9 * time.Second, WireBytes: 53e6}},
+			{Tool: "in process", Measure: Measure{Wall: time.Second, Extra: map[string]float64{"wire_MB": 7}}},
+		},
+	}, {
+		Scenario: "export", Bytes: 1e9, Reps: 1, Tools: []string{"pgporter export"},
+		Runs: []Sample{{Tool: "pgporter export", Measure: Measure{Wall: time.Second, Extra: map[string]float64{"wire_MB": 35}}}},
+	}}}
+	files, err := WriteCharts(dir, "y", f)
+	require.NoError(t, err)
+	wire := filepath.Join(dir, "y-wan-wire.svg")
+	require.Equal(t, []string{filepath.Join(dir, "y-wan-wall.svg"), wire, filepath.Join(dir, "y-export-wall.svg")}, files)
+	require.FileExists(t, wire)
+	require.NoFileExists(t, filepath.Join(dir, "y-export-wire.svg"))
+	b, err := os.ReadFile(wire)
+	require.NoError(t, err)
+	svg := string(b)
+	require.Contains(t, svg, "<svg")
+	require.Contains(t, svg, "bytes on the wire")
+	for _, tool := range []string{"pgporter", "rsync -z", "rsync"} {
+		require.Contains(t, svg, ">"+tool+"<", "the chart names %s", tool)
+	}
+	require.NotContains(t, svg, "in process", "a tool without wire bytes has no bar")
 }

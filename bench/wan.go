@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/netemu"
 	"github.com/pgporter/pgporter/internal/synth"
 )
 
@@ -169,10 +170,11 @@ func selfCPU() float64 {
 }
 
 // emuDelta describes what the emulator did between two readings.
-func emuDelta(a, b EmuStats) string {
+func emuDelta(a, b netemu.Stats) string {
+	to, back := b.ToHost, b.FromHost
 	return fmt.Sprintf("path delivered %.1f MB / %d packets to the receiver, %.1f MB / %d back; lost %d and %d packets at random",
-		float64(b.Bytes[0]-a.Bytes[0])/1e6, b.Packets[0]-a.Packets[0], float64(b.Bytes[1]-a.Bytes[1])/1e6, b.Packets[1]-a.Packets[1],
-		b.Lost[0]-a.Lost[0], b.Lost[1]-a.Lost[1])
+		float64(to.Bytes-a.ToHost.Bytes)/1e6, to.Delivered-a.ToHost.Delivered, float64(back.Bytes-a.FromHost.Bytes)/1e6, back.Delivered-a.FromHost.Delivered,
+		to.Lost-a.ToHost.Lost, back.Lost-a.FromHost.Lost)
 }
 
 // wanData is the dump the WAN scenarios share, made once per harness run

@@ -266,6 +266,12 @@ func TestSmokeWAN(t *testing.T) {
 		require.Less(t, r.Extra["wire_pct"], 25.0, r.Tool)
 	}
 	require.Positive(t, delta.Runs[0].Extra["reported_wire_MB"])
+	// Every tool of both scenarios puts its bytes on the path: both have a
+	// wire chart.
+	stamp := strings.TrimSuffix(filepath.Base(files[0]), ".json")
+	for _, sc := range []string{"outage", "delta"} {
+		require.FileExists(t, filepath.Join(out, fmt.Sprintf("%s-%s-wire.svg", stamp, sc)))
+	}
 
 	ns, err := exec.Command("ip", "netns", "list").Output()
 	require.NoError(t, err)
