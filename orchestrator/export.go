@@ -191,8 +191,11 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		}
 	}
 	if p.RepoPeer == "" {
-		if p.Repo, err = filepath.Abs(p.Repo); err != nil {
+		if p.Repo, err = chunkstore.AbsRepo(p.Repo); err != nil {
 			return nil, err
+		}
+		if p.At != nil && chunkstore.IsRepoURL(p.Repo) {
+			return nil, fmt.Errorf("%w: a point in time (--at*): %w", ErrBadPlan, chunkstore.ErrRemoteUnsupported)
 		}
 		// The repository is read, never created: a typo must not make one.
 		rps, err := chunkstore.ListRepo(p.Repo)

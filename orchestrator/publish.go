@@ -429,6 +429,9 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	} else {
 		// The serve process opens the repository; here only its points
 		// directory is read.
+		if o.At != nil && chunkstore.IsRepoURL(o.Repo) {
+			return nil, fmt.Errorf("a point in time (--at*): %w", chunkstore.ErrRemoteUnsupported)
+		}
 		rps, err := chunkstore.ListRepo(o.Repo)
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: %w", o.Repo, err)
@@ -441,7 +444,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		if rp, err = resolvePoint(rps, o.RestorePoint); err != nil {
 			return nil, err
 		}
-		if repo, err = filepath.Abs(o.Repo); err != nil {
+		if repo, err = chunkstore.AbsRepo(o.Repo); err != nil {
 			return nil, err
 		}
 	}

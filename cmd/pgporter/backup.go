@@ -54,7 +54,7 @@ Examples:
 		RunE: func(cmd *cobra.Command, _ []string) error { return runBackup(cmd, g, o) },
 	}
 	f := c.Flags()
-	f.StringVar(&o.repo, "repo", "", "repository directory (created on first use)")
+	f.StringVar(&o.repo, "repo", "", "repository: a directory (created on first use) or s3://BUCKET/PREFIX (see docs/OBJECT-STORAGE.md)")
 	f.StringVar(&o.pgdata, "pgdata", "", "data directory of a stopped cluster, or a crash-consistent copy")
 	f.StringVar(&o.fromServer, "from-server", "", "libpq connection string of a running server to back up online")
 	f.BoolVar(&o.spreadCheckpoint, "spread-checkpoint", false, "with --from-server: let the server spread its starting checkpoint (gentler, slower to start)")

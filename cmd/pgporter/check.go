@@ -60,7 +60,7 @@ Exit code 0: nothing wrong; 7: problems, each listed on stderr (or under
 			return verr
 		},
 	}
-	c.Flags().StringVar(&repo, "repo", "", "repository directory")
+	c.Flags().StringVar(&repo, "repo", "", "repository: a directory or s3://BUCKET/PREFIX")
 	c.Flags().BoolVar(&readData, "read-data", false, "read back every chunk and check its hash")
 	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON report, and nothing else, on stdout")
 	recordRuns(g, c, &repo, func() chunkstore.Op {

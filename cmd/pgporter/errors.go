@@ -155,7 +155,7 @@ func classify(err error) int {
 		return exitConflict
 	case isNotFound(err):
 		return exitNotFound
-	case errors.Is(err, orchestrator.ErrBadPlan):
+	case errors.Is(err, orchestrator.ErrBadPlan), errors.Is(err, chunkstore.ErrRemoteUnsupported):
 		return exitUsage
 	case isNetwork(err):
 		return exitNetwork

@@ -65,7 +65,7 @@ Example:
 			return col.Err()
 		},
 	}
-	c.Flags().StringVar(&repo, "repo", "", "repository directory")
+	c.Flags().StringVar(&repo, "repo", "", "repository: a directory or s3://BUCKET/PREFIX")
 	c.Flags().StringVar(&textfile, "textfile", "", "write the metrics to this file (*.prom, replaced atomically) for node_exporter's textfile collector, instead of stdout")
 	return c
 }

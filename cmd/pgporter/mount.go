@@ -62,7 +62,7 @@ Example:
 		RunE: func(cmd *cobra.Command, args []string) error { return runMount(cmd.Context(), g, o, args) },
 	}
 	f := c.Flags()
-	f.StringVar(&o.repo, "repo", "", "repository directory")
+	f.StringVar(&o.repo, "repo", "", "repository: a directory or s3://BUCKET/PREFIX")
 	f.StringVar(&o.repoPeer, "repo-peer", "", "repository served by the mover at ADDR#PEER_ID")
 	f.DurationVar(&o.retryFor, "retry-for", 2*time.Minute, "with --repo-peer: how long a read retries through network failures")
 	f.StringVar(&o.restorePoint, "restore-point", "", "restore point ID, or latest")

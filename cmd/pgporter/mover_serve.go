@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -77,7 +78,7 @@ Example:
 	f := c.Flags()
 	f.StringVar(&so.listen, "listen", ":7448", "UDP address to listen on")
 	f.StringArrayVar(&so.roots, "root", nil, "directory that transfers may write into (repeatable)")
-	f.StringVar(&so.repo, "repo", "", "backup repository to serve to peers trusted with read")
+	f.StringVar(&so.repo, "repo", "", "backup repository to serve to peers trusted with read: a directory or s3://BUCKET/PREFIX")
 	f.StringVar(&so.metrics, "metrics", "", "where to serve Prometheus metrics over HTTP, without authentication: a Unix socket (unix:/run/pgporter/metrics.sock, mode 0660) or a loopback address (127.0.0.1:9448); any other address is open to the network and warned about")
 	f.StringVar(&so.syncBytes, "sync-bytes", "64M", "make received chunks durable (fsync, and their positions recorded) after this many bytes of a transfer: a crash of this host then costs the sender's rerun at most about this much again; smaller means more syncs")
 	f.DurationVar(&so.syncInterval, "sync-interval", time.Second, "... or after this long, whichever comes first")
@@ -108,7 +109,7 @@ func stagingJobs(g *globals, so serveOpts, serve orchestrator.ServeCommand) (*or
 		return nil, usageError{fmt.Errorf("--staging-dir: %w", err)}
 	}
 	if so.jobRepo != "" {
-		if jobs.Repo, err = filepath.Abs(so.jobRepo); err != nil {
+		if jobs.Repo, err = chunkstore.AbsRepo(so.jobRepo); err != nil {
 			return nil, usageError{fmt.Errorf("--job-repo: %w", err)}
 		}
 	}

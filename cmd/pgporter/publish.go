@@ -103,7 +103,7 @@ Examples:
 	f := c.Flags()
 	f.StringVar(&o.serve, "serve", "", "serve publication ID in the foreground (started by publish itself)")
 	_ = f.MarkHidden("serve")
-	f.StringVar(&o.repo, "repo", "", "repository directory")
+	f.StringVar(&o.repo, "repo", "", "repository: a directory or s3://BUCKET/PREFIX")
 	f.StringVar(&o.repoPeer, "repo-peer", "", "repository served by the mover at ADDR#PEER_ID (instead of --repo); it must trust the publishing home's ID with read")
 	f.DurationVar(&o.retryFor, "retry-for", 2*time.Minute, "with --repo-peer: how long a read retries through a lost connection to the repository mover")
 	f.StringVar(&o.restorePoint, "restore-point", "", "restore point ID, or latest")

@@ -76,7 +76,7 @@ one whose end segment is not archived: it exports as of itself only.`,
 			return tw.Flush()
 		},
 	}
-	c.Flags().StringVar(&repo, "repo", "", "repository directory")
+	c.Flags().StringVar(&repo, "repo", "", "repository: a directory or s3://BUCKET/PREFIX")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the restore points as one JSON object")
 	return c
 }

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/internal/pgtool"
+	"github.com/pgporter/pgporter/internal/s3test"
+	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/mover"
+)
+
+// A repository on object storage, as a user reaches it: the AWS variables
+// that scripts/s3-server prints, and --repo s3://BUCKET/PREFIX. A backup
+// of a real cluster goes there; restore-points and check read it from a
+// host with an empty cache; an export mounts it and delivers a dump that
+// pg_restore reads; what is not built for object storage yet is refused
+// with exit code 2 and says so.
+func TestObjectStorageCLI(t *testing.T) {
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	srv := s3test.Start(t)
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	repo := "s3://" + srv.NewBucket(t) + "/prod/db1"
+
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c.CreateDB(t, "shop")
+	c.PgBench(t, "shop", 1)
+	c.Stop(t)
+
+	code, out, errs := runCLI(t, "restore-points", "--repo", repo)
+	require.Equal(t, exitNotFound, code, "an empty bucket holds no repository: %s", errs)
+	require.Contains(t, errs, "holds no repository")
+
+	code, out, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", c.DataDir)
+	require.Equal(t, 0, code, errs)
+	id := lastLine(out)
+	require.Regexp(t, `^rp-`, id)
+
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir()) // another host
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo, "--json")
+	require.Equal(t, 0, code, errs)
+	var list struct {
+		RestorePoints []struct {
+			ID string `json:"id"`
+		} `json:"restore_points"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &list))
+	require.Len(t, list.RestorePoints, 1)
+	require.Equal(t, id, list.RestorePoints[0].ID)
+
+	code, out, errs = runCLI(t, "check", "--repo", repo, "--read-data")
+	require.Equal(t, 0, code, "%s%s", out, errs)
+
+	c.Start(t)
+	t.Setenv("PGPASSWORD", "pw")
+	home, to := t.TempDir(), t.TempDir()
+	code, out, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--to", to, "--staging-dir", cliStagingDir(t), "--json")
+	require.Equal(t, 0, code, errs)
+	var res exportJSON
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &res), out)
+	require.Equal(t, "done", res.State)
+	dump := filepath.Join(to, "shop")
+	rep, err := mover.Verify(context.Background(), dump)
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+	pgRestore, err := pgtool.Tool("pg_restore", "")
+	require.NoError(t, err)
+	toc, err := exec.Command(pgRestore, "--list", dump).CombinedOutput()
+	require.NoError(t, err, "%s", toc)
+	require.Contains(t, string(toc), "TABLE DATA public pgbench_accounts")
+
+	// Not built for object storage yet: refused, nothing changed.
+	for _, args := range [][]string{
+		{"prune", "--repo", repo},
+		{"forget", "--repo", repo, "--keep-last", "1"},
+		{"--home", home, "export", "--repo", repo, "--db", "shop", "--to", t.TempDir(), "--at", "end"},
+	} {
+		code, _, errs = runCLI(t, args...)
+		require.Equal(t, exitUsage, code, "%v: %s", args, errs)
+		require.Contains(t, errs, "not supported yet for a repository on object storage", args)
+	}
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo, "--json")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, id, "the refusals removed nothing")
+	_, err = os.Stat("s3:")
+	require.ErrorIs(t, err, os.ErrNotExist, "a URL is never taken for a directory")
+}
