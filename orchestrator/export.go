@@ -114,41 +114,64 @@ func (r *Runner) Create(p Plan) (*Session, error) {
 }
 
 func (r *Runner) create(p Plan, id string) (*Session, error) {
+	if err := p.checkAuth(); err != nil {
+		return nil, err
+	}
+	if p.Published != "" {
+		return r.createPublished(p, id)
+	}
+	if err := p.checkExport(); err != nil {
+		return nil, err
+	}
+	if err := p.resolveRepo(); err != nil {
+		return nil, err
+	}
+	if err := r.credentials(&p); err != nil {
+		return nil, err
+	}
+	if err := p.resolveTo(); err != nil {
+		return nil, err
+	}
+	s, err := newExportSession(id, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.j.Put(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkAuth checks p.Auth, the empty default standing for AuthPassword.
+func (p *Plan) checkAuth() error {
 	switch p.Auth {
 	case "", AuthPassword:
 		p.Auth = ""
 	case AuthBackupHBA:
 		if p.Published != "" {
-			return nil, fmt.Errorf("%w: --auth %s does not apply to --published: the publication's own --auth decides how it logs in", ErrBadPlan, AuthBackupHBA)
+			return fmt.Errorf("%w: --auth %s does not apply to --published: the publication's own --auth decides how it logs in", ErrBadPlan, AuthBackupHBA)
 		}
 	default:
-		return nil, fmt.Errorf("%w: --auth %q is neither %s nor %s", ErrBadPlan, p.Auth, AuthPassword, AuthBackupHBA)
+		return fmt.Errorf("%w: --auth %q is neither %s nor %s", ErrBadPlan, p.Auth, AuthPassword, AuthBackupHBA)
 	}
-	if p.Published != "" {
-		return r.createPublished(p, id)
-	}
-	if len(p.Databases) == 0 {
-		return nil, fmt.Errorf("%w: name at least one database with --db", ErrBadPlan)
-	}
-	seen := map[string]bool{}
-	for _, db := range p.Databases {
-		if db == "" {
-			return nil, fmt.Errorf("%w: empty database name", ErrBadPlan)
-		}
-		if seen[dbDirName(db)] {
-			return nil, fmt.Errorf("%w: database %q named twice (or two names map to one directory)", ErrBadPlan, db)
-		}
-		seen[dbDirName(db)] = true
+	return nil
+}
+
+// checkExport checks an export's plan (not one from a publication) as it
+// was asked for, and fills in its defaults.
+func (p *Plan) checkExport() error {
+	if err := checkDatabases(p.Databases); err != nil {
+		return err
 	}
 	if p.To == "" {
-		return nil, fmt.Errorf("%w: --to is required", ErrBadPlan)
+		return fmt.Errorf("%w: --to is required", ErrBadPlan)
 	}
 	if p.PGUser == "" {
 		p.PGUser = "postgres"
 	}
 	if p.Staging != "" && (p.StagingDir != "" || p.OSUser != "") {
 		// The staging host decides where it writes and who runs PostgreSQL.
-		return nil, fmt.Errorf("%w: with --staging, the staging directory and the OS user are set by the staging mover ('mover serve --staging-dir, --os-user'), not by the orchestrator", ErrBadPlan)
+		return fmt.Errorf("%w: with --staging, the staging directory and the OS user are set by the staging mover ('mover serve --staging-dir, --os-user'), not by the orchestrator", ErrBadPlan)
 	}
 	if p.OSUser == "" && p.Staging == "" {
 		p.OSUser = defaultOSUser
@@ -159,72 +182,117 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 	if p.StagingDir == "" && p.Staging == "" {
 		p.StagingDir = DefaultStagingDir
 	}
+	if err := p.checkMovers(); err != nil {
+		return err
+	}
+	if p.Filter.IsZero() {
+		p.Filter = nil
+	} else if err := p.Filter.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadPlan, err)
+	}
+	if p.At != nil {
+		if err := p.At.recovery("-").Validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadPlan, err)
+		}
+	}
+	return nil
+}
+
+// checkDatabases refuses an empty list, an empty name and a name given
+// twice (or two names that map to one directory).
+func checkDatabases(dbs []string) error {
+	if len(dbs) == 0 {
+		return fmt.Errorf("%w: name at least one database with --db", ErrBadPlan)
+	}
+	seen := map[string]bool{}
+	for _, db := range dbs {
+		if db == "" {
+			return fmt.Errorf("%w: empty database name", ErrBadPlan)
+		}
+		if seen[dbDirName(db)] {
+			return fmt.Errorf("%w: database %q named twice (or two names map to one directory)", ErrBadPlan, db)
+		}
+		seen[dbDirName(db)] = true
+	}
+	return nil
+}
+
+// checkMovers checks the movers' addresses and that the plan names the
+// ones it needs.
+func (p *Plan) checkMovers() error {
 	for _, m := range []struct{ flag, v string }{{"--repo-peer", p.RepoPeer}, {"--staging", p.Staging}, {"--target", p.Target}} {
 		if m.v != "" {
 			if _, _, err := mover.ParsePeerAddr(m.v); err != nil {
-				return nil, fmt.Errorf("%w: %s: %v", ErrBadPlan, m.flag, err)
+				return fmt.Errorf("%w: %s: %v", ErrBadPlan, m.flag, err)
 			}
 		}
 	}
 	switch {
 	case p.Staging != "" && (p.RepoPeer == "" || p.Target == ""):
-		return nil, fmt.Errorf("%w: with --staging, name the repository with --repo-peer and the target with --target (as the staging host reaches them)", ErrBadPlan)
+		return fmt.Errorf("%w: with --staging, name the repository with --repo-peer and the target with --target (as the staging host reaches them)", ErrBadPlan)
 	case p.RepoPeer == "" && p.Repo == "":
-		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
+		return fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
 	case p.Target != "" && p.Overwrite:
-		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
+		return fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
 	}
-	if p.Filter.IsZero() {
-		p.Filter = nil
-	} else if err := p.Filter.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadPlan, err)
-	}
-	if p.At != nil {
-		if err := p.At.recovery("-").Validate(); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrBadPlan, err)
-		}
-	}
+	return nil
+}
+
+// resolveRepo makes the staging directory and a local repository's path
+// absolute, and chooses the restore point in a local repository (a
+// repository mover's is chosen when the session runs).
+func (p *Plan) resolveRepo() error {
 	var err error
 	if p.StagingDir != "" {
 		if p.StagingDir, err = filepath.Abs(p.StagingDir); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if p.RepoPeer == "" {
-		if p.Repo, err = filepath.Abs(p.Repo); err != nil {
-			return nil, err
-		}
-		// The repository is read, never created: a typo must not make one.
-		rps, err := chunkstore.ListRepo(p.Repo)
-		if err != nil {
-			return nil, fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
-		}
-		if p.At != nil && p.RestorePoint == "latest" {
-			if rps, err = takenBefore(rps, p.At, p.Repo); err != nil {
-				return nil, marked{fmt.Errorf("%w: %w", ErrBadPlan, err), chunkstore.ErrNoRestorePoint}
-			}
-		}
-		switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
-		case p.RestorePoint == "latest" && len(rps) > 0:
-			p.RestorePoint = rps[len(rps)-1].ID
-		case i < 0:
-			return nil, marked{fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo), chunkstore.ErrNoRestorePoint}
+	if p.RepoPeer != "" {
+		return nil
+	}
+	if p.Repo, err = filepath.Abs(p.Repo); err != nil {
+		return err
+	}
+	// The repository is read, never created: a typo must not make one.
+	rps, err := chunkstore.ListRepo(p.Repo)
+	if err != nil {
+		return fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
+	}
+	if p.At != nil && p.RestorePoint == "latest" {
+		if rps, err = takenBefore(rps, p.At, p.Repo); err != nil {
+			return marked{fmt.Errorf("%w: %w", ErrBadPlan, err), chunkstore.ErrNoRestorePoint}
 		}
 	}
-	if err := r.credentials(&p); err != nil {
-		return nil, err
+	switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
+	case p.RestorePoint == "latest" && len(rps) > 0:
+		p.RestorePoint = rps[len(rps)-1].ID
+	case i < 0:
+		return marked{fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo), chunkstore.ErrNoRestorePoint}
 	}
+	return nil
+}
+
+// resolveTo checks a --to on the target host, or makes a local one and
+// resolves it.
+func (p *Plan) resolveTo() error {
 	if p.Target != "" {
 		// A path on the target host: checked there.
 		if !filepath.IsAbs(p.To) || filepath.Clean(p.To) != p.To {
-			return nil, fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
+			return fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
 		}
-	} else {
-		// Made only once the request holds up: a failed export leaves nothing.
-		if p.To, err = localTo(p.To); err != nil {
-			return nil, err
-		}
+		return nil
 	}
+	// Made only once the request holds up: a failed export leaves nothing.
+	var err error
+	p.To, err = localTo(p.To)
+	return err
+}
+
+// newExportSession is the session of plan p in state planned, with its
+// steps. It refuses a local target directory that exists, unless the plan
+// allows overwriting it.
+func newExportSession(id string, p Plan) (*Session, error) {
 	now := time.Now().UTC()
 	s := &Session{ID: id, State: StatePlanned, Created: now, Plan: p}
 	if p.Target == "" {
@@ -243,9 +311,6 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		s.Step(TransferStep(db))
 	}
 	s.Step(StepCleanup)
-	if err := r.j.Put(s); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
