@@ -471,67 +471,130 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if p.State != PubStarting {
 		return fmt.Errorf("publication %s is %s, not starting", id, p.State)
 	}
-	log := pb.log.With("publication", id)
-	up := false
 	// A resumed publication keeps its layer when it cannot come up: it
 	// holds the writes of its earlier life, which only unpublish drops.
-	keepCow := p.Restarts > 0
-	// A publication that never came up and left nothing behind is gone (its
-	// reason kept for 'published --all'); one that failed later, or left
-	// something, is failed until unpublish.
-	fail := func(err error) error {
-		state := PubFailed
-		if !up {
-			pb.release(context.WithoutCancel(ctx), p, !keepCow)
-			if !exists(p.BaseDir) && !exists(p.CowDir) {
-				state = PubGone
-			}
-		}
-		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = state, err.Error() })
-		return err
-	}
+	s := &serving{pb: pb, p: p, log: pb.log.With("publication", id), keepCow: p.Restarts > 0}
 	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.ServePID = os.Getpid() }); err != nil {
 		return err
 	}
-
-	tree, src, err := pb.openPubRepo(ctx, p, log)
-	if err != nil {
-		return fail(err)
+	defer s.closeSource()
+	if err := s.bringUp(ctx); err != nil {
+		return err
 	}
-	defer src.Close()
-	mnt := p.Mountpoint()
+	s.log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", s.in.PID(), "version", s.in.Version)
+	s.up = true
+	report("ready\n")
+	return s.serve(ctx)
+}
+
+// serving is a publication that ServePublication brings up, serves and
+// takes down. What is set of it says what is up, and down takes it down
+// in reverse.
+type serving struct {
+	pb      *Publisher
+	p       *Publication // as journaled when the serve process started
+	log     *slog.Logger
+	keepCow bool // a resumed publication keeps its layer when it cannot come up
+	up      bool // journaled up: a failure from here on leaves it failed
+
+	src       Source
+	journaled bool // Mounted is journaled: release cleans up from here on
+	m         *staging.Mounted
+	unmounted chan struct{} // closed when m ends, from inside or outside
+	overlay   bool
+	in        *staging.Instance
+	// While the publication is up: the wait for the instance to exit,
+	// and its outcome.
+	cancelWait context.CancelFunc
+	exited     chan error
+}
+
+func (s *serving) closeSource() {
+	if s.src != nil {
+		s.src.Close()
+	}
+}
+
+// bringUp mounts the restore point with the publication's layer over it,
+// starts the instance and journals the publication up. When a step fails,
+// it takes down what came up and journals the publication failed, or gone.
+func (s *serving) bringUp(ctx context.Context) error {
+	if err := s.mount(ctx); err != nil {
+		s.abort(ctx)
+		return s.fail(ctx, err)
+	}
+	if err := s.startInstance(ctx); err != nil {
+		s.abort(ctx)
+		if ctx.Err() != nil && !s.keepCow {
+			_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State = PubGone })
+			return ctx.Err()
+		}
+		return s.fail(ctx, err)
+	}
+	in := s.in
+	if err := s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) {
+		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
+		if in.Recovered != nil {
+			p.Reached = in.Recovered
+		}
+	}); err != nil {
+		s.abort(ctx)
+		return s.fail(ctx, err)
+	}
+	return nil
+}
+
+// mount opens the repository, mounts the restore point at Lower and puts
+// the publication's layer over it at Mountpoint. It journals the
+// publication mounted before it mounts anything, so that a dead serve
+// process's mounts are found.
+func (s *serving) mount(ctx context.Context) error {
+	p := s.p
+	tree, src, err := s.pb.openPubRepo(ctx, p, s.log)
+	if err != nil {
+		return err
+	}
+	s.src = src
 	if err := os.MkdirAll(p.BaseDir, 0o755); err != nil {
-		return fail(err)
+		return err
 	}
 	_ = os.Chmod(p.BaseDir, 0o755) // postgres must reach its data and run directories
 	if err := os.MkdirAll(p.Lower(), 0o755); err != nil {
-		return fail(err)
+		return err
 	}
 	if err := os.RemoveAll(p.fuseCowDir()); err != nil {
-		return fail(err)
+		return err
 	}
-	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.Mounted = true }); err != nil {
-		return fail(err)
+	if err := s.pb.j.UpdatePublication(p.ID, func(p *Publication) { p.Mounted = true }); err != nil {
+		return err
 	}
-	m, err := staging.Mount(ctx, p.Lower(), tree, src, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: log})
+	s.journaled = true
+	m, err := staging.Mount(ctx, p.Lower(), tree, src, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: s.log})
 	if err != nil {
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		return fail(err)
+		return err
 	}
 	unmounted := make(chan struct{})
 	go func() {
 		m.Wait()
 		close(unmounted)
 	}()
+	s.m, s.unmounted = m, unmounted
 	if err := mountOverlay(p); err != nil {
-		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		return fail(err)
+		return err
 	}
+	s.overlay = true
+	return nil
+}
+
+// startInstance starts PostgreSQL on the overlay, replaying the WAL to the
+// publication's point in time at its first start.
+func (s *serving) startInstance(ctx context.Context) error {
+	p := s.p
 	opts := staging.InstanceOptions{
-		DataDir: mnt, RunDir: p.RunDir(), OSUser: p.OSUser, Listen: p.Listen, Port: p.Port,
-		KeepHBA: p.Auth == AuthBackupHBA, AllowMissingPreload: true, Log: log,
+		DataDir: p.Mountpoint(), RunDir: p.RunDir(), OSUser: p.OSUser, Listen: p.Listen, Port: p.Port,
+		KeepHBA: p.Auth == AuthBackupHBA, AllowMissingPreload: true, Log: s.log,
 	}
+	var err error
 	if !opts.KeepHBA {
 		opts.HBAFile, err = writeStrictHBA(p.RunDir(), p.Listen)
 	}
@@ -539,7 +602,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if err == nil && p.At != nil && p.Reached == nil {
 		if p.RepoPeer == "" {
 			opts.Recovery, err = walRecovery(ctx, p.At, p.Self, p.Repo, p.OSUser)
-		} else if proxy, err = startWALProxy(ctx, src, p.OSUser, log); err == nil {
+		} else if proxy, err = startWALProxy(ctx, s.src, p.OSUser, s.log); err == nil {
 			// This process fetches the WAL for the instance, as an
 			// export's does (export.go).
 			opts.Recovery, err = walRecoveryFrom(ctx, p.At, p.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
@@ -553,78 +616,112 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		proxy.Close()
 	}
 	if err != nil {
-		_ = unmountOverlay(p, 5*time.Second)
-		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		if ctx.Err() != nil && !keepCow {
-			_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State = PubGone })
-			return ctx.Err()
-		}
-		return fail(err)
+		return err
 	}
-	if err := pb.j.UpdatePublication(id, func(p *Publication) {
-		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
-		if in.Recovered != nil {
-			p.Reached = in.Recovered
-		}
-	}); err != nil {
-		_ = in.Stop(context.WithoutCancel(ctx))
-		_ = unmountOverlay(p, 5*time.Second)
-		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		return fail(err)
-	}
-	log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", in.PID(), "version", in.Version)
-	up = true
-	report("ready\n")
+	s.in = in
+	return nil
+}
 
+// serve waits until ctx is done, postgres exits or the mount ends from
+// outside, then takes the publication down and journals how it ended.
+// Stopped by a signal that Unpublish did not send, it keeps the layer.
+func (s *serving) serve(ctx context.Context) error {
+	cause, suspend := s.wait(ctx)
+	_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State = PubStopping })
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	serr := s.down(stopCtx, func(serr error) bool { return !suspend || serr != nil })
+	if err := errors.Join(cause, serr); err != nil {
+		s.log.Error("publication ended", "err", err)
+		return s.fail(ctx, err)
+	}
+	if suspend {
+		s.log.Info("publication stopped by a signal; its layer is kept for 'publish --resume' or a restarting mover")
+		return s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) {
+			p.Error = "stopped by a signal, not by unpublish: resumable on its layer"
+		})
+	}
+	s.log.Info("publication ended")
+	return s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State, p.Error = PubGone, "" })
+}
+
+// wait waits for the end of the publication: ctx done (suspend if
+// Unpublish did not ask for it: a shutdown, say), or the instance or the
+// mount ending on their own (cause).
+func (s *serving) wait(ctx context.Context) (cause error, suspend bool) {
 	waitCtx, cancelWait := context.WithCancel(context.WithoutCancel(ctx))
 	exited := make(chan error, 1)
-	go func() { exited <- in.Wait(waitCtx) }()
-	var cause error
-	suspend := false
+	go func() { exited <- s.in.Wait(waitCtx) }()
+	s.cancelWait, s.exited = cancelWait, exited
 	select {
 	case <-ctx.Done():
 		// Not asked by unpublish (a shutdown, say): stop, but keep the
 		// layer, and leave the publication dead, to be resumed.
-		if q, err := pb.j.GetPublication(id); err == nil && !q.Unpublishing {
+		if q, err := s.pb.j.GetPublication(s.p.ID); err == nil && !q.Unpublishing {
 			suspend = true
 		}
-		log.Info("publication stopping", "keep_layer", suspend)
+		s.log.Info("publication stopping", "keep_layer", suspend)
 	case err := <-exited:
-		exited <- err // for the wait below
-		cause = fmt.Errorf("postgres exited on its own (%v); see %s", err, filepath.Join(p.RunDir(), "postgres.log"))
-	case <-unmounted:
-		cause = fmt.Errorf("%s was unmounted from outside pgporter", mnt)
+		exited <- err // for the wait in down
+		cause = fmt.Errorf("postgres exited on its own (%v); see %s", err, filepath.Join(s.p.RunDir(), "postgres.log"))
+	case <-s.unmounted:
+		cause = fmt.Errorf("%s was unmounted from outside pgporter", s.p.Mountpoint())
 	}
-	_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State = PubStopping })
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-	defer cancel()
-	serr := in.Stop(stopCtx)
-	cancelWait()
-	<-exited
-	if serr == nil {
-		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.InstancePID = 0 })
+	return cause, suspend
+}
+
+// down takes down what is up, the last first: it stops the instance,
+// unmounts the overlay, then the restore point, and releases the
+// publication's files, its layer too if dropCow says so given the errors
+// so far. It returns those errors.
+func (s *serving) down(ctx context.Context, dropCow func(error) bool) error {
+	var err error
+	if s.in != nil {
+		err = s.in.Stop(ctx)
+		if s.exited != nil {
+			s.cancelWait()
+			<-s.exited
+			if err == nil {
+				_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.InstancePID = 0 })
+			}
+		}
 	}
-	if uerr := unmountOverlay(p, 5*time.Second); uerr != nil {
-		serr = errors.Join(serr, uerr)
+	if s.overlay {
+		if uerr := unmountOverlay(s.p, 5*time.Second); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
 	}
-	if uerr := unmountPub(m, unmounted, log); uerr != nil {
-		serr = errors.Join(serr, uerr)
+	if s.m != nil {
+		if uerr := unmountPub(s.m, s.unmounted, s.log); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
 	}
-	pb.release(stopCtx, p, !suspend || serr != nil)
-	if err := errors.Join(cause, serr); err != nil {
-		log.Error("publication ended", "err", err)
-		return fail(err)
+	if s.journaled {
+		s.pb.release(ctx, s.p, dropCow(err))
 	}
-	if suspend {
-		log.Info("publication stopped by a signal; its layer is kept for 'publish --resume' or a restarting mover")
-		return pb.j.UpdatePublication(id, func(p *Publication) {
-			p.Error = "stopped by a signal, not by unpublish: resumable on its layer"
-		})
+	return err
+}
+
+// abort takes down what came up of a publication that cannot come up: its
+// layer too, unless it is resumed.
+func (s *serving) abort(ctx context.Context) {
+	_ = s.down(context.WithoutCancel(ctx), func(error) bool { return !s.keepCow })
+}
+
+// fail journals the publication failed with err and returns err. One that
+// never came up is released first, and is gone if it left nothing behind
+// (its reason kept for 'published --all'); one that failed later, or left
+// something, is failed until unpublish.
+func (s *serving) fail(ctx context.Context, err error) error {
+	state := PubFailed
+	if !s.up {
+		s.pb.release(context.WithoutCancel(ctx), s.p, !s.keepCow)
+		if !exists(s.p.BaseDir) && !exists(s.p.CowDir) {
+			state = PubGone
+		}
 	}
-	log.Info("publication ended")
-	return pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubGone, "" })
+	_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State, p.Error = state, err.Error() })
+	return err
 }
 
 // openPubRepo reads the tree of p's restore point and returns where its
