@@ -114,41 +114,64 @@ func (r *Runner) Create(p Plan) (*Session, error) {
 }
 
 func (r *Runner) create(p Plan, id string) (*Session, error) {
+	if err := p.checkAuth(); err != nil {
+		return nil, err
+	}
+	if p.Published != "" {
+		return r.createPublished(p, id)
+	}
+	if err := p.checkExport(); err != nil {
+		return nil, err
+	}
+	if err := p.resolveRepo(); err != nil {
+		return nil, err
+	}
+	if err := r.credentials(&p); err != nil {
+		return nil, err
+	}
+	if err := p.resolveTo(); err != nil {
+		return nil, err
+	}
+	s, err := newExportSession(id, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.j.Put(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkAuth checks p.Auth, the empty default standing for AuthPassword.
+func (p *Plan) checkAuth() error {
 	switch p.Auth {
 	case "", AuthPassword:
 		p.Auth = ""
 	case AuthBackupHBA:
 		if p.Published != "" {
-			return nil, fmt.Errorf("%w: --auth %s does not apply to --published: the publication's own --auth decides how it logs in", ErrBadPlan, AuthBackupHBA)
+			return fmt.Errorf("%w: --auth %s does not apply to --published: the publication's own --auth decides how it logs in", ErrBadPlan, AuthBackupHBA)
 		}
 	default:
-		return nil, fmt.Errorf("%w: --auth %q is neither %s nor %s", ErrBadPlan, p.Auth, AuthPassword, AuthBackupHBA)
+		return fmt.Errorf("%w: --auth %q is neither %s nor %s", ErrBadPlan, p.Auth, AuthPassword, AuthBackupHBA)
 	}
-	if p.Published != "" {
-		return r.createPublished(p, id)
-	}
-	if len(p.Databases) == 0 {
-		return nil, fmt.Errorf("%w: name at least one database with --db", ErrBadPlan)
-	}
-	seen := map[string]bool{}
-	for _, db := range p.Databases {
-		if db == "" {
-			return nil, fmt.Errorf("%w: empty database name", ErrBadPlan)
-		}
-		if seen[dbDirName(db)] {
-			return nil, fmt.Errorf("%w: database %q named twice (or two names map to one directory)", ErrBadPlan, db)
-		}
-		seen[dbDirName(db)] = true
+	return nil
+}
+
+// checkExport checks an export's plan (not one from a publication) as it
+// was asked for, and fills in its defaults.
+func (p *Plan) checkExport() error {
+	if err := checkDatabases(p.Databases); err != nil {
+		return err
 	}
 	if p.To == "" {
-		return nil, fmt.Errorf("%w: --to is required", ErrBadPlan)
+		return fmt.Errorf("%w: --to is required", ErrBadPlan)
 	}
 	if p.PGUser == "" {
 		p.PGUser = "postgres"
 	}
 	if p.Staging != "" && (p.StagingDir != "" || p.OSUser != "") {
 		// The staging host decides where it writes and who runs PostgreSQL.
-		return nil, fmt.Errorf("%w: with --staging, the staging directory and the OS user are set by the staging mover ('mover serve --staging-dir, --os-user'), not by the orchestrator", ErrBadPlan)
+		return fmt.Errorf("%w: with --staging, the staging directory and the OS user are set by the staging mover ('mover serve --staging-dir, --os-user'), not by the orchestrator", ErrBadPlan)
 	}
 	if p.OSUser == "" && p.Staging == "" {
 		p.OSUser = defaultOSUser
@@ -159,75 +182,120 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 	if p.StagingDir == "" && p.Staging == "" {
 		p.StagingDir = DefaultStagingDir
 	}
+	if err := p.checkMovers(); err != nil {
+		return err
+	}
+	if p.Filter.IsZero() {
+		p.Filter = nil
+	} else if err := p.Filter.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadPlan, err)
+	}
+	if p.At != nil {
+		if err := p.At.recovery("-").Validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadPlan, err)
+		}
+	}
+	return nil
+}
+
+// checkDatabases refuses an empty list, an empty name and a name given
+// twice (or two names that map to one directory).
+func checkDatabases(dbs []string) error {
+	if len(dbs) == 0 {
+		return fmt.Errorf("%w: name at least one database with --db", ErrBadPlan)
+	}
+	seen := map[string]bool{}
+	for _, db := range dbs {
+		if db == "" {
+			return fmt.Errorf("%w: empty database name", ErrBadPlan)
+		}
+		if seen[dbDirName(db)] {
+			return fmt.Errorf("%w: database %q named twice (or two names map to one directory)", ErrBadPlan, db)
+		}
+		seen[dbDirName(db)] = true
+	}
+	return nil
+}
+
+// checkMovers checks the movers' addresses and that the plan names the
+// ones it needs.
+func (p *Plan) checkMovers() error {
 	for _, m := range []struct{ flag, v string }{{"--repo-peer", p.RepoPeer}, {"--staging", p.Staging}, {"--target", p.Target}} {
 		if m.v != "" {
 			if _, _, err := mover.ParsePeerAddr(m.v); err != nil {
-				return nil, fmt.Errorf("%w: %s: %v", ErrBadPlan, m.flag, err)
+				return fmt.Errorf("%w: %s: %v", ErrBadPlan, m.flag, err)
 			}
 		}
 	}
 	switch {
 	case p.Staging != "" && (p.RepoPeer == "" || p.Target == ""):
-		return nil, fmt.Errorf("%w: with --staging, name the repository with --repo-peer and the target with --target (as the staging host reaches them)", ErrBadPlan)
+		return fmt.Errorf("%w: with --staging, name the repository with --repo-peer and the target with --target (as the staging host reaches them)", ErrBadPlan)
 	case p.RepoPeer == "" && p.Repo == "":
-		return nil, fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
+		return fmt.Errorf("%w: name the repository with --repo or --repo-peer", ErrBadPlan)
 	case p.Target != "" && p.Overwrite:
-		return nil, fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
+		return fmt.Errorf("%w: --overwrite works only for a local --to in this version", ErrBadPlan)
 	}
-	if p.Filter.IsZero() {
-		p.Filter = nil
-	} else if err := p.Filter.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadPlan, err)
-	}
-	if p.At != nil {
-		if err := p.At.recovery("-").Validate(); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrBadPlan, err)
-		}
-	}
+	return nil
+}
+
+// resolveRepo makes the staging directory and a local repository's path
+// absolute, and chooses the restore point in a local repository (a
+// repository mover's is chosen when the session runs).
+func (p *Plan) resolveRepo() error {
 	var err error
 	if p.StagingDir != "" {
 		if p.StagingDir, err = filepath.Abs(p.StagingDir); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if p.RepoPeer == "" {
-		if p.Repo, err = chunkstore.AbsRepo(p.Repo); err != nil {
-			return nil, err
-		}
-		if p.At != nil && chunkstore.IsRepoURL(p.Repo) {
-			return nil, fmt.Errorf("%w: a point in time (--at*): %w", ErrBadPlan, chunkstore.ErrRemoteUnsupported)
-		}
-		// The repository is read, never created: a typo must not make one.
-		rps, err := chunkstore.ListRepo(p.Repo)
-		if err != nil {
-			return nil, fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
-		}
-		if p.At != nil && p.RestorePoint == "latest" {
-			if rps, err = takenBefore(rps, p.At, p.Repo); err != nil {
-				return nil, marked{fmt.Errorf("%w: %w", ErrBadPlan, err), chunkstore.ErrNoRestorePoint}
-			}
-		}
-		switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
-		case p.RestorePoint == "latest" && len(rps) > 0:
-			p.RestorePoint = rps[len(rps)-1].ID
-		case i < 0:
-			return nil, marked{fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo), chunkstore.ErrNoRestorePoint}
+	if p.RepoPeer != "" {
+		return nil
+	}
+	if p.Repo, err = chunkstore.AbsRepo(p.Repo); err != nil {
+		return err
+	}
+	if p.At != nil && chunkstore.IsRepoURL(p.Repo) {
+		return fmt.Errorf("%w: a point in time (--at*): %w", ErrBadPlan, chunkstore.ErrRemoteUnsupported)
+	}
+	// The repository is read, never created: a typo must not make one.
+	rps, err := chunkstore.ListRepo(p.Repo)
+	if err != nil {
+		return fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
+	}
+	if p.At != nil && p.RestorePoint == "latest" {
+		if rps, err = takenBefore(rps, p.At, p.Repo); err != nil {
+			return marked{fmt.Errorf("%w: %w", ErrBadPlan, err), chunkstore.ErrNoRestorePoint}
 		}
 	}
-	if err := r.credentials(&p); err != nil {
-		return nil, err
+	switch i := slices.IndexFunc(rps, func(rp chunkstore.RestorePoint) bool { return rp.ID == p.RestorePoint }); {
+	case p.RestorePoint == "latest" && len(rps) > 0:
+		p.RestorePoint = rps[len(rps)-1].ID
+	case i < 0:
+		return marked{fmt.Errorf("%w: no restore point %q in %s (see 'pgporter restore-points --repo %s')", ErrBadPlan, p.RestorePoint, p.Repo, p.Repo), chunkstore.ErrNoRestorePoint}
 	}
+	return nil
+}
+
+// resolveTo checks a --to on the target host, or makes a local one and
+// resolves it.
+func (p *Plan) resolveTo() error {
 	if p.Target != "" {
 		// A path on the target host: checked there.
 		if !filepath.IsAbs(p.To) || filepath.Clean(p.To) != p.To {
-			return nil, fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
+			return fmt.Errorf("%w: --to %q must be a clean absolute path on the target", ErrBadPlan, p.To)
 		}
-	} else {
-		// Made only once the request holds up: a failed export leaves nothing.
-		if p.To, err = localTo(p.To); err != nil {
-			return nil, err
-		}
+		return nil
 	}
+	// Made only once the request holds up: a failed export leaves nothing.
+	var err error
+	p.To, err = localTo(p.To)
+	return err
+}
+
+// newExportSession is the session of plan p in state planned, with its
+// steps. It refuses a local target directory that exists, unless the plan
+// allows overwriting it.
+func newExportSession(id string, p Plan) (*Session, error) {
 	now := time.Now().UTC()
 	s := &Session{ID: id, State: StatePlanned, Created: now, Plan: p}
 	if p.Target == "" {
@@ -246,9 +314,6 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 		s.Step(TransferStep(db))
 	}
 	s.Step(StepCleanup)
-	if err := r.j.Put(s); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
@@ -332,12 +397,16 @@ type stepOutcome struct {
 	Detail           string
 }
 
+// stepDone reports whether the journaled step name is done.
+func (x *sessionRun) stepDone(name string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.s.Step(name).State == StepDone
+}
+
 // step runs fn as the journaled step name, unless it is done already.
 func (x *sessionRun) step(ctx context.Context, name string, fn func(*stepOutcome) error) error {
-	x.mu.Lock()
-	done := x.s.Step(name).State == StepDone
-	x.mu.Unlock()
-	if done {
+	if x.stepDone(name) {
 		x.r.emit(Event{Step: name, Kind: protocol.EventSkip, Text: "done in an earlier run"})
 		return nil
 	}
@@ -462,264 +531,350 @@ func (x *sessionRun) run(ctx context.Context) error {
 // the instance and unmounts before it returns, whatever happened: only the
 // dumps outlive it.
 func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db string), started func(db string, g growingDump)) (err error) {
-	r, p, id := x.r, x.plan(), x.s.ID
+	p := x.plan()
 	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	tree, src, err := x.openRepo(ctx)
-	if err != nil {
+	st := &stagedRun{password: x.r.o.Password}
+	var undo cleanups
+	defer func() { err = undo.run(err) }()
+	if err := x.prepareStaging(ctx, st, &undo); err != nil {
 		return err
 	}
-	defer src.Close()
-	chunks := x.corrupt.wrap(src)
-	dir := x.s.SessionDir()
-	if err := makeOwnedDir(dir, id); err != nil {
-		return fmt.Errorf("the staging directory of session %s: %w", id, err)
-	}
-	_ = os.Chmod(p.StagingDir, 0o755) // postgres must reach its run directory
-	if err := reachable(dir); err != nil {
-		return fmt.Errorf("the %s OS user must reach the staging directory: %w", p.OSUser, err)
-	}
-	cowDir := filepath.Join(dir, "cow")
-	_ = os.RemoveAll(cowDir) // a fresh layer: crash recovery simply runs again
-	mnt := filepath.Join(os.TempDir(), "pgporter-"+id)
-	if err := os.MkdirAll(mnt, 0o755); err != nil {
+	if err := x.step(ctx, StepMount, func(out *stepOutcome) error { return x.mount(ctx, st, out) }); err != nil {
 		return err
 	}
-	if err := x.update(func(s *Session) {
-		s.Resources.Mountpoint = mnt
-		// A mount and an instance never outlive a run: a retry makes new ones.
-		s.Step(StepMount).State = StepPending
-		s.Step(StepStart).State = StepPending
-	}); err != nil {
+	undo.push(func() error { return x.unmount(st) })
+	if err := x.step(ctx, StepStart, func(out *stepOutcome) error { return x.startInstance(ctx, st, out) }); err != nil {
 		return err
 	}
-	var m *staging.Mounted
-	err = x.step(ctx, StepMount, func(out *stepOutcome) error {
-		var err error
-		m, err = staging.Mount(ctx, mnt, tree, chunks, staging.MountOptions{CowDir: cowDir, Owner: p.OSUser, Log: r.o.Log})
-		out.Detail = mnt
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if uerr := m.Unmount(); uerr != nil && err == nil {
-			err = fmt.Errorf("unmounting %s: %w", mnt, uerr)
-		}
-		_ = os.RemoveAll(cowDir)
-		_ = os.Remove(mnt)
-		_ = x.update(func(s *Session) { s.Resources.Mountpoint = "" })
-	}()
-	var in *staging.Instance
-	password := r.o.Password
-	err = x.step(ctx, StepStart, func(out *stepOutcome) error {
-		opts := staging.InstanceOptions{DataDir: m.Dir(), RunDir: filepath.Join(dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
-		if p.At != nil {
-			var err error
-			if p.RepoPeer == "" {
-				opts.Recovery, err = walRecovery(ctx, p.At, r.o.Self, p.Repo, p.OSUser)
-			} else {
-				// The instance's OS user cannot reach the repository mover
-				// (the mover identity is root's): this process fetches for
-				// it, through a socket only that user can use, while the
-				// instance recovers.
-				var proxy *walproxy.Server
-				proxy, err = startWALProxy(ctx, src, p.OSUser, r.o.Log)
-				if err != nil {
-					return err
-				}
-				defer proxy.Close()
-				opts.Recovery, err = walRecoveryFrom(ctx, p.At, r.o.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
-			}
-			if err != nil {
-				return err
-			}
-		}
-		if p.Auth == AuthBackupHBA {
-			h, err := backupHBA(m.Dir(), p)
-			if err != nil {
-				return err
-			}
-			opts.LocalHBA, password = h, ""
-		}
-		var err error
-		in, err = staging.StartInstance(ctx, opts)
-		if err != nil {
-			return err
-		}
-		out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
-		if in.Recovered != nil {
-			out.Detail += fmt.Sprintf("; recovered to %s (target: %s)", in.Recovered, opts.Recovery.Target())
-			if err := x.update(func(s *Session) { s.Reached = in.Recovered }); err != nil {
-				return err
-			}
-		}
-		if len(in.Dropped) > 0 {
-			out.Detail += "; started without the missing preload libraries " + strings.Join(in.Dropped, ", ")
-			r.emit(Event{Step: StepStart, Kind: protocol.EventWarning, Text: out.Detail})
-		}
-		if len(in.Neutralised) > 0 {
-			text := "removed role and database settings that load code or run programs; the dump does not carry them: " + strings.Join(in.Neutralised, "; ")
-			out.Detail += "; " + text
-			r.emit(Event{Step: StepStart, Kind: protocol.EventWarning, Text: text})
-		}
-		return x.update(func(s *Session) { s.Resources.InstancePID = in.PID() })
-	})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if serr := in.Stop(stopCtx); serr != nil && err == nil {
-			err = fmt.Errorf("stopping the instance: %w", serr)
-		}
-		_ = x.update(func(s *Session) { s.Resources.InstancePID = 0 })
-	}()
-
-	err = x.step(ctx, StepCheck, func(out *stepOutcome) error {
-		// The start read the WAL and more through the mount; PostgreSQL
-		// takes some failed reads (of WAL: its end) in its stride.
-		if err := mountReadErr(m); err != nil {
-			return err
-		}
-		rep, err := in.Check(ctx, staging.CheckOptions{
-			Databases: p.Databases, User: p.PGUser, Password: password, DumpDir: dir,
-			SizeOf: m.FileSize, Filter: p.Filter,
-			TargetFree: func(ctx context.Context) (int64, error) {
-				free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
-				return int64(free), err
-			},
-		})
-		if err != nil {
-			return err
-		}
-		var total int64
-		for _, n := range rep.Estimate {
-			total += n
-		}
-		out.Bytes = total
-		out.Detail = "estimated dump size " + bytesize.Format(total)
-		for _, pr := range rep.Problems {
-			if pr.Warning {
-				r.emit(Event{Step: StepCheck, Kind: protocol.EventWarning, Text: pr.String()})
-			}
-		}
-		return rep.Err()
-	})
-	if err != nil {
+	undo.push(func() error { return x.stopInstance(ctx, st.in) })
+	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.check(ctx, st, tgt, out) }); err != nil {
 		return err
 	}
 	if err := x.setState(StateDumping); err != nil {
 		return err
 	}
-	globals := filepath.Join(dir, staging.GlobalsFile)
 	if p.Globals {
-		err := x.step(ctx, StepGlobals, func(out *stepOutcome) error {
-			res, err := in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: password, Dir: dir})
-			if err == nil {
-				err = mountReadErr(m)
-			}
-			if err != nil {
-				return err
-			}
-			out.Bytes, out.Detail = res.Bytes, "roles and tablespaces: "+staging.GlobalsFile+" in each dump"
-			return nil
-		})
-		if err != nil {
+		if err := x.step(ctx, StepGlobals, func(out *stepOutcome) error { return x.dumpGlobals(ctx, st, out) }); err != nil {
 			return err
 		}
 	}
 	for _, db := range p.Databases {
 		name := DumpStep(db)
-		err := x.step(ctx, name, func(out *stepOutcome) error {
-			var feed *mover.FileFeed
-			var writes *staging.WriteWatcher // data files sent while pg_dump appends to them
-			defer func() {
-				if writes != nil {
-					writes.Close()
-				}
-			}()
-			res, err := in.Dump(ctx, staging.DumpOptions{
-				DB: db, User: p.PGUser, Password: password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
-				SplitTableBytes: p.SplitTables, Filter: p.Filter,
-				Progress: func(done, total int) {
-					r.emit(Event{Step: name, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
-				},
-				Started: func(dir string) {
-					root, err := os.OpenRoot(dir)
-					if err != nil {
-						return // the transfer waits for the finished dump instead
-					}
-					feed = mover.NewFileFeed()
-					if w, err := staging.WatchWrites(dir, feed.AddGrowing); err == nil {
-						writes = w
-					} // else files are sent once closed
-					started(db, growingDump{root: root, feed: feed})
-				},
-				OnFile: func(name string) {
-					if feed != nil {
-						feed.Add(name)
-					}
-				},
-			})
-			if writes != nil {
-				writes.Close()
-				writes = nil
-			}
-			if err == nil {
-				if err = mountReadErr(m); err != nil {
-					_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it
-				}
-			}
-			if err == nil && p.Globals {
-				// Beside pg_dump's files: pg_restore ignores it, the
-				// manifest covers it.
-				if err = linkGlobals(globals, filepath.Join(res.Dir, staging.GlobalsFile)); err == nil && feed != nil {
-					feed.Add(staging.GlobalsFile)
-				}
-			}
-			if err == nil {
-				// What the dump is of: beside pg_dump's files, as globals.sql.
-				if err = x.writeSource(res.Dir, db, in.Version); err == nil && feed != nil {
-					feed.Add(SourceFile)
-				}
-			}
-			if err == nil {
-				// The step's bytes are the dump's as it is sent: the files
-				// beside pg_dump's included.
-				for _, name := range []string{SourceFile, staging.GlobalsFile} {
-					if fi, serr := os.Stat(filepath.Join(res.Dir, name)); serr == nil {
-						res.Bytes += fi.Size()
-					}
-				}
-			}
-			if feed != nil {
-				feed.Close(err)
-			}
-			if err != nil {
-				return err
-			}
-			out.Bytes = res.Bytes
-			out.Detail = fmt.Sprintf("%d tables", res.Tables)
-			if len(res.Split) > 0 {
-				out.Detail += fmt.Sprintf(", the data of %d in parallel page ranges", len(res.Split))
-			}
-			return nil
-		})
-		if err != nil {
+		if err := x.step(ctx, name, func(out *stepOutcome) error { return x.dump(ctx, st, db, started, out) }); err != nil {
 			return err
 		}
-		x.mu.Lock()
-		done := x.s.Step(name).State == StepDone
-		x.mu.Unlock()
-		if done {
+		if x.stepDone(name) {
 			dumped(db)
 		}
 	}
 	return x.setState(StateTransferring)
+}
+
+// stagedRun is what stage brings up for one run, in its session's staging
+// directory: the restore point's mount and the instance on it.
+type stagedRun struct {
+	tree     []chunkstore.Node
+	chunks   staging.ChunkReader // the restore point's source, watched for corrupt chunks
+	src      Source
+	dir      string // the session's staging directory
+	cowDir   string // the mount's copy-on-write layer
+	mnt      string
+	m        *staging.Mounted
+	in       *staging.Instance
+	password string // PostgreSQL's for the checks and dumps; none with --auth backup-hba
+}
+
+// cleanups is a stack of teardown steps, run last pushed first, so that
+// what was brought up last goes down first.
+type cleanups []func() error
+
+func (c *cleanups) push(fn func() error) { *c = append(*c, fn) }
+
+// run runs every step and returns err, or if it is nil the first error of
+// a step.
+func (c cleanups) run(err error) error {
+	for i := len(c) - 1; i >= 0; i-- {
+		if cerr := c[i](); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// prepareStaging opens the restore point, makes the session's staging
+// directory and the mountpoint, and journals the mountpoint before anything
+// is mounted there.
+func (x *sessionRun) prepareStaging(ctx context.Context, st *stagedRun, undo *cleanups) error {
+	p, id := x.plan(), x.s.ID
+	tree, src, err := x.openRepo(ctx)
+	if err != nil {
+		return err
+	}
+	undo.push(func() error { src.Close(); return nil })
+	st.tree, st.src, st.chunks = tree, src, x.corrupt.wrap(src)
+	st.dir = x.s.SessionDir()
+	if err := makeOwnedDir(st.dir, id); err != nil {
+		return fmt.Errorf("the staging directory of session %s: %w", id, err)
+	}
+	_ = os.Chmod(p.StagingDir, 0o755) // postgres must reach its run directory
+	if err := reachable(st.dir); err != nil {
+		return fmt.Errorf("the %s OS user must reach the staging directory: %w", p.OSUser, err)
+	}
+	st.cowDir = filepath.Join(st.dir, "cow")
+	_ = os.RemoveAll(st.cowDir) // a fresh layer: crash recovery simply runs again
+	st.mnt = filepath.Join(os.TempDir(), "pgporter-"+id)
+	if err := os.MkdirAll(st.mnt, 0o755); err != nil {
+		return err
+	}
+	return x.update(func(s *Session) {
+		s.Resources.Mountpoint = st.mnt
+		// A mount and an instance never outlive a run: a retry makes new ones.
+		s.Step(StepMount).State = StepPending
+		s.Step(StepStart).State = StepPending
+	})
+}
+
+// mount is the mount step: the restore point at st.mnt.
+func (x *sessionRun) mount(ctx context.Context, st *stagedRun, out *stepOutcome) error {
+	var err error
+	st.m, err = staging.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
+	out.Detail = st.mnt
+	return err
+}
+
+// unmount undoes the mount step: it unmounts, removes the layer and the
+// mountpoint, and journals that the mount is gone.
+func (x *sessionRun) unmount(st *stagedRun) error {
+	var err error
+	if uerr := st.m.Unmount(); uerr != nil {
+		err = fmt.Errorf("unmounting %s: %w", st.mnt, uerr)
+	}
+	_ = os.RemoveAll(st.cowDir)
+	_ = os.Remove(st.mnt)
+	_ = x.update(func(s *Session) { s.Resources.Mountpoint = "" })
+	return err
+}
+
+// startInstance is the start step: PostgreSQL on the mount, recovered to
+// the plan's point in time if it has one, its PID journaled.
+func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *stepOutcome) error {
+	r, p := x.r, x.plan()
+	opts := staging.InstanceOptions{DataDir: st.m.Dir(), RunDir: filepath.Join(st.dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
+	if p.At != nil {
+		proxy, err := x.recovery(ctx, st.src, &opts)
+		if proxy != nil {
+			defer proxy.Close()
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if p.Auth == AuthBackupHBA {
+		h, err := backupHBA(st.m.Dir(), p)
+		if err != nil {
+			return err
+		}
+		opts.LocalHBA, st.password = h, ""
+	}
+	in, err := staging.StartInstance(ctx, opts)
+	if err != nil {
+		return err
+	}
+	st.in = in
+	out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
+	if in.Recovered != nil {
+		out.Detail += fmt.Sprintf("; recovered to %s (target: %s)", in.Recovered, opts.Recovery.Target())
+		if err := x.update(func(s *Session) { s.Reached = in.Recovered }); err != nil {
+			return err
+		}
+	}
+	if len(in.Dropped) > 0 {
+		out.Detail += "; started without the missing preload libraries " + strings.Join(in.Dropped, ", ")
+		r.emit(Event{Step: StepStart, Kind: protocol.EventWarning, Text: out.Detail})
+	}
+	if len(in.Neutralised) > 0 {
+		text := "removed role and database settings that load code or run programs; the dump does not carry them: " + strings.Join(in.Neutralised, "; ")
+		out.Detail += "; " + text
+		r.emit(Event{Step: StepStart, Kind: protocol.EventWarning, Text: text})
+	}
+	return x.update(func(s *Session) { s.Resources.InstancePID = in.PID() })
+}
+
+// recovery sets opts to replay the WAL to the plan's point in time. With a
+// repository mover, it returns the proxy that serves the WAL to the
+// instance from src, which the caller closes once the instance is up.
+func (x *sessionRun) recovery(ctx context.Context, src Source, opts *staging.InstanceOptions) (*walproxy.Server, error) {
+	r, p := x.r, x.plan()
+	if p.RepoPeer == "" {
+		var err error
+		opts.Recovery, err = walRecovery(ctx, p.At, r.o.Self, p.Repo, p.OSUser)
+		return nil, err
+	}
+	// The instance's OS user cannot reach the repository mover (the mover
+	// identity is root's): this process fetches for it, through a socket
+	// only that user can use, while the instance recovers.
+	proxy, err := startWALProxy(ctx, src, p.OSUser, r.o.Log)
+	if err != nil {
+		return nil, err
+	}
+	opts.Recovery, err = walRecoveryFrom(ctx, p.At, r.o.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
+	return proxy, err
+}
+
+// stopInstance undoes the start step: it stops the instance, waiting a
+// minute at most, and journals that it is gone.
+func (x *sessionRun) stopInstance(ctx context.Context, in *staging.Instance) error {
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	var err error
+	if serr := in.Stop(stopCtx); serr != nil {
+		err = fmt.Errorf("stopping the instance: %w", serr)
+	}
+	_ = x.update(func(s *Session) { s.Resources.InstancePID = 0 })
+	return err
+}
+
+// check is the check step: what the instance made of the restore point
+// is complete, the databases are there, and the staging directory and the
+// target have room for the estimated dumps.
+func (x *sessionRun) check(ctx context.Context, st *stagedRun, tgt *targetMover, out *stepOutcome) error {
+	r, p := x.r, x.plan()
+	// The start read the WAL and more through the mount; PostgreSQL
+	// takes some failed reads (of WAL: its end) in its stride.
+	if err := mountReadErr(st.m); err != nil {
+		return err
+	}
+	rep, err := st.in.Check(ctx, staging.CheckOptions{
+		Databases: p.Databases, User: p.PGUser, Password: st.password, DumpDir: st.dir,
+		SizeOf: st.m.FileSize, Filter: p.Filter,
+		TargetFree: func(ctx context.Context) (int64, error) {
+			free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
+			return int64(free), err
+		},
+	})
+	if err != nil {
+		return err
+	}
+	var total int64
+	for _, n := range rep.Estimate {
+		total += n
+	}
+	out.Bytes = total
+	out.Detail = "estimated dump size " + bytesize.Format(total)
+	for _, pr := range rep.Problems {
+		if pr.Warning {
+			r.emit(Event{Step: StepCheck, Kind: protocol.EventWarning, Text: pr.String()})
+		}
+	}
+	return rep.Err()
+}
+
+// dumpGlobals is the globals step: the roles and tablespaces, into the
+// session's staging directory, from where each dump links them.
+func (x *sessionRun) dumpGlobals(ctx context.Context, st *stagedRun, out *stepOutcome) error {
+	p := x.plan()
+	res, err := st.in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: st.password, Dir: st.dir})
+	if err == nil {
+		err = mountReadErr(st.m)
+	}
+	if err != nil {
+		return err
+	}
+	out.Bytes, out.Detail = res.Bytes, "roles and tablespaces: "+staging.GlobalsFile+" in each dump"
+	return nil
+}
+
+// dump is db's dump step. Once pg_dump has made the dump's directory,
+// started gets it with the feed of its files, so that the transfer sends
+// them while the dump goes on; the feed is closed with the dump's outcome.
+func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started func(db string, g growingDump), out *stepOutcome) error {
+	r, p, step := x.r, x.plan(), DumpStep(db)
+	var feed *mover.FileFeed
+	var writes *staging.WriteWatcher // data files sent while pg_dump appends to them
+	defer func() {
+		if writes != nil {
+			writes.Close()
+		}
+	}()
+	res, err := st.in.Dump(ctx, staging.DumpOptions{
+		DB: db, User: p.PGUser, Password: st.password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
+		SplitTableBytes: p.SplitTables, Filter: p.Filter,
+		Progress: func(done, total int) {
+			r.emit(Event{Step: step, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
+		},
+		Started: func(dir string) {
+			root, err := os.OpenRoot(dir)
+			if err != nil {
+				return // the transfer waits for the finished dump instead
+			}
+			feed = mover.NewFileFeed()
+			if w, err := staging.WatchWrites(dir, feed.AddGrowing); err == nil {
+				writes = w
+			} // else files are sent once closed
+			started(db, growingDump{root: root, feed: feed})
+		},
+		OnFile: func(name string) {
+			if feed != nil {
+				feed.Add(name)
+			}
+		},
+	})
+	if writes != nil {
+		writes.Close()
+		writes = nil
+	}
+	if err == nil {
+		err = x.completeDump(st, db, res, feed)
+	}
+	if feed != nil {
+		feed.Close(err)
+	}
+	if err != nil {
+		return err
+	}
+	out.Bytes = res.Bytes
+	out.Detail = fmt.Sprintf("%d tables", res.Tables)
+	if len(res.Split) > 0 {
+		out.Detail += fmt.Sprintf(", the data of %d in parallel page ranges", len(res.Split))
+	}
+	return nil
+}
+
+// completeDump checks that nothing failed to read through the mount during
+// db's dump, and adds the files that go beside pg_dump's to the dump and
+// to feed (if there is one), counting them in res.Bytes.
+func (x *sessionRun) completeDump(st *stagedRun, db string, res *staging.DumpResult, feed *mover.FileFeed) error {
+	if err := mountReadErr(st.m); err != nil {
+		_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it
+		return err
+	}
+	if x.plan().Globals {
+		// Beside pg_dump's files: pg_restore ignores it, the
+		// manifest covers it.
+		if err := linkGlobals(filepath.Join(st.dir, staging.GlobalsFile), filepath.Join(res.Dir, staging.GlobalsFile)); err != nil {
+			return err
+		}
+		if feed != nil {
+			feed.Add(staging.GlobalsFile)
+		}
+	}
+	// What the dump is of: beside pg_dump's files, as globals.sql.
+	if err := x.writeSource(res.Dir, db, st.in.Version); err != nil {
+		return err
+	}
+	if feed != nil {
+		feed.Add(SourceFile)
+	}
+	// The step's bytes are the dump's as it is sent: the files beside
+	// pg_dump's included.
+	for _, name := range []string{SourceFile, staging.GlobalsFile} {
+		if fi, err := os.Stat(filepath.Join(res.Dir, name)); err == nil {
+			res.Bytes += fi.Size()
+		}
+	}
+	return nil
 }
 
 // mountReadErr fails a step after which a read through the mount had

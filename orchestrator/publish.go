@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,14 +14,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/pebbledb"
@@ -32,217 +27,8 @@ import (
 	"github.com/pgporter/pgporter/staging"
 )
 
-// PubState is the state of a publication.
-type PubState string
-
-// Publication states. PubDead is never journaled: List reports it for a
-// publication whose serve process is gone without cleaning up.
-const (
-	PubStarting PubState = "starting"
-	PubUp       PubState = "up"
-	PubStopping PubState = "stopping"
-	PubFailed   PubState = "failed"
-	PubGone     PubState = "gone"
-	PubDead     PubState = "dead"
-)
-
-// Publication is a restore point served as a live PostgreSQL instance, as
-// journaled under p/<id>. A mover reports one to an orchestrator as a
-// protocol.JobPublication (jobwire.go).
-type Publication struct {
-	ID   string `json:"id"`
-	Repo string `json:"repo"`
-	// RepoPeer is the repository mover (ADDR#PEER_ID) the restore point's
-	// chunks are fetched from as they are read, instead of Repo; RetryFor
-	// is how long a read from it retries through a lost connection.
-	RepoPeer     string        `json:"repo_peer,omitempty"`
-	RetryFor     time.Duration `json:"retry_for,omitempty"`
-	RestorePoint string        `json:"restore_point"`
-	Listen       string        `json:"listen"`
-	Port         int           `json:"port"`
-	// Auth is how clients authenticate: AuthPassword (also when empty:
-	// publications journaled before it existed get the safe default) or
-	// AuthBackupHBA.
-	Auth string `json:"auth,omitempty"`
-	// StrictHBA is kept for publications journaled before Auth; passwords
-	// are the default now, so it changes nothing.
-	StrictHBA bool   `json:"strict_hba,omitempty"`
-	OSUser    string `json:"os_user"`
-	// OnRestart is what a restarted mover does with the publication when
-	// its serve process is gone: OnRestartRestart or OnRestartCleanup.
-	OnRestart string `json:"on_restart,omitempty"`
-	// On is the mover (ADDR#PEER_ID) that runs the publication, in the
-	// journal of the orchestrator that asked for it; empty on the host that
-	// runs it.
-	On string `json:"on,omitempty"`
-	// Restarts counts how often the publication was resumed on its layer.
-	Restarts int `json:"restarts,omitempty"`
-	// Unpublishing is set by Unpublish before it signals the serve
-	// process: a serve process stopped by any other signal (a shutdown)
-	// keeps the CoW layer, so that the publication can be resumed.
-	Unpublishing bool `json:"unpublishing,omitempty"`
-	// CowSize is the size of the CoW layer as the mover running the
-	// publication reported it (for one with On set).
-	CowSize int64     `json:"cow_bytes,omitempty"`
-	State   PubState  `json:"state"`
-	Error   string    `json:"error,omitempty"`
-	Created time.Time `json:"created"`
-	UpSince time.Time `json:"up_since,omitzero"`
-	Updated time.Time `json:"updated"`
-
-	// Resources: what the serve process holds, for cleanup after it died.
-	ServePID    int    `json:"serve_pid,omitempty"`
-	InstancePID int    `json:"instance_pid,omitempty"`
-	Version     string `json:"version,omitempty"`
-	BaseDir     string `json:"base_dir"` // holds the mountpoint and the run directory
-	CowDir      string `json:"cow_dir"`
-	Mounted     bool   `json:"mounted,omitempty"`
-
-	// At, Self: a point-in-time publication's target and how its instance
-	// runs pgporter's wal-fetch (PublishOptions). Reached is where the
-	// replay stopped, set by the first start; a resumed publication does
-	// not replay again.
-	At      *PointInTime     `json:"at,omitempty"`
-	Self    string           `json:"self,omitempty"`
-	Reached *staging.Reached `json:"reached,omitempty"`
-}
-
-// Mountpoint is where the restore point is mounted.
-func (p *Publication) Mountpoint() string { return filepath.Join(p.BaseDir, "data") }
-
-// RunDir holds the instance's socket directory, hba file and log.
-func (p *Publication) RunDir() string { return filepath.Join(p.BaseDir, "run") }
-
-// SocketDir is the instance's private Unix socket directory.
-func (p *Publication) SocketDir() string { return filepath.Join(p.RunDir(), "sock") }
-
-// Host is the address clients connect to: the listen address, or, when it
-// listens on every address, this host's name (the mover's address for a
-// publication on another host).
-func (p *Publication) Host() string {
-	if ip := net.ParseIP(p.Listen); p.Listen == "*" || (ip != nil && ip.IsUnspecified()) {
-		if p.On != "" {
-			if addr, _, ok := strings.Cut(p.On, "#"); ok {
-				if h, _, err := net.SplitHostPort(addr); err == nil && h != "" {
-					return h
-				}
-			}
-			return p.Listen
-		}
-		if h, err := os.Hostname(); err == nil {
-			return h
-		}
-	}
-	return p.Listen
-}
-
-// What a restarted mover does with a publication whose serve process died.
-const (
-	OnRestartRestart = "restart" // serve it again on the same layer, address and port
-	OnRestartCleanup = "cleanup" // unpublish it
-)
-
-// ErrNoPublication is returned for a publication ID the journal does not hold.
-var ErrNoPublication = errors.New("no such publication")
-
 // ErrPortInUse is returned by Publish when the port cannot be bound.
 var ErrPortInUse = errors.New("port is already in use")
-
-func pubKey(id string) []byte { return []byte("p/" + id) }
-
-// PutPublication writes p durably.
-func (j *Journal) PutPublication(p *Publication) error {
-	return j.UpdatePublication(p.ID, func(q *Publication) { *q = *p })
-}
-
-// UpdatePublication applies fn to publication id (a new one if missing) and
-// writes it durably; reading and writing happen in one open of the
-// database, so two processes' updates do not overwrite each other.
-func (j *Journal) UpdatePublication(id string, fn func(*Publication)) error {
-	return j.with(func(db *pebble.DB) error {
-		p := &Publication{ID: id}
-		v, closer, err := db.Get(pubKey(id))
-		switch {
-		case err == nil:
-			err = json.Unmarshal(v, p)
-			closer.Close()
-			if err != nil {
-				return fmt.Errorf("publication %s: %w", id, err)
-			}
-		case !errors.Is(err, pebble.ErrNotFound):
-			return err
-		}
-		fn(p)
-		p.ID = id
-		p.Updated = time.Now().UTC()
-		b, err := json.Marshal(p)
-		if err != nil {
-			return err
-		}
-		if err := db.Set(pubKey(id), b, pebble.Sync); err != nil {
-			return fmt.Errorf("journaling publication %s: %w", id, err)
-		}
-		return nil
-	})
-}
-
-// GetPublication reads publication id.
-func (j *Journal) GetPublication(id string) (*Publication, error) {
-	var p *Publication
-	err := j.with(func(db *pebble.DB) error {
-		v, closer, err := db.Get(pubKey(id))
-		if errors.Is(err, pebble.ErrNotFound) {
-			return fmt.Errorf("%w %q (see 'pgporter published')", ErrNoPublication, id)
-		}
-		if err != nil {
-			return err
-		}
-		defer closer.Close()
-		p = new(Publication)
-		return json.Unmarshal(v, p)
-	})
-	return p, err
-}
-
-// ListPublications returns every journaled publication, newest first.
-func (j *Journal) ListPublications() ([]*Publication, error) {
-	var out []*Publication
-	err := j.with(func(db *pebble.DB) error {
-		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte("p/"), UpperBound: []byte("p0")})
-		if err != nil {
-			return err
-		}
-		defer it.Close()
-		for it.First(); it.Valid(); it.Next() {
-			p := new(Publication)
-			if err := json.Unmarshal(it.Value(), p); err != nil {
-				return fmt.Errorf("publication %s: %w", it.Key(), err)
-			}
-			out = append(out, p)
-		}
-		return it.Error()
-	})
-	sort.Slice(out, func(a, b int) bool { return out[a].Created.After(out[b].Created) })
-	return out, err
-}
-
-// lockHeld reports whether publication p's serve process (or the publish
-// starting it) is alive: whether it holds p's lock. It takes a shared lock
-// for an instant, which only another prober can share. A holder killed but
-// stuck exiting on its own mount is as good as dead: taking the lock frees
-// it (see Journal.Lock).
-func (j *Journal) lockHeld(p *Publication) bool {
-	f, err := os.Open(filepath.Join(j.dir, "locks", p.ID+".lock"))
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
-		return errors.Is(err, unix.EWOULDBLOCK) && (p.ServePID <= 0 || !staging.Dying(p.ServePID))
-	}
-	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	return false
-}
 
 // PublishOptions configure Publish. A publish job carries them as a
 // protocol.PublishSpec (jobwire.go), without the serve command.
@@ -688,67 +474,130 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if p.State != PubStarting {
 		return fmt.Errorf("publication %s is %s, not starting", id, p.State)
 	}
-	log := pb.log.With("publication", id)
-	up := false
 	// A resumed publication keeps its layer when it cannot come up: it
 	// holds the writes of its earlier life, which only unpublish drops.
-	keepCow := p.Restarts > 0
-	// A publication that never came up and left nothing behind is gone (its
-	// reason kept for 'published --all'); one that failed later, or left
-	// something, is failed until unpublish.
-	fail := func(err error) error {
-		state := PubFailed
-		if !up {
-			pb.release(context.WithoutCancel(ctx), p, !keepCow)
-			if !exists(p.BaseDir) && !exists(p.CowDir) {
-				state = PubGone
-			}
-		}
-		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = state, err.Error() })
-		return err
-	}
+	s := &serving{pb: pb, p: p, log: pb.log.With("publication", id), keepCow: p.Restarts > 0}
 	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.ServePID = os.Getpid() }); err != nil {
 		return err
 	}
-
-	tree, src, err := pb.openPubRepo(ctx, p, log)
-	if err != nil {
-		return fail(err)
+	defer s.closeSource()
+	if err := s.bringUp(ctx); err != nil {
+		return err
 	}
-	defer src.Close()
-	mnt := p.Mountpoint()
+	s.log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", s.in.PID(), "version", s.in.Version)
+	s.up = true
+	report("ready\n")
+	return s.serve(ctx)
+}
+
+// serving is a publication that ServePublication brings up, serves and
+// takes down. What is set of it says what is up, and down takes it down
+// in reverse.
+type serving struct {
+	pb      *Publisher
+	p       *Publication // as journaled when the serve process started
+	log     *slog.Logger
+	keepCow bool // a resumed publication keeps its layer when it cannot come up
+	up      bool // journaled up: a failure from here on leaves it failed
+
+	src       Source
+	journaled bool // Mounted is journaled: release cleans up from here on
+	m         *staging.Mounted
+	unmounted chan struct{} // closed when m ends, from inside or outside
+	overlay   bool
+	in        *staging.Instance
+	// While the publication is up: the wait for the instance to exit,
+	// and its outcome.
+	cancelWait context.CancelFunc
+	exited     chan error
+}
+
+func (s *serving) closeSource() {
+	if s.src != nil {
+		s.src.Close()
+	}
+}
+
+// bringUp mounts the restore point with the publication's layer over it,
+// starts the instance and journals the publication up. When a step fails,
+// it takes down what came up and journals the publication failed, or gone.
+func (s *serving) bringUp(ctx context.Context) error {
+	if err := s.mount(ctx); err != nil {
+		s.abort(ctx)
+		return s.fail(ctx, err)
+	}
+	if err := s.startInstance(ctx); err != nil {
+		s.abort(ctx)
+		if ctx.Err() != nil && !s.keepCow {
+			_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State = PubGone })
+			return ctx.Err()
+		}
+		return s.fail(ctx, err)
+	}
+	in := s.in
+	if err := s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) {
+		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
+		if in.Recovered != nil {
+			p.Reached = in.Recovered
+		}
+	}); err != nil {
+		s.abort(ctx)
+		return s.fail(ctx, err)
+	}
+	return nil
+}
+
+// mount opens the repository, mounts the restore point at Lower and puts
+// the publication's layer over it at Mountpoint. It journals the
+// publication mounted before it mounts anything, so that a dead serve
+// process's mounts are found.
+func (s *serving) mount(ctx context.Context) error {
+	p := s.p
+	tree, src, err := s.pb.openPubRepo(ctx, p, s.log)
+	if err != nil {
+		return err
+	}
+	s.src = src
 	if err := os.MkdirAll(p.BaseDir, 0o755); err != nil {
-		return fail(err)
+		return err
 	}
 	_ = os.Chmod(p.BaseDir, 0o755) // postgres must reach its data and run directories
 	if err := os.MkdirAll(p.Lower(), 0o755); err != nil {
-		return fail(err)
+		return err
 	}
 	if err := os.RemoveAll(p.fuseCowDir()); err != nil {
-		return fail(err)
+		return err
 	}
-	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.Mounted = true }); err != nil {
-		return fail(err)
+	if err := s.pb.j.UpdatePublication(p.ID, func(p *Publication) { p.Mounted = true }); err != nil {
+		return err
 	}
-	m, err := staging.Mount(ctx, p.Lower(), tree, src, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: log})
+	s.journaled = true
+	m, err := staging.Mount(ctx, p.Lower(), tree, src, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: s.log})
 	if err != nil {
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		return fail(err)
+		return err
 	}
 	unmounted := make(chan struct{})
 	go func() {
 		m.Wait()
 		close(unmounted)
 	}()
+	s.m, s.unmounted = m, unmounted
 	if err := mountOverlay(p); err != nil {
-		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		return fail(err)
+		return err
 	}
+	s.overlay = true
+	return nil
+}
+
+// startInstance starts PostgreSQL on the overlay, replaying the WAL to the
+// publication's point in time at its first start.
+func (s *serving) startInstance(ctx context.Context) error {
+	p := s.p
 	opts := staging.InstanceOptions{
-		DataDir: mnt, RunDir: p.RunDir(), OSUser: p.OSUser, Listen: p.Listen, Port: p.Port,
-		KeepHBA: p.Auth == AuthBackupHBA, AllowMissingPreload: true, Log: log,
+		DataDir: p.Mountpoint(), RunDir: p.RunDir(), OSUser: p.OSUser, Listen: p.Listen, Port: p.Port,
+		KeepHBA: p.Auth == AuthBackupHBA, AllowMissingPreload: true, Log: s.log,
 	}
+	var err error
 	if !opts.KeepHBA {
 		opts.HBAFile, err = writeStrictHBA(p.RunDir(), p.Listen)
 	}
@@ -756,7 +605,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if err == nil && p.At != nil && p.Reached == nil {
 		if p.RepoPeer == "" {
 			opts.Recovery, err = walRecovery(ctx, p.At, p.Self, p.Repo, p.OSUser)
-		} else if proxy, err = startWALProxy(ctx, src, p.OSUser, log); err == nil {
+		} else if proxy, err = startWALProxy(ctx, s.src, p.OSUser, s.log); err == nil {
 			// This process fetches the WAL for the instance, as an
 			// export's does (export.go).
 			opts.Recovery, err = walRecoveryFrom(ctx, p.At, p.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
@@ -770,78 +619,112 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 		proxy.Close()
 	}
 	if err != nil {
-		_ = unmountOverlay(p, 5*time.Second)
-		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		if ctx.Err() != nil && !keepCow {
-			_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State = PubGone })
-			return ctx.Err()
-		}
-		return fail(err)
+		return err
 	}
-	if err := pb.j.UpdatePublication(id, func(p *Publication) {
-		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
-		if in.Recovered != nil {
-			p.Reached = in.Recovered
-		}
-	}); err != nil {
-		_ = in.Stop(context.WithoutCancel(ctx))
-		_ = unmountOverlay(p, 5*time.Second)
-		_ = unmountPub(m, unmounted, log)
-		pb.release(context.WithoutCancel(ctx), p, !keepCow)
-		return fail(err)
-	}
-	log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", in.PID(), "version", in.Version)
-	up = true
-	report("ready\n")
+	s.in = in
+	return nil
+}
 
+// serve waits until ctx is done, postgres exits or the mount ends from
+// outside, then takes the publication down and journals how it ended.
+// Stopped by a signal that Unpublish did not send, it keeps the layer.
+func (s *serving) serve(ctx context.Context) error {
+	cause, suspend := s.wait(ctx)
+	_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State = PubStopping })
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	serr := s.down(stopCtx, func(serr error) bool { return !suspend || serr != nil })
+	if err := errors.Join(cause, serr); err != nil {
+		s.log.Error("publication ended", "err", err)
+		return s.fail(ctx, err)
+	}
+	if suspend {
+		s.log.Info("publication stopped by a signal; its layer is kept for 'publish --resume' or a restarting mover")
+		return s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) {
+			p.Error = "stopped by a signal, not by unpublish: resumable on its layer"
+		})
+	}
+	s.log.Info("publication ended")
+	return s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State, p.Error = PubGone, "" })
+}
+
+// wait waits for the end of the publication: ctx done (suspend if
+// Unpublish did not ask for it: a shutdown, say), or the instance or the
+// mount ending on their own (cause).
+func (s *serving) wait(ctx context.Context) (cause error, suspend bool) {
 	waitCtx, cancelWait := context.WithCancel(context.WithoutCancel(ctx))
 	exited := make(chan error, 1)
-	go func() { exited <- in.Wait(waitCtx) }()
-	var cause error
-	suspend := false
+	go func() { exited <- s.in.Wait(waitCtx) }()
+	s.cancelWait, s.exited = cancelWait, exited
 	select {
 	case <-ctx.Done():
 		// Not asked by unpublish (a shutdown, say): stop, but keep the
 		// layer, and leave the publication dead, to be resumed.
-		if q, err := pb.j.GetPublication(id); err == nil && !q.Unpublishing {
+		if q, err := s.pb.j.GetPublication(s.p.ID); err == nil && !q.Unpublishing {
 			suspend = true
 		}
-		log.Info("publication stopping", "keep_layer", suspend)
+		s.log.Info("publication stopping", "keep_layer", suspend)
 	case err := <-exited:
-		exited <- err // for the wait below
-		cause = fmt.Errorf("postgres exited on its own (%v); see %s", err, filepath.Join(p.RunDir(), "postgres.log"))
-	case <-unmounted:
-		cause = fmt.Errorf("%s was unmounted from outside pgporter", mnt)
+		exited <- err // for the wait in down
+		cause = fmt.Errorf("postgres exited on its own (%v); see %s", err, filepath.Join(s.p.RunDir(), "postgres.log"))
+	case <-s.unmounted:
+		cause = fmt.Errorf("%s was unmounted from outside pgporter", s.p.Mountpoint())
 	}
-	_ = pb.j.UpdatePublication(id, func(p *Publication) { p.State = PubStopping })
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-	defer cancel()
-	serr := in.Stop(stopCtx)
-	cancelWait()
-	<-exited
-	if serr == nil {
-		_ = pb.j.UpdatePublication(id, func(p *Publication) { p.InstancePID = 0 })
+	return cause, suspend
+}
+
+// down takes down what is up, the last first: it stops the instance,
+// unmounts the overlay, then the restore point, and releases the
+// publication's files, its layer too if dropCow says so given the errors
+// so far. It returns those errors.
+func (s *serving) down(ctx context.Context, dropCow func(error) bool) error {
+	var err error
+	if s.in != nil {
+		err = s.in.Stop(ctx)
+		if s.exited != nil {
+			s.cancelWait()
+			<-s.exited
+			if err == nil {
+				_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.InstancePID = 0 })
+			}
+		}
 	}
-	if uerr := unmountOverlay(p, 5*time.Second); uerr != nil {
-		serr = errors.Join(serr, uerr)
+	if s.overlay {
+		if uerr := unmountOverlay(s.p, 5*time.Second); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
 	}
-	if uerr := unmountPub(m, unmounted, log); uerr != nil {
-		serr = errors.Join(serr, uerr)
+	if s.m != nil {
+		if uerr := unmountPub(s.m, s.unmounted, s.log); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
 	}
-	pb.release(stopCtx, p, !suspend || serr != nil)
-	if err := errors.Join(cause, serr); err != nil {
-		log.Error("publication ended", "err", err)
-		return fail(err)
+	if s.journaled {
+		s.pb.release(ctx, s.p, dropCow(err))
 	}
-	if suspend {
-		log.Info("publication stopped by a signal; its layer is kept for 'publish --resume' or a restarting mover")
-		return pb.j.UpdatePublication(id, func(p *Publication) {
-			p.Error = "stopped by a signal, not by unpublish: resumable on its layer"
-		})
+	return err
+}
+
+// abort takes down what came up of a publication that cannot come up: its
+// layer too, unless it is resumed.
+func (s *serving) abort(ctx context.Context) {
+	_ = s.down(context.WithoutCancel(ctx), func(error) bool { return !s.keepCow })
+}
+
+// fail journals the publication failed with err and returns err. One that
+// never came up is released first, and is gone if it left nothing behind
+// (its reason kept for 'published --all'); one that failed later, or left
+// something, is failed until unpublish.
+func (s *serving) fail(ctx context.Context, err error) error {
+	state := PubFailed
+	if !s.up {
+		s.pb.release(context.WithoutCancel(ctx), s.p, !s.keepCow)
+		if !exists(s.p.BaseDir) && !exists(s.p.CowDir) {
+			state = PubGone
+		}
 	}
-	log.Info("publication ended")
-	return pb.j.UpdatePublication(id, func(p *Publication) { p.State, p.Error = PubGone, "" })
+	_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.State, p.Error = state, err.Error() })
+	return err
 }
 
 // openPubRepo reads the tree of p's restore point and returns where its
