@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/pgporter/pgporter/internal/config"
+	"github.com/pgporter/pgporter/mover"
 )
 
 // TestScript runs the CLI end to end from testdata/script/*.txtar, each
@@ -38,6 +41,9 @@ func TestScript(t *testing.T) {
 			"mksession":     cmdMkSession,
 			"mkpublication": cmdMkPublication,
 			"stdoutjson":    cmdStdoutJSON,
+			"httpget":       cmdHTTPGet,
+			"holdsender":    cmdHoldSender,
+			"releasesender": cmdReleaseSender,
 		},
 	})
 }
@@ -279,4 +285,89 @@ func cmdStopServe(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("%s: %v\n%s", args[0], d.err, ts.ReadFile(args[0]+".stderr"))
 	}
 	fmt.Fprintf(ts.Stdout(), "%s stopped\n", args[0])
+}
+
+// httpget [-status N] ADDR PATH gets PATH from the HTTP server at ADDR
+// (HOST:PORT, or unix:SOCKET as mover serve --metrics takes it) and fails
+// unless it answers with status N (200 if not given); the body becomes the
+// script's stdout.
+func cmdHTTPGet(ts *testscript.TestScript, neg bool, args []string) {
+	want := http.StatusOK
+	if len(args) >= 2 && args[0] == "-status" {
+		n, err := strconv.Atoi(args[1])
+		ts.Check(err)
+		want, args = n, args[2:]
+	}
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: httpget [-status N] ADDR PATH")
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	base := "http://" + args[0]
+	if sock, ok := strings.CutPrefix(args[0], "unix:"); ok {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}
+		base = "http://unix"
+	}
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	resp, err := c.Get(base + args[1])
+	ts.Check(err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	ts.Check(err)
+	_, _ = ts.Stdout().Write(body)
+	if resp.StatusCode != want {
+		ts.Fatalf("GET %s: status %d, want %d", args[1], resp.StatusCode, want)
+	}
+}
+
+var (
+	heldMu sync.Mutex // guards held
+	held   = map[*testscript.TestScript]map[string]*mover.Sender{}
+)
+
+// holdsender HOME opens the sender state under HOME in the test process and
+// keeps it open, as a send in progress from that home does, until
+// releasesender HOME or the end of the script; it sets HOLDER_PID to the
+// process that holds it.
+func cmdHoldSender(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: holdsender HOME")
+	}
+	home := ts.MkAbs(args[0])
+	s, err := mover.NewSender(home, nil)
+	ts.Check(err)
+	heldMu.Lock()
+	defer heldMu.Unlock()
+	if held[ts] == nil {
+		held[ts] = map[string]*mover.Sender{}
+		ts.Defer(func() {
+			heldMu.Lock()
+			defer heldMu.Unlock()
+			for _, s := range held[ts] {
+				s.Close()
+			}
+			delete(held, ts)
+		})
+	}
+	held[ts][home] = s
+	ts.Setenv("HOLDER_PID", strconv.Itoa(os.Getpid()))
+}
+
+// releasesender HOME closes the sender state holdsender HOME opened.
+func cmdReleaseSender(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: releasesender HOME")
+	}
+	home := ts.MkAbs(args[0])
+	heldMu.Lock()
+	defer heldMu.Unlock()
+	s := held[ts][home]
+	if s == nil {
+		ts.Fatalf("releasesender: %s is not held", args[0])
+	}
+	delete(held[ts], home)
+	ts.Check(s.Close())
 }
