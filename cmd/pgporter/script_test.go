@@ -23,6 +23,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/pgporter/pgporter/internal/config"
+	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 )
 
@@ -32,6 +33,7 @@ func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:                 filepath.Join("testdata", "script"),
 		RequireExplicitExec: true,
+		Condition:           scriptCondition,
 		Cmds: map[string]func(*testscript.TestScript, bool, []string){
 			"setfromstdout": cmdSetFromStdout,
 			"exitcode":      cmdExitCode,
@@ -44,8 +46,21 @@ func TestScript(t *testing.T) {
 			"httpget":       cmdHTTPGet,
 			"holdsender":    cmdHoldSender,
 			"releasesender": cmdReleaseSender,
+			"pgmajor":       cmdPGMajor,
+			"pointdb":       cmdPointDB,
 		},
 	})
+}
+
+// scriptCondition answers the scripts' own conditions: [pgserver], this
+// host has the server binaries of a PostgreSQL version (none is started).
+func scriptCondition(cond string) (bool, error) {
+	switch cond {
+	case "pgserver":
+		_, err := pgtool.NewestServerBinDir()
+		return err == nil, nil
+	}
+	return false, fmt.Errorf("unknown condition %q", cond)
 }
 
 // scriptEnv is the environment a custom command gives the processes it
@@ -370,4 +385,56 @@ func cmdReleaseSender(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	delete(held[ts], home)
 	ts.Check(s.Close())
+}
+
+// pgmajor VAR sets VAR to the newest major version of PostgreSQL whose
+// server binaries this host has (a script guards it with [pgserver]).
+func cmdPGMajor(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: pgmajor VAR")
+	}
+	bin, err := pgtool.NewestServerBinDir()
+	ts.Check(err)
+	ts.Setenv(args[0], filepath.Base(filepath.Dir(bin)))
+}
+
+// pointdb REPO NAME [KEY=VALUE]... rewrites the first database of the
+// repository's one restore point as a backup from a server records it:
+// named NAME, with the given fields of its JSON (collate, ctype,
+// locale_provider, icu_locale), and library=PROBIN:EXTENSION adding a C
+// library its columns' types need. It stands for a backup of another
+// host's server.
+func cmdPointDB(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: pointdb REPO NAME [KEY=VALUE]...")
+	}
+	files, err := filepath.Glob(filepath.Join(ts.MkAbs(args[0]), "points", "rp-*.json"))
+	ts.Check(err)
+	if len(files) != 1 {
+		ts.Fatalf("pointdb: want one restore point in %s, found %d", args[0], len(files))
+	}
+	var rp map[string]any
+	ts.Check(json.Unmarshal([]byte(ts.ReadFile(files[0])), &rp))
+	dbs, _ := rp["databases"].([]any)
+	if len(dbs) == 0 {
+		ts.Fatalf("pointdb: the restore point has no databases")
+	}
+	db := dbs[0].(map[string]any)
+	db["name"] = args[1]
+	for _, a := range args[2:] {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok {
+			ts.Fatalf("pointdb: %q is not KEY=VALUE", a)
+		}
+		if k != "library" {
+			db[k] = v
+			continue
+		}
+		probin, ext, _ := strings.Cut(v, ":")
+		libs, _ := db["c_libraries"].([]any)
+		db["c_libraries"] = append(libs, map[string]any{"probin": probin, "extensions": ext, "in_data": true})
+	}
+	b, err := json.MarshalIndent(rp, "", "  ")
+	ts.Check(err)
+	ts.Check(os.WriteFile(files[0], b, 0o644))
 }
