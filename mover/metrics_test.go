@@ -119,7 +119,8 @@ func TestTransferSeries(t *testing.T) {
 	}
 	require.NoError(t, os.WriteFile(filepath.Join(src, "f.dat"), data, 0o644))
 	s := newTestSender(t, r, PermSend)
-	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "d"), TransferID: "t-series", RetryFor: -1})
+	// One connection: a joined one would play no role until it joins.
+	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "d"), TransferID: "t-series", RetryFor: -1, Connections: 1})
 	require.NoError(t, err)
 	close(bodies)
 	var seen int
