@@ -6,6 +6,7 @@ import (
 
 	"github.com/pgporter/pgporter/internal/buildinfo"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
 )
 
 // metrics are the daemon's Prometheus series, served on --metrics.
@@ -147,10 +148,28 @@ func (c stampingCounter) Add(v float64) {
 	c.last.SetToCurrentTime()
 }
 
+// noteRole records that conn, a connection of peer, made a request that
+// needs permission role: the role the peer plays on it. A connection may
+// play several (a repository client that reads and pushes WAL); its roles
+// end with it.
+func (s *Server) noteRole(peer PeerID, conn *quic.Conn, role Perm) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m := s.peerConns[peer]; m != nil {
+		if _, ok := m[conn]; ok {
+			m[conn] |= role
+		}
+	}
+}
+
+// roleNone is the role label of a connection that has made no request yet.
+const roleNone = "none"
+
 // peerCollector reports per-peer series from the server's live state at
 // each scrape. A peer has series only while it holds connections, so their
 // number is bounded by the peers connected (each in the trust list: others
-// are refused in the handshake), and none outlives its peer's connections.
+// are refused in the handshake) times the roles (the permissions, and
+// none), and none outlives its peer's connections.
 type peerCollector struct {
 	s                *Server
 	conns, transfers *prometheus.Desc
@@ -158,9 +177,11 @@ type peerCollector struct {
 
 func newPeerCollector(s *Server) peerCollector {
 	return peerCollector{
-		s:         s,
-		conns:     prometheus.NewDesc("pgporter_mover_peer_connections", "Connections a peer holds open to this mover.", []string{"peer"}, nil),
-		transfers: prometheus.NewDesc("pgporter_mover_peer_transfers_active", "Transfers in progress from a peer into this mover.", []string{"peer"}, nil),
+		s: s,
+		conns: prometheus.NewDesc("pgporter_mover_peer_connections",
+			"Connections a peer holds open to this mover, by the role it plays on them: the permission their requests need (send, read, orchestrate, archive), or none before the first request. A connection that plays several roles counts in each.",
+			[]string{"peer", "role"}, nil),
+		transfers: prometheus.NewDesc("pgporter_mover_peer_transfers_active", "Transfers in progress from a peer into this mover (each needs the send permission).", []string{"peer"}, nil),
 	}
 }
 
@@ -170,17 +191,33 @@ func (c peerCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c peerCollector) Collect(ch chan<- prometheus.Metric) {
-	conns, transfers := map[PeerID]int{}, map[PeerID]int{}
+	type peerRole struct {
+		peer PeerID
+		role string
+	}
+	conns, transfers := map[peerRole]int{}, map[PeerID]int{}
 	c.s.mu.Lock()
 	for p, m := range c.s.peerConns {
-		conns[p] = len(m)
+		transfers[p] = 0
+		for _, roles := range m {
+			if roles == 0 {
+				conns[peerRole{p, roleNone}]++
+			}
+			for _, r := range roles.Names() {
+				conns[peerRole{p, r}]++
+			}
+		}
 	}
 	for _, a := range c.s.active {
-		transfers[a.peer]++
+		if _, ok := transfers[a.peer]; ok {
+			transfers[a.peer]++
+		}
 	}
 	c.s.mu.Unlock()
-	for p, n := range conns {
-		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(n), p.String())
-		ch <- prometheus.MustNewConstMetric(c.transfers, prometheus.GaugeValue, float64(transfers[p]), p.String())
+	for k, n := range conns {
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(n), k.peer.String(), k.role)
+	}
+	for p, n := range transfers {
+		ch <- prometheus.MustNewConstMetric(c.transfers, prometheus.GaugeValue, float64(n), p.String())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/protocol"
 )
 
 func get(t *testing.T, h http.Handler, path string) (int, string) {
@@ -57,7 +60,8 @@ func TestHTTPHandler(t *testing.T) {
 		require.NotContains(t, body, "pgporter_build_info", path)
 	}
 
-	// A connected peer has its series, which go with its connections.
+	// A connected peer has its series, which go with its connections; before
+	// its first request a connection plays no role.
 	require.NotContains(t, body, "pgporter_mover_peer_connections{")
 	c := newTLSTestMover(t)
 	require.NoError(t, srv.trust.Trust(TrustedPeer{ID: c.id.ID, Perms: PermSend}))
@@ -65,7 +69,7 @@ func TestHTTPHandler(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		_, body := get(t, h, "/metrics")
-		return strings.Contains(body, `pgporter_mover_peer_connections{peer="`+c.id.ID.String()+`"} 1`+"\n") &&
+		return strings.Contains(body, `pgporter_mover_peer_connections{peer="`+c.id.ID.String()+`",role="none"} 1`+"\n") &&
 			strings.Contains(body, `pgporter_mover_peer_transfers_active{peer="`+c.id.ID.String()+`"} 0`+"\n")
 	}, 10*time.Second, 5*time.Millisecond)
 	conn.CloseWithError(quic.ApplicationErrorCode(0), "")
@@ -92,7 +96,7 @@ func TestHTTPHandler(t *testing.T) {
 // TestTransferSeries: while a transfer runs into a mover, its durable and
 // announced bytes are series of their own, labelled with the transfer and
 // the peer; they end with the transfer, so their number stays that of the
-// transfers in progress.
+// transfers in progress. The sender's connections have the role send.
 func TestTransferSeries(t *testing.T) {
 	var h atomic.Pointer[http.Handler]
 	bodies := make(chan string, 64)
@@ -115,13 +119,17 @@ func TestTransferSeries(t *testing.T) {
 	}
 	require.NoError(t, os.WriteFile(filepath.Join(src, "f.dat"), data, 0o644))
 	s := newTestSender(t, r, PermSend)
-	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "d"), TransferID: "t-series", RetryFor: -1})
+	// One connection: a joined one would play no role until it joins.
+	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "d"), TransferID: "t-series", RetryFor: -1, Connections: 1})
 	require.NoError(t, err)
 	close(bodies)
 	var seen int
 	for body := range bodies {
 		if strings.Contains(body, `pgporter_mover_transfer_durable_bytes{peer="`+s.ID().String()+`",transfer="t-series"} `) {
 			require.Contains(t, body, `pgporter_mover_transfer_total_bytes{peer="`+s.ID().String()+`",transfer="t-series"} 6.291456e+06`)
+			require.Contains(t, body, `pgporter_mover_peer_transfers_active{peer="`+s.ID().String()+`"} 1`+"\n")
+			require.Regexp(t, `pgporter_mover_peer_connections\{peer="`+s.ID().String()+`",role="send"\} [1-9]`, body)
+			require.NotRegexp(t, `pgporter_mover_peer_connections\{peer="`+s.ID().String()+`",role="(none|read|orchestrate|archive)"\}`, body)
 			seen++
 		}
 	}
@@ -129,6 +137,65 @@ func TestTransferSeries(t *testing.T) {
 	_, body := get(t, handler, "/metrics")
 	require.NotContains(t, body, "pgporter_mover_transfer_durable_bytes{", "the series end with the transfer")
 	require.NotContains(t, body, "pgporter_mover_transfer_total_bytes{")
+}
+
+// TestPeerRoles: a connection's role label is the permission its requests
+// need, counted in each role it plays, and its series end with it.
+func TestPeerRoles(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	h := r.srv.HTTPHandler()
+	c := newTLSTestMover(t)
+	require.NoError(t, r.trust.Trust(TrustedPeer{ID: c.id.ID, Perms: PermRead | PermArchive | PermOrchestrate}))
+	ctx := context.Background()
+	series := func(role string, n int) string {
+		return `pgporter_mover_peer_connections{peer="` + c.id.ID.String() + `",role="` + role + `"} ` + strconv.Itoa(n) + "\n"
+	}
+	scraped := func(want ...string) func() bool {
+		return func() bool {
+			_, body := get(t, h, "/metrics")
+			for _, w := range want {
+				if !strings.Contains(body, w) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+
+	// A repository client: reads on the control stream (refused here: no
+	// repository), then pushes WAL on an archive stream of the same
+	// connection.
+	conn, cs, err := dialMover(ctx, r.addr, c.id, r.id.ID, 0)
+	require.NoError(t, err)
+	require.Eventually(t, scraped(series("none", 1)), 10*time.Second, 5*time.Millisecond)
+	require.NoError(t, cs.write(&protocol.ListPoints{}))
+	_, err = cs.next()
+	require.Error(t, err, "this mover has no repository")
+	_, body := get(t, h, "/metrics")
+	require.Contains(t, body, series("read", 1))
+	require.NotContains(t, body, `role="none"`)
+	st, err := conn.OpenStreamSync(ctx)
+	require.NoError(t, err)
+	require.NoError(t, protocol.WriteStreamKind(st, protocol.StreamArchive))
+	require.Eventually(t, scraped(series("read", 1), series("archive", 1)), 10*time.Second, 5*time.Millisecond)
+
+	// An orchestrator, on a second connection (this mover runs no jobs).
+	conn2, cs2, err := dialMover(ctx, r.addr, c.id, r.id.ID, 0)
+	require.NoError(t, err)
+	require.NoError(t, cs2.write(&protocol.RunJob{Kind: protocol.JobListPublications, Version: protocol.JobVersion}))
+	_, err = cs2.next()
+	require.ErrorContains(t, err, "runs no jobs")
+	require.Eventually(t, scraped(series("orchestrate", 1), series("read", 1), series("archive", 1)), 10*time.Second, 5*time.Millisecond)
+	_, body = get(t, h, "/metrics")
+	require.NotContains(t, body, `role="send"`)
+	require.Contains(t, body, `pgporter_mover_peer_transfers_active{peer="`+c.id.ID.String()+`"} 0`+"\n")
+
+	conn.CloseWithError(quic.ApplicationErrorCode(0), "")
+	conn2.CloseWithError(quic.ApplicationErrorCode(0), "")
+	require.Eventually(t, func() bool {
+		_, body := get(t, h, "/metrics")
+		return !strings.Contains(body, "pgporter_mover_peer_connections{") && !strings.Contains(body, "pgporter_mover_peer_transfers_active{")
+	}, 10*time.Second, 5*time.Millisecond, "the series end with the connections")
 }
 
 // TestExportSeries: the progress of export jobs run here has series per

@@ -152,7 +152,7 @@ type Server struct {
 
 	mu        sync.Mutex // guards active, peerConns
 	active    map[string]*activeTransfer
-	peerConns map[PeerID]map[*quic.Conn]bool // open connections by peer
+	peerConns map[PeerID]map[*quic.Conn]Perm // open connections by peer, with their roles (noteRole)
 
 	conns sync.WaitGroup // connection handlers
 
@@ -185,7 +185,7 @@ var errPreempted = errors.New("mover: the sender reconnected; this connection is
 // checks the roots and starts listening.
 func NewServer(o ServerOptions) (*Server, error) {
 	o = o.withDefaults()
-	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, peerConns: map[PeerID]map[*quic.Conn]bool{}, metrics: newMetrics()}
+	s := &Server{o: o, log: o.Log, active: map[string]*activeTransfer{}, peerConns: map[PeerID]map[*quic.Conn]Perm{}, metrics: newMetrics()}
 	s.metrics.reg.MustRegister(newPeerCollector(s))
 	s.positions = newMemBudget("chunk positions", o.PeerMemory/2, o.TotalMemory/2)
 	s.streams = newMemBudget("data streams", o.PeerMemory*3/8, o.TotalMemory*3/8)
@@ -417,10 +417,12 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 				defer wg.Done()
 				var k [1]byte
 				if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
+					s.noteRole(peer, conn, PermRead)
 					s.serveFetch(ctx, peer, cs.version, cr, ds, log)
 					return
 				}
 				if protocol.StreamKind(k[0]) == protocol.StreamArchive {
+					s.noteRole(peer, conn, PermArchive)
 					s.serveArchive(ctx, peer, cs.version, cr, ds, log)
 					return
 				}
@@ -472,6 +474,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 		}
 		switch m := m.(type) {
 		case *protocol.OpenTransfer:
+			s.noteRole(peer, conn, PermSend)
 			tctx, tcancel := context.WithCancelCause(ctx)
 			a := &activeTransfer{peer: peer, dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{}), ready: make(chan struct{})}
 			r, err := s.openTransfer(tctx, peer, cs, m, a, log)
@@ -520,6 +523,7 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			s.release(r.tid, a)
 			return
 		case *protocol.JoinTransfer:
+			s.noteRole(peer, conn, PermSend)
 			r, a, err := s.join(ctx, peer, cs, m)
 			if err != nil {
 				s.metrics.refused.Inc()
@@ -544,19 +548,26 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			a.joined.Done()
 			return
 		case *protocol.ListPoints, *protocol.GetPoint, *protocol.GetWAL:
+			s.noteRole(peer, conn, PermRead)
 			if err := s.repoRequest(peer, cs, cr, m, log); err != nil {
 				return
 			}
 		case *protocol.RunJob:
+			s.noteRole(peer, conn, PermOrchestrate)
 			s.runJob(ctx, conn, peer, cs, m, log)
 			linger(ctx, conn)
 			return
 		case *protocol.SpaceQuery:
+			// Asked before sending, or by an orchestrator planning an export
+			// (which may hold orchestrate only).
+			role := PermSend
 			if s.trust.Check(peer, PermSend) != nil {
-				if err := s.trust.Check(peer, PermOrchestrate); err != nil {
-					cs.sendError(err)
-					continue
-				}
+				role = PermOrchestrate
+			}
+			s.noteRole(peer, conn, role)
+			if err := s.trust.Check(peer, role); err != nil {
+				cs.sendError(err)
+				continue
 			}
 			free, total, err := s.space(m.Path)
 			if err != nil {
@@ -1024,9 +1035,9 @@ func (s *Server) admit(peer PeerID, conn *quic.Conn) bool {
 		return false
 	}
 	if s.peerConns[peer] == nil {
-		s.peerConns[peer] = map[*quic.Conn]bool{}
+		s.peerConns[peer] = map[*quic.Conn]Perm{}
 	}
-	s.peerConns[peer][conn] = true
+	s.peerConns[peer][conn] = 0
 	return true
 }
 

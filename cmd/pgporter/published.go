@@ -68,7 +68,7 @@ starts, as the publication's --on-restart says). Publications made with
 				}{Publications: []row{}}
 				for _, p := range list {
 					out.Publications = append(out.Publications, row{p.ID, string(p.State), p.RestorePoint, p.Host(), p.Listen, p.Port,
-						int64(uptime(p).Seconds()), orchestrator.CowBytes(p), p.Created, p.Error, p.On, p.OnRestart, p.Restarts})
+						int64(uptime(p).Seconds()), orchestrator.CowBytes(p), p.Created, userText(p.Error), p.On, p.OnRestart, p.Restarts})
 				}
 				return g.writeJSON(out)
 			}

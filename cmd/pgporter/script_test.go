@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,8 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/pgporter/pgporter/internal/config"
+	"github.com/pgporter/pgporter/internal/pgtool"
+	"github.com/pgporter/pgporter/mover"
 )
 
 // TestScript runs the CLI end to end from testdata/script/*.txtar, each
@@ -29,6 +33,7 @@ func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:                 filepath.Join("testdata", "script"),
 		RequireExplicitExec: true,
+		Condition:           scriptCondition,
 		Cmds: map[string]func(*testscript.TestScript, bool, []string){
 			"setfromstdout": cmdSetFromStdout,
 			"exitcode":      cmdExitCode,
@@ -38,8 +43,24 @@ func TestScript(t *testing.T) {
 			"mksession":     cmdMkSession,
 			"mkpublication": cmdMkPublication,
 			"stdoutjson":    cmdStdoutJSON,
+			"httpget":       cmdHTTPGet,
+			"holdsender":    cmdHoldSender,
+			"releasesender": cmdReleaseSender,
+			"pgmajor":       cmdPGMajor,
+			"pointdb":       cmdPointDB,
 		},
 	})
+}
+
+// scriptCondition answers the scripts' own conditions: [pgserver], this
+// host has the server binaries of a PostgreSQL version (none is started).
+func scriptCondition(cond string) (bool, error) {
+	switch cond {
+	case "pgserver":
+		_, err := pgtool.NewestServerBinDir()
+		return err == nil, nil
+	}
+	return false, fmt.Errorf("unknown condition %q", cond)
 }
 
 // scriptEnv is the environment a custom command gives the processes it
@@ -279,4 +300,141 @@ func cmdStopServe(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("%s: %v\n%s", args[0], d.err, ts.ReadFile(args[0]+".stderr"))
 	}
 	fmt.Fprintf(ts.Stdout(), "%s stopped\n", args[0])
+}
+
+// httpget [-status N] ADDR PATH gets PATH from the HTTP server at ADDR
+// (HOST:PORT, or unix:SOCKET as mover serve --metrics takes it) and fails
+// unless it answers with status N (200 if not given); the body becomes the
+// script's stdout.
+func cmdHTTPGet(ts *testscript.TestScript, neg bool, args []string) {
+	want := http.StatusOK
+	if len(args) >= 2 && args[0] == "-status" {
+		n, err := strconv.Atoi(args[1])
+		ts.Check(err)
+		want, args = n, args[2:]
+	}
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: httpget [-status N] ADDR PATH")
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	base := "http://" + args[0]
+	if sock, ok := strings.CutPrefix(args[0], "unix:"); ok {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}
+		base = "http://unix"
+	}
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	resp, err := c.Get(base + args[1])
+	ts.Check(err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	ts.Check(err)
+	_, _ = ts.Stdout().Write(body)
+	if resp.StatusCode != want {
+		ts.Fatalf("GET %s: status %d, want %d", args[1], resp.StatusCode, want)
+	}
+}
+
+var (
+	heldMu sync.Mutex // guards held
+	held   = map[*testscript.TestScript]map[string]*mover.Sender{}
+)
+
+// holdsender HOME opens the sender state under HOME in the test process and
+// keeps it open, as a send in progress from that home does, until
+// releasesender HOME or the end of the script; it sets HOLDER_PID to the
+// process that holds it.
+func cmdHoldSender(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: holdsender HOME")
+	}
+	home := ts.MkAbs(args[0])
+	s, err := mover.NewSender(home, nil)
+	ts.Check(err)
+	heldMu.Lock()
+	defer heldMu.Unlock()
+	if held[ts] == nil {
+		held[ts] = map[string]*mover.Sender{}
+		ts.Defer(func() {
+			heldMu.Lock()
+			defer heldMu.Unlock()
+			for _, s := range held[ts] {
+				s.Close()
+			}
+			delete(held, ts)
+		})
+	}
+	held[ts][home] = s
+	ts.Setenv("HOLDER_PID", strconv.Itoa(os.Getpid()))
+}
+
+// releasesender HOME closes the sender state holdsender HOME opened.
+func cmdReleaseSender(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: releasesender HOME")
+	}
+	home := ts.MkAbs(args[0])
+	heldMu.Lock()
+	defer heldMu.Unlock()
+	s := held[ts][home]
+	if s == nil {
+		ts.Fatalf("releasesender: %s is not held", args[0])
+	}
+	delete(held[ts], home)
+	ts.Check(s.Close())
+}
+
+// pgmajor VAR sets VAR to the newest major version of PostgreSQL whose
+// server binaries this host has (a script guards it with [pgserver]).
+func cmdPGMajor(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: pgmajor VAR")
+	}
+	bin, err := pgtool.NewestServerBinDir()
+	ts.Check(err)
+	ts.Setenv(args[0], filepath.Base(filepath.Dir(bin)))
+}
+
+// pointdb REPO NAME [KEY=VALUE]... rewrites the first database of the
+// repository's one restore point as a backup from a server records it:
+// named NAME, with the given fields of its JSON (collate, ctype,
+// locale_provider, icu_locale), and library=PROBIN:EXTENSION adding a C
+// library its columns' types need. It stands for a backup of another
+// host's server.
+func cmdPointDB(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: pointdb REPO NAME [KEY=VALUE]...")
+	}
+	files, err := filepath.Glob(filepath.Join(ts.MkAbs(args[0]), "points", "rp-*.json"))
+	ts.Check(err)
+	if len(files) != 1 {
+		ts.Fatalf("pointdb: want one restore point in %s, found %d", args[0], len(files))
+	}
+	var rp map[string]any
+	ts.Check(json.Unmarshal([]byte(ts.ReadFile(files[0])), &rp))
+	dbs, _ := rp["databases"].([]any)
+	if len(dbs) == 0 {
+		ts.Fatalf("pointdb: the restore point has no databases")
+	}
+	db := dbs[0].(map[string]any)
+	db["name"] = args[1]
+	for _, a := range args[2:] {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok {
+			ts.Fatalf("pointdb: %q is not KEY=VALUE", a)
+		}
+		if k != "library" {
+			db[k] = v
+			continue
+		}
+		probin, ext, _ := strings.Cut(v, ":")
+		libs, _ := db["c_libraries"].([]any)
+		db["c_libraries"] = append(libs, map[string]any{"probin": probin, "extensions": ext, "in_data": true})
+	}
+	b, err := json.MarshalIndent(rp, "", "  ")
+	ts.Check(err)
+	ts.Check(os.WriteFile(files[0], b, 0o644))
 }

@@ -53,7 +53,7 @@ database the BLAKE3 of the pgporter-manifest.json the target committed
 					Sessions []row `json:"sessions"`
 				}{Sessions: []row{}}
 				for _, s := range list {
-					out.Sessions = append(out.Sessions, row{s.ID, string(s.State), s.Created, s.Updated, s.Plan.RestorePoint, s.Plan.Databases, s.Plan.To, s.Error})
+					out.Sessions = append(out.Sessions, row{s.ID, string(s.State), s.Created, s.Updated, s.Plan.RestorePoint, s.Plan.Databases, s.Plan.To, userText(s.Error)})
 				}
 				return g.writeJSON(out)
 			}
