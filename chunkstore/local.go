@@ -169,6 +169,12 @@ type Local struct {
 	files   map[uint64]*os.File // open pack files, for reads (and cur, for writes too)
 
 	written atomic.Int64 // bytes of records appended to packs by this store
+
+	// With a Remote: sealed packs being uploaded (guarded by mu), at most
+	// maxUploads at once, each in a goroutine that uploadWG tracks.
+	uploads   map[uint64]*packUpload
+	uploadSem chan struct{}
+	uploadWG  sync.WaitGroup
 }
 
 var (
@@ -205,6 +211,10 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 		dirty:   map[uint64]int64{},
 		runs:    map[string]*run{},
 		files:   map[uint64]*os.File{},
+		uploads: map[uint64]*packUpload{},
+	}
+	if l.remote != nil {
+		l.uploadSem = make(chan struct{}, maxUploads)
 	}
 	l.stateCond = sync.NewCond(&l.stateMu)
 	for _, sub := range []string{l.packsDir(), l.runsDir()} {
@@ -809,6 +819,9 @@ func (l *Local) rollLocked(need int64) error {
 	if l.cur != nil && (l.curOff == 0 || l.curOff+need <= l.opts.PackSize) {
 		return nil
 	}
+	if l.remote != nil && l.cur != nil {
+		l.sealLocked() // full: its upload overlaps the next pack's writes
+	}
 	var (
 		n   uint64
 		f   *os.File
@@ -898,9 +911,9 @@ func (l *Local) flush(ctx context.Context) error {
 	}
 	chunks, dirty := l.unflushed, l.dirty
 	l.unflushed, l.dirty, l.unflushedBytes = nil, map[uint64]int64{}, 0
-	if l.remote != nil && len(dirty) > 0 {
-		// Seal: the packs this flush uploads take no more records.
-		l.cur = nil
+	if l.remote != nil && l.cur != nil && l.curOff > 0 {
+		// The packs this flush makes durable take no more records.
+		l.sealLocked()
 	}
 	l.mu.Unlock()
 	if len(dirty) == 0 {
@@ -929,15 +942,17 @@ func (l *Local) flush(ctx context.Context) error {
 
 // commit syncs the dirty packs, then writes chunks as a run and opens it.
 func (l *Local) commit(ctx context.Context, chunks []runEntry, dirty map[uint64]int64) error {
-	for n, size := range dirty {
-		f, err := l.packFile(n)
-		if err != nil {
-			return err
-		}
+	for n := range dirty {
+		var err error
 		if l.remote != nil {
-			err = l.uploadPack(ctx, n, f, size)
-		} else if err = f.Sync(); err != nil {
-			err = fmt.Errorf("chunkstore: syncing pack %s: %w", packName(n), err)
+			err = l.awaitUpload(n)
+		} else {
+			var f *os.File
+			if f, err = l.packFile(n); err == nil {
+				if err = f.Sync(); err != nil {
+					err = fmt.Errorf("chunkstore: syncing pack %s: %w", packName(n), err)
+				}
+			}
 		}
 		if err != nil {
 			return err
@@ -1166,6 +1181,7 @@ func (l *Local) Close() error {
 
 // release closes the files and unmaps the runs without flushing.
 func (l *Local) release() error {
+	l.uploadWG.Wait()
 	var errs []error
 	l.filesMu.Lock()
 	for n, f := range l.files {

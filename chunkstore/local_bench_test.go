@@ -10,7 +10,9 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
+	"github.com/pgporter/pgporter/internal/s3test"
 )
 
 // benchCorpusSize is large enough that a run crosses the default FlushBytes
@@ -137,6 +139,49 @@ func BenchmarkLocalLookup(b *testing.B) {
 					b.Fatalf("Has: %v %v", ok, err)
 				}
 				i++
+			}
+		})
+	}
+}
+
+// BenchmarkRemotePut is BenchmarkLocalPut into a store in a directory and
+// into one on a real S3 server on loopback (SeaweedFS), in the same run:
+// the ingest of a backup to object storage against the local repository's
+// (issue 21's target: at least 0.8x).
+//
+//	go test -run '^$' -bench RemotePut -benchtime 5x ./chunkstore/
+func BenchmarkRemotePut(b *testing.B) {
+	chunks, ids := benchCorpus()
+	srv := s3test.Start(b)
+	for _, tc := range []struct {
+		name string
+		open func(b *testing.B) chunkstore.LocalOptions
+	}{
+		{"dir", func(*testing.B) chunkstore.LocalOptions { return chunkstore.LocalOptions{} }},
+		{"s3", func(b *testing.B) chunkstore.LocalOptions {
+			s, err := objstore.NewS3(srv.Client(b, srv.Endpoint), srv.NewBucket(b), "repo", objstore.S3Options{})
+			require.NoError(b, err)
+			return chunkstore.LocalOptions{Remote: objstore.WithRetry(s, objstore.RetryPolicy{})}
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(corpusBytes(chunks))
+			for b.Loop() {
+				b.StopTimer()
+				opts := tc.open(b)
+				opts.Level = chunk.LevelFastest
+				l, err := chunkstore.OpenLocal(b.TempDir(), opts)
+				require.NoError(b, err)
+				b.StartTimer()
+				for i, c := range chunks {
+					if err := l.Put(b.Context(), ids[i], c); err != nil {
+						b.Fatal(err)
+					}
+				}
+				require.NoError(b, l.Flush(b.Context()))
+				b.StopTimer()
+				require.NoError(b, l.Close())
+				b.StartTimer()
 			}
 		})
 	}

@@ -43,9 +43,50 @@ const (
 	remoteRuns   = "chunks/idx/"
 )
 
-// DefaultRemotePackSize is a Local's PackSize on a Remote: tens of MiB
-// suit object stores (a flush seals smaller ones).
-const DefaultRemotePackSize = 32 << 20
+// DefaultRemotePackSize is a Local's PackSize on a Remote: a single PUT
+// to S3 (objstore.DefaultPartSize), small enough that uploads overlap a
+// backup's writes (a flush seals smaller ones).
+const DefaultRemotePackSize = 16 << 20
+
+// maxUploads bounds a Local's pack uploads in flight.
+const maxUploads = 2
+
+// packUpload is the upload of one sealed pack; err is set when done closes.
+type packUpload struct {
+	done chan struct{}
+	err  error
+}
+
+// sealLocked ends the current pack and starts its upload. l.mu is held.
+func (l *Local) sealLocked() {
+	n, f, size := l.curNum, l.cur, l.curOff
+	l.cur = nil
+	u := &packUpload{done: make(chan struct{})}
+	l.uploads[n] = u
+	l.uploadWG.Add(1)
+	go func() {
+		defer l.uploadWG.Done()
+		defer close(u.done)
+		l.uploadSem <- struct{}{}
+		defer func() { <-l.uploadSem }()
+		// Not the caller's context: a pack goes up whole or the store
+		// fails at the flush that waits for it (objstore bounds the retries).
+		u.err = l.uploadPack(context.Background(), n, f, size)
+	}()
+}
+
+// awaitUpload waits for the upload of sealed pack n.
+func (l *Local) awaitUpload(n uint64) error {
+	l.mu.Lock()
+	u := l.uploads[n]
+	delete(l.uploads, n)
+	l.mu.Unlock()
+	if u == nil {
+		return fmt.Errorf("chunkstore: pack %s was never sealed", packName(n))
+	}
+	<-u.done
+	return u.err
+}
 
 func packObject(n uint64) string { return remotePacks + packName(n) }
 
