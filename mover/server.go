@@ -358,6 +358,37 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	defer cancel()
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
 
+	st, cs, ok := s.acceptControl(ctx, conn, peer, log)
+	if !ok {
+		return
+	}
+	// The repository is held from the connection's first request of it to
+	// its end (repoHold).
+	c := &serverConn{s: s, cancel: cancel, conn: conn, st: st, peer: peer, cs: cs, cr: s.connRepo(), log: log, ready: make(chan struct{})}
+	defer c.cr.release()
+	defer c.wg.Wait()
+	defer cancel()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.acceptStreams(ctx)
+	}()
+	for {
+		m, err := cs.next()
+		if err != nil {
+			refuseMalformed(ctx, conn, cs, err)
+			return
+		}
+		if !c.handle(ctx, m) {
+			return
+		}
+	}
+}
+
+// acceptControl accepts the connection's first stream, which must be its
+// control stream, and exchanges Hello on it. On failure it has closed the
+// connection (unless ctx ended) and returns false.
+func (s *Server) acceptControl(ctx context.Context, conn *quic.Conn, peer PeerID, log *slog.Logger) (*quic.Stream, *controlStream, bool) {
 	// A peer that connects must say Hello in time: a connection kept
 	// alive without one would hold a slot for nothing.
 	hctx, hcancel := context.WithTimeout(ctx, s.o.FrameTimeout)
@@ -368,20 +399,20 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			log.Warn("no control stream in time; closing", "timeout", s.o.FrameTimeout)
 			conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "no control stream in time")
 		}
-		return
+		return nil, nil, false
 	}
 	_ = st.SetReadDeadline(time.Now().Add(s.o.FrameTimeout))
 	var kind [1]byte
 	if _, err := io.ReadFull(st, kind[:]); err != nil || protocol.StreamKind(kind[0]) != protocol.StreamControl {
 		log.Warn("first stream is not a control stream; closing", "err", err)
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "expected control stream")
-		return
+		return nil, nil, false
 	}
 	cs := newControlStream(st)
 	if err := cs.serverHello(); err != nil {
 		log.Warn("hello failed", "err", err, "peer_software", cs.peerSoftware)
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
-		return
+		return nil, nil, false
 	}
 	log.Debug("connected", "peer_software", cs.peerSoftware, "protocol", cs.version)
 	if err := notePeerSeen(s.o.Home, peer, cs.peerSoftware); err != nil {
@@ -389,189 +420,228 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	cs.r.SetFrameTimeout(s.o.FrameTimeout)
+	return st, cs, true
+}
 
-	// The repository is held from the connection's first request of it to
-	// its end (repoHold).
-	cr := s.connRepo()
-	defer cr.release()
+// serverConn is one peer connection past its Hello: the control stream
+// read by handleConn, and the data, fetch and archive streams accepted
+// beside it.
+type serverConn struct {
+	s      *Server
+	cancel context.CancelFunc // ends the connection's context, and so its streams
+	conn   *quic.Conn
+	st     *quic.Stream // the control stream
+	peer   PeerID
+	cs     *controlStream
+	cr     *connRepo
+	log    *slog.Logger
 
-	// Data streams wait for the transfer this connection opens.
-	var (
-		rmu   sync.Mutex // guards rcv
-		rcv   *receiver
-		ready = make(chan struct{})
-		wg    sync.WaitGroup
-	)
-	defer wg.Wait()
-	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			ds, err := conn.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var k [1]byte
-				if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
-					s.serveFetch(ctx, peer, cs.version, cr, ds, log)
-					return
-				}
-				if protocol.StreamKind(k[0]) == protocol.StreamArchive {
-					s.serveArchive(ctx, peer, cs.version, cr, ds, log)
-					return
-				}
-				if protocol.StreamKind(k[0]) != protocol.StreamData {
-					closeStream(ds)
-					return
-				}
-				select {
-				case <-ready:
-				case <-ctx.Done():
-					return
-				}
-				rmu.Lock()
-				r := rcv
-				rmu.Unlock()
-				if n := r.streams.Add(1); n > protocol.MaxDataStreams {
-					r.streams.Add(-1)
-					log.Warn("refused a data stream: too many for this transfer", "transfer", r.tid, "limit", protocol.MaxDataStreams)
-					ds.CancelRead(quic.StreamErrorCode(protocol.CloseRefused))
-					ds.CancelWrite(quic.StreamErrorCode(protocol.CloseRefused))
-					return
-				}
-				defer r.streams.Add(-1)
-				// A stream waits for its buffers' budget without reading:
-				// flow control holds the sender meanwhile.
-				cost := streamCost(r.meta.Params.Max)
-				if err := s.streams.acquire(r.ctx, peer, cost, nil); err != nil {
-					closeStream(ds)
-					return
-				}
-				defer s.streams.release(peer, cost)
-				// Stream reads ignore contexts: a failed or superseded
-				// transfer cancels them.
-				stop := context.AfterFunc(r.ctx, func() { ds.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
-				if err := r.readData(r.ctx, ds, cs.version); err != nil {
-					r.fail(err)
-				}
-				stop()
-				closeStream(ds)
-			}()
-		}
-	}()
+	// Data streams wait for the transfer this connection opens or joins:
+	// ready is closed once rcv is set.
+	rmu   sync.Mutex // guards rcv
+	rcv   *receiver
+	ready chan struct{}
+	wg    sync.WaitGroup // stream handlers
+}
 
-	for {
-		m, err := cs.next()
-		if err != nil {
-			refuseMalformed(ctx, conn, cs, err)
-			return
-		}
-		switch m := m.(type) {
-		case *protocol.OpenTransfer:
-			tctx, tcancel := context.WithCancelCause(ctx)
-			a := &activeTransfer{peer: peer, dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{}), ready: make(chan struct{})}
-			r, err := s.openTransfer(tctx, peer, cs, m, a, log)
-			if err != nil || r == nil {
-				tcancel(nil)
-				s.release(m.TransferID, a)
-			}
-			if err != nil {
-				s.metrics.refused.Inc()
-				log.Warn("transfer refused", "transfer", m.TransferID, "dest", m.Dest, "err", err)
-				cs.sendError(err)
-				linger(ctx, conn)
-				return
-			}
-			if r == nil { // already complete
-				continue
-			}
-			r.ctx, r.cancel = tctx, tcancel
-			rmu.Lock()
-			rcv = r
-			rmu.Unlock()
-			close(ready)
-			s.mu.Lock()
-			a.rcv = r
-			s.mu.Unlock()
-			close(a.ready)
-			stopCtl := context.AfterFunc(tctx, func() { st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
-			err = s.runTransfer(tctx, r)
-			stopCtl()
-			tcancel(nil)
-			if err != nil {
-				log.Warn("transfer failed", "transfer", r.tid, "err", err)
-			}
-			// The sender closes the connection once it has read Committed
-			// or the Error (sent by r.fail); closing first would discard it.
-			linger(ctx, conn)
-			// A successor connection may take over only once this one's
-			// data streams, and those of joined connections, can no longer
-			// write into the tree.
-			cancel()
-			wg.Wait()
-			s.mu.Lock()
-			a.closing = true
-			s.mu.Unlock()
-			a.joined.Wait()
-			s.release(r.tid, a)
-			return
-		case *protocol.JoinTransfer:
-			r, a, err := s.join(ctx, peer, cs, m)
-			if err != nil {
-				s.metrics.refused.Inc()
-				log.Warn("refused a connection joining a transfer", "transfer", m.TransferID, "err", err)
-				cs.sendError(err)
-				linger(ctx, conn)
-				return
-			}
-			log.Debug("connection joined a transfer", "transfer", m.TransferID)
-			rmu.Lock()
-			rcv = r
-			rmu.Unlock()
-			close(ready)
-			// Data streams until the transfer ends (committed, failed or
-			// superseded) or this connection does; then none may write.
-			select {
-			case <-r.ctx.Done():
-			case <-conn.Context().Done():
-			}
-			cancel()
-			wg.Wait()
-			a.joined.Done()
-			return
-		case *protocol.ListPoints, *protocol.GetPoint, *protocol.GetWAL:
-			if err := s.repoRequest(peer, cs, cr, m, log); err != nil {
-				return
-			}
-		case *protocol.RunJob:
-			s.runJob(ctx, conn, peer, cs, m, log)
-			linger(ctx, conn)
-			return
-		case *protocol.SpaceQuery:
-			if s.trust.Check(peer, PermSend) != nil {
-				if err := s.trust.Check(peer, PermOrchestrate); err != nil {
-					cs.sendError(err)
-					continue
-				}
-			}
-			free, total, err := s.space(m.Path)
-			if err != nil {
-				cs.sendError(err)
-				continue
-			}
-			if err := cs.write(&protocol.SpaceReply{Free: free, Total: total}); err != nil {
-				return
-			}
-		default:
-			cs.sendError(fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
-			linger(ctx, conn)
-			return
+// handle serves one control message and reports whether the connection
+// reads another.
+func (c *serverConn) handle(ctx context.Context, m protocol.Message) bool {
+	switch m := m.(type) {
+	case *protocol.OpenTransfer:
+		return c.openTransfer(ctx, m)
+	case *protocol.JoinTransfer:
+		c.joinTransfer(ctx, m)
+		return false
+	case *protocol.ListPoints, *protocol.GetPoint, *protocol.GetWAL:
+		return c.s.repoRequest(c.peer, c.cs, c.cr, m, c.log) == nil
+	case *protocol.RunJob:
+		c.s.runJob(ctx, c.conn, c.peer, c.cs, m, c.log)
+		linger(ctx, c.conn)
+		return false
+	case *protocol.SpaceQuery:
+		return c.spaceQuery(m)
+	default:
+		c.cs.sendError(fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
+		linger(ctx, c.conn)
+		return false
+	}
+}
+
+// setReceiver hands r to the data streams waiting for it.
+func (c *serverConn) setReceiver(r *receiver) {
+	c.rmu.Lock()
+	c.rcv = r
+	c.rmu.Unlock()
+	close(c.ready)
+}
+
+// refuse tells the peer why its request was refused and lingers for it
+// to read that.
+func (c *serverConn) refuse(ctx context.Context, err error) {
+	c.cs.sendError(err)
+	linger(ctx, c.conn)
+}
+
+// openTransfer opens and runs the transfer m asks for. It reports whether
+// the connection reads another message: only after "already complete".
+func (c *serverConn) openTransfer(ctx context.Context, m *protocol.OpenTransfer) bool {
+	s := c.s
+	tctx, tcancel := context.WithCancelCause(ctx)
+	a := &activeTransfer{peer: c.peer, dest: m.Dest, conn: c.conn, cancel: tcancel, done: make(chan struct{}), ready: make(chan struct{})}
+	r, err := s.openTransfer(tctx, c.peer, c.cs, m, a, c.log)
+	if err != nil || r == nil {
+		tcancel(nil)
+		s.release(m.TransferID, a)
+	}
+	if err != nil {
+		s.metrics.refused.Inc()
+		c.log.Warn("transfer refused", "transfer", m.TransferID, "dest", m.Dest, "err", err)
+		c.refuse(ctx, err)
+		return false
+	}
+	if r == nil { // already complete
+		return true
+	}
+	r.ctx, r.cancel = tctx, tcancel
+	c.setReceiver(r)
+	s.mu.Lock()
+	a.rcv = r
+	s.mu.Unlock()
+	close(a.ready)
+	stopCtl := context.AfterFunc(tctx, func() { c.st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
+	err = s.runTransfer(tctx, r)
+	stopCtl()
+	tcancel(nil)
+	if err != nil {
+		c.log.Warn("transfer failed", "transfer", r.tid, "err", err)
+	}
+	// The sender closes the connection once it has read Committed
+	// or the Error (sent by r.fail); closing first would discard it.
+	linger(ctx, c.conn)
+	// A successor connection may take over only once this one's
+	// data streams, and those of joined connections, can no longer
+	// write into the tree.
+	c.cancel()
+	c.wg.Wait()
+	s.mu.Lock()
+	a.closing = true
+	s.mu.Unlock()
+	a.joined.Wait()
+	s.release(r.tid, a)
+	return false
+}
+
+// joinTransfer serves data streams for the open transfer m joins, until
+// the transfer or this connection ends.
+func (c *serverConn) joinTransfer(ctx context.Context, m *protocol.JoinTransfer) {
+	r, a, err := c.s.join(ctx, c.peer, c.cs, m)
+	if err != nil {
+		c.s.metrics.refused.Inc()
+		c.log.Warn("refused a connection joining a transfer", "transfer", m.TransferID, "err", err)
+		c.refuse(ctx, err)
+		return
+	}
+	c.log.Debug("connection joined a transfer", "transfer", m.TransferID)
+	c.setReceiver(r)
+	// Data streams until the transfer ends (committed, failed or
+	// superseded) or this connection does; then none may write.
+	select {
+	case <-r.ctx.Done():
+	case <-c.conn.Context().Done():
+	}
+	c.cancel()
+	c.wg.Wait()
+	a.joined.Done()
+}
+
+// spaceQuery answers the free space at m.Path to a peer trusted with send
+// or orchestrate. It reports whether the connection reads another message.
+func (c *serverConn) spaceQuery(m *protocol.SpaceQuery) bool {
+	if c.s.trust.Check(c.peer, PermSend) != nil {
+		if err := c.s.trust.Check(c.peer, PermOrchestrate); err != nil {
+			c.cs.sendError(err)
+			return true
 		}
 	}
+	free, total, err := c.s.space(m.Path)
+	if err != nil {
+		c.cs.sendError(err)
+		return true
+	}
+	return c.cs.write(&protocol.SpaceReply{Free: free, Total: total}) == nil
+}
+
+// acceptStreams accepts the connection's other streams until it ends.
+func (c *serverConn) acceptStreams(ctx context.Context) {
+	for {
+		ds, err := c.conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.serveStream(ctx, ds)
+		}()
+	}
+}
+
+// serveStream serves a stream by the kind its first byte names: a fetch,
+// an archive or a transfer's data.
+func (c *serverConn) serveStream(ctx context.Context, ds *quic.Stream) {
+	var k [1]byte
+	if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
+		c.s.serveFetch(ctx, c.peer, c.cs.version, c.cr, ds, c.log)
+		return
+	}
+	if protocol.StreamKind(k[0]) == protocol.StreamArchive {
+		c.s.serveArchive(ctx, c.peer, c.cs.version, c.cr, ds, c.log)
+		return
+	}
+	if protocol.StreamKind(k[0]) != protocol.StreamData {
+		closeStream(ds)
+		return
+	}
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return
+	}
+	c.rmu.Lock()
+	r := c.rcv
+	c.rmu.Unlock()
+	c.serveData(r, ds)
+}
+
+// serveData reads a data stream of r's transfer, within the limit of
+// streams per transfer and the peer's stream memory.
+func (c *serverConn) serveData(r *receiver, ds *quic.Stream) {
+	s := c.s
+	if n := r.streams.Add(1); n > protocol.MaxDataStreams {
+		r.streams.Add(-1)
+		c.log.Warn("refused a data stream: too many for this transfer", "transfer", r.tid, "limit", protocol.MaxDataStreams)
+		ds.CancelRead(quic.StreamErrorCode(protocol.CloseRefused))
+		ds.CancelWrite(quic.StreamErrorCode(protocol.CloseRefused))
+		return
+	}
+	defer r.streams.Add(-1)
+	// A stream waits for its buffers' budget without reading:
+	// flow control holds the sender meanwhile.
+	cost := streamCost(r.meta.Params.Max)
+	if err := s.streams.acquire(r.ctx, c.peer, cost, nil); err != nil {
+		closeStream(ds)
+		return
+	}
+	defer s.streams.release(c.peer, cost)
+	// Stream reads ignore contexts: a failed or superseded
+	// transfer cancels them.
+	stop := context.AfterFunc(r.ctx, func() { ds.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
+	if err := r.readData(r.ctx, ds, c.cs.version); err != nil {
+		r.fail(err)
+	}
+	stop()
+	closeStream(ds)
 }
 
 // refuseMalformed tells the peer why its request could not be read (a
