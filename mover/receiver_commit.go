@@ -44,47 +44,9 @@ func (r *receiver) finish(ctx context.Context, done *protocol.SendDone) error {
 // commit verifies every file, writes the manifest, and renames DEST.partial
 // to DEST, durably.
 func (r *receiver) commit(ctx context.Context) error {
-	man := Manifest{Format: ManifestFormat2, Transfer: r.tid, Created: time.Now().UTC(), Chunking: r.meta.Params}
-	var bad []string
-	why := "" // the first bad file's error
-	for _, f := range r.files {
-		p := filepath.FromSlash(f.hdr.Path)
-		err := r.checkPositions(f)
-		if err == nil {
-			err = r.checkSize(p, int64(f.hdr.Size))
-		}
-		if err == nil && r.s.o.VerifyCommit {
-			err = r.rereadPartial(ctx, f)
-		}
-		if err != nil && ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		n := int64(f.hdr.Size)
-		if err != nil {
-			// Check every file before giving up, so that one rerun resends
-			// everything that is wrong.
-			if err := r.forgetFile(f); err != nil {
-				return err
-			}
-			if len(bad) == 0 {
-				why = ": " + err.Error()
-			}
-			bad = append(bad, f.hdr.Path)
-			continue
-		}
-		mt := time.Unix(0, f.hdr.MTime)
-		mode := f.hdr.Mode & maxFileMode
-		if err := r.proot.Chmod(p, fs.FileMode(mode)); err != nil {
-			return err
-		}
-		if err := r.proot.Chtimes(p, mt, mt); err != nil {
-			return err
-		}
-		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(mode), MTime: mt.UTC(), ChunksBLAKE3: f.hash})
-		man.Bytes += n
-	}
-	if len(bad) > 0 {
-		return fmt.Errorf("%w: %d file(s) did not verify after transfer (first: %s%s); rerun to resend them", protocol.ErrCorrupt, len(bad), bad[0], why)
+	man, err := r.verifyFiles(ctx)
+	if err != nil {
+		return err
 	}
 	// The data of every file is durable already: finish's last barrier
 	// synced what this connection wrote, and the barriers that recorded
@@ -101,35 +63,118 @@ func (r *receiver) commit(ctx context.Context) error {
 	if err := r.makeDirs(); err != nil {
 		return err
 	}
-	body, err := json.MarshalIndent(&man, "", "  ")
+	mh, err := r.writeManifest(&man)
 	if err != nil {
 		return err
 	}
+	c, err := r.journalCommit(&man, mh)
+	if err != nil {
+		return err
+	}
+	if err := r.renameIntoPlace(c); err != nil {
+		return err
+	}
+	r.s.removeAside(r.root, c, r.log)
+	done := transferDone{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh, Committed: time.Now().UTC()}
+	if err := r.s.recordDone(r.tid, r.peer, done); err != nil {
+		return err
+	}
+	r.log.Info("transfer committed", "transfer", r.tid, "dest", r.meta.Dest, "files", len(man.Files), "bytes", man.Bytes)
+	r.s.metrics.transfersDone.Inc()
+	return r.cs.write(&protocol.Committed{Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
+}
+
+// verifyFiles checks every file in DEST.partial, sets its mode and
+// modification time, and returns the manifest that lists them. A file that
+// fails its check has its positions forgotten; the error names the first.
+func (r *receiver) verifyFiles(ctx context.Context) (Manifest, error) {
+	man := Manifest{Format: ManifestFormat2, Transfer: r.tid, Created: time.Now().UTC(), Chunking: r.meta.Params}
+	var bad []string
+	why := "" // the first bad file's error
+	for _, f := range r.files {
+		p := filepath.FromSlash(f.hdr.Path)
+		err := r.checkPositions(f)
+		if err == nil {
+			err = r.checkSize(p, int64(f.hdr.Size))
+		}
+		if err == nil && r.s.o.VerifyCommit {
+			err = r.rereadPartial(ctx, f)
+		}
+		if err != nil && ctx.Err() != nil {
+			return Manifest{}, context.Cause(ctx)
+		}
+		n := int64(f.hdr.Size)
+		if err != nil {
+			// Check every file before giving up, so that one rerun resends
+			// everything that is wrong.
+			if err := r.forgetFile(f); err != nil {
+				return Manifest{}, err
+			}
+			if len(bad) == 0 {
+				why = ": " + err.Error()
+			}
+			bad = append(bad, f.hdr.Path)
+			continue
+		}
+		mt := time.Unix(0, f.hdr.MTime)
+		mode := f.hdr.Mode & maxFileMode
+		if err := r.proot.Chmod(p, fs.FileMode(mode)); err != nil {
+			return Manifest{}, err
+		}
+		if err := r.proot.Chtimes(p, mt, mt); err != nil {
+			return Manifest{}, err
+		}
+		man.Files = append(man.Files, ManifestFile{Path: f.hdr.Path, Size: n, Mode: FileMode(mode), MTime: mt.UTC(), ChunksBLAKE3: f.hash})
+		man.Bytes += n
+	}
+	if len(bad) > 0 {
+		return Manifest{}, fmt.Errorf("%w: %d file(s) did not verify after transfer (first: %s%s); rerun to resend them", protocol.ErrCorrupt, len(bad), bad[0], why)
+	}
+	return man, nil
+}
+
+// writeManifest writes man into DEST.partial, sets the directories'
+// times and syncs every directory of the tree. It returns the manifest's
+// hash.
+func (r *receiver) writeManifest(man *Manifest) (Hash, error) {
+	body, err := json.MarshalIndent(man, "", "  ")
+	if err != nil {
+		return Hash{}, err
+	}
 	body = append(body, '\n')
 	if err := writeManifestFile(r.proot, body); err != nil {
-		return fmt.Errorf("writing manifest: %w", err)
+		return Hash{}, fmt.Errorf("writing manifest: %w", err)
 	}
 	if err := r.setDirTimes(); err != nil {
-		return err
+		return Hash{}, err
 	}
 	if err := syncDirs(r.proot, "."); err != nil {
-		return err
+		return Hash{}, err
 	}
-	mh := Hash(chunk.Sum(body))
-	// Journal what DEST will hold before it does: after a crash between
-	// the rename and the done record, only a tree with this manifest
-	// counts as committed.
-	// With FlagOverwrite, the DEST there is moved aside first; the
-	// record names where, so that a crash before the done record
-	// leaves it findable: put back, or removed once DEST is ours.
+	return Hash(chunk.Sum(body)), nil
+}
+
+// journalCommit records durably what DEST will hold before it does: after
+// a crash between the rename and the done record, only a tree with this
+// manifest counts as committed.
+// With FlagOverwrite, the DEST there is moved aside first; the record
+// names where, so that a crash before the done record leaves it findable:
+// put back, or removed once DEST is ours.
+func (r *receiver) journalCommit(man *Manifest, mh Hash) (commitRecord, error) {
 	c := commitRecord{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh}
 	if r.replace {
 		c.Aside = AsideName(r.rel, r.tid)
 	}
 	cr, _ := json.Marshal(c)
 	if err := r.s.db.Set(keyCommit(r.tid), cr, pebble.Sync); err != nil {
-		return fmt.Errorf("journaling the commit: %w", err)
+		return commitRecord{}, fmt.Errorf("journaling the commit: %w", err)
 	}
+	return c, nil
+}
+
+// renameIntoPlace renames DEST.partial to DEST, moving a DEST to be
+// replaced to c.Aside first, and syncs the directory that holds it.
+func (r *receiver) renameIntoPlace(c commitRecord) error {
 	// The name must still be the directory we wrote, and DEST still free
 	// (or, to be replaced, a real directory): a link or directory swapped
 	// in meanwhile is never committed.
@@ -157,17 +202,7 @@ func (r *receiver) commit(ctx context.Context) error {
 		}
 		return fmt.Errorf("renaming into place: %w", err)
 	}
-	if err := syncRootDir(r.root, filepath.Dir(r.rel)); err != nil {
-		return err
-	}
-	r.s.removeAside(r.root, c, r.log)
-	done := transferDone{Dest: r.meta.Dest, Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh, Committed: time.Now().UTC()}
-	if err := r.s.recordDone(r.tid, r.peer, done); err != nil {
-		return err
-	}
-	r.log.Info("transfer committed", "transfer", r.tid, "dest", r.meta.Dest, "files", len(man.Files), "bytes", man.Bytes)
-	r.s.metrics.transfersDone.Inc()
-	return r.cs.write(&protocol.Committed{Files: uint64(len(man.Files)), Bytes: uint64(man.Bytes), ManifestHash: mh})
+	return syncRootDir(r.root, filepath.Dir(r.rel))
 }
 
 // syncMetadata makes the modes and times commit set durable: one syncfs,
