@@ -462,8 +462,7 @@ func (c *serverConn) handle(ctx context.Context, m protocol.Message) bool {
 	case *protocol.SpaceQuery:
 		return c.handleSpaceQuery(m)
 	default:
-		c.cs.sendError(fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
-		linger(ctx, c.conn)
+		c.refuse(ctx, fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
 		return false
 	}
 }
