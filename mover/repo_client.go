@@ -262,8 +262,7 @@ func (r *RemoteRepo) drop(rc *repoConn, conn *quic.Conn) {
 // retry runs fn until it succeeds, fails for good, or has failed for
 // RetryFor, reconnecting in between with a growing pause.
 func (r *RemoteRepo) retry(ctx context.Context, what string, fn func() error) error {
-	const maxBackoff = 2 * time.Second // as the sender's
-	backoff := 100 * time.Millisecond
+	pause := newBackoff(100 * time.Millisecond)
 	// DialRepo got an answer: a mover silent since is one restarting.
 	plan := retryPlan{retryFor: r.o.RetryFor, start: time.Now(), contacted: true}
 	for {
@@ -276,25 +275,17 @@ func (r *RemoteRepo) retry(ctx context.Context, what string, fn func() error) er
 		}
 		now := time.Now()
 		deadline, first := plan.fail(now, err)
-		if now.Add(backoff).After(deadline) {
+		if pause.past(now, deadline) {
 			return fmt.Errorf("%s: giving up after %s of failed reconnects to %s: %w", what, r.o.RetryFor, r.addr, err)
 		}
 		if first {
 			r.log.Warn("repository request interrupted; retrying", "peer", r.peer.Short(), "addr", r.addr, "request", what, "until", deadline.Format(time.TimeOnly), "err", err)
 		} else {
-			r.log.Debug("repository request interrupted; retrying", "addr", r.addr, "request", what, "err", err, "retry_in", backoff)
+			r.log.Debug("repository request interrupted; retrying", "addr", r.addr, "request", what, "err", err, "retry_in", pause.next)
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-r.done:
-			t.Stop()
-			return ErrRepoClosed
-		case <-t.C:
+		if err := pause.wait(ctx, r.done, ErrRepoClosed); err != nil {
+			return err
 		}
-		backoff = min(backoff*2, maxBackoff)
 	}
 }
 

@@ -389,10 +389,7 @@ type srcHandle struct {
 var errSourceChanged = errors.New("mover: source changed")
 
 func (t *sendTransfer) loop(ctx context.Context) error {
-	// A reconnect costs one handshake; a short cap resumes the transfer
-	// within 2 s of a link coming back.
-	const maxBackoff = 2 * time.Second
-	backoff := 250 * time.Millisecond
+	pause := newBackoff(250 * time.Millisecond)
 	plan := retryPlan{retryFor: t.o.RetryFor, start: time.Now()}
 	attempts := 0
 	for {
@@ -411,11 +408,11 @@ func (t *sendTransfer) loop(ctx context.Context) error {
 		plan.contacted = t.opened
 		if t.durable.Load() > before {
 			plan.progress() // it made progress: a fresh budget
-			backoff = 250 * time.Millisecond
+			pause.reset()
 		}
 		now := time.Now()
 		deadline, first := plan.fail(now, err)
-		if now.Add(backoff).After(deadline) {
+		if pause.past(now, deadline) {
 			if plan.firstContact(err) {
 				return fmt.Errorf("giving up after %d attempts in %s: %w", attempts, now.Sub(plan.start).Round(time.Second), err)
 			}
@@ -423,87 +420,15 @@ func (t *sendTransfer) loop(ctx context.Context) error {
 		}
 		switch {
 		case !first:
-			t.s.log.Debug("transfer interrupted; reconnecting", "transfer", t.tid, "addr", t.addr, "err", err, "retry_in", backoff)
+			t.s.log.Debug("transfer interrupted; reconnecting", "transfer", t.tid, "addr", t.addr, "err", err, "retry_in", pause.next)
 		case plan.firstContact(err):
 			t.s.log.Warn("no connection to the receiving mover yet; retrying", "addr", t.addr, "until", deadline.Format(time.TimeOnly), "err", err)
 		default:
 			t.s.log.Warn("transfer interrupted; reconnecting", "transfer", t.tid, "peer", t.peer.Short(), "addr", t.addr, "until", deadline.Format(time.TimeOnly), "err", err)
 		}
 		t.res.Reconnects++
-		timer := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return ctx.Err()
-		case <-timer.C:
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
-}
-
-// dialMover connects to a mover and exchanges Hello on a new control stream.
-func dialMover(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration) (*quic.Conn, *controlStream, error) {
-	return dialMoverFor(ctx, addr, id, peer, idle, PermSend)
-}
-
-// dialMoverFor is dialMover for a connection that needs the permission
-// need: a refusal names it.
-func dialMoverFor(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm) (*quic.Conn, *controlStream, error) {
-	conn, cs, _, err := dialMoverBuffers(ctx, addr, id, peer, idle, need)
-	return conn, cs, err
-}
-
-// dialMoverBuffers is dialMoverFor that also returns the UDP socket's
-// buffer sizes, for the caller to warn about.
-func dialMoverBuffers(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm) (*quic.Conn, *controlStream, UDPBuffers, error) {
-	qc := QUICConfig()
-	if idle > 0 {
-		qc.MaxIdleTimeout = idle
-		qc.KeepAlivePeriod = min(qc.KeepAlivePeriod, idle/3)
-	}
-	conn, bufs, err := dialQUIC(ctx, addr, ClientTLSConfig(id, peer), qc)
-	if err != nil {
-		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
-	}
-	// In TLS 1.3 the server checks our certificate after our side of the
-	// handshake is done: a refusal shows up on the first stream.
-	st, err := conn.OpenStreamSync(ctx)
-	if err != nil {
-		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "")
-		return nil, nil, bufs, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, need)
-	}
-	cs := newControlStream(st)
-	if err := cs.clientHello(); err != nil {
-		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
-		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
-	}
-	_ = notePeerSeen(id.home, peer, cs.peerSoftware) // shown by 'mover peers'; best effort
-	go heartbeat(conn, qc.KeepAlivePeriod)
-	return conn, cs, bufs, nil
-}
-
-// heartbeatSize makes a heartbeat's packet bigger than the smallest
-// stateless reset quic-go sends (42 bytes), which a reset must stay below.
-const heartbeatSize = 32
-
-// heartbeat sends a small datagram every period until conn ends. A client
-// waiting on a mover (for a commit, for a job's next event) otherwise sends
-// only QUIC's keep-alive PINGs, too small to be answered with a stateless
-// reset once path MTU discovery is over: a mover that crashed and was
-// restarted in the meantime would be noticed only at the idle timeout. The
-// server ignores them.
-func heartbeat(conn *quic.Conn, period time.Duration) {
-	t := time.NewTicker(period)
-	defer t.Stop()
-	beat := make([]byte, heartbeatSize)
-	for {
-		select {
-		case <-conn.Context().Done():
-			return
-		case <-t.C:
-			if err := conn.SendDatagram(beat); err != nil {
-				return // closed, or a peer without datagrams
-			}
+		if err := pause.wait(ctx, nil, nil); err != nil {
+			return err
 		}
 	}
 }

@@ -358,6 +358,37 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	defer cancel()
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
 
+	st, cs, ok := s.acceptControl(ctx, conn, peer, log)
+	if !ok {
+		return
+	}
+	// The repository is held from the connection's first request of it to
+	// its end (repoHold).
+	c := &serverConn{s: s, cancel: cancel, conn: conn, st: st, peer: peer, cs: cs, cr: s.connRepo(), log: log, ready: make(chan struct{})}
+	defer c.cr.release()
+	defer c.wg.Wait()
+	defer cancel()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.acceptStreams(ctx)
+	}()
+	for {
+		m, err := cs.next()
+		if err != nil {
+			refuseMalformed(ctx, conn, cs, err)
+			return
+		}
+		if !c.handle(ctx, m) {
+			return
+		}
+	}
+}
+
+// acceptControl accepts the connection's first stream, which must be its
+// control stream, and exchanges Hello on it. On failure it has closed the
+// connection (unless ctx ended) and returns false.
+func (s *Server) acceptControl(ctx context.Context, conn *quic.Conn, peer PeerID, log *slog.Logger) (*quic.Stream, *controlStream, bool) {
 	// A peer that connects must say Hello in time: a connection kept
 	// alive without one would hold a slot for nothing.
 	hctx, hcancel := context.WithTimeout(ctx, s.o.FrameTimeout)
@@ -368,20 +399,20 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 			log.Warn("no control stream in time; closing", "timeout", s.o.FrameTimeout)
 			conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "no control stream in time")
 		}
-		return
+		return nil, nil, false
 	}
 	_ = st.SetReadDeadline(time.Now().Add(s.o.FrameTimeout))
 	var kind [1]byte
 	if _, err := io.ReadFull(st, kind[:]); err != nil || protocol.StreamKind(kind[0]) != protocol.StreamControl {
 		log.Warn("first stream is not a control stream; closing", "err", err)
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "expected control stream")
-		return
+		return nil, nil, false
 	}
 	cs := newControlStream(st)
 	if err := cs.serverHello(); err != nil {
 		log.Warn("hello failed", "err", err, "peer_software", cs.peerSoftware)
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
-		return
+		return nil, nil, false
 	}
 	log.Debug("connected", "peer_software", cs.peerSoftware, "protocol", cs.version)
 	if err := notePeerSeen(s.o.Home, peer, cs.peerSoftware); err != nil {
@@ -389,200 +420,239 @@ func (s *Server) handleConn(ctx context.Context, conn *quic.Conn) {
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	cs.r.SetFrameTimeout(s.o.FrameTimeout)
+	return st, cs, true
+}
 
-	// The repository is held from the connection's first request of it to
-	// its end (repoHold).
-	cr := s.connRepo()
-	defer cr.release()
+// serverConn is one peer connection past its Hello: the control stream
+// read by handleConn, and the data, fetch and archive streams accepted
+// beside it.
+type serverConn struct {
+	s      *Server
+	cancel context.CancelFunc // ends the connection's context, and so its streams
+	conn   *quic.Conn
+	st     *quic.Stream // the control stream
+	peer   PeerID
+	cs     *controlStream
+	cr     *connRepo
+	log    *slog.Logger
 
-	// Data streams wait for the transfer this connection opens.
-	var (
-		rmu   sync.Mutex // guards rcv
-		rcv   *receiver
-		ready = make(chan struct{})
-		wg    sync.WaitGroup
-	)
-	defer wg.Wait()
-	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			ds, err := conn.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var k [1]byte
-				if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
-					s.noteRole(peer, conn, PermRead)
-					s.serveFetch(ctx, peer, cs.version, cr, ds, log)
-					return
-				}
-				if protocol.StreamKind(k[0]) == protocol.StreamArchive {
-					s.noteRole(peer, conn, PermArchive)
-					s.serveArchive(ctx, peer, cs.version, cr, ds, log)
-					return
-				}
-				if protocol.StreamKind(k[0]) != protocol.StreamData {
-					closeStream(ds)
-					return
-				}
-				select {
-				case <-ready:
-				case <-ctx.Done():
-					return
-				}
-				rmu.Lock()
-				r := rcv
-				rmu.Unlock()
-				if n := r.streams.Add(1); n > protocol.MaxDataStreams {
-					r.streams.Add(-1)
-					log.Warn("refused a data stream: too many for this transfer", "transfer", r.tid, "limit", protocol.MaxDataStreams)
-					ds.CancelRead(quic.StreamErrorCode(protocol.CloseRefused))
-					ds.CancelWrite(quic.StreamErrorCode(protocol.CloseRefused))
-					return
-				}
-				defer r.streams.Add(-1)
-				// A stream waits for its buffers' budget without reading:
-				// flow control holds the sender meanwhile.
-				cost := streamCost(r.meta.Params.Max)
-				if err := s.streams.acquire(r.ctx, peer, cost, nil); err != nil {
-					closeStream(ds)
-					return
-				}
-				defer s.streams.release(peer, cost)
-				// Stream reads ignore contexts: a failed or superseded
-				// transfer cancels them.
-				stop := context.AfterFunc(r.ctx, func() { ds.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
-				if err := r.readData(r.ctx, ds, cs.version); err != nil {
-					r.fail(err)
-				}
-				stop()
-				closeStream(ds)
-			}()
-		}
-	}()
+	// Data streams wait for the transfer this connection opens or joins:
+	// ready is closed once rcv is set.
+	rmu   sync.Mutex // guards rcv
+	rcv   *receiver
+	ready chan struct{}
+	wg    sync.WaitGroup // stream handlers
+}
 
-	for {
-		m, err := cs.next()
-		if err != nil {
-			refuseMalformed(ctx, conn, cs, err)
-			return
-		}
-		switch m := m.(type) {
-		case *protocol.OpenTransfer:
-			s.noteRole(peer, conn, PermSend)
-			tctx, tcancel := context.WithCancelCause(ctx)
-			a := &activeTransfer{peer: peer, dest: m.Dest, conn: conn, cancel: tcancel, done: make(chan struct{}), ready: make(chan struct{})}
-			r, err := s.openTransfer(tctx, peer, cs, m, a, log)
-			if err != nil || r == nil {
-				tcancel(nil)
-				s.release(m.TransferID, a)
-			}
-			if err != nil {
-				s.metrics.refused.Inc()
-				log.Warn("transfer refused", "transfer", m.TransferID, "dest", m.Dest, "err", err)
-				cs.sendError(err)
-				linger(ctx, conn)
-				return
-			}
-			if r == nil { // already complete
-				continue
-			}
-			r.ctx, r.cancel = tctx, tcancel
-			rmu.Lock()
-			rcv = r
-			rmu.Unlock()
-			close(ready)
-			s.mu.Lock()
-			a.rcv = r
-			s.mu.Unlock()
-			close(a.ready)
-			stopCtl := context.AfterFunc(tctx, func() { st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
-			err = s.runTransfer(tctx, r)
-			stopCtl()
-			tcancel(nil)
-			if err != nil {
-				log.Warn("transfer failed", "transfer", r.tid, "err", err)
-			}
-			// The sender closes the connection once it has read Committed
-			// or the Error (sent by r.fail); closing first would discard it.
-			linger(ctx, conn)
-			// A successor connection may take over only once this one's
-			// data streams, and those of joined connections, can no longer
-			// write into the tree.
-			cancel()
-			wg.Wait()
-			s.mu.Lock()
-			a.closing = true
-			s.mu.Unlock()
-			a.joined.Wait()
-			s.release(r.tid, a)
-			return
-		case *protocol.JoinTransfer:
-			s.noteRole(peer, conn, PermSend)
-			r, a, err := s.join(ctx, peer, cs, m)
-			if err != nil {
-				s.metrics.refused.Inc()
-				log.Warn("refused a connection joining a transfer", "transfer", m.TransferID, "err", err)
-				cs.sendError(err)
-				linger(ctx, conn)
-				return
-			}
-			log.Debug("connection joined a transfer", "transfer", m.TransferID)
-			rmu.Lock()
-			rcv = r
-			rmu.Unlock()
-			close(ready)
-			// Data streams until the transfer ends (committed, failed or
-			// superseded) or this connection does; then none may write.
-			select {
-			case <-r.ctx.Done():
-			case <-conn.Context().Done():
-			}
-			cancel()
-			wg.Wait()
-			a.joined.Done()
-			return
-		case *protocol.ListPoints, *protocol.GetPoint, *protocol.GetWAL:
-			s.noteRole(peer, conn, PermRead)
-			if err := s.repoRequest(peer, cs, cr, m, log); err != nil {
-				return
-			}
-		case *protocol.RunJob:
-			s.noteRole(peer, conn, PermOrchestrate)
-			s.runJob(ctx, conn, peer, cs, m, log)
-			linger(ctx, conn)
-			return
-		case *protocol.SpaceQuery:
-			// Asked before sending, or by an orchestrator planning an export
-			// (which may hold orchestrate only).
-			role := PermSend
-			if s.trust.Check(peer, PermSend) != nil {
-				role = PermOrchestrate
-			}
-			s.noteRole(peer, conn, role)
-			if err := s.trust.Check(peer, role); err != nil {
-				cs.sendError(err)
-				continue
-			}
-			free, total, err := s.space(m.Path)
-			if err != nil {
-				cs.sendError(err)
-				continue
-			}
-			if err := cs.write(&protocol.SpaceReply{Free: free, Total: total}); err != nil {
-				return
-			}
-		default:
-			cs.sendError(fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
-			linger(ctx, conn)
-			return
-		}
+// handle serves one control message and reports whether the connection
+// reads another.
+func (c *serverConn) handle(ctx context.Context, m protocol.Message) bool {
+	switch m := m.(type) {
+	case *protocol.OpenTransfer:
+		c.s.noteRole(c.peer, c.conn, PermSend)
+		return c.handleOpen(ctx, m)
+	case *protocol.JoinTransfer:
+		c.s.noteRole(c.peer, c.conn, PermSend)
+		c.handleJoin(ctx, m)
+		return false
+	case *protocol.ListPoints, *protocol.GetPoint, *protocol.GetWAL:
+		c.s.noteRole(c.peer, c.conn, PermRead)
+		return c.s.repoRequest(c.peer, c.cs, c.cr, m, c.log) == nil
+	case *protocol.RunJob:
+		c.s.noteRole(c.peer, c.conn, PermOrchestrate)
+		c.s.runJob(ctx, c.conn, c.peer, c.cs, m, c.log)
+		linger(ctx, c.conn)
+		return false
+	case *protocol.SpaceQuery:
+		return c.handleSpaceQuery(m)
+	default:
+		c.refuse(ctx, fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
+		return false
 	}
+}
+
+// setReceiver hands r to the data streams waiting for it.
+func (c *serverConn) setReceiver(r *receiver) {
+	c.rmu.Lock()
+	c.rcv = r
+	c.rmu.Unlock()
+	close(c.ready)
+}
+
+// refuse tells the peer why its request was refused and lingers for it
+// to read that.
+func (c *serverConn) refuse(ctx context.Context, err error) {
+	c.cs.sendError(err)
+	linger(ctx, c.conn)
+}
+
+// handleOpen opens and runs the transfer m asks for. It reports whether
+// the connection reads another message: only after "already complete".
+func (c *serverConn) handleOpen(ctx context.Context, m *protocol.OpenTransfer) bool {
+	s := c.s
+	tctx, tcancel := context.WithCancelCause(ctx)
+	a := &activeTransfer{peer: c.peer, dest: m.Dest, conn: c.conn, cancel: tcancel, done: make(chan struct{}), ready: make(chan struct{})}
+	r, err := s.openTransfer(tctx, c.peer, c.cs, m, a, c.log)
+	if err != nil || r == nil {
+		tcancel(nil)
+		s.release(m.TransferID, a)
+	}
+	if err != nil {
+		s.metrics.refused.Inc()
+		c.log.Warn("transfer refused", "transfer", m.TransferID, "dest", m.Dest, "err", err)
+		c.refuse(ctx, err)
+		return false
+	}
+	if r == nil { // already complete
+		return true
+	}
+	r.ctx, r.cancel = tctx, tcancel
+	c.setReceiver(r)
+	s.mu.Lock()
+	a.rcv = r
+	s.mu.Unlock()
+	close(a.ready)
+	stopCtl := context.AfterFunc(tctx, func() { c.st.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
+	err = s.runTransfer(tctx, r)
+	stopCtl()
+	tcancel(nil)
+	if err != nil {
+		c.log.Warn("transfer failed", "transfer", r.tid, "err", err)
+	}
+	// The sender closes the connection once it has read Committed
+	// or the Error (sent by r.fail); closing first would discard it.
+	linger(ctx, c.conn)
+	// A successor connection may take over only once this one's
+	// data streams, and those of joined connections, can no longer
+	// write into the tree.
+	c.cancel()
+	c.wg.Wait()
+	s.mu.Lock()
+	a.closing = true
+	s.mu.Unlock()
+	a.joined.Wait()
+	s.release(r.tid, a)
+	return false
+}
+
+// handleJoin serves data streams for the open transfer m joins, until
+// the transfer or this connection ends.
+func (c *serverConn) handleJoin(ctx context.Context, m *protocol.JoinTransfer) {
+	r, a, err := c.s.join(ctx, c.peer, c.cs, m)
+	if err != nil {
+		c.s.metrics.refused.Inc()
+		c.log.Warn("refused a connection joining a transfer", "transfer", m.TransferID, "err", err)
+		c.refuse(ctx, err)
+		return
+	}
+	c.log.Debug("connection joined a transfer", "transfer", m.TransferID)
+	c.setReceiver(r)
+	// Data streams until the transfer ends (committed, failed or
+	// superseded) or this connection does; then none may write.
+	select {
+	case <-r.ctx.Done():
+	case <-c.conn.Context().Done():
+	}
+	c.cancel()
+	c.wg.Wait()
+	a.joined.Done()
+}
+
+// handleSpaceQuery answers the free space at m.Path to a peer trusted
+// with send or orchestrate. It reports whether the connection reads
+// another message.
+func (c *serverConn) handleSpaceQuery(m *protocol.SpaceQuery) bool {
+	// Asked before sending, or by an orchestrator planning an export
+	// (which may hold orchestrate only).
+	role := PermSend
+	if c.s.trust.Check(c.peer, PermSend) != nil {
+		role = PermOrchestrate
+	}
+	c.s.noteRole(c.peer, c.conn, role)
+	if err := c.s.trust.Check(c.peer, role); err != nil {
+		c.cs.sendError(err)
+		return true
+	}
+	free, total, err := c.s.space(m.Path)
+	if err != nil {
+		c.cs.sendError(err)
+		return true
+	}
+	return c.cs.write(&protocol.SpaceReply{Free: free, Total: total}) == nil
+}
+
+// acceptStreams accepts the connection's other streams until it ends.
+func (c *serverConn) acceptStreams(ctx context.Context) {
+	for {
+		ds, err := c.conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.serveStream(ctx, ds)
+		}()
+	}
+}
+
+// serveStream serves a stream by the kind its first byte names: a fetch,
+// an archive or a transfer's data.
+func (c *serverConn) serveStream(ctx context.Context, ds *quic.Stream) {
+	var k [1]byte
+	if _, err := ds.Read(k[:]); err == nil && protocol.StreamKind(k[0]) == protocol.StreamFetch {
+		c.s.noteRole(c.peer, c.conn, PermRead)
+		c.s.serveFetch(ctx, c.peer, c.cs.version, c.cr, ds, c.log)
+		return
+	}
+	if protocol.StreamKind(k[0]) == protocol.StreamArchive {
+		c.s.noteRole(c.peer, c.conn, PermArchive)
+		c.s.serveArchive(ctx, c.peer, c.cs.version, c.cr, ds, c.log)
+		return
+	}
+	if protocol.StreamKind(k[0]) != protocol.StreamData {
+		closeStream(ds)
+		return
+	}
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return
+	}
+	c.rmu.Lock()
+	r := c.rcv
+	c.rmu.Unlock()
+	c.serveData(r, ds)
+}
+
+// serveData reads a data stream of r's transfer, within the limit of
+// streams per transfer and the peer's stream memory.
+func (c *serverConn) serveData(r *receiver, ds *quic.Stream) {
+	s := c.s
+	if n := r.streams.Add(1); n > protocol.MaxDataStreams {
+		r.streams.Add(-1)
+		c.log.Warn("refused a data stream: too many for this transfer", "transfer", r.tid, "limit", protocol.MaxDataStreams)
+		ds.CancelRead(quic.StreamErrorCode(protocol.CloseRefused))
+		ds.CancelWrite(quic.StreamErrorCode(protocol.CloseRefused))
+		return
+	}
+	defer r.streams.Add(-1)
+	// A stream waits for its buffers' budget without reading:
+	// flow control holds the sender meanwhile.
+	cost := streamCost(r.meta.Params.Max)
+	if err := s.streams.acquire(r.ctx, c.peer, cost, nil); err != nil {
+		closeStream(ds)
+		return
+	}
+	defer s.streams.release(c.peer, cost)
+	// Stream reads ignore contexts: a failed or superseded
+	// transfer cancels them.
+	stop := context.AfterFunc(r.ctx, func() { ds.CancelRead(quic.StreamErrorCode(protocol.CloseShutdown)) })
+	if err := r.readData(r.ctx, ds, c.cs.version); err != nil {
+		r.fail(err)
+	}
+	stop()
+	closeStream(ds)
 }
 
 // refuseMalformed tells the peer why its request could not be read (a
@@ -673,57 +743,124 @@ func (s *Server) space(p string) (free, total uint64, err error) {
 // On success (and on "already complete") a is registered as the active
 // transfer of m.TransferID; the caller releases it.
 func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStream, m *protocol.OpenTransfer, a *activeTransfer, log *slog.Logger) (*receiver, error) {
-	if err := s.trust.Check(peer, PermSend); err != nil {
+	o := &openRequest{s: s, peer: peer, cs: cs, m: m, log: log}
+	if err := o.validate(); err != nil {
 		return nil, err
-	}
-	if !validTransferID(m.TransferID) {
-		return nil, fmt.Errorf("%w: bad transfer ID %q", protocol.ErrProtocol, m.TransferID)
-	}
-	if m.Files > maxFiles {
-		return nil, fmt.Errorf("%w: %d files announced; a transfer may have at most %d", protocol.ErrTooLarge, m.Files, maxFiles)
-	}
-	if m.Params.Min == 0 || m.Params.Avg == 0 || m.Params.Max == 0 {
-		return nil, fmt.Errorf("%w: chunking parameters %s are incomplete", protocol.ErrProtocol, m.Params)
-	}
-	if m.Params.Min < protocol.MinChunkMin {
-		return nil, fmt.Errorf("%w: chunk minimum %d is below %d, the least this mover accepts", protocol.ErrProtocol, m.Params.Min, protocol.MinChunkMin)
-	}
-	if err := m.Params.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %v", protocol.ErrProtocol, err)
-	}
-	if m.Flags != 0 && cs.version < protocol.DirVersion {
-		return nil, fmt.Errorf("%w: OpenTransfer flags need protocol %d", protocol.ErrProtocol, protocol.DirVersion)
-	}
-	replace := m.Flags&protocol.FlagOverwrite != 0
-	if !filepath.IsAbs(m.Dest) || filepath.Clean(m.Dest) != m.Dest || strings.HasSuffix(m.Dest, ".partial") {
-		return nil, fmt.Errorf("%w: destination %q must be a clean absolute path not ending in .partial", protocol.ErrBadPath, m.Dest)
-	}
-	rt, rel := s.rootFor(m.Dest)
-	if rt == nil {
-		return nil, fmt.Errorf("%w: destination %s is not inside any of this mover's roots", protocol.ErrPermission, m.Dest)
 	}
 	if !s.transfers.tryAcquire(peer, transferCost) {
 		return nil, s.transfers.errBudget(peer, transferCost)
 	}
 	a.cost = transferCost
+	if err := s.register(ctx, m, a); err != nil {
+		return nil, err
+	}
+	if err := o.putBackReplaced(); err != nil {
+		return nil, err
+	}
+	if complete, err := o.checkDone(); complete || err != nil {
+		return nil, err
+	}
+	if complete, err := o.checkExistingDest(); complete || err != nil {
+		return nil, err
+	}
+	r := o.newReceiver()
+	rec, err := o.adoptPartial(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.loadStored(); err != nil {
+		return nil, err
+	}
+	free, err := o.checkSpace(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.startPartial(r, rec); err != nil {
+		return nil, err
+	}
+	if err := o.replyOpened(r, a, free); err != nil {
+		r.proot.Close()
+		return nil, err
+	}
+	return r, nil
+}
 
-	// One attempt per transfer and per destination: a reconnecting sender
-	// supersedes the attempt it lost (its connection and those that joined
-	// it), which may not have noticed yet. The check and the registration are one critical section, so two
-	// transfers can never both write DEST.partial.
+// openRequest is an OpenTransfer being checked and prepared: the steps of
+// openTransfer share it.
+type openRequest struct {
+	s    *Server
+	peer PeerID
+	cs   *controlStream
+	m    *protocol.OpenTransfer
+	log  *slog.Logger
+
+	rt      *os.Root // the root that holds m.Dest
+	rel     string   // m.Dest relative to rt
+	replace bool     // FlagOverwrite
+
+	// The transfer's commit record, if it journaled one for m.Dest: a
+	// commit of it was interrupted, or its done record is missing.
+	commit     commitRecord
+	committing bool
+}
+
+// validate checks the request itself, before anything is charged or
+// registered for it: the peer may send, the ID, counts and chunking
+// parameters are sane, and m.Dest is a clean path inside a root.
+func (o *openRequest) validate() error {
+	m := o.m
+	if err := o.s.trust.Check(o.peer, PermSend); err != nil {
+		return err
+	}
+	if !validTransferID(m.TransferID) {
+		return fmt.Errorf("%w: bad transfer ID %q", protocol.ErrProtocol, m.TransferID)
+	}
+	if m.Files > maxFiles {
+		return fmt.Errorf("%w: %d files announced; a transfer may have at most %d", protocol.ErrTooLarge, m.Files, maxFiles)
+	}
+	if m.Params.Min == 0 || m.Params.Avg == 0 || m.Params.Max == 0 {
+		return fmt.Errorf("%w: chunking parameters %s are incomplete", protocol.ErrProtocol, m.Params)
+	}
+	if m.Params.Min < protocol.MinChunkMin {
+		return fmt.Errorf("%w: chunk minimum %d is below %d, the least this mover accepts", protocol.ErrProtocol, m.Params.Min, protocol.MinChunkMin)
+	}
+	if err := m.Params.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", protocol.ErrProtocol, err)
+	}
+	if m.Flags != 0 && o.cs.version < protocol.DirVersion {
+		return fmt.Errorf("%w: OpenTransfer flags need protocol %d", protocol.ErrProtocol, protocol.DirVersion)
+	}
+	o.replace = m.Flags&protocol.FlagOverwrite != 0
+	if !filepath.IsAbs(m.Dest) || filepath.Clean(m.Dest) != m.Dest || strings.HasSuffix(m.Dest, ".partial") {
+		return fmt.Errorf("%w: destination %q must be a clean absolute path not ending in .partial", protocol.ErrBadPath, m.Dest)
+	}
+	if o.rt, o.rel = o.s.rootFor(m.Dest); o.rt == nil {
+		return fmt.Errorf("%w: destination %s is not inside any of this mover's roots", protocol.ErrPermission, m.Dest)
+	}
+	return nil
+}
+
+// register makes a the active transfer of m.TransferID.
+//
+// One attempt per transfer and per destination: a reconnecting sender
+// supersedes the attempt it lost (its connection and those that joined
+// it), which may not have noticed yet. The check and the registration are
+// one critical section, so two transfers can never both write
+// DEST.partial.
+func (s *Server) register(ctx context.Context, m *protocol.OpenTransfer, a *activeTransfer) error {
 	for {
 		s.mu.Lock()
 		for tid, other := range s.active {
 			if other.dest == m.Dest && tid != m.TransferID {
 				s.mu.Unlock()
-				return nil, fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, tid, m.Dest)
+				return fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, tid, m.Dest)
 			}
 		}
 		old := s.active[m.TransferID]
 		if old == nil {
 			s.active[m.TransferID] = a
 			s.mu.Unlock()
-			break
+			return nil
 		}
 		s.mu.Unlock()
 		old.cancel(errPreempted)
@@ -731,114 +868,160 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		select {
 		case <-old.done:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
+}
 
-	// A replacement (FlagOverwrite) interrupted by a crash between moving
-	// the old DEST aside and renaming the new one into place: the old one
-	// goes back, and is replaced again if this transfer asks to.
-	c, committing, err := s.commitRecord(m.TransferID)
+// putBackReplaced reads the transfer's commit record and undoes a
+// replacement (FlagOverwrite) interrupted by a crash between moving the
+// old DEST aside and renaming the new one into place: the old one goes
+// back, and is replaced again if this transfer asks to.
+func (o *openRequest) putBackReplaced() error {
+	c, committing, err := o.s.commitRecord(o.m.TransferID)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	committing = committing && c.Dest == m.Dest
-	if committing && c.Aside != "" {
-		if back, err := PutBack(rt, rel, c.Aside); err != nil {
-			return nil, err
+	o.commit, o.committing = c, committing && c.Dest == o.m.Dest
+	if o.committing && c.Aside != "" {
+		if back, err := PutBack(o.rt, o.rel, c.Aside); err != nil {
+			return err
 		} else if back {
-			log.Info("put back a destination whose replacement was interrupted", "transfer", m.TransferID, "dest", m.Dest)
+			o.log.Info("put back a destination whose replacement was interrupted", "transfer", o.m.TransferID, "dest", o.m.Dest)
 		}
 	}
+	return nil
+}
 
-	// Finished already? Only the very tree this transfer committed counts:
-	// a real directory whose manifest, read without following links, has
-	// the hash journaled before the rename. With FlagOverwrite, anything
-	// else there is replaced.
-	if v, ok, err := dbGet(s.db, keyDone(m.TransferID)); err != nil {
-		return nil, err
-	} else if ok {
-		var d transferDone
-		if json.Unmarshal(v, &d) == nil && d.Dest == m.Dest {
-			if _, err := rt.Lstat(rel); err == nil {
-				h, herr := committedManifestHash(rt, rel)
-				switch {
-				case herr != nil || h != d.ManifestHash:
-					if !replace {
-						return nil, notCommitted(m.Dest, herr)
-					}
-				// A growing tree (no counts announced) is judged by its
-				// transfer ID alone.
-				case (m.Files != 0 || m.Bytes != 0) && (d.Files != m.Files || d.Bytes != m.Bytes):
-					if !replace {
-						return nil, fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it, choose another destination or send with --overwrite",
-							protocol.ErrConflict, m.Dest, d.Files, bytesize.Format(int64(d.Bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
-					}
-				default:
-					return nil, s.replyComplete(cs, m, &d)
+// checkDone reports whether the transfer finished already, after telling
+// the sender so. Only the very tree this transfer committed counts: a real
+// directory whose manifest, read without following links, has the hash
+// journaled before the rename. With FlagOverwrite, anything else there is
+// replaced; else it is refused.
+func (o *openRequest) checkDone() (complete bool, err error) {
+	m := o.m
+	v, ok, err := dbGet(o.s.db, keyDone(m.TransferID))
+	if err != nil || !ok {
+		return false, err
+	}
+	var d transferDone
+	if json.Unmarshal(v, &d) == nil && d.Dest == m.Dest {
+		if _, err := o.rt.Lstat(o.rel); err == nil {
+			h, herr := committedManifestHash(o.rt, o.rel)
+			changed := sourceChanged(m, d.Files, d.Bytes)
+			switch {
+			case herr != nil || h != d.ManifestHash:
+				if !o.replace {
+					return false, notCommitted(m.Dest, herr)
 				}
+			case changed != nil:
+				if !o.replace {
+					return false, changed
+				}
+			default:
+				return true, o.s.replyComplete(o.cs, m, &d)
 			}
 		}
-		// The tree was removed, or is to be replaced: send it again from
-		// scratch.
-		_ = s.db.Delete(keyDone(m.TransferID), pebble.Sync)
 	}
-	if fi, err := rt.Lstat(rel); err == nil {
-		// A crash between the rename and the done record leaves our own
-		// tree there, and the commit record journaled before the rename.
-		// Only a DEST this transfer journaled has its manifest read.
-		var (
-			why  error
-			h    Hash
-			herr error
-		)
-		if committing {
-			h, herr = committedManifestHash(rt, rel)
-		}
-		switch {
-		case !committing:
-			why = fmt.Errorf("%w: %s exists; remove it, choose another destination or send with --overwrite", protocol.ErrConflict, m.Dest)
-		case herr != nil || h != c.ManifestHash:
-			why = notCommitted(m.Dest, herr)
-		case (m.Files != 0 || m.Bytes != 0) && (c.Files != m.Files || c.Bytes != m.Bytes):
-			why = fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it, choose another destination or send with --overwrite",
-				protocol.ErrConflict, m.Dest, c.Files, bytesize.Format(int64(c.Bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
-		default:
-			s.removeAside(rt, c, log)
-			d := transferDone{Dest: m.Dest, Files: c.Files, Bytes: c.Bytes, ManifestHash: c.ManifestHash, Committed: time.Now().UTC()}
-			if err := s.recordDone(m.TransferID, peer, d); err != nil {
-				return nil, err
-			}
-			log.Info("recorded a commit interrupted by a crash", "transfer", m.TransferID, "dest", m.Dest)
-			return nil, s.replyComplete(cs, m, &d)
-		}
-		switch {
-		case !replace:
-			return nil, why
-		case fi.Mode()&fs.ModeSymlink != 0 || !fi.IsDir():
-			return nil, fmt.Errorf("%w: %s is not a directory: --overwrite replaces only a directory", protocol.ErrConflict, m.Dest)
-		}
-		if committing {
-			// An earlier commit of this transfer is not what DEST holds:
-			// its record says nothing any more.
-			if err := s.db.Delete(keyCommit(m.TransferID), pebble.Sync); err != nil {
-				return nil, err
-			}
-		}
-		log.Info("the destination exists and will be replaced when the transfer commits", "transfer", m.TransferID, "dest", m.Dest)
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s: %v", protocol.ErrBadPath, m.Dest, err)
-	}
+	// The tree was removed, or is to be replaced: send it again from
+	// scratch.
+	_ = o.s.db.Delete(keyDone(m.TransferID), pebble.Sync)
+	return false, nil
+}
 
-	r := &receiver{
-		s: s, log: log, tid: m.TransferID, peer: peer, cs: cs, root: rt, rootDir: s.rootDir(rt),
-		rel: rel, partial: rel + ".partial", replace: replace,
-		meta:    transferMeta{Dest: m.Dest, Peer: peer.String(), Params: m.Params, Files: m.Files, Bytes: m.Bytes, Started: time.Now().UTC()},
+// sourceChanged refuses a DEST that holds what this transfer committed
+// earlier (files, bytes) when the source now announces other counts. A
+// growing tree (no counts announced) is judged by its transfer ID alone.
+func sourceChanged(m *protocol.OpenTransfer, files, bytes uint64) error {
+	if (m.Files == 0 && m.Bytes == 0) || (files == m.Files && bytes == m.Bytes) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it, choose another destination or send with --overwrite",
+		protocol.ErrConflict, m.Dest, files, bytesize.Format(int64(bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
+}
+
+// checkExistingDest decides about a DEST that exists and has no done
+// record: this transfer's own commit, interrupted by a crash before its
+// done record, is recorded and reported complete; anything else is
+// refused, or with FlagOverwrite left to be replaced at commit if it is a
+// directory.
+func (o *openRequest) checkExistingDest() (complete bool, err error) {
+	m := o.m
+	fi, err := o.rt.Lstat(o.rel)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("%w: %s: %v", protocol.ErrBadPath, m.Dest, err)
+	}
+	why := o.notOurCommit()
+	if why == nil {
+		return true, o.recordInterruptedCommit()
+	}
+	switch {
+	case !o.replace:
+		return false, why
+	case fi.Mode()&fs.ModeSymlink != 0 || !fi.IsDir():
+		return false, fmt.Errorf("%w: %s is not a directory: --overwrite replaces only a directory", protocol.ErrConflict, m.Dest)
+	}
+	if o.committing {
+		// An earlier commit of this transfer is not what DEST holds:
+		// its record says nothing any more.
+		if err := o.s.db.Delete(keyCommit(m.TransferID), pebble.Sync); err != nil {
+			return false, err
+		}
+	}
+	o.log.Info("the destination exists and will be replaced when the transfer commits", "transfer", m.TransferID, "dest", m.Dest)
+	return false, nil
+}
+
+// notOurCommit says why the existing DEST is not the tree this transfer
+// committed, or returns nil if it is. A crash between the rename and the
+// done record leaves our own tree there, and the commit record journaled
+// before the rename. Only a DEST this transfer journaled has its manifest
+// read.
+func (o *openRequest) notOurCommit() error {
+	m, c := o.m, o.commit
+	if !o.committing {
+		return fmt.Errorf("%w: %s exists; remove it, choose another destination or send with --overwrite", protocol.ErrConflict, m.Dest)
+	}
+	h, herr := committedManifestHash(o.rt, o.rel)
+	if herr != nil || h != c.ManifestHash {
+		return notCommitted(m.Dest, herr)
+	}
+	return sourceChanged(m, c.Files, c.Bytes)
+}
+
+// recordInterruptedCommit records the done record a crash kept this
+// transfer's commit from writing, and tells the sender it is complete.
+func (o *openRequest) recordInterruptedCommit() error {
+	m, c := o.m, o.commit
+	o.s.removeAside(o.rt, c, o.log)
+	d := transferDone{Dest: m.Dest, Files: c.Files, Bytes: c.Bytes, ManifestHash: c.ManifestHash, Committed: time.Now().UTC()}
+	if err := o.s.recordDone(m.TransferID, o.peer, d); err != nil {
+		return err
+	}
+	o.log.Info("recorded a commit interrupted by a crash", "transfer", m.TransferID, "dest", m.Dest)
+	return o.s.replyComplete(o.cs, m, &d)
+}
+
+func (o *openRequest) newReceiver() *receiver {
+	s, m := o.s, o.m
+	return &receiver{
+		s: s, log: o.log, tid: m.TransferID, peer: o.peer, cs: o.cs, root: o.rt, rootDir: s.rootDir(o.rt),
+		rel: o.rel, partial: o.rel + ".partial", replace: o.replace,
+		meta:    transferMeta{Dest: m.Dest, Peer: o.peer.String(), Params: m.Params, Files: m.Files, Bytes: m.Bytes, Started: time.Now().UTC()},
 		pending: map[chunk.ID][]pos{}, paths: map[string]bool{},
 		kick: make(chan struct{}, 1), arrived: make(chan struct{}, 1),
 	}
-	// A different transfer that left DEST.partial behind is taken over: its
-	// positions are forgotten, its bytes are overwritten or reused by hash.
+}
+
+// adoptPartial returns DEST's record of the transfer that owns
+// DEST.partial, if any, and forgets positions that no longer describe it.
+// A different transfer that left DEST.partial behind is taken over: its
+// positions are forgotten, its bytes are overwritten or reused by hash.
+func (o *openRequest) adoptPartial(r *receiver) (*destRecord, error) {
+	s, m := o.s, o.m
 	var rec *destRecord
 	if v, ok, err := dbGet(s.db, keyDest(m.Dest)); err != nil {
 		return nil, err
@@ -846,12 +1029,12 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 		d := decodeDestRecord(v)
 		rec = &d
 		if d.Transfer != m.TransferID {
-			log.Info("taking over an abandoned partial destination", "dest", m.Dest, "old_transfer", d.Transfer, "transfer", m.TransferID)
+			o.log.Info("taking over an abandoned partial destination", "dest", m.Dest, "old_transfer", d.Transfer, "transfer", m.TransferID)
 			p := keyPosPrefix(d.Transfer)
 			_ = s.db.DeleteRange(p, prefixEnd(p), pebble.NoSync)
 		}
 	}
-	if _, err := rt.Lstat(r.partial); errors.Is(err, fs.ErrNotExist) {
+	if _, err := o.rt.Lstat(r.partial); errors.Is(err, fs.ErrNotExist) {
 		// DEST.partial was removed: positions recorded for it describe
 		// nothing any more.
 		p := keyPosPrefix(m.TransferID)
@@ -859,34 +1042,39 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 			return nil, err
 		}
 	}
-	if err := r.loadStored(); err != nil {
-		return nil, err
-	}
+	return rec, nil
+}
+
+// checkSpace refuses a transfer whose remaining bytes do not fit beside
+// the reserve, sets r's budget and returns the free space.
+func (o *openRequest) checkSpace(r *receiver) (free uint64, err error) {
+	s, m := o.s, o.m
 	need := int64(m.Bytes) - r.durableBytes
-	free, _, err := s.space(m.Dest)
+	free, _, err = s.space(m.Dest)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if need > 0 && int64(free)-s.o.Reserve < need {
-		return nil, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, bytesize.Format(need), bytesize.Format(int64(free)), bytesize.Format(s.o.Reserve))
+		return 0, fmt.Errorf("%w: %s needs %s more but %s is free (keeping %s in reserve)", protocol.ErrNoSpace, m.Dest, bytesize.Format(need), bytesize.Format(int64(free)), bytesize.Format(s.o.Reserve))
 	}
 	// A growing tree's files must fit too: this also bounds the chunk
 	// positions (and so the memory) its manifest can make us track.
 	r.budget = int64(free) - s.o.Reserve + r.durableBytes
-	proot, drec, err := openPartial(rt, r.partial, rec, r.tid)
+	return free, nil
+}
+
+// startPartial opens (or creates) DEST.partial as r.proot and records the
+// transfer's metadata and DEST's record. On error r.proot is closed.
+func (o *openRequest) startPartial(r *receiver, rec *destRecord) error {
+	s, m := o.s, o.m
+	proot, drec, err := openPartial(o.rt, r.partial, rec, r.tid)
 	if err != nil {
 		if errors.Is(err, errNotOurs) {
-			return nil, err
+			return err
 		}
-		return nil, fmt.Errorf("%w: creating %s.partial: %v", protocol.ErrBadPath, m.Dest, err)
+		return fmt.Errorf("%w: creating %s.partial: %v", protocol.ErrBadPath, m.Dest, err)
 	}
 	r.proot = proot
-	ok := false
-	defer func() {
-		if !ok {
-			proot.Close()
-		}
-	}()
 	b := s.db.NewBatch()
 	meta, _ := json.Marshal(r.meta)
 	b.Set(keyMeta(r.tid), meta, nil)
@@ -894,27 +1082,32 @@ func (s *Server) openTransfer(ctx context.Context, peer PeerID, cs *controlStrea
 	b.Set(keyDest(m.Dest), dv, nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		b.Close()
-		return nil, err
+		proot.Close()
+		return err
 	}
 	b.Close()
 	r.fc = newFileCache(proot, ".", 256)
+	return nil
+}
+
+// replyOpened tells the sender the transfer's state: new or resumed, what
+// is durable already, the free space and (protocol 5) the token that lets
+// its other connections join.
+func (o *openRequest) replyOpened(r *receiver, a *activeTransfer, free uint64) error {
+	s, m := o.s, o.m
 	state := protocol.StateNew
 	if r.durableChunks > 0 {
 		state = protocol.StateResume
 	}
-	log.Info("transfer opened", "transfer", r.tid, "dest", m.Dest, "state", state, "files", m.Files, "bytes", m.Bytes, "durable_bytes", r.durableBytes)
+	o.log.Info("transfer opened", "transfer", r.tid, "dest", m.Dest, "state", state, "files", m.Files, "bytes", m.Bytes, "durable_bytes", r.durableBytes)
 	ts := &protocol.TransferState{State: state, DurableBytes: uint64(r.durableBytes), DurableChunks: uint64(r.durableChunks), Free: free}
-	if cs.version >= protocol.JoinVersion {
+	if o.cs.version >= protocol.JoinVersion {
 		s.mu.Lock()
 		_, _ = rand.Read(a.token[:]) // crypto/rand: never fails on Linux
 		ts.JoinToken = a.token
 		s.mu.Unlock()
 	}
-	if err := cs.write(ts); err != nil {
-		return nil, err
-	}
-	ok = true
-	return r, nil
+	return o.cs.write(ts)
 }
 
 // errJoin refuses a JoinTransfer: no transfer of this peer with that ID
