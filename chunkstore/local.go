@@ -2,6 +2,7 @@ package chunkstore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -70,6 +71,9 @@ type LocalOptions struct {
 	// (remote.go); the directory then caches runs and spools the packs
 	// being written. Nil: they are files in the directory.
 	Remote objstore.Backend
+	// BlockCacheBytes bounds the cache of pack blocks read from Remote
+	// (blockcache.go; default DefaultBlockCacheBytes).
+	BlockCacheBytes int64
 }
 
 func (o LocalOptions) withDefaults() LocalOptions {
@@ -106,6 +110,8 @@ func (o LocalOptions) Validate() error {
 		return fmt.Errorf("chunkstore: flush bytes %d is negative", o.FlushBytes)
 	case o.MaxMerge < 0:
 		return fmt.Errorf("chunkstore: max merge %d is negative", o.MaxMerge)
+	case o.BlockCacheBytes < 0:
+		return fmt.Errorf("chunkstore: block cache bytes %d is negative", o.BlockCacheBytes)
 	}
 	return nil
 }
@@ -175,6 +181,8 @@ type Local struct {
 	uploads   map[uint64]*packUpload
 	uploadSem chan struct{}
 	uploadWG  sync.WaitGroup
+	rtt       atomic.Int64 // smoothed duration of a block's read from the Remote, ns
+	blocks    *blockCache  // with a Remote: blocks of packs read
 }
 
 var (
@@ -215,6 +223,8 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 	}
 	if l.remote != nil {
 		l.uploadSem = make(chan struct{}, maxUploads)
+		l.blocks = newBlockCache(l.remote, cmp.Or(opts.BlockCacheBytes, DefaultBlockCacheBytes))
+		l.blocks.fetched = l.noteRTT
 	}
 	l.stateCond = sync.NewCond(&l.stateMu)
 	for _, sub := range []string{l.packsDir(), l.runsDir()} {

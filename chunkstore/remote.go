@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -296,15 +297,37 @@ func (l *Local) readPack(ctx context.Context, n uint64, p []byte, off int64) err
 		}
 		// Uploaded and dropped meanwhile: read the object.
 	}
-	_, err := l.remote.GetRange(ctx, packObject(n), off, int64(len(p)), p[:0])
-	switch {
-	case errors.Is(err, objstore.ErrNotFound):
-		return fmt.Errorf("chunkstore: reading pack %s: %w", packName(n), fs.ErrNotExist)
-	case errors.Is(err, objstore.ErrRange):
+	err := l.blocks.readAt(ctx, n, p, off)
+	if errors.Is(err, objstore.ErrRange) {
 		return io.EOF
 	}
 	return err
 }
+
+// noteRTT folds the duration of one block's read from the object store into the
+// smoothed figure RemoteStore.RTT reports (an eighth of each new one).
+func (l *Local) noteRTT(d time.Duration) {
+	for {
+		old := l.rtt.Load()
+		v := int64(d)
+		if old != 0 {
+			v = old + (int64(d)-old)/8
+		}
+		if l.rtt.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
+
+// RemoteStore is the Store of a repository on object storage. Its RTT
+// (the smoothed time a block's read takes) makes a mount of it read ahead
+// by the latency times the rate (staging.LatencyReader), as a mount over
+// a repository mover does, rather than by a local store's few chunks.
+type RemoteStore struct{ *Local }
+
+// RTT returns the smoothed duration of a block's read from the object
+// store, 0 before the first.
+func (s RemoteStore) RTT() time.Duration { return time.Duration(s.rtt.Load()) }
 
 // packSize returns the size of pack n, or -1 if the store has no such pack.
 func (l *Local) packSize(ctx context.Context, n uint64) (int64, error) {

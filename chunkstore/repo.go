@@ -214,7 +214,12 @@ func (r *Repo) Close() error {
 }
 
 // Store returns the repository's chunk store.
-func (r *Repo) Store() Store { return r.store }
+func (r *Repo) Store() Store {
+	if r.remote != nil {
+		return RemoteStore{r.store}
+	}
+	return r.store
+}
 
 // List returns every restore point, oldest first.
 func (r *Repo) List() ([]RestorePoint, error) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/internal/s3test"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/staging"
 )
@@ -35,6 +37,21 @@ func BenchmarkRepoMountRead(b *testing.B) {
 
 	b.Run("local", func(b *testing.B) {
 		f := backupFake(b, scale)
+		repo, err := chunkstore.OpenRepo(f.repoDir, nil)
+		require.NoError(b, err)
+		defer repo.Close()
+		benchMountRead(b, f, files, f.tree, repo.Store(), 0)
+	})
+	// A repository on a real S3 server on loopback (SeaweedFS): each chunk
+	// a ranged GET of its pack, cold every iteration (no chunk cache).
+	b.Run("s3", func(b *testing.B) {
+		srv := s3test.Start(b)
+		for _, kv := range srv.Env() {
+			k, v, _ := strings.Cut(kv, "=")
+			b.Setenv(k, v)
+		}
+		b.Setenv("PGPORTER_CACHE_DIR", b.TempDir())
+		f := backupFakeTo(b, scale, "s3://"+srv.NewBucket(b)+"/repo")
 		repo, err := chunkstore.OpenRepo(f.repoDir, nil)
 		require.NoError(b, err)
 		defer repo.Close()

@@ -76,8 +76,15 @@ func startRepoServer(t testing.TB, scale int, corrupt func(f *repoFixture)) *rep
 // backupFake backs up a fake data directory into a new repository.
 func backupFake(t testing.TB, scale int) *repoFixture {
 	t.Helper()
+	return backupFakeTo(t, scale, filepath.Join(t.TempDir(), "repo"))
+}
+
+// backupFakeTo is backupFake into the repository repo (a directory or a
+// URL).
+func backupFakeTo(t testing.TB, scale int, dir string) *repoFixture {
+	t.Helper()
 	src := t.TempDir()
-	f := &repoFixture{repoDir: filepath.Join(t.TempDir(), "repo"), files: fakePGData(t, src, scale)}
+	f := &repoFixture{repoDir: dir, files: fakePGData(t, src, scale)}
 	ctx := context.Background()
 	repo, err := chunkstore.OpenRepo(f.repoDir, nil)
 	require.NoError(t, err)

@@ -1,0 +1,158 @@
+package chunkstore
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/pgporter/pgporter/chunkstore/objstore"
+)
+
+// A store on a Remote reads packs by aligned blocks of blockSize bytes,
+// each one ranged GET, kept in a bounded LRU cache: a sequential reader
+// (a mount, an export's pg_dump, a check) costs one request per block, not
+// one per chunk; each request costs the client and the server far more CPU
+// than the bytes it carries. A lone read of one record costs a block's
+// transfer, which on the links an object store is reached over is about
+// the price of the request itself.
+const (
+	blockSize = 1 << 20
+	// DefaultBlockCacheBytes is LocalOptions.BlockCacheBytes's default.
+	DefaultBlockCacheBytes = 32 << 20
+)
+
+// blockCache holds blocks of packs read from the object store. Concurrent
+// reads of one block make one request.
+type blockCache struct {
+	b       objstore.Backend
+	max     int64
+	group   singleflight.Group
+	fetched func(time.Duration) // called with each block fetch's duration
+
+	mu    sync.Mutex // guards the fields below
+	lru   *list.List // of *block, most recently used first
+	byKey map[blockKey]*list.Element
+	bytes int64
+	sizes map[uint64]int64 // pack sizes, by Stat: packs never change
+}
+
+type blockKey struct {
+	pack uint64
+	n    int64 // block number: offset / blockSize
+}
+
+type block struct {
+	key  blockKey
+	data []byte
+}
+
+func newBlockCache(b objstore.Backend, max int64) *blockCache {
+	return &blockCache{b: b, max: max, lru: list.New(), byKey: map[blockKey]*list.Element{}, sizes: map[uint64]int64{}}
+}
+
+// readAt fills p with the bytes of pack n at off. A pack that is gone
+// gives an error matching fs.ErrNotExist; a range past its end, one
+// matching objstore.ErrRange.
+func (c *blockCache) readAt(ctx context.Context, n uint64, p []byte, off int64) error {
+	size, err := c.packSize(ctx, n)
+	if err != nil {
+		return err
+	}
+	if off < 0 || off+int64(len(p)) > size {
+		return fmt.Errorf("reading pack %s: %w: %d bytes at %d of %d", packName(n), objstore.ErrRange, len(p), off, size)
+	}
+	for len(p) > 0 {
+		k := blockKey{pack: n, n: off / blockSize}
+		data, err := c.block(ctx, k, size)
+		if err != nil {
+			return err
+		}
+		m := copy(p, data[off-k.n*blockSize:])
+		p, off = p[m:], off+int64(m)
+	}
+	return nil
+}
+
+// block returns block k of a pack of size bytes, from the cache or the
+// store. The slice is shared: never written.
+func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte, error) {
+	c.mu.Lock()
+	if e, ok := c.byKey[k]; ok {
+		c.lru.MoveToFront(e)
+		c.mu.Unlock()
+		return e.Value.(*block).data, nil
+	}
+	c.mu.Unlock()
+	// The fetch is shared by every reader of the block meanwhile, so no
+	// one reader's context ends it (objstore bounds its retries); each
+	// reader stops waiting when its own context ends.
+	fetchCtx := context.WithoutCancel(ctx)
+	ch := c.group.DoChan(fmt.Sprintf("%x/%d", k.pack, k.n), func() (any, error) {
+		start := k.n * blockSize
+		n := min(blockSize, size-start)
+		t := time.Now()
+		data, err := c.b.GetRange(fetchCtx, packObject(k.pack), start, n, make([]byte, 0, n))
+		if err == nil && c.fetched != nil {
+			c.fetched(time.Since(t))
+		}
+		if errors.Is(err, objstore.ErrNotFound) {
+			return nil, fmt.Errorf("reading pack %s: %w", packName(k.pack), fs.ErrNotExist)
+		}
+		if err != nil {
+			return nil, err
+		}
+		c.add(&block{key: k, data: data})
+		return data, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]byte), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *blockCache) add(b *block) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.byKey[b.key]; ok {
+		return
+	}
+	c.byKey[b.key] = c.lru.PushFront(b)
+	c.bytes += int64(len(b.data))
+	for c.bytes > c.max && c.lru.Len() > 1 {
+		old := c.lru.Remove(c.lru.Back()).(*block)
+		delete(c.byKey, old.key)
+		c.bytes -= int64(len(old.data))
+	}
+}
+
+// packSize returns the size of pack n, asking the store once.
+func (c *blockCache) packSize(ctx context.Context, n uint64) (int64, error) {
+	c.mu.Lock()
+	size, ok := c.sizes[n]
+	c.mu.Unlock()
+	if ok {
+		return size, nil
+	}
+	size, err := c.b.Stat(ctx, packObject(n))
+	if errors.Is(err, objstore.ErrNotFound) {
+		return 0, fmt.Errorf("reading pack %s: %w", packName(n), fs.ErrNotExist)
+	}
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	c.sizes[n] = size
+	c.mu.Unlock()
+	return size, nil
+}
