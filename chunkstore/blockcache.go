@@ -82,18 +82,18 @@ func (c *blockCache) readAt(ctx context.Context, n uint64, p []byte, off int64) 
 // block returns block k of a pack of size bytes, from the cache or the
 // store. The slice is shared: never written.
 func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte, error) {
-	c.mu.Lock()
-	if e, ok := c.byKey[k]; ok {
-		c.lru.MoveToFront(e)
-		c.mu.Unlock()
-		return e.Value.(*block).data, nil
+	if data := c.cached(k); data != nil {
+		return data, nil
 	}
-	c.mu.Unlock()
 	// The fetch is shared by every reader of the block meanwhile, so no
 	// one reader's context ends it (objstore bounds its retries); each
 	// reader stops waiting when its own context ends.
 	fetchCtx := context.WithoutCancel(ctx)
 	ch := c.group.DoChan(fmt.Sprintf("%x/%d", k.pack, k.n), func() (any, error) {
+		// A flight that ended just before this one began has cached it.
+		if data := c.cached(k); data != nil {
+			return data, nil
+		}
 		start := k.n * blockSize
 		n := min(blockSize, size-start)
 		t := time.Now()
@@ -119,6 +119,17 @@ func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte,
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// cached returns block k if the cache holds it, nil if not.
+func (c *blockCache) cached(k blockKey) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.byKey[k]; ok {
+		c.lru.MoveToFront(e)
+		return e.Value.(*block).data
+	}
+	return nil
 }
 
 func (c *blockCache) add(b *block) {

@@ -1,0 +1,97 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"io/fs"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore/objstore"
+)
+
+// countingBackend counts the ranged reads that reach the store.
+type countingBackend struct {
+	objstore.Backend
+	ranges atomic.Int64
+	stats  atomic.Int64
+}
+
+func (c *countingBackend) GetRange(ctx context.Context, name string, off, n int64, dst []byte) ([]byte, error) {
+	c.ranges.Add(1)
+	return c.Backend.GetRange(ctx, name, off, n, dst)
+}
+
+func (c *countingBackend) Stat(ctx context.Context, name string) (int64, error) {
+	c.stats.Add(1)
+	return c.Backend.Stat(ctx, name)
+}
+
+// Reads of any range of a pack, across block boundaries and at its end,
+// give the pack's bytes; a sequential read costs one request per block and
+// one Stat per pack; concurrent readers of one block share its request; the
+// cache stays within its bound; a range past the end and a missing pack
+// are errors of their own kinds.
+func TestBlockCache(t *testing.T) {
+	d, err := objstore.OpenDir(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(1, 2))
+	pack := make([]byte, 3*blockSize+12345)
+	for i := range pack {
+		pack[i] = byte(r.Uint32())
+	}
+	const n = 1<<63 | 7
+	require.NoError(t, d.PutIfAbsent(ctx, packObject(n), bytes.NewReader(pack), int64(len(pack))))
+	b := &countingBackend{Backend: d}
+	c := newBlockCache(b, 2*blockSize)
+
+	// Sequential, in records of 70,000 bytes: every block once.
+	for off := 0; off < len(pack); off += 70_000 {
+		p := make([]byte, min(70_000, len(pack)-off))
+		require.NoError(t, c.readAt(ctx, n, p, int64(off)))
+		require.True(t, bytes.Equal(pack[off:off+len(p)], p), "at %d", off)
+	}
+	require.EqualValues(t, 4, b.ranges.Load(), "one request per block")
+	require.EqualValues(t, 1, b.stats.Load(), "one Stat per pack")
+	require.LessOrEqual(t, c.bytes, int64(2*blockSize), "the cache keeps its bound")
+
+	// Random ranges, some across two or three blocks.
+	for range 200 {
+		off := r.IntN(len(pack))
+		p := make([]byte, r.IntN(min(len(pack)-off, 2*blockSize+1)))
+		require.NoError(t, c.readAt(ctx, n, p, int64(off)))
+		require.True(t, bytes.Equal(pack[off:off+len(p)], p), "at %d, %d bytes", off, len(p))
+	}
+
+	// Eight readers of one block not cached: one request.
+	c = newBlockCache(b, 2*blockSize)
+	before := b.ranges.Load()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			p := make([]byte, 100)
+			if err := c.readAt(ctx, n, p, blockSize+10); err != nil || !bytes.Equal(p, pack[blockSize+10:blockSize+110]) {
+				t.Errorf("concurrent read: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, int64(1), b.ranges.Load()-before, "concurrent readers share one request")
+
+	err = c.readAt(ctx, n, make([]byte, 10), int64(len(pack)-5))
+	require.ErrorIs(t, err, objstore.ErrRange)
+	err = c.readAt(ctx, 1<<63|8, make([]byte, 10), 0)
+	require.ErrorIs(t, err, fs.ErrNotExist)
+
+	// A reader whose context ends stops waiting.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	err = newBlockCache(b, blockSize).readAt(cctx, n, make([]byte, 10), 0)
+	require.ErrorIs(t, err, context.Canceled)
+}
