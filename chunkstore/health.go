@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -45,8 +46,8 @@ type WALHealth struct {
 // ReadHealth reads the health of the repository in dir. It takes no lock,
 // creates nothing, and works while other processes use the repository;
 // what it reads is as of one moment each, not of one moment together.
-func ReadHealth(dir string) (*Health, error) {
-	rps, err := ListRepo(dir)
+func ReadHealth(ctx context.Context, dir string) (*Health, error) {
+	rps, err := ListRepo(ctx, dir)
 	if err != nil {
 		return nil, err
 	}

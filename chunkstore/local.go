@@ -198,6 +198,11 @@ const storeFormat = "pgporter-chunkstore-2"
 // previous layout (a pebble index) is converted once, by the first process
 // that opens it.
 func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
+	return openLocal(context.Background(), dir, opts)
+}
+
+// openLocal is OpenLocal whose requests to a Remote end with ctx.
+func openLocal(ctx context.Context, dir string, opts LocalOptions) (*Local, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
@@ -237,7 +242,7 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 		if err := l.cleanSpools(); err != nil {
 			return nil, err
 		}
-		if err := l.checkRemoteFormat(context.Background()); err != nil {
+		if err := l.checkRemoteFormat(ctx); err != nil {
 			return nil, err
 		}
 	} else {
@@ -249,7 +254,7 @@ func OpenLocal(dir string, opts LocalOptions) (*Local, error) {
 		}
 	}
 	if !opts.WriteOnly {
-		if err := l.refresh(context.Background()); err != nil {
+		if err := l.refresh(ctx); err != nil {
 			return nil, errors.Join(err, l.release())
 		}
 	}

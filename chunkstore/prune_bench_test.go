@@ -1,6 +1,7 @@
 package chunkstore_test
 
 import (
+	"context"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -40,7 +41,7 @@ func BenchmarkPrune20(b *testing.B) {
 			write(r.IntN(16))
 			write(r.IntN(16))
 		}
-		repo, err := chunkstore.OpenRepo(fixture, nil)
+		repo, err := chunkstore.OpenRepo(context.Background(), fixture, nil)
 		require.NoError(b, err)
 		rp, err := repo.Backup(b.Context(), src, chunkstore.BackupOptions{})
 		require.NoError(b, err)
@@ -56,7 +57,7 @@ func BenchmarkPrune20(b *testing.B) {
 		require.NoError(b, os.CopyFS(dir, os.DirFS(fixture)))
 		b.StartTimer()
 		t0 := time.Now()
-		ex, err := chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+		ex, err := chunkstore.OpenRepoWith(context.Background(), dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 		require.NoError(b, err)
 		keep, forget, err := chunkstore.ForgetPolicy{KeepLast: 10}.Plan(points)
 		require.NoError(b, err)

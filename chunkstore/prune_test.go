@@ -2,6 +2,7 @@ package chunkstore_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"math/rand/v2"
 	"os"
@@ -87,7 +88,7 @@ func TestPrune(t *testing.T) {
 	require.NoError(t, err)
 
 	// An exclusive open is refused while a shared one holds, naming it.
-	_, err = chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	_, err = chunkstore.OpenRepoWith(context.Background(), dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 	require.ErrorIs(t, err, chunkstore.ErrRepoLocked)
 	require.ErrorContains(t, err, "shared lock")
 	require.NoError(t, r.Close())
@@ -97,13 +98,13 @@ func TestPrune(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "locks", "0000000000000001.json"), stale, 0o644))
 
-	ex, err := chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	ex, err := chunkstore.OpenRepoWith(context.Background(), dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 	require.NoError(t, err)
 	require.NoFileExists(t, filepath.Join(dir, "locks", "0000000000000001.json"), "the stale lock is removed")
-	_, err = chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{})
+	_, err = chunkstore.OpenRepoWith(context.Background(), dir, chunkstore.RepoOptions{})
 	require.ErrorIs(t, err, chunkstore.ErrRepoLocked, "no reader while a prune may run")
 	// wal-push takes no lock: it goes on beside forget and prune.
-	pusher, err := chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockNone, Store: chunkstore.LocalOptions{WriteOnly: true}})
+	pusher, err := chunkstore.OpenRepoWith(context.Background(), dir, chunkstore.RepoOptions{Lock: chunkstore.LockNone, Store: chunkstore.LocalOptions{WriteOnly: true}})
 	require.NoError(t, err)
 	_, err = pusher.PushWAL(ctx, walSegment(t, t.TempDir(), "000000010000000000000006", 7))
 	require.NoError(t, err)
@@ -158,14 +159,14 @@ func TestPruneKilled(t *testing.T) {
 	// the second's start (pruned) and after it (kept).
 	fixture := filepath.Join(t.TempDir(), "repo")
 	src := fakeDataDir(t)
-	r, err := chunkstore.OpenRepo(fixture, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), fixture, nil)
 	require.NoError(t, err)
 	first, err := r.Backup(t.Context(), src, chunkstore.BackupOptions{})
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
 	rnd := storetest.RandomBytes(rand.New(rand.NewPCG(9, 9)), 3<<20)
 	require.NoError(t, os.WriteFile(filepath.Join(src, "base/5/16384"), rnd, 0o600))
-	r, err = chunkstore.OpenRepo(fixture, nil)
+	r, err = chunkstore.OpenRepo(context.Background(), fixture, nil)
 	require.NoError(t, err)
 	second, err := r.Backup(t.Context(), src, chunkstore.BackupOptions{})
 	require.NoError(t, err)
@@ -185,7 +186,7 @@ func TestPruneKilled(t *testing.T) {
 	b, err = json.Marshal(m)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(pointFile, b, 0o644))
-	ex, err := chunkstore.OpenRepoWith(fixture, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	ex, err := chunkstore.OpenRepoWith(context.Background(), fixture, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 	require.NoError(t, err)
 	require.NoError(t, ex.Forget([]chunkstore.RestorePoint{*first}))
 	dry, err := ex.Prune(t.Context(), true)
@@ -208,7 +209,7 @@ func TestPruneKilled(t *testing.T) {
 			ws := ee.Sys().(syscall.WaitStatus)
 			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the prune was not killed at %s: %v\n%s", point, err, out)
 
-			ex, err := chunkstore.OpenRepoWith(dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+			ex, err := chunkstore.OpenRepoWith(context.Background(), dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 			require.NoError(t, err, "the dead prune's lock is stale")
 			_, err = ex.Prune(t.Context(), false)
 			require.NoError(t, err)
@@ -246,7 +247,7 @@ func pruneChild(t *testing.T, point string) {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		}
 	})
-	ex, err := chunkstore.OpenRepoWith(os.Getenv("PGPORTER_TEST_PRUNE_REPO"), chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	ex, err := chunkstore.OpenRepoWith(context.Background(), os.Getenv("PGPORTER_TEST_PRUNE_REPO"), chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 	require.NoError(t, err)
 	_, err = ex.Prune(t.Context(), false)
 	require.NoError(t, err)

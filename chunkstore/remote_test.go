@@ -3,10 +3,12 @@ package chunkstore_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -205,6 +207,102 @@ func TestRemoteS3(t *testing.T) {
 		requireVerifyClean(t, c, len(one)+len(two))
 	})
 	t.Run("Repo", func(t *testing.T) { testRemoteRepo(t, srv) })
+	t.Run("Faults", func(t *testing.T) { testRemoteFaults(t, srv) }) // restarts srv: last
+}
+
+// A backup and a check of a repository on S3 through a proxy that answers
+// with 503 SlowDown, cuts uploads and downloads midway and loses answers,
+// and with the server killed and restarted in the middle of each: both
+// finish through the bounded retries, the backup's restore point reads
+// back whole, and check finds nothing wrong.
+func testRemoteFaults(t *testing.T, srv *s3test.Server) {
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	proxy := testsupport.NewHTTPFaultProxy(t, srv.Endpoint)
+	t.Setenv("AWS_ENDPOINT_URL", proxy.URL)
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	url := "s3://" + srv.NewBucket(t) + "/faults"
+
+	isPackPut := func(r *http.Request) bool {
+		return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/chunks/packs/")
+	}
+	isGet := func(r *http.Request) bool {
+		return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/chunks/")
+	}
+	proxy.Inject(3, testsupport.HTTPFault{Status: http.StatusServiceUnavailable, Code: "SlowDown"})
+	proxy.Inject(1, testsupport.HTTPFault{Match: isPackPut, CutRequestAfter: 100_000})
+	proxy.Inject(1, testsupport.HTTPFault{Match: isPackPut, CutResponseAfter: -1}) // done, answer lost
+	// The server is killed when the second pack's upload arrives.
+	restartAt := make(chan struct{}, 1)
+	var packPuts atomic.Int64
+	proxy.Inject(1_000_000, testsupport.HTTPFault{Match: func(r *http.Request) bool {
+		if isPackPut(r) && packPuts.Add(1) == 2 {
+			restartAt <- struct{}{}
+		}
+		return false
+	}})
+
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{})
+	c.PgBench(t, "postgres", 1)
+	c.Stop(t)
+	ctx := context.Background()
+	// Packs of 1 MiB: a backup of this cluster uploads a few dozen.
+	r, err := chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{PackSize: 1 << 20}})
+	require.NoError(t, err)
+	var rp *chunkstore.RestorePoint
+	backupErr := make(chan error, 1)
+	go func() {
+		var err error
+		rp, err = r.Backup(ctx, c.DataDir, chunkstore.BackupOptions{})
+		backupErr <- err
+	}()
+	select {
+	case <-restartAt:
+		srv.Restart(t)
+		require.NoError(t, <-backupErr, "the backup rides out the faults and the restart")
+	case err := <-backupErr:
+		t.Fatalf("the backup ended before its second pack's upload: %v", err)
+	}
+	_, injected := proxy.Counts()
+	require.Equal(t, 5, injected, "every fault was met")
+	require.NoError(t, r.Close())
+
+	// A check from an empty cache, with the server restarted as it reads.
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	proxy.Inject(2, testsupport.HTTPFault{Match: isGet, Status: http.StatusInternalServerError, Code: "InternalError"})
+	proxy.Inject(2, testsupport.HTTPFault{Match: isGet, CutResponseAfter: 1000})
+	var gets atomic.Int64
+	readRestart := make(chan struct{}, 1)
+	proxy.Inject(1_000_000, testsupport.HTTPFault{Match: func(r *http.Request) bool {
+		if isGet(r) && gets.Add(1) == 3 {
+			readRestart <- struct{}{}
+		}
+		return false
+	}})
+	r2 := openRepo(t, url)
+	var rep *chunkstore.CheckReport
+	checkErr := make(chan error, 1)
+	go func() {
+		var err error
+		rep, err = r2.Check(ctx, chunkstore.CheckOptions{ReadData: true})
+		checkErr <- err
+	}()
+	select {
+	case <-readRestart:
+		srv.Restart(t)
+		require.NoError(t, <-checkErr, "the check rides out the faults and the restart")
+	case err := <-checkErr:
+		t.Fatalf("the check ended before its third read: %v", err)
+	}
+	require.Empty(t, rep.Problems)
+	_, injected = proxy.Counts()
+	require.Equal(t, 9, injected, "every fault was met")
+	latest, err := r2.Resolve("latest")
+	require.NoError(t, err)
+	require.Equal(t, rp.ID, latest.ID)
+	checkRestorePoint(t, r2, latest, c.DataDir)
 }
 
 // A repository at s3://BUCKET/PREFIX, reached as a user's command reaches
@@ -220,7 +318,7 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
 	url := "s3://" + srv.NewBucket(t) + "/team/db1"
 
-	_, err := chunkstore.ListRepo(url)
+	_, err := chunkstore.ListRepo(context.Background(), url)
 	require.ErrorIs(t, err, chunkstore.ErrNotRepo, "an empty bucket holds no repository")
 
 	c := testsupport.NewCluster(t, testsupport.ClusterOptions{})
@@ -242,7 +340,7 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 
 	// Another host: nothing cached.
 	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
-	list, err := chunkstore.ListRepo(url)
+	list, err := chunkstore.ListRepo(context.Background(), url)
 	require.NoError(t, err)
 	require.Equal(t, []string{rp.ID, rp2.ID}, []string{list[0].ID, list[1].ID})
 	r2 := openRepo(t, url)
@@ -254,9 +352,9 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	require.NoError(t, err)
 	require.Empty(t, rep.Problems)
 
-	_, err = chunkstore.OpenRepoWith(url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	_, err = chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
-	_, err = chunkstore.OpenRepoWith(url, chunkstore.RepoOptions{Lock: chunkstore.LockNone})
+	_, err = chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Lock: chunkstore.LockNone})
 	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
 	_, err = r2.WALRecord("000000010000000000000001")
 	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)

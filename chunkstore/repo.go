@@ -105,8 +105,8 @@ const tmpMaxAge = time.Hour
 
 // OpenRepo opens the repository in dir, creating it on first use, under
 // a shared lock. log may be nil.
-func OpenRepo(dir string, log *slog.Logger) (*Repo, error) {
-	return OpenRepoWith(dir, RepoOptions{Store: LocalOptions{Logger: log}})
+func OpenRepo(ctx context.Context, dir string, log *slog.Logger) (*Repo, error) {
+	return OpenRepoWith(ctx, dir, RepoOptions{Store: LocalOptions{Logger: log}})
 }
 
 // RepoOptions configure OpenRepoWith.
@@ -136,9 +136,9 @@ const (
 
 // OpenRepoWith is OpenRepo with options. dir may be a repository URL
 // (IsRepoURL).
-func OpenRepoWith(dir string, o RepoOptions) (*Repo, error) {
+func OpenRepoWith(ctx context.Context, dir string, o RepoOptions) (*Repo, error) {
 	if IsRepoURL(dir) {
-		b, err := openRepoBackend(context.Background(), dir)
+		b, err := openRepoBackend(ctx, dir, o.Store.Logger)
 		if err != nil {
 			return nil, err
 		}
@@ -146,7 +146,7 @@ func OpenRepoWith(dir string, o RepoOptions) (*Repo, error) {
 		if err != nil {
 			return nil, err
 		}
-		return openRemoteRepo(dir, b, cache, o)
+		return openRemoteRepo(ctx, dir, b, cache, o)
 	}
 	so := o.Store
 	log := so.Logger
@@ -236,9 +236,9 @@ var ErrNotRepo = errors.New("chunkstore: not a repository")
 // ListRepo returns the restore points of the repository in dir, oldest
 // first, without opening its store: it works while another process holds
 // the repository open, and creates nothing (but a cache, for a URL).
-func ListRepo(dir string) ([]RestorePoint, error) {
+func ListRepo(ctx context.Context, dir string) ([]RestorePoint, error) {
 	if IsRepoURL(dir) {
-		return listRemoteRepo(context.Background(), dir)
+		return listRemoteRepo(ctx, dir)
 	}
 	pd := filepath.Join(dir, "points")
 	if fi, err := os.Stat(pd); err != nil || !fi.IsDir() {

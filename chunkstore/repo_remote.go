@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -49,7 +51,7 @@ func AbsRepo(repo string) (string, error) {
 // PGPORTER_S3_PATH_STYLE's choice ("1" or "0"); unset, it is used for any
 // endpoint set through AWS_ENDPOINT_URL or a profile other than AWS's own,
 // as most other servers want it.
-func openRepoBackend(ctx context.Context, repoURL string) (objstore.Backend, error) {
+func openRepoBackend(ctx context.Context, repoURL string, log *slog.Logger) (objstore.Backend, error) {
 	pathStyle, err := s3PathStyle()
 	if err != nil {
 		return nil, err
@@ -58,8 +60,19 @@ func openRepoBackend(ctx context.Context, repoURL string) (objstore.Backend, err
 	if err != nil {
 		return nil, err
 	}
-	return objstore.WithRetry(s, objstore.RetryPolicy{}), nil
+	p := repoRetry
+	if log != nil {
+		p.Retrying = func(err error, wait time.Duration, until time.Time) {
+			log.Warn("object store request failed; retrying", "repo", repoURL, "in", wait.Round(time.Millisecond), "until", until.Format(time.TimeOnly), "err", err)
+		}
+	}
+	return objstore.WithRetry(s, p), nil
 }
+
+// repoRetry is how a repository's requests are retried: for up to two
+// minutes, long enough to ride out a server's restart (SeaweedFS refuses
+// writes for 15 s after one), with waits of up to 10 s.
+var repoRetry = objstore.RetryPolicy{MaxAttempts: 15, MaxTotal: 2 * time.Minute}
 
 func s3PathStyle() (bool, error) {
 	if v, ok := os.LookupEnv("PGPORTER_S3_PATH_STYLE"); ok {
@@ -98,7 +111,7 @@ func repoCacheDir(repoURL string) (string, error) {
 }
 
 // openRemoteRepo opens the repository on b, caching in cache.
-func openRemoteRepo(repoURL string, b objstore.Backend, cache string, o RepoOptions) (*Repo, error) {
+func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cache string, o RepoOptions) (*Repo, error) {
 	switch o.Lock {
 	case LockExclusive:
 		return nil, fmt.Errorf("forget and prune: %w", ErrRemoteUnsupported)
@@ -114,7 +127,7 @@ func openRemoteRepo(repoURL string, b objstore.Backend, cache string, o RepoOpti
 	}
 	so := o.Store
 	so.Remote = b
-	st, err := OpenLocal(filepath.Join(cache, "chunks"), so)
+	st, err := openLocal(ctx, filepath.Join(cache, "chunks"), so)
 	if err != nil {
 		return nil, err
 	}
@@ -199,12 +212,12 @@ func (r *Repo) writeRemotePoint(ctx context.Context, data []byte, rp *RestorePoi
 // listRemoteRepo is ListRepo for a URL: a repository exists once its
 // chunk store's format object does.
 func listRemoteRepo(ctx context.Context, repoURL string) ([]RestorePoint, error) {
-	b, err := openRepoBackend(ctx, repoURL)
+	b, err := openRepoBackend(ctx, repoURL, slog.Default())
 	if err != nil {
 		return nil, err
 	}
 	if _, err := b.Stat(ctx, remoteFormat); errors.Is(err, objstore.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s holds no repository", ErrNotRepo, repoURL)
+		return nil, fmt.Errorf("%w: %s holds no repository (pgporter creates objects, never buckets: does the bucket exist?)", ErrNotRepo, repoURL)
 	} else if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", repoURL, err)
 	}

@@ -50,7 +50,7 @@ func fakeDataDir(t *testing.T) string {
 
 func openRepo(t *testing.T, dir string) *chunkstore.Repo {
 	t.Helper()
-	r, err := chunkstore.OpenRepo(dir, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, r.Close()) })
 	return r
@@ -159,10 +159,10 @@ func TestBackupFakeDataDir(t *testing.T) {
 	checkRestorePoint(t, r2, &list2[0], src)
 
 	// ListRepo reads the catalog while the store is open.
-	list3, err := chunkstore.ListRepo(repoDir)
+	list3, err := chunkstore.ListRepo(context.Background(), repoDir)
 	require.NoError(t, err)
 	require.Len(t, list3, 2)
-	_, err = chunkstore.ListRepo(t.TempDir())
+	_, err = chunkstore.ListRepo(context.Background(), t.TempDir())
 	require.ErrorIs(t, err, chunkstore.ErrNotRepo)
 }
 

@@ -1,6 +1,7 @@
 package chunkstore_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -20,7 +21,7 @@ import (
 func emptyRepo(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := chunkstore.OpenRepo(dir, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
 	return dir
@@ -184,7 +185,7 @@ func setWALRange(t *testing.T, dir, id string, w chunkstore.WALRange) {
 func TestReadHealth(t *testing.T) {
 	ctx := t.Context()
 	dir := emptyRepo(t)
-	h, err := chunkstore.ReadHealth(dir)
+	h, err := chunkstore.ReadHealth(ctx, dir)
 	require.NoError(t, err)
 	require.Zero(t, h.RestorePoints)
 	require.Nil(t, h.Newest)
@@ -204,7 +205,7 @@ func TestReadHealth(t *testing.T) {
 		t.Helper()
 		_, err := r.PushWAL(ctx, walSegment(t, segs, name, seed))
 		require.NoError(t, err)
-		h, err := chunkstore.ReadHealth(dir)
+		h, err := chunkstore.ReadHealth(ctx, dir)
 		require.NoError(t, err)
 		return h.WAL.Pushed
 	}
@@ -212,7 +213,7 @@ func TestReadHealth(t *testing.T) {
 	at4 := push("000000010000000000000004", 2)
 	require.NoError(t, chunkstore.RecordRun(dir, chunkstore.Run{Op: chunkstore.OpCheck, Start: time.Now(), End: time.Now()}))
 
-	h, err = chunkstore.ReadHealth(dir)
+	h, err = chunkstore.ReadHealth(ctx, dir)
 	require.NoError(t, err)
 	require.Equal(t, 2, h.RestorePoints)
 	require.Equal(t, second.ID, h.Newest.ID)
@@ -240,7 +241,7 @@ func TestReadHealth(t *testing.T) {
 	// and has a gap after 5.
 	push("000000010000000000000005", 3)
 	at7 := push("000000010000000000000007", 4)
-	h, err = chunkstore.ReadHealth(dir)
+	h, err = chunkstore.ReadHealth(ctx, dir)
 	require.NoError(t, err)
 	require.Equal(t, "000000010000000000000007", h.WAL.Last)
 	require.Equal(t, at7, h.WAL.Pushed)
@@ -254,12 +255,12 @@ func TestReadHealth(t *testing.T) {
 	require.NoError(t, os.WriteFile(hist, []byte("1\t0/7000000\tpromoted\n"), 0o600))
 	_, err = r.PushWAL(ctx, hist)
 	require.NoError(t, err)
-	h, err = chunkstore.ReadHealth(dir)
+	h, err = chunkstore.ReadHealth(ctx, dir)
 	require.NoError(t, err)
 	require.Equal(t, "000000010000000000000007", h.WAL.Last)
 	require.Empty(t, h.WAL.Coverage.GapAfter)
 	require.Equal(t, at7, h.WAL.Coverage.To, "recoverable up to the last segment's push")
 
-	_, err = chunkstore.ReadHealth(t.TempDir())
+	_, err = chunkstore.ReadHealth(ctx, t.TempDir())
 	require.ErrorIs(t, err, chunkstore.ErrNotRepo)
 }

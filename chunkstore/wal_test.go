@@ -2,6 +2,7 @@ package chunkstore_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"math/rand/v2"
 	"os"
@@ -33,10 +34,10 @@ func walSegment(t *testing.T, dir, name string, seed uint64) string {
 // stores nothing; another file of the same name is refused.
 func TestWALPushFetch(t *testing.T) {
 	repoDir, src := t.TempDir(), t.TempDir()
-	reader, err := chunkstore.OpenRepo(repoDir, nil)
+	reader, err := chunkstore.OpenRepo(context.Background(), repoDir, nil)
 	require.NoError(t, err)
 	defer reader.Close()
-	writer, err := chunkstore.OpenRepo(repoDir, nil)
+	writer, err := chunkstore.OpenRepo(context.Background(), repoDir, nil)
 	require.NoError(t, err)
 	defer writer.Close()
 
@@ -101,7 +102,7 @@ func TestWALNames(t *testing.T) {
 	} {
 		require.Equal(t, ok, chunkstore.ValidWALName(name), name)
 	}
-	r, err := chunkstore.OpenRepo(t.TempDir(), nil)
+	r, err := chunkstore.OpenRepo(context.Background(), t.TempDir(), nil)
 	require.NoError(t, err)
 	defer r.Close()
 	p := filepath.Join(t.TempDir(), "postmaster.pid")
@@ -114,7 +115,7 @@ func TestWALNames(t *testing.T) {
 // A WAL record whose chunks were damaged is refused, not written out.
 func TestWALFetchCorrupt(t *testing.T) {
 	repoDir := t.TempDir()
-	r, err := chunkstore.OpenRepo(repoDir, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), repoDir, nil)
 	require.NoError(t, err)
 	defer r.Close()
 	const name = "000000010000000000000007"
@@ -179,7 +180,7 @@ func TestWALFileCheck(t *testing.T) {
 // other content under the name is a conflict. A .history file cut other
 // than this build cuts is refused: its record's text could not be checked.
 func TestCommitWAL(t *testing.T) {
-	r, err := chunkstore.OpenRepo(t.TempDir(), nil)
+	r, err := chunkstore.OpenRepo(context.Background(), t.TempDir(), nil)
 	require.NoError(t, err)
 	defer r.Close()
 	ctx := t.Context()

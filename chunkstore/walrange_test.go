@@ -1,6 +1,7 @@
 package chunkstore_test
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -20,7 +21,7 @@ import (
 // refused.
 func TestWALCoverageTimelines(t *testing.T) {
 	repoDir, src := t.TempDir(), t.TempDir()
-	repo, err := chunkstore.OpenRepo(repoDir, nil)
+	repo, err := chunkstore.OpenRepo(context.Background(), repoDir, nil)
 	require.NoError(t, err)
 	defer repo.Close()
 	push := func(name, content string) {

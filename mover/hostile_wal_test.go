@@ -77,7 +77,7 @@ func chunkFrame(offer *protocol.PushWAL, content []byte, i int) []byte {
 // requireNotArchived checks that the repository in dir has no record of name.
 func requireNotArchived(t *testing.T, dir, name string) {
 	t.Helper()
-	repo, err := chunkstore.OpenRepo(dir, nil)
+	repo, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	defer repo.Close()
 	_, err = repo.WALRecord(name)

@@ -37,7 +37,7 @@ func BenchmarkRepoMountRead(b *testing.B) {
 
 	b.Run("local", func(b *testing.B) {
 		f := backupFake(b, scale)
-		repo, err := chunkstore.OpenRepo(f.repoDir, nil)
+		repo, err := chunkstore.OpenRepo(context.Background(), f.repoDir, nil)
 		require.NoError(b, err)
 		defer repo.Close()
 		benchMountRead(b, f, files, f.tree, repo.Store(), 0)
@@ -52,7 +52,7 @@ func BenchmarkRepoMountRead(b *testing.B) {
 		}
 		b.Setenv("PGPORTER_CACHE_DIR", b.TempDir())
 		f := backupFakeTo(b, scale, "s3://"+srv.NewBucket(b)+"/repo")
-		repo, err := chunkstore.OpenRepo(f.repoDir, nil)
+		repo, err := chunkstore.OpenRepo(context.Background(), f.repoDir, nil)
 		require.NoError(b, err)
 		defer repo.Close()
 		benchMountRead(b, f, files, f.tree, repo.Store(), 0)

@@ -1,6 +1,7 @@
 package mover
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,7 +56,9 @@ func (h *repoHold) acquire() (*chunkstore.Repo, error) {
 	if h.r == nil {
 		// Its writes are WAL pushes (wal_server.go): their flushes stay
 		// short, as wal-push's own, bigger merges being left to backups.
-		r, err := chunkstore.OpenRepoWith(h.dir, chunkstore.RepoOptions{
+		// Under h.mu, for every connection: bounded by the open's own
+		// retries (an object store's), not by one connection's context.
+		r, err := chunkstore.OpenRepoWith(context.Background(), h.dir, chunkstore.RepoOptions{
 			Store: chunkstore.LocalOptions{Logger: h.log, MaxMerge: walPushMaxMerge}, LockWait: h.wait})
 		if errors.Is(err, chunkstore.ErrRepoLocked) {
 			return nil, fmt.Errorf("%w: %w", protocol.ErrBusy, err)

@@ -24,7 +24,7 @@ func (s *Server) openRepo() error {
 		return nil
 	}
 	// Opening would create a missing repository; serving one must not.
-	if _, err := chunkstore.ListRepo(s.o.Repo); err != nil {
+	if _, err := chunkstore.ListRepo(context.Background(), s.o.Repo); err != nil {
 		return fmt.Errorf("repository %s: %w", s.o.Repo, err)
 	}
 	// Opened once now, so that a repository this build cannot serve fails

@@ -86,7 +86,7 @@ func backupFakeTo(t testing.TB, scale int, dir string) *repoFixture {
 	src := t.TempDir()
 	f := &repoFixture{repoDir: dir, files: fakePGData(t, src, scale)}
 	ctx := context.Background()
-	repo, err := chunkstore.OpenRepo(f.repoDir, nil)
+	repo, err := chunkstore.OpenRepo(context.Background(), f.repoDir, nil)
 	require.NoError(t, err)
 	f.rp, err = repo.Backup(ctx, src, chunkstore.BackupOptions{SourceHost: "db1"})
 	require.NoError(t, err)
@@ -715,7 +715,7 @@ func TestRepoLockHeldWhileUsed(t *testing.T) {
 	f := backupFake(t, 1)
 	f.testReceiver = startReceiver(t, ServerOptions{Repo: f.repoDir, RepoLinger: -1})
 	prune := func() error {
-		r, err := chunkstore.OpenRepoWith(f.repoDir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+		r, err := chunkstore.OpenRepoWith(context.Background(), f.repoDir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 		if err == nil {
 			require.NoError(t, r.Close())
 		}

@@ -1,6 +1,7 @@
 package mover
 
 import (
+	"context"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -93,6 +94,9 @@ func (c *RepoCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// repoHealthTimeout bounds one reading of a repository's health.
+const repoHealthTimeout = 20 * time.Second
+
 // health returns the repository's health, read anew unless the last
 // reading is younger than CacheFor.
 func (c *RepoCollector) health() (*chunkstore.Health, error) {
@@ -100,7 +104,11 @@ func (c *RepoCollector) health() (*chunkstore.Health, error) {
 	defer c.mu.Unlock()
 	now := c.o.Now()
 	if c.at.IsZero() || now.Sub(c.at) >= c.o.CacheFor || now.Before(c.at) {
-		c.h, c.err = chunkstore.ReadHealth(c.dir)
+		// A scrape has no context; an object store that does not answer
+		// must not hold it for the retries' two minutes.
+		ctx, cancel := context.WithTimeout(context.Background(), repoHealthTimeout)
+		c.h, c.err = chunkstore.ReadHealth(ctx, c.dir)
+		cancel()
 		c.at = now
 		if c.err != nil && c.err.Error() != c.logged {
 			c.o.Log.Warn("reading the repository for metrics", "repo", c.dir, "err", c.err)

@@ -1,6 +1,7 @@
 package mover
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -64,7 +65,7 @@ func labelValue(m *dto.Metric, name string) string {
 func TestRepoCollector(t *testing.T) {
 	ctx := t.Context()
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := chunkstore.OpenRepo(dir, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	defer r.Close()
 	src := miniDataDir(t)

@@ -24,7 +24,7 @@ import (
 func startWALServer(t *testing.T) (*testReceiver, string) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
-	repo, err := chunkstore.OpenRepo(dir, nil)
+	repo, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	require.NoError(t, repo.Close())
 	return startReceiver(t, ServerOptions{Repo: dir}), dir
@@ -88,7 +88,7 @@ func TestRepoWALPushFetch(t *testing.T) {
 	first := chunksReceived(t, r, name)
 
 	// Durable and visible to any other process once PushWAL returned.
-	local, err := chunkstore.OpenRepo(dir, nil)
+	local, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	defer local.Close()
 	dst := filepath.Join(t.TempDir(), "RECOVERYXLOG")
@@ -193,7 +193,7 @@ func TestRepoWALFetchCorrupt(t *testing.T) {
 	pusher := dialWALRepo(t, r, PermArchive)
 	_, err := pusher.PushWAL(ctx, walSegmentFile(t, t.TempDir(), name, 7))
 	require.NoError(t, err)
-	local, err := chunkstore.OpenRepo(dir, nil)
+	local, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	rec, err := local.WALRecord(name)
 	require.NoError(t, err)
@@ -246,7 +246,7 @@ func TestRepoWALConcurrentPushes(t *testing.T) {
 	require.NoError(t, errs[0])
 	require.NoError(t, errs[1])
 	require.True(t, already[0] != already[1], "exactly one push linked the record: %v", already)
-	local, err := chunkstore.OpenRepo(dir, nil)
+	local, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	defer local.Close()
 	dst := filepath.Join(t.TempDir(), "RECOVERYXLOG")

@@ -60,7 +60,7 @@ func TestCorruptChunkInRepository(t *testing.T) {
 	home, to := t.TempDir(), t.TempDir()
 	plan := f.plan(t, to)
 	plan.Databases = []string{"shop"}
-	s, err := newRunner(t, home, nil).Create(plan)
+	s, err := newRunner(t, home, nil).Create(context.Background(), plan)
 	require.NoError(t, err)
 	for _, run := range []string{"export", "retry"} {
 		s, err = newRunner(t, home, nil).Run(context.Background(), s.ID)
@@ -88,7 +88,7 @@ func TestTolerableCorruptionFailsExport(t *testing.T) {
 	home, to := t.TempDir(), t.TempDir()
 	plan := f.plan(t, to)
 	plan.Databases = []string{"shop"}
-	s, err := newRunner(t, home, nil).Create(plan)
+	s, err := newRunner(t, home, nil).Create(context.Background(), plan)
 	require.NoError(t, err)
 	s, err = newRunner(t, home, nil).Run(context.Background(), s.ID)
 	t.Logf("export: %v", err)
@@ -104,7 +104,7 @@ func TestTolerableCorruptionFailsExport(t *testing.T) {
 // returns its ID.
 func (f *fixture) corruptFileChunk(t *testing.T, path string, pick func(n int) int) chunk.ID {
 	t.Helper()
-	r, err := chunkstore.OpenRepo(f.repo, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), f.repo, nil)
 	require.NoError(t, err)
 	rp, err := r.Resolve(f.rp)
 	require.NoError(t, err)

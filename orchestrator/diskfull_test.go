@@ -40,7 +40,7 @@ func TestDiskFullStagingDir(t *testing.T) {
 	})
 	plan := f.plan(t, to)
 	plan.StagingDir, plan.Databases = staging, []string{"shop"}
-	s, err := r.Create(plan)
+	s, err := r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	s, err = r.Run(context.Background(), s.ID)
 	require.NoError(t, fillErr)

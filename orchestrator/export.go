@@ -109,11 +109,11 @@ func (e marked) Unwrap() []error { return []error{e.err, e.mark} }
 
 // Create checks p, resolves its restore point and journals a new session in
 // state planned. Nothing heavy happens here.
-func (r *Runner) Create(p Plan) (*Session, error) {
-	return r.create(p, newSessionID(time.Now()))
+func (r *Runner) Create(ctx context.Context, p Plan) (*Session, error) {
+	return r.create(ctx, p, newSessionID(time.Now()))
 }
 
-func (r *Runner) create(p Plan, id string) (*Session, error) {
+func (r *Runner) create(ctx context.Context, p Plan, id string) (*Session, error) {
 	if err := p.checkAuth(); err != nil {
 		return nil, err
 	}
@@ -123,7 +123,7 @@ func (r *Runner) create(p Plan, id string) (*Session, error) {
 	if err := p.checkExport(); err != nil {
 		return nil, err
 	}
-	if err := p.resolveRepo(); err != nil {
+	if err := p.resolveRepo(ctx); err != nil {
 		return nil, err
 	}
 	if err := r.credentials(&p); err != nil {
@@ -241,7 +241,7 @@ func (p *Plan) checkMovers() error {
 // resolveRepo makes the staging directory and a local repository's path
 // absolute, and chooses the restore point in a local repository (a
 // repository mover's is chosen when the session runs).
-func (p *Plan) resolveRepo() error {
+func (p *Plan) resolveRepo(ctx context.Context) error {
 	var err error
 	if p.StagingDir != "" {
 		if p.StagingDir, err = filepath.Abs(p.StagingDir); err != nil {
@@ -258,7 +258,7 @@ func (p *Plan) resolveRepo() error {
 		return fmt.Errorf("%w: a point in time (--at*): %w", ErrBadPlan, chunkstore.ErrRemoteUnsupported)
 	}
 	// The repository is read, never created: a typo must not make one.
-	rps, err := chunkstore.ListRepo(p.Repo)
+	rps, err := chunkstore.ListRepo(ctx, p.Repo)
 	if err != nil {
 		return fmt.Errorf("%w: repository %s: %w", ErrBadPlan, p.Repo, err)
 	}

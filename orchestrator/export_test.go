@@ -64,7 +64,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	c.Stop(t)
 	f.repo = filepath.Join(t.TempDir(), "repo")
-	r, err := chunkstore.OpenRepo(f.repo, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), f.repo, nil)
 	require.NoError(t, err)
 	rp, err := r.Backup(context.Background(), c.DataDir, chunkstore.BackupOptions{})
 	require.NoError(t, err)
@@ -124,7 +124,7 @@ func TestExportEmbedded(t *testing.T) {
 		}
 	})
 	plan := f.plan(t, to)
-	s, err := r.Create(plan)
+	s, err := r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	require.Equal(t, StatePlanned, s.State)
 	require.Equal(t, f.rp, s.Plan.RestorePoint, "latest is resolved when the session is created")
@@ -160,11 +160,11 @@ func TestExportEmbedded(t *testing.T) {
 	require.Equal(t, StateDone, again.State)
 
 	// A second export to the same place needs --overwrite.
-	_, err = r.Create(plan)
+	_, err = r.Create(t.Context(), plan)
 	require.ErrorIs(t, err, ErrBadPlan)
 	require.Contains(t, err.Error(), "--overwrite")
 	plan.Overwrite = true
-	s2, err := r.Create(plan)
+	s2, err := r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	s2, err = r.Run(context.Background(), s2.ID)
 	require.NoError(t, err)
@@ -198,7 +198,7 @@ func TestExportChecksFailEarly(t *testing.T) {
 		if tc.db == "shop" {
 			plan.Databases = []string{"shop"}
 		}
-		s, err := r.Create(plan)
+		s, err := r.Create(t.Context(), plan)
 		require.NoError(t, err)
 		s, err = r.Run(context.Background(), s.ID)
 		require.ErrorIs(t, err, staging.ErrChecks)
@@ -233,7 +233,7 @@ func TestRetryAfterInterruption(t *testing.T) {
 			cancel()
 		}
 	})
-	s, err := r.Create(f.plan(t, to))
+	s, err := r.Create(t.Context(), f.plan(t, to))
 	require.NoError(t, err)
 	s, err = r.Run(ctx, s.ID)
 	require.ErrorIs(t, err, context.Canceled)
@@ -285,7 +285,7 @@ func TestReclaimOrphans(t *testing.T) {
 			cancel()
 		}
 	})
-	s, err := r.Create(f.plan(t, to))
+	s, err := r.Create(t.Context(), f.plan(t, to))
 	require.NoError(t, err)
 	_, err = r.Run(ctx, s.ID)
 	require.ErrorIs(t, err, context.Canceled)
@@ -331,7 +331,7 @@ func TestExportMissingPreload(t *testing.T) {
 	require.NoError(t, os.WriteFile(conf, append(b, "shared_preload_libraries = 'pg_no_such_extension'\n"...), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(c.DataDir, "recovery.signal"), nil, 0o600))
 	repo := filepath.Join(t.TempDir(), "repo")
-	rr, err := chunkstore.OpenRepo(repo, nil)
+	rr, err := chunkstore.OpenRepo(context.Background(), repo, nil)
 	require.NoError(t, err)
 	_, err = rr.Backup(context.Background(), c.DataDir, chunkstore.BackupOptions{})
 	require.NoError(t, err)
@@ -345,14 +345,14 @@ func TestExportMissingPreload(t *testing.T) {
 		}
 	})
 	plan := Plan{Repo: repo, RestorePoint: "latest", Databases: []string{"shop"}, To: to, StagingDir: stagingDir(t)}
-	s, err := r.Create(plan)
+	s, err := r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	_, err = r.Run(context.Background(), s.ID)
 	require.ErrorIs(t, err, staging.ErrMissingPreload)
 	require.Contains(t, err.Error(), "pg_no_such_extension")
 
 	plan.AllowMissingPreload = true
-	s, err = r.Create(plan)
+	s, err = r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	s, err = r.Run(context.Background(), s.ID)
 	require.NoError(t, err)
@@ -380,7 +380,7 @@ func TestExportBackupHBA(t *testing.T) {
 	backup := func(hba string) string {
 		require.NoError(t, os.WriteFile(filepath.Join(c.DataDir, "pg_hba.conf"), []byte(hba), 0o600))
 		repo := filepath.Join(t.TempDir(), "repo")
-		r, err := chunkstore.OpenRepo(repo, nil)
+		r, err := chunkstore.OpenRepo(context.Background(), repo, nil)
 		require.NoError(t, err)
 		_, err = r.Backup(context.Background(), c.DataDir, chunkstore.BackupOptions{})
 		require.NoError(t, err)
@@ -400,7 +400,7 @@ func TestExportBackupHBA(t *testing.T) {
 	}
 
 	to := t.TempDir()
-	s, err := r.Create(plan(trusting, to))
+	s, err := r.Create(t.Context(), plan(trusting, to))
 	require.NoError(t, err)
 	require.Equal(t, AuthBackupHBA, s.Plan.Auth)
 	s, err = r.Run(context.Background(), s.ID)
@@ -411,7 +411,7 @@ func TestExportBackupHBA(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	require.Equal(t, sum, c.Query(t, "restored", checksumSQL))
 
-	s, err = r.Create(plan(asking, t.TempDir()))
+	s, err = r.Create(t.Context(), plan(asking, t.TempDir()))
 	require.NoError(t, err)
 	s, err = r.Run(context.Background(), s.ID)
 	require.ErrorIs(t, err, staging.ErrHBA)
@@ -428,7 +428,7 @@ func TestExportBackupHBA(t *testing.T) {
 		} {
 			p := plan(trusting, t.TempDir())
 			p.Auth = tc.auth
-			s, err := r.Create(p)
+			s, err := r.Create(t.Context(), p)
 			if tc.err != "" {
 				require.ErrorIs(t, err, ErrBadPlan)
 				require.ErrorContains(t, err, tc.err)
@@ -439,7 +439,7 @@ func TestExportBackupHBA(t *testing.T) {
 			_, err = r.Cancel(context.Background(), s.ID)
 			require.NoError(t, err)
 		}
-		_, err := r.Create(Plan{Published: "x", Databases: []string{"shop"}, To: t.TempDir(), Auth: AuthBackupHBA})
+		_, err := r.Create(t.Context(), Plan{Published: "x", Databases: []string{"shop"}, To: t.TempDir(), Auth: AuthBackupHBA})
 		require.ErrorIs(t, err, ErrBadPlan)
 	})
 }

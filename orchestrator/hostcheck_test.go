@@ -20,7 +20,7 @@ func TestExportNeedsTheBackupsServer(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(pgdata, "global"), 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(pgdata, "global", "pg_control"), make([]byte, 8192), 0o600))
 	repo := filepath.Join(t.TempDir(), "repo")
-	rr, err := chunkstore.OpenRepo(repo, nil)
+	rr, err := chunkstore.OpenRepo(context.Background(), repo, nil)
 	require.NoError(t, err)
 	rp, err := rr.Backup(context.Background(), pgdata, chunkstore.BackupOptions{})
 	require.NoError(t, err)
@@ -33,7 +33,7 @@ func TestExportNeedsTheBackupsServer(t *testing.T) {
 			steps = append(steps, e.Step)
 		}
 	})
-	s, err := r.Create(Plan{Repo: repo, RestorePoint: "latest", Databases: []string{"shop"}, To: t.TempDir(), StagingDir: stagingDir(t)})
+	s, err := r.Create(t.Context(), Plan{Repo: repo, RestorePoint: "latest", Databases: []string{"shop"}, To: t.TempDir(), StagingDir: stagingDir(t)})
 	require.NoError(t, err)
 	_, err = r.Run(context.Background(), s.ID)
 	require.ErrorContains(t, err, "PostgreSQL 99 server binaries are not installed here: install the Debian package postgresql-99")

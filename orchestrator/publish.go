@@ -218,7 +218,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 		if o.At != nil && chunkstore.IsRepoURL(o.Repo) {
 			return nil, fmt.Errorf("a point in time (--at*): %w", chunkstore.ErrRemoteUnsupported)
 		}
-		rps, err := chunkstore.ListRepo(o.Repo)
+		rps, err := chunkstore.ListRepo(ctx, o.Repo)
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: %w", o.Repo, err)
 		}

@@ -398,7 +398,7 @@ func (j *StagingJobs) runSessionJob(ctx context.Context, jb *protocol.RunJob, em
 		return err
 	}
 	if _, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
-		if _, err := r.create(plan, jb.Session); err != nil {
+		if _, err := r.create(ctx, plan, jb.Session); err != nil {
 			return err
 		}
 	} else if err != nil {

@@ -37,7 +37,7 @@ func testPublishedExportRetryCancel(t *testing.T, f *fixture, pb *Publisher, p *
 	// Something takes Weird DB's place after the session was planned: its
 	// commit fails, after shop was delivered.
 	to := t.TempDir()
-	s, err := r.Create(Plan{Published: p.ID, Databases: dbs, To: to, StagingDir: t.TempDir()})
+	s, err := r.Create(t.Context(), Plan{Published: p.ID, Databases: dbs, To: to, StagingDir: t.TempDir()})
 	require.NoError(t, err)
 	require.Equal(t, p.RestorePoint, s.Plan.RestorePoint)
 	require.NoError(t, os.Mkdir(filepath.Join(to, "Weird DB"), 0o755))
@@ -64,7 +64,7 @@ func testPublishedExportRetryCancel(t *testing.T, f *fixture, pb *Publisher, p *
 
 	// Cancel of a session failed the same way.
 	to2 := t.TempDir()
-	s2, err := r.Create(Plan{Published: p.ID, Databases: dbs, To: to2, StagingDir: t.TempDir()})
+	s2, err := r.Create(t.Context(), Plan{Published: p.ID, Databases: dbs, To: to2, StagingDir: t.TempDir()})
 	require.NoError(t, err)
 	require.NoError(t, os.Mkdir(filepath.Join(to2, "Weird DB"), 0o755))
 	_, err = r.Run(ctx, s2.ID)
@@ -85,8 +85,8 @@ func testPublishedExportRetryCancel(t *testing.T, f *fixture, pb *Publisher, p *
 
 	// Refused when planned: a publication that does not exist; a target
 	// directory that exists.
-	_, err = r.Create(Plan{Published: "p-nope", Databases: dbs, To: t.TempDir()})
+	_, err = r.Create(t.Context(), Plan{Published: "p-nope", Databases: dbs, To: t.TempDir()})
 	require.ErrorIs(t, err, ErrBadPlan)
-	_, err = r.Create(Plan{Published: p.ID, Databases: []string{"shop"}, To: to})
+	_, err = r.Create(t.Context(), Plan{Published: p.ID, Databases: []string{"shop"}, To: to})
 	require.ErrorIs(t, err, ErrBadPlan)
 }

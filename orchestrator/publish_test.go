@@ -103,7 +103,7 @@ func pubRepo(t *testing.T) (dir, rp string) {
 	require.NoError(t, os.Mkdir(filepath.Join(src, "global"), 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(src, "global", "pg_control"), make([]byte, 8192), 0o600))
 	dir = filepath.Join(t.TempDir(), "repo")
-	r, err := chunkstore.OpenRepo(dir, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	defer r.Close()
 	p, err := r.Backup(context.Background(), src, chunkstore.BackupOptions{})

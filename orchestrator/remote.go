@@ -259,7 +259,7 @@ func (j *StagingJobs) runExportJob(ctx context.Context, jb *protocol.RunJob, emi
 		return err
 	}
 	if s, err := r.j.Get(jb.Session); errors.Is(err, ErrNoSession) {
-		if _, err := r.create(plan, jb.Session); err != nil {
+		if _, err := r.create(ctx, plan, jb.Session); err != nil {
 			return err
 		}
 	} else if err != nil {

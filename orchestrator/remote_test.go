@@ -105,7 +105,7 @@ func TestExportAcrossMovers(t *testing.T) {
 	r := newRunner(t, orch, nil)
 	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
 		Databases: []string{"shop", "Weird DB"}, To: to}
-	s, err := r.Create(plan)
+	s, err := r.Create(t.Context(), plan)
 	require.NoError(t, err)
 
 	// Not yet trusted with orchestrate: refused, and told what to run.
@@ -198,7 +198,7 @@ func TestCancelAcrossMovers(t *testing.T) {
 	})
 	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
 		Databases: []string{"shop", "Weird DB"}, To: to}
-	s, err := r.Create(plan)
+	s, err := r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	_, err = r.Run(ctx, s.ID)
 	require.Error(t, err)
@@ -237,7 +237,7 @@ func TestExportAcrossMoversFiltered(t *testing.T) {
 
 	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
 		Databases: []string{"shop"}, To: to, Filter: &stagingpkg.DumpFilter{Tables: []string{"itemz"}}}
-	s, err := r.Create(plan)
+	s, err := r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	_, err = r.Run(context.Background(), s.ID)
 	require.Error(t, err)
@@ -247,7 +247,7 @@ func TestExportAcrossMoversFiltered(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist, "nothing was dumped or sent")
 
 	plan.Filter = &stagingpkg.DumpFilter{Tables: []string{"items"}}
-	s, err = r.Create(plan)
+	s, err = r.Create(t.Context(), plan)
 	require.NoError(t, err)
 	s, err = r.Run(context.Background(), s.ID)
 	require.NoError(t, err)

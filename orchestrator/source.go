@@ -51,10 +51,10 @@ func OpenSource(ctx context.Context, o SourceOptions) (Source, error) {
 		return rr, nil
 	}
 	// OpenRepo creates a missing repository; reading must not.
-	if _, err := chunkstore.ListRepo(o.Repo); err != nil {
+	if _, err := chunkstore.ListRepo(ctx, o.Repo); err != nil {
 		return nil, err
 	}
-	repo, err := chunkstore.OpenRepo(o.Repo, o.Log)
+	repo, err := chunkstore.OpenRepo(ctx, o.Repo, o.Log)
 	if err != nil {
 		return nil, fmt.Errorf("opening repository: %w", err)
 	}

@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -34,7 +35,7 @@ func TestLocalSourceConformance(t *testing.T) {
 		}
 	}
 	want := storetest.Want{Trees: map[string][]chunkstore.Node{}, Files: files}
-	repo, err := chunkstore.OpenRepo(dir, nil)
+	repo, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	for round := range 2 {
 		if round == 1 {
@@ -58,7 +59,7 @@ func TestLocalSourceConformance(t *testing.T) {
 	second, err := OpenSource(t.Context(), SourceOptions{Repo: dir})
 	require.NoError(t, err)
 	defer second.Close()
-	writer, err := chunkstore.OpenRepo(dir, nil)
+	writer, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)
 	files["base/1/16385"] = synth.Random(4, 1<<20)
 	write()

@@ -18,6 +18,9 @@ var (
 	// ErrInvalidName is returned for a name that ValidName refuses, before
 	// any I/O.
 	ErrInvalidName = errors.New("objstore: invalid object name")
+	// ErrDenied is matched by the error of a request the store refused
+	// (S3's 401 and 403): wrong credentials, or too few rights.
+	ErrDenied = errors.New("the object store refused the request (check the credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or the profile)")
 	// ErrRange is GetRange's for a range that does not lie within the
 	// object.
 	ErrRange = errors.New("objstore: range outside the object")

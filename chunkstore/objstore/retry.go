@@ -23,6 +23,10 @@ type RetryPolicy struct {
 	// MaxTotal caps the time an operation may spend retrying: no wait
 	// reaches past it (default 2 min).
 	MaxTotal time.Duration
+	// Retrying, if set, is told of each failure that will be retried, with
+	// the wait before the next attempt and when the retries will end at the
+	// latest: for a log line that says what is retried and until when.
+	Retrying func(err error, wait time.Duration, until time.Time)
 }
 
 func (p RetryPolicy) withDefaults() RetryPolicy {
@@ -88,6 +92,9 @@ func (r *Retrying) do(ctx context.Context, op func(attempt int) error) error {
 		bound = min(2*bound, r.p.MaxDelay)
 		if time.Since(start)+wait > r.p.MaxTotal {
 			return fmt.Errorf("giving up after %d attempts in %v: %w", attempt, time.Since(start).Round(time.Millisecond), err)
+		}
+		if r.p.Retrying != nil {
+			r.p.Retrying(err, wait, start.Add(r.p.MaxTotal))
 		}
 		t := time.NewTimer(wait)
 		select {

@@ -376,6 +376,8 @@ func classify(err error, action, name string) error {
 			return fmt.Errorf("%w: %s", ErrRange, name)
 		case status >= 500 || status == 429:
 			return transient()
+		case status == 401 || status == 403:
+			return fmt.Errorf("%w: %s %s: %w", ErrDenied, action, name, err)
 		}
 	}
 	if throttling[code] {

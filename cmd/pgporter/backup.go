@@ -77,7 +77,7 @@ func runBackup(cmd *cobra.Command, g *globals, o backupOpts) error {
 			return err
 		}
 	}
-	r, err := chunkstore.OpenRepo(o.repo, g.log)
+	r, err := chunkstore.OpenRepo(cmd.Context(), o.repo, g.log)
 	if err != nil {
 		return err
 	}

@@ -106,7 +106,7 @@ func TestBackupCLIFromServer(t *testing.T) {
 	}
 	require.ElementsMatch(t, []string{"template0", "template1", "postgres"}, names)
 
-	list, err := chunkstore.ListRepo(repo)
+	list, err := chunkstore.ListRepo(context.Background(), repo)
 	require.NoError(t, err)
 	require.Len(t, list, 2)
 
@@ -117,7 +117,7 @@ func TestBackupCLIFromServer(t *testing.T) {
 	require.Equal(t, exitNetwork, code, errs)
 	require.Contains(t, errs, "pgporter: connecting to the server: ")
 	require.Empty(t, out)
-	list, err = chunkstore.ListRepo(bad)
+	list, err = chunkstore.ListRepo(context.Background(), bad)
 	require.NoError(t, err)
 	require.Empty(t, list)
 }
@@ -146,7 +146,7 @@ func TestBackupCLIErrors(t *testing.T) {
 	// The failed backup made no repository (issue 19); an empty one lists
 	// as empty.
 	require.NoDirExists(t, filepath.Join(dir, "r"))
-	r, err := chunkstore.OpenRepo(filepath.Join(dir, "r"), nil)
+	r, err := chunkstore.OpenRepo(context.Background(), filepath.Join(dir, "r"), nil)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
 	code, out, errs := runCLI(t, "restore-points", "--repo", filepath.Join(dir, "r"), "--json")

@@ -31,10 +31,10 @@ Exit code 0: nothing wrong; 7: problems, each listed on stderr (or under
 				return usagef("check needs --repo DIR")
 			}
 			// A typo must not create a repository.
-			if _, err := chunkstore.ListRepo(repo); err != nil {
+			if _, err := chunkstore.ListRepo(cmd.Context(), repo); err != nil {
 				return err
 			}
-			r, err := chunkstore.OpenRepo(repo, g.log)
+			r, err := chunkstore.OpenRepo(cmd.Context(), repo, g.log)
 			if err != nil {
 				return err
 			}

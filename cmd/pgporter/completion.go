@@ -190,7 +190,7 @@ func completeRestorePoints(_ *globals, cmd *cobra.Command, toComplete string) []
 	if f == nil || f.Value.String() == "" || strings.Contains(f.Value.String(), "://") {
 		return out
 	}
-	rps, err := chunkstore.ListRepo(f.Value.String())
+	rps, err := chunkstore.ListRepo(cmd.Context(), f.Value.String())
 	if err != nil {
 		cobra.CompDebugln("restore points: "+err.Error(), false)
 		return out

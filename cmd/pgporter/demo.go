@@ -359,7 +359,7 @@ func (d *demo) backup(ctx context.Context) (*chunkstore.RestorePoint, error) {
 		return nil, err
 	}
 	t := time.Now()
-	repo, err := chunkstore.OpenRepo(filepath.Join(d.dir, "repo"), d.log)
+	repo, err := chunkstore.OpenRepo(ctx, filepath.Join(d.dir, "repo"), d.log)
 	if err != nil {
 		return nil, err
 	}
@@ -392,7 +392,7 @@ func (d *demo) export(ctx context.Context, rp *chunkstore.RestorePoint) (*orches
 	if err != nil {
 		return nil, err
 	}
-	s, err := r.Create(orchestrator.Plan{
+	s, err := r.Create(ctx, orchestrator.Plan{
 		Repo: filepath.Join(d.dir, "repo"), RestorePoint: "latest", Databases: demoExported,
 		To: filepath.Join(d.dir, "exports"), StagingDir: filepath.Join(d.dir, "staging"), Jobs: 2,
 	})

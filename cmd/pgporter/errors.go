@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -189,7 +190,7 @@ func isPermission(err error) bool {
 	}
 	return errors.Is(err, mover.ErrPermission) || errors.Is(err, protocol.ErrPermission) ||
 		errors.Is(err, mover.ErrUntrusted) || errors.Is(err, mover.ErrWrongPeer) ||
-		errors.Is(err, fs.ErrPermission) || errors.Is(err, staging.ErrHBA)
+		errors.Is(err, fs.ErrPermission) || errors.Is(err, staging.ErrHBA) || errors.Is(err, objstore.ErrDenied)
 }
 
 func isVerification(err error) bool {
@@ -220,6 +221,9 @@ func isNotFound(err error) bool {
 // isNetwork reports a failure to reach a mover or to keep the connection:
 // the QUIC and socket errors that survive --retry-for.
 func isNetwork(err error) bool {
+	if objstore.IsTransient(err) {
+		return true // the object store's retries were spent
+	}
 	if errors.Is(err, mover.ErrNoAnswer) || errors.Is(err, mover.ErrBadAddr) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENETUNREACH) ||
 		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ECONNRESET) {

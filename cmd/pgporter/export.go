@@ -245,7 +245,7 @@ func startExport(cmd *cobra.Command, g *globals, eo exportOpts, from func(orches
 	if err != nil {
 		return err
 	}
-	s, err := r.Create(eo.plan)
+	s, err := r.Create(cmd.Context(), eo.plan)
 	if err != nil { // orchestrator.ErrBadPlan is a usage error, unless more specific
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,7 +96,7 @@ func TestMetricsCLI(t *testing.T) {
 	code, out, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src)
 	require.Equal(t, 0, code, errs)
 	second := lastLine(out)
-	rps, err := chunkstore.ListRepo(repo)
+	rps, err := chunkstore.ListRepo(context.Background(), repo)
 	require.NoError(t, err)
 	require.Len(t, rps, 2)
 	require.Equal(t, second, rps[1].ID)
@@ -245,7 +246,7 @@ func TestMoverServeRepoMetrics(t *testing.T) {
 	src, _ := fakeDataDir(t)
 	code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src)
 	require.Equal(t, 0, code, errs)
-	rps, err := chunkstore.ListRepo(repo)
+	rps, err := chunkstore.ListRepo(context.Background(), repo)
 	require.NoError(t, err)
 	home := t.TempDir()
 	code, _, errs = runCLI(t, "mover", "init", "--home", home)

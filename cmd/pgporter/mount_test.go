@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"math/rand/v2"
 	"os"
 	"os/user"
@@ -155,7 +156,7 @@ func TestMountCLI(t *testing.T) {
 func TestMountCLIErrors(t *testing.T) {
 	dir := t.TempDir()
 	repo := filepath.Join(dir, "repo")
-	r, err := chunkstore.OpenRepo(repo, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), repo, nil)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
 	empty := filepath.Join(dir, "empty")

@@ -38,10 +38,10 @@ naming them. wal-push goes on.`,
 			if len(args) == 0 && policy.KeepLast <= 0 && policy.KeepDaily <= 0 && policy.KeepWeekly <= 0 {
 				return usagef("forget needs restore point IDs or a --keep-last, --keep-daily or --keep-weekly rule")
 			}
-			if _, err := chunkstore.ListRepo(repo); err != nil {
+			if _, err := chunkstore.ListRepo(cmd.Context(), repo); err != nil {
 				return err
 			}
-			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive, LockWait: wait})
+			r, err := chunkstore.OpenRepoWith(cmd.Context(), repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive, LockWait: wait})
 			if err != nil {
 				return err
 			}
@@ -120,10 +120,10 @@ wal-fetch waits for it.`,
 			if repo == "" {
 				return usagef("prune needs --repo DIR")
 			}
-			if _, err := chunkstore.ListRepo(repo); err != nil {
+			if _, err := chunkstore.ListRepo(cmd.Context(), repo); err != nil {
 				return err
 			}
-			r, err := chunkstore.OpenRepoWith(repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive, LockWait: wait})
+			r, err := chunkstore.OpenRepoWith(cmd.Context(), repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, Lock: chunkstore.LockExclusive, LockWait: wait})
 			if err != nil {
 				return err
 			}

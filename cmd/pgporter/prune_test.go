@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,7 +17,7 @@ import (
 // waits for the holder to let go, then prunes.
 func TestPruneWait(t *testing.T) {
 	repo := filepath.Join(t.TempDir(), "repo")
-	held, err := chunkstore.OpenRepo(repo, nil) // a shared lock, as an export's
+	held, err := chunkstore.OpenRepo(context.Background(), repo, nil) // a shared lock, as an export's
 	require.NoError(t, err)
 	released := false
 	t.Cleanup(func() {

@@ -92,7 +92,7 @@ func pubConn(t *testing.T, port int, db string) *pgx.Conn {
 // the sizes of the pack files.
 func repoState(t *testing.T, repo string) string {
 	t.Helper()
-	rps, err := chunkstore.ListRepo(repo)
+	rps, err := chunkstore.ListRepo(context.Background(), repo)
 	require.NoError(t, err)
 	var b strings.Builder
 	for _, rp := range rps {
@@ -412,7 +412,7 @@ func TestPublishRepoPeerCLI(t *testing.T) {
 	t.Logf("publish --repo-peer: up in %v", time.Since(start).Round(time.Millisecond))
 	require.Equal(t, peer, p.RepoPeer)
 	require.Empty(t, p.Repo)
-	rps, err := chunkstore.ListRepo(repo)
+	rps, err := chunkstore.ListRepo(context.Background(), repo)
 	require.NoError(t, err)
 	require.Equal(t, rps[len(rps)-1].ID, p.RestorePoint, "latest is resolved and journaled")
 

@@ -37,7 +37,7 @@ one whose end segment is not archived: it exports as of itself only.`,
 			if repo == "" {
 				return usagef("restore-points needs --repo DIR")
 			}
-			rps, err := chunkstore.ListRepo(repo)
+			rps, err := chunkstore.ListRepo(cmd.Context(), repo)
 			if err != nil {
 				return err
 			}

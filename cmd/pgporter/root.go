@@ -73,6 +73,9 @@ One binary plays every role: repository, staging and target movers
 				return err
 			}
 			g.log = log
+			// Code that logs without a logger handed to it (a listing of a
+			// repository on object storage, retrying) logs as the command does.
+			slog.SetDefault(log)
 			if abs, err := filepath.Abs(g.home); err == nil {
 				g.home = abs
 			}

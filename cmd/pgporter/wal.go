@@ -125,7 +125,7 @@ func runWALPush(ctx context.Context, g *globals, o walOpts, path string) error {
 		// No lock, and no chunk of anyone else's: a prune never makes it
 		// wait or lose data. Its flushes stay short: bigger merges of the
 		// index are left to backups (design/0007).
-		r, err := chunkstore.OpenRepoWith(o.repo, chunkstore.RepoOptions{
+		r, err := chunkstore.OpenRepoWith(ctx, o.repo, chunkstore.RepoOptions{
 			Store: chunkstore.LocalOptions{Logger: g.log, MaxMerge: walPushMaxMerge, WriteOnly: true},
 			Lock:  chunkstore.LockNone,
 		})
@@ -213,12 +213,12 @@ func runWALFetch(ctx context.Context, g *globals, o walOpts, name, dst string) e
 		return rr.FetchWAL(ctx, name, dst)
 	}
 	// Reading must not create a repository.
-	if _, err := chunkstore.ListRepo(o.repo); err != nil {
+	if _, err := chunkstore.ListRepo(ctx, o.repo); err != nil {
 		return err
 	}
 	// A prune holds the repository for a while: waiting beats a failure,
 	// which PostgreSQL would take for the end of the archive.
-	r, err := chunkstore.OpenRepoWith(o.repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, LockWait: walFetchLockWait})
+	r, err := chunkstore.OpenRepoWith(ctx, o.repo, chunkstore.RepoOptions{Store: chunkstore.LocalOptions{Logger: g.log}, LockWait: walFetchLockWait})
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"os"
@@ -29,7 +30,7 @@ func TestWALArchive(t *testing.T) {
 
 	// Root holds the repository open all along, as a publication would,
 	// and reads segments through that handle once they are archived.
-	held, err := chunkstore.OpenRepo(repo, nil)
+	held, err := chunkstore.OpenRepo(context.Background(), repo, nil)
 	require.NoError(t, err)
 	defer held.Close()
 
@@ -394,7 +395,7 @@ func copyExecutable(t *testing.T, p string) {
 // code 5, naming the permission), and the flags are checked.
 func TestWALRepoPeerCLI(t *testing.T) {
 	repo := filepath.Join(t.TempDir(), "repo")
-	r, err := chunkstore.OpenRepo(repo, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), repo, nil)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
 
