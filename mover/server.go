@@ -37,6 +37,9 @@ type ServerOptions struct {
 	Listen string   // UDP address, default ":7448"
 	Roots  []string // directories transfers may write into
 	Repo   string   // backup repository served to peers trusted with read; "" serves none
+	// Serving, if set, is called once Serve accepts connections and
+	// /healthz says so: where a caller announces that the mover is up.
+	Serving func()
 	// RepoLinger is how long Repo stays open (its shared lock held) after
 	// the last connection that used it ended; default 10s, negative: not
 	// at all. A prune of the repository can run once it is closed.
@@ -300,6 +303,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.serving.Store(true)
 	defer context.AfterFunc(ctx, func() { s.serving.Store(false) })()
 	defer s.serving.Store(false)
+	if s.o.Serving != nil {
+		s.o.Serving()
+	}
 	wctx, stopWatch := context.WithCancel(ctx)
 	s.conns.Add(1)
 	go func() {

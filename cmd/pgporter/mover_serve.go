@@ -245,6 +245,9 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	}
 	waitPortReleased(ctx, so.listen, 30*time.Second, g.log)
 	srv, err = mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
+		// Scripts and tests read the address (useful with port 0) from
+		// stdout, once the mover serves (/healthz says ok from then on).
+		Serving: func() { fmt.Fprintf(g.stdout, "listening on %s as %s\n", srv.Addr(), srv.ID()) },
 		PeerMemory: memory[0], TotalMemory: memory[1], VerifyCommit: so.verifyCommit,
 		SyncBytes: syncBytes, SyncInterval: so.syncInterval})
 	if err != nil {
@@ -260,8 +263,6 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 		defer hs.Close()
 		g.log.Info("metrics", "addr", ln.Addr().String())
 	}
-	// Scripts and tests read the address (useful with port 0) from stdout.
-	fmt.Fprintf(g.stdout, "listening on %s as %s\n", srv.Addr(), srv.ID())
 	start := time.Now()
 	stopping := context.AfterFunc(ctx, func() {
 		g.log.Info("mover stopping: closing connections once received data is durable", "listen", srv.Addr().String())

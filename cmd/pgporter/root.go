@@ -116,6 +116,7 @@ One binary plays every role: repository, staging and target movers
 		newVersionCmd(g),
 		newGenManCmd(g),
 		newConfigCmd(g),
+		newRepoCmd(g),
 	)
 	// 'pgporter completion bash|zsh|fish' is cobra's; the values it
 	// completes (sessions, restore points, ...) are ours.
