@@ -257,15 +257,17 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	var env []string // pgporter's, for an S3 repository
 	cache := filepath.Join(d, "cache")
 	var pbrS3 *pgBackRestS3
-	var repo string
+	var repo string // a directory, or pgporter's s3:// URL
 	if t.s3 != nil {
 		if err := t.s3.CreateBucket(ctx, name); err != nil {
 			return Measure{}, err
 		}
 		defer func() {
-			// A fresh context: the run's may be cancelled, and the
-			// bucket would fill the server's disk.
-			if rerr := t.s3.RemoveBucket(context.WithoutCancel(ctx), name); rerr != nil {
+			// Not the run's context, which may be cancelled: the bucket
+			// would fill the server's disk.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if rerr := t.s3.RemoveBucket(rctx, name); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
 		}()
@@ -273,7 +275,6 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 			size, _, err := t.s3.Size(ctx, name, s3RepoPrefix+"/")
 			return size, err
 		}
-		repo = "s3://" + name + "/" + s3RepoPrefix
 		env = append(append(os.Environ(), t.s3.Env()...), "PGPORTER_CACHE_DIR="+cache)
 		host, port, err := t.s3.TLSHostPort()
 		if err != nil {
@@ -285,8 +286,9 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	var backup func(ctx context.Context, peak string, first bool) (*exec.Cmd, error)
 	switch t.kind {
 	case "pgporter":
-		if repo == "" {
-			repo = filepath.Join(d, "repo")
+		repo = filepath.Join(d, "repo")
+		if t.s3 != nil {
+			repo = "s3://" + name + "/" + s3RepoPrefix
 		}
 		backup = func(ctx context.Context, peak string, _ bool) (*exec.Cmd, error) {
 			args := []string{t.bin, "--home", filepath.Join(d, "home"), "backup", "--repo", repo, "--pgdata", j.pgdata, "--json"}
@@ -313,9 +315,7 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		if err != nil {
 			return Measure{}, err
 		}
-		if repo == "" {
-			repo = p.repo
-		}
+		repo = p.repo
 		if err := j.with(j.first, func() error { return p.run(ctx, "--no-online", "stanza-create") }); err != nil {
 			return Measure{}, err
 		}
