@@ -63,7 +63,55 @@ func (s *Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err := RequirePgBackRest(); err != nil {
 		return nil, err
 	}
-	scale := s.Scale
+	d, err := prepareBackupData(ctx, env, s.Name(), s.Scale)
+	if err != nil {
+		return nil, err
+	}
+	j := d.job
+	return &Setup{
+		Bytes: d.sizeA,
+		Sides: []string{"backup"},
+		Notes: map[string]string{
+			"data":        d.describe(),
+			"input":       fmt.Sprintf("the data directory of the stopped cluster, before the changes, %.0f MB of it the WAL segments in pg_wal", float64(d.wal)/1e6),
+			"pgbackrest":  fmt.Sprintf("%s --no-online (an offline cluster: no WAL archive), compress-type=zst compress-level=1 (pgporter's codec and level), process-max=%d", pgBackRestVersion(ctx), runtime.NumCPU()),
+			"repository":  "each run starts empty; repo_MB is its size after the timed backup, growth_MB what the timed backup added",
+			"after first": "the rows '(after changes)' and 'incr' time the second backup, after an untimed first one into the same repository",
+			"settle":      "sync and drop_caches before every run: each reads the data directory cold",
+		},
+		Tools: []Tool{
+			&backupTool{job: j, kind: "pgporter", bin: s.Pgporter},
+			&backupTool{job: j, kind: "pgporter", bin: s.Pgporter, second: true},
+			&backupTool{job: j, kind: "pgbackrest"},
+			&backupTool{job: j, kind: "pgbackrest", second: true},
+		},
+		Settle:  func(ctx context.Context) error { return exportSettle(ctx, 0) },
+		SpeedUp: &SpeedUp{Of: "pgporter backup", Over: "pgbackrest full"},
+		Close:   d.cluster.remove,
+	}, nil
+}
+
+// backupData is the backup scenarios' data: a stopped cluster's data
+// directory before and after the changes, and the job that backs it up.
+type backupData struct {
+	cluster           *pgCluster
+	job               *backupJob
+	scale, docs       int
+	sizeA, sizeB, wal int64 // the states' sizes, and pg_wal's in the first
+	files             int
+}
+
+// describe is the results' note on the data.
+func (d *backupData) describe() string {
+	return fmt.Sprintf("pgbench -i -s %d plus %d rows of md5 text, jsonb and words; then 1%% of the rows of both tables appended and %d rows updated (%d bytes after)", d.scale, d.docs, UpdatedRows, d.sizeB)
+}
+
+// prepareBackupData fills a throwaway cluster (pgbench -s scale, 0 meaning
+// 20 or 1 with env.Smoke, and scale×30,000 rows of docs), keeps a copy of
+// its data directory, then appends 1% of the rows and updates UpdatedRows
+// of them: the two states that the backup tools read in turn. The caller
+// removes d.cluster.
+func prepareBackupData(ctx context.Context, env Env, name string, scale int) (_ *backupData, err error) {
 	if scale <= 0 {
 		scale = 20
 		if env.Smoke {
@@ -74,7 +122,7 @@ func (s *Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err := os.Chmod(env.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	env.Logf("backup: filling bench (pgbench -s %d, %d rows of docs), then appending 1%% and updating %d rows", scale, docs, UpdatedRows)
+	env.Logf("%s: filling bench (pgbench -s %d, %d rows of docs), then appending 1%% and updating %d rows", name, scale, docs, UpdatedRows)
 	c, err := newBenchCluster(ctx, scale, docs)
 	if err != nil {
 		return nil, err
@@ -107,45 +155,23 @@ func (s *Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err := os.Rename(c.DataDir, b); err != nil {
 		return nil, err
 	}
-	sizeA, files, err := treeSize(a)
-	if err != nil {
+	d := &backupData{cluster: c, scale: scale, docs: docs}
+	if d.sizeA, d.files, err = treeSize(a); err != nil {
 		return nil, err
 	}
-	sizeB, _, err := treeSize(b)
-	if err != nil {
+	if d.sizeB, _, err = treeSize(b); err != nil {
 		return nil, err
 	}
-	wal, _, err := treeSize(filepath.Join(a, "pg_wal"))
-	if err != nil {
+	if d.wal, _, err = treeSize(filepath.Join(a, "pg_wal")); err != nil {
 		return nil, err
 	}
-	env.Logf("backup: the data directory is %d bytes in %d files (%d of them in pg_wal), %d after the changes", sizeA, files, wal, sizeB)
+	env.Logf("%s: the data directory is %d bytes in %d files (%d of them in pg_wal), %d after the changes", name, d.sizeA, d.files, d.wal, d.sizeB)
 	cred, err := pgtool.ServerCredential("")
 	if err != nil {
 		return nil, err
 	}
-	j := &backupJob{pgdata: c.DataDir, first: a, second: b, dir: env.Dir, cred: cred, logf: env.Logf, name: "backup"}
-	return &Setup{
-		Bytes: sizeA,
-		Sides: []string{"backup"},
-		Notes: map[string]string{
-			"data":        fmt.Sprintf("pgbench -i -s %d plus %d rows of md5 text, jsonb and words; then 1%% of the rows of both tables appended and %d rows updated (%d bytes after)", scale, docs, UpdatedRows, sizeB),
-			"input":       fmt.Sprintf("the data directory of the stopped cluster, before the changes, %.0f MB of it the WAL segments in pg_wal", float64(wal)/1e6),
-			"pgbackrest":  fmt.Sprintf("%s --no-online (an offline cluster: no WAL archive), compress-type=zst compress-level=1 (pgporter's codec and level), process-max=%d", pgBackRestVersion(ctx), runtime.NumCPU()),
-			"repository":  "each run starts empty; repo_MB is its size after the timed backup, growth_MB what the timed backup added",
-			"after first": "the rows '(after changes)' and 'incr' time the second backup, after an untimed first one into the same repository",
-			"settle":      "sync and drop_caches before every run: each reads the data directory cold",
-		},
-		Tools: []Tool{
-			&backupTool{job: j, kind: "pgporter", bin: s.Pgporter},
-			&backupTool{job: j, kind: "pgporter", bin: s.Pgporter, second: true},
-			&backupTool{job: j, kind: "pgbackrest"},
-			&backupTool{job: j, kind: "pgbackrest", second: true},
-		},
-		Settle:  func(ctx context.Context) error { return exportSettle(ctx, 0) },
-		SpeedUp: &SpeedUp{Of: "pgporter backup", Over: "pgbackrest full"},
-		Close:   c.remove,
-	}, nil
+	d.job = &backupJob{pgdata: c.DataDir, first: a, second: b, dir: env.Dir, cred: cred, logf: env.Logf, name: name}
+	return d, nil
 }
 
 // backupJob is what the backup tools share: the data directory path that
@@ -175,25 +201,38 @@ func (j *backupJob) with(state string, f func() error) error {
 }
 
 // backupTool runs one tool's backup: its first into an empty repository,
-// or (second) its second after an untimed first.
+// or (second) its second after an untimed first. The repository is a
+// directory, or with s3 a bucket of its own on that server.
 type backupTool struct {
 	job    *backupJob
 	kind   string // "pgporter" or "pgbackrest"
 	bin    string // pgporter's
 	second bool
+	s3     *s3Server
 }
 
 func (t *backupTool) Name() string {
+	var name string
 	switch {
-	case t.kind == "pgporter" && t.second:
-		return "pgporter backup (after changes)"
 	case t.kind == "pgporter":
-		return "pgporter backup"
+		name = "pgporter backup"
 	case t.second:
-		return "pgbackrest incr"
+		name = "pgbackrest incr"
+	default:
+		name = "pgbackrest full"
 	}
-	return "pgbackrest full"
+	if t.s3 != nil {
+		name += " to S3"
+	}
+	if t.kind == "pgporter" && t.second {
+		name += " (after changes)"
+	}
+	return name
 }
+
+// s3RepoPrefix is the key prefix of pgporter's repository in its bucket,
+// s3://BUCKET/repo: pgBackRest's (pgBackRestS3Path) has the same.
+const s3RepoPrefix = "repo"
 
 func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	j := t.job
@@ -201,22 +240,63 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	if t.second {
 		step = "second"
 	}
-	d := filepath.Join(j.dir, fmt.Sprintf("%s-%s-%d", t.kind, step, rep))
+	where := "dir"
+	if t.s3 != nil {
+		where = "s3"
+	}
+	// Also the bucket's name: lower case, digits and dashes.
+	name := fmt.Sprintf("%s-%s-%s-%d", t.kind, where, step, rep)
+	d := filepath.Join(j.dir, name)
 	if err := os.Mkdir(d, 0o755); err != nil {
 		return Measure{}, err
 	}
 	defer func() { err = errors.Join(err, os.RemoveAll(d)) }()
+	// repoSize measures the repository: its files' apparent sizes, or the
+	// sizes of the objects under its prefix.
+	var repoSize func() (int64, error)
+	var env []string // pgporter's, for an S3 repository
+	cache := filepath.Join(d, "cache")
+	var pbrS3 *pgBackRestS3
+	var repo string // a directory, or pgporter's s3:// URL
+	if t.s3 != nil {
+		if err := t.s3.CreateBucket(ctx, name); err != nil {
+			return Measure{}, err
+		}
+		defer func() {
+			// Not the run's context, which may be cancelled: the bucket
+			// would fill the server's disk.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if rerr := t.s3.RemoveBucket(rctx, name); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}()
+		repoSize = func() (int64, error) {
+			size, _, err := t.s3.Size(ctx, name, s3RepoPrefix+"/")
+			return size, err
+		}
+		env = append(append(os.Environ(), t.s3.Env()...), "PGPORTER_CACHE_DIR="+cache)
+		host, port, err := t.s3.TLSHostPort()
+		if err != nil {
+			return Measure{}, err
+		}
+		v := t.s3.vars
+		pbrS3 = &pgBackRestS3{Host: host, Port: port, Bucket: name, Key: v["AWS_ACCESS_KEY_ID"], Secret: v["AWS_SECRET_ACCESS_KEY"], Region: v["AWS_REGION"]}
+	}
 	var backup func(ctx context.Context, peak string, first bool) (*exec.Cmd, error)
-	var repo string
 	switch t.kind {
 	case "pgporter":
 		repo = filepath.Join(d, "repo")
+		if t.s3 != nil {
+			repo = "s3://" + name + "/" + s3RepoPrefix
+		}
 		backup = func(ctx context.Context, peak string, _ bool) (*exec.Cmd, error) {
 			args := []string{t.bin, "--home", filepath.Join(d, "home"), "backup", "--repo", repo, "--pgdata", j.pgdata, "--json"}
 			if peak != "" {
 				args = append([]string{"/usr/bin/time", "-f", "%M", "-o", peak}, args...)
 			}
 			cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+			cmd.Env = env
 			var out, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &stderr
 			if err := cmd.Run(); err != nil {
@@ -231,7 +311,7 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 			return cmd, nil
 		}
 	case "pgbackrest":
-		p, err := newPgBackRest(d, pgBackRestServer{PGData: j.pgdata}, j.cred)
+		p, err := newPgBackRestOn(d, pgBackRestServer{PGData: j.pgdata}, pbrS3, j.cred)
 		if err != nil {
 			return Measure{}, err
 		}
@@ -253,6 +333,15 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	default:
 		return Measure{}, fmt.Errorf("backup: unknown tool %q", t.kind)
 	}
+	if repoSize == nil {
+		repoSize = func() (int64, error) {
+			size, _, err := treeSize(repo)
+			if errors.Is(err, os.ErrNotExist) {
+				return 0, nil
+			}
+			return size, err
+		}
+	}
 
 	state := j.first
 	if t.second {
@@ -261,8 +350,8 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		}
 		state = j.second
 	}
-	before, _, err := treeSize(repo)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	before, err := repoSize()
+	if err != nil {
 		return Measure{}, err
 	}
 	peak := filepath.Join(d, "backup.rss")
@@ -275,20 +364,28 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 			return Measure{}, err
 		}
 	}
+	var server0, server1 float64
 	var cmd *exec.Cmd
 	var wall time.Duration
-	err = j.with(state, func() error {
+	err = j.with(state, func() (err error) {
+		if t.s3 != nil {
+			if server0, err = t.s3.CPU(); err != nil {
+				return err
+			}
+		}
 		t0 := time.Now()
-		var err error
 		cmd, err = backup(ctx, peak, !t.second)
 		wall = time.Since(t0)
+		if err == nil && t.s3 != nil {
+			server1, err = t.s3.CPU()
+		}
 		return err
 	})
 	if err != nil {
 		return Measure{}, err
 	}
 	// Untimed from here.
-	after, _, err := treeSize(repo)
+	after, err := repoSize()
 	if err != nil {
 		return Measure{}, err
 	}
@@ -297,6 +394,16 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		return Measure{}, err
 	}
 	extra := map[string]float64{"repo_MB": float64(after) / 1e6, "growth_MB": float64(after-before) / 1e6}
+	if t.s3 != nil {
+		extra["server_CPU_s"] = server1 - server0
+		if t.kind == "pgporter" {
+			size, _, err := treeSize(cache)
+			if err != nil {
+				return Measure{}, err
+			}
+			extra["cache_MB"] = float64(size) / 1e6
+		}
+	}
 	j.logf("%s: %s: %.1f s, the repository grew by %.1f MB to %.1f MB", j.name, t.Name(), wall.Seconds(), extra["growth_MB"], extra["repo_MB"])
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil
 }

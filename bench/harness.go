@@ -40,8 +40,8 @@ type Options struct {
 	// MultiDBScale is the pgbench scale of each of multidb's databases; 0
 	// means 20, or 1 with Smoke.
 	MultiDBScale int
-	// BackupScale is the backup scenario's pgbench scale; 0 means 20, or 1
-	// with Smoke.
+	// BackupScale is the pgbench scale of the backup and s3-backup
+	// scenarios; 0 means 20, or 1 with Smoke.
 	BackupScale int
 	// ScaleBase is the scale scenarios' pgbench scale at 1x; 0 means 10, or
 	// 1 with Smoke.
@@ -90,6 +90,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		exportScenario(o),
 		multiDBScenario(o),
 		&Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
+		&S3Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
 		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&WALPush{Pgporter: o.Pgporter},
@@ -203,6 +204,8 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		case *Delta:
 			bin = &s.Pgporter
 		case *Backup:
+			bin = &s.Pgporter
+		case *S3Backup:
 			bin = &s.Pgporter
 		case *Scale:
 			bin = &s.Pgporter

@@ -20,7 +20,7 @@ import (
 type pgBackRest struct {
 	dir    string // holds pgbackrest.conf, repo/, log/, lock/, spool/
 	conf   string
-	repo   string
+	repo   string // "" when the repository is on S3
 	stanza string
 	cred   *syscall.Credential // the postgres OS user, or nil
 }
@@ -41,30 +41,75 @@ type pgBackRestServer struct {
 	Port   int
 }
 
+// pgBackRestS3 is a repository on an S3 server, reached over HTTPS (the
+// only protocol pgBackRest speaks to S3) with path-style addressing, the
+// server's certificate not verified (the test server's is self-signed).
+type pgBackRestS3 struct {
+	Host        string // 127.0.0.1
+	Port        int
+	Bucket      string
+	Key, Secret string
+	Region      string
+}
+
+// settings returns the repository's lines of pgbackrest.conf.
+func (s *pgBackRestS3) settings() []string {
+	return []string{
+		"repo1-type=s3",
+		"repo1-path=/" + pgBackRestS3Path,
+		"repo1-s3-endpoint=" + s.Host,
+		"repo1-storage-port=" + strconv.Itoa(s.Port),
+		"repo1-s3-bucket=" + s.Bucket,
+		"repo1-s3-key=" + s.Key,
+		"repo1-s3-key-secret=" + s.Secret,
+		"repo1-s3-region=" + s.Region,
+		"repo1-s3-uri-style=path",
+		"repo1-storage-verify-tls=n",
+	}
+}
+
+// pgBackRestS3Path is the repository's path in its bucket: its objects'
+// keys start with it and a slash.
+const pgBackRestS3Path = "repo"
+
 // newPgBackRest writes a stanza's configuration for srv under dir (which it
-// makes) and gives dir to cred's user. process-max is the machine's cores.
-// It creates no stanza: see create.
+// makes), with its repository in dir/repo, and gives dir to cred's user.
+// process-max is the machine's cores. It creates no stanza: see create.
 func newPgBackRest(dir string, srv pgBackRestServer, cred *syscall.Credential) (*pgBackRest, error) {
+	return newPgBackRestOn(dir, srv, nil, cred)
+}
+
+// newPgBackRestOn is newPgBackRest with the repository on an S3 server when
+// s3 is not nil; p.repo is then "".
+func newPgBackRestOn(dir string, srv pgBackRestServer, s3 *pgBackRestS3, cred *syscall.Credential) (*pgBackRest, error) {
 	p := &pgBackRest{dir: dir, conf: filepath.Join(dir, "pgbackrest.conf"), repo: filepath.Join(dir, "repo"), stanza: pgBackRestStanza, cred: cred}
-	global := append([]string{
-		"repo1-path=" + p.repo,
+	repo := []string{"repo1-path=" + p.repo}
+	if s3 != nil {
+		p.repo = ""
+		repo = s3.settings()
+	}
+	global := append(repo,
 		// Kept forever: a benchmark never expires a backup, and the
 		// default retention only warns on every backup.
 		"repo1-retention-full=9999999",
-		"log-path=" + filepath.Join(dir, "log"),
-		"lock-path=" + filepath.Join(dir, "lock"),
-		"spool-path=" + filepath.Join(dir, "spool"),
+		"log-path="+filepath.Join(dir, "log"),
+		"lock-path="+filepath.Join(dir, "lock"),
+		"spool-path="+filepath.Join(dir, "spool"),
 		"log-level-console=warn",
 		"log-level-file=off",
-		"process-max=" + strconv.Itoa(runtime.NumCPU()),
+		"process-max="+strconv.Itoa(runtime.NumCPU()),
 		"start-fast=y",
-	}, pgBackRestCompress...)
+	)
+	global = append(global, pgBackRestCompress...)
 	stanza := []string{"pg1-path=" + srv.PGData}
 	if srv.Socket != "" {
 		stanza = append(stanza, "pg1-socket-path="+srv.Socket, "pg1-port="+strconv.Itoa(srv.Port))
 	}
 	conf := "[global]\n" + strings.Join(global, "\n") + "\n\n[" + p.stanza + "]\n" + strings.Join(stanza, "\n") + "\n"
 	for _, d := range []string{dir, p.repo, filepath.Join(dir, "log"), filepath.Join(dir, "lock"), filepath.Join(dir, "spool")} {
+		if d == "" {
+			continue
+		}
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, err
 		}

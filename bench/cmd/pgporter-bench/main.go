@@ -120,7 +120,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.DurationVar(&o.OutageLength, "outage", 0, "outage: how long the path is down (default 20s, 1s with --smoke)")
 	f.IntVar(&o.MultiDBs, "multidb-dbs", 0, "multidb: databases in the cluster, shop included, each shaped by --export-data (default 4, 2 with --smoke)")
 	f.IntVar(&o.MultiDBScale, "multidb-scale", 0, "multidb: pgbench scale of each database, or mixed's size in the same unit (default 20, 1 with --smoke)")
-	f.IntVar(&o.BackupScale, "backup-scale", 0, "backup: pgbench scale of the cluster, plus scale×30,000 rows of md5 text, jsonb and words (default 20, 1 with --smoke)")
+	f.IntVar(&o.BackupScale, "backup-scale", 0, "backup and s3-backup: pgbench scale of the cluster, plus scale×30,000 rows of md5 text, jsonb and words (default 20, 1 with --smoke)")
 	f.IntVar(&o.ScaleBase, "scale-base", 0, "scale-1x, scale-10x: pgbench scale at 1x, plus scale×30,000 rows of md5 text, jsonb and words (default 10, 1 with --smoke)")
 	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
 	c.SetArgs(args)
