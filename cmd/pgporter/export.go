@@ -112,7 +112,7 @@ Flags that make no sense together are refused, naming both.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runExport(cmd, g, eo) },
 	}
 	f := c.Flags()
-	f.StringVar(&eo.plan.Repo, "repo", "", "backup repository: a directory or s3://BUCKET/PREFIX")
+	f.StringVar(&eo.plan.Repo, "repo", "", "repository: directory or s3://BUCKET/PREFIX")
 	f.StringVar(&eo.plan.RestorePoint, "restore-point", "latest", "restore point ID, or latest (with --at TIME: the newest taken before TIME)")
 	f.StringVar(&eo.at, "at", "", "export as of this time (RFC 3339, or '2006-01-02 15:04:05[.999999][+00]'; no zone means UTC), or 'end' for the end of the WAL archive")
 	f.StringVar(&eo.atLSN, "at-lsn", "", "export as of this WAL location (like 0/3000148)")

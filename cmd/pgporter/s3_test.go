@@ -81,6 +81,33 @@ func TestObjectStorageCLI(t *testing.T) {
 	require.NoError(t, err, "%s", toc)
 	require.Contains(t, string(toc), "TABLE DATA public pgbench_accounts")
 
+	// Copied to a directory and into another bucket: the same points, and
+	// a second copy copies nothing.
+	local := filepath.Join(t.TempDir(), "local")
+	code, out, errs = runCLI(t, "repo", "copy", "--from", repo, "--to", local, "--json")
+	require.Equal(t, 0, code, errs)
+	var cp struct {
+		Points int `json:"restore_points"`
+		Chunks int `json:"chunks"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &cp), out)
+	require.Equal(t, 1, cp.Points)
+	require.Positive(t, cp.Chunks)
+	other := "s3://" + srv.NewBucket(t) + "/copy"
+	code, out, errs = runCLI(t, "repo", "copy", "--from", local, "--to", other)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "1 restore points copied")
+	code, out, errs = runCLI(t, "repo", "copy", "--from", repo, "--to", other)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "0 restore points copied (1 present already)")
+	for _, r := range []string{local, other} {
+		code, out, errs = runCLI(t, "check", "--repo", r, "--read-data")
+		require.Equal(t, 0, code, "%s: %s%s", r, out, errs)
+		code, out, errs = runCLI(t, "restore-points", "--repo", r)
+		require.Equal(t, 0, code, errs)
+		require.Contains(t, out, id)
+	}
+
 	// Not built for object storage yet: refused, nothing changed.
 	for _, args := range [][]string{
 		{"prune", "--repo", repo},
