@@ -81,6 +81,9 @@ func (r *Repo) Forget(points []RestorePoint) error {
 	if r.lock == nil || !r.lock.info.Exclusive {
 		return errors.New("chunkstore: forget needs the repository's exclusive lock")
 	}
+	if r.remote != nil {
+		return r.forgetRemote(points)
+	}
 	for _, rp := range points {
 		if err := os.Remove(filepath.Join(r.pointsDir(), rp.ID+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("chunkstore: forgetting %s: %w", rp.ID, err)
@@ -127,6 +130,9 @@ type packUse struct {
 func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 	if r.lock == nil || !r.lock.info.Exclusive {
 		return nil, errors.New("chunkstore: prune needs the repository's exclusive lock")
+	}
+	if r.remote != nil {
+		return nil, fmt.Errorf("prune: %w", ErrRemoteUnsupported)
 	}
 	l := r.store
 	lockf, err := os.OpenFile(filepath.Join(l.dir, "compact.lock"), os.O_RDWR|os.O_CREATE, 0o644)

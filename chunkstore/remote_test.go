@@ -352,8 +352,26 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	require.NoError(t, err)
 	require.Empty(t, rep.Problems)
 
-	_, err = chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	// Locks are objects: r2's shared lock keeps forget out, and once it
+	// is released, forget's exclusive lock keeps others out.
+	_, err = chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.ErrorIs(t, err, chunkstore.ErrRepoLocked)
+	require.ErrorContains(t, err, "shared lock")
+	require.NoError(t, r2.Close())
+	x, err := chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	_, err = chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{})
+	require.ErrorIs(t, err, chunkstore.ErrRepoLocked)
+	require.NoError(t, x.Forget([]chunkstore.RestorePoint{*rp}))
+	_, err = x.Prune(ctx, true)
 	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
+	require.NoError(t, x.Close())
+	list, err = chunkstore.ListRepo(ctx, url)
+	require.NoError(t, err)
+	require.Len(t, list, 1, "forgotten")
+	require.Equal(t, rp2.ID, list[0].ID)
+	r2 = openRepo(t, url)
+
 	_, err = chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Lock: chunkstore.LockNone})
 	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
 	_, err = r2.WALRecord("000000010000000000000001")

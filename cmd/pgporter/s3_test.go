@@ -108,10 +108,16 @@ func TestObjectStorageCLI(t *testing.T) {
 		require.Contains(t, out, id)
 	}
 
+	// forget works on object storage: the copy's point goes.
+	code, out, errs = runCLI(t, "forget", "--repo", other, id)
+	require.Equal(t, 0, code, errs)
+	code, out, errs = runCLI(t, "restore-points", "--repo", other, "--json")
+	require.Equal(t, 0, code, errs)
+	require.NotContains(t, out, id)
+
 	// Not built for object storage yet: refused, nothing changed.
 	for _, args := range [][]string{
 		{"prune", "--repo", repo},
-		{"forget", "--repo", repo, "--keep-last", "1"},
 		{"--home", home, "export", "--repo", repo, "--db", "shop", "--to", t.TempDir(), "--at", "end"},
 	} {
 		code, _, errs = runCLI(t, args...)
