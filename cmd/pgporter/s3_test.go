@@ -108,16 +108,31 @@ func TestObjectStorageCLI(t *testing.T) {
 		require.Contains(t, out, id)
 	}
 
-	// forget works on object storage: the copy's point goes.
+	// forget and prune work on object storage: the copy's point goes, and
+	// with it every chunk.
 	code, out, errs = runCLI(t, "forget", "--repo", other, id)
 	require.Equal(t, 0, code, errs)
 	code, out, errs = runCLI(t, "restore-points", "--repo", other, "--json")
 	require.Equal(t, 0, code, errs)
 	require.NotContains(t, out, id)
+	code, out, errs = runCLI(t, "prune", "--repo", other, "--json")
+	require.Equal(t, 0, code, errs)
+	var pr struct {
+		Stats struct {
+			Live  int `json:"live_chunks"`
+			Dead  int `json:"dead_chunks"`
+			Packs int `json:"packs_deleted"`
+		} `json:"stats"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &pr), out)
+	require.Zero(t, pr.Stats.Live)
+	require.Equal(t, cp.Chunks, pr.Stats.Dead)
+	require.Positive(t, pr.Stats.Packs)
+	code, out, errs = runCLI(t, "check", "--repo", other, "--read-data")
+	require.Equal(t, 0, code, "%s%s", out, errs)
 
 	// Not built for object storage yet: refused, nothing changed.
 	for _, args := range [][]string{
-		{"prune", "--repo", repo},
 		{"--home", home, "export", "--repo", repo, "--db", "shop", "--to", t.TempDir(), "--at", "end"},
 	} {
 		code, _, errs = runCLI(t, args...)
