@@ -216,13 +216,9 @@ func TestRemoteS3(t *testing.T) {
 // finish through the bounded retries, the backup's restore point reads
 // back whole, and check finds nothing wrong.
 func testRemoteFaults(t *testing.T, srv *s3test.Server) {
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	srv.SetEnv(t)
 	proxy := testsupport.NewHTTPFaultProxy(t, srv.Endpoint)
 	t.Setenv("AWS_ENDPOINT_URL", proxy.URL)
-	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
 	url := "s3://" + srv.NewBucket(t) + "/faults"
 
 	isPackPut := func(r *http.Request) bool {
@@ -311,11 +307,7 @@ func testRemoteFaults(t *testing.T, srv *s3test.Server) {
 // changed; a host with an empty cache lists and reads them; check passes;
 // what is not built for object storage yet is refused, creating nothing.
 func testRemoteRepo(t *testing.T, srv *s3test.Server) {
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	srv.SetEnv(t)
 	url := "s3://" + srv.NewBucket(t) + "/team/db1"
 
 	_, err := chunkstore.ListRepo(context.Background(), url)

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -715,11 +714,7 @@ func TestRemoteRepoConformance(t *testing.T) {
 // loopback QUIC, the repository on a real S3 server.
 func TestRemoteRepoConformanceS3(t *testing.T) {
 	srv := s3test.Start(t)
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	srv.SetEnv(t)
 	f := backupFakeTo(t, 1, "s3://"+srv.NewBucket(t)+"/repo")
 	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir()) // the mover's host
 	f.testReceiver = startReceiver(t, ServerOptions{Repo: f.repoDir})

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -27,11 +26,7 @@ func TestObjectStorageCLI(t *testing.T) {
 	testsupport.RequirePG(t)
 	testsupport.RequireFUSE(t)
 	srv := s3test.Start(t)
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	srv.SetEnv(t)
 	repo := "s3://" + srv.NewBucket(t) + "/prod/db1"
 
 	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
