@@ -27,10 +27,12 @@ import (
 //
 // Its directory is then a cache, never the truth: idx/ holds copies of the
 // runs it has listed (checked by their own hash when mapped, as any run),
-// and packs/ spools the packs this process is writing. A flush seals the
-// packs it makes durable: each is uploaded whole, and a later Put starts a
-// new one. So a pack object is never appended to, and its run is uploaded
-// only after it: a listed run names only packs that exist. A crash leaves
+// and packs/ spools the packs this process is writing. A pack is sealed
+// when it is full (its upload then overlaps the next one's writes) or when
+// a flush makes it durable, and a later Put starts a new one; a flush waits
+// for the uploads of its packs before it uploads their run. So a pack
+// object is never appended to, and a listed run names only packs that
+// exist. A crash leaves
 // at worst a pack no run names (a prune's orphan) and a spool file, which
 // the next Local opening the cache removes (a spool is locked while written).
 //
