@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
@@ -90,22 +88,17 @@ func (r *Repo) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) 
 			return nil, err
 		}
 	}
-	var walFiles []string
-	if r.remote == nil { // no WAL archive on object storage yet
-		if walFiles, err = filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json")); err != nil {
-			return nil, err
-		}
+	walNames, err := r.walNames(ctx)
+	if err != nil {
+		return nil, err
 	}
-	for _, p := range walFiles {
-		if strings.HasPrefix(filepath.Base(p), ".") {
-			continue
-		}
-		w, err := readWALRecord(p)
+	for _, name := range walNames {
+		w, err := r.readWAL(ctx, name)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			add("WAL record %s: %v", filepath.Base(p), err)
+			add("WAL record %s.json: %v", name, err)
 			continue
 		}
 		rep.WALFiles++

@@ -265,9 +265,9 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 		return nil, err
 	}
 	// 4. The WAL records nothing needs, before the packs of their chunks.
-	for _, p := range walDrop {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("chunkstore: removing a WAL record: %w", err)
+	for _, name := range walDrop {
+		if err := r.removeWAL(ctx, name); err != nil {
+			return nil, err
 		}
 		pruneCrash("wal")
 	}
@@ -346,23 +346,17 @@ func (r *Repo) liveChunks(ctx context.Context, st *PruneStats) (map[chunk.ID]str
 			keepFrom = segmentName(w.Timeline, lsn/uint64(w.SegmentSize), w.SegmentSize)[8:]
 		}
 	}
-	var records []string
-	if r.remote == nil { // no WAL archive on object storage yet
-		if records, err = filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json")); err != nil {
-			return nil, nil, err
-		}
+	names, err := r.walNames(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
 	var drop []string
-	for _, p := range records {
-		name := strings.TrimSuffix(filepath.Base(p), ".json")
-		if strings.HasPrefix(name, ".") {
-			continue
-		}
+	for _, name := range names {
 		if keepFrom != "" && len(name) >= 24 && name[8:24] < keepFrom {
-			drop = append(drop, p)
+			drop = append(drop, name)
 			continue
 		}
-		w, err := readWALRecord(p)
+		w, err := r.readWAL(ctx, name)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}

@@ -1,6 +1,7 @@
 package chunkstore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -370,10 +371,35 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	require.Empty(t, rep.Problems, "after the prune")
 	checkRestorePoint(t, r2, rp2, c.DataDir)
 
-	_, err = chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Lock: chunkstore.LockNone})
-	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
-	_, err = r2.WALRecord("000000010000000000000001")
-	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
+	// The WAL archive: wal-push's way (no lock, a write-only store), a
+	// fetch back through another handle byte for byte, a retried push, a
+	// conflicting one, and check reading the records.
+	walDir := t.TempDir()
+	seg := walSegment(t, walDir, "000000010000000000000003", 31)
+	pusher, err := chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockNone, Store: chunkstore.LocalOptions{WriteOnly: true}})
+	require.NoError(t, err)
+	already, err := pusher.PushWAL(ctx, seg)
+	require.NoError(t, err)
+	require.False(t, already)
+	already, err = pusher.PushWAL(ctx, seg)
+	require.NoError(t, err)
+	require.True(t, already, "a retried push stores nothing")
+	other := walSegment(t, t.TempDir(), "000000010000000000000003", 32)
+	_, err = pusher.PushWAL(ctx, other)
+	require.ErrorIs(t, err, chunkstore.ErrWALConflict)
+	require.NoError(t, pusher.Close())
+	got := filepath.Join(t.TempDir(), "seg")
+	require.NoError(t, r2.FetchWAL(ctx, "000000010000000000000003", got))
+	want, err := os.ReadFile(seg)
+	require.NoError(t, err)
+	gotb, err := os.ReadFile(got)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, gotb), "the fetched segment differs")
+	require.ErrorIs(t, r2.FetchWAL(ctx, "000000010000000000000004", got), chunkstore.ErrWALNotFound)
+	rep, err = r2.Check(ctx, chunkstore.CheckOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+	require.Equal(t, 1, rep.WALFiles)
 	_, err = os.Stat("s3:")
 	require.ErrorIs(t, err, os.ErrNotExist, "a URL is never taken for a directory")
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
@@ -165,9 +166,6 @@ func repoCacheDir(repoURL string) (string, error) {
 
 // openRemoteRepo opens the repository on b, caching in cache.
 func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cache string, o RepoOptions) (*Repo, error) {
-	if o.Lock == LockNone {
-		return nil, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
-	}
 	if err := os.MkdirAll(filepath.Join(cache, "points"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating the repository cache: %w", err)
 	}
@@ -181,13 +179,18 @@ func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cac
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	lock, err := lockRepo(ctx, objLocks{b}, o, log)
-	if err != nil {
-		return nil, err
+	var lock *repoLock // none for wal-push (LockNone), as on a directory
+	if o.Lock != LockNone {
+		if lock, err = lockRepo(ctx, objLocks{b}, o, log); err != nil {
+			return nil, err
+		}
 	}
 	st, err := openLocal(ctx, filepath.Join(cache, "chunks"), so)
 	if err != nil {
-		return nil, errors.Join(err, lock.release())
+		if lock != nil {
+			err = errors.Join(err, lock.release())
+		}
+		return nil, err
 	}
 	return &Repo{dir: repoURL, log: log, store: st, owner: own, lock: lock, remote: b, cache: cache}, nil
 }
@@ -305,4 +308,56 @@ func (r *Repo) forgetRemote(points []RestorePoint) error {
 		_ = os.Remove(filepath.Join(r.cache, "points", rp.ID+".json"))
 	}
 	return nil
+}
+
+// walObject is the object of WAL file name's record: wal/SHARD/NAME.json,
+// as in a directory repository (Repo.walPath).
+func walObject(name string) string {
+	shard := name[:8]
+	if len(name) >= 24 {
+		shard = name[:16]
+	}
+	return "wal/" + shard + "/" + name + ".json"
+}
+
+func (r *Repo) readRemoteWAL(ctx context.Context, name string) (*WALFile, error) {
+	b, err := r.remote.Get(ctx, walObject(name), nil)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, fs.ErrNotExist
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: reading WAL record: %w", err)
+	}
+	return decodeWALRecord(b, name+".json")
+}
+
+func (r *Repo) putRemoteWAL(ctx context.Context, rec *WALFile) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("chunkstore: encoding WAL record: %w", err)
+	}
+	b = append(b, '\n')
+	err = r.remote.PutIfAbsent(ctx, walObject(rec.Name), bytes.NewReader(b), int64(len(b)))
+	if errors.Is(err, objstore.ErrExists) {
+		return fs.ErrExist
+	}
+	if err != nil {
+		return fmt.Errorf("chunkstore: writing WAL record: %w", err)
+	}
+	return nil
+}
+
+// remoteWALNames lists the names of the WAL files archived on b.
+func remoteWALNames(ctx context.Context, b objstore.Backend) ([]string, error) {
+	var names []string
+	for o, err := range b.List(ctx, "wal/") {
+		if err != nil {
+			return nil, fmt.Errorf("chunkstore: reading the WAL archive: %w", err)
+		}
+		base := o.Name[strings.LastIndexByte(o.Name, '/')+1:]
+		if name, ok := strings.CutSuffix(base, ".json"); ok && walName.MatchString(name) && o.Name == walObject(name) {
+			names = append(names, name)
+		}
+	}
+	return names, nil
 }

@@ -88,9 +88,6 @@ func (r *Repo) walPath(name string) string {
 // the same content is not stored again (already is true); with other
 // content the push is refused with ErrWALConflict, and nothing changes.
 func (r *Repo) PushWAL(ctx context.Context, path string) (already bool, err error) {
-	if r.remote != nil {
-		return false, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
-	}
 	name := filepath.Base(path)
 	if !walName.MatchString(name) {
 		return false, fmt.Errorf("%w: %q", ErrBadWALName, name)
@@ -107,7 +104,7 @@ func (r *Repo) PushWAL(ctx context.Context, path string) (already bool, err erro
 	if !fi.Mode().IsRegular() || fi.Size() > MaxWALSize {
 		return false, fmt.Errorf("chunkstore: %s is not a WAL file: %s, %d bytes", path, fi.Mode().Type(), fi.Size())
 	}
-	if old, err := readWALRecord(r.walPath(name)); err == nil {
+	if old, err := r.readWAL(ctx, name); err == nil {
 		// Archived already (PostgreSQL retries a push whose answer it lost):
 		// compare, storing nothing.
 		w, err := walContent(ctx, f, name, nil)
@@ -181,11 +178,8 @@ func (r *Repo) WALRecord(name string) (*WALFile, error) {
 	if !walName.MatchString(name) {
 		return nil, fmt.Errorf("%w: %q", ErrBadWALName, name)
 	}
-	if r.remote != nil {
-		// Not ErrWALNotFound: PostgreSQL would take it for the archive's end.
-		return nil, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
-	}
-	w, err := readWALRecord(r.walPath(name))
+	// A record's read from an object store is bounded by its retries.
+	w, err := r.readWAL(context.Background(), name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrWALNotFound, name)
 	}
@@ -217,9 +211,6 @@ func (r *Repo) ArchivedWAL(w *WALFile) (bool, error) {
 func (r *Repo) CommitWAL(ctx context.Context, w *WALFile) (already bool, err error) {
 	if err := w.Check(); err != nil {
 		return false, err
-	}
-	if r.remote != nil {
-		return false, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
 	}
 	if err := r.store.Flush(ctx); err != nil {
 		return false, fmt.Errorf("chunkstore: flushing WAL file %s: %w", w.Name, err)
@@ -255,12 +246,11 @@ func (r *Repo) CommitWAL(ctx context.Context, w *WALFile) (already bool, err err
 		rec.History = string(text)
 	}
 	rec.Pushed = time.Now().UTC()
-	p := r.walPath(w.Name)
-	err = r.writeWALRecord(p, rec)
+	err = r.putWAL(ctx, rec)
 	if errors.Is(err, fs.ErrExist) {
 		// Archived before, or by another push of the same name that won
 		// the race.
-		old, rerr := readWALRecord(p)
+		old, rerr := r.readWAL(ctx, w.Name)
 		if rerr != nil {
 			return false, rerr
 		}
@@ -368,21 +358,76 @@ func readWALRecord(p string) (*WALFile, error) {
 		}
 		return nil, fmt.Errorf("chunkstore: reading WAL record: %w", err)
 	}
+	return decodeWALRecord(b, filepath.Base(p))
+}
+
+// decodeWALRecord decodes the WAL record file (or object) base.
+func decodeWALRecord(b []byte, base string) (*WALFile, error) {
 	var w WALFile
 	if err := json.Unmarshal(b, &w); err != nil {
-		return nil, fmt.Errorf("chunkstore: decoding WAL record %s: %w", filepath.Base(p), err)
+		return nil, fmt.Errorf("chunkstore: decoding WAL record %s: %w", base, err)
 	}
 	if w.Format != walFormat {
-		return nil, fmt.Errorf("chunkstore: WAL record %s has format %d, this build reads %d", filepath.Base(p), w.Format, walFormat)
+		return nil, fmt.Errorf("chunkstore: WAL record %s has format %d, this build reads %d", base, w.Format, walFormat)
 	}
 	var size int64
 	for _, c := range w.Chunks {
 		size += int64(c.Len)
 	}
-	if w.Name+".json" != filepath.Base(p) || size != w.Size || w.Size > MaxWALSize {
-		return nil, fmt.Errorf("chunkstore: WAL record %s is inconsistent (name %q, %d bytes, chunks of %d)", filepath.Base(p), w.Name, w.Size, size)
+	if w.Name+".json" != base || size != w.Size || w.Size > MaxWALSize {
+		return nil, fmt.Errorf("chunkstore: WAL record %s is inconsistent (name %q, %d bytes, chunks of %d)", base, w.Name, w.Size, size)
 	}
 	return &w, nil
+}
+
+// readWAL reads the record of WAL file name: an error matching
+// fs.ErrNotExist when the archive does not hold it.
+func (r *Repo) readWAL(ctx context.Context, name string) (*WALFile, error) {
+	if r.remote != nil {
+		return r.readRemoteWAL(ctx, name)
+	}
+	return readWALRecord(r.walPath(name))
+}
+
+// walNames lists the names of the WAL files the archive holds.
+func (r *Repo) walNames(ctx context.Context) ([]string, error) {
+	if r.remote != nil {
+		return remoteWALNames(ctx, r.remote)
+	}
+	paths, err := filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, p := range paths {
+		if name := strings.TrimSuffix(filepath.Base(p), ".json"); walName.MatchString(name) {
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
+
+// removeWAL removes the record of WAL file name; a missing one is no
+// error.
+func (r *Repo) removeWAL(ctx context.Context, name string) error {
+	var err error
+	if r.remote != nil {
+		err = r.remote.Delete(ctx, walObject(name))
+	} else if err = os.Remove(r.walPath(name)); errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("chunkstore: removing a WAL record: %w", err)
+	}
+	return nil
+}
+
+// putWAL makes rec visible, never replacing a record (fs.ErrExist).
+func (r *Repo) putWAL(ctx context.Context, rec *WALFile) error {
+	if r.remote != nil {
+		return r.putRemoteWAL(ctx, rec)
+	}
+	return r.writeWALRecord(r.walPath(rec.Name), rec)
 }
 
 // ErrWALNotFound is matched by FetchWAL's error for a name the archive

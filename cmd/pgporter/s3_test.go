@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -125,6 +126,27 @@ func TestObjectStorageCLI(t *testing.T) {
 	require.Positive(t, pr.Stats.Packs)
 	code, out, errs = runCLI(t, "check", "--repo", other, "--read-data")
 	require.Equal(t, 0, code, "%s%s", out, errs)
+
+	// The WAL archive on object storage: wal-push, then wal-fetch byte for
+	// byte, a missing segment exit 8 (the end of the archive for
+	// PostgreSQL), a conflicting push exit 6.
+	walDir := t.TempDir()
+	seg := filepath.Join(walDir, "000000010000000000000007")
+	segData := bytes.Repeat([]byte("wal "), 4<<20)
+	require.NoError(t, os.WriteFile(seg, segData, 0o600))
+	code, _, errs = runCLI(t, "wal-push", "--repo", repo, seg)
+	require.Equal(t, 0, code, errs)
+	fetched := filepath.Join(walDir, "fetched")
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", repo, "000000010000000000000007", fetched)
+	require.Equal(t, 0, code, errs)
+	got, err := os.ReadFile(fetched)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(segData, got), "wal-fetch gives back what wal-push stored")
+	code, _, _ = runCLI(t, "wal-fetch", "--repo", repo, "000000010000000000000008", fetched)
+	require.Equal(t, exitNotFound, code)
+	require.NoError(t, os.WriteFile(seg, bytes.Repeat([]byte("xal "), 4<<20), 0o600))
+	code, _, errs = runCLI(t, "wal-push", "--repo", repo, seg)
+	require.Equal(t, exitConflict, code, errs)
 
 	// Not built for object storage yet: refused, nothing changed.
 	for _, args := range [][]string{

@@ -23,7 +23,7 @@ type walOpts struct {
 
 func (o *walOpts) flags(c *cobra.Command, what string) {
 	f := c.Flags()
-	f.StringVar(&o.repo, "repo", "", "repository directory")
+	f.StringVar(&o.repo, "repo", "", "repository: a directory or s3://BUCKET/PREFIX")
 	f.StringVar(&o.repoPeer, "repo-peer", "", "repository served by the mover at ADDR#PEER_ID (instead of --repo); it must trust this home's ID with "+what)
 	f.DurationVar(&o.retryFor, "retry-for", 2*time.Minute, "with --repo-peer: how long to retry through a lost connection to the repository mover")
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
