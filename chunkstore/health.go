@@ -80,7 +80,7 @@ func ReadHealth(ctx context.Context, dir string) (*Health, error) {
 		return h, nil
 	}
 	// As restore-points shows it, and export --at recovers by default.
-	if h.WAL.Coverage, err = WALCoverage(dir, h.WAL.Point, TimelineLatest); err != nil {
+	if h.WAL.Coverage, err = WALCoverage(ctx, dir, h.WAL.Point, TimelineLatest); err != nil {
 		return nil, err
 	}
 	end, err := ParseLSN(h.WAL.Point.WAL.End)

@@ -400,6 +400,13 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	require.NoError(t, err)
 	require.Empty(t, rep.Problems)
 	require.Equal(t, 1, rep.WALFiles)
+	// How far an online backup ending in that segment recovers, read from
+	// the bucket as restore-points reads it.
+	online := chunkstore.RestorePoint{WAL: &chunkstore.WALRange{Timeline: 1, Start: "0/3000028", End: "0/3000100", SegmentSize: 16 << 20}}
+	cov, err := chunkstore.WALCoverage(ctx, url, &online, chunkstore.TimelineLatest)
+	require.NoError(t, err)
+	require.Equal(t, "000000010000000000000003", cov.LastSegment)
+	require.False(t, cov.To.IsZero())
 	_, err = os.Stat("s3:")
 	require.ErrorIs(t, err, os.ErrNotExist, "a URL is never taken for a directory")
 }

@@ -5,8 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,16 +77,59 @@ type timelineStep struct {
 	Begin uint64
 }
 
-// WALCoverage reads, from the WAL archive of the repository in dir, how far
-// rp can be recovered when recovery follows timeline target (TimelineLatest,
-// or a timeline ID; rp's own for recovery_target_timeline=current). Like
-// PostgreSQL, it reads each segment from the newest timeline of the path
-// that holds it. It creates nothing.
-func WALCoverage(dir string, rp *RestorePoint, target uint32) (*Coverage, error) {
-	w := rp.WAL
-	if w == nil || w.End == "" || w.SegmentSize <= 0 || IsRepoURL(dir) {
-		return nil, nil // no WAL archive on object storage yet
+// WALCoverage reads, from the WAL archive of the repository in dir (a
+// directory or a URL), how far rp can be recovered when recovery follows
+// timeline target (TimelineLatest, or a timeline ID; rp's own for
+// recovery_target_timeline=current). Like PostgreSQL, it reads each segment
+// from the newest timeline of the path that holds it. It creates nothing
+// (but a cache, for a URL). For several points, OpenWALArchive once.
+func WALCoverage(ctx context.Context, dir string, rp *RestorePoint, target uint32) (*Coverage, error) {
+	if rp.WAL == nil || rp.WAL.End == "" || rp.WAL.SegmentSize <= 0 {
+		return nil, nil
 	}
+	a, err := OpenWALArchive(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	return a.Coverage(ctx, rp, target)
+}
+
+// WALArchive reads the WAL archive of a repository without opening it: its
+// listing is taken once, at the first Coverage.
+type WALArchive struct {
+	r          *Repo // walNames and readWAL only
+	held       map[string]bool
+	histories  map[uint32]bool
+	listedOnce bool
+}
+
+// OpenWALArchive opens the WAL archive of the repository dir (a directory
+// or a URL) for reading.
+func OpenWALArchive(ctx context.Context, dir string) (*WALArchive, error) {
+	if !IsRepoURL(dir) {
+		return &WALArchive{r: &Repo{dir: dir}}, nil
+	}
+	b, err := openRepoBackend(ctx, dir, slog.Default())
+	if err != nil {
+		return nil, err
+	}
+	return &WALArchive{r: &Repo{dir: dir, remote: b}}, nil
+}
+
+// Coverage is WALCoverage on a.
+func (a *WALArchive) Coverage(ctx context.Context, rp *RestorePoint, target uint32) (*Coverage, error) {
+	w := rp.WAL
+	if w == nil || w.End == "" || w.SegmentSize <= 0 {
+		return nil, nil
+	}
+	if !a.listedOnce {
+		var err error
+		if a.held, a.histories, err = listWAL(ctx, a.r); err != nil {
+			return nil, err
+		}
+		a.listedOnce = true
+	}
+	held, histories := a.held, a.histories
 	end, err := ParseLSN(w.End)
 	if err != nil {
 		return nil, err
@@ -96,10 +138,6 @@ func WALCoverage(dir string, rp *RestorePoint, target uint32) (*Coverage, error)
 		end-- // End is just past the last record
 	}
 	segSize := uint64(w.SegmentSize)
-	held, histories, err := listWAL(dir)
-	if err != nil {
-		return nil, err
-	}
 	if target == TimelineLatest {
 		// recovery_target_timeline=latest: the highest timeline with a
 		// history file in an unbroken run from the backup's.
@@ -109,7 +147,7 @@ func WALCoverage(dir string, rp *RestorePoint, target uint32) (*Coverage, error)
 		}
 	}
 	c := &Coverage{Timeline: target}
-	path, err := timelinePath(dir, target, histories)
+	path, err := timelinePath(ctx, a.r, target, histories)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +198,7 @@ func WALCoverage(dir string, rp *RestorePoint, target uint32) (*Coverage, error)
 			break
 		}
 	}
-	rec, err := readWALRecord(filepath.Join(dir, "wal", c.LastSegment[:16], c.LastSegment+".json"))
+	rec, err := a.r.readWAL(ctx, c.LastSegment)
 	if errors.Is(err, fs.ErrNotExist) {
 		return c, nil // pruned meanwhile
 	}
@@ -171,33 +209,20 @@ func WALCoverage(dir string, rp *RestorePoint, target uint32) (*Coverage, error)
 	return c, nil
 }
 
-// listWAL lists the archive of the repository in dir: the segment names it
-// holds, and the timelines it holds a history file of.
-func listWAL(dir string) (segments map[string]bool, histories map[uint32]bool, err error) {
-	shards, err := os.ReadDir(filepath.Join(dir, "wal"))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+// listWAL lists the archive of r: the segment names it holds, and the
+// timelines it holds a history file of.
+func listWAL(ctx context.Context, r *Repo) (segments map[string]bool, histories map[uint32]bool, err error) {
+	names, err := r.walNames(ctx)
+	if err != nil {
 		return nil, nil, fmt.Errorf("chunkstore: reading the WAL archive: %w", err)
 	}
 	segments, histories = map[string]bool{}, map[uint32]bool{}
-	for _, sh := range shards {
-		if !sh.IsDir() {
-			continue
-		}
-		ents, err := os.ReadDir(filepath.Join(dir, "wal", sh.Name()))
-		if err != nil {
-			return nil, nil, fmt.Errorf("chunkstore: reading the WAL archive: %w", err)
-		}
-		for _, e := range ents {
-			name, ok := strings.CutSuffix(e.Name(), ".json")
-			if !ok || !walName.MatchString(name) {
-				continue
-			}
-			if len(name) == 24 {
-				segments[name] = true
-			} else if tli, ok := strings.CutSuffix(name, ".history"); ok {
-				n, _ := strconv.ParseUint(tli, 16, 32)
-				histories[uint32(n)] = true
-			}
+	for _, name := range names {
+		if len(name) == 24 {
+			segments[name] = true
+		} else if tli, ok := strings.CutSuffix(name, ".history"); ok {
+			n, _ := strconv.ParseUint(tli, 16, 32)
+			histories[uint32(n)] = true
 		}
 	}
 	return segments, histories, nil
@@ -206,12 +231,12 @@ func listWAL(dir string) (segments map[string]bool, histories map[uint32]bool, e
 // timelinePath returns the timelines that lead to tli, oldest first, from
 // its archived history file (tli alone when it has none: the first
 // timeline, or one whose history was never archived).
-func timelinePath(dir string, tli uint32, histories map[uint32]bool) ([]timelineStep, error) {
+func timelinePath(ctx context.Context, r *Repo, tli uint32, histories map[uint32]bool) ([]timelineStep, error) {
 	if !histories[tli] {
 		return []timelineStep{{TLI: tli}}, nil
 	}
 	name := fmt.Sprintf("%08X.history", tli)
-	rec, err := readWALRecord(filepath.Join(dir, "wal", name[:8], name+".json"))
+	rec, err := r.readWAL(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +245,7 @@ func timelinePath(dir string, tli uint32, histories map[uint32]bool) ([]timeline
 		return nil, fmt.Errorf("chunkstore: the archived %s does not carry its text; push it again with this version", name)
 	}
 	// Its text must be the content its record names.
-	w, err := walContent(context.Background(), strings.NewReader(rec.History), name, nil)
+	w, err := walContent(ctx, strings.NewReader(rec.History), name, nil)
 	if err != nil {
 		return nil, err
 	}

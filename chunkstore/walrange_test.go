@@ -43,7 +43,7 @@ func TestWALCoverageTimelines(t *testing.T) {
 
 	cov := func(rp *chunkstore.RestorePoint, target uint32) *chunkstore.Coverage {
 		t.Helper()
-		c, err := chunkstore.WALCoverage(repoDir, rp, target)
+		c, err := chunkstore.WALCoverage(context.Background(), repoDir, rp, target)
 		require.NoError(t, err)
 		return c
 	}
@@ -91,6 +91,6 @@ func TestWALCoverageTimelines(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.Chmod(rec, 0o644))
 	require.NoError(t, os.WriteFile(rec, b, 0o644))
-	_, err = chunkstore.WALCoverage(repoDir, rp, chunkstore.TimelineLatest)
+	_, err = chunkstore.WALCoverage(context.Background(), repoDir, rp, chunkstore.TimelineLatest)
 	require.ErrorContains(t, err, "does not match its chunks")
 }

@@ -46,9 +46,13 @@ one whose end segment is not archived: it exports as of itself only.`,
 				Recoverable *chunkstore.Coverage `json:"recoverable,omitempty"`
 			}
 			points := make([]point, len(rps))
+			archive, err := chunkstore.OpenWALArchive(cmd.Context(), repo)
+			if err != nil {
+				return err
+			}
 			for i := range rps {
 				points[i].RestorePoint = rps[i]
-				if points[i].Recoverable, err = chunkstore.WALCoverage(repo, &rps[i], chunkstore.TimelineLatest); err != nil {
+				if points[i].Recoverable, err = archive.Coverage(cmd.Context(), &rps[i], chunkstore.TimelineLatest); err != nil {
 					return err
 				}
 			}
