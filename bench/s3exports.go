@@ -148,7 +148,7 @@ func (s *S3Exports) Prepare(ctx context.Context, env Env) (_ *Setup, err error) 
 			"figures":    "dump_MB: the dump bytes delivered by all the run's exports; throughput_MB_s: dump_MB over the wall time (until the last export ends); CPU_s_per_export: wait4's user+system of each pgporter export and the postgres and pg_dump it waited for, summed, over the exports; server_CPU_s_per_export: the weed process's CPU-seconds (/proc/PID/stat) over the run, over the exports",
 			"s3":         fmt.Sprintf("SeaweedFS (weed server -filer -s3, scripts/s3-server) on loopback over HTTP (%s), on the same cores as the exports", srv.vars["AWS_ENDPOINT_URL"]),
 			"settle":     fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
-			"export CPU": "the export column is empty: CPU per GB would divide 4 exports' CPU by one database; see CPU_s_per_export",
+			"export CPU": "no CPU-s/GB column: it would divide all the exports' CPU by one database; see CPU_s_per_export, and cores_busy: the exports' and the server's CPU-seconds over the wall time, of the machine's 2",
 		},
 		Tools:  []Tool{alone, all},
 		Settle: func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
@@ -343,13 +343,15 @@ func (t *s3ExportsTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 
 // s3ExportsFigures are a run's Extra figures: n exports that took wall
 // until the last ended, delivered dump bytes in all, and used cpu and the
-// S3 server's serverCPU CPU-seconds in all.
+// S3 server's serverCPU CPU-seconds in all. cores_busy, both CPUs over the
+// wall time, says how near the run came to filling the machine's cores.
 func s3ExportsFigures(n int, wall time.Duration, delivered int64, cpu, serverCPU float64) map[string]float64 {
 	return map[string]float64{
 		"dump_MB":                 float64(delivered) / 1e6,
 		"throughput_MB_s":         float64(delivered) / 1e6 / wall.Seconds(),
 		"CPU_s_per_export":        cpu / float64(n),
 		"server_CPU_s_per_export": serverCPU / float64(n),
+		"cores_busy":              (cpu + serverCPU) / wall.Seconds(),
 	}
 }
 

@@ -50,7 +50,8 @@ func TestS3ExportsFigures(t *testing.T) {
 	require.InDelta(t, 50.0, x["throughput_MB_s"], 1e-9, "all the bytes over the time until the last export ended")
 	require.InDelta(t, 5.0, x["CPU_s_per_export"], 1e-9)
 	require.InDelta(t, 1.5, x["server_CPU_s_per_export"], 1e-9)
-	require.Len(t, x, 4)
+	require.InDelta(t, 26.0/8, x["cores_busy"], 1e-9, "the exports' and the server's CPU over the wall time")
+	require.Len(t, x, 5)
 }
 
 // TestExportFiguresOf checks that the steps of another database than shop
