@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -148,7 +149,7 @@ func (s *S3Exports) Prepare(ctx context.Context, env Env) (_ *Setup, err error) 
 			"figures":    "dump_MB: the dump bytes delivered by all the run's exports; throughput_MB_s: dump_MB over the wall time (until the last export ends); CPU_s_per_export: wait4's user+system of each pgporter export and the postgres and pg_dump it waited for, summed, over the exports; server_CPU_s_per_export: the weed process's CPU-seconds (/proc/PID/stat) over the run, over the exports",
 			"s3":         fmt.Sprintf("SeaweedFS (weed server -filer -s3, scripts/s3-server) on loopback over HTTP (%s), on the same cores as the exports", srv.vars["AWS_ENDPOINT_URL"]),
 			"settle":     fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
-			"export CPU": "no CPU-s/GB column: it would divide all the exports' CPU by one database; see CPU_s_per_export, and cores_busy: the exports' and the server's CPU-seconds over the wall time, of the machine's 2",
+			"export CPU": fmt.Sprintf("no CPU-s/GB column: it would divide all the exports' CPU by one database; see CPU_s_per_export, and cores_busy: the exports' and the server's CPU-seconds over the wall time, of the machine's %d", runtime.NumCPU()),
 		},
 		Tools:  []Tool{alone, all},
 		Settle: func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
