@@ -299,6 +299,11 @@ func (t *s3ExportsTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	var started []*s3Export
 	for _, e := range exports {
 		if err = e.cmd.Start(); err != nil {
+			err = fmt.Errorf("starting pgporter export --db %s: %w", e.db, err)
+			// The run is lost: the others need not finish.
+			for _, s := range started {
+				_ = s.cmd.Process.Kill()
+			}
 			break
 		}
 		started = append(started, e)
