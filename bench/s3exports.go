@@ -300,9 +300,10 @@ func (t *s3ExportsTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	for _, e := range exports {
 		if err = e.cmd.Start(); err != nil {
 			err = fmt.Errorf("starting pgporter export --db %s: %w", e.db, err)
-			// The run is lost: the others need not finish.
+			// The run is lost: the others need not finish. An interrupt,
+			// not a kill, so that each unmounts and stops its instance.
 			for _, s := range started {
-				_ = s.cmd.Process.Kill()
+				_ = s.cmd.Process.Signal(os.Interrupt)
 			}
 			break
 		}
