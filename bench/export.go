@@ -446,10 +446,12 @@ func tableData(list string) []string {
 }
 
 // exportSteps are the steps of pgporter export's session that the harness
-// keeps, with the key of each in Measure.Extra.
-var exportSteps = [][2]string{
-	{orchestrator.StepMount, "mount_s"}, {orchestrator.StepStart, "instance_s"}, {orchestrator.StepCheck, "check_s"},
-	{orchestrator.DumpStep("shop"), "dump_s"}, {orchestrator.TransferStep("shop"), "transfer_s"}, {orchestrator.StepCleanup, "cleanup_s"},
+// keeps for database db, with the key of each in Measure.Extra.
+func exportSteps(db string) [][2]string {
+	return [][2]string{
+		{orchestrator.StepMount, "mount_s"}, {orchestrator.StepStart, "instance_s"}, {orchestrator.StepCheck, "check_s"},
+		{orchestrator.DumpStep(db), "dump_s"}, {orchestrator.TransferStep(db), "transfer_s"}, {orchestrator.StepCleanup, "cleanup_s"},
+	}
 }
 
 // sessionSteps is the part of 'pgporter sessions show --json' the harness reads.
@@ -468,9 +470,12 @@ type sessionStep struct {
 }
 
 // exportFigures reads a done session's journal record (sessions show
-// --json): the seconds of each step of exportSteps, the dump's bytes and
-// the transfer's wire bytes, as Measure.Extra keys.
-func exportFigures(js []byte) (map[string]float64, error) {
+// --json) of the export of shop: the seconds of each step of exportSteps,
+// the dump's bytes and the transfer's wire bytes, as Measure.Extra keys.
+func exportFigures(js []byte) (map[string]float64, error) { return exportFiguresOf(js, "shop") }
+
+// exportFiguresOf is exportFigures of the export of database db.
+func exportFiguresOf(js []byte, db string) (map[string]float64, error) {
 	var s sessionSteps
 	if err := json.Unmarshal(js, &s); err != nil {
 		return nil, fmt.Errorf("parsing sessions show --json: %w", err)
@@ -479,7 +484,7 @@ func exportFigures(js []byte) (map[string]float64, error) {
 		return nil, fmt.Errorf("session %s is %q, not done", s.ID, s.State)
 	}
 	extra := map[string]float64{}
-	for _, want := range exportSteps {
+	for _, want := range exportSteps(db) {
 		i := slices.IndexFunc(s.Steps, func(st sessionStep) bool { return st.Name == want[0] })
 		if i < 0 {
 			return nil, fmt.Errorf("session %s has no step %s", s.ID, want[0])
@@ -490,9 +495,9 @@ func exportFigures(js []byte) (map[string]float64, error) {
 		}
 		extra[want[1]] = st.Ended.Sub(st.Started).Seconds()
 		switch want[0] {
-		case orchestrator.DumpStep("shop"):
+		case orchestrator.DumpStep(db):
 			extra["dump_MB"] = float64(st.Bytes) / 1e6
-		case orchestrator.TransferStep("shop"):
+		case orchestrator.TransferStep(db):
 			extra["wire_MB"] = float64(st.WireBytes) / 1e6
 		}
 	}

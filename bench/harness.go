@@ -43,6 +43,11 @@ type Options struct {
 	// BackupScale is the pgbench scale of the backup and s3-backup
 	// scenarios; 0 means 20, or 1 with Smoke.
 	BackupScale int
+	// S3ExportsDBs and S3ExportsScale are the s3-exports scenario's number
+	// of databases (and of exports at once) and each one's pgbench scale;
+	// 0 means 4 and 5, or 2 and 1 with Smoke. Its jobs and settle are
+	// Export's.
+	S3ExportsDBs, S3ExportsScale int
 	// ScaleBase is the scale scenarios' pgbench scale at 1x; 0 means 10, or
 	// 1 with Smoke.
 	ScaleBase int
@@ -91,6 +96,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		multiDBScenario(o),
 		&Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
 		&S3Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
+		&S3Exports{Pgporter: o.Pgporter, Databases: o.S3ExportsDBs, Scale: o.S3ExportsScale, Jobs: o.Export.Jobs, Settle: o.Export.Settle},
 		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&WALPush{Pgporter: o.Pgporter},
@@ -206,6 +212,8 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		case *Backup:
 			bin = &s.Pgporter
 		case *S3Backup:
+			bin = &s.Pgporter
+		case *S3Exports:
 			bin = &s.Pgporter
 		case *Scale:
 			bin = &s.Pgporter

@@ -31,6 +31,7 @@ type Result struct {
 	Tools       []string          `json:"tools"` // in the order the scenario lists them
 	Runs        []Sample          `json:"runs"`  // in the order they ran
 	SpeedUp     *SpeedUp          `json:"speedup,omitempty"`
+	Ratio       *Ratio            `json:"ratio,omitempty"`
 	LoadBefore  [3]float64        `json:"load_before"`
 	LoadAfter   [3]float64        `json:"load_after"`
 }

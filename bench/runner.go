@@ -47,6 +47,7 @@ func runSetup(ctx context.Context, sc Scenario, setup *Setup, reps int, env Env)
 		Notes:       setup.Notes,
 		Reps:        reps,
 		SpeedUp:     setup.SpeedUp,
+		Ratio:       setup.Ratio,
 		LoadBefore:  LoadAvg(),
 	}
 	for _, t := range setup.Tools {

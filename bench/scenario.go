@@ -51,6 +51,9 @@ type Setup struct {
 	// SpeedUp, when not nil, names the pair of tools whose ratio of median
 	// wall times the table states.
 	SpeedUp *SpeedUp
+	// Ratio, when not nil, names a pair of tools and one of their Extra
+	// figures whose ratio of medians the table states, with its target.
+	Ratio *Ratio
 	// Close stops what Prepare started and removes what it made. It may be nil.
 	Close func() error
 }
@@ -70,6 +73,18 @@ type Tool interface {
 type SpeedUp struct {
 	Of   string `json:"of"`
 	Over string `json:"over"`
+}
+
+// Ratio is a pair of a scenario's tools and an Extra figure both measure:
+// the table gives Of's median of Key divided by Over's, and whether it
+// reaches Target (when not 0). Where a time ratio misleads (4 exports at
+// once against one alone move 4 times the bytes), a ratio of throughputs
+// says what a target means.
+type Ratio struct {
+	Key    string  `json:"key"`
+	Of     string  `json:"of"`
+	Over   string  `json:"over"`
+	Target float64 `json:"target,omitempty"`
 }
 
 // closers is what a scenario holds open (its link, daemons), closed in

@@ -114,6 +114,32 @@ func writeTable(b *strings.Builder, f *File, r *Result) {
 	if x, ok := r.SpeedUpRatio(); ok {
 		fmt.Fprintf(b, "\nspeed-up of %s over %s: %.2fx (ratio of median wall times)\n", r.SpeedUp.Of, r.SpeedUp.Over, x)
 	}
+	if x, ok := r.RatioValue(); ok {
+		fmt.Fprintf(b, "\n%s of %s over %s: %.2fx (ratio of medians)", r.Ratio.Key, r.Ratio.Of, r.Ratio.Over, x)
+		if r.Ratio.Target > 0 {
+			verdict := "met"
+			if x < r.Ratio.Target {
+				verdict = "not met"
+			}
+			fmt.Fprintf(b, "; target at least %.2fx: %s", r.Ratio.Target, verdict)
+		}
+		b.WriteByte('\n')
+	}
+}
+
+// RatioValue returns r.Ratio.Of's median of r.Ratio.Key divided by
+// r.Ratio.Over's; ok is false without a ratio, without runs of both that
+// measured it, or when Over's median is 0.
+func (r *Result) RatioValue() (float64, bool) {
+	if r.Ratio == nil {
+		return 0, false
+	}
+	of, ok1 := r.ToolSummary(r.Ratio.Of, ExtraMetric(r.Ratio.Key))
+	over, ok2 := r.ToolSummary(r.Ratio.Over, ExtraMetric(r.Ratio.Key))
+	if !ok1 || !ok2 || over.Median <= 0 {
+		return 0, false
+	}
+	return of.Median / over.Median, true
 }
 
 // SpeedUpRatio returns the median wall time of r.SpeedUp.Over divided by

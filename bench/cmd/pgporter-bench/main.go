@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if list {
 				for _, s := range bench.ScenarioNames() {
-					fmt.Fprintf(stdout, "%-9s %s\n", s[0], s[1])
+					fmt.Fprintf(stdout, "%-10s %s\n", s[0], s[1])
 				}
 				return nil
 			}
@@ -101,7 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export, multidb, backup, scale, walpush: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export, multidb, backup, s3-backup, s3-exports, scale, walpush: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
 	f.StringVar(&o.Base, "pgporter-base", "", `lan, export: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
 	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none`)
@@ -112,7 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.IntVar(&o.Export.Scale, "export-scale", 70, "export: pgbench scale of shop, or mixed's size in the same unit (1 with --smoke)")
 	f.IntVar(&o.Export.Tables, "export-tables", 5000, "export: with --export-data tables, the number of tables (50 with --smoke)")
 	f.IntVar(&o.Export.Rows, "export-rows", 20, "export: with --export-data tables, rows per table")
-	f.IntVar(&o.Export.Jobs, "jobs", 2, "export: pgporter export --jobs")
+	f.IntVar(&o.Export.Jobs, "jobs", 2, "export, s3-exports: pgporter export --jobs")
 	f.IntVar(&o.Export.RefJobs, "ref-jobs", 1, "export: the reference's pg_dump -j")
 	f.StringVar(&o.Link.TCPCongestion, "tcp-cc", "", `wan, outage, delta: TCP congestion control of the end hosts, e.g. "reno" (default: the machine's; a namespace may only pick one of net.ipv4.tcp_allowed_congestion_control)`)
 	f.IntVar(&o.WANScale, "wan-scale", 4, "wan, outage, delta: pgbench scale of the dump they share (plus scale×30,000 rows of md5 text, jsonb and words)")
@@ -121,8 +121,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.IntVar(&o.MultiDBs, "multidb-dbs", 0, "multidb: databases in the cluster, shop included, each shaped by --export-data (default 4, 2 with --smoke)")
 	f.IntVar(&o.MultiDBScale, "multidb-scale", 0, "multidb: pgbench scale of each database, or mixed's size in the same unit (default 20, 1 with --smoke)")
 	f.IntVar(&o.BackupScale, "backup-scale", 0, "backup and s3-backup: pgbench scale of the cluster, plus scale×30,000 rows of md5 text, jsonb and words (default 20, 1 with --smoke)")
+	f.IntVar(&o.S3ExportsDBs, "s3-exports-dbs", 0, "s3-exports: databases in the cluster, and exports at once (default 4, 2 with --smoke)")
+	f.IntVar(&o.S3ExportsScale, "s3-exports-scale", 0, "s3-exports: pgbench scale of each database (default 5, 1 with --smoke)")
 	f.IntVar(&o.ScaleBase, "scale-base", 0, "scale-1x, scale-10x: pgbench scale at 1x, plus scale×30,000 rows of md5 text, jsonb and words (default 10, 1 with --smoke)")
-	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
+	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export, s3-exports: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
 	c.SetArgs(args)
 	c.SetOut(stdout)
 	c.SetErr(stderr)

@@ -421,3 +421,50 @@ func TestSmokeS3Backup(t *testing.T) {
 	ps, _ := exec.Command("pgrep", "-f", "weed.*pgporter-bench-s3-backup").Output() // exits 1 when it finds none
 	require.Empty(t, strings.TrimSpace(string(ps)), "the S3 server still running")
 }
+
+// TestSmokeS3Exports runs --smoke of s3-exports (about 25 s): a backup of
+// two databases into a bucket of the S3 test server, one export alone and
+// two at once, each checked, and the server stopped. It needs root,
+// PostgreSQL, FUSE, rsync, GNU time and the weed binary (make s3-server).
+func TestSmokeS3Exports(t *testing.T) {
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	for _, req := range []func() error{bench.RequireExportTools, bench.RequireS3Server} {
+		if err := req(); err != nil {
+			testsupport.SkipOrFail(t, "S3 exports smoke: "+err.Error())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"--smoke", "--scenario", "s3-exports", "--out", out}, &stdout, &stderr)
+	require.Equal(t, 0, code, stderr.String())
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err := bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	require.Len(t, f.Results, 1)
+	r := f.Results[0]
+	require.Equal(t, "s3-exports", r.Scenario)
+	require.Equal(t, []string{"1 export alone", "2 exports at once"}, r.Tools)
+	require.Len(t, r.Runs, 2)
+	dump := map[string]float64{}
+	for _, run := range r.Runs {
+		require.Positive(t, run.Wall, run.Tool)
+		for _, k := range []string{"dump_MB", "throughput_MB_s", "CPU_s_per_export", "server_CPU_s_per_export", "cores_busy"} {
+			require.Positive(t, run.Extra[k], "%s: %s", run.Tool, k)
+		}
+		dump[run.Tool] = run.Extra["dump_MB"]
+	}
+	require.InEpsilon(t, 2*dump["1 export alone"], dump["2 exports at once"], 0.05, "two databases of the same size: twice the bytes")
+	_, ok := r.RatioValue()
+	require.True(t, ok)
+	require.Contains(t, stdout.String(), "throughput_MB_s of 2 exports at once over 1 export alone: ")
+	ps, _ := exec.Command("pgrep", "-f", "weed.*pgporter-bench-s3-exports").Output() // exits 1 when it finds none
+	require.Empty(t, strings.TrimSpace(string(ps)), "the S3 server still running")
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	require.NoError(t, err)
+	require.NotContains(t, string(mounts), "pgporter-bench-s3-exports-", "every mount ended")
+}
