@@ -213,7 +213,7 @@ func openRun(path string, key *crypt.MasterKey) (*run, error) {
 	r.refs.Store(1)
 	if err := r.check(key); err != nil {
 		r.release()
-		return nil, bad("%v", err)
+		return nil, fmt.Errorf("%w %s: %w", errBadRun, name, err)
 	}
 	return r, nil
 }
