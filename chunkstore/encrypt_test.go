@@ -550,3 +550,46 @@ func dirBackendAt(t *testing.T, root string) *objstore.Dir {
 	t.Cleanup(func() { d.Close() })
 	return d
 }
+
+// On a Remote too, a sealed record altered in the object store is refused
+// as tampered when read through the block cache by another host, and an
+// altered run object is refused whole (after one fetch again), its chunks
+// reading as missing.
+func TestEncryptedTamperRemote(t *testing.T) {
+	root := t.TempDir()
+	b := dirBackendAt(t, root)
+	key := crypt.NewMasterKey()
+	opts := chunkstore.LocalOptions{Key: key, Remote: b, NoCompression: true}
+	l, err := chunkstore.OpenLocal(t.TempDir(), opts)
+	require.NoError(t, err)
+	chunks := knownChunks(5)
+	ids := putChunks(t, l, chunks)
+	require.NoError(t, l.Close())
+
+	recs := sealedRecords(t, filepath.Join(root, "chunks"))
+	rec := recs[key.ObjectID(ids[2])]
+	alterFile(t, rec.pack, func(p []byte) []byte { p[rec.off+sealedHeaderSize+50] ^= 4; return p })
+	l, err = chunkstore.OpenLocal(t.TempDir(), opts) // another host: an empty cache
+	require.NoError(t, err)
+	for i, id := range ids {
+		got, err := l.Get(t.Context(), id, nil)
+		if i != 2 {
+			require.NoError(t, err)
+			require.Equal(t, chunks[i], got)
+			continue
+		}
+		require.ErrorIs(t, err, crypt.ErrTampered)
+		require.Empty(t, got)
+	}
+	require.NoError(t, l.Close())
+
+	runs := runFiles(t, filepath.Join(root, "chunks"))
+	require.Len(t, runs, 1)
+	alterFile(t, runs[0], func(p []byte) []byte { p[len(sealedRunMagic)+40] ^= 1; return p })
+	l, err = chunkstore.OpenLocal(t.TempDir(), opts)
+	require.NoError(t, err)
+	defer l.Close()
+	require.Len(t, l.Damaged(), 1)
+	_, err = l.Get(t.Context(), ids[0], nil)
+	require.ErrorIs(t, err, chunk.ErrNotFound)
+}
