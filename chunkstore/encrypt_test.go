@@ -593,3 +593,49 @@ func TestEncryptedTamperRemote(t *testing.T) {
 	_, err = l.Get(t.Context(), ids[0], nil)
 	require.ErrorIs(t, err, chunk.ErrNotFound)
 }
+
+// Runs of an encrypted store merge into sealed runs that read back, and a
+// WriteOnly writer (wal-push's) with the key writes chunks another opener
+// finds, in object ID order, with the inner headers' Info.
+func TestEncryptedCompactionAndWriteOnly(t *testing.T) {
+	dir := t.TempDir()
+	key := crypt.NewMasterKey()
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Key: key})
+	require.NoError(t, err)
+	var all [][]byte
+	for i := range 2 * compactFanIn {
+		cs := storetest.Chunks(uint64(100+i), 5)
+		putChunks(t, l, cs)
+		require.NoError(t, l.Flush(t.Context()))
+		all = append(all, cs...)
+	}
+	require.Less(t, len(runFiles(t, dir)), 2*compactFanIn, "no merge happened")
+	require.NoError(t, l.Close())
+
+	w, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Key: key, WriteOnly: true})
+	require.NoError(t, err)
+	more := storetest.Chunks(200, 5)
+	putChunks(t, w, more)
+	putChunks(t, w, more) // held in its pending set: not written twice
+	require.NoError(t, w.Close())
+	all = append(all, more...)
+
+	l, err = chunkstore.OpenLocal(dir, chunkstore.LocalOptions{Key: key})
+	require.NoError(t, err)
+	defer l.Close()
+	requireChunks(t, l, all)
+	requireVerifyClean(t, l, len(all))
+	want := map[chunk.ID]int{}
+	for _, c := range all {
+		want[chunk.Sum(c)] = len(c)
+	}
+	var oids []crypt.ObjectID
+	require.NoError(t, l.Iterate(t.Context(), func(id chunk.ID, info chunkstore.Info) error {
+		require.Equal(t, want[id], info.PlainLen)
+		delete(want, id)
+		oids = append(oids, key.ObjectID(id))
+		return nil
+	}))
+	require.Empty(t, want)
+	require.True(t, slices.IsSortedFunc(oids, func(a, b crypt.ObjectID) int { return bytes.Compare(a[:], b[:]) }))
+}
