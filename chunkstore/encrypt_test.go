@@ -406,6 +406,11 @@ func TestEncryptedTamper(t *testing.T) {
 				reported++
 				var ce *chunk.CorruptChunkError
 				require.ErrorAs(t, err, &ce)
+				if id == (chunk.ID{}) {
+					// Not opened: the message names the object, not a zero chunk ID.
+					require.Contains(t, err.Error(), "object ")
+					require.NotContains(t, err.Error(), "0000000000000000")
+				}
 			})
 			require.NoError(t, err)
 			if v.missing {
