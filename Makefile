@@ -16,7 +16,7 @@ DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 BUILDINFO := github.com/pgporter/pgporter/internal/buildinfo
 LDFLAGS := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT) -X $(BUILDINFO).date=$(DATE)
 
-.PHONY: all setup build s3-server test unit race vet fmt-check purego fuzz bench bench-full bench-harness bench-scripts demo clean install install-files deb
+.PHONY: all setup build s3-server test unit race vet fmt-check purego fuzz bench bench-full bench-harness bench-scripts demo demo-s3 clean install install-files deb
 
 all: build
 
@@ -194,6 +194,11 @@ bench-scripts: setup build
 
 demo: setup build
 	scripts/demo
+
+# The demo with its repository on a real S3 server on loopback (SeaweedFS,
+# built once: several minutes the first time): scripts/demo-s3.
+demo-s3: setup build s3-server
+	scripts/demo-s3
 
 # The long fault profile (issue 8): SIGKILL of each process of a cross-host
 # export at SOAK_PER_PROCESS seeded random points (SOAK_SEED to replay a

@@ -1,12 +1,15 @@
 package chunkstore
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,12 +58,66 @@ func (l lockInfo) String() string {
 	return fmt.Sprintf("%s (PID %d on %s, %s lock since %s)", l.Purpose, l.PID, l.Host, kind, l.Time.UTC().Format(time.RFC3339))
 }
 
+// lockStore is where a repository's locks are: files in DIR/locks, or
+// objects under locks/ (lockobj.go). Nothing is rewritten in place: a
+// refresh puts a new lock, then removes the old one.
+type lockStore interface {
+	// put writes info under a fresh name and returns the name.
+	put(ctx context.Context, info lockInfo) (string, error)
+	// list returns the locks' names and contents.
+	list(ctx context.Context) (map[string][]byte, error)
+	// remove removes a lock; a missing one is no error.
+	remove(ctx context.Context, name string) error
+}
+
+// dirLocks keeps locks as files in a directory, given to the
+// repository's owner.
+type dirLocks struct {
+	dir   string
+	owner owner
+}
+
+func (d dirLocks) put(_ context.Context, info lockInfo) (string, error) {
+	p, err := writeLockFile(d.dir, "", info, d.owner)
+	return filepath.Base(p), err
+}
+
+func (d dirLocks) list(context.Context) (map[string][]byte, error) {
+	ents, err := os.ReadDir(d.dir)
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: reading the repository's locks: %w", err)
+	}
+	out := map[string][]byte{}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(d.dir, e.Name()))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("chunkstore: reading the repository's locks: %w", err)
+		}
+		out[e.Name()] = b
+	}
+	return out, nil
+}
+
+func (d dirLocks) remove(_ context.Context, name string) error {
+	if err := os.Remove(filepath.Join(d.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("chunkstore: removing the repository lock: %w", err)
+	}
+	return nil
+}
+
 // repoLock is a lock this process holds; a goroutine refreshes it until
 // release.
 type repoLock struct {
-	path  string
+	store lockStore
+	mu    sync.Mutex // guards name
+	name  string
 	info  lockInfo
-	owner owner
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
@@ -82,24 +139,30 @@ func lockPurpose() string {
 	return strings.Join(words, " ")
 }
 
-// takeLock takes a lock in the repository at dir, or fails with
-// ErrRepoLocked naming the processes in the way.
-func takeLock(dir string, o owner, exclusive bool, purpose string) (*repoLock, error) {
+// dirLockStore returns the lock store of the repository at dir, creating
+// its locks directory.
+func dirLockStore(dir string, o owner) (lockStore, error) {
 	locks := filepath.Join(dir, "locks")
 	if err := o.mkdir(locks, dir); err != nil {
 		return nil, err
 	}
+	return dirLocks{dir: locks, owner: o}, nil
+}
+
+// takeLock takes a lock in store, or fails with ErrRepoLocked naming the
+// processes in the way.
+func takeLock(ctx context.Context, store lockStore, exclusive bool, purpose string) (*repoLock, error) {
 	host, _ := os.Hostname()
 	now := time.Now().UTC()
 	info := lockInfo{Host: host, BootID: bootID(), PID: os.Getpid(), Start: procStart(os.Getpid()), Exclusive: exclusive, Purpose: purpose, Time: now, Refreshed: now}
-	l := &repoLock{info: info, owner: o, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &repoLock{store: store, info: info, stop: make(chan struct{}), done: make(chan struct{})}
 	var err error
-	if l.path, err = writeLockFile(locks, "", info, o); err != nil {
+	if l.name, err = store.put(ctx, info); err != nil {
 		return nil, err
 	}
-	others, err := liveLocks(locks, l.path)
+	others, err := liveLocks(ctx, store, l.name)
 	if err != nil {
-		_ = os.Remove(l.path)
+		_ = store.remove(context.WithoutCancel(ctx), l.name)
 		return nil, err
 	}
 	var blocking []string
@@ -109,24 +172,36 @@ func takeLock(dir string, o owner, exclusive bool, purpose string) (*repoLock, e
 		}
 	}
 	if len(blocking) > 0 {
-		_ = os.Remove(l.path)
+		_ = store.remove(context.WithoutCancel(ctx), l.name)
 		return nil, fmt.Errorf("%w by %s", ErrRepoLocked, strings.Join(blocking, "; "))
 	}
-	go l.refresh(locks)
+	go l.refresh()
 	return l, nil
 }
 
-func (l *repoLock) refresh(locks string) {
+// refresh renews the lock every lockRefreshEvery until release: a new
+// lock first, then the old one removed, so that it is never missing.
+func (l *repoLock) refresh() {
 	defer close(l.done)
 	t := time.NewTicker(lockRefreshEvery)
 	defer t.Stop()
+	ctx := context.Background() // each request bounded by the store's own retries
 	for {
 		select {
 		case <-l.stop:
 			return
 		case <-t.C:
-			l.info.Refreshed = time.Now().UTC()
-			_, _ = writeLockFile(locks, filepath.Base(l.path), l.info, l.owner)
+			info := l.info
+			info.Refreshed = time.Now().UTC()
+			name, err := l.store.put(ctx, info)
+			if err != nil {
+				continue // the old one holds until lockStaleAfter
+			}
+			l.mu.Lock()
+			old := l.name
+			l.name, l.info = name, info
+			l.mu.Unlock()
+			_ = l.store.remove(ctx, old)
 		}
 	}
 }
@@ -137,9 +212,7 @@ func (l *repoLock) release() error {
 	l.once.Do(func() {
 		close(l.stop)
 		<-l.done
-		if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-			err = fmt.Errorf("chunkstore: removing the repository lock: %w", rerr)
-		}
+		err = l.store.remove(context.Background(), l.name)
 	})
 	return err
 }
@@ -177,33 +250,26 @@ func writeLockFile(dir, name string, info lockInfo, o owner) (string, error) {
 	return filepath.Join(dir, name), nil
 }
 
-// liveLocks returns the locks in dir other than own, removing the stale
+// liveLocks returns the locks in store other than own, removing the stale
 // ones it finds.
-func liveLocks(dir, own string) ([]lockInfo, error) {
-	ents, err := os.ReadDir(dir)
+func liveLocks(ctx context.Context, store lockStore, own string) ([]lockInfo, error) {
+	all, err := store.list(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("chunkstore: reading the repository's locks: %w", err)
+		return nil, err
 	}
 	host, _ := os.Hostname()
 	boot := bootID()
 	var live []lockInfo
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		if p == own || strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
+	for _, name := range slices.Sorted(maps.Keys(all)) {
+		if name == own {
 			continue
-		}
-		b, err := os.ReadFile(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("chunkstore: reading the repository's locks: %w", err)
 		}
 		var l lockInfo
-		if json.Unmarshal(b, &l) != nil {
-			// Half a lock cannot be: writes are renamed into place. Count
-			// it as held, by an unknown process.
-			live = append(live, lockInfo{Purpose: "an unreadable lock " + e.Name(), Exclusive: true})
+		if json.Unmarshal(all[name], &l) != nil {
+			// Half a lock cannot be: writes are renamed into place, and
+			// objects created whole. Count it as held, by an unknown
+			// process.
+			live = append(live, lockInfo{Purpose: "an unreadable lock " + name, Exclusive: true})
 			continue
 		}
 		stale := false
@@ -213,7 +279,7 @@ func liveLocks(dir, own string) ([]lockInfo, error) {
 			stale = time.Since(l.Refreshed) > lockStaleAfter
 		}
 		if stale {
-			_ = os.Remove(p)
+			_ = store.remove(ctx, name)
 			continue
 		}
 		live = append(live, l)

@@ -81,6 +81,9 @@ func (r *Repo) Forget(points []RestorePoint) error {
 	if r.lock == nil || !r.lock.info.Exclusive {
 		return errors.New("chunkstore: forget needs the repository's exclusive lock")
 	}
+	if r.remote != nil {
+		return r.forgetRemote(points)
+	}
 	for _, rp := range points {
 		if err := os.Remove(filepath.Join(r.pointsDir(), rp.ID+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("chunkstore: forgetting %s: %w", rp.ID, err)
@@ -202,11 +205,11 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 			st.BytesKeptDead += u.dead
 		}
 	}
-	pending, err := readPrunePending(l)
+	pending, err := readPrunePending(ctx, l)
 	if err != nil {
 		return nil, err
 	}
-	orphans, err := orphanPacks(l, packs, pending, start)
+	orphans, err := orphanPacks(ctx, l, packs, pending, start)
 	if err != nil {
 		return nil, err
 	}
@@ -238,19 +241,25 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 	if err != nil {
 		return nil, err
 	}
+	if l.remote != nil {
+		if err := l.uploadRun(ctx, kept); err != nil {
+			kept.release()
+			return nil, err
+		}
+	}
 	l.adopt(kept)
 	pruneCrash("kept-run")
 	// Once the old runs go, no run names the packs to delete: a rerun
 	// after a crash from here on must know them to be dead, not packs
 	// another process is still writing (which look the same, and are
 	// left until they are an orphanAge old).
-	if err := writePrunePending(l, drop); err != nil {
+	if err := writePrunePending(ctx, l, drop); err != nil {
 		return nil, err
 	}
 	// 3. The old runs.
 	for _, rn := range runs {
-		if err := os.Remove(filepath.Join(l.runsDir(), rn.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("chunkstore: removing an old index run: %w", err)
+		if err := l.removeRun(ctx, rn.name); err != nil {
+			return nil, err
 		}
 		pruneCrash("old-runs")
 	}
@@ -277,16 +286,16 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 	}
 	l.filesMu.Unlock()
 	for n := range drop {
-		if err := os.Remove(l.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("chunkstore: removing pack %s: %w", packName(n), err)
+		if err := l.removePack(ctx, n); err != nil {
+			return nil, err
 		}
 		pruneCrash("packs")
 	}
 	if err := syncDir(l.packsDir()); err != nil {
 		return nil, err
 	}
-	if err := os.Remove(prunePendingPath(l)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("chunkstore: removing the prune's list of packs: %w", err)
+	if err := removePrunePending(ctx, l); err != nil {
+		return nil, err
 	}
 	r.log.Info("pruned", "packs_deleted", st.PacksDeleted, "packs_repacked", st.PacksRepacked, "packs_orphaned", st.PacksOrphaned,
 		"bytes_freed", st.BytesFreed, "wal_files", st.WALFilesPruned)
@@ -342,9 +351,11 @@ func (r *Repo) liveChunks(ctx context.Context, st *PruneStats) (map[chunk.ID]str
 			keepFrom = segmentName(w.Timeline, lsn/uint64(w.SegmentSize), w.SegmentSize)[8:]
 		}
 	}
-	records, err := filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json"))
-	if err != nil {
-		return nil, nil, err
+	var records []string
+	if r.remote == nil { // no WAL archive on object storage yet
+		if records, err = filepath.Glob(filepath.Join(r.dir, "wal", "*", "*.json")); err != nil {
+			return nil, nil, err
+		}
 	}
 	var drop []string
 	for _, p := range records {
@@ -376,7 +387,7 @@ func prunePendingPath(l *Local) string { return filepath.Join(l.dir, "prune-pend
 
 // writePrunePending durably lists the packs in drop as ones a prune
 // deletes.
-func writePrunePending(l *Local, drop map[uint64]bool) error {
+func writePrunePending(ctx context.Context, l *Local, drop map[uint64]bool) error {
 	names := make([]string, 0, len(drop))
 	for n := range drop {
 		names = append(names, packName(n))
@@ -385,6 +396,9 @@ func writePrunePending(l *Local, drop map[uint64]bool) error {
 	b, err := json.Marshal(map[string][]string{"packs": names})
 	if err != nil {
 		return err
+	}
+	if l.remote != nil {
+		return writeRemotePrunePending(ctx, l, b)
 	}
 	f, err := os.CreateTemp(l.dir, ".tmp-prune-")
 	if err != nil {
@@ -412,8 +426,16 @@ func writePrunePending(l *Local, drop map[uint64]bool) error {
 }
 
 // readPrunePending returns the packs an interrupted prune was deleting.
-func readPrunePending(l *Local) (map[uint64]bool, error) {
-	b, err := os.ReadFile(prunePendingPath(l))
+func readPrunePending(ctx context.Context, l *Local) (map[uint64]bool, error) {
+	var (
+		b   []byte
+		err error
+	)
+	if l.remote != nil {
+		b, err = readRemotePrunePending(ctx, l)
+	} else {
+		b, err = os.ReadFile(prunePendingPath(l))
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -436,22 +458,28 @@ func readPrunePending(l *Local) (map[uint64]bool, error) {
 // orphanPacks returns the packs no index run names (so not in used) and
 // last written an orphanAge before start, or that an interrupted prune was
 // deleting (pending), with their sizes.
-func orphanPacks(l *Local, used map[uint64]*packUse, pending map[uint64]bool, start time.Time) (map[uint64]int64, error) {
-	ents, err := os.ReadDir(l.packsDir())
+func orphanPacks(ctx context.Context, l *Local, used map[uint64]*packUse, pending map[uint64]bool, start time.Time) (map[uint64]int64, error) {
+	packs, err := l.listPacks(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("chunkstore: listing packs: %w", err)
+		return nil, err
 	}
 	out := map[uint64]int64{}
-	for _, e := range ents {
-		n, ok := parsePackName(e.Name())
-		if !ok || used[n] != nil {
+	for _, p := range packs {
+		if used[p.n] != nil || start.Sub(p.mtime) < orphanAge && !pending[p.n] {
 			continue
 		}
-		fi, err := e.Info()
-		if err != nil || !fi.Mode().IsRegular() || start.Sub(fi.ModTime()) < orphanAge && !pending[n] {
-			continue
-		}
-		out[n] = fi.Size()
+		out[p.n] = p.size
 	}
 	return out, nil
+}
+
+// removePrunePending removes the list of packs a finished prune deleted.
+func removePrunePending(ctx context.Context, l *Local) error {
+	if l.remote != nil {
+		return deleteRemotePrunePending(ctx, l)
+	}
+	if err := os.Remove(prunePendingPath(l)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("chunkstore: removing the prune's list of packs: %w", err)
+	}
+	return nil
 }

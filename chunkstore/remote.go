@@ -27,10 +27,12 @@ import (
 //
 // Its directory is then a cache, never the truth: idx/ holds copies of the
 // runs it has listed (checked by their own hash when mapped, as any run),
-// and packs/ spools the packs this process is writing. A flush seals the
-// packs it makes durable: each is uploaded whole, and a later Put starts a
-// new one. So a pack object is never appended to, and its run is uploaded
-// only after it: a listed run names only packs that exist. A crash leaves
+// and packs/ spools the packs this process is writing. A pack is sealed
+// when it is full (its upload then overlaps the next one's writes) or when
+// a flush makes it durable, and a later Put starts a new one; a flush waits
+// for the uploads of its packs before it uploads their run. So a pack
+// object is never appended to, and a listed run names only packs that
+// exist. A crash leaves
 // at worst a pack no run names (a prune's orphan) and a spool file, which
 // the next Local opening the cache removes (a spool is locked while written).
 //
@@ -377,6 +379,91 @@ func (l *Local) cleanSpools() error {
 			_ = os.Remove(p)
 		}
 		f.Close()
+	}
+	return nil
+}
+
+// packFileInfo is a pack as a listing shows it.
+type packFileInfo struct {
+	n     uint64
+	size  int64
+	mtime time.Time // when it was last written (a file) or created (an object)
+}
+
+// listPacks lists the store's packs: the pack files of a directory, the
+// pack objects of a Remote (not the spools of this host's writers).
+func (l *Local) listPacks(ctx context.Context) ([]packFileInfo, error) {
+	var out []packFileInfo
+	if l.remote != nil {
+		for o, err := range l.remote.List(ctx, remotePacks) {
+			if err != nil {
+				return nil, fmt.Errorf("chunkstore: listing packs: %w", err)
+			}
+			if n, ok := parsePackName(strings.TrimPrefix(o.Name, remotePacks)); ok {
+				out = append(out, packFileInfo{n: n, size: o.Size, mtime: o.ModTime})
+			}
+		}
+		return out, nil
+	}
+	ents, err := os.ReadDir(l.packsDir())
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: listing packs: %w", err)
+	}
+	for _, e := range ents {
+		n, ok := parsePackName(e.Name())
+		if !ok {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		out = append(out, packFileInfo{n: n, size: fi.Size(), mtime: fi.ModTime()})
+	}
+	return out, nil
+}
+
+// removePack removes pack n; a missing one is no error.
+func (l *Local) removePack(ctx context.Context, n uint64) error {
+	if l.remote != nil {
+		if err := l.remote.Delete(ctx, packObject(n)); err != nil {
+			return fmt.Errorf("chunkstore: removing pack %s: %w", packName(n), err)
+		}
+		return nil
+	}
+	if err := os.Remove(l.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("chunkstore: removing pack %s: %w", packName(n), err)
+	}
+	return nil
+}
+
+// remotePrunePending is the object listing the packs an unfinished prune
+// deletes. It is replaced by deleting it and creating it anew: a crash in
+// between loses the list, which costs only time (the packs, named by no
+// run, are deleted once they are orphanAge old).
+const remotePrunePending = "chunks/prune-pending.json"
+
+func writeRemotePrunePending(ctx context.Context, l *Local, b []byte) error {
+	if err := l.remote.Delete(ctx, remotePrunePending); err != nil {
+		return fmt.Errorf("chunkstore: writing the prune's list of packs: %w", err)
+	}
+	if err := l.remote.PutIfAbsent(ctx, remotePrunePending, bytes.NewReader(b), int64(len(b))); err != nil {
+		return fmt.Errorf("chunkstore: writing the prune's list of packs: %w", err)
+	}
+	return nil
+}
+
+func readRemotePrunePending(ctx context.Context, l *Local) ([]byte, error) {
+	b, err := l.remote.Get(ctx, remotePrunePending, nil)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, fs.ErrNotExist
+	}
+	return b, err
+}
+
+func deleteRemotePrunePending(ctx context.Context, l *Local) error {
+	if err := l.remote.Delete(ctx, remotePrunePending); err != nil {
+		return fmt.Errorf("chunkstore: removing the prune's list of packs: %w", err)
 	}
 	return nil
 }

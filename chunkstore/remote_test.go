@@ -216,13 +216,9 @@ func TestRemoteS3(t *testing.T) {
 // finish through the bounded retries, the backup's restore point reads
 // back whole, and check finds nothing wrong.
 func testRemoteFaults(t *testing.T, srv *s3test.Server) {
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	srv.SetEnv(t)
 	proxy := testsupport.NewHTTPFaultProxy(t, srv.Endpoint)
 	t.Setenv("AWS_ENDPOINT_URL", proxy.URL)
-	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
 	url := "s3://" + srv.NewBucket(t) + "/faults"
 
 	isPackPut := func(r *http.Request) bool {
@@ -311,11 +307,7 @@ func testRemoteFaults(t *testing.T, srv *s3test.Server) {
 // changed; a host with an empty cache lists and reads them; check passes;
 // what is not built for object storage yet is refused, creating nothing.
 func testRemoteRepo(t *testing.T, srv *s3test.Server) {
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
-	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	srv.SetEnv(t)
 	url := "s3://" + srv.NewBucket(t) + "/team/db1"
 
 	_, err := chunkstore.ListRepo(context.Background(), url)
@@ -352,8 +344,32 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	require.NoError(t, err)
 	require.Empty(t, rep.Problems)
 
-	_, err = chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
-	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
+	// Locks are objects: r2's shared lock keeps forget out, and once it
+	// is released, forget's exclusive lock keeps others out.
+	_, err = chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.ErrorIs(t, err, chunkstore.ErrRepoLocked)
+	require.ErrorContains(t, err, "shared lock")
+	require.NoError(t, r2.Close())
+	x, err := chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	_, err = chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{})
+	require.ErrorIs(t, err, chunkstore.ErrRepoLocked)
+	require.NoError(t, x.Forget([]chunkstore.RestorePoint{*rp}))
+	st, err := x.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.RestorePoints)
+	require.Positive(t, st.DeadChunks, "the forgotten point's own chunks")
+	require.NoError(t, x.Close())
+	list, err = chunkstore.ListRepo(ctx, url)
+	require.NoError(t, err)
+	require.Len(t, list, 1, "forgotten")
+	require.Equal(t, rp2.ID, list[0].ID)
+	r2 = openRepo(t, url)
+	rep, err = r2.Check(ctx, chunkstore.CheckOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems, "after the prune")
+	checkRestorePoint(t, r2, rp2, c.DataDir)
+
 	_, err = chunkstore.OpenRepoWith(context.Background(), url, chunkstore.RepoOptions{Lock: chunkstore.LockNone})
 	require.ErrorIs(t, err, chunkstore.ErrRemoteUnsupported)
 	_, err = r2.WALRecord("000000010000000000000001")

@@ -134,6 +134,26 @@ const (
 	LockNone
 )
 
+// lockRepo takes o.Lock in locks, waiting up to o.LockWait for the
+// processes in the way.
+func lockRepo(ctx context.Context, locks lockStore, o RepoOptions, log *slog.Logger) (*repoLock, error) {
+	deadline := time.Now().Add(o.LockWait)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		lock, err := takeLock(ctx, locks, o.Lock == LockExclusive, lockPurpose())
+		if !errors.Is(err, ErrRepoLocked) || time.Now().Add(wait).After(deadline) {
+			return lock, err
+		}
+		log.Info("waiting for the repository", "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errors.Join(ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
 // OpenRepoWith is OpenRepo with options. dir may be a repository URL
 // (IsRepoURL).
 func OpenRepoWith(ctx context.Context, dir string, o RepoOptions) (*Repo, error) {
@@ -167,16 +187,11 @@ func OpenRepoWith(ctx context.Context, dir string, o RepoOptions) (*Repo, error)
 	}
 	var lock *repoLock
 	if o.Lock != LockNone {
-		deadline := time.Now().Add(o.LockWait)
-		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-			lock, err = takeLock(dir, own, o.Lock == LockExclusive, lockPurpose())
-			if !errors.Is(err, ErrRepoLocked) || time.Now().Add(wait).After(deadline) {
-				break
-			}
-			log.Info("waiting for the repository", "err", err)
-			time.Sleep(wait)
-		}
+		locks, err := dirLockStore(dir, own)
 		if err != nil {
+			return nil, err
+		}
+		if lock, err = lockRepo(ctx, locks, o, log); err != nil {
 			return nil, err
 		}
 	}

@@ -1,6 +1,7 @@
 package chunkstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,11 +25,63 @@ import (
 //	chunks/...             the chunk store's packs and runs (remote.go)
 //	points/<id>.json       restore points, created once (PutIfAbsent)
 //
+//	locks/<16 hex>.json    repository locks, as lock.go takes them
+//
 // This build reads and writes restore points and chunks there: backup,
-// restore-points, check, mount, export and publish work on it. What needs
-// a lock object or the WAL archive (forget, prune, wal-push, wal-fetch,
-// point-in-time targets) is refused with ErrRemoteUnsupported.
-const remotePoints = "points/"
+// restore-points, check, mount, export, publish and forget work on it.
+// Prune and the WAL archive (wal-push, wal-fetch, point-in-time targets)
+// are refused with ErrRemoteUnsupported.
+const (
+	remotePoints = "points/"
+	remoteLocks  = "locks/"
+)
+
+// objLocks keeps a repository's locks as objects under locks/, each
+// created once under a fresh random name (lock.go says how they are
+// taken): S3 lists an object as soon as its PUT has returned, so two
+// processes that race both see each other.
+type objLocks struct{ b objstore.Backend }
+
+func (o objLocks) put(ctx context.Context, info lockInfo) (string, error) {
+	data, err := json.Marshal(info)
+	if err != nil {
+		return "", err
+	}
+	name := fmt.Sprintf("%016x.json", randUint64())
+	if err := o.b.PutIfAbsent(ctx, remoteLocks+name, bytes.NewReader(data), int64(len(data))); err != nil {
+		return "", fmt.Errorf("writing a repository lock: %w", err)
+	}
+	return name, nil
+}
+
+func (o objLocks) list(ctx context.Context) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	for obj, err := range o.b.List(ctx, remoteLocks) {
+		if err != nil {
+			return nil, fmt.Errorf("reading the repository's locks: %w", err)
+		}
+		name := strings.TrimPrefix(obj.Name, remoteLocks)
+		if !strings.HasSuffix(name, ".json") || strings.Contains(name, "/") {
+			continue
+		}
+		data, err := o.b.Get(ctx, obj.Name, nil)
+		if errors.Is(err, objstore.ErrNotFound) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading the repository's locks: %w", err)
+		}
+		out[name] = data
+	}
+	return out, nil
+}
+
+func (o objLocks) remove(ctx context.Context, name string) error {
+	if err := o.b.Delete(ctx, remoteLocks+name); err != nil {
+		return fmt.Errorf("removing the repository lock: %w", err)
+	}
+	return nil
+}
 
 // ErrRemoteUnsupported is matched by the error of an operation that a
 // repository on object storage does not support yet.
@@ -112,10 +165,7 @@ func repoCacheDir(repoURL string) (string, error) {
 
 // openRemoteRepo opens the repository on b, caching in cache.
 func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cache string, o RepoOptions) (*Repo, error) {
-	switch o.Lock {
-	case LockExclusive:
-		return nil, fmt.Errorf("forget and prune: %w", ErrRemoteUnsupported)
-	case LockNone:
+	if o.Lock == LockNone {
 		return nil, fmt.Errorf("the WAL archive: %w", ErrRemoteUnsupported)
 	}
 	if err := os.MkdirAll(filepath.Join(cache, "points"), 0o700); err != nil {
@@ -127,15 +177,19 @@ func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cac
 	}
 	so := o.Store
 	so.Remote = b
-	st, err := openLocal(ctx, filepath.Join(cache, "chunks"), so)
+	log := so.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	lock, err := lockRepo(ctx, objLocks{b}, o, log)
 	if err != nil {
 		return nil, err
 	}
-	log := so.Logger
-	if log == nil {
-		log = st.log
+	st, err := openLocal(ctx, filepath.Join(cache, "chunks"), so)
+	if err != nil {
+		return nil, errors.Join(err, lock.release())
 	}
-	return &Repo{dir: repoURL, log: log, store: st, owner: own, remote: b, cache: cache}, nil
+	return &Repo{dir: repoURL, log: log, store: st, owner: own, lock: lock, remote: b, cache: cache}, nil
 }
 
 // listRemotePoints lists the restore points of the repository on b,
@@ -238,4 +292,17 @@ func encodePoint(rp *RestorePoint) ([]byte, error) {
 		return nil, fmt.Errorf("chunkstore: encoding restore point: %w", err)
 	}
 	return append(b, '\n'), nil
+}
+
+// forgetRemote deletes the restore point objects of points (and this
+// host's cached copies). Their chunks stay until a prune.
+func (r *Repo) forgetRemote(points []RestorePoint) error {
+	ctx := context.Background() // bounded by the store's retries
+	for _, rp := range points {
+		if err := r.remote.Delete(ctx, remotePoints+rp.ID+".json"); err != nil {
+			return fmt.Errorf("chunkstore: forgetting %s: %w", rp.ID, err)
+		}
+		_ = os.Remove(filepath.Join(r.cache, "points", rp.ID+".json"))
+	}
+	return nil
 }

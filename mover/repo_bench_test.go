@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -46,11 +45,7 @@ func BenchmarkRepoMountRead(b *testing.B) {
 	// a ranged GET of its pack, cold every iteration (no chunk cache).
 	b.Run("s3", func(b *testing.B) {
 		srv := s3test.Start(b)
-		for _, kv := range srv.Env() {
-			k, v, _ := strings.Cut(kv, "=")
-			b.Setenv(k, v)
-		}
-		b.Setenv("PGPORTER_CACHE_DIR", b.TempDir())
+		srv.SetEnv(b)
 		f := backupFakeTo(b, scale, "s3://"+srv.NewBucket(b)+"/repo")
 		repo, err := chunkstore.OpenRepo(context.Background(), f.repoDir, nil)
 		require.NoError(b, err)

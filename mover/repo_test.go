@@ -23,6 +23,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
+	"github.com/pgporter/pgporter/internal/s3test"
 	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
@@ -702,6 +703,21 @@ func TestRepoS2ChunksToVersion5(t *testing.T) {
 // the local repository does (orchestrator's TestLocalSourceConformance).
 func TestRemoteRepoConformance(t *testing.T) {
 	f := startRepoServer(t, 1, nil)
+	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
+	require.NoError(t, err)
+	storetest.RunReader(t, rr, storetest.Want{Points: []chunkstore.RestorePoint{*f.rp},
+		Trees: map[string][]chunkstore.Node{f.rp.ID: f.tree}, Files: f.files})
+}
+
+// A repository mover serving a repository on object storage (mover serve
+// --repo s3://…) answers as one serving a directory: the reader suite over
+// loopback QUIC, the repository on a real S3 server.
+func TestRemoteRepoConformanceS3(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	f := backupFakeTo(t, 1, "s3://"+srv.NewBucket(t)+"/repo")
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir()) // the mover's host
+	f.testReceiver = startReceiver(t, ServerOptions{Repo: f.repoDir})
 	rr, err := dialTestRepo(t, f, PermRead, "", RemoteRepoOptions{})
 	require.NoError(t, err)
 	storetest.RunReader(t, rr, storetest.Want{Points: []chunkstore.RestorePoint{*f.rp},

@@ -34,6 +34,7 @@ type demoOpts struct {
 	scale int
 	keep  bool
 	json  bool
+	repo  string // "": a repository in the demo's directory
 }
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -63,7 +64,8 @@ and says where. The demo has its own state directory there: --home is not
 touched. Runs as root (the server runs as the postgres OS user) or as a user
 who may run PostgreSQL and FUSE mounts.`,
 		Example: `  pgporter demo
-  pgporter demo --scale 5 --keep`,
+  pgporter demo --scale 5 --keep
+  pgporter demo --scale 5 --repo s3://demo/pgporter   # with the AWS variables set`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd, g, o) },
 	}
@@ -71,6 +73,7 @@ who may run PostgreSQL and FUSE mounts.`,
 	f.IntVar(&o.scale, "scale", 70, "pgbench scale of the \"shop\" database (about 14 MiB each)")
 	f.BoolVar(&o.keep, "keep", false, "keep the temporary directory (cluster, repository, dumps) and print where")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary, and nothing else, on stdout")
+	f.StringVar(&o.repo, "repo", "", "back up into this repository instead of one in the temporary directory: a directory or s3://BUCKET/PREFIX (make demo-s3); its restore point stays there")
 	return c
 }
 
@@ -353,13 +356,21 @@ func (d *demo) pgbench(ctx context.Context) error {
 	return nil
 }
 
+// repo is the demo's repository: --repo, else one in its directory.
+func (d *demo) repo() string {
+	if d.o.repo != "" {
+		return d.o.repo
+	}
+	return filepath.Join(d.dir, "repo")
+}
+
 func (d *demo) backup(ctx context.Context) (*chunkstore.RestorePoint, error) {
 	d.step("stopping the cluster and backing it up")
 	if err := d.pg.Stop(); err != nil {
 		return nil, err
 	}
 	t := time.Now()
-	repo, err := chunkstore.OpenRepo(ctx, filepath.Join(d.dir, "repo"), d.log)
+	repo, err := chunkstore.OpenRepo(ctx, d.repo(), d.log)
 	if err != nil {
 		return nil, err
 	}
@@ -393,7 +404,7 @@ func (d *demo) export(ctx context.Context, rp *chunkstore.RestorePoint) (*orches
 		return nil, err
 	}
 	s, err := r.Create(ctx, orchestrator.Plan{
-		Repo: filepath.Join(d.dir, "repo"), RestorePoint: "latest", Databases: demoExported,
+		Repo: d.repo(), RestorePoint: "latest", Databases: demoExported,
 		To: filepath.Join(d.dir, "exports"), StagingDir: filepath.Join(d.dir, "staging"), Jobs: 2,
 	})
 	if err != nil {

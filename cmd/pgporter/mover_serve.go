@@ -247,7 +247,7 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	srv, err = mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
 		// Scripts and tests read the address (useful with port 0) from
 		// stdout, once the mover serves (/healthz says ok from then on).
-		Serving: func() { fmt.Fprintf(g.stdout, "listening on %s as %s\n", srv.Addr(), srv.ID()) },
+		Serving:    func() { fmt.Fprintf(g.stdout, "listening on %s as %s\n", srv.Addr(), srv.ID()) },
 		PeerMemory: memory[0], TotalMemory: memory[1], VerifyCommit: so.verifyCommit,
 		SyncBytes: syncBytes, SyncInterval: so.syncInterval})
 	if err != nil {

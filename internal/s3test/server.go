@@ -78,6 +78,19 @@ func (s *Server) PID() int { return s.cmd.Process.Pid }
 // process's environment.
 func (s *Server) Env() []string { return append([]string(nil), s.env...) }
 
+// SetEnv sets the server's variables (Env) in t's environment, as a user
+// who ran `eval "$(scripts/s3-server start DIR)"` has them, and a fresh
+// PGPORTER_CACHE_DIR, so that pgporter's code reaches the server as it
+// would reach any S3 server. t must not be parallel.
+func (s *Server) SetEnv(t testing.TB) {
+	t.Helper()
+	for _, kv := range s.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+}
+
 // Client returns a client of endpoint (s.Endpoint or s.TLSEndpoint) with the
 // server's credentials and path-style addressing, trusting only the
 // server's certificate. It reads nothing from the environment.
