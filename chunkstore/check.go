@@ -51,7 +51,13 @@ func (r *Repo) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) 
 	for name, err := range r.store.Damaged() {
 		add("index run %s is damaged (its chunks read as missing): %v", name, err)
 	}
-	bad := func(id chunk.ID, err error) { add("chunk %s: %v", id, err) }
+	bad := func(id chunk.ID, err error) {
+		if id == (chunk.ID{}) {
+			add("%v", err) // an encrypted store's record that did not open: err names its object
+			return
+		}
+		add("chunk %s: %v", id, err)
+	}
 	var err error
 	if o.ReadData {
 		var st VerifyStats

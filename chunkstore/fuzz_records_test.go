@@ -22,7 +22,7 @@ func FuzzRepoRecords(f *testing.F) {
 		{chunk.Sum([]byte("b")), chunkLoc{Pack: 3, Offset: 54, StoredLen: 10, PlainLen: 100, Codec: chunk.CodecZstd}},
 	}
 	slices.SortFunc(entries, func(a, b runEntry) int { return bytes.Compare(a.id[:], b.id[:]) })
-	r, err := writeRun(dir, entries, owner{})
+	r, err := writeRun(dir, entries, owner{}, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func fuzzRun(t *testing.T, b []byte, p string) {
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r, err := openRun(p)
+	r, err := openRun(p, nil)
 	if err != nil {
 		return
 	}
@@ -74,7 +74,7 @@ func fuzzRun(t *testing.T, b []byte, p string) {
 		entries = append(entries, runEntry{id, loc})
 	}
 	dir := filepath.Dir(p)
-	w, err := writeRun(dir, entries, owner{})
+	w, err := writeRun(dir, entries, owner{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
@@ -74,6 +75,13 @@ type LocalOptions struct {
 	// BlockCacheBytes bounds the cache of pack blocks read from Remote
 	// (blockcache.go; default DefaultBlockCacheBytes).
 	BlockCacheBytes int64
+	// Key, if set, encrypts the store (docs/design/0010-repository-
+	// encryption.md): its records are sealed and its index runs keyed by
+	// object IDs and MACed, and every read authenticates before it uses a
+	// byte. A store is created encrypted or not, and opened only the same
+	// way: a key given to a plain store, none to an encrypted one, or
+	// another store's key is refused at open. Nil: a plain store.
+	Key *crypt.MasterKey
 }
 
 func (o LocalOptions) withDefaults() LocalOptions {
@@ -141,6 +149,7 @@ type Local struct {
 	dir    string
 	opts   LocalOptions
 	remote objstore.Backend // opts.Remote
+	key    *crypt.MasterKey // opts.Key; nil in a plain store
 	log    *slog.Logger
 	owner  owner
 
@@ -191,7 +200,7 @@ var (
 )
 
 // storeFormat names this layout of a store's files, records and runs; it is
-// written to DIR/format.
+// written to DIR/format. An encrypted store's is sealedFormat (format.go).
 const storeFormat = "pgporter-chunkstore-2"
 
 // OpenLocal opens the store in dir, creating it if needed. A store in the
@@ -218,6 +227,7 @@ func openLocal(ctx context.Context, dir string, opts LocalOptions) (*Local, erro
 		dir:     dir,
 		opts:    opts,
 		remote:  opts.Remote,
+		key:     opts.Key,
 		log:     opts.Logger.With("store", dir),
 		owner:   o,
 		pending: map[chunk.ID]chunkLoc{},
@@ -246,8 +256,12 @@ func openLocal(ctx context.Context, dir string, opts LocalOptions) (*Local, erro
 			return nil, err
 		}
 	} else {
-		if err := l.migrate(); err != nil {
-			return nil, err
+		if l.key == nil {
+			if err := l.migrate(); err != nil {
+				return nil, err
+			}
+		} else if _, err := os.Stat(filepath.Join(dir, "index")); err == nil {
+			return nil, fmt.Errorf("chunkstore: %s holds a store of format %q, which is not encrypted: %w", dir, v1Format, ErrNotEncrypted)
 		}
 		if err := l.checkFormat(); err != nil {
 			return nil, err
@@ -271,10 +285,7 @@ func (l *Local) checkFormat() error {
 	p := filepath.Join(l.dir, "format")
 	b, err := os.ReadFile(p)
 	if err == nil {
-		if got := strings.TrimSpace(string(b)); got != storeFormat {
-			return fmt.Errorf("chunkstore: %s holds a store of format %q; this build reads %q", l.dir, got, storeFormat)
-		}
-		return nil
+		return l.checkFormatBody(l.dir, b)
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("chunkstore: reading the store's format: %w", err)
@@ -283,7 +294,7 @@ func (l *Local) checkFormat() error {
 	if err != nil {
 		return fmt.Errorf("chunkstore: recording the store's format: %w", err)
 	}
-	_, err = f.WriteString(storeFormat + "\n")
+	_, err = f.Write(l.formatBody())
 	if err == nil {
 		err = f.Chmod(0o644)
 	}
@@ -295,11 +306,19 @@ func (l *Local) checkFormat() error {
 	}
 	err = errors.Join(err, f.Close())
 	if err == nil {
-		// Processes opening a new store at once all write the same bytes.
-		err = os.Rename(f.Name(), p)
+		// Linked, never replaced: of processes creating the store at once,
+		// one records its kind and the others check theirs against it.
+		err = os.Link(f.Name(), p)
+	}
+	_ = os.Remove(f.Name())
+	if errors.Is(err, fs.ErrExist) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("chunkstore: reading the store's format: %w", err)
+		}
+		return l.checkFormatBody(l.dir, b)
 	}
 	if err != nil {
-		_ = os.Remove(f.Name())
 		return fmt.Errorf("chunkstore: recording the store's format: %w", err)
 	}
 	return syncDir(l.dir)
@@ -347,7 +366,7 @@ func (l *Local) refresh(ctx context.Context) error {
 		if l.remote != nil {
 			r, err = l.openRemoteRun(ctx, name)
 		} else {
-			r, err = openRun(filepath.Join(l.runsDir(), name))
+			r, err = openRun(filepath.Join(l.runsDir(), name), l.key)
 		}
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
@@ -413,10 +432,10 @@ func (l *Local) CheckLocations(ctx context.Context, bad func(chunk.ID, error)) (
 	defer l.exit()
 	sizes := map[uint64]int64{}
 	n := 0
-	err := l.iterateRuns(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
+	err := l.iterateRuns(ctx, func(k chunk.ID, loc chunkLoc, err error) error {
 		n++
 		if err != nil {
-			bad(id, err)
+			bad(l.knownID(k), err)
 			return nil
 		}
 		size, ok := sizes[loc.Pack]
@@ -428,9 +447,9 @@ func (l *Local) CheckLocations(ctx context.Context, bad func(chunk.ID, error)) (
 		}
 		switch {
 		case size < 0:
-			bad(id, &chunk.CorruptChunkError{ID: id, Err: fmt.Errorf("pack %s is missing", packName(loc.Pack))})
-		case loc.Offset+loc.header(id).size() > size:
-			bad(id, &chunk.CorruptChunkError{ID: id, Err: fmt.Errorf("%w: pack %s ends at %d, inside the record at %d", errBadRecord, packName(loc.Pack), size, loc.Offset)})
+			bad(l.knownID(k), l.corruptAt(k, fmt.Errorf("pack %s is missing", packName(loc.Pack))))
+		case loc.Offset+loc.recordSize() > size:
+			bad(l.knownID(k), l.corruptAt(k, fmt.Errorf("%w: pack %s ends at %d, inside the record at %d", errBadRecord, packName(loc.Pack), size, loc.Offset)))
 		}
 		return nil
 	})
@@ -508,32 +527,69 @@ func (l *Local) exit() {
 	}
 }
 
-// lookup finds where id is stored. The pending set is checked before the
-// runs: a flush removes chunks from it only after their run is open, so a
-// chunk this process wrote is always in one or the other. A miss lists
-// the runs again when relist says so, to see other processes' writes.
-func (l *Local) lookup(ctx context.Context, id chunk.ID, relist func() bool) (chunkLoc, bool, error) {
+// indexKey is what the store's runs and pending set are keyed by: the
+// chunk's object ID in an encrypted store, so that no plain ID reaches a
+// pack or a run, and the ID itself in a plain one. It keeps chunk.ID's type
+// because runs hold either; only Local translates, here.
+func (l *Local) indexKey(id chunk.ID) chunk.ID {
+	if l.key == nil {
+		return id
+	}
+	return chunk.ID(l.key.ObjectID(id))
+}
+
+// knownID is the chunk ID a walk of the runs knows for index key k before
+// reading its record: k itself in a plain store, none (zero) in an
+// encrypted one.
+func (l *Local) knownID(k chunk.ID) chunk.ID {
+	if l.key == nil {
+		return k
+	}
+	return chunk.ID{}
+}
+
+// corruptAt is the error for the record indexed under k when its plain ID
+// is not known: an encrypted store names the object ID in the text, never
+// as a chunk ID.
+func (l *Local) corruptAt(k chunk.ID, err error) *chunk.CorruptChunkError {
+	if l.key == nil {
+		return &chunk.CorruptChunkError{ID: k, Err: err}
+	}
+	return &chunk.CorruptChunkError{Err: fmt.Errorf("object %s: %w", crypt.ObjectID(k), err)}
+}
+
+// lookup finds where id, indexed under k (indexKey), is stored. The pending
+// set is checked before the runs: a flush removes chunks from it only after
+// their run is open, so a chunk this process wrote is always in one or the
+// other. A miss lists the runs again when relist says so, to see other
+// processes' writes.
+func (l *Local) lookup(ctx context.Context, id, k chunk.ID, relist func() bool) (chunkLoc, bool, error) {
 	l.mu.RLock()
-	loc, ok := l.pending[id]
+	loc, ok := l.pending[k]
 	l.mu.RUnlock()
 	if ok {
 		return loc, true, nil
 	}
-	loc, ok, err := l.lookupRuns(id)
-	if ok || err != nil || relist == nil || !relist() {
-		return loc, ok, err
+	loc, ok, err := l.lookupRuns(k)
+	if !ok && err == nil && relist != nil && relist() {
+		if err := l.refresh(ctx); err != nil {
+			return chunkLoc{}, false, err
+		}
+		loc, ok, err = l.lookupRuns(k)
 	}
-	if err := l.refresh(ctx); err != nil {
-		return chunkLoc{}, false, err
+	var ce *chunk.CorruptChunkError
+	if l.key != nil && errors.As(err, &ce) {
+		err = &chunk.CorruptChunkError{ID: id, Err: ce.Err}
 	}
-	return l.lookupRuns(id)
+	return loc, ok, err
 }
 
-func (l *Local) lookupRuns(id chunk.ID) (chunkLoc, bool, error) {
+// lookupRuns looks index key k up in the open runs.
+func (l *Local) lookupRuns(k chunk.ID) (chunkLoc, bool, error) {
 	l.runsMu.RLock()
 	defer l.runsMu.RUnlock()
 	for _, r := range l.runs {
-		if loc, ok, err := r.find(id); ok {
+		if loc, ok, err := r.find(k); ok {
 			return loc, ok, err
 		}
 	}
@@ -551,7 +607,7 @@ func (l *Local) Has(ctx context.Context, id chunk.ID) (bool, error) {
 		return false, err
 	}
 	defer l.exit()
-	_, ok, err := l.lookup(ctx, id, l.runsChanged)
+	_, ok, err := l.lookup(ctx, id, l.indexKey(id), l.runsChanged)
 	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
 		return true, nil // held, badly: Get and Verify report it
@@ -570,6 +626,13 @@ func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 	}
 	defer l.exit()
 	held := make([]bool, len(ids))
+	keys := ids
+	if l.key != nil {
+		keys = make([]chunk.ID, len(ids))
+		for i, id := range ids {
+			keys[i] = l.indexKey(id)
+		}
+	}
 	var ce *chunk.CorruptChunkError
 	check := func(relisted bool) (misses int, err error) {
 		for i, id := range ids {
@@ -583,9 +646,9 @@ func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 			}
 			var ok bool
 			if relisted {
-				_, ok, err = l.lookupRuns(id)
+				_, ok, err = l.lookupRuns(keys[i])
 			} else {
-				_, ok, err = l.lookup(ctx, id, nil)
+				_, ok, err = l.lookup(ctx, id, keys[i], nil)
 			}
 			if errors.As(err, &ce) {
 				ok, err = true, nil // held, badly: Get and Verify report it
@@ -624,44 +687,58 @@ func (l *Local) Get(ctx context.Context, id chunk.ID, dst []byte) ([]byte, error
 		return dst, err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(ctx, id, always)
+	k := l.indexKey(id)
+	loc, ok, err := l.lookup(ctx, id, k, always)
 	if err != nil {
 		return dst, err
 	}
 	if !ok {
 		return dst, fmt.Errorf("%w: %s", chunk.ErrNotFound, id)
 	}
-	return l.read(ctx, id, loc, dst)
+	_, out, err := l.read(ctx, id, k, loc, dst)
+	return out, err
 }
 
-// read appends the verified plain content of the record at loc to dst. A
-// record that cannot be what was written for id gives a *CorruptChunkError;
-// other errors are I/O failures.
-func (l *Local) read(ctx context.Context, id chunk.ID, loc chunkLoc, dst []byte) ([]byte, error) {
-	bp := getBuf(int(loc.header(id).size()))
+// read appends the verified plain content of the record at loc, indexed
+// under k, to dst, and returns the chunk's ID with it. id is the chunk's ID
+// if the caller knows it, else zero (the record's own, once it is opened and
+// authenticated, is then checked against k). A record that cannot be what
+// was written for k gives a *CorruptChunkError; other errors are I/O
+// failures.
+func (l *Local) read(ctx context.Context, id, k chunk.ID, loc chunkLoc, dst []byte) (chunk.ID, []byte, error) {
+	size := loc.recordSize()
+	bp := getBuf(int(size))
 	defer putBuf(bp)
-	h, stored, err := l.readRecord(ctx, id, loc, (*bp)[:loc.header(id).size()])
+	h, stored, err := l.readRecord(ctx, id, k, loc, (*bp)[:size], false)
 	if err != nil {
-		return dst, err
+		return id, dst, err
 	}
+	id = h.ID
 	n := len(dst)
 	out, err := chunk.Decompress(dst, stored, h.Codec, int(h.PlainLen))
 	if err != nil {
-		return dst, &chunk.CorruptChunkError{ID: id, Err: err}
+		return id, dst, &chunk.CorruptChunkError{ID: id, Err: err}
 	}
 	if chunk.Sum(out[n:]) != id {
-		return out[:n], &chunk.CorruptChunkError{ID: id, Err: chunk.ErrHashMismatch}
+		return id, out[:n], &chunk.CorruptChunkError{ID: id, Err: chunk.ErrHashMismatch}
 	}
-	return out, nil
+	return id, out, nil
 }
 
-// readRecord reads the record at loc into rec, which is exactly the
-// record's size, and checks its header against the index entry; it returns
-// the header and the stored bytes (aliasing rec), neither decoded nor
-// verified. A record that cannot be id's gives a *CorruptChunkError; other
-// errors are I/O failures.
-func (l *Local) readRecord(ctx context.Context, id chunk.ID, loc chunkLoc, rec []byte) (recordHeader, []byte, error) {
+// readRecord reads the record at loc, indexed under k, into rec, which is
+// exactly the record's size, and checks it against the index entry: a plain
+// record's header; a sealed record's clear header, then (unless clearOnly)
+// its seal, bound to k, and its inner header, whose chunk ID must have k for
+// object ID. It returns the plain header and the stored bytes (aliasing
+// rec; a sealed record is opened in place), neither decoded nor verified;
+// with clearOnly, a sealed record's header is zero and rec stays sealed. id
+// names the chunk in errors, as read's. A record that cannot be k's gives a
+// *CorruptChunkError, never its bytes; other errors are I/O failures.
+func (l *Local) readRecord(ctx context.Context, id, k chunk.ID, loc chunkLoc, rec []byte, clearOnly bool) (recordHeader, []byte, error) {
 	corrupt := func(err error) (recordHeader, []byte, error) {
+		if id == (chunk.ID{}) {
+			return recordHeader{}, nil, l.corruptAt(k, err)
+		}
 		return recordHeader{}, nil, &chunk.CorruptChunkError{ID: id, Err: err}
 	}
 	if err := l.readPack(ctx, loc.Pack, rec, loc.Offset); err != nil {
@@ -673,12 +750,37 @@ func (l *Local) readRecord(ctx context.Context, id chunk.ID, loc chunkLoc, rec [
 		}
 		return recordHeader{}, nil, fmt.Errorf("chunkstore: reading %s from pack %08x: %w", id.Short(), loc.Pack, err)
 	}
-	h, stored, err := decodeRecord(rec)
+	if !loc.Sealed {
+		h, stored, err := decodeRecord(rec)
+		if err != nil {
+			return corrupt(err)
+		}
+		if h != loc.header(k) {
+			return corrupt(fmt.Errorf("%w: record header %+v does not match index %+v", errBadRecord, h, loc))
+		}
+		return h, stored, nil
+	}
+	sh, err := decodeSealedRecordHeader(rec)
 	if err != nil {
 		return corrupt(err)
 	}
-	if h != loc.header(id) {
-		return corrupt(fmt.Errorf("%w: record header %+v does not match index %+v", errBadRecord, h, loc))
+	if sh.OID != crypt.ObjectID(k) || sh.SealedLen != loc.StoredLen {
+		return corrupt(fmt.Errorf("%w: record of object %s, %d bytes sealed, where the index has object %s, %d bytes",
+			errBadRecord, sh.OID, sh.SealedLen, crypt.ObjectID(k), loc.StoredLen))
+	}
+	if clearOnly {
+		return recordHeader{}, nil, nil
+	}
+	inner, err := l.key.OpenInPlace(crypt.KindChunk, string(k[:]), rec[sealedHeaderSize:])
+	if err != nil {
+		return corrupt(fmt.Errorf("%w: %w", errBadRecord, err))
+	}
+	h, stored, err := decodeInner(inner)
+	if err != nil {
+		return corrupt(err)
+	}
+	if l.indexKey(h.ID) != k {
+		return corrupt(fmt.Errorf("%w: the sealed record holds chunk %s, whose object ID is not the index's", errBadRecord, h.ID.Short()))
 	}
 	return h, stored, nil
 }
@@ -693,24 +795,25 @@ func (l *Local) GetStored(ctx context.Context, id chunk.ID, dst []byte) ([]byte,
 		return dst, Info{}, err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(ctx, id, always)
+	k := l.indexKey(id)
+	loc, ok, err := l.lookup(ctx, id, k, always)
 	if err != nil {
 		return dst, Info{}, err
 	}
 	if !ok {
 		return dst, Info{}, fmt.Errorf("%w: %s", chunk.ErrNotFound, id)
 	}
-	// The record goes into dst's spare room and its stored bytes move down
-	// over the header: one copy, as through a pooled buffer, and no buffer
-	// of the store's own.
-	n, size := len(dst), int(loc.header(id).size())
+	// The record goes into dst's spare room (a sealed one is opened there)
+	// and its stored bytes move down over the header: one copy, as through
+	// a pooled buffer, and no buffer of the store's own.
+	n, size := len(dst), int(loc.recordSize())
 	buf := slices.Grow(dst, size)[:n+size]
-	_, stored, err := l.readRecord(ctx, id, loc, buf[n:])
+	h, stored, err := l.readRecord(ctx, id, k, loc, buf[n:], false)
 	if err != nil {
 		return dst, Info{}, err
 	}
-	k := copy(buf[n:], stored)
-	return buf[:n+k], loc.info(), nil
+	m := copy(buf[n:], stored)
+	return buf[:n+m], h.info(), nil
 }
 
 // packFile returns the open file of pack n, opening it on first use.
@@ -763,13 +866,14 @@ func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) e
 	var (
 		held bool
 		err  error
+		k    = l.indexKey(id)
 	)
 	if l.opts.WriteOnly {
 		l.mu.RLock()
-		_, held = l.pending[id]
+		_, held = l.pending[k]
 		l.mu.RUnlock()
 	} else {
-		_, held, err = l.lookup(ctx, id, l.runsChanged)
+		_, held, err = l.lookup(ctx, id, k, l.runsChanged)
 	}
 	var ce *chunk.CorruptChunkError
 	if errors.As(err, &ce) {
@@ -780,11 +884,22 @@ func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) e
 		return err
 	}
 
-	bp := getBuf(recordHeaderSize + len(data) + len(data)>>6 + 64)
-	rec, codec := chunk.Compress((*bp)[:recordHeaderSize], data, l.opts.Level)
-	h := recordHeader{ID: id, Codec: codec, PlainLen: uint32(len(data)), StoredLen: uint32(len(rec) - recordHeaderSize)}
-	putRecordHeader(rec, h)
-	flushNow, err := l.append(h, rec)
+	var (
+		bp  *[]byte
+		rec []byte
+		loc chunkLoc
+	)
+	if l.key == nil {
+		bp = getBuf(recordHeaderSize + len(data) + len(data)>>6 + 64)
+		var codec chunk.Codec
+		rec, codec = chunk.Compress((*bp)[:recordHeaderSize], data, l.opts.Level)
+		h := recordHeader{ID: id, Codec: codec, PlainLen: uint32(len(data)), StoredLen: uint32(len(rec) - recordHeaderSize)}
+		putRecordHeader(rec, h)
+		loc = chunkLoc{StoredLen: h.StoredLen, PlainLen: h.PlainLen, Codec: h.Codec}
+	} else {
+		bp, rec, loc = l.sealRecord(id, k, data)
+	}
+	flushNow, err := l.append(k, loc, rec)
 	*bp = rec[:0]
 	putBuf(bp)
 	if err != nil || !flushNow {
@@ -796,15 +911,35 @@ func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) e
 	return nil
 }
 
-// append writes one encoded record to the current pack and makes it
-// readable. It reports whether enough is unflushed to flush now.
-func (l *Local) append(h recordHeader, rec []byte) (flushNow bool, err error) {
+// sealedPrefix is what a sealed record's buffer holds before the stored
+// bytes: the clear header, the seal's header, the inner header.
+const sealedPrefix = sealedHeaderSize + crypt.HeaderSize + innerHeaderSize
+
+// sealRecord encodes data, the chunk id indexed under k, as a sealed record
+// in a pooled buffer: compressed after room for the headers, then sealed in
+// place. It returns the buffer (for putBuf), the record and its location
+// but for the pack and offset.
+func (l *Local) sealRecord(id, k chunk.ID, data []byte) (*[]byte, []byte, chunkLoc) {
+	bp := getBuf(sealedPrefix + len(data) + len(data)>>6 + 64 + crypt.TagSize)
+	rec, codec := chunk.Compress((*bp)[:sealedPrefix], data, l.opts.Level)
+	inner := rec[sealedHeaderSize+crypt.HeaderSize:]
+	putInner(inner, recordHeader{ID: id, Codec: codec, PlainLen: uint32(len(data))})
+	rec = l.key.Seal(rec[:sealedHeaderSize], crypt.KindChunk, string(k[:]), inner)
+	sh := sealedHeader{OID: crypt.ObjectID(k), SealedLen: uint32(len(rec) - sealedHeaderSize)}
+	putSealedRecordHeader(rec, sh)
+	return bp, rec, chunkLoc{StoredLen: sh.SealedLen, Sealed: true}
+}
+
+// append writes one encoded record, indexed under k, to the current pack
+// and makes it readable; loc is its location but for the pack and offset.
+// It reports whether enough is unflushed to flush now.
+func (l *Local) append(k chunk.ID, loc chunkLoc, rec []byte) (flushNow bool, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.failed != nil {
 		return false, l.failed
 	}
-	if _, ok := l.pending[h.ID]; ok {
+	if _, ok := l.pending[k]; ok {
 		return false, nil // another Put of the same chunk won the race
 	}
 	if err := l.rollLocked(int64(len(rec))); err != nil {
@@ -817,9 +952,9 @@ func (l *Local) append(h recordHeader, rec []byte) (flushNow bool, err error) {
 		// it, and if none does, it is a torn tail on the next open.
 		return false, fmt.Errorf("chunkstore: writing pack %08x: %w", l.curNum, err)
 	}
-	loc := chunkLoc{Pack: l.curNum, Offset: l.curOff, StoredLen: h.StoredLen, PlainLen: h.PlainLen, Codec: h.Codec}
-	l.pending[h.ID] = loc
-	l.unflushed = append(l.unflushed, runEntry{id: h.ID, loc: loc})
+	loc.Pack, loc.Offset = l.curNum, l.curOff
+	l.pending[k] = loc
+	l.unflushed = append(l.unflushed, runEntry{id: k, loc: loc})
 	l.curOff += int64(len(rec))
 	l.written.Add(int64(len(rec)))
 	l.unflushedBytes += int64(len(rec))
@@ -975,7 +1110,7 @@ func (l *Local) commit(ctx context.Context, chunks []runEntry, dirty map[uint64]
 	}
 	entries := slices.Clone(chunks)
 	slices.SortFunc(entries, func(a, b runEntry) int { return bytes.Compare(a.id[:], b.id[:]) })
-	r, err := writeRun(l.runsDir(), entries, l.owner)
+	r, err := writeRun(l.runsDir(), entries, l.owner, l.key)
 	if err != nil {
 		return err
 	}
@@ -1043,7 +1178,7 @@ func (l *Local) compact(ctx context.Context) error {
 
 // merge writes the entries of rs as one run, then removes rs.
 func (l *Local) merge(ctx context.Context, rs []*run) error {
-	rw, err := newRunWriter(l.runsDir(), l.owner, 0)
+	rw, err := newRunWriter(l.runsDir(), l.owner, 0, l.key)
 	if err != nil {
 		return err
 	}
@@ -1084,8 +1219,11 @@ func (l *Local) merge(ctx context.Context, rs []*run) error {
 	return l.refresh(ctx)
 }
 
-// Iterate calls fn for every durable chunk in ID order: those of the runs
-// listed when it starts. fn may call the store's other methods.
+// Iterate calls fn for every durable chunk, those of the runs listed when
+// it starts: in ID order in a plain store, in object ID order (stable, not
+// by chunk ID) in an encrypted one, which opens each record to learn its
+// chunk ID and Info; a record that fails there stops Iterate with its
+// *CorruptChunkError. fn may call the store's other methods.
 func (l *Local) Iterate(ctx context.Context, fn func(chunk.ID, Info) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -1094,31 +1232,41 @@ func (l *Local) Iterate(ctx context.Context, fn func(chunk.ID, Info) error) erro
 		return err
 	}
 	defer l.exit()
-	return l.iterateRuns(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
+	var buf []byte
+	return l.iterateRuns(ctx, func(k chunk.ID, loc chunkLoc, err error) error {
 		if err != nil {
 			return err
 		}
-		return fn(id, loc.info())
+		if l.key == nil {
+			return fn(k, loc.info())
+		}
+		buf = slices.Grow(buf[:0], int(loc.recordSize()))[:loc.recordSize()]
+		h, _, err := l.readRecord(ctx, chunk.ID{}, k, loc, buf, false)
+		if err != nil {
+			return err
+		}
+		return fn(h.ID, h.info())
 	})
 }
 
-// iterateRuns walks the chunks of every run in ID order, each once. An
-// entry that does not decode is passed to fn as a *CorruptChunkError.
+// iterateRuns walks the entries of every run in index key order, each
+// once. An entry that does not decode is passed to fn as a
+// *CorruptChunkError.
 func (l *Local) iterateRuns(ctx context.Context, fn func(chunk.ID, chunkLoc, error) error) error {
 	if err := l.refresh(ctx); err != nil {
 		return err
 	}
 	rs := l.snapshot()
 	defer releaseAll(rs)
-	return mergeRuns(rs, func(id chunk.ID, e []byte) error {
+	return mergeRuns(rs, func(k chunk.ID, e []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		loc, err := decodeRunLoc(e)
 		if err != nil {
-			err = &chunk.CorruptChunkError{ID: id, Err: err}
+			err = l.corruptAt(k, err)
 		}
-		return fn(id, loc, err)
+		return fn(k, loc, err)
 	})
 }
 
@@ -1143,16 +1291,19 @@ func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifySt
 	l.mu.RUnlock()
 
 	var buf []byte
-	check := func(id chunk.ID, loc chunkLoc, err error) error {
+	check := func(k chunk.ID, loc chunkLoc, err error) error {
 		st.Chunks++
+		id := l.knownID(k)
 		if err == nil {
-			st.PlainBytes += int64(loc.PlainLen)
-			buf, err = l.read(ctx, id, loc, buf[:0])
+			id, buf, err = l.read(ctx, id, k, loc, buf[:0])
+			if err == nil {
+				st.PlainBytes += int64(len(buf))
+			}
 		}
 		var ce *chunk.CorruptChunkError
 		if errors.As(err, &ce) {
 			st.Corrupt++
-			l.log.Warn("corrupt chunk", "chunk", id.String(), "err", err)
+			l.log.Warn("corrupt chunk", "chunk", id.String(), "err", err) // id is zero for a sealed record that did not open: err names its object
 			if bad != nil {
 				bad(id, err)
 			}
@@ -1160,18 +1311,18 @@ func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifySt
 		}
 		return err
 	}
-	err := l.iterateRuns(ctx, func(id chunk.ID, loc chunkLoc, err error) error {
-		delete(unflushed, id)
-		return check(id, loc, err)
+	err := l.iterateRuns(ctx, func(k chunk.ID, loc chunkLoc, err error) error {
+		delete(unflushed, k)
+		return check(k, loc, err)
 	})
 	if err != nil {
 		return st, err
 	}
-	for id, loc := range unflushed {
+	for k, loc := range unflushed {
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
-		if err := check(id, loc, nil); err != nil {
+		if err := check(k, loc, nil); err != nil {
 			return st, err
 		}
 	}
@@ -1218,7 +1369,7 @@ func (l *Local) release() error {
 // Buffers for records, pooled: Put and Get would otherwise allocate a chunk's
 // worth for each call. Buffers above maxPooledBuf are left to the GC so that
 // a few huge chunks do not pin memory.
-const maxPooledBuf = 1<<20 + recordHeaderSize
+const maxPooledBuf = 1<<20 + sealedHeaderSize + minSealedLen
 
 var bufPool = sync.Pool{New: func() any { return new([]byte) }}
 
@@ -1246,21 +1397,23 @@ func (l *Local) copyRecord(ctx context.Context, id chunk.ID) error {
 		return err
 	}
 	defer l.exit()
-	loc, ok, err := l.lookup(ctx, id, always)
+	k := l.indexKey(id)
+	loc, ok, err := l.lookup(ctx, id, k, always)
 	if err != nil {
 		return err
 	}
 	if !ok {
 		return fmt.Errorf("%w: %s", chunk.ErrNotFound, id)
 	}
-	h := loc.header(id)
-	bp := getBuf(int(h.size()))
+	bp := getBuf(int(loc.recordSize()))
 	defer putBuf(bp)
-	rec := (*bp)[:h.size()]
-	if _, _, err := l.readRecord(ctx, id, loc, rec); err != nil {
+	rec := (*bp)[:loc.recordSize()]
+	// A sealed record is copied sealed: opening it in place would leave
+	// plaintext in what is written out.
+	if _, _, err := l.readRecord(ctx, id, k, loc, rec, true); err != nil {
 		return err
 	}
-	flushNow, err := l.append(h, rec) // a chunk copied already is pending: skipped
+	flushNow, err := l.append(k, loc, rec) // a chunk copied already is pending: skipped
 
 	if err != nil || !flushNow {
 		return err

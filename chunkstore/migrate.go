@@ -77,7 +77,7 @@ func (l *Local) migrateEntries(db *pebbledb.DB) (int, error) {
 		return 0, err
 	}
 	defer it.Close()
-	rw, err := newRunWriter(l.runsDir(), l.owner, 0)
+	rw, err := newRunWriter(l.runsDir(), l.owner, 0, nil)
 	if err != nil {
 		return 0, err
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 )
 
 // A pack file is a sequence of chunk records, appended and never rewritten
@@ -54,6 +55,10 @@ type recordHeader struct {
 
 // size is the length of the whole record on disk.
 func (h recordHeader) size() int64 { return recordHeaderSize + int64(h.StoredLen) }
+
+func (h recordHeader) info() Info {
+	return Info{PlainLen: int(h.PlainLen), StoredLen: int(h.StoredLen), Codec: h.Codec}
+}
 
 // validate checks the lengths and codec against what any writer produces, so
 // that no decoder allocates what a corrupt header claims.
@@ -172,4 +177,119 @@ func parsePackName(name string) (uint64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// A store with a key (LocalOptions.Key) writes sealed records instead
+// (docs/design/0010-repository-encryption.md, "Packs"):
+//
+//	offset size field (clear)
+//	0      4    magic "PGE1"
+//	4      32   object ID (keyed BLAKE3 of the chunk ID)
+//	36     4    sealed length n, little endian
+//	40     4    CRC-32C of bytes 0..40
+//	44     n    Seal(KindChunk, name = object ID, inner)
+//	inner: plain chunk ID (32) | codec (1) | plain length (4) | stored bytes
+//
+// The clear header is what a scan needs to walk a pack without the key; the
+// codec and plain length, a fingerprint of content-defined chunks, are
+// inside. The seal is bound to the object ID, not to the pack and offset, so
+// a prune copies sealed records as they are.
+const (
+	sealedMagic      = "PGE1"
+	sealedHeaderSize = 4 + crypt.ObjectIDSize + 4 + 4
+	innerHeaderSize  = chunk.IDSize + 1 + 4
+	// minSealedLen and maxSealedLen bound a sealed length any writer makes.
+	minSealedLen = crypt.Overhead + innerHeaderSize
+	maxSealedLen = minSealedLen + chunk.MaxChunkCeil
+)
+
+// sealedHeader is the decoded clear header of a sealed record.
+type sealedHeader struct {
+	OID       crypt.ObjectID
+	SealedLen uint32
+}
+
+// size is the length of the whole sealed record on disk.
+func (h sealedHeader) size() int64 { return sealedHeaderSize + int64(h.SealedLen) }
+
+// putSealedRecordHeader writes h into b[:sealedHeaderSize].
+func putSealedRecordHeader(b []byte, h sealedHeader) {
+	_ = b[sealedHeaderSize-1]
+	copy(b[0:4], sealedMagic)
+	copy(b[4:36], h.OID[:])
+	binary.LittleEndian.PutUint32(b[36:40], h.SealedLen)
+	binary.LittleEndian.PutUint32(b[40:44], crc32.Checksum(b[:40], crc32c))
+}
+
+// decodeSealedRecordHeader decodes and checks the clear header at the start
+// of b. It proves nothing about the record's origin: only the seal does.
+func decodeSealedRecordHeader(b []byte) (sealedHeader, error) {
+	var h sealedHeader
+	if len(b) < sealedHeaderSize {
+		return h, fmt.Errorf("%w: header truncated at %d bytes", errBadRecord, len(b))
+	}
+	if string(b[0:4]) != sealedMagic {
+		return h, fmt.Errorf("%w: bad magic %q", errBadRecord, b[0:4])
+	}
+	if got, want := crc32.Checksum(b[:40], crc32c), binary.LittleEndian.Uint32(b[40:44]); got != want {
+		return h, fmt.Errorf("%w: header checksum %08x, want %08x", errBadRecord, got, want)
+	}
+	copy(h.OID[:], b[4:36])
+	h.SealedLen = binary.LittleEndian.Uint32(b[36:40])
+	if h.SealedLen < minSealedLen || h.SealedLen > maxSealedLen {
+		return h, fmt.Errorf("%w: sealed length %d outside [%d, %d]", errBadRecord, h.SealedLen, minSealedLen, maxSealedLen)
+	}
+	return h, nil
+}
+
+// putInner writes the inner header of h into b[:innerHeaderSize].
+func putInner(b []byte, h recordHeader) {
+	_ = b[innerHeaderSize-1]
+	copy(b[0:chunk.IDSize], h.ID[:])
+	b[32] = byte(h.Codec)
+	binary.LittleEndian.PutUint32(b[33:37], h.PlainLen)
+}
+
+// decodeInner decodes an opened record, inner header and stored bytes,
+// which must be exactly b; its lengths are checked as a plain record's. The
+// stored bytes alias b.
+func decodeInner(b []byte) (recordHeader, []byte, error) {
+	var h recordHeader
+	if len(b) < innerHeaderSize {
+		return h, nil, fmt.Errorf("%w: inner header truncated at %d bytes", errBadRecord, len(b))
+	}
+	copy(h.ID[:], b[0:chunk.IDSize])
+	h.Codec = chunk.Codec(b[32])
+	h.PlainLen = binary.LittleEndian.Uint32(b[33:37])
+	if n := len(b) - innerHeaderSize; n <= chunk.MaxChunkCeil {
+		h.StoredLen = uint32(n)
+	} else {
+		return h, nil, fmt.Errorf("%w: stored length %d above %d", errBadRecord, n, chunk.MaxChunkCeil)
+	}
+	return h, b[innerHeaderSize:], h.validate()
+}
+
+// scanSealedRecords is scanRecords for a pack of sealed records: it walks
+// their clear headers, without the key.
+func scanSealedRecords(r io.ReaderAt, off, end int64, fn func(off int64, h sealedHeader) error) (int64, error) {
+	var buf [sealedHeaderSize]byte
+	for off+sealedHeaderSize <= end {
+		if _, err := r.ReadAt(buf[:], off); err != nil {
+			if errors.Is(err, io.EOF) {
+				return off, nil
+			}
+			return off, fmt.Errorf("reading record header at %d: %w", off, err)
+		}
+		h, err := decodeSealedRecordHeader(buf[:])
+		if err != nil || off+h.size() > end {
+			return off, nil
+		}
+		if fn != nil {
+			if err := fn(off, h); err != nil {
+				return off, err
+			}
+		}
+		off += h.size()
+	}
+	return off, nil
 }

@@ -99,16 +99,13 @@ func (l *Local) checkRemoteFormat(ctx context.Context) error {
 	for range 2 {
 		b, err := l.remote.Get(ctx, remoteFormat, nil)
 		if err == nil {
-			if got := strings.TrimSpace(string(b)); got != storeFormat {
-				return fmt.Errorf("chunkstore: the object store holds a store of format %q; this build reads %q", got, storeFormat)
-			}
-			return nil
+			return l.checkFormatBody("the object store", b)
 		}
 		if !errors.Is(err, objstore.ErrNotFound) {
 			return fmt.Errorf("chunkstore: reading the store's format: %w", err)
 		}
-		body := storeFormat + "\n"
-		err = l.remote.PutIfAbsent(ctx, remoteFormat, strings.NewReader(body), int64(len(body)))
+		body := l.formatBody()
+		err = l.remote.PutIfAbsent(ctx, remoteFormat, bytes.NewReader(body), int64(len(body)))
 		if err == nil {
 			return nil
 		}
@@ -194,7 +191,7 @@ func (l *Local) openRemoteRun(ctx context.Context, name string) (*run, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := openRun(p)
+	r, err := openRun(p, l.key)
 	if !errors.Is(err, errBadRun) {
 		return r, err
 	}
@@ -204,7 +201,7 @@ func (l *Local) openRemoteRun(ctx context.Context, name string) (*run, error) {
 	if p, err = l.fetchRun(ctx, name); err != nil {
 		return nil, err
 	}
-	return openRun(p)
+	return openRun(p, l.key)
 }
 
 // pruneRunCache removes cached runs the store no longer lists (merged or

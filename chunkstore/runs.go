@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
 	"math"
 	"math/bits"
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 )
 
 // An index run is an immutable file listing chunk locations, sorted by ID.
@@ -39,10 +41,27 @@ import (
 // Integers are little endian. A run's file appears (by rename) only after it
 // is synced, and only once the pack bytes it points at are synced: a listed
 // run is whole, and every location in it is durable.
+//
+// A store with a key (LocalOptions.Key) writes sealed runs instead
+// (docs/design/0010-repository-encryption.md, "Index runs"): mapped and
+// searched in place as these are, so MACed rather than sealed.
+//
+//	offset        size  field
+//	0             8     magic "PGPIDX\x00\x02"
+//	8             52*n  entries, sorted by object ID, unique:
+//	                      object ID (32), pack (u64), offset (u64),
+//	                      sealed length (u32)
+//	8+52n         8     n
+//	16+52n        32    MAC (KindIndex, empty name) of everything before it
+//
+// A run of the other kind than the store's is refused as damaged: a plain
+// run planted in an encrypted store would name records the key never sealed.
 
 const (
 	runMagic       = "PGPIDX\x00\x01"
 	runEntrySize   = chunk.IDSize + 8 + 8 + 4 + 4 + 1
+	sealedRunMagic = "PGPIDX\x00\x02"
+	sealedRunEntry = crypt.ObjectIDSize + 8 + 8 + 4
 	runTrailerSize = 8 + 32
 	runExt         = ".idx"
 	runTmpPrefix   = ".tmp-"
@@ -51,7 +70,8 @@ const (
 // errBadRun reports a run file that no writer produces.
 var errBadRun = errors.New("chunkstore: bad index run")
 
-// runEntry is one chunk of a run being written.
+// runEntry is one chunk of a run being written. In a sealed run, id is the
+// chunk's index key: its object ID (Local.indexKey).
 type runEntry struct {
 	id  chunk.ID
 	loc chunkLoc
@@ -59,6 +79,11 @@ type runEntry struct {
 
 func appendRunEntry(dst []byte, e runEntry) []byte {
 	dst = append(dst, e.id[:]...)
+	if e.loc.Sealed {
+		dst = binary.LittleEndian.AppendUint64(dst, e.loc.Pack)
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(e.loc.Offset))
+		return binary.LittleEndian.AppendUint32(dst, e.loc.StoredLen)
+	}
 	dst = binary.LittleEndian.AppendUint64(dst, e.loc.Pack)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(e.loc.Offset))
 	dst = binary.LittleEndian.AppendUint32(dst, e.loc.StoredLen)
@@ -66,12 +91,22 @@ func appendRunEntry(dst []byte, e runEntry) []byte {
 	return append(dst, byte(e.loc.Codec))
 }
 
-// decodeRunLoc decodes and checks the location part of an entry.
+// decodeRunLoc decodes and checks the location part of an entry, plain or
+// sealed by its length.
 func decodeRunLoc(e []byte) (chunkLoc, error) {
 	b := e[chunk.IDSize:]
 	off := binary.LittleEndian.Uint64(b[8:16])
 	if off > maxPackOffset {
 		return chunkLoc{}, fmt.Errorf("%w: offset %d out of range", errBadIndex, off)
+	}
+	if len(e) == sealedRunEntry {
+		l := chunkLoc{
+			Pack:      binary.LittleEndian.Uint64(b[0:8]),
+			Offset:    int64(off),
+			StoredLen: binary.LittleEndian.Uint32(b[16:20]),
+			Sealed:    true,
+		}
+		return l, l.validate()
 	}
 	l := chunkLoc{
 		Pack:      binary.LittleEndian.Uint64(b[0:8]),
@@ -87,20 +122,21 @@ func decodeRunLoc(e []byte) (chunkLoc, error) {
 // store's lookups and by snapshots; refs counts the store's own reference
 // and each snapshot's, and the mapping goes with the last.
 type run struct {
-	name string
-	data []byte
-	n    int
-	refs atomic.Int32
+	name  string
+	data  []byte
+	n     int
+	esize int // runEntrySize, or sealedRunEntry in a sealed run
+	refs  atomic.Int32
 }
 
 func (r *run) id(i int) []byte {
-	off := len(runMagic) + i*runEntrySize
+	off := len(runMagic) + i*r.esize
 	return r.data[off : off+chunk.IDSize]
 }
 
 func (r *run) entry(i int) []byte {
-	off := len(runMagic) + i*runEntrySize
-	return r.data[off : off+runEntrySize]
+	off := len(runMagic) + i*r.esize
+	return r.data[off : off+r.esize]
 }
 
 func (r *run) acquire() { r.refs.Add(1) }
@@ -143,10 +179,11 @@ func (r *run) find(id chunk.ID) (chunkLoc, bool, error) {
 	return loc, true, nil
 }
 
-// openRun maps and checks the run at path: its magic, length, hash and the
-// order of its IDs. A file that fails gives an error matching errBadRun; a
-// file that is gone, one matching fs.ErrNotExist.
-func openRun(path string) (*run, error) {
+// openRun maps and checks the run at path: its magic, length, hash (a MAC
+// under key, for a sealed run) and the order of its IDs. A run is sealed
+// exactly when key is not nil. A file that fails gives an error matching
+// errBadRun; a file that is gone, one matching fs.ErrNotExist.
+func openRun(path string, key *crypt.MasterKey) (*run, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: opening index run: %w", err)
@@ -161,34 +198,53 @@ func openRun(path string) (*run, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w %s: %s", errBadRun, name, fmt.Sprintf(format, args...))
 	}
-	if size < int64(len(runMagic)+runTrailerSize) || (size-int64(len(runMagic)+runTrailerSize))%runEntrySize != 0 || size > math.MaxInt {
+	esize := int64(runEntrySize)
+	if key != nil {
+		esize = sealedRunEntry
+	}
+	if size < int64(len(runMagic)+runTrailerSize) || (size-int64(len(runMagic)+runTrailerSize))%esize != 0 || size > math.MaxInt {
 		return nil, bad("%d bytes is not a whole run", size)
 	}
 	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: mapping index run %s: %w", name, err)
 	}
-	r := &run{name: name, data: data, n: int((size - int64(len(runMagic)+runTrailerSize)) / runEntrySize)}
+	r := &run{name: name, data: data, n: int((size - int64(len(runMagic)+runTrailerSize)) / esize), esize: int(esize)}
 	r.refs.Store(1)
-	if err := r.check(); err != nil {
+	if err := r.check(key); err != nil {
 		r.release()
-		return nil, bad("%v", err)
+		return nil, fmt.Errorf("%w %s: %w", errBadRun, name, err)
 	}
 	return r, nil
 }
 
-func (r *run) check() error {
+func (r *run) check(key *crypt.MasterKey) error {
 	d := r.data
-	if string(d[:len(runMagic)]) != runMagic {
+	switch magic := string(d[:len(runMagic)]); {
+	case key == nil && magic == sealedRunMagic:
+		return errors.New("a sealed run, in a store without a key")
+	case key != nil && magic == runMagic:
+		return errors.New("a plain run, in an encrypted store")
+	case magic != runMagic && magic != sealedRunMagic:
 		return fmt.Errorf("magic %q", d[:len(runMagic)])
 	}
 	end := len(d) - runTrailerSize
+	if key != nil {
+		// The MAC first: nothing else of the file is trusted before it.
+		mac := key.NewMAC(crypt.KindIndex, "")
+		_, _ = mac.Write(d[:end+8])
+		if !crypt.EqualMAC(mac.Sum(nil), d[end+8:]) {
+			return fmt.Errorf("MAC mismatch: %w", crypt.ErrTampered)
+		}
+	}
 	if n := binary.LittleEndian.Uint64(d[end : end+8]); n != uint64(r.n) {
 		return fmt.Errorf("count %d, but %d entries", n, r.n)
 	}
-	sum := blake3.Sum256(d[:end+8])
-	if !bytes.Equal(sum[:], d[end+8:]) {
-		return errors.New("checksum mismatch")
+	if key == nil {
+		sum := blake3.Sum256(d[:end+8])
+		if !bytes.Equal(sum[:], d[end+8:]) {
+			return errors.New("checksum mismatch")
+		}
 	}
 	for i := 1; i < r.n; i++ {
 		if bytes.Compare(r.id(i-1), r.id(i)) >= 0 {
@@ -201,30 +257,36 @@ func (r *run) check() error {
 // runWriter writes a run to a temporary file in dir; commit makes it
 // visible under its final name.
 type runWriter struct {
-	dir   string
-	f     *os.File
-	w     *bufio.Writer
-	h     *blake3.Hasher
-	n     uint64
-	last  chunk.ID
-	buf   []byte
-	owner owner
+	dir    string
+	f      *os.File
+	w      *bufio.Writer
+	h      hash.Hash // BLAKE3-256, or the MAC of a sealed run
+	esize  int
+	sealed bool
+	n      uint64
+	last   chunk.ID
+	buf    []byte
+	owner  owner
 }
 
-// newRunWriter starts a run in dir; sizeHint is the number of entries
-// expected, or 0 when unknown.
-func newRunWriter(dir string, o owner, sizeHint int) (*runWriter, error) {
+// newRunWriter starts a run in dir, sealed if key is not nil; sizeHint is
+// the number of entries expected, or 0 when unknown.
+func newRunWriter(dir string, o owner, sizeHint int, key *crypt.MasterKey) (*runWriter, error) {
 	f, err := os.CreateTemp(dir, runTmpPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: writing index run: %w", err)
 	}
-	rw := &runWriter{dir: dir, f: f, h: blake3.New(), owner: o}
+	rw := &runWriter{dir: dir, f: f, h: blake3.New(), esize: runEntrySize, owner: o}
+	magic := runMagic
+	if key != nil {
+		rw.h, rw.esize, rw.sealed, magic = key.NewMAC(crypt.KindIndex, ""), sealedRunEntry, true, sealedRunMagic
+	}
 	bufSize := 1 << 20
 	if sizeHint > 0 {
-		bufSize = min(bufSize, len(runMagic)+sizeHint*runEntrySize+runTrailerSize)
+		bufSize = min(bufSize, len(runMagic)+sizeHint*rw.esize+runTrailerSize)
 	}
 	rw.w = bufio.NewWriterSize(f, bufSize)
-	rw.write([]byte(runMagic))
+	rw.write([]byte(magic))
 	return rw, nil
 }
 
@@ -237,6 +299,9 @@ func (rw *runWriter) write(b []byte) {
 func (rw *runWriter) add(e runEntry) error {
 	if rw.n > 0 && bytes.Compare(e.id[:], rw.last[:]) <= 0 {
 		return fmt.Errorf("chunkstore: index run entries out of order at %s", e.id.Short())
+	}
+	if e.loc.Sealed != rw.sealed {
+		return fmt.Errorf("chunkstore: a sealed and a plain record in one index run, at %s", e.id.Short())
 	}
 	rw.buf = appendRunEntry(rw.buf[:0], e)
 	rw.write(rw.buf)
@@ -264,8 +329,8 @@ func (rw *runWriter) commit() (*run, error) {
 	}
 	var r *run
 	if err == nil {
-		size := len(runMagic) + int(rw.n)*runEntrySize + runTrailerSize
-		r = &run{n: int(rw.n)}
+		size := len(runMagic) + int(rw.n)*rw.esize + runTrailerSize
+		r = &run{n: int(rw.n), esize: rw.esize}
 		r.refs.Store(1)
 		r.data, err = unix.Mmap(int(rw.f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
 	}
@@ -307,9 +372,10 @@ func renameNew(tmp, dir, ext string) (string, error) {
 	}
 }
 
-// writeRun writes entries, sorted by ID and unique, as a new run in dir.
-func writeRun(dir string, entries []runEntry, o owner) (*run, error) {
-	rw, err := newRunWriter(dir, o, len(entries))
+// writeRun writes entries, sorted by ID and unique, as a new run in dir,
+// sealed if key is not nil.
+func writeRun(dir string, entries []runEntry, o owner, key *crypt.MasterKey) (*run, error) {
+	rw, err := newRunWriter(dir, o, len(entries), key)
 	if err != nil {
 		return nil, err
 	}

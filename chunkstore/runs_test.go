@@ -21,7 +21,7 @@ func testRun(t *testing.T, dir string, n int, seed uint32) (*run, []chunk.ID) {
 		entries[i] = runEntry{id: chunk.Sum(b[:]), loc: chunkLoc{Pack: uint64(seed), Offset: int64(i) * 100, StoredLen: 50, PlainLen: 60, Codec: chunk.CodecZstd}}
 	}
 	slices.SortFunc(entries, func(a, b runEntry) int { return bytes.Compare(a.id[:], b.id[:]) })
-	r, err := writeRun(dir, entries, owner{})
+	r, err := writeRun(dir, entries, owner{}, nil)
 	require.NoError(t, err)
 	t.Cleanup(r.release)
 	ids := make([]chunk.ID, n)

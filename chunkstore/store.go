@@ -53,8 +53,9 @@ type Store interface {
 	Put(ctx context.Context, id chunk.ID, data []byte) error
 	// Flush makes every chunk Put so far durable.
 	Flush(ctx context.Context) error
-	// Iterate calls fn for every durable chunk, in ID order, until fn
-	// returns an error, which Iterate returns.
+	// Iterate calls fn for every durable chunk, each once, in a stable
+	// order (by ID in a plain Local, by object ID in an encrypted one),
+	// until fn returns an error, which Iterate returns.
 	Iterate(ctx context.Context, fn func(chunk.ID, Info) error) error
 	// Verify reads back every chunk and checks its hash. It reports each
 	// bad chunk to bad (which may be nil) and returns the totals; a

@@ -59,11 +59,16 @@ var ErrNotFound = errors.New("chunkstore: chunk not found")
 // CorruptChunkError reports a chunk whose stored bytes do not hash to its ID,
 // or cannot be decoded. It is never retryable: the stored copy is bad.
 type CorruptChunkError struct {
+	// ID is the chunk's, or zero where it cannot be known: a sealed record
+	// of an encrypted store that does not open (Err then names its object).
 	ID  ID
 	Err error // what was wrong: hash mismatch, decode failure, bad record
 }
 
 func (e *CorruptChunkError) Error() string {
+	if e.ID == (ID{}) {
+		return fmt.Sprintf("chunkstore: a chunk is corrupt: %v", e.Err)
+	}
 	return fmt.Sprintf("chunkstore: chunk %s is corrupt: %v", e.ID, e.Err)
 }
 

@@ -1,0 +1,91 @@
+package chunkstore_test
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
+	"github.com/pgporter/pgporter/chunkstore/storetest"
+)
+
+// randomCorpus is 16 MiB of incompressible chunks: where sealing costs
+// most, beside a record stored as it is.
+var randomCorpus = sync.OnceValues(func() ([][]byte, []chunk.ID) {
+	data := storetest.RandomBytes(rand.New(rand.NewPCG(5, 5)), 16<<20)
+	var chunks [][]byte
+	var ids []chunk.ID
+	err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
+		chunks = append(chunks, c.Data)
+		ids = append(ids, chunk.Sum(c.Data))
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	return chunks, ids
+})
+
+// BenchmarkLocalEncrypt is BenchmarkLocalPut and BenchmarkLocalGet on a
+// plain store and on an encrypted one (LocalOptions.Key), on pgbench rows
+// and on incompressible data:
+//
+//	go test -run '^$' -bench LocalEncrypt -benchtime 5x ./chunkstore/
+func BenchmarkLocalEncrypt(b *testing.B) {
+	corpora := []struct {
+		name string
+		get  func() ([][]byte, []chunk.ID)
+	}{{"pgbench", benchCorpus}, {"random", randomCorpus}}
+	kinds := []struct {
+		name string
+		key  func() *crypt.MasterKey
+	}{{"plain", func() *crypt.MasterKey { return nil }}, {"sealed", crypt.NewMasterKey}}
+	for _, c := range corpora {
+		for _, k := range kinds {
+			b.Run("put/"+c.name+"/"+k.name, func(b *testing.B) {
+				chunks, ids := c.get()
+				b.SetBytes(corpusBytes(chunks))
+				b.ReportAllocs()
+				for b.Loop() {
+					b.StopTimer()
+					l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{Key: k.key()})
+					require.NoError(b, err)
+					b.StartTimer()
+					for i, c := range chunks {
+						if err := l.Put(b.Context(), ids[i], c); err != nil {
+							b.Fatal(err)
+						}
+					}
+					require.NoError(b, l.Flush(b.Context()))
+					b.StopTimer()
+					require.NoError(b, l.Close())
+					b.StartTimer()
+				}
+			})
+			b.Run("get/"+c.name+"/"+k.name, func(b *testing.B) {
+				chunks, ids := c.get()
+				l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{Key: k.key()})
+				require.NoError(b, err)
+				defer l.Close()
+				for i, c := range chunks {
+					require.NoError(b, l.Put(b.Context(), ids[i], c))
+				}
+				require.NoError(b, l.Flush(b.Context()))
+				b.SetBytes(corpusBytes(chunks))
+				b.ReportAllocs()
+				buf := make([]byte, 0, chunk.DefaultParams.Max)
+				for b.Loop() {
+					for _, id := range ids {
+						if buf, err = l.Get(b.Context(), id, buf[:0]); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+			})
+		}
+	}
+}
