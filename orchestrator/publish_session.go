@@ -2,13 +2,16 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
@@ -292,6 +295,10 @@ func (x *sessionRun) commitInPlace(db string, out *stepOutcome) error {
 	return nil
 }
 
+// ErrNotUp is matched by the error of an export from a publication that is
+// not serving.
+var ErrNotUp = errors.New("publication is not up")
+
 // instance is the running instance of local publication pub; ErrNotUp
 // if it is not up.
 func (pb *Publisher) instance(pub *Publication) (*staging.Instance, error) {
@@ -406,4 +413,80 @@ func (j *StagingJobs) runSessionJob(ctx context.Context, jb *protocol.RunJob, em
 	}
 	_, err = r.Run(ctx, jb.Session)
 	return err
+}
+
+// writeDumpManifest hashes every file of the finished dump in dir and
+// writes its pgporter-manifest.json: temp file, fsync, rename, directory
+// fsync.
+func writeDumpManifest(ctx context.Context, dir, name string) error {
+	m := mover.Manifest{Format: mover.ManifestFormat, Transfer: name, Created: time.Now().UTC(), Chunking: chunk.DefaultParams}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		h, n, err := mover.HashFile(ctx, f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		m.Files = append(m.Files, mover.ManifestFile{Path: filepath.ToSlash(rel), Size: n, Mode: mover.FileMode(fi.Mode().Perm()), MTime: fi.ModTime().UTC(), BLAKE3: h})
+		m.Bytes += n
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(m.Files, func(a, b mover.ManifestFile) int {
+		switch {
+		case a.Path < b.Path:
+			return -1
+		case a.Path > b.Path:
+			return 1
+		}
+		return 0
+	})
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".manifest-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, mover.ManifestName)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
