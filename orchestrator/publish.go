@@ -582,7 +582,7 @@ func (s *serving) mount(ctx context.Context) error {
 		close(unmounted)
 	}()
 	s.m, s.unmounted = m, unmounted
-	if err := mountOverlay(p); err != nil {
+	if err := staging.MountOverlay(p.Mountpoint(), p.overlay()); err != nil {
 		return err
 	}
 	s.overlay = true
@@ -690,7 +690,7 @@ func (s *serving) down(ctx context.Context, dropCow func(error) bool) error {
 		}
 	}
 	if s.overlay {
-		if uerr := unmountOverlay(s.p, 5*time.Second); uerr != nil {
+		if uerr := staging.UnmountOverlay(s.p.Mountpoint(), 5*time.Second); uerr != nil {
 			err = errors.Join(err, uerr)
 		}
 	}
@@ -804,7 +804,7 @@ func (pb *Publisher) releaseMounts(ctx context.Context, p *Publication) error {
 			return fmt.Errorf("stopping the instance (pid %d): %w", p.InstancePID, err)
 		}
 	}
-	if err := unmountOverlay(p, 5*time.Second); err != nil {
+	if err := staging.UnmountOverlay(p.Mountpoint(), 5*time.Second); err != nil {
 		return err
 	}
 	if _, err := staging.CleanStaleMount(p.Lower()); err != nil {
