@@ -535,20 +535,25 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	st := &stagedRun{password: x.r.o.Password}
-	var undo cleanups
-	defer func() { err = undo.run(err) }()
-	if err := x.prepareStaging(ctx, st, &undo); err != nil {
+	st, err := x.prepareStaging(ctx)
+	if err != nil {
 		return err
 	}
+	defer func() {
+		// Within a minute, even when the run was interrupted.
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if cerr := st.staged.Close(stopCtx); err == nil {
+			err = cerr
+		}
+		st.src.Close()
+	}()
 	if err := x.step(ctx, StepMount, func(out *stepOutcome) error { return x.mount(ctx, st, out) }); err != nil {
 		return err
 	}
-	undo.push(func() error { return x.unmount(st) })
 	if err := x.step(ctx, StepStart, func(out *stepOutcome) error { return x.startInstance(ctx, st, out) }); err != nil {
 		return err
 	}
-	undo.push(func() error { return x.stopInstance(ctx, st.in) })
 	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.check(ctx, st, tgt, out) }); err != nil {
 		return err
 	}
@@ -575,6 +580,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 // stagedRun is what stage brings up for one run, in its session's staging
 // directory: the restore point's mount and the instance on it.
 type stagedRun struct {
+	staged   *staging.Staged // what is up, and its teardown
 	tree     []chunkstore.Node
 	chunks   staging.ChunkReader // the restore point's source, watched for corrupt chunks
 	src      Source
@@ -586,70 +592,67 @@ type stagedRun struct {
 	password string // PostgreSQL's for the checks and dumps; none with --auth backup-hba
 }
 
-// cleanups is a stack of teardown steps, run last pushed first, so that
-// what was brought up last goes down first.
-type cleanups []func() error
-
-func (c *cleanups) push(fn func() error) { *c = append(*c, fn) }
-
-// run runs every step and returns err, or if it is nil the first error of
-// a step.
-func (c cleanups) run(err error) error {
-	for i := len(c) - 1; i >= 0; i-- {
-		if cerr := c[i](); cerr != nil && err == nil {
-			err = cerr
-		}
-	}
-	return err
-}
-
 // prepareStaging opens the restore point, makes the session's staging
 // directory and the mountpoint, and journals the mountpoint before anything
-// is mounted there.
-func (x *sessionRun) prepareStaging(ctx context.Context, st *stagedRun, undo *cleanups) error {
+// is mounted there. The caller closes the stagedRun's Staged, then its
+// source.
+func (x *sessionRun) prepareStaging(ctx context.Context) (_ *stagedRun, err error) {
 	p, id := x.plan(), x.s.ID
 	tree, src, err := x.openRepo(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	undo.push(func() error { src.Close(); return nil })
-	st.tree, st.src, st.chunks = tree, src, x.corrupt.wrap(src)
+	defer func() {
+		if err != nil {
+			src.Close()
+		}
+	}()
+	st := &stagedRun{tree: tree, src: src, chunks: x.corrupt.wrap(src), password: x.r.o.Password}
 	st.dir = x.s.SessionDir()
 	if err := makeOwnedDir(st.dir, id); err != nil {
-		return fmt.Errorf("the staging directory of session %s: %w", id, err)
+		return nil, fmt.Errorf("the staging directory of session %s: %w", id, err)
 	}
 	_ = os.Chmod(p.StagingDir, 0o755) // postgres must reach its run directory
 	if err := reachable(st.dir); err != nil {
-		return fmt.Errorf("the %s OS user must reach the staging directory: %w", p.OSUser, err)
+		return nil, fmt.Errorf("the %s OS user must reach the staging directory: %w", p.OSUser, err)
 	}
 	st.cowDir = filepath.Join(st.dir, "cow")
 	_ = os.RemoveAll(st.cowDir) // a fresh layer: crash recovery simply runs again
 	st.mnt = filepath.Join(os.TempDir(), "pgporter-"+id)
 	if err := os.MkdirAll(st.mnt, 0o755); err != nil {
-		return err
+		return nil, err
 	}
-	return x.update(func(s *Session) {
+	if err := x.update(func(s *Session) {
 		s.Resources.Mountpoint = st.mnt
 		// A mount and an instance never outlive a run: a retry makes new ones.
 		s.Step(StepMount).State = StepPending
 		s.Step(StepStart).State = StepPending
+	}); err != nil {
+		return nil, err
+	}
+	// Each layer's teardown is journaled as it is done: reclaim trusts
+	// these records after a crash.
+	st.staged = staging.NewStaged(staging.StagedOptions{
+		Stopped:   x.stopped,
+		Unmounted: func(err error) error { return x.unmounted(st, err) },
+		Log:       x.r.o.Log,
 	})
+	return st, nil
 }
 
 // mount is the mount step: the restore point at st.mnt.
 func (x *sessionRun) mount(ctx context.Context, st *stagedRun, out *stepOutcome) error {
 	var err error
-	st.m, err = staging.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
+	st.m, err = st.staged.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
 	out.Detail = st.mnt
 	return err
 }
 
-// unmount undoes the mount step: it unmounts, removes the layer and the
-// mountpoint, and journals that the mount is gone.
-func (x *sessionRun) unmount(st *stagedRun) error {
-	var err error
-	if uerr := st.m.Unmount(); uerr != nil {
-		err = fmt.Errorf("unmounting %s: %w", st.mnt, uerr)
+// unmounted follows the mount step's undoing, whose error is err: it
+// removes the layer and the mountpoint, and journals that the mount is gone.
+func (x *sessionRun) unmounted(st *stagedRun, err error) error {
+	if err != nil {
+		err = fmt.Errorf("unmounting %s: %w", st.mnt, err)
 	}
 	_ = os.RemoveAll(st.cowDir)
 	_ = os.Remove(st.mnt)
@@ -678,7 +681,7 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 		}
 		opts.LocalHBA, st.password = h, ""
 	}
-	in, err := staging.StartInstance(ctx, opts)
+	in, err := st.staged.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -723,14 +726,11 @@ func (x *sessionRun) recovery(ctx context.Context, src Source, opts *staging.Ins
 	return proxy, err
 }
 
-// stopInstance undoes the start step: it stops the instance, waiting a
-// minute at most, and journals that it is gone.
-func (x *sessionRun) stopInstance(ctx context.Context, in *staging.Instance) error {
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancel()
-	var err error
-	if serr := in.Stop(stopCtx); serr != nil {
-		err = fmt.Errorf("stopping the instance: %w", serr)
+// stopped follows the start step's undoing, whose error is err: it
+// journals that the instance is gone.
+func (x *sessionRun) stopped(err error) error {
+	if err != nil {
+		err = fmt.Errorf("stopping the instance: %w", err)
 	}
 	_ = x.update(func(s *Session) { s.Resources.InstancePID = 0 })
 	return err
