@@ -20,7 +20,6 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
-	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/walproxy"
 	"github.com/pgporter/pgporter/mover"
@@ -554,7 +553,8 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	if err := x.step(ctx, StepStart, func(out *stepOutcome) error { return x.startInstance(ctx, st, out) }); err != nil {
 		return err
 	}
-	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.check(ctx, st, tgt, out) }); err != nil {
+	check := checkSpec{in: st.in, password: st.password, dumpDir: st.dir, mount: st.m, filter: p.Filter, tgt: tgt, warn: true}
+	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.check(ctx, check, out) }); err != nil {
 		return err
 	}
 	if err := x.setState(StateDumping); err != nil {
@@ -736,41 +736,6 @@ func (x *sessionRun) stopped(err error) error {
 	return err
 }
 
-// check is the check step: what the instance made of the restore point
-// is complete, the databases are there, and the staging directory and the
-// target have room for the estimated dumps.
-func (x *sessionRun) check(ctx context.Context, st *stagedRun, tgt *targetMover, out *stepOutcome) error {
-	r, p := x.r, x.plan()
-	// The start read the WAL and more through the mount; PostgreSQL
-	// takes some failed reads (of WAL: its end) in its stride.
-	if err := mountReadErr(st.m); err != nil {
-		return err
-	}
-	rep, err := st.in.Check(ctx, staging.CheckOptions{
-		Databases: p.Databases, User: p.PGUser, Password: st.password, DumpDir: st.dir,
-		SizeOf: st.m.FileSize, Filter: p.Filter,
-		TargetFree: func(ctx context.Context) (int64, error) {
-			free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
-			return int64(free), err
-		},
-	})
-	if err != nil {
-		return err
-	}
-	var total int64
-	for _, n := range rep.Estimate {
-		total += n
-	}
-	out.Bytes = total
-	out.Detail = "estimated dump size " + bytesize.Format(total)
-	for _, pr := range rep.Problems {
-		if pr.Warning {
-			r.emit(Event{Step: StepCheck, Kind: protocol.EventWarning, Text: pr.String()})
-		}
-	}
-	return rep.Err()
-}
-
 // dumpGlobals is the globals step: the roles and tablespaces, into the
 // session's staging directory, from where each dump links them.
 func (x *sessionRun) dumpGlobals(ctx context.Context, st *stagedRun, out *stepOutcome) error {
@@ -790,7 +755,6 @@ func (x *sessionRun) dumpGlobals(ctx context.Context, st *stagedRun, out *stepOu
 // started gets it with the feed of its files, so that the transfer sends
 // them while the dump goes on; the feed is closed with the dump's outcome.
 func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started func(db string, g growingDump), out *stepOutcome) error {
-	r, p, step := x.r, x.plan(), DumpStep(db)
 	var feed *mover.FileFeed
 	var writes *staging.WriteWatcher // data files sent while pg_dump appends to them
 	defer func() {
@@ -798,12 +762,8 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 			writes.Close()
 		}
 	}()
-	res, err := st.in.Dump(ctx, staging.DumpOptions{
-		DB: db, User: p.PGUser, Password: st.password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
-		SplitTableBytes: p.SplitTables, Filter: p.Filter,
-		Progress: func(done, total int) {
-			r.emit(Event{Step: step, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
-		},
+	res, err := x.dumpDB(ctx, st.in, db, st.password, staging.DumpOptions{
+		Dir: x.s.DumpDir(db), Filter: x.plan().Filter,
 		Started: func(dir string) {
 			root, err := os.OpenRoot(dir)
 			if err != nil {
@@ -834,8 +794,7 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 	if err != nil {
 		return err
 	}
-	out.Bytes = res.Bytes
-	out.Detail = fmt.Sprintf("%d tables", res.Tables)
+	out.dumped(res) // with the files completeDump added
 	if len(res.Split) > 0 {
 		out.Detail += fmt.Sprintf(", the data of %d in parallel page ranges", len(res.Split))
 	}

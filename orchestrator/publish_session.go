@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
-	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
@@ -162,32 +161,16 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		return err
 	}
 	err = x.step(ctx, StepCheck, func(out *stepOutcome) error {
-		dumpDir := p.To
+		c := checkSpec{in: in, password: r.o.Password, dumpDir: p.To, tgt: tgt, detail: " (from publication " + pub.ID + ")"}
 		if tgt != nil {
-			dumpDir = x.s.SessionDir()
-			if err := makeOwnedDir(dumpDir, x.s.ID); err != nil {
+			c.dumpDir = x.s.SessionDir()
+			if err := makeOwnedDir(c.dumpDir, x.s.ID); err != nil {
 				return fmt.Errorf("the staging directory of session %s: %w", x.s.ID, err)
 			}
-		} else if err := os.MkdirAll(dumpDir, 0o755); err != nil {
+		} else if err := os.MkdirAll(c.dumpDir, 0o755); err != nil {
 			return err
 		}
-		co := staging.CheckOptions{Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dumpDir}
-		if tgt != nil {
-			co.TargetFree = func(ctx context.Context) (int64, error) {
-				free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
-				return int64(free), err
-			}
-		}
-		rep, err := in.Check(ctx, co)
-		if err != nil {
-			return err
-		}
-		var total int64
-		for _, n := range rep.Estimate {
-			total += n
-		}
-		out.Bytes, out.Detail = total, "estimated dump size "+bytesize.Format(total)+" (from publication "+pub.ID+")"
-		return rep.Err()
+		return x.check(ctx, c, out)
 	})
 	if err != nil {
 		return err
@@ -196,36 +179,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		if err := x.setState(StateDumping); err != nil {
 			return err
 		}
-		name := DumpStep(db)
-		err := x.step(ctx, name, func(out *stepOutcome) error {
-			dir := hiddenDumpDir(x.s, db)
-			if tgt != nil {
-				dir = x.s.DumpDir(db)
-			}
-			if err := os.RemoveAll(dir); err != nil {
-				return err
-			}
-			if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-				return err
-			}
-			res, err := in.Dump(ctx, staging.DumpOptions{
-				DB: db, User: p.PGUser, Password: r.o.Password, Dir: dir, Jobs: p.Jobs,
-				SplitTableBytes: p.SplitTables,
-				Progress: func(done, total int) {
-					r.emit(Event{Step: name, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
-				},
-			})
-			if err != nil {
-				return err
-			}
-			if tgt == nil {
-				if err := writeDumpManifest(ctx, dir, x.s.ID+"-"+transferIDPart(db)); err != nil {
-					return fmt.Errorf("writing the manifest of %s: %w", dir, err)
-				}
-			}
-			out.Bytes, out.Detail = res.Bytes, fmt.Sprintf("%d tables", res.Tables)
-			return nil
-		})
+		err := x.step(ctx, DumpStep(db), func(out *stepOutcome) error { return x.dumpPublished(ctx, in, db, tgt != nil, out) })
 		if err != nil {
 			return err
 		}
@@ -261,6 +215,33 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		}
 		return err
 	})
+}
+
+// dumpPublished is db's dump step from publication instance in: into a
+// hidden directory beside its target directory, with its manifest, or with
+// a target mover (toTarget) into the session's staging directory.
+func (x *sessionRun) dumpPublished(ctx context.Context, in *staging.Instance, db string, toTarget bool, out *stepOutcome) error {
+	dir := hiddenDumpDir(x.s, db)
+	if toTarget {
+		dir = x.s.DumpDir(db)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	res, err := x.dumpDB(ctx, in, db, x.r.o.Password, staging.DumpOptions{Dir: dir})
+	if err != nil {
+		return err
+	}
+	if !toTarget {
+		if err := writeDumpManifest(ctx, dir, x.s.ID+"-"+transferIDPart(db)); err != nil {
+			return fmt.Errorf("writing the manifest of %s: %w", dir, err)
+		}
+	}
+	out.dumped(res)
+	return nil
 }
 
 // commitInPlace renames db's finished dump into DIR/db. A DIR/db holding
