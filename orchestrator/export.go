@@ -539,13 +539,9 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 		return err
 	}
 	defer func() {
-		// Within a minute, even when the run was interrupted.
-		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if cerr := st.staged.Close(stopCtx); err == nil {
+		if cerr := st.close(ctx); err == nil {
 			err = cerr
 		}
-		st.src.Close()
 	}()
 	if err := x.step(ctx, StepMount, func(out *stepOutcome) error { return x.mount(ctx, st, out) }); err != nil {
 		return err
@@ -553,7 +549,7 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	if err := x.step(ctx, StepStart, func(out *stepOutcome) error { return x.startInstance(ctx, st, out) }); err != nil {
 		return err
 	}
-	check := checkSpec{in: st.in, password: st.password, dumpDir: st.dir, mount: st.m, filter: p.Filter, tgt: tgt, warn: true}
+	check := checkSpec{in: st.staged.Instance(), password: st.password, dumpDir: st.dir, mount: st.staged.Mounted(), filter: p.Filter, tgt: tgt, warn: true}
 	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.check(ctx, check, out) }); err != nil {
 		return err
 	}
@@ -578,7 +574,8 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 }
 
 // stagedRun is what stage brings up for one run, in its session's staging
-// directory: the restore point's mount and the instance on it.
+// directory: the restore point's mount and the instance on it (staged),
+// and what the steps need to bring them up and use them.
 type stagedRun struct {
 	staged   *staging.Staged // what is up, and its teardown
 	tree     []chunkstore.Node
@@ -587,15 +584,22 @@ type stagedRun struct {
 	dir      string // the session's staging directory
 	cowDir   string // the mount's copy-on-write layer
 	mnt      string
-	m        *staging.Mounted
-	in       *staging.Instance
 	password string // PostgreSQL's for the checks and dumps; none with --auth backup-hba
+}
+
+// close stops the instance and unmounts, within a minute even when the run
+// was interrupted, then closes the restore point's source.
+func (st *stagedRun) close(ctx context.Context) error {
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	err := st.staged.Close(stopCtx)
+	st.src.Close()
+	return err
 }
 
 // prepareStaging opens the restore point, makes the session's staging
 // directory and the mountpoint, and journals the mountpoint before anything
-// is mounted there. The caller closes the stagedRun's Staged, then its
-// source.
+// is mounted there. The caller closes the stagedRun.
 func (x *sessionRun) prepareStaging(ctx context.Context) (_ *stagedRun, err error) {
 	p, id := x.plan(), x.s.ID
 	tree, src, err := x.openRepo(ctx)
@@ -642,8 +646,7 @@ func (x *sessionRun) prepareStaging(ctx context.Context) (_ *stagedRun, err erro
 
 // mount is the mount step: the restore point at st.mnt.
 func (x *sessionRun) mount(ctx context.Context, st *stagedRun, out *stepOutcome) error {
-	var err error
-	st.m, err = st.staged.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
+	_, err := st.staged.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
 	out.Detail = st.mnt
 	return err
 }
@@ -664,7 +667,7 @@ func (x *sessionRun) unmounted(st *stagedRun, err error) error {
 // the plan's point in time if it has one, its PID journaled.
 func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *stepOutcome) error {
 	r, p := x.r, x.plan()
-	opts := staging.InstanceOptions{DataDir: st.m.Dir(), RunDir: filepath.Join(st.dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
+	opts := staging.InstanceOptions{DataDir: st.staged.Mounted().Dir(), RunDir: filepath.Join(st.dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
 	if p.At != nil {
 		proxy, err := x.recovery(ctx, st.src, &opts)
 		if proxy != nil {
@@ -675,7 +678,7 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 		}
 	}
 	if p.Auth == AuthBackupHBA {
-		h, err := backupHBA(st.m.Dir(), p)
+		h, err := backupHBA(st.staged.Mounted().Dir(), p)
 		if err != nil {
 			return err
 		}
@@ -685,7 +688,6 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 	if err != nil {
 		return err
 	}
-	st.in = in
 	out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
 	if in.Recovered != nil {
 		out.Detail += fmt.Sprintf("; recovered to %s (target: %s)", in.Recovered, opts.Recovery.Target())
@@ -740,9 +742,9 @@ func (x *sessionRun) stopped(err error) error {
 // session's staging directory, from where each dump links them.
 func (x *sessionRun) dumpGlobals(ctx context.Context, st *stagedRun, out *stepOutcome) error {
 	p := x.plan()
-	res, err := st.in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: st.password, Dir: st.dir})
+	res, err := st.staged.Instance().DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: st.password, Dir: st.dir})
 	if err == nil {
-		err = mountReadErr(st.m)
+		err = mountReadErr(st.staged.Mounted())
 	}
 	if err != nil {
 		return err
@@ -762,7 +764,7 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 			writes.Close()
 		}
 	}()
-	res, err := x.dumpDB(ctx, st.in, db, st.password, staging.DumpOptions{
+	res, err := x.dumpDB(ctx, st.staged.Instance(), db, st.password, staging.DumpOptions{
 		Dir: x.s.DumpDir(db), Filter: x.plan().Filter,
 		Started: func(dir string) {
 			root, err := os.OpenRoot(dir)
@@ -805,7 +807,7 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 // db's dump, and adds the files that go beside pg_dump's to the dump and
 // to feed (if there is one), counting them in res.Bytes.
 func (x *sessionRun) completeDump(st *stagedRun, db string, res *staging.DumpResult, feed *mover.FileFeed) error {
-	if err := mountReadErr(st.m); err != nil {
+	if err := mountReadErr(st.staged.Mounted()); err != nil {
 		_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it
 		return err
 	}
@@ -820,7 +822,7 @@ func (x *sessionRun) completeDump(st *stagedRun, db string, res *staging.DumpRes
 		}
 	}
 	// What the dump is of: beside pg_dump's files, as globals.sql.
-	if err := x.writeSource(res.Dir, db, st.in.Version); err != nil {
+	if err := x.writeSource(res.Dir, db, st.staged.Instance().Version); err != nil {
 		return err
 	}
 	if feed != nil {
