@@ -97,11 +97,15 @@ func (s *Staged) Mounted() *Mounted { return s.m }
 func (s *Staged) Instance() *Instance { return s.in }
 
 // Unmounted is closed when the restore point's mount ends, by Close or from
-// outside. Call it after Mount.
+// outside; at once if it is not mounted when first called.
 func (s *Staged) Unmounted() <-chan struct{} {
 	s.unmountedOnce.Do(func() {
 		s.unmounted = make(chan struct{})
 		m := s.m
+		if m == nil {
+			close(s.unmounted)
+			return
+		}
 		go func() {
 			m.Wait()
 			close(s.unmounted)

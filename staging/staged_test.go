@@ -43,6 +43,9 @@ func TestStagedCloses(t *testing.T) {
 			})
 			require.NoError(t, s.Close(context.Background()), "nothing up")
 			require.Empty(t, calls)
+			if tc.wait == 0 {
+				<-NewStaged(StagedOptions{}).Unmounted() // closed: nothing mounted
+			}
 
 			tree, chunks := smallTree()
 			_, err := s.Mount(context.Background(), lower, tree, chunks, MountOptions{CowDir: filepath.Join(dir, "fusecow"), Owner: owner})
