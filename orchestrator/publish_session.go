@@ -160,19 +160,7 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	err = x.step(ctx, StepCheck, func(out *stepOutcome) error {
-		c := checkSpec{in: in, password: r.o.Password, dumpDir: p.To, tgt: tgt, detail: " (from publication " + pub.ID + ")"}
-		if tgt != nil {
-			c.dumpDir = x.s.SessionDir()
-			if err := makeOwnedDir(c.dumpDir, x.s.ID); err != nil {
-				return fmt.Errorf("the staging directory of session %s: %w", x.s.ID, err)
-			}
-		} else if err := os.MkdirAll(c.dumpDir, 0o755); err != nil {
-			return err
-		}
-		return x.check(ctx, c, out)
-	})
-	if err != nil {
+	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.checkPublished(ctx, in, pub.ID, tgt, out) }); err != nil {
 		return err
 	}
 	for _, db := range p.Databases {
@@ -215,6 +203,22 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 		}
 		return err
 	})
+}
+
+// checkPublished is the check step from publication instance in: the
+// dumps go to the plan's To, or with a target mover to the session's
+// staging directory, made here.
+func (x *sessionRun) checkPublished(ctx context.Context, in *staging.Instance, pub string, tgt *targetMover, out *stepOutcome) error {
+	c := checkSpec{in: in, password: x.r.o.Password, dumpDir: x.plan().To, tgt: tgt, detail: " (from publication " + pub + ")"}
+	if tgt != nil {
+		c.dumpDir = x.s.SessionDir()
+		if err := makeOwnedDir(c.dumpDir, x.s.ID); err != nil {
+			return fmt.Errorf("the staging directory of session %s: %w", x.s.ID, err)
+		}
+	} else if err := os.MkdirAll(c.dumpDir, 0o755); err != nil {
+		return err
+	}
+	return x.check(ctx, c, out)
 }
 
 // dumpPublished is db's dump step from publication instance in: into a
