@@ -20,7 +20,6 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
-	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/walproxy"
 	"github.com/pgporter/pgporter/mover"
@@ -535,21 +534,23 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	st := &stagedRun{password: x.r.o.Password}
-	var undo cleanups
-	defer func() { err = undo.run(err) }()
-	if err := x.prepareStaging(ctx, st, &undo); err != nil {
+	st, err := x.prepareStaging(ctx)
+	if err != nil {
 		return err
 	}
+	defer func() {
+		if cerr := st.close(ctx); err == nil {
+			err = cerr
+		}
+	}()
 	if err := x.step(ctx, StepMount, func(out *stepOutcome) error { return x.mount(ctx, st, out) }); err != nil {
 		return err
 	}
-	undo.push(func() error { return x.unmount(st) })
 	if err := x.step(ctx, StepStart, func(out *stepOutcome) error { return x.startInstance(ctx, st, out) }); err != nil {
 		return err
 	}
-	undo.push(func() error { return x.stopInstance(ctx, st.in) })
-	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.check(ctx, st, tgt, out) }); err != nil {
+	check := checkSpec{in: st.staged.Instance(), password: st.password, dumpDir: st.dir, mount: st.staged.Mounted(), filter: p.Filter, tgt: tgt, warn: true}
+	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.check(ctx, check, out) }); err != nil {
 		return err
 	}
 	if err := x.setState(StateDumping); err != nil {
@@ -573,83 +574,88 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 }
 
 // stagedRun is what stage brings up for one run, in its session's staging
-// directory: the restore point's mount and the instance on it.
+// directory: the restore point's mount and the instance on it (staged),
+// and what the steps need to bring them up and use them.
 type stagedRun struct {
+	staged   *staging.Staged // what is up, and its teardown
 	tree     []chunkstore.Node
 	chunks   staging.ChunkReader // the restore point's source, watched for corrupt chunks
 	src      Source
 	dir      string // the session's staging directory
 	cowDir   string // the mount's copy-on-write layer
 	mnt      string
-	m        *staging.Mounted
-	in       *staging.Instance
 	password string // PostgreSQL's for the checks and dumps; none with --auth backup-hba
 }
 
-// cleanups is a stack of teardown steps, run last pushed first, so that
-// what was brought up last goes down first.
-type cleanups []func() error
-
-func (c *cleanups) push(fn func() error) { *c = append(*c, fn) }
-
-// run runs every step and returns err, or if it is nil the first error of
-// a step.
-func (c cleanups) run(err error) error {
-	for i := len(c) - 1; i >= 0; i-- {
-		if cerr := c[i](); cerr != nil && err == nil {
-			err = cerr
-		}
-	}
+// close stops the instance and unmounts, within a minute even when the run
+// was interrupted, then closes the restore point's source.
+func (st *stagedRun) close(ctx context.Context) error {
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	err := st.staged.Close(stopCtx)
+	st.src.Close()
 	return err
 }
 
 // prepareStaging opens the restore point, makes the session's staging
 // directory and the mountpoint, and journals the mountpoint before anything
-// is mounted there.
-func (x *sessionRun) prepareStaging(ctx context.Context, st *stagedRun, undo *cleanups) error {
+// is mounted there. The caller closes the stagedRun.
+func (x *sessionRun) prepareStaging(ctx context.Context) (_ *stagedRun, err error) {
 	p, id := x.plan(), x.s.ID
 	tree, src, err := x.openRepo(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	undo.push(func() error { src.Close(); return nil })
-	st.tree, st.src, st.chunks = tree, src, x.corrupt.wrap(src)
+	defer func() {
+		if err != nil {
+			src.Close()
+		}
+	}()
+	st := &stagedRun{tree: tree, src: src, chunks: x.corrupt.wrap(src), password: x.r.o.Password}
 	st.dir = x.s.SessionDir()
 	if err := makeOwnedDir(st.dir, id); err != nil {
-		return fmt.Errorf("the staging directory of session %s: %w", id, err)
+		return nil, fmt.Errorf("the staging directory of session %s: %w", id, err)
 	}
 	_ = os.Chmod(p.StagingDir, 0o755) // postgres must reach its run directory
 	if err := reachable(st.dir); err != nil {
-		return fmt.Errorf("the %s OS user must reach the staging directory: %w", p.OSUser, err)
+		return nil, fmt.Errorf("the %s OS user must reach the staging directory: %w", p.OSUser, err)
 	}
 	st.cowDir = filepath.Join(st.dir, "cow")
 	_ = os.RemoveAll(st.cowDir) // a fresh layer: crash recovery simply runs again
 	st.mnt = filepath.Join(os.TempDir(), "pgporter-"+id)
 	if err := os.MkdirAll(st.mnt, 0o755); err != nil {
-		return err
+		return nil, err
 	}
-	return x.update(func(s *Session) {
+	if err := x.update(func(s *Session) {
 		s.Resources.Mountpoint = st.mnt
 		// A mount and an instance never outlive a run: a retry makes new ones.
 		s.Step(StepMount).State = StepPending
 		s.Step(StepStart).State = StepPending
+	}); err != nil {
+		return nil, err
+	}
+	// Each layer's teardown is journaled as it is done: reclaim trusts
+	// these records after a crash.
+	st.staged = staging.NewStaged(staging.StagedOptions{
+		Stopped:   x.stopped,
+		Unmounted: func(err error) error { return x.unmounted(st, err) },
+		Log:       x.r.o.Log,
 	})
+	return st, nil
 }
 
 // mount is the mount step: the restore point at st.mnt.
 func (x *sessionRun) mount(ctx context.Context, st *stagedRun, out *stepOutcome) error {
-	var err error
-	st.m, err = staging.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
+	_, err := st.staged.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
 	out.Detail = st.mnt
 	return err
 }
 
-// unmount undoes the mount step: it unmounts, removes the layer and the
-// mountpoint, and journals that the mount is gone.
-func (x *sessionRun) unmount(st *stagedRun) error {
-	var err error
-	if uerr := st.m.Unmount(); uerr != nil {
-		err = fmt.Errorf("unmounting %s: %w", st.mnt, uerr)
+// unmounted follows the mount step's undoing, whose error is err: it
+// removes the layer and the mountpoint, and journals that the mount is gone.
+func (x *sessionRun) unmounted(st *stagedRun, err error) error {
+	if err != nil {
+		err = fmt.Errorf("unmounting %s: %w", st.mnt, err)
 	}
 	_ = os.RemoveAll(st.cowDir)
 	_ = os.Remove(st.mnt)
@@ -661,7 +667,7 @@ func (x *sessionRun) unmount(st *stagedRun) error {
 // the plan's point in time if it has one, its PID journaled.
 func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *stepOutcome) error {
 	r, p := x.r, x.plan()
-	opts := staging.InstanceOptions{DataDir: st.m.Dir(), RunDir: filepath.Join(st.dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
+	opts := staging.InstanceOptions{DataDir: st.staged.Mounted().Dir(), RunDir: filepath.Join(st.dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
 	if p.At != nil {
 		proxy, err := x.recovery(ctx, st.src, &opts)
 		if proxy != nil {
@@ -672,17 +678,16 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 		}
 	}
 	if p.Auth == AuthBackupHBA {
-		h, err := backupHBA(st.m.Dir(), p)
+		h, err := backupHBA(st.staged.Mounted().Dir(), p)
 		if err != nil {
 			return err
 		}
 		opts.LocalHBA, st.password = h, ""
 	}
-	in, err := staging.StartInstance(ctx, opts)
+	in, err := st.staged.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
-	st.in = in
 	out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
 	if in.Recovered != nil {
 		out.Detail += fmt.Sprintf("; recovered to %s (target: %s)", in.Recovered, opts.Recovery.Target())
@@ -723,61 +728,23 @@ func (x *sessionRun) recovery(ctx context.Context, src Source, opts *staging.Ins
 	return proxy, err
 }
 
-// stopInstance undoes the start step: it stops the instance, waiting a
-// minute at most, and journals that it is gone.
-func (x *sessionRun) stopInstance(ctx context.Context, in *staging.Instance) error {
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-	defer cancel()
-	var err error
-	if serr := in.Stop(stopCtx); serr != nil {
-		err = fmt.Errorf("stopping the instance: %w", serr)
+// stopped follows the start step's undoing, whose error is err: it
+// journals that the instance is gone.
+func (x *sessionRun) stopped(err error) error {
+	if err != nil {
+		err = fmt.Errorf("stopping the instance: %w", err)
 	}
 	_ = x.update(func(s *Session) { s.Resources.InstancePID = 0 })
 	return err
-}
-
-// check is the check step: what the instance made of the restore point
-// is complete, the databases are there, and the staging directory and the
-// target have room for the estimated dumps.
-func (x *sessionRun) check(ctx context.Context, st *stagedRun, tgt *targetMover, out *stepOutcome) error {
-	r, p := x.r, x.plan()
-	// The start read the WAL and more through the mount; PostgreSQL
-	// takes some failed reads (of WAL: its end) in its stride.
-	if err := mountReadErr(st.m); err != nil {
-		return err
-	}
-	rep, err := st.in.Check(ctx, staging.CheckOptions{
-		Databases: p.Databases, User: p.PGUser, Password: st.password, DumpDir: st.dir,
-		SizeOf: st.m.FileSize, Filter: p.Filter,
-		TargetFree: func(ctx context.Context) (int64, error) {
-			free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
-			return int64(free), err
-		},
-	})
-	if err != nil {
-		return err
-	}
-	var total int64
-	for _, n := range rep.Estimate {
-		total += n
-	}
-	out.Bytes = total
-	out.Detail = "estimated dump size " + bytesize.Format(total)
-	for _, pr := range rep.Problems {
-		if pr.Warning {
-			r.emit(Event{Step: StepCheck, Kind: protocol.EventWarning, Text: pr.String()})
-		}
-	}
-	return rep.Err()
 }
 
 // dumpGlobals is the globals step: the roles and tablespaces, into the
 // session's staging directory, from where each dump links them.
 func (x *sessionRun) dumpGlobals(ctx context.Context, st *stagedRun, out *stepOutcome) error {
 	p := x.plan()
-	res, err := st.in.DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: st.password, Dir: st.dir})
+	res, err := st.staged.Instance().DumpGlobals(ctx, staging.GlobalsOptions{User: p.PGUser, Password: st.password, Dir: st.dir})
 	if err == nil {
-		err = mountReadErr(st.m)
+		err = mountReadErr(st.staged.Mounted())
 	}
 	if err != nil {
 		return err
@@ -790,7 +757,6 @@ func (x *sessionRun) dumpGlobals(ctx context.Context, st *stagedRun, out *stepOu
 // started gets it with the feed of its files, so that the transfer sends
 // them while the dump goes on; the feed is closed with the dump's outcome.
 func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started func(db string, g growingDump), out *stepOutcome) error {
-	r, p, step := x.r, x.plan(), DumpStep(db)
 	var feed *mover.FileFeed
 	var writes *staging.WriteWatcher // data files sent while pg_dump appends to them
 	defer func() {
@@ -798,12 +764,8 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 			writes.Close()
 		}
 	}()
-	res, err := st.in.Dump(ctx, staging.DumpOptions{
-		DB: db, User: p.PGUser, Password: st.password, Dir: x.s.DumpDir(db), Jobs: p.Jobs,
-		SplitTableBytes: p.SplitTables, Filter: p.Filter,
-		Progress: func(done, total int) {
-			r.emit(Event{Step: step, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
-		},
+	res, err := x.dumpDB(ctx, st.staged.Instance(), db, st.password, staging.DumpOptions{
+		Dir: x.s.DumpDir(db), Filter: x.plan().Filter,
 		Started: func(dir string) {
 			root, err := os.OpenRoot(dir)
 			if err != nil {
@@ -834,8 +796,7 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 	if err != nil {
 		return err
 	}
-	out.Bytes = res.Bytes
-	out.Detail = fmt.Sprintf("%d tables", res.Tables)
+	out.dumped(res) // with the files completeDump added
 	if len(res.Split) > 0 {
 		out.Detail += fmt.Sprintf(", the data of %d in parallel page ranges", len(res.Split))
 	}
@@ -846,7 +807,7 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 // db's dump, and adds the files that go beside pg_dump's to the dump and
 // to feed (if there is one), counting them in res.Bytes.
 func (x *sessionRun) completeDump(st *stagedRun, db string, res *staging.DumpResult, feed *mover.FileFeed) error {
-	if err := mountReadErr(st.m); err != nil {
+	if err := mountReadErr(st.staged.Mounted()); err != nil {
 		_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it
 		return err
 	}
@@ -861,7 +822,7 @@ func (x *sessionRun) completeDump(st *stagedRun, db string, res *staging.DumpRes
 		}
 	}
 	// What the dump is of: beside pg_dump's files, as globals.sql.
-	if err := x.writeSource(res.Dir, db, st.in.Version); err != nil {
+	if err := x.writeSource(res.Dir, db, st.staged.Instance().Version); err != nil {
 		return err
 	}
 	if feed != nil {

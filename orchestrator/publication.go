@@ -95,8 +95,28 @@ type Publication struct {
 	Reached *staging.Reached `json:"reached,omitempty"`
 }
 
-// Mountpoint is where the restore point is mounted.
+// A publication's writes go to an overlay whose upper layer lives on disk
+// under its CoW directory (staging.MountOverlay), over the FUSE mount of the
+// restore point: when the serve process dies, a new one mounts the restore
+// point again and puts the same upper layer over it.
+
+// Mountpoint is where the instance's data directory is: the overlay.
 func (p *Publication) Mountpoint() string { return filepath.Join(p.BaseDir, "data") }
+
+// Lower is where the restore point is mounted (FUSE), under the overlay.
+func (p *Publication) Lower() string { return filepath.Join(p.BaseDir, "lower") }
+
+// UpperDir is the overlay's upper layer: every file the instance changed.
+func (p *Publication) UpperDir() string { return filepath.Join(p.CowDir, "upper") }
+
+// overlay is the overlay at Mountpoint.
+func (p *Publication) overlay() staging.OverlayOptions {
+	return staging.OverlayOptions{Lower: p.Lower(), Upper: p.UpperDir(), Work: filepath.Join(p.CowDir, "work"), Owner: p.OSUser}
+}
+
+// fuseCowDir is the FUSE mount's own copy-on-write layer, empty in practice
+// (the overlay never writes to its lower layer), made anew for each mount.
+func (p *Publication) fuseCowDir() string { return filepath.Join(p.CowDir, "fuse") }
 
 // RunDir holds the instance's socket directory, hba file and log.
 func (p *Publication) RunDir() string { return filepath.Join(p.BaseDir, "run") }

@@ -474,9 +474,7 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if p.State != PubStarting {
 		return fmt.Errorf("publication %s is %s, not starting", id, p.State)
 	}
-	// A resumed publication keeps its layer when it cannot come up: it
-	// holds the writes of its earlier life, which only unpublish drops.
-	s := &serving{pb: pb, p: p, log: pb.log.With("publication", id), keepCow: p.Restarts > 0}
+	s := newServing(pb, p)
 	if err := pb.j.UpdatePublication(id, func(p *Publication) { p.ServePID = os.Getpid() }); err != nil {
 		return err
 	}
@@ -484,7 +482,8 @@ func (pb *Publisher) ServePublication(ctx context.Context, id string, lock, read
 	if err := s.bringUp(ctx); err != nil {
 		return err
 	}
-	s.log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", s.in.PID(), "version", s.in.Version)
+	in := s.st.Instance()
+	s.log.Info("publication up", "listen", p.Listen, "port", p.Port, "pid", in.PID(), "version", in.Version)
 	s.up = true
 	report("ready\n")
 	return s.serve(ctx)
@@ -501,15 +500,36 @@ type serving struct {
 	up      bool // journaled up: a failure from here on leaves it failed
 
 	src       Source
-	journaled bool // Mounted is journaled: release cleans up from here on
-	m         *staging.Mounted
-	unmounted chan struct{} // closed when m ends, from inside or outside
-	overlay   bool
-	in        *staging.Instance
+	journaled bool            // Mounted is journaled: release cleans up from here on
+	st        *staging.Staged // the mount, the overlay and the instance
 	// While the publication is up: the wait for the instance to exit,
 	// and its outcome.
 	cancelWait context.CancelFunc
 	exited     chan error
+}
+
+// newServing is publication p, nothing of it up yet. Its teardown unmounts
+// as a process about to exit does: retrying a busy mount for 5 s, then
+// detaching it.
+func newServing(pb *Publisher, p *Publication) *serving {
+	// A resumed publication keeps its layer when it cannot come up: it
+	// holds the writes of its earlier life, which only unpublish drops.
+	s := &serving{pb: pb, p: p, log: pb.log.With("publication", p.ID), keepCow: p.Restarts > 0}
+	s.st = staging.NewStaged(staging.StagedOptions{UnmountWait: 5 * time.Second, JoinErrors: true, Stopped: s.stopped, Log: s.log})
+	return s
+}
+
+// stopped follows the stop of the instance, whose error is err: it waits
+// for the wait on the instance to end, and journals a clean stop.
+func (s *serving) stopped(err error) error {
+	if s.exited != nil {
+		s.cancelWait()
+		<-s.exited
+		if err == nil {
+			_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.InstancePID = 0 })
+		}
+	}
+	return err
 }
 
 func (s *serving) closeSource() {
@@ -534,7 +554,7 @@ func (s *serving) bringUp(ctx context.Context) error {
 		}
 		return s.fail(ctx, err)
 	}
-	in := s.in
+	in := s.st.Instance()
 	if err := s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) {
 		p.InstancePID, p.Version, p.State, p.UpSince = in.PID(), in.Version, PubUp, time.Now().UTC()
 		if in.Recovered != nil {
@@ -572,21 +592,10 @@ func (s *serving) mount(ctx context.Context) error {
 		return err
 	}
 	s.journaled = true
-	m, err := staging.Mount(ctx, p.Lower(), tree, src, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: s.log})
-	if err != nil {
+	if _, err := s.st.Mount(ctx, p.Lower(), tree, src, staging.MountOptions{CowDir: p.fuseCowDir(), Owner: p.OSUser, Log: s.log}); err != nil {
 		return err
 	}
-	unmounted := make(chan struct{})
-	go func() {
-		m.Wait()
-		close(unmounted)
-	}()
-	s.m, s.unmounted = m, unmounted
-	if err := mountOverlay(p); err != nil {
-		return err
-	}
-	s.overlay = true
-	return nil
+	return s.st.Overlay(p.Mountpoint(), p.overlay())
 }
 
 // startInstance starts PostgreSQL on the overlay, replaying the WAL to the
@@ -611,18 +620,13 @@ func (s *serving) startInstance(ctx context.Context) error {
 			opts.Recovery, err = walRecoveryFrom(ctx, p.At, p.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
 		}
 	}
-	var in *staging.Instance
 	if err == nil {
-		in, err = staging.StartInstance(ctx, opts)
+		_, err = s.st.Start(ctx, opts)
 	}
 	if proxy != nil {
 		proxy.Close()
 	}
-	if err != nil {
-		return err
-	}
-	s.in = in
-	return nil
+	return err
 }
 
 // serve waits until ctx is done, postgres exits or the mount ends from
@@ -654,7 +658,7 @@ func (s *serving) serve(ctx context.Context) error {
 func (s *serving) wait(ctx context.Context) (cause error, suspend bool) {
 	waitCtx, cancelWait := context.WithCancel(context.WithoutCancel(ctx))
 	exited := make(chan error, 1)
-	go func() { exited <- s.in.Wait(waitCtx) }()
+	go func() { exited <- s.st.Instance().Wait(waitCtx) }()
 	s.cancelWait, s.exited = cancelWait, exited
 	select {
 	case <-ctx.Done():
@@ -667,7 +671,7 @@ func (s *serving) wait(ctx context.Context) (cause error, suspend bool) {
 	case err := <-exited:
 		exited <- err // for the wait in down
 		cause = fmt.Errorf("postgres exited on its own (%v); see %s", err, filepath.Join(s.p.RunDir(), "postgres.log"))
-	case <-s.unmounted:
+	case <-s.st.Unmounted():
 		cause = fmt.Errorf("%s was unmounted from outside pgporter", s.p.Mountpoint())
 	}
 	return cause, suspend
@@ -678,27 +682,7 @@ func (s *serving) wait(ctx context.Context) (cause error, suspend bool) {
 // publication's files, its layer too if dropCow says so given the errors
 // so far. It returns those errors.
 func (s *serving) down(ctx context.Context, dropCow func(error) bool) error {
-	var err error
-	if s.in != nil {
-		err = s.in.Stop(ctx)
-		if s.exited != nil {
-			s.cancelWait()
-			<-s.exited
-			if err == nil {
-				_ = s.pb.j.UpdatePublication(s.p.ID, func(p *Publication) { p.InstancePID = 0 })
-			}
-		}
-	}
-	if s.overlay {
-		if uerr := unmountOverlay(s.p, 5*time.Second); uerr != nil {
-			err = errors.Join(err, uerr)
-		}
-	}
-	if s.m != nil {
-		if uerr := unmountPub(s.m, s.unmounted, s.log); uerr != nil {
-			err = errors.Join(err, uerr)
-		}
-	}
+	err := s.st.Close(ctx)
 	if s.journaled {
 		s.pb.release(ctx, s.p, dropCow(err))
 	}
@@ -745,31 +729,6 @@ func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.
 	return tree, src, nil
 }
 
-// unmountPub unmounts, retrying while postgres's last processes let go of
-// the mount, then detaches it lazily: the caller is about to exit, which
-// ends the mount for whoever still uses it. unmounted is closed when the
-// mount ends; after a clean unmount it is waited for.
-func unmountPub(m *staging.Mounted, unmounted <-chan struct{}, log *slog.Logger) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		select {
-		case <-unmounted:
-			return nil // from outside
-		default:
-		}
-		err := m.Unmount()
-		if err == nil {
-			<-unmounted
-			return nil
-		}
-		if time.Now().After(deadline) {
-			log.Warn("mount still busy; detaching it lazily", "mountpoint", m.Dir(), "err", err)
-			return m.Detach()
-		}
-		time.Sleep(50 * time.Millisecond) // polling the kernel for the mount's users to leave
-	}
-}
-
 // release removes what a publication leaves on disk once its instance is
 // stopped and its mount gone: the overlay, a dead mount, the mountpoints
 // and run directory, and with dropCow the CoW layer. It logs what it cannot
@@ -804,7 +763,7 @@ func (pb *Publisher) releaseMounts(ctx context.Context, p *Publication) error {
 			return fmt.Errorf("stopping the instance (pid %d): %w", p.InstancePID, err)
 		}
 	}
-	if err := unmountOverlay(p, 5*time.Second); err != nil {
+	if err := staging.UnmountOverlay(p.Mountpoint(), 5*time.Second); err != nil {
 		return err
 	}
 	if _, err := staging.CleanStaleMount(p.Lower()); err != nil {

@@ -2,14 +2,16 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
-	"github.com/pgporter/pgporter/internal/bytesize"
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
@@ -158,71 +160,14 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 	if err := x.setState(StateChecking); err != nil {
 		return err
 	}
-	err = x.step(ctx, StepCheck, func(out *stepOutcome) error {
-		dumpDir := p.To
-		if tgt != nil {
-			dumpDir = x.s.SessionDir()
-			if err := makeOwnedDir(dumpDir, x.s.ID); err != nil {
-				return fmt.Errorf("the staging directory of session %s: %w", x.s.ID, err)
-			}
-		} else if err := os.MkdirAll(dumpDir, 0o755); err != nil {
-			return err
-		}
-		co := staging.CheckOptions{Databases: p.Databases, User: p.PGUser, Password: r.o.Password, DumpDir: dumpDir}
-		if tgt != nil {
-			co.TargetFree = func(ctx context.Context) (int64, error) {
-				free, _, err := tgt.sender.Space(ctx, tgt.addr, tgt.peer, p.To)
-				return int64(free), err
-			}
-		}
-		rep, err := in.Check(ctx, co)
-		if err != nil {
-			return err
-		}
-		var total int64
-		for _, n := range rep.Estimate {
-			total += n
-		}
-		out.Bytes, out.Detail = total, "estimated dump size "+bytesize.Format(total)+" (from publication "+pub.ID+")"
-		return rep.Err()
-	})
-	if err != nil {
+	if err := x.step(ctx, StepCheck, func(out *stepOutcome) error { return x.checkPublished(ctx, in, pub.ID, tgt, out) }); err != nil {
 		return err
 	}
 	for _, db := range p.Databases {
 		if err := x.setState(StateDumping); err != nil {
 			return err
 		}
-		name := DumpStep(db)
-		err := x.step(ctx, name, func(out *stepOutcome) error {
-			dir := hiddenDumpDir(x.s, db)
-			if tgt != nil {
-				dir = x.s.DumpDir(db)
-			}
-			if err := os.RemoveAll(dir); err != nil {
-				return err
-			}
-			if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-				return err
-			}
-			res, err := in.Dump(ctx, staging.DumpOptions{
-				DB: db, User: p.PGUser, Password: r.o.Password, Dir: dir, Jobs: p.Jobs,
-				SplitTableBytes: p.SplitTables,
-				Progress: func(done, total int) {
-					r.emit(Event{Step: name, Kind: protocol.EventProgress, Done: int64(done), Total: int64(total)})
-				},
-			})
-			if err != nil {
-				return err
-			}
-			if tgt == nil {
-				if err := writeDumpManifest(ctx, dir, x.s.ID+"-"+transferIDPart(db)); err != nil {
-					return fmt.Errorf("writing the manifest of %s: %w", dir, err)
-				}
-			}
-			out.Bytes, out.Detail = res.Bytes, fmt.Sprintf("%d tables", res.Tables)
-			return nil
-		})
+		err := x.step(ctx, DumpStep(db), func(out *stepOutcome) error { return x.dumpPublished(ctx, in, db, tgt != nil, out) })
 		if err != nil {
 			return err
 		}
@@ -260,6 +205,49 @@ func (x *sessionRun) runPublished(ctx context.Context) error {
 	})
 }
 
+// checkPublished is the check step from publication instance in: the
+// dumps go to the plan's To, or with a target mover to the session's
+// staging directory, made here.
+func (x *sessionRun) checkPublished(ctx context.Context, in *staging.Instance, pub string, tgt *targetMover, out *stepOutcome) error {
+	c := checkSpec{in: in, password: x.r.o.Password, dumpDir: x.plan().To, tgt: tgt, detail: " (from publication " + pub + ")"}
+	if tgt != nil {
+		c.dumpDir = x.s.SessionDir()
+		if err := makeOwnedDir(c.dumpDir, x.s.ID); err != nil {
+			return fmt.Errorf("the staging directory of session %s: %w", x.s.ID, err)
+		}
+	} else if err := os.MkdirAll(c.dumpDir, 0o755); err != nil {
+		return err
+	}
+	return x.check(ctx, c, out)
+}
+
+// dumpPublished is db's dump step from publication instance in: into a
+// hidden directory beside its target directory, with its manifest, or with
+// a target mover (toTarget) into the session's staging directory.
+func (x *sessionRun) dumpPublished(ctx context.Context, in *staging.Instance, db string, toTarget bool, out *stepOutcome) error {
+	dir := hiddenDumpDir(x.s, db)
+	if toTarget {
+		dir = x.s.DumpDir(db)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	res, err := x.dumpDB(ctx, in, db, x.r.o.Password, staging.DumpOptions{Dir: dir})
+	if err != nil {
+		return err
+	}
+	if !toTarget {
+		if err := writeDumpManifest(ctx, dir, x.s.ID+"-"+transferIDPart(db)); err != nil {
+			return fmt.Errorf("writing the manifest of %s: %w", dir, err)
+		}
+	}
+	out.dumped(res)
+	return nil
+}
+
 // commitInPlace renames db's finished dump into DIR/db. A DIR/db holding
 // this session's manifest was committed by a run that died before
 // journaling it.
@@ -291,6 +279,10 @@ func (x *sessionRun) commitInPlace(db string, out *stepOutcome) error {
 	out.Bytes, out.Detail = man.Bytes, "written in place on the publication's host, no transfer"
 	return nil
 }
+
+// ErrNotUp is matched by the error of an export from a publication that is
+// not serving.
+var ErrNotUp = errors.New("publication is not up")
 
 // instance is the running instance of local publication pub; ErrNotUp
 // if it is not up.
@@ -406,4 +398,80 @@ func (j *StagingJobs) runSessionJob(ctx context.Context, jb *protocol.RunJob, em
 	}
 	_, err = r.Run(ctx, jb.Session)
 	return err
+}
+
+// writeDumpManifest hashes every file of the finished dump in dir and
+// writes its pgporter-manifest.json: temp file, fsync, rename, directory
+// fsync.
+func writeDumpManifest(ctx context.Context, dir, name string) error {
+	m := mover.Manifest{Format: mover.ManifestFormat, Transfer: name, Created: time.Now().UTC(), Chunking: chunk.DefaultParams}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		h, n, err := mover.HashFile(ctx, f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		m.Files = append(m.Files, mover.ManifestFile{Path: filepath.ToSlash(rel), Size: n, Mode: mover.FileMode(fi.Mode().Perm()), MTime: fi.ModTime().UTC(), BLAKE3: h})
+		m.Bytes += n
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(m.Files, func(a, b mover.ManifestFile) int {
+		switch {
+		case a.Path < b.Path:
+			return -1
+		case a.Path > b.Path:
+			return 1
+		}
+		return 0
+	})
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".manifest-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, mover.ManifestName)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -256,26 +256,14 @@ func writeAbort(ctl, minor string) error {
 // fuseConns lists the FUSE mounts at dir, bottom first, from
 // /proc/self/mountinfo (reading it touches no mount).
 func fuseConns(dir string) ([]fuseConn, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountsAt(dir)
 	if err != nil {
-		return nil, fmt.Errorf("staging: reading mount table: %w", err)
+		return nil, err
 	}
 	var conns []fuseConn
-	for line := range strings.Lines(string(b)) {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		f := strings.Fields(line)
-		if len(f) < 7 || unescapeMountinfo(f[4]) != dir {
-			continue
-		}
-		fstype := ""
-		for i := 6; i+1 < len(f); i++ {
-			if f[i] == "-" {
-				fstype = f[i+1]
-				break
-			}
-		}
-		major, minor, ok := strings.Cut(f[2], ":")
-		if !isFUSE(fstype) || !ok || major != "0" {
+	for _, m := range ms {
+		major, minor, ok := strings.Cut(m.dev, ":")
+		if !isFUSE(m.fstype) || !ok || major != "0" {
 			continue // fuseblk's connections are not named by the device
 		}
 		conns = append(conns, fuseConn{dir: dir, minor: minor})

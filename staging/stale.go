@@ -77,48 +77,14 @@ func mountPath(mountpoint string) (string, error) {
 	return filepath.Join(parent, base), nil
 }
 
-// topMount returns the filesystem type of the last mount at dir in
-// /proc/self/mountinfo (the one on top, which accesses reach), and whether
-// there is one.
+// topMount returns the filesystem type of the last mount at dir (the one on
+// top, which accesses reach), and whether there is one.
 func topMount(dir string) (fstype string, ok bool, err error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", false, fmt.Errorf("staging: reading mount table: %w", err)
+	ms, err := mountsAt(dir)
+	if err != nil || len(ms) == 0 {
+		return "", false, err
 	}
-	for line := range strings.Lines(string(b)) {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		f := strings.Fields(line)
-		if len(f) < 7 || unescapeMountinfo(f[4]) != dir {
-			continue
-		}
-		for i := 6; i+1 < len(f); i++ {
-			if f[i] == "-" {
-				fstype, ok = f[i+1], true
-				break
-			}
-		}
-	}
-	return fstype, ok, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space, and so on)
-// of a path in /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return ms[len(ms)-1].fstype, true, nil
 }
 
 func isFUSE(fstype string) bool {

@@ -143,4 +143,22 @@ func TestMountinfoHelpers(t *testing.T) {
 	_, ok, err := topMount("/no/such/mountpoint")
 	require.NoError(t, err)
 	require.False(t, ok)
+
+	// One parser for every reader of the mount table: a FUSE mount with an
+	// overlay stacked on it, optional fields, an escaped mountpoint.
+	table := `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+90 22 0:52 / /tmp/pub\040a rw,nosuid - fuse.pgporter pgporter rw,user_id=0
+91 90 0:53 / /tmp/pub\040a rw,noexec shared:7 master:2 - overlay overlay rw,lowerdir=/x
+92 22 0:54 / /tmp/other rw - tmpfs tmpfs rw
+93 22 0:55 / /tmp/pub\040a rw
+`
+	require.Equal(t, []mountEntry{
+		{dev: "0:52", dir: "/tmp/pub a", fstype: "fuse.pgporter"},
+		{dev: "0:53", dir: "/tmp/pub a", fstype: "overlay"},
+	}, parseMountinfo(table, "/tmp/pub a"), "a line without its separator is skipped")
+	require.Empty(t, parseMountinfo(table, "/tmp/nothing"))
+	ok, err = overlayAt("/no/such/mountpoint")
+	require.NoError(t, err)
+	require.False(t, ok)
+	require.NoError(t, UnmountOverlay("/no/such/mountpoint", 0), "nothing to unmount")
 }
