@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net/http/httptest"
@@ -109,37 +108,7 @@ func makeTree(t *testing.T, dir string, seed uint64, scale int) {
 // manifest) with the same content and modes.
 func requireSameTree(t *testing.T, src, dst string) {
 	t.Helper()
-	seen := map[string]bool{}
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		require.NoError(t, err)
-		if d.IsDir() {
-			return nil
-		}
-		rel, _ := filepath.Rel(src, p)
-		seen[filepath.ToSlash(rel)] = true
-		want, err := os.ReadFile(p)
-		require.NoError(t, err)
-		got, err := os.ReadFile(filepath.Join(dst, rel))
-		require.NoError(t, err, "missing %s", rel)
-		require.True(t, bytes.Equal(want, got), "%s differs", rel)
-		sfi, _ := d.Info()
-		dfi, err := os.Stat(filepath.Join(dst, rel))
-		require.NoError(t, err)
-		require.Equal(t, sfi.Mode().Perm()&maxFileMode, dfi.Mode().Perm(), "%s mode", rel)
-		return nil
-	})
-	require.NoError(t, err)
-	err = filepath.WalkDir(dst, func(p string, d fs.DirEntry, err error) error {
-		require.NoError(t, err)
-		rel, _ := filepath.Rel(dst, p)
-		if !d.IsDir() && rel != ManifestName {
-			require.True(t, seen[filepath.ToSlash(rel)], "unexpected %s in destination", rel)
-		}
-		return nil
-	})
-	require.NoError(t, err)
-	_, err = Verify(context.Background(), dst)
-	require.NoError(t, err)
+	testsupport.RequireSameFiles(t, src, dst, maxFileMode, ManifestName)
 }
 
 func TestSendRoundTrip(t *testing.T) {

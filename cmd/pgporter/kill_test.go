@@ -155,30 +155,7 @@ func killTestTree(t *testing.T, dir string) int64 {
 // manifest, byte for byte, and that mover.Verify accepts it.
 func requireSameTree(t *testing.T, src, dst string) {
 	t.Helper()
-	want := map[string]bool{mover.ManifestName: true}
-	require.NoError(t, filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		require.NoError(t, err)
-		want[filepath.ToSlash(rel)] = true
-		a, err := os.ReadFile(p)
-		require.NoError(t, err)
-		b, err := os.ReadFile(filepath.Join(dst, rel))
-		require.NoError(t, err)
-		require.True(t, bytes.Equal(a, b), "%s differs", rel)
-		return nil
-	}))
-	require.NoError(t, filepath.WalkDir(dst, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, err := filepath.Rel(dst, p)
-		require.NoError(t, err)
-		require.True(t, want[filepath.ToSlash(rel)], "%s is not in the source", rel)
-		return nil
-	}))
+	testsupport.RequireSameFiles(t, src, dst, 0, mover.ManifestName)
 	_, err := os.Stat(dst + ".partial")
 	require.ErrorIs(t, err, fs.ErrNotExist)
 	rep, err := mover.Verify(context.Background(), dst)

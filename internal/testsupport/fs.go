@@ -1,12 +1,15 @@
 package testsupport
 
 import (
+	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,4 +54,46 @@ func IsMounted(t testing.TB, dir string) bool {
 		}
 	}
 	return false
+}
+
+// RequireSameFiles checks that dst holds exactly the regular files of src,
+// byte for byte, plus the files named in extra (relative, with slashes);
+// with mask not 0, also that each file's permission bits masked by mask are
+// the same.
+func RequireSameFiles(t testing.TB, src, dst string, mask fs.FileMode, extra ...string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, e := range extra {
+		want[e] = true
+	}
+	require.NoError(t, filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		require.NoError(t, err)
+		want[filepath.ToSlash(rel)] = true
+		a, err := os.ReadFile(p)
+		require.NoError(t, err)
+		b, err := os.ReadFile(filepath.Join(dst, rel))
+		require.NoError(t, err, "missing %s", rel)
+		require.True(t, bytes.Equal(a, b), "%s differs", rel)
+		if mask != 0 {
+			sfi, err := d.Info()
+			require.NoError(t, err)
+			dfi, err := os.Stat(filepath.Join(dst, rel))
+			require.NoError(t, err)
+			require.Equal(t, sfi.Mode().Perm()&mask, dfi.Mode().Perm(), "%s mode", rel)
+		}
+		return nil
+	}))
+	require.NoError(t, filepath.WalkDir(dst, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dst, p)
+		require.NoError(t, err)
+		require.True(t, want[filepath.ToSlash(rel)], "%s is not in the source", rel)
+		return nil
+	}))
 }
