@@ -21,14 +21,6 @@ import (
 // makes TestLockChild run session SESSION the way an export does.
 const lockChildEnv = "PGPORTER_ORCH_LOCK_CHILD"
 
-// silentRepo never answers a chunk read, and announces it on stdout.
-type silentRepo struct{}
-
-func (silentRepo) Get(context.Context, chunk.ID, []byte) ([]byte, error) {
-	fmt.Println("reading")
-	select {} // until the process is killed
-}
-
 // TestLockChild holds a session's lock, serves a mount and reads its own
 // mount, as an export starting its instance does. Run on its own it does
 // nothing.
@@ -49,7 +41,7 @@ func TestLockChild(t *testing.T) {
 	data := []byte("15\n")
 	tree := []chunkstore.Node{{Path: "PG_VERSION", Type: chunkstore.NodeFile, Mode: 0o600, Size: int64(len(data)),
 		Chunks: []chunkstore.ChunkRef{{ID: chunk.Sum(data), Len: uint32(len(data))}}}}
-	_, err = staging.Mount(context.Background(), mnt, tree, silentRepo{}, staging.MountOptions{CowDir: filepath.Join(home, "cow")})
+	_, err = staging.Mount(context.Background(), mnt, tree, testsupport.SilentChunks{}, staging.MountOptions{CowDir: filepath.Join(home, "cow")})
 	require.NoError(t, err)
 	go os.ReadFile(filepath.Join(mnt, "PG_VERSION"))
 	select {} // until SIGKILL

@@ -11,22 +11,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 // dyingChildEnv, set in a child's environment to a directory, makes
 // TestDyingChild mount there and read its own mount.
 const dyingChildEnv = "PGPORTER_STAGING_DYING_CHILD"
-
-// stuckReader announces a chunk read on stdout and never answers it, like a
-// repository that stopped answering.
-type stuckReader struct{}
-
-func (stuckReader) Get(ctx context.Context, _ chunk.ID, _ []byte) ([]byte, error) {
-	fmt.Println("reading")
-	select {} // until the process is killed
-}
 
 // TestDyingChild is the process TestReleaseDying kills: it serves a mount
 // and reads a file through it, in another thread, as the export reads its
@@ -39,7 +29,7 @@ func TestDyingChild(t *testing.T) {
 	tree, _ := smallTree()
 	owner, _ := testOwner(t)
 	mnt := filepath.Join(dir, "mnt")
-	if _, err := Mount(context.Background(), mnt, tree, stuckReader{}, MountOptions{Owner: owner, CowDir: filepath.Join(dir, "cow")}); err != nil {
+	if _, err := Mount(context.Background(), mnt, tree, testsupport.SilentChunks{}, MountOptions{Owner: owner, CowDir: filepath.Join(dir, "cow")}); err != nil {
 		fmt.Println("mount failed:", err)
 		os.Exit(1)
 	}

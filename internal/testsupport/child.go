@@ -2,6 +2,7 @@ package testsupport
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
 
 // Child is the test binary re-executed to run one test function as a
@@ -122,4 +125,16 @@ func ProcThreads(pid int) string {
 		fmt.Fprintf(&b, "\n  task %s state %s wchan %s\n%s", tk.Name(), state, wchan, stack)
 	}
 	return b.String()
+}
+
+// SilentChunks is a chunk reader (staging.ChunkReader) that never answers:
+// each Get prints "reading" on stdout, for a parent process to wait for,
+// and blocks until the process is killed, like a repository that stopped
+// answering. The dying-process tests serve a mount of it.
+type SilentChunks struct{}
+
+// Get announces the read and never returns.
+func (SilentChunks) Get(context.Context, chunk.ID, []byte) ([]byte, error) {
+	fmt.Println("reading")
+	select {}
 }
