@@ -1133,7 +1133,7 @@ func backupHBA(dataDir string, p *Plan) (*staging.LocalHBA, error) {
 	}
 	for _, db := range append([]string{"postgres"}, p.Databases...) {
 		if err := h.Allows(db, p.PGUser, osUser); err != nil {
-			if osUser == "root" && strings.Contains(err.Error(), "peer authentication") {
+			if osUser == "root" && errors.Is(err, staging.ErrPeerUser) {
 				err = fmt.Errorf("%w (pgporter runs as root and connects as root: peer authentication as the instance's OS user %s cannot work from here)", err, p.OSUser)
 			}
 			return nil, fmt.Errorf("--auth %s: %w", AuthBackupHBA, err)

@@ -17,6 +17,17 @@ import (
 // without a password.
 var ErrHBA = errors.New("staging: the backup's pg_hba.conf does not allow it")
 
+// ErrPeerUser is matched, with ErrHBA, by the error of Allows for a peer
+// (ident) line that would let the role in only from an OS user of its
+// name.
+var ErrPeerUser = errors.New("peer authentication needs an OS user named as the role")
+
+// peerUserError is the message of such an error, which matches
+// ErrPeerUser too.
+type peerUserError struct{ error }
+
+func (e peerUserError) Unwrap() []error { return []error{e.error, ErrPeerUser} }
+
 // Bounds on what ReadLocalHBA reads of a backup's hostile pg_hba.conf.
 const (
 	maxHBABytes = 1 << 20 // all files together
@@ -263,7 +274,7 @@ func (h *LocalHBA) Allows(db, role, osUser string) error {
 				return fmt.Errorf("%w: %s (%q) logs role %q in by peer authentication with a user name map, which --auth backup-hba does not use", ErrHBA, l.Where, l.Text, role)
 			}
 			if osUser != role {
-				return fmt.Errorf("%w: %s (%q) logs role %q in by peer authentication, which takes the OS user that connects, here %q, as the role name; run pgporter as OS user %q, or export as a role the backup trusts locally", ErrHBA, l.Where, l.Text, role, osUser, role)
+				return peerUserError{fmt.Errorf("%w: %s (%q) logs role %q in by peer authentication, which takes the OS user that connects, here %q, as the role name; run pgporter as OS user %q, or export as a role the backup trusts locally", ErrHBA, l.Where, l.Text, role, osUser, role)}
 			}
 			return nil
 		case "reject":

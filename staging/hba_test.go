@@ -2,6 +2,7 @@ package staging
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +58,7 @@ func TestLocalHBAAllows(t *testing.T) {
 			}
 			require.ErrorIs(t, err, ErrHBA)
 			require.ErrorContains(t, err, tc.err)
+			require.Equal(t, tc.name == "peer as root", errors.Is(err, ErrPeerUser), "ErrPeerUser only for a peer line and another OS user")
 		})
 	}
 }
