@@ -54,11 +54,7 @@ func fakePGData(t testing.TB, dir string, scale int) map[string][]byte {
 		"base/5/16400_fsm":             {},
 		"pg_wal/000000010000000000001": pgbenchLike(1<<20, 4),
 	}
-	for p, b := range files {
-		full := filepath.Join(dir, filepath.FromSlash(p))
-		require.NoError(t, os.MkdirAll(filepath.Dir(full), 0o700))
-		require.NoError(t, os.WriteFile(full, b, 0o600))
-	}
+	testsupport.WriteFiles(t, dir, files, 0o600)
 	return files
 }
 

@@ -97,11 +97,7 @@ func makeTree(t *testing.T, dir string, seed uint64, scale int) {
 		"3004.dat":       bytes.Join([][]byte{rep, rep, rep}, []byte("x")),
 		"restore.sql.gz": []byte("not really"),
 	}
-	for name, data := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
-		require.NoError(t, os.WriteFile(p, data, 0o640))
-	}
+	testsupport.WriteFiles(t, dir, files, 0o640)
 }
 
 // requireSameTree checks that dst holds exactly src's files (plus the

@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
 	"github.com/pgporter/pgporter/internal/synth"
+	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 // TestLocalSourceConformance: the local repository, opened as a Source,
@@ -27,13 +27,7 @@ func TestLocalSourceConformance(t *testing.T) {
 		"base/1/16385":      synth.PgbenchRows(2 << 20),
 		"base/1/16386":      {},
 	}
-	write := func() {
-		for p, b := range files {
-			full := filepath.Join(pgdata, filepath.FromSlash(p))
-			require.NoError(t, os.MkdirAll(filepath.Dir(full), 0o700))
-			require.NoError(t, os.WriteFile(full, b, 0o600))
-		}
-	}
+	write := func() { testsupport.WriteFiles(t, pgdata, files, 0o600) }
 	want := storetest.Want{Trees: map[string][]chunkstore.Node{}, Files: files}
 	repo, err := chunkstore.OpenRepo(context.Background(), dir, nil)
 	require.NoError(t, err)

@@ -38,11 +38,7 @@ func fakeDataDir(t *testing.T) (string, map[string][]byte) {
 		"base/1/16384":          random(3<<20 + 17),
 		"pg_wal/00000001000000": random(1 << 20),
 	}
-	for p, b := range files {
-		full := filepath.Join(dir, filepath.FromSlash(p))
-		require.NoError(t, os.MkdirAll(filepath.Dir(full), 0o700))
-		require.NoError(t, os.WriteFile(full, b, 0o600))
-	}
+	testsupport.WriteFiles(t, dir, files, 0o600)
 	return dir, files
 }
 

@@ -97,3 +97,19 @@ func RequireSameFiles(t testing.TB, src, dst string, mask fs.FileMode, extra ...
 		return nil
 	}))
 }
+
+// WriteFiles writes files (relative names with slashes, and their content)
+// under dir with mode, making their directories: 0o700 for a mode private
+// to its owner, 0o755 otherwise.
+func WriteFiles(t testing.TB, dir string, files map[string][]byte, mode fs.FileMode) {
+	t.Helper()
+	dirMode := fs.FileMode(0o755)
+	if mode&0o077 == 0 {
+		dirMode = 0o700
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), dirMode))
+		require.NoError(t, os.WriteFile(p, data, mode))
+	}
+}
