@@ -190,21 +190,11 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	t2 := time.Now()
 	x["instance_s"] = t2.Sub(t1).Seconds()
 
-	dumpCPU, err := j.dumpShop(ctx, sock, staging, t.jobs)
+	dumpCPU, t4, err := j.dumpThenSend(ctx, sock, staging, target, t.jobs, t2, x)
 	if err != nil {
 		return Measure{}, err
 	}
 	cpu += dumpCPU
-	t3 := time.Now()
-	x["dump_s"] = t3.Sub(t2).Seconds()
-
-	rsyncCPU, err := j.rsyncDump(ctx, staging, target)
-	if err != nil {
-		return Measure{}, err
-	}
-	cpu += rsyncCPU
-	t4 := time.Now()
-	x["transfer_s"] = t4.Sub(t3).Seconds()
 
 	_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
 	<-pg.exited
@@ -264,6 +254,25 @@ func (j *exportJob) startInstance(ctx context.Context, dataDir, sock string) (*d
 
 // dumpShop runs pg_dump -Fd -j jobs (its default gzip) of shop from the
 // instance on sock into staging/shop and returns its CPU-seconds.
+// dumpThenSend is the reference's dump of shop into staging, then its
+// rsync to target: the CPU of both, the time it ended, and the steps'
+// seconds in x (dump_s from since, transfer_s).
+func (j *exportJob) dumpThenSend(ctx context.Context, sock, staging, target string, jobs int, since time.Time, x map[string]float64) (cpu float64, end time.Time, err error) {
+	dumpCPU, err := j.dumpShop(ctx, sock, staging, jobs)
+	if err != nil {
+		return 0, end, err
+	}
+	t := time.Now()
+	x["dump_s"] = t.Sub(since).Seconds()
+	rsyncCPU, err := j.rsyncDump(ctx, staging, target)
+	if err != nil {
+		return 0, end, err
+	}
+	end = time.Now()
+	x["transfer_s"] = end.Sub(t).Seconds()
+	return dumpCPU + rsyncCPU, end, nil
+}
+
 func (j *exportJob) dumpShop(ctx context.Context, sock, staging string, jobs int) (float64, error) {
 	dump := exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_dump"), "-h", sock, "-p", strconv.Itoa(refPort), "-U", "postgres",
 		"-Fd", "-j", strconv.Itoa(jobs), "-f", filepath.Join(staging, "shop"), "shop")
@@ -382,21 +391,11 @@ func (t *restoreExportTool) Run(ctx context.Context, rep int) (_ Measure, err er
 	t2 := time.Now()
 	x["instance_s"] = t2.Sub(t1).Seconds()
 
-	dumpCPU, err := j.dumpShop(ctx, sock, staging, t.jobs)
+	dumpCPU, t4, err := j.dumpThenSend(ctx, sock, staging, target, t.jobs, t2, x)
 	if err != nil {
 		return Measure{}, err
 	}
 	cpu += dumpCPU
-	t3 := time.Now()
-	x["dump_s"] = t3.Sub(t2).Seconds()
-
-	rsyncCPU, err := j.rsyncDump(ctx, staging, target)
-	if err != nil {
-		return Measure{}, err
-	}
-	cpu += rsyncCPU
-	t4 := time.Now()
-	x["transfer_s"] = t4.Sub(t3).Seconds()
 
 	_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
 	<-pg.exited

@@ -55,12 +55,7 @@ func BenchmarkLocalEncrypt(b *testing.B) {
 					l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{Key: k.key()})
 					require.NoError(b, err)
 					b.StartTimer()
-					for i, c := range chunks {
-						if err := l.Put(b.Context(), ids[i], c); err != nil {
-							b.Fatal(err)
-						}
-					}
-					require.NoError(b, l.Flush(b.Context()))
+					putFlush(b, l, chunks, ids)
 					b.StopTimer()
 					require.NoError(b, l.Close())
 					b.StartTimer()
@@ -68,23 +63,7 @@ func BenchmarkLocalEncrypt(b *testing.B) {
 			})
 			b.Run("get/"+c.name+"/"+k.name, func(b *testing.B) {
 				chunks, ids := c.get()
-				l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{Key: k.key()})
-				require.NoError(b, err)
-				defer l.Close()
-				for i, c := range chunks {
-					require.NoError(b, l.Put(b.Context(), ids[i], c))
-				}
-				require.NoError(b, l.Flush(b.Context()))
-				b.SetBytes(corpusBytes(chunks))
-				b.ReportAllocs()
-				buf := make([]byte, 0, chunk.DefaultParams.Max)
-				for b.Loop() {
-					for _, id := range ids {
-						if buf, err = l.Get(b.Context(), id, buf[:0]); err != nil {
-							b.Fatal(err)
-						}
-					}
-				}
+				benchGet(b, chunkstore.LocalOptions{Key: k.key()}, chunks, ids)
 			})
 		}
 	}

@@ -92,13 +92,16 @@ func putFlush(b *testing.B, l *chunkstore.Local, chunks [][]byte, ids []chunk.ID
 // chunk of a flushed store, served from the page cache.
 func BenchmarkLocalGet(b *testing.B) {
 	chunks, ids := benchCorpus()
-	l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{})
+	benchGet(b, chunkstore.LocalOptions{}, chunks, ids)
+}
+
+// benchGet times Get of every chunk of a store opened with opts that holds
+// them, flushed.
+func benchGet(b *testing.B, opts chunkstore.LocalOptions, chunks [][]byte, ids []chunk.ID) {
+	l, err := chunkstore.OpenLocal(b.TempDir(), opts)
 	require.NoError(b, err)
 	defer l.Close()
-	for i, c := range chunks {
-		require.NoError(b, l.Put(b.Context(), ids[i], c))
-	}
-	require.NoError(b, l.Flush(b.Context()))
+	putFlush(b, l, chunks, ids)
 	b.SetBytes(corpusBytes(chunks))
 	b.ReportAllocs()
 	buf := make([]byte, 0, chunk.DefaultParams.Max)
