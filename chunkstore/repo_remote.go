@@ -25,13 +25,11 @@ import (
 //
 //	chunks/...             the chunk store's packs and runs (remote.go)
 //	points/<id>.json       restore points, created once (PutIfAbsent)
-//
+//	wal/<shard>/<name>.json  WAL records, created once
 //	locks/<16 hex>.json    repository locks, as lock.go takes them
 //
-// This build reads and writes restore points and chunks there: backup,
-// restore-points, check, mount, export, publish and forget work on it.
-// Prune and the WAL archive (wal-push, wal-fetch, point-in-time targets)
-// are refused with ErrRemoteUnsupported.
+// Every command that takes --repo works on it. What it does not hold yet:
+// the recorded outcomes of runs (status.go), and encryption.
 const (
 	remotePoints = "points/"
 	remoteLocks  = "locks/"
@@ -83,10 +81,6 @@ func (o objLocks) remove(ctx context.Context, name string) error {
 	}
 	return nil
 }
-
-// ErrRemoteUnsupported is matched by the error of an operation that a
-// repository on object storage does not support yet.
-var ErrRemoteUnsupported = errors.New("not supported yet for a repository on object storage")
 
 // IsRepoURL reports whether repo names a repository on object storage
 // rather than a directory.

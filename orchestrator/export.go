@@ -253,9 +253,6 @@ func (p *Plan) resolveRepo(ctx context.Context) error {
 	if p.Repo, err = chunkstore.AbsRepo(p.Repo); err != nil {
 		return err
 	}
-	if p.At != nil && chunkstore.IsRepoURL(p.Repo) {
-		return fmt.Errorf("%w: a point in time (--at*): %w", ErrBadPlan, chunkstore.ErrRemoteUnsupported)
-	}
 	// The repository is read, never created: a typo must not make one.
 	rps, err := chunkstore.ListRepo(ctx, p.Repo)
 	if err != nil {
@@ -712,14 +709,15 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 // instance from src, which the caller closes once the instance is up.
 func (x *sessionRun) recovery(ctx context.Context, src Source, opts *staging.InstanceOptions) (*walproxy.Server, error) {
 	r, p := x.r, x.plan()
-	if p.RepoPeer == "" {
+	if p.RepoPeer == "" && !chunkstore.IsRepoURL(p.Repo) {
 		var err error
 		opts.Recovery, err = walRecovery(ctx, p.At, r.o.Self, p.Repo, p.OSUser)
 		return nil, err
 	}
 	// The instance's OS user cannot reach the repository mover (the mover
-	// identity is root's): this process fetches for it, through a socket
-	// only that user can use, while the instance recovers.
+	// identity is root's), nor an object store (the credentials and the
+	// cache are this process's): this process fetches for it, through a
+	// socket only that user can use, while the instance recovers.
 	proxy, err := startWALProxy(ctx, src, p.OSUser, r.o.Log)
 	if err != nil {
 		return nil, err

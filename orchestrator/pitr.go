@@ -101,8 +101,9 @@ func pointBefore(ctx context.Context, src Source, at *PointInTime, where string)
 	return rps[len(rps)-1].ID, nil
 }
 
-// startWALProxy serves the WAL archive of src (a repository mover's) to
-// the instance's restore_command, run as osUser.
+// startWALProxy serves the WAL archive of src (a repository mover's, or a
+// repository on object storage) to the instance's restore_command, run as
+// osUser.
 func startWALProxy(ctx context.Context, src Source, osUser string, log *slog.Logger) (*walproxy.Server, error) {
 	f, ok := src.(interface {
 		FetchWAL(ctx context.Context, name, dst string) error

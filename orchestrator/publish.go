@@ -215,9 +215,6 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	} else {
 		// The serve process opens the repository; here only its points
 		// directory is read.
-		if o.At != nil && chunkstore.IsRepoURL(o.Repo) {
-			return nil, fmt.Errorf("a point in time (--at*): %w", chunkstore.ErrRemoteUnsupported)
-		}
 		rps, err := chunkstore.ListRepo(ctx, o.Repo)
 		if err != nil {
 			return nil, fmt.Errorf("repository %s: %w", o.Repo, err)
@@ -612,7 +609,7 @@ func (s *serving) startInstance(ctx context.Context) error {
 	}
 	var proxy *walproxy.Server
 	if err == nil && p.At != nil && p.Reached == nil {
-		if p.RepoPeer == "" {
+		if p.RepoPeer == "" && !chunkstore.IsRepoURL(p.Repo) {
 			opts.Recovery, err = walRecovery(ctx, p.At, p.Self, p.Repo, p.OSUser)
 		} else if proxy, err = startWALProxy(ctx, s.src, p.OSUser, s.log); err == nil {
 			// This process fetches the WAL for the instance, as an

@@ -104,6 +104,12 @@ func (l localSource) Resolve(_ context.Context, id string) (*chunkstore.RestoreP
 
 func (l localSource) List(context.Context) ([]chunkstore.RestorePoint, error) { return l.r.List() }
 
+// FetchWAL writes the archived WAL file name to dst: what the WAL proxy
+// serves an instance recovering from a repository on object storage.
+func (l localSource) FetchWAL(ctx context.Context, name, dst string) error {
+	return l.r.FetchWAL(ctx, name, dst)
+}
+
 func (l localSource) Tree(ctx context.Context, rp *chunkstore.RestorePoint) ([]chunkstore.Node, error) {
 	tree, err := l.r.Tree(ctx, rp)
 	if err != nil {

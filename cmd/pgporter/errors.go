@@ -156,7 +156,7 @@ func classify(err error) int {
 		return exitConflict
 	case isNotFound(err):
 		return exitNotFound
-	case errors.Is(err, orchestrator.ErrBadPlan), errors.Is(err, chunkstore.ErrRemoteUnsupported):
+	case errors.Is(err, orchestrator.ErrBadPlan):
 		return exitUsage
 	case isNetwork(err):
 		return exitNetwork

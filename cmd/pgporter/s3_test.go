@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -148,17 +150,68 @@ func TestObjectStorageCLI(t *testing.T) {
 	code, _, errs = runCLI(t, "wal-push", "--repo", repo, seg)
 	require.Equal(t, exitConflict, code, errs)
 
-	// Not built for object storage yet: refused, nothing changed.
-	for _, args := range [][]string{
-		{"--home", home, "export", "--repo", repo, "--db", "shop", "--to", t.TempDir(), "--at", "end"},
-	} {
-		code, _, errs = runCLI(t, args...)
-		require.Equal(t, exitUsage, code, "%v: %s", args, errs)
-		require.Contains(t, errs, "not supported yet for a repository on object storage", args)
-	}
-	code, out, errs = runCLI(t, "restore-points", "--repo", repo, "--json")
-	require.Equal(t, 0, code, errs)
-	require.Contains(t, out, id, "the refusals removed nothing")
 	_, err = os.Stat("s3:")
 	require.ErrorIs(t, err, os.ErrNotExist, "a URL is never taken for a directory")
+}
+
+// The point-in-time story of TestExportAt with the repository in a bucket:
+// the server archives into it (its archive_command, run as postgres, has
+// the AWS variables and a cache of its own), the backup goes there, and
+// exports --at the noted time and --at end replay the WAL read from the
+// bucket (by this process, through the WAL proxy, for the instance).
+func TestExportAtFromBucket(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	url := "s3://" + srv.NewBucket(t) + "/pitr"
+	env := ""
+	for _, kv := range srv.Env() {
+		env += kv + " "
+	}
+	// The archiver's cache: postgres's own, where postgres can reach it.
+	pgCache, err := os.MkdirTemp("/var/tmp", "pgporter-pgcache-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(pgCache) })
+	pg, err := user.Lookup("postgres")
+	require.NoError(t, err)
+	uid, err := strconv.Atoi(pg.Uid)
+	require.NoError(t, err)
+	require.NoError(t, os.Chown(pgCache, uid, -1))
+	c, repo, _ := archivingClusterTo(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"}, url, "env "+env+"PGPORTER_CACHE_DIR="+pgCache+" ")
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key, item text); INSERT INTO orders SELECT g, 'before the backup' FROM generate_series(1, 100) g")
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
+	require.Equal(t, 0, code, errs)
+	c.Exec(t, "shop", "INSERT INTO orders SELECT g, 'after the backup' FROM generate_series(101, 250) g")
+	noted := c.Query(t, "shop", "SELECT clock_timestamp()::text")
+	c.Exec(t, "shop", "DELETE FROM orders WHERE id > 50")
+	waitArchived(t, c)
+	t.Setenv("PGPASSWORD", "pw")
+
+	code, out, errs := runCLI(t, "restore-points", "--repo", repo, "--json")
+	require.Equal(t, 0, code, errs)
+	var pts struct {
+		Points []struct {
+			Recoverable struct {
+				LastSegment string `json:"last_segment"`
+			} `json:"recoverable"`
+		} `json:"restore_points"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lastLine(out)), &pts), out)
+	require.Len(t, pts.Points, 1)
+	require.NotEmpty(t, pts.Points[0].Recoverable.LastSegment, "restore-points reads how far the bucket's archive takes the backup")
+
+	home := t.TempDir()
+	for _, tc := range []struct{ at, db, want string }{
+		{noted, "shop_at", "250 250"},
+		{"end", "shop_end", "50 50"},
+	} {
+		to := t.TempDir()
+		code, out, errs := runCLI(t, "--home", home, "export", "--repo", repo, "--at", tc.at, "--db", "shop", "--table", "orders", "--to", to, "--staging-dir", cliStagingDir(t), "--json")
+		require.Equal(t, 0, code, "%s\n%s", out, errs)
+		flags := []string{"--pg-host", c.SocketDir, "--pg-port", strconv.Itoa(c.Port), "--pg-user", c.User}
+		code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(to, "shop"), "--dbname", tc.db, "--create"}, flags...)...)
+		require.Equal(t, exitOK, code, errs)
+		require.Equal(t, tc.want, c.Query(t, tc.db, "SELECT count(*) || ' ' || max(id) FROM orders"), "export --at %s", tc.at)
+	}
 }

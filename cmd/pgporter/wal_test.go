@@ -87,6 +87,13 @@ func TestWALArchive(t *testing.T) {
 // user's uid. selfCommand runs the same copy for the test's exports.
 func archivingCluster(t *testing.T, o testsupport.ClusterOptions) (c *testsupport.Cluster, repo string, pgUID uint32) {
 	t.Helper()
+	return archivingClusterTo(t, o, "", "")
+}
+
+// archivingClusterTo is archivingCluster archiving into repo (a URL) when
+// it is not "", with env (VAR=value words) before the archive command.
+func archivingClusterTo(t *testing.T, o testsupport.ClusterOptions, toRepo, env string) (c *testsupport.Cluster, repo string, pgUID uint32) {
+	t.Helper()
 	testsupport.RequireRoot(t, "running the archiver as postgres")
 	// The server runs the archive command as postgres: it needs a copy of
 	// this binary it can execute, and a repository it owns.
@@ -105,9 +112,12 @@ func archivingCluster(t *testing.T, o testsupport.ClusterOptions) (c *testsuppor
 	selfCommand = self
 	t.Cleanup(func() { selfCommand = old })
 
+	if toRepo != "" {
+		repo = toRepo
+	}
 	c.Stop(t)
 	c.Settings["archive_mode"] = "on"
-	c.Settings["archive_command"] = self + " wal-push --repo " + repo + " %p"
+	c.Settings["archive_command"] = env + self + " wal-push --repo " + repo + " %p"
 	c.Start(t)
 	return c, repo, pgUID
 }
