@@ -55,17 +55,22 @@ func ReadHealth(ctx context.Context, dir string) (*Health, error) {
 	if len(rps) > 0 {
 		h.Newest = &rps[len(rps)-1]
 	}
+	if h.Ops, err = ReadStatus(ctx, dir); err != nil {
+		return nil, err
+	}
 	if IsRepoURL(dir) {
-		return h, nil // outcomes and the WAL archive are not on object storage yet
-	}
-	if h.Ops, err = ReadStatus(dir); err != nil {
-		return nil, err
-	}
-	if h.Bytes, err = dirBytes(dir); err != nil {
-		return nil, err
-	}
-	if h.WAL.Last, h.WAL.Pushed, err = lastSegment(dir); err != nil {
-		return nil, err
+		// Bytes stays 0: summing a bucket's objects would list it whole at
+		// every scrape.
+		if h.WAL.Last, h.WAL.Pushed, err = lastRemoteSegment(ctx, dir); err != nil {
+			return nil, err
+		}
+	} else {
+		if h.Bytes, err = dirBytes(dir); err != nil {
+			return nil, err
+		}
+		if h.WAL.Last, h.WAL.Pushed, err = lastSegment(dir); err != nil {
+			return nil, err
+		}
 	}
 	if h.WAL.Last == "" {
 		return h, nil
@@ -171,6 +176,35 @@ func lastSegment(dir string) (string, time.Time, error) {
 		return last, w.Pushed, nil
 	}
 	return "", time.Time{}, nil
+}
+
+// lastRemoteSegment is lastSegment for a repository on object storage.
+func lastRemoteSegment(ctx context.Context, repoURL string) (string, time.Time, error) {
+	a, err := OpenWALArchive(ctx, repoURL)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	names, err := a.r.walNames(ctx)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	var last string
+	for _, name := range names {
+		if len(name) == 24 || strings.HasSuffix(name, ".partial") {
+			last = max(last, name)
+		}
+	}
+	if last == "" {
+		return "", time.Time{}, nil
+	}
+	w, err := a.r.readWAL(ctx, last)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", time.Time{}, nil // pruned meanwhile
+	}
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return last, w.Pushed, nil
 }
 
 // segmentEnd is the WAL location just past the segment name (a .partial

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
@@ -400,6 +401,23 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	require.NoError(t, err)
 	require.Empty(t, rep.Problems)
 	require.Equal(t, 1, rep.WALFiles)
+	// Outcomes: a failed wal-push, then the success after it; each record
+	// replaces the last, and health reads them with the archive's state.
+	t0 := time.Now()
+	require.NoError(t, chunkstore.RecordRecovery(url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0, Err: errors.New("disk full")}))
+	require.NoError(t, chunkstore.RecordRecovery(url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0.Add(time.Second)}))
+	require.NoError(t, chunkstore.RecordRecovery(url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0.Add(2 * time.Second)}))
+	h, err := chunkstore.ReadHealth(ctx, url)
+	require.NoError(t, err)
+	push := h.Ops[chunkstore.OpWALPush]
+	require.NotNil(t, push)
+	require.True(t, push.Last.OK)
+	require.EqualValues(t, 1, push.Failures)
+	require.Equal(t, "disk full", push.LastError)
+	require.True(t, push.Last.Time.Equal(t0.Add(time.Second).UTC()), "a success after a success is not recorded")
+	require.Equal(t, "000000010000000000000003", h.WAL.Last)
+	require.Equal(t, 1, h.RestorePoints)
+
 	// How far an online backup ending in that segment recovers, read from
 	// the bucket as restore-points reads it.
 	online := chunkstore.RestorePoint{WAL: &chunkstore.WALRange{Timeline: 1, Start: "0/3000028", End: "0/3000100", SegmentSize: 16 << 20}}

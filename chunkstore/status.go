@@ -1,17 +1,22 @@
 package chunkstore
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
 // The outcomes of the operations that matter for operations, kept in the
@@ -110,6 +115,9 @@ func RecordRecovery(dir string, run Run) error {
 	if run.Err != nil {
 		return RecordRun(dir, run)
 	}
+	if IsRepoURL(dir) {
+		return recordRun(dir, run, true) // it reads the last record anyway
+	}
 	st, err := readOpStatus(statusPath(dir, run.Op))
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && st.Last.OK) {
 		return nil
@@ -120,6 +128,9 @@ func RecordRecovery(dir string, run Run) error {
 func recordRun(dir string, run Run, onlyAfterFailure bool) error {
 	if !run.Op.valid() {
 		return fmt.Errorf("chunkstore: recording a run: unknown operation %q", run.Op)
+	}
+	if IsRepoURL(dir) {
+		return recordRemoteRun(context.Background(), dir, run, onlyAfterFailure)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "points")); err != nil || !fi.IsDir() {
 		return fmt.Errorf("%w: %s has no points directory", ErrNotRepo, dir)
@@ -225,15 +236,20 @@ func readOpStatus(p string) (*OpStatus, error) {
 	if len(b) > maxStatusFile {
 		return nil, fmt.Errorf("chunkstore: %s is larger than %d bytes", p, maxStatusFile)
 	}
+	return decodeOpStatus(b, p, Op(strings.TrimSuffix(filepath.Base(p), ".json")))
+}
+
+// decodeOpStatus decodes the status record of op read from where.
+func decodeOpStatus(b []byte, where string, op Op) (*OpStatus, error) {
 	var st OpStatus
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("chunkstore: decoding %s: %w", p, err)
+		return nil, fmt.Errorf("chunkstore: decoding %s: %w", where, err)
 	}
 	if st.Format != statusFormat {
-		return nil, fmt.Errorf("chunkstore: %s has format %d, this build reads %d", p, st.Format, statusFormat)
+		return nil, fmt.Errorf("chunkstore: %s has format %d, this build reads %d", where, st.Format, statusFormat)
 	}
-	if string(st.Op)+".json" != filepath.Base(p) {
-		return nil, fmt.Errorf("chunkstore: %s holds the status of %q", p, st.Op)
+	if st.Op != op {
+		return nil, fmt.Errorf("chunkstore: %s holds the status of %q", where, st.Op)
 	}
 	return &st, nil
 }
@@ -241,10 +257,25 @@ func readOpStatus(p string) (*OpStatus, error) {
 // ReadStatus returns the status files of the repository in dir, by
 // operation; an operation never recorded has none. It takes no lock and
 // creates nothing. A damaged file is an error naming it.
-func ReadStatus(dir string) (map[Op]*OpStatus, error) {
+func ReadStatus(ctx context.Context, dir string) (map[Op]*OpStatus, error) {
+	var b objstore.Backend
+	if IsRepoURL(dir) {
+		var err error
+		if b, err = openRepoBackend(ctx, dir, nil); err != nil {
+			return nil, err
+		}
+	}
 	out := map[Op]*OpStatus{}
 	for _, op := range Ops {
-		st, err := readOpStatus(statusPath(dir, op))
+		var (
+			st  *OpStatus
+			err error
+		)
+		if b != nil {
+			st, _, err = readRemoteOpStatus(ctx, b, op)
+		} else {
+			st, err = readOpStatus(statusPath(dir, op))
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -254,4 +285,71 @@ func ReadStatus(dir string) (map[Op]*OpStatus, error) {
 		out[op] = st
 	}
 	return out, nil
+}
+
+// On object storage a status record is never rewritten: each run writes a
+// new object status/<op>/<newest first>-<random>.json (the first part is
+// the end time subtracted from the largest time, so that a listing, in
+// order of name, gives the newest first), then deletes the older ones. Two
+// runs ending at once may both build on the same previous record, so that
+// the failure count misses one of them: the price of having no lock.
+
+func statusPrefix(op Op) string { return "status/" + string(op) + "/" }
+
+// readRemoteOpStatus returns the newest status record of op on b, and the
+// names of all of op's records, newest first.
+func readRemoteOpStatus(ctx context.Context, b objstore.Backend, op Op) (*OpStatus, []string, error) {
+	var names []string
+	for o, err := range b.List(ctx, statusPrefix(op)) {
+		if err != nil {
+			return nil, nil, fmt.Errorf("chunkstore: reading the recorded outcomes: %w", err)
+		}
+		if strings.HasSuffix(o.Name, ".json") && o.Size <= maxStatusFile {
+			names = append(names, o.Name)
+		}
+	}
+	for i, name := range names {
+		data, err := b.Get(ctx, name, nil)
+		if errors.Is(err, objstore.ErrNotFound) {
+			continue // replaced meanwhile
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("chunkstore: reading %s: %w", name, err)
+		}
+		st, err := decodeOpStatus(data, name, op)
+		return st, names[i:], err
+	}
+	return nil, nil, fs.ErrNotExist
+}
+
+// recordRemoteRun is recordRun for a repository on object storage.
+func recordRemoteRun(ctx context.Context, repoURL string, run Run, onlyAfterFailure bool) error {
+	b, err := openRepoBackend(ctx, repoURL, nil)
+	if err != nil {
+		return err
+	}
+	if _, err := b.Stat(ctx, remoteFormat); errors.Is(err, objstore.ErrNotFound) {
+		return fmt.Errorf("%w: %s holds no repository", ErrNotRepo, repoURL)
+	}
+	st, old, err := readRemoteOpStatus(ctx, b, run.Op)
+	if err != nil {
+		st = &OpStatus{} // none yet, or damaged: replaced, its count restarts
+	}
+	if onlyAfterFailure && (st.Format == 0 || st.Last.OK) {
+		return nil
+	}
+	st.update(run)
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("chunkstore: encoding a status record: %w", err)
+	}
+	data = append(data, '\n')
+	name := fmt.Sprintf("%s%016x-%08x.json", statusPrefix(run.Op), uint64(math.MaxInt64-run.End.UnixNano()), uint32(randUint64()))
+	if err := b.PutIfAbsent(ctx, name, bytes.NewReader(data), int64(len(data))); err != nil {
+		return fmt.Errorf("chunkstore: recording a run: %w", err)
+	}
+	for _, n := range old {
+		_ = b.Delete(ctx, n) // an old record left is read past: the newest wins
+	}
+	return nil
 }

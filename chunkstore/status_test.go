@@ -39,7 +39,7 @@ func TestRecordRun(t *testing.T) {
 	}
 	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpBackup, 0, time.Minute, errors.New("first"))))
 	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpBackup, time.Hour, time.Minute, errors.New("second"))))
-	st, err := chunkstore.ReadStatus(dir)
+	st, err := chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	b := st[chunkstore.OpBackup]
 	require.NotNil(t, b)
@@ -53,7 +53,7 @@ func TestRecordRun(t *testing.T) {
 	require.Equal(t, 60.0, b.Last.Seconds)
 
 	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpBackup, 2*time.Hour, 30*time.Second, nil)))
-	st, err = chunkstore.ReadStatus(dir)
+	st, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	b = st[chunkstore.OpBackup]
 	require.True(t, b.Last.OK)
@@ -75,7 +75,7 @@ func TestRecordRun(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	st, err = chunkstore.ReadStatus(dir)
+	st, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	require.Equal(t, uint64(16), st[chunkstore.OpPrune].Failures)
 	left, err := filepath.Glob(filepath.Join(dir, "status", ".tmp-*"))
@@ -85,10 +85,10 @@ func TestRecordRun(t *testing.T) {
 	// A damaged record: readers name it; the next run replaces it.
 	p := filepath.Join(dir, "status", "check.json")
 	require.NoError(t, os.WriteFile(p, []byte("{not json"), 0o644))
-	_, err = chunkstore.ReadStatus(dir)
+	_, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.ErrorContains(t, err, "check.json")
 	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpCheck, 0, time.Second, errors.New("3 problems"))))
-	st, err = chunkstore.ReadStatus(dir)
+	st, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), st[chunkstore.OpCheck].Failures)
 
@@ -115,14 +115,14 @@ func TestRecordRecovery(t *testing.T) {
 	failed.Err = errors.New("no space left on device")
 	require.NoError(t, chunkstore.RecordRecovery(dir, failed))
 	require.NoError(t, chunkstore.RecordRecovery(dir, failed))
-	st, err := chunkstore.ReadStatus(dir)
+	st, err := chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	require.Equal(t, uint64(2), st[chunkstore.OpWALPush].Failures)
 	require.False(t, st[chunkstore.OpWALPush].Last.OK)
 
 	ok.End = now.Add(time.Minute)
 	require.NoError(t, chunkstore.RecordRecovery(dir, ok))
-	st, err = chunkstore.ReadStatus(dir)
+	st, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	require.True(t, st[chunkstore.OpWALPush].Last.OK, "the first success after a failure is recorded")
 	require.Equal(t, ok.End.UTC(), st[chunkstore.OpWALPush].LastSuccess)

@@ -3,7 +3,6 @@ package mover
 import (
 	"context"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -55,7 +54,7 @@ var _ prometheus.Collector = (*RepoCollector)(nil)
 // NewRepoCollector returns a collector of the repository in dir. It reads
 // nothing until it is collected.
 func NewRepoCollector(dir string, o RepoCollectorOptions) *RepoCollector {
-	if abs, err := filepath.Abs(dir); err == nil {
+	if abs, err := chunkstore.AbsRepo(dir); err == nil {
 		dir = abs
 	}
 	if o.Log == nil {

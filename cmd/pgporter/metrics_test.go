@@ -150,7 +150,7 @@ func TestMetricsCLI(t *testing.T) {
 	require.Less(t, ok1, last, "the sound check's success stays, before the failures")
 	v, _ = promValue(mfs, "pgporter_repo_failures_total", "op=check-read-data")
 	require.Zero(t, v, "a check without --read-data is not a --read-data check")
-	st, err := chunkstore.ReadStatus(repo)
+	st, err := chunkstore.ReadStatus(context.Background(), repo)
 	require.NoError(t, err)
 	require.Contains(t, st[chunkstore.OpCheck].LastError, "problems")
 
@@ -284,7 +284,7 @@ func TestArchiverFailureRecorded(t *testing.T) {
 
 	var st *chunkstore.OpStatus
 	require.Eventually(t, func() bool {
-		all, err := chunkstore.ReadStatus(repo)
+		all, err := chunkstore.ReadStatus(context.Background(), repo)
 		require.NoError(t, err)
 		st = all[chunkstore.OpWALPush]
 		return st != nil
@@ -309,7 +309,7 @@ func TestArchiverFailureRecorded(t *testing.T) {
 	c.Exec(t, "postgres", "CREATE TABLE wake()")
 	c.Exec(t, "postgres", "SELECT pg_switch_wal()")
 	require.Eventually(t, func() bool {
-		all, err := chunkstore.ReadStatus(repo)
+		all, err := chunkstore.ReadStatus(context.Background(), repo)
 		require.NoError(t, err)
 		return all[chunkstore.OpWALPush].Last.OK
 	}, 2*time.Minute, 100*time.Millisecond, "the archiver did not recover: %s", c.LogTail(4096))

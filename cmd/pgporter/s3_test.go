@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"testing"
 
@@ -60,6 +61,15 @@ func TestObjectStorageCLI(t *testing.T) {
 
 	code, out, errs = runCLI(t, "check", "--repo", repo, "--read-data")
 	require.Equal(t, 0, code, "%s%s", out, errs)
+
+	// The runs' outcomes are recorded in the bucket, and metrics reads them.
+	code, out, errs = runCLI(t, "metrics", "--repo", repo)
+	require.Equal(t, 0, code, errs)
+	label := regexp.QuoteMeta(`repo="` + repo + `"`)
+	require.Regexp(t, `pgporter_repo_up\{`+label+`\} 1\n`, out)
+	require.Regexp(t, `pgporter_repo_restore_points\{`+label+`\} 1\n`, out)
+	require.Regexp(t, `pgporter_repo_last_run_success\{op="backup",`+label+`\} 1\n`, out)
+	require.Regexp(t, `pgporter_repo_last_run_success\{op="check-read-data",`+label+`\} 1\n`, out)
 
 	c.Start(t)
 	t.Setenv("PGPASSWORD", "pw")
