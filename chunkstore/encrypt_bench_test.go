@@ -16,18 +16,7 @@ import (
 // randomCorpus is 16 MiB of incompressible chunks: where sealing costs
 // most, beside a record stored as it is.
 var randomCorpus = sync.OnceValues(func() ([][]byte, []chunk.ID) {
-	data := storetest.RandomBytes(rand.New(rand.NewPCG(5, 5)), 16<<20)
-	var chunks [][]byte
-	var ids []chunk.ID
-	err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
-		chunks = append(chunks, c.Data)
-		ids = append(ids, chunk.Sum(c.Data))
-		return nil
-	})
-	if err != nil {
-		panic(err)
-	}
-	return chunks, ids
+	return splitCorpus(storetest.RandomBytes(rand.New(rand.NewPCG(5, 5)), 16<<20))
 })
 
 // BenchmarkLocalEncrypt is BenchmarkLocalPut and BenchmarkLocalGet on a

@@ -24,8 +24,12 @@ var benchCorpus = sync.OnceValues(func() ([][]byte, []chunk.ID) {
 	// pg_dump -Fd output of pgbench: mostly pgbench_accounts COPY rows
 	// ("aid\tbid\t0\t" + 84 blanks), some varied rows (see storetest.Text).
 	r := rand.New(rand.NewPCG(42, 42))
-	data := append([]byte("COPY public.pgbench_accounts (aid, bid, abalance, filler) FROM stdin;\n"),
-		storetest.Text(r, benchCorpusSize)...)
+	return splitCorpus(append([]byte("COPY public.pgbench_accounts (aid, bid, abalance, filler) FROM stdin;\n"),
+		storetest.Text(r, benchCorpusSize)...))
+})
+
+// splitCorpus cuts data into chunks as a backup does, with their IDs.
+func splitCorpus(data []byte) ([][]byte, []chunk.ID) {
 	var chunks [][]byte
 	var ids []chunk.ID
 	err := chunk.Split(data, chunk.DefaultParams, func(c chunk.Chunk) error {
@@ -37,7 +41,7 @@ var benchCorpus = sync.OnceValues(func() ([][]byte, []chunk.ID) {
 		panic(err)
 	}
 	return chunks, ids
-})
+}
 
 func corpusBytes(chunks [][]byte) int64 {
 	var n int64

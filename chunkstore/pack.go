@@ -134,15 +134,21 @@ func decodeRecord(b []byte) (recordHeader, []byte, error) {
 // is valid. It stops at end or at the first torn or invalid record and
 // returns the offset where the whole records stop. It reads headers only.
 func scanRecords(r io.ReaderAt, off, end int64, fn func(off int64, h recordHeader) error) (int64, error) {
-	var buf [recordHeaderSize]byte
-	for off+recordHeaderSize <= end {
-		if _, err := r.ReadAt(buf[:], off); err != nil {
+	return scanHeaders(r, off, end, recordHeaderSize, decodeRecordHeader, fn)
+}
+
+// scanHeaders is scanRecords for records whose headers are hsize bytes,
+// decoded by decode.
+func scanHeaders[H interface{ size() int64 }](r io.ReaderAt, off, end int64, hsize int, decode func([]byte) (H, error), fn func(off int64, h H) error) (int64, error) {
+	buf := make([]byte, hsize)
+	for off+int64(hsize) <= end {
+		if _, err := r.ReadAt(buf, off); err != nil {
 			if errors.Is(err, io.EOF) {
 				return off, nil
 			}
 			return off, fmt.Errorf("reading record header at %d: %w", off, err)
 		}
-		h, err := decodeRecordHeader(buf[:])
+		h, err := decode(buf)
 		if err != nil || off+h.size() > end {
 			return off, nil
 		}
@@ -272,24 +278,5 @@ func decodeInner(b []byte) (recordHeader, []byte, error) {
 // scanSealedRecords is scanRecords for a pack of sealed records: it walks
 // their clear headers, without the key.
 func scanSealedRecords(r io.ReaderAt, off, end int64, fn func(off int64, h sealedHeader) error) (int64, error) {
-	var buf [sealedHeaderSize]byte
-	for off+sealedHeaderSize <= end {
-		if _, err := r.ReadAt(buf[:], off); err != nil {
-			if errors.Is(err, io.EOF) {
-				return off, nil
-			}
-			return off, fmt.Errorf("reading record header at %d: %w", off, err)
-		}
-		h, err := decodeSealedRecordHeader(buf[:])
-		if err != nil || off+h.size() > end {
-			return off, nil
-		}
-		if fn != nil {
-			if err := fn(off, h); err != nil {
-				return off, err
-			}
-		}
-		off += h.size()
-	}
-	return off, nil
+	return scanHeaders(r, off, end, sealedHeaderSize, decodeSealedRecordHeader, fn)
 }
