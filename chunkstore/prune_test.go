@@ -15,7 +15,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
+	"github.com/pgporter/pgporter/internal/s3test"
 )
 
 func TestForgetPlan(t *testing.T) {
@@ -145,28 +147,83 @@ func mustHostname(t *testing.T) string {
 }
 
 // TestPruneKilled: a prune SIGKILLed at any point of its work loses
-// nothing. At each point a child process runs the prune and kills itself
-// there; then a rerun (which breaks the dead process's lock) finishes the
-// work: the repository shrinks, check --read-data finds nothing wrong, the
-// kept restore point reads back whole, and the WAL it needs fetches back.
+// nothing, in a directory and in a bucket of a real S3 server. At each
+// point a child process runs the prune and kills itself there; then a
+// rerun (which breaks the dead process's lock) finishes the work: the
+// repository shrinks, check --read-data finds nothing wrong, the kept
+// restore point reads back whole, and the WAL it needs fetches back.
 func TestPruneKilled(t *testing.T) {
 	if point := os.Getenv("PGPORTER_TEST_PRUNE_KILL_AT"); point != "" {
 		pruneChild(t, point)
 		return
 	}
-	// One repository, copied for each point: two backups, the first
-	// forgotten (its packs mostly dead: one is repacked), WAL of before
-	// the second's start (pruned) and after it (kept).
-	fixture := filepath.Join(t.TempDir(), "repo")
+	t.Run("dir", func(t *testing.T) {
+		// One repository, copied for each point.
+		fixture := filepath.Join(t.TempDir(), "repo")
+		fx := pruneFixture(t, fixture, func(p *chunkstore.RestorePoint, b []byte) {
+			require.NoError(t, os.WriteFile(filepath.Join(fixture, "points", p.ID+".json"), b, 0o644))
+		})
+		before := dirBytes(t, fixture)
+		for _, point := range chunkstore.PruneCrashPoints {
+			t.Run(point, func(t *testing.T) {
+				dir := filepath.Join(t.TempDir(), "repo")
+				require.NoError(t, os.CopyFS(dir, os.DirFS(fixture)))
+				killPruneAt(t, point, dir)
+				pruneRerun(t, dir, fx)
+				require.Less(t, dirBytes(t, dir), before)
+			})
+		}
+	})
+	t.Run("s3", func(t *testing.T) {
+		srv := s3test.Start(t)
+		srv.SetEnv(t)
+		for _, point := range chunkstore.PruneCrashPoints {
+			t.Run(point, func(t *testing.T) {
+				// A bucket of its own, filled for each point.
+				bucket := srv.NewBucket(t)
+				b, err := objstore.NewS3(srv.Client(t, srv.Endpoint), bucket, "repo", objstore.S3Options{})
+				require.NoError(t, err)
+				url := "s3://" + bucket + "/repo"
+				fx := pruneFixture(t, url, func(p *chunkstore.RestorePoint, data []byte) {
+					// Points are created once; the test, as the store's
+					// owner, replaces one.
+					name := "points/" + p.ID + ".json"
+					require.NoError(t, b.Delete(t.Context(), name))
+					require.NoError(t, b.PutIfAbsent(t.Context(), name, bytes.NewReader(data), int64(len(data))))
+					// A host's cache takes points for immutable: a new one.
+					t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+				})
+				before := bucketBytes(t, b)
+				killPruneAt(t, point, url)
+				pruneRerun(t, url, fx)
+				require.Less(t, bucketBytes(t, b), before)
+			})
+		}
+	})
+}
+
+// pruneFixtureInfo is what a pruneFixture repository holds.
+type pruneFixtureInfo struct {
+	src    string // the data directory of the kept point
+	kept   *chunkstore.RestorePoint
+	walDir string // the WAL segments pushed
+}
+
+// pruneFixture makes the repository TestPruneKilled prunes: two backups,
+// the first forgotten (its packs mostly dead: one is repacked), WAL of
+// before the second's start (pruned) and after it (kept). rewrite replaces
+// the second point's file (its WAL range set) in the repository.
+func pruneFixture(t *testing.T, repo string, rewrite func(*chunkstore.RestorePoint, []byte)) pruneFixtureInfo {
+	t.Helper()
 	src := fakeDataDir(t)
-	r, err := chunkstore.OpenRepo(context.Background(), fixture, nil)
+	r, err := chunkstore.OpenRepo(context.Background(), repo, nil)
 	require.NoError(t, err)
 	first, err := r.Backup(t.Context(), src, chunkstore.BackupOptions{})
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
 	rnd := storetest.RandomBytes(rand.New(rand.NewPCG(9, 9)), 3<<20)
 	require.NoError(t, os.WriteFile(filepath.Join(src, "base/5/16384"), rnd, 0o600))
-	r, err = chunkstore.OpenRepo(context.Background(), fixture, nil)
+	r, err = chunkstore.OpenRepo(context.Background(), repo, nil)
 	require.NoError(t, err)
 	second, err := r.Backup(t.Context(), src, chunkstore.BackupOptions{})
 	require.NoError(t, err)
@@ -177,16 +234,11 @@ func TestPruneKilled(t *testing.T) {
 	}
 	require.NoError(t, r.Close())
 	// The second point as an online backup that starts in segment 5.
-	pointFile := filepath.Join(fixture, "points", second.ID+".json")
-	b, err := os.ReadFile(pointFile)
+	second.WAL = &chunkstore.WALRange{Timeline: 1, Start: "0/5000028", End: "0/5000100", SegmentSize: 16 << 20}
+	b, err := json.Marshal(second)
 	require.NoError(t, err)
-	var m map[string]any
-	require.NoError(t, json.Unmarshal(b, &m))
-	m["wal"] = map[string]any{"timeline": 1, "start_lsn": "0/5000028", "end_lsn": "0/5000100", "segment_size": 16 << 20}
-	b, err = json.Marshal(m)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(pointFile, b, 0o644))
-	ex, err := chunkstore.OpenRepoWith(context.Background(), fixture, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	rewrite(second, b)
+	ex, err := chunkstore.OpenRepoWith(context.Background(), repo, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
 	require.NoError(t, err)
 	require.NoError(t, ex.Forget([]chunkstore.RestorePoint{*first}))
 	dry, err := ex.Prune(t.Context(), true)
@@ -195,48 +247,62 @@ func TestPruneKilled(t *testing.T) {
 	require.Positive(t, dry.PacksRepacked, "the fixture has a pack to repack")
 	require.Positive(t, dry.PacksDeleted+dry.PacksRepacked)
 	require.Equal(t, 2, dry.WALFilesPruned)
-	before := dirBytes(t, fixture)
+	return pruneFixtureInfo{src: src, kept: second, walDir: walDir}
+}
 
-	for _, point := range chunkstore.PruneCrashPoints {
-		t.Run(point, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "repo")
-			require.NoError(t, os.CopyFS(dir, os.DirFS(fixture)))
-			cmd := exec.Command(os.Args[0], "-test.run=^TestPruneKilled$", "-test.count=1")
-			cmd.Env = append(os.Environ(), "PGPORTER_TEST_PRUNE_KILL_AT="+point, "PGPORTER_TEST_PRUNE_REPO="+dir)
-			out, err := cmd.CombinedOutput()
-			var ee *exec.ExitError
-			require.ErrorAs(t, err, &ee, "%s", out)
-			ws := ee.Sys().(syscall.WaitStatus)
-			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the prune was not killed at %s: %v\n%s", point, err, out)
+// killPruneAt runs a prune of repo in a child process that SIGKILLs
+// itself at point.
+func killPruneAt(t *testing.T, point, repo string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPruneKilled$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "PGPORTER_TEST_PRUNE_KILL_AT="+point, "PGPORTER_TEST_PRUNE_REPO="+repo)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	ws := ee.Sys().(syscall.WaitStatus)
+	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the prune was not killed at %s: %v\n%s", point, err, out)
+}
 
-			ex, err := chunkstore.OpenRepoWith(context.Background(), dir, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
-			require.NoError(t, err, "the dead prune's lock is stale")
-			_, err = ex.Prune(t.Context(), false)
-			require.NoError(t, err)
-			again, err := ex.Prune(t.Context(), false)
-			require.NoError(t, err)
-			require.Zero(t, again.DeadChunks, "the rerun finished the work")
-			require.NoError(t, ex.Close())
-			require.Less(t, dirBytes(t, dir), before)
+// pruneRerun prunes repo again after a killed prune, and checks that
+// nothing was lost.
+func pruneRerun(t *testing.T, repo string, fx pruneFixtureInfo) {
+	t.Helper()
+	ex, err := chunkstore.OpenRepoWith(context.Background(), repo, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err, "the dead prune's lock is stale")
+	_, err = ex.Prune(t.Context(), false)
+	require.NoError(t, err)
+	again, err := ex.Prune(t.Context(), false)
+	require.NoError(t, err)
+	require.Zero(t, again.DeadChunks, "the rerun finished the work")
+	require.NoError(t, ex.Close())
 
-			r := openRepo(t, dir)
-			rep, err := r.Check(t.Context(), chunkstore.CheckOptions{ReadData: true})
-			require.NoError(t, err)
-			require.Empty(t, rep.Problems)
-			require.Equal(t, 1, rep.RestorePoints)
-			require.Equal(t, 2, rep.WALFiles)
-			checkRestorePoint(t, r, second, src)
-			for _, name := range []string{"000000010000000000000005", "000000010000000000000006"} {
-				dst := filepath.Join(t.TempDir(), name)
-				require.NoError(t, r.FetchWAL(t.Context(), name, dst))
-				want, err := os.ReadFile(filepath.Join(walDir, name))
-				require.NoError(t, err)
-				got, err := os.ReadFile(dst)
-				require.NoError(t, err)
-				require.True(t, bytes.Equal(want, got), name)
-			}
-		})
+	r := openRepo(t, repo)
+	rep, err := r.Check(t.Context(), chunkstore.CheckOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+	require.Equal(t, 1, rep.RestorePoints)
+	require.Equal(t, 2, rep.WALFiles)
+	checkRestorePoint(t, r, fx.kept, fx.src)
+	for _, name := range []string{"000000010000000000000005", "000000010000000000000006"} {
+		dst := filepath.Join(t.TempDir(), name)
+		require.NoError(t, r.FetchWAL(t.Context(), name, dst))
+		want, err := os.ReadFile(filepath.Join(fx.walDir, name))
+		require.NoError(t, err)
+		got, err := os.ReadFile(dst)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want, got), name)
 	}
+}
+
+// bucketBytes sums the sizes of the objects b holds.
+func bucketBytes(t *testing.T, b objstore.Backend) int64 {
+	t.Helper()
+	var n int64
+	for o, err := range b.List(t.Context(), "") {
+		require.NoError(t, err)
+		n += o.Size
+	}
+	return n
 }
 
 // pruneChild is TestPruneKilled's child: it prunes the repository and
