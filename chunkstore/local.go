@@ -577,8 +577,9 @@ func (l *Local) lookup(ctx context.Context, id, k chunk.ID, relist func() bool) 
 		}
 		loc, ok, err = l.lookupRuns(k)
 	}
-	var ce *chunk.CorruptChunkError
-	if l.key != nil && errors.As(err, &ce) {
+	// errors.AsType, not errors.As: the latter's target escapes to the
+	// heap, which every lookup (a Get, a Put) would pay.
+	if ce, bad := errors.AsType[*chunk.CorruptChunkError](err); bad && l.key != nil {
 		err = &chunk.CorruptChunkError{ID: id, Err: ce.Err}
 	}
 	return loc, ok, err
@@ -608,8 +609,7 @@ func (l *Local) Has(ctx context.Context, id chunk.ID) (bool, error) {
 	}
 	defer l.exit()
 	_, ok, err := l.lookup(ctx, id, l.indexKey(id), l.runsChanged)
-	var ce *chunk.CorruptChunkError
-	if errors.As(err, &ce) {
+	if _, bad := errors.AsType[*chunk.CorruptChunkError](err); bad {
 		return true, nil // held, badly: Get and Verify report it
 	}
 	return ok, err
@@ -633,7 +633,6 @@ func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 			keys[i] = l.indexKey(id)
 		}
 	}
-	var ce *chunk.CorruptChunkError
 	check := func(relisted bool) (misses int, err error) {
 		for i, id := range ids {
 			if held[i] {
@@ -650,7 +649,7 @@ func (l *Local) HasMany(ctx context.Context, ids []chunk.ID) ([]bool, error) {
 			} else {
 				_, ok, err = l.lookup(ctx, id, keys[i], nil)
 			}
-			if errors.As(err, &ce) {
+			if _, bad := errors.AsType[*chunk.CorruptChunkError](err); bad {
 				ok, err = true, nil // held, badly: Get and Verify report it
 			}
 			if err != nil {
@@ -875,8 +874,7 @@ func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) e
 	} else {
 		_, held, err = l.lookup(ctx, id, k, l.runsChanged)
 	}
-	var ce *chunk.CorruptChunkError
-	if errors.As(err, &ce) {
+	if _, bad := errors.AsType[*chunk.CorruptChunkError](err); bad {
 		// A bad index entry: write the chunk again, the new entry replaces it.
 		held, err = false, nil
 	}
@@ -1300,8 +1298,7 @@ func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifySt
 				st.PlainBytes += int64(len(buf))
 			}
 		}
-		var ce *chunk.CorruptChunkError
-		if errors.As(err, &ce) {
+		if _, corrupt := errors.AsType[*chunk.CorruptChunkError](err); corrupt {
 			st.Corrupt++
 			l.log.Warn("corrupt chunk", "chunk", id.String(), "err", err) // id is zero for a sealed record that did not open: err names its object
 			if bad != nil {
