@@ -22,7 +22,7 @@ import (
 // transfer, which on the links an object store is reached over is about
 // the price of the request itself.
 const (
-	blockSize = 1 << 20
+	blockSize = 2 << 20
 	// DefaultBlockCacheBytes is LocalOptions.BlockCacheBytes's default.
 	DefaultBlockCacheBytes = 32 << 20
 )
