@@ -39,21 +39,35 @@ func TestUsage(t *testing.T) {
 	require.Contains(t, errb.String(), `--export-data "wide": want pgbench, mixed or tables`)
 }
 
+// smoke runs the harness with --smoke, --out out and args within timeout,
+// checks that it succeeded and wrote one results file, and returns that
+// file read back, its path, and what the run printed on stdout.
+func smoke(t *testing.T, out string, timeout time.Duration, args ...string) (f *bench.File, path, stdout string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var so, se bytes.Buffer
+	start := time.Now()
+	code := run(ctx, append([]string{"--smoke", "--out", out}, args...), &so, &se)
+	require.Equal(t, 0, code, se.String())
+	t.Logf("%v took %s", args, time.Since(start))
+	files, err := filepath.Glob(filepath.Join(out, "*.json"))
+	require.NoError(t, err)
+	require.Len(t, files, 1)
+	f, err = bench.ReadJSON(files[0])
+	require.NoError(t, err)
+	return f, files[0], so.String()
+}
+
 // TestSmokeChunk runs the in-process scenario alone: it needs nothing, so
 // it runs (and guards the output path) wherever the LAN smoke is skipped.
 func TestSmokeChunk(t *testing.T) {
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	require.Equal(t, 0, run(context.Background(), []string{"--smoke", "--scenario", "chunk", "--out", out}, &stdout, &stderr), stderr.String())
-	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, files, 1)
-	f, err := bench.ReadJSON(files[0])
-	require.NoError(t, err)
+	f, _, stdout := smoke(t, out, time.Minute, "--scenario", "chunk")
 	require.Len(t, f.Results, 1)
 	require.Equal(t, "chunk", f.Results[0].Scenario)
 	require.Len(t, f.Results[0].Runs, len(bench.ChunkLevels)+2, "cdc, cdc+blake3 and each level, once")
-	require.Contains(t, stdout.String(), "| fastest |")
+	require.Contains(t, stdout, "| fastest |")
 	require.NoDirExists(t, filepath.Join(out, ".bin"), "no pgporter built for the chunk scenario")
 }
 
@@ -73,24 +87,12 @@ func TestSmoke(t *testing.T) {
 			testsupport.SkipOrFail(t, "smoke: "+err.Error())
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	start := time.Now()
 	// The WAN scenarios have a smoke test of their own (TestSmokeWAN).
-	code := run(ctx, []string{"--smoke", "--scenario", "chunk,lan,export", "--out", out}, &stdout, &stderr)
-	require.Equal(t, 0, code, stderr.String())
-	t.Logf("smoke took %s", time.Since(start))
-
-	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, files, 1)
-	f, err := bench.ReadJSON(files[0])
-	require.NoError(t, err)
+	f, file, stdout := smoke(t, out, 2*time.Minute, "--scenario", "chunk,lan,export")
 	require.True(t, f.Smoke)
 	require.Len(t, f.Results, 3)
-	stamp := strings.TrimSuffix(filepath.Base(files[0]), ".json")
+	stamp := strings.TrimSuffix(filepath.Base(file), ".json")
 	for _, r := range f.Results {
 		require.NotEmpty(t, r.Tools, r.Scenario)
 		require.Len(t, r.Runs, len(r.Tools), "%s: one run of each tool", r.Scenario)
@@ -100,12 +102,12 @@ func TestSmoke(t *testing.T) {
 	for _, ext := range []string{".txt", ".md"} {
 		require.FileExists(t, filepath.Join(out, stamp+ext))
 	}
-	require.Contains(t, stdout.String(), "| pgporter |")
+	require.Contains(t, stdout, "| pgporter |")
 	md, err := os.ReadFile(filepath.Join(out, stamp+".md"))
 	require.NoError(t, err)
-	require.Equal(t, string(md), stdout.String(), "the tables printed are the tables written")
-	var report bytes.Buffer
-	require.Equal(t, 0, run(ctx, []string{"--report", files[0]}, &report, &stderr))
+	require.Equal(t, string(md), stdout, "the tables printed are the tables written")
+	var report, stderr bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"--report", file}, &report, &stderr), stderr.String())
 	require.Equal(t, string(md), report.String(), "--report regenerates the tables from the JSON")
 
 	lan := f.Results[1]
@@ -160,7 +162,7 @@ func TestSmoke(t *testing.T) {
 	require.Less(t, pe.Extra["wire_MB"], pe.Extra["dump_MB"]/5, "pgporter compresses on the wire")
 	_, ok := exp.SpeedUpRatio()
 	require.True(t, ok)
-	require.Contains(t, stdout.String(), "speed-up of pgporter export over pg_dump+rsync: ")
+	require.Contains(t, stdout, "speed-up of pgporter export over pg_dump+rsync: ")
 	mounts, err := os.ReadFile("/proc/self/mounts")
 	require.NoError(t, err)
 	require.NotContains(t, string(mounts), "pgporter-bench-export-", "every mount ended")
@@ -185,21 +187,12 @@ func TestSmokeExportVariants(t *testing.T) {
 	if err := bench.RequireExportTools(); err != nil {
 		testsupport.SkipOrFail(t, "export smoke: "+err.Error())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	out := t.TempDir()
 	// The harness builds OUT/.bin/pgporter before any scenario prepares:
 	// the same binary as the base is enough to check that the base runs.
 	base := filepath.Join(out, ".bin", "pgporter")
-	var stdout, stderr bytes.Buffer
-	code := run(ctx, []string{"--smoke", "--scenario", "export", "--export-data", "tables", "--export-tables", "30",
-		"--export-bwlimit", "50M", "--pgporter-base", base, "--out", out}, &stdout, &stderr)
-	require.Equal(t, 0, code, stderr.String())
-	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, files, 1)
-	f, err := bench.ReadJSON(files[0])
-	require.NoError(t, err)
+	f, _, stdout := smoke(t, out, 2*time.Minute, "--scenario", "export", "--export-data", "tables", "--export-tables", "30",
+		"--export-bwlimit", "50M", "--pgporter-base", base)
 	require.Len(t, f.Results, 1)
 	exp := f.Results[0]
 	require.Equal(t, []string{"pgporter export", "pgporter export (base)", "pg_dump+rsync"}, exp.Tools)
@@ -210,7 +203,7 @@ func TestSmokeExportVariants(t *testing.T) {
 		require.Positive(t, r.Wall, r.Tool)
 		require.Positive(t, r.Extra["dump_MB"], r.Tool)
 	}
-	require.Contains(t, stdout.String(), "| pgporter export (base) |")
+	require.Contains(t, stdout, "| pgporter export (base) |")
 }
 
 // TestSmokeWAN runs --smoke of the outage and delta scenarios end to end, as
@@ -226,19 +219,8 @@ func TestSmokeWAN(t *testing.T) {
 	if err := bench.RequireLinkTools(); err != nil {
 		testsupport.SkipOrFail(t, "WAN smoke: "+err.Error())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	start := time.Now()
-	code := run(ctx, []string{"--smoke", "--scenario", "outage,delta", "--out", out}, &stdout, &stderr)
-	require.Equal(t, 0, code, stderr.String())
-	t.Logf("WAN smoke took %s", time.Since(start))
-	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, files, 1)
-	f, err := bench.ReadJSON(files[0])
-	require.NoError(t, err)
+	f, file, stdout := smoke(t, out, 2*time.Minute, "--scenario", "outage,delta")
 	require.Len(t, f.Results, 2)
 
 	outage := f.Results[0]
@@ -255,7 +237,7 @@ func TestSmokeWAN(t *testing.T) {
 		// compression change from one run to the next.
 		require.InDelta(t, 50, r.Extra["outage_at_pct"], 30, r.Tool)
 	}
-	require.Contains(t, stdout.String(), "speed-up of pgporter over rsync -z --partial: ")
+	require.Contains(t, stdout, "speed-up of pgporter over rsync -z --partial: ")
 
 	delta := f.Results[1]
 	require.Equal(t, "delta", delta.Scenario)
@@ -268,7 +250,7 @@ func TestSmokeWAN(t *testing.T) {
 	require.Positive(t, delta.Runs[0].Extra["reported_wire_MB"])
 	// Every tool of both scenarios puts its bytes on the path: both have a
 	// wire chart.
-	stamp := strings.TrimSuffix(filepath.Base(files[0]), ".json")
+	stamp := strings.TrimSuffix(filepath.Base(file), ".json")
 	for _, sc := range []string{"outage", "delta"} {
 		require.FileExists(t, filepath.Join(out, fmt.Sprintf("%s-%s-wire.svg", stamp, sc)))
 	}
@@ -297,19 +279,7 @@ func TestSmokePgBackRest(t *testing.T) {
 			testsupport.SkipOrFail(t, "pgBackRest smoke: "+err.Error())
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	start := time.Now()
-	code := run(ctx, []string{"--smoke", "--scenario", "multidb,backup,scale-1x", "--out", out}, &stdout, &stderr)
-	require.Equal(t, 0, code, stderr.String())
-	t.Logf("pgBackRest smoke took %s", time.Since(start))
-	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, files, 1)
-	f, err := bench.ReadJSON(files[0])
-	require.NoError(t, err)
+	f, _, _ := smoke(t, t.TempDir(), 2*time.Minute, "--scenario", "multidb,backup,scale-1x")
 	require.Len(t, f.Results, 3)
 
 	multi := f.Results[0]
@@ -377,17 +347,8 @@ func TestSmokeS3Backup(t *testing.T) {
 			testsupport.SkipOrFail(t, "S3 backup smoke: "+err.Error())
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	code := run(ctx, []string{"--smoke", "--scenario", "s3-backup", "--out", out}, &stdout, &stderr)
-	require.Equal(t, 0, code, stderr.String())
-	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, files, 1)
-	f, err := bench.ReadJSON(files[0])
-	require.NoError(t, err)
+	f, _, _ := smoke(t, out, 3*time.Minute, "--scenario", "s3-backup")
 	require.Len(t, f.Results, 1)
 	r := f.Results[0]
 	require.Equal(t, "s3-backup", r.Scenario)
@@ -434,17 +395,8 @@ func TestSmokeS3Exports(t *testing.T) {
 			testsupport.SkipOrFail(t, "S3 exports smoke: "+err.Error())
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	out := t.TempDir()
-	var stdout, stderr bytes.Buffer
-	code := run(ctx, []string{"--smoke", "--scenario", "s3-exports", "--out", out}, &stdout, &stderr)
-	require.Equal(t, 0, code, stderr.String())
-	files, err := filepath.Glob(filepath.Join(out, "*.json"))
-	require.NoError(t, err)
-	require.Len(t, files, 1)
-	f, err := bench.ReadJSON(files[0])
-	require.NoError(t, err)
+	f, _, stdout := smoke(t, out, 3*time.Minute, "--scenario", "s3-exports")
 	require.Len(t, f.Results, 1)
 	r := f.Results[0]
 	require.Equal(t, "s3-exports", r.Scenario)
@@ -461,7 +413,7 @@ func TestSmokeS3Exports(t *testing.T) {
 	require.InEpsilon(t, 2*dump["1 export alone"], dump["2 exports at once"], 0.05, "two databases of the same size: twice the bytes")
 	_, ok := r.RatioValue()
 	require.True(t, ok)
-	require.Contains(t, stdout.String(), "throughput_MB_s of 2 exports at once over 1 export alone: ")
+	require.Contains(t, stdout, "throughput_MB_s of 2 exports at once over 1 export alone: ")
 	ps, _ := exec.Command("pgrep", "-f", "weed.*pgporter-bench-s3-exports").Output() // exits 1 when it finds none
 	require.Empty(t, strings.TrimSpace(string(ps)), "the S3 server still running")
 	mounts, err := os.ReadFile("/proc/self/mounts")
