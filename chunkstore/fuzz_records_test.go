@@ -95,7 +95,7 @@ func fuzzRestorePoint(t *testing.T, b []byte, p string) {
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rp, err := readPoint(p)
+	rp, err := readPoint(nil, p)
 	if err != nil {
 		return
 	}
@@ -109,7 +109,7 @@ func fuzzRestorePoint(t *testing.T, b []byte, p string) {
 	if err := os.WriteFile(p, enc, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rp2, err := readPoint(p)
+	rp2, err := readPoint(nil, p)
 	if err != nil || rp2.ID != rp.ID || len(rp2.Tree) != len(rp.Tree) || rp2.Params != rp.Params || !rp2.Time.Equal(rp.Time) {
 		t.Fatalf("decode→encode→decode: %+v != %+v (%v)", rp2, rp, err)
 	}

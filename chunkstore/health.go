@@ -68,7 +68,7 @@ func ReadHealth(ctx context.Context, dir string) (*Health, error) {
 		if h.Bytes, err = dirBytes(dir); err != nil {
 			return nil, err
 		}
-		if h.WAL.Last, h.WAL.Pushed, err = lastSegment(dir); err != nil {
+		if h.WAL.Last, h.WAL.Pushed, err = lastSegment(ctx, dir); err != nil {
 			return nil, err
 		}
 	}
@@ -131,7 +131,11 @@ func dirBytes(dir string) (int64, error) {
 // lastSegment returns the greatest segment name in the WAL archive of the
 // repository in dir (a .partial one included) and when it was pushed; ""
 // for an archive without segments.
-func lastSegment(dir string) (string, time.Time, error) {
+func lastSegment(ctx context.Context, dir string) (string, time.Time, error) {
+	key, _, err := repoFiles{dir: dir}.repoKey(ctx)
+	if err != nil {
+		return "", time.Time{}, err
+	}
 	wal := filepath.Join(dir, "wal")
 	ents, err := os.ReadDir(wal)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -166,7 +170,7 @@ func lastSegment(dir string) (string, time.Time, error) {
 		if last == "" {
 			continue
 		}
-		w, err := readWALRecord(filepath.Join(wal, sh, last+".json"))
+		w, err := readWALRecord(key, filepath.Join(wal, sh, last+".json"))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}

@@ -131,11 +131,6 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 	if r.lock == nil || !r.lock.info.Exclusive {
 		return nil, errors.New("chunkstore: prune needs the repository's exclusive lock")
 	}
-	if r.store.key != nil {
-		// Its mark set holds chunk IDs and the runs object IDs: mapping
-		// them is step 5 of docs/design/0010-repository-encryption.md.
-		return nil, errors.New("chunkstore: prune of an encrypted repository is not built yet")
-	}
 	l := r.store
 	lockf, err := os.OpenFile(filepath.Join(l.dir, "compact.lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -162,6 +157,17 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 		return nil, err
 	}
 	st.LiveChunks = len(live)
+	// The runs are keyed by index key: in an encrypted store the object
+	// ID, which the plain IDs of the mark set are mapped to (and back, for
+	// copyRecord).
+	plainOf := func(k chunk.ID) (chunk.ID, bool) { _, ok := live[k]; return k, ok }
+	if l.key != nil {
+		keyed := make(map[chunk.ID]chunk.ID, len(live))
+		for id := range live {
+			keyed[l.indexKey(id)] = id
+		}
+		plainOf = func(k chunk.ID) (chunk.ID, bool) { id, ok := keyed[k]; return id, ok }
+	}
 	packs := map[uint64]*packUse{}
 	var keepEntries []runEntry
 	err = mergeRuns(runs, func(id chunk.ID, e []byte) error {
@@ -175,9 +181,9 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 			packs[loc.Pack] = u
 		}
 		size := loc.recordSize()
-		if _, ok := live[id]; ok {
+		if plain, ok := plainOf(id); ok {
 			u.live += size
-			u.liveIDs = append(u.liveIDs, id)
+			u.liveIDs = append(u.liveIDs, plain)
 			keepEntries = append(keepEntries, runEntry{id, loc})
 		} else {
 			u.dead += size

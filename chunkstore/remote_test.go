@@ -404,9 +404,9 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	// Outcomes: a failed wal-push, then the success after it; each record
 	// replaces the last, and health reads them with the archive's state.
 	t0 := time.Now()
-	require.NoError(t, chunkstore.RecordRecovery(url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0, Err: errors.New("disk full")}))
-	require.NoError(t, chunkstore.RecordRecovery(url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0.Add(time.Second)}))
-	require.NoError(t, chunkstore.RecordRecovery(url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0.Add(2 * time.Second)}))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0, Err: errors.New("disk full")}))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0.Add(time.Second)}))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), url, chunkstore.Run{Op: chunkstore.OpWALPush, Start: t0, End: t0.Add(2 * time.Second)}))
 	h, err := chunkstore.ReadHealth(ctx, url)
 	require.NoError(t, err)
 	push := h.Ops[chunkstore.OpWALPush]

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/internal/pgcatalog"
 )
@@ -97,6 +98,9 @@ type Repo struct {
 
 	remote objstore.Backend // nil for a directory; else dir is its URL (repo_remote.go)
 	cache  string           // with remote: this host's cache of it
+
+	key   *crypt.MasterKey // nil for a plain repository (repokeys.go)
+	keyID string           // the key file that unlocked key
 }
 
 // tmpMaxAge is the age past which a restore point's temporary file is a
@@ -122,6 +126,18 @@ type RepoOptions struct {
 	// all. wal-fetch waits: PostgreSQL takes its failure for the end of
 	// the archive.
 	LockWait time.Duration
+
+	key *unlockedKey // InitRepo's, unlocked already
+}
+
+// unlock returns the master key of the repository of f, unless o carries
+// it: nil for a plain repository.
+func (o RepoOptions) unlock(ctx context.Context, f repoFiles) (unlockedKey, error) {
+	if o.key != nil {
+		return *o.key, nil
+	}
+	k, id, err := f.repoKey(ctx)
+	return unlockedKey{k, id}, err
 }
 
 // LockMode is the repository lock an open takes (RepoOptions.Lock).
@@ -173,6 +189,13 @@ func OpenRepoWith(ctx context.Context, dir string, o RepoOptions) (*Repo, error)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// Before anything is created: a --password-file given for a
+	// repository that does not exist yet must not make a plain one.
+	key, err := o.unlock(ctx, repoFiles{dir: dir})
+	if err != nil {
+		return nil, err
+	}
+	so.Key = key.key
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("chunkstore: creating repository: %w", err)
 	}
@@ -202,7 +225,7 @@ func OpenRepoWith(ctx context.Context, dir string, o RepoOptions) (*Repo, error)
 		}
 		return nil, err
 	}
-	r := &Repo{dir: dir, log: log, store: st, owner: own, lock: lock}
+	r := &Repo{dir: dir, log: log, store: st, owner: own, lock: lock, key: key.key, keyID: key.keyID}
 	// Other processes may be writing restore points right now: only old
 	// temporary files are leftovers of a crashed backup.
 	tmps, _ := filepath.Glob(filepath.Join(r.pointsDir(), ".tmp-*"))
@@ -239,9 +262,9 @@ func (r *Repo) Store() Store {
 // List returns every restore point, oldest first.
 func (r *Repo) List() ([]RestorePoint, error) {
 	if r.remote != nil {
-		return listRemotePoints(context.Background(), r.remote, r.cache)
+		return listRemotePoints(context.Background(), r.remote, r.cache, r.key)
 	}
-	return listPoints(r.pointsDir())
+	return listPoints(r.key, r.pointsDir())
 }
 
 // ErrNotRepo is returned by ListRepo for a directory that is not a
@@ -259,10 +282,14 @@ func ListRepo(ctx context.Context, dir string) ([]RestorePoint, error) {
 	if fi, err := os.Stat(pd); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%w: %s has no points directory", ErrNotRepo, dir)
 	}
-	return listPoints(pd)
+	key, _, err := repoFiles{dir: dir}.repoKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return listPoints(key, pd)
 }
 
-func listPoints(pointsDir string) ([]RestorePoint, error) {
+func listPoints(key *crypt.MasterKey, pointsDir string) ([]RestorePoint, error) {
 	ents, err := os.ReadDir(pointsDir)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: listing restore points: %w", err)
@@ -273,7 +300,7 @@ func listPoints(pointsDir string) ([]RestorePoint, error) {
 		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".json") || !e.Type().IsRegular() {
 			continue
 		}
-		rp, err := readPoint(filepath.Join(pointsDir, name))
+		rp, err := readPoint(key, filepath.Join(pointsDir, name))
 		if err != nil {
 			return nil, err
 		}
@@ -289,16 +316,21 @@ func sortPoints(rps []RestorePoint) {
 	})
 }
 
-func readPoint(p string) (*RestorePoint, error) {
+func readPoint(key *crypt.MasterKey, p string) (*RestorePoint, error) {
 	b, err := os.ReadFile(p)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: reading restore point: %w", err)
 	}
-	return decodePoint(b, filepath.Base(p))
+	return decodePoint(key, b, filepath.Base(p))
 }
 
-// decodePoint decodes the restore point file (or object) name.
-func decodePoint(b []byte, name string) (*RestorePoint, error) {
+// decodePoint decodes the restore point file (or object) name, sealed
+// under key unless key is nil.
+func decodePoint(key *crypt.MasterKey, b []byte, name string) (*RestorePoint, error) {
+	b, err := openFile(key, crypt.KindPoint, strings.TrimSuffix(name, ".json"), "restore point "+name, b)
+	if err != nil {
+		return nil, err
+	}
 	var rp RestorePoint
 	if err := json.Unmarshal(b, &rp); err != nil {
 		return nil, fmt.Errorf("chunkstore: decoding restore point %s: %w", name, err)
@@ -355,6 +387,7 @@ func (r *Repo) writePoint(ctx context.Context, rp *RestorePoint) error {
 	if err != nil {
 		return err
 	}
+	b = sealFile(r.key, crypt.KindPoint, rp.ID, b)
 	if r.remote != nil {
 		return r.writeRemotePoint(ctx, b, rp)
 	}

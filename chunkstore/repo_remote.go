@@ -17,6 +17,7 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
@@ -167,8 +168,13 @@ func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cac
 	if err != nil {
 		return nil, err
 	}
+	key, err := o.unlock(ctx, repoFiles{dir: repoURL, remote: b})
+	if err != nil {
+		return nil, err
+	}
 	so := o.Store
 	so.Remote = b
+	so.Key = key.key
 	log := so.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -186,12 +192,12 @@ func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cac
 		}
 		return nil, err
 	}
-	return &Repo{dir: repoURL, log: log, store: st, owner: own, lock: lock, remote: b, cache: cache}, nil
+	return &Repo{dir: repoURL, log: log, store: st, owner: own, lock: lock, remote: b, cache: cache, key: key.key, keyID: key.keyID}, nil
 }
 
 // listRemotePoints lists the restore points of the repository on b,
 // oldest first. Points are immutable: each is fetched once into the cache.
-func listRemotePoints(ctx context.Context, b objstore.Backend, cache string) ([]RestorePoint, error) {
+func listRemotePoints(ctx context.Context, b objstore.Backend, cache string, key *crypt.MasterKey) ([]RestorePoint, error) {
 	var rps []RestorePoint
 	for o, err := range b.List(ctx, remotePoints) {
 		if err != nil {
@@ -201,7 +207,7 @@ func listRemotePoints(ctx context.Context, b objstore.Backend, cache string) ([]
 		if !strings.HasSuffix(name, ".json") || strings.Contains(name, "/") {
 			continue
 		}
-		rp, err := readRemotePoint(ctx, b, cache, name)
+		rp, err := readRemotePoint(ctx, b, cache, name, key)
 		if err != nil {
 			return nil, err
 		}
@@ -211,7 +217,7 @@ func listRemotePoints(ctx context.Context, b objstore.Backend, cache string) ([]
 	return rps, nil
 }
 
-func readRemotePoint(ctx context.Context, b objstore.Backend, cache, name string) (*RestorePoint, error) {
+func readRemotePoint(ctx context.Context, b objstore.Backend, cache, name string, key *crypt.MasterKey) (*RestorePoint, error) {
 	cached := filepath.Join(cache, "points", name)
 	data, err := os.ReadFile(cached)
 	if err != nil {
@@ -219,7 +225,7 @@ func readRemotePoint(ctx context.Context, b objstore.Backend, cache, name string
 			return nil, fmt.Errorf("reading restore point %s: %w", name, err)
 		}
 	}
-	rp, err := decodePoint(data, name)
+	rp, err := decodePoint(key, data, name)
 	if err != nil {
 		_ = os.Remove(cached)
 		return nil, err
@@ -279,7 +285,11 @@ func listRemoteRepo(ctx context.Context, repoURL string) ([]RestorePoint, error)
 	if err := os.MkdirAll(filepath.Join(cache, "points"), 0o700); err != nil {
 		return nil, fmt.Errorf("creating the repository cache: %w", err)
 	}
-	return listRemotePoints(ctx, b, cache)
+	key, _, err := repoFiles{dir: repoURL, remote: b}.repoKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return listRemotePoints(ctx, b, cache, key)
 }
 
 // encodePoint is a restore point's file or object.
@@ -322,15 +332,14 @@ func (r *Repo) readRemoteWAL(ctx context.Context, name string) (*WALFile, error)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: reading WAL record: %w", err)
 	}
-	return decodeWALRecord(b, name+".json")
+	return decodeWALRecord(r.key, b, name+".json")
 }
 
 func (r *Repo) putRemoteWAL(ctx context.Context, rec *WALFile) error {
-	b, err := json.Marshal(rec)
+	b, err := encodeWALRecord(r.key, rec)
 	if err != nil {
-		return fmt.Errorf("chunkstore: encoding WAL record: %w", err)
+		return err
 	}
-	b = append(b, '\n')
 	err = r.remote.PutIfAbsent(ctx, walObject(rec.Name), bytes.NewReader(b), int64(len(b)))
 	if errors.Is(err, objstore.ErrExists) {
 		return fs.ErrExist

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
@@ -104,36 +105,40 @@ func statusPath(dir string, op Op) string { return filepath.Join(statusDir(dir),
 // dir: the last run, and its success or failure. It fails with ErrNotRepo
 // for a directory that is not a repository, which it never creates. Files
 // it creates go to the repository's owner.
-func RecordRun(dir string, run Run) error {
-	return recordRun(dir, run, false)
+func RecordRun(ctx context.Context, dir string, run Run) error {
+	return recordRun(ctx, dir, run, false)
 }
 
 // RecordRecovery records run, a success, only when the last run recorded
 // for its Op failed: for an operation that runs too often to record every
 // success (wal-push), it costs one small read while nothing fails.
-func RecordRecovery(dir string, run Run) error {
+func RecordRecovery(ctx context.Context, dir string, run Run) error {
 	if run.Err != nil {
-		return RecordRun(dir, run)
+		return RecordRun(ctx, dir, run)
 	}
 	if IsRepoURL(dir) {
-		return recordRun(dir, run, true) // it reads the last record anyway
+		return recordRun(ctx, dir, run, true) // it reads the last record anyway
 	}
-	st, err := readOpStatus(statusPath(dir, run.Op))
-	if errors.Is(err, fs.ErrNotExist) || (err == nil && st.Last.OK) {
+	// Its mere existence says a failure may be recorded: no key needed.
+	if _, err := os.Stat(statusPath(dir, run.Op)); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	return recordRun(dir, run, true)
+	return recordRun(ctx, dir, run, true)
 }
 
-func recordRun(dir string, run Run, onlyAfterFailure bool) error {
+func recordRun(ctx context.Context, dir string, run Run, onlyAfterFailure bool) error {
 	if !run.Op.valid() {
 		return fmt.Errorf("chunkstore: recording a run: unknown operation %q", run.Op)
 	}
 	if IsRepoURL(dir) {
-		return recordRemoteRun(context.Background(), dir, run, onlyAfterFailure)
+		return recordRemoteRun(ctx, dir, run, onlyAfterFailure)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "points")); err != nil || !fi.IsDir() {
 		return fmt.Errorf("%w: %s has no points directory", ErrNotRepo, dir)
+	}
+	key, _, err := repoFiles{dir: dir}.repoKey(ctx)
+	if err != nil {
+		return err
 	}
 	own, err := ownerOf(dir)
 	if err != nil {
@@ -155,7 +160,7 @@ func recordRun(dir string, run Run, onlyAfterFailure bool) error {
 		return fmt.Errorf("chunkstore: recording a run: %w", err)
 	}
 	p := statusPath(dir, run.Op)
-	st, err := readOpStatus(p)
+	st, err := readOpStatus(key, p)
 	if err != nil {
 		// None yet, or a damaged one, which is replaced: its failure count
 		// restarts, which a Prometheus counter takes for a reset.
@@ -165,11 +170,11 @@ func recordRun(dir string, run Run, onlyAfterFailure bool) error {
 		return nil // recorded meanwhile
 	}
 	st.update(run)
-	b, err := json.MarshalIndent(st, "", "  ")
+	b, err := encodeOpStatus(key, st)
 	if err != nil {
-		return fmt.Errorf("chunkstore: encoding a status record: %w", err)
+		return err
 	}
-	if err := writeFileAtomic(p, append(b, '\n'), own); err != nil {
+	if err := writeFileAtomic(p, b, own); err != nil {
 		return fmt.Errorf("chunkstore: recording a run: %w", err)
 	}
 	return nil
@@ -223,7 +228,17 @@ func writeFileAtomic(p string, b []byte, own owner) error {
 	return syncDir(filepath.Dir(p))
 }
 
-func readOpStatus(p string) (*OpStatus, error) {
+// encodeOpStatus is st's status file or object, sealed under key unless
+// key is nil.
+func encodeOpStatus(key *crypt.MasterKey, st *OpStatus) ([]byte, error) {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: encoding a status record: %w", err)
+	}
+	return sealFile(key, crypt.KindStatus, string(st.Op), append(b, '\n')), nil
+}
+
+func readOpStatus(key *crypt.MasterKey, p string) (*OpStatus, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
@@ -236,11 +251,16 @@ func readOpStatus(p string) (*OpStatus, error) {
 	if len(b) > maxStatusFile {
 		return nil, fmt.Errorf("chunkstore: %s is larger than %d bytes", p, maxStatusFile)
 	}
-	return decodeOpStatus(b, p, Op(strings.TrimSuffix(filepath.Base(p), ".json")))
+	return decodeOpStatus(key, b, p, Op(strings.TrimSuffix(filepath.Base(p), ".json")))
 }
 
-// decodeOpStatus decodes the status record of op read from where.
-func decodeOpStatus(b []byte, where string, op Op) (*OpStatus, error) {
+// decodeOpStatus decodes the status record of op read from where, sealed
+// under key unless key is nil.
+func decodeOpStatus(key *crypt.MasterKey, b []byte, where string, op Op) (*OpStatus, error) {
+	b, err := openFile(key, crypt.KindStatus, string(op), where, b)
+	if err != nil {
+		return nil, err
+	}
 	var st OpStatus
 	if err := json.Unmarshal(b, &st); err != nil {
 		return nil, fmt.Errorf("chunkstore: decoding %s: %w", where, err)
@@ -265,6 +285,10 @@ func ReadStatus(ctx context.Context, dir string) (map[Op]*OpStatus, error) {
 			return nil, err
 		}
 	}
+	key, _, err := repoFiles{dir: dir, remote: b}.repoKey(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := map[Op]*OpStatus{}
 	for _, op := range Ops {
 		var (
@@ -272,9 +296,9 @@ func ReadStatus(ctx context.Context, dir string) (map[Op]*OpStatus, error) {
 			err error
 		)
 		if b != nil {
-			st, _, err = readRemoteOpStatus(ctx, b, op)
+			st, _, err = readRemoteOpStatus(ctx, b, op, key)
 		} else {
-			st, err = readOpStatus(statusPath(dir, op))
+			st, err = readOpStatus(key, statusPath(dir, op))
 		}
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -298,7 +322,7 @@ func statusPrefix(op Op) string { return "status/" + string(op) + "/" }
 
 // readRemoteOpStatus returns the newest status record of op on b, and the
 // names of all of op's records, newest first.
-func readRemoteOpStatus(ctx context.Context, b objstore.Backend, op Op) (*OpStatus, []string, error) {
+func readRemoteOpStatus(ctx context.Context, b objstore.Backend, op Op, key *crypt.MasterKey) (*OpStatus, []string, error) {
 	var names []string
 	for o, err := range b.List(ctx, statusPrefix(op)) {
 		if err != nil {
@@ -316,7 +340,7 @@ func readRemoteOpStatus(ctx context.Context, b objstore.Backend, op Op) (*OpStat
 		if err != nil {
 			return nil, nil, fmt.Errorf("chunkstore: reading %s: %w", name, err)
 		}
-		st, err := decodeOpStatus(data, name, op)
+		st, err := decodeOpStatus(key, data, name, op)
 		return st, names[i:], err
 	}
 	return nil, nil, fs.ErrNotExist
@@ -331,7 +355,11 @@ func recordRemoteRun(ctx context.Context, repoURL string, run Run, onlyAfterFail
 	if _, err := b.Stat(ctx, remoteFormat); errors.Is(err, objstore.ErrNotFound) {
 		return fmt.Errorf("%w: %s holds no repository", ErrNotRepo, repoURL)
 	}
-	st, old, err := readRemoteOpStatus(ctx, b, run.Op)
+	key, _, err := repoFiles{dir: repoURL, remote: b}.repoKey(ctx)
+	if err != nil {
+		return err
+	}
+	st, old, err := readRemoteOpStatus(ctx, b, run.Op, key)
 	if err != nil {
 		st = &OpStatus{} // none yet, or damaged: replaced, its count restarts
 	}
@@ -339,11 +367,10 @@ func recordRemoteRun(ctx context.Context, repoURL string, run Run, onlyAfterFail
 		return nil
 	}
 	st.update(run)
-	data, err := json.MarshalIndent(st, "", "  ")
+	data, err := encodeOpStatus(key, st)
 	if err != nil {
-		return fmt.Errorf("chunkstore: encoding a status record: %w", err)
+		return err
 	}
-	data = append(data, '\n')
 	name := fmt.Sprintf("%s%016x-%08x.json", statusPrefix(run.Op), uint64(math.MaxInt64-run.End.UnixNano()), uint32(randUint64()))
 	if err := b.PutIfAbsent(ctx, name, bytes.NewReader(data), int64(len(data))); err != nil {
 		return fmt.Errorf("chunkstore: recording a run: %w", err)

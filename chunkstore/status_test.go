@@ -37,8 +37,8 @@ func TestRecordRun(t *testing.T) {
 	run := func(op chunkstore.Op, start time.Duration, took time.Duration, err error) chunkstore.Run {
 		return chunkstore.Run{Op: op, Start: t0.Add(start), End: t0.Add(start + took), Err: err, Host: "db1"}
 	}
-	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpBackup, 0, time.Minute, errors.New("first"))))
-	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpBackup, time.Hour, time.Minute, errors.New("second"))))
+	require.NoError(t, chunkstore.RecordRun(t.Context(), dir, run(chunkstore.OpBackup, 0, time.Minute, errors.New("first"))))
+	require.NoError(t, chunkstore.RecordRun(t.Context(), dir, run(chunkstore.OpBackup, time.Hour, time.Minute, errors.New("second"))))
 	st, err := chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	b := st[chunkstore.OpBackup]
@@ -52,7 +52,7 @@ func TestRecordRun(t *testing.T) {
 	require.Equal(t, "db1", b.Last.Host)
 	require.Equal(t, 60.0, b.Last.Seconds)
 
-	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpBackup, 2*time.Hour, 30*time.Second, nil)))
+	require.NoError(t, chunkstore.RecordRun(t.Context(), dir, run(chunkstore.OpBackup, 2*time.Hour, 30*time.Second, nil)))
 	st, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	b = st[chunkstore.OpBackup]
@@ -71,7 +71,7 @@ func TestRecordRun(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 16 {
 		wg.Go(func() {
-			require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpPrune, time.Duration(i)*time.Second, time.Second, errors.New("locked"))))
+			require.NoError(t, chunkstore.RecordRun(t.Context(), dir, run(chunkstore.OpPrune, time.Duration(i)*time.Second, time.Second, errors.New("locked"))))
 		})
 	}
 	wg.Wait()
@@ -87,17 +87,17 @@ func TestRecordRun(t *testing.T) {
 	require.NoError(t, os.WriteFile(p, []byte("{not json"), 0o644))
 	_, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.ErrorContains(t, err, "check.json")
-	require.NoError(t, chunkstore.RecordRun(dir, run(chunkstore.OpCheck, 0, time.Second, errors.New("3 problems"))))
+	require.NoError(t, chunkstore.RecordRun(t.Context(), dir, run(chunkstore.OpCheck, 0, time.Second, errors.New("3 problems"))))
 	st, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), st[chunkstore.OpCheck].Failures)
 
 	// Not a repository: refused, nothing created.
 	notRepo := t.TempDir()
-	err = chunkstore.RecordRun(notRepo, run(chunkstore.OpBackup, 0, time.Second, nil))
+	err = chunkstore.RecordRun(t.Context(), notRepo, run(chunkstore.OpBackup, 0, time.Second, nil))
 	require.ErrorIs(t, err, chunkstore.ErrNotRepo)
 	require.NoDirExists(t, filepath.Join(notRepo, "status"))
-	require.Error(t, chunkstore.RecordRun(dir, chunkstore.Run{Op: "export"}), "an unknown operation")
+	require.Error(t, chunkstore.RecordRun(t.Context(), dir, chunkstore.Run{Op: "export"}), "an unknown operation")
 }
 
 // TestRecordRecovery: wal-push records its failures, and only the first
@@ -108,20 +108,20 @@ func TestRecordRecovery(t *testing.T) {
 	ok := chunkstore.Run{Op: chunkstore.OpWALPush, Start: now, End: now}
 	p := filepath.Join(dir, "status", "wal-push.json")
 
-	require.NoError(t, chunkstore.RecordRecovery(dir, ok))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), dir, ok))
 	require.NoFileExists(t, p, "a success with no failure before it writes nothing")
 
 	failed := ok
 	failed.Err = errors.New("no space left on device")
-	require.NoError(t, chunkstore.RecordRecovery(dir, failed))
-	require.NoError(t, chunkstore.RecordRecovery(dir, failed))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), dir, failed))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), dir, failed))
 	st, err := chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	require.Equal(t, uint64(2), st[chunkstore.OpWALPush].Failures)
 	require.False(t, st[chunkstore.OpWALPush].Last.OK)
 
 	ok.End = now.Add(time.Minute)
-	require.NoError(t, chunkstore.RecordRecovery(dir, ok))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), dir, ok))
 	st, err = chunkstore.ReadStatus(context.Background(), dir)
 	require.NoError(t, err)
 	require.True(t, st[chunkstore.OpWALPush].Last.OK, "the first success after a failure is recorded")
@@ -132,7 +132,7 @@ func TestRecordRecovery(t *testing.T) {
 	require.NoError(t, err)
 
 	ok.End = now.Add(2 * time.Minute)
-	require.NoError(t, chunkstore.RecordRecovery(dir, ok))
+	require.NoError(t, chunkstore.RecordRecovery(t.Context(), dir, ok))
 	after, err := os.ReadFile(p)
 	require.NoError(t, err)
 	require.Equal(t, string(before), string(after), "later successes write nothing")
@@ -154,7 +154,7 @@ func TestRecordRunKeepsOwner(t *testing.T) {
 		return os.Lchown(p, uid, gid)
 	}))
 	now := time.Now()
-	require.NoError(t, chunkstore.RecordRun(dir, chunkstore.Run{Op: chunkstore.OpPrune, Start: now, End: now}))
+	require.NoError(t, chunkstore.RecordRun(t.Context(), dir, chunkstore.Run{Op: chunkstore.OpPrune, Start: now, End: now}))
 	for _, p := range []string{"status", "status/.lock", "status/prune.json"} {
 		fi, err := os.Stat(filepath.Join(dir, p))
 		require.NoError(t, err)
@@ -211,7 +211,7 @@ func TestReadHealth(t *testing.T) {
 	}
 	push("000000010000000000000003", 1)
 	at4 := push("000000010000000000000004", 2)
-	require.NoError(t, chunkstore.RecordRun(dir, chunkstore.Run{Op: chunkstore.OpCheck, Start: time.Now(), End: time.Now()}))
+	require.NoError(t, chunkstore.RecordRun(t.Context(), dir, chunkstore.Run{Op: chunkstore.OpCheck, Start: time.Now(), End: time.Now()}))
 
 	h, err = chunkstore.ReadHealth(ctx, dir)
 	require.NoError(t, err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 )
 
 // The WAL archive of a repository: PostgreSQL's archive_command pushes each
@@ -318,9 +319,9 @@ func (r *Repo) writeWALRecord(p string, w *WALFile) error {
 	if err := r.owner.mkdir(shard, filepath.Dir(shard)); err != nil {
 		return err
 	}
-	b, err := json.Marshal(w)
+	b, err := encodeWALRecord(r.key, w)
 	if err != nil {
-		return fmt.Errorf("chunkstore: encoding WAL record: %w", err)
+		return err
 	}
 	f, err := os.CreateTemp(shard, ".tmp-")
 	if err != nil {
@@ -328,7 +329,7 @@ func (r *Repo) writeWALRecord(p string, w *WALFile) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(b)
 	if err == nil {
 		err = f.Chmod(0o644)
 	}
@@ -350,7 +351,17 @@ func (r *Repo) writeWALRecord(p string, w *WALFile) error {
 	return syncDir(shard)
 }
 
-func readWALRecord(p string) (*WALFile, error) {
+// encodeWALRecord is w's record file or object, sealed under key unless
+// key is nil.
+func encodeWALRecord(key *crypt.MasterKey, w *WALFile) ([]byte, error) {
+	b, err := json.Marshal(w)
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: encoding WAL record: %w", err)
+	}
+	return sealFile(key, crypt.KindWAL, w.Name, append(b, '\n')), nil
+}
+
+func readWALRecord(key *crypt.MasterKey, p string) (*WALFile, error) {
 	b, err := os.ReadFile(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -358,11 +369,16 @@ func readWALRecord(p string) (*WALFile, error) {
 		}
 		return nil, fmt.Errorf("chunkstore: reading WAL record: %w", err)
 	}
-	return decodeWALRecord(b, filepath.Base(p))
+	return decodeWALRecord(key, b, filepath.Base(p))
 }
 
-// decodeWALRecord decodes the WAL record file (or object) base.
-func decodeWALRecord(b []byte, base string) (*WALFile, error) {
+// decodeWALRecord decodes the WAL record file (or object) base, sealed
+// under key unless key is nil.
+func decodeWALRecord(key *crypt.MasterKey, b []byte, base string) (*WALFile, error) {
+	b, err := openFile(key, crypt.KindWAL, strings.TrimSuffix(base, ".json"), "WAL record "+base, b)
+	if err != nil {
+		return nil, err
+	}
 	var w WALFile
 	if err := json.Unmarshal(b, &w); err != nil {
 		return nil, fmt.Errorf("chunkstore: decoding WAL record %s: %w", base, err)
@@ -386,7 +402,7 @@ func (r *Repo) readWAL(ctx context.Context, name string) (*WALFile, error) {
 	if r.remote != nil {
 		return r.readRemoteWAL(ctx, name)
 	}
-	return readWALRecord(r.walPath(name))
+	return readWALRecord(r.key, r.walPath(name))
 }
 
 // walNames lists the names of the WAL files the archive holds.

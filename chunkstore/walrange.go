@@ -106,14 +106,19 @@ type WALArchive struct {
 // OpenWALArchive opens the WAL archive of the repository dir (a directory
 // or a URL) for reading.
 func OpenWALArchive(ctx context.Context, dir string) (*WALArchive, error) {
-	if !IsRepoURL(dir) {
-		return &WALArchive{r: &Repo{dir: dir}}, nil
+	f := repoFiles{dir: dir}
+	if IsRepoURL(dir) {
+		b, err := openRepoBackend(ctx, dir, slog.Default())
+		if err != nil {
+			return nil, err
+		}
+		f.remote = b
 	}
-	b, err := openRepoBackend(ctx, dir, slog.Default())
+	key, _, err := f.repoKey(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &WALArchive{r: &Repo{dir: dir, remote: b}}, nil
+	return &WALArchive{r: &Repo{dir: dir, remote: f.remote, key: key}}, nil
 }
 
 // Coverage is WALCoverage on a.

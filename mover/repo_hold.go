@@ -21,6 +21,7 @@ import (
 // then is answered busy (which the client retries).
 type repoHold struct {
 	dir    string
+	ctx    context.Context // what the repository is opened under: its passphrase file, no deadline
 	log    *slog.Logger
 	linger time.Duration
 	wait   time.Duration
@@ -58,7 +59,7 @@ func (h *repoHold) acquire() (*chunkstore.Repo, error) {
 		// short, as wal-push's own, bigger merges being left to backups.
 		// Under h.mu, for every connection: bounded by the open's own
 		// retries (an object store's), not by one connection's context.
-		r, err := chunkstore.OpenRepoWith(context.Background(), h.dir, chunkstore.RepoOptions{
+		r, err := chunkstore.OpenRepoWith(h.ctx, h.dir, chunkstore.RepoOptions{
 			Store: chunkstore.LocalOptions{Logger: h.log, MaxMerge: walPushMaxMerge}, LockWait: h.wait})
 		if errors.Is(err, chunkstore.ErrRepoLocked) {
 			return nil, fmt.Errorf("%w: %w", protocol.ErrBusy, err)

@@ -24,7 +24,7 @@ func (s *Server) openRepo() error {
 		return nil
 	}
 	// Opening would create a missing repository; serving one must not.
-	if _, err := chunkstore.ListRepo(context.Background(), s.o.Repo); err != nil {
+	if _, err := chunkstore.ListRepo(s.repoContext(), s.o.Repo); err != nil {
 		return fmt.Errorf("repository %s: %w", s.o.Repo, err)
 	}
 	// Opened once now, so that a repository this build cannot serve fails
@@ -36,13 +36,19 @@ func (s *Server) openRepo() error {
 	case linger < 0:
 		linger = 0
 	}
-	s.repos = &repoHold{dir: s.o.Repo, log: s.log, linger: linger, wait: repoLockWait}
+	s.repos = &repoHold{dir: s.o.Repo, ctx: s.repoContext(), log: s.log, linger: linger, wait: repoLockWait}
 	if _, err := s.repos.acquire(); err != nil {
 		return err
 	}
 	s.repos.release()
-	s.metrics.reg.MustRegister(NewRepoCollector(s.o.Repo, RepoCollectorOptions{CacheFor: repoMetricsCacheFor, Log: s.log}))
+	s.metrics.reg.MustRegister(NewRepoCollector(s.o.Repo, RepoCollectorOptions{CacheFor: repoMetricsCacheFor, Log: s.log, PasswordFile: s.o.RepoPasswordFile}))
 	return nil
+}
+
+// repoContext is the context the served repository is opened and read
+// under: it carries the repository's passphrase file.
+func (s *Server) repoContext() context.Context {
+	return chunkstore.WithPasswordFile(context.Background(), s.o.RepoPasswordFile)
 }
 
 func (s *Server) closeRepo() {

@@ -24,6 +24,9 @@ type RepoCollectorOptions struct {
 	CacheFor time.Duration
 	Log      *slog.Logger
 	Now      func() time.Time // the clock; default time.Now
+	// PasswordFile holds the passphrase of an encrypted repository; "":
+	// chunkstore's default ($PGPORTER_REPO_PASSWORD).
+	PasswordFile string
 }
 
 // RepoCollector reports the health of a backup repository as Prometheus
@@ -105,7 +108,7 @@ func (c *RepoCollector) health() (*chunkstore.Health, error) {
 	if c.at.IsZero() || now.Sub(c.at) >= c.o.CacheFor || now.Before(c.at) {
 		// A scrape has no context; an object store that does not answer
 		// must not hold it for the retries' two minutes.
-		ctx, cancel := context.WithTimeout(context.Background(), repoHealthTimeout)
+		ctx, cancel := context.WithTimeout(chunkstore.WithPasswordFile(context.Background(), c.o.PasswordFile), repoHealthTimeout)
 		c.h, c.err = chunkstore.ReadHealth(ctx, c.dir)
 		cancel()
 		c.at = now

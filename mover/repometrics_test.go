@@ -104,7 +104,7 @@ func TestRepoCollector(t *testing.T) {
 	// A failed check and a second backup: within CacheFor, the reading
 	// before them answers.
 	end := time.Now()
-	require.NoError(t, chunkstore.RecordRun(dir, chunkstore.Run{Op: chunkstore.OpCheck, Start: end.Add(-time.Second), End: end, Err: errors.New("the repository has 2 problems")}))
+	require.NoError(t, chunkstore.RecordRun(t.Context(), dir, chunkstore.Run{Op: chunkstore.OpCheck, Start: end.Add(-time.Second), End: end, Err: errors.New("the repository has 2 problems")}))
 	second, err := r.Backup(ctx, src, chunkstore.BackupOptions{})
 	require.NoError(t, err)
 	now = now.Add(4 * time.Second)

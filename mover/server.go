@@ -37,6 +37,10 @@ type ServerOptions struct {
 	Listen string   // UDP address, default ":7448"
 	Roots  []string // directories transfers may write into
 	Repo   string   // backup repository served to peers trusted with read; "" serves none
+	// RepoPasswordFile holds the passphrase of Repo if it is encrypted;
+	// "": chunkstore's default ($PGPORTER_REPO_PASSWORD). Peers get
+	// chunks opened: they never need the key.
+	RepoPasswordFile string
 	// Serving, if set, is called once Serve accepts connections and
 	// /healthz says so: where a caller announces that the mover is up.
 	Serving func()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
@@ -143,6 +144,8 @@ func classify(err error) int {
 		return exitNotBuilt
 	case errors.Is(err, protocol.ErrVersion):
 		return exitFailure // no common protocol version: a refusal, but of the build, not of us
+	case isPassphraseUsage(err):
+		return exitUsage
 	}
 	if code, ok := jobExitCode(err); ok {
 		return code
@@ -190,14 +193,24 @@ func isPermission(err error) bool {
 	}
 	return errors.Is(err, mover.ErrPermission) || errors.Is(err, protocol.ErrPermission) ||
 		errors.Is(err, mover.ErrUntrusted) || errors.Is(err, mover.ErrWrongPeer) ||
-		errors.Is(err, fs.ErrPermission) || errors.Is(err, staging.ErrHBA) || errors.Is(err, objstore.ErrDenied)
+		errors.Is(err, fs.ErrPermission) || errors.Is(err, staging.ErrHBA) || errors.Is(err, objstore.ErrDenied) ||
+		errors.Is(err, crypt.ErrWrongPassphrase)
+}
+
+// isPassphraseUsage reports a passphrase missing, empty, or given for a
+// repository that is not encrypted, and a key's KDF below the floor.
+func isPassphraseUsage(err error) bool {
+	return errors.Is(err, crypt.ErrNoPassphrase) || errors.Is(err, crypt.ErrEmptyPassphrase) ||
+		errors.Is(err, crypt.ErrWeakKDF) || errors.Is(err, chunkstore.ErrPasswordForPlain) ||
+		errors.Is(err, chunkstore.ErrEncrypted) || errors.Is(err, chunkstore.ErrNotEncryptedRepo)
 }
 
 func isVerification(err error) bool {
 	_, corrupt := errors.AsType[*chunk.CorruptChunkError](err)
 	return corrupt || errors.Is(err, mover.ErrVerify) || errors.Is(err, mover.ErrManifestHash) ||
 		errors.Is(err, protocol.ErrCorrupt) || errors.Is(err, chunkstore.ErrIDMismatch) ||
-		errors.Is(err, chunk.ErrHashMismatch) || errors.Is(err, errVerification)
+		errors.Is(err, chunk.ErrHashMismatch) || errors.Is(err, errVerification) ||
+		errors.Is(err, crypt.ErrTampered) || errors.Is(err, crypt.ErrKeyFileCorrupt)
 }
 
 func isConflict(err error) bool {
@@ -207,7 +220,8 @@ func isConflict(err error) bool {
 		errors.Is(err, staging.ErrMountInUse) ||
 		errors.Is(err, protocol.ErrConflict) || errors.Is(err, protocol.ErrBusy) ||
 		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fs.ErrExist) ||
-		errors.Is(err, chunkstore.ErrWALConflict) || errors.Is(err, chunkstore.ErrRepoLocked)
+		errors.Is(err, chunkstore.ErrWALConflict) || errors.Is(err, chunkstore.ErrRepoLocked) ||
+		errors.Is(err, chunkstore.ErrRepoExists) || errors.Is(err, crypt.ErrLastKey)
 }
 
 func isNotFound(err error) bool {
@@ -251,7 +265,7 @@ func isNetwork(err error) bool {
 // packagePrefix matches the package name a sentinel error starts with
 // ("chunkstore: not a repository"): house style for Go callers, noise for
 // the user, so userMessage drops it wherever it appears in the chain.
-var packagePrefix = regexp.MustCompile(`(^|: )(?:chunkstore|protocol|mover|staging|orchestrator|pebble): `)
+var packagePrefix = regexp.MustCompile(`(^|: )(?:chunkstore|crypt|protocol|mover|staging|orchestrator|pebble): `)
 
 // userMessage is err as the user reads it: the wrapping context kept, the
 // package prefixes of sentinels dropped.

@@ -44,7 +44,7 @@ Example:
 			if textfile != "" && !strings.HasSuffix(textfile, ".prom") {
 				return usagef("--textfile %s: node_exporter reads only files named *.prom", textfile)
 			}
-			col := mover.NewRepoCollector(repo, mover.RepoCollectorOptions{})
+			col := mover.NewRepoCollector(repo, mover.RepoCollectorOptions{PasswordFile: passwordFileFlag(cmd)})
 			reg := prometheus.NewPedanticRegistry()
 			reg.MustRegister(col)
 			if textfile != "" {

@@ -23,6 +23,7 @@ import (
 
 type serveOpts struct {
 	listen, metrics, reserve, repo string
+	passwordFile                   string // of an encrypted repo
 	peerMemory, totalMemory        string
 	memoryLimit                    string
 	syncBytes                      string
@@ -72,6 +73,7 @@ Example:
 			if err := applyMemoryLimit(cmd, so.memoryLimit); err != nil {
 				return err
 			}
+			so.passwordFile = passwordFileFlag(cmd)
 			return runServe(cmd.Context(), g, so)
 		},
 	}
@@ -244,7 +246,7 @@ func runServe(ctx context.Context, g *globals, so serveOpts) error {
 		g.log.Warn("recovering publications", "err", err)
 	}
 	waitPortReleased(ctx, so.listen, 30*time.Second, g.log)
-	srv, err = mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, Reserve: reserve, Jobs: jobs, Log: g.log,
+	srv, err = mover.NewServer(mover.ServerOptions{Home: g.home, Listen: so.listen, Roots: so.roots, Repo: so.repo, RepoPasswordFile: so.passwordFile, Reserve: reserve, Jobs: jobs, Log: g.log,
 		// Scripts and tests read the address (useful with port 0) from
 		// stdout, once the mover serves (/healthz says ok from then on).
 		Serving:    func() { fmt.Fprintf(g.stdout, "listening on %s as %s\n", srv.Addr(), srv.ID()) },

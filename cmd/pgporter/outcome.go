@@ -18,7 +18,7 @@ import (
 // the first success after one. A usage mistake is not a run; a directory
 // that is not a repository has nowhere to record; a failure to record is
 // logged and never fails the command.
-func recordRuns(g *globals, c *cobra.Command, repo *string, op func() chunkstore.Op, record func(string, chunkstore.Run) error) {
+func recordRuns(g *globals, c *cobra.Command, repo *string, op func() chunkstore.Op, record func(context.Context, string, chunkstore.Run) error) {
 	runE := c.RunE
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		start := time.Now()
@@ -34,7 +34,9 @@ func recordRuns(g *globals, c *cobra.Command, repo *string, op func() chunkstore
 		case err != nil:
 			run.Err = errors.New(userMessage(err))
 		}
-		if rerr := record(*repo, run); rerr != nil && !errors.Is(rerr, chunkstore.ErrNotRepo) {
+		// Recorded even when the command was interrupted; bounded by the
+		// store's own retries.
+		if rerr := record(context.WithoutCancel(cmd.Context()), *repo, run); rerr != nil && !errors.Is(rerr, chunkstore.ErrNotRepo) {
 			g.log.Warn("recording the outcome in the repository", "op", string(kind), "err", rerr)
 		}
 		return err

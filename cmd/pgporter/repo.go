@@ -1,27 +1,97 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/internal/bytesize"
 )
 
 func newRepoCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "repo",
-		Short: "Work on whole repositories (copy one into another)",
+		Short: "Work on whole repositories (create an encrypted one, copy one into another)",
 	}
-	c.AddCommand(newRepoCopyCmd(g))
+	c.AddCommand(newRepoInitCmd(g), newRepoCopyCmd(g))
+	return c
+}
+
+func newRepoInitCmd(g *globals) *cobra.Command {
+	var (
+		repo    string
+		encrypt bool
+	)
+	c := &cobra.Command{
+		Use:   "init --repo REPO [--encrypt]",
+		Short: "Create a repository, encrypted if asked",
+		Long: `Creates a repository at --repo: a directory or s3://BUCKET/PREFIX (the
+bucket must exist). A plain repository needs no init: the first backup
+creates it. An encrypted one must be created by 'repo init --encrypt',
+since encryption is chosen once, for the repository's life.
+
+With --encrypt, a random master key seals every chunk, index, restore
+point, WAL record and recorded outcome (XChaCha20-Poly1305; chunk IDs
+become keyed BLAKE3 object IDs, so the store never sees a content hash). The
+master key is kept in a key file under the passphrase read from
+--password-file, else $` + crypt.PasswordEnv + `, else asked twice on a terminal
+(argon2id: about half a second per unlock). Every command that opens the
+repository then needs one of its passphrases ('pgporter key add' adds
+more). Losing every passphrase loses the repository: keep one safe.
+
+Examples:
+  pgporter repo init --repo /srv/pgporter/repo --encrypt --password-file /etc/pgporter/repo.pass
+  pgporter repo init --repo s3://backups/prod --encrypt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if repo == "" {
+				return usagef("repo init needs --repo REPO")
+			}
+			file, _ := cmd.Flags().GetString("password-file")
+			if !encrypt {
+				if file != "" {
+					return usagef("--password-file is for an encrypted repository: add --encrypt")
+				}
+				if _, err := chunkstore.ListRepo(cmd.Context(), repo); err == nil {
+					return fmt.Errorf("%w: %s", chunkstore.ErrRepoExists, repo)
+				}
+				r, err := chunkstore.OpenRepo(cmd.Context(), repo, g.log)
+				if err != nil {
+					return err
+				}
+				if err := r.Close(); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "created repository %s\n", repo)
+				return nil
+			}
+			pass, err := crypt.ResolvePassphrase(file)
+			if errors.Is(err, crypt.ErrNoPassphrase) {
+				pass, err = newPassphrase(g, "")
+			}
+			if err != nil {
+				return err
+			}
+			id, err := chunkstore.InitRepo(cmd.Context(), repo, chunkstore.InitOptions{Passphrase: pass})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "created encrypted repository %s (key %s)\n", repo, id)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&repo, "repo", "", "repository to create: a directory or s3://BUCKET/PREFIX")
+	c.Flags().BoolVar(&encrypt, "encrypt", false, "encrypt it, under a passphrase (--password-file, $"+crypt.PasswordEnv+", or asked)")
 	return c
 }
 
 func newRepoCopyCmd(g *globals) *cobra.Command {
 	var (
-		from, to string
-		asJSON   bool
+		from, to, toFile string
+		asJSON           bool
 	)
 	c := &cobra.Command{
 		Use:   "copy --from REPO --to REPO",
@@ -39,7 +109,11 @@ against its BLAKE3 before it is stored.
 
 Examples:
   pgporter repo copy --from /srv/pgporter/repo --to s3://backups/prod
-  pgporter repo copy --from s3://backups/prod --to s3://backups-dr/prod --json`,
+  pgporter repo copy --from s3://backups/prod --to s3://backups-dr/prod --json
+
+Into an encrypted repository (each chunk sealed anew under its key):
+  pgporter repo init --repo s3://backups/sealed --encrypt --password-file new.pass
+  pgporter repo copy --from /srv/pgporter/repo --to s3://backups/sealed --to-password-file new.pass`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if from == "" || to == "" {
@@ -54,7 +128,8 @@ Examples:
 				return err
 			}
 			defer src.Close()
-			dst, err := chunkstore.OpenRepo(ctx, to, g.log)
+			// --to has a passphrase of its own: --password-file is --from's.
+			dst, err := chunkstore.OpenRepo(chunkstore.WithPasswordFile(ctx, toFile), to, g.log)
 			if err != nil {
 				return err
 			}
@@ -78,6 +153,8 @@ Examples:
 	}
 	c.Flags().StringVar(&from, "from", "", "repository to copy from: a directory or s3://BUCKET/PREFIX")
 	c.Flags().StringVar(&to, "to", "", "repository to copy into: a directory or s3://BUCKET/PREFIX")
+	c.Flags().String("password-file", "", "file holding the passphrase of --from, if it is encrypted (default: $"+crypt.PasswordEnv+")")
+	c.Flags().StringVar(&toFile, "to-password-file", "", "file holding the passphrase of --to, if it is encrypted (default: $"+crypt.PasswordEnv+"); create an encrypted --to first with 'repo init --encrypt'")
 	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary, and nothing else, on stdout")
 	return c
 }

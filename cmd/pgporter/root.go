@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/internal/buildinfo"
 	"github.com/pgporter/pgporter/internal/config"
 	"github.com/spf13/cobra"
@@ -79,6 +81,9 @@ One binary plays every role: repository, staging and target movers
 			if abs, err := filepath.Abs(g.home); err == nil {
 				g.home = abs
 			}
+			if f := cmd.Flags().Lookup("password-file"); f != nil && f.Value.String() != "" {
+				cmd.SetContext(chunkstore.WithPasswordFile(cmd.Context(), f.Value.String()))
+			}
 			return startPprof(g.stderr)
 		},
 	}
@@ -117,7 +122,9 @@ One binary plays every role: repository, staging and target movers
 		newGenManCmd(g),
 		newConfigCmd(g),
 		newRepoCmd(g),
+		newKeyCmd(g),
 	)
+	addPasswordFileFlags(root)
 	// 'pgporter completion bash|zsh|fish' is cobra's; the values it
 	// completes (sessions, restore points, ...) are ours.
 	addCompletions(g, root)
@@ -143,5 +150,30 @@ func oneArg(cmdName, what string) cobra.PositionalArgs {
 			return usagef("%s takes one %s, got %d arguments", cmdName, what, len(args))
 		}
 		return nil
+	}
+}
+
+// passwordFileUsage is --password-file's help, on every command with --repo.
+const passwordFileUsage = "file holding the passphrase of an encrypted repository (default: $" + crypt.PasswordEnv + "); read only when the repository is encrypted, refused for one that is not"
+
+// passwordFileFlag is c's --password-file, for code that opens a
+// repository outside the command's context (a mover's, a scrape's).
+func passwordFileFlag(c *cobra.Command) string {
+	if f := c.Flags().Lookup("password-file"); f != nil {
+		return f.Value.String()
+	}
+	return ""
+}
+
+// addPasswordFileFlags gives --password-file to every command that takes
+// --repo: what it opens may be an encrypted repository
+// (docs/design/0010-repository-encryption.md). PersistentPreRunE puts it in
+// the command's context, where chunkstore finds it.
+func addPasswordFileFlags(c *cobra.Command) {
+	if c.Flags().Lookup("repo") != nil && c.Flags().Lookup("password-file") == nil {
+		c.Flags().String("password-file", "", passwordFileUsage)
+	}
+	for _, sub := range c.Commands() {
+		addPasswordFileFlags(sub)
 	}
 }

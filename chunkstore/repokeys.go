@@ -1,0 +1,450 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/pgporter/pgporter/chunkstore/crypt"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
+)
+
+// An encrypted repository (docs/design/0010-repository-encryption.md) has
+// a config, which a plain one lacks, and key files that unlock its master
+// key:
+//
+//	config        {"format":"pgporter-repo-1","id":…,"encryption":…,"check":…}
+//	keys/<id>     key files (crypt.KeyFile), one per passphrase
+//
+// in its directory or under its prefix. Restore points, WAL records and
+// recorded outcomes are sealed under the master key, bound to their names;
+// the chunk store seals its records and MACs its runs (LocalOptions.Key).
+// Locks and a prune's list of packs stay in the clear: they hold a host
+// name, a PID, a command's first words and random pack names, nothing of
+// the data.
+const (
+	repoConfigFormat = "pgporter-repo-1"
+	repoEncryption   = "xchacha20poly1305-blake3-argon2id-v1"
+	repoConfigName   = "config"
+	repoKeysPrefix   = "keys/"
+)
+
+var (
+	// ErrRepoExists is matched by InitRepo's error for a place that holds
+	// a repository already.
+	ErrRepoExists = errors.New("chunkstore: a repository is there already")
+	// ErrPasswordForPlain is matched by the error of opening a plain
+	// repository with an explicit --password-file: whoever gave one
+	// believes the repository encrypted, and must not be let to write
+	// into it in the clear.
+	ErrPasswordForPlain = errors.New("chunkstore: the repository is not encrypted: drop --password-file")
+)
+
+// repoConfig is an encrypted repository's config file or object.
+type repoConfig struct {
+	Format     string `json:"format"`
+	ID         string `json:"id"`
+	Encryption string `json:"encryption"`
+	Check      string `json:"check"` // base64 of Seal(KindConfig, "config", ID)
+}
+
+// passwordFileKey is the context key of a --password-file.
+type passwordFileKey struct{}
+
+// WithPasswordFile returns ctx carrying the --password-file of the
+// commands run under it: the passphrase of every encrypted repository
+// opened with ctx is read from the file at path. Without one (or with
+// path ""), it comes from crypt.PasswordEnv. It is read only when a
+// repository turns out to be encrypted: plain repositories never ask, but
+// refuse an explicit one (ErrPasswordForPlain).
+func WithPasswordFile(ctx context.Context, path string) context.Context {
+	return context.WithValue(ctx, passwordFileKey{}, path)
+}
+
+// passwordFile is the --password-file ctx carries, if any.
+func passwordFile(ctx context.Context) string {
+	p, _ := ctx.Value(passwordFileKey{}).(string)
+	return p
+}
+
+// repoFiles reads the files of a repository that are not its chunk store:
+// in a directory, or on object storage.
+type repoFiles struct {
+	dir    string           // the directory, or the URL
+	remote objstore.Backend // nil for a directory
+	owner  owner            // of a directory
+}
+
+func (f repoFiles) read(ctx context.Context, name string) ([]byte, error) {
+	if f.remote == nil {
+		return os.ReadFile(filepath.Join(f.dir, filepath.FromSlash(name)))
+	}
+	b, err := f.remote.Get(ctx, name, nil)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
+	}
+	return b, err
+}
+
+// create writes name once, durably; one that exists gives fs.ErrExist.
+func (f repoFiles) create(ctx context.Context, name string, b []byte) error {
+	if f.remote != nil {
+		err := f.remote.PutIfAbsent(ctx, name, bytes.NewReader(b), int64(len(b)))
+		if errors.Is(err, objstore.ErrExists) {
+			return fmt.Errorf("%s: %w", name, fs.ErrExist)
+		}
+		return err
+	}
+	p := filepath.Join(f.dir, filepath.FromSlash(name))
+	t, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(t.Name())
+	_, err = t.Write(b)
+	if err == nil {
+		err = t.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.owner.file(t)
+	}
+	if err == nil {
+		err = t.Sync()
+	}
+	if err = errors.Join(err, t.Close()); err != nil {
+		return err
+	}
+	if err := os.Link(t.Name(), p); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+// keyStore is where the repository's key files are.
+func (f repoFiles) keyStore() crypt.KeyStore {
+	if f.remote != nil {
+		return objKeys{f.remote}
+	}
+	return crypt.DirKeys{Dir: filepath.Join(f.dir, "keys"), Prepare: f.owner.file}
+}
+
+// hasKeys reports whether the repository holds key files.
+func (f repoFiles) hasKeys(ctx context.Context) (bool, error) {
+	names, err := f.keyStore().List(ctx)
+	return len(names) > 0, err
+}
+
+// readConfig returns the repository's config: nil for a plain repository.
+func (f repoFiles) readConfig(ctx context.Context) (*repoConfig, error) {
+	b, err := f.read(ctx, repoConfigName)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chunkstore: reading the repository's config: %w", err)
+	}
+	var c repoConfig
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("chunkstore: the repository's config does not decode: %w", err)
+	}
+	if c.Format != repoConfigFormat {
+		return nil, fmt.Errorf("chunkstore: the repository's config has format %q; this build reads %q", c.Format, repoConfigFormat)
+	}
+	if c.Encryption != repoEncryption {
+		return nil, fmt.Errorf("chunkstore: the repository is encrypted with %q; this build knows %q", c.Encryption, repoEncryption)
+	}
+	if _, err := hex.DecodeString(c.ID); err != nil || len(c.ID) != 32 {
+		return nil, fmt.Errorf("chunkstore: the repository's config has a bad ID %q", c.ID)
+	}
+	return &c, nil
+}
+
+// unlocked caches the master keys this process has unlocked, by
+// repository ID and passphrase hash: a command that lists a repository's
+// points, then opens it, derives its key once (half a second of argon2id).
+var unlocked sync.Map // string -> unlockedKey
+
+type unlockedKey struct {
+	key   *crypt.MasterKey
+	keyID string // the key file that opened it
+}
+
+// repoKey returns the master key of the repository f: nil for a plain one.
+// The passphrase comes from ctx's --password-file, else the environment.
+func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error) {
+	c, err := f.readConfig(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	if c == nil {
+		if has, err := f.hasKeys(ctx); err != nil {
+			return nil, "", fmt.Errorf("chunkstore: listing the repository's key files: %w", err)
+		} else if has {
+			return nil, "", fmt.Errorf("chunkstore: %s has key files but no config: an interrupted 'pgporter repo init --encrypt'; run it again", f.dir)
+		}
+		if passwordFile(ctx) != "" {
+			return nil, "", fmt.Errorf("%w (%s)", ErrPasswordForPlain, f.dir)
+		}
+		return nil, "", nil
+	}
+	pass, err := crypt.ResolvePassphrase(passwordFile(ctx))
+	if err != nil {
+		return nil, "", fmt.Errorf("the repository %s is encrypted: %w", f.dir, err)
+	}
+	sum := blake3.Sum256(pass)
+	cacheKey := c.ID + "/" + hex.EncodeToString(sum[:])
+	if u, ok := unlocked.Load(cacheKey); ok {
+		return u.(unlockedKey).key, u.(unlockedKey).keyID, nil
+	}
+	mk, kf, err := crypt.Unlock(ctx, f.keyStore(), pass)
+	if err != nil {
+		return nil, "", fmt.Errorf("unlocking the repository %s: %w", f.dir, err)
+	}
+	if err := checkConfig(mk, c); err != nil {
+		return nil, "", err
+	}
+	unlocked.Store(cacheKey, unlockedKey{mk, kf.ID})
+	return mk, kf.ID, nil
+}
+
+// checkConfig proves that mk is the key of the repository of config c: a
+// key file copied in from another repository unlocks a master key too.
+func checkConfig(mk *crypt.MasterKey, c *repoConfig) error {
+	sealed, err := base64.StdEncoding.DecodeString(c.Check)
+	if err == nil {
+		var plain []byte
+		if plain, err = mk.Open(nil, crypt.KindConfig, repoConfigName, sealed); err == nil && string(plain) != c.ID {
+			err = fmt.Errorf("the check opens to %q", plain)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("chunkstore: the key file's master key is not this repository's (%w): %w", err, crypt.ErrTampered)
+	}
+	return nil
+}
+
+// sealFile seals the body of a repository file of kind, bound to name; a
+// nil key leaves it as it is.
+func sealFile(key *crypt.MasterKey, kind crypt.Kind, name string, b []byte) []byte {
+	if key == nil {
+		return b
+	}
+	return key.Seal(nil, kind, name, b)
+}
+
+// openFile opens what sealFile sealed; what names it in the error, whose
+// chain holds crypt.ErrTampered for one altered, moved, planted in the
+// clear, or sealed under another key.
+func openFile(key *crypt.MasterKey, kind crypt.Kind, name, what string, b []byte) ([]byte, error) {
+	if key == nil {
+		return b, nil
+	}
+	plain, err := key.Open(nil, kind, name, b)
+	if err != nil {
+		if !errors.Is(err, crypt.ErrTampered) {
+			err = fmt.Errorf("%w: %w", crypt.ErrTampered, err)
+		}
+		return nil, fmt.Errorf("chunkstore: %s does not open under the repository's key: %w", what, err)
+	}
+	return plain, nil
+}
+
+// InitOptions configure InitRepo.
+type InitOptions struct {
+	Passphrase []byte // of the first key file
+	Key        crypt.KeyOptions
+}
+
+// InitRepo creates an encrypted repository at dir (a directory or a
+// repository URL): its master key, a first key file under o.Passphrase,
+// its config, and its chunk store. It refuses a place that holds a
+// repository (ErrRepoExists). Interrupted, it can be run again with the
+// same passphrase: key files left without a config are reused. A plain
+// repository needs no InitRepo: its first use creates it.
+func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err error) {
+	f, err := openRepoFiles(ctx, dir, true)
+	if err != nil {
+		return "", err
+	}
+	if c, err := f.readConfig(ctx); err != nil {
+		return "", err
+	} else if c != nil {
+		return "", fmt.Errorf("%w: %s is an encrypted repository", ErrRepoExists, dir)
+	}
+	if plain, err := f.holdsStore(ctx); err != nil {
+		return "", err
+	} else if plain {
+		return "", fmt.Errorf("%w: %s holds one (to encrypt a repository, copy it into a new encrypted one with 'pgporter repo copy')", ErrRepoExists, dir)
+	}
+	ks := f.keyStore()
+	mk, kf, err := crypt.InitKeys(ctx, ks, o.Passphrase, o.Key)
+	if errors.Is(err, crypt.ErrKeysExist) {
+		mk, kf, err = crypt.Unlock(ctx, ks, o.Passphrase)
+		if err != nil {
+			return "", fmt.Errorf("chunkstore: %s has key files from an interrupted init, which the passphrase does not open: %w", dir, err)
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	id := make([]byte, 16)
+	for i := range 2 {
+		v := randUint64()
+		for j := range 8 {
+			id[i*8+j] = byte(v >> (8 * j))
+		}
+	}
+	c := repoConfig{Format: repoConfigFormat, ID: hex.EncodeToString(id), Encryption: repoEncryption}
+	c.Check = base64.StdEncoding.EncodeToString(mk.Seal(nil, crypt.KindConfig, repoConfigName, []byte(c.ID)))
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := f.create(ctx, repoConfigName, append(b, '\n')); err != nil {
+		return "", fmt.Errorf("chunkstore: writing the repository's config: %w", err)
+	}
+	// The store's sealed format marker, and the directories.
+	r, err := OpenRepoWith(ctx, dir, RepoOptions{Lock: LockNone, key: &unlockedKey{mk, kf.ID}})
+	if err != nil {
+		return "", err
+	}
+	return kf.ID, r.Close()
+}
+
+// openRepoFiles returns the files of the repository at dir, creating the
+// directory when create is set.
+func openRepoFiles(ctx context.Context, dir string, create bool) (repoFiles, error) {
+	if IsRepoURL(dir) {
+		b, err := openRepoBackend(ctx, dir, nil)
+		return repoFiles{dir: dir, remote: b}, err
+	}
+	if create {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return repoFiles{}, fmt.Errorf("chunkstore: creating repository: %w", err)
+		}
+	}
+	own, err := ownerOf(dir)
+	if err != nil {
+		return repoFiles{}, err
+	}
+	if create {
+		if err := own.mkdir(filepath.Join(dir, "keys"), dir); err != nil {
+			return repoFiles{}, err
+		}
+	}
+	return repoFiles{dir: dir, owner: own}, nil
+}
+
+// holdsStore reports whether f holds a chunk store or restore points.
+func (f repoFiles) holdsStore(ctx context.Context) (bool, error) {
+	if f.remote != nil {
+		for _, prefix := range []string{remoteFormat, remotePoints} {
+			for _, err := range f.remote.List(ctx, prefix) {
+				return err == nil, err
+			}
+		}
+		return false, nil
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "chunks", "format")); err == nil {
+		return true, nil
+	}
+	ents, _ := os.ReadDir(filepath.Join(f.dir, "points"))
+	return len(ents) > 0, nil
+}
+
+// objKeys keeps key files as objects under keys/.
+type objKeys struct{ b objstore.Backend }
+
+func (o objKeys) List(ctx context.Context) ([]string, error) {
+	var names []string
+	for obj, err := range o.b.List(ctx, repoKeysPrefix) {
+		if err != nil {
+			return nil, err
+		}
+		if name := strings.TrimPrefix(obj.Name, repoKeysPrefix); !strings.Contains(name, "/") {
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
+
+func (o objKeys) Read(ctx context.Context, name string) ([]byte, error) {
+	b, err := o.b.Get(ctx, repoKeysPrefix+name, nil)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, fmt.Errorf("key file %s: %w", name, fs.ErrNotExist)
+	}
+	return b, err
+}
+
+func (o objKeys) Create(ctx context.Context, name string, b []byte) error {
+	err := o.b.PutIfAbsent(ctx, repoKeysPrefix+name, bytes.NewReader(b), int64(len(b)))
+	if errors.Is(err, objstore.ErrExists) {
+		return fmt.Errorf("key file %s: %w", name, fs.ErrExist)
+	}
+	return err
+}
+
+func (o objKeys) Remove(ctx context.Context, name string) error {
+	return o.b.Delete(ctx, repoKeysPrefix+name)
+}
+
+// Encrypted reports whether the repository is encrypted.
+func (r *Repo) Encrypted() bool { return r.key != nil }
+
+// KeyID is the key file that unlocked the repository: "" for a plain one.
+func (r *Repo) KeyID() string { return r.keyID }
+
+// ErrNotEncryptedRepo is matched by the error of a key command on a plain
+// repository.
+var ErrNotEncryptedRepo = errors.New("chunkstore: the repository is not encrypted: it has no keys")
+
+func (r *Repo) keyStore() (crypt.KeyStore, error) {
+	if r.key == nil {
+		return nil, fmt.Errorf("%w (%s)", ErrNotEncryptedRepo, r.dir)
+	}
+	return r.files().keyStore(), nil
+}
+
+func (r *Repo) files() repoFiles { return repoFiles{dir: r.dir, remote: r.remote, owner: r.owner} }
+
+// ListKeys lists the repository's key files.
+func (r *Repo) ListKeys(ctx context.Context) ([]crypt.KeyListing, error) {
+	ks, err := r.keyStore()
+	if err != nil {
+		return nil, err
+	}
+	return crypt.ListKeys(ctx, ks)
+}
+
+// AddKey adds a key file that unlocks the repository under passphrase.
+func (r *Repo) AddKey(ctx context.Context, passphrase []byte, o crypt.KeyOptions) (*crypt.KeyFile, error) {
+	ks, err := r.keyStore()
+	if err != nil {
+		return nil, err
+	}
+	return crypt.AddKey(ctx, ks, r.key, passphrase, o)
+}
+
+// RemoveKey removes key file id; the last usable one is refused
+// (crypt.ErrLastKey). The repository must be open under its exclusive lock.
+func (r *Repo) RemoveKey(ctx context.Context, id string) error {
+	ks, err := r.keyStore()
+	if err != nil {
+		return err
+	}
+	if r.lock == nil || !r.lock.info.Exclusive {
+		return errors.New("chunkstore: removing a key needs the repository's exclusive lock")
+	}
+	return crypt.RemoveKey(ctx, ks, id)
+}
