@@ -205,7 +205,12 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 	sum := blake3.Sum256(pass)
 	cacheKey := c.ID + "/" + hex.EncodeToString(sum[:])
 	if u, ok := unlocked.Load(cacheKey); ok {
-		return u.(unlockedKey).key, u.(unlockedKey).keyID, nil
+		// Unless its key file was removed meanwhile: a removed
+		// passphrase stops working in this process too.
+		if _, err := f.keyStore().Read(ctx, u.(unlockedKey).keyID); err == nil {
+			return u.(unlockedKey).key, u.(unlockedKey).keyID, nil
+		}
+		unlocked.Delete(cacheKey)
 	}
 	mk, kf, err := crypt.Unlock(ctx, f.keyStore(), pass)
 	if err != nil {

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore/crypt"
+	"github.com/pgporter/pgporter/internal/testsupport"
+)
+
+// writePass writes a passphrase file.
+func writePass(t *testing.T, passphrase string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pass")
+	require.NoError(t, os.WriteFile(p, []byte(passphrase+"\n"), 0o600))
+	return p
+}
+
+// TestEncryptedRepoCLI: an encrypted repository from the command line.
+// repo init --encrypt; backup, restore-points, check need its passphrase,
+// refused (with their exit codes) when it is missing, wrong, or given to a
+// plain repository; keys are added, listed and removed; a mover serves
+// the repository to a staging host that holds no key, whose mount reads
+// every file back; repo copy seals a plain repository's points anew.
+func TestEncryptedRepoCLI(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	t.Setenv(crypt.PasswordEnv, "")
+	os.Unsetenv(crypt.PasswordEnv)
+	src, files := fakeDataDir(t)
+	repo := filepath.Join(t.TempDir(), "repo")
+	pass, pass2, wrong := writePass(t, "first passphrase"), writePass(t, "second passphrase"), writePass(t, "wrong")
+
+	code, out, errs := runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--password-file", pass)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "created encrypted repository")
+	code, _, errs = runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--password-file", pass)
+	require.Equal(t, exitConflict, code, errs)
+	require.Contains(t, errs, "a repository is there already")
+
+	code, _, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src)
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, crypt.PasswordEnv, "the message says where a passphrase comes from")
+	code, _, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--password-file", wrong)
+	require.Equal(t, exitPermission, code, errs)
+	require.Contains(t, errs, "wrong passphrase")
+	code, out, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--password-file", pass)
+	require.Equal(t, 0, code, errs)
+	id := lastLine(out)
+	require.Regexp(t, `^rp-`, id)
+
+	t.Setenv(crypt.PasswordEnv, "first passphrase") // the other source
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, id)
+	os.Unsetenv(crypt.PasswordEnv)
+	code, out, errs = runCLI(t, "check", "--repo", repo, "--read-data", "--password-file", pass)
+	require.Equal(t, 0, code, "%s%s", out, errs)
+
+	// A plain repository refuses a passphrase, and creates nothing for one.
+	plain := filepath.Join(t.TempDir(), "plain")
+	code, _, errs = runCLI(t, "backup", "--repo", plain, "--pgdata", src, "--password-file", pass)
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "not encrypted")
+	require.NoDirExists(t, plain)
+
+	// Keys.
+	code, out, errs = runCLI(t, "key", "add", "--repo", repo, "--password-file", pass, "--new-password-file", pass2)
+	require.Equal(t, 0, code, errs)
+	key2 := lastLine(out)
+	code, out, errs = runCLI(t, "key", "list", "--repo", repo, "--password-file", pass, "--json")
+	require.Equal(t, 0, code, errs)
+	var keys []struct {
+		ID      string `json:"id"`
+		Current bool   `json:"current"`
+		Host    string `json:"host"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &keys), out)
+	require.Len(t, keys, 2)
+	var key1 string
+	for _, k := range keys {
+		require.NotEmpty(t, k.Host)
+		if k.Current {
+			key1 = k.ID
+		}
+	}
+	require.NotEmpty(t, key1)
+	require.NotEqual(t, key1, key2)
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--password-file", pass2, key1)
+	require.Equal(t, 0, code, errs)
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--password-file", pass2, key2)
+	require.Equal(t, exitConflict, code, errs)
+	require.Contains(t, errs, "last usable key")
+	code, _, errs = runCLI(t, "restore-points", "--repo", repo, "--password-file", pass)
+	require.Equal(t, exitPermission, code, "the removed key's passphrase opens nothing: %s", errs)
+	code, _, errs = runCLI(t, "key", "list", "--repo", plainRepo(t, src))
+	require.Equal(t, exitUsage, code, errs)
+	require.Contains(t, errs, "not encrypted")
+
+	// A mover serves it, with its key, to a staging host that has none.
+	srvHome, srvID := initMoverHome(t)
+	stagingHome, stagingID := initMoverHome(t)
+	code, _, errs = runCLI(t, "mover", "trust", stagingID, "--allow", "read", "--home", srvHome)
+	require.Equal(t, 0, code, errs)
+	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo, "--password-file", pass2)
+	peer := srv.waitListening(t) + "#" + srvID
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	require.NoError(t, os.Mkdir(mnt, 0o755))
+	me, err := user.Current()
+	require.NoError(t, err)
+	p := startProc(t, "--home", stagingHome, "mount", "--repo-peer", peer, "--restore-point", "latest", "--owner", me.Username, mnt)
+	require.Contains(t, p.waitStdout(t, "mounted "), id)
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(mnt, name))
+		require.NoError(t, err, name)
+		require.Equal(t, want, got, name)
+	}
+	require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
+	require.Equal(t, 0, p.wait(t), p.stderr.String())
+
+	// repo copy from a plain repository into an encrypted one.
+	sealed := filepath.Join(t.TempDir(), "sealed")
+	code, _, errs = runCLI(t, "repo", "init", "--repo", sealed, "--encrypt", "--password-file", pass)
+	require.Equal(t, 0, code, errs)
+	from := plainRepo(t, src)
+	code, out, errs = runCLI(t, "repo", "copy", "--from", from, "--to", sealed, "--to-password-file", pass)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "1 restore points copied")
+	code, out, errs = runCLI(t, "check", "--repo", sealed, "--read-data", "--password-file", pass)
+	require.Equal(t, 0, code, "%s%s", out, errs)
+	code, _, errs = runCLI(t, "repo", "copy", "--from", from, "--to", sealed)
+	require.Equal(t, exitUsage, code, "--to's passphrase is its own: %s", errs)
+	require.True(t, strings.Contains(errs, crypt.PasswordEnv), errs)
+}
+
+// plainRepo is a plain repository holding one backup of src.
+func plainRepo(t *testing.T, src string) string {
+	t.Helper()
+	repo := filepath.Join(t.TempDir(), "plain")
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src)
+	require.Equal(t, 0, code, errs)
+	return repo
+}
