@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/internal/pgtool"
 	"github.com/pgporter/pgporter/internal/s3test"
 	"github.com/pgporter/pgporter/internal/testsupport"
@@ -168,7 +170,9 @@ func TestObjectStorageCLI(t *testing.T) {
 // the server archives into it (its archive_command, run as postgres, has
 // the AWS variables and a cache of its own), the backup goes there, and
 // exports --at the noted time and --at end replay the WAL read from the
-// bucket (by this process, through the WAL proxy, for the instance).
+// bucket (by this process, through the WAL proxy, for the instance). The
+// repository is encrypted: what the archiver pushes, the backup, and what
+// the instance replays go through the seal.
 func TestExportAtFromBucket(t *testing.T) {
 	testsupport.RequireFUSE(t)
 	srv := s3test.Start(t)
@@ -187,10 +191,21 @@ func TestExportAtFromBucket(t *testing.T) {
 	uid, err := strconv.Atoi(pg.Uid)
 	require.NoError(t, err)
 	require.NoError(t, os.Chown(pgCache, uid, -1))
+	// The repository is encrypted: the archiver reads its passphrase from
+	// a file postgres may read, the commands below from the environment.
+	passFile := filepath.Join(pgCache, "repo.pass")
+	require.NoError(t, os.WriteFile(passFile, []byte("archive passphrase\n"), 0o600))
+	require.NoError(t, os.Chown(passFile, uid, -1))
+	code, _, errs := runCLI(t, "repo", "init", "--repo", url, "--encrypt", "--password-file", passFile)
+	require.Equal(t, 0, code, errs)
+	t.Setenv(crypt.PasswordEnv, "archive passphrase")
 	c, repo, _ := archivingClusterTo(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"}, url, "env "+env+"PGPORTER_CACHE_DIR="+pgCache+" ")
+	c.Stop(t)
+	c.Settings["archive_command"] = strings.Replace(c.Settings["archive_command"], " %p", " --password-file "+passFile+" %p", 1)
+	c.Start(t)
 	c.CreateDB(t, "shop")
 	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key, item text); INSERT INTO orders SELECT g, 'before the backup' FROM generate_series(1, 100) g")
-	code, _, errs := runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
+	code, _, errs = runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"))
 	require.Equal(t, 0, code, errs)
 	c.Exec(t, "shop", "INSERT INTO orders SELECT g, 'after the backup' FROM generate_series(101, 250) g")
 	noted := c.Query(t, "shop", "SELECT clock_timestamp()::text")
