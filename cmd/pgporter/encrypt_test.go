@@ -73,6 +73,22 @@ func TestEncryptedRepoCLI(t *testing.T) {
 	code, out, errs = runCLI(t, "key", "add", "--repo", repo, "--password-file", pass, "--new-password-file", pass2)
 	require.Equal(t, 0, code, errs)
 	key2 := lastLine(out)
+	// A generated passphrase, for wal-push: a new 0600 file, the floor KDF.
+	gen := filepath.Join(t.TempDir(), "wal-push.pass")
+	code, out, errs = runCLI(t, "key", "add", "--repo", repo, "--password-file", pass, "--generate", "--password-file-out", gen)
+	require.Equal(t, 0, code, errs)
+	keyGen := lastLine(out)
+	fi, err := os.Stat(gen)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	code, _, errs = runCLI(t, "key", "add", "--repo", repo, "--password-file", pass, "--generate", "--password-file-out", gen)
+	require.Equal(t, exitConflict, code, "an existing file is never overwritten: %s", errs)
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo, "--password-file", gen)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, id)
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--password-file", gen, keyGen)
+	require.Equal(t, 0, code, errs)
+
 	code, out, errs = runCLI(t, "key", "list", "--repo", repo, "--password-file", pass, "--json")
 	require.Equal(t, 0, code, errs)
 	var keys []struct {

@@ -68,7 +68,9 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         devices, FIFOs or sockets without --skip-special
     2     usage         a usage mistake: unknown command or flag, a missing, malformed
                         or conflicting flag or argument; no PostgreSQL password found
-                        for export and no terminal to ask for one on
+                        for export and no terminal to ask for one on; an encrypted
+                        repository's passphrase missing (--password-file,
+                        PGPORTER_REPO_PASSWORD), or given for a plain repository
     3     not-built     a command of the CLI contract this build does not implement
     4     network       no answer from a mover, or a connection lost and not regained
                         within --retry-for; a host name that does not resolve
@@ -76,12 +78,16 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         or lacks a permission (mover trust --allow), a mover that is
                         not the peer ID named, a destination outside a mover's roots,
                         a file the OS does not let pgporter read or write, a backup
-                        whose pg_hba.conf does not let the role in (--auth backup-hba)
+                        whose pg_hba.conf does not let the role in (--auth backup-hba),
+                        a wrong passphrase for an encrypted repository
     6     conflict      something else holds what the command needs: a session running
                         in another process, a lock held, a port or mountpoint in use,
-                        a destination that exists (see --overwrite of export and send)
+                        a destination that exists (see --overwrite of export and send),
+                        a repository where repo init would create one, the last key
+                        of an encrypted repository (key remove)
     7     verification  data does not match its hashes: verify or restore found a
-                        damaged dump, a chunk is corrupt
+                        damaged dump, a chunk is corrupt; an encrypted repository's
+                        object or key file was altered (it does not open)
     8     not-found     what the command names does not exist: a repository, restore
                         point, session, publication, mover identity or trusted peer,
                         the connection service PGSERVICE names

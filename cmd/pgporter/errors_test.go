@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/internal/pebbledb"
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/orchestrator"
@@ -38,6 +39,13 @@ func TestExitCodeContract(t *testing.T) {
 		{"usage", usagef("--to: missing port"), exitUsage},
 		{"bad plan", fmt.Errorf("%w: --to is required", orchestrator.ErrBadPlan), exitUsage},
 		{"not built", notBuilt("x"), exitNotBuilt},
+		{"no passphrase", wrap(fmt.Errorf("the repository r is encrypted: %w", crypt.ErrNoPassphrase)), exitUsage},
+		{"passphrase for a plain repository", wrap(chunkstore.ErrPasswordForPlain), exitUsage},
+		{"wrong passphrase", wrap(crypt.ErrWrongPassphrase), exitPermission},
+		{"tampered object", wrap(fmt.Errorf("restore point x: %w", crypt.ErrTampered)), exitVerification},
+		{"corrupt key file", wrap(crypt.ErrKeyFileCorrupt), exitVerification},
+		{"last key", wrap(crypt.ErrLastKey), exitConflict},
+		{"repository exists", wrap(chunkstore.ErrRepoExists), exitConflict},
 		{"no answer", wrap(&mover.NoAnswerError{Addr: "127.0.0.1:1", Err: errors.New("timeout")}), exitNetwork},
 		{"untrusted", wrap(&mover.UntrustedError{Addr: "127.0.0.1:1", Err: errors.New("tls: bad certificate")}), exitPermission},
 		{"wrong peer", wrap(&mover.PeerMismatchError{}), exitPermission},
