@@ -28,9 +28,10 @@ import (
 //	points/<id>.json       restore points, created once (PutIfAbsent)
 //	wal/<shard>/<name>.json  WAL records, created once
 //	locks/<16 hex>.json    repository locks, as lock.go takes them
+//	status/<op>/...        recorded outcomes of runs (status.go)
+//	config, keys/<id>      an encrypted repository's (repokeys.go)
 //
-// Every command that takes --repo works on it. What it does not hold yet:
-// the recorded outcomes of runs (status.go), and encryption.
+// Every command that takes --repo works on it.
 const (
 	remotePoints = "points/"
 	remoteLocks  = "locks/"

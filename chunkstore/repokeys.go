@@ -59,13 +59,20 @@ type repoConfig struct {
 	Check      string `json:"check"` // base64 of Seal(KindConfig, "config", ID)
 }
 
+// PasswordFileEnv names a passphrase file for every command that gives
+// none (--password-file): it comes before crypt.PasswordEnv, and unlike
+// --password-file it is not refused for a plain repository, since it is
+// set for a whole environment (a systemd unit's settings).
+const PasswordFileEnv = "PGPORTER_REPO_PASSWORD_FILE"
+
 // passwordFileKey is the context key of a --password-file.
 type passwordFileKey struct{}
 
 // WithPasswordFile returns ctx carrying the --password-file of the
 // commands run under it: the passphrase of every encrypted repository
 // opened with ctx is read from the file at path. Without one (or with
-// path ""), it comes from crypt.PasswordEnv. It is read only when a
+// path ""), it comes from the file PasswordFileEnv names, else
+// crypt.PasswordEnv. It is read only when a
 // repository turns out to be encrypted: plain repositories never ask, but
 // refuse an explicit one (ErrPasswordForPlain).
 func WithPasswordFile(ctx context.Context, path string) context.Context {
@@ -198,7 +205,11 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 		}
 		return nil, "", nil
 	}
-	pass, err := crypt.ResolvePassphrase(passwordFile(ctx))
+	file := passwordFile(ctx)
+	if file == "" {
+		file = os.Getenv(PasswordFileEnv)
+	}
+	pass, err := crypt.ResolvePassphrase(file)
 	if err != nil {
 		return nil, "", fmt.Errorf("the repository %s is encrypted: %w", f.dir, err)
 	}

@@ -20,7 +20,7 @@ const maxPassphrase = 4 << 10
 var (
 	// ErrNoPassphrase is matched by the error of ResolvePassphrase when
 	// neither source gives one.
-	ErrNoPassphrase = errors.New("crypt: no passphrase: give --password-file or set " + PasswordEnv)
+	ErrNoPassphrase = errors.New("crypt: no passphrase: give --password-file, or set PGPORTER_REPO_PASSWORD_FILE or " + PasswordEnv)
 	// ErrEmptyPassphrase is matched by the error for a source that holds an
 	// empty passphrase, and by that of a key made with one.
 	ErrEmptyPassphrase = errors.New("crypt: the passphrase is empty")
