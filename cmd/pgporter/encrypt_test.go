@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
@@ -32,6 +33,8 @@ func TestEncryptedRepoCLI(t *testing.T) {
 	testsupport.RequireFUSE(t)
 	t.Setenv(crypt.PasswordEnv, "")
 	os.Unsetenv(crypt.PasswordEnv)
+	t.Setenv(chunkstore.PasswordFileEnv, "")
+	os.Unsetenv(chunkstore.PasswordFileEnv)
 	src, files := fakeDataDir(t)
 	repo := filepath.Join(t.TempDir(), "repo")
 	pass, pass2, wrong := writePass(t, "first passphrase"), writePass(t, "second passphrase"), writePass(t, "wrong")
@@ -59,6 +62,13 @@ func TestEncryptedRepoCLI(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, id)
 	os.Unsetenv(crypt.PasswordEnv)
+	t.Setenv(chunkstore.PasswordFileEnv, pass) // a job's settings
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, id)
+	code, _, errs = runCLI(t, "restore-points", "--repo", plainRepo(t, src))
+	require.Equal(t, 0, code, "the variable is for a whole environment: a plain repository ignores it: %s", errs)
+	os.Unsetenv(chunkstore.PasswordFileEnv)
 	code, out, errs = runCLI(t, "check", "--repo", repo, "--read-data", "--password-file", pass)
 	require.Equal(t, 0, code, "%s%s", out, errs)
 
