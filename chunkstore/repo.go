@@ -189,7 +189,7 @@ func OpenRepoWith(ctx context.Context, dir string, o RepoOptions) (*Repo, error)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	// Before anything is created: a --password-file given for a
+	// Before anything is created: a --repo-password-file given for a
 	// repository that does not exist yet must not make a plain one.
 	key, err := o.unlock(ctx, repoFiles{dir: dir})
 	if err != nil {

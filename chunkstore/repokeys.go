@@ -45,10 +45,10 @@ var (
 	// a repository already.
 	ErrRepoExists = errors.New("chunkstore: a repository is there already")
 	// ErrPasswordForPlain is matched by the error of opening a plain
-	// repository with an explicit --password-file: whoever gave one
+	// repository with an explicit --repo-password-file: whoever gave one
 	// believes the repository encrypted, and must not be let to write
 	// into it in the clear.
-	ErrPasswordForPlain = errors.New("chunkstore: the repository is not encrypted: drop --password-file")
+	ErrPasswordForPlain = errors.New("chunkstore: the repository is not encrypted: drop --repo-password-file")
 )
 
 // repoConfig is an encrypted repository's config file or object.
@@ -60,15 +60,15 @@ type repoConfig struct {
 }
 
 // PasswordFileEnv names a passphrase file for every command that gives
-// none (--password-file): it comes before crypt.PasswordEnv, and unlike
-// --password-file it is not refused for a plain repository, since it is
+// none (--repo-password-file): it comes before crypt.PasswordEnv, and unlike
+// --repo-password-file it is not refused for a plain repository, since it is
 // set for a whole environment (a systemd unit's settings).
 const PasswordFileEnv = "PGPORTER_REPO_PASSWORD_FILE"
 
-// passwordFileKey is the context key of a --password-file.
+// passwordFileKey is the context key of a --repo-password-file.
 type passwordFileKey struct{}
 
-// WithPasswordFile returns ctx carrying the --password-file of the
+// WithPasswordFile returns ctx carrying the --repo-password-file of the
 // commands run under it: the passphrase of every encrypted repository
 // opened with ctx is read from the file at path. Without one (or with
 // path ""), it comes from the file PasswordFileEnv names, else
@@ -79,7 +79,7 @@ func WithPasswordFile(ctx context.Context, path string) context.Context {
 	return context.WithValue(ctx, passwordFileKey{}, path)
 }
 
-// passwordFile is the --password-file ctx carries, if any.
+// passwordFile is the --repo-password-file ctx carries, if any.
 func passwordFile(ctx context.Context) string {
 	p, _ := ctx.Value(passwordFileKey{}).(string)
 	return p
@@ -188,7 +188,7 @@ type unlockedKey struct {
 }
 
 // repoKey returns the master key of the repository f: nil for a plain one.
-// The passphrase comes from ctx's --password-file, else the environment.
+// The passphrase comes from ctx's --repo-password-file, else the environment.
 func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error) {
 	c, err := f.readConfig(ctx)
 	if err != nil {

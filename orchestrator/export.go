@@ -113,6 +113,9 @@ func (r *Runner) Create(ctx context.Context, p Plan) (*Session, error) {
 }
 
 func (r *Runner) create(ctx context.Context, p Plan, id string) (*Session, error) {
+	if p.RepoPasswordFile != "" {
+		ctx = chunkstore.WithPasswordFile(ctx, p.RepoPasswordFile)
+	}
 	if err := p.checkAuth(); err != nil {
 		return nil, err
 	}
@@ -709,15 +712,13 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 // instance from src, which the caller closes once the instance is up.
 func (x *sessionRun) recovery(ctx context.Context, src Source, opts *staging.InstanceOptions) (*walproxy.Server, error) {
 	r, p := x.r, x.plan()
-	if p.RepoPeer == "" && !chunkstore.IsRepoURL(p.Repo) {
+	if fetchesDirectly(p.Repo, p.RepoPeer, src) {
 		var err error
 		opts.Recovery, err = walRecovery(ctx, p.At, r.o.Self, p.Repo, p.OSUser)
 		return nil, err
 	}
-	// The instance's OS user cannot reach the repository mover (the mover
-	// identity is root's), nor an object store (the credentials and the
-	// cache are this process's): this process fetches for it, through a
-	// socket only that user can use, while the instance recovers.
+	// This process fetches for the instance, through a socket only its
+	// OS user can use, while the instance recovers.
 	proxy, err := startWALProxy(ctx, src, p.OSUser, r.o.Log)
 	if err != nil {
 		return nil, err
@@ -854,6 +855,9 @@ func (x *sessionRun) openRepo(ctx context.Context) ([]chunkstore.Node, Source, e
 	// With --at and a repository mover, "latest" is the newest restore
 	// point taken before the target (a local repository's was chosen with
 	// the plan); kept in the plan below, as any "latest".
+	if p.RepoPasswordFile != "" {
+		ctx = chunkstore.WithPasswordFile(ctx, p.RepoPasswordFile)
+	}
 	src, rp, tree, err := openPointAt(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: r.o.Home,
 		Remote: mover.RemoteRepoOptions{Log: r.o.Log}, Log: r.o.Log}, p.RestorePoint, p.At)
 	if err != nil {

@@ -45,6 +45,21 @@ const ExitWALMissing = 8
 // walRecovery is the instance's recovery to at, fetching WAL from the
 // repository at repo with self's wal-fetch (self empty: this process's
 // executable), after checking that osUser can run it there.
+// fetchesDirectly reports whether a point-in-time instance's
+// restore_command may read the repository itself (wal-fetch --repo): only
+// a plain directory. The instance's OS user cannot reach a repository
+// mover (the mover identity is root's), nor an object store (the
+// credentials and the cache are this process's), nor open an encrypted
+// repository (its passphrase is this process's): this process then
+// fetches for it, through the WAL proxy.
+func fetchesDirectly(repo, repoPeer string, src Source) bool {
+	if repoPeer != "" || chunkstore.IsRepoURL(repo) {
+		return false
+	}
+	l, ok := src.(localSource)
+	return ok && !l.r.Encrypted()
+}
+
 func walRecovery(ctx context.Context, at *PointInTime, self, repo, osUser string) (*staging.Recovery, error) {
 	return walRecoveryFrom(ctx, at, self, "--repo "+shellQuote(repo), osUser)
 }

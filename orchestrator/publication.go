@@ -93,6 +93,9 @@ type Publication struct {
 	At      *PointInTime     `json:"at,omitempty"`
 	Self    string           `json:"self,omitempty"`
 	Reached *staging.Reached `json:"reached,omitempty"`
+	// PasswordFile is PublishOptions.PasswordFile: a path, never the
+	// passphrase.
+	PasswordFile string `json:"password_file,omitempty"`
 }
 
 // A publication's writes go to an overlay whose upper layer lives on disk

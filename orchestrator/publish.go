@@ -43,6 +43,11 @@ type PublishOptions struct {
 	// a lost connection before it fails (default 2m, as a mount's).
 	RetryFor     time.Duration
 	RestorePoint string // ID or "latest" (the default)
+	// PasswordFile holds the passphrase of an encrypted Repo (an absolute
+	// path): the publication's serve process, started anew after a crash
+	// or a reboot, reads it each time it opens the repository. "": the
+	// environment's (chunkstore.WithPasswordFile).
+	PasswordFile string
 	// Listen is the one address the instance listens on: an IP address, or
 	// "*" for all. Default 127.0.0.1.
 	Listen string
@@ -239,7 +244,7 @@ func (pb *Publisher) Publish(ctx context.Context, o PublishOptions) (*Publicatio
 	}
 	p := &Publication{
 		ID: id, Repo: repo, RepoPeer: o.RepoPeer, RetryFor: o.RetryFor, RestorePoint: rp, Listen: o.Listen, Port: o.Port, Auth: o.Auth, OSUser: o.OSUser,
-		OnRestart: o.OnRestart, State: PubStarting, Created: now, At: o.At, Self: o.Self,
+		OnRestart: o.OnRestart, State: PubStarting, Created: now, At: o.At, Self: o.Self, PasswordFile: o.PasswordFile,
 		BaseDir: filepath.Join(os.TempDir(), "pgporter-"+id), CowDir: filepath.Join(dir, "cow"),
 	}
 	// The lock is handed to the serve process as descriptor 3: it holds it
@@ -609,7 +614,7 @@ func (s *serving) startInstance(ctx context.Context) error {
 	}
 	var proxy *walproxy.Server
 	if err == nil && p.At != nil && p.Reached == nil {
-		if p.RepoPeer == "" && !chunkstore.IsRepoURL(p.Repo) {
+		if fetchesDirectly(p.Repo, p.RepoPeer, s.src) {
 			opts.Recovery, err = walRecovery(ctx, p.At, p.Self, p.Repo, p.OSUser)
 		} else if proxy, err = startWALProxy(ctx, s.src, p.OSUser, s.log); err == nil {
 			// This process fetches the WAL for the instance, as an
@@ -717,6 +722,9 @@ func (pb *Publisher) openPubRepo(ctx context.Context, p *Publication, log *slog.
 	retry := p.RetryFor
 	if retry <= 0 {
 		retry = defaultPubRetryFor
+	}
+	if p.PasswordFile != "" {
+		ctx = chunkstore.WithPasswordFile(ctx, p.PasswordFile)
 	}
 	src, _, tree, err := OpenRestorePoint(ctx, SourceOptions{Repo: p.Repo, RepoPeer: p.RepoPeer, Home: pb.home,
 		Remote: mover.RemoteRepoOptions{RetryFor: retry, Log: log}, Log: log}, p.RestorePoint)

@@ -111,10 +111,13 @@ type Plan struct {
 	To           string   `json:"to"`
 	PGUser       string   `json:"pg_user"`
 	PasswordFile string   `json:"password_file,omitempty"`
-	Jobs         int      `json:"jobs"`
-	Overwrite    bool     `json:"overwrite,omitempty"`
-	StagingDir   string   `json:"staging_dir"` // dumps go to STAGING_DIR/<session>/<db>
-	OSUser       string   `json:"os_user"`     // runs postgres
+	// RepoPasswordFile holds the passphrase of an encrypted Repo, an
+	// absolute path: a retry, in another process, reads it again.
+	RepoPasswordFile string `json:"repo_password_file,omitempty"`
+	Jobs             int    `json:"jobs"`
+	Overwrite        bool   `json:"overwrite,omitempty"`
+	StagingDir       string `json:"staging_dir"` // dumps go to STAGING_DIR/<session>/<db>
+	OSUser           string `json:"os_user"`     // runs postgres
 	// Movers on other hosts, as ADDR#PEER_ID; empty means this machine
 	// (the repository at Repo, staging in-process, the embedded target).
 	RepoPeer string `json:"repo_peer,omitempty"`

@@ -18,7 +18,7 @@
 //     (ErrKeyFileCorrupt), a tampered one (ErrTampered) and one whose KDF
 //     parameters are below the floor (ErrWeakKDF).
 //   - ReadPassphraseFile, PassphraseFromEnv and ResolvePassphrase read a
-//     passphrase from --password-file or PGPORTER_REPO_PASSWORD.
+//     passphrase from --repo-password-file or PGPORTER_REPO_PASSWORD.
 //
 // It is not the repository's layout: which objects are sealed, under which
 // names, and how records sit in packs are chunkstore's (the design note

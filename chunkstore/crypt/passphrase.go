@@ -20,14 +20,14 @@ const maxPassphrase = 4 << 10
 var (
 	// ErrNoPassphrase is matched by the error of ResolvePassphrase when
 	// neither source gives one.
-	ErrNoPassphrase = errors.New("crypt: no passphrase: give --password-file, or set PGPORTER_REPO_PASSWORD_FILE or " + PasswordEnv)
+	ErrNoPassphrase = errors.New("crypt: no passphrase: give --repo-password-file, or set PGPORTER_REPO_PASSWORD_FILE or " + PasswordEnv)
 	// ErrEmptyPassphrase is matched by the error for a source that holds an
 	// empty passphrase, and by that of a key made with one.
 	ErrEmptyPassphrase = errors.New("crypt: the passphrase is empty")
 )
 
 // ReadPassphraseFile reads the passphrase in the file at path
-// (--password-file): all of it but one final line ending ("\n" or "\r\n"),
+// (--repo-password-file): all of it but one final line ending ("\n" or "\r\n"),
 // which editors and echo add. Other white space is the passphrase's. A file
 // that does not exist gives an error matching fs.ErrNotExist; an empty
 // one, ErrEmptyPassphrase.
@@ -78,7 +78,7 @@ func PassphraseFromEnv() ([]byte, bool, error) {
 }
 
 // ResolvePassphrase returns the repository's passphrase: from the file at
-// path if path is set (--password-file wins, as in restic), else from
+// path if path is set (--repo-password-file wins, as in restic), else from
 // PasswordEnv, else ErrNoPassphrase.
 func ResolvePassphrase(path string) ([]byte, error) {
 	if path != "" {

@@ -83,7 +83,7 @@ func TestResolvePassphrase(t *testing.T) {
 	t.Setenv(crypt.PasswordEnv, "from env")
 	got, err := crypt.ResolvePassphrase(file)
 	require.NoError(t, err)
-	require.Equal(t, "from file", string(got), "--password-file wins over the environment")
+	require.Equal(t, "from file", string(got), "--repo-password-file wins over the environment")
 	got, err = crypt.ResolvePassphrase("")
 	require.NoError(t, err)
 	require.Equal(t, "from env", string(got))
@@ -94,5 +94,5 @@ func TestResolvePassphrase(t *testing.T) {
 	require.NoError(t, os.Unsetenv(crypt.PasswordEnv))
 	_, err = crypt.ResolvePassphrase("")
 	require.ErrorIs(t, err, crypt.ErrNoPassphrase)
-	require.ErrorContains(t, err, "--password-file")
+	require.ErrorContains(t, err, "--repo-password-file")
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -39,20 +40,20 @@ func TestEncryptedRepoCLI(t *testing.T) {
 	repo := filepath.Join(t.TempDir(), "repo")
 	pass, pass2, wrong := writePass(t, "first passphrase"), writePass(t, "second passphrase"), writePass(t, "wrong")
 
-	code, out, errs := runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--password-file", pass)
+	code, out, errs := runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--repo-password-file", pass)
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "created encrypted repository")
-	code, _, errs = runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--password-file", pass)
+	code, _, errs = runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--repo-password-file", pass)
 	require.Equal(t, exitConflict, code, errs)
 	require.Contains(t, errs, "a repository is there already")
 
 	code, _, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src)
 	require.Equal(t, exitUsage, code, errs)
 	require.Contains(t, errs, crypt.PasswordEnv, "the message says where a passphrase comes from")
-	code, _, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--password-file", wrong)
+	code, _, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--repo-password-file", wrong)
 	require.Equal(t, exitPermission, code, errs)
 	require.Contains(t, errs, "wrong passphrase")
-	code, out, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--password-file", pass)
+	code, out, errs = runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--repo-password-file", pass)
 	require.Equal(t, 0, code, errs)
 	id := lastLine(out)
 	require.Regexp(t, `^rp-`, id)
@@ -69,37 +70,37 @@ func TestEncryptedRepoCLI(t *testing.T) {
 	code, _, errs = runCLI(t, "restore-points", "--repo", plainRepo(t, src))
 	require.Equal(t, 0, code, "the variable is for a whole environment: a plain repository ignores it: %s", errs)
 	os.Unsetenv(chunkstore.PasswordFileEnv)
-	code, out, errs = runCLI(t, "check", "--repo", repo, "--read-data", "--password-file", pass)
+	code, out, errs = runCLI(t, "check", "--repo", repo, "--read-data", "--repo-password-file", pass)
 	require.Equal(t, 0, code, "%s%s", out, errs)
 
 	// A plain repository refuses a passphrase, and creates nothing for one.
 	plain := filepath.Join(t.TempDir(), "plain")
-	code, _, errs = runCLI(t, "backup", "--repo", plain, "--pgdata", src, "--password-file", pass)
+	code, _, errs = runCLI(t, "backup", "--repo", plain, "--pgdata", src, "--repo-password-file", pass)
 	require.Equal(t, exitUsage, code, errs)
 	require.Contains(t, errs, "not encrypted")
 	require.NoDirExists(t, plain)
 
 	// Keys.
-	code, out, errs = runCLI(t, "key", "add", "--repo", repo, "--password-file", pass, "--new-password-file", pass2)
+	code, out, errs = runCLI(t, "key", "add", "--repo", repo, "--repo-password-file", pass, "--new-password-file", pass2)
 	require.Equal(t, 0, code, errs)
 	key2 := lastLine(out)
 	// A generated passphrase, for wal-push: a new 0600 file, the floor KDF.
 	gen := filepath.Join(t.TempDir(), "wal-push.pass")
-	code, out, errs = runCLI(t, "key", "add", "--repo", repo, "--password-file", pass, "--generate", "--password-file-out", gen)
+	code, out, errs = runCLI(t, "key", "add", "--repo", repo, "--repo-password-file", pass, "--generate", "--password-file-out", gen)
 	require.Equal(t, 0, code, errs)
 	keyGen := lastLine(out)
 	fi, err := os.Stat(gen)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
-	code, _, errs = runCLI(t, "key", "add", "--repo", repo, "--password-file", pass, "--generate", "--password-file-out", gen)
+	code, _, errs = runCLI(t, "key", "add", "--repo", repo, "--repo-password-file", pass, "--generate", "--password-file-out", gen)
 	require.Equal(t, exitConflict, code, "an existing file is never overwritten: %s", errs)
-	code, out, errs = runCLI(t, "restore-points", "--repo", repo, "--password-file", gen)
+	code, out, errs = runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", gen)
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, id)
-	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--password-file", gen, keyGen)
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--repo-password-file", gen, keyGen)
 	require.Equal(t, 0, code, errs)
 
-	code, out, errs = runCLI(t, "key", "list", "--repo", repo, "--password-file", pass, "--json")
+	code, out, errs = runCLI(t, "key", "list", "--repo", repo, "--repo-password-file", pass, "--json")
 	require.Equal(t, 0, code, errs)
 	var keys []struct {
 		ID      string `json:"id"`
@@ -117,12 +118,12 @@ func TestEncryptedRepoCLI(t *testing.T) {
 	}
 	require.NotEmpty(t, key1)
 	require.NotEqual(t, key1, key2)
-	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--password-file", pass2, key1)
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--repo-password-file", pass2, key1)
 	require.Equal(t, 0, code, errs)
-	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--password-file", pass2, key2)
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--repo-password-file", pass2, key2)
 	require.Equal(t, exitConflict, code, errs)
 	require.Contains(t, errs, "last usable key")
-	code, _, errs = runCLI(t, "restore-points", "--repo", repo, "--password-file", pass)
+	code, _, errs = runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", pass)
 	require.Equal(t, exitPermission, code, "the removed key's passphrase opens nothing: %s", errs)
 	code, _, errs = runCLI(t, "key", "list", "--repo", plainRepo(t, src))
 	require.Equal(t, exitUsage, code, errs)
@@ -133,7 +134,7 @@ func TestEncryptedRepoCLI(t *testing.T) {
 	stagingHome, stagingID := initMoverHome(t)
 	code, _, errs = runCLI(t, "mover", "trust", stagingID, "--allow", "read", "--home", srvHome)
 	require.Equal(t, 0, code, errs)
-	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo, "--password-file", pass2)
+	srv := startProc(t, "--home", srvHome, "mover", "serve", "--listen", "127.0.0.1:0", "--repo", repo, "--repo-password-file", pass2)
 	peer := srv.waitListening(t) + "#" + srvID
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	require.NoError(t, os.Mkdir(mnt, 0o755))
@@ -151,13 +152,13 @@ func TestEncryptedRepoCLI(t *testing.T) {
 
 	// repo copy from a plain repository into an encrypted one.
 	sealed := filepath.Join(t.TempDir(), "sealed")
-	code, _, errs = runCLI(t, "repo", "init", "--repo", sealed, "--encrypt", "--password-file", pass)
+	code, _, errs = runCLI(t, "repo", "init", "--repo", sealed, "--encrypt", "--repo-password-file", pass)
 	require.Equal(t, 0, code, errs)
 	from := plainRepo(t, src)
 	code, out, errs = runCLI(t, "repo", "copy", "--from", from, "--to", sealed, "--to-password-file", pass)
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "1 restore points copied")
-	code, out, errs = runCLI(t, "check", "--repo", sealed, "--read-data", "--password-file", pass)
+	code, out, errs = runCLI(t, "check", "--repo", sealed, "--read-data", "--repo-password-file", pass)
 	require.Equal(t, 0, code, "%s%s", out, errs)
 	code, _, errs = runCLI(t, "repo", "copy", "--from", from, "--to", sealed)
 	require.Equal(t, exitUsage, code, "--to's passphrase is its own: %s", errs)
@@ -171,4 +172,59 @@ func plainRepo(t *testing.T, src string) string {
 	code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src)
 	require.Equal(t, 0, code, errs)
 	return repo
+}
+
+// TestEncryptedExportAtDir: point-in-time export and publication from an
+// encrypted directory repository, with the passphrase given by
+// --repo-password-file only (nothing in the environment, which children would
+// inherit). The server's archiver pushes with a key of its own; the
+// instance, which cannot open the repository, replays WAL that pgporter
+// fetches for it; the publication's own process opens the repository with
+// the file the publication recorded.
+func TestEncryptedExportAtDir(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	t.Setenv(crypt.PasswordEnv, "")
+	os.Unsetenv(crypt.PasswordEnv)
+	t.Setenv(chunkstore.PasswordFileEnv, "")
+	os.Unsetenv(chunkstore.PasswordFileEnv)
+	c, repo, pgUID := archivingClusterTo(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"}, "", "")
+	pass := writePass(t, "root's passphrase")
+	code, _, errs := runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--repo-password-file", pass)
+	require.Equal(t, 0, code, errs)
+	// The archiver's key: generated, in a file postgres owns.
+	archPass := filepath.Join(c.Base, "wal-push.pass")
+	code, _, errs = runCLI(t, "key", "add", "--repo", repo, "--repo-password-file", pass, "--generate", "--password-file-out", archPass)
+	require.Equal(t, 0, code, errs)
+	require.NoError(t, os.Chown(archPass, int(pgUID), -1))
+	c.Stop(t)
+	c.Settings["archive_command"] = strings.Replace(c.Settings["archive_command"], " %p", " --repo-password-file "+archPass+" %p", 1)
+	c.Start(t)
+
+	c.CreateDB(t, "shop")
+	c.Exec(t, "shop", "CREATE TABLE orders(id int primary key, item text); INSERT INTO orders SELECT g, 'before the backup' FROM generate_series(1, 100) g")
+	code, _, errs = runCLI(t, "backup", "--repo", repo, "--from-server", c.ConnString("postgres"), "--repo-password-file", pass)
+	require.Equal(t, 0, code, errs)
+	c.Exec(t, "shop", "INSERT INTO orders SELECT g, 'after the backup' FROM generate_series(101, 250) g")
+	noted := c.Query(t, "shop", "SELECT clock_timestamp()::text")
+	c.Exec(t, "shop", "DELETE FROM orders WHERE id > 50")
+	waitArchived(t, c)
+	t.Setenv("PGPASSWORD", "pw")
+
+	home, to := t.TempDir(), t.TempDir()
+	code, out, errs := runCLI(t, "--home", home, "export", "--repo", repo, "--repo-password-file", pass, "--at", noted, "--db", "shop", "--table", "orders", "--to", to, "--staging-dir", cliStagingDir(t))
+	require.Equal(t, 0, code, "%s\n%s", out, errs)
+	flags := []string{"--pg-host", c.SocketDir, "--pg-port", strconv.Itoa(c.Port), "--pg-user", c.User}
+	code, _, errs = runCLI(t, append([]string{"restore", filepath.Join(to, "shop"), "--dbname", "shop_at", "--create"}, flags...)...)
+	require.Equal(t, exitOK, code, errs)
+	require.Equal(t, "250 250", c.Query(t, "shop_at", "SELECT count(*) || ' ' || max(id) FROM orders"))
+
+	port := freeTCPPort(t)
+	pub := publishCLI(t, home, repo, port, "--at", noted, "--repo-password-file", pass)
+	conn := pubConn(t, port, "shop")
+	var n int
+	require.NoError(t, conn.QueryRow(t.Context(), "SELECT count(*) FROM orders").Scan(&n))
+	require.Equal(t, 250, n)
+	conn.Close(t.Context())
+	code, _, errs = runCLI(t, "--home", home, "unpublish", pub.ID)
+	require.Equal(t, 0, code, errs)
 }

@@ -69,7 +69,7 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
     2     usage         a usage mistake: unknown command or flag, a missing, malformed
                         or conflicting flag or argument; no PostgreSQL password found
                         for export and no terminal to ask for one on; an encrypted
-                        repository's passphrase missing (--password-file,
+                        repository's passphrase missing (--repo-password-file,
                         PGPORTER_REPO_PASSWORD), or given for a plain repository
     3     not-built     a command of the CLI contract this build does not implement
     4     network       no answer from a mover, or a connection lost and not regained

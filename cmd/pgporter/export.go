@@ -3,7 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
-
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,6 +232,13 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 // names what it exports from, for the first line.
 func startExport(cmd *cobra.Command, g *globals, eo exportOpts, from func(orchestrator.Plan) string) error {
 	eo.plan.PasswordFile = eo.passwordFile
+	if f := passwordFileFlag(cmd); f != "" {
+		abs, err := filepath.Abs(f) // a retry may run from anywhere
+		if err != nil {
+			return err
+		}
+		eo.plan.RepoPasswordFile = abs
+	}
 	if err := eo.parseSizes(); err != nil {
 		return err
 	}

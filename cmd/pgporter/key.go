@@ -31,7 +31,7 @@ one passphrase. Any of them opens the repository; adding one does not
 re-encrypt anything, and removing one revokes its passphrase (but not a
 copy of the master key someone already unlocked).
 
-The passphrase that opens the repository comes from --password-file, else
+The passphrase that opens the repository comes from --repo-password-file, else
 $` + crypt.PasswordEnv + `.`,
 	}
 	c.AddCommand(newKeyListCmd(g), newKeyAddCmd(g), newKeyRemoveCmd(g))
@@ -132,7 +132,7 @@ func newKeyAddCmd(g *globals) *cobra.Command {
 		Short: "Add a passphrase to an encrypted repository",
 		Long: `Adds a key file holding the repository's master key under a new
 passphrase, read from --new-password-file, or asked twice on a terminal.
-The repository is opened with its current passphrase (--password-file or
+The repository is opened with its current passphrase (--repo-password-file or
 $` + crypt.PasswordEnv + `). Prints the new key's ID.
 
 --generate makes the passphrase: 32 random bytes, base64, written to the
@@ -142,9 +142,9 @@ guessed, so its key file uses the cheapest key derivation allowed (about
 archive_command runs wal-push once per WAL segment, each in a new process.
 
 Examples:
-  pgporter key add --repo s3://backups/prod --password-file /etc/pgporter/repo.pass \
+  pgporter key add --repo s3://backups/prod --repo-password-file /etc/pgporter/repo.pass \
       --new-password-file /etc/pgporter/admin2.pass
-  pgporter key add --repo s3://backups/prod --password-file /etc/pgporter/repo.pass \
+  pgporter key add --repo s3://backups/prod --repo-password-file /etc/pgporter/repo.pass \
       --generate --password-file-out /etc/pgporter/wal-push.pass`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

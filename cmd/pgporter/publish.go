@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,6 +25,7 @@ type publishOpts struct {
 	on                                           string // a remote mover, ADDR#PEER_ID
 	resume                                       string // serve a dead publication again
 	serve                                        string // hidden: run as publication ID's background process
+	passwordFile                                 string // of an encrypted --repo
 	at, atLSN, atName, atTimeline                string
 }
 
@@ -89,6 +91,7 @@ Examples:
   pgporter publish --resume p-20260101-120000-a1b2c3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.passwordFile = passwordFileFlag(cmd)
 			switch {
 			case o.serve != "":
 				return runPublishServe(cmd.Context(), g, o.serve)
@@ -192,6 +195,12 @@ func publishOptions(o publishOpts, serve []string) (orchestrator.PublishOptions,
 		Auth: o.auth, StrictHBA: o.strictHBA, OSUser: o.osUser, OnRestart: o.onRestart,
 		Serve: serve, At: at, Self: selfCommand,
 	}
+	if o.passwordFile != "" {
+		// For the publication's own process, which may run from anywhere.
+		if po.PasswordFile, err = filepath.Abs(o.passwordFile); err != nil {
+			return orchestrator.PublishOptions{}, err
+		}
+	}
 	if o.repoPeer != "" {
 		po.RetryFor = o.retryFor
 	}
@@ -237,6 +246,9 @@ func runPublish(ctx context.Context, g *globals, o publishOpts) error {
 func runPublishOn(ctx context.Context, g *globals, o publishOpts) error {
 	if err := checkPublishRepo(o, true); err != nil {
 		return err
+	}
+	if o.passwordFile != "" {
+		return usagef("publish --on takes no --repo-password-file: the mover's host opens the repository with its own passphrase (PGPORTER_REPO_PASSWORD_FILE in its environment)")
 	}
 	switch {
 	case o.restorePoint == "":

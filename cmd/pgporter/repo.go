@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -37,23 +38,26 @@ With --encrypt, a random master key seals every chunk, index, restore
 point, WAL record and recorded outcome (XChaCha20-Poly1305; chunk IDs
 become keyed BLAKE3 object IDs, so the store never sees a content hash). The
 master key is kept in a key file under the passphrase read from
---password-file, else $` + crypt.PasswordEnv + `, else asked twice on a terminal
+--repo-password-file, else $` + crypt.PasswordEnv + `, else asked twice on a terminal
 (argon2id: about half a second per unlock). Every command that opens the
 repository then needs one of its passphrases ('pgporter key add' adds
 more). Losing every passphrase loses the repository: keep one safe.
 
 Examples:
-  pgporter repo init --repo /srv/pgporter/repo --encrypt --password-file /etc/pgporter/repo.pass
+  pgporter repo init --repo /srv/pgporter/repo --encrypt --repo-password-file /etc/pgporter/repo.pass
   pgporter repo init --repo s3://backups/prod --encrypt`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if repo == "" {
 				return usagef("repo init needs --repo REPO")
 			}
-			file, _ := cmd.Flags().GetString("password-file")
+			file := passwordFileFlag(cmd)
+			if file == "" {
+				file = os.Getenv(chunkstore.PasswordFileEnv)
+			}
 			if !encrypt {
 				if file != "" {
-					return usagef("--password-file is for an encrypted repository: add --encrypt")
+					return usagef("--repo-password-file is for an encrypted repository: add --encrypt")
 				}
 				if _, err := chunkstore.ListRepo(cmd.Context(), repo); err == nil {
 					return fmt.Errorf("%w: %s", chunkstore.ErrRepoExists, repo)
@@ -84,14 +88,14 @@ Examples:
 		},
 	}
 	c.Flags().StringVar(&repo, "repo", "", "repository to create: a directory or s3://BUCKET/PREFIX")
-	c.Flags().BoolVar(&encrypt, "encrypt", false, "encrypt it, under a passphrase (--password-file, $"+crypt.PasswordEnv+", or asked)")
+	c.Flags().BoolVar(&encrypt, "encrypt", false, "encrypt it, under a passphrase (--repo-password-file, $"+crypt.PasswordEnv+", or asked)")
 	return c
 }
 
 func newRepoCopyCmd(g *globals) *cobra.Command {
 	var (
-		from, to, toFile string
-		asJSON           bool
+		from, to, fromFile, toFile string
+		asJSON                     bool
 	)
 	c := &cobra.Command{
 		Use:   "copy --from REPO --to REPO",
@@ -112,14 +116,14 @@ Examples:
   pgporter repo copy --from s3://backups/prod --to s3://backups-dr/prod --json
 
 Into an encrypted repository (each chunk sealed anew under its key):
-  pgporter repo init --repo s3://backups/sealed --encrypt --password-file new.pass
+  pgporter repo init --repo s3://backups/sealed --encrypt --repo-password-file new.pass
   pgporter repo copy --from /srv/pgporter/repo --to s3://backups/sealed --to-password-file new.pass`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if from == "" || to == "" {
 				return usagef("repo copy needs --from REPO and --to REPO")
 			}
-			ctx := cmd.Context()
+			ctx := chunkstore.WithPasswordFile(cmd.Context(), fromFile)
 			if _, err := chunkstore.ListRepo(ctx, from); err != nil { // a typo must create nothing
 				return err
 			}
@@ -128,7 +132,7 @@ Into an encrypted repository (each chunk sealed anew under its key):
 				return err
 			}
 			defer src.Close()
-			// --to has a passphrase of its own: --password-file is --from's.
+			// Each has a passphrase of its own.
 			dst, err := chunkstore.OpenRepo(chunkstore.WithPasswordFile(ctx, toFile), to, g.log)
 			if err != nil {
 				return err
@@ -153,8 +157,8 @@ Into an encrypted repository (each chunk sealed anew under its key):
 	}
 	c.Flags().StringVar(&from, "from", "", "repository to copy from: a directory or s3://BUCKET/PREFIX")
 	c.Flags().StringVar(&to, "to", "", "repository to copy into: a directory or s3://BUCKET/PREFIX")
-	c.Flags().String("password-file", "", "file holding the passphrase of --from, if it is encrypted (default: $"+crypt.PasswordEnv+")")
-	c.Flags().StringVar(&toFile, "to-password-file", "", "file holding the passphrase of --to, if it is encrypted (default: $"+crypt.PasswordEnv+"); create an encrypted --to first with 'repo init --encrypt'")
+	c.Flags().StringVar(&fromFile, "from-password-file", "", "file holding the passphrase of --from, if it is encrypted (default: $"+chunkstore.PasswordFileEnv+", $"+crypt.PasswordEnv+")")
+	c.Flags().StringVar(&toFile, "to-password-file", "", "file holding the passphrase of --to, if it is encrypted (default: $"+chunkstore.PasswordFileEnv+", $"+crypt.PasswordEnv+"); create an encrypted --to first with 'repo init --encrypt'")
 	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON summary, and nothing else, on stdout")
 	return c
 }

@@ -81,7 +81,7 @@ One binary plays every role: repository, staging and target movers
 			if abs, err := filepath.Abs(g.home); err == nil {
 				g.home = abs
 			}
-			if f := cmd.Flags().Lookup("password-file"); f != nil && f.Value.String() != "" {
+			if f := cmd.Flags().Lookup(repoPasswordFileFlag); f != nil && f.Value.String() != "" {
 				cmd.SetContext(chunkstore.WithPasswordFile(cmd.Context(), f.Value.String()))
 			}
 			return startPprof(g.stderr)
@@ -153,25 +153,31 @@ func oneArg(cmdName, what string) cobra.PositionalArgs {
 	}
 }
 
-// passwordFileUsage is --password-file's help, on every command with --repo.
+// repoPasswordFileFlag names the flag of an encrypted repository's
+// passphrase file: not --password-file, which export and retry have for
+// the PostgreSQL user's password.
+const repoPasswordFileFlag = "repo-password-file"
+
+// passwordFileUsage is --repo-password-file's help, on every command with
+// --repo.
 const passwordFileUsage = "file holding the passphrase of an encrypted repository (default: $" + crypt.PasswordEnv + "); read only when the repository is encrypted, refused for one that is not"
 
-// passwordFileFlag is c's --password-file, for code that opens a
+// passwordFileFlag is c's --repo-password-file, for code that opens a
 // repository outside the command's context (a mover's, a scrape's).
 func passwordFileFlag(c *cobra.Command) string {
-	if f := c.Flags().Lookup("password-file"); f != nil {
+	if f := c.Flags().Lookup(repoPasswordFileFlag); f != nil {
 		return f.Value.String()
 	}
 	return ""
 }
 
-// addPasswordFileFlags gives --password-file to every command that takes
+// addPasswordFileFlags gives --repo-password-file to every command that takes
 // --repo: what it opens may be an encrypted repository
 // (docs/design/0010-repository-encryption.md). PersistentPreRunE puts it in
 // the command's context, where chunkstore finds it.
 func addPasswordFileFlags(c *cobra.Command) {
-	if c.Flags().Lookup("repo") != nil && c.Flags().Lookup("password-file") == nil {
-		c.Flags().String("password-file", "", passwordFileUsage)
+	if c.Flags().Lookup("repo") != nil && c.Flags().Lookup(repoPasswordFileFlag) == nil {
+		c.Flags().String(repoPasswordFileFlag, "", passwordFileUsage)
 	}
 	for _, sub := range c.Commands() {
 		addPasswordFileFlags(sub)
