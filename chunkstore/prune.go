@@ -343,22 +343,19 @@ func (r *Repo) abortStaleUploads(ctx context.Context, start time.Time, dryRun bo
 		return 0
 	}
 	n := 0
-	var errs []error
+	var failed error // the first: the next prune tries again
 	for u, err := range b.StaleUploads(ctx, "", start.Add(-staleUploadAge)) {
-		if err != nil {
-			errs = append(errs, err)
-			break
+		if err == nil && !dryRun {
+			err = b.AbortUpload(ctx, u)
 		}
-		if !dryRun {
-			if err := b.AbortUpload(ctx, u); err != nil {
-				errs = append(errs, err)
-				continue
-			}
+		if err != nil {
+			failed = err
+			break
 		}
 		n++
 	}
-	if err := errors.Join(errs...); err != nil && ctx.Err() == nil {
-		r.log.Warn("aborting the multipart uploads of killed writers", "aborted", n, "err", err)
+	if failed != nil && ctx.Err() == nil {
+		r.log.Warn("aborting the multipart uploads of killed writers", "aborted", n, "err", failed)
 	} else if n > 0 && !dryRun {
 		r.log.Info("aborted the multipart uploads of killed writers", "uploads", n)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
 	"github.com/pgporter/pgporter/internal/s3test"
+	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 func TestForgetPlan(t *testing.T) {
@@ -326,7 +328,8 @@ func pruneChild(t *testing.T, point string) {
 // (their parts are billed, and nothing else ever removes them) once they
 // are staleUploadAge old, counting them also when dry; a younger one is
 // kept, as is one outside the repository's prefix. The raw client plays
-// the killed writers; an age of 0 makes the uploads old at once.
+// the killed writers; an age of 0 makes the uploads old at once. A bucket
+// that denies listing uploads costs a warning, not the prune.
 func TestPruneStaleUploads(t *testing.T) {
 	srv := s3test.Start(t)
 	srv.SetEnv(t)
@@ -381,5 +384,19 @@ func TestPruneStaleUploads(t *testing.T) {
 	st, err = ex.Prune(ctx, false)
 	require.NoError(t, err)
 	require.Zero(t, st.UploadsAborted)
+	require.NoError(t, ex.Close())
+
+	// A bucket policy that denies listing the uploads: the prune warns,
+	// and succeeds.
+	proxy := testsupport.NewHTTPFaultProxy(t, srv.Endpoint)
+	t.Setenv("AWS_ENDPOINT_URL", proxy.URL)
+	proxy.Inject(1000, testsupport.HTTPFault{Match: func(r *http.Request) bool { return r.URL.Query().Has("uploads") }, Status: 403, Code: "AccessDenied"})
+	ex, err = chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	st, err = ex.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Zero(t, st.UploadsAborted)
+	_, injected := proxy.Counts()
+	require.Positive(t, injected)
 	require.NoError(t, ex.Close())
 }
