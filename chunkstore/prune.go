@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"iter"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
 // ForgetPolicy says which restore points to keep, as restic's forget does:
@@ -103,6 +105,10 @@ type PruneStats struct {
 	BytesFreed     int64 `json:"bytes_freed"`      // pack bytes deleted, less what repacking wrote
 	BytesKeptDead  int64 `json:"bytes_kept_dead"`  // dead bytes left in packs mostly live
 	WALFilesPruned int   `json:"wal_files_pruned"` // WAL older than the oldest kept point's start
+	// UploadsAborted are the multipart uploads started a staleUploadAge
+	// ago that a killed writer left (object storage only): parts the
+	// bucket keeps, and bills, until they are aborted.
+	UploadsAborted int `json:"uploads_aborted"`
 }
 
 // repackBelow is the share of live bytes under which a pack is repacked.
@@ -226,6 +232,7 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 	}
 	st.WALFilesPruned = len(walDrop)
 	if dryRun {
+		st.UploadsAborted = r.abortStaleUploads(ctx, start, true)
 		return st, nil
 	}
 
@@ -303,9 +310,62 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 	if err := removePrunePending(ctx, l); err != nil {
 		return nil, err
 	}
+	st.UploadsAborted = r.abortStaleUploads(ctx, start, false)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	r.log.Info("pruned", "packs_deleted", st.PacksDeleted, "packs_repacked", st.PacksRepacked, "packs_orphaned", st.PacksOrphaned,
-		"bytes_freed", st.BytesFreed, "wal_files", st.WALFilesPruned)
+		"bytes_freed", st.BytesFreed, "wal_files", st.WALFilesPruned, "uploads_aborted", st.UploadsAborted)
 	return st, nil
+}
+
+// staleUploadAge is how long ago a multipart upload must have started for
+// Prune to abort it: a live upload of a 16 MiB pack takes seconds, so one
+// a day old is a killed writer's, whatever the clocks' skew. A variable
+// for tests.
+var staleUploadAge = 24 * time.Hour
+
+// staleUploads is what a backend with multipart uploads (objstore.S3)
+// offers to find and abort those that killed writers left.
+type staleUploads interface {
+	StaleUploads(ctx context.Context, prefix string, cutoff time.Time) iter.Seq2[objstore.Upload, error]
+	AbortUpload(ctx context.Context, u objstore.Upload) error
+}
+
+// abortStaleUploads aborts (dry: counts) the multipart uploads under the
+// repository's prefix that started a staleUploadAge before start, and
+// returns how many. Prune holds the exclusive lock, so no backup writes;
+// wal-push may, but its uploads are young. Failures are logged, not
+// returned: the uploads are no part of the repository (nothing lists or
+// reads them), the next prune tries again, and a bucket policy may deny
+// listing them (s3:ListBucketMultipartUploads). Its requests are not
+// retried, for the same reasons.
+func (r *Repo) abortStaleUploads(ctx context.Context, start time.Time, dryRun bool) int {
+	if r.store.remote == nil {
+		return 0 // a directory has no multipart uploads
+	}
+	b, ok := objstore.As[staleUploads](r.store.remote)
+	if !ok {
+		return 0
+	}
+	n := 0
+	var failed error // the first: the next prune tries again
+	for u, err := range b.StaleUploads(ctx, "", start.Add(-staleUploadAge)) {
+		if err == nil && !dryRun {
+			err = b.AbortUpload(ctx, u)
+		}
+		if err != nil {
+			failed = err
+			break
+		}
+		n++
+	}
+	if failed != nil && ctx.Err() == nil {
+		r.log.Warn("aborting the multipart uploads of killed writers", "aborted", n, "err", failed)
+	} else if n > 0 && !dryRun {
+		r.log.Info("aborted the multipart uploads of killed writers", "uploads", n)
+	}
+	return n
 }
 
 // pruneCrashHook, set by tests only, is called at each point of Prune's

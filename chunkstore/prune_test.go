@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,12 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 	"github.com/pgporter/pgporter/chunkstore/storetest"
 	"github.com/pgporter/pgporter/internal/s3test"
+	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
 func TestForgetPlan(t *testing.T) {
@@ -318,4 +322,81 @@ func pruneChild(t *testing.T, point string) {
 	_, err = ex.Prune(t.Context(), false)
 	require.NoError(t, err)
 	t.Fatalf("the prune never reached %s", point)
+}
+
+// A prune of a bucket aborts the multipart uploads killed writers left
+// (their parts are billed, and nothing else ever removes them) once they
+// are staleUploadAge old, counting them also when dry; a younger one is
+// kept, as is one outside the repository's prefix. The raw client plays
+// the killed writers; an age of 0 makes the uploads old at once. A bucket
+// that denies listing uploads costs a warning, not the prune.
+func TestPruneStaleUploads(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	ctx := t.Context()
+	bucket := srv.NewBucket(t)
+	url := "s3://" + bucket + "/repo"
+	r, err := chunkstore.OpenRepo(ctx, url, nil)
+	require.NoError(t, err)
+	_, err = r.Backup(ctx, fakeDataDir(t), chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+
+	c := srv.Client(t, srv.Endpoint)
+	for _, key := range []string{"repo/chunks/packs/00000000000000aa.pack", "other/chunks/packs/00000000000000aa.pack"} {
+		up, err := c.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &bucket, Key: aws.String(key)})
+		require.NoError(t, err)
+		_, err = c.UploadPart(ctx, &s3.UploadPartInput{Bucket: &bucket, Key: aws.String(key), UploadId: up.UploadId,
+			PartNumber: aws.Int32(1), Body: bytes.NewReader(make([]byte, 1<<20))})
+		require.NoError(t, err)
+	}
+	uploads := func() []string {
+		t.Helper()
+		out, err := c.ListMultipartUploads(ctx, &s3.ListMultipartUploadsInput{Bucket: &bucket})
+		require.NoError(t, err)
+		var keys []string
+		for _, u := range out.Uploads {
+			keys = append(keys, aws.ToString(u.Key))
+		}
+		return keys
+	}
+	require.Len(t, uploads(), 2)
+
+	ex, err := chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	defer ex.Close()
+	// Younger than the default day: kept.
+	st, err := ex.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Zero(t, st.UploadsAborted)
+	require.Len(t, uploads(), 2)
+
+	chunkstore.SetStaleUploadAge(t, 0)
+	dry, err := ex.Prune(ctx, true)
+	require.NoError(t, err)
+	require.Equal(t, 1, dry.UploadsAborted)
+	require.Len(t, uploads(), 2, "a dry run aborts nothing")
+	st, err = ex.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.UploadsAborted)
+	require.Equal(t, []string{"other/chunks/packs/00000000000000aa.pack"}, uploads())
+	st, err = ex.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Zero(t, st.UploadsAborted)
+	require.NoError(t, ex.Close())
+
+	// A bucket policy that denies listing the uploads: the prune warns,
+	// and succeeds.
+	proxy := testsupport.NewHTTPFaultProxy(t, srv.Endpoint)
+	t.Setenv("AWS_ENDPOINT_URL", proxy.URL)
+	proxy.Inject(1000, testsupport.HTTPFault{Match: func(r *http.Request) bool { return r.URL.Query().Has("uploads") }, Status: 403, Code: "AccessDenied"})
+	ex, err = chunkstore.OpenRepoWith(ctx, url, chunkstore.RepoOptions{Lock: chunkstore.LockExclusive})
+	require.NoError(t, err)
+	st, err = ex.Prune(ctx, false)
+	require.NoError(t, err)
+	require.Zero(t, st.UploadsAborted)
+	_, injected := proxy.Counts()
+	require.Positive(t, injected)
+	require.NoError(t, ex.Close())
 }

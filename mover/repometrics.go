@@ -74,7 +74,7 @@ func NewRepoCollector(dir string, o RepoCollectorOptions) *RepoCollector {
 	c.up = d("up", "1 if the repository's restore points, WAL archive and status files could be read; 0 if not (the other pgporter_repo_ series are then missing, and the error is logged).")
 	c.points = d("restore_points", "Restore points in the repository.")
 	c.lastBackup = d("last_backup_timestamp_seconds", "Time of the newest restore point (when its backup started; Unix time); 0 without restore points.")
-	c.size = d("size_bytes", "Bytes of every file under the repository's directory.")
+	c.size = d("size_bytes", "Bytes of every file under the repository's directory, or of every object under its prefix in a bucket (listed whole at each reading).")
 	c.walLast = d("wal_last_archived_timestamp_seconds", "When the newest WAL segment (the greatest name) was archived by wal-push (Unix time); 0 while the archive holds none.")
 	c.walBehind = d("wal_archive_behind_backup_bytes", "Bytes of WAL from the end of the newest archived segment to the end of the newest online backup: WAL the archive has not received yet, which a point-in-time export from that backup needs; 0 once the archive has reached it. Missing without an online backup or with an empty archive.")
 	c.walUntil = d("wal_recoverable_until_timestamp_seconds", "How far the archive takes the newest online backup, following the latest timeline as restore-points shows it: when the last segment of the unbroken run of archived segments from the backup's end was archived (Unix time); 0 while it cannot take the backup past its end (the segment the backup ends in is missing, or the latest timeline branched off before it). Missing without an online backup or with an empty archive.")

@@ -8,12 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/internal/s3test"
 )
 
 // miniDataDir writes the smallest directory a backup takes for a data
@@ -135,4 +138,40 @@ func TestRepoCollector(t *testing.T) {
 	require.Equal(t, "pgporter_repo_up", mfs[0].GetName())
 	require.Zero(t, mfs[0].GetMetric()[0].GetGauge().GetValue())
 	require.ErrorIs(t, c.Err(), chunkstore.ErrNotRepo)
+}
+
+// TestRepoCollectorBucket: size_bytes of a repository in a bucket is the
+// sum of the sizes of the objects under its prefix (it was 0).
+func TestRepoCollectorBucket(t *testing.T) {
+	srv := s3test.Start(t)
+	srv.SetEnv(t)
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	ctx := t.Context()
+	bucket := srv.NewBucket(t)
+	url := "s3://" + bucket + "/repo"
+	r, err := chunkstore.OpenRepo(ctx, url, nil)
+	require.NoError(t, err)
+	_, err = r.Backup(ctx, miniDataDir(t), chunkstore.BackupOptions{})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+
+	var sum int64
+	c := srv.Client(t, srv.Endpoint)
+	pages := s3.NewListObjectsV2Paginator(c, &s3.ListObjectsV2Input{Bucket: &bucket, Prefix: aws.String("repo/")})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		require.NoError(t, err)
+		for _, o := range page.Contents {
+			sum += aws.ToInt64(o.Size)
+		}
+	}
+	require.Positive(t, sum)
+
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewRepoCollector(url, RepoCollectorOptions{}))
+	v, ok := seriesValue(t, reg, "pgporter_repo_up", "")
+	require.True(t, ok)
+	require.Equal(t, 1.0, v)
+	v, _ = seriesValue(t, reg, "pgporter_repo_size_bytes", "")
+	require.Equal(t, float64(sum), v)
 }

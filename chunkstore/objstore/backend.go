@@ -130,3 +130,22 @@ func checkRead(name string, n int64) error {
 	}
 	return nil
 }
+
+// As returns b, or the first backend it wraps (through Unwrap() Backend
+// methods, as Retrying's), that is a T: for what only some backends can
+// do, such as S3's StaleUploads, behind an interface the caller defines.
+// What As returns is not wrapped: no retries.
+func As[T any](b Backend) (T, bool) {
+	for b != nil {
+		if t, ok := b.(T); ok {
+			return t, true
+		}
+		u, ok := b.(interface{ Unwrap() Backend })
+		if !ok {
+			break
+		}
+		b = u.Unwrap()
+	}
+	var zero T
+	return zero, false
+}

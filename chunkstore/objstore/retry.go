@@ -203,3 +203,6 @@ func (r *Retrying) List(ctx context.Context, prefix string) iter.Seq2[Object, er
 		}
 	}
 }
+
+// Unwrap returns the backend r retries, for As.
+func (r *Retrying) Unwrap() Backend { return r.b }

@@ -47,6 +47,7 @@ func TestS3(t *testing.T) {
 	t.Run("OpenS3", func(t *testing.T) { testOpenS3(t, srv) })
 	t.Run("Retry", func(t *testing.T) { testRetry(t, srv) })
 	t.Run("ServerRestart", func(t *testing.T) { testServerRestart(t, srv) })
+	t.Run("StaleUploads", func(t *testing.T) { testStaleUploads(t, srv) })
 }
 
 func newS3(t *testing.T, srv *s3test.Server, endpoint, prefix string) *objstore.S3 {

@@ -108,8 +108,9 @@ func newPruneCmd(g *globals) *cobra.Command {
 		Long: `Remove from the repository DIR the chunks no restore point references, the
 WAL older than the oldest restore point's start (when that point is an
 online backup with a WAL range; otherwise all WAL is kept), and the packs
-left by writers that crashed over an hour ago. Packs with nothing live are
-deleted; packs mostly dead are rewritten. It is safe to interrupt: a rerun
+left by writers that crashed over an hour ago (and, on object storage, the
+multipart uploads they left unfinished over a day ago). Packs with nothing
+live are deleted; packs mostly dead are rewritten. It is safe to interrupt: a rerun
 finishes the work. --dry-run reports what would go.
 
 It takes the repository's exclusive lock, waiting up to --wait for its
@@ -142,6 +143,13 @@ wal-fetch waits for it.`,
 			fmt.Fprintf(g.stdout, "%s %s: %d packs deleted, %d rewritten, %d left by crashed writers; %d WAL files; %d live chunks of %d restore points kept (%s dead in packs mostly live)\n",
 				verb, bytesize.Format(st.BytesFreed), st.PacksDeleted, st.PacksRepacked, st.PacksOrphaned, st.WALFilesPruned,
 				st.LiveChunks, st.RestorePoints, bytesize.Format(st.BytesKeptDead))
+			if st.UploadsAborted > 0 {
+				verb = "aborted"
+				if dryRun {
+					verb = "would abort"
+				}
+				fmt.Fprintf(g.stdout, "%s %d multipart uploads left by writers killed over a day ago\n", verb, st.UploadsAborted)
+			}
 			return r.Close()
 		},
 	}
