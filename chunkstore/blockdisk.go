@@ -76,7 +76,6 @@ const (
 	staleTemp = time.Hour
 )
 
-
 // diskBlocks is blockCache's disk tier: the blocks read from the object
 // store as files in the host's repository cache, where every process that
 // reads the repository on this host, now or after a restart, finds them.
