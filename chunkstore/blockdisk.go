@@ -258,6 +258,10 @@ func (d *diskBlocks) evict() {
 		return
 	}
 	defer lf.Close()
+	if err := d.own.file(lf); err != nil {
+		d.fail("evicting blocks", err)
+		return
+	}
 	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return // another process is evicting
 	}
