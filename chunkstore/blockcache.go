@@ -168,6 +168,14 @@ func (c *blockCache) add(b *block) {
 	}
 }
 
+// forget drops the blocks of pack n, removed from the bucket, from the
+// disk tier of this host; other hosts' go when they are evicted.
+func (c *blockCache) forget(n uint64) {
+	if c.disk != nil {
+		c.disk.forget(n)
+	}
+}
+
 // bucketOnlyKey marks a context whose reads must reach the bucket.
 type bucketOnlyKey struct{}
 

@@ -314,6 +314,14 @@ func (d *diskBlocks) evict() {
 	d.mu.Unlock()
 }
 
+// forget removes the files of pack n's blocks.
+func (d *diskBlocks) forget(n uint64) {
+	names, _ := filepath.Glob(filepath.Join(d.dir, fmt.Sprintf("%016x.*", n)))
+	for _, p := range names {
+		_ = os.Remove(p)
+	}
+}
+
 // damaged removes a block file that failed its check, so that the block
 // is fetched and written again.
 func (d *diskBlocks) damaged(p, why string) {

@@ -12,7 +12,8 @@ import (
 
 // Eviction removes the blocks least recently used, by mtime, which a hit
 // refreshes, down to seven eighths of the bound; a crashed writer's old
-// temporary file goes too, a young one (a writer's, now) stays.
+// temporary file goes too, a young one (a writer's, now) stays; the
+// blocks of a pack a prune removed go at once.
 func TestDiskBlocksEviction(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "blocks")
 	const size = 1000 // a pack of one short block
@@ -50,4 +51,11 @@ func TestDiskBlocksEviction(t *testing.T) {
 	}
 	require.NoFileExists(t, stale)
 	require.FileExists(t, young)
+
+	// A pack a prune removed: its blocks go.
+	d.forget(3)
+	_, _, ok = d.get(key(3), size)
+	require.False(t, ok)
+	_, _, ok = d.get(key(4), size)
+	require.True(t, ok)
 }
