@@ -27,13 +27,15 @@ const (
 	DefaultBlockCacheBytes = 32 << 20
 )
 
-// blockCache holds blocks of packs read from the object store. Concurrent
-// reads of one block make one request.
+// blockCache holds blocks of packs read from the object store, in memory
+// and, under that, on disk (blockdisk.go). Concurrent reads of one block
+// make one request.
 type blockCache struct {
 	b       objstore.Backend
 	max     int64
 	group   singleflight.Group
 	fetched func(time.Duration) // called with each block fetch's duration
+	disk    *diskBlocks         // the tier under this one; nil: none
 
 	mu    sync.Mutex // guards the fields below
 	lru   *list.List // of *block, most recently used first
@@ -50,6 +52,7 @@ type blockKey struct {
 type block struct {
 	key  blockKey
 	data []byte
+	disk bool // read from the disk tier, not the bucket
 }
 
 func newBlockCache(b objstore.Backend, max int64) *blockCache {
@@ -60,7 +63,7 @@ func newBlockCache(b objstore.Backend, max int64) *blockCache {
 // gives an error matching fs.ErrNotExist; a range past its end, one
 // matching objstore.ErrRange.
 func (c *blockCache) readAt(ctx context.Context, n uint64, p []byte, off int64) error {
-	size, err := c.packSize(ctx, n)
+	size, err := c.packSize(ctx, n, off)
 	if err != nil {
 		return err
 	}
@@ -82,17 +85,28 @@ func (c *blockCache) readAt(ctx context.Context, n uint64, p []byte, off int64) 
 // block returns block k of a pack of size bytes, from the cache or the
 // store. The slice is shared: never written.
 func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte, error) {
-	if data := c.cached(k); data != nil {
+	bucket := bucketOnly(ctx)
+	if data := c.cached(k, bucket); data != nil {
 		return data, nil
+	}
+	key := fmt.Sprintf("%x/%d", k.pack, k.n)
+	if bucket {
+		key += "/bucket"
 	}
 	// The fetch is shared by every reader of the block meanwhile, so no
 	// one reader's context ends it (objstore bounds its retries); each
 	// reader stops waiting when its own context ends.
 	fetchCtx := context.WithoutCancel(ctx)
-	ch := c.group.DoChan(fmt.Sprintf("%x/%d", k.pack, k.n), func() (any, error) {
+	ch := c.group.DoChan(key, func() (any, error) {
 		// A flight that ended just before this one began has cached it.
-		if data := c.cached(k); data != nil {
+		if data := c.cached(k, bucket); data != nil {
 			return data, nil
+		}
+		if c.disk != nil && !bucket {
+			if data, _, ok := c.disk.get(k, size); ok {
+				c.add(&block{key: k, data: data, disk: true})
+				return data, nil
+			}
 		}
 		start := k.n * blockSize
 		n := min(blockSize, size-start)
@@ -106,6 +120,9 @@ func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte,
 		}
 		if err != nil {
 			return nil, err
+		}
+		if c.disk != nil && !bucket {
+			c.disk.put(k, size, data)
 		}
 		c.add(&block{key: k, data: data})
 		return data, nil
@@ -121,11 +138,12 @@ func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte,
 	}
 }
 
-// cached returns block k if the cache holds it, nil if not.
-func (c *blockCache) cached(k blockKey) []byte {
+// cached returns block k if the cache holds it, nil if not; with bucket
+// set, only if it came from the bucket.
+func (c *blockCache) cached(k blockKey, bucket bool) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byKey[k]; ok {
+	if e, ok := c.byKey[k]; ok && !(bucket && e.Value.(*block).disk) {
 		c.lru.MoveToFront(e)
 		return e.Value.(*block).data
 	}
@@ -135,7 +153,10 @@ func (c *blockCache) cached(k blockKey) []byte {
 func (c *blockCache) add(b *block) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.byKey[b.key]; ok {
+	if e, ok := c.byKey[b.key]; ok {
+		if old := e.Value.(*block); old.disk && !b.disk {
+			e.Value = b // the bucket's bytes, as a check wants them
+		}
 		return
 	}
 	c.byKey[b.key] = c.lru.PushFront(b)
@@ -147,13 +168,49 @@ func (c *blockCache) add(b *block) {
 	}
 }
 
-// packSize returns the size of pack n, asking the store once.
-func (c *blockCache) packSize(ctx context.Context, n uint64) (int64, error) {
+// forget drops the blocks of pack n, removed from the bucket, from the
+// disk tier of this host; other hosts' go when they are evicted.
+func (c *blockCache) forget(n uint64) {
+	if c.disk != nil {
+		c.disk.forget(n)
+	}
+}
+
+// bucketOnlyKey marks a context whose reads must reach the bucket.
+type bucketOnlyKey struct{}
+
+// withBucketOnly returns ctx whose reads skip the disk tier, and the
+// blocks the memory tier holds from it: a check of the repository checks
+// what the bucket holds, not this host's copy of it. Nor do its reads,
+// of every pack, evict the blocks the host's readers use.
+func withBucketOnly(ctx context.Context) context.Context {
+	return context.WithValue(ctx, bucketOnlyKey{}, true)
+}
+
+func bucketOnly(ctx context.Context) bool {
+	v, _ := ctx.Value(bucketOnlyKey{}).(bool)
+	return v
+}
+
+// packSize returns the size of pack n, asking the store once, or none:
+// the file of the block at off, if the disk tier holds it, says it (and
+// that block goes into the memory tier, where the read finds it).
+func (c *blockCache) packSize(ctx context.Context, n uint64, off int64) (int64, error) {
 	c.mu.Lock()
 	size, ok := c.sizes[n]
 	c.mu.Unlock()
 	if ok {
 		return size, nil
+	}
+	if c.disk != nil && off >= 0 && !bucketOnly(ctx) {
+		k := blockKey{pack: n, n: off / blockSize}
+		if data, size, ok := c.disk.get(k, -1); ok {
+			c.add(&block{key: k, data: data, disk: true})
+			c.mu.Lock()
+			c.sizes[n] = size
+			c.mu.Unlock()
+			return size, nil
+		}
 	}
 	size, err := c.b.Stat(ctx, packObject(n))
 	if errors.Is(err, objstore.ErrNotFound) {

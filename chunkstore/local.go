@@ -75,6 +75,11 @@ type LocalOptions struct {
 	// BlockCacheBytes bounds the cache of pack blocks read from Remote
 	// (blockcache.go; default DefaultBlockCacheBytes).
 	BlockCacheBytes int64
+	// DiskCacheBytes bounds the blocks read from Remote that this host
+	// keeps on disk, in DIR/blocks, for every process reading the store
+	// (blockdisk.go): 0 takes $PGPORTER_CACHE_SIZE, else
+	// DefaultDiskCacheBytes; negative, or a variable of 0, keeps none.
+	DiskCacheBytes int64
 	// Key, if set, encrypts the store (docs/design/0010-repository-
 	// encryption.md): its records are sealed and its index runs keyed by
 	// object IDs and MACed, and every read authenticates before it uses a
@@ -240,6 +245,11 @@ func openLocal(ctx context.Context, dir string, opts LocalOptions) (*Local, erro
 		l.uploadSem = make(chan struct{}, maxUploads)
 		l.blocks = newBlockCache(l.remote, cmp.Or(opts.BlockCacheBytes, DefaultBlockCacheBytes))
 		l.blocks.fetched = l.noteRTT
+		if n, err := opts.diskCacheBytes(); err != nil {
+			return nil, err
+		} else if n > 0 {
+			l.blocks.disk = newDiskBlocks(filepath.Join(dir, "blocks"), n, o, l.log)
+		}
 	}
 	l.stateCond = sync.NewCond(&l.stateMu)
 	for _, sub := range []string{l.packsDir(), l.runsDir()} {
@@ -1279,6 +1289,7 @@ func (l *Local) Verify(ctx context.Context, bad func(chunk.ID, error)) (VerifySt
 		return st, err
 	}
 	defer l.exit()
+	ctx = withBucketOnly(ctx) // the bucket's packs, not this host's blocks
 	// Take the unflushed set before listing the runs: a chunk leaving it
 	// is in a run this process has open, so the walk sees it.
 	l.mu.RLock()

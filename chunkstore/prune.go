@@ -238,8 +238,9 @@ func (r *Repo) Prune(ctx context.Context, dryRun bool) (*PruneStats, error) {
 
 	// 1. The live records of mostly dead packs, copied to new packs and
 	// indexed by runs of their own (durable at Flush).
+	rctx := withBucketOnly(ctx) // the packs' blocks are of no use on disk after
 	for _, id := range repack {
-		if err := l.copyRecord(ctx, id); err != nil {
+		if err := l.copyRecord(rctx, id); err != nil {
 			return nil, fmt.Errorf("chunkstore: repacking %s: %w", id.Short(), err)
 		}
 		pruneCrash("repacking")

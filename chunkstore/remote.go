@@ -429,6 +429,7 @@ func (l *Local) removePack(ctx context.Context, n uint64) error {
 		if err := l.remote.Delete(ctx, packObject(n)); err != nil {
 			return fmt.Errorf("chunkstore: removing pack %s: %w", packName(n), err)
 		}
+		l.blocks.forget(n)
 		return nil
 	}
 	if err := os.Remove(l.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {

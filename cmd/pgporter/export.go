@@ -144,6 +144,7 @@ Flags that make no sense together are refused, naming both.`,
 	f.StringVar(&eo.splitTables, "split-tables-from", "off", "experimental: dump the data of tables at least this big (e.g. 64M) in parallel page ranges (--jobs connections, one snapshot; still an ordinary pg_dump -Fd archive); slower than pg_dump on 2 cores, see docs/BENCHMARKS.md")
 	f.BoolVar(&eo.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	addMemoryLimitFlag(f, &eo.memoryLimit, exportMemoryLimit)
+	addCacheSizeFlag(f)
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	c.MarkFlagsMutuallyExclusive("repo", "staging") // the staging host reads the repository through --repo-peer
 	c.MarkFlagsMutuallyExclusive("overwrite", "target")
@@ -168,7 +169,7 @@ var exportFlagGroups = []flagGroup{
 	{"Dump", []string{"table", "schema", "exclude-table", "data-only", "schema-only", "jobs", "globals", "split-tables-from", "staging-dir", "os-user", "allow-missing-preload"}},
 	{"Transfer", []string{"bwlimit"}},
 	{"Credentials", []string{"pg-user", "password-file", "auth", "source-port"}},
-	{otherFlags, []string{"json", "memory-limit", "help"}},
+	{otherFlags, []string{"json", "memory-limit", "cache-size", "help"}},
 }
 
 // checkExportModes refuses the flags that make no sense in the mode the

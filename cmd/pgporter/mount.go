@@ -69,6 +69,7 @@ Example:
 	f.StringVar(&o.owner, "owner", "postgres", "OS user every file appears to belong to")
 	f.StringVar(&o.cowDir, "cow-dir", "", "directory for the copy-on-write layer, absent or empty (default: a new directory under --home)")
 	f.BoolVar(&o.keepCow, "keep-cow", false, "keep the copy-on-write layer after unmounting")
+	addCacheSizeFlag(f)
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	return c
 }

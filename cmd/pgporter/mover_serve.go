@@ -88,6 +88,7 @@ Example:
 	f.StringVar(&so.peerMemory, "peer-memory", "512M", "memory the transfers of one peer may hold (chunk positions, data-stream buffers, open transfers); past it the receiver slows the peer down, it does not fail")
 	f.StringVar(&so.totalMemory, "total-memory", "2G", "memory the transfers of all peers together may hold")
 	addMemoryLimitFlag(f, &so.memoryLimit, serveMemoryLimit)
+	addCacheSizeFlag(f)
 	f.BoolVar(&so.verifyCommit, "verify-commit", false, "read every received file again before committing it (the commit already checks that each byte was verified against its chunk on arrival; this also catches a file changed on disk while the transfer ran, at the cost of a second read)")
 	f.StringVar(&so.stagingDir, "staging-dir", orchestrator.DefaultStagingDir, "where export jobs of peers trusted with orchestrate write their dumps (must be reachable by --os-user)")
 	f.StringVar(&so.osUser, "os-user", "postgres", "OS user that runs PostgreSQL for jobs of peers trusted with orchestrate")

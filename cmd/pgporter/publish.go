@@ -124,6 +124,7 @@ Examples:
 	f.StringVar(&o.atLSN, "at-lsn", "", "publish as of this WAL location")
 	f.StringVar(&o.atName, "at-name", "", "publish as of this named restore point")
 	f.StringVar(&o.atTimeline, "at-timeline", "", "with --at, --at-lsn or --at-name: the timeline recovery follows (latest, current, or an ID; as export --at-timeline)")
+	addCacheSizeFlag(f)
 	c.MarkFlagsMutuallyExclusive("repo", "repo-peer")
 	c.MarkFlagsMutuallyExclusive("at", "at-lsn", "at-name")
 	return c

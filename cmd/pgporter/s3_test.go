@@ -91,6 +91,20 @@ func TestObjectStorageCLI(t *testing.T) {
 	require.NoError(t, err, "%s", toc)
 	require.Contains(t, string(toc), "TABLE DATA public pgbench_accounts")
 
+	// The export left the blocks it read in this host's cache, on disk;
+	// with --cache-size 0 it leaves none.
+	blockFiles := func() []string {
+		m, err := filepath.Glob(filepath.Join(os.Getenv("PGPORTER_CACHE_DIR"), "repos", "*", "chunks", "blocks", "[0-9a-f]*"))
+		require.NoError(t, err)
+		return m
+	}
+	require.NotEmpty(t, blockFiles())
+	t.Setenv("PGPORTER_CACHE_SIZE", "") // what the flag sets, restored after the test
+	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
+	code, _, errs = runCLI(t, "--home", home, "export", "--repo", repo, "--db", "shop", "--to", to, "--overwrite", "--staging-dir", cliStagingDir(t), "--cache-size", "0")
+	require.Equal(t, 0, code, errs)
+	require.Empty(t, blockFiles())
+
 	// Copied to a directory and into another bucket: the same points, and
 	// a second copy copies nothing.
 	local := filepath.Join(t.TempDir(), "local")
