@@ -162,7 +162,7 @@ Flags that make no sense together are refused, naming both.`,
 // exportFlagGroups are the headings of 'export --help'. A new flag goes
 // under one of them (TestExportHelpGroups).
 var exportFlagGroups = []flagGroup{
-	{"Source", []string{"repo", "restore-point", "db", "at", "at-lsn", "at-name", "at-timeline"}},
+	{"Source", []string{"repo", "restore-point", "db", "at", "at-lsn", "at-name", "at-timeline", "repo-password-file"}},
 	{"Destination", []string{"to", "overwrite"}},
 	{"Cross-host", []string{"repo-peer", "staging", "target"}},
 	{"Published instance", []string{"published", "unpublish-after"}},

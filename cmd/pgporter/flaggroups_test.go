@@ -13,6 +13,7 @@ import (
 // that does not exist (a rename).
 func TestExportHelpGroups(t *testing.T) {
 	c := newExportCmd(&globals{})
+	addPasswordFileFlags(c) // as newRootCmd does
 	c.InitDefaultHelpFlag()
 	named := map[string]string{}
 	for _, g := range exportFlagGroups {

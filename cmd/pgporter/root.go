@@ -160,7 +160,7 @@ const repoPasswordFileFlag = "repo-password-file"
 
 // passwordFileUsage is --repo-password-file's help, on every command with
 // --repo.
-const passwordFileUsage = "file holding the passphrase of an encrypted repository (default: $" + crypt.PasswordEnv + "); read only when the repository is encrypted, refused for one that is not"
+const passwordFileUsage = "file holding the passphrase of an encrypted repository (default: the file $" + chunkstore.PasswordFileEnv + " names, else $" + crypt.PasswordEnv + "); read only when the repository is encrypted, refused for one that is not"
 
 // passwordFileFlag is c's --repo-password-file, for code that opens a
 // repository outside the command's context (a mover's, a scrape's).
