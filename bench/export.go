@@ -193,11 +193,18 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		notes["reference"] = "pgbackrest restore --db-include=shop --type=immediate --target-action=promote --archive-mode=off, postgres on it until promoted, pg_dump, rsync -a, postgres stopped (SIGQUIT), the restored directory removed"
 	}
 	return &Setup{
-		Bytes:   db.bytes,
-		Sides:   []string{"pipeline"},
-		Notes:   notes,
-		Tools:   tools,
-		Settle:  func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
+		Bytes:  db.bytes,
+		Sides:  []string{"pipeline"},
+		Notes:  notes,
+		Tools:  tools,
+		Settle: func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
+		// As scripts/bench-export's PERF did, but in a run of its own:
+		// perf's overhead stays out of the figures.
+		Profile: func(ctx context.Context, file string) error {
+			t := &exportTool{job: j, name: "pgporter export (perf)", dir: "perf", bin: o.Pgporter, jobs: o.Jobs, perf: perfRecord(file, 999, false)}
+			_, err := t.Run(ctx, 0)
+			return err
+		},
 		SpeedUp: &SpeedUp{Of: "pgporter export", Over: ref.Name()},
 	}, nil
 }
