@@ -126,8 +126,7 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		},
 		Tools:  tools,
 		Settle: settle,
-		// As scripts/bench-lan's PERF did: the sender, on its CPUs, in a
-		// fresh rig.
+		// The sender, on its CPUs, in a fresh rig.
 		Profile: func(ctx context.Context, file string) error {
 			t := &pgporterTool{job: j, name: "pgporter (perf)", bin: s.Pgporter, flags: s.SendFlags, perf: perfRecord(file, 2000, true)}
 			_, err := t.Run(ctx, 0)

@@ -99,8 +99,17 @@ func perfReport(ctx context.Context, file string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("perf report -i %s: %w: %s", file, err, tail(stderr.String()))
 	}
-	lines := strings.SplitAfter(string(out), "\n")
-	return strings.Join(lines[:min(len(lines), perfReportLines)], ""), nil
+	// The header's dotted rule and the symbol column are padded to the
+	// longest symbol: hundreds of trailing blanks a line.
+	var b strings.Builder
+	for i, line := range strings.Split(string(out), "\n") {
+		if i == perfReportLines {
+			break
+		}
+		b.WriteString(strings.TrimRight(line, " "))
+		b.WriteByte('\n')
+	}
+	return b.String(), nil
 }
 
 // profile runs setup's Profile into file, after its Settle, and logs the

@@ -9,7 +9,7 @@ import (
 )
 
 func TestPerfRecord(t *testing.T) {
-	// The command lines of scripts/bench-lan's and scripts/bench-export's PERF.
+	// The command lines of the retired scripts' PERF=FILE.
 	require.Equal(t, []string{"perf", "record", "-q", "-F", "2000", "-g", "-o", "/tmp/x.data", "--"}, perfRecord("/tmp/x.data", 2000, true))
 	require.Equal(t, []string{"perf", "record", "-F", "999", "-g", "-o", "/tmp/x.data", "--"}, perfRecord("/tmp/x.data", 999, false))
 	require.Equal(t, []string{"perf", "report", "--stdio", "--no-children", "--percent-limit", "2", "-i", "/tmp/x.data"}, perfReportArgs("/tmp/x.data"))

@@ -192,8 +192,8 @@ func TestSmoke(t *testing.T) {
 
 // TestSmokeExportVariants runs the export scenario's other shape and
 // options: the tables data, a transfer cap on both pipelines and a base
-// binary beside pgporter's, so that what bench-export's DATA=tables, LINK
-// and BEFORE did keeps working. It needs root, PostgreSQL, FUSE, rsync and
+// binary beside pgporter's (--export-data tables, --export-bwlimit,
+// --pgporter-base), so that they keep working. It needs root, PostgreSQL, FUSE, rsync and
 // GNU time; when CI=true a missing one fails the test.
 func TestSmokeExportVariants(t *testing.T) {
 	testsupport.RequirePG(t)
