@@ -22,11 +22,10 @@ import (
 	"github.com/pgporter/pgporter/orchestrator"
 )
 
-// Export is scenario 7 on one machine (scripts/bench-export with LINK
-// unset): export the database "shop" out of a pgporter backup, with
-// pgporter export (embedded: mount, throwaway instance, checks,
-// pg_dump -Fd -Z0, zstd chunks over loopback QUIC, verify, commit,
-// cleanup) against the reference "dump, then send" from the same restore
+// Export is scenario 7 on one machine: export the database "shop" out of
+// a pgporter backup, with pgporter export (embedded: mount, throwaway
+// instance, checks, pg_dump -Fd -Z0, zstd chunks over loopback QUIC,
+// verify, commit, cleanup) against the reference "dump, then send" from the same restore
 // point: pgporter mount, postgres started on it as pgporter's throwaway
 // instance is, pg_dump -Fd (gzip) into a staging directory, rsync -a to the
 // target directory, postgres stopped, unmounted. Both are timed whole, from
@@ -51,15 +50,15 @@ type Export struct {
 	// RefJobs is the reference's pg_dump -j; 0 means 1.
 	RefJobs int
 	// Base, when set, is another pgporter binary (an earlier build), whose
-	// export runs as the tool "pgporter export (base)": bench-export's
-	// BEFORE. The backup and the reference's mount use Pgporter.
+	// export runs as the tool "pgporter export (base)". The backup and the
+	// reference's mount use Pgporter.
 	Base string
 	// BWLimit, when set (e.g. "25M"), caps the transfer of both pipelines
 	// (pgporter export --bwlimit, rsync --bwlimit): a link slower than
-	// loopback, on one machine; bench-export's LINK.
+	// loopback, on one machine.
 	BWLimit string
 	// Settle is the quiet before every run, after which the harness syncs
-	// and drops the page cache (see exportSettle); bench-export's SETTLE.
+	// and drops the page cache (see exportSettle).
 	Settle time.Duration
 	// Databases, when 2 or more, makes this scenario 6 ("multidb"): the
 	// cluster holds shop and Databases-1 other databases of the same shape
@@ -193,11 +192,18 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		notes["reference"] = "pgbackrest restore --db-include=shop --type=immediate --target-action=promote --archive-mode=off, postgres on it until promoted, pg_dump, rsync -a, postgres stopped (SIGQUIT), the restored directory removed"
 	}
 	return &Setup{
-		Bytes:   db.bytes,
-		Sides:   []string{"pipeline"},
-		Notes:   notes,
-		Tools:   tools,
-		Settle:  func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
+		Bytes:  db.bytes,
+		Sides:  []string{"pipeline"},
+		Notes:  notes,
+		Tools:  tools,
+		Settle: func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
+		// In a run of its own, not a timed one: perf's overhead stays out
+		// of the figures.
+		Profile: func(ctx context.Context, file string) error {
+			t := &exportTool{job: j, name: "pgporter export (perf)", dir: "perf", bin: o.Pgporter, jobs: o.Jobs, perf: perfRecord(file, 999, false)}
+			_, err := t.Run(ctx, 0)
+			return err
+		},
 		SpeedUp: &SpeedUp{Of: "pgporter export", Over: ref.Name()},
 	}, nil
 }
@@ -228,8 +234,8 @@ func RequireExportTools() error {
 }
 
 // exportSettle waits d, syncs and drops the page cache, so that each
-// pipeline starts cold and from the same state. The wait is bench-export's
-// SETTLE: ext4 without a journal skips inodes deleted in the last
+// pipeline starts cold and from the same state. The wait is for ext4
+// without a journal, which skips inodes deleted in the last
 // dirty_expire_centisecs (30 s) when it allocates one, so the other
 // pipeline's just-deleted files make every file a pipeline creates cost
 // more. Dropping caches needs root; without it the cache stays warm.
@@ -356,7 +362,7 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 }
 
 // mixedTable (a format: %[1]d is the table's number, %[2]d its rows) is
-// bench-export's DATA=mixed: md5 text, numeric, timestamptz and jsonb, as
+// the data shape "mixed": md5 text, numeric, timestamptz and jsonb, as
 // an application would hold, which compress about 2x where pgbench's
 // padding compresses 30x.
 const mixedTable = `CREATE TABLE orders_%[1]d AS

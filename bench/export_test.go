@@ -119,7 +119,7 @@ func TestSpeedUpLine(t *testing.T) {
 
 func TestExportDefaults(t *testing.T) {
 	full := (&Export{}).withDefaults(false)
-	require.Equal(t, Export{Data: "pgbench", Scale: 70, Tables: 5000, Rows: 20, Jobs: 2, RefJobs: 1}, full, "bench-export's defaults")
+	require.Equal(t, Export{Data: "pgbench", Scale: 70, Tables: 5000, Rows: 20, Jobs: 2, RefJobs: 1}, full, "the defaults of the script it replaced")
 	smoke := (&Export{Settle: time.Second}).withDefaults(true)
 	require.Equal(t, 1, smoke.Scale)
 	require.Equal(t, 50, smoke.Tables)

@@ -24,6 +24,7 @@ type exportTool struct {
 	dir  string // prefix of each run's directory
 	bin  string
 	jobs int
+	perf []string // a command line that runs pgporter export, e.g. perfRecord's; nil runs it alone
 }
 
 func (t *exportTool) Name() string { return t.name }
@@ -39,12 +40,7 @@ func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	defer os.RemoveAll(d)
 	home, target, staging := filepath.Join(d, "home"), filepath.Join(d, "target"), filepath.Join(d, "staging")
 	peak := filepath.Join(d, "export.rss")
-	args := []string{"-f", "%M", "-o", peak, t.bin, "--home", home, "export", "--repo", j.repo, "--db", "shop", "--to", target,
-		"--staging-dir", staging, "--jobs", strconv.Itoa(t.jobs), "--json"}
-	if j.bwlimit != "" {
-		args = append(args, "--bwlimit", j.bwlimit)
-	}
-	cmd := exec.CommandContext(ctx, "/usr/bin/time", args...)
+	cmd := exec.CommandContext(ctx, "/usr/bin/time", t.args(peak, home, target, staging)...)
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+exportPassword)
 	cmd.WaitDelay = 10 * time.Second
 	var out, stderr bytes.Buffer
@@ -85,6 +81,19 @@ func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	}
 	j.logf("%s: %s: %.1f s, dump %.1f MB, %.1f MB on the wire", j.name, t.name, wall.Seconds(), extra["dump_MB"], extra["wire_MB"])
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil
+}
+
+// args is GNU time's command line that runs pgporter export of shop (under
+// t.perf) and writes its peak RSS to peak.
+func (t *exportTool) args(peak, home, target, staging string) []string {
+	j := t.job
+	args := []string{"--home", home, "export", "--repo", j.repo, "--db", "shop", "--to", target,
+		"--staging-dir", staging, "--jobs", strconv.Itoa(t.jobs), "--json"}
+	if j.bwlimit != "" {
+		args = append(args, "--bwlimit", j.bwlimit)
+	}
+	name, args := wrapCmd(t.perf, t.bin, args...)
+	return append([]string{"-f", "%M", "-o", peak, name}, args...)
 }
 
 // exportJSON is the part of 'pgporter export --json' the harness reads.

@@ -23,8 +23,13 @@ type Options struct {
 	Pgporter  string // LAN: binary; "" builds ./cmd/pgporter into Out/.bin
 	Base      string // LAN: an earlier pgporter binary to compare, or ""
 	SendFlags []string
-	Link      LinkOptions
-	Export    Export // export: data shape, jobs, settle; Pgporter comes from Pgporter
+	// Perf, when not empty, is where the lan and export scenarios record
+	// perf record -g of pgporter (the sender; the export) in an extra run
+	// that is not counted: this file when one of them runs, Perf.lan and
+	// Perf.export when both do.
+	Perf   string
+	Link   LinkOptions
+	Export Export // export: data shape, jobs, settle; Pgporter comes from Pgporter
 	// WANScale is the pgbench scale of the WAN scenarios' dump; 0 means 4.
 	WANScale int
 	// LossyBytes is the size of wan-lossy's tree; 0 means 2 MiB, or 64 KiB
@@ -171,8 +176,8 @@ type Written struct {
 // RunAll runs the chosen scenarios and writes, under o.Out, STAMP.json,
 // STAMP.txt (benchstat's format), STAMP.md (the tables) and the charts,
 // STAMP being the start time, YYYYMMDD-HHMMSS. The tables also go to stdout,
-// progress to stderr. When a scenario fails, what ran so far is still
-// written.
+// progress to stderr, with the top lines of each profile that o.Perf asks
+// for. When a scenario fails, what ran so far is still written.
 func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written, error) {
 	if o.Out == "" {
 		o.Out = filepath.Join("bench", "results")
@@ -189,6 +194,15 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		return nil, err
 	}
 	defer wd.remove()
+	var perf map[string]string
+	if o.Perf != "" {
+		if perf, err = perfFiles(o.Perf, chosen); err != nil {
+			return nil, err
+		}
+		if err := RequirePerf(); err != nil {
+			return nil, err
+		}
+	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("making the results directory: %w", err)
 	}
@@ -246,7 +260,7 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		if err != nil {
 			return nil, fmt.Errorf("making scratch directory: %w", err)
 		}
-		res, err := Run(ctx, s, RunOptions{Reps: o.Runs, Env: Env{Dir: dir, Smoke: o.Smoke, Logf: logf}})
+		res, err := Run(ctx, s, RunOptions{Reps: o.Runs, Env: Env{Dir: dir, Smoke: o.Smoke, Logf: logf}, Perf: perf[s.Name()]})
 		if rerr := os.RemoveAll(dir); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
@@ -259,6 +273,11 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		}
 	}
 	f.LoadAfter = LoadAvg()
+	for _, s := range chosen {
+		if file, ok := perf[s.Name()]; ok && fileExists(file) {
+			logf("%s: the profile of pgporter is in %s: %s", s.Name(), file, strings.Join(perfReportArgs(file), " "))
+		}
+	}
 	if len(f.Results) == 0 {
 		return nil, runErr
 	}
@@ -289,6 +308,11 @@ func writeAll(dir, stamp string, f *File) (*Written, error) {
 	charts, err := WriteCharts(dir, stamp, f)
 	w.Charts = charts
 	return w, err
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func writeFile(path string, write func(io.Writer) error) error {

@@ -126,7 +126,13 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		},
 		Tools:  tools,
 		Settle: settle,
-		Close:  held.Close,
+		// The sender, on its CPUs, in a fresh rig.
+		Profile: func(ctx context.Context, file string) error {
+			t := &pgporterTool{job: j, name: "pgporter (perf)", bin: s.Pgporter, flags: s.SendFlags, perf: perfRecord(file, 2000, true)}
+			_, err := t.Run(ctx, 0)
+			return err
+		},
+		Close: held.Close,
 	}, nil
 }
 

@@ -215,6 +215,7 @@ type pgporterTool struct {
 	name  string
 	bin   string
 	flags []string
+	perf  []string // a command line that runs pgporter send, e.g. perfRecord's; nil runs it alone
 }
 
 func (t *pgporterTool) Name() string { return t.name }
@@ -314,7 +315,8 @@ func (r *pgporterRig) close() error {
 func (r *pgporterRig) send(ctx context.Context, src, dest string) (*exec.Cmd, time.Duration, sendResult, error) {
 	t, j := r.t, r.t.job
 	args := append([]string{"send", "--home", r.hs, "--to", r.addr, "--peer", r.rid, "--json"}, t.flags...)
-	cmd := j.link.SenderCmd(ctx, r.h+"-send.rss", t.bin, append(args, src, dest)...)
+	name, args := wrapCmd(t.perf, t.bin, append(args, src, dest)...)
+	cmd := j.link.SenderCmd(ctx, r.h+"-send.rss", name, args...)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	t0 := time.Now()

@@ -15,9 +15,8 @@ import (
 // Link is two network-namespace hosts, sender and receiver, joined by a veth
 // pair shaped with tc tbf at the same rate in each direction. Its addresses
 // are 198.19.17.1 and .2/30 (198.18.0.0/15 is reserved for benchmarks;
-// internal/testsupport's hosts use 198.18.1-254.0/24 and scripts/bench-lan
-// 198.18.7.0/24, and each namespace has its own addresses, so parallel runs
-// do not collide). Both veth ends are created inside the namespaces: the root
+// internal/testsupport's hosts use 198.18.1-254.0/24, and each namespace
+// has its own addresses, so parallel runs do not collide). Both veth ends are created inside the namespaces: the root
 // namespace is never touched.
 type Link struct {
 	Sender, Receiver string // namespace names
@@ -96,7 +95,7 @@ func NewLink(ctx context.Context, o LinkOptions) (_ *Link, err error) {
 			[]string{"ip", "-n", ns, "link", "set", "lo", "up"},
 			[]string{"ip", "-n", ns, "link", "set", linkDev, "up"})
 		if o.Rate != "" {
-			// As scripts/bench-lan: a 256 kB bucket, 50 ms of queue.
+			// A 256 kB bucket, 50 ms of queue.
 			steps = append(steps, []string{"tc", "-n", ns, "qdisc", "add", "dev", linkDev, "root", "tbf",
 				"rate", o.Rate, "burst", "256kb", "latency", "50ms"})
 		}

@@ -36,7 +36,7 @@ const updateSQL = `WITH ids AS (SELECT DISTINCT (1 + floor(random() * %d))::int 
 	u AS (UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid IN (SELECT aid FROM ids) RETURNING 1)
 	SELECT count(*) FROM u`
 
-// docsTable (a format: %d is the row count) is scripts/bench-lan's table beside pgbench's: md5 text, jsonb
+// docsTable (a format: %d is the row count) is the table beside pgbench's of the LAN dump: md5 text, jsonb
 // and repeated words, which compress about 3x where pgbench's padding
 // compresses 90x.
 const docsTable = `CREATE TABLE docs AS SELECT g AS id, md5(g::text) AS h,

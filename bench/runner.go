@@ -13,13 +13,17 @@ import (
 type RunOptions struct {
 	Reps int // repetitions of every tool; 0 means 5
 	Env  Env
+	// Perf, when not empty, is the file into which the setup's Profile
+	// records pgporter before the timed runs.
+	Perf string
 }
 
 // Run prepares sc, runs each of its tools opts.Reps times, interleaved (in
 // repetition r the tool order is rotated by r, so that no tool always runs
 // first, after the page cache warms or while another job's load fades), and
-// tears the setup down. A failing run stops the scenario: the result so far
-// is returned with the error.
+// tears the setup down. With opts.Perf, the setup's Profile runs first, in
+// a run of its own that the result does not count. A failing run stops the
+// scenario: the result so far is returned with the error.
 func Run(ctx context.Context, sc Scenario, opts RunOptions) (*Result, error) {
 	if opts.Reps <= 0 {
 		opts.Reps = 5
@@ -29,7 +33,13 @@ func Run(ctx context.Context, sc Scenario, opts RunOptions) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("preparing scenario %s: %w", sc.Name(), err)
 	}
-	res, err := runSetup(ctx, sc, setup, opts.Reps, env)
+	var res *Result
+	if opts.Perf != "" {
+		err = profile(ctx, sc, setup, opts.Perf, env)
+	}
+	if err == nil {
+		res, err = runSetup(ctx, sc, setup, opts.Reps, env)
+	}
 	if setup.Close != nil {
 		if cerr := setup.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("closing scenario %s: %w", sc.Name(), cerr))

@@ -16,6 +16,7 @@ type fakeScenario struct {
 	ran     []string
 	closed  int
 	prepErr error
+	profile bool // the setup has a Profile, which logs "profile FILE" in ran
 }
 
 func (s *fakeScenario) Name() string     { return "fake" }
@@ -27,6 +28,9 @@ func (s *fakeScenario) Prepare(context.Context, Env) (*Setup, error) {
 	}
 	st := &Setup{Bytes: 1e6, Close: func() error { s.closed++; return nil }}
 	st.Settle = func(context.Context) error { s.ran = append(s.ran, "settle"); return nil }
+	if s.profile {
+		st.Profile = func(_ context.Context, file string) error { s.ran = append(s.ran, "profile "+file); return nil }
+	}
 	for _, n := range s.tools {
 		st.Tools = append(st.Tools, &fakeTool{s: s, name: n})
 	}

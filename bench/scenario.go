@@ -48,6 +48,10 @@ type Setup struct {
 	// the writeback of the last tool's unsynced output (and the reclaim of
 	// its dirty pages) does not land in the next tool's time and CPU.
 	Settle func(context.Context) error
+	// Profile, when not nil, runs pgporter once under perf record -g into
+	// file (--perf): an extra run whose figures are not counted. The runner
+	// calls it once, after Settle and before the timed runs.
+	Profile func(ctx context.Context, file string) error
 	// SpeedUp, when not nil, names the pair of tools whose ratio of median
 	// wall times the table states.
 	SpeedUp *SpeedUp

@@ -5,6 +5,7 @@
 //	go run ./bench/cmd/pgporter-bench --list
 //	go run ./bench/cmd/pgporter-bench --scenario lan --runs 5 --data /var/tmp/lan-dump
 //	go run ./bench/cmd/pgporter-bench --scenario export --runs 3 --export-scale 70
+//	go run ./bench/cmd/pgporter-bench --scenario lan --data /var/tmp/lan-dump --perf /tmp/lan.data
 //	go run ./bench/cmd/pgporter-bench --scenario wan,outage,delta --runs 3
 //	go run ./bench/cmd/pgporter-bench --scenario multidb,backup,scale-1x --runs 3
 //	go run ./bench/cmd/pgporter-bench --smoke
@@ -103,6 +104,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
 	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export, multidb, backup, s3-backup, s3-exports, scale, walpush: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
 	f.StringVar(&o.Base, "pgporter-base", "", `lan, export: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
+	f.StringVar(&o.Perf, "perf", "", "lan, export: record perf record -g of pgporter's sender (lan) or export (export) into `FILE`, in an extra run not counted, and log its report's top lines; FILE.lan and FILE.export when both run (needs perf, package linux-perf)")
 	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
 	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none`)
 	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan: link rate each way (tc tbf)")

@@ -39,6 +39,20 @@ func TestUsage(t *testing.T) {
 	require.Contains(t, errb.String(), `--export-data "wide": want pgbench, mixed or tables`)
 }
 
+func TestPerfFlag(t *testing.T) {
+	var out, errb bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), []string{"--help"}, &out, &errb), errb.String())
+	require.Contains(t, out.String(), "--perf FILE")
+	errb.Reset()
+	// Checked before anything is built or run: no scenario but lan and
+	// export profiles pgporter.
+	outDir := t.TempDir()
+	require.Equal(t, 1, run(context.Background(), []string{"--scenario", "chunk,multidb", "--perf", "/tmp/p.data", "--out", outDir}, &out, &errb))
+	require.Contains(t, errb.String(), "--perf profiles pgporter in the lan and export scenarios; none of them is chosen")
+	require.NoDirExists(t, filepath.Join(outDir, ".bin"))
+	require.Equal(t, 2, run(context.Background(), []string{"--perf"}, &out, &errb), "--perf takes a file")
+}
+
 // smoke runs the harness with --smoke, --out out and args within timeout,
 // checks that it succeeded and wrote one results file, and returns that
 // file read back, its path, and what the run printed on stdout.
@@ -178,8 +192,8 @@ func TestSmoke(t *testing.T) {
 
 // TestSmokeExportVariants runs the export scenario's other shape and
 // options: the tables data, a transfer cap on both pipelines and a base
-// binary beside pgporter's, so that what bench-export's DATA=tables, LINK
-// and BEFORE did keeps working. It needs root, PostgreSQL, FUSE, rsync and
+// binary beside pgporter's (--export-data tables, --export-bwlimit,
+// --pgporter-base), so that they keep working. It needs root, PostgreSQL, FUSE, rsync and
 // GNU time; when CI=true a missing one fails the test.
 func TestSmokeExportVariants(t *testing.T) {
 	testsupport.RequirePG(t)
