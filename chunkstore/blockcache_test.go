@@ -57,9 +57,20 @@ func TestBlockCache(t *testing.T) {
 		require.NoError(t, c.readAt(ctx, n, p, int64(off)))
 		require.True(t, bytes.Equal(pack[off:off+len(p)], p), "at %d", off)
 	}
-	require.EqualValues(t, 4, b.ranges.Load(), "one request per block")
+	c.aheads.Wait()
+	require.EqualValues(t, 4, b.ranges.Load(), "one request per block: a block read ahead is not read again")
 	require.EqualValues(t, 1, b.stats.Load(), "one Stat per pack")
 	require.LessOrEqual(t, c.bytes, int64(2*blockSize), "the cache keeps its bound")
+
+	// A cache of 16 blocks reads 4 ahead: the whole pack at once.
+	c = newBlockCache(b, 16*blockSize)
+	before0 := b.ranges.Load()
+	require.NoError(t, c.readAt(ctx, n, make([]byte, 100), blockSize/2+1000))
+	c.aheads.Wait()
+	require.Equal(t, int64(4), b.ranges.Load()-before0, "blocks 1 to 3 read ahead")
+	for i := range int64(4) {
+		require.NotNil(t, c.cached(blockKey{pack: n, n: i}, false), "block %d", i)
+	}
 
 	// Random ranges, some across two or three blocks.
 	for range 200 {
@@ -69,9 +80,28 @@ func TestBlockCache(t *testing.T) {
 		require.True(t, bytes.Equal(pack[off:off+len(p)], p), "at %d, %d bytes", off, len(p))
 	}
 
-	// Eight readers of one block not cached: one request.
+	c.aheads.Wait()
+
+	// A read in the first half of a pack's first block reads no further
+	// ahead; one past its half, and one of the block after a block read,
+	// read ahead (here one block: half the cache).
 	c = newBlockCache(b, 2*blockSize)
 	before := b.ranges.Load()
+	require.NoError(t, c.readAt(ctx, n, make([]byte, 100), 1000))
+	c.aheads.Wait()
+	require.Equal(t, int64(1), b.ranges.Load()-before, "no read-ahead for a lone read")
+	require.NoError(t, c.readAt(ctx, n, make([]byte, 100), blockSize/2+1000))
+	c.aheads.Wait()
+	require.Equal(t, int64(2), b.ranges.Load()-before, "block 1 read ahead")
+	require.NotNil(t, c.cached(blockKey{pack: n, n: 1}, false))
+	require.NoError(t, c.readAt(ctx, n, make([]byte, 100), blockSize+10))
+	c.aheads.Wait()
+	require.Equal(t, int64(3), b.ranges.Load()-before, "block 2 read ahead, block 1 not read again")
+	require.NotNil(t, c.cached(blockKey{pack: n, n: 2}, false))
+
+	// Eight readers of one block not cached: one request.
+	c = newBlockCache(b, 2*blockSize)
+	before = b.ranges.Load()
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {

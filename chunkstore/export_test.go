@@ -18,3 +18,7 @@ func SetStaleUploadAge(t interface{ Cleanup(func()) }, age time.Duration) {
 	staleUploadAge = age
 	t.Cleanup(func() { staleUploadAge = old })
 }
+
+// SetReadAhead turns l's block read-ahead on or off (blockcache.go), for
+// the benchmark that compares them.
+func SetReadAhead(l *Local, on bool) { l.blocks.noReadAhead = !on }

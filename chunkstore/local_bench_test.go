@@ -1,10 +1,12 @@
 package chunkstore_test
 
 import (
+	"context"
 	"math/rand/v2"
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -186,6 +188,73 @@ func BenchmarkRemotePut(b *testing.B) {
 				b.StartTimer()
 				putFlush(b, l, chunks, ids)
 				b.StopTimer()
+				require.NoError(b, l.Close())
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// latencyBackend delays each ranged read by d: a bucket across a network,
+// reached from loopback. Only reads: the store is filled at full speed.
+type latencyBackend struct {
+	objstore.Backend
+	d time.Duration
+}
+
+func (l latencyBackend) GetRange(ctx context.Context, name string, off, n int64, dst []byte) ([]byte, error) {
+	t := time.NewTimer(l.d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return dst, ctx.Err()
+	}
+	return l.Backend.GetRange(ctx, name, off, n, dst)
+}
+
+// BenchmarkRemoteVerifyLatency reads a store on a real S3 server through
+// a link of 10 ms per request, as check --read-data does (every record,
+// pack by pack), with the block read-ahead and without: a reader that
+// reads a pack in order has the next block's request in flight while it
+// works on this one.
+//
+//	go test -run '^$' -bench RemoteVerifyLatency -benchtime 3x ./chunkstore/
+func BenchmarkRemoteVerifyLatency(b *testing.B) {
+	// Incompressible, so that its 64 MiB are stored as 32 blocks: the
+	// requests, not the CPU, are what is measured.
+	r := rand.New(rand.NewPCG(5, 6))
+	var chunks [][]byte
+	var ids []chunk.ID
+	for range 1024 {
+		c := storetest.RandomBytes(r, 64<<10)
+		chunks, ids = append(chunks, c), append(ids, chunk.Sum(c))
+	}
+	srv := s3test.Start(b)
+	s, err := objstore.NewS3(srv.Client(b, srv.Endpoint), srv.NewBucket(b), "repo", objstore.S3Options{})
+	require.NoError(b, err)
+	w, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{Remote: s, Level: chunk.LevelFastest})
+	require.NoError(b, err)
+	putFlush(b, w, chunks, ids)
+	require.NoError(b, w.Close())
+	for _, ahead := range []bool{true, false} {
+		name := "read-ahead"
+		if !ahead {
+			name = "none"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(corpusBytes(chunks))
+			for b.Loop() {
+				b.StopTimer()
+				// A cold host: a cache of its own, no disk tier.
+				l, err := chunkstore.OpenLocal(b.TempDir(), chunkstore.LocalOptions{Remote: latencyBackend{s, 10 * time.Millisecond}, DiskCacheBytes: -1})
+				require.NoError(b, err)
+				chunkstore.SetReadAhead(l, ahead)
+				b.StartTimer()
+				st, err := l.Verify(b.Context(), func(id chunk.ID, err error) { b.Errorf("%s: %v", id, err) })
+				require.NoError(b, err)
+				b.StopTimer()
+				require.Equal(b, len(ids), st.Chunks)
 				require.NoError(b, l.Close())
 				b.StartTimer()
 			}
