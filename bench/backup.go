@@ -435,6 +435,17 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 			extra["cache_MB"] = float64(size) / 1e6
 		}
 	}
+	if t.kind == "pgporter" && t.s3 != nil {
+		// What every command pays to open the repository, apart from the
+		// backup: with encryption the key file's argon2id unlock.
+		cmd := exec.CommandContext(ctx, t.bin, "--home", filepath.Join(d, "home"), "restore-points", "--repo", repo)
+		cmd.Env = env
+		t0 := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Measure{}, fmt.Errorf("pgporter restore-points: %w: %s", err, tail(string(out)))
+		}
+		extra["open_s"] = time.Since(t0).Seconds()
+	}
 	j.logf("%s: %s: %.1f s, the repository grew by %.1f MB to %.1f MB", j.name, t.Name(), wall.Seconds(), extra["growth_MB"], extra["repo_MB"])
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil
 }

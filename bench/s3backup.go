@@ -75,6 +75,7 @@ func (s *S3Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			"server CPU":  "server_CPU_s: the weed process's CPU-seconds (/proc/PID/stat) during the timed backup",
 			"after first": "the rows '(after changes)' and 'incr' time the second backup, after an untimed first one into the same repository",
 			"settle":      "sync and drop_caches before every run: each reads the data directory cold",
+			"open_s":      "pgporter on S3: the wall time of 'pgporter restore-points' on the repository after the backup, untimed in wall: what opening it costs every command (encrypted, the argon2id unlock)",
 			"encrypted":   "the rows ', encrypted': pgporter's repository made by an untimed 'repo init --encrypt' (XChaCha20-Poly1305; the timed backup includes its argon2id unlock of the key file), the passphrase in PGPORTER_REPO_PASSWORD; pgBackRest's with repo1-cipher-type=aes-256-cbc and repo1-cipher-pass",
 		},
 		Tools: []Tool{

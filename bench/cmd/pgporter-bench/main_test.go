@@ -369,6 +369,8 @@ func TestSmokeS3Backup(t *testing.T) {
 		onS3 := strings.Contains(run.Tool, "to S3")
 		require.Equal(t, onS3, server, "the server's CPU is measured for the S3 runs: %s", run.Tool)
 		require.Equal(t, onS3 && strings.HasPrefix(run.Tool, "pgporter"), cache, "pgporter's cache is measured on S3: %s", run.Tool)
+		_, open := run.Extra["open_s"]
+		require.Equal(t, onS3 && strings.HasPrefix(run.Tool, "pgporter"), open, "opening pgporter's S3 repository is timed: %s", run.Tool)
 	}
 	// The same backups stored in a bucket take what they take in a
 	// directory: a listing that missed objects, or counted another
