@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/internal/pgtool"
 )
 
@@ -202,14 +203,22 @@ func (j *backupJob) with(state string, f func() error) error {
 
 // backupTool runs one tool's backup: its first into an empty repository,
 // or (second) its second after an untimed first. The repository is a
-// directory, or with s3 a bucket of its own on that server.
+// directory, or with s3 a bucket of its own on that server; with encrypt
+// it is encrypted under benchRepoPassword, pgporter's created by an
+// untimed 'repo init --encrypt', pgBackRest's with aes-256-cbc.
 type backupTool struct {
-	job    *backupJob
-	kind   string // "pgporter" or "pgbackrest"
-	bin    string // pgporter's
-	second bool
-	s3     *s3Server
+	job     *backupJob
+	kind    string // "pgporter" or "pgbackrest"
+	bin     string // pgporter's
+	second  bool
+	s3      *s3Server
+	encrypt bool
 }
+
+// benchRepoPassword is the passphrase of the encrypted repositories: in
+// pgporter's environment ($PGPORTER_REPO_PASSWORD), in pgBackRest's
+// configuration (repo1-cipher-pass).
+const benchRepoPassword = "pgporter-bench-passphrase"
 
 func (t *backupTool) Name() string {
 	var name string
@@ -223,6 +232,9 @@ func (t *backupTool) Name() string {
 	}
 	if t.s3 != nil {
 		name += " to S3"
+	}
+	if t.encrypt {
+		name += ", encrypted"
 	}
 	if t.kind == "pgporter" && t.second {
 		name += " (after changes)"
@@ -243,6 +255,9 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	where := "dir"
 	if t.s3 != nil {
 		where = "s3"
+	}
+	if t.encrypt {
+		where += "-enc"
 	}
 	// Also the bucket's name: lower case, digits and dashes.
 	name := fmt.Sprintf("%s-%s-%s-%d", t.kind, where, step, rep)
@@ -290,8 +305,20 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		if t.s3 != nil {
 			repo = "s3://" + name + "/" + s3RepoPrefix
 		}
+		home := filepath.Join(d, "home")
+		if t.encrypt {
+			if env == nil {
+				env = os.Environ()
+			}
+			env = append(env, crypt.PasswordEnv+"="+benchRepoPassword)
+			cmd := exec.CommandContext(ctx, t.bin, "--home", home, "repo", "init", "--repo", repo, "--encrypt")
+			cmd.Env = env
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return Measure{}, fmt.Errorf("pgporter repo init --encrypt: %w: %s", err, tail(string(out)))
+			}
+		}
 		backup = func(ctx context.Context, peak string, _ bool) (*exec.Cmd, error) {
-			args := []string{t.bin, "--home", filepath.Join(d, "home"), "backup", "--repo", repo, "--pgdata", j.pgdata, "--json"}
+			args := []string{t.bin, "--home", home, "backup", "--repo", repo, "--pgdata", j.pgdata, "--json"}
 			if peak != "" {
 				args = append([]string{"/usr/bin/time", "-f", "%M", "-o", peak}, args...)
 			}
@@ -311,7 +338,11 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 			return cmd, nil
 		}
 	case "pgbackrest":
-		p, err := newPgBackRestOn(d, pgBackRestServer{PGData: j.pgdata}, pbrS3, j.cred)
+		var cipherPass string
+		if t.encrypt {
+			cipherPass = benchRepoPassword
+		}
+		p, err := newPgBackRestOn(d, pgBackRestServer{PGData: j.pgdata}, pbrS3, cipherPass, j.cred)
 		if err != nil {
 			return Measure{}, err
 		}
@@ -403,6 +434,17 @@ func (t *backupTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 			}
 			extra["cache_MB"] = float64(size) / 1e6
 		}
+	}
+	if t.kind == "pgporter" && t.s3 != nil {
+		// What every command pays to open the repository, apart from the
+		// backup: with encryption the key file's argon2id unlock.
+		cmd := exec.CommandContext(ctx, t.bin, "--home", filepath.Join(d, "home"), "restore-points", "--repo", repo)
+		cmd.Env = env
+		t0 := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return Measure{}, fmt.Errorf("pgporter restore-points: %w: %s", err, tail(string(out)))
+		}
+		extra["open_s"] = time.Since(t0).Seconds()
 	}
 	j.logf("%s: %s: %.1f s, the repository grew by %.1f MB to %.1f MB", j.name, t.Name(), wall.Seconds(), extra["growth_MB"], extra["repo_MB"])
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil

@@ -76,17 +76,22 @@ const pgBackRestS3Path = "repo"
 // makes), with its repository in dir/repo, and gives dir to cred's user.
 // process-max is the machine's cores. It creates no stanza: see create.
 func newPgBackRest(dir string, srv pgBackRestServer, cred *syscall.Credential) (*pgBackRest, error) {
-	return newPgBackRestOn(dir, srv, nil, cred)
+	return newPgBackRestOn(dir, srv, nil, "", cred)
 }
 
 // newPgBackRestOn is newPgBackRest with the repository on an S3 server when
-// s3 is not nil; p.repo is then "".
-func newPgBackRestOn(dir string, srv pgBackRestServer, s3 *pgBackRestS3, cred *syscall.Credential) (*pgBackRest, error) {
+// s3 is not nil (p.repo is then ""), and encrypted under cipherPass when
+// that is not "": pgBackRest's repository encryption, repo1-cipher-type
+// aes-256-cbc, its only cipher.
+func newPgBackRestOn(dir string, srv pgBackRestServer, s3 *pgBackRestS3, cipherPass string, cred *syscall.Credential) (*pgBackRest, error) {
 	p := &pgBackRest{dir: dir, conf: filepath.Join(dir, "pgbackrest.conf"), repo: filepath.Join(dir, "repo"), stanza: pgBackRestStanza, cred: cred}
 	repo := []string{"repo1-path=" + p.repo}
 	if s3 != nil {
 		p.repo = ""
 		repo = s3.settings()
+	}
+	if cipherPass != "" {
+		repo = append(repo, "repo1-cipher-type=aes-256-cbc", "repo1-cipher-pass="+cipherPass)
 	}
 	global := append(repo,
 		// Kept forever: a benchmark never expires a backup, and the

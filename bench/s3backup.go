@@ -14,6 +14,8 @@ import (
 // which the scenario starts in its scratch directory and stops at the end.
 // pgporter reaches it over HTTP, pgBackRest over HTTPS (the only protocol
 // it speaks to S3). Each S3 run also measures the server's CPU-seconds.
+// On S3 each tool also backs up into an encrypted repository: what its
+// encryption costs, against the other's.
 //
 // Its name is not "backup-s3": --scenario backup chooses backup-*
 // variants, and this one needs the S3 server, which make bench's subset
@@ -30,7 +32,7 @@ var _ Scenario = (*S3Backup)(nil)
 func (*S3Backup) Name() string { return "s3-backup" }
 
 func (*S3Backup) Describe() string {
-	return "the backup scenario with the repositories on a local S3 server (SeaweedFS): pgporter backup to a directory and to s3://, pgbackrest full and incr to a directory and to its S3 repository type"
+	return "the backup scenario with the repositories on a local S3 server (SeaweedFS): pgporter backup to a directory and to s3://, pgbackrest full and incr to a directory and to its S3 repository type; on S3 also each tool's repository encryption"
 }
 
 func (s *S3Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
@@ -73,6 +75,8 @@ func (s *S3Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			"server CPU":  "server_CPU_s: the weed process's CPU-seconds (/proc/PID/stat) during the timed backup",
 			"after first": "the rows '(after changes)' and 'incr' time the second backup, after an untimed first one into the same repository",
 			"settle":      "sync and drop_caches before every run: each reads the data directory cold",
+			"open_s":      "pgporter on S3: the wall time of 'pgporter restore-points' on the repository after the backup, untimed in wall: what opening it costs every command (encrypted, the argon2id unlock)",
+			"encrypted":   "the rows ', encrypted': pgporter's repository made by an untimed 'repo init --encrypt' (XChaCha20-Poly1305; the timed backup includes its argon2id unlock of the key file), the passphrase in PGPORTER_REPO_PASSWORD; pgBackRest's with repo1-cipher-type=aes-256-cbc and repo1-cipher-pass",
 		},
 		Tools: []Tool{
 			&backupTool{job: j, kind: "pgporter", bin: s.Pgporter},
@@ -83,6 +87,10 @@ func (s *S3Backup) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			&backupTool{job: j, kind: "pgbackrest", second: true},
 			&backupTool{job: j, kind: "pgbackrest", s3: srv},
 			&backupTool{job: j, kind: "pgbackrest", s3: srv, second: true},
+			&backupTool{job: j, kind: "pgporter", bin: s.Pgporter, s3: srv, encrypt: true},
+			&backupTool{job: j, kind: "pgporter", bin: s.Pgporter, s3: srv, encrypt: true, second: true},
+			&backupTool{job: j, kind: "pgbackrest", s3: srv, encrypt: true},
+			&backupTool{job: j, kind: "pgbackrest", s3: srv, encrypt: true, second: true},
 		},
 		Settle:  func(ctx context.Context) error { return exportSettle(ctx, 0) },
 		SpeedUp: &SpeedUp{Of: "pgporter backup to S3", Over: "pgbackrest full to S3"},

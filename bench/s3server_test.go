@@ -76,7 +76,7 @@ func TestPgBackRestS3Settings(t *testing.T) {
 	dir := t.TempDir()
 	p, err := newPgBackRestOn(dir, pgBackRestServer{PGData: "/pg"}, &pgBackRestS3{
 		Host: "127.0.0.1", Port: 23001, Bucket: "b-1", Key: "k", Secret: "s", Region: "us-east-1",
-	}, nil)
+	}, "", nil)
 	require.NoError(t, err)
 	require.Empty(t, p.repo, "no local repository")
 	require.NoDirExists(t, filepath.Join(dir, "repo"))
@@ -88,6 +88,15 @@ func TestPgBackRestS3Settings(t *testing.T) {
 		require.Contains(t, strings.Split(string(conf), "\n"), line)
 	}
 	require.NotContains(t, string(conf), "repo1-path="+filepath.Join(dir, "repo"))
+	require.NotContains(t, string(conf), "cipher", "plain unless asked")
+
+	p, err = newPgBackRestOn(t.TempDir(), pgBackRestServer{PGData: "/pg"}, nil, "pass", nil)
+	require.NoError(t, err)
+	conf, err = os.ReadFile(p.conf)
+	require.NoError(t, err)
+	for _, line := range []string{"repo1-path=" + p.repo, "repo1-cipher-type=aes-256-cbc", "repo1-cipher-pass=pass"} {
+		require.Contains(t, strings.Split(string(conf), "\n"), line)
+	}
 }
 
 // TestS3Server starts the scenario's S3 server through scripts/s3-server

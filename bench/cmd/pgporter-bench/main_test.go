@@ -369,6 +369,8 @@ func TestSmokeS3Backup(t *testing.T) {
 	require.Equal(t, []string{
 		"pgporter backup", "pgporter backup (after changes)", "pgporter backup to S3", "pgporter backup to S3 (after changes)",
 		"pgbackrest full", "pgbackrest incr", "pgbackrest full to S3", "pgbackrest incr to S3",
+		"pgporter backup to S3, encrypted", "pgporter backup to S3, encrypted (after changes)",
+		"pgbackrest full to S3, encrypted", "pgbackrest incr to S3, encrypted",
 	}, r.Tools)
 	repo := map[string]float64{}
 	for _, run := range r.Runs {
@@ -381,13 +383,18 @@ func TestSmokeS3Backup(t *testing.T) {
 		onS3 := strings.Contains(run.Tool, "to S3")
 		require.Equal(t, onS3, server, "the server's CPU is measured for the S3 runs: %s", run.Tool)
 		require.Equal(t, onS3 && strings.HasPrefix(run.Tool, "pgporter"), cache, "pgporter's cache is measured on S3: %s", run.Tool)
+		_, open := run.Extra["open_s"]
+		require.Equal(t, onS3 && strings.HasPrefix(run.Tool, "pgporter"), open, "opening pgporter's S3 repository is timed: %s", run.Tool)
 	}
 	// The same backups stored in a bucket take what they take in a
 	// directory: a listing that missed objects, or counted another
-	// repository's, would show here.
+	// repository's, would show here. Sealed, they take a little more
+	// (nonces, tags, padding, the key files), not another size.
 	for _, pair := range [][2]string{
 		{"pgporter backup (after changes)", "pgporter backup to S3 (after changes)"},
 		{"pgbackrest incr", "pgbackrest incr to S3"},
+		{"pgporter backup to S3 (after changes)", "pgporter backup to S3, encrypted (after changes)"},
+		{"pgbackrest incr to S3", "pgbackrest incr to S3, encrypted"},
 	} {
 		require.InEpsilon(t, repo[pair[0]], repo[pair[1]], 0.1, pair[1])
 	}
