@@ -177,6 +177,20 @@ func (f repoFiles) readConfig(ctx context.Context) (*repoConfig, error) {
 	return &c, nil
 }
 
+// sealedStore reports whether f's chunk store has the format marker of an
+// encrypted store.
+func (f repoFiles) sealedStore(ctx context.Context) (bool, error) {
+	b, err := f.read(ctx, remoteFormat) // "chunks/format" in a directory too
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("chunkstore: reading the store's format: %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	return strings.TrimSpace(first) == sealedFormat, nil
+}
+
 // unlocked caches the master keys this process has unlocked, by
 // repository ID and passphrase hash: a command that lists a repository's
 // points, then opens it, derives its key once (half a second of argon2id).
@@ -195,6 +209,15 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 		return nil, "", err
 	}
 	if c == nil {
+		// InitRepo writes the config before the store's sealed marker:
+		// a sealed store without a config had it removed, and taken for a
+		// plain repository it would get outcomes written in the clear, and
+		// restore points planted in the clear read.
+		if sealed, err := f.sealedStore(ctx); err != nil {
+			return nil, "", err
+		} else if sealed {
+			return nil, "", fmt.Errorf("chunkstore: %s holds an encrypted chunk store but no config: it was removed (restore it from a copy): %w", f.dir, crypt.ErrTampered)
+		}
 		if has, err := f.hasKeys(ctx); err != nil {
 			return nil, "", fmt.Errorf("chunkstore: listing the repository's key files: %w", err)
 		} else if has {
@@ -305,6 +328,7 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 	}
 	ks := f.keyStore()
 	mk, kf, err := crypt.InitKeys(ctx, ks, o.Passphrase, o.Key)
+	created := err == nil
 	if errors.Is(err, crypt.ErrKeysExist) {
 		mk, kf, err = crypt.Unlock(ctx, ks, o.Passphrase)
 		if err != nil {
@@ -327,7 +351,18 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 	if err != nil {
 		return "", err
 	}
-	if err := f.create(ctx, repoConfigName, append(b, '\n')); err != nil {
+	if err := f.create(ctx, repoConfigName, append(b, '\n')); errors.Is(err, fs.ErrExist) {
+		// Another init won the race. Its config may rest on our key file
+		// (it reused it as an interrupted init's); if not, the file holds
+		// a master key no config accepts, which an unlock would try and
+		// refuse as tampered before the right one: it goes.
+		if won, rerr := f.readConfig(ctx); rerr == nil && won != nil && created && checkConfig(mk, won) != nil {
+			if rerr := ks.Remove(ctx, kf.ID); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("removing key file %s, of another master key: %w", kf.ID, rerr))
+			}
+		}
+		return "", fmt.Errorf("%w: %s was created meanwhile by another init: %w", ErrRepoExists, dir, err)
+	} else if err != nil {
 		return "", fmt.Errorf("chunkstore: writing the repository's config: %w", err)
 	}
 	// The store's sealed format marker, and the directories.
