@@ -51,6 +51,20 @@ var (
 	ErrPasswordForPlain = errors.New("chunkstore: the repository is not encrypted: drop --repo-password-file")
 )
 
+// ErrPasswordFile is matched by the error of a passphrase file
+// (--repo-password-file, PasswordFileEnv) that cannot be read: missing, a
+// directory, unreadable, too large. It is a mistake in how the command was
+// called, not a repository, file or permission the command works on: its
+// error does not match fs.ErrNotExist or fs.ErrPermission.
+var ErrPasswordFile = errors.New("chunkstore: the passphrase file cannot be read")
+
+// passwordFileError is a passphrase file's read error, matching
+// ErrPasswordFile and not its cause.
+type passwordFileError struct{ err error }
+
+func (e passwordFileError) Error() string        { return e.err.Error() }
+func (e passwordFileError) Is(target error) bool { return target == ErrPasswordFile }
+
 // repoConfig is an encrypted repository's config file or object.
 type repoConfig struct {
 	Format     string `json:"format"`
@@ -234,6 +248,9 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 	}
 	pass, err := crypt.ResolvePassphrase(file)
 	if err != nil {
+		if file != "" && !errors.Is(err, crypt.ErrEmptyPassphrase) {
+			err = passwordFileError{err}
+		}
 		return nil, "", fmt.Errorf("the repository %s is encrypted: %w", f.dir, err)
 	}
 	sum := blake3.Sum256(pass)
@@ -456,6 +473,10 @@ func (r *Repo) Encrypted() bool { return r.key != nil }
 // KeyID is the key file that unlocked the repository: "" for a plain one.
 func (r *Repo) KeyID() string { return r.keyID }
 
+// ErrKeyNotFound is matched by the error of RemoveKey for a key file the
+// repository does not hold.
+var ErrKeyNotFound = errors.New("chunkstore: the repository has no such key file")
+
 // ErrNotEncryptedRepo is matched by the error of a key command on a plain
 // repository.
 var ErrNotEncryptedRepo = errors.New("chunkstore: the repository is not encrypted: it has no keys")
@@ -497,5 +518,9 @@ func (r *Repo) RemoveKey(ctx context.Context, id string) error {
 	if r.lock == nil || !r.lock.info.Exclusive {
 		return errors.New("chunkstore: removing a key needs the repository's exclusive lock")
 	}
-	return crypt.RemoveKey(ctx, ks, id)
+	err = crypt.RemoveKey(ctx, ks, id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s (%s)", ErrKeyNotFound, id, r.dir)
+	}
+	return err
 }
