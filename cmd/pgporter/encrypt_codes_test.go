@@ -52,3 +52,31 @@ func TestEncryptedExitCodes(t *testing.T) {
 		require.Contains(t, errs, "no config", "%v", args)
 	}
 }
+
+// TestEncryptedRepoCopyPlain guards against repo copy of an encrypted
+// repository creating a plain --to: every chunk, restore point and system
+// ID went into it in the clear, asked for by nobody. A --to made first by
+// repo init, plain or encrypted, is copied into.
+func TestEncryptedRepoCopyPlain(t *testing.T) {
+	t.Setenv(crypt.PasswordEnv, "")
+	os.Unsetenv(crypt.PasswordEnv)
+	t.Setenv(chunkstore.PasswordFileEnv, "")
+	os.Unsetenv(chunkstore.PasswordFileEnv)
+	repo := filepath.Join(t.TempDir(), "repo")
+	pass := writePass(t, "first passphrase")
+	_, err := chunkstore.InitRepo(t.Context(), repo, chunkstore.InitOptions{Passphrase: []byte("first passphrase"), Key: crypt.KeyOptions{KDF: crypt.MinKDF}})
+	require.NoError(t, err)
+	src, _ := fakeDataDir(t)
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--repo-password-file", pass)
+	require.Equal(t, 0, code, errs)
+
+	to := filepath.Join(t.TempDir(), "copy")
+	code, _, errs = runCLI(t, "repo", "copy", "--from", repo, "--to", to, "--from-password-file", pass)
+	require.Equal(t, exitUsage, code, errs)
+	require.NoDirExists(t, to)
+	code, _, errs = runCLI(t, "repo", "init", "--repo", to)
+	require.Equal(t, 0, code, errs)
+	code, out, errs := runCLI(t, "repo", "copy", "--from", repo, "--to", to, "--from-password-file", pass)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "1 restore points copied")
+}
