@@ -51,6 +51,20 @@ var (
 	ErrPasswordForPlain = errors.New("chunkstore: the repository is not encrypted: drop --repo-password-file")
 )
 
+// ErrPasswordFile is matched by the error of a passphrase file
+// (--repo-password-file, PasswordFileEnv) that cannot be read: missing, a
+// directory, unreadable, too large. It is a mistake in how the command was
+// called, not a repository, file or permission the command works on: its
+// error does not match fs.ErrNotExist or fs.ErrPermission.
+var ErrPasswordFile = errors.New("chunkstore: the passphrase file cannot be read")
+
+// passwordFileError is a passphrase file's read error, matching
+// ErrPasswordFile and not its cause.
+type passwordFileError struct{ err error }
+
+func (e passwordFileError) Error() string        { return e.err.Error() }
+func (e passwordFileError) Is(target error) bool { return target == ErrPasswordFile }
+
 // repoConfig is an encrypted repository's config file or object.
 type repoConfig struct {
 	Format     string `json:"format"`
@@ -177,6 +191,20 @@ func (f repoFiles) readConfig(ctx context.Context) (*repoConfig, error) {
 	return &c, nil
 }
 
+// sealedStore reports whether f's chunk store has the format marker of an
+// encrypted store.
+func (f repoFiles) sealedStore(ctx context.Context) (bool, error) {
+	b, err := f.read(ctx, remoteFormat) // "chunks/format" in a directory too
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("chunkstore: reading the store's format: %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	return strings.TrimSpace(first) == sealedFormat, nil
+}
+
 // unlocked caches the master keys this process has unlocked, by
 // repository ID and passphrase hash: a command that lists a repository's
 // points, then opens it, derives its key once (half a second of argon2id).
@@ -195,6 +223,15 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 		return nil, "", err
 	}
 	if c == nil {
+		// InitRepo writes the config before the store's sealed marker:
+		// a sealed store without a config had it removed, and taken for a
+		// plain repository it would get outcomes written in the clear, and
+		// restore points planted in the clear read.
+		if sealed, err := f.sealedStore(ctx); err != nil {
+			return nil, "", err
+		} else if sealed {
+			return nil, "", fmt.Errorf("chunkstore: %s holds an encrypted chunk store but no config: it was removed (restore it from a copy): %w", f.dir, crypt.ErrTampered)
+		}
 		if has, err := f.hasKeys(ctx); err != nil {
 			return nil, "", fmt.Errorf("chunkstore: listing the repository's key files: %w", err)
 		} else if has {
@@ -211,6 +248,9 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 	}
 	pass, err := crypt.ResolvePassphrase(file)
 	if err != nil {
+		if file != "" && !errors.Is(err, crypt.ErrEmptyPassphrase) {
+			err = passwordFileError{err}
+		}
 		return nil, "", fmt.Errorf("the repository %s is encrypted: %w", f.dir, err)
 	}
 	sum := blake3.Sum256(pass)
@@ -305,6 +345,7 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 	}
 	ks := f.keyStore()
 	mk, kf, err := crypt.InitKeys(ctx, ks, o.Passphrase, o.Key)
+	created := err == nil
 	if errors.Is(err, crypt.ErrKeysExist) {
 		mk, kf, err = crypt.Unlock(ctx, ks, o.Passphrase)
 		if err != nil {
@@ -327,7 +368,18 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 	if err != nil {
 		return "", err
 	}
-	if err := f.create(ctx, repoConfigName, append(b, '\n')); err != nil {
+	if err := f.create(ctx, repoConfigName, append(b, '\n')); errors.Is(err, fs.ErrExist) {
+		// Another init won the race. Its config may rest on our key file
+		// (it reused it as an interrupted init's); if not, the file holds
+		// a master key no config accepts, which an unlock would try and
+		// refuse as tampered before the right one: it goes.
+		if won, rerr := f.readConfig(ctx); rerr == nil && won != nil && created && checkConfig(mk, won) != nil {
+			if rerr := ks.Remove(ctx, kf.ID); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("removing key file %s, of another master key: %w", kf.ID, rerr))
+			}
+		}
+		return "", fmt.Errorf("%w: %s was created meanwhile by another init: %w", ErrRepoExists, dir, err)
+	} else if err != nil {
 		return "", fmt.Errorf("chunkstore: writing the repository's config: %w", err)
 	}
 	// The store's sealed format marker, and the directories.
@@ -421,6 +473,10 @@ func (r *Repo) Encrypted() bool { return r.key != nil }
 // KeyID is the key file that unlocked the repository: "" for a plain one.
 func (r *Repo) KeyID() string { return r.keyID }
 
+// ErrKeyNotFound is matched by the error of RemoveKey for a key file the
+// repository does not hold.
+var ErrKeyNotFound = errors.New("chunkstore: the repository has no such key file")
+
 // ErrNotEncryptedRepo is matched by the error of a key command on a plain
 // repository.
 var ErrNotEncryptedRepo = errors.New("chunkstore: the repository is not encrypted: it has no keys")
@@ -462,5 +518,9 @@ func (r *Repo) RemoveKey(ctx context.Context, id string) error {
 	if r.lock == nil || !r.lock.info.Exclusive {
 		return errors.New("chunkstore: removing a key needs the repository's exclusive lock")
 	}
-	return crypt.RemoveKey(ctx, ks, id)
+	err = crypt.RemoveKey(ctx, ks, id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s (%s)", ErrKeyNotFound, id, r.dir)
+	}
+	return err
 }

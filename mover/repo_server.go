@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/chunk"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/quic-go/quic-go"
 )
@@ -67,7 +68,7 @@ func (s *Server) repoRequest(peer PeerID, cs *controlStream, cr *connRepo, m pro
 	reply, err := s.repoReply(peer, cs.version, cr, m)
 	if err != nil {
 		log.Warn("repository request refused", "request", m.Type().String(), "err", err)
-		return cs.write(protocol.ToWire(err))
+		return cs.write(protocol.ToWire(sealWireError(err)))
 	}
 	return cs.write(reply)
 }
@@ -229,3 +230,13 @@ var fetchBufPool = sync.Pool{New: func() any { return new(fetchBufs) }}
 // tamperFetch, set only by tests, alters a chunk's encoded payload as it
 // leaves the server, as a faulty link or a lying server would.
 var tamperFetch atomic.Pointer[func(id chunk.ID, payload []byte) []byte]
+
+// sealWireError gives an encrypted repository's object or key file that
+// does not open its wire code: corrupt, as a chunk that fails its hash is
+// (the peer's exit 7), not internal.
+func sealWireError(err error) error {
+	if errors.Is(err, crypt.ErrTampered) || errors.Is(err, crypt.ErrKeyFileCorrupt) || errors.Is(err, crypt.ErrNoKey) {
+		return fmt.Errorf("%w: %w", protocol.ErrCorrupt, err)
+	}
+	return err
+}

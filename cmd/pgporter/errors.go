@@ -70,7 +70,8 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         or conflicting flag or argument; no PostgreSQL password found
                         for export and no terminal to ask for one on; an encrypted
                         repository's passphrase missing (--repo-password-file,
-                        PGPORTER_REPO_PASSWORD), or given for a plain repository
+                        PGPORTER_REPO_PASSWORD) or its file unreadable, or given
+                        for a plain repository
     3     not-built     a command of the CLI contract this build does not implement
     4     network       no answer from a mover, or a connection lost and not regained
                         within --retry-for; a host name that does not resolve
@@ -87,10 +88,11 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         of an encrypted repository (key remove)
     7     verification  data does not match its hashes: verify or restore found a
                         damaged dump, a chunk is corrupt; an encrypted repository's
-                        object or key file was altered (it does not open)
+                        object or key file was altered (it does not open), or its
+                        config or key files removed
     8     not-found     what the command names does not exist: a repository, restore
                         point, session, publication, mover identity or trusted peer,
-                        the connection service PGSERVICE names
+                        the connection service PGSERVICE names, a key file to remove
     130   interrupted   SIGINT or SIGTERM stopped the command
     255   abort-recovery  wal-fetch only: a failure other than a file the archive
                         lacks (8) or a usage mistake (2), such as a repository that
@@ -208,7 +210,8 @@ func isPermission(err error) bool {
 func isPassphraseUsage(err error) bool {
 	return errors.Is(err, crypt.ErrNoPassphrase) || errors.Is(err, crypt.ErrEmptyPassphrase) ||
 		errors.Is(err, crypt.ErrWeakKDF) || errors.Is(err, chunkstore.ErrPasswordForPlain) ||
-		errors.Is(err, chunkstore.ErrEncrypted) || errors.Is(err, chunkstore.ErrNotEncryptedRepo)
+		errors.Is(err, chunkstore.ErrEncrypted) || errors.Is(err, chunkstore.ErrNotEncryptedRepo) ||
+		errors.Is(err, chunkstore.ErrPasswordFile)
 }
 
 func isVerification(err error) bool {
@@ -216,7 +219,8 @@ func isVerification(err error) bool {
 	return corrupt || errors.Is(err, mover.ErrVerify) || errors.Is(err, mover.ErrManifestHash) ||
 		errors.Is(err, protocol.ErrCorrupt) || errors.Is(err, chunkstore.ErrIDMismatch) ||
 		errors.Is(err, chunk.ErrHashMismatch) || errors.Is(err, errVerification) ||
-		errors.Is(err, crypt.ErrTampered) || errors.Is(err, crypt.ErrKeyFileCorrupt)
+		errors.Is(err, crypt.ErrTampered) || errors.Is(err, crypt.ErrKeyFileCorrupt) ||
+		errors.Is(err, crypt.ErrNoKey) // an encrypted repository's config without its key files
 }
 
 func isConflict(err error) bool {
@@ -235,7 +239,7 @@ func isNotFound(err error) bool {
 		errors.Is(err, orchestrator.ErrNoSession) || errors.Is(err, orchestrator.ErrNoPublication) ||
 		errors.Is(err, mover.ErrNoIdentity) || errors.Is(err, mover.ErrUnknownPeer) ||
 		errors.Is(err, protocol.ErrNotFound) || errors.Is(err, staging.ErrNoService) ||
-		errors.Is(err, chunkstore.ErrWALNotFound)
+		errors.Is(err, chunkstore.ErrWALNotFound) || errors.Is(err, chunkstore.ErrKeyNotFound)
 }
 
 // isNetwork reports a failure to reach a mover or to keep the connection:

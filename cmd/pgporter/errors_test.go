@@ -46,6 +46,8 @@ func TestExitCodeContract(t *testing.T) {
 		{"corrupt key file", wrap(crypt.ErrKeyFileCorrupt), exitVerification},
 		{"last key", wrap(crypt.ErrLastKey), exitConflict},
 		{"repository exists", wrap(chunkstore.ErrRepoExists), exitConflict},
+		{"no key file", wrap(fmt.Errorf("unlocking the repository r: %w", crypt.ErrNoKey)), exitVerification},
+		{"no such key file", wrap(chunkstore.ErrKeyNotFound), exitNotFound},
 		{"no answer", wrap(&mover.NoAnswerError{Addr: "127.0.0.1:1", Err: errors.New("timeout")}), exitNetwork},
 		{"untrusted", wrap(&mover.UntrustedError{Addr: "127.0.0.1:1", Err: errors.New("tls: bad certificate")}), exitPermission},
 		{"wrong peer", wrap(&mover.PeerMismatchError{}), exitPermission},

@@ -104,7 +104,8 @@ func newRepoCopyCmd(g *globals) *cobra.Command {
 oldest first, with the chunks of each that --to lacks. Either may be a
 directory or s3://BUCKET/PREFIX: moving a repository to object storage,
 back, or between buckets. --to is created if it is a directory that does
-not exist yet (a bucket must exist).
+not exist yet (a bucket must exist), unless --from is encrypted: a copy of
+an encrypted repository goes into one made first by 'repo init'.
 
 Each restore point appears in --to only once all its chunks are durable
 there, so an interrupted copy leaves --to consistent; run it again and it
@@ -133,7 +134,13 @@ Into an encrypted repository (each chunk sealed anew under its key):
 			}
 			defer src.Close()
 			// Each has a passphrase of its own.
-			dst, err := chunkstore.OpenRepo(chunkstore.WithPasswordFile(ctx, toFile), to, g.log)
+			toCtx := chunkstore.WithPasswordFile(ctx, toFile)
+			if _, err := chunkstore.ListRepo(toCtx, to); src.Encrypted() && errors.Is(err, chunkstore.ErrNotRepo) {
+				// Created here, --to would be plain: the data of an
+				// encrypted repository in the clear, unasked.
+				return usagef("--from is encrypted and --to holds no repository: create it first, with 'pgporter repo init --repo %s --encrypt' (or without --encrypt, for a copy in the clear)", to)
+			}
+			dst, err := chunkstore.OpenRepo(toCtx, to, g.log)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore"
+	"github.com/pgporter/pgporter/chunkstore/crypt"
+)
+
+// TestEncryptedExitCodes guards the exit codes of an encrypted
+// repository's failures that were a generic 1: a --repo-password-file that
+// does not exist or is a directory (a usage mistake, 2), a key remove of an
+// ID the repository lacks (8), a config whose key files were removed (7),
+// and a sealed store whose config was removed (7, where it said to give a
+// passphrase and, given one, to drop it).
+func TestEncryptedExitCodes(t *testing.T) {
+	t.Setenv(crypt.PasswordEnv, "")
+	os.Unsetenv(crypt.PasswordEnv)
+	t.Setenv(chunkstore.PasswordFileEnv, "")
+	os.Unsetenv(chunkstore.PasswordFileEnv)
+	repo := filepath.Join(t.TempDir(), "repo")
+	pass := writePass(t, "first passphrase")
+	_, err := chunkstore.InitRepo(t.Context(), repo, chunkstore.InitOptions{Passphrase: []byte("first passphrase"), Key: crypt.KeyOptions{KDF: crypt.MinKDF}})
+	require.NoError(t, err)
+
+	code, _, errs := runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", filepath.Join(t.TempDir(), "nosuch"))
+	require.Equal(t, exitUsage, code, errs)
+	code, _, errs = runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", t.TempDir())
+	require.Equal(t, exitUsage, code, errs)
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--repo-password-file", pass, "0123456789abcdef")
+	require.Equal(t, exitNotFound, code, errs)
+
+	keys := filepath.Join(t.TempDir(), "keys")
+	require.NoError(t, os.Rename(filepath.Join(repo, "keys"), keys))
+	code, _, errs = runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", pass)
+	require.Equal(t, exitVerification, code, errs)
+	require.NoError(t, os.Rename(keys, filepath.Join(repo, "keys")))
+
+	require.NoError(t, os.Remove(filepath.Join(repo, "config")))
+	src, _ := fakeDataDir(t)
+	for _, args := range [][]string{
+		{"restore-points", "--repo", repo},
+		{"restore-points", "--repo", repo, "--repo-password-file", pass},
+		{"backup", "--repo", repo, "--pgdata", src},
+	} {
+		code, _, errs = runCLI(t, args...)
+		require.Equal(t, exitVerification, code, "%v: %s", args, errs)
+		require.Contains(t, errs, "no config", "%v", args)
+	}
+}
+
+// TestEncryptedRepoCopyPlain guards against repo copy of an encrypted
+// repository creating a plain --to: every chunk, restore point and system
+// ID went into it in the clear, asked for by nobody. A --to made first by
+// repo init, plain or encrypted, is copied into.
+func TestEncryptedRepoCopyPlain(t *testing.T) {
+	t.Setenv(crypt.PasswordEnv, "")
+	os.Unsetenv(crypt.PasswordEnv)
+	t.Setenv(chunkstore.PasswordFileEnv, "")
+	os.Unsetenv(chunkstore.PasswordFileEnv)
+	repo := filepath.Join(t.TempDir(), "repo")
+	pass := writePass(t, "first passphrase")
+	_, err := chunkstore.InitRepo(t.Context(), repo, chunkstore.InitOptions{Passphrase: []byte("first passphrase"), Key: crypt.KeyOptions{KDF: crypt.MinKDF}})
+	require.NoError(t, err)
+	src, _ := fakeDataDir(t)
+	code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--repo-password-file", pass)
+	require.Equal(t, 0, code, errs)
+
+	to := filepath.Join(t.TempDir(), "copy")
+	code, _, errs = runCLI(t, "repo", "copy", "--from", repo, "--to", to, "--from-password-file", pass)
+	require.Equal(t, exitUsage, code, errs)
+	require.NoDirExists(t, to)
+	code, _, errs = runCLI(t, "repo", "init", "--repo", to)
+	require.Equal(t, 0, code, errs)
+	code, out, errs := runCLI(t, "repo", "copy", "--from", repo, "--to", to, "--from-password-file", pass)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "1 restore points copied")
+}
