@@ -49,7 +49,7 @@ type blockCache struct {
 	lru   *list.List // of *block, most recently used first
 	byKey map[blockKey]*list.Element
 	bytes int64
-	sizes map[uint64]int64 // pack sizes, by Stat: packs never change
+	sizes map[uint64]int64  // pack sizes, by Stat: packs never change
 	ahead map[blockKey]bool // blocks being read ahead
 }
 
