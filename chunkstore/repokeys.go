@@ -44,11 +44,13 @@ var (
 	// ErrRepoExists is matched by InitRepo's error for a place that holds
 	// a repository already.
 	ErrRepoExists = errors.New("chunkstore: a repository is there already")
-	// ErrPasswordForPlain is matched by the error of opening a plain
-	// repository with an explicit --repo-password-file: whoever gave one
-	// believes the repository encrypted, and must not be let to write
-	// into it in the clear.
-	ErrPasswordForPlain = errors.New("chunkstore: the repository is not encrypted: drop --repo-password-file")
+	// ErrPasswordForPlain is matched by the error of opening a plain (or
+	// missing) repository with a passphrase file, --repo-password-file or
+	// PasswordFileEnv: whoever gave one believes the repository encrypted,
+	// and must not be let to write into it in the clear; nor can someone
+	// who deleted an encrypted repository's config, keys and store marker
+	// make the next backup write in the clear.
+	ErrPasswordForPlain = errors.New("chunkstore: the repository is not encrypted: drop --repo-password-file (or " + PasswordFileEnv + ")")
 )
 
 // ErrPasswordFile is matched by the error of a passphrase file
@@ -74,9 +76,11 @@ type repoConfig struct {
 }
 
 // PasswordFileEnv names a passphrase file for every command that gives
-// none (--repo-password-file): it comes before crypt.PasswordEnv, and unlike
-// --repo-password-file it is not refused for a plain repository, since it is
-// set for a whole environment (a systemd unit's settings).
+// none (--repo-password-file): it comes before crypt.PasswordEnv. Like the
+// flag, it is refused for a plain repository (ErrPasswordForPlain): it is
+// set for one repository's jobs (a systemd unit's settings). The
+// passphrase itself in crypt.PasswordEnv is not: a secret kept for a shell
+// session, used by whichever repository needs one.
 const PasswordFileEnv = "PGPORTER_REPO_PASSWORD_FILE"
 
 // passwordFileKey is the context key of a --repo-password-file.
@@ -91,6 +95,14 @@ type passwordFileKey struct{}
 // refuse an explicit one (ErrPasswordForPlain).
 func WithPasswordFile(ctx context.Context, path string) context.Context {
 	return context.WithValue(ctx, passwordFileKey{}, path)
+}
+
+// explicitNone reports whether ctx says, with WithPasswordFile(ctx, ""),
+// that its repository has no passphrase file: repo copy's side that was
+// given none, while PasswordFileEnv may be the other side's.
+func explicitNone(ctx context.Context) bool {
+	p, ok := ctx.Value(passwordFileKey{}).(string)
+	return ok && p == ""
 }
 
 // passwordFile is the --repo-password-file ctx carries, if any.
@@ -237,7 +249,7 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 		} else if has {
 			return nil, "", fmt.Errorf("chunkstore: %s has key files but no config: an interrupted 'pgporter repo init --encrypt'; run it again", f.dir)
 		}
-		if passwordFile(ctx) != "" {
+		if passwordFile(ctx) != "" || os.Getenv(PasswordFileEnv) != "" && !explicitNone(ctx) {
 			return nil, "", fmt.Errorf("%w (%s)", ErrPasswordForPlain, f.dir)
 		}
 		return nil, "", nil

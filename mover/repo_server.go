@@ -49,6 +49,9 @@ func (s *Server) openRepo() error {
 // repoContext is the context the served repository is opened and read
 // under: it carries the repository's passphrase file.
 func (s *Server) repoContext() context.Context {
+	if s.o.RepoPasswordFile == "" {
+		return context.Background()
+	}
 	return chunkstore.WithPasswordFile(context.Background(), s.o.RepoPasswordFile)
 }
 

@@ -108,7 +108,11 @@ func (c *RepoCollector) health() (*chunkstore.Health, error) {
 	if c.at.IsZero() || now.Sub(c.at) >= c.o.CacheFor || now.Before(c.at) {
 		// A scrape has no context; an object store that does not answer
 		// must not hold it for the retries' two minutes.
-		ctx, cancel := context.WithTimeout(chunkstore.WithPasswordFile(context.Background(), c.o.PasswordFile), repoHealthTimeout)
+		ctx := context.Background()
+		if c.o.PasswordFile != "" {
+			ctx = chunkstore.WithPasswordFile(ctx, c.o.PasswordFile)
+		}
+		ctx, cancel := context.WithTimeout(ctx, repoHealthTimeout)
 		c.h, c.err = chunkstore.ReadHealth(ctx, c.dir)
 		cancel()
 		c.at = now
