@@ -107,20 +107,44 @@ func (t *exportTool) runLAN(ctx context.Context, rep int) (_ Measure, err error)
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, RSSReceiver: hwm, WireBytes: tx1 - tx0, Extra: extra}, nil
 }
 
-// rsyncLAN is the reference's transfer over export-lan's link: rsync -a
-// (with t.rsync) of the staging directory, which holds shop, into the
-// module directory sub of the rsync daemon on the receiving side, run in
-// the sending namespace on the sender's CPUs (lanJob.rsyncTo). It returns
-// the directory on the receiving side that holds shop, and rsync's measure:
-// its wall time, both sides' CPU, rsync's peak RSS and the link's bytes.
-func (t *refExportTool) rsyncLAN(ctx context.Context, d, staging, sub string) (string, Measure, error) {
+// dumpThenSendLAN is dumpThenSend over export-lan's link: pg_dump of shop
+// into staging under GNU time, then rsync -a (with t.rsync) of staging,
+// which holds shop, into the module directory of the rsync daemon on the
+// receiving side, run in the sending namespace on the sender's CPUs and
+// measured as the LAN scenario's rsync (lanJob.rsyncTo). It returns the
+// CPU of both, the time it ended, the directory on the receiving side
+// that holds shop (the caller removes it, also on error), and a measure
+// of the transfer: both sides' CPU, the link's bytes, and the larger of
+// pg_dump's and rsync's peak RSS. The steps' seconds go to x as in
+// dumpThenSend.
+func (t *refExportTool) dumpThenSendLAN(ctx context.Context, d, sock, staging string, rep int, since time.Time, x map[string]float64) (
+	cpu float64, end time.Time, dest string, net Measure, err error,
+) {
 	j := t.job
+	peak := filepath.Join(d, "pg_dump.rss")
+	dumpCPU, err := j.dumpShop(ctx, sock, staging, t.jobs, peak)
+	if err != nil {
+		return 0, end, "", net, err
+	}
+	rss, err := readPeakRSS(peak)
+	if err != nil {
+		return 0, end, "", net, err
+	}
+	start := time.Now()
+	x["dump_s"] = start.Sub(since).Seconds()
 	size, _, err := treeSize(staging)
 	if err != nil {
-		return "", Measure{}, err
+		return 0, end, "", net, err
 	}
-	dest := filepath.Join(j.rsyncd.root, sub)
+	sub := fmt.Sprintf("%s-%d", benchLabel(t.Name()), rep)
+	dest = filepath.Join(j.rsyncd.root, sub)
 	lj := &lanJob{link: j.link, data: staging, size: size, dir: d, logf: j.logf, name: j.name}
 	m, err := lj.rsyncTo(ctx, j.rsyncd, t.rsync, sub, dest)
-	return dest, m, err
+	if err != nil {
+		return 0, end, dest, net, err
+	}
+	end = time.Now()
+	x["transfer_s"] = end.Sub(start).Seconds()
+	net = Measure{CPUReceiver: m.CPUReceiver, WireBytes: m.WireBytes, RSSSender: max(rss, m.RSSSender)}
+	return dumpCPU + m.CPUSender, end, dest, net, nil
 }

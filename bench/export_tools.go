@@ -219,7 +219,7 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	x["instance_s"] = t2.Sub(t1).Seconds()
 
 	var t4 time.Time
-	var net Measure // over the link: rsync's
+	var net Measure // over the link: rsync's, with pg_dump's peak RSS
 	if j.link == nil {
 		dumpCPU, end, err := j.dumpThenSend(ctx, sock, staging, target, t.jobs, t2, x)
 		if err != nil {
@@ -227,27 +227,14 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 		}
 		cpu, t4 = cpu+dumpCPU, end
 	} else {
-		peak := filepath.Join(d, "pg_dump.rss")
-		dumpCPU, err := j.dumpShop(ctx, sock, staging, t.jobs, peak)
+		dumpCPU, end, dest, m, err := t.dumpThenSendLAN(ctx, d, sock, staging, rep, t2, x)
+		if dest != "" {
+			defer os.RemoveAll(dest)
+		}
 		if err != nil {
 			return Measure{}, err
 		}
-		if net.RSSSender, err = readPeakRSS(peak); err != nil {
-			return Measure{}, err
-		}
-		t3 := time.Now()
-		x["dump_s"] = t3.Sub(t2).Seconds()
-		dest, m, err := t.rsyncLAN(ctx, d, staging, fmt.Sprintf("%s-%d", benchLabel(t.Name()), rep))
-		defer os.RemoveAll(dest)
-		if err != nil {
-			return Measure{}, err
-		}
-		t4 = time.Now()
-		x["transfer_s"] = t4.Sub(t3).Seconds()
-		target = dest
-		cpu += dumpCPU + m.CPUSender
-		net.RSSSender = max(net.RSSSender, m.RSSSender)
-		net.CPUReceiver, net.WireBytes = m.CPUReceiver, m.WireBytes
+		cpu, t4, target, net = cpu+dumpCPU, end, dest, m
 	}
 
 	_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
