@@ -69,20 +69,40 @@ type Export struct {
 	// out: pgbackrest restore --db-include=shop, postgres started on the
 	// restored directory, pg_dump, rsync (restoreExportTool).
 	Databases int
+	// Link, when not nil, makes this scenario 7 over the LAN scenario's
+	// link ("export-lan"): two network namespaces joined by a veth pair
+	// shaped with tc tbf (Rate defaults to 1gbit). pgporter export runs in
+	// the sending namespace on the sender's CPUs and sends to a pgporter
+	// mover serve in the receiving one (--target); the reference runs its
+	// mount, postgres and pg_dump on the sender's CPUs and rsyncs to an
+	// rsync daemon in the receiving namespace, plain and with -z. BWLimit
+	// and Databases do not apply.
+	Link *LinkOptions
 }
 
 var _ Scenario = (*Export)(nil)
 
 func (s *Export) Name() string {
-	if s.Databases > 1 {
+	switch {
+	case s.Databases > 1:
 		return "multidb"
+	case s.Link != nil:
+		return "export-lan"
 	}
 	return "export"
 }
 
+// standalone is true for export-lan: "--scenario export" keeps choosing
+// the loopback scenario alone, whose figures and needs (no netns) stay
+// what they were.
+func (s *Export) standalone() bool { return s.Link != nil }
+
 func (s *Export) Describe() string {
 	if s.Databases > 1 {
 		return "export one database out of a backup of a multi-database cluster: pgporter export against pgbackrest restore --db-include, postgres, pg_dump -Fd (gzip) and rsync -a"
+	}
+	if s.Link != nil {
+		return "export one database out of a pgporter backup to another host over a 1 Gbit/s veth link (tc tbf): pgporter export --target against pgporter mount, postgres, pg_dump -Fd (gzip) and rsync to an rsync daemon"
 	}
 	return "export one database out of a pgporter backup: pgporter export against pgporter mount, postgres, pg_dump -Fd (gzip) and rsync -a, on one machine"
 }
@@ -117,6 +137,20 @@ func (s *Export) withDefaults(smoke bool) Export {
 	if o.RefJobs <= 0 {
 		o.RefJobs = 1
 	}
+	if o.Link != nil {
+		lo := *o.Link
+		if lo.Rate == "" {
+			lo.Rate = "1gbit"
+		}
+		if lo.SenderCPUs == "" {
+			lo.SenderCPUs = "0"
+		}
+		if lo.ReceiverCPUs == "" {
+			lo.ReceiverCPUs = "1"
+		}
+		o.Link = &lo
+		o.BWLimit, o.Databases = "", 0
+	}
 	return o
 }
 
@@ -130,6 +164,11 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	}
 	if o.Databases > 1 {
 		if err := RequirePgBackRest(); err != nil {
+			return nil, err
+		}
+	}
+	if o.Link != nil {
+		if err := RequireLinkTools(); err != nil {
 			return nil, err
 		}
 	}
@@ -165,6 +204,17 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		return nil, err
 	}
 	j := &exportJob{bin: o.Pgporter, bwlimit: o.BWLimit, pgBin: bin, cred: cred, repo: repo, dir: env.Dir, tables: db.tables, logf: env.Logf, name: name}
+	var held closers
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, held.Close())
+		}
+	}()
+	if o.Link != nil {
+		if err := j.startLink(ctx, *o.Link, &held); err != nil {
+			return nil, err
+		}
+	}
 	tools := []Tool{&exportTool{job: j, name: "pgporter export", dir: "p", bin: o.Pgporter, jobs: o.Jobs}}
 	if o.Base != "" {
 		tools = append(tools, &exportTool{job: j, name: "pgporter export (base)", dir: "b", bin: o.Base, jobs: o.Jobs})
@@ -174,10 +224,14 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		ref = &restoreExportTool{job: j, pbr: db.pbr, jobs: o.RefJobs}
 	}
 	tools = append(tools, ref)
+	if o.Link != nil {
+		tools = append(tools, &refExportTool{job: j, jobs: o.RefJobs, name: "pg_dump+rsync -z", rsync: rsyncZstd})
+	}
 	link := "none (loopback)"
 	if o.BWLimit != "" {
 		link = o.BWLimit + "/s (pgporter export --bwlimit, rsync --bwlimit)"
 	}
+	sides := []string{"pipeline"}
 	notes := map[string]string{
 		"data":   fmt.Sprintf("%s (%s)", o.Data, shape),
 		"jobs":   fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
@@ -191,9 +245,17 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			pgBackRestVersion(ctx), strings.Join(pgBackRestCompress, " "), runtime.NumCPU())
 		notes["reference"] = "pgbackrest restore --db-include=shop --type=immediate --target-action=promote --archive-mode=off, postgres on it until promoted, pg_dump, rsync -a, postgres stopped (SIGQUIT), the restored directory removed"
 	}
+	if o.Link != nil {
+		sides = []string{"sender", "receiver"}
+		notes["link"] = o.Link.Rate + " (tc tbf) each way, between two network namespaces"
+		notes["sender CPUs"] = j.link.SenderCPUs
+		notes["receiver CPUs"] = j.link.ReceiverCPUs
+		notes["sender"] = "pgporter export (mount, throwaway instance, pg_dump, chunks) in the sending namespace; the reference's mount, postgres, pg_dump and rsync on the sender's CPUs"
+		notes["receiver"] = "a fresh pgporter mover serve --root per run (trusting the export's home with send); one rsync daemon"
+	}
 	return &Setup{
 		Bytes:  db.bytes,
-		Sides:  []string{"pipeline"},
+		Sides:  sides,
 		Notes:  notes,
 		Tools:  tools,
 		Settle: func(ctx context.Context) error { return exportSettle(ctx, o.Settle) },
@@ -205,6 +267,7 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			return err
 		},
 		SpeedUp: &SpeedUp{Of: "pgporter export", Over: ref.Name()},
+		Close:   held.Close,
 	}, nil
 }
 
@@ -417,6 +480,10 @@ type exportJob struct {
 	tables  []string
 	logf    func(string, ...any)
 	name    string // the scenario's, for log lines
+	// export-lan only, else nil: the link both pipelines send over, and
+	// the reference's rsync daemon on its receiving side.
+	link   *Link
+	rsyncd *rsyncd
 }
 
 // checkDump returns an error unless pg_restore -l lists the data of every

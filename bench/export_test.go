@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -125,4 +126,57 @@ func TestExportDefaults(t *testing.T) {
 	require.Equal(t, 50, smoke.Tables)
 	require.Equal(t, time.Second, smoke.Settle, "an explicit value is kept")
 	require.Equal(t, 7, (&Export{Scale: 7}).withDefaults(true).Scale)
+}
+
+// TestExportLANSelection guards what --scenario export runs: the loopback
+// scenario alone, as before export-lan existed (which needs netns and
+// would double its time); export-lan only by its own name.
+func TestExportLANSelection(t *testing.T) {
+	all := scenarios(Options{Link: LinkOptions{Rate: "1gbit", SenderCPUs: "0", ReceiverCPUs: "1"}, Export: Export{BWLimit: "25M", Jobs: 3}}, &wanData{})
+	for _, tc := range []struct {
+		names []string
+		want  []string
+	}{
+		{[]string{"export"}, []string{"export"}},
+		{[]string{"export-lan"}, []string{"export-lan"}},
+		{[]string{"export-lan", "export"}, []string{"export", "export-lan"}},
+		{[]string{"lan"}, []string{"lan"}},
+	} {
+		got, err := selectScenarios(all, tc.names)
+		require.NoError(t, err)
+		var names []string
+		for _, s := range got {
+			names = append(names, s.Name())
+		}
+		require.Equal(t, tc.want, names, "%v", tc.names)
+	}
+	got, err := selectScenarios(all, []string{"export-lan"})
+	require.NoError(t, err)
+	e := got[0].(*Export)
+	require.Equal(t, &LinkOptions{Rate: "1gbit", SenderCPUs: "0", ReceiverCPUs: "1"}, e.Link, "the lan scenario's link")
+	require.Empty(t, e.BWLimit, "the link is the cap")
+	require.Equal(t, 3, e.Jobs, "the export's other options")
+	require.True(t, e.profiles())
+}
+
+func TestExportLANDefaults(t *testing.T) {
+	o := (&Export{Link: &LinkOptions{}, BWLimit: "25M", Databases: 4}).withDefaults(true)
+	require.Equal(t, &LinkOptions{Rate: "1gbit", SenderCPUs: "0", ReceiverCPUs: "1"}, o.Link)
+	require.Empty(t, o.BWLimit)
+	require.Zero(t, o.Databases)
+	require.Equal(t, "export-lan", (&Export{Link: &LinkOptions{}}).Name())
+	require.Equal(t, "multidb", (&Export{Databases: 2}).Name())
+	require.Equal(t, "export", (&Export{}).Name())
+
+	require.Equal(t, "pg_dump+rsync", (&refExportTool{}).Name())
+	require.Equal(t, "pg_dump+rsync -z", (&refExportTool{name: "pg_dump+rsync -z", rsync: rsyncZstd}).Name())
+}
+
+// TestExportPinned checks that over the link the reference's processes run
+// on the sender's CPUs, and on loopback as they are.
+func TestExportPinned(t *testing.T) {
+	j := &exportJob{}
+	require.Equal(t, []string{"pg_dump", "-f", "x"}, j.pinned(context.Background(), "pg_dump", "-f", "x").Args)
+	j.link = &Link{SenderCPUs: "0-1"}
+	require.Equal(t, []string{"taskset", "-c", "0-1", "pg_dump", "-f", "x"}, j.pinned(context.Background(), "pg_dump", "-f", "x").Args)
 }

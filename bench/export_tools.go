@@ -31,6 +31,9 @@ func (t *exportTool) Name() string { return t.name }
 
 func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	j := t.job
+	if j.link != nil {
+		return t.runLAN(ctx, rep)
+	}
 	// Short: the throwaway instance's socket lies below, within the
 	// 107 bytes of a Unix socket path.
 	d := filepath.Join(j.dir, fmt.Sprintf("%s%d", t.dir, rep))
@@ -52,35 +55,42 @@ func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 		return Measure{}, fmt.Errorf("pgporter export: %w: %s", err, tail(stderr.String()))
 	}
 	// Untimed from here.
-	res, err := parseExportJSON(out.Bytes())
-	if err != nil {
-		return Measure{}, err
-	}
-	js, err := exec.CommandContext(ctx, t.bin, "--home", home, "sessions", "show", res.Session, "--json").Output()
-	if err != nil {
-		return Measure{}, fmt.Errorf("pgporter sessions show %s: %w", res.Session, err)
-	}
-	extra, err := exportFigures(js)
-	if err != nil {
-		return Measure{}, err
-	}
-	dump := filepath.Join(target, "shop")
-	if err := j.checkDump(ctx, dump); err != nil {
-		return Measure{}, err
-	}
-	size, _, err := treeSize(dump)
-	if err != nil {
-		return Measure{}, err
-	}
-	if float64(size) != extra["dump_MB"]*1e6 {
-		return Measure{}, fmt.Errorf("the target holds %d bytes of dump, pgporter dumped %.0f", size, extra["dump_MB"]*1e6)
-	}
-	rss, err := readPeakRSS(peak)
+	extra, rss, err := t.finish(ctx, out.Bytes(), home, filepath.Join(target, "shop"), peak)
 	if err != nil {
 		return Measure{}, err
 	}
 	j.logf("%s: %s: %.1f s, dump %.1f MB, %.1f MB on the wire", j.name, t.name, wall.Seconds(), extra["dump_MB"], extra["wire_MB"])
 	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, Extra: extra}, nil
+}
+
+// finish reads a finished export's figures: its session's steps (in
+// home) from the JSON summary on its stdout out, its peak RSS (GNU time
+// wrote it to peak); and checks its dump, which dump holds.
+func (t *exportTool) finish(ctx context.Context, out []byte, home, dump, peak string) (map[string]float64, int64, error) {
+	res, err := parseExportJSON(out)
+	if err != nil {
+		return nil, 0, err
+	}
+	js, err := exec.CommandContext(ctx, t.bin, "--home", home, "sessions", "show", res.Session, "--json").Output()
+	if err != nil {
+		return nil, 0, fmt.Errorf("pgporter sessions show %s: %w", res.Session, err)
+	}
+	extra, err := exportFigures(js)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := t.job.checkDump(ctx, dump); err != nil {
+		return nil, 0, err
+	}
+	size, _, err := treeSize(dump)
+	if err != nil {
+		return nil, 0, err
+	}
+	if float64(size) != extra["dump_MB"]*1e6 {
+		return nil, 0, fmt.Errorf("the target holds %d bytes of dump, pgporter dumped %.0f", size, extra["dump_MB"]*1e6)
+	}
+	rss, err := readPeakRSS(peak)
+	return extra, rss, err
 }
 
 // args is GNU time's command line that runs pgporter export of shop (under
@@ -129,9 +139,18 @@ func parseExportJSON(out []byte) (exportJSON, error) {
 type refExportTool struct {
 	job  *exportJob
 	jobs int
+	// Over export-lan's link only: the tool's name ("" is pg_dump+rsync)
+	// and rsync's flags beside -a.
+	name  string
+	rsync []string
 }
 
-func (t *refExportTool) Name() string { return "pg_dump+rsync" }
+func (t *refExportTool) Name() string {
+	if t.name == "" {
+		return "pg_dump+rsync"
+	}
+	return t.name
+}
 
 // refPort is the reference instance's port, on its own socket directory.
 const refPort = 5433
@@ -158,7 +177,7 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	t0 := time.Now()
 
 	// Not bound to ctx: stopped below, also on error.
-	mcmd := exec.Command(j.bin, "--home", filepath.Join(d, "home"), "mount", "--repo", j.repo, "--restore-point", "latest", mnt)
+	mcmd := j.pinned(context.Background(), j.bin, "--home", filepath.Join(d, "home"), "mount", "--repo", j.repo, "--restore-point", "latest", mnt)
 	var mlog bytes.Buffer
 	mcmd.Stdout, mcmd.Stderr = &mlog, &mlog
 	mount, err := startDaemon(mcmd)
@@ -199,11 +218,24 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	t2 := time.Now()
 	x["instance_s"] = t2.Sub(t1).Seconds()
 
-	dumpCPU, t4, err := j.dumpThenSend(ctx, sock, staging, target, t.jobs, t2, x)
-	if err != nil {
-		return Measure{}, err
+	var t4 time.Time
+	var net Measure // over the link: rsync's, with pg_dump's peak RSS
+	if j.link == nil {
+		dumpCPU, end, err := j.dumpThenSend(ctx, sock, staging, target, t.jobs, t2, x)
+		if err != nil {
+			return Measure{}, err
+		}
+		cpu, t4 = cpu+dumpCPU, end
+	} else {
+		dumpCPU, end, dest, m, err := t.dumpThenSendLAN(ctx, d, sock, staging, rep, t2, x)
+		if dest != "" {
+			defer os.RemoveAll(dest)
+		}
+		if err != nil {
+			return Measure{}, err
+		}
+		cpu, t4, target, net = cpu+dumpCPU, end, dest, m
 	}
-	cpu += dumpCPU
 
 	_ = pg.cmd.Process.Signal(syscall.SIGQUIT)
 	<-pg.exited
@@ -226,8 +258,8 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 		return Measure{}, err
 	}
 	x["dump_MB"] = float64(sent) / 1e6
-	j.logf("%s: pg_dump+rsync: %.1f s, dump %.1f MB", j.name, wall.Seconds(), x["dump_MB"])
-	return Measure{Wall: wall, CPUSender: cpu, Extra: x}, nil
+	j.logf("%s: %s: %.1f s, dump %.1f MB", j.name, t.Name(), wall.Seconds(), x["dump_MB"])
+	return Measure{Wall: wall, CPUSender: cpu, RSSSender: net.RSSSender, CPUReceiver: net.CPUReceiver, WireBytes: net.WireBytes, Extra: x}, nil
 }
 
 // startInstance starts postgres on dataDir as pgporter's throwaway instance
@@ -237,7 +269,7 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 // checkpoint) and waits for it to exit; wait4's rusage then counts it and
 // the backends it reaped.
 func (j *exportJob) startInstance(ctx context.Context, dataDir, sock string) (*daemon, error) {
-	pcmd := exec.Command(filepath.Join(j.pgBin, "postgres"), "-D", dataDir, "-c", "listen_addresses=", "-c", "unix_socket_directories="+sock,
+	pcmd := j.pinned(context.Background(), filepath.Join(j.pgBin, "postgres"), "-D", dataDir, "-c", "listen_addresses=", "-c", "unix_socket_directories="+sock,
 		"-c", "port="+strconv.Itoa(refPort), "-c", "autovacuum=off", "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off")
 	pcmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: j.cred}
 	var plog bytes.Buffer
@@ -261,13 +293,11 @@ func (j *exportJob) startInstance(ctx context.Context, dataDir, sock string) (*d
 	return pg, nil
 }
 
-// dumpShop runs pg_dump -Fd -j jobs (its default gzip) of shop from the
-// instance on sock into staging/shop and returns its CPU-seconds.
 // dumpThenSend is the reference's dump of shop into staging, then its
 // rsync to target: the CPU of both, the time it ended, and the steps'
 // seconds in x (dump_s from since, transfer_s).
 func (j *exportJob) dumpThenSend(ctx context.Context, sock, staging, target string, jobs int, since time.Time, x map[string]float64) (cpu float64, end time.Time, err error) {
-	dumpCPU, err := j.dumpShop(ctx, sock, staging, jobs)
+	dumpCPU, err := j.dumpShop(ctx, sock, staging, jobs, "")
 	if err != nil {
 		return 0, end, err
 	}
@@ -282,9 +312,16 @@ func (j *exportJob) dumpThenSend(ctx context.Context, sock, staging, target stri
 	return dumpCPU + rsyncCPU, end, nil
 }
 
-func (j *exportJob) dumpShop(ctx context.Context, sock, staging string, jobs int) (float64, error) {
-	dump := exec.CommandContext(ctx, filepath.Join(j.pgBin, "pg_dump"), "-h", sock, "-p", strconv.Itoa(refPort), "-U", "postgres",
-		"-Fd", "-j", strconv.Itoa(jobs), "-f", filepath.Join(staging, "shop"), "shop")
+// dumpShop runs pg_dump -Fd -j jobs (its default gzip) of shop from the
+// instance on sock into staging/shop and returns its CPU-seconds; with peak
+// set, under GNU time, which writes its peak RSS there.
+func (j *exportJob) dumpShop(ctx context.Context, sock, staging string, jobs int, peak string) (float64, error) {
+	name, args := filepath.Join(j.pgBin, "pg_dump"), []string{"-h", sock, "-p", strconv.Itoa(refPort), "-U", "postgres",
+		"-Fd", "-j", strconv.Itoa(jobs), "-f", filepath.Join(staging, "shop"), "shop"}
+	if peak != "" {
+		name, args = wrapCmd([]string{"/usr/bin/time", "-f", "%M", "-o", peak}, name, args...)
+	}
+	dump := j.pinned(ctx, name, args...)
 	dump.Env = append(os.Environ(), "PGPASSWORD="+exportPassword)
 	if out, err := dump.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("pg_dump: %w: %s", err, tail(string(out)))

@@ -98,6 +98,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&Outage{Profile: ProfileWAN, Length: outage, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		&Delta{Profile: ProfileWAN, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		exportScenario(o),
+		exportLANScenario(o),
 		multiDBScenario(o),
 		&Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
 		&S3Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
@@ -108,9 +109,15 @@ func scenarios(o Options, wd *wanData) []Scenario {
 	}
 }
 
+// standalone is a scenario that only its own name chooses, though its name
+// extends another's: export-lan is no variant of export to run beside it,
+// but the same comparison over another link, which needs more (netns).
+type standalone interface{ standalone() bool }
+
 // selectScenarios returns the scenarios names choose, in the order of all:
 // a name chooses the scenario of that name and its variants, those named
-// name-SUFFIX ("wan" chooses wan and wan-lossy). No names choose all.
+// name-SUFFIX ("wan" chooses wan and wan-lossy) unless standalone. No names
+// choose all.
 func selectScenarios(all []Scenario, names []string) ([]Scenario, error) {
 	if len(names) == 0 {
 		return all, nil
@@ -119,7 +126,8 @@ func selectScenarios(all []Scenario, names []string) ([]Scenario, error) {
 	for _, name := range names {
 		found := false
 		for i, s := range all {
-			if s.Name() == name || strings.HasPrefix(s.Name(), name+"-") {
+			alone, _ := s.(standalone)
+			if s.Name() == name || strings.HasPrefix(s.Name(), name+"-") && (alone == nil || !alone.standalone()) {
 				chosen[i], found = true, true
 			}
 		}
@@ -140,6 +148,15 @@ func exportScenario(o Options) *Export {
 	e := o.Export
 	e.Pgporter, e.Base = o.Pgporter, o.Base
 	return &e
+}
+
+// exportLANScenario is scenario 7 over the LAN scenario's link: the
+// export scenario's options, its rate and CPUs.
+func exportLANScenario(o Options) *Export {
+	e := exportScenario(o)
+	e.BWLimit = ""
+	e.Link = &LinkOptions{Rate: o.Link.Rate, SenderCPUs: o.Link.SenderCPUs, ReceiverCPUs: o.Link.ReceiverCPUs}
+	return e
 }
 
 // multiDBScenario is scenario 6: the export scenario's options on a

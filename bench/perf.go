@@ -21,8 +21,9 @@ type profiler interface {
 
 func (*LAN) profiles() bool { return true }
 
-// profiles is true for scenario 7 only: multidb shares the type, and its
-// pgporter export is the same process on more data.
+// profiles is true for scenario 7 only (export, export-lan): multidb
+// shares the type, and its pgporter export is the same process on more
+// data.
 func (s *Export) profiles() bool { return s.Databases <= 1 }
 
 // perfReportLines is how many lines of perf report's output the log
@@ -67,7 +68,7 @@ func perfFiles(file string, chosen []Scenario) (map[string]string, error) {
 		}
 	}
 	if len(names) == 0 {
-		return nil, errors.New("--perf profiles pgporter in the lan and export scenarios; none of them is chosen")
+		return nil, errors.New("--perf profiles pgporter in the lan, export and export-lan scenarios; none of them is chosen")
 	}
 	files := make(map[string]string, len(names))
 	for _, n := range names {

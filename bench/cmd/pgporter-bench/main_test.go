@@ -48,7 +48,7 @@ func TestPerfFlag(t *testing.T) {
 	// export profiles pgporter.
 	outDir := t.TempDir()
 	require.Equal(t, 1, run(context.Background(), []string{"--scenario", "chunk,multidb", "--perf", "/tmp/p.data", "--out", outDir}, &out, &errb))
-	require.Contains(t, errb.String(), "--perf profiles pgporter in the lan and export scenarios; none of them is chosen")
+	require.Contains(t, errb.String(), "--perf profiles pgporter in the lan, export and export-lan scenarios; none of them is chosen")
 	require.NoDirExists(t, filepath.Join(outDir, ".bin"))
 	require.Equal(t, 2, run(context.Background(), []string{"--perf"}, &out, &errb), "--perf takes a file")
 }
@@ -218,6 +218,64 @@ func TestSmokeExportVariants(t *testing.T) {
 		require.Positive(t, r.Extra["dump_MB"], r.Tool)
 	}
 	require.Contains(t, stdout, "| pgporter export (base) |")
+}
+
+// TestSmokeExportLAN runs --smoke of export-lan (about 20 s): the export
+// of a pgbench -s 1 database out of a backup over the 1 Gbit/s veth link,
+// by pgporter export to a mover serve in the receiving namespace and by
+// mount, postgres, pg_dump and rsync (plain and -z) to the rsync daemon
+// there. It needs what TestSmoke's lan and export parts need; when CI=true
+// a missing one fails the test.
+func TestSmokeExportLAN(t *testing.T) {
+	testsupport.RequireNetns(t)
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	for _, req := range []func() error{bench.RequireLinkTools, bench.RequireExportTools} {
+		if err := req(); err != nil {
+			testsupport.SkipOrFail(t, "export-lan smoke: "+err.Error())
+		}
+	}
+	out := t.TempDir()
+	f, _, stdout := smoke(t, out, time.Minute, "--scenario", "export-lan")
+	require.Len(t, f.Results, 1)
+	exp := f.Results[0]
+	t.Logf("%+v", exp.Runs)
+	require.Equal(t, "export-lan", exp.Scenario)
+	require.Equal(t, []string{"pgporter export", "pg_dump+rsync", "pg_dump+rsync -z"}, exp.Tools)
+	require.Equal(t, []string{"sender", "receiver"}, exp.Sides)
+	require.Contains(t, exp.Notes["link"], "1gbit (tc tbf)")
+	for _, r := range exp.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.CPUSender, r.Tool)
+		require.Positive(t, r.RSSSender, r.Tool)
+		require.Positive(t, r.Extra["dump_MB"], r.Tool)
+		for _, k := range []string{"mount_s", "instance_s", "dump_s", "transfer_s", "cleanup_s"} {
+			require.Positive(t, r.Extra[k], "%s: %s", r.Tool, k)
+		}
+		// Every pipeline's bytes cross the link.
+		require.Positive(t, r.WireBytes, r.Tool)
+		if r.Tool == "pg_dump+rsync" {
+			require.Greater(t, float64(r.WireBytes), r.Extra["dump_MB"]*1e6, "plain rsync sends every byte of the dump")
+		}
+	}
+	pe := exp.Runs[0]
+	require.Equal(t, "pgporter export", pe.Tool)
+	require.Positive(t, pe.RSSReceiver, "mover serve's VmHWM")
+	// The rsync daemon's worker takes under a clock tick to write the
+	// 100 kB of gzip at smoke size: its CPU may read 0.
+	require.Positive(t, pe.CPUReceiver, "mover serve's CPU")
+	require.InEpsilon(t, pe.Extra["wire_MB"]*1e6, float64(pe.WireBytes), 0.5, "the link carried what pgporter counted, give or take headers and acks")
+	require.Contains(t, stdout, "speed-up of pgporter export over pg_dump+rsync: ")
+
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	require.NoError(t, err)
+	require.NotContains(t, string(mounts), "pgporter-bench-export-lan-", "every mount ended")
+	ns, err := exec.Command("ip", "netns", "list").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(ns), fmt.Sprintf("pgp-bench17-%d-", os.Getpid()))
+	ps, err := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output()
+	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
+	_ = err // pgrep exits 1 when it finds none
 }
 
 // TestSmokeWAN runs --smoke of the outage and delta scenarios end to end, as
