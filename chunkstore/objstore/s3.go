@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -144,16 +143,6 @@ func NewS3(client *s3.Client, bucket, prefix string, opts S3Options) (*S3, error
 
 func (s *S3) key(name string) *string { return aws.String(s.prefix + name) }
 
-// unsignedPayload leaves an upload's body out of its signature: SigV4
-// would hash every byte uploaded with SHA-256 (a second pass over each
-// pack, in the profile of a backup to S3), for an integrity the body's
-// CRC-32 checksum (which the SDK still sends, signed, and the server
-// checks) gives against damage in transit, and the chunks' BLAKE3 IDs
-// and sealed records' AEAD give against anyone, at every read.
-func unsignedPayload(o *s3.Options) {
-	o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
-}
-
 // PutIfAbsent implements Backend.
 func (s *S3) PutIfAbsent(ctx context.Context, name string, r io.Reader, size int64) error {
 	if err := ValidName(name); err != nil {
@@ -170,7 +159,7 @@ func (s *S3) PutIfAbsent(ctx context.Context, name string, r io.Reader, size int
 		_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
 			Bucket: &s.bucket, Key: s.key(name), Body: bytes.NewReader(buf),
 			ContentLength: aws.Int64(size), IfNoneMatch: aws.String("*"),
-		}, unsignedPayload)
+		})
 		return classify(err, "putting", name)
 	}
 	switch _, err := s.Stat(ctx, name); {
@@ -207,7 +196,7 @@ func (s *S3) putMultipart(ctx context.Context, name string, r io.Reader, size in
 		out, err := s.client.UploadPart(ctx, &s3.UploadPartInput{
 			Bucket: &s.bucket, Key: s.key(name), UploadId: up.UploadId,
 			PartNumber: aws.Int32(n), Body: bytes.NewReader(p), ContentLength: aws.Int64(int64(len(p))),
-		}, unsignedPayload)
+		})
 		if err != nil {
 			return classify(err, fmt.Sprintf("uploading part %d of", n), name)
 		}
