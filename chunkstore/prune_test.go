@@ -333,7 +333,6 @@ func pruneChild(t *testing.T, point string) {
 func TestPruneStaleUploads(t *testing.T) {
 	srv := s3test.Start(t)
 	srv.SetEnv(t)
-	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
 	ctx := t.Context()
 	bucket := srv.NewBucket(t)
 	url := "s3://" + bucket + "/repo"

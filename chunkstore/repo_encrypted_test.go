@@ -63,7 +63,6 @@ func TestEncryptedRepo(t *testing.T) {
 	t.Run("s3", func(t *testing.T) {
 		srv := s3test.Start(t)
 		srv.SetEnv(t)
-		t.Setenv("PGPORTER_CACHE_DIR", t.TempDir())
 		bucket := srv.NewBucket(t)
 		b, err := objstore.NewS3(srv.Client(t, srv.Endpoint), bucket, "repo", objstore.S3Options{})
 		require.NoError(t, err)
