@@ -205,17 +205,35 @@ func (f repoFiles) readConfig(ctx context.Context) (*repoConfig, error) {
 
 // sealedStore reports whether f's chunk store has the format marker of an
 // encrypted store.
-func (f repoFiles) sealedStore(ctx context.Context) (bool, error) {
+func (f repoFiles) sealedStore(ctx context.Context) (sealed, exists bool, err error) {
 	b, err := f.read(ctx, remoteFormat) // "chunks/format" in a directory too
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return false, false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("chunkstore: reading the store's format: %w", err)
+		return false, false, fmt.Errorf("chunkstore: reading the store's format: %w", err)
 	}
 	first, _, _ := strings.Cut(string(b), "\n")
-	return strings.TrimSpace(first) == sealedFormat, nil
+	return strings.TrimSpace(first) == sealedFormat, true, nil
 }
+
+// plainWithPassword is the error of opening the plain (or missing)
+// repository dir with a passphrase file: ErrPasswordForPlain; nil without
+// one.
+func plainWithPassword(ctx context.Context, dir string) error {
+	if passwordFile(ctx) != "" || os.Getenv(PasswordFileEnv) != "" && !explicitNone(ctx) {
+		return fmt.Errorf("%w (%s)", ErrPasswordForPlain, dir)
+	}
+	return nil
+}
+
+// plainRepos holds, for this process, the repositories found plain with a
+// store: one stays plain (encryption is chosen when a repository is
+// created, and InitRepo refuses a place that holds a store), so a command
+// that lists a repository, opens it and records its outcome looks for its
+// config once, not at each step (on a bucket, up to three requests a
+// look). A store that is sealed after all is still refused by OpenLocal.
+var plainRepos sync.Map // repoFiles.dir -> struct{}
 
 // unlocked caches the master keys this process has unlocked, by
 // repository ID and passphrase hash: a command that lists a repository's
@@ -230,6 +248,9 @@ type unlockedKey struct {
 // repoKey returns the master key of the repository f: nil for a plain one.
 // The passphrase comes from ctx's --repo-password-file, else the environment.
 func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error) {
+	if _, ok := plainRepos.Load(f.dir); ok {
+		return nil, "", plainWithPassword(ctx, f.dir)
+	}
 	c, err := f.readConfig(ctx)
 	if err != nil {
 		return nil, "", err
@@ -239,20 +260,24 @@ func (f repoFiles) repoKey(ctx context.Context) (*crypt.MasterKey, string, error
 		// a sealed store without a config had it removed, and taken for a
 		// plain repository it would get outcomes written in the clear, and
 		// restore points planted in the clear read.
-		if sealed, err := f.sealedStore(ctx); err != nil {
+		sealed, store, err := f.sealedStore(ctx)
+		switch {
+		case err != nil:
 			return nil, "", err
-		} else if sealed {
+		case sealed:
 			return nil, "", fmt.Errorf("chunkstore: %s holds an encrypted chunk store but no config: it was removed (restore it from a copy): %w", f.dir, crypt.ErrTampered)
+		case store:
+			// A plain store: InitRepo refuses the place, so key files in
+			// it are no interrupted init's.
+			plainRepos.Store(f.dir, struct{}{})
+		default:
+			if has, err := f.hasKeys(ctx); err != nil {
+				return nil, "", fmt.Errorf("chunkstore: listing the repository's key files: %w", err)
+			} else if has {
+				return nil, "", fmt.Errorf("chunkstore: %s has key files but no config: an interrupted 'pgporter repo init --encrypt'; run it again", f.dir)
+			}
 		}
-		if has, err := f.hasKeys(ctx); err != nil {
-			return nil, "", fmt.Errorf("chunkstore: listing the repository's key files: %w", err)
-		} else if has {
-			return nil, "", fmt.Errorf("chunkstore: %s has key files but no config: an interrupted 'pgporter repo init --encrypt'; run it again", f.dir)
-		}
-		if passwordFile(ctx) != "" || os.Getenv(PasswordFileEnv) != "" && !explicitNone(ctx) {
-			return nil, "", fmt.Errorf("%w (%s)", ErrPasswordForPlain, f.dir)
-		}
-		return nil, "", nil
+		return nil, "", plainWithPassword(ctx, f.dir)
 	}
 	file := passwordFile(ctx)
 	if file == "" {
