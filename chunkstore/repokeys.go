@@ -3,6 +3,7 @@ package chunkstore
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -393,12 +394,7 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 		return "", err
 	}
 	id := make([]byte, 16)
-	for i := range 2 {
-		v := randUint64()
-		for j := range 8 {
-			id[i*8+j] = byte(v >> (8 * j))
-		}
-	}
+	_, _ = rand.Read(id) // crypto/rand.Read never fails
 	c := repoConfig{Format: repoConfigFormat, ID: hex.EncodeToString(id), Encryption: repoEncryption}
 	c.Check = base64.StdEncoding.EncodeToString(mk.Seal(nil, crypt.KindConfig, repoConfigName, []byte(c.ID)))
 	b, err := json.MarshalIndent(c, "", "  ")
