@@ -42,6 +42,8 @@ type blockCache struct {
 	fetched func(time.Duration) // called with each block fetch's duration
 	disk    *diskBlocks         // the tier under this one; nil: none
 	aheads  sync.WaitGroup      // read-aheads in flight (readAhead)
+	stop    context.Context     // ends the read-aheads at close
+	cancel  context.CancelFunc
 	// noReadAhead turns readAhead off, for BenchmarkRemoteVerifyLatency.
 	noReadAhead bool
 
@@ -65,7 +67,16 @@ type block struct {
 }
 
 func newBlockCache(b objstore.Backend, max int64) *blockCache {
-	return &blockCache{b: b, max: max, lru: list.New(), byKey: map[blockKey]*list.Element{}, sizes: map[uint64]int64{}, ahead: map[blockKey]bool{}}
+	c := &blockCache{b: b, max: max, lru: list.New(), byKey: map[blockKey]*list.Element{}, sizes: map[uint64]int64{}, ahead: map[blockKey]bool{}}
+	c.stop, c.cancel = context.WithCancel(context.Background())
+	return c
+}
+
+// close ends the read-aheads in flight and waits for them: none outlives
+// the store.
+func (c *blockCache) close() {
+	c.cancel()
+	c.aheads.Wait()
 }
 
 // readAt fills p with the bytes of pack n at off. A pack that is gone
@@ -120,7 +131,7 @@ func (c *blockCache) readAhead(ctx context.Context, k blockKey, pos, size int64)
 		c.ahead[next] = true
 		// No reader waits for it: one that wants the block joins the
 		// flight.
-		ch := c.group.DoChan(c.flightKey(next, bucket), c.fetch(context.WithoutCancel(ctx), next, size, bucket))
+		ch := c.group.DoChan(c.flightKey(next, bucket), c.fetch(c.stop, next, size, bucket))
 		c.aheads.Go(func() {
 			<-ch
 			c.mu.Lock()

@@ -1377,6 +1377,9 @@ func (l *Local) Close() error {
 // release closes the files and unmaps the runs without flushing.
 func (l *Local) release() error {
 	l.uploadWG.Wait()
+	if l.blocks != nil {
+		l.blocks.close()
+	}
 	var errs []error
 	l.filesMu.Lock()
 	for n, f := range l.files {
