@@ -338,23 +338,37 @@ func (l *Local) checkFormat() error {
 // a compaction removed. New runs are opened (and checked) outside the lock,
 // so that lookups go on meanwhile.
 func (l *Local) refresh(ctx context.Context) error {
+	// A run that vanished between the listing and its opening was merged
+	// into a run linked before it was removed, which a listing taken
+	// after the merge has: listed again, up to a few times, lest its
+	// chunks read as missing until the next refresh.
+	for tries := 1; ; tries++ {
+		vanished, err := l.refreshOnce(ctx)
+		if err != nil || !vanished || tries == 4 {
+			return err
+		}
+	}
+}
+
+// refreshOnce is one listing of refresh: it reports whether a listed run
+// was gone by the time it was opened.
+func (l *Local) refreshOnce(ctx context.Context) (vanished bool, err error) {
 	var (
 		names []string
 		mtime time.Time
 	)
 	if l.remote != nil {
-		var err error
 		if names, err = l.listRemoteRuns(ctx); err != nil {
-			return err
+			return false, err
 		}
 		l.pruneRunCache(names)
 	} else {
 		fi, err := os.Stat(l.runsDir())
 		if err != nil {
-			return fmt.Errorf("chunkstore: listing index runs: %w", err)
+			return false, fmt.Errorf("chunkstore: listing index runs: %w", err)
 		}
 		if names, err = listRunNames(l.runsDir()); err != nil {
-			return err
+			return false, err
 		}
 		mtime = fi.ModTime()
 	}
@@ -380,7 +394,8 @@ func (l *Local) refresh(ctx context.Context) error {
 		}
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			continue // merged and removed since the listing
+			vanished = true // merged and removed since the listing
+			continue
 		case errors.Is(err, errBadRun):
 			// Never delete what we cannot account for; its chunks read as
 			// missing, and Verify counts the file.
@@ -391,7 +406,7 @@ func (l *Local) refresh(ctx context.Context) error {
 			for _, r := range opened {
 				r.release()
 			}
-			return err
+			return false, err
 		}
 		opened[name] = r
 	}
@@ -421,7 +436,7 @@ func (l *Local) refresh(ctx context.Context) error {
 	for name, err := range damaged {
 		l.damaged[name] = err
 	}
-	return nil
+	return vanished, nil
 }
 
 // Damaged returns the index runs that failed their checks (as of the last
