@@ -134,6 +134,10 @@ func TestTransferSeries(t *testing.T) {
 		}
 	}
 	require.Positive(t, seen, "the series while the transfer ran")
+	// Send returns at the commit's answer, which the receiver writes before
+	// its transfer's handler ends: stopped, the mover has waited for every
+	// handler.
+	r.stop()
 	_, body := get(t, handler, "/metrics")
 	require.NotContains(t, body, "pgporter_mover_transfer_durable_bytes{", "the series end with the transfer")
 	require.NotContains(t, body, "pgporter_mover_transfer_total_bytes{")
