@@ -550,7 +550,12 @@ func (t *tarIngest) run(ctx context.Context, archives func(yield func(name strin
 				err := t.r.store.putSummed(gctx, j.id, *j.buf)
 				bufs.Put(j.buf)
 				if err != nil {
-					abort() // the reader may be blocked reading the stream
+					// The reader may be blocked reading the stream. Not
+					// when another goroutine failed first (a stream that
+					// broke off): pg_basebackup's own exit must say why.
+					if gctx.Err() == nil {
+						abort()
+					}
 					return err
 				}
 			}
