@@ -14,8 +14,8 @@ import (
 	"time"
 )
 
-// memSampler is what scripts/bench-memory did around one pgporter export
-// (--memory-profile): it runs the export with GODEBUG=gctrace=1 and
+// memSampler does what the retired scripts/bench-memory did around one
+// pgporter export (--memory-profile): it runs the export with GODEBUG=gctrace=1 and
 // PGPORTER_PPROF on a loopback port, samples its VmRSS and VmHWM every
 // memSampleEvery, and at each new high of VmRSS saves its smaps_rollup
 // and a heap profile. C zstd's and pebble's memory are off the Go heap:

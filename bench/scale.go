@@ -34,7 +34,7 @@ type Scale struct {
 	// Jobs is pgporter export's --jobs; 0 means 2.
 	Jobs int
 	// MemoryProfile, when not empty, is where every run of pgporter export
-	// leaves scripts/bench-memory's diagnostics (memSampler), under
+	// leaves the retired scripts/bench-memory's diagnostics (memSampler), under
 	// NAME/runN (scale-1x/run1).
 	MemoryProfile string
 }
