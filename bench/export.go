@@ -417,11 +417,18 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 	if err := c.stop(); err != nil {
 		return db, err
 	}
-	cmd := exec.CommandContext(ctx, o.Pgporter, "--home", filepath.Join(dir, "home-backup"), "backup", "--repo", repo, "--pgdata", c.DataDir)
+	return db, backupInto(ctx, o.Pgporter, c.DataDir, repo, filepath.Join(dir, "home-backup"))
+}
+
+// backupInto backs the stopped cluster's data directory pgdata up with
+// pgporter bin into a new repository at repo, untimed: the export tools'
+// source.
+func backupInto(ctx context.Context, bin, pgdata, repo, home string) error {
+	cmd := exec.CommandContext(ctx, bin, "--home", home, "backup", "--repo", repo, "--pgdata", pgdata)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return db, fmt.Errorf("pgporter backup: %w: %s", err, tail(string(out)))
+		return fmt.Errorf("pgporter backup: %w: %s", err, tail(string(out)))
 	}
-	return db, nil
+	return nil
 }
 
 // mixedTable (a format: %[1]d is the table's number, %[2]d its rows) is
@@ -477,6 +484,8 @@ type exportJob struct {
 	cred    *syscall.Credential // the postgres OS user, or nil
 	repo    string
 	dir     string
+	db      string // the database to export; "" means shop
+	auth    string // pgporter export --auth; "" means its default, a password
 	tables  []string
 	logf    func(string, ...any)
 	name    string // the scenario's, for log lines
@@ -499,6 +508,14 @@ func (j *exportJob) checkDump(ctx context.Context, dir string) error {
 		return fmt.Errorf("the dump in %s holds the data of %d tables, shop has %d (%v, want %v)", dir, len(got), len(j.tables), head(got), head(j.tables))
 	}
 	return nil
+}
+
+// dbName is the database the job's pgporter export tools export.
+func (j *exportJob) dbName() string {
+	if j.db == "" {
+		return "shop"
+	}
+	return j.db
 }
 
 func head(s []string) []string { return s[:min(len(s), 5)] }
