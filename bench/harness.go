@@ -19,7 +19,7 @@ type Options struct {
 	Runs      int      // repetitions; 0 means 5, or 1 with Smoke
 	Out       string   // results directory; "" means bench/results
 	Smoke     bool
-	Data      string // LAN, resume: directory to send
+	Data      string // LAN, resume: directory to send; chunk-dump: to cut
 	Pgporter  string // LAN: binary; "" builds ./cmd/pgporter into Out/.bin
 	Base      string // LAN: an earlier pgporter binary to compare, or ""
 	SendFlags []string
@@ -92,6 +92,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 	cpus := LinkOptions{SenderCPUs: o.Link.SenderCPUs, ReceiverCPUs: o.Link.ReceiverCPUs, TCPCongestion: o.Link.TCPCongestion}
 	return []Scenario{
 		&ChunkEngine{},
+		&ChunkEngine{Dump: true, Data: o.Data},
 		&LAN{Data: o.Data, Pgporter: o.Pgporter, Base: o.Base, SendFlags: o.SendFlags, Link: o.Link},
 		&Resume{Data: o.Data, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&WAN{name: "wan", Profile: ProfileWAN, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},

@@ -85,6 +85,30 @@ func TestSmokeChunk(t *testing.T) {
 	require.NoDirExists(t, filepath.Join(out, ".bin"), "no pgporter built for the chunk scenario")
 }
 
+// TestSmokeChunkDump runs --smoke of chunk-dump (a few seconds): a
+// pg_dump -Fd -Z0 of pgbench -s 1 from a throwaway cluster, cut file by
+// file, with the chunk sizes in the notes. It needs PostgreSQL; when
+// CI=true a missing one fails the test.
+func TestSmokeChunkDump(t *testing.T) {
+	testsupport.RequirePG(t)
+	out := t.TempDir()
+	f, _, stdout := smoke(t, out, time.Minute, "--scenario", "chunk-dump")
+	require.Len(t, f.Results, 1, "chunk-dump alone: it does not choose chunk")
+	r := f.Results[0]
+	require.Equal(t, "chunk-dump", r.Scenario)
+	require.Len(t, r.Runs, len(bench.ChunkLevels)+2)
+	require.Contains(t, r.Notes["data"], "pg_dump -Fd -Z0 of pgbench -s 1")
+	require.Regexp(t, `^min \d+ B, median \d+, p90 \d+, max \d+$`, r.Notes["chunk sizes"])
+	for _, run := range r.Runs {
+		if run.Tool != "cdc" && run.Tool != "cdc+blake3" {
+			// pgbench's blank padding: every level compresses the dump.
+			require.Greater(t, run.Extra["ratio"], 3.0, run.Tool)
+		}
+	}
+	require.Contains(t, stdout, "| cdc+blake3 |")
+	require.NoDirExists(t, filepath.Join(out, ".bin"), "no pgporter built for the chunk engine")
+}
+
 // TestSmoke runs --smoke of every scenario end to end, as CI does to keep
 // the harness working: the chunk engine in process, the LAN transfer over
 // network namespaces with every tool, and the export of a pgbench -s 1
