@@ -216,6 +216,7 @@ type pgporterTool struct {
 	bin   string
 	flags []string
 	perf  []string // a command line that runs pgporter send, e.g. perfRecord's; nil runs it alone
+	serve []string // extra flags of the receiver's mover serve
 }
 
 func (t *pgporterTool) Name() string { return t.name }
@@ -243,8 +244,9 @@ type pgporterRig struct {
 	last       sendResult // the summary of measure's send
 }
 
-// newRig makes the homes under h and starts the receiver, with serveArgs
-// added to its command line. The caller calls close.
+// newRig makes the homes under h and starts the receiver, with the tool's
+// serve flags and serveArgs added to its command line. The caller calls
+// close.
 func (t *pgporterTool) newRig(ctx context.Context, h string, serveArgs ...string) (_ *pgporterRig, err error) {
 	j := t.job
 	r := &pgporterRig{t: t, h: h, hs: filepath.Join(h, "sender"), root: filepath.Join(h, "root")}
@@ -269,7 +271,7 @@ func (t *pgporterTool) newRig(ctx context.Context, h string, serveArgs ...string
 	}
 
 	r.addr = fmt.Sprintf("%s:%d", j.link.ReceiverAddr, pgporterPort)
-	srvCmd := j.link.ReceiverCmd(context.Background(), "", t.bin, append([]string{"mover", "serve", "--home", hr, "--listen", r.addr, "--root", r.root}, serveArgs...)...)
+	srvCmd := j.link.ReceiverCmd(context.Background(), "", t.bin, append(append([]string{"mover", "serve", "--home", hr, "--listen", r.addr, "--root", r.root}, t.serve...), serveArgs...)...)
 	r.srvLogName = h + "-serve.log"
 	srvLog, err := os.Create(r.srvLogName)
 	if err != nil {

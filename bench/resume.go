@@ -83,9 +83,13 @@ func (s *Resume) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	}()
 	j := f.job
 	zstd1 := []string{"-z", "--compress-choice=zstd", "--compress-level=1"}
-	pcold := &pgporterTool{job: j, name: "pgporter send (cold)", bin: s.Pgporter, flags: s.SendFlags}
+	// Both receivers make data durable in steps of a 16th of it, not
+	// 64 MiB, so that the kill can fall near half of a dump of 200 MB.
+	step := syncStep(j.size)
+	serve := []string{"--sync-bytes", strconv.FormatInt(step, 10)}
+	pcold := &pgporterTool{job: j, name: "pgporter send (cold)", bin: s.Pgporter, flags: s.SendFlags, serve: serve}
 	rcold := &rsyncTool{job: j, d: f.rsyncd, name: "rsync -z (cold)", args: zstd1}
-	pres := &resumePgporter{t: &pgporterTool{job: j, name: "pgporter send (resumed)", bin: s.Pgporter, flags: s.SendFlags}}
+	pres := &resumePgporter{t: &pgporterTool{job: j, name: "pgporter send (resumed)", bin: s.Pgporter, flags: s.SendFlags, serve: serve}}
 	rres := &resumeRsync{job: j, d: f.rsyncd, name: "rsync -z --partial (resumed)", args: append(zstd1, "--partial")}
 
 	// The calibration, untimed: each tool's cold bytes, for its --bwlimit
@@ -104,9 +108,9 @@ func (s *Resume) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	notes := f.notes()
 	notes["resume"] = fmt.Sprintf("the first run limited (--bwlimit of each tool) to a %dth of its cold run's wire bytes per second, "+
 		"killed with SIGKILL once half of the data is on the receiver (pgporter: mover serve's pgporter_mover_durable_bytes_total, "+
-		"which moves in steps of 64 MiB or a file; rsync: the bytes of its destination's files, temporary ones included), "+
+		"which moves in steps of --sync-bytes, here %s (both pgporter rows), or of a file; rsync: the bytes of its destination's files, temporary ones included), "+
 		"then run again without the limit; only the second run is measured; killed_at_pct: the receiver's bytes at the kill over the data's; "+
-		"wire_pct: the second run's link bytes over an untimed cold run's; chunks_pct: pgporter's chunks sent likewise", resumeSpan)
+		"wire_pct: the second run's link bytes over an untimed cold run's; chunks_pct: pgporter's chunks sent likewise", resumeSpan, fmt.Sprintf("%.1f MiB", float64(step)/(1<<20)))
 	notes["cold wire"] = fmt.Sprintf("pgporter %.1f MB (%d chunks), rsync -z %.1f MB", float64(pres.cold.wire)/1e6, pres.cold.chunks, float64(rres.cold)/1e6)
 	return &Setup{
 		Bytes:  j.size,
@@ -137,6 +141,11 @@ func setExtra(m *Measure, key string, v float64) {
 	}
 	m.Extra[key] = v
 }
+
+// syncStep returns the --sync-bytes of the resume scenario's receivers
+// for size bytes of data: a 16th of it, within 1 MiB and mover serve's
+// default of 64 MiB.
+func syncStep(size int64) int64 { return min(max(size/16, 1<<20), 64<<20) }
 
 // bwlimit returns the rate, in bytes per second, at which a transfer of
 // wire bytes takes about resumeSpan seconds; at least 64 KiB/s.

@@ -81,3 +81,9 @@ func TestRatioAtMost(t *testing.T) {
 	require.NoError(t, WriteTables(&b, f))
 	require.Contains(t, b.String(), "0.60x (ratio of medians); target at most 0.55x: not met\n")
 }
+
+func TestSyncStep(t *testing.T) {
+	require.Equal(t, int64(1<<20), syncStep(8<<20), "at least 1 MiB")
+	require.Equal(t, int64(16<<20), syncStep(256<<20))
+	require.Equal(t, int64(64<<20), syncStep(10<<30), "at most mover serve's default")
+}
