@@ -18,11 +18,11 @@ import (
 	"time"
 )
 
-// Resume is issue 16's resume figure (scripts/bench-transfer's part b) on
-// the LAN scenario's link and data: a transfer throttled, killed with
-// SIGKILL once half of the data's bytes are on the receiver, then run
-// again; only the second run is measured, and its wire bytes are set
-// against a cold run's.
+// Resume is issue 16's resume figure (the retired scripts/bench-transfer's
+// part b) on the LAN scenario's link and data: a transfer throttled,
+// killed with SIGKILL once half of the data's bytes are on the receiver,
+// then run again; only the second run is measured, and its wire bytes are
+// set against a cold run's.
 //   - pgporter send: each run has fresh homes and a fresh mover serve; the
 //     first send (--bwlimit) is killed when the daemon's
 //     pgporter_mover_durable_bytes_total (its --metrics, on a Unix socket,
