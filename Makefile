@@ -189,8 +189,6 @@ bench-harness: bench-full
 # Profiles: pgporter-bench --perf FILE (docs/BENCHMARKS.md).
 bench-scripts: setup build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./chunkstore/... ./protocol/... ./mover/...
-	scripts/bench-pgdump
-	scripts/bench-transfer
 	scripts/bench-repo
 
 demo: setup build

@@ -19,7 +19,7 @@ type Options struct {
 	Runs      int      // repetitions; 0 means 5, or 1 with Smoke
 	Out       string   // results directory; "" means bench/results
 	Smoke     bool
-	Data      string // LAN: directory to send
+	Data      string // LAN, resume: directory to send; chunk-dump: to cut
 	Pgporter  string // LAN: binary; "" builds ./cmd/pgporter into Out/.bin
 	Base      string // LAN: an earlier pgporter binary to compare, or ""
 	SendFlags []string
@@ -95,7 +95,9 @@ func scenarios(o Options, wd *wanData) []Scenario {
 	cpus := LinkOptions{SenderCPUs: o.Link.SenderCPUs, ReceiverCPUs: o.Link.ReceiverCPUs, TCPCongestion: o.Link.TCPCongestion}
 	return []Scenario{
 		&ChunkEngine{},
+		&ChunkEngine{Dump: true, Data: o.Data},
 		&LAN{Data: o.Data, Pgporter: o.Pgporter, Base: o.Base, SendFlags: o.SendFlags, Link: o.Link},
+		&Resume{Data: o.Data, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&WAN{name: "wan", Profile: ProfileWAN, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		&WAN{name: "wan-lossy", Profile: ProfileLossy, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, SynthBytes: lossy, data: wd},
 		&Outage{Profile: ProfileWAN, Length: outage, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
@@ -234,6 +236,8 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		var bin *string
 		switch s := s.(type) {
 		case *LAN:
+			bin = &s.Pgporter
+		case *Resume:
 			bin = &s.Pgporter
 		case *Export:
 			bin = &s.Pgporter

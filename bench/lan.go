@@ -59,49 +59,16 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	if err := RequireLinkTools(); err != nil {
 		return nil, err
 	}
-	data := s.Data
-	switch {
-	case data != "":
-	case env.Smoke:
-		data = filepath.Join(env.Dir, "data")
-		if err := writeSmokeData(data); err != nil {
-			return nil, err
-		}
-	default:
-		data = filepath.Join(env.Dir, "dump")
-		env.Logf("lan: making the dump (pgbench -s 20 plus 600k rows of md5 text, jsonb and words)")
-		if err := MakeDump(ctx, DumpOptions{Dir: data, Scale: 20}); err != nil {
-			return nil, fmt.Errorf("making the dump: %w", err)
-		}
-	}
-	size, files, err := readTree(data)
+	f, err := newLANFixture(ctx, env, "lan", s.Data, s.Link)
 	if err != nil {
 		return nil, err
 	}
-	env.Logf("lan: %d bytes in %d files from %s", size, files, data)
-
-	lo := s.Link
-	if lo.Rate == "" {
-		lo.Rate = "1gbit"
-	}
-	link, err := NewLink(ctx, lo)
-	if err != nil {
-		return nil, err
-	}
-	var held closers
-	held.add(link.Close)
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, held.Close())
+			err = errors.Join(err, f.held.Close())
 		}
 	}()
-	rsyncd, err := startRsyncd(ctx, link, filepath.Join(env.Dir, "rsync"))
-	if err != nil {
-		return nil, err
-	}
-	held.add(rsyncd.Close)
-
-	j := &lanJob{link: link, data: data, size: size, dir: env.Dir, logf: env.Logf}
+	j, rsyncd := f.job, f.rsyncd
 	tools := []Tool{
 		&pgporterTool{job: j, name: "pgporter", bin: s.Pgporter, flags: s.SendFlags},
 	}
@@ -114,16 +81,12 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		&rsyncTool{job: j, d: rsyncd, name: "rsync"},
 		&tarTool{job: j},
 	)
+	notes := f.notes()
+	notes["fsync"] = "pgporter and rsync --fsync sync what they receive; the others do not"
 	return &Setup{
-		Bytes: size,
-		Sides: []string{"sender", "receiver"},
-		Notes: map[string]string{
-			"link":          lo.Rate + " (tc tbf) each way",
-			"sender CPUs":   link.SenderCPUs,
-			"receiver CPUs": link.ReceiverCPUs,
-			"files":         strconv.Itoa(files),
-			"fsync":         "pgporter and rsync --fsync sync what they receive; the others do not",
-		},
+		Bytes:  j.size,
+		Sides:  []string{"sender", "receiver"},
+		Notes:  notes,
 		Tools:  tools,
 		Settle: settle,
 		// The sender, on its CPUs, in a fresh rig.
@@ -132,8 +95,77 @@ func (s *LAN) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 			_, err := t.Run(ctx, 0)
 			return err
 		},
-		Close: held.Close,
+		Close: f.held.Close,
 	}, nil
+}
+
+// lanFixture is what the scenarios on the LAN's link share: the data
+// (read once, so that every tool starts from the page cache), the link
+// and an rsync daemon in its receiving namespace.
+type lanFixture struct {
+	job    *lanJob
+	rsyncd *rsyncd
+	rate   string
+	files  int
+	held   closers // the link and the daemon, for the scenario's Close
+}
+
+// newLANFixture makes the fixture of scenario name: data is the directory
+// to send, or "" to make one under env.Dir (a few MB of synthetic rows with
+// env.Smoke, else MakeDump's pgbench -s 20 plus the docs table); lo's Rate
+// defaults to 1gbit. On error it removes what it made; otherwise the caller
+// calls held.Close.
+func newLANFixture(ctx context.Context, env Env, name, data string, lo LinkOptions) (_ *lanFixture, err error) {
+	switch {
+	case data != "":
+	case env.Smoke:
+		data = filepath.Join(env.Dir, "data")
+		if err := writeSmokeData(data); err != nil {
+			return nil, err
+		}
+	default:
+		data = filepath.Join(env.Dir, "dump")
+		env.Logf("%s: making the dump (pgbench -s 20 plus 600k rows of md5 text, jsonb and words)", name)
+		if err := MakeDump(ctx, DumpOptions{Dir: data, Scale: 20}); err != nil {
+			return nil, fmt.Errorf("making the dump: %w", err)
+		}
+	}
+	size, files, err := readTree(data)
+	if err != nil {
+		return nil, err
+	}
+	env.Logf("%s: %d bytes in %d files from %s", name, size, files, data)
+
+	if lo.Rate == "" {
+		lo.Rate = "1gbit"
+	}
+	link, err := NewLink(ctx, lo)
+	if err != nil {
+		return nil, err
+	}
+	f := &lanFixture{rate: lo.Rate, files: files}
+	f.held.add(link.Close)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, f.held.Close())
+		}
+	}()
+	if f.rsyncd, err = startRsyncd(ctx, link, filepath.Join(env.Dir, "rsync")); err != nil {
+		return nil, err
+	}
+	f.held.add(f.rsyncd.Close)
+	f.job = &lanJob{link: link, data: data, size: size, dir: env.Dir, logf: env.Logf, name: name}
+	return f, nil
+}
+
+// notes describe the link and the data, for the Setup.
+func (f *lanFixture) notes() map[string]string {
+	return map[string]string{
+		"link":          f.rate + " (tc tbf) each way",
+		"sender CPUs":   f.job.link.SenderCPUs,
+		"receiver CPUs": f.job.link.ReceiverCPUs,
+		"files":         strconv.Itoa(f.files),
+	}
 }
 
 // settle writes every dirty page back (sync(2)): rsync and tar do not sync

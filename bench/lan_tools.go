@@ -216,6 +216,7 @@ type pgporterTool struct {
 	bin   string
 	flags []string
 	perf  []string // a command line that runs pgporter send, e.g. perfRecord's; nil runs it alone
+	serve []string // extra flags of the receiver's mover serve
 }
 
 func (t *pgporterTool) Name() string { return t.name }
@@ -240,11 +241,13 @@ type pgporterRig struct {
 	rid, addr  string // the receiver's peer ID and address
 	srv        *daemon
 	srvLogName string
+	last       sendResult // the summary of measure's send
 }
 
-// newRig makes the homes under h and starts the receiver. The caller calls
+// newRig makes the homes under h and starts the receiver, with the tool's
+// serve flags and serveArgs added to its command line. The caller calls
 // close.
-func (t *pgporterTool) newRig(ctx context.Context, h string) (_ *pgporterRig, err error) {
+func (t *pgporterTool) newRig(ctx context.Context, h string, serveArgs ...string) (_ *pgporterRig, err error) {
 	j := t.job
 	r := &pgporterRig{t: t, h: h, hs: filepath.Join(h, "sender"), root: filepath.Join(h, "root")}
 	defer func() {
@@ -268,7 +271,7 @@ func (t *pgporterTool) newRig(ctx context.Context, h string) (_ *pgporterRig, er
 	}
 
 	r.addr = fmt.Sprintf("%s:%d", j.link.ReceiverAddr, pgporterPort)
-	srvCmd := j.link.ReceiverCmd(context.Background(), "", t.bin, "mover", "serve", "--home", hr, "--listen", r.addr, "--root", r.root)
+	srvCmd := j.link.ReceiverCmd(context.Background(), "", t.bin, append(append([]string{"mover", "serve", "--home", hr, "--listen", r.addr, "--root", r.root}, t.serve...), serveArgs...)...)
 	r.srvLogName = h + "-serve.log"
 	srvLog, err := os.Create(r.srvLogName)
 	if err != nil {
@@ -313,10 +316,7 @@ func (r *pgporterRig) close() error {
 // (peak RSS to r.h-send.rss), and returns the finished command, its wall
 // time and its summary.
 func (r *pgporterRig) send(ctx context.Context, src, dest string) (*exec.Cmd, time.Duration, sendResult, error) {
-	t, j := r.t, r.t.job
-	args := append([]string{"send", "--home", r.hs, "--to", r.addr, "--peer", r.rid, "--json"}, t.flags...)
-	name, args := wrapCmd(t.perf, t.bin, append(args, src, dest)...)
-	cmd := j.link.SenderCmd(ctx, r.h+"-send.rss", name, args...)
+	cmd := r.sendCmd(ctx, r.h+"-send.rss", src, dest)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	t0 := time.Now()
@@ -327,6 +327,16 @@ func (r *pgporterRig) send(ctx context.Context, src, dest string) (*exec.Cmd, ti
 	}
 	sr, err := parseSendJSON(out.Bytes())
 	return cmd, wall, sr, err
+}
+
+// sendCmd returns the command 'pgporter send --json' of src to dest in the
+// sender's namespace, with the tool's flags and then extra; under GNU time
+// writing its peak RSS to peak unless peak is "".
+func (r *pgporterRig) sendCmd(ctx context.Context, peak, src, dest string, extra ...string) *exec.Cmd {
+	t := r.t
+	args := append(append([]string{"send", "--home", r.hs, "--to", r.addr, "--peer", r.rid, "--json"}, t.flags...), extra...)
+	name, args := wrapCmd(t.perf, t.bin, append(args, src, dest)...)
+	return t.job.link.SenderCmd(ctx, peak, name, args...)
 }
 
 // measure sends src to dest once and measures it: wall time, both sides'
@@ -358,6 +368,7 @@ func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64)
 	if err != nil {
 		return Measure{}, err
 	}
+	r.last = sr
 	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v",
 		j.scenario(), r.t.name, float64(sr.WireBytes)/1e6, sr.ChunksSent, sr.ChunksTotal, sr.Levels)
 	return Measure{
@@ -390,6 +401,10 @@ type sendResult struct {
 	ChunksSent  int64            `json:"chunks_sent"`
 	Reconnects  int              `json:"reconnects"`
 	Levels      map[string]int64 `json:"levels"`
+
+	// ResumedBytes were durable at the receiver when the send began: what
+	// an earlier, interrupted send of the same transfer left.
+	ResumedBytes int64 `json:"resumed_bytes"`
 }
 
 // parseSendJSON reads the JSON summary, the last line of send's stdout.

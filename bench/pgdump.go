@@ -26,7 +26,7 @@ type DumpOptions struct {
 }
 
 // UpdatedRows is how many scattered rows MakeDump updates between its two
-// dumps, as scripts/bench-transfer does for its delta figure.
+// dumps, as scripts/bench-transfer did for its delta figure.
 const UpdatedRows = 100
 
 // updateSQL (a format: %d is the number of accounts, %d the rows to update)

@@ -81,14 +81,16 @@ type SpeedUp struct {
 
 // Ratio is a pair of a scenario's tools and an Extra figure both measure:
 // the table gives Of's median of Key divided by Over's, and whether it
-// reaches Target (when not 0). Where a time ratio misleads (4 exports at
-// once against one alone move 4 times the bytes), a ratio of throughputs
-// says what a target means.
+// reaches Target (when not 0): at least Target, or with AtMost at most
+// (a resumed run's bytes over a cold run's). Where a time ratio misleads
+// (4 exports at once against one alone move 4 times the bytes), a ratio of
+// throughputs says what a target means.
 type Ratio struct {
 	Key    string  `json:"key"`
 	Of     string  `json:"of"`
 	Over   string  `json:"over"`
 	Target float64 `json:"target,omitempty"`
+	AtMost bool    `json:"at_most,omitempty"`
 }
 
 // closers is what a scenario holds open (its link, daemons), closed in

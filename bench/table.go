@@ -124,11 +124,14 @@ func writeTable(b *strings.Builder, f *File, r *Result) {
 	if x, ok := r.RatioValue(); ok {
 		fmt.Fprintf(b, "\n%s of %s over %s: %.2fx (ratio of medians)", r.Ratio.Key, r.Ratio.Of, r.Ratio.Over, x)
 		if r.Ratio.Target > 0 {
-			verdict := "met"
-			if x < r.Ratio.Target {
+			verdict, bound, missed := "met", "at least", x < r.Ratio.Target
+			if r.Ratio.AtMost {
+				bound, missed = "at most", x > r.Ratio.Target
+			}
+			if missed {
 				verdict = "not met"
 			}
-			fmt.Fprintf(b, "; target at least %.2fx: %s", r.Ratio.Target, verdict)
+			fmt.Fprintf(b, "; target %s %.2fx: %s", bound, r.Ratio.Target, verdict)
 		}
 		b.WriteByte('\n')
 	}

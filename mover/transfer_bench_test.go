@@ -12,7 +12,7 @@ import (
 // rows, as pg_dump -Fd -Z0 writes them) over loopback QUIC, with fsync and
 // pebble state on the receiver: the whole data path of 'pgporter send'.
 // Sender and receiver share this process, as they share the machine in the
-// bench script. make bench-scripts / scripts/bench-transfer compare it with rsync.
+// bench harness. pgporter-bench's lan and resume scenarios compare it with rsync.
 func BenchmarkSendLoopback(b *testing.B) {
 	for _, level := range []string{"auto", "fastest", "none"} {
 		b.Run(level, func(b *testing.B) {

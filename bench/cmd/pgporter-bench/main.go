@@ -8,6 +8,7 @@
 //	go run ./bench/cmd/pgporter-bench --scenario export-lan --runs 3 --export-scale 20
 //	go run ./bench/cmd/pgporter-bench --scenario lan --data /var/tmp/lan-dump --perf /tmp/lan.data
 //	go run ./bench/cmd/pgporter-bench --scenario wan,outage,delta --runs 3
+//	go run ./bench/cmd/pgporter-bench --scenario resume,chunk-dump --runs 3
 //	go run ./bench/cmd/pgporter-bench --scenario multidb,backup,scale-1x --runs 3
 //	go run ./bench/cmd/pgporter-bench --smoke
 //	go run ./bench/cmd/pgporter-bench --report bench/results/DATE.json
@@ -102,15 +103,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.BoolVar(&list, "list", false, "list the scenarios and exit")
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
-	f.StringVar(&o.Data, "data", "", "lan: directory to send (e.g. a pg_dump -Fd dump); default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan, wan, outage, delta, export, export-lan, multidb, backup, s3-backup, s3-exports, scale, walpush: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Data, "data", "", "lan, resume: directory to send (e.g. a pg_dump -Fd dump); chunk-dump: to cut; default: generated")
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, resume, wan, outage, delta, export, export-lan, multidb, backup, s3-backup, s3-exports, scale, walpush: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
 	f.StringVar(&o.Base, "pgporter-base", "", `lan, export, export-lan: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
 	f.StringVar(&o.Perf, "perf", "", "lan, export, export-lan: record perf record -g of pgporter's sender (lan) or export (export, export-lan) into `FILE`, in an extra run not counted, and log its report's top lines; FILE.NAME (FILE.lan, FILE.export) when several run (needs perf, package linux-perf)")
-	f.StringVar(&sendFlags, "send-flags", "", `lan: extra flags of pgporter send, e.g. "--compress fastest"`)
+	f.StringVar(&sendFlags, "send-flags", "", `lan, resume: extra flags of pgporter send, e.g. "--compress fastest"`)
 	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none (export-lan: the link is the cap)`)
-	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan, export-lan: link rate each way (tc tbf)")
-	f.StringVar(&o.Link.SenderCPUs, "sender-cpus", "0", "lan, export-lan: CPUs of the sending side (taskset -c)")
-	f.StringVar(&o.Link.ReceiverCPUs, "receiver-cpus", "1", "lan, export-lan: CPUs of the receiving side (taskset -c)")
+	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan, resume, export-lan: link rate each way (tc tbf)")
+	f.StringVar(&o.Link.SenderCPUs, "sender-cpus", "0", "lan, resume, export-lan: CPUs of the sending side (taskset -c)")
+	f.StringVar(&o.Link.ReceiverCPUs, "receiver-cpus", "1", "lan, resume, export-lan: CPUs of the receiving side (taskset -c)")
 	f.StringVar(&o.Export.Data, "export-data", "pgbench", "export, export-lan: shape of the database shop: pgbench, mixed (md5 text, numeric, timestamptz, jsonb) or tables (thousands of small tables)")
 	f.IntVar(&o.Export.Scale, "export-scale", 70, "export, export-lan: pgbench scale of shop, or mixed's size in the same unit (1 with --smoke)")
 	f.IntVar(&o.Export.Tables, "export-tables", 5000, "export, export-lan: with --export-data tables, the number of tables (50 with --smoke)")

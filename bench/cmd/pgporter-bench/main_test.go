@@ -85,6 +85,30 @@ func TestSmokeChunk(t *testing.T) {
 	require.NoDirExists(t, filepath.Join(out, ".bin"), "no pgporter built for the chunk scenario")
 }
 
+// TestSmokeChunkDump runs --smoke of chunk-dump (a few seconds): a
+// pg_dump -Fd -Z0 of pgbench -s 1 from a throwaway cluster, cut file by
+// file, with the chunk sizes in the notes. It needs PostgreSQL; when
+// CI=true a missing one fails the test.
+func TestSmokeChunkDump(t *testing.T) {
+	testsupport.RequirePG(t)
+	out := t.TempDir()
+	f, _, stdout := smoke(t, out, time.Minute, "--scenario", "chunk-dump")
+	require.Len(t, f.Results, 1, "chunk-dump alone: it does not choose chunk")
+	r := f.Results[0]
+	require.Equal(t, "chunk-dump", r.Scenario)
+	require.Len(t, r.Runs, len(bench.ChunkLevels)+2)
+	require.Contains(t, r.Notes["data"], "pg_dump -Fd -Z0 of pgbench -s 1")
+	require.Regexp(t, `^min \d+ B, median \d+, p90 \d+, max \d+$`, r.Notes["chunk sizes"])
+	for _, run := range r.Runs {
+		if run.Tool != "cdc" && run.Tool != "cdc+blake3" {
+			// pgbench's blank padding: every level compresses the dump.
+			require.Greater(t, run.Extra["ratio"], 3.0, run.Tool)
+		}
+	}
+	require.Contains(t, stdout, "| cdc+blake3 |")
+	require.NoDirExists(t, filepath.Join(out, ".bin"), "no pgporter built for the chunk engine")
+}
+
 // TestSmoke runs --smoke of every scenario end to end, as CI does to keep
 // the harness working: the chunk engine in process, the LAN transfer over
 // network namespaces with every tool, and the export of a pgbench -s 1
@@ -276,6 +300,47 @@ func TestSmokeExportLAN(t *testing.T) {
 	ps, err := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output()
 	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 	_ = err // pgrep exits 1 when it finds none
+}
+
+// TestSmokeResume runs --smoke of resume (about 10 s): on the LAN
+// scenario's link, pgporter send and rsync -z --partial each killed by PID
+// at half of the smoke data on the receiver and run again, beside their
+// cold runs. It needs what the LAN part of TestSmoke needs; when CI=true a
+// missing one fails the test.
+func TestSmokeResume(t *testing.T) {
+	testsupport.RequireNetns(t)
+	if err := bench.RequireLinkTools(); err != nil {
+		testsupport.SkipOrFail(t, "resume smoke: "+err.Error())
+	}
+	f, _, stdout := smoke(t, t.TempDir(), time.Minute, "--scenario", "resume")
+	require.Len(t, f.Results, 1)
+	r := f.Results[0]
+	require.Equal(t, "resume", r.Scenario)
+	require.Equal(t, []string{"pgporter send (cold)", "pgporter send (resumed)", "rsync -z (cold)", "rsync -z --partial (resumed)"}, r.Tools)
+	for _, run := range r.Runs {
+		require.Positive(t, run.Wall, run.Tool)
+		require.Positive(t, run.WireBytes, run.Tool)
+		require.InDelta(t, float64(run.WireBytes)/1e6, run.Extra["wire_MB"], 1e-9, run.Tool)
+		if strings.HasSuffix(run.Tool, "(resumed)") {
+			// The kill came at half of the data or after, never at its end.
+			require.GreaterOrEqual(t, run.Extra["killed_at_pct"], 50.0, run.Tool)
+			require.Less(t, run.Extra["killed_at_pct"], 100.0, run.Tool)
+			// The second run sent less than a cold one.
+			require.Less(t, run.Extra["wire_pct"], 100.0, run.Tool)
+		}
+	}
+	require.Positive(t, r.Runs[1].Extra["chunks_pct"])
+	require.Less(t, r.Runs[1].Extra["chunks_pct"], 100.0, "the second send skipped what the first made durable")
+	_, ok := r.RatioValue()
+	require.True(t, ok)
+	require.Contains(t, stdout, "wire_MB of pgporter send (resumed) over pgporter send (cold): ")
+	require.Contains(t, stdout, "target at most 0.55x")
+
+	ns, err := exec.Command("ip", "netns", "list").Output()
+	require.NoError(t, err)
+	require.NotContains(t, string(ns), fmt.Sprintf("pgp-bench17-%d-", os.Getpid()))
+	ps, _ := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output() // exits 1 when it finds none
+	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 }
 
 // TestSmokeWAN runs --smoke of the outage and delta scenarios end to end, as
