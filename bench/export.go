@@ -417,11 +417,17 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 	if err := c.stop(); err != nil {
 		return db, err
 	}
-	cmd := exec.CommandContext(ctx, o.Pgporter, "--home", filepath.Join(dir, "home-backup"), "backup", "--repo", repo, "--pgdata", c.DataDir)
+	return db, backupPGData(ctx, o.Pgporter, filepath.Join(dir, "home-backup"), repo, c.DataDir)
+}
+
+// backupPGData backs the stopped cluster's data directory pgdata up into
+// repo (made if missing) with pgporter backup --pgdata, as bin with home.
+func backupPGData(ctx context.Context, bin, home, repo, pgdata string) error {
+	cmd := exec.CommandContext(ctx, bin, "--home", home, "backup", "--repo", repo, "--pgdata", pgdata)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return db, fmt.Errorf("pgporter backup: %w: %s", err, tail(string(out)))
+		return fmt.Errorf("pgporter backup: %w: %s", err, tail(string(out)))
 	}
-	return db, nil
+	return nil
 }
 
 // mixedTable (a format: %[1]d is the table's number, %[2]d its rows) is
