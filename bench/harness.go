@@ -56,6 +56,9 @@ type Options struct {
 	// ScaleBase is the scale scenarios' pgbench scale at 1x; 0 means 10, or
 	// 1 with Smoke.
 	ScaleBase int
+	// MountScale is the pgbench scale of the mount and mount-dump
+	// scenarios; 0 means 20, or 1 with Smoke.
+	MountScale int
 }
 
 // ScenarioNames lists the scenarios in the order the harness runs them,
@@ -106,6 +109,8 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
 		&WALPush{Pgporter: o.Pgporter},
+		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale},
+		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale, Dump: true},
 	}
 }
 
@@ -249,6 +254,8 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		case *Scale:
 			bin = &s.Pgporter
 		case *WALPush:
+			bin = &s.Pgporter
+		case *Mount:
 			bin = &s.Pgporter
 		default:
 			continue
