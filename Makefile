@@ -185,13 +185,12 @@ bench-full: setup
 bench-harness: bench-full
 
 # The Go micro-benchmarks and the shell scripts that the harness does not
-# replace yet (scripts/bench-repo's mount figures, scripts/bench-memory).
+# replace yet (scripts/bench-memory).
 # Profiles: pgporter-bench --perf FILE (docs/BENCHMARKS.md).
 bench-scripts: setup build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./chunkstore/... ./protocol/... ./mover/...
 	scripts/bench-pgdump
 	scripts/bench-transfer
-	scripts/bench-repo
 
 demo: setup build
 	scripts/demo
