@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -407,6 +408,14 @@ func (t *dumpTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		}
 		x["mount_CPU_s"] = mountCPU1 - mountCPU0
 		cpu += mountCPU1 - mountCPU0
+		// What the server wrote through the mount (hint bits set as the
+		// dump read the rows, pages evicted), landed in the copy-on-write
+		// layer a chunk at a time: its sparse files' blocks.
+		cow, err := diskUsage(filepath.Join(d, "home", "cow"))
+		if err != nil {
+			return Measure{}, err
+		}
+		x["cow_MB"] = float64(cow) / 1e6
 	}
 	_ = pg.cmd.Process.Signal(stopSig)
 	<-pg.exited
@@ -423,4 +432,28 @@ func (t *dumpTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 	x["MB_s"] = float64(j.db) / 1e6 / wall.Seconds()
 	j.logf("%s: %s: %.2f s, dump %.1f MB", j.name, t.Name(), wall.Seconds(), x["dump_MB"])
 	return Measure{Wall: wall, CPUSender: cpu, Extra: x}, nil
+}
+
+// diskUsage returns the bytes of the blocks that the regular files under
+// dir occupy (du, not du --apparent-size: the copy-on-write layer's files
+// are sparse).
+func diskUsage(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			n += st.Blocks * 512
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("measuring %s: %w", dir, err)
+	}
+	return n, nil
 }

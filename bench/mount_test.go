@@ -33,3 +33,18 @@ func TestTarCount(t *testing.T) {
 	_, _, err = tarCount(context.Background(), filepath.Join(dir, "missing"))
 	require.Error(t, err)
 }
+
+// TestDiskUsage guards the copy-on-write figure: blocks, not apparent
+// sizes, so a sparse file counts what it holds.
+func TestDiskUsage(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "sparse"))
+	require.NoError(t, err)
+	_, err = f.WriteAt(make([]byte, 4096), 1<<30)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	n, err := diskUsage(dir)
+	require.NoError(t, err)
+	require.Positive(t, n)
+	require.Less(t, n, int64(1<<20), "a 1 GiB hole takes no blocks")
+}

@@ -317,6 +317,8 @@ func TestSmokeMount(t *testing.T) {
 		require.Positive(t, r.Wall, r.Tool)
 		require.Positive(t, r.CPUSender, r.Tool)
 		require.Positive(t, r.Extra["instance_s"], r.Tool)
+		_, cow := r.Extra["cow_MB"]
+		require.Equal(t, r.Tool == "pg_dump from mount", cow, "the copy-on-write layer is measured: %s", r.Tool)
 		dumpMB[r.Tool] = r.Extra["dump_MB"]
 	}
 	require.Positive(t, dumpMB["pg_dump local"])
