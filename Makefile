@@ -167,9 +167,9 @@ fuzz:
 # reference's transfer is not free), and of one of 4 such databases against
 # pgBackRest's restore (multidb), all with 10 s of settling before each run
 # (not 30), backups against pgBackRest full and incr (pgbench -s 20), and
-# send and backup at 1x (scale-1x, pgbench -s 10), and reads and pg_dump
-# through a mount against the local disk (mount and mount-dump, pgbench -s
-# 20, about 4 minutes). The WAN, outage and delta
+# send, backup and export at 1x (scale-1x, pgbench -s 10), and reads and
+# pg_dump through a mount against the local disk (mount and mount-dump,
+# pgbench -s 20, about 4 minutes). The WAN, outage and delta
 # scenarios (about 15 minutes) and scale-10x are bench-full's.
 BENCH_FLAGS  ?=
 BENCH_SUBSET := --scenario chunk,lan,export,export-lan,multidb,backup,scale-1x,mount --runs 3 \
@@ -187,7 +187,7 @@ bench-full: setup
 bench-harness: bench-full
 
 # The Go micro-benchmarks and the shell scripts that the harness does not
-# replace yet (scripts/bench-memory).
+# replace yet.
 # Profiles: pgporter-bench --perf FILE (docs/BENCHMARKS.md).
 bench-scripts: setup build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./chunkstore/... ./protocol/... ./mover/...

@@ -417,12 +417,13 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 	if err := c.stop(); err != nil {
 		return db, err
 	}
-	return db, backupPGData(ctx, o.Pgporter, filepath.Join(dir, "home-backup"), repo, c.DataDir)
+	return db, backupInto(ctx, o.Pgporter, c.DataDir, repo, filepath.Join(dir, "home-backup"))
 }
 
-// backupPGData backs the stopped cluster's data directory pgdata up into
-// repo (made if missing) with pgporter backup --pgdata, as bin with home.
-func backupPGData(ctx context.Context, bin, home, repo, pgdata string) error {
+// backupInto backs the stopped cluster's data directory pgdata up with
+// pgporter bin into a new repository at repo, untimed: the export tools'
+// source.
+func backupInto(ctx context.Context, bin, pgdata, repo, home string) error {
 	cmd := exec.CommandContext(ctx, bin, "--home", home, "backup", "--repo", repo, "--pgdata", pgdata)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgporter backup: %w: %s", err, tail(string(out)))
@@ -483,6 +484,8 @@ type exportJob struct {
 	cred    *syscall.Credential // the postgres OS user, or nil
 	repo    string
 	dir     string
+	db      string // the database to export; "" means shop
+	auth    string // pgporter export --auth; "" means its default, a password
 	tables  []string
 	logf    func(string, ...any)
 	name    string // the scenario's, for log lines
@@ -505,6 +508,14 @@ func (j *exportJob) checkDump(ctx context.Context, dir string) error {
 		return fmt.Errorf("the dump in %s holds the data of %d tables, shop has %d (%v, want %v)", dir, len(got), len(j.tables), head(got), head(j.tables))
 	}
 	return nil
+}
+
+// dbName is the database the job's pgporter export tools export.
+func (j *exportJob) dbName() string {
+	if j.db == "" {
+		return "shop"
+	}
+	return j.db
 }
 
 func head(s []string) []string { return s[:min(len(s), 5)] }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,9 @@ type exportTool struct {
 	bin  string
 	jobs int
 	perf []string // a command line that runs pgporter export, e.g. perfRecord's; nil runs it alone
+	// memProfile, when not empty, is where each run samples the export's
+	// memory into a directory of its own (see memSampler).
+	memProfile string
 }
 
 func (t *exportTool) Name() string { return t.name }
@@ -48,14 +52,35 @@ func (t *exportTool) Run(ctx context.Context, rep int) (Measure, error) {
 	cmd.WaitDelay = 10 * time.Second
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
+	var ms *memSampler
+	if t.memProfile != "" {
+		var err error
+		if ms, err = newMemSampler(filepath.Join(t.memProfile, fmt.Sprintf("run%d", rep+1))); err != nil {
+			return Measure{}, err
+		}
+		defer ms.close()
+		cmd.Env = append(cmd.Env, ms.env()...)
+		cmd.Stderr = io.MultiWriter(&stderr, ms.gctrace)
+	}
 	t0 := time.Now()
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		if ms != nil {
+			ms.start(cmd.Process.Pid)
+		}
+		err = cmd.Wait()
+	}
 	wall := time.Since(t0)
+	if ms != nil {
+		if serr := ms.close(); err == nil && serr != nil {
+			err = serr
+		}
+	}
 	if err != nil {
 		return Measure{}, fmt.Errorf("pgporter export: %w: %s", err, tail(stderr.String()))
 	}
 	// Untimed from here.
-	extra, rss, err := t.finish(ctx, out.Bytes(), home, filepath.Join(target, "shop"), peak)
+	extra, rss, err := t.finish(ctx, out.Bytes(), home, filepath.Join(target, j.dbName()), peak)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -75,7 +100,7 @@ func (t *exportTool) finish(ctx context.Context, out []byte, home, dump, peak st
 	if err != nil {
 		return nil, 0, fmt.Errorf("pgporter sessions show %s: %w", res.Session, err)
 	}
-	extra, err := exportFigures(js)
+	extra, err := exportFiguresOf(js, t.job.dbName())
 	if err != nil {
 		return nil, 0, err
 	}
@@ -97,8 +122,11 @@ func (t *exportTool) finish(ctx context.Context, out []byte, home, dump, peak st
 // t.perf) and writes its peak RSS to peak.
 func (t *exportTool) args(peak, home, target, staging string) []string {
 	j := t.job
-	args := []string{"--home", home, "export", "--repo", j.repo, "--db", "shop", "--to", target,
+	args := []string{"--home", home, "export", "--repo", j.repo, "--db", j.dbName(), "--to", target,
 		"--staging-dir", staging, "--jobs", strconv.Itoa(t.jobs), "--json"}
+	if j.auth != "" {
+		args = append(args, "--auth", j.auth)
+	}
 	if j.bwlimit != "" {
 		args = append(args, "--bwlimit", j.bwlimit)
 	}

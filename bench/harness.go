@@ -56,6 +56,9 @@ type Options struct {
 	// ScaleBase is the scale scenarios' pgbench scale at 1x; 0 means 10, or
 	// 1 with Smoke.
 	ScaleBase int
+	// MemoryProfile, when not empty, is where the scale scenarios' pgporter
+	// export runs leave their memory diagnostics (Scale.MemoryProfile).
+	MemoryProfile string
 	// MountScale is the pgbench scale of the mount and mount-dump
 	// scenarios; 0 means 20, or 1 with Smoke.
 	MountScale int
@@ -106,8 +109,8 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
 		&S3Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
 		&S3Exports{Pgporter: o.Pgporter, Databases: o.S3ExportsDBs, Scale: o.S3ExportsScale, Jobs: o.Export.Jobs, Settle: o.Export.Settle},
-		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
-		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link},
+		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link, Jobs: o.Export.Jobs, MemoryProfile: o.MemoryProfile},
+		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link, Jobs: o.Export.Jobs, MemoryProfile: o.MemoryProfile},
 		&WALPush{Pgporter: o.Pgporter},
 		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale},
 		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale, Dump: true},

@@ -196,7 +196,7 @@ func prepareMountData(ctx context.Context, env Env, name, bin string, scale int,
 		return nil, err
 	}
 	repo := filepath.Join(env.Dir, "repo")
-	if err := backupPGData(ctx, bin, filepath.Join(env.Dir, "home-backup"), repo, c.DataDir); err != nil {
+	if err := backupInto(ctx, bin, c.DataDir, repo, filepath.Join(env.Dir, "home-backup")); err != nil {
 		return nil, err
 	}
 	pgBin, err := pgtool.NewestServerBinDir()

@@ -99,6 +99,9 @@ func newBenchCluster(ctx context.Context, scale, docs int) (_ *pgCluster, err er
 	return c, errors.Join(err, c.stop())
 }
 
+// benchTables are the tables of fillBench's database, sorted.
+var benchTables = []string{"docs", "pgbench_accounts", "pgbench_branches", "pgbench_history", "pgbench_tellers"}
+
 // fillBench makes database bench: pgbench -i -s scale plus docs rows of
 // docsTable.
 func fillBench(ctx context.Context, c *pgCluster, scale, docs int) error {

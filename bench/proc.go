@@ -55,16 +55,26 @@ func procHWM(pid int) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("reading peak RSS of %d: %w", pid, err)
 	}
-	for line := range strings.Lines(string(b)) {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+	kb, err := parseStatusKB(b, "VmHWM")
+	if err != nil {
+		return 0, fmt.Errorf("reading peak RSS of %d: %w", pid, err)
+	}
+	return kb << 10, nil
+}
+
+// parseStatusKB returns the value, in kB, of the line key ("VmHWM") of a
+// /proc/PID/status file.
+func parseStatusKB(status []byte, key string) (int64, error) {
+	for line := range strings.Lines(string(status)) {
+		if rest, ok := strings.CutPrefix(line, key+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("parsing VmHWM of %d: %w", pid, err)
+				return 0, fmt.Errorf("parsing %s: %w", key, err)
 			}
-			return kb << 10, nil
+			return kb, nil
 		}
 	}
-	return 0, fmt.Errorf("no VmHWM for %d", pid)
+	return 0, fmt.Errorf("no %s", key)
 }
 
 // hasChildren reports whether pid has live (or unreaped) children.

@@ -20,6 +20,13 @@ func WriteTables(w io.Writer, f *File) error {
 		}
 		writeTable(&b, f, &r)
 	}
+	if x, ok := ScaleRSSRatio(f); ok {
+		verdict := "met"
+		if x > ScaleRSSTarget {
+			verdict = "not met"
+		}
+		fmt.Fprintf(&b, "\nexport peak RSS 10x / 1x = %.2f (target at most %.1f): %s\n", x, ScaleRSSTarget, verdict)
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -171,3 +178,26 @@ func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys
 
 // mdCell escapes the pipes of a tool's name ("tar|zstd|nc") in a table cell.
 func mdCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+// ScaleRSSTarget is issue 16's target for the export's memory: its peak RSS
+// at 10x the data at most this many times its peak at 1x.
+const ScaleRSSTarget = 1.2
+
+// ScaleRSSRatio returns the median peak RSS of pgporter export in f's
+// scale-10x divided by that in its scale-1x; ok is false unless both ran
+// in f and measured it.
+func ScaleRSSRatio(f *File) (float64, bool) {
+	var at [2]float64
+	for i, name := range []string{"scale-1x", "scale-10x"} {
+		j := slices.IndexFunc(f.Results, func(r Result) bool { return r.Scenario == name })
+		if j < 0 {
+			return 0, false
+		}
+		s, ok := f.Results[j].ToolSummary("pgporter export", SenderRSS)
+		if !ok {
+			return 0, false
+		}
+		at[i] = s.Median
+	}
+	return at[1] / at[0], true
+}

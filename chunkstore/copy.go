@@ -2,7 +2,10 @@ package chunkstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"slices"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
@@ -13,6 +16,8 @@ type CopyStats struct {
 	PointsHeld int   `json:"restore_points_present"` // in the destination already
 	Chunks     int   `json:"chunks"`                 // copied
 	ChunksHeld int   `json:"chunks_present"`         // in the destination already (deduplicated)
+	WAL        int   `json:"wal_files"`              // WAL archive records copied
+	WALHeld    int   `json:"wal_files_present"`      // in the destination already
 	Bytes      int64 `json:"bytes"`                  // plain bytes of the chunks copied
 }
 
@@ -22,12 +27,16 @@ const copyBatch = 1024
 
 // CopyRepo copies into dst the restore points of src that dst lacks,
 // oldest first, each with the chunks of its tree and files that dst does
-// not hold: a migration from a directory to object storage, or back, or
-// between buckets. Each chunk is read verified and stored anew under
-// dst's own compression. A point is written only once its chunks are
-// durable in dst, so a copy interrupted at any moment leaves dst
-// consistent, and running it again copies only what is still missing.
-// progress, if set, is called after each point.
+// not hold, and then the WAL files of src's archive that dst's lacks: a
+// migration from a directory to object storage, or back, or between
+// buckets. Each chunk is read verified and stored anew under dst's own
+// compression (and key). A point or a WAL record is written only once its
+// chunks are durable in dst, so a copy interrupted at any moment leaves
+// dst consistent, and running it again copies only what is still
+// missing. A WAL file that dst archives already with other content stops
+// the copy with an error matching ErrWALConflict: the two archives are of
+// different histories. progress, if set, is called after each point and
+// every 100 WAL files.
 func CopyRepo(ctx context.Context, src, dst *Repo, progress func(CopyStats)) (CopyStats, error) {
 	var st CopyStats
 	from, err := src.List()
@@ -56,7 +65,76 @@ func CopyRepo(ctx context.Context, src, dst *Repo, progress func(CopyStats)) (Co
 			progress(st)
 		}
 	}
+	if err := copyWAL(ctx, src, dst, &st, progress); err != nil {
+		return st, fmt.Errorf("copying the WAL archive: %w", err)
+	}
 	return st, nil
+}
+
+// copyWAL copies the WAL records of src's archive that dst's lacks, in
+// name order (a segment before the ones after it), each with its chunks
+// and the time it was pushed.
+func copyWAL(ctx context.Context, src, dst *Repo, st *CopyStats, progress func(CopyStats)) error {
+	names, err := src.walNames(ctx)
+	if err != nil {
+		return err
+	}
+	have, err := dst.walNames(ctx)
+	if err != nil {
+		return err
+	}
+	held := make(map[string]bool, len(have))
+	for _, n := range have {
+		held[n] = true
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		w, err := src.readWAL(ctx, name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // pruned since the listing
+		}
+		if err != nil {
+			return err
+		}
+		if held[name] {
+			old, err := dst.readWAL(ctx, name)
+			if err != nil {
+				return err
+			}
+			if err := sameWAL(old, w); err != nil {
+				return err
+			}
+			st.WALHeld++
+			continue
+		}
+		var ids []chunk.ID
+		seen := make(map[chunk.ID]bool, len(w.Chunks))
+		for _, c := range w.Chunks {
+			if !seen[c.ID] {
+				seen[c.ID] = true
+				ids = append(ids, c.ID)
+			}
+		}
+		if err := copyChunks(ctx, src, dst, ids, st); err != nil {
+			return fmt.Errorf("WAL file %s: %w", name, err)
+		}
+		already, err := dst.commitWAL(ctx, w, w.Pushed)
+		if err != nil {
+			return err
+		}
+		if already {
+			st.WALHeld++
+		} else {
+			st.WAL++
+		}
+		if progress != nil && st.WAL%100 == 0 {
+			progress(*st)
+		}
+	}
+	return nil
 }
 
 func copyPoint(ctx context.Context, src, dst *Repo, rp *RestorePoint, st *CopyStats) error {
@@ -80,6 +158,18 @@ func copyPoint(ctx context.Context, src, dst *Repo, rp *RestorePoint, st *CopySt
 			add(c.ID)
 		}
 	}
+	if err := copyChunks(ctx, src, dst, ids, st); err != nil {
+		return err
+	}
+	if err := dst.store.Flush(ctx); err != nil {
+		return err
+	}
+	return dst.writePoint(ctx, rp)
+}
+
+// copyChunks stores in dst those of ids (distinct) that it lacks, each
+// read verified from src; the caller flushes dst's store.
+func copyChunks(ctx context.Context, src, dst *Repo, ids []chunk.ID, st *CopyStats) error {
 	var buf []byte
 	for len(ids) > 0 {
 		batch := ids[:min(copyBatch, len(ids))]
@@ -104,8 +194,5 @@ func copyPoint(ctx context.Context, src, dst *Repo, rp *RestorePoint, st *CopySt
 			st.Bytes += int64(len(buf))
 		}
 	}
-	if err := dst.store.Flush(ctx); err != nil {
-		return err
-	}
-	return dst.writePoint(ctx, rp)
+	return nil
 }

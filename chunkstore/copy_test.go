@@ -53,3 +53,61 @@ func TestCopyRepo(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, chunkstore.CopyStats{PointsHeld: 2}, st)
 }
+
+// CopyRepo copies the WAL archive too, each record with the time its file
+// was pushed, fetchable byte for byte from the copy; a rerun copies none
+// again; a destination that archives a name with other content stops the
+// copy with ErrWALConflict, and keeps its own record.
+func TestCopyRepoWAL(t *testing.T) {
+	ctx := context.Background()
+	walDir := t.TempDir()
+	src := openRepo(t, filepath.Join(t.TempDir(), "src"))
+	names := []string{"000000010000000000000001", "000000010000000000000002", "00000002.history"}
+	for i, name := range names[:2] {
+		_, err := src.PushWAL(ctx, walSegment(t, walDir, name, uint64(i+1)))
+		require.NoError(t, err)
+	}
+	hist := filepath.Join(walDir, names[2])
+	require.NoError(t, os.WriteFile(hist, []byte("1\t0/3000000\tno recovery target specified\n"), 0o600))
+	_, err := src.PushWAL(ctx, hist)
+	require.NoError(t, err)
+
+	dst := openRepo(t, filepath.Join(t.TempDir(), "dst"))
+	st, err := chunkstore.CopyRepo(ctx, src, dst, nil)
+	require.NoError(t, err)
+	require.Equal(t, 3, st.WAL)
+	require.Positive(t, st.Chunks)
+	for _, name := range names {
+		want, err := src.WALRecord(name)
+		require.NoError(t, err)
+		got, err := dst.WALRecord(name)
+		require.NoError(t, err)
+		require.Equal(t, want.Hash, got.Hash)
+		require.True(t, want.Pushed.Equal(got.Pushed), "%s: pushed %v in the copy, %v in the source", name, got.Pushed, want.Pushed)
+		out := filepath.Join(t.TempDir(), name)
+		require.NoError(t, dst.FetchWAL(ctx, name, out))
+		b, err := os.ReadFile(out)
+		require.NoError(t, err)
+		orig, err := os.ReadFile(filepath.Join(walDir, name))
+		require.NoError(t, err)
+		require.Equal(t, orig, b, name)
+	}
+	rep, err := dst.Check(ctx, chunkstore.CheckOptions{ReadData: true})
+	require.NoError(t, err)
+	require.Empty(t, rep.Problems)
+
+	st, err = chunkstore.CopyRepo(ctx, src, dst, nil)
+	require.NoError(t, err)
+	require.Equal(t, chunkstore.CopyStats{WALHeld: 3}, st)
+
+	other := openRepo(t, filepath.Join(t.TempDir(), "other"))
+	_, err = other.PushWAL(ctx, walSegment(t, t.TempDir(), names[1], 99))
+	require.NoError(t, err)
+	theirs, err := other.WALRecord(names[1])
+	require.NoError(t, err)
+	_, err = chunkstore.CopyRepo(ctx, src, other, nil)
+	require.ErrorIs(t, err, chunkstore.ErrWALConflict)
+	kept, err := other.WALRecord(names[1])
+	require.NoError(t, err)
+	require.Equal(t, theirs.Hash, kept.Hash)
+}

@@ -210,6 +210,12 @@ func (r *Repo) ArchivedWAL(w *WALFile) (bool, error) {
 // .history file's text is read back from its chunks into its record, and
 // must be cut as this build cuts it (walrange.go checks it so).
 func (r *Repo) CommitWAL(ctx context.Context, w *WALFile) (already bool, err error) {
+	return r.commitWAL(ctx, w, time.Now().UTC())
+}
+
+// commitWAL is CommitWAL with the time the record says the file was
+// pushed: now, or the source's when a repository is copied.
+func (r *Repo) commitWAL(ctx context.Context, w *WALFile, pushed time.Time) (already bool, err error) {
 	if err := w.Check(); err != nil {
 		return false, err
 	}
@@ -246,7 +252,7 @@ func (r *Repo) CommitWAL(ctx context.Context, w *WALFile) (already bool, err err
 		}
 		rec.History = string(text)
 	}
-	rec.Pushed = time.Now().UTC()
+	rec.Pushed = pushed
 	err = r.putWAL(ctx, rec)
 	if errors.Is(err, fs.ErrExist) {
 		// Archived before, or by another push of the same name that won

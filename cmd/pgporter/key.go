@@ -32,7 +32,12 @@ re-encrypt anything, and removing one revokes its passphrase (but not a
 copy of the master key someone already unlocked).
 
 The passphrase that opens the repository comes from --repo-password-file, else
-$` + crypt.PasswordEnv + `.`,
+the file $` + chunkstore.PasswordFileEnv + ` names, else $` + crypt.PasswordEnv + `.
+
+To change a passphrase, add a key under the new one, then remove the old
+key (its ID is the "current" one of 'key list' under the old passphrase):
+  pgporter key add --repo R --repo-password-file old.pass --new-password-file new.pass
+  pgporter key remove --repo R --repo-password-file new.pass OLD-ID`,
 	}
 	c.AddCommand(newKeyListCmd(g), newKeyAddCmd(g), newKeyRemoveCmd(g))
 	return c
@@ -132,8 +137,8 @@ func newKeyAddCmd(g *globals) *cobra.Command {
 		Short: "Add a passphrase to an encrypted repository",
 		Long: `Adds a key file holding the repository's master key under a new
 passphrase, read from --new-password-file, or asked twice on a terminal.
-The repository is opened with its current passphrase (--repo-password-file or
-$` + crypt.PasswordEnv + `). Prints the new key's ID.
+The repository is opened with its current passphrase (--repo-password-file,
+$` + chunkstore.PasswordFileEnv + ` or $` + crypt.PasswordEnv + `). Prints the new key's ID.
 
 --generate makes the passphrase: 32 random bytes, base64, written to the
 new file --password-file-out (mode 0600). Such a passphrase cannot be

@@ -79,7 +79,7 @@ func applyMemoryLimit(cmd *cobra.Command, v string) error {
 
 // pprofEnv names a hidden setting for profiling the memory and CPU of a
 // running process: PGPORTER_PPROF=127.0.0.1:6060 serves net/http/pprof
-// there (scripts/bench-memory takes heap profiles at the peak with it).
+// there (pgporter-bench --memory-profile takes heap profiles at the peak with it).
 // Debugging only: it has no authentication.
 const pprofEnv = "PGPORTER_PPROF"
 

@@ -99,16 +99,19 @@ func newRepoCopyCmd(g *globals) *cobra.Command {
 	)
 	c := &cobra.Command{
 		Use:   "copy --from REPO --to REPO",
-		Short: "Copy the restore points one repository lacks from another, chunks deduplicated",
+		Short: "Copy the restore points and WAL files one repository lacks from another, chunks deduplicated",
 		Long: `Copies into --to every restore point of --from that --to does not hold,
-oldest first, with the chunks of each that --to lacks. Either may be a
+oldest first, with the chunks of each that --to lacks, then every WAL file
+of --from's archive (wal-push) that --to's lacks, each with the time it was
+pushed. A WAL file that --to archives already with other content stops the
+copy (exit 6): the two archives are of different histories. Either may be a
 directory or s3://BUCKET/PREFIX: moving a repository to object storage,
 back, or between buckets. --to is created if it is a directory that does
 not exist yet (a bucket must exist), unless --from is encrypted: a copy of
 an encrypted repository goes into one made first by 'repo init'.
 
-Each restore point appears in --to only once all its chunks are durable
-there, so an interrupted copy leaves --to consistent; run it again and it
+Each restore point and WAL file appears in --to only once all its chunks
+are durable there, so an interrupted copy leaves --to consistent; run it again and it
 copies only what is still missing. Every chunk is read back and checked
 against its BLAKE3 before it is stored.
 
@@ -146,7 +149,7 @@ Into an encrypted repository (each chunk sealed anew under its key):
 			}
 			defer dst.Close()
 			st, err := chunkstore.CopyRepo(ctx, src, dst, func(st chunkstore.CopyStats) {
-				fmt.Fprintf(g.stderr, "copied %d restore points: %d chunks, %s\n", st.Points, st.Chunks, bytesize.Format(st.Bytes))
+				fmt.Fprintf(g.stderr, "copied %d restore points, %d WAL files: %d chunks, %s\n", st.Points, st.WAL, st.Chunks, bytesize.Format(st.Bytes))
 			})
 			if err != nil {
 				return err
@@ -157,8 +160,8 @@ Into an encrypted repository (each chunk sealed anew under its key):
 			if asJSON {
 				return g.writeJSON(st)
 			}
-			fmt.Fprintf(g.stdout, "%d restore points copied (%d present already): %d chunks, %s (%d chunks present already)\n",
-				st.Points, st.PointsHeld, st.Chunks, bytesize.Format(st.Bytes), st.ChunksHeld)
+			fmt.Fprintf(g.stdout, "%d restore points copied (%d present already), %d WAL files (%d present already): %d chunks, %s (%d chunks present already)\n",
+				st.Points, st.PointsHeld, st.WAL, st.WALHeld, st.Chunks, bytesize.Format(st.Bytes), st.ChunksHeld)
 			return nil
 		},
 	}

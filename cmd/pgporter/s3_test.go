@@ -176,6 +176,18 @@ func TestObjectStorageCLI(t *testing.T) {
 	code, _, errs = runCLI(t, "wal-push", "--repo", repo, seg)
 	require.Equal(t, exitConflict, code, errs)
 
+	// repo copy brings the WAL archive too: from the bucket into the
+	// directory copied before, whose point it holds already.
+	code, out, errs = runCLI(t, "repo", "copy", "--from", repo, "--to", local)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "0 restore points copied (1 present already), 1 WAL files (0 present already)")
+	require.NoError(t, os.Remove(fetched))
+	code, _, errs = runCLI(t, "wal-fetch", "--repo", local, "000000010000000000000007", fetched)
+	require.Equal(t, 0, code, errs)
+	got, err = os.ReadFile(fetched)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(segData, got), "wal-fetch from the copy gives back what wal-push stored in the bucket")
+
 	_, err = os.Stat("s3:")
 	require.ErrorIs(t, err, os.ErrNotExist, "a URL is never taken for a directory")
 }

@@ -394,7 +394,7 @@ func TestSmokeWAN(t *testing.T) {
 // export of one database of a two-database cluster by pgporter export and
 // by pgbackrest restore --db-include, postgres, pg_dump and rsync; backups
 // before and after changes by pgporter and pgbackrest full and incr; and
-// pgporter send and backup of a data directory. It needs root, PostgreSQL,
+// pgporter send, backup and export of a data directory. It needs root, PostgreSQL,
 // FUSE, pgbackrest, ip netns, tc, rsync and GNU time; when CI=true a
 // missing one fails the test instead of skipping it.
 func TestSmokePgBackRest(t *testing.T) {
@@ -447,11 +447,12 @@ func TestSmokePgBackRest(t *testing.T) {
 
 	scale := f.Results[2]
 	require.Equal(t, "scale-1x", scale.Scenario)
-	require.Equal(t, []string{"pgporter send", "pgporter backup", "pgbackrest full"}, scale.Tools)
+	require.Equal(t, []string{"pgporter send", "pgporter backup", "pgbackrest full", "pgporter export"}, scale.Tools)
 	for _, r := range scale.Runs {
 		require.Positive(t, r.Wall, r.Tool)
 		require.Positive(t, r.RSSSender, r.Tool)
 	}
+	require.Positive(t, scale.Runs[3].Extra["dump_MB"], "the export of bench")
 	require.Positive(t, scale.Runs[0].RSSReceiver, "mover serve's VmHWM")
 	require.Positive(t, scale.Runs[0].WireBytes)
 
