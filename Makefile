@@ -16,7 +16,7 @@ DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 BUILDINFO := github.com/pgporter/pgporter/internal/buildinfo
 LDFLAGS := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT) -X $(BUILDINFO).date=$(DATE)
 
-.PHONY: all setup build s3-server test unit race vet fmt-check purego fuzz bench bench-full bench-harness bench-scripts demo demo-s3 clean install install-files deb
+.PHONY: all setup build s3-server test unit race vet fmt-check purego fuzz bench bench-full bench-harness bench-micro bench-scripts demo demo-s3 clean install install-files deb
 
 all: build
 
@@ -160,17 +160,19 @@ fuzz:
 # 'go run ./bench/cmd/pgporter-bench --help'). The lock keeps benchmark runs
 # that share the machine from overlapping.
 #
-# make bench: a subset at modest sizes, 3 runs, about 10 minutes on 2 cores:
+# make bench: a subset at modest sizes, 3 runs, about 14 minutes on 2 cores:
 # the chunk engine, the LAN cold transfer (a 260 MB dump), the export of a
 # pgbench -s 20 database on one machine (export) and over the LAN's 1 Gbit/s
 # link (export-lan, about 3.5 minutes: scenario 7's figure where the
 # reference's transfer is not free), and of one of 4 such databases against
 # pgBackRest's restore (multidb), all with 10 s of settling before each run
 # (not 30), backups against pgBackRest full and incr (pgbench -s 20), and
-# send, backup and export at 1x (scale-1x, pgbench -s 10). The WAN, outage and delta
+# send, backup and export at 1x (scale-1x, pgbench -s 10), and reads and
+# pg_dump through a mount against the local disk (mount and mount-dump,
+# pgbench -s 20, about 4 minutes). The WAN, outage and delta
 # scenarios (about 15 minutes) and scale-10x are bench-full's.
 BENCH_FLAGS  ?=
-BENCH_SUBSET := --scenario chunk,lan,export,export-lan,multidb,backup,scale-1x --runs 3 \
+BENCH_SUBSET := --scenario chunk,lan,export,export-lan,multidb,backup,scale-1x,mount --runs 3 \
 	--export-scale 20 --export-settle 10s
 bench: setup
 	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_SUBSET) $(BENCH_FLAGS)
@@ -184,12 +186,14 @@ bench-full: setup
 # The harness's earlier name.
 bench-harness: bench-full
 
-# The Go micro-benchmarks and the shell scripts that the harness does not
-# replace yet (scripts/bench-repo's mount figures).
+# The Go micro-benchmarks (go test -bench) of chunkstore, protocol and mover.
 # Profiles: pgporter-bench --perf FILE (docs/BENCHMARKS.md).
-bench-scripts: setup build
+bench-micro: setup build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./chunkstore/... ./protocol/... ./mover/...
-	scripts/bench-repo
+
+# bench-micro's earlier name, from when it also ran the scripts/bench-* that
+# the harness replaced.
+bench-scripts: bench-micro
 
 demo: setup build
 	scripts/demo

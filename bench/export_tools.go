@@ -204,31 +204,15 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	x := map[string]float64{}
 	t0 := time.Now()
 
-	// Not bound to ctx: stopped below, also on error.
-	mcmd := j.pinned(context.Background(), j.bin, "--home", filepath.Join(d, "home"), "mount", "--repo", j.repo, "--restore-point", "latest", mnt)
-	var mlog bytes.Buffer
-	mcmd.Stdout, mcmd.Stderr = &mlog, &mlog
-	mount, err := startDaemon(mcmd)
+	mount, err := j.mountLatest(ctx, filepath.Join(d, "home"), mnt)
 	if err != nil {
 		return Measure{}, err
 	}
 	defer func() {
 		if mount != nil {
-			_ = mount.cmd.Process.Signal(os.Interrupt)
-			<-mount.exited
+			_ = mount.stop()
 		}
 	}()
-	if err := pollUntil(ctx, func() (bool, error) {
-		select {
-		case <-mount.exited:
-			return false, fmt.Errorf("pgporter mount exited: %v: %s", mount.err, tail(mlog.String()))
-		default:
-		}
-		_, err := os.Stat(filepath.Join(mnt, "PG_VERSION"))
-		return err == nil, nil
-	}); err != nil {
-		return Measure{}, fmt.Errorf("waiting for the mount: %w", err)
-	}
 	t1 := time.Now()
 	x["mount_s"] = t1.Sub(t0).Seconds()
 	_ = os.Remove(filepath.Join(mnt, "postmaster.pid"))
@@ -269,13 +253,12 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	<-pg.exited
 	cpu += usage(pg.cmd)
 	pg = nil
-	_ = mount.cmd.Process.Signal(os.Interrupt)
-	<-mount.exited
-	if mount.err != nil {
-		return Measure{}, fmt.Errorf("pgporter mount: %w: %s", mount.err, tail(mlog.String()))
-	}
+	merr := mount.stop()
 	cpu += usage(mount.cmd)
 	mount = nil
+	if merr != nil {
+		return Measure{}, merr
+	}
 	t5 := time.Now()
 	x["cleanup_s"] = t5.Sub(t4).Seconds()
 	wall := t5.Sub(t0)
@@ -288,6 +271,52 @@ func (t *refExportTool) Run(ctx context.Context, rep int) (_ Measure, err error)
 	x["dump_MB"] = float64(sent) / 1e6
 	j.logf("%s: %s: %.1f s, dump %.1f MB", j.name, t.Name(), wall.Seconds(), x["dump_MB"])
 	return Measure{Wall: wall, CPUSender: cpu, RSSSender: net.RSSSender, CPUReceiver: net.CPUReceiver, WireBytes: net.WireBytes, Extra: x}, nil
+}
+
+// mounted is a running pgporter mount of a restore point.
+type mounted struct {
+	*daemon
+	log bytes.Buffer // its output, to explain an exit
+}
+
+// mountLatest mounts the latest restore point of j.repo at mnt, with home
+// as pgporter's home (a fresh one: a fresh cache and copy-on-write layer),
+// on the job's CPUs, and returns once PG_VERSION shows through it. The
+// caller calls stop, also on error.
+func (j *exportJob) mountLatest(ctx context.Context, home, mnt string) (*mounted, error) {
+	m := &mounted{}
+	// Not bound to ctx: the caller stops it, also on error.
+	cmd := j.pinned(context.Background(), j.bin, "--home", home, "mount", "--repo", j.repo, "--restore-point", "latest", mnt)
+	cmd.Stdout, cmd.Stderr = &m.log, &m.log
+	d, err := startDaemon(cmd)
+	if err != nil {
+		return nil, err
+	}
+	m.daemon = d
+	if err := pollUntil(ctx, func() (bool, error) {
+		select {
+		case <-m.exited:
+			return false, fmt.Errorf("pgporter mount exited: %v: %s", m.err, tail(m.log.String()))
+		default:
+		}
+		_, err := os.Stat(filepath.Join(mnt, "PG_VERSION"))
+		return err == nil, nil
+	}); err != nil {
+		_ = m.stop()
+		return nil, fmt.Errorf("waiting for the mount: %w", err)
+	}
+	return m, nil
+}
+
+// stop ends the mount (SIGINT: pgporter mount unmounts and exits) and
+// waits for it; its error says why it failed, if it did.
+func (m *mounted) stop() error {
+	_ = m.cmd.Process.Signal(os.Interrupt)
+	<-m.exited
+	if m.err != nil {
+		return fmt.Errorf("pgporter mount: %w: %s", m.err, tail(m.log.String()))
+	}
+	return nil
 }
 
 // startInstance starts postgres on dataDir as pgporter's throwaway instance

@@ -59,6 +59,9 @@ type Options struct {
 	// MemoryProfile, when not empty, is where the scale scenarios' pgporter
 	// export runs leave their memory diagnostics (Scale.MemoryProfile).
 	MemoryProfile string
+	// MountScale is the pgbench scale of the mount and mount-dump
+	// scenarios; 0 means 20, or 1 with Smoke.
+	MountScale int
 }
 
 // ScenarioNames lists the scenarios in the order the harness runs them,
@@ -111,6 +114,8 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&Scale{Factor: 1, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link, Jobs: o.Export.Jobs, MemoryProfile: o.MemoryProfile},
 		&Scale{Factor: 10, Base: o.ScaleBase, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: o.Link, Jobs: o.Export.Jobs, MemoryProfile: o.MemoryProfile},
 		&WALPush{Pgporter: o.Pgporter},
+		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale},
+		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale, Dump: true},
 	}
 }
 
@@ -256,6 +261,8 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		case *Scale:
 			bin = &s.Pgporter
 		case *WALPush:
+			bin = &s.Pgporter
+		case *Mount:
 			bin = &s.Pgporter
 		default:
 			continue

@@ -343,6 +343,61 @@ func TestSmokeResume(t *testing.T) {
 	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 }
 
+// TestSmokeMount runs --smoke of mount and mount-dump (about 20 s): reads
+// of a pgbench -s 1 cluster's data directory from the local disk and
+// through fresh mounts of its backup, cold and warm, and pg_dump of it from
+// postgres on each. It needs root, PostgreSQL, FUSE, tar and GNU time; when
+// CI=true a missing one fails the test.
+func TestSmokeMount(t *testing.T) {
+	testsupport.RequirePG(t)
+	testsupport.RequireFUSE(t)
+	if err := bench.RequireMountTools(); err != nil {
+		testsupport.SkipOrFail(t, "mount smoke: "+err.Error())
+	}
+	f, _, stdout := smoke(t, t.TempDir(), 2*time.Minute, "--scenario", "mount")
+	require.Len(t, f.Results, 2, "mount chooses mount-dump too")
+
+	read := f.Results[0]
+	require.Equal(t, "mount", read.Scenario)
+	require.Equal(t, []string{"local read (cold)", "local read (warm)", "mount read (cold)", "mount read (warm)"}, read.Tools)
+	readMB := map[string]float64{}
+	for _, r := range read.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.Extra["MB_s"], r.Tool)
+		require.GreaterOrEqual(t, r.Extra["read_MB"]*1e6, float64(read.Bytes), "%s: every byte of the data directory read", r.Tool)
+		readMB[r.Tool] = r.Extra["read_MB"]
+		_, mountCPU := r.Extra["mount_CPU_s"]
+		require.Equal(t, strings.HasPrefix(r.Tool, "mount"), mountCPU, r.Tool)
+	}
+	require.Equal(t, readMB["local read (cold)"], readMB["mount read (cold)"], "the mount shows the data directory's files, no more, no fewer")
+	_, ok := read.RatioValue()
+	require.True(t, ok)
+	require.Contains(t, stdout, "MB_s of mount read (cold) over local read (cold): ")
+
+	dump := f.Results[1]
+	require.Equal(t, "mount-dump", dump.Scenario)
+	require.Equal(t, []string{"pg_dump local", "pg_dump from mount"}, dump.Tools)
+	dumpMB := map[string]float64{}
+	for _, r := range dump.Runs {
+		require.Positive(t, r.Wall, r.Tool)
+		require.Positive(t, r.CPUSender, r.Tool)
+		require.Positive(t, r.Extra["instance_s"], r.Tool)
+		_, cow := r.Extra["cow_MB"]
+		require.Equal(t, r.Tool == "pg_dump from mount", cow, "the copy-on-write layer is measured: %s", r.Tool)
+		dumpMB[r.Tool] = r.Extra["dump_MB"]
+	}
+	require.Positive(t, dumpMB["pg_dump local"])
+	require.InEpsilon(t, dumpMB["pg_dump local"], dumpMB["pg_dump from mount"], 0.01, "the same database dumped")
+	_, ok = dump.RatioValue()
+	require.True(t, ok)
+
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	require.NoError(t, err)
+	require.NotContains(t, string(mounts), "pgporter-bench-mount", "every mount ended")
+	ps, _ := exec.Command("pgrep", "-P", fmt.Sprint(os.Getpid())).Output() // exits 1 when it finds none
+	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
+}
+
 // TestSmokeWAN runs --smoke of the outage and delta scenarios end to end, as
 // CI does: the emulated WAN path (router namespace, TUN, tc tbf), every
 // tool's cold run (the outage's calibration), a 1 s outage at half of each
