@@ -70,12 +70,7 @@ func (t *exportTool) runLAN(ctx context.Context, rep int) (_ Measure, err error)
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 
-	pid := rig.srv.cmd.Process.Pid
-	c0, err := procCPU(pid)
-	if err != nil {
-		return Measure{}, err
-	}
-	tx0, err := j.link.SenderTxBytes(ctx)
+	m, err := rig.mark(ctx)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -86,11 +81,7 @@ func (t *exportTool) runLAN(ctx context.Context, rep int) (_ Measure, err error)
 		return Measure{}, fmt.Errorf("pgporter export --target: %w: %s", err, tail(stderr.String()))
 	}
 	// Untimed from here.
-	c1, err := procCPU(pid)
-	if err != nil {
-		return Measure{}, err
-	}
-	hwm, err := procHWM(pid)
+	cpu, hwm, err := rig.receiver(m)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -103,8 +94,8 @@ func (t *exportTool) runLAN(ctx context.Context, rep int) (_ Measure, err error)
 		return Measure{}, err
 	}
 	j.logf("%s: %s: %.1f s, dump %.1f MB, %.1f MB on the wire by its count, %.1f MB by the link's", j.name, t.name, wall.Seconds(),
-		extra["dump_MB"], extra["wire_MB"], float64(tx1-tx0)/1e6)
-	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, RSSReceiver: hwm, WireBytes: tx1 - tx0, Extra: extra}, nil
+		extra["dump_MB"], extra["wire_MB"], float64(tx1-m.tx)/1e6)
+	return Measure{Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: cpu, RSSReceiver: hwm, WireBytes: tx1 - m.tx, Extra: extra}, nil
 }
 
 // dumpThenSendLAN is dumpThenSend over export-lan's link: pg_dump of shop

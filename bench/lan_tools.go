@@ -339,16 +339,40 @@ func (r *pgporterRig) sendCmd(ctx context.Context, peak, src, dest string, extra
 	return t.job.link.SenderCmd(ctx, peak, name, args...)
 }
 
+// receiverMark is where a run's measure of the rig starts: the receiving
+// mover's CPU-seconds and the bytes the sender has put on the link.
+type receiverMark struct {
+	cpu float64
+	tx  int64
+}
+
+// mark reads the receiver's CPU and the link's bytes before a run.
+func (r *pgporterRig) mark(ctx context.Context) (receiverMark, error) {
+	cpu, err := procCPU(r.srv.cmd.Process.Pid)
+	if err != nil {
+		return receiverMark{}, err
+	}
+	tx, err := r.t.job.link.SenderTxBytes(ctx)
+	return receiverMark{cpu: cpu, tx: tx}, err
+}
+
+// receiver returns the receiving mover's CPU-seconds since m and its peak
+// RSS so far, after a run.
+func (r *pgporterRig) receiver(m receiverMark) (cpu float64, hwm int64, err error) {
+	pid := r.srv.cmd.Process.Pid
+	c1, err := procCPU(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	hwm, err = procHWM(pid)
+	return c1 - m.cpu, hwm, err
+}
+
 // measure sends src to dest once and measures it: wall time, both sides'
 // CPU and peak RSS, the link's bytes; dest must then hold size bytes.
 func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64) (Measure, error) {
 	j := r.t.job
-	pid := r.srv.cmd.Process.Pid
-	c0, err := procCPU(pid)
-	if err != nil {
-		return Measure{}, err
-	}
-	tx0, err := j.link.SenderTxBytes(ctx)
+	m, err := r.mark(ctx)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -356,15 +380,11 @@ func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64)
 	if err != nil {
 		return Measure{}, err
 	}
-	c1, err := procCPU(pid)
+	cpu, hwm, err := r.receiver(m)
 	if err != nil {
 		return Measure{}, err
 	}
-	hwm, err := procHWM(pid)
-	if err != nil {
-		return Measure{}, err
-	}
-	wire, rss, err := j.afterRunSize(ctx, tx0, dest, r.h+"-send.rss", size)
+	wire, rss, err := j.afterRunSize(ctx, m.tx, dest, r.h+"-send.rss", size)
 	if err != nil {
 		return Measure{}, err
 	}
@@ -372,7 +392,7 @@ func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64)
 	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v",
 		j.scenario(), r.t.name, float64(sr.WireBytes)/1e6, sr.ChunksSent, sr.ChunksTotal, sr.Levels)
 	return Measure{
-		Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: c1 - c0, RSSReceiver: hwm,
+		Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: cpu, RSSReceiver: hwm,
 		WireBytes: wire,
 		Extra:     map[string]float64{"reported_wire_MB": float64(sr.WireBytes) / 1e6},
 	}, nil
