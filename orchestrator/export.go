@@ -907,6 +907,9 @@ func pgMajor(v string) string {
 	return parts[0]
 }
 
+// exportReadAhead is the sender's read-ahead in an export (SendOptions.ReadAhead).
+const exportReadAhead = 16 << 20
+
 // transfer sends db's dump to the target. With --overwrite, an existing
 // target directory is moved aside first and removed after the commit.
 func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, g *growingDump, out *stepOutcome) error {
@@ -921,6 +924,13 @@ func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, 
 		// Across hosts the level adapts to the link.
 		Compression: "auto", // adapts to the CPU (shared with pg_dump) and the link
 		BWLimit:     x.plan().BWLimit,
+		// Half the sender's default: the export's process also holds the
+		// mount's chunk cache, and with 32 MiB its live heap reached the
+		// 128M --memory-limit on large dumps, where the collector then
+		// ran every few milliseconds (docs/BENCHMARKS.md, "The export's
+		// peak RSS at 1x and 10x"). A chunk that does not fit is read
+		// again from the page cache.
+		ReadAhead: exportReadAhead,
 		Progress: func(p mover.SendProgress) {
 			x.r.emit(Event{Step: TransferStep(db), Kind: protocol.EventProgress, Done: p.Durable, Total: p.Total})
 		},
