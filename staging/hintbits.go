@@ -73,29 +73,30 @@ func digits(s string) bool {
 	return true
 }
 
-// pageSize returns the size that the header of page, one PostgreSQL page,
-// records (pd_pagesize_version), or 0 unless it is a power of two from
-// 1 KiB to 32 KiB with layout version 4 and page is that long.
-func pageSize(page []byte) int {
-	if len(page) < pageHeaderSize {
+// headerPageSize returns the page size that hdr, the start of a
+// PostgreSQL page, records (pd_pagesize_version): a power of two from 1 KiB
+// to 32 KiB with layout version 4, or 0.
+func headerPageSize(hdr []byte) int {
+	if len(hdr) < pageHeaderSize {
 		return 0
 	}
-	v := binary.LittleEndian.Uint16(page[pdPagesizeVersion:])
+	v := binary.LittleEndian.Uint16(hdr[pdPagesizeVersion:])
 	size := int(v & 0xFF00)
-	if v&0xFF != pageLayoutVersion || size < 1024 || size > 32768 || size&(size-1) != 0 || len(page) != size {
+	if v&0xFF != pageLayoutVersion || size < 1024 || size > 32768 || size&(size-1) != 0 {
 		return 0
 	}
 	return size
 }
 
-// hintBitsOnly reports whether page, the new content of a heap page whose
-// content in the file is orig, differs from it only in the hint bits of
-// t_infomask of orig's normal tuples. orig must be a heap page (no special
-// space) with a sane header; both must be as long as page's header says.
-// orig is overwritten.
-func hintBitsOnly(orig, page []byte) bool {
-	size := pageSize(page)
-	if size == 0 || len(orig) != size {
+// hintBitsOnly reports whether frag, new content at offset at of a page
+// whose content in the file is orig, differs from orig only in the hint
+// bits of t_infomask of orig's normal tuples. orig must be a whole heap
+// page (no special space) with a sane header, as long as it records. orig
+// is overwritten.
+func hintBitsOnly(orig, frag []byte, at int) bool {
+	size := headerPageSize(orig)
+	end := at + len(frag)
+	if size == 0 || len(orig) != size || at < 0 || end > size {
 		return false
 	}
 	lower := int(binary.LittleEndian.Uint16(orig[pdLower:]))
@@ -104,7 +105,7 @@ func hintBitsOnly(orig, page []byte) bool {
 	if special != size || lower < pageHeaderSize || lower > upper || upper > size || (lower-pageHeaderSize)%4 != 0 {
 		return false
 	}
-	// Take page's hint bits into orig; what is left to differ is not a hint.
+	// Take frag's hint bits into orig; what is left to differ is not a hint.
 	for lp := pageHeaderSize; lp < lower; lp += 4 {
 		v := binary.LittleEndian.Uint32(orig[lp:])
 		off, flags, n := int(v&0x7FFF), (v>>15)&3, int(v>>17)
@@ -112,33 +113,54 @@ func hintBitsOnly(orig, page []byte) bool {
 			continue
 		}
 		i := off + infomaskHigh
-		if (orig[i]^page[i])&^hintBits != 0 {
+		if i < at || i >= end {
+			continue
+		}
+		if (orig[i]^frag[i-at])&^hintBits != 0 {
 			return false
 		}
-		orig[i] = page[i]
+		orig[i] = frag[i-at]
 	}
-	return bytes.Equal(orig, page)
+	return bytes.Equal(orig[at:end], frag)
 }
 
 // hintOnlyWrite reports whether writing p at off would change nothing but
-// hint bits of one heap page that is still the restore point's: p is one
-// whole page at a page boundary, inside the original content, whose
-// chunks were never written (a write to a local chunk may have followed a
-// real change of this page), and the original page differs from p only in
-// hint bits (hintBitsOnly). The original is read through get, as reads do.
+// hint bits of a heap page that is still the restore point's, so that the
+// write can be dropped. p is a whole page at a page boundary, as
+// PostgreSQL writes it, or a piece of one: the kernel splits some writes
+// of a page in two FUSE requests (at 64 KiB boundaries of the writer's
+// buffer, it seems), so a write of the page's start with its header may
+// leave the rest to the next write of this file, which must then start
+// where it ended. The page lies inside the original content, its chunks
+// were never written (a write to a local chunk may have followed a real
+// change of the page), and the original page differs from p only in hint
+// bits (hintBitsOnly). The original is read through get, as reads do.
 func (d *fileData) hintOnlyWrite(ctx context.Context, get chunkPinner, p []byte, off int64) (bool, error) {
-	size := pageSize(p)
-	if size == 0 || off%int64(size) != 0 || off < 0 || off+int64(size) > d.limit {
+	page, size := off, 0
+	if d.hintNext > 0 && off == d.hintNext {
+		page, size = d.hintPage, d.hintSize
+	} else {
+		size = headerPageSize(p)
+	}
+	d.hintNext = 0
+	end := off + int64(len(p))
+	if size == 0 || page%int64(size) != 0 || page < 0 || len(p) == 0 || end > page+int64(size) || page+int64(size) > d.limit {
 		return false, nil
 	}
-	for i, last := d.chunkAt(off), d.chunkAt(off+int64(size)-1); i <= last; i++ {
+	for i, last := d.chunkAt(page), d.chunkAt(page+int64(size)-1); i <= last; i++ {
 		if d.isLocal(i) {
 			return false, nil
 		}
 	}
 	orig := make([]byte, size)
-	if n, err := d.readAt(ctx, get, orig, off); err != nil || n != size {
+	if n, err := d.readAt(ctx, get, orig, page); err != nil || n != size {
 		return false, err
 	}
-	return hintBitsOnly(orig, p), nil
+	if !hintBitsOnly(orig, p, int(off-page)) {
+		return false, nil
+	}
+	if end < page+int64(size) {
+		d.hintNext, d.hintPage, d.hintSize = end, page, size
+	}
+	return true, nil
 }

@@ -76,10 +76,16 @@ func TestHintBitsOnly(t *testing.T) {
 		{"line pointer", func(p []byte) { p[pageHeaderSize+1] ^= 0x01 }, false},
 		{"free space", func(p []byte) { p[pageHeaderSize+4*(tuples+1)+8] = 1 }, false},
 	} {
+		t.Run(tc.name+", in two pieces", func(t *testing.T) {
+			page := bytes.Clone(orig)
+			tc.change(page)
+			got := hintBitsOnly(bytes.Clone(orig), page[:6528], 0) && hintBitsOnly(bytes.Clone(orig), page[6528:], 6528)
+			require.Equal(t, tc.want, got)
+		})
 		t.Run(tc.name, func(t *testing.T) {
 			page := bytes.Clone(orig)
 			tc.change(page)
-			require.Equal(t, tc.want, hintBitsOnly(bytes.Clone(orig), page))
+			require.Equal(t, tc.want, hintBitsOnly(bytes.Clone(orig), page, 0))
 		})
 	}
 
@@ -90,7 +96,7 @@ func TestHintBitsOnly(t *testing.T) {
 		binary.LittleEndian.PutUint16(idx[pdUpper:], size-16-48*tuples) // not quite consistent, but sane
 		page := bytes.Clone(idx)
 		page[size-48+infomaskHigh] |= 0x01
-		require.False(t, hintBitsOnly(bytes.Clone(idx), page))
+		require.False(t, hintBitsOnly(bytes.Clone(idx), page, 0))
 	})
 	t.Run("hint byte of an unused line pointer's tuple", func(t *testing.T) {
 		// Only LP_NORMAL line pointers say where a tuple header is.
@@ -99,12 +105,12 @@ func TestHintBitsOnly(t *testing.T) {
 		le.PutUint32(o[pageHeaderSize:], uint32(size-48)|3<<15|48<<17) // LP_DEAD
 		page := bytes.Clone(o)
 		page[size-48+infomaskHigh] |= 0x01
-		require.False(t, hintBitsOnly(bytes.Clone(o), page))
+		require.False(t, hintBitsOnly(bytes.Clone(o), page, 0))
 	})
 	t.Run("other page sizes", func(t *testing.T) {
 		for _, sz := range []int{1024, 4096, 16384, 32768} {
 			o := heapPage(sz, 3)
-			require.True(t, hintBitsOnly(bytes.Clone(o), hinted(o, 3)), "size %d", sz)
+			require.True(t, hintBitsOnly(bytes.Clone(o), hinted(o, 3), 0), "size %d", sz)
 		}
 	})
 	t.Run("headers that are no page", func(t *testing.T) {
@@ -119,7 +125,7 @@ func TestHintBitsOnly(t *testing.T) {
 			set(o)
 			page := bytes.Clone(o)
 			page[size-48+infomaskHigh] |= 0x01
-			require.False(t, hintBitsOnly(bytes.Clone(o), page))
+			require.False(t, hintBitsOnly(bytes.Clone(o), page, 0))
 		}
 	})
 }
@@ -172,9 +178,61 @@ func TestHintOnlyWrite(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, ok)
 	})
-	t.Run("partial page", func(t *testing.T) {
+	t.Run("page in two writes", func(t *testing.T) {
+		// As the kernel splits some: the start with the header, then
+		// the rest, each dropped.
 		d, get := fresh(t)
-		ok, err := d.hintOnlyWrite(ctx, get, hint(3)[:4096], 3*size)
+		p := hint(3)
+		for _, w := range [][2]int{{0, 6528}, {6528, size}} {
+			ok, err := d.hintOnlyWrite(ctx, get, p[w[0]:w[1]], int64(3*size+w[0]))
+			require.NoError(t, err)
+			require.True(t, ok, "write %v", w)
+		}
+	})
+	t.Run("rest of a page with a real change", func(t *testing.T) {
+		d, get := fresh(t)
+		p := hint(3)
+		p[size-20] ^= 0xFF // tuple 0's data, in the rest
+		ok, err := d.hintOnlyWrite(ctx, get, p[:6528], 3*size)
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = d.hintOnlyWrite(ctx, get, p[6528:], 3*size+6528)
+		require.NoError(t, err)
+		require.False(t, ok)
+	})
+	t.Run("rest of a page whose start was written", func(t *testing.T) {
+		// The start (with a new LSN) was not dropped: the rest is not
+		// either, even if it differs in hint bits only.
+		d, get := fresh(t)
+		p := hint(3)
+		p[7]++
+		ok, err := d.hintOnlyWrite(ctx, get, p[:6528], 3*size)
+		require.NoError(t, err)
+		require.False(t, ok)
+		ok, err = d.hintOnlyWrite(ctx, get, p[6528:], 3*size+6528)
+		require.NoError(t, err)
+		require.False(t, ok)
+	})
+	t.Run("rest of a page after another write", func(t *testing.T) {
+		// The continuation must follow the start directly.
+		d, get := fresh(t)
+		p := hint(3)
+		ok, err := d.hintOnlyWrite(ctx, get, p[:6528], 3*size)
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = d.hintOnlyWrite(ctx, get, hint(5), 5*size)
+		require.NoError(t, err)
+		require.True(t, ok)
+		ok, err = d.hintOnlyWrite(ctx, get, p[6528:], 3*size+6528)
+		require.NoError(t, err)
+		require.False(t, ok)
+	})
+	t.Run("piece without the header", func(t *testing.T) {
+		d, get := fresh(t)
+		ok, err := d.hintOnlyWrite(ctx, get, hint(3)[:pageHeaderSize-1], 3*size)
+		require.NoError(t, err)
+		require.False(t, ok)
+		ok, err = d.hintOnlyWrite(ctx, get, hint(3)[4096:], 3*size+4096)
 		require.NoError(t, err)
 		require.False(t, ok)
 	})
