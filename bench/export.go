@@ -561,7 +561,8 @@ type sessionStep struct {
 
 // exportFigures reads a done session's journal record (sessions show
 // --json) of the export of shop: the seconds of each step of exportSteps,
-// the dump's bytes and the transfer's wire bytes, as Measure.Extra keys.
+// the dump's bytes, the transfer's wire bytes and the mount's CoW layer's
+// bytes, as Measure.Extra keys.
 func exportFigures(js []byte) (map[string]float64, error) { return exportFiguresOf(js, "shop") }
 
 // exportFiguresOf is exportFigures of the export of database db.
@@ -585,6 +586,11 @@ func exportFiguresOf(js []byte, db string) (map[string]float64, error) {
 		}
 		extra[want[1]] = st.Ended.Sub(st.Started).Seconds()
 		switch want[0] {
+		case orchestrator.StepMount:
+			// Journals before the mount recorded its CoW layer have none.
+			if st.Bytes > 0 {
+				extra["cow_MB"] = float64(st.Bytes) / 1e6
+			}
 		case orchestrator.DumpStep(db):
 			extra["dump_MB"] = float64(st.Bytes) / 1e6
 		case orchestrator.TransferStep(db):
