@@ -351,6 +351,10 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 		c.Settings["archive_mode"] = "on"
 		c.Settings["archive_command"] = db.pbr.archiveCommand()
 	}
+	// Nothing vacuums shop before its backup, as after a bulk load: its
+	// tuples carry no hint bits (mixed's; pgbench -i vacuums its own), and
+	// the export's reads set them on every page.
+	c.Settings["autovacuum"] = "off"
 	if err := c.start(ctx); err != nil {
 		return db, err
 	}
