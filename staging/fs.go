@@ -32,7 +32,7 @@ type filesys struct {
 	readahead int    // chunks fetched ahead of a sequential reader, at least
 	dropHints bool   // MountOptions.DropHintWrites
 
-	hintWrites atomic.Int64 // page writes dropped as hint bits only
+	hintWrites atomic.Int64 // writes dropped as hint bits only (pages or pieces)
 	hintBytes  atomic.Int64 // their bytes
 
 	// Over a LatencyReader: its RTT, and how far ahead reads may go in
@@ -105,7 +105,7 @@ type node struct {
 	plan []chunkstore.Node // root only: the tree that OnAdd builds
 
 	nextRead atomic.Int64 // where a sequential reader continues
-	relPage  bool         // a relation's main fork in the tree: see relMainFork
+	relPage  bool         // DropHintWrites and a relation's main fork by its path in the tree (relMainFork)
 
 	mu           sync.RWMutex // guards the fields below and data's content
 	perm         uint32

@@ -60,10 +60,11 @@ type MountOptions struct {
 	// mount over a LatencyReader reads (default a quarter of CacheBytes:
 	// what is read ahead waits in the cache, which other readers share).
 	MaxReadaheadBytes int64
-	// DropHintWrites drops a write of one page of a relation's main fork
-	// that changes nothing but hint bits of a heap page still as the
-	// restore point holds it (PostgreSQL sets them again when it next
-	// reads the page), instead of copying its chunk into the CoW layer.
+	// DropHintWrites drops a write of one page (or of the pieces the
+	// kernel splits it into) of a relation's main fork that changes
+	// nothing but hint bits of a heap page still as the restore point
+	// holds it (PostgreSQL sets them again when it next reads the page),
+	// instead of copying its chunk into the CoW layer: see hintbits.go.
 	// Only for a throwaway instance: the page in the file keeps its old
 	// hints. KeepHintWritesEnv=1 in the environment turns it off.
 	DropHintWrites bool
@@ -298,7 +299,7 @@ func (m *Mounted) FileSize(rel string) (int64, bool) {
 
 // MountStats count what a mount did.
 type MountStats struct {
-	HintWritesDropped int64 // page writes dropped as hint bits only (DropHintWrites)
+	HintWritesDropped int64 // writes (pages or pieces of one) dropped as hint bits only (DropHintWrites)
 	HintBytesDropped  int64 // their bytes
 }
 
