@@ -45,6 +45,9 @@ type Export struct {
 	// Tables and Rows shape the "tables" data; 0 means 5000 and 20, or 50
 	// and 20 with Env.Smoke.
 	Tables, Rows int
+	// Vacuum runs VACUUM FREEZE on shop before its backup, so that its
+	// tuples carry their hint bits (otherwise nothing vacuums it).
+	Vacuum bool
 	// Jobs is pgporter export's --jobs; 0 means 2.
 	Jobs int
 	// RefJobs is the reference's pg_dump -j; 0 means 1.
@@ -233,7 +236,7 @@ func (s *Export) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	}
 	sides := []string{"pipeline"}
 	notes := map[string]string{
-		"data":   fmt.Sprintf("%s (%s)", o.Data, shape),
+		"data":   fmt.Sprintf("%s (%s)%s", o.Data, shape, vacuumNote(o.Vacuum)),
 		"jobs":   fmt.Sprintf("pgporter export --jobs %d, reference pg_dump -j %d", o.Jobs, o.RefJobs),
 		"settle": fmt.Sprintf("%s of quiet, sync and drop_caches before every run", o.Settle),
 		"link":   link,
@@ -391,6 +394,11 @@ func makeExportRepo(ctx context.Context, o Export, repo, dir string) (_ exportDB
 			err = fmt.Errorf("export: data %q: want pgbench, mixed or tables", o.Data)
 		}
 		if err != nil {
+			return db, err
+		}
+	}
+	if o.Vacuum {
+		if _, err := c.client(ctx, "shop", "psql", "-qc", "VACUUM FREEZE"); err != nil {
 			return db, err
 		}
 	}
@@ -602,4 +610,11 @@ func exportFiguresOf(js []byte, db string) (map[string]float64, error) {
 		}
 	}
 	return extra, nil
+}
+
+func vacuumNote(v bool) string {
+	if v {
+		return ", VACUUM FREEZE before the backup"
+	}
+	return ", never vacuumed"
 }
