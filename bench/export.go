@@ -612,9 +612,10 @@ func exportFiguresOf(js []byte, db string) (map[string]float64, error) {
 	return extra, nil
 }
 
+// vacuumNote is what the data note adds for Export.Vacuum.
 func vacuumNote(v bool) string {
 	if v {
 		return ", VACUUM FREEZE before the backup"
 	}
-	return ", never vacuumed"
+	return ""
 }
