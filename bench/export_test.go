@@ -25,6 +25,9 @@ func doneSession(t *testing.T, state orchestrator.State, drop string) []byte {
 		if name == "dump:shop" {
 			st.Bytes = 9_500_000
 		}
+		if name == "mount" {
+			st.Bytes = 2_000_000
+		}
 		if name == "transfer:shop" {
 			st.Bytes, st.WireBytes = 9_500_000, 120_000
 		}
@@ -41,7 +44,7 @@ func TestExportFigures(t *testing.T) {
 	require.NoError(t, err)
 	want := map[string]float64{
 		"mount_s": 0.1, "instance_s": 0.2, "check_s": 0.3, "dump_s": 0.4, "transfer_s": 0.5, "cleanup_s": 0.7,
-		"dump_MB": 9.5, "wire_MB": 0.12,
+		"dump_MB": 9.5, "wire_MB": 0.12, "cow_MB": 2,
 	}
 	require.Len(t, x, len(want), "verify:shop is not kept")
 	for k, v := range want {

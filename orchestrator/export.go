@@ -577,7 +577,8 @@ func (x *sessionRun) stage(ctx context.Context, tgt *targetMover, dumped func(db
 // directory: the restore point's mount and the instance on it (staged),
 // and what the steps need to bring them up and use them.
 type stagedRun struct {
-	staged   *staging.Staged // what is up, and its teardown
+	staged   *staging.Staged  // what is up, and its teardown
+	mounted  *staging.Mounted // the mount once up, kept past the unmount for its stats
 	tree     []chunkstore.Node
 	chunks   staging.ChunkReader // the restore point's source, watched for corrupt chunks
 	src      Source
@@ -646,7 +647,10 @@ func (x *sessionRun) prepareStaging(ctx context.Context) (_ *stagedRun, err erro
 
 // mount is the mount step: the restore point at st.mnt.
 func (x *sessionRun) mount(ctx context.Context, st *stagedRun, out *stepOutcome) error {
-	_, err := st.staged.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log})
+	// The instance is throwaway: a page write that only sets hint bits
+	// need not be kept (a publication's mount keeps every write).
+	m, err := st.staged.Mount(ctx, st.mnt, st.tree, st.chunks, staging.MountOptions{CowDir: st.cowDir, Owner: x.plan().OSUser, Log: x.r.o.Log, DropHintWrites: true})
+	st.mounted = m
 	out.Detail = st.mnt
 	return err
 }
@@ -657,9 +661,21 @@ func (x *sessionRun) unmounted(st *stagedRun, err error) error {
 	if err != nil {
 		err = fmt.Errorf("unmounting %s: %w", st.mnt, err)
 	}
+	var stats staging.MountStats
+	if st.mounted != nil {
+		stats = st.mounted.Stats()
+	}
+	cow := diskUsage(st.cowDir)
 	_ = os.RemoveAll(st.cowDir)
 	_ = os.Remove(st.mnt)
-	_ = x.update(func(s *Session) { s.Resources.Mountpoint = "" })
+	_ = x.update(func(s *Session) {
+		s.Resources.Mountpoint = ""
+		// What the instance wrote through the mount, for the record.
+		if m := s.Step(StepMount); m.State == StepDone {
+			m.Bytes = cow
+			m.Detail = fmt.Sprintf("%s; copy-on-write layer %d bytes, %d hint-bit-only page writes (%d bytes) dropped", st.mnt, cow, stats.HintWritesDropped, stats.HintBytesDropped)
+		}
+	})
 	return err
 }
 

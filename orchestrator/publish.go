@@ -839,8 +839,13 @@ func CowBytes(p *Publication) int64 {
 	if p.On != "" {
 		return p.CowSize
 	}
+	return diskUsage(p.CowDir)
+}
+
+// diskUsage is the disk space the files under dir use, as du counts it.
+func diskUsage(dir string) int64 {
 	var n int64
-	_ = filepath.WalkDir(p.CowDir, func(_ string, d fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil
 		}

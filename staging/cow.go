@@ -36,6 +36,11 @@ type fileData struct {
 
 	cowPath string   // where the CoW file is created on first change
 	cow     *os.File // nil until the first change
+
+	// The page whose writes so far, up to hintNext, were dropped as hint
+	// bits only (hintOnlyWrite); hintNext is 0 when there is none.
+	hintPage, hintNext int64
+	hintSize           int
 }
 
 func newFileData(chunks []chunkstore.ChunkRef, cowPath string) *fileData {
@@ -195,6 +200,7 @@ func (d *fileData) writeAt(ctx context.Context, get chunkPinner, p []byte, off i
 // truncate sets the size. Shrinking lowers limit for good: bytes past the
 // new end read as zeros if the file grows again.
 func (d *fileData) truncate(size int64) error {
+	d.hintNext = 0
 	if size == d.size {
 		return nil
 	}

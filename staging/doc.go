@@ -1,6 +1,7 @@
 // Package staging runs the staging host's part of an export or a
 // publication: the FUSE filesystem of a restore point with its copy-on-write
-// layer, the overlay that keeps a publication's writes on disk, control of
+// layer (which, for an export's throwaway instance, drops page writes that
+// only set hint bits: MountOptions.DropHintWrites, hintbits.go), the overlay that keeps a publication's writes on disk, control of
 // a PostgreSQL instance on them (Staged brings the three up and down in
 // order), the pre-checks (credentials, privileges, space) and the pg_dump
 // runner.

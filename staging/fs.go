@@ -30,6 +30,10 @@ type filesys struct {
 	cowDir    string
 	uid, gid  uint32 // the owner every restored entry shows
 	readahead int    // chunks fetched ahead of a sequential reader, at least
+	dropHints bool   // MountOptions.DropHintWrites
+
+	hintWrites atomic.Int64 // writes dropped as hint bits only (pages or pieces)
+	hintBytes  atomic.Int64 // their bytes
 
 	// Over a LatencyReader: its RTT, and how far ahead reads may go in
 	// bytes, by RTT × rate (see aheadBytes). rtt is nil otherwise.
@@ -101,6 +105,7 @@ type node struct {
 	plan []chunkstore.Node // root only: the tree that OnAdd builds
 
 	nextRead atomic.Int64 // where a sequential reader continues
+	relPage  bool         // DropHintWrites and a relation's main fork by its path in the tree (relMainFork)
 
 	mu           sync.RWMutex // guards the fields below and data's content
 	perm         uint32
@@ -216,6 +221,7 @@ func (sys *filesys) newNode(n chunkstore.Node) *node {
 	}
 	if n.Type == chunkstore.NodeFile {
 		sys.addFile(nd, n.Chunks)
+		nd.relPage = sys.dropHints && relMainFork(n.Path)
 	}
 	return nd
 }
@@ -498,7 +504,17 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if err := n.data.writeAt(ctx, n.sys, data, off); err != nil {
+	drop := false
+	if n.relPage {
+		var err error
+		if drop, err = n.data.hintOnlyWrite(ctx, n.sys, data, off); err != nil {
+			return 0, n.errno("write", err)
+		}
+	}
+	if drop {
+		n.sys.hintWrites.Add(1)
+		n.sys.hintBytes.Add(int64(len(data)))
+	} else if err := n.data.writeAt(ctx, n.sys, data, off); err != nil {
 		return 0, n.errno("write", err)
 	}
 	n.mtime = time.Now()

@@ -60,6 +60,14 @@ type MountOptions struct {
 	// mount over a LatencyReader reads (default a quarter of CacheBytes:
 	// what is read ahead waits in the cache, which other readers share).
 	MaxReadaheadBytes int64
+	// DropHintWrites drops a write of one page (or of the pieces the
+	// kernel splits it into) of a relation's main fork that changes
+	// nothing but hint bits of a heap page still as the restore point
+	// holds it (PostgreSQL sets them again when it next reads the page),
+	// instead of copying its chunk into the CoW layer: see hintbits.go.
+	// Only for a throwaway instance: the page in the file keeps its old
+	// hints. KeepHintWritesEnv=1 in the environment turns it off.
+	DropHintWrites bool
 
 	clock func() time.Time // tests' clock for the read rate; nil: time.Now
 }
@@ -94,6 +102,9 @@ func (o MountOptions) withDefaults() MountOptions {
 	}
 	if o.clock == nil {
 		o.clock = time.Now
+	}
+	if os.Getenv(KeepHintWritesEnv) == "1" {
+		o.DropHintWrites = false
 	}
 	return o
 }
@@ -163,6 +174,7 @@ func Mount(ctx context.Context, mountpoint string, tree []chunkstore.Node, chunk
 		uid:       uid,
 		gid:       gid,
 		readahead: max(o.Readahead, 0),
+		dropHints: o.DropHintWrites,
 		bg:        bg,
 		cancel:    cancel,
 		sem:       make(chan struct{}, maxPrefetch),
@@ -283,6 +295,17 @@ func (m *Mounted) FileSize(rel string) (int64, bool) {
 		return 0, false
 	}
 	return n.data.size, true
+}
+
+// MountStats count what a mount did.
+type MountStats struct {
+	HintWritesDropped int64 // writes (pages or pieces of one) dropped as hint bits only (DropHintWrites)
+	HintBytesDropped  int64 // their bytes
+}
+
+// Stats returns the mount's counts so far.
+func (m *Mounted) Stats() MountStats {
+	return MountStats{HintWritesDropped: m.sys.hintWrites.Load(), HintBytesDropped: m.sys.hintBytes.Load()}
 }
 
 // ReadErr returns a *ReadError when any read or write through the mount

@@ -114,6 +114,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.Link.ReceiverCPUs, "receiver-cpus", "1", "lan, resume, export-lan: CPUs of the receiving side (taskset -c)")
 	f.StringVar(&o.Export.Data, "export-data", "pgbench", "export, export-lan: shape of the database shop: pgbench, mixed (md5 text, numeric, timestamptz, jsonb) or tables (thousands of small tables)")
 	f.IntVar(&o.Export.Scale, "export-scale", 70, "export, export-lan: pgbench scale of shop, or mixed's size in the same unit (1 with --smoke)")
+	f.BoolVar(&o.Export.Vacuum, "export-vacuum", false, "export: VACUUM FREEZE the database shop before its backup (by default nothing vacuums it: its tuples have no hint bits)")
 	f.IntVar(&o.Export.Tables, "export-tables", 5000, "export, export-lan: with --export-data tables, the number of tables (50 with --smoke)")
 	f.IntVar(&o.Export.Rows, "export-rows", 20, "export, export-lan: with --export-data tables, rows per table")
 	f.IntVar(&o.Export.Jobs, "jobs", 2, "export, export-lan, s3-exports, scale: pgporter export --jobs")

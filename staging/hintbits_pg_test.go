@@ -1,0 +1,131 @@
+package staging
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/internal/testsupport"
+)
+
+// TestDropHintWritesOnMount runs a throwaway instance on a backup whose
+// table was never read since its load, so that reading it sets hint bits on
+// every page, once with DropHintWrites and once without: both read and
+// dump what the source holds, and with it the CoW layer holds a fraction of
+// what it holds without. It guards against dropping a write that matters
+// (the results, the dump restored) and against the option doing nothing.
+func TestDropHintWritesOnMount(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	ctx := context.Background()
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{
+		Auth: "scram-sha-256", SuperPassword: "pw",
+		Settings: map[string]string{"autovacuum": "off"},
+	})
+	// About 20 MB, written without hint bits and never read before the
+	// backup: no VACUUM, no autovacuum, no query.
+	c.Exec(t, "postgres", "CREATE TABLE loaded AS SELECT g AS id, md5(g::text) AS a, md5((g * 7)::text) AS b FROM generate_series(1, 200000) g")
+	c.Stop(t)
+	tree, store := treeFromDir(t, c.DataDir)
+
+	const query = "SELECT count(*) || ' ' || sum(id) || ' ' || md5(string_agg(a || b, ',' ORDER BY id)) FROM loaded"
+	type outcome struct {
+		results []string
+		dump    string
+		cow     int64 // disk space of the CoW layer
+		stats   MountStats
+	}
+	run := func(t *testing.T, drop bool) outcome {
+		var out outcome
+		cowDir := filepath.Join(t.TempDir(), "cow")
+		m, mnt := mountTree(t, tree, store, MountOptions{CowDir: cowDir, DropHintWrites: drop})
+		for _, d := range []string{filepath.Dir(mnt), filepath.Dir(filepath.Dir(mnt))} {
+			require.NoError(t, os.Chmod(d, 0o755))
+		}
+		base, err := os.MkdirTemp("/var/tmp", "pgporter-hint-test-")
+		require.NoError(t, err)
+		t.Cleanup(func() { os.RemoveAll(base) })
+		require.NoError(t, os.Chmod(base, 0o755))
+		in, err := StartInstance(ctx, InstanceOptions{DataDir: mnt, RunDir: filepath.Join(base, "run"), BinDir: c.BinDir, Throwaway: true})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = in.Stop(ctx) }) // before the unmount: cleanups run last first
+		conn, err := in.connect(ctx, "postgres", "postgres", "pw")
+		require.NoError(t, err)
+		defer conn.Close(ctx)
+		out.dump = filepath.Join(t.TempDir(), "loaded.dump")
+		for i := range 2 {
+			var r string
+			require.NoError(t, conn.QueryRow(ctx, query).Scan(&r))
+			out.results = append(out.results, r)
+			f := out.dump + strconv.Itoa(i)
+			cmd := exec.CommandContext(ctx, filepath.Join(c.BinDir, "pg_dump"), "-Fc", "-t", "loaded", "-f", f, "-d", in.ConnString("postgres", "postgres"))
+			cmd.Env = append(os.Environ(), "PGPASSWORD=pw")
+			b, err := cmd.CombinedOutput()
+			require.NoError(t, err, string(b))
+		}
+		out.dump += "1"
+		// What the reads dirtied reaches the mount now, not at some
+		// bgwriter round: the throwaway instance's stop writes nothing.
+		_, err = conn.Exec(ctx, "CHECKPOINT")
+		require.NoError(t, err)
+		require.NoError(t, in.Stop(ctx))
+		out.stats = m.Stats()
+		require.NoError(t, m.ReadErr())
+		out.cow = diskUsage(t, cowDir)
+		return out
+	}
+	keep := run(t, false)
+	drop := run(t, true)
+	t.Logf("CoW layer: %d bytes without DropHintWrites, %d with; %+v", keep.cow, drop.cow, drop.stats)
+
+	c.Start(t)
+	want := c.Query(t, "postgres", query)
+	require.Equal(t, []string{want, want}, keep.results)
+	require.Equal(t, []string{want, want}, drop.results)
+
+	require.Zero(t, keep.stats.HintWritesDropped)
+	require.Positive(t, drop.stats.HintWritesDropped)
+	require.Greater(t, drop.stats.HintBytesDropped, int64(15<<20), "the table's pages are dropped")
+	require.Greater(t, keep.cow, int64(15<<20), "without the option the table's pages are copied into the CoW layer")
+	require.Less(t, drop.cow*4, keep.cow, "with the option most of them are not")
+
+	for i, dump := range []string{keep.dump, drop.dump} {
+		db := "restored" + strconv.Itoa(i)
+		c.CreateDB(t, db)
+		cmd := c.ClientCmd(ctx, db, "pg_restore", "--no-owner", "-d", db, dump)
+		b, err := cmd.CombinedOutput()
+		require.NoError(t, err, string(b))
+		require.Equal(t, want, c.Query(t, db, query))
+	}
+}
+
+// TestKeepHintWritesEnv: PGPORTER_KEEP_HINT_WRITES=1 turns the option off.
+func TestKeepHintWritesEnv(t *testing.T) {
+	require.True(t, MountOptions{DropHintWrites: true}.withDefaults().DropHintWrites)
+	t.Setenv(KeepHintWritesEnv, "1")
+	require.False(t, MountOptions{DropHintWrites: true}.withDefaults().DropHintWrites)
+}
+
+// diskUsage is the disk space of the files under dir, as du counts it.
+func diskUsage(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	require.NoError(t, filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += fi.Sys().(*syscall.Stat_t).Blocks * 512
+		return nil
+	}))
+	return n
+}
