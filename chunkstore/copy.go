@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 )
@@ -121,15 +122,19 @@ func copyWAL(ctx context.Context, src, dst *Repo, st *CopyStats, progress func(C
 		if err := copyChunks(ctx, src, dst, ids, st); err != nil {
 			return fmt.Errorf("WAL file %s: %w", name, err)
 		}
-		already, err := dst.commitWAL(ctx, w, w.Pushed)
+		pushed := w.Pushed
+		if pushed.IsZero() {
+			pushed = time.Now().UTC()
+		}
+		already, err := dst.commitWAL(ctx, w, pushed)
 		if err != nil {
 			return err
 		}
 		if already {
 			st.WALHeld++
-		} else {
-			st.WAL++
+			continue
 		}
+		st.WAL++
 		if progress != nil && st.WAL%100 == 0 {
 			progress(*st)
 		}
