@@ -122,9 +122,21 @@ func TestTransferSeries(t *testing.T) {
 	// One connection: a joined one would play no role until it joins.
 	_, err := s.Send(context.Background(), r.addr, r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "d"), TransferID: "t-series", RetryFor: -1, Connections: 1})
 	require.NoError(t, err)
-	close(bodies)
+	// Send returns at the commit's answer, which the receiver writes before
+	// its transfer's handler ends (its last sync may still call OnDurable):
+	// stopped, the mover has waited for every handler. bodies is drained,
+	// never closed, so a late scrape cannot send on a closed channel.
+	r.stop()
+	h.Store(nil)
 	var seen int
-	for body := range bodies {
+	for drained := false; !drained; {
+		var body string
+		select {
+		case body = <-bodies:
+		default:
+			drained = true
+			continue
+		}
 		if strings.Contains(body, `pgporter_mover_transfer_durable_bytes{peer="`+s.ID().String()+`",transfer="t-series"} `) {
 			require.Contains(t, body, `pgporter_mover_transfer_total_bytes{peer="`+s.ID().String()+`",transfer="t-series"} 6.291456e+06`)
 			require.Contains(t, body, `pgporter_mover_peer_transfers_active{peer="`+s.ID().String()+`"} 1`+"\n")
@@ -134,10 +146,6 @@ func TestTransferSeries(t *testing.T) {
 		}
 	}
 	require.Positive(t, seen, "the series while the transfer ran")
-	// Send returns at the commit's answer, which the receiver writes before
-	// its transfer's handler ends: stopped, the mover has waited for every
-	// handler.
-	r.stop()
 	_, body := get(t, handler, "/metrics")
 	require.NotContains(t, body, "pgporter_mover_transfer_durable_bytes{", "the series end with the transfer")
 	require.NotContains(t, body, "pgporter_mover_transfer_total_bytes{")
