@@ -225,7 +225,12 @@ func TestExportAtFromBucket(t *testing.T) {
 	code, _, errs := runCLI(t, "repo", "init", "--repo", url, "--encrypt", "--repo-password-file", passFile)
 	require.Equal(t, 0, code, errs)
 	t.Setenv(crypt.PasswordEnv, "archive passphrase")
-	c, repo, _ := archivingClusterTo(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"}, url, "env "+env+"PGPORTER_CACHE_DIR="+pgCache+" ")
+	// The archiver has the passphrase from its first start (through the
+	// variable, then the flag): a segment completed before the flag is set
+	// would otherwise fail its push, and pg_stat_archiver's failed_count,
+	// which waitArchived checks, survives the restart.
+	c, repo, _ := archivingClusterTo(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"}, url,
+		"env "+env+"PGPORTER_CACHE_DIR="+pgCache+" PGPORTER_REPO_PASSWORD_FILE="+passFile+" ")
 	c.Stop(t)
 	c.Settings["archive_command"] = strings.Replace(c.Settings["archive_command"], " %p", " --repo-password-file "+passFile+" %p", 1)
 	c.Start(t)
