@@ -139,6 +139,21 @@ func (j *mountJob) describe() string {
 		j.scale, j.docs, float64(j.size)/1e6)
 }
 
+// source returns the data directory a run reads: the cluster's own, or
+// with mount a fresh mount of its backup at d/mnt (a fresh home in d, so
+// a cold cache), which the caller stops.
+func (j *mountJob) source(ctx context.Context, d string, mount bool) (string, *mounted, error) {
+	if !mount {
+		return j.cluster.DataDir, nil, nil
+	}
+	mnt := filepath.Join(d, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return "", nil, err
+	}
+	m, err := j.mountLatest(ctx, filepath.Join(d, "home"), mnt)
+	return mnt, m, err
+}
+
 // prepareMountData fills a throwaway cluster (fillBench at scale, 0
 // meaning 20 or 1 with env.Smoke), vacuums it, stops it and backs its
 // data directory up into a new repository under env.Dir; with dump it
@@ -241,21 +256,12 @@ func (t *readTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		return Measure{}, err
 	}
 	defer func() { err = errors.Join(err, os.RemoveAll(d)) }()
-	src := j.cluster.DataDir
-	var m *mounted
-	if t.mount {
-		src = filepath.Join(d, "mnt")
-		if err := os.Mkdir(src, 0o755); err != nil {
-			return Measure{}, err
-		}
-		if m, err = j.mountLatest(ctx, filepath.Join(d, "home"), src); err != nil {
-			return Measure{}, err
-		}
-		defer func() {
-			if m != nil {
-				err = errors.Join(err, m.stop())
-			}
-		}()
+	src, m, err := j.source(ctx, d, t.mount)
+	if err != nil {
+		return Measure{}, err
+	}
+	if m != nil {
+		defer func() { err = errors.Join(err, m.stop()) }()
 	}
 	if t.warm {
 		if _, _, err := tarCount(ctx, src); err != nil {
@@ -347,21 +353,12 @@ func (t *dumpTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 			return Measure{}, err
 		}
 	}
-	data := j.cluster.DataDir
-	var m *mounted
-	if t.mount {
-		data = filepath.Join(d, "mnt")
-		if err := os.Mkdir(data, 0o755); err != nil {
-			return Measure{}, err
-		}
-		if m, err = j.mountLatest(ctx, filepath.Join(d, "home"), data); err != nil {
-			return Measure{}, err
-		}
-		defer func() {
-			if m != nil {
-				err = errors.Join(err, m.stop())
-			}
-		}()
+	data, m, err := j.source(ctx, d, t.mount)
+	if err != nil {
+		return Measure{}, err
+	}
+	if m != nil {
+		defer func() { err = errors.Join(err, m.stop()) }()
 		_ = os.Remove(filepath.Join(data, "postmaster.pid"))
 	}
 	t0 := time.Now()
