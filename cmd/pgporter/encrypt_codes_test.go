@@ -18,14 +18,7 @@ import (
 // and a sealed store whose config was removed (7, where it said to give a
 // passphrase and, given one, to drop it).
 func TestEncryptedExitCodes(t *testing.T) {
-	t.Setenv(crypt.PasswordEnv, "")
-	os.Unsetenv(crypt.PasswordEnv)
-	t.Setenv(chunkstore.PasswordFileEnv, "")
-	os.Unsetenv(chunkstore.PasswordFileEnv)
-	repo := filepath.Join(t.TempDir(), "repo")
-	pass := writePass(t, "first passphrase")
-	_, err := chunkstore.InitRepo(t.Context(), repo, chunkstore.InitOptions{Passphrase: []byte("first passphrase"), Key: crypt.KeyOptions{KDF: crypt.MinKDF}})
-	require.NoError(t, err)
+	repo, pass := newEncryptedRepo(t)
 
 	code, _, errs := runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", filepath.Join(t.TempDir(), "nosuch"))
 	require.Equal(t, exitUsage, code, errs)
@@ -58,14 +51,7 @@ func TestEncryptedExitCodes(t *testing.T) {
 // ID went into it in the clear, asked for by nobody. A --to made first by
 // repo init, plain or encrypted, is copied into.
 func TestEncryptedRepoCopyPlain(t *testing.T) {
-	t.Setenv(crypt.PasswordEnv, "")
-	os.Unsetenv(crypt.PasswordEnv)
-	t.Setenv(chunkstore.PasswordFileEnv, "")
-	os.Unsetenv(chunkstore.PasswordFileEnv)
-	repo := filepath.Join(t.TempDir(), "repo")
-	pass := writePass(t, "first passphrase")
-	_, err := chunkstore.InitRepo(t.Context(), repo, chunkstore.InitOptions{Passphrase: []byte("first passphrase"), Key: crypt.KeyOptions{KDF: crypt.MinKDF}})
-	require.NoError(t, err)
+	repo, pass := newEncryptedRepo(t)
 	src, _ := fakeDataDir(t)
 	code, _, errs := runCLI(t, "backup", "--repo", repo, "--pgdata", src, "--repo-password-file", pass)
 	require.Equal(t, 0, code, errs)
@@ -79,4 +65,20 @@ func TestEncryptedRepoCopyPlain(t *testing.T) {
 	code, out, errs := runCLI(t, "repo", "copy", "--from", repo, "--to", to, "--from-password-file", pass)
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "1 restore points copied")
+}
+
+// newEncryptedRepo makes an encrypted directory repository with the
+// passphrase in the file pass, and clears the passphrase variables for the
+// test, so that only the flags given supply one.
+func newEncryptedRepo(t *testing.T) (repo, pass string) {
+	t.Helper()
+	t.Setenv(crypt.PasswordEnv, "")
+	os.Unsetenv(crypt.PasswordEnv)
+	t.Setenv(chunkstore.PasswordFileEnv, "")
+	os.Unsetenv(chunkstore.PasswordFileEnv)
+	repo = filepath.Join(t.TempDir(), "repo")
+	pass = writePass(t, "first passphrase")
+	_, err := chunkstore.InitRepo(t.Context(), repo, chunkstore.InitOptions{Passphrase: []byte("first passphrase"), Key: crypt.KeyOptions{KDF: crypt.MinKDF}})
+	require.NoError(t, err)
+	return repo, pass
 }
