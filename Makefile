@@ -158,7 +158,10 @@ fuzz:
 # and their reading to docs/BENCHMARKS.md. BENCH_FLAGS adds flags, e.g.
 # BENCH_FLAGS="--data /var/tmp/lan-dump" (see
 # 'go run ./bench/cmd/pgporter-bench --help'). The lock keeps benchmark runs
-# that share the machine from overlapping.
+# that share the machine from overlapping. Without BENCH_FLAGS, a run that
+# finishes regenerates its section of docs/BENCHMARKS.md (the tables and
+# charts between the markers pgporter-bench:make-bench and
+# pgporter-bench:make-bench-full); with them, the doc is left alone.
 #
 # make bench: a subset at modest sizes, 3 runs, about 14 minutes on 2 cores:
 # the chunk engine, the LAN cold transfer (a 260 MB dump), the export of a
@@ -172,16 +175,17 @@ fuzz:
 # pgbench -s 20, about 4 minutes). The WAN, outage and delta
 # scenarios (about 15 minutes) and scale-10x are bench-full's.
 BENCH_FLAGS  ?=
+bench_doc     = $(if $(strip $(BENCH_FLAGS)),,--doc docs/BENCHMARKS.md --doc-section $(1))
 BENCH_SUBSET := --scenario chunk,lan,export,export-lan,multidb,backup,scale-1x,mount --runs 3 \
 	--export-scale 20 --export-settle 10s
 bench: setup
-	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_SUBSET) $(BENCH_FLAGS)
+	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_SUBSET) $(BENCH_FLAGS) $(call bench_doc,make-bench)
 
 # make bench-full: every scenario at its default size, 5 runs (about 45
 # minutes): the WAN path with its loss, outage and delta; the export at
 # pgbench -s 70 with 30 s of settling; scale-10x.
 bench-full: setup
-	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_FLAGS)
+	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_FLAGS) $(call bench_doc,make-bench-full)
 
 # The harness's earlier name.
 bench-harness: bench-full

@@ -179,3 +179,60 @@ func TestWireChart(t *testing.T) {
 	}
 	require.NotContains(t, svg, "in process", "a tool without wire bytes has no bar")
 }
+
+// TestUpdateDocSection: only the text between the markers changes, a second
+// update gives the same file, and a file without its markers, or with them
+// twice or reversed, is refused and left as it was.
+func TestUpdateDocSection(t *testing.T) {
+	dir := t.TempDir()
+	results := filepath.Join(dir, "results")
+	require.NoError(t, os.Mkdir(results, 0o755))
+	jsonPath := filepath.Join(results, "20261206-090000.json")
+	f := sampleFile()
+	require.NoError(t, WriteJSON(jsonPath, f))
+	_, err := WriteCharts(results, "20261206-090000", f)
+	require.NoError(t, err)
+
+	docs := filepath.Join(dir, "docs")
+	require.NoError(t, os.Mkdir(docs, 0o755))
+	doc := filepath.Join(docs, "B.md")
+	head, tail := "# B\n\nbefore\n<!-- pgporter-bench:full begin -->", "<!-- pgporter-bench:full end -->\nafter\n"
+	require.NoError(t, os.WriteFile(doc, []byte(head+"\nstale\n"+tail), 0o600))
+	require.NoError(t, UpdateDocSection(doc, "full", jsonPath, f))
+	got, err := os.ReadFile(doc)
+	require.NoError(t, err)
+	s := string(got)
+	require.True(t, strings.HasPrefix(s, head+"\n"), s)
+	require.True(t, strings.HasSuffix(s, "\n"+tail), s)
+	require.NotContains(t, s, "stale")
+	require.Contains(t, s, "from [20261206-090000.json](../results/20261206-090000.json)")
+	require.Contains(t, s, "commit abc123")
+	require.Contains(t, s, "scenarios: lan, chunk.")
+	require.Contains(t, s, "| pgporter |")
+	require.Contains(t, s, "![lan-wall](../results/20261206-090000-lan-wall.svg)")
+	require.Contains(t, s, "![lan-wire](../results/20261206-090000-lan-wire.svg)")
+	st, err := os.Stat(doc)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "the file keeps its mode")
+
+	require.NoError(t, UpdateDocSection(doc, "full", jsonPath, f))
+	again, err := os.ReadFile(doc)
+	require.NoError(t, err)
+	require.Equal(t, s, string(again), "regenerating is idempotent")
+
+	for body, want := range map[string]string{
+		"no markers\n": `has no section "full"`,
+		"<!-- pgporter-bench:full end -->\n<!-- pgporter-bench:full begin -->\n":                                     "ends before it begins",
+		"<!-- pgporter-bench:full begin -->\n<!-- pgporter-bench:full begin -->\n<!-- pgporter-bench:full end -->\n": "marked more than once",
+	} {
+		require.NoError(t, os.WriteFile(doc, []byte(body), 0o644))
+		require.ErrorContains(t, UpdateDocSection(doc, "full", jsonPath, f), want)
+		left, err := os.ReadFile(doc)
+		require.NoError(t, err)
+		require.Equal(t, body, string(left))
+	}
+	require.ErrorContains(t, UpdateDocSection(doc, "Full Run", jsonPath, f), "want lowercase letters")
+	entries, err := os.ReadDir(docs)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "no temporary file left")
+}

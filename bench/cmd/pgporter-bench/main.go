@@ -12,6 +12,7 @@
 //	go run ./bench/cmd/pgporter-bench --scenario multidb,backup,scale-1x --runs 3
 //	go run ./bench/cmd/pgporter-bench --smoke
 //	go run ./bench/cmd/pgporter-bench --report bench/results/DATE.json
+//	go run ./bench/cmd/pgporter-bench --report bench/results/DATE.json --doc docs/BENCHMARKS.md --doc-section make-bench
 package main
 
 import (
@@ -44,6 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var list bool
 	var report string
 	var sendFlags string
+	var doc, docSection string
 	c := &cobra.Command{
 		Use:           "pgporter-bench",
 		Short:         "Benchmark pgporter against rsync, tar|zstd|nc and the other tools users would pick",
@@ -57,10 +59,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				}
 				return nil
 			}
+			if (doc == "") != (docSection == "") {
+				return usageError{errors.New("--doc and --doc-section go together")}
+			}
+			if doc != "" {
+				// Refused now, not after an hour of runs.
+				if err := bench.CheckDocSection(doc, docSection); err != nil {
+					return usageError{err}
+				}
+			}
 			if report != "" {
 				f, err := bench.ReadJSON(report)
 				if err != nil {
 					return err
+				}
+				if doc != "" {
+					return bench.UpdateDocSection(doc, docSection, report, f)
 				}
 				return bench.WriteTables(stdout, f)
 			}
@@ -93,6 +107,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			if w != nil {
 				fmt.Fprintf(stderr, "pgporter-bench: wrote %s, %s, %s and %d charts\n", w.JSON, w.Benchfmt, w.Markdown, len(w.Charts))
 			}
+			if err != nil || doc == "" {
+				return err
+			}
+			// Only a run that finished replaces the tables in the doc.
+			f, err := bench.ReadJSON(w.JSON)
+			if err == nil {
+				err = bench.UpdateDocSection(doc, docSection, w.JSON, f)
+			}
+			if err == nil {
+				fmt.Fprintf(stderr, "pgporter-bench: regenerated section %s of %s\n", docSection, doc)
+			}
 			return err
 		},
 	}
@@ -100,6 +125,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringSliceVar(&o.Scenarios, "scenario", nil, "scenarios to run, by name, comma-separated or repeated; a name runs its variants too (wan: wan and wan-lossy) (default all; see --list)")
 	f.IntVar(&o.Runs, "runs", 0, "repetitions of each tool, interleaved (default 5, or 1 with --smoke)")
 	f.StringVar(&o.Out, "out", "bench/results", "directory for the results: DATE.json, DATE.txt (benchstat), DATE.md and charts")
+	f.StringVar(&doc, "doc", "", "after a run that finishes (or with --report), replace the tables of section --doc-section of the Markdown `FILE` (e.g. docs/BENCHMARKS.md), between its lines <!-- pgporter-bench:NAME begin --> and <!-- pgporter-bench:NAME end -->")
+	f.StringVar(&docSection, "doc-section", "", "the section of --doc to replace, by `NAME` (make bench: make-bench; make bench-full: make-bench-full)")
 	f.BoolVar(&list, "list", false, "list the scenarios and exit")
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")

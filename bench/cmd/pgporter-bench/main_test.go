@@ -75,14 +75,49 @@ func smoke(t *testing.T, out string, timeout time.Duration, args ...string) (f *
 
 // TestSmokeChunk runs the in-process scenario alone: it needs nothing, so
 // it runs (and guards the output path) wherever the LAN smoke is skipped.
+//
+// It also regenerates a section of a Markdown file (--doc), as make bench
+// does with docs/BENCHMARKS.md.
 func TestSmokeChunk(t *testing.T) {
 	out := t.TempDir()
-	f, _, stdout := smoke(t, out, time.Minute, "--scenario", "chunk")
+	doc := filepath.Join(t.TempDir(), "BENCH.md")
+	before := "# Benchmarks\n\nAnalysis above.\n\n<!-- pgporter-bench:smoke begin -->\nold tables\n<!-- pgporter-bench:smoke end -->\n\nAnalysis below.\n"
+	require.NoError(t, os.WriteFile(doc, []byte(before), 0o644))
+	f, path, stdout := smoke(t, out, time.Minute, "--scenario", "chunk", "--doc", doc, "--doc-section", "smoke")
 	require.Len(t, f.Results, 1)
 	require.Equal(t, "chunk", f.Results[0].Scenario)
 	require.Len(t, f.Results[0].Runs, len(bench.ChunkLevels)+2, "cdc, cdc+blake3 and each level, once")
 	require.Contains(t, stdout, "| fastest |")
 	require.NoDirExists(t, filepath.Join(out, ".bin"), "no pgporter built for the chunk scenario")
+
+	got, err := os.ReadFile(doc)
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(string(got), "# Benchmarks\n\nAnalysis above.\n\n<!-- pgporter-bench:smoke begin -->\n"), string(got))
+	require.True(t, strings.HasSuffix(string(got), "<!-- pgporter-bench:smoke end -->\n\nAnalysis below.\n"), string(got))
+	require.NotContains(t, string(got), "old tables")
+	require.Contains(t, string(got), "| fastest |")
+	relJSON, err := filepath.Rel(filepath.Dir(doc), path)
+	require.NoError(t, err)
+	require.Contains(t, string(got), "from ["+filepath.Base(path)+"]("+relJSON+")")
+	rel, err := filepath.Rel(filepath.Dir(doc), strings.TrimSuffix(path, ".json")+"-chunk-wall.svg")
+	require.NoError(t, err)
+	require.Contains(t, string(got), "![chunk-wall]("+rel+")", "the chart, linked from the doc's directory")
+}
+
+// TestDocFlags: --doc is checked before anything runs.
+func TestDocFlags(t *testing.T) {
+	var out, errb bytes.Buffer
+	outDir := t.TempDir()
+	require.Equal(t, 2, run(context.Background(), []string{"--scenario", "chunk", "--doc", "x.md", "--out", outDir}, &out, &errb))
+	require.Contains(t, errb.String(), "--doc and --doc-section go together")
+	errb.Reset()
+	doc := filepath.Join(t.TempDir(), "B.md")
+	require.NoError(t, os.WriteFile(doc, []byte("no markers\n"), 0o644))
+	require.Equal(t, 2, run(context.Background(), []string{"--scenario", "chunk", "--doc", doc, "--doc-section", "s", "--out", outDir}, &out, &errb))
+	require.Contains(t, errb.String(), "has no section \"s\": add the lines <!-- pgporter-bench:s begin --> and <!-- pgporter-bench:s end -->")
+	entries, err := os.ReadDir(outDir)
+	require.NoError(t, err)
+	require.Empty(t, entries, "nothing ran")
 }
 
 // TestSmokeChunkDump runs --smoke of chunk-dump (a few seconds): a
