@@ -107,18 +107,25 @@ func (d *backupData) describe() string {
 	return fmt.Sprintf("pgbench -i -s %d plus %d rows of md5 text, jsonb and words; then 1%% of the rows of both tables appended and %d rows updated (%d bytes after)", d.scale, d.docs, UpdatedRows, d.sizeB)
 }
 
+// clusterScale is a scenario's pgbench scale: scale when it is set, else
+// 20, or 1 with --smoke.
+func clusterScale(scale int, smoke bool) int {
+	switch {
+	case scale > 0:
+		return scale
+	case smoke:
+		return 1
+	}
+	return 20
+}
+
 // prepareBackupData fills a throwaway cluster (pgbench -s scale, 0 meaning
 // 20 or 1 with env.Smoke, and scale×30,000 rows of docs), keeps a copy of
 // its data directory, then appends 1% of the rows and updates UpdatedRows
 // of them: the two states that the backup tools read in turn. The caller
 // removes d.cluster.
 func prepareBackupData(ctx context.Context, env Env, name string, scale int) (_ *backupData, err error) {
-	if scale <= 0 {
-		scale = 20
-		if env.Smoke {
-			scale = 1
-		}
-	}
+	scale = clusterScale(scale, env.Smoke)
 	docs := scale * 30_000
 	if err := os.Chmod(env.Dir, 0o755); err != nil {
 		return nil, err

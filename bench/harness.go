@@ -181,13 +181,7 @@ func multiDBScenario(o Options) *Export {
 			e.Databases = 2
 		}
 	}
-	e.Scale = o.MultiDBScale
-	if e.Scale <= 0 {
-		e.Scale = 20
-		if o.Smoke {
-			e.Scale = 1
-		}
-	}
+	e.Scale = clusterScale(o.MultiDBScale, o.Smoke)
 	if o.Smoke {
 		e.Tables = 0
 	}

@@ -160,12 +160,7 @@ func (j *mountJob) source(ctx context.Context, d string, mount bool) (string, *m
 // also measures database bench and lists its tables, for the dumps'
 // checks. The caller removes j.cluster.
 func prepareMountData(ctx context.Context, env Env, name, bin string, scale int, dump bool) (_ *mountJob, err error) {
-	if scale <= 0 {
-		scale = 20
-		if env.Smoke {
-			scale = 1
-		}
-	}
+	scale = clusterScale(scale, env.Smoke)
 	docs := scale * 30_000
 	// The postgres user must reach the mounts and the socket directories.
 	if err := os.Chmod(env.Dir, 0o755); err != nil {

@@ -97,3 +97,15 @@ func TestRunCancelled(t *testing.T) {
 	require.Empty(t, s.ran)
 	require.Equal(t, 1, s.closed)
 }
+
+func TestClusterScale(t *testing.T) {
+	for _, c := range []struct {
+		scale int
+		smoke bool
+		want  int
+	}{{0, false, 20}, {0, true, 1}, {-3, false, 20}, {7, false, 7}, {7, true, 7}} {
+		if got := clusterScale(c.scale, c.smoke); got != c.want {
+			t.Errorf("clusterScale(%d, %v) = %d, want %d", c.scale, c.smoke, got, c.want)
+		}
+	}
+}
