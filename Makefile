@@ -183,7 +183,8 @@ bench: setup
 
 # make bench-full: every scenario at its default size, 5 runs (about 45
 # minutes): the WAN path with its loss, outage and delta; the export at
-# pgbench -s 70 with 30 s of settling; scale-10x.
+# pgbench -s 70 with 30 s of settling, and on data shaped like an
+# application's (export-mixed); scale-10x.
 bench-full: setup
 	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_FLAGS) $(call bench_doc,make-bench-full)
 

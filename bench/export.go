@@ -81,6 +81,10 @@ type Export struct {
 	// rsync daemon in the receiving namespace, plain and with -z. BWLimit
 	// and Databases do not apply.
 	Link *LinkOptions
+	// Mixed makes this the loopback scenario on data shaped like an
+	// application's ("export-mixed"): Data is "mixed", whatever the
+	// options say, and Scale defaults to 20 (about 250 MB).
+	Mixed bool
 }
 
 var _ Scenario = (*Export)(nil)
@@ -91,14 +95,16 @@ func (s *Export) Name() string {
 		return "multidb"
 	case s.Link != nil:
 		return "export-lan"
+	case s.Mixed:
+		return "export-mixed"
 	}
 	return "export"
 }
 
-// standalone is true for export-lan: "--scenario export" keeps choosing
-// the loopback scenario alone, whose figures and needs (no netns) stay
-// what they were.
-func (s *Export) standalone() bool { return s.Link != nil }
+// standalone is true for export-lan and export-mixed: "--scenario export"
+// keeps choosing the loopback scenario alone, whose figures and needs (no
+// netns) stay what they were.
+func (s *Export) standalone() bool { return s.Link != nil || s.Mixed }
 
 func (s *Export) Describe() string {
 	if s.Databases > 1 {
@@ -106,6 +112,9 @@ func (s *Export) Describe() string {
 	}
 	if s.Link != nil {
 		return "export one database out of a pgporter backup to another host over a 1 Gbit/s veth link (tc tbf): pgporter export --target against pgporter mount, postgres, pg_dump -Fd (gzip) and rsync to an rsync daemon"
+	}
+	if s.Mixed {
+		return "the export scenario on data shaped like an application's (md5 text, numeric, timestamptz and jsonb; by default never vacuumed), on one machine"
 	}
 	return "export one database out of a pgporter backup: pgporter export against pgporter mount, postgres, pg_dump -Fd (gzip) and rsync -a, on one machine"
 }
@@ -118,6 +127,10 @@ func (s *Export) withDefaults(smoke bool) Export {
 	o := *s
 	if o.Data == "" {
 		o.Data = "pgbench"
+	}
+	if o.Mixed {
+		o.Data = "mixed"
+		o.Scale = clusterScale(o.Scale, smoke)
 	}
 	if o.Scale <= 0 {
 		o.Scale = 70

@@ -143,6 +143,7 @@ func TestExportLANSelection(t *testing.T) {
 		{[]string{"export"}, []string{"export"}},
 		{[]string{"export-lan"}, []string{"export-lan"}},
 		{[]string{"export-lan", "export"}, []string{"export", "export-lan"}},
+		{[]string{"export-mixed"}, []string{"export-mixed"}},
 		{[]string{"lan"}, []string{"lan"}},
 	} {
 		got, err := selectScenarios(all, tc.names)
@@ -170,6 +171,11 @@ func TestExportLANDefaults(t *testing.T) {
 	require.Equal(t, "export-lan", (&Export{Link: &LinkOptions{}}).Name())
 	require.Equal(t, "multidb", (&Export{Databases: 2}).Name())
 	require.Equal(t, "export", (&Export{}).Name())
+	require.Equal(t, "export-mixed", (&Export{Mixed: true}).Name())
+	mixed := (&Export{Mixed: true, Data: "tables"}).withDefaults(false)
+	require.Equal(t, "mixed", mixed.Data, "export-mixed's data whatever --export-data says")
+	require.Equal(t, 20, mixed.Scale)
+	require.Equal(t, 1, (&Export{Mixed: true}).withDefaults(true).Scale)
 
 	require.Equal(t, "pg_dump+rsync", (&refExportTool{}).Name())
 	require.Equal(t, "pg_dump+rsync -z", (&refExportTool{name: "pg_dump+rsync -z", rsync: rsyncZstd}).Name())

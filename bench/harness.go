@@ -106,6 +106,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&Outage{Profile: ProfileWAN, Length: outage, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		&Delta{Profile: ProfileWAN, Pgporter: o.Pgporter, SendFlags: o.SendFlags, Link: cpus, data: wd},
 		exportScenario(o),
+		exportMixedScenario(o),
 		exportLANScenario(o),
 		multiDBScenario(o),
 		&Backup{Pgporter: o.Pgporter, Scale: o.BackupScale},
@@ -158,6 +159,15 @@ func exportScenario(o Options) *Export {
 	e := o.Export
 	e.Pgporter, e.Base = o.Pgporter, o.Base
 	return &e
+}
+
+// exportMixedScenario is scenario 7 on one machine on data shaped like an
+// application's, at its own scale (--export-scale is the pgbench export's:
+// 70 by default).
+func exportMixedScenario(o Options) *Export {
+	e := exportScenario(o)
+	e.Mixed, e.Scale = true, 0
+	return e
 }
 
 // exportLANScenario is scenario 7 over the LAN scenario's link: the

@@ -68,7 +68,7 @@ func perfFiles(file string, chosen []Scenario) (map[string]string, error) {
 		}
 	}
 	if len(names) == 0 {
-		return nil, errors.New("--perf profiles pgporter in the lan, export and export-lan scenarios; none of them is chosen")
+		return nil, errors.New("--perf profiles pgporter in the lan, export, export-mixed and export-lan scenarios; none of them is chosen")
 	}
 	files := make(map[string]string, len(names))
 	for _, n := range names {

@@ -37,7 +37,7 @@ func TestPerfFiles(t *testing.T) {
 		{names: []string{"lan"}, want: map[string]string{"lan": "/tmp/p"}},
 		{names: []string{"chunk", "export"}, want: map[string]string{"export": "/tmp/p"}},
 		{names: []string{"lan", "export", "wan"}, want: map[string]string{"lan": "/tmp/p.lan", "export": "/tmp/p.export"}},
-		{names: nil, want: map[string]string{"lan": "/tmp/p.lan", "export": "/tmp/p.export", "export-lan": "/tmp/p.export-lan"}},
+		{names: nil, want: map[string]string{"lan": "/tmp/p.lan", "export": "/tmp/p.export", "export-mixed": "/tmp/p.export-mixed", "export-lan": "/tmp/p.export-lan"}},
 		{names: []string{"export-lan"}, want: map[string]string{"export-lan": "/tmp/p"}},
 		{names: []string{"multidb"}, err: "none of them is chosen"},
 		{names: []string{"chunk", "wan"}, err: "none of them is chosen"},

@@ -5,6 +5,7 @@
 //	go run ./bench/cmd/pgporter-bench --list
 //	go run ./bench/cmd/pgporter-bench --scenario lan --runs 5 --data /var/tmp/lan-dump
 //	go run ./bench/cmd/pgporter-bench --scenario export --runs 3 --export-scale 70
+//	go run ./bench/cmd/pgporter-bench --scenario export-mixed --runs 3 --perf /tmp/mixed.data
 //	go run ./bench/cmd/pgporter-bench --scenario export-lan --runs 3 --export-scale 20
 //	go run ./bench/cmd/pgporter-bench --scenario lan --data /var/tmp/lan-dump --perf /tmp/lan.data
 //	go run ./bench/cmd/pgporter-bench --scenario wan,outage,delta --runs 3
@@ -55,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if list {
 				for _, s := range bench.ScenarioNames() {
-					fmt.Fprintf(stdout, "%-10s %s\n", s[0], s[1])
+					fmt.Fprintf(stdout, "%-12s %s\n", s[0], s[1])
 				}
 				return nil
 			}
@@ -131,21 +132,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&report, "report", "", "print the Markdown tables of a results file (DATE.json) and exit")
 	f.BoolVar(&o.Smoke, "smoke", false, "a tiny version of each scenario, for CI: seconds, not minutes")
 	f.StringVar(&o.Data, "data", "", "lan, resume: directory to send (e.g. a pg_dump -Fd dump); chunk-dump: to cut; default: generated")
-	f.StringVar(&o.Pgporter, "pgporter", "", "lan, resume, wan, outage, delta, export, export-lan, multidb, backup, s3-backup, s3-exports, scale, walpush, mount, mount-dump: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
-	f.StringVar(&o.Base, "pgporter-base", "", `lan, export, export-lan: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
-	f.StringVar(&o.Perf, "perf", "", "lan, export, export-lan: record perf record -g of pgporter's sender (lan) or export (export, export-lan) into `FILE`, in an extra run not counted, and log its report's top lines; FILE.NAME (FILE.lan, FILE.export) when several run (needs perf, package linux-perf)")
+	f.StringVar(&o.Pgporter, "pgporter", "", "lan, resume, wan, outage, delta, export, export-mixed, export-lan, multidb, backup, s3-backup, s3-exports, scale, walpush, mount, mount-dump: pgporter binary (default: build ./cmd/pgporter into OUT/.bin)")
+	f.StringVar(&o.Base, "pgporter-base", "", `lan, export, export-mixed, export-lan: an earlier pgporter binary, run as "pgporter (base)" or "pgporter export (base)" beside the others`)
+	f.StringVar(&o.Perf, "perf", "", "lan, export, export-mixed, export-lan: record perf record -g of pgporter's sender (lan) or export (the others) into `FILE`, in an extra run not counted, and log its report's top lines; FILE.NAME (FILE.lan, FILE.export) when several run (needs perf, package linux-perf)")
 	f.StringVar(&sendFlags, "send-flags", "", `lan, resume: extra flags of pgporter send, e.g. "--compress fastest"`)
-	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none (export-lan: the link is the cap)`)
+	f.StringVar(&o.Export.BWLimit, "export-bwlimit", "", `export, export-mixed: cap on both pipelines' transfer, e.g. "25M" (pgporter export --bwlimit, rsync --bwlimit); default none (export-lan: the link is the cap)`)
 	f.StringVar(&o.Link.Rate, "rate", "1gbit", "lan, resume, export-lan: link rate each way (tc tbf)")
 	f.StringVar(&o.Link.SenderCPUs, "sender-cpus", "0", "lan, resume, export-lan: CPUs of the sending side (taskset -c)")
 	f.StringVar(&o.Link.ReceiverCPUs, "receiver-cpus", "1", "lan, resume, export-lan: CPUs of the receiving side (taskset -c)")
 	f.StringVar(&o.Export.Data, "export-data", "pgbench", "export, export-lan: shape of the database shop: pgbench, mixed (md5 text, numeric, timestamptz, jsonb) or tables (thousands of small tables)")
-	f.IntVar(&o.Export.Scale, "export-scale", 70, "export, export-lan: pgbench scale of shop, or mixed's size in the same unit (1 with --smoke)")
-	f.BoolVar(&o.Export.Vacuum, "export-vacuum", false, "export: VACUUM FREEZE the database shop before its backup (by default nothing vacuums it: its tuples have no hint bits)")
+	f.IntVar(&o.Export.Scale, "export-scale", 70, "export, export-lan: pgbench scale of shop, or mixed's size in the same unit (1 with --smoke; export-mixed is 20, or 1)")
+	f.BoolVar(&o.Export.Vacuum, "export-vacuum", false, "export, export-mixed: VACUUM FREEZE the database shop before its backup (by default nothing vacuums it: its tuples have no hint bits)")
 	f.IntVar(&o.Export.Tables, "export-tables", 5000, "export, export-lan: with --export-data tables, the number of tables (50 with --smoke)")
 	f.IntVar(&o.Export.Rows, "export-rows", 20, "export, export-lan: with --export-data tables, rows per table")
-	f.IntVar(&o.Export.Jobs, "jobs", 2, "export, export-lan, s3-exports, scale: pgporter export --jobs")
-	f.IntVar(&o.Export.RefJobs, "ref-jobs", 1, "export, export-lan: the reference's pg_dump -j")
+	f.IntVar(&o.Export.Jobs, "jobs", 2, "export, export-mixed, export-lan, s3-exports, scale: pgporter export --jobs")
+	f.IntVar(&o.Export.RefJobs, "ref-jobs", 1, "export, export-mixed, export-lan: the reference's pg_dump -j")
 	f.StringVar(&o.Link.TCPCongestion, "tcp-cc", "", `wan, outage, delta: TCP congestion control of the end hosts, e.g. "reno" (default: the machine's; a namespace may only pick one of net.ipv4.tcp_allowed_congestion_control)`)
 	f.IntVar(&o.WANScale, "wan-scale", 4, "wan, outage, delta: pgbench scale of the dump they share (plus scale×30,000 rows of md5 text, jsonb and words)")
 	f.IntVar(&o.LossyBytes, "lossy-bytes", 0, "wan-lossy: bytes of its synthetic tree (default 2 MiB, 64 KiB with --smoke)")
@@ -158,7 +159,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.MemoryProfile, "memory-profile", "", "scale-1x, scale-10x: leave in `DIR`/SCENARIO/runN each pgporter export run's memory diagnostics: VmRSS and VmHWM every 0.2 s (rss.tsv), and smaps_rollup, a heap profile and MemStats at the highest VmRSS sampled, gctrace")
 	f.IntVar(&o.ScaleBase, "scale-base", 0, "scale-1x, scale-10x: pgbench scale at 1x, plus scale×30,000 rows of md5 text, jsonb and words (default 10, 1 with --smoke)")
 	f.IntVar(&o.MountScale, "mount-scale", 0, "mount, mount-dump: pgbench scale of the cluster, plus scale×30,000 rows of md5 text, jsonb and words (default 20, 1 with --smoke)")
-	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export, export-lan, s3-exports: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
+	f.DurationVar(&o.Export.Settle, "export-settle", 30*time.Second, "export, export-mixed, export-lan, s3-exports: quiet before every run, then sync and drop caches (ext4 skips inodes deleted in the last 30 s; 0 with --smoke)")
 	c.SetArgs(args)
 	c.SetOut(stdout)
 	c.SetErr(stderr)

@@ -48,7 +48,7 @@ func TestPerfFlag(t *testing.T) {
 	// export profiles pgporter.
 	outDir := t.TempDir()
 	require.Equal(t, 1, run(context.Background(), []string{"--scenario", "chunk,multidb", "--perf", "/tmp/p.data", "--out", outDir}, &out, &errb))
-	require.Contains(t, errb.String(), "--perf profiles pgporter in the lan, export and export-lan scenarios; none of them is chosen")
+	require.Contains(t, errb.String(), "--perf profiles pgporter in the lan, export, export-mixed and export-lan scenarios; none of them is chosen")
 	require.NoDirExists(t, filepath.Join(outDir, ".bin"))
 	require.Equal(t, 2, run(context.Background(), []string{"--perf"}, &out, &errb), "--perf takes a file")
 }
