@@ -181,10 +181,11 @@ BENCH_SUBSET := --scenario chunk,lan,export,export-lan,multidb,backup,scale-1x,m
 bench: setup
 	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_SUBSET) $(BENCH_FLAGS) $(call bench_doc,make-bench)
 
-# make bench-full: every scenario at its default size, 5 runs (about 45
-# minutes): the WAN path with its loss, outage and delta; the export at
-# pgbench -s 70 with 30 s of settling, and on data shaped like an
-# application's (export-mixed); scale-10x.
+# make bench-full: every scenario at its default size, 5 runs (57 minutes
+# on 2 cores at ac5ee69, before export-mixed, which adds about 6): the WAN
+# path with its loss, outage and delta; the export at pgbench -s 70 with
+# 30 s of settling, and on data shaped like an application's
+# (export-mixed); scale-10x.
 bench-full: setup
 	flock /tmp/pgporter-bench.lock $(GO) run ./bench/cmd/pgporter-bench $(BENCH_FLAGS) $(call bench_doc,make-bench-full)
 
