@@ -163,7 +163,7 @@ fuzz:
 # charts between the markers pgporter-bench:make-bench and
 # pgporter-bench:make-bench-full); with them, the doc is left alone.
 #
-# make bench: a subset at modest sizes, 3 runs, about 14 minutes on 2 cores:
+# make bench: a subset at modest sizes, 3 runs, about 7 minutes on 2 cores (6 min 55 s at 60a4b2d):
 # the chunk engine, the LAN cold transfer (a 260 MB dump), the export of a
 # pgbench -s 20 database on one machine (export) and over the LAN's 1 Gbit/s
 # link (export-lan, about 3.5 minutes: scenario 7's figure where the
