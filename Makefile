@@ -166,14 +166,14 @@ fuzz:
 # make bench: a subset at modest sizes, 3 runs, about 7 minutes on 2 cores (6 min 55 s at 60a4b2d):
 # the chunk engine, the LAN cold transfer (a 260 MB dump), the export of a
 # pgbench -s 20 database on one machine (export) and over the LAN's 1 Gbit/s
-# link (export-lan, about 3.5 minutes: scenario 7's figure where the
+# link (export-lan: scenario 7's figure where the
 # reference's transfer is not free), and of one of 4 such databases against
 # pgBackRest's restore (multidb), all with 10 s of settling before each run
 # (not 30), backups against pgBackRest full and incr (pgbench -s 20), and
 # send, backup and export at 1x (scale-1x, pgbench -s 10), and reads and
 # pg_dump through a mount against the local disk (mount and mount-dump,
-# pgbench -s 20, about 4 minutes). The WAN, outage and delta
-# scenarios (about 15 minutes) and scale-10x are bench-full's.
+# pgbench -s 20). The WAN, outage and delta
+# scenarios and scale-10x are bench-full's.
 BENCH_FLAGS  ?=
 bench_doc     = $(if $(strip $(BENCH_FLAGS)),,--doc docs/BENCHMARKS.md --doc-section $(1))
 BENCH_SUBSET := --scenario chunk,lan,export,export-lan,multidb,backup,scale-1x,mount --runs 3 \
