@@ -9,8 +9,8 @@ import (
 	"strings"
 )
 
-// A generated section of a Markdown file lies between two HTML comments,
-// which render as nothing:
+// sectionMarkers returns the two lines that bound section name of a
+// Markdown file, HTML comments, which render as nothing:
 //
 //	<!-- pgporter-bench:NAME begin -->
 //	...
@@ -121,10 +121,12 @@ func orNone(s string) string {
 	return s
 }
 
+// writeFileAtomic replaces path with data, keeping its mode, through a
+// temporary file in its directory renamed over it.
 func writeFileAtomic(path string, data []byte) error {
 	st, err := os.Stat(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("updating %s: %w", path, err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {

@@ -108,7 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			if w != nil {
 				fmt.Fprintf(stderr, "pgporter-bench: wrote %s, %s, %s and %d charts\n", w.JSON, w.Benchfmt, w.Markdown, len(w.Charts))
 			}
-			if err != nil || doc == "" {
+			if err != nil || doc == "" || w == nil {
 				return err
 			}
 			// Only a run that finished replaces the tables in the doc.
