@@ -683,7 +683,7 @@ func (x *sessionRun) unmounted(st *stagedRun, err error) error {
 // the plan's point in time if it has one, its PID journaled.
 func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *stepOutcome) error {
 	r, p := x.r, x.plan()
-	opts := staging.InstanceOptions{DataDir: st.staged.Mounted().Dir(), RunDir: filepath.Join(st.dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, AllowMissingPreload: p.AllowMissingPreload}
+	opts := staging.InstanceOptions{DataDir: st.staged.Mounted().Dir(), RunDir: filepath.Join(st.dir, "run"), OSUser: p.OSUser, Log: r.o.Log, Throwaway: true, Standby: true, AllowMissingPreload: p.AllowMissingPreload}
 	if p.At != nil {
 		proxy, err := x.recovery(ctx, st.src, &opts)
 		if proxy != nil {

@@ -17,10 +17,12 @@ import (
 
 // TestDropHintWritesOnMount runs a throwaway instance on a backup whose
 // table was never read since its load, so that reading it sets hint bits on
-// every page, once with DropHintWrites and once without: both read and
-// dump what the source holds, and with it the CoW layer holds a fraction of
-// what it holds without. It guards against dropping a write that matters
-// (the results, the dump restored) and against the option doing nothing.
+// every page, once with DropHintWrites and once without, and once as a hot
+// standby (InstanceOptions.Standby, as an export runs it): all read and
+// dump what the source holds; with the option the CoW layer holds a
+// fraction of what it holds without, and the standby sends no hinted page
+// to the mount at all. It guards against dropping a write that matters
+// (the results, the dump restored) and against either doing nothing.
 func TestDropHintWritesOnMount(t *testing.T) {
 	testsupport.RequireFUSE(t)
 	ctx := context.Background()
@@ -41,7 +43,7 @@ func TestDropHintWritesOnMount(t *testing.T) {
 		cow     int64 // disk space of the CoW layer
 		stats   MountStats
 	}
-	run := func(t *testing.T, drop bool) outcome {
+	run := func(t *testing.T, drop, standby bool) outcome {
 		var out outcome
 		cowDir := filepath.Join(t.TempDir(), "cow")
 		m, mnt := mountTree(t, tree, store, MountOptions{CowDir: cowDir, DropHintWrites: drop})
@@ -52,12 +54,15 @@ func TestDropHintWritesOnMount(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { os.RemoveAll(base) })
 		require.NoError(t, os.Chmod(base, 0o755))
-		in, err := StartInstance(ctx, InstanceOptions{DataDir: mnt, RunDir: filepath.Join(base, "run"), BinDir: c.BinDir, Throwaway: true})
+		in, err := StartInstance(ctx, InstanceOptions{DataDir: mnt, RunDir: filepath.Join(base, "run"), BinDir: c.BinDir, Throwaway: true, Standby: standby})
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = in.Stop(ctx) }) // before the unmount: cleanups run last first
 		conn, err := in.connect(ctx, "postgres", "postgres", "pw")
 		require.NoError(t, err)
 		defer conn.Close(ctx)
+		var inRecovery bool
+		require.NoError(t, conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery))
+		require.Equal(t, standby, inRecovery)
 		out.dump = filepath.Join(t.TempDir(), "loaded.dump")
 		for i := range 2 {
 			var r string
@@ -72,6 +77,7 @@ func TestDropHintWritesOnMount(t *testing.T) {
 		out.dump += "1"
 		// What the reads dirtied reaches the mount now, not at some
 		// bgwriter round: the throwaway instance's stop writes nothing.
+		// (On the standby, a restartpoint.)
 		_, err = conn.Exec(ctx, "CHECKPOINT")
 		require.NoError(t, err)
 		require.NoError(t, in.Stop(ctx))
@@ -80,22 +86,26 @@ func TestDropHintWritesOnMount(t *testing.T) {
 		out.cow = diskUsage(t, cowDir)
 		return out
 	}
-	keep := run(t, false)
-	drop := run(t, true)
-	t.Logf("CoW layer: %d bytes without DropHintWrites, %d with; %+v", keep.cow, drop.cow, drop.stats)
+	keep := run(t, false, false)
+	drop := run(t, true, false)
+	standby := run(t, true, true)
+	t.Logf("CoW layer: %d bytes without DropHintWrites, %d with, %d on the standby; %+v", keep.cow, drop.cow, standby.cow, drop.stats)
 
 	c.Start(t)
 	want := c.Query(t, "postgres", query)
 	require.Equal(t, []string{want, want}, keep.results)
 	require.Equal(t, []string{want, want}, drop.results)
+	require.Equal(t, []string{want, want}, standby.results)
 
 	require.Zero(t, keep.stats.HintWritesDropped)
 	require.Positive(t, drop.stats.HintWritesDropped)
 	require.Greater(t, drop.stats.HintBytesDropped, int64(15<<20), "the table's pages are dropped")
 	require.Greater(t, keep.cow, int64(15<<20), "without the option the table's pages are copied into the CoW layer")
 	require.Less(t, drop.cow*4, keep.cow, "with the option most of them are not")
+	require.Less(t, standby.stats.HintBytesDropped, int64(1<<20), "the standby does not write its hinted pages back")
+	require.Less(t, standby.cow*4, keep.cow)
 
-	for i, dump := range []string{keep.dump, drop.dump} {
+	for i, dump := range []string{keep.dump, drop.dump, standby.dump} {
 		db := "restored" + strconv.Itoa(i)
 		c.CreateDB(t, db)
 		cmd := c.ClientCmd(ctx, db, "pg_restore", "--no-owner", "-d", db, dump)

@@ -89,6 +89,17 @@ type InstanceOptions struct {
 	// instance opens (point-in-time); Instance.Recovered says where it
 	// stopped.
 	Recovery *Recovery
+	// Standby opens the instance read-only, as a hot standby with no WAL
+	// left to replay (standby.signal, once the crash recovery, the replay
+	// of Recovery and the scrub of role settings are done), with
+	// wal_log_hints=on. In recovery, PostgreSQL sets the hint bits that
+	// reading a never-vacuumed table needs in its buffers without marking
+	// the pages dirty when hints would need WAL (MarkBufferDirtyHint), so
+	// a dump writes nothing back through the mount: each page that a seq
+	// scan hinted was otherwise one synchronous FUSE write
+	// (docs/BENCHMARKS.md, "Where the never-vacuumed export's time goes").
+	// For instances that only read: an export's.
+	Standby bool
 }
 
 // Instance is a PostgreSQL server started on a restore point: a private
@@ -268,6 +279,13 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	}
 	if len(in.Neutralised) > 0 {
 		o.Log.Warn("removed role and database settings that load code or run programs", "settings", strings.Join(in.Neutralised, "; "))
+	}
+	if o.Standby {
+		// After the single-user runs above, which must write.
+		if err := writeSignal(o.DataDir, "standby.signal", cred); err != nil {
+			return nil, err
+		}
+		args = append(args, "-c", "wal_log_hints=on")
 	}
 	logf, err := os.OpenFile(in.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {

@@ -108,13 +108,19 @@ func (r *Recovery) settings() []string {
 // signal writes recovery.signal into the data directory, owned by the
 // instance's OS user.
 func (r *Recovery) signal(dataDir string, cred *syscall.Credential) error {
-	p := filepath.Join(dataDir, "recovery.signal")
+	return writeSignal(dataDir, "recovery.signal", cred)
+}
+
+// writeSignal writes the empty signal file name (recovery.signal,
+// standby.signal) into the data directory, owned by the instance's OS user.
+func writeSignal(dataDir, name string, cred *syscall.Credential) error {
+	p := filepath.Join(dataDir, name)
 	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		return fmt.Errorf("staging: writing recovery.signal: %w", err)
+		return fmt.Errorf("staging: writing %s: %w", name, err)
 	}
 	if cred != nil {
 		if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
-			return fmt.Errorf("staging: writing recovery.signal: %w", err)
+			return fmt.Errorf("staging: writing %s: %w", name, err)
 		}
 	}
 	return nil
