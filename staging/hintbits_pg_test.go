@@ -115,6 +115,47 @@ func TestDropHintWritesOnMount(t *testing.T) {
 	}
 }
 
+// TestStandbyFromMinimalWAL: a backup of a server that ran with
+// wal_level=minimal, which pg_control records, still opens as a standby
+// (archive recovery refuses to replay WAL of wal_level=minimal; the
+// instance's standby has none left to replay), read-only and with the
+// source's rows.
+func TestStandbyFromMinimalWAL(t *testing.T) {
+	testsupport.RequireFUSE(t)
+	ctx := context.Background()
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{
+		Auth: "scram-sha-256", SuperPassword: "pw",
+		Settings: map[string]string{"wal_level": "minimal", "max_wal_senders": "0", "archive_mode": "off"},
+	})
+	c.Exec(t, "postgres", "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+	c.Stop(t)
+	cd, err := exec.Command(filepath.Join(c.BinDir, "pg_controldata"), c.DataDir).Output()
+	require.NoError(t, err)
+	require.Regexp(t, `wal_level setting: +minimal`, string(cd), "the source ran with wal_level=minimal")
+	tree, store := treeFromDir(t, c.DataDir)
+	_, mnt := mountTree(t, tree, store, MountOptions{CowDir: filepath.Join(t.TempDir(), "cow")})
+	for _, d := range []string{filepath.Dir(mnt), filepath.Dir(filepath.Dir(mnt))} {
+		require.NoError(t, os.Chmod(d, 0o755))
+	}
+	base, err := os.MkdirTemp("/var/tmp", "pgporter-standby-test-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(base) })
+	require.NoError(t, os.Chmod(base, 0o755))
+	in, err := StartInstance(ctx, InstanceOptions{DataDir: mnt, RunDir: filepath.Join(base, "run"), BinDir: c.BinDir, Throwaway: true, Standby: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = in.Stop(ctx) })
+	conn, err := in.connect(ctx, "postgres", "postgres", "pw")
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var inRecovery bool
+	var sum int64
+	require.NoError(t, conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), (SELECT sum(id) FROM t)").Scan(&inRecovery, &sum))
+	require.True(t, inRecovery)
+	require.Equal(t, int64(500500), sum)
+	_, err = conn.Exec(ctx, "CREATE TABLE u (x int)")
+	require.ErrorContains(t, err, "read-only transaction", "a standby takes no writes")
+}
+
 // TestKeepHintWritesEnv: PGPORTER_KEEP_HINT_WRITES=1 turns the option off.
 func TestKeepHintWritesEnv(t *testing.T) {
 	require.True(t, MountOptions{DropHintWrites: true}.withDefaults().DropHintWrites)
