@@ -10,8 +10,10 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -46,20 +48,7 @@ func TestDropHintWritesOnMount(t *testing.T) {
 	run := func(t *testing.T, drop, standby bool) outcome {
 		var out outcome
 		cowDir := filepath.Join(t.TempDir(), "cow")
-		m, mnt := mountTree(t, tree, store, MountOptions{CowDir: cowDir, DropHintWrites: drop})
-		for _, d := range []string{filepath.Dir(mnt), filepath.Dir(filepath.Dir(mnt))} {
-			require.NoError(t, os.Chmod(d, 0o755))
-		}
-		base, err := os.MkdirTemp("/var/tmp", "pgporter-hint-test-")
-		require.NoError(t, err)
-		t.Cleanup(func() { os.RemoveAll(base) })
-		require.NoError(t, os.Chmod(base, 0o755))
-		in, err := StartInstance(ctx, InstanceOptions{DataDir: mnt, RunDir: filepath.Join(base, "run"), BinDir: c.BinDir, Throwaway: true, Standby: standby})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = in.Stop(ctx) }) // before the unmount: cleanups run last first
-		conn, err := in.connect(ctx, "postgres", "postgres", "pw")
-		require.NoError(t, err)
-		defer conn.Close(ctx)
+		m, in, conn := throwawayOnMount(t, c, tree, store, MountOptions{CowDir: cowDir, DropHintWrites: drop}, standby)
 		var inRecovery bool
 		require.NoError(t, conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery))
 		require.Equal(t, standby, inRecovery)
@@ -78,7 +67,7 @@ func TestDropHintWritesOnMount(t *testing.T) {
 		// What the reads dirtied reaches the mount now, not at some
 		// bgwriter round: the throwaway instance's stop writes nothing.
 		// (On the standby, a restartpoint.)
-		_, err = conn.Exec(ctx, "CHECKPOINT")
+		_, err := conn.Exec(ctx, "CHECKPOINT")
 		require.NoError(t, err)
 		require.NoError(t, in.Stop(ctx))
 		out.stats = m.Stats()
@@ -133,20 +122,7 @@ func TestStandbyFromMinimalWAL(t *testing.T) {
 	require.NoError(t, err)
 	require.Regexp(t, `wal_level setting: +minimal`, string(cd), "the source ran with wal_level=minimal")
 	tree, store := treeFromDir(t, c.DataDir)
-	_, mnt := mountTree(t, tree, store, MountOptions{CowDir: filepath.Join(t.TempDir(), "cow")})
-	for _, d := range []string{filepath.Dir(mnt), filepath.Dir(filepath.Dir(mnt))} {
-		require.NoError(t, os.Chmod(d, 0o755))
-	}
-	base, err := os.MkdirTemp("/var/tmp", "pgporter-standby-test-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(base) })
-	require.NoError(t, os.Chmod(base, 0o755))
-	in, err := StartInstance(ctx, InstanceOptions{DataDir: mnt, RunDir: filepath.Join(base, "run"), BinDir: c.BinDir, Throwaway: true, Standby: true})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = in.Stop(ctx) })
-	conn, err := in.connect(ctx, "postgres", "postgres", "pw")
-	require.NoError(t, err)
-	defer conn.Close(ctx)
+	_, _, conn := throwawayOnMount(t, c, tree, store, MountOptions{CowDir: filepath.Join(t.TempDir(), "cow")}, true)
 	var inRecovery bool
 	var sum int64
 	require.NoError(t, conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), (SELECT sum(id) FROM t)").Scan(&inRecovery, &sum))
@@ -154,6 +130,29 @@ func TestStandbyFromMinimalWAL(t *testing.T) {
 	require.Equal(t, int64(500500), sum)
 	_, err = conn.Exec(ctx, "CREATE TABLE u (x int)")
 	require.ErrorContains(t, err, "read-only transaction", "a standby takes no writes")
+}
+
+// throwawayOnMount mounts tree with o and starts a throwaway instance of c's
+// binaries on it (a standby if standby), connected as postgres/pw. The
+// instance stops before the unmount, the connection closes before both.
+func throwawayOnMount(t *testing.T, c *testsupport.Cluster, tree []chunkstore.Node, store ChunkReader, o MountOptions, standby bool) (*Mounted, *Instance, *pgx.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	m, mnt := mountTree(t, tree, store, o)
+	for _, d := range []string{filepath.Dir(mnt), filepath.Dir(filepath.Dir(mnt))} {
+		require.NoError(t, os.Chmod(d, 0o755))
+	}
+	base, err := os.MkdirTemp("/var/tmp", "pgporter-instance-test-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(base) })
+	require.NoError(t, os.Chmod(base, 0o755))
+	in, err := StartInstance(ctx, InstanceOptions{DataDir: mnt, RunDir: filepath.Join(base, "run"), BinDir: c.BinDir, Throwaway: true, Standby: standby})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = in.Stop(ctx) }) // before the unmount: cleanups run last first
+	conn, err := in.connect(ctx, "postgres", "postgres", "pw")
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(ctx) })
+	return m, in, conn
 }
 
 // TestKeepHintWritesEnv: PGPORTER_KEEP_HINT_WRITES=1 turns the option off.
