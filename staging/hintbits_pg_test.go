@@ -155,6 +155,14 @@ func throwawayOnMount(t *testing.T, c *testsupport.Cluster, tree []chunkstore.No
 	return m, in, conn
 }
 
+// TestReadWriteInstanceEnv: PGPORTER_READ_WRITE_INSTANCE=1 turns Standby off.
+func TestReadWriteInstanceEnv(t *testing.T) {
+	require.True(t, InstanceOptions{Standby: true}.standby())
+	require.False(t, InstanceOptions{}.standby())
+	t.Setenv(ReadWriteInstanceEnv, "1")
+	require.False(t, InstanceOptions{Standby: true}.standby())
+}
+
 // TestKeepHintWritesEnv: PGPORTER_KEEP_HINT_WRITES=1 turns the option off.
 func TestKeepHintWritesEnv(t *testing.T) {
 	require.True(t, MountOptions{DropHintWrites: true}.withDefaults().DropHintWrites)

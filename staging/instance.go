@@ -98,8 +98,19 @@ type InstanceOptions struct {
 	// a dump writes nothing back through the mount: each page that a seq
 	// scan hinted was otherwise one synchronous FUSE write
 	// (docs/BENCHMARKS.md, "Where the never-vacuumed export's time goes").
-	// For instances that only read: an export's.
+	// For instances that only read: an export's. ReadWriteInstanceEnv=1
+	// in the environment turns it off.
 	Standby bool
+}
+
+// ReadWriteInstanceEnv, set to 1, turns InstanceOptions.Standby off: the
+// instance opens read-write after its crash recovery, as before Standby
+// existed, should a backup's settings keep a standby from opening.
+const ReadWriteInstanceEnv = "PGPORTER_READ_WRITE_INSTANCE"
+
+// standby reports whether the instance opens as a hot standby.
+func (o InstanceOptions) standby() bool {
+	return o.Standby && os.Getenv(ReadWriteInstanceEnv) != "1"
 }
 
 // Instance is a PostgreSQL server started on a restore point: a private
@@ -280,7 +291,7 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	if len(in.Neutralised) > 0 {
 		o.Log.Warn("removed role and database settings that load code or run programs", "settings", strings.Join(in.Neutralised, "; "))
 	}
-	if o.Standby {
+	if o.standby() {
 		// After the single-user runs above, which must write.
 		if err := writeSignal(o.DataDir, "standby.signal", cred); err != nil {
 			return nil, err
