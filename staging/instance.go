@@ -173,8 +173,9 @@ var safeSettings = []string{
 }
 
 // StartInstance prepares the data directory (drops a stale postmaster.pid
-// and the recovery/standby signal files, so the server does crash recovery
-// and comes up read-write) and starts postgres, returning once it accepts
+// and the backed-up server's recovery/standby signal files, so the server
+// does crash recovery and comes up read-write, or with o.Standby a hot
+// standby of its own making) and starts postgres, returning once it accepts
 // connections.
 func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	if o.DataDir == "" || o.RunDir == "" {
