@@ -389,8 +389,12 @@ func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64)
 		return Measure{}, err
 	}
 	r.last = sr
-	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v",
-		j.scenario(), r.t.name, float64(sr.WireBytes)/1e6, sr.ChunksSent, sr.ChunksTotal, sr.Levels)
+	var path string
+	if p := sr.Path; p != nil {
+		path = fmt.Sprintf("; %d connections, %d framed for loss repair (groups of %d), %d packets lost by QUIC's count", p.Connections, p.Repaired, p.RepairGroup, p.PacketsLost)
+	}
+	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v%s",
+		j.scenario(), r.t.name, float64(sr.WireBytes)/1e6, sr.ChunksSent, sr.ChunksTotal, sr.Levels, path)
 	return Measure{
 		Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: cpu, RSSReceiver: hwm,
 		WireBytes: wire,
@@ -421,6 +425,12 @@ type sendResult struct {
 	ChunksSent  int64            `json:"chunks_sent"`
 	Reconnects  int              `json:"reconnects"`
 	Levels      map[string]int64 `json:"levels"`
+	Path        *struct {
+		Connections int    `json:"connections"`
+		Repaired    int    `json:"repaired_connections"`
+		RepairGroup int    `json:"repair_group"`
+		PacketsLost uint64 `json:"packets_lost"`
+	} `json:"path"`
 
 	// ResumedBytes were durable at the receiver when the send began: what
 	// an earlier, interrupted send of the same transfer left.

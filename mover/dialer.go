@@ -24,12 +24,18 @@ func dialMoverFor(ctx context.Context, addr string, id *Identity, peer PeerID, i
 // dialMoverBuffers is dialMoverFor that also returns the UDP socket's
 // buffer sizes, for the caller to warn about.
 func dialMoverBuffers(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm) (*quic.Conn, *controlStream, UDPBuffers, error) {
+	return dialMoverFEC(ctx, addr, id, peer, idle, need, 0)
+}
+
+// dialMoverFEC is dialMoverBuffers from a socket that frames its datagrams
+// for loss repair in groups of fecK, when fecK is above 0 (lossrepair.go).
+func dialMoverFEC(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm, fecK int) (*quic.Conn, *controlStream, UDPBuffers, error) {
 	qc := QUICConfig()
 	if idle > 0 {
 		qc.MaxIdleTimeout = idle
 		qc.KeepAlivePeriod = min(qc.KeepAlivePeriod, idle/3)
 	}
-	conn, bufs, err := dialQUIC(ctx, addr, ClientTLSConfig(id, peer), qc)
+	conn, bufs, err := dialQUIC(ctx, addr, ClientTLSConfig(id, peer), qc, fecK)
 	if err != nil {
 		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}

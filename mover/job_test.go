@@ -125,7 +125,7 @@ func TestJobOlderMover(t *testing.T) {
 // dialMoverVersion connects as a client that speaks protocol versions up
 // to v, as an older build would.
 func dialMoverVersion(ctx context.Context, addr string, id *Identity, peer PeerID, v uint16) (*quic.Conn, *controlStream, error) {
-	conn, _, err := dialQUIC(ctx, addr, ClientTLSConfig(id, peer), QUICConfig())
+	conn, _, err := dialQUIC(ctx, addr, ClientTLSConfig(id, peer), QUICConfig(), 0)
 	if err != nil {
 		return nil, nil, err
 	}

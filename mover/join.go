@@ -77,7 +77,11 @@ func (j *joinedConns) close() {
 // returns once the jobs are drained and its workers are done; a worker's
 // error fails the attempt, as on the first connection. A connection that
 // cannot join is logged and no more are tried.
-func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protocol.JoinTokenLen]byte, n int, jobs *jobQueue, sent *atomic.Int64, extra *joinedConns) error {
+//
+// The connections it adds are framed for loss repair (protocol 11) unless
+// LossRepair is off or the receiver (of version) is older: in groups sized
+// by the loss that made it add them, or fecDefaultK for a fixed count.
+func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint16, token [protocol.JoinTokenLen]byte, n int, jobs *jobQueue, sent *atomic.Int64, extra *joinedConns) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -85,7 +89,14 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 		mu          sync.Mutex // guards werr
 		werr        error
 	)
-	add := func() bool {
+	repair := t.o.LossRepair != LossRepairOff && version >= protocol.FECVersion
+	// loss is the first connection's loss that adds the connection, 0 for
+	// a fixed count.
+	add := func(loss float64) bool {
+		fecK := 0
+		if repair && (loss > 0 || t.o.LossRepair == LossRepairOn) {
+			fecK = groupFor(loss)
+		}
 		// A join that completes after the last job was taken is of no
 		// use: give it up then rather than hold back SendDone.
 		dctx, dcancel := context.WithCancel(ctx)
@@ -96,7 +107,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 			case <-dctx.Done():
 			}
 		}()
-		jc, version, err := t.dialJoin(dctx, token)
+		jc, version, err := t.dialJoin(dctx, token, fecK)
 		dcancel()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -105,6 +116,9 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 			return false
 		}
 		extra.add(jc)
+		if fecK > 0 {
+			t.path.repaired(fecK)
+		}
 		watch.Go(func() { t.path.watch(ctx, jc) })
 		for range t.o.Streams {
 			data.Go(func() {
@@ -122,7 +136,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 	}
 	added := 0
 	if t.o.Connections > 0 {
-		for added < n && add() {
+		for added < n && add(0) {
 			added++
 		}
 	} else {
@@ -146,7 +160,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 			if float64(lost) <= joinLoss*float64(sentP) {
 				continue
 			}
-			if !add() {
+			if !add(float64(lost) / float64(sentP)) {
 				break
 			}
 			added++
@@ -165,8 +179,8 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, token [protoc
 }
 
 // dialJoin opens an extra connection and joins it to the transfer.
-func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLen]byte) (*quic.Conn, uint16, error) {
-	conn, cs, _, err := dialMoverBuffers(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend)
+func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLen]byte, fecK int) (*quic.Conn, uint16, error) {
+	conn, cs, _, err := dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -24,6 +24,10 @@ type PathStats struct {
 	PacketsLost uint64 `json:"packets_lost"`
 	BytesSent   uint64 `json:"bytes_sent"`
 	BytesLost   uint64 `json:"bytes_lost"`
+	// Repaired counts the connections whose datagrams were framed for
+	// loss repair (protocol 11), in groups of RepairGroup datagrams.
+	Repaired    int `json:"repaired_connections,omitempty"`
+	RepairGroup int `json:"repair_group,omitempty"`
 }
 
 const pathSampleEvery = 250 * time.Millisecond
@@ -55,6 +59,14 @@ func (r *pathRecorder) watch(ctx context.Context, conn *quic.Conn) {
 			r.mu.Unlock()
 		}
 	}
+}
+
+// repaired notes a connection framed for loss repair in groups of k.
+func (r *pathRecorder) repaired(k int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.st.Repaired++
+	r.st.RepairGroup = k
 }
 
 func (r *pathRecorder) add(cs quic.ConnectionStats) {

@@ -47,6 +47,11 @@ type SendOptions struct {
 	// autoConnections, each quarter second the first loses more than 0.1%
 	// of its packets; N > 0 opens N at once. A receiver below protocol 5 gets one.
 	Connections int
+	// LossRepair is "auto" (default), "on" or "off" (protocol 11,
+	// lossrepair.go): auto frames the connections added because the first
+	// loses packets, on frames every connection, the first too (a
+	// receiver below protocol 11 then never answers).
+	LossRepair string
 	// Compression is "auto" (default) or a chunkstore level name; "s2"
 	// fails against a receiver below protocol 6.
 	Compression string
@@ -88,6 +93,9 @@ func (o SendOptions) withDefaults() SendOptions {
 	if o.Compression == "" {
 		o.Compression = "auto"
 	}
+	if o.LossRepair == "" {
+		o.LossRepair = LossRepairAuto
+	}
 	if o.RetryFor == 0 {
 		o.RetryFor = 2 * time.Minute
 	}
@@ -120,6 +128,9 @@ func (o SendOptions) Validate() error {
 		return fmt.Errorf("mover: transfer ID %q: use 1-128 of [A-Za-z0-9._-]", o.TransferID)
 	}
 	if _, err := newLevelController(o.Compression); err != nil {
+		return err
+	}
+	if err := validLossRepair(o.LossRepair); err != nil {
 		return err
 	}
 	return o.Params.Validate()
@@ -434,7 +445,11 @@ func (t *sendTransfer) loop(ctx context.Context) error {
 }
 
 func (t *sendTransfer) attempt(ctx context.Context) error {
-	conn, cs, bufs, err := dialMoverBuffers(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend)
+	fecK := 0
+	if t.o.LossRepair == LossRepairOn {
+		fecK = fecDefaultK
+	}
+	conn, cs, bufs, err := dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK)
 	if bufs != (UDPBuffers{}) {
 		t.res.UDPRcvBuf, t.res.UDPSndBuf = bufs.Recv, bufs.Send
 		t.warnBuffers.Do(func() { bufs.Warn(t.s.log, "send") })
@@ -445,6 +460,9 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
 	if err := t.lc.peer(cs.version); err != nil {
 		return permanentError{err}
+	}
+	if fecK > 0 {
+		t.path.repaired(fecK)
 	}
 	if t.ra != nil {
 		t.ra.newConnection()
@@ -540,7 +558,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		workers.Add(1)
 		g.Go(func() error {
 			defer workers.Done()
-			return t.join(gctx, conn, ts.JoinToken, n-1, jobs, &sentHere, &extra)
+			return t.join(gctx, conn, cs.version, ts.JoinToken, n-1, jobs, &sentHere, &extra)
 		})
 	}
 	g.Go(func() error {

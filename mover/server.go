@@ -23,6 +23,7 @@ import (
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/internal/pebbledb"
+	"github.com/pgporter/pgporter/mover/fec"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -152,6 +153,13 @@ type Server struct {
 	ln      *quic.Listener
 	metrics *metrics
 
+	// Peers that frame their datagrams for loss repair (package fec):
+	// the listening transport hands their frames to fecConn, and fecTr,
+	// on it, serves their connections on the same UDP port.
+	fecConn *fec.Bridge
+	fecTr   *quic.Transport
+	fecLn   *quic.Listener
+
 	// Memory budgets, per peer and in all: half for chunk positions (and
 	// files), 3/8 for data stream buffers, 1/8 for open transfers.
 	positions, streams, transfers *memBudget
@@ -261,20 +269,32 @@ func (s *Server) listen(addr string) error {
 	s.metrics.udpRcvBuf.Set(float64(bufs.Recv))
 	s.metrics.udpSndBuf.Set(float64(bufs.Send))
 	handshakes := rate.NewLimiter(rate.Limit(s.o.HandshakeRate), max(1, int(2*s.o.HandshakeRate)))
+	verify := func(net.Addr) bool {
+		if handshakes.Allow() {
+			return false
+		}
+		s.metrics.retries.Inc()
+		return true
+	}
 	s.tr = &quic.Transport{
-		Conn:              quicPacketConn(udp),
-		StatelessResetKey: s.id.StatelessResetKey(),
-		VerifySourceAddress: func(net.Addr) bool {
-			if handshakes.Allow() {
-				return false
-			}
-			s.metrics.retries.Inc()
-			return true
-		},
+		Conn:                quicPacketConn(udp),
+		StatelessResetKey:   s.id.StatelessResetKey(),
+		VerifySourceAddress: verify,
 	}
 	qc := QUICConfig()
 	qc.AllowConnectionWindowIncrease = s.windows.allow
-	if s.ln, err = s.tr.Listen(ServerTLSConfig(s.id, s.trust, s.log), qc); err != nil {
+	tc := ServerTLSConfig(s.id, s.trust, s.log)
+	if s.ln, err = s.tr.Listen(tc, qc); err != nil {
+		udp.Close()
+		return err
+	}
+	s.fecConn = fec.NewBridge(s.tr.ReadNonQUICPacket, s.tr.WriteTo, udp.LocalAddr())
+	s.fecTr = &quic.Transport{Conn: s.fecConn, StatelessResetKey: s.id.StatelessResetKey(), VerifySourceAddress: verify}
+	s.metrics.registerRepair(s.fecConn.Stats)
+	if s.fecLn, err = s.fecTr.Listen(tc, fecQUICConfig(qc)); err != nil {
+		s.ln.Close()
+		s.fecConn.Close()
+		s.tr.Close()
 		udp.Close()
 		return err
 	}
@@ -317,8 +337,18 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.watchTrust(wctx)
 	}()
 	defer stopWatch()
+	s.conns.Go(func() {
+		if err := s.accept(ctx, s.fecLn); err != nil && ctx.Err() == nil {
+			s.log.Warn("no longer accepting framed (FEC) connections", "err", err)
+		}
+	})
+	return s.accept(ctx, s.ln)
+}
+
+// accept serves the connections ln accepts until ctx ends or ln fails.
+func (s *Server) accept(ctx context.Context, ln *quic.Listener) error {
 	for {
-		conn, err := s.ln.Accept(ctx)
+		conn, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -336,7 +366,10 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) close() {
 	s.ln.Close()
+	s.fecLn.Close()
 	s.conns.Wait()
+	s.fecTr.Close()
+	s.fecConn.Close()
 	s.tr.Close()
 	s.tr.Conn.Close()
 	s.db.Close()

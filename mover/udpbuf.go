@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 
+	"github.com/pgporter/pgporter/mover/fec"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
 )
@@ -89,8 +90,10 @@ func readUDPBuffers(c *net.UDPConn) (UDPBuffers, error) {
 
 // dialQUIC dials addr from a UDP socket of its own with buffers sized by
 // sizeUDPBuffers, through a quic.Transport that is closed with the
-// connection (as quic.DialAddr does with the socket it makes).
-func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config) (*quic.Conn, UDPBuffers, error) {
+// connection (as quic.DialAddr does with the socket it makes). With fecK
+// above 0 the socket frames its datagrams for loss repair in groups of
+// fecK (lossrepair.go).
+func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config, fecK int) (*quic.Conn, UDPBuffers, error) {
 	ua, err := resolveAddr(addr)
 	if err != nil {
 		return nil, UDPBuffers{}, err
@@ -104,10 +107,18 @@ func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config)
 		udp.Close()
 		return nil, UDPBuffers{}, err
 	}
-	tr := &quic.Transport{Conn: quicPacketConn(udp)}
+	var pc net.PacketConn
+	if fecK > 0 {
+		pc = fec.NewConn(udp, ua, fecK)
+		qc = fecQUICConfig(qc)
+	} else {
+		pc = quicPacketConn(udp)
+	}
+	tr := &quic.Transport{Conn: pc}
 	conn, err := tr.Dial(ctx, ua, tc, qc)
 	if err != nil {
 		tr.Close()
+		pc.Close()
 		udp.Close()
 		if noAnswer(err) {
 			err = &NoAnswerError{Addr: addr, After: qc.HandshakeIdleTimeout, Err: err}
@@ -117,6 +128,7 @@ func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config)
 	go func() {
 		<-conn.Context().Done()
 		tr.Close()
+		pc.Close()
 		udp.Close()
 	}()
 	return conn, bufs, nil

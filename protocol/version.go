@@ -53,8 +53,15 @@ import (
 // Version 10 (issue 19) keeps directories' modification times: DirTime
 // follows each Dir. A peer below 10 is sent none, and its directories take
 // the time of their commit.
+//
+// Version 11 (issue 16) adds loss repair: a mover of 11 accepts, on its
+// listening port, connections whose datagrams are framed in groups with a
+// parity each (package mover/fec, docs/PROTOCOL.md "Loss repair"), and
+// frames its replies on them. Nothing on the streams changes; a sender
+// frames an added connection only for a receiver of 11 or later, since an
+// older one drops framed datagrams unread.
 const (
-	Version    uint16 = 10
+	Version    uint16 = 11
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
@@ -69,6 +76,8 @@ const (
 	WALVersion uint16 = 9
 	// DirTimeVersion is the first version with DirTime.
 	DirTimeVersion uint16 = 10
+	// FECVersion is the first version that accepts framed datagrams.
+	FECVersion uint16 = 11
 )
 
 // Receiver limits of version 2.

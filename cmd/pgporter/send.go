@@ -76,6 +76,7 @@ Examples:
 	f.BoolVar(&so.json, "json", false, "print a JSON summary, and nothing else, on stdout")
 	f.IntVar(&so.o.Streams, "streams", 4, "parallel QUIC data streams per connection")
 	f.IntVar(&so.o.Connections, "connections", 0, "QUIC connections per transfer: 0 (auto) adds one each quarter second, up to 8, while the link loses packets; a receiver older than protocol 5 takes one")
+	f.StringVar(&so.o.LossRepair, "loss-repair", "auto", "frame datagrams with a parity per group so that a single lost packet is rebuilt by the receiver instead of halving QUIC's congestion window: auto (on the connections added because the link loses packets), on (every connection; the receiver must speak protocol 11, or the first connection is never answered), off")
 	f.StringVar(&so.o.Compression, "compress", "auto", "compression level: auto (adapts to whichever of the CPU and the link limits), none, s2, fast4, fast1, fastest, default, better, best (s2 is the S2 codec, for receivers speaking protocol 6 or later; the others are zstd, fast4 and fast1 its --fast=4 and --fast=1)")
 	f.StringVar(&so.bwlimit, "bwlimit", "", "limit on wire bytes per second for the whole transfer, e.g. 50M")
 	f.DurationVar(&so.o.RetryFor, "retry-for", 2*time.Minute, "how long to keep reconnecting after a network failure (0 = default, negative = never); a mover that never answered is tried for 10s at most")

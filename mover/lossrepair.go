@@ -1,0 +1,80 @@
+package mover
+
+import (
+	"fmt"
+
+	"github.com/pgporter/pgporter/mover/fec"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+)
+
+// Loss repair (protocol 11, package fec): a connection whose datagrams are
+// framed in groups with a parity each, so that a single random loss in a
+// group is rebuilt by the receiving socket and never reaches quic-go's
+// congestion controller, which halves its window on every loss.
+
+// Loss repair modes of SendOptions.LossRepair.
+const (
+	// LossRepairAuto frames the connections a transfer adds because its
+	// first connection loses packets (Connections 0), with groups sized by
+	// that loss.
+	LossRepairAuto = "auto"
+	// LossRepairOn frames every connection of a transfer, the first too.
+	LossRepairOn = "on"
+	// LossRepairOff frames none.
+	LossRepairOff = "off"
+)
+
+func validLossRepair(m string) error {
+	switch m {
+	case "", LossRepairAuto, LossRepairOn, LossRepairOff:
+		return nil
+	}
+	return fmt.Errorf("mover: loss repair %q: use auto, on or off", m)
+}
+
+// Group sizes: a parity per fecMaxK datagrams where the path loses
+// little, per fecMinK where it loses much (5 %: 25 % more datagrams,
+// leaving 0.9 % of the losses unrepaired, against 4.5 % in groups of 16).
+const (
+	fecMinK = 4
+	fecMaxK = 16
+	// fecDefaultK is the group size before any loss is measured.
+	fecDefaultK = 8
+)
+
+// groupFor sizes the groups for a path losing the share loss of its
+// packets: about one loss per 25 groups' datagrams, so that two in one
+// group, which a parity cannot repair, are rare.
+func groupFor(loss float64) int {
+	if loss <= 0 {
+		return fecDefaultK
+	}
+	return min(max(int(0.04/loss), fecMinK), fecMaxK)
+}
+
+// fecQUICConfig is qc for a framed connection: packets of quic-go's
+// initial size (1280 bytes; the frame header and a parity's fields fit
+// in any path that carries QUIC) and no path MTU discovery, which the
+// framed socket cannot do (no DF control).
+func fecQUICConfig(qc *quic.Config) *quic.Config {
+	c := qc.Clone()
+	c.DisablePathMTUDiscovery = true
+	c.InitialPacketSize = 1280
+	return c
+}
+
+// registerRepair exports the loss repair counts of a mover's framed
+// connections, read from stats when scraped.
+func (m *metrics) registerRepair(stats func() fec.Stats) {
+	counter := func(name, help string, v func(fec.Stats) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "pgporter", Subsystem: "mover", Name: name, Help: help},
+			func() float64 { return float64(v(stats())) })
+	}
+	m.reg.MustRegister(
+		counter("repair_datagrams_total", "Data datagrams received on framed (loss repair) connections.", func(s fec.Stats) int64 { return s.Data }),
+		counter("repair_recovered_total", "Datagrams lost on the path and rebuilt from a parity, which QUIC never saw as lost.", func(s fec.Stats) int64 { return s.Recovered }),
+		counter("repair_lost_total", "Datagrams lost on framed connections that no parity could rebuild (two or more in a group): QUIC saw these.", func(s fec.Stats) int64 { return s.Lost }),
+		counter("repair_dropped_total", "Frames refused as malformed or repeated.", func(s fec.Stats) int64 { return s.Dropped }),
+	)
+}
