@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/pgporter/pgporter/mover/fec"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
@@ -67,6 +68,9 @@ func quicPacketConn(c *net.UDPConn) net.PacketConn {
 type groConn struct {
 	*net.UDPConn
 	batch *ipv4.PacketConn
+	// divert, if set, takes the datagrams that are loss repair frames
+	// (fec.IsFrame) instead of quic-go.
+	divert func(frame []byte, addr net.Addr)
 
 	msgs []ipv4.Message // the last recvmmsg: n of them read
 	seg  []int          // datagram size of msgs[i], 0 for a single datagram
@@ -92,9 +96,39 @@ func newGROConn(c *net.UDPConn) *groConn {
 	return g
 }
 
+// serverPacketConn returns the connection a mover's listening
+// quic.Transport reads c through: c with GRO when the kernel has it (as
+// quicPacketConn), whose reads divert the loss repair frames of framed
+// connections to divert, in the read loop itself: quic-go's own queue of
+// such datagrams (ReadNonQUICPacket) holds 32, less than one GRO read.
+// It reports false if it cannot divert, when c's descriptor cannot be
+// reached.
+func serverPacketConn(c *net.UDPConn, divert func(frame []byte, addr net.Addr)) (net.PacketConn, bool) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return c, false
+	}
+	if off, perr := strconv.ParseBool(os.Getenv("PGPORTER_DISABLE_GRO")); perr != nil || !off {
+		_ = raw.Control(func(fd uintptr) { _ = setGRO(int(fd)) }) // without GRO each read is one datagram
+	}
+	g := newGROConn(c)
+	g.divert = divert
+	return g, true
+}
+
 // ReadBatch fills ms with one datagram each, reading from the socket only
 // when every datagram of the last read has been handed out.
 func (g *groConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	for {
+		n, err := g.readBatch(ms, flags)
+		if n > 0 || err != nil {
+			return n, err
+		}
+		// Every datagram of the read was diverted: read again.
+	}
+}
+
+func (g *groConn) readBatch(ms []ipv4.Message, flags int) (int, error) {
 	if g.next == g.n {
 		for i := range g.msgs {
 			g.msgs[i].OOB = g.msgs[i].OOB[:cap(g.msgs[i].OOB)]
@@ -114,6 +148,14 @@ func (g *groConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		d := m.Buffers[0][g.off:m.N]
 		if s := g.seg[g.next]; s > 0 && len(d) > s {
 			d = d[:s]
+		}
+		if g.divert != nil && len(d) > 0 && fec.IsFrame(d[0]) {
+			g.divert(d, m.Addr)
+			if g.off += len(d); g.off >= m.N {
+				g.next++
+				g.off = 0
+			}
+			continue
 		}
 		out := &ms[k]
 		out.N = copy(out.Buffers[0], d)

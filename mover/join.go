@@ -118,6 +118,9 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		extra.add(jc)
 		if fecK > 0 {
 			t.path.repaired(fecK)
+			if loss > 0 {
+				t.lossK.Store(int64(fecK))
+			}
 		}
 		watch.Go(func() { t.path.watch(ctx, jc) })
 		for range t.o.Streams {

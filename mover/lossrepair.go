@@ -1,7 +1,9 @@
 package mover
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/pgporter/pgporter/mover/fec"
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,4 +79,52 @@ func (m *metrics) registerRepair(stats func() fec.Stats) {
 		counter("repair_lost_total", "Datagrams lost on framed connections that no parity could rebuild (two or more in a group): QUIC saw these.", func(s fec.Stats) int64 { return s.Lost }),
 		counter("repair_dropped_total", "Frames refused as malformed or repeated.", func(s fec.Stats) int64 { return s.Dropped }),
 	)
+}
+
+// readFrames hands a Bridge the frames tr's own reader passes over, until
+// tr is closed: where the listening socket cannot divert them itself
+// (serverPacketConn). quic-go queues at most 32 such datagrams.
+func readFrames(tr *quic.Transport, b *fec.Bridge) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, addr, err := tr.ReadNonQUICPacket(context.Background(), buf)
+		if err != nil {
+			return
+		}
+		b.Handle(buf[:n], addr)
+	}
+}
+
+// A sender remembers, per peer, the group size a send needed, as Linux
+// keeps a path's metrics per destination (tcp_metrics): the next send to
+// the peer in auto mode frames its first connection at once instead of
+// learning the loss again at a quarter second per connection. The memory
+// is refreshed by each send that adds connections for loss, and lapses
+// after repairMemory.
+const repairMemory = 24 * time.Hour
+
+// rememberedRepair is the group size home's last sends to peer needed,
+// 0 if none within repairMemory.
+func rememberedRepair(home string, peer PeerID) int {
+	if home == "" {
+		return 0
+	}
+	p, ok := LoadPeersSeen(home)[peer]
+	if !ok || p.Repair == 0 || time.Since(p.RepairAt) > repairMemory {
+		return 0
+	}
+	return p.Repair
+}
+
+// noteRepair records that a send to peer needed groups of k (0: forget).
+func noteRepair(home string, peer PeerID, k int) error {
+	if home == "" || peer.IsZero() {
+		return nil
+	}
+	return writePeerSeen(home, peer, func(r *peerSeenRec) {
+		r.Repair, r.RepairAt = k, time.Now().UTC().Truncate(time.Second)
+		if k == 0 {
+			r.RepairAt = time.Time{}
+		}
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/internal/testsupport"
+	"github.com/pgporter/pgporter/mover/fec"
 	"github.com/stretchr/testify/require"
 )
 
@@ -59,4 +60,51 @@ func TestLossRepairOption(t *testing.T) {
 		o.LossRepair = m
 		require.NoError(t, o.Validate())
 	}
+}
+
+// TestLossRepairMemory: a send that adds connections for loss frames them
+// and records the group size for the peer; the next send frames its first
+// connection at once. When the peer stops answering framed datagrams (a
+// build below protocol 11 in its place), the send dials without, forgets,
+// and completes.
+func TestLossRepairMemory(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	proxy := testsupport.NewUDPProxy(t, r.addr)
+	proxy.SetLoss(0.03, 11)
+	src, src2 := t.TempDir(), t.TempDir()
+	makeTree(t, src, 8, 1)
+	makeTree(t, src2, 9, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	home := s.id.home
+	require.Zero(t, rememberedRepair(home, r.id.ID))
+
+	// Slow enough for the quarter-second loss checks to add connections.
+	o := SendOptions{Src: src, Dest: filepath.Join(r.root, "first"), BWLimit: 2 << 20, Compression: "none"}
+	res, err := s.Send(ctx, proxy.Addr(), r.id.ID, o)
+	require.NoError(t, err)
+	t.Logf("%s: %.1f s, %d bytes, %d connections, %d framed", o.Dest, res.Seconds, res.Bytes, res.Path.Connections, res.Path.Repaired)
+	requireSameTree(t, src, o.Dest)
+	require.Positive(t, res.Path.Repaired, "connections added for loss are framed")
+	require.Less(t, res.Path.Repaired, res.Path.Connections, "the first connection is not")
+	k := rememberedRepair(home, r.id.ID)
+	require.Equal(t, res.Path.RepairGroup, k)
+
+	o.Src, o.Dest = src2, filepath.Join(r.root, "second")
+	res, err = s.Send(ctx, proxy.Addr(), r.id.ID, o)
+	require.NoError(t, err)
+	t.Logf("%s: %.1f s, %d bytes, %d connections, %d framed", o.Dest, res.Seconds, res.Bytes, res.Path.Connections, res.Path.Repaired)
+	requireSameTree(t, src2, o.Dest)
+	require.Equal(t, res.Path.Connections, res.Path.Repaired, "the first connection is framed too")
+
+	// A receiver that drops framed datagrams, as one below protocol 11 does.
+	proxy.SetFilter(func(dir testsupport.Direction, p []byte) bool { return len(p) > 0 && fec.IsFrame(p[0]) })
+	o.Src, o.Dest = src, filepath.Join(r.root, "third")
+	res, err = s.Send(ctx, proxy.Addr(), r.id.ID, o)
+	require.NoError(t, err)
+	t.Logf("%s: %.1f s, %d bytes, %d connections, %d framed", o.Dest, res.Seconds, res.Bytes, res.Path.Connections, res.Path.Repaired)
+	requireSameTree(t, src, o.Dest)
+	require.Zero(t, res.Path.Repaired)
+	require.Zero(t, rememberedRepair(home, r.id.ID), "forgotten")
 }

@@ -21,6 +21,10 @@ import (
 type PeerSeen struct {
 	Software string    // as the peer's Hello named it, e.g. "pgporter 0.4.0 (1a2b3c4d5e6f)"; printable, at most 64 bytes
 	Seen     time.Time // when a connection from or to it last completed its Hello
+	// Repair is the loss repair group size a send to the peer last needed
+	// (protocol 11, lossrepair.go), at RepairAt; 0 when none.
+	Repair   int
+	RepairAt time.Time
 }
 
 // Version returns the release and commit of a peer's Software, without the
@@ -45,6 +49,8 @@ type peersSeenFile struct {
 type peerSeenRec struct {
 	Software string    `json:"software"`
 	Seen     time.Time `json:"seen"`
+	Repair   int       `json:"repair,omitempty"`
+	RepairAt time.Time `json:"repair_at,omitzero"`
 }
 
 // LoadPeersSeen returns what the movers of home saw of each peer, from
@@ -78,6 +84,9 @@ func readPeersSeen(path string) map[PeerID]peerSeenRec {
 			continue
 		}
 		r.Software = cleanSoftware(r.Software) // the file may have been edited
+		if r.Repair != 0 {
+			r.Repair = min(max(r.Repair, fecMinK), fecMaxK)
+		}
 		pf.Peers[id] = r
 	}
 	return pf.Peers
@@ -112,13 +121,14 @@ func notePeerSeen(home string, peer PeerID, quotedSoftware string) error {
 	}
 	peersSeenNoted.m[key] = seen
 	peersSeenNoted.mu.Unlock()
-	return writePeerSeen(home, peer, seen)
+	return writePeerSeen(home, peer, func(r *peerSeenRec) { r.Software, r.Seen = seen.Software, seen.Seen })
 }
 
-// writePeerSeen updates peer's entry in home's file under its lock file:
-// read, change, write a temporary file and rename it over. Not synced: a
-// crash at worst loses a record that the next connection writes again.
-func writePeerSeen(home string, peer PeerID, seen PeerSeen) error {
+// writePeerSeen updates peer's entry in home's file with change under its
+// lock file: read, change, write a temporary file and rename it over. Not
+// synced: a crash at worst loses a record that the next connection writes
+// again.
+func writePeerSeen(home string, peer PeerID, change func(*peerSeenRec)) error {
 	path := filepath.Join(home, peersSeenFileName)
 	unlock, err := lockFile(path + ".lock")
 	if err != nil {
@@ -126,7 +136,9 @@ func writePeerSeen(home string, peer PeerID, seen PeerSeen) error {
 	}
 	defer unlock()
 	peers := readPeersSeen(path)
-	peers[peer] = peerSeenRec(seen)
+	r := peers[peer]
+	change(&r)
+	peers[peer] = r
 	if len(peers) > maxPeersSeen {
 		ids := make([]PeerID, 0, len(peers))
 		for id := range peers {

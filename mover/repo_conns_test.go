@@ -199,8 +199,10 @@ func TestRepoCloseClosesAllConns(t *testing.T) {
 		require.NotNil(t, c, "connection %d never dialled", i)
 		require.Error(t, c.Context().Err(), "connection %d still open", i)
 	}
-	// The server's trust watcher may start after the snapshot.
-	goleak.VerifyNone(t, opt, goleak.IgnoreTopFunction("github.com/pgporter/pgporter/mover.(*Server).watchTrust"))
+	// The server's trust watcher and its accept loop of framed
+	// connections may start after the snapshot.
+	goleak.VerifyNone(t, opt, goleak.IgnoreTopFunction("github.com/pgporter/pgporter/mover.(*Server).watchTrust"),
+		goleak.IgnoreAnyFunction("github.com/pgporter/pgporter/mover.(*Server).accept"))
 	require.Empty(t, serverConns(f, rr.id.ID))
 }
 

@@ -334,7 +334,13 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 		defer wg.Done()
 		chunkErr = t.src.run(chunkCtx, &chunkCache{db: s.db, tid: tid}, o.Params)
 	}()
+	if o.LossRepair == LossRepairAuto {
+		t.memK = rememberedRepair(s.id.home, peer)
+	}
 	err = t.loop(ctx)
+	if k := t.lossK.Load(); k > 0 {
+		_ = noteRepair(s.id.home, peer, int(k)) // the next send frames its first connection; best effort
+	}
 	stopChunking()
 	wg.Wait()
 	if err == nil && !res.AlreadyComplete && chunkErr != nil {
@@ -375,9 +381,14 @@ type sendTransfer struct {
 	path    pathRecorder
 	// warnBuffers logs small UDP buffers once per send, not per reconnect.
 	warnBuffers sync.Once
-	dirs        []protocol.Dir // the tree's directories, "." first (none for a growing tree)
-	dirTimes    []int64        // their modification times (protocol 10), or none
-	warnDirs    sync.Once      // an old receiver gets no dirs: said once per send
+	// memK is the loss repair group of the first connection, from the
+	// peer's record (auto mode; lossrepair.go); lossK the group of the
+	// last connection this send added for loss.
+	memK     int
+	lossK    atomic.Int64
+	dirs     []protocol.Dir // the tree's directories, "." first (none for a growing tree)
+	dirTimes []int64        // their modification times (protocol 10), or none
+	warnDirs sync.Once      // an old receiver gets no dirs: said once per send
 
 	chunksSent atomic.Int64
 	wireBytes  atomic.Int64
@@ -445,11 +456,19 @@ func (t *sendTransfer) loop(ctx context.Context) error {
 }
 
 func (t *sendTransfer) attempt(ctx context.Context) error {
-	fecK := 0
+	fecK := t.memK // auto: what the last sends to the peer needed
 	if t.o.LossRepair == LossRepairOn {
-		fecK = fecDefaultK
+		fecK = max(fecK, fecDefaultK)
 	}
 	conn, cs, bufs, err := dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK)
+	if _, noAnswer := errors.AsType[*NoAnswerError](err); noAnswer && t.memK > 0 {
+		// The peer may have been replaced by a build below protocol 11,
+		// which drops framed datagrams: forget, and dial as before.
+		t.s.log.Info("no answer to a connection framed for loss repair; dialling without", "peer", t.peer.Short(), "addr", t.addr)
+		_ = noteRepair(t.s.id.home, t.peer, 0)
+		t.memK, fecK = 0, 0
+		conn, cs, bufs, err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, 0)
+	}
 	if bufs != (UDPBuffers{}) {
 		t.res.UDPRcvBuf, t.res.UDPSndBuf = bufs.Recv, bufs.Send
 		t.warnBuffers.Do(func() { bufs.Warn(t.s.log, "send") })
@@ -462,6 +481,11 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		return permanentError{err}
 	}
 	if fecK > 0 {
+		if cs.version < protocol.FECVersion {
+			// Only a receiver of 11 answers a framed handshake; checked
+			// all the same, as a peer's Hello is.
+			return permanentError{fmt.Errorf("%w: the receiver speaks protocol %d, and loss repair needs %d", protocol.ErrVersion, cs.version, protocol.FECVersion)}
+		}
 		t.path.repaired(fecK)
 	}
 	if t.ra != nil {

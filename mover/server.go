@@ -276,8 +276,10 @@ func (s *Server) listen(addr string) error {
 		s.metrics.retries.Inc()
 		return true
 	}
+	s.fecConn = fec.NewBridge(func(b []byte, a net.Addr) (int, error) { return s.tr.WriteTo(b, a) }, udp.LocalAddr())
+	pc, diverted := serverPacketConn(udp, s.fecConn.Handle)
 	s.tr = &quic.Transport{
-		Conn:                quicPacketConn(udp),
+		Conn:                pc,
 		StatelessResetKey:   s.id.StatelessResetKey(),
 		VerifySourceAddress: verify,
 	}
@@ -288,7 +290,9 @@ func (s *Server) listen(addr string) error {
 		udp.Close()
 		return err
 	}
-	s.fecConn = fec.NewBridge(s.tr.ReadNonQUICPacket, s.tr.WriteTo, udp.LocalAddr())
+	if !diverted {
+		go readFrames(s.tr, s.fecConn)
+	}
 	s.fecTr = &quic.Transport{Conn: s.fecConn, StatelessResetKey: s.id.StatelessResetKey(), VerifySourceAddress: verify}
 	s.metrics.registerRepair(s.fecConn.Stats)
 	if s.fecLn, err = s.fecTr.Listen(tc, fecQUICConfig(qc)); err != nil {

@@ -1,7 +1,6 @@
 package fec
 
 import (
-	"context"
 	"net"
 	"sync"
 	"time"
@@ -13,23 +12,20 @@ import (
 const MaxPeers = 1024
 
 // Bridge is a net.PacketConn over frames that another socket's reader
-// hands it: a mover's listening quic.Transport passes the datagrams that
-// are not QUIC (ReadNonQUICPacket) to read, and a second quic.Transport,
-// on the Bridge, serves the connections of peers that frame. Each peer
-// address has its own Decoder and Encoder; replies are framed in the
-// group size the peer's own frames carry.
+// hands it (Handle): a mover's listening socket diverts the datagrams that
+// are frames to it, and a second quic.Transport, on the Bridge, serves
+// the connections of peers that frame. Each peer address has its own
+// Decoder and Encoder; replies are framed in the group size the peer's
+// own frames carry.
 type Bridge struct {
-	read  func(ctx context.Context, b []byte) (int, net.Addr, error)
 	write func(b []byte, addr net.Addr) (int, error)
 	local net.Addr
 	q     *queue
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the reader
-
-	mu    sync.Mutex // guards peers, stats
-	peers map[string]*bridgePeer
-	stats Stats // of peers forgotten
+	mu     sync.Mutex // guards peers, stats, closed
+	peers  map[string]*bridgePeer
+	stats  Stats // of peers forgotten
+	closed bool
 }
 
 type bridgePeer struct {
@@ -42,41 +38,38 @@ type bridgePeer struct {
 
 var _ net.PacketConn = (*Bridge)(nil)
 
-// NewBridge starts reading frames with read until Close; write sends a
-// frame on the shared socket, local is that socket's address.
-func NewBridge(read func(ctx context.Context, b []byte) (int, net.Addr, error), write func(b []byte, addr net.Addr) (int, error), local net.Addr) *Bridge {
-	ctx, cancel := context.WithCancel(context.Background())
-	b := &Bridge{read: read, write: write, local: local, q: newQueue(), cancel: cancel, peers: make(map[string]*bridgePeer)}
-	b.wg.Go(func() { b.readLoop(ctx) })
-	return b
+// NewBridge returns a Bridge whose replies write sends on the shared
+// socket, whose address is local.
+func NewBridge(write func(b []byte, addr net.Addr) (int, error), local net.Addr) *Bridge {
+	return &Bridge{write: write, local: local, q: newQueue(), peers: make(map[string]*bridgePeer)}
 }
 
-func (b *Bridge) readLoop(ctx context.Context) {
-	defer b.q.close()
-	buf := make([]byte, 64<<10)
-	for {
-		n, addr, err := b.read(ctx, buf)
-		if err != nil {
-			return
-		}
-		if n < HeaderLen || !IsFrame(buf[0]) {
-			continue // not ours: a stray datagram
-		}
-		k := int(buf[6])
-		if k < 2 || k > MaxGroup {
-			continue
-		}
-		p := b.peer(addr, k)
-		p.dec.Handle(buf[:n])
+// Handle takes a datagram from addr that IsFrame says is a frame; it may
+// change f. It must not be called concurrently (a socket's one reader
+// calls it); after Close it drops f.
+func (b *Bridge) Handle(f []byte, addr net.Addr) {
+	if len(f) < HeaderLen || !IsFrame(f[0]) {
+		return // not ours: a stray datagram
+	}
+	k := int(f[6])
+	if k < 2 || k > MaxGroup {
+		return
+	}
+	if p := b.peer(addr, k); p != nil {
+		p.dec.Handle(f)
 	}
 }
 
-// peer returns addr's state, made on its first frame.
+// peer returns addr's state, made on its first frame; nil once b is
+// closed.
 func (b *Bridge) peer(addr net.Addr, k int) *bridgePeer {
 	key := addr.String()
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
 	if p, ok := b.peers[key]; ok {
 		p.seen = now
 		return p
@@ -147,12 +140,11 @@ func (b *Bridge) WriteTo(p []byte, addr net.Addr) (int, error) {
 	return len(p), nil
 }
 
-// Close stops the reader and every peer's timers; the shared socket is
-// its owner's to close.
+// Close stops every peer's timers and ends ReadFrom; the shared socket
+// is its owner's to close.
 func (b *Bridge) Close() error {
-	b.cancel()
-	b.wg.Wait()
 	b.mu.Lock()
+	b.closed = true
 	for k, p := range b.peers {
 		b.forget(k, p)
 	}
