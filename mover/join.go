@@ -91,10 +91,14 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 	)
 	repair := t.o.LossRepair != LossRepairOff && version >= protocol.FECVersion
 	// loss is the first connection's loss that adds the connection, 0 for
-	// a fixed count.
+	// a fixed count, earlyLoss for the early join of a long path.
 	add := func(loss float64) bool {
 		fecK := 0
-		if repair && (loss > 0 || t.o.LossRepair == LossRepairOn) {
+		switch {
+		case !repair:
+		case loss == earlyLoss:
+			fecK = fecDefaultK
+		case loss > 0 || t.o.LossRepair == LossRepairOn:
 			fecK = groupFor(loss)
 		}
 		// A join that completes after the last job was taken is of no
@@ -118,7 +122,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		extra.add(jc)
 		if fecK > 0 {
 			t.path.repaired(fecK)
-			if loss > 0 {
+			if loss > 0 && loss != earlyLoss {
 				t.lossK.Store(int64(fecK))
 			}
 		}
@@ -143,6 +147,13 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 			added++
 		}
 	} else {
+		// On a long path, where loss repair pays and the link rather than
+		// the CPU limits, one framed connection joins at once: loss would
+		// otherwise be learnt a quarter second later, and a connection
+		// takes a few round trips more to join.
+		if repair && first.ConnectionStats().SmoothedRTT >= repairRTT && add(earlyLoss) {
+			added++
+		}
 		tick := time.NewTicker(joinEvery)
 		last := first.ConnectionStats()
 	loop:

@@ -55,6 +55,16 @@ func groupFor(loss float64) int {
 	return min(max(int(0.04/loss), fecMinK), fecMaxK)
 }
 
+const (
+	// repairRTT is the round trip from which auto mode adds a framed
+	// connection to a transfer at once (join), before any loss: a LAN's
+	// is well below it, where the CPU limits and GSO, which a framed
+	// socket cannot use, matters more.
+	repairRTT = 10 * time.Millisecond
+	// earlyLoss marks that join for add: no loss measured.
+	earlyLoss = -1
+)
+
 // fecQUICConfig is qc for a framed connection: packets of quic-go's
 // initial size (1280 bytes; the frame header and a parity's fields fit
 // in any path that carries QUIC) and no path MTU discovery, which the
