@@ -108,3 +108,24 @@ func TestLossRepairMemory(t *testing.T) {
 	require.Zero(t, res.Path.Repaired)
 	require.Zero(t, rememberedRepair(home, r.id.ID), "forgotten")
 }
+
+// TestLossRepairEarlyJoin: on a path of 10 ms or more, auto mode joins one
+// framed connection at once, with no loss measured; on loopback it does
+// not (TestLossRepairMemory's first send adds them only for loss).
+func TestLossRepairEarlyJoin(t *testing.T) {
+	r := startReceiver(t, ServerOptions{})
+	s := newTestSender(t, r, PermSend)
+	proxy := testsupport.NewUDPProxy(t, r.addr)
+	proxy.SetDelay(8 * time.Millisecond)
+	src := t.TempDir()
+	makeTree(t, src, 12, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := s.Send(ctx, proxy.Addr(), r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "early"), BWLimit: 4 << 20})
+	require.NoError(t, err)
+	requireSameTree(t, src, filepath.Join(r.root, "early"))
+	require.GreaterOrEqual(t, res.Path.SmoothedRTTMillis, 10.0)
+	require.Equal(t, 1, res.Path.Repaired, "one framed connection joined")
+	require.Equal(t, fecDefaultK, res.Path.RepairGroup)
+	require.Zero(t, rememberedRepair(s.id.home, r.id.ID), "no loss: nothing remembered")
+}
