@@ -48,7 +48,8 @@ func TestLossRepairThroughLoss(t *testing.T) {
 func TestGroupFor(t *testing.T) {
 	require.Equal(t, fecDefaultK, groupFor(0))
 	require.Equal(t, fecMaxK, groupFor(0.001))
-	require.Equal(t, 8, groupFor(0.005))
+	require.Equal(t, 16, groupFor(0.005))
+	require.Equal(t, 8, groupFor(0.01))
 	require.Equal(t, fecMinK, groupFor(0.05))
 	require.Equal(t, fecMinK, groupFor(0.5))
 }
