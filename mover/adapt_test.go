@@ -114,6 +114,33 @@ func TestLevelControllerAdapts(t *testing.T) {
 	require.NotEmpty(t, c.levelChunks())
 }
 
+// TestLevelControllerLongPath: on a long path busy CPUs step the level
+// down to zstd fastest and no further; a fixed level is left alone.
+func TestLevelControllerLongPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "stat")
+	c, err := newLevelController("auto")
+	require.NoError(t, err)
+	require.NotNil(t, c.idle)
+	statFile(t, path, c.idle, 0, 0)
+	c.idle = newCPUIdle(path)
+	require.NoError(t, c.peer(protocol.Version))
+	c.longPath()
+	busy, idle := uint64(0), uint64(0)
+	for range 6 {
+		busy, idle = busy+95, idle+5
+		statFile(t, path, c.idle, busy, idle)
+		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	}
+	require.Equal(t, chunk.LevelFastest, c.current())
+	require.NoError(t, c.peer(protocol.Version), "a reconnection keeps the floor")
+	require.Equal(t, chunk.LevelFastest, c.min)
+
+	f, err := newLevelController("s2")
+	require.NoError(t, err)
+	f.longPath()
+	require.Equal(t, chunk.LevelS2, f.current())
+}
+
 func TestLevelControllerWithoutCPUCounters(t *testing.T) {
 	c, err := newLevelController("auto")
 	require.NoError(t, err)

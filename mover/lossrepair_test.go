@@ -50,6 +50,7 @@ func TestGroupFor(t *testing.T) {
 	require.Equal(t, fecMaxK, groupFor(0.001))
 	require.Equal(t, 16, groupFor(0.005))
 	require.Equal(t, 8, groupFor(0.01))
+	require.Equal(t, fecMinK, groupFor(0.02))
 	require.Equal(t, fecMinK, groupFor(0.05))
 	require.Equal(t, fecMinK, groupFor(0.5))
 }

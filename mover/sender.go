@@ -480,6 +480,9 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	if err := t.lc.peer(cs.version); err != nil {
 		return permanentError{err}
 	}
+	if conn.ConnectionStats().SmoothedRTT >= repairRTT {
+		t.lc.longPath()
+	}
 	if fecK > 0 {
 		if cs.version < protocol.FECVersion {
 			// Only a receiver of 11 answers a framed handshake; checked
