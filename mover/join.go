@@ -81,7 +81,10 @@ func (j *joinedConns) close() {
 // The connections it adds are framed for loss repair (protocol 11) unless
 // LossRepair is off or the receiver (of version) is older: in groups sized
 // by the loss that made it add them, or fecDefaultK for a fixed count.
-func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint16, token [protocol.JoinTokenLen]byte, n int, jobs *jobQueue, sent *atomic.Int64, extra *joinedConns) error {
+//
+// pre, if not nil, is a framed connection dialled beside the first, which
+// the early join of a long path takes instead of dialling.
+func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint16, token [protocol.JoinTokenLen]byte, n int, jobs *jobQueue, sent *atomic.Int64, extra *joinedConns, pre *preDial) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -92,7 +95,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 	repair := t.o.LossRepair != LossRepairOff && version >= protocol.FECVersion
 	// loss is the first connection's loss that adds the connection, 0 for
 	// a fixed count, earlyLoss for the early join of a long path.
-	add := func(loss float64) bool {
+	add := func(loss float64, pre *preDial) bool {
 		fecK := 0
 		switch {
 		case !repair:
@@ -111,7 +114,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 			case <-dctx.Done():
 			}
 		}()
-		jc, version, err := t.dialJoin(dctx, token, fecK)
+		jc, version, err := t.dialJoin(dctx, token, fecK, pre)
 		dcancel()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -143,7 +146,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 	}
 	added := 0
 	if t.o.Connections > 0 {
-		for added < n && add(0) {
+		for added < n && add(0, nil) {
 			added++
 		}
 	} else {
@@ -151,7 +154,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		// the CPU limits, one framed connection joins at once: loss would
 		// otherwise be learnt a quarter second later, and a connection
 		// takes a few round trips more to join.
-		if repair && first.ConnectionStats().SmoothedRTT >= repairRTT && add(earlyLoss) {
+		if repair && first.ConnectionStats().SmoothedRTT >= repairRTT && add(earlyLoss, pre) {
 			added++
 		}
 		tick := time.NewTicker(joinEvery)
@@ -174,7 +177,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 			if float64(lost) <= joinLoss*float64(sentP) {
 				continue
 			}
-			if !add(float64(lost) / float64(sentP)) {
+			if !add(float64(lost)/float64(sentP), nil) {
 				break
 			}
 			added++
@@ -192,9 +195,19 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 	return werr
 }
 
-// dialJoin opens an extra connection and joins it to the transfer.
-func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLen]byte, fecK int) (*quic.Conn, uint16, error) {
-	conn, cs, _, err := dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK)
+// dialJoin opens an extra connection, or takes the one pre dialled (nil:
+// none), and joins it to the transfer.
+func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLen]byte, fecK int, pre *preDial) (*quic.Conn, uint16, error) {
+	var (
+		conn *quic.Conn
+		cs   *controlStream
+		err  error
+	)
+	if pre != nil {
+		conn, cs, err = pre.take(ctx)
+	} else {
+		conn, cs, _, err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK)
+	}
 	if err != nil {
 		return nil, 0, err
 	}

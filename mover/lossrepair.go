@@ -2,10 +2,13 @@ package mover
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/pgporter/pgporter/mover/fec"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 )
@@ -145,4 +148,67 @@ func noteRepair(home string, peer PeerID, k int) error {
 			r.RepairAt = time.Time{}
 		}
 	})
+}
+
+// preDial is a framed connection dialled beside a transfer's first, in
+// auto mode when nothing is remembered of the peer: on a long path the
+// early join (join) then needs only its JoinTransfer, not a handshake and
+// a Hello more (about 2 round trips of a transfer that may last 20). On
+// a short path, or to a receiver below protocol 11, it is discarded as
+// soon as the first connection says so.
+type preDial struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the dial returned
+
+	conn *quic.Conn // set before done is closed
+	cs   *controlStream
+	err  error
+
+	mu    sync.Mutex // guards taken
+	taken bool
+}
+
+func (t *sendTransfer) startPreDial(ctx context.Context) *preDial {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &preDial{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.conn, p.cs, _, p.err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecDefaultK)
+	}()
+	return p
+}
+
+// take waits for the dial and hands its connection over; nil p has none.
+func (p *preDial) take(ctx context.Context) (*quic.Conn, *controlStream, error) {
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return nil, nil, p.err
+	}
+	if p.taken {
+		return nil, nil, errors.New("mover: pre-dialled connection already taken")
+	}
+	p.taken = true
+	return p.conn, p.cs, nil
+}
+
+// discard stops the dial and closes its connection unless it was taken;
+// it waits for the dialling goroutine. Safe on nil and more than once.
+func (p *preDial) discard() {
+	if p == nil {
+		return
+	}
+	p.cancel()
+	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.taken && p.conn != nil {
+		p.taken = true
+		p.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
+	}
 }

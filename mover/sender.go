@@ -460,6 +460,11 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	if t.o.LossRepair == LossRepairOn {
 		fecK = max(fecK, fecDefaultK)
 	}
+	var pre *preDial
+	if fecK == 0 && t.o.LossRepair == LossRepairAuto && t.o.Connections == 0 && t.maxConnections() > 1 {
+		pre = t.startPreDial(ctx)
+	}
+	defer pre.discard()
 	conn, cs, bufs, err := dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK)
 	if _, noAnswer := errors.AsType[*NoAnswerError](err); noAnswer && t.memK > 0 {
 		// The peer may have been replaced by a build below protocol 11,
@@ -482,6 +487,11 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	}
 	if conn.ConnectionStats().SmoothedRTT >= repairRTT {
 		t.lc.longPath()
+	} else {
+		pre.discard() // a LAN: joins, if any, are dialled as they are needed
+	}
+	if cs.version < protocol.FECVersion {
+		pre.discard()
 	}
 	if fecK > 0 {
 		if cs.version < protocol.FECVersion {
@@ -585,7 +595,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		workers.Add(1)
 		g.Go(func() error {
 			defer workers.Done()
-			return t.join(gctx, conn, cs.version, ts.JoinToken, n-1, jobs, &sentHere, &extra)
+			return t.join(gctx, conn, cs.version, ts.JoinToken, n-1, jobs, &sentHere, &extra, pre)
 		})
 	}
 	g.Go(func() error {
