@@ -75,19 +75,25 @@ func TestCPUIdle(t *testing.T) {
 	require.Nil(t, newCPUIdle(path))
 }
 
-func TestLevelControllerAdapts(t *testing.T) {
+// autoController returns an auto levelController whose CPU counters are a
+// file of the test's, and tick, which adds busy and idle jiffies to it.
+func autoController(t *testing.T) (*levelController, func(busy, idle uint64)) {
 	path := filepath.Join(t.TempDir(), "stat")
 	c, err := newLevelController("auto")
 	require.NoError(t, err)
 	require.NotNil(t, c.idle)
 	statFile(t, path, c.idle, 0, 0)
 	c.idle = newCPUIdle(path)
-	require.Equal(t, chunk.LevelFastest, c.current())
 	busy, idle := uint64(0), uint64(0)
-	tick := func(b, i uint64) {
+	return c, func(b, i uint64) {
 		busy, idle = busy+b, idle+i
 		statFile(t, path, c.idle, busy, idle)
 	}
+}
+
+func TestLevelControllerAdapts(t *testing.T) {
+	c, tick := autoController(t)
+	require.Equal(t, chunk.LevelFastest, c.current())
 
 	// A slow link (writes wait, CPUs mostly idle): compress harder, up to the cap.
 	for range 5 {
@@ -117,18 +123,11 @@ func TestLevelControllerAdapts(t *testing.T) {
 // TestLevelControllerLongPath: on a long path busy CPUs step the level
 // down to zstd fastest and no further; a fixed level is left alone.
 func TestLevelControllerLongPath(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "stat")
-	c, err := newLevelController("auto")
-	require.NoError(t, err)
-	require.NotNil(t, c.idle)
-	statFile(t, path, c.idle, 0, 0)
-	c.idle = newCPUIdle(path)
+	c, tick := autoController(t)
 	require.NoError(t, c.peer(protocol.Version))
 	c.longPath()
-	busy, idle := uint64(0), uint64(0)
 	for range 6 {
-		busy, idle = busy+95, idle+5
-		statFile(t, path, c.idle, busy, idle)
+		tick(95, 5)
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
 	}
 	require.Equal(t, chunk.LevelFastest, c.current())
