@@ -80,7 +80,8 @@ func (j *joinedConns) close() {
 //
 // The connections it adds are framed for loss repair (protocol 11) unless
 // LossRepair is off or the receiver (of version) is older: in groups sized
-// by the loss that made it add them, or fecDefaultK for a fixed count.
+// by the loss that made it add them, or of fecDefaultK for the early join
+// of a long path; a fixed count only with LossRepair on.
 //
 // pre, if not nil, is a framed connection dialled beside the first, which
 // the early join of a long path takes instead of dialling.

@@ -20,9 +20,11 @@ import (
 
 // Loss repair modes of SendOptions.LossRepair.
 const (
-	// LossRepairAuto frames the connections a transfer adds because its
-	// first connection loses packets (Connections 0), with groups sized by
-	// that loss.
+	// LossRepairAuto (Connections 0) frames the connections a transfer
+	// adds because its first connection loses packets, in groups sized by
+	// that loss; one it adds at once on a path of repairRTT or more; and
+	// the first connection itself when the last send to the peer needed
+	// repair (rememberedRepair).
 	LossRepairAuto = "auto"
 	// LossRepairOn frames every connection of a transfer, the first too.
 	LossRepairOn = "on"

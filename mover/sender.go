@@ -48,8 +48,9 @@ type SendOptions struct {
 	// of its packets; N > 0 opens N at once. A receiver below protocol 5 gets one.
 	Connections int
 	// LossRepair is "auto" (default), "on" or "off" (protocol 11,
-	// lossrepair.go): auto frames the connections added because the first
-	// loses packets, on frames every connection, the first too (a
+	// lossrepair.go, LossRepairAuto): auto frames the connections added
+	// for loss or for a long path, and the first when the last send to the
+	// peer needed it; on frames every connection, the first too (a
 	// receiver below protocol 11 then never answers).
 	LossRepair string
 	// Compression is "auto" (default) or a chunkstore level name; "s2"
