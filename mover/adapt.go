@@ -110,7 +110,7 @@ func (c *levelController) peer(version uint16) error {
 }
 
 // longPath raises the auto ladder's floor to zstd fastest for a transfer
-// whose first connection's round trip is repairRTT or more: on such a
+// whose first connection's path is long (longPath): on such a
 // path (a WAN) the link, not the sender's CPU, limits, and the levels
 // below fastest (fast1, fast4, S2) trade the CPU they save for wire bytes
 // that cost time. A sender's core also looks busy there for the framing

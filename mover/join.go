@@ -155,7 +155,7 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		// the CPU limits, one framed connection joins at once: loss would
 		// otherwise be learnt a quarter second later, and a connection
 		// takes a few round trips more to join.
-		if repair && first.ConnectionStats().SmoothedRTT >= repairRTT && add(earlyLoss, pre) {
+		if repair && longPath(first) && add(earlyLoss, pre) {
 			added++
 		}
 		tick := time.NewTicker(joinEvery)

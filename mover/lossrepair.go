@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgporter/pgporter/mover/fec"
@@ -22,7 +23,7 @@ import (
 const (
 	// LossRepairAuto (Connections 0) frames the connections a transfer
 	// adds because its first connection loses packets, in groups sized by
-	// that loss; one it adds at once on a path of repairRTT or more; and
+	// that loss; one it adds at once on a long path (longPath); and
 	// the first connection itself when the last send to the peer needed
 	// repair (rememberedRepair).
 	LossRepairAuto = "auto"
@@ -68,15 +69,26 @@ func groupFor(loss float64) int {
 	return min(max(int(0.08/loss), fecMinK), fecMaxK)
 }
 
-const (
-	// repairRTT is the round trip from which auto mode adds a framed
-	// connection to a transfer at once (join), before any loss: a LAN's
-	// is well below it, where the CPU limits and GSO, which a framed
-	// socket cannot use, matters more.
-	repairRTT = 10 * time.Millisecond
-	// earlyLoss marks that join for add: no loss measured.
-	earlyLoss = -1
-)
+// repairRTT is the round trip from which a path is long (longPath): auto
+// mode then adds a framed connection to a transfer at once (join), before
+// any loss, and the compression ladder keeps to zstd fastest or above. A
+// LAN's is well below it; there the CPU limits, and GSO, which a framed
+// socket cannot use, matters more. A variable only for the tests, which
+// raise it: on loopback under the race detector a handshake's round trip
+// can pass 10 ms.
+var repairRTT atomic.Int64
+
+func init() { repairRTT.Store(int64(10 * time.Millisecond)) }
+
+// longPath reports whether conn's path is long: its least round trip
+// measured (the handshake's, early on) is repairRTT or more.
+func longPath(conn *quic.Conn) bool {
+	return conn.ConnectionStats().MinRTT >= time.Duration(repairRTT.Load())
+}
+
+// earlyLoss marks the early join of a long path for join's add: no loss
+// measured.
+const earlyLoss = -1
 
 // fecQUICConfig is qc for a framed connection: packets of quic-go's
 // initial size (1280 bytes; the frame header and a parity's fields fit

@@ -115,6 +115,7 @@ func TestLossRepairMemory(t *testing.T) {
 // framed connection at once, with no loss measured; on loopback it does
 // not (TestLossRepairMemory's first send adds them only for loss).
 func TestLossRepairEarlyJoin(t *testing.T) {
+	longPathsFrom(t, 10*time.Millisecond)
 	r := startReceiver(t, ServerOptions{})
 	s := newTestSender(t, r, PermSend)
 	proxy := testsupport.NewUDPProxy(t, r.addr)
@@ -126,7 +127,7 @@ func TestLossRepairEarlyJoin(t *testing.T) {
 	res, err := s.Send(ctx, proxy.Addr(), r.id.ID, SendOptions{Src: src, Dest: filepath.Join(r.root, "early"), BWLimit: 4 << 20})
 	require.NoError(t, err)
 	requireSameTree(t, src, filepath.Join(r.root, "early"))
-	require.GreaterOrEqual(t, res.Path.SmoothedRTTMillis, 10.0)
+	require.GreaterOrEqual(t, res.Path.MinRTTMillis, 10.0)
 	require.Equal(t, 1, res.Path.Repaired, "one framed connection joined")
 	require.Equal(t, fecDefaultK, res.Path.RepairGroup)
 	require.Zero(t, rememberedRepair(s.id.home, r.id.ID), "no loss: nothing remembered")

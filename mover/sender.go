@@ -486,7 +486,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	if err := t.lc.peer(cs.version); err != nil {
 		return permanentError{err}
 	}
-	if conn.ConnectionStats().SmoothedRTT >= repairRTT {
+	if longPath(conn) {
 		t.lc.longPath()
 	} else {
 		pre.discard() // a LAN: joins, if any, are dialled as they are needed
