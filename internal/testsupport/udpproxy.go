@@ -187,8 +187,10 @@ func (p *UDPProxy) SetDelay(d time.Duration) {
 
 // SetFilter installs f, called for every datagram that no Cut drops, before
 // the CutAfter budget and SetLoss apply; it returns true to drop the datagram. f runs on the proxy's goroutines with no
-// lock held, must not retain payload, and may call the proxy's methods. nil
-// removes the filter.
+// lock held, must not retain payload, and may call the proxy's methods. It
+// may change payload's bytes in place: what is forwarded is the changed
+// datagram (a link that corrupts, or an attacker on the path). nil removes
+// the filter.
 func (p *UDPProxy) SetFilter(f func(dir Direction, payload []byte) (drop bool)) {
 	p.mu.Lock()
 	p.filter = f
