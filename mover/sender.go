@@ -567,6 +567,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	})
 	defer stopG()
 	ctlDone := make(chan struct{})
+	var ctlErr error // readControl's, set before ctlDone is closed
 	g.Go(func() error { return t.writeManifest(gctx, cs) })
 	var workers sync.WaitGroup
 	var sentHere atomic.Int64
@@ -584,6 +585,12 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 				defer timer.Stop()
 				select {
 				case <-ctlDone:
+					// The receiver's reason, not the reset it caused:
+					// the group keeps the first error returned, and this
+					// worker may return before readControl's goroutine.
+					if ctlErr != nil {
+						return ctlErr
+					}
 				case <-timer.C:
 				}
 			}
@@ -609,7 +616,8 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	g.Go(func() error {
 		defer close(ctlDone)
 		defer jobs.close()
-		return t.readControl(gctx, cs, jobs)
+		ctlErr = t.readControl(gctx, cs, jobs)
+		return ctlErr
 	})
 	return g.Wait()
 }
