@@ -16,9 +16,7 @@ import (
 // 11): the tree arrives whole, the receiver rebuilt lost datagrams from
 // the parities, and plain connections to the same port still work.
 func TestLossRepairThroughLoss(t *testing.T) {
-	r := startReceiver(t, ServerOptions{})
-	s := newTestSender(t, r, PermSend)
-	proxy := testsupport.NewUDPProxy(t, r.addr)
+	r, s, proxy := proxiedPair(t)
 	proxy.SetLoss(0.02, 7)
 	src := t.TempDir()
 	makeTree(t, src, 6, 64)
@@ -43,6 +41,13 @@ func TestLossRepairThroughLoss(t *testing.T) {
 	require.NoError(t, err)
 	requireSameTree(t, src, plain)
 	require.Zero(t, res.Path.Repaired)
+}
+
+// proxiedPair starts a receiver, a sender it trusts, and a UDP proxy in
+// front of the receiver, whose address the tests send to.
+func proxiedPair(t *testing.T) (*testReceiver, *Sender, *testsupport.UDPProxy) {
+	r := startReceiver(t, ServerOptions{})
+	return r, newTestSender(t, r, PermSend), testsupport.NewUDPProxy(t, r.addr)
 }
 
 func TestGroupFor(t *testing.T) {
@@ -70,9 +75,7 @@ func TestLossRepairOption(t *testing.T) {
 // build below protocol 11 in its place), the send dials without, forgets,
 // and completes.
 func TestLossRepairMemory(t *testing.T) {
-	r := startReceiver(t, ServerOptions{})
-	s := newTestSender(t, r, PermSend)
-	proxy := testsupport.NewUDPProxy(t, r.addr)
+	r, s, proxy := proxiedPair(t)
 	proxy.SetLoss(0.03, 11)
 	src, src2 := t.TempDir(), t.TempDir()
 	makeTree(t, src, 8, 1)
@@ -116,9 +119,7 @@ func TestLossRepairMemory(t *testing.T) {
 // not (TestLossRepairMemory's first send adds them only for loss).
 func TestLossRepairEarlyJoin(t *testing.T) {
 	longPathsFrom(t, 10*time.Millisecond)
-	r := startReceiver(t, ServerOptions{})
-	s := newTestSender(t, r, PermSend)
-	proxy := testsupport.NewUDPProxy(t, r.addr)
+	r, s, proxy := proxiedPair(t)
 	proxy.SetDelay(8 * time.Millisecond)
 	src := t.TempDir()
 	makeTree(t, src, 12, 1)
@@ -139,9 +140,7 @@ func TestLossRepairEarlyJoin(t *testing.T) {
 // "rebuilt" from one is garbage that QUIC discards, and QUIC's own
 // recovery sends the lost data again: the tree arrives whole.
 func TestLossRepairForgedParity(t *testing.T) {
-	r := startReceiver(t, ServerOptions{})
-	s := newTestSender(t, r, PermSend)
-	proxy := testsupport.NewUDPProxy(t, r.addr)
+	r, s, proxy := proxiedPair(t)
 	proxy.SetLoss(0.03, 13)
 	proxy.SetFilter(func(dir testsupport.Direction, p []byte) bool {
 		if dir == testsupport.ToTarget && len(p) > fec.HeaderLen+2 && p[0] == fec.TypeParity {

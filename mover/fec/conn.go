@@ -156,9 +156,6 @@ func (c *Conn) Close() error {
 	return err
 }
 
-// Stats returns the decoder's counts and the parity frames sent.
-func (c *Conn) Stats() (Stats, int64) { return c.dec.Stats(), c.enc.Parity() }
-
 func (c *Conn) LocalAddr() net.Addr                { return c.pc.LocalAddr() }
 func (c *Conn) SetDeadline(t time.Time) error      { return c.SetReadDeadline(t) }
 func (c *Conn) SetReadDeadline(t time.Time) error  { c.q.setDeadline(t); return nil }

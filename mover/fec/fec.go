@@ -74,9 +74,6 @@ func NewEncoder(k int, write func(frame []byte) error) *Encoder {
 	return e
 }
 
-// K is the group size.
-func (e *Encoder) K() int { return e.k }
-
 // Parity is how many parity frames e sent.
 func (e *Encoder) Parity() int64 {
 	e.mu.Lock()
