@@ -27,6 +27,16 @@ import (
 //
 // Without CPU counters it goes by the waits alone, between fastest and
 // better, as before. No goroutine: the workers drive it.
+//
+// A step up is taken only when it pays in bytes: the controller first has
+// a few chunks compressed at both levels (a probe, wantProbe and probed)
+// and climbs if the higher level made them at least probeGain smaller.
+// More effort is not always fewer bytes: on issue 16's dump, chunk by
+// chunk, zstd default came out 5 % and better 11 % larger than fastest
+// (docs/BENCHMARKS.md), and the ladder had climbed there on the WAN,
+// spending CPU for more bytes on a link-bound path. A failed probe holds
+// the level for climbBackoff; above fastest, every recheckEvery the level
+// below is probed too, and taken if the current one no longer pays.
 type levelController struct {
 	fixed bool
 	// lowest is the floor of the ladder for a receiver that decodes every
@@ -45,6 +55,18 @@ type levelController struct {
 	wire      int64 // bytes written
 	changes   int
 	chunks    [chunk.LevelBest + 1]int64 // chunks sent at each level
+
+	// The probe under way, if probeTo != noProbe: chunks compressed at
+	// probeFrom are also compressed at probeTo.
+	probeFrom, probeTo chunk.Level
+	probeStart         time.Time
+	probeGen           int       // tells a probe's results from an earlier one's
+	probeTaken         int       // chunks handed out for the probe
+	probeDone          int       // chunks whose sizes came back
+	probeCur, probeAlt int64     // their sizes at probeFrom and at probeTo
+	holdUntil          time.Time // no climb before it (a probe failed)
+	lastCheck          time.Time // when the level below was last probed
+	probes, held       int       // probes run, and those that did not pay
 }
 
 const (
@@ -56,6 +78,21 @@ const (
 	// the bottleneck; cpuSpare the one above which it is not.
 	cpuBusy  = 0.25
 	cpuSpare = 0.35
+
+	// noProbe is probeTo when no probe is under way.
+	noProbe chunk.Level = -1
+	// probeChunks is how many chunks a probe compresses twice: about one
+	// window's worth on a 100 Mbit/s link, and more than one file's kind of
+	// rows.
+	probeChunks = 8
+	// probeGain is the share of bytes a level must save against the level
+	// below it to be worth its CPU.
+	probeGain = 0.03
+	// climbBackoff is how long a level is held after a probe found the
+	// level above no better; recheckEvery how often a level above fastest
+	// is compared with the one below it.
+	climbBackoff = 2 * time.Second
+	recheckEvery = time.Second
 )
 
 func newLevelController(mode string) (*levelController, error) {
@@ -64,7 +101,7 @@ func newLevelController(mode string) (*levelController, error) {
 		// costs more CPU in QUIC than zstd fastest does (93 MB/s plain vs 196
 		// MB/s fastest); Compress still sends incompressible chunks plain.
 		// Until peer says the receiver decodes S2, the floor is --fast=4.
-		c := &levelController{level: chunk.LevelFastest, lowest: chunk.LevelS2, min: chunk.LevelFast4, max: chunk.LevelBetter}
+		c := &levelController{level: chunk.LevelFastest, lowest: chunk.LevelS2, min: chunk.LevelFast4, max: chunk.LevelBetter, probeTo: noProbe}
 		if c.idle = newCPUIdle("/proc/stat"); c.idle == nil {
 			c.lowest, c.min = chunk.LevelFastest, chunk.LevelFastest
 		}
@@ -77,7 +114,7 @@ func newLevelController(mode string) (*levelController, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &levelController{fixed: true, level: l}, nil
+	return &levelController{fixed: true, level: l, probeTo: noProbe}, nil
 }
 
 // testAutoStart, set only by tests, is the level the auto ladder starts at
@@ -208,14 +245,103 @@ func (c *levelController) observe(l chunk.Level, cpu, wait time.Duration, wire i
 	if total := c.cpuNs + c.waitNs; total > 0 {
 		waitShare := float64(c.waitNs) / float64(total)
 		rate := float64(c.wire) / adaptWindow.Seconds()
-		next := c.level + step(c.level, waitShare, idle, rate)
-		if next >= c.min && next <= c.max && next != c.level {
-			c.level = next
-			c.changes++
+		switch s := step(c.level, waitShare, idle, rate); {
+		case s < 0:
+			c.setLevel(c.level-1, now)
+		case s > 0:
+			if c.level < c.max && now.After(c.holdUntil) {
+				c.startProbe(c.level+1, now)
+			}
+		case c.level > chunk.LevelFastest && c.level > c.min && now.Sub(c.lastCheck) >= recheckEvery:
+			c.startProbe(c.level-1, now)
 		}
 	}
 	c.cpuNs, c.waitNs, c.wire = 0, 0, 0
 	c.windowEnd = now.Add(adaptWindow)
+}
+
+// setLevel moves to level l if the ladder allows it, ending any probe.
+func (c *levelController) setLevel(l chunk.Level, now time.Time) {
+	if l < c.min || l > c.max || l == c.level {
+		return
+	}
+	c.level = l
+	c.changes++
+	c.probeTo = noProbe
+	c.lastCheck = now
+}
+
+// startProbe compares the current level with level to, unless a probe is
+// under way.
+func (c *levelController) startProbe(to chunk.Level, now time.Time) {
+	if c.probeTo != noProbe && c.probeFrom == c.level && now.Sub(c.probeStart) < climbBackoff {
+		return // under way; one older has lost its chunks (a worker failed)
+	}
+	if to < c.min || to > c.max {
+		return
+	}
+	c.probeFrom, c.probeTo, c.probeStart = c.level, to, now
+	c.probeGen++
+	c.probeTaken, c.probeDone, c.probeCur, c.probeAlt = 0, 0, 0, 0
+	c.lastCheck = now
+}
+
+// wantProbe tells a worker that just compressed a chunk at level l on a
+// connection speaking version whether to compress it again at the level it
+// returns, for the probe of generation gen; the worker then reports both
+// sizes to probed, and sends the smaller.
+func (c *levelController) wantProbe(l chunk.Level, version uint16) (to chunk.Level, gen int, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fixed || c.probeTo == noProbe || l != c.probeFrom || c.probeTaken >= probeChunks {
+		return 0, 0, false
+	}
+	if c.probeTo == chunk.LevelS2 && !protocol.KnowsCodec(version, chunk.CodecS2) {
+		return 0, 0, false
+	}
+	c.probeTaken++
+	return c.probeTo, c.probeGen, true
+}
+
+// probed takes the sizes of one chunk of the probe of generation gen: cur
+// at the probe's current level, alt at the level probed. When the probe's
+// chunks are all back, it moves to the probed level if that pays: a level
+// above saves probeGain of the bytes, or the current level no longer saves
+// that much over the level below.
+func (c *levelController) probed(gen int, cur, alt int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.probeGen || c.probeTo == noProbe {
+		return // a probe ended by a change of level
+	}
+	c.probeCur += int64(cur)
+	c.probeAlt += int64(alt)
+	if c.probeDone++; c.probeDone < probeChunks {
+		return
+	}
+	now := time.Now()
+	from, to := c.probeFrom, c.probeTo
+	c.probeTo = noProbe
+	c.probes++
+	var pays bool
+	if to > from {
+		pays = float64(c.probeAlt) <= float64(c.probeCur)*(1-probeGain)
+	} else {
+		pays = float64(c.probeCur) > float64(c.probeAlt)*(1-probeGain)
+	}
+	if !pays {
+		if to > from {
+			c.held++
+			c.holdUntil = now.Add(climbBackoff)
+		}
+		return
+	}
+	if c.level == from {
+		c.setLevel(to, now)
+	}
+	if to < from {
+		c.holdUntil = now.Add(climbBackoff) // the level above did not pay
+	}
 }
 
 // step decides the move from level l after a window in which writes waited

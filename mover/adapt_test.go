@@ -78,6 +78,7 @@ func TestCPUIdle(t *testing.T) {
 // autoController returns an auto levelController whose CPU counters are a
 // file of the test's, and tick, which adds busy and idle jiffies to it.
 func autoController(t *testing.T) (*levelController, func(busy, idle uint64)) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "stat")
 	c, err := newLevelController("auto")
 	require.NoError(t, err)
@@ -91,14 +92,47 @@ func autoController(t *testing.T) (*levelController, func(busy, idle uint64)) {
 	}
 }
 
+// probe plays the workers' part in the probe under way, if any: each
+// chunk compressed at the current level comes out ratio times its size at
+// the probed level. It returns whether there was a probe.
+func probe(t *testing.T, c *levelController, ratio float64) bool {
+	t.Helper()
+	from := c.current()
+	to, gen, ok := c.wantProbe(from, protocol.Version)
+	if !ok {
+		return false
+	}
+	require.NotEqual(t, from, to)
+	for i := range probeChunks {
+		if i > 0 {
+			var ok bool
+			_, gen, ok = c.wantProbe(from, protocol.Version)
+			require.True(t, ok)
+		}
+		c.probed(gen, 1000, int(1000*ratio))
+	}
+	_, _, ok = c.wantProbe(from, protocol.Version)
+	require.False(t, ok, "a probe takes probeChunks chunks")
+	return true
+}
+
+// slowLinkWindow is one window of a slow link (writes wait, CPUs mostly idle),
+// then a probe in which the level probed makes chunks ratio times their
+// size.
+func slowLinkWindow(t *testing.T, c *levelController, tick func(b, i uint64), ratio float64) {
+	tick(10, 90)
+	window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	probe(t, c, ratio)
+}
+
 func TestLevelControllerAdapts(t *testing.T) {
 	c, tick := autoController(t)
 	require.Equal(t, chunk.LevelFastest, c.current())
 
-	// A slow link (writes wait, CPUs mostly idle): compress harder, up to the cap.
+	// A slow link, and the levels above save bytes: compress harder, up
+	// to the cap.
 	for range 5 {
-		tick(10, 90)
-		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+		slowLinkWindow(t, c, tick, 0.8)
 	}
 	require.Equal(t, chunk.LevelBetter, c.current())
 
@@ -113,11 +147,63 @@ func TestLevelControllerAdapts(t *testing.T) {
 	tick(20, 80)
 	window(c, 900*time.Millisecond, 10*time.Millisecond, 1<<20)
 	require.Equal(t, chunk.LevelFast4, c.current())
-	tick(20, 80)
-	window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	require.False(t, probe(t, c, 0.5), "no probe without a reason to climb")
+	slowLinkWindow(t, c, tick, 0.5)
 	require.Equal(t, chunk.LevelFast1, c.current())
 	require.Equal(t, 7, c.changes) // 2 up, 4 down, 1 up
 	require.NotEmpty(t, c.levelChunks())
+}
+
+// TestLevelControllerProbes: on a slow link the level climbs only when
+// the probe shows the level above saves bytes; a failed probe holds the
+// level for climbBackoff; above fastest, a level that no longer saves
+// bytes over the one below is left.
+func TestLevelControllerProbes(t *testing.T) {
+	c, tick := autoController(t)
+	// Higher effort, more bytes (issue 16's dump): stay at fastest.
+	slowLinkWindow(t, c, tick, 1.05)
+	require.Equal(t, chunk.LevelFastest, c.current())
+	require.Equal(t, 1, c.held)
+	// Saving less than probeGain is not worth the CPU either; and no probe
+	// runs while the level is held.
+	c.holdUntil = time.Time{}
+	slowLinkWindow(t, c, tick, 1-probeGain/2)
+	require.Equal(t, chunk.LevelFastest, c.current())
+	tick(10, 90)
+	window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	require.False(t, probe(t, c, 0.5), "held after a probe that did not pay")
+
+	// The data changes (another table): the level above pays, then stops
+	// paying, and the recheck steps back down.
+	c.holdUntil = time.Time{}
+	slowLinkWindow(t, c, tick, 0.9)
+	require.Equal(t, chunk.LevelDefault, c.current())
+	c.lastCheck = time.Now().Add(-recheckEvery)
+	tick(50, 50) // neither busy nor waiting: no step of its own
+	window(c, 500*time.Millisecond, 500*time.Millisecond, 1<<20)
+	require.True(t, probe(t, c, 0.99), "a level above fastest is rechecked")
+	require.Equal(t, chunk.LevelFastest, c.current())
+	require.Equal(t, 4, c.probes)
+
+	// A probe's results that come back after the level changed are dropped.
+	c.holdUntil = time.Time{}
+	tick(10, 90)
+	window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+	_, gen, ok := c.wantProbe(c.current(), protocol.Version)
+	require.True(t, ok)
+	tick(95, 5)
+	window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20) // busy: a step down ends the probe
+	require.Equal(t, chunk.LevelFast1, c.current())
+	for range probeChunks {
+		c.probed(gen, 1000, 10)
+	}
+	require.Equal(t, chunk.LevelFast1, c.current())
+
+	// A fixed level never probes.
+	f, err := newLevelController("fastest")
+	require.NoError(t, err)
+	_, _, ok = f.wantProbe(chunk.LevelFastest, protocol.Version)
+	require.False(t, ok)
 }
 
 // TestLevelControllerLongPath: on a long path busy CPUs step the level
@@ -146,6 +232,7 @@ func TestLevelControllerWithoutCPUCounters(t *testing.T) {
 	c.idle, c.min = nil, chunk.LevelFastest // what newLevelController does without /proc/stat
 	for range 5 {
 		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+		probe(t, c, 0.8)
 	}
 	require.Equal(t, chunk.LevelBetter, c.current())
 	for range 5 {
@@ -183,23 +270,6 @@ func TestLevelsText(t *testing.T) {
 	require.Empty(t, (&SendResult{}).LevelsText())
 }
 
-// busyController returns an auto controller whose CPU idleness comes from a
-// fake /proc/stat, and tick, which adds busy and idle jiffies to it.
-func busyController(t *testing.T) (*levelController, func(busy, idle uint64)) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "stat")
-	c, err := newLevelController("auto")
-	require.NoError(t, err)
-	require.NotNil(t, c.idle)
-	statFile(t, path, c.idle, 0, 0)
-	c.idle = newCPUIdle(path)
-	busy, idle := uint64(0), uint64(0)
-	return c, func(b, i uint64) {
-		busy, idle = busy+b, idle+i
-		statFile(t, path, c.idle, busy, idle)
-	}
-}
-
 // TestLevelControllerS2: busy CPUs take the ladder down to S2 only for a
 // receiver that decodes it (protocol 6); for one below, the floor stays
 // zstd --fast=4, and a connection to one lifts a ladder already at S2.
@@ -211,15 +281,14 @@ func TestLevelControllerS2(t *testing.T) {
 		}
 	}
 	t.Run("receiver knows S2", func(t *testing.T) {
-		c, tick := busyController(t)
+		c, tick := autoController(t)
 		require.NoError(t, c.peer(protocol.S2Version))
 		busyWindows(c, tick)
 		require.Equal(t, chunk.LevelS2, c.current())
 		require.Equal(t, chunk.LevelS2, c.levelFor(protocol.S2Version))
 		require.Equal(t, chunk.LevelFast4, c.levelFor(protocol.S2Version-1), "a connection below 6 never gets S2")
 		// CPU to spare and writes waiting: climb back into zstd.
-		tick(20, 80)
-		window(c, 100*time.Millisecond, 900*time.Millisecond, 1<<20)
+		slowLinkWindow(t, c, tick, 0.9)
 		require.Equal(t, chunk.LevelFast4, c.current())
 
 		// A reconnection reaches a build below 6: S2 is off the ladder.
@@ -231,13 +300,13 @@ func TestLevelControllerS2(t *testing.T) {
 		require.Equal(t, chunk.LevelFast4, c.current())
 	})
 	t.Run("receiver at 5", func(t *testing.T) {
-		c, tick := busyController(t)
+		c, tick := autoController(t)
 		require.NoError(t, c.peer(5))
 		busyWindows(c, tick)
 		require.Equal(t, chunk.LevelFast4, c.current())
 	})
 	t.Run("no peer yet", func(t *testing.T) {
-		c, tick := busyController(t)
+		c, tick := autoController(t)
 		busyWindows(c, tick)
 		require.Equal(t, chunk.LevelFast4, c.current())
 	})

@@ -902,6 +902,7 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, version 
 	maxChunk := t.o.Params.Max
 	plainBuf := make([]byte, maxChunk)
 	packedBuf := make([]byte, 0, maxChunk+maxChunk/16+1024)
+	var probeBuf []byte // a chunk compressed at a probe's level (levelController.wantProbe)
 	frame := make([]byte, 0, 64<<10)
 	for {
 		j, ok := jobs.pop(ctx)
@@ -917,8 +918,18 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, version 
 		}
 		level := t.lc.levelFor(version)
 		packed, codec := chunk.Compress(packedBuf[:0], plain, level)
-		release()
 		cpu := time.Since(t0)
+		if to, gen, ok := t.lc.wantProbe(level, version); ok {
+			// Not counted in cpu: the probe's cost is not the level's.
+			alt, altCodec := chunk.Compress(probeBuf[:0], plain, to)
+			t.lc.probed(gen, len(packed), len(alt))
+			probeBuf = alt
+			if len(alt) < len(packed) {
+				packed, codec, level = alt, altCodec, to
+				packedBuf, probeBuf = probeBuf, packedBuf
+			}
+		}
+		release()
 		frame = protocol.AppendFrame(frame[:0], &protocol.ChunkData{ID: ref.ID, Codec: codec, PlainLen: ref.Len, Payload: packed})
 		t1 := time.Now()
 		if t.limiter != nil {
