@@ -393,8 +393,10 @@ func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64)
 	if p := sr.Path; p != nil {
 		path = fmt.Sprintf("; %d connections, %d framed for loss repair (groups of %d), %d packets lost by QUIC's count", p.Connections, p.Repaired, p.RepairGroup, p.PacketsLost)
 	}
-	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v%s",
-		j.scenario(), r.t.name, float64(sr.WireBytes)/1e6, sr.ChunksSent, sr.ChunksTotal, sr.Levels, path)
+	tm := sr.Timing
+	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v%s; connected at %.0f ms, opened %.0f, first chunk %.0f, last chunk %.0f, done %.0f",
+		j.scenario(), r.t.name, float64(sr.WireBytes)/1e6, sr.ChunksSent, sr.ChunksTotal, sr.Levels, path,
+		tm.Connected, tm.Opened, tm.FirstChunk, tm.LastChunk, tm.Done)
 	return Measure{
 		Wall: wall, CPUSender: usage(cmd), RSSSender: rss, CPUReceiver: cpu, RSSReceiver: hwm,
 		WireBytes: wire,
@@ -431,6 +433,13 @@ type sendResult struct {
 		RepairGroup int    `json:"repair_group"`
 		PacketsLost uint64 `json:"packets_lost"`
 	} `json:"path"`
+	Timing struct {
+		Connected  float64 `json:"connected_ms"`
+		Opened     float64 `json:"opened_ms"`
+		FirstChunk float64 `json:"first_chunk_ms"`
+		LastChunk  float64 `json:"last_chunk_ms"`
+		Done       float64 `json:"done_ms"`
+	} `json:"timing"`
 
 	// ResumedBytes were durable at the receiver when the send began: what
 	// an earlier, interrupted send of the same transfer left.

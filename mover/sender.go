@@ -206,6 +206,37 @@ type SendResult struct {
 	Dirs int `json:"dirs"`
 	// Skipped lists the special entries SkipSpecial left out.
 	Skipped []SkippedEntry `json:"skipped,omitempty"`
+	// Timing is when the send reached each step, in milliseconds since it
+	// began: where a transfer's time went beside the link's.
+	Timing SendTiming `json:"timing"`
+}
+
+// SendTiming holds the milliseconds since a send began at which it
+// reached each step (0: not reached). After a reconnection the first
+// three are the first connection's, LastChunk the last attempt's.
+type SendTiming struct {
+	Connected  float64 `json:"connected_ms"`   // the first connection's handshake and Hello done
+	Opened     float64 `json:"opened_ms"`      // the receiver's TransferState read
+	FirstChunk float64 `json:"first_chunk_ms"` // the first chunk written to a data stream
+	LastChunk  float64 `json:"last_chunk_ms"`  // SendDone written: every chunk needed is on its way
+	Done       float64 `json:"done_ms"`        // Committed read, or the send failed
+}
+
+// sendClock records SendTiming's steps, from any goroutine.
+type sendClock struct {
+	start                                    time.Time
+	connected, opened, firstChunk, lastChunk atomic.Int64 // nanoseconds since start, 0: not yet
+}
+
+// once records step now unless it was recorded before.
+func (c *sendClock) once(step *atomic.Int64) {
+	step.CompareAndSwap(0, int64(time.Since(c.start)))
+}
+
+func (c *sendClock) timing() SendTiming {
+	ms := func(ns int64) float64 { return float64(ns/1e3) / 1e3 }
+	return SendTiming{Connected: ms(c.connected.Load()), Opened: ms(c.opened.Load()), FirstChunk: ms(c.firstChunk.Load()),
+		LastChunk: ms(c.lastChunk.Load()), Done: ms(int64(time.Since(c.start)))}
 }
 
 // Sender sends trees to receiving movers. It owns the sender's pebble state
@@ -305,7 +336,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 	lc, _ := newLevelController(o.Compression)
 	t := &sendTransfer{
 		s: s, o: o, tid: tid, peer: peer, addr: addr, res: res, lc: lc,
-		src:     so,
+		src: so, clock: sendClock{start: start},
 		handles: map[uint32]*srcHandle{}, unchecked: map[uint32]bool{},
 	}
 	if tree != nil {
@@ -362,6 +393,7 @@ func (s *Sender) Send(ctx context.Context, addr string, peer PeerID, o SendOptio
 		res.ChunksFromMemory, _ = t.ra.stats()
 	}
 	res.Seconds = time.Since(start).Seconds()
+	res.Timing = t.clock.timing()
 	res.Path = t.path.result()
 	return res, err
 }
@@ -380,6 +412,7 @@ type sendTransfer struct {
 	limiter *rate.Limiter // nil: no limit
 	opened  bool          // a connection got as far as TransferState
 	path    pathRecorder
+	clock   sendClock
 	// warnBuffers logs small UDP buffers once per send, not per reconnect.
 	warnBuffers sync.Once
 	// memK is the loss repair group of the first connection, from the
@@ -482,6 +515,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	t.clock.once(&t.clock.connected)
 	defer conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseOK), "")
 	if err := t.lc.peer(cs.version); err != nil {
 		return permanentError{err}
@@ -545,6 +579,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	if !ok {
 		return permanentError{fmt.Errorf("%w: expected TransferState, got %s", protocol.ErrProtocol, m.Type())}
 	}
+	t.clock.once(&t.clock.opened)
 	t.durable.Store(int64(ts.DurableBytes))
 	if !t.opened {
 		t.opened = true
@@ -611,6 +646,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 		if gctx.Err() != nil {
 			return nil
 		}
+		t.clock.lastChunk.Store(int64(time.Since(t.clock.start)))
 		return cs.write(&protocol.SendDone{Chunks: uint64(sentHere.Load())})
 	})
 	g.Go(func() error {
@@ -940,6 +976,7 @@ func (t *sendTransfer) dataWorker(ctx context.Context, conn *quic.Conn, version 
 		if _, err := st.Write(frame); err != nil {
 			return fmt.Errorf("writing chunk: %w", err)
 		}
+		t.clock.once(&t.clock.firstChunk)
 		t.lc.observe(level, cpu, time.Since(t1), len(frame))
 		t.chunksSent.Add(1)
 		sent.Add(1)

@@ -122,6 +122,12 @@ func TestSendRoundTrip(t *testing.T) {
 	require.False(t, res.AlreadyComplete)
 	require.Positive(t, res.ChunksSent)
 	require.Less(t, res.WireBytes, res.Bytes, "compressible data should shrink on the wire")
+	// The steps in the order they happen, each within the send.
+	tm := res.Timing
+	steps := []float64{tm.Connected, tm.Opened, tm.FirstChunk, tm.LastChunk, tm.Done}
+	require.Positive(t, tm.Connected, "%+v", tm)
+	require.IsIncreasing(t, steps, "%+v", tm)
+	require.InDelta(t, res.Seconds*1000, tm.Done, 5, "%+v", tm)
 	require.NoDirExists(t, dest+".partial")
 
 	// A rerun is a no-op that says so.
