@@ -38,9 +38,6 @@ const (
 	// sent since the last decision for its loss to count: on a long lossy
 	// link a second holds only a few dozen.
 	joinMinPackets = 30
-	// resizeMinPackets is how many packets the first connection must have
-	// sent for its loss to size the groups of loss repair.
-	resizeMinPackets = 200
 )
 
 // maxConnections is how many connections this send may use.
@@ -97,39 +94,6 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		werr        error
 	)
 	repair := t.o.LossRepair != LossRepairOff && version >= protocol.FECVersion
-	// framedJoined are the connections added framed; groupK their groups'
-	// size once resized (resizeGroups), 0 before.
-	var (
-		framedJoined []*quic.Conn
-		groupK       int
-	)
-	// resizeGroups sizes the framed connections' groups by the loss of
-	// the first connection over the whole transfer, once it has sent
-	// resizeMinPackets and if it is plain (a framed first connection's
-	// loss is what its parities left): the early join of a long path
-	// starts at fecDefaultK before any loss is known, and a quarter
-	// second's loss, which sized a joined connection, is a few packets.
-	resizeGroups := func() {
-		if len(framedJoined) == 0 || framed(first) {
-			return
-		}
-		cs := first.ConnectionStats()
-		if cs.PacketsSent < resizeMinPackets {
-			return
-		}
-		k := groupFor(float64(cs.PacketsLost) / float64(cs.PacketsSent))
-		if k == groupK {
-			return
-		}
-		groupK = k
-		for _, c := range framedJoined {
-			setRepairGroup(c, k)
-		}
-		t.path.group(k)
-		if t.lossK.Load() > 0 {
-			t.lossK.Store(int64(k))
-		}
-	}
 	// loss is the first connection's loss that adds the connection, 0 for
 	// a fixed count, earlyLoss for the early join of a long path.
 	add := func(loss float64, pre *preDial) bool {
@@ -161,7 +125,6 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		}
 		extra.add(jc)
 		if fecK > 0 {
-			framedJoined = append(framedJoined, jc)
 			t.path.repaired(fecK)
 			if loss > 0 && loss != earlyLoss {
 				t.lossK.Store(int64(fecK))
@@ -198,17 +161,13 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		tick := time.NewTicker(joinEvery)
 		last := first.ConnectionStats()
 	loop:
-		for {
+		for added < n {
 			select {
 			case <-ctx.Done():
 				break loop
 			case <-jobs.drained:
 				break loop
 			case <-tick.C:
-			}
-			resizeGroups()
-			if added >= n {
-				continue // all joined; the groups are still resized
 			}
 			cs := first.ConnectionStats()
 			sentP, lost := cs.PacketsSent-last.PacketsSent, cs.PacketsLost-min(last.PacketsLost, cs.PacketsLost)

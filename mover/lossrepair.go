@@ -53,46 +53,30 @@ const (
 	fecMinK = 8
 	fecMaxK = 16
 	// fecDefaultK is the group size before any loss is measured (the early
-	// join of a long path; join then resizes the groups by the loss). At
-	// 8, the harness's 51 MB WAN transfer put 4.1 MB on the link; at 16,
-	// 3.7 MB.
+	// join of a long path). At 8, the harness's WAN transfers put 4.1 MB
+	// on the link at 51 MB and 20.3 MB at 260 MB; at 16 (with groupFor's
+	// 0.16), 3.7 and 18.7 MB (docs/BENCHMARKS.md).
 	fecDefaultK = 16
 )
 
 // groupFor sizes the groups for a plain connection that lost the share
 // loss of its packets by QUIC's count, which also counts packets that
-// were late rather than lost: about twice the path's loss on the
-// harness's WAN (421 declared lost against 136 dropped). So 0.16/loss is
-// about one loss per 12 groups of the path's at most, and two in one
-// group, which a parity cannot repair, stay rare: at a path's 0.5 % in
-// groups of 16, 0.3 % of the groups, 0.02 % of the datagrams. 16 up to 1
-// % by QUIC's count, 8 from 2 %.
+// were late rather than lost, and a full queue's drops: about twice the
+// path's random loss on the harness's WAN (421 declared lost against 136
+// dropped). So 0.16/loss is about one random loss per 12 groups at most,
+// and two in one group, which a parity cannot repair, stay rare: at a
+// path's 0.5 % in groups of 16, 0.3 % of the groups. 16 up to 1 % by
+// QUIC's count, 8 from 2 %.
+//
+// Resizing the groups of the connections already framed by the first
+// connection's loss over the whole transfer was tried and not kept: its
+// count holds the queue's drops as connections join, which made the
+// 260 MB transfer's groups 8 to 13, and it slower (2.119 s against 2.006 s).
 func groupFor(loss float64) int {
 	if loss <= 0 {
 		return fecDefaultK
 	}
 	return min(max(int(0.16/loss), fecMinK), fecMaxK)
-}
-
-// framedConns maps each framed connection this process dialled (a
-// *quic.Conn) to its socket (*fec.Conn), while it is open: join resizes
-// the groups as the loss becomes known (setRepairGroup).
-var framedConns sync.Map
-
-// framed reports whether conn was dialled framed.
-func framed(conn *quic.Conn) bool {
-	_, ok := framedConns.Load(conn)
-	return ok
-}
-
-// setRepairGroup sizes the groups of framed connection conn at k from now
-// on; it reports false for a connection that is not framed.
-func setRepairGroup(conn *quic.Conn, k int) bool {
-	v, ok := framedConns.Load(conn)
-	if ok {
-		v.(*fec.Conn).SetK(k)
-	}
-	return ok
 }
 
 // repairRTT is the round trip from which a path is long (longPath): auto

@@ -134,30 +134,6 @@ func TestLossRepairEarlyJoin(t *testing.T) {
 	require.Zero(t, rememberedRepair(s.id.home, r.id.ID), "no loss: nothing remembered")
 }
 
-// TestLossRepairGroupsResized: the early join of a long path frames its
-// connection in groups of fecDefaultK, before any loss is known; once the
-// first connection's loss over the transfer is known, the groups are
-// resized by it. Two connections at most (16 streams each), so that no
-// connection joins for loss with groups of its own.
-func TestLossRepairGroupsResized(t *testing.T) {
-	longPathsFrom(t, 10*time.Millisecond)
-	r, s, proxy := proxiedPair(t)
-	proxy.SetDelay(8 * time.Millisecond)
-	proxy.SetLoss(0.04, 5)
-	src := t.TempDir()
-	makeTree(t, src, 13, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	o := SendOptions{Src: src, Dest: filepath.Join(r.root, "resized"), BWLimit: 4 << 20, Streams: 16, Compression: "none"}
-	res, err := s.Send(ctx, proxy.Addr(), r.id.ID, o)
-	require.NoError(t, err)
-	t.Logf("%.1f s, %d connections, %d framed, groups of %d, %d of %d packets lost", res.Seconds, res.Path.Connections, res.Path.Repaired, res.Path.RepairGroup, res.Path.PacketsLost, res.Path.PacketsSent)
-	requireSameTree(t, src, o.Dest)
-	require.Equal(t, 2, res.Path.Connections)
-	require.Equal(t, 1, res.Path.Repaired, "the early join")
-	require.Equal(t, fecMinK, res.Path.RepairGroup, "resized by a loss of 4 %% each way")
-}
-
 // TestLossRepairForgedParity: frames are not authenticated, the QUIC
 // packets they carry are. With every parity towards the receiver forged
 // (its bytes flipped, as an attacker on the path could), each datagram

@@ -69,13 +69,6 @@ func (r *pathRecorder) repaired(k int) {
 	r.st.RepairGroup = k
 }
 
-// group notes that the framed connections' groups are now of k.
-func (r *pathRecorder) group(k int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.st.RepairGroup = k
-}
-
 func (r *pathRecorder) add(cs quic.ConnectionStats) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

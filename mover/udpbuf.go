@@ -125,12 +125,8 @@ func dialQUIC(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config,
 		}
 		return nil, bufs, err
 	}
-	if fc, ok := pc.(*fec.Conn); ok {
-		framedConns.Store(conn, fc)
-	}
 	go func() {
 		<-conn.Context().Done()
-		framedConns.Delete(conn)
 		tr.Close()
 		pc.Close()
 		udp.Close()

@@ -135,9 +135,6 @@ func (c *Conn) readLoop() {
 	}
 }
 
-// SetK sizes the groups of what c sends from now on (Encoder.SetK).
-func (c *Conn) SetK(k int) { c.enc.SetK(k) }
-
 // ReadFrom returns the next datagram, repaired and in order.
 func (c *Conn) ReadFrom(b []byte) (int, net.Addr, error) { return c.q.read(b) }
 

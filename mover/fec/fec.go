@@ -81,15 +81,6 @@ func (e *Encoder) Parity() int64 {
 	return e.parity
 }
 
-// SetK sizes the groups from now on at k datagrams (clamped as
-// NewEncoder's); an open group already holding k closes with its next
-// datagram. Frames carry their group's K, so the Decoder needs no notice.
-func (e *Encoder) SetK(k int) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.k = min(max(k, 2), MaxGroup)
-}
-
 // Write sends p framed, then the group's parity if p filled it.
 func (e *Encoder) Write(p []byte) error {
 	if len(p) > MaxPayload {
@@ -114,7 +105,7 @@ func (e *Encoder) Write(p []byte) error {
 	if e.n == 1 {
 		e.timer.Reset(MaxSpan)
 	}
-	if e.n >= e.k {
+	if e.n == e.k {
 		e.timer.Stop()
 		if perr := e.sendParity(); err == nil {
 			err = perr

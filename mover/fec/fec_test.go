@@ -202,35 +202,3 @@ func FuzzDecoder(f *testing.F) {
 		d.Handle(a)
 	})
 }
-
-// TestEncoderSetK: a resize takes effect in the open group, which closes
-// once it holds the new K, and sizes the groups after it; the receiver
-// rebuilds a loss in groups of either size, with no notice of the change.
-func TestEncoderSetK(t *testing.T) {
-	ps := datagrams(12, 9)
-	var frames [][]byte
-	// Drop the second datagram of the first group (frame 1) and the first
-	// of the group after the resize (frame 5: 4 data frames and a parity
-	// before it).
-	enc, l := newLink(8, func(seq int, f []byte) bool {
-		frames = append(frames, bytes.Clone(f))
-		return seq == 1 || seq == 5
-	})
-	for _, p := range ps[:3] {
-		require.NoError(t, enc.Write(p))
-	}
-	enc.SetK(4)
-	for _, p := range ps[3:] {
-		require.NoError(t, enc.Write(p))
-	}
-	enc.Close()
-	var kinds []string
-	for _, f := range frames {
-		kinds = append(kinds, fmt.Sprintf("%c%d/%d", map[byte]rune{TypeData: 'd', TypeParity: 'p'}[f[0]], f[5], f[6]))
-	}
-	// Data frames carry their index and the K of the moment; a parity its
-	// group's count and K.
-	require.Equal(t, []string{"d0/8", "d1/8", "d2/8", "d3/4", "p4/4", "d0/4", "d1/4", "d2/4", "d3/4", "p4/4", "d0/4", "d1/4", "d2/4", "d3/4", "p4/4"}, kinds)
-	require.Equal(t, ps, l.received(), "both losses rebuilt, in order")
-	require.EqualValues(t, 2, l.dec.Stats().Recovered)
-}
