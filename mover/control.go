@@ -185,8 +185,9 @@ func peerSoftware(s string) string {
 	return strconv.Quote(strings.ToValidUTF8(s, "?"))
 }
 
-// clientHello opens a control stream: kind byte, then Hello both ways.
-func (c *controlStream) clientHello() error {
+// clientHello opens a control stream: kind byte, then Hello both ways;
+// then, if not nil, goes right after the client's Hello (dialMoverFEC).
+func (c *controlStream) clientHello(then protocol.Message) error {
 	c.mu.Lock()
 	_, err := c.rw.Write([]byte{byte(protocol.StreamControl)})
 	c.writes.Add(1)
@@ -194,7 +195,12 @@ func (c *controlStream) clientHello() error {
 	if err != nil {
 		return fmt.Errorf("writing stream kind: %w", err)
 	}
-	if err := c.write(hello()); err != nil {
+	if then == nil {
+		err = c.write(hello())
+	} else if err = c.queue(hello()); err == nil {
+		err = c.write(then)
+	}
+	if err != nil {
 		return err
 	}
 	m, err := c.next()

@@ -24,12 +24,16 @@ func dialMoverFor(ctx context.Context, addr string, id *Identity, peer PeerID, i
 // dialMoverBuffers is dialMoverFor that also returns the UDP socket's
 // buffer sizes, for the caller to warn about.
 func dialMoverBuffers(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm) (*quic.Conn, *controlStream, UDPBuffers, error) {
-	return dialMoverFEC(ctx, addr, id, peer, idle, need, 0)
+	return dialMoverFEC(ctx, addr, id, peer, idle, need, 0, nil)
 }
 
 // dialMoverFEC is dialMoverBuffers from a socket that frames its datagrams
 // for loss repair in groups of fecK, when fecK is above 0 (lossrepair.go).
-func dialMoverFEC(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm, fecK int) (*quic.Conn, *controlStream, UDPBuffers, error) {
+// then, if not nil, is written right after the Hello, before the peer's
+// Hello is read: the caller's first request, a round trip sooner. The
+// peer reads its control stream in order, so any version takes it; it
+// must be a message that every version the caller accepts understands.
+func dialMoverFEC(ctx context.Context, addr string, id *Identity, peer PeerID, idle time.Duration, need Perm, fecK int, then protocol.Message) (*quic.Conn, *controlStream, UDPBuffers, error) {
 	qc := QUICConfig()
 	if idle > 0 {
 		qc.MaxIdleTimeout = idle
@@ -47,7 +51,7 @@ func dialMoverFEC(ctx context.Context, addr string, id *Identity, peer PeerID, i
 		return nil, nil, bufs, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, need)
 	}
 	cs := newControlStream(st)
-	if err := cs.clientHello(); err != nil {
+	if err := cs.clientHello(then); err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
 		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}

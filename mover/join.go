@@ -207,7 +207,7 @@ func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLe
 	if pre != nil {
 		conn, cs, err = pre.take(ctx)
 	} else {
-		conn, cs, _, err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK)
+		conn, cs, _, err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK, nil)
 	}
 	if err != nil {
 		return nil, 0, err

@@ -197,7 +197,7 @@ func (t *sendTransfer) startPreDial(ctx context.Context) *preDial {
 	p := &preDial{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		p.conn, p.cs, _, p.err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecDefaultK)
+		p.conn, p.cs, _, p.err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecDefaultK, nil)
 	}()
 	return p
 }
