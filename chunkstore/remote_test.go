@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -427,4 +428,42 @@ func testRemoteRepo(t *testing.T, srv *s3test.Server) {
 	require.False(t, cov.To.IsZero())
 	_, err = os.Stat("s3:")
 	require.ErrorIs(t, err, os.ErrNotExist, "a URL is never taken for a directory")
+}
+
+// A flipped byte in a pack object on the store fails the chunk's read with
+// a CorruptChunkError: what the store returns is checked, never used.
+func TestRemoteCorruptRecord(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	d, err := objstore.OpenDir(root)
+	require.NoError(t, err)
+	defer d.Close()
+	l, err := chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{Remote: d, DiskCacheBytes: -1})
+	require.NoError(t, err)
+	data := make([]byte, 100_000) // random: stored as it is, so the flip lands in the chunk
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	id := chunk.Sum(data)
+	require.NoError(t, l.Put(ctx, id, data))
+	require.NoError(t, l.Flush(ctx))
+	require.NoError(t, l.Close())
+
+	packs, err := filepath.Glob(filepath.Join(root, "chunks", "packs", "*.pack"))
+	require.NoError(t, err)
+	require.Len(t, packs, 1)
+	b, err := os.ReadFile(packs[0])
+	require.NoError(t, err)
+	b[len(b)/2] ^= 0x40
+	require.NoError(t, os.Chmod(packs[0], 0o644))
+	require.NoError(t, os.WriteFile(packs[0], b, 0o644))
+
+	l, err = chunkstore.OpenLocal(t.TempDir(), chunkstore.LocalOptions{Remote: d, DiskCacheBytes: -1})
+	require.NoError(t, err)
+	defer l.Close()
+	_, err = l.Get(ctx, id, nil)
+	var ce *chunk.CorruptChunkError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, id, ce.ID)
 }
