@@ -429,9 +429,9 @@ type sendResult struct {
 	Reconnects  int              `json:"reconnects"`
 	Levels      map[string]int64 `json:"levels"`
 	Path        *struct {
-		Connections int    `json:"connections"`
-		Repaired    int    `json:"repaired_connections"`
-		RepairGroup int    `json:"repair_group"`
+		Connections int     `json:"connections"`
+		Repaired    int     `json:"repaired_connections"`
+		RepairGroup int     `json:"repair_group"`
 		PacketsLost uint64  `json:"packets_lost"`
 		CwndMean    uint64  `json:"cwnd_mean"`
 		CwndMax     uint64  `json:"cwnd_max"`
