@@ -66,7 +66,6 @@ type levelController struct {
 	probeCur, probeAlt int64     // their sizes at probeFrom and at probeTo
 	holdUntil          time.Time // no climb before it (a probe failed)
 	lastCheck          time.Time // when the level below was last probed
-	probes, held       int       // probes run, and those that did not pay
 }
 
 const (
@@ -322,7 +321,6 @@ func (c *levelController) probed(gen int, cur, alt int) {
 	now := time.Now()
 	from, to := c.probeFrom, c.probeTo
 	c.probeTo = noProbe
-	c.probes++
 	var pays bool
 	if to > from {
 		pays = float64(c.probeAlt) <= float64(c.probeCur)*(1-probeGain)
@@ -331,7 +329,6 @@ func (c *levelController) probed(gen int, cur, alt int) {
 	}
 	if !pays {
 		if to > from {
-			c.held++
 			c.holdUntil = now.Add(climbBackoff)
 		}
 		return

@@ -163,7 +163,7 @@ func TestLevelControllerProbes(t *testing.T) {
 	// Higher effort, more bytes (issue 16's dump): stay at fastest.
 	slowLinkWindow(t, c, tick, 1.05)
 	require.Equal(t, chunk.LevelFastest, c.current())
-	require.Equal(t, 1, c.held)
+	require.True(t, c.holdUntil.After(time.Now()), "held after a probe that did not pay")
 	// Saving less than probeGain is not worth the CPU either; and no probe
 	// runs while the level is held.
 	c.holdUntil = time.Time{}
@@ -183,7 +183,6 @@ func TestLevelControllerProbes(t *testing.T) {
 	window(c, 500*time.Millisecond, 500*time.Millisecond, 1<<20)
 	require.True(t, probe(t, c, 0.99), "a level above fastest is rechecked")
 	require.Equal(t, chunk.LevelFastest, c.current())
-	require.Equal(t, 4, c.probes)
 
 	// A probe's results that come back after the level changed are dropped.
 	c.holdUntil = time.Time{}
