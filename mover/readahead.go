@@ -25,6 +25,13 @@ import (
 // forgotten; a worker then reads those chunks from the file, as it does for
 // chunk lists that came from the chunk cache.
 //
+// On a long path (longPath) the chunker does not wait for the receiver's
+// decisions: a slab whose chunks no Need has asked for yet is taken back
+// at once. There a decision takes a round trip, in which the chunker would
+// cut tens of MB, while reading a 4 MiB slab again takes well under a
+// millisecond. It still waits while every slab holds chunks asked for or
+// being sent: then the link, not the round trip, is what it waits for.
+//
 // The bytes held are exactly those that were hashed into each chunk's ID, so
 // a chunk sent from here always matches its ID, even if the file has changed
 // since.
@@ -37,7 +44,10 @@ type readAhead struct {
 	live    []*slab // in the order the chunker took them, oldest first
 	free    []*slab
 	current *slab         // the chunker's
-	room    chan struct{} // closed and replaced when a slab comes back
+	room    chan struct{} // closed and replaced when a slab comes back or may be taken back
+	// long: the chunker takes back slabs whose chunks are undecided rather
+	// than wait for the receiver (longPath).
+	long    bool
 	hits    int64
 	evicted int64
 }
@@ -51,11 +61,11 @@ type heldChunk struct {
 }
 
 // A slab is one buffer of the chunker's. held counts its remembered chunks,
-// busy the workers sending from it.
+// asked those of them a Need asked for, busy the workers sending from it.
 type slab struct {
-	buf        []byte
-	held, busy int
-	keys       []chunkPos // remembered chunks, to forget them on eviction
+	buf               []byte
+	held, asked, busy int
+	keys              []chunkPos // remembered chunks, to forget them on eviction
 }
 
 // newReadAhead returns a readAhead of at most budget bytes, in slabs of 4
@@ -89,30 +99,71 @@ func (r *readAhead) alloc() []byte {
 	case len(r.live) < r.maxSlabs:
 		s = &slab{buf: make([]byte, r.slabSize)}
 	default:
-		for i, old := range r.live {
-			if old.busy == 0 {
-				r.live = append(r.live[:i], r.live[i+1:]...)
-				for _, k := range old.keys {
-					delete(r.chunks, k)
+		i := r.undecided()
+		if i < 0 {
+			for j, old := range r.live {
+				if old.busy == 0 {
+					i = j
+					break
 				}
-				r.evicted += int64(old.held)
-				old.keys, old.held = old.keys[:0], 0
-				s = old
-				break
 			}
 		}
-		if s == nil { // every slab is being sent from: go over budget once
+		if i < 0 { // every slab is being sent from: go over budget once
 			s = &slab{buf: make([]byte, r.slabSize)}
+			break
 		}
+		s = r.live[i]
+		r.live = append(r.live[:i], r.live[i+1:]...)
+		for _, k := range s.keys {
+			delete(r.chunks, k)
+		}
+		r.evicted += int64(s.held)
+		s.keys, s.held, s.asked = s.keys[:0], 0, 0
 	}
 	r.live = append(r.live, s)
 	r.current = s
 	return s.buf
 }
 
+// undecided returns the index in live of the oldest slab that a long path
+// takes back rather than wait for (see readAhead), -1 if none: not the
+// chunker's, no worker sending from it, no chunk of it asked for.
+func (r *readAhead) undecided() int {
+	if !r.long {
+		return -1
+	}
+	for i, s := range r.live {
+		if s != r.current && s.busy == 0 && s.asked == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// wake ends the chunker's wait, to look again.
+func (r *readAhead) wake() {
+	close(r.room)
+	r.room = make(chan struct{})
+}
+
+// longPath says that the path is long: from now on the chunker takes back
+// slabs whose chunks are undecided rather than wait for the receiver.
+func (r *readAhead) longPath() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.long = true
+	r.wake()
+}
+
 // retire frees s if nothing needs it any more.
 func (r *readAhead) retire(s *slab) {
 	if s == r.current || s.held > 0 || s.busy > 0 {
+		if r.long && s != r.current && s.busy == 0 && s.asked == 0 {
+			r.wake() // it may be taken back now
+		}
 		return
 	}
 	for i, l := range r.live {
@@ -121,20 +172,20 @@ func (r *readAhead) retire(s *slab) {
 			break
 		}
 	}
-	s.keys = s.keys[:0]
+	s.keys, s.asked = s.keys[:0], 0
 	if len(s.buf) == r.slabSize && len(r.free)+len(r.live) < r.maxSlabs {
 		r.free = append(r.free, s)
 	}
-	close(r.room)
-	r.room = make(chan struct{})
+	r.wake()
 }
 
 // wait blocks while the chunker's next slab would have to be taken back
-// from chunks not sent yet, or until ctx is done.
+// from chunks not sent yet (on a long path: from chunks asked for or being
+// sent), or until ctx is done.
 func (r *readAhead) wait(ctx context.Context) {
 	for {
 		r.mu.Lock()
-		full, room := len(r.free) == 0 && len(r.live) >= r.maxSlabs, r.room
+		full, room := r.full(), r.room
 		r.mu.Unlock()
 		if !full {
 			return
@@ -147,6 +198,11 @@ func (r *readAhead) wait(ctx context.Context) {
 	}
 }
 
+// full reports whether the chunker must wait for a slab; r.mu is held.
+func (r *readAhead) full() bool {
+	return len(r.free) == 0 && len(r.live) >= r.maxSlabs && r.undecided() < 0
+}
+
 // need records a Need of file f: chunks are asked for, and, below decided in
 // f and in every file before it (the receiver decides in manifest order),
 // the chunks not asked for will not be: they are forgotten.
@@ -154,8 +210,9 @@ func (r *readAhead) need(f uint32, chunks []uint32, decided uint32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, c := range chunks {
-		if h, ok := r.chunks[chunkPos{f, c}]; ok {
+		if h, ok := r.chunks[chunkPos{f, c}]; ok && !h.asked {
 			h.asked = true
+			h.s.asked++
 			r.chunks[chunkPos{f, c}] = h
 		}
 	}
@@ -199,6 +256,12 @@ func (r *readAhead) newConnection() {
 		h.asked = false
 		r.chunks[k] = h
 	}
+	for _, s := range r.live {
+		s.asked = 0
+	}
+	if r.long {
+		r.wake()
+	}
 }
 
 // hold remembers chunk c of file f, a slice of the chunker's current slab.
@@ -231,6 +294,9 @@ func (r *readAhead) take(f, c uint32) ([]byte, func(), bool) {
 	delete(r.chunks, chunkPos{f, c})
 	s := h.s
 	s.held--
+	if h.asked {
+		s.asked--
+	}
 	s.busy++
 	r.hits++
 	return h.data, func() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/stretchr/testify/require"
@@ -162,4 +163,81 @@ func TestReadAheadNeedFrees(t *testing.T) {
 	ra.need(4, nil, 0)
 	_, _, ok := ra.take(3, 0)
 	require.False(t, ok, "asked for on an old connection only: forgotten")
+}
+
+// TestReadAheadLongPath: on a long path the chunker does not wait for the
+// receiver's decisions. It takes back the oldest slab none of whose chunks
+// is asked for or being sent, and waits only when every slab holds such a
+// chunk; a worker done with the last asked chunk of a slab ends the wait.
+func TestReadAheadLongPath(t *testing.T) {
+	ra := newReadAhead(4*(4<<20), chunk.DefaultParams)
+	require.NotNil(t, ra)
+	full := func() bool {
+		ra.mu.Lock()
+		defer ra.mu.Unlock()
+		return ra.full()
+	}
+	hold := func(c uint32) { ra.hold(0, c, []byte{byte(c)}) }
+	// One file: slab 0 holds chunks 0-1, slabs 1 and 2 chunks 2 and 3, slab
+	// 3, the chunker's, chunk 4. Nothing decided.
+	ra.alloc()
+	hold(0)
+	hold(1)
+	for c := uint32(2); c < 5; c++ {
+		ra.alloc()
+		hold(c)
+	}
+	require.True(t, full(), "a short path waits for the receiver")
+	ra.longPath()
+	require.False(t, full(), "a long path takes undecided slabs back")
+
+	// Every slab but the chunker's holds a chunk asked for: wait.
+	ra.need(0, []uint32{0, 2, 3}, 0)
+	require.True(t, full(), "chunks asked for are kept for their workers")
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ra.wait(context.Background())
+	}()
+	// A worker sends chunk 0: slab 0 still holds chunk 1, which nobody
+	// asked for, so it may be taken back, and the wait ends.
+	_, release, ok := ra.take(0, 0)
+	require.True(t, ok)
+	release()
+	<-done
+	require.False(t, full())
+
+	// The next slab is slab 0, not slab 1 or 2, whose chunks are asked for.
+	ra.alloc()
+	_, _, ok = ra.take(0, 1)
+	require.False(t, ok, "the undecided chunk of the slab taken back is forgotten")
+	for _, c := range []uint32{2, 3} {
+		b, release, ok := ra.take(0, c)
+		require.True(t, ok, "asked chunk %d should be held", c)
+		require.Equal(t, []byte{byte(c)}, b)
+		release()
+	}
+	_, evicted := ra.stats()
+	require.Equal(t, int64(1), evicted)
+	require.LessOrEqual(t, len(ra.live)+len(ra.free), ra.maxSlabs)
+}
+
+// TestSendReadAheadLongPath: over a path of 100 ms round trips, the
+// chunker cuts on while the first Needs are under way instead of waiting
+// for them with a full read-ahead: chunks it took back are read from the
+// file again, and the tree arrives intact. The harness's WAN (40 ms) sent
+// its 260 MB dump 0.1 s sooner so (docs/BENCHMARKS.md).
+func TestSendReadAheadLongPath(t *testing.T) {
+	longPathsFrom(t, 20*time.Millisecond)
+	r, s, proxy := proxiedPair(t)
+	proxy.SetDelay(50 * time.Millisecond)
+	src := t.TempDir()
+	makeTree(t, src, 34, 8) // about 32 MiB
+	dest := filepath.Join(r.root, "long")
+	res, err := s.Send(context.Background(), proxy.Addr(), r.id.ID, SendOptions{Src: src, Dest: dest, ReadAhead: 16 << 20, Connections: 1})
+	require.NoError(t, err)
+	requireSameTree(t, src, dest)
+	require.Less(t, res.ChunksFromMemory, res.ChunksSent, "the chunker waited for the receiver")
+	require.Positive(t, res.ChunksFromMemory)
 }

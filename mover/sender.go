@@ -539,6 +539,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	}
 	if longPath(conn) {
 		t.lc.longPath()
+		t.ra.longPath()
 	} else {
 		pre.discard() // a LAN: joins, if any, are dialled as they are needed
 	}
