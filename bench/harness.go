@@ -16,6 +16,7 @@ import (
 // Options is one invocation of the harness, as the command's flags set it.
 type Options struct {
 	Scenarios []string // names; empty means all
+	Tools     []string // the only tools to run in each scenario, by name; empty means all
 	Runs      int      // repetitions; 0 means 5, or 1 with Smoke
 	Out       string   // results directory; "" means bench/results
 	Smoke     bool
@@ -295,7 +296,7 @@ func RunAll(ctx context.Context, o Options, stdout, stderr io.Writer) (*Written,
 		if err != nil {
 			return nil, fmt.Errorf("making scratch directory: %w", err)
 		}
-		res, err := Run(ctx, s, RunOptions{Reps: o.Runs, Env: Env{Dir: dir, Smoke: o.Smoke, Logf: logf}, Perf: perf[s.Name()]})
+		res, err := Run(ctx, s, RunOptions{Reps: o.Runs, Env: Env{Dir: dir, Smoke: o.Smoke, Logf: logf}, Perf: perf[s.Name()], Tools: o.Tools})
 		if rerr := os.RemoveAll(dir); rerr != nil {
 			err = errors.Join(err, rerr)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -16,6 +17,10 @@ type RunOptions struct {
 	// Perf, when not empty, is the file into which the setup's Profile
 	// records pgporter before the timed runs.
 	Perf string
+	// Tools, when not empty, names the only tools to run (as Tool.Name
+	// says), to time one of them against itself without the slow peers;
+	// a scenario with none of them fails.
+	Tools []string
 }
 
 // Run prepares sc, runs each of its tools opts.Reps times, interleaved (in
@@ -34,7 +39,10 @@ func Run(ctx context.Context, sc Scenario, opts RunOptions) (*Result, error) {
 		return nil, fmt.Errorf("preparing scenario %s: %w", sc.Name(), err)
 	}
 	var res *Result
-	if opts.Perf != "" {
+	if len(opts.Tools) > 0 {
+		err = keepTools(sc, setup, opts.Tools)
+	}
+	if err == nil && opts.Perf != "" {
 		err = profile(ctx, sc, setup, opts.Perf, env)
 	}
 	if err == nil {
@@ -84,6 +92,23 @@ func runSetup(ctx context.Context, sc Scenario, setup *Setup, reps int, env Env)
 		}
 	}
 	return res, nil
+}
+
+// keepTools leaves in setup only the tools named in names.
+func keepTools(sc Scenario, setup *Setup, names []string) error {
+	var kept []Tool
+	var all []string
+	for _, t := range setup.Tools {
+		all = append(all, strconv.Quote(t.Name()))
+		if slices.Contains(names, t.Name()) {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == 0 {
+		return fmt.Errorf("scenario %s has none of the tools %q; its tools: %s", sc.Name(), names, strings.Join(all, ", "))
+	}
+	setup.Tools = kept
+	return nil
 }
 
 // RunOrder returns the order in which Run runs n tools over reps

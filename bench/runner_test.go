@@ -109,3 +109,17 @@ func TestClusterScale(t *testing.T) {
 		}
 	}
 }
+
+func TestRunOnlySomeTools(t *testing.T) {
+	s := &fakeScenario{tools: []string{"a", "b -z", "c"}}
+	res, err := Run(context.Background(), s, RunOptions{Reps: 2, Tools: []string{"c", "b -z", "x"}})
+	require.NoError(t, err)
+	require.Equal(t, []string{"b -z", "c"}, res.Tools)
+	require.Equal(t, []string{"settle", "b -z", "settle", "c", "settle", "c", "settle", "b -z"}, s.ran)
+
+	s = &fakeScenario{tools: []string{"a", "b"}}
+	_, err = Run(context.Background(), s, RunOptions{Reps: 2, Tools: []string{"rsync"}})
+	require.ErrorContains(t, err, `scenario fake has none of the tools ["rsync"]; its tools: "a", "b"`)
+	require.Empty(t, s.ran)
+	require.Equal(t, 1, s.closed, "the setup is closed")
+}

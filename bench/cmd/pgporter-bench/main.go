@@ -124,6 +124,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	f := c.Flags()
 	f.StringSliceVar(&o.Scenarios, "scenario", nil, "scenarios to run, by name, comma-separated or repeated; a name runs its variants too (wan: wan and wan-lossy) (default all; see --list)")
+	f.StringSliceVar(&o.Tools, "tools", nil, `the only tools to run in each scenario, by the names of its table, comma-separated or repeated, e.g. --tools pgporter,"rsync -z" (default all; a scenario with none of them fails)`)
 	f.IntVar(&o.Runs, "runs", 0, "repetitions of each tool, interleaved (default 5, or 1 with --smoke)")
 	f.StringVar(&o.Out, "out", "bench/results", "directory for the results: DATE.json, DATE.txt (benchstat), DATE.md and charts")
 	f.StringVar(&doc, "doc", "", "after a run that finishes (or with --report), replace the tables of section --doc-section of the Markdown `FILE` (e.g. docs/BENCHMARKS.md), between its lines <!-- pgporter-bench:NAME begin --> and <!-- pgporter-bench:NAME end -->")
