@@ -391,8 +391,8 @@ func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64)
 	r.last = sr
 	var path string
 	if p := sr.Path; p != nil {
-		path = fmt.Sprintf("; %d connections, %d framed for loss repair (groups of %d), %d packets lost by QUIC's count; congestion window mean %.0f kB, max %.0f kB; RTT min %.1f ms, smoothed %.1f ms",
-			p.Connections, p.Repaired, p.RepairGroup, p.PacketsLost, float64(p.CwndMean)/1e3, float64(p.CwndMax)/1e3, p.MinRTT, p.SRTT)
+		path = fmt.Sprintf("; %d connections, %d framed for loss repair (groups of %d), %d joined dialled ahead, %d packets lost by QUIC's count; congestion window mean %.0f kB, max %.0f kB; RTT min %.1f ms, smoothed %.1f ms",
+			p.Connections, p.Repaired, p.RepairGroup, p.PreDialled, p.PacketsLost, float64(p.CwndMean)/1e3, float64(p.CwndMax)/1e3, p.MinRTT, p.SRTT)
 	}
 	tm := sr.Timing
 	j.logf("%s: %s: %.1f MB on the wire by its count, %d of %d chunks sent, levels %v%s; connected at %.0f ms, opened %.0f, first chunk %.0f, last chunk %.0f, done %.0f",
@@ -432,6 +432,7 @@ type sendResult struct {
 		Connections int     `json:"connections"`
 		Repaired    int     `json:"repaired_connections"`
 		RepairGroup int     `json:"repair_group"`
+		PreDialled  int     `json:"predialled_connections"`
 		PacketsLost uint64  `json:"packets_lost"`
 		CwndMean    uint64  `json:"cwnd_mean"`
 		CwndMax     uint64  `json:"cwnd_max"`

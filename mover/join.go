@@ -116,6 +116,12 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 			}
 		}()
 		jc, version, err := t.dialJoin(dctx, token, fecK, pre)
+		if err != nil && pre != nil && dctx.Err() == nil {
+			// A spare that failed or was closed meanwhile: dial afresh.
+			t.s.log.Debug("a pre-dialled connection could not join; dialling", "transfer", t.tid, "err", err)
+			pre = nil
+			jc, version, err = t.dialJoin(dctx, token, fecK, nil)
+		}
 		dcancel()
 		if err != nil {
 			if ctx.Err() == nil {
@@ -124,8 +130,13 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 			return false
 		}
 		extra.add(jc)
+		framedK := fecK
+		if pre != nil {
+			t.path.predialled()
+			framedK = fecDefaultK // as it was dialled (startPreDial)
+		}
 		if fecK > 0 {
-			t.path.repaired(fecK)
+			t.path.repaired(framedK)
 			if loss > 0 && loss != earlyLoss {
 				t.lossK.Store(int64(fecK))
 			}
@@ -155,8 +166,17 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 		// the CPU limits, one framed connection joins at once: loss would
 		// otherwise be learnt a quarter second later, and a connection
 		// takes a few round trips more to join.
+		// After it, a spare framed connection is dialled ahead, so that the
+		// next join, when the first connection's loss calls for it, takes
+		// one round trip instead of three or four (a handshake, the Hello,
+		// then the join, behind the transfer's own data).
+		var spare *preDial
+		defer func() { spare.discard() }()
 		if repair && longPath(first) && add(earlyLoss, pre) {
 			added++
+			if added < n {
+				spare = t.startPreDial(ctx)
+			}
 		}
 		tick := time.NewTicker(joinEvery)
 		last := first.ConnectionStats()
@@ -178,10 +198,24 @@ func (t *sendTransfer) join(ctx context.Context, first *quic.Conn, version uint1
 			if float64(lost) <= joinLoss*float64(sentP) {
 				continue
 			}
-			if !add(float64(lost)/float64(sentP), nil) {
+			loss := float64(lost) / float64(sentP)
+			var p *preDial
+			if groupFor(loss) > fecMinK && spare.ready() {
+				// The spare is framed in groups of fecDefaultK, which
+				// serve below 2 % (by QUIC's count of one window, noisy
+				// and swollen by queue drops: groups sized 8-13 by it
+				// were slower on the harness's 0.5 % WAN than 16,
+				// docs/BENCHMARKS.md); at 2 % and more, groups of
+				// fecMinK, so a connection is dialled for them.
+				p, spare = spare, nil
+			}
+			if !add(loss, p) {
 				break
 			}
 			added++
+			if p != nil && added < n {
+				spare = t.startPreDial(ctx)
+			}
 			t.s.log.Debug("added a connection to the transfer", "transfer", t.tid, "connections", added+1, "lost", lost, "sent", sentP)
 		}
 		tick.Stop()

@@ -179,7 +179,8 @@ func noteRepair(home string, peer PeerID, k int) error {
 // early join (join) then needs only its JoinTransfer, not a handshake and
 // a Hello more (about 2 round trips of a transfer that may last 20). On
 // a short path, or to a receiver below protocol 11, it is discarded as
-// soon as the first connection says so.
+// soon as the first connection says so. After the early join, join keeps
+// one more dialled ahead (a spare) for the next join that loss calls for.
 type preDial struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the dial returned
@@ -219,6 +220,22 @@ func (p *preDial) take(ctx context.Context) (*quic.Conn, *controlStream, error) 
 	}
 	p.taken = true
 	return p.conn, p.cs, nil
+}
+
+// ready reports whether p's dial has succeeded and its connection is
+// still there to take, without waiting; false on nil.
+func (p *preDial) ready() bool {
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+	default:
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err == nil && !p.taken && p.conn.Context().Err() == nil
 }
 
 // discard stops the dial and closes its connection unless it was taken;

@@ -3,6 +3,7 @@ package mover
 import (
 	"context"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,6 +133,34 @@ func TestLossRepairEarlyJoin(t *testing.T) {
 	require.Equal(t, 1, res.Path.Repaired, "one framed connection joined")
 	require.Equal(t, fecDefaultK, res.Path.RepairGroup)
 	require.Zero(t, rememberedRepair(s.id.home, r.id.ID), "no loss: nothing remembered")
+}
+
+// TestLossRepairSpareJoin: after the early join of a long path, a framed
+// connection is dialled ahead, and the next join, which the first
+// connection's loss calls for, takes it instead of dialling: a round trip
+// rather than three or four.
+func TestLossRepairSpareJoin(t *testing.T) {
+	longPathsFrom(t, 10*time.Millisecond)
+	r, s, proxy := proxiedPair(t)
+	proxy.SetDelay(8 * time.Millisecond)
+	// One datagram in 300 towards the receiver lost: the first connection
+	// loses more than joinLoss, and less than the 2 % that asks for
+	// groups smaller than the spare's.
+	var n atomic.Int64
+	proxy.SetFilter(func(dir testsupport.Direction, _ []byte) bool {
+		return dir == testsupport.ToTarget && n.Add(1)%300 == 0
+	})
+	src := t.TempDir()
+	makeTree(t, src, 13, 2)
+	dest := filepath.Join(r.root, "spare")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := s.Send(ctx, proxy.Addr(), r.id.ID, SendOptions{Src: src, Dest: dest, BWLimit: 4 << 20, Compression: "none"})
+	require.NoError(t, err)
+	requireSameTree(t, src, dest)
+	require.GreaterOrEqual(t, res.Path.Connections, 3, "a join for loss after the early one")
+	require.GreaterOrEqual(t, res.Path.PreDialled, 2, "the early join and the join for loss took connections dialled ahead")
+	require.Equal(t, res.Path.Connections-1, res.Path.Repaired, "every joined connection framed")
 }
 
 // TestLossRepairForgedParity: frames are not authenticated, the QUIC

@@ -28,6 +28,10 @@ type PathStats struct {
 	// loss repair (protocol 11), in groups of RepairGroup datagrams.
 	Repaired    int `json:"repaired_connections,omitempty"`
 	RepairGroup int `json:"repair_group,omitempty"`
+	// PreDialled counts the joined connections that were dialled ahead of
+	// their join (the early join's, and the spares after it), so that
+	// joining took one round trip, not a handshake and a Hello more.
+	PreDialled int `json:"predialled_connections,omitempty"`
 }
 
 const pathSampleEvery = 250 * time.Millisecond
@@ -67,6 +71,13 @@ func (r *pathRecorder) repaired(k int) {
 	defer r.mu.Unlock()
 	r.st.Repaired++
 	r.st.RepairGroup = k
+}
+
+// predialled counts a joined connection that was dialled ahead.
+func (r *pathRecorder) predialled() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.st.PreDialled++
 }
 
 func (r *pathRecorder) add(cs quic.ConnectionStats) {
