@@ -821,31 +821,51 @@ func (x *sessionRun) dump(ctx context.Context, st *stagedRun, db string, started
 // completeDump checks that nothing failed to read through the mount during
 // db's dump, and adds the files that go beside pg_dump's to the dump and
 // to feed (if there is one), counting them in res.Bytes.
+//
+// A dump reused by a retry keeps those that the run which made it wrote
+// (res.Bytes counts them already): a target may hold that dump committed,
+// and pgporter-source.json written again (another time of dump, so other
+// bytes) would make the retried transfer's source differ from what the
+// target holds, which it refuses as a conflict.
 func (x *sessionRun) completeDump(st *stagedRun, db string, res *staging.DumpResult, feed *mover.FileFeed) error {
 	if err := mountReadErr(st.staged.Mounted()); err != nil {
 		_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it
 		return err
 	}
+	missing := func(name string) bool {
+		if !res.Reused {
+			return true
+		}
+		_, err := os.Lstat(filepath.Join(res.Dir, name))
+		return err != nil
+	}
+	var added []string
 	if x.plan().Globals {
 		// Beside pg_dump's files: pg_restore ignores it, the
 		// manifest covers it.
-		if err := linkGlobals(filepath.Join(st.dir, staging.GlobalsFile), filepath.Join(res.Dir, staging.GlobalsFile)); err != nil {
-			return err
+		if missing(staging.GlobalsFile) {
+			if err := linkGlobals(filepath.Join(st.dir, staging.GlobalsFile), filepath.Join(res.Dir, staging.GlobalsFile)); err != nil {
+				return err
+			}
+			added = append(added, staging.GlobalsFile)
 		}
 		if feed != nil {
 			feed.Add(staging.GlobalsFile)
 		}
 	}
 	// What the dump is of: beside pg_dump's files, as globals.sql.
-	if err := x.writeSource(res.Dir, db, st.staged.Instance().Version); err != nil {
-		return err
+	if missing(SourceFile) {
+		if err := x.writeSource(res.Dir, db, st.staged.Instance().Version); err != nil {
+			return err
+		}
+		added = append(added, SourceFile)
 	}
 	if feed != nil {
 		feed.Add(SourceFile)
 	}
 	// The step's bytes are the dump's as it is sent: the files beside
 	// pg_dump's included.
-	for _, name := range []string{SourceFile, staging.GlobalsFile} {
+	for _, name := range added {
 		if fi, err := os.Stat(filepath.Join(res.Dir, name)); err == nil {
 			res.Bytes += fi.Size()
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -262,6 +263,64 @@ func TestRetryAfterInterruption(t *testing.T) {
 	require.Equal(t, dumped, s.Step(DumpStep("shop")).Ended)
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 	f.restoreAndCompare(t, filepath.Join(to, "Weird DB"), "Weird DB")
+}
+
+// TestRetryReusesDumpAsWritten: a retry that finds a dump complete but its
+// step not recorded (the staging host killed between the two, as the crash
+// matrix once did at the transfer's commit) reuses the dump as it is,
+// pgporter-source.json included: written again, with another time of dump,
+// it would differ from what the target may hold committed already, and the
+// retried transfer be refused as a conflict.
+func TestRetryReusesDumpAsWritten(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := newRunner(t, home, func(e Event) {
+		if e.Step == "dump:Weird DB" && e.Kind == protocol.EventStart {
+			cancel()
+		}
+	})
+	s, err := r.Create(t.Context(), f.plan(t, to))
+	require.NoError(t, err)
+	s, err = r.Run(ctx, s.ID)
+	require.ErrorIs(t, err, context.Canceled)
+	source := filepath.Join(s.DumpDir("shop"), SourceFile)
+	written, err := os.ReadFile(source)
+	require.NoError(t, err, "the shop dump was complete before the interruption")
+
+	// As if the run had died before recording the dump step and the
+	// transfer's (which the target may have committed).
+	s, err = r.Journal().Get(s.ID)
+	require.NoError(t, err)
+	for _, name := range []string{DumpStep("shop"), TransferStep("shop")} {
+		*s.Step(name) = Step{Name: name, State: StepPending}
+	}
+	require.NoError(t, r.Journal().Put(s))
+
+	var (
+		mu     sync.Mutex // guards atDump; events come from several goroutines
+		atDump []byte
+	)
+	r2 := newRunner(t, home, func(e Event) {
+		if e.Step == DumpStep("shop") && e.Kind == protocol.EventDone {
+			b, err := os.ReadFile(source)
+			mu.Lock()
+			atDump = b
+			mu.Unlock()
+			assert.NoError(t, err)
+		}
+	})
+	s, err = r2.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, string(written), string(atDump), "the reused dump's source file as the run that made it wrote it")
+	got, err := os.ReadFile(filepath.Join(to, "shop", SourceFile))
+	require.NoError(t, err)
+	require.Equal(t, string(written), string(got), "the target has the source file the dump was made with")
+	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 }
 
 // TestReclaimOrphans: an instance and a mount journaled by a session that no
