@@ -225,3 +225,16 @@ func TestDedupeRecordsInBatches(t *testing.T) {
 	requireSameTree(t, src, filepath.Join(r.root, "two"))
 	require.Zero(t, second.ChunksSent)
 }
+
+// TestSourceChangedSaysWhat: a conflict over a committed DEST names the
+// counts that differ, to the byte when their rounded sizes read the same.
+func TestSourceChangedSaysWhat(t *testing.T) {
+	m := &protocol.OpenTransfer{Dest: "d", Files: 6, Bytes: 19093507}
+	require.NoError(t, sourceChanged(&protocol.OpenTransfer{Dest: "d"}, 6, 19093506), "a growing tree is judged by its ID")
+	require.NoError(t, sourceChanged(m, 6, 19093507))
+	err := sourceChanged(m, 6, 19093506)
+	require.ErrorIs(t, err, protocol.ErrConflict)
+	require.ErrorContains(t, err, "committed earlier (6 files, 19093506 bytes), but the source now has 6 files, 19093507 bytes")
+	err = sourceChanged(m, 7, 1<<30)
+	require.ErrorContains(t, err, "committed earlier (7 files, 1.0 GiB), but the source now has 6 files, 18 MiB")
+}

@@ -983,8 +983,12 @@ func sourceChanged(m *protocol.OpenTransfer, files, bytes uint64) error {
 	if (m.Files == 0 && m.Bytes == 0) || (files == m.Files && bytes == m.Bytes) {
 		return nil
 	}
+	was, now := bytesize.Format(int64(bytes)), bytesize.Format(int64(m.Bytes))
+	if was == now { // say what differs
+		was, now = fmt.Sprintf("%d bytes", bytes), fmt.Sprintf("%d bytes", m.Bytes)
+	}
 	return fmt.Errorf("%w: %s holds what this transfer committed earlier (%d files, %s), but the source now has %d files, %s; remove it, choose another destination or send with --overwrite",
-		protocol.ErrConflict, m.Dest, files, bytesize.Format(int64(bytes)), m.Files, bytesize.Format(int64(m.Bytes)))
+		protocol.ErrConflict, m.Dest, files, was, m.Files, now)
 }
 
 // checkExistingDest decides about a DEST that exists and has no done
