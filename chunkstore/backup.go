@@ -118,13 +118,12 @@ func (r *Repo) Backup(ctx context.Context, pgdata string, o BackupOptions) (*Res
 	// Readers cut and hash files; storers compress and store the chunks.
 	// A file is read by one goroutine, and the largest (a 1 GB relation
 	// segment) would otherwise keep one core busy alone at the end.
-	putTo, closeStorers := r.startStorers(gctx, g, o)
+	put, closeStorers := r.startStorers(gctx, g, o)
 	var readers sync.WaitGroup
 	var vanishedMu sync.Mutex // guards vanished
 	vanished := map[int]bool{}
-	for w := range o.Workers {
+	for range o.Workers {
 		readers.Add(1)
-		put := putTo(w)
 		g.Go(func() error {
 			defer readers.Done()
 			ch, err := chunk.NewChunker(nil, o.Params)
@@ -254,34 +253,30 @@ func (p *progress) call() {
 type putFunc func(ctx context.Context, id chunk.ID, data []byte) error
 
 // startStorers starts o.Workers goroutines in g that store the chunks
-// handed to the puts that putTo returns, one per reader, each storing into
-// the reader's own lane of packs (Local.putLane), so that a file's chunks
-// lie together. A put copies its chunk (so the caller's buffer is free
-// when it returns) and blocks while the storers are busy. closeStorers is
-// called once no put is in progress nor will be: the storers then finish
+// handed to the returned put, which copies them (so the caller's buffer is
+// free when it returns) and blocks while the storers are busy. closeStorers
+// is called once no put is in progress nor will be: the storers then finish
 // what they hold and return. A storer's failure cancels gctx, which ends
 // puts waiting for room.
-func (r *Repo) startStorers(gctx context.Context, g *errgroup.Group, o BackupOptions) (putTo func(lane int) putFunc, closeStorers func()) {
+func (r *Repo) startStorers(gctx context.Context, g *errgroup.Group, o BackupOptions) (put putFunc, closeStorers func()) {
 	jobs := make(chan chunkJob, 2*o.Workers)
 	bufs := sync.Pool{New: func() any { b := make([]byte, 0, o.Params.Max); return &b }}
-	putTo = func(lane int) putFunc {
-		return func(ctx context.Context, id chunk.ID, data []byte) error {
-			b := bufs.Get().(*[]byte)
-			*b = append((*b)[:0], data...)
-			select {
-			case jobs <- chunkJob{id: id, buf: b, lane: lane}:
-				return nil
-			case <-ctx.Done():
-				bufs.Put(b)
-				return ctx.Err()
-			}
+	put = func(ctx context.Context, id chunk.ID, data []byte) error {
+		b := bufs.Get().(*[]byte)
+		*b = append((*b)[:0], data...)
+		select {
+		case jobs <- chunkJob{id: id, buf: b}:
+			return nil
+		case <-ctx.Done():
+			bufs.Put(b)
+			return ctx.Err()
 		}
 	}
 	for range o.Workers {
 		g.Go(func() error {
 			for j := range jobs {
 				// The reader computed j.id from these bytes.
-				err := r.store.putLane(gctx, j.lane, j.id, *j.buf)
+				err := r.store.putSummed(gctx, j.id, *j.buf)
 				bufs.Put(j.buf)
 				if err != nil {
 					return err
@@ -290,7 +285,7 @@ func (r *Repo) startStorers(gctx context.Context, g *errgroup.Group, o BackupOpt
 			return nil
 		})
 	}
-	return putTo, func() { close(jobs) }
+	return put, func() { close(jobs) }
 }
 
 // backupFile chunks one file into put and sets n's Size and Chunks to what

@@ -513,11 +513,10 @@ type tarIngest struct {
 	uid, gid uint32     // the owner of PG_VERSION
 }
 
-// chunkJob is a chunk on its way from a reader to a worker.
+// chunkJob is a chunk on its way from the stream's reader to a worker.
 type chunkJob struct {
-	id   chunk.ID
-	buf  *[]byte // from chunkBufs; the worker returns it
-	lane int     // the reader's: its chunks go to a pack of their own
+	id  chunk.ID
+	buf *[]byte // from chunkBufs; the worker returns it
 }
 
 // run reads the archives to their ends: each one that archives yields, by

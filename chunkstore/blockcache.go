@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -41,12 +40,10 @@ type blockCache struct {
 	max     int64
 	group   singleflight.Group
 	fetched func(time.Duration) // called with each block fetch's duration
-	// bucketBytes counts the bytes of blocks read from the bucket.
-	bucketBytes atomic.Int64
-	disk        *diskBlocks     // the tier under this one; nil: none
-	aheads      sync.WaitGroup  // read-aheads in flight (readAhead)
-	stop        context.Context // ends the read-aheads at close
-	cancel      context.CancelFunc
+	disk    *diskBlocks         // the tier under this one; nil: none
+	aheads  sync.WaitGroup      // read-aheads in flight (readAhead)
+	stop    context.Context     // ends the read-aheads at close
+	cancel  context.CancelFunc
 	// noReadAhead turns readAhead off, for BenchmarkRemoteVerifyLatency.
 	noReadAhead bool
 
@@ -193,11 +190,8 @@ func (c *blockCache) fetch(ctx context.Context, k blockKey, size int64, bucket b
 		n := min(blockSize, size-start)
 		t := time.Now()
 		data, err := c.b.GetRange(ctx, packObject(k.pack), start, n, make([]byte, 0, n))
-		if err == nil {
-			c.bucketBytes.Add(int64(len(data)))
-			if c.fetched != nil {
-				c.fetched(time.Since(t))
-			}
+		if err == nil && c.fetched != nil {
+			c.fetched(time.Since(t))
 		}
 		if errors.Is(err, objstore.ErrNotFound) {
 			return nil, fmt.Errorf("reading pack %s: %w", packName(k.pack), fs.ErrNotExist)

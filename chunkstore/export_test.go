@@ -1,11 +1,6 @@
 package chunkstore
 
-import (
-	"context"
-	"time"
-
-	"github.com/pgporter/pgporter/chunkstore/chunk"
-)
+import "time"
 
 // Test hooks, in package chunkstore_test's reach.
 
@@ -27,14 +22,3 @@ func SetStaleUploadAge(t interface{ Cleanup(func()) }, age time.Duration) {
 // SetReadAhead turns l's block read-ahead on or off (blockcache.go), for
 // the benchmark that compares them.
 func SetReadAhead(l *Local, on bool) { l.blocks.noReadAhead = !on }
-
-// ChunkPlace returns the pack and offset of id's record in s, a *Local.
-func ChunkPlace(s Store, id chunk.ID) (pack uint64, off int64, err error) {
-	l := s.(*Local)
-	k := l.indexKey(id)
-	loc, ok, err := l.lookup(context.Background(), id, k, always)
-	if err == nil && !ok {
-		err = chunk.ErrNotFound
-	}
-	return loc.Pack, loc.Offset, err
-}

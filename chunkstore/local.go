@@ -140,8 +140,7 @@ func (o LocalOptions) Validate() error {
 // write (docs/design/0007-repository-concurrency.md). Each writer appends
 // only to pack files it created itself, under fresh random names. A Put
 // compresses the chunk (in the caller's goroutine, outside any lock) and
-// appends it to one of the writer's current packs (one per lane, see
-// maxLanes); it is readable at once in that
+// appends it to the writer's current pack; it is readable at once in that
 // process, through an in-memory set of unflushed chunks. Flush syncs the
 // packs and only then writes their new chunks as a new index run (synced,
 // then renamed into place), so no run ever points at bytes that a crash can
@@ -168,15 +167,15 @@ type Local struct {
 	// the run's write; never taken while holding mu.
 	flushMu sync.Mutex
 
-	mu             sync.RWMutex          // guards pending, unflushed, unflushedBytes, lanes, dirty, failed
+	mu             sync.RWMutex          // guards pending, unflushed, unflushedBytes, cur, curNum, curOff, dirty, failed
 	pending        map[chunk.ID]chunkLoc // chunks in a pack but not yet in a run, so Get finds them
 	unflushed      []runEntry            // the chunks of pending not yet taken by a flush, in write order
 	unflushedBytes int64
-	// lanes are the packs being appended to, one per lane (see putLane);
-	// a lane's f is nil until a Put needs it.
-	lanes  [maxLanes]openPack
-	dirty  map[uint64]int64 // packs written since the last flush -> their length
-	failed error            // sticky: a sync or a run's write failed, so writes are refused
+	cur            *os.File // pack being appended to; nil until the first Put needs one
+	curNum         uint64
+	curOff         int64
+	dirty          map[uint64]int64 // packs written since the last flush -> their length
+	failed         error            // sticky: a sync or a run's write failed, so writes are refused
 
 	runsMu    sync.RWMutex     // guards runs, runsMTime, damaged
 	runs      map[string]*run  // the runs this process has open, by name
@@ -204,22 +203,6 @@ var (
 	_ Store     = (*Local)(nil)
 	_ RawReader = (*Local)(nil)
 )
-
-// openPack is a pack a Local appends to: file f, named n, written up to off.
-type openPack struct {
-	f   *os.File
-	n   uint64
-	off int64
-}
-
-// maxLanes bounds the packs a Local appends to at once. A writer that
-// stores several files' chunks concurrently (a backup's readers) gives
-// each file's chunks a lane of their own, so that a file's chunks lie
-// together in a pack, in the order they were stored, instead of
-// interleaved with another file's: a sequential read of the file then
-// fetches each of its blocks once, and no block holds another file's
-// chunks (on object storage, the bytes and requests of a cold read).
-const maxLanes = 8
 
 // storeFormat names this layout of a store's files, records and runs; it is
 // written to DIR/format. An encrypted store's is sealedFormat (format.go).
@@ -880,24 +863,17 @@ func (l *Local) packFile(n uint64) (*os.File, error) {
 
 // Put stores data under id. See Store.
 func (l *Local) Put(ctx context.Context, id chunk.ID, data []byte) error {
-	return l.put(ctx, 0, id, data, true)
+	return l.put(ctx, id, data, true)
 }
 
 // putSummed is Put for a caller that has just computed id from data
 // itself (a backup's readers): hashing the chunk again would cost a
 // sixth of a backup's CPU for nothing.
 func (l *Local) putSummed(ctx context.Context, id chunk.ID, data []byte) error {
-	return l.put(ctx, 0, id, data, false)
+	return l.put(ctx, id, data, false)
 }
 
-// putLane is putSummed into the pack of lane (taken modulo maxLanes): a
-// writer storing several streams of chunks at once gives each its own
-// lane, so that each stream's chunks lie together (see maxLanes).
-func (l *Local) putLane(ctx context.Context, lane int, id chunk.ID, data []byte) error {
-	return l.put(ctx, lane, id, data, false)
-}
-
-func (l *Local) put(ctx context.Context, lane int, id chunk.ID, data []byte, check bool) error {
+func (l *Local) put(ctx context.Context, id chunk.ID, data []byte, check bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -946,7 +922,7 @@ func (l *Local) put(ctx context.Context, lane int, id chunk.ID, data []byte, che
 	} else {
 		bp, rec, loc = l.sealRecord(id, k, data)
 	}
-	flushNow, err := l.append(lane%maxLanes, k, loc, rec)
+	flushNow, err := l.append(k, loc, rec)
 	*bp = rec[:0]
 	putBuf(bp)
 	if err != nil || !flushNow {
@@ -977,10 +953,10 @@ func (l *Local) sealRecord(id, k chunk.ID, data []byte) (*[]byte, []byte, chunkL
 	return bp, rec, chunkLoc{StoredLen: sh.SealedLen, Sealed: true}
 }
 
-// append writes one encoded record, indexed under k, to lane's pack and
-// makes it readable; loc is its location but for the pack and offset. It
-// reports whether enough is unflushed to flush now.
-func (l *Local) append(lane int, k chunk.ID, loc chunkLoc, rec []byte) (flushNow bool, err error) {
+// append writes one encoded record, indexed under k, to the current pack
+// and makes it readable; loc is its location but for the pack and offset.
+// It reports whether enough is unflushed to flush now.
+func (l *Local) append(k chunk.ID, loc chunkLoc, rec []byte) (flushNow bool, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.failed != nil {
@@ -989,36 +965,35 @@ func (l *Local) append(lane int, k chunk.ID, loc chunkLoc, rec []byte) (flushNow
 	if _, ok := l.pending[k]; ok {
 		return false, nil // another Put of the same chunk won the race
 	}
-	p := &l.lanes[lane]
-	if err := l.rollLocked(p, int64(len(rec))); err != nil {
+	if err := l.rollLocked(int64(len(rec))); err != nil {
 		return false, err
 	}
 	// Writes stay under mu: a flush records as durable the length it saw
 	// under mu, so every byte below it must have been written by then.
-	if _, err := p.f.WriteAt(rec, p.off); err != nil {
+	if _, err := l.cur.WriteAt(rec, l.curOff); err != nil {
 		// Nothing points at the partial record; the next write goes over
 		// it, and if none does, it is a torn tail on the next open.
-		return false, fmt.Errorf("chunkstore: writing pack %08x: %w", p.n, err)
+		return false, fmt.Errorf("chunkstore: writing pack %08x: %w", l.curNum, err)
 	}
-	loc.Pack, loc.Offset = p.n, p.off
+	loc.Pack, loc.Offset = l.curNum, l.curOff
 	l.pending[k] = loc
 	l.unflushed = append(l.unflushed, runEntry{id: k, loc: loc})
-	p.off += int64(len(rec))
+	l.curOff += int64(len(rec))
 	l.written.Add(int64(len(rec)))
 	l.unflushedBytes += int64(len(rec))
-	l.dirty[p.n] = p.off
+	l.dirty[l.curNum] = l.curOff
 	return l.unflushedBytes >= l.opts.FlushBytes, nil
 }
 
-// rollLocked starts a new pack in p if it has none or its pack cannot take
-// need more bytes. A pack gets a fresh random name (O_EXCL), so that
+// rollLocked starts a new pack if there is none or the current one cannot
+// take need more bytes. A pack gets a fresh random name (O_EXCL), so that
 // writers in other processes never append to it.
-func (l *Local) rollLocked(p *openPack, need int64) error {
-	if p.f != nil && (p.off == 0 || p.off+need <= l.opts.PackSize) {
+func (l *Local) rollLocked(need int64) error {
+	if l.cur != nil && (l.curOff == 0 || l.curOff+need <= l.opts.PackSize) {
 		return nil
 	}
-	if l.remote != nil && p.f != nil {
-		l.sealLocked(p) // full: its upload overlaps the next pack's writes
+	if l.remote != nil && l.cur != nil {
+		l.sealLocked() // full: its upload overlaps the next pack's writes
 	}
 	var (
 		n   uint64
@@ -1054,7 +1029,7 @@ func (l *Local) rollLocked(p *openPack, need int64) error {
 	l.filesMu.Lock()
 	l.files[n] = f
 	l.filesMu.Unlock()
-	*p = openPack{f: f, n: n}
+	l.cur, l.curNum, l.curOff = f, n, 0
 	return nil
 }
 
@@ -1109,13 +1084,9 @@ func (l *Local) flush(ctx context.Context) error {
 	}
 	chunks, dirty := l.unflushed, l.dirty
 	l.unflushed, l.dirty, l.unflushedBytes = nil, map[uint64]int64{}, 0
-	if l.remote != nil {
+	if l.remote != nil && l.cur != nil && l.curOff > 0 {
 		// The packs this flush makes durable take no more records.
-		for i := range l.lanes {
-			if p := &l.lanes[i]; p.f != nil && p.off > 0 {
-				l.sealLocked(p)
-			}
-		}
+		l.sealLocked()
 	}
 	l.mu.Unlock()
 	if len(dirty) == 0 {
@@ -1466,7 +1437,7 @@ func putBuf(bp *[]byte) {
 }
 
 // copyRecord appends the record of id, as it is stored, to this store's
-// pack of lane 0, whatever the index says: a prune's repacking of a chunk
+// current pack, whatever the index says: a prune's repacking of a chunk
 // that stays. It is readable at once and durable after Flush.
 func (l *Local) copyRecord(ctx context.Context, id chunk.ID) error {
 	if err := l.enter(); err != nil {
@@ -1489,7 +1460,7 @@ func (l *Local) copyRecord(ctx context.Context, id chunk.ID) error {
 	if _, _, err := l.readRecord(ctx, id, k, loc, rec, true); err != nil {
 		return err
 	}
-	flushNow, err := l.append(0, k, loc, rec) // a chunk copied already is pending: skipped
+	flushNow, err := l.append(k, loc, rec) // a chunk copied already is pending: skipped
 
 	if err != nil || !flushNow {
 		return err

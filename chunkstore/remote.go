@@ -60,11 +60,10 @@ type packUpload struct {
 	err  error
 }
 
-// sealLocked ends the pack p appends to and starts its upload. l.mu is
-// held.
-func (l *Local) sealLocked(p *openPack) {
-	n, f, size := p.n, p.f, p.off
-	*p = openPack{}
+// sealLocked ends the current pack and starts its upload. l.mu is held.
+func (l *Local) sealLocked() {
+	n, f, size := l.curNum, l.cur, l.curOff
+	l.cur = nil
 	u := &packUpload{done: make(chan struct{})}
 	l.uploads[n] = u
 	l.uploadWG.Add(1)
@@ -328,10 +327,6 @@ type RemoteStore struct{ *Local }
 // RTT returns the smoothed duration of a block's read from the object
 // store, 0 before the first.
 func (s RemoteStore) RTT() time.Duration { return time.Duration(s.rtt.Load()) }
-
-// BytesFetched returns the bytes of pack blocks read from the object store
-// so far (the block cache's misses that went to the bucket).
-func (s RemoteStore) BytesFetched() int64 { return s.blocks.bucketBytes.Load() }
 
 // packSize returns the size of pack n, or -1 if the store has no such pack.
 func (l *Local) packSize(ctx context.Context, n uint64) (int64, error) {

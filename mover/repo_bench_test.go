@@ -54,9 +54,6 @@ func BenchmarkRepoMountRead(b *testing.B) {
 		require.NoError(b, err)
 		defer repo.Close()
 		benchMountRead(b, f, files, f.tree, repo.Store(), 0)
-		// What the iterations fetched from the bucket, against what they read.
-		fetched := repo.Store().(chunkstore.RemoteStore).BytesFetched()
-		b.ReportMetric(float64(fetched)/float64(b.N)/1e6, "bucket-MB/op")
 	})
 	// The same point read again on this host, by another process or after a
 	// restart: its blocks are in the disk tier (blockdisk.go), which an
