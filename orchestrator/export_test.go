@@ -221,12 +221,10 @@ func TestExportChecksFailEarly(t *testing.T) {
 	require.Empty(t, entries)
 }
 
-// TestRetryAfterInterruption interrupts an export as its second dump
-// starts; the retry does not redo the first dump and completes with the
-// same result.
-func TestRetryAfterInterruption(t *testing.T) {
-	f := newFixture(t)
-	home, to := t.TempDir(), t.TempDir()
+// interruptAtSecondDump runs an export of f's databases to to, with its
+// home in home, and cancels it as its second dump ("Weird DB") starts.
+func interruptAtSecondDump(t *testing.T, f *fixture, home, to string) (*Session, *Runner) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r := newRunner(t, home, func(e Event) {
@@ -238,6 +236,16 @@ func TestRetryAfterInterruption(t *testing.T) {
 	require.NoError(t, err)
 	s, err = r.Run(ctx, s.ID)
 	require.ErrorIs(t, err, context.Canceled)
+	return s, r
+}
+
+// TestRetryAfterInterruption interrupts an export as its second dump
+// starts; the retry does not redo the first dump and completes with the
+// same result.
+func TestRetryAfterInterruption(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	s, _ := interruptAtSecondDump(t, f, home, to)
 	require.Equal(t, StateFailed, s.State)
 	require.Contains(t, s.Error, "interrupted")
 	dumped := s.Step(DumpStep("shop")).Ended
@@ -254,7 +262,7 @@ func TestRetryAfterInterruption(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	s, err = r2.Run(context.Background(), s.ID)
+	s, err := r2.Run(context.Background(), s.ID)
 	require.NoError(t, err)
 	require.Equal(t, StateDone, s.State)
 	mu.Lock()
@@ -274,17 +282,7 @@ func TestRetryAfterInterruption(t *testing.T) {
 func TestRetryReusesDumpAsWritten(t *testing.T) {
 	f := newFixture(t)
 	home, to := t.TempDir(), t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r := newRunner(t, home, func(e Event) {
-		if e.Step == "dump:Weird DB" && e.Kind == protocol.EventStart {
-			cancel()
-		}
-	})
-	s, err := r.Create(t.Context(), f.plan(t, to))
-	require.NoError(t, err)
-	s, err = r.Run(ctx, s.ID)
-	require.ErrorIs(t, err, context.Canceled)
+	s, r := interruptAtSecondDump(t, f, home, to)
 	source := filepath.Join(s.DumpDir("shop"), SourceFile)
 	written, err := os.ReadFile(source)
 	require.NoError(t, err, "the shop dump was complete before the interruption")
