@@ -3,6 +3,7 @@ package mover
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -258,4 +259,69 @@ func TestHostileFileModes(t *testing.T) {
 		require.Equal(t, FileMode(want[f.Path]), f.Mode, "manifest mode of %s", f.Path)
 	}
 	require.Len(t, man.Files, 3)
+}
+
+// TestCrashAfterPartialMade reproduces a CI failure (TestExportKillRetry,
+// 2026-12-07): a mover killed after creating DEST.partial and before
+// journaling its record refused the retry ("no record of creating it").
+// The record is now journaled as pending before the directory is made; an
+// empty DEST.partial under a pending record is taken as this mover's, and
+// one holding anything is still refused and left as it is.
+func TestCrashAfterPartialMade(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "a.dat"), randomBytes(1<<20, 4), 0o644))
+	var (
+		mu    sync.Mutex // guards crash
+		crash = true
+	)
+	r := startReceiver(t, ServerOptions{Reserve: 1, afterPartialMade: func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if crash {
+			return errors.New("crashed here (test)")
+		}
+		return nil
+	}})
+	s := newTestSender(t, r, PermSend)
+	leaveCrashed := func(t *testing.T, dest string) {
+		t.Helper()
+		mu.Lock()
+		crash = true
+		mu.Unlock()
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
+		require.ErrorContains(t, err, "crashed here")
+		entries, err := os.ReadDir(dest + ".partial")
+		require.NoError(t, err, "the crash leaves DEST.partial")
+		require.Empty(t, entries)
+		v, ok, err := dbGet(r.srv.db, keyDest(dest))
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.True(t, decodeDestRecord(v).Pending)
+		mu.Lock()
+		crash = false
+		mu.Unlock()
+	}
+
+	t.Run("empty", func(t *testing.T) {
+		dest := filepath.Join(r.root, "c1")
+		leaveCrashed(t, dest)
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
+		require.NoError(t, err)
+		requireSameTree(t, src, dest)
+		require.NoDirExists(t, dest+".partial")
+	})
+	t.Run("something put in it", func(t *testing.T) {
+		dest := filepath.Join(r.root, "c2")
+		leaveCrashed(t, dest)
+		planted := filepath.Join(dest+".partial", "precious.txt")
+		require.NoError(t, os.WriteFile(planted, []byte("precious"), 0o644))
+		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
+		require.ErrorIs(t, err, protocol.ErrConflict)
+		require.ErrorContains(t, err, "not empty")
+		got, err := os.ReadFile(planted)
+		require.NoError(t, err)
+		require.Equal(t, "precious", string(got))
+		require.NoDirExists(t, dest)
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -19,10 +20,16 @@ import (
 // and the identity (device, inode) of the directory this mover created
 // there. A DEST.partial that is not that directory is not ours: a link or
 // a directory someone else planted is never written into.
+//
+// A Pending record is journaled before DEST.partial is created, and
+// replaced by one with the directory's identity before anything is written
+// into it: after a crash between the two, an empty DEST.partial is the one
+// this mover created (it holds nothing to lose), and a non-empty one is not.
 type destRecord struct {
 	Transfer string `json:"transfer"`
 	Dev      uint64 `json:"dev,omitempty"`
 	Ino      uint64 `json:"ino,omitempty"`
+	Pending  bool   `json:"pending,omitempty"`
 }
 
 func decodeDestRecord(v []byte) destRecord {
@@ -89,13 +96,18 @@ func checkOwnDir(fi fs.FileInfo, rec *destRecord) error {
 
 // openPartial opens DEST.partial (rel inside rt) as a root of its own after
 // checking that it is the directory this mover created (rec, nil if there
-// is no record), or creates it. Every later write of the transfer goes
-// through the returned root: a name swapped in afterwards redirects none of
-// them. It returns the record to journal for the directory.
-func openPartial(rt *os.Root, partial string, rec *destRecord, tid string) (*os.Root, destRecord, error) {
+// is no record), or creates it, calling intend with a Pending record first
+// (which the caller journals durably). Every later write of the transfer
+// goes through the returned root: a name swapped in afterwards redirects
+// none of them. It returns the record to journal for the directory, which
+// the caller must journal before writing into it.
+func openPartial(rt *os.Root, partial string, rec *destRecord, tid string, intend func(destRecord) error) (*os.Root, destRecord, error) {
 	fi, err := rt.Lstat(partial)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
+		if err := intend(destRecord{Transfer: tid, Pending: true}); err != nil {
+			return nil, destRecord{}, err
+		}
 		if err := rt.MkdirAll(filepath.Dir(partial), 0o700); err != nil {
 			return nil, destRecord{}, err
 		}
@@ -121,8 +133,31 @@ func openPartial(rt *os.Root, partial string, rec *destRecord, tid string) (*os.
 		proot.Close()
 		return nil, destRecord{}, err
 	}
+	if rec.Pending {
+		if err := isEmpty(proot); err != nil {
+			proot.Close()
+			return nil, destRecord{}, fmt.Errorf("%w: %s exists but %v, and this mover never recorded writing into it; remove it and rerun", errNotOurs, partial, err)
+		}
+	}
 	dev, ino, _, _ := fileIdentity(fi)
 	return proot, destRecord{Transfer: tid, Dev: dev, Ino: ino}, nil
+}
+
+// isEmpty returns an error unless the directory root holds is empty.
+func isEmpty(root *os.Root) error {
+	d, err := root.Open(".")
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(1)
+	switch {
+	case len(names) > 0:
+		return errors.New("it is not empty")
+	case err != nil && !errors.Is(err, io.EOF):
+		return err
+	}
+	return nil
 }
 
 // samePartial checks that the name partial in rt is still, as a real

@@ -95,6 +95,10 @@ type ServerOptions struct {
 	// OnDurable, if set, is called after each durability barrier with the
 	// transfer's durable byte count (tests use it to interrupt at a point).
 	OnDurable func(transferID string, durableBytes int64)
+	// afterPartialMade, if set, is called once DEST.partial is open and
+	// before its record is journaled; an error it returns ends the open
+	// there (tests use it to leave the state a crash at that point leaves).
+	afterPartialMade func() error
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
@@ -1118,7 +1122,17 @@ func (o *openRequest) checkSpace(r *receiver) (free uint64, err error) {
 // transfer's metadata and DEST's record. On error r.proot is closed.
 func (o *openRequest) startPartial(r *receiver, rec *destRecord) error {
 	s, m := o.s, o.m
-	proot, drec, err := openPartial(o.rt, r.partial, rec, r.tid)
+	intend := func(d destRecord) error {
+		v, _ := json.Marshal(d)
+		return s.db.Set(keyDest(m.Dest), v, pebble.Sync)
+	}
+	proot, drec, err := openPartial(o.rt, r.partial, rec, r.tid, intend)
+	if err == nil && s.o.afterPartialMade != nil {
+		if err = s.o.afterPartialMade(); err != nil {
+			proot.Close()
+			return err
+		}
+	}
 	if err != nil {
 		if errors.Is(err, errNotOurs) {
 			return err
