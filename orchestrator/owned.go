@@ -104,18 +104,48 @@ func checkOwned(dir, id string) error {
 
 // removeOwned removes dir and everything in it if session id created it
 // (see OwnerMarker); a dir that does not exist is fine, any other refused.
+//
+// The marker goes last: a removal killed before leaves dir marked, and
+// one killed after leaves it empty, which is removed too (rmdir removes
+// nothing else, and never a link), so that the retried cleanup or cancel
+// does not refuse it.
 func removeOwned(dir, id string) error {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err := checkOwned(dir, id); err != nil {
+		if errors.Is(err, ErrNotOwned) && unix.Rmdir(dir) == nil {
+			return nil
+		}
 		return err
 	}
 	if fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
-		unlinkFiles(fd, dir)
+		unlinkFiles(fd, dir, OwnerMarker)
 	}
-	return os.RemoveAll(dir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.Name() == OwnerMarker {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	if markerRemoving != nil {
+		markerRemoving(dir)
+	}
+	if err := os.Remove(filepath.Join(dir, OwnerMarker)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return os.Remove(dir)
 }
+
+// markerRemoving, if set, is called by removeOwned just before it removes
+// the marker (tests check what a crash there leaves).
+var markerRemoving func(dir string)
 
 // removeWorkers is how many files unlinkFiles unlinks at once. ext4 frees
 // an unlinked file's blocks and inode after it releases the directory's
@@ -125,14 +155,14 @@ func removeOwned(dir, id string) error {
 // machine.
 const removeWorkers = 4
 
-// unlinkFiles unlinks everything but directories in the directory open as
-// fd (at path, for messages only), and in its subdirectories, several files
-// at a time; it closes fd. It never follows a symbolic link: subdirectories
+// unlinkFiles unlinks everything but directories (and the name keep, if
+// not empty) in the directory open as fd (at path, for messages only), and
+// in its subdirectories, several files at a time; it closes fd. It never follows a symbolic link: subdirectories
 // are opened relative to their parent with O_NOFOLLOW, and names are
 // unlinked relative to it, so a directory swapped for a link while it runs
 // leads nowhere. What it leaves (directories, whatever failed) is for
 // os.RemoveAll, which reports the errors.
-func unlinkFiles(fd int, path string) {
+func unlinkFiles(fd int, path, keep string) {
 	d := os.NewFile(uintptr(fd), path)
 	defer d.Close()
 	ents, err := d.ReadDir(-1)
@@ -142,12 +172,14 @@ func unlinkFiles(fd int, path string) {
 	var files []string
 	for _, e := range ents {
 		if !e.IsDir() {
-			files = append(files, e.Name())
+			if e.Name() != keep {
+				files = append(files, e.Name())
+			}
 			continue
 		}
 		sub, err := unix.Openat(fd, e.Name(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err == nil {
-			unlinkFiles(sub, filepath.Join(path, e.Name()))
+			unlinkFiles(sub, filepath.Join(path, e.Name()), "")
 		}
 	}
 	workers := min(removeWorkers, len(files)/64+1) // a few files are not worth a goroutine

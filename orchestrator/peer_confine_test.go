@@ -308,6 +308,54 @@ func TestRemoveOwnedTree(t *testing.T) {
 	require.Len(t, ents, 1, "nothing beside the link's target was touched")
 }
 
+// TestRemoveOwnedKilled guards against a removal killed halfway leaving a
+// staging directory without its marker, which the retried cleanup and a
+// cancel then refused as not pgporter's: the marker goes last, so a kill
+// before leaves the directory marked and one after leaves it empty, and an
+// empty one is removed.
+func TestRemoveOwnedKilled(t *testing.T) {
+	base := t.TempDir()
+	id := "x-20261207-120000-000001"
+	dir := filepath.Join(base, "staging", id)
+	require.NoError(t, makeOwnedDir(dir, id))
+	for _, sub := range []string{"shop/deep", "crm"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, sub), 0o755))
+	}
+	for i := range 200 {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("%d.dat", i)), []byte("row"), 0o644))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "shop/deep/toc.dat"), nil, 0o600))
+	var left []string
+	markerRemoving = func(dir string) {
+		ents, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, e := range ents {
+			left = append(left, e.Name())
+		}
+	}
+	t.Cleanup(func() { markerRemoving = nil })
+	require.NoError(t, removeOwned(dir, id))
+	require.Equal(t, []string{OwnerMarker}, left, "the marker is the last thing removed")
+	require.NoDirExists(t, dir)
+
+	// What a kill just after the marker's removal leaves.
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	require.NoError(t, removeOwned(dir, id))
+	require.NoDirExists(t, dir)
+
+	// And a cancel of the session finds it so.
+	home, to := t.TempDir(), t.TempDir()
+	r := newRunner(t, home, nil)
+	id = newSessionID(time.Now())
+	require.NoError(t, r.j.Put(&Session{ID: id, State: StateFailed, Created: time.Now().UTC(),
+		Plan: Plan{Repo: "/nonexistent", To: to, StagingDir: filepath.Join(base, "staging"), Databases: []string{"shop"}}}))
+	require.NoError(t, os.Mkdir(filepath.Join(base, "staging", id), 0o755))
+	s, err := r.Cancel(context.Background(), id)
+	require.NoError(t, err)
+	require.Equal(t, StateCancelled, s.State)
+	require.NoDirExists(t, filepath.Join(base, "staging", id))
+}
+
 // TestCancelLeavesWhatIsNotOurs: a local cancel removes a session's
 // staging directory only with its marker, and a link planted at a
 // target's .partial only as a link: what it points at stays.
