@@ -991,17 +991,15 @@ func (x *sessionRun) transfer(ctx context.Context, tgt *targetMover, db string, 
 
 // moveAside moves an existing dest (from before this session) out of the
 // way when the plan allows overwriting. The move is journaled first, so a
-// crash leaves it findable.
+// crash leaves it findable; a move journaled by a run killed before it
+// moved dest is made now.
 func (x *sessionRun) moveAside(db, dest string) error {
 	if x.plan().Target != "" {
 		return nil // the target refuses an existing destination itself
 	}
 	x.mu.Lock()
-	_, moved := x.s.Resources.Aside[db]
+	aside, journaled := x.s.Resources.Aside[db]
 	x.mu.Unlock()
-	if moved {
-		return nil
-	}
 	if _, err := os.Lstat(dest); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	} else if err != nil {
@@ -1010,10 +1008,14 @@ func (x *sessionRun) moveAside(db, dest string) error {
 	if man, err := mover.ReadManifest(dest); err == nil && man.Transfer == x.s.ID+"-"+transferIDPart(db) {
 		return nil // ours, committed before a crash
 	}
+	if journaled {
+		_, err := mover.MoveAside(mover.HostFS, dest, aside)
+		return err
+	}
 	if !x.plan().Overwrite {
 		return fmt.Errorf("%s %w; pass --overwrite to replace it", dest, ErrExists)
 	}
-	aside := mover.AsideName(dest, x.s.ID)
+	aside = mover.AsideName(dest, x.s.ID)
 	if err := x.update(func(s *Session) {
 		if s.Resources.Aside == nil {
 			s.Resources.Aside = map[string]string{}

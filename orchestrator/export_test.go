@@ -321,6 +321,38 @@ func TestRetryReusesDumpAsWritten(t *testing.T) {
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 }
 
+// TestRetryMovesAsideJournaled guards against a run killed between
+// journaling where --overwrite moves an existing target directory and
+// moving it: the retry took the move as made, and the target mover
+// refused the directory still there as existing.
+func TestRetryMovesAsideJournaled(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	old := filepath.Join(to, "shop")
+	require.NoError(t, os.Mkdir(old, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(old, "old.txt"), []byte("replaced"), 0o644))
+	r := newRunner(t, home, nil)
+	plan := f.plan(t, to)
+	plan.Overwrite = true
+	s, err := r.Create(t.Context(), plan)
+	require.NoError(t, err)
+	// As the run killed right after journaling the move left it.
+	s.State, s.Resources.Aside = StateFailed, map[string]string{"shop": mover.AsideName(old, s.ID)}
+	require.NoError(t, r.Journal().Put(s))
+
+	s, err = r.Run(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	f.restoreAndCompare(t, old, "shop")
+	entries, err := os.ReadDir(to)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.ElementsMatch(t, []string{"shop", "Weird DB"}, names, "the replaced directory is removed")
+}
+
 // TestReclaimOrphans: an instance and a mount journaled by a session that no
 // process runs any more are released; one whose session is running is not.
 func TestReclaimOrphans(t *testing.T) {
