@@ -722,6 +722,33 @@ func TestLocalKeepsOwner(t *testing.T) {
 	require.Greater(t, n, 5)
 }
 
+// TestLocalTakesBackKilledMkdir guards against a root process killed
+// between making a directory of a repository another user owns and giving
+// it to that user: later processes took the directory as made, and it
+// stayed root's, closed to the owner (the archiver, as postgres) for good.
+// A root-owned directory there is given to the owner when found.
+func TestLocalTakesBackKilledMkdir(t *testing.T) {
+	testsupport.RequireRoot(t, "chown")
+	const uid, gid = 12345, 23456
+	dir := t.TempDir()
+	require.NoError(t, os.Chown(dir, uid, gid))
+	for _, sub := range []string{"packs", "idx"} {
+		require.NoError(t, os.Mkdir(filepath.Join(dir, sub), 0o755)) // root's, as the kill left it
+	}
+	l, err := chunkstore.OpenLocal(dir, chunkstore.LocalOptions{FlushBytes: 1})
+	require.NoError(t, err)
+	putChunks(t, l, storetest.Chunks(18, 20))
+	require.NoError(t, l.Close())
+	require.NoError(t, filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		require.NoError(t, err)
+		fi, err := d.Info()
+		require.NoError(t, err)
+		st := fi.Sys().(*syscall.Stat_t)
+		require.Equal(t, [2]uint32{uid, gid}, [2]uint32{st.Uid, st.Gid}, "owner of %s", p)
+		return nil
+	}))
+}
+
 // Pack files no run knows (a lost index, a stray copy) are never deleted
 // nor overwritten.
 func TestLocalForeignPackLeftAlone(t *testing.T) {

@@ -57,7 +57,7 @@ func (o owner) path(p string) error {
 func (o owner) mkdir(dir, parent string) error {
 	err := os.Mkdir(dir, 0o755)
 	if errors.Is(err, fs.ErrExist) {
-		return nil
+		return o.takeBack(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("chunkstore: %w", err)
@@ -66,6 +66,32 @@ func (o owner) mkdir(dir, parent string) error {
 		return err
 	}
 	return syncDir(parent)
+}
+
+// takeBack gives dir, which exists, to the owner if it is a directory of
+// this process's user: one that a process killed between its mkdir and
+// the chown left, which would keep the owner out of it for good. Anything
+// else (a link, a file, another user's) is left as it is.
+func (o owner) takeBack(dir string) error {
+	if !o.on {
+		return nil
+	}
+	d, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil // whoever uses it reports what it is
+	}
+	defer d.Close()
+	fi, err := d.Stat()
+	if err != nil {
+		return fmt.Errorf("chunkstore: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != uint32(os.Geteuid()) {
+		return nil
+	}
+	if err := d.Chown(o.uid, o.gid); err != nil {
+		return fmt.Errorf("chunkstore: giving %s to the repository's owner: %w", dir, err)
+	}
+	return nil
 }
 
 func randUint64() uint64 {
