@@ -700,8 +700,19 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 		}
 		opts.LocalHBA, st.password = h, ""
 	}
+	// Journaled as soon as the postmaster runs: a run killed while it
+	// starts leaves it for the retry's reclaim to stop.
+	opts.Started = func(pid int) error {
+		err := x.update(func(s *Session) { s.Resources.InstancePID = pid })
+		if err == nil && instanceJournaled != nil {
+			instanceJournaled(x.s.ID, pid)
+		}
+		return err
+	}
 	in, err := st.staged.Start(ctx, opts)
 	if err != nil {
+		// Start stopped the server it started.
+		_ = x.update(func(s *Session) { s.Resources.InstancePID = 0 })
 		return err
 	}
 	out.Detail = fmt.Sprintf("PostgreSQL %s, pid %d", in.Version, in.PID())
@@ -722,6 +733,11 @@ func (x *sessionRun) startInstance(ctx context.Context, st *stagedRun, out *step
 	}
 	return x.update(func(s *Session) { s.Resources.InstancePID = in.PID() })
 }
+
+// instanceJournaled, if set, is called once the starting instance's PID
+// is journaled, before it accepts connections (tests look at the journal
+// a kill there would leave).
+var instanceJournaled func(id string, pid int)
 
 // recovery sets opts to replay the WAL to the plan's point in time. With a
 // repository mover, it returns the proxy that serves the WAL to the

@@ -532,3 +532,39 @@ func TestExportBackupHBA(t *testing.T) {
 		require.ErrorIs(t, err, ErrBadPlan)
 	})
 }
+
+// TestInstancePIDJournaledWhileStarting: the instance's PID is in the
+// journal as soon as the postmaster runs, before it accepts connections,
+// so that a run killed while it starts (a crash recovery can take
+// seconds) leaves a server the retry's reclaim stops. Before, the PID was
+// journaled once the server was ready, and a kill in between left a
+// postmaster on the dead mount that nothing recorded.
+func TestInstancePIDJournaledWhileStarting(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	r := newRunner(t, home, nil)
+	s, err := r.Create(t.Context(), f.plan(t, to))
+	require.NoError(t, err)
+	var (
+		mu   sync.Mutex // guards seen
+		seen []int
+	)
+	instanceJournaled = func(id string, pid int) {
+		j, err := r.j.Get(id)
+		require.NoError(t, err)
+		require.Equal(t, pid, j.Resources.InstancePID)
+		require.True(t, isPostgres(pid), "the journaled PID is the running postmaster")
+		mu.Lock()
+		seen = append(seen, pid)
+		mu.Unlock()
+	}
+	t.Cleanup(func() { instanceJournaled = nil })
+	s, err = r.Run(t.Context(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, s.State)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, seen, 1)
+	require.Zero(t, s.Resources.InstancePID, "cleared once the instance is stopped")
+	require.False(t, isPostgres(seen[0]))
+}

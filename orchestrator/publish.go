@@ -622,8 +622,16 @@ func (s *serving) startInstance(ctx context.Context) error {
 			opts.Recovery, err = walRecoveryFrom(ctx, p.At, p.Self, "--proxy "+shellQuote(proxy.Socket()), p.OSUser)
 		}
 	}
+	// Journaled as soon as the postmaster runs: a server killed while it
+	// starts leaves it for the restart's reclaim to stop.
+	opts.Started = func(pid int) error {
+		return s.pb.j.UpdatePublication(p.ID, func(p *Publication) { p.InstancePID = pid })
+	}
 	if err == nil {
-		_, err = s.st.Start(ctx, opts)
+		if _, err = s.st.Start(ctx, opts); err != nil {
+			// Start stopped the server it started.
+			_ = s.pb.j.UpdatePublication(p.ID, func(p *Publication) { p.InstancePID = 0 })
+		}
 	}
 	if proxy != nil {
 		proxy.Close()

@@ -101,6 +101,12 @@ type InstanceOptions struct {
 	// For instances that only read: an export's. ReadWriteInstanceEnv=1
 	// in the environment turns it off.
 	Standby bool
+	// Started, if set, is called with the postmaster's PID as soon as it
+	// runs, before the wait for it to accept connections (seconds, with a
+	// crash recovery), so that the caller journals it: a caller killed in
+	// that wait then leaves a server its retry can find and stop. An error
+	// it returns stops the server and fails the start.
+	Started func(pid int) error
 }
 
 // ReadWriteInstanceEnv, set to 1, turns InstanceOptions.Standby off: the
@@ -317,6 +323,12 @@ func StartInstance(ctx context.Context, o InstanceOptions) (*Instance, error) {
 	in.cmd, in.done = cmd, make(chan error, 1)
 	go func() { in.done <- cmd.Wait() }()
 	o.Log.Info("instance starting", "pid", cmd.Process.Pid, "version", ver, "socket", in.SocketDir, "port", in.Port)
+	if o.Started != nil {
+		if err := o.Started(cmd.Process.Pid); err != nil {
+			_ = in.Stop(context.Background())
+			return nil, err
+		}
+	}
 	if err := in.waitReady(ctx); err != nil {
 		_ = in.Stop(context.Background())
 		return nil, err

@@ -2,6 +2,8 @@ package staging
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,4 +118,37 @@ func TestThrowawayInstance(t *testing.T) {
 	server := string(log)[strings.LastIndex(string(log), "starting PostgreSQL"):]
 	require.Contains(t, server, "immediate shutdown")
 	require.NotContains(t, server, "checkpoint starting: shutdown")
+}
+
+// TestInstanceStarted: Started gets the postmaster's PID while it runs,
+// before Start returns (a caller journals it then, so that a caller killed
+// while the server starts leaves a server its retry can stop); an error
+// from Started stops the server and fails the start.
+func TestInstanceStarted(t *testing.T) {
+	testsupport.RequirePG(t)
+	c := testsupport.NewCluster(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"})
+	c.Stop(t)
+	ctx := context.Background()
+
+	dataDir, runDir := copyDataDir(t, c.DataDir)
+	var got int
+	in, err := StartInstance(ctx, InstanceOptions{DataDir: dataDir, RunDir: runDir, BinDir: c.BinDir, Throwaway: true, Started: func(pid int) error {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		require.NoError(t, err, "the postmaster runs when Started is called")
+		require.Contains(t, string(stat), "(postgres)")
+		got = pid
+		return nil
+	}})
+	require.NoError(t, err)
+	require.Equal(t, in.PID(), got)
+	require.NoError(t, in.Stop(ctx))
+
+	dataDir, runDir = copyDataDir(t, c.DataDir)
+	refused := errors.New("journal full (test)")
+	_, err = StartInstance(ctx, InstanceOptions{DataDir: dataDir, RunDir: runDir, BinDir: c.BinDir, Throwaway: true, Started: func(pid int) error {
+		got = pid
+		return refused
+	}})
+	require.ErrorIs(t, err, refused)
+	require.Error(t, syscall.Kill(got, 0), "the server Started refused is stopped")
 }
