@@ -848,6 +848,17 @@ func (x *sessionRun) completeDump(st *stagedRun, db string, res *staging.DumpRes
 		_ = os.RemoveAll(res.Dir) // complete, so a retry would reuse it
 		return err
 	}
+	if res.Reused {
+		// A temporary file of a writeSource killed midway is not the
+		// dump's: it would be sent and counted with it.
+		if tmp, err := filepath.Glob(filepath.Join(res.Dir, sourceTempPrefix+"*")); err == nil {
+			for _, name := range tmp {
+				if err := os.Remove(name); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	missing := func(name string) bool {
 		if !res.Reused {
 			return true
@@ -1137,7 +1148,7 @@ func (x *sessionRun) writeSource(dir, db, version string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".pgporter-source-")
+	f, err := os.CreateTemp(dir, sourceTempPrefix)
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", SourceFile, err)
 	}
@@ -1152,10 +1163,28 @@ func (x *sessionRun) writeSource(dir, db, version string) error {
 	if err = errors.Join(err, f.Close()); err == nil {
 		err = os.Rename(f.Name(), filepath.Join(dir, SourceFile))
 	}
+	if err == nil {
+		// A dump reused after a power loss must find the file as the
+		// target may hold it committed, not write it again.
+		err = syncDir(dir)
+	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", SourceFile, err)
 	}
 	return nil
+}
+
+// sourceTempPrefix names writeSource's temporary files, which a run killed
+// while writing one leaves in the dump directory.
+const sourceTempPrefix = ".pgporter-source-"
+
+// syncDir makes the entries of dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
 }
 
 // linkGlobals puts the session's globals.sql (written and synced once by

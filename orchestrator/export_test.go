@@ -295,6 +295,9 @@ func TestRetryReusesDumpAsWritten(t *testing.T) {
 		*s.Step(name) = Step{Name: name, State: StepPending}
 	}
 	require.NoError(t, r.Journal().Put(s))
+	// And a temporary file of a writeSource killed midway.
+	leftover := filepath.Join(s.DumpDir("shop"), sourceTempPrefix+"123")
+	require.NoError(t, os.WriteFile(leftover, []byte("{"), 0o600))
 
 	var (
 		mu     sync.Mutex // guards atDump; events come from several goroutines
@@ -318,6 +321,7 @@ func TestRetryReusesDumpAsWritten(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(to, "shop", SourceFile))
 	require.NoError(t, err)
 	require.Equal(t, string(written), string(got), "the target has the source file the dump was made with")
+	require.NoFileExists(t, filepath.Join(to, "shop", filepath.Base(leftover)), "a leftover temporary file is not sent")
 	f.restoreAndCompare(t, filepath.Join(to, "shop"), "shop")
 }
 
