@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -264,64 +266,107 @@ func TestHostileFileModes(t *testing.T) {
 // TestCrashAfterPartialMade reproduces a CI failure (TestExportKillRetry,
 // 2026-12-07): a mover killed after creating DEST.partial and before
 // journaling its record refused the retry ("no record of creating it").
-// The record is now journaled as pending before the directory is made; an
-// empty DEST.partial under a pending record is taken as this mover's, and
-// one holding anything is still refused and left as it is.
+// DEST.partial is now made under a random name journaled first, its
+// identity journaled, then renamed into place: a crash at each of those
+// points (left by a hook) leaves a state the retry finishes from, with no
+// temporary directory left behind.
 func TestCrashAfterPartialMade(t *testing.T) {
 	ctx := context.Background()
 	src := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(src, "a.dat"), randomBytes(1<<20, 4), 0o644))
 	var (
-		mu    sync.Mutex // guards crash
-		crash = true
+		mu      sync.Mutex // guards crashAt
+		crashAt string
 	)
-	r := startReceiver(t, ServerOptions{Reserve: 1, afterPartialMade: func() error {
+	r := startReceiver(t, ServerOptions{Reserve: 1, partialHook: func(at string) error {
 		mu.Lock()
 		defer mu.Unlock()
-		if crash {
+		if at == crashAt {
 			return errors.New("crashed here (test)")
 		}
 		return nil
 	}})
 	s := newTestSender(t, r, PermSend)
-	leaveCrashed := func(t *testing.T, dest string) {
-		t.Helper()
-		mu.Lock()
-		crash = true
-		mu.Unlock()
-		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
-		require.ErrorContains(t, err, "crashed here")
-		entries, err := os.ReadDir(dest + ".partial")
-		require.NoError(t, err, "the crash leaves DEST.partial")
-		require.Empty(t, entries)
-		v, ok, err := dbGet(r.srv.db, keyDest(dest))
-		require.NoError(t, err)
-		require.True(t, ok)
-		require.True(t, decodeDestRecord(v).Pending)
-		mu.Lock()
-		crash = false
-		mu.Unlock()
-	}
+	for i, at := range []string{"made", "journaled", "renamed"} {
+		t.Run(at, func(t *testing.T) {
+			dest := filepath.Join(r.root, fmt.Sprintf("c%d", i))
+			mu.Lock()
+			crashAt = at
+			mu.Unlock()
+			_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
+			require.ErrorContains(t, err, "crashed here")
+			v, ok, err := dbGet(r.srv.db, keyDest(dest))
+			require.NoError(t, err)
+			require.True(t, ok)
+			rec := decodeDestRecord(v)
+			require.NotEmpty(t, rec.Temp)
+			require.Equal(t, at == "made", rec.Pending)
+			if at == "renamed" {
+				require.DirExists(t, dest+".partial")
+			} else {
+				require.NoDirExists(t, dest+".partial")
+				require.DirExists(t, filepath.Join(r.root, rec.Temp), "the crash leaves the directory under its temporary name")
+			}
 
-	t.Run("empty", func(t *testing.T) {
-		dest := filepath.Join(r.root, "c1")
-		leaveCrashed(t, dest)
-		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
-		require.NoError(t, err)
-		requireSameTree(t, src, dest)
-		require.NoDirExists(t, dest+".partial")
-	})
-	t.Run("something put in it", func(t *testing.T) {
-		dest := filepath.Join(r.root, "c2")
-		leaveCrashed(t, dest)
-		planted := filepath.Join(dest+".partial", "precious.txt")
-		require.NoError(t, os.WriteFile(planted, []byte("precious"), 0o644))
-		_, err := s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
-		require.ErrorIs(t, err, protocol.ErrConflict)
-		require.ErrorContains(t, err, "not empty")
-		got, err := os.ReadFile(planted)
-		require.NoError(t, err)
-		require.Equal(t, "precious", string(got))
-		require.NoDirExists(t, dest)
-	})
+			mu.Lock()
+			crashAt = ""
+			mu.Unlock()
+			_, err = s.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src, Dest: dest, RetryFor: -1})
+			require.NoError(t, err)
+			requireSameTree(t, src, dest)
+			entries, err := os.ReadDir(r.root)
+			require.NoError(t, err)
+			for _, e := range entries {
+				require.False(t, strings.HasPrefix(e.Name(), filepath.Base(dest)+".partial"), "left behind: %s", e.Name())
+			}
+		})
+	}
+}
+
+// TestPendingRecordAdoptsNothing (from a review): the record journaled
+// before DEST.partial is made vouches for no directory. A transfer to
+// outer/in crashed there; another peer then commits a tree at outer that
+// holds an empty in.partial; the next transfer to outer/in must refuse
+// that directory, not write into it and commit it as its own.
+func TestPendingRecordAdoptsNothing(t *testing.T) {
+	ctx := context.Background()
+	var (
+		mu    sync.Mutex // guards crash
+		crash = true
+	)
+	r := startReceiver(t, ServerOptions{Reserve: 1, partialHook: func(at string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if crash && at == "made" {
+			return errors.New("crashed here (test)")
+		}
+		return nil
+	}})
+	p1 := newTestSender(t, r, PermSend)
+	p2 := newTestSender(t, r, PermSend)
+	src1 := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src1, "a.dat"), randomBytes(1<<20, 4), 0o644))
+	outer := filepath.Join(r.root, "outer")
+	in := filepath.Join(outer, "in")
+
+	_, err := p1.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src1, Dest: in, RetryFor: -1})
+	require.ErrorContains(t, err, "crashed here")
+	mu.Lock()
+	crash = false
+	mu.Unlock()
+
+	src2 := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src2, "keep.txt"), []byte("p2's"), 0o644))
+	require.NoError(t, os.Mkdir(filepath.Join(src2, "in.partial"), 0o755))
+	_, err = p2.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src2, Dest: outer, Overwrite: true, RetryFor: -1})
+	require.NoError(t, err)
+	require.DirExists(t, filepath.Join(outer, "in.partial"))
+
+	src3 := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src3, "b.dat"), randomBytes(1<<20, 5), 0o644))
+	_, err = p1.Send(ctx, r.addr, r.id.ID, SendOptions{Src: src3, Dest: in, RetryFor: -1})
+	require.ErrorIs(t, err, protocol.ErrConflict)
+	require.ErrorContains(t, err, "no record of creating it")
+	require.DirExists(t, filepath.Join(outer, "in.partial"), "p2's directory stays in its tree")
+	require.NoDirExists(t, in)
 }

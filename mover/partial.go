@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -21,14 +20,14 @@ import (
 // there. A DEST.partial that is not that directory is not ours: a link or
 // a directory someone else planted is never written into.
 //
-// A Pending record is journaled before DEST.partial is created, and
-// replaced by one with the directory's identity before anything is written
-// into it: after a crash between the two, an empty DEST.partial is the one
-// this mover created (it holds nothing to lose), and a non-empty one is not.
+// DEST.partial is made under the random name Temp and renamed into place
+// (makePartial); a Pending record names Temp before the directory exists,
+// and vouches for no directory.
 type destRecord struct {
 	Transfer string `json:"transfer"`
 	Dev      uint64 `json:"dev,omitempty"`
 	Ino      uint64 `json:"ino,omitempty"`
+	Temp     string `json:"temp,omitempty"`
 	Pending  bool   `json:"pending,omitempty"`
 }
 
@@ -85,7 +84,7 @@ func checkOwnDir(fi fs.FileInfo, rec *destRecord) error {
 	if uid != uint64(os.Geteuid()) {
 		return fmt.Errorf("it is owned by uid %d, not by this mover's uid %d", uid, os.Geteuid())
 	}
-	if rec == nil {
+	if rec == nil || rec.Pending {
 		return errors.New("this mover has no record of creating it")
 	}
 	if rec.Ino != 0 && (rec.Dev != dev || rec.Ino != ino) {
@@ -96,29 +95,27 @@ func checkOwnDir(fi fs.FileInfo, rec *destRecord) error {
 
 // openPartial opens DEST.partial (rel inside rt) as a root of its own after
 // checking that it is the directory this mover created (rec, nil if there
-// is no record), or creates it, calling intend with a Pending record first
-// (which the caller journals durably). Every later write of the transfer
-// goes through the returned root: a name swapped in afterwards redirects
-// none of them. It returns the record to journal for the directory, which
-// the caller must journal before writing into it.
-func openPartial(rt *os.Root, partial string, rec *destRecord, tid string, intend func(destRecord) error) (*os.Root, destRecord, error) {
+// is no record), or creates it (makePartial, journaling through journal).
+// Every later write of the transfer goes through the returned root: a name
+// swapped in afterwards redirects none of them. It returns the record to
+// journal for the directory.
+func openPartial(rt *os.Root, partial string, rec *destRecord, tid string, journal func(destRecord) error) (*os.Root, destRecord, error) {
 	fi, err := rt.Lstat(partial)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := intend(destRecord{Transfer: tid, Pending: true}); err != nil {
+		if rec != nil && rec.Temp != "" {
+			// What a creation interrupted by a crash left: an empty
+			// directory (rmdir removes nothing else), or nothing.
+			_ = rt.Remove(rec.Temp)
+		}
+		made, err := makePartial(rt, partial, tid, journal)
+		if err != nil {
 			return nil, destRecord{}, err
 		}
-		if err := rt.MkdirAll(filepath.Dir(partial), 0o700); err != nil {
-			return nil, destRecord{}, err
-		}
-		if err := rt.Mkdir(partial, 0o700); err != nil {
-			return nil, destRecord{}, err
-		}
+		rec = &made
 		if fi, err = rt.Lstat(partial); err != nil {
 			return nil, destRecord{}, err
 		}
-		dev, ino, _, _ := fileIdentity(fi)
-		rec = &destRecord{Transfer: tid, Dev: dev, Ino: ino}
 	case err != nil:
 		return nil, destRecord{}, err
 	}
@@ -133,31 +130,45 @@ func openPartial(rt *os.Root, partial string, rec *destRecord, tid string, inten
 		proot.Close()
 		return nil, destRecord{}, err
 	}
-	if rec.Pending {
-		if err := isEmpty(proot); err != nil {
-			proot.Close()
-			return nil, destRecord{}, fmt.Errorf("%w: %s exists but %v, and this mover never recorded writing into it; remove it and rerun", errNotOurs, partial, err)
-		}
-	}
 	dev, ino, _, _ := fileIdentity(fi)
 	return proot, destRecord{Transfer: tid, Dev: dev, Ino: ino}, nil
 }
 
-// isEmpty returns an error unless the directory root holds is empty.
-func isEmpty(root *os.Root) error {
-	d, err := root.Open(".")
+// makePartial creates DEST.partial so that a crash at any point leaves no
+// DEST.partial or one whose identity is journaled, never one of this
+// mover's that its record does not name: the directory is made under a
+// random name, which is journaled first (Pending) so that the next attempt
+// removes what a crash left there, then its identity is journaled, then it
+// is renamed into place.
+func makePartial(rt *os.Root, partial, tid string, journal func(destRecord) error) (destRecord, error) {
+	if err := rt.MkdirAll(filepath.Dir(partial), 0o700); err != nil {
+		return destRecord{}, err
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand: never fails on Linux
+	tmp := partial + "-" + hex.EncodeToString(b[:]) + ".new"
+	if err := journal(destRecord{Transfer: tid, Temp: tmp, Pending: true}); err != nil {
+		return destRecord{}, err
+	}
+	if err := rt.Mkdir(tmp, 0o700); err != nil {
+		return destRecord{}, err
+	}
+	fi, err := rt.Lstat(tmp)
 	if err != nil {
-		return err
+		return destRecord{}, err
 	}
-	defer d.Close()
-	names, err := d.Readdirnames(1)
-	switch {
-	case len(names) > 0:
-		return errors.New("it is not empty")
-	case err != nil && !errors.Is(err, io.EOF):
-		return err
+	dev, ino, _, _ := fileIdentity(fi)
+	d := destRecord{Transfer: tid, Dev: dev, Ino: ino, Temp: tmp}
+	if err := journal(d); err != nil {
+		return destRecord{}, err
 	}
-	return nil
+	// rename(2) does not follow a link at DEST.partial, fails on a file or
+	// a directory that is not empty, and replaces only an empty directory.
+	if err := rt.Rename(tmp, partial); err != nil {
+		_ = rt.Remove(tmp)
+		return destRecord{}, err
+	}
+	return d, nil
 }
 
 // samePartial checks that the name partial in rt is still, as a real

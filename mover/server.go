@@ -95,10 +95,12 @@ type ServerOptions struct {
 	// OnDurable, if set, is called after each durability barrier with the
 	// transfer's durable byte count (tests use it to interrupt at a point).
 	OnDurable func(transferID string, durableBytes int64)
-	// afterPartialMade, if set, is called once DEST.partial is open and
-	// before its record is journaled; an error it returns ends the open
-	// there (tests use it to leave the state a crash at that point leaves).
-	afterPartialMade func() error
+	// partialHook, if set, is called as DEST.partial is made (makePartial):
+	// "made" before its identity is journaled, "journaled" before it is
+	// renamed into place, "renamed" before the transfer's records are
+	// journaled. An error it returns ends the open there: tests use it to
+	// leave the state a crash at that point leaves.
+	partialHook func(at string) error
 }
 
 func (o ServerOptions) withDefaults() ServerOptions {
@@ -1122,13 +1124,30 @@ func (o *openRequest) checkSpace(r *receiver) (free uint64, err error) {
 // transfer's metadata and DEST's record. On error r.proot is closed.
 func (o *openRequest) startPartial(r *receiver, rec *destRecord) error {
 	s, m := o.s, o.m
-	intend := func(d destRecord) error {
-		v, _ := json.Marshal(d)
-		return s.db.Set(keyDest(m.Dest), v, pebble.Sync)
+	hook := func(at string) error {
+		if s.o.partialHook == nil {
+			return nil
+		}
+		return s.o.partialHook(at)
 	}
-	proot, drec, err := openPartial(o.rt, r.partial, rec, r.tid, intend)
-	if err == nil && s.o.afterPartialMade != nil {
-		if err = s.o.afterPartialMade(); err != nil {
+	journal := func(d destRecord) error {
+		if !d.Pending {
+			if err := hook("made"); err != nil {
+				return err
+			}
+		}
+		v, _ := json.Marshal(d)
+		if err := s.db.Set(keyDest(m.Dest), v, pebble.Sync); err != nil {
+			return err
+		}
+		if !d.Pending {
+			return hook("journaled")
+		}
+		return nil
+	}
+	proot, drec, err := openPartial(o.rt, r.partial, rec, r.tid, journal)
+	if err == nil {
+		if err = hook("renamed"); err != nil {
 			proot.Close()
 			return err
 		}
