@@ -51,8 +51,20 @@ func dialMoverFEC(ctx context.Context, addr string, id *Identity, peer PeerID, i
 		return nil, nil, bufs, ExplainHandshakeError(fmt.Errorf("opening control stream: %w", err), id.ID, peer, addr, need)
 	}
 	cs := newControlStream(st)
-	if err := cs.clientHello(then); err != nil {
+	// The Hello waits for the peer's answer: ctx ending (a pre-dialled
+	// connection discarded, a transfer given up) ends that wait too.
+	stop := context.AfterFunc(ctx, func() {
+		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "cancelled")
+	})
+	err = cs.clientHello(then)
+	if !stop() && err == nil {
+		err = ctx.Err() // cancelled as the Hello ended: the connection is closing
+	}
+	if err != nil {
 		conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseProtocolError), "hello failed")
+		if ctx.Err() != nil {
+			return nil, nil, bufs, fmt.Errorf("connecting to %s: %w", addr, ctx.Err())
+		}
 		return nil, nil, bufs, ExplainHandshakeError(err, id.ID, peer, addr, need)
 	}
 	_ = notePeerSeen(id.home, peer, cs.peerSoftware) // shown by 'mover peers'; best effort

@@ -239,7 +239,11 @@ func (t *sendTransfer) dialJoin(ctx context.Context, token [protocol.JoinTokenLe
 		err  error
 	)
 	if pre != nil {
-		conn, cs, err = pre.take(ctx)
+		// dialJoin owns pre: a connection it does not take (ctx ended
+		// first) is closed here, not left open beside the transfer.
+		if conn, cs, err = pre.take(ctx); err != nil {
+			pre.discard()
+		}
 	} else {
 		conn, cs, _, err = dialMoverFEC(ctx, t.addr, t.s.id, t.peer, t.o.IdleTimeout, PermSend, fecK, nil)
 	}
