@@ -572,3 +572,26 @@ func TestInstancePIDJournaledWhileStarting(t *testing.T) {
 	require.Zero(t, s.Resources.InstancePID, "cleared once the instance is stopped")
 	require.False(t, isPostgres(seen[0]))
 }
+
+// TestCancelRemovesPartialTemp: cancel removes the empty directory a
+// target mover killed while making DEST.partial leaves under its
+// temporary name (mover's makePartial), and nothing else of that shape.
+func TestCancelRemovesPartialTemp(t *testing.T) {
+	f := newFixture(t)
+	home, to := t.TempDir(), t.TempDir()
+	s, r := interruptAtSecondDump(t, f, home, to)
+	partial := s.TargetDir("Weird DB") + ".partial"
+	left := partial + "-0123456789abcdef.new"
+	require.NoError(t, os.Mkdir(left, 0o700))
+	full := partial + "-fedcba9876543210.new"
+	require.NoError(t, os.Mkdir(full, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(full, "precious"), []byte("x"), 0o600))
+	file := partial + "-00000000000000ff.new"
+	require.NoError(t, os.WriteFile(file, []byte("x"), 0o600))
+
+	_, err := r.Cancel(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.NoDirExists(t, left)
+	require.FileExists(t, filepath.Join(full, "precious"), "a directory with something in it is not the mover's leftover")
+	require.FileExists(t, file)
+}
