@@ -209,6 +209,9 @@ func (j *Journal) GetPublication(id string) (*Publication, error) {
 		p = new(Publication)
 		return json.Unmarshal(v, p)
 	})
+	if errors.Is(err, errNoJournal) {
+		return nil, fmt.Errorf("%w %q: %s holds no publications (is --home right?)", ErrNoPublication, id, filepath.Dir(j.dir))
+	}
 	return p, err
 }
 
@@ -230,6 +233,9 @@ func (j *Journal) ListPublications() ([]*Publication, error) {
 		}
 		return it.Error()
 	})
+	if errors.Is(err, errNoJournal) {
+		return nil, nil
+	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Created.After(out[b].Created) })
 	return out, err
 }

@@ -16,6 +16,11 @@ target directory that --overwrite had moved aside. Dumps already delivered and
 verified stay. A session running in another process must be interrupted first.`,
 		Args: oneArg("cancel", "SESSION_ID (see 'pgporter sessions')"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// An unknown session, or a --home that holds none, is not
+			// found without making a journal there.
+			if _, err := loadSession(g, args[0]); err != nil {
+				return err
+			}
 			r, err := newRunnerOnly(g)
 			if err != nil {
 				return err

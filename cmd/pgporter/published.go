@@ -27,16 +27,23 @@ starts, as the publication's --on-restart says). Publications made with
 --all includes publications that are gone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			pb, err := orchestrator.NewPublisher(g.home, g.log)
+			// A --home that holds no publications lists none and makes
+			// no journal there.
+			list, err := orchestrator.ReadJournal(g.home).ListPublications()
 			if err != nil {
 				return err
 			}
-			list, err := pb.List(all)
-			if err != nil {
-				return err
+			if len(list) > 0 {
+				pb, err := orchestrator.NewPublisher(g.home, g.log)
+				if err != nil {
+					return err
+				}
+				if list, err = pb.List(all); err != nil {
+					return err
+				}
+				// Publications on other hosts: as their movers report them.
+				pb.Refresh(cmd.Context(), list)
 			}
-			// Publications on other hosts: as their movers report them.
-			pb.Refresh(cmd.Context(), list)
 			if !all {
 				list = slices.DeleteFunc(list, func(p *orchestrator.Publication) bool { return p.State == orchestrator.PubGone })
 			}

@@ -19,6 +19,11 @@ made with 'publish --on' is ended on its mover. Unpublishing a publication
 that is gone already does nothing.`,
 		Args: oneArg("unpublish", "publication ID (see 'pgporter published')"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// An unknown publication, or a --home that holds none, is not
+			// found without making a journal there.
+			if _, err := orchestrator.ReadJournal(g.home).GetPublication(args[0]); err != nil {
+				return err
+			}
 			pb, err := orchestrator.NewPublisher(g.home, g.log)
 			if err != nil {
 				return err
