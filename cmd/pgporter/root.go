@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/pgporter/pgporter/chunkstore"
 	"github.com/pgporter/pgporter/chunkstore/crypt"
@@ -80,6 +82,11 @@ One binary plays every role: repository, staging and target movers
 			slog.SetDefault(log)
 			if abs, err := filepath.Abs(g.home); err == nil {
 				g.home = abs
+			}
+			// A --home that is a file failed deep in the journal or the
+			// identity, with "not a directory" twice and exit code 1.
+			if fi, err := os.Stat(g.home); err == nil && !fi.IsDir() || errors.Is(err, syscall.ENOTDIR) {
+				return usagef("--home %s: not a directory (the state directory: identity, trust, journals)", g.home)
 			}
 			if f := cmd.Flags().Lookup(repoPasswordFileFlag); f != nil && f.Value.String() != "" {
 				cmd.SetContext(chunkstore.WithPasswordFile(cmd.Context(), f.Value.String()))
