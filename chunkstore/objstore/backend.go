@@ -21,6 +21,10 @@ var (
 	// ErrDenied is matched by the error of a request the store refused
 	// (S3's 401 and 403): wrong credentials, or too few rights.
 	ErrDenied = errors.New("the object store refused the request (check the credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or the profile)")
+	// ErrBadURL is matched by ParseURL's error: a repository URL that is
+	// not s3://BUCKET/PREFIX as S3 names buckets and as this package names
+	// objects.
+	ErrBadURL = errors.New("objstore: bad repository URL")
 	// ErrRange is GetRange's for a range that does not lie within the
 	// object.
 	ErrRange = errors.New("objstore: range outside the object")

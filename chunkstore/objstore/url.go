@@ -13,10 +13,10 @@ import (
 func ParseURL(s string) (bucket, prefix string, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return "", "", fmt.Errorf("objstore: repository URL %q: %w", s, err)
+		return "", "", fmt.Errorf("%w %q: %w", ErrBadURL, s, err)
 	}
 	bad := func(why string) (string, string, error) {
-		return "", "", fmt.Errorf("objstore: repository URL %q: %s", s, why)
+		return "", "", fmt.Errorf("%w %q: %s", ErrBadURL, s, why)
 	}
 	switch {
 	case u.Scheme != "s3":
@@ -37,7 +37,7 @@ func ParseURL(s string) (bucket, prefix string, err error) {
 	prefix = strings.Trim(u.Path, "/")
 	if prefix != "" {
 		if err := ValidName(prefix); err != nil {
-			return bad("prefix " + err.Error())
+			return bad("prefix: " + err.Error())
 		}
 	}
 	return bucket, prefix, nil

@@ -33,6 +33,7 @@ func TestParseURL(t *testing.T) {
 			bucket, prefix, err := objstore.ParseURL(tc.url)
 			if tc.err != "" {
 				require.ErrorContains(t, err, tc.err)
+				require.ErrorIs(t, err, objstore.ErrBadURL)
 				return
 			}
 			require.NoError(t, err)

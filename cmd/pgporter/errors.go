@@ -152,7 +152,7 @@ func classify(err error) int {
 		return exitNotBuilt
 	case errors.Is(err, protocol.ErrVersion):
 		return exitFailure // no common protocol version: a refusal, but of the build, not of us
-	case isPassphraseUsage(err):
+	case isPassphraseUsage(err), errors.Is(err, objstore.ErrBadURL):
 		return exitUsage
 	}
 	if code, ok := jobExitCode(err); ok {
@@ -275,7 +275,7 @@ func isNetwork(err error) bool {
 // packagePrefix matches the package name a sentinel error starts with
 // ("chunkstore: not a repository"): house style for Go callers, noise for
 // the user, so userMessage drops it wherever it appears in the chain.
-var packagePrefix = regexp.MustCompile(`(^|: )(?:chunkstore|crypt|protocol|mover|staging|orchestrator|pebble): `)
+var packagePrefix = regexp.MustCompile(`(^|: )(?:chunkstore|objstore|crypt|protocol|mover|staging|orchestrator|pebble): `)
 
 // userMessage is err as the user reads it: the wrapping context kept, the
 // package prefixes of sentinels dropped.
