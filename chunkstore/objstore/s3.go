@@ -111,6 +111,11 @@ func OpenS3(ctx context.Context, rawURL string, opts S3Options) (*S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the AWS configuration: %w", err)
 	}
+	if cfg.Region == "" {
+		// The SDK's own words for it are "Invalid region: region was not
+		// a valid DNS name" or "endpoint rule error", at the first request.
+		return nil, errors.New("no AWS region: set AWS_REGION (any name, as us-east-1, for a server other than AWS) or a profile's region")
+	}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = opts.PathStyle })
 	return NewS3(client, bucket, prefix, opts)
 }
