@@ -40,13 +40,19 @@ func ReadJournal(home string) *Journal {
 	return &Journal{dir: filepath.Join(home, "orchestrator"), readOnly: true}
 }
 
-// OpenJournal returns the journal under home, creating it if needed.
+// OpenJournal returns the journal under home, which its first write or
+// lock creates: an export refused before its session is journaled (no
+// repository, a bad plan) leaves no home behind.
 func OpenJournal(home string) (*Journal, error) {
-	dir := filepath.Join(home, "orchestrator")
-	if err := os.MkdirAll(filepath.Join(dir, "locks"), 0o700); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	return &Journal{dir: filepath.Join(home, "orchestrator")}, nil
+}
+
+// create makes the journal's directories, if need be.
+func (j *Journal) create() error {
+	if err := os.MkdirAll(filepath.Join(j.dir, "locks"), 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", j.dir, err)
 	}
-	return &Journal{dir: dir}, nil
+	return nil
 }
 
 func sessionKey(id string) []byte { return []byte("s/" + id) }
@@ -64,6 +70,8 @@ func (j *Journal) with(fn func(*pebble.DB) error) error {
 		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 			return errNoJournal
 		}
+	} else if err := j.create(); err != nil {
+		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -191,6 +199,9 @@ func (j *Journal) holder(id string) (pid int, mountpoint string) {
 }
 
 func (j *Journal) tryLock(id string) (*Lock, error) {
+	if err := j.create(); err != nil {
+		return nil, err
+	}
 	f, err := os.OpenFile(filepath.Join(j.dir, "locks", id+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
