@@ -92,7 +92,8 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         config or key files removed
     8     not-found     what the command names does not exist: a repository, restore
                         point, session, publication, mover identity or trusted peer,
-                        the connection service PGSERVICE names, a key file to remove
+                        the connection service PGSERVICE names, a key file to remove,
+                        send's SRC, verify's or restore's DUMP_DIR
     130   interrupted   SIGINT or SIGTERM stopped the command
     255   abort-recovery  wal-fetch only: a failure other than a file the archive
                         lacks (8) or a usage mistake (2), such as a repository that
@@ -128,6 +129,10 @@ func notBuilt(name string) error { return fmt.Errorf("%s: %w", name, errNotBuilt
 // errAbortRecovery marks a failure of wal-fetch that must stop the
 // recovery that runs it (exitAbortRecovery).
 var errAbortRecovery = errors.New("abort recovery")
+
+// errNotFound marks what a command names and cmd itself found missing (a
+// SRC to send, a DUMP_DIR to verify or restore).
+var errNotFound = errors.New("not found")
 
 // errVerification marks a check of data against its hashes that failed in
 // cmd itself (demo's row counts).
@@ -239,7 +244,8 @@ func isNotFound(err error) bool {
 		errors.Is(err, orchestrator.ErrNoSession) || errors.Is(err, orchestrator.ErrNoPublication) ||
 		errors.Is(err, mover.ErrNoIdentity) || errors.Is(err, mover.ErrUnknownPeer) ||
 		errors.Is(err, protocol.ErrNotFound) || errors.Is(err, staging.ErrNoService) ||
-		errors.Is(err, chunkstore.ErrWALNotFound) || errors.Is(err, chunkstore.ErrKeyNotFound)
+		errors.Is(err, chunkstore.ErrWALNotFound) || errors.Is(err, chunkstore.ErrKeyNotFound) ||
+		errors.Is(err, errNotFound)
 }
 
 // isNetwork reports a failure to reach a mover or to keep the connection:

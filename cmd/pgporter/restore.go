@@ -221,7 +221,7 @@ func verifyDump(ctx context.Context, dir string, stderr io.Writer) (*mover.Verif
 	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && !dirExists(dir):
-		return nil, fmt.Errorf("%w %s: no such directory", errRestoreRefused, dir)
+		return nil, mark(fmt.Errorf("%w %s: no such directory", errRestoreRefused, dir), errNotFound)
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("%w %s: it has no %s, so nothing says the dump is whole (use pg_restore directly for dumps that pgporter did not deliver)",
 			errRestoreRefused, dir, mover.ManifestName)

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"time"
 
 	"github.com/pgporter/pgporter/internal/bytesize"
@@ -104,6 +106,10 @@ func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 	}
 	if err := so.o.Validate(); err != nil {
 		return usageError{err}
+	}
+	// A SRC that is not there was exit 1 with lstat's words.
+	if _, err := os.Lstat(so.o.Src); errors.Is(err, fs.ErrNotExist) {
+		return mark(fmt.Errorf("SRC %s: no such file or directory", so.o.Src), errNotFound)
 	}
 	s, err := mover.NewSender(g.home, g.log)
 	if err != nil {

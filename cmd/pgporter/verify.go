@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 
 	"github.com/pgporter/pgporter/internal/bytesize"
 	"github.com/pgporter/pgporter/mover"
@@ -46,7 +48,19 @@ exactly what was sent, 7 that it is not (see 'pgporter help exit-codes').`,
 					fmt.Fprintf(g.stdout, "%s  %s\n", sum, path)
 				}
 			}
+			// Not a directory, none, or one without a manifest: said in the
+			// words of restore (they were "open X: not a directory", "statat
+			// pgporter-manifest.json: no such file or directory", exit 1).
+			if fi, err := os.Stat(args[0]); err == nil && !fi.IsDir() {
+				return usagef("DUMP_DIR %s is not a directory", args[0])
+			}
 			rep, err := mover.VerifyWith(cmd.Context(), args[0], o)
+			if errors.Is(err, fs.ErrNotExist) {
+				if !dirExists(args[0]) {
+					return mark(fmt.Errorf("%s: no such directory", args[0]), errNotFound)
+				}
+				return fmt.Errorf("%s is not a dump pgporter delivered: it has no %s", args[0], mover.ManifestName)
+			}
 			if rep != nil {
 				for _, p := range rep.Problems {
 					fmt.Fprintf(g.stderr, "%s\n", p)
