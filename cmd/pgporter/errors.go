@@ -93,7 +93,7 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
     8     not-found     what the command names does not exist: a repository, restore
                         point, session, publication, mover identity or trusted peer,
                         the connection service PGSERVICE names, a key file to remove,
-                        send's SRC, verify's or restore's DUMP_DIR
+                        send's SRC, verify's or restore's DUMP_DIR, a mover's --root
     130   interrupted   SIGINT or SIGTERM stopped the command
     255   abort-recovery  wal-fetch only: a failure other than a file the archive
                         lacks (8) or a usage mistake (2), such as a repository that

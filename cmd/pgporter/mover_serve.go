@@ -188,8 +188,56 @@ func validateListen(addr string) error {
 	return nil
 }
 
+// validateMetrics checks --metrics before anything starts, as
+// validateListen does --listen: a malformed one was exit 1 and a port out
+// of range exit 4 (network), once the mover had opened its state.
+func validateMetrics(addr string) error {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if !filepath.IsAbs(path) {
+			return usagef("--metrics unix:%s: want an absolute path, e.g. unix:/run/pgporter/metrics.sock", path)
+		}
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		if _, perr := net.LookupPort("tcp", port); perr != nil {
+			err = fmt.Errorf("port %q is not a number from 0 to 65535", port)
+		}
+	}
+	if err != nil {
+		if ae, ok := errors.AsType[*net.AddrError](err); ok {
+			err = errors.New(ae.Err) // its text repeats the address
+		}
+		return usagef("--metrics %q: %v: want unix:PATH or HOST:PORT, e.g. 127.0.0.1:9448", addr, err)
+	}
+	return nil
+}
+
+// validateRoots checks that each --root is a directory: one that is not
+// there, or is a file, was exit 1 with lstat's or open's words.
+func validateRoots(roots []string) error {
+	for _, r := range roots {
+		fi, err := os.Stat(r)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return mark(fmt.Errorf("--root %s: no such directory", r), errNotFound)
+		case err == nil && !fi.IsDir():
+			return usagef("--root %s is not a directory", r)
+		}
+	}
+	return nil
+}
+
 func runServe(ctx context.Context, g *globals, so serveOpts) error {
 	if err := validateListen(so.listen); err != nil {
+		return err
+	}
+	if so.metrics != "" {
+		if err := validateMetrics(so.metrics); err != nil {
+			return err
+		}
+	}
+	if err := validateRoots(so.roots); err != nil {
 		return err
 	}
 	var memory [2]int64
