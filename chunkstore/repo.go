@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -279,7 +280,10 @@ func ListRepo(ctx context.Context, dir string) ([]RestorePoint, error) {
 		return listRemoteRepo(ctx, dir)
 	}
 	pd := filepath.Join(dir, "points")
-	if fi, err := os.Stat(pd); err != nil || !fi.IsDir() {
+	if fi, err := os.Stat(pd); errors.Is(err, fs.ErrPermission) {
+		// Not "not a repository": one this user may not read (exit 5).
+		return nil, fmt.Errorf("reading repository %s: %w", dir, err)
+	} else if err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%w: %s has no points directory", ErrNotRepo, dir)
 	}
 	key, _, err := repoFiles{dir: dir}.repoKey(ctx)
