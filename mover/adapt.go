@@ -111,7 +111,7 @@ func newLevelController(mode string) (*levelController, error) {
 	}
 	l, err := chunk.ParseLevel(mode)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("mover: unknown compression level %q (want auto, none, s2, fast4, fast1, fastest, default, better or best)", mode)
 	}
 	return &levelController{fixed: true, level: l, probeTo: noProbe}, nil
 }

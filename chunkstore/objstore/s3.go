@@ -355,6 +355,14 @@ func classify(err error, action, name string) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
+	// No credentials anywhere in the SDK's chain: its words ("get
+	// identity: get credentials: failed to refresh cached credentials, no
+	// EC2 IMDS role found, ...") do not say so plainly, nor is there a
+	// type to match. Denied (whose message names what to set), and not
+	// retried: nothing will change.
+	if strings.Contains(err.Error(), "get identity: get credentials:") {
+		return fmt.Errorf("%w: %s %s: no AWS credentials were found: %w", ErrDenied, action, name, err)
+	}
 	transient := func() error { return &TransientError{fmt.Errorf("%s %s: %w", action, name, err)} }
 	// The connection broke: the request was not sent, or its answer not
 	// read whole (the SDK reports either as a response of status 0 or of

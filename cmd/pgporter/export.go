@@ -208,6 +208,8 @@ func runExport(cmd *cobra.Command, g *globals, eo exportOpts) error {
 		return usagef("export needs --to DIR")
 	case len(eo.plan.Databases) == 0:
 		return usagef("export needs at least one --db NAME")
+	case eo.plan.Jobs < 1:
+		return usagef("--jobs %d: pg_dump needs at least 1 job", eo.plan.Jobs)
 	}
 	at, err := parseAt(eo.at, eo.atLSN, eo.atName, eo.atTimeline)
 	if err != nil {

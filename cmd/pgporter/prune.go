@@ -35,6 +35,11 @@ naming them. wal-push goes on.`,
 				return usagef("forget needs --repo DIR")
 			}
 			policy.IDs = args
+			for name, n := range map[string]int{"--keep-last": policy.KeepLast, "--keep-daily": policy.KeepDaily, "--keep-weekly": policy.KeepWeekly} {
+				if n < 0 {
+					return usagef("%s %d: a count of restore points, 0 or more", name, n)
+				}
+			}
 			if len(args) == 0 && policy.KeepLast <= 0 && policy.KeepDaily <= 0 && policy.KeepWeekly <= 0 {
 				return usagef("forget needs restore point IDs or a --keep-last, --keep-daily or --keep-weekly rule")
 			}

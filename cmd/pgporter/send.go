@@ -104,6 +104,12 @@ func runSend(cmd *cobra.Command, g *globals, so sendOpts) error {
 			return usageError{fmt.Errorf("--bwlimit: %w", err)}
 		}
 	}
+	switch {
+	case so.o.Streams < 1:
+		return usagef("--streams %d: at least 1 data stream per connection", so.o.Streams)
+	case so.o.Connections < 0:
+		return usagef("--connections %d: 0 (auto) or a fixed number of connections", so.o.Connections)
+	}
 	if err := so.o.Validate(); err != nil {
 		return usageError{err}
 	}
