@@ -41,8 +41,8 @@ type blockCache struct {
 	group   singleflight.Group
 	fetched func(time.Duration) // called with each block fetch's duration
 	disk    *diskBlocks         // the tier under this one; nil: none
-	aheads  sync.WaitGroup      // read-aheads in flight (readAhead)
-	stop    context.Context     // ends the read-aheads at close
+	aheads  sync.WaitGroup      // fetches no reader waits for: read-aheads, and those their readers left
+	stop    context.Context     // ends every fetch at close
 	cancel  context.CancelFunc
 	// noReadAhead turns readAhead off, for BenchmarkRemoteVerifyLatency.
 	noReadAhead bool
@@ -72,8 +72,9 @@ func newBlockCache(b objstore.Backend, max int64) *blockCache {
 	return c
 }
 
-// close ends the read-aheads in flight and waits for them: none outlives
-// the store.
+// close ends the fetches in flight and waits for those no reader waits
+// for (read-aheads, and fetches their readers left): none outlives the
+// store.
 func (c *blockCache) close() {
 	c.cancel()
 	c.aheads.Wait()
@@ -158,9 +159,9 @@ func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte,
 		return data, nil
 	}
 	// The fetch is shared by every reader of the block meanwhile, so no
-	// one reader's context ends it (objstore bounds its retries); each
-	// reader stops waiting when its own context ends.
-	ch := c.group.DoChan(c.flightKey(k, bucket), c.fetch(context.WithoutCancel(ctx), k, size, bucket))
+	// one reader's context ends it (objstore bounds its retries), but
+	// close does; each reader stops waiting when its own context ends.
+	ch := c.group.DoChan(c.flightKey(k, bucket), c.fetch(c.stop, k, size, bucket))
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -168,6 +169,8 @@ func (c *blockCache) block(ctx context.Context, k blockKey, size int64) ([]byte,
 		}
 		return r.Val.([]byte), nil
 	case <-ctx.Done():
+		// The flight goes on without this reader: close waits for it.
+		c.aheads.Go(func() { <-ch })
 		return nil, ctx.Err()
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
@@ -124,4 +125,61 @@ func TestBlockCache(t *testing.T) {
 	cancel()
 	err = newBlockCache(b, blockSize).readAt(cctx, n, make([]byte, 10), 0)
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// gatedBackend holds each ranged read until open is closed or the read's
+// context ends, and counts the reads in progress.
+type gatedBackend struct {
+	objstore.Backend
+	entered  chan struct{} // a send for each ranged read that begins, if there is room
+	open     chan struct{}
+	inFlight atomic.Int64
+}
+
+func (g *gatedBackend) GetRange(ctx context.Context, name string, off, n int64, dst []byte) ([]byte, error) {
+	g.inFlight.Add(1)
+	defer g.inFlight.Add(-1)
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return dst, ctx.Err()
+	}
+	return g.Backend.GetRange(ctx, name, off, n, dst)
+}
+
+// Regression: a block's fetch, which no one reader's context ends, went on
+// after the reader that started it gave up and after Close returned,
+// reading the bucket (for up to the retries' two minutes, or for ever from
+// a server that stalls) and then writing into the cache of a closed store.
+// Close ends it and waits for it.
+func TestRemoteCloseEndsAbandonedFetch(t *testing.T) {
+	d, err := objstore.OpenDir(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	data := bytes.Repeat([]byte("pgporter block fetch "), 1000)
+	id := chunk.Sum(data)
+	w, err := OpenLocal(t.TempDir(), LocalOptions{Remote: d})
+	require.NoError(t, err)
+	require.NoError(t, w.Put(context.Background(), id, data))
+	require.NoError(t, w.Close())
+
+	g := &gatedBackend{Backend: d, entered: make(chan struct{}, 1), open: make(chan struct{})}
+	defer close(g.open) // on main, the fetch is still waiting: let it go
+	r, err := OpenLocal(t.TempDir(), LocalOptions{Remote: g, DiskCacheBytes: -1})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Get(ctx, id, nil)
+		errc <- err
+	}()
+	<-g.entered
+	cancel()
+	require.ErrorIs(t, <-errc, context.Canceled)
+	require.NoError(t, r.Close())
+	require.Zero(t, g.inFlight.Load(), "no read of the bucket outlives Close")
 }
