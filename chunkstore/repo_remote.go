@@ -220,15 +220,19 @@ func listRemotePoints(ctx context.Context, b objstore.Backend, cache string, key
 
 func readRemotePoint(ctx context.Context, b objstore.Backend, cache, name string, key *crypt.MasterKey) (*RestorePoint, error) {
 	cached := filepath.Join(cache, "points", name)
-	data, err := os.ReadFile(cached)
-	if err != nil {
-		if data, err = b.Get(ctx, remotePoints+name, nil); err != nil {
-			return nil, fmt.Errorf("reading restore point %s: %w", name, err)
+	if data, err := os.ReadFile(cached); err == nil {
+		if rp, err := decodePoint(key, data, name); err == nil {
+			return rp, nil
 		}
+		// Written unsynced: a crash can leave it torn. The object is the truth.
+		_ = os.Remove(cached)
+	}
+	data, err := b.Get(ctx, remotePoints+name, nil)
+	if err != nil {
+		return nil, fmt.Errorf("reading restore point %s: %w", name, err)
 	}
 	rp, err := decodePoint(key, data, name)
 	if err != nil {
-		_ = os.Remove(cached)
 		return nil, err
 	}
 	if err := writeCacheFile(cached, data); err != nil {

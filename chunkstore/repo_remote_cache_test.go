@@ -1,0 +1,46 @@
+package chunkstore
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgporter/pgporter/chunkstore/objstore"
+)
+
+// Regression: a cached restore point that does not decode (the cache is
+// written unsynced, so a crash can leave it empty or torn) failed the
+// listing, once, as if the repository's point were bad (for an encrypted
+// repository, "tampered"), although the object is whole. It is fetched again.
+func TestRemotePointCacheTorn(t *testing.T) {
+	d, err := objstore.OpenDir(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	ctx := context.Background()
+	rp := &RestorePoint{Format: pointFormat, ID: "rp-20260101T000000Z-abcdef", Time: time.Unix(1767225600, 0).UTC()}
+	data, err := encodePoint(rp)
+	require.NoError(t, err)
+	require.NoError(t, d.PutIfAbsent(ctx, remotePoints+rp.ID+".json", bytes.NewReader(data), int64(len(data))))
+	cache := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(cache, "points"), 0o700))
+
+	for _, torn := range []int{0, len(data) / 2} {
+		rps, err := listRemotePoints(ctx, d, cache, nil)
+		require.NoError(t, err)
+		require.Len(t, rps, 1)
+		cached := filepath.Join(cache, "points", rp.ID+".json")
+		require.NoError(t, os.Truncate(cached, int64(torn)))
+		rps, err = listRemotePoints(ctx, d, cache, nil)
+		require.NoError(t, err, "a cached copy of %d bytes", torn)
+		require.Len(t, rps, 1)
+		require.Equal(t, rp.ID, rps[0].ID)
+		b, err := os.ReadFile(cached)
+		require.NoError(t, err)
+		require.Equal(t, data, b, "the cache holds the object again")
+	}
+}
