@@ -55,6 +55,10 @@ func (o objLocks) put(ctx context.Context, info lockInfo) (string, error) {
 	return name, nil
 }
 
+// maxLockObject is the most a lock object is read of: a lock is a few
+// hundred bytes of JSON.
+const maxLockObject = 64 << 10
+
 func (o objLocks) list(ctx context.Context) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	for obj, err := range o.b.List(ctx, remoteLocks) {
@@ -63,6 +67,12 @@ func (o objLocks) list(ctx context.Context) (map[string][]byte, error) {
 		}
 		name := strings.TrimPrefix(obj.Name, remoteLocks)
 		if !strings.HasSuffix(name, ".json") || strings.Contains(name, "/") {
+			continue
+		}
+		if obj.Size > maxLockObject {
+			// Not one of ours, and not read (a bucket's objects are
+			// hostile until checked): an unreadable lock, held.
+			out[name] = nil
 			continue
 		}
 		data, err := o.b.Get(ctx, obj.Name, nil)

@@ -44,3 +44,22 @@ func TestRemotePointCacheTorn(t *testing.T) {
 		require.Equal(t, data, b, "the cache holds the object again")
 	}
 }
+
+// TestRemoteLockTooLarge: a lock object larger than any lock is not read
+// (a hostile bucket could make each lock check hold its size in memory);
+// it counts as an unreadable lock, held, as a lock that does not decode.
+func TestRemoteLockTooLarge(t *testing.T) {
+	d, err := objstore.OpenDir(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	ctx := context.Background()
+	big := bytes.Repeat([]byte("x"), maxLockObject+1)
+	require.NoError(t, d.PutIfAbsent(ctx, remoteLocks+"big.json", bytes.NewReader(big), int64(len(big))))
+	small := []byte(`{"purpose":"backup"}`)
+	require.NoError(t, d.PutIfAbsent(ctx, remoteLocks+"small.json", bytes.NewReader(small), int64(len(small))))
+	got, err := objLocks{d}.list(ctx)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.Nil(t, got["big.json"], "not read")
+	require.Equal(t, small, got["small.json"])
+}
