@@ -169,6 +169,41 @@ func testRetry(t *testing.T, srv *s3test.Server) {
 		require.Equal(t, 5, injected)
 	})
 
+	// A server that takes a request and never answers, or stops in the
+	// middle of a download, fails the request as transient after the
+	// stall limit (the SDK has no limit of its own for S3: a backup's
+	// flush, and a store's Close, waited for ever), and the retries go on.
+	t.Run("Stalled", func(t *testing.T) {
+		proxy := testsupport.NewHTTPFaultProxy(t, srv.Endpoint)
+		bucket := srv.NewBucket(t)
+		const stall = 300 * time.Millisecond
+		raw, err := objstore.NewS3(srv.Client(t, proxy.URL), bucket, "", objstore.S3Options{PartSize: testPartSize, PageSize: testPageSize, Stall: stall})
+		require.NoError(t, err)
+		b, ctx := objstore.WithRetry(raw, fast), t.Context()
+		data := random(3 << 20)
+
+		proxy.Inject(1, testsupport.HTTPFault{Match: isPut, Stall: true})
+		err = raw.PutIfAbsent(ctx, "pack", bytes.NewReader(data), int64(len(data)))
+		require.True(t, objstore.IsTransient(err), "%v", err)
+		proxy.Inject(1, testsupport.HTTPFault{Match: isPut, Stall: true})
+		require.NoError(t, b.PutIfAbsent(ctx, "pack", bytes.NewReader(data), int64(len(data))))
+
+		for _, fault := range []testsupport.HTTPFault{{Match: isGet, Stall: true}, {Match: isGet, StallResponseAfter: 1 << 20}} {
+			proxy.Inject(1, fault)
+			_, err = raw.GetRange(ctx, "pack", 1000, 2<<20, nil)
+			require.True(t, objstore.IsTransient(err), "%v", err)
+			if fault.StallResponseAfter != 0 {
+				require.ErrorContains(t, err, "no answer from the server for 300ms")
+			}
+			proxy.Inject(1, fault)
+			got, err := b.Get(ctx, "pack", nil)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(data, got))
+		}
+		_, injected := proxy.Counts()
+		require.Equal(t, 6, injected)
+	})
+
 	// A put cut mid-upload leaves no object, or with retries a whole one.
 	for _, tc := range []struct {
 		name  string

@@ -8,8 +8,10 @@ import (
 	"io"
 	"iter"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,9 +46,23 @@ type S3Options struct {
 	// PageSize is the number of keys asked for per listing request
 	// (default and most 1000).
 	PageSize int32
+	// Stall is how long a request may go without progress: waiting for
+	// the answer once the request is sent, or for the next bytes of a
+	// download. It then fails as transient, and the retries of WithRetry
+	// apply; the SDK has no such limit of its own for S3, so a server that
+	// takes a request and never answers held a backup, or a Close, for
+	// ever. Default DefaultStall.
+	Stall time.Duration
 }
 
+// DefaultStall is S3Options.Stall's default: well above what a server
+// takes to store or find a part, below what a user waits for.
+const DefaultStall = time.Minute
+
 func (o S3Options) withDefaults() S3Options {
+	if o.Stall <= 0 {
+		o.Stall = DefaultStall
+	}
 	if o.PartSize == 0 {
 		o.PartSize = DefaultPartSize
 	}
@@ -91,6 +107,7 @@ type S3 struct {
 	prefix   string // "" or ending in "/"
 	partSize int64
 	pageSize int32
+	stall    time.Duration
 }
 
 var _ Backend = (*S3)(nil)
@@ -139,11 +156,17 @@ func NewS3(client *s3.Client, bucket, prefix string, opts S3Options) (*S3, error
 	opts = opts.withDefaults()
 	c := s3.New(client.Options(), func(o *s3.Options) {
 		o.Retryer = aws.NopRetryer{}
+		// The wait for an answer once a request is sent is bounded (the
+		// default client's only limits are on connecting); a download's
+		// body by stallGuard.
+		if bc, ok := o.HTTPClient.(*awshttp.BuildableClient); ok {
+			o.HTTPClient = bc.WithTransportOptions(func(tr *http.Transport) { tr.ResponseHeaderTimeout = opts.Stall })
+		}
 		// A ranged GET has no checksum of the whole object; the callers
 		// hash what they read.
 		o.DisableLogOutputChecksumValidationSkipped = true
 	})
-	return &S3{client: c, bucket: bucket, prefix: prefix, partSize: opts.PartSize, pageSize: opts.PageSize}, nil
+	return &S3{client: c, bucket: bucket, prefix: prefix, partSize: opts.PartSize, pageSize: opts.PageSize, stall: opts.Stall}, nil
 }
 
 func (s *S3) key(name string) *string { return aws.String(s.prefix + name) }
@@ -233,11 +256,13 @@ func (s *S3) GetRange(ctx context.Context, name string, off, n int64, dst []byte
 		}
 		return dst, err
 	}
+	ctx, g := newStallGuard(ctx, s.stall)
+	defer g.stop()
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
 		Bucket: &s.bucket, Key: s.key(name), Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+n-1)),
 	})
 	if err != nil {
-		return dst, classify(err, "reading", name)
+		return dst, g.classify(err, "reading", name)
 	}
 	defer out.Body.Close()
 	// A server that ignored the range would send the whole object; one
@@ -249,24 +274,73 @@ func (s *S3) GetRange(ctx context.Context, name string, off, n int64, dst []byte
 		}
 		return dst, fmt.Errorf("objstore: reading %s: asked for %s, server sent %q", name, want, cr)
 	}
-	return readBody(out.Body, n, dst, name)
+	return readBody(out.Body, n, dst, name, g)
 }
 
-// readBody appends exactly n bytes of body to dst; a body cut short is
-// transient (the connection broke).
-func readBody(body io.Reader, n int64, dst []byte, name string) ([]byte, error) {
+// readBody appends exactly n bytes of body to dst; a body cut short, or
+// that g found stalled, is transient (the connection broke).
+func readBody(body io.Reader, n int64, dst []byte, name string, g *stallGuard) ([]byte, error) {
 	if err := checkRead(name, n); err != nil {
 		return dst, err
 	}
 	l := len(dst)
 	dst = slices.Grow(dst, int(n))[:l+int(n)]
-	if _, err := io.ReadFull(body, dst[l:]); err != nil {
+	if _, err := io.ReadFull(progressReader{body, g}, dst[l:]); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return dst[:l], classify(err, "reading", name)
+		return dst[:l], g.classify(err, "reading", name)
 	}
 	return dst, nil
+}
+
+// stallGuard ends a request whose answer makes no progress for a while:
+// none by then since the request began, or since the last bytes of its
+// body. The SDK bounds neither for S3.
+type stallGuard struct {
+	d       time.Duration
+	t       *time.Timer
+	cancel  context.CancelFunc
+	stalled atomic.Bool
+}
+
+// newStallGuard returns ctx for a request, ended when it stalls for d.
+func newStallGuard(ctx context.Context, d time.Duration) (context.Context, *stallGuard) {
+	ctx, cancel := context.WithCancel(ctx)
+	g := &stallGuard{d: d, cancel: cancel}
+	g.t = time.AfterFunc(d, func() {
+		g.stalled.Store(true)
+		cancel()
+	})
+	return ctx, g
+}
+
+// stop releases g once its request is done.
+func (g *stallGuard) stop() {
+	g.t.Stop()
+	g.cancel()
+}
+
+// classify is classify, with a request g ended as transient.
+func (g *stallGuard) classify(err error, action, name string) error {
+	if err != nil && g.stalled.Load() {
+		return &TransientError{fmt.Errorf("%s %s: no answer from the server for %s", action, name, g.d)}
+	}
+	return classify(err, action, name)
+}
+
+// progressReader tells g of each read that brought bytes.
+type progressReader struct {
+	r io.Reader
+	g *stallGuard
+}
+
+func (p progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.g.t.Reset(p.g.d)
+	}
+	return n, err
 }
 
 // Get implements Backend.
@@ -274,16 +348,18 @@ func (s *S3) Get(ctx context.Context, name string, dst []byte) ([]byte, error) {
 	if err := ValidName(name); err != nil {
 		return dst, err
 	}
+	ctx, g := newStallGuard(ctx, s.stall)
+	defer g.stop()
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: s.key(name)})
 	if err != nil {
-		return dst, classify(err, "reading", name)
+		return dst, g.classify(err, "reading", name)
 	}
 	defer out.Body.Close()
 	n := aws.ToInt64(out.ContentLength)
 	if out.ContentLength == nil || n < 0 {
 		return dst, fmt.Errorf("objstore: reading %s: no content length", name)
 	}
-	return readBody(out.Body, n, dst, name)
+	return readBody(out.Body, n, dst, name, g)
 }
 
 // Stat implements Backend.
@@ -352,7 +428,12 @@ func classify(err error, action, name string) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	_, sendErr := errors.AsType[*smithyhttp.RequestSendError](err)
+	// A deadline is the caller's, except in a request that failed in the
+	// transport: there it is as likely the wait for an answer that
+	// S3Options.Stall bounds (net/http's timeouts match DeadlineExceeded),
+	// and WithRetry retries nothing once the caller's context has ended.
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) && !sendErr {
 		return err
 	}
 	// No credentials anywhere in the SDK's chain: its words ("get
@@ -367,8 +448,7 @@ func classify(err error, action, name string) error {
 	// The connection broke: the request was not sent, or its answer not
 	// read whole (the SDK reports either as a response of status 0 or of
 	// the status it had read).
-	if _, ok := errors.AsType[*smithyhttp.RequestSendError](err); ok ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+	if sendErr || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED) {
 		return transient()
 	}

@@ -32,6 +32,13 @@ type HTTPFault struct {
 	// client's connection. A negative value breaks it before the headers:
 	// the request was done, the answer is lost.
 	CutResponseAfter int64
+	// Stall takes the request (its body read whole) and never answers,
+	// until the client gives up.
+	Stall bool
+	// StallResponseAfter, when not 0, forwards the server's answer but
+	// only that many bytes of its body, then sends nothing more until the
+	// client gives up.
+	StallResponseAfter int64
 }
 
 // HTTPFaultProxy is a reverse proxy in front of a real HTTP server (the S3
@@ -76,6 +83,10 @@ func NewHTTPFaultProxy(t testing.TB, upstream string) *HTTPFaultProxy {
 	}
 	p.rp.ModifyResponse = func(resp *http.Response) error {
 		f, ok := resp.Request.Context().Value(faultKey{}).(*HTTPFault)
+		if ok && f.StallResponseAfter != 0 {
+			resp.Body = &stallBody{ReadCloser: resp.Body, left: f.StallResponseAfter, done: resp.Request.Context().Done()}
+			return nil
+		}
 		if !ok || f.CutResponseAfter == 0 {
 			return nil
 		}
@@ -150,6 +161,11 @@ func (p *HTTPFaultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	if f.Stall {
+		_, _ = io.Copy(io.Discard, r.Body)
+		<-r.Context().Done() // the client closed the connection
+		return
+	}
 	if f.CutRequestAfter != 0 {
 		r.Body = &cutBody{ReadCloser: r.Body, left: f.CutRequestAfter}
 	}
@@ -171,6 +187,26 @@ func (c *cutBody) Read(b []byte) (int, error) {
 	}
 	n, err := c.ReadCloser.Read(b)
 	c.left -= int64(n)
+	return n, err
+}
+
+// stallBody passes left bytes on, then blocks until done is closed.
+type stallBody struct {
+	io.ReadCloser
+	left int64
+	done <-chan struct{}
+}
+
+func (s *stallBody) Read(b []byte) (int, error) {
+	if s.left <= 0 {
+		<-s.done
+		return 0, errCut
+	}
+	if int64(len(b)) > s.left {
+		b = b[:s.left]
+	}
+	n, err := s.ReadCloser.Read(b)
+	s.left -= int64(n)
 	return n, err
 }
 
