@@ -208,6 +208,11 @@ func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cac
 
 // listRemotePoints lists the restore points of the repository on b,
 // oldest first. Points are immutable: each is fetched once into the cache.
+// maxPointObject is the most a restore point object is read of: its
+// tree is in chunks, so a point is its databases and the IDs of those
+// chunks, a few kB (16 MiB would list a quarter of a million tree chunks).
+const maxPointObject = 16 << 20
+
 func listRemotePoints(ctx context.Context, b objstore.Backend, cache string, key *crypt.MasterKey) ([]RestorePoint, error) {
 	var rps []RestorePoint
 	for o, err := range b.List(ctx, remotePoints) {
@@ -217,6 +222,10 @@ func listRemotePoints(ctx context.Context, b objstore.Backend, cache string, key
 		name := strings.TrimPrefix(o.Name, remotePoints)
 		if !strings.HasSuffix(name, ".json") || strings.Contains(name, "/") {
 			continue
+		}
+		if o.Size > maxPointObject {
+			// Not read: a bucket's objects are hostile until checked.
+			return nil, fmt.Errorf("chunkstore: restore point %s is %d bytes, more than any restore point (%d): not read", name, o.Size, maxPointObject)
 		}
 		rp, err := readRemotePoint(ctx, b, cache, name, key)
 		if err != nil {

@@ -63,3 +63,17 @@ func TestRemoteLockTooLarge(t *testing.T) {
 	require.Nil(t, got["big.json"], "not read")
 	require.Equal(t, small, got["small.json"])
 }
+
+// TestRemotePointTooLarge: a restore point object larger than any restore
+// point is refused without being read (a hostile bucket could make each
+// listing hold its size in memory, up to the 1 GiB read limit).
+func TestRemotePointTooLarge(t *testing.T) {
+	d, err := objstore.OpenDir(t.TempDir())
+	require.NoError(t, err)
+	defer d.Close()
+	ctx := context.Background()
+	big := make([]byte, maxPointObject+1)
+	require.NoError(t, d.PutIfAbsent(ctx, remotePoints+"rp-20260101T000000Z-abcdef.json", bytes.NewReader(big), int64(len(big))))
+	_, err = listRemotePoints(ctx, d, t.TempDir(), nil)
+	require.ErrorContains(t, err, "more than any restore point")
+}
