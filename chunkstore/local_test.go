@@ -709,6 +709,13 @@ func TestLocalKeepsOwner(t *testing.T) {
 	require.NoError(t, err)
 	putChunks(t, l, storetest.Chunks(17, 20))
 	require.NoError(t, l.Close())
+	require.Greater(t, requireOwnedBy(t, dir, uid, gid), 5)
+}
+
+// requireOwnedBy checks that everything under dir is uid:gid's, and
+// returns how many entries it checked.
+func requireOwnedBy(t *testing.T, dir string, uid, gid uint32) int {
+	t.Helper()
 	var n int
 	require.NoError(t, filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		require.NoError(t, err)
@@ -719,7 +726,7 @@ func TestLocalKeepsOwner(t *testing.T) {
 		n++
 		return nil
 	}))
-	require.Greater(t, n, 5)
+	return n
 }
 
 // TestLocalTakesBackKilledMkdir guards against a root process killed
@@ -739,14 +746,7 @@ func TestLocalTakesBackKilledMkdir(t *testing.T) {
 	require.NoError(t, err)
 	putChunks(t, l, storetest.Chunks(18, 20))
 	require.NoError(t, l.Close())
-	require.NoError(t, filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		require.NoError(t, err)
-		fi, err := d.Info()
-		require.NoError(t, err)
-		st := fi.Sys().(*syscall.Stat_t)
-		require.Equal(t, [2]uint32{uid, gid}, [2]uint32{st.Uid, st.Gid}, "owner of %s", p)
-		return nil
-	}))
+	requireOwnedBy(t, dir, uid, gid)
 }
 
 // Pack files no run knows (a lost index, a stray copy) are never deleted

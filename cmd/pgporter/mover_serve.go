@@ -173,19 +173,24 @@ func loopbackHost(host string) bool {
 // validateListen checks --listen before anything starts: HOST:PORT with an
 // empty HOST for every address and port 0 for any free port.
 func validateListen(addr string) error {
-	_, port, err := net.SplitHostPort(addr)
-	if err == nil {
-		if _, perr := net.LookupPort("udp", port); perr != nil {
-			err = fmt.Errorf("port %q is not a number from 0 to 65535", port)
-		}
-	}
-	if err != nil {
-		if ae, ok := errors.AsType[*net.AddrError](err); ok {
-			err = errors.New(ae.Err) // its text repeats the address
-		}
+	if err := checkHostPort("udp", addr); err != nil {
 		return usagef("--listen %q: %v: want HOST:PORT or :PORT, e.g. :7448", addr, err)
 	}
 	return nil
+}
+
+// checkHostPort checks that addr is HOST:PORT with a port of network.
+func checkHostPort(network, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		if _, perr := net.LookupPort(network, port); perr != nil {
+			err = fmt.Errorf("port %q is not a number from 0 to 65535", port)
+		}
+	}
+	if ae, ok := errors.AsType[*net.AddrError](err); ok {
+		err = errors.New(ae.Err) // its text repeats the address
+	}
+	return err
 }
 
 // validateMetrics checks --metrics before anything starts, as
@@ -198,16 +203,7 @@ func validateMetrics(addr string) error {
 		}
 		return nil
 	}
-	_, port, err := net.SplitHostPort(addr)
-	if err == nil {
-		if _, perr := net.LookupPort("tcp", port); perr != nil {
-			err = fmt.Errorf("port %q is not a number from 0 to 65535", port)
-		}
-	}
-	if err != nil {
-		if ae, ok := errors.AsType[*net.AddrError](err); ok {
-			err = errors.New(ae.Err) // its text repeats the address
-		}
+	if err := checkHostPort("tcp", addr); err != nil {
 		return usagef("--metrics %q: %v: want unix:PATH or HOST:PORT, e.g. 127.0.0.1:9448", addr, err)
 	}
 	return nil

@@ -84,7 +84,7 @@ func NewHTTPFaultProxy(t testing.TB, upstream string) *HTTPFaultProxy {
 	p.rp.ModifyResponse = func(resp *http.Response) error {
 		f, ok := resp.Request.Context().Value(faultKey{}).(*HTTPFault)
 		if ok && f.StallResponseAfter != 0 {
-			resp.Body = &stallBody{ReadCloser: resp.Body, left: f.StallResponseAfter, done: resp.Request.Context().Done()}
+			resp.Body = &cutBody{ReadCloser: resp.Body, left: f.StallResponseAfter, stall: resp.Request.Context().Done()}
 			return nil
 		}
 		if !ok || f.CutResponseAfter == 0 {
@@ -172,14 +172,19 @@ func (p *HTTPFaultProxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.rp.ServeHTTP(w, r.WithContext(contextWithFault(r, f)))
 }
 
-// cutBody passes left bytes on, then fails.
+// cutBody passes left bytes on, then fails; with stall, once stall is
+// closed.
 type cutBody struct {
 	io.ReadCloser
-	left int64
+	left  int64
+	stall <-chan struct{}
 }
 
 func (c *cutBody) Read(b []byte) (int, error) {
 	if c.left <= 0 {
+		if c.stall != nil {
+			<-c.stall
+		}
 		return 0, errCut
 	}
 	if int64(len(b)) > c.left {
@@ -187,26 +192,6 @@ func (c *cutBody) Read(b []byte) (int, error) {
 	}
 	n, err := c.ReadCloser.Read(b)
 	c.left -= int64(n)
-	return n, err
-}
-
-// stallBody passes left bytes on, then blocks until done is closed.
-type stallBody struct {
-	io.ReadCloser
-	left int64
-	done <-chan struct{}
-}
-
-func (s *stallBody) Read(b []byte) (int, error) {
-	if s.left <= 0 {
-		<-s.done
-		return 0, errCut
-	}
-	if int64(len(b)) > s.left {
-		b = b[:s.left]
-	}
-	n, err := s.ReadCloser.Read(b)
-	s.left -= int64(n)
 	return n, err
 }
 
