@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/pgporter/pgporter/protocol"
@@ -146,7 +147,7 @@ func makePartial(rt *os.Root, partial, tid string, journal func(destRecord) erro
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand: never fails on Linux
-	tmp := partial + "-" + hex.EncodeToString(b[:]) + ".new"
+	tmp := partial + "-" + hex.EncodeToString(b[:]) + partialTempSuffix
 	if err := journal(destRecord{Transfer: tid, Temp: tmp, Pending: true}); err != nil {
 		return destRecord{}, err
 	}
@@ -169,6 +170,27 @@ func makePartial(rt *os.Root, partial, tid string, journal func(destRecord) erro
 		return destRecord{}, err
 	}
 	return d, nil
+}
+
+// partialTempSuffix ends the temporary name of a DEST.partial being made:
+// DEST.partial-<16 hex digits>.new.
+const partialTempSuffix = ".new"
+
+// RemovePartialTemps removes, beside partial (a DEST.partial path on this
+// host), the empty directories that a mover killed while making it left
+// under temporary names; anything else of that shape stays (rmdir removes
+// nothing else, and never a link).
+func RemovePartialTemps(partial string) {
+	dir, base := filepath.Split(partial)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, base+"-") && strings.HasSuffix(n, partialTempSuffix) {
+			_ = syscall.Rmdir(filepath.Join(dir, n))
+		}
+	}
 }
 
 // samePartial checks that the name partial in rt is still, as a real

@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/staging"
-	"golang.org/x/sys/unix"
 )
 
 // reclaim releases what a run that died (SIGKILL, power loss) left on the
@@ -130,13 +128,7 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 		}
 		// The empty directory under a temporary name that a target mover
 		// killed while making DEST.partial leaves (rmdir: nothing else).
-		if ents, err := os.ReadDir(filepath.Dir(partial)); err == nil {
-			for _, e := range ents {
-				if n := e.Name(); strings.HasPrefix(n, filepath.Base(partial)+"-") && strings.HasSuffix(n, ".new") {
-					_ = unix.Rmdir(filepath.Join(filepath.Dir(partial), n))
-				}
-			}
-		}
+		mover.RemovePartialTemps(partial)
 		if aside, ok := s.Resources.Aside[db]; ok {
 			if _, err := mover.PutBack(mover.HostFS, s.TargetDir(db), aside); err != nil {
 				return s, err
