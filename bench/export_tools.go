@@ -284,9 +284,14 @@ type mounted struct {
 // on the job's CPUs, and returns once PG_VERSION shows through it. The
 // caller calls stop, also on error.
 func (j *exportJob) mountLatest(ctx context.Context, home, mnt string) (*mounted, error) {
-	m := &mounted{}
 	// Not bound to ctx: the caller stops it, also on error.
-	cmd := j.pinned(context.Background(), j.bin, "--home", home, "mount", "--repo", j.repo, "--restore-point", "latest", mnt)
+	return startMount(ctx, j.pinned(context.Background(), j.bin, "--home", home, "mount", "--repo", j.repo, "--restore-point", "latest", mnt), mnt)
+}
+
+// startMount starts cmd, a pgporter mount at mnt, and returns once
+// PG_VERSION shows through it. The caller calls stop, also on error.
+func startMount(ctx context.Context, cmd *exec.Cmd, mnt string) (*mounted, error) {
+	m := &mounted{}
 	cmd.Stdout, cmd.Stderr = &m.log, &m.log
 	d, err := startDaemon(cmd)
 	if err != nil {

@@ -118,6 +118,7 @@ func scenarios(o Options, wd *wanData) []Scenario {
 		&WALPush{Pgporter: o.Pgporter},
 		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale},
 		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale, Dump: true},
+		&Mount{Pgporter: o.Pgporter, Scale: o.MountScale, Remote: true, RepoCPUs: o.Link.SenderCPUs, ReaderCPUs: o.Link.ReceiverCPUs},
 	}
 }
 

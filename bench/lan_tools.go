@@ -292,7 +292,7 @@ func (t *pgporterTool) newRig(ctx context.Context, h string, serveArgs ...string
 		stdout.Close()
 		return nil, err
 	}
-	if err := waitLine(ctx, stdout, "listening on ", r.srv.exited); err != nil {
+	if _, err := waitLine(ctx, stdout, "listening on ", r.srv.exited); err != nil {
 		return nil, fmt.Errorf("pgporter mover serve: %w (log %s)", err, r.srvLogName)
 	}
 	return r, nil
@@ -405,10 +405,15 @@ func (r *pgporterRig) measure(ctx context.Context, src, dest string, size int64)
 	}, nil
 }
 
-// initHome makes a pgporter home and returns its peer ID, the last line
-// 'mover init' prints.
+// initHome makes a pgporter home and returns its peer ID.
 func (t *pgporterTool) initHome(ctx context.Context, home string) (string, error) {
-	out, err := exec.CommandContext(ctx, t.bin, "mover", "init", "--home", home).Output()
+	return moverInit(ctx, t.bin, home)
+}
+
+// moverInit makes a pgporter home with bin and returns its peer ID, the
+// last line 'mover init' prints.
+func moverInit(ctx context.Context, bin, home string) (string, error) {
+	out, err := exec.CommandContext(ctx, bin, "mover", "init", "--home", home).Output()
 	if err != nil {
 		return "", fmt.Errorf("pgporter mover init: %w", err)
 	}
@@ -465,17 +470,17 @@ func parseSendJSON(out []byte) (sendResult, error) {
 	return r, nil
 }
 
-// waitLine reads r until a line starts with prefix, then drains r in the
-// background so that the writer never blocks; that goroutine closes r at
-// EOF, when every writer has exited.
-func waitLine(ctx context.Context, r io.ReadCloser, prefix string, exited <-chan struct{}) error {
-	found := make(chan struct{})
+// waitLine reads r until a line starts with prefix and returns that line;
+// it drains the rest in the background so that the writer never blocks, and
+// that goroutine closes r at EOF, when every writer has exited.
+func waitLine(ctx context.Context, r io.ReadCloser, prefix string, exited <-chan struct{}) (string, error) {
+	found := make(chan string, 1)
 	go func() {
 		defer r.Close()
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			if strings.HasPrefix(sc.Text(), prefix) {
-				close(found)
+				found <- sc.Text()
 				break
 			}
 		}
@@ -484,12 +489,12 @@ func waitLine(ctx context.Context, r io.ReadCloser, prefix string, exited <-chan
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	select {
-	case <-found:
-		return nil
+	case line := <-found:
+		return line, nil
 	case <-exited:
-		return errors.New("exited before it listened")
+		return "", errors.New("exited before it listened")
 	case <-ctx.Done():
-		return fmt.Errorf("waiting for %q: %w", prefix, ctx.Err())
+		return "", fmt.Errorf("waiting for %q: %w", prefix, ctx.Err())
 	}
 }
 

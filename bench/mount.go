@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,8 +31,15 @@ import (
 // export's reference starts its instance (exportJob.startInstance), the
 // page cache dropped before each dump.
 //
-// They are two scenarios because they are two jobs: reading a data
-// directory and dumping a database have different inputs.
+// "mount-remote" (Remote) is issue 16's remote mount: the cold read of
+// "mount" through pgporter mount --repo-peer, from a repository mover on
+// RepoCPUs, against pgporter mount --repo of the same repository; the
+// mount and the reader run on ReaderCPUs in both, so that the repository
+// mover's CPU is another host's, as it is where users run it.
+//
+// They are separate scenarios because they are separate jobs: reading a
+// data directory and dumping a database have different inputs, and the
+// remote read pins its processes.
 type Mount struct {
 	// Pgporter is the pgporter binary to run; required.
 	Pgporter string
@@ -40,18 +48,29 @@ type Mount struct {
 	Scale int
 	// Dump makes this the "mount-dump" scenario.
 	Dump bool
+	// Remote makes this the "mount-remote" scenario, with the repository
+	// mover on RepoCPUs and the mounts and readers on ReaderCPUs (taskset
+	// -c lists; default "0" and "1").
+	Remote               bool
+	RepoCPUs, ReaderCPUs string
 }
 
 var _ Scenario = (*Mount)(nil)
 
 func (s *Mount) Name() string {
-	if s.Dump {
+	switch {
+	case s.Dump:
 		return "mount-dump"
+	case s.Remote:
+		return "mount-remote"
 	}
 	return "mount"
 }
 
 func (s *Mount) Describe() string {
+	if s.Remote {
+		return "cold sequential read of every file of a backup through pgporter mount --repo-peer, the repository mover on a CPU of its own (another host's), against pgporter mount --repo of the same repository; mount and reader on one CPU in both"
+	}
 	if s.Dump {
 		return "pg_dump -Fd -Z0 -j2 of a database from postgres started on a fresh pgporter mount of its backup, against the same from the local data directory"
 	}
@@ -81,6 +100,9 @@ func (s *Mount) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 	j, err := prepareMountData(ctx, env, s.Name(), s.Pgporter, s.Scale, s.Dump)
 	if err != nil {
 		return nil, err
+	}
+	if s.Remote {
+		return s.prepareRemote(ctx, env, j)
 	}
 	notes := map[string]string{
 		"data":   j.describe(),
@@ -120,6 +142,65 @@ func (s *Mount) Prepare(ctx context.Context, env Env) (_ *Setup, err error) {
 		Ratio: &Ratio{Key: "MB_s", Of: mount.Name(), Over: local.Name(), Target: 1 / 1.5},
 		Close: j.cluster.remove,
 	}, nil
+}
+
+// prepareRemote starts the repository mover of j's repository on
+// s.RepoCPUs, on loopback, and returns the mount-remote scenario's setup.
+func (s *Mount) prepareRemote(ctx context.Context, env Env, j *mountJob) (_ *Setup, err error) {
+	repoCPUs, readerCPUs := cmp.Or(s.RepoCPUs, "0"), cmp.Or(s.ReaderCPUs, "1")
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, j.cluster.remove())
+		}
+	}()
+	p := &repoPeer{home: filepath.Join(env.Dir, "home-repo")}
+	if p.id, err = moverInit(ctx, s.Pgporter, p.home); err != nil {
+		return nil, err
+	}
+	// Not bound to ctx: Close stops it.
+	cmd := exec.Command("taskset", "-c", repoCPUs, s.Pgporter, "--home", p.home, "mover", "serve", "--repo", j.repo, "--listen", "127.0.0.1:0")
+	stdout, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	p.srv, err = startDaemon(cmd)
+	w.Close() // the server holds its own copy
+	if err != nil {
+		stdout.Close()
+		return nil, err
+	}
+	line, err := waitLine(ctx, stdout, "listening on ", p.srv.exited)
+	if f := strings.Fields(line); err == nil && len(f) >= 3 {
+		p.addr = f[2]
+	} else {
+		return nil, errors.Join(fmt.Errorf("pgporter mover serve --repo: %w, %q", err, line), p.srv.stop())
+	}
+	local := &readTool{job: j, mount: true, cpus: readerCPUs}
+	remote := &readTool{job: j, mount: true, cpus: readerCPUs, peer: p}
+	return &Setup{
+		Bytes: j.size,
+		Sides: []string{"reader", "repository"},
+		Notes: map[string]string{
+			"data":  j.describe(),
+			"input": fmt.Sprintf("the data directory of the stopped cluster, %d files; each tool reads it as a tar stream, tar headers included (read_MB)", j.files),
+			"mount": "pgporter mount --restore-point latest, with a fresh home (cache, copy-on-write layer) in every run: --repo of the repository, or --repo-peer of pgporter mover serve --repo of it on loopback",
+			"CPUs":  fmt.Sprintf("the mount and tar on CPU %s (taskset -c); the repository mover on CPU %s, as another host's; reader CPU is tar's and the mount's over the read, repository CPU the mover's", readerCPUs, repoCPUs),
+			"cold":  "the page cache dropped after the mount is up and just before the read",
+		},
+		Tools:  []Tool{local, remote},
+		Settle: func(ctx context.Context) error { return exportSettle(ctx, 0) },
+		// Issue 16's target for --repo-peer.
+		Ratio: &Ratio{Key: "MB_s", Of: remote.Name(), Over: local.Name(), Target: 0.8},
+		Close: func() error { return errors.Join(p.srv.stop(), j.cluster.remove()) },
+	}, nil
+}
+
+// repoPeer is a running pgporter mover serve --repo: its home, peer ID and
+// address.
+type repoPeer struct {
+	home, id, addr string
+	srv            *daemon
 }
 
 // mountJob is what the mount tools share: the export's job around the
@@ -231,9 +312,17 @@ type readTool struct {
 	job   *mountJob
 	mount bool
 	warm  bool
+	cpus  string    // taskset -c list of the mount and tar, if not ""
+	peer  *repoPeer // the mount's --repo-peer, if not nil
 }
 
 func (t *readTool) Name() string {
+	switch {
+	case t.peer != nil:
+		return "mount --repo-peer (cold)"
+	case t.cpus != "":
+		return "mount --repo (cold)"
+	}
 	name := "local read"
 	if t.mount {
 		name = "mount read"
@@ -251,34 +340,48 @@ func (t *readTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		return Measure{}, err
 	}
 	defer func() { err = errors.Join(err, os.RemoveAll(d)) }()
-	src, m, err := j.source(ctx, d, t.mount)
-	if err != nil {
-		return Measure{}, err
-	}
+	src, m, err := t.source(ctx, d)
 	if m != nil {
 		defer func() { err = errors.Join(err, m.stop()) }()
 	}
+	if err != nil {
+		return Measure{}, err
+	}
 	if t.warm {
-		if _, _, err := tarCount(ctx, src); err != nil {
+		if _, _, err := tarCount(ctx, t.cpus, src); err != nil {
 			return Measure{}, err
 		}
 	} else if err := exportSettle(ctx, 0); err != nil {
 		return Measure{}, err
 	}
-	var mountCPU0 float64
+	var mountCPU0, repoCPU0 float64
 	if m != nil {
 		if mountCPU0, err = procCPU(m.cmd.Process.Pid); err != nil {
 			return Measure{}, err
 		}
 	}
+	if t.peer != nil {
+		if repoCPU0, err = procCPU(t.peer.srv.cmd.Process.Pid); err != nil {
+			return Measure{}, err
+		}
+	}
 	t0 := time.Now()
-	n, cpu, err := tarCount(ctx, src)
+	n, cpu, err := tarCount(ctx, t.cpus, src)
 	wall := time.Since(t0)
 	if err != nil {
 		return Measure{}, err
 	}
 	// Untimed from here.
 	x := map[string]float64{"read_MB": float64(n) / 1e6, "MB_s": float64(n) / 1e6 / wall.Seconds()}
+	var repoCPU float64
+	if t.peer != nil {
+		repoCPU1, err := procCPU(t.peer.srv.cmd.Process.Pid)
+		if err != nil {
+			return Measure{}, err
+		}
+		repoCPU = repoCPU1 - repoCPU0
+		x["repo_CPU_s"] = repoCPU
+	}
 	if m != nil {
 		mountCPU1, err := procCPU(m.cmd.Process.Pid)
 		if err != nil {
@@ -292,14 +395,50 @@ func (t *readTool) Run(ctx context.Context, rep int) (_ Measure, err error) {
 		return Measure{}, fmt.Errorf("tar of %s gave %d bytes, the data directory holds %d", src, n, j.size)
 	}
 	j.logf("%s: %s: %.2f s, %.0f MB/s", j.name, t.Name(), wall.Seconds(), x["MB_s"])
-	return Measure{Wall: wall, CPUSender: cpu, Extra: x}, nil
+	return Measure{Wall: wall, CPUSender: cpu, CPUReceiver: repoCPU, Extra: x}, nil
 }
 
-// tarCount runs tar -cf - -C dir . and returns the bytes it wrote and its
-// CPU-seconds.
-func tarCount(ctx context.Context, dir string) (int64, float64, error) {
+// source returns the directory a run reads, and the mount to stop if not
+// nil (also on error): as mountJob.source, or with t.cpus or t.peer a
+// fresh mount on those CPUs at d/mnt, of the repository or through the
+// repository mover, which is made to trust the mount's fresh home.
+func (t *readTool) source(ctx context.Context, d string) (string, *mounted, error) {
+	j := t.job
+	if t.cpus == "" && t.peer == nil {
+		return j.source(ctx, d, t.mount)
+	}
+	mnt, home := filepath.Join(d, "mnt"), filepath.Join(d, "home")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return "", nil, err
+	}
+	src := []string{"--repo", j.repo}
+	if t.peer != nil {
+		id, err := moverInit(ctx, j.bin, home)
+		if err != nil {
+			return "", nil, err
+		}
+		if out, err := exec.CommandContext(ctx, j.bin, "mover", "trust", id, "--allow", "read", "--home", t.peer.home).CombinedOutput(); err != nil {
+			return "", nil, fmt.Errorf("pgporter mover trust: %w: %s", err, tail(string(out)))
+		}
+		src = []string{"--repo-peer", t.peer.addr + "#" + t.peer.id}
+	}
+	args := append(append([]string{j.bin, "--home", home, "mount"}, src...), "--restore-point", "latest", mnt)
+	if t.cpus != "" {
+		args = append([]string{"taskset", "-c", t.cpus}, args...)
+	}
+	// Not bound to ctx: the caller stops it.
+	m, err := startMount(ctx, exec.Command(args[0], args[1:]...), mnt)
+	return mnt, m, err
+}
+
+// tarCount runs tar -cf - -C dir ., on cpus if not "" (taskset -c), and
+// returns the bytes it wrote and its CPU-seconds.
+func tarCount(ctx context.Context, cpus, dir string) (int64, float64, error) {
 	var n countWriter
 	cmd := exec.CommandContext(ctx, "tar", "-cf", "-", "-C", dir, ".")
+	if cpus != "" {
+		cmd = exec.CommandContext(ctx, "taskset", "-c", cpus, "tar", "-cf", "-", "-C", dir, ".")
+	}
 	var stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &n, &stderr
 	if err := cmd.Run(); err != nil {

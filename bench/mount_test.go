@@ -20,7 +20,7 @@ func TestTarCount(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "a"), make([]byte, 100_000), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "sub", "b"), []byte("b"), 0o644))
-	n, _, err := tarCount(context.Background(), dir)
+	n, _, err := tarCount(context.Background(), "", dir)
 	require.NoError(t, err)
 	require.Greater(t, n, int64(100_001))
 	require.Zero(t, n%10240, "GNU tar writes whole 10 KiB records")
@@ -30,7 +30,7 @@ func TestTarCount(t *testing.T) {
 	_, _ = want.Write(out)
 	require.Equal(t, int64(want), n)
 
-	_, _, err = tarCount(context.Background(), filepath.Join(dir, "missing"))
+	_, _, err = tarCount(context.Background(), "", filepath.Join(dir, "missing"))
 	require.Error(t, err)
 }
 

@@ -378,10 +378,11 @@ func TestSmokeResume(t *testing.T) {
 	require.Empty(t, strings.TrimSpace(string(ps)), "children of the test still running")
 }
 
-// TestSmokeMount runs --smoke of mount and mount-dump (about 20 s): reads
-// of a pgbench -s 1 cluster's data directory from the local disk and
-// through fresh mounts of its backup, cold and warm, and pg_dump of it from
-// postgres on each. It needs root, PostgreSQL, FUSE, tar and GNU time; when
+// TestSmokeMount runs --smoke of mount, mount-dump and mount-remote (about
+// 30 s): reads of a pgbench -s 1 cluster's data directory from the local
+// disk and through fresh mounts of its backup, cold and warm, pg_dump of
+// it from postgres on each, and cold reads through mounts of the
+// repository and of a repository mover serving it. It needs root, PostgreSQL, FUSE, tar and GNU time; when
 // CI=true a missing one fails the test.
 func TestSmokeMount(t *testing.T) {
 	testsupport.RequirePG(t)
@@ -390,7 +391,7 @@ func TestSmokeMount(t *testing.T) {
 		testsupport.SkipOrFail(t, "mount smoke: "+err.Error())
 	}
 	f, _, stdout := smoke(t, t.TempDir(), 2*time.Minute, "--scenario", "mount")
-	require.Len(t, f.Results, 2, "mount chooses mount-dump too")
+	require.Len(t, f.Results, 3, "mount chooses mount-dump and mount-remote too")
 
 	read := f.Results[0]
 	require.Equal(t, "mount", read.Scenario)
@@ -425,6 +426,26 @@ func TestSmokeMount(t *testing.T) {
 	require.InEpsilon(t, dumpMB["pg_dump local"], dumpMB["pg_dump from mount"], 0.01, "the same database dumped")
 	_, ok = dump.RatioValue()
 	require.True(t, ok)
+
+	remote := f.Results[2]
+	require.Equal(t, "mount-remote", remote.Scenario)
+	require.Equal(t, []string{"mount --repo (cold)", "mount --repo-peer (cold)"}, remote.Tools)
+	remoteMB := map[string]float64{}
+	for _, r := range remote.Runs {
+		require.Positive(t, r.Extra["MB_s"], r.Tool)
+		require.Positive(t, r.Extra["mount_CPU_s"], r.Tool)
+		_, repoCPU := r.Extra["repo_CPU_s"]
+		require.Equal(t, r.Tool == "mount --repo-peer (cold)", repoCPU, "the repository mover's CPU is measured: %s", r.Tool)
+		if repoCPU {
+			require.Positive(t, r.CPUReceiver, "the repository mover served the read")
+		}
+		remoteMB[r.Tool] = r.Extra["read_MB"]
+	}
+	require.Equal(t, readMB["local read (cold)"], remoteMB["mount --repo (cold)"])
+	require.Equal(t, readMB["local read (cold)"], remoteMB["mount --repo-peer (cold)"], "the remote mount shows the same files")
+	_, ok = remote.RatioValue()
+	require.True(t, ok)
+	require.Contains(t, stdout, "MB_s of mount --repo-peer (cold) over mount --repo (cold): ")
 
 	mounts, err := os.ReadFile("/proc/self/mounts")
 	require.NoError(t, err)
