@@ -172,7 +172,8 @@ fuzz:
 # (not 30), backups against pgBackRest full and incr (pgbench -s 20), and
 # send, backup and export at 1x (scale-1x, pgbench -s 10), and reads and
 # pg_dump through a mount against the local disk (mount and mount-dump,
-# pgbench -s 20). The WAN, outage and delta
+# pgbench -s 20), and the cold read through --repo-peer against --repo
+# (mount-remote). The WAN, outage and delta
 # scenarios and scale-10x are bench-full's.
 BENCH_FLAGS  ?=
 bench_doc     = $(if $(strip $(BENCH_FLAGS)),,--doc docs/BENCHMARKS.md --doc-section $(1))
