@@ -202,6 +202,42 @@ func testRetry(t *testing.T, srv *s3test.Server) {
 		}
 		_, injected := proxy.Counts()
 		require.Equal(t, 6, injected)
+
+		// A listing whose answer stops half way, in the SDK's own
+		// reading of it.
+		proxy.Inject(1, testsupport.HTTPFault{Match: isList, StallResponseAfter: 100})
+		for _, err := range raw.List(ctx, "") {
+			require.True(t, objstore.IsTransient(err), "%v", err)
+			require.ErrorContains(t, err, "no answer from the server for 300ms")
+		}
+	})
+
+	// A server that stops reading an upload's body: the client's write
+	// blocks once the sockets' buffers are full, which TCP alone bounds
+	// never (the server's window stays open at zero). The body is larger
+	// than those buffers can take (tcp_rmem's largest is 32 MiB here).
+	t.Run("StalledUpload", func(t *testing.T) {
+		proxy := testsupport.NewHTTPFaultProxy(t, srv.Endpoint)
+		bucket := srv.NewBucket(t)
+		const stall = 300 * time.Millisecond
+		raw, err := objstore.NewS3(srv.Client(t, proxy.URL), bucket, "", objstore.S3Options{PartSize: 64 << 20, Stall: stall})
+		require.NoError(t, err)
+		ctx := t.Context()
+		data := random(48 << 20)
+		proxy.Inject(1, testsupport.HTTPFault{Match: isPut, StallRequestAfter: 1 << 20})
+		err = raw.PutIfAbsent(ctx, "pack", bytes.NewReader(data), int64(len(data)))
+		require.True(t, objstore.IsTransient(err), "%v", err)
+		require.ErrorContains(t, err, "no answer from the server for 300ms")
+		_, err = raw.Stat(ctx, "pack")
+		require.ErrorIs(t, err, objstore.ErrNotFound, "a stalled upload left an object")
+
+		proxy.Inject(1, testsupport.HTTPFault{Match: isPut, StallRequestAfter: 1 << 20})
+		require.NoError(t, objstore.WithRetry(raw, fast).PutIfAbsent(ctx, "pack", bytes.NewReader(data), int64(len(data))))
+		got, err := raw.Get(ctx, "pack", nil)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(data, got))
+		_, injected := proxy.Counts()
+		require.Equal(t, 2, injected)
 	})
 
 	// A put cut mid-upload leaves no object, or with retries a whole one.

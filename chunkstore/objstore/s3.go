@@ -46,12 +46,13 @@ type S3Options struct {
 	// PageSize is the number of keys asked for per listing request
 	// (default and most 1000).
 	PageSize int32
-	// Stall is how long a request may go without progress: waiting for
-	// the answer once the request is sent, or for the next bytes of a
-	// download. It then fails as transient, and the retries of WithRetry
-	// apply; the SDK has no such limit of its own for S3, so a server that
-	// takes a request and never answers held a backup, or a Close, for
-	// ever. Default DefaultStall.
+	// Stall is how long a request may go without progress: the server
+	// taking the next bytes of an upload, answering once the request is
+	// sent, or sending the next bytes of its answer. The request then
+	// fails as transient, and the retries of WithRetry apply; neither
+	// net/http nor the SDK has such a limit for S3, so a server that took
+	// a request and never answered, or stopped reading an upload, held a
+	// backup, or a Close, for ever. Default DefaultStall.
 	Stall time.Duration
 }
 
@@ -107,7 +108,6 @@ type S3 struct {
 	prefix   string // "" or ending in "/"
 	partSize int64
 	pageSize int32
-	stall    time.Duration
 }
 
 var _ Backend = (*S3)(nil)
@@ -156,17 +156,14 @@ func NewS3(client *s3.Client, bucket, prefix string, opts S3Options) (*S3, error
 	opts = opts.withDefaults()
 	c := s3.New(client.Options(), func(o *s3.Options) {
 		o.Retryer = aws.NopRetryer{}
-		// The wait for an answer once a request is sent is bounded (the
-		// default client's only limits are on connecting); a download's
-		// body by stallGuard.
-		if bc, ok := o.HTTPClient.(*awshttp.BuildableClient); ok {
-			o.HTTPClient = bc.WithTransportOptions(func(tr *http.Transport) { tr.ResponseHeaderTimeout = opts.Stall })
-		}
+		// Every silence of a request is bounded: the default client's
+		// only limits are on connecting.
+		o.HTTPClient = stallClient{next: o.HTTPClient, d: opts.Stall}
 		// A ranged GET has no checksum of the whole object; the callers
 		// hash what they read.
 		o.DisableLogOutputChecksumValidationSkipped = true
 	})
-	return &S3{client: c, bucket: bucket, prefix: prefix, partSize: opts.PartSize, pageSize: opts.PageSize, stall: opts.Stall}, nil
+	return &S3{client: c, bucket: bucket, prefix: prefix, partSize: opts.PartSize, pageSize: opts.PageSize}, nil
 }
 
 func (s *S3) key(name string) *string { return aws.String(s.prefix + name) }
@@ -256,13 +253,11 @@ func (s *S3) GetRange(ctx context.Context, name string, off, n int64, dst []byte
 		}
 		return dst, err
 	}
-	ctx, g := newStallGuard(ctx, s.stall)
-	defer g.stop()
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
 		Bucket: &s.bucket, Key: s.key(name), Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+n-1)),
 	})
 	if err != nil {
-		return dst, g.classify(err, "reading", name)
+		return dst, classify(err, "reading", name)
 	}
 	defer out.Body.Close()
 	// A server that ignored the range would send the whole object; one
@@ -274,29 +269,67 @@ func (s *S3) GetRange(ctx context.Context, name string, off, n int64, dst []byte
 		}
 		return dst, fmt.Errorf("objstore: reading %s: asked for %s, server sent %q", name, want, cr)
 	}
-	return readBody(out.Body, n, dst, name, g)
+	return readBody(out.Body, n, dst, name)
 }
 
-// readBody appends exactly n bytes of body to dst; a body cut short, or
-// that g found stalled, is transient (the connection broke).
-func readBody(body io.Reader, n int64, dst []byte, name string, g *stallGuard) ([]byte, error) {
+// readBody appends exactly n bytes of body to dst; a body cut short is
+// transient (the connection broke).
+func readBody(body io.Reader, n int64, dst []byte, name string) ([]byte, error) {
 	if err := checkRead(name, n); err != nil {
 		return dst, err
 	}
 	l := len(dst)
 	dst = slices.Grow(dst, int(n))[:l+int(n)]
-	if _, err := io.ReadFull(progressReader{body, g}, dst[l:]); err != nil {
+	if _, err := io.ReadFull(body, dst[l:]); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return dst[:l], g.classify(err, "reading", name)
+		return dst[:l], classify(err, "reading", name)
 	}
 	return dst, nil
 }
 
-// stallGuard ends a request whose answer makes no progress for a while:
-// none by then since the request began, or since the last bytes of its
-// body. The SDK bounds neither for S3.
+// stallClient bounds every request's silences, which neither net/http nor
+// the SDK bounds for S3: a request whose body the server stops reading, an
+// answer that does not come, and an answer's body that stops, each for
+// longer than d, end the request with a stallError. Progress is any read
+// of the request's body by the transport or of the answer's body by the
+// caller.
+type stallClient struct {
+	next s3.HTTPClient
+	d    time.Duration
+}
+
+func (c stallClient) Do(req *http.Request) (*http.Response, error) {
+	ctx, g := newStallGuard(req.Context(), c.d)
+	req = req.WithContext(ctx)
+	if req.Body != nil && req.Body != http.NoBody {
+		req.Body = progressBody{req.Body, g}
+	}
+	if getBody := req.GetBody; getBody != nil {
+		req.GetBody = func() (io.ReadCloser, error) {
+			b, err := getBody()
+			if err != nil || b == nil || b == http.NoBody {
+				return b, err
+			}
+			return progressBody{b, g}, nil
+		}
+	}
+	resp, err := c.next.Do(req)
+	if err != nil {
+		g.stop()
+		return resp, g.check(err)
+	}
+	resp.Body = &guardedBody{progressBody{resp.Body, g}}
+	return resp, nil
+}
+
+// stallError is a request ended by stallClient.
+type stallError struct{ d time.Duration }
+
+func (e *stallError) Error() string { return fmt.Sprintf("no answer from the server for %s", e.d) }
+
+// stallGuard ends a request that makes no progress for d.
 type stallGuard struct {
 	d       time.Duration
 	t       *time.Timer
@@ -321,26 +354,37 @@ func (g *stallGuard) stop() {
 	g.cancel()
 }
 
-// classify is classify, with a request g ended as transient.
-func (g *stallGuard) classify(err error, action, name string) error {
+// check returns err, or a stallError if g ended the request.
+func (g *stallGuard) check(err error) error {
 	if err != nil && g.stalled.Load() {
-		return &TransientError{fmt.Errorf("%s %s: no answer from the server for %s", action, name, g.d)}
+		return &stallError{g.d}
 	}
-	return classify(err, action, name)
+	return err
 }
 
-// progressReader tells g of each read that brought bytes.
-type progressReader struct {
-	r io.Reader
+// progressBody tells g of each read that brought bytes.
+type progressBody struct {
+	io.ReadCloser
 	g *stallGuard
 }
 
-func (p progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
+func (p progressBody) Read(b []byte) (int, error) {
+	n, err := p.ReadCloser.Read(b)
 	if n > 0 {
 		p.g.t.Reset(p.g.d)
 	}
+	if err != io.EOF {
+		err = p.g.check(err)
+	}
 	return n, err
+}
+
+// guardedBody is an answer's body, whose Close ends its guard.
+type guardedBody struct{ progressBody }
+
+func (b *guardedBody) Close() error {
+	b.g.stop()
+	return b.ReadCloser.Close()
 }
 
 // Get implements Backend.
@@ -348,18 +392,16 @@ func (s *S3) Get(ctx context.Context, name string, dst []byte) ([]byte, error) {
 	if err := ValidName(name); err != nil {
 		return dst, err
 	}
-	ctx, g := newStallGuard(ctx, s.stall)
-	defer g.stop()
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: s.key(name)})
 	if err != nil {
-		return dst, g.classify(err, "reading", name)
+		return dst, classify(err, "reading", name)
 	}
 	defer out.Body.Close()
 	n := aws.ToInt64(out.ContentLength)
 	if out.ContentLength == nil || n < 0 {
 		return dst, fmt.Errorf("objstore: reading %s: no content length", name)
 	}
-	return readBody(out.Body, n, dst, name, g)
+	return readBody(out.Body, n, dst, name)
 }
 
 // Stat implements Backend.
@@ -427,6 +469,9 @@ var throttling = map[string]bool{
 func classify(err error, action, name string) error {
 	if err == nil {
 		return nil
+	}
+	if se, ok := errors.AsType[*stallError](err); ok {
+		return &TransientError{fmt.Errorf("%s %s: %w", action, name, se)}
 	}
 	_, sendErr := errors.AsType[*smithyhttp.RequestSendError](err)
 	// A deadline is the caller's, except in a request that failed in the

@@ -35,6 +35,10 @@ type HTTPFault struct {
 	// Stall takes the request (its body read whole) and never answers,
 	// until the client gives up.
 	Stall bool
+	// StallRequestAfter, when not 0, reads that many bytes of the
+	// request's body and then stops reading it, answering nothing, until
+	// the client gives up: a server that stops taking an upload.
+	StallRequestAfter int64
 	// StallResponseAfter, when not 0, forwards the server's answer but
 	// only that many bytes of its body, then sends nothing more until the
 	// client gives up.
@@ -48,8 +52,9 @@ type HTTPFault struct {
 type HTTPFaultProxy struct {
 	URL string // http://127.0.0.1:PORT
 
-	srv *httptest.Server
-	rp  *httputil.ReverseProxy
+	srv    *httptest.Server
+	rp     *httputil.ReverseProxy
+	closed chan struct{} // closed at cleanup, ending stalled requests
 
 	mu       sync.Mutex // guards pending, requests, injected
 	pending  []pendingFault
@@ -70,7 +75,7 @@ func NewHTTPFaultProxy(t testing.TB, upstream string) *HTTPFaultProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &HTTPFaultProxy{rp: httputil.NewSingleHostReverseProxy(u)}
+	p := &HTTPFaultProxy{rp: httputil.NewSingleHostReverseProxy(u), closed: make(chan struct{})}
 	// Each write goes out at once, so that a cut answer has really sent
 	// its first bytes.
 	p.rp.FlushInterval = -1
@@ -100,6 +105,7 @@ func NewHTTPFaultProxy(t testing.TB, upstream string) *HTTPFaultProxy {
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	p.URL = p.srv.URL
 	t.Cleanup(p.srv.Close)
+	t.Cleanup(func() { close(p.closed) }) // before Close, which waits for the handlers
 	return p
 }
 
@@ -164,6 +170,17 @@ func (p *HTTPFaultProxy) serve(w http.ResponseWriter, r *http.Request) {
 	if f.Stall {
 		_, _ = io.Copy(io.Discard, r.Body)
 		<-r.Context().Done() // the client closed the connection
+		return
+	}
+	if f.StallRequestAfter != 0 {
+		// The server learns that the client closed the connection only
+		// once it has read the body whole, so the handler also ends when
+		// the proxy closes.
+		_, _ = io.CopyN(io.Discard, r.Body, f.StallRequestAfter)
+		select {
+		case <-r.Context().Done():
+		case <-p.closed:
+		}
 		return
 	}
 	if f.CutRequestAfter != 0 {
