@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -364,7 +366,8 @@ type InitOptions struct {
 // repository URL): its master key, a first key file under o.Passphrase,
 // its config, and its chunk store. It refuses a place that holds a
 // repository (ErrRepoExists). Interrupted, it can be run again with the
-// same passphrase: key files left without a config are reused. A plain
+// same passphrase: key files left without a config are reused, and a
+// config left without a store gets its store (finishInit). A plain
 // repository needs no InitRepo: its first use creates it.
 func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err error) {
 	f, err := openRepoFiles(ctx, dir, true)
@@ -374,7 +377,7 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 	if c, err := f.readConfig(ctx); err != nil {
 		return "", err
 	} else if c != nil {
-		return "", fmt.Errorf("%w: %s is an encrypted repository", ErrRepoExists, dir)
+		return finishInit(ctx, f, dir, c, o.Passphrase)
 	}
 	if plain, err := f.holdsStore(ctx); err != nil {
 		return "", err
@@ -401,6 +404,14 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 	if err != nil {
 		return "", err
 	}
+	// Held from the config's write until the store is made: a rerun that
+	// finds a config but no store (finishInit) tells an init killed in
+	// between from one still running by it.
+	lock, err := f.lock(ctx, RepoOptions{Lock: LockShared, LockWait: time.Minute})
+	if err != nil {
+		return "", err
+	}
+	defer lock.release()
 	if err := f.create(ctx, repoConfigName, append(b, '\n')); errors.Is(err, fs.ErrExist) {
 		// Another init won the race. Its config may rest on our key file
 		// (it reused it as an interrupted init's); if not, the file holds
@@ -421,6 +432,58 @@ func InitRepo(ctx context.Context, dir string, o InitOptions) (keyID string, err
 		return "", err
 	}
 	return kf.ID, r.Close()
+}
+
+// finishInit is InitRepo where the encrypted repository's config, c, is
+// written already. A repository with a store exists (ErrRepoExists); one
+// without had its init killed between the config and the store, which
+// ListRepo (so key list, key add, restore-points, repo copy --to) takes
+// for no repository at all: a rerun with a passphrase that opens it makes
+// its store, as the init would have.
+func finishInit(ctx context.Context, f repoFiles, dir string, c *repoConfig, pass []byte) (string, error) {
+	exists := fmt.Errorf("%w: %s is an encrypted repository", ErrRepoExists, dir)
+	if held, err := f.holdsStore(ctx); err != nil {
+		return "", err
+	} else if held {
+		return "", exists
+	}
+	// An init still running holds its lock until its store is made.
+	lock, err := f.lock(ctx, RepoOptions{Lock: LockExclusive})
+	if errors.Is(err, ErrRepoLocked) {
+		return "", fmt.Errorf("%w (%w)", exists, err)
+	} else if err != nil {
+		return "", err
+	}
+	defer lock.release()
+	if held, err := f.holdsStore(ctx); err != nil {
+		return "", err
+	} else if held {
+		return "", exists
+	}
+	mk, kf, err := crypt.Unlock(ctx, f.keyStore(), pass)
+	if err == nil {
+		err = checkConfig(mk, c)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%w, whose init was interrupted before its store was made; the passphrase does not open it: %w", exists, err)
+	}
+	r, err := OpenRepoWith(ctx, dir, RepoOptions{Lock: LockNone, key: &unlockedKey{mk, kf.ID}})
+	if err != nil {
+		return "", err
+	}
+	return kf.ID, r.Close()
+}
+
+// lock takes o.Lock on the repository of f, without opening its store.
+func (f repoFiles) lock(ctx context.Context, o RepoOptions) (*repoLock, error) {
+	var locks lockStore = objLocks{f.remote}
+	if f.remote == nil {
+		var err error
+		if locks, err = dirLockStore(f.dir, f.owner); err != nil {
+			return nil, err
+		}
+	}
+	return lockRepo(ctx, locks, o, slog.New(slog.DiscardHandler))
 }
 
 // openRepoFiles returns the files of the repository at dir, creating the
