@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -122,15 +124,66 @@ type repoFiles struct {
 	owner  owner            // of a directory
 }
 
+// maxRepoFile bounds what read reads of a config or a store's format
+// marker, each under 1 KiB: a bucket's objects and a repository's files
+// are hostile until checked, and a config of a GiB (or one that is
+// /dev/zero) would be held in memory by every command that opens it.
+const maxRepoFile = 64 << 10
+
 func (f repoFiles) read(ctx context.Context, name string) ([]byte, error) {
 	if f.remote == nil {
-		return os.ReadFile(filepath.Join(f.dir, filepath.FromSlash(name)))
+		return readFileMax(filepath.Join(f.dir, filepath.FromSlash(name)), maxRepoFile)
 	}
-	b, err := f.remote.Get(ctx, name, nil)
+	b, err := getMax(ctx, f.remote, name, maxRepoFile)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
 	}
 	return b, err
+}
+
+// errFileTooLarge is matched by the error of a repository file or object
+// larger than any of its kind: not read.
+var errFileTooLarge = errors.New("more than any such file: not read")
+
+func errTooLarge(name string, size, max int64) error {
+	return fmt.Errorf("chunkstore: %s is %d bytes, %w (%d bytes at most)", name, size, errFileTooLarge, max)
+}
+
+// readFileMax reads the regular file at p, of at most max bytes. A FIFO
+// does not block it.
+func readFileMax(p string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("chunkstore: %s is not a regular file", p)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(b)) > max {
+		err = errTooLarge(p, fi.Size(), max)
+	}
+	return b, err
+}
+
+// getMax reads object name of b, of at most max bytes, fetching no more
+// than its size: Get would read up to objstore.MaxRead.
+func getMax(ctx context.Context, b objstore.Backend, name string, max int64) ([]byte, error) {
+	size, err := b.Stat(ctx, name)
+	switch {
+	case err != nil:
+		return nil, err
+	case size > max:
+		return nil, errTooLarge(name, size, max)
+	case size == 0:
+		return []byte{}, nil
+	}
+	return b.GetRange(ctx, name, 0, size, nil)
 }
 
 // create writes name once, durably; one that exists gives fs.ErrExist.
@@ -543,10 +596,15 @@ func (o objKeys) List(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// Read reads at most crypt.MaxKeyFileSize bytes: a larger object is no key
+// file (crypt.ErrKeyFileCorrupt), and is not fetched.
 func (o objKeys) Read(ctx context.Context, name string) ([]byte, error) {
-	b, err := o.b.Get(ctx, repoKeysPrefix+name, nil)
+	b, err := getMax(ctx, o.b, repoKeysPrefix+name, crypt.MaxKeyFileSize)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil, fmt.Errorf("key file %s: %w", name, fs.ErrNotExist)
+	}
+	if errors.Is(err, errFileTooLarge) {
+		err = fmt.Errorf("%w: %w", crypt.ErrKeyFileCorrupt, err)
 	}
 	return b, err
 }

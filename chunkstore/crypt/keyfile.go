@@ -55,11 +55,14 @@ const keyFileFormat = "pgporter-key-1"
 const contextCheck = "pgporter 2026-12-06 key file passphrase check v1"
 
 const (
-	keyIDLen       = 16       // hex digits of a key ID
-	saltSize       = 32       // bytes of a key file's salt
-	maxKeyFileSize = 16 << 10 // a key file is under 1 KiB; more is not one
-	maxMetaLen     = 255      // bytes of a key file's host or user
+	keyIDLen   = 16  // hex digits of a key ID
+	saltSize   = 32  // bytes of a key file's salt
+	maxMetaLen = 255 // bytes of a key file's host or user
 )
+
+// MaxKeyFileSize bounds what is read of a key file: one is under 1 KiB;
+// more is not one, and a KeyStore need not read it.
+const MaxKeyFileSize = 16 << 10
 
 var (
 	// ErrWrongPassphrase is matched by the error of an unlock whose
@@ -325,8 +328,8 @@ func DecodeKeyFile(b []byte) (*KeyFile, error) {
 	corrupt := func(format string, args ...any) (*KeyFile, error) {
 		return nil, fmt.Errorf("%w: %s", ErrKeyFileCorrupt, fmt.Sprintf(format, args...))
 	}
-	if len(b) > maxKeyFileSize {
-		return corrupt("%d bytes, above %d", len(b), maxKeyFileSize)
+	if len(b) > MaxKeyFileSize {
+		return corrupt("%d bytes, above %d", len(b), MaxKeyFileSize)
 	}
 	var j keyFileJSON
 	d := json.NewDecoder(bytes.NewReader(b))

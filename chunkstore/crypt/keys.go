@@ -254,12 +254,12 @@ func (d DirKeys) Read(ctx context.Context, name string) ([]byte, error) {
 	} else if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: %s is not a regular file", ErrKeyFileCorrupt, name)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
+	b, err := io.ReadAll(io.LimitReader(f, MaxKeyFileSize+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > maxKeyFileSize {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrKeyFileCorrupt, name, maxKeyFileSize)
+	if len(b) > MaxKeyFileSize {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrKeyFileCorrupt, name, MaxKeyFileSize)
 	}
 	return b, nil
 }
