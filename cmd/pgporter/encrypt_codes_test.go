@@ -82,3 +82,39 @@ func newEncryptedRepo(t *testing.T) (repo, pass string) {
 	require.NoError(t, err)
 	return repo, pass
 }
+
+// TestEncryptedWeakKeyExitCodes guards the exit codes of a repository
+// holding a key file below the KDF floor (testdata/weak-key: one a build
+// never writes, planted by whoever can write key files): a wrong
+// passphrase was a usage mistake (2), not 5, because the unlock's error
+// names the weak key file it skipped; and a repository whose only key file
+// is weak was 2 too, where an altered or planted key file is 7. The weak
+// key file is listed with why and can be removed.
+func TestEncryptedWeakKeyExitCodes(t *testing.T) {
+	repo, pass := newEncryptedRepo(t)
+	const weak = "cccccb7bd562d2fc"
+	b, err := os.ReadFile(filepath.Join("testdata", "weak-key", weak))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(repo, "keys", weak), b, 0o600))
+
+	code, _, errs := runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", writePass(t, "wrong"))
+	require.Equal(t, exitPermission, code, errs)
+	require.Contains(t, errs, "wrong passphrase")
+	code, out, errs := runCLI(t, "key", "list", "--repo", repo, "--repo-password-file", pass)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, weak)
+	require.Contains(t, out, "below")
+
+	keys := filepath.Join(t.TempDir(), "keys")
+	require.NoError(t, os.Rename(filepath.Join(repo, "keys"), keys))
+	require.NoError(t, os.Mkdir(filepath.Join(repo, "keys"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(repo, "keys", weak), b, 0o600))
+	code, _, errs = runCLI(t, "restore-points", "--repo", repo, "--repo-password-file", pass)
+	require.Equal(t, exitVerification, code, errs)
+	require.NoError(t, os.RemoveAll(filepath.Join(repo, "keys")))
+	require.NoError(t, os.Rename(keys, filepath.Join(repo, "keys")))
+
+	code, _, errs = runCLI(t, "key", "remove", "--repo", repo, "--repo-password-file", pass, weak)
+	require.Equal(t, 0, code, errs)
+	require.NoFileExists(t, filepath.Join(repo, "keys", weak))
+}

@@ -211,10 +211,13 @@ func isPermission(err error) bool {
 }
 
 // isPassphraseUsage reports a passphrase missing, empty, or given for a
-// repository that is not encrypted, and a key's KDF below the floor.
+// repository that is not encrypted. Not a key file's KDF below the floor
+// (crypt.ErrWeakKDF): no command takes KDF parameters, so that is a key
+// file in the repository, planted (7), and an unlock that skipped one
+// joins it to its own error (a wrong passphrase, 5).
 func isPassphraseUsage(err error) bool {
 	return errors.Is(err, crypt.ErrNoPassphrase) || errors.Is(err, crypt.ErrEmptyPassphrase) ||
-		errors.Is(err, crypt.ErrWeakKDF) || errors.Is(err, chunkstore.ErrPasswordForPlain) ||
+		errors.Is(err, chunkstore.ErrPasswordForPlain) ||
 		errors.Is(err, chunkstore.ErrEncrypted) || errors.Is(err, chunkstore.ErrNotEncryptedRepo) ||
 		errors.Is(err, chunkstore.ErrPasswordFile)
 }
@@ -225,6 +228,7 @@ func isVerification(err error) bool {
 		errors.Is(err, protocol.ErrCorrupt) || errors.Is(err, chunkstore.ErrIDMismatch) ||
 		errors.Is(err, chunk.ErrHashMismatch) || errors.Is(err, errVerification) ||
 		errors.Is(err, crypt.ErrTampered) || errors.Is(err, crypt.ErrKeyFileCorrupt) ||
+		errors.Is(err, crypt.ErrWeakKDF) ||
 		errors.Is(err, crypt.ErrNoKey) // an encrypted repository's config without its key files
 }
 
