@@ -31,3 +31,6 @@ func Rechecksum(b []byte) []byte {
 	}
 	return out
 }
+
+// MaxUnlockTries is maxUnlockTries.
+const MaxUnlockTries = maxUnlockTries

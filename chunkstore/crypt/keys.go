@@ -38,6 +38,11 @@ var (
 	// ErrLastKey is matched by the error of a RemoveKey that would leave
 	// no usable key file: the repository could never be opened again.
 	ErrLastKey = errors.New("crypt: refusing to remove the last usable key file")
+	// ErrTooManyKeys is matched by the error of an AddKey to a store
+	// that holds as many usable key files as an unlock tries: one more
+	// would leave whichever sorts last never tried, its passphrase
+	// refused as wrong.
+	ErrTooManyKeys = errors.New("crypt: the repository has as many key files as an unlock tries: remove one first")
 )
 
 // maxUnlockTries bounds the key files an unlock tries, each one a key
@@ -63,8 +68,22 @@ func InitKeys(ctx context.Context, ks KeyStore, passphrase []byte, opts KeyOptio
 	return mk, kf, nil
 }
 
-// AddKey writes a new key file holding mk under passphrase to ks.
+// AddKey writes a new key file holding mk under passphrase to ks, unless
+// ks holds maxUnlockTries usable ones already (ErrTooManyKeys).
 func AddKey(ctx context.Context, ks KeyStore, mk *MasterKey, passphrase []byte, opts KeyOptions) (*KeyFile, error) {
+	keys, err := ListKeys(ctx, ks)
+	if err != nil {
+		return nil, err
+	}
+	usable := 0
+	for _, k := range keys {
+		if k.Err == nil {
+			usable++
+		}
+	}
+	if usable >= maxUnlockTries {
+		return nil, fmt.Errorf("%w (%d)", ErrTooManyKeys, maxUnlockTries)
+	}
 	kf, err := NewKeyFile(mk, passphrase, opts)
 	if err != nil {
 		return nil, err

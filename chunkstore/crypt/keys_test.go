@@ -200,3 +200,34 @@ func TestDirKeys(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, names)
 }
+
+// TestAddKeyTooMany guards against a key add that made a passphrase stop
+// working: an unlock tries at most MaxUnlockTries usable key files, in
+// name order, and a key ID is random, so one key file past that many left
+// whichever sorts last never tried, its passphrase refused as wrong. The
+// add is refused; once a key file is removed, it is made.
+func TestAddKeyTooMany(t *testing.T) {
+	ctx := t.Context()
+	ks := crypt.DirKeys{Dir: filepath.Join(t.TempDir(), "keys")}
+	mk, _, err := crypt.InitKeys(ctx, ks, testPass, testKeyOptions)
+	require.NoError(t, err)
+	// A corrupt key file is not tried by an unlock: it does not count.
+	require.NoError(t, ks.Create(ctx, "00000000000000ff", []byte("{}")))
+	var last *crypt.KeyFile
+	for range crypt.MaxUnlockTries - 1 {
+		last, err = crypt.AddKey(ctx, ks, mk, []byte("another passphrase"), testKeyOptions)
+		require.NoError(t, err)
+	}
+	_, err = crypt.AddKey(ctx, ks, mk, []byte("one too many"), testKeyOptions)
+	require.ErrorIs(t, err, crypt.ErrTooManyKeys)
+	names, err := ks.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, names, crypt.MaxUnlockTries+1, "a refused add writes nothing")
+
+	require.NoError(t, crypt.RemoveKey(ctx, ks, last.ID))
+	kf, err := crypt.AddKey(ctx, ks, mk, []byte("one too many"), testKeyOptions)
+	require.NoError(t, err)
+	_, got, err := crypt.Unlock(ctx, ks, []byte("one too many"))
+	require.NoError(t, err)
+	require.Equal(t, kf.ID, got.ID)
+}

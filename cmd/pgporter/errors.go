@@ -85,7 +85,7 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         in another process, a lock held, a port or mountpoint in use,
                         a destination that exists (see --overwrite of export and send),
                         a repository where repo init would create one, the last key
-                        of an encrypted repository (key remove)
+                        of an encrypted repository (key remove), a 33rd key (key add)
     7     verification  data does not match its hashes: verify or restore found a
                         damaged dump, a chunk is corrupt; an encrypted repository's
                         object or key file was altered (it does not open), or its
@@ -240,7 +240,8 @@ func isConflict(err error) bool {
 		errors.Is(err, protocol.ErrConflict) || errors.Is(err, protocol.ErrBusy) ||
 		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fs.ErrExist) ||
 		errors.Is(err, chunkstore.ErrWALConflict) || errors.Is(err, chunkstore.ErrRepoLocked) ||
-		errors.Is(err, chunkstore.ErrRepoExists) || errors.Is(err, crypt.ErrLastKey)
+		errors.Is(err, chunkstore.ErrRepoExists) || errors.Is(err, crypt.ErrLastKey) ||
+		errors.Is(err, crypt.ErrTooManyKeys)
 }
 
 func isNotFound(err error) bool {
