@@ -75,8 +75,10 @@ func isPostgres(pid int) bool {
 }
 
 // Cancel ends session id and releases everything it holds: the instance,
-// the mount, the staging dumps, partial target directories; a target
-// directory moved aside by --overwrite is put back. A session running in
+// the mount, the staging dumps, partial target directories, and the
+// directories of a local To that the session created, if they are empty
+// (Session.Removed lists them); a target directory moved aside by
+// --overwrite is put back. A session running in
 // another process must be interrupted first.
 func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 	lock, err := r.j.Lock(id)
@@ -135,6 +137,12 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 			}
 			delete(s.Resources.Aside, db)
 		}
+	}
+	if s.Plan.Target == "" {
+		// Last: a To the export made is empty only once its partial
+		// directories are gone.
+		s.Removed = r.removeMadeTo(s)
+		s.Resources.MadeTo = nil
 	}
 	s.State, s.Error, s.PID = StateCancelled, "", 0 // a run killed before it could clear its PID
 	return s, r.j.Put(s)

@@ -59,6 +59,10 @@ type Options struct {
 	// the instance's OS user: a point-in-time export's restore_command is
 	// Self + " wal-fetch ...". Empty means this process's executable.
 	Self string
+	// Roots, if set, are the only places where cancel removes a directory
+	// of a local To that the session created (strictly inside one of
+	// them): a mover's --root, when it runs a peer's session.
+	Roots []string
 }
 
 // Runner creates, runs, retries and cancels export sessions.
@@ -141,7 +145,28 @@ func (r *Runner) create(ctx context.Context, p Plan, id string) (*Session, error
 	if err := r.j.Put(s); err != nil {
 		return nil, err
 	}
+	if p.Target == "" {
+		if err := r.makeTo(s); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// makeTo makes the local To of session s, just journaled, once the request
+// holds up: a To that cannot be made leaves no session either, unless a
+// part of it was made (then the session is failed, for cancel to remove).
+func (r *Runner) makeTo(s *Session) error {
+	x := &sessionRun{r: r, s: s}
+	err := x.makeTo()
+	if err == nil {
+		return nil
+	}
+	if m := s.Resources.MadeTo; m == nil || (m.Temp == "" && len(m.Dirs) == 0) {
+		return errors.Join(err, r.j.Delete(s.ID))
+	}
+	s.State, s.Error = StateFailed, err.Error()
+	return errors.Join(fmt.Errorf("session %s: %w", s.ID, err), r.j.Put(s))
 }
 
 // checkAuth checks p.Auth, the empty default standing for AuthPassword.
@@ -285,9 +310,9 @@ func (p *Plan) resolveTo() error {
 		}
 		return nil
 	}
-	// Made only once the request holds up: a failed export leaves nothing.
+	// Made once the session that records it is journaled (makeTo).
 	var err error
-	p.To, err = localTo(p.To)
+	p.To, err = planTo(p.To)
 	return err
 }
 
@@ -451,6 +476,11 @@ func (x *sessionRun) run(ctx context.Context) error {
 	if p.Target != "" {
 		tgt, err = openRemoteTarget(r.o.Home, p.Target, r.o.Log)
 	} else {
+		// A retry makes (and records) a To that a crash in Create left
+		// unmade, or that was removed since.
+		if err := x.makeTo(); err != nil {
+			return err
+		}
 		tgt, err = startEmbedded(r.o.Home, p.To, r.o.Log)
 	}
 	if err != nil {
@@ -1198,19 +1228,6 @@ func linkGlobals(src, dst string) error {
 		return fmt.Errorf("adding %s to the dump: %w", staging.GlobalsFile, err)
 	}
 	return nil
-}
-
-// localTo makes a local --to directory and returns its absolute path with
-// symbolic links resolved.
-func localTo(to string) (string, error) {
-	abs, err := filepath.Abs(to)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
-		return "", fmt.Errorf("%w: creating --to %s: %v", ErrBadPlan, abs, err)
-	}
-	return filepath.EvalSymlinks(abs)
 }
 
 // backupHBA reads the local lines of the backup's pg_hba.conf in dataDir

@@ -108,6 +108,11 @@ func (j *Journal) Put(s *Session) error {
 	})
 }
 
+// Delete removes session id from the journal.
+func (j *Journal) Delete(id string) error {
+	return j.with(func(db *pebble.DB) error { return db.Delete(sessionKey(id), pebble.Sync) })
+}
+
 // Get reads session id.
 func (j *Journal) Get(id string) (*Session, error) {
 	var s *Session

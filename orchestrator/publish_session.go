@@ -93,7 +93,7 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 		}
 	} else {
 		var err error
-		if s.Plan.To, err = localTo(p.To); err != nil {
+		if s.Plan.To, err = planTo(p.To); err != nil {
 			return nil, err
 		}
 		for _, db := range p.Databases {
@@ -113,6 +113,11 @@ func (r *Runner) createPublished(p Plan, id string) (*Session, error) {
 	}
 	if err := r.j.Put(s); err != nil {
 		return nil, err
+	}
+	if p.Target == "" && pub.On == "" {
+		if err := r.makeTo(s); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -215,7 +220,7 @@ func (x *sessionRun) checkPublished(ctx context.Context, in *staging.Instance, p
 		if err := makeOwnedDir(c.dumpDir, x.s.ID); err != nil {
 			return fmt.Errorf("the staging directory of session %s: %w", x.s.ID, err)
 		}
-	} else if err := os.MkdirAll(c.dumpDir, 0o755); err != nil {
+	} else if err := x.makeTo(); err != nil {
 		return err
 	}
 	return x.check(ctx, c, out)
@@ -324,6 +329,8 @@ func (r *Runner) cancelPublished(ctx context.Context, s *Session) (*Session, err
 					}
 				}
 			}
+			s.Removed = r.removeMadeTo(s)
+			s.Resources.MadeTo = nil
 		}
 	}
 	s.State, s.Error = StateCancelled, ""
@@ -371,7 +378,7 @@ func (j *StagingJobs) runSessionJob(ctx context.Context, jb *protocol.RunJob, em
 	if !validSessionID(jb.Session) {
 		return fmt.Errorf("%w: bad session ID %q (not one pgporter makes)", ErrBadPlan, jb.Session)
 	}
-	r, err := NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Events: func(e Event) { emit(eventToWire(e)) }})
+	r, err := NewRunner(Options{Home: j.Home, Log: j.Log, Password: jb.Password, Roots: j.Roots, Events: func(e Event) { emit(eventToWire(e)) }})
 	if err != nil {
 		return err
 	}

@@ -216,7 +216,7 @@ func (j *StagingJobs) runExportJob(ctx context.Context, jb *protocol.RunJob, emi
 	var r *Runner
 	var totalsMu sync.Mutex
 	totals := map[string]int64{} // each step's last progress total
-	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Self: j.Self, Password: jb.Password, Events: func(e Event) {
+	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Self: j.Self, Password: jb.Password, Roots: j.Roots, Events: func(e Event) {
 		ev := eventToWire(e)
 		if j.ExportProgress != nil && e.Step != "" {
 			totalsMu.Lock()

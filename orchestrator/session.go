@@ -163,6 +163,9 @@ type Resources struct {
 	// Aside maps a database to where its old target directory was moved
 	// (--overwrite); cancel puts it back, success removes it.
 	Aside map[string]string `json:"aside,omitempty"`
+	// MadeTo is what of a local To the session created (todir.go); cancel
+	// removes it if it is still as made and empty.
+	MadeTo *MadeDirs `json:"made_to,omitempty"`
 }
 
 // Session is the journal record of one export.
@@ -178,6 +181,9 @@ type Session struct {
 	Reached *staging.Reached `json:"reached,omitempty"`
 	Error   string           `json:"error,omitempty"`
 	PID     int              `json:"pid,omitempty"` // the process running it, while it runs
+	// Removed lists the directories of a local To that cancel removed:
+	// those the session had created, found empty.
+	Removed []string `json:"removed,omitempty"`
 }
 
 // Step returns the step named name, adding it if it is missing.
