@@ -11,6 +11,7 @@ import (
 	"github.com/pgporter/pgporter/mover"
 	"github.com/pgporter/pgporter/protocol"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // A peer trusted only with orchestrate used to choose the staging mover's
@@ -427,4 +428,48 @@ func TestPeerAuthCarried(t *testing.T) {
 	s, err := h.jobs.journal(t).Get(id)
 	require.NoError(t, err)
 	require.Equal(t, AuthBackupHBA, s.Plan.Auth)
+}
+
+// TestPeerCancelMadeToConfined: a mover cancelling a session for a peer
+// removes a --to the session created only inside its roots, never a root
+// itself, and only the directory the record identifies: a journal whose
+// record points elsewhere (from an older version, or swapped under it)
+// removes nothing else.
+func TestPeerCancelMadeToConfined(t *testing.T) {
+	h := newHostileMover(t)
+	j, err := OpenJournal(h.jobs.Home)
+	require.NoError(t, err)
+	made := func(t *testing.T, dir string) MadeDir {
+		t.Helper()
+		d, err := dirIdentity(unix.AT_FDCWD, dir)
+		require.NoError(t, err)
+		d.Path = dir
+		return d
+	}
+	cancelWith := func(t *testing.T, to string, dirs ...MadeDir) {
+		t.Helper()
+		id := newSessionID(time.Now())
+		require.NoError(t, j.Put(&Session{ID: id, State: StateFailed, Created: time.Now().UTC(),
+			Plan:      Plan{StagingDir: h.stagingDir, To: to, Databases: []string{"shop"}},
+			Resources: Resources{MadeTo: &MadeDirs{Dirs: dirs}}}))
+		require.NoError(t, h.run(t, cancelJob(id)))
+	}
+
+	outside := filepath.Join(t.TempDir(), "empty")
+	require.NoError(t, os.Mkdir(outside, 0o755))
+	cancelWith(t, outside, made(t, outside))
+	require.DirExists(t, outside, "outside every root")
+
+	cancelWith(t, h.root, made(t, h.root))
+	require.DirExists(t, h.root, "a root itself")
+
+	inside := filepath.Join(h.root, "new")
+	require.NoError(t, os.Mkdir(inside, 0o755))
+	other := made(t, outside)
+	other.Path = inside
+	cancelWith(t, inside, other)
+	require.DirExists(t, inside, "another directory's identity")
+
+	cancelWith(t, filepath.Join(inside, "x"), made(t, inside))
+	require.NoDirExists(t, inside, "made by the session, inside a root, empty: removed")
 }
