@@ -85,14 +85,23 @@ var settingEnvNames = sync.OnceValue(func() []string {
 	return names
 })
 
-// setfromstdout VAR sets VAR to the last line of the previous command's stdout.
+// setfromstdout VAR [REGEXP] sets VAR to the last line of the previous
+// command's stdout, or to the first group of REGEXP's first match in it.
 func cmdSetFromStdout(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 1 {
-		ts.Fatalf("usage: setfromstdout VAR")
+	if neg || len(args) < 1 || len(args) > 2 {
+		ts.Fatalf("usage: setfromstdout VAR [REGEXP]")
 	}
 	out := strings.TrimRight(ts.ReadFile("stdout"), "\n")
 	if out == "" {
 		ts.Fatalf("setfromstdout: the previous command printed nothing")
+	}
+	if len(args) == 2 {
+		m := regexp.MustCompile(args[1]).FindStringSubmatch(out)
+		if len(m) < 2 {
+			ts.Fatalf("setfromstdout: no group of %q in stdout", args[1])
+		}
+		ts.Setenv(args[0], m[1])
+		return
 	}
 	ts.Setenv(args[0], out[strings.LastIndexByte(out, '\n')+1:])
 }
