@@ -92,11 +92,15 @@ func (d dirLocks) list(context.Context) (map[string][]byte, error) {
 		if strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(d.dir, e.Name()))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
+		b, err := readFileMax(filepath.Join(d.dir, e.Name()), maxLockObject)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue // released meanwhile
+		case errors.Is(err, errFileTooLarge), errors.Is(err, errNotRegular):
+			// Not one of ours, and not read (a FIFO would block): an
+			// unreadable lock, held, as in a bucket.
+			b = nil
+		case err != nil:
 			return nil, fmt.Errorf("chunkstore: reading the repository's locks: %w", err)
 		}
 		out[e.Name()] = b

@@ -321,7 +321,7 @@ func sortPoints(rps []RestorePoint) {
 }
 
 func readPoint(key *crypt.MasterKey, p string) (*RestorePoint, error) {
-	b, err := os.ReadFile(p)
+	b, err := readFileMax(p, maxPointObject)
 	if err != nil {
 		return nil, fmt.Errorf("chunkstore: reading restore point: %w", err)
 	}

@@ -206,13 +206,13 @@ func openRemoteRepo(ctx context.Context, repoURL string, b objstore.Backend, cac
 	return &Repo{dir: repoURL, log: log, store: st, owner: own, lock: lock, remote: b, cache: cache, key: key.key, keyID: key.keyID}, nil
 }
 
-// listRemotePoints lists the restore points of the repository on b,
-// oldest first. Points are immutable: each is fetched once into the cache.
-// maxPointObject is the most a restore point object is read of: its
-// tree is in chunks, so a point is its databases and the IDs of those
+// maxPointObject is the most a restore point file or object is read of:
+// its tree is in chunks, so a point is its databases and the IDs of those
 // chunks, a few kB (16 MiB would list a quarter of a million tree chunks).
 const maxPointObject = 16 << 20
 
+// listRemotePoints lists the restore points of the repository on b,
+// oldest first. Points are immutable: each is fetched once into the cache.
 func listRemotePoints(ctx context.Context, b objstore.Backend, cache string, key *crypt.MasterKey) ([]RestorePoint, error) {
 	var rps []RestorePoint
 	for o, err := range b.List(ctx, remotePoints) {

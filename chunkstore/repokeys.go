@@ -149,6 +149,10 @@ func errTooLarge(name string, size, max int64) error {
 	return fmt.Errorf("chunkstore: %s is %d bytes, %w (%d bytes at most)", name, size, errFileTooLarge, max)
 }
 
+// errNotRegular is readFileMax's error for a file that is not a regular
+// one.
+var errNotRegular = errors.New("not a regular file")
+
 // readFileMax reads the regular file at p, of at most max bytes. A FIFO
 // does not block it.
 func readFileMax(p string, max int64) ([]byte, error) {
@@ -162,7 +166,10 @@ func readFileMax(p string, max int64) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("chunkstore: %s is not a regular file", p)
+		return nil, fmt.Errorf("chunkstore: %s: %w", p, errNotRegular)
+	}
+	if fi.Size() > max {
+		return nil, errTooLarge(p, fi.Size(), max)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err == nil && int64(len(b)) > max {

@@ -75,3 +75,42 @@ func TestRepoFilesBoundedReads(t *testing.T) {
 	_, err = repoFiles{dir: fifo}.readConfig(ctx)
 	require.ErrorContains(t, err, "not a regular file")
 }
+
+// TestDirRepoBoundedReads guards a directory repository's restore points,
+// locks and WAL records as a bucket's are: a point file larger than any
+// point is refused unread (it was read whole, however large); a lock file
+// that is too large or a FIFO is an unreadable lock, held, named by the
+// refusal (a FIFO blocked every command that locks the repository); a WAL
+// record that is a FIFO is refused (it blocked wal-fetch, and so a
+// recovery, for ever).
+func TestDirRepoBoundedReads(t *testing.T) {
+	ctx := context.Background()
+	points := t.TempDir()
+	f, err := os.Create(filepath.Join(points, "rp-big.json"))
+	require.NoError(t, err)
+	require.NoError(t, f.Truncate(maxPointObject+1)) // sparse: nothing to read but zeros
+	require.NoError(t, f.Close())
+	_, err = listPoints(nil, points)
+	require.ErrorIs(t, err, errFileTooLarge)
+
+	locks := t.TempDir()
+	store := dirLocks{dir: locks}
+	require.NoError(t, syscall.Mkfifo(filepath.Join(locks, "0000000000000001.json"), 0o644))
+	big, err := os.Create(filepath.Join(locks, "0000000000000002.json"))
+	require.NoError(t, err)
+	require.NoError(t, big.Truncate(maxLockObject+1))
+	require.NoError(t, big.Close())
+	live, err := liveLocks(ctx, store, "")
+	require.NoError(t, err)
+	var purposes []string
+	for _, l := range live {
+		require.True(t, l.Exclusive)
+		purposes = append(purposes, l.Purpose)
+	}
+	require.ElementsMatch(t, []string{"an unreadable lock 0000000000000001.json", "an unreadable lock 0000000000000002.json"}, purposes)
+
+	wal := filepath.Join(t.TempDir(), "000000010000000000000001.json")
+	require.NoError(t, syscall.Mkfifo(wal, 0o644))
+	_, err = readWALRecord(nil, wal)
+	require.ErrorIs(t, err, errNotRegular)
+}

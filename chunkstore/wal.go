@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgporter/pgporter/chunkstore/chunk"
 	"github.com/pgporter/pgporter/chunkstore/crypt"
+	"github.com/pgporter/pgporter/chunkstore/objstore"
 )
 
 // The WAL archive of a repository: PostgreSQL's archive_command pushes each
@@ -367,8 +368,14 @@ func encodeWALRecord(key *crypt.MasterKey, w *WALFile) ([]byte, error) {
 	return sealFile(key, crypt.KindWAL, w.Name, append(b, '\n')), nil
 }
 
+// maxWALRecord is the most a WAL record file is read of, as a bucket's
+// objects are (objstore.MaxRead): a record lists the chunks of a segment
+// of up to 1 GiB, in chunks as small as the repository's parameters let
+// them be.
+const maxWALRecord = objstore.MaxRead
+
 func readWALRecord(key *crypt.MasterKey, p string) (*WALFile, error) {
-	b, err := os.ReadFile(p)
+	b, err := readFileMax(p, maxWALRecord)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, err
