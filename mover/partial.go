@@ -24,8 +24,13 @@ import (
 // DEST.partial is made under the random name Temp and renamed into place
 // (makePartial); a Pending record names Temp before the directory exists,
 // and vouches for no directory.
+//
+// Peer (since protocol 12) is the peer that opened the transfer: only it
+// may abandon the directory (abandon.go). A record without one, written by
+// an older build, is abandoned by nobody.
 type destRecord struct {
 	Transfer string `json:"transfer"`
+	Peer     string `json:"peer,omitempty"`
 	Dev      uint64 `json:"dev,omitempty"`
 	Ino      uint64 `json:"ino,omitempty"`
 	Temp     string `json:"temp,omitempty"`

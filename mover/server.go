@@ -518,6 +518,9 @@ func (c *serverConn) handle(ctx context.Context, m protocol.Message) bool {
 		return false
 	case *protocol.SpaceQuery:
 		return c.handleSpaceQuery(m)
+	case *protocol.Abandon:
+		c.s.noteRole(c.peer, c.conn, PermSend)
+		return c.handleAbandon(ctx, m)
 	default:
 		c.refuse(ctx, fmt.Errorf("%w: unexpected %s", protocol.ErrProtocol, m.Type()))
 		return false
@@ -1136,6 +1139,7 @@ func (o *openRequest) startPartial(r *receiver, rec *destRecord) error {
 				return err
 			}
 		}
+		d.Peer = o.peer.String()
 		v, _ := json.Marshal(d)
 		if err := s.db.Set(keyDest(m.Dest), v, pebble.Sync); err != nil {
 			return err
@@ -1162,6 +1166,7 @@ func (o *openRequest) startPartial(r *receiver, rec *destRecord) error {
 	b := s.db.NewBatch()
 	meta, _ := json.Marshal(r.meta)
 	b.Set(keyMeta(r.tid), meta, nil)
+	drec.Peer = o.peer.String()
 	dv, _ := json.Marshal(drec)
 	b.Set(keyDest(m.Dest), dv, nil)
 	if err := b.Commit(pebble.Sync); err != nil {

@@ -42,6 +42,8 @@ const (
 	TypeWALNeed       Type = 29
 	TypeWALPushed     Type = 30
 	TypeDirTime       Type = 31
+	TypeAbandon       Type = 32
+	TypeAbandoned     Type = 33
 )
 
 var typeNames = [...]string{
@@ -76,6 +78,8 @@ var typeNames = [...]string{
 	TypeWALNeed:       "WALNeed",
 	TypeWALPushed:     "WALPushed",
 	TypeDirTime:       "DirTime",
+	TypeAbandon:       "Abandon",
+	TypeAbandoned:     "Abandoned",
 }
 
 // String returns the message name ("FileHeader"), or "Type(N)" for an
@@ -173,6 +177,10 @@ func newMessage(t Type) message {
 		return new(WALPushed)
 	case TypeDirTime:
 		return new(DirTime)
+	case TypeAbandon:
+		return new(Abandon)
+	case TypeAbandoned:
+		return new(Abandoned)
 	}
 	return nil
 }
@@ -550,6 +558,71 @@ func (m *DirTime) check() error {
 		if err := ValidPath(m.Path); err != nil {
 			return fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
+	}
+	return nil
+}
+
+// Abandon (protocol 12) asks a receiver to remove what transfer
+// TransferID left at Dest: its DEST.partial, the temporary directories of
+// one being made, and its records. The receiver removes them only if they
+// are this peer's, for this transfer (section 7.7 of docs/PROTOCOL.md),
+// never a committed Dest.
+type Abandon struct {
+	TransferID string // ValidTransferID
+	Dest       string // ValidAbsPath on the receiver, as the transfer's OpenTransfer named it
+}
+
+func (*Abandon) Type() Type { return TypeAbandon }
+
+func (m *Abandon) Append(b []byte) []byte {
+	b = appendString(b, m.TransferID)
+	return appendString(b, m.Dest)
+}
+
+func (m *Abandon) decode(d *decoder) {
+	m.TransferID = d.string("transfer ID", MaxTransferIDLen)
+	m.Dest = d.string("dest", MaxPathLen)
+}
+
+func (m *Abandon) check() error {
+	if err := ValidTransferID(m.TransferID); err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	if err := ValidAbsPath(m.Dest); err != nil {
+		return fmt.Errorf("%w: dest: %w", ErrProtocol, err)
+	}
+	return nil
+}
+
+// AbandonState is what Abandoned reports.
+type AbandonState uint8
+
+const (
+	// AbandonRemoved: the transfer's DEST.partial (or the temporary
+	// directory of one being made) was removed, with its records.
+	AbandonRemoved AbandonState = 1
+	// AbandonNothing: this peer's transfer left nothing at Dest (never
+	// opened here, committed, removed already, or taken over by another
+	// transfer).
+	AbandonNothing AbandonState = 2
+)
+
+// Abandoned (protocol 12) answers Abandon.
+type Abandoned struct {
+	State AbandonState
+}
+
+func (*Abandoned) Type() Type { return TypeAbandoned }
+
+func (m *Abandoned) Append(b []byte) []byte { return appendUvarint(b, uint64(m.State)) }
+
+func (m *Abandoned) decode(d *decoder) {
+	m.State = AbandonState(d.uvarint("state", uint64(AbandonNothing)))
+}
+
+func (m *Abandoned) check() error {
+	if m.State != AbandonRemoved && m.State != AbandonNothing {
+		return violation("abandon state %d is not 1 or 2", m.State)
 	}
 	return nil
 }

@@ -82,6 +82,10 @@ func sampleMessages() map[string]Message {
 		"Dir":                       &Dir{Path: "app/data", Mode: 0o755},
 		"DirTime":                   &DirTime{Path: "app/data", MTime: 1764979200123456789},
 		"DirTime/root":              &DirTime{Path: ".", MTime: -1},
+		"Abandon":                   &Abandon{TransferID: "s-20261207-ab12-app", Dest: "/srv/dumps/app"},
+		"Abandon/max":               &Abandon{TransferID: strings.Repeat("Az09._-", 19)[:MaxTransferIDLen], Dest: "/" + maxPath[1:]},
+		"Abandoned":                 &Abandoned{State: AbandonRemoved},
+		"Abandoned/nothing":         &Abandoned{State: AbandonNothing},
 		"Dir/dest":                  &Dir{Path: ".", Mode: 0o700},
 		"Dir/max":                   &Dir{Path: maxPath, Mode: 0o7777},
 		"TransferState":             &TransferState{State: StateResume, DurableBytes: 1 << 33, DurableChunks: 131072, Free: 1 << 50},
@@ -233,7 +237,8 @@ func TestTypeNumbersAreStable(t *testing.T) {
 		6: "FileChunks", 7: "FileEnd", 8: "ManifestEnd", 9: "Need", 10: "NeedEnd", 11: "SendDone", 12: "ChunkData",
 		13: "Progress", 14: "Committed", 15: "SpaceQuery", 16: "SpaceReply", 17: "GetChunks",
 		18: "ListPoints", 19: "PointList", 20: "GetPoint", 21: "Point", 22: "RunJob", 23: "JobEvent", 24: "JoinTransfer", 25: "Dir",
-		26: "GetWAL", 27: "WALRecord", 28: "PushWAL", 29: "WALNeed", 30: "WALPushed", 31: "DirTime"}
+		26: "GetWAL", 27: "WALRecord", 28: "PushWAL", 29: "WALNeed", 30: "WALPushed", 31: "DirTime",
+		32: "Abandon", 33: "Abandoned"}
 	for tt := Type(0); ; tt++ {
 		name, ok := want[tt]
 		if tt.Known() != ok {

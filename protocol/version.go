@@ -60,8 +60,13 @@ import (
 // frames its replies on them. Nothing on the streams changes; a sender
 // frames an added connection only for a receiver of 11 or later, since an
 // older one drops framed datagrams unread.
+//
+// Version 12 adds Abandon and Abandoned: a peer that sent a transfer asks
+// the receiver to remove the DEST.partial that transfer left (a cancelled
+// export). A peer below 12 is sent neither; the caller reports that the
+// partial directory stays.
 const (
-	Version    uint16 = 11
+	Version    uint16 = 12
 	MinVersion uint16 = 3
 	// JoinVersion is the first version with JoinTransfer.
 	JoinVersion uint16 = 5
@@ -78,6 +83,8 @@ const (
 	DirTimeVersion uint16 = 10
 	// FECVersion is the first version that accepts framed datagrams.
 	FECVersion uint16 = 11
+	// AbandonVersion is the first version with Abandon and Abandoned.
+	AbandonVersion uint16 = 12
 )
 
 // Receiver limits of version 2.
