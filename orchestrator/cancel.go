@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgporter/pgporter/mover"
+	"github.com/pgporter/pgporter/protocol"
 	"github.com/pgporter/pgporter/staging"
 )
 
@@ -94,18 +95,22 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 		return s, fmt.Errorf("session %s is done; nothing to cancel (its dumps are delivered)", id)
 	}
 	if s.State == StateCancelled {
+		if len(s.Resources.TargetLeft) > 0 {
+			// Only the target's part was left to do.
+			if s.Plan.Staging != "" {
+				return s, r.cancelStaging(ctx, s)
+			}
+			return s, r.abandonOnTarget(ctx, s)
+		}
 		return s, nil
 	}
 	if s.Plan.Published != "" {
 		return r.cancelPublished(ctx, s)
 	}
 	if s.Plan.Staging != "" {
-		// The staging host holds what there is to release.
-		if err := r.cancelRemote(ctx, s); err != nil {
-			return s, err
-		}
-		s.State, s.Error, s.PID = StateCancelled, "", 0 // a run killed before it could clear its PID
-		return s, r.j.Put(s)
+		// The staging host holds what there is to release, and asks the
+		// target to remove what its transfers left.
+		return s, r.cancelStaging(ctx, s)
 	}
 	if err := r.reclaim(ctx, s); err != nil {
 		return s, err
@@ -113,12 +118,15 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 	if err := removeOwned(s.SessionDir(), s.ID); err != nil {
 		return s, fmt.Errorf("removing the staging files: %w", err)
 	}
+	var onTarget []string
 	for _, db := range s.Plan.Databases {
-		if s.Plan.Target != "" {
-			break // the target's partial directories are the target's (a rerun takes them over)
-		}
 		if s.Step(TransferStep(db)).State == StepDone {
 			continue // delivered and verified: the user's now
+		}
+		if s.Plan.Target != "" {
+			// The target mover made them: it removes them, asked below.
+			onTarget = append(onTarget, db)
+			continue
 		}
 		// The embedded target mover made it a real directory; anything else
 		// there (a link planted by a local user) is not pgporter's.
@@ -145,7 +153,126 @@ func (r *Runner) Cancel(ctx context.Context, id string) (*Session, error) {
 		s.Resources.MadeTo = nil
 	}
 	s.State, s.Error, s.PID = StateCancelled, "", 0 // a run killed before it could clear its PID
+	if len(onTarget) > 0 {
+		s.Resources.TargetLeft = onTarget
+		return s, r.abandonOnTarget(ctx, s)
+	}
 	return s, r.j.Put(s)
+}
+
+// cancelStaging has the staging mover cancel its half of the session
+// (cancelRemote) and cancels s. When the staging mover could not have the
+// target remove its partial directories (ErrTargetLeft), s is cancelled
+// all the same, with them in Resources.TargetLeft for the next cancel.
+func (r *Runner) cancelStaging(ctx context.Context, s *Session) error {
+	err := r.cancelRemote(ctx, s)
+	if err != nil && !errors.Is(err, ErrTargetLeft) {
+		return err
+	}
+	s.Resources.TargetLeft = nil
+	if err != nil {
+		for _, db := range s.Plan.Databases {
+			if s.Step(TransferStep(db)).State != StepDone {
+				s.Resources.TargetLeft = append(s.Resources.TargetLeft, db)
+			}
+		}
+	}
+	s.State, s.Error, s.PID = StateCancelled, "", 0 // a run killed before it could clear its PID
+	if perr := r.j.Put(s); perr != nil {
+		return perr
+	}
+	return err
+}
+
+// ErrTargetLeft matches a cancel that left partial directories on the
+// target mover because it could not be asked to remove them
+// (*TargetLeftError, or a staging mover's cancel job that failed so).
+var ErrTargetLeft = errors.New("orchestrator: partial directories left on the target mover")
+
+// TargetLeftError reports a cancel that released everything on this host
+// but could not have the target mover remove the partial directories it
+// made (Session.Resources.TargetLeft): the session is cancelled, and the
+// next cancel asks the target again. Its exit code is its cause's (4 for a
+// target that does not answer).
+type TargetLeftError struct {
+	Target string
+	Dirs   []string // the DEST.partial directories on the target
+	Err    error
+}
+
+func (e *TargetLeftError) Error() string {
+	return fmt.Sprintf("cancelled here, but the target mover %s could not remove %s (run the cancel again once it is reachable): %v",
+		e.Target, strings.Join(e.Dirs, ", "), e.Err)
+}
+
+func (e *TargetLeftError) Unwrap() []error { return []error{ErrTargetLeft, e.Err} }
+
+// abandonOnTarget asks the target mover (Plan.Target) to remove the
+// partial directories of the databases in s.Resources.TargetLeft, sending
+// with this home's identity: the one that sent the transfers. A target too
+// old to do it, or one that refuses (a directory not as its transfer left
+// it), is noted in s.TargetNotes and not asked again; one that cannot be
+// reached keeps them in TargetLeft, and the error is a *TargetLeftError.
+// It journals s.
+func (r *Runner) abandonOnTarget(ctx context.Context, s *Session) error {
+	var left []string
+	var errs []error
+	tgt, err := openRemoteTarget(r.o.Home, s.Plan.Target, r.o.Log)
+	if err != nil {
+		left, errs = s.Resources.TargetLeft, []error{err}
+	} else {
+		defer tgt.close()
+		for _, db := range s.Resources.TargetLeft {
+			dest := s.TargetDir(db)
+			st, err := tgt.sender.Abandon(ctx, tgt.addr, tgt.peer, s.ID+"-"+transferIDPart(db), dest)
+			var old *mover.TooOldError
+			var refused *protocol.RemoteError
+			switch {
+			case errors.As(err, &old):
+				r.noteTarget(s, old.Error())
+				left, errs = nil, nil
+			case errors.As(err, &refused) && !protocol.Retryable(err):
+				// Not this session's to remove, as the target sees it.
+				r.noteTarget(s, fmt.Sprintf("%s.partial stays on the target: %v", dest, err))
+				continue
+			case err != nil:
+				// Unreachable, or busy: the next cancel asks again.
+				left, errs = append(left, db), append(errs, err)
+				continue
+			case st == protocol.AbandonRemoved:
+				s.RemovedOnTarget = append(s.RemovedOnTarget, dest+".partial")
+				r.o.Log.Info("removed on the target", "session", s.ID, "path", dest+".partial")
+				r.emit(Event{Step: removedOnTargetStep, Kind: protocol.EventDone, Text: dest + ".partial"})
+				continue
+			default:
+				continue
+			}
+			break // too old: the others are left too
+		}
+	}
+	s.Resources.TargetLeft = left
+	if perr := r.j.Put(s); perr != nil {
+		return perr
+	}
+	if len(left) == 0 {
+		return nil
+	}
+	dirs := make([]string, len(left))
+	for i, db := range left {
+		dirs[i] = s.TargetDir(db) + ".partial"
+	}
+	return &TargetLeftError{Target: s.Plan.Target, Dirs: dirs, Err: errors.Join(errs...)}
+}
+
+// removedOnTargetStep names the done event of a cancel job that reports a
+// DEST.partial the target removed (its Text), to the orchestrator.
+const removedOnTargetStep = "cancel:target"
+
+// noteTarget records and reports what a cancel leaves on the target.
+func (r *Runner) noteTarget(s *Session, note string) {
+	s.TargetNotes = append(s.TargetNotes, note)
+	r.o.Log.Warn(note, "session", s.ID)
+	r.emit(Event{Kind: protocol.EventWarning, Text: note})
 }
 
 // ReclaimOrphans releases what sessions journaled under home hold on this

@@ -372,6 +372,7 @@ var errorKinds = []struct {
 	name string
 	err  error
 }{
+	{"target-left", ErrTargetLeft}, // before what kept the target from being asked
 	{"backup-hba", staging.ErrHBA}, // before permission, which it is marked with too
 	{"locked", pebbledb.ErrLocked},
 	{"port-in-use", ErrPortInUse},

@@ -218,7 +218,7 @@ func (j *StagingJobs) runExportJob(ctx context.Context, jb *protocol.RunJob, emi
 	totals := map[string]int64{} // each step's last progress total
 	r, err = NewRunner(Options{Home: j.Home, Log: j.Log, Self: j.Self, Password: jb.Password, Roots: j.Roots, Events: func(e Event) {
 		ev := eventToWire(e)
-		if j.ExportProgress != nil && e.Step != "" {
+		if j.ExportProgress != nil && e.Step != "" && !cancel {
 			totalsMu.Lock()
 			switch e.Kind {
 			case protocol.EventProgress:
@@ -457,7 +457,21 @@ func (r *Runner) cancelRemote(ctx context.Context, s *Session) error {
 	}
 	defer sender.Close()
 	jb := &protocol.RunJob{Kind: protocol.JobCancelExport, Version: protocol.JobVersion, Session: s.ID}
-	if err := sender.RunJob(ctx, addr, peer, jb, func(*protocol.JobEvent) {}); err != nil {
+	s.RemovedOnTarget, s.TargetNotes = nil, nil
+	err = sender.RunJob(ctx, addr, peer, jb, func(ev *protocol.JobEvent) {
+		// What the staging mover had the target remove, or could not.
+		switch ev.Kind {
+		case protocol.EventWarning:
+			s.TargetNotes = append(s.TargetNotes, ev.Text)
+		case protocol.EventDone:
+			if ev.Step == removedOnTargetStep {
+				s.RemovedOnTarget = append(s.RemovedOnTarget, ev.Text)
+			}
+		}
+	})
+	if err = fromJob(err); errors.Is(err, ErrTargetLeft) {
+		return fmt.Errorf("cancelled on staging mover %s, which could not have the target mover remove the partial directories (run the cancel again once they reach each other): %w", s.Plan.Staging, err)
+	} else if err != nil {
 		return fmt.Errorf("cancelling on staging mover %s (it holds the dumps, instance and mount; retry the cancel when it is reachable): %w", s.Plan.Staging, err)
 	}
 	return nil

@@ -166,6 +166,10 @@ type Resources struct {
 	// MadeTo is what of a local To the session created (todir.go); cancel
 	// removes it if it is still as made and empty.
 	MadeTo *MadeDirs `json:"made_to,omitempty"`
+	// TargetLeft lists the databases whose partial directories on a
+	// target mover (Plan.Target) a cancel could not remove yet (the
+	// target was unreachable): the next cancel asks again.
+	TargetLeft []string `json:"target_left,omitempty"`
 }
 
 // Session is the journal record of one export.
@@ -184,6 +188,12 @@ type Session struct {
 	// Removed lists the directories of a local To that cancel removed:
 	// those the session had created, found empty.
 	Removed []string `json:"removed,omitempty"`
+	// RemovedOnTarget lists the DEST.partial directories on the target
+	// mover (Plan.Target) that cancel had it remove; TargetNotes says what
+	// stays there and why (a target too old to remove them, one that
+	// refused).
+	RemovedOnTarget []string `json:"removed_on_target,omitempty"`
+	TargetNotes     []string `json:"target_notes,omitempty"`
 }
 
 // Step returns the step named name, adding it if it is missing.

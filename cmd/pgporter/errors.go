@@ -176,6 +176,8 @@ func classify(err error) int {
 		return exitUsage
 	case isNetwork(err):
 		return exitNetwork
+	case errors.Is(err, orchestrator.ErrTargetLeft):
+		return exitNetwork // the target mover was not reached (through a staging mover's job)
 	}
 	return exitFailure
 }
