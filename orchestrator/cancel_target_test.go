@@ -125,3 +125,33 @@ func TestCancelRemovesTargetPartial(t *testing.T) {
 		require.NoDirExists(t, filepath.Join(to, "shop.partial"))
 	})
 }
+
+// TestCancelAcrossMoversRemovesTargetPartial: through a staging mover,
+// cancel of a session interrupted mid-transfer has the staging mover (the
+// identity that sent) ask the target to remove shop.partial, and reports
+// it back to the orchestrator.
+func TestCancelAcrossMoversRemovesTargetPartial(t *testing.T) {
+	f := newFixture(t)
+	to, orch := t.TempDir(), t.TempDir()
+	repo, staging, target := threeMovers(t, f, to, nil)
+	trust(t, staging.home, identity(t, orch), mover.PermOrchestrate)
+	plan := Plan{RepoPeer: repo.spec(), Staging: staging.spec(), Target: target.spec(), RestorePoint: "latest",
+		Databases: []string{"shop"}, To: to, BWLimit: 256 << 10}
+	s := interruptedTransfer(t, orch, plan)
+
+	sj, err := OpenJournal(staging.home)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		ss, err := sj.Get(s.ID)
+		return err == nil && ss.State == StateFailed && ss.PID == 0
+	}, time.Minute, 20*time.Millisecond)
+
+	s, err = newRunner(t, orch, nil).Cancel(context.Background(), s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateCancelled, s.State)
+	require.Equal(t, []string{filepath.Join(to, "shop.partial")}, s.RemovedOnTarget)
+	require.NoDirExists(t, filepath.Join(to, "shop.partial"))
+	ss, err := sj.Get(s.ID)
+	require.NoError(t, err)
+	require.Equal(t, StateCancelled, ss.State)
+}
