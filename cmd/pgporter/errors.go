@@ -74,7 +74,9 @@ also prints {"error": "...", "code": N, "kind": "..."} on stdout.
                         for a plain repository
     3     not-built     a command of the CLI contract this build does not implement
     4     network       no answer from a mover, or a connection lost and not regained
-                        within --retry-for; a host name that does not resolve
+                        within --retry-for; a host name that does not resolve; cancel
+                        whose target mover was not reached (the rest is cancelled;
+                        run cancel again to remove what it left there)
     5     permission    refused permission: a mover that does not trust this identity
                         or lacks a permission (mover trust --allow), a mover that is
                         not the peer ID named, a destination outside a mover's roots,

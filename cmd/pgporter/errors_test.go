@@ -68,6 +68,8 @@ func TestExitCodeContract(t *testing.T) {
 		{"no restore point", wrap(chunkstore.ErrNoRestorePoint), exitNotFound},
 		{"remote not found", wrap(&protocol.RemoteError{Code: protocol.CodeNotFound}), exitNotFound},
 		{"no session", wrap(orchestrator.ErrNoSession), exitNotFound},
+		{"cancel: target not reached", &orchestrator.TargetLeftError{Target: "t:1#X", Dirs: []string{"/srv/shop.partial"}, Err: &mover.NoAnswerError{Addr: "t:1", Err: errors.New("timeout")}}, exitNetwork},
+		{"cancel: target not reached by the staging mover", fmt.Errorf("cancelled on staging mover s: %w", mark(&mover.JobError{Message: "x", Code: "internal", Reason: "target-left"}, orchestrator.ErrTargetLeft)), exitNetwork},
 		{"no identity", wrap(mover.ErrNoIdentity), exitNotFound},
 		{"job: no repository", wrap(&mover.JobError{Message: "repository /r: not a repository", Code: "not-found"}), exitNotFound},
 		{"job: target exists", wrap(&mover.JobError{Message: "/x exists", Code: "conflict"}), exitConflict},
