@@ -74,7 +74,7 @@ func (c *serverConn) handleAbandon(ctx context.Context, m *protocol.Abandon) boo
 		c.refuse(ctx, fmt.Errorf("%w: Abandon needs protocol %d", protocol.ErrProtocol, protocol.AbandonVersion))
 		return false
 	}
-	st, err := c.s.abandon(ctx, c.peer, m, c.log)
+	st, err := c.s.abandon(ctx, c.peer, c.conn, m, c.log)
 	if err != nil {
 		c.log.Warn("abandon refused", "transfer", m.TransferID, "dest", m.Dest, "err", err)
 		c.cs.sendError(err)
@@ -91,7 +91,11 @@ var errNotThisPeers = fmt.Errorf("%w: the partial directory was not made by this
 // journal says that peer made it for that transfer and it is still the
 // directory recorded. Nothing else is removed: not a committed Dest, not
 // a DEST.partial another transfer took over, nor another peer's.
-func (s *Server) abandon(ctx context.Context, peer PeerID, m *protocol.Abandon, log *slog.Logger) (protocol.AbandonState, error) {
+//
+// While it runs it is the active transfer of m.TransferID on conn: an
+// OpenTransfer of the same ID supersedes it as it supersedes a lost
+// attempt (closing conn), after it is done.
+func (s *Server) abandon(ctx context.Context, peer PeerID, conn *quic.Conn, m *protocol.Abandon, log *slog.Logger) (protocol.AbandonState, error) {
 	if err := s.trust.Check(peer, PermSend); err != nil {
 		return 0, err
 	}
@@ -105,7 +109,7 @@ func (s *Server) abandon(ctx context.Context, peer PeerID, m *protocol.Abandon, 
 	if rt == nil {
 		return 0, fmt.Errorf("%w: destination %s is not inside any of this mover's roots", protocol.ErrPermission, m.Dest)
 	}
-	a := &activeTransfer{peer: peer, dest: m.Dest, cancel: func(error) {}, done: make(chan struct{}), ready: make(chan struct{})}
+	a := &activeTransfer{peer: peer, dest: m.Dest, conn: conn, cancel: func(error) {}, done: make(chan struct{}), ready: make(chan struct{})}
 	if err := s.holdForAbandon(ctx, peer, m, a); err != nil {
 		return 0, err
 	}
@@ -185,8 +189,11 @@ func (s *Server) holdForAbandon(ctx context.Context, peer PeerID, m *protocol.Ab
 			s.mu.Unlock()
 			return nil
 		}
+		// Another peer's, or one still being opened (or an Abandon), is
+		// left alone.
+		mine := old.peer == peer && old.rcv != nil
 		s.mu.Unlock()
-		if old.peer != peer || old.conn == nil {
+		if !mine {
 			return fmt.Errorf("%w: transfer %s is open now", protocol.ErrBusy, m.TransferID)
 		}
 		old.cancel(errPreempted)
