@@ -33,14 +33,21 @@ func (e *TooOldError) Error() string {
 
 func (e *TooOldError) Unwrap() error { return protocol.ErrVersion }
 
-// Abandon asks the mover at addr (which must present peer's identity) to
-// remove what this sender's transfer tid left at dest (DEST.partial, the
-// temporary directories of one being made, and their records). The
-// receiver removes only what its journal records this identity made for
-// tid; it never touches a committed dest. A receiver below
-// protocol.AbandonVersion is a *TooOldError, and nothing is sent to it.
+// Abandon is the package's Abandon with this sender's identity.
 func (s *Sender) Abandon(ctx context.Context, addr string, peer PeerID, tid, dest string) (protocol.AbandonState, error) {
-	conn, cs, err := dialMover(ctx, addr, s.id, peer, 0)
+	return Abandon(ctx, s.id, addr, peer, tid, dest)
+}
+
+// Abandon asks the mover at addr (which must present peer's identity) to
+// remove what transfer tid, sent with identity id, left at dest
+// (DEST.partial, the temporary directory of one being made, and their
+// records). The receiver removes only what its journal records this
+// identity made for tid; it never touches a committed dest. A receiver
+// below protocol.AbandonVersion is a *TooOldError, and nothing is sent to
+// it. It needs no sender state: a cancel may run while a send of the same
+// home holds it.
+func Abandon(ctx context.Context, id *Identity, addr string, peer PeerID, tid, dest string) (protocol.AbandonState, error) {
+	conn, cs, err := dialMover(ctx, addr, id, peer, 0)
 	if err != nil {
 		return 0, err
 	}

@@ -217,14 +217,17 @@ func (e *TargetLeftError) Unwrap() []error { return []error{ErrTargetLeft, e.Err
 func (r *Runner) abandonOnTarget(ctx context.Context, s *Session) error {
 	var left []string
 	var errs []error
-	tgt, err := openRemoteTarget(r.o.Home, s.Plan.Target, r.o.Log)
+	addr, peer, err := mover.ParsePeerAddr(s.Plan.Target)
+	var id *mover.Identity
+	if err == nil {
+		id, err = mover.LoadIdentity(r.o.Home)
+	}
 	if err != nil {
 		left, errs = s.Resources.TargetLeft, []error{err}
 	} else {
-		defer tgt.close()
 		for _, db := range s.Resources.TargetLeft {
 			dest := s.TargetDir(db)
-			st, err := tgt.sender.Abandon(ctx, tgt.addr, tgt.peer, s.ID+"-"+transferIDPart(db), dest)
+			st, err := mover.Abandon(ctx, id, addr, peer, s.ID+"-"+transferIDPart(db), dest)
 			var old *mover.TooOldError
 			var refused *protocol.RemoteError
 			switch {

@@ -41,7 +41,7 @@ func TestNegotiate(t *testing.T) {
 		})
 	}
 	h := NewHello("pgporter test")
-	if h.Version != Version || h.MinVersion != MinVersion || Version != 11 || MinVersion != 3 {
+	if h.Version != Version || h.MinVersion != MinVersion || Version != 12 || MinVersion != 3 {
 		t.Fatalf("NewHello = %+v", h)
 	}
 	if v, err := Negotiate(h, NewHello("peer")); v != Version || err != nil {
@@ -56,7 +56,7 @@ func TestNegotiate(t *testing.T) {
 	v2 := &Hello{Version: 2, MinVersion: 2, Software: "pgporter v2"}
 	for _, pair := range [][2]*Hello{{h, v2}, {v2, h}} {
 		_, err := Negotiate(pair[0], pair[1])
-		if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "2 to 2") || !strings.Contains(err.Error(), "3 to 11") {
+		if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "2 to 2") || !strings.Contains(err.Error(), "3 to 12") {
 			t.Fatalf("Negotiate with a v2 peer: %v", err)
 		}
 	}
