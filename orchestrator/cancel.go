@@ -211,8 +211,9 @@ func (e *TargetLeftError) Unwrap() []error { return []error{ErrTargetLeft, e.Err
 // partial directories of the databases in s.Resources.TargetLeft, sending
 // with this home's identity: the one that sent the transfers. A target too
 // old to do it, or one that refuses (a directory not as its transfer left
-// it), is noted in s.TargetNotes and not asked again; one that cannot be
-// reached keeps them in TargetLeft, and the error is a *TargetLeftError.
+// it, an identity it does not trust with send), is noted in s.TargetNotes
+// and not asked again; one that cannot be reached (or is busy) keeps them
+// in TargetLeft, and the error is a *TargetLeftError.
 // It journals s.
 func (r *Runner) abandonOnTarget(ctx context.Context, s *Session) error {
 	var left []string
@@ -234,8 +235,10 @@ func (r *Runner) abandonOnTarget(ctx context.Context, s *Session) error {
 			case errors.As(err, &old):
 				r.noteTarget(s, old.Error())
 				left, errs = nil, nil
-			case errors.As(err, &refused) && !protocol.Retryable(err):
-				// Not this session's to remove, as the target sees it.
+			case (errors.As(err, &refused) && !protocol.Retryable(err)) || errors.Is(err, mover.ErrUntrusted) ||
+				errors.Is(err, mover.ErrWrongPeer) || errors.Is(err, protocol.ErrPermission):
+				// Refused, not unreachable: not this session's to remove as
+				// the target sees it, or this identity may not ask.
 				r.noteTarget(s, fmt.Sprintf("%s.partial stays on the target: %v", dest, err))
 				continue
 			case err != nil:
