@@ -180,37 +180,11 @@ func (s *Server) abandon(ctx context.Context, peer PeerID, conn *quic.Conn, m *p
 // attempt writes DEST.partial while it is removed. An attempt of the same
 // peer's transfer still open (its connection lost without the receiver
 // noticing yet) is superseded, as a reconnecting sender supersedes it;
-// another peer's, or another transfer writing m.Dest, is busy.
+// another peer's, one still being opened, or another Abandon, and another
+// transfer writing m.Dest, are busy.
 func (s *Server) holdForAbandon(ctx context.Context, peer PeerID, m *protocol.Abandon, a *activeTransfer) error {
-	for {
-		s.mu.Lock()
-		for tid, other := range s.active {
-			if other.dest == m.Dest && tid != m.TransferID {
-				s.mu.Unlock()
-				return fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, tid, m.Dest)
-			}
-		}
-		old := s.active[m.TransferID]
-		if old == nil {
-			s.active[m.TransferID] = a
-			s.mu.Unlock()
-			return nil
-		}
-		// Another peer's, or one still being opened (or an Abandon), is
-		// left alone.
-		mine := old.peer == peer && old.rcv != nil
-		s.mu.Unlock()
-		if !mine {
-			return fmt.Errorf("%w: transfer %s is open now", protocol.ErrBusy, m.TransferID)
-		}
-		old.cancel(errPreempted)
-		old.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "the transfer is abandoned")
-		select {
-		case <-old.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	mine := func(old *activeTransfer) bool { return old.peer == peer && old.rcv != nil }
+	return s.claim(ctx, m.TransferID, m.Dest, a, mine, "the transfer is abandoned")
 }
 
 // removeRecordedPartial removes DEST.partial (partial in rt) if it is the

@@ -904,23 +904,35 @@ func (o *openRequest) validate() error {
 // one critical section, so two transfers can never both write
 // DEST.partial.
 func (s *Server) register(ctx context.Context, m *protocol.OpenTransfer, a *activeTransfer) error {
+	return s.claim(ctx, m.TransferID, m.Dest, a, func(*activeTransfer) bool { return true }, "superseded by a new connection of the same transfer")
+}
+
+// claim makes a the active transfer tid, writing dest, as register says.
+// An attempt of tid that is there already is superseded (its connection
+// closed with why) if supersede, called under s.mu, says so, and makes
+// the claim busy otherwise.
+func (s *Server) claim(ctx context.Context, tid, dest string, a *activeTransfer, supersede func(old *activeTransfer) bool, why string) error {
 	for {
 		s.mu.Lock()
-		for tid, other := range s.active {
-			if other.dest == m.Dest && tid != m.TransferID {
+		for other, t := range s.active {
+			if t.dest == dest && other != tid {
 				s.mu.Unlock()
-				return fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, tid, m.Dest)
+				return fmt.Errorf("%w: transfer %s is writing %s now", protocol.ErrBusy, other, dest)
 			}
 		}
-		old := s.active[m.TransferID]
+		old := s.active[tid]
 		if old == nil {
-			s.active[m.TransferID] = a
+			s.active[tid] = a
 			s.mu.Unlock()
 			return nil
 		}
+		ok := supersede(old)
 		s.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("%w: transfer %s is open now", protocol.ErrBusy, tid)
+		}
 		old.cancel(errPreempted)
-		old.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), "superseded by a new connection of the same transfer")
+		old.conn.CloseWithError(quic.ApplicationErrorCode(protocol.CloseShutdown), why)
 		select {
 		case <-old.done:
 		case <-ctx.Done():
