@@ -613,33 +613,36 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 	defer stopG()
 	ctlDone := make(chan struct{})
 	var ctlErr error // readControl's, set before ctlDone is closed
-	g.Go(func() error { return t.writeManifest(gctx, cs) })
+	// receiverReason is err, or the receiver's reason if it comes soon. A
+	// data stream reset, or a control stream the receiver stopped reading,
+	// usually means the receiver failed the transfer: its Error, on the
+	// control stream, is the reason to report, not the reset it caused.
+	// The group keeps the first error returned, and a part may fail
+	// before readControl's goroutine has read the Error.
+	receiverReason := func(err error) error {
+		var pe permanentError
+		if err == nil || errors.As(err, &pe) {
+			return err
+		}
+		timer := time.NewTimer(3 * time.Second)
+		defer timer.Stop()
+		select {
+		case <-ctlDone:
+			if ctlErr != nil {
+				return ctlErr
+			}
+		case <-timer.C:
+		}
+		return err
+	}
+	g.Go(func() error { return receiverReason(t.writeManifest(gctx, cs)) })
 	var workers sync.WaitGroup
 	var sentHere atomic.Int64
 	for range t.o.Streams {
 		workers.Add(1)
 		g.Go(func() error {
 			defer workers.Done()
-			err := t.dataWorker(gctx, conn, cs.version, jobs, &sentHere)
-			var pe permanentError
-			if err != nil && !errors.As(err, &pe) {
-				// A reset data stream usually means the receiver failed the
-				// transfer: let its Error arrive on the control stream and
-				// be the reason reported.
-				timer := time.NewTimer(3 * time.Second)
-				defer timer.Stop()
-				select {
-				case <-ctlDone:
-					// The receiver's reason, not the reset it caused:
-					// the group keeps the first error returned, and this
-					// worker may return before readControl's goroutine.
-					if ctlErr != nil {
-						return ctlErr
-					}
-				case <-timer.C:
-				}
-			}
-			return err
+			return receiverReason(t.dataWorker(gctx, conn, cs.version, jobs, &sentHere))
 		})
 	}
 	var extra joinedConns
@@ -657,7 +660,7 @@ func (t *sendTransfer) attempt(ctx context.Context) error {
 			return nil
 		}
 		t.clock.lastChunk.Store(int64(time.Since(t.clock.start)))
-		return cs.write(&protocol.SendDone{Chunks: uint64(sentHere.Load())})
+		return receiverReason(cs.write(&protocol.SendDone{Chunks: uint64(sentHere.Load())}))
 	})
 	g.Go(func() error {
 		defer close(ctlDone)
