@@ -117,9 +117,13 @@ func TestLossRepairMemory(t *testing.T) {
 
 // TestLossRepairEarlyJoin: on a path of 10 ms or more, auto mode joins one
 // framed connection at once, with no loss measured; on loopback it does
-// not (TestLossRepairMemory's first send adds them only for loss).
+// not (TestLossRepairMemory's first send adds them only for loss). Joins
+// for loss are off: under -race on a loaded machine, loopback itself
+// dropped enough datagrams for a second join (CI of 5a23285).
 func TestLossRepairEarlyJoin(t *testing.T) {
 	longPathsFrom(t, 10*time.Millisecond)
+	noLossJoins.Store(true)
+	t.Cleanup(func() { noLossJoins.Store(false) })
 	r, s, proxy := proxiedPair(t)
 	proxy.SetDelay(8 * time.Millisecond)
 	src := t.TempDir()
