@@ -122,8 +122,7 @@ func TestLossRepairMemory(t *testing.T) {
 // dropped enough datagrams for a second join (CI of 5a23285).
 func TestLossRepairEarlyJoin(t *testing.T) {
 	longPathsFrom(t, 10*time.Millisecond)
-	noLossJoins.Store(true)
-	t.Cleanup(func() { noLossJoins.Store(false) })
+	noJoinsForLoss(t)
 	r, s, proxy := proxiedPair(t)
 	proxy.SetDelay(8 * time.Millisecond)
 	src := t.TempDir()

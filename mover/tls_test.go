@@ -34,6 +34,14 @@ func longPathsFrom(t *testing.T, rtt time.Duration) {
 	t.Cleanup(func() { repairRTT.Store(old) })
 }
 
+// noJoinsForLoss stops auto mode from adding connections for loss until t
+// ends, for a test that counts its connections exactly: under -race on a
+// loaded machine, loopback itself drops datagrams.
+func noJoinsForLoss(t *testing.T) {
+	noLossJoins.Store(true)
+	t.Cleanup(func() { noLossJoins.Store(false) })
+}
+
 // tlsTestMover is a mover's identity and trust list in a temporary home.
 type tlsTestMover struct {
 	home  string

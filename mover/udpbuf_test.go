@@ -74,6 +74,7 @@ func TestUDPBuffersReadBack(t *testing.T) {
 // TestUDPBuffersReported: send's result and the daemon's gauges carry the
 // sizes read back from their sockets.
 func TestUDPBuffersReported(t *testing.T) {
+	noJoinsForLoss(t) // one connection, as counted below
 	r := startReceiver(t, ServerOptions{})
 	s := newTestSender(t, r, PermSend)
 	src := t.TempDir()
