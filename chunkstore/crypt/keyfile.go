@@ -102,6 +102,10 @@ var (
 	maxKDF = KDFParams{Algorithm: "argon2id", Time: 64, MemoryKiB: 2 << 20, Threads: 64}
 )
 
+// cost is what one derivation with p costs, in KiB times passes: its CPU
+// time, whatever the lanes.
+func (p KDFParams) cost() uint64 { return uint64(p.Time) * uint64(p.MemoryKiB) }
+
 // Validate reports whether p may be used: ErrWeakKDF below MinKDF,
 // ErrKeyFileCorrupt for an unknown algorithm or values above what any key
 // file needs.

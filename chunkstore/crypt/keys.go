@@ -1,11 +1,13 @@
 package crypt
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -140,8 +142,12 @@ func readKey(ctx context.Context, ks KeyStore, name string) (*KeyFile, error) {
 	return kf, nil
 }
 
-// Unlock returns the master key of the first key file of ks, in name
-// order, that passphrase opens, with that key file. It tries at most
+// Unlock returns the master key of the first key file of ks that
+// passphrase opens, with that key file, trying the cheapest derivations
+// first (KDFParams.cost; name order among equals): a passphrase generated
+// for wal-push, whose key file has MinKDF's 20 ms, then opens the
+// repository without first spending DefaultKDF's half second on an
+// administrator's key file, once per WAL segment. It tries at most
 // maxUnlockTries usable key files, one key derivation each. No key file
 // gives ErrNoKey; none that the passphrase opens, ErrWrongPassphrase (joined
 // with why the unusable ones were skipped); a key file the passphrase
@@ -154,6 +160,9 @@ func Unlock(ctx context.Context, ks KeyStore, passphrase []byte) (*MasterKey, *K
 	if len(keys) == 0 {
 		return nil, nil, ErrNoKey
 	}
+	slices.SortStableFunc(keys, func(a, b KeyListing) int {
+		return cmp.Compare(unlockCost(a), unlockCost(b))
+	})
 	var skipped []error
 	tried := 0
 	for _, k := range keys {
@@ -185,6 +194,15 @@ func Unlock(ctx context.Context, ks KeyStore, passphrase []byte) (*MasterKey, *K
 		err = fmt.Errorf("%w; skipped: %w", err, errors.Join(skipped...))
 	}
 	return nil, nil, err
+}
+
+// unlockCost orders the key files an unlock tries: the cheapest
+// derivation first, the unusable ones (skipped) last.
+func unlockCost(k KeyListing) uint64 {
+	if k.File == nil {
+		return math.MaxUint64
+	}
+	return k.File.KDF.cost()
 }
 
 // RemoveKey removes key file name from ks, unless no other usable key file

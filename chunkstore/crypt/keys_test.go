@@ -128,6 +128,38 @@ func TestUnlockSkipsUnusable(t *testing.T) {
 	require.ErrorIs(t, err, crypt.ErrKeyFileCorrupt)
 }
 
+// TestUnlockCheapestFirst: of two key files a passphrase opens, an unlock
+// takes the one whose derivation costs least, even when the other comes
+// first by name: a wal-push's generated key (MinKDF) is not made to pay
+// for an administrator's (DefaultKDF) first.
+func TestUnlockCheapestFirst(t *testing.T) {
+	ctx := t.Context()
+	ks := crypt.DirKeys{Dir: t.TempDir()}
+	dearer := testKeyOptions
+	dearer.KDF.Time++
+	mk, dear, err := crypt.InitKeys(ctx, ks, testPass, dearer)
+	require.NoError(t, err)
+	// A cheaper key file for the same passphrase, named after the dearer
+	// one (IDs are random: about one try in two).
+	var cheap *crypt.KeyFile
+	for range 64 {
+		kf, err := crypt.AddKey(ctx, ks, mk, testPass, testKeyOptions)
+		require.NoError(t, err)
+		if kf.ID > dear.ID {
+			cheap = kf
+			break
+		}
+		require.NoError(t, os.Remove(filepath.Join(ks.Dir, kf.ID)))
+	}
+	require.NotNil(t, cheap, "no key ID sorted after %s in 64 tries", dear.ID)
+
+	got, kf, err := crypt.Unlock(ctx, ks, testPass)
+	require.NoError(t, err)
+	require.Equal(t, cheap.ID, kf.ID, "the cheaper key file is tried first")
+	require.Equal(t, crypt.MinKDF, kf.KDF)
+	sameKey(t, mk, got)
+}
+
 // TestUnlockTampered guards against an unlock that goes on to other key
 // files, or opens anyway, when the passphrase is right but the key file
 // was altered.
