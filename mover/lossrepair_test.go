@@ -20,7 +20,7 @@ func TestLossRepairThroughLoss(t *testing.T) {
 	r, s, proxy := proxiedPair(t)
 	proxy.SetLoss(0.02, 7)
 	src := t.TempDir()
-	makeTree(t, src, 6, 64)
+	makeTree(t, src, 6, 4)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -35,6 +35,7 @@ func TestLossRepairThroughLoss(t *testing.T) {
 	require.Positive(t, st.Data)
 	require.Positive(t, st.Recovered, "the path lost datagrams the parities rebuilt")
 	require.Less(t, st.Lost, st.Recovered, "most losses are repaired")
+	t.Logf("loss repair: %+v", st)
 
 	// A plain connection to the same port, with loss repair off.
 	plain := filepath.Join(r.root, "plain")
