@@ -101,7 +101,7 @@ func blockFiles(t *testing.T, dir string) ([]string, int64) {
 // that cannot be written leaves reads working; size 0 writes nothing;
 // Verify reads the bucket, not the cache.
 func TestDiskBlocks(t *testing.T) {
-	srv := s3test.Start(t)
+	srv := s3test.Shared(t)
 	f := newDiskFixture(t, srv)
 
 	t.Run("SecondStore", func(t *testing.T) {

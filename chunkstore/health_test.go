@@ -16,7 +16,7 @@ import (
 // of its objects' sizes (counted here by the raw client), and grows with
 // a backup; an object outside the prefix does not count. It was 0 before.
 func TestReadHealthBucket(t *testing.T) {
-	srv := s3test.Start(t)
+	srv := s3test.Shared(t)
 	srv.SetEnv(t)
 	ctx := t.Context()
 	bucket := srv.NewBucket(t)

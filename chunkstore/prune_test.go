@@ -179,7 +179,7 @@ func TestPruneKilled(t *testing.T) {
 		}
 	})
 	t.Run("s3", func(t *testing.T) {
-		srv := s3test.Start(t)
+		srv := s3test.Shared(t)
 		srv.SetEnv(t)
 		for _, point := range chunkstore.PruneCrashPoints {
 			t.Run(point, func(t *testing.T) {
@@ -331,7 +331,7 @@ func pruneChild(t *testing.T, point string) {
 // the killed writers; an age of 0 makes the uploads old at once. A bucket
 // that denies listing uploads costs a warning, not the prune.
 func TestPruneStaleUploads(t *testing.T) {
-	srv := s3test.Start(t)
+	srv := s3test.Shared(t)
 	srv.SetEnv(t)
 	ctx := t.Context()
 	bucket := srv.NewBucket(t)

@@ -61,7 +61,7 @@ func TestEncryptedRepo(t *testing.T) {
 		}})
 	})
 	t.Run("s3", func(t *testing.T) {
-		srv := s3test.Start(t)
+		srv := s3test.Shared(t)
 		srv.SetEnv(t)
 		bucket := srv.NewBucket(t)
 		b, err := objstore.NewS3(srv.Client(t, srv.Endpoint), bucket, "repo", objstore.S3Options{})

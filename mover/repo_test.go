@@ -709,7 +709,7 @@ func TestRemoteRepoConformance(t *testing.T) {
 // --repo s3://…) answers as one serving a directory: the reader suite over
 // loopback QUIC, the repository on a real S3 server.
 func TestRemoteRepoConformanceS3(t *testing.T) {
-	srv := s3test.Start(t)
+	srv := s3test.Shared(t)
 	srv.SetEnv(t)
 	f := backupFakeTo(t, 1, "s3://"+srv.NewBucket(t)+"/repo")
 	t.Setenv("PGPORTER_CACHE_DIR", t.TempDir()) // the mover's host

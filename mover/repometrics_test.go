@@ -143,7 +143,7 @@ func TestRepoCollector(t *testing.T) {
 // TestRepoCollectorBucket: size_bytes of a repository in a bucket is the
 // sum of the sizes of the objects under its prefix (it was 0).
 func TestRepoCollectorBucket(t *testing.T) {
-	srv := s3test.Start(t)
+	srv := s3test.Shared(t)
 	srv.SetEnv(t)
 	ctx := t.Context()
 	bucket := srv.NewBucket(t)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"github.com/pgporter/pgporter/internal/testsupport"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgporter/pgporter/internal/s3test"
+	"github.com/pgporter/pgporter/internal/testsupport"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -25,7 +26,8 @@ import (
 // connections count.
 func TestMain(m *testing.M) {
 	repairRTT.Store(int64(time.Hour))
-	goleak.VerifyTestMain(m)
+	// The bucket tests' shared S3 server is stopped before the check.
+	goleak.VerifyTestMain(s3test.Wrap(m))
 }
 
 // longPathsFrom makes paths of rtt or more long for the test.

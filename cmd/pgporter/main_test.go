@@ -10,6 +10,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/pgporter/pgporter/chunkstore/crypt"
+	"github.com/pgporter/pgporter/internal/s3test"
 	"github.com/pgporter/pgporter/internal/testsupport"
 )
 
@@ -42,7 +43,8 @@ func TestMain(m *testing.M) {
 	// own FUSE mount must be freed by retry, cancel and reclaim there.
 	testsupport.FreshMounts()
 	// testscript re-executes this binary as "pgporter" for the scripts.
-	testscript.Main(m, map[string]func(){
+	// The bucket tests' shared S3 server stops after the tests.
+	testscript.Main(s3test.Wrap(m), map[string]func(){
 		"pgporter": func() { os.Exit(mainCode()) },
 	})
 }

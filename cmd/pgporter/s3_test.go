@@ -31,7 +31,7 @@ import (
 func TestObjectStorageCLI(t *testing.T) {
 	testsupport.RequirePG(t)
 	testsupport.RequireFUSE(t)
-	srv := s3test.Start(t)
+	srv := s3test.Shared(t)
 	srv.SetEnv(t)
 	repo := "s3://" + srv.NewBucket(t) + "/prod/db1"
 
@@ -201,7 +201,7 @@ func TestObjectStorageCLI(t *testing.T) {
 // the instance replays go through the seal.
 func TestExportAtFromBucket(t *testing.T) {
 	testsupport.RequireFUSE(t)
-	srv := s3test.Start(t)
+	srv := s3test.Shared(t)
 	srv.SetEnv(t)
 	url := "s3://" + srv.NewBucket(t) + "/pitr"
 	env := ""
