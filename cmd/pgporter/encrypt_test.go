@@ -190,6 +190,18 @@ func TestEncryptedExportAtDir(t *testing.T) {
 	t.Setenv(chunkstore.PasswordFileEnv, "")
 	os.Unsetenv(chunkstore.PasswordFileEnv)
 	c, repo, pgUID := archivingClusterTo(t, testsupport.ClusterOptions{Auth: "scram-sha-256", SuperPassword: "pw"}, "", "")
+	// Stopped while its repository becomes encrypted: its archiver, pushing
+	// a segment with the command that has no passphrase yet, would fail
+	// and count it (pg_stat_archiver.failed_count, which waitArchived
+	// checks). What it pushed before, at the latest while stopping, went
+	// into a plain repository in the same place, which makes way: the
+	// export's recovery starts from the backup taken below.
+	c.Stop(t)
+	pushed, err := os.ReadDir(repo)
+	require.NoError(t, err)
+	for _, e := range pushed {
+		require.NoError(t, os.RemoveAll(filepath.Join(repo, e.Name())))
+	}
 	pass := writePass(t, "root's passphrase")
 	code, _, errs := runCLI(t, "repo", "init", "--repo", repo, "--encrypt", "--repo-password-file", pass)
 	require.Equal(t, 0, code, errs)
@@ -198,7 +210,6 @@ func TestEncryptedExportAtDir(t *testing.T) {
 	code, _, errs = runCLI(t, "key", "add", "--repo", repo, "--repo-password-file", pass, "--generate", "--password-file-out", archPass)
 	require.Equal(t, 0, code, errs)
 	require.NoError(t, os.Chown(archPass, int(pgUID), -1))
-	c.Stop(t)
 	c.Settings["archive_command"] = strings.Replace(c.Settings["archive_command"], " %p", " --repo-password-file "+archPass+" %p", 1)
 	c.Start(t)
 
