@@ -165,13 +165,22 @@ func Unlock(ctx context.Context, ks KeyStore, passphrase []byte) (*MasterKey, *K
 	})
 	var skipped []error
 	tried := 0
-	for _, k := range keys {
+	for i, k := range keys {
 		if k.Err != nil {
 			skipped = append(skipped, k.Err)
 			continue
 		}
 		if tried == maxUnlockTries {
-			skipped = append(skipped, fmt.Errorf("crypt: %d key files not tried: at most %d are", len(keys)-tried-len(skipped), maxUnlockTries))
+			// The unusable ones, sorted last, still say why they were.
+			left := 0
+			for _, k := range keys[i:] {
+				if k.Err != nil {
+					skipped = append(skipped, k.Err)
+				} else {
+					left++
+				}
+			}
+			skipped = append(skipped, fmt.Errorf("crypt: %d key files not tried: at most %d are", left, maxUnlockTries))
 			break
 		}
 		if err := ctx.Err(); err != nil {

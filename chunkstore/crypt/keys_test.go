@@ -107,7 +107,7 @@ func TestUnlockSkipsUnusable(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(ks.Dir, "0000000000000000"), []byte("not json"), 0o600))
 
 	got, kf, err := crypt.Unlock(ctx, ks, testPass)
-	require.NoError(t, err, "a corrupt key file, first in name order, stops the unlock")
+	require.NoError(t, err, "a corrupt key file, first in name order, is skipped, not fatal")
 	require.Equal(t, good.ID, kf.ID)
 	sameKey(t, mk, got)
 
@@ -234,9 +234,10 @@ func TestDirKeys(t *testing.T) {
 }
 
 // TestAddKeyTooMany guards against a key add that made a passphrase stop
-// working: an unlock tries at most MaxUnlockTries usable key files, in
-// name order, and a key ID is random, so one key file past that many left
-// whichever sorts last never tried, its passphrase refused as wrong. The
+// working: an unlock tries at most MaxUnlockTries usable key files, the
+// cheapest derivations first and then in name order, and a key ID is
+// random, so one key file past that many left whichever sorts last never
+// tried, its passphrase refused as wrong. The
 // add is refused; once a key file is removed, it is made.
 func TestAddKeyTooMany(t *testing.T) {
 	ctx := t.Context()

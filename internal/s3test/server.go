@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -39,6 +40,7 @@ type Server struct {
 	Dir         string // data, configuration, weed.log
 
 	script  string
+	shared  bool     // Shared's: PGPORTER_S3_PORT is not for it
 	env     []string // "K=V", as scripts/s3-server env prints them
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when cmd has been waited for
@@ -201,7 +203,7 @@ func (s *Server) launch(t testing.TB) {
 		if err == nil {
 			return
 		}
-		if !errors.Is(err, errPortTaken) || restarting || os.Getenv("PGPORTER_S3_PORT") != "" || try == 5 {
+		if !errors.Is(err, errPortTaken) || restarting || (os.Getenv("PGPORTER_S3_PORT") != "" && !s.shared) || try == 5 {
 			t.Fatalf("starting the S3 server: %v\n%s", err, s.logTail())
 		}
 		if err := os.Remove(filepath.Join(s.Dir, "port")); err != nil {
@@ -218,6 +220,11 @@ func (s *Server) launchOnce() error {
 	defer log.Close()
 	cmd := exec.Command(s.script, "run", s.Dir)
 	cmd.Stdout, cmd.Stderr = log, log
+	if s.shared {
+		// A fixed block would be held for the whole test binary, and
+		// refused to any test's own server (Start).
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "PGPORTER_S3_PORT=") })
+	}
 	// The script becomes weed (exec), which so dies with the test binary,
 	// even when that is killed before its cleanups.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

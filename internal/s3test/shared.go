@@ -63,7 +63,7 @@ func Shared(t testing.TB) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Dir: dir, script: script}
+	s := &Server{Dir: dir, script: script, shared: true}
 	shared.srv = s
 	shared.err = "s3test.Shared: the shared server did not start (see the first test that asked for it)"
 	s.launch(t)
