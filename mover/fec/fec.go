@@ -60,6 +60,7 @@ type Encoder struct {
 	lenXor uint16
 	frame  [HeaderLen + 2 + MaxPayload]byte
 	timer  *time.Timer
+	span   time.Duration // MaxSpan; a test's to lengthen
 	closed bool
 	parity int64 // parity frames sent
 }
@@ -68,7 +69,7 @@ type Encoder struct {
 // 2..MaxGroup) that sends each frame with write, under its lock: write
 // must not call back into the Encoder, and must not keep the frame.
 func NewEncoder(k int, write func(frame []byte) error) *Encoder {
-	e := &Encoder{k: min(max(k, 2), MaxGroup), write: write}
+	e := &Encoder{k: min(max(k, 2), MaxGroup), write: write, span: MaxSpan}
 	e.timer = time.AfterFunc(time.Hour, e.expire)
 	e.timer.Stop()
 	return e
@@ -103,7 +104,7 @@ func (e *Encoder) Write(p []byte) error {
 	e.lenXor ^= uint16(len(p))
 	e.n++
 	if e.n == 1 {
-		e.timer.Reset(MaxSpan)
+		e.timer.Reset(e.span)
 	}
 	if e.n == e.k {
 		e.timer.Stop()
@@ -185,7 +186,8 @@ type Decoder struct {
 	lenXor    uint16
 	held      []heldFrame
 	timer     *time.Timer
-	timerSeen uint32 // the group the timer was started for
+	hold      time.Duration // Hold; a test's to lengthen
+	timerSeen uint32        // the group the timer was started for
 	stats     Stats
 }
 
@@ -196,7 +198,7 @@ type heldFrame struct {
 
 // NewDecoder returns a Decoder that hands datagrams to deliver.
 func NewDecoder(deliver func(p []byte)) *Decoder {
-	d := &Decoder{deliver: deliver}
+	d := &Decoder{deliver: deliver, hold: Hold}
 	d.timer = time.AfterFunc(time.Hour, d.expire)
 	d.timer.Stop()
 	return d
@@ -299,7 +301,7 @@ func (d *Decoder) data(group uint32, idx int, p []byte) {
 	}
 	// A gap before it: hold it until the parity fills the gap.
 	if len(d.held) == 0 {
-		d.timer.Reset(Hold)
+		d.timer.Reset(d.hold)
 		d.timerSeen = d.group
 	}
 	d.held = append(d.held, heldFrame{idx: idx, p: slices.Clone(p)})
